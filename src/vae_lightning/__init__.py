@@ -1,0 +1,3 @@
+"""vae-lightning: Auto-Encoding Variational Bayes with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

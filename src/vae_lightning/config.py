@@ -1,0 +1,165 @@
+"""Configuration schema and validation, run before anything heavy starts.
+
+The model group is typed by a structured config (``VAEConfig``), so Hydra rejects a wrong type or
+an unknown model key when it composes. ``validate`` then checks ranges, the keys of every other
+``_target_`` node against its constructor, and combinations that cannot work, and raises one
+``ConfigError`` naming each bad key, its value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from vae_lightning.nets import ACTIVATIONS
+
+HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration, with a message meant for the user."""
+
+
+@dataclass
+class VAEConfig:
+    """Schema of ``conf/model/*.yaml`` (see ``vae_lightning.module.VAE`` for the meaning)."""
+
+    _target_: str = "vae_lightning.module.VAE"
+    latent: int = 20
+    encoder_hidden: list[int] = field(default_factory=lambda: [400])
+    decoder_hidden: list[int] = field(default_factory=lambda: [400])
+    activation: str = "relu"
+    init_std: float | None = None
+    n_samples: int = 1
+    kl: str = "analytic"
+    objective: str = "elbo"
+    k: int = 1
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+
+
+ConfigStore.instance().store(group="model", name="vae_schema", node=VAEConfig)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` listing every problem in ``cfg``; return silently if it is sound."""
+    problems = _range_problems(cfg) + _key_problems(cfg) + _combination_problems(cfg)
+    if problems:
+        raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _check(problems: list[str], ok: bool, key: str, value: Any, accepted: str) -> None:
+    if not ok:
+        problems.append(f"{key}={value!r} is not allowed: {accepted}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _range_problems(cfg: DictConfig) -> list[str]:
+    m, p = cfg.model, []
+    _check(p, _is_int(m.latent) and m.latent > 0, "model.latent", m.latent,
+           "the latent size Nz must be a positive integer")
+    for key in ("encoder_hidden", "decoder_hidden"):
+        sizes = m[key]
+        _check(p, isinstance(sizes, ListConfig) and all(_is_int(s) and s > 0 for s in sizes),
+               f"model.{key}", OmegaConf.to_object(sizes) if isinstance(sizes, ListConfig)
+               else sizes, "expected a list of positive layer sizes, e.g. [400] or [500, 500]")
+    _check(p, m.activation in ACTIVATIONS, "model.activation", m.activation,
+           f"accepted: {', '.join(sorted(ACTIVATIONS))}")
+    _check(p, m.init_std is None or m.init_std > 0, "model.init_std", m.init_std,
+           "expected null or a positive standard deviation")
+    _check(p, m.n_samples >= 1, "model.n_samples", m.n_samples, "L must be at least 1")
+    _check(p, m.k >= 1, "model.k", m.k, "the number of importance samples must be at least 1")
+    _check(p, m.kl in ("analytic", "mc"), "model.kl", m.kl, "accepted: analytic, mc")
+    _check(p, m.objective in ("elbo", "iwae"), "model.objective", m.objective,
+           "accepted: elbo, iwae")
+    _check(p, m.beta >= 0, "model.beta", m.beta, "the KL weight must be >= 0")
+    _check(p, m.kl_warmup_steps >= 0, "model.kl_warmup_steps", m.kl_warmup_steps,
+           "expected a number of steps >= 0")
+    lr = cfg.optimizer.get("lr")
+    _check(p, lr is None or (isinstance(lr, (int, float)) and lr > 0), "optimizer.lr", lr,
+           "the learning rate must be a positive number")
+    wd = cfg.optimizer.get("weight_decay", 0.0)
+    _check(p, isinstance(wd, (int, float)) and wd >= 0, "optimizer.weight_decay", wd,
+           "weight decay must be >= 0")
+    bs = cfg.data.get("batch_size")
+    _check(p, _is_int(bs) and bs > 0, "data.batch_size", bs, "expected a positive integer")
+    epochs = cfg.trainer.get("max_epochs")
+    _check(p, epochs is None or (_is_int(epochs) and (epochs >= 1 or epochs == -1)),
+           "trainer.max_epochs", epochs, "expected a positive integer, or -1 for no limit")
+    _check(p, _is_int(cfg.seed), "seed", cfg.seed, "expected an integer")
+    ckpt = cfg.get("ckpt_path")
+    _check(p, ckpt in (None, "last") or os.path.isfile(str(ckpt)), "ckpt_path", ckpt,
+           "expected null, 'last', or the path of an existing checkpoint file")
+    return p
+
+
+def _target_nodes(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
+    """Every config node with a ``_target_``, with its dotted path (the hydra node excluded)."""
+    if not isinstance(node, DictConfig):
+        return []
+    found = [(path, node)] if "_target_" in node else []
+    for key in node:
+        if path == "" and key == "hydra":
+            continue
+        child = node._get_node(key)
+        found += _target_nodes(child, f"{path}.{key}" if path else str(key))
+    return found
+
+
+def _key_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+    for path, node in _target_nodes(cfg):
+        target = node._target_
+        try:
+            obj = get_object(target)
+        except Exception:
+            problems.append(f"{path}._target_={target!r} cannot be imported; check its spelling.")
+            continue
+        params = inspect.signature(obj).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in node:
+            if key not in HYDRA_KEYS and key not in params:
+                accepted = ", ".join(n for n in params if n not in ("self", "args", "kwargs"))
+                problems.append(
+                    f"{path}.{key} is not an option of {target}; accepted keys: {accepted}."
+                )
+    return problems
+
+
+def _combination_problems(cfg: DictConfig) -> list[str]:
+    m, problems = cfg.model, []
+    try:
+        prior = get_object(cfg.prior._target_)
+    except Exception:
+        prior = None  # reported by _key_problems
+    if m.kl == "analytic" and prior is not None and not getattr(prior, "has_analytic_kl", False):
+        problems.append(
+            f"model.kl='analytic' needs a prior with a closed-form KL, and {cfg.prior._target_} "
+            "has none; use model.kl=mc (the Monte-Carlo KL, estimator A)."
+        )
+    if m.objective == "iwae" and (m.beta != 1.0 or m.kl_warmup_steps > 0):
+        problems.append(
+            f"model.beta={m.beta} / model.kl_warmup_steps={m.kl_warmup_steps} apply to "
+            "objective=elbo only; the importance-weighted bound has no separate KL term."
+        )
+    if m.objective == "elbo" and m.k != 1:
+        problems.append(
+            f"model.k={m.k} is used only with model.objective=iwae; set model.objective=iwae "
+            "or leave k=1 (use model.n_samples for L samples in the ELBO)."
+        )
+    if m.objective == "iwae" and m.n_samples != 1:
+        problems.append(
+            f"model.n_samples={m.n_samples} is for the ELBO; with objective=iwae set the number "
+            "of importance samples with model.k."
+        )
+    return problems

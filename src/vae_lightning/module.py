@@ -1,0 +1,136 @@
+"""The VAE LightningModule: composes q(z|x), p(x|z), p(z) and the objective, and logs the bound."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from vae_lightning.likelihoods import Bernoulli, Decoder, Likelihood
+from vae_lightning.objectives import Bound, draw, elbo, iwae
+from vae_lightning.posteriors import GaussianPosterior, Posterior
+from vae_lightning.priors import Prior, StandardNormal
+
+TERMS = ("elbo", "recon", "kl")
+STAGES = ("train", "val", "test")
+
+
+class VAE(L.LightningModule):
+    """Auto-Encoding Variational Bayes (Algorithm 1) with the ELBO or the importance-weighted bound.
+
+    Training minimises ``-(recon - beta_t * KL)`` averaged over the minibatch (eq. 8), where
+    ``beta_t`` ramps linearly from 0 to ``beta`` over ``kl_warmup_steps``; with
+    ``objective='iwae'`` it minimises the negative importance-weighted bound with ``k`` samples.
+    Whatever the training objective, the logged ``*/elbo`` is the true (beta = 1) bound in nats per
+    data point, summed over pixels and latent dimensions and averaged over the data.
+
+    ``posterior`` and ``prior`` are factories called with the sizes the data fix; ``optimizer`` is a
+    factory called with the parameters (e.g. ``functools.partial(torch.optim.Adam, lr=1e-3)``).
+    ``config`` is the run's full configuration, stored in the checkpoint so it can be rebuilt.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent: int = 20,
+        encoder_hidden: Sequence[int] = (400,),
+        decoder_hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        init_std: float | None = None,
+        posterior: Callable[..., Posterior] = GaussianPosterior,
+        likelihood: Likelihood | None = None,
+        prior: Callable[..., Prior] = StandardNormal,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        n_samples: int = 1,
+        kl: str = "analytic",
+        objective: str = "elbo",
+        k: int = 1,
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["posterior", "likelihood", "prior", "optimizer"])
+        self.encoder = posterior(input_dim, latent, encoder_hidden, activation, init_std)
+        self.decoder = Decoder(
+            latent, input_dim, likelihood or Bernoulli(), decoder_hidden, activation, init_std
+        )
+        self.prior = _call_with_accepted(
+            prior, latent=latent, input_dim=input_dim, encoder=self.encoder
+        )
+        if kl == "analytic" and not self.prior.has_analytic_kl:
+            raise ValueError(
+                f"model.kl='analytic' needs a prior with a closed-form KL, and "
+                f"{type(self.prior).__name__} has none; use model.kl=mc."
+            )
+        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{term}": MeanMetric() for stage in STAGES for term in TERMS}
+        )
+        self.samples_seen = 0
+
+    def bound(self, x: Tensor) -> Bound:
+        """The ELBO terms of each row of ``x`` with the configured estimator and L."""
+        q = self.encoder(x)
+        return elbo(
+            x, q, self.decoder, self.prior, self.hparams.n_samples, self.hparams.kl == "analytic"
+        )
+
+    def kl_weight(self) -> float:
+        """beta_t: the KL weight at the current step (linear warm-up, then ``beta``)."""
+        warmup = self.hparams.kl_warmup_steps
+        ramp = min(1.0, self.global_step / warmup) if warmup > 0 else 1.0
+        return self.hparams.beta * ramp
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _ = batch
+        if self.hparams.objective == "iwae":
+            samples = draw(x, self.encoder(x), self.decoder, self.prior, self.hparams.k)
+            loss = -iwae(samples.log_w).mean()
+            bound = samples.bound()
+        else:
+            bound = self.bound(x)
+            loss = -(bound.recon - self.kl_weight() * bound.kl).mean()
+        self.samples_seen += x.shape[0] * self.trainer.world_size
+        self._update("train", bound)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._update("val", self.bound(batch[0]))
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._update("test", self.bound(batch[0]))
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/samples_seen", float(self.samples_seen), on_epoch=True)
+
+    def _update(self, stage: str, bound: Bound) -> None:
+        for term, value in zip(TERMS, (bound.elbo, bound.recon, bound.kl)):
+            metric = self.metrics[f"{stage}_{term}"]
+            metric.update(value.detach())
+            self.log(
+                f"{stage}/{term}", metric, on_step=False, on_epoch=True, prog_bar=term == "elbo"
+            )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["samples_seen"] = self.samples_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.samples_seen = checkpoint.get("samples_seen", 0)
+
+
+def _call_with_accepted(factory: Callable[..., Prior], **available: Any) -> Prior:
+    """Call ``factory`` with those of ``available`` that its signature names (a VampPrior needs
+    the encoder and input size, a standard normal only the latent size)."""
+    accepted = inspect.signature(factory).parameters
+    return factory(**{name: value for name, value in available.items() if name in accepted})

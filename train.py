@@ -1,0 +1,22 @@
+"""Train a VAE: `python train.py model.latent=2 data=frey` (see README.md and conf/)."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from vae_lightning.config import ConfigError
+from vae_lightning.train import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)["val/elbo"]
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

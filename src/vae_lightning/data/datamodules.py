@@ -1,0 +1,322 @@
+"""Lightning data modules for MNIST, Fashion-MNIST and Frey Face."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .download import ensure_files
+from .frey import frey_images, load_bundled_frey, read_frey_mat
+from .idx import read_idx
+from .sampling import ShardedBatchSampler, TensorBatchDataset, derive_seed
+
+# Seed of the permutation that carves val (and Frey's test) split: fixed, so every run,
+# whatever its ``seed``, sees the same validation and test examples.
+SPLIT_SEED = 0
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+_STAGE_SPLITS = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: ("train", "val", "test"),
+}
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {low}.")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is invalid: expected true or false.")
+
+
+class VAEDataModule(L.LightningDataModule):
+    """Base class: in-memory uint8 splits served by index slicing, sharded per rank.
+
+    Dataloader batches are ``(x, y)``: ``x`` uint8 images ``[B, H, W]`` (0/1 when
+    ``binarize="static"``), ``y`` int64 labels ``[B]`` (-1 when the set has none).
+    ``on_after_batch_transfer`` (Lightning calls it on the device) turns ``x`` into float32
+    ``[B, input_dim]`` in [0, 1]: divided by ``scale``, flattened and, for
+    ``binarize="dynamic"``, a fresh Bernoulli draw from a generator seeded by (seed, rank).
+    Code that iterates the dataloaders without a Trainer must call
+    ``dm.on_after_batch_transfer(batch, 0)`` on each batch itself.
+
+    Training order is a fresh permutation per epoch from (seed, epoch); val/test are in
+    order. With a Trainer attached, each rank serves its own shard (``ShardedBatchSampler``),
+    so trainers must set ``use_distributed_sampler=False``.
+    """
+
+    name: str
+    image_shape: tuple[int, int]
+    default_likelihood: str
+    binarize_modes: tuple[str, ...] = ("none", "static", "dynamic")
+
+    def __init__(
+        self,
+        root: str | os.PathLike = "data",
+        batch_size: int = 100,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        on_device: bool = False,
+        download: bool = True,
+        scale: float = 255.0,
+        val_size: int = 10000,
+        binarize: str = "none",
+    ) -> None:
+        super().__init__()
+        if not isinstance(root, str | os.PathLike):
+            raise ValueError(f"root={root!r} is invalid: expected a directory path.")
+        _check_int("batch_size", batch_size, 1)
+        if eval_batch_size is not None:
+            _check_int("eval_batch_size", eval_batch_size, 1)
+        _check_int("seed", seed, 0)
+        _check_int("num_workers", num_workers, 0)
+        _check_bool("on_device", on_device)
+        _check_bool("download", download)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 255:
+            raise ValueError(
+                f"scale={scale!r} is invalid: expected a number >= 255 "
+                "so that uint8 pixels map into [0, 1]."
+            )
+        _check_int("val_size", val_size, 1)
+        if binarize not in self.binarize_modes:
+            raise ValueError(
+                f"binarize={binarize!r} is invalid for {self.name}: expected one "
+                f"of {', '.join(self.binarize_modes)}."
+            )
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.seed, self.num_workers, self.on_device = seed, num_workers, on_device
+        self.download, self.scale = download, float(scale)
+        self.val_size, self.binarize = val_size, binarize
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._generators: dict[str, torch.Generator] = {}
+
+    @property
+    def input_dim(self) -> int:
+        return self.image_shape[0] * self.image_shape[1]
+
+    def _load(self, names: set[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Return ``{split: (uint8 images [N, H, W], int64 labels [N])}`` for ``names``."""
+        raise NotImplementedError
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _device(self) -> torch.device:
+        return torch.device("cpu") if self.trainer is None else self.trainer.strategy.root_device
+
+    def setup(self, stage: str | None = None) -> None:
+        names = {s for s in _STAGE_SPLITS[stage] if s not in self.splits}
+        if not names:
+            return
+        for split, (images, labels) in self._load(names).items():
+            x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
+            if self.binarize == "static":  # one fixed draw per split, stored as 0/1
+                gen = torch.Generator().manual_seed(derive_seed(self.seed, _SPLIT_IDS[split]))
+                x = torch.bernoulli(x.float() / self.scale, generator=gen).to(torch.uint8)
+            if self.on_device and self._device().type != "cpu":
+                x, y = x.to(self._device()), y.to(self._device())
+            self.splits[split] = (x, y)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.splits:
+            raise RuntimeError(f"The {split} split is not loaded: call setup() first.")
+        x, y = self.splits[split]
+        rank, world = self._rank_world()
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        sampler = ShardedBatchSampler(len(x), batch_size, shuffle, self.seed, rank, world)
+        if shuffle and self.trainer is not None:
+            sampler.set_epoch(self.trainer.current_epoch)
+        on_cpu = x.device.type == "cpu"
+        workers = self.num_workers if on_cpu else 0
+        return DataLoader(
+            TensorBatchDataset(x, y),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=on_cpu and self._device().type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if str(device) not in self._generators:
+            seed = derive_seed(self.seed, self._rank_world()[0])
+            self._generators[str(device)] = torch.Generator(device).manual_seed(seed)
+        return self._generators[str(device)]
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        x, y = batch
+        x = x.flatten(1).float()
+        if self.binarize != "static":
+            x = x / self.scale
+        if self.binarize == "dynamic":
+            x = torch.bernoulli(x, generator=self._generator(x.device))
+        return x, y
+
+
+def _carve(n: int, size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` into (rest, held-out ``size``) by the fixed SPLIT_SEED permutation."""
+    if size >= n:
+        raise ValueError(f"val_size={size} is invalid for {name}: expected fewer than {n}.")
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return np.sort(perm[size:]), np.sort(perm[:size])
+
+
+class _IDXDataModule(VAEDataModule):
+    """MNIST-format data: four IDX files found on disk or downloaded."""
+
+    image_shape = (28, 28)
+    default_likelihood = "bernoulli"
+    mirrors: tuple[str, ...]
+    files: dict[str, str]  # name -> md5 of the canonical .gz
+    system_dirs: tuple[str, ...] = ()
+
+    def _dirs(self) -> list[Path]:
+        return [self.root / self.name, *map(Path, self.system_dirs)]
+
+    def prepare_data(self) -> None:
+        ensure_files(self.files, self._dirs(), self.mirrors, self.download)
+
+    def _read(self, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+        wanted = {k: v for k, v in self.files.items() if k.startswith(prefix)}
+        paths = ensure_files(wanted, self._dirs(), self.mirrors, self.download)
+        images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
+        labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"{self.name} {prefix} images are {images.dtype} "
+                f"{images.shape}, expected uint8 [N, 28, 28]."
+            )
+        if labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"{self.name} {prefix} has {len(images)} images but {len(labels)} labels."
+            )
+        return images, labels.astype(np.int64)
+
+    def _load(self, names):
+        out = {}
+        if names & {"train", "val"}:
+            images, labels = self._read("train")
+            train, val = _carve(len(images), self.val_size, self.name)
+            out.update(train=(images[train], labels[train]), val=(images[val], labels[val]))
+        if "test" in names:
+            out["test"] = self._read("t10k")
+        return out
+
+
+class MNISTDataModule(_IDXDataModule):
+    """MNIST: 50000/10000/10000 train/val/test (val carved from the official training set).
+
+    Files are read from ``root/mnist`` (gzipped or not) and downloaded there when missing.
+    Default ``binarize="dynamic"``.
+    """
+
+    name = "mnist"
+    mirrors = (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    )
+    files = {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    }
+
+    def __init__(self, *args, binarize: str = "dynamic", **kwargs) -> None:
+        super().__init__(*args, binarize=binarize, **kwargs)
+
+
+class FashionMNISTDataModule(_IDXDataModule):
+    """Fashion-MNIST: 50000/10000/10000 train/val/test, like MNIST.
+
+    Files are read from ``root/fashion_mnist``, then ``/usr/share/datasets/fashion-mnist``
+    (Debian's ``dataset-fashion-mnist``), and downloaded into ``root/fashion_mnist`` otherwise.
+    Default ``binarize="none"``: the images are genuinely grayscale and binarizing them
+    destroys most of their texture; the Bernoulli likelihood then takes the gray levels as
+    targets in [0, 1].
+    """
+
+    name = "fashion_mnist"
+    mirrors = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+    files = {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    }
+    system_dirs = ("/usr/share/datasets/fashion-mnist",)
+
+
+class FreyFaceDataModule(VAEDataModule):
+    """Frey Face: 1965 grayscale 28x20 faces, continuous (no binarization), no labels (y = -1).
+
+    Split 1565/200/200 train/val/test by default (``val_size``, ``test_size``), drawn from a
+    fixed permutation (SPLIT_SEED), each split kept in video order. Data source, first found:
+    ``path`` (a ``frey_rawface.mat``), ``root/frey/frey_rawface.mat``, else the copy bundled
+    with the package (checked against its sha256). Nothing is downloaded.
+    """
+
+    name = "frey"
+    image_shape = (28, 20)
+    default_likelihood = "gaussian"
+    binarize_modes = ("none",)
+    n_faces = 1965
+
+    def __init__(
+        self,
+        *args,
+        val_size: int = 200,
+        test_size: int = 200,
+        path: str | os.PathLike | None = None,
+        binarize: str = "none",
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, val_size=val_size, binarize=binarize, **kwargs)
+        _check_int("test_size", test_size, 1)
+        if val_size + test_size >= self.n_faces:
+            raise ValueError(
+                f"val_size + test_size = {val_size + test_size} is invalid: "
+                f"expected fewer than the {self.n_faces} faces."
+            )
+        self.test_size = test_size
+        self.path = None if path is None else Path(path)
+
+    def _source(self) -> Path | None:
+        if self.path is not None:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"path={str(self.path)!r} does not exist.")
+            return self.path
+        own = self.root / "frey" / "frey_rawface.mat"
+        return own if own.is_file() else None
+
+    def _load(self, names):
+        source = self._source()
+        images = frey_images(load_bundled_frey() if source is None else read_frey_mat(source))
+        rest, test = _carve(self.n_faces, self.test_size, self.name)
+        train_of_rest, val_of_rest = _carve(len(rest), self.val_size, self.name)
+        idx = {"train": rest[train_of_rest], "val": rest[val_of_rest], "test": test}
+        return {s: (images[idx[s]], np.full(len(idx[s]), -1, np.int64)) for s in names}

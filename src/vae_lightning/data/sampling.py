@@ -1,0 +1,76 @@
+"""Batch-index sampling: per-epoch shuffles and per-rank shards, without per-sample collation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def derive_seed(*keys: int) -> int:
+    """Mix non-negative integers (e.g. seed, epoch) into one 63-bit seed for torch generators."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1)
+
+
+class TensorBatchDataset(Dataset):
+    """A split held as whole tensors; ``ds[idx]`` takes an index tensor and returns the batch."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        idx = idx.to(self.tensors[0].device)
+        return tuple(t[idx] for t in self.tensors)
+
+
+class ShardedBatchSampler(Sampler[torch.Tensor]):
+    """Yield one index tensor per batch of this rank's shard of ``n`` examples.
+
+    ``shuffle=True`` (training): a fresh permutation per epoch, drawn from ``(seed, epoch)``;
+    rank ``r`` takes every ``world_size``-th index from position ``r``, truncated to
+    ``n // world_size`` so that every rank has the same number of batches (at most
+    ``world_size - 1`` examples sit out each epoch, a different few every epoch).
+    ``shuffle=False`` (val/test): rank ``r`` takes the ``r``-th contiguous block; the blocks
+    cover every example exactly once and may differ in size by one.
+    Lightning calls ``set_epoch`` at the start of each epoch.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is invalid: expected 0 <= rank < {world_size}.")
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self) -> torch.Tensor:
+        """Return this rank's indices for the current epoch, in serving order."""
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+            perm = torch.randperm(self.n, generator=gen)
+            stop = (self.n // self.world_size) * self.world_size
+            return perm[self.rank : stop : self.world_size]
+        return torch.tensor_split(torch.arange(self.n), self.world_size)[self.rank]
+
+    def __iter__(self):
+        return iter(self.shard().split(self.batch_size))
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            size = self.n // self.world_size
+        else:
+            size = self.n // self.world_size + (self.rank < self.n % self.world_size)
+        return -(-size // self.batch_size)

@@ -1,0 +1,296 @@
+"""Data modules: interface, validation, binarization, sharding, and MNIST end to end."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from vae_lightning.data import FashionMNISTDataModule, FreyFaceDataModule, MNISTDataModule
+from vae_lightning.data.download import DataNotFoundError
+from vae_lightning.data.frey import frey_images, load_bundled_frey
+from vae_lightning.data.idx import write_idx
+from vae_lightning.data.sampling import ShardedBatchSampler
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
+
+
+@pytest.fixture
+def mnist_root(tmp_path) -> Path:
+    """A root holding small MNIST-format files: 300 train, 100 test images (gz and plain)."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "mnist"
+    d.mkdir()
+    for prefix, n, ext in [("train", 300, ".gz"), ("t10k", 100, "")]:
+        write_idx(
+            d / f"{prefix}-images-idx3-ubyte{ext}", rng.integers(0, 256, (n, 28, 28), np.uint8)
+        )
+        write_idx(d / f"{prefix}-labels-idx1-ubyte{ext}", rng.integers(0, 10, n).astype(np.uint8))
+    return tmp_path
+
+
+def fake_trainer(rank=0, world_size=1, epoch=0):
+    return SimpleNamespace(
+        global_rank=rank,
+        world_size=world_size,
+        current_epoch=epoch,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+    )
+
+
+def batches(dm, loader):
+    return [dm.on_after_batch_transfer(b, 0) for b in loader]
+
+
+def test_interface_without_setup():
+    for cls, dim, shape, lik, name in [
+        (MNISTDataModule, 784, (28, 28), "bernoulli", "mnist"),
+        (FashionMNISTDataModule, 784, (28, 28), "bernoulli", "fashion_mnist"),
+        (FreyFaceDataModule, 560, (28, 20), "gaussian", "frey"),
+    ]:
+        dm = cls(root="nowhere")
+        assert (dm.input_dim, dm.image_shape, dm.default_likelihood, dm.name) == (
+            dim,
+            shape,
+            lik,
+            name,
+        )
+    assert MNISTDataModule().binarize == "dynamic" and FashionMNISTDataModule().binarize == "none"
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, word",
+    [
+        (MNISTDataModule, {"batch_size": 0}, "batch_size=0"),
+        (MNISTDataModule, {"batch_size": 2.5}, "batch_size=2.5"),
+        (MNISTDataModule, {"eval_batch_size": -1}, "eval_batch_size=-1"),
+        (MNISTDataModule, {"seed": -3}, "seed=-3"),
+        (MNISTDataModule, {"num_workers": -1}, "num_workers=-1"),
+        (MNISTDataModule, {"on_device": "yes"}, "on_device='yes'"),
+        (MNISTDataModule, {"download": 1}, "download=1"),
+        (MNISTDataModule, {"scale": 1.0}, "scale=1.0"),
+        (MNISTDataModule, {"val_size": 0}, "val_size=0"),
+        (MNISTDataModule, {"binarize": "otsu"}, "binarize='otsu'"),
+        (MNISTDataModule, {"root": None}, "root=None"),
+        (FreyFaceDataModule, {"binarize": "dynamic"}, "binarize='dynamic'"),
+        (FreyFaceDataModule, {"val_size": 1000, "test_size": 1000}, "2000"),
+    ],
+)
+def test_bad_arguments(cls, kwargs, word):
+    with pytest.raises(ValueError, match=word.replace(".", r"\.")):
+        cls(**kwargs)
+
+
+def test_mnist_end_to_end(mnist_root):
+    dm = MNISTDataModule(root=str(mnist_root), batch_size=32, eval_batch_size=40, val_size=50)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    assert {k: len(v[0]) for k, v in dm.splits.items()} == {"train": 250, "val": 50, "test": 100}
+    raw = next(iter(dm.train_dataloader()))
+    assert raw[0].dtype == torch.uint8 and raw[0].shape == (32, 28, 28)
+    train = batches(dm, dm.train_dataloader())
+    assert [len(x) for x, _ in train] == [32] * 7 + [26]
+    for x, y in train:
+        assert x.dtype == torch.float32 and x.shape[1] == 784 and y.dtype == torch.int64
+        assert set(x.unique().tolist()) <= {0.0, 1.0} and 0 <= y.min() and y.max() <= 9
+    test = batches(dm, dm.test_dataloader())
+    assert [len(x) for x, _ in test] == [40, 40, 20]
+    torch.testing.assert_close(torch.cat([y for _, y in test]), dm.splits["test"][1])
+
+
+def test_val_carved_with_fixed_seed(mnist_root):
+    def val_labels(seed):
+        dm = MNISTDataModule(root=str(mnist_root), val_size=50, seed=seed)
+        dm.setup("validate")
+        return dm.splits["val"][0]
+
+    torch.testing.assert_close(val_labels(0), val_labels(7))  # same split for every run seed
+
+
+def test_missing_files_error(tmp_path):
+    dm = MNISTDataModule(root=str(tmp_path), download=False)
+    with pytest.raises(DataNotFoundError, match="train-images-idx3-ubyte.gz") as err:
+        dm.prepare_data()
+    assert str(tmp_path / "mnist") in str(err.value)
+
+
+def test_train_order_per_epoch(mnist_root):
+    dm = MNISTDataModule(root=str(mnist_root), val_size=50, batch_size=50, binarize="none")
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+
+    def epoch_labels(epoch):
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([y for _, y in loader])
+
+    first, second = epoch_labels(0), epoch_labels(1)
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(epoch_labels(0), first)  # reproducible: resumable from (seed, epoch)
+    dm.trainer = fake_trainer(epoch=1)
+    torch.testing.assert_close(torch.cat([y for _, y in dm.train_dataloader()]), second)
+
+
+@pytest.mark.parametrize("mode", ["none", "static", "dynamic"])
+def test_binarization_modes(mnist_root, mode):
+    dm = MNISTDataModule(root=str(mnist_root), val_size=50, batch_size=64, binarize=mode)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+
+    def epoch_images(epoch):  # the training images of one epoch, in index order
+        loader.sampler.set_epoch(epoch)
+        xs = torch.cat([x for x, _ in batches(dm, loader)])
+        return xs[loader.sampler.shard().argsort()]
+
+    first, second = epoch_images(0), epoch_images(1)
+    if mode == "none":
+        torch.testing.assert_close(first, dm.splits["train"][0].flatten(1).float() / 255)
+    else:
+        assert set(first.unique().tolist()) == {0.0, 1.0}
+        assert torch.equal(first, second) == (mode == "static")
+    eval_a, eval_b = (torch.cat([x for x, _ in batches(dm, dm.val_dataloader())]) for _ in "ab")
+    assert torch.equal(eval_a, eval_b) == (mode != "dynamic")
+
+
+def test_static_draw_is_seeded(mnist_root):
+    def draw(seed):
+        dm = MNISTDataModule(root=str(mnist_root), val_size=50, binarize="static", seed=seed)
+        dm.setup("test")
+        return dm.splits["test"][0]
+
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+
+
+@pytest.mark.parametrize("n, batch_size", [(100, 7), (101, 10), (5, 2), (1565, 100)])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_sharding(n, batch_size, world):
+    train = [
+        ShardedBatchSampler(n, batch_size, True, seed=3, rank=r, world_size=world)
+        for r in range(world)
+    ]
+    for s in train:
+        s.set_epoch(5)
+    shards = [torch.cat(list(s)) for s in train]
+    assert len({len(list(s)) for s in train}) == 1  # same number of batches on every rank
+    assert [len(list(s)) for s in train] == [len(s) for s in train]
+    seen = torch.cat(shards)
+    assert len(seen.unique()) == len(seen) == n - n % world  # disjoint, at most world-1 left out
+    evals = [
+        ShardedBatchSampler(n, batch_size, False, rank=r, world_size=world) for r in range(world)
+    ]
+    assert [len(list(s)) for s in evals] == [len(s) for s in evals]
+    torch.testing.assert_close(torch.cat([torch.cat(list(s)) for s in evals]), torch.arange(n))
+
+
+def test_datamodule_shards_by_trainer_rank(mnist_root):
+    dm = MNISTDataModule(root=str(mnist_root), val_size=50, batch_size=20, binarize="none")
+    dm.setup("test")
+    per_rank = []
+    for rank in range(3):
+        dm.trainer = fake_trainer(rank, 3)
+        per_rank.append(torch.cat([y for _, y in dm.test_dataloader()]))
+    torch.testing.assert_close(torch.cat(per_rank), dm.splits["test"][1])
+    gens = []
+    for rank in range(2):  # dynamic binarization: a generator per (seed, rank)
+        dm = MNISTDataModule(root=str(mnist_root), val_size=50)
+        dm.trainer = fake_trainer(rank, 2)
+        gens.append(dm._generator(torch.device("cpu")).initial_seed())
+    assert gens[0] != gens[1]
+
+
+def test_frey_split_and_batches():
+    dm = FreyFaceDataModule(root="nowhere", batch_size=100)
+    dm.setup()
+    sizes = {k: len(v[0]) for k, v in dm.splits.items()}
+    assert sizes == {"train": 1565, "val": 200, "test": 200}
+    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert x.shape == (100, 560) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert (y == -1).all() and y.dtype == torch.int64
+    assert [len(b[0]) for b in dm.train_dataloader()] == [100] * 15 + [65]
+
+
+def test_frey_split_covers_all_faces():
+    dm = FreyFaceDataModule()
+    dm.setup()
+    ours = torch.cat([dm.splits[s][0] for s in ("train", "val", "test")]).flatten(1).numpy()
+    faces = frey_images(load_bundled_frey()).reshape(1965, 560)
+    assert sorted(map(bytes, ours)) == sorted(map(bytes, faces))
+
+
+def test_frey_reads_user_mat(tmp_path):
+    ff = np.random.default_rng(1).integers(0, 256, (560, 1965), np.uint8)
+    (tmp_path / "frey").mkdir()
+    scipy.io.savemat(tmp_path / "frey" / "frey_rawface.mat", {"ff": ff})
+    dm = FreyFaceDataModule(root=str(tmp_path), val_size=10, test_size=10)
+    dm.setup("test")
+    faces = {bytes(f) for f in ff.T}
+    assert all(bytes(f) in faces for f in dm.splits["test"][0].flatten(1).numpy())
+
+
+def test_workers_and_lightning_hook(mnist_root):
+    seen = []
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(784, 1)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            seen.append((self.current_epoch, x.dtype, x.shape[1], y.dtype, y[:5].tolist()))
+            return self.layer(x).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = MNISTDataModule(root=str(mnist_root), val_size=50, batch_size=50, num_workers=1)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(Probe(), datamodule=dm)
+    assert [s[1:4] for s in seen] == [(torch.float32, 784, torch.int64)] * 10
+    assert seen[0][0] == 0 and seen[5][0] == 1 and seen[0][4] != seen[5][4]  # reshuffled per epoch
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("mnist", MNISTDataModule),
+        ("fashion_mnist", FashionMNISTDataModule),
+        ("frey", FreyFaceDataModule),
+    ],
+)
+def test_yaml_instantiates(name, cls, monkeypatch, tmp_path):
+    monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path))
+    cfg = OmegaConf.create({"seed": 11, "data": OmegaConf.load(CONF / f"{name}.yaml")})
+    dm = instantiate(cfg.data)
+    assert type(dm) is cls and dm.seed == 11 and dm.root == tmp_path
+    assert dm.eval_batch_size == dm.batch_size == 100
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason=f"{FASHION} absent (Debian dataset-fashion-mnist)")
+def test_fashion_mnist_from_debian_package(tmp_path):
+    dm = FashionMNISTDataModule(root=str(tmp_path), download=False)
+    dm.prepare_data()
+    dm.setup()
+    assert {k: tuple(v[0].shape) for k, v in dm.splits.items()} == {
+        "train": (50000, 28, 28),
+        "val": (10000, 28, 28),
+        "test": (10000, 28, 28),
+    }
+    assert not any(tmp_path.iterdir())

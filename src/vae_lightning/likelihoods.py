@@ -11,7 +11,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli as _Bernoulli
+from torch.distributions import Beta as _Beta
+from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
 from torch.distributions import Distribution, Independent, Normal
+from torch.nn import functional as F
 
 from vae_lightning.nets import MLP
 
@@ -20,6 +23,9 @@ class Likelihood(nn.Module):
     """Maps decoder outputs ``[..., n_params * D]`` to a distribution over ``D`` pixels."""
 
     n_params = 1
+
+    def __init__(self) -> None:  # an explicit signature, so config keys are checked against it
+        super().__init__()
 
     def forward(self, params: Tensor) -> Distribution:
         return Independent(self.pixel_distribution(*params.float().chunk(self.n_params, -1)), 1)
@@ -65,6 +71,69 @@ class Gaussian(Likelihood):
             mean = torch.sigmoid(mean)
         log_var = torch.logaddexp(log_var, torch.full_like(log_var, self.log_min_var))
         return Normal(mean, torch.exp(0.5 * log_var), validate_args=False)
+
+
+class GaussianFixed(Gaussian):
+    """Gaussian decoder with one fixed standard deviation ``sigma`` for every pixel:
+    log p(x|z) = sum_i [-1/2 log(2 pi) - log sigma - (x_i - mu_i)^2 / (2 sigma^2)].
+
+    Up to constants this is the squared error weighted by 1 / (2 sigma^2): the classic
+    "MSE autoencoder" VAE, with sigma setting the balance between reconstruction and KL.
+    """
+
+    n_params = 1
+
+    def __init__(self, sigma: float = 0.1, mean_activation: str = "sigmoid") -> None:
+        if not sigma > 0:
+            raise ValueError(f"likelihood.sigma={sigma} must be > 0.")
+        super().__init__(mean_activation, min_var=0.0)
+        self.log_var = 2.0 * math.log(sigma)
+
+    def pixel_distribution(self, mean: Tensor) -> Distribution:
+        return super().pixel_distribution(mean, torch.full_like(mean, self.log_var))
+
+
+class ContinuousBernoulli(Likelihood):
+    """Continuous Bernoulli on logits (Loaiza-Ganem & Cunningham 2019), the proper density for
+    x in [0, 1]: p(x|lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x) with
+    C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda), C(1/2) = 2. torch evaluates log C by a
+    Taylor expansion near lambda = 1/2, where the closed form is 0/0. Its mean is not lambda."""
+
+    def pixel_distribution(self, logits: Tensor) -> Distribution:
+        return _ContinuousBernoulli(logits=logits, validate_args=False)
+
+
+class Beta(Likelihood):
+    """Beta decoder for continuous x in [0, 1] (e.g. Frey Face):
+    log p(x|z) = sum_i [(a_i - 1) log x_i + (b_i - 1) log(1 - x_i) - log B(a_i, b_i)], with
+    a, b = softplus(decoder outputs) + 1e-4. Unlike the Gaussian it lives on (0, 1) and can be
+    skewed or U-shaped (pixels piled at black or white); its mean is a / (a + b).
+
+    The density is infinite or zero at x = 0 and 1, so pixels are clamped into [eps, 1 - eps]
+    before scoring: the score of a saturated pixel is the density at eps (or 1 - eps).
+    """
+
+    n_params = 2
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        super().__init__()
+        if not 0 < eps < 0.5:
+            raise ValueError(f"likelihood.eps={eps} must be in (0, 0.5).")
+        self.eps = eps
+
+    def pixel_distribution(self, a: Tensor, b: Tensor) -> Distribution:
+        return _ClampedBeta(F.softplus(a) + 1e-4, F.softplus(b) + 1e-4, self.eps)
+
+
+class _ClampedBeta(_Beta):
+    """A Beta whose ``log_prob`` clamps x into [eps, 1 - eps] (see ``Beta``)."""
+
+    def __init__(self, a: Tensor, b: Tensor, eps: float) -> None:
+        super().__init__(a, b, validate_args=False)
+        self.eps = eps
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return super().log_prob(value.clamp(self.eps, 1.0 - self.eps))
 
 
 class Decoder(nn.Module):

@@ -1,5 +1,6 @@
 """Data modules: interface, validation, binarization, sharding, and MNIST end to end."""
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from vae_lightning.data import FashionMNISTDataModule, FreyFaceDataModule, MNISTDataModule
 from vae_lightning.data.download import DataNotFoundError
@@ -265,19 +266,34 @@ def test_workers_and_lightning_hook(mnist_root):
 
 
 @pytest.mark.parametrize(
-    "name, cls",
+    "name, cls, likelihood",
     [
-        ("mnist", MNISTDataModule),
-        ("fashion_mnist", FashionMNISTDataModule),
-        ("frey", FreyFaceDataModule),
+        ("mnist", MNISTDataModule, "bernoulli"),
+        ("fashion_mnist", FashionMNISTDataModule, "bernoulli"),
+        ("frey", FreyFaceDataModule, "gaussian"),
     ],
 )
-def test_yaml_instantiates(name, cls, monkeypatch, tmp_path):
+def test_yaml_composes_and_instantiates(name, cls, likelihood, monkeypatch, tmp_path):
+    """conf/data/*.yaml in a minimal primary config: likelihood override, keys, interpolations."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf / "data")
+    (conf / "likelihood").mkdir()
+    for lik in ("bernoulli", "gaussian"):
+        (conf / "likelihood" / f"{lik}.yaml").write_text(f"name: {lik}\n")
+    (conf / "train.yaml").write_text(
+        "defaults:\n  - _self_\n  - likelihood: bernoulli\n  - data: frey\nseed: 11\n"
+    )
     monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path))
-    cfg = OmegaConf.create({"seed": 11, "data": OmegaConf.load(CONF / f"{name}.yaml")})
-    dm = instantiate(cfg.data)
-    assert type(dm) is cls and dm.seed == 11 and dm.root == tmp_path
-    assert dm.eval_batch_size == dm.batch_size == 100
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data={name}"])
+        assert cfg.likelihood.name == likelihood
+        dm = instantiate(cfg.data)
+        assert type(dm) is cls and dm.seed == 11 and dm.root == tmp_path
+        assert dm.eval_batch_size == dm.batch_size == 100 and dm.default_likelihood == likelihood
+        assert (
+            compose("train", overrides=[f"data={name}", "likelihood=gaussian"]).likelihood.name
+            == "gaussian"
+        )
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

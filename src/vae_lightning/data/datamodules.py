@@ -45,7 +45,8 @@ class VAEDataModule(L.LightningDataModule):
     ``binarize="static"``), ``y`` int64 labels ``[B]`` (-1 when the set has none).
     ``on_after_batch_transfer`` (Lightning calls it on the device) turns ``x`` into float32
     ``[B, input_dim]`` in [0, 1]: divided by ``scale``, flattened and, for
-    ``binarize="dynamic"``, a fresh Bernoulli draw from a generator seeded by (seed, rank).
+    ``binarize="dynamic"``, a fresh Bernoulli draw for every batch (val/test too) from a
+    generator seeded by (seed, rank).
     Code that iterates the dataloaders without a Trainer must call
     ``dm.on_after_batch_transfer(batch, 0)`` on each batch itself.
 

@@ -1,0 +1,91 @@
+"""Config composition for every group option, and rejection of bad configs before training."""
+
+import pytest
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf.errors import OmegaConfBaseException
+
+from compose import CONF, compose_train
+from vae_lightning.config import ConfigError, validate
+
+GROUPS = ["data", "model", "likelihood", "prior", "posterior", "optimizer", "trainer",
+          "logger", "callbacks", "experiment"]
+NOT_INSTANTIABLE_HERE = {"trainer", "experiment", "model", "logger"}
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.endswith("schema"))
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda v: str(v)
+)
+def test_every_group_option_composes_and_validates(group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if group == "prior" and option != "normal":
+        overrides.append("model.kl=mc")
+    cfg = compose_train(overrides, tmp_path)
+    validate(cfg)
+    if group not in NOT_INSTANTIABLE_HERE and cfg.get(group):
+        node = cfg[group]
+        targets = [node] if "_target_" in node else list(node.values())
+        for target in targets:
+            assert instantiate(target) is not None
+
+
+def test_data_choice_sets_the_default_likelihood(tmp_path):
+    assert compose_train(["data=frey"], tmp_path).likelihood._target_.endswith("Gaussian")
+    assert compose_train(["data=mnist"], tmp_path).likelihood._target_.endswith("Bernoulli")
+    explicit = compose_train(["data=frey", "likelihood=bernoulli"], tmp_path)
+    assert explicit.likelihood._target_.endswith("Bernoulli")
+
+
+def test_paper_presets(tmp_path):
+    frey = compose_train(["experiment=aevb_frey", "model.latent=2"], tmp_path)
+    assert frey.model.encoder_hidden == [200] and frey.model.activation == "tanh"
+    assert frey.optimizer._target_ == "torch.optim.Adagrad" and frey.data.batch_size == 100
+    assert frey.likelihood._target_.endswith("Gaussian") and frey.model.latent == 2
+    mnist = compose_train(["experiment=aevb_mnist"], tmp_path)
+    assert mnist.model.encoder_hidden == [500] and mnist.likelihood._target_.endswith("Bernoulli")
+    assert mnist.model.n_samples == 1
+
+
+# (overrides, words the message must contain); each is rejected before any training.
+BAD_CONFIGS = [
+    (["model.latent=0"], ["model.latent=0", "positive integer"]),
+    (["model.latent=-3"], ["model.latent=-3"]),
+    (["model.latent=abc"], ["model.latent", "abc"]),
+    (["optimizer.lr=-0.1"], ["optimizer.lr=-0.1", "positive"]),
+    (["optimizer.lr=0"], ["optimizer.lr=0"]),
+    (["optimizer.weight_decay=-1"], ["optimizer.weight_decay"]),
+    (["model.n_samples=0"], ["model.n_samples=0"]),
+    (["model.objective=iwae", "model.k=0"], ["model.k=0"]),
+    (["model.kl=exact"], ["model.kl='exact'", "analytic, mc"]),
+    (["model.objective=vi"], ["model.objective='vi'", "elbo, iwae"]),
+    (["model.activation=swish"], ["model.activation='swish'", "tanh"]),
+    (["model.encoder_hidden=[0]"], ["model.encoder_hidden", "positive layer sizes"]),
+    (["model.init_std=-0.01"], ["model.init_std"]),
+    (["model.beta=-1"], ["model.beta=-1"]),
+    (["model.k=5"], ["model.k=5", "objective=iwae"]),
+    (["model.objective=iwae", "model.k=5", "model.beta=0.5"], ["model.beta=0.5"]),
+    (["data.batch_size=0"], ["data.batch_size=0"]),
+    (["trainer.max_epochs=0"], ["trainer.max_epochs=0"]),
+    (["seed=1.5"], ["seed=1.5"]),
+    (["ckpt_path=/no/such/file.ckpt"], ["ckpt_path", "/no/such/file.ckpt"]),
+    (["+trainer.max_epoch=3"], ["trainer.max_epoch", "accepted keys", "max_epochs"]),
+    (["+likelihood.min_var=0.1", "likelihood=bernoulli"], ["likelihood.min_var", "Bernoulli"]),
+    (["+optimizer.momentum=0.9"], ["optimizer.momentum", "Adam"]),
+    (["+model.latnt=2"], ["latnt"]),
+    (["model.latnt=2"], ["model.latnt"]),
+    (["data=cifar"], ["data", "cifar", "frey", "mnist"]),
+    (["optimizer=sgdd"], ["sgdd", "adam", "adagrad"]),
+]
+
+
+@pytest.mark.parametrize("overrides,words", BAD_CONFIGS, ids=lambda v: " ".join(v))
+def test_bad_config_is_rejected_with_a_message_naming_it(overrides, words, tmp_path):
+    with pytest.raises((ConfigError, HydraException, OmegaConfBaseException)) as err:
+        validate(compose_train(overrides, tmp_path))
+    message = str(err.value)
+    for word in words:
+        assert word in message, f"{word!r} not in: {message}"

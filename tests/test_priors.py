@@ -1,0 +1,89 @@
+"""Priors: densities normalised and equal to their mixture formulas; learnable parts get
+gradients through the VAE loss; the VampPrior shares, but does not own, the encoder."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+from torch.testing import assert_close
+
+from vae_lightning.module import VAE
+from vae_lightning.posteriors import GaussianPosterior
+from vae_lightning.priors import MixtureOfGaussians, StandardNormal, VampPrior
+
+LATENT, INPUT = 3, 6
+
+
+def _vamp(latent=LATENT, k=4):
+    encoder = GaussianPosterior(INPUT, latent, hidden=(8,))
+    return VampPrior(latent, INPUT, encoder, n_components=k), encoder
+
+
+def test_mog_log_prob_is_the_mixture_formula_and_samples_have_the_mixture_mean():
+    torch.manual_seed(0)
+    prior = MixtureOfGaussians(LATENT, n_components=4, init_spread=2.0)
+    with torch.no_grad():
+        prior.logits.normal_()
+        prior.log_scale.normal_(0.0, 0.3)
+    z = torch.randn(5, LATENT)
+    comp = Normal(prior.loc, prior.log_scale.exp()).log_prob(z[:, None]).sum(-1)  # [5, K]
+    want = torch.logsumexp(prior.logits.log_softmax(0) + comp, dim=-1)
+    assert_close(prior.log_prob(z), want)
+    samples = prior.sample(100_000)
+    assert samples.shape == (100_000, LATENT)
+    mean = (prior.logits.softmax(0)[:, None] * prior.loc).sum(0)
+    assert_close(samples.mean(0), mean, atol=0.05, rtol=0)
+
+
+def test_vamp_log_prob_is_the_average_of_the_encoder_posteriors_at_the_pseudo_inputs():
+    prior, encoder = _vamp()
+    z = torch.randn(5, LATENT)
+    q = encoder(prior.pseudo_inputs)  # batch [K]
+    want = torch.logsumexp(q.log_prob(z[:, None]), dim=-1) - math.log(4)
+    assert_close(prior.log_prob(z), want)
+    assert prior.sample(7).shape == (7, LATENT)
+
+
+def test_vamp_pseudo_inputs_start_in_the_data_range():
+    prior = VampPrior(LATENT, 784, GaussianPosterior(784, LATENT), n_components=50)
+    assert 0.0 < prior.pseudo_inputs.min() and prior.pseudo_inputs.max() < 1.0
+    assert abs(prior.pseudo_inputs.mean().item() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("make", [lambda: _vamp(latent=1)[0],
+                                  lambda: MixtureOfGaussians(1, n_components=3)])
+def test_one_dimensional_prior_density_integrates_to_one(make):
+    torch.manual_seed(0)
+    z = torch.linspace(-30, 30, 60001)[:, None]
+    density = make().log_prob(z).exp().double()
+    assert torch.trapezoid(density, z[:, 0].double()).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_vamp_prior_does_not_own_the_encoder():
+    vae = VAE(INPUT, LATENT, (8,), (8,), prior=VampPrior, kl="mc")
+    assert vae.prior._encoder[0] is vae.encoder
+    assert [name for name, _ in vae.prior.named_parameters()] == ["pseudo_inputs"]
+    assert list(vae.prior.state_dict()) == ["pseudo_inputs"]
+    assert len(list(vae.parameters())) == len({id(p) for p in vae.parameters()})
+
+
+@pytest.mark.parametrize("prior, names", [
+    (VampPrior, ["pseudo_inputs"]),
+    (MixtureOfGaussians, ["logits", "loc", "log_scale"]),
+])
+def test_learnable_prior_parameters_receive_gradients_from_the_loss(prior, names):
+    torch.manual_seed(0)
+    vae = VAE(INPUT, LATENT, (8,), (8,), prior=prior, kl="mc")
+    x = torch.rand(16, INPUT).round()
+    (-vae.bound(x).elbo.mean()).backward()
+    for name in names:
+        grad = getattr(vae.prior, name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("prior", [MixtureOfGaussians, VampPrior])
+def test_analytic_kl_is_rejected_for_priors_without_one(prior):
+    assert not prior.has_analytic_kl and StandardNormal.has_analytic_kl
+    with pytest.raises(ValueError, match="model.kl"):
+        VAE(INPUT, LATENT, (8,), (8,), prior=prior, kl="analytic")

@@ -3,11 +3,13 @@ distribution over z, so that z = g_phi(eps, x) and gradients flow through ``rsam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Laplace, Normal, StudentT
 
 from vae_lightning.nets import MLP
 
@@ -18,7 +20,12 @@ class Posterior(nn.Module):
     The MLP emits a location and a log-variance per latent dimension (the paper's Gaussian MLP
     encoder, Appendix C.2); subclasses turn them into a ``torch.distributions`` family.
     Parameters are cast to float32 so that densities and KLs stay exact under mixed precision.
+    The scale is set from the log-variance so that Var[z_j] = exp(log_var_j) where it is finite.
+
+    ``has_analytic_kl`` says whether torch.distributions has KL(q || N(0, I)) in closed form.
     """
+
+    has_analytic_kl = False
 
     def __init__(
         self,
@@ -43,5 +50,37 @@ class Posterior(nn.Module):
 class GaussianPosterior(Posterior):
     """q(z|x) = N(mu, diag(sigma^2)), z = mu + sigma * eps with eps ~ N(0, I) (Sec. 2.4, eq. 10)."""
 
+    has_analytic_kl = True
+
     def family(self, loc: Tensor, log_var: Tensor) -> Distribution:
         return Normal(loc, torch.exp(0.5 * log_var), validate_args=False)
+
+
+class LaplacePosterior(Posterior):
+    """q(z|x) = Laplace(mu, b) per dimension, z = mu + b * eps with eps ~ Laplace(0, 1);
+    b = sigma / sqrt(2), so that Var[z] = 2 b^2 = sigma^2 = exp(log_var). Heavier tails than the
+    Gaussian; KL to N(0, I) is analytic."""
+
+    has_analytic_kl = True
+
+    def family(self, loc: Tensor, log_var: Tensor) -> Distribution:
+        return Laplace(loc, torch.exp(0.5 * log_var) / math.sqrt(2.0), validate_args=False)
+
+
+class StudentTPosterior(Posterior):
+    """q(z|x) = StudentT(df, mu, s) per dimension, z = mu + s * eps with eps ~ t_df (reparameterized
+    through torch's Gamma ``rsample``). For df > 2, s = sigma sqrt((df - 2) / df), so that
+    Var[z] = s^2 df / (df - 2) = exp(log_var); for df <= 2 the variance is infinite and s = sigma.
+    Heavy tails (df = 1 is the Cauchy); no analytic KL, so use model.kl=mc."""
+
+    def __init__(self, *args: Any, df: float = 5.0) -> None:
+        """``args`` are those of ``Posterior``; ``df`` is the degrees of freedom (> 0)."""
+        if not df > 0:
+            raise ValueError(f"posterior.df={df} must be > 0.")
+        super().__init__(*args)
+        self.df = df
+        self.scale_factor = math.sqrt((df - 2.0) / df) if df > 2 else 1.0
+
+    def family(self, loc: Tensor, log_var: Tensor) -> Distribution:
+        scale = self.scale_factor * torch.exp(0.5 * log_var)
+        return StudentT(self.df, loc, scale, validate_args=False)

@@ -79,6 +79,7 @@ BAD_CONFIGS = [
     (["model.latnt=2"], ["model.latnt"]),
     (["data=cifar"], ["data", "cifar", "frey", "mnist"]),
     (["optimizer=sgdd"], ["sgdd", "adam", "adagrad"]),
+    (["+data.val_sise=100"], ["data.val_sise", "val_size", "test_size"]),
 ]
 
 

@@ -115,6 +115,20 @@ def _target_nodes(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
     return found
 
 
+def _accepted_keys(obj: Any) -> list[str] | None:
+    """The keyword arguments ``obj`` accepts, following ``**kwargs`` up a class's bases;
+    ``None`` when it takes arbitrary keywords."""
+    constructors = [c.__init__ for c in obj.__mro__ if "__init__" in vars(c)] if isinstance(
+        obj, type) else [obj]
+    names: list[str] = []
+    for constructor in constructors:
+        params = inspect.signature(constructor).parameters.values()
+        names += [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return [n for n in dict.fromkeys(names) if n != "self"]
+    return None
+
+
 def _key_problems(cfg: DictConfig) -> list[str]:
     problems = []
     for path, node in _target_nodes(cfg):
@@ -124,12 +138,12 @@ def _key_problems(cfg: DictConfig) -> list[str]:
         except Exception:
             problems.append(f"{path}._target_={target!r} cannot be imported; check its spelling.")
             continue
-        params = inspect.signature(obj).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        params = _accepted_keys(obj)
+        if params is None:
             continue
         for key in node:
             if key not in HYDRA_KEYS and key not in params:
-                accepted = ", ".join(n for n in params if n not in ("self", "args", "kwargs"))
+                accepted = ", ".join(params)
                 problems.append(
                     f"{path}.{key} is not an option of {target}; accepted keys: {accepted}."
                 )

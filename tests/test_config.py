@@ -1,12 +1,13 @@
 """Config composition for every group option, and rejection of bad configs before training."""
 
 import pytest
+from compose import CONF, compose_train
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 
-from compose import CONF, compose_train
 from vae_lightning.config import ConfigError, validate
+from vae_lightning.train import build
 
 GROUPS = ["data", "model", "likelihood", "prior", "posterior", "optimizer", "trainer",
           "logger", "callbacks", "experiment"]
@@ -22,7 +23,7 @@ def _options(group):
 )
 def test_every_group_option_composes_and_validates(group, option, tmp_path):
     overrides = [f"{group}={option}"]
-    if group == "prior" and option != "normal":
+    if (group, option) in {("prior", "mog"), ("prior", "vamp"), ("posterior", "student_t")}:
         overrides.append("model.kl=mc")
     cfg = compose_train(overrides, tmp_path)
     validate(cfg)
@@ -78,6 +79,9 @@ BAD_CONFIGS = [
     (["+model.latnt=2"], ["latnt"]),
     (["model.latnt=2"], ["model.latnt"]),
     (["data=cifar"], ["data", "cifar", "frey", "mnist"]),
+    (["prior=mog"], ["model.kl='analytic'", "prior", "model.kl=mc"]),
+    (["posterior=student_t"], ["model.kl='analytic'", "posterior", "model.kl=mc"]),
+    (["posterior=student_t", "model.kl=mc", "posterior.df=0"], ["df=0"]),
     (["optimizer=sgdd"], ["sgdd", "adam", "adagrad"]),
     (["+data.val_sise=100"], ["data.val_sise", "val_size", "test_size"]),
 ]
@@ -86,7 +90,7 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("overrides,words", BAD_CONFIGS, ids=lambda v: " ".join(v))
 def test_bad_config_is_rejected_with_a_message_naming_it(overrides, words, tmp_path):
     with pytest.raises((ConfigError, HydraException, OmegaConfBaseException)) as err:
-        validate(compose_train(overrides, tmp_path))
+        build(compose_train(overrides, tmp_path))
     message = str(err.value)
     for word in words:
         assert word in message, f"{word!r} not in: {message}"

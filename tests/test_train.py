@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from compose import REPO, compose_train
+
 from vae_lightning.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]

@@ -152,15 +152,18 @@ def _key_problems(cfg: DictConfig) -> list[str]:
 
 def _combination_problems(cfg: DictConfig) -> list[str]:
     m, problems = cfg.model, []
-    try:
-        prior = get_object(cfg.prior._target_)
-    except Exception:
-        prior = None  # reported by _key_problems
-    if m.kl == "analytic" and prior is not None and not getattr(prior, "has_analytic_kl", False):
-        problems.append(
-            f"model.kl='analytic' needs a prior with a closed-form KL, and {cfg.prior._target_} "
-            "has none; use model.kl=mc (the Monte-Carlo KL, estimator A)."
-        )
+    if m.kl == "analytic":
+        for group in ("posterior", "prior"):
+            try:
+                has_kl = getattr(get_object(cfg[group]._target_), "has_analytic_kl", False)
+            except Exception:
+                continue  # reported by _key_problems
+            if not has_kl:
+                problems.append(
+                    f"model.kl='analytic' needs a closed-form KL(q || p), and the {group} "
+                    f"{cfg[group]._target_} has none; use model.kl=mc (the Monte-Carlo KL, "
+                    "estimator A)."
+                )
     if m.objective == "iwae" and (m.beta != 1.0 or m.kl_warmup_steps > 0):
         problems.append(
             f"model.beta={m.beta} / model.kl_warmup_steps={m.kl_warmup_steps} apply to "

@@ -64,10 +64,11 @@ class VAE(L.LightningModule):
         self.prior = _call_with_accepted(
             prior, latent=latent, input_dim=input_dim, encoder=self.encoder
         )
-        if kl == "analytic" and not self.prior.has_analytic_kl:
+        if kl == "analytic" and not (self.encoder.has_analytic_kl and self.prior.has_analytic_kl):
             raise ValueError(
-                f"model.kl='analytic' needs a prior with a closed-form KL, and "
-                f"{type(self.prior).__name__} has none; use model.kl=mc."
+                f"model.kl='analytic' needs a closed-form KL between the posterior and the prior, "
+                f"and {type(self.encoder).__name__} / {type(self.prior).__name__} have none; "
+                "use model.kl=mc."
             )
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.metrics = nn.ModuleDict(

@@ -59,12 +59,18 @@ def resume_path(cfg: DictConfig) -> str | None:
     return cfg.ckpt_path
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Validate ``cfg``, train, evaluate the best checkpoint on val and test; return the results."""
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAE]:
+    """Validate ``cfg`` and construct its data module and model; no data is read yet. Every
+    configuration error surfaces here, as a ``ConfigError``, before any training."""
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule.input_dim)
+    return datamodule, build_model(cfg, datamodule.input_dim)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Build the run, train, evaluate the best checkpoint on val and test; return the results."""
+    datamodule, model = build(cfg)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=_instantiate_all(cfg.get("logger")) or False,

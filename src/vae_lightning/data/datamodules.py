@@ -41,11 +41,13 @@ def _check_bool(name: str, value: object) -> None:
 class VAEDataModule(L.LightningDataModule):
     """Base class: in-memory uint8 splits served by index slicing, sharded per rank.
 
-    Dataloader batches are ``(x, y)``: ``x`` uint8 images ``[B, H, W]`` (0/1 when
-    ``binarize="static"``), ``y`` int64 labels ``[B]`` (-1 when the set has none).
+    Dataloader batches are ``(x, y)``: ``x`` uint8 images ``[B, H, W]``, or bool images when
+    binarized once in setup (``binarize="static"``, and val/test with ``"dynamic"``, so the
+    evaluation bound is comparable across epochs and runs); ``y`` int64 labels ``[B]`` (-1 when
+    the set has none).
     ``on_after_batch_transfer`` (Lightning calls it on the device) turns ``x`` into float32
     ``[B, input_dim]`` in [0, 1]: divided by ``scale``, flattened and, for
-    ``binarize="dynamic"``, a fresh Bernoulli draw for every batch (val/test too) from a
+    ``binarize="dynamic"``, a fresh Bernoulli draw for every training batch from a
     generator seeded by (seed, rank).
     Code that iterates the dataloaders without a Trainer must call
     ``dm.on_after_batch_transfer(batch, 0)`` on each batch itself.
@@ -125,9 +127,13 @@ class VAEDataModule(L.LightningDataModule):
             return
         for split, (images, labels) in self._load(names).items():
             x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
-            if self.binarize == "static":  # one fixed draw per split, stored as 0/1
-                gen = torch.Generator().manual_seed(derive_seed(self.seed, _SPLIT_IDS[split]))
-                x = torch.bernoulli(x.float() / self.scale, generator=gen).to(torch.uint8)
+            if self.binarize == "static" or (self.binarize == "dynamic" and split != "train"):
+                # One fixed draw, stored as bool: static everywhere; with dynamic, val and test
+                # keep one fixed draw so their bound is comparable across epochs and runs.
+                # Val/test draws use the fixed SPLIT_SEED: every run is scored on the same data.
+                seed = self.seed if split == "train" else SPLIT_SEED
+                gen = torch.Generator().manual_seed(derive_seed(seed, _SPLIT_IDS[split]))
+                x = torch.bernoulli(x.float() / self.scale, generator=gen).bool()
             if self.on_device and self._device().type != "cpu":
                 x, y = x.to(self._device()), y.to(self._device())
             self.splits[split] = (x, y)
@@ -169,9 +175,9 @@ class VAEDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         x, y = batch
-        x = x.flatten(1).float()
-        if self.binarize != "static":
-            x = x / self.scale
+        if x.dtype == torch.bool:  # binarized once in setup
+            return x.flatten(1).float(), y
+        x = x.flatten(1).float() / self.scale
         if self.binarize == "dynamic":
             noise = torch.rand(x.shape, generator=self._generator(x.device), device=x.device)
             x = (noise < x).float()  # a Bernoulli draw; faster than torch.bernoulli on CPU

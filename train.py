@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vae_lightning.config import ConfigError
+from vae_lightning.module import NonFiniteLossError
 from vae_lightning.train import train
 
 
@@ -16,6 +17,9 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

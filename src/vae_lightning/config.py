@@ -11,12 +11,14 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+import vae_lightning.resolvers  # noqa: F401
 from vae_lightning.nets import ACTIVATIONS
 
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
@@ -45,6 +47,23 @@ class VAEConfig:
 
 
 ConfigStore.instance().store(group="model", name="vae_schema", node=VAEConfig)
+
+
+def run_dir_of(ckpt_path: str | None, default: str, runs_root: str = "outputs") -> str:
+    """The run directory a resumed run continues in: ``<run>`` for ``<run>/checkpoints/x.ckpt``;
+    for ``last``, the newest run under ``runs_root`` that has a ``checkpoints/last.ckpt``;
+    otherwise (a fresh run, or nothing to resume) ``default``."""
+    if ckpt_path is None:
+        return default
+    if ckpt_path == "last":
+        candidates = sorted(Path(runs_root).glob("*/*/checkpoints/last.ckpt"),
+                            key=lambda p: p.stat().st_mtime)
+        return str(candidates[-1].parent.parent) if candidates else default
+    path = Path(ckpt_path)
+    return str(path.parent.parent) if path.parent.name == "checkpoints" else default
+
+
+OmegaConf.register_new_resolver("run_dir_of", run_dir_of, replace=True)
 
 
 def validate(cfg: DictConfig) -> None:

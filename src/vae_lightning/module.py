@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -98,6 +99,10 @@ class VAE(L.LightningModule):
         else:
             bound = self.bound(x)
             loss = -(bound.recon - self.kl_weight() * bound.kl).mean()
+        if self.trainer.strategy.reduce_boolean_decision(
+            not torch.isfinite(loss).item(), all=False
+        ):
+            self._stop_on_non_finite(bound)
         self.samples_seen += x.shape[0] * self.trainer.world_size
         self._update("train", bound)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -120,6 +125,20 @@ class VAE(L.LightningModule):
                 f"{stage}/{term}", metric, on_step=False, on_epoch=True, prog_bar=term == "elbo"
             )
 
+    def _stop_on_non_finite(self, bound: Bound) -> None:
+        """Save the last good state (this step's update is not applied) and stop the run."""
+        terms = {"reconstruction term E_q[log p(x|z)]": bound.recon, "KL term": bound.kl}
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+        where = self.trainer.checkpoint_callback
+        directory = Path(where.dirpath if where else self.trainer.default_root_dir)
+        path = directory / f"nonfinite-step{self.global_step}.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise NonFiniteLossError(
+            f"The loss became non-finite at step {self.global_step} (epoch {self.current_epoch}) "
+            f"in the {' and the '.join(bad) or 'loss'}. The state before this step is saved "
+            f"to {path}. Try a lower optimizer.lr or a larger likelihood.min_var."
+        )
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
@@ -128,6 +147,10 @@ class VAE(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
 
 
 def _call_with_accepted(factory: Callable[..., Prior], **available: Any) -> Prior:

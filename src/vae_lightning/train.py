@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.config import ConfigError, validate
 from vae_lightning.module import VAE
+from vae_lightning.resume import CheckpointError, ResumeState, read_checkpoint, wandb_run_id
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
         raise ConfigError(f"Invalid data configuration: {err}") from err
 
 
-def _instantiate_all(group: DictConfig | None) -> list[Any]:
-    return [instantiate(node) for node in (group or {}).values()]
+def _instantiate_all(group: DictConfig | None, **kwargs_by_key: dict[str, Any]) -> list[Any]:
+    return [instantiate(node, **kwargs_by_key.get(key, {})) for key, node in (group or {}).items()]
 
 
 def _group_choices() -> dict[str, str]:
@@ -54,38 +55,59 @@ def _group_choices() -> dict[str, str]:
 
 def resume_path(cfg: DictConfig) -> str | None:
     """``ckpt_path``: ``last`` means this run directory's ``checkpoints/last.ckpt``."""
-    if cfg.ckpt_path == "last":
-        return str(Path(cfg.output_dir) / "checkpoints" / "last.ckpt")
-    return cfg.ckpt_path
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"ckpt_path=last: there is no {path} to resume from. Name the run with "
+            "ckpt_path=<run dir>/checkpoints/last.ckpt, or start a fresh run without ckpt_path."
+        )
+    return str(path)
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAE]:
-    """Validate ``cfg`` and construct its data module and model; no data is read yet. Every
-    configuration error surfaces here, as a ``ConfigError``, before any training."""
+class Run(NamedTuple):
+    datamodule: L.LightningDataModule
+    model: VAE
+    resume_from: str | None
+    checkpoint: dict[str, Any] | None
+
+
+def build(cfg: DictConfig) -> Run:
+    """Validate ``cfg``, read the checkpoint to resume from, and construct the data module and
+    model; no data is read yet. Every configuration error surfaces here, as a ``ConfigError``,
+    before any training."""
     validate(cfg)
+    resume_from = resume_path(cfg)
+    checkpoint = read_checkpoint(resume_from) if resume_from else None
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    return datamodule, build_model(cfg, datamodule.input_dim)
+    return Run(datamodule, build_model(cfg, datamodule.input_dim), resume_from, checkpoint)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Build the run, train, evaluate the best checkpoint on val and test; return the results."""
-    datamodule, model = build(cfg)
+    """Build the run, train (or resume), evaluate the best checkpoint on val and test; return
+    the results."""
+    datamodule, model, resume_from, checkpoint = build(cfg)
+    run_id = wandb_run_id(checkpoint) if checkpoint else None
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        logger=_instantiate_all(cfg.get("logger")) or False,
-        callbacks=_instantiate_all(cfg.get("callbacks")),
+        logger=_instantiate_all(
+            cfg.get("logger"), wandb={"id": run_id, "resume": "allow"} if run_id else {}
+        ) or False,
+        callbacks=[*_instantiate_all(cfg.get("callbacks")), ResumeState()],
     )
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     seconds = time.perf_counter() - start
     samples_seen, epochs = model.samples_seen, trainer.current_epoch
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     evaluated = best or None
-    val = trainer.validate(model, datamodule=datamodule, ckpt_path=evaluated, verbose=False)[0]
-    test = trainer.test(model, datamodule=datamodule, ckpt_path=evaluated, verbose=False)[0]
+    evaluate = {"datamodule": datamodule, "ckpt_path": evaluated, "verbose": False}
+    val = trainer.validate(model, weights_only=True, **evaluate)[0]
+    test = trainer.test(model, weights_only=True, **evaluate)[0]
 
     choices = _group_choices()
     results = {

@@ -144,9 +144,11 @@ class VAEDataModule(L.LightningDataModule):
         x, y = self.splits[split]
         rank, world = self._rank_world()
         batch_size = self.batch_size if shuffle else self.eval_batch_size
-        sampler = ShardedBatchSampler(len(x), batch_size, shuffle, self.seed, rank, world)
-        if shuffle and self.trainer is not None:
-            sampler.set_epoch(self.trainer.current_epoch)
+        trainer = self.trainer
+        sampler = ShardedBatchSampler(
+            len(x), batch_size, shuffle, self.seed, rank, world,
+            current_epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )
         on_cpu = x.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0
         return DataLoader(
@@ -156,6 +158,9 @@ class VAEDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=on_cpu and self._device().type == "cuda",
             persistent_workers=workers > 0,
+            # Its own generator: creating an iterator must not draw from the global RNG, or the
+            # noise eps of a resumed run would be shifted against an uninterrupted one.
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, rank)),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -35,7 +37,9 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
     ``world_size - 1`` examples sit out each epoch, a different few every epoch).
     ``shuffle=False`` (val/test): rank ``r`` takes the ``r``-th contiguous block; the blocks
     cover every example exactly once and may differ in size by one.
-    Lightning calls ``set_epoch`` at the start of each epoch.
+    Lightning calls ``set_epoch`` at the start of each epoch; given ``current_epoch`` (e.g. the
+    trainer's), the epoch is read from it when iteration starts instead, which stays right when
+    a run resumes from an end-of-epoch checkpoint (Lightning's ``set_epoch`` then lags by one).
     """
 
     def __init__(
@@ -46,12 +50,14 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        current_epoch: Callable[[], int] | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is invalid: expected 0 <= rank < {world_size}.")
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
+        self.current_epoch = current_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -66,7 +72,11 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         return torch.tensor_split(torch.arange(self.n), self.world_size)[self.rank]
 
     def __iter__(self):
-        return iter(self.shard().split(self.batch_size))
+        # A generator: the epoch is read when the first batch is fetched, not when the
+        # iterator is created (on resume, Lightning creates it before advancing the epoch).
+        if self.current_epoch is not None:
+            self.epoch = self.current_epoch()
+        yield from self.shard().split(self.batch_size)
 
     def __len__(self) -> int:
         if self.shuffle:

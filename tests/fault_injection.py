@@ -1,0 +1,28 @@
+"""Callbacks that tests add through the config (`+callbacks.x._target_=fault_injection.X`)."""
+
+import os
+import signal
+
+import lightning as L
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL this process when training reaches ``step``: a crash with no chance to clean up."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class NaNInputAtStep(L.Callback):
+    """Put a NaN pixel into the training batch at ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            batch[0][0, 0] = float("nan")

@@ -1,0 +1,93 @@
+"""Never lose work: exact resume after a crash, corrupt checkpoints, NaN losses, reproducibility."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from compose import REPO, compose_train
+
+from vae_lightning.module import NonFiniteLossError
+from vae_lightning.resume import CheckpointError, read_checkpoint
+from vae_lightning.train import build, build_model, train
+
+SMALL = ["data=frey", "model.latent=2", "model.encoder_hidden=[32]", "model.decoder_hidden=[32]",
+         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
+METRICS = ("val/elbo", "val/recon", "val/kl", "test/elbo", "test/recon", "test/kl")
+
+
+def _train_cli(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_killed_run_resumes_from_last_and_matches_an_uninterrupted_run(tmp_path):
+    # 16 steps per epoch: step 40 is mid-way through the third epoch, after last.ckpt at step 32.
+    kill = ["+callbacks.kill._target_=fault_injection.KillAtStep", "+callbacks.kill.step=40"]
+    killed = _train_cli([*SMALL, "trainer.max_epochs=4", *kill], tmp_path)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_dir,) = tmp_path.glob("outputs/*/*")
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 32
+    assert not (run_dir / "results.json").exists()
+
+    resumed = _train_cli([*SMALL, "trainer.max_epochs=4", "ckpt_path=last"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert list(tmp_path.glob("outputs/*/*")) == [run_dir]  # continued in its own directory
+    after_resume = json.loads((run_dir / "results.json").read_text())
+
+    straight = _train_cli([*SMALL, "trainer.max_epochs=4", f"hydra.run.dir={tmp_path / 'ref'}"],
+                          tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    reference = json.loads((tmp_path / "ref" / "results.json").read_text())
+    assert after_resume["train_samples_seen"] == reference["train_samples_seen"] == 4 * 1565
+    for key in METRICS:
+        assert after_resume[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-4), key
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="ckpt_path=last: there is no .*last.ckpt"):
+        build(compose_train([*SMALL, "ckpt_path=last"], tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path, damage):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    if damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    else:
+        model = build(compose_train(SMALL, tmp_path)).model
+        torch.save({"state_dict": model.state_dict()}, path)
+        path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError) as err:
+        build(compose_train([*SMALL, f"ckpt_path={path}"], tmp_path))
+    assert str(path) in str(err.value) and "corrupt" in str(err.value)
+
+
+def test_nan_loss_stops_the_run_and_saves_a_loadable_last_good_state(tmp_path):
+    cfg = compose_train([*SMALL, "trainer.max_epochs=2",
+                         "+callbacks.nan._target_=fault_injection.NaNInputAtStep",
+                         "+callbacks.nan.step=5"], tmp_path)
+    with pytest.raises(NonFiniteLossError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert "step 5" in message and "reconstruction term" in message
+    saved = tmp_path / "checkpoints" / "nonfinite-step5.ckpt"
+    assert str(saved) in message
+    checkpoint = read_checkpoint(saved)
+    assert checkpoint["global_step"] == 5
+    model = build_model(compose_train(SMALL, tmp_path), 560)
+    model.load_state_dict(checkpoint["state_dict"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_same_seed_gives_identical_results(tmp_path):
+    def run(name):
+        return train(compose_train([*SMALL, "trainer.max_epochs=1", "seed=3"], tmp_path / name))
+
+    first, second = run("a"), run("b")
+    assert [first[k] for k in METRICS] == [second[k] for k in METRICS]

@@ -44,6 +44,7 @@ class VAEConfig:
     k: int = 1
     beta: float = 1.0
     kl_warmup_steps: int = 0
+    compile: bool = False
 
 
 ConfigStore.instance().store(group="model", name="vae_schema", node=VAEConfig)

@@ -33,6 +33,7 @@ class VAE(L.LightningModule):
 
     ``posterior`` and ``prior`` are factories called with the sizes the data fix; ``optimizer`` is a
     factory called with the parameters (e.g. ``functools.partial(torch.optim.Adam, lr=1e-3)``).
+    ``compile`` compiles the encoder and decoder MLPs with ``torch.compile``.
     ``config`` is the run's full configuration, stored in the checkpoint so it can be rebuilt.
     """
 
@@ -54,6 +55,7 @@ class VAE(L.LightningModule):
         k: int = 1,
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
+        compile: bool = False,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -71,6 +73,9 @@ class VAE(L.LightningModule):
                 f"and {type(self.encoder).__name__} / {type(self.prior).__name__} have none; "
                 "use model.kl=mc."
             )
+        if compile:  # in place: parameter names, and so checkpoints, stay the same
+            self.encoder.net.compile()
+            self.decoder.net.compile()
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.metrics = nn.ModuleDict(
             {f"{stage}_{term}": MeanMetric() for stage in STAGES for term in TERMS}
@@ -115,7 +120,9 @@ class VAE(L.LightningModule):
         self._update("test", self.bound(batch[0]))
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/samples_seen", float(self.samples_seen), on_epoch=True)
+        # float64 stays exact beyond 2^24; logged, it also reaches the parent of spawned ranks.
+        seen = torch.tensor(self.samples_seen, dtype=torch.float64, device=self.device)
+        self.log("train/samples_seen", seen, on_epoch=True, reduce_fx="max")
 
     def _update(self, stage: str, bound: Bound) -> None:
         for term, value in zip(TERMS, (bound.elbo, bound.recon, bound.kl)):

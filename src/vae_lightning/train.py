@@ -101,7 +101,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     seconds = time.perf_counter() - start
-    samples_seen, epochs = model.samples_seen, trainer.current_epoch
+    samples_seen = int(trainer.callback_metrics.get("train/samples_seen", model.samples_seen))
+    epochs = trainer.current_epoch
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     evaluated = best or None

@@ -1,0 +1,74 @@
+"""Multi-process DDP on CPU, mixed precision and torch.compile."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from compose import REPO, compose_train
+
+from vae_lightning.data import FreyFaceDataModule
+from vae_lightning.resume import read_checkpoint
+from vae_lightning.train import build_model, train
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+SMALL = ["data=frey", "model.latent=2", "model.encoder_hidden=[32]", "model.decoder_hidden=[32]",
+         *QUIET, "logger=none"]
+
+
+def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *SMALL, "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    # Two ranks, each 782 faces of the 1565 per epoch (one sits out).
+    assert results["train_samples_seen"] == 2 * 2 * 782
+
+    # The same checkpoint evaluated by one process over the whole test split.
+    checkpoint = read_checkpoint(results["checkpoint"])
+    cfg = compose_train(SMALL, tmp_path)
+    model = build_model(cfg, 560)
+    model.load_state_dict(checkpoint["state_dict"])
+    datamodule = FreyFaceDataModule()
+    datamodule.setup("test")
+    with torch.no_grad():
+        bounds = [model.bound(datamodule.on_after_batch_transfer(b, 0)[0])
+                  for b in datamodule.test_dataloader()]
+    kl = torch.cat([b.kl for b in bounds])
+    elbo = torch.cat([b.elbo for b in bounds])
+    assert len(elbo) == 200
+    # The KL is analytic, so deterministic: the ranks' shards must average to exactly this.
+    assert results["test/kl"] == pytest.approx(kl.mean().item(), rel=1e-5)
+    # The reconstruction term is a one-sample estimate: equal within its standard errors.
+    tolerance = 4 * math.sqrt(2) * elbo.std().item() / math.sqrt(len(elbo))
+    assert abs(results["test/elbo"] - elbo.mean().item()) < tolerance
+
+
+def test_bf16_mixed_precision_trains_with_finite_bound(tmp_path):
+    results = train(compose_train([*SMALL, "trainer.precision=bf16-mixed", "trainer.max_epochs=2"],
+                                  tmp_path))
+    for key in ("val/elbo", "test/elbo", "test/kl"):
+        assert math.isfinite(results[key])
+
+
+def test_compile_flag_compiles_the_networks_in_place(tmp_path):
+    model = build_model(compose_train([*SMALL, "model.compile=true"], tmp_path), 560)
+    plain = build_model(compose_train(SMALL, tmp_path), 560)
+    assert model.encoder.net._compiled_call_impl is not None
+    assert model.state_dict().keys() == plain.state_dict().keys()  # checkpoints interchangeable
+
+
+@pytest.mark.slow
+def test_compiled_model_trains(tmp_path):
+    try:
+        results = train(compose_train([*SMALL, "model.compile=true", "trainer.max_epochs=1"],
+                                      tmp_path))
+    except Exception as err:  # no C++ toolchain for inductor, or an unsupported platform
+        pytest.skip(f"torch.compile is not supported here: {type(err).__name__}: {err}")
+    assert math.isfinite(results["test/elbo"])

@@ -1,0 +1,67 @@
+"""W&B: offline runs (no API key) write the metrics and the figures into their run files, and the
+jobs of one multirun sweep share a group."""
+
+import time
+from pathlib import Path
+
+import pytest
+import wandb
+from compose import compose_train
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, read_write
+
+from vae_lightning.resolvers import sweep_group
+from vae_lightning.train import train
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+def test_sweep_group_is_the_sweep_dir_under_multirun_only(tmp_path):
+    cfg = compose_train(["logger=wandb"], tmp_path)
+    assert sweep_group() is None and cfg.logger.wandb.group is None
+    hydra_cfg = HydraConfig.get()
+    with read_write(hydra_cfg):
+        hydra_cfg.mode = "MULTIRUN"
+        hydra_cfg.sweep.dir = "multirun/2026-01-31/12-00-00"
+    assert OmegaConf.to_container(cfg.logger, resolve=True)["wandb"]["group"] == (
+        "multirun/2026-01-31/12-00-00")
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                       "WANDB_DIR": str(tmp_path), "WANDB_CACHE_DIR": str(tmp_path / "cache"),
+                       "WANDB_CONFIG_DIR": str(tmp_path / "config")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def _transaction_log(run_dir: Path, timeout: float = 30.0) -> bytes:
+    """The run's .wandb log, once its writer (in the wandb-core service, which may still be
+    flushing after ``wandb.finish()`` returns) has written the final test metrics."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = next(run_dir.glob("run-*.wandb")).read_bytes()
+        if b"test/elbo" in log or time.monotonic() > deadline:
+            return log
+        time.sleep(0.2)
+
+
+@pytest.mark.slow  # starts the wandb service: about 10 s
+def test_offline_run_writes_metrics_and_figures(offline, tmp_path):
+    cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=2",
+                         "+trainer.limit_train_batches=2", *QUIET], tmp_path)
+    results = train(cfg)
+    wandb.finish()  # train() leaves the run open; the process's exit would close it
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    files = runs[0] / "files"
+    images = {p.name.split("_")[0] for p in (files / "media" / "images" / "figures").glob("*.png")}
+    assert {"manifold", "samples", "reconstructions", "latents", "curves"} <= images
+    # Offline, wandb writes the history, config and artifacts into the run's .wandb log.
+    log = _transaction_log(runs[0])
+    for key in (b"train/elbo", b"val/elbo", b"test/elbo", b"figures/manifold", b"encoder_hidden"):
+        assert key in log, key
+    run_id = runs[0].name.rsplit("-", 1)[1]
+    assert f"model-{run_id}".encode() in log  # the checkpoint artifact
+    assert Path(results["checkpoint"]).name.encode() in log

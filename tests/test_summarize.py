@@ -1,0 +1,56 @@
+"""The sweep summary: a markdown table, a CSV and a plot from the jobs' results.json."""
+
+import csv
+import json
+
+import pytest
+
+from vae_lightning.summarize import SummaryError, main, summarize
+
+JOBS = [
+    {"data": "frey", "latent": 5, "prior": "normal", "epochs": 3, "train_samples_seen": 4695,
+     "val/elbo": 700.5, "test/elbo": 690.25, "test/recon": 720.0, "test/kl": 29.75},
+    {"data": "frey", "latent": 2, "prior": "normal", "epochs": 3, "train_samples_seen": 4695,
+     "val/elbo": 600.0, "test/elbo": 590.125, "test/recon": 605.0, "test/kl": 14.875},
+]
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    for num, results in enumerate(JOBS):
+        (tmp_path / str(num)).mkdir()
+        (tmp_path / str(num) / "results.json").write_text(json.dumps(results))
+    return tmp_path
+
+
+def test_summary_table_csv_and_plot_from_two_jobs(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    lines = (sweep / "summary.md").read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0] == ("| job | data | latent | prior | epochs | train_samples_seen | val/elbo "
+                        "| test/elbo | test/recon | test/kl |")
+    # Sorted by latent size; floats with two decimals.
+    assert table[2] == "| 1 | frey | 2 | normal | 3 | 4695 | 600.00 | 590.12 | 605.00 | 14.88 |"
+    assert table[3] == "| 0 | frey | 5 | normal | 3 | 4695 | 700.50 | 690.25 | 720.00 | 29.75 |"
+    assert "\n".join(table) in printed
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["latent"], float(r["test/elbo"])) for r in rows] == [
+        ("1", "2", 590.125), ("0", "5", 690.25)]
+    assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_bound_is_a_column_when_the_results_have_it(sweep):
+    for num in (0, 1):
+        path = sweep / str(num) / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "train/elbo": 650.0 + num}))
+    table = summarize(sweep)
+    assert "| train/elbo | val/elbo |" in table and "| 651.00 | 600.00 |" in table
+
+
+def test_no_results_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SummaryError, match="no results.json"):
+        summarize(tmp_path)
+    assert main([str(tmp_path)]) == 2
+    assert "error: no results.json under" in capsys.readouterr().err

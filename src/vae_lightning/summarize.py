@@ -68,6 +68,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.set_xscale("log")
+    ax.minorticks_off()
     for key, label in (("train/elbo", "train"), ("test/elbo", "test")):
         points = [(r["latent"], r[key]) for r in rows if r.get(key) is not None and "latent" in r]
         if not points:
@@ -77,8 +79,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         (line,) = ax.plot(latents, means, marker="o", label=label)
         ax.scatter(*zip(*points), color=line.get_color(), s=12, alpha=0.5)
         ax.set_xticks(latents, [str(n) for n in latents])
-    ax.set_xscale("log")
-    ax.minorticks_off()
     ax.set_xlabel("latent size Nz")
     ax.set_ylabel("ELBO (nats per data point)")
     ax.grid(True, alpha=0.3)

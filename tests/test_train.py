@@ -9,6 +9,7 @@ import sys
 import pytest
 from compose import REPO, compose_train
 
+from vae_lightning.resume import read_checkpoint
 from vae_lightning.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -39,7 +40,9 @@ def test_training_on_frey_face_raises_the_validation_bound(tmp_path):
         "frey", 2, "gaussian", "normal")
     assert saved["epochs"] == 4 and saved["train_samples_seen"] == 4 * 1565
     assert saved["seconds"] > 0
-    assert saved["checkpoint"].endswith(".ckpt") and (tmp_path / "checkpoints/last.ckpt").exists()
+    assert saved["checkpoint"].endswith(".ckpt")
+    # last.ckpt is the final epoch's state, whether or not that epoch was the best.
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 3
 
 
 def _run(args, cwd):

@@ -65,3 +65,18 @@ def test_offline_run_writes_metrics_and_figures(offline, tmp_path):
     run_id = runs[0].name.rsplit("-", 1)[1]
     assert f"model-{run_id}".encode() in log  # the checkpoint artifact
     assert Path(results["checkpoint"]).name.encode() in log
+
+
+@pytest.mark.slow  # starts the wandb service: about 10 s
+def test_api_key_never_reaches_logs_or_config_dumps(offline, monkeypatch, tmp_path):
+    secret = "f3e1d2c3b4a5968778695a4b3c2d1e0f9a8b7c6d"  # 40 hex characters, like a real key
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=1",
+                         "+trainer.limit_train_batches=2", *QUIET], tmp_path)
+    train(cfg)
+    wandb.finish()
+    _transaction_log(next((tmp_path / "wandb").glob("offline-run-*")))
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.suffix == ".ckpt" for p in files)
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.config import ConfigError, validate
@@ -47,6 +48,16 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 def _instantiate_all(group: DictConfig | None, **kwargs_by_key: dict[str, Any]) -> list[Any]:
     return [instantiate(node, **kwargs_by_key.get(key, {})) for key, node in (group or {}).items()]
+
+
+def _progress_bar(cfg: DictConfig, callbacks: list[Any]) -> list[L.Callback]:
+    """A progress bar redrawn every ``log_every_n_steps`` batches, when the bar was left to
+    Lightning (whose bar redraws on every batch: a cost that shows with small models)."""
+    if not cfg.trainer.get("enable_progress_bar", True) or any(
+        isinstance(callback, ProgressBar) for callback in callbacks
+    ):
+        return []
+    return [TQDMProgressBar(refresh_rate=max(1, cfg.trainer.get("log_every_n_steps", 1)))]
 
 
 def _group_choices() -> dict[str, str]:
@@ -90,12 +101,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     the results."""
     datamodule, model, resume_from, checkpoint = build(cfg)
     run_id = wandb_run_id(checkpoint) if checkpoint else None
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), ResumeState()]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=_instantiate_all(
             cfg.get("logger"), wandb={"id": run_id, "resume": "allow"} if run_id else {}
         ) or False,
-        callbacks=[*_instantiate_all(cfg.get("callbacks")), ResumeState()],
+        callbacks=[*callbacks, *_progress_bar(cfg, callbacks)],
     )
 
     start = time.perf_counter()

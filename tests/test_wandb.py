@@ -52,7 +52,7 @@ def test_offline_run_writes_metrics_and_figures(offline, tmp_path):
     cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=2",
                          "+trainer.limit_train_batches=2", *QUIET], tmp_path)
     results = train(cfg)
-    wandb.finish()  # train() leaves the run open; the process's exit would close it
+    assert wandb.run is None  # train() closes its run
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     files = runs[0] / "files"
@@ -74,9 +74,21 @@ def test_api_key_never_reaches_logs_or_config_dumps(offline, monkeypatch, tmp_pa
     cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=1",
                          "+trainer.limit_train_batches=2", *QUIET], tmp_path)
     train(cfg)
-    wandb.finish()
     _transaction_log(next((tmp_path / "wandb").glob("offline-run-*")))
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in files) and any(p.suffix == ".ckpt" for p in files)
     for path in files:
         assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow  # starts the wandb service: about 15 s
+def test_jobs_in_one_process_get_their_own_runs(offline, tmp_path):
+    """Hydra's basic launcher runs a sweep's jobs in one process: each must log its own run."""
+    for job in ("0", "1"):
+        train(compose_train(["data=frey", "model.latent=2", "logger=wandb",
+                             "trainer.max_epochs=1", "+trainer.limit_train_batches=2", *QUIET],
+                            tmp_path / job))
+    runs = [next((tmp_path / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]
+    assert runs[0].name != runs[1].name
+    for run in runs:
+        assert b"test/elbo" in _transaction_log(run)

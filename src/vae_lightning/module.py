@@ -104,15 +104,17 @@ class VAE(L.LightningModule):
         ramp = min(1.0, self.global_step / warmup) if warmup > 0 else 1.0
         return self.hparams.beta * ramp
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, _ = batch
+    def training_loss(self, x: Tensor) -> tuple[Tensor, Bound]:
+        """The minibatch loss to minimise (eq. 8), and the ELBO terms to log."""
         if self.hparams.objective == "iwae":
             samples = draw(x, self.encoder(x), self.decoder, self.prior, self.hparams.k)
-            loss = -iwae(samples.log_w).mean()
-            bound = samples.bound()
-        else:
-            bound = self.bound(x)
-            loss = -(bound.recon - self.kl_weight() * bound.kl).mean()
+            return -iwae(samples.log_w).mean(), samples.bound()
+        bound = self.bound(x)
+        return -(bound.recon - self.kl_weight() * bound.kl).mean(), bound
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _ = batch
+        loss, bound = self.training_loss(x)
         if self.trainer.strategy.reduce_boolean_decision(
             not torch.isfinite(loss).item(), all=False
         ):

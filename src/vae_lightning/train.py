@@ -12,6 +12,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.config import ConfigError, validate
@@ -110,10 +111,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks=[*callbacks, *_progress_bar(cfg, callbacks)],
     )
 
+    try:
+        return _fit_and_test(cfg, trainer, datamodule, model, resume_from)
+    finally:
+        for logger in trainer.loggers:  # so that the next job of a sweep starts its own run
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    datamodule: L.LightningDataModule,
+    model: VAE,
+    resume_from: str | None,
+) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     seconds = time.perf_counter() - start
-    samples_seen = int(trainer.callback_metrics.get("train/samples_seen", model.samples_seen))
+    fitted = {key: float(trainer.callback_metrics[key])
+              for key in ("train/elbo", "train/samples_seen") if key in trainer.callback_metrics}
     epochs = trainer.current_epoch
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -125,6 +142,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     choices = _group_choices()
     results = {
         **{key: float(value) for key, value in sorted({**val, **test}.items())},
+        # The mean bound over the last training epoch's minibatches (the training weights).
+        "train/elbo": fitted.get("train/elbo"),
         "data": choices.get("data", getattr(datamodule, "name", None)),
         "latent": cfg.model.latent,
         "likelihood": choices.get("likelihood", cfg.likelihood._target_),
@@ -134,7 +153,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "epochs": epochs,
         "steps": trainer.global_step,
-        "train_samples_seen": samples_seen,
+        "train_samples_seen": int(fitted.get("train/samples_seen", model.samples_seen)),
         "seconds": round(seconds, 3),
         "checkpoint": best or None,
     }

@@ -144,7 +144,6 @@ def test_bad_checkpoints_raise_one_clear_error(tmp_path):
         load_checkpoint(tmp_path / "foreign.ckpt")
 
 
-@pytest.mark.slow  # a fresh interpreter: about 5 to 15 s
 def test_eval_cli_reports_a_corrupt_checkpoint_without_traceback(tmp_path):
     (tmp_path / "bad.ckpt").write_bytes(b"\x00" * 100)
     proc = subprocess.run(

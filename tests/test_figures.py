@@ -52,7 +52,7 @@ def test_project_2d_keeps_2d_and_finds_the_principal_plane():
 
 
 @pytest.mark.parametrize(
-    "latent,manifold", [(2, True), pytest.param(3, False, marks=pytest.mark.slow)]
+    "latent,manifold", [(2, True), (3, False)]
 )
 def test_callback_writes_the_figures_and_logs_them_to_tensorboard(tmp_path, latent, manifold):
     train(compose_train([*FAST, f"model.latent={latent}", "logger=tensorboard"], tmp_path))

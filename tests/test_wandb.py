@@ -47,7 +47,6 @@ def _transaction_log(run_dir: Path, timeout: float = 30.0) -> bytes:
         time.sleep(0.2)
 
 
-@pytest.mark.slow  # starts the wandb service: about 10 s
 def test_offline_run_writes_metrics_and_figures(offline, tmp_path):
     cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=2",
                          "+trainer.limit_train_batches=2", *QUIET], tmp_path)
@@ -67,7 +66,6 @@ def test_offline_run_writes_metrics_and_figures(offline, tmp_path):
     assert Path(results["checkpoint"]).name.encode() in log
 
 
-@pytest.mark.slow  # starts the wandb service: about 10 s
 def test_api_key_never_reaches_logs_or_config_dumps(offline, monkeypatch, tmp_path):
     secret = "f3e1d2c3b4a5968778695a4b3c2d1e0f9a8b7c6d"  # 40 hex characters, like a real key
     monkeypatch.setenv("WANDB_API_KEY", secret)
@@ -81,7 +79,6 @@ def test_api_key_never_reaches_logs_or_config_dumps(offline, monkeypatch, tmp_pa
         assert secret.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.slow  # starts the wandb service: about 15 s
 def test_jobs_in_one_process_get_their_own_runs(offline, tmp_path):
     """Hydra's basic launcher runs a sweep's jobs in one process: each must log its own run."""
     for job in ("0", "1"):

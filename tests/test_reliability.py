@@ -52,6 +52,23 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
         build(compose_train([*SMALL, "ckpt_path=last"], tmp_path))
 
 
+def test_resuming_with_another_model_names_the_difference_and_the_original_overrides(tmp_path):
+    train(compose_train([*SMALL, "trainer.max_epochs=1"], tmp_path))
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- model.latent=2\n- data=frey\n")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    other = [*SMALL, "model.latent=3", "likelihood=bernoulli", f"ckpt_path={last}"]
+    with pytest.raises(CheckpointError) as err:
+        build(compose_train(other, tmp_path))
+    message = str(err.value)
+    assert "model.latent=2 (this run: 3)" in message
+    assert "likelihood._target_='vae_lightning.likelihoods.Gaussian'" in message
+    assert "model.latent=2 data=frey" in message
+    # Same model, other training settings (longer, compiled): resumable.
+    build(compose_train([*SMALL, "trainer.max_epochs=5", "model.compile=true",
+                         f"ckpt_path={last}"], tmp_path))
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path, damage):
     path = tmp_path / "checkpoints" / "last.ckpt"

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from omegaconf import OmegaConf
 
 from vae_lightning.config import ConfigError
 
@@ -72,6 +73,54 @@ class ResumeState(L.Callback):
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# The parts of a run's config that shape the parameters and their meaning: a run can only
+# resume from a checkpoint trained with the same ones (``model.compile`` excepted).
+ARCHITECTURE = ("model", "likelihood", "prior", "posterior", "data._target_")
+
+
+def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Raise ``CheckpointError`` if ``config`` (resolved) differs from the run that wrote
+    ``checkpoint`` in anything of ``ARCHITECTURE``, naming the keys and the run's overrides."""
+    saved = checkpoint.get("hyper_parameters", {}).get("config")
+    if saved is None:
+        raise CheckpointError(f"Checkpoint {path} holds no run configuration: it was not written "
+                              "by vae-lightning's train.py, so it cannot be resumed.")
+    differences = [
+        f"{key}={_get(saved, key)!r} (this run: {_get(config, key)!r})"
+        for key in sorted(set(_flatten(saved, ARCHITECTURE)) | set(_flatten(config, ARCHITECTURE)))
+        if key != "model.compile" and _get(saved, key) != _get(config, key)
+    ]
+    if differences:
+        overrides = Path(path).parent.parent / ".hydra" / "overrides.yaml"
+        hint = (f" It was started with the overrides in {overrides}: "
+                f"{' '.join(_overrides(overrides))}." if overrides.is_file() else "")
+        raise CheckpointError(
+            f"Checkpoint {path} was trained with a different model: {'; '.join(differences)}. "
+            f"Resume with the settings the run was started with.{hint}"
+        )
+
+
+def _flatten(config: dict[str, Any], roots: tuple[str, ...]) -> list[str]:
+    keys = []
+    for root in roots:
+        value = _get(config, root)
+        keys += ([f"{root}.{k}" for k in value] if isinstance(value, dict) else [root])
+    return keys
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return None
+        config = config[part]
+    return config
+
+
+def _overrides(path: Path) -> list[str]:
+    """The command-line overrides Hydra saved for a run, less ``ckpt_path``."""
+    return [item for item in OmegaConf.load(path) if not item.startswith("ckpt_path=")]
 
 
 def wandb_run_id(checkpoint: dict[str, Any]) -> str | None:

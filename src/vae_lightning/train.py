@@ -17,7 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.config import ConfigError, validate
 from vae_lightning.module import VAE
-from vae_lightning.resume import CheckpointError, ResumeState, read_checkpoint, wandb_run_id
+from vae_lightning.resume import (
+    CheckpointError,
+    ResumeState,
+    check_resumable,
+    read_checkpoint,
+    wandb_run_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,8 @@ def build(cfg: DictConfig) -> Run:
     validate(cfg)
     resume_from = resume_path(cfg)
     checkpoint = read_checkpoint(resume_from) if resume_from else None
+    if checkpoint is not None:
+        check_resumable(OmegaConf.to_container(cfg, resolve=True), checkpoint, resume_from)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     return Run(datamodule, build_model(cfg, datamodule.input_dim), resume_from, checkpoint)

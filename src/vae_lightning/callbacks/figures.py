@@ -144,6 +144,7 @@ def curves_figure(curves: dict[str, list[tuple[int, float]]]):
             seen, bound = zip(*points)
             ax.plot(seen, bound, marker=".", label=name)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # labelled decades only: no overlaps
     ax.set_xlabel("training samples evaluated")
     ax.set_ylabel("lower bound on log p(x) (nats per data point)")
     ax.grid(True, which="both", alpha=0.3)

@@ -77,13 +77,11 @@ class VAE(L.LightningModule):
             self.encoder.net.compile()
             self.decoder.net.compile()
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
-        # Train metrics skip the NaN check: it reads the value back from the device every step,
-        # and a non-finite loss stops the run before they are updated anyway.
+        # nan_strategy="disable": a NaN is averaged in and shows in the result, rather than
+        # dropped with a warning (torchmetrics' default), and no value is read back per update.
         self.metrics = nn.ModuleDict(
             {
-                f"{stage}_{term}": MeanMetric(
-                    nan_strategy="disable" if stage == "train" else "warn"
-                )
+                f"{stage}_{term}": MeanMetric(nan_strategy="disable")
                 for stage in STAGES
                 for term in TERMS
             }

@@ -29,7 +29,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"Checkpoint {path} cannot be read ({reason}): the file is corrupt or truncated, or "
-            "not a vae-lightning checkpoint. Resume from another file of the run's checkpoints/ "
+            "not a vae-lightning checkpoint. Use another file of the run's checkpoints/ "
             "directory (last.ckpt or a best-*.ckpt)."
         ) from None
 

@@ -41,6 +41,17 @@ def test_data_choice_sets_the_default_likelihood(tmp_path):
     assert explicit.likelihood._target_.endswith("Bernoulli")
 
 
+@pytest.mark.parametrize("overrides,warned", [
+    (["data=frey", "likelihood=bernoulli"], True),
+    (["data=mnist", "data.binarize=none"], True),
+    (["data=mnist"], False),
+    (["data=mnist", "data.binarize=none", "likelihood=continuous_bernoulli"], False),
+])
+def test_bernoulli_on_grayscale_pixels_is_warned_about(overrides, warned, tmp_path, caplog):
+    validate(compose_train(overrides, tmp_path))
+    assert ("not normalised" in caplog.text) == warned
+
+
 def test_paper_presets(tmp_path):
     frey = compose_train(["experiment=aevb_frey", "model.latent=2"], tmp_path)
     assert frey.model.encoder_hidden == [200] and frey.model.activation == "tanh"

@@ -9,6 +9,7 @@ an unknown model key when it composes. ``validate`` then checks ranges, the keys
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import vae_lightning.resolvers  # noqa: F401
 from vae_lightning.nets import ACTIVATIONS
+
+log = logging.getLogger(__name__)
 
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 
@@ -68,10 +71,19 @@ OmegaConf.register_new_resolver("run_dir_of", run_dir_of, replace=True)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` listing every problem in ``cfg``; return silently if it is sound."""
+    """Raise ``ConfigError`` listing every problem in ``cfg``; log a warning for a setting that
+    works but whose numbers mean less than the user may think."""
     problems = _range_problems(cfg) + _key_problems(cfg) + _combination_problems(cfg)
     if problems:
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems))
+    if (cfg.likelihood._target_ == "vae_lightning.likelihoods.Bernoulli"
+            and cfg.data.get("binarize", "none") == "none"):
+        log.warning(
+            "likelihood=bernoulli on grayscale pixels (data.binarize=none): the Bernoulli "
+            "log-likelihood of non-binary data is not normalised, so the bound is not a log "
+            "probability in nats. Use data.binarize=dynamic, or a likelihood for [0, 1] data "
+            "such as likelihood=continuous_bernoulli."
+        )
 
 
 def _check(problems: list[str], ok: bool, key: str, value: Any, accepted: str) -> None:

@@ -206,6 +206,10 @@ class _IDXDataModule(VAEDataModule):
     files: dict[str, str]  # name -> md5 of the canonical .gz
     system_dirs: tuple[str, ...] = ()
 
+    def __init__(self, *args, binarize: str = "dynamic", **kwargs) -> None:
+        """Default ``binarize="dynamic"``: binary pixels, as the Bernoulli likelihood needs."""
+        super().__init__(*args, binarize=binarize, **kwargs)
+
     def _dirs(self) -> list[Path]:
         return [self.root / self.name, *map(Path, self.system_dirs)]
 
@@ -243,7 +247,6 @@ class MNISTDataModule(_IDXDataModule):
     """MNIST: 50000/10000/10000 train/val/test (val carved from the official training set).
 
     Files are read from ``root/mnist`` (gzipped or not) and downloaded there when missing.
-    Default ``binarize="dynamic"``.
     """
 
     name = "mnist"
@@ -259,18 +262,15 @@ class MNISTDataModule(_IDXDataModule):
         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
     }
 
-    def __init__(self, *args, binarize: str = "dynamic", **kwargs) -> None:
-        super().__init__(*args, binarize=binarize, **kwargs)
-
 
 class FashionMNISTDataModule(_IDXDataModule):
     """Fashion-MNIST: 50000/10000/10000 train/val/test, like MNIST.
 
     Files are read from ``root/fashion_mnist``, then ``/usr/share/datasets/fashion-mnist``
     (Debian's ``dataset-fashion-mnist``), and downloaded into ``root/fashion_mnist`` otherwise.
-    Default ``binarize="none"``: the images are genuinely grayscale and binarizing them
-    destroys most of their texture; the Bernoulli likelihood then takes the gray levels as
-    targets in [0, 1].
+    Default ``binarize="dynamic"``, so that the Bernoulli likelihood is a proper one; for the
+    grayscale images use ``binarize="none"`` with a likelihood for [0, 1] data (e.g. the
+    continuous Bernoulli).
     """
 
     name = "fashion_mnist"

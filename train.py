@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vae_lightning.config import ConfigError
+from vae_lightning.data import DataError
 from vae_lightning.module import NonFiniteLossError
 from vae_lightning.train import train
 
@@ -14,7 +15,7 @@ from vae_lightning.train import train
 def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)["val/elbo"]
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteLossError as err:

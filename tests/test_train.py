@@ -67,6 +67,8 @@ def test_multirun_writes_one_results_file_per_job(tmp_path):
     [
         (["model.latent=0"], ["model.latent=0", "positive integer"]),
         (["data=cifar"], ["cifar", "Available options", "frey", "mnist"]),
+        (["data=mnist", "data.root=nodata", "data.download=false"],
+         ["error: Missing train-images-idx3-ubyte.gz", "nodata/mnist", "md5"]),
     ],
 )
 def test_cli_rejects_bad_input_before_training(args, words, tmp_path):

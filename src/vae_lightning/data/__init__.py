@@ -6,5 +6,12 @@ from .datamodules import (
     MNISTDataModule,
     VAEDataModule,
 )
+from .errors import DataError
 
-__all__ = ["FashionMNISTDataModule", "FreyFaceDataModule", "MNISTDataModule", "VAEDataModule"]
+__all__ = [
+    "DataError",
+    "FashionMNISTDataModule",
+    "FreyFaceDataModule",
+    "MNISTDataModule",
+    "VAEDataModule",
+]

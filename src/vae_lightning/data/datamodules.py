@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .download import ensure_files
+from .download import DataNotFoundError, ensure_files
+from .errors import DataError
 from .frey import frey_images, load_bundled_frey, read_frey_mat
 from .idx import read_idx
 from .sampling import ShardedBatchSampler, TensorBatchDataset, derive_seed
@@ -192,7 +193,7 @@ class VAEDataModule(L.LightningDataModule):
 def _carve(n: int, size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(n)`` into (rest, held-out ``size``) by the fixed SPLIT_SEED permutation."""
     if size >= n:
-        raise ValueError(f"val_size={size} is invalid for {name}: expected fewer than {n}.")
+        raise DataError(f"val_size={size} is invalid for {name}: expected fewer than {n}.")
     perm = np.random.default_rng(SPLIT_SEED).permutation(n)
     return np.sort(perm[size:]), np.sort(perm[:size])
 
@@ -222,12 +223,12 @@ class _IDXDataModule(VAEDataModule):
         images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
         labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
         if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
-            raise ValueError(
+            raise DataError(
                 f"{self.name} {prefix} images are {images.dtype} "
                 f"{images.shape}, expected uint8 [N, 28, 28]."
             )
         if labels.shape != images.shape[:1]:
-            raise ValueError(
+            raise DataError(
                 f"{self.name} {prefix} has {len(images)} images but {len(labels)} labels."
             )
         return images, labels.astype(np.int64)
@@ -321,7 +322,7 @@ class FreyFaceDataModule(VAEDataModule):
     def _source(self) -> Path | None:
         if self.path is not None:
             if not self.path.is_file():
-                raise FileNotFoundError(f"path={str(self.path)!r} does not exist.")
+                raise DataNotFoundError(f"path={str(self.path)!r} does not exist.")
             return self.path
         own = self.root / "frey" / "frey_rawface.mat"
         return own if own.is_file() else None

@@ -9,8 +9,10 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from .errors import DataError
 
-class DataNotFoundError(FileNotFoundError):
+
+class DataNotFoundError(DataError, FileNotFoundError):
     """Required data files are missing and could not be downloaded."""
 
 

@@ -8,6 +8,8 @@ from importlib import resources
 
 import numpy as np
 
+from .errors import DataError
+
 FREY_SHAPE = (560, 1965)  # pixels x faces, as stored in the .mat file (variable ``ff``)
 FREY_IMAGE_SHAPE = (28, 20)
 # sha256 of ff.tobytes() with ff uint8, shape FREY_SHAPE, C order (shared/data/README.md).
@@ -22,7 +24,7 @@ def frey_sha256(ff: np.ndarray) -> str:
 
 def _check_shape(ff: np.ndarray, source: object) -> np.ndarray:
     if ff.shape != FREY_SHAPE or ff.dtype != np.uint8:
-        raise ValueError(f"{source} holds ff {ff.dtype} {ff.shape}, expected uint8 {FREY_SHAPE}.")
+        raise DataError(f"{source} holds ff {ff.dtype} {ff.shape}, expected uint8 {FREY_SHAPE}.")
     return ff
 
 
@@ -38,7 +40,7 @@ def load_bundled_frey() -> np.ndarray:
     with resources.files(__package__).joinpath("assets").joinpath(ASSET).open("rb") as fh:
         ff = _check_shape(np.load(fh)["ff"], ASSET)
     if frey_sha256(ff) != FREY_SHA256:
-        raise ValueError(f"The bundled {ASSET} is corrupt: its sha256 is not {FREY_SHA256}.")
+        raise DataError(f"The bundled {ASSET} is corrupt: its sha256 is not {FREY_SHA256}.")
     return ff
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 # IDX type code -> big-endian numpy dtype.
 _DTYPES = {
     0x08: np.dtype(">u1"),
@@ -20,7 +22,7 @@ _DTYPES = {
 _CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
 
 
-class IDXError(ValueError):
+class IDXError(DataError):
     """A file is not a well-formed IDX file."""
 
 

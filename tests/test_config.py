@@ -1,13 +1,14 @@
 """Config composition for every group option, and rejection of bad configs before training."""
 
 import pytest
+import torch
 from compose import CONF, compose_train
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 
 from vae_lightning.config import ConfigError, validate
-from vae_lightning.train import build
+from vae_lightning.train import build, train
 
 GROUPS = ["data", "model", "likelihood", "prior", "posterior", "optimizer", "trainer",
           "logger", "callbacks", "experiment"]
@@ -50,6 +51,12 @@ def test_data_choice_sets_the_default_likelihood(tmp_path):
 def test_bernoulli_on_grayscale_pixels_is_warned_about(overrides, warned, tmp_path, caplog):
     validate(compose_train(overrides, tmp_path))
     assert ("not normalised" in caplog.text) == warned
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_gpu_trainer_without_a_gpu_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="(?s)Invalid trainer configuration.*gpu"):
+        train(compose_train(["trainer=gpu", "logger=none"], tmp_path))
 
 
 def test_paper_presets(tmp_path):

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
@@ -111,13 +112,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, resume_from, checkpoint = build(cfg)
     run_id = wandb_run_id(checkpoint) if checkpoint else None
     callbacks = [*_instantiate_all(cfg.get("callbacks")), ResumeState()]
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        logger=_instantiate_all(
-            cfg.get("logger"), wandb={"id": run_id, "resume": "allow"} if run_id else {}
-        ) or False,
-        callbacks=[*callbacks, *_progress_bar(cfg, callbacks)],
-    )
+    try:
+        trainer: L.Trainer = instantiate(
+            cfg.trainer,
+            logger=_instantiate_all(
+                cfg.get("logger"), wandb={"id": run_id, "resume": "allow"} if run_id else {}
+            ) or False,
+            callbacks=[*callbacks, *_progress_bar(cfg, callbacks)],
+        )
+    except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
+        raise ConfigError(f"Invalid trainer configuration: {err}") from None
 
     try:
         return _fit_and_test(cfg, trainer, datamodule, model, resume_from)

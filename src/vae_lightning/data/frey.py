@@ -38,7 +38,7 @@ def read_frey_mat(path: str | os.PathLike) -> np.ndarray:
 def load_bundled_frey() -> np.ndarray:
     """Return ``ff`` from the package's compressed copy, verified against FREY_SHA256."""
     with resources.files(__package__).joinpath("assets").joinpath(ASSET).open("rb") as fh:
-        ff = _check_shape(np.load(fh)["ff"], ASSET)
+        ff = _check_shape(np.load(fh, allow_pickle=False)["ff"], ASSET)
     if frey_sha256(ff) != FREY_SHA256:
         raise DataError(f"The bundled {ASSET} is corrupt: its sha256 is not {FREY_SHA256}.")
     return ff

@@ -56,11 +56,12 @@ def log_likelihood(model: VAE, x: Tensor, k: int, chunk: int) -> tuple[Tensor, T
     if k < 1 or chunk < 1:
         raise ValueError(f"k={k} and chunk={chunk} must both be at least 1.")
     q = model.encoder(x)
+    prior = model.prior.distribution()  # once per batch: a VampPrior encodes its pseudo-inputs
     running_lse = torch.full((x.shape[0],), -math.inf, device=x.device)
     running_sum = torch.zeros(x.shape[0], device=x.device)
     for start in range(0, k, chunk):
         z = torch.stack([q.rsample() for _ in range(min(chunk, k - start))])
-        log_w = model.decoder(z).log_prob(x) + model.prior.log_prob(z) - q.log_prob(z)
+        log_w = model.decoder(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
         running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=0))
         running_sum += log_w.sum(0)
     return running_sum / k, running_lse - math.log(k)

@@ -1,0 +1,131 @@
+"""The Figure-2 reproduction page: runs found from their curve.json, the last evaluations beside
+the paper's values, the two methods compared at equal samples seen, and the copied figures."""
+
+import json
+import math
+
+import pytest
+
+from vae_lightning.reproduction import ReproductionError, at_samples, find_runs, main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CONFIG = {"seed": 0,
+          "optimizer": {"_target_": "torch.optim.Adagrad", "lr": 0.02},
+          "data": {"batch_size": 100, "scale": 256.0, "binarize": "none"},
+          "model": {"encoder_hidden": [200], "decoder_hidden": [200], "activation": "tanh"}}
+# AEVB evaluated at 1e4 .. 3e6, wake-sleep at 1e4 .. 2e6: they share 1e4 .. 2e6, and 2e6 falls
+# between AEVB's evaluations at 1e6 and 3e6.
+AEVB = [(10_000, 400.0, 390.0), (30_000, 520.0, 505.0), (100_000, 650.0, 640.0),
+        (300_000, 740.0, 725.0), (1_000_000, 815.0, 800.0), (3_000_000, 861.237, 850.5)]
+WAKE_SLEEP = [(10_000, 100.0, 95.0), (20_000, 150.0, 140.0), (50_000, 230.0, 220.0),
+              (200_000, 350.0, 335.0), (500_000, 420.0, 410.0), (2_000_000, 480.125, 470.75)]
+
+
+def write_png(path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, np.linspace(0, 1, 16).reshape(4, 4), cmap="gray")
+
+
+def write_run(directory, method, points, latent=2, data="frey", figures=("manifold", "samples"),
+              finished=True):
+    directory.mkdir(parents=True)
+    curve = {"data": data, "latent": latent, "method": method, "train_size": 1565,
+             "test_size": 200, "config": CONFIG,
+             "points": [{"samples_seen": n, "train/elbo": train, "test/elbo": test}
+                        for n, train, test in points]}
+    (directory / "curve.json").write_text(json.dumps(curve))
+    for name in figures:
+        write_png(directory / "figures" / f"{name}.png")
+    if finished:
+        (directory / "results.json").write_text("{}")
+    return directory
+
+
+@pytest.fixture
+def runs(tmp_path):
+    write_run(tmp_path / "runs" / "aevb", "aevb", AEVB)
+    write_run(tmp_path / "runs" / "ws", "wake_sleep", WAKE_SLEEP, figures=("manifold",),
+              finished=False)
+    return tmp_path / "runs"
+
+
+def test_page_tables_figures_and_copied_images(runs, tmp_path, capsys):
+    out = tmp_path / "docs" / "reproduction.md"
+    assert main([str(runs), "--out", str(out)]) == 0
+    assert "written:" in capsys.readouterr().out
+    page = out.read_text()
+    assert page.startswith("# Reproduction of Kingma & Welling")
+    assert f"`python -m vae_lightning.reproduction {runs} --out {out}`" in page
+    assert "## Frey Face" in page and "pixels scaled by 1/256" in page
+    assert "1,565 training / 200 test points" in page and "minibatch 100" in page
+    assert "optimizer AEVB: Adagrad (lr 0.02) / wake-sleep: Adagrad (lr 0.02);" in page
+    # A row per run, its last point; the paper's values at the paper's count.
+    rows = [line for line in page.splitlines() if line.startswith("| 2 |")]
+    assert rows[0] == (f"| 2 | AEVB | 3,000,000 | 861.24 | 850.50 | ≈ 870 at 1e8 | yes "
+                       f"| `{runs / 'aevb'}` |")
+    assert rows[1] == (f"| 2 | wake-sleep | 2,000,000 | 480.12 | 470.75 | ≈ 575 at 1e8 | no "
+                       f"| `{runs / 'ws'}` |")
+    # Equal samples seen: 2e6, AEVB interpolated in log10(samples) between 1e6 and 3e6.
+    expected = 800.0 + (850.5 - 800.0) * math.log(2) / math.log(3)
+    assert rows[2] == (f"| 2 | 2,000,000 | {expected:.2f} | 470.75 "
+                       f"| {expected - 470.75:+.2f} |")
+    assert f"{expected:.2f}" == "831.86"
+    images = tmp_path / "docs" / "reproduction"
+    for name in ("figure2_frey.png", "manifold_frey_aevb.png", "manifold_frey_wake_sleep.png",
+                 "samples_frey_nz2_aevb.png"):
+        assert (images / name).read_bytes()[:8] == PNG, name
+        assert f"(reproduction/{name})" in page
+    assert page.index("manifold_frey_aevb.png") < page.index("manifold_frey_wake_sleep.png")
+    # The wake-sleep run has no samples.png: noted, not shown.
+    assert not (images / "samples_frey_nz2_wake_sleep.png").exists()
+    assert f"Not found (not shown): `{runs / 'ws' / 'figures' / 'samples.png'}`." in page
+
+
+def test_stand_in_data_has_no_paper_values(tmp_path):
+    write_run(tmp_path / "fm", "aevb", AEVB, latent=5, data="fashion_mnist", figures=())
+    out = tmp_path / "page.md"
+    assert main([str(tmp_path / "fm"), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "## Fashion-MNIST (stand-in for MNIST)" in page
+    assert f"| 5 | AEVB | 3,000,000 | 861.24 | 850.50 | — | yes | `{tmp_path / 'fm'}` |" in page
+    assert "No latent size has both an AEVB and a wake-sleep run." in page
+    assert (tmp_path / "reproduction" / "figure2_fashion_mnist.png").read_bytes()[:8] == PNG
+
+
+def test_two_runs_of_a_kind_are_an_error_naming_both(tmp_path):
+    first = write_run(tmp_path / "a", "aevb", AEVB, figures=())
+    second = write_run(tmp_path / "b", "aevb", AEVB[:3], figures=())
+    with pytest.raises(ReproductionError, match="two runs of data=frey, latent=2, method=aevb") \
+            as err:
+        find_runs([tmp_path])
+    assert str(first) in str(err.value) and str(second) in str(err.value)
+    # The same run reached twice (itself and its parent) counts once.
+    assert len(find_runs([first, tmp_path / "a"])) == 1
+
+
+def test_no_runs_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "empty"), "--out", str(tmp_path / "page.md")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no curve.json under" in err and str(tmp_path / "empty") in err
+    assert not (tmp_path / "page.md").exists()
+
+
+def test_at_samples_is_linear_in_log_samples_and_does_not_extrapolate():
+    points = [{"samples_seen": 10, "test/elbo": 0.0}, {"samples_seen": 1000, "test/elbo": 2.0},
+              {"samples_seen": 10_000, "test/elbo": 4.0}]
+    assert at_samples(points, 100, "test/elbo") == pytest.approx(1.0)  # linear in n: 0.18
+    assert at_samples(points, 10 ** 3.5, "test/elbo") == pytest.approx(3.0)
+    assert at_samples(points, 10, "test/elbo") == 0.0
+    assert at_samples(points, 10_000, "test/elbo") == 4.0
+    for n in (9, 10_001):
+        with pytest.raises(ValueError, match="outside the curve's range"):
+            at_samples(points, n, "test/elbo")

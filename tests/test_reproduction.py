@@ -129,3 +129,16 @@ def test_at_samples_is_linear_in_log_samples_and_does_not_extrapolate():
     for n in (9, 10_001):
         with pytest.raises(ValueError, match="outside the curve's range"):
             at_samples(points, n, "test/elbo")
+
+
+def test_notes_go_under_discussion_and_a_missing_notes_file_is_an_error(runs, tmp_path, capsys):
+    notes = tmp_path / "notes.md"
+    notes.write_text("Our runs stopped at 1e7 samples, the paper's at 1e8.\n")
+    out = tmp_path / "page.md"
+    assert main([str(runs), "--out", str(out), "--notes", str(notes)]) == 0
+    page = out.read_text()
+    assert "## Discussion\n\nOur runs stopped at 1e7 samples, the paper's at 1e8.\n" in page
+    assert f"--notes {notes}" in page  # the rebuild command names it
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(runs), "--out", str(out), "--notes", str(tmp_path / "absent.md")])
+    assert exit_info.value.code == 2 and "absent.md" in capsys.readouterr().err

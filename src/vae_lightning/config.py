@@ -25,6 +25,8 @@ from vae_lightning.nets import ACTIVATIONS
 log = logging.getLogger(__name__)
 
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+# Keys of a ``_target_`` node that the framework consumes before instantiating it.
+OWN_KEYS = {"trainer": {"max_samples"}}
 
 
 class ConfigError(ValueError):
@@ -127,6 +129,10 @@ def _range_problems(cfg: DictConfig) -> list[str]:
     epochs = cfg.trainer.get("max_epochs")
     _check(p, epochs is None or (_is_int(epochs) and (epochs >= 1 or epochs == -1)),
            "trainer.max_epochs", epochs, "expected a positive integer, or -1 for no limit")
+    samples = cfg.trainer.get("max_samples")
+    _check(p, samples is None or (isinstance(samples, int | float) and not isinstance(samples, bool)
+                                  and samples >= 1), "trainer.max_samples", samples,
+           "expected null or a number of training samples >= 1, e.g. 1e7")
     _check(p, _is_int(cfg.seed), "seed", cfg.seed, "expected an integer")
     ckpt = cfg.get("ckpt_path")
     _check(p, ckpt in (None, "last") or os.path.isfile(str(ckpt)), "ckpt_path", ckpt,
@@ -174,7 +180,7 @@ def _key_problems(cfg: DictConfig) -> list[str]:
         if params is None:
             continue
         for key in node:
-            if key not in HYDRA_KEYS and key not in params:
+            if key not in HYDRA_KEYS | OWN_KEYS.get(path, set()) and key not in params:
                 accepted = ", ".join(params)
                 problems.append(
                     f"{path}.{key} is not an option of {target}; accepted keys: {accepted}."

@@ -37,6 +37,8 @@ class VAE(L.LightningModule):
     ``config`` is the run's full configuration, stored in the checkpoint so it can be rebuilt.
     """
 
+    method = "aevb"  # the training algorithm, as results and Fig. 2 name it
+
     def __init__(
         self,
         input_dim: int,

@@ -390,9 +390,11 @@ def _images(runs: list[Run], images: Path, kind: str) -> list[str]:
     return lines
 
 
-def build_page(runs: list[Run], out: str | Path, command: str | None = None) -> str:
+def build_page(runs: list[Run], out: str | Path, command: str | None = None,
+               notes: str | None = None) -> str:
     """Write the page ``out`` and its images in ``<out's dir>/reproduction/``; return the page.
-    ``command`` is the command line shown as the way to rebuild it."""
+    ``command`` is the command line shown as the way to rebuild it; ``notes`` (markdown, e.g. a
+    discussion of the numbers written by hand) goes under "Discussion", after the figures."""
     if not runs:
         raise ReproductionError("no runs to show: pass at least one run.")
     check_unique(runs)
@@ -436,9 +438,18 @@ def build_page(runs: list[Run], out: str | Path, command: str | None = None) -> 
     lines += _images(two_d, images, "manifold") if two_d else ["No run with Nz = 2.", ""]
     lines += ["## Figure 5: samples from the prior", ""]
     lines += _images(runs, images, "samples")
+    if notes:
+        lines += ["## Discussion", "", notes.strip(), ""]
     page = "\n".join(lines).rstrip("\n") + "\n"
     out.write_text(page)
     return page
+
+
+def _read_notes(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise ReproductionError(f"--notes {path!r} cannot be read: {err.strerror}.") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,12 +460,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/reproduction.md",
                         help="the page to write; images go to <its dir>/reproduction/ "
                              "(default: %(default)s)")
+    parser.add_argument("--notes", metavar="FILE",
+                        help="a markdown file shown under 'Discussion' (e.g. how the numbers "
+                             "compare with the paper's)")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "vae_lightning.reproduction", *args.runs,
-                          "--out", args.out])
+                          "--out", args.out, *(["--notes", args.notes] if args.notes else [])])
     try:
         runs = find_runs(args.runs)
-        build_page(runs, args.out, command)
+        notes = _read_notes(args.notes) if args.notes else None
+        build_page(runs, args.out, command, notes)
     except ReproductionError as err:
         parser.exit(2, f"error: {err}\n")
     print(f"written: {args.out} ({len(runs)} runs), images in "

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lightning.callbacks.curve import SampleBudget
 from vae_lightning.config import ConfigError, validate
 from vae_lightning.module import VAE
 from vae_lightning.resume import (
@@ -85,6 +86,16 @@ def resume_path(cfg: DictConfig) -> str | None:
     return str(path)
 
 
+def trainer_config(cfg: DictConfig) -> tuple[DictConfig, float | None]:
+    """``cfg.trainer`` without ``max_samples``, and ``max_samples``: a training length in samples
+    seen (Fig. 2's x-axis), which replaces ``max_epochs`` when set."""
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    max_samples = trainer_cfg.pop("max_samples", None)
+    if max_samples is not None:
+        trainer_cfg["max_epochs"] = -1
+    return OmegaConf.create(trainer_cfg), max_samples
+
+
 class Run(NamedTuple):
     datamodule: L.LightningDataModule
     model: VAE
@@ -112,9 +123,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, resume_from, checkpoint = build(cfg)
     run_id = wandb_run_id(checkpoint) if checkpoint else None
     callbacks = [*_instantiate_all(cfg.get("callbacks")), ResumeState()]
+    trainer_cfg, max_samples = trainer_config(cfg)
+    if max_samples is not None:
+        callbacks.append(SampleBudget(max_samples))
     try:
         trainer: L.Trainer = instantiate(
-            cfg.trainer,
+            trainer_cfg,
             logger=_instantiate_all(
                 cfg.get("logger"), wandb={"id": run_id, "resume": "allow"} if run_id else {}
             ) or False,
@@ -161,6 +175,7 @@ def _fit_and_test(
         "likelihood": choices.get("likelihood", cfg.likelihood._target_),
         "prior": choices.get("prior", cfg.prior._target_),
         "posterior": choices.get("posterior", cfg.posterior._target_),
+        "method": model.method,
         "objective": cfg.model.objective,
         "seed": cfg.seed,
         "epochs": epochs,

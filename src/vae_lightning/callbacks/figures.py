@@ -160,7 +160,7 @@ class Figures(L.Callback):
     end of fit, ``<name>-epoch<NNN>.png`` in between. Each is also logged to W&B
     (``log_image``) and TensorBoard (``add_figure``) when those loggers are active; other loggers
     get the files only. The latent scatter shows the first ``n_points`` validation points, the
-    reconstructions the first 40.
+    reconstructions the first 40 (``n_points=0``: neither is drawn).
     """
 
     def __init__(self, dirpath: str | None = None, every_n_epochs: int = 0, grid: int = 20,
@@ -220,7 +220,7 @@ class Figures(L.Callback):
                    "curves": lambda: curves_figure(self.curves)}
         if pl_module.hparams.latent == 2:
             figures["manifold"] = lambda: manifold_figure(pl_module, shape, self.grid)
-        if "val" in getattr(dm, "splits", {}):
+        if "val" in getattr(dm, "splits", {}) and self.n_points > 0:
             x, y = self._validation_points(trainer, pl_module.device)
             figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40], shape)
             figures["latents"] = lambda: latents_figure(pl_module, x, y)

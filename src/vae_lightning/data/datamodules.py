@@ -173,6 +173,19 @@ class VAEDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def evaluation_data(self, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The whole ``split`` as model inputs, float32 ``[N, input_dim]`` on ``device``: what the
+        bound is evaluated on. With ``binarize="dynamic"`` the training split is binarized by
+        one fixed draw (seeded like val/test), so its bound is comparable across evaluations."""
+        if split not in self.splits:
+            raise RuntimeError(f"The {split} split is not loaded: call setup() first.")
+        x, y = self.splits[split]
+        x = x.to(device)
+        if self.binarize == "dynamic" and x.dtype != torch.bool:
+            gen = torch.Generator(x.device).manual_seed(derive_seed(SPLIT_SEED, _SPLIT_IDS[split]))
+            x = torch.rand(x.shape, generator=gen, device=x.device) < x.float() / self.scale
+        return self.on_after_batch_transfer((x, y), 0)[0]
+
     def _generator(self, device: torch.device) -> torch.Generator:
         if str(device) not in self._generators:
             seed = derive_seed(self.seed, self._rank_world()[0])

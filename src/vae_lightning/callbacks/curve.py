@@ -1,0 +1,132 @@
+"""Figure 2's curve during training: the bound on the training and test data at log-spaced counts
+of training samples seen, and the training length in samples seen.
+
+- ``BoundCurve`` evaluates the ELBO (the model's own ``bound``, as the validation loop does) on
+  whole splits after the first training step whose samples seen reach the next point of the
+  schedule 10^(j / points_per_decade) >= ``start``, and once more at the end of training. It logs
+  ``curve/<split>_elbo`` and ``curve/samples_seen`` to the loggers and rewrites
+  ``<dirpath>/curve.json`` after each evaluation, so a run stopped early keeps its curve.
+- ``SampleBudget`` stops training once ``max_samples`` training samples (all ranks) were seen:
+  the x-axis of Fig. 2, set with ``trainer.max_samples``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class BoundCurve(L.Callback):
+    """Evaluate the ELBO (nats per data point) on ``splits`` at log-spaced samples seen.
+
+    ``curve.json`` holds the data set's name, the latent size, the training method
+    (``aevb`` or ``wake_sleep``), the number of points of each split, the run's config and
+    ``points``: ``[{"samples_seen": n, "<split>/elbo": value, ...}, ...]``. Each evaluation draws
+    its z from a fixed seed in a forked random stream: training's stream is left untouched.
+    Rank 0 evaluates and writes; the other ranks go on training.
+    """
+
+    def __init__(self, dirpath: str | None = None, points_per_decade: int = 5,
+                 start: float = 1e4, splits: tuple[str, ...] = ("train", "test"),
+                 batch_size: int = 1000) -> None:
+        if not (isinstance(points_per_decade, int) and points_per_decade >= 1):
+            raise ValueError(f"points_per_decade={points_per_decade!r} is invalid: expected an "
+                             "integer >= 1.")
+        if not start >= 1:
+            raise ValueError(f"start={start!r} is invalid: expected a number of samples >= 1.")
+        self.dirpath, self.points_per_decade, self.start = dirpath, points_per_decade, start
+        self.splits, self.batch_size = tuple(splits), batch_size
+        self.points: list[dict[str, float]] = []
+        self._next = math.ceil(points_per_decade * math.log10(start))
+        self._data: dict[str, torch.Tensor] = {}
+
+    def threshold(self, j: int) -> float:
+        return 10 ** (j / self.points_per_decade)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_) -> None:
+        seen = pl_module.samples_seen
+        if seen < self.threshold(self._next):
+            return
+        while self.threshold(self._next) <= seen:
+            self._next += 1
+        self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.points or self.points[-1]["samples_seen"] != pl_module.samples_seen:
+            self.evaluate(trainer, pl_module)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Append the bound of each split at the current samples seen; log it; write the file."""
+        if not trainer.is_global_zero:
+            return
+        training = pl_module.training
+        pl_module.eval()
+        device = pl_module.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            point = {"samples_seen": pl_module.samples_seen}
+            for split in self.splits:
+                x = self._split(trainer, split, device)
+                total = sum(pl_module.bound(chunk).elbo.double().sum().item()
+                            for chunk in x.split(self.batch_size))
+                point[f"{split}/elbo"] = total / len(x)
+        pl_module.train(training)
+        self.points.append(point)
+        metrics = {f"curve/{key.replace('/', '_')}": value for key, value in point.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        self._write(trainer, pl_module)
+
+    def _split(self, trainer: L.Trainer, split: str, device: torch.device) -> torch.Tensor:
+        if split not in self._data:
+            dm = trainer.datamodule
+            dm.setup("test" if split == "test" else "fit")
+            self._data[split] = dm.evaluation_data(split, device)
+        return self._data[split]
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        payload = {
+            "data": getattr(trainer.datamodule, "name", None),
+            "latent": pl_module.hparams.latent,
+            "method": pl_module.method,
+            **{f"{split}_size": len(self._data[split]) for split in self.splits},
+            "config": pl_module.hparams.get("config"),
+            "points": self.points,
+        }
+        path = Path(self.dirpath or trainer.default_root_dir) / "curve.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(payload, indent=1) + "\n")
+        os.replace(temporary, path)  # atomic: a kill mid-write leaves the previous curve
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"points": self.points, "next_samples": self.threshold(self._next)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the curve: the next point is the first of this schedule at or after the saved
+        one (the same point unless ``points_per_decade`` changed)."""
+        self.points = state_dict["points"]
+        self._next = math.ceil(self.points_per_decade * math.log10(state_dict["next_samples"])
+                               - 1e-9)
+
+
+class SampleBudget(L.Callback):
+    """Stop training after the step at which ``max_samples`` training samples were seen."""
+
+    def __init__(self, max_samples: int) -> None:
+        if isinstance(max_samples, bool) or not (isinstance(max_samples, int | float)
+                                                  and max_samples >= 1):
+            raise ValueError(f"max_samples={max_samples!r} is invalid: expected a number of "
+                             "training samples >= 1, e.g. 1e7.")
+        self.max_samples = int(max_samples)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_) -> None:
+        if pl_module.samples_seen >= self.max_samples:
+            trainer.should_stop = True

@@ -1,0 +1,125 @@
+"""Fig. 2's curve during training (BoundCurve), training length in samples (trainer.max_samples)
+and the evaluation data they read."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from compose import compose_train
+
+from vae_lightning.callbacks import BoundCurve, SampleBudget
+from vae_lightning.config import ConfigError
+from vae_lightning.data import FreyFaceDataModule, MNISTDataModule
+from vae_lightning.data.idx import write_idx
+from vae_lightning.evaluate import load_checkpoint
+from vae_lightning.train import build, train
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+         "logger=none", "callbacks.figures.n_points=0"]
+
+
+def _frey(tmp_path, *overrides):
+    return compose_train(["data=frey", "model.latent=2", "model.encoder_hidden=[32]",
+                          "model.decoder_hidden=[32]", *QUIET, *overrides], tmp_path)
+
+
+@pytest.mark.parametrize("max_samples, steps, seen", [
+    (1000, 10, 1000),  # 10 full batches
+    (1600, 17, 1665),  # the epoch's last batch holds 65 faces: the step that passes 1600 ends it
+    (5e3, 52, 5095),  # a float, as `trainer.max_samples=5e3` gives; max_epochs=1 is overridden
+])
+def test_max_samples_stops_at_the_step_that_reaches_it(tmp_path, max_samples, steps, seen):
+    cfg = _frey(tmp_path, f"trainer.max_samples={max_samples}", "trainer.max_epochs=1",
+                "~callbacks.bound_curve")
+    results = train(cfg)
+    assert (results["steps"], results["train_samples_seen"]) == (steps, seen)
+
+
+def test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training(tmp_path):
+    cfg = _frey(tmp_path, "trainer.max_samples=5000", "callbacks.bound_curve.points_per_decade=2",
+                "callbacks.bound_curve.start=1000")
+    train(cfg)
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    # 1000 and 10^3.5 = 3162 are reached at steps 10 and 33 (3230 samples), then training ends.
+    assert [p["samples_seen"] for p in curve["points"]] == [1000, 3230, 5095]
+    assert (curve["data"], curve["latent"], curve["method"]) == ("frey", 2, "aevb")
+    assert (curve["train_size"], curve["test_size"]) == (1565, 200)
+    assert curve["config"]["data"]["_target_"].endswith("FreyFaceDataModule")
+    # The last point is the ELBO of the final weights on the whole splits, z drawn from seed 0
+    # in chunks of batch_size.
+    _, model, _ = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    dm = FreyFaceDataModule(scale=255.0)
+    dm.setup()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = {split: torch.cat([model.bound(chunk).elbo for chunk in
+                                      dm.evaluation_data(split).split(1000)]).double().mean()
+                    for split in ("train", "test")}
+    for split, value in expected.items():
+        assert curve["points"][-1][f"{split}/elbo"] == pytest.approx(value.item(), rel=1e-6)
+
+
+def test_curve_leaves_the_training_random_stream_alone(tmp_path):
+    with_curve = train(_frey(tmp_path / "a", "trainer.max_samples=3000",
+                             "callbacks.bound_curve.start=100"))
+    without = train(_frey(tmp_path / "b", "trainer.max_samples=3000", "~callbacks.bound_curve"))
+    assert len(json.loads((tmp_path / "a" / "curve.json").read_text())["points"]) == 9
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")[1].state_dict()
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")[1].state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    assert with_curve["test/elbo"] == without["test/elbo"]
+
+
+def test_curve_state_survives_a_checkpoint():
+    curve = BoundCurve(points_per_decade=4, start=1e3)
+    curve.points = [{"samples_seen": 1000, "train/elbo": 1.0, "test/elbo": 0.5}]
+    curve._next = 13
+    restored = BoundCurve(points_per_decade=4)
+    restored.load_state_dict(curve.state_dict())
+    assert restored.points == curve.points
+    assert restored.threshold(restored._next) == pytest.approx(10 ** 3.25)
+    finer = BoundCurve(points_per_decade=5)  # the first point of its schedule after 10^3.25
+    finer.load_state_dict(curve.state_dict())
+    assert finer.threshold(finer._next) == pytest.approx(10 ** 3.4)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"points_per_decade": 0}, "points_per_decade=0"),
+    ({"start": 0.5}, "start=0.5"),
+])
+def test_curve_rejects_bad_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        BoundCurve(**kwargs)
+
+
+@pytest.mark.parametrize("value", [0, -5, True, "many"])
+def test_bad_max_samples_is_a_config_error(tmp_path, value):
+    with pytest.raises((ConfigError, ValueError), match="max_samples"):
+        build(_frey(tmp_path, f"trainer.max_samples={value}"))
+    with pytest.raises(ValueError, match="max_samples"):
+        SampleBudget(value)
+
+
+def test_evaluation_data_is_one_fixed_binarization_of_the_split(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "mnist").mkdir()
+    for prefix, n in [("train", 300), ("t10k", 100)]:
+        write_idx(tmp_path / "mnist" / f"{prefix}-images-idx3-ubyte",
+                  rng.integers(0, 256, (n, 28, 28), np.uint8))
+        write_idx(tmp_path / "mnist" / f"{prefix}-labels-idx1-ubyte",
+                  rng.integers(0, 10, n).astype(np.uint8))
+    dm = MNISTDataModule(root=tmp_path, val_size=50, download=False)
+    dm.setup()
+    train_x = dm.evaluation_data("train")
+    assert train_x.shape == (250, 784) and set(train_x.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(train_x, dm.evaluation_data("train"))  # the same draw every time
+    pixels = dm.splits["train"][0].flatten(1).float() / 255
+    assert abs(train_x.mean() - pixels.mean()) < 0.01  # a Bernoulli draw of the intensities
+    # val and test are the draws the validation and test loops see.
+    test_batches = [dm.on_after_batch_transfer(b, 0)[0] for b in dm.test_dataloader()]
+    assert torch.equal(dm.evaluation_data("test"), torch.cat(test_batches))
+    grey = MNISTDataModule(root=tmp_path, val_size=50, download=False, binarize="none")
+    grey.setup()
+    torch.testing.assert_close(grey.evaluation_data("train"), pixels)

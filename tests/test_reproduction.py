@@ -142,3 +142,14 @@ def test_notes_go_under_discussion_and_a_missing_notes_file_is_an_error(runs, tm
     with pytest.raises(SystemExit) as exit_info:
         main([str(runs), "--out", str(out), "--notes", str(tmp_path / "absent.md")])
     assert exit_info.value.code == 2 and "absent.md" in capsys.readouterr().err
+
+
+def test_mnist_rows_carry_the_papers_values_at_its_count(tmp_path):
+    write_run(tmp_path / "m20", "wake_sleep", WAKE_SLEEP, latent=20, data="mnist", figures=())
+    write_run(tmp_path / "m3", "aevb", AEVB, latent=3, data="mnist", figures=())
+    out = tmp_path / "page.md"
+    assert main([str(tmp_path), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "## MNIST\n" in page
+    assert "| 3 | AEVB | 3,000,000 | 861.24 | 850.50 | ≈ -133.5 at 2e8 |" in page
+    assert "| 20 | wake-sleep | 2,000,000 | 480.12 | 470.75 | ≈ -104 at 2e8 |" in page

@@ -188,7 +188,7 @@ def figure2(runs: list[Run], data: str, path: Path) -> None:
     if not runs:
         raise ReproductionError(f"no run of data={data!r} to draw Figure 2 from.")
     latents = sorted({r.latent for r in runs})
-    fig, axes = plt.subplots(1, len(latents), figsize=(3.4 * len(latents) + 0.6, 3.8),
+    fig, axes = plt.subplots(1, len(latents), figsize=(max(6.0, 3.4 * len(latents) + 0.6), 3.8),
                              sharey=True, squeeze=False)
     for ax, latent in zip(axes[0], latents):
         for run in (r for r in runs if r.latent == latent):

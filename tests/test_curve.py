@@ -88,6 +88,8 @@ def test_curve_state_survives_a_checkpoint():
 @pytest.mark.parametrize("kwargs, word", [
     ({"points_per_decade": 0}, "points_per_decade=0"),
     ({"start": 0.5}, "start=0.5"),
+    ({"splits": ["train", "holdout"]}, "holdout"),
+    ({"splits": []}, "splits=\\[\\]"),
 ])
 def test_curve_rejects_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):

@@ -38,6 +38,9 @@ class BoundCurve(L.Callback):
         if not (isinstance(points_per_decade, int) and points_per_decade >= 1):
             raise ValueError(f"points_per_decade={points_per_decade!r} is invalid: expected an "
                              "integer >= 1.")
+        if not splits or not set(splits) <= {"train", "val", "test"}:
+            raise ValueError(f"splits={list(splits)!r} is invalid: expected a non-empty list of "
+                             "train, val and test.")
         if not start >= 1:
             raise ValueError(f"start={start!r} is invalid: expected a number of samples >= 1.")
         self.dirpath, self.points_per_decade, self.start = dirpath, points_per_decade, start
@@ -87,7 +90,7 @@ class BoundCurve(L.Callback):
     def _split(self, trainer: L.Trainer, split: str, device: torch.device) -> torch.Tensor:
         if split not in self._data:
             dm = trainer.datamodule
-            dm.setup("test" if split == "test" else "fit")
+            dm.setup({"train": "fit", "val": "validate", "test": "test"}[split])
             self._data[split] = dm.evaluation_data(split, device)
         return self._data[split]
 

@@ -22,13 +22,21 @@ def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
     run_dir = tmp_path / "ddp"
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *SMALL, "trainer=ddp", "trainer.accelerator=cpu",
-         "trainer.devices=2", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"],
+         "trainer.devices=2", "trainer.max_epochs=2", "callbacks.bound_curve.start=1000",
+         f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     # Two ranks, each 782 faces of the 1565 per epoch (one sits out).
     assert results["train_samples_seen"] == 2 * 2 * 782
+    # Fig. 2's curve: rank 0 evaluates mid-training while rank 1 waits at the next all-reduce.
+    curve = json.loads((run_dir / "curve.json").read_text())
+    seen = [point["samples_seen"] for point in curve["points"]]
+    assert seen[0] >= 1000 and seen == sorted(set(seen)) and seen[-1] == 2 * 2 * 782
+    assert len(seen) >= 3 and curve["train_size"] == 1565
+    assert all(math.isfinite(p["test/elbo"]) and math.isfinite(p["train/elbo"])
+               for p in curve["points"])
 
     # The same checkpoint evaluated by one process over the whole test split.
     checkpoint = read_checkpoint(results["checkpoint"])

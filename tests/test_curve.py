@@ -13,6 +13,7 @@ from vae_lightning.config import ConfigError
 from vae_lightning.data import FreyFaceDataModule, MNISTDataModule
 from vae_lightning.data.idx import write_idx
 from vae_lightning.evaluate import load_checkpoint
+from vae_lightning.resume import read_checkpoint
 from vae_lightning.train import build, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -34,6 +35,15 @@ def test_max_samples_stops_at_the_step_that_reaches_it(tmp_path, max_samples, st
                 "~callbacks.bound_curve")
     results = train(cfg)
     assert (results["steps"], results["train_samples_seen"]) == (steps, seen)
+
+
+def test_last_checkpoint_is_the_final_state_whatever_the_validation_interval(tmp_path):
+    cfg = _frey(tmp_path, "trainer.max_samples=3500", "trainer.check_val_every_n_epoch=100",
+                "~callbacks.bound_curve")
+    results = train(cfg)
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["samples_seen"] == results["train_samples_seen"] == 3530
+    assert last["global_step"] == results["steps"] == 36
 
 
 def test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training(tmp_path):

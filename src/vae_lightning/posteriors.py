@@ -79,18 +79,10 @@ class StudentTPosterior(Posterior):
     Var[z] = s^2 df / (df - 2) = exp(log_var); for df <= 2 the variance is infinite and s = sigma.
     Heavy tails (df = 1 is the Cauchy); no analytic KL, so use model.kl=mc."""
 
-    def __init__(
-        self,
-        in_features: int,
-        latent: int,
-        hidden: Sequence[int] = (400,),
-        activation: str = "relu",
-        init_std: float | None = None,
-        df: float = 5.0,
-    ) -> None:
+    def __init__(self, *args, df: float = 5.0, **kwargs) -> None:
         if not df > 0:
             raise ValueError(f"posterior.df={df} must be > 0 (the degrees of freedom).")
-        super().__init__(in_features, latent, hidden, activation, init_std)
+        super().__init__(*args, **kwargs)
         self.df = df
         self.scale_factor = math.sqrt((df - 2.0) / df) if df > 2 else 1.0
 

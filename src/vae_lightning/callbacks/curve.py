@@ -43,7 +43,7 @@ class BoundCurve(L.Callback):
                              "train, val and test.")
         if not start >= 1:
             raise ValueError(f"start={start!r} is invalid: expected a number of samples >= 1.")
-        self.dirpath, self.points_per_decade, self.start = dirpath, points_per_decade, start
+        self.dirpath, self.points_per_decade = dirpath, points_per_decade
         self.splits, self.batch_size = tuple(splits), batch_size
         self.points: list[dict[str, float]] = []
         self._next = math.ceil(points_per_decade * math.log10(start))
@@ -77,9 +77,9 @@ class BoundCurve(L.Callback):
             point = {"samples_seen": pl_module.samples_seen}
             for split in self.splits:
                 x = self._split(trainer, split, device)
-                total = sum(pl_module.bound(chunk).elbo.double().sum().item()
-                            for chunk in x.split(self.batch_size))
-                point[f"{split}/elbo"] = total / len(x)
+                chunks = x.split(self.batch_size)
+                elbo = torch.cat([pl_module.bound(chunk).elbo for chunk in chunks])
+                point[f"{split}/elbo"] = elbo.double().mean().item()
         pl_module.train(training)
         self.points.append(point)
         metrics = {f"curve/{key.replace('/', '_')}": value for key, value in point.items()}
@@ -123,7 +123,7 @@ class BoundCurve(L.Callback):
 class SampleBudget(L.Callback):
     """Stop training after the step at which ``max_samples`` training samples were seen."""
 
-    def __init__(self, max_samples: int) -> None:
+    def __init__(self, max_samples: float) -> None:
         if isinstance(max_samples, bool) or not (isinstance(max_samples, int | float)
                                                   and max_samples >= 1):
             raise ValueError(f"max_samples={max_samples!r} is invalid: expected a number of "

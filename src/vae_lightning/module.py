@@ -11,14 +11,13 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from vae_lightning.likelihoods import Bernoulli, Decoder, Likelihood
+from vae_lightning.metrics import TERMS, BoundMean, BoundTerm
 from vae_lightning.objectives import Bound, draw, elbo, iwae
 from vae_lightning.posteriors import GaussianPosterior, Posterior
 from vae_lightning.priors import Prior, StandardNormal
 
-TERMS = ("elbo", "recon", "kl")
 STAGES = ("train", "val", "test")
 
 
@@ -79,15 +78,12 @@ class VAE(L.LightningModule):
             self.encoder.net.compile()
             self.decoder.net.compile()
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
-        # nan_strategy="disable": a NaN is averaged in and shows in the result, rather than
-        # dropped with a warning (torchmetrics' default), and no value is read back per update.
-        self.metrics = nn.ModuleDict(
-            {
-                f"{stage}_{term}": MeanMetric(nan_strategy="disable")
-                for stage in STAGES
-                for term in TERMS
-            }
-        )
+        # Per stage, one BoundMean updated once per batch and the three terms logged from it.
+        self.metrics = nn.ModuleDict()
+        for stage in STAGES:
+            mean = self.metrics[f"{stage}_bound"] = BoundMean()
+            for term in TERMS:
+                self.metrics[f"{stage}_{term}"] = BoundTerm(mean, term)
         self.samples_seen = 0
         self._unlogged: set[str] = set()  # stages whose metrics this epoch has not logged yet
 
@@ -153,18 +149,16 @@ class VAE(L.LightningModule):
         self.log("train/samples_seen", seen, on_epoch=True, reduce_fx="max")
 
     def _update(self, stage: str, bound: Bound) -> None:
-        """Update the ``stage`` metrics with ``bound``. Lightning computes a logged metric object
-        at the end of the epoch and keeps it until then, so ``self.log`` (tenths of a millisecond
-        a call) gets each one at the epoch's first update only."""
-        log = stage in self._unlogged
-        self._unlogged.discard(stage)
-        for term, value in zip(TERMS, (bound.elbo, bound.recon, bound.kl)):
-            metric = self.metrics[f"{stage}_{term}"]
-            metric.update(value.detach())
-            if log:
+        """Update the ``stage`` averages with ``bound``. Lightning computes a logged metric
+        object at the end of the epoch and keeps it until then, so ``self.log`` (tenths of a
+        millisecond a call) gets the ``stage/*`` metrics at the epoch's first update only."""
+        self.metrics[f"{stage}_bound"].update(bound)
+        if stage in self._unlogged:
+            self._unlogged.discard(stage)
+            for term in TERMS:
                 self.log(
                     f"{stage}/{term}",
-                    metric,
+                    self.metrics[f"{stage}_{term}"],
                     on_step=False,
                     on_epoch=True,
                     prog_bar=term == "elbo",

@@ -94,6 +94,7 @@ BAD_CONFIGS = [
     (["+trainer.max_epoch=3"], ["trainer.max_epoch", "accepted keys", "max_epochs"]),
     (["+likelihood.min_var=0.1", "likelihood=bernoulli"], ["likelihood.min_var", "Bernoulli"]),
     (["+optimizer.momentum=0.9"], ["optimizer.momentum", "Adam"]),
+    (["optimizer.fused=maybe"], ["optimizer.fused", "maybe", "true"]),
     (["+model.latnt=2"], ["latnt"]),
     (["model.latnt=2"], ["model.latnt"]),
     (["data=cifar"], ["data", "cifar", "frey", "mnist"]),

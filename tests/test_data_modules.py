@@ -161,6 +161,21 @@ def test_binarization_modes(mnist_root, mode):
         assert set(eval_a.unique().tolist()) == {0.0, 1.0}
 
 
+@pytest.mark.parametrize("scale", [255, 256, 300.5])
+def test_dynamic_binarization_draws_bernoulli_of_pixel_over_scale(scale):
+    """Each pixel is 1 with probability x / scale: with uint8 draws for scale 255 or 256, with
+    float draws otherwise."""
+    dm = MNISTDataModule(scale=scale)
+    values = torch.tensor([0, 1, 51, 128, 254, 255], dtype=torch.uint8)
+    x = values.repeat(20000, 1)  # 20000 draws of each value
+    drawn, _ = dm.on_after_batch_transfer((x, torch.zeros(len(x))), 0)
+    assert drawn.dtype == torch.float32 and set(drawn.unique().tolist()) <= {0.0, 1.0}
+    expected = values.double() / scale
+    assert drawn[:, 0].sum() == 0  # never 1 when x = 0
+    tolerance = 4 * (expected * (1 - expected) / len(x)).sqrt() + 1e-9
+    assert ((drawn.double().mean(0) - expected).abs() <= tolerance).all()
+
+
 def test_static_draw_is_seeded_and_eval_draw_is_fixed(mnist_root):
     def draw(seed, split):
         dm = MNISTDataModule(root=str(mnist_root), val_size=50, binarize="static", seed=seed)

@@ -124,6 +124,9 @@ def _range_problems(cfg: DictConfig) -> list[str]:
     wd = cfg.optimizer.get("weight_decay", 0.0)
     _check(p, isinstance(wd, (int, float)) and wd >= 0, "optimizer.weight_decay", wd,
            "weight decay must be >= 0")
+    fused = cfg.optimizer.get("fused")
+    _check(p, fused in (None, True, False), "optimizer.fused", fused,
+           "expected true (one fused kernel per step), false or null (PyTorch's default)")
     bs = cfg.data.get("batch_size")
     _check(p, _is_int(bs) and bs > 0, "data.batch_size", bs, "expected a positive integer")
     epochs = cfg.trainer.get("max_epochs")

@@ -28,9 +28,10 @@ with, per round and the median over rounds, and the milliseconds per step of (c)
 phase (data, forward, backward, optimizer; see StepTimer), which show where the time goes.
 Then `python train.py` in a subprocess: seconds from just before the process is spawned to its
 first on_train_batch_start (interpreter start, imports, compose, data read, sanity check
-included), and the peak RSS of that process (getrusage RUSAGE_CHILDREN).
+included), and the peak RSS of that process by its last stage's end (VmHWM: the forked parent's
+pages, which getrusage's children figure would include, do not count).
 Usage: python benchmarks/throughput.py [--rounds 3] [--steps 300] [--warmup 50] [--threads N]
-       [--startup-runs 3] [--device cuda] [train.py overrides for (c)...]
+       [--startup-runs 3] [--device cuda] [--out FILE] [train.py overrides for (c)...]
 --device cuda keeps the data on the GPU for (a) and, via data.on_device=true, for (c); each
 step is then timed between two device synchronizations.
 Writes benchmarks/results/throughput-{cpu,gpu}.json.
@@ -154,6 +155,17 @@ def loader_batches(loader: DataLoader, device: torch.device) -> Iterator[torch.T
             yield x.to(device, non_blocking=True)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set since it started (Linux: VmHWM, which, unlike
+    getrusage, does not count the parent's pages a forked child held before its exec)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux and BSD
+
+
 def round_robin(loops: dict[str, HandLoop], warmup: int, steps: int) -> dict[str, float]:
     """Step the loops in turn; samples/s of each over the ``steps`` steps after ``warmup``."""
     for i in range(warmup + steps):
@@ -204,6 +216,10 @@ class StepTimer(L.Callback):
                 self.mark = _now(device)
         self._lap(trainer, pl_module, "data", trainer.global_step)
 
+    def teardown(self, trainer, pl_module, stage: str) -> None:  # after fit, and after test
+        self.record["peak_rss_mib"] = peak_rss_mib()
+        self.path.write_text(json.dumps(self.record))
+
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         self._lap(trainer, pl_module, "forward", trainer.global_step)
 
@@ -246,8 +262,7 @@ def timer(path: Path) -> list[str]:
 
 def first_step(common: list[str], run_dir: Path) -> dict[str, Any]:
     """Run `python train.py` for a few steps in ``run_dir``: seconds from spawning it to its
-    first training step, what it had imported by then, and the peak RSS of the processes
-    run so far (this one included)."""
+    first training step, what it had imported by then, and its peak RSS."""
     record = run_dir / "first_step.json"
     run_dir.mkdir(parents=True)
     paths = [str(REPO / "benchmarks"), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -262,7 +277,7 @@ def first_step(common: list[str], run_dir: Path) -> dict[str, Any]:
     return {
         "seconds_to_first_step": first["first_step_time"] - start,
         "imported_at_first_step": first["imported"],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "peak_rss_mib": first["peak_rss_mib"],
     }
 
 
@@ -274,6 +289,8 @@ def main() -> None:
     parser.add_argument("--startup-runs", type=int, default=3, help="train.py subprocess runs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--out", type=Path, help="results file (default: "
+                        "benchmarks/results/throughput-{cpu,gpu}.json)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for (c)")
     args = parser.parse_args()
     if args.threads:
@@ -349,7 +366,7 @@ def main() -> None:
     for side, ms in median_phases.items():
         print(f"{side} ms/step: " + ", ".join(f"{k} {v:.3f}" for k, v in ms.items())
               + f", total {sum(ms.values()):.3f}")
-    path = RESULTS / f"throughput-{'gpu' if gpu else 'cpu'}.json"
+    path = args.out or RESULTS / f"throughput-{'gpu' if gpu else 'cpu'}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "what": "training samples/s, 784-400-20 MLP VAE, batch 128, Bernoulli, Adam, MNIST-sized; "

@@ -9,11 +9,13 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lightning.evaluate import run_eval
+import vae_lightning.config  # noqa: F401  (registers the config schemas; imports no torch)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
+    from vae_lightning.evaluate import run_eval  # here: `--help` and `--cfg` need no torch
+
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         print("error: ckpt_path is required, e.g. python eval.py ckpt_path=<run>/checkpoints/"
               "last.ckpt", file=sys.stderr)

@@ -78,3 +78,15 @@ def test_cli_rejects_bad_input_before_training(args, words, tmp_path):
         assert word in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_printing_the_config_does_not_import_torch(script, tmp_path):
+    """`--cfg job` (like `--help`) composes the config only: no torch or Lightning import."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(REPO / script), "--cfg", "job"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "seed:" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "hydra" in imported and not imported & {"torch", "lightning"}

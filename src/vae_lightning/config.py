@@ -20,7 +20,6 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import vae_lightning.resolvers  # noqa: F401
-from vae_lightning.nets import ACTIVATIONS
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +97,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _range_problems(cfg: DictConfig) -> list[str]:
+    from vae_lightning.nets import ACTIVATIONS  # here: importing this module stays torch-free
+
     m, p = cfg.model, []
     _check(p, _is_int(m.latent) and m.latent > 0, "model.latent", m.latent,
            "the latent size Nz must be a positive integer")

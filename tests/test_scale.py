@@ -58,6 +58,25 @@ def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
     assert abs(results["test/elbo"] - elbo.mean().item()) < tolerance
 
 
+def test_ddp_spawn_runs_inside_a_hydra_multirun(tmp_path):
+    """`-m` with trainer=ddp_spawn: the ranks are spawned (the module pickled to them) rather
+    than the script relaunched, so the sweep runs once: one job here, to keep the test short."""
+    sweep = tmp_path / "multirun"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", *SMALL,
+         "trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.max_epochs=1",
+         "~callbacks.bound_curve", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(sweep.glob("*/results.json"))
+    assert [r.parent.name for r in results] == ["0"]
+    for path in results:
+        result = json.loads(path.read_text())
+        assert result["train_samples_seen"] == 2 * 782  # two ranks, one epoch
+        assert all(math.isfinite(result[k]) for k in ("train/elbo", "val/elbo", "test/elbo"))
+
+
 def test_bf16_mixed_precision_trains_with_finite_bound(tmp_path):
     results = train(compose_train([*SMALL, "trainer.precision=bf16-mixed", "trainer.max_epochs=2"],
                                   tmp_path))

@@ -84,6 +84,63 @@ def test_bf16_mixed_precision_trains_with_finite_bound(tmp_path):
         assert math.isfinite(results[key])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_under_autocast_the_networks_run_in_half_and_the_bound_in_float32(dtype, likelihood):
+    """What 16-mixed (GPU) and bf16-mixed do to the model, on the CPU's autocast: the MLPs run in
+    half precision, the densities, KL and log-probabilities in float32, and an update is applied
+    with finite parameters (float16 with a GradScaler, as Lightning's 16-mixed does). The
+    Gaussian decoder is at its variance floor (1e-4) with means far from the data, so the
+    squared errors over the variance sum to about 2.5e7 nats a face: beyond float16's range
+    (65504), finite in float32."""
+    from vae_lightning.likelihoods import Gaussian
+    from vae_lightning.module import VAE
+
+    torch.manual_seed(0)
+    x = torch.rand(32, 784)
+    if likelihood == "bernoulli":
+        model, x = VAE(784), (x > 0.5).float()
+    else:
+        model = VAE(784, likelihood=Gaussian(mean_activation="identity"))
+        with torch.no_grad():
+            model.decoder.net[-1].bias[:784] = 3.0  # means far from pixels in [0, 1]
+            model.decoder.net[-1].bias[784:] = -30.0  # log-variance below the floor
+    torch.manual_seed(1)
+    reference = model.bound(x)
+    with torch.autocast("cpu", dtype=dtype):
+        assert model.encoder.net(x).dtype == dtype
+        torch.manual_seed(1)
+        bound = model.bound(x)
+    assert bound.recon.dtype == bound.kl.dtype == torch.float32
+    if likelihood == "gaussian":
+        assert reference.recon.mean() < -1e7  # the float16 overflow regime
+    rtol = 1e-3 if dtype == torch.float16 else 1e-2
+    torch.testing.assert_close(bound.recon, reference.recon, rtol=rtol, atol=1e-2)
+    torch.testing.assert_close(bound.kl, reference.kl, rtol=rtol, atol=1e-2)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu") if dtype == torch.float16 else None
+    applied = False
+    attempts = 0
+    while not applied:  # a GradScaler skips the steps whose gradients overflow
+        attempts += 1
+        assert attempts <= 30, "no update applied in 30 steps"
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=dtype):
+            loss = -model.bound(x).elbo.mean()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        applied = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scaler is not None or attempts == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_compile_flag_compiles_the_networks_in_place(tmp_path):
     model = build_model(compose_train([*SMALL, "model.compile=true"], tmp_path), 560)
     plain = build_model(compose_train(SMALL, tmp_path), 560)

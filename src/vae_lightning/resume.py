@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae_lightning.config import ConfigError
 
@@ -87,10 +87,11 @@ def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: st
     if saved is None:
         raise CheckpointError(f"Checkpoint {path} holds no run configuration: it was not written "
                               "by vae-lightning's train.py, so it cannot be resumed.")
+    saved, current = OmegaConf.create(saved), OmegaConf.create(config)
     differences = [
-        f"{key}={_get(saved, key)!r} (this run: {_get(config, key)!r})"
-        for key in sorted(set(_flatten(saved, ARCHITECTURE)) | set(_flatten(config, ARCHITECTURE)))
-        if key != "model.compile" and _get(saved, key) != _get(config, key)
+        f"{key}={_plain(saved, key)!r} (this run: {_plain(current, key)!r})"
+        for key in sorted(set(_keys(saved)) | set(_keys(current)))
+        if key != "model.compile" and _plain(saved, key) != _plain(current, key)
     ]
     if differences:
         overrides = Path(path).parent.parent / ".hydra" / "overrides.yaml"
@@ -102,20 +103,19 @@ def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: st
         )
 
 
-def _flatten(config: dict[str, Any], roots: tuple[str, ...]) -> list[str]:
+def _keys(config: DictConfig) -> list[str]:
+    """The dotted keys under ``ARCHITECTURE``: each root's own keys, or the root itself."""
     keys = []
-    for root in roots:
-        value = _get(config, root)
-        keys += ([f"{root}.{k}" for k in value] if isinstance(value, dict) else [root])
+    for root in ARCHITECTURE:
+        value = OmegaConf.select(config, root)
+        keys += [f"{root}.{k}" for k in value] if isinstance(value, DictConfig) else [root]
     return keys
 
 
-def _get(config: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(config, dict) or part not in config:
-            return None
-        config = config[part]
-    return config
+def _plain(config: DictConfig, key: str) -> Any:
+    """The value at dotted ``key`` as plain Python (None when absent)."""
+    value = OmegaConf.select(config, key)
+    return OmegaConf.to_object(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def _overrides(path: Path) -> list[str]:

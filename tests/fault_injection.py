@@ -4,6 +4,7 @@ import os
 import signal
 
 import lightning as L
+import torch
 
 
 class KillAtStep(L.Callback):
@@ -18,11 +19,13 @@ class KillAtStep(L.Callback):
 
 
 class NaNInputAtStep(L.Callback):
-    """Put a NaN pixel into the training batch at ``step``."""
+    """Put a NaN pixel into the training minibatch of optimizer step ``step``, also when a batch
+    holds several minibatches (``trainer.steps_per_batch``)."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            batch[0][0, 0] = float("nan")
+        minibatches = [batch] if isinstance(batch[0], torch.Tensor) else batch
+        if 0 <= self.step - trainer.global_step < len(minibatches):
+            minibatches[self.step - trainer.global_step][0][0, 0] = float("nan")

@@ -30,9 +30,12 @@ def _frey(tmp_path, *overrides):
     (1600, 17, 1665),  # the epoch's last batch holds 65 faces: the step that passes 1600 ends it
     (5e3, 52, 5095),  # a float, as `trainer.max_samples=5e3` gives; max_epochs=1 is overridden
 ])
-def test_max_samples_stops_at_the_step_that_reaches_it(tmp_path, max_samples, steps, seen):
+# With 4 steps per batch the run stops within a batch: at the same step.
+@pytest.mark.parametrize("steps_per_batch", [1, 4])
+def test_max_samples_stops_at_the_step_that_reaches_it(tmp_path, max_samples, steps, seen,
+                                                       steps_per_batch):
     cfg = _frey(tmp_path, f"trainer.max_samples={max_samples}", "trainer.max_epochs=1",
-                "~callbacks.bound_curve")
+                f"trainer.steps_per_batch={steps_per_batch}", "~callbacks.bound_curve")
     results = train(cfg)
     assert (results["steps"], results["train_samples_seen"]) == (steps, seen)
 

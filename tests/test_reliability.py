@@ -84,8 +84,10 @@ def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path, damage):
     assert str(path) in str(err.value) and "corrupt" in str(err.value)
 
 
-def test_nan_loss_stops_the_run_and_saves_a_loadable_last_good_state(tmp_path):
+@pytest.mark.parametrize("steps_per_batch", [1, 3])  # with 3, step 5 is mid-batch
+def test_nan_loss_stops_the_run_and_saves_a_loadable_last_good_state(tmp_path, steps_per_batch):
     cfg = compose_train([*SMALL, "trainer.max_epochs=2",
+                         f"trainer.steps_per_batch={steps_per_batch}",
                          "+callbacks.nan._target_=fault_injection.NaNInputAtStep",
                          "+callbacks.nan.step=5"], tmp_path)
     with pytest.raises(NonFiniteLossError) as err:

@@ -18,16 +18,20 @@ SMALL = ["data=frey", "model.latent=2", "model.encoder_hidden=[32]", "model.deco
          *QUIET, "logger=none"]
 
 
-def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
-    run_dir = tmp_path / "ddp"
+def _ddp_run(run_dir, *overrides):
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *SMALL, "trainer=ddp", "trainer.accelerator=cpu",
          "trainer.devices=2", "trainer.max_epochs=2", "callbacks.bound_curve.start=1000",
-         f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+         f"hydra.run.dir={run_dir}", *overrides],
+        cwd=run_dir.parent, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
+    results = _ddp_run(tmp_path / "ddp")
+    run_dir = tmp_path / "ddp"
     # Two ranks, each 782 faces of the 1565 per epoch (one sits out).
     assert results["train_samples_seen"] == 2 * 2 * 782
     # Fig. 2's curve: rank 0 evaluates mid-training while rank 1 waits at the next all-reduce.
@@ -58,6 +62,17 @@ def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
     assert abs(results["test/elbo"] - elbo.mean().item()) < tolerance
 
 
+def test_ddp_with_several_steps_per_batch_trains_as_with_one(tmp_path):
+    """Manual optimization under DDP: every inner step's gradients are all-reduced, so the
+    parameters are those of one step per batch (which Lightning steps itself)."""
+    runs = [_ddp_run(tmp_path / f"k{k}", f"trainer.steps_per_batch={k}") for k in (1, 2)]
+    one, two = (read_checkpoint(tmp_path / f"k{k}" / "checkpoints" / "last.ckpt") for k in (1, 2))
+    assert one["global_step"] == two["global_step"] == 2 * 8  # 782 faces a rank: 8 minibatches
+    for name, value in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][name], value, rtol=0, atol=1e-6)
+    assert runs[0]["test/elbo"] == pytest.approx(runs[1]["test/elbo"], abs=1e-4)
+
+
 def test_ddp_spawn_runs_inside_a_hydra_multirun(tmp_path):
     """`-m` with trainer=ddp_spawn: the ranks are spawned (the module pickled to them) rather
     than the script relaunched, so the sweep runs once: one job here, to keep the test short."""
@@ -77,9 +92,10 @@ def test_ddp_spawn_runs_inside_a_hydra_multirun(tmp_path):
         assert all(math.isfinite(result[k]) for k in ("train/elbo", "val/elbo", "test/elbo"))
 
 
-def test_bf16_mixed_precision_trains_with_finite_bound(tmp_path):
-    results = train(compose_train([*SMALL, "trainer.precision=bf16-mixed", "trainer.max_epochs=2"],
-                                  tmp_path))
+@pytest.mark.parametrize("steps_per_batch", [1, 4])
+def test_bf16_mixed_precision_trains_with_finite_bound(tmp_path, steps_per_batch):
+    results = train(compose_train([*SMALL, "trainer.precision=bf16-mixed", "trainer.max_epochs=2",
+                                   f"trainer.steps_per_batch={steps_per_batch}"], tmp_path))
     for key in ("val/elbo", "test/elbo", "test/kl"):
         assert math.isfinite(results[key])
 

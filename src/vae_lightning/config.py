@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 # Keys of a ``_target_`` node that the framework consumes before instantiating it.
-OWN_KEYS = {"trainer": {"max_samples"}}
+OWN_KEYS = {"trainer": {"max_samples", "steps_per_batch"}}
 
 
 class ConfigError(ValueError):
@@ -137,6 +137,9 @@ def _range_problems(cfg: DictConfig) -> list[str]:
     _check(p, samples is None or (isinstance(samples, int | float) and not isinstance(samples, bool)
                                   and samples >= 1), "trainer.max_samples", samples,
            "expected null or a number of training samples >= 1, e.g. 1e7")
+    steps = cfg.trainer.get("steps_per_batch", 1)
+    _check(p, _is_int(steps) and steps >= 1, "trainer.steps_per_batch", steps,
+           "expected a positive number of optimizer steps per training batch")
     _check(p, _is_int(cfg.seed), "seed", cfg.seed, "expected an integer")
     ckpt = cfg.get("ckpt_path")
     _check(p, ckpt in (None, "last") or os.path.isfile(str(ckpt)), "ckpt_path", ckpt,
@@ -206,6 +209,15 @@ def _combination_problems(cfg: DictConfig) -> list[str]:
                     f"{cfg[group]._target_} has none; use model.kl=mc (the Monte-Carlo KL, "
                     "estimator A)."
                 )
+    steps = cfg.trainer.get("steps_per_batch", 1)
+    for key, default in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
+        value = cfg.trainer.get(key, default)
+        if _is_int(steps) and steps > 1 and value not in (default, 0 if default is None else 1):
+            problems.append(
+                f"trainer.{key}={value!r} cannot be combined with trainer.steps_per_batch="
+                f"{steps}: its steps are taken by the model (manual optimization), which Lightning "
+                f"does not clip or accumulate. Set trainer.steps_per_batch=1 or remove {key}."
+            )
     if m.objective == "iwae" and (m.beta != 1.0 or m.kl_warmup_steps > 0):
         problems.append(
             f"model.beta={m.beta} / model.kl_warmup_steps={m.kl_warmup_steps} apply to "

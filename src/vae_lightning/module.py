@@ -33,6 +33,9 @@ class VAE(L.LightningModule):
     ``posterior`` and ``prior`` are factories called with the sizes the data fix; ``optimizer`` is a
     factory called with the parameters (e.g. ``functools.partial(torch.optim.Adam, lr=1e-3)``).
     ``compile`` compiles the encoder and decoder MLPs with ``torch.compile``.
+    ``steps_per_batch`` K > 1 takes K optimizer steps per training batch, one per minibatch of
+    the list of K minibatches the batch then is (``VAEDataModule(steps_per_batch=K)``), with
+    manual optimization: the same steps as K = 1 with Lightning's per-batch cost paid once.
     ``config`` is the run's full configuration, stored in the checkpoint so it can be rebuilt.
     """
 
@@ -57,6 +60,7 @@ class VAE(L.LightningModule):
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         compile: bool = False,
+        steps_per_batch: int = 1,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -78,6 +82,10 @@ class VAE(L.LightningModule):
             self.encoder.net.compile()
             self.decoder.net.compile()
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
+        if not (isinstance(steps_per_batch, int) and steps_per_batch >= 1):
+            raise ValueError(f"steps_per_batch={steps_per_batch!r} is invalid: expected a "
+                             "positive number of optimizer steps per training batch.")
+        self.automatic_optimization = steps_per_batch == 1
         # Per stage, one BoundMean updated once per batch and the three terms logged from it.
         self.metrics = nn.ModuleDict()
         for stage in STAGES:
@@ -108,8 +116,30 @@ class VAE(L.LightningModule):
         bound = self.bound(x)
         return -(bound.recon - self.kl_weight() * bound.kl).mean(), bound
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, _ = batch
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        """One optimizer step on the ``(x, y)`` batch, taken by Lightning; or, with
+        ``steps_per_batch`` K > 1, one step per ``(x, y)`` minibatch of the list ``batch``,
+        taken here, so that Lightning's per-batch cost is paid once every K steps."""
+        if self.automatic_optimization:
+            loss = self._step_loss(batch[0])
+            if self._logger_writes_this_step():
+                self._log_loss(loss)
+            return loss
+        optimizer = self.optimizers()
+        for x, _ in batch:
+            loss = self._step_loss(x)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            # Stop where Lightning would after a one-step batch: max_steps, trainer.max_samples.
+            if self.trainer.should_stop or 0 <= self.trainer.max_steps <= self.global_step:
+                break
+        self._log_loss(loss)  # once per batch: Lightning writes it every log_every_n_steps batches
+        return None
+
+    def _step_loss(self, x: Tensor) -> Tensor:
+        """The loss of one optimizer step on the minibatch ``x``; counts its samples, adds its
+        bound to the training averages, and stops the run if the loss is not finite."""
         loss, bound = self.training_loss(x)
         if self.trainer.strategy.reduce_boolean_decision(
             not torch.isfinite(loss).item(), all=False
@@ -117,9 +147,10 @@ class VAE(L.LightningModule):
             self._stop_on_non_finite(bound)
         self.samples_seen += x.shape[0] * self.trainer.world_size
         self._update("train", bound)
-        if self._logger_writes_this_step():
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _log_loss(self, loss: Tensor) -> None:
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
 
     def _logger_writes_this_step(self) -> bool:
         """Whether Lightning hands this step's metrics to the loggers (every

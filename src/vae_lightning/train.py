@@ -42,15 +42,21 @@ def build_model(cfg: DictConfig, input_dim: int) -> VAE:
             prior=instantiate(cfg.prior),
             optimizer=instantiate(cfg.optimizer),
             config=OmegaConf.to_container(cfg, resolve=True),
+            steps_per_batch=steps_per_batch(cfg),
             **params,
         )
     except ValueError as err:
         raise ConfigError(f"Invalid model configuration: {err}") from err
 
 
+def steps_per_batch(cfg: DictConfig) -> int:
+    """``trainer.steps_per_batch``: the model and the data module both need it."""
+    return cfg.trainer.get("steps_per_batch", 1)
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     try:
-        return instantiate(cfg.data)
+        return instantiate(cfg.data, steps_per_batch=steps_per_batch(cfg))
     except ValueError as err:
         raise ConfigError(f"Invalid data configuration: {err}") from err
 
@@ -87,9 +93,10 @@ def resume_path(cfg: DictConfig) -> str | None:
 
 
 def trainer_config(cfg: DictConfig) -> tuple[DictConfig, float | None]:
-    """``cfg.trainer`` without ``max_samples``, and ``max_samples``: a training length in samples
+    """``cfg.trainer`` without our keys, and ``max_samples``: a training length in samples
     seen (Fig. 2's x-axis), which replaces ``max_epochs`` when set."""
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.pop("steps_per_batch", None)  # the model's and the data module's (see build)
     max_samples = trainer_cfg.pop("max_samples", None)
     if max_samples is not None:
         trainer_cfg["max_epochs"] = -1

@@ -130,6 +130,8 @@ class SampleBudget(L.Callback):
                              "training samples >= 1, e.g. 1e7.")
         self.max_samples = int(max_samples)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_) -> None:
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer) -> None:
+        """Checked at every step, also within a batch of several (``steps_per_batch``)."""
         if pl_module.samples_seen >= self.max_samples:
             trainer.should_stop = True

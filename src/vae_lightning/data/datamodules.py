@@ -53,6 +53,11 @@ class VAEDataModule(L.LightningDataModule):
     Code that iterates the dataloaders without a Trainer must call
     ``dm.on_after_batch_transfer(batch, 0)`` on each batch itself.
 
+    With ``steps_per_batch`` K > 1, a training batch is a list of K such ``(x, y)`` minibatches
+    (fewer at the end of an epoch), for a model that takes one optimizer step per minibatch
+    (``VAE(steps_per_batch=K)``); the minibatches, their order and their binarization draws are
+    those of K = 1.
+
     Training order is a fresh permutation per epoch from (seed, epoch); val/test are in
     order. With a Trainer attached, each rank serves its own shard (``ShardedBatchSampler``),
     so trainers must set ``use_distributed_sampler=False``.
@@ -75,6 +80,7 @@ class VAEDataModule(L.LightningDataModule):
         scale: float = 255.0,
         val_size: int = 10000,
         binarize: str = "none",
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(root, str | os.PathLike):
@@ -92,6 +98,7 @@ class VAEDataModule(L.LightningDataModule):
                 "so that uint8 pixels map into [0, 1]."
             )
         _check_int("val_size", val_size, 1)
+        _check_int("steps_per_batch", steps_per_batch, 1)
         if binarize not in self.binarize_modes:
             raise ValueError(
                 f"binarize={binarize!r} is invalid for {self.name}: expected one "
@@ -103,6 +110,7 @@ class VAEDataModule(L.LightningDataModule):
         self.seed, self.num_workers, self.on_device = seed, num_workers, on_device
         self.download, self.scale = download, float(scale)
         self.val_size, self.binarize = val_size, binarize
+        self.steps_per_batch = steps_per_batch
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._generators: dict[str, torch.Generator] = {}
 
@@ -149,6 +157,7 @@ class VAEDataModule(L.LightningDataModule):
         sampler = ShardedBatchSampler(
             len(x), batch_size, shuffle, self.seed, rank, world,
             current_epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
+            group=self.steps_per_batch if shuffle else 1,
         )
         on_cpu = x.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0
@@ -193,6 +202,8 @@ class VAEDataModule(L.LightningDataModule):
         return self._generators[str(device)]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        if not isinstance(batch[0], torch.Tensor):  # the minibatches of one batch (steps_per_batch)
+            return [self.on_after_batch_transfer(minibatch, dataloader_idx) for minibatch in batch]
         x, y = batch
         if x.dtype == torch.bool:  # binarized once in setup
             return x.flatten(1).float(), y

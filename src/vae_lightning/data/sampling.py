@@ -15,7 +15,8 @@ def derive_seed(*keys: int) -> int:
 
 
 class TensorBatchDataset(Dataset):
-    """A split held as whole tensors; ``ds[idx]`` takes an index tensor and returns the batch."""
+    """A split held as whole tensors; ``ds[idx]`` takes an index tensor and returns the batch,
+    or a list of index tensors and returns the list of their batches."""
 
     def __init__(self, *tensors: torch.Tensor) -> None:
         self.tensors = tensors
@@ -23,7 +24,9 @@ class TensorBatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tensors[0])
 
-    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, idx: torch.Tensor | list[torch.Tensor]):
+        if isinstance(idx, list):
+            return [self[i] for i in idx]
         idx = idx.to(self.tensors[0].device)
         return tuple(t[idx] for t in self.tensors)
 
@@ -37,6 +40,9 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
     ``world_size - 1`` examples sit out each epoch, a different few every epoch).
     ``shuffle=False`` (val/test): rank ``r`` takes the ``r``-th contiguous block; the blocks
     cover every example exactly once and may differ in size by one.
+    ``group > 1`` yields lists of ``group`` consecutive index tensors instead (the last list of
+    an epoch may be shorter): the minibatches of one training batch that takes ``group``
+    optimizer steps (``trainer.steps_per_batch``), in the same order as with ``group=1``.
     Lightning calls ``set_epoch`` at the start of each epoch; given ``current_epoch`` (e.g. the
     trainer's), the epoch is read from it when iteration starts instead, which stays right when
     a run resumes from an end-of-epoch checkpoint (Lightning's ``set_epoch`` then lags by one).
@@ -51,10 +57,11 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         rank: int = 0,
         world_size: int = 1,
         current_epoch: Callable[[], int] | None = None,
+        group: int = 1,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is invalid: expected 0 <= rank < {world_size}.")
-        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.n, self.batch_size, self.shuffle, self.group = n, batch_size, shuffle, group
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
         self.current_epoch = current_epoch
@@ -76,11 +83,17 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         # iterator is created (on resume, Lightning creates it before advancing the epoch).
         if self.current_epoch is not None:
             self.epoch = self.current_epoch()
-        yield from self.shard().split(self.batch_size)
+        batches = self.shard().split(self.batch_size)
+        if self.group == 1:
+            yield from batches
+        else:
+            for start in range(0, len(batches), self.group):
+                yield list(batches[start : start + self.group])
 
     def __len__(self) -> int:
         if self.shuffle:
             size = self.n // self.world_size
         else:
             size = self.n // self.world_size + (self.rank < self.n % self.world_size)
-        return -(-size // self.batch_size)
+        batches = -(-size // self.batch_size)
+        return -(-batches // self.group)

@@ -1,0 +1,61 @@
+"""trainer.steps_per_batch: K optimizer steps per Lightning batch train exactly as K = 1."""
+
+import csv
+
+import pytest
+import torch
+from compose import compose_train
+
+from vae_lightning.data.sampling import ShardedBatchSampler
+from vae_lightning.resume import read_checkpoint
+from vae_lightning.train import train
+
+SMALL = ["data=frey", "model.latent=2", "model.encoder_hidden=[32]", "model.decoder_hidden=[32]",
+         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+         "callbacks.figures.n_points=0"]
+
+
+@pytest.mark.parametrize("n, batch_size, group", [(1565, 100, 3), (100, 7, 4), (10, 5, 8)])
+def test_grouped_sampler_serves_the_same_minibatches_in_lists(n, batch_size, group):
+    single = ShardedBatchSampler(n, batch_size, True, seed=1)
+    grouped = ShardedBatchSampler(n, batch_size, True, seed=1, group=group)
+    lists = list(grouped)
+    assert all(isinstance(item, list) and 1 <= len(item) <= group for item in lists)
+    assert all(len(item) == group for item in lists[:-1])
+    assert len(lists) == len(grouped) == -(-len(single) // group)
+    flat = [minibatch for item in lists for minibatch in item]
+    assert len(flat) == len(single)
+    for ours, theirs in zip(flat, single, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("model", ["vae", "wake_sleep"])
+def test_k_steps_per_batch_give_the_run_of_one_step_per_batch(tmp_path, model):
+    """Same data, order, binarization and noise: the same parameters, metrics and step count,
+    bit for bit on CPU (Frey: 16 minibatches per epoch, so groups of 3 end with one of 1)."""
+    runs = {}
+    for k in (1, 3):
+        cfg = compose_train([*SMALL, f"model={model}", "trainer.max_epochs=2", "logger=csv",
+                             "trainer.log_every_n_steps=2", f"trainer.steps_per_batch={k}"],
+                            tmp_path / str(k))
+        results = train(cfg)
+        state = read_checkpoint(tmp_path / str(k) / "checkpoints" / "last.ckpt")
+        with open(tmp_path / str(k) / "csv" / "metrics.csv") as f:
+            losses = [row["train/loss"] for row in csv.DictReader(f) if row.get("train/loss")]
+        runs[k] = results, state, losses
+    (one, one_state, one_losses), (three, three_state, three_losses) = runs[1], runs[3]
+    assert one["steps"] == three["steps"] == 32 == three_state["global_step"]
+    assert three["train_samples_seen"] == one["train_samples_seen"] == 2 * 1565
+    for key in ("train/elbo", "val/elbo", "val/kl", "test/elbo", "test/recon", "test/kl"):
+        assert three[key] == one[key], key
+    for name, value in one_state["state_dict"].items():
+        assert torch.equal(three_state["state_dict"][name], value), name
+    # train/loss reaches the logger: every 2 steps with K = 1, every 2 batches (6 steps) with 3.
+    assert len(one_losses) == 16 and len(three_losses) == 6
+
+
+def test_max_steps_stops_within_a_batch(tmp_path):
+    cfg = compose_train([*SMALL, "logger=none", "+trainer.max_steps=7",
+                         "trainer.steps_per_batch=3", "~callbacks.bound_curve"], tmp_path)
+    results = train(cfg)
+    assert (results["steps"], results["train_samples_seen"]) == (7, 700)

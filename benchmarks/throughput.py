@@ -12,6 +12,9 @@ binarization of every training batch on all sides, and the optimizer of the comp
       PyTorch examples;
   (c) ours = Hydra compose of conf/train.yaml with data=mnist + vae_lightning.train.train (the
       Trainer, default callbacks, CSV logger and progress bar: what `python train.py` runs);
+  (c_K) ours_kK = (c) with trainer.steps_per_batch=K (--steps-per-batch, default 8): each
+      Lightning batch is K minibatches of 128 and takes K optimizer steps in one training_step,
+      so that Lightning's per-batch cost is paid once every K steps;
   hand_elbo = loop (a) with the ELBO written by hand as in the PyTorch VAE example (plain
       nn.Sequential, BCE-with-logits summed, closed-form Gaussian KL, over the batch size):
       what the torch.distributions maths of VAE.bound costs;
@@ -20,20 +23,28 @@ binarization of every training batch on all sides, and the optimizer of the comp
 The sides take turns one training step at a time, so that all of them see the same machine load
 (on a shared machine it changes from second to second): (a), (b), hand_elbo and hand_unfused in
 one round-robin loop; (c) paired with a copy of (a) that a callback steps after each of (c)'s
-steps, on the data module's training split with the module's own optimizer factory. (c)'s step
-time is everything between two of those callback calls: Lightning's loop, hooks, logging,
-callbacks, data fetching and binarization, the step itself. --warmup steps are untimed, the next
---steps timed. Reported: samples/s of each side and each side's ratio to the (a) it was paired
-with, per round and the median over rounds, and the milliseconds per step of (c) and its (a) by
-phase (data, forward, backward, optimizer; see StepTimer), which show where the time goes.
+steps, on the data module's training split with the module's own optimizer factory; (c_K)
+likewise with its own copy of (a), which the callback steps K times after each of (c_K)'s batches
+(as many times as the batch took optimizer steps). (c)'s step time is everything between two of
+those callback calls: Lightning's loop, hooks, logging, callbacks, data fetching and
+binarization, the step itself; (c_K)'s batch time likewise, for K steps. --warmup steps are
+untimed, the next --steps timed (optimizer steps; for (c_K) each rounded up to a multiple of K,
+so that whole batches are timed). Reported: samples/s of each side and each side's ratio to the
+(a) it was paired with, per round and the median over rounds, and the milliseconds per step of
+(c), (c_K) and their (a) by phase, which show where the time goes: (c) by data, forward,
+backward, optimizer; (c_K) by data and steps only (the K steps and the batch's hooks: no hook
+follows an update inside a batch, so forward, backward and optimizer cannot be told apart); see
+StepTimer.
 Then `python train.py` in a subprocess: seconds from just before the process is spawned to its
 first on_train_batch_start (interpreter start, imports, compose, data read, sanity check
 included), and the peak RSS of that process by its last stage's end (VmHWM: the forked parent's
 pages, which getrusage's children figure would include, do not count).
 Usage: python benchmarks/throughput.py [--rounds 3] [--steps 300] [--warmup 50] [--threads N]
-       [--startup-runs 3] [--device cuda] [--out FILE] [train.py overrides for (c)...]
---device cuda keeps the data on the GPU for (a) and, via data.on_device=true, for (c); each
-step is then timed between two device synchronizations.
+       [--steps-per-batch 8] [--startup-runs 3] [--device cuda] [--out FILE]
+       [train.py overrides for (c) and (c_K)...]
+--steps-per-batch 1 (or less) leaves (c_K) out. --device cuda keeps the data on the GPU for (a)
+and, via data.on_device=true, for (c) and (c_K); each step (each batch of (c_K)) is then timed
+between two device synchronizations.
 Writes benchmarks/results/throughput-{cpu,gpu}.json.
 """
 
@@ -178,30 +189,37 @@ class StepTimer(L.Callback):
     """Writes to the JSON file ``path`` the wall time (time.time(), comparable across processes)
     of the first training step and which of wandb and matplotlib were imported by then.
 
-    Given ``start < stop``, it also steps a hand loop (a) after each of the run's training
-    steps, on the data module's training split with the module's optimizer factory, and writes
-    the samples/s of both over the steps from ``start`` to ``stop``, and the seconds per step of
-    each phase. The run's phases are laps between hooks: data = from the end of the previous
-    step (after the hand step) to ``on_train_batch_start`` (Lightning's loop and the previous
-    step's remaining ``on_train_batch_end`` hooks, fetching, binarization); forward = to
-    ``on_before_backward`` (the optimizer closure, zero_grad, ``training_step``); backward = to
-    ``on_after_backward``; optimizer = to ``on_train_batch_end`` (the update and the hooks
-    before this one)."""
+    Given ``start < stop`` (optimizer steps, as ``global_step`` counts them), it also steps a hand
+    loop (a) after each of the run's training batches, as many times as the batch took optimizer
+    steps (the change of ``global_step``: 1, or up to K with ``trainer.steps_per_batch`` K), on
+    the data module's training split with the module's optimizer factory, and writes the
+    samples/s of both over the batches whose steps all lie from ``start`` to ``stop`` (whole
+    batches: give multiples of K), the number of those steps, and the seconds per step of each
+    phase. The run's phases are laps between hooks: data = from the end of the previous batch
+    (after the hand steps) to ``on_train_batch_start`` (Lightning's loop and the previous batch's
+    remaining ``on_train_batch_end`` hooks, fetching, binarization). With one step per batch
+    (automatic optimization), forward = to ``on_before_backward`` (the optimizer closure,
+    zero_grad, ``training_step``); backward = to ``on_after_backward``; optimizer = to
+    ``on_train_batch_end`` (the update and the hooks before this one). With K steps per batch
+    (manual optimization) the backward hooks fire K times a batch and no hook follows an update,
+    so the rest is one phase: steps = to ``on_train_batch_end`` (the K steps and the hooks)."""
 
     def __init__(self, path: str, start: int = 0, stop: int = 0) -> None:
         self.path, self.start, self.stop = Path(path), start, stop
         self.record: dict[str, Any] = {}
         self.hand: HandLoop | None = None
-        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.seconds: dict[str, float] = {}  # the timed batches' phases
+        self.laps: dict[str, float] = {}  # this batch's phases
         self.mark = 0.0
+        self.first = 0  # global_step at this batch's start: its steps are first, first + 1, ...
+        self.steps = 0  # timed optimizer steps
 
-    def _lap(self, trainer, pl_module, phase: str, step: int) -> None:
-        """End ``phase`` of training step ``step`` (0-based)."""
+    def _lap(self, pl_module, phase: str) -> None:
+        """End ``phase`` of this batch."""
         if self.hand is None:
             return
         now = _now(pl_module.device)
-        if self.start <= step < self.stop:
-            self.seconds[phase] += now - self.mark
+        self.laps[phase] = now - self.mark
         self.mark = now
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -213,43 +231,57 @@ class StepTimer(L.Callback):
                 dm, device = trainer.datamodule, pl_module.device
                 x = dm.splits["train"][0].flatten(1).to(device).float() / dm.scale
                 self.hand = HandLoop(hand_batches(x), device, pl_module.optimizer_factory)
+                phases = PHASES if pl_module.automatic_optimization else ("data", "steps")
+                self.seconds = dict.fromkeys(phases, 0.0)
                 self.mark = _now(device)
-        self._lap(trainer, pl_module, "data", trainer.global_step)
+        self.first = trainer.global_step
+        self._lap(pl_module, "data")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:  # after fit, and after test
         self.record["peak_rss_mib"] = peak_rss_mib()
         self.path.write_text(json.dumps(self.record))
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self._lap(trainer, pl_module, "forward", trainer.global_step)
+        if pl_module.automatic_optimization:
+            self._lap(pl_module, "forward")
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        self._lap(trainer, pl_module, "backward", trainer.global_step)
+        if pl_module.automatic_optimization:
+            self._lap(pl_module, "backward")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step - 1  # global_step counts this step already
-        self._lap(trainer, pl_module, "optimizer", step)
+        self._lap(pl_module, "optimizer" if pl_module.automatic_optimization else "steps")
         if self.hand is None:
             return
-        self.hand.step(timed=self.start <= step < self.stop)
-        if step == self.stop - 1:
-            n = (self.stop - self.start) * BATCH
+        end = trainer.global_step  # the batch's steps: self.first to end - 1
+        timed = self.start <= self.first and end <= self.stop
+        for _ in range(end - self.first):
+            self.hand.step(timed)
+        if timed:
+            self.steps += end - self.first
+            for phase, seconds in self.laps.items():
+                self.seconds[phase] += seconds
+        self.laps = {}
+        if self.first < self.stop <= end and self.steps:  # the window's last batch
+            sides = (("ours", self.seconds), ("hand", self.hand.seconds))
+            self.record["timed_steps"] = self.steps
             self.record["samples_per_s"] = {
-                side: n / sum(seconds.values())
-                for side, seconds in (("ours", self.seconds), ("hand", self.hand.seconds))}
+                side: self.steps * BATCH / sum(seconds.values()) for side, seconds in sides}
             self.record["ms_per_step"] = {
-                side: {phase: 1e3 * t / (self.stop - self.start) for phase, t in seconds.items()}
-                for side, seconds in (("ours", self.seconds), ("hand", self.hand.seconds))}
+                side: {phase: 1e3 * t / self.steps for phase, t in seconds.items()}
+                for side, seconds in sides}
             self.path.write_text(json.dumps(self.record))
         self.mark = _now(pl_module.device)
 
 
-def ours(common: list[str], output_dir: Path, warmup: int, steps: int) -> dict[str, Any]:
-    """Samples/s of (c) and of the hand loop (a) paired with it step by step, and their
-    milliseconds per step by phase."""
+def ours(common: list[str], output_dir: Path, warmup: int, steps: int,
+         steps_per_batch: int = 1) -> dict[str, Any]:
+    """Samples/s of (c) with ``trainer.steps_per_batch`` and of the hand loop (a) paired with it
+    batch by batch, and their milliseconds per step by phase (see StepTimer)."""
     output_dir.mkdir(parents=True)
     record = output_dir / "timer.json"
-    overrides = [*common, f"++trainer.max_steps={warmup + steps + 1}", *timer(record),
+    overrides = [*common, f"trainer.steps_per_batch={steps_per_batch}",
+                 f"++trainer.max_steps={warmup + steps + 1}", *timer(record),
                  f"+callbacks.timer.start={warmup}", f"+callbacks.timer.stop={warmup + steps}"]
     train(compose_train(overrides, output_dir))
     return json.loads(record.read_text())
@@ -286,17 +318,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps before them")
+    parser.add_argument("--steps-per-batch", type=int, default=8, help="K of (c_K): optimizer "
+                        "steps per Lightning batch (1 or less: no (c_K))")
     parser.add_argument("--startup-runs", type=int, default=3, help="train.py subprocess runs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="results file (default: "
                         "benchmarks/results/throughput-{cpu,gpu}.json)")
-    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for (c)")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for (c), (c_K)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.warmup + args.steps >= 50000 // BATCH:
         parser.error("--warmup + --steps must stay inside the first epoch (390 steps)")
+    k = max(args.steps_per_batch, 1)
+    window_k = [-(-n // k) * k for n in (args.warmup, args.steps)]  # whole batches of K steps
+    if k > 1 and sum(window_k) >= 50000 // BATCH:
+        parser.error(f"--warmup + --steps, rounded up to multiples of --steps-per-batch {k} "
+                     f"({' + '.join(map(str, window_k))}), must stay inside the first epoch")
+    side_k = f"ours_k{k}"
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     load = os.getloadavg()
@@ -334,17 +374,22 @@ def main() -> None:
                 "hand_unfused": HandLoop(hand_batches(x_device), device, unfused),
             }
             measured = round_robin(loops, args.warmup, args.steps)
-            run = ours(common, tmp / f"run{r}", args.warmup, args.steps)
-            paired = run["samples_per_s"]
-            measured |= {"ours": paired["ours"], "hand_paired_with_ours": paired["hand"]}
-            for side, ms in run["ms_per_step"].items():
-                for phase, value in ms.items():
-                    phases.setdefault(side, {}).setdefault(phase, []).append(value)
-            for name, value in measured.items():
-                rates.setdefault(name, []).append(value)
             for name in ("loader", "hand_elbo", "hand_unfused"):
                 ratios.setdefault(f"{name}/hand", []).append(measured[name] / measured["hand"])
-            ratios.setdefault("ours/hand", []).append(paired["ours"] / paired["hand"])
+            runs = {"ours": ours(common, tmp / f"run{r}", args.warmup, args.steps)}
+            if k > 1:
+                runs[side_k] = ours(common, tmp / f"run{r}_k{k}", *window_k, k)
+            for side, run in runs.items():
+                paired, hand = run["samples_per_s"], f"hand_paired_with_{side}"
+                measured |= {side: paired["ours"], hand: paired["hand"]}
+                ratios.setdefault(f"{side}/hand", []).append(paired["ours"] / paired["hand"])
+                # (c)'s phases keep their names "ours" and "hand"; (c_K)'s are named as above.
+                names = {"ours": side, "hand": "hand" if side == "ours" else hand}
+                for who, ms in run["ms_per_step"].items():
+                    for phase, value in ms.items():
+                        phases.setdefault(names[who], {}).setdefault(phase, []).append(value)
+            for name, value in measured.items():
+                rates.setdefault(name, []).append(value)
             print(f"round {r}: " + ", ".join(f"{k} {v:.0f}" for k, v in measured.items())
                   + " samples/s; " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in ratios.items()),
                   flush=True)
@@ -370,7 +415,8 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "what": "training samples/s, 784-400-20 MLP VAE, batch 128, Bernoulli, Adam, MNIST-sized; "
-                "sides stepped in turn, (c) paired with its own copy of (a)",
+                "sides stepped in turn, (c) and (c_K) (trainer.steps_per_batch=K) each paired "
+                "with its own copy of (a); (c_K)'s phases: data and steps (the K steps) only",
         "device": torch.cuda.get_device_name() if gpu else platform.processor()
         or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -383,6 +429,9 @@ def main() -> None:
         "rounds": args.rounds,
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
+        "steps_per_batch": k if k > 1 else None,
+        "steps_per_batch_window": dict(zip(("warmup_steps", "timed_steps"), window_k))
+        if k > 1 else None,
         "samples_per_s": rates,
         "ratios": ratios,
         "median_samples_per_s": median,

@@ -85,7 +85,8 @@ class VAE(L.LightningModule):
         if not (isinstance(steps_per_batch, int) and steps_per_batch >= 1):
             raise ValueError(f"steps_per_batch={steps_per_batch!r} is invalid: expected a "
                              "positive number of optimizer steps per training batch.")
-        self.automatic_optimization = steps_per_batch == 1
+        if steps_per_batch > 1:
+            self.automatic_optimization = False
         # Per stage, one BoundMean updated once per batch and the three terms logged from it.
         self.metrics = nn.ModuleDict()
         for stage in STAGES:

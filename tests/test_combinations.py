@@ -14,7 +14,7 @@ import vae_lightning.config  # noqa: F401  (registers the model schema before co
 from vae_lightning.config import ConfigError, validate
 from vae_lightning.module import VAE
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "src" / "vae_lightning" / "conf"
 GROUPS = ("prior", "likelihood", "posterior")
 OPTIONS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in GROUPS}
 COMBINATIONS = list(itertools.product(*OPTIONS.values()))

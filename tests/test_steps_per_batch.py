@@ -55,7 +55,7 @@ def test_k_steps_per_batch_give_the_run_of_one_step_per_batch(tmp_path, model):
 
 
 def test_max_steps_stops_within_a_batch(tmp_path):
-    cfg = compose_train([*SMALL, "logger=none", "+trainer.max_steps=7",
+    cfg = compose_train([*SMALL, "logger=none", "trainer.max_steps=7",
                          "trainer.steps_per_batch=3", "~callbacks.bound_curve"], tmp_path)
     results = train(cfg)
     assert (results["steps"], results["train_samples_seen"]) == (7, 700)

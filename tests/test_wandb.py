@@ -49,7 +49,7 @@ def _transaction_log(run_dir: Path, timeout: float = 30.0) -> bytes:
 
 def test_offline_run_writes_metrics_and_figures(offline, tmp_path):
     cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=2",
-                         "+trainer.limit_train_batches=2", *QUIET], tmp_path)
+                         "trainer.limit_train_batches=2", *QUIET], tmp_path)
     results = train(cfg)
     assert wandb.run is None  # train() closes its run
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
@@ -70,7 +70,7 @@ def test_api_key_never_reaches_logs_or_config_dumps(offline, monkeypatch, tmp_pa
     secret = "f3e1d2c3b4a5968778695a4b3c2d1e0f9a8b7c6d"  # 40 hex characters, like a real key
     monkeypatch.setenv("WANDB_API_KEY", secret)
     cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=1",
-                         "+trainer.limit_train_batches=2", *QUIET], tmp_path)
+                         "trainer.limit_train_batches=2", *QUIET], tmp_path)
     train(cfg)
     _transaction_log(next((tmp_path / "wandb").glob("offline-run-*")))
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -83,7 +83,7 @@ def test_jobs_in_one_process_get_their_own_runs(offline, tmp_path):
     """Hydra's basic launcher runs a sweep's jobs in one process: each must log its own run."""
     for job in ("0", "1"):
         train(compose_train(["data=frey", "model.latent=2", "logger=wandb",
-                             "trainer.max_epochs=1", "+trainer.limit_train_batches=2", *QUIET],
+                             "trainer.max_epochs=1", "trainer.limit_train_batches=2", *QUIET],
                             tmp_path / job))
     runs = [next((tmp_path / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]
     assert runs[0].name != runs[1].name

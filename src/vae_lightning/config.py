@@ -71,10 +71,40 @@ def run_dir_of(ckpt_path: str | None, default: str, runs_root: str = "outputs") 
 OmegaConf.register_new_resolver("run_dir_of", run_dir_of, replace=True)
 
 
+# Optional integrations: a target that needs a package outside the default install, the modules
+# that provide it (any one will do) and the extra that installs them.
+EXTRAS = {
+    "lightning.pytorch.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+}
+
+
+def _installed(module: str) -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
+
+
+def _extra_problems(cfg: DictConfig) -> list[str]:
+    """One line per chosen integration whose package is not installed, naming the extra."""
+    problems = []
+    for path, node in _target_nodes(cfg):
+        modules, extra = EXTRAS.get(node._target_, ((), None))
+        if modules and not any(map(_installed, modules)):
+            problems.append(
+                f"{path} ({node._target_}) needs the {modules[0]} package, which is not "
+                f'installed: pip install "vae-lightning[{extra}]".'
+            )
+    return problems
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` listing every problem in ``cfg``; log a warning for a setting that
     works but whose numbers mean less than the user may think."""
-    problems = _range_problems(cfg) + _key_problems(cfg) + _combination_problems(cfg)
+    problems = (_range_problems(cfg) + _key_problems(cfg) + _combination_problems(cfg)
+                + _extra_problems(cfg))
     if problems:
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems))
     if (cfg.likelihood._target_ == "vae_lightning.likelihoods.Bernoulli"

@@ -1,0 +1,119 @@
+"""The package as installed: console scripts from outside the checkout, configs shipped inside
+the package, optional extras named when missing, one console line per log record, and (slow) a
+built wheel in a fresh virtual environment."""
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from importlib.metadata import distribution
+from pathlib import Path
+
+import pytest
+from compose import REPO
+
+import vae_lightning
+
+BIN = Path(sysconfig.get_path("scripts"))
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+         "callbacks.figures.n_points=0"]
+SCRIPTS = [entry.name for entry in distribution("vae-lightning").entry_points
+           if entry.group == "console_scripts"]
+
+
+def _run(args, cwd, env=None, timeout=300):
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_the_configs_ship_inside_the_package():
+    conf = Path(vae_lightning.__file__).parent / "conf"
+    assert (conf / "train.yaml").is_file() and (conf / "eval.yaml").is_file()
+    assert not (REPO / "conf").exists()  # one copy: the package's
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_console_script_is_installed_and_answers_help(script, tmp_path):
+    proc = _run([str(BIN / script), "--help"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()
+
+
+def test_vae_train_trains_from_a_directory_outside_the_checkout(tmp_path):
+    run = tmp_path / "run"
+    proc = _run([str(BIN / "vae-train"), "model.latent=2", "data=frey", "trainer.max_epochs=1",
+                 "logger=csv", f"hydra.run.dir={run}", *QUIET], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert (results["data"], results["latent"], results["epochs"]) == ("frey", 2, 1)
+    # One console line per log record: Lightning's own handler is not added to Hydra's.
+    assert (proc.stdout + proc.stderr).count("Seed set to 0") == 1
+    assert (run / "train.log").read_text().count("Seed set to 0") == 1
+
+
+BLOCK_TENSORBOARD = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorboard", "tensorboardX"):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_a_missing_optional_integration_is_one_line_naming_the_extra(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCK_TENSORBOARD)
+    run = tmp_path / "run"
+    proc = _run([sys.executable, str(REPO / "train.py"), "logger=tensorboard",
+                 f"hydra.run.dir={run}", *QUIET], cwd=tmp_path,
+                env={"PYTHONPATH": str(tmp_path / "site")})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert 'pip install "vae-lightning[tensorboard]"' in proc.stderr
+    assert "logger.tensorboard" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run / "checkpoints").exists()
+
+
+def test_common_trainer_arguments_need_no_plus(tmp_path):
+    run = tmp_path / "run"
+    proc = _run([sys.executable, str(REPO / "train.py"), "trainer.gradient_clip_val=1.0",
+                 "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=4",
+                 "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
+                 "trainer.max_epochs=1", "trainer.deterministic=true", "logger=none",
+                 f"hydra.run.dir={run}", *QUIET], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 2  # 4 batches, 2 accumulated per step
+
+
+@pytest.mark.slow
+def test_the_built_wheel_trains_frey_face_in_a_fresh_venv(tmp_path):
+    """`pip install <wheel>` into a new venv (dependencies borrowed from this environment through
+    a path entry, so no network is needed) and one epoch of Frey Face from outside the checkout,
+    with the package imported from the venv, not from the checkout."""
+    wheels = tmp_path / "wheels"
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                  "-w", str(wheels), str(REPO)], cwd=tmp_path, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = wheels.glob("vae_lightning-*.whl")
+    venv = tmp_path / "venv"
+    assert _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path).returncode == 0
+    python = venv / "bin" / "python"
+    installed = _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+                     cwd=tmp_path, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                cwd=tmp_path).stdout.strip()
+    # This environment's packages (torch, Lightning, Hydra, ...) as a plain path entry: its .pth
+    # files, among them the editable install of the checkout, are not run.
+    (Path(site) / "borrowed.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    where = _run([str(python), "-c", "import vae_lightning; print(vae_lightning.__file__)"],
+                 cwd=tmp_path)
+    assert where.stdout.strip().startswith(str(venv)), where.stdout + where.stderr
+    run = tmp_path / "run"
+    proc = _run([str(venv / "bin" / "vae-train"), "model.latent=2", "data=frey",
+                 "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={run}", *QUIET],
+                cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["epochs"] == 1

@@ -2,7 +2,7 @@
 
 Both sides serve MNIST-sized data (60000 synthetic 28x28 images, 50000 after the val split)
 as float32 [B, 784] batches with a dynamic Bernoulli binarization per batch, on the CPU:
-ours = MNISTDataModule (uint8 split, index slicing, on_after_batch_transfer);
+ours = MNISTDataModule (uint8 split, index slicing, to_inputs);
 plain = DataLoader(TensorDataset(float images, labels), shuffle=True) + torch.bernoulli.
 Usage: python benchmarks/data_throughput.py [--batch-size 100] [--rounds 5]
 Writes benchmarks/results/data_throughput.json.
@@ -65,7 +65,7 @@ def main() -> None:
     )
 
     def ours():
-        return (dm.on_after_batch_transfer(b, 0) for b in ours_loader)
+        return (dm.to_inputs(b) for b in ours_loader)
 
     def plain():
         return ((torch.bernoulli(xb), yb) for xb, yb in plain_loader)

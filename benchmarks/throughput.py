@@ -12,7 +12,7 @@ binarization of every training batch on all sides, and the optimizer of the comp
       PyTorch examples;
   (c) ours = Hydra compose of conf/train.yaml with data=mnist + vae_lightning.train.train (the
       Trainer, default callbacks, CSV logger and progress bar: what `python train.py` runs);
-  (c_K) ours_kK = (c) with trainer.steps_per_batch=K (--steps-per-batch, default 8): each
+  (c_K) ours_kK = (c) with data.steps_per_batch=K (--steps-per-batch, default 8): each
       Lightning batch is K minibatches of 128 and takes K optimizer steps in one training_step,
       so that Lightning's per-batch cost is paid once every K steps;
   hand_elbo = loop (a) with the ELBO written by hand as in the PyTorch VAE example (plain
@@ -80,6 +80,7 @@ from vae_lightning.train import train
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "tests"))
 from compose import compose_train  # noqa: E402  (the config `python train.py <overrides>` composes)
+from models import small_vae  # noqa: E402  (the default model's parts, composed in Python)
 
 RESULTS = REPO / "benchmarks" / "results"
 BATCH = 128
@@ -109,9 +110,8 @@ class HandVAE(nn.Module):
 
 
 def our_vae_loss(model: VAE, x: torch.Tensor) -> torch.Tensor:
-    """The loss VAE.training_step minimises (beta = 1): the negative ELBO from VAE.bound."""
-    bound = model.bound(x)
-    return -(bound.recon - bound.kl).mean()
+    """The loss VAE.training_step minimises (its ELBO objective's) on images [B, 1, 28, 28]."""
+    return model.objective.loss(model, x.view(-1, 1, 28, 28))[0]
 
 
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -130,7 +130,7 @@ class HandLoop:
             model = HandVAE().to(device)
             self.loss_fn = model.loss
         else:
-            model = VAE(784).to(device)
+            model = small_vae((1, 28, 28), latent=20, hidden=(400,)).to(device)
             self.loss_fn = partial(our_vae_loss, model)
         self.opt = optimizer(model.parameters())
         self.seconds = dict.fromkeys(PHASES, 0.0)
@@ -191,7 +191,7 @@ class StepTimer(L.Callback):
 
     Given ``start < stop`` (optimizer steps, as ``global_step`` counts them), it also steps a hand
     loop (a) after each of the run's training batches, as many times as the batch took optimizer
-    steps (the change of ``global_step``: 1, or up to K with ``trainer.steps_per_batch`` K), on
+    steps (the change of ``global_step``: 1, or up to K with ``data.steps_per_batch`` K), on
     the data module's training split with the module's optimizer factory, and writes the
     samples/s of both over the batches whose steps all lie from ``start`` to ``stop`` (whole
     batches: give multiples of K), the number of those steps, and the seconds per step of each
@@ -230,7 +230,7 @@ class StepTimer(L.Callback):
             if self.start < self.stop:
                 dm, device = trainer.datamodule, pl_module.device
                 x = dm.splits["train"][0].flatten(1).to(device).float() / dm.scale
-                self.hand = HandLoop(hand_batches(x), device, pl_module.optimizer_factory)
+                self.hand = HandLoop(hand_batches(x), device, pl_module.optimizer)
                 phases = PHASES if pl_module.automatic_optimization else ("data", "steps")
                 self.seconds = dict.fromkeys(phases, 0.0)
                 self.mark = _now(device)
@@ -276,11 +276,11 @@ class StepTimer(L.Callback):
 
 def ours(common: list[str], output_dir: Path, warmup: int, steps: int,
          steps_per_batch: int = 1) -> dict[str, Any]:
-    """Samples/s of (c) with ``trainer.steps_per_batch`` and of the hand loop (a) paired with it
+    """Samples/s of (c) with ``data.steps_per_batch`` and of the hand loop (a) paired with it
     batch by batch, and their milliseconds per step by phase (see StepTimer)."""
     output_dir.mkdir(parents=True)
     record = output_dir / "timer.json"
-    overrides = [*common, f"trainer.steps_per_batch={steps_per_batch}",
+    overrides = [*common, f"data.steps_per_batch={steps_per_batch}",
                  f"++trainer.max_steps={warmup + steps + 1}", *timer(record),
                  f"+callbacks.timer.start={warmup}", f"+callbacks.timer.stop={warmup + steps}"]
     train(compose_train(overrides, output_dir))
@@ -360,7 +360,7 @@ def main() -> None:
         loader = DataLoader(TensorDataset(x_train, y_train), batch_size=BATCH, shuffle=True)
         x_device = x_train.to(device)
         # The optimizer (c) trains with, for the loops too: like for like.
-        optimizer = instantiate(compose_train(common, tmp).optimizer)
+        optimizer = instantiate(compose_train(common, tmp).model.optimizer)
         unfused = partial(torch.optim.Adam, lr=1e-3)
 
         rates: dict[str, list[float]] = {}
@@ -415,7 +415,7 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "what": "training samples/s, 784-400-20 MLP VAE, batch 128, Bernoulli, Adam, MNIST-sized; "
-                "sides stepped in turn, (c) and (c_K) (trainer.steps_per_batch=K) each paired "
+                "sides stepped in turn, (c) and (c_K) (data.steps_per_batch=K) each paired "
                 "with its own copy of (a); (c_K)'s phases: data and steps (the K steps) only",
         "device": torch.cuda.get_device_name() if gpu else platform.processor()
         or platform.machine(),

@@ -20,7 +20,7 @@ class KillAtStep(L.Callback):
 
 class NaNInputAtStep(L.Callback):
     """Put a NaN pixel into the training minibatch of optimizer step ``step``, also when a batch
-    holds several minibatches (``trainer.steps_per_batch``)."""
+    holds several minibatches (``data.steps_per_batch``)."""
 
     def __init__(self, step: int) -> None:
         self.step = step

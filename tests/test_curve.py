@@ -9,11 +9,10 @@ import torch
 from compose import compose_train
 
 from vae_lightning.callbacks import BoundCurve, SampleBudget
-from vae_lightning.config import ConfigError
+from vae_lightning.checkpoints import load_model, read_checkpoint
 from vae_lightning.data import FreyFaceDataModule, MNISTDataModule
 from vae_lightning.data.idx import write_idx
-from vae_lightning.evaluate import load_checkpoint
-from vae_lightning.resume import read_checkpoint
+from vae_lightning.errors import ConfigError
 from vae_lightning.train import build, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -21,8 +20,8 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
 
 
 def _frey(tmp_path, *overrides):
-    return compose_train(["data=frey", "model.latent=2", "model.encoder_hidden=[32]",
-                          "model.decoder_hidden=[32]", *QUIET, *overrides], tmp_path)
+    return compose_train(["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
+                          "model.decoder.net.hidden=[32]", *QUIET, *overrides], tmp_path)
 
 
 @pytest.mark.parametrize("max_samples, steps, seen", [
@@ -35,7 +34,7 @@ def _frey(tmp_path, *overrides):
 def test_max_samples_stops_at_the_step_that_reaches_it(tmp_path, max_samples, steps, seen,
                                                        steps_per_batch):
     cfg = _frey(tmp_path, f"trainer.max_samples={max_samples}", "trainer.max_epochs=1",
-                f"trainer.steps_per_batch={steps_per_batch}", "~callbacks.bound_curve")
+                f"data.steps_per_batch={steps_per_batch}", "~callbacks.bound_curve")
     results = train(cfg)
     assert (results["steps"], results["train_samples_seen"]) == (steps, seen)
 
@@ -61,7 +60,7 @@ def test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training(tmp_p
     assert curve["config"]["data"]["_target_"].endswith("FreyFaceDataModule")
     # The last point is the ELBO of the final weights on the whole splits, z drawn from seed 0
     # in chunks of batch_size.
-    _, model, _ = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    model, _, _ = load_model(tmp_path / "checkpoints" / "last.ckpt")
     dm = FreyFaceDataModule(scale=255.0)
     dm.setup()
     torch.manual_seed(0)
@@ -78,8 +77,8 @@ def test_curve_leaves_the_training_random_stream_alone(tmp_path):
                              "callbacks.bound_curve.start=100"))
     without = train(_frey(tmp_path / "b", "trainer.max_samples=3000", "~callbacks.bound_curve"))
     assert len(json.loads((tmp_path / "a" / "curve.json").read_text())["points"]) == 9
-    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")[1].state_dict()
-    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")[1].state_dict()
+    a = load_model(tmp_path / "a" / "checkpoints" / "last.ckpt")[0].state_dict()
+    b = load_model(tmp_path / "b" / "checkpoints" / "last.ckpt")[0].state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
     assert with_curve["test/elbo"] == without["test/elbo"]
@@ -128,12 +127,12 @@ def test_evaluation_data_is_one_fixed_binarization_of_the_split(tmp_path):
     dm = MNISTDataModule(root=tmp_path, val_size=50, download=False)
     dm.setup()
     train_x = dm.evaluation_data("train")
-    assert train_x.shape == (250, 784) and set(train_x.unique().tolist()) == {0.0, 1.0}
+    assert train_x.shape == (250, 1, 28, 28) and set(train_x.unique().tolist()) == {0.0, 1.0}
     assert torch.equal(train_x, dm.evaluation_data("train"))  # the same draw every time
-    pixels = dm.splits["train"][0].flatten(1).float() / 255
+    pixels = dm.splits["train"][0][:, None].float() / 255
     assert abs(train_x.mean() - pixels.mean()) < 0.01  # a Bernoulli draw of the intensities
     # val and test are the draws the validation and test loops see.
-    test_batches = [dm.on_after_batch_transfer(b, 0)[0] for b in dm.test_dataloader()]
+    test_batches = [dm.to_inputs(b)[0] for b in dm.test_dataloader()]
     assert torch.equal(dm.evaluation_data("test"), torch.cat(test_batches))
     grey = MNISTDataModule(root=tmp_path, val_size=50, download=False, binarize="none")
     grey.setup()

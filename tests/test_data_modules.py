@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+import yaml
+from compose import compose_train
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from vae_lightning.args import ArgumentError, choices
 from vae_lightning.data import FashionMNISTDataModule, FreyFaceDataModule, MNISTDataModule
 from vae_lightning.data.download import DataNotFoundError
 from vae_lightning.data.frey import frey_images, load_bundled_frey
@@ -45,23 +48,26 @@ def fake_trainer(rank=0, world_size=1, epoch=0):
 
 
 def batches(dm, loader):
-    return [dm.on_after_batch_transfer(b, 0) for b in loader]
+    return [dm.to_inputs(b) for b in loader]
 
 
 def test_interface_without_setup():
-    for cls, dim, shape, lik, name in [
-        (MNISTDataModule, 784, (28, 28), "bernoulli", "mnist"),
-        (FashionMNISTDataModule, 784, (28, 28), "bernoulli", "fashion_mnist"),
-        (FreyFaceDataModule, 560, (28, 20), "gaussian", "frey"),
+    for cls, shape, lik, name in [
+        (MNISTDataModule, (1, 28, 28), "Bernoulli", "mnist"),
+        (FashionMNISTDataModule, (1, 28, 28), "Bernoulli", "fashion_mnist"),
+        (FreyFaceDataModule, (1, 28, 20), "Gaussian", "frey"),
     ]:
         dm = cls(root="nowhere")
-        assert (dm.input_dim, dm.image_shape, dm.default_likelihood, dm.name) == (
-            dim,
-            shape,
-            lik,
-            name,
-        )
+        assert (tuple(dm.shape), dm.name) == (shape, name)
+        # The likelihood each data set wants is picked by its YAML (no default_likelihood now):
+        # `override /model/likelihood` in conf/data/<name>.yaml, composed into the decoder.
+        data_yaml = yaml.safe_load((CONF / f"{name}.yaml").read_text())
+        assert {"override /model/likelihood": lik.lower()} in data_yaml["defaults"]
+        cfg = compose_train([f"data={name}"])
+        assert cfg.model.decoder.likelihood._target_ == f"vae_lightning.likelihoods.{lik}"
     assert MNISTDataModule().binarize == FashionMNISTDataModule().binarize == "dynamic"
+    assert choices(FreyFaceDataModule, "binarize") == ("none",)
+    assert choices(MNISTDataModule, "binarize") == ("none", "static", "dynamic")
 
 
 @pytest.mark.parametrize(
@@ -79,11 +85,12 @@ def test_interface_without_setup():
         (MNISTDataModule, {"binarize": "otsu"}, "binarize='otsu'"),
         (MNISTDataModule, {"root": None}, "root=None"),
         (FreyFaceDataModule, {"binarize": "dynamic"}, "binarize='dynamic'"),
-        (FreyFaceDataModule, {"val_size": 1000, "test_size": 1000}, "2000"),
+        (FreyFaceDataModule, {"val_size": 1000, "test_size": 1000},
+         "test_size=1000 is not allowed: val_size + test_size must be below the 1965"),
     ],
 )
 def test_bad_arguments(cls, kwargs, word):
-    with pytest.raises(ValueError, match=word.replace(".", r"\.")):
+    with pytest.raises(ArgumentError, match=word.replace(".", r"\.").replace("+", r"\+")):
         cls(**kwargs)
 
 
@@ -98,7 +105,7 @@ def test_mnist_end_to_end(mnist_root):
     train = batches(dm, dm.train_dataloader())
     assert [len(x) for x, _ in train] == [32] * 7 + [26]
     for x, y in train:
-        assert x.dtype == torch.float32 and x.shape[1] == 784 and y.dtype == torch.int64
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28) and y.dtype == torch.int64
         assert set(x.unique().tolist()) <= {0.0, 1.0} and 0 <= y.min() and y.max() <= 9
     test = batches(dm, dm.test_dataloader())
     assert [len(x) for x, _ in test] == [40, 40, 20]
@@ -150,7 +157,7 @@ def test_binarization_modes(mnist_root, mode):
 
     first, second = epoch_images(0), epoch_images(1)
     if mode == "none":
-        torch.testing.assert_close(first, dm.splits["train"][0].flatten(1).float() / 255)
+        torch.testing.assert_close(first, dm.splits["train"][0][:, None].float() / 255)
     else:
         assert set(first.unique().tolist()) == {0.0, 1.0}
         assert torch.equal(first, second) == (mode == "static")
@@ -167,9 +174,14 @@ def test_dynamic_binarization_draws_bernoulli_of_pixel_over_scale(scale):
     float draws otherwise."""
     dm = MNISTDataModule(scale=scale)
     values = torch.tensor([0, 1, 51, 128, 254, 255], dtype=torch.uint8)
-    x = values.repeat(20000, 1)  # 20000 draws of each value
-    drawn, _ = dm.on_after_batch_transfer((x, torch.zeros(len(x))), 0)
-    assert drawn.dtype == torch.float32 and set(drawn.unique().tolist()) <= {0.0, 1.0}
+    # 20000 draws of each value: the first six pixels of 20000 MNIST-sized images (the rest 0).
+    x = torch.zeros(20000, 28 * 28, dtype=torch.uint8)
+    x[:, : len(values)] = values
+    drawn, _ = dm.to_inputs((x.reshape(-1, 28, 28), torch.zeros(len(x))))
+    assert drawn.dtype == torch.float32 and drawn.shape == (len(x), 1, 28, 28)
+    assert set(drawn.unique().tolist()) <= {0.0, 1.0}
+    assert drawn.flatten(1)[:, len(values):].sum() == 0  # never 1 when x = 0
+    drawn = drawn.flatten(1)[:, : len(values)]
     expected = values.double() / scale
     assert drawn[:, 0].sum() == 0  # never 1 when x = 0
     tolerance = 4 * (expected * (1 - expected) / len(x)).sqrt() + 1e-9
@@ -229,8 +241,9 @@ def test_frey_split_and_batches():
     dm.setup()
     sizes = {k: len(v[0]) for k, v in dm.splits.items()}
     assert sizes == {"train": 1565, "val": 200, "test": 200}
-    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
-    assert x.shape == (100, 560) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    x, y = dm.to_inputs(next(iter(dm.train_dataloader())))
+    assert x.shape == (100, 1, 28, 20) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1
     assert (y == -1).all() and y.dtype == torch.int64
     assert [len(b[0]) for b in dm.train_dataloader()] == [100] * 15 + [65]
 
@@ -263,8 +276,8 @@ def test_workers_and_lightning_hook(mnist_root):
 
         def training_step(self, batch, _):
             x, y = batch
-            seen.append((self.current_epoch, x.dtype, x.shape[1], y.dtype, y[:5].tolist()))
-            return self.layer(x).mean()
+            seen.append((self.current_epoch, x.dtype, x.shape[1:], y.dtype, y[:5].tolist()))
+            return self.layer(x.flatten(1)).mean()
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -281,7 +294,7 @@ def test_workers_and_lightning_hook(mnist_root):
         limit_val_batches=0,
     )
     trainer.fit(Probe(), datamodule=dm)
-    assert [s[1:4] for s in seen] == [(torch.float32, 784, torch.int64)] * 10
+    assert [s[1:4] for s in seen] == [(torch.float32, (1, 28, 28), torch.int64)] * 10
     assert seen[0][0] == 0 and seen[5][0] == 1 and seen[0][4] != seen[5][4]  # reshuffled per epoch
 
 
@@ -297,23 +310,73 @@ def test_yaml_composes_and_instantiates(name, cls, likelihood, monkeypatch, tmp_
     """conf/data/*.yaml in a minimal primary config: likelihood override, keys, interpolations."""
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf / "data")
-    (conf / "likelihood").mkdir()
+    liks = conf / "model" / "likelihood"
+    liks.mkdir(parents=True)
     for lik in ("bernoulli", "gaussian"):
-        (conf / "likelihood" / f"{lik}.yaml").write_text(f"name: {lik}\n")
+        # The package of the real model/likelihood group: the decoder's likelihood.
+        (liks / f"{lik}.yaml").write_text(f"# @package model.decoder.likelihood\nname: {lik}\n")
     (conf / "train.yaml").write_text(
-        "defaults:\n  - _self_\n  - likelihood: bernoulli\n  - data: frey\nseed: 11\n"
+        "defaults:\n  - _self_\n  - model/likelihood: bernoulli\n  - data: frey\nseed: 11\n"
     )
     monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path))
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=[f"data={name}"])
-        assert cfg.likelihood.name == likelihood
+        assert cfg.model.decoder.likelihood.name == likelihood
         dm = instantiate(cfg.data)
         assert type(dm) is cls and dm.seed == 11 and dm.root == tmp_path
-        assert dm.eval_batch_size == dm.batch_size == 100 and dm.default_likelihood == likelihood
+        assert dm.eval_batch_size == dm.batch_size == 100
         assert (
-            compose("train", overrides=[f"data={name}", "likelihood=gaussian"]).likelihood.name
+            compose("train", overrides=[f"data={name}", "model/likelihood=gaussian"])
+            .model.decoder.likelihood.name
             == "gaussian"
         )
+        assert (
+            compose("train", overrides=[f"data={name}", "model/likelihood=bernoulli"])
+            .model.decoder.likelihood.name
+            == "bernoulli"
+        )
+
+
+def test_to_inputs_is_float_images_and_the_lightning_hook_gives_the_same():
+    """``to_inputs``: float32 ``[B, C, H, W]``, the old flattened values reshaped; the
+    ``on_after_batch_transfer`` hook returns exactly what ``to_inputs`` returns."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (5, 28, 28), generator=g, dtype=torch.uint8)
+    y = torch.arange(5)
+    for scale in (255.0, 256.0):
+        dm = MNISTDataModule(binarize="none", scale=scale)
+        inputs, labels = dm.to_inputs((x, y))
+        assert inputs.dtype == torch.float32 and inputs.shape == (5, 1, 28, 28)
+        assert torch.equal(inputs, (x.flatten(1).float() / scale).reshape(5, 1, 28, 28))
+        assert torch.equal(labels, y)
+        hooked, hooked_labels = dm.on_after_batch_transfer((x, y), 0)
+        assert torch.equal(hooked, inputs) and torch.equal(hooked_labels, labels)
+    # Images binarized once in setup are bool: they become 0.0/1.0, whatever the mode.
+    bits = torch.rand(5, 28, 28, generator=g) < 0.3
+    for mode in ("static", "dynamic", "none"):
+        dm = MNISTDataModule(binarize=mode)
+        inputs, _ = dm.to_inputs((bits, y))
+        assert inputs.dtype == torch.float32 and inputs.shape == (5, 1, 28, 28)
+        assert torch.equal(inputs, bits.flatten(1).float().reshape(5, 1, 28, 28))
+        assert torch.equal(dm.on_after_batch_transfer((bits, y), 0)[0], inputs)
+    frey = FreyFaceDataModule(root="nowhere")
+    faces = torch.randint(0, 256, (3, 28, 20), generator=g, dtype=torch.uint8)
+    inputs, _ = frey.to_inputs((faces, torch.full((3,), -1)))
+    assert inputs.dtype == torch.float32 and inputs.shape == (3, 1, 28, 20)
+    assert torch.equal(inputs, (faces.flatten(1).float() / 255).reshape(3, 1, 28, 20))
+    # Dynamic binarization: the hook draws from the same seeded stream as to_inputs.
+    a, b = MNISTDataModule(seed=4), MNISTDataModule(seed=4)
+    drawn = a.to_inputs((x, y))[0]
+    assert drawn.dtype == torch.float32 and drawn.shape == (5, 1, 28, 28)
+    assert set(drawn.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(b.on_after_batch_transfer((x, y), 0)[0], drawn)
+    # A batch of several minibatches (steps_per_batch): each one in turn.
+    dm = MNISTDataModule(binarize="none", steps_per_batch=2)
+    both = dm.to_inputs([(x[:3], y[:3]), (x[3:], y[3:])])
+    assert [m[0].shape for m in both] == [(3, 1, 28, 28), (2, 1, 28, 28)]
+    assert torch.equal(torch.cat([m[0] for m in both]), dm.to_inputs((x, y))[0])
+    hooked = dm.on_after_batch_transfer([(x[:3], y[:3]), (x[3:], y[3:])], 0)
+    assert all(torch.equal(h[0], m[0]) for h, m in zip(hooked, both, strict=True))
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -5,6 +5,8 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -12,47 +14,45 @@ import torch
 from compose import CONF, REPO, compose_train
 from hydra import compose, initialize_config_dir
 
-from vae_lightning.evaluate import (
-    Estimate,
-    load_checkpoint,
-    log_likelihood,
-    output_dir_for,
-    run_eval,
-)
-from vae_lightning.objectives import draw, iwae
-from vae_lightning.resume import CheckpointError
-from vae_lightning.train import build_datamodule, build_model
+from vae_lightning import rundir
+from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, load_model
+from vae_lightning.config import build as build_node
+from vae_lightning.config import plain
+from vae_lightning.errors import CheckpointError
+from vae_lightning.evaluate import Estimate
+from vae_lightning.objectives import draw, importance_weighted, iw_bound
+from vae_lightning.train import build
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
-def _build(cfg_or_overrides):
+def _build(cfg_or_overrides, tmp_path=None):
     cfg = cfg_or_overrides if not isinstance(cfg_or_overrides, list) else compose_train(
-        cfg_or_overrides)
-    datamodule = build_datamodule(cfg)
-    return datamodule, build_model(cfg, datamodule.input_dim)
+        cfg_or_overrides, tmp_path)
+    run = build(cfg)
+    return run.datamodule, run.model
 
 
 @pytest.fixture(scope="module")
 def trained():
     """A VAE with a 2-d latent space trained for an epoch on Frey Face, and 20 validation faces."""
     torch.manual_seed(0)
-    datamodule, model = _build(["data=frey", "model.latent=2"])
+    datamodule, model = _build(["data=frey", "model.latent=2"], Path(tempfile.mkdtemp()))
     datamodule.setup("fit")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for batch in datamodule.train_dataloader():
-        x, _ = datamodule.on_after_batch_transfer(batch, 0)
+        x, _ = datamodule.to_inputs(batch)
         loss = -model.bound(x).elbo.mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    x, _ = datamodule.on_after_batch_transfer(next(iter(datamodule.val_dataloader())), 0)
+    x, _ = datamodule.to_inputs(next(iter(datamodule.val_dataloader())))
     return model.eval(), x[:20]
 
 
 def _estimate(model, x, k, chunk, seed=0):
     torch.manual_seed(seed)
-    return log_likelihood(model, x, k, chunk)
+    return importance_weighted(model, x, k, chunk)
 
 
 def test_k1_is_the_elbo_of_estimator_a(trained):
@@ -60,10 +60,18 @@ def test_k1_is_the_elbo_of_estimator_a(trained):
     elbo, iw = _estimate(model, x, k=1, chunk=1)
     torch.manual_seed(0)
     with torch.no_grad():
-        samples = draw(x, model.encoder(x), model.decoder, model.prior, 1)
+        samples = draw(model, x, model.encoder(x), model.prior.distribution(), 1)
     torch.testing.assert_close(iw, samples.bound().elbo)
-    torch.testing.assert_close(iw, iwae(samples.log_w))
+    torch.testing.assert_close(iw, iw_bound(samples.log_w))
     torch.testing.assert_close(elbo, iw)
+
+
+def test_the_model_s_log_likelihood_is_the_iw_estimate(trained):
+    model, x = trained
+    torch.manual_seed(4)
+    ours = model.log_likelihood(x, k=30, chunk=7)
+    torch.testing.assert_close(ours, _estimate(model, x, k=30, chunk=30, seed=4)[1],
+                               rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 32])
@@ -88,7 +96,7 @@ def test_iw_estimate_is_above_the_elbo_and_rises_with_k(trained):
 
 def test_estimate_reports_nats_bits_per_dim_and_standard_error():
     values = torch.tensor([1.0, 2.0, 3.0, 6.0])
-    est = Estimate.of(values, input_dim=10)
+    est = Estimate.of(values, dims=10)
     assert est.nats == pytest.approx(3.0)
     assert est.nats_se == pytest.approx(values.std().item() / 2)
     assert est.bits_per_dim == pytest.approx(-3.0 / (10 * math.log(2)))
@@ -104,7 +112,8 @@ def checkpoint(tmp_path_factory):
     datamodule, model = _build(cfg)
     trainer = L.Trainer(max_steps=5, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        use_distributed_sampler=False, limit_val_batches=0)
+                        use_distributed_sampler=False, limit_val_batches=0,
+                        callbacks=[RunConfig(plain(cfg))])
     trainer.fit(model, datamodule=datamodule)
     path = run / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path)
@@ -116,13 +125,18 @@ def _eval_cfg(overrides):
         return compose("eval", overrides=overrides)
 
 
+def run_eval(cfg):
+    return build_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.output_dir)
+
+
 def test_eval_writes_eval_json_from_a_checkpoint(checkpoint):
-    cfg, model, raw = load_checkpoint(checkpoint)
-    assert cfg.model.latent == 2 and raw["samples_seen"] == 5 * 100
+    model, config, raw = load_model(checkpoint)
+    assert config["model"]["latent"] == 2 and raw["samples_seen"] == 5 * 100
+    assert model.latent == 2 and not model.training
     results = run_eval(_eval_cfg([f"ckpt_path={checkpoint}", "eval.k=50", "eval.chunk=16",
                                   "eval.device=cpu"]))
-    saved = json.loads((output_dir_for(checkpoint) / "eval.json").read_text())
-    assert output_dir_for(checkpoint) == checkpoint.parent.parent
+    saved = json.loads((rundir.of_checkpoint(checkpoint) / "eval.json").read_text())
+    assert rundir.of_checkpoint(checkpoint) == checkpoint.parent.parent
     assert saved["k"] == 50 and saved["split"] == "test" and saved["n"] == 200
     assert saved["checkpoint"] == str(checkpoint.resolve())
     for name in ("elbo", "iw"):
@@ -135,13 +149,17 @@ def test_eval_writes_eval_json_from_a_checkpoint(checkpoint):
 
 def test_bad_checkpoints_raise_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.ckpt")
+        load_model(tmp_path / "missing.ckpt")
     (tmp_path / "bad.ckpt").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_checkpoint(tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
+        load_model(tmp_path / "bad.ckpt")
+    assert "weights_only=False" not in str(err.value)  # never advise running the file's code
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
-    with pytest.raises(CheckpointError, match="not a vae-lightning VAE checkpoint"):
-        load_checkpoint(tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="no vae-lightning run configuration"):
+        load_model(tmp_path / "foreign.ckpt")
+    torch.save({"state_dict": {}, CONFIG_KEY: {"model": {"latent": 2}}}, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match="model without a _target_"):
+        load_model(tmp_path / "odd.ckpt")
 
 
 def test_eval_cli_reports_a_corrupt_checkpoint_without_traceback(tmp_path):

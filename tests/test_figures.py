@@ -7,7 +7,7 @@ from compose import compose_train
 from torch.distributions import Normal
 
 from vae_lightning.callbacks.figures import decode_mean, manifold_grid, project_2d, tile
-from vae_lightning.train import build_model, train
+from vae_lightning.train import build, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 FAST = ["data=frey", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -27,17 +27,32 @@ def test_manifold_grid_is_the_inverse_cdf_of_the_unit_square_in_plot_order():
     assert (z[:, 1:, 0] > z[:, :-1, 0]).all() and (z[1:, :, 1] < z[:-1, :, 1]).all()
 
 
-def test_manifold_picture_cell_ij_is_the_decoded_mean_at_z_ij():
+def test_manifold_picture_cell_ij_is_the_decoded_mean_at_z_ij(tmp_path):
     torch.manual_seed(0)
-    model = build_model(compose_train(["data=frey", "model.latent=2"]), 28 * 20).eval()
-    n, shape = 4, (28, 20)
+    model = build(compose_train(["data=frey", "model.latent=2"], tmp_path)).model.eval()
+    n, shape = 4, (1, 28, 20)
+    assert tuple(model.data_shape) == shape
     z = manifold_grid(n)
-    picture = tile(decode_mean(model, z), shape)
-    assert picture.shape == (n * 28, n * 20)
+    means = decode_mean(model, z)
+    assert means.shape == (n, n, *shape)
+    picture = tile(means)
+    assert picture.shape == (n * 28, n * 20, 1)
     for i, j in [(0, 0), (0, 3), (2, 1), (3, 3)]:
         with torch.no_grad():
-            expected = model.decoder(z[i, j]).mean.reshape(shape)
-        torch.testing.assert_close(picture[i * 28:(i + 1) * 28, j * 20:(j + 1) * 20], expected)
+            expected = model.decoder(z[i, j]).mean
+        assert expected.shape == shape
+        torch.testing.assert_close(picture[i * 28:(i + 1) * 28, j * 20:(j + 1) * 20],
+                                   expected.permute(1, 2, 0))
+
+
+def test_tile_puts_channels_last_and_image_rc_at_block_rc():
+    images = torch.arange(2 * 3 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 3, 4, 5)
+    picture = tile(images)
+    assert picture.shape == (2 * 4, 3 * 5, 3)
+    for r in range(2):
+        for c in range(3):
+            torch.testing.assert_close(picture[r * 4:(r + 1) * 4, c * 5:(c + 1) * 5],
+                                       images[r, c].permute(1, 2, 0))
 
 
 def test_project_2d_keeps_2d_and_finds_the_principal_plane():

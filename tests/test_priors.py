@@ -1,23 +1,34 @@
 """Priors: densities normalised and equal to their mixture formulas; learnable parts get
-gradients through the VAE loss; the VampPrior shares, but does not own, the encoder."""
+gradients through the VAE loss; the VampPrior shares, but does not own, the encoder; the KL to
+a prior is analytic exactly where torch.distributions has it in closed form."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
-from torch.distributions import Normal
+from models import small_vae
+from torch.distributions import Normal, kl_divergence
 from torch.testing import assert_close
 
-from vae_lightning.module import VAE
-from vae_lightning.posteriors import GaussianPosterior
+from vae_lightning.nets import MLP
+from vae_lightning.objectives import closed_form_kl
+from vae_lightning.objectives.elbo import ELBO
+from vae_lightning.posteriors import Encoder, Gaussian
 from vae_lightning.priors import MixtureOfGaussians, StandardNormal, VampPrior
 
-LATENT, INPUT = 3, 6
+LATENT, DATA_SHAPE = 3, (1, 2, 3)  # 6 pixels
+
+
+def _encoder(latent=LATENT, data_shape=DATA_SHAPE):
+    return Encoder(partial(MLP, hidden=(8,)), Gaussian(), data_shape, latent)
 
 
 def _vamp(latent=LATENT, k=4):
-    encoder = GaussianPosterior(INPUT, latent, hidden=(8,))
-    return VampPrior(latent, INPUT, encoder, n_components=k), encoder
+    encoder = _encoder(latent)
+    prior = VampPrior(latent, DATA_SHAPE, n_components=k)
+    prior.bind(encoder)
+    return prior, encoder
 
 
 def test_mog_log_prob_is_the_mixture_formula_and_samples_have_the_mixture_mean():
@@ -38,6 +49,7 @@ def test_mog_log_prob_is_the_mixture_formula_and_samples_have_the_mixture_mean()
 
 def test_vamp_log_prob_is_the_average_of_the_encoder_posteriors_at_the_pseudo_inputs():
     prior, encoder = _vamp()
+    assert prior.pseudo_inputs.shape == (4, *DATA_SHAPE)
     z = torch.randn(5, LATENT)
     q = encoder(prior.pseudo_inputs)  # batch [K]
     want = torch.logsumexp(q.log_prob(z[:, None]), dim=-1) - math.log(4)
@@ -45,8 +57,13 @@ def test_vamp_log_prob_is_the_average_of_the_encoder_posteriors_at_the_pseudo_in
     assert prior.sample(7).shape == (7, LATENT)
 
 
+def test_vamp_prior_needs_its_encoder_bound():
+    with pytest.raises(RuntimeError, match="bind"):
+        VampPrior(LATENT, DATA_SHAPE, n_components=4).distribution()
+
+
 def test_vamp_pseudo_inputs_start_in_the_data_range():
-    prior = VampPrior(LATENT, 784, GaussianPosterior(784, LATENT), n_components=50)
+    prior = VampPrior(LATENT, (1, 28, 28), n_components=50)
     assert 0.0 < prior.pseudo_inputs.min() and prior.pseudo_inputs.max() < 1.0
     assert abs(prior.pseudo_inputs.mean().item() - 0.5) < 0.01
 
@@ -61,7 +78,7 @@ def test_one_dimensional_prior_density_integrates_to_one(make):
 
 
 def test_vamp_prior_does_not_own_the_encoder():
-    vae = VAE(INPUT, LATENT, (8,), (8,), prior=VampPrior, kl="mc")
+    vae = small_vae(DATA_SHAPE, LATENT, prior=VampPrior)
     assert vae.prior._encoder[0] is vae.encoder
     assert [name for name, _ in vae.prior.named_parameters()] == ["pseudo_inputs"]
     assert list(vae.prior.state_dict()) == ["pseudo_inputs"]
@@ -74,8 +91,8 @@ def test_vamp_prior_does_not_own_the_encoder():
 ])
 def test_learnable_prior_parameters_receive_gradients_from_the_loss(prior, names):
     torch.manual_seed(0)
-    vae = VAE(INPUT, LATENT, (8,), (8,), prior=prior, kl="mc")
-    x = torch.rand(16, INPUT).round()
+    vae = small_vae(DATA_SHAPE, LATENT, prior=prior)
+    x = torch.rand(16, *DATA_SHAPE).round()
     (-vae.bound(x).elbo.mean()).backward()
     for name in names:
         grad = getattr(vae.prior, name).grad
@@ -83,7 +100,34 @@ def test_learnable_prior_parameters_receive_gradients_from_the_loss(prior, names
 
 
 @pytest.mark.parametrize("prior", [MixtureOfGaussians, VampPrior])
-def test_analytic_kl_is_rejected_for_priors_without_one(prior):
-    assert not prior.has_analytic_kl and StandardNormal.has_analytic_kl
-    with pytest.raises(ValueError, match="model.kl"):
-        VAE(INPUT, LATENT, (8,), (8,), prior=prior, kl="analytic")
+def test_no_closed_form_kl_to_a_mixture_prior_and_analytic_kl_is_rejected(prior):
+    torch.manual_seed(0)
+    vae = small_vae(DATA_SHAPE, LATENT, prior=prior)
+    q = vae.encoder(torch.rand(5, *DATA_SHAPE))
+    assert closed_form_kl(q, vae.prior.distribution()) is None
+    with pytest.raises(ValueError, match="kl='analytic'"):
+        small_vae(DATA_SHAPE, LATENT, prior=prior, objective=ELBO(kl="analytic"))
+
+
+def test_analytic_kl_is_accepted_for_the_standard_normal_prior():
+    torch.manual_seed(0)
+    vae = small_vae(DATA_SHAPE, LATENT, prior=StandardNormal, objective=ELBO(kl="analytic"))
+    q = vae.encoder(torch.rand(5, *DATA_SHAPE))
+    p = vae.prior.distribution()
+    assert torch.equal(closed_form_kl(q, p), kl_divergence(q, p))
+
+
+@pytest.mark.parametrize("prior", [MixtureOfGaussians, VampPrior])
+def test_auto_kl_to_a_mixture_prior_is_estimator_a(prior):
+    """ELBO(kl="auto") falls back to the Monte-Carlo KL, the mean over the samples of
+    log q(z|x) - log p(z), and the reconstruction of the same samples."""
+    torch.manual_seed(0)
+    vae = small_vae(DATA_SHAPE, LATENT, prior=prior, objective=ELBO(n_samples=3, kl="auto"))
+    x = torch.rand(5, *DATA_SHAPE).round()
+    torch.manual_seed(4)
+    bound = vae.bound(x)
+    torch.manual_seed(4)
+    q, p = vae.encoder(x), vae.prior.distribution()
+    z = q.rsample((3,))
+    assert_close(bound.kl, (q.log_prob(z) - p.log_prob(z)).mean(0))
+    assert_close(bound.recon, vae.decoder(z).log_prob(x).mean(0))

@@ -9,11 +9,12 @@ import pytest
 import torch
 from compose import REPO, compose_train
 
-from vae_lightning.module import NonFiniteLossError
-from vae_lightning.resume import CheckpointError, read_checkpoint
-from vae_lightning.train import build, build_model, train
+from vae_lightning.checkpoints import read_checkpoint
+from vae_lightning.errors import CheckpointError, NonFiniteLossError
+from vae_lightning.train import build, train
 
-SMALL = ["data=frey", "model.latent=2", "model.encoder_hidden=[32]", "model.decoder_hidden=[32]",
+SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
+         "model.decoder.net.hidden=[32]",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
 METRICS = ("val/elbo", "val/recon", "val/kl", "test/elbo", "test/recon", "test/kl")
 
@@ -57,16 +58,20 @@ def test_resuming_with_another_model_names_the_difference_and_the_original_overr
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- model.latent=2\n- data=frey\n")
     last = tmp_path / "checkpoints" / "last.ckpt"
-    other = [*SMALL, "model.latent=3", "likelihood=bernoulli", f"ckpt_path={last}"]
+    other = [*SMALL, "model.latent=3", "model/likelihood=bernoulli", f"ckpt_path={last}"]
     with pytest.raises(CheckpointError) as err:
         build(compose_train(other, tmp_path))
     message = str(err.value)
     assert "model.latent=2 (this run: 3)" in message
-    assert "likelihood._target_='vae_lightning.likelihoods.Gaussian'" in message
+    assert "model.decoder.likelihood._target_='vae_lightning.likelihoods.Gaussian'" in message
     assert "model.latent=2 data=frey" in message
-    # Same model, other training settings (longer, compiled): resumable.
+    # Same model, other training settings (longer, compiled, another learning rate): resumable.
     build(compose_train([*SMALL, "trainer.max_epochs=5", "model.compile=true",
-                         f"ckpt_path={last}"], tmp_path))
+                         "model.optimizer.lr=0.0005", f"ckpt_path={last}"], tmp_path))
+    # Another optimizer is refused: the saved state is Adam's.
+    with pytest.raises(CheckpointError, match="model.optimizer._target_"):
+        build(compose_train([*SMALL, "model/optimizer=adagrad", f"ckpt_path={last}"],
+                            tmp_path))
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -87,7 +92,7 @@ def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path, damage):
 @pytest.mark.parametrize("steps_per_batch", [1, 3])  # with 3, step 5 is mid-batch
 def test_nan_loss_stops_the_run_and_saves_a_loadable_last_good_state(tmp_path, steps_per_batch):
     cfg = compose_train([*SMALL, "trainer.max_epochs=2",
-                         f"trainer.steps_per_batch={steps_per_batch}",
+                         f"data.steps_per_batch={steps_per_batch}",
                          "+callbacks.nan._target_=fault_injection.NaNInputAtStep",
                          "+callbacks.nan.step=5"], tmp_path)
     with pytest.raises(NonFiniteLossError) as err:
@@ -98,7 +103,7 @@ def test_nan_loss_stops_the_run_and_saves_a_loadable_last_good_state(tmp_path, s
     assert str(saved) in message
     checkpoint = read_checkpoint(saved)
     assert checkpoint["global_step"] == 5
-    model = build_model(compose_train(SMALL, tmp_path), 560)
+    model = build(compose_train(SMALL, tmp_path)).model
     model.load_state_dict(checkpoint["state_dict"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not (tmp_path / "results.json").exists()

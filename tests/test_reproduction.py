@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vae_lightning.reproduction import ReproductionError, at_samples, find_runs, main
+from vae_lightning.reports.reproduction import ReproductionError, at_samples, find_runs, main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CONFIG = {"seed": 0,
@@ -61,7 +61,7 @@ def test_page_tables_figures_and_copied_images(runs, tmp_path, capsys):
     assert "written:" in capsys.readouterr().out
     page = out.read_text()
     assert page.startswith("# Reproduction of Kingma & Welling")
-    assert f"`python -m vae_lightning.reproduction {runs} --out {out}`" in page
+    assert f"`vae-reproduction {runs} --out {out}`" in page
     assert "## Frey Face" in page and "pixels scaled by 1/256" in page
     assert "1,565 training / 200 test points" in page and "minibatch 100" in page
     assert "optimizer AEVB: Adagrad (lr 0.02) / wake-sleep: Adagrad (lr 0.02);" in page

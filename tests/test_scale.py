@@ -8,14 +8,15 @@ import sys
 import pytest
 import torch
 from compose import REPO, compose_train
+from models import small_vae
 
+from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.data import FreyFaceDataModule
-from vae_lightning.resume import read_checkpoint
-from vae_lightning.train import build_model, train
+from vae_lightning.train import build, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-SMALL = ["data=frey", "model.latent=2", "model.encoder_hidden=[32]", "model.decoder_hidden=[32]",
-         *QUIET, "logger=none"]
+SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
+         "model.decoder.net.hidden=[32]", *QUIET, "logger=none"]
 
 
 def _ddp_run(run_dir, *overrides):
@@ -44,14 +45,12 @@ def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
 
     # The same checkpoint evaluated by one process over the whole test split.
     checkpoint = read_checkpoint(results["checkpoint"])
-    cfg = compose_train(SMALL, tmp_path)
-    model = build_model(cfg, 560)
+    model = build(compose_train(SMALL, tmp_path)).model
     model.load_state_dict(checkpoint["state_dict"])
     datamodule = FreyFaceDataModule()
     datamodule.setup("test")
     with torch.no_grad():
-        bounds = [model.bound(datamodule.on_after_batch_transfer(b, 0)[0])
-                  for b in datamodule.test_dataloader()]
+        bounds = [model.bound(datamodule.to_inputs(b)[0]) for b in datamodule.test_dataloader()]
     kl = torch.cat([b.kl for b in bounds])
     elbo = torch.cat([b.elbo for b in bounds])
     assert len(elbo) == 200
@@ -65,7 +64,7 @@ def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
 def test_ddp_with_several_steps_per_batch_trains_as_with_one(tmp_path):
     """Manual optimization under DDP: every inner step's gradients are all-reduced, so the
     parameters are those of one step per batch (which Lightning steps itself)."""
-    runs = [_ddp_run(tmp_path / f"k{k}", f"trainer.steps_per_batch={k}") for k in (1, 2)]
+    runs = [_ddp_run(tmp_path / f"k{k}", f"data.steps_per_batch={k}") for k in (1, 2)]
     one, two = (read_checkpoint(tmp_path / f"k{k}" / "checkpoints" / "last.ckpt") for k in (1, 2))
     assert one["global_step"] == two["global_step"] == 2 * 8  # 782 faces a rank: 8 minibatches
     for name, value in one["state_dict"].items():
@@ -95,7 +94,7 @@ def test_ddp_spawn_runs_inside_a_hydra_multirun(tmp_path):
 @pytest.mark.parametrize("steps_per_batch", [1, 4])
 def test_bf16_mixed_precision_trains_with_finite_bound(tmp_path, steps_per_batch):
     results = train(compose_train([*SMALL, "trainer.precision=bf16-mixed", "trainer.max_epochs=2",
-                                   f"trainer.steps_per_batch={steps_per_batch}"], tmp_path))
+                                   f"data.steps_per_batch={steps_per_batch}"], tmp_path))
     for key in ("val/elbo", "test/elbo", "test/kl"):
         assert math.isfinite(results[key])
 
@@ -110,14 +109,15 @@ def test_under_autocast_the_networks_run_in_half_and_the_bound_in_float32(dtype,
     squared errors over the variance sum to about 2.5e7 nats a face: beyond float16's range
     (65504), finite in float32."""
     from vae_lightning.likelihoods import Gaussian
-    from vae_lightning.module import VAE
 
+    shape = (1, 28, 28)
     torch.manual_seed(0)
-    x = torch.rand(32, 784)
+    x = torch.rand(32, *shape)
     if likelihood == "bernoulli":
-        model, x = VAE(784), (x > 0.5).float()
+        model, x = small_vae(shape, latent=20, hidden=(400,)), (x > 0.5).float()
     else:
-        model = VAE(784, likelihood=Gaussian(mean_activation="identity"))
+        model = small_vae(shape, latent=20, hidden=(400,),
+                          likelihood=Gaussian(mean_activation="identity"))
         with torch.no_grad():
             model.decoder.net[-1].bias[:784] = 3.0  # means far from pixels in [0, 1]
             model.decoder.net[-1].bias[784:] = -30.0  # log-variance below the floor
@@ -158,8 +158,8 @@ def test_under_autocast_the_networks_run_in_half_and_the_bound_in_float32(dtype,
 
 
 def test_compile_flag_compiles_the_networks_in_place(tmp_path):
-    model = build_model(compose_train([*SMALL, "model.compile=true"], tmp_path), 560)
-    plain = build_model(compose_train(SMALL, tmp_path), 560)
+    model = build(compose_train([*SMALL, "model.compile=true"], tmp_path)).model
+    plain = build(compose_train(SMALL, tmp_path)).model
     assert model.encoder.net._compiled_call_impl is not None
     assert model.state_dict().keys() == plain.state_dict().keys()  # checkpoints interchangeable
 

@@ -1,4 +1,4 @@
-"""trainer.steps_per_batch: K optimizer steps per Lightning batch train exactly as K = 1."""
+"""data.steps_per_batch: K optimizer steps per Lightning batch train exactly as K = 1."""
 
 import csv
 
@@ -6,11 +6,12 @@ import pytest
 import torch
 from compose import compose_train
 
+from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.data.sampling import ShardedBatchSampler
-from vae_lightning.resume import read_checkpoint
 from vae_lightning.train import train
 
-SMALL = ["data=frey", "model.latent=2", "model.encoder_hidden=[32]", "model.decoder_hidden=[32]",
+SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
+         "model.decoder.net.hidden=[32]",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
          "callbacks.figures.n_points=0"]
 
@@ -29,14 +30,15 @@ def test_grouped_sampler_serves_the_same_minibatches_in_lists(n, batch_size, gro
         assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("model", ["vae", "wake_sleep"])
-def test_k_steps_per_batch_give_the_run_of_one_step_per_batch(tmp_path, model):
+@pytest.mark.parametrize("objective", ["elbo", "wake_sleep"])
+def test_k_steps_per_batch_give_the_run_of_one_step_per_batch(tmp_path, objective):
     """Same data, order, binarization and noise: the same parameters, metrics and step count,
     bit for bit on CPU (Frey: 16 minibatches per epoch, so groups of 3 end with one of 1)."""
     runs = {}
     for k in (1, 3):
-        cfg = compose_train([*SMALL, f"model={model}", "trainer.max_epochs=2", "logger=csv",
-                             "trainer.log_every_n_steps=2", f"trainer.steps_per_batch={k}"],
+        cfg = compose_train([*SMALL, f"model/objective={objective}", "trainer.max_epochs=2",
+                             "logger=csv", "trainer.log_every_n_steps=2",
+                             f"data.steps_per_batch={k}"],
                             tmp_path / str(k))
         results = train(cfg)
         state = read_checkpoint(tmp_path / str(k) / "checkpoints" / "last.ckpt")
@@ -56,6 +58,6 @@ def test_k_steps_per_batch_give_the_run_of_one_step_per_batch(tmp_path, model):
 
 def test_max_steps_stops_within_a_batch(tmp_path):
     cfg = compose_train([*SMALL, "logger=none", "trainer.max_steps=7",
-                         "trainer.steps_per_batch=3", "~callbacks.bound_curve"], tmp_path)
+                         "data.steps_per_batch=3", "~callbacks.bound_curve"], tmp_path)
     results = train(cfg)
     assert (results["steps"], results["train_samples_seen"]) == (7, 700)

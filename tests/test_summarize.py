@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vae_lightning.summarize import SummaryError, main, summarize
+from vae_lightning.reports.summarize import SummaryError, main, summarize
 
 JOBS = [
     {"data": "frey", "latent": 5, "prior": "normal", "epochs": 3, "train_samples_seen": 4695,

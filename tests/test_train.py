@@ -9,7 +9,7 @@ import sys
 import pytest
 from compose import REPO, compose_train
 
-from vae_lightning.resume import read_checkpoint
+from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -65,7 +65,7 @@ def test_multirun_writes_one_results_file_per_job(tmp_path):
 @pytest.mark.parametrize(
     "args,words",
     [
-        (["model.latent=0"], ["model.latent=0", "positive integer"]),
+        (["model.latent=0"], ["model.latent=0", "integer >= 1"]),
         (["data=cifar"], ["cifar", "Available options", "frey", "mnist"]),
         (["data=mnist", "data.root=nodata", "data.download=false"],
          ["error: Missing train-images-idx3-ubyte.gz", "nodata/mnist", "md5"]),

@@ -1,24 +1,27 @@
-"""Wake-sleep (model=wake_sleep): each phase updates only its network; its bound is AEVB's ELBO."""
+"""Wake-sleep (model/objective=wake_sleep): each phase updates only its network; its bound is
+AEVB's ELBO."""
 
 import json
 
 import pytest
 import torch
 from compose import compose_train
+from models import SHAPE, small_vae
 
-from vae_lightning.config import ConfigError
+from vae_lightning.errors import ConfigError
 from vae_lightning.likelihoods import Gaussian
-from vae_lightning.priors import MixtureOfGaussians
+from vae_lightning.objectives.elbo import ELBO
+from vae_lightning.objectives.wake_sleep import WakeSleep
+from vae_lightning.priors import MixtureOfGaussians, StandardNormal
 from vae_lightning.train import build, train
-from vae_lightning.wake_sleep import WakeSleep
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
-def _model(**kwargs):
+def _model(prior=StandardNormal, **kwargs):
     torch.manual_seed(0)
-    return WakeSleep(input_dim=12, latent=3, encoder_hidden=[16], decoder_hidden=[16],
-                     activation="tanh", likelihood=Gaussian(), **kwargs)
+    return small_vae(SHAPE, latent=3, hidden=(16,), activation="tanh", likelihood=Gaussian(),
+                     prior=prior, objective=WakeSleep(**kwargs))
 
 
 def _grads(model, loss):
@@ -35,27 +38,28 @@ def _names(model, prefix):
     return {n for n, _ in model.named_parameters() if n.startswith(prefix)}
 
 
-@pytest.mark.parametrize("prior", [None, MixtureOfGaussians])
+@pytest.mark.parametrize("prior", [StandardNormal, MixtureOfGaussians])
 def test_wake_updates_only_the_generative_model_and_sleep_only_the_encoder(prior):
-    model = _model(**({"prior": prior, "kl": "mc"} if prior else {}))
-    x = torch.rand(32, 12)
-    wake = _grads(model, model.wake_loss(x)[0])
+    model = _model(prior)
+    assert model.method == "wake_sleep"
+    x = torch.rand(32, *SHAPE)
+    wake = _grads(model, model.objective.wake_loss(model, x)[0])
     assert _touched(wake, "encoder") == set()
     assert _touched(wake, "decoder") == _names(model, "decoder")
     assert _touched(wake, "prior") == _names(model, "prior")  # a learnable prior is generative
-    sleep = _grads(model, model.sleep_loss(32))
+    sleep = _grads(model, model.objective.sleep_loss(model, 32))
     assert _touched(sleep, "encoder") == _names(model, "encoder")
     assert _touched(sleep, "decoder") == _touched(sleep, "prior") == set()
 
 
 def test_one_step_applies_both_phases_to_their_own_networks():
     model = _model()
-    x = torch.rand(32, 12)
+    x = torch.rand(32, *SHAPE)
     torch.manual_seed(1)
-    both = _grads(model, model.training_loss(x)[0])
+    both = _grads(model, model.objective.loss(model, x)[0])
     torch.manual_seed(1)  # the same draws, phase by phase
-    wake = _grads(model, model.wake_loss(x)[0])
-    sleep = _grads(model, model.sleep_loss(32))
+    wake = _grads(model, model.objective.wake_loss(model, x)[0])
+    sleep = _grads(model, model.objective.sleep_loss(model, 32))
     for name in _names(model, "decoder"):
         torch.testing.assert_close(both[name], wake[name])
     for name in _names(model, "encoder"):
@@ -65,7 +69,7 @@ def test_one_step_applies_both_phases_to_their_own_networks():
 def test_sleep_loss_is_minus_log_q_of_fantasies():
     model = _model()
     torch.manual_seed(2)
-    loss = model.sleep_loss(64)
+    loss = model.objective.sleep_loss(model, 64)
     torch.manual_seed(2)
     with torch.no_grad():
         z = model.prior.sample(64)
@@ -76,35 +80,46 @@ def test_sleep_loss_is_minus_log_q_of_fantasies():
 
 def test_the_logged_bound_is_the_aevb_elbo():
     model = _model()
-    x = torch.rand(32, 12)
+    x = torch.rand(32, *SHAPE)
     torch.manual_seed(3)
-    wake_loss, bound = model.wake_loss(x)
+    wake_loss, bound = model.objective.wake_loss(model, x)
     torch.manual_seed(3)
-    aevb = model.bound(x)
+    logged = model.bound(x)
+    torch.manual_seed(3)
+    aevb = ELBO().bound(model, x)  # AEVB's objective on the same parts
     torch.testing.assert_close(bound.elbo, aevb.elbo)
+    torch.testing.assert_close(logged.elbo, aevb.elbo)
     torch.testing.assert_close(wake_loss, -aevb.elbo.mean())
 
 
-@pytest.mark.parametrize("overrides, word", [
-    (["prior=vamp", "model.kl=mc"], "prior=vamp"),
-    (["model.objective=iwae", "model.k=5"], "model.objective='iwae'"),
-    (["model.beta=0.5"], "model.beta=0.5"),
-    (["model.kl_warmup_steps=10"], "model.kl_warmup_steps=10"),
-])
-def test_settings_wake_sleep_cannot_honour_are_config_errors(overrides, word, tmp_path):
-    cfg = compose_train(["model=wake_sleep", *overrides], tmp_path)
+def test_wake_sleep_with_a_vamp_prior_is_a_config_error(tmp_path):
+    cfg = compose_train(["model/objective=wake_sleep", "model/prior=vamp"], tmp_path)
     with pytest.raises(ConfigError, match="wake-sleep") as err:
         build(cfg)
-    assert word in str(err.value)
+    assert "VampPrior" in str(err.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("+model.objective.beta=0.5", "model.objective.beta"),
+    ("+model.objective.warmup_steps=10", "model.objective.warmup_steps"),
+    ("+model.objective.k=5", "model.objective.k"),
+])
+def test_settings_wake_sleep_cannot_honour_are_config_errors(override, key, tmp_path):
+    cfg = compose_train(["model/objective=wake_sleep", override], tmp_path)
+    with pytest.raises(ConfigError, match="WakeSleep") as err:
+        build(cfg)
+    assert key in str(err.value)
 
 
 def test_wake_sleep_frey_preset_trains_and_improves_the_bound(tmp_path):
     cfg = compose_train(["experiment=wake_sleep_frey", "model.latent=2",
                          "trainer.max_samples=2e4", "logger=none", *QUIET], tmp_path)
-    assert cfg.model._target_ == "vae_lightning.wake_sleep.WakeSleep"
-    assert (cfg.optimizer.lr, cfg.data.scale, cfg.model.encoder_hidden) == (0.01, 256, [200])
-    model = build(cfg).model
-    datamodule = build(cfg).datamodule
+    assert cfg.model.objective._target_.endswith("WakeSleep")
+    assert (cfg.model.optimizer.lr, cfg.data.scale, cfg.model.encoder.net.hidden) == (
+        0.01, 256, [200])
+    run = build(cfg)
+    model, datamodule = run.model, run.datamodule
+    assert isinstance(model.objective, WakeSleep) and model.method == "wake_sleep"
     datamodule.setup("test")
     with torch.no_grad():  # the bound of the untrained model
         untrained = model.bound(datamodule.evaluation_data("test")).elbo.mean().item()

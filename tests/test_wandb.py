@@ -59,7 +59,9 @@ def test_offline_run_writes_metrics_and_figures(offline, tmp_path):
     assert {"manifold", "samples", "reconstructions", "latents", "curves"} <= images
     # Offline, wandb writes the history, config and artifacts into the run's .wandb log.
     log = _transaction_log(runs[0])
-    for key in (b"train/elbo", b"val/elbo", b"test/elbo", b"figures/manifold", b"encoder_hidden"):
+    # The run config: the model's encoder (its network's hidden sizes) among it.
+    for key in (b"train/elbo", b"val/elbo", b"test/elbo", b"figures/manifold",
+                b"vae_lightning.posteriors.Encoder", b"hidden"):
         assert key in log, key
     run_id = runs[0].name.rsplit("-", 1)[1]
     assert f"model-{run_id}".encode() in log  # the checkpoint artifact

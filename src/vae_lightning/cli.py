@@ -1,23 +1,31 @@
-"""Command-line entry points: ``vae-train`` (= ``python train.py``) and ``vae-eval``
-(= ``python eval.py``), Hydra applications over the config groups shipped in
-``vae_lightning/conf`` (``pkg://vae_lightning.conf``), so an installed package and a checkout read
-the same configs.
+"""Command-line entry points, Hydra applications over the config groups shipped in
+``vae_lightning/conf`` (``pkg://vae_lightning.conf``), so an installed package and a checkout
+read the same configs:
 
-torch and Lightning are imported inside the tasks, so that ``--help``, ``--cfg job`` and
-``--info`` answer without them (about 3 s less).
+- ``vae-train`` (= ``python train.py``): train a VAE;
+- ``vae-eval`` (= ``python eval.py``): the ELBO and IW log-likelihood of a checkpoint;
+- ``vae-sample`` (= ``python -m vae_lightning.sample``): images drawn from a checkpoint.
+
+Every error a user can act on ends the command with one ``error:`` line and the exit code of
+``errors.EXIT_CODES``. torch and Lightning are imported inside the tasks, so that ``--help``,
+``--cfg job`` and ``--info`` answer without them (about 3 s less).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from vae_lightning.config import ConfigError  # registers the config schemas; imports no torch
+import vae_lightning.resolvers  # noqa: F401  (registers the configs' resolvers; imports no torch)
+from vae_lightning.errors import UserError
 
 CONFIG_PATH = "pkg://vae_lightning.conf"
+T = TypeVar("T")
 
 
 def _one_log_line_per_record() -> None:
@@ -30,42 +38,64 @@ def _one_log_line_per_record() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
+def _run(task: Callable[[], T]) -> T:
+    """Run ``task``; a ``UserError`` ends the command with its one-line message and exit code."""
+    _one_log_line_per_record()
+    try:
+        return task()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def train(cfg: DictConfig) -> float:
     """``vae-train``: train a VAE (see README.md)."""
-    _one_log_line_per_record()
-    from vae_lightning.data import DataError
-    from vae_lightning.module import NonFiniteLossError
-    from vae_lightning.train import train as run_training
 
-    try:
+    def task() -> float:
+        from vae_lightning.train import train as run_training
+
         return run_training(cfg)["val/elbo"]
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(3) from None
+
+    return _run(task)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def evaluate(cfg: DictConfig) -> float:
     """``vae-eval``: the ELBO and the importance-weighted log-likelihood of a checkpoint."""
-    _one_log_line_per_record()
-    from vae_lightning.evaluate import run_eval
 
-    if OmegaConf.is_missing(cfg, "ckpt_path"):
-        print("error: ckpt_path is required, e.g. vae-eval ckpt_path=<run>/checkpoints/"
-              "last.ckpt", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        results = run_eval(cfg)
-    except ValueError as err:  # CheckpointError, ConfigError and bad eval.* options
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    for name in ("elbo", "iw"):
-        est = results[name]
-        print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} nats, "
-              f"{est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim")
-    print(f"(k={results['k']}, n={results['n']}) written to {results['path']}")
-    return results["iw"]["nats"]
+    def task() -> float:
+        from vae_lightning.config import build, check
+        from vae_lightning.errors import ConfigError
+
+        if cfg.get("ckpt_path") in (None, "???"):
+            raise ConfigError("ckpt_path is required, e.g. vae-eval "
+                              "ckpt_path=<run>/checkpoints/last.ckpt")
+        check(cfg)
+        results = build(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.get("output_dir"))
+        for name in ("elbo", "iw"):
+            est = results[name]
+            print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
+                  f"nats, {est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim")
+        print(f"(k={results['k']}, n={results['n']}) written to {results['path']}")
+        return results["iw"]["nats"]
+
+    return _run(task)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
+def sample(cfg: DictConfig) -> None:
+    """``vae-sample``: images drawn from a trained model, as a PNG grid and an .npy array."""
+
+    def task() -> None:
+        from vae_lightning.config import build, check
+        from vae_lightning.errors import ConfigError
+
+        if cfg.get("ckpt_path") in (None, "???"):
+            raise ConfigError("ckpt_path is required, e.g. vae-sample "
+                              "ckpt_path=<run>/checkpoints/last.ckpt n=64")
+        check(cfg)
+        out = build(cfg, "sample")()
+        print(f"written: {out / 'samples.png'}, {out / 'samples.npy'}")
+
+    _run(task)

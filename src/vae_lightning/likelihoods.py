@@ -1,34 +1,43 @@
 """Observation models p_theta(x|z) (Appendix C).
 
-An MLP decoder emits per-pixel parameters and a likelihood turns them into a distribution whose
-``log_prob`` sums over pixels, normalising constants included."""
+A network (``Decoder.net``) emits ``n_params`` parameters per pixel and channel, and a likelihood
+turns them into a distribution over images ``[C, H, W]`` whose ``log_prob`` sums over pixels,
+normalising constants included. The likelihoods are the options of ``model/likelihood``."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli as _Bernoulli
 from torch.distributions import Beta as _Beta
 from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.nn import functional as F
 
-from vae_lightning.nets import MLP
+from vae_lightning.args import NonNegativeFloat, PositiveFloat, PositiveInt, Range, checked
 
 
 class Likelihood(nn.Module):
-    """Maps decoder outputs ``[..., n_params * D]`` to a distribution over ``D`` pixels."""
+    """Maps decoder outputs ``[..., n_params * C, H, W]`` to a distribution over images
+    ``[C, H, W]``; ``support`` is the pixel values it is a density or probability on."""
 
     n_params = 1
+    support: constraints.Constraint = constraints.real
 
     def __init__(self) -> None:  # an explicit signature, so config keys are checked against it
         super().__init__()
 
+    def channels(self, data_channels: int) -> int:
+        """How many output channels the decoder network needs for ``data_channels``."""
+        return self.n_params * data_channels
+
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(self.pixel_distribution(*params.float().chunk(self.n_params, -1)), 1)
+        params = params.float().unflatten(-3, (self.n_params, -1)).unbind(-4)
+        return Independent(self.pixel_distribution(*params), 3)
 
     def pixel_distribution(self, *params: Tensor) -> Distribution:
         raise NotImplementedError
@@ -38,6 +47,8 @@ class Bernoulli(Likelihood):
     """Bernoulli MLP decoder (Appendix C.1): log p(x|z) = sum_i x_i log y_i + (1-x_i) log(1-y_i),
     computed from logits. For binary data; on grayscale x it is the unnormalised cross-entropy
     (see the continuous Bernoulli for a proper density on [0, 1])."""
+
+    support = constraints.boolean
 
     def pixel_distribution(self, logits: Tensor) -> Distribution:
         return _Bernoulli(logits=logits, validate_args=False)
@@ -54,15 +65,10 @@ class Gaussian(Likelihood):
 
     n_params = 2
 
-    def __init__(self, mean_activation: str = "sigmoid", min_var: float = 1e-4) -> None:
+    @checked
+    def __init__(self, mean_activation: Literal["sigmoid", "identity"] = "sigmoid",
+                 min_var: NonNegativeFloat = 1e-4) -> None:
         super().__init__()
-        if mean_activation not in ("sigmoid", "identity"):
-            raise ValueError(
-                f"likelihood.mean_activation={mean_activation!r} is not supported; "
-                "accepted: 'sigmoid', 'identity'."
-            )
-        if not min_var >= 0:
-            raise ValueError(f"likelihood.min_var={min_var} must be >= 0.")
         self.mean_activation = mean_activation
         self.log_min_var = math.log(min_var) if min_var > 0 else -math.inf
 
@@ -83,9 +89,9 @@ class GaussianFixed(Gaussian):
 
     n_params = 1
 
-    def __init__(self, sigma: float = 0.1, mean_activation: str = "sigmoid") -> None:
-        if not sigma > 0:
-            raise ValueError(f"likelihood.sigma={sigma} must be > 0.")
+    @checked
+    def __init__(self, sigma: PositiveFloat = 0.1,
+                 mean_activation: Literal["sigmoid", "identity"] = "sigmoid") -> None:
         super().__init__(mean_activation, min_var=0.0)
         self.log_var = 2.0 * math.log(sigma)
 
@@ -98,6 +104,8 @@ class ContinuousBernoulli(Likelihood):
     x in [0, 1]: p(x|lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x) with
     C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda), C(1/2) = 2. torch evaluates log C by a
     Taylor expansion near lambda = 1/2, where the closed form is 0/0. Its mean is not lambda."""
+
+    support = constraints.unit_interval
 
     def pixel_distribution(self, logits: Tensor) -> Distribution:
         return _ContinuousBernoulli(logits=logits, validate_args=False)
@@ -114,11 +122,11 @@ class Beta(Likelihood):
     """
 
     n_params = 2
+    support = constraints.unit_interval
 
-    def __init__(self, eps: float = 1e-3) -> None:
+    @checked
+    def __init__(self, eps: Annotated[float, Range(gt=0, lt=0.5)] = 1e-3) -> None:
         super().__init__()
-        if not 0 < eps < 0.5:
-            raise ValueError(f"likelihood.eps={eps} must be in (0, 0.5).")
         self.eps = eps
 
     def pixel_distribution(self, a: Tensor, b: Tensor) -> Distribution:
@@ -137,20 +145,21 @@ class _ClampedBeta(_Beta):
 
 
 class Decoder(nn.Module):
-    """p_theta(x|z): an MLP from z to the likelihood's parameters for every pixel."""
+    """p_theta(x|z): a network from z (``latent``) to the likelihood's parameters for every pixel
+    of an image of ``data_shape`` ``[C, H, W]``."""
 
+    @checked
     def __init__(
         self,
-        latent: int,
-        out_features: int,
+        net: Callable[..., nn.Module],
         likelihood: Likelihood,
-        hidden: Sequence[int] = (400,),
-        activation: str = "relu",
-        init_std: float | None = None,
+        data_shape: Sequence[PositiveInt],
+        latent: PositiveInt,
     ) -> None:
         super().__init__()
         self.likelihood = likelihood
-        self.net = MLP(latent, hidden, out_features * likelihood.n_params, activation, init_std)
+        channels, *size = data_shape
+        self.net = net((latent,), (likelihood.channels(channels), *size))
 
     def forward(self, z: Tensor) -> Distribution:
         return self.likelihood(self.net(z))

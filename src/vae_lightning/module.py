@@ -1,90 +1,74 @@
-"""The VAE LightningModule: composes q(z|x), p(x|z), p(z) and the objective, and logs the bound."""
+"""The VAE LightningModule: composes q(z|x), p(x|z), p(z) and an objective, trains and logs the
+bound, and is the model users load and use (``encode``, ``decode``, ``sample``, ...)."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
-from functools import partial
+import functools
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
-from vae_lightning.likelihoods import Bernoulli, Decoder, Likelihood
+from vae_lightning.args import PositiveInt, checked
+from vae_lightning.errors import NonFiniteLossError
+from vae_lightning.likelihoods import Decoder
 from vae_lightning.metrics import TERMS, BoundMean, BoundTerm
-from vae_lightning.objectives import Bound, draw, elbo, iwae
-from vae_lightning.posteriors import GaussianPosterior, Posterior
-from vae_lightning.priors import Prior, StandardNormal
+from vae_lightning.objectives import Bound, Objective, importance_weighted
+from vae_lightning.posteriors import Encoder
+from vae_lightning.priors import Prior
+
+log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
+ADAM = functools.partial(torch.optim.Adam, lr=1e-3)  # the default optimizer
 
 
 class VAE(L.LightningModule):
-    """Auto-Encoding Variational Bayes (Algorithm 1) with the ELBO or the importance-weighted bound.
+    """Auto-Encoding Variational Bayes (Algorithm 1) with any objective.
 
-    Training minimises ``-(recon - beta_t * KL)`` averaged over the minibatch (eq. 8), where
-    ``beta_t`` ramps linearly from 0 to ``beta`` over ``kl_warmup_steps``; with
-    ``objective='iwae'`` it minimises the negative importance-weighted bound with ``k`` samples.
-    Whatever the training objective, the logged ``*/elbo`` is the true (beta = 1) bound in nats per
-    data point, summed over pixels and latent dimensions and averaged over the data.
+    ``encoder`` is q(z|x), ``decoder`` p(x|z), ``prior`` p(z); ``objective`` gives the loss of
+    a minibatch and the bound to log (``*/elbo``, ``*/recon``, ``*/kl``: the true ELBO in nats
+    per data point, summed over pixels and latent dimensions, averaged over the data);
+    ``optimizer`` is called with the parameters (e.g. ``functools.partial(torch.optim.Adam,
+    lr=1e-3)``). ``latent`` and ``data_shape`` are the sizes the parts were built with (the
+    data fixes the shape). ``compile`` compiles the encoder and decoder networks in place.
 
-    ``posterior`` and ``prior`` are factories called with the sizes the data fix; ``optimizer`` is a
-    factory called with the parameters (e.g. ``functools.partial(torch.optim.Adam, lr=1e-3)``).
-    ``compile`` compiles the encoder and decoder MLPs with ``torch.compile``.
     ``steps_per_batch`` K > 1 takes K optimizer steps per training batch, one per minibatch of
-    the list of K minibatches the batch then is (``VAEDataModule(steps_per_batch=K)``), with
-    manual optimization: the same steps as K = 1 with Lightning's per-batch cost paid once.
-    ``config`` is the run's full configuration, stored in the checkpoint so it can be rebuilt.
+    the list of K minibatches a batch then is (the data module's ``steps_per_batch``), with
+    manual optimization: the same steps as K = 1, with Lightning's per-batch cost paid once.
+
+    Load a trained model with ``VAE.load_from_checkpoint(path)``.
     """
 
-    method = "aevb"  # the training algorithm, as results and Fig. 2 name it
-
+    @checked
     def __init__(
         self,
-        input_dim: int,
-        latent: int = 20,
-        encoder_hidden: Sequence[int] = (400,),
-        decoder_hidden: Sequence[int] = (400,),
-        activation: str = "relu",
-        init_std: float | None = None,
-        posterior: Callable[..., Posterior] = GaussianPosterior,
-        likelihood: Likelihood | None = None,
-        prior: Callable[..., Prior] = StandardNormal,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        n_samples: int = 1,
-        kl: str = "analytic",
-        objective: str = "elbo",
-        k: int = 1,
-        beta: float = 1.0,
-        kl_warmup_steps: int = 0,
+        encoder: Encoder,
+        decoder: Decoder,
+        prior: Prior,
+        objective: Objective,
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = ADAM,
+        latent: PositiveInt | None = None,
+        data_shape: Sequence[PositiveInt] | None = None,
         compile: bool = False,
-        steps_per_batch: int = 1,
-        config: dict[str, Any] | None = None,
+        steps_per_batch: PositiveInt = 1,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["posterior", "likelihood", "prior", "optimizer"])
-        self.encoder = posterior(input_dim, latent, encoder_hidden, activation, init_std)
-        self.decoder = Decoder(
-            latent, input_dim, likelihood or Bernoulli(), decoder_hidden, activation, init_std
-        )
-        self.prior = _call_with_accepted(
-            prior, latent=latent, input_dim=input_dim, encoder=self.encoder
-        )
-        if kl == "analytic" and not (self.encoder.has_analytic_kl and self.prior.has_analytic_kl):
-            raise ValueError(
-                f"model.kl='analytic' needs a closed-form KL between the posterior and the prior, "
-                f"and {type(self.encoder).__name__} / {type(self.prior).__name__} have none; "
-                "use model.kl=mc."
-            )
+        self.encoder, self.decoder, self.prior = encoder, decoder, prior
+        self.objective, self.optimizer = objective, optimizer
+        self.latent = latent if latent is not None else prior.latent
+        self.data_shape = tuple(data_shape) if data_shape is not None else None
+        prior.bind(encoder)
+        objective.check(self)
         if compile:  # in place: parameter names, and so checkpoints, stay the same
             self.encoder.net.compile()
             self.decoder.net.compile()
-        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
-        if not (isinstance(steps_per_batch, int) and steps_per_batch >= 1):
-            raise ValueError(f"steps_per_batch={steps_per_batch!r} is invalid: expected a "
-                             "positive number of optimizer steps per training batch.")
         if steps_per_batch > 1:
             self.automatic_optimization = False
         # Per stage, one BoundMean updated once per batch and the three terms logged from it.
@@ -96,26 +80,15 @@ class VAE(L.LightningModule):
         self.samples_seen = 0
         self._unlogged: set[str] = set()  # stages whose metrics this epoch has not logged yet
 
+    @property
+    def method(self) -> str:
+        """The training algorithm, as results and Fig. 2 name it (``aevb``, ``wake_sleep``)."""
+        return self.objective.method
+
+    # ----------------------------------------------------------------------------- training
     def bound(self, x: Tensor) -> Bound:
-        """The ELBO terms of each row of ``x`` with the configured estimator and L."""
-        q = self.encoder(x)
-        return elbo(
-            x, q, self.decoder, self.prior, self.hparams.n_samples, self.hparams.kl == "analytic"
-        )
-
-    def kl_weight(self) -> float:
-        """beta_t: the KL weight at the current step (linear warm-up, then ``beta``)."""
-        warmup = self.hparams.kl_warmup_steps
-        ramp = min(1.0, self.global_step / warmup) if warmup > 0 else 1.0
-        return self.hparams.beta * ramp
-
-    def training_loss(self, x: Tensor) -> tuple[Tensor, Bound]:
-        """The minibatch loss to minimise (eq. 8), and the ELBO terms to log."""
-        if self.hparams.objective == "iwae":
-            samples = draw(x, self.encoder(x), self.decoder, self.prior, self.hparams.k)
-            return -iwae(samples.log_w).mean(), samples.bound()
-        bound = self.bound(x)
-        return -(bound.recon - self.kl_weight() * bound.kl).mean(), bound
+        """The ELBO terms of each data point of ``x``: the objective's evaluation bound."""
+        return self.objective.bound(self, x)
 
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         """One optimizer step on the ``(x, y)`` batch, taken by Lightning; or, with
@@ -141,7 +114,7 @@ class VAE(L.LightningModule):
     def _step_loss(self, x: Tensor) -> Tensor:
         """The loss of one optimizer step on the minibatch ``x``; counts its samples, adds its
         bound to the training averages, and stops the run if the loss is not finite."""
-        loss, bound = self.training_loss(x)
+        loss, bound = self.objective.loss(self, x)
         if self.trainer.strategy.reduce_boolean_decision(
             not torch.isfinite(loss).item(), all=False
         ):
@@ -165,6 +138,12 @@ class VAE(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._update("test", self.bound(batch[0]))
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Per data point: the posterior's mean and standard deviation, and the ELBO (nats)."""
+        x = batch[0]
+        q = self.encoder(x)
+        return {"z_mean": q.mean, "z_std": q.stddev, "elbo": self.bound(x).elbo}
 
     def on_train_epoch_start(self) -> None:
         self._unlogged.add("train")
@@ -211,21 +190,81 @@ class VAE(L.LightningModule):
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+        return self.optimizer(self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["samples_seen"] = self.samples_seen
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
+        self._apply_optimizer_settings(checkpoint.get("optimizer_states") or [])
 
+    def _apply_optimizer_settings(self, states: list[dict[str, Any]]) -> None:
+        """A resumed run goes on with this run's optimizer hyperparameters (``lr``,
+        ``weight_decay``, ...: e.g. a lower learning rate after a divergence) and the saved
+        optimizer state (moments, step counts). Lightning loads ``states`` into the optimizer
+        after this hook."""
+        if not states:
+            return
+        current = self.optimizer([nn.Parameter(torch.zeros(1))]).param_groups[0]
+        for group in states[0]["param_groups"]:
+            for key, value in current.items():
+                if key != "params" and key in group and group[key] != value:
+                    log.info("Resuming with optimizer %s=%r (the checkpoint's: %r).",
+                             key, value, group[key])
+                    group[key] = value
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+    # ---------------------------------------------------------------------------- inference
+    def _inputs(self, x: Tensor) -> Tensor:
+        return x.to(self.device, torch.float32)
 
+    def encode(self, x: Tensor) -> Distribution:
+        """q(z|x) for a batch of images ``x`` ``[B, C, H, W]`` in the model's input range."""
+        return self.encoder(self._inputs(x))
 
-def _call_with_accepted(factory: Callable[..., Prior], **available: Any) -> Prior:
-    """Call ``factory`` with those of ``available`` that its signature names (a VampPrior needs
-    the encoder and input size, a standard normal only the latent size)."""
-    accepted = inspect.signature(factory).parameters
-    return factory(**{name: value for name, value in available.items() if name in accepted})
+    def decode(self, z: Tensor) -> Distribution:
+        """p(x|z) for latent points ``z`` ``[..., latent]``: a distribution over images."""
+        return self.decoder(z.to(self.device))
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True) -> Tensor:
+        """``n`` images from the model, ``[n, C, H, W]``: z ~ p(z), then E[x|z] (``mean``) or a
+        draw x ~ p(x|z)."""
+        likelihood = self.decoder(self.prior.sample(n))
+        return likelihood.mean if mean else likelihood.sample()
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x | z = E_q[z|x]]: each image decoded from its posterior mean."""
+        return self.decoder(self.encode(x).mean).mean
+
+    @torch.no_grad()
+    def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 10) -> Tensor:
+        """Images along the straight line between the posterior means of ``x1`` and ``x2`` (two
+        images ``[C, H, W]``, or two batches ``[B, C, H, W]``): ``[steps, (B,) C, H, W]``,
+        from x1's end to x2's."""
+        z1, z2 = self.encode(x1).mean, self.encode(x2).mean
+        t = torch.linspace(0.0, 1.0, steps, device=self.device).view(-1, *[1] * z1.dim())
+        return self.decoder((1 - t) * z1 + t * z2).mean
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int = 250) -> Tensor:
+        """The importance-weighted estimate of log p(x) per image, in nats, from k samples of
+        q(z|x) (Burda et al. 2015): what ``eval.py`` reports."""
+        return importance_weighted(self, self._inputs(x), k, chunk)[1]
+
+    def bits_per_dim(self, log_px: Tensor) -> Tensor:
+        """-log p(x) / (D ln 2), D the number of values in an image: lower is better."""
+        return -log_px / (math.prod(self.data_shape) * math.log(2))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = "cpu",
+                             trusted: Sequence[str] = (), **_: Any) -> VAE:
+        """The trained model of a checkpoint written by ``vae-train``, in eval mode.
+
+        The model is rebuilt from the run config saved in the checkpoint (read with
+        ``weights_only=True``); a checkpoint is untrusted, so only the classes this package's
+        config groups name (and ``trusted``, the dotted names of your own parts) are built."""
+        from vae_lightning.checkpoints import load_model
+
+        return load_model(checkpoint_path, map_location, trusted)[0]

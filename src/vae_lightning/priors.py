@@ -1,6 +1,10 @@
-"""Priors p(z) over the latent space: N(0, I), a mixture of Gaussians and the VampPrior."""
+"""Priors p(z) over the latent space: N(0, I), a mixture of Gaussians and the VampPrior (the
+options of ``model/prior``). Whether KL(q || p) has a closed form is asked of
+torch.distributions' KL registry (``objectives.base.closed_form_kl``), not of the prior."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,19 +16,19 @@ from torch.distributions import (
     Normal,
 )
 
+from vae_lightning.args import PositiveFloat, PositiveInt, checked
+
 
 class Prior(nn.Module):
-    """A prior p(z): exposes ``distribution()``, ``log_prob(z)`` and ``sample(n)``.
+    """A prior p(z): exposes ``distribution()``, ``log_prob(z)`` and ``sample(n)``."""
 
-    ``has_analytic_kl`` says whether KL(q || p) has a closed form for a Gaussian q (estimator B,
-    eq. 7); otherwise the objective uses the Monte-Carlo KL (estimator A, eq. 6).
-    """
-
-    has_analytic_kl = False
-
-    def __init__(self, latent: int) -> None:
+    @checked
+    def __init__(self, latent: PositiveInt) -> None:
         super().__init__()
         self.latent = latent
+
+    def bind(self, encoder: nn.Module) -> None:
+        """Called once with the model's encoder q(z|x); a prior built from it keeps it."""
 
     def distribution(self) -> Distribution:
         raise NotImplementedError
@@ -39,9 +43,7 @@ class Prior(nn.Module):
 class StandardNormal(Prior):
     """p(z) = N(0, I), the paper's prior; KL to a diagonal Gaussian is analytic (Appendix B)."""
 
-    has_analytic_kl = True
-
-    def __init__(self, latent: int) -> None:
+    def __init__(self, latent: PositiveInt) -> None:
         super().__init__(latent)
         self.register_buffer("loc", torch.zeros(latent))
         self.register_buffer("scale", torch.ones(latent))
@@ -58,7 +60,9 @@ class MixtureOfGaussians(Prior):
     spread over the region a N(0, I) prior covers. KL(q || p) has no closed form (Monte-Carlo KL).
     """
 
-    def __init__(self, latent: int, n_components: int = 10, init_spread: float = 1.0) -> None:
+    @checked
+    def __init__(self, latent: PositiveInt, n_components: PositiveInt = 10,
+                 init_spread: PositiveFloat = 1.0) -> None:
         super().__init__(latent)
         self.logits = nn.Parameter(torch.zeros(n_components))
         self.loc = nn.Parameter(init_spread * torch.randn(n_components, latent))
@@ -71,28 +75,34 @@ class MixtureOfGaussians(Prior):
 
 class VampPrior(Prior):
     """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q_phi(z | u_k), the mixture of the
-    encoder's posteriors at K learnable pseudo-inputs u_k of size ``input_dim``.
+    encoder's posteriors at K learnable pseudo-inputs u_k of shape ``data_shape``.
 
     The pseudo-inputs start at N(init_mean, init_std^2) per pixel (inside the [0, 1] data range
-    by default). The encoder is shared with the VAE (``vae.encoder``) and is kept out of this
-    module's parameters and ``state_dict``. KL(q || p) has no closed form (Monte-Carlo KL).
+    by default). The encoder is the model's own (``bind``), kept out of this module's parameters
+    and ``state_dict``. KL(q || p) has no closed form (Monte-Carlo KL).
     """
 
+    @checked
     def __init__(
         self,
-        latent: int,
-        input_dim: int,
-        encoder: nn.Module,
-        n_components: int = 500,
+        latent: PositiveInt,
+        data_shape: Sequence[PositiveInt],
+        n_components: PositiveInt = 500,
         init_mean: float = 0.5,
-        init_std: float = 0.05,
+        init_std: PositiveFloat = 0.05,
     ) -> None:
         super().__init__(latent)
-        u = init_mean + init_std * torch.randn(n_components, input_dim)
+        u = init_mean + init_std * torch.randn(n_components, *data_shape)
         self.pseudo_inputs = nn.Parameter(u)
-        self._encoder = [encoder]  # a plain list, so the encoder is not registered a second time
+        self._encoder: list[nn.Module] = []  # a plain list: the encoder is not registered twice
+
+    def bind(self, encoder: nn.Module) -> None:
+        self._encoder[:] = [encoder]
 
     def distribution(self) -> Distribution:
+        if not self._encoder:
+            raise RuntimeError("VampPrior.bind(encoder) was not called: the prior is the "
+                               "encoder's posterior at the pseudo-inputs.")
         components = self._encoder[0](self.pseudo_inputs)  # batch [K], event [latent]
-        weights = Categorical(logits=torch.zeros_like(self.pseudo_inputs[:, 0]))
+        weights = Categorical(logits=self.pseudo_inputs.new_zeros(len(self.pseudo_inputs)))
         return MixtureSameFamily(weights, components)

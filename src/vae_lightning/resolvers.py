@@ -1,15 +1,23 @@
-"""OmegaConf resolvers used by the configs; importing this module registers them.
+"""OmegaConf resolvers used by the configs; importing this module registers them (no torch).
 
 - ``${sweep_group:}``: under a Hydra multirun, the sweep directory (``hydra.sweep.dir``, e.g.
   ``multirun/2026-01-31/12-00-00``), shared by every job of the sweep; ``null`` otherwise. The W&B
   logger uses it as the run group, so the jobs of one sweep appear together.
+- ``${run_dir_of:${ckpt_path},<default>}``: the directory a run writes to: a resumed run's own
+  (``<run>`` for ``<run>/checkpoints/x.ckpt``; for ``last``, the newest run under ``outputs/``),
+  else ``<default>``.
+- ``${run_path:<part>}``: ``<output_dir>/<part>`` of the run-directory layout (``rundir``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+
+from vae_lightning import rundir
 
 
 def sweep_group() -> str | None:
@@ -19,5 +27,20 @@ def sweep_group() -> str | None:
     return str(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else None
 
 
-if not OmegaConf.has_resolver("sweep_group"):
-    OmegaConf.register_new_resolver("sweep_group", sweep_group)
+def run_dir_of(ckpt_path: str | None, default: str, runs_root: str = "outputs") -> str:
+    if ckpt_path is None:
+        return default
+    if ckpt_path == "last":
+        newest = rundir.newest_run(runs_root)
+        return str(newest) if newest is not None else default
+    path = Path(ckpt_path)
+    return str(path.parent.parent) if path.parent.name == rundir.CHECKPOINTS else default
+
+
+def run_path(part: str, *, _root_) -> str:
+    return str(rundir.path(_root_.output_dir, part))
+
+
+for name, resolver in (("sweep_group", sweep_group), ("run_dir_of", run_dir_of),
+                       ("run_path", run_path)):
+    OmegaConf.register_new_resolver(name, resolver, replace=True)

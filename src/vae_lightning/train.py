@@ -1,8 +1,8 @@
-"""Training: compose the run from its config, fit, test the best checkpoint, write results.json."""
+"""Training: check the config, build the data and the model, fit, evaluate the best checkpoint on
+validation and test data, and write results.json."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -10,97 +10,26 @@ from typing import Any, NamedTuple
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, open_dict
+from torch.distributions import constraints
 
-from vae_lightning.callbacks.curve import SampleBudget
-from vae_lightning.config import ConfigError, validate
-from vae_lightning.module import VAE
-from vae_lightning.resume import (
-    CheckpointError,
+from vae_lightning import rundir
+from vae_lightning.args import choices
+from vae_lightning.checkpoints import (
     ResumeState,
+    RunConfig,
     check_resumable,
     read_checkpoint,
     wandb_run_id,
 )
+from vae_lightning.config import build as build_node
+from vae_lightning.config import check, plain
+from vae_lightning.errors import CheckpointError, ConfigError
+from vae_lightning.module import VAE
 
 log = logging.getLogger(__name__)
-
-
-def build_model(cfg: DictConfig, input_dim: int) -> VAE:
-    """The VAE of ``cfg.model`` with the posterior, likelihood, prior and optimizer groups."""
-    params = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cls = get_class(params.pop("_target_"))
-    try:
-        return model_cls(
-            input_dim=input_dim,
-            posterior=instantiate(cfg.posterior),
-            likelihood=instantiate(cfg.likelihood),
-            prior=instantiate(cfg.prior),
-            optimizer=instantiate(cfg.optimizer),
-            config=OmegaConf.to_container(cfg, resolve=True),
-            steps_per_batch=steps_per_batch(cfg),
-            **params,
-        )
-    except ValueError as err:
-        raise ConfigError(f"Invalid model configuration: {err}") from err
-
-
-def steps_per_batch(cfg: DictConfig) -> int:
-    """``trainer.steps_per_batch``: the model and the data module both need it."""
-    return cfg.trainer.get("steps_per_batch", 1)
-
-
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    try:
-        return instantiate(cfg.data, steps_per_batch=steps_per_batch(cfg))
-    except ValueError as err:
-        raise ConfigError(f"Invalid data configuration: {err}") from err
-
-
-def _instantiate_all(group: DictConfig | None, **kwargs_by_key: dict[str, Any]) -> list[Any]:
-    return [instantiate(node, **kwargs_by_key.get(key, {})) for key, node in (group or {}).items()]
-
-
-def _progress_bar(cfg: DictConfig, callbacks: list[Any]) -> list[L.Callback]:
-    """A progress bar redrawn every ``log_every_n_steps`` batches, when the bar was left to
-    Lightning (whose bar redraws on every batch: a cost that shows with small models)."""
-    if not cfg.trainer.get("enable_progress_bar", True) or any(
-        isinstance(callback, ProgressBar) for callback in callbacks
-    ):
-        return []
-    return [TQDMProgressBar(refresh_rate=max(1, cfg.trainer.get("log_every_n_steps", 1)))]
-
-
-def _group_choices() -> dict[str, str]:
-    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-
-
-def resume_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path``: ``last`` means this run directory's ``checkpoints/last.ckpt``."""
-    if cfg.ckpt_path != "last":
-        return cfg.ckpt_path
-    path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise CheckpointError(
-            f"ckpt_path=last: there is no {path} to resume from. Name the run with "
-            "ckpt_path=<run dir>/checkpoints/last.ckpt, or start a fresh run without ckpt_path."
-        )
-    return str(path)
-
-
-def trainer_config(cfg: DictConfig) -> tuple[DictConfig, float | None]:
-    """``cfg.trainer`` without our keys, and ``max_samples``: a training length in samples
-    seen (Fig. 2's x-axis), which replaces ``max_epochs`` when set."""
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg.pop("steps_per_batch", None)  # the model's and the data module's (see build)
-    max_samples = trainer_cfg.pop("max_samples", None)
-    if max_samples is not None:
-        trainer_cfg["max_epochs"] = -1
-    return OmegaConf.create(trainer_cfg), max_samples
 
 
 class Run(NamedTuple):
@@ -110,18 +39,74 @@ class Run(NamedTuple):
     checkpoint: dict[str, Any] | None
 
 
+def resume_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: ``last`` means this run directory's ``checkpoints/last.ckpt``."""
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    path = rundir.last_checkpoint(cfg.output_dir)
+    if not path.is_file():
+        raise CheckpointError(
+            f"ckpt_path=last: there is no {path} to resume from. Name the run with "
+            "ckpt_path=<run dir>/checkpoints/last.ckpt, or start a fresh run without ckpt_path."
+        )
+    return str(path)
+
+
+def _overrides(run_dir: Path) -> list[str] | None:
+    """The command-line overrides a run was started with (Hydra's record), less ckpt_path."""
+    path = run_dir / rundir.HYDRA / "overrides.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    return [item for item in OmegaConf.load(path) if not item.startswith("ckpt_path=")]
+
+
 def build(cfg: DictConfig) -> Run:
-    """Validate ``cfg``, read the checkpoint to resume from, and construct the data module and
-    model; no data is read yet. Every configuration error surfaces here, as a ``ConfigError``,
-    before any training."""
-    validate(cfg)
+    """Check ``cfg``, build the data module (no data is read yet) and the model for the data's
+    shape, and read the checkpoint to resume from. Every configuration error surfaces here, as a
+    ``ConfigError`` naming its key, before any training."""
+    check(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_node(cfg.data, "data")
+    with open_dict(cfg):
+        cfg.model.data_shape = list(datamodule.shape)
     resume_from = resume_path(cfg)
     checkpoint = read_checkpoint(resume_from) if resume_from else None
     if checkpoint is not None:
-        check_resumable(OmegaConf.to_container(cfg, resolve=True), checkpoint, resume_from)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
-    return Run(datamodule, build_model(cfg, datamodule.input_dim), resume_from, checkpoint)
+        check_resumable(plain(cfg), checkpoint, resume_from,
+                        _overrides(rundir.of_checkpoint(resume_from)))
+    model = build_node(cfg.model, "model", steps_per_batch=datamodule.steps_per_batch)
+    try:  # the optimizer is built at fit; its own argument checks run now
+        model.configure_optimizers()
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"Invalid configuration: model.optimizer: {err}") from None
+    _warn_about_the_likelihood(datamodule, model)
+    return Run(datamodule, model, resume_from, checkpoint)
+
+
+def _warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> None:
+    """A likelihood for binary pixels on grayscale ones works, but its bound is not a log
+    probability: say so, and what fits."""
+    likelihood = model.decoder.likelihood
+    if likelihood.support is not constraints.boolean or getattr(datamodule, "binarize",
+                                                                "none") != "none":
+        return
+    fix = ("data.binarize=dynamic (binary pixels), or a likelihood for [0, 1] data such as "
+           "model/likelihood=continuous_bernoulli"
+           if "dynamic" in (choices(type(datamodule), "binarize") or ()) else
+           "a likelihood for continuous pixels: model/likelihood=gaussian, "
+           "continuous_bernoulli or beta")
+    log.warning(
+        "model/likelihood=%s on grayscale pixels (data.binarize=none): its log-likelihood of "
+        "non-binary data is not normalised, so the bound is not a log probability in nats. "
+        "Use %s.", type(likelihood).__name__.lower(), fix)
+
+
+def _instantiate_all(group: DictConfig | None, key: str,
+                     **kwargs_by_key: dict[str, Any]) -> list[Any]:
+    return [build_node(node, f"{key}.{name}", **kwargs_by_key.get(name, {}))
+            for name, node in (group or {}).items()]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -129,21 +114,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     the results."""
     datamodule, model, resume_from, checkpoint = build(cfg)
     run_id = wandb_run_id(checkpoint) if checkpoint else None
-    callbacks = [*_instantiate_all(cfg.get("callbacks")), ResumeState()]
-    trainer_cfg, max_samples = trainer_config(cfg)
-    if max_samples is not None:
-        callbacks.append(SampleBudget(max_samples))
-    try:
-        trainer: L.Trainer = instantiate(
-            trainer_cfg,
-            logger=_instantiate_all(
-                cfg.get("logger"), wandb={"id": run_id, "resume": "allow"} if run_id else {}
-            ) or False,
-            callbacks=[*callbacks, *_progress_bar(cfg, callbacks)],
-        )
-    except InstantiationException as err:  # e.g. trainer=gpu on a machine without one
-        raise ConfigError(f"Invalid trainer configuration: {err}") from None
-
+    loggers = _instantiate_all(cfg.get("logger"), "logger",
+                               wandb={"id": run_id, "resume": "allow"} if run_id else {})
+    callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
+                 RunConfig(plain(cfg))]
+    trainer = build_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
     try:
         return _fit_and_test(cfg, trainer, datamodule, model, resume_from)
     finally:
@@ -152,47 +127,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 logger.experiment.finish()
 
 
-def _fit_and_test(
-    cfg: DictConfig,
-    trainer: L.Trainer,
-    datamodule: L.LightningDataModule,
-    model: VAE,
-    resume_from: str | None,
-) -> dict[str, Any]:
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
+                  model: VAE, resume_from: str | None) -> dict[str, Any]:
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except MisconfigurationException as err:  # Lightning's own checks, before the first step
+        raise ConfigError(f"Invalid trainer configuration: {err}") from None
     seconds = time.perf_counter() - start
     fitted = {key: float(trainer.callback_metrics[key])
               for key in ("train/elbo", "train/samples_seen") if key in trainer.callback_metrics}
-    epochs = trainer.current_epoch
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    evaluated = best or None
-    evaluate = {"datamodule": datamodule, "ckpt_path": evaluated, "verbose": False}
+    evaluate = {"datamodule": datamodule, "ckpt_path": best or None, "verbose": False}
     val = trainer.validate(model, weights_only=True, **evaluate)[0]
     test = trainer.test(model, weights_only=True, **evaluate)[0]
 
-    choices = _group_choices()
+    choices_ = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    model_cfg = cfg.model
     results = {
         **{key: float(value) for key, value in sorted({**val, **test}.items())},
         # The mean bound over the last training epoch's minibatches (the training weights).
         "train/elbo": fitted.get("train/elbo"),
-        "data": choices.get("data", getattr(datamodule, "name", None)),
-        "latent": cfg.model.latent,
-        "likelihood": choices.get("likelihood", cfg.likelihood._target_),
-        "prior": choices.get("prior", cfg.prior._target_),
-        "posterior": choices.get("posterior", cfg.posterior._target_),
+        "data": choices_.get("data", getattr(datamodule, "name", None)),
+        "latent": model.latent,
+        "likelihood": choices_.get("model/likelihood", model_cfg.decoder.likelihood._target_),
+        "prior": choices_.get("model/prior", model_cfg.prior._target_),
+        "posterior": choices_.get("model/posterior", model_cfg.encoder.posterior._target_),
         "method": model.method,
-        "objective": cfg.model.objective,
+        "objective": choices_.get("model/objective", model_cfg.objective._target_),
         "seed": cfg.seed,
-        "epochs": epochs,
+        "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "train_samples_seen": int(fitted.get("train/samples_seen", model.samples_seen)),
         "seconds": round(seconds, 3),
         "checkpoint": best or None,
     }
     if trainer.is_global_zero:
-        path = Path(cfg.output_dir) / "results.json"
-        path.write_text(json.dumps(results, indent=2) + "\n")
+        path = rundir.path(cfg.output_dir, "results")
+        rundir.write_json(path, results)
         log.info("test/elbo = %.3f nats; results written to %s", results["test/elbo"], path)
     return results

@@ -15,11 +15,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import torch
+
+from vae_lightning import rundir
+from vae_lightning.args import PositiveInt, Range, checked, fail
+from vae_lightning.checkpoints import RunConfig
 
 
 class BoundCurve(L.Callback):
@@ -32,17 +36,13 @@ class BoundCurve(L.Callback):
     Rank 0 evaluates and writes; the other ranks go on training.
     """
 
-    def __init__(self, dirpath: str | None = None, points_per_decade: int = 5,
-                 start: float = 1e4, splits: tuple[str, ...] = ("train", "test"),
-                 batch_size: int = 1000) -> None:
-        if not (isinstance(points_per_decade, int) and points_per_decade >= 1):
-            raise ValueError(f"points_per_decade={points_per_decade!r} is invalid: expected an "
-                             "integer >= 1.")
-        if not splits or not set(splits) <= {"train", "val", "test"}:
-            raise ValueError(f"splits={list(splits)!r} is invalid: expected a non-empty list of "
-                             "train, val and test.")
-        if not start >= 1:
-            raise ValueError(f"start={start!r} is invalid: expected a number of samples >= 1.")
+    @checked
+    def __init__(self, dirpath: str | None = None, points_per_decade: PositiveInt = 5,
+                 start: Annotated[float, Range(ge=1)] = 1e4,
+                 splits: Sequence[Literal["train", "val", "test"]] = ("train", "test"),
+                 batch_size: PositiveInt = 1000) -> None:
+        if not splits:
+            fail(self, "splits", list(splits), "expected at least one of train, val, test")
         self.dirpath, self.points_per_decade = dirpath, points_per_decade
         self.splits, self.batch_size = tuple(splits), batch_size
         self.points: list[dict[str, float]] = []
@@ -97,13 +97,13 @@ class BoundCurve(L.Callback):
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         payload = {
             "data": getattr(trainer.datamodule, "name", None),
-            "latent": pl_module.hparams.latent,
+            "latent": pl_module.latent,
             "method": pl_module.method,
             **{f"{split}_size": len(self._data[split]) for split in self.splits},
-            "config": pl_module.hparams.get("config"),
+            "config": RunConfig.of(trainer),
             "points": self.points,
         }
-        path = Path(self.dirpath or trainer.default_root_dir) / "curve.json"
+        path = rundir.path(self.dirpath or trainer.default_root_dir, "curve")
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(payload, indent=1) + "\n")
@@ -123,11 +123,8 @@ class BoundCurve(L.Callback):
 class SampleBudget(L.Callback):
     """Stop training after the step at which ``max_samples`` training samples were seen."""
 
-    def __init__(self, max_samples: float) -> None:
-        if isinstance(max_samples, bool) or not (isinstance(max_samples, int | float)
-                                                  and max_samples >= 1):
-            raise ValueError(f"max_samples={max_samples!r} is invalid: expected a number of "
-                             "training samples >= 1, e.g. 1e7.")
+    @checked
+    def __init__(self, max_samples: Annotated[float, Range(ge=1)]) -> None:
         self.max_samples = int(max_samples)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,

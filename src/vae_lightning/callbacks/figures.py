@@ -11,7 +11,7 @@
 - ``curves.png`` (Fig. 2's axes): the bound on the training and validation data against the
   number of training samples seen, log x-axis.
 
-matplotlib is imported only when a figure is drawn, with the non-interactive Agg backend.
+Images are drawn in grayscale or, with three channels, in colour.
 """
 
 from __future__ import annotations
@@ -27,16 +27,11 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torch.distributions import Normal
 
+from vae_lightning import rundir
+from vae_lightning.args import NonNegativeInt, PositiveInt, checked
+from vae_lightning.plotting import pyplot
+
 log = logging.getLogger(__name__)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def manifold_grid(n: int) -> Tensor:
@@ -52,56 +47,58 @@ def manifold_grid(n: int) -> Tensor:
 
 @torch.no_grad()
 def decode_mean(model: L.LightningModule, z: Tensor) -> Tensor:
-    """The mean image E[x|z] of the decoder at each z ``[..., latent]``: ``[..., D]``."""
-    return model.decoder(z.to(model.device)).mean.cpu()
+    """The mean image E[x|z] of the decoder at each z ``[..., latent]``: ``[..., C, H, W]``."""
+    return model.decode(z).mean.cpu()
 
 
-def tile(images: Tensor, image_shape: tuple[int, int]) -> Tensor:
-    """Arrange ``[rows, cols, D]`` images into one ``[rows * H, cols * W]`` picture."""
-    rows, cols = images.shape[:2]
-    h, w = image_shape
-    return images.reshape(rows, cols, h, w).permute(0, 2, 1, 3).reshape(rows * h, cols * w)
+def tile(images: Tensor) -> Tensor:
+    """Arrange ``[rows, cols, C, H, W]`` images into one ``[rows * H, cols * W, C]`` picture."""
+    rows, cols, c, h, w = images.shape
+    return images.permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
 
 
-def _image_figure(picture: Tensor, title: str):
-    plt = _pyplot()
-    height, width = picture.shape
+def image_figure(picture: Tensor, title: str):
+    plt = pyplot()
+    height, width, channels = picture.shape
     scale = 8.0 / max(height, width)
     fig, ax = plt.subplots(figsize=(max(4.5, scale * width), max(3.0, scale * height + 0.5)))
-    ax.imshow(picture.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    image = picture.clamp(0, 1).numpy()
+    if channels == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(image, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.axis("off")
     fig.tight_layout()
     return fig
 
 
-def manifold_figure(model: L.LightningModule, image_shape: tuple[int, int], n: int = 20):
+def manifold_figure(model: L.LightningModule, n: int = 20):
     """Fig. 4: the decoded n x n inverse-CDF grid (see ``manifold_grid`` for the order)."""
-    picture = tile(decode_mean(model, manifold_grid(n)), image_shape)
-    return _image_figure(picture, f"Learned 2-d manifold ({n}x{n} grid, z = inverse CDF)")
+    picture = tile(decode_mean(model, manifold_grid(n)))
+    return image_figure(picture, f"Learned 2-d manifold ({n}x{n} grid, z = inverse CDF)")
 
 
-def samples_figure(model: L.LightningModule, image_shape: tuple[int, int], n: int = 100):
+def samples_figure(model: L.LightningModule, n: int = 100):
     """Fig. 5: mean images of ``n`` draws from the prior, on a square-ish grid."""
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    with torch.no_grad():
-        z = model.prior.sample(rows * cols)
-    images = decode_mean(model, z).reshape(rows, cols, -1)
-    title = f"Random samples from the prior (Nz = {z.shape[-1]})"
-    return _image_figure(tile(images, image_shape), title)
+    images = model.sample(rows * cols).cpu()
+    title = f"Random samples from the prior (Nz = {model.latent})"
+    return image_figure(tile(images.reshape(rows, cols, *images.shape[1:])), title)
 
 
 @torch.no_grad()
-def reconstructions_figure(model: L.LightningModule, x: Tensor, image_shape: tuple[int, int],
-                           per_row: int = 10):
-    """Inputs ``x`` ``[B, D]`` (odd rows) above their reconstructions E[x | z = E_q[z|x]]."""
+def reconstructions_figure(model: L.LightningModule, x: Tensor, per_row: int = 10):
+    """Inputs ``x`` ``[B, C, H, W]`` (odd rows) above their reconstructions
+    E[x | z = E_q[z|x]]."""
     rows = max(1, len(x) // per_row)
     x = x[: rows * per_row]
-    recon = decode_mean(model, model.encoder(x.to(model.device)).mean)
-    pairs = torch.stack([x.cpu().reshape(rows, per_row, -1), recon.reshape(rows, per_row, -1)], 1)
-    picture = tile(pairs.reshape(2 * rows, per_row, -1), image_shape)
-    return _image_figure(picture, "Inputs (odd rows), reconstructions (even rows)")
+    recon = model.reconstruct(x).cpu()
+    pairs = torch.stack([x.cpu().reshape(rows, per_row, *x.shape[1:]),
+                         recon.reshape(rows, per_row, *x.shape[1:])], 1)
+    picture = tile(pairs.reshape(2 * rows, per_row, *x.shape[1:]))
+    return image_figure(picture, "Inputs (odd rows), reconstructions (even rows)")
 
 
 def project_2d(z: Tensor) -> tuple[Tensor, str]:
@@ -118,8 +115,8 @@ def project_2d(z: Tensor) -> tuple[Tensor, str]:
 @torch.no_grad()
 def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor):
     """Posterior means of ``x``, coloured by label (by position in the split when labels are -1)."""
-    plt = _pyplot()
-    z = model.encoder(x.to(model.device)).mean.cpu()
+    plt = pyplot()
+    z = model.encode(x).mean.cpu()
     points, axis = project_2d(z)
     unlabelled = bool((labels < 0).all())
     colour = torch.arange(len(x)) if unlabelled else labels.cpu()
@@ -137,7 +134,7 @@ def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor):
 
 def curves_figure(curves: dict[str, list[tuple[int, float]]]):
     """Fig. 2's axes: the bound (nats per data point) against training samples seen, log x."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, points in curves.items():
         if points:
@@ -163,8 +160,10 @@ class Figures(L.Callback):
     reconstructions the first 40 (``n_points=0``: neither is drawn).
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_epochs: int = 0, grid: int = 20,
-                 n_samples: int = 100, n_points: int = 1000) -> None:
+    @checked
+    def __init__(self, dirpath: str | None = None, every_n_epochs: NonNegativeInt = 0,
+                 grid: PositiveInt = 20, n_samples: PositiveInt = 100,
+                 n_points: NonNegativeInt = 1000) -> None:
         self.dirpath = dirpath
         self.every_n_epochs = every_n_epochs
         self.grid, self.n_samples, self.n_points = grid, n_samples, n_points
@@ -197,7 +196,7 @@ class Figures(L.Callback):
         dm = trainer.datamodule
         xs, ys, n = [], [], 0
         for x, y in dm.val_dataloader():
-            x, y = dm.on_after_batch_transfer((x.to(device), y), 0)
+            x, y = dm.to_inputs((x.to(device), y))
             xs.append(x)
             ys.append(y)
             n += len(x)
@@ -210,21 +209,17 @@ class Figures(L.Callback):
         if not trainer.is_global_zero:
             return
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "image_shape"):
-            log.warning("Figures: no data module with an image_shape; no figures drawn.")
-            return
-        shape = tuple(dm.image_shape)
         training = pl_module.training
         pl_module.eval()
-        figures = {"samples": lambda: samples_figure(pl_module, shape, self.n_samples),
+        figures = {"samples": lambda: samples_figure(pl_module, self.n_samples),
                    "curves": lambda: curves_figure(self.curves)}
-        if pl_module.hparams.latent == 2:
-            figures["manifold"] = lambda: manifold_figure(pl_module, shape, self.grid)
+        if pl_module.latent == 2:
+            figures["manifold"] = lambda: manifold_figure(pl_module, self.grid)
         if "val" in getattr(dm, "splits", {}) and self.n_points > 0:
             x, y = self._validation_points(trainer, pl_module.device)
-            figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40], shape)
+            figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40])
             figures["latents"] = lambda: latents_figure(pl_module, x, y)
-        out = Path(self.dirpath or Path(trainer.default_root_dir) / "figures")
+        out = Path(self.dirpath or rundir.path(trainer.default_root_dir, "figures"))
         out.mkdir(parents=True, exist_ok=True)
         # The same prior draws every time, and the training's random stream left untouched.
         with torch.random.fork_rng():
@@ -234,7 +229,7 @@ class Figures(L.Callback):
                 path = out / f"{name}{suffix}.png"
                 fig.savefig(path, dpi=100)
                 log_figure(trainer, f"figures/{name}", fig, path)
-                _pyplot().close(fig)
+                pyplot().close(fig)
         pl_module.train(training)
 
 

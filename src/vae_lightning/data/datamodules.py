@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Literal
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+
+from vae_lightning.args import NonNegativeInt, PositiveInt, Range, checked, fail
 
 from .download import DataNotFoundError, ensure_files
 from .errors import DataError
@@ -29,34 +32,24 @@ _STAGE_SPLITS = {
 }
 
 
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {low}.")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is invalid: expected true or false.")
-
-
 class VAEDataModule(L.LightningDataModule):
     """Base class: in-memory uint8 splits served by index slicing, sharded per rank.
 
-    Dataloader batches are ``(x, y)``: ``x`` uint8 images ``[B, H, W]``, or bool images when
-    binarized once in setup (``binarize="static"``, and val/test with ``"dynamic"``, so the
-    evaluation bound is comparable across epochs and runs); ``y`` int64 labels ``[B]`` (-1 when
-    the set has none).
-    ``on_after_batch_transfer`` (Lightning calls it on the device) turns ``x`` into float32
-    ``[B, input_dim]`` in [0, 1]: divided by ``scale``, flattened and, for
-    ``binarize="dynamic"``, a fresh Bernoulli draw for every training batch from a
-    generator seeded by (seed, rank).
-    Code that iterates the dataloaders without a Trainer must call
-    ``dm.on_after_batch_transfer(batch, 0)`` on each batch itself.
+    ``shape`` is the shape of one image, ``(C, H, W)``: what the networks are built for.
+    Dataloader batches are ``(x, y)``: ``x`` uint8 images ``[B, H, W]`` (or ``[B, C, H, W]``),
+    or bool images when binarized once in setup (``binarize="static"``, and val/test with
+    ``"dynamic"``, so the evaluation bound is comparable across epochs and runs); ``y`` int64
+    labels ``[B]`` (-1 when the set has none).
+    ``to_inputs`` turns a batch into model inputs, float32 ``[B, C, H, W]`` in [0, 1]: divided
+    by ``scale`` and, for ``binarize="dynamic"``, a fresh Bernoulli draw for every training batch
+    from a generator seeded by (seed, rank). Lightning calls it through
+    ``on_after_batch_transfer`` (on the device); code that iterates the dataloaders without a
+    Trainer calls it on each batch itself.
 
     With ``steps_per_batch`` K > 1, a training batch is a list of K such ``(x, y)`` minibatches
     (fewer at the end of an epoch), for a model that takes one optimizer step per minibatch
-    (``VAE(steps_per_batch=K)``); the minibatches, their order and their binarization draws are
-    those of K = 1.
+    (``VAE(steps_per_batch=K)``, which train.py passes on); the minibatches, their order and
+    their binarization draws are those of K = 1.
 
     Training order is a fresh permutation per epoch from (seed, epoch); val/test are in
     order. With a Trainer attached, each rank serves its own shard (``ShardedBatchSampler``),
@@ -64,46 +57,24 @@ class VAEDataModule(L.LightningDataModule):
     """
 
     name: str
-    image_shape: tuple[int, int]
-    default_likelihood: str
-    binarize_modes: tuple[str, ...] = ("none", "static", "dynamic")
+    shape: tuple[int, int, int]
 
+    @checked
     def __init__(
         self,
         root: str | os.PathLike = "data",
-        batch_size: int = 100,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
+        batch_size: PositiveInt = 100,
+        eval_batch_size: PositiveInt | None = None,
+        seed: NonNegativeInt = 0,
+        num_workers: NonNegativeInt = 0,
         on_device: bool = False,
         download: bool = True,
-        scale: float = 255.0,
-        val_size: int = 10000,
-        binarize: str = "none",
-        steps_per_batch: int = 1,
+        scale: Annotated[float, Range(ge=255)] = 255.0,
+        val_size: PositiveInt = 10000,
+        binarize: Literal["none", "static", "dynamic"] = "none",
+        steps_per_batch: PositiveInt = 1,
     ) -> None:
         super().__init__()
-        if not isinstance(root, str | os.PathLike):
-            raise ValueError(f"root={root!r} is invalid: expected a directory path.")
-        _check_int("batch_size", batch_size, 1)
-        if eval_batch_size is not None:
-            _check_int("eval_batch_size", eval_batch_size, 1)
-        _check_int("seed", seed, 0)
-        _check_int("num_workers", num_workers, 0)
-        _check_bool("on_device", on_device)
-        _check_bool("download", download)
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 255:
-            raise ValueError(
-                f"scale={scale!r} is invalid: expected a number >= 255 "
-                "so that uint8 pixels map into [0, 1]."
-            )
-        _check_int("val_size", val_size, 1)
-        _check_int("steps_per_batch", steps_per_batch, 1)
-        if binarize not in self.binarize_modes:
-            raise ValueError(
-                f"binarize={binarize!r} is invalid for {self.name}: expected one "
-                f"of {', '.join(self.binarize_modes)}."
-            )
         self.root = Path(root)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -113,10 +84,6 @@ class VAEDataModule(L.LightningDataModule):
         self.steps_per_batch = steps_per_batch
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._generators: dict[str, torch.Generator] = {}
-
-    @property
-    def input_dim(self) -> int:
-        return self.image_shape[0] * self.image_shape[1]
 
     def _load(self, names: set[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Return ``{split: (uint8 images [N, H, W], int64 labels [N])}`` for ``names``."""
@@ -182,8 +149,11 @@ class VAEDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
     def evaluation_data(self, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The whole ``split`` as model inputs, float32 ``[N, input_dim]`` on ``device``: what the
+        """The whole ``split`` as model inputs, float32 ``[N, C, H, W]`` on ``device``: what the
         bound is evaluated on. With ``binarize="dynamic"`` the training split is binarized by
         one fixed draw (seeded like val/test), so its bound is comparable across evaluations."""
         if split not in self.splits:
@@ -193,7 +163,7 @@ class VAEDataModule(L.LightningDataModule):
         if self.binarize == "dynamic" and x.dtype != torch.bool:
             gen = torch.Generator(x.device).manual_seed(derive_seed(SPLIT_SEED, _SPLIT_IDS[split]))
             x = torch.rand(x.shape, generator=gen, device=x.device) < x.float() / self.scale
-        return self.on_after_batch_transfer((x, y), 0)[0]
+        return self.to_inputs((x, y))[0]
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if str(device) not in self._generators:
@@ -202,12 +172,17 @@ class VAEDataModule(L.LightningDataModule):
         return self._generators[str(device)]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        return self.to_inputs(batch)
+
+    def to_inputs(self, batch):
+        """A batch ``(x, y)`` as model inputs: ``x`` float32 ``[B, C, H, W]`` in [0, 1] (see the
+        class docstring); a list of minibatches (``steps_per_batch``) minibatch by minibatch."""
         if not isinstance(batch[0], torch.Tensor):  # the minibatches of one batch (steps_per_batch)
-            return [self.on_after_batch_transfer(minibatch, dataloader_idx) for minibatch in batch]
+            return [self.to_inputs(minibatch) for minibatch in batch]
         x, y = batch
+        x = x.reshape(len(x), *self.shape)
         if x.dtype == torch.bool:  # binarized once in setup
-            return x.flatten(1).float(), y
-        x = x.flatten(1)
+            return x.float(), y
         if self.binarize != "dynamic":
             return x.float() / self.scale, y
         # A Bernoulli(x / scale) draw as u < x: faster than torch.bernoulli on CPU.
@@ -233,13 +208,13 @@ def _carve(n: int, size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
 class _IDXDataModule(VAEDataModule):
     """MNIST-format data: four IDX files found on disk or downloaded."""
 
-    image_shape = (28, 28)
-    default_likelihood = "bernoulli"
+    shape = (1, 28, 28)
     mirrors: tuple[str, ...]
     files: dict[str, str]  # name -> md5 of the canonical .gz
     system_dirs: tuple[str, ...] = ()
 
-    def __init__(self, *args, binarize: str = "dynamic", **kwargs) -> None:
+    def __init__(self, *args,
+                 binarize: Literal["none", "static", "dynamic"] = "dynamic", **kwargs) -> None:
         """Default ``binarize="dynamic"``: binary pixels, as the Bernoulli likelihood needs."""
         super().__init__(*args, binarize=binarize, **kwargs)
 
@@ -254,7 +229,7 @@ class _IDXDataModule(VAEDataModule):
         paths = ensure_files(wanted, self._dirs(), self.mirrors, self.download)
         images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
         labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
-        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+        if images.dtype != np.uint8 or images.shape[1:] != self.shape[1:]:
             raise DataError(
                 f"{self.name} {prefix} images are {images.dtype} "
                 f"{images.shape}, expected uint8 [N, 28, 28]."
@@ -318,7 +293,8 @@ class FashionMNISTDataModule(_IDXDataModule):
 
 
 class FreyFaceDataModule(VAEDataModule):
-    """Frey Face: 1965 grayscale 28x20 faces, continuous (no binarization), no labels (y = -1).
+    """Frey Face: 1965 grayscale 28x20 faces, continuous (no binarization: ``binarize`` accepts
+    only "none"), no labels (y = -1).
 
     Split 1565/200/200 train/val/test by default (``val_size``, ``test_size``), drawn from a
     fixed permutation (SPLIT_SEED), each split kept in video order. Data source, first found:
@@ -327,27 +303,23 @@ class FreyFaceDataModule(VAEDataModule):
     """
 
     name = "frey"
-    image_shape = (28, 20)
-    default_likelihood = "gaussian"
-    binarize_modes = ("none",)
+    shape = (1, 28, 20)
     n_faces = 1965
 
+    @checked
     def __init__(
         self,
         *args,
-        val_size: int = 200,
-        test_size: int = 200,
+        val_size: PositiveInt = 200,
+        test_size: PositiveInt = 200,
         path: str | os.PathLike | None = None,
-        binarize: str = "none",
+        binarize: Literal["none"] = "none",
         **kwargs,
     ) -> None:
         super().__init__(*args, val_size=val_size, binarize=binarize, **kwargs)
-        _check_int("test_size", test_size, 1)
         if val_size + test_size >= self.n_faces:
-            raise ValueError(
-                f"val_size + test_size = {val_size + test_size} is invalid: "
-                f"expected fewer than the {self.n_faces} faces."
-            )
+            fail(self, "test_size", test_size, f"val_size + test_size must be below the "
+                 f"{self.n_faces} faces (val_size={val_size})")
         self.test_size = test_size
         self.path = None if path is None else Path(path)
 

@@ -1,5 +1,5 @@
-"""The data layer's user-facing error: data that is missing, corrupt or does not fit the options."""
+"""The data layer's user-facing error (defined with the others in ``vae_lightning.errors``)."""
 
+from vae_lightning.errors import DataError
 
-class DataError(ValueError):
-    """Its message says what is wrong with the data and how to mend it."""
+__all__ = ["DataError"]

@@ -1,0 +1,152 @@
+"""What every objective shares: the terms of the bound, samples of z scored under the model, the
+ELBO with SGVB estimator A or B, and the importance-weighted bound.
+
+- ELBO (eq. 3): L(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), estimated with L samples
+  z_l = g_phi(eps_l, x), with the analytic KL (SGVB estimator B, eq. 7) where torch.distributions'
+  KL registry has the pair (q, p), else with the Monte-Carlo KL log q(z_l|x) - log p(z_l)
+  (estimator A, eq. 6).
+- Importance-weighted bound (Burda et al. 2015): log (1/k) sum_i p(x, z_i) / q(z_i|x); k = 1 is
+  estimator A of the ELBO, and it tightens towards log p(x) as k grows.
+
+All are per data point, in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, kl_divergence
+
+if TYPE_CHECKING:
+    from vae_lightning.module import VAE
+
+KL = Literal["auto", "analytic", "mc"]
+
+
+class Bound(NamedTuple):
+    """Per-data-point terms of the lower bound, each of shape ``[batch]``."""
+
+    recon: Tensor  # E_q[log p(x|z)]
+    kl: Tensor  # KL(q(z|x) || p(z))
+
+    @property
+    def elbo(self) -> Tensor:
+        return self.recon - self.kl
+
+
+class Samples(NamedTuple):
+    """log p(x|z_l), log p(z_l) and log q(z_l|x) for n samples z_l ~ q(z|x): each ``[n, batch]``."""
+
+    log_px_z: Tensor
+    log_pz: Tensor
+    log_qz: Tensor
+
+    @property
+    def log_w(self) -> Tensor:
+        """Log importance weights log p(x, z_l) - log q(z_l|x)."""
+        return self.log_px_z + self.log_pz - self.log_qz
+
+    def bound(self) -> Bound:
+        """The ELBO by estimator A (eq. 6): Monte-Carlo reconstruction and KL."""
+        return Bound(self.log_px_z.mean(0), (self.log_qz - self.log_pz).mean(0))
+
+
+def draw(model: VAE, x: Tensor, q: Distribution, p: Distribution, n: int) -> Samples:
+    """Draw n reparameterized samples z = g_phi(eps, x) from ``q`` and score them under the
+    model's decoder, the prior ``p`` and ``q``."""
+    z = q.rsample((n,))
+    return Samples(model.decoder(z).log_prob(x), p.log_prob(z), q.log_prob(z))
+
+
+def closed_form_kl(q: Distribution, p: Distribution) -> Tensor | None:
+    """KL(q || p) from torch.distributions' registry, or None when the pair has no closed form."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
+
+
+def elbo_estimate(model: VAE, x: Tensor, n_samples: int = 1, kl: KL = "auto",
+         q: Distribution | None = None) -> Bound:
+    """The ELBO of each row of ``x`` with L = ``n_samples`` samples of ``q`` (default: the
+    model's q(z|x)): estimator B (eq. 7) with ``kl="analytic"``, or with ``"auto"`` where the KL
+    has a closed form; estimator A (eq. 6) otherwise."""
+    q = model.encoder(x) if q is None else q
+    p = model.prior.distribution()
+    analytic = closed_form_kl(q, p) if kl != "mc" else None
+    if analytic is None:
+        if kl == "analytic":
+            raise ValueError(no_closed_form(q, p))
+        return draw(model, x, q, p, n_samples).bound()
+    z = q.rsample((n_samples,))
+    return Bound(model.decoder(z).log_prob(x).mean(0), analytic)
+
+
+def no_closed_form(q: Distribution, p: Distribution) -> str:
+    def name(d: Distribution) -> str:
+        return type(getattr(d, "base_dist", d)).__name__
+
+    return (f"kl='analytic' needs KL(q || p) in closed form, and torch.distributions has none "
+            f"for q = {name(q)}, p = {name(p)}; use kl=auto (analytic where it exists, "
+            "Monte Carlo otherwise) or kl=mc.")
+
+
+def iw_bound(log_w: Tensor) -> Tensor:
+    """The importance-weighted bound log (1/k) sum_i w_i from log-weights ``[k, batch]``."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+class Objective:
+    """What training maximises: ``loss(model, x)`` is the minibatch loss to minimise and the
+    bound terms to log; ``bound(model, x)`` is the ELBO estimate logged on validation and test
+    data and in Fig. 2's curve; ``check(model)`` refuses, when the model is composed, parts the
+    objective cannot train. ``method`` names the training algorithm in results and figures."""
+
+    method = "aevb"
+
+    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, Bound]:
+        raise NotImplementedError
+
+    def bound(self, model: VAE, x: Tensor) -> Bound:
+        return elbo_estimate(model, x)
+
+    def check(self, model: VAE) -> None:
+        """Raise ``ValueError`` if the model's parts do not suit this objective."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+@torch.no_grad()
+def probe(model: VAE) -> tuple[Distribution, Distribution]:
+    """q(z|x) at one all-zero input, and p(z): the kinds of distribution the model's parts make,
+    for ``Objective.check``."""
+    x = torch.zeros(1, *model.data_shape, device=model.device)
+    return model.encoder(x), model.prior.distribution()
+
+
+@torch.no_grad()
+def importance_weighted(model: VAE, x: Tensor, k: int, chunk: int) -> tuple[Tensor, Tensor]:
+    """Per data point of ``x``, from the same k samples z_i ~ q(z|x): the ELBO (the mean
+    log-weight, estimator A with L = k) and the IW estimate of log p(x), log (1/k) sum_i w_i,
+    which is >= it (Jensen) and the standard test log-likelihood at k = 5000.
+
+    The samples are scored ``chunk`` at a time, one decoder pass per chunk for all points
+    (memory ~ chunk x batch x pixels), and combined with a running logsumexp. Each z_i is drawn by
+    its own ``rsample()`` in order, so the estimate is the same for every ``chunk`` given the
+    random state."""
+    if k < 1 or chunk < 1:
+        raise ValueError(f"k={k} and chunk={chunk} must both be at least 1.")
+    q = model.encoder(x)
+    p = model.prior.distribution()  # once: a VampPrior encodes its pseudo-inputs
+    running_lse = torch.full((x.shape[0],), -math.inf, device=x.device)
+    running_sum = torch.zeros(x.shape[0], device=x.device)
+    for start in range(0, k, chunk):
+        z = torch.stack([q.rsample() for _ in range(min(chunk, k - start))])
+        log_w = model.decoder(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
+        running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=0))
+        running_sum += log_w.sum(0)
+    return running_sum / k, running_lse - math.log(k)

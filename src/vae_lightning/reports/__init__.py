@@ -1,0 +1,2 @@
+"""Reports built from the outputs of training runs (they import no model code):
+``summarize`` (a sweep's results table and plot) and ``reproduction`` (the Figure-2 page)."""

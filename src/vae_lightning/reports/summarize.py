@@ -1,0 +1,121 @@
+"""Summarize a sweep: `vae-summarize multirun/<date>/<time>` (or
+`python -m vae_lightning.reports.summarize`).
+
+Reads every job's ``results.json`` under the directory (``<dir>/<job number>/results.json``),
+writes ``summary.md`` (a markdown table), ``summary.csv`` and ``summary.png`` (the bound on the
+training and test data against the latent size) into the directory, and prints the table.
+The training-set bound is shown when the results carry one (``train/elbo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from vae_lightning import rundir
+from vae_lightning.plotting import pyplot
+
+CONDITIONS = ("data", "latent", "likelihood", "prior", "posterior", "objective", "seed",
+              "epochs", "train_samples_seen")
+METRICS = ("train/elbo", "val/elbo", "test/elbo", "test/recon", "test/kl")
+
+
+class SummaryError(ValueError):
+    """Nothing to summarize."""
+
+
+def _job_key(path: Path, root: Path) -> tuple:
+    parts = path.parent.relative_to(root).parts
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+def load_results(root: Path) -> list[dict[str, Any]]:
+    """One row per ``results.json`` under ``root``, with its job (path relative to ``root``)."""
+    paths = sorted(root.glob(f"**/{rundir.RESULTS}"), key=lambda p: _job_key(p, root))
+    if not paths:
+        raise SummaryError(f"no results.json under {str(root)!r}: point at a sweep directory "
+                           "such as multirun/<date>/<time>.")
+    rows = [{"job": path.parent.relative_to(root).as_posix(), **json.loads(path.read_text())}
+            for path in paths]
+    return sorted(rows, key=lambda r: (r.get("latent") is None, r.get("latent") or 0))
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The job, the conditions and the metrics that any row has, in a fixed order."""
+    present = {key for row in rows for key in row}
+    return ["job"] + [key for key in CONDITIONS + METRICS if key in present]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in cols) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """The bound (train and test, where present) against the latent size, one point per job
+    and a line through the mean at each latent size."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    for key, label in (("train/elbo", "train"), ("test/elbo", "test")):
+        points = [(r["latent"], r[key]) for r in rows if r.get(key) is not None and "latent" in r]
+        if not points:
+            continue
+        latents = sorted({latent for latent, _ in points})
+        means = [mean(v for n, v in points if n == latent) for latent in latents]
+        (line,) = ax.plot(latents, means, marker="o", label=label)
+        ax.scatter(*zip(*points), color=line.get_color(), s=12, alpha=0.5)
+        ax.set_xticks(latents, [str(n) for n in latents])
+    ax.set_xlabel("latent size Nz")
+    ax.set_ylabel("ELBO (nats per data point)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summarize(root: str | Path) -> str:
+    """Write summary.md, summary.csv and summary.png into ``root``; return the markdown table."""
+    root = Path(root)
+    rows = load_results(root)
+    cols = columns(rows)
+    table = markdown(rows, cols)
+    (root / "summary.md").write_text(f"# Sweep {root}\n\n" + table)
+    with open(root / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, root / "summary.png")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vae-summarize",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a multirun directory, e.g. multirun/<date>/<time>")
+    args = parser.parse_args(argv)
+    try:
+        print(summarize(args.sweep_dir), end="")
+    except SummaryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"written: {Path(args.sweep_dir) / 'summary.md'}, summary.csv, summary.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

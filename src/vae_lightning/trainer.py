@@ -1,0 +1,39 @@
+"""Lightning's Trainer with what Figure 2 needs: a training length in samples seen."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+
+from vae_lightning.args import Range, checked
+from vae_lightning.callbacks.curve import SampleBudget
+
+
+class Trainer(L.Trainer):
+    """``lightning.Trainer`` (every argument of it works) and ``max_samples``: stop after the
+    optimizer step at which this many training samples (all ranks) were seen, Fig. 2's x-axis;
+    it replaces ``max_epochs``.
+
+    Lightning's progress bar redraws on every batch, a cost that shows with small models; left
+    to its default, the bar here redraws every ``log_every_n_steps`` batches."""
+
+    @checked
+    def __init__(
+        self,
+        *,
+        max_samples: Annotated[float, Range(ge=1)] | None = None,
+        max_epochs: Annotated[int, Range(ge=1)] | Literal[-1] | None = None,
+        callbacks: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        callbacks = list(callbacks or [])
+        if max_samples is not None:
+            max_epochs = -1
+            callbacks.append(SampleBudget(max_samples))
+        if kwargs.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(TQDMProgressBar(refresh_rate=max(1, kwargs.get("log_every_n_steps")
+                                                               or 1)))
+        super().__init__(max_epochs=max_epochs, callbacks=callbacks, **kwargs)

@@ -1,0 +1,132 @@
+"""A trained model from its checkpoint: VAE.load_from_checkpoint rebuilds every posterior x
+likelihood x prior and every objective from the run config the checkpoint carries; nothing in a
+checkpoint chooses what code runs."""
+
+import itertools
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from compose import CONF, REPO, compose_train
+
+from vae_lightning import VAE
+from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, load_model, read_checkpoint
+from vae_lightning.config import plain
+from vae_lightning.errors import CheckpointError
+from vae_lightning.train import build
+
+OPTIONS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+           for g in ("model/prior", "model/likelihood", "model/posterior", "model/objective")}
+SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[8]",
+         "model.decoder.net.hidden=[8]"]
+CASES = [
+    *[(prior, likelihood, posterior, "elbo") for prior, likelihood, posterior in itertools.product(
+        OPTIONS["model/prior"], OPTIONS["model/likelihood"], OPTIONS["model/posterior"])],
+    *[("normal", "gaussian", "gaussian", objective) for objective in OPTIONS["model/objective"]
+      if objective != "elbo"],
+    ("mog", "gaussian", "laplace", "wake_sleep"), ("vamp", "bernoulli", "student_t", "dreg"),
+]
+
+
+def _saved(overrides, path):
+    """Train ``overrides`` for two steps with Lightning and save a checkpoint at ``path``."""
+    cfg = compose_train(overrides, path.parent)
+    run = build(cfg)
+    trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, accelerator="cpu",
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False,
+                        callbacks=[RunConfig(plain(cfg))])
+    trainer.fit(run.model, datamodule=run.datamodule)
+    trainer.save_checkpoint(path)
+    run.datamodule.setup("test")
+    return run.model, run.datamodule.evaluation_data("test")[:8]
+
+
+@pytest.mark.parametrize("prior, likelihood, posterior, objective", CASES, ids=str)
+def test_load_from_checkpoint_gives_the_trained_model(prior, likelihood, posterior, objective,
+                                                      tmp_path):
+    overrides = [*SMALL, f"model/prior={prior}", f"model/likelihood={likelihood}",
+                 f"model/posterior={posterior}", f"model/objective={objective}",
+                 *(["model.prior.n_components=3"] if prior != "normal" else [])]
+    torch.manual_seed(0)
+    trained, x = _saved(overrides, tmp_path / "model.ckpt")
+    loaded = VAE.load_from_checkpoint(tmp_path / "model.ckpt")
+    assert type(loaded.objective) is type(trained.objective) and not loaded.training
+    assert type(loaded.prior) is type(trained.prior)
+    assert loaded.latent == 2 and loaded.data_shape == (1, 28, 20)
+    assert loaded.samples_seen == trained.samples_seen == 200
+    for name, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    trained.eval()
+    bounds = []
+    for model in (trained, loaded):
+        torch.manual_seed(1)
+        bounds.append(model.bound(x).elbo)
+    torch.testing.assert_close(*bounds)
+
+
+def test_eval_loads_through_the_same_path(tmp_path):
+    _saved([*SMALL, "model/prior=mog", "model.prior.n_components=3"], tmp_path / "m.ckpt")
+    proc = subprocess.run([sys.executable, str(REPO / "eval.py"),
+                           f"ckpt_path={tmp_path / 'm.ckpt'}", "eval.k=5",
+                           f"hydra.run.dir={tmp_path / 'eval'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test   iw:" in proc.stdout
+
+
+SIDE_EFFECTS = {
+    "builtins.open": {"file": "{marker}", "mode": "w"},
+    "pathlib.Path.touch": {"self": "{marker}"},
+    "os.makedirs": {"name": "{marker}"},
+}
+
+
+@pytest.mark.parametrize("target", sorted(SIDE_EFFECTS))
+@pytest.mark.parametrize("where", ["model", "model.encoder.net", "model.prior", "data"])
+def test_a_checkpoint_naming_other_code_is_refused_and_nothing_runs(target, where, tmp_path):
+    path = tmp_path / "m.ckpt"
+    _saved(SMALL, path)
+    checkpoint = read_checkpoint(path)
+    marker = tmp_path / "made-by-the-checkpoint"
+    node = checkpoint[CONFIG_KEY]
+    for part in where.split("."):
+        node = node[part]
+    node["_target_"] = target
+    node.update({k: v.format(marker=marker) for k, v in SIDE_EFFECTS[target].items()})
+    torch.save(checkpoint, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match=f"{target}.*untrusted input") as err:
+        if where == "data":
+            proc = subprocess.run(
+                [sys.executable, str(REPO / "eval.py"), f"ckpt_path={tmp_path / 'evil.ckpt'}",
+                 "eval.k=2", f"hydra.run.dir={tmp_path / 'eval'}"],
+                cwd=tmp_path, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+            raise CheckpointError(proc.stderr)
+        load_model(tmp_path / "evil.ckpt")
+    assert "weights_only=False" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_interpolations_in_a_checkpoint_are_refused(tmp_path):
+    path = tmp_path / "m.ckpt"
+    _saved(SMALL, path)
+    checkpoint = read_checkpoint(path)
+    checkpoint[CONFIG_KEY]["model"]["latent"] = "${oc.env:HOME}"
+    torch.save(checkpoint, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match="interpolation"):
+        load_model(tmp_path / "odd.ckpt")
+
+
+def test_your_own_classes_load_when_you_trust_them(tmp_path):
+    path = tmp_path / "m.ckpt"
+    _saved(SMALL, path)
+    checkpoint = read_checkpoint(path)
+    checkpoint[CONFIG_KEY]["model"]["prior"]["_target_"] = "models.NamedPrior"
+    torch.save(checkpoint, tmp_path / "mine.ckpt")
+    with pytest.raises(CheckpointError, match="models.NamedPrior"):
+        load_model(tmp_path / "mine.ckpt")
+    loaded = VAE.load_from_checkpoint(tmp_path / "mine.ckpt", trusted=["models.NamedPrior"])
+    assert type(loaded.prior).__name__ == "NamedPrior"

@@ -1,0 +1,128 @@
+"""The trained model in use: encode, decode, sample, reconstruct, interpolate, log_likelihood,
+Lightning's predict_step, and the vae-sample command."""
+
+import subprocess
+import sys
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from compose import REPO, compose_train
+from torch.distributions import Independent, Normal
+
+from vae_lightning import VAE
+from vae_lightning.objectives import importance_weighted
+from vae_lightning.train import train
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+         "logger=none", "callbacks.figures.n_points=0"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A Frey Face VAE with a 2-d latent space trained for 3 epochs, loaded from its checkpoint."""
+    directory = tmp_path_factory.mktemp("run")
+    results = train(compose_train(["data=frey", "model.latent=2", "trainer.max_epochs=3",
+                                   *QUIET], directory))
+    return directory, VAE.load_from_checkpoint(results["checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def faces():
+    from vae_lightning.data import FreyFaceDataModule
+
+    dm = FreyFaceDataModule()
+    dm.setup("test")
+    return dm, dm.evaluation_data("test")[:6]
+
+
+def test_encode_and_decode_are_the_posterior_and_the_likelihood(run, faces):
+    _, model = run
+    _, x = faces
+    q = model.encode(x)
+    assert isinstance(q, Independent) and isinstance(q.base_dist, Normal)
+    assert q.batch_shape == (6,) and q.event_shape == (2,)
+    p = model.decode(q.mean)
+    assert p.event_shape == (1, 28, 20) and p.batch_shape == (6,)
+    assert p.log_prob(x).shape == (6,)
+
+
+def test_sample_draws_from_the_prior_through_the_decoder(run):
+    _, model = run
+    torch.manual_seed(0)
+    means = model.sample(5)
+    torch.manual_seed(0)
+    assert torch.equal(means, model.decoder(model.prior.sample(5)).mean)
+    torch.manual_seed(0)
+    draws = model.sample(5, mean=False)
+    assert draws.shape == means.shape == (5, 1, 28, 20) and not torch.equal(draws, means)
+
+
+def test_reconstruct_decodes_the_posterior_mean(run, faces):
+    _, model = run
+    _, x = faces
+    expected = model.decoder(model.encoder(x).mean).mean
+    assert torch.equal(model.reconstruct(x), expected)
+    assert expected.shape == x.shape
+
+
+def test_interpolate_runs_between_the_posterior_means(run, faces):
+    _, model = run
+    _, x = faces
+    path = model.interpolate(x[0], x[1], steps=5)
+    assert path.shape == (5, 1, 28, 20)
+    z0, z1 = model.encode(x[0]).mean, model.encode(x[1]).mean
+    torch.testing.assert_close(path[0], model.decode(z0).mean)
+    torch.testing.assert_close(path[-1], model.decode(z1).mean)
+    torch.testing.assert_close(path[2], model.decode((z0 + z1) / 2).mean)
+    batch = model.interpolate(x[:2], x[2:4], steps=3)
+    assert batch.shape == (3, 2, 1, 28, 20)
+
+
+def test_log_likelihood_is_eval_s_estimate_and_at_least_the_elbo(run, faces):
+    _, model = run
+    _, x = faces
+    torch.manual_seed(3)
+    ours = model.log_likelihood(x, k=200, chunk=64)
+    torch.manual_seed(3)
+    elbo, iw = importance_weighted(model, x, 200, 200)
+    torch.testing.assert_close(ours, iw, rtol=1e-5, atol=1e-3)
+    assert (ours >= elbo - 1e-3).all()
+    bits = model.bits_per_dim(ours)
+    torch.testing.assert_close(bits, -ours / (560 * np.log(2)))
+
+
+def test_predict_step_gives_posterior_moments_and_the_elbo(run, faces):
+    _, model = run
+    dm, _ = faces
+    predictions = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                            use_distributed_sampler=False).predict(model, datamodule=dm)
+    z_mean = torch.cat([p["z_mean"] for p in predictions])
+    assert z_mean.shape == (200, 2) and torch.cat([p["elbo"] for p in predictions]).shape == (200,)
+    assert (torch.cat([p["z_std"] for p in predictions]) > 0).all()
+
+
+def test_vae_sample_writes_a_grid_and_the_array(run, tmp_path):
+    directory, _ = run
+    checkpoint = directory / "checkpoints" / "last.ckpt"
+    proc = subprocess.run([sys.executable, "-m", "vae_lightning.sample", f"ckpt_path={checkpoint}",
+                           "n=10", f"output_dir={tmp_path / 'out'}",
+                           f"hydra.run.dir={tmp_path / 'h'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    samples = np.load(tmp_path / "out" / "samples.npy", allow_pickle=False)
+    assert samples.shape == (10, 1, 28, 20) and samples.dtype == np.float32
+    assert 0 <= samples.min() and samples.max() <= 1  # sigmoid means of the Gaussian decoder
+    assert (tmp_path / "out" / "samples.png").stat().st_size > 1000
+    model = VAE.load_from_checkpoint(checkpoint)
+    torch.manual_seed(0)
+    np.testing.assert_allclose(samples, model.sample(10).numpy(), rtol=1e-6)
+
+
+def test_vae_sample_without_a_checkpoint_is_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vae_lightning.sample",
+                           f"hydra.run.dir={tmp_path / 'h'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ckpt_path is required")
+    assert "Traceback" not in proc.stderr and str(REPO) not in proc.stderr

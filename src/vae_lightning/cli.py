@@ -48,6 +48,18 @@ def _run(task: Callable[[], T]) -> T:
         raise SystemExit(err.exit_code) from None
 
 
+def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:
+    """Check a config that names a checkpoint to use (``ckpt_path``, required)."""
+    from omegaconf import OmegaConf
+
+    from vae_lightning.config import check
+    from vae_lightning.errors import ConfigError
+
+    if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
+        raise ConfigError(f"ckpt_path is required, e.g. {example}")
+    check(cfg)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def train(cfg: DictConfig) -> float:
     """``vae-train``: train a VAE (see README.md)."""
@@ -65,13 +77,9 @@ def evaluate(cfg: DictConfig) -> float:
     """``vae-eval``: the ELBO and the importance-weighted log-likelihood of a checkpoint."""
 
     def task() -> float:
-        from vae_lightning.config import build, check
-        from vae_lightning.errors import ConfigError
+        from vae_lightning.config import build
 
-        if cfg.get("ckpt_path") in (None, "???"):
-            raise ConfigError("ckpt_path is required, e.g. vae-eval "
-                              "ckpt_path=<run>/checkpoints/last.ckpt")
-        check(cfg)
+        _check_with_checkpoint(cfg, "vae-eval ckpt_path=<run>/checkpoints/last.ckpt")
         results = build(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.get("output_dir"))
         for name in ("elbo", "iw"):
             est = results[name]
@@ -88,13 +96,9 @@ def sample(cfg: DictConfig) -> None:
     """``vae-sample``: images drawn from a trained model, as a PNG grid and an .npy array."""
 
     def task() -> None:
-        from vae_lightning.config import build, check
-        from vae_lightning.errors import ConfigError
+        from vae_lightning.config import build
 
-        if cfg.get("ckpt_path") in (None, "???"):
-            raise ConfigError("ckpt_path is required, e.g. vae-sample "
-                              "ckpt_path=<run>/checkpoints/last.ckpt n=64")
-        check(cfg)
+        _check_with_checkpoint(cfg, "vae-sample ckpt_path=<run>/checkpoints/last.ckpt n=64")
         out = build(cfg, "sample")()
         print(f"written: {out / 'samples.png'}, {out / 'samples.npy'}")
 

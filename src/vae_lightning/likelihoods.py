@@ -2,7 +2,9 @@
 
 A network (``Decoder.net``) emits ``n_params`` parameters per pixel and channel, and a likelihood
 turns them into a distribution over images ``[C, H, W]`` whose ``log_prob`` sums over pixels,
-normalising constants included. The likelihoods are the options of ``model/likelihood``."""
+normalising constants included. The likelihoods are the options of ``model/likelihood``; those
+for 8-bit images (discretized logistic and its mixture) are probabilities of the grid values
+k / (bins - 1), and the mixture's weights are per pixel (``channels(C)`` in general)."""
 
 from __future__ import annotations
 
@@ -142,6 +144,296 @@ class _ClampedBeta(_Beta):
 
     def log_prob(self, value: Tensor) -> Tensor:
         return super().log_prob(value.clamp(self.eps, 1.0 - self.eps))
+
+
+# ------------------------------------------------------------------------------ 8-bit images
+# The likelihoods below are probabilities of quantized pixels, not densities: an 8-bit value k
+# arrives as x = k / 255 and is scored as the probability of its bin (PixelCNN++, Salimans et al.
+# 2017; the IAF paper, Kingma et al. 2016), so -log p(x) / (D ln 2) is bits per dimension on the
+# 8-bit data with no dequantization noise. Location and scale are on the [0, 1] scale of x.
+
+
+class Grid(constraints.Constraint):
+    """The values k / (bins - 1), k = 0, ..., bins - 1 (8-bit pixels k / 255 for bins = 256)."""
+
+    is_discrete = True
+    event_dim = 0
+
+    def __init__(self, bins: int) -> None:
+        self.bins = bins
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        k = value * (self.bins - 1)
+        return (value >= 0) & (value <= 1) & ((k - k.round()).abs() <= 1e-3)
+
+    def __repr__(self) -> str:
+        return f"Grid(bins={self.bins})"
+
+
+class DiscretizedLogistic(Likelihood):
+    """Discretized logistic (IAF paper; PixelCNN++ with one component) for pixels on the grid
+    k / (bins - 1): per pixel and channel a logistic Y with location mu and scale s, and
+    P(k) = P(the bin of k holds Y) = sigma((x + h - mu) / s) - sigma((x - h - mu) / s), with
+    x = k / (bins - 1) and h = 1 / (2 (bins - 1)) half a bin; the edge bins take the tails,
+    P(0) = sigma((h - mu) / s) and P(bins - 1) = 1 - sigma((1 - h - mu) / s). ``log_prob`` is
+    log P of the image in nats, summed over pixels: a normalised distribution on the grid.
+
+    Parameters (decoder channels ``[param, channel]``, as every likelihood here): mu = 1/2 + the
+    first output, unconstrained (centred on mid-grey; PixelCNN++'s mean on its [-1, 1] scale is
+    2 mu - 1); log s = logaddexp(second output, ``log_scale_min``), a smooth floor (PixelCNN++
+    clamps at -7 on [-1, 1], i.e. -7.69 on [0, 1]).
+
+    log P is computed in log space, exactly and stably for any parameters: an interior bin is
+    log sigma(b) + log sigma(-a) + log(1 - exp(-(b - a))) with a, b the bin's standardised edges
+    (from sigma(b) - sigma(a) = (e^b - e^a) / ((1 + e^a)(1 + e^b))), b - a = 1 / ((bins - 1) s)
+    formed without cancellation. Nothing underflows, so the midpoint-density fallback of
+    PixelCNN++ is not needed (this equals PixelCNN++ where its difference of sigmoids is
+    representable, and is exact where it approximates).
+
+    Off the grid, x is scored as its nearest grid value: k = round(clamp(x, 0, 1) (bins - 1)),
+    always a finite log-probability. Data scaled by 256 (x = k / 256) want ``bins=257``.
+
+    ``mean`` is the exact E[k] / (bins - 1); ``sample()`` draws Y, clamps it to [0, 1] and
+    rounds it to the grid (an exact draw of k / (bins - 1)).
+    """
+
+    n_params = 2
+
+    @checked
+    def __init__(self, bins: Annotated[int, Range(ge=2)] = 256,
+                 log_scale_min: Annotated[float, Range(ge=-30)] = -8.0) -> None:
+        super().__init__()
+        self.bins, self.log_scale_min = bins, log_scale_min
+        self.support = Grid(bins)
+
+    def pixel_distribution(self, loc: Tensor, log_scale: Tensor) -> Distribution:
+        return _DiscretizedLogistic(0.5 + loc, _floored(log_scale, self.log_scale_min), self.bins)
+
+
+class DiscretizedLogisticMixture(Likelihood):
+    """Mixture of discretized logistics (PixelCNN++, Salimans et al. 2017): per pixel,
+    ``n_components`` components with mixture weights shared across the pixel's channels, each
+    component a product over channels of discretized logistics (``DiscretizedLogistic``: same
+    bins, parametrisation, floor and off-grid rule). With ``coefficients`` (and C > 1), the
+    channels are autoregressive within a component, as PixelCNN++ does for RGB: the location of
+    channel c is mu_c + sum_{c' < c} alpha_{c,c'} (x_{c'} - 1/2), alpha = tanh(output), i.e. G
+    depends linearly on R, and B on R and G (PixelCNN++'s m + alpha x on its [-1, 1] scale).
+    log p(x) = sum_pixels log sum_m pi_m prod_c P_m(x_c | x_<c), in nats.
+
+    Decoder output layout ``[..., channels(C), H, W]``, M = ``n_components``, P = C (C - 1) / 2
+    coefficients (0 without ``coefficients``): channels [0, M) are the mixture logits; then rows
+    of M channels (row r, component m at channel M + r M + m): the C location rows (channels in
+    order), the C log-scale rows, and the P coefficient rows in the order (1, 0), (2, 0), (2, 1),
+    ... (for RGB: G<-R, B<-R, B<-G). So ``channels(3)`` = M (1 + 3 * 3) = 10 M (logits, means,
+    log-scales, coefficients), ``channels(1)`` = 3 M, and with M = 1 the rows after the logit are
+    ``DiscretizedLogistic``'s layout.
+
+    ``mean``: the mixture of the components' means, sum_m pi_m E_m[x_c]. For channels without
+    coefficients (all of them for C = 1 or ``coefficients=false``) it is exact; with
+    coefficients it is an approximation for c > 0: each component's conditioning channels are
+    replaced by their component means, E_m[x_c] ~ E[x_c | x_<c = E_m[x_<c]] (exact where the
+    clamp to [0, 1] is inactive, since the location is linear in x_<c). ``sample()``: a
+    component per pixel, then each channel in order, drawn from its logistic with the
+    coefficients applied to the channels already drawn (on the grid), clamped to [0, 1] and
+    rounded to the grid: an exact draw from the model.
+    """
+
+    @checked
+    def __init__(self, n_components: PositiveInt = 10, bins: Annotated[int, Range(ge=2)] = 256,
+                 log_scale_min: Annotated[float, Range(ge=-30)] = -8.0,
+                 coefficients: bool = True) -> None:
+        super().__init__()
+        self.n_components, self.bins, self.log_scale_min = n_components, bins, log_scale_min
+        self.coefficients = coefficients
+        self.support = Grid(bins)
+
+    def _n_coefficients(self, data_channels: int) -> int:
+        return data_channels * (data_channels - 1) // 2 if self.coefficients else 0
+
+    def channels(self, data_channels: int) -> int:
+        return self.n_components * (1 + 2 * data_channels + self._n_coefficients(data_channels))
+
+    def data_channels(self, channels: int) -> int:
+        """The C with ``channels(C) == channels``."""
+        for c in range(1, channels + 1):
+            if self.channels(c) == channels:
+                return c
+        raise ValueError(f"{channels} decoder output channels are channels(C) for no C "
+                         f"({type(self).__name__}, n_components={self.n_components}).")
+
+    def forward(self, params: Tensor) -> Distribution:
+        return self.distribution(params.float())
+
+    def distribution(self, params: Tensor) -> Distribution:
+        """``forward`` without the cast to float32 (e.g. float64 for tests)."""
+        m, c = self.n_components, self.data_channels(params.shape[-3])
+        logits = params[..., :m, :, :]
+        rows = params[..., m:, :, :].unflatten(-3, (-1, m))  # [..., 2C + P, M, H, W]
+        return _DiscretizedLogisticMixture(
+            logits, 0.5 + rows[..., :c, :, :, :],
+            _floored(rows[..., c:2 * c, :, :, :], self.log_scale_min),
+            torch.tanh(rows[..., 2 * c:, :, :, :]), self.bins)
+
+
+def _floored(log_scale: Tensor, log_scale_min: float) -> Tensor:
+    """log(exp(log_scale_min) + exp(log_scale)): a smooth floor, with gradients below it."""
+    return torch.logaddexp(log_scale, log_scale.new_tensor(log_scale_min))
+
+
+def _bin_index(x: Tensor, bins: int) -> Tensor:
+    """k of the grid value nearest x (as a float): x clamped to [0, 1] first."""
+    return torch.round(x.clamp(0.0, 1.0) * (bins - 1))
+
+
+def _log1mexp(log_d: Tensor) -> Tensor:
+    """log(1 - exp(-d)) for d = exp(log_d) > 0, accurate for every d (Maechler 2012), also
+    where d underflows; finite gradients everywhere."""
+    d = log_d.clamp(max=50.0).exp()
+    near = torch.log(-torch.expm1(-d.clamp(min=1e-30, max=_LN2)))
+    far = torch.log1p(-torch.exp(-d.clamp(min=_LN2)))
+    return torch.where(log_d < -60.0, log_d, torch.where(d <= _LN2, near, far))
+
+
+_LN2 = math.log(2.0)
+
+
+def _log_bin_probability(k: Tensor, loc: Tensor, log_scale: Tensor, bins: int) -> Tensor:
+    """log P(K = k) for K the grid bin of a logistic Y (loc, exp(log_scale)); k a float index
+    in 0 ... bins - 1, the edge bins taking the tails (see ``DiscretizedLogistic``)."""
+    n = bins - 1
+    inv_scale = torch.exp(-log_scale)
+    centred = k / n - loc
+    lower = (centred - 0.5 / n) * inv_scale  # a: the bin's lower edge, standardised
+    upper = (centred + 0.5 / n) * inv_scale  # b
+    first, last = k <= 0, k >= n
+    zero = lower.new_zeros(())
+    return (torch.where(first, zero, F.logsigmoid(-lower))  # log(1 - sigma(a))
+            + torch.where(last, zero, F.logsigmoid(upper))  # log sigma(b)
+            + torch.where(first | last, zero, _log1mexp(-math.log(n) - log_scale)))  # b - a
+
+
+def _grid_mean(loc: Tensor, log_scale: Tensor, bins: int, chunk: int = 64) -> Tensor:
+    """E[K] / (bins - 1) = sum_{j=1}^{bins-1} P(K >= j) / (bins - 1), exactly."""
+    n = bins - 1
+    loc, inv_scale = loc.unsqueeze(-1), torch.exp(-log_scale).unsqueeze(-1)
+    total = torch.zeros_like(loc[..., 0] + inv_scale[..., 0])
+    for start in range(0, n, chunk):
+        edges = (torch.arange(start, min(start + chunk, n), device=loc.device,
+                              dtype=loc.dtype) + 0.5) / n  # P(K >= j) = P(Y >= (j - 1/2) / n)
+        total = total + torch.sigmoid((loc - edges) * inv_scale).sum(-1)
+    return total / n
+
+
+def _draw(loc: Tensor, log_scale: Tensor, bins: int) -> Tensor:
+    """Y ~ Logistic(loc, exp(log_scale)), clamped to [0, 1] and rounded to the grid."""
+    u = torch.rand_like(loc)
+    y = loc + torch.exp(log_scale.clamp(max=50.0)) * (torch.log(u) - torch.log1p(-u))
+    return _bin_index(y, bins) / (bins - 1)
+
+
+class _DiscretizedLogistic(Distribution):
+    """Independent discretized logistics, one per element of ``loc`` (see
+    ``DiscretizedLogistic``)."""
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, loc: Tensor, log_scale: Tensor, bins: int) -> None:
+        self.loc, self.log_scale = torch.broadcast_tensors(loc, log_scale)
+        self.bins = bins
+        super().__init__(self.loc.shape, validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return Grid(self.bins)
+
+    @property
+    def mean(self) -> Tensor:
+        return _grid_mean(self.loc, self.log_scale, self.bins)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return _log_bin_probability(_bin_index(value, self.bins), self.loc, self.log_scale,
+                                    self.bins)
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            return _draw(self.loc.expand(shape), self.log_scale.expand(shape), self.bins)
+
+
+def _conditional_loc(loc: Tensor, coefficients: Tensor, c: int,
+                     previous: Sequence[Tensor]) -> Tensor:
+    """The location of channel ``c`` (``loc`` ``[..., C, M, H, W]``) given the values of the
+    channels before it (each broadcastable to ``[..., M, H, W]``)."""
+    out = loc[..., c, :, :, :]
+    if coefficients.shape[-4]:
+        first = c * (c - 1) // 2  # the row of coefficient (c, 0)
+        for p, value in enumerate(previous):
+            out = out + coefficients[..., first + p, :, :, :] * (value - 0.5)
+    return out
+
+
+class _DiscretizedLogisticMixture(Distribution):
+    """A distribution over images ``[C, H, W]``: per pixel a mixture of products of
+    discretized logistics over channels (see ``DiscretizedLogisticMixture``). ``logits``
+    ``[..., M, H, W]``; ``loc``, ``log_scale`` ``[..., C, M, H, W]`` (final, floored);
+    ``coefficients`` ``[..., P, M, H, W]`` (P = 0 or C (C - 1) / 2, after tanh)."""
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, loc: Tensor, log_scale: Tensor, coefficients: Tensor,
+                 bins: int) -> None:
+        self.log_weights = torch.log_softmax(logits, dim=-3)
+        self.loc, self.log_scale, self.coefficients = loc, log_scale, coefficients
+        self.bins = bins
+        n_channels, _, height, width = loc.shape[-4:]
+        super().__init__(loc.shape[:-4], torch.Size((n_channels, height, width)),
+                         validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return constraints.independent(Grid(self.bins), 3)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        k = _bin_index(value, self.bins)
+        on_grid = k / (self.bins - 1)
+        total = 0.0
+        for c in range(self.event_shape[0]):
+            previous = [on_grid[..., p, None, :, :] for p in range(c)]
+            loc = _conditional_loc(self.loc, self.coefficients, c, previous)
+            total = total + _log_bin_probability(k[..., c, None, :, :], loc,
+                                                 self.log_scale[..., c, :, :, :], self.bins)
+        return torch.logsumexp(self.log_weights + total, dim=-3).sum((-2, -1))
+
+    @property
+    def mean(self) -> Tensor:
+        means: list[Tensor] = []  # per channel, per component [..., M, H, W]
+        for c in range(self.event_shape[0]):
+            loc = _conditional_loc(self.loc, self.coefficients, c, means)
+            means.append(_grid_mean(loc, self.log_scale[..., c, :, :, :], self.bins))
+        weights = self.log_weights.exp()
+        return torch.stack([(weights * m).sum(-3) for m in means], dim=-3)
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            component = torch.distributions.Categorical(
+                logits=self.log_weights.movedim(-3, -1)).sample(sample_shape)  # [*S, ..., H, W]
+
+            def pick(t: Tensor) -> Tensor:  # [..., R, M, H, W] -> [*S, ..., R, 1, H, W]
+                t = t.expand(*sample_shape, *t.shape)
+                index = component[..., None, None, :, :].expand(*t.shape[:-3], 1, *t.shape[-2:])
+                return t.gather(-3, index)
+
+            loc, log_scale = pick(self.loc), pick(self.log_scale)
+            coefficients = pick(self.coefficients)
+            values: list[Tensor] = []  # per channel [*S, ..., 1, H, W]
+            for c in range(self.event_shape[0]):
+                values.append(_draw(_conditional_loc(loc, coefficients, c, values),
+                                    log_scale[..., c, :, :, :], self.bins))
+            return torch.cat(values, dim=-3)
 
 
 class Decoder(nn.Module):

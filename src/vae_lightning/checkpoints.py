@@ -8,9 +8,13 @@ name (and those a user passes as ``trusted``): nothing in the file chooses what 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import logging
+import os
 import random
+import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -21,9 +25,10 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
-from vae_lightning.errors import CheckpointError
+from vae_lightning.errors import CheckpointError, UnwritableError
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +152,56 @@ def load_model(path: str | Path, map_location: Any = "cpu", trusted: Sequence[st
     return model.to(map_location).eval(), config, checkpoint
 
 
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def unwritable(path: str | Path, err: BaseException) -> UnwritableError | None:
+    """The ``UnwritableError`` for a failed write of ``path``, if ``err`` is one (torch reports
+    a full disk as a RuntimeError of its stream writer)."""
+    if isinstance(err, OSError) and err.errno in WRITE_FAILURES:
+        reason = err.strerror
+    elif isinstance(err, RuntimeError) and any(
+            words in str(err) for words in ("file write failed", "PytorchStreamWriter failed")):
+        reason = "the write failed (is the disk full?)"
+    else:
+        return None
+    return UnwritableError(f"Cannot write {path}: {reason}. Nothing is left under that name (the "
+                           "previous file, if any, is intact); free space or fix the directory's "
+                           "permissions, then resume with ckpt_path.")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writes that are atomic on every filesystem: the file is written to a temporary
+    file in the checkpoint's own directory, flushed to disk (fsync), then renamed over its final
+    name (``os.replace``, atomic within one filesystem) and the directory synced. A reader sees
+    the old checkpoint or the new one, never a torn file; a failed write (a full disk, a kill)
+    leaves no partial file under a final name."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except BaseException as err:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            failure = unwritable(path, err)
+            if failure is not None:
+                raise failure from None
+            raise
+
+
 class RunConfig(L.Callback):
     """Puts the run's resolved config into every checkpoint (``checkpoint["run_config"]``), so the
     model can be rebuilt from the file alone, and logs it to the loggers as hyperparameters."""
@@ -171,7 +226,8 @@ class RunConfig(L.Callback):
 class ResumeState(L.Callback):
     """Stores the RNG states (Python, NumPy, torch CPU and CUDA) and the W&B run id in each
     checkpoint, and restores the RNG states when training resumes, after the sanity check, so a
-    resumed run draws the same noise eps as an uninterrupted one."""
+    resumed run draws the same noise eps as an uninterrupted one; tells the loggers that keep a
+    history (``loggers.CSVLogger``) the step training resumes from."""
 
     def __init__(self) -> None:
         self.restored: dict[str, Any] | None = None
@@ -200,6 +256,9 @@ class ResumeState(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.restored is None:
             return
+        for logger in trainer.loggers:  # a logger that keeps a resumed run's history
+            if hasattr(logger, "resume_at"):
+                logger.resume_at(trainer.global_step)
         state, self.restored = self.restored, None
         random.setstate(state["python"])
         kind, keys, pos, has_gauss, gauss = state["numpy"]
@@ -220,13 +279,19 @@ def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: st
     """Raise ``CheckpointError`` if ``config`` (resolved) differs from the run that wrote
     ``checkpoint`` in its model or data set, naming the keys and the run's ``overrides``."""
     saved = run_config(checkpoint, path)
-    differences = [
-        f"{key}={_at(saved, key)!r} (this run: {_at(config, key)!r})"
-        for key in sorted(set(_leaves(saved, "model")) | set(_leaves(config, "model"))
-                          | {"data._target_"})
-        if _at(saved, key) != _at(config, key)
-        and (key == "model.optimizer._target_" or not key.startswith(MAY_CHANGE))
-    ]
+    keys = sorted(set(_leaves(saved, "model")) | set(_leaves(config, "model")) | {"data._target_"},
+                  key=lambda key: (key.count("."), key))
+    differences, shown = [], set()
+    for key in keys:
+        pair = (_at(saved, key), _at(config, key))
+        if pair[0] == pair[1] or (key.startswith(MAY_CHANGE)
+                                  and key != "model.optimizer._target_"):
+            continue
+        leaf = (key.rsplit(".", 1)[-1], repr(pair))
+        if leaf in shown:  # the same value passed on to a part (model.encoder.latent, ...)
+            continue
+        shown.add(leaf)
+        differences.append(f"{key}={pair[0]!r} (this run: {pair[1]!r})")
     if differences:
         hint = (f" It was started with: {' '.join(overrides) or '(no overrides)'}."
                 if overrides is not None else "")

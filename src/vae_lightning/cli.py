@@ -14,12 +14,16 @@ Every error a user can act on ends the command with one ``error:`` line and the 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import vae_lightning.resolvers  # noqa: F401  (registers the configs' resolvers; imports no torch)
 from vae_lightning.errors import UserError
@@ -44,8 +48,16 @@ def _run(task: Callable[[], T]) -> T:
     try:
         return task()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{err.prefix}: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
+    except (OSError, RuntimeError) as err:
+        from vae_lightning.checkpoints import unwritable
+
+        failure = unwritable(getattr(err, "filename", None) or "the run's files", err)
+        if failure is None:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        raise SystemExit(failure.exit_code) from None
 
 
 def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:
@@ -60,8 +72,37 @@ def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:
     check(cfg)
 
 
+def _entry(app: Callable[[], object]) -> Callable[[], None]:
+    """A command: Hydra's app ``app``, with a config Hydra cannot compose (an unknown option or
+    key, a wrong type) reported as one ``error:`` line with exit code 2 like every other bad
+    input, instead of Hydra's own report (exit code 1)."""
+
+    def command() -> None:
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; the report is made here
+        try:
+            app()
+        except (HydraException, OmegaConfBaseException) as err:
+            print(f"error: {_hydra_message(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    command.__doc__ = app.__doc__
+    return command
+
+
+def _hydra_message(err: Exception) -> str:
+    """Hydra's and OmegaConf's multi-line messages as one paragraph."""
+    text = str(err).split("Config search path:")[0]
+    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()
+             and not line.strip().startswith(("object_type=", "Set the environment variable"))]
+    message = re.sub(r":;", ":", "; ".join(lines)) + "."
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in message:
+        message += f" ({str(cause).splitlines()[0]})"
+    return message
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def train(cfg: DictConfig) -> float:
+def _train(cfg: DictConfig) -> float:
     """``vae-train``: train a VAE (see README.md)."""
 
     def task() -> float:
@@ -73,7 +114,7 @@ def train(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
-def evaluate(cfg: DictConfig) -> float:
+def _evaluate(cfg: DictConfig) -> float:
     """``vae-eval``: the ELBO and the importance-weighted log-likelihood of a checkpoint."""
 
     def task() -> float:
@@ -92,7 +133,7 @@ def evaluate(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
-def sample(cfg: DictConfig) -> None:
+def _sample(cfg: DictConfig) -> None:
     """``vae-sample``: images drawn from a trained model, as a PNG grid and an .npy array."""
 
     def task() -> None:
@@ -103,3 +144,8 @@ def sample(cfg: DictConfig) -> None:
         print(f"written: {out / 'samples.png'}, {out / 'samples.npy'}")
 
     _run(task)
+
+
+train = _entry(_train)
+evaluate = _entry(_evaluate)
+sample = _entry(_sample)

@@ -50,6 +50,31 @@ def target_nodes(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
     return found
 
 
+# Values the configs leave missing (???) because the run fills them in.
+FILLED_IN = {"model.data_shape"}
+
+
+def _missing(cfg: DictConfig) -> list[str]:
+    """The keys whose value is required (``???``) and was not given."""
+    found = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, DictConfig):
+            for key in node:
+                if path == "" and key == "hydra":
+                    continue
+                child = f"{path}.{key}" if path else str(key)
+                if OmegaConf.is_missing(node, key):
+                    if child not in FILLED_IN:
+                        found.append(f"{child} is required and has no value: set it, e.g. "
+                                     f"{child}=... on the command line.")
+                else:
+                    walk(node._get_node(key), child)
+
+    walk(cfg, "")
+    return found
+
+
 def _values(node: DictConfig) -> dict[str, tuple[Any, str | None]]:
     """The arguments a node passes to its target: resolved plain values, each with the key it
     was interpolated from (None if none); missing values (``???``, filled in later) and nested
@@ -80,7 +105,7 @@ def problems(cfg: DictConfig) -> list[str]:
     optional integration chosen but not installed."""
     from vae_lightning.args import problems as argument_problems
 
-    found: dict[str, str] = {}
+    found: dict[str, str] = {key: key for key in _missing(cfg)}
     for path, node in target_nodes(cfg):
         try:
             target = get_object(node._target_)

@@ -11,6 +11,7 @@ class UserError(Exception):
     """An error whose message says what is wrong and how to mend it."""
 
     exit_code = 2
+    prefix = "error"
 
 
 class ConfigError(UserError, ValueError):
@@ -31,11 +32,33 @@ class NonFiniteLossError(UserError, RuntimeError):
     exit_code = 3
 
 
+class UnwritableError(UserError, OSError):
+    """The run's files cannot be written: a full disk, a read-only directory, permissions."""
+
+    exit_code = 74  # EX_IOERR (sysexits.h)
+
+
 EXIT_CODES = {
-    0: "done",
+    0: "done (also: a resumed run that was already complete, left as it was)",
     1: "an unexpected error: a bug (the traceback is printed; please report it)",
     2: "bad input: configuration, data, checkpoint or run directory; nothing was trained",
     3: "the loss became non-finite; the last good state is saved",
-    130: "interrupted (SIGINT, Ctrl-C); resume with ckpt_path=last",
-    143: "terminated (SIGTERM, e.g. by a scheduler); resume with ckpt_path=last",
+    74: "the run's files cannot be written (disk full, read-only, permissions)",
+    130: "interrupted by SIGINT (Ctrl-C); the state is saved, resume with ckpt_path",
+    143: "terminated by SIGTERM (e.g. a scheduler); the state is saved, resume with ckpt_path",
 }
+
+
+class Interrupted(UserError):
+    """A signal stopped training (exit code 128 + the signal's number: 130 SIGINT, 143 SIGTERM)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class NothingToDo(UserError):
+    """The command has nothing to do (e.g. resuming a run that is complete): exit code 0."""
+
+    exit_code = 0
+    prefix = "note"

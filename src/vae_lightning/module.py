@@ -176,17 +176,25 @@ class VAE(L.LightningModule):
                 )
 
     def _stop_on_non_finite(self, bound: Bound) -> None:
-        """Save the last good state (this step's update is not applied) and stop the run."""
+        """Save the state before this step (its update is not applied) and stop the run, naming
+        a state to go on from: the best checkpoint by the validation bound, taken while training
+        was sound (the state just before a divergence may already hold huge parameters)."""
         terms = {"reconstruction term E_q[log p(x|z)]": bound.recon, "KL term": bound.kl}
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
         where = self.trainer.checkpoint_callback
         directory = Path(where.dirpath if where else self.trainer.default_root_dir)
         path = directory / f"nonfinite-step{self.global_step}.ckpt"
         self.trainer.save_checkpoint(path)
+        largest = max(p.detach().abs().max().item() for p in self.parameters())
+        best = where.best_model_path if where is not None else ""
+        advice = (f"To go on, resume from the best checkpoint, {best}, with a lower "
+                  "model.optimizer.lr (optimizer settings given on resume apply)"
+                  if best else "Start again with a lower model.optimizer.lr")
         raise NonFiniteLossError(
             f"The loss became non-finite at step {self.global_step} (epoch {self.current_epoch}) "
-            f"in the {' and the '.join(bad) or 'loss'}. The state before this step is saved "
-            f"to {path}. Try a lower optimizer.lr or a larger likelihood.min_var."
+            f"in the {' and the '.join(bad) or 'loss'}. The state before this step is saved to "
+            f"{path} (its largest parameter is {largest:.3g} in absolute value). {advice}; a "
+            "Gaussian likelihood's larger min_var also steadies training."
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -7,6 +7,8 @@
   (``<run>`` for ``<run>/checkpoints/x.ckpt``; for ``last``, the newest run under ``outputs/``),
   else ``<default>``.
 - ``${run_path:<part>}``: ``<output_dir>/<part>`` of the run-directory layout (``rundir``).
+- ``${run_record:${hydra.runtime.output_dir}}``: Hydra's ``output_subdir``: ``.hydra`` for a
+  fresh run directory, null for one that holds a run already (``rundir.record_dir``).
 """
 
 from __future__ import annotations
@@ -42,5 +44,5 @@ def run_path(part: str, *, _root_) -> str:
 
 
 for name, resolver in (("sweep_group", sweep_group), ("run_dir_of", run_dir_of),
-                       ("run_path", run_path)):
+                       ("run_path", run_path), ("run_record", rundir.record_dir)):
     OmegaConf.register_new_resolver(name, resolver, replace=True)

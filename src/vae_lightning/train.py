@@ -4,6 +4,7 @@ validation and test data, and write results.json."""
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,6 +18,7 @@ from torch.distributions import constraints
 
 from vae_lightning import rundir
 from vae_lightning.args import choices
+from vae_lightning.callbacks.stop import GracefulStop
 from vae_lightning.checkpoints import (
     ResumeState,
     RunConfig,
@@ -26,7 +28,7 @@ from vae_lightning.checkpoints import (
 )
 from vae_lightning.config import build as build_node
 from vae_lightning.config import check, plain
-from vae_lightning.errors import CheckpointError, ConfigError
+from vae_lightning.errors import CheckpointError, ConfigError, Interrupted, NothingToDo
 from vae_lightning.module import VAE
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,6 @@ def build(cfg: DictConfig) -> Run:
     shape, and read the checkpoint to resume from. Every configuration error surfaces here, as a
     ``ConfigError`` naming its key, before any training."""
     check(cfg)
-    L.seed_everything(cfg.seed, workers=True)
     datamodule = build_node(cfg.data, "data")
     with open_dict(cfg):
         cfg.model.data_shape = list(datamodule.shape)
@@ -76,6 +77,9 @@ def build(cfg: DictConfig) -> Run:
     if checkpoint is not None:
         check_resumable(plain(cfg), checkpoint, resume_from,
                         _overrides(rundir.of_checkpoint(resume_from)))
+        _refuse_if_complete(cfg, checkpoint, resume_from)
+    _check_memory(cfg)
+    L.seed_everything(cfg.seed, workers=True)
     model = build_node(cfg.model, "model", steps_per_batch=datamodule.steps_per_batch)
     try:  # the optimizer is built at fit; its own argument checks run now
         model.configure_optimizers()
@@ -83,6 +87,64 @@ def build(cfg: DictConfig) -> Run:
         raise ConfigError(f"Invalid configuration: model.optimizer: {err}") from None
     _warn_about_the_likelihood(datamodule, model)
     return Run(datamodule, model, resume_from, checkpoint)
+
+
+def _refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -> None:
+    """Resuming a run that already reached this config's length trains nothing: say so, and
+    leave the run (its results, checkpoints and record) as it is."""
+    seen = checkpoint.get("samples_seen", 0)
+    steps = checkpoint.get("global_step", 0)
+    epochs = (checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+              .get("current", {}).get("processed", 0))
+    trainer = cfg.trainer
+    if trainer.get("max_samples") is not None:
+        done, length = seen >= trainer.max_samples, f"trainer.max_samples={trainer.max_samples:g}"
+    elif (trainer.get("max_steps") or -1) >= 0 and steps >= trainer.max_steps:
+        done, length = True, f"trainer.max_steps={trainer.max_steps}"
+    else:
+        max_epochs = trainer.get("max_epochs")
+        done = max_epochs not in (None, -1) and epochs >= max_epochs
+        length = f"trainer.max_epochs={max_epochs}"
+    if done:
+        raise NothingToDo(
+            f"The run of {path} is complete ({epochs} epochs, {steps} steps, {seen:,} samples "
+            f"seen: {length} reached); nothing was trained or written. To train it further, "
+            "resume with a larger trainer.max_epochs or trainer.max_samples.")
+
+
+def _check_memory(cfg: DictConfig) -> None:
+    """Refuse a model whose parameters alone (with their gradients and two optimizer moments)
+    would not fit in the memory available: counted on PyTorch's meta device, which allocates
+    nothing, so an impossible size is an error line, not an allocation failure or a kill."""
+    import torch
+
+    available = _available_memory()
+    if available is None:
+        return
+    with torch.device("meta"):
+        parts = {key: build_node(cfg.model[key], f"model.{key}")
+                 for key in ("encoder", "decoder", "prior")}
+    count = sum(p.numel() for part in parts.values() for p in part.parameters())
+    needed = 4 * count * 4  # float32 weights, gradients, two optimizer moments
+    if needed > available:
+        sizes = ", ".join(f"model.{key} {sum(p.numel() for p in part.parameters()):,}"
+                          for key, part in parts.items())
+        raise ConfigError(
+            f"Invalid configuration: the model has {count:,} parameters ({sizes}), about "
+            f"{needed / 2**30:.1f} GiB with their gradients and optimizer state, and "
+            f"{available / 2**30:.1f} GiB of memory are available; reduce model.latent or the "
+            "networks' sizes.")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), if known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> None:
@@ -105,22 +167,31 @@ def _warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) ->
 
 def _instantiate_all(group: DictConfig | None, key: str,
                      **kwargs_by_key: dict[str, Any]) -> list[Any]:
+    """The nodes of a group of loggers or callbacks; one set to null is left out."""
     return [build_node(node, f"{key}.{name}", **kwargs_by_key.get(name, {}))
-            for name, node in (group or {}).items()]
+            for name, node in (group or {}).items() if node is not None]
+
+
+def _task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build the run, train (or resume), evaluate the best checkpoint on val and test; return
-    the results."""
+    the results. Nothing is written into the run directory before every check has passed."""
+    rundir.guard(cfg.output_dir, resuming=cfg.get("ckpt_path") is not None)
     datamodule, model, resume_from, checkpoint = build(cfg)
+    if resume_from is not None:
+        rundir.record_resume(cfg.output_dir, _task_overrides())
     run_id = wandb_run_id(checkpoint) if checkpoint else None
     loggers = _instantiate_all(cfg.get("logger"), "logger",
                                wandb={"id": run_id, "resume": "allow"} if run_id else {})
+    stop = GracefulStop()
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
-                 RunConfig(plain(cfg))]
+                 RunConfig(plain(cfg)), stop]
     trainer = build_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
     try:
-        return _fit_and_test(cfg, trainer, datamodule, model, resume_from)
+        return _fit_and_test(cfg, trainer, datamodule, model, resume_from, stop)
     finally:
         for logger in trainer.loggers:  # so that the next job of a sweep starts its own run
             if isinstance(logger, WandbLogger):
@@ -128,12 +199,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
-                  model: VAE, resume_from: str | None) -> dict[str, Any]:
+                  model: VAE, resume_from: str | None, stop: GracefulStop) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except MisconfigurationException as err:  # Lightning's own checks, before the first step
         raise ConfigError(f"Invalid trainer configuration: {err}") from None
+    except SystemExit:  # Lightning's exit after a second Ctrl-C, or after its SIGTERM handling
+        if stop.received is None:
+            stop.received = signal.SIGINT if trainer.interrupted else signal.SIGTERM
+    if stop.received is not None:
+        raise _interrupted(cfg, trainer, stop.received)
     seconds = time.perf_counter() - start
     fitted = {key: float(trainer.callback_metrics[key])
               for key in ("train/elbo", "train/samples_seen") if key in trainer.callback_metrics}
@@ -168,3 +244,16 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         rundir.write_json(path, results)
         log.info("test/elbo = %.3f nats; results written to %s", results["test/elbo"], path)
     return results
+
+
+def _interrupted(cfg: DictConfig, trainer: L.Trainer, signum: int) -> Interrupted:
+    """What to tell after a signal stopped training, and how to resume."""
+    last = rundir.last_checkpoint(cfg.output_dir)
+    where = (f"the state after step {trainer.global_step} is saved in {last}"
+             if last.is_file() else "no checkpoint was written yet")
+    overrides = [item for item in _task_overrides() if not item.startswith("ckpt_path=")]
+    again = " ".join(["vae-train", *overrides, f"ckpt_path={last}"])
+    return Interrupted(
+        f"Training stopped by {signal.Signals(signum).name} at step {trainer.global_step} "
+        f"(epoch {trainer.current_epoch}); {where}; no results.json was written. Resume with: "
+        f"{again}", signum)

@@ -1,4 +1,5 @@
-"""Lightning's Trainer with what Figure 2 needs: a training length in samples seen."""
+"""Lightning's Trainer with a training length in samples seen (Figure 2's x-axis) and atomic
+checkpoint writes."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from typing import Annotated, Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from vae_lightning.args import Range, checked
 from vae_lightning.callbacks.curve import SampleBudget
+from vae_lightning.checkpoints import AtomicCheckpointIO
 
 
 class Trainer(L.Trainer):
@@ -16,8 +19,10 @@ class Trainer(L.Trainer):
     optimizer step at which this many training samples (all ranks) were seen, Fig. 2's x-axis;
     it replaces ``max_epochs``.
 
-    Lightning's progress bar redraws on every batch, a cost that shows with small models; left
-    to its default, the bar here redraws every ``log_every_n_steps`` batches."""
+    Checkpoints are written atomically (``checkpoints.AtomicCheckpointIO``) unless ``plugins``
+    brings another CheckpointIO. Lightning's progress bar redraws on every batch, a cost that shows
+    with small models; left to its default, the bar here redraws every ``log_every_n_steps``
+    batches."""
 
     @checked
     def __init__(
@@ -26,9 +31,13 @@ class Trainer(L.Trainer):
         max_samples: Annotated[float, Range(ge=1)] | None = None,
         max_epochs: Annotated[int, Range(ge=1)] | Literal[-1] | None = None,
         callbacks: list[Any] | None = None,
+        plugins: Any = None,
         **kwargs: Any,
     ) -> None:
         callbacks = list(callbacks or [])
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins] * bool(plugins)
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
         if max_samples is not None:
             max_epochs = -1
             callbacks.append(SampleBudget(max_samples))
@@ -36,4 +45,4 @@ class Trainer(L.Trainer):
                 isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, kwargs.get("log_every_n_steps")
                                                                or 1)))
-        super().__init__(max_epochs=max_epochs, callbacks=callbacks, **kwargs)
+        super().__init__(max_epochs=max_epochs, callbacks=callbacks, plugins=plugins, **kwargs)

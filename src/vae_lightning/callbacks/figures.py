@@ -92,6 +92,7 @@ def samples_figure(model: L.LightningModule, n: int = 100):
 def reconstructions_figure(model: L.LightningModule, x: Tensor, per_row: int = 10):
     """Inputs ``x`` ``[B, C, H, W]`` (odd rows) above their reconstructions
     E[x | z = E_q[z|x]]."""
+    per_row = min(per_row, len(x))
     rows = max(1, len(x) // per_row)
     x = x[: rows * per_row]
     recon = model.reconstruct(x).cpu()

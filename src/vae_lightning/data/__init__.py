@@ -1,5 +1,8 @@
-"""Data: MNIST, Fashion-MNIST and Frey Face as Lightning data modules."""
+"""Data: MNIST, Fashion-MNIST, Frey Face, CIFAR-10, and your own images (a folder of PNG/JPEG
+files, or a .npy/.npz array) as Lightning data modules."""
 
+from .array import ArrayDataModule
+from .cifar import CIFAR10DataModule
 from .datamodules import (
     FashionMNISTDataModule,
     FreyFaceDataModule,
@@ -7,10 +10,14 @@ from .datamodules import (
     VAEDataModule,
 )
 from .errors import DataError
+from .folder import FolderDataModule
 
 __all__ = [
+    "ArrayDataModule",
+    "CIFAR10DataModule",
     "DataError",
     "FashionMNISTDataModule",
+    "FolderDataModule",
     "FreyFaceDataModule",
     "MNISTDataModule",
     "VAEDataModule",

@@ -1,4 +1,4 @@
-"""Lightning data modules for MNIST, Fashion-MNIST and Frey Face."""
+"""Lightning data modules: the base class, MNIST, Fashion-MNIST and Frey Face."""
 
 from __future__ import annotations
 
@@ -33,16 +33,22 @@ _STAGE_SPLITS = {
 
 
 class VAEDataModule(L.LightningDataModule):
-    """Base class: in-memory uint8 splits served by index slicing, sharded per rank.
+    """Base class: in-memory splits, one tensor per split, served by index slicing, sharded per
+    rank.
 
-    ``shape`` is the shape of one image, ``(C, H, W)``: what the networks are built for.
-    Dataloader batches are ``(x, y)``: ``x`` uint8 images ``[B, H, W]`` (or ``[B, C, H, W]``),
-    or bool images when binarized once in setup (``binarize="static"``, and val/test with
-    ``"dynamic"``, so the evaluation bound is comparable across epochs and runs); ``y`` int64
-    labels ``[B]`` (-1 when the set has none).
-    ``to_inputs`` turns a batch into model inputs, float32 ``[B, C, H, W]`` in [0, 1]: divided
-    by ``scale`` and, for ``binarize="dynamic"``, a fresh Bernoulli draw for every training batch
-    from a generator seeded by (seed, rank). Lightning calls it through
+    ``shape`` is the shape of one image, ``(C, H, W)``: what the networks are built for. A data
+    set of fixed images sets it on the class; one whose shape comes from its options or its
+    files (a folder, an array file) sets it on the instance in ``__init__``, before any data is
+    read, because the model is built for it before training loads anything.
+    Dataloader batches are ``(x, y)``: ``x`` uint8 images ``[B, H, W]`` (C = 1) or
+    ``[B, C, H, W]``, float images in [0, 1] (an array file given as floats: kept as they are, as
+    float32), or bool images when binarized once in setup (``binarize="static"``, and val/test
+    with ``"dynamic"``, so the evaluation bound is comparable across epochs and runs); ``y``
+    int64 labels ``[B]`` (-1 when the set has none).
+    ``to_inputs`` turns a batch into model inputs, float32 ``[B, C, H, W]`` in [0, 1]: uint8
+    pixels divided by ``scale`` (float pixels are already probabilities: not divided) and, for
+    ``binarize="dynamic"``, a fresh Bernoulli draw (u < x) for every training batch from a
+    generator seeded by (seed, rank). Lightning calls it through
     ``on_after_batch_transfer`` (on the device); code that iterates the dataloaders without a
     Trainer calls it on each batch itself.
 
@@ -86,7 +92,8 @@ class VAEDataModule(L.LightningDataModule):
         self._generators: dict[str, torch.Generator] = {}
 
     def _load(self, names: set[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Return ``{split: (uint8 images [N, H, W], int64 labels [N])}`` for ``names``."""
+        """Return ``{split: (images, int64 labels [N])}`` for ``names``: images uint8
+        ``[N, H, W]`` or ``[N, C, H, W]``, or float32 ``[N, C, H, W]`` in [0, 1]."""
         raise NotImplementedError
 
     def _rank_world(self) -> tuple[int, int]:
@@ -109,7 +116,7 @@ class VAEDataModule(L.LightningDataModule):
                 # Val/test draws use the fixed SPLIT_SEED: every run is scored on the same data.
                 seed = self.seed if split == "train" else SPLIT_SEED
                 gen = torch.Generator().manual_seed(derive_seed(seed, _SPLIT_IDS[split]))
-                x = torch.bernoulli(x.float() / self.scale, generator=gen).bool()
+                x = torch.bernoulli(self._probabilities(x), generator=gen).bool()
             if self.on_device and self._device().type != "cpu":
                 x, y = x.to(self._device()), y.to(self._device())
             self.splits[split] = (x, y)
@@ -162,8 +169,13 @@ class VAEDataModule(L.LightningDataModule):
         x = x.to(device)
         if self.binarize == "dynamic" and x.dtype != torch.bool:
             gen = torch.Generator(x.device).manual_seed(derive_seed(SPLIT_SEED, _SPLIT_IDS[split]))
-            x = torch.rand(x.shape, generator=gen, device=x.device) < x.float() / self.scale
+            x = torch.rand(x.shape, generator=gen, device=x.device) < self._probabilities(x)
         return self.to_inputs((x, y))[0]
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels as float32 in [0, 1]: integer pixels divided by ``scale``; float pixels (an
+        array given in [0, 1]) as they are."""
+        return x.float() if x.is_floating_point() else x.float() / self.scale
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if str(device) not in self._generators:
@@ -184,7 +196,7 @@ class VAEDataModule(L.LightningDataModule):
         if x.dtype == torch.bool:  # binarized once in setup
             return x.float(), y
         if self.binarize != "dynamic":
-            return x.float() / self.scale, y
+            return self._probabilities(x), y
         # A Bernoulli(x / scale) draw as u < x: faster than torch.bernoulli on CPU.
         generator = self._generator(x.device)
         if x.dtype == torch.uint8 and self.scale in (255.0, 256.0):
@@ -193,7 +205,7 @@ class VAEDataModule(L.LightningDataModule):
             u = torch.randint(int(self.scale), x.shape, generator=generator, device=x.device,
                               dtype=torch.uint8)
             return (u < x).float(), y
-        x = x.float() / self.scale
+        x = self._probabilities(x)
         return (torch.rand(x.shape, generator=generator, device=x.device) < x).float(), y
 
 
@@ -203,6 +215,30 @@ def _carve(n: int, size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"val_size={size} is invalid for {name}: expected fewer than {n}.")
     perm = np.random.default_rng(SPLIT_SEED).permutation(n)
     return np.sort(perm[size:]), np.sort(perm[:size])
+
+
+# The size of a held-out split: a number of examples, or a fraction (below 1) of them.
+SplitSize = PositiveInt | Annotated[float, Range(gt=0, lt=1)]
+
+
+def held_out(n: int, val_size: int | float, test_size: int | float,
+             what: str) -> dict[str, np.ndarray]:
+    """Indices of the train, val and test splits of ``n`` examples, Frey Face's convention: test
+    is carved from all ``n``, then val from the rest, each by the fixed SPLIT_SEED permutation, so
+    every run, whatever its seed, sees the same splits; each split in the data's order.
+
+    A fraction is rounded to a number of examples (at least one); at least one example must be
+    left to train on, else a ``DataError`` naming ``what`` and the sizes."""
+    val, test = (size if isinstance(size, int) else max(1, round(size * n))
+                 for size in (val_size, test_size))
+    if val + test >= n:
+        raise DataError(
+            f"{what} holds {n} examples: too few for val_size={val_size!r} ({val}) and "
+            f"test_size={test_size!r} ({test}); expected val + test below {n}, so that some are "
+            "left to train on: add data, or lower val_size and test_size.")
+    rest, test_idx = _carve(n, test, what)
+    train_of_rest, val_of_rest = _carve(len(rest), val, what)
+    return {"train": rest[train_of_rest], "val": rest[val_of_rest], "test": test_idx}
 
 
 class _IDXDataModule(VAEDataModule):

@@ -1,0 +1,298 @@
+"""data=array: .npy and .npz images in every layout and dtype, labels, the fixed split, nothing
+ever unpickled, one-line errors for bad files, and training end to end."""
+
+import math
+import pathlib
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from compose import compose_train
+
+from vae_lightning.args import ArgumentError
+from vae_lightning.data import ArrayDataModule, DataError
+from vae_lightning.data import array as array_module
+from vae_lightning.data.download import DataNotFoundError
+from vae_lightning.train import build, train
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+N = 20
+
+
+def images(shape, dtype, seed=0) -> np.ndarray:
+    """Distinct images: uint8 0..255 or floats in [0, 1] (0 and 1 included)."""
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype) == np.uint8:
+        return rng.integers(0, 256, shape, np.uint8)
+    x = rng.random(shape).astype(dtype)
+    x.flat[:2] = 0.0, 1.0
+    return x
+
+
+def save(path: pathlib.Path, **arrays) -> pathlib.Path:
+    if path.suffix == ".npy":
+        np.save(path, arrays["x"])
+    else:
+        np.savez_compressed(path, **arrays) if "compressed" in path.name else np.savez(path,
+                                                                                      **arrays)
+    return path
+
+
+def served(dm) -> np.ndarray:
+    """Every split's images, in index order of the file (the splits are disjoint)."""
+    dm.setup()
+    parts = {s: dm.splits[s][0].numpy() for s in ("train", "val", "test")}
+    assert sum(len(p) for p in parts.values()) == dm.n
+    return parts
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", "-compressed.npz"])
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "float64", "float16"])
+@pytest.mark.parametrize("stored, layout, shape", [
+    ((N, 6, 5), "auto", (1, 6, 5)),  # [N, H, W]
+    ((N, 1, 6, 5), "auto", (1, 6, 5)),  # [N, C, H, W]
+    ((N, 3, 6, 5), "auto", (3, 6, 5)),
+    ((N, 6, 5, 3), "auto", (3, 6, 5)),  # [N, H, W, C]
+    ((N, 6, 5, 1), "auto", (1, 6, 5)),
+    ((N, 3, 6, 3), "auto", (3, 6, 3)),  # ambiguous: channels-first unless told
+    ((N, 3, 6, 3), "nhwc", (3, 3, 6)),
+    ((N, 6, 5, 3), "nchw", (6, 5, 3)),  # told: 6 channels
+])
+def test_layouts_and_dtypes(tmp_path, suffix, dtype, stored, layout, shape):
+    x = images(stored, dtype)
+    path = save(tmp_path / f"images{suffix}", x=x)
+    dm = ArrayDataModule(path=str(path), layout=layout, val_size=4, test_size=3, batch_size=5)
+    assert dm.shape == shape and dm.name == "array"
+    nchw = x.reshape(N, *shape) if len(stored) == 3 else (
+        x.transpose(0, 3, 1, 2) if shape != stored[1:] else x)
+    parts = served(dm)
+    assert {s: len(p) for s, p in parts.items()} == {"train": 13, "val": 4, "test": 3}
+    everything = np.concatenate(list(parts.values())).reshape(N, *shape)
+    want = nchw.astype(np.float32) if dtype != "uint8" else nchw
+    assert everything.dtype == want.dtype  # uint8 kept; floats served as float32
+    assert sorted(map(bytes, everything)) == sorted(map(bytes, want))  # the same images
+    batch = next(iter(dm.test_dataloader()))
+    inputs, labels = dm.to_inputs(batch)
+    assert inputs.dtype == torch.float32 and inputs.shape == (3, *shape)
+    pixels = batch[0].reshape(3, *shape).float()
+    assert torch.equal(inputs, pixels / 255 if dtype == "uint8" else pixels)  # floats as given
+    assert (labels == -1).all()
+
+
+def test_header_is_read_without_loading(tmp_path, monkeypatch):
+    for path in (save(tmp_path / "a.npy", x=images((N, 4, 4, 3), np.uint8)),
+                 save(tmp_path / "a.npz", x=images((N, 4, 4, 3), np.uint8))):
+        monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("loaded in __init__"))
+        assert ArrayDataModule(path=str(path)).shape == (3, 4, 4)
+        monkeypatch.undo()
+
+
+def test_npz_keys_and_labels(tmp_path):
+    x, y = images((N, 4, 4), np.uint8), np.arange(N) % 7
+    dm = ArrayDataModule(path=str(save(tmp_path / "xy.npz", x=x, y=y)), labels_key="y",
+                         val_size=4, test_size=4)
+    dm.setup()
+    assert dm.key == "x"
+    for split in ("train", "val", "test"):
+        got_x, got_y = dm.splits[split]
+        assert got_y.dtype == torch.int64
+        index = {bytes(image): i for i, image in enumerate(x)}
+        rows = [index[bytes(image)] for image in got_x.numpy()]
+        assert got_y.tolist() == y[rows].tolist()
+        assert rows == sorted(rows)  # each split in file order
+    dm = ArrayDataModule(path=str(save(tmp_path / "xy.npz", x=x, y=y)))
+    dm.setup("test")
+    assert (dm.splits["test"][1] == -1).all()  # no labels_key: no labels
+    only = ArrayDataModule(path=str(save(tmp_path / "only.npz", pictures=x)), val_size=2,
+                           test_size=2)
+    assert only.key == "pictures"
+    named = ArrayDataModule(path=str(save(tmp_path / "two.npz", a=x, b=x[:, :2])), key="b")
+    assert named.shape == (1, 2, 4)
+    both = ArrayDataModule(path=str(save(tmp_path / "lab.npz", images=x, labels=y)),
+                           labels_key="labels")
+    assert both.key == "images"
+
+
+@pytest.mark.parametrize("arrays, kwargs, words", [
+    ({"a": np.zeros((4, 2, 2), np.uint8), "b": np.zeros((4, 2, 2), np.uint8)}, {},
+     "key=null, but path=.* holds 2 arrays \\(a, b\\) and none named x"),
+    ({"x": np.zeros((4, 2, 2), np.uint8)}, {"key": "images"},
+     "key='images' is not an array of path=.*: expected one of x"),
+    ({"x": np.zeros((4, 2, 2), np.uint8)}, {"labels_key": "y"},
+     "labels_key='y' is not an array of path"),
+    ({"x": np.zeros((4, 2, 2), np.uint8), "y": np.zeros(3, np.int64)}, {"labels_key": "y"},
+     r"\(key='y'\) has shape \[3\]: expected one label per image, \[4\]"),
+    ({"x": np.zeros((4, 2, 2), np.uint8), "y": np.zeros(4, np.float32)}, {"labels_key": "y"},
+     "has dtype float32: expected integer labels"),
+    ({"x": np.zeros((4, 2, 2), np.uint8)}, {"labels_key": "x"},
+     "labels_key='x' is the only array of path=.*: expected the images in another array"),
+    ({"x": np.zeros((4, 2, 2), np.uint8), "y": np.zeros(4, np.int64)},
+     {"key": "y", "labels_key": "y"}, "labels_key='y' is also the images' key"),
+])
+def test_npz_key_errors(tmp_path, arrays, kwargs, words):
+    path = save(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=words) as err:
+        ArrayDataModule(path=str(path), **kwargs)
+    assert len(str(err.value).splitlines()) == 1
+
+
+class Exploit:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_pickled_object_array_is_refused_not_unpickled(tmp_path, suffix):
+    marker = tmp_path / "unpickled"
+    objects = np.empty((N, 2, 2), dtype=object)
+    objects[...] = Exploit(str(marker))
+    path = tmp_path / f"objects{suffix}"
+    if suffix == ".npy":
+        np.save(path, objects, allow_pickle=True)
+    else:
+        np.savez(path, x=objects)
+    with pytest.raises(DataError, match="an array of Python objects, which is never loaded"):
+        ArrayDataModule(path=str(path))
+    assert not marker.exists()  # refused, never unpickled
+    loaded = np.load(path, allow_pickle=True)  # whereas unpickling it runs its code:
+    assert (loaded if suffix == ".npy" else loaded["x"]).shape == (N, 2, 2)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("x, words", [
+    (np.full((N, 4, 4), 1.5, np.float32), r"image 0 \(of 20 such\) holds 1.5: expected float "
+     r"pixels in \[0, 1\]"),
+    (np.concatenate([np.zeros((N - 1, 4, 4)), np.full((1, 4, 4), -0.25)]),
+     r"image 19 \(of 1 such\) holds -0.25"),
+    (np.concatenate([np.zeros((N - 1, 4, 4)), np.full((1, 4, 4), np.nan)]),
+     r"image 19 \(of 1 such\) holds nan: expected float pixels in \[0, 1\] \(and finite\)"),
+    (np.full((N, 4, 4), np.inf, np.float32), "holds inf"),
+])
+def test_float_values_outside_unit_interval(tmp_path, x, words):
+    dm = ArrayDataModule(path=str(save(tmp_path / "f.npy", x=x)), val_size=1, test_size=1)
+    with pytest.raises(DataError, match=words) as err:
+        dm.setup()
+    assert "f.npy" in str(err.value)
+
+
+@pytest.mark.parametrize("x, words", [
+    (np.zeros((N, 4, 4), np.int16), "has dtype int16: expected uint8 .* or float"),
+    (np.zeros((N, 4, 4), bool), "has dtype bool: expected uint8"),
+    (np.zeros((N, 4, 4), np.complex64), "has dtype complex64"),
+    (np.zeros((N, 16), np.uint8), r"has shape \[20, 16\]: expected images \[N, H, W\]"),
+    (np.zeros((N, 2, 2, 2, 2), np.uint8), r"has shape \[20, 2, 2, 2, 2\]"),
+    (np.zeros((N, 0, 4), np.uint8), r"has shape \[20, 0, 4\]"),
+    (np.zeros((0, 4, 4), np.uint8), r"holds no images \(shape \[0, 4, 4\]\)"),
+    (np.zeros((N, 4, 4), [("a", np.uint8), ("b", np.float32)]), "has dtype"),
+])
+def test_bad_arrays(tmp_path, x, words):
+    for path in (save(tmp_path / "bad.npy", x=x), save(tmp_path / "bad.npz", x=x)):
+        with pytest.raises(DataError, match=words) as err:
+            ArrayDataModule(path=str(path))
+        assert str(path) in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        ArrayDataModule(path=str(tmp_path / "missing.npy"))
+    text = tmp_path / "images.npy"
+    text.write_text("hello")
+    with pytest.raises(DataError, match="is neither a .npy nor a .npz file"):
+        ArrayDataModule(path=str(text))
+    bad_header = tmp_path / "header.npy"
+    bad_header.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': nonsense}")
+    with pytest.raises(DataError, match="is not a readable .npy array"):
+        ArrayDataModule(path=str(bad_header))
+    whole = save(tmp_path / "whole.npy", x=images((N, 8, 8), np.uint8))
+    cut = tmp_path / "cut.npy"
+    cut.write_bytes(whole.read_bytes()[:-100])  # the header is intact: the data is short
+    dm = ArrayDataModule(path=str(cut))
+    with pytest.raises(DataError, match="cannot be read .* truncated or corrupt") as err:
+        dm.setup()
+    assert str(cut) in str(err.value)
+    zipped = save(tmp_path / "whole.npz", x=images((N, 8, 8), np.uint8))
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(zipped.read_bytes()[:200])
+    with pytest.raises(DataError, match="is not a readable .npz file") as err:
+        ArrayDataModule(path=str(broken))
+    assert str(broken) in str(err.value)
+    with zipfile.ZipFile(tmp_path / "empty.npz", "w"):
+        pass
+    with pytest.raises(DataError, match=r"holds no arrays \(none\)"):
+        ArrayDataModule(path=str(tmp_path / "empty.npz"))
+    for key in ("key", "labels_key"):
+        with pytest.raises(DataError, match=f"{key}='x' names an array in a .npz file"):
+            ArrayDataModule(path=str(whole), **{key: "x"})
+
+
+def test_split_is_fixed_across_seeds_and_too_few_images(tmp_path):
+    path = save(tmp_path / "x.npy", x=images((N, 4, 4), np.uint8))
+
+    def split(seed, stage, name):
+        dm = ArrayDataModule(path=str(path), seed=seed)
+        dm.setup(stage)
+        return dm.splits[name][0]
+
+    assert torch.equal(split(0, None, "val"), split(3, "validate", "val"))
+    assert torch.equal(split(0, None, "test"), split(4, "test", "test"))
+    assert len(split(0, "fit", "train")) == 16  # 10% of 20 for val and test each
+    few = save(tmp_path / "few.npy", x=images((2, 4, 4), np.uint8))
+    with pytest.raises(DataError, match="holds 2 examples: too few"):
+        ArrayDataModule(path=str(few)).setup()
+
+
+def test_float_binarization_draws_bernoulli_of_the_value(tmp_path):
+    values = np.array([0.0, 0.25, 0.5, 1.0], np.float32)
+    x = np.tile(values, (4000, 1)).reshape(4000, 1, 2, 2)
+    dm = ArrayDataModule(path=str(save(tmp_path / "p.npy", x=x)), binarize="dynamic",
+                         val_size=1, test_size=1, batch_size=4000)
+    dm.setup("fit")
+    drawn, _ = dm.to_inputs(next(iter(dm.train_dataloader())))
+    assert set(drawn.unique().tolist()) <= {0.0, 1.0}
+    mean = drawn.flatten(1).mean(0).double()
+    assert torch.allclose(mean, torch.from_numpy(values).double(), atol=0.03)
+    assert mean[0] == 0 and mean[3] == 1
+    static = ArrayDataModule(path=str(save(tmp_path / "p.npy", x=x)), binarize="static",
+                             val_size=1, test_size=1)
+    static.setup("test")
+    assert static.splits["test"][0].dtype == torch.bool
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"layout": "chw"}, "layout='chw' is not allowed: expected one of auto, nchw, nhwc"),
+    ({"val_size": 0}, "val_size=0 is not allowed"),
+    ({"test_size": 1.0}, "test_size=1.0 is not allowed"),
+    ({"key": 3}, "key=3 is not allowed"),
+])
+def test_bad_arguments(tmp_path, kwargs, word):
+    with pytest.raises(ArgumentError, match=word):
+        ArrayDataModule(path=str(tmp_path / "x.npy"), **kwargs)
+
+
+def test_image_shape_rule():
+    for shape, layout in [((5, 28, 28, 1), "nhwc"), ((5, 32, 32, 3), "nhwc"),
+                          ((5, 3, 32, 32), "nchw"), ((5, 1, 28, 28), "nchw"),
+                          ((5, 3, 8, 3), "nchw"), ((5, 4, 8, 8), "nchw"), ((5, 8, 8), "nhw")]:
+        assert array_module.resolve_layout(shape, "auto", "x") == layout
+
+
+def test_config_and_training_end_to_end(tmp_path):
+    path = save(tmp_path / "data.npz", x=images((40, 8, 8), np.float32),
+                y=np.arange(40) % 4)
+    cfg = compose_train(["data=array", f"data.path={path}"], tmp_path / "check")
+    assert cfg.model.decoder.likelihood._target_ == "vae_lightning.likelihoods.ContinuousBernoulli"
+    assert build(cfg).datamodule.shape == (1, 8, 8)
+    out = tmp_path / "run"
+    results = train(compose_train(
+        ["data=array", f"data.path={path}", "data.labels_key=y", "data.batch_size=10",
+         "data.val_size=10", "data.test_size=10", "model.latent=2",
+         "model.encoder.net.hidden=[16]", "model.decoder.net.hidden=[16]",
+         "trainer.max_epochs=1", "trainer.accelerator=cpu", *QUIET], out))
+    assert results["data"] == "array" and results["steps"] == 2
+    assert math.isfinite(results["test/elbo"]) and (out / "results.json").is_file()

@@ -210,3 +210,13 @@ def choices(fn: Callable, name: str) -> tuple[Any, ...] | None:
     while typing.get_origin(hint) is Annotated:
         hint = typing.get_args(hint)[0]
     return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def within(prefix: str, build: Callable[[], Any]) -> Any:
+    """``build()``, its ``ArgumentError`` naming the arguments under ``prefix`` (a part built
+    inside another, e.g. an encoder's ``net``)."""
+    try:
+        return build()
+    except ArgumentError as err:
+        raise ArgumentError(err.owner, [(f"{prefix}.{name}", value, accepted)
+                                        for name, value, accepted in err.problems]) from None

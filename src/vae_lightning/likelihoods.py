@@ -20,7 +20,7 @@ from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.nn import functional as F
 
-from vae_lightning.args import NonNegativeFloat, PositiveFloat, PositiveInt, Range, checked
+from vae_lightning.args import NonNegativeFloat, PositiveFloat, PositiveInt, Range, checked, within
 
 
 class Likelihood(nn.Module):
@@ -451,7 +451,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.likelihood = likelihood
         channels, *size = data_shape
-        self.net = net((latent,), (likelihood.channels(channels), *size))
+        self.net = within("net", lambda: net((latent,), (likelihood.channels(channels), *size)))
 
     def forward(self, z: Tensor) -> Distribution:
         return self.likelihood(self.net(z))

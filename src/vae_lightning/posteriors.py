@@ -14,7 +14,7 @@ from torch import distributions as D
 from torch.distributions import Distribution, Independent
 from torch.nn import functional as F
 
-from vae_lightning.args import PositiveFloat, PositiveInt, checked
+from vae_lightning.args import PositiveFloat, PositiveInt, checked, within
 
 
 class Family:
@@ -77,7 +77,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.posterior = posterior
-        self.net = net(tuple(data_shape), (2 * latent,))
+        self.net = within("net", lambda: net(tuple(data_shape), (2 * latent,)))
 
     def forward(self, x: Tensor) -> Distribution:
         loc, log_var = self.net(x).float().chunk(2, dim=-1)

@@ -1,0 +1,215 @@
+"""The networks of model/encoder and model/decoder: shapes for any data shape and any leading
+batch dimensions, refusal of images the depth does not divide, no mixing across the batch, a
+conv/resnet VAE that learns, every posterior and likelihood option through the YAMLs, and the
+paper's MLP unchanged."""
+
+import inspect
+from functools import partial
+
+import pytest
+import torch
+import yaml
+from compose import CONF, compose_train
+from models import binary_images
+from torch import nn
+from torch.testing import assert_close
+
+from vae_lightning.args import ArgumentError
+from vae_lightning.errors import ConfigError
+from vae_lightning.likelihoods import Bernoulli, Decoder
+from vae_lightning.module import VAE
+from vae_lightning.nets import MLP, ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder
+from vae_lightning.objectives.elbo import ELBO
+from vae_lightning.posteriors import Encoder, Gaussian
+from vae_lightning.priors import StandardNormal
+from vae_lightning.train import build
+
+TINY = {"channels": (2, 4)}  # depth 2: H and W divisible by 4
+ENCODERS = [partial(ConvEncoder, **TINY), partial(ResNetEncoder, **TINY, blocks=1)]
+DECODERS = [partial(ConvDecoder, **TINY), partial(ResNetDecoder, **TINY, blocks=1)]
+NETS = ["conv", "resnet"]
+SHAPES = [(1, 28, 20), (1, 28, 28), (3, 32, 32)]  # Frey Face, MNIST, CIFAR-10
+LEADING = [(), (5,), (3, 5)]  # one input; a batch [B]; importance samples [k, B]
+LATENT = 3
+
+
+def _nets(data_shape, out_channels=2, **kwargs):
+    """(name, network, in_shape, out_shape) of each encoder and decoder network."""
+    c, h, w = data_shape
+    for name, enc, dec in zip(NETS, ENCODERS, DECODERS):
+        net = enc(data_shape, (2 * LATENT,), **kwargs)
+        yield f"{name}-encoder", net, data_shape, (2 * LATENT,)
+        out_shape = (out_channels, h, w)
+        yield f"{name}-decoder", dec((LATENT,), out_shape, **kwargs), (LATENT,), out_shape
+
+
+@pytest.mark.parametrize("leading", LEADING, ids=str)
+@pytest.mark.parametrize("data_shape", SHAPES, ids=str)
+def test_output_shape_for_any_data_shape_and_leading_dims(data_shape, leading):
+    torch.manual_seed(0)
+    for name, net, in_shape, out_shape in _nets(data_shape, out_channels=2 * data_shape[0]):
+        y = net(torch.rand(*leading, *in_shape))
+        assert y.shape == (*leading, *out_shape), name
+        assert torch.isfinite(y).all(), name
+
+
+@pytest.mark.parametrize("make", [*ENCODERS, *DECODERS],
+                         ids=[f"{n}-{d}" for d in ("encoder", "decoder") for n in NETS])
+@pytest.mark.parametrize("channels, data_shape, needs, fits", [
+    ((2, 4, 8), (1, 28, 20), "a depth of 3 needs H and W divisible by 8", "at most 2 entries fit"),
+    ((2, 4), (3, 30, 32), "a depth of 2 needs H and W divisible by 4", "at most 1 entry fits"),
+    ((2,), (1, 27, 20), "a depth of 1 needs H and W divisible by 2", "H or W is odd"),
+], ids=["frey-depth3", "30x32-depth2", "odd"])
+def test_a_shape_the_depth_does_not_divide_is_refused(make, channels, data_shape, needs, fits):
+    c, h, w = data_shape
+    encoder = make.func in (ConvEncoder, ResNetEncoder)
+    shapes = (data_shape, (2,)) if encoder else ((LATENT,), (2, h, w))
+    with pytest.raises(ArgumentError) as refused:
+        make(*shapes, channels=channels)
+    message = str(refused.value)
+    assert message.startswith(f"channels={list(channels)} is not allowed: {needs}, "
+                              f"and the data are {h}x{w}: {fits}")
+    assert message.endswith(f"({make.func.__name__}).")
+
+
+@pytest.mark.parametrize("cls", [ConvEncoder, ResNetEncoder, ConvDecoder, ResNetDecoder])
+def test_no_channels_and_non_image_shapes_are_refused(cls):
+    image = "in_shape" if cls in (ConvEncoder, ResNetEncoder) else "out_shape"
+    shapes = {"in_shape": (1, 8, 8), "out_shape": (1, 8, 8)}
+    with pytest.raises(ArgumentError, match=r"^channels=\[\] is not allowed: expected at least"):
+        cls(**shapes, channels=[])
+    with pytest.raises(ArgumentError, match=rf"^{image}=\(64,\) is not allowed: expected an image"):
+        cls(**{**shapes, image: (64,)})
+    with pytest.raises(ArgumentError, match=r"^activation='swish' is not allowed: expected one of"):
+        cls(**shapes, activation="swish")
+
+
+def test_config_refuses_a_depth_the_data_do_not_divide(tmp_path):
+    overrides = ["model/encoder=conv", "model/decoder=resnet",
+                 "model.encoder.net.channels=[4,8,16]"]
+    with pytest.raises(ConfigError, match=r"model\.encoder\.net\.channels=\[4, 8, 16\] is not "
+                                          r"allowed: a depth of 3 .* the data are 28x20"):
+        build(compose_train(overrides, tmp_path))
+
+
+@pytest.mark.parametrize("data_shape", [(1, 8, 8), (3, 8, 4)], ids=str)
+def test_no_mixing_across_the_batch_and_eval_computes_what_train_does(data_shape):
+    """d out[i] / d x[j] = 0 for i != j (no batch statistics), and a point's output does not
+    depend on its batch-mates, in training mode or in evaluation mode."""
+    torch.manual_seed(0)
+    for name, net, in_shape, _ in _nets(data_shape, channels=(8, 16)):  # no dead ReLU outputs
+        x = torch.rand(2, 3, *in_shape, requires_grad=True)
+        y = net(x)
+        (grad,) = torch.autograd.grad(y[0, 0].sum(), x)
+        assert grad[0, 0].abs().sum() > 0, name
+        grad[0, 0] = 0.0
+        assert torch.equal(grad, torch.zeros_like(grad)), name
+        with torch.no_grad():
+            assert_close(net(x[1, 2]), y[1, 2], msg=name)
+            assert_close(net(x[1:, :1]), y[1:, :1], msg=name)
+            assert torch.equal(net.eval()(x), y.detach()), name
+
+
+@pytest.mark.parametrize("encoder, decoder", zip(ENCODERS, DECODERS), ids=NETS)
+def test_composed_conv_vae_learns_binary_images(encoder, decoder):
+    """Composed in Python as a user would: the bound improves well beyond the pixel marginals'
+    44.4 nats (seeds 0-4 gain 7 to 12 nats in these 60 steps)."""
+    shape, latent, channels = (1, 8, 8), 2, (8, 16)
+    torch.manual_seed(0)
+    model = VAE(Encoder(partial(encoder, channels=channels), Gaussian(), shape, latent),
+                Decoder(partial(decoder, channels=channels), Bernoulli(), shape, latent),
+                StandardNormal(latent), ELBO(),
+                optimizer=partial(torch.optim.Adam, lr=1e-2), latent=latent, data_shape=shape)
+    x = binary_images(128, shape)
+    optimizer = model.configure_optimizers()
+    losses = []
+    for _ in range(60):
+        loss, bound = model.objective.loss(model, x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        assert bound.elbo.shape == (128,)
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first - 3.0, losses  # nats per image
+
+
+POSTERIORS = sorted(p.stem for p in (CONF / "model/posterior").glob("*.yaml"))
+LIKELIHOODS = sorted(p.stem for p in (CONF / "model/likelihood").glob("*.yaml"))
+# Every posterior and every likelihood, each at least once: the posterior sees only the encoder's
+# output and the likelihood only the decoder's channels, so pairs cover what the full product
+# would (tests/test_combinations.py takes the product with the MLP).
+PAIRS = [(POSTERIORS[i % len(POSTERIORS)], LIKELIHOODS[i % len(LIKELIHOODS)])
+         for i in range(max(len(POSTERIORS), len(LIKELIHOODS)))]
+
+
+@pytest.fixture(scope="module")
+def frey_batch(tmp_path_factory):
+    """A minibatch of the default data (Frey Face, 1 x 28 x 20)."""
+    run = build(compose_train([], tmp_path_factory.mktemp("frey")))
+    run.datamodule.setup("fit")
+    x, _ = run.datamodule.to_inputs(next(iter(run.datamodule.train_dataloader())))
+    return x[:8]
+
+
+@pytest.mark.parametrize("posterior, likelihood", PAIRS, ids=[f"{p}-{q}" for p, q in PAIRS])
+@pytest.mark.parametrize("net", NETS)
+def test_every_posterior_and_likelihood_trains_with_the_network(net, posterior, likelihood,
+                                                                frey_batch, tmp_path):
+    """Built from the YAMLs: a finite loss and a gradient reaching every parameter."""
+    overrides = [f"model/encoder={net}", f"model/decoder={net}", f"model/posterior={posterior}",
+                 f"model/likelihood={likelihood}", "model.latent=2",
+                 "model.encoder.net.channels=[2,4]", "model.decoder.net.channels=[2,4]",
+                 *([f"model.{part}.net.blocks=1" for part in ("encoder", "decoder")]
+                   if net == "resnet" else [])]
+    torch.manual_seed(0)
+    model = build(compose_train(overrides, tmp_path)).model
+    assert model.data_shape == (1, 28, 20)
+    assert type(model.encoder.net).__name__.lower().startswith(net)
+    assert type(model.decoder.net).__name__.lower().startswith(net)
+    loss, bound = model.objective.loss(model, frey_batch)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(bound.elbo).all()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+@pytest.mark.parametrize("net", NETS)
+def test_yaml_sets_every_argument_to_its_default_with_a_comment(part, net):
+    """The YAML and the constructor agree: every argument but the shapes is a key, at the
+    constructor's default, and every key says what it is."""
+    path = CONF / "model" / part / f"{net}.yaml"
+    node = yaml.safe_load(path.read_text())["net"]
+    cls = {"conv": {"encoder": ConvEncoder, "decoder": ConvDecoder},
+           "resnet": {"encoder": ResNetEncoder, "decoder": ResNetDecoder}}[net][part]
+    assert node["_target_"] == f"vae_lightning.nets.{cls.__name__}" and node["_partial_"]
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()
+                if name not in ("in_shape", "out_shape")}
+    keys = {k: v for k, v in node.items() if not k.startswith("_")}
+    assert keys == {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    lines = [line for line in path.read_text().splitlines()
+             if line.startswith("  ") and not line.startswith("  _target_:")]
+    assert lines and all("  # " in line for line in lines), path
+
+
+def test_mlp_is_unchanged():
+    """The paper's MLP: the same layers, parameter names, initial numbers and outputs."""
+    torch.manual_seed(0)
+    mlp = MLP((1, 3, 4), (4,), hidden=(8, 6), activation="tanh")
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh(),
+                              nn.Linear(6, 4))
+    assert list(mlp.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight",
+                                      "4.bias"]
+    for (name, p), q in zip(mlp.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(p, q), name
+    x = torch.rand(2, 5, 1, 3, 4)
+    assert torch.equal(mlp(x), reference(x.flatten(-3)))
+    assert mlp(x).shape == (2, 5, 4)
+    torch.manual_seed(0)
+    paper = MLP((1, 3, 4), (2, 3, 4), hidden=(8,), init_std=0.01)
+    assert list(paper.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert all(p.std() < 0.02 for p in paper.parameters())
+    assert paper(torch.rand(7, 1, 3, 4)).shape == (7, 2, 3, 4)

@@ -151,11 +151,21 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         full_key = where.group(1) if where else key
         if full_key != key and not full_key.startswith(key + "."):
             full_key = f"{key}.{full_key}"
-        raise ConfigError(f"Invalid configuration: {full_key}: {_cause(err)}") from None
+        raise ConfigError(f"Invalid configuration: {_described(full_key, cause, err)}") from None
     except (ValueError, TypeError) as err:
         if isinstance(err, UserError) and not isinstance(err, ConfigError):
             raise
         raise ConfigError(f"Invalid configuration: {key}: {err}") from None
+
+
+def _described(key: str, cause: BaseException | None, err: InstantiationException) -> str:
+    """What a constructor refused, each argument named by its config key."""
+    from vae_lightning.args import ArgumentError
+
+    if isinstance(cause, ArgumentError):
+        return "; ".join(f"{key}.{name}={_show(value)} is not allowed: {accepted}"
+                         for name, value, accepted in cause.problems) + f" ({cause.owner})."
+    return f"{key}: {_cause(err)}"
 
 
 def _cause(err: InstantiationException) -> str:

@@ -3,6 +3,7 @@ validation and test data, and write results.json."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -18,7 +19,6 @@ from torch.distributions import constraints
 
 from vae_lightning import rundir
 from vae_lightning.args import choices
-from vae_lightning.callbacks.stop import GracefulStop
 from vae_lightning.checkpoints import (
     ResumeState,
     RunConfig,
@@ -84,7 +84,10 @@ def build(cfg: DictConfig) -> Run:
     try:  # the optimizer is built at fit; its own argument checks run now
         model.configure_optimizers()
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"Invalid configuration: model.optimizer: {err}") from None
+        node = cfg.model.optimizer
+        given = ", ".join(f"{key}={node[key]!r}" for key in node if not key.startswith("_"))
+        raise ConfigError(f"Invalid configuration: model.optimizer ({node._target_} with "
+                          f"{given}) refuses its arguments: {err}.") from None
     _warn_about_the_likelihood(datamodule, model)
     return Run(datamodule, model, resume_from, checkpoint)
 
@@ -181,17 +184,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     the results. Nothing is written into the run directory before every check has passed."""
     rundir.guard(cfg.output_dir, resuming=cfg.get("ckpt_path") is not None)
     datamodule, model, resume_from, checkpoint = build(cfg)
+    datamodule.prepare_data()  # find or download the files, then read every split (the test
+    datamodule.setup("fit")  # split too): a bad data file is an error before the first step
     if resume_from is not None:
         rundir.record_resume(cfg.output_dir, _task_overrides())
     run_id = wandb_run_id(checkpoint) if checkpoint else None
     loggers = _instantiate_all(cfg.get("logger"), "logger",
                                wandb={"id": run_id, "resume": "allow"} if run_id else {})
-    stop = GracefulStop()
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
-                 RunConfig(plain(cfg)), stop]
+                 RunConfig(plain(cfg))]
     trainer = build_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
     try:
-        return _fit_and_test(cfg, trainer, datamodule, model, resume_from, stop)
+        return _fit_and_test(cfg, trainer, datamodule, model, resume_from)
     finally:
         for logger in trainer.loggers:  # so that the next job of a sweep starts its own run
             if isinstance(logger, WandbLogger):
@@ -199,25 +203,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
-                  model: VAE, resume_from: str | None, stop: GracefulStop) -> dict[str, Any]:
+                  model: VAE, resume_from: str | None) -> dict[str, Any]:
     start = time.perf_counter()
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    except MisconfigurationException as err:  # Lightning's own checks, before the first step
-        raise ConfigError(f"Invalid trainer configuration: {err}") from None
-    except SystemExit:  # Lightning's exit after a second Ctrl-C, or after its SIGTERM handling
-        if stop.received is None:
-            stop.received = signal.SIGINT if trainer.interrupted else signal.SIGTERM
-    if stop.received is not None:
-        raise _interrupted(cfg, trainer, stop.received)
+    with _signals_end_the_run(cfg, trainer):
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        except MisconfigurationException as err:  # Lightning's own checks, before a step
+            raise ConfigError(f"Invalid trainer configuration: {err}") from None
     seconds = time.perf_counter() - start
     fitted = {key: float(trainer.callback_metrics[key])
               for key in ("train/elbo", "train/samples_seen") if key in trainer.callback_metrics}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     evaluate = {"datamodule": datamodule, "ckpt_path": best or None, "verbose": False}
-    val = trainer.validate(model, weights_only=True, **evaluate)[0]
-    test = trainer.test(model, weights_only=True, **evaluate)[0]
+    with _signals_end_the_run(cfg, trainer):
+        val = trainer.validate(model, weights_only=True, **evaluate)[0]
+        test = trainer.test(model, weights_only=True, **evaluate)[0]
 
     choices_ = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     model_cfg = cfg.model
@@ -246,14 +247,33 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
     return results
 
 
+@contextlib.contextmanager
+def _signals_end_the_run(cfg: DictConfig, trainer: L.Trainer):
+    """Lightning stops on SIGTERM at the end of the epoch, after ``last.ckpt`` is written (so
+    the run resumes exactly), and on Ctrl-C at once (``last.ckpt`` then holds the last epoch's
+    end); both leave the Trainer with a ``SystemExit``, of exit code 0 for SIGTERM. Here either
+    ends the run with exit code 128 + the signal, no results.json, and the command to resume."""
+    try:
+        yield
+    except SystemExit:
+        signum = (signal.SIGTERM if trainer.received_sigterm
+                  else signal.SIGINT if trainer.interrupted else None)
+        if signum is None:
+            raise
+        raise _interrupted(cfg, trainer, signum) from None
+
+
 def _interrupted(cfg: DictConfig, trainer: L.Trainer, signum: int) -> Interrupted:
-    """What to tell after a signal stopped training, and how to resume."""
+    """What to tell after a signal stopped the run, and how to resume."""
     last = rundir.last_checkpoint(cfg.output_dir)
-    where = (f"the state after step {trainer.global_step} is saved in {last}"
-             if last.is_file() else "no checkpoint was written yet")
+    if last.is_file():
+        saved = read_checkpoint(last)
+        where = (f"the state after step {saved['global_step']} (epoch {saved['epoch']}) is "
+                 f"saved in {last}")
+    else:
+        where = "no checkpoint was written yet"
     overrides = [item for item in _task_overrides() if not item.startswith("ckpt_path=")]
     again = " ".join(["vae-train", *overrides, f"ckpt_path={last}"])
     return Interrupted(
-        f"Training stopped by {signal.Signals(signum).name} at step {trainer.global_step} "
-        f"(epoch {trainer.current_epoch}); {where}; no results.json was written. Resume with: "
-        f"{again}", signum)
+        f"Stopped by {signal.Signals(signum).name}; {where}; no results.json was written. "
+        f"Resume with: {again}", signum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,12 +20,16 @@ from .frey import frey_images, load_bundled_frey, read_frey_mat
 from .idx import read_idx
 from .sampling import ShardedBatchSampler, TensorBatchDataset, derive_seed
 
+log = logging.getLogger(__name__)
+
 # Seed of the permutation that carves val (and Frey's test) split: fixed, so every run,
 # whatever its ``seed``, sees the same validation and test examples.
 SPLIT_SEED = 0
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _STAGE_SPLITS = {
-    "fit": ("train", "val"),
+    # Fitting reads the test split too: a corrupt test file is found before the first step, not
+    # after training (the test split is small, and Fig. 2's curve evaluates it during training).
+    "fit": ("train", "val", "test"),
     "validate": ("val",),
     "test": ("test",),
     "predict": ("test",),
@@ -82,6 +87,9 @@ class VAEDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            fail(self, "root", str(root), "expected a directory (it holds the data files), and "
+                 "this path is a file: set data.root or VAE_DATA_DIR to a directory")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.seed, self.num_workers, self.on_device = seed, num_workers, on_device
@@ -106,9 +114,7 @@ class VAEDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         names = {s for s in _STAGE_SPLITS[stage] if s not in self.splits}
-        if not names:
-            return
-        for split, (images, labels) in self._load(names).items():
+        for split, (images, labels) in (self._load(names) if names else {}).items():
             x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
             if self.binarize == "static" or (self.binarize == "dynamic" and split != "train"):
                 # One fixed draw, stored as bool: static everywhere; with dynamic, val and test
@@ -117,9 +123,11 @@ class VAEDataModule(L.LightningDataModule):
                 seed = self.seed if split == "train" else SPLIT_SEED
                 gen = torch.Generator().manual_seed(derive_seed(seed, _SPLIT_IDS[split]))
                 x = torch.bernoulli(self._probabilities(x), generator=gen).bool()
-            if self.on_device and self._device().type != "cpu":
-                x, y = x.to(self._device()), y.to(self._device())
             self.splits[split] = (x, y)
+        device = self._device()
+        if self.on_device and device.type != "cpu":  # also splits loaded before a trainer was
+            self.splits = {split: (x.to(device), y.to(device))  # attached (train.py checks them)
+                           for split, (x, y) in self.splits.items()}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.splits:
@@ -360,12 +368,24 @@ class FreyFaceDataModule(VAEDataModule):
         self.path = None if path is None else Path(path)
 
     def _source(self) -> Path | None:
+        """The .mat file to read (None: the bundled copy); says which one is used."""
         if self.path is not None:
+            if self.path.is_dir():
+                raise DataError(f"data.path={str(self.path)!r} is a directory; expected a "
+                                "frey_rawface.mat file (or data.path=null for the bundled copy).")
             if not self.path.is_file():
-                raise DataNotFoundError(f"path={str(self.path)!r} does not exist.")
+                raise DataNotFoundError(f"data.path={str(self.path)!r} does not exist; expected "
+                                        "a frey_rawface.mat file (or data.path=null for the "
+                                        "bundled copy).")
+            log.info("Frey Face: reading %s (data.path).", self.path)
             return self.path
         own = self.root / "frey" / "frey_rawface.mat"
-        return own if own.is_file() else None
+        if own.is_file():
+            log.info("Frey Face: reading %s.", own)
+            return own
+        log.info("Frey Face: the copy bundled with the package (checked against its sha256); no "
+                 "%s (data.root=%s).", own, self.root)
+        return None
 
     def _load(self, names):
         source = self._source()

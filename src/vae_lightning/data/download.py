@@ -39,7 +39,12 @@ def download(name: str, md5: str, directory: Path, mirrors: Sequence[str]) -> Pa
     ``os.replace`` only after the md5 matches, so no partial file is ever left behind.
     Returns the final path; raises ``DataNotFoundError`` listing every failure.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataNotFoundError(f"Cannot create {directory} to download {name} into "
+                                f"({err.strerror}): set data.root or VAE_DATA_DIR to a writable "
+                                "directory, or put the file there by hand.") from None
     errors = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + name
@@ -61,11 +66,15 @@ def download(name: str, md5: str, directory: Path, mirrors: Sequence[str]) -> Pa
 
 
 def find(name: str, dirs: Iterable[Path]) -> Path | None:
-    """Return the first ``dir/name`` or ``dir/name-without-.gz`` that exists, else None."""
+    """Return the first ``dir/name`` or ``dir/name-without-.gz`` that exists, else None; a
+    directory under such a name is an error, not a missing file (which would be downloaded)."""
     for d in dirs:
         for candidate in (d / name, d / name.removesuffix(".gz")):
             if candidate.is_file():
                 return candidate
+            if candidate.exists():
+                raise DataError(f"{candidate} is a directory where the data file {name} should "
+                                "be: remove or rename it.")
     return None
 
 

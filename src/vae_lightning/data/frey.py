@@ -32,7 +32,17 @@ def read_frey_mat(path: str | os.PathLike) -> np.ndarray:
     """Return ``ff`` (uint8, shape (560, 1965)) from a ``frey_rawface.mat`` file."""
     from scipy.io import loadmat
 
-    return _check_shape(np.asarray(loadmat(path)["ff"]), path)
+    try:
+        variables = loadmat(path)
+    except Exception as err:  # scipy's many ways of saying "not a .mat file it can read"
+        raise DataError(f"{path} cannot be read as a MATLAB .mat file ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'unreadable'}); expected "
+                        "frey_rawface.mat with the variable 'ff'.") from None
+    if "ff" not in variables:
+        found = ", ".join(repr(k) for k in variables if not k.startswith("__")) or "none"
+        raise DataError(f"{path} holds no variable 'ff' (it holds {found}); expected "
+                        "frey_rawface.mat, whose variable 'ff' is the faces.")
+    return _check_shape(np.asarray(variables["ff"]), path)
 
 
 def load_bundled_frey() -> np.ndarray:

@@ -445,12 +445,15 @@ def test_a_signal_stops_after_a_step_saves_and_says_how_to_resume(signum, code, 
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-3000:]
     assert "Traceback" not in err and "Resume with: vae-train" in err
-    assert not (run_dir / "results.json").exists()
     state = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert f"step {state['global_step']}" in err  # the state saved is the one it stopped at
+    assert f"step {state['global_step']}" in err  # the state saved is the one it says
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["status"], results["exit_code"]) == ("interrupted", code)
+    assert "test/elbo" not in results
     resumed = subprocess.run([*args[:-2], "trainer.max_epochs=5", args[-1], "ckpt_path=last"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0 or "complete" in resumed.stderr, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["status"] in ("completed",)
 
 
 # ------------------------------------------------------------------------------------- files

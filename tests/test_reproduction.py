@@ -33,7 +33,7 @@ def write_png(path):
 
 
 def write_run(directory, method, points, latent=2, data="frey", figures=("manifold", "samples"),
-              finished=True):
+              finished="completed"):
     directory.mkdir(parents=True)
     curve = {"data": data, "latent": latent, "method": method, "train_size": 1565,
              "test_size": 200, "config": CONFIG,
@@ -43,7 +43,7 @@ def write_run(directory, method, points, latent=2, data="frey", figures=("manifo
     for name in figures:
         write_png(directory / "figures" / f"{name}.png")
     if finished:
-        (directory / "results.json").write_text("{}")
+        (directory / "results.json").write_text(json.dumps({"status": finished}))
     return directory
 
 
@@ -51,7 +51,7 @@ def write_run(directory, method, points, latent=2, data="frey", figures=("manifo
 def runs(tmp_path):
     write_run(tmp_path / "runs" / "aevb", "aevb", AEVB)
     write_run(tmp_path / "runs" / "ws", "wake_sleep", WAKE_SLEEP, figures=("manifold",),
-              finished=False)
+              finished=None)
     return tmp_path / "runs"
 
 
@@ -67,9 +67,9 @@ def test_page_tables_figures_and_copied_images(runs, tmp_path, capsys):
     assert "optimizer AEVB: Adagrad (lr 0.02) / wake-sleep: Adagrad (lr 0.02);" in page
     # A row per run, its last point; the paper's values at the paper's count.
     rows = [line for line in page.splitlines() if line.startswith("| 2 |")]
-    assert rows[0] == (f"| 2 | AEVB | 3,000,000 | 861.24 | 850.50 | ≈ 870 at 1e8 | yes "
+    assert rows[0] == (f"| 2 | AEVB | 3,000,000 | 861.24 | 850.50 | ≈ 870 at 1e8 | completed "
                        f"| `{runs / 'aevb'}` |")
-    assert rows[1] == (f"| 2 | wake-sleep | 2,000,000 | 480.12 | 470.75 | ≈ 575 at 1e8 | no "
+    assert rows[1] == (f"| 2 | wake-sleep | 2,000,000 | 480.12 | 470.75 | ≈ 575 at 1e8 | running "
                        f"| `{runs / 'ws'}` |")
     # Equal samples seen: 2e6, AEVB interpolated in log10(samples) between 1e6 and 3e6.
     expected = 800.0 + (850.5 - 800.0) * math.log(2) / math.log(3)
@@ -93,7 +93,8 @@ def test_stand_in_data_has_no_paper_values(tmp_path):
     assert main([str(tmp_path / "fm"), "--out", str(out)]) == 0
     page = out.read_text()
     assert "## Fashion-MNIST (stand-in for MNIST)" in page
-    assert f"| 5 | AEVB | 3,000,000 | 861.24 | 850.50 | — | yes | `{tmp_path / 'fm'}` |" in page
+    row = f"| 5 | AEVB | 3,000,000 | 861.24 | 850.50 | — | completed | `{tmp_path / 'fm'}` |"
+    assert row in page
     assert "No latent size has both an AEVB and a wake-sleep run." in page
     assert (tmp_path / "reproduction" / "figure2_fashion_mnist.png").read_bytes()[:8] == PNG
 

@@ -26,10 +26,11 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 import vae_lightning.resolvers  # noqa: F401  (registers the configs' resolvers; imports no torch)
-from vae_lightning.errors import UserError
+from vae_lightning.errors import Interrupted, UserError
 
 CONFIG_PATH = "pkg://vae_lightning.conf"
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _one_log_line_per_record() -> None:
@@ -42,22 +43,48 @@ def _one_log_line_per_record() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
-def _run(task: Callable[[], T]) -> T:
-    """Run ``task``; a ``UserError`` ends the command with its one-line message and exit code."""
+def _run(task: Callable[[], T], run_dir: str | None = None) -> T | None:
+    """Run ``task``; a ``UserError`` ends the command with its one-line message and exit code.
+
+    In a sweep (``-m``) a job that fails (bad input, a bug, a diverged or non-finite run) does
+    not end the sweep: its status and message go into its ``results.json`` (``run_dir``, when
+    this job claimed it fresh), its log, and the job returns None, which Hydra's sweepers (and
+    Optuna's) count as a failed trial; a signal still ends the sweep."""
+    from vae_lightning import rundir, sweeps
+
     _one_log_line_per_record()
     try:
         return task()
-    except UserError as err:
-        print(f"{err.prefix}: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
-    except (OSError, RuntimeError) as err:
+    except Exception as err:
+        failure = _user_error(err)
+        sweep = sweeps.in_sweep() and run_dir is not None
+        if failure is None and not sweep:
+            raise
+        if sweep and not isinstance(failure, Interrupted):
+            if failure is None:
+                log.exception("The job failed with an unexpected error (a bug):")
+            message = str(failure or f"{type(err).__name__}: {err}")
+            code = failure.exit_code if failure is not None else 1
+            if not rundir.claim(run_dir).had_run:
+                sweeps.record_failure(run_dir, getattr(failure, "status", "error"), message, code,
+                                      overrides=sweeps.overrides())
+            log.error("The job failed (%s, exit code %d); the sweep goes on: %s",
+                      getattr(failure, "status", "error"), code, message)
+            print(f"{failure.prefix if failure else 'error'}: {message}", file=sys.stderr)
+            return None
+        print(f"{failure.prefix}: {failure}", file=sys.stderr)
+        raise SystemExit(failure.exit_code) from None
+
+
+def _user_error(err: Exception) -> UserError | None:
+    """``err`` as the ``UserError`` it is or stands for (a failed write), else None: a bug."""
+    if isinstance(err, UserError):
+        return err
+    if isinstance(err, OSError | RuntimeError):
         from vae_lightning.checkpoints import unwritable
 
-        failure = unwritable(getattr(err, "filename", None) or "the run's files", err)
-        if failure is None:
-            raise
-        print(f"error: {failure}", file=sys.stderr)
-        raise SystemExit(failure.exit_code) from None
+        return unwritable(getattr(err, "filename", None) or "the run's files", err)
+    return None
 
 
 def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:
@@ -84,6 +111,14 @@ def _entry(app: Callable[[], object]) -> Callable[[], None]:
         except (HydraException, OmegaConfBaseException) as err:
             print(f"error: {_hydra_message(err)}", file=sys.stderr)
             raise SystemExit(2) from None
+        except ValueError as err:  # Optuna's sweeper asks for the best trial of a study in
+            if str(err) != "Record does not exist.":  # which no trial completed
+                raise
+            from vae_lightning.sweeps import SWEEP_FAILED
+
+            print("error: no trial of the search completed (each failed: see its results.json "
+                  "and log above), so the study has no best trial.", file=sys.stderr)
+            raise SystemExit(SWEEP_FAILED) from None
 
     command.__doc__ = app.__doc__
     return command
@@ -110,7 +145,7 @@ def _train(cfg: DictConfig) -> float:
 
         return run_training(cfg)["val/elbo"]
 
-    return _run(task)
+    return _run(task, run_dir=cfg.get("output_dir"))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")

@@ -35,6 +35,9 @@ HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 # that provide it (any one will do) and the extra that installs them.
 EXTRAS = {
     "lightning.pytorch.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "lightning.pytorch.callbacks.RichProgressBar": (("rich",), "rich"),
+    "lightning.pytorch.callbacks.RichModelSummary": (("rich",), "rich"),
+    "vae_lightning.callbacks.ConfigTree": (("rich",), "rich"),
 }
 
 

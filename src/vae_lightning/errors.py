@@ -12,6 +12,7 @@ class UserError(Exception):
 
     exit_code = 2
     prefix = "error"
+    status = "error"  # the run's status in results.json (vae_lightning.sweeps)
 
 
 class ConfigError(UserError, ValueError):
@@ -30,6 +31,14 @@ class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN or infinite loss (exit code 3)."""
 
     exit_code = 3
+    status = "nonfinite"
+
+
+class Diverged(UserError, RuntimeError):
+    """Training ran its length, but the bound ran away (exit code 4; the rule: sweeps.py)."""
+
+    exit_code = 4
+    status = "diverged"
 
 
 class UnwritableError(UserError, OSError):
@@ -43,6 +52,8 @@ EXIT_CODES = {
     1: "an unexpected error: a bug (the traceback is printed; please report it)",
     2: "bad input: configuration, data, checkpoint or run directory; nothing was trained",
     3: "the loss became non-finite; the last good state is saved",
+    4: "the bound diverged: it ended below the untrained model's (results.json has the numbers)",
+    5: "a sweep (-m) finished with failed jobs; its last line counts them by status",
     74: "the run's files cannot be written (disk full, read-only, permissions)",
     130: "interrupted by SIGINT (Ctrl-C); the state is saved, resume with ckpt_path",
     143: "terminated by SIGTERM (e.g. a scheduler); the state is saved, resume with ckpt_path",
@@ -51,6 +62,8 @@ EXIT_CODES = {
 
 class Interrupted(UserError):
     """A signal stopped training (exit code 128 + the signal's number: 130 SIGINT, 143 SIGTERM)."""
+
+    status = "interrupted"
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)

@@ -9,6 +9,7 @@
 - ``${run_path:<part>}``: ``<output_dir>/<part>`` of the run-directory layout (``rundir``).
 - ``${run_record:${hydra.runtime.output_dir}}``: Hydra's ``output_subdir``: ``.hydra`` for a
   fresh run directory, null for one that holds a run already (``rundir.record_dir``).
+- ``${sqlite:<path>}``: the SQLAlchemy URL of a SQLite file, its folder created (Optuna's study).
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def run_path(part: str, *, _root_) -> str:
     return str(rundir.path(_root_.output_dir, part))
 
 
+def sqlite(path: str) -> str:
+    file = Path(path).resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
 for name, resolver in (("sweep_group", sweep_group), ("run_dir_of", run_dir_of),
-                       ("run_path", run_path), ("run_record", rundir.record_dir)):
+                       ("run_path", run_path), ("run_record", rundir.record_dir),
+                       ("sqlite", sqlite)):
     OmegaConf.register_new_resolver(name, resolver, replace=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -19,6 +21,7 @@ from torch.distributions import constraints
 
 from vae_lightning import rundir
 from vae_lightning.args import choices
+from vae_lightning.callbacks.curve import InitialBound
 from vae_lightning.checkpoints import (
     ResumeState,
     RunConfig,
@@ -28,8 +31,17 @@ from vae_lightning.checkpoints import (
 )
 from vae_lightning.config import build as build_node
 from vae_lightning.config import check, plain
-from vae_lightning.errors import CheckpointError, ConfigError, Interrupted, NothingToDo
+from vae_lightning.errors import (
+    CheckpointError,
+    ConfigError,
+    Diverged,
+    Interrupted,
+    NonFiniteLossError,
+    NothingToDo,
+)
 from vae_lightning.module import VAE
+from vae_lightning.sweeps import overrides as _task_overrides
+from vae_lightning.sweeps import record_failure, threads_per_job
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +187,6 @@ def _instantiate_all(group: DictConfig | None, key: str,
             for name, node in (group or {}).items() if node is not None]
 
 
-def _task_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build the run, train (or resume), evaluate the best checkpoint on val and test; return
     the results. Nothing is written into the run directory before every check has passed."""
@@ -191,16 +199,49 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_id = wandb_run_id(checkpoint) if checkpoint else None
     loggers = _instantiate_all(cfg.get("logger"), "logger",
                                wandb={"id": run_id, "resume": "allow"} if run_id else {})
+    initial = InitialBound()
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
-                 RunConfig(plain(cfg))]
+                 RunConfig(plain(cfg)), initial]
     trainer = build_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
+    if (threads := threads_per_job()) is not None:
+        torch.set_num_threads(threads)
     try:
-        return _fit_and_test(cfg, trainer, datamodule, model, resume_from)
+        results = _fit_and_test(cfg, trainer, datamodule, model, resume_from)
+    except (NonFiniteLossError, Interrupted) as err:  # the run's status, and its curve so far
+        if trainer.is_global_zero:
+            record_failure(cfg.output_dir, err.status, str(err), err.exit_code,
+                           replace_failures=True, overrides=_task_overrides(),
+                           steps=trainer.global_step, train_samples_seen=model.samples_seen)
+        raise
     finally:
         for logger in trainer.loggers:  # so that the next job of a sweep starts its own run
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
+    return _judge(results, initial.value, cfg, write=trainer.is_global_zero)
 
+
+def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
+           write: bool) -> dict[str, Any]:
+    """The run's status by the rule of ``vae_lightning.sweeps``; the results, with their status,
+    written into results.json (by rank 0: ``write``); ``Diverged`` when the bound ran away."""
+    bounds = {key: results.get(key) for key in ("val/elbo", "train/elbo")}
+    floor = initial - abs(initial) if initial is not None else -math.inf
+    worse = [f"{key} = {value:.4g}" for key, value in bounds.items()
+             if value is not None and (not math.isfinite(value) or value < floor)]
+    results["status"] = "diverged" if worse else "completed"
+    results["initial/val_elbo"] = initial
+    path = rundir.path(cfg.output_dir, "results")
+    if write:
+        rundir.write_json(path, results)
+        log.info("test/elbo = %.3f nats (%s); results written to %s", results["test/elbo"],
+                 results["status"], path)
+    if worse:
+        raise Diverged(
+            f"The bound diverged: {' and '.join(worse)} nats, below {floor:.4g}, twice as far "
+            f"below zero as the untrained model's {initial:.4g} (validation data, before the "
+            f"first step). The results are in {path} (status diverged). Lower "
+            "model.optimizer.lr.")
+    return results
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
                   model: VAE, resume_from: str | None) -> dict[str, Any]:
@@ -238,12 +279,9 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         "steps": trainer.global_step,
         "train_samples_seen": int(fitted.get("train/samples_seen", model.samples_seen)),
         "seconds": round(seconds, 3),
+        "threads": torch.get_num_threads(),
         "checkpoint": best or None,
     }
-    if trainer.is_global_zero:
-        path = rundir.path(cfg.output_dir, "results")
-        rundir.write_json(path, results)
-        log.info("test/elbo = %.3f nats; results written to %s", results["test/elbo"], path)
     return results
 
 

@@ -132,3 +132,38 @@ class SampleBudget(L.Callback):
         """Checked at every step, also within a batch of several (``steps_per_batch``)."""
         if pl_module.samples_seen >= self.max_samples:
             trainer.should_stop = True
+
+
+class InitialBound(L.Callback):
+    """The ELBO (nats per data point) on the validation split of the model before its first
+    optimizer step: the line a diverged run ends below (``vae_lightning.sweeps``). Kept in the
+    checkpoints, so a resumed run keeps its first value. Drawn from a fixed seed in a forked
+    random stream: training's stream is left untouched."""
+
+    def __init__(self, batch_size: int = 1000) -> None:
+        self.value: float | None = None
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.value is not None or trainer.global_step > 0:
+            return
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "evaluation_data"):
+            return
+        dm.setup("validate")
+        device = pl_module.device
+        training = pl_module.training
+        pl_module.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            x = dm.evaluation_data("val", device)
+            elbo = torch.cat([pl_module.bound(chunk).elbo for chunk in x.split(self.batch_size)])
+        pl_module.train(training)
+        self.value = elbo.double().mean().item()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.value = state_dict.get("value")

@@ -18,7 +18,7 @@ from .download import DataNotFoundError, ensure_files
 from .errors import DataError
 from .frey import frey_images, load_bundled_frey, read_frey_mat
 from .idx import read_idx
-from .sampling import ShardedBatchSampler, TensorBatchDataset, derive_seed
+from .sampling import OrderedBatchSampler, ShardedBatchSampler, TensorBatchDataset, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,15 @@ class VAEDataModule(L.LightningDataModule):
             raise RuntimeError(f"The {split} split is not loaded: call setup() first.")
         x, y = self.splits[split]
         rank, world = self._rank_world()
-        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        training = shuffle
+        batch_size = self.batch_size if training else self.eval_batch_size
         trainer = self.trainer
-        sampler = ShardedBatchSampler(
+        if trainer is not None and trainer.overfit_batches:  # the same first batches each epoch
+            shuffle = False
+        sampler = (ShardedBatchSampler if shuffle else OrderedBatchSampler)(
             len(x), batch_size, shuffle, self.seed, rank, world,
             current_epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
-            group=self.steps_per_batch if shuffle else 1,
+            group=self.steps_per_batch if training else 1,
         )
         on_cpu = x.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0

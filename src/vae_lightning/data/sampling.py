@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, SequentialSampler
 
 
 def derive_seed(*keys: int) -> int:
@@ -97,3 +97,10 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
             size = self.n // self.world_size + (self.rank < self.n % self.world_size)
         batches = -(-size // self.batch_size)
         return -(-batches // self.group)
+
+
+class OrderedBatchSampler(ShardedBatchSampler, SequentialSampler):
+    """``ShardedBatchSampler`` in order (``shuffle=False``), and an instance of
+    ``SequentialSampler``: Lightning's ``overfit_batches`` replaces a shuffling training sampler
+    with a sequential one, and keeps this one, so the same first batches are served every
+    epoch."""

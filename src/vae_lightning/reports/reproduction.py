@@ -72,7 +72,7 @@ class Run:
     points: list[dict[str, Any]] = field(repr=False)
     train_size: int | None = None
     test_size: int | None = None
-    finished: bool = False  # a results.json lies beside the curve
+    status: str = "running"  # results.json's status (completed, diverged, ...); none: running
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -112,7 +112,18 @@ def load_run(path: Path) -> Run:
     return Run(dir=path.parent, data=str(curve["data"]), latent=int(curve["latent"]),
                method=curve["method"], config=curve.get("config") or {}, points=points,
                train_size=curve.get("train_size"), test_size=curve.get("test_size"),
-               finished=rundir.path(path.parent, "results").is_file())
+               status=_status(path.parent))
+
+
+def _status(run_dir: Path) -> str:
+    """The run's status from its results.json (written when it ended), else "running"."""
+    results = rundir.path(run_dir, "results")
+    if not results.is_file():
+        return "running"
+    try:
+        return str(json.loads(results.read_text()).get("status", "completed"))
+    except (OSError, json.JSONDecodeError):
+        return "unreadable results.json"
 
 
 def check_unique(runs: Iterable[Run]) -> None:
@@ -336,12 +347,12 @@ def _bound(value: Any) -> str:
 def results_table(runs: list[Run]) -> str:
     """A row per run, its last evaluation beside the paper's test bound."""
     lines = ["| Nz | method | samples seen | train bound | test bound "
-             "| paper (test, read from its Fig. 2) | finished | run |",
+             "| paper (test, read from its Fig. 2) | status | run |",
              "|" + " --- |" * 8]
     for r in runs:
         lines.append(f"| {r.latent} | {METHODS[r.method]} | {r.samples_seen:,} "
                      f"| {_bound(r.last.get(TRAIN))} | {_bound(r.last.get(TEST))} "
-                     f"| {paper_value(r)} | {'yes' if r.finished else 'no'} | `{r.dir}` |")
+                     f"| {paper_value(r)} | {r.status} | `{r.dir}` |")
     return "\n".join(lines) + "\n"
 
 

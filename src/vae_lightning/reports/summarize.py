@@ -2,6 +2,8 @@
 `python -m vae_lightning.reports.summarize`).
 
 Reads every job's ``results.json`` under the directory (``<dir>/<job number>/results.json``),
+each with its ``status`` (a job that did not complete is listed under the table with its message
+and left out of the plot),
 writes ``summary.md`` (a markdown table), ``summary.csv`` and ``summary.png`` (the bound on the
 training and test data against the latent size) into the directory, and prints the table.
 The training-set bound is shown when the results carry one (``train/elbo``).
@@ -20,7 +22,7 @@ from typing import Any
 from vae_lightning import rundir
 from vae_lightning.plotting import pyplot
 
-CONDITIONS = ("data", "latent", "likelihood", "prior", "posterior", "objective", "seed",
+CONDITIONS = ("status", "data", "latent", "likelihood", "prior", "posterior", "objective", "seed",
               "epochs", "train_samples_seen")
 METRICS = ("train/elbo", "val/elbo", "test/elbo", "test/recon", "test/kl")
 
@@ -57,6 +59,15 @@ def _cell(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def failures(rows: list[dict[str, Any]]) -> str:
+    """A line per job that did not complete: its status, overrides and message."""
+    lines = [f"- job {row['job']}: {row.get('status')}"
+             + (f" ({' '.join(row['overrides'])})" if row.get("overrides") else "")
+             + f": {row.get('message', '')}"
+             for row in rows if row.get("status", "completed") != "completed"]
+    return ("\nFailed jobs:\n" + "\n".join(lines) + "\n") if lines else ""
+
+
 def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in cols) + " |" for row in rows]
@@ -64,14 +75,15 @@ def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """The bound (train and test, where present) against the latent size, one point per job
-    and a line through the mean at each latent size."""
+    """The bound (train and test, where present) against the latent size, one point per
+    completed job and a line through the mean at each latent size."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.set_xscale("log")
     ax.minorticks_off()
     for key, label in (("train/elbo", "train"), ("test/elbo", "test")):
-        points = [(r["latent"], r[key]) for r in rows if r.get(key) is not None and "latent" in r]
+        points = [(r["latent"], r[key]) for r in rows if r.get(key) is not None and "latent" in r
+                  and r.get("status", "completed") == "completed"]
         if not points:
             continue
         latents = sorted({latent for latent, _ in points})
@@ -93,7 +105,7 @@ def summarize(root: str | Path) -> str:
     root = Path(root)
     rows = load_results(root)
     cols = columns(rows)
-    table = markdown(rows, cols)
+    table = markdown(rows, cols) + failures(rows)
     (root / "summary.md").write_text(f"# Sweep {root}\n\n" + table)
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")

@@ -1,0 +1,158 @@
+"""Sweeps on Hydra's launchers and sweepers: a failing job never stops a sweep, joblib jobs share
+the cores, submitit's local launcher (the stand-in for SLURM), Optuna's study resumed from
+SQLite, and the debug and rich presets."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from compose import REPO, compose_train
+
+from vae_lightning.reports.summarize import summarize
+from vae_lightning.train import train
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+         "callbacks.figures.n_points=0", "logger=none"]
+TINY = ["model.latent=2", "model.encoder.net.hidden=[16]", "model.decoder.net.hidden=[16]",
+        "trainer.max_epochs=1", *QUIET]
+
+
+def _sweep(args, sweep_dir, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args,
+                           f"hydra.sweep.dir={sweep_dir}"], cwd=sweep_dir.parent,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _results(sweep_dir):
+    return {path.parent.name: json.loads(path.read_text())
+            for path in sorted(sweep_dir.glob("*/results.json"))}
+
+
+def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _sweep(["-m", *TINY, "trainer.max_epochs=2",
+                   "model.optimizer.lr=0.001,1e6,0.001"], sweep)
+    assert proc.returncode == 5, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    results = _results(sweep)
+    assert sorted(results) == ["0", "1", "2"]
+    assert results["0"]["status"] == results["2"]["status"] == "completed"
+    assert results["1"]["status"] in ("diverged", "nonfinite")
+    assert results["1"]["val/elbo" if results["1"]["status"] == "diverged" else "message"]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "3 jobs: 2 completed, 1 " in last and "job 1 (" in last
+    table = summarize(sweep)
+    assert "| completed |" in table and "Failed jobs:" in table and "- job 1:" in table
+
+
+def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _sweep(["-m", *TINY, "model.latent=0,2"], sweep)
+    assert proc.returncode == 5, proc.stderr[-3000:]
+    results = _results(sweep)
+    assert results["0"]["status"] == "error" and results["0"]["exit_code"] == 2
+    assert "model.latent=0" in results["0"]["message"]
+    assert "model.latent=0" in results["0"]["overrides"]
+    assert results["1"]["status"] == "completed" and results["1"]["latent"] == 2
+    assert "2 jobs: 1 completed, 1 error" in proc.stdout
+
+
+def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _sweep(["-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   "model.latent=2,3"], sweep)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _results(sweep)
+    assert sorted(r["latent"] for r in results.values()) == [2, 3]
+    cores = len(os.sched_getaffinity(0))
+    assert all(r["threads"] == max(1, cores // 2) for r in results.values())
+    assert "2 jobs: 2 completed" in proc.stdout
+
+
+def test_submitit_local_runs_the_jobs_as_slurm_would(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _sweep(["-m", *TINY, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                   "model.latent=2,3"], sweep)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _results(sweep)
+    assert sorted(r["latent"] for r in results.values()) == [2, 3]
+    assert all(r["status"] == "completed" for r in results.values())
+    assert any((sweep / ".submitit").iterdir())  # submitit's job records and logs
+
+
+def test_optuna_search_resumes_its_study_from_sqlite(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    sweep = tmp_path / "search"
+    for trials in (3, 2):
+        proc = _sweep(["hparams_search=optuna", f"hydra.sweeper.n_trials={trials}", *TINY[1:]],
+                      sweep)  # model.latent left to the search
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"{trials} jobs: {trials} completed" in proc.stdout
+    study = optuna.load_study(study_name="vae", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert len(study.trials) == 5 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert {"model.optimizer.lr", "model.latent", "search.hidden"} <= set(study.trials[0].params)
+    values = [t.value for t in study.trials]
+    results = _results(sweep)
+    assert sorted(r["val/elbo"] for r in results.values()) == pytest.approx(sorted(values))
+    assert len(results) == 5  # the resumed trials ran in directories of their own
+
+
+def test_optuna_records_a_diverged_trial_as_failed(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    sweep = tmp_path / "search"
+    proc = _sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY,
+                   "trainer.max_epochs=2",
+                   "model.optimizer.lr=choice(0.001,0.002,1000000.0)"], sweep)
+    assert (sweep / "optuna.db").is_file(), proc.stderr[-3000:]
+    study = optuna.load_study(study_name="vae", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    states = {t.params["model.optimizer.lr"]: t.state.name for t in study.trials}
+    values = [t.value for t in study.trials if t.state.name == "COMPLETE"]
+    assert all(v == v for v in values)  # no NaN reached the study
+    assert states.get(1e6, "FAIL") == "FAIL"
+    assert proc.returncode == (5 if 1e6 in states else 0), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("preset", ["fast_dev_run", "overfit", "limit", "profiler"])
+def test_debug_presets_run(preset, tmp_path):
+    cfg = compose_train([f"debug={preset}", *TINY[:3], *QUIET, "trainer.max_epochs=2"]
+                        if preset == "overfit" else [f"debug={preset}", *TINY[:3], *QUIET],
+                        tmp_path)
+    results = train(cfg)
+    assert results["status"] == "completed"
+    if preset == "fast_dev_run":
+        assert results["steps"] == 1
+    if preset == "limit":
+        assert results["steps"] == 3  # a tenth of Frey's 16 batches (one), 3 epochs
+
+
+def test_overfit_serves_the_same_batches_every_epoch(tmp_path):
+    import lightning as L
+
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.current_epoch, batch[0].sum().item()))
+
+    from vae_lightning.train import build
+
+    run = build(compose_train(["debug=overfit", *TINY[:3], "trainer.max_epochs=3"], tmp_path))
+    trainer = L.Trainer(overfit_batches=2, max_epochs=3, logger=False, callbacks=[Record()],
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        use_distributed_sampler=False, limit_val_batches=0)
+    trainer.fit(run.model, datamodule=run.datamodule)
+    by_epoch = [[s for e, s in seen if e == epoch] for epoch in range(3)]
+    assert len(by_epoch[0]) == 2 and by_epoch[0] == by_epoch[1] == by_epoch[2]
+
+
+def test_rich_callbacks_print_the_config_tree(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "callbacks=rich", *TINY[:4],
+                           "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "config" in proc.stdout and "encoder" in proc.stdout and "latent: 2" in proc.stdout
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"

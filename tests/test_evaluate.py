@@ -1,6 +1,7 @@
 """The IW estimate of log p(x) and eval.py: k = 1 is the ELBO, chunking changes nothing, the
 estimate is >= the ELBO and rises with k, and eval.py writes eval.json from a real checkpoint."""
 
+import copy
 import json
 import math
 import subprocess
@@ -171,3 +172,19 @@ def test_eval_cli_reports_a_corrupt_checkpoint_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "corrupt" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_active_units_count_the_latent_dimensions_whose_posterior_mean_varies(trained):
+    from vae_lightning.evaluate import evaluate
+
+    model, x = trained
+    torch.manual_seed(0)
+    results = evaluate(model, [x], k=2, chunk=2)
+    with torch.no_grad():
+        activity = model.encoder(x).mean.double().var(0)
+    assert results["latent"] == 2
+    assert results["active_units"] == int((activity > 1e-2).sum())
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # an encoder whose means do not depend on x: no unit is active
+        model.encoder.net[-1].weight[:2].zero_()
+    assert evaluate(model, [x], k=2, chunk=2)["active_units"] == 0

@@ -161,7 +161,8 @@ def _evaluate(cfg: DictConfig) -> float:
             est = results[name]
             print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
                   f"nats, {est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim")
-        print(f"(k={results['k']}, n={results['n']}) written to {results['path']}")
+        print(f"(k={results['k']}, n={results['n']}; {results['active_units']} of "
+              f"{results['latent']} latent units active) written to {results['path']}")
         return results["iw"]["nats"]
 
     return _run(task)

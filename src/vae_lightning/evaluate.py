@@ -46,18 +46,26 @@ class Estimate:
         return cls(mean, se, -mean / per_bit, se / per_bit)
 
 
+ACTIVE = 1e-2  # a latent dimension is active when Cov_x(E_q[z_j]) exceeds this (Burda et al.)
+
+
 def evaluate(model: VAE, batches: Iterable[Tensor], k: int, chunk: int) -> dict[str, Any]:
     """The ELBO and IW estimates over all ``batches`` (model inputs on the model's device):
-    ``{"elbo": Estimate, "iw": Estimate, "n": number of data points}``."""
+    ``{"elbo": Estimate, "iw": Estimate, "n": number of data points, "active_units": the
+    latent dimensions whose posterior mean varies over the data by more than ACTIVE}``."""
     model.eval()
-    elbos, iws = [], []
+    elbos, iws, means = [], [], []
     for x in batches:
         elbo, iw = importance_weighted(model, x, k, chunk)
         elbos.append(elbo.cpu())
         iws.append(iw.cpu())
+        with torch.no_grad():
+            means.append(model.encoder(x).mean.cpu().double())
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
-    return {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw)}
+    activity = torch.cat(means).var(0)
+    return {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
+            "active_units": int((activity > ACTIVE).sum()), "latent": len(activity)}
 
 
 class Evaluation:
@@ -107,6 +115,8 @@ class Evaluation:
             "k": self.k,
             "split": self.split,
             "n": estimates["n"],
+            "active_units": estimates["active_units"],
+            "latent": estimates["latent"],
             "input_dim": math.prod(model.data_shape),
             "data": getattr(datamodule, "name", None),
             "units": (

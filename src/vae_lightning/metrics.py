@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from operator import itemgetter
 
 import torch
@@ -12,6 +13,7 @@ from torchmetrics.metric import CompositionalMetric
 from vae_lightning.objectives import Bound
 
 TERMS = ("elbo", "recon", "kl")
+BITS = "bits_per_dim"  # -ELBO / (D ln 2), D the values per image: with ``BoundMean(dims=D)``
 
 
 class BoundMean(Metric):
@@ -19,12 +21,14 @@ class BoundMean(Metric):
     (``recon``), KL(q(z|x) || p(z)) (``kl``) and their difference, the ELBO, in nats per data
     point. The average ELBO is the average reconstruction term minus the average KL, so one
     update per batch (two sums) serves all three terms: a quarter of the per-step cost of three
-    ``MeanMetric`` objects. A non-finite term is averaged in and shows in the result."""
+    ``MeanMetric`` objects. A non-finite term is averaged in and shows in the result. Given
+    ``dims`` (the values per data point), it also gives the ELBO in bits per dimension."""
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, dims: int | None = None) -> None:
         super().__init__()
+        self.dims = dims
         self.add_state("total", torch.zeros(2), dist_reduce_fx="sum")  # sum of recon, of KL
         self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
 
@@ -34,7 +38,10 @@ class BoundMean(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         recon, kl = self.total / self.count
-        return {"elbo": recon - kl, "recon": recon, "kl": kl}
+        terms = {"elbo": recon - kl, "recon": recon, "kl": kl}
+        if self.dims:
+            terms[BITS] = -(recon - kl) / (self.dims * math.log(2))
+        return terms
 
 
 class BoundTerm(CompositionalMetric):
@@ -45,8 +52,9 @@ class BoundTerm(CompositionalMetric):
     ``BoundMean``."""
 
     def __init__(self, source: BoundMean, term: str) -> None:
-        if term not in TERMS:
-            raise ValueError(f"term={term!r} is not a term of the bound: expected one of {TERMS}.")
+        if term not in (*TERMS, BITS):
+            raise ValueError(f"term={term!r} is not a term of the bound: expected one of "
+                             f"{(*TERMS, BITS)}.")
         super().__init__(itemgetter(term), source, None)
         self.term = term
 

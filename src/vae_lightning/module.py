@@ -18,7 +18,7 @@ from torch.distributions import Distribution
 from vae_lightning.args import PositiveInt, checked
 from vae_lightning.errors import NonFiniteLossError
 from vae_lightning.likelihoods import Decoder
-from vae_lightning.metrics import TERMS, BoundMean, BoundTerm
+from vae_lightning.metrics import BITS, TERMS, BoundMean, BoundTerm
 from vae_lightning.objectives import Bound, Objective, importance_weighted
 from vae_lightning.posteriors import Encoder
 from vae_lightning.priors import Prior
@@ -39,6 +39,8 @@ class VAE(L.LightningModule):
     lr=1e-3)``). ``latent`` and ``data_shape`` are the sizes the parts were built with (the
     data fixes the shape). ``compile`` compiles the encoder and decoder networks in place.
 
+    ``schedule`` (e.g. ``schedules.StagedDecay()``) scales the learning rate by epoch: the
+    factor of epoch e multiplies the optimizer's lr (``torch.optim.lr_scheduler.LambdaLR``).
     ``steps_per_batch`` K > 1 takes K optimizer steps per training batch, one per minibatch of
     the list of K minibatches a batch then is (the data module's ``steps_per_batch``), with
     manual optimization: the same steps as K = 1, with Lightning's per-batch cost paid once.
@@ -58,10 +60,11 @@ class VAE(L.LightningModule):
         data_shape: Sequence[PositiveInt] | None = None,
         compile: bool = False,
         steps_per_batch: PositiveInt = 1,
+        schedule: Callable[[int], float] | None = None,
     ) -> None:
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
-        self.objective, self.optimizer = objective, optimizer
+        self.objective, self.optimizer, self.schedule = objective, optimizer, schedule
         self.latent = latent if latent is not None else prior.latent
         self.data_shape = tuple(data_shape) if data_shape is not None else None
         prior.bind(encoder)
@@ -71,11 +74,14 @@ class VAE(L.LightningModule):
             self.decoder.net.compile()
         if steps_per_batch > 1:
             self.automatic_optimization = False
-        # Per stage, one BoundMean updated once per batch and the three terms logged from it.
+        # Per stage, one BoundMean updated once per batch and the terms logged from it (and the
+        # ELBO in bits per dimension, when the data's shape is known).
+        dims = math.prod(self.data_shape) if self.data_shape else None
+        self.terms = (*TERMS, BITS) if dims else TERMS
         self.metrics = nn.ModuleDict()
         for stage in STAGES:
-            mean = self.metrics[f"{stage}_bound"] = BoundMean()
-            for term in TERMS:
+            mean = self.metrics[f"{stage}_bound"] = BoundMean(dims)
+            for term in self.terms:
                 self.metrics[f"{stage}_{term}"] = BoundTerm(mean, term)
         self.samples_seen = 0
         self._unlogged: set[str] = set()  # stages whose metrics this epoch has not logged yet
@@ -166,7 +172,7 @@ class VAE(L.LightningModule):
         self.metrics[f"{stage}_bound"].update(bound)
         if stage in self._unlogged:
             self._unlogged.discard(stage)
-            for term in TERMS:
+            for term in self.terms:
                 self.log(
                     f"{stage}/{term}",
                     self.metrics[f"{stage}_{term}"],
@@ -197,29 +203,41 @@ class VAE(L.LightningModule):
             "Gaussian likelihood's larger min_var also steadies training."
         )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = self.optimizer(self.parameters())
+        if self.schedule is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["samples_seen"] = self.samples_seen
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
-        self._apply_optimizer_settings(checkpoint.get("optimizer_states") or [])
+        self._apply_optimizer_settings(checkpoint)
 
-    def _apply_optimizer_settings(self, states: list[dict[str, Any]]) -> None:
+    def _apply_optimizer_settings(self, checkpoint: dict[str, Any]) -> None:
         """A resumed run goes on with this run's optimizer hyperparameters (``lr``,
         ``weight_decay``, ...: e.g. a lower learning rate after a divergence) and the saved
-        optimizer state (moments, step counts). Lightning loads ``states`` into the optimizer
-        after this hook."""
+        optimizer state (moments, step counts); under a schedule, the new lr is its base and the
+        schedule's factor stays. Lightning loads the states after this hook."""
+        states = checkpoint.get("optimizer_states") or []
         if not states:
             return
         current = self.optimizer([nn.Parameter(torch.zeros(1))]).param_groups[0]
         for group in states[0]["param_groups"]:
             for key, value in current.items():
+                if key == "lr" and "initial_lr" in group:  # under a schedule: its base lr
+                    key, value = "initial_lr", value
                 if key != "params" and key in group and group[key] != value:
                     log.info("Resuming with optimizer %s=%r (the checkpoint's: %r).",
                              key, value, group[key])
+                    if key == "initial_lr":  # the schedule's factor stays as it was
+                        group["lr"] = value * group["lr"] / group["initial_lr"]
+                        for scheduler in checkpoint.get("lr_schedulers") or []:
+                            scheduler["base_lrs"] = [value] * len(scheduler.get("base_lrs", []))
                     group[key] = value
 
     # ---------------------------------------------------------------------------- inference

@@ -106,7 +106,9 @@ def test_nan_loss_stops_the_run_and_saves_a_loadable_last_good_state(tmp_path, s
     model = build(compose_train(SMALL, tmp_path)).model
     model.load_state_dict(checkpoint["state_dict"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert not (tmp_path / "results.json").exists()
+    results = json.loads((tmp_path / "results.json").read_text())  # the run's status, no metrics
+    assert (results["status"], results["exit_code"], results["steps"]) == ("nonfinite", 3, 5)
+    assert "test/elbo" not in results and str(saved) in results["message"]
 
 
 def test_same_seed_gives_identical_results(tmp_path):

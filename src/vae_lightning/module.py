@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from vae_lightning.args import PositiveInt, checked
-from vae_lightning.errors import NonFiniteLossError
+from vae_lightning.errors import ConfigError, NonFiniteLossError
+from vae_lightning.graphs import GraphedStep, graph_problems, runtime_problems
 from vae_lightning.likelihoods import Decoder
 from vae_lightning.metrics import BITS, TERMS, BoundMean, BoundTerm
 from vae_lightning.objectives import Bound, Objective, importance_weighted
@@ -41,6 +42,8 @@ class VAE(L.LightningModule):
 
     ``schedule`` (e.g. ``schedules.StagedDecay()``) scales the learning rate by epoch: the
     factor of epoch e multiplies the optimizer's lr (``torch.optim.lr_scheduler.LambdaLR``).
+    ``cuda_graph`` takes each step's loss and gradients as one captured CUDA graph, without a
+    host-device synchronisation (``graphs.GraphedStep``; eagerly off CUDA).
     ``steps_per_batch`` K > 1 takes K optimizer steps per training batch, one per minibatch of
     the list of K minibatches a batch then is (the data module's ``steps_per_batch``), with
     manual optimization: the same steps as K = 1, with Lightning's per-batch cost paid once.
@@ -61,6 +64,7 @@ class VAE(L.LightningModule):
         compile: bool = False,
         steps_per_batch: PositiveInt = 1,
         schedule: Callable[[int], float] | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
@@ -72,7 +76,9 @@ class VAE(L.LightningModule):
         if compile:  # in place: parameter names, and so checkpoints, stay the same
             self.encoder.net.compile()
             self.decoder.net.compile()
-        if steps_per_batch > 1:
+        self.cuda_graph = cuda_graph
+        self._graph: GraphedStep | None = None
+        if steps_per_batch > 1 or cuda_graph:
             self.automatic_optimization = False
         # Per stage, one BoundMean updated once per batch and the terms logged from it (and the
         # ELBO in bits per dimension, when the data's shape is known).
@@ -106,10 +112,13 @@ class VAE(L.LightningModule):
                 self._log_loss(loss)
             return loss
         optimizer = self.optimizers()
-        for x, _ in batch:
-            loss = self._step_loss(x)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
+        for x, _ in ([batch] if isinstance(batch[0], Tensor) else batch):
+            if self.cuda_graph:
+                loss = self._graphed_loss(x, optimizer)
+            else:
+                loss = self._step_loss(x)
+                optimizer.zero_grad()
+                self.manual_backward(loss)
             optimizer.step()
             # Stop where Lightning would after a one-step batch: max_steps, trainer.max_samples.
             if self.trainer.should_stop or 0 <= self.trainer.max_steps <= self.global_step:
@@ -127,6 +136,24 @@ class VAE(L.LightningModule):
             self._stop_on_non_finite(bound)
         self.samples_seen += x.shape[0] * self.trainer.world_size
         self._update("train", bound)
+        return loss
+
+    def _graphed_loss(self, x: Tensor, optimizer) -> Tensor:
+        """The loss of one step on ``x`` with its gradients, from the captured graph; counts its
+        samples and adds its bound to the training averages, and reads the non-finite flag back
+        only every ``log_every_n_steps`` steps (and at the epoch's end)."""
+        if self._graph is None:
+            problems = runtime_problems(self.trainer)
+            if problems:
+                raise ConfigError("model.cuda_graph=true cannot be used: " + "; ".join(problems)
+                                  + ".")
+            self._graph = GraphedStep(self, optimizer.optimizer)
+        loss, bound = self._graph(x)
+        self.samples_seen += x.shape[0] * self.trainer.world_size
+        self._update("train", bound)
+        every = max(1, self.trainer.log_every_n_steps)
+        if (self.global_step + 1) % every == 0 and self._graph.non_finite():
+            self._stop_on_non_finite(bound, since=self.global_step + 1 - every)
         return loss
 
     def _log_loss(self, loss: Tensor) -> None:
@@ -161,6 +188,8 @@ class VAE(L.LightningModule):
         self._unlogged.add("test")
 
     def on_train_epoch_end(self) -> None:
+        if self._graph is not None and self._graph.non_finite():
+            self._stop_on_non_finite(self._graph_bound(), since=None)
         # float64 stays exact beyond 2^24; logged, it also reaches the parent of spawned ranks.
         seen = torch.tensor(self.samples_seen, dtype=torch.float64, device=self.device)
         self.log("train/samples_seen", seen, on_epoch=True, reduce_fx="max")
@@ -181,10 +210,17 @@ class VAE(L.LightningModule):
                     prog_bar=term == "elbo",
                 )
 
-    def _stop_on_non_finite(self, bound: Bound) -> None:
+    def _graph_bound(self) -> Bound:
+        """The bound of the graph's last step (its static outputs)."""
+        outputs = next(iter(self._graph._graphs.values()))[2] if self._graph._graphs else None
+        return Bound(outputs[1], outputs[2]) if outputs else Bound(torch.zeros(1), torch.zeros(1))
+
+    def _stop_on_non_finite(self, bound: Bound, since: int | None = -1) -> None:
         """Save the state before this step (its update is not applied) and stop the run, naming
         a state to go on from: the best checkpoint by the validation bound, taken while training
-        was sound (the state just before a divergence may already hold huge parameters)."""
+        was sound (the state just before a divergence may already hold huge parameters). With
+        graphed steps (``since`` not -1) the flag is read every few steps: the bad step lies
+        after ``since``, and every update from it on was skipped."""
         terms = {"reconstruction term E_q[log p(x|z)]": bound.recon, "KL term": bound.kl}
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
         where = self.trainer.checkpoint_callback
@@ -196,15 +232,26 @@ class VAE(L.LightningModule):
         advice = (f"To go on, resume from the best checkpoint, {best}, with a lower "
                   "model.optimizer.lr (optimizer settings given on resume apply)"
                   if best else "Start again with a lower model.optimizer.lr")
+        if since == -1:
+            when = f"at step {self.global_step} (epoch {self.current_epoch}) in the " + (
+                " and the ".join(bad) or "loss")
+            what = "The state before this step"
+        else:
+            when = (f"between step {max(since, 0)} and step {self.global_step}" if since is not None
+                    else f"in epoch {self.current_epoch}, by step {self.global_step}")
+            what = ("Every update from the bad step on was skipped on the device, so the state "
+                    "before that step")
         raise NonFiniteLossError(
-            f"The loss became non-finite at step {self.global_step} (epoch {self.current_epoch}) "
-            f"in the {' and the '.join(bad) or 'loss'}. The state before this step is saved to "
-            f"{path} (its largest parameter is {largest:.3g} in absolute value). {advice}; a "
-            "Gaussian likelihood's larger min_var also steadies training."
+            f"The loss became non-finite {when}. {what} is saved to {path} (its largest "
+            f"parameter is {largest:.3g} in absolute value). {advice}; a Gaussian likelihood's "
+            "larger min_var also steadies training."
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         optimizer = self.optimizer(self.parameters())
+        if self.cuda_graph and (problems := graph_problems(self, optimizer)):
+            raise ConfigError("model.cuda_graph=true cannot be used: " + "; ".join(problems)
+                              + ".")
         if self.schedule is None:
             return optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)

@@ -95,6 +95,8 @@ def build(cfg: DictConfig) -> Run:
     model = build_node(cfg.model, "model", steps_per_batch=datamodule.steps_per_batch)
     try:  # the optimizer is built at fit; its own argument checks run now
         model.configure_optimizers()
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as err:
         node = cfg.model.optimizer
         given = ", ".join(f"{key}={node[key]!r}" for key in node if not key.startswith("_"))

@@ -43,6 +43,7 @@ def fake_trainer(rank=0, world_size=1, epoch=0):
         global_rank=rank,
         world_size=world_size,
         current_epoch=epoch,
+        overfit_batches=0,
         strategy=SimpleNamespace(root_device=torch.device("cpu")),
     )
 

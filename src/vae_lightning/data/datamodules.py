@@ -142,7 +142,7 @@ class VAEDataModule(L.LightningDataModule):
         sampler = (ShardedBatchSampler if shuffle else OrderedBatchSampler)(
             len(x), batch_size, shuffle, self.seed, rank, world,
             current_epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
-            group=self.steps_per_batch if training else 1,
+            group=self.steps_per_batch if training else 1, device=x.device,
         )
         on_cpu = x.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0

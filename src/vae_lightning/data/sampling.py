@@ -43,6 +43,7 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
     ``group > 1`` yields lists of ``group`` consecutive index tensors instead (the last list of
     an epoch may be shorter): the minibatches of one training batch that takes ``group``
     optimizer steps (``trainer.steps_per_batch``), in the same order as with ``group=1``.
+    The indices are served on ``device``, the data's (moved there once per epoch).
     Lightning calls ``set_epoch`` at the start of each epoch; given ``current_epoch`` (e.g. the
     trainer's), the epoch is read from it when iteration starts instead, which stays right when
     a run resumes from an end-of-epoch checkpoint (Lightning's ``set_epoch`` then lags by one).
@@ -58,6 +59,7 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         world_size: int = 1,
         current_epoch: Callable[[], int] | None = None,
         group: int = 1,
+        device: torch.device | str = "cpu",
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is invalid: expected 0 <= rank < {world_size}.")
@@ -65,6 +67,7 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
         self.current_epoch = current_epoch
+        self.device = torch.device(device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -83,7 +86,8 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         # iterator is created (on resume, Lightning creates it before advancing the epoch).
         if self.current_epoch is not None:
             self.epoch = self.current_epoch()
-        batches = self.shard().split(self.batch_size)
+        # Moved to the data's device once per epoch: no host-to-device copy per batch.
+        batches = self.shard().to(self.device).split(self.batch_size)
         if self.group == 1:
             yield from batches
         else:

@@ -5,6 +5,7 @@ archives, and training end to end."""
 import gzip
 import hashlib
 import io
+import json
 import math
 import shutil
 import tarfile
@@ -15,6 +16,7 @@ import pytest
 import torch
 from compose import compose_train
 
+from vae_lightning.checkpoints import load_model
 from vae_lightning.data import CIFAR10DataModule, DataError
 from vae_lightning.data import cifar as cifar_module
 from vae_lightning.data import download as download_module
@@ -22,6 +24,9 @@ from vae_lightning.data.download import DataNotFoundError
 from vae_lightning.train import build, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+# The figures at the end of fit, few enough to draw in a second: the logistic mixture's mean
+# sums over its 256 values, so 400 manifold points and 100 samples cost a minute on a CPU.
+SMALL_FIGURES = ["callbacks.figures.grid=3", "callbacks.figures.n_samples=4"]
 PER_BATCH, N_TEST = 4, 6
 
 
@@ -219,14 +224,51 @@ def test_config_and_training_end_to_end(tmp_path, monkeypatch):
                   {name: records(*arrays) for name, arrays in data.items()})
     monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path / "data"))
     cfg = compose_train(["data=cifar10"], tmp_path / "check")
-    assert cfg.model.decoder.likelihood._target_ == "vae_lightning.likelihoods.ContinuousBernoulli"
+    assert (cfg.model.decoder.likelihood._target_
+            == "vae_lightning.likelihoods.DiscretizedLogisticMixture")
     assert cfg.data.root == str(tmp_path / "data") and cfg.data.val_size == 5000
     assert build(cfg).datamodule.shape == (3, 32, 32)
     out = tmp_path / "run"
     results = train(compose_train(
         ["data=cifar10", "data.download=false", "data.val_size=10", "data.batch_size=10",
          "model.latent=2", "model.encoder.net.hidden=[16]", "model.decoder.net.hidden=[16]",
-         "trainer.max_epochs=1", "trainer.accelerator=cpu", *QUIET], out))
+         "trainer.max_epochs=1", "trainer.accelerator=cpu", *QUIET, *SMALL_FIGURES], out))
     assert results["data"] == "cifar10" and results["steps"] == 2
     assert math.isfinite(results["test/elbo"]) and (out / "results.json").is_file()
     assert cifar_module.CLASSES[0] == "airplane" and len(cifar_module.CLASSES) == 10
+
+
+def test_conv_cifar10_experiment_end_to_end(tmp_path, monkeypatch):
+    """experiment=conv_cifar10 (residual networks, the logistic mixture, Adamax, KL warm-up),
+    shrunk to run in seconds, trained on a generated archive in the official binary format."""
+    data = batches(per_batch=6, n_test=10)
+    write_archive(tmp_path / "data" / "cifar10" / "cifar-10-binary.tar.gz",
+                  {name: records(*arrays) for name, arrays in data.items()})
+    monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "run"
+    cfg = compose_train(
+        ["experiment=conv_cifar10", "data.download=false", "data.val_size=10",
+         "data.batch_size=10", "model.latent=4", "model.encoder.net.channels=[8,8,8]",
+         "model.decoder.net.channels=[8,8,8]", "model.encoder.net.blocks=1",
+         "model.decoder.net.blocks=1", "model.decoder.likelihood.n_components=2",
+         "trainer.max_epochs=1", "trainer.accelerator=cpu", *QUIET, *SMALL_FIGURES], out)
+    assert cfg.model.encoder.net._target_ == "vae_lightning.nets.ResNetEncoder"
+    assert cfg.model.decoder.net._target_ == "vae_lightning.nets.ResNetDecoder"
+    assert cfg.model.optimizer._target_ == "torch.optim.Adamax"
+    assert cfg.model.objective.warmup_steps == 20000
+    assert (cfg.model.decoder.likelihood._target_
+            == "vae_lightning.likelihoods.DiscretizedLogisticMixture")
+    assert build(cfg).datamodule.shape == (3, 32, 32)
+    results = train(cfg)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == results["status"] == "completed"
+    assert saved["data"] == "cifar10" and saved["steps"] == 2  # 20 training images, batch 10
+    assert saved["likelihood"] == "logistic_mixture" and saved["latent"] == 4
+    elbo = saved["test/elbo"]
+    assert math.isfinite(elbo) and elbo < 0
+    assert saved["test/bits_per_dim"] == pytest.approx(-elbo / (3 * 32 * 32 * math.log(2)),
+                                                       rel=1e-5)
+    # The best checkpoint rebuilds the same model: Adamax and the logistic mixture, as run.
+    model, config, _ = load_model(saved["checkpoint"])
+    assert config["model"]["optimizer"]["_target_"] == "torch.optim.Adamax"
+    assert type(model.decoder.likelihood).__name__ == "DiscretizedLogisticMixture"

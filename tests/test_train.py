@@ -45,6 +45,20 @@ def test_training_on_frey_face_raises_the_validation_bound(tmp_path):
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 3
 
 
+def test_training_without_validation_or_test_batches_still_writes_results(tmp_path):
+    """trainer.limit_val_batches=0 (and limit_test_batches=0) skips those splits: the run ends
+    with results.json without their bounds, its checkpoint the last, and no traceback."""
+    cfg = compose_train(["data=frey", "model.latent=2", "trainer.max_epochs=1", "logger=none",
+                         "trainer.limit_val_batches=0", "trainer.limit_test_batches=0", *QUIET],
+                        tmp_path)
+    results = train(cfg)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "completed" and math.isfinite(saved["train/elbo"])
+    assert "val/elbo" not in saved and "test/elbo" not in saved
+    assert saved["checkpoint"].endswith("last.ckpt")
+    assert results["train/elbo"] == saved["train/elbo"]
+
+
 def _run(args, cwd):
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],

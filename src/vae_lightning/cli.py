@@ -143,7 +143,7 @@ def _train(cfg: DictConfig) -> float:
     def task() -> float:
         from vae_lightning.train import train as run_training
 
-        return run_training(cfg)["val/elbo"]
+        return run_training(cfg).get("val/elbo")
 
     return _run(task, run_dir=cfg.get("output_dir"))
 

@@ -235,7 +235,7 @@ def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
     path = rundir.path(cfg.output_dir, "results")
     if write:
         rundir.write_json(path, results)
-        log.info("test/elbo = %.3f nats (%s); results written to %s", results["test/elbo"],
+        log.info("test/elbo = %s nats (%s); results written to %s", results.get("test/elbo"),
                  results["status"], path)
     if worse:
         raise Diverged(
@@ -257,11 +257,13 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
     fitted = {key: float(trainer.callback_metrics[key])
               for key in ("train/elbo", "train/samples_seen") if key in trainer.callback_metrics}
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    # The best by val/elbo (the first checkpoint callback); without validation, the last.
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path),
+                "")
     evaluate = {"datamodule": datamodule, "ckpt_path": best or None, "verbose": False}
-    with _signals_end_the_run(cfg, trainer):
-        val = trainer.validate(model, weights_only=True, **evaluate)[0]
-        test = trainer.test(model, weights_only=True, **evaluate)[0]
+    with _signals_end_the_run(cfg, trainer):  # none of a split with limit_*_batches=0
+        val = next(iter(trainer.validate(model, weights_only=True, **evaluate)), {})
+        test = next(iter(trainer.test(model, weights_only=True, **evaluate)), {})
 
     choices_ = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     model_cfg = cfg.model

@@ -42,7 +42,7 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
     cover every example exactly once and may differ in size by one.
     ``group > 1`` yields lists of ``group`` consecutive index tensors instead (the last list of
     an epoch may be shorter): the minibatches of one training batch that takes ``group``
-    optimizer steps (``trainer.steps_per_batch``), in the same order as with ``group=1``.
+    optimizer steps (``data.steps_per_batch``), in the same order as with ``group=1``.
     The indices are served on ``device``, the data's (moved there once per epoch).
     Lightning calls ``set_epoch`` at the start of each epoch; given ``current_epoch`` (e.g. the
     trainer's), the epoch is read from it when iteration starts instead, which stays right when

@@ -137,3 +137,22 @@ def test_evaluation_data_is_one_fixed_binarization_of_the_split(tmp_path):
     grey = MNISTDataModule(root=tmp_path, val_size=50, download=False, binarize="none")
     grey.setup()
     torch.testing.assert_close(grey.evaluation_data("train"), pixels)
+
+
+@pytest.mark.parametrize("value", ["'00:00:00:01'", "{seconds: 1}"])
+def test_max_time_ends_training_early_and_the_run_ends_as_usual(tmp_path, value):
+    """trainer.max_time, in Lightning's "DD:HH:MM:SS" or as a mapping from the config (a
+    DictConfig, which Lightning alone would not read), stops training at its first step after
+    the time; the run is then evaluated and written as one that reached its length."""
+    cfg = _frey(tmp_path, f"trainer.max_time={value}", "trainer.max_epochs=100000",
+                "~callbacks.bound_curve")
+    results = train(cfg)
+    assert results["status"] == "completed" and results["epochs"] < 100000
+    assert np.isfinite(results["test/elbo"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("value", ["soon", "'1:2'", "{weeks: x}", "{fortnights: 1}", "5"])
+def test_bad_max_time_is_an_error_naming_the_key(tmp_path, value):
+    with pytest.raises((ConfigError, ValueError), match="max_time"):
+        train(_frey(tmp_path, f"trainer.max_time={value}"))

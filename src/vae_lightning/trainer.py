@@ -3,13 +3,15 @@ checkpoint writes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from vae_lightning.args import Range, checked
+from vae_lightning.args import Range, checked, fail
 from vae_lightning.callbacks.curve import SampleBudget
 from vae_lightning.checkpoints import AtomicCheckpointIO
 
@@ -17,12 +19,30 @@ from vae_lightning.checkpoints import AtomicCheckpointIO
 class Trainer(L.Trainer):
     """``lightning.Trainer`` (every argument of it works) and ``max_samples``: stop after the
     optimizer step at which this many training samples (all ranks) were seen, Fig. 2's x-axis;
-    it replaces ``max_epochs``.
+    it replaces ``max_epochs``. ``max_time`` (Lightning's: training stops at the first step
+    after it, then the run is evaluated as usual) also takes a mapping from the config,
+    ``{hours: 4}``, besides Lightning's ``"DD:HH:MM:SS"``.
 
     Checkpoints are written atomically (``checkpoints.AtomicCheckpointIO``) unless ``plugins``
     brings another CheckpointIO. Lightning's progress bar redraws on every batch, a cost that shows
     with small models; left to its default, the bar here redraws every ``log_every_n_steps``
     batches."""
+
+    def _duration(self, value: Any) -> timedelta | None:
+        """``max_time`` as a timedelta: Lightning's "DD:HH:MM:SS" or a mapping {hours: 4} (a
+        DictConfig is not a dict, so Lightning would not read it)."""
+        try:
+            if value is None or isinstance(value, timedelta):
+                return value
+            if isinstance(value, str):
+                days, hours, minutes, seconds = (int(part) for part in value.split(":"))
+                return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+            if isinstance(value, Mapping):
+                return timedelta(**{str(k): float(v) for k, v in value.items()})
+        except (TypeError, ValueError):
+            pass
+        fail(self, "max_time", value, "expected a duration 'DD:HH:MM:SS' or a mapping of days, "
+             "hours, minutes, seconds to numbers, e.g. {hours: 4}")
 
     @checked
     def __init__(
@@ -30,10 +50,12 @@ class Trainer(L.Trainer):
         *,
         max_samples: Annotated[float, Range(ge=1)] | None = None,
         max_epochs: Annotated[int, Range(ge=1)] | Literal[-1] | None = None,
+        max_time: Any = None,
         callbacks: list[Any] | None = None,
         plugins: Any = None,
         **kwargs: Any,
     ) -> None:
+        max_time = self._duration(max_time)
         callbacks = list(callbacks or [])
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins] * bool(plugins)
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -45,4 +67,5 @@ class Trainer(L.Trainer):
                 isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, kwargs.get("log_every_n_steps")
                                                                or 1)))
-        super().__init__(max_epochs=max_epochs, callbacks=callbacks, plugins=plugins, **kwargs)
+        super().__init__(max_epochs=max_epochs, max_time=max_time, callbacks=callbacks,
+                         plugins=plugins, **kwargs)

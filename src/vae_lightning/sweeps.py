@@ -4,7 +4,8 @@ Every run ends with a ``status`` in its ``results.json``:
 
 - ``completed``: trained to its length; the bound is sound;
 - ``diverged``: trained to its length, but the bound ran away: the validation bound of the best
-  checkpoint, or the training bound of the last epoch, is not finite or is below b0 - |b0|,
+  checkpoint (without validation, the training bound of the last epoch) is not finite or is
+  below b0 - |b0|, or the training bound is not finite,
   where b0 is the validation bound of the untrained model (``callbacks.InitialBound``, measured
   before the first step): twice as far below zero as where training started, which a working
   training never ends (exit code 4);

@@ -226,10 +226,16 @@ def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
            write: bool) -> dict[str, Any]:
     """The run's status by the rule of ``vae_lightning.sweeps``; the results, with their status,
     written into results.json (by rank 0: ``write``); ``Diverged`` when the bound ran away."""
-    bounds = {key: results.get(key) for key in ("val/elbo", "train/elbo")}
+    # The validation bound of the best checkpoint is the verdict; the training bound, an average
+    # over the last epoch that holds the first steps' transient in a short run, only where there
+    # is no validation; a non-finite one always.
+    val, train = results.get("val/elbo"), results.get("train/elbo")
+    judged = {"val/elbo": val} if val is not None else {"train/elbo": train}
     floor = initial - abs(initial) if initial is not None else -math.inf
-    worse = [f"{key} = {value:.4g}" for key, value in bounds.items()
+    worse = [f"{key} = {value:.4g}" for key, value in judged.items()
              if value is not None and (not math.isfinite(value) or value < floor)]
+    if val is not None and train is not None and not math.isfinite(train):
+        worse.append(f"train/elbo = {train:.4g}")
     results["status"] = "diverged" if worse else "completed"
     results["initial/val_elbo"] = initial
     path = rundir.path(cfg.output_dir, "results")

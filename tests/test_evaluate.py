@@ -188,3 +188,19 @@ def test_active_units_count_the_latent_dimensions_whose_posterior_mean_varies(tr
     with torch.no_grad():  # an encoder whose means do not depend on x: no unit is active
         model.encoder.net[-1].weight[:2].zero_()
     assert evaluate(model, [x], k=2, chunk=2)["active_units"] == 0
+
+
+def test_eval_limit_scores_the_first_points_of_the_split(checkpoint, tmp_path):
+    """eval.limit=n estimates on the split's first n points; 30 is not a multiple of the batch
+    size (16), so the last batch is cut. A limit above the split's size scores all of it; the
+    same limit and seed give the same numbers; 0 is refused naming the key."""
+    base = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.chunk=8", "eval.device=cpu",
+            "eval.batch_size=16"]
+    part = run_eval(_eval_cfg([*base, "eval.limit=30", f"output_dir={tmp_path / 'part'}"]))
+    assert part["n"] == 30
+    again = run_eval(_eval_cfg([*base, "eval.limit=30", f"output_dir={tmp_path / 'again'}"]))
+    assert again["iw"] == part["iw"] and again["elbo"] == part["elbo"]
+    full = run_eval(_eval_cfg([*base, "eval.limit=1000", f"output_dir={tmp_path / 'all'}"]))
+    assert full["n"] == 200 and full["iw"] != part["iw"]
+    with pytest.raises(Exception, match="eval.limit"):
+        run_eval(_eval_cfg([*base, "eval.limit=0"]))

@@ -71,14 +71,17 @@ def evaluate(model: VAE, batches: Iterable[Tensor], k: int, chunk: int) -> dict[
 class Evaluation:
     """The ``eval`` options: ``k`` importance samples per data point, scored ``chunk`` at a time
     (memory ~ chunk x batch_size x pixels), ``batch_size`` data points per batch, on the ``split``
-    (``test`` or ``val``), on ``device`` (``auto``: CUDA when available). ``trusted``: dotted names
+    (``test`` or ``val``), its first ``limit`` points only when set (a quicker estimate, e.g. on a
+    CPU), on ``device`` (``auto``: CUDA when available). ``trusted``: dotted names
     of your own classes a checkpoint may build (see ``checkpoints.build_trusted``)."""
 
     @checked
     def __init__(self, k: PositiveInt = 5000, chunk: PositiveInt = 250,
                  batch_size: PositiveInt = 100, split: Literal["test", "val"] = "test",
-                 device: str = "auto", trusted: Sequence[str] = ()) -> None:
+                 device: str = "auto", trusted: Sequence[str] = (),
+                 limit: PositiveInt | None = None) -> None:
         self.k, self.chunk, self.batch_size, self.split = k, chunk, batch_size, split
+        self.limit = limit
         self.trusted = tuple(trusted)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -103,7 +106,15 @@ class Evaluation:
                   else datamodule.val_dataloader())
 
         def batches():
-            for x, y in tqdm(loader, desc=f"eval k={self.k} on {self.split}", unit="batch"):
+            left = self.limit  # points still to score; None: the whole split
+            total = len(loader) if left is None else min(len(loader),
+                                                          math.ceil(left / self.batch_size))
+            for x, y in tqdm(loader, desc=f"eval k={self.k} on {self.split}", unit="batch",
+                             total=total):
+                if left is not None:
+                    if left <= 0:
+                        break
+                    x, y, left = x[:left], y[:left], left - len(x[:left])
                 yield datamodule.to_inputs((x.to(self.device), y))[0]
 
         torch.manual_seed(seed)

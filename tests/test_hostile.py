@@ -431,7 +431,10 @@ def test_two_runs_in_one_directory_do_not_mix(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- signals
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [
+    (signal.SIGTERM, 143),
+    pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),  # the same path, another signal
+])
 def test_a_signal_stops_after_a_step_saves_and_says_how_to_resume(signum, code, tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, str(REPO / "train.py"), *TINY, "trainer.max_epochs=200",

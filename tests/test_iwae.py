@@ -58,6 +58,7 @@ def test_iwae_tightens_with_k_on_a_briefly_trained_model():
     assert b1 < b10 < b100, (b1, b10, b100)
 
 
+@pytest.mark.slow  # trains on Frey Face; the briefly trained model above checks the same order
 def test_iwae_tightens_with_k_on_frey_face(tmp_path):
     dm = FreyFaceDataModule(root=tmp_path, batch_size=100)
     dm.setup("fit")

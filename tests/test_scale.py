@@ -61,6 +61,7 @@ def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
     assert abs(results["test/elbo"] - elbo.mean().item()) < tolerance
 
 
+@pytest.mark.slow  # two 2-rank DDP runs; steps_per_batch itself is tested on one process
 def test_ddp_with_several_steps_per_batch_trains_as_with_one(tmp_path):
     """Manual optimization under DDP: every inner step's gradients are all-reduced, so the
     parameters are those of one step per batch (which Lightning steps itself)."""
@@ -72,6 +73,7 @@ def test_ddp_with_several_steps_per_batch_trains_as_with_one(tmp_path):
     assert runs[0]["test/elbo"] == pytest.approx(runs[1]["test/elbo"], abs=1e-4)
 
 
+@pytest.mark.slow  # spawns two ranks inside a Hydra multirun subprocess
 def test_ddp_spawn_runs_inside_a_hydra_multirun(tmp_path):
     """`-m` with trainer=ddp_spawn: the ranks are spawned (the module pickled to them) rather
     than the script relaunched, so the sweep runs once: one job here, to keep the test short."""

@@ -114,7 +114,8 @@ class Evaluation:
                 if left is not None:
                     if left <= 0:
                         break
-                    x, y, left = x[:left], y[:left], left - len(x[:left])
+                    x, y = x[:left], y[:left]
+                    left -= len(x)
                 yield datamodule.to_inputs((x.to(self.device), y))[0]
 
         torch.manual_seed(seed)

@@ -18,19 +18,27 @@ Checks, before anything is timed: with the same draws (hand drawing z one rsampl
 same seed) both give the same per-point estimates to float precision; after the timed rounds,
 the mean of the paired per-batch differences ours - hand (same points, independent draws: pure
 Monte-Carlo error) is within 4 of its standard errors plus --eps nats of 0.
-Timing: the sides take turns batch by batch (the first one alternating), --rounds times over
+Timing: the sides take turns batch by batch (the first one rotating), --rounds times over
 the --n points after one untimed batch each; seconds per round and points/s, the median over
-rounds of each and of the per-round ratio ours / hand. Peak memory: on CUDA the peak of
+rounds of each and of the per-round ratio ours / hand. Both sides score the same chunk of
+samples per decoder pass: --chunk, or by default vae-eval's own choice (objectives.auto_chunk,
+sized to the cache on a CPU); --fixed-chunk C adds a third side, ours at chunk C, to show what
+the choice is worth.
+FLOP rate: the decoder's matrix products, 2 FLOP per weight of its Linear layers per sample
+(the encoder, once per point, and the elementwise work are not counted), per second; beside it,
+each round, the same count for the decoder network alone on the first batch's k samples (no
+likelihood, sampling or logsumexp: the FLOP-bound reference for these shapes) and a 2048^3
+matrix product (the machine's rate). Peak memory: on CUDA the peak of
 torch.cuda.max_memory_allocated over a batch (reset before it) minus what was allocated before
 it; on the CPU each side runs on the first batch once per round in a fresh subprocess, after
 a tiny untimed run of the same side (k = chunk = 2) that loads the code paths: the resident
 set's high-water mark (VmHWM) at the end minus the resident set (VmRSS) at the moment the mark
 was reset (/proc/self/clear_refs) after setup; where that reset is unavailable,
 getrusage's ru_maxrss at the end minus VmRSS (or ru_maxrss) after setup (the JSON says which).
-Usage: python benchmarks/eval_speed.py [--rounds 3] [--n 500] [--k 1000] [--chunk 250]
-       [--batch 100] [--train-steps 100] [--root DIR] [--device cuda] [--threads N]
-       [--eps 0.01] [--out FILE]
-(vae-eval's defaults are k = 5000, chunk = 250, batch 100: pass --k 5000 for its figures.)
+Usage: python benchmarks/eval_speed.py [--rounds 3] [--n 500] [--k 1000] [--chunk C]
+       [--fixed-chunk C] [--batch 100] [--train-steps 100] [--root DIR] [--device cuda]
+       [--threads N] [--eps 0.01] [--out FILE]
+(vae-eval's defaults are k = 5000, batch 100: pass --k 5000 --n 10000 for its full figures.)
 Writes benchmarks/results/eval-speed.json.
 """
 
@@ -65,11 +73,11 @@ from data_throughput import write_fake_mnist  # noqa: E402
 
 from vae_lightning.evaluate import evaluate  # noqa: E402
 from vae_lightning.module import VAE  # noqa: E402
-from vae_lightning.objectives import importance_weighted  # noqa: E402
+from vae_lightning.objectives import auto_chunk, importance_weighted  # noqa: E402
 from vae_lightning.train import build  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-SIDES = ("ours", "hand")
+SIDES = ["ours", "hand"]  # and "ours_fixed" with --fixed-chunk
 Draw = Callable[[Distribution, int], Tensor]
 
 
@@ -98,11 +106,53 @@ def hand_log_likelihood(model: VAE, x: Tensor, k: int, chunk: int,
         return lse - math.log(k)
 
 
-def run_side(side: str, model: VAE, x: Tensor, k: int, chunk: int) -> float:
-    """One side on the batch ``x``: the mean of its per-point log p(x) estimates (nats)."""
+def run_side(side: str, model: VAE, x: Tensor, k: int, chunk: int | None,
+             fixed_chunk: int | None = None) -> float:
+    """One side on the batch ``x``: the mean of its per-point log p(x) estimates (nats). ``chunk``
+    None: ours chooses its own (``auto_chunk``), and the hand estimator is given the same number."""
     if side == "ours":
         return evaluate(model, [x], k, chunk)["iw"].nats
-    return hand_log_likelihood(model, x, k, chunk).double().mean().item()
+    if side == "ours_fixed":
+        return evaluate(model, [x], k, fixed_chunk)["iw"].nats
+    return hand_log_likelihood(model, x, k, chunk or auto_chunk(x, k)).double().mean().item()
+
+
+def decoder_flops(model: VAE) -> int:
+    """Floating-point operations of one decoder pass per sample: 2 per weight of its Linear
+    layers (a multiply and an add), the matrix products that dominate; biases, activations and
+    the log-likelihood are not counted. The benchmark's model is an MLP: every weight of its
+    decoder network is in a Linear layer."""
+    net = model.decoder.net
+    linear = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
+    weights = sum(p.numel() for name, p in net.named_parameters() if name.endswith("weight"))
+    assert linear == weights, "the FLOP count assumes an MLP decoder"
+    return 2 * linear
+
+
+def net_alone_seconds(model: VAE, x: Tensor, k: int, chunk: int, device: torch.device) -> float:
+    """Seconds of the decoder network alone (its matrix products and activations, no
+    likelihood, sampling or logsumexp) on k samples of q(z|x) for the batch ``x``, ``chunk``
+    at a time: the FLOP-bound reference for the same shapes."""
+    with torch.inference_mode():
+        q = model.encoder(x)
+        zs = [q.rsample((min(chunk, k - start),)) for start in range(0, k, chunk)]
+        model.decoder.net(zs[0])  # untimed
+        start = _now(device)
+        for z in zs:
+            model.decoder.net(z)
+        return _now(device) - start
+
+
+def gemm_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matrix-product rate: a size^3 product, best of ``repeats``."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = _now(device)
+        a @ b
+        best = min(best, _now(device) - start)
+    return 2 * size**3 / best / 1e9
 
 
 def _now(device: torch.device) -> float:
@@ -165,7 +215,7 @@ def memory_child(state: Path, side: str) -> None:
     model.eval()
     x = torch.load(state / "x.pt", weights_only=True)
     xb = x[:spec["batch"]]
-    run_side(side, model, xb[:2], 2, 2)  # load the code paths, untimed
+    run_side(side, model, xb[:2], 2, 2, 2)  # load the code paths, untimed
     gc.collect()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
@@ -179,7 +229,7 @@ def memory_child(state: Path, side: str) -> None:
             method = "ru_maxrss at the end - ru_maxrss after setup"
     torch.manual_seed(0)
     start = time.perf_counter()
-    run_side(side, model, xb, spec["k"], spec["chunk"])
+    run_side(side, model, xb, spec["k"], spec["chunk"], spec["fixed_chunk"])
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM") if method.startswith("VmHWM") else _maxrss_kib()
     print(json.dumps({"side": side, "peak_mib": (peak - base) / 1024, "base_mib": base / 1024,
@@ -213,7 +263,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=500, help="test points")
     parser.add_argument("--k", type=int, default=1000, help="importance samples per point")
-    parser.add_argument("--chunk", type=int, default=250, help="samples scored at a time")
+    parser.add_argument("--chunk", type=int, help="samples scored at a time by both sides "
+                        "(default: vae-eval's own choice, objectives.auto_chunk)")
+    parser.add_argument("--fixed-chunk", type=int, help="also time ours at this chunk, side "
+                        "by side (e.g. 250, the default before auto_chunk)")
     parser.add_argument("--batch", type=int, default=100, help="points per batch")
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--root", type=Path, help="a data root holding mnist/ (else synthetic)")
@@ -223,7 +276,8 @@ def main() -> None:
                         help="nats allowed beyond 4 standard errors in the agreement check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "eval-speed.json")
-    parser.add_argument("--memory-child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", choices=SIDES + ["ours_fixed"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -231,6 +285,8 @@ def main() -> None:
     if args.memory_child:
         memory_child(args.state, args.memory_child)
         return
+    if args.fixed_chunk:
+        SIDES.append("ours_fixed")
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     load = os.getloadavg()
@@ -256,10 +312,15 @@ def main() -> None:
             torch.save(x.cpu(), tmp / "x.pt")
             (tmp / "spec.json").write_text(json.dumps({
                 "overrides": common, "batch": args.batch, "k": args.k, "chunk": args.chunk,
+                "fixed_chunk": args.fixed_chunk,
                 "threads": torch.get_num_threads()}))
 
+        chunk = args.chunk or auto_chunk(batches[0], args.k)  # what both sides use
+        flops = decoder_flops(model) * args.k * len(x)  # per round and side
         for side in SIDES:  # untimed: the first batch's allocations and code paths
-            run_side(side, model, batches[0], args.k, args.chunk)
+            run_side(side, model, batches[0], args.k, args.chunk, args.fixed_chunk)
+        net_gflops: list[float] = []  # per round: the decoder network alone, first batch
+        gemm: list[float] = []  # per round: a 2048^3 matrix product
         seconds: dict[str, list[float]] = {side: [] for side in SIDES}
         peak_mib: dict[str, list[float]] = {side: [] for side in SIDES}
         memory_runs: list[dict[str, Any]] = []
@@ -270,7 +331,8 @@ def main() -> None:
             spent = dict.fromkeys(SIDES, 0.0)
             peak = dict.fromkeys(SIDES, 0.0)
             for b, xb in enumerate(batches):
-                order = SIDES if (r * len(batches) + b) % 2 == 0 else SIDES[::-1]
+                turn = (r * len(batches) + b) % len(SIDES)
+                order = SIDES[turn:] + SIDES[:turn]
                 got = {}
                 for side in order:
                     torch.manual_seed(args.seed + 1000 * r + 2 * b + (side == "hand"))
@@ -279,7 +341,8 @@ def main() -> None:
                         torch.cuda.reset_peak_memory_stats(device)
                         base = torch.cuda.memory_allocated(device)
                     start = _now(device)
-                    got[side] = run_side(side, model, xb, args.k, args.chunk)
+                    got[side] = run_side(side, model, xb, args.k, args.chunk,
+                                         args.fixed_chunk)
                     spent[side] += _now(device) - start
                     if gpu:
                         used = torch.cuda.max_memory_allocated(device) - base
@@ -291,16 +354,23 @@ def main() -> None:
             for side in SIDES:
                 seconds[side].append(spent[side])
             if not gpu:
-                order = SIDES if r % 2 == 0 else SIDES[::-1]
-                for side in order:
+                turn = r % len(SIDES)
+                for side in SIDES[turn:] + SIDES[:turn]:
                     child = memory_subprocess(tmp, side)
                     memory_runs.append(child)
                     peak[side] = child["peak_mib"]
             for side in SIDES:
                 peak_mib[side].append(peak[side])
+            xb = batches[0]
+            net_seconds = net_alone_seconds(model, xb, args.k, chunk, device)
+            net_gflops.append(decoder_flops(model) * args.k * len(xb) / net_seconds / 1e9)
+            gemm.append(gemm_gflops(device))
             print(f"round {r}: " + ", ".join(
                 f"{side} {seconds[side][-1]:.2f} s ({args.n / seconds[side][-1]:.0f} points/s, "
+                f"{flops / seconds[side][-1] / 1e9:.1f} GFLOP/s, "
                 f"peak {peak_mib[side][-1]:.0f} MiB)" for side in SIDES)
+                + f"; decoder network alone {net_gflops[-1]:.1f} GFLOP/s, "
+                f"{gemm[-1]:.1f} GFLOP/s in a 2048^3 product"
                 + f"; ours/hand time {seconds['ours'][-1] / seconds['hand'][-1]:.3f}, memory "
                 f"{peak_mib['ours'][-1] / peak_mib['hand'][-1]:.3f}", flush=True)
 
@@ -315,6 +385,8 @@ def main() -> None:
     assert abs(diff) <= tolerance, f"the estimates disagree: {diff:+.4f} nats > {tolerance:.4f}"
 
     time_ratios = [o / h for o, h in zip(seconds["ours"], seconds["hand"])]
+    gflops = {side: [flops / t / 1e9 for t in v] for side, v in seconds.items()}
+    of_net = [g / n for g, n in zip(gflops["ours"], net_gflops)]
     memory_ratios = [o / h for o, h in zip(peak_mib["ours"], peak_mib["hand"])]
     median_seconds = {side: statistics.median(v) for side, v in seconds.items()}
     median_peak = {side: statistics.median(v) for side, v in peak_mib.items()}
@@ -335,7 +407,15 @@ def main() -> None:
         "data": str(args.root) if args.root else "synthetic MNIST-sized IDX files (uniform "
                 "random pixels), test split binarized by the data module's fixed draw",
         "train_steps": args.train_steps,
-        "n": args.n, "k": args.k, "chunk": args.chunk, "batch": args.batch,
+        "n": len(x), "k": args.k, "batch": args.batch,
+        "chunk": chunk, "chunk_chosen_by": "--chunk" if args.chunk else "objectives.auto_chunk",
+        "fixed_chunk": args.fixed_chunk,
+        "decoder_flops_per_sample": decoder_flops(model),
+        "gflops_per_s": gflops,
+        "decoder_network_alone_gflops_per_s": net_gflops,
+        "gemm_2048_gflops_per_s": gemm,
+        "ours_over_network_alone_rate": of_net,
+        "median_ours_over_network_alone_rate": statistics.median(of_net),
         "rounds": args.rounds,
         "seconds": seconds,
         "median_seconds": median_seconds,
@@ -346,6 +426,9 @@ def main() -> None:
         "median_peak_memory_mib": median_peak,
         "memory_ratios": memory_ratios,
         "median_memory_ratio_ours_over_hand": statistics.median(memory_ratios),
+        "median_time_ratio_ours_fixed_over_ours": statistics.median(
+            o / a for o, a in zip(seconds["ours_fixed"], seconds["ours"]))
+        if args.fixed_chunk else None,
         "memory_method": "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus "
                          "memory_allocated before, max over batches" if gpu else
                          "fresh subprocess per side per round, on the first batch: "
@@ -363,7 +446,12 @@ def main() -> None:
           f"for {args.n} points at k={args.k}; ours/hand time "
           f"{record['median_time_ratio_ours_over_hand']:.3f}, peak memory ours "
           f"{median_peak['ours']:.0f} MiB, hand {median_peak['hand']:.0f} MiB, ratio "
-          f"{record['median_memory_ratio_ours_over_hand']:.3f}; wrote {args.out}")
+          f"{record['median_memory_ratio_ours_over_hand']:.3f}; ours at "
+          f"{statistics.median(gflops['ours']):.1f} GFLOP/s, "
+          f"{record['median_ours_over_network_alone_rate']:.2f} of the decoder network alone"
+          + (f"; ours at chunk {args.fixed_chunk} / ours "
+             f"{record['median_time_ratio_ours_fixed_over_ours']:.3f}" if args.fixed_chunk
+             else "") + f"; wrote {args.out}")
 
 
 if __name__ == "__main__":

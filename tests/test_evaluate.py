@@ -21,7 +21,7 @@ from vae_lightning.config import build as build_node
 from vae_lightning.config import plain
 from vae_lightning.errors import CheckpointError
 from vae_lightning.evaluate import Estimate
-from vae_lightning.objectives import draw, importance_weighted, iw_bound
+from vae_lightning.objectives import auto_chunk, base, draw, importance_weighted, iw_bound
 from vae_lightning.train import build
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -81,6 +81,22 @@ def test_chunking_over_k_gives_the_one_pass_estimate(trained, chunk):
     one_pass = _estimate(model, x, k=64, chunk=64)
     chunked = _estimate(model, x, k=64, chunk=chunk)
     for a, b in zip(one_pass, chunked):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)
+
+
+def test_the_automatic_chunk_fills_its_budget_and_changes_nothing(trained, monkeypatch):
+    model, x = trained
+    per_sample = x.numel()  # values of one sample for the whole batch
+    budget = base.CPU_CHUNK_VALUES
+    chunk = auto_chunk(x, 10**9)
+    assert chunk * per_sample <= budget < (chunk + 1) * per_sample
+    assert auto_chunk(x, 3) == 3  # never more than k
+    assert auto_chunk(torch.zeros(budget + 1), 10) == 1  # never less than 1
+    on_gpu = torch.zeros(100, 1, 28, 28, device="meta")  # any device but the CPU
+    assert auto_chunk(on_gpu, 10**9) == base.ACCELERATOR_CHUNK_VALUES // on_gpu.numel()
+    monkeypatch.setattr(base, "CPU_CHUNK_VALUES", 5 * per_sample)  # five samples per pass
+    assert auto_chunk(x, 64) == 5
+    for a, b in zip(_estimate(model, x, k=64, chunk=None), _estimate(model, x, k=64, chunk=64)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)
 
 

@@ -49,7 +49,8 @@ class Estimate:
 ACTIVE = 1e-2  # a latent dimension is active when Cov_x(E_q[z_j]) exceeds this (Burda et al.)
 
 
-def evaluate(model: VAE, batches: Iterable[Tensor], k: int, chunk: int) -> dict[str, Any]:
+def evaluate(model: VAE, batches: Iterable[Tensor], k: int,
+             chunk: int | None = None) -> dict[str, Any]:
     """The ELBO and IW estimates over all ``batches`` (model inputs on the model's device):
     ``{"elbo": Estimate, "iw": Estimate, "n": number of data points, "active_units": the
     latent dimensions whose posterior mean varies over the data by more than ACTIVE}``."""
@@ -70,13 +71,14 @@ def evaluate(model: VAE, batches: Iterable[Tensor], k: int, chunk: int) -> dict[
 
 class Evaluation:
     """The ``eval`` options: ``k`` importance samples per data point, scored ``chunk`` at a time
-    (memory ~ chunk x batch_size x pixels), ``batch_size`` data points per batch, on the ``split``
+    (memory ~ chunk x batch_size x pixels; None: ``objectives.auto_chunk``, sized to the cache on
+    a CPU), ``batch_size`` data points per batch, on the ``split``
     (``test`` or ``val``), its first ``limit`` points only when set (a quicker estimate, e.g. on a
     CPU), on ``device`` (``auto``: CUDA when available). ``trusted``: dotted names
     of your own classes a checkpoint may build (see ``checkpoints.build_trusted``)."""
 
     @checked
-    def __init__(self, k: PositiveInt = 5000, chunk: PositiveInt = 250,
+    def __init__(self, k: PositiveInt = 5000, chunk: PositiveInt | None = None,
                  batch_size: PositiveInt = 100, split: Literal["test", "val"] = "test",
                  device: str = "auto", trusted: Sequence[str] = (),
                  limit: PositiveInt | None = None) -> None:

@@ -321,9 +321,10 @@ class VAE(L.LightningModule):
         return self.decoder((1 - t) * z1 + t * z2).mean
 
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int = 250) -> Tensor:
+    def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int | None = None) -> Tensor:
         """The importance-weighted estimate of log p(x) per image, in nats, from k samples of
-        q(z|x) (Burda et al. 2015): what ``eval.py`` reports."""
+        q(z|x) (Burda et al. 2015), scored ``chunk`` at a time (None: ``auto_chunk``): what
+        ``eval.py`` reports."""
         return importance_weighted(self, self._inputs(x), k, chunk)[1]
 
     def bits_per_dim(self, log_px: Tensor) -> Tensor:

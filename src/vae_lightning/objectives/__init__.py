@@ -10,6 +10,7 @@ from .base import (
     Bound,
     Objective,
     Samples,
+    auto_chunk,
     closed_form_kl,
     draw,
     elbo_estimate,
@@ -17,6 +18,5 @@ from .base import (
     iw_bound,
 )
 
-__all__ = ["Bound", "Objective", "Samples", "closed_form_kl", "draw", "elbo_estimate",
-           "importance_weighted",
-           "iw_bound"]
+__all__ = ["Bound", "Objective", "Samples", "auto_chunk", "closed_form_kl", "draw",
+           "elbo_estimate", "importance_weighted", "iw_bound"]

@@ -128,8 +128,23 @@ def probe(model: VAE) -> tuple[Distribution, Distribution]:
     return model.encoder(x), model.prior.distribution()
 
 
+# Input values (batch x pixels) scored per decoder pass when no chunk is given. On a CPU, 2^21
+# float32 values (8 MiB) keep a pass's activations and its elementwise log-likelihood within the
+# last-level cache, so the evaluation runs at the rate of the decoder's matrix products instead
+# of at memory bandwidth (docs/benchmarks.md); on a GPU, larger passes amortise kernel launches.
+CPU_CHUNK_VALUES, ACCELERATOR_CHUNK_VALUES = 2**21, 2**26
+
+
+def auto_chunk(x: Tensor, k: int) -> int:
+    """How many of the k samples to score per decoder pass for the batch ``x``: the most whose
+    chunk x batch x pixels stays within the budget for x's device (at least 1, at most k)."""
+    budget = CPU_CHUNK_VALUES if x.device.type == "cpu" else ACCELERATOR_CHUNK_VALUES
+    return max(1, min(k, budget // max(1, x.numel())))
+
+
 @torch.no_grad()
-def importance_weighted(model: VAE, x: Tensor, k: int, chunk: int) -> tuple[Tensor, Tensor]:
+def importance_weighted(model: VAE, x: Tensor, k: int,
+                        chunk: int | None = None) -> tuple[Tensor, Tensor]:
     """Per data point of ``x``, from the same k samples z_i ~ q(z|x): the ELBO (the mean
     log-weight, estimator A with L = k) and the IW estimate of log p(x), log (1/k) sum_i w_i,
     which is >= it (Jensen) and the standard test log-likelihood at k = 5000.
@@ -137,7 +152,9 @@ def importance_weighted(model: VAE, x: Tensor, k: int, chunk: int) -> tuple[Tens
     The samples are scored ``chunk`` at a time, one decoder pass per chunk for all points
     (memory ~ chunk x batch x pixels), and combined with a running logsumexp. Each z_i is drawn by
     its own ``rsample()`` in order, so the estimate is the same for every ``chunk`` given the
-    random state."""
+    random state. ``chunk=None``: ``auto_chunk``."""
+    if chunk is None:
+        chunk = auto_chunk(x, k)
     if k < 1 or chunk < 1:
         raise ValueError(f"k={k} and chunk={chunk} must both be at least 1.")
     q = model.encoder(x)

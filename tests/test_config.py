@@ -111,6 +111,7 @@ BAD_CONFIGS = [
     (["model.latent=-3"], ["model.latent=-3"]),
     (["model.latent=abc"], ["model.latent", "abc"]),
     (["model.optimizer.lr=-0.1"], ["model.optimizer", "-0.1", "learning rate"]),
+    (["model.optimizer.lr=0"], ["model.optimizer", "lr=0", "learning rate must be above 0"]),
     (["model.optimizer.weight_decay=-1"], ["model.optimizer", "weight_decay", "-1"]),
     (["model.objective.n_samples=0"], ["model.objective.n_samples=0", "integer >= 1"]),
     (["model/objective=iwae", "model.objective.k=0"], ["model.objective.k=0", ">= 1"]),

@@ -94,7 +94,10 @@ def build(cfg: DictConfig) -> Run:
     L.seed_everything(cfg.seed, workers=True)
     model = build_node(cfg.model, "model", steps_per_batch=datamodule.steps_per_batch)
     try:  # the optimizer is built at fit; its own argument checks run now
-        model.configure_optimizers()
+        built = model.configure_optimizers()
+        optimizer = built["optimizer"] if isinstance(built, dict) else built
+        if any(group["lr"] == 0 for group in optimizer.param_groups):
+            raise ValueError("its learning rate must be above 0: at lr=0 no parameter moves")
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:

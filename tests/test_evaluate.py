@@ -174,6 +174,13 @@ def test_bad_checkpoints_raise_one_clear_error(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match="no vae-lightning run configuration"):
         load_model(tmp_path / "foreign.ckpt")
+    old = {"model": {"_target_": "vae_lightning.wake_sleep.WakeSleep", "latent": 3,
+                     "encoder_hidden": [500]}, "prior": {"_target_": "vae_lightning.priors.X"}}
+    torch.save({"state_dict": {}, "hyper_parameters": {"latent": 3, "config": old}},
+               tmp_path / "before-the-composer.ckpt")
+    with pytest.raises(CheckpointError, match="before the composer") as err:
+        load_model(tmp_path / "before-the-composer.ckpt")
+    assert "fe83bda" in str(err.value)  # where to find the code that reads it
     torch.save({"state_dict": {}, CONFIG_KEY: {"model": {"latent": 2}}}, tmp_path / "odd.ckpt")
     with pytest.raises(CheckpointError, match="model without a _target_"):
         load_model(tmp_path / "odd.ckpt")

@@ -56,10 +56,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
 
 
+def _flat_run_config(checkpoint: dict[str, Any]) -> bool:
+    """Whether ``checkpoint`` holds the run config of vae-train before the composer redesign:
+    Lightning's ``hyper_parameters`` with a ``config`` whose model is one of this package's."""
+    hyper = checkpoint.get("hyper_parameters")
+    config = hyper.get("config") if isinstance(hyper, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    target = model.get("_target_") if isinstance(model, dict) else None
+    return isinstance(target, str) and target.startswith("vae_lightning.")
+
+
 def run_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """The run config a checkpoint of ``vae-train`` carries."""
     config = checkpoint.get(CONFIG_KEY)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        if _flat_run_config(checkpoint):
+            raise CheckpointError(
+                f"Checkpoint {path} was written by vae-lightning before the composer (commit "
+                "be3ec97): its run configuration is the older flat form (model.encoder_hidden, "
+                "top-level likelihood/prior/posterior), which this version does not rebuild. "
+                "Evaluate, sample or resume it with the code that wrote it (git checkout "
+                "fe83bda, the last commit before be3ec97), or train the model again.")
         raise CheckpointError(f"Checkpoint {path} holds no vae-lightning run configuration: it "
                               "was not written by vae-train (train.py), so the model it holds "
                               "cannot be rebuilt.")

@@ -28,7 +28,8 @@ FLOP rate: the decoder's matrix products, 2 FLOP per weight of its Linear layers
 (the encoder, once per point, and the elementwise work are not counted), per second; beside it,
 each round, the same count for the decoder network alone on the first batch's k samples (no
 likelihood, sampling or logsumexp: the FLOP-bound reference for these shapes) and a 2048^3
-matrix product (the machine's rate). Peak memory: on CUDA the peak of
+matrix product (the machine's rate); on the CPU, ours' time by operator on one batch
+(torch.profiler). Peak memory: on CUDA the peak of
 torch.cuda.max_memory_allocated over a batch (reset before it) minus what was allocated before
 it; on the CPU each side runs on the first batch once per round in a fresh subprocess, after
 a tiny untimed run of the same side (k = chunk = 2) that loads the code paths: the resident
@@ -141,6 +142,21 @@ def net_alone_seconds(model: VAE, x: Tensor, k: int, chunk: int, device: torch.d
         for z in zs:
             model.decoder.net(z)
         return _now(device) - start
+
+
+def op_shares(model: VAE, x: Tensor, k: int, chunk: int | None, top: int = 8) -> dict[str, float]:
+    """Where ours spends its time on the batch ``x``: each operator's share of the CPU time
+    (torch.profiler, self time), the ``top`` largest and the rest as ``other``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        evaluate(model, [x], k, chunk)
+    times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(times.values())
+    ranked = sorted(times.items(), key=lambda item: -item[1])
+    shares = {name: t / total for name, t in ranked[:top]}
+    shares["other"] = 1 - sum(shares.values())
+    return shares
 
 
 def gemm_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
@@ -384,6 +400,10 @@ def main() -> None:
           f"{tolerance:.4f})")
     assert abs(diff) <= tolerance, f"the estimates disagree: {diff:+.4f} nats > {tolerance:.4f}"
 
+    if not gpu:
+        shares = op_shares(model, batches[0], args.k, args.chunk)
+        print("ours, CPU time by operator on one batch: " + ", ".join(
+            f"{name} {share:.1%}" for name, share in shares.items()))
     time_ratios = [o / h for o, h in zip(seconds["ours"], seconds["hand"])]
     gflops = {side: [flops / t / 1e9 for t in v] for side, v in seconds.items()}
     of_net = [g / n for g, n in zip(gflops["ours"], net_gflops)]
@@ -414,6 +434,7 @@ def main() -> None:
         "gflops_per_s": gflops,
         "decoder_network_alone_gflops_per_s": net_gflops,
         "gemm_2048_gflops_per_s": gemm,
+        "ours_cpu_time_by_operator": shares if not gpu else None,
         "ours_over_network_alone_rate": of_net,
         "median_ours_over_network_alone_rate": statistics.median(of_net),
         "rounds": args.rounds,

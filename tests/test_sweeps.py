@@ -71,6 +71,36 @@ def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path):
     assert "2 jobs: 2 completed" in proc.stdout
 
 
+def test_joblib_jobs_sharing_the_machine_give_the_numbers_of_the_same_runs_alone(tmp_path):
+    """Jobs that share the cores (or a GPU) concurrently must not change each other's numbers:
+    same seed, same curve and results as the run alone, to float tolerance (the jobs' matrix
+    products run on fewer threads, which may reorder their sums)."""
+    args = [*TINY, "trainer.max_epochs=2", "callbacks.bound_curve.start=300"]
+    sweep = tmp_path / "sweep"
+    proc = _sweep(["-m", *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   "model.latent=2,3"], sweep)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, latent in (("0", 2), ("1", 3)):
+        alone = tmp_path / f"alone{latent}"
+        run = subprocess.run([sys.executable, str(REPO / "train.py"), *args,
+                              f"model.latent={latent}", f"hydra.run.dir={alone}"],
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        shared_results = json.loads((sweep / job / "results.json").read_text())
+        alone_results = json.loads((alone / "results.json").read_text())
+        assert shared_results["latent"] == alone_results["latent"] == latent
+        assert shared_results["train_samples_seen"] == alone_results["train_samples_seen"]
+        for key in ("val/elbo", "test/elbo", "train/elbo"):
+            assert shared_results[key] == pytest.approx(alone_results[key], rel=1e-5), key
+        shared = json.loads((sweep / job / "curve.json").read_text())["points"]
+        alone_points = json.loads((alone / "curve.json").read_text())["points"]
+        assert len(shared) == len(alone_points) >= 3
+        for a, b in zip(shared, alone_points):
+            assert a.keys() == b.keys() and a["samples_seen"] == b["samples_seen"]
+            for key in a.keys() - {"samples_seen"}:
+                assert a[key] == pytest.approx(b[key], rel=1e-5), (key, a, b)
+
+
 def test_submitit_local_runs_the_jobs_as_slurm_would(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _sweep(["-m", *TINY, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",

@@ -19,7 +19,7 @@ from vae_lightning import rundir
 from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, load_model
 from vae_lightning.config import build as build_node
 from vae_lightning.config import plain
-from vae_lightning.errors import CheckpointError
+from vae_lightning.errors import CheckpointError, ConfigError
 from vae_lightning.evaluate import Estimate
 from vae_lightning.objectives import auto_chunk, base, draw, importance_weighted, iw_bound
 from vae_lightning.train import build
@@ -227,3 +227,24 @@ def test_eval_limit_scores_the_first_points_of_the_split(checkpoint, tmp_path):
     assert full["n"] == 200 and full["iw"] != part["iw"]
     with pytest.raises(Exception, match="eval.limit"):
         run_eval(_eval_cfg([*base, "eval.limit=0"]))
+
+
+def test_eval_out_of_memory_names_the_chunk_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
+    """An evaluation that runs out of memory (on a GPU, a chunk too large for the decoder) ends
+    with one error naming the chunk it used and what to lower, and writes no eval.json."""
+    from vae_lightning import evaluate as evaluation
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(evaluation, "importance_weighted", out_of_memory)
+    out = tmp_path / "oom"
+    cfg = _eval_cfg([f"ckpt_path={checkpoint}", "eval.device=cpu", "eval.batch_size=50",
+                     f"output_dir={out}"])
+    with pytest.raises(ConfigError) as err:
+        run_eval(cfg)
+    message = str(err.value)
+    chunk = base.CPU_CHUNK_VALUES // (50 * 28 * 20)  # the automatic chunk for 50 Frey faces
+    assert f"eval.chunk={chunk} " in message and "eval.batch_size=50" in message
+    assert "smaller eval.chunk" in message
+    assert not (out / "eval.json").exists()

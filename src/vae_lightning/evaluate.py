@@ -23,8 +23,9 @@ from torch import Tensor
 from vae_lightning import rundir
 from vae_lightning.args import PositiveInt, checked, fail
 from vae_lightning.checkpoints import build_trusted, load_model
+from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
-from vae_lightning.objectives import importance_weighted
+from vae_lightning.objectives import auto_chunk, importance_weighted
 
 
 @dataclass
@@ -121,7 +122,17 @@ class Evaluation:
                 yield datamodule.to_inputs((x.to(self.device), y))[0]
 
         torch.manual_seed(seed)
-        estimates = evaluate(model, batches(), self.k, self.chunk)
+        try:
+            estimates = evaluate(model, batches(), self.k, self.chunk)
+        except torch.OutOfMemoryError:
+            batch = torch.empty(1, device=self.device).expand(self.batch_size, *model.data_shape)
+            chunk = self.chunk or auto_chunk(batch, self.k)  # a view: allocates nothing
+            raise ConfigError(
+                f"The evaluation ran out of memory on {self.device}, scoring eval.chunk={chunk} "
+                f"samples for eval.batch_size={self.batch_size} points per decoder pass (memory "
+                "~ chunk x batch_size x pixels, times the decoder's widest layer); nothing was "
+                "written. Give a smaller eval.chunk or eval.batch_size (the estimate does not "
+                "depend on either), or eval.device=cpu.") from None
         continuous = getattr(datamodule, "binarize", "none") == "none"
         results = {
             "elbo": asdict(estimates["elbo"]),

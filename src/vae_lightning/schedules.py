@@ -1,11 +1,7 @@
-"""Learning-rate schedules (``model.scheduler``): factors of the optimizer's learning rate by
+"""Learning-rate schedules (``model.schedule``): factors of the optimizer's learning rate by
 epoch, for ``torch.optim.lr_scheduler.LambdaLR``."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-
-import torch
 
 from vae_lightning.args import PositiveFloat, PositiveInt, checked
 
@@ -30,12 +26,3 @@ class StagedDecay:
     def __call__(self, epoch: int) -> float:
         return self.decay ** self.stage(epoch)
 
-
-def lambda_lr(factor: Callable[[int], float]) -> Callable[[torch.optim.Optimizer],
-                                                           torch.optim.lr_scheduler.LambdaLR]:
-    """A scheduler factory for the model: ``LambdaLR(optimizer, factor)``, stepped each epoch."""
-
-    def build(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-    return build

@@ -96,7 +96,8 @@ def build(cfg: DictConfig) -> Run:
     try:  # the optimizer is built at fit; its own argument checks run now
         built = model.configure_optimizers()
         optimizer = built["optimizer"] if isinstance(built, dict) else built
-        if any(group["lr"] == 0 for group in optimizer.param_groups):
+        # The configured lr: a schedule's factor may start below 1 (initial_lr keeps the base).
+        if any(group.get("initial_lr", group["lr"]) == 0 for group in optimizer.param_groups):
             raise ValueError("its learning rate must be above 0: at lr=0 no parameter moves")
     except ConfigError:
         raise

@@ -213,3 +213,37 @@ def test_mlp_is_unchanged():
     assert list(paper.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert all(p.std() < 0.02 for p in paper.parameters())
     assert paper(torch.rand(7, 1, 3, 4)).shape == (7, 2, 3, 4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: MLP((1, 28, 28), (100,), hidden=(200,), **kw),
+    lambda **kw: ConvEncoder((1, 28, 28), (100,), **kw),
+    lambda **kw: ConvDecoder((50,), (1, 28, 28), **kw),
+])
+def test_glorot_uniform_initialisation(make):
+    """U(-a, a), a = sqrt(6 / (fan_in + fan_out)) for every weight (torch's fans for
+    convolutions), every bias 0; the uniform's standard deviation is a / sqrt(3)."""
+    torch.manual_seed(0)
+    net = make(init="glorot_uniform")
+    for layer in net.modules():
+        if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+            a = (6 / (fan_in + fan_out)) ** 0.5
+            assert torch.all(layer.bias == 0)
+            assert layer.weight.abs().max() <= a and layer.weight.abs().max() > 0.9 * a
+            if layer.weight.numel() > 5000:
+                assert layer.weight.std().item() == pytest.approx(a / 3**0.5, rel=0.05)
+
+
+def test_init_normal_and_its_refusals():
+    torch.manual_seed(0)
+    normal = MLP((1, 3, 4), (4,), hidden=(400,), init="normal", init_std=0.01)
+    assert normal[0].weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert normal[0].bias.std().item() == pytest.approx(0.01, rel=0.2)
+    torch.manual_seed(0)
+    implied = MLP((1, 3, 4), (4,), hidden=(400,), init_std=0.01)  # configs before init
+    assert all(torch.equal(p, q) for p, q in zip(normal.parameters(), implied.parameters()))
+    with pytest.raises(ValueError, match="init_std=None.*give a standard deviation"):
+        MLP((1, 3, 4), (4,), init="normal")
+    with pytest.raises(ValueError, match="init_std=0.01.*init=glorot_uniform takes no"):
+        MLP((1, 3, 4), (4,), init="glorot_uniform", init_std=0.01)

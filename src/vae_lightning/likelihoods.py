@@ -44,6 +44,13 @@ class Likelihood(nn.Module):
     def pixel_distribution(self, *params: Tensor) -> Distribution:
         raise NotImplementedError
 
+    def mean_bias(self, mean: Tensor) -> Tensor:
+        """The decoder outputs ``[n_params * C, H, W]`` at which p(x|z) has the mean image
+        ``mean`` ``[C, H, W]``: the output bias that starts the decoder at the data's mean when
+        its last weights are small (``callbacks.OutputBias``). ``NotImplementedError`` for a
+        likelihood without such a bias."""
+        raise NotImplementedError
+
 
 class Bernoulli(Likelihood):
     """Bernoulli MLP decoder (Appendix C.1): log p(x|z) = sum_i x_i log y_i + (1-x_i) log(1-y_i),
@@ -54,6 +61,11 @@ class Bernoulli(Likelihood):
 
     def pixel_distribution(self, logits: Tensor) -> Distribution:
         return _Bernoulli(logits=logits, validate_args=False)
+
+    def mean_bias(self, mean: Tensor) -> Tensor:
+        """logit(mean), the mean clipped to [1e-3, 1 - 1e-3] as in Burda et al.'s code (pixels
+        that are always 0 would otherwise get an infinite bias)."""
+        return torch.logit(mean.clamp(1e-3, 1 - 1e-3))
 
 
 class Gaussian(Likelihood):

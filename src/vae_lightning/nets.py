@@ -31,6 +31,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 Activation = Literal["tanh", "relu", "elu", "gelu", "softplus", "leaky_relu"]
 assert set(Activation.__args__) == set(ACTIVATIONS)  # noqa: S101  (one list, two spellings)
+Init = Literal["pytorch", "normal", "glorot_uniform"]  # see ``initialise``
 
 
 class MLP(nn.Sequential):
@@ -38,8 +39,11 @@ class MLP(nn.Sequential):
     prod(out_shape)``, linear output; the input's trailing ``in_shape`` is flattened and the
     output unflattened to ``out_shape``.
 
-    ``init_std`` draws every weight and bias from N(0, init_std^2), as the paper does with 0.01;
-    ``None`` keeps PyTorch's default initialisation.
+    ``init`` chooses the initial parameters (``initialise``): ``"normal"`` draws every weight and
+    bias from N(0, ``init_std``^2), as the AEVB paper does with 0.01; ``"glorot_uniform"``
+    draws weights from Glorot & Bengio's U(-a, a), a = sqrt(6 / (fan_in + fan_out)), with zero
+    biases, as the IWAE paper's code; ``"pytorch"`` keeps PyTorch's default; ``None`` means
+    ``"normal"`` when ``init_std`` is given, else ``"pytorch"``.
     """
 
     @checked
@@ -49,6 +53,7 @@ class MLP(nn.Sequential):
         out_shape: Sequence[PositiveInt],
         hidden: Sequence[PositiveInt] = (400,),
         activation: Activation = "relu",
+        init: Init | None = None,
         init_std: PositiveFloat | None = None,
     ) -> None:
         in_features, out_features = _size(in_shape), _size(out_shape)
@@ -60,9 +65,7 @@ class MLP(nn.Sequential):
                 layers.append(ACTIVATIONS[activation]())
         super().__init__(*layers)
         self.in_dims, self.out_shape = len(in_shape), tuple(out_shape)
-        if init_std is not None:
-            for p in self.parameters():
-                nn.init.normal_(p, 0.0, init_std)
+        initialise(self, init, init_std)
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.flatten(-self.in_dims)).unflatten(-1, self.out_shape)
@@ -116,10 +119,24 @@ def _depth(owner: object, channels: Sequence[int], h: int, w: int) -> int:
     return depth
 
 
-def _normal_init(module: nn.Module, init_std: float | None) -> None:
-    if init_std is not None:
+def initialise(module: nn.Module, init: Init | None, init_std: float | None) -> None:
+    """Set the initial parameters of ``module``'s affine and convolutional layers (see ``MLP``);
+    refuse ``init_std`` with an initialisation that has no standard deviation."""
+    init = init or ("normal" if init_std is not None else "pytorch")
+    if init == "normal":
+        if init_std is None:
+            fail(module, "init_std", None, "init=normal draws from N(0, init_std^2): give a "
+                 "standard deviation, e.g. 0.01")
         for p in module.parameters():
             nn.init.normal_(p, 0.0, init_std)
+    elif init_std is not None:
+        fail(module, "init_std", init_std, f"init={init} takes no standard deviation: set "
+             "init=normal, or init_std=null")
+    elif init == "glorot_uniform":
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
 
 def _down(n_in: int, n_out: int) -> nn.Conv2d:
@@ -144,8 +161,7 @@ class ConvEncoder(_Batched):
     default depth of 2); other shapes are refused when the network is built. The flattened
     features keep where things are in the image, which a global pooling would lose.
 
-    ``init_std`` draws every weight and bias from N(0, init_std^2), as ``MLP``; ``None`` keeps
-    PyTorch's default initialisation.
+    ``init`` and ``init_std`` as ``MLP``.
     """
 
     @checked
@@ -155,6 +171,7 @@ class ConvEncoder(_Batched):
         out_shape: Sequence[PositiveInt],
         channels: Sequence[PositiveInt] = (32, 64),
         activation: Activation = "relu",
+        init: Init | None = None,
         init_std: PositiveFloat | None = None,
     ) -> None:
         c, h, w = _image(self, "in_shape", in_shape)
@@ -166,7 +183,7 @@ class ConvEncoder(_Batched):
         features = channels[-1] * (h >> depth) * (w >> depth)
         super().__init__(*layers, nn.Flatten(), nn.Linear(features, _size(out_shape)))
         self._shapes(in_shape, (c, h, w), out_shape)
-        _normal_init(self, init_std)
+        initialise(self, init, init_std)
 
 
 class ConvDecoder(_Batched):
@@ -179,7 +196,7 @@ class ConvDecoder(_Batched):
     (the likelihood maps it to its parameters).
 
     Any H and W that 2^depth divides; other shapes are refused when the network is built.
-    ``init_std`` as ``ConvEncoder``.
+    ``init`` and ``init_std`` as ``MLP``.
     """
 
     @checked
@@ -189,6 +206,7 @@ class ConvDecoder(_Batched):
         out_shape: Sequence[PositiveInt],
         channels: Sequence[PositiveInt] = (32, 64),
         activation: Activation = "relu",
+        init: Init | None = None,
         init_std: PositiveFloat | None = None,
     ) -> None:
         c, h, w = _image(self, "out_shape", out_shape)
@@ -200,7 +218,7 @@ class ConvDecoder(_Batched):
             layers += [ACTIVATIONS[activation](), _up(n_in, n_out)]
         super().__init__(*layers)
         self._shapes(in_shape, (_size(in_shape),), out_shape)
-        _normal_init(self, init_std)
+        initialise(self, init, init_std)
 
 
 class ResidualBlock(nn.Module):

@@ -223,13 +223,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in trainer.loggers:  # so that the next job of a sweep starts its own run
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
-    return _judge(results, initial.value, cfg, write=trainer.is_global_zero)
+    return _judge(results, initial.value, cfg, write=trainer.is_global_zero, split=initial.split)
 
 
 def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
-           write: bool) -> dict[str, Any]:
+           write: bool, split: str = "val") -> dict[str, Any]:
     """The run's status by the rule of ``vae_lightning.sweeps``; the results, with their status,
-    written into results.json (by rank 0: ``write``); ``Diverged`` when the bound ran away."""
+    written into results.json (by rank 0: ``write``); ``Diverged`` when the bound ran away.
+    ``initial`` is the untrained model's bound on ``split``."""
     # The validation bound of the best checkpoint is the verdict; the training bound, an average
     # over the last epoch that holds the first steps' transient in a short run, only where there
     # is no validation; a non-finite one always.
@@ -241,7 +242,7 @@ def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
     if val is not None and train is not None and not math.isfinite(train):
         worse.append(f"train/elbo = {train:.4g}")
     results["status"] = "diverged" if worse else "completed"
-    results["initial/val_elbo"] = initial
+    results[f"initial/{split}_elbo"] = initial
     path = rundir.path(cfg.output_dir, "results")
     if write:
         rundir.write_json(path, results)
@@ -250,7 +251,7 @@ def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
     if worse:
         raise Diverged(
             f"The bound diverged: {' and '.join(worse)} nats, below {floor:.4g}, twice as far "
-            f"below zero as the untrained model's {initial:.4g} (validation data, before the "
+            f"below zero as the untrained model's {initial:.4g} ({split} data, before the "
             f"first step). The results are in {path} (status diverged). Lower "
             "model.optimizer.lr.")
     return results
@@ -267,9 +268,13 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
     fitted = {key: float(trainer.callback_metrics[key])
               for key in ("train/elbo", "train/samples_seen") if key in trainer.callback_metrics}
 
-    # The best by val/elbo (the first checkpoint callback); without validation, the last.
+    # The objective's choice: the best by val/elbo (the first checkpoint callback; without
+    # validation, the last), or the final model (objectives that do not maximise the ELBO).
     best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path),
                 "")
+    if model.objective.checkpoint == "last":
+        last = rundir.last_checkpoint(cfg.output_dir)
+        best = str(last) if last.is_file() else ""
     evaluate = {"datamodule": datamodule, "ckpt_path": best or None, "verbose": False}
     with _signals_end_the_run(cfg, trainer):  # none of a split with limit_*_batches=0
         val = next(iter(trainer.validate(model, weights_only=True, **evaluate)), {})

@@ -1,9 +1,10 @@
 """Lightning callbacks: the paper's figures (``Figures``), Fig. 2's curve during training
-(``BoundCurve``), the bound before training (``InitialBound``) and a training length in
-samples seen (``SampleBudget``)."""
+(``BoundCurve``), the bound before training (``InitialBound``), a training length in samples
+seen (``SampleBudget``) and the decoder's output bias from the data (``OutputBias``)."""
 
 from vae_lightning.callbacks.curve import BoundCurve, InitialBound, SampleBudget
 from vae_lightning.callbacks.figures import Figures
+from vae_lightning.callbacks.output_bias import OutputBias
 from vae_lightning.callbacks.tree import ConfigTree
 
-__all__ = ["BoundCurve", "ConfigTree", "Figures", "InitialBound", "SampleBudget"]
+__all__ = ["BoundCurve", "ConfigTree", "Figures", "InitialBound", "OutputBias", "SampleBudget"]

@@ -136,12 +136,14 @@ class SampleBudget(L.Callback):
 
 class InitialBound(L.Callback):
     """The ELBO (nats per data point) on the validation split of the model before its first
-    optimizer step: the line a diverged run ends below (``vae_lightning.sweeps``). Kept in the
-    checkpoints, so a resumed run keeps its first value. Drawn from a fixed seed in a forked
-    random stream: training's stream is left untouched."""
+    optimizer step (on the training split when there is no validation split): the line a
+    diverged run ends below (``vae_lightning.sweeps``). Kept in the checkpoints, so a resumed run
+    keeps its first value. Drawn from a fixed seed in a forked random stream: training's stream
+    is left untouched."""
 
     def __init__(self, batch_size: int = 1000) -> None:
         self.value: float | None = None
+        self.split = "val"
         self.batch_size = batch_size
 
     @torch.no_grad()
@@ -152,18 +154,22 @@ class InitialBound(L.Callback):
         if dm is None or not hasattr(dm, "evaluation_data"):
             return
         dm.setup("validate")
+        if not len(dm.splits["val"][0]):  # val_size=0
+            self.split = "train"
+            dm.setup("fit")
         device = pl_module.device
         training = pl_module.training
         pl_module.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
-            x = dm.evaluation_data("val", device)
+            x = dm.evaluation_data(self.split, device)
             elbo = torch.cat([pl_module.bound(chunk).elbo for chunk in x.split(self.batch_size)])
         pl_module.train(training)
         self.value = elbo.double().mean().item()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value}
+        return {"value": self.value, "split": self.split}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.value = state_dict.get("value")
+        self.split = state_dict.get("split", "val")

@@ -193,10 +193,10 @@ class Figures(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.curves = state_dict["curves"]
 
-    def _validation_points(self, trainer: L.Trainer, device: torch.device):
+    def _validation_points(self, trainer: L.Trainer, device: torch.device, split: str):
         dm = trainer.datamodule
         xs, ys, n = [], [], 0
-        for x, y in dm.val_dataloader():
+        for x, y in (dm.val_dataloader() if split == "val" else dm.test_dataloader()):
             x, y = dm.to_inputs((x.to(device), y))
             xs.append(x)
             ys.append(y)
@@ -216,8 +216,11 @@ class Figures(L.Callback):
                    "curves": lambda: curves_figure(self.curves)}
         if pl_module.latent == 2:
             figures["manifold"] = lambda: manifold_figure(pl_module, self.grid)
-        if "val" in getattr(dm, "splits", {}) and self.n_points > 0:
-            x, y = self._validation_points(trainer, pl_module.device)
+        splits = getattr(dm, "splits", {})
+        # The validation points; the test points when there is no validation split (val_size=0).
+        split = next((s for s in ("val", "test") if s in splits and len(splits[s][0])), None)
+        if split is not None and self.n_points > 0:
+            x, y = self._validation_points(trainer, pl_module.device, split)
             figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40])
             figures["latents"] = lambda: latents_figure(pl_module, x, y)
         out = Path(self.dirpath or rundir.path(trainer.default_root_dir, "figures"))

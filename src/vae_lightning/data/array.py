@@ -19,7 +19,7 @@ import numpy as np
 
 from vae_lightning.args import checked
 
-from .datamodules import SplitSize, VAEDataModule, held_out
+from .datamodules import SplitSize, ValSize, VAEDataModule, held_out
 from .download import DataNotFoundError
 from .errors import DataError
 
@@ -107,7 +107,7 @@ class ArrayDataModule(VAEDataModule):
         key: str | None = None,
         labels_key: str | None = None,
         layout: Literal["auto", "nchw", "nhwc"] = "auto",
-        val_size: SplitSize = 0.1,
+        val_size: ValSize = 0.1,
         test_size: SplitSize = 0.1,
         binarize: Literal["none", "static", "dynamic"] = "none",
         **kwargs,

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from vae_lightning.args import PositiveInt, checked
+from vae_lightning.args import NonNegativeInt, PositiveInt, checked
 
 from .datamodules import VAEDataModule, _carve
 from .download import ensure_files, find
@@ -77,7 +77,7 @@ class CIFAR10DataModule(VAEDataModule):
     def __init__(
         self,
         *args,
-        val_size: PositiveInt = 5000,
+        val_size: NonNegativeInt = 5000,
         binarize: Literal["none", "static", "dynamic"] = "none",
         **kwargs,
     ) -> None:

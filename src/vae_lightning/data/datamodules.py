@@ -81,7 +81,7 @@ class VAEDataModule(L.LightningDataModule):
         on_device: bool = False,
         download: bool = True,
         scale: Annotated[float, Range(ge=255)] = 255.0,
-        val_size: PositiveInt = 10000,
+        val_size: NonNegativeInt = 10000,
         binarize: Literal["none", "static", "dynamic"] = "none",
         steps_per_batch: PositiveInt = 1,
     ) -> None:
@@ -183,6 +183,17 @@ class VAEDataModule(L.LightningDataModule):
             x = torch.rand(x.shape, generator=gen, device=x.device) < self._probabilities(x)
         return self.to_inputs((x, y))[0]
 
+    def mean_image(self, split: str = "train") -> torch.Tensor:
+        """The mean model input of ``split``, float32 ``[C, H, W]``: the mean of the pixels'
+        values in [0, 1] (for dynamic binarization, the probability of a 1)."""
+        if split not in self.splits:
+            raise RuntimeError(f"The {split} split is not loaded: call setup() first.")
+        x = self.splits[split][0]
+        mean = x.sum(0, dtype=torch.float64) / len(x)
+        if not (x.is_floating_point() or x.dtype == torch.bool):
+            mean = mean / self.scale
+        return mean.float().reshape(self.shape)
+
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels as float32 in [0, 1]: integer pixels divided by ``scale``; float pixels (an
         array given in [0, 1]) as they are."""
@@ -228,8 +239,10 @@ def _carve(n: int, size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[size:]), np.sort(perm[:size])
 
 
-# The size of a held-out split: a number of examples, or a fraction (below 1) of them.
+# The size of a held-out split: a number of examples, or a fraction (below 1) of them; the
+# validation split may be empty (0: train on everything that is not test data).
 SplitSize = PositiveInt | Annotated[float, Range(gt=0, lt=1)]
+ValSize = NonNegativeInt | Annotated[float, Range(gt=0, lt=1)]
 
 
 def held_out(n: int, val_size: int | float, test_size: int | float,
@@ -357,7 +370,7 @@ class FreyFaceDataModule(VAEDataModule):
     def __init__(
         self,
         *args,
-        val_size: PositiveInt = 200,
+        val_size: NonNegativeInt = 200,
         test_size: PositiveInt = 200,
         path: str | os.PathLike | None = None,
         binarize: Literal["none"] = "none",

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 
 from vae_lightning.args import PositiveInt, checked, fail
 
-from .datamodules import SplitSize, VAEDataModule, held_out
+from .datamodules import SplitSize, ValSize, VAEDataModule, held_out
 from .download import DataNotFoundError
 from .errors import DataError
 
@@ -142,7 +142,7 @@ class FolderDataModule(VAEDataModule):
         path: str | os.PathLike,
         size: PositiveInt | Sequence[PositiveInt] = 64,
         channels: Literal[1, 3] = 3,
-        val_size: SplitSize = 0.1,
+        val_size: ValSize = 0.1,
         test_size: SplitSize = 0.1,
         binarize: Literal["none", "static", "dynamic"] = "none",
         **kwargs,

@@ -103,9 +103,15 @@ class Objective:
     """What training maximises: ``loss(model, x)`` is the minibatch loss to minimise and the
     bound terms to log; ``bound(model, x)`` is the ELBO estimate logged on validation and test
     data and in Fig. 2's curve; ``check(model)`` refuses, when the model is composed, parts the
-    objective cannot train. ``method`` names the training algorithm in results and figures."""
+    objective cannot train. ``method`` names the training algorithm in results and figures.
+
+    ``checkpoint`` is the model that results.json reports: ``"best"``, the checkpoint with the
+    best validation ELBO, for objectives that maximise the ELBO; ``"last"``, the final model,
+    for those that maximise another bound (selecting them by the ELBO would pick a model by a
+    quantity they do not optimise; their papers report the final model)."""
 
     method = "aevb"
+    checkpoint = "best"
 
     def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, Bound]:
         raise NotImplementedError

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 class DReG(Objective):
     """The k-sample importance-weighted bound with doubly-reparameterized encoder gradients."""
 
+    checkpoint = "last"  # the final model: the IW bound, not the ELBO, is trained
+
     @checked
     def __init__(self, k: PositiveInt = 5) -> None:
         self.k = k

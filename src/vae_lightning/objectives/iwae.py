@@ -20,6 +20,8 @@ class IWAE(Objective):
     """The k-sample importance-weighted bound; the training bound logged is the ELBO of the same
     k samples (estimator A), the evaluation bound the model's ELBO (estimator B where it exists)."""
 
+    checkpoint = "last"  # the final model: the IW bound, not the ELBO, is trained
+
     @checked
     def __init__(self, k: PositiveInt = 5) -> None:
         self.k = k

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The benchmark issue's long runs (docs/benchmark.md): each starts, or resumes exactly from its
+# committed checkpoints/last.ckpt, in the background with one thread at nice 19, so that tests
+# and other work keep the machine. Its run directory is benchmarks/long/<name>; what a new
+# machine needs to resume (last.ckpt, curve.json, the Hydra record, stretches.json) is committed,
+# the rest is ignored (benchmarks/long/.gitignore).
+#
+#   bash benchmarks/long/run.sh              # every run below
+#   bash benchmarks/long/run.sh iwae_k1      # one
+#   bash benchmarks/long/run.sh --status     # where each stands
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+declare -A RUNS=(
+  [iwae_k1]="experiment=iwae_mnist model.objective.k=1"
+  [iwae_k5]="experiment=iwae_mnist model.objective.k=5"
+)
+# The same steps as one per batch (bit-identical), with Lightning's per-batch cost paid once per
+# 10; one log line per epoch (300 batches of 10 minibatches of 20).
+COMMON="data.steps_per_batch=10 trainer.log_every_n_steps=300 trainer.enable_progress_bar=false"
+export VAE_DATA_DIR="${VAE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+
+if [ "${1:-}" = "--status" ]; then
+  for name in "${!RUNS[@]}"; do
+    ckpt="benchmarks/long/$name/checkpoints/last.ckpt"
+    if [ -f "$ckpt" ]; then
+      python - "$ckpt" <<'PY'
+import sys, torch
+c = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+print(f"{sys.argv[1]}: epoch {c['epoch'] + 1}, step {c['global_step']}, "
+      f"{c.get('samples_seen', 0):,} samples seen")
+PY
+    else
+      echo "$ckpt: not started"
+    fi
+  done
+  exit 0
+fi
+
+for name in "${@:-${!RUNS[@]}}"; do
+  [ -n "${RUNS[$name]:-}" ] || { echo "no long run named $name (known: ${!RUNS[*]})" >&2; exit 2; }
+  dir="benchmarks/long/$name"
+  resume=""
+  [ -f "$dir/checkpoints/last.ckpt" ] && resume="ckpt_path=$dir/checkpoints/last.ckpt"
+  mkdir -p "$dir"
+  echo "$(date -Is) $name: ${resume:-fresh start}" >> "$dir/console.log"
+  # shellcheck disable=SC2086
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nohup nice -n 19 python train.py ${RUNS[$name]} $COMMON \
+    hydra.run.dir="$dir" $resume >> "$dir/console.log" 2>&1 &
+  echo "$name: started (pid $!, ${resume:-fresh}); log in $dir/console.log"
+done

@@ -1,0 +1,47 @@
+"""The decoder's output bias set from the training data's mean image before training (Burda et
+al.'s initialisation, ``experiment=iwae_mnist``)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from vae_lightning.errors import ConfigError
+
+
+class OutputBias(L.Callback):
+    """Set the bias of the decoder network's last affine layer so that p(x|z) has the training
+    split's mean image as its mean when that layer's weights are zero: for the Bernoulli
+    likelihood, the logit of each pixel's mean (``Likelihood.mean_bias``). It starts the decoder
+    at the data's marginal pixel statistics, so the first steps are not spent learning them.
+
+    Done in ``setup``, before Lightning restores a checkpoint: a resumed run keeps its saved
+    weights. A decoder whose network does not end in one affine layer with a bias per output
+    (an MLP) is refused with one error before training."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        decoder = pl_module.decoder
+        layers = [m for m in decoder.net.modules() if isinstance(m, nn.Linear | nn.Conv2d |
+                                                                   nn.ConvTranspose2d)]
+        last = layers[-1] if layers else None
+        mean = trainer.datamodule.mean_image("train").to(pl_module.device)
+        try:
+            bias = decoder.likelihood.mean_bias(mean)
+        except NotImplementedError:
+            raise ConfigError(
+                f"callbacks.output_bias: the likelihood {type(decoder.likelihood).__name__} has "
+                "no output bias for a mean image; it works with model/likelihood=bernoulli. "
+                "Remove the callback (~callbacks.output_bias).") from None
+        if (not isinstance(last, nn.Linear) or last.bias is None
+                or last.out_features != math.prod(bias.shape)):
+            raise ConfigError(
+                "callbacks.output_bias sets one bias per pixel of the decoder's last affine "
+                "layer, and this decoder network does not end in one (it needs "
+                "model/decoder=mlp). Remove the callback (~callbacks.output_bias).")
+        with torch.no_grad():
+            last.bias.copy_(bias.flatten())

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, open_dict
 import vae_lightning.config  # noqa: F401  (registers the model schema)
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "src" / "vae_lightning" / "conf"
+CONF = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -21,7 +21,7 @@ from vae_lightning.data.frey import frey_images, load_bundled_frey
 from vae_lightning.data.idx import write_idx
 from vae_lightning.data.sampling import ShardedBatchSampler
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "vae_lightning" / "conf" / "data"
+CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 
 
 @pytest.fixture

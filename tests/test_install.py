@@ -27,10 +27,27 @@ def _run(args, cwd, env=None, timeout=300):
                           env={**os.environ, **(env or {})})
 
 
-def test_the_configs_ship_inside_the_package():
-    conf = Path(vae_lightning.__file__).parent / "conf"
-    assert (conf / "train.yaml").is_file() and (conf / "eval.yaml").is_file()
-    assert not (REPO / "conf").exists()  # one copy: the package's
+def test_the_configs_are_the_checkout_s_conf_shipped_as_a_package():
+    """One copy: the top-level conf/ is the package vae_lightning.conf (pkg://vae_lightning.conf)
+    in a checkout's editable install, and inside the wheel (the slow test below)."""
+    from importlib import resources
+
+    import vae_lightning.conf
+
+    assert Path(vae_lightning.conf.__file__).parent == REPO / "conf"
+    assert resources.files("vae_lightning.conf").joinpath("train.yaml").is_file()
+    assert not (Path(vae_lightning.__file__).parent / "conf").exists()
+
+
+def test_every_subpackage_is_declared():
+    """pyproject.toml lists the packages (conf/ is mapped into the package): a new subpackage
+    missing from the list would be left out of the wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    src = REPO / "src"
+    found = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("__init__.py")}
+    assert found | {"vae_lightning.conf"} == declared
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

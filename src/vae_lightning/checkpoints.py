@@ -105,7 +105,7 @@ def shipped_targets() -> frozenset[str]:
             elif entry.name.endswith(".yaml"):
                 yield entry
 
-    for file in files(resources.files("vae_lightning").joinpath("conf")):
+    for file in files(resources.files("vae_lightning.conf")):
         walk(OmegaConf.to_container(OmegaConf.create(file.read_text())))
     return frozenset(found)
 

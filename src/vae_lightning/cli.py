@@ -1,6 +1,6 @@
-"""Command-line entry points, Hydra applications over the config groups shipped in
-``vae_lightning/conf`` (``pkg://vae_lightning.conf``), so an installed package and a checkout
-read the same configs:
+"""Command-line entry points, Hydra applications over the config groups of the checkout's
+top-level ``conf/``, which the package ships as ``vae_lightning.conf`` (``pkg://vae_lightning.conf``),
+so an installed package and a checkout read the same configs:
 
 - ``vae-train`` (= ``python train.py``): train a VAE;
 - ``vae-eval`` (= ``python eval.py``): the ELBO and IW log-likelihood of a checkpoint;

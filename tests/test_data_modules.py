@@ -82,7 +82,7 @@ def test_interface_without_setup():
         (MNISTDataModule, {"on_device": "yes"}, "on_device='yes'"),
         (MNISTDataModule, {"download": 1}, "download=1"),
         (MNISTDataModule, {"scale": 1.0}, "scale=1.0"),
-        (MNISTDataModule, {"val_size": 0}, "val_size=0"),
+        (MNISTDataModule, {"val_size": -1}, "val_size=-1"),
         (MNISTDataModule, {"binarize": "otsu"}, "binarize='otsu'"),
         (MNISTDataModule, {"root": None}, "root=None"),
         (FreyFaceDataModule, {"binarize": "dynamic"}, "binarize='dynamic'"),

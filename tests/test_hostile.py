@@ -101,7 +101,7 @@ BAD_CONFIGS = [
     (["data.batch_size=0"], ["data.batch_size=0"]),
     (["data.batch_size=-1"], ["data.batch_size=-1"]),
     (["data.eval_batch_size=0"], ["data.eval_batch_size=0"]),
-    (["data.val_size=0"], ["data.val_size=0"]),
+    (["data.val_size=-1"], ["data.val_size=-1"]),
     (["data.val_size=2000"], ["test_size", "1965"]),
     (["data.binarize=dynamic"], ["data.binarize='dynamic'", "none"]),
     (["data=mnist", "data.binarize=sometimes"], ["data.binarize='sometimes'", "dynamic"]),

@@ -212,6 +212,15 @@ def choices(fn: Callable, name: str) -> tuple[Any, ...] | None:
     return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 
+def locations(fn: Callable) -> list[str]:
+    """The arguments of ``fn`` that name places on disk (annotated with ``os.PathLike``): what a
+    checkpoint's config may not choose when the model is evaluated (``evaluate``)."""
+    def mentions(hint: Any) -> bool:
+        return hint is os.PathLike or any(map(mentions, typing.get_args(hint)))
+
+    return [name for name, hint in _signature(fn)[1].items() if mentions(hint)]
+
+
 def within(prefix: str, build: Callable[[], Any]) -> Any:
     """``build()``, its ``ArgumentError`` naming the arguments under ``prefix`` (a part built
     inside another, e.g. an encoder's ``net``)."""

@@ -11,7 +11,11 @@ standard test log-likelihood at k = 5000. It is >= the ELBO of the same samples.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,13 +23,21 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
 from vae_lightning import rundir
-from vae_lightning.args import PositiveInt, checked, fail
-from vae_lightning.checkpoints import build_trusted, load_model
-from vae_lightning.errors import ConfigError
+from vae_lightning.args import PositiveFloat, PositiveInt, checked, fail, locations
+from vae_lightning.checkpoints import (
+    build_trusted,
+    trusted_class,
+    data_differences,
+    load_model,
+)
+from vae_lightning.errors import CheckpointError, ConfigError, DataError, UnwritableError
+from vae_lightning.files import kind, open_regular
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, importance_weighted
+from vae_lightning.posteriors import location
 
 
 @dataclass
@@ -47,6 +59,7 @@ class Estimate:
         return cls(mean, se, -mean / per_bit, se / per_bit)
 
 
+log = logging.getLogger(__name__)
 ACTIVE = 1e-2  # a latent dimension is active when Cov_x(E_q[z_j]) exceeds this (Burda et al.)
 
 
@@ -62,7 +75,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor], k: int,
         elbos.append(elbo.cpu())
         iws.append(iw.cpu())
         with torch.no_grad():
-            means.append(model.encoder(x).mean.cpu().double())
+            means.append(location(model.encoder(x)).cpu().double())
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
     activity = torch.cat(means).var(0)
@@ -76,37 +89,50 @@ class Evaluation:
     a CPU), ``batch_size`` data points per batch, on the ``split``
     (``test`` or ``val``), its first ``limit`` points only when set (a quicker estimate, e.g. on a
     CPU), on ``device`` (``auto``: CUDA when available). ``trusted``: dotted names
-    of your own classes a checkpoint may build (see ``checkpoints.build_trusted``)."""
+    of your own classes a checkpoint may build (see ``checkpoints.build_trusted``).
+
+    The data are the user's to name, never the checkpoint's: the checkpoint says which of this
+    package's data sets the model was trained on and with which options (its shape, scale,
+    binarization, splits), but where the files are is ``data_root`` / ``data_path`` (default:
+    the run's own record, ``<run>/.hydra/config.yaml``, else the data root of the configs,
+    ``$VAE_DATA_DIR`` or ``data``), nothing is downloaded and no loader workers start. The
+    split read is checked against the checkpoint's record of the data (size and SHA-256):
+    other data are refused unless ``allow_other_data`` (eval.json then says so).
+
+    An evaluation estimated to take more than ``max_hours`` (from a timed pass on the first
+    batch) is refused before it starts."""
 
     @checked
     def __init__(self, k: PositiveInt = 5000, chunk: PositiveInt | None = None,
                  batch_size: PositiveInt = 100, split: Literal["test", "val"] = "test",
                  device: str = "auto", trusted: Sequence[str] = (),
-                 limit: PositiveInt | None = None) -> None:
+                 limit: PositiveInt | None = None, data_root: str | None = None,
+                 data_path: str | None = None, allow_other_data: bool = False,
+                 max_hours: PositiveFloat | None = 24.0) -> None:
         self.k, self.chunk, self.batch_size, self.split = k, chunk, batch_size, split
-        self.limit = limit
+        self.limit, self.max_hours = limit, max_hours
         self.trusted = tuple(trusted)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, ValueError):
-            fail("eval", "device", device, "expected auto, cpu, cuda or cuda:<index>")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            fail("eval", "device", device, "CUDA is not available on this machine; use auto or "
-                 "cpu")
+        self.data_root, self.data_path = data_root, data_path
+        self.allow_other_data = allow_other_data
+        self.device = device_of("eval", device)
 
     def __call__(self, ckpt_path: str, seed: int, output_dir: str | None) -> dict[str, Any]:
-        """Rebuild the model and data of ``ckpt_path``, estimate, write ``eval.json`` into
-        ``output_dir`` (default: the checkpoint's run directory) and return its content."""
+        """Rebuild the model of ``ckpt_path`` and its data from where the user keeps them,
+        estimate, write ``eval.json`` into ``output_dir`` (default: the checkpoint's run
+        directory) and return its content."""
         from tqdm.auto import tqdm
 
+        out = Path(output_dir) if output_dir else rundir.of_checkpoint(ckpt_path)
+        writable_directory(out, "output_dir")
         model, config, checkpoint = load_model(ckpt_path, self.device, self.trusted)
-        data = {**config["data"], "eval_batch_size": self.batch_size, "on_device": False}
-        datamodule = build_trusted(data, "data", ckpt_path, self.trusted)
+        datamodule, source = self._data(config, ckpt_path)
         datamodule.setup("test" if self.split == "test" else "validate")
+        matches = self._check_data(checkpoint, datamodule, ckpt_path, source)
         loader = (datamodule.test_dataloader() if self.split == "test"
                   else datamodule.val_dataloader())
+        if len(loader) == 0:
+            raise ConfigError(f"eval.split={self.split}: the data hold no {self.split} images "
+                              "(e.g. data.val_size=0); evaluate another split.")
 
         def batches():
             left = self.limit  # points still to score; None: the whole split
@@ -121,8 +147,11 @@ class Evaluation:
                     left -= len(x)
                 yield datamodule.to_inputs((x.to(self.device), y))[0]
 
-        torch.manual_seed(seed)
+        points = len(loader.sampler.shard()) if self.limit is None else min(
+            self.limit, len(loader.sampler.shard()))
         try:
+            self._refuse_unfinishable(model, next(batches()), points)
+            torch.manual_seed(seed)
             estimates = evaluate(model, batches(), self.k, self.chunk)
         except torch.OutOfMemoryError:
             batch = torch.empty(1, device=self.device).expand(self.batch_size, *model.data_shape)
@@ -133,7 +162,7 @@ class Evaluation:
                 "~ chunk x batch_size x pixels, times the decoder's widest layer); nothing was "
                 "written. Give a smaller eval.chunk or eval.batch_size (the estimate does not "
                 "depend on either), or eval.device=cpu.") from None
-        continuous = getattr(datamodule, "binarize", "none") == "none"
+        discrete = code_length(model.decoder.likelihood, datamodule)
         results = {
             "elbo": asdict(estimates["elbo"]),
             "iw": asdict(estimates["iw"]),
@@ -144,20 +173,187 @@ class Evaluation:
             "latent": estimates["latent"],
             "input_dim": math.prod(model.data_shape),
             "data": getattr(datamodule, "name", None),
-            "units": (
-                "nats per data point; bits/dim = -nats / (input_dim ln 2). The data are "
-                "continuous, so these are log densities (they can be positive and bits/dim "
-                "negative)." if continuous else
-                "nats per data point; bits/dim = -nats / (input_dim ln 2) (binary data: log "
-                "probabilities)."
-            ),
+            "data_source": source,
+            "data_matches_checkpoint": matches,
+            "units": units(discrete),
             "checkpoint": str(Path(ckpt_path).resolve()),
             "train_samples_seen": checkpoint.get("samples_seen"),
             "seed": seed,
         }
-        out = Path(output_dir) if output_dir else rundir.of_checkpoint(ckpt_path)
+        if not discrete:
+            for name in ("elbo", "iw"):
+                results[name]["bits_per_dim"] = results[name]["bits_per_dim_se"] = None
         out.mkdir(parents=True, exist_ok=True)
         path = rundir.path(out, "eval")
         rundir.write_json(path, results)
         results["path"] = str(path)
         return results
+
+    def _data(self, config: dict[str, Any], ckpt_path: str) -> tuple[Any, dict[str, Any]]:
+        """The data module of the checkpoint's data set and options, reading from where the
+        user keeps the data (see the class docstring), and where that is."""
+        node = config.get("data")
+        if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+            raise CheckpointError(f"Checkpoint {ckpt_path} names no data set (its run config "
+                                  "has no data._target_).")
+        module = trusted_class(node, "data", ckpt_path, self.trusted)
+        record = _run_record_data(rundir.of_checkpoint(ckpt_path))
+        given = {"root": self.data_root, "path": self.data_path}
+        source: dict[str, Any] = {}
+        values = dict(node)
+        for name in locations(module):
+            if given.get(name) is not None:
+                values[name], source[name] = given[name], "command line"
+            elif record.get(name) is not None:
+                values[name], source[name] = record[name], "run record"
+            elif name == "root":
+                values[name], source[name] = os.environ.get("VAE_DATA_DIR", "data"), "default"
+            else:
+                values.pop(name, None)
+                source[name] = "default"
+            source[f"data.{name}"] = values.get(name)
+        # Switches that make the data module fetch, write or spawn: off.
+        values.update(download=False, num_workers=0, on_device=False, steps_per_batch=1,
+                      eval_batch_size=self.batch_size)
+        try:
+            return build_trusted(values, "data", ckpt_path, self.trusted), source
+        except CheckpointError as err:
+            if "path" in str(err) and self.data_path is None:
+                raise ConfigError(
+                    f"{err} The model was trained on data={node.get('_target_')} read from a "
+                    "path the run's record does not give: name it with eval.data_path=...") \
+                    from None
+            raise
+
+    def _check_data(self, checkpoint: dict[str, Any], datamodule: Any, ckpt_path: str,
+                    source: dict[str, Any]) -> bool | None:
+        """Whether the split read is the one the checkpoint was trained and tested with (None:
+        the checkpoint records no identity); other data are refused unless allowed."""
+        identity = datamodule.identity()
+        identity["splits"] = {s: v for s, v in identity["splits"].items() if s == self.split}
+        differences = data_differences(checkpoint, identity)
+        if differences is None:
+            log.warning("Checkpoint %s records no identity of its data (written by an older "
+                        "version): the %s data read from %s are not checked.", ckpt_path,
+                        self.split, _where(source))
+            return None
+        if differences and not self.allow_other_data:
+            raise DataError(
+                f"The {self.split} data read from {_where(source)} are not the data checkpoint "
+                f"{ckpt_path} was trained with: {'; '.join(differences)}. Name the right data "
+                "with eval.data_root=... (or eval.data_path=...), or evaluate on these data "
+                "anyway with eval.allow_other_data=true (eval.json then says so).")
+        if differences:
+            log.warning("Evaluating on other data than the checkpoint's (eval.allow_other_data): "
+                        "%s.", "; ".join(differences))
+        return not differences
+
+    def _refuse_unfinishable(self, model: VAE, x: Tensor, points: int) -> None:
+        """Time one decoder pass on the first batch (in a forked random stream: the estimate's
+        draws stay those of the seed) and refuse an evaluation that would take more than
+        ``max_hours``."""
+        if self.max_hours is None:
+            return
+        chunk = min(self.k, self.chunk or auto_chunk(x, self.k))
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            importance_weighted(model, x, chunk, chunk)  # warm-up
+            start = time.perf_counter()
+            importance_weighted(model, x, chunk, chunk)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            seconds = time.perf_counter() - start
+        passes = math.ceil(self.k / chunk) * math.ceil(points / len(x))
+        hours = seconds * passes / 3600
+        if hours > self.max_hours:
+            raise ConfigError(
+                f"eval.k={self.k} on {points} points would take about {hours:.3g} hours on "
+                f"{self.device} (one pass of {chunk} samples x {len(x)} points took "
+                f"{seconds:.3g} s), above eval.max_hours={self.max_hours:g}; nothing was run. "
+                "Lower eval.k or set eval.limit, or raise eval.max_hours (null: no limit).")
+
+
+def code_length(likelihood: Any, datamodule: Any) -> bool:
+    """Whether -log2 p(x) / D is a code length in bits per dimension: the likelihood is a
+    probability of discrete pixel values, and the data are those values (binary pixels for a
+    Bernoulli likelihood: binarized data)."""
+    if likelihood.support is constraints.boolean:
+        return getattr(datamodule, "binarize", "none") != "none"
+    return likelihood.discrete
+
+
+def units(discrete: bool) -> str:
+    """What eval.json's numbers are, in words."""
+    if discrete:
+        return ("nats per data point; bits/dim = -nats / (input_dim ln 2): the likelihood is a "
+                "probability of the discrete (binary or 8-bit) pixel values, so -log2 p(x) / "
+                "input_dim is a code length.")
+    return ("nats per data point: the likelihood is a density of pixel values in [0, 1], so "
+            "these are log densities (they can be positive); they shift by input_dim x log of "
+            "the pixel scale when the data are rescaled, so no bits/dim is given (it is not a "
+            "code length without a dequantization).")
+
+
+def _where(source: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value} ({source[key[5:]]})" for key, value in source.items()
+                     if key.startswith("data.")) or "the data module's defaults"
+
+
+def _run_record_data(run: Path) -> dict[str, str]:
+    """The data locations (root, path, ...) of the run's own record, ``.hydra/config.yaml``
+    written when it started, read as plain YAML: plain strings, and ``${oc.env:NAME,default}``
+    looked up in the environment; any other interpolation is not resolved (left out)."""
+    import yaml
+
+    record = run / rundir.HYDRA / "config.yaml"
+    if kind(record) is not None:
+        return {}
+    try:
+        with open_regular(record, DataError, "a YAML file") as file:
+            data = (yaml.safe_load(file) or {}).get("data") or {}
+    except (yaml.YAMLError, AttributeError, DataError):
+        return {}
+    found = {}
+    for key, value in data.items() if isinstance(data, dict) else ():
+        if isinstance(value, str):
+            env = re.fullmatch(r"\$\{oc\.env:(\w+)(?:,([^}]*))?\}", value.strip())
+            if env:
+                found[key] = os.environ.get(env.group(1), env.group(2) or None)
+            elif "${" not in value:
+                found[key] = value
+    return found
+
+
+def device_of(key: str, device: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``; refused,
+    naming ``key``, when torch does not know it or this machine lacks it."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        found = torch.device(device)
+    except (RuntimeError, ValueError):
+        fail(key, "device", device, "expected auto, cpu, cuda, cuda:<index> or mps")
+    if found.type == "cuda" and not torch.cuda.is_available():
+        fail(key, "device", device, "CUDA is not available on this machine (or this torch is a "
+             "CPU build); use auto or cpu")
+    if found.type == "cuda" and found.index is not None and found.index >= torch.cuda.device_count():
+        fail(key, "device", device, f"this machine has {torch.cuda.device_count()} CUDA "
+             "device(s)")
+    if found.type == "mps" and not torch.backends.mps.is_available():
+        fail(key, "device", device, "MPS is not available on this machine; use auto or cpu")
+    if found.type not in ("cpu", "cuda", "mps"):
+        fail(key, "device", device, "expected auto, cpu, cuda, cuda:<index> or mps")
+    return found
+
+
+def writable_directory(directory: Path, key: str) -> None:
+    """Refuse, before any work, an output directory that is a file, lies under a file, or
+    cannot be written."""
+    for parent in [directory, *directory.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{key}={directory}: {parent} is a file, not a directory; "
+                                  f"choose a directory for {key}.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UnwritableError(f"Cannot write into {directory}: {parent} is not "
+                                      f"writable. Choose another {key} or fix its permissions.")
+            return

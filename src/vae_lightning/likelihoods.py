@@ -33,6 +33,13 @@ class Likelihood(nn.Module):
     def __init__(self) -> None:  # an explicit signature, so config keys are checked against it
         super().__init__()
 
+    @property
+    def discrete(self) -> bool:
+        """Whether the likelihood is a probability of discrete pixel values (binary, or a grid
+        of 8-bit levels) rather than a density: only then is -log2 p(x) / D a code length, the
+        bits per dimension that results report."""
+        return self.support is constraints.boolean or isinstance(self.support, Grid)
+
     def channels(self, data_channels: int) -> int:
         """How many output channels the decoder network needs for ``data_channels``."""
         return self.n_params * data_channels

@@ -21,7 +21,7 @@ from vae_lightning.graphs import GraphedStep, graph_problems, runtime_problems
 from vae_lightning.likelihoods import Decoder
 from vae_lightning.metrics import BITS, TERMS, BoundMean, BoundTerm
 from vae_lightning.objectives import Bound, Objective, importance_weighted
-from vae_lightning.posteriors import Encoder
+from vae_lightning.posteriors import Encoder, location
 from vae_lightning.priors import Prior
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,10 @@ class VAE(L.LightningModule):
             self.automatic_optimization = False
         # Per stage, one BoundMean updated once per batch and the terms logged from it (and the
         # ELBO in bits per dimension, when the data's shape is known).
-        dims = math.prod(self.data_shape) if self.data_shape else None
+        # Bits per dimension only where the likelihood is a probability of discrete pixel
+        # values: for a density, -log2 p(x) / D is no code length (it shifts with the scale).
+        dims = (math.prod(self.data_shape) if self.data_shape and decoder.likelihood.discrete
+                else None)
         self.terms = (*TERMS, BITS) if dims else TERMS
         self.metrics = nn.ModuleDict()
         for stage in STAGES:
@@ -173,10 +176,11 @@ class VAE(L.LightningModule):
         self._update("test", self.bound(batch[0]))
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Per data point: the posterior's mean and standard deviation, and the ELBO (nats)."""
+        """Per data point: the posterior's mean (its location where it has no mean) and standard
+        deviation, and the ELBO (nats)."""
         x = batch[0]
         q = self.encoder(x)
-        return {"z_mean": q.mean, "z_std": q.stddev, "elbo": self.bound(x).elbo}
+        return {"z_mean": location(q), "z_std": q.stddev, "elbo": self.bound(x).elbo}
 
     def on_train_epoch_start(self) -> None:
         self._unlogged.add("train")
@@ -309,14 +313,14 @@ class VAE(L.LightningModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x | z = E_q[z|x]]: each image decoded from its posterior mean."""
-        return self.decoder(self.encode(x).mean).mean
+        return self.decoder(location(self.encode(x))).mean
 
     @torch.no_grad()
     def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 10) -> Tensor:
         """Images along the straight line between the posterior means of ``x1`` and ``x2`` (two
         images ``[C, H, W]``, or two batches ``[B, C, H, W]``): ``[steps, (B,) C, H, W]``,
         from x1's end to x2's."""
-        z1, z2 = self.encode(x1).mean, self.encode(x2).mean
+        z1, z2 = location(self.encode(x1)), location(self.encode(x2))
         t = torch.linspace(0.0, 1.0, steps, device=self.device).view(-1, *[1] * z1.dim())
         return self.decoder((1 - t) * z1 + t * z2).mean
 

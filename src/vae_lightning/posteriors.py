@@ -19,7 +19,11 @@ from vae_lightning.args import PositiveFloat, PositiveInt, checked, within
 
 class Family:
     """A location-scale family per latent dimension, from a location and a log-variance; the
-    scale is set so that Var[z_j] = exp(log_var_j) where the variance is finite."""
+    scale is set so that Var[z_j] = exp(log_var_j) where the variance is finite.
+    ``finite_variance`` says whether E_q[z^2] is finite: a prior with Gaussian tails needs it
+    for a finite KL (``priors.Prior.bind``)."""
+
+    finite_variance = True
 
     def __call__(self, loc: Tensor, log_var: Tensor) -> Distribution:
         raise NotImplementedError
@@ -44,12 +48,16 @@ class StudentT(Family):
     """q(z|x) = StudentT(df, mu, s) per dimension, z = mu + s * eps with eps ~ t_df (reparameterized
     through torch's Gamma ``rsample``). For df > 2, s = sigma sqrt((df - 2) / df), so that
     Var[z] = s^2 df / (df - 2) = exp(log_var); for df <= 2 the variance is infinite and s = sigma.
-    Heavy tails (df = 1 is the Cauchy)."""
+    Heavy tails. With df <= 2, E_q[z^2] is infinite, so KL(q || p) is infinite under a prior with
+    Gaussian tails (log p(z) is quadratic in z): such pairs are refused, and df <= 2 is for the
+    VampPrior, whose components are this family. For df <= 1 (df = 1: the Cauchy) q has no mean:
+    its location stands for it (``location``)."""
 
     @checked
     def __init__(self, df: PositiveFloat = 5.0) -> None:
         self.df = df
         self.scale_factor = math.sqrt((df - 2.0) / df) if df > 2 else 1.0
+        self.finite_variance = df > 2
 
     def __call__(self, loc: Tensor, log_var: Tensor) -> Distribution:
         scale = self.scale_factor * torch.exp(0.5 * log_var)
@@ -84,3 +92,13 @@ class Encoder(nn.Module):
         log_var = self.LOG_VAR_MIN + F.softplus(log_var - self.LOG_VAR_MIN)
         log_var = self.LOG_VAR_MAX - F.softplus(self.LOG_VAR_MAX - log_var)
         return Independent(self.posterior(loc, log_var), 1)
+
+
+def location(q: Distribution) -> Tensor:
+    """The point of q(z|x) that stands for it (the active-unit count, ``predict_step``,
+    reconstructions): its mean, or its location where the family has no mean (a Student-t
+    with df <= 1)."""
+    mean = q.mean
+    base = q.base_dist if isinstance(q, Independent) else q
+    loc = getattr(base, "loc", None)
+    return loc if loc is not None and not torch.isfinite(mean).all() else mean

@@ -25,7 +25,10 @@ from vae_lightning.callbacks.curve import InitialBound
 from vae_lightning.checkpoints import (
     ResumeState,
     RunConfig,
+    PARTS,
+    check_parts,
     check_resumable,
+    data_differences,
     read_checkpoint,
     wandb_run_id,
 )
@@ -90,7 +93,9 @@ def build(cfg: DictConfig) -> Run:
         check_resumable(plain(cfg), checkpoint, resume_from,
                         _overrides(rundir.of_checkpoint(resume_from)))
         _refuse_if_complete(cfg, checkpoint, resume_from)
-    _check_memory(cfg)
+    parts = _check_memory(cfg)
+    if checkpoint is not None:
+        check_parts(parts, checkpoint["state_dict"], resume_from)
     L.seed_everything(cfg.seed, workers=True)
     model = build_node(cfg.model, "model", steps_per_batch=datamodule.steps_per_batch)
     try:  # the optimizer is built at fit; its own argument checks run now
@@ -108,6 +113,18 @@ def build(cfg: DictConfig) -> Run:
                           f"{given}) refuses its arguments: {err}.") from None
     _warn_about_the_likelihood(datamodule, model)
     return Run(datamodule, model, resume_from, checkpoint)
+
+
+def _check_same_data(checkpoint: dict[str, Any], datamodule: L.LightningDataModule,
+                     path: str) -> None:
+    """A resumed run must train on the data it started with: refuse other data (another
+    folder, other files, another split) before the first step."""
+    differences = data_differences(checkpoint, datamodule.identity())
+    if differences:
+        raise CheckpointError(
+            f"Checkpoint {path} was trained on other data than this run reads: "
+            f"{'; '.join(differences)}. Resume with the data the run was started with "
+            "(data.root, data.path and the data options of its first command).")
 
 
 def _refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -> None:
@@ -133,18 +150,17 @@ def _refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) 
             "resume with a larger trainer.max_epochs or trainer.max_samples.")
 
 
-def _check_memory(cfg: DictConfig) -> None:
+def _check_memory(cfg: DictConfig) -> dict[str, torch.nn.Module]:
     """Refuse a model whose parameters alone (with their gradients and two optimizer moments)
     would not fit in the memory available: counted on PyTorch's meta device, which allocates
-    nothing, so an impossible size is an error line, not an allocation failure or a kill."""
-    import torch
-
+    nothing, so an impossible size is an error line, not an allocation failure or a kill.
+    Returns the parts built on the meta device (a resumed checkpoint's weights are checked
+    against them before anything else is built)."""
+    with torch.device("meta"):
+        parts = {key: build_node(cfg.model[key], f"model.{key}") for key in PARTS}
     available = _available_memory()
     if available is None:
-        return
-    with torch.device("meta"):
-        parts = {key: build_node(cfg.model[key], f"model.{key}")
-                 for key in ("encoder", "decoder", "prior")}
+        return parts
     count = sum(p.numel() for part in parts.values() for p in part.parameters())
     needed = 4 * count * 4  # float32 weights, gradients, two optimizer moments
     if needed > available:
@@ -155,6 +171,7 @@ def _check_memory(cfg: DictConfig) -> None:
             f"{needed / 2**30:.1f} GiB with their gradients and optimizer state, and "
             f"{available / 2**30:.1f} GiB of memory are available; reduce model.latent or the "
             "networks' sizes.")
+    return parts
 
 
 def _available_memory() -> int | None:
@@ -200,6 +217,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, resume_from, checkpoint = build(cfg)
     datamodule.prepare_data()  # find or download the files, then read every split (the test
     datamodule.setup("fit")  # split too): a bad data file is an error before the first step
+    if checkpoint is not None:
+        _check_same_data(checkpoint, datamodule, resume_from)
     if resume_from is not None:
         rundir.record_resume(cfg.output_dir, _task_overrides())
     run_id = wandb_run_id(checkpoint) if checkpoint else None
@@ -223,20 +242,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in trainer.loggers:  # so that the next job of a sweep starts its own run
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
-    return _judge(results, initial.value, cfg, write=trainer.is_global_zero, split=initial.split)
+    if trainer.fast_dev_run:  # a check of the code path: nothing is kept as a run's results
+        log.info("debug run (trainer.fast_dev_run): no results.json written.")
+        return results
+    return _judge(results, initial.value, cfg, write=trainer.is_global_zero, split=initial.split,
+                  dims=math.prod(datamodule.shape))
 
 
 def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
-           write: bool, split: str = "val") -> dict[str, Any]:
+           write: bool, split: str = "val", dims: int = 1) -> dict[str, Any]:
     """The run's status by the rule of ``vae_lightning.sweeps``; the results, with their status,
     written into results.json (by rank 0: ``write``); ``Diverged`` when the bound ran away.
-    ``initial`` is the untrained model's bound on ``split``."""
+    ``initial`` is the untrained model's bound on ``split``, ``dims`` the values per data point.
+
+    The floor is b0 - max(|b0|, D) nats, b0 the untrained bound and D the values per data point:
+    twice as far below zero as where training started, and never less than a nat per value
+    below it, so that a bound near zero (a density of continuous pixels, where b0 can be -2
+    nats for 768 values) is not called diverged by ordinary noise of a few nats."""
     # The validation bound of the best checkpoint is the verdict; the training bound, an average
     # over the last epoch that holds the first steps' transient in a short run, only where there
     # is no validation; a non-finite one always.
     val, train = results.get("val/elbo"), results.get("train/elbo")
     judged = {"val/elbo": val} if val is not None else {"train/elbo": train}
-    floor = initial - abs(initial) if initial is not None else -math.inf
+    floor = initial - max(abs(initial), dims) if initial is not None else -math.inf
     worse = [f"{key} = {value:.4g}" for key, value in judged.items()
              if value is not None and (not math.isfinite(value) or value < floor)]
     if val is not None and train is not None and not math.isfinite(train):
@@ -250,10 +278,10 @@ def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
                  results["status"], path)
     if worse:
         raise Diverged(
-            f"The bound diverged: {' and '.join(worse)} nats, below {floor:.4g}, twice as far "
-            f"below zero as the untrained model's {initial:.4g} ({split} data, before the "
-            f"first step). The results are in {path} (status diverged). Lower "
-            "model.optimizer.lr.")
+            f"The bound diverged: {' and '.join(worse)} nats, below {floor:.4g} = b0 - max(|b0|, "
+            f"D), where b0 = {initial:.4g} is the untrained model's bound ({split} data, before "
+            f"the first step) and D = {dims} the values per data point. The results are in "
+            f"{path} (status diverged). Lower model.optimizer.lr.")
     return results
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -97,6 +98,7 @@ class VAEDataModule(L.LightningDataModule):
         self.val_size, self.binarize = val_size, binarize
         self.steps_per_batch = steps_per_batch
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.digests: dict[str, str] = {}  # split -> SHA-256 of its images and labels as read
         self._generators: dict[str, torch.Generator] = {}
 
     def _load(self, names: set[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -115,6 +117,7 @@ class VAEDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         names = {s for s in _STAGE_SPLITS[stage] if s not in self.splits}
         for split, (images, labels) in (self._load(names) if names else {}).items():
+            self.digests[split] = digest(images, labels)
             x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
             if self.binarize == "static" or (self.binarize == "dynamic" and split != "train"):
                 # One fixed draw, stored as bool: static everywhere; with dynamic, val and test
@@ -128,6 +131,21 @@ class VAEDataModule(L.LightningDataModule):
         if self.on_device and device.type != "cpu":  # also splits loaded before a trainer was
             self.splits = {split: (x.to(device), y.to(device))  # attached (train.py checks them)
                            for split, (x, y) in self.splits.items()}
+
+    def identity(self) -> dict[str, Any]:
+        """What the data are, as checkpoints record it and evaluation and resume check it: the
+        data set, the image shape, the pixels' scale and binarization, and per loaded split its
+        size and the SHA-256 of its images and labels as read (before binarization), the same
+        wherever the files lie."""
+        return {
+            "data": self.name,
+            "module": f"{type(self).__module__}.{type(self).__qualname__}",
+            "shape": list(self.shape),
+            "scale": self.scale,
+            "binarize": self.binarize,
+            "splits": {split: {"size": len(self.splits[split][0]), "sha256": self.digests[split]}
+                       for split in sorted(self.digests) if split in self.splits},
+        }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.splits:
@@ -229,6 +247,16 @@ class VAEDataModule(L.LightningDataModule):
             return (u < x).float(), y
         x = self._probabilities(x)
         return (torch.rand(x.shape, generator=generator, device=x.device) < x).float(), y
+
+
+def digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of a split's images and labels: their dtypes, shapes and bytes."""
+    sha = hashlib.sha256()
+    for array in (images, labels):
+        array = np.ascontiguousarray(array)
+        sha.update(f"{array.dtype.str}{array.shape}".encode())
+        sha.update(array)
+    return sha.hexdigest()
 
 
 def _carve(n: int, size: int, name: str) -> tuple[np.ndarray, np.ndarray]:

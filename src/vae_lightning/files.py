@@ -1,0 +1,45 @@
+"""Opening the files a user names (data files, checkpoints) as untrusted input: only regular files
+are opened, so that a FIFO, a device or a socket under a file's name cannot block a run forever or
+feed it endless bytes. Imports no torch."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from vae_lightning.errors import UserError
+
+
+def kind(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it is not a regular file (``"a directory"``, ``"a FIFO"``, ...,
+    ``"a dangling symbolic link"``, ``"missing"``); None for a regular file (links followed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a dangling symbolic link" if os.path.islink(path) else "missing"
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike, error: type[UserError], what: str) -> BinaryIO:
+    """Open ``path`` for reading in binary mode if it is a regular file, else raise ``error``
+    naming ``what`` it should be. The file is opened without blocking (a FIFO swapped in after the
+    check cannot hang the open) and checked again through the open descriptor."""
+    found = kind(path)
+    if found is None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            found = "not a regular file"
+        else:
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+    raise error(f"{Path(path)} is {found}; expected {what} (a regular file).")

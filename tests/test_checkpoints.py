@@ -105,7 +105,7 @@ def test_a_checkpoint_naming_other_code_is_refused_and_nothing_runs(target, wher
                 cwd=tmp_path, capture_output=True, text=True, timeout=300)
             assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
             raise CheckpointError(proc.stderr)
-        load_model(tmp_path / "evil.ckpt")
+        load_model(tmp_path / "evil.ckpt", VAE)
     assert "weights_only=False" not in str(err.value)
     assert not marker.exists()
 
@@ -117,7 +117,7 @@ def test_interpolations_in_a_checkpoint_are_refused(tmp_path):
     checkpoint[CONFIG_KEY]["model"]["latent"] = "${oc.env:HOME}"
     torch.save(checkpoint, tmp_path / "odd.ckpt")
     with pytest.raises(CheckpointError, match="interpolation"):
-        load_model(tmp_path / "odd.ckpt")
+        load_model(tmp_path / "odd.ckpt", VAE)
 
 
 def test_your_own_classes_load_when_you_trust_them(tmp_path):
@@ -127,6 +127,6 @@ def test_your_own_classes_load_when_you_trust_them(tmp_path):
     checkpoint[CONFIG_KEY]["model"]["prior"]["_target_"] = "models.NamedPrior"
     torch.save(checkpoint, tmp_path / "mine.ckpt")
     with pytest.raises(CheckpointError, match="models.NamedPrior"):
-        load_model(tmp_path / "mine.ckpt")
+        load_model(tmp_path / "mine.ckpt", VAE)
     loaded = VAE.load_from_checkpoint(tmp_path / "mine.ckpt", trusted=["models.NamedPrior"])
     assert type(loaded.prior).__name__ == "NamedPrior"

@@ -13,6 +13,7 @@ from vae_lightning.checkpoints import load_model, read_checkpoint
 from vae_lightning.data import FreyFaceDataModule, MNISTDataModule
 from vae_lightning.data.idx import write_idx
 from vae_lightning.errors import ConfigError
+from vae_lightning.module import VAE
 from vae_lightning.train import build, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -60,7 +61,7 @@ def test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training(tmp_p
     assert curve["config"]["data"]["_target_"].endswith("FreyFaceDataModule")
     # The last point is the ELBO of the final weights on the whole splits, z drawn from seed 0
     # in chunks of batch_size.
-    model, _, _ = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    model, _, _ = load_model(tmp_path / "checkpoints" / "last.ckpt", VAE)
     dm = FreyFaceDataModule(scale=255.0)
     dm.setup()
     torch.manual_seed(0)
@@ -77,8 +78,8 @@ def test_curve_leaves_the_training_random_stream_alone(tmp_path):
                              "callbacks.bound_curve.start=100"))
     without = train(_frey(tmp_path / "b", "trainer.max_samples=3000", "~callbacks.bound_curve"))
     assert len(json.loads((tmp_path / "a" / "curve.json").read_text())["points"]) == 9
-    a = load_model(tmp_path / "a" / "checkpoints" / "last.ckpt")[0].state_dict()
-    b = load_model(tmp_path / "b" / "checkpoints" / "last.ckpt")[0].state_dict()
+    a = load_model(tmp_path / "a" / "checkpoints" / "last.ckpt", VAE)[0].state_dict()
+    b = load_model(tmp_path / "b" / "checkpoints" / "last.ckpt", VAE)[0].state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
     assert with_curve["test/elbo"] == without["test/elbo"]

@@ -21,6 +21,7 @@ from vae_lightning.config import build as build_node
 from vae_lightning.config import plain
 from vae_lightning.errors import CheckpointError, ConfigError
 from vae_lightning.evaluate import Estimate
+from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, base, draw, importance_weighted, iw_bound
 from vae_lightning.train import build
 
@@ -147,7 +148,7 @@ def run_eval(cfg):
 
 
 def test_eval_writes_eval_json_from_a_checkpoint(checkpoint):
-    model, config, raw = load_model(checkpoint)
+    model, config, raw = load_model(checkpoint, VAE)
     assert config["model"]["latent"] == 2 and raw["samples_seen"] == 5 * 100
     assert model.latent == 2 and not model.training
     results = run_eval(_eval_cfg([f"ckpt_path={checkpoint}", "eval.k=50", "eval.chunk=16",
@@ -167,24 +168,24 @@ def test_eval_writes_eval_json_from_a_checkpoint(checkpoint):
 
 def test_bad_checkpoints_raise_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_model(tmp_path / "missing.ckpt")
+        load_model(tmp_path / "missing.ckpt", VAE)
     (tmp_path / "bad.ckpt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
-        load_model(tmp_path / "bad.ckpt")
+        load_model(tmp_path / "bad.ckpt", VAE)
     assert "weights_only=False" not in str(err.value)  # never advise running the file's code
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match="no vae-lightning run configuration"):
-        load_model(tmp_path / "foreign.ckpt")
+        load_model(tmp_path / "foreign.ckpt", VAE)
     old = {"model": {"_target_": "vae_lightning.wake_sleep.WakeSleep", "latent": 3,
                      "encoder_hidden": [500]}, "prior": {"_target_": "vae_lightning.priors.X"}}
     torch.save({"state_dict": {}, "hyper_parameters": {"latent": 3, "config": old}},
                tmp_path / "before-the-composer.ckpt")
     with pytest.raises(CheckpointError, match="before the composer") as err:
-        load_model(tmp_path / "before-the-composer.ckpt")
+        load_model(tmp_path / "before-the-composer.ckpt", VAE)
     assert "fe83bda" in str(err.value)  # where to find the code that reads it
     torch.save({"state_dict": {}, CONFIG_KEY: {"model": {"latent": 2}}}, tmp_path / "odd.ckpt")
     with pytest.raises(CheckpointError, match="model without a _target_"):
-        load_model(tmp_path / "odd.ckpt")
+        load_model(tmp_path / "odd.ckpt", VAE)
 
 
 def test_eval_cli_reports_a_corrupt_checkpoint_without_traceback(tmp_path):

@@ -13,6 +13,7 @@ import torch
 from compose import REPO, compose_train
 
 from vae_lightning.checkpoints import load_model, read_checkpoint
+from vae_lightning.module import VAE
 from vae_lightning.train import train
 
 pytestmark = [
@@ -95,7 +96,7 @@ def test_the_graphed_step_trains_as_the_eager_step(objective, steps_per_batch, t
 def test_a_gpu_checkpoint_evaluates_on_the_gpu_and_on_the_cpu(gpu_run):
     out, results = gpu_run
     checkpoint = results["checkpoint"]
-    model, _, _ = load_model(checkpoint)
+    model, _, _ = load_model(checkpoint, VAE)
     assert next(model.parameters()).device.type == "cpu"
     estimates = {}
     for device in ("cuda", "cpu"):

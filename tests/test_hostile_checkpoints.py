@@ -455,11 +455,11 @@ def test_a_student_t_without_a_finite_variance_under_a_gaussian_prior_is_refused
 
 
 def test_a_cauchy_posterior_under_a_vampprior_trains_and_counts_by_location(tmp_path):
+    from models import binary_images, small_vae
+
     from vae_lightning.evaluate import evaluate
     from vae_lightning.posteriors import StudentT, location
     from vae_lightning.priors import VampPrior
-
-    from models import binary_images, small_vae
 
     model = small_vae(posterior=StudentT(df=1.0), prior=VampPrior)
     x = binary_images(40)

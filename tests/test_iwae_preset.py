@@ -63,7 +63,8 @@ def test_the_preset_s_decoder_starts_at_the_mean_training_image(mnist_root, tmp_
 
 
 def test_output_bias_refuses_a_decoder_without_a_bias_per_pixel(mnist_root, tmp_path):
-    cfg = compose_train(["data=mnist", f"data.root={mnist_root}", "model/decoder=conv", "data.val_size=20",
+    cfg = compose_train(["data=mnist", f"data.root={mnist_root}", "model/decoder=conv",
+                         "data.val_size=20",
                          "+callbacks.output_bias._target_=vae_lightning.callbacks.OutputBias",
                          *QUIET], tmp_path / "run")
     with pytest.raises(ConfigError, match="callbacks.output_bias.*model/decoder=mlp"):

@@ -79,7 +79,8 @@ USE_ANOTHER = ("Use another file of the run's checkpoints/ directory (last.ckpt 
 
 def _checkpoints_in(directory: Path) -> str:
     """Where the .ckpt files of ``directory`` (a run directory, or its checkpoints/) are."""
-    found = sorted(directory.glob("*.ckpt")) or sorted(directory.glob(f"{rundir.CHECKPOINTS}/*.ckpt"))
+    found = (sorted(directory.glob("*.ckpt"))
+             or sorted(directory.glob(f"{rundir.CHECKPOINTS}/*.ckpt")))
     if not found:
         return f" (none is in it; a run keeps them in <run>/{rundir.CHECKPOINTS}/)"
     last = next((f for f in found if f.name == rundir.LAST), found[0])
@@ -260,9 +261,11 @@ def _reason(err: BaseException) -> str:
     return "; ".join(lines[:6]) or type(err).__name__
 
 
-def load_model(path: str | Path, map_location: Any = "cpu", trusted: Sequence[str] = ()):
-    """``(model, run config, raw checkpoint)`` of a ``vae-train`` checkpoint: the model rebuilt
-    from the saved config with the saved weights, in eval mode.
+def load_model(path: str | Path, model_class: type, map_location: Any = "cpu",
+               trusted: Sequence[str] = ()):
+    """``(model, run config, raw checkpoint)`` of a ``vae-train`` checkpoint: the model (an
+    instance of ``model_class``, e.g. ``module.VAE``) rebuilt from the saved config with the
+    saved weights, in eval mode.
 
     The config's sizes are untrusted too: the model is first built on PyTorch's meta device
     (nothing allocated) and its parameter shapes compared with the saved weights, so a config
@@ -273,11 +276,9 @@ def load_model(path: str | Path, map_location: Any = "cpu", trusted: Sequence[st
     config = run_config(checkpoint, path)
     check_sizes(config, checkpoint["state_dict"], path, trusted)
     model = build_trusted(config["model"], "model", path, trusted)
-    from vae_lightning.module import VAE
-
-    if not isinstance(model, VAE):
+    if not isinstance(model, model_class):
         raise CheckpointError(f"Checkpoint {path}: its model config builds a "
-                              f"{type(model).__name__}, not a VAE.")
+                              f"{type(model).__name__}, not a {model_class.__name__}.")
     check_fit(model.state_dict(), checkpoint["state_dict"], path)
     model.load_state_dict(checkpoint["state_dict"])
     _check_data_shape(model, path)
@@ -537,7 +538,8 @@ def data_differences(checkpoint: dict[str, Any], identity: dict[str, Any]) -> li
     if not isinstance(saved, dict):
         return None
     found = [f"{key} {identity.get(key)!r} (the checkpoint's: {saved.get(key)!r})"
-             for key in ("data", "shape", "scale", "binarize") if saved.get(key) != identity.get(key)]
+             for key in ("data", "shape", "scale", "binarize")
+             if saved.get(key) != identity.get(key)]
     saved_splits = saved.get("splits") if isinstance(saved.get("splits"), dict) else {}
     for split, now in identity["splits"].items():
         then = saved_splits.get(split)
@@ -548,7 +550,8 @@ def data_differences(checkpoint: dict[str, Any], identity: dict[str, Any]) -> li
                          f"{then.get('size')!r})")
         elif then.get("sha256") != now["sha256"]:
             found.append(f"the {split} split's images or labels differ (SHA-256 "
-                         f"{now['sha256'][:12]}..., the checkpoint's {str(then.get('sha256'))[:12]}...)")
+                         f"{now['sha256'][:12]}..., the checkpoint's "
+                         f"{str(then.get('sha256'))[:12]}...)")
     return found
 
 

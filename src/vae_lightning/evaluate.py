@@ -29,15 +29,14 @@ from vae_lightning import rundir
 from vae_lightning.args import PositiveFloat, PositiveInt, checked, fail, locations
 from vae_lightning.checkpoints import (
     build_trusted,
-    trusted_class,
     data_differences,
     load_model,
+    trusted_class,
 )
 from vae_lightning.errors import CheckpointError, ConfigError, DataError, UnwritableError
 from vae_lightning.files import kind, open_regular
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, importance_weighted
-from vae_lightning.posteriors import location
 
 
 @dataclass
@@ -75,7 +74,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor], k: int,
         elbos.append(elbo.cpu())
         iws.append(iw.cpu())
         with torch.no_grad():
-            means.append(location(model.encoder(x)).cpu().double())
+            means.append(model.encoder.location(model.encoder(x)).cpu().double())
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
     activity = torch.cat(means).var(0)
@@ -124,7 +123,7 @@ class Evaluation:
 
         out = Path(output_dir) if output_dir else rundir.of_checkpoint(ckpt_path)
         writable_directory(out, "output_dir")
-        model, config, checkpoint = load_model(ckpt_path, self.device, self.trusted)
+        model, config, checkpoint = load_model(ckpt_path, VAE, self.device, self.trusted)
         datamodule, source = self._data(config, ckpt_path)
         datamodule.setup("test" if self.split == "test" else "validate")
         matches = self._check_data(checkpoint, datamodule, ckpt_path, source)
@@ -335,7 +334,8 @@ def device_of(key: str, device: str) -> torch.device:
     if found.type == "cuda" and not torch.cuda.is_available():
         fail(key, "device", device, "CUDA is not available on this machine (or this torch is a "
              "CPU build); use auto or cpu")
-    if found.type == "cuda" and found.index is not None and found.index >= torch.cuda.device_count():
+    count = torch.cuda.device_count()
+    if found.type == "cuda" and found.index is not None and found.index >= count:
         fail(key, "device", device, f"this machine has {torch.cuda.device_count()} CUDA "
              "device(s)")
     if found.type == "mps" and not torch.backends.mps.is_available():

@@ -18,18 +18,24 @@ on, the parameters stay as they were before it, and the model reads the flag bac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from vae_lightning.objectives import Bound
-
-if TYPE_CHECKING:
-    from vae_lightning.module import VAE
+from vae_lightning.parts import Bound, Parts
 
 
-def graph_problems(model: VAE, optimizer: torch.optim.Optimizer) -> list[str]:
+class Trained(Parts, Protocol):
+    """What the graphed step uses of a model: its parts, its parameters and the objective that
+    gives the loss."""
+
+    objective: object
+
+    def parameters(self): ...
+
+
+def graph_problems(model: Trained, optimizer: torch.optim.Optimizer) -> list[str]:
     """Why ``model`` cannot take its steps this way, if it cannot."""
     found = []
     if not optimizer.defaults.get("fused"):
@@ -59,7 +65,7 @@ class GraphedStep:
     fused ``torch.optim`` optimizer, whose ``found_inf`` becomes the non-finite flag);
     ``capture`` (default: on CUDA) records it as a CUDA graph per minibatch shape."""
 
-    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: Trained, optimizer: torch.optim.Optimizer,
                  capture: bool | None = None) -> None:
         problems = graph_problems(model, optimizer)
         if problems:

@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.metric import CompositionalMetric
 
-from vae_lightning.objectives import Bound
+from vae_lightning.parts import Bound
 
 TERMS = ("elbo", "recon", "kl")
 BITS = "bits_per_dim"  # -ELBO / (D ln 2), D the values per image: with ``BoundMean(dims=D)``
@@ -20,7 +20,7 @@ class BoundMean(Metric):
     """Averages over every data point seen since the last reset, on all ranks: E[log p(x|z)]
     (``recon``), KL(q(z|x) || p(z)) (``kl``) and their difference, the ELBO, in nats per data
     point. The average ELBO is the average reconstruction term minus the average KL, so one
-    update per batch (two sums) serves all three terms: a quarter of the per-step cost of three
+    update per batch (two sums) serves all three terms, instead of an update of each of three
     ``MeanMetric`` objects. A non-finite term is averaged in and shows in the result. Given
     ``dims`` (the values per data point), it also gives the ELBO in bits per dimension."""
 

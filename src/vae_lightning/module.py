@@ -16,12 +16,14 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from vae_lightning.args import PositiveInt, checked
+from vae_lightning.checkpoints import load_model
 from vae_lightning.errors import ConfigError, NonFiniteLossError
 from vae_lightning.graphs import GraphedStep, graph_problems, runtime_problems
 from vae_lightning.likelihoods import Decoder
 from vae_lightning.metrics import BITS, TERMS, BoundMean, BoundTerm
-from vae_lightning.objectives import Bound, Objective, importance_weighted
-from vae_lightning.posteriors import Encoder, location
+from vae_lightning.objectives import Objective, importance_weighted
+from vae_lightning.parts import Bound, unmet
+from vae_lightning.posteriors import Encoder
 from vae_lightning.priors import Prior
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,16 @@ class VAE(L.LightningModule):
         self.latent = latent if latent is not None else prior.latent
         self.data_shape = tuple(data_shape) if data_shape is not None else None
         prior.bind(encoder)
+        problems = unmet(encoder.posterior.features,
+                         {f"the objective {objective!r}": objective.requires,
+                          f"the prior {type(prior).__name__}": prior.requires},
+                         f"the posterior {encoder.posterior!r}")
+        problems += unmet(prior.features, {f"the objective {objective!r}":
+                                           objective.requires_prior},
+                          f"the prior {type(prior).__name__}")
+        if problems:
+            raise ValueError("; ".join(problems) + ". Choose a posterior, prior and objective "
+                             "that fit (README, the parts' features).")
         objective.check(self)
         if compile:  # in place: parameter names, and so checkpoints, stay the same
             self.encoder.net.compile()
@@ -176,11 +188,13 @@ class VAE(L.LightningModule):
         self._update("test", self.bound(batch[0]))
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Per data point: the posterior's mean (its location where it has no mean) and standard
-        deviation, and the ELBO (nats)."""
+        """Per data point: the posterior's mean (its location where it has no mean), its
+        standard deviation (where the family has one in closed form), and the ELBO (nats)."""
         x = batch[0]
         q = self.encoder(x)
-        return {"z_mean": location(q), "z_std": q.stddev, "elbo": self.bound(x).elbo}
+        out = {"z_mean": self.encoder.location(q), "elbo": self.bound(x).elbo}
+        std = self.encoder.posterior.stddev(q)
+        return out if std is None else {**out, "z_std": std}
 
     def on_train_epoch_start(self) -> None:
         self._unlogged.add("train")
@@ -200,8 +214,8 @@ class VAE(L.LightningModule):
 
     def _update(self, stage: str, bound: Bound) -> None:
         """Update the ``stage`` averages with ``bound``. Lightning computes a logged metric
-        object at the end of the epoch and keeps it until then, so ``self.log`` (tenths of a
-        millisecond a call) gets the ``stage/*`` metrics at the epoch's first update only."""
+        object at the end of the epoch and keeps it until then, so ``self.log`` (a costly call)
+        gets the ``stage/*`` metrics at the epoch's first update only."""
         self.metrics[f"{stage}_bound"].update(bound)
         if stage in self._unlogged:
             self._unlogged.discard(stage)
@@ -251,11 +265,25 @@ class VAE(L.LightningModule):
             "larger min_var also steadies training."
         )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        optimizer = self.optimizer(self.parameters())
+    def check_optimizer(self) -> None:
+        """Refuse, before training, optimizer settings that cannot train: the optimizer's own
+        argument checks and the schedule's, on one stand-in parameter; a learning rate of 0; and
+        with ``cuda_graph``, an optimizer the graphed step cannot use."""
+        optimizer = self._stand_in_optimizer()
+        if optimizer.param_groups[0]["lr"] == 0:
+            raise ValueError("its learning rate must be above 0: at lr=0 no parameter moves")
+        if self.schedule is not None:
+            torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         if self.cuda_graph and (problems := graph_problems(self, optimizer)):
             raise ConfigError("model.cuda_graph=true cannot be used: " + "; ".join(problems)
                               + ".")
+
+    def _stand_in_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer over one stand-in parameter: its settings, for checks."""
+        return self.optimizer([nn.Parameter(torch.zeros(1))])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = self.optimizer(self.parameters())
         if self.schedule is None:
             return optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
@@ -277,7 +305,7 @@ class VAE(L.LightningModule):
         states = checkpoint.get("optimizer_states") or []
         if not states:
             return
-        current = self.optimizer([nn.Parameter(torch.zeros(1))]).param_groups[0]
+        current = self._stand_in_optimizer().param_groups[0]
         for group in states[0]["param_groups"]:
             for key, value in current.items():
                 if key == "lr" and "initial_lr" in group:  # under a schedule: its base lr
@@ -313,14 +341,14 @@ class VAE(L.LightningModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x | z = E_q[z|x]]: each image decoded from its posterior mean."""
-        return self.decoder(location(self.encode(x))).mean
+        return self.decoder(self.encoder.location(self.encode(x))).mean
 
     @torch.no_grad()
     def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 10) -> Tensor:
         """Images along the straight line between the posterior means of ``x1`` and ``x2`` (two
         images ``[C, H, W]``, or two batches ``[B, C, H, W]``): ``[steps, (B,) C, H, W]``,
         from x1's end to x2's."""
-        z1, z2 = location(self.encode(x1)), location(self.encode(x2))
+        z1, z2 = (self.encoder.location(self.encode(x)) for x in (x1, x2))
         t = torch.linspace(0.0, 1.0, steps, device=self.device).view(-1, *[1] * z1.dim())
         return self.decoder((1 - t) * z1 + t * z2).mean
 
@@ -331,10 +359,6 @@ class VAE(L.LightningModule):
         ``eval.py`` reports."""
         return importance_weighted(self, self._inputs(x), k, chunk)[1]
 
-    def bits_per_dim(self, log_px: Tensor) -> Tensor:
-        """-log p(x) / (D ln 2), D the number of values in an image: lower is better."""
-        return -log_px / (math.prod(self.data_shape) * math.log(2))
-
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = "cpu",
                              trusted: Sequence[str] = (), **_: Any) -> VAE:
@@ -343,6 +367,4 @@ class VAE(L.LightningModule):
         The model is rebuilt from the run config saved in the checkpoint (read with
         ``weights_only=True``); a checkpoint is untrusted, so only the classes this package's
         config groups name (and ``trusted``, the dotted names of your own parts) are built."""
-        from vae_lightning.checkpoints import load_model
-
-        return load_model(checkpoint_path, map_location, trusted)[0]
+        return load_model(checkpoint_path, cls, map_location, trusted)[0]

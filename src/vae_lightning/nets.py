@@ -244,6 +244,15 @@ class ResidualBlock(nn.Module):
         return x + self.residual(x)
 
 
+def _residual_stage(channels: int, blocks: int, depth: int,
+                    activation: Activation) -> list[ResidualBlock]:
+    """The ``blocks`` residual blocks of one resolution of a network with ``depth`` resolutions,
+    their branches scaled by 1 / sqrt(blocks x depth), the number of blocks in the whole stream
+    (``ResidualBlock``)."""
+    scale = (blocks * depth) ** -0.5
+    return [ResidualBlock(channels, activation, scale) for _ in range(blocks)]
+
+
 class ResNetEncoder(_Batched):
     """A small residual encoder (as the ResNet VAEs of the IAF paper and Lightning-Bolts, without
     their BatchNorm): ``ConvEncoder`` with ``blocks`` ``ResidualBlock``s at each resolution.
@@ -273,13 +282,12 @@ class ResNetEncoder(_Batched):
         c, h, w = _image(self, "in_shape", in_shape)
         channels = list(channels)
         depth = _depth(self, channels, h, w)
-        scale = (blocks * depth) ** -0.5
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip([c, *channels[:-1]], channels)):
             if i > 0:
                 layers.append(ACTIVATIONS[activation]())
             layers.append(_down(n_in, n_out))
-            layers += [ResidualBlock(n_out, activation, scale) for _ in range(blocks)]
+            layers += _residual_stage(n_out, blocks, depth, activation)
         features = channels[-1] * (h >> depth) * (w >> depth)
         super().__init__(*layers, ACTIVATIONS[activation](), nn.Flatten(),
                          nn.Linear(features, _size(out_shape)))
@@ -308,11 +316,10 @@ class ResNetDecoder(_Batched):
         c, h, w = _image(self, "out_shape", out_shape)
         channels = list(channels)
         depth = _depth(self, channels, h, w)
-        scale = (blocks * depth) ** -0.5
         size = (channels[-1], h >> depth, w >> depth)
         layers: list[nn.Module] = [nn.Linear(_size(in_shape), _size(size)), nn.Unflatten(1, size)]
         for n_in, n_out in zip(channels[::-1], [*channels[-2::-1], c]):
-            layers += [ResidualBlock(n_in, activation, scale) for _ in range(blocks)]
+            layers += _residual_stage(n_in, blocks, depth, activation)
             layers += [ACTIVATIONS[activation](), _up(n_in, n_out)]
         super().__init__(*layers)
         self._shapes(in_shape, (_size(in_shape),), out_shape)

@@ -20,11 +20,13 @@ from vae_lightning.args import PositiveFloat, PositiveInt, checked
 
 
 class Prior(nn.Module):
-    """A prior p(z): exposes ``distribution()``, ``log_prob(z)`` and ``sample(n)``.
-    ``gaussian_tails``: log p(z) falls quadratically in z, so KL(q || p) is infinite for a
-    posterior without a finite second moment (refused in ``bind``)."""
+    """A prior p(z) (``parts.Prior``): exposes ``distribution()``, ``log_prob(z)`` and
+    ``sample(n)``; ``features`` it offers (``parts.FEATURES``: "factorized") and the posterior
+    features it ``requires``. A prior whose log p(z) falls quadratically in z (Gaussian tails)
+    requires a posterior with a finite second moment: otherwise KL(q || p) is infinite."""
 
-    gaussian_tails = True
+    features: frozenset[str] = frozenset()
+    requires: frozenset[str] = frozenset({"finite_variance"})
 
     @checked
     def __init__(self, latent: PositiveInt) -> None:
@@ -32,17 +34,7 @@ class Prior(nn.Module):
         self.latent = latent
 
     def bind(self, encoder: nn.Module) -> None:
-        """Called once with the model's encoder q(z|x); a prior built from it keeps it. Refuses a
-        posterior family whose KL to this prior is infinite."""
-        family = getattr(encoder, "posterior", None)
-        if self.gaussian_tails and not getattr(family, "finite_variance", True):
-            raise ValueError(
-                f"the posterior {type(family).__name__}({_arguments(family)}) has an infinite "
-                f"second moment E_q[z^2], and the prior {type(self).__name__} has Gaussian tails "
-                "(log p(z) is quadratic in z), so KL(q || p) is infinite and the bound is -inf. "
-                "Use a posterior with a finite variance (model/posterior=student_t: "
-                "model.encoder.posterior.df > 2), or model/prior=vamp, whose components are the "
-                "posterior's own family.")
+        """Called once with the model's encoder q(z|x); a prior built from it keeps it."""
 
     def distribution(self) -> Distribution:
         raise NotImplementedError
@@ -56,6 +48,8 @@ class Prior(nn.Module):
 
 class StandardNormal(Prior):
     """p(z) = N(0, I), the paper's prior; KL to a diagonal Gaussian is analytic (Appendix B)."""
+
+    features = frozenset({"factorized"})
 
     def __init__(self, latent: PositiveInt) -> None:
         super().__init__(latent)
@@ -110,7 +104,8 @@ class VampPrior(Prior):
         self.pseudo_inputs = nn.Parameter(u)
         self._encoder: list[nn.Module] = []  # a plain list: the encoder is not registered twice
 
-    gaussian_tails = False  # a mixture of the posterior's own family: KL(q || p) is finite
+    # A mixture of q(z|u_k): its density is q's, evaluated at samples of other q(z|x).
+    requires = frozenset({"density"})
 
     def bind(self, encoder: nn.Module) -> None:
         self._encoder[:] = [encoder]
@@ -123,7 +118,3 @@ class VampPrior(Prior):
         weights = Categorical(logits=self.pseudo_inputs.new_zeros(len(self.pseudo_inputs)))
         return MixtureSameFamily(weights, components)
 
-
-def _arguments(family: object) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in vars(family).items() if not k.startswith("_")
-                     and k != "finite_variance" and k != "scale_factor")

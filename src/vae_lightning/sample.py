@@ -18,6 +18,7 @@ from vae_lightning.args import NonNegativeInt, PositiveInt, checked
 from vae_lightning.checkpoints import load_model
 from vae_lightning.errors import ConfigError
 from vae_lightning.evaluate import device_of, writable_directory
+from vae_lightning.module import VAE
 
 GRID_MAX = 400  # images drawn in samples.png; samples.npy holds all n
 CHUNK = 1024  # images decoded per pass: memory stays bounded whatever n
@@ -48,7 +49,7 @@ class Sampling:
         out = (Path(self.output_dir) if self.output_dir
                else rundir.path(rundir.of_checkpoint(self.ckpt_path), "samples"))
         writable_directory(out, "output_dir")
-        model = load_model(self.ckpt_path, self.device, self.trusted)[0]
+        model = load_model(self.ckpt_path, VAE, self.device, self.trusted)[0]
         self._refuse_too_many(out, model.data_shape)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)

@@ -16,16 +16,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch.distributions import constraints
 
 from vae_lightning import rundir
 from vae_lightning.args import choices
 from vae_lightning.callbacks.curve import InitialBound
 from vae_lightning.checkpoints import (
+    PARTS,
     ResumeState,
     RunConfig,
-    PARTS,
     check_parts,
     check_resumable,
     data_differences,
@@ -54,6 +54,7 @@ class Run(NamedTuple):
     model: VAE
     resume_from: str | None
     checkpoint: dict[str, Any] | None
+    record: dict[str, Any]  # the resolved run config, the data's shape filled in: checkpoints' copy
 
 
 def resume_path(cfg: DictConfig) -> str | None:
@@ -85,25 +86,22 @@ def build(cfg: DictConfig) -> Run:
     ``ConfigError`` naming its key, before any training."""
     check(cfg)
     datamodule = build_node(cfg.data, "data")
-    with open_dict(cfg):
-        cfg.model.data_shape = list(datamodule.shape)
+    shape = list(datamodule.shape)  # handed to the model's builder; the config keeps ???
+    record = plain(OmegaConf.merge(cfg, {"model": {"data_shape": shape}}))
     resume_from = resume_path(cfg)
     checkpoint = read_checkpoint(resume_from) if resume_from else None
     if checkpoint is not None:
-        check_resumable(plain(cfg), checkpoint, resume_from,
+        check_resumable(record, checkpoint, resume_from,
                         _overrides(rundir.of_checkpoint(resume_from)))
         _refuse_if_complete(cfg, checkpoint, resume_from)
-    parts = _check_memory(cfg)
+    parts = _check_memory(cfg, shape)
     if checkpoint is not None:
         check_parts(parts, checkpoint["state_dict"], resume_from)
     L.seed_everything(cfg.seed, workers=True)
-    model = build_node(cfg.model, "model", steps_per_batch=datamodule.steps_per_batch)
+    model = build_node(cfg.model, "model", data_shape=shape,
+                       steps_per_batch=datamodule.steps_per_batch)
     try:  # the optimizer is built at fit; its own argument checks run now
-        built = model.configure_optimizers()
-        optimizer = built["optimizer"] if isinstance(built, dict) else built
-        # The configured lr: a schedule's factor may start below 1 (initial_lr keeps the base).
-        if any(group.get("initial_lr", group["lr"]) == 0 for group in optimizer.param_groups):
-            raise ValueError("its learning rate must be above 0: at lr=0 no parameter moves")
+        model.check_optimizer()
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:
@@ -112,7 +110,7 @@ def build(cfg: DictConfig) -> Run:
         raise ConfigError(f"Invalid configuration: model.optimizer ({node._target_} with "
                           f"{given}) refuses its arguments: {err}.") from None
     _warn_about_the_likelihood(datamodule, model)
-    return Run(datamodule, model, resume_from, checkpoint)
+    return Run(datamodule, model, resume_from, checkpoint, record)
 
 
 def _check_same_data(checkpoint: dict[str, Any], datamodule: L.LightningDataModule,
@@ -150,14 +148,16 @@ def _refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) 
             "resume with a larger trainer.max_epochs or trainer.max_samples.")
 
 
-def _check_memory(cfg: DictConfig) -> dict[str, torch.nn.Module]:
+def _check_memory(cfg: DictConfig, shape: list[int]) -> dict[str, torch.nn.Module]:
     """Refuse a model whose parameters alone (with their gradients and two optimizer moments)
     would not fit in the memory available: counted on PyTorch's meta device, which allocates
     nothing, so an impossible size is an error line, not an allocation failure or a kill.
     Returns the parts built on the meta device (a resumed checkpoint's weights are checked
     against them before anything else is built)."""
     with torch.device("meta"):
-        parts = {key: build_node(cfg.model[key], f"model.{key}") for key in PARTS}
+        parts = {key: build_node(cfg.model[key], f"model.{key}",
+                                 **({"data_shape": shape} if "data_shape" in cfg.model[key] else {}))
+                 for key in PARTS}
     available = _available_memory()
     if available is None:
         return parts
@@ -214,7 +214,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Build the run, train (or resume), evaluate the best checkpoint on val and test; return
     the results. Nothing is written into the run directory before every check has passed."""
     rundir.guard(cfg.output_dir, resuming=cfg.get("ckpt_path") is not None)
-    datamodule, model, resume_from, checkpoint = build(cfg)
+    datamodule, model, resume_from, checkpoint, record = build(cfg)
     datamodule.prepare_data()  # find or download the files, then read every split (the test
     datamodule.setup("fit")  # split too): a bad data file is an error before the first step
     if checkpoint is not None:
@@ -226,7 +226,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                wandb={"id": run_id, "resume": "allow"} if run_id else {})
     initial = InitialBound()
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
-                 RunConfig(plain(cfg)), initial]
+                 RunConfig(record), initial]
     trainer = build_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
     if (threads := threads_per_job()) is not None:
         torch.set_num_threads(threads)

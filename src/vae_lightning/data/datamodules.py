@@ -241,7 +241,7 @@ class VAEDataModule(L.LightningDataModule):
         generator = self._generator(x.device)
         if x.dtype == torch.uint8 and self.scale in (255.0, 256.0):
             # u uniform on {0, ..., scale - 1}: P(u < x) = x / scale exactly, with no float copy
-            # of the batch (a fifth less time per batch than the float draw below).
+            # of the batch (docs/benchmarks.md, data throughput).
             u = torch.randint(int(self.scale), x.shape, generator=generator, device=x.device,
                               dtype=torch.uint8)
             return (u < x).float(), y
@@ -293,8 +293,11 @@ def held_out(n: int, val_size: int | float, test_size: int | float,
     return {"train": rest[train_of_rest], "val": rest[val_of_rest], "test": test_idx}
 
 
-class _IDXDataModule(VAEDataModule):
-    """MNIST-format data: four IDX files found on disk or downloaded."""
+class IDXDataModule(VAEDataModule):
+    """MNIST-format data: four IDX files found on disk or downloaded. A new data set of this
+    format is a subclass naming its ``name``, ``files`` (name -> md5 of the canonical .gz),
+    ``mirrors`` and optional ``system_dirs``, in a module of its own, with its YAML
+    (``conf/data/<name>.yaml``, from ``_idx``)."""
 
     shape = (1, 28, 28)
     mirrors: tuple[str, ...]
@@ -339,7 +342,7 @@ class _IDXDataModule(VAEDataModule):
         return out
 
 
-class MNISTDataModule(_IDXDataModule):
+class MNISTDataModule(IDXDataModule):
     """MNIST: 50000/10000/10000 train/val/test (val carved from the official training set).
 
     Files are read from ``root/mnist`` (gzipped or not) and downloaded there when missing.
@@ -359,7 +362,7 @@ class MNISTDataModule(_IDXDataModule):
     }
 
 
-class FashionMNISTDataModule(_IDXDataModule):
+class FashionMNISTDataModule(IDXDataModule):
     """Fashion-MNIST: 50000/10000/10000 train/val/test, like MNIST.
 
     Files are read from ``root/fashion_mnist``, then ``/usr/share/datasets/fashion-mnist``
@@ -434,7 +437,5 @@ class FreyFaceDataModule(VAEDataModule):
     def _load(self, names):
         source = self._source()
         images = frey_images(load_bundled_frey() if source is None else read_frey_mat(source))
-        rest, test = _carve(self.n_faces, self.test_size, self.name)
-        train_of_rest, val_of_rest = _carve(len(rest), self.val_size, self.name)
-        idx = {"train": rest[train_of_rest], "val": rest[val_of_rest], "test": test}
+        idx = held_out(self.n_faces, self.val_size, self.test_size, self.name)
         return {s: (images[idx[s]], np.full(len(idx[s]), -1, np.int64)) for s in names}

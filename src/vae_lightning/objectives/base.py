@@ -14,51 +14,22 @@ All are per data point, in nats.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
-if TYPE_CHECKING:
-    from vae_lightning.module import VAE
+from vae_lightning.parts import Bound, Parts, Samples, scored_draws, scored_sample
 
 KL = Literal["auto", "analytic", "mc"]
 
 
-class Bound(NamedTuple):
-    """Per-data-point terms of the lower bound, each of shape ``[batch]``."""
-
-    recon: Tensor  # E_q[log p(x|z)]
-    kl: Tensor  # KL(q(z|x) || p(z))
-
-    @property
-    def elbo(self) -> Tensor:
-        return self.recon - self.kl
-
-
-class Samples(NamedTuple):
-    """log p(x|z_l), log p(z_l) and log q(z_l|x) for n samples z_l ~ q(z|x): each ``[n, batch]``."""
-
-    log_px_z: Tensor
-    log_pz: Tensor
-    log_qz: Tensor
-
-    @property
-    def log_w(self) -> Tensor:
-        """Log importance weights log p(x, z_l) - log q(z_l|x)."""
-        return self.log_px_z + self.log_pz - self.log_qz
-
-    def bound(self) -> Bound:
-        """The ELBO by estimator A (eq. 6): Monte-Carlo reconstruction and KL."""
-        return Bound(self.log_px_z.mean(0), (self.log_qz - self.log_pz).mean(0))
-
-
-def draw(model: VAE, x: Tensor, q: Distribution, p: Distribution, n: int) -> Samples:
+def draw(model: Parts, x: Tensor, q: Distribution, p: Distribution, n: int) -> Samples:
     """Draw n reparameterized samples z = g_phi(eps, x) from ``q`` and score them under the
-    model's decoder, the prior ``p`` and ``q``."""
-    z = q.rsample((n,))
-    return Samples(model.decoder(z).log_prob(x), p.log_prob(z), q.log_prob(z))
+    model's decoder, the prior ``p`` and ``q`` (``parts.scored_sample``)."""
+    z, log_qz = scored_sample(q, (n,))
+    return Samples(model.decoder(z).log_prob(x), p.log_prob(z), log_qz)
 
 
 def closed_form_kl(q: Distribution, p: Distribution) -> Tensor | None:
@@ -69,7 +40,7 @@ def closed_form_kl(q: Distribution, p: Distribution) -> Tensor | None:
         return None
 
 
-def elbo_estimate(model: VAE, x: Tensor, n_samples: int = 1, kl: KL = "auto",
+def elbo_estimate(model: Parts, x: Tensor, n_samples: int = 1, kl: KL = "auto",
          q: Distribution | None = None) -> Bound:
     """The ELBO of each row of ``x`` with L = ``n_samples`` samples of ``q`` (default: the
     model's q(z|x)): estimator B (eq. 7) with ``kl="analytic"``, or with ``"auto"`` where the KL
@@ -102,8 +73,11 @@ def iw_bound(log_w: Tensor) -> Tensor:
 class Objective:
     """What training maximises: ``loss(model, x)`` is the minibatch loss to minimise and the
     bound terms to log; ``bound(model, x)`` is the ELBO estimate logged on validation and test
-    data and in Fig. 2's curve; ``check(model)`` refuses, when the model is composed, parts the
-    objective cannot train. ``method`` names the training algorithm in results and figures.
+    data and in Fig. 2's curve; ``model`` is the model's parts (``parts.Parts``).
+    ``requires`` are the posterior features the objective needs and ``requires_prior`` the
+    prior's (``parts.FEATURES``): the model refuses, when it is composed, a posterior or prior
+    without them; ``check(model)`` refuses what features cannot say (e.g. a KL pair without a
+    closed form). ``method`` names the training algorithm in results and figures.
 
     ``checkpoint`` is the model that results.json reports: ``"best"``, the checkpoint with the
     best validation ELBO, for objectives that maximise the ELBO; ``"last"``, the final model,
@@ -112,22 +86,25 @@ class Objective:
 
     method = "aevb"
     checkpoint = "best"
+    requires: frozenset[str] = frozenset({"rsample"})
+    requires_prior: frozenset[str] = frozenset()
 
-    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, Bound]:
+    def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         raise NotImplementedError
 
-    def bound(self, model: VAE, x: Tensor) -> Bound:
+    def bound(self, model: Parts, x: Tensor) -> Bound:
         return elbo_estimate(model, x)
 
-    def check(self, model: VAE) -> None:
-        """Raise ``ValueError`` if the model's parts do not suit this objective."""
+    def check(self, model: Parts) -> None:
+        """Raise ``ValueError`` if the model's parts do not suit this objective in a way its
+        ``requires`` cannot say."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 @torch.no_grad()
-def probe(model: VAE) -> tuple[Distribution, Distribution]:
+def probe(model: Parts) -> tuple[Distribution, Distribution]:
     """q(z|x) at one all-zero input, and p(z): the kinds of distribution the model's parts make,
     for ``Objective.check``."""
     x = torch.zeros(1, *model.data_shape, device=model.device)
@@ -149,7 +126,7 @@ def auto_chunk(x: Tensor, k: int) -> int:
 
 
 @torch.no_grad()
-def importance_weighted(model: VAE, x: Tensor, k: int,
+def importance_weighted(model: Parts, x: Tensor, k: int,
                         chunk: int | None = None) -> tuple[Tensor, Tensor]:
     """Per data point of ``x``, from the same k samples z_i ~ q(z|x): the ELBO (the mean
     log-weight, estimator A with L = k) and the IW estimate of log p(x), log (1/k) sum_i w_i,
@@ -157,8 +134,8 @@ def importance_weighted(model: VAE, x: Tensor, k: int,
 
     The samples are scored ``chunk`` at a time, one decoder pass per chunk for all points
     (memory ~ chunk x batch x pixels), and combined with a running logsumexp. Each z_i is drawn by
-    its own ``rsample()`` in order, so the estimate is the same for every ``chunk`` given the
-    random state. ``chunk=None``: ``auto_chunk``."""
+    its own draw in order (``parts.scored_draws``), so the estimate is the same for every
+    ``chunk`` given the random state. ``chunk=None``: ``auto_chunk``."""
     if chunk is None:
         chunk = auto_chunk(x, k)
     if k < 1 or chunk < 1:
@@ -168,8 +145,8 @@ def importance_weighted(model: VAE, x: Tensor, k: int,
     running_lse = torch.full((x.shape[0],), -math.inf, device=x.device)
     running_sum = torch.zeros(x.shape[0], device=x.device)
     for start in range(0, k, chunk):
-        z = torch.stack([q.rsample() for _ in range(min(chunk, k - start))])
-        log_w = model.decoder(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
+        z, log_qz = scored_draws(q, min(chunk, k - start))
+        log_w = model.decoder(z).log_prob(x) + p.log_prob(z) - log_qz
         running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=0))
         running_sum += log_w.sum(0)
     return running_sum / k, running_lse - math.log(k)

@@ -15,33 +15,31 @@ a hook scales the gradient arriving at z_i by w~_i, turning w~_i into w~_i^2 on 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
-from torch.distributions import Independent
 
 from vae_lightning.args import PositiveInt, checked
+from vae_lightning.parts import Parts
 
 from .base import Bound, Objective, Samples, iw_bound
-
-if TYPE_CHECKING:
-    from vae_lightning.module import VAE
 
 
 class DReG(Objective):
     """The k-sample importance-weighted bound with doubly-reparameterized encoder gradients."""
 
     checkpoint = "last"  # the final model: the IW bound, not the ELBO, is trained
+    # log q is evaluated at z under q's parameters held fixed: a q built anew from detached
+    # parameters, which must have a density wherever z falls (not only at its own samples).
+    requires = frozenset({"rsample", "density"})
 
     @checked
     def __init__(self, k: PositiveInt = 5) -> None:
         self.k = k
 
-    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, Bound]:
-        q = model.encoder(x)
-        z = q.rsample((self.k,))
-        fixed_q = _detached(q)
+    def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
+        params = model.encoder.params(x)
+        z = model.encoder.posterior(params).rsample((self.k,))
+        fixed_q = model.encoder.posterior(params.detach())
         samples = Samples(model.decoder(z).log_prob(x), model.prior.log_prob(z),
                           fixed_q.log_prob(z))
         log_w = samples.log_w
@@ -50,11 +48,3 @@ class DReG(Objective):
             z.register_hook(lambda grad: grad * weights.unsqueeze(-1))
         return -iw_bound(log_w).mean(), samples.bound()
 
-
-def _detached(q: Independent) -> Independent:
-    """q with its parameters cut from the graph: the same density, reached only through z."""
-    base = q.base_dist
-    params = {name: getattr(base, name).detach() for name in base.arg_constraints
-              if name in vars(base)}
-    return Independent(type(base)(**params, validate_args=False),
-                       q.reinterpreted_batch_ndims)

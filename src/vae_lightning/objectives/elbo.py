@@ -6,16 +6,12 @@ beta != 1). The logged bound is the true (beta = 1) ELBO whatever the weight."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor
 
 from vae_lightning.args import NonNegativeFloat, NonNegativeInt, PositiveInt, checked
+from vae_lightning.parts import Parts
 
 from .base import KL, Bound, Objective, closed_form_kl, elbo_estimate, no_closed_form, probe
-
-if TYPE_CHECKING:
-    from vae_lightning.module import VAE
 
 
 class ELBO(Objective):
@@ -34,14 +30,14 @@ class ELBO(Objective):
         ramp = min(1.0, step / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         return self.beta * ramp
 
-    def bound(self, model: VAE, x: Tensor) -> Bound:
+    def bound(self, model: Parts, x: Tensor) -> Bound:
         return elbo_estimate(model, x, self.n_samples, self.kl)
 
-    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, Bound]:
+    def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         bound = self.bound(model, x)
         return -(bound.recon - self.kl_weight(model.global_step) * bound.kl).mean(), bound
 
-    def check(self, model: VAE) -> None:
+    def check(self, model: Parts) -> None:
         if self.kl == "analytic":
             q, p = probe(model)
             if closed_form_kl(q, p) is None:

@@ -4,16 +4,12 @@ a bound on log p(x) that tightens as k grows (k = 1 is the ELBO by estimator A).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor
 
 from vae_lightning.args import PositiveInt, checked
+from vae_lightning.parts import Parts
 
 from .base import Bound, Objective, draw, iw_bound
-
-if TYPE_CHECKING:
-    from vae_lightning.module import VAE
 
 
 class IWAE(Objective):
@@ -26,6 +22,6 @@ class IWAE(Objective):
     def __init__(self, k: PositiveInt = 5) -> None:
         self.k = k
 
-    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, Bound]:
+    def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         samples = draw(model, x, model.encoder(x), model.prior.distribution(), self.k)
         return -iw_bound(samples.log_w).mean(), samples.bound()

@@ -15,17 +15,13 @@ bound is the same ELBO estimate as AEVB's, so the curves compare.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from vae_lightning.args import PositiveInt, checked
+from vae_lightning.parts import Parts
 
 from .base import KL, Bound, Objective, elbo_estimate
-
-if TYPE_CHECKING:
-    from vae_lightning.module import VAE
 
 
 class WakeSleep(Objective):
@@ -33,15 +29,18 @@ class WakeSleep(Objective):
     the logged bound, as for ``ELBO``."""
 
     method = "wake_sleep"
+    # The sleep phase scores q(z|x) at fantasies z ~ p(z): a density anywhere, no gradient
+    # through z.
+    requires = frozenset({"density"})
 
     @checked
     def __init__(self, n_samples: PositiveInt = 1, kl: KL = "auto") -> None:
         self.n_samples, self.kl = n_samples, kl
 
-    def bound(self, model: VAE, x: Tensor) -> Bound:
+    def bound(self, model: Parts, x: Tensor) -> Bound:
         return elbo_estimate(model, x, self.n_samples, self.kl)
 
-    def wake_loss(self, model: VAE, x: Tensor) -> tuple[Tensor, Bound]:
+    def wake_loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         """-E_q[log p(x, z)] for z ~ q(z|x) with q held fixed (gradients reach the decoder and
         the prior only), and the ELBO terms of the same samples."""
         with torch.no_grad():
@@ -49,18 +48,18 @@ class WakeSleep(Objective):
         bound = elbo_estimate(model, x, self.n_samples, self.kl, q=q)
         return -bound.elbo.mean(), bound
 
-    def sleep_loss(self, model: VAE, n: int) -> Tensor:
+    def sleep_loss(self, model: Parts, n: int) -> Tensor:
         """-log q(z|x) for n fantasies z ~ p(z), x ~ p(x|z) (gradients reach the encoder only)."""
         with torch.no_grad():
             z = model.prior.sample(n)
             x = model.decoder(z).sample()
         return -model.encoder(x).log_prob(z).mean()
 
-    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, Bound]:
+    def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         wake, bound = self.wake_loss(model, x)
         return wake + self.sleep_loss(model, x.shape[0]), bound
 
-    def check(self, model: VAE) -> None:
+    def check(self, model: Parts) -> None:
         """The wake phase trains the generative model alone: a prior whose density depends on
         the encoder (the VampPrior) would let it update the encoder too."""
         z = torch.zeros(1, model.latent, device=model.device)

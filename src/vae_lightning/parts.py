@@ -1,0 +1,169 @@
+"""The parts' contract: what an objective, a metric or the graphed step may use of a model, and the
+values they exchange. The bottom layer of the package: it imports only torch.
+
+- ``Bound`` and ``Samples``: the per-data-point terms of a bound, and samples of z scored under
+  the model.
+- ``Parts``: the model as an objective sees it: ``encoder`` (q(z|x)), ``decoder`` (p(x|z)),
+  ``prior`` (p(z)), their sizes, device and the optimizer step ``global_step``. ``module.VAE``
+  is one; objectives never import it.
+- Features: what a posterior family or a prior offers (``FEATURES``), which objectives and priors
+  require (``requires``); ``unmet`` names a pair that cannot work, so the model refuses it when it
+  is composed, before training, with one line.
+- ``scored_sample`` / ``scored_draws``: z ~ q with log q(z) from the same draw, so that a flow
+  whose inverse is not computable (a planar flow) scores its samples through its forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, TransformedDistribution
+from torch.distributions.utils import _sum_rightmost
+
+
+class Bound(NamedTuple):
+    """Per-data-point terms of the lower bound, each of shape ``[batch]``."""
+
+    recon: Tensor  # E_q[log p(x|z)]
+    kl: Tensor  # KL(q(z|x) || p(z))
+
+    @property
+    def elbo(self) -> Tensor:
+        return self.recon - self.kl
+
+
+class Samples(NamedTuple):
+    """log p(x|z_l), log p(z_l) and log q(z_l|x) for n samples z_l ~ q(z|x): each ``[n, batch]``."""
+
+    log_px_z: Tensor
+    log_pz: Tensor
+    log_qz: Tensor
+
+    @property
+    def log_w(self) -> Tensor:
+        """Log importance weights log p(x, z_l) - log q(z_l|x)."""
+        return self.log_px_z + self.log_pz - self.log_qz
+
+    def bound(self) -> Bound:
+        """The ELBO by estimator A (eq. 6): Monte-Carlo reconstruction and KL."""
+        return Bound(self.log_px_z.mean(0), (self.log_qz - self.log_pz).mean(0))
+
+
+@runtime_checkable
+class Posterior(Protocol):
+    """q(z|x): ``encoder(x)`` is a distribution over the whole latent vector (event shape
+    ``[latent]``, batch shape ``x``'s batch); ``params(x)`` the network's output and
+    ``posterior(params)`` the family that turns it into that distribution (so that DReG can hold
+    the parameters fixed: ``posterior(params.detach())``); ``location(q)`` the point that stands
+    for q (its mean, or a location where the mean does not exist or is intractable)."""
+
+    posterior: Family
+
+    def __call__(self, x: Tensor) -> Distribution: ...
+
+    def params(self, x: Tensor) -> Tensor: ...
+
+    def location(self, q: Distribution) -> Tensor: ...
+
+
+class Family(Protocol):
+    """A posterior family: ``n_params(latent)`` network outputs per data point, mapped by
+    ``__call__(params)`` to q(z|x) over ``latent`` dimensions; ``features`` (``FEATURES``) says
+    what it offers."""
+
+    features: frozenset[str]
+
+    def n_params(self, latent: int) -> int: ...
+
+    def __call__(self, params: Tensor) -> Distribution: ...
+
+    def location(self, q: Distribution) -> Tensor: ...
+
+
+class Decoder(Protocol):
+    """p(x|z): ``decoder(z)`` is a distribution over images whose ``log_prob`` sums over pixels."""
+
+    def __call__(self, z: Tensor) -> Distribution: ...
+
+
+class Prior(Protocol):
+    """p(z): ``distribution()``, ``log_prob(z)``, ``sample(n)``; ``features`` it offers and the
+    posterior features it ``requires``."""
+
+    latent: int
+    features: frozenset[str]
+    requires: frozenset[str]
+
+    def distribution(self) -> Distribution: ...
+
+    def log_prob(self, z: Tensor) -> Tensor: ...
+
+    def sample(self, n: int) -> Tensor: ...
+
+
+class Parts(Protocol):
+    """The model as objectives see it: its parts, the sizes they were built for, the device and
+    the optimizer step (a schedule's clock, e.g. KL warm-up)."""
+
+    encoder: Posterior
+    decoder: Decoder
+    prior: Prior
+    latent: int
+    data_shape: tuple[int, ...]
+    device: torch.device
+    global_step: int
+
+
+# What a posterior (or a prior: "factorized") may offer, and why a part would need it.
+FEATURES: Mapping[str, str] = {
+    "rsample": "reparameterized samples z = g(eps, x), through which gradients reach q's "
+               "parameters",
+    "density": "a density log q(z|x) at any z, not only at its own samples",
+    "finite_variance": "a finite second moment E_q[z^2]",
+    "factorized": "a product of one distribution per latent dimension",
+}
+
+
+def unmet(offered: frozenset[str], needs: Mapping[str, frozenset[str]], what: str) -> list[str]:
+    """One sentence per part of ``needs`` (its name -> the features it requires) that ``what``
+    (offering ``offered``) does not satisfy."""
+    found = []
+    for part, required in needs.items():
+        missing = sorted(set(required) - set(offered))
+        if missing:
+            found.append(f"{part} needs {what} to have "
+                         + " and ".join(FEATURES[name] for name in missing)
+                         + f", which {what} does not have ({', '.join(missing)})")
+    return found
+
+
+def scored_sample(q: Distribution, shape: torch.Size | tuple[int, ...] = ()
+                  ) -> tuple[Tensor, Tensor]:
+    """A reparameterized draw z ~ q of ``shape`` (before q's own shape) and log q(z), computed
+    from the same draw: through the flow's forward pass for a ``TransformedDistribution`` (its
+    inverse need not exist), else ``q.log_prob(z)``."""
+    if not isinstance(q, TransformedDistribution):
+        z = q.rsample(shape)
+        return z, q.log_prob(z)
+    event_dim = len(q.event_shape)
+    x = q.base_dist.rsample(shape)
+    log_prob = _sum_rightmost(q.base_dist.log_prob(x), event_dim - len(q.base_dist.event_shape))
+    for transform in q.transforms:
+        y = transform(x)
+        log_prob = log_prob - _sum_rightmost(transform.log_abs_det_jacobian(x, y),
+                                             event_dim - transform.domain.event_dim)
+        x = y
+    return x, log_prob
+
+
+def scored_draws(q: Distribution, n: int) -> tuple[Tensor, Tensor]:
+    """n draws z_i ~ q, each by its own ``rsample()`` in order (so that n draws taken in chunks
+    are the same draws whatever the chunks), stacked, and their log q(z_i)."""
+    if not isinstance(q, TransformedDistribution):
+        z = torch.stack([q.rsample() for _ in range(n)])
+        return z, q.log_prob(z)
+    z, log_q = zip(*(scored_sample(q) for _ in range(n)))
+    return torch.stack(z), torch.stack(log_q)

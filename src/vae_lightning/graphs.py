@@ -45,6 +45,9 @@ def graph_problems(model: Trained, optimizer: torch.optim.Optimizer) -> list[str
     if getattr(model.objective, "warmup_steps", 0):
         found.append("the objective's KL warm-up changes the loss with the step, and a captured "
                      "step is the same every time (model.objective.warmup_steps=0)")
+    if getattr(model, "auxiliary", ()):
+        found.append("the objective updates parameters of its own after each step (e.g. a "
+                     "discriminator), outside the captured step")
     return found
 
 

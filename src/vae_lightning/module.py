@@ -90,7 +90,9 @@ class VAE(L.LightningModule):
             self.decoder.net.compile()
         self.cuda_graph = cuda_graph
         self._graph: GraphedStep | None = None
-        if steps_per_batch > 1 or cuda_graph:
+        # The objective's own updates (e.g. FactorVAE's discriminator), after each model step.
+        self.auxiliary = tuple(objective.auxiliary())
+        if steps_per_batch > 1 or cuda_graph or self.auxiliary:
             self.automatic_optimization = False
         # Per stage, one BoundMean updated once per batch and the terms logged from it (and the
         # ELBO in bits per dimension, when the data's shape is known).
@@ -126,7 +128,8 @@ class VAE(L.LightningModule):
             if self._logger_writes_this_step():
                 self._log_loss(loss)
             return loss
-        optimizer = self.optimizers()
+        optimizer, *auxiliary = (self.optimizers() if self.auxiliary
+                                 else [self.optimizers()])
         for x, _ in ([batch] if isinstance(batch[0], Tensor) else batch):
             if self.cuda_graph:
                 loss = self._graphed_loss(x, optimizer)
@@ -135,6 +138,13 @@ class VAE(L.LightningModule):
                 optimizer.zero_grad()
                 self.manual_backward(loss)
             optimizer.step()
+            for update, aux_optimizer in zip(self.auxiliary, auxiliary):
+                aux_optimizer.zero_grad()
+                self.manual_backward(update.loss(self, x))
+                # The torch optimizer itself: Lightning's wrapper would count the update as an
+                # optimizer step, and the model's step count (schedules, max_steps) is the
+                # model's.
+                aux_optimizer.optimizer.step()
             # Stop where Lightning would after a one-step batch: max_steps, trainer.max_samples.
             if self.trainer.should_stop or 0 <= self.trainer.max_steps <= self.global_step:
                 break
@@ -267,8 +277,11 @@ class VAE(L.LightningModule):
 
     def check_optimizer(self) -> None:
         """Refuse, before training, optimizer settings that cannot train: the optimizer's own
-        argument checks and the schedule's, on one stand-in parameter; a learning rate of 0; and
-        with ``cuda_graph``, an optimizer the graphed step cannot use."""
+        argument checks and the schedule's, on one stand-in parameter (the objective's own
+        optimizers' too); a learning rate of 0; and with ``cuda_graph``, an optimizer the
+        graphed step cannot use."""
+        for update in self.auxiliary:
+            update.optimizer([nn.Parameter(torch.zeros(1))])
         optimizer = self._stand_in_optimizer()
         if optimizer.param_groups[0]["lr"] == 0:
             raise ValueError("its learning rate must be above 0: at lr=0 no parameter moves")
@@ -282,13 +295,20 @@ class VAE(L.LightningModule):
         """The configured optimizer over one stand-in parameter: its settings, for checks."""
         return self.optimizer([nn.Parameter(torch.zeros(1))])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        optimizer = self.optimizer(self.parameters())
-        if self.schedule is None:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
-                                                         "interval": "epoch"}}
+    def configure_optimizers(self) -> Any:
+        """The model's optimizer over its parameters (the objective's own excepted), with the
+        schedule; then one optimizer per auxiliary update of the objective, over its
+        parameters."""
+        own = {id(p) for update in self.auxiliary for p in update.parameters()}
+        optimizer = self.optimizer([p for p in self.parameters() if id(p) not in own])
+        configured: dict[str, Any] = {"optimizer": optimizer}
+        if self.schedule is not None:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+            configured["lr_scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
+        if not self.auxiliary:
+            return configured if self.schedule is not None else optimizer
+        return [configured, *({"optimizer": update.optimizer(list(update.parameters()))}
+                              for update in self.auxiliary)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["samples_seen"] = self.samples_seen

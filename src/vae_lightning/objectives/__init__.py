@@ -7,6 +7,7 @@ holds what they share. A new objective is a module here, a YAML file in
 """
 
 from .base import (
+    Auxiliary,
     Bound,
     Objective,
     Samples,
@@ -18,5 +19,5 @@ from .base import (
     iw_bound,
 )
 
-__all__ = ["Bound", "Objective", "Samples", "auto_chunk", "closed_form_kl", "draw",
+__all__ = ["Auxiliary", "Bound", "Objective", "Samples", "auto_chunk", "closed_form_kl", "draw",
            "elbo_estimate", "importance_weighted", "iw_bound"]

@@ -14,10 +14,12 @@ All are per data point, in nats.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
 from vae_lightning.parts import Bound, Parts, Samples, scored_draws, scored_sample
@@ -70,6 +72,19 @@ def iw_bound(log_w: Tensor) -> Tensor:
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
 
+@dataclass(frozen=True)
+class Auxiliary:
+    """An update an objective takes after each step of the model's optimizer, on parameters of
+    its own (e.g. FactorVAE's discriminator): ``loss(model, x)`` is minimised over
+    ``parameters()`` by the optimizer ``optimizer`` builds over them. The model's optimizer never
+    touches those parameters; an objective with parameters is an ``nn.Module``, so that they are
+    saved in the model's checkpoints with the optimizers' states."""
+
+    parameters: Callable[[], Iterable[nn.Parameter]]
+    optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+    loss: Callable[[Parts, Tensor], Tensor]
+
+
 class Objective:
     """What training maximises: ``loss(model, x)`` is the minibatch loss to minimise and the
     bound terms to log; ``bound(model, x)`` is the ELBO estimate logged on validation and test
@@ -98,6 +113,10 @@ class Objective:
     def check(self, model: Parts) -> None:
         """Raise ``ValueError`` if the model's parts do not suit this objective in a way its
         ``requires`` cannot say."""
+
+    def auxiliary(self) -> Sequence[Auxiliary]:
+        """The updates of the objective's own parameters after each model step (none)."""
+        return ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

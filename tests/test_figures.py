@@ -1,12 +1,25 @@
-"""Figures: the manifold grid decodes the inverse-CDF points in order, PCA projection, and the
-callback writes every PNG at the end of fit and logs them to TensorBoard."""
+"""Figures: the manifold grid decodes the inverse-CDF points in order and its axes name z1 and z2;
+the curves' log axis is labelled on any span; the latent scatter has one colour and one name per
+class; PCA projection; the callback writes every PNG at the end of fit (with or without a
+validation split) and logs them to TensorBoard."""
 
+import numpy as np
 import pytest
 import torch
 from compose import compose_train
 from torch.distributions import Normal
 
-from vae_lightning.callbacks.figures import decode_mean, manifold_grid, project_2d, tile
+from vae_lightning.callbacks.figures import (
+    CURVE_LABELS,
+    curves_figure,
+    decode_mean,
+    latents_figure,
+    manifold_figure,
+    manifold_grid,
+    manifold_ticks,
+    project_2d,
+    tile,
+)
 from vae_lightning.train import build, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -83,3 +96,117 @@ def test_callback_writes_the_figures_and_logs_them_to_tensorboard(tmp_path, late
         "Figures"]["curves"]
     assert [seen for seen, _ in curves["train"]] == [200, 400]  # 2 batches of 100 an epoch
     assert [seen for seen, _ in curves["val"]] == [200, 400]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 11, 20, 21, 30, 100])
+def test_manifold_ticks_are_few_symmetric_and_reach_both_ends(n):
+    ticks = manifold_ticks(n)
+    assert ticks == sorted(set(ticks)) and ticks[0] == 0 and ticks[-1] == n - 1
+    assert {n - 1 - m for m in ticks} == set(ticks)
+    assert len(ticks) <= 12
+    assert len(ticks) == n or len(ticks) >= 6  # a small grid names every cell
+
+
+def _labels(texts) -> list[float]:
+    return [float(t.get_text().replace("\N{MINUS SIGN}", "-")) for t in texts]
+
+
+@pytest.fixture
+def frey_model(tmp_path):
+    torch.manual_seed(0)
+    return build(compose_train(["data=frey", "model.latent=2"], tmp_path)).model.eval()
+
+
+def test_manifold_axes_name_z1_growing_right_and_z2_growing_up(frey_model):
+    n, (h, w) = 8, (28, 20)
+    fig = manifold_figure(frey_model, n)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "$z_1$" and ax.get_ylabel() == "$z_2$"
+    z, cells = manifold_grid(n), manifold_ticks(n)
+    # Each tick sits at the centre of its cell and names that cell's z, to two decimals.
+    assert list(ax.get_xticks()) == pytest.approx([(j + 0.5) * w - 0.5 for j in cells])
+    assert list(ax.get_yticks()) == pytest.approx([(i + 0.5) * h - 0.5 for i in cells])
+    x_values, y_values = _labels(ax.get_xticklabels()), _labels(ax.get_yticklabels())
+    assert x_values == pytest.approx([float(z[0, j, 0]) for j in cells], abs=0.005)
+    assert y_values == pytest.approx([float(z[i, 0, 1]) for i in cells], abs=0.005)
+    # z1 grows to the right; the picture's row 0 is drawn at the top, and z2 grows upwards.
+    assert x_values == sorted(x_values) and x_values[0] < 0 < x_values[-1]
+    bottom, top = ax.get_ylim()
+    assert top < bottom  # y pixel coordinates grow downwards: the first row is the top row
+    assert y_values == sorted(y_values, reverse=True)
+
+
+def _visible_tick_labels(fig):
+    """The x tick labels drawn inside the axis span, and whether any two of them overlap."""
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    shown = [t for t, x in zip(ax.get_xticklabels(), ax.get_xticks())
+             if low <= x <= high and t.get_text()]
+    boxes = [t.get_window_extent() for t in shown]
+    overlap = any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+    return [t.get_text() for t in shown], overlap
+
+
+@pytest.mark.parametrize("low,high", [(1600, 4700), (1800, 5300), (3000, 9000), (1e3, 1e4),
+                                      (300, 3e4), (1e3, 1e7), (100, 1e8)])
+def test_curves_log_axis_is_labelled_on_any_span_without_overlaps(low, high):
+    seen = np.geomspace(low, high, 12).astype(int)
+    fig = curves_figure({"train": [(int(s), -100.0 + i) for i, s in enumerate(seen)],
+                         "val": [(int(s), -101.0 + i) for i, s in enumerate(seen)]})
+    labels, overlap = _visible_tick_labels(fig)
+    assert len(labels) >= 3, labels
+    assert not overlap, labels
+    assert fig.axes[0].get_xlabel() == "training samples seen"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        CURVE_LABELS["train"], CURVE_LABELS["val"]]
+
+
+def test_curves_without_validation_show_the_training_bound_alone():
+    fig = curves_figure({"train": [(200, -300.0), (400, -250.0)], "val": []})
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 1
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [CURVE_LABELS["train"]]
+    empty = curves_figure({"train": [], "val": []}).axes[0]
+    assert not empty.get_lines() and empty.get_legend() is None
+
+
+def _class_bar(fig):
+    """The scatter's distinct colours (as drawn) and the colour bar's tick labels and title."""
+    fig.canvas.draw()
+    ax, bar = fig.axes
+    colours = {tuple(c) for c in ax.collections[0].get_facecolors().round(4)}
+    return colours, [t.get_text() for t in bar.get_yticklabels()], bar.get_ylabel()
+
+
+def test_latents_have_one_colour_and_one_named_entry_per_class(frey_model):
+    x = torch.rand(40, 1, 28, 20)
+    labels = torch.arange(40) % 2
+    colours, names, title = _class_bar(latents_figure(frey_model, x, labels, ["cat", "dog"]))
+    assert len(colours) == 2 and names == ["cat", "dog"] and title == "class"
+    # Without names (or with too few for the labels): the label numbers.
+    for classes in (None, (), ["cat"]):
+        colours, names, _ = _class_bar(latents_figure(frey_model, x, labels, classes))
+        assert len(colours) == 2 and names == ["0", "1"]
+    colours, names, _ = _class_bar(latents_figure(frey_model, x, torch.arange(40) % 10))
+    assert len(colours) == 10 and names == [str(k) for k in range(10)]
+
+
+def test_latents_title_names_the_split_and_unlabelled_data_are_coloured_by_position(frey_model):
+    fig = latents_figure(frey_model, torch.rand(30, 1, 28, 20), torch.full((30,), -1),
+                         split="test")
+    ax, bar = fig.axes
+    assert ax.get_title() == "Posterior means of test data"
+    assert bar.get_ylabel() == "position in the test split (data order)"
+
+
+def test_figures_without_a_validation_split(tmp_path):
+    """data.val_size=0: the scatter and the reconstructions use the test split; the curves the
+    training bound alone."""
+    train(compose_train([*FAST, "model.latent=2", "data.val_size=0"], tmp_path))
+    figures = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert figures == {"samples.png", "reconstructions.png", "latents.png", "curves.png",
+                       "manifold.png"}
+    curves = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"][
+        "Figures"]["curves"]
+    assert [seen for seen, _ in curves["train"]] == [200, 400] and curves["val"] == []

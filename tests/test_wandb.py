@@ -1,5 +1,5 @@
-"""W&B: offline runs (no API key) write the metrics and the figures into their run files, and the
-jobs of one multirun sweep share a group."""
+"""W&B: offline runs (no API key) write the metrics, the figures and the run's tags into their run
+files, and the jobs of one multirun sweep share a group."""
 
 import time
 from pathlib import Path
@@ -9,6 +9,7 @@ import wandb
 from compose import compose_train
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, read_write
+from wandb.proto.wandb_internal_pb2 import RunRecord
 
 from vae_lightning.resolvers import sweep_group
 from vae_lightning.train import train
@@ -47,9 +48,16 @@ def _transaction_log(run_dir: Path, timeout: float = 30.0) -> bytes:
         time.sleep(0.2)
 
 
-def test_offline_run_writes_metrics_and_figures(offline, tmp_path):
+def test_tags_are_the_runs_tags_and_none_by_default(tmp_path):
+    assert compose_train(["logger=wandb"], tmp_path).logger.wandb.tags == []
+    cfg = compose_train(["logger=wandb", "++tags=[first-hour,frey]"], tmp_path)
+    assert cfg.logger.wandb.tags == ["first-hour", "frey"]
+
+
+def test_offline_run_writes_metrics_figures_and_tags(offline, tmp_path):
     cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=2",
-                         "trainer.limit_train_batches=2", *QUIET], tmp_path)
+                         "trainer.limit_train_batches=2", "++tags=[first-hour,frey-2d]", *QUIET],
+                        tmp_path)
     results = train(cfg)
     assert wandb.run is None  # train() closes its run
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
@@ -63,6 +71,8 @@ def test_offline_run_writes_metrics_and_figures(offline, tmp_path):
     for key in (b"train/elbo", b"val/elbo", b"test/elbo", b"figures/manifold",
                 b"vae_lightning.posteriors.Encoder", b"hidden"):
         assert key in log, key
+    for tag in ("first-hour", "frey-2d"):  # the run record's tags, as wandb encodes them
+        assert RunRecord(tags=[tag]).SerializeToString() in log, tag
     run_id = runs[0].name.rsplit("-", 1)[1]
     assert f"model-{run_id}".encode() in log  # the checkpoint artifact
     assert Path(results["checkpoint"]).name.encode() in log

@@ -25,7 +25,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import get_object, instantiate
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
@@ -344,7 +344,7 @@ def _check_data_shape(model: torch.nn.Module, path: str | Path) -> None:
     shape = tuple(model.data_shape)
     try:
         q = model.encoder(torch.zeros(1, *shape))
-        event = tuple(model.decoder(q.mean).event_shape)
+        event = tuple(model.decoder(model.encoder.location(q)).event_shape)
     except (RuntimeError, ValueError) as err:
         event = f"an error ({_reason(err)})"
     if event != shape:
@@ -454,10 +454,13 @@ class ResumeState(L.Callback):
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "wandb_id": None,
+            "mlflow_run_id": None,
         }
-        logger = self.trainer.logger if self.trainer is not None else None
-        if isinstance(logger, WandbLogger):
-            state["wandb_id"] = logger.version
+        for logger in self.trainer.loggers if self.trainer is not None else ():
+            if isinstance(logger, WandbLogger):
+                state["wandb_id"] = logger.version
+            elif isinstance(logger, MLFlowLogger):
+                state["mlflow_run_id"] = logger.run_id
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -555,6 +558,14 @@ def data_differences(checkpoint: dict[str, Any], identity: dict[str, Any]) -> li
     return found
 
 
-def wandb_run_id(checkpoint: dict[str, Any]) -> str | None:
-    """The W&B run id stored in a checkpoint by ``ResumeState``, if any."""
-    return checkpoint.get("callbacks", {}).get(ResumeState.__qualname__, {}).get("wandb_id")
+def logger_runs(checkpoint: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The arguments that make the W&B and MLflow loggers of a resumed run go on with the runs
+    the checkpoint's run started (their ids, stored by ``ResumeState``), by logger key."""
+    state = checkpoint.get("callbacks", {}).get(ResumeState.__qualname__, {})
+    state = state if isinstance(state, dict) else {}
+    runs = {}
+    if isinstance(state.get("wandb_id"), str):
+        runs["wandb"] = {"id": state["wandb_id"], "resume": "allow"}
+    if isinstance(state.get("mlflow_run_id"), str):
+        runs["mlflow"] = {"run_id": state["mlflow_run_id"]}
+    return runs

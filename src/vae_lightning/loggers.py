@@ -1,13 +1,30 @@
-"""Loggers: Lightning's CSV logger, made to keep a resumed run's history."""
+"""Loggers: Lightning's CSV logger, made to keep a resumed run's history; its TensorBoard logger,
+with the run's best bound as ``hp_metric``; its MLflow logger, taking the run's tags as a list.
+TensorBoard and MLflow are imported only when their logger is used."""
 
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
+from lightning.pytorch.loggers import MLFlowLogger as _MLFlowLogger
+from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+from vae_lightning.args import checked
+from vae_lightning.evaluate import writable_directory
+
+# The environment variable that names MLflow's tracking server (MLflow's name).
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+# The metric TensorBoard's HPARAMS tab sets against each run's hyperparameters (Lightning's name).
+HP_METRIC = "hp_metric"
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -51,3 +68,80 @@ class CSVLogger(_CSVLogger):
 
     def resume_at(self, step: int) -> None:
         self.experiment.drop_after(step)
+
+
+class TensorBoardLogger(_TensorBoardLogger):
+    """``lightning.pytorch.loggers.TensorBoardLogger`` whose ``hp_metric`` is the run's best
+    monitored value (``val/elbo``, the best checkpoint's), not Lightning's placeholder -1.
+
+    The hyperparameters and ``hp_metric`` (at the step the best checkpoint was saved) are written
+    together when training ends, so that the HPARAMS tab compares runs by their best bound; a run
+    without a monitored checkpoint (no validation split) gets no ``hp_metric`` and no HPARAMS
+    entry, its hyperparameters still in ``hparams.yaml``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, default_hp_metric=False, **kwargs)
+        self._best: tuple[float, int | None] | None = None  # (value, step) of the best
+        self._written: tuple[float, int | None] | None = None
+        self._step: int | None = None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._step = step
+        super().log_metrics(metrics, step)
+
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        super().after_save_checkpoint(checkpoint_callback)
+        score = checkpoint_callback.best_model_score
+        if checkpoint_callback.monitor and score is not None:
+            value = float(score)
+            if self._best is None or value != self._best[0]:
+                self._best = (value, self._step)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._best is not None and self._best != self._written:
+            value, step = self._best
+            super().log_hyperparams(self.hparams, {HP_METRIC: value}, step)
+            self._written = self._best
+        super().finalize(status)
+
+
+class MLFlowLogger(_MLFlowLogger):
+    """``lightning.pytorch.loggers.MLFlowLogger`` with a local store by default, and the run's
+    tags as a list of labels, as W&B takes them.
+
+    Without ``tracking_uri`` the runs go to the store in the folder ``save_dir``: MLflow's
+    default layout, ``mlflow.db`` (an SQLite database: metrics, parameters, tags; MLflow keeps
+    its file store only behind MLFLOW_ALLOW_FILE_STORE) and ``mlartifacts/`` (the figures), which
+    ``mlflow ui`` started in that folder shows; a folder that cannot be written is refused before
+    training (``UnwritableError``). MLflow's tags are key-value pairs: each label
+    becomes a tag of that name with the value "true" (found with ``tags.<label> = 'true'``)."""
+
+    @checked
+    def __init__(self, *args: Any, tags: Sequence[str] = (), tracking_uri: str | None = None,
+                 save_dir: str | os.PathLike = "./", artifact_location: str | None = None,
+                 **kwargs: Any) -> None:
+        if tracking_uri is None:
+            store = os.path.abspath(save_dir)
+            writable_directory(Path(store), "logger.mlflow.save_dir")
+            tracking_uri = f"sqlite:///{os.path.join(store, 'mlflow.db')}"
+            artifact_location = artifact_location or os.path.join(store, "mlartifacts")
+            os.makedirs(store, exist_ok=True)
+        super().__init__(*args, tags={tag: "true" for tag in tags} or None,
+                         tracking_uri=tracking_uri, save_dir=None,
+                         artifact_location=artifact_location, **kwargs)
+
+    @property
+    def experiment(self) -> Any:
+        """Lightning's MLflow client, without the process-wide MLFLOW_TRACKING_URI that
+        ``mlflow.set_tracking_uri`` leaves behind, so that the next run in this process (a
+        sweep's next job) reads its own configuration."""
+        before = os.environ.get(TRACKING_URI_VARIABLE)
+        try:
+            return super().experiment
+        finally:
+            if before is None:
+                os.environ.pop(TRACKING_URI_VARIABLE, None)
+            else:
+                os.environ[TRACKING_URI_VARIABLE] = before

@@ -29,8 +29,8 @@ from vae_lightning.checkpoints import (
     check_parts,
     check_resumable,
     data_differences,
+    logger_runs,
     read_checkpoint,
-    wandb_run_id,
 )
 from vae_lightning.config import build as build_node
 from vae_lightning.config import check, plain
@@ -155,8 +155,8 @@ def _check_memory(cfg: DictConfig, shape: list[int]) -> dict[str, torch.nn.Modul
     Returns the parts built on the meta device (a resumed checkpoint's weights are checked
     against them before anything else is built)."""
     with torch.device("meta"):
-        parts = {key: build_node(cfg.model[key], f"model.{key}",
-                                 **({"data_shape": shape} if "data_shape" in cfg.model[key] else {}))
+        parts = {key: build_node(cfg.model[key], f"model.{key}", **(
+                     {"data_shape": shape} if "data_shape" in cfg.model[key] else {}))
                  for key in PARTS}
     available = _available_memory()
     if available is None:
@@ -221,9 +221,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _check_same_data(checkpoint, datamodule, resume_from)
     if resume_from is not None:
         rundir.record_resume(cfg.output_dir, _task_overrides())
-    run_id = wandb_run_id(checkpoint) if checkpoint else None
     loggers = _instantiate_all(cfg.get("logger"), "logger",
-                               wandb={"id": run_id, "resume": "allow"} if run_id else {})
+                               **(logger_runs(checkpoint) if checkpoint else {}))
     initial = InitialBound()
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
                  RunConfig(record), initial]

@@ -1,29 +1,35 @@
 """The paper's figures, as PNG files in ``<run dir>/figures/`` and in the active loggers.
 
 - ``manifold.png`` (Fig. 4, only when the latent space is 2-d): a grid of unit-square points mapped
-  through the inverse Gaussian CDF to z, each decoded to its mean image;
+  through the inverse Gaussian CDF to z, each decoded to its mean image; z1 grows to the right and
+  z2 upwards, and the axes are labelled with the z of the cells they pass through;
 - ``samples.png`` (Fig. 5): mean images of random draws from the prior;
 - ``reconstructions.png``: validation inputs (odd rows) above their reconstructions (even rows),
   decoded from the posterior mean;
-- ``latents.png``: posterior means of validation points, coloured by label (2-d directly, more
-  dimensions projected on their first two principal components; Frey Face has no labels and is
-  coloured by frame order);
+- ``latents.png``: posterior means of validation points, one colour per class, each named as the
+  data module names its classes (else by its label number) (2-d directly, more dimensions projected
+  on their first two principal components); data without labels are coloured by position in the
+  split (Frey Face: frame order);
 - ``curves.png`` (Fig. 2's axes): the bound on the training and validation data against the
   number of training samples seen, log x-axis.
 
-Images are drawn in grayscale or, with three channels, in colour.
+Without a validation split (``data.val_size=0``) the reconstructions and the scatter use the test
+split, and the curves show the training bound alone. Images are drawn in grayscale or, with three
+channels, in colour.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torch.distributions import Normal
 
@@ -73,10 +79,40 @@ def image_figure(picture: Tensor, title: str):
     return fig
 
 
+def _number(value: float) -> str:
+    """Two decimals, with the typographic minus matplotlib's own tick labels use."""
+    return f"{value:.2f}".replace("-", "\N{MINUS SIGN}")
+
+
+def manifold_ticks(n: int, most: int = 10) -> list[int]:
+    """The cells of an n-cell manifold axis whose z the axis names: every k-th from each end, k
+    the smallest that names at most about ``most``, so the labels stay apart and are symmetric
+    about the middle as the z are (cell n-1-m holds minus the z of cell m)."""
+    step = math.ceil(n / most)
+    half = range(0, (n + 1) // 2, step)
+    return sorted({*half, *(n - 1 - m for m in half)})
+
+
 def manifold_figure(model: L.LightningModule, n: int = 20):
-    """Fig. 4: the decoded n x n inverse-CDF grid (see ``manifold_grid`` for the order)."""
-    picture = tile(decode_mean(model, manifold_grid(n)))
-    return image_figure(picture, f"Learned 2-d manifold ({n}x{n} grid, z = inverse CDF)")
+    """Fig. 4: the decoded n x n inverse-CDF grid (see ``manifold_grid`` for the order), its
+    axes z1 (growing to the right) and z2 (growing upwards), labelled with the z of the cells
+    they pass through, as the AEVB paper's manifolds are read."""
+    z = manifold_grid(n)
+    picture = tile(decode_mean(model, z))
+    fig = image_figure(picture, f"Learned 2-d manifold: E[x|z] at $z = \\Phi^{{-1}}(u)$, u on a "
+                                f"{n}$\\times${n} grid")
+    ax = fig.axes[0]
+    ax.axis("on")
+    height, width = picture.shape[0] // n, picture.shape[1] // n
+    cells = manifold_ticks(n)
+    # Pixel k of the picture spans [k - 1/2, k + 1/2]: cell m's centre is at (m + 1/2) size - 1/2.
+    ax.set_xticks([(j + 0.5) * width - 0.5 for j in cells], [_number(z[0, j, 0]) for j in cells])
+    ax.set_yticks([(i + 0.5) * height - 0.5 for i in cells], [_number(z[i, 0, 1]) for i in cells])
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    fig.tight_layout()
+    return fig
 
 
 def samples_figure(model: L.LightningModule, n: int = 100):
@@ -113,42 +149,110 @@ def project_2d(z: Tensor) -> tuple[Tensor, str]:
     return centred @ v[:2].T, "PC"
 
 
-@torch.no_grad()
-def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor):
-    """Posterior means of ``x``, coloured by label (by position in the split when labels are -1)."""
+def class_colours(n: int) -> np.ndarray:
+    """``n`` distinct RGBA colours, one per class: matplotlib's qualitative tab10 / tab20 palettes
+    up to 20 classes, else evenly spaced along the turbo map."""
     plt = pyplot()
-    z = model.encode(x).mean.cpu()
+    if n <= 20:
+        return np.asarray(plt.get_cmap("tab10" if n <= 10 else "tab20").colors[:n])
+    return plt.get_cmap("turbo")(np.linspace(0, 1, n))
+
+
+def class_names(labels: Tensor, classes: Sequence[str] | None) -> list[str]:
+    """The name of each class 0..K-1: ``classes`` when it names every label, else the numbers."""
+    count = int(labels.max()) + 1
+    if classes and len(classes) >= count:
+        return [str(name) for name in classes]
+    return [str(k) for k in range(count)]
+
+
+def _scatter_classes(fig: Any, ax: Any, points: Tensor, labels: Tensor,
+                     classes: Sequence[str] | None) -> None:
+    """One colour per class, and a colour bar with one block per class, labelled with its name
+    (at most about 30 names, evenly spread, when there are more classes)."""
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    names = class_names(labels, classes)
+    n = len(names)
+    norm = BoundaryNorm(np.arange(n + 1) - 0.5, n)  # class k: the block [k - 1/2, k + 1/2)
+    dots = ax.scatter(points[:, 0], points[:, 1], c=labels.numpy(), s=6, alpha=0.8,
+                      cmap=ListedColormap(class_colours(n)), norm=norm)
+    shown = range(0, n, math.ceil(n / 30))
+    bar = fig.colorbar(dots, ax=ax, ticks=list(shown), label="class")
+    bar.set_ticklabels([names[k] for k in shown])
+    bar.ax.tick_params(length=0, labelsize=8 if n > 10 else 10)
+
+
+@torch.no_grad()
+def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor,
+                   classes: Sequence[str] | None = None, split: str = "validation"):
+    """Posterior means of ``x`` (points of the ``split`` split), one colour per class, named by
+    ``classes`` (the name of each label) when given; by position in the split when the data
+    have no labels (-1)."""
+    plt = pyplot()
+    z = model.encoder.location(model.encode(x)).cpu()
     points, axis = project_2d(z)
-    unlabelled = bool((labels < 0).all())
-    colour = torch.arange(len(x)) if unlabelled else labels.cpu()
+    labels = labels.cpu()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    cmap = "viridis" if unlabelled else "tab10"
-    dots = ax.scatter(points[:, 0], points[:, 1], c=colour.numpy(), cmap=cmap, s=6, alpha=0.8)
-    fig.colorbar(dots, ax=ax, label="frame order" if unlabelled else "label")
+    if bool((labels < 0).all()):
+        dots = ax.scatter(points[:, 0], points[:, 1], c=np.arange(len(x)), cmap="viridis", s=6,
+                          alpha=0.8)
+        fig.colorbar(dots, ax=ax, label=f"position in the {split} split (data order)")
+    else:
+        _scatter_classes(fig, ax, points, labels, classes)
     ax.set_xlabel(f"{axis}1")
     ax.set_ylabel(f"{axis}2")
     how = "" if z.shape[1] <= 2 else f" ({z.shape[1]}-d, first two principal components)"
-    ax.set_title(f"Posterior means of validation data{how}")
+    ax.set_title(f"Posterior means of {split} data{how}")
     fig.tight_layout()
     return fig
+
+
+# The legend of each curve of ``Figures.curves``.
+CURVE_LABELS = {"train": "training data (mean over the epoch's minibatches)",
+                "val": "validation data (end of epoch)"}
+
+
+def log_ticks(ax: Any) -> None:
+    """Label a log x-axis densely enough to read on any span, its labels apart: 1-2-3-4-5-7 in
+    each decade up to one decade, 1-2-5 up to 2.5, 1-3 up to 5, decades beyond; in engineering
+    notation (500, 2k, 1M)."""
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+
+    low, high = ax.get_xlim()
+    decades = math.log10(high / low)
+    subs = ((1.0, 2.0, 3.0, 4.0, 5.0, 7.0) if decades <= 1 else (1.0, 2.0, 5.0) if decades <= 2.5
+            else (1.0, 3.0) if decades <= 5 else (1.0,))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def curves_figure(curves: dict[str, list[tuple[int, float]]]):
-    """Fig. 2's axes: the bound (nats per data point) against training samples seen, log x."""
+    """Fig. 2's axes: the bound (nats per data point) against training samples seen, log x. A
+    curve with no points (no validation split) is left out."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, points in curves.items():
-        if points:
-            seen, bound = zip(*points)
-            ax.plot(seen, bound, marker=".", label=name)
+    drawn = {name: points for name, points in curves.items() if points}
+    for name, points in drawn.items():
+        seen, bound = zip(*points)
+        ax.plot(seen, bound, marker=".", label=CURVE_LABELS.get(name, name))
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # labelled decades only: no overlaps
-    ax.set_xlabel("training samples evaluated")
+    if drawn:
+        log_ticks(ax)
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no training epoch has ended yet", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("training samples seen")
     ax.set_ylabel("lower bound on log p(x) (nats per data point)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     return fig
+
+
+# How the figures name the splits.
+SPLIT_NAMES = {"val": "validation", "test": "test"}
 
 
 class Figures(L.Callback):
@@ -156,9 +260,11 @@ class Figures(L.Callback):
 
     PNGs go to ``dirpath`` (default ``<trainer.default_root_dir>/figures``): ``<name>.png`` at the
     end of fit, ``<name>-epoch<NNN>.png`` in between. Each is also logged to W&B
-    (``log_image``) and TensorBoard (``add_figure``) when those loggers are active; other loggers
-    get the files only. The latent scatter shows the first ``n_points`` validation points, the
-    reconstructions the first 40 (``n_points=0``: neither is drawn).
+    (``log_image``), TensorBoard (``add_figure``) and MLflow (an artifact under ``figures/``) when
+    those loggers are active; other loggers get the files only. The latent scatter shows the first
+    ``n_points`` validation points (test points without a validation split), the reconstructions
+    the first 40 (``n_points=0``: neither is drawn); its classes are named by the data module's
+    ``classes`` (the name of each label) when it has them.
     """
 
     @checked
@@ -222,7 +328,9 @@ class Figures(L.Callback):
         if split is not None and self.n_points > 0:
             x, y = self._validation_points(trainer, pl_module.device, split)
             figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40])
-            figures["latents"] = lambda: latents_figure(pl_module, x, y)
+            classes = getattr(dm, "classes", None)
+            figures["latents"] = lambda: latents_figure(pl_module, x, y, classes,
+                                                        SPLIT_NAMES[split])
         out = Path(self.dirpath or rundir.path(trainer.default_root_dir, "figures"))
         out.mkdir(parents=True, exist_ok=True)
         # The same prior draws every time, and the training's random stream left untouched.
@@ -238,9 +346,12 @@ class Figures(L.Callback):
 
 
 def log_figure(trainer: L.Trainer, key: str, fig: Any, path: Path) -> None:
-    """Send a saved figure to each active logger that takes images (W&B, TensorBoard)."""
+    """Send a saved figure to each active logger that takes images: W&B and TensorBoard under
+    ``key`` at the current step, MLflow as the artifact ``figures/<file name>``."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(key, fig, trainer.global_step, close=False)
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.log_artifact(logger.run_id, str(path), key.rpartition("/")[0])

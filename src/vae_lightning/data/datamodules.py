@@ -373,6 +373,8 @@ class FashionMNISTDataModule(IDXDataModule):
     """
 
     name = "fashion_mnist"
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+               "Bag", "Ankle boot")
     mirrors = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
     files = {
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",

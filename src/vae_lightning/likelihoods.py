@@ -45,8 +45,12 @@ class Likelihood(nn.Module):
         return self.n_params * data_channels
 
     def forward(self, params: Tensor) -> Distribution:
-        params = params.float().unflatten(-3, (self.n_params, -1)).unbind(-4)
-        return Independent(self.pixel_distribution(*params), 3)
+        if params.dtype != torch.float32:  # under mixed precision: densities in float32
+            params = params.float()
+        if self.n_params == 1:
+            return Image(self.pixel_distribution(params), 3)
+        return Image(self.pixel_distribution(*params.unflatten(-3, (self.n_params, -1))
+                                             .unbind(-4)), 3)
 
     def pixel_distribution(self, *params: Tensor) -> Distribution:
         raise NotImplementedError
@@ -59,6 +63,30 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
+class Image(Independent):
+    """The pixels of an image as one event (``Independent`` over ``[C, H, W]``); its
+    ``log_prob`` sums the pixels' log-probabilities with the sum taken before any sign flip when
+    the pixel distribution gives ``summed_log_prob`` (one negation per image, not per pixel: the
+    same numbers, since a sum of negatives is the negative of the sum)."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        summed = getattr(self.base_dist, "summed_log_prob", None)
+        if summed is None:
+            return super().log_prob(value)
+        return summed(value, tuple(range(-self.reinterpreted_batch_ndims, 0)))
+
+
+class _PixelBernoulli(_Bernoulli):
+    """torch's Bernoulli on logits, with log p(x) summed over ``dims`` before its sign flips:
+    log p(x) = -sum BCE-with-logits(logits, x)."""
+
+    def summed_log_prob(self, value: Tensor, dims: tuple[int, ...]) -> Tensor:
+        logits = self.logits
+        if value.shape != logits.shape:  # samples of z in front: a view, no copy
+            value = value.expand_as(logits)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(dims)
+
+
 class Bernoulli(Likelihood):
     """Bernoulli MLP decoder (Appendix C.1): log p(x|z) = sum_i x_i log y_i + (1-x_i) log(1-y_i),
     computed from logits. For binary data; on grayscale x it is the unnormalised cross-entropy
@@ -67,7 +95,7 @@ class Bernoulli(Likelihood):
     support = constraints.boolean
 
     def pixel_distribution(self, logits: Tensor) -> Distribution:
-        return _Bernoulli(logits=logits, validate_args=False)
+        return _PixelBernoulli(logits=logits, validate_args=False)
 
     def mean_bias(self, mean: Tensor) -> Tensor:
         """logit(mean), the mean clipped to [1e-3, 1 - 1e-3] as in Burda et al.'s code (pixels

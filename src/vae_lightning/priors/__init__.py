@@ -14,7 +14,9 @@ from torch.distributions import (
     Independent,
     MixtureSameFamily,
     Normal,
+    register_kl,
 )
+from torch.distributions.kl import _kl_independent_independent
 
 from vae_lightning.args import PositiveFloat, PositiveInt, checked
 
@@ -55,9 +57,33 @@ class StandardNormal(Prior):
         super().__init__(latent)
         self.register_buffer("loc", torch.zeros(latent))
         self.register_buffer("scale", torch.ones(latent))
+        self._distribution: UnitNormal | None = None
 
     def distribution(self) -> Distribution:
-        return Independent(Normal(self.loc, self.scale, validate_args=False), 1)
+        """N(0, I), built once per device and dtype of the buffers (it has no parameters)."""
+        built = self._distribution
+        if built is None or built.base_dist.loc is not self.loc:
+            built = self._distribution = UnitNormal(
+                Normal(self.loc, self.scale, validate_args=False), 1)
+        return built
+
+
+class UnitNormal(Independent):
+    """N(0, I) over the latent vector: ``Independent(Normal(0, 1), 1)``, a type of its own so that
+    torch.distributions' KL registry dispatches KL(q || N(0, I)) to ``_kl_to_unit_normal``."""
+
+
+@register_kl(Independent, UnitNormal)
+def _kl_to_unit_normal(q: Independent, p: UnitNormal) -> Tensor:
+    """KL(N(mu, diag sigma^2) || N(0, I)) = sum_j 0.5 (sigma_j^2 + mu_j^2 - 1 - log sigma_j^2)
+    (the paper's Appendix B), the operations of torch's Normal-Normal KL with the prior's 0 and 1
+    left out (exact: x / 1 = x and x - 0 = x), so the numbers are the same; any other q goes to
+    torch's Independent-Independent rule."""
+    base = q.base_dist
+    if type(base) is not Normal or q.reinterpreted_batch_ndims != 1:
+        return _kl_independent_independent(q, p)
+    var_ratio = base.scale.pow(2)
+    return (0.5 * (var_ratio + base.loc.pow(2) - 1 - var_ratio.log())).sum(-1)
 
 
 class MixtureOfGaussians(Prior):

@@ -8,6 +8,8 @@
 #   bash benchmarks/long/run.sh              # every run below
 #   bash benchmarks/long/run.sh iwae_k1      # one
 #   bash benchmarks/long/run.sh --status     # where each stands
+#   bash benchmarks/long/run.sh --record     # evaluate each run's last.ckpt (k = 5000, all test
+#                                            # images) and append the point to its stretches.json
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -33,6 +35,39 @@ PY
     else
       echo "$ckpt: not started"
     fi
+  done
+  exit 0
+fi
+
+if [ "${1:-}" = "--record" ]; then
+  for name in "${!RUNS[@]}"; do
+    dir="benchmarks/long/$name"
+    [ -f "$dir/checkpoints/last.ckpt" ] || continue
+    out=$(mktemp -d)
+    cp "$dir/checkpoints/last.ckpt" "$out/last.ckpt"  # the point, while training goes on
+    OMP_NUM_THREADS=1 nice -n 10 python eval.py ckpt_path="$out/last.ckpt" eval.k=5000 \
+      output_dir="$out" eval.data_root="$VAE_DATA_DIR" hydra.run.dir="$out/log" > "$out/eval.out" 2>&1 \
+      || { echo "$name: evaluation failed, see $out/eval.out" >&2; continue; }
+    python - "$out" "$dir" <<'PY'
+import json, subprocess, sys, time, torch
+out, run = sys.argv[1:]
+e = json.load(open(f"{out}/eval.json"))
+c = torch.load(f"{out}/last.ckpt", map_location="cpu", weights_only=True)
+point = {"epoch": c["epoch"] + 1, "samples_seen": c.get("samples_seen"),
+         "test_elbo": e["elbo"]["nats"], "iw": e["iw"]["nats"], "iw_se": e["iw"]["nats_se"],
+         "k": e["k"], "n": e["n"], "active_units": e["active_units"],
+         "date": time.strftime("%Y-%m-%d"),
+         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True).stdout.strip()}
+path = f"{run}/stretches.json"
+try:
+    points = json.load(open(path))
+except FileNotFoundError:
+    points = []
+points.append(point)
+open(path, "w").write(json.dumps(points, indent=1) + "\n")
+print(run, point)
+PY
   done
   exit 0
 fi

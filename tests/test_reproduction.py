@@ -161,3 +161,27 @@ def test_mnist_rows_carry_the_papers_values_at_its_count(tmp_path):
     assert "## MNIST\n" in page
     assert "| 3 | AEVB | 3,000,000 | 861.24 | 850.50 | ≈ -133.5 at 2e8 |" in page
     assert "| 20 | wake-sleep | 2,000,000 | 480.12 | 470.75 | ≈ -104 at 2e8 |" in page
+
+
+def test_the_seed_table_averages_per_seed_differences_at_shared_counts(tmp_path):
+    """Per seed, AEVB minus wake-sleep at the same counts; the mean and its standard error over
+    seeds; keys with fewer than two seeds of both methods are left out."""
+    import math
+
+    from vae_lightning.reports.reproduction import Run, seeds_table
+
+    def run(method, seed, values, latent=5):
+        points = [{"samples_seen": n, "test/elbo": v} for n, v in zip((1e4, 2e4, 2e5), values)]
+        return Run(dir=tmp_path, data="mnist", latent=latent, method=method,
+                   config={"seed": seed}, points=points)
+
+    runs = [run("aevb", 0, [-100, -90, -80]), run("wake_sleep", 0, [-103, -89, -85]),
+            run("aevb", 1, [-101, -92, -81]), run("wake_sleep", 1, [-102, -95, -86]),
+            run("aevb", 0, [-100, -90, -80], latent=3)]  # one seed only: no row
+    table = seeds_table(runs)
+    rows = [line for line in table.splitlines() if line.startswith("| MNIST")]
+    assert len(rows) == 2  # the counts up to 1e5
+    diffs = (3.0, 1.0)  # at 1e4: seed 0 +3, seed 1 +1
+    mean, se = sum(diffs) / 2, math.sqrt(sum((d - 2) ** 2 for d in diffs)) / math.sqrt(2)
+    assert rows[0] == f"| MNIST | 5 | 10,000 | 2 | +{mean:.2f} ± {se:.2f} | 2 of 2 |"
+    assert rows[1].endswith("| 1 of 2 |")  # at 2e4: -1 and +3

@@ -19,7 +19,8 @@ NOT_BUILT_HERE = {"trainer", "experiment", "logger"}
 
 
 def _options(group):
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The options a user chooses (a file starting with ``_`` is a base the others include)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _option_overrides(group, option):
@@ -44,7 +45,6 @@ def test_every_group_option_composes_checks_and_builds(group, option, tmp_path):
     if group not in NOT_BUILT_HERE:
         run = build(cfg)
         assert run.model.data_shape == run.datamodule.shape
-        assert cfg.model.data_shape == list(run.datamodule.shape)
 
 
 def test_the_data_group_picks_the_likelihood(tmp_path):
@@ -87,6 +87,36 @@ def test_bernoulli_on_grayscale_pixels_is_warned_about(overrides, warned, tmp_pa
 def test_gpu_trainer_without_a_gpu_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="(?s)trainer.*gpu"):
         train(compose_train(["trainer=gpu", "logger=none"], tmp_path))
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_trainer_without_mps_is_a_config_error_naming_what_there_is(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.accelerator='mps'.*no mps device.*cpu"):
+        train(compose_train(["trainer=mps", "logger=none"], tmp_path))
+
+
+@pytest.mark.parametrize("callbacks", ["[default,early_stopping]", "[default,output_bias]",
+                                       "rich"])
+def test_callbacks_are_one_file_each_composed_by_a_list(callbacks, tmp_path):
+    cfg = compose_train([f"callbacks={callbacks}", "data=mnist"], tmp_path)
+    check(cfg)
+    default = compose_train([], tmp_path).callbacks
+    assert set(default) == {"model_checkpoint", "last_checkpoint", "figures", "bound_curve"}
+    assert set(default) < set(cfg.callbacks)
+    for name in set(cfg.callbacks) - set(default):
+        assert (CONF / "callbacks" / f"{name}.yaml").is_file(), name
+    if callbacks.endswith("early_stopping]"):
+        node = cfg.callbacks.early_stopping
+        assert (node.monitor, node.mode) == ("val/elbo", "max")
+
+
+def test_the_run_settings_and_what_the_search_optimises(tmp_path):
+    cfg = compose_train(["tags=[baseline,frey]"], tmp_path)
+    assert list(cfg.tags) == ["baseline", "frey"] and cfg.extras.ignore_warnings is True
+    check(cfg)
+    search = compose_train(["hparams_search=optuna"], tmp_path)
+    assert search.optimized_metric == "val/elbo"
+    check(compose_train(["hparams_search=optuna", "optimized_metric=test/elbo"], tmp_path))
 
 
 def test_paper_presets(tmp_path):
@@ -152,6 +182,22 @@ BAD_CONFIGS = [
     (["model/optimizer=sgdd"], ["sgdd", "adam", "adagrad"]),
     (["+data.val_sise=100"], ["data.val_sise", "val_size", "test_size"]),
     (["callbacks.bound_curve.splits=[]"], ["splits", "train, val, test"]),
+    (["tags=oops"], ["tags='oops'", "a list of strings"]),
+    (["tags=[1,2]"], ["tags=[1, 2]", "a list of strings"]),
+    (["extras.print_config=maybe"], ["extras.print_config='maybe'", "true or false"]),
+    (["+extras.bogus=1"], ["extras.bogus", "ignore_warnings, print_config"]),
+    (["+optimized_metric=elbo"], ["optimized_metric='elbo'", "val/elbo"]),
+    (["+prior=vamp"], ["model/prior=vamp", "mog, normal, vamp"]),
+    (["model.prior=null"], ["model.prior=null", "model/prior=<option>"]),
+    (["model.encoder=3"], ["model.encoder=3", "model/encoder=<option>"]),
+    (["model.encoder.posterior=laplace"], ["model.encoder.posterior='laplace'",
+                                           "model/posterior=<option>"]),
+    (["callbacks.figures=4"], ["callbacks.figures=4", "_target_"]),
+    (["+callbacks.mine.every=2"], ["callbacks.mine", "_target_"]),
+    (["data.val_size=0", "callbacks=[default,early_stopping]"],
+     ["callbacks.early_stopping", "val/elbo", "data.val_size=0"]),
+    (["trainer.limit_val_batches=0", "callbacks=[default,early_stopping]"],
+     ["callbacks.early_stopping", "trainer.limit_val_batches=0"]),
 ]
 
 

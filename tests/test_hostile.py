@@ -388,7 +388,7 @@ def test_a_checkpoint_naming_other_code_cannot_be_resumed(finished, tmp_path, mo
                                                           capsys):
     run_dir = _copy(finished, tmp_path / "run")
     path, _ = _bad_checkpoint("code in the config", finished, tmp_path)
-    result = run(cli.train, [*TINY, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}",
+    result = run(cli.train, [*TINY, "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'fresh'}",
                              f"ckpt_path={path}"], monkeypatch, capsys, tmp_path)
     no_traceback(result)
     assert result.code == 2 and "builtins.open" in result.err

@@ -1,6 +1,7 @@
 """The package as installed: console scripts from outside the checkout, configs shipped inside
-the package, optional extras named when missing, one console line per log record, and (slow) a
-built wheel in a fresh virtual environment."""
+the package, optional extras named when missing (a logger, a launcher or sweeper plugin, or its
+library), one console line per log record, and (slow) a built wheel in a fresh virtual
+environment."""
 
 import json
 import os
@@ -12,8 +13,6 @@ from pathlib import Path
 
 import pytest
 from compose import REPO
-
-import vae_lightning
 
 BIN = Path(sysconfig.get_path("scripts"))
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -90,6 +89,58 @@ def test_a_missing_optional_integration_is_one_line_naming_the_extra(tmp_path):
     assert 'pip install "vae-lightning[tensorboard]"' in proc.stderr
     assert "logger.tensorboard" in proc.stderr and "Traceback" not in proc.stderr
     assert not (run / "checkpoints").exists()
+
+
+def _lacking(tmp_path: Path, plugin: str | None = None, modules: tuple[str, ...] = ()) -> dict:
+    """The environment of a Python that lacks an extra: a Hydra plugin left out of the
+    ``hydra_plugins`` namespace (a regular package of that name first on the path, holding the
+    other plugins, shadows it), or modules whose import is blocked (a meta-path finder)."""
+    import hydra_plugins
+
+    site = tmp_path / "site"
+    (site / "hydra_plugins").mkdir(parents=True)
+    (site / "hydra_plugins" / "__init__.py").write_text("")
+    for folder in map(Path, hydra_plugins.__path__):
+        for found in folder.iterdir():
+            if found.is_dir() and found.name.startswith("hydra_") and found.name != plugin:
+                (site / "hydra_plugins" / found.name).symlink_to(found)
+    (site / "sitecustomize.py").write_text(BLOCK_TENSORBOARD.replace(
+        '("tensorboard", "tensorboardX")', repr(modules)) if modules else "")
+    return {"PYTHONPATH": str(site)}
+
+
+PLUGIN_CASES = [  # (the command line, the plugin it needs, a module of its extra, the extra)
+    (["-m", "hydra/launcher=joblib", "model.latent=2,3"], "hydra_joblib_launcher", "joblib",
+     "sweep"),
+    (["-m", "hydra/launcher=submitit_local", "model.latent=2,3"], "hydra_submitit_launcher",
+     "submitit", "slurm"),
+    (["hparams_search=optuna"], "hydra_optuna_sweeper", "optuna", "search"),
+    (["hparams_search=optuna"], "hydra_optuna_sweeper", "sqlalchemy", "search"),
+]
+CHOICES = {"hydra_joblib_launcher": "hydra/launcher=joblib",
+           "hydra_submitit_launcher": "hydra/launcher=submitit_local",
+           "hydra_optuna_sweeper": "hydra/sweeper=optuna"}
+
+
+@pytest.mark.parametrize("args, plugin, module, extra", PLUGIN_CASES,
+                         ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize("lacking", ["plugin", "library"])
+def test_a_missing_sweep_integration_is_one_line_naming_the_extra(args, plugin, module, extra,
+                                                                  lacking, tmp_path):
+    """Without the plugin Hydra finds no such option ("Could not find 'hydra/launcher/joblib'");
+    with the plugin but not its library the sweep would fail at its first job."""
+    pytest.importorskip(f"hydra_plugins.{plugin}")
+    env = _lacking(tmp_path, plugin=plugin) if lacking == "plugin" else _lacking(
+        tmp_path, modules=(module,))
+    sweep = tmp_path / "sweep"
+    proc = _run([sys.executable, str(REPO / "train.py"), *args, f"hydra.sweep.dir={sweep}"],
+                cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert f'pip install "vae-lightning[{extra}]"' in lines[0]
+    assert CHOICES[plugin] in lines[0]  # the choice that needs it
+    assert not sweep.exists()
 
 
 def test_common_trainer_arguments_need_no_plus(tmp_path):

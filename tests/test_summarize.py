@@ -54,3 +54,13 @@ def test_no_results_is_one_clear_error(tmp_path, capsys):
         summarize(tmp_path)
     assert main([str(tmp_path)]) == 2
     assert "error: no results.json under" in capsys.readouterr().err
+
+
+def test_tags_are_a_column(sweep):
+    path = sweep / "0" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "tags": ["baseline", "frey"]}))
+    table = summarize(sweep)
+    assert table.splitlines()[0].startswith("| job | tags | data |")
+    assert "| 0 | baseline, frey | frey | 5 |" in table and "| 1 |  | frey | 2 |" in table
+    with open(sweep / "summary.csv") as f:
+        assert [row["tags"] for row in csv.DictReader(f)] == ["", "baseline, frey"]

@@ -57,6 +57,7 @@ def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "model.latent=0" in results["0"]["overrides"]
     assert results["1"]["status"] == "completed" and results["1"]["latent"] == 2
     assert "2 jobs: 1 completed, 1 error" in proc.stdout
+    assert proc.stdout.count("2 jobs:") == 1 and "2 jobs:" not in proc.stderr  # once
 
 
 def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path):
@@ -129,6 +130,19 @@ def test_optuna_search_resumes_its_study_from_sqlite(tmp_path):
     assert len(results) == 5  # the resumed trials ran in directories of their own
 
 
+def test_optuna_optimises_the_optimized_metric(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    sweep = tmp_path / "search"
+    proc = _sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                   "optimized_metric=test/elbo", *TINY[1:]], sweep)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="vae", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    values = sorted(t.value for t in study.trials)
+    results = _results(sweep).values()
+    assert values == pytest.approx(sorted(r["test/elbo"] for r in results))
+    assert values != pytest.approx(sorted(r["val/elbo"] for r in results))
+
+
 def test_optuna_records_a_diverged_trial_as_failed(tmp_path):
     optuna = pytest.importorskip("optuna")
     sweep = tmp_path / "search"
@@ -147,15 +161,27 @@ def test_optuna_records_a_diverged_trial_as_failed(tmp_path):
 
 @pytest.mark.parametrize("preset", ["fast_dev_run", "overfit", "limit", "profiler"])
 def test_debug_presets_run(preset, tmp_path):
-    cfg = compose_train([f"debug={preset}", *TINY[:3], *QUIET, "trainer.max_epochs=2"]
-                        if preset == "overfit" else [f"debug={preset}", *TINY[:3], *QUIET],
+    quiet = [q for q in QUIET if preset != "fast_dev_run" or "figures" not in q]  # it has none
+    cfg = compose_train([f"debug={preset}", *TINY[:3], *quiet, "trainer.max_epochs=2"]
+                        if preset == "overfit" else [f"debug={preset}", *TINY[:3], *quiet],
                         tmp_path)
     results = train(cfg)
-    assert results["status"] == "completed"
-    if preset == "fast_dev_run":
-        assert results["steps"] == 1
+    if preset == "fast_dev_run":  # a check of the code path: not a run's results
+        assert results["steps"] == 1 and not (tmp_path / "results.json").exists()
+    else:
+        assert results["status"] == "completed"
     if preset == "limit":
         assert results["steps"] == 3  # a tenth of Frey's 16 batches (one), 3 epochs
+
+
+@pytest.mark.parametrize("preset", ["default", "fast_dev_run", "overfit", "limit", "profiler"])
+def test_debug_runs_are_kept_apart_from_the_real_runs(preset):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        hydra = compose("train", [f"debug={preset}"], return_hydra_config=True).hydra
+    assert hydra.run.dir.startswith("outputs/debug/")
+    assert hydra.sweep.dir.startswith("multirun/debug/")
 
 
 def test_overfit_serves_the_same_batches_every_epoch(tmp_path):

@@ -54,6 +54,16 @@ def test_tags_are_the_runs_tags_and_none_by_default(tmp_path):
     assert cfg.logger.wandb.tags == ["first-hour", "frey"]
 
 
+def test_wandb_init_gets_no_anonymous_setting(tmp_path):
+    """Lightning passes anonymous=None to wandb.init, which W&B warns about on every run; ours
+    leaves it out, and keeps an anonymous setting the user asks for."""
+    from vae_lightning.loggers import WandbLogger
+
+    assert "anonymous" not in WandbLogger(save_dir=str(tmp_path), offline=True)._wandb_init
+    assert WandbLogger(save_dir=str(tmp_path), offline=True,
+                       anonymous=True)._wandb_init["anonymous"] == "allow"
+
+
 def test_offline_run_writes_metrics_figures_and_tags(offline, tmp_path):
     cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=2",
                          "trainer.limit_train_batches=2", "++tags=[first-hour,frey-2d]", *QUIET],

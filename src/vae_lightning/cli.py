@@ -7,30 +7,99 @@ so an installed package and a checkout read the same configs:
 - ``vae-sample`` (= ``python -m vae_lightning.sample``): images drawn from a checkpoint.
 
 Every error a user can act on ends the command with one ``error:`` line and the exit code of
-``errors.EXIT_CODES``. torch and Lightning are imported inside the tasks, so that ``--help``,
-``--cfg job`` and ``--info`` answer without them (about 3 s less).
+``errors.EXIT_CODES``: a config Hydra cannot compose, a run directory that cannot be written
+(checked by ``Preflight`` before Hydra creates it), a signal outside training (SIGTERM: exit
+143, SIGINT: 130, with the line and, in a sweep, the job's status and the sweep's count). A run
+refused by its checks leaves no directory it created (``rundir.discard``). torch and Lightning
+are imported inside the tasks, so that ``--help``, ``--cfg job`` and ``--info`` answer without
+them (about 3 s less).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import vae_lightning.resolvers  # noqa: F401  (registers the configs' resolvers; imports no torch)
-from vae_lightning.errors import Interrupted, UserError
+from vae_lightning.errors import ConfigError, Interrupted, UserError
 
 CONFIG_PATH = "pkg://vae_lightning.conf"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+# Known third-party output that needs no action (extras.ignore_warnings): warnings by the start
+# of their message, and Lightning's adverts among its log lines.
+NOISE = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # torch's pytree, inside Lightning
+    # A run without a validation split (data.val_size=0) has an empty validation loader, and
+    # its checkpoint callback no val/elbo to monitor (the last checkpoint is the run's then).
+    r"Total length of `\w+` across ranks is zero",
+    r"`ModelCheckpoint\(monitor='val/",
+    # The data modules hold the data in memory: worker processes would not be faster.
+    r"The '\w+' does not have many workers",
+)
+ADVERTS = ("💡 Tip:",)
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(ADVERTS)
+
+
+def _quiet(cfg: DictConfig) -> None:
+    """Hide ``NOISE`` and ``ADVERTS`` (``extras.ignore_warnings``, on for the commands that have
+    no ``extras``)."""
+    if not OmegaConf.select(cfg, "extras.ignore_warnings", default=True):
+        return
+    for message in NOISE:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdverts) for f in logger.filters):
+            logger.addFilter(_NoAdverts())
+
+
+def _print_config(cfg: DictConfig) -> None:
+    """``extras.print_config``: the resolved config as YAML on the console, and in the run
+    directory's ``config_tree.log`` when the directory is this run's own (not a resumed run's)."""
+    from vae_lightning import rundir
+
+    if not OmegaConf.select(cfg, "extras.print_config", default=False):
+        return
+    text = OmegaConf.to_yaml(_resolved(cfg))
+    print(text, end="", flush=True)
+    if rundir.record_dir(cfg.output_dir) is not None:
+        rundir.path(cfg.output_dir, "config_tree").write_text(text)
+
+
+def _resolved(node: Any) -> Any:
+    """``node`` as plain values, each resolved where it can be; ``???`` where it cannot yet
+    (``model.data_shape`` and what refers to it: the run fills them in)."""
+    if isinstance(node, DictConfig):
+        resolved = {}
+        for key in node:
+            try:
+                resolved[key] = _resolved(node[key])
+            except OmegaConfBaseException:
+                resolved[key] = "???"
+        return resolved
+    if isinstance(node, ListConfig):
+        return [_resolved(item) for item in node]
+    return node
 
 
 def _one_log_line_per_record() -> None:
@@ -43,8 +112,47 @@ def _one_log_line_per_record() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
-def _run(task: Callable[[], T], run_dir: str | None = None) -> T | None:
-    """Run ``task``; a ``UserError`` ends the command with its one-line message and exit code.
+class _Signal(BaseException):
+    """A signal outside training, raised in the main thread as Python raises KeyboardInterrupt
+    for Ctrl-C: not an ``Exception``, so that no ``except Exception`` on its way (in a library,
+    in Hydra's job runner) takes it for an error of its own and goes on."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM outside training ends the command (``_Signal``). During training Lightning's
+    handler runs this one after its own, which stops the run at the epoch's end (``train.py``):
+    then nothing is done here."""
+    if signal.getsignal(signum) is not _on_signal:
+        return
+    raise _Signal(signum)
+
+
+def _stopped(signum: int, run_dir: str | None) -> Interrupted:
+    """A signal outside training as the error to report, with what to do: resume from the run's
+    last checkpoint, or run the command again."""
+    from vae_lightning import rundir, sweeps
+
+    again = " ".join(["vae-train", *(o for o in sweeps.overrides()
+                                     if not o.startswith("ckpt_path="))])
+    last = rundir.last_checkpoint(run_dir) if run_dir else None
+    if last is not None and last.is_file():
+        what = (f" outside training; the state after the latest epoch is in {last}. Resume "
+                f"with: {again} ckpt_path={last}")
+    elif run_dir:
+        what = f" before the run trained; nothing was trained. Run it again: {again}"
+    else:
+        what = "; nothing more was written. Run the command again"
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+    return Interrupted(f"Stopped by {name}{what}.", signum)
+
+
+def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> T | None:
+    """Run ``task``; a ``UserError`` ends the command with its one-line message and exit code
+    (``_fail``).
 
     In a sweep (``-m``) a job that fails (bad input, a bug, a diverged or non-finite run) does
     not end the sweep: its status and message go into its ``results.json`` (``run_dir``, when
@@ -52,12 +160,15 @@ def _run(task: Callable[[], T], run_dir: str | None = None) -> T | None:
     Optuna's) count as a failed trial; a signal still ends the sweep."""
     from vae_lightning import rundir, sweeps
 
-    _one_log_line_per_record()
+    sweep = sweeps.in_sweep() and run_dir is not None
     try:
+        _one_log_line_per_record()
+        _quiet(cfg)
         return task()
+    except (_Signal, KeyboardInterrupt) as stop:  # outside training (train.py handles those in it)
+        raise SystemExit(_stopped(getattr(stop, "signum", signal.SIGINT), run_dir)) from None
     except Exception as err:
         failure = _user_error(err)
-        sweep = sweeps.in_sweep() and run_dir is not None
         if failure is None and not sweep:
             raise
         if sweep and not isinstance(failure, Interrupted):
@@ -72,8 +183,7 @@ def _run(task: Callable[[], T], run_dir: str | None = None) -> T | None:
                       getattr(failure, "status", "error"), code, message)
             print(f"{failure.prefix if failure else 'error'}: {message}", file=sys.stderr)
             return None
-        print(f"{failure.prefix}: {failure}", file=sys.stderr)
-        raise SystemExit(failure.exit_code) from None
+        raise SystemExit(failure) from None
 
 
 def _user_error(err: Exception) -> UserError | None:
@@ -89,44 +199,143 @@ def _user_error(err: Exception) -> UserError | None:
 
 def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:
     """Check a config that names a checkpoint to use (``ckpt_path``, required)."""
-    from omegaconf import OmegaConf
-
     from vae_lightning.config import check
-    from vae_lightning.errors import ConfigError
 
     if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
         raise ConfigError(f"ckpt_path is required, e.g. {example}")
     check(cfg)
 
 
+def _fail(err: UserError) -> NoReturn:
+    """End the command with ``err``'s line and exit code; a signal in a sweep also records the
+    status of the jobs it stopped and prints the sweep's count of its jobs. A directory Hydra
+    created for the command that holds nothing but its record and log is removed: a refused run
+    leaves nothing."""
+    from vae_lightning import rundir, sweeps
+
+    if isinstance(err, Interrupted):  # the command is ending: a second signal waits for it
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"{err.prefix}: {err}", file=sys.stderr, flush=True)
+    if isinstance(err, Interrupted):
+        sweeps.interrupted(str(err), err.exit_code)
+    rundir.discard_all()
+    raise SystemExit(err.exit_code)
+
+
 def _entry(app: Callable[[], object]) -> Callable[[], None]:
-    """A command: Hydra's app ``app``, with a config Hydra cannot compose (an unknown option or
-    key, a wrong type) reported as one ``error:`` line with exit code 2 like every other bad
-    input, instead of Hydra's own report (exit code 1)."""
+    """A command: Hydra's app ``app``, with every error a user can act on reported as one
+    ``error:`` line with its exit code (``_fail``): a config Hydra cannot compose (exit code 2,
+    instead of Hydra's own report and 1), a missing plugin (naming its extra), a signal outside
+    training, an unreadable Optuna study."""
 
     def command() -> None:
+        from vae_lightning import rundir
+
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; the report is made here
+        previous = _catch(signal.SIGTERM)
+        rundir.forget()
         try:
             app()
+            rundir.forget()
+        except SystemExit as exit_:
+            if isinstance(exit_.code, UserError):
+                _fail(exit_.code)
+            raise
+        except (_Signal, KeyboardInterrupt) as stop:  # outside a job, e.g. between two of a sweep
+            _fail(_stopped(getattr(stop, "signum", signal.SIGINT), None))
+        except BrokenPipeError:  # the reader of the output went away (vae-train --help | head)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(0) from None
         except (HydraException, OmegaConfBaseException) as err:
-            print(f"error: {_hydra_message(err)}", file=sys.stderr)
-            raise SystemExit(2) from None
-        except ValueError as err:  # Optuna's sweeper asks for the best trial of a study in
-            if str(err) != "Record does not exist.":  # which no trial completed
+            _fail(ConfigError(_hydra_message(err)))
+        except UserError as err:  # outside a job
+            _fail(err)
+        except ValueError as err:
+            _fail(_value_error(err))
+        except Exception as err:
+            study = _study_error(err)
+            if study is None:
                 raise
-            from vae_lightning.sweeps import SWEEP_FAILED
-
-            print("error: no trial of the search completed (each failed: see its results.json "
-                  "and log above), so the study has no best trial.", file=sys.stderr)
-            raise SystemExit(SWEEP_FAILED) from None
+            _fail(study)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     command.__doc__ = app.__doc__
     return command
 
 
+def _catch(signum: int) -> Any:
+    """Install ``_on_signal`` for ``signum``; the handler it replaces (None: not the main
+    thread, where signals cannot be handled)."""
+    try:
+        return signal.signal(signum, _on_signal)
+    except ValueError:
+        return None
+
+
+def _value_error(err: ValueError) -> UserError:
+    """The ``UserError`` a ``ValueError`` out of Hydra or a sweeper stands for; else re-raise."""
+    if str(err) == "Record does not exist.":  # Optuna's sweeper asks for the best trial of a
+        from vae_lightning.sweeps import SWEEP_FAILED  # study in which no trial completed
+
+        failure = UserError("no trial of the search completed (each failed: see its "
+                            "results.json and log above), so the study has no best trial.")
+        failure.exit_code = SWEEP_FAILED
+        return failure
+    if str(err).startswith("Config group override must be"):
+        return ConfigError(_group_value_message() or str(err))
+    raise err
+
+
+def _group_value_message() -> str | None:
+    """For ``group=<not a name>`` on the command line (``callbacks=3``, ``logger=null``): the
+    override, and the group's options."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vae_lightning.config import groups
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [arg for arg in sys.argv[1:] if not arg.startswith("-")])
+    except Exception:
+        return None
+    for override in overrides:
+        group = groups().get(override.key_or_group)
+        if group is not None and not isinstance(override.value(), str | list):
+            none = (f"; {override.key_or_group}=none for none" if "none" in group.options
+                    else "")
+            return (f"{override.input_line} is not allowed: {override.key_or_group} is a config "
+                    f"group; choose one of its options: {', '.join(group.options)}{none}.")
+    return None
+
+
+def _study_error(err: Exception) -> ConfigError | None:
+    """An Optuna study's storage that cannot be read (SQLAlchemy's ``DatabaseError``), named."""
+    if type(err).__module__.split(".")[0] != "sqlalchemy" or "DatabaseError" not in {
+            c.__name__ for c in type(err).__mro__}:
+        return None
+    storage = OmegaConf.select(HydraConfig.get(), "sweeper.storage", default=None) \
+        if HydraConfig.initialized() else None
+    return ConfigError(f"The Optuna study storage {storage or '(hydra.sweeper.storage)'} cannot "
+                       f"be read ({str(err.args[0] if err.args else err).splitlines()[0]}); "
+                       "move the file away to start a new study, or choose another "
+                       "hydra.sweep.dir.")
+
+
 def _hydra_message(err: Exception) -> str:
-    """Hydra's and OmegaConf's multi-line messages as one paragraph."""
+    """Hydra's and OmegaConf's multi-line messages as one paragraph; for a group named without
+    its parent (``prior=vamp``) or a plugin's option whose extra is not installed, what to do."""
+    from vae_lightning.config import group_hint, plugin_extra
+
     text = str(err).split("Config search path:")[0]
+    override = re.search(r"Could not override '([^']+)'.*use \+\1=(\S+)", text, re.S)
+    if override and (hint := group_hint(override.group(1), override.group(2))):
+        return hint
+    missing = re.search(r"Could not (?:find|load) '(hydra/[^']+)'", text)
+    if missing and (extra := plugin_extra(missing.group(1))):
+        return _missing_plugin(missing.group(1), extra)
     lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()
              and not line.strip().startswith(("object_type=", "Set the environment variable"))]
     message = re.sub(r":;", ":", "; ".join(lines)) + "."
@@ -136,16 +345,91 @@ def _hydra_message(err: Exception) -> str:
     return message
 
 
+def _missing_plugin(option: str, extra: str) -> str:
+    """A plugin's config option (``hydra/sweeper/optuna``) that Hydra cannot find: its extra,
+    and the choice on the command line that asked for it (``hparams_search=optuna``)."""
+    from vae_lightning.config import groups, option_text
+
+    group, name = option.rsplit("/", 1)
+    chosen = f"{group}={name}"
+    asked = [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")
+             and arg.split("=")[0].lstrip("+~") in groups()
+             and re.search(rf"{group.removeprefix('hydra/')}: {name}\b",
+                           option_text(arg.split("=")[0].lstrip("+~"), arg.split("=", 1)[1]))]
+    via = f"{asked[0]} chooses {chosen}, which" if asked else chosen
+    return (f"{via} needs a Hydra plugin that is not installed: "
+            f'pip install "vae-lightning[{extra}]".')
+
+
+class Preflight(Callback):
+    """Hydra's callback that checks, before Hydra creates or writes anything, the run directory
+    (``rundir.prepare``; for vae-train, one that holds a run: ``rundir.refuse_into``); for a
+    sweep its directory, the launcher's and the sweeper's plugins
+    (``config.missing_plugins``) and an Optuna study file (``sweeps.check_study``). A refusal
+    ends the command with its error line (``_entry``: a ``SystemExit`` carrying the error, which
+    Hydra does not swallow as it does a callback's exceptions)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vae_lightning import rundir
+
+        def checks() -> None:
+            HydraConfig.instance().set_config(config)  # for ${hydra:...} in hydra.run.dir
+            directory = OmegaConf.select(config, "hydra.run.dir")
+            rundir.prepare(directory)
+            if "trainer" not in config:  # vae-eval, vae-sample
+                return
+            if rundir.is_run(directory):
+                rundir.refuse_into(directory, config.get("ckpt_path"))
+            if config.get("ckpt_path") == rundir.LAST_KEYWORD and rundir.is_run(directory):
+                log.info(rundir.resumed_run(directory))  # on the console, before the run's log
+
+        self._check(checks)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vae_lightning import rundir, sweeps
+        from vae_lightning.config import missing_plugins
+
+        def checks() -> None:
+            rundir.prepare(config.hydra.sweep.dir, "hydra.sweep.dir")
+            missing = missing_plugins(config.hydra)
+            if missing:
+                raise ConfigError(missing)
+            sweeps.check_study(OmegaConf.select(config, "hydra.sweeper.storage", default=None))
+
+        self._check(checks)
+
+    @staticmethod
+    def _check(checks: Callable[[], None]) -> None:
+        try:
+            checks()
+        except UserError as err:
+            raise SystemExit(err) from None
+        except OmegaConfBaseException:  # a key that cannot be resolved: Hydra reports it next
+            return
+
+
+def _optimized(results: dict[str, Any], metric: str | None) -> float | None:
+    """The value a sweeper optimises: ``results[optimized_metric]`` (None without one)."""
+    if metric is None:
+        return None
+    if results.get(metric) is None:
+        available = sorted(k for k, v in results.items() if "/" in k and isinstance(v, float))
+        raise ConfigError(f"optimized_metric={metric} is not among this run's results "
+                          f"({', '.join(available)}): choose one of them.")
+    return results[metric]
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def _train(cfg: DictConfig) -> float:
+def _train(cfg: DictConfig) -> float | None:
     """``vae-train``: train a VAE (see README.md)."""
 
-    def task() -> float:
+    def task() -> float | None:
         from vae_lightning.train import train as run_training
 
-        return run_training(cfg).get("val/elbo")
+        _print_config(cfg)
+        return _optimized(run_training(cfg), cfg.get("optimized_metric"))
 
-    return _run(task, run_dir=cfg.get("output_dir"))
+    return _run(task, cfg, run_dir=cfg.get("output_dir"))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
@@ -159,13 +443,15 @@ def _evaluate(cfg: DictConfig) -> float:
         results = build(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.get("output_dir"))
         for name in ("elbo", "iw"):
             est = results[name]
+            bits = (f", {est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim"
+                    if est.get("bits_per_dim") is not None else "")  # discrete data only
             print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
-                  f"nats, {est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim")
+                  f"nats{bits}")
         print(f"(k={results['k']}, n={results['n']}; {results['active_units']} of "
               f"{results['latent']} latent units active) written to {results['path']}")
         return results["iw"]["nats"]
 
-    return _run(task)
+    return _run(task, cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
@@ -179,7 +465,7 @@ def _sample(cfg: DictConfig) -> None:
         out = build(cfg, "sample")()
         print(f"written: {out / 'samples.png'}, {out / 'samples.npy'}")
 
-    _run(task)
+    _run(task, cfg)
 
 
 train = _entry(_train)

@@ -11,9 +11,14 @@ Importing this module imports no torch (``--help`` and ``--cfg job`` stay fast).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from typing import Any
+import types
+import typing
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, NamedTuple
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
@@ -35,10 +40,109 @@ HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 # that provide it (any one will do) and the extra that installs them.
 EXTRAS = {
     "lightning.pytorch.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "vae_lightning.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "lightning.pytorch.loggers.MLFlowLogger": (("mlflow",), "mlflow"),
+    "vae_lightning.loggers.MLFlowLogger": (("mlflow",), "mlflow"),
     "lightning.pytorch.callbacks.RichProgressBar": (("rich",), "rich"),
     "lightning.pytorch.callbacks.RichModelSummary": (("rich",), "rich"),
     "vae_lightning.callbacks.ConfigTree": (("rich",), "rich"),
 }
+
+
+class Plugin(NamedTuple):
+    """A Hydra plugin that an extra installs: the config options it adds (a group's option, or
+    every option under a group ending in ``/``) and the modules it needs (all of them)."""
+
+    options: tuple[str, ...]
+    modules: tuple[str, ...]
+
+
+PLUGINS = {
+    "sweep": Plugin(("hydra/launcher/joblib",), ("hydra_plugins.hydra_joblib_launcher", "joblib")),
+    "slurm": Plugin(("hydra/launcher/submitit_slurm", "hydra/launcher/submitit_local"),
+                    ("hydra_plugins.hydra_submitit_launcher", "submitit")),
+    "search": Plugin(("hydra/sweeper/optuna", "hydra/sweeper/sampler/"),
+                     ("hydra_plugins.hydra_optuna_sweeper", "optuna", "sqlalchemy")),
+}
+
+
+def plugin_extra(option: str) -> str | None:
+    """The extra that installs the Hydra plugin adding config ``option`` (e.g.
+    ``hydra/launcher/joblib``: ``sweep``), if one does."""
+    return next((extra for extra, plugin in PLUGINS.items() if any(
+        option == known or (known.endswith("/") and option.startswith(known))
+        for known in plugin.options)), None)
+
+
+def missing_plugins(hydra: DictConfig) -> str | None:
+    """What the launcher and sweeper chosen in ``hydra`` (Hydra's config) need and is not
+    installed, as one sentence naming the extra to install; None when nothing is missing."""
+    for key in ("launcher", "sweeper"):
+        target = str(OmegaConf.select(hydra, f"{key}._target_", default="") or "")
+        for extra, plugin in PLUGINS.items():
+            if target.startswith(plugin.modules[0] + "."):
+                missing = [m for m in plugin.modules if not _installed(m)]
+                if missing:
+                    return (f"hydra/{key}={hydra.runtime.choices.get(f'hydra/{key}', key)} needs "
+                            f"the {missing[0]} package, which is not installed: "
+                            f'pip install "vae-lightning[{extra}]".')
+    return None
+
+
+class Group(NamedTuple):
+    """A config group of ``conf/``: where its options go in the config (None: they are global,
+    ``# @package _global_``) and their names."""
+
+    package: str | None
+    options: tuple[str, ...]
+
+
+@functools.cache
+def groups() -> dict[str, Group]:
+    """The config groups of the package's ``conf/`` (Hydra's ``hydra/...`` left out), by path
+    (``model/prior``), each with its package (an option's ``# @package`` line, else the path
+    with dots, as Hydra places it) and its options."""
+    found: dict[str, Group] = {}
+
+    def walk(folder: Any, path: str) -> None:
+        options = sorted(item.name[:-5] for item in folder.iterdir() if item.is_file()
+                         and item.name.endswith(".yaml") and not item.name.startswith("_"))
+        if path and options:
+            first = next(item for item in folder.iterdir() if item.name == options[0] + ".yaml")
+            header = re.match(r"# @package (\S+)", first.read_text())
+            package = header.group(1) if header else path.replace("/", ".")
+            found[path] = Group(None if package == "_global_" else package, tuple(options))
+        for item in folder.iterdir():
+            if item.is_dir() and item.name not in ("hydra", "__pycache__"):
+                walk(item, f"{path}/{item.name}" if path else item.name)
+
+    walk(resources.files("vae_lightning.conf"), "")
+    return found
+
+
+def option_text(group: str, option: str) -> str:
+    """The YAML of option ``option`` of config group ``group`` ("" if there is none)."""
+    path = resources.files("vae_lightning.conf").joinpath(*group.split("/"), f"{option}.yaml")
+    return path.read_text() if path.is_file() else ""
+
+
+def group_hint(key: str, value: Any = None) -> str | None:
+    """For ``key=value`` where ``key`` is not a group but names one further down (``prior``
+    for ``model/prior``): one sentence with the override to use; else None."""
+    nested = [path for path in groups() if path.split("/")[-1] == key and path != key]
+    if not nested:
+        return None
+    path = nested[0]
+    options = groups()[path].options
+    choice = value if value in options else "<option>"
+    return (f"{key}={value}: there is no top-level {key}; {key} is the config group {path}: "
+            f"{path}={choice} (options: {', '.join(options)}).")
+
+
+def group_of(key: str) -> tuple[str, Group] | None:
+    """The config group whose options are placed at ``key`` (``model.prior``: ``model/prior``)."""
+    return next(((path, group) for path, group in groups().items() if group.package == key),
+                None)
 
 
 def target_nodes(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
@@ -104,11 +208,14 @@ def _values(node: DictConfig) -> dict[str, tuple[Any, str | None]]:
 
 def problems(cfg: DictConfig) -> list[str]:
     """Every key of every ``_target_`` node that its target does not take, or whose value its
-    annotations refuse (once, at the key it was written at when it was interpolated); and every
-    optional integration chosen but not installed."""
+    annotations refuse (once, at the key it was written at when it was interpolated); a part
+    (``model.prior``, a callback) set to a plain value where its config belongs; every optional
+    integration chosen but not installed; and the run's own settings (``SETTINGS``)."""
     from vae_lightning.args import problems as argument_problems
 
     found: dict[str, str] = {key: key for key in _missing(cfg)}
+    found.update(_setting_problems(cfg))
+    found.update(_part_problems(cfg))
     for path, node in target_nodes(cfg):
         try:
             target = get_object(node._target_)
@@ -124,11 +231,133 @@ def problems(cfg: DictConfig) -> list[str]:
             via = f", as {path}.{name}" if source else ""
             found.setdefault(key, f"{key}={_show(value)} is not allowed: {accepted} "
                                   f"({node._target_}{via}).")
+        for name, value in plain_values.items():
+            part = _part(target, name)
+            if part is not None and (value is not None or not part[1]):
+                found.setdefault(f"{path}.{name}", _not_a_part(f"{path}.{name}", value, part[0]))
         modules, extra = EXTRAS.get(node._target_, ((), None))
         if modules and not any(map(_installed, modules)):
             found[path] = (f"{path} ({node._target_}) needs the {modules[0]} package, which is "
                            f'not installed: pip install "vae-lightning[{extra}]".')
+    found.update(_stopping_problems(cfg))
     return list(found.values())
+
+
+# The run's own settings (train.yaml): the values each accepts, in words.
+SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "tags": (lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+             "a list of strings, e.g. tags=[baseline,frey]"),
+    "extras.ignore_warnings": (lambda v: isinstance(v, bool), "true or false"),
+    "extras.print_config": (lambda v: isinstance(v, bool), "true or false"),
+    "optimized_metric": (lambda v: isinstance(v, str) and re.fullmatch(r"(train|val|test)/\w+", v)
+                         is not None, "a metric of results.json such as val/elbo or test/elbo"),
+}
+_UNSET = object()
+
+
+def _setting_problems(cfg: DictConfig) -> dict[str, str]:
+    found = {}
+    for key, (accepts, accepted) in SETTINGS.items():
+        value = OmegaConf.select(cfg, key, default=_UNSET)
+        if value is _UNSET:
+            continue
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_object(value)
+        if not accepts(value):
+            found[key] = f"{key}={_show(value)} is not allowed: expected {accepted}."
+    extras = cfg.get("extras")
+    if extras is not None and not isinstance(extras, DictConfig):
+        found["extras"] = (f"extras={_show(extras)} is not allowed: expected a mapping of "
+                           f"{', '.join(k[7:] for k in SETTINGS if k.startswith('extras.'))}.")
+    for key in extras if isinstance(extras, DictConfig) else ():
+        if f"extras.{key}" not in SETTINGS:
+            found[f"extras.{key}"] = (
+                f"extras.{key} is not a setting; accepted: "
+                f"{', '.join(k[7:] for k in SETTINGS if k.startswith('extras.'))}.")
+    for key in cfg:  # a nested group's name as a top-level key (+prior=vamp)
+        hint = group_hint(str(key), cfg._get_node(key)._value())
+        if hint is not None:
+            found[str(key)] = hint
+    return found
+
+
+def _part(target: Any, name: str) -> tuple[str, bool] | None:
+    """For an argument of ``target`` that is built from a config node of its own (a class of
+    this package, or a callable such as a network or an optimizer): what it builds and whether
+    it may be None; None for a plain argument."""
+    from vae_lightning.args import _signature
+
+    hint = _signature(target)[1].get(name)
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    arms = (typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType)
+            else (hint,))
+    parts = [arm for arm in arms if arm is not type(None)]
+    if not parts or not all(map(_builds, parts)):
+        return None
+    what = " or ".join(getattr(p, "__name__", None) or "callable" for p in parts)
+    return what, len(parts) < len(arms)
+
+
+def _builds(hint: Any) -> bool:
+    """Whether an argument of type ``hint`` comes from a config node: a class of this package
+    or a callable."""
+    if hint is Callable or typing.get_origin(hint) is Callable:
+        return True
+    return isinstance(hint, type) and hint.__module__.startswith("vae_lightning.")
+
+
+def _not_a_part(key: str, value: Any, what: str) -> str:
+    """The message for a part (``model.prior``) set to a plain value instead of its config."""
+    group = group_of(key)
+    choose = (f"; choose one with {group[0]}=<option> ({', '.join(group[1].options)}), and "
+              f"change one of its settings with {key}.<setting>=<value>" if group else "")
+    return (f"{key}={_show(value)} is not allowed: expected a config with _target_ ({what})"
+            f"{choose}.")
+
+
+def _part_problems(cfg: DictConfig) -> dict[str, str]:
+    """The callbacks and loggers: a mapping of configs with ``_target_``, each or null."""
+    found = {}
+    for key in ("callbacks", "logger"):
+        node = cfg.get(key)
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig):
+            found[key] = (f"{key}={_show(node)} is not allowed: expected a mapping of configs "
+                          f"with _target_ (the {key} group's options: "
+                          f"{', '.join(groups()[key].options)}).")
+            continue
+        for name in node:
+            child = node._get_node(name)
+            if child._is_none():
+                continue
+            if not isinstance(child, DictConfig) or "_target_" not in child:
+                value = (OmegaConf.to_object(child) if isinstance(child, DictConfig | ListConfig)
+                         else child._value())
+                found[f"{key}.{name}"] = (
+                    f"{key}.{name}={_show(value)} is not allowed: expected a config with "
+                    f"_target_ (e.g. conf/{key}/*.yaml), or null to leave it out.")
+    return found
+
+
+def _stopping_problems(cfg: DictConfig) -> dict[str, str]:
+    """A callback that stops training on a validation metric, in a run without validation: it
+    would fail at the first epoch's end, after training it."""
+    data, trainer = cfg.get("data"), cfg.get("trainer")
+    without = ("data.val_size=0" if isinstance(data, DictConfig) and data.get("val_size") == 0
+               else "trainer.limit_val_batches=0"
+               if isinstance(trainer, DictConfig) and trainer.get("limit_val_batches") == 0
+               else None)
+    found = {}
+    for path, node in target_nodes(cfg.get("callbacks")) if without else ():
+        if str(node._target_).endswith("EarlyStopping") and str(
+                node.get("monitor", "")).startswith("val/"):
+            found[f"callbacks.{path}"] = (
+                f"callbacks.{path} stops on {node.monitor}, which a run without validation "
+                f"({without}) never measures: leave it out (callbacks.{path}=null) or keep a "
+                "validation split.")
+    return found
 
 
 def check(cfg: DictConfig) -> None:
@@ -183,6 +412,8 @@ def _omegaconf_message(err: OmegaConfBaseException) -> str:
 
 
 def _show(value: Any) -> str:
+    if value is None:
+        return "null"
     return repr(value) if not isinstance(value, list | tuple) else str(list(value))
 
 

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from vae_lightning.errors import UserError
+from vae_lightning.errors import ConfigError, UnwritableError, UserError
 
 
 def kind(path: str | os.PathLike) -> str | None:
@@ -43,3 +43,17 @@ def open_regular(path: str | os.PathLike, error: type[UserError], what: str) -> 
             os.set_blocking(fd, True)
             return os.fdopen(fd, "rb")
     raise error(f"{Path(path)} is {found}; expected {what} (a regular file).")
+
+
+def writable_directory(directory: Path, key: str) -> None:
+    """Refuse, before any work, an output directory that is a file, lies under a file, or
+    cannot be written."""
+    for parent in [directory, *directory.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{key}={directory}: {parent} is a file, not a directory; "
+                                  f"choose a directory for {key}.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UnwritableError(f"Cannot write into {directory}: {parent} is not "
+                                      f"writable. Choose another {key} or fix its permissions.")
+            return

@@ -14,12 +14,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import MLFlowLogger as _MLFlowLogger
 from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
+from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from vae_lightning.args import checked
-from vae_lightning.evaluate import writable_directory
+from vae_lightning.files import writable_directory
 
 # The environment variable that names MLflow's tracking server (MLflow's name).
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
@@ -145,3 +146,13 @@ class MLFlowLogger(_MLFlowLogger):
                 os.environ.pop(TRACKING_URI_VARIABLE, None)
             else:
                 os.environ[TRACKING_URI_VARIABLE] = before
+
+
+class WandbLogger(_WandbLogger):
+    """Lightning's W&B logger without the ``anonymous=None`` it always passes to ``wandb.init``,
+    which makes W&B warn about its deprecated anonymous setting on every run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)

@@ -4,12 +4,14 @@
   ``multirun/2026-01-31/12-00-00``), shared by every job of the sweep; ``null`` otherwise. The W&B
   logger uses it as the run group, so the jobs of one sweep appear together.
 - ``${run_dir_of:${ckpt_path},<default>}``: the directory a run writes to: a resumed run's own
-  (``<run>`` for ``<run>/checkpoints/x.ckpt``; for ``last``, the newest run under ``outputs/``),
-  else ``<default>``.
+  (``<run>`` for ``<run>/checkpoints/x.ckpt``; for ``last``, the newest run under the default's
+  root, ``outputs/`` for ``outputs/<date>/<time>``: ``rundir.last_run``), else ``<default>``.
 - ``${run_path:<part>}``: ``<output_dir>/<part>`` of the run-directory layout (``rundir``).
 - ``${run_record:${hydra.runtime.output_dir}}``: Hydra's ``output_subdir``: ``.hydra`` for a
   fresh run directory, null for one that holds a run already (``rundir.record_dir``).
 - ``${sqlite:<path>}``: the SQLAlchemy URL of a SQLite file, its folder created (Optuna's study).
+- ``${config_groups:}``: the config groups and their options, one line each, for ``--help``
+  (``config.groups``: the bases a group's options start from, named ``_*``, are not options).
 """
 
 from __future__ import annotations
@@ -30,12 +32,11 @@ def sweep_group() -> str | None:
     return str(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else None
 
 
-def run_dir_of(ckpt_path: str | None, default: str, runs_root: str = "outputs") -> str:
+def run_dir_of(ckpt_path: str | None, default: str) -> str:
     if ckpt_path is None:
         return default
-    if ckpt_path == "last":
-        newest = rundir.newest_run(runs_root)
-        return str(newest) if newest is not None else default
+    if ckpt_path == rundir.LAST_KEYWORD:
+        return str(rundir.last_run(default))
     path = Path(ckpt_path)
     return str(path.parent.parent) if path.parent.name == rundir.CHECKPOINTS else default
 
@@ -50,7 +51,14 @@ def sqlite(path: str) -> str:
     return f"sqlite:///{file}"
 
 
+def config_groups() -> str:
+    from vae_lightning.config import groups  # config imports this module
+
+    return "\n".join(f"{path}: {', '.join(group.options)}"
+                     for path, group in sorted(groups().items()))
+
+
 for name, resolver in (("sweep_group", sweep_group), ("run_dir_of", run_dir_of),
                        ("run_path", run_path), ("run_record", rundir.record_dir),
-                       ("sqlite", sqlite)):
+                       ("sqlite", sqlite), ("config_groups", config_groups)):
     OmegaConf.register_new_resolver(name, resolver, replace=True)

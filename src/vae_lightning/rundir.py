@@ -14,7 +14,17 @@ The configs reach it through the ``${run_path:...}`` resolver. Imports no torch.
 A run directory belongs to one run: ``claim`` locks it for the life of the process and notes
 whether it already held a run; Hydra writes its record (``.hydra/``) only into a directory that
 did not (``${run_record:}``), so a refused or resumed run never rewrites another's record, and
-``guard`` refuses a second writer or a fresh run into an existing run's directory.
+``guard`` refuses a second writer, a fresh run into an existing run's directory, and a resume
+into a directory that holds another run than its checkpoint's.
+
+``prepare`` runs before Hydra creates the directory (``cli.Preflight``): a directory that cannot
+be created or written is refused before anything exists, and the folders its creation adds are
+noted, so that ``discard`` can remove them when the run is refused: a refused run leaves nothing.
+
+``ckpt_path=last`` means one thing: the ``checkpoints/last.ckpt`` of the run directory, which is
+``hydra.run.dir`` when given, else the newest run under the runs' root (``outputs/``: the run
+whose ``last.ckpt`` was written last, ``newest_run``): ``resume_checkpoint`` is the file, and
+``resumed_run`` says which run for the log.
 """
 
 from __future__ import annotations
@@ -22,11 +32,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import CheckpointError, ConfigError, UnwritableError
 
 RESULTS = "results.json"
 CURVE = "curve.json"
@@ -36,8 +47,15 @@ LAST = "last.ckpt"
 FIGURES = "figures"
 SAMPLES = "samples"
 HYDRA = ".hydra"
+CONFIG_TREE = "config_tree.log"  # the resolved config, with extras.print_config
+LAST_KEYWORD = "last"  # ckpt_path=last
 LAYOUT = {"results": RESULTS, "curve": CURVE, "eval": EVAL, "checkpoints": CHECKPOINTS,
-          "figures": FIGURES, "samples": SAMPLES}
+          "figures": FIGURES, "samples": SAMPLES, "config_tree": CONFIG_TREE}
+
+
+def _absolute(directory: str | Path) -> Path:
+    """``directory`` as an absolute path, normalised as Hydra's ``hydra.runtime.output_dir``."""
+    return Path(os.path.abspath(directory))
 
 
 def path(run: str | Path, part: str) -> Path:
@@ -61,6 +79,47 @@ def newest_run(root: str | Path) -> Path | None:
     candidates = sorted(Path(root).glob(f"*/*/{CHECKPOINTS}/{LAST}"),
                         key=lambda p: p.stat().st_mtime)
     return candidates[-1].parent.parent if candidates else None
+
+
+# What ``ckpt_path=last`` last looked up: [(the runs' root, the run picked or None, the fresh
+# directory it stood for)].
+_looked_up: list[tuple[Path, Path | None, Path]] = []
+
+
+def last_run(fresh: str | Path) -> Path:
+    """The run directory of ``ckpt_path=last`` when ``hydra.run.dir`` is left to its default
+    ``fresh`` (``<root>/<date>/<time>``): the newest run under ``<root>``, else ``fresh``."""
+    root = Path(fresh).parent.parent
+    newest = newest_run(root)
+    _looked_up[:] = [(root, _absolute(newest) if newest is not None else None, _absolute(fresh))]
+    return newest if newest is not None else Path(fresh)
+
+
+def resume_checkpoint(ckpt_path: str | None, directory: str | Path) -> str | None:
+    """The checkpoint a run in ``directory`` resumes from: None for a fresh run (no
+    ``ckpt_path``), the path given, or for ``last`` the directory's ``checkpoints/last.ckpt``; a
+    missing one is a ``CheckpointError`` saying where it was looked for."""
+    if ckpt_path != LAST_KEYWORD:
+        return ckpt_path
+    path = last_checkpoint(directory)
+    if not path.is_file():
+        picked = _looked_up[0] if _looked_up else None
+        where = (f"no run under {picked[0]}/ has a <date>/<time>/checkpoints/last.ckpt to resume"
+                 if picked is not None and picked[2] == _absolute(directory) else
+                 f"there is no {path} to resume from (hydra.run.dir={directory})")
+        raise CheckpointError(
+            f"ckpt_path=last: {where}. Name the run with hydra.run.dir=<run dir> or "
+            "ckpt_path=<run dir>/checkpoints/last.ckpt, or start a fresh run without ckpt_path.")
+    return str(path)
+
+
+def resumed_run(directory: str | Path) -> str:
+    """What ``ckpt_path=last`` resumes, for the log: the run in ``directory``, and why it was
+    picked when it was the newest run under the runs' root."""
+    picked = _looked_up[0] if _looked_up else None
+    why = (f" (the newest run under {picked[0]}/: its last.ckpt was written last)"
+           if picked is not None and picked[1] == _absolute(directory) else "")
+    return f"ckpt_path=last: resuming the run in {directory}{why} from its {CHECKPOINTS}/{LAST}"
 
 
 def is_run(directory: str | Path) -> bool:
@@ -121,19 +180,97 @@ def record_dir(directory: str | Path) -> str | None:
     return None if found.held_elsewhere or found.had_run else HYDRA
 
 
-def guard(directory: str | Path, resuming: bool) -> None:
+def guard(directory: str | Path, resuming: str | bool | None) -> None:
     """Refuse, before anything is written, a run into ``directory`` while another process writes
-    there, or a fresh run (not ``resuming``) into a directory that holds a run."""
+    there, a fresh run into a directory that holds a run, and a resume into a directory that holds
+    another run than its checkpoint's. ``resuming``: the checkpoint the run resumes from
+    (``ckpt_path``: a path, or ``last`` for the directory's own), None or False for a fresh run
+    (True: a resume from a checkpoint not named here)."""
     found = claim(directory)
     if found.held_elsewhere:
         raise ConfigError(
             f"hydra.run.dir={directory} is in use by another run (its process holds the "
             "directory's lock): wait for it to end, or choose another hydra.run.dir.")
-    if found.had_run and not resuming:
+    if found.had_run:
+        refuse_into(directory, resuming)
+
+
+def refuse_into(directory: str | Path, resuming: str | bool | None) -> None:
+    """Refuse a run into ``directory``, which holds a run: a fresh one (``resuming`` None or
+    False), or a resume from a checkpoint of another run (``guard``)."""
+    if not resuming:
         raise ConfigError(
             f"hydra.run.dir={directory} already holds a run (its checkpoints or results.json); "
             "nothing was written. Resume it with ckpt_path=last and the overrides it was started "
             "with, or choose another hydra.run.dir.")
+    if isinstance(resuming, str) and resuming != LAST_KEYWORD and (
+            of_checkpoint(resuming) != Path(directory).resolve()):
+        raise ConfigError(
+            f"hydra.run.dir={directory} holds another run than ckpt_path={resuming} (whose run "
+            f"directory is {of_checkpoint(resuming)}); nothing was written. A resume goes on in "
+            "its checkpoint's run directory (leave hydra.run.dir out) or in a fresh one "
+            "(hydra.run.dir=<a new directory>).")
+
+
+# The folder that creating each run directory adds (the first that did not exist), by run dir.
+_created: dict[Path, Path] = {}
+
+
+def prepare(directory: str | Path, key: str = "hydra.run.dir") -> None:
+    """Before ``directory`` is created (by Hydra): refuse, with nothing written, one that cannot
+    be a writable directory: a file (``ConfigError``), a path through a file (``ConfigError``),
+    on a read-only filesystem or without write permission (``UnwritableError``); and note the
+    first of its folders that does not exist yet, which ``discard`` may remove."""
+    target = _absolute(directory)
+    existing = target
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == target else f"is under {existing}, a file"
+        if existing.is_symlink() and not existing.exists():
+            what = f"{'is' if existing == target else 'is under'} a broken symbolic link"
+        raise ConfigError(f"{key}={directory} {what}, not a directory; nothing was written. "
+                          f"Choose another {key}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = ("on a read-only filesystem" if os.statvfs(existing).f_flag & os.ST_RDONLY
+                  else "not writable (permissions)")
+        raise UnwritableError(f"{key}={directory} cannot be written: {existing} is {reason}; "
+                              f"nothing was written. Choose another {key}.")
+    if existing != target:
+        _created[target] = existing / target.relative_to(existing).parts[0]
+
+
+def discard_all() -> None:
+    """``discard`` every directory ``prepare`` noted (a command that ends refused)."""
+    for directory in list(_created):
+        discard(directory)
+
+
+def forget() -> None:
+    """Forget the directories ``prepare`` noted: a command starts, or ended as it should."""
+    _created.clear()
+
+
+def discard(directory: str | Path) -> bool:
+    """Remove the folders that creating ``directory`` added (``prepare``), if it holds nothing
+    but what a run writes before its checks pass (Hydra's record ``.hydra/`` and ``*.log``): a
+    refused run leaves nothing. A folder that existed before is never removed. Returns whether
+    the directory was removed."""
+    target = _absolute(directory)
+    top = _created.pop(target, None)
+    if top is None or not target.is_dir():
+        return False
+    if any(item.name != HYDRA and item.suffix != ".log" for item in target.iterdir()):
+        return False
+    shutil.rmtree(target)
+    folder = target.parent
+    while folder != top.parent and top in (folder, *folder.parents):
+        try:
+            folder.rmdir()  # only when empty: another run may have been created there since
+        except OSError:
+            break
+        folder = folder.parent
+    return True
 
 
 def record_resume(directory: str | Path, overrides: list[str]) -> Path:

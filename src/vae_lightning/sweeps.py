@@ -16,26 +16,30 @@ Every run ends with a ``status`` in its ``results.json``:
 
 Under ``-m`` a job that fails writes its status, message and partial curve, and the sweep goes
 on; at its end ``SweepReport`` prints one line counting the jobs by status, and the command
-exits with code 5 if any job failed. Jobs started by Hydra's joblib launcher take
-``cores / n_jobs`` torch threads each (``threads_per_job``).
+exits with code 5 if any job failed. A signal ends the sweep with the job's status (where its
+directory exists), the error line and the same count (exit code 130 / 143). Jobs started by
+Hydra's joblib launcher take ``cores / n_jobs`` torch threads each (``threads_per_job``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning import rundir
+from vae_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -86,35 +90,90 @@ def threads_per_job() -> int | None:
     return max(1, (cores or 1) // max(1, jobs))
 
 
-class SweepReport(Callback):
-    """At the end of a ``vae-train -m`` sweep: one line counting this sweep's jobs (those whose
-    directory it wrote) by status (a job without ``results.json`` counts as an ``error``), and
-    exit code 5 if any failed."""
+class _Sweep(NamedTuple):
+    directory: Path
+    started: float  # jobs whose directory changed since then are this sweep's
 
-    def __init__(self) -> None:
-        self.started = 0.0
+
+_sweep: list[_Sweep] = []  # the sweep this process runs, once it started
+
+
+def _jobs(sweep: _Sweep) -> list[Path]:
+    """The directories of ``sweep``'s jobs: those with Hydra's record that it wrote."""
+    directory = sweep.directory
+    return sorted(p for p in directory.iterdir() if p.is_dir() and (p / rundir.HYDRA).is_dir()
+                  and p.stat().st_mtime >= sweep.started) if directory.is_dir() else []
+
+
+def summary(sweep: _Sweep) -> tuple[str, bool]:
+    """One line counting ``sweep``'s jobs by status (a job without ``results.json`` counts as an
+    ``error``), and whether any failed."""
+    jobs = _jobs(sweep)
+    statuses: dict[str, str] = {}
+    for job in jobs:
+        results = rundir.path(job, "results")
+        statuses[job.name] = (json.loads(results.read_text()).get("status", COMPLETED)
+                              if results.is_file() else "error")
+    counts = Counter(statuses.values())
+    failed = {job: status for job, status in statuses.items() if status != COMPLETED}
+    line = (f"sweep {sweep.directory}: {len(jobs)} jobs: "
+            + (", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) or "none")
+            + (f"; failed: {', '.join(f'job {j} ({s})' for j, s in failed.items())}"
+               if failed else ""))
+    return line, bool(failed)
+
+
+def interrupted(message: str, exit_code: int) -> None:
+    """A signal ended the sweep this process runs, if any: each of its jobs that started and
+    has no results yet gets the status ``interrupted`` (its directory exists: Hydra's record
+    is in it), and the sweep's line is printed as at its end."""
+    if not _sweep:
+        return
+    for job in _jobs(_sweep[-1]):
+        record = job / rundir.HYDRA / "overrides.yaml"
+        record_failure(job, "interrupted", message, exit_code,
+                       overrides=[str(o) for o in OmegaConf.load(record)] if record.is_file()
+                       else [])
+    print(summary(_sweep[-1])[0], flush=True)
+
+
+def check_study(storage: Any) -> None:
+    """Refuse an Optuna study whose SQLite file (``hydra.sweeper.storage``) is not a database,
+    before the sweep starts, naming the file and what to do."""
+    url = str(storage or "")
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url[len("sqlite:///"):])
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            found = db.execute("PRAGMA quick_check").fetchall()  # every page, not the data
+        problem = None if found == [("ok",)] else "; ".join(str(row[0]) for row in found[:3])
+    except sqlite3.DatabaseError as err:
+        problem = str(err)
+    if problem is not None:
+        raise ConfigError(
+            f"The Optuna study file {path} (hydra.sweeper.storage) is not a sound SQLite "
+            f"database ({problem}); nothing was run. Move it away to start a new study there, "
+            "or choose another hydra.sweep.dir.")
+
+
+class SweepReport(Callback):
+    """At the end of a ``vae-train -m`` sweep: one line counting this sweep's jobs by status
+    (``summary``), and exit code 5 if any failed. It also notes the sweep when it starts, for
+    the line a signal ends it with (``interrupted``)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time() - 1.0
+        _sweep[:] = [_Sweep(Path(config.hydra.sweep.dir), time.time() - 1.0)]
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _sweep:
+            return
+        sweep = _sweep.pop()
         if "trainer" not in config:  # a sweep of vae-eval or vae-sample: nothing to count
             return
-        sweep = Path(config.hydra.sweep.dir)
-        jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / rundir.HYDRA).is_dir()
-                      and p.stat().st_mtime >= self.started) if sweep.is_dir() else []
-        statuses: dict[str, str] = {}
-        for job in jobs:
-            results = rundir.path(job, "results")
-            statuses[job.name] = (json.loads(results.read_text()).get("status", COMPLETED)
-                                  if results.is_file() else "error")
-        counts = Counter(statuses.values())
-        failed = {job: status for job, status in statuses.items() if status != COMPLETED}
-        summary = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
-        line = (f"sweep {sweep}: {len(jobs)} jobs: {summary or 'none'}"
-                + (f"; failed: {', '.join(f'job {j} ({s})' for j, s in failed.items())}"
-                   if failed else ""))
-        log.info(line)
+        line, failed = summary(sweep)
         print(line, flush=True)
         if failed:
             raise SystemExit(SWEEP_FAILED)

@@ -58,16 +58,8 @@ class Run(NamedTuple):
 
 
 def resume_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path``: ``last`` means this run directory's ``checkpoints/last.ckpt``."""
-    if cfg.ckpt_path != "last":
-        return cfg.ckpt_path
-    path = rundir.last_checkpoint(cfg.output_dir)
-    if not path.is_file():
-        raise CheckpointError(
-            f"ckpt_path=last: there is no {path} to resume from. Name the run with "
-            "ckpt_path=<run dir>/checkpoints/last.ckpt, or start a fresh run without ckpt_path."
-        )
-    return str(path)
+    """The checkpoint ``ckpt_path`` names (``last``: this run directory's last.ckpt)."""
+    return rundir.resume_checkpoint(cfg.ckpt_path, cfg.output_dir)
 
 
 def _overrides(run_dir: Path) -> list[str] | None:
@@ -213,7 +205,7 @@ def _instantiate_all(group: DictConfig | None, key: str,
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build the run, train (or resume), evaluate the best checkpoint on val and test; return
     the results. Nothing is written into the run directory before every check has passed."""
-    rundir.guard(cfg.output_dir, resuming=cfg.get("ckpt_path") is not None)
+    rundir.guard(cfg.output_dir, resuming=cfg.get("ckpt_path"))
     datamodule, model, resume_from, checkpoint, record = build(cfg)
     datamodule.prepare_data()  # find or download the files, then read every split (the test
     datamodule.setup("fit")  # split too): a bad data file is an error before the first step
@@ -321,6 +313,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         "method": model.method,
         "objective": choices_.get("model/objective", model_cfg.objective._target_),
         "seed": cfg.seed,
+        "tags": list(cfg.get("tags") or []),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "train_samples_seen": int(fitted.get("train/samples_seen", model.samples_seen)),

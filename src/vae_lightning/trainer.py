@@ -3,11 +3,13 @@ checkpoint writes."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import lightning as L
+from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -26,7 +28,21 @@ class Trainer(L.Trainer):
     Checkpoints are written atomically (``checkpoints.AtomicCheckpointIO``) unless ``plugins``
     brings another CheckpointIO. Lightning's progress bar redraws on every batch, a cost that shows
     with small models; left to its default, the bar here redraws every ``log_every_n_steps``
-    batches."""
+    batches.
+
+    Training steps are logged every ``log_every_n_steps`` steps, but at most every epoch's number
+    of training batches (once fitting has counted them): with less data than the interval, every
+    epoch still logs a step, where Lightning would warn and log none."""
+
+    @property
+    def log_every_n_steps(self) -> int:
+        every = self._log_every_n_steps
+        batches = getattr(getattr(self, "fit_loop", None), "max_batches", math.inf)
+        return int(batches) if every and 0 < batches < every else every
+
+    @log_every_n_steps.setter
+    def log_every_n_steps(self, value: int) -> None:
+        self._log_every_n_steps = value
 
     def _duration(self, value: Any) -> timedelta | None:
         """``max_time`` as a timedelta: Lightning's "DD:HH:MM:SS" or a mapping {hours: 4} (a
@@ -44,6 +60,20 @@ class Trainer(L.Trainer):
         fail(self, "max_time", value, "expected a duration 'DD:HH:MM:SS' or a mapping of days, "
              "hours, minutes, seconds to numbers, e.g. {hours: 4}")
 
+    def _check_accelerator(self, accelerator: Any) -> None:
+        """Refuse an accelerator this machine does not have (``trainer=gpu`` without CUDA,
+        ``trainer=mps`` off Apple silicon), naming the ones it has."""
+        kinds = {"gpu": ("cuda", "mps")}.get(accelerator, (accelerator,))
+        if not isinstance(accelerator, str) or not all(k in AcceleratorRegistry for k in kinds):
+            return  # auto, or an Accelerator object: Lightning's to judge
+        if any(AcceleratorRegistry[k]["accelerator"].is_available() for k in kinds):
+            return
+        have = sorted(name for name in AcceleratorRegistry.available_accelerators()
+                      if AcceleratorRegistry[name]["accelerator"].is_available())
+        fail(self, "accelerator", accelerator,
+             f"this machine has no {accelerator} device; it has: {', '.join(have)} (trainer=cpu, "
+             "or trainer.accelerator=auto)")
+
     @checked
     def __init__(
         self,
@@ -55,6 +85,7 @@ class Trainer(L.Trainer):
         plugins: Any = None,
         **kwargs: Any,
     ) -> None:
+        self._check_accelerator(kwargs.get("accelerator", "auto"))
         max_time = self._duration(max_time)
         callbacks = list(callbacks or [])
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins] * bool(plugins)

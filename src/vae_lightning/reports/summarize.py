@@ -1,12 +1,12 @@
-"""Summarize a sweep: `vae-summarize multirun/<date>/<time>` (or
-`python -m vae_lightning.reports.summarize`).
+"""Summarize a sweep: vae-summarize multirun/<date>/<time> (or python -m
+vae_lightning.reports.summarize) tabulates the results of its jobs.
 
-Reads every job's ``results.json`` under the directory (``<dir>/<job number>/results.json``),
-each with its ``status`` (a job that did not complete is listed under the table with its message
-and left out of the plot),
-writes ``summary.md`` (a markdown table), ``summary.csv`` and ``summary.png`` (the bound on the
-training and test data against the latent size) into the directory, and prints the table.
-The training-set bound is shown when the results carry one (``train/elbo``).
+It reads every job's results.json under the directory (<dir>/<job number>/results.json), each
+with its status, tags and conditions (a job that did not complete is listed under the table with
+its message and left out of the plot), writes summary.md (a markdown table), summary.csv and
+summary.png (the bound on the training and test data against the latent size) into the
+directory, and prints the table. The training-set bound is shown when the results carry one
+(train/elbo).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 from vae_lightning import rundir
 from vae_lightning.plotting import pyplot
 
-CONDITIONS = ("status", "data", "latent", "likelihood", "prior", "posterior", "objective", "seed",
-              "epochs", "train_samples_seen")
+CONDITIONS = ("status", "tags", "data", "latent", "likelihood", "prior", "posterior", "objective",
+              "seed", "epochs", "train_samples_seen")
 METRICS = ("train/elbo", "val/elbo", "test/elbo", "test/recon", "test/kl")
 
 
@@ -56,6 +56,8 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, list):  # tags
+        return ", ".join(map(str, value))
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
@@ -110,14 +112,15 @@ def summarize(root: str | Path) -> str:
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: ", ".join(map(str, value)) if isinstance(value, list) else value
+                          for key, value in row.items()} for row in rows)
     plot(rows, root / "summary.png")
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vae-summarize",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vae-summarize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", help="a multirun directory, e.g. multirun/<date>/<time>")
     args = parser.parse_args(argv)
     try:

@@ -142,8 +142,10 @@ def check_structure(checkpoint: Any, path: str | Path) -> None:
 
 
 def _flat_run_config(checkpoint: dict[str, Any]) -> bool:
-    """Whether ``checkpoint`` holds the run config of vae-train before the composer redesign:
-    Lightning's ``hyper_parameters`` with a ``config`` whose model is one of this package's."""
+    """Whether ``checkpoint`` holds a flat run config of an early vae-train (the model's sizes as
+    top-level keys rather than nested parts): Lightning's ``hyper_parameters`` with a ``config``
+    whose model is one of this package's. Its models are not rebuilt, because a flat config does
+    not name the parts (encoder, decoder, prior, objective) this version composes."""
     hyper = checkpoint.get("hyper_parameters")
     config = hyper.get("config") if isinstance(hyper, dict) else None
     model = config.get("model") if isinstance(config, dict) else None
@@ -157,11 +159,12 @@ def run_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         if _flat_run_config(checkpoint):
             raise CheckpointError(
-                f"Checkpoint {path} was written by vae-lightning before the composer (commit "
-                "be3ec97): its run configuration is the older flat form (model.encoder_hidden, "
-                "top-level likelihood/prior/posterior), which this version does not rebuild. "
-                "Evaluate, sample or resume it with the code that wrote it (git checkout "
-                "fe83bda, the last commit before be3ec97), or train the model again.")
+                f"Checkpoint {path} was written by an early vae-lightning: its run configuration "
+                "is the flat form (model.encoder_hidden, top-level likelihood/prior/posterior), "
+                "which does not name the parts this version composes, so it is not rebuilt. "
+                "Evaluate, sample or resume it with the version of vae-lightning that wrote it "
+                "(its git history has the last one that read flat configurations), or train "
+                "the model again.")
         raise CheckpointError(f"Checkpoint {path} holds no vae-lightning run configuration: it "
                               "was not written by vae-train (train.py), so the model it holds "
                               "cannot be rebuilt.")

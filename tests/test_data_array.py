@@ -166,13 +166,14 @@ def test_pickled_object_array_is_refused_not_unpickled(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("x, words", [
-    (np.full((N, 4, 4), 1.5, np.float32), r"image 0 \(of 20 such\) holds 1.5: expected float "
-     r"pixels in \[0, 1\]"),
+    (np.full((N, 4, 4), 1.5, np.float32), r"image 0 \(of 20 such\) holds a value above 1: "
+     r"expected float pixels in \[0, 1\]"),
     (np.concatenate([np.zeros((N - 1, 4, 4)), np.full((1, 4, 4), -0.25)]),
-     r"image 19 \(of 1 such\) holds -0.25"),
+     r"image 19 \(of 1 such\) holds a value below 0"),
     (np.concatenate([np.zeros((N - 1, 4, 4)), np.full((1, 4, 4), np.nan)]),
-     r"image 19 \(of 1 such\) holds nan: expected float pixels in \[0, 1\] \(and finite\)"),
-    (np.full((N, 4, 4), np.inf, np.float32), "holds inf"),
+     r"image 19 \(of 1 such\) holds a value that is not finite: expected float pixels in "
+     r"\[0, 1\] \(and finite\)"),
+    (np.full((N, 4, 4), np.inf, np.float32), "holds a value that is not finite"),
 ])
 def test_float_values_outside_unit_interval(tmp_path, x, words):
     dm = ArrayDataModule(path=str(save(tmp_path / "f.npy", x=x)), val_size=1, test_size=1)
@@ -212,10 +213,16 @@ def test_bad_files(tmp_path):
     whole = save(tmp_path / "whole.npy", x=images((N, 8, 8), np.uint8))
     cut = tmp_path / "cut.npy"
     cut.write_bytes(whole.read_bytes()[:-100])  # the header is intact: the data is short
-    dm = ArrayDataModule(path=str(cut))
-    with pytest.raises(DataError, match="cannot be read .* truncated or corrupt") as err:
-        dm.setup()
+    with pytest.raises(DataError, match=r"declares uint8 \[20, 8, 8\] \(1,280 bytes of data\), "
+                       "but holds at most 1,180: the file is truncated or corrupt") as err:
+        ArrayDataModule(path=str(cut))
     assert str(cut) in str(err.value)
+    # Cut after the header was read: refused when the data is read, by the same check.
+    cut.write_bytes(whole.read_bytes())
+    dm = ArrayDataModule(path=str(cut))
+    cut.write_bytes(whole.read_bytes()[:-100])
+    with pytest.raises(DataError, match="but holds at most 1,180"):
+        dm.setup()
     zipped = save(tmp_path / "whole.npz", x=images((N, 8, 8), np.uint8))
     broken = tmp_path / "broken.npz"
     broken.write_bytes(zipped.read_bytes()[:200])
@@ -264,9 +271,18 @@ def test_float_binarization_draws_bernoulli_of_the_value(tmp_path):
     assert static.splits["test"][0].dtype == torch.bool
 
 
+def test_val_size_zero_trains_on_everything_but_the_test_images(tmp_path):
+    """val_size=0: no validation split; all images but the test ones train."""
+    dm = ArrayDataModule(path=str(save(tmp_path / "a.npy", x=images((N, 4, 4), np.uint8))),
+                         val_size=0, test_size=2)
+    dm.setup()
+    sizes = {s: len(dm.splits[s][0]) for s in ("train", "val", "test")}
+    assert sizes == {"train": N - 2, "val": 0, "test": 2}
+
+
 @pytest.mark.parametrize("kwargs, word", [
     ({"layout": "chw"}, "layout='chw' is not allowed: expected one of auto, nchw, nhwc"),
-    ({"val_size": 0}, "val_size=0 is not allowed"),
+    ({"val_size": -1}, "val_size=-1 is not allowed"),
     ({"test_size": 1.0}, "test_size=1.0 is not allowed"),
     ({"key": 3}, "key=3 is not allowed"),
 ])

@@ -168,12 +168,22 @@ def test_sixteen_bit_png_keeps_the_high_byte(tmp_path):
     assert np.array_equal(got, (wide >> 8).astype(np.uint8))
 
 
+def listing(folder: Path) -> dict[str, int]:
+    """Every path under ``folder`` and its modification time."""
+    return {str(p.relative_to(folder)): p.lstat().st_mtime_ns for p in folder.rglob("*")}
+
+
 def test_cache_is_used_then_invalidated_when_a_file_changes(classes_dir, tmp_path, monkeypatch):
     path, _ = classes_dir
+    before = listing(path)
     first = module(path, tmp_path)
     first.prepare_data()
     first.setup()
-    caches = list((path / folder_module.CACHE_DIR).iterdir())
+    # Under the data root, in a folder of its own named by the image folder's resolved path;
+    # nothing is written into the image folder.
+    assert first.cache_dir.parent == tmp_path / "data-root" / folder_module.CACHE_DIR
+    assert listing(path) == before
+    caches = list(first.cache_dir.iterdir())
     assert len(caches) == 1 and caches[0].name.startswith("8x8-c3-")
     assert np.load(caches[0], allow_pickle=False).shape == (12, 3, 8, 8)
 
@@ -189,7 +199,7 @@ def test_cache_is_used_then_invalidated_when_a_file_changes(classes_dir, tmp_pat
     # Another size is another cache: the first one stays.
     monkeypatch.undo()
     module(path, tmp_path, size=4).setup("test")
-    assert len(list((path / folder_module.CACHE_DIR).iterdir())) == 2
+    assert len(list(first.cache_dir.iterdir())) == 2
 
     # Change one file (same name and size in bytes, a new modification time): decoded again.
     changed = path / "cats" / "a.png"
@@ -203,7 +213,7 @@ def test_cache_is_used_then_invalidated_when_a_file_changes(classes_dir, tmp_pat
     third = module(path, tmp_path)
     third.setup()
     assert any(((third.splits[s][0] == 255).flatten(1).all(1)).any() for s in third.splits)
-    names = sorted(p.name for p in (path / folder_module.CACHE_DIR).iterdir())
+    names = sorted(p.name for p in first.cache_dir.iterdir())
     assert len(names) == 2 and caches[0].name not in names  # the stale 8x8 cache is gone
     # Adding an image is a change too.
     write(path / "dogs" / "new.png", smooth_image(40))
@@ -216,7 +226,7 @@ def test_unreadable_cache_is_rebuilt(classes_dir, tmp_path):
     path, _ = classes_dir
     dm = module(path, tmp_path)
     dm.setup("test")
-    (cache,) = (path / folder_module.CACHE_DIR).iterdir()
+    (cache,) = dm.cache_dir.iterdir()
     cache.write_bytes(cache.read_bytes()[:100])  # truncated
     again = module(path, tmp_path)
     again.setup("test")
@@ -224,39 +234,72 @@ def test_unreadable_cache_is_rebuilt(classes_dir, tmp_path):
     assert np.load(cache, allow_pickle=False).shape == (12, 3, 8, 8)
 
 
-def test_read_only_folder_caches_under_root(classes_dir, tmp_path, monkeypatch):
+def test_cache_option_chooses_where_and_keeps_folders_apart(classes_dir, tmp_path, monkeypatch):
     path, _ = classes_dir
-    write_atomically = folder_module._write_atomically
-
-    def read_only(target, array):
-        if Path(target).is_relative_to(path):
-            raise PermissionError(13, "Permission denied", str(target))
-        write_atomically(target, array)
-
-    monkeypatch.setattr(folder_module, "_write_atomically", read_only)
-    dm = module(path, tmp_path)
-    dm.setup()
-    assert not (path / folder_module.CACHE_DIR).exists()
-    (cache,) = (tmp_path / "data-root" / folder_module.FALLBACK_DIR).iterdir()
-    assert cache.suffix == ".npy" and "-8x8-c3-" in cache.name
+    other = tmp_path / "other"
+    for i in range(10):
+        write(other / f"{i}.png", smooth_image(i))
+    chosen = tmp_path / "my-cache"
+    one = module(path, tmp_path, cache=str(chosen))
+    two = module(other, tmp_path, cache=str(chosen), val_size=1, test_size=1)
+    one.setup()
+    two.setup()
+    assert one.cache_dir.parent == two.cache_dir.parent == chosen
+    assert one.cache_dir != two.cache_dir  # one subfolder per image folder: neither removes
+    assert len(list(one.cache_dir.iterdir())) == len(list(two.cache_dir.iterdir())) == 1
+    assert not (tmp_path / "data-root").exists()
+    # The same folder by another name (a symbolic link) is the same cache.
+    (tmp_path / "alias").symlink_to(path)
     monkeypatch.setattr(folder_module, "decode", lambda *a: pytest.fail("decoded again"))
-    again = module(path, tmp_path)
+    again = module(tmp_path / "alias", tmp_path, cache=str(chosen))
+    again.setup()
+    assert again.cache_dir == one.cache_dir
+    assert torch.equal(again.splits["train"][0], one.splits["train"][0])
+
+
+def test_no_cache_anywhere_still_trains(classes_dir, tmp_path, caplog):
+    path, _ = classes_dir
+    (tmp_path / "a-file").write_text("not a folder")  # the cache cannot be created under it
+    dm = module(path, tmp_path, cache=str(tmp_path / "a-file"))
+    dm.setup()
+    assert len(dm.splits["train"][0]) == 8
+    assert "Could not write the image cache" in caplog.text
+    assert "the next run decodes the images again; set data.cache" in caplog.text
+
+
+def test_own_size_by_default(tmp_path, monkeypatch):
+    path = tmp_path / "own"
+    written = {f"{i}.png": smooth_image(i, size=(6, 10)) for i in range(10)}
+    for name, image in written.items():
+        write(path / name, image)
+    dm = FolderDataModule(path=str(path), root=str(tmp_path / "root"), val_size=1, test_size=1)
+    assert dm.shape == (3, 6, 10)  # known before any image is decoded: from their headers
+    dm.setup()
+    x, _ = all_splits(dm)
+    assert sorted(map(bytes, x)) == sorted(bytes(i.transpose(2, 0, 1)) for i in written.values())
+    (cache,) = dm.cache_dir.iterdir()
+    assert cache.name.startswith("native-c3-")
+    # Later runs take the size from the cache: no image is opened.
+    monkeypatch.setattr(folder_module, "image_size", lambda *a: pytest.fail("opened"))
+    monkeypatch.setattr(folder_module, "decode", lambda *a: pytest.fail("decoded again"))
+    again = FolderDataModule(path=str(path), root=str(tmp_path / "root"), val_size=1,
+                             test_size=1)
+    assert again.shape == (3, 6, 10)
     again.setup()
     assert torch.equal(again.splits["train"][0], dm.splits["train"][0])
 
 
-def test_no_cache_anywhere_still_trains(classes_dir, tmp_path, monkeypatch, caplog):
-    path, _ = classes_dir
-
-    def nowhere(target, array):
-        raise PermissionError(13, "Permission denied", str(target))
-
-    monkeypatch.setattr(folder_module, "_write_atomically", nowhere)
-    dm = module(path, tmp_path)
-    dm.setup()
-    assert len(dm.splits["train"][0]) == 8
-    assert "Could not write the image cache" in caplog.text
-    assert "the next run decodes the images again" in caplog.text
+def test_images_of_different_sizes_need_a_size(tmp_path):
+    path = tmp_path / "mixed"
+    for i in range(4):
+        write(path / f"{i}.png", smooth_image(i, size=(8, 8)))
+    write(path / "sub" / "odd.jpg", smooth_image(9, size=(8, 12)))
+    with pytest.raises(DataError, match="holds images of different sizes") as err:
+        FolderDataModule(path=str(path), root=str(tmp_path / "root"))
+    message = str(err.value)
+    assert f"{path / '0.png'} (8x8)" in message and f"{path / 'sub' / 'odd.jpg'} (8x12)" in message
+    assert "data.size" in message and len(message.splitlines()) == 1
+    assert FolderDataModule(path=str(path), size=8, root=str(tmp_path / "root")).shape == (3, 8, 8)
 
 
 def test_split_is_fixed_across_seeds_and_stages(classes_dir, tmp_path):
@@ -303,8 +346,7 @@ def test_bad_image_is_a_data_error_naming_the_file(classes_dir, tmp_path, conten
     with pytest.raises(DataError, match="cannot be read as an image") as err:
         dm.prepare_data()
     assert str(bad) in str(err.value) and len(str(err.value).splitlines()) == 1
-    assert not (path / folder_module.CACHE_DIR).exists() or not any(
-        (path / folder_module.CACHE_DIR).iterdir())  # nothing cached
+    assert not dm.cache_dir.exists() or not any(dm.cache_dir.iterdir())  # nothing cached
 
 
 def test_folder_errors(tmp_path):
@@ -320,15 +362,17 @@ def test_folder_errors(tmp_path):
     for i in range(2):
         write(few / f"{i}.png", smooth_image(i))
     with pytest.raises(DataError, match="holds 2 examples: too few for val_size=0.1"):
-        FolderDataModule(path=str(few), size=8).setup()
+        FolderDataModule(path=str(few), size=8, root=str(tmp_path / "root")).setup()
 
 
 @pytest.mark.parametrize("kwargs, word", [
     ({"channels": 2}, "channels=2 is not allowed: expected one of 1, 3"),
     ({"size": 0}, "size=0 is not allowed"),
-    ({"size": [8]}, r"size=\[8\] is not allowed: expected an integer or a list \[H, W\]"),
+    ({"size": [8]}, r"size=\[8\] is not allowed: expected null \(the images' own size\), an "
+                    r"integer or a list \[H, W\]"),
     ({"size": [8, 0]}, r"size=\[8, 0\] is not allowed"),
-    ({"val_size": 1.5}, "val_size=1.5 is not allowed: expected an integer >= 1 or a number > 0"),
+    ({"val_size": 1.5}, "val_size=1.5 is not allowed: expected an integer >= 0 or a number > 0 "
+                        "and < 1"),
     ({"test_size": 0}, "test_size=0 is not allowed"),
     ({"binarize": "otsu"}, "binarize='otsu' is not allowed"),
 ])
@@ -347,6 +391,33 @@ def test_config_picks_the_continuous_bernoulli_and_reports_bad_files(classes_dir
         build(compose_train(["data=folder", f"data.path={tmp_path / 'nowhere'}"], tmp_path))
 
 
+def test_config_defaults_keep_the_images_size_and_cache_under_the_data_root(tmp_path):
+    """data=folder with only data.path: the images' own size, and the cache under data.root
+    (a subfolder named by the folder), nothing written into the image folder; data.cache
+    moves it."""
+    path = tmp_path / "images"
+    for i in range(10):
+        write(path / f"{i}.png", smooth_image(i, size=(10, 12)))
+    before = listing(path)
+    root = tmp_path / "root"
+    cfg = compose_train(["data=folder", f"data.path={path}", f"data.root={root}"], tmp_path)
+    assert cfg.data.size is None and cfg.data.cache is None
+    dm = build(cfg).datamodule
+    assert dm.shape == (3, 10, 12)
+    dm.setup()
+    assert dm.cache_dir.parent == root / folder_module.CACHE_DIR
+    (cache,) = dm.cache_dir.iterdir()
+    assert cache.name.startswith("native-c3-")
+    assert listing(path) == before
+    chosen = tmp_path / "elsewhere"
+    cfg = compose_train(["data=folder", f"data.path={path}", f"data.root={root}",
+                         f"data.cache={chosen}", "data.size=8"], tmp_path)
+    moved = build(cfg).datamodule
+    moved.setup()
+    assert moved.cache_dir.parent == chosen and len(list(moved.cache_dir.iterdir())) == 1
+    assert listing(path) == before
+
+
 def test_training_end_to_end(tmp_path):
     """One epoch on 40 RGB images in three class folders (val and test of 10: the figures
     callback draws a row of 10 validation points)."""
@@ -355,7 +426,8 @@ def test_training_end_to_end(tmp_path):
         write(path / f"class{i % 3}" / f"{i}.png", smooth_image(i, size=(10, 12)))
     out = tmp_path / "run"
     cfg = compose_train(
-        ["data=folder", f"data.path={path}", "data.size=8", "data.batch_size=10",
+        ["data=folder", f"data.path={path}", f"data.root={tmp_path / 'root'}", "data.size=8",
+         "data.batch_size=10",
          "data.val_size=10", "data.test_size=10", "model/likelihood=continuous_bernoulli",
          "model.latent=2", "model.encoder.net.hidden=[16]", "model.decoder.net.hidden=[16]",
          "trainer.max_epochs=1", "trainer.accelerator=cpu", *QUIET], out)

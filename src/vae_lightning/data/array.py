@@ -3,11 +3,14 @@
 A ``.npy`` file, and each array of a ``.npz`` (a zip of ``.npy`` files), starts with a short
 header giving the array's dtype and shape: reading only that header tells the image shape the
 model is built for, before any data is loaded. An array of Python objects is refused: loading it
-would unpickle it, and unpickling runs whatever code the file names.
+would unpickle it, and unpickling runs whatever code the file names. The header is untrusted too:
+the bytes it declares (its shape times its dtype's size) are checked against what the file (or
+the zip member) can hold and against the memory available before anything is allocated.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tokenize
 import zipfile
@@ -19,38 +22,100 @@ import numpy as np
 
 from vae_lightning.args import checked
 
-from .datamodules import SplitSize, ValSize, VAEDataModule, held_out
-from .download import DataNotFoundError
+from .datamodules import SplitSize, VAEDataModule, ValSize, held_out
+from .download import check_memory, describe, nameable, names, open_data
 from .errors import DataError
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"  # a zip: a member, or the end of an empty one
+# What a zip reader raises for an archive or member it cannot read (corrupt, truncated, an
+# undecodable member name, an unsupported compression method, encrypted).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error,
+               ValueError, NotImplementedError, RuntimeError)
+# Deflate's largest expansion: one match codes at most 258 bytes in at least 2 bits, so a
+# deflated member of c bytes holds at most 1032 c (what a header may claim beyond is a lie).
+_DEFLATE_RATIO = 1032
 # Channel counts that mark an axis as the channels in ``layout="auto"``.
 _CHANNELS = (1, 3)
 
 
 class Header(NamedTuple):
-    """What an array's header says: its shape and dtype."""
+    """What an array's header says: its shape and dtype, its memory order, and the offset of
+    its data in the file (or member)."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    fortran_order: bool = False
+    offset: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of data the header declares."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def describe(self) -> str:
+        """``uint8 [N, H, W]``, the header's claim in words (a structured dtype's field names,
+        bytes of the file, are not quoted)."""
+        return f"{dtype_name(self.dtype)} {list(self.shape)}"
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    return "a structured dtype" if dtype.names else str(dtype)
 
 
 def read_header(fh: IO[bytes], where: str) -> Header:
     """The header of the ``.npy`` data in ``fh``, read without loading (or unpickling) the
     array; a ``DataError`` naming ``where`` when it is not a ``.npy`` header."""
+    read = None
     try:
         version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
-            raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
-    except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as err:  # a bad header
-        raise DataError(f"{where} is not a readable .npy array ({err}): save it with "
-                        "numpy.save or numpy.savez.") from None
-    return Header(tuple(int(d) for d in shape), np.dtype(dtype))
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is not None:
+            shape, fortran_order, dtype = read(fh)
+    except (ValueError, SyntaxError, EOFError, tokenize.TokenError, RecursionError) as err:
+        raise DataError(f"{where} is not a readable .npy array ({describe(err)} in its header): "
+                        "save it with numpy.save or numpy.savez.") from None
+    if read is None:
+        raise DataError(f"{where} is a .npy array of a format version other than 1.0 and 2.0: "
+                        "save it with numpy.save or numpy.savez.")
+    header = Header(tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran_order),
+                    fh.tell())
+    if any(d < 0 for d in header.shape):
+        raise DataError(f"{where} declares the shape {list(header.shape)}, with a negative "
+                        "dimension: the file is corrupt; save it again with numpy.save or "
+                        "numpy.savez.")
+    return header
+
+
+def check_holds(header: Header, capacity: int, where: str) -> None:
+    """Refuse a header that declares more bytes than its file (or member) can hold,
+    ``capacity`` bytes after the header, or than the memory available: the array is checked
+    before anything is allocated for it."""
+    if header.nbytes > capacity:
+        raise DataError(f"{where} declares {header.describe()} ({header.nbytes:,} bytes of data), "
+                        f"but holds at most {max(0, capacity):,}: the file is truncated or "
+                        "corrupt; save it again with numpy.save or numpy.savez.")
+    check_memory(header.nbytes, f"{where} declares {header.describe()}",
+                 "use fewer or smaller images (or a machine with more memory)")
+
+
+def member_capacity(info: zipfile.ZipInfo, offset: int) -> int:
+    """The most data bytes a zip member can hold after its ``offset`` bytes of header: its
+    uncompressed size, and no more than its compressed size can expand to."""
+    size = info.file_size
+    if info.compress_type == zipfile.ZIP_STORED:
+        size = min(size, info.compress_size)
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        size = min(size, info.compress_size * _DEFLATE_RATIO)
+    return size - offset
+
+
+def map_npy(fh: IO[bytes], header: Header) -> np.ndarray:
+    """The data of the open ``.npy`` file ``fh`` (its ``header`` checked: ``check_holds``)
+    memory-mapped read-only: only what is indexed is read."""
+    return np.memmap(fh, header.dtype, mode="r", offset=header.offset, shape=header.shape,
+                     order="F" if header.fortran_order else "C")
 
 
 def resolve_layout(shape: tuple[int, ...], layout: str, where: str) -> str:
@@ -116,6 +181,7 @@ class ArrayDataModule(VAEDataModule):
         self.path, self.layout = Path(path), layout
         self.val_size, self.test_size = val_size, test_size
         self.key, self.labels_key = key, labels_key
+        self._given = {k for k in (key, labels_key) if k is not None}  # the user's: quotable
         header = self._header()
         self.resolved_layout = resolve_layout(header.shape, layout, self._where(self.key))
         self.shape = image_shape(header.shape, self.resolved_layout)
@@ -125,60 +191,66 @@ class ArrayDataModule(VAEDataModule):
                             f"{list(header.shape)}).")
 
     def _where(self, key: str | None) -> str:
-        return f"path={str(self.path)!r}" + (f" (key={key!r})" if key is not None else "")
+        """``path='...' (key='...')`` for messages; an array name taken from the file (the only
+        one, ``key=null``) is quoted only when it is ``nameable``."""
+        where = f"path={str(self.path)!r}"
+        if key is None:
+            return where
+        if key in self._given or nameable(key):
+            return f"{where} (key={key!r})"
+        return f"{where} (its only array, whose name is not shown: not an identifier)"
 
-    def _kind(self) -> str:
-        """``"npy"`` or ``"npz"``, by the file's first bytes (not its name)."""
-        try:
-            with open(self.path, "rb") as fh:
-                magic = fh.read(6)
-        except FileNotFoundError:
-            raise DataNotFoundError(f"path={str(self.path)!r} does not exist: expected a .npy "
-                                    "or .npz file of images.") from None
-        except OSError as err:
-            raise DataError(f"path={str(self.path)!r} cannot be read ({err.strerror}).") from None
-        if magic == _NPY_MAGIC:
-            return "npy"
-        if magic.startswith(_ZIP_MAGIC):
-            return "npz"
-        raise DataError(f"path={str(self.path)!r} is neither a .npy nor a .npz file (it starts "
-                        f"with {magic!r}): save the images with numpy.save or numpy.savez.")
+    def _open(self) -> IO[bytes]:
+        return open_data(self.path, "a .npy or .npz file of images", "path")
 
     def _header(self) -> Header:
         """Check the file and the keys against its headers (no data is read); return the
         images' header."""
-        if self._kind() == "npy":
-            for name, value in (("key", self.key), ("labels_key", self.labels_key)):
-                if value is not None:
-                    raise DataError(f"{name}={value!r} names an array in a .npz file, but "
-                                    f"path={str(self.path)!r} is a .npy holding one array: "
-                                    f"expected {name}=null (labels need a .npz).")
-            with open(self.path, "rb") as fh:
-                header = read_header(fh, self._where(None))
-        else:
-            try:
-                header = self._npz_header()
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
-                raise DataError(f"path={str(self.path)!r} is not a readable .npz file "
-                                f"({type(err).__name__}: {err}).") from None
-        _check_dtype(header, self._where(self.key), labels=False)
+        with self._open() as fh:
+            magic = fh.read(len(_NPY_MAGIC))
+            fh.seek(0)
+            if magic == _NPY_MAGIC:
+                self.format = "npy"
+                header = self._npy_header(fh)
+            elif magic.startswith(_ZIP_MAGIC):
+                self.format = "npz"
+                try:
+                    header = self._npz_header(fh)
+                except DataError:
+                    raise
+                except _ZIP_ERRORS as err:
+                    raise DataError(f"path={str(self.path)!r} is not a readable .npz file "
+                                    f"({describe(err)}): save the images again with "
+                                    "numpy.savez.") from None
+            else:
+                raise DataError(f"path={str(self.path)!r} is neither a .npy nor a .npz file (it "
+                                "starts with neither numpy's .npy signature nor a zip header): "
+                                "save the images with numpy.save or numpy.savez.")
         return header
 
-    def _npz_header(self) -> Header:
-        with zipfile.ZipFile(self.path) as archive:
+    def _npy_header(self, fh: IO[bytes]) -> Header:
+        for name, value in (("key", self.key), ("labels_key", self.labels_key)):
+            if value is not None:
+                raise DataError(f"{name}={value!r} names an array in a .npz file, but "
+                                f"path={str(self.path)!r} is a .npy holding one array: "
+                                f"expected {name}=null (labels need a .npz).")
+        header = read_header(fh, self._where(None))
+        _check_dtype(header, self._where(None), labels=False)
+        check_holds(header, os.fstat(fh.fileno()).st_size - header.offset, self._where(None))
+        return header
+
+    def _npz_header(self, fh: IO[bytes]) -> Header:
+        with zipfile.ZipFile(fh) as archive:
             arrays = [n.removesuffix(".npy") for n in archive.namelist()
                       if n.endswith(".npy")]
             self.key = self._choose_key(arrays)
-            with archive.open(self.key + ".npy") as fh:
-                header = read_header(fh, self._where(self.key))
+            header = _member_header(archive, self.key, self._where(self.key), labels=False)
             if self.labels_key is not None:
-                with archive.open(self.labels_key + ".npy") as fh:
-                    labels = read_header(fh, self._where(self.labels_key))
-                _check_dtype(labels, self._where(self.labels_key), labels=True)
+                where = self._where(self.labels_key)
+                labels = _member_header(archive, self.labels_key, where, labels=True)
                 if labels.shape != header.shape[:1]:
-                    raise DataError(f"{self._where(self.labels_key)} has shape "
-                                    f"{list(labels.shape)}: expected one label per image, "
-                                    f"{list(header.shape[:1])}.")
+                    raise DataError(f"{where} has shape {list(labels.shape)}: expected one "
+                                    f"label per image, {list(header.shape[:1])}.")
         return header
 
     def _choose_key(self, arrays: list[str]) -> str:
@@ -186,7 +258,8 @@ class ArrayDataModule(VAEDataModule):
         for name, value in (("key", self.key), ("labels_key", self.labels_key)):
             if value is not None and value not in arrays:
                 raise DataError(f"{name}={value!r} is not an array of path={str(self.path)!r}: "
-                                f"expected one of {', '.join(arrays) or '(none: it is empty)'}.")
+                                "expected one of "
+                                f"{names(arrays) if arrays else '(none: it is empty)'}.")
         others = [a for a in arrays if a != self.labels_key]
         if self.key is not None:
             chosen = self.key
@@ -197,7 +270,7 @@ class ArrayDataModule(VAEDataModule):
                             f"path={str(self.path)!r}: expected the images in another array.")
         else:
             raise DataError(f"key=null, but path={str(self.path)!r} holds "
-                            f"{len(others) or 'no'} arrays ({', '.join(others) or 'none'}) and "
+                            f"{len(others) or 'no'} arrays ({names(others)}) and "
                             "none named x: expected key=<the name of the images' array>.")
         if chosen == self.labels_key:
             raise DataError(f"labels_key={self.labels_key!r} is also the images' key: expected "
@@ -205,24 +278,35 @@ class ArrayDataModule(VAEDataModule):
         return chosen
 
     def _read(self) -> tuple[np.ndarray, np.ndarray]:
-        """The images (a memory map for a ``.npy``) and the int64 labels."""
-        try:
-            if self._kind() == "npy":
-                images = np.load(self.path, mmap_mode="r", allow_pickle=False)
-                labels = np.full(len(images), -1, np.int64)
-            else:
-                with np.load(self.path, allow_pickle=False) as archive:
-                    images = archive[self.key]
-                    labels = (archive[self.labels_key].astype(np.int64)
-                              if self.labels_key is not None
-                              else np.full(len(images), -1, np.int64))
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise DataError(f"{self._where(self.key)} cannot be read ({type(err).__name__}: "
-                            f"{err}): the file is truncated or corrupt.") from None
-        if images.shape[0] != self.n or images.dtype != self.dtype:
-            raise DataError(f"{self._where(self.key)} changed since this run started: it "
-                            f"holds {images.dtype} {list(images.shape)}.")
+        """The images (a memory map for a ``.npy``) and the int64 labels, their headers checked
+        again (the file may have changed since ``__init__``)."""
+        where = self._where(self.key)
+        with self._open() as fh:
+            try:
+                if self.format == "npy":
+                    header = self._npy_header(fh)
+                    self._check_unchanged(header)
+                    return map_npy(fh, header), np.full(self.n, -1, np.int64)
+                with zipfile.ZipFile(fh) as archive:
+                    images = _read_member(archive, self.key, where, False,
+                                          self._check_unchanged)
+                    labels = (np.full(self.n, -1, np.int64) if self.labels_key is None else
+                              _read_member(archive, self.labels_key,
+                                           self._where(self.labels_key), True).astype(np.int64))
+            except DataError:
+                raise
+            except _ZIP_ERRORS as err:
+                raise DataError(f"{where} cannot be read ({describe(err)}): the file is "
+                                "truncated or corrupt.") from None
+        if len(labels) != self.n:
+            raise DataError(f"{self._where(self.labels_key)} changed since this run started: "
+                            f"it holds {len(labels)} labels for {self.n} images.")
         return images, labels
+
+    def _check_unchanged(self, header: Header) -> None:
+        if header.shape[0] != self.n or header.dtype != self.dtype:
+            raise DataError(f"{self._where(self.key)} changed since this run started: it "
+                            f"holds {header.describe()}.")
 
     def _load(self, names):
         images, labels = self._read()
@@ -240,21 +324,54 @@ class ArrayDataModule(VAEDataModule):
         return out
 
 
+def _member_header(archive: zipfile.ZipFile, name: str, where: str, labels: bool,
+                   member: IO[bytes] | None = None) -> Header:
+    """The header of the array ``name`` of a ``.npz`` (read from ``member``, its open member,
+    if given), its dtype checked (``labels``: integer labels, else images), then its size
+    against what the member can hold (``check_holds``)."""
+    if member is None:
+        with archive.open(name + ".npy") as member:
+            return _member_header(archive, name, where, labels, member)
+    header = read_header(member, where)
+    _check_dtype(header, where, labels)
+    check_holds(header, member_capacity(archive.getinfo(name + ".npy"), header.offset), where)
+    return header
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, where: str, labels: bool,
+                 check=lambda header: None) -> np.ndarray:
+    """The array ``name`` of a ``.npz``, its header checked (``_member_header``, then
+    ``check``) before its data is read."""
+    with archive.open(name + ".npy") as member:
+        header = _member_header(archive, name, where, labels, member)
+        check(header)
+        data = member.read(header.nbytes)
+    if len(data) != header.nbytes:
+        raise DataError(f"{where} holds {len(data):,} bytes of data where its header declares "
+                        f"{header.describe()} ({header.nbytes:,} bytes): the file is truncated "
+                        "or corrupt.")
+    return np.frombuffer(data, header.dtype).reshape(
+        header.shape, order="F" if header.fortran_order else "C")
+
+
 def _check_dtype(header: Header, where: str, labels: bool) -> None:
     if header.dtype.hasobject:
         raise DataError(f"{where} is an array of Python objects, which is never loaded "
                         "(unpickling runs code from the file): expected a numeric array saved "
                         "with numpy.save or numpy.savez.")
     if labels and header.dtype.kind not in "iu":
-        raise DataError(f"{where} has dtype {header.dtype}: expected integer labels.")
+        raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected integer "
+                        "labels.")
     if not labels and header.dtype != np.uint8 and header.dtype.kind != "f":
-        raise DataError(f"{where} has dtype {header.dtype}: expected uint8 (0..255) or float "
-                        "(in [0, 1]) images; convert it, e.g. x.astype(numpy.float32) / 255.")
+        raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected uint8 "
+                        "(0..255) or float (in [0, 1]) images; convert it, e.g. "
+                        "x.astype(numpy.float32) / 255.")
 
 
 def _check_values(x: np.ndarray, where: str, chunk: int = 1024) -> None:
-    """Float images must lie in [0, 1]: a ``DataError`` naming the first image that does not
-    (checked ``chunk`` images at a time, so a large memory-mapped file is not copied whole)."""
+    """Float images must lie in [0, 1]: a ``DataError`` naming the first image that does not,
+    and how (checked ``chunk`` images at a time, so a large memory-mapped file is not copied
+    whole; no value of the file is quoted)."""
     first, count = None, 0
     for start in range(0, len(x), chunk):
         part = np.asarray(x[start:start + chunk])
@@ -265,6 +382,8 @@ def _check_values(x: np.ndarray, where: str, chunk: int = 1024) -> None:
             value = float(part[bad[0]].reshape(-1)[~ok[bad[0]]][0])
         count += len(bad)
     if first is not None:
-        raise DataError(f"{where}: image {first} (of {count} such) holds {value}: expected "
+        how = ("a value that is not finite" if not math.isfinite(value) else
+               "a value below 0" if value < 0 else "a value above 1")
+        raise DataError(f"{where}: image {first} (of {count} such) holds {how}: expected "
                         "float pixels in [0, 1] (and finite); rescale the images, or save them "
                         "as uint8.")

@@ -4,12 +4,14 @@ The binary version (``cifar-10-binary.tar.gz``), not the Python one: the Python 
 batches are pickles, and unpickling runs whatever code a file names. The binary format is
 plain: each record is 1 label byte, then 3072 pixel bytes, the red, green and blue 32x32
 planes in turn, rows top to bottom; six files of 10000 records (``data_batch_1..5.bin``, the
-training set, and ``test_batch.bin``).
+training set, and ``test_batch.bin``). Each file's size (on disk, or in the tar's member header)
+is checked before it is read: a whole number of records, and no more than the memory available.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tarfile
 import zlib
 from pathlib import Path
@@ -17,10 +19,11 @@ from typing import Literal
 
 import numpy as np
 
-from vae_lightning.args import NonNegativeInt, PositiveInt, checked
+from vae_lightning import files
+from vae_lightning.args import NonNegativeInt, checked
 
 from .datamodules import VAEDataModule, _carve
-from .download import ensure_files, find
+from .download import check_memory, describe, ensure_files, find, not_regular, open_data
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -32,12 +35,15 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
            "truck")
 
 
-def check_size(size: int, where: str) -> None:
-    """A batch file must hold a whole, positive number of records."""
+def check_size(size: int, where: str, read: int = 0) -> None:
+    """A batch file must hold a whole, positive number of records, and fit in the memory
+    available besides the ``read`` bytes of the files read before it."""
     if size == 0 or size % RECORD:
         raise DataError(f"{where} is {size} bytes: expected a positive multiple of {RECORD} "
                         f"(1 label byte and 3072 pixel bytes per image; {10000 * RECORD} in the "
                         "official archive): it is truncated, or not CIFAR-10's binary version.")
+    check_memory(read + size, f"{where} is {size // RECORD:,} images",
+                 "expected CIFAR-10's batches of 10000 images: replace the file")
 
 
 def parse_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -45,9 +51,10 @@ def parse_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     check_size(len(raw), where)
     records = np.frombuffer(raw, np.uint8).reshape(-1, RECORD)
     labels = records[:, 0].astype(np.int64)
-    if labels.max() >= len(CLASSES):
-        raise DataError(f"{where} holds label {int(labels.max())}: expected 0..9 (CIFAR-10's "
-                        "ten classes).")
+    bad = np.flatnonzero(labels >= len(CLASSES))
+    if len(bad):
+        raise DataError(f"{where} holds a label outside 0..9 (image {int(bad[0])}, of "
+                        f"{len(bad)} such): expected CIFAR-10's ten classes.")
     return records[:, 1:].reshape(-1, 3, 32, 32).copy(), labels
 
 
@@ -84,9 +91,14 @@ class CIFAR10DataModule(VAEDataModule):
         super().__init__(*args, val_size=val_size, binarize=binarize, **kwargs)
 
     def _folder(self) -> Path | None:
-        """The extracted batches, when every one of them is there."""
+        """The extracted batches, when every one of them is there (a batch that is there but
+        not a regular file, e.g. a FIFO or a dangling link, is an error: ``files.kind``)."""
         folder = self.root / self.name / self.extracted
-        return folder if all((folder / f).is_file() for f in TRAIN + TEST) else None
+        found = {f: files.kind(folder / f) for f in TRAIN + TEST}
+        for name, kind in found.items():
+            if kind not in (None, "missing"):
+                raise not_regular(str(folder / name), kind, "a CIFAR-10 batch file")
+        return folder if all(kind is None for kind in found.values()) else None
 
     def _archive(self) -> Path:
         folder = self.root / self.name
@@ -101,10 +113,7 @@ class CIFAR10DataModule(VAEDataModule):
     def _read(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         """The images and labels of the batch files ``names``, in that order."""
         folder = self._folder()
-        if folder is not None:
-            raw = {str(folder / n): (folder / n).read_bytes() for n in names}
-        else:
-            raw = _members(self._archive(), names)
+        raw = _files(folder, names) if folder is not None else _members(self._archive(), names)
         batches = [parse_batch(data, where) for where, data in raw.items()]
         return (np.concatenate([b[0] for b in batches]),
                 np.concatenate([b[1] for b in batches]))
@@ -120,13 +129,26 @@ class CIFAR10DataModule(VAEDataModule):
         return {s: out[s] for s in names}
 
 
+def _files(folder: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """``{"<path>": bytes}`` of the extracted batch files ``names`` in ``folder``, each size
+    checked (``check_size``) before it is read."""
+    raw: dict[str, bytes] = {}
+    for name in names:
+        with open_data(folder / name, "a CIFAR-10 batch file") as fh:
+            check_size(os.fstat(fh.fileno()).st_size, str(folder / name),
+                       sum(map(len, raw.values())))
+            raw[str(folder / name)] = fh.read()
+    return raw
+
+
 def _members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
     """``{"<archive> member <path>": bytes}`` of the batch files ``names`` in the tar
     ``archive`` (gzipped or not), in the order of ``names``, each matched by its file name
     wherever it sits in the tar; one pass, nothing written to disk."""
     found: dict[str, tuple[str, bytes]] = {}
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with (open_data(archive, f"CIFAR-10's archive {CIFAR10DataModule.archive}") as fh,
+              tarfile.open(fileobj=fh, mode="r:*") as tar):
             for member in tar:
                 name = member.name.rsplit("/", 1)[-1]
                 if name not in names or name in found:
@@ -134,14 +156,16 @@ def _members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
                 where = f"{archive} member {member.name}"
                 if not member.isfile():
                     raise DataError(f"{where} is not a file: expected CIFAR-10's binary archive.")
-                check_size(member.size, where)  # before reading it
+                check_size(member.size, where, sum(len(data) for _, data in found.values()))
                 found[name] = (where, tar.extractfile(member).read())
                 if len(found) == len(names):
                     break
+    except DataError:
+        raise
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{archive} cannot be read as a tar archive ({type(err).__name__}: "
-                        f"{err}): it is truncated or corrupt; remove it"
-                        " (download=true fetches it again).") from None
+        raise DataError(f"{archive} cannot be read as a tar archive ({describe(err)}): it is "
+                        "truncated or corrupt; remove it (download=true fetches it "
+                        "again).") from None
     missing = [n for n in names if n not in found]
     if missing:
         raise DataError(f"{archive} lacks {', '.join(missing)}: expected CIFAR-10's binary "

@@ -1,10 +1,18 @@
 """Your own images: every PNG and JPEG under a folder, decoded once into a uint8 cache file.
 
-Decoding and resizing thousands of images costs seconds to minutes, an epoch of index slicing
-milliseconds: so the images are decoded once, into one uint8 array ``[N, C, H, W]`` saved beside
-them, and every later run (and every epoch) reads that array. The cache file is named by a hash of
-what it was decoded from (each image's relative path, size in bytes and modification time, and
-the output size and channels), so changing, adding or removing an image makes a new one.
+Decoding (and resizing) thousands of images costs seconds to minutes, an epoch of index slicing
+milliseconds: so the images are decoded once, into one uint8 array ``[N, C, H, W]``, and every
+later run (and every epoch) reads that array. The cache is kept under the data root
+(``root/folder_cache``, or the folder ``cache`` names), never in the image folder, in a subfolder
+named by a hash of the image folder's resolved path; the cache file is named by a hash of what it
+was decoded from (each image's relative path, size in bytes and modification time, and the output
+size and channels), so changing, adding or removing an image makes a new one.
+
+By default the images keep their own size, which they must then share (a model is built for one
+image shape); ``size`` resizes and centre-crops them all to one. Every file is untrusted input:
+only regular files are opened (a FIFO named ``x.png`` would block the run forever; a dangling
+link is named as such), Pillow's limit against decompression bombs applies to each image, and
+the decoded array must fit in the memory available before it is allocated.
 """
 
 from __future__ import annotations
@@ -16,27 +24,36 @@ import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from vae_lightning.args import PositiveInt, checked, fail
+from vae_lightning.files import kind
 
-from .datamodules import SplitSize, ValSize, VAEDataModule, held_out
-from .download import DataNotFoundError
+from .array import check_holds, map_npy, read_header
+from .datamodules import SplitSize, VAEDataModule, ValSize, held_out
+from .download import (
+    DataNotFoundError,
+    check_memory,
+    describe,
+    not_regular,
+    open_data,
+)
 from .errors import DataError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Image files read, by extension (any case).
 EXTENSIONS = (".png", ".jpg", ".jpeg")
-# The cache folder inside the image folder; its fallback under ``root`` when that is read-only.
-CACHE_DIR = ".vae-lightning-cache"
-FALLBACK_DIR = "folder_cache"
+_WHAT = "a PNG or JPEG image"
+# The caches' folder under ``root`` (unless ``cache`` names another).
+CACHE_DIR = "folder_cache"
 # Part of every cache key: a change in how images are decoded invalidates old caches.
 _DECODER_VERSION = 1
 # What Pillow raises for a file it cannot decode (a corrupt, truncated or non-image file).
@@ -52,11 +69,12 @@ def scan(directory: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
 
     Each first-level subfolder holding images is a class, labelled by its index among the
     sorted class names (images deeper down belong to their first-level folder); images directly
-    in ``directory`` are labelled -1. Hidden files and folders (a leading ".", e.g. the cache)
-    are skipped; symbolic links are followed, each real folder read once.
+    in ``directory`` are labelled -1. Hidden files and folders (a leading ".") are skipped;
+    symbolic links are followed, each real folder read once; a folder that cannot be listed is
+    an error (its images are not silently left out).
     """
     found, seen = [], set()
-    for folder, subfolders, files in os.walk(directory, followlinks=True):
+    for folder, subfolders, names in os.walk(directory, onerror=_unlistable, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:  # a link back up the tree
             subfolders[:] = []
@@ -64,7 +82,7 @@ def scan(directory: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
         seen.add(real)
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         rel = Path(folder).relative_to(directory)
-        found += [rel / f for f in files
+        found += [rel / f for f in names
                   if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
     found.sort(key=lambda p: p.parts)
     classes = tuple(sorted({p.parts[0] for p in found if len(p.parts) > 1}))
@@ -73,17 +91,31 @@ def scan(directory: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
     return found, labels, classes
 
 
+def _unlistable(err: OSError) -> None:
+    raise DataError(f"{err.filename} cannot be listed ({describe(err)}): fix its permissions, "
+                    "or move it out of data.path.")
+
+
+def _turned(image: Image.Image) -> bool:
+    """Whether ``image``'s EXIF orientation swaps its width and height."""
+    return image.getexif().get(0x0112) in _TRANSPOSED
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """``(H, W)`` of ``image`` as shown: with its EXIF orientation applied."""
+    w, h = image.size
+    return (w, h) if _turned(image) else (h, w)
+
+
 def decode(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image file as uint8 ``[channels, H, W]`` for ``size = (H, W)``: upright (its EXIF
     orientation applied), in grayscale ("L") or RGB (an alpha channel is dropped; 16-bit
     grayscale keeps its high byte), scaled so that it covers ``size`` (the shorter side fits),
     then centre-cropped to it. An image already of ``size`` keeps its pixels exactly."""
     height, width = size
-    with Image.open(path) as image:
-        w, h = image.size
-        turned = image.getexif().get(0x0112) in _TRANSPOSED
-        if turned:
-            w, h = h, w
+    with open_data(path, _WHAT) as fh, Image.open(fh) as image:
+        h, w = upright_size(image)
+        turned = _turned(image)
         # A JPEG can decode at 1/2, 1/4 or 1/8 scale, much faster: ask for the smallest scale
         # still at least as large as the resize needs.
         cover = max(width / w, height / h)
@@ -100,31 +132,49 @@ def decode(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-def _decode_file(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
+def image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of the image file ``path`` as shown, from its header alone (nothing is
+    decoded)."""
+    with open_data(path, _WHAT) as fh, Image.open(fh) as image:
+        return upright_size(image)
+
+
+def _readable(read: Callable[..., T], path: Path, *args) -> T:
+    """``read(path, *args)``, a file that Pillow cannot read being a one-line ``DataError``
+    naming it (Pillow's own message is not quoted: it may hold bytes of the file)."""
     try:
-        return decode(path, size, channels)
+        return read(path, *args)
+    except DataError:
+        raise
     except _DECODE_ERRORS as err:
-        raise DataError(f"{path} cannot be read as an image ({type(err).__name__}: "
-                        f"{str(err).strip() or 'no detail'}): replace or remove it.") from None
+        why = (f"more than Pillow's {2 * Image.MAX_IMAGE_PIXELS:,} pixels, its limit against "
+               "decompression bombs" if isinstance(err, Image.DecompressionBombError)
+               else describe(err))
+        raise DataError(f"{path} cannot be read as an image ({why}): replace or remove "
+                        "it.") from None
 
 
 class FolderDataModule(VAEDataModule):
     """Every PNG and JPEG under ``path`` (extensions in any case), optionally in class
     subfolders (``scan``: each first-level subfolder is a class, labelled by its index among
-    the sorted subfolder names; images directly in ``path`` get label -1), resized and
-    centre-cropped to ``size`` (an int for a square, or ``[H, W]``), with ``channels`` 1
-    (grayscale) or 3 (RGB): ``shape = (channels, H, W)``, known from the options alone.
+    the sorted subfolder names; images directly in ``path`` get label -1), with ``channels`` 1
+    (grayscale) or 3 (RGB). ``size``: None (default) keeps the images' own size, which they
+    must all share (else a ``DataError`` names two files of different sizes); an int (a square)
+    or ``[H, W]`` resizes and centre-crops every image to it. ``shape = (channels, H, W)`` is
+    known in ``__init__``: from the options, or (``size=None``) from the cache, else from the
+    images' headers.
 
     The images are decoded once (``decode``, on a few threads) into a uint8 ``[N, C, H, W]``
-    array saved as ``path/.vae-lightning-cache/<H>x<W>-c<C>-<hash>.npy``; every later setup
-    reads that file (``allow_pickle=False``) and never decodes again. The hash covers each
-    image's relative path, size in bytes and modification time, and the size and channels, so
-    any change to the images makes a new cache (the stale one for the same size and channels
-    is removed). The file is written to a temporary file in the same folder and moved into
-    place (``os.replace``), so an interrupted run never leaves a partial cache. When ``path``
-    is read-only, the cache goes to ``root/folder_cache`` instead (its name also hashes the
-    folder's absolute path); when neither can be written, every run decodes them again (with a
-    warning). ``prepare_data`` builds the cache, once per machine.
+    array saved as ``<cache>/<folder hash>/<H>x<W>-c<C>-<hash>.npy`` (``native`` for
+    ``<H>x<W>`` when ``size=None``), where ``<cache>`` is ``cache`` or, by default,
+    ``root/folder_cache``, and ``<folder hash>`` hashes the resolved ``path``; every later
+    setup reads that file (memory-mapped, ``allow_pickle=False``) and never decodes again. The
+    file's hash covers each image's relative path, size in bytes and modification time, and
+    the size and channels, so any change to the images makes a new cache (the stale one for
+    the same size and channels is removed). It is written to a temporary file in the same
+    folder and moved into place (``os.replace``), so an interrupted run never leaves a partial
+    cache; when it cannot be written, every run decodes the images again (with a warning
+    naming the folder). ``prepare_data`` builds the cache, once per machine.
 
     Splits: ``test_size`` images, then ``val_size`` of the rest, held out by the fixed
     permutation of the built-in sets (the same for every ``seed``), each a number of images or
@@ -140,26 +190,32 @@ class FolderDataModule(VAEDataModule):
         self,
         *args,
         path: str | os.PathLike,
-        size: PositiveInt | Sequence[PositiveInt] = 64,
+        size: PositiveInt | Sequence[PositiveInt] | None = None,
         channels: Literal[1, 3] = 3,
+        cache: str | os.PathLike | None = None,
         val_size: ValSize = 0.1,
         test_size: SplitSize = 0.1,
         binarize: Literal["none", "static", "dynamic"] = "none",
         **kwargs,
     ) -> None:
         super().__init__(*args, binarize=binarize, **kwargs)
-        if not isinstance(size, int) and len(size) != 2:
-            fail(self, "size", list(size), "expected an integer or a list [H, W] of two integers")
-        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if size is not None and not isinstance(size, int) and len(size) != 2:
+            fail(self, "size", list(size), "expected null (the images' own size), an integer "
+                 "or a list [H, W] of two integers")
+        self.size = (None if size is None else (size, size) if isinstance(size, int)
+                     else (int(size[0]), int(size[1])))
         self.channels = channels
-        self.shape = (channels, *self.size)
         self.val_size, self.test_size = val_size, test_size
         self.path = Path(path)
         if not self.path.is_dir():
             raise DataNotFoundError(f"path={str(self.path)!r} is not a folder: expected a folder "
                                     "of PNG or JPEG images (in class subfolders or not).")
+        folder = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
+        self.cache_dir = (self.root / CACHE_DIR if cache is None else Path(cache)) / folder
         self.classes: tuple[str, ...] = ()
+        self._listing: tuple[list[Path], np.ndarray, str] | None = None
         self._all: tuple[np.ndarray, np.ndarray] | None = None
+        self.shape = (channels, *(self.size or self._own_size()))
 
     def __getstate__(self) -> dict:
         # Sent to spawned processes without the images: each reads the cache itself.
@@ -175,98 +231,144 @@ class FolderDataModule(VAEDataModule):
 
     def _images(self) -> tuple[np.ndarray, np.ndarray]:
         """All images, uint8 ``[N, C, H, W]`` (from the cache when it is current), and labels:
-        the folder is listed once per data module (``prepare_data`` and every ``setup`` of one
-        run share it; a change to the images is seen by the next run)."""
+        the folder is listed once per data module (``__init__``, ``prepare_data`` and every
+        ``setup`` of one run share it; a change to the images is seen by the next run)."""
         if self._all is None:
             self._all = self._read_or_decode()
         return self._all
 
+    def _list(self) -> tuple[list[Path], np.ndarray, str]:
+        """The image files, their labels and the cache key, listed once."""
+        if self._listing is None:
+            files, labels, self.classes = scan(self.path)
+            if not files:
+                raise DataError(f"path={str(self.path)!r} holds no images: expected files "
+                                f"ending in {', '.join(EXTENSIONS)} (any case), in it or in its "
+                                "subfolders.")
+            self._listing = files, labels, self._key(files)
+        return self._listing
+
+    def _own_size(self) -> tuple[int, int]:
+        """``(H, W)`` shared by all the images (``size=None``): the cache's, when there is a
+        current one, else read from every image's header; a ``DataError`` naming two files of
+        different sizes when they differ."""
+        files, _, key = self._list()
+        cached = _read_cache(self._cache_file(key), (len(files), self.channels, None, None))
+        if cached is not None:
+            return cached.shape[2], cached.shape[3]
+        sizes = self._map(lambda rel: _readable(image_size, self.path / rel), files)
+        for rel, size in zip(files, sizes, strict=True):
+            if size != sizes[0]:
+                raise DataError(
+                    f"path={str(self.path)!r} holds images of different sizes, e.g. "
+                    f"{self.path / files[0]} ({sizes[0][0]}x{sizes[0][1]}) and "
+                    f"{self.path / rel} ({size[0]}x{size[1]}), height x width, and data.size is "
+                    "null (the images' own size): set data.size to an integer (a square) or "
+                    "[H, W] to resize and centre-crop them all to it.")
+        return sizes[0]
+
     def _read_or_decode(self) -> tuple[np.ndarray, np.ndarray]:
-        files, labels, self.classes = scan(self.path)
-        if not files:
-            raise DataError(f"path={str(self.path)!r} holds no images: expected files ending in "
-                            f"{', '.join(EXTENSIONS)} (any case), in it or in its subfolders.")
-        key = self._key(files)
-        for cache in self._cache_files(key):
-            images = _read_cache(cache, (len(files), *self.shape))
-            if images is not None:
-                return images, labels
-        images = self._decode(files)
-        self._write_cache(key, images)
+        files, labels, key = self._list()
+        cache = self._cache_file(key)
+        images = _read_cache(cache, (len(files), *self.shape))
+        if images is None:
+            images = self._decode(files)
+            self._write_cache(cache, images)
         return images, labels
 
     def _key(self, files: list[Path]) -> str:
-        digest = hashlib.sha256(f"v{_DECODER_VERSION} {self.shape}\n".encode())
+        """The hash of what the cache is decoded from; each file checked to be a regular one
+        (a FIFO would block the decoding forever)."""
+        spec = "native" if self.size is None else self.size
+        digest = hashlib.sha256(f"v{_DECODER_VERSION} {spec} c{self.channels}\n".encode())
         for rel in files:
+            path = self.path / rel
             try:
-                stat = (self.path / rel).stat()
+                found = kind(path)
+                stat = path.stat() if found is None else None
             except OSError as err:
-                raise DataError(f"{self.path / rel} cannot be read ({err.strerror}): fix its "
-                                "permissions, or remove it.") from None
+                raise DataError(f"{path} cannot be read ({describe(err)}): fix its permissions, "
+                                "or remove it.") from None
+            if stat is None:
+                raise not_regular(str(path), found, _WHAT)
             digest.update(f"{rel.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()[:24]
 
-    def _cache_files(self, key: str) -> list[Path]:
-        """Where the cache of ``key`` is, or goes: beside the images, else under ``root``."""
-        c, h, w = self.shape
-        folder = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:12]
-        return [self.path / CACHE_DIR / f"{h}x{w}-c{c}-{key}.npy",
-                self.root / FALLBACK_DIR / f"{folder}-{h}x{w}-c{c}-{key}.npy"]
+    def _cache_file(self, key: str) -> Path:
+        spec = "native" if self.size is None else "x".join(map(str, self.size))
+        return self.cache_dir / f"{spec}-c{self.channels}-{key}.npy"
+
+    def _map(self, fn: Callable[[Path], T], files: list[Path]) -> list[T]:
+        """``fn`` of every file, in order, on a few threads (the work is mostly I/O and Pillow's
+        C code, which releases the GIL)."""
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            return list(pool.map(fn, files))
 
     def _decode(self, files: list[Path]) -> np.ndarray:
         start = time.perf_counter()
+        check_memory(len(files) * int(np.prod(self.shape)),
+                     f"path={str(self.path)!r} holds {len(files):,} images of "
+                     f"{'x'.join(map(str, self.shape))} (channels x height x width)",
+                     "set data.size to a smaller size, or data.channels=1 for colour images")
         log.info("Decoding %d images from %s to %s (once: they are cached)", len(files),
                  self.path, "x".join(map(str, self.shape)))
         images = np.empty((len(files), *self.shape), np.uint8)
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            decoded = pool.map(lambda rel: _decode_file(self.path / rel, self.size,
-                                                        self.channels), files)
-            for i, pixels in enumerate(decoded):
-                images[i] = pixels
+        decoded = self._map(lambda rel: _readable(decode, self.path / rel, self.shape[1:],
+                                                  self.channels), files)
+        for i, pixels in enumerate(decoded):
+            images[i] = pixels
         log.info("Decoded %d images in %.1f s", len(files), time.perf_counter() - start)
         return images
 
-    def _write_cache(self, key: str, images: np.ndarray) -> None:
-        problems = []
-        for cache in self._cache_files(key):
-            try:
-                _write_atomically(cache, images)
-            except OSError as err:
-                problems.append(f"{cache.parent}: {err.strerror or err}")
-                continue
-            for stale in cache.parent.glob(cache.name.removesuffix(f"{key}.npy") + "*.npy"):
-                if stale != cache:  # the same images' cache before they changed
-                    stale.unlink(missing_ok=True)
-            log.info("Cached the decoded images in %s", cache)
+    def _write_cache(self, cache: Path, images: np.ndarray) -> None:
+        try:
+            _write_atomically(cache, images)
+        except OSError as err:
+            log.warning("Could not write the image cache in %s (%s): the next run decodes the "
+                        "images again; set data.cache to a writable folder.", cache.parent,
+                        describe(err))
             return
-        log.warning("Could not write the image cache (%s): the next run decodes the images "
-                    "again.", "; ".join(problems))
+        for stale in cache.parent.glob(cache.name.rsplit("-", 1)[0] + "-*.npy"):
+            if stale != cache:  # the same images' cache before they changed
+                stale.unlink(missing_ok=True)
+        log.info("Cached the decoded images in %s", cache)
 
 
-def _read_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The cached images in ``path`` (memory-mapped), or None when it is absent or unusable."""
+def _read_cache(path: Path, shape: tuple[int | None, ...]) -> np.ndarray | None:
+    """The cached images in ``path`` (memory-mapped), or None when it is absent or unusable;
+    ``shape`` is the expected one, None for an axis that may be any size."""
     try:
-        images = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
+        if kind(path) == "missing":
+            return None
+        with open_data(path, "an image cache (.npy)") as fh:
+            header = read_header(fh, str(path))
+            if header.dtype != np.uint8 or len(header.shape) != len(shape) or any(
+                    want not in (None, got) for want, got in zip(shape, header.shape)):
+                log.warning("Ignoring the image cache %s: it holds %s, not uint8 %s; decoding "
+                            "again.", path, header.describe(), list(shape))
+                return None
+            check_holds(header, os.fstat(fh.fileno()).st_size - header.offset, str(path))
+            return map_npy(fh, header)
+    except (DataError, OSError, ValueError) as err:
+        log.warning("Ignoring the unreadable image cache %s (%s): decoding again.", path,
+                    err if isinstance(err, DataError) else describe(err))
         return None
-    except (OSError, ValueError, EOFError) as err:
-        log.warning("Ignoring the unreadable image cache %s (%s): decoding again.", path, err)
-        return None
-    if images.dtype != np.uint8 or images.shape != shape:
-        log.warning("Ignoring the image cache %s: it holds %s %s, not uint8 %s; decoding again.",
-                    path, images.dtype, images.shape, shape)
-        return None
-    return images
 
 
 def _write_atomically(path: Path, array: np.ndarray) -> None:
-    """Save ``array`` to ``path`` through a temporary file in the same folder and
-    ``os.replace``: readers see the old file or the whole new one, never a partial one."""
+    """Save ``array`` as a ``.npy`` to ``path`` through a temporary file in the same folder and
+    ``os.replace``: readers see the old file or the whole new one, never a partial one. numpy
+    writes the header; the data goes through the file's own ``write``, which reports a full
+    disk or a file-size limit with its errno (numpy's ``tofile`` says only how many bytes it
+    wrote)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
+            data = np.ascontiguousarray(array)
+            np.lib.format.write_array_header_1_0(
+                fh, np.lib.format.header_data_from_array_1_0(data))
+            fh.write(memoryview(data).cast("B"))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

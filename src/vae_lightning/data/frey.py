@@ -8,6 +8,7 @@ from importlib import resources
 
 import numpy as np
 
+from .download import describe, names, open_data
 from .errors import DataError
 
 FREY_SHAPE = (560, 1965)  # pixels x faces, as stored in the .mat file (variable ``ff``)
@@ -22,33 +23,49 @@ def frey_sha256(ff: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(ff).tobytes()).hexdigest()
 
 
-def _check_shape(ff: np.ndarray, source: object) -> np.ndarray:
-    if ff.shape != FREY_SHAPE or ff.dtype != np.uint8:
-        raise DataError(f"{source} holds ff {ff.dtype} {ff.shape}, expected uint8 {FREY_SHAPE}.")
-    return ff
+def _check_shape(shape: tuple[int, ...], dtype: str, source: object) -> None:
+    if tuple(shape) != FREY_SHAPE or dtype != "uint8":
+        raise DataError(f"{source} holds ff {dtype} {tuple(shape)}, expected uint8 {FREY_SHAPE}.")
 
 
 def read_frey_mat(path: str | os.PathLike) -> np.ndarray:
-    """Return ``ff`` (uint8, shape (560, 1965)) from a ``frey_rawface.mat`` file."""
-    from scipy.io import loadmat
+    """Return ``ff`` (uint8, shape (560, 1965)) from a ``frey_rawface.mat`` file: its variables'
+    headers are listed first (``whosmat``), and ``ff`` alone is read once its header says it is
+    the faces, so nothing else in the file is loaded."""
+    from scipy.io import loadmat, whosmat
 
-    try:
-        variables = loadmat(path)
-    except Exception as err:  # scipy's many ways of saying "not a .mat file it can read"
-        raise DataError(f"{path} cannot be read as a MATLAB .mat file ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else 'unreadable'}); expected "
-                        "frey_rawface.mat with the variable 'ff'.") from None
-    if "ff" not in variables:
-        found = ", ".join(repr(k) for k in variables if not k.startswith("__")) or "none"
-        raise DataError(f"{path} holds no variable 'ff' (it holds {found}); expected "
+    with open_data(path, "frey_rawface.mat (a MATLAB .mat file with the variable 'ff')") as fh:
+        try:
+            found = {name: (shape, kind) for name, shape, kind in whosmat(fh)}
+            if "ff" in found:
+                _check_shape(*found["ff"], path)
+                fh.seek(0)
+                ff = np.asarray(loadmat(fh, variable_names=["ff"])["ff"])
+        except DataError:
+            raise
+        except Exception as err:  # scipy's many ways of saying "not a .mat file it can read"
+            raise DataError(f"{path} cannot be read as a MATLAB .mat file "
+                            f"({_mat_problem(err)}); expected frey_rawface.mat with the "
+                            "variable 'ff'.") from None
+    if "ff" not in found:
+        raise DataError(f"{path} holds no variable 'ff' (it holds {names(found)}); expected "
                         "frey_rawface.mat, whose variable 'ff' is the faces.")
-    return _check_shape(np.asarray(variables["ff"]), path)
+    _check_shape(ff.shape, str(ff.dtype), path)
+    return ff
+
+
+def _mat_problem(err: Exception) -> str:
+    """What scipy's error means, without its message (which may quote the file)."""
+    if isinstance(err, NotImplementedError):  # scipy reads MATLAB's formats up to v7
+        return "a MATLAB v7.3 (HDF5) file, which scipy does not read: save ff with -v7"
+    return describe(err)
 
 
 def load_bundled_frey() -> np.ndarray:
     """Return ``ff`` from the package's compressed copy, verified against FREY_SHA256."""
     with resources.files(__package__).joinpath("assets").joinpath(ASSET).open("rb") as fh:
-        ff = _check_shape(np.load(fh, allow_pickle=False)["ff"], ASSET)
+        ff = np.load(fh, allow_pickle=False)["ff"]
+    _check_shape(ff.shape, str(ff.dtype), ASSET)
     if frey_sha256(ff) != FREY_SHA256:
         raise DataError(f"The bundled {ASSET} is corrupt: its sha256 is not {FREY_SHA256}.")
     return ff

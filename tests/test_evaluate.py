@@ -18,7 +18,6 @@ from hydra import compose, initialize_config_dir
 from vae_lightning import rundir
 from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, load_model
 from vae_lightning.config import build as build_node
-from vae_lightning.config import plain
 from vae_lightning.errors import CheckpointError, ConfigError
 from vae_lightning.evaluate import Estimate
 from vae_lightning.module import VAE
@@ -127,11 +126,12 @@ def checkpoint(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     cfg = compose_train(["data=frey", "model.latent=2", "callbacks=none", "logger=none"], run)
     torch.manual_seed(0)
-    datamodule, model = _build(cfg)
+    built = build(cfg)
+    datamodule, model = built.datamodule, built.model
     trainer = L.Trainer(max_steps=5, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False, limit_val_batches=0,
-                        callbacks=[RunConfig(plain(cfg))])
+                        callbacks=[RunConfig(built.record)])
     trainer.fit(model, datamodule=datamodule)
     path = run / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path)

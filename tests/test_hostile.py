@@ -2,7 +2,7 @@
 
 Each case runs the command as a user would (vae-train / vae-eval, in this process through the
 same entry points, or in a subprocess where a signal or a second process is involved) and
-asserts: no traceback, the documented exit code (README, "Exit codes"), the key or file named,
+asserts: no traceback, the documented exit code (docs/reliability.md, "Exit codes"), the key or file named,
 and nothing lost or rewritten.
 """
 
@@ -511,11 +511,11 @@ def test_an_unwritable_run_directory_is_exit_code_74(tmp_path, monkeypatch, caps
     assert result.code == 74 and "No space left on device" in result.err
 
 
-def test_the_exit_code_table_is_in_the_readme():
+def test_the_exit_code_table_is_in_the_reliability_page():
     from vae_lightning.errors import EXIT_CODES
 
-    readme = (REPO / "README.md").read_text()
-    table = readme.split("### Exit codes")[1].split("\n## ")[0]
+    page = (REPO / "docs" / "reliability.md").read_text()
+    table = page.split("## Exit codes")[1].split("\n## ")[0]
     for code in EXIT_CODES:
         assert f"| {code} |" in table
 

@@ -1,4 +1,4 @@
-"""The errors a user can act on, and the exit code of each (README.md, "Exit codes").
+"""The errors a user can act on, and the exit code of each (docs/reliability.md, "Exit codes").
 
 Every command turns these into one ``error:`` line on stderr and the exit code below; anything
 else is a bug and keeps its traceback (exit code 1).

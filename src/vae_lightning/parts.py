@@ -122,7 +122,9 @@ FEATURES: Mapping[str, str] = {
     "rsample": "reparameterized samples z = g(eps, x), through which gradients reach q's "
                "parameters",
     "density": "a density log q(z|x) at any z, not only at its own samples",
-    "finite_variance": "a finite second moment E_q[z^2]",
+    "finite_variance": "a finite second moment E_q[z^2] (without it the KL to a prior with "
+                       "Gaussian tails is infinite: a Student-t needs df > 2, or take "
+                       "model/prior=vamp, whose components are q's own family)",
     "factorized": "a product of one distribution per latent dimension",
 }
 

@@ -9,6 +9,8 @@ Python code calls it. Annotations this module does not know (modules, callables)
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import math
@@ -156,12 +158,6 @@ def _signature(fn: Callable) -> tuple[dict[str, inspect.Parameter], dict[str, An
     return params, hints, True
 
 
-def parameters(fn: Callable) -> list[str] | None:
-    """The keyword arguments ``fn`` accepts, or ``None`` when it takes any."""
-    params, _, open_ended = _signature(fn)
-    return None if open_ended else list(params)
-
-
 def problems(fn: Callable, values: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
     """``(name, value, accepted)`` for each of ``values`` that ``fn``'s annotations refuse, and
     for each name ``fn`` does not take."""
@@ -179,8 +175,24 @@ def problems(fn: Callable, values: Mapping[str, Any]) -> list[tuple[str, Any, st
     return found
 
 
+_PRECHECKED = contextvars.ContextVar("prechecked", default=False)
+
+
+@contextlib.contextmanager
+def prechecked():
+    """Within this block constructors skip their own annotation check (``checked``): the config
+    being built was checked against the same annotations, every node at once (``config.check``),
+    so each argument is validated once. Checks that annotations cannot express (``fail``) run."""
+    token = _PRECHECKED.set(True)
+    try:
+        yield
+    finally:
+        _PRECHECKED.reset(token)
+
+
 def checked(init: Callable) -> Callable:
-    """Make a constructor check its arguments against its annotations (``ArgumentError``)."""
+    """Make a constructor check its arguments against its annotations (``ArgumentError``), unless
+    it is built from a config already checked (``prechecked``)."""
 
     signature = inspect.signature(init)
     named = {name for name, p in signature.parameters.items()
@@ -188,10 +200,11 @@ def checked(init: Callable) -> Callable:
 
     @functools.wraps(init)
     def wrapper(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs).arguments
-        found = problems(init, {name: bound[name] for name in named if name in bound})
-        if found:
-            raise ArgumentError(type(self).__qualname__, found)
+        if not _PRECHECKED.get():
+            bound = signature.bind(self, *args, **kwargs).arguments
+            found = problems(init, {name: bound[name] for name in named if name in bound})
+            if found:
+                raise ArgumentError(type(self).__qualname__, found)
         init(self, *args, **kwargs)
 
     return wrapper

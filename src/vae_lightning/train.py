@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributions import constraints
 
 from vae_lightning import rundir
-from vae_lightning.args import choices
+from vae_lightning.args import choices, prechecked
 from vae_lightning.callbacks.curve import InitialBound
 from vae_lightning.checkpoints import (
     PARTS,
@@ -77,30 +77,31 @@ def build(cfg: DictConfig) -> Run:
     shape, and read the checkpoint to resume from. Every configuration error surfaces here, as a
     ``ConfigError`` naming its key, before any training."""
     check(cfg)
-    datamodule = build_node(cfg.data, "data")
-    shape = list(datamodule.shape)  # handed to the model's builder; the config keeps ???
-    record = plain(OmegaConf.merge(cfg, {"model": {"data_shape": shape}}))
-    resume_from = resume_path(cfg)
-    checkpoint = read_checkpoint(resume_from) if resume_from else None
-    if checkpoint is not None:
-        check_resumable(record, checkpoint, resume_from,
-                        _overrides(rundir.of_checkpoint(resume_from)))
-        _refuse_if_complete(cfg, checkpoint, resume_from)
-    parts = _check_memory(cfg, shape)
-    if checkpoint is not None:
-        check_parts(parts, checkpoint["state_dict"], resume_from)
-    L.seed_everything(cfg.seed, workers=True)
-    model = build_node(cfg.model, "model", data_shape=shape,
-                       steps_per_batch=datamodule.steps_per_batch)
-    try:  # the optimizer is built at fit; its own argument checks run now
-        model.check_optimizer()
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as err:
-        node = cfg.model.optimizer
-        given = ", ".join(f"{key}={node[key]!r}" for key in node if not key.startswith("_"))
-        raise ConfigError(f"Invalid configuration: model.optimizer ({node._target_} with "
-                          f"{given}) refuses its arguments: {err}.") from None
+    with prechecked():  # every node was checked above: constructors need not again
+        datamodule = build_node(cfg.data, "data")
+        shape = list(datamodule.shape)  # handed to the model's builder; the config keeps ???
+        record = plain(OmegaConf.merge(cfg, {"model": {"data_shape": shape}}))
+        resume_from = resume_path(cfg)
+        checkpoint = read_checkpoint(resume_from) if resume_from else None
+        if checkpoint is not None:
+            check_resumable(record, checkpoint, resume_from,
+                            _overrides(rundir.of_checkpoint(resume_from)))
+            _refuse_if_complete(cfg, checkpoint, resume_from)
+        parts = _check_memory(cfg, shape)
+        if checkpoint is not None:
+            check_parts(parts, checkpoint["state_dict"], resume_from)
+        L.seed_everything(cfg.seed, workers=True)
+        model = build_node(cfg.model, "model", data_shape=shape,
+                           steps_per_batch=datamodule.steps_per_batch)
+        try:  # the optimizer is built at fit; its own argument checks run now
+            model.check_optimizer()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as err:
+            node = cfg.model.optimizer
+            given = ", ".join(f"{key}={node[key]!r}" for key in node if not key.startswith("_"))
+            raise ConfigError(f"Invalid configuration: model.optimizer ({node._target_} with "
+                              f"{given}) refuses its arguments: {err}.") from None
     _warn_about_the_likelihood(datamodule, model)
     return Run(datamodule, model, resume_from, checkpoint, record)
 

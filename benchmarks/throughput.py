@@ -22,19 +22,23 @@ binarization of every training batch on all sides, and the optimizer of the comp
       it (PyTorch's default, unfused, update): what the config's fused optimizer saves.
 The sides take turns one training step at a time, so that all of them see the same machine load
 (on a shared machine it changes from second to second): (a), (b), hand_elbo and hand_unfused in
-one round-robin loop; (c) paired with a copy of (a) that a callback steps after each of (c)'s
-steps, on the data module's training split with the module's own optimizer factory; (c_K)
-likewise with its own copy of (a), which the callback steps K times after each of (c_K)'s batches
-(as many times as the batch took optimizer steps). (c)'s step time is everything between two of
-those callback calls: Lightning's loop, hooks, logging, callbacks, data fetching and
-binarization, the step itself; (c_K)'s batch time likewise, for K steps. --warmup steps are
-untimed, the next --steps timed (optimizer steps; for (c_K) each rounded up to a multiple of K,
-so that whole batches are timed). Reported: samples/s of each side and each side's ratio to the
-(a) it was paired with, per round and the median over rounds, and the milliseconds per step of
-(c), (c_K) and their (a) by phase, which show where the time goes: (c) by data, forward,
-backward, optimizer; (c_K) by data and steps only (the K steps and the batch's hooks: no hook
-follows an update inside a batch, so forward, backward and optimizer cannot be told apart); see
-StepTimer.
+one round-robin loop; (c) paired with a copy of (a) and a copy of hand_elbo (the loop a user
+writes), which a callback steps after each of (c)'s steps, on the data module's training split
+with the module's own optimizer factory, so that (c)/(a) and (c)/hand_elbo are each measured
+under the load of their moment; (c_K) likewise with its own copies, which the callback steps K
+times after each of (c_K)'s batches (as many times as the batch took optimizer steps). (c)'s step
+time is everything between two of those callback calls: Lightning's loop, hooks, logging,
+callbacks, data fetching and binarization, the step itself; (c_K)'s batch time likewise, for K
+steps. --warmup steps are untimed, the next --steps timed (optimizer steps; for (c_K) each rounded
+up to a multiple of K, so that whole batches are timed). Reported: samples/s of each side and the
+ratios of (c) and (c_K) to the (a) and the hand_elbo they were paired with, per round and the median
+over rounds, and the milliseconds per step of (c), (c_K) and their paired loops by phase, which show
+where the time goes: (c) by data, forward, backward, optimizer; (c_K) by data and steps only (the K
+steps and the batch's hooks: no hook follows an update inside a batch, so forward, backward and
+optimizer cannot be told apart); see StepTimer. Each round also times a 2048^3 float32 matrix
+product, the machine's matrix-product peak under the load of that moment; each side's fraction of it
+is its samples/s times the model's training FLOPs per sample (training_flops_per_sample) over the
+product's FLOP/s.
 Then `python train.py` in a subprocess: seconds from just before the process is spawned to its
 first on_train_batch_start (interpreter start, imports, compose, data read, sanity check
 included), and the peak RSS of that process by its last stage's end (VmHWM: the forked parent's
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -115,6 +120,7 @@ def our_vae_loss(model: VAE, x: torch.Tensor) -> torch.Tensor:
 
 
 PHASES = ("data", "forward", "backward", "optimizer")
+HAND_SIDES = ("hand", "hand_elbo")  # the loops each of our runs is paired with
 
 
 class HandLoop:
@@ -153,6 +159,31 @@ class HandLoop:
                 self.seconds[phase] += stop - start
 
 
+def training_flops_per_sample() -> float:
+    """Multiply-adds (x2) of one training sample's forward and backward passes through the
+    model's affine layers: 2 m n forward per m x n layer, as much again for its weight gradient,
+    and as much again for its input gradient except at the encoder's first layer (its input is
+    the data). The elementwise work (activations, likelihood, KL, Adam) is left out."""
+    model = small_vae((1, 28, 28), latent=20, hidden=(400,))
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    forward = sum(2 * m.in_features * m.out_features for m in layers)
+    first = model.encoder.net[0]
+    return 3 * forward - 2 * first.in_features * first.out_features
+
+
+def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of ``repeats`` float32 n x n x n matrix products on ``device``:
+    the machine's matrix-product peak, as this process sees it under the current load."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    a @ b  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = _now(device)
+        a @ b
+        best = min(best, _now(device) - start)
+    return 2 * n**3 / best
+
+
 def hand_batches(x: torch.Tensor) -> Iterator[torch.Tensor]:
     while True:
         perm = torch.randperm(len(x), device=x.device)
@@ -189,17 +220,17 @@ class StepTimer(L.Callback):
     """Writes to the JSON file ``path`` the wall time (time.time(), comparable across processes)
     of the first training step and which of wandb and matplotlib were imported by then.
 
-    Given ``start < stop`` (optimizer steps, as ``global_step`` counts them), it also steps a hand
-    loop (a) after each of the run's training batches, as many times as the batch took optimizer
-    steps (the change of ``global_step``: 1, or up to K with ``data.steps_per_batch`` K), on
-    the data module's training split with the module's optimizer factory, and writes the
-    samples/s of both over the batches whose steps all lie from ``start`` to ``stop`` (whole
-    batches: give multiples of K), the number of those steps, and the seconds per step of each
-    phase. The run's phases are laps between hooks: data = from the end of the previous batch
-    (after the hand steps) to ``on_train_batch_start`` (Lightning's loop and the previous batch's
-    remaining ``on_train_batch_end`` hooks, fetching, binarization). With one step per batch
-    (automatic optimization), forward = to ``on_before_backward`` (the optimizer closure,
-    zero_grad, ``training_step``); backward = to ``on_after_backward``; optimizer = to
+    Given ``start < stop`` (optimizer steps, as ``global_step`` counts them), it also steps the hand
+    loops (a) and hand_elbo (``HAND_SIDES``) after each of the run's training batches, as many times
+    as the batch took optimizer steps (the change of ``global_step``: 1, or up to K with
+    ``data.steps_per_batch`` K), on the data module's training split with the module's optimizer
+    factory, and writes the samples/s of the run and of each loop over the batches whose steps all
+    lie from ``start`` to ``stop`` (whole batches: give multiples of K), the number of those steps,
+    and the seconds per step of each phase. The run's phases are laps between hooks: data = from the
+    end of the previous batch (after the hand steps) to ``on_train_batch_start`` (Lightning's loop
+    and the previous batch's remaining ``on_train_batch_end`` hooks, fetching, binarization). With
+    one step per batch (automatic optimization), forward = to ``on_before_backward`` (the optimizer
+    closure, zero_grad, ``training_step``); backward = to ``on_after_backward``; optimizer = to
     ``on_train_batch_end`` (the update and the hooks before this one). With K steps per batch
     (manual optimization) the backward hooks fire K times a batch and no hook follows an update,
     so the rest is one phase: steps = to ``on_train_batch_end`` (the K steps and the hooks)."""
@@ -207,7 +238,7 @@ class StepTimer(L.Callback):
     def __init__(self, path: str, start: int = 0, stop: int = 0) -> None:
         self.path, self.start, self.stop = Path(path), start, stop
         self.record: dict[str, Any] = {}
-        self.hand: HandLoop | None = None
+        self.hands: dict[str, HandLoop] = {}  # "hand" (a) and "hand_elbo", stepped in turn
         self.seconds: dict[str, float] = {}  # the timed batches' phases
         self.laps: dict[str, float] = {}  # this batch's phases
         self.mark = 0.0
@@ -216,7 +247,7 @@ class StepTimer(L.Callback):
 
     def _lap(self, pl_module, phase: str) -> None:
         """End ``phase`` of this batch."""
-        if self.hand is None:
+        if not self.hands:
             return
         now = _now(pl_module.device)
         self.laps[phase] = now - self.mark
@@ -230,7 +261,9 @@ class StepTimer(L.Callback):
             if self.start < self.stop:
                 dm, device = trainer.datamodule, pl_module.device
                 x = dm.splits["train"][0].flatten(1).to(device).float() / dm.scale
-                self.hand = HandLoop(hand_batches(x), device, pl_module.optimizer)
+                self.hands = {name: HandLoop(hand_batches(x), device, pl_module.optimizer,
+                                             hand_elbo=name == "hand_elbo")
+                              for name in HAND_SIDES}
                 phases = PHASES if pl_module.automatic_optimization else ("data", "steps")
                 self.seconds = dict.fromkeys(phases, 0.0)
                 self.mark = _now(device)
@@ -251,19 +284,21 @@ class StepTimer(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._lap(pl_module, "optimizer" if pl_module.automatic_optimization else "steps")
-        if self.hand is None:
+        if not self.hands:
             return
         end = trainer.global_step  # the batch's steps: self.first to end - 1
         timed = self.start <= self.first and end <= self.stop
         for _ in range(end - self.first):
-            self.hand.step(timed)
+            for hand in self.hands.values():
+                hand.step(timed)
         if timed:
             self.steps += end - self.first
             for phase, seconds in self.laps.items():
                 self.seconds[phase] += seconds
         self.laps = {}
         if self.first < self.stop <= end and self.steps:  # the window's last batch
-            sides = (("ours", self.seconds), ("hand", self.hand.seconds))
+            sides = (("ours", self.seconds),
+                     *((name, hand.seconds) for name, hand in self.hands.items()))
             self.record["timed_steps"] = self.steps
             self.record["samples_per_s"] = {
                 side: self.steps * BATCH / sum(seconds.values()) for side, seconds in sides}
@@ -276,8 +311,8 @@ class StepTimer(L.Callback):
 
 def ours(common: list[str], output_dir: Path, warmup: int, steps: int,
          steps_per_batch: int = 1) -> dict[str, Any]:
-    """Samples/s of (c) with ``data.steps_per_batch`` and of the hand loop (a) paired with it
-    batch by batch, and their milliseconds per step by phase (see StepTimer)."""
+    """Samples/s of (c) with ``data.steps_per_batch`` and of the hand loops (a) and hand_elbo
+    paired with it batch by batch, and their milliseconds per step by phase (see StepTimer)."""
     output_dir.mkdir(parents=True)
     record = output_dir / "timer.json"
     overrides = [*common, f"data.steps_per_batch={steps_per_batch}",
@@ -365,6 +400,7 @@ def main() -> None:
 
         rates: dict[str, list[float]] = {}
         ratios: dict[str, list[float]] = {}
+        peak: list[float] = []  # FLOP/s of a 2048^3 matrix product, once per round
         phases: dict[str, dict[str, list[float]]] = {}  # ms per step: side -> phase -> rounds
         for r in range(args.rounds):
             loops = {
@@ -380,14 +416,17 @@ def main() -> None:
             if k > 1:
                 runs[side_k] = ours(common, tmp / f"run{r}_k{k}", *window_k, k)
             for side, run in runs.items():
-                paired, hand = run["samples_per_s"], f"hand_paired_with_{side}"
-                measured |= {side: paired["ours"], hand: paired["hand"]}
-                ratios.setdefault(f"{side}/hand", []).append(paired["ours"] / paired["hand"])
-                # (c)'s phases keep their names "ours" and "hand"; (c_K)'s are named as above.
-                names = {"ours": side, "hand": "hand" if side == "ours" else hand}
+                paired = run["samples_per_s"]
+                measured[side] = paired["ours"]
+                names = {"ours": side}
+                for hand in HAND_SIDES:
+                    names[hand] = f"{hand}_paired_with_{side}"
+                    measured[names[hand]] = paired[hand]
+                    ratios.setdefault(f"{side}/{hand}", []).append(paired["ours"] / paired[hand])
                 for who, ms in run["ms_per_step"].items():
                     for phase, value in ms.items():
                         phases.setdefault(names[who], {}).setdefault(phase, []).append(value)
+            peak.append(matmul_peak(device))
             for name, value in measured.items():
                 rates.setdefault(name, []).append(value)
             print(f"round {r}: " + ", ".join(f"{k} {v:.0f}" for k, v in measured.items())
@@ -399,6 +438,9 @@ def main() -> None:
     median_ratios = {k: statistics.median(v) for k, v in ratios.items()}
     median_phases = {side: {phase: statistics.median(v) for phase, v in by_phase.items()}
                      for side, by_phase in phases.items()}
+    flops = training_flops_per_sample()
+    median_peak = statistics.median(peak)
+    of_peak = {side: rate * flops / median_peak for side, rate in median.items()}
     to_first = statistics.median(s["seconds_to_first_step"] for s in startup)
     peak_rss = max(s["peak_rss_mib"] for s in startup)
     print(
@@ -408,6 +450,9 @@ def main() -> None:
         f"peak RSS {peak_rss:.0f} MiB, imported by the first step: "
         f"{', '.join(startup[0]['imported_at_first_step']) or 'neither wandb nor matplotlib'}"
     )
+    print(f"{flops / 1e6:.2f} MFLOP per training sample; 2048^3 product "
+          f"{median_peak / 1e9:.1f} GFLOP/s; fraction of it: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in of_peak.items()))
     for side, ms in median_phases.items():
         print(f"{side} ms/step: " + ", ".join(f"{k} {v:.3f}" for k, v in ms.items())
               + f", total {sum(ms.values()):.3f}")
@@ -416,7 +461,8 @@ def main() -> None:
     path.write_text(json.dumps({
         "what": "training samples/s, 784-400-20 MLP VAE, batch 128, Bernoulli, Adam, MNIST-sized; "
                 "sides stepped in turn, (c) and (c_K) (data.steps_per_batch=K) each paired "
-                "with its own copy of (a); (c_K)'s phases: data and steps (the K steps) only",
+                "with its own copies of (a) and hand_elbo; (c_K)'s phases: data and steps (the K "
+                "steps) only",
         "device": torch.cuda.get_device_name() if gpu else platform.processor()
         or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -438,6 +484,9 @@ def main() -> None:
         "median_of_round_ratios": median_ratios,
         "ms_per_step_by_phase": phases,
         "median_ms_per_step_by_phase": median_phases,
+        "training_flops_per_sample": flops,
+        "matmul_2048_flop_per_s": peak,
+        "median_fraction_of_matmul_peak": of_peak,
         "startup": startup,
         "median_seconds_to_first_step": to_first,
         "peak_rss_mib": peak_rss,

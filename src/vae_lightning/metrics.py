@@ -14,6 +14,7 @@ from vae_lightning.parts import Bound
 
 TERMS = ("elbo", "recon", "kl")
 BITS = "bits_per_dim"  # -ELBO / (D ln 2), D the values per image: with ``BoundMean(dims=D)``
+_BOOKKEEPING = frozenset({"_computed", "_update_count"})
 
 
 class BoundMean(Metric):
@@ -33,8 +34,16 @@ class BoundMean(Metric):
         self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
 
     def update(self, bound: Bound) -> None:
-        self.total += torch.stack((bound.recon.detach(), bound.kl.detach())).sum(1)
-        self.count += bound.recon.numel()
+        self.total.add_(torch.stack((bound.recon.detach(), bound.kl.detach())).sum(1))
+        self.count.add_(bound.recon.numel())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # torchmetrics' bookkeeping at every update (never a parameter, submodule or buffer):
+        # set directly, without nn.Module's checks.
+        if name in _BOOKKEEPING:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def compute(self) -> dict[str, Tensor]:
         recon, kl = self.total / self.count

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 ADAM = functools.partial(torch.optim.Adam, lr=1e-3)  # the default optimizer
+# Attributes set at every training step that are never a parameter, submodule or buffer: set
+# directly (``VAE.__setattr__``).
+_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "samples_seen"})
 
 
 class VAE(L.LightningModule):
@@ -108,6 +111,15 @@ class VAE(L.LightningModule):
                 self.metrics[f"{stage}_{term}"] = BoundTerm(mean, term)
         self.samples_seen = 0
         self._unlogged: set[str] = set()  # stages whose metrics this epoch has not logged yet
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning names the running hook in ``_current_fx_name`` around each hook it calls,
+        # dozens of times a training step, and the step counts ``samples_seen``: nn.Module's
+        # __setattr__ would check each value against the parameters, submodules and buffers.
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def method(self) -> str:

@@ -223,6 +223,15 @@ class VAEDataModule(L.LightningDataModule):
             self._generators[str(device)] = torch.Generator(device).manual_seed(seed)
         return self._generators[str(device)]
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device,
+                                 dataloader_idx: int) -> Any:
+        """The batch as it is when its tensors are on ``device`` already (data held there, or
+        CPU training): Lightning's move would return each tensor itself, after walking the
+        batch's structure at every step."""
+        if _on(batch, device):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         return self.to_inputs(batch)
 
@@ -244,9 +253,22 @@ class VAEDataModule(L.LightningDataModule):
             # of the batch (docs/benchmarks.md, data throughput).
             u = torch.randint(int(self.scale), x.shape, generator=generator, device=x.device,
                               dtype=torch.uint8)
-            return (u < x).float(), y
+            return _below(u, x), y
         x = self._probabilities(x)
-        return (torch.rand(x.shape, generator=generator, device=x.device) < x).float(), y
+        return _below(torch.rand(x.shape, generator=generator, device=x.device), x), y
+
+
+def _on(batch: Any, device: torch.device) -> bool:
+    """Whether ``batch`` is a tensor on ``device``, or lists and tuples of such tensors."""
+    if isinstance(batch, torch.Tensor):
+        return batch.device == device
+    return isinstance(batch, list | tuple) and all(_on(item, device) for item in batch)
+
+
+def _below(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(u < x) as float32 1s and 0s, written straight into the float tensor (no bool tensor
+    converted afterwards)."""
+    return torch.lt(u, x, out=torch.empty(x.shape, dtype=torch.float32, device=x.device))
 
 
 def digest(images: np.ndarray, labels: np.ndarray) -> str:

@@ -28,7 +28,9 @@ class TensorBatchDataset(Dataset):
         if isinstance(idx, list):
             return [self[i] for i in idx]
         idx = idx.to(self.tensors[0].device)
-        return tuple(t[idx] for t in self.tensors)
+        # index_select copies whole rows: the rows t[idx] holds, without advanced indexing's
+        # per-element gather.
+        return tuple(t.index_select(0, idx) for t in self.tensors)
 
 
 class ShardedBatchSampler(Sampler[torch.Tensor]):

@@ -54,6 +54,8 @@ def elbo_estimate(model: Parts, x: Tensor, n_samples: int = 1, kl: KL = "auto",
         if kl == "analytic":
             raise ValueError(no_closed_form(q, p))
         return draw(model, x, q, p, n_samples).bound()
+    if n_samples == 1:  # the mean over one draw is the draw's value: no sample dimension
+        return Bound(model.decoder(q.rsample()).log_prob(x), analytic)
     z = q.rsample((n_samples,))
     return Bound(model.decoder(z).log_prob(x).mean(0), analytic)
 

@@ -83,3 +83,26 @@ def test_every_option_trains_on_real_data(option, tmp_path):
     results = train(cfg)
     assert results["objective"] == option and results["status"] == "completed"
     assert results["test/elbo"] > results["initial/val_elbo"]
+
+
+@pytest.mark.parametrize("option, terms", [("beta_tc", ("mi", "tc", "dwkl")),
+                                           ("dip_vae_i", ("dip_offdiag", "dip_diag")),
+                                           ("capacity", ("capacity",))])
+def test_an_objectives_own_terms_are_logged_beside_the_loss(option, terms, tmp_path):
+    """Objective.logged: each named term of the loss reaches the loggers as train/<name>, on the
+    steps train/loss is written, without a line for it in the module."""
+    import csv
+    import math
+
+    cfg = compose_train([f"model/objective={option}", "trainer.max_epochs=1",
+                         "trainer.limit_train_batches=4", "trainer.log_every_n_steps=2",
+                         "logger=csv", "trainer.enable_progress_bar=false",
+                         "trainer.enable_model_summary=false", "callbacks.figures=null",
+                         "callbacks.bound_curve=null", *TINY], tmp_path)
+    train(cfg)
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    logged = [row for row in rows if row.get("train/loss")]
+    assert len(logged) == 2
+    for row in logged:
+        for name in terms:
+            assert math.isfinite(float(row[f"train/{name}"])), (name, row)

@@ -42,9 +42,10 @@ def graph_problems(model: Trained, optimizer: torch.optim.Optimizer) -> list[str
         found.append(f"{type(optimizer).__name__} is not fused (model.optimizer.fused=true): "
                      "the step needs the fused update, which skips a non-finite step on the "
                      "device")
-    if getattr(model.objective, "warmup_steps", 0):
-        found.append("the objective's KL warm-up changes the loss with the step, and a captured "
-                     "step is the same every time (model.objective.warmup_steps=0)")
+    if model.objective.step_dependent:
+        found.append("the objective's loss changes with the step (a KL schedule or warm-up, a "
+                     "capacity ramp), and a captured step is the same every time "
+                     "(model.objective.kl_schedule=null, warmup_steps=0)")
     if getattr(model, "auxiliary", ()):
         found.append("the objective updates parameters of its own after each step (e.g. a "
                      "discriminator), outside the captured step")

@@ -86,7 +86,7 @@ class VAE(L.LightningModule):
                           f"the prior {type(prior).__name__}")
         if problems:
             raise ValueError("; ".join(problems) + ". Choose a posterior, prior and objective "
-                             "that fit (README, the parts' features).")
+                             "that fit (docs/configuration.md, the parts' features).")
         objective.check(self)
         if compile:  # in place: parameter names, and so checkpoints, stay the same
             self.encoder.net.compile()
@@ -195,6 +195,8 @@ class VAE(L.LightningModule):
 
     def _log_loss(self, loss: Tensor) -> None:
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        for name, value in self.objective.logged().items():  # e.g. beta-TC's mi, tc, dwkl
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
 
     def _logger_writes_this_step(self) -> bool:
         """Whether Lightning hands this step's metrics to the loggers (every

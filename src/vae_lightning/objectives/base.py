@@ -14,7 +14,7 @@ All are per data point, in nats.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,6 +105,9 @@ class Objective:
     checkpoint = "best"
     requires: frozenset[str] = frozenset({"rsample"})
     requires_prior: frozenset[str] = frozenset()
+    # Whether the loss changes with the optimizer step (a KL schedule, a capacity ramp): a CUDA
+    # graph captures one step's loss, so such objectives are not graphed.
+    step_dependent = False
 
     def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         raise NotImplementedError
@@ -119,6 +122,12 @@ class Objective:
     def auxiliary(self) -> Sequence[Auxiliary]:
         """The updates of the objective's own parameters after each model step (none)."""
         return ()
+
+    def logged(self) -> Mapping[str, Tensor]:
+        """The named terms of the last ``loss`` besides the bound (e.g. beta-TC's ``mi``,
+        ``tc``, ``dwkl``), as detached minibatch means: the model logs each as
+        ``train/<name>`` beside ``train/loss`` (none)."""
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

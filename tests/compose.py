@@ -26,3 +26,27 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def small_prior(prior: str) -> list[str]:
+    """The overrides choosing ``prior`` at a size a test trains in a moment."""
+    small = {"mog": ["model.prior.n_components=4"], "vamp": ["model.prior.n_components=4"],
+             "flow": ["model.prior.length=2", "model.prior.hidden=[8]"]}
+    return [f"model/prior={prior}", *small.get(prior, [])]
+
+
+def small_posterior(posterior: str) -> list[str]:
+    """The overrides choosing ``posterior`` at a size that fits a test's 2-d latent space."""
+    small = {"sylvester_orthogonal": ["model.encoder.posterior.vectors=2"],
+             "iaf": ["model.encoder.posterior.hidden=[8]", "model.encoder.posterior.context=4"]}
+    return [f"model/posterior={posterior}", *small.get(posterior, [])]
+
+
+def posterior_features(posterior: str) -> frozenset[str]:
+    """What the posterior family of ``conf/model/posterior/<posterior>.yaml`` offers (its
+    class's features; a Student-t's defaults keep them)."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(CONF / "model/posterior" / f"{posterior}.yaml")
+    return get_class(node._target_).features

@@ -9,7 +9,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from compose import CONF, REPO, compose_train
+from compose import CONF, REPO, compose_train, posterior_features, small_posterior, small_prior
 
 from vae_lightning import VAE
 from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, load_model, read_checkpoint
@@ -24,7 +24,10 @@ SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[8]",
 # neither), every objective once: the sum of the groups' sizes, not their product.
 CASES = [
     *[(prior, "gaussian", posterior, "elbo") for prior, posterior in itertools.product(
-        OPTIONS["model/prior"], OPTIONS["model/posterior"])],
+        OPTIONS["model/prior"], OPTIONS["model/posterior"])
+      # (the VampPrior needs q's density anywhere, which some flows lack: refused when
+      # composed, tests/test_combinations.py)
+      if prior != "vamp" or "density" in posterior_features(posterior)],
     *[("normal", likelihood, "gaussian", "elbo") for likelihood in OPTIONS["model/likelihood"]
       if likelihood != "gaussian"],
     *[("normal", "gaussian", "gaussian", objective) for objective in OPTIONS["model/objective"]
@@ -50,9 +53,9 @@ def _saved(overrides, path):
 @pytest.mark.parametrize("prior, likelihood, posterior, objective", CASES, ids=str)
 def test_load_from_checkpoint_gives_the_trained_model(prior, likelihood, posterior, objective,
                                                       tmp_path):
-    overrides = [*SMALL, f"model/prior={prior}", f"model/likelihood={likelihood}",
-                 f"model/posterior={posterior}", f"model/objective={objective}",
-                 *(["model.prior.n_components=3"] if prior in ("mog", "vamp") else [])]
+    overrides = [*SMALL, *small_prior(prior), f"model/likelihood={likelihood}",
+                 *small_posterior(posterior), f"model/objective={objective}"]
+
     torch.manual_seed(0)
     trained, x = _saved(overrides, tmp_path / "model.ckpt")
     loaded = VAE.load_from_checkpoint(tmp_path / "model.ckpt")

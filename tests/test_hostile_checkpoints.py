@@ -458,14 +458,15 @@ def test_a_cauchy_posterior_under_a_vampprior_trains_and_counts_by_location(tmp_
     from models import binary_images, small_vae
 
     from vae_lightning.evaluate import evaluate
-    from vae_lightning.posteriors import StudentT, location
+    from vae_lightning.posteriors import StudentT
     from vae_lightning.priors import VampPrior
 
     model = small_vae(posterior=StudentT(df=1.0), prior=VampPrior)
     x = binary_images(40)
     q = model.encoder(x)
     assert torch.isnan(q.mean).all()  # the Cauchy has no mean
-    assert torch.equal(location(q), q.base_dist.loc)
+    assert torch.equal(model.encoder.location(q), q.base_dist.loc)
+    assert torch.isfinite(model.encoder.location(q)).all()  # what active units are counted on
     result = evaluate(model, [x], k=4)
     assert result["latent"] == 2 and result["active_units"] in (0, 1, 2)
     assert math.isfinite(result["iw"].nats)

@@ -5,8 +5,8 @@ the change of variables
     log q(z_K|x) = log N(z_0; mu, diag sigma^2) - sum_k log |det df_k/dz_{k-1}|
 
 through the forward pass (``parts.scored_sample``: a map need not have a computable inverse).
-``location`` and ``stddev`` are the planar flow's: the maps applied to the base's mean (the
-flow's mean has no closed form), and no closed-form spread.
+``location`` is the maps applied to the base's mean (the flow's mean has no closed form), and
+there is no closed-form spread (``stddev``).
 """
 
 from __future__ import annotations
@@ -15,15 +15,22 @@ from torch import Tensor
 from torch.distributions import Distribution, Transform, TransformedDistribution
 
 from . import Family, Gaussian
-from .planar import Planar
 
 
 class Flow(Family):
     """A Gaussian base (2 x latent network outputs) and maps whose parameters are the rest."""
 
     _base = Gaussian()
-    location = Planar.location
-    stddev = Planar.stddev
+
+    def location(self, q: Distribution) -> Tensor:
+        """The flow applied to the base's mean (the flow's mean has no closed form)."""
+        z = q.base_dist.mean
+        for transform in q.transforms:
+            z = transform(z)
+        return z
+
+    def stddev(self, q: Distribution) -> None:
+        return None
 
     def min_latent(self) -> int:
         """The smallest latent size the family is defined for."""

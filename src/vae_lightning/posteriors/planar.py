@@ -21,14 +21,14 @@ and the VampPrior, which need log q at other points, are refused when the model 
 from __future__ import annotations
 
 from torch import Tensor
-from torch.distributions import Distribution, TransformedDistribution
+from torch.distributions import Distribution
 
 from vae_lightning.args import PositiveInt, checked
 
-from . import Family, Gaussian
+from .flow import Flow
 
 
-class Planar(Family):
+class Planar(Flow):
     """q(z|x) = the Gaussian base pushed through ``length`` planar maps (see the module)."""
 
     features = frozenset({"rsample", "finite_variance"})
@@ -36,7 +36,6 @@ class Planar(Family):
     @checked
     def __init__(self, length: PositiveInt = 4) -> None:
         self.length = length
-        self._base = Gaussian()
 
     def n_params(self, latent: int) -> int:
         return 2 * latent + self.length * (2 * latent + 1)
@@ -45,19 +44,8 @@ class Planar(Family):
         from pyro.distributions.transforms.planar import ConditionedPlanar
 
         latent = (params.shape[-1] - self.length) // (2 * self.length + 2)
-        base = self._base(params[..., :2 * latent])
         maps = params[..., 2 * latent:].unflatten(-1, (self.length, 2 * latent + 1))
-        transforms = [ConditionedPlanar((maps[..., k, :1], maps[..., k, 1:latent + 1],
-                                         maps[..., k, latent + 1:]))
-                      for k in range(self.length)]
-        return TransformedDistribution(base, transforms, validate_args=False)
-
-    def location(self, q: Distribution) -> Tensor:
-        """The flow applied to the base's mean (the flow's mean has no closed form)."""
-        z = q.base_dist.mean
-        for transform in q.transforms:
-            z = transform(z)
-        return z
-
-    def stddev(self, q: Distribution) -> None:
-        return None
+        return self.flow(params, latent, [
+            ConditionedPlanar((maps[..., k, :1], maps[..., k, 1:latent + 1],
+                               maps[..., k, latent + 1:]))
+            for k in range(self.length)])

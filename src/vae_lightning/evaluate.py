@@ -7,6 +7,10 @@ log w_i = log p(x, z_i) - log q(z_i|x) and two estimates (``objectives.importanc
 the ELBO, (1/k) sum_i log w_i (estimator A with L = k), and the IW estimate (Burda et al.
 2015), log (1/k) sum_i w_i, a lower bound on log p(x) that tightens as k grows and is the
 standard test log-likelihood at k = 5000. It is >= the ELBO of the same samples.
+
+On request, also what the latents and samples are worth: disentanglement metrics against the
+ground-truth factors of the data (``metrics``: ``disentanglement``) and sample quality (FID, KID,
+precision and recall in a feature space: ``sample_quality``), into the same eval.json.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,16 +29,24 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from vae_lightning import rundir
-from vae_lightning.args import PositiveFloat, PositiveInt, checked, fail, locations
+from vae_lightning import disentanglement, rundir
+from vae_lightning import sample_quality as quality
+from vae_lightning.args import (
+    ArgumentError,
+    PositiveFloat,
+    PositiveInt,
+    checked,
+    fail,
+    locations,
+)
 from vae_lightning.checkpoints import (
     build_trusted,
     data_differences,
     load_model,
     trusted_class,
 )
-from vae_lightning.errors import CheckpointError, ConfigError, DataError, UnwritableError
-from vae_lightning.files import kind, open_regular
+from vae_lightning.errors import CheckpointError, ConfigError, DataError
+from vae_lightning.files import kind, open_regular, writable_directory
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, importance_weighted
 
@@ -59,6 +71,8 @@ class Estimate:
 
 
 log = logging.getLogger(__name__)
+Metric = Literal["beta_vae", "factor_vae", "mig", "sap", "dci", "modularity"]
+Quality = Literal["fid", "kid", "precision_recall"]
 ACTIVE = 1e-2  # a latent dimension is active when Cov_x(E_q[z_j]) exceeds this (Burda et al.)
 
 
@@ -99,7 +113,19 @@ class Evaluation:
     other data are refused unless ``allow_other_data`` (eval.json then says so).
 
     An evaluation estimated to take more than ``max_hours`` (from a timed pass on the first
-    batch) is refused before it starts."""
+    batch) is refused before it starts.
+
+    ``metrics`` (data with ground-truth factors, e.g. dSprites): each disentanglement metric of
+    ``disentanglement`` with ``metric_seeds`` seeds (``seed``, ``seed`` + 1, ...) and the options
+    of ``metric_options`` (``{metric: {option: value}}``; disentanglement_lib's sample sizes by
+    default), on the location of q(z|x).
+    ``sample_quality`` (fid, kid, precision_recall): ``samples`` images of the model (E[x|z]
+    with ``sample_mean``, else x ~ p(x|z)) against as many of the ``split``'s images (their
+    pixel values in [0, 1], before any binarization), in the ``features`` space: the data set's
+    feature classifier (``classifier``, default ``<data root>/feature_classifiers/<data>.pt``)
+    or Inception-v3 (``inception_weights``); KID over ``kid_subsets`` subsets of
+    ``kid_subset_size``, precision and recall with ``nearest_k`` neighbours. Everything these
+    need is checked before the bound is estimated."""
 
     @checked
     def __init__(self, k: PositiveInt = 5000, chunk: PositiveInt | None = None,
@@ -107,13 +133,32 @@ class Evaluation:
                  device: str = "auto", trusted: Sequence[str] = (),
                  limit: PositiveInt | None = None, data_root: str | None = None,
                  data_path: str | None = None, allow_other_data: bool = False,
-                 max_hours: PositiveFloat | None = 24.0) -> None:
+                 max_hours: PositiveFloat | None = 24.0, metrics: Sequence[Metric] = (),
+                 metric_seeds: PositiveInt = 1,
+                 metric_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 sample_quality: Sequence[Quality] = (), samples: PositiveInt = 10000,
+                 sample_mean: bool = True,
+                 features: Literal["classifier", "inception"] = "classifier",
+                 classifier: str | None = None, inception_weights: str | None = None,
+                 kid_subsets: PositiveInt = 100, kid_subset_size: PositiveInt = 1000,
+                 nearest_k: PositiveInt = 3) -> None:
         self.k, self.chunk, self.batch_size, self.split = k, chunk, batch_size, split
         self.limit, self.max_hours = limit, max_hours
         self.trusted = tuple(trusted)
         self.data_root, self.data_path = data_root, data_path
         self.allow_other_data = allow_other_data
         self.device = device_of("eval", device)
+        options = _plain(metric_options or {})
+        found = disentanglement.option_problems(options)
+        if found:
+            raise ArgumentError(f"{type(self).__module__}.{type(self).__qualname__}", found)
+        self.metrics, self.metric_seeds = tuple(dict.fromkeys(metrics)), metric_seeds
+        self.metric_options = options
+        self.sample_quality = tuple(dict.fromkeys(sample_quality))
+        self.samples, self.sample_mean, self.features = samples, sample_mean, features
+        self.classifier, self.inception_weights = classifier, inception_weights
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.nearest_k = nearest_k
 
     def __call__(self, ckpt_path: str, seed: int, output_dir: str | None) -> dict[str, Any]:
         """Rebuild the model of ``ckpt_path`` and its data from where the user keeps them,
@@ -132,6 +177,10 @@ class Evaluation:
         if len(loader) == 0:
             raise ConfigError(f"eval.split={self.split}: the data hold no {self.split} images "
                               "(e.g. data.val_size=0); evaluate another split.")
+        # What the metrics and the sample quality need, found before the (long) bound.
+        truth = self._ground_truth(datamodule) if self.metrics else None
+        judge = (self._quality_inputs(model, datamodule, config, ckpt_path)
+                 if self.sample_quality else None)
 
         def batches():
             left = self.limit  # points still to score; None: the whole split
@@ -182,6 +231,10 @@ class Evaluation:
         if not discrete:
             for name in ("elbo", "iw"):
                 results[name]["bits_per_dim"] = results[name]["bits_per_dim_se"] = None
+        if truth is not None:
+            results["disentanglement"] = self._disentanglement(model, truth, seed)
+        if judge is not None:
+            results["sample_quality"] = self._judge_samples(model, *judge, seed)
         out.mkdir(parents=True, exist_ok=True)
         path = rundir.path(out, "eval")
         rundir.write_json(path, results)
@@ -223,6 +276,88 @@ class Evaluation:
                     "path the run's record does not give: name it with eval.data_path=...") \
                     from None
             raise
+
+    def _ground_truth(self, datamodule: Any) -> disentanglement.GroundTruth:
+        """The ground-truth factors of the data, which the metrics need."""
+        if not hasattr(datamodule, "ground_truth"):
+            raise ConfigError(
+                f"eval.metrics={list(self.metrics)}: the model was trained on data="
+                f"{getattr(datamodule, 'name', type(datamodule).__name__)}, which has no "
+                "ground-truth factors; the disentanglement metrics need data generated by known "
+                "factors (data=dsprites or data=dsprites_small). Leave eval.metrics empty for "
+                "these data.")
+        return datamodule.ground_truth()
+
+    def _disentanglement(self, model: VAE, truth: disentanglement.GroundTruth,
+                         seed: int) -> dict[str, Any]:
+        """Each of ``metrics`` over the seeds, with the settings it ran with."""
+        seeds = [seed + i for i in range(self.metric_seeds)]
+        found = disentanglement.evaluate(
+            self.metrics, disentanglement.model_codes(model, truth, self.batch_size),
+            truth.sizes, seeds, self.metric_options,
+            log=lambda what: log.info("Disentanglement: %s", what))
+        for score, value in found["scores"].items():
+            spread = f" +- {value['std']:.3f}" if value["std"] is not None else ""
+            log.info("%s = %.3f%s (%d seeds)", score, value["mean"], spread, len(seeds))
+        options = {name: {**disentanglement.metric_options(name),
+                          **self.metric_options.get(name, {})} for name in self.metrics}
+        return {"scores": found["scores"], "seeds": seeds, "options": options,
+                "factors": dict(zip(truth.names, truth.sizes)),
+                "representation": "the location of q(z|x) (encoder.location: a Gaussian "
+                                  "posterior's mean), of images drawn uniformly from the "
+                                  "product of the factors",
+                "seconds": found["seconds"]}
+
+    def _quality_inputs(self, model: VAE, datamodule: Any, config: dict[str, Any],
+                        ckpt_path: str) -> tuple[Any, dict[str, Any], Tensor]:
+        """The feature network, what it is, and the real images of the split (their pixel
+        values in [0, 1], before any binarization) that the samples are compared with."""
+        if self.features == "inception":
+            net = quality.inception_features(self.inception_weights, "eval.inception_weights")
+            about: dict[str, Any] = {"features": "inception",
+                                     "inception_weights": str(self.inception_weights)}
+        else:
+            path = self.classifier or quality.classifier_path(datamodule.root, datamodule.name)
+            net, record = quality.load_classifier(path, model.data_shape, "eval.classifier")
+            if record.get("data") != datamodule.name:
+                log.warning("The feature classifier %s was trained on data=%s, not on the "
+                            "model's data=%s: its features may not describe these images.",
+                            path, record.get("data"), datamodule.name)
+            about = {"features": "classifier", "classifier": str(path), "classifier_record":
+                     {k: record.get(k) for k in ("data", "test_accuracy", "epochs", "seed",
+                                                 "num_features")}}
+        source = datamodule
+        if getattr(datamodule, "binarize", "none") != "none":  # the pixel values themselves
+            source = self._data({**config, "data": {**config["data"], "binarize": "none"}},
+                                ckpt_path)[0]
+            source.setup("test" if self.split == "test" else "validate")
+        real = source.evaluation_data(self.split)[:self.samples]
+        if "precision_recall" in self.sample_quality:
+            quality.check_neighbours(len(real), self.samples, self.nearest_k)
+        return net, about, real
+
+    def _judge_samples(self, model: VAE, net: Any, about: dict[str, Any], real: Tensor,
+                       seed: int) -> dict[str, Any]:
+        """The sample-quality scores of ``samples`` images of the model against ``real``."""
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            fake = quality.generate(model, self.samples, self.sample_mean)
+        log.info("Sample quality: features of %d real and %d generated images.", len(real),
+                 len(fake))
+        real_features = quality.features(net, real, device=self.device)
+        fake_features = quality.features(net, fake, device=self.device)
+        found = quality.scores(self.sample_quality, real_features, fake_features,
+                               self.kid_subsets, self.kid_subset_size, self.nearest_k, seed)
+        for name in ("fid", "precision", "recall"):
+            if found.get(name) is not None:
+                log.info("%s = %.4g", name, found[name])
+        if "kid" in found:
+            log.info("kid = %.4g +- %.2g", found["kid"]["mean"], found["kid"]["std"])
+        return {**about, **found, "real": len(real), "generated": len(fake),
+                "split": self.split,
+                "samples_are": "E[x|z]" if self.sample_mean else "x ~ p(x|z)",
+                "seed": seed, "seconds": round(time.perf_counter() - start, 1)}
 
     def _check_data(self, checkpoint: dict[str, Any], datamodule: Any, ckpt_path: str,
                     source: dict[str, Any]) -> bool | None:
@@ -269,6 +404,15 @@ class Evaluation:
                 f"{self.device} (one pass of {chunk} samples x {len(x)} points took "
                 f"{seconds:.3g} s), above eval.max_hours={self.max_hours:g}; nothing was run. "
                 "Lower eval.k or set eval.limit, or raise eval.max_hours (null: no limit).")
+
+
+def _plain(node: Any) -> Any:
+    """A config node (mappings and lists, e.g. OmegaConf's) as plain dicts and lists."""
+    if isinstance(node, Mapping):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, Sequence) and not isinstance(node, str):
+        return [_plain(value) for value in node]
+    return node
 
 
 def code_length(likelihood: Any, datamodule: Any) -> bool:
@@ -343,17 +487,3 @@ def device_of(key: str, device: str) -> torch.device:
     if found.type not in ("cpu", "cuda", "mps"):
         fail(key, "device", device, "expected auto, cpu, cuda, cuda:<index> or mps")
     return found
-
-
-def writable_directory(directory: Path, key: str) -> None:
-    """Refuse, before any work, an output directory that is a file, lies under a file, or
-    cannot be written."""
-    for parent in [directory, *directory.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{key}={directory}: {parent} is a file, not a directory; "
-                                  f"choose a directory for {key}.")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UnwritableError(f"Cannot write into {directory}: {parent} is not "
-                                      f"writable. Choose another {key} or fix its permissions.")
-            return

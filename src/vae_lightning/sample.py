@@ -1,63 +1,98 @@
 """Draw images from a trained model: ``vae-sample ckpt_path=<run>/checkpoints/last.ckpt n=64``
 (or ``python -m vae_lightning.sample ...``) writes ``samples.png`` (a grid of the first
 ``GRID_MAX``) and ``samples.npy`` (float32 ``[n, C, H, W]``) into ``<run dir>/samples/``, or
-``output_dir``."""
+``output_dir``.
+
+z comes from the model's prior (``sampler=prior``), or from a density fitted after training to
+the posterior locations of the training images (``sampler=gmm``, ``sampler=flow``: the options
+of ``samplers``; ``vae_lightning.samplers``), then into ``<run dir>/samples/<sampler>/``.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from vae_lightning import rundir
-from vae_lightning.args import NonNegativeInt, PositiveInt, checked
+from vae_lightning import samplers as fitted
+from vae_lightning.args import ArgumentError, NonNegativeInt, PositiveInt, checked, fail, within
 from vae_lightning.checkpoints import load_model
 from vae_lightning.errors import ConfigError
-from vae_lightning.evaluate import device_of, writable_directory
+from vae_lightning.evaluate import Evaluation, device_of
+from vae_lightning.files import writable_directory
 from vae_lightning.module import VAE
+from vae_lightning.samplers import Sampler
+
+log = logging.getLogger(__name__)
 
 GRID_MAX = 400  # images drawn in samples.png; samples.npy holds all n
 CHUNK = 1024  # images decoded per pass: memory stays bounded whatever n
 
 
 class Sampling:
-    """``n`` draws z ~ p(z) decoded to E[x|z] (``mean``) or to x ~ p(x|z), from the random state
+    """``n`` draws of z decoded to E[x|z] (``mean``) or to x ~ p(x|z), from the random state
     ``seed``, on ``device`` (``auto``: CUDA when available). ``trusted``: see
     ``checkpoints.build_trusted``.
 
+    z ~ p(z) with ``sampler="prior"``; else z from the fitted sampler ``samplers[sampler]``
+    (``vae_lightning.samplers``), fitted to the posterior locations of the training split (read
+    ``batch_size`` images at a time from ``data_root`` / ``data_path``, or where the run's
+    record says, as ``vae-eval`` reads its data, and checked against the checkpoint's record
+    unless ``allow_other_data``), or loaded from the file beside the checkpoint where it was
+    saved by an earlier fit with the same options (``refit``: fit anew all the same).
+
     The images are decoded ``CHUNK`` at a time straight into ``samples.npy`` on disk, so memory
-    does not grow with n; n is refused before anything is drawn when the array would not fit on
-    the output directory's disk."""
+    does not grow with n; n is refused before anything is drawn or fitted when the array would
+    not fit on the output directory's disk."""
 
     @checked
     def __init__(self, ckpt_path: str, n: PositiveInt = 64, mean: bool = True,
                  seed: NonNegativeInt = 0, output_dir: str | None = None, device: str = "auto",
-                 trusted: Sequence[str] = ()) -> None:
+                 trusted: Sequence[str] = (), sampler: str = "prior",
+                 samplers: Mapping[str, Sampler] | None = None, refit: bool = False,
+                 data_root: str | None = None, data_path: str | None = None,
+                 allow_other_data: bool = False, batch_size: PositiveInt = 500) -> None:
         self.ckpt_path, self.n, self.mean, self.seed = ckpt_path, n, mean, seed
         self.output_dir, self.trusted = output_dir, tuple(trusted)
         self.device = device_of("sample", device)
+        self.samplers = dict(samplers or {})
+        if sampler != "prior" and sampler not in self.samplers:
+            fail(self, "sampler", sampler, "prior (the model's own) or one of samplers: "
+                 + ", ".join(self.samplers))
+        self.sampler, self.refit = sampler, refit
+        self.data_root, self.data_path = data_root, data_path
+        self.allow_other_data, self.batch_size = allow_other_data, batch_size
 
     def __call__(self) -> Path:
         """Write the array and the grid; return the folder."""
         from vae_lightning.callbacks.figures import image_figure, tile
         from vae_lightning.plotting import pyplot
 
+        samples = rundir.path(rundir.of_checkpoint(self.ckpt_path), "samples")
         out = (Path(self.output_dir) if self.output_dir
-               else rundir.path(rundir.of_checkpoint(self.ckpt_path), "samples"))
+               else samples if self.sampler == "prior" else samples / self.sampler)
         writable_directory(out, "output_dir")
-        model = load_model(self.ckpt_path, VAE, self.device, self.trusted)[0]
+        model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
         self._refuse_too_many(out, model.data_shape)
+        draw, source = self._z_source(model, config, checkpoint)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)
         array = np.lib.format.open_memmap(out / "samples.npy.tmp", mode="w+", dtype=np.float32,
                                           shape=(self.n, *model.data_shape))
         for start in range(0, self.n, CHUNK):
             count = min(CHUNK, self.n - start)
-            array[start:start + count] = model.sample(count, mean=self.mean).cpu().numpy()
+            with torch.no_grad():
+                likelihood = model.decode(draw(count))
+                images = likelihood.mean if self.mean else likelihood.sample()
+            array[start:start + count] = images.cpu().numpy()
         array.flush()
         del array
         (out / "samples.npy.tmp").replace(out / "samples.npy")
@@ -69,10 +104,53 @@ class Sampling:
         what = "means E[x|z]" if self.mean else "draws x ~ p(x|z)"
         first = f"the first {shown} of " if shown < self.n else ""
         fig = image_figure(tile(padded.reshape(rows, cols, *images.shape[1:])),
-                           f"{first}{self.n} samples ({what}, z ~ p(z), seed {self.seed})")
+                           f"{first}{self.n} samples ({what}, z ~ {source}, seed {self.seed})")
         fig.savefig(out / "samples.png", dpi=100)
         pyplot().close(fig)
         return out
+
+    def _z_source(self, model: VAE, config: dict[str, Any], checkpoint: dict[str, Any]
+                  ) -> tuple[Callable[[int], Tensor], str]:
+        """What draws n points z, and what they are drawn from, in words: the prior, or the
+        fitted sampler (loaded from its file, or fitted and saved)."""
+        if self.sampler == "prior":
+            return model.prior.sample, "p(z)"
+        sampler = self.samplers[self.sampler]
+        path = fitted.fitted_path(self.ckpt_path, self.sampler)
+        writable_directory(path.parent, "ckpt_path")  # before the fit: its result goes there
+        sha256 = fitted.digest(self.ckpt_path)
+        why = "refit=true" if self.refit else (
+            "none was saved" if not path.exists()
+            else fitted.load(sampler, self.sampler, path, sha256, model.latent))
+        if why is None:
+            log.info("Fitted sampler %s loaded from %s.", self.sampler, path)
+        else:
+            z = self._posterior_locations(model, config, checkpoint)
+            log.info("Fitting sampler %s (%s) to %d posterior locations (%s).", self.sampler,
+                     sampler, len(z), why)
+            try:
+                within(f"samplers.{self.sampler}", lambda: sampler.fit(z))
+            except ArgumentError as err:
+                raise ConfigError(str(err)) from None
+            fitted.save(sampler, self.sampler, path, sha256, model.latent, len(z))
+            log.info("Fitted sampler saved to %s.", path)
+        return sampler.sample, f"{sampler.describe()} fitted to q(z|x) of the training images"
+
+    def _posterior_locations(self, model: VAE, config: dict[str, Any],
+                             checkpoint: dict[str, Any]) -> Tensor:
+        """The location of q(z|x) (``Encoder.location``) of every training image, ``[N, latent]``
+        on the CPU; the data found and checked as ``vae-eval`` finds and checks its split's."""
+        finder = Evaluation(batch_size=self.batch_size, device=str(self.device),
+                            trusted=self.trusted, data_root=self.data_root,
+                            data_path=self.data_path, allow_other_data=self.allow_other_data)
+        finder.split = "train"  # the split it checks: the training split here
+        datamodule, source = finder._data(config, self.ckpt_path)
+        datamodule.setup("fit")
+        finder._check_data(checkpoint, datamodule, self.ckpt_path, source)
+        x = datamodule.evaluation_data("train")
+        with torch.no_grad():
+            return torch.cat([model.encoder.location(model.encode(batch)).float().cpu()
+                              for batch in x.split(self.batch_size)])
 
     def _refuse_too_many(self, out: Path, shape: Sequence[int]) -> None:
         """Refuse an n whose float32 array would not fit on the output directory's disk."""

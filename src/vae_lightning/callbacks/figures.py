@@ -11,7 +11,12 @@
   on their first two principal components); data without labels are coloured by position in the
   split (Frey Face: frame order);
 - ``curves.png`` (Fig. 2's axes): the bound on the training and validation data against the
-  number of training samples seen, log x-axis.
+  number of training samples seen, log x-axis;
+- ``traversals.png`` (option ``traversals``): one row per latent dimension, ranked by its mean
+  KL(q(z_j|x) || p(z_j)) over the validation points (largest first), each decoding the first
+  point's posterior location with that dimension set to evenly spaced values; and
+  ``traversals.gif`` (``traversal_gif``): the same traversals animated, a column per dimension
+  and a row per base point.
 
 Without a validation split (``data.val_size=0``) the reconstructions and the scatter use the test
 split, and the curves show the training bound alone. Images are drawn in grayscale or, with three
@@ -24,7 +29,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -34,7 +39,8 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from vae_lightning import rundir
-from vae_lightning.args import NonNegativeInt, PositiveInt, checked
+from vae_lightning.args import NonNegativeInt, PositiveFloat, PositiveInt, checked
+from vae_lightning.objectives.free_bits import per_dimension_kl
 from vae_lightning.plotting import pyplot
 
 log = logging.getLogger(__name__)
@@ -208,6 +214,124 @@ def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor,
     return fig
 
 
+KL_SAMPLES = 16  # draws of z per point for a per-dimension KL without a closed form
+
+
+class Ranking(NamedTuple):
+    """Latent dimensions in rank order, the score of each (in that order), and what it is."""
+
+    dims: list[int]
+    scores: list[float] | None
+    what: str
+
+
+@torch.no_grad()
+def latent_ranking(model: L.LightningModule, x: Tensor | None) -> Ranking:
+    """The latent dimensions ranked by their mean KL(q(z_j|x) || p(z_j)) over ``x``, largest
+    first, when q and p are products over the dimensions (analytic where torch.distributions
+    has the pair, else Monte Carlo); else by the variance over ``x`` of the posterior's location
+    (the active-units statistic); without ``x``, in index order."""
+    if x is None:
+        return Ranking(list(range(model.latent)), None, "in index order (no data to rank by)")
+    q = model.encode(x)
+    factorized = ("factorized" in model.encoder.posterior.features
+                  and "factorized" in getattr(model.prior, "features", ()))
+    if factorized:
+        kl = per_dimension_kl(q, model.prior.distribution(), q.sample((KL_SAMPLES,)), "auto")
+        score, what = kl.mean(0).cpu(), "ranked by mean KL(q(z_j|x) || p(z_j)), nats"
+    else:
+        score, what = model.encoder.location(q).var(0).cpu(), "ranked by the variance of E_q[z_j]"
+    order = score.argsort(descending=True)
+    return Ranking(order.tolist(), score[order].tolist(), what)
+
+
+class Traversal(NamedTuple):
+    """Decoded traversals: ``images`` ``[bases, dims, steps, C, H, W]``, the value of each
+    step, the ranking of the dimensions (in the images' order), and what the base points are."""
+
+    images: Tensor
+    values: Tensor
+    ranking: Ranking
+    base: str
+
+
+@torch.no_grad()
+def traversal(model: L.LightningModule, x: Tensor | None = None, bases: int = 8,
+              steps: int = 10, span: float = 2.5, dims: int | None = None) -> Traversal:
+    """For each of ``bases`` base points (the posterior locations of the first points of ``x``;
+    without ``x``, draws from the prior) and each of the ``dims`` highest-ranked latent
+    dimensions (``latent_ranking``; None: all), E[x|z] with that dimension of z set to each of
+    ``steps`` values evenly spaced on [-span, span], the others kept."""
+    ranking = latent_ranking(model, x)
+    ranking = Ranking(ranking.dims[:dims], ranking.scores and ranking.scores[:dims],
+                      ranking.what)
+    base = (model.encoder.location(model.encode(x[:bases])) if x is not None
+            else model.prior.sample(bases))
+    values = torch.linspace(-span, span, steps, device=base.device)
+    z = base[:, None, None, :].repeat(1, len(ranking.dims), steps, 1)
+    for row, dim in enumerate(ranking.dims):
+        z[:, row, :, dim] = values
+    what = "a data point's posterior location" if x is not None else "a draw from the prior"
+    return Traversal(decode_mean(model, z), values.cpu(), ranking, what)
+
+
+def traversal_figure(found: Traversal):
+    """The traversals of the first base point: a row per latent dimension in rank order,
+    labelled with its index and score, a column per value."""
+    images = found.images[0]
+    rows, steps, _, height, width = images.shape
+    fig = image_figure(tile(images), f"Latent traversals of {found.base}: E[x|z], $z_j$ set to "
+                                     "each value")
+    ax = fig.axes[0]
+    ax.axis("on")
+    scores = found.ranking.scores
+    labels = [f"$z_{{{dim}}}$" + (f" ({scores[row]:.2f})" if scores else "")
+              for row, dim in enumerate(found.ranking.dims)]
+    ax.set_yticks([(row + 0.5) * height - 0.5 for row in range(rows)], labels)
+    ax.set_xticks([(j + 0.5) * width - 0.5 for j in range(steps)],
+                  [_number(v) for v in found.values])
+    ax.tick_params(labelsize=7, length=0)
+    ax.set_xlabel("value of $z_j$")
+    ax.set_ylabel(f"$z_j$, {found.ranking.what}")
+    fig.tight_layout()
+    return fig
+
+
+def traversal_gif(found: Traversal, path: Path, frame_ms: int = 120) -> Path:
+    """The traversals as an animated GIF at ``path``: each frame a grid of a row per base point
+    and a column per dimension (in rank order) at one value, the values going out and back;
+    pixels enlarged to at least 64 per image side."""
+    from PIL import Image
+
+    pictures = [tile(found.images[:, :, step]) for step in range(found.images.shape[2])]
+    pictures += pictures[-2:0:-1]  # and back
+    zoom = max(1, math.ceil(64 / found.images.shape[-2]))
+    frames = []
+    for picture in pictures:
+        array = (picture.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+        frames.append(image.resize((image.width * zoom, image.height * zoom), Image.NEAREST))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return path
+
+
+def write_traversals(model: L.LightningModule, out: Path, x: Tensor | None = None,
+                     bases: int = 8, steps: int = 10, span: float = 2.5,
+                     dims: int | None = None, gif: bool = True) -> list[Path]:
+    """``traversals.png`` (and ``traversals.gif`` with ``gif``) in ``out``: see ``traversal``
+    for ``x`` (None: base points drawn from the prior, dimensions in index order), ``bases``,
+    ``steps``, ``span`` and ``dims``. Returns the paths written."""
+    model.eval()
+    found = traversal(model, x, bases, steps, span, dims)
+    fig = traversal_figure(found)
+    paths = [out / "traversals.png"]
+    fig.savefig(paths[0], dpi=100)
+    pyplot().close(fig)
+    if gif:
+        paths.append(traversal_gif(found, out / "traversals.gif"))
+    return paths
+
+
 # The legend of each curve of ``Figures.curves``.
 CURVE_LABELS = {"train": "training data (mean over the epoch's minibatches)",
                 "val": "validation data (end of epoch)"}
@@ -265,15 +389,26 @@ class Figures(L.Callback):
     ``n_points`` validation points (test points without a validation split), the reconstructions
     the first 40 (``n_points=0``: neither is drawn); its classes are named by the data module's
     ``classes`` (the name of each label) when it has them.
+
+    With ``traversals``, ``traversals.png``: the ``traversal_dims`` latent dimensions ranked
+    highest by KL over those points (None: all), each set to ``traversal_steps`` values on
+    [-``traversal_span``, ``traversal_span``] (``traversal``); with ``traversal_gif`` also
+    ``traversals.gif``, animating them for ``traversal_bases`` points (a file only).
     """
 
     @checked
     def __init__(self, dirpath: str | None = None, every_n_epochs: NonNegativeInt = 0,
                  grid: PositiveInt = 20, n_samples: PositiveInt = 100,
-                 n_points: NonNegativeInt = 1000) -> None:
+                 n_points: NonNegativeInt = 1000, traversals: bool = False,
+                 traversal_steps: PositiveInt = 10, traversal_span: PositiveFloat = 2.5,
+                 traversal_dims: PositiveInt | None = None, traversal_gif: bool = False,
+                 traversal_bases: PositiveInt = 8) -> None:
         self.dirpath = dirpath
         self.every_n_epochs = every_n_epochs
         self.grid, self.n_samples, self.n_points = grid, n_samples, n_points
+        self.traversals, self.traversal_steps = traversals, traversal_steps
+        self.traversal_span, self.traversal_dims = traversal_span, traversal_dims
+        self.traversal_gif, self.traversal_bases = traversal_gif, traversal_bases
         self.curves: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
 
     def _record(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
@@ -325,12 +460,21 @@ class Figures(L.Callback):
         splits = getattr(dm, "splits", {})
         # The validation points; the test points when there is no validation split (val_size=0).
         split = next((s for s in ("val", "test") if s in splits and len(splits[s][0])), None)
+        traversed: list[Traversal] = []  # kept for the GIF
         if split is not None and self.n_points > 0:
             x, y = self._validation_points(trainer, pl_module.device, split)
             figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40])
             classes = getattr(dm, "classes", None)
             figures["latents"] = lambda: latents_figure(pl_module, x, y, classes,
                                                         SPLIT_NAMES[split])
+            if self.traversals:
+                def traversals():
+                    traversed.append(traversal(pl_module, x, self.traversal_bases,
+                                               self.traversal_steps, self.traversal_span,
+                                               self.traversal_dims))
+                    return traversal_figure(traversed[0])
+
+                figures["traversals"] = traversals
         out = Path(self.dirpath or rundir.path(trainer.default_root_dir, "figures"))
         out.mkdir(parents=True, exist_ok=True)
         # The same prior draws every time, and the training's random stream left untouched.
@@ -342,6 +486,8 @@ class Figures(L.Callback):
                 fig.savefig(path, dpi=100)
                 log_figure(trainer, f"figures/{name}", fig, path)
                 pyplot().close(fig)
+        if traversed and self.traversal_gif:
+            traversal_gif(traversed[0], out / f"traversals{suffix}.gif")
         pl_module.train(training)
 
 

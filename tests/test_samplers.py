@@ -1,0 +1,233 @@
+"""Samplers fitted after training (vae-sample sampler=gmm|flow): each fits its points (its
+samples have their moments, the flow beats a single Gaussian on held-out points), is saved beside
+the checkpoint in a file of tensors and plain values and used again while the checkpoint and
+its options stay, fitted anew otherwise; a file that is not one, or does not fit, is refused in
+one line; the training data are found and checked as vae-eval finds and checks its split."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from compose import CONF, compose_train
+from hydra import compose, initialize_config_dir
+from scipy.io import savemat
+
+from vae_lightning import samplers
+from vae_lightning.errors import CheckpointError, ConfigError, DataError, UnwritableError
+from vae_lightning.samplers import FlowSampler, GaussianMixture
+from vae_lightning.train import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors on one thread (a parallel region costs more than the work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _clusters(n=3000, seed=0):
+    """Points of three well-separated 2-d Gaussian clusters with weights 0.5, 0.3, 0.2."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]])
+    which = torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), n, True, generator=g)
+    return centres[which] + 0.5 * torch.randn(n, 2, generator=g), which
+
+
+def _banana(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, generator=g)
+    return torch.stack([a, 0.5 * a**2 + 0.3 * torch.randn(n, generator=g)], 1)
+
+
+def test_the_gaussian_mixture_fits_the_clusters_and_samples_their_weights():
+    z, _ = _clusters()
+    gmm = GaussianMixture(n_components=3)
+    gmm.fit(z)
+    torch.manual_seed(0)
+    drawn = gmm.sample(20000)
+    centres = torch.tensor([[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]])
+    share = torch.bincount(torch.cdist(drawn, centres).argmin(1), minlength=3) / len(drawn)
+    torch.testing.assert_close(share, torch.tensor([0.5, 0.3, 0.2]), atol=0.03, rtol=0)
+    torch.testing.assert_close(drawn.mean(0), z.mean(0), atol=0.1, rtol=0)
+
+
+def test_too_many_components_name_the_option():
+    with pytest.raises(ValueError, match="n_components=20 is not allowed: at most the 10 points"):
+        GaussianMixture(n_components=20).fit(torch.randn(10, 2))
+
+
+def test_the_flow_fits_better_than_one_gaussian_on_held_out_points():
+    train_z, test_z = _banana(2000, 0), _banana(2000, 1)
+    flow = FlowSampler(length=3, hidden=[32], epochs=30, batch_size=128, lr=3e-3)
+    flow.fit(train_z)
+    u = (test_z - flow._loc) / flow._scale
+    with torch.no_grad():
+        flow_ll = (flow._flow.log_prob(u) - flow._scale.log().sum()).mean().item()
+    gaussian = torch.distributions.MultivariateNormal(train_z.mean(0), torch.cov(train_z.T))
+    assert flow_ll > gaussian.log_prob(test_z).mean().item() + 0.2
+    torch.manual_seed(0)
+    drawn = flow.sample(20000)
+    torch.testing.assert_close(drawn.mean(0), test_z.mean(0), atol=0.08, rtol=0)
+
+
+@pytest.mark.parametrize("make", [lambda: GaussianMixture(n_components=3),
+                                  lambda: GaussianMixture(n_components=2, covariance="diag"),
+                                  lambda: FlowSampler(length=2, hidden=[16], epochs=2)],
+                         ids=["gmm", "gmm_diag", "flow"])
+def test_a_saved_sampler_draws_what_the_fitted_one_draws(make, tmp_path):
+    z, _ = _clusters(500)
+    fitted, path = make(), tmp_path / "last.ckpt.s.pt"
+    fitted.fit(z)
+    samplers.save(fitted, "s", path, "abc", latent=2, points=len(z))
+    loaded = make()
+    assert samplers.load(loaded, "s", path, "abc", latent=2) is None
+    torch.manual_seed(3)
+    first = fitted.sample(50)
+    torch.manual_seed(3)
+    torch.testing.assert_close(loaded.sample(50), first)
+    assert samplers.load(make(), "s", path, "other", latent=2) == (
+        "the checkpoint changed since it was fitted")
+    assert samplers.load(make(), "t", path, "abc", latent=2) == "its options differ from these"
+
+
+def test_a_file_that_is_not_a_fitted_sampler_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "last.ckpt.gmm.pt"
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="is not a fitted sampler"):
+        samplers.load(GaussianMixture(), "gmm", path, "abc", 2)
+    torch.save({"format": samplers.FORMAT, "version": samplers.VERSION}, path)
+    with pytest.raises(CheckpointError, match="is not a fitted sampler"):
+        samplers.load(GaussianMixture(), "gmm", path, "abc", 2)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda s: s.update(means=torch.zeros(3, 5)), "means has shape [3, 5], not [3, 2]"),
+    (lambda s: s.update(weights=torch.tensor([0.5, 0.5, 0.5])), "not a probability vector"),
+    (lambda s: s["covariances"].mul_(-1), "not positive definite"),
+    (lambda s: s["means"].fill_(float("nan")), "NaN or infinite"),
+    (lambda s: s.pop("means"), "it holds the tensors"),
+])
+def test_a_fitted_file_whose_tensors_do_not_fit_is_refused(change, words, tmp_path):
+    z, _ = _clusters(300)
+    gmm, path = GaussianMixture(n_components=3), tmp_path / "f.pt"
+    gmm.fit(z)
+    samplers.save(gmm, "gmm", path, "abc", 2, len(z))
+    saved = torch.load(path, weights_only=True)
+    change(saved["state"])
+    torch.save(saved, path)
+    with pytest.raises(CheckpointError) as err:
+        samplers.load(GaussianMixture(n_components=3), "gmm", path, "abc", 2)
+    assert words in str(err.value) and "refit=true" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- vae-sample
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = compose_train(["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
+                         "model.decoder.net.hidden=[32]", "trainer.max_epochs=1", "logger=none",
+                         "callbacks.figures.n_points=0", "trainer.enable_progress_bar=false"],
+                        run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(cfg)["checkpoint"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sampling(overrides):
+    from vae_lightning.config import build, check
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("sample", overrides=overrides)
+    check(cfg)
+    return build(cfg, "sample")
+
+
+@pytest.mark.parametrize("name", ["gmm", "flow"])
+def test_vae_sample_fits_saves_and_reuses_the_sampler(name, checkpoint, tmp_path):
+    args = [f"ckpt_path={checkpoint}", f"sampler={name}", "n=12", "device=cpu",
+            "samplers.flow.epochs=2", "samplers.flow.hidden=[16]"]
+    saved = samplers.fitted_path(checkpoint, name)
+    saved.unlink(missing_ok=True)
+    out = _sampling([*args, f"output_dir={tmp_path / 'a'}"])()
+    first = np.load(out / "samples.npy", allow_pickle=False)
+    assert first.shape == (12, 1, 28, 20) and np.isfinite(first).all()
+    content = torch.load(saved, weights_only=True)
+    assert content["sampler"] == name and content["latent"] == 2 and content["points"] == 1565
+    assert content["checkpoint_sha256"] == samplers.digest(checkpoint)
+    written = saved.stat().st_mtime_ns
+    again = _sampling([*args, f"output_dir={tmp_path / 'b'}"])()  # loaded, not fitted
+    assert saved.stat().st_mtime_ns == written
+    np.testing.assert_array_equal(np.load(again / "samples.npy"), first)
+    _sampling([*args, f"output_dir={tmp_path / 'c'}", "refit=true"])()
+    assert saved.stat().st_mtime_ns != written
+    written = saved.stat().st_mtime_ns
+    other = "samplers.gmm.n_components=3" if name == "gmm" else "samplers.flow.epochs=1"
+    _sampling([*args, other, f"output_dir={tmp_path / 'd'}"])()  # other options: fitted anew
+    assert saved.stat().st_mtime_ns != written
+    assert torch.load(saved, weights_only=True)["options"] != content["options"]
+
+
+def test_vae_sample_writes_a_fitted_samplers_images_into_their_own_folder(checkpoint):
+    out = _sampling([f"ckpt_path={checkpoint}", "sampler=gmm", "n=4", "device=cpu"])()
+    assert out.name == "gmm" and out.parent.name == "samples"
+    assert (out / "samples.png").stat().st_size > 1000
+
+
+def test_an_unknown_sampler_is_one_config_error(checkpoint):
+    with pytest.raises(ConfigError, match="sampler='nope' is not allowed: prior .* gmm, flow"):
+        _sampling([f"ckpt_path={checkpoint}", "sampler=nope"])
+
+
+def test_other_training_data_are_refused_unless_allowed(checkpoint, tmp_path):
+    """A frey_rawface.mat of other faces as data_path: the training split is not the one the
+    checkpoint recorded."""
+    faces = np.random.default_rng(0).integers(0, 256, (560, 1965), dtype=np.uint8)
+    savemat(tmp_path / "frey_rawface.mat", {"ff": faces})
+    args = [f"ckpt_path={checkpoint}", "sampler=gmm", "n=2", "device=cpu", "refit=true",
+            f"data_path={tmp_path / 'frey_rawface.mat'}", f"output_dir={tmp_path / 'out'}"]
+    with pytest.raises(DataError, match="the train split's images or labels differ"):
+        _sampling(args)()
+    assert not (tmp_path / "out").exists()
+    _sampling([*args, "allow_other_data=true"])()
+    assert (tmp_path / "out" / "samples.npy").is_file()
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_refused_before_the_fit(checkpoint,
+                                                                             tmp_path):
+    """The checkpoint on a read-only filesystem: the fitted sampler could not be saved beside
+    it, so nothing is fitted."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        shutil.copy(checkpoint, folder / "last.ckpt")
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        with pytest.raises(UnwritableError, match="not writable"):
+            _sampling([f"ckpt_path={folder / 'last.ckpt'}", "sampler=gmm", "n=2", "device=cpu",
+                       f"output_dir={tmp_path / 'out'}"])()
+        assert not (tmp_path / "out").exists()
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_the_prior_sampler_draws_what_the_model_draws(checkpoint, tmp_path):
+    from vae_lightning.module import VAE
+
+    out = _sampling([f"ckpt_path={checkpoint}", "n=5", "device=cpu",
+                     f"output_dir={tmp_path}"])()
+    model = VAE.load_from_checkpoint(checkpoint)
+    torch.manual_seed(0)
+    np.testing.assert_allclose(np.load(out / "samples.npy"), model.sample(5).numpy(), rtol=1e-6)
+    assert math.isfinite(float(np.load(out / "samples.npy").sum()))

@@ -75,7 +75,7 @@ from data_throughput import write_fake_mnist  # noqa: E402
 from vae_lightning.evaluate import evaluate  # noqa: E402
 from vae_lightning.module import VAE  # noqa: E402
 from vae_lightning.objectives import auto_chunk, importance_weighted  # noqa: E402
-from vae_lightning.train import build  # noqa: E402
+from vae_lightning.train import build_run  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 SIDES = ["ours", "hand"]  # and "ours_fixed" with --fixed-chunk
@@ -197,7 +197,7 @@ def overrides(root: Path, batch: int, device: torch.device) -> list[str]:
 
 def build_model(common: list[str], out: Path, device: torch.device):
     """The composed model and data module (not yet set up)."""
-    run = build(compose_train(common, out))
+    run = build_run(compose_train(common, out))
     return run.model.to(device), run.datamodule
 
 

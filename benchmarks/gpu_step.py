@@ -43,7 +43,7 @@ from compose import compose_train  # noqa: E402
 from data_throughput import write_fake_mnist  # noqa: E402
 
 from vae_lightning.errors import Diverged  # noqa: E402
-from vae_lightning.train import build, train  # noqa: E402
+from vae_lightning.train import build_run, train  # noqa: E402
 
 BATCH = 100
 
@@ -58,7 +58,7 @@ class HandGraph:
     """The hand loop: the whole step (loss, backward, fused update) as one CUDA graph."""
 
     def __init__(self, cfg, x_train: torch.Tensor, device: torch.device) -> None:
-        self.model = build(cfg).model.to(device)
+        self.model = build_run(cfg).model.to(device)
         self.optimizer = self.model.optimizer(self.model.parameters())
         for group in self.optimizer.param_groups:  # a captured update reads its step on device
             if "capturable" in group:
@@ -165,7 +165,7 @@ def main() -> None:
                   *(["trainer.accelerator=gpu", "data.on_device=true"] if device.type == "cuda"
                     else ["trainer.accelerator=cpu"])]
         cfg = compose_train(common, tmp / "hand")
-        dm = build(cfg).datamodule
+        dm = build_run(cfg).datamodule
         dm.setup("fit")
         x_train = dm.splits["train"][0].to(device).float().div(dm.scale).reshape(-1, 1, 28, 28)
         rates: dict[str, list[float]] = {"hand_graph": [], "ours": [], "ours_eager": []}

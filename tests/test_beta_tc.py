@@ -20,7 +20,7 @@ from vae_lightning.objectives.elbo import ELBO
 from vae_lightning.objectives.kl_schedule import Linear
 from vae_lightning.posteriors.planar import Planar
 from vae_lightning.priors import MixtureOfGaussians
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 N, LATENT = 400, 2
 PRIOR = Independent(Normal(torch.zeros(LATENT), torch.ones(LATENT)), 1)
@@ -148,7 +148,7 @@ def test_the_kl_schedule_scales_the_three_terms():
 
 def test_mss_needs_the_data_set_size_and_one_that_fits_the_minibatch(tmp_path):
     with pytest.raises(ConfigError, match="model.objective.dataset_size=null"):
-        build(compose_train(["model/objective=beta_tc", "model.objective.estimator=mss",
+        build_run(compose_train(["model/objective=beta_tc", "model.objective.estimator=mss",
                              "logger=none"], tmp_path))
     torch.manual_seed(0)
     model, x = small_vae(latent=2), binary_images(32)

@@ -12,7 +12,7 @@ from torch.testing import assert_close
 
 from vae_lightning.objectives.capacity import Capacity
 from vae_lightning.objectives.elbo import ELBO
-from vae_lightning.train import build
+from vae_lightning.train import build_run
 
 
 def test_the_capacity_rises_linearly_to_c_max():
@@ -45,7 +45,7 @@ def test_it_trains_the_kl_towards_the_capacity():
 
 
 def test_the_option_carries_the_paper_s_setting(tmp_path):
-    objective = build(compose_train(["model/objective=capacity", "logger=none"],
+    objective = build_run(compose_train(["model/objective=capacity", "logger=none"],
                                     tmp_path)).model.objective
     assert (objective.gamma, objective.capacity, objective.capacity_steps) == (1000.0, 25.0,
                                                                               100000)

@@ -14,7 +14,7 @@ from compose import CONF, REPO, compose_train, posterior_features, small_posteri
 from vae_lightning import VAE
 from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, load_model, read_checkpoint
 from vae_lightning.errors import CheckpointError
-from vae_lightning.train import build
+from vae_lightning.train import build_run
 
 OPTIONS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
            for g in ("model/prior", "model/likelihood", "model/posterior", "model/objective")}
@@ -39,7 +39,7 @@ CASES = [
 def _saved(overrides, path):
     """Train ``overrides`` for two steps with Lightning and save a checkpoint at ``path``."""
     cfg = compose_train(overrides, path.parent)
-    run = build(cfg)
+    run = build_run(cfg)
     trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, accelerator="cpu",
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False,

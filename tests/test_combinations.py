@@ -10,7 +10,7 @@ import torch
 from compose import CONF, compose_train, posterior_features, small_posterior, small_prior
 
 from vae_lightning.errors import ConfigError
-from vae_lightning.train import build
+from vae_lightning.train import build_run
 
 GROUPS = ("model/prior", "model/likelihood", "model/posterior")
 OPTIONS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in GROUPS}
@@ -25,7 +25,7 @@ SMALL = ["model.latent=2", "model.encoder.net.hidden=[8]", "model.decoder.net.hi
 
 
 def _model_and_batch(overrides, tmp_path):
-    run = build(compose_train(overrides, tmp_path))
+    run = build_run(compose_train(overrides, tmp_path))
     run.datamodule.setup("fit")
     x, _ = run.datamodule.to_inputs(next(iter(run.datamodule.train_dataloader())))
     return run.model, x[:16]
@@ -76,7 +76,7 @@ def test_every_combination_trains_a_step_with_finite_loss(prior, likelihood, pos
         # The VampPrior's components are q itself at the pseudo-inputs, scored at z from
         # elsewhere: a flow without an inverse cannot be one, and is refused when composed.
         with pytest.raises(ConfigError, match="density"):
-            build(compose_train(overrides, tmp_path))
+            build_run(compose_train(overrides, tmp_path))
         return
     model, x = _model_and_batch(overrides, tmp_path)
     loss, bound, changed = _one_step(model, x)
@@ -90,7 +90,7 @@ def test_every_objective_trains_with_every_prior_it_accepts(objective, prior, tm
     overrides = ["data=frey", f"model/objective={objective}", *small_prior(prior), *SMALL]
     if objective == "wake_sleep" and prior == "vamp":
         with pytest.raises(ConfigError, match="(?s)model.*VampPrior.*wake-sleep"):
-            build(compose_train(overrides, tmp_path))
+            build_run(compose_train(overrides, tmp_path))
         return
     torch.manual_seed(0)
     try:

@@ -10,7 +10,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vae_lightning.args import ArgumentError, PositiveInt, Range, accepts, checked, problems
 from vae_lightning.config import check
 from vae_lightning.errors import ConfigError
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 GROUPS = ["data", "model", "model/encoder", "model/decoder", "model/posterior",
           "model/likelihood", "model/prior", "model/objective", "model/optimizer", "trainer",
@@ -43,7 +43,7 @@ def test_every_group_option_composes_checks_and_builds(group, option, tmp_path):
         return
     check(cfg)
     if group not in NOT_BUILT_HERE:
-        run = build(cfg)
+        run = build_run(cfg)
         assert run.model.data_shape == run.datamodule.shape
 
 
@@ -62,10 +62,10 @@ def test_a_prior_without_a_closed_form_kl_needs_no_other_setting(prior, tmp_path
     cfg = compose_train([f"model/prior={prior}", "model.prior.n_components=5"][
         : 2 if prior == "vamp" else 1], tmp_path)
     assert cfg.model.objective.kl == "auto"
-    build(cfg)
+    build_run(cfg)
     refused = compose_train([f"model/prior={prior}", "model.objective.kl=analytic"], tmp_path)
     with pytest.raises(ConfigError, match="(?s)model.*kl='analytic'.*closed form.*kl=auto"):
-        build(refused)
+        build_run(refused)
 
 
 @pytest.mark.parametrize("overrides,warned", [
@@ -75,7 +75,7 @@ def test_a_prior_without_a_closed_form_kl_needs_no_other_setting(prior, tmp_path
     (["data=mnist", "data.binarize=none", "model/likelihood=continuous_bernoulli"], False),
 ])
 def test_bernoulli_on_grayscale_pixels_is_warned_about(overrides, warned, tmp_path, caplog):
-    build(compose_train(overrides, tmp_path))
+    build_run(compose_train(overrides, tmp_path))
     assert ("not normalised" in caplog.text) == warned
     if warned and "data=frey" in overrides:  # Frey Face cannot be binarized: not suggested
         assert "data.binarize=dynamic" not in caplog.text and "gaussian" in caplog.text

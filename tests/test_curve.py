@@ -14,7 +14,7 @@ from vae_lightning.data import FreyFaceDataModule, MNISTDataModule
 from vae_lightning.data.idx import write_idx
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
          "logger=none", "callbacks.figures.n_points=0"]
@@ -112,7 +112,7 @@ def test_curve_rejects_bad_arguments(kwargs, word):
 @pytest.mark.parametrize("value", [0, -5, True, "many"])
 def test_bad_max_samples_is_a_config_error(tmp_path, value):
     with pytest.raises((ConfigError, ValueError), match="max_samples"):
-        build(_frey(tmp_path, f"trainer.max_samples={value}"))
+        build_run(_frey(tmp_path, f"trainer.max_samples={value}"))
     with pytest.raises(ValueError, match="max_samples"):
         SampleBudget(value)
 

@@ -14,7 +14,7 @@ from vae_lightning.args import ArgumentError
 from vae_lightning.data import ArrayDataModule, DataError
 from vae_lightning.data import array as array_module
 from vae_lightning.data.download import DataNotFoundError
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 N = 20
@@ -303,7 +303,7 @@ def test_config_and_training_end_to_end(tmp_path):
                 y=np.arange(40) % 4)
     cfg = compose_train(["data=array", f"data.path={path}"], tmp_path / "check")
     assert cfg.model.decoder.likelihood._target_ == "vae_lightning.likelihoods.ContinuousBernoulli"
-    assert build(cfg).datamodule.shape == (1, 8, 8)
+    assert build_run(cfg).datamodule.shape == (1, 8, 8)
     out = tmp_path / "run"
     results = train(compose_train(
         ["data=array", f"data.path={path}", "data.labels_key=y", "data.batch_size=10",

@@ -22,7 +22,7 @@ from vae_lightning.data import cifar as cifar_module
 from vae_lightning.data import download as download_module
 from vae_lightning.data.download import DataNotFoundError
 from vae_lightning.module import VAE
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 # The figures at the end of fit, few enough to draw in a second: the logistic mixture's mean
@@ -228,7 +228,7 @@ def test_config_and_training_end_to_end(tmp_path, monkeypatch):
     assert (cfg.model.decoder.likelihood._target_
             == "vae_lightning.likelihoods.DiscretizedLogisticMixture")
     assert cfg.data.root == str(tmp_path / "data") and cfg.data.val_size == 5000
-    assert build(cfg).datamodule.shape == (3, 32, 32)
+    assert build_run(cfg).datamodule.shape == (3, 32, 32)
     out = tmp_path / "run"
     results = train(compose_train(
         ["data=cifar10", "data.download=false", "data.val_size=10", "data.batch_size=10",
@@ -259,7 +259,7 @@ def test_conv_cifar10_experiment_end_to_end(tmp_path, monkeypatch):
     assert cfg.model.objective.warmup_steps == 20000
     assert (cfg.model.decoder.likelihood._target_
             == "vae_lightning.likelihoods.DiscretizedLogisticMixture")
-    assert build(cfg).datamodule.shape == (3, 32, 32)
+    assert build_run(cfg).datamodule.shape == (3, 32, 32)
     results = train(cfg)
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == results["status"] == "completed"

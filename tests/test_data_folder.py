@@ -16,7 +16,7 @@ from vae_lightning.args import ArgumentError
 from vae_lightning.data import DataError, FolderDataModule
 from vae_lightning.data import folder as folder_module
 from vae_lightning.data.download import DataNotFoundError
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -385,10 +385,10 @@ def test_config_picks_the_continuous_bernoulli_and_reports_bad_files(classes_dir
     path, _ = classes_dir
     cfg = compose_train(["data=folder", f"data.path={path}", "data.size=[8, 6]"], tmp_path)
     assert cfg.model.decoder.likelihood._target_ == "vae_lightning.likelihoods.ContinuousBernoulli"
-    run = build(cfg)
+    run = build_run(cfg)
     assert run.datamodule.shape == (3, 8, 6) and tuple(run.model.data_shape) == (3, 8, 6)
     with pytest.raises(DataError, match="is not a folder"):
-        build(compose_train(["data=folder", f"data.path={tmp_path / 'nowhere'}"], tmp_path))
+        build_run(compose_train(["data=folder", f"data.path={tmp_path / 'nowhere'}"], tmp_path))
 
 
 def test_config_defaults_keep_the_images_size_and_cache_under_the_data_root(tmp_path):
@@ -402,7 +402,7 @@ def test_config_defaults_keep_the_images_size_and_cache_under_the_data_root(tmp_
     root = tmp_path / "root"
     cfg = compose_train(["data=folder", f"data.path={path}", f"data.root={root}"], tmp_path)
     assert cfg.data.size is None and cfg.data.cache is None
-    dm = build(cfg).datamodule
+    dm = build_run(cfg).datamodule
     assert dm.shape == (3, 10, 12)
     dm.setup()
     assert dm.cache_dir.parent == root / folder_module.CACHE_DIR
@@ -412,7 +412,7 @@ def test_config_defaults_keep_the_images_size_and_cache_under_the_data_root(tmp_
     chosen = tmp_path / "elsewhere"
     cfg = compose_train(["data=folder", f"data.path={path}", f"data.root={root}",
                          f"data.cache={chosen}", "data.size=8"], tmp_path)
-    moved = build(cfg).datamodule
+    moved = build_run(cfg).datamodule
     moved.setup()
     assert moved.cache_dir.parent == chosen and len(list(moved.cache_dir.iterdir())) == 1
     assert listing(path) == before

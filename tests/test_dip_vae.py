@@ -13,7 +13,7 @@ from vae_lightning.objectives.dip_vae import DIPVAE, covariance, penalties
 from vae_lightning.objectives.regularized import sample_bound
 from vae_lightning.posteriors import StudentT
 from vae_lightning.priors import VampPrior
-from vae_lightning.train import build
+from vae_lightning.train import build_run
 
 
 def test_dip_i_s_covariance_is_that_of_the_posterior_means():
@@ -66,7 +66,7 @@ def test_dip_ii_needs_a_factorized_posterior_with_a_variance():
 @pytest.mark.parametrize("option, kind, lambda_d", [("dip_vae_i", "i", 100.0),
                                                      ("dip_vae_ii", "ii", 10.0)])
 def test_the_options_carry_the_paper_s_weights(option, kind, lambda_d, tmp_path):
-    objective = build(compose_train([f"model/objective={option}", "logger=none"],
+    objective = build_run(compose_train([f"model/objective={option}", "logger=none"],
                                     tmp_path)).model.objective
     assert (objective.kind, objective.lambda_od, objective.lambda_d) == (kind, 10.0, lambda_d)
 

@@ -16,7 +16,7 @@ from vae_lightning.args import ArgumentError
 from vae_lightning.errors import ConfigError
 from vae_lightning.likelihoods import Decoder, DiscretizedLogistic, DiscretizedLogisticMixture
 from vae_lightning.nets import MLP
-from vae_lightning.train import build
+from vae_lightning.train import build_run
 
 mpmath.mp.dps = 60
 FLOOR = -8.0  # the default log_scale_min
@@ -352,7 +352,7 @@ def test_vae_with_the_mixture_trains_on_8_bit_images():
 @pytest.mark.parametrize("option, name", [("logistic_mixture", "DiscretizedLogisticMixture"),
                                           ("discretized_logistic", "DiscretizedLogistic")])
 def test_config_option_builds_and_scores_frey_face(option, name, tmp_path):
-    run = build(compose_train([
+    run = build_run(compose_train([
         "data=frey", f"model/likelihood={option}", "model.latent=2",
         "model.encoder.net.hidden=[8]", "model.decoder.net.hidden=[8]"], tmp_path))
     likelihood = run.model.decoder.likelihood
@@ -369,5 +369,5 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ArgumentError, match="bins=1"):
         DiscretizedLogistic(bins=1)
     with pytest.raises(ConfigError, match="model.decoder.likelihood.log_scale_min"):
-        build(compose_train(["data=frey", "model/likelihood=logistic_mixture",
+        build_run(compose_train(["data=frey", "model/likelihood=logistic_mixture",
                              "model.decoder.likelihood.log_scale_min=-50"], tmp_path))

@@ -19,10 +19,10 @@ from hydra import compose, initialize_config_dir
 from vae_lightning import disentanglement as dl
 from vae_lightning.args import ArgumentError
 from vae_lightning.checkpoints import RunConfig
-from vae_lightning.config import build as build_node
+from vae_lightning.config import instantiate_node
 from vae_lightning.errors import ConfigError
 from vae_lightning.evaluate import Evaluation
-from vae_lightning.train import build
+from vae_lightning.train import build_run
 
 SIZES = (2, 3, 4, 5)
 K = len(SIZES)
@@ -214,7 +214,7 @@ def trained(overrides, run, steps):
     the model and its data module."""
     cfg = compose_train([*overrides, "callbacks=none", "logger=none"], run)
     torch.manual_seed(0)
-    built = build(cfg)
+    built = build_run(cfg)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False, limit_val_batches=0,
@@ -228,7 +228,7 @@ def trained(overrides, run, steps):
 def run_eval(overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("eval", overrides=overrides)
-    return build_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.output_dir)
+    return instantiate_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.output_dir)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from models import binary_images, small_vae
 
 from vae_lightning.objectives.dreg import DReG
 from vae_lightning.objectives.iwae import IWAE
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 K = 10
 
@@ -71,7 +71,7 @@ def test_dreg_trains_from_the_config_group(tmp_path):
     cfg = compose_train(["model/objective=dreg", "model.objective.k=3", "model.latent=2",
                          "trainer.max_epochs=2", "logger=none", "callbacks.figures.n_points=0",
                          "trainer.enable_progress_bar=false"], tmp_path)
-    assert isinstance(build(cfg).model.objective, DReG)
+    assert isinstance(build_run(cfg).model.objective, DReG)
     results = train(cfg)
     assert results["objective"] == "dreg" and results["method"] == "aevb"
     assert torch.isfinite(torch.tensor(results["test/elbo"]))

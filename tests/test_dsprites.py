@@ -13,7 +13,7 @@ import pytest
 import torch
 from compose import compose_train
 
-from vae_lightning.config import build as build_node
+from vae_lightning.config import instantiate_node
 from vae_lightning.data import dsprites
 from vae_lightning.data.dsprites import (
     FACTOR_VALUES,
@@ -223,11 +223,11 @@ def test_ground_truth_serves_the_image_of_any_factors(tmp_path):
 def test_the_configs_build_the_data_set_with_the_bernoulli_likelihood(tmp_path):
     for name, variant in (("dsprites", "full"), ("dsprites_small", "small")):
         cfg = compose_train([f"data={name}", f"data.root={tmp_path}"], tmp_path)
-        dm = build_node(cfg.data, "data")
+        dm = instantiate_node(cfg.data, "data")
         assert isinstance(dm, DSpritesDataModule) and dm.variant == variant
         assert dm.shape == (1, 64, 64)
         assert cfg.model.decoder.likelihood._target_.endswith("Bernoulli")
     cfg = compose_train(["data=dsprites_small", f"data.root={tmp_path}", "data.binarize=static"],
                         tmp_path)
     with pytest.raises(Exception, match="binarize"):
-        build_node(cfg.data, "data")
+        instantiate_node(cfg.data, "data")

@@ -17,12 +17,12 @@ from hydra import compose, initialize_config_dir
 
 from vae_lightning import rundir
 from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, load_model
-from vae_lightning.config import build as build_node
+from vae_lightning.config import instantiate_node
 from vae_lightning.errors import CheckpointError, ConfigError
 from vae_lightning.evaluate import Estimate
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, base, draw, importance_weighted, iw_bound
-from vae_lightning.train import build
+from vae_lightning.train import build_run
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -30,7 +30,7 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
 def _build(cfg_or_overrides, tmp_path=None):
     cfg = cfg_or_overrides if not isinstance(cfg_or_overrides, list) else compose_train(
         cfg_or_overrides, tmp_path)
-    run = build(cfg)
+    run = build_run(cfg)
     return run.datamodule, run.model
 
 
@@ -126,7 +126,7 @@ def checkpoint(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     cfg = compose_train(["data=frey", "model.latent=2", "callbacks=none", "logger=none"], run)
     torch.manual_seed(0)
-    built = build(cfg)
+    built = build_run(cfg)
     datamodule, model = built.datamodule, built.model
     trainer = L.Trainer(max_steps=5, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
@@ -144,7 +144,7 @@ def _eval_cfg(overrides):
 
 
 def run_eval(cfg):
-    return build_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.output_dir)
+    return instantiate_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.output_dir)
 
 
 def test_eval_writes_eval_json_from_a_checkpoint(checkpoint):

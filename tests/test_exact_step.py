@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 from torch.nn import functional as F
 
-from vae_lightning.config import build as build_node
+from vae_lightning.config import instantiate_node
 from vae_lightning.data.idx import write_idx
 from vae_lightning.train import train
 
@@ -29,7 +29,7 @@ SHAPE = [1, 28, 28]
 def _default_model(tmp_path, *overrides):
     cfg = compose_train(["data=mnist", *overrides], tmp_path)
     torch.manual_seed(0)
-    return build_node(cfg.model, "model", data_shape=SHAPE, steps_per_batch=1)
+    return instantiate_node(cfg.model, "model", data_shape=SHAPE, steps_per_batch=1)
 
 
 def _reference_loss(model, x):
@@ -145,7 +145,7 @@ def test_the_default_commands_steps_are_a_plain_loop_of_the_reference_loss(tmp_p
     train(cfg)
     (run,) = Recorder.runs
     assert len(run.steps) == len(run.losses) == 5
-    reference = build_node(cfg.model, "model", data_shape=SHAPE, steps_per_batch=1)
+    reference = instantiate_node(cfg.model, "model", data_shape=SHAPE, steps_per_batch=1)
     reference.load_state_dict(run.start, strict=False)
     optimizer = instantiate(cfg.model.optimizer)(reference.parameters())
     for step, ((x, rng), loss) in enumerate(zip(run.steps, run.losses, strict=True)):

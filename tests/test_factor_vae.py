@@ -18,7 +18,7 @@ from vae_lightning.errors import ConfigError
 from vae_lightning.graphs import graph_problems
 from vae_lightning.objectives.factor_vae import FactorVAE, permute_dims
 from vae_lightning.objectives.regularized import sample_bound
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 
 def _gaussian_encoder(cov):
@@ -86,7 +86,7 @@ def test_the_loss_is_the_elbo_less_gamma_times_the_discriminator_s_tc():
 def test_the_discriminator_is_the_objective_s_own_and_saved_with_the_model(tmp_path):
     cfg = compose_train(["model/objective=factor_vae", "model.latent=3",
                          "model.objective.hidden=[16]", "logger=none"], tmp_path)
-    model = build(cfg).model
+    model = build_run(cfg).model
     assert isinstance(model.objective, FactorVAE) and model.objective.latent == 3
     optimizer, discriminator = (entry["optimizer"] for entry in model.configure_optimizers())
     own = {id(p) for p in model.objective.discriminator.parameters()}
@@ -142,4 +142,4 @@ def test_the_graphed_step_is_refused_with_one_config_error(tmp_path):
                          "model.cuda_graph=true", "model.optimizer.fused=true", "logger=none"],
                         tmp_path)
     with pytest.raises(ConfigError, match="cuda_graph=true cannot be used: .*of its own"):
-        build(cfg)
+        build_run(cfg)

@@ -20,7 +20,7 @@ from vae_lightning.callbacks.figures import (
     project_2d,
     tile,
 )
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 FAST = ["data=frey", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -42,7 +42,7 @@ def test_manifold_grid_is_the_inverse_cdf_of_the_unit_square_in_plot_order():
 
 def test_manifold_picture_cell_ij_is_the_decoded_mean_at_z_ij(tmp_path):
     torch.manual_seed(0)
-    model = build(compose_train(["data=frey", "model.latent=2"], tmp_path)).model.eval()
+    model = build_run(compose_train(["data=frey", "model.latent=2"], tmp_path)).model.eval()
     n, shape = 4, (1, 28, 20)
     assert tuple(model.data_shape) == shape
     z = manifold_grid(n)
@@ -114,7 +114,7 @@ def _labels(texts) -> list[float]:
 @pytest.fixture
 def frey_model(tmp_path):
     torch.manual_seed(0)
-    return build(compose_train(["data=frey", "model.latent=2"], tmp_path)).model.eval()
+    return build_run(compose_train(["data=frey", "model.latent=2"], tmp_path)).model.eval()
 
 
 def test_manifold_axes_name_z1_growing_right_and_z2_growing_up(frey_model):

@@ -35,12 +35,12 @@ def one_thread():
 
 def sample_config(overrides):
     """vae-sample's Sampling for ``overrides``, built in-process from the composed config."""
-    from vae_lightning.config import build, check
+    from vae_lightning.config import check, instantiate_node
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("sample", overrides=overrides)
     check(cfg)
-    return build(cfg, "sample")
+    return instantiate_node(cfg, "sample")
 
 
 def _prior(latent=3, seed=0):
@@ -155,7 +155,7 @@ def test_what_cannot_work_with_it_is_refused_when_composed(parts, words):
 
 
 def test_trained_from_the_config_group_sampled_and_evaluated(tmp_path):
-    from vae_lightning.config import build as build_node
+    from vae_lightning.config import instantiate_node as build_node
 
     cfg = compose_train(["data=frey", "model/prior=flow", "model.prior.hidden=[16]",
                          "model.prior.length=2", "model.latent=2",

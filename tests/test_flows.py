@@ -35,7 +35,7 @@ from vae_lightning.posteriors.sylvester import (
     TriangularSylvester,
 )
 from vae_lightning.priors import StandardNormal, VampPrior
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 LATENT = 3
 
@@ -362,7 +362,7 @@ def test_more_orthogonal_vectors_than_latent_dimensions_is_one_config_error(tmp_
     cfg = compose_train(["model/posterior=sylvester_orthogonal", "model.latent=4",
                          "model.encoder.posterior.vectors=6", "logger=none"], tmp_path)
     with pytest.raises(ConfigError, match="vectors=6 is more than the latent size 4"):
-        build(cfg)
+        build_run(cfg)
 
 
 @pytest.mark.parametrize("name, overrides", [
@@ -373,7 +373,7 @@ def test_more_orthogonal_vectors_than_latent_dimensions_is_one_config_error(tmp_
     ("iaf", ["model.encoder.posterior.hidden=[16]", "model.encoder.posterior.context=8"]),
 ])
 def test_trained_from_the_config_group_and_evaluated_by_vae_eval(name, overrides, tmp_path):
-    from vae_lightning.config import build as build_node
+    from vae_lightning.config import instantiate_node
 
     cfg = compose_train(["data=frey", f"model/posterior={name}", *overrides,
                          "model.encoder.posterior.length=2", "model.latent=2",
@@ -385,7 +385,7 @@ def test_trained_from_the_config_group_and_evaluated_by_vae_eval(name, overrides
     assert math.isfinite(results["test/elbo"])
     eval_cfg = OmegaConf.create({"_target_": "vae_lightning.evaluate.Evaluation", "k": 20,
                                  "device": "cpu", "limit": 200})
-    out = build_node(eval_cfg, "eval")(results["checkpoint"], 0, str(tmp_path / "eval"))
+    out = instantiate_node(eval_cfg, "eval")(results["checkpoint"], 0, str(tmp_path / "eval"))
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert out["iw"] == saved["iw"] and saved["iw"]["nats"] >= saved["elbo"]["nats"] - 1e-3
     assert 0 <= saved["active_units"] <= 2
@@ -419,7 +419,7 @@ def test_a_planar_flow_of_length_32_fits_the_energy_targets_better_than_a_gaussi
 def test_the_presets_compose_and_build_their_models(preset, posterior, prior, latent, tmp_path):
     cfg = compose_train([f"experiment={preset}", f"data.root={tmp_path}", "logger=none"],
                         tmp_path / "run")
-    model = build(cfg).model
+    model = build_run(cfg).model
     assert type(model.encoder.posterior) is posterior and model.latent == latent
     assert type(model.prior).__name__ == prior
     if preset == "sylvester_mnist":

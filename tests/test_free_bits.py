@@ -11,7 +11,7 @@ from vae_lightning.objectives.elbo import ELBO
 from vae_lightning.objectives.free_bits import FreeBits
 from vae_lightning.posteriors import StudentT
 from vae_lightning.priors import MixtureOfGaussians
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 
 def test_the_bound_is_the_elbo_and_the_loss_floors_each_dimension():
@@ -87,7 +87,7 @@ def test_free_bits_trains_from_the_config_group(tmp_path):
                          "model.latent=2", "trainer.max_epochs=2", "logger=none",
                          "callbacks.figures.n_points=0", "trainer.enable_progress_bar=false"],
                         tmp_path)
-    assert isinstance(build(cfg).model.objective, FreeBits)
+    assert isinstance(build_run(cfg).model.objective, FreeBits)
     results = train(cfg)
     assert results["objective"] == "free_bits" and results["status"] == "completed"
     assert results["test/elbo"] > results["initial/val_elbo"]
@@ -97,4 +97,4 @@ def test_a_pair_that_cannot_work_is_one_config_error(tmp_path):
     cfg = compose_train(["model/objective=free_bits", "model/prior=mog", "logger=none"],
                         tmp_path)
     with pytest.raises(ConfigError, match="factorized"):
-        build(cfg)
+        build_run(cfg)

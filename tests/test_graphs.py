@@ -8,7 +8,7 @@ from compose import compose_train
 
 from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.errors import ConfigError, NonFiniteLossError
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
          "model.decoder.net.hidden=[32]", "trainer.enable_progress_bar=false",
@@ -61,6 +61,6 @@ def test_a_non_finite_loss_is_found_later_with_the_last_good_state_kept(tmp_path
 ])
 def test_what_a_graphed_step_cannot_do_is_refused_before_training(overrides, words, tmp_path):
     with pytest.raises(ConfigError) as err:
-        build(compose_train([*SMALL, "model.cuda_graph=true", *overrides], tmp_path))
+        build_run(compose_train([*SMALL, "model.cuda_graph=true", *overrides], tmp_path))
     for word in words:
         assert word in str(err.value)

@@ -2,8 +2,8 @@
 
 Each case runs the command as a user would (vae-train / vae-eval, in this process through the
 same entry points, or in a subprocess where a signal or a second process is involved) and
-asserts: no traceback, the documented exit code (docs/reliability.md, "Exit codes"), the key or file named,
-and nothing lost or rewritten.
+asserts: no traceback, the documented exit code (docs/reliability.md, "Exit codes"), the key or
+file named, and nothing lost or rewritten.
 """
 
 from __future__ import annotations
@@ -386,7 +386,6 @@ def test_a_fresh_run_into_a_run_directory_is_refused(finished, tmp_path, monkeyp
 
 def test_a_checkpoint_naming_other_code_cannot_be_resumed(finished, tmp_path, monkeypatch,
                                                           capsys):
-    run_dir = _copy(finished, tmp_path / "run")
     path, _ = _bad_checkpoint("code in the config", finished, tmp_path)
     result = run(cli.train, [*TINY, "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'fresh'}",
                              f"ckpt_path={path}"], monkeypatch, capsys, tmp_path)

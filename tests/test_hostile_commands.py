@@ -4,7 +4,8 @@ job starts; config groups set to a number or null; an accelerator the machine la
 
 Each case runs the command as a user would (in this process through the same entry point, or in
 a subprocess where a signal is involved) and asserts: no traceback, the documented exit code
-(docs/reliability.md, "Exit codes"), one ``error:`` line naming the key or file, and nothing written.
+(docs/reliability.md, "Exit codes"), one ``error:`` line naming the key or file, and nothing
+written.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from vae_lightning.callbacks import OutputBias
 from vae_lightning.data.idx import write_idx
 from vae_lightning.errors import ConfigError
 from vae_lightning.likelihoods import Bernoulli
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
 
@@ -44,7 +44,7 @@ def test_bernoulli_mean_bias_is_the_clipped_logit():
 def test_the_preset_s_decoder_starts_at_the_mean_training_image(mnist_root, tmp_path):
     cfg = compose_train(["experiment=iwae_mnist", f"data.root={mnist_root}", *QUIET],
                         tmp_path / "run")
-    run = build(cfg)
+    run = build_run(cfg)
     dm, model = run.datamodule, run.model
     dm.prepare_data()
     dm.setup("fit")

@@ -15,7 +15,7 @@ from vae_lightning.errors import ConfigError
 from vae_lightning.objectives.elbo import ELBO
 from vae_lightning.objectives.free_bits import FreeBits
 from vae_lightning.objectives.kl_schedule import Cyclical, Linear
-from vae_lightning.train import build
+from vae_lightning.train import build_run
 
 # The options with a KL term, and what makes that term non-zero where the default has none.
 WITH_KL = {"elbo": [], "free_bits": [], "beta_tc": [], "dip_vae_i": [], "dip_vae_ii": [],
@@ -76,7 +76,7 @@ def test_every_objective_with_a_kl_term_takes_the_schedule(option, tmp_path):
     cfg = compose_train([f"model/objective={option}", "model/objective/kl_schedule=linear",
                          "model.objective.kl_schedule.steps=10", "model.latent=3", "logger=none",
                          *WITH_KL[option]], tmp_path)
-    model = build(cfg).model
+    model = build_run(cfg).model
     objective = model.objective
     assert isinstance(objective.kl_schedule, Linear) and objective.step_dependent
     x = torch.rand(16, *model.data_shape)
@@ -88,20 +88,20 @@ def test_every_objective_with_a_kl_term_takes_the_schedule(option, tmp_path):
     cyclical = compose_train([f"model/objective={option}", "model/objective/kl_schedule=cyclical",
                               "model.objective.kl_schedule.total_steps=100", "logger=none",
                               *WITH_KL[option]], tmp_path)
-    assert isinstance(build(cyclical).model.objective.kl_schedule, Cyclical)
+    assert isinstance(build_run(cyclical).model.objective.kl_schedule, Cyclical)
 
 
 def test_the_cyclical_schedule_needs_the_training_length(tmp_path):
     cfg = compose_train(["model/objective/kl_schedule=cyclical", "logger=none"], tmp_path)
     with pytest.raises(ConfigError, match="model.objective.kl_schedule.total_steps is required"):
-        build(cfg)
+        build_run(cfg)
 
 
 def test_warmup_steps_and_a_schedule_together_are_one_config_error(tmp_path):
     cfg = compose_train(["model/objective/kl_schedule=linear", "model.objective.warmup_steps=5",
                          "logger=none"], tmp_path)
     with pytest.raises(ConfigError, match="model.objective.kl_schedule"):
-        build(cfg)
+        build_run(cfg)
 
 
 def test_free_bits_floors_each_group_s_kl():

@@ -23,7 +23,7 @@ from vae_lightning.parts import scored_sample
 from vae_lightning.posteriors import Encoder
 from vae_lightning.posteriors.planar import Planar
 from vae_lightning.priors import MixtureOfGaussians, StandardNormal, VampPrior
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 LATENT = 3
 
@@ -132,7 +132,7 @@ def test_the_encoder_gives_the_flow_its_parameters():
 
 
 def test_trained_from_the_config_group_and_evaluated_by_vae_eval(tmp_path):
-    from vae_lightning.config import build as build_node
+    from vae_lightning.config import instantiate_node
 
     cfg = compose_train(["data=frey", "model/posterior=planar",
                          "model.encoder.posterior.length=2", "model.latent=2",
@@ -146,7 +146,7 @@ def test_trained_from_the_config_group_and_evaluated_by_vae_eval(tmp_path):
 
     eval_cfg = OmegaConf.create({"_target_": "vae_lightning.evaluate.Evaluation", "k": 20,
                                  "device": "cpu"})
-    out = build_node(eval_cfg, "eval")(results["checkpoint"], 0, str(tmp_path / "eval"))
+    out = instantiate_node(eval_cfg, "eval")(results["checkpoint"], 0, str(tmp_path / "eval"))
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert out["iw"] == saved["iw"] and saved["iw"]["nats"] >= saved["elbo"]["nats"] - 1e-3
     assert 0 <= saved["active_units"] <= 2
@@ -156,4 +156,4 @@ def test_dreg_with_it_is_one_config_error(tmp_path):
     cfg = compose_train(["model/posterior=planar", "model/objective=dreg", "logger=none"],
                         tmp_path)
     with pytest.raises(ConfigError, match="density"):
-        build(cfg)
+        build_run(cfg)

@@ -11,7 +11,7 @@ from compose import REPO, compose_train
 
 from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.errors import CheckpointError, NonFiniteLossError
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
          "model.decoder.net.hidden=[32]",
@@ -50,7 +50,7 @@ def test_killed_run_resumes_from_last_and_matches_an_uninterrupted_run(tmp_path)
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="ckpt_path=last: there is no .*last.ckpt"):
-        build(compose_train([*SMALL, "ckpt_path=last"], tmp_path))
+        build_run(compose_train([*SMALL, "ckpt_path=last"], tmp_path))
 
 
 def test_resuming_with_another_model_names_the_difference_and_the_original_overrides(tmp_path):
@@ -60,17 +60,17 @@ def test_resuming_with_another_model_names_the_difference_and_the_original_overr
     last = tmp_path / "checkpoints" / "last.ckpt"
     other = [*SMALL, "model.latent=3", "model/likelihood=bernoulli", f"ckpt_path={last}"]
     with pytest.raises(CheckpointError) as err:
-        build(compose_train(other, tmp_path))
+        build_run(compose_train(other, tmp_path))
     message = str(err.value)
     assert "model.latent=2 (this run: 3)" in message
     assert "model.decoder.likelihood._target_='vae_lightning.likelihoods.Gaussian'" in message
     assert "model.latent=2 data=frey" in message
     # Same model, other training settings (longer, compiled, another learning rate): resumable.
-    build(compose_train([*SMALL, "trainer.max_epochs=5", "model.compile=true",
+    build_run(compose_train([*SMALL, "trainer.max_epochs=5", "model.compile=true",
                          "model.optimizer.lr=0.0005", f"ckpt_path={last}"], tmp_path))
     # Another optimizer is refused: the saved state is Adam's.
     with pytest.raises(CheckpointError, match="model.optimizer._target_"):
-        build(compose_train([*SMALL, "model/optimizer=adagrad", f"ckpt_path={last}"],
+        build_run(compose_train([*SMALL, "model/optimizer=adagrad", f"ckpt_path={last}"],
                             tmp_path))
 
 
@@ -81,11 +81,11 @@ def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path, damage):
     if damage == "garbage":
         path.write_bytes(b"not a checkpoint at all")
     else:
-        model = build(compose_train(SMALL, tmp_path)).model
+        model = build_run(compose_train(SMALL, tmp_path)).model
         torch.save({"state_dict": model.state_dict()}, path)
         path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(CheckpointError) as err:
-        build(compose_train([*SMALL, f"ckpt_path={path}"], tmp_path))
+        build_run(compose_train([*SMALL, f"ckpt_path={path}"], tmp_path))
     assert str(path) in str(err.value) and "corrupt" in str(err.value)
 
 
@@ -103,7 +103,7 @@ def test_nan_loss_stops_the_run_and_saves_a_loadable_last_good_state(tmp_path, s
     assert str(saved) in message
     checkpoint = read_checkpoint(saved)
     assert checkpoint["global_step"] == 5
-    model = build(compose_train(SMALL, tmp_path)).model
+    model = build_run(compose_train(SMALL, tmp_path)).model
     model.load_state_dict(checkpoint["state_dict"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
     results = json.loads((tmp_path / "results.json").read_text())  # the run's status, no metrics

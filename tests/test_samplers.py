@@ -140,12 +140,12 @@ def checkpoint(tmp_path_factory):
 
 
 def _sampling(overrides):
-    from vae_lightning.config import build, check
+    from vae_lightning.config import check, instantiate_node
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("sample", overrides=overrides)
     check(cfg)
-    return build(cfg, "sample")
+    return instantiate_node(cfg, "sample")
 
 
 @pytest.mark.parametrize("name", ["gmm", "flow"])

@@ -12,7 +12,7 @@ from models import small_vae
 
 from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.data import FreyFaceDataModule
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
@@ -45,7 +45,7 @@ def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
 
     # The same checkpoint evaluated by one process over the whole test split.
     checkpoint = read_checkpoint(results["checkpoint"])
-    model = build(compose_train(SMALL, tmp_path)).model
+    model = build_run(compose_train(SMALL, tmp_path)).model
     model.load_state_dict(checkpoint["state_dict"])
     datamodule = FreyFaceDataModule()
     datamodule.setup("test")
@@ -160,8 +160,8 @@ def test_under_autocast_the_networks_run_in_half_and_the_bound_in_float32(dtype,
 
 
 def test_compile_flag_compiles_the_networks_in_place(tmp_path):
-    model = build(compose_train([*SMALL, "model.compile=true"], tmp_path)).model
-    plain = build(compose_train(SMALL, tmp_path)).model
+    model = build_run(compose_train([*SMALL, "model.compile=true"], tmp_path)).model
+    plain = build_run(compose_train(SMALL, tmp_path)).model
     assert model.encoder.net._compiled_call_impl is not None
     assert model.state_dict().keys() == plain.state_dict().keys()  # checkpoints interchangeable
 

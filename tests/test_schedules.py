@@ -6,7 +6,7 @@ from compose import compose_train
 from models import small_vae
 
 from vae_lightning.schedules import StagedDecay
-from vae_lightning.train import build
+from vae_lightning.train import build_run
 
 
 def test_stages_last_three_to_the_i_epochs_at_decayed_rates():
@@ -42,7 +42,7 @@ def test_the_iwae_preset(tmp_path):
     """Burda et al.'s code: Glorot-uniform weights, zero biases, all 60,000 training images,
     Adam as the code sets it, the rounded schedule, the final model reported."""
     cfg = compose_train(["experiment=iwae_mnist"], tmp_path)
-    model = build(cfg).model
+    model = build_run(cfg).model
     assert model.latent == 50 and model.objective.k == 5
     assert model.objective.checkpoint == "last"
     linear = [m for m in model.encoder.net if isinstance(m, torch.nn.Linear)]

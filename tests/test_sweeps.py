@@ -193,9 +193,9 @@ def test_overfit_serves_the_same_batches_every_epoch(tmp_path):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append((trainer.current_epoch, batch[0].sum().item()))
 
-    from vae_lightning.train import build
+    from vae_lightning.train import build_run
 
-    run = build(compose_train(["debug=overfit", *TINY[:3], "trainer.max_epochs=3"], tmp_path))
+    run = build_run(compose_train(["debug=overfit", *TINY[:3], "trainer.max_epochs=3"], tmp_path))
     trainer = L.Trainer(overfit_batches=2, max_epochs=3, logger=False, callbacks=[Record()],
                         enable_checkpointing=False, enable_progress_bar=False,
                         use_distributed_sampler=False, limit_val_batches=0)

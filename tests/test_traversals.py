@@ -16,7 +16,7 @@ from vae_lightning.callbacks.figures import (
     traversal_gif,
     write_traversals,
 )
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 FAST = ["data=frey", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -26,7 +26,7 @@ FAST = ["data=frey", "trainer.limit_train_batches=2", "trainer.limit_val_batches
 
 def _model(tmp_path, *overrides):
     torch.manual_seed(0)
-    model = build(compose_train(["data=frey", "model.latent=4", *overrides], tmp_path)).model
+    model = build_run(compose_train(["data=frey", "model.latent=4", *overrides], tmp_path)).model
     with torch.no_grad():  # dimensions of clearly different KL
         model.encoder.net[-1].bias[:4] += torch.tensor([0.0, 2.0, -1.0, 0.5])
     return model.eval()

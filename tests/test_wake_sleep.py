@@ -13,7 +13,7 @@ from vae_lightning.likelihoods import Gaussian
 from vae_lightning.objectives.elbo import ELBO
 from vae_lightning.objectives.wake_sleep import WakeSleep
 from vae_lightning.priors import MixtureOfGaussians, StandardNormal
-from vae_lightning.train import build, train
+from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -95,7 +95,7 @@ def test_the_logged_bound_is_the_aevb_elbo():
 def test_wake_sleep_with_a_vamp_prior_is_a_config_error(tmp_path):
     cfg = compose_train(["model/objective=wake_sleep", "model/prior=vamp"], tmp_path)
     with pytest.raises(ConfigError, match="wake-sleep") as err:
-        build(cfg)
+        build_run(cfg)
     assert "VampPrior" in str(err.value)
 
 
@@ -107,7 +107,7 @@ def test_wake_sleep_with_a_vamp_prior_is_a_config_error(tmp_path):
 def test_settings_wake_sleep_cannot_honour_are_config_errors(override, key, tmp_path):
     cfg = compose_train(["model/objective=wake_sleep", override], tmp_path)
     with pytest.raises(ConfigError, match="WakeSleep") as err:
-        build(cfg)
+        build_run(cfg)
     assert key in str(err.value)
 
 
@@ -117,7 +117,7 @@ def test_wake_sleep_frey_preset_trains_and_improves_the_bound(tmp_path):
     assert cfg.model.objective._target_.endswith("WakeSleep")
     assert (cfg.model.optimizer.lr, cfg.data.scale, cfg.model.encoder.net.hidden) == (
         0.01, 256, [200])
-    run = build(cfg)
+    run = build_run(cfg)
     model, datamodule = run.model, run.datamodule
     assert isinstance(model.objective, WakeSleep) and model.method == "wake_sleep"
     datamodule.setup("test")

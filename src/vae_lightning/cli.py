@@ -437,10 +437,10 @@ def _evaluate(cfg: DictConfig) -> float:
     """``vae-eval``: the ELBO and the importance-weighted log-likelihood of a checkpoint."""
 
     def task() -> float:
-        from vae_lightning.config import build
+        from vae_lightning.config import instantiate_node
 
         _check_with_checkpoint(cfg, "vae-eval ckpt_path=<run>/checkpoints/last.ckpt")
-        results = build(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.get("output_dir"))
+        results = instantiate_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.get("output_dir"))
         for name in ("elbo", "iw"):
             est = results[name]
             bits = (f", {est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim"
@@ -459,10 +459,10 @@ def _sample(cfg: DictConfig) -> None:
     """``vae-sample``: images drawn from a trained model, as a PNG grid and an .npy array."""
 
     def task() -> None:
-        from vae_lightning.config import build
+        from vae_lightning.config import instantiate_node
 
         _check_with_checkpoint(cfg, "vae-sample ckpt_path=<run>/checkpoints/last.ckpt n=64")
-        out = build(cfg, "sample")()
+        out = instantiate_node(cfg, "sample")()
         print(f"written: {out / 'samples.png'}, {out / 'samples.npy'}")
 
     _run(task, cfg)

@@ -370,7 +370,7 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(found))
 
 
-def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(node, **kwargs)``, with an error raised by a constructor
     reported as a ``ConfigError`` naming the key of the node that raised it."""
     try:

@@ -32,8 +32,7 @@ from vae_lightning.checkpoints import (
     logger_runs,
     read_checkpoint,
 )
-from vae_lightning.config import build as build_node
-from vae_lightning.config import check, plain
+from vae_lightning.config import check, instantiate_node, plain
 from vae_lightning.errors import (
     CheckpointError,
     ConfigError,
@@ -72,13 +71,13 @@ def _overrides(run_dir: Path) -> list[str] | None:
     return [item for item in OmegaConf.load(path) if not item.startswith("ckpt_path=")]
 
 
-def build(cfg: DictConfig) -> Run:
+def build_run(cfg: DictConfig) -> Run:
     """Check ``cfg``, build the data module (no data is read yet) and the model for the data's
     shape, and read the checkpoint to resume from. Every configuration error surfaces here, as a
     ``ConfigError`` naming its key, before any training."""
     check(cfg)
     with prechecked():  # every node was checked above: constructors need not again
-        datamodule = build_node(cfg.data, "data")
+        datamodule = instantiate_node(cfg.data, "data")
         shape = list(datamodule.shape)  # handed to the model's builder; the config keeps ???
         record = plain(OmegaConf.merge(cfg, {"model": {"data_shape": shape}}))
         resume_from = resume_path(cfg)
@@ -91,7 +90,7 @@ def build(cfg: DictConfig) -> Run:
         if checkpoint is not None:
             check_parts(parts, checkpoint["state_dict"], resume_from)
         L.seed_everything(cfg.seed, workers=True)
-        model = build_node(cfg.model, "model", data_shape=shape,
+        model = instantiate_node(cfg.model, "model", data_shape=shape,
                            steps_per_batch=datamodule.steps_per_batch)
         try:  # the optimizer is built at fit; its own argument checks run now
             model.check_optimizer()
@@ -148,7 +147,7 @@ def _check_memory(cfg: DictConfig, shape: list[int]) -> dict[str, torch.nn.Modul
     Returns the parts built on the meta device (a resumed checkpoint's weights are checked
     against them before anything else is built)."""
     with torch.device("meta"):
-        parts = {key: build_node(cfg.model[key], f"model.{key}", **(
+        parts = {key: instantiate_node(cfg.model[key], f"model.{key}", **(
                      {"data_shape": shape} if "data_shape" in cfg.model[key] else {}))
                  for key in PARTS}
     available = _available_memory()
@@ -199,7 +198,7 @@ def _warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) ->
 def _instantiate_all(group: DictConfig | None, key: str,
                      **kwargs_by_key: dict[str, Any]) -> list[Any]:
     """The nodes of a group of loggers or callbacks; one set to null is left out."""
-    return [build_node(node, f"{key}.{name}", **kwargs_by_key.get(name, {}))
+    return [instantiate_node(node, f"{key}.{name}", **kwargs_by_key.get(name, {}))
             for name, node in (group or {}).items() if node is not None]
 
 
@@ -207,7 +206,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Build the run, train (or resume), evaluate the best checkpoint on val and test; return
     the results. Nothing is written into the run directory before every check has passed."""
     rundir.guard(cfg.output_dir, resuming=cfg.get("ckpt_path"))
-    datamodule, model, resume_from, checkpoint, record = build(cfg)
+    datamodule, model, resume_from, checkpoint, record = build_run(cfg)
     datamodule.prepare_data()  # find or download the files, then read every split (the test
     datamodule.setup("fit")  # split too): a bad data file is an error before the first step
     if checkpoint is not None:
@@ -219,7 +218,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     initial = InitialBound()
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
                  RunConfig(record), initial]
-    trainer = build_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
+    trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
     if (threads := threads_per_job()) is not None:
         torch.set_num_threads(threads)
     try:

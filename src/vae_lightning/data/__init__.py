@@ -1,6 +1,8 @@
 """Data: MNIST, Fashion-MNIST, Frey Face, CIFAR-10, and your own images (a folder of PNG/JPEG
 files, or a .npy/.npz array) as Lightning data modules."""
 
+from vae_lightning.errors import DataError
+
 from .array import ArrayDataModule
 from .cifar import CIFAR10DataModule
 from .datamodules import (
@@ -9,7 +11,6 @@ from .datamodules import (
     MNISTDataModule,
     VAEDataModule,
 )
-from .errors import DataError
 from .folder import FolderDataModule
 
 __all__ = [

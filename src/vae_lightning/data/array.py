@@ -21,10 +21,10 @@ from typing import IO, Literal, NamedTuple
 import numpy as np
 
 from vae_lightning.args import checked
+from vae_lightning.errors import DataError
 
 from .datamodules import SplitSize, VAEDataModule, ValSize, held_out
 from .download import check_memory, describe, nameable, names, open_data
-from .errors import DataError
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"  # a zip: a member, or the end of an empty one

@@ -21,10 +21,10 @@ import numpy as np
 
 from vae_lightning import files
 from vae_lightning.args import NonNegativeInt, checked
+from vae_lightning.errors import DataError
 
 from .datamodules import VAEDataModule, _carve
 from .download import check_memory, describe, ensure_files, find, not_regular, open_data
-from .errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from vae_lightning.args import NonNegativeInt, PositiveInt, Range, checked, fail
+from vae_lightning.errors import DataError
 
 from .download import DataNotFoundError, ensure_files
-from .errors import DataError
 from .frey import frey_images, load_bundled_frey, read_frey_mat
 from .idx import read_idx
 from .sampling import OrderedBatchSampler, ShardedBatchSampler, TensorBatchDataset, derive_seed

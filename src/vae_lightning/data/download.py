@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vae_lightning import files
-
-from .errors import DataError
+from vae_lightning.errors import DataError
 
 
 class DataNotFoundError(DataError, FileNotFoundError):

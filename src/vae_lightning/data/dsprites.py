@@ -40,11 +40,10 @@ import numpy as np
 import torch
 
 from vae_lightning.args import checked
-from vae_lightning.errors import UnwritableError
+from vae_lightning.errors import DataError, UnwritableError
 from vae_lightning.files import kind
 
 from .datamodules import SplitSize, VAEDataModule, ValSize, held_out
-from .errors import DataError
 
 log = logging.getLogger(__name__)
 

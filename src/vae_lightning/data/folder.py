@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vae_lightning.args import PositiveInt, checked, fail
+from vae_lightning.errors import DataError
 from vae_lightning.files import kind
 
 from .array import check_holds, map_npy, read_header
@@ -44,7 +45,6 @@ from .download import (
     not_regular,
     open_data,
 )
-from .errors import DataError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

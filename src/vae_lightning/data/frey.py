@@ -8,8 +8,9 @@ from importlib import resources
 
 import numpy as np
 
+from vae_lightning.errors import DataError
+
 from .download import describe, names, open_data
-from .errors import DataError
 
 FREY_SHAPE = (560, 1965)  # pixels x faces, as stored in the .mat file (variable ``ff``)
 FREY_IMAGE_SHAPE = (28, 20)

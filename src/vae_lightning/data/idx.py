@@ -17,8 +17,9 @@ from typing import IO
 
 import numpy as np
 
+from vae_lightning.errors import DataError
+
 from .download import check_memory, describe, open_data
-from .errors import DataError
 
 # IDX type code -> big-endian numpy dtype.
 _DTYPES = {

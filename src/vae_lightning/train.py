@@ -297,8 +297,9 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
     evaluate = {"datamodule": datamodule, "ckpt_path": best or None, "verbose": False}
     with _signals_end_the_run(cfg, trainer):  # none of a split with limit_*_batches=0
         val = next(iter(trainer.validate(model, weights_only=True, **evaluate)), {})
-        if val:  # validate loaded the chosen weights into the model: test them, not load again
-            evaluate["ckpt_path"] = None
+        # validate loaded the chosen weights into the model (even with no validation data to
+        # score): test them without loading again
+        evaluate["ckpt_path"] = None
         test = next(iter(trainer.test(model, weights_only=True, **evaluate)), {})
 
     choices_ = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}

@@ -117,3 +117,29 @@ def test_the_callback_option_draws_them_and_leaves_training_as_it_was(tmp_path):
                for run in (plain, drawn)]
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
+
+
+def test_vae_sample_traverse_writes_the_traversals_beside_the_samples(tmp_path):
+    """vae-sample traverse=true: traversals.png (and .gif) from a checkpoint, the dimensions
+    ranked by KL over training images read as vae-eval reads its data."""
+    from compose import CONF, compose_train
+    from hydra import compose, initialize_config_dir
+
+    from vae_lightning.config import check, instantiate_node
+    from vae_lightning.train import train
+
+    run = tmp_path / "run"
+    checkpoint = train(compose_train(
+        ["data=frey", "model.latent=3", "model.encoder.net.hidden=[16]",
+         "model.decoder.net.hidden=[16]", "trainer.max_epochs=1", "logger=none",
+         "trainer.enable_progress_bar=false", "callbacks.figures=null",
+         "callbacks.bound_curve=null"], run))["checkpoint"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("sample", overrides=[
+            f"ckpt_path={checkpoint}", "n=4", "device=cpu", "traverse=true",
+            "traverse_steps=5", "traverse_gif=true", "traverse_bases=2", "traverse_points=50",
+            f"output_dir={tmp_path / 'out'}"])
+    check(cfg)
+    out = instantiate_node(cfg, "sample")()
+    assert (out / "samples.npy").is_file() and (out / "traversals.png").is_file()
+    assert (out / "traversals.gif").read_bytes()[:6] in (b"GIF87a", b"GIF89a")

@@ -23,7 +23,15 @@ from torch import Tensor
 
 from vae_lightning import rundir
 from vae_lightning import samplers as fitted
-from vae_lightning.args import ArgumentError, NonNegativeInt, PositiveInt, checked, fail, within
+from vae_lightning.args import (
+    ArgumentError,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    checked,
+    fail,
+    within,
+)
 from vae_lightning.checkpoints import load_model
 from vae_lightning.errors import ConfigError
 from vae_lightning.evaluate import Evaluation, device_of
@@ -51,7 +59,13 @@ class Sampling:
 
     The images are decoded ``CHUNK`` at a time straight into ``samples.npy`` on disk, so memory
     does not grow with n; n is refused before anything is drawn or fitted when the array would
-    not fit on the output directory's disk."""
+    not fit on the output directory's disk.
+
+    ``traverse``: also ``traversals.png`` (and ``traversals.gif`` with ``traverse_gif``), each
+    latent dimension of ``traverse_bases`` posterior locations set to ``traverse_steps`` values
+    on [-``traverse_span``, ``traverse_span``], the dimensions ranked by their mean KL over the
+    first ``traverse_points`` training images (read as for a fitted sampler), the
+    ``traverse_dims`` largest (null: all); ``callbacks.figures.write_traversals``."""
 
     @checked
     def __init__(self, ckpt_path: str, n: PositiveInt = 64, mean: bool = True,
@@ -59,7 +73,11 @@ class Sampling:
                  trusted: Sequence[str] = (), sampler: str = "prior",
                  samplers: Mapping[str, Sampler] | None = None, refit: bool = False,
                  data_root: str | None = None, data_path: str | None = None,
-                 allow_other_data: bool = False, batch_size: PositiveInt = 500) -> None:
+                 allow_other_data: bool = False, batch_size: PositiveInt = 500,
+                 traverse: bool = False, traverse_steps: PositiveInt = 10,
+                 traverse_span: PositiveFloat = 2.5, traverse_dims: PositiveInt | None = None,
+                 traverse_gif: bool = False, traverse_bases: PositiveInt = 8,
+                 traverse_points: PositiveInt = 1000) -> None:
         self.ckpt_path, self.n, self.mean, self.seed = ckpt_path, n, mean, seed
         self.output_dir, self.trusted = output_dir, tuple(trusted)
         self.device = device_of("sample", device)
@@ -70,6 +88,9 @@ class Sampling:
         self.sampler, self.refit = sampler, refit
         self.data_root, self.data_path = data_root, data_path
         self.allow_other_data, self.batch_size = allow_other_data, batch_size
+        self.traverse = dict(steps=traverse_steps, span=traverse_span, dims=traverse_dims,
+                             gif=traverse_gif, bases=traverse_bases) if traverse else None
+        self.traverse_points = traverse_points
 
     def __call__(self) -> Path:
         """Write the array and the grid; return the folder."""
@@ -107,6 +128,13 @@ class Sampling:
                            f"{first}{self.n} samples ({what}, z ~ {source}, seed {self.seed})")
         fig.savefig(out / "samples.png", dpi=100)
         pyplot().close(fig)
+        if self.traverse is not None:
+            from vae_lightning.callbacks.figures import write_traversals
+
+            x = self._training_images(model, config, checkpoint)[:self.traverse_points]
+            torch.manual_seed(self.seed)
+            with torch.no_grad():
+                write_traversals(model, out, x.to(self.device), **self.traverse)
         return out
 
     def _z_source(self, model: VAE, config: dict[str, Any], checkpoint: dict[str, Any]
@@ -139,7 +167,16 @@ class Sampling:
     def _posterior_locations(self, model: VAE, config: dict[str, Any],
                              checkpoint: dict[str, Any]) -> Tensor:
         """The location of q(z|x) (``Encoder.location``) of every training image, ``[N, latent]``
-        on the CPU; the data found and checked as ``vae-eval`` finds and checks its split's."""
+        on the CPU."""
+        x = self._training_images(model, config, checkpoint)
+        with torch.no_grad():
+            return torch.cat([model.encoder.location(model.encode(batch)).float().cpu()
+                              for batch in x.split(self.batch_size)])
+
+    def _training_images(self, model: VAE, config: dict[str, Any],
+                         checkpoint: dict[str, Any]) -> Tensor:
+        """The training images, found and checked as ``vae-eval`` finds and checks its
+        split's."""
         finder = Evaluation(batch_size=self.batch_size, device=str(self.device),
                             trusted=self.trusted, data_root=self.data_root,
                             data_path=self.data_path, allow_other_data=self.allow_other_data)
@@ -147,10 +184,7 @@ class Sampling:
         datamodule, source = finder._data(config, self.ckpt_path)
         datamodule.setup("fit")
         finder._check_data(checkpoint, datamodule, self.ckpt_path, source)
-        x = datamodule.evaluation_data("train")
-        with torch.no_grad():
-            return torch.cat([model.encoder.location(model.encode(batch)).float().cpu()
-                              for batch in x.split(self.batch_size)])
+        return datamodule.evaluation_data("train")
 
     def _refuse_too_many(self, out: Path, shape: Sequence[int]) -> None:
         """Refuse an n whose float32 array would not fit on the output directory's disk."""

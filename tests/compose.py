@@ -50,3 +50,14 @@ def posterior_features(posterior: str) -> frozenset[str]:
 
     node = OmegaConf.load(CONF / "model/posterior" / f"{posterior}.yaml")
     return get_class(node._target_).features
+
+
+def sample_config(overrides: list[str]):
+    """vae-sample's ``Sampling`` for ``overrides``, built in-process from the composed and
+    checked config, as the command builds it."""
+    from vae_lightning.config import check, instantiate_node
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("sample", overrides=overrides)
+    check(cfg)
+    return instantiate_node(cfg, "sample")

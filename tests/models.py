@@ -58,3 +58,18 @@ def binary_images(n: int = 256, shape: tuple[int, ...] = SHAPE, seed: int = 0) -
 
 class NamedPrior(StandardNormal):
     """A user's own prior class: a checkpoint may build it only when the user trusts it."""
+
+
+def fit(model: VAE, x: torch.Tensor, steps: int = 150, batch: int = 64,
+        lr: float = 1e-2) -> list[float]:
+    """``steps`` Adam steps of the model's objective on random minibatches of ``x``: the
+    losses, in order."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = model.objective.loss(model, x[torch.randint(len(x), (batch,))])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

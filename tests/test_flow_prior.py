@@ -9,9 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from compose import CONF, compose_train
-from hydra import compose, initialize_config_dir
-from models import binary_images, small_vae
+from compose import compose_train, sample_config
+from models import binary_images, fit, small_vae
 from omegaconf import OmegaConf
 from torch.autograd.functional import jacobian
 
@@ -31,16 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def sample_config(overrides):
-    """vae-sample's Sampling for ``overrides``, built in-process from the composed config."""
-    from vae_lightning.config import check, instantiate_node
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("sample", overrides=overrides)
-    check(cfg)
-    return instantiate_node(cfg, "sample")
 
 
 def _prior(latent=3, seed=0):
@@ -124,14 +113,7 @@ def test_it_trains_with_the_model_and_its_kl_is_monte_carlo():
     assert closed_form_kl(model.encoder(binary_images(2)), model.prior.distribution()) is None
     x = binary_images(256)
     start = {k: v.clone() for k, v in model.prior.state_dict().items()}
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(150):
-        loss, bound = model.objective.loss(model, x[torch.randint(len(x), (64,))])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit(model, x)
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
     assert any(not torch.equal(v, start[k]) for k, v in model.prior.state_dict().items())
     assert model.sample(7).shape == (7, 1, 3, 4)

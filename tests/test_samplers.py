@@ -9,8 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from compose import CONF, compose_train
-from hydra import compose, initialize_config_dir
+from compose import compose_train, sample_config
 from scipy.io import savemat
 
 from vae_lightning import samplers
@@ -139,49 +138,40 @@ def checkpoint(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
-def _sampling(overrides):
-    from vae_lightning.config import check, instantiate_node
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("sample", overrides=overrides)
-    check(cfg)
-    return instantiate_node(cfg, "sample")
-
-
 @pytest.mark.parametrize("name", ["gmm", "flow"])
 def test_vae_sample_fits_saves_and_reuses_the_sampler(name, checkpoint, tmp_path):
     args = [f"ckpt_path={checkpoint}", f"sampler={name}", "n=12", "device=cpu",
             "samplers.flow.epochs=2", "samplers.flow.hidden=[16]"]
     saved = samplers.fitted_path(checkpoint, name)
     saved.unlink(missing_ok=True)
-    out = _sampling([*args, f"output_dir={tmp_path / 'a'}"])()
+    out = sample_config([*args, f"output_dir={tmp_path / 'a'}"])()
     first = np.load(out / "samples.npy", allow_pickle=False)
     assert first.shape == (12, 1, 28, 20) and np.isfinite(first).all()
     content = torch.load(saved, weights_only=True)
     assert content["sampler"] == name and content["latent"] == 2 and content["points"] == 1565
     assert content["checkpoint_sha256"] == samplers.digest(checkpoint)
     written = saved.stat().st_mtime_ns
-    again = _sampling([*args, f"output_dir={tmp_path / 'b'}"])()  # loaded, not fitted
+    again = sample_config([*args, f"output_dir={tmp_path / 'b'}"])()  # loaded, not fitted
     assert saved.stat().st_mtime_ns == written
     np.testing.assert_array_equal(np.load(again / "samples.npy"), first)
-    _sampling([*args, f"output_dir={tmp_path / 'c'}", "refit=true"])()
+    sample_config([*args, f"output_dir={tmp_path / 'c'}", "refit=true"])()
     assert saved.stat().st_mtime_ns != written
     written = saved.stat().st_mtime_ns
     other = "samplers.gmm.n_components=3" if name == "gmm" else "samplers.flow.epochs=1"
-    _sampling([*args, other, f"output_dir={tmp_path / 'd'}"])()  # other options: fitted anew
+    sample_config([*args, other, f"output_dir={tmp_path / 'd'}"])()  # other options: fitted anew
     assert saved.stat().st_mtime_ns != written
     assert torch.load(saved, weights_only=True)["options"] != content["options"]
 
 
 def test_vae_sample_writes_a_fitted_samplers_images_into_their_own_folder(checkpoint):
-    out = _sampling([f"ckpt_path={checkpoint}", "sampler=gmm", "n=4", "device=cpu"])()
+    out = sample_config([f"ckpt_path={checkpoint}", "sampler=gmm", "n=4", "device=cpu"])()
     assert out.name == "gmm" and out.parent.name == "samples"
     assert (out / "samples.png").stat().st_size > 1000
 
 
 def test_an_unknown_sampler_is_one_config_error(checkpoint):
     with pytest.raises(ConfigError, match="sampler='nope' is not allowed: prior .* gmm, flow"):
-        _sampling([f"ckpt_path={checkpoint}", "sampler=nope"])
+        sample_config([f"ckpt_path={checkpoint}", "sampler=nope"])
 
 
 def test_other_training_data_are_refused_unless_allowed(checkpoint, tmp_path):
@@ -192,9 +182,9 @@ def test_other_training_data_are_refused_unless_allowed(checkpoint, tmp_path):
     args = [f"ckpt_path={checkpoint}", "sampler=gmm", "n=2", "device=cpu", "refit=true",
             f"data_path={tmp_path / 'frey_rawface.mat'}", f"output_dir={tmp_path / 'out'}"]
     with pytest.raises(DataError, match="the train split's images or labels differ"):
-        _sampling(args)()
+        sample_config(args)()
     assert not (tmp_path / "out").exists()
-    _sampling([*args, "allow_other_data=true"])()
+    sample_config([*args, "allow_other_data=true"])()
     assert (tmp_path / "out" / "samples.npy").is_file()
 
 
@@ -215,7 +205,7 @@ def test_a_checkpoint_folder_that_cannot_be_written_is_refused_before_the_fit(ch
         shutil.copy(checkpoint, folder / "last.ckpt")
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
         with pytest.raises(UnwritableError, match="not writable"):
-            _sampling([f"ckpt_path={folder / 'last.ckpt'}", "sampler=gmm", "n=2", "device=cpu",
+            sample_config([f"ckpt_path={folder / 'last.ckpt'}", "sampler=gmm", "n=2", "device=cpu",
                        f"output_dir={tmp_path / 'out'}"])()
         assert not (tmp_path / "out").exists()
     finally:
@@ -225,7 +215,7 @@ def test_a_checkpoint_folder_that_cannot_be_written_is_refused_before_the_fit(ch
 def test_the_prior_sampler_draws_what_the_model_draws(checkpoint, tmp_path):
     from vae_lightning.module import VAE
 
-    out = _sampling([f"ckpt_path={checkpoint}", "n=5", "device=cpu",
+    out = sample_config([f"ckpt_path={checkpoint}", "n=5", "device=cpu",
                      f"output_dir={tmp_path}"])()
     model = VAE.load_from_checkpoint(checkpoint)
     torch.manual_seed(0)

@@ -122,10 +122,8 @@ def test_the_callback_option_draws_them_and_leaves_training_as_it_was(tmp_path):
 def test_vae_sample_traverse_writes_the_traversals_beside_the_samples(tmp_path):
     """vae-sample traverse=true: traversals.png (and .gif) from a checkpoint, the dimensions
     ranked by KL over training images read as vae-eval reads its data."""
-    from compose import CONF, compose_train
-    from hydra import compose, initialize_config_dir
+    from compose import compose_train, sample_config
 
-    from vae_lightning.config import check, instantiate_node
     from vae_lightning.train import train
 
     run = tmp_path / "run"
@@ -134,12 +132,8 @@ def test_vae_sample_traverse_writes_the_traversals_beside_the_samples(tmp_path):
          "model.decoder.net.hidden=[16]", "trainer.max_epochs=1", "logger=none",
          "trainer.enable_progress_bar=false", "callbacks.figures=null",
          "callbacks.bound_curve=null"], run))["checkpoint"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("sample", overrides=[
-            f"ckpt_path={checkpoint}", "n=4", "device=cpu", "traverse=true",
-            "traverse_steps=5", "traverse_gif=true", "traverse_bases=2", "traverse_points=50",
-            f"output_dir={tmp_path / 'out'}"])
-    check(cfg)
-    out = instantiate_node(cfg, "sample")()
+    out = sample_config([f"ckpt_path={checkpoint}", "n=4", "device=cpu", "traverse=true",
+                         "traverse_steps=5", "traverse_gif=true", "traverse_bases=2",
+                         "traverse_points=50", f"output_dir={tmp_path / 'out'}"])()
     assert (out / "samples.npy").is_file() and (out / "traversals.png").is_file()
     assert (out / "traversals.gif").read_bytes()[:6] in (b"GIF87a", b"GIF89a")

@@ -53,6 +53,7 @@ def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path)
     text = out.read_text()
     assert f"**{record['iw']['nats']:.2f} ± {record['iw']['nats_se']:.2f}**" in text
     assert "-86.76 (Burda et al. 2015" in text and "iwae_k5" in text.split("Rows not run yet")[1]
+    assert "every row: dynamically binarized MNIST, 60,000 training images" in text  # the protocol
 
 
 def test_an_unknown_row_is_one_error_line():

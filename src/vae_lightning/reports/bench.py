@@ -45,6 +45,12 @@ def rows() -> dict[str, dict[str, Any]]:
     return found
 
 
+def _protocol() -> str:
+    """The protocol every row shares, as ``bench/_protocol.yaml`` states it."""
+    entry = resources.files("vae_lightning.conf").joinpath("experiment", "bench", "_protocol.yaml")
+    return str(OmegaConf.create(entry.read_text()).benchmark.protocol)
+
+
 def _run(command: str, args: list[str], log: Path) -> int:
     with open(log, "a") as out:
         return subprocess.call([sys.executable, "-c", COMMAND.format(command), *args],
@@ -101,8 +107,7 @@ def _nats(value: Any) -> str:
 def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG) -> Path:
     """Write the page from the records (and the full-length runs' stretches)."""
     found = {p.stem: json.loads(p.read_text()) for p in sorted(records.glob("*.json"))}
-    protocol = next((r["bench"].get("protocol") for r in found.values()), None) or rows().get(
-        "vae", {}).get("protocol", "")
+    protocol = " ".join(_protocol().split())
     lines = [
         "# The benchmark table",
         "",

@@ -22,14 +22,7 @@ from vae_lightning.priors import StandardNormal
 from vae_lightning.priors.flow import FlowPrior
 from vae_lightning.train import train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on one thread (a parallel region costs more than the work)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _prior(latent=3, seed=0):

@@ -40,14 +40,7 @@ from vae_lightning.train import build_run, train
 LATENT = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on one thread: torch's CPU log_sigmoid (the IAF gates') enters a parallel
-    region whatever the size, which costs milliseconds per call on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _iaf(latent=LATENT, seed=0):

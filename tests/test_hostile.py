@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from compose import REPO
+from compose import REPO, copy_run, finished_run
 
 from vae_lightning import cli
 from vae_lightning.checkpoints import CONFIG_KEY, read_checkpoint
@@ -249,19 +249,10 @@ def test_the_frey_source_used_is_said(tmp_path, monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished 2-epoch run's directory."""
-    directory = tmp_path_factory.mktemp("finished") / "run"
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, "trainer.max_epochs=2",
-                           f"hydra.run.dir={directory}"], cwd=directory.parent,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return directory
+    return finished_run(tmp_path_factory.mktemp("finished") / "run",
+                        [*TINY, "trainer.max_epochs=2"])
 
 
-def _copy(run_dir: Path, target: Path) -> Path:
-    import shutil
-
-    shutil.copytree(run_dir, target)
-    return target
 
 
 class _RunsCode:
@@ -352,7 +343,7 @@ def test_eval_without_a_checkpoint_names_the_key(tmp_path, monkeypatch, capsys):
 
 # ---------------------------------------------------------------------------- run directory
 def test_a_refused_resume_leaves_the_run_as_it_was(finished, tmp_path, monkeypatch, capsys):
-    run_dir = _copy(finished, tmp_path / "run")
+    run_dir = copy_run(finished, tmp_path / "run")
     before = snapshot(run_dir)
     result = run(cli.train, [*TINY, "model.latent=5", "trainer.max_epochs=3",
                              f"hydra.run.dir={run_dir}", "ckpt_path=last"],
@@ -365,7 +356,7 @@ def test_a_refused_resume_leaves_the_run_as_it_was(finished, tmp_path, monkeypat
 
 
 def test_resuming_a_complete_run_changes_nothing(finished, tmp_path, monkeypatch, capsys):
-    run_dir = _copy(finished, tmp_path / "run")
+    run_dir = copy_run(finished, tmp_path / "run")
     before = snapshot(run_dir)
     result = run(cli.train, [*TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
                              "ckpt_path=last"], monkeypatch, capsys, tmp_path)
@@ -375,7 +366,7 @@ def test_resuming_a_complete_run_changes_nothing(finished, tmp_path, monkeypatch
 
 
 def test_a_fresh_run_into_a_run_directory_is_refused(finished, tmp_path, monkeypatch, capsys):
-    run_dir = _copy(finished, tmp_path / "run")
+    run_dir = copy_run(finished, tmp_path / "run")
     before = snapshot(run_dir)
     result = run(cli.train, [*TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"],
                  monkeypatch, capsys, tmp_path)
@@ -396,7 +387,7 @@ def test_a_checkpoint_naming_other_code_cannot_be_resumed(finished, tmp_path, mo
 
 def test_a_new_learning_rate_applies_on_resume_and_metrics_append(finished, tmp_path,
                                                                   monkeypatch, capsys):
-    run_dir = _copy(finished, tmp_path / "run")
+    run_dir = copy_run(finished, tmp_path / "run")
     rows_before = (run_dir / "csv").exists()
     result = run(cli.train, [*TINY[:-4], "logger=csv", *QUIET, "trainer.max_epochs=3",
                              "model.optimizer.lr=0.0004", f"hydra.run.dir={run_dir}",

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from compose import REPO
+from compose import REPO, copy_run, finished_run
 
 from vae_lightning import cli, rundir
 from vae_lightning.errors import ConfigError
@@ -118,25 +118,15 @@ def test_a_run_directory_that_is_a_file_or_under_one_is_exit_code_2(where, tmp_p
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished one-epoch run's directory."""
-    directory = tmp_path_factory.mktemp("finished") / "run"
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY,
-                           f"hydra.run.dir={directory}"], cwd=directory.parent,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return directory
+    return finished_run(tmp_path_factory.mktemp("finished") / "run", list(TINY))
 
 
-def _copy(run_dir: Path, target: Path) -> Path:
-    import shutil
-
-    shutil.copytree(run_dir, target)
-    return target
 
 
 def test_a_resume_into_another_run_s_directory_is_refused(finished, tmp_path, monkeypatch,
                                                            capsys):
-    a = _copy(finished, tmp_path / "a")
-    b = _copy(finished, tmp_path / "b")
+    a = copy_run(finished, tmp_path / "a")
+    b = copy_run(finished, tmp_path / "b")
     before = {"a": snapshot(a), "b": snapshot(b)}
     result = run(cli.train, [*TINY, "trainer.max_epochs=2", f"hydra.run.dir={a}",
                              f"ckpt_path={b / 'checkpoints' / 'last.ckpt'}"], monkeypatch, capsys,
@@ -148,8 +138,8 @@ def test_a_resume_into_another_run_s_directory_is_refused(finished, tmp_path, mo
 
 
 def test_guard_refuses_a_resume_into_another_run_and_allows_its_own(finished, tmp_path):
-    a = _copy(finished, tmp_path / "a")
-    b = _copy(finished, tmp_path / "b")
+    a = copy_run(finished, tmp_path / "a")
+    b = copy_run(finished, tmp_path / "b")
     with pytest.raises(ConfigError, match="holds another run"):
         rundir.guard(a, str(b / "checkpoints" / "last.ckpt"))
     with pytest.raises(ConfigError, match="already holds a run"):

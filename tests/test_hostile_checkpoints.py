@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from compose import REPO
-from test_hostile import TINY, _copy, no_traceback, run, snapshot
+from compose import REPO, copy_run, finished_run
+from test_hostile import TINY, no_traceback, run, snapshot
 
 from vae_lightning import cli
 from vae_lightning.checkpoints import CONFIG_KEY, DATA_KEY, read_checkpoint
@@ -35,12 +35,8 @@ from vae_lightning.data.frey import load_bundled_frey
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished 2-epoch Frey Face run (bundled data), written by this version."""
-    directory = tmp_path_factory.mktemp("finished") / "run"
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, "trainer.max_epochs=2",
-                           f"hydra.run.dir={directory}"], cwd=directory.parent,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return directory
+    return finished_run(tmp_path_factory.mktemp("finished") / "run",
+                        [*TINY, "trainer.max_epochs=2"])
 
 
 def _eval(args, tmp_path, monkeypatch, capsys):
@@ -63,7 +59,7 @@ def _resume(run_dir, tmp_path, monkeypatch, capsys, *extra):
 def _tampered(finished: Path, tmp_path: Path, change) -> Path:
     """A copy of the finished run whose last.ckpt ``change`` (a function of the checkpoint
     dict) rewrites, saved with valid checksums."""
-    run_dir = _copy(finished, tmp_path / "run")
+    run_dir = copy_run(finished, tmp_path / "run")
     path = run_dir / "checkpoints" / "last.ckpt"
     checkpoint = read_checkpoint(path)
     checkpoint = change(checkpoint)
@@ -89,7 +85,7 @@ def _refused_everywhere(run_dir, words, tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------- corruption (item 4)
 def test_a_flipped_bit_in_a_weight_is_refused_everywhere(finished, tmp_path, monkeypatch,
                                                          capsys):
-    run_dir = _copy(finished, tmp_path / "run")
+    run_dir = copy_run(finished, tmp_path / "run")
     path = run_dir / "checkpoints" / "last.ckpt"
     raw = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
@@ -301,7 +297,7 @@ def test_a_resume_on_other_data_is_refused(finished, tmp_path, monkeypatch, caps
     faces = load_bundled_frey()
     other = tmp_path / "frey_shuffled.mat"
     scipy.io.savemat(other, {"ff": faces[:, np.random.default_rng(1).permutation(1965)]})
-    run_dir = _copy(finished, tmp_path / "run")
+    run_dir = copy_run(finished, tmp_path / "run")
     before = snapshot(run_dir)
     result = _resume(run_dir, tmp_path, monkeypatch, capsys, f"data.path={other}")
     no_traceback(result)

@@ -29,16 +29,20 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
 
 
 def small_prior(prior: str) -> list[str]:
-    """The overrides choosing ``prior`` at a size a test trains in a moment."""
+    """The overrides choosing ``prior`` at a size a test trains in a moment (stochastic layers:
+    two, in the tests' 2-d latent space)."""
     small = {"mog": ["model.prior.n_components=4"], "vamp": ["model.prior.n_components=4"],
-             "flow": ["model.prior.length=2", "model.prior.hidden=[8]"]}
+             "flow": ["model.prior.length=2", "model.prior.hidden=[8]"],
+             "hierarchy": ["model.prior.layers=[1,1]", "model.prior.net.hidden=[4]"]}
     return [f"model/prior={prior}", *small.get(prior, [])]
 
 
 def small_posterior(posterior: str) -> list[str]:
     """The overrides choosing ``posterior`` at a size that fits a test's 2-d latent space."""
     small = {"sylvester_orthogonal": ["model.encoder.posterior.vectors=2"],
-             "iaf": ["model.encoder.posterior.hidden=[8]", "model.encoder.posterior.context=4"]}
+             "iaf": ["model.encoder.posterior.hidden=[8]", "model.encoder.posterior.context=4"],
+             "hierarchy": ["model.encoder.posterior.layers=[1,1]",
+                           "model.encoder.posterior.net.hidden=[4]"]}
     return [f"model/posterior={posterior}", *small.get(posterior, [])]
 
 

@@ -485,7 +485,8 @@ class _DiscretizedLogisticMixture(Distribution):
 
 class Decoder(nn.Module):
     """p_theta(x|z): a network from z (``latent``) to the likelihood's parameters for every pixel
-    of an image of ``data_shape`` ``[C, H, W]``."""
+    of an image of ``data_shape`` ``[C, H, W]``. With stochastic layers (``posteriors.hierarchy``)
+    the decoder reads the bottom layer only, the first ``latent`` units of z."""
 
     @checked
     def __init__(
@@ -496,9 +497,11 @@ class Decoder(nn.Module):
         latent: PositiveInt,
     ) -> None:
         super().__init__()
-        self.likelihood = likelihood
+        self.likelihood, self.latent = likelihood, latent
         channels, *size = data_shape
         self.net = within("net", lambda: net((latent,), (likelihood.channels(channels), *size)))
 
     def forward(self, z: Tensor) -> Distribution:
+        if z.shape[-1] != self.latent:  # z = [z_1, ..., z_L]: p(x|z) = p(x|z_1)
+            z = z[..., :self.latent]
         return self.likelihood(self.net(z))

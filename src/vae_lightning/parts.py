@@ -146,7 +146,10 @@ def scored_sample(q: Distribution, shape: torch.Size | tuple[int, ...] = ()
                   ) -> tuple[Tensor, Tensor]:
     """A reparameterized draw z ~ q of ``shape`` (before q's own shape) and log q(z), computed
     from the same draw: through the flow's forward pass for a ``TransformedDistribution`` (its
-    inverse need not exist), else ``q.log_prob(z)``."""
+    inverse need not exist), by q itself where it scores its own draws
+    (``rsample_and_log_prob``: a chain of stochastic layers), else ``q.log_prob(z)``."""
+    if hasattr(q, "rsample_and_log_prob"):
+        return q.rsample_and_log_prob(shape)
     if not isinstance(q, TransformedDistribution):
         z = q.rsample(shape)
         return z, q.log_prob(z)
@@ -164,7 +167,7 @@ def scored_sample(q: Distribution, shape: torch.Size | tuple[int, ...] = ()
 def scored_draws(q: Distribution, n: int) -> tuple[Tensor, Tensor]:
     """n draws z_i ~ q, each by its own ``rsample()`` in order (so that n draws taken in chunks
     are the same draws whatever the chunks), stacked, and their log q(z_i)."""
-    if not isinstance(q, TransformedDistribution):
+    if not isinstance(q, TransformedDistribution) and not hasattr(q, "rsample_and_log_prob"):
         z = torch.stack([q.rsample() for _ in range(n)])
         return z, q.log_prob(z)
     z, log_q = zip(*(scored_sample(q) for _ in range(n)))

@@ -10,6 +10,8 @@
 - ``${run_record:${hydra.runtime.output_dir}}``: Hydra's ``output_subdir``: ``.hydra`` for a
   fresh run directory, null for one that holds a run already (``rundir.record_dir``).
 - ``${sqlite:<path>}``: the SQLAlchemy URL of a SQLite file, its folder created (Optuna's study).
+- ``${sum:${.layers}}``: the sum of a list of numbers (``model=hierarchy``: the latent size is
+  the sum of the stochastic layers' sizes).
 - ``${config_groups:}``: the config groups and their options, one line each, for ``--help``
   (``config.groups``: the bases a group's options start from, named ``_*``, are not options).
 """
@@ -51,6 +53,10 @@ def sqlite(path: str) -> str:
     return f"sqlite:///{file}"
 
 
+def total(values) -> int | float:
+    return sum(values)
+
+
 def config_groups() -> str:
     from vae_lightning.config import groups  # config imports this module
 
@@ -60,5 +66,6 @@ def config_groups() -> str:
 
 for name, resolver in (("sweep_group", sweep_group), ("run_dir_of", run_dir_of),
                        ("run_path", run_path), ("run_record", rundir.record_dir),
-                       ("sqlite", sqlite), ("config_groups", config_groups)):
+                       ("sqlite", sqlite), ("config_groups", config_groups),
+                       ("sum", total)):
     OmegaConf.register_new_resolver(name, resolver, replace=True)

@@ -1,0 +1,218 @@
+"""Stochastic layers (model=hierarchy): on a two-layer linear-Gaussian model, whose log p(x) and
+exact posterior are known in closed form, the chain's densities are exact (with q the exact
+posterior every importance weight equals p(x)), the bounds are ordered ELBO <= IW_k <= log p(x)
+and tighten towards it with k; one layer is today's model, bit for bit; DReG's q held fixed holds
+the upper layers fixed; the preset composes and trains on MNIST, and is evaluated and sampled."""
+
+import math
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
+import torch
+from compose import SHARED_DATA, compose_train
+from models import binary_images, fit, small_vae
+from torch.distributions import Independent, MultivariateNormal, Normal
+
+from vae_lightning.args import ArgumentError
+from vae_lightning.likelihoods import Decoder, GaussianFixed
+from vae_lightning.nets import MLP
+from vae_lightning.objectives import importance_weighted
+from vae_lightning.objectives.base import draw, elbo_estimate
+from vae_lightning.objectives.dreg import DReG
+from vae_lightning.parts import scored_sample
+from vae_lightning.posteriors import Encoder
+from vae_lightning.posteriors.hierarchy import BottomUp, Chain
+from vae_lightning.priors.hierarchy import TopDown
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+LINEAR = partial(MLP, hidden=())  # one affine map: the model below is linear-Gaussian
+# p(z_2) = N(0, I_2), p(z_1|z_2) = N(A z_2 + a, s1^2 I_3), p(x|z_1) = N(B z_1 + b, sigma^2 I_3):
+# A's rows and columns orthogonal and B diagonal, so that the exact p(z_1|x) and p(z_2|z_1) are
+# diagonal Gaussians, which the chain's Gaussian layers can represent exactly.
+A = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+a = torch.tensor([0.5, -1.0, 0.3])
+S1, SIGMA = 0.6, 0.4
+B = torch.diag(torch.tensor([1.5, -0.7, 2.0]))
+b = torch.tensor([0.1, 0.2, -0.3])
+
+
+def _set(net: MLP, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    with torch.no_grad():
+        net[0].weight.copy_(weight)
+        net[0].bias.copy_(bias)
+
+
+def _model(exact: bool = True) -> SimpleNamespace:
+    """The linear-Gaussian model's parts, with q(z|x) its exact posterior (``exact``) or a
+    perturbed one."""
+    torch.manual_seed(0)
+    shape = (1, 1, 3)  # [C, H, W]
+    encoder = Encoder(LINEAR, BottomUp([3, 2], LINEAR), shape, latent=5)
+    decoder = Decoder(LINEAR, GaussianFixed(SIGMA, mean_activation="identity"), shape, latent=3)
+    prior = TopDown(5, [3, 2], LINEAR)
+    _set(prior.nets[0], torch.cat([A, torch.zeros(3, 2)]),
+         torch.cat([a, torch.full((3,), math.log(S1**2))]))
+    _set(decoder.net, B, b)
+    # p(z_1|x): precision diag(1/c) + B^T B / sigma^2 with c the variances of p(z_1) = N(a, C_1).
+    c = torch.diag(A @ A.T) + S1**2
+    post_var = 1 / (1 / c + torch.diag(B.T @ B) / SIGMA**2)
+    M = post_var[:, None] * B.T / SIGMA**2
+    m = post_var * (a / c - B.T @ b / SIGMA**2)
+    # p(z_2|z_1) (= p(z_2|z_1, x)): precision I + A^T A / s1^2, mean Q^-1 A^T (z_1 - a) / s1^2.
+    q_var = 1 / (1 + torch.diag(A.T @ A) / S1**2)
+    N = q_var[:, None] * A.T / S1**2
+    # Perturbed: means off by a tenth, variances half again as wide (over-dispersed, so the
+    # importance weights stay bounded and the k-sample estimates settle).
+    shift, widen = (1.0, 1.0) if exact else (1.1, 1.5)
+    _set(encoder.net, torch.cat([M * shift, torch.zeros(3, 3)]),
+         torch.cat([m, torch.log(post_var * widen)]))
+    _set(encoder.posterior.nets[0], torch.cat([N * shift, torch.zeros(2, 3)]),
+         torch.cat([-N @ a, torch.log(q_var * widen)]))
+    return SimpleNamespace(encoder=encoder, decoder=decoder, prior=prior)
+
+
+def _log_px(x: torch.Tensor) -> torch.Tensor:
+    """The closed form: x ~ N(B a + b, B (A A^T + s1^2 I) B^T + sigma^2 I)."""
+    cov = B @ (A @ A.T + S1**2 * torch.eye(3)) @ B.T + SIGMA**2 * torch.eye(3)
+    return MultivariateNormal(B @ a + b, cov).log_prob(x.flatten(1))
+
+
+def _data(n: int = 6) -> torch.Tensor:
+    torch.manual_seed(1)
+    z2 = torch.randn(n, 2)
+    z1 = z2 @ A.T + a + S1 * torch.randn(n, 3)
+    return (z1 @ B.T + b + SIGMA * torch.randn(n, 3)).reshape(n, 1, 1, 3)
+
+
+def test_with_the_exact_posterior_every_importance_weight_is_p_of_x():
+    """log p(x, z) - log q(z|x) = log p(x) for every z when q is the exact posterior: the
+    chain's sampling and densities, the top-down prior and the decoder reading z_1 agree."""
+    model, x = _model(exact=True), _data()
+    samples = draw(model, x, model.encoder(x), model.prior.distribution(), 50)
+    expected = _log_px(x).expand(50, -1)
+    torch.testing.assert_close(samples.log_w, expected, atol=2e-4, rtol=0)
+
+
+def test_bounds_are_ordered_and_tighten_towards_log_p_of_x():
+    model, x = _model(exact=False), _data()
+    log_px = _log_px(x)
+    torch.manual_seed(2)
+    elbo = elbo_estimate(model, x, n_samples=20000).elbo
+    _, iw_5 = importance_weighted(model, x, k=5)
+    _, iw_5000 = importance_weighted(model, x, k=5000)
+    assert (elbo < log_px - 0.05).all()  # q is not the posterior: a gap
+    assert (elbo < iw_5000).all() and (iw_5000 <= log_px + 0.03).all()  # to its MC error
+    assert (log_px - iw_5000).mean() < (log_px - iw_5).mean() < (log_px - elbo).mean()
+    assert (log_px - iw_5000).abs().max() < 0.03
+
+
+def test_the_chain_scores_its_draws_as_its_density_and_by_layer():
+    model, x = _model(exact=False), _data()
+    q = model.encoder(x)
+    assert isinstance(q, Chain) and q.event_shape == (5,) and q.batch_shape == (6,)
+    z, log_q = scored_sample(q, (4,))
+    torch.testing.assert_close(log_q, q.log_prob(z))
+    layers = q.layer_log_probs(z)
+    torch.testing.assert_close(sum(layers), log_q)
+    # The bottom layer's term is q(z_1|x): the diagonal Gaussian of the encoder's output.
+    params = model.encoder.params(x)
+    q1 = Independent(Normal(params[:, :3], (0.5 * params[:, 3:]).exp()), 1)
+    torch.testing.assert_close(layers[0], q1.log_prob(z[..., :3]), atol=1e-5, rtol=1e-5)
+    # The prior's draws are ancestral from z_2 and scored as its density.
+    p = model.prior.distribution()
+    z_p, log_p = scored_sample(p, (7,))
+    assert z_p.shape == (7, 5)
+    torch.testing.assert_close(log_p, p.log_prob(z_p))
+    # The location: each layer's mean given the one below's.
+    location = model.encoder.location(q)
+    torch.testing.assert_close(location[:, :3], params[:, :3])
+    torch.testing.assert_close(location[:, 3:],
+                               model.encoder.posterior.nets[0](location[:, :3])[:, :2])
+
+
+def test_dreg_holds_every_layer_of_q_fixed():
+    """DReG scores z under q with its parameters held fixed: the upper layers' weights too, so
+    they get gradient through z only (the path DReG reweights)."""
+    model, x = _model(exact=False), _data()
+    fixed_q = model.encoder.posterior(model.encoder.params(x).detach())
+    z = model.encoder(x).rsample().detach().requires_grad_()
+    weights = list(model.encoder.parameters())
+    grads = torch.autograd.grad(fixed_q.log_prob(z).sum(), [z, *weights], allow_unused=True)
+    assert grads[0].abs().sum() > 0 and all(g is None for g in grads[1:])
+    torch.manual_seed(0)
+    vae = small_vae(latent=3, posterior=BottomUp([2, 1], partial(MLP, hidden=(4,))),
+                    prior=TopDown(3, [2, 1], partial(MLP, hidden=(4,))), objective=DReG(k=3))
+    loss, _ = vae.objective.loss(vae, binary_images(8))
+    loss.backward()
+    assert vae.encoder.posterior.nets[0][0].weight.grad.abs().sum() > 0
+
+
+def test_one_layer_is_the_flat_model_bit_for_bit():
+    """BottomUp([d]) is its Gaussian and TopDown(d, [d]) N(0, I): same parameters, draws and
+    losses as model=vae with the same seed."""
+    x = binary_images(64)
+    losses = []
+    for posterior, prior in ((None, None), (BottomUp([2], LINEAR), TopDown(2, [2], LINEAR))):
+        torch.manual_seed(0)
+        kwargs = {"posterior": posterior, "prior": prior} if prior is not None else {}
+        model = small_vae(**kwargs)
+        torch.manual_seed(1)
+        losses.append(fit(model, x, steps=20))
+    assert losses[0] == losses[1]
+
+
+def test_a_deep_chain_trains():
+    torch.manual_seed(0)
+    net = partial(MLP, hidden=(8,))
+    model = small_vae(latent=6, posterior=BottomUp([3, 2, 1], net), prior=TopDown(6, [3, 2, 1],
+                                                                                 net))
+    losses = fit(model, binary_images(256), steps=150)
+    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 0.2
+
+
+def test_layers_that_do_not_add_up_are_refused_with_the_key():
+    with pytest.raises(ArgumentError, match=r"layers.*add up to the model's latent size 5"):
+        TopDown(5, [3, 1], LINEAR)
+    with pytest.raises(ValueError, match=r"set model.latent=4"):
+        Encoder(LINEAR, BottomUp([3, 1], LINEAR), (1, 1, 3), latent=5)
+
+
+def test_model_hierarchy_sizes_the_model_from_the_layers():
+    cfg = compose_train(["model=hierarchy", "model.encoder.posterior.layers=[30,20,10]"])
+    assert cfg.model.latent == 60
+    assert cfg.model.decoder.latent == 30
+    assert list(cfg.model.prior.layers) == [30, 20, 10]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(),
+                    reason="needs ../shared/data/mnist (the shared data folder)")
+def test_the_two_layer_preset_trains_on_mnist_and_is_evaluated(tmp_path, monkeypatch):
+    """Burda et al.'s two-stochastic-layer model, a few hundred steps on MNIST: the loss falls,
+    and the k-sample estimate over both layers lies above the ELBO."""
+    from vae_lightning.module import VAE
+    from vae_lightning.train import train
+
+    monkeypatch.setenv("VAE_DATA_DIR", str(SHARED_DATA))
+    cfg = compose_train(["experiment=iwae_mnist_2layer", "model.objective.k=1",
+                         "trainer.max_epochs=1", "+trainer.limit_train_batches=300",
+                         "+trainer.limit_val_batches=5", "+trainer.limit_test_batches=5",
+                         "trainer.enable_progress_bar=false", "callbacks.figures=null",
+                         "logger=csv"], output_dir=tmp_path)
+    train(cfg)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
+    assert losses[-1] < losses[0] - 30  # nats per image, within 300 steps of 20 images
+    test = [r for r in rows if r["test/kl"]][-1]
+    assert float(test["test/kl"]) > 0  # both layers' KL, by Monte Carlo
+    model = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    # z_2 (50) -> 50 -> 50 -> the mean and log-variance of z_1 (2 x 100); likewise bottom-up.
+    assert model["state_dict"]["prior.nets.0.4.weight"].shape == (200, 50)
+    assert model["state_dict"]["encoder.family.nets.0.0.weight"].shape == (50, 100)
+    vae = VAE.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    x = torch.bernoulli(torch.full((20, 1, 28, 28), 0.1))
+    elbo, iw = importance_weighted(vae, x, k=50)
+    assert (iw >= elbo).all()

@@ -209,9 +209,9 @@ def test_the_two_layer_preset_trains_on_mnist_and_is_evaluated(tmp_path, monkeyp
     test = [r for r in rows if r["test/kl"]][-1]
     assert float(test["test/kl"]) > 0  # both layers' KL, by Monte Carlo
     model = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    # z_2 (50) -> 50 -> 50 -> the mean and log-variance of z_1 (2 x 100); likewise bottom-up.
-    assert model["state_dict"]["prior.nets.0.4.weight"].shape == (200, 50)
-    assert model["state_dict"]["encoder.family.nets.0.0.weight"].shape == (50, 100)
+    # z_2 (50) -> 100 -> 100 -> the mean and log-variance of z_1 (2 x 100); likewise bottom-up.
+    assert model["state_dict"]["prior.nets.0.4.weight"].shape == (200, 100)
+    assert model["state_dict"]["encoder.family.nets.0.0.weight"].shape == (100, 100)
     vae = VAE.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     x = torch.bernoulli(torch.full((20, 1, 28, 28), 0.1))
     elbo, iw = importance_weighted(vae, x, k=50)

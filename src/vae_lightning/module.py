@@ -76,7 +76,8 @@ class VAE(L.LightningModule):
         self.objective, self.optimizer, self.schedule = objective, optimizer, schedule
         self.latent = latent if latent is not None else prior.latent
         self.data_shape = tuple(data_shape) if data_shape is not None else None
-        prior.bind(encoder)
+        prior.bind(encoder)  # a prior built from q (the VampPrior)
+        encoder.posterior.bind(prior)  # a q built with p's networks (the Ladder VAE)
         problems = unmet(encoder.posterior.features,
                          {f"the objective {objective!r}": objective.requires,
                           f"the prior {type(prior).__name__}": prior.requires},

@@ -72,7 +72,8 @@ class Posterior(Protocol):
 class Family(Protocol):
     """A posterior family: ``n_params(latent)`` network outputs per data point, mapped by
     ``__call__(params)`` to q(z|x) over ``latent`` dimensions; ``features`` (``FEATURES``) says
-    what it offers."""
+    what it offers; ``bind(prior)``, called once when the model is composed, hands it the prior
+    (a q built with p's networks keeps it)."""
 
     features: frozenset[str]
 
@@ -81,6 +82,8 @@ class Family(Protocol):
     def __call__(self, params: Tensor) -> Distribution: ...
 
     def location(self, q: Distribution) -> Tensor: ...
+
+    def bind(self, prior: Prior) -> None: ...
 
 
 class Decoder(Protocol):

@@ -41,6 +41,11 @@ class Family:
     def location(self, q: Distribution) -> Tensor:
         return q.mean
 
+    def bind(self, prior: nn.Module) -> None:
+        """Called once with the model's prior p(z); a family whose q is built with the prior's
+        networks keeps it (the Ladder VAE's top-down inference), and refuses a prior it cannot
+        work with (``ValueError``, one line)."""
+
     def stddev(self, q: Distribution) -> Tensor | None:
         """q's standard deviation per dimension, or None where it has no closed form."""
         return q.stddev

@@ -42,7 +42,9 @@ def small_posterior(posterior: str) -> list[str]:
     small = {"sylvester_orthogonal": ["model.encoder.posterior.vectors=2"],
              "iaf": ["model.encoder.posterior.hidden=[8]", "model.encoder.posterior.context=4"],
              "hierarchy": ["model.encoder.posterior.layers=[1,1]",
-                           "model.encoder.posterior.net.hidden=[4]"]}
+                           "model.encoder.posterior.net.hidden=[4]"],
+             # with the prior it infers with (model=ladder), over the same two layers
+             "ladder": ["model=ladder", "model.encoder.posterior.layers=[1,1]"]}
     return [f"model/posterior={posterior}", *small.get(posterior, [])]
 
 

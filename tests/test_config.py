@@ -29,6 +29,8 @@ def _option_overrides(group, option):
         overrides.append("model.prior.n_components=5")
     if (group, option) == ("model/objective", "wake_sleep"):
         overrides.append("data=frey")
+    if (group, option) == ("model/posterior", "ladder"):  # with its top-down prior
+        overrides.append("model=ladder")
     return overrides
 
 

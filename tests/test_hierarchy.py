@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from compose import SHARED_DATA, compose_train
+from linear_gaussian import LINEAR, S1, SIGMA, A, B, a, b, data, log_px, set_affine
 from models import binary_images, fit, small_vae
-from torch.distributions import Independent, MultivariateNormal, Normal
+from torch.distributions import Independent, Normal
 
 from vae_lightning.args import ArgumentError
 from vae_lightning.likelihoods import Decoder, GaussianFixed
@@ -27,23 +28,6 @@ from vae_lightning.priors.hierarchy import TopDown
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-LINEAR = partial(MLP, hidden=())  # one affine map: the model below is linear-Gaussian
-# p(z_2) = N(0, I_2), p(z_1|z_2) = N(A z_2 + a, s1^2 I_3), p(x|z_1) = N(B z_1 + b, sigma^2 I_3):
-# A's rows and columns orthogonal and B diagonal, so that the exact p(z_1|x) and p(z_2|z_1) are
-# diagonal Gaussians, which the chain's Gaussian layers can represent exactly.
-A = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
-a = torch.tensor([0.5, -1.0, 0.3])
-S1, SIGMA = 0.6, 0.4
-B = torch.diag(torch.tensor([1.5, -0.7, 2.0]))
-b = torch.tensor([0.1, 0.2, -0.3])
-
-
-def _set(net: MLP, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    with torch.no_grad():
-        net[0].weight.copy_(weight)
-        net[0].bias.copy_(bias)
-
-
 def _model(exact: bool = True) -> SimpleNamespace:
     """The linear-Gaussian model's parts, with q(z|x) its exact posterior (``exact``) or a
     perturbed one."""
@@ -52,9 +36,9 @@ def _model(exact: bool = True) -> SimpleNamespace:
     encoder = Encoder(LINEAR, BottomUp([3, 2], LINEAR), shape, latent=5)
     decoder = Decoder(LINEAR, GaussianFixed(SIGMA, mean_activation="identity"), shape, latent=3)
     prior = TopDown(5, [3, 2], LINEAR)
-    _set(prior.nets[0], torch.cat([A, torch.zeros(3, 2)]),
+    set_affine(prior.nets[0], torch.cat([A, torch.zeros(3, 2)]),
          torch.cat([a, torch.full((3,), math.log(S1**2))]))
-    _set(decoder.net, B, b)
+    set_affine(decoder.net, B, b)
     # p(z_1|x): precision diag(1/c) + B^T B / sigma^2 with c the variances of p(z_1) = N(a, C_1).
     c = torch.diag(A @ A.T) + S1**2
     post_var = 1 / (1 / c + torch.diag(B.T @ B) / SIGMA**2)
@@ -66,50 +50,37 @@ def _model(exact: bool = True) -> SimpleNamespace:
     # Perturbed: means off by a tenth, variances half again as wide (over-dispersed, so the
     # importance weights stay bounded and the k-sample estimates settle).
     shift, widen = (1.0, 1.0) if exact else (1.1, 1.5)
-    _set(encoder.net, torch.cat([M * shift, torch.zeros(3, 3)]),
+    set_affine(encoder.net, torch.cat([M * shift, torch.zeros(3, 3)]),
          torch.cat([m, torch.log(post_var * widen)]))
-    _set(encoder.posterior.nets[0], torch.cat([N * shift, torch.zeros(2, 3)]),
+    set_affine(encoder.posterior.nets[0], torch.cat([N * shift, torch.zeros(2, 3)]),
          torch.cat([-N @ a, torch.log(q_var * widen)]))
     return SimpleNamespace(encoder=encoder, decoder=decoder, prior=prior)
-
-
-def _log_px(x: torch.Tensor) -> torch.Tensor:
-    """The closed form: x ~ N(B a + b, B (A A^T + s1^2 I) B^T + sigma^2 I)."""
-    cov = B @ (A @ A.T + S1**2 * torch.eye(3)) @ B.T + SIGMA**2 * torch.eye(3)
-    return MultivariateNormal(B @ a + b, cov).log_prob(x.flatten(1))
-
-
-def _data(n: int = 6) -> torch.Tensor:
-    torch.manual_seed(1)
-    z2 = torch.randn(n, 2)
-    z1 = z2 @ A.T + a + S1 * torch.randn(n, 3)
-    return (z1 @ B.T + b + SIGMA * torch.randn(n, 3)).reshape(n, 1, 1, 3)
 
 
 def test_with_the_exact_posterior_every_importance_weight_is_p_of_x():
     """log p(x, z) - log q(z|x) = log p(x) for every z when q is the exact posterior: the
     chain's sampling and densities, the top-down prior and the decoder reading z_1 agree."""
-    model, x = _model(exact=True), _data()
+    model, x = _model(exact=True), data()
     samples = draw(model, x, model.encoder(x), model.prior.distribution(), 50)
-    expected = _log_px(x).expand(50, -1)
+    expected = log_px(x).expand(50, -1)
     torch.testing.assert_close(samples.log_w, expected, atol=2e-4, rtol=0)
 
 
 def test_bounds_are_ordered_and_tighten_towards_log_p_of_x():
-    model, x = _model(exact=False), _data()
-    log_px = _log_px(x)
+    model, x = _model(exact=False), data()
+    exact = log_px(x)
     torch.manual_seed(2)
     elbo = elbo_estimate(model, x, n_samples=20000).elbo
     _, iw_5 = importance_weighted(model, x, k=5)
     _, iw_5000 = importance_weighted(model, x, k=5000)
-    assert (elbo < log_px - 0.05).all()  # q is not the posterior: a gap
-    assert (elbo < iw_5000).all() and (iw_5000 <= log_px + 0.03).all()  # to its MC error
-    assert (log_px - iw_5000).mean() < (log_px - iw_5).mean() < (log_px - elbo).mean()
-    assert (log_px - iw_5000).abs().max() < 0.03
+    assert (elbo < exact - 0.05).all()  # q is not the posterior: a gap
+    assert (elbo < iw_5000).all() and (iw_5000 <= exact + 0.03).all()  # to its MC error
+    assert (exact - iw_5000).mean() < (exact - iw_5).mean() < (exact - elbo).mean()
+    assert (exact - iw_5000).abs().max() < 0.03
 
 
 def test_the_chain_scores_its_draws_as_its_density_and_by_layer():
-    model, x = _model(exact=False), _data()
+    model, x = _model(exact=False), data()
     q = model.encoder(x)
     assert isinstance(q, Chain) and q.event_shape == (5,) and q.batch_shape == (6,)
     z, log_q = scored_sample(q, (4,))
@@ -135,7 +106,7 @@ def test_the_chain_scores_its_draws_as_its_density_and_by_layer():
 def test_dreg_holds_every_layer_of_q_fixed():
     """DReG scores z under q with its parameters held fixed: the upper layers' weights too, so
     they get gradient through z only (the path DReG reweights)."""
-    model, x = _model(exact=False), _data()
+    model, x = _model(exact=False), data()
     fixed_q = model.encoder.posterior(model.encoder.params(x).detach())
     z = model.encoder(x).rsample().detach().requires_grad_()
     weights = list(model.encoder.parameters())

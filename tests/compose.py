@@ -58,6 +58,16 @@ def posterior_features(posterior: str) -> frozenset[str]:
     return get_class(node._target_).features
 
 
+def pair_composes(prior: str, posterior: str) -> bool:
+    """Whether the model composes with these ``model/prior`` and ``model/posterior`` options
+    (the others are refused when composed, tests/test_combinations.py): the VampPrior needs q's
+    density anywhere, which some flows lack; the Ladder VAE infers with the prior's top-down
+    networks (model/prior=hierarchy)."""
+    if prior == "vamp" and "density" not in posterior_features(posterior):
+        return False
+    return posterior != "ladder" or prior == "hierarchy"
+
+
 def sample_config(overrides: list[str]):
     """vae-sample's ``Sampling`` for ``overrides``, built in-process from the composed and
     checked config, as the command builds it."""

@@ -108,6 +108,7 @@ def test_it_trains():
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 0.2
 
 
+@pytest.mark.slow  # the quick suite trains the two-layer preset on MNIST (test_hierarchy.py)
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(),
                     reason="needs ../shared/data/mnist (the shared data folder)")
 def test_the_lvae_preset_trains_on_mnist(tmp_path, monkeypatch):

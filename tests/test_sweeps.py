@@ -72,6 +72,7 @@ def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path):
     assert "2 jobs: 2 completed" in proc.stdout
 
 
+@pytest.mark.slow  # a long sweep: `pytest -m slow`
 def test_joblib_jobs_sharing_the_machine_give_the_numbers_of_the_same_runs_alone(tmp_path):
     """Jobs that share the cores (or a GPU) concurrently must not change each other's numbers:
     same seed, same curve and results as the run alone, to float tolerance (the jobs' matrix
@@ -102,6 +103,7 @@ def test_joblib_jobs_sharing_the_machine_give_the_numbers_of_the_same_runs_alone
                 assert a[key] == pytest.approx(b[key], rel=1e-5), (key, a, b)
 
 
+@pytest.mark.slow  # a long sweep: `pytest -m slow`
 def test_submitit_local_runs_the_jobs_as_slurm_would(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _sweep(["-m", *TINY, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
@@ -113,6 +115,7 @@ def test_submitit_local_runs_the_jobs_as_slurm_would(tmp_path):
     assert any((sweep / ".submitit").iterdir())  # submitit's job records and logs
 
 
+@pytest.mark.slow  # a long sweep: `pytest -m slow`
 def test_optuna_search_resumes_its_study_from_sqlite(tmp_path):
     optuna = pytest.importorskip("optuna")
     sweep = tmp_path / "search"
@@ -130,6 +133,7 @@ def test_optuna_search_resumes_its_study_from_sqlite(tmp_path):
     assert len(results) == 5  # the resumed trials ran in directories of their own
 
 
+@pytest.mark.slow  # a long sweep: `pytest -m slow`
 def test_optuna_optimises_the_optimized_metric(tmp_path):
     optuna = pytest.importorskip("optuna")
     sweep = tmp_path / "search"

@@ -187,3 +187,23 @@ def test_the_two_layer_preset_trains_on_mnist_and_is_evaluated(tmp_path, monkeyp
     x = torch.bernoulli(torch.full((20, 1, 28, 28), 0.1))
     elbo, iw = importance_weighted(vae, x, k=50)
     assert (iw >= elbo).all()
+
+
+def test_vae_eval_reports_each_layer_s_active_units_and_kl():
+    from vae_lightning.evaluate import evaluate
+
+    torch.manual_seed(0)
+    net = partial(MLP, hidden=(8,))
+    model = small_vae(latent=5, posterior=BottomUp([3, 2], net), prior=TopDown(5, [3, 2], net))
+    x = binary_images(64)
+    fit(model, x, steps=50)
+    results = evaluate(model, [x[:32], x[32:]], k=20)
+    layers = results["layers"]
+    assert [layer["size"] for layer in layers] == [3, 2]
+    assert sum(layer["active_units"] for layer in layers) == results["active_units"]
+    # Each layer's KL is positive, and together they are the bound's KL (to MC error).
+    kl = sum(layer["kl"] for layer in layers)
+    assert all(layer["kl"] > 0 for layer in layers)
+    torch.manual_seed(1)
+    total = elbo_estimate(model, x, n_samples=200).kl.mean().item()
+    assert abs(kl - total) < 0.1 * total + 0.05

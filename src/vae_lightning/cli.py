@@ -447,6 +447,9 @@ def _evaluate(cfg: DictConfig) -> float:
                     if est.get("bits_per_dim") is not None else "")  # discrete data only
             print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
                   f"nats{bits}")
+        for i, layer in enumerate(results.get("layers", []), start=1):  # stochastic layers
+            kl = f", KL {layer['kl']:.2f} nats" if layer["kl"] is not None else ""
+            print(f"  z_{i}: {layer['active_units']} of {layer['size']} units active{kl}")
         print(f"(k={results['k']}, n={results['n']}; {results['active_units']} of "
               f"{results['latent']} latent units active) written to {results['path']}")
         return results["iw"]["nats"]

@@ -49,6 +49,7 @@ from vae_lightning.errors import CheckpointError, ConfigError, DataError
 from vae_lightning.files import kind, open_regular, writable_directory
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, importance_weighted
+from vae_lightning.posteriors.hierarchy import layer_kls
 
 
 @dataclass
@@ -80,20 +81,33 @@ def evaluate(model: VAE, batches: Iterable[Tensor], k: int,
              chunk: int | None = None) -> dict[str, Any]:
     """The ELBO and IW estimates over all ``batches`` (model inputs on the model's device):
     ``{"elbo": Estimate, "iw": Estimate, "n": number of data points, "active_units": the
-    latent dimensions whose posterior mean varies over the data by more than ACTIVE}``."""
+    latent dimensions whose posterior mean varies over the data by more than ACTIVE}``; with
+    stochastic layers, also ``"layers"``: each layer's size, active units and (where q and p
+    are both chains over the layers) KL in nats, from one draw per data point."""
     model.eval()
-    elbos, iws, means = [], [], []
+    elbos, iws, means, kls = [], [], [], []
     for x in batches:
         elbo, iw = importance_weighted(model, x, k, chunk)
         elbos.append(elbo.cpu())
         iws.append(iw.cpu())
         with torch.no_grad():
-            means.append(model.encoder.location(model.encoder(x)).cpu().double())
+            q = model.encoder(x)
+            means.append(model.encoder.location(q).cpu().double())
+            if model.encoder.posterior.layers:
+                kls.append(layer_kls(q, model.prior.distribution()))
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
     activity = torch.cat(means).var(0)
-    return {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
-            "active_units": int((activity > ACTIVE).sum()), "latent": len(activity)}
+    results = {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
+               "active_units": int((activity > ACTIVE).sum()), "latent": len(activity)}
+    sizes = model.encoder.posterior.layers
+    if sizes:
+        kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
+        results["layers"] = [
+            {"size": size, "active_units": int((part > ACTIVE).sum()),
+             "kl": kl[i] if kl is not None else None}
+            for i, (size, part) in enumerate(zip(sizes, activity.split(sizes)))]
+    return results
 
 
 class Evaluation:
@@ -219,6 +233,7 @@ class Evaluation:
             "n": estimates["n"],
             "active_units": estimates["active_units"],
             "latent": estimates["latent"],
+            **({"layers": estimates["layers"]} if "layers" in estimates else {}),
             "input_dim": math.prod(model.data_shape),
             "data": getattr(datamodule, "name", None),
             "data_source": source,

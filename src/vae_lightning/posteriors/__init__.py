@@ -31,6 +31,8 @@ class Family:
     ``[latent]``); ``location(q)`` is its mean unless a family says otherwise."""
 
     features: frozenset[str] = frozenset()
+    # The sizes of its stochastic layers, z_1 first (posteriors.hierarchy); None: one layer.
+    layers: list[int] | None = None
 
     def n_params(self, latent: int) -> int:
         raise NotImplementedError

@@ -94,6 +94,17 @@ class Chain(Distribution):
         return torch.cat(self._sampling_order(blocks), dim=-1)
 
 
+@torch.no_grad()
+def layer_kls(q: Distribution, p: Distribution) -> Tensor | None:
+    """Each layer's KL, E_q[log q(z_l | its parent) - log p(z_l | its parent)], estimated from
+    one draw z ~ q per data point: ``[L, batch]``, z_1 first, adding up to the Monte-Carlo KL;
+    None unless q and p are both chains over the same layers."""
+    if not (isinstance(q, Chain) and isinstance(p, Chain)) or q.sizes != p.sizes:
+        return None
+    z = q.rsample()
+    return torch.stack(q.layer_log_probs(z)) - torch.stack(p.layer_log_probs(z))
+
+
 def link(family: Family, net: nn.Module, fixed: bool) -> Callable[[Tensor], Distribution]:
     """The conditional ``family(net(parent))``; ``fixed`` holds the network's weights fixed
     (detached), as DReG's q with its parameters held fixed needs."""

@@ -55,10 +55,11 @@ class Ladder(Family, nn.Module):
         self._prior: list[nn.Module] = []  # the prior, kept out of this module's parameters
 
     def bind(self, prior: nn.Module) -> None:
-        from vae_lightning.priors.hierarchy import TopDown
-
-        if not isinstance(prior, TopDown) or prior.layers != self.layers \
-                or not isinstance(prior.family, Gaussian):
+        # What q uses of a top-down prior (``priors.hierarchy.TopDown``, which imports this
+        # package: asked of the prior rather than imported): its layers, its networks
+        # (``nets[l]``: z_{l+2} -> p(z_{l+1} | z_{l+2})) and their Gaussian family.
+        if getattr(prior, "layers", None) != self.layers or not hasattr(prior, "nets") \
+                or not isinstance(getattr(prior, "family", None), Gaussian):
             raise ValueError(f"the Ladder posterior over layers {self.layers} infers top-down "
                              "with the prior's networks: it needs model/prior=hierarchy over the "
                              f"same layers with Gaussian layers, not {prior!r} (model=ladder sets "

@@ -144,8 +144,10 @@ def test_a_deep_chain_trains():
 
 
 def test_layers_that_do_not_add_up_are_refused_with_the_key():
-    with pytest.raises(ArgumentError, match=r"layers.*add up to the model's latent size 5"):
+    with pytest.raises(ValueError, match=r"layers \[3, 1\] add up to 4.*latent size is 5"):
         TopDown(5, [3, 1], LINEAR)
+    with pytest.raises(ArgumentError, match=r"layers"):
+        TopDown(5, [], LINEAR)
     with pytest.raises(ValueError, match=r"set model.latent=4"):
         Encoder(LINEAR, BottomUp([3, 1], LINEAR), (1, 1, 3), latent=5)
 

@@ -105,6 +105,15 @@ def layer_kls(q: Distribution, p: Distribution) -> Tensor | None:
     return torch.stack(q.layer_log_probs(z)) - torch.stack(p.layer_log_probs(z))
 
 
+def check_total(layers: Sequence[int], latent: int) -> None:
+    """Refuse stochastic layers whose sizes do not add up to the model's latent size."""
+    if sum(layers) != latent:
+        raise ValueError(f"the stochastic layers {list(layers)} add up to {sum(layers)} latent "
+                         f"units, but the model's latent size is {latent}: set "
+                         f"model.latent={sum(layers)} (model=hierarchy and model=ladder set it "
+                         "from the layers).")
+
+
 def link(family: Family, net: nn.Module, fixed: bool) -> Callable[[Tensor], Distribution]:
     """The conditional ``family(net(parent))``; ``fixed`` holds the network's weights fixed
     (detached), as DReG's q with its parameters held fixed needs."""
@@ -138,10 +147,7 @@ class BottomUp(Family, nn.Module):
                          else self.family.features - {"factorized"})
 
     def n_params(self, latent: int) -> int:
-        if latent != sum(self.layers):
-            raise ValueError(f"the posterior's layers {self.layers} add up to "
-                             f"{sum(self.layers)} latent units, but the model's latent size is "
-                             f"{latent}: set model.latent={sum(self.layers)}.")
+        check_total(self.layers, latent)
         return self.family.n_params(self.layers[0])
 
     def __call__(self, params: Tensor) -> Distribution:

@@ -25,7 +25,7 @@ from torch.distributions import Distribution, Independent, Normal
 from vae_lightning.args import PositiveInt, checked, fail
 
 from . import Family, Gaussian
-from .hierarchy import Chain, link
+from .hierarchy import Chain, check_total, link
 
 
 def precision_weighted(q: Independent, p: Independent) -> Independent:
@@ -67,10 +67,7 @@ class Ladder(Family, nn.Module):
         self._prior[:] = [prior]
 
     def n_params(self, latent: int) -> int:
-        if latent != sum(self.layers):
-            raise ValueError(f"the posterior's layers {self.layers} add up to "
-                             f"{sum(self.layers)} latent units, but the model's latent size is "
-                             f"{latent}: set model.latent={sum(self.layers)}.")
+        check_total(self.layers, latent)
         return 2 * latent
 
     def __call__(self, params: Tensor) -> Distribution:

@@ -18,7 +18,7 @@ from torch.distributions import Distribution
 
 from vae_lightning.args import PositiveInt, checked, fail
 from vae_lightning.posteriors import Family, Gaussian
-from vae_lightning.posteriors.hierarchy import Chain, link
+from vae_lightning.posteriors.hierarchy import Chain, check_total, link
 
 from . import StandardNormal
 
@@ -35,9 +35,7 @@ class TopDown(StandardNormal):
         if not layers:
             fail(self, "layers", layers, "the sizes of one or more stochastic layers, the "
                  "bottom (z_1) first, e.g. [100, 50]")
-        if sum(layers) != latent:
-            fail(self, "layers", layers, f"sizes that add up to the model's latent size "
-                 f"{latent} (or set model.latent={sum(layers)})")
+        check_total(layers, latent)
         super().__init__(layers[-1])  # N(0, I) over the top layer
         self.latent, self.layers = latent, layers
         self.family = family if family is not None else Gaussian()

@@ -124,3 +124,21 @@ def test_the_lvae_preset_trains_on_mnist(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
     losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
     assert losses[-1] < losses[0] - 20  # nats per image, 60 steps into the KL warm-up
+
+
+def test_wake_sleep_is_refused_for_a_q_built_with_the_prior_s_networks():
+    """The sleep phase must train the recognition model alone; the ladder's q uses p's
+    networks. The bottom-up hierarchy, whose q has networks of its own, is accepted."""
+    from vae_lightning.objectives.wake_sleep import WakeSleep
+    from vae_lightning.posteriors.hierarchy import BottomUp
+
+    net = partial(MLP, hidden=(4,))
+    with pytest.raises(ValueError, match="sleep phase"):
+        small_vae(latent=3, posterior=Ladder([2, 1]), prior=TopDown(3, [2, 1], net),
+                  objective=WakeSleep())
+    model = small_vae(latent=3, posterior=BottomUp([2, 1], net), prior=TopDown(3, [2, 1], net),
+                      objective=WakeSleep())
+    wake, _ = model.objective.wake_loss(model, binary_images(8))
+    wake.backward()  # the wake phase reaches the generative model only, every layer of q fixed
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.prior.parameters())

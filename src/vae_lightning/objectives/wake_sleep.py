@@ -73,3 +73,20 @@ class WakeSleep(Objective):
                 f"prior {type(model.prior).__name__} cannot be trained by wake-sleep: its density "
                 "depends on the encoder, so the wake phase (generative model only) would update "
                 "the encoder too. Use model/prior=normal or model/prior=mog.")
+        # The sleep phase trains the recognition model alone: a q built with the generative
+        # model's networks (the Ladder VAE's) would let it update them too.
+        if model.data_shape is None:
+            return
+        x = torch.zeros(1, *model.data_shape, device=model.device)
+        with torch.enable_grad():
+            log_q = model.encoder(x).log_prob(z).sum()
+            generative = [p for p in (*model.decoder.parameters(), *model.prior.parameters())
+                          if p.requires_grad]
+            reached = log_q.requires_grad and any(
+                g is not None for g in torch.autograd.grad(log_q, generative, allow_unused=True))
+        if reached:
+            raise ValueError(
+                f"posterior {model.encoder.posterior!r} cannot be trained by wake-sleep: its "
+                "density depends on the generative model (the Ladder VAE infers with the prior's "
+                "networks), so the sleep phase (recognition model only) would update the "
+                "generative model too. Use model=hierarchy (bottom-up inference).")

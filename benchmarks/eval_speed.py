@@ -7,7 +7,7 @@ log q from log p), and the same data on both sides: the first --n test images (t
 under --root, else synthetic MNIST-sized IDX files), binarized once by the data module's fixed
 test draw. Both sides estimate log p(x) ~ log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x),
 with --k samples per point scored --chunk at a time, --batch points at a time:
-  ours = vae_lightning.evaluate.evaluate(model, [x], k, chunk) per batch, what `vae-eval` runs
+  ours = vae_lightning.log_likelihood.evaluate(model, [x], k, chunk) per batch, what `vae-eval` runs
       (objectives.importance_weighted under no_grad: one rsample() per z_i, stacked, the ELBO's
       running sum beside the running logsumexp, and the encoder's means for the active units);
   hand = a hand-written batched estimator under torch.inference_mode: q = model.encoder(x),
@@ -72,7 +72,7 @@ sys.path.append(str(REPO / "benchmarks"))
 from compose import compose_train  # noqa: E402  (the config `python train.py <overrides>` composes)
 from data_throughput import write_fake_mnist  # noqa: E402
 
-from vae_lightning.evaluate import evaluate  # noqa: E402
+from vae_lightning.log_likelihood import evaluate  # noqa: E402
 from vae_lightning.module import VAE  # noqa: E402
 from vae_lightning.objectives import auto_chunk, importance_weighted  # noqa: E402
 from vae_lightning.train import build_run  # noqa: E402
@@ -411,8 +411,9 @@ def main() -> None:
     median_seconds = {side: statistics.median(v) for side, v in seconds.items()}
     median_peak = {side: statistics.median(v) for side, v in peak_mib.items()}
     record: dict[str, Any] = {
-        "what": "importance-weighted log p(x) evaluation: ours = vae_lightning.evaluate.evaluate "
-                "(what vae-eval runs) batch by batch; hand = a hand-written batched estimator "
+        "what": "importance-weighted log p(x) evaluation: ours = "
+                "vae_lightning.log_likelihood.evaluate (what vae-eval runs) batch by batch; "
+                "hand = a hand-written batched estimator "
                 "(one rsample of [chunk, B, Nz] per chunk, running logsumexp, inference_mode) on "
                 "the same model (experiment=aevb_mnist, 784-500-20 tanh, Bernoulli) and the same "
                 "data; sides in turn batch by batch; ratios ours / hand (time: > 1 is slower)",

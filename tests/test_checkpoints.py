@@ -12,8 +12,9 @@ import torch
 from compose import CONF, REPO, compose_train, pair_composes, small_posterior, small_prior
 
 from vae_lightning import VAE
-from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, load_model, read_checkpoint
+from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, read_checkpoint
 from vae_lightning.errors import CheckpointError
+from vae_lightning.rebuild import load_model
 from vae_lightning.train import build_run
 
 OPTIONS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))

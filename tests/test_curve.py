@@ -9,11 +9,12 @@ import torch
 from compose import compose_train
 
 from vae_lightning.callbacks import BoundCurve, SampleBudget
-from vae_lightning.checkpoints import load_model, read_checkpoint
+from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.data import FreyFaceDataModule, MNISTDataModule
 from vae_lightning.data.idx import write_idx
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
+from vae_lightning.rebuild import load_model
 from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",

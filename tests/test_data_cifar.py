@@ -16,12 +16,12 @@ import pytest
 import torch
 from compose import compose_train
 
-from vae_lightning.checkpoints import load_model
 from vae_lightning.data import CIFAR10DataModule, DataError
 from vae_lightning.data import cifar as cifar_module
 from vae_lightning.data import download as download_module
 from vae_lightning.data.download import DataNotFoundError
 from vae_lightning.module import VAE
+from vae_lightning.rebuild import load_model
 from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]

@@ -16,12 +16,13 @@ from compose import CONF, REPO, compose_train
 from hydra import compose, initialize_config_dir
 
 from vae_lightning import rundir
-from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, load_model
+from vae_lightning.checkpoints import CONFIG_KEY, RunConfig
 from vae_lightning.config import instantiate_node
 from vae_lightning.errors import CheckpointError, ConfigError
-from vae_lightning.evaluate import Estimate
+from vae_lightning.log_likelihood import Estimate
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, base, draw, importance_weighted, iw_bound
+from vae_lightning.rebuild import load_model
 from vae_lightning.train import build_run
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -200,7 +201,7 @@ def test_eval_cli_reports_a_corrupt_checkpoint_without_traceback(tmp_path):
 
 
 def test_active_units_count_the_latent_dimensions_whose_posterior_mean_varies(trained):
-    from vae_lightning.evaluate import evaluate
+    from vae_lightning.log_likelihood import evaluate
 
     model, x = trained
     torch.manual_seed(0)

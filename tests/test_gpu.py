@@ -12,8 +12,9 @@ import pytest
 import torch
 from compose import REPO, compose_train
 
-from vae_lightning.checkpoints import load_model, read_checkpoint
+from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.module import VAE
+from vae_lightning.rebuild import load_model
 from vae_lightning.train import train
 
 pytestmark = [

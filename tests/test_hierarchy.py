@@ -192,7 +192,7 @@ def test_the_two_layer_preset_trains_on_mnist_and_is_evaluated(tmp_path, monkeyp
 
 
 def test_vae_eval_reports_each_layer_s_active_units_and_kl():
-    from vae_lightning.evaluate import evaluate
+    from vae_lightning.log_likelihood import evaluate
 
     torch.manual_seed(0)
     net = partial(MLP, hidden=(8,))

@@ -255,11 +255,11 @@ def test_eval_reads_no_path_or_switch_from_the_checkpoint(finished, tmp_path, mo
         return checkpoint
 
     run_dir = _tampered(finished, tmp_path, change)
-    from vae_lightning.evaluate import Evaluation
+    from vae_lightning.checkpoint_data import find_data
 
     checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    datamodule, source = Evaluation()._data(checkpoint[CONFIG_KEY],
-                                            str(run_dir / "checkpoints" / "last.ckpt"))
+    datamodule, source = find_data(checkpoint[CONFIG_KEY],
+                                   str(run_dir / "checkpoints" / "last.ckpt"), "eval")
     assert datamodule.num_workers == 0 and datamodule.download is False
     assert datamodule.path is None and str(evil) not in json.dumps(source)
     result = _eval([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], tmp_path, monkeypatch,
@@ -453,7 +453,7 @@ def test_a_student_t_without_a_finite_variance_under_a_gaussian_prior_is_refused
 def test_a_cauchy_posterior_under_a_vampprior_trains_and_counts_by_location(tmp_path):
     from models import binary_images, small_vae
 
-    from vae_lightning.evaluate import evaluate
+    from vae_lightning.log_likelihood import evaluate
     from vae_lightning.posteriors import StudentT
     from vae_lightning.priors import VampPrior
 

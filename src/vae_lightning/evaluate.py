@@ -1,12 +1,7 @@
-"""Evaluation of a trained VAE (``vae-eval`` / ``eval.py``): the ELBO and the importance-weighted
-estimate of log p(x) on the test (or validation) data, with standard errors, in nats per data
-point and bits/dim.
-
-For each data point x, k samples z_i ~ q(z|x) give log-weights
-log w_i = log p(x, z_i) - log q(z_i|x) and two estimates (``objectives.importance_weighted``):
-the ELBO, (1/k) sum_i log w_i (estimator A with L = k), and the IW estimate (Burda et al.
-2015), log (1/k) sum_i w_i, a lower bound on log p(x) that tightens as k grows and is the
-standard test log-likelihood at k = 5000. It is >= the ELBO of the same samples.
+"""Evaluation of a trained VAE (``vae-eval`` / ``eval.py``): the model rebuilt from its checkpoint
+(``rebuild``), its data found where the user keeps them and checked (``checkpoint_data``), the
+ELBO and the importance-weighted estimate of log p(x) on the test (or validation) data
+(``log_likelihood``), written to eval.json.
 
 On request, also what the latents and samples are worth: disentanglement metrics against the
 ground-truth factors of the data (``metrics``: ``disentanglement``) and sample quality (FID, KID,
@@ -17,97 +12,29 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.distributions import constraints
 
 from vae_lightning import disentanglement, rundir
 from vae_lightning import sample_quality as quality
-from vae_lightning.args import (
-    ArgumentError,
-    PositiveFloat,
-    PositiveInt,
-    checked,
-    fail,
-    locations,
-)
-from vae_lightning.checkpoints import (
-    build_trusted,
-    data_differences,
-    load_model,
-    trusted_class,
-)
-from vae_lightning.errors import CheckpointError, ConfigError, DataError
-from vae_lightning.files import kind, open_regular, writable_directory
+from vae_lightning.args import ArgumentError, PositiveFloat, PositiveInt, checked
+from vae_lightning.checkpoint_data import STAGES, checked_data, find_data
+from vae_lightning.errors import ConfigError
+from vae_lightning.files import writable_directory
+from vae_lightning.log_likelihood import code_length, evaluate, units
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, importance_weighted
-from vae_lightning.posteriors.hierarchy import layer_kls
-
-
-@dataclass
-class Estimate:
-    """Mean over data points of a per-point estimate, with its standard error, in nats and
-    bits/dim (bits/dim = -nats / (D ln 2), D values per image: lower is better)."""
-
-    nats: float
-    nats_se: float
-    bits_per_dim: float
-    bits_per_dim_se: float
-
-    @classmethod
-    def of(cls, values: Tensor, dims: int) -> Estimate:
-        values = values.double()
-        se = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else math.nan
-        per_bit = dims * math.log(2)
-        mean = values.mean().item()
-        return cls(mean, se, -mean / per_bit, se / per_bit)
-
+from vae_lightning.rebuild import device_of, load_model
 
 log = logging.getLogger(__name__)
 Metric = Literal["beta_vae", "factor_vae", "mig", "sap", "dci", "modularity"]
 Quality = Literal["fid", "kid", "precision_recall"]
-ACTIVE = 1e-2  # a latent dimension is active when Cov_x(E_q[z_j]) exceeds this (Burda et al.)
-
-
-def evaluate(model: VAE, batches: Iterable[Tensor], k: int,
-             chunk: int | None = None) -> dict[str, Any]:
-    """The ELBO and IW estimates over all ``batches`` (model inputs on the model's device):
-    ``{"elbo": Estimate, "iw": Estimate, "n": number of data points, "active_units": the
-    latent dimensions whose posterior mean varies over the data by more than ACTIVE}``; with
-    stochastic layers, also ``"layers"``: each layer's size, active units and (where q and p
-    are both chains over the layers) KL in nats, from one draw per data point."""
-    model.eval()
-    elbos, iws, means, kls = [], [], [], []
-    for x in batches:
-        elbo, iw = importance_weighted(model, x, k, chunk)
-        elbos.append(elbo.cpu())
-        iws.append(iw.cpu())
-        with torch.no_grad():
-            q = model.encoder(x)
-            means.append(model.encoder.location(q).cpu().double())
-            if model.encoder.posterior.layers:
-                kls.append(layer_kls(q, model.prior.distribution()))
-    elbo, iw = torch.cat(elbos), torch.cat(iws)
-    dims = math.prod(model.data_shape)
-    activity = torch.cat(means).var(0)
-    results = {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
-               "active_units": int((activity > ACTIVE).sum()), "latent": len(activity)}
-    sizes = model.encoder.posterior.layers
-    if sizes:
-        kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
-        results["layers"] = [
-            {"size": size, "active_units": int((part > ACTIVE).sum()),
-             "kl": kl[i] if kl is not None else None}
-            for i, (size, part) in enumerate(zip(sizes, activity.split(sizes)))]
-    return results
 
 
 class Evaluation:
@@ -116,15 +43,12 @@ class Evaluation:
     a CPU), ``batch_size`` data points per batch, on the ``split``
     (``test`` or ``val``), its first ``limit`` points only when set (a quicker estimate, e.g. on a
     CPU), on ``device`` (``auto``: CUDA when available). ``trusted``: dotted names
-    of your own classes a checkpoint may build (see ``checkpoints.build_trusted``).
+    of your own classes a checkpoint may build (see ``rebuild.build_trusted``).
 
-    The data are the user's to name, never the checkpoint's: the checkpoint says which of this
-    package's data sets the model was trained on and with which options (its shape, scale,
-    binarization, splits), but where the files are is ``data_root`` / ``data_path`` (default:
-    the run's own record, ``<run>/.hydra/config.yaml``, else the data root of the configs,
-    ``$VAE_DATA_DIR`` or ``data``), nothing is downloaded and no loader workers start. The
-    split read is checked against the checkpoint's record of the data (size and SHA-256):
-    other data are refused unless ``allow_other_data`` (eval.json then says so).
+    The data are the user's to name, never the checkpoint's: read from ``data_root`` /
+    ``data_path`` (default: the run's own record) and checked against the checkpoint's record of
+    them, other data refused unless ``allow_other_data`` (eval.json then says so), as
+    ``checkpoint_data`` finds and checks them.
 
     An evaluation estimated to take more than ``max_hours`` (from a timed pass on the first
     batch) is refused before it starts.
@@ -183,9 +107,10 @@ class Evaluation:
         out = Path(output_dir) if output_dir else rundir.of_checkpoint(ckpt_path)
         writable_directory(out, "output_dir")
         model, config, checkpoint = load_model(ckpt_path, VAE, self.device, self.trusted)
-        datamodule, source = self._data(config, ckpt_path)
-        datamodule.setup("test" if self.split == "test" else "validate")
-        matches = self._check_data(checkpoint, datamodule, ckpt_path, source)
+        datamodule, source, matches = checked_data(
+            config, checkpoint, ckpt_path, self.split, "eval", trusted=self.trusted,
+            data_root=self.data_root, data_path=self.data_path,
+            allow_other_data=self.allow_other_data, batch_size=self.batch_size)
         loader = (datamodule.test_dataloader() if self.split == "test"
                   else datamodule.val_dataloader())
         if len(loader) == 0:
@@ -256,42 +181,6 @@ class Evaluation:
         results["path"] = str(path)
         return results
 
-    def _data(self, config: dict[str, Any], ckpt_path: str) -> tuple[Any, dict[str, Any]]:
-        """The data module of the checkpoint's data set and options, reading from where the
-        user keeps the data (see the class docstring), and where that is."""
-        node = config.get("data")
-        if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
-            raise CheckpointError(f"Checkpoint {ckpt_path} names no data set (its run config "
-                                  "has no data._target_).")
-        module = trusted_class(node, "data", ckpt_path, self.trusted)
-        record = _run_record_data(rundir.of_checkpoint(ckpt_path))
-        given = {"root": self.data_root, "path": self.data_path}
-        source: dict[str, Any] = {}
-        values = dict(node)
-        for name in locations(module):
-            if given.get(name) is not None:
-                values[name], source[name] = given[name], "command line"
-            elif record.get(name) is not None:
-                values[name], source[name] = record[name], "run record"
-            elif name == "root":
-                values[name], source[name] = os.environ.get("VAE_DATA_DIR", "data"), "default"
-            else:
-                values.pop(name, None)
-                source[name] = "default"
-            source[f"data.{name}"] = values.get(name)
-        # Switches that make the data module fetch, write or spawn: off.
-        values.update(download=False, num_workers=0, on_device=False, steps_per_batch=1,
-                      eval_batch_size=self.batch_size)
-        try:
-            return build_trusted(values, "data", ckpt_path, self.trusted), source
-        except CheckpointError as err:
-            if "path" in str(err) and self.data_path is None:
-                raise ConfigError(
-                    f"{err} The model was trained on data={node.get('_target_')} read from a "
-                    "path the run's record does not give: name it with eval.data_path=...") \
-                    from None
-            raise
-
     def _ground_truth(self, datamodule: Any) -> disentanglement.GroundTruth:
         """The ground-truth factors of the data, which the metrics need."""
         if not hasattr(datamodule, "ground_truth"):
@@ -343,9 +232,10 @@ class Evaluation:
                                                  "num_features")}}
         source = datamodule
         if getattr(datamodule, "binarize", "none") != "none":  # the pixel values themselves
-            source = self._data({**config, "data": {**config["data"], "binarize": "none"}},
-                                ckpt_path)[0]
-            source.setup("test" if self.split == "test" else "validate")
+            source = find_data({**config, "data": {**config["data"], "binarize": "none"}},
+                               ckpt_path, "eval", trusted=self.trusted, data_root=self.data_root,
+                               data_path=self.data_path, batch_size=self.batch_size)[0]
+            source.setup(STAGES[self.split])
         real = source.evaluation_data(self.split)[:self.samples]
         if "precision_recall" in self.sample_quality:
             quality.check_neighbours(len(real), self.samples, self.nearest_k)
@@ -373,29 +263,6 @@ class Evaluation:
                 "split": self.split,
                 "samples_are": "E[x|z]" if self.sample_mean else "x ~ p(x|z)",
                 "seed": seed, "seconds": round(time.perf_counter() - start, 1)}
-
-    def _check_data(self, checkpoint: dict[str, Any], datamodule: Any, ckpt_path: str,
-                    source: dict[str, Any]) -> bool | None:
-        """Whether the split read is the one the checkpoint was trained and tested with (None:
-        the checkpoint records no identity); other data are refused unless allowed."""
-        identity = datamodule.identity()
-        identity["splits"] = {s: v for s, v in identity["splits"].items() if s == self.split}
-        differences = data_differences(checkpoint, identity)
-        if differences is None:
-            log.warning("Checkpoint %s records no identity of its data (written by an older "
-                        "version): the %s data read from %s are not checked.", ckpt_path,
-                        self.split, _where(source))
-            return None
-        if differences and not self.allow_other_data:
-            raise DataError(
-                f"The {self.split} data read from {_where(source)} are not the data checkpoint "
-                f"{ckpt_path} was trained with: {'; '.join(differences)}. Name the right data "
-                "with eval.data_root=... (or eval.data_path=...), or evaluate on these data "
-                "anyway with eval.allow_other_data=true (eval.json then says so).")
-        if differences:
-            log.warning("Evaluating on other data than the checkpoint's (eval.allow_other_data): "
-                        "%s.", "; ".join(differences))
-        return not differences
 
     def _refuse_unfinishable(self, model: VAE, x: Tensor, points: int) -> None:
         """Time one decoder pass on the first batch (in a forked random stream: the estimate's
@@ -428,77 +295,3 @@ def _plain(node: Any) -> Any:
     if isinstance(node, Sequence) and not isinstance(node, str):
         return [_plain(value) for value in node]
     return node
-
-
-def code_length(likelihood: Any, datamodule: Any) -> bool:
-    """Whether -log2 p(x) / D is a code length in bits per dimension: the likelihood is a
-    probability of discrete pixel values, and the data are those values (binary pixels for a
-    Bernoulli likelihood: binarized data)."""
-    if likelihood.support is constraints.boolean:
-        return getattr(datamodule, "binarize", "none") != "none"
-    return likelihood.discrete
-
-
-def units(discrete: bool) -> str:
-    """What eval.json's numbers are, in words."""
-    if discrete:
-        return ("nats per data point; bits/dim = -nats / (input_dim ln 2): the likelihood is a "
-                "probability of the discrete (binary or 8-bit) pixel values, so -log2 p(x) / "
-                "input_dim is a code length.")
-    return ("nats per data point: the likelihood is a density of pixel values in [0, 1], so "
-            "these are log densities (they can be positive); they shift by input_dim x log of "
-            "the pixel scale when the data are rescaled, so no bits/dim is given (it is not a "
-            "code length without a dequantization).")
-
-
-def _where(source: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value} ({source[key[5:]]})" for key, value in source.items()
-                     if key.startswith("data.")) or "the data module's defaults"
-
-
-def _run_record_data(run: Path) -> dict[str, str]:
-    """The data locations (root, path, ...) of the run's own record, ``.hydra/config.yaml``
-    written when it started, read as plain YAML: plain strings, and ``${oc.env:NAME,default}``
-    looked up in the environment; any other interpolation is not resolved (left out)."""
-    import yaml
-
-    record = run / rundir.HYDRA / "config.yaml"
-    if kind(record) is not None:
-        return {}
-    try:
-        with open_regular(record, DataError, "a YAML file") as file:
-            data = (yaml.safe_load(file) or {}).get("data") or {}
-    except (yaml.YAMLError, AttributeError, DataError):
-        return {}
-    found = {}
-    for key, value in data.items() if isinstance(data, dict) else ():
-        if isinstance(value, str):
-            env = re.fullmatch(r"\$\{oc\.env:(\w+)(?:,([^}]*))?\}", value.strip())
-            if env:
-                found[key] = os.environ.get(env.group(1), env.group(2) or None)
-            elif "${" not in value:
-                found[key] = value
-    return found
-
-
-def device_of(key: str, device: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``; refused,
-    naming ``key``, when torch does not know it or this machine lacks it."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        found = torch.device(device)
-    except (RuntimeError, ValueError):
-        fail(key, "device", device, "expected auto, cpu, cuda, cuda:<index> or mps")
-    if found.type == "cuda" and not torch.cuda.is_available():
-        fail(key, "device", device, "CUDA is not available on this machine (or this torch is a "
-             "CPU build); use auto or cpu")
-    count = torch.cuda.device_count()
-    if found.type == "cuda" and found.index is not None and found.index >= count:
-        fail(key, "device", device, f"this machine has {torch.cuda.device_count()} CUDA "
-             "device(s)")
-    if found.type == "mps" and not torch.backends.mps.is_available():
-        fail(key, "device", device, "MPS is not available on this machine; use auto or cpu")
-    if found.type not in ("cpu", "cuda", "mps"):
-        fail(key, "device", device, "expected auto, cpu, cuda, cuda:<index> or mps")
-    return found

@@ -57,7 +57,7 @@ class _AppendingWriter(ExperimentWriter):
 class CSVLogger(_CSVLogger):
     """``lightning.pytorch.loggers.CSVLogger`` whose ``metrics.csv`` a resumed run appends to: the
     epochs before the checkpoint stay, the rows after it (a killed run's last steps) are dropped
-    when training resumes (``checkpoints.ResumeState``)."""
+    when training resumes (``resume.ResumeState``)."""
 
     @property
     @rank_zero_experiment

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from vae_lightning.args import PositiveInt, checked
-from vae_lightning.checkpoints import load_model
 from vae_lightning.errors import ConfigError, NonFiniteLossError
 from vae_lightning.graphs import GraphedStep, graph_problems, runtime_problems
 from vae_lightning.likelihoods import Decoder
@@ -25,6 +24,7 @@ from vae_lightning.objectives import Objective, importance_weighted
 from vae_lightning.parts import Bound, unmet
 from vae_lightning.posteriors import Encoder
 from vae_lightning.priors import Prior
+from vae_lightning.rebuild import load_model
 
 log = logging.getLogger(__name__)
 
@@ -367,16 +367,22 @@ class VAE(L.LightningModule):
         return self.decoder(z.to(self.device))
 
     @torch.no_grad()
+    def images(self, z: Tensor, mean: bool = True) -> Tensor:
+        """The images of latent points ``z`` ``[..., latent]``: E[x|z], the mean of p(x|z)
+        (``mean``), or a draw x ~ p(x|z)."""
+        likelihood = self.decode(z)
+        return likelihood.mean if mean else likelihood.sample()
+
+    @torch.no_grad()
     def sample(self, n: int, mean: bool = True) -> Tensor:
         """``n`` images from the model, ``[n, C, H, W]``: z ~ p(z), then E[x|z] (``mean``) or a
         draw x ~ p(x|z)."""
-        likelihood = self.decoder(self.prior.sample(n))
-        return likelihood.mean if mean else likelihood.sample()
+        return self.images(self.prior.sample(n), mean)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x | z = E_q[z|x]]: each image decoded from its posterior mean."""
-        return self.decoder(self.encoder.location(self.encode(x))).mean
+        return self.images(self.encoder.location(self.encode(x)))
 
     @torch.no_grad()
     def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 10) -> Tensor:
@@ -385,7 +391,7 @@ class VAE(L.LightningModule):
         from x1's end to x2's."""
         z1, z2 = (self.encoder.location(self.encode(x)) for x in (x1, x2))
         t = torch.linspace(0.0, 1.0, steps, device=self.device).view(-1, *[1] * z1.dim())
-        return self.decoder((1 - t) * z1 + t * z2).mean
+        return self.images((1 - t) * z1 + t * z2)
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int | None = None) -> Tensor:

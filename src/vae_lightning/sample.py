@@ -32,11 +32,11 @@ from vae_lightning.args import (
     fail,
     within,
 )
-from vae_lightning.checkpoints import load_model
+from vae_lightning.checkpoint_data import checked_data
 from vae_lightning.errors import ConfigError
-from vae_lightning.evaluate import Evaluation, device_of
 from vae_lightning.files import writable_directory
 from vae_lightning.module import VAE
+from vae_lightning.rebuild import device_of, load_model
 from vae_lightning.samplers import Sampler
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ CHUNK = 1024  # images decoded per pass: memory stays bounded whatever n
 class Sampling:
     """``n`` draws of z decoded to E[x|z] (``mean``) or to x ~ p(x|z), from the random state
     ``seed``, on ``device`` (``auto``: CUDA when available). ``trusted``: see
-    ``checkpoints.build_trusted``.
+    ``rebuild.build_trusted``.
 
     z ~ p(z) with ``sampler="prior"``; else z from the fitted sampler ``samplers[sampler]``
     (``vae_lightning.samplers``), fitted to the posterior locations of the training split (read
@@ -111,9 +111,7 @@ class Sampling:
         for start in range(0, self.n, CHUNK):
             count = min(CHUNK, self.n - start)
             with torch.no_grad():
-                likelihood = model.decode(draw(count))
-                images = likelihood.mean if self.mean else likelihood.sample()
-            array[start:start + count] = images.cpu().numpy()
+                array[start:start + count] = model.images(draw(count), self.mean).cpu().numpy()
         array.flush()
         del array
         (out / "samples.npy.tmp").replace(out / "samples.npy")
@@ -176,14 +174,12 @@ class Sampling:
     def _training_images(self, model: VAE, config: dict[str, Any],
                          checkpoint: dict[str, Any]) -> Tensor:
         """The training images, found and checked as ``vae-eval`` finds and checks its
-        split's."""
-        finder = Evaluation(batch_size=self.batch_size, device=str(self.device),
-                            trusted=self.trusted, data_root=self.data_root,
-                            data_path=self.data_path, allow_other_data=self.allow_other_data)
-        finder.split = "train"  # the split it checks: the training split here
-        datamodule, source = finder._data(config, self.ckpt_path)
-        datamodule.setup("fit")
-        finder._check_data(checkpoint, datamodule, self.ckpt_path, source)
+        split's (``checkpoint_data``)."""
+        datamodule = checked_data(config, checkpoint, self.ckpt_path, "train", "sample",
+                                  trusted=self.trusted, data_root=self.data_root,
+                                  data_path=self.data_path,
+                                  allow_other_data=self.allow_other_data,
+                                  batch_size=self.batch_size)[0]
         return datamodule.evaluation_data("train")
 
     def _refuse_too_many(self, out: Path, shape: Sequence[int]) -> None:

@@ -22,16 +22,7 @@ from torch.distributions import constraints
 from vae_lightning import rundir
 from vae_lightning.args import choices, prechecked
 from vae_lightning.callbacks.curve import InitialBound
-from vae_lightning.checkpoints import (
-    PARTS,
-    ResumeState,
-    RunConfig,
-    check_parts,
-    check_resumable,
-    data_differences,
-    logger_runs,
-    read_checkpoint,
-)
+from vae_lightning.checkpoints import RunConfig, data_differences, read_checkpoint
 from vae_lightning.config import check, instantiate_node, plain
 from vae_lightning.errors import (
     CheckpointError,
@@ -42,6 +33,8 @@ from vae_lightning.errors import (
     NothingToDo,
 )
 from vae_lightning.module import VAE
+from vae_lightning.rebuild import PARTS, check_parts
+from vae_lightning.resume import ResumeState, check_resumable, logger_runs
 from vae_lightning.sweeps import overrides as _task_overrides
 from vae_lightning.sweeps import record_failure, threads_per_job
 

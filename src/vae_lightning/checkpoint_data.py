@@ -1,0 +1,145 @@
+"""The data of a checkpoint's model, found where the user keeps them and checked against the
+checkpoint's record of them: what ``vae-eval`` scores and ``vae-sample`` fits its samplers to.
+
+The data are the user's to name, never the checkpoint's: the checkpoint says which of this
+package's data sets the model was trained on and with which options (its shape, scale,
+binarization, splits), but where the files are is ``data_root`` / ``data_path`` (default: the
+run's own record, ``<run>/.hydra/config.yaml``, else the data root of the configs,
+``$VAE_DATA_DIR`` or ``data``); nothing is downloaded and no loader workers start. The split read
+is checked against the checkpoint's record of the data (size and SHA-256): other data are
+refused unless ``allow_other_data``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vae_lightning import rundir
+from vae_lightning.args import locations
+from vae_lightning.checkpoints import data_differences
+from vae_lightning.errors import CheckpointError, ConfigError, DataError
+from vae_lightning.files import kind, open_regular
+from vae_lightning.rebuild import build_trusted, trusted_class
+
+log = logging.getLogger(__name__)
+
+STAGES = {"train": "fit", "val": "validate", "test": "test"}  # the setup that reads each split
+
+
+def checked_data(config: dict[str, Any], checkpoint: dict[str, Any], ckpt_path: str,
+                 split: str, key: str, *, trusted: Sequence[str] = (),
+                 data_root: str | None = None, data_path: str | None = None,
+                 allow_other_data: bool = False, batch_size: int = 100
+                 ) -> tuple[Any, dict[str, Any], bool | None]:
+    """The data module of the checkpoint's data set and options, set up to read ``split``
+    (``train``, ``val``, ``test``) from where the user keeps the data (``find_data``); where that
+    is; and whether the split read is the one the checkpoint was trained with (None: the
+    checkpoint records no identity). Other data are refused unless ``allow_other_data``.
+    ``key``: the config node these options belong to (``eval``, ``sample``), which the messages
+    name."""
+    datamodule, source = find_data(config, ckpt_path, key, trusted=trusted, data_root=data_root,
+                                   data_path=data_path, batch_size=batch_size)
+    datamodule.setup(STAGES[split])
+    matches = _check_data(checkpoint, datamodule, ckpt_path, source, split, key,
+                          allow_other_data)
+    return datamodule, source, matches
+
+
+def find_data(config: dict[str, Any], ckpt_path: str, key: str, *, trusted: Sequence[str] = (),
+              data_root: str | None = None, data_path: str | None = None,
+              batch_size: int = 100) -> tuple[Any, dict[str, Any]]:
+    """The data module of the checkpoint's data set and options (not set up), reading from where
+    the user keeps the data (``data_root`` / ``data_path``, else the run's record, else the
+    default), ``batch_size`` images a batch, and where that is."""
+    node = config.get("data")
+    if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+        raise CheckpointError(f"Checkpoint {ckpt_path} names no data set (its run config "
+                              "has no data._target_).")
+    module = trusted_class(node, "data", ckpt_path, trusted)
+    record = _run_record_data(rundir.of_checkpoint(ckpt_path))
+    given = {"root": data_root, "path": data_path}
+    source: dict[str, Any] = {}
+    values = dict(node)
+    for name in locations(module):
+        if given.get(name) is not None:
+            values[name], source[name] = given[name], "command line"
+        elif record.get(name) is not None:
+            values[name], source[name] = record[name], "run record"
+        elif name == "root":
+            values[name], source[name] = os.environ.get("VAE_DATA_DIR", "data"), "default"
+        else:
+            values.pop(name, None)
+            source[name] = "default"
+        source[f"data.{name}"] = values.get(name)
+    # Switches that make the data module fetch, write or spawn: off.
+    values.update(download=False, num_workers=0, on_device=False, steps_per_batch=1,
+                  eval_batch_size=batch_size)
+    try:
+        return build_trusted(values, "data", ckpt_path, trusted), source
+    except CheckpointError as err:
+        if "path" in str(err) and data_path is None:
+            raise ConfigError(
+                f"{err} The model was trained on data={node.get('_target_')} read from a "
+                f"path the run's record does not give: name it with {key}.data_path=...") \
+                from None
+        raise
+
+
+def _check_data(checkpoint: dict[str, Any], datamodule: Any, ckpt_path: str,
+                source: dict[str, Any], split: str, key: str,
+                allow_other_data: bool) -> bool | None:
+    """Whether the ``split`` read is the one the checkpoint was trained and tested with (None:
+    the checkpoint records no identity); other data are refused unless ``allow_other_data``."""
+    identity = datamodule.identity()
+    identity["splits"] = {s: v for s, v in identity["splits"].items() if s == split}
+    differences = data_differences(checkpoint, identity)
+    if differences is None:
+        log.warning("Checkpoint %s records no identity of its data (written by an older "
+                    "version): the %s data read from %s are not checked.", ckpt_path,
+                    split, _where(source))
+        return None
+    if differences and not allow_other_data:
+        raise DataError(
+            f"The {split} data read from {_where(source)} are not the data checkpoint "
+            f"{ckpt_path} was trained with: {'; '.join(differences)}. Name the right data "
+            f"with {key}.data_root=... (or {key}.data_path=...), or use these data anyway with "
+            f"{key}.allow_other_data=true.")
+    if differences:
+        log.warning("Using other data than the checkpoint's (%s.allow_other_data): %s.", key,
+                    "; ".join(differences))
+    return not differences
+
+
+def _where(source: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value} ({source[key[5:]]})" for key, value in source.items()
+                     if key.startswith("data.")) or "the data module's defaults"
+
+
+def _run_record_data(run: Path) -> dict[str, str]:
+    """The data locations (root, path, ...) of the run's own record, ``.hydra/config.yaml``
+    written when it started, read as plain YAML: plain strings, and ``${oc.env:NAME,default}``
+    looked up in the environment; any other interpolation is not resolved (left out)."""
+    import yaml
+
+    record = run / rundir.HYDRA / "config.yaml"
+    if kind(record) is not None:
+        return {}
+    try:
+        with open_regular(record, DataError, "a YAML file") as file:
+            data = (yaml.safe_load(file) or {}).get("data") or {}
+    except (yaml.YAMLError, AttributeError, DataError):
+        return {}
+    found = {}
+    for key, value in data.items() if isinstance(data, dict) else ():
+        if isinstance(value, str):
+            env = re.fullmatch(r"\$\{oc\.env:(\w+)(?:,([^}]*))?\}", value.strip())
+            if env:
+                found[key] = os.environ.get(env.group(1), env.group(2) or None)
+            elif "${" not in value:
+                found[key] = value
+    return found

@@ -1,0 +1,232 @@
+"""Models rebuilt from a checkpoint: its run config builds only the classes this package's own
+config groups name (and those a user passes as ``trusted``), so nothing in the file chooses what
+code runs; the sizes that config asks for are checked against the saved weights on PyTorch's
+meta device before any memory is taken, and the weights must fit the model built, which goes
+onto the device a command names (``device_of``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
+
+from vae_lightning.args import fail
+from vae_lightning.checkpoints import USE_ANOTHER, read_checkpoint, run_config
+from vae_lightning.errors import CheckpointError, UserError
+
+
+@functools.cache
+def shipped_targets() -> frozenset[str]:
+    """Every ``_target_`` named by this package's config groups: what a checkpoint may build."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("_target_"), str):
+                found.add(node["_target_"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    def files(folder: Any) -> Iterable[Any]:
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                yield from files(entry)
+            elif entry.name.endswith(".yaml"):
+                yield entry
+
+    for file in files(resources.files("vae_lightning.conf")):
+        walk(OmegaConf.to_container(OmegaConf.create(file.read_text())))
+    return frozenset(found)
+
+
+def _untrusted(node: Any, key: str, trusted: frozenset[str]) -> list[str]:
+    """Why ``node`` (plain config from a checkpoint) must not be built: unknown targets and
+    interpolations, each with its key."""
+    found = []
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and not isinstance(target, str):
+            found.append(f"{key}._target_ (a {type(target).__name__}, not a class name)")
+        elif target is not None and target not in trusted:
+            found.append(f"{key}._target_={target!r}")
+        for name, value in node.items():
+            found += _untrusted(value, f"{key}.{name}", trusted)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _untrusted(value, f"{key}[{i}]", trusted)
+    elif isinstance(node, str) and "${" in node:
+        found.append(f"{key}={node!r} (an interpolation)")
+    return found
+
+
+def trusted_class(node: dict[str, Any], key: str, path: str | Path,
+                  trusted: Sequence[str] = ()) -> Any:
+    """The class (or function) the config ``node`` read from the checkpoint ``path`` names, if
+    every target in it is one of this package's (or of ``trusted``); else refuse, naming them."""
+    _refuse_untrusted(node, key, path, trusted)
+    return get_object(node["_target_"])
+
+
+def build_trusted(node: dict[str, Any], key: str, path: str | Path,
+                  trusted: Sequence[str] = (), **kwargs: Any) -> Any:
+    """Instantiate the config ``node`` read from the checkpoint ``path`` if every target it names
+    is one of this package's (or of ``trusted``); else refuse, naming them."""
+    _refuse_untrusted(node, key, path, trusted)
+    try:
+        return instantiate(OmegaConf.create(node), **kwargs)
+    except Exception as err:
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, UserError):  # e.g. a DataError: its own message and exit code
+            raise cause from None
+        raise CheckpointError(f"Checkpoint {path}: its {key} config cannot be built: "
+                              f"{_reason(err)}.") from None
+
+
+def _refuse_untrusted(node: Any, key: str, path: str | Path, trusted: Sequence[str]) -> None:
+    refused = _untrusted(node, key, shipped_targets() | frozenset(trusted))
+    if not isinstance(node, dict) or "_target_" not in node:
+        refused.insert(0, f"{key} without a _target_")
+    if refused:
+        raise CheckpointError(
+            f"Checkpoint {path} asks to build {', '.join(refused)}, which vae-lightning does not "
+            "build: a checkpoint is untrusted input, so nothing in it chooses what code runs. If "
+            "the checkpoint is yours and names your own classes, pass their dotted names as "
+            "trusted (VAE.load_from_checkpoint(path, trusted=[...]), eval.trusted=[...]).")
+
+
+def _reason(err: BaseException) -> str:
+    """What went wrong, from the innermost cause (Hydra wraps a constructor's error in a header
+    line naming the target): every line of it, joined."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = [line.strip().rstrip(".") for line in str(err).strip().splitlines() if line.strip()]
+    return "; ".join(lines[:6]) or type(err).__name__
+
+
+def load_model(path: str | Path, model_class: type, map_location: Any = "cpu",
+               trusted: Sequence[str] = ()):
+    """``(model, run config, raw checkpoint)`` of a ``vae-train`` checkpoint: the model (an
+    instance of ``model_class``, e.g. ``module.VAE``) rebuilt from the saved config with the
+    saved weights, in eval mode.
+
+    The config's sizes are untrusted too: the model is first built on PyTorch's meta device
+    (nothing allocated) and its parameter shapes compared with the saved weights, so a config
+    that asks for more than the weights hold is refused before any memory is taken; after
+    loading, the data shape the model was built for must be the shape its networks read and
+    write (``_check_data_shape``)."""
+    checkpoint = read_checkpoint(path)
+    config = run_config(checkpoint, path)
+    check_sizes(config, checkpoint["state_dict"], path, trusted)
+    model = build_trusted(config["model"], "model", path, trusted)
+    if not isinstance(model, model_class):
+        raise CheckpointError(f"Checkpoint {path}: its model config builds a "
+                              f"{type(model).__name__}, not a {model_class.__name__}.")
+    check_fit(model.state_dict(), checkpoint["state_dict"], path)
+    model.load_state_dict(checkpoint["state_dict"])
+    _check_data_shape(model, path)
+    model.samples_seen = checkpoint.get("samples_seen", 0)
+    return model.to(map_location).eval(), config, checkpoint
+
+
+PARTS = ("encoder", "decoder", "prior")  # the model's parts that hold its sizes
+
+
+def check_sizes(config: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path,
+                trusted: Sequence[str] = ()) -> None:
+    """Build the model's parts from the checkpoint's config on PyTorch's meta device (nothing
+    is allocated) and refuse sizes that do not match the saved weights: a config that asks for
+    networks larger than its weights is refused before any memory is taken."""
+    model = config.get("model")
+    if not isinstance(model, dict):
+        return
+    with torch.device("meta"):
+        parts = {key: build_trusted(model[key], f"model.{key}", path, trusted)
+                 for key in PARTS if isinstance(model.get(key), dict)}
+    check_parts(parts, state, path)
+
+
+def check_parts(parts: dict[str, torch.nn.Module], state: dict[str, torch.Tensor],
+                path: str | Path) -> None:
+    """``check_fit`` of the weights of the model's parts (``PARTS``, built on any device)."""
+    own = {f"{key}.{name}": tensor for key, part in parts.items()
+           for name, tensor in part.state_dict().items()}
+    check_fit(own, {k: v for k, v in state.items() if k.split(".")[0] in parts}, path)
+
+
+def check_fit(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+              path: str | Path) -> None:
+    """Refuse weights ``state`` that do not fit the model's ``own`` state (shapes and names), or
+    whose type differs in kind (an integer or boolean tensor where the model holds real numbers:
+    copied in, it would load silently), naming the keys and shapes."""
+    for name, tensor in own.items():
+        if name in state and tensor.is_floating_point() and not state[name].is_floating_point():
+            raise CheckpointError(f"Checkpoint {path}: weight {name} is {state[name].dtype}, "
+                                  f"where the model holds {tensor.dtype}. {USE_ANOTHER}")
+    problems = [f"{name} has shape {list(state[name].shape)} in the file, "
+                f"{list(tensor.shape)} in the model" for name, tensor in own.items()
+                if name in state and state[name].shape != tensor.shape]
+    missing = [name for name in own if name not in state]
+    unexpected = [name for name in state if name not in own]
+    if missing:
+        problems.append(f"missing: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append(f"not in the model: {', '.join(unexpected[:5])}"
+                        + (" ..." if len(unexpected) > 5 else ""))
+    if problems:
+        raise CheckpointError(f"Checkpoint {path}: its weights do not fit the model its config "
+                              f"builds ({'; '.join(problems[:8])}). {USE_ANOTHER}")
+
+
+@torch.no_grad()
+def _check_data_shape(model: torch.nn.Module, path: str | Path) -> None:
+    """The model's ``data_shape`` (what bits/dim and evaluation read) must be what its encoder
+    takes and its decoder gives: one image of that shape through both."""
+    if model.data_shape is None:
+        return
+    shape = tuple(model.data_shape)
+    try:
+        q = model.encoder(torch.zeros(1, *shape))
+        event = tuple(model.decoder(model.encoder.location(q)).event_shape)
+    except (RuntimeError, ValueError) as err:
+        event = f"an error ({_reason(err)})"
+    if event != shape:
+        raise CheckpointError(
+            f"Checkpoint {path}: its model.data_shape={list(shape)} is not the shape of the "
+            f"images its networks were built for (the decoder gives {event}); the file is "
+            f"inconsistent, so nothing is computed from it. {USE_ANOTHER}")
+
+
+def device_of(key: str, device: str) -> torch.device:
+    """The device a command's ``device`` option names, where ``load_model`` puts the model:
+    ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``; refused,
+    naming ``key``, when torch does not know it or this machine lacks it."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        found = torch.device(device)
+    except (RuntimeError, ValueError):
+        fail(key, "device", device, "expected auto, cpu, cuda, cuda:<index> or mps")
+    if found.type == "cuda" and not torch.cuda.is_available():
+        fail(key, "device", device, "CUDA is not available on this machine (or this torch is a "
+             "CPU build); use auto or cpu")
+    count = torch.cuda.device_count()
+    if found.type == "cuda" and found.index is not None and found.index >= count:
+        fail(key, "device", device, f"this machine has {torch.cuda.device_count()} CUDA "
+             "device(s)")
+    if found.type == "mps" and not torch.backends.mps.is_available():
+        fail(key, "device", device, "MPS is not available on this machine; use auto or cpu")
+    if found.type not in ("cpu", "cuda", "mps"):
+        fail(key, "device", device, "expected auto, cpu, cuda, cuda:<index> or mps")
+    return found

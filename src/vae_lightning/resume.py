@@ -1,0 +1,129 @@
+"""Exact resume: the random states and the loggers' run ids each checkpoint stores
+(``ResumeState``), what a resumed run may change from the run that wrote its checkpoint
+(``check_resumable``), and the runs its loggers go on with (``logger_runs``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+from vae_lightning.checkpoints import run_config
+from vae_lightning.errors import CheckpointError
+
+
+class ResumeState(L.Callback):
+    """Stores the RNG states (Python, NumPy, torch CPU and CUDA) and the W&B run id in each
+    checkpoint, and restores the RNG states when training resumes, after the sanity check, so a
+    resumed run draws the same noise eps as an uninterrupted one; tells the loggers that keep a
+    history (``loggers.CSVLogger``) the step training resumes from."""
+
+    def __init__(self) -> None:
+        self.restored: dict[str, Any] | None = None
+        self.trainer: L.Trainer | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "wandb_id": None,
+            "mlflow_run_id": None,
+        }
+        for logger in self.trainer.loggers if self.trainer is not None else ():
+            if isinstance(logger, WandbLogger):
+                state["wandb_id"] = logger.version
+            elif isinstance(logger, MLFlowLogger):
+                state["mlflow_run_id"] = logger.run_id
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored = state_dict
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer = trainer
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.restored is None:
+            return
+        for logger in trainer.loggers:  # a logger that keeps a resumed run's history
+            if hasattr(logger, "resume_at"):
+                logger.resume_at(trainer.global_step)
+        state, self.restored = self.restored, None
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# What a resumed run may change: the training settings, not what the parameters are or mean. The
+# optimizer's hyperparameters (optimizer.lr, ...) may change and apply from the resumed step on;
+# its class may not (the saved state is of that class).
+MAY_CHANGE = ("model.compile", "model.optimizer.")
+
+
+def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path,
+                    overrides: Sequence[str] = ()) -> None:
+    """Raise ``CheckpointError`` if ``config`` (resolved) differs from the run that wrote
+    ``checkpoint`` in its model or data set, naming the keys and the run's ``overrides``."""
+    saved = run_config(checkpoint, path)
+    keys = sorted(set(_leaves(saved, "model")) | set(_leaves(config, "model")) | {"data._target_"},
+                  key=lambda key: (key.count("."), key))
+    differences, shown = [], set()
+    for key in keys:
+        pair = (_at(saved, key), _at(config, key))
+        if pair[0] == pair[1] or (key.startswith(MAY_CHANGE)
+                                  and key != "model.optimizer._target_"):
+            continue
+        leaf = (key.rsplit(".", 1)[-1], repr(pair))
+        if leaf in shown:  # the same value passed on to a part (model.encoder.latent, ...)
+            continue
+        shown.add(leaf)
+        differences.append(f"{key}={pair[0]!r} (this run: {pair[1]!r})")
+    if differences:
+        hint = (f" It was started with: {' '.join(overrides) or '(no overrides)'}."
+                if overrides is not None else "")
+        raise CheckpointError(
+            f"Checkpoint {path} was trained with a different model or data: "
+            f"{'; '.join(differences)}. Resume with the settings the run was started with.{hint}")
+
+
+def _leaves(config: dict[str, Any], root: str) -> list[str]:
+    """The dotted keys of the leaves under ``root``."""
+    node = _at(config, root)
+    if not isinstance(node, dict):
+        return [root]
+    return [leaf for key in node for leaf in _leaves(config, f"{root}.{key}")]
+
+
+def _at(config: dict[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def logger_runs(checkpoint: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The arguments that make the W&B and MLflow loggers of a resumed run go on with the runs
+    the checkpoint's run started (their ids, stored by ``ResumeState``), by logger key."""
+    state = checkpoint.get("callbacks", {}).get(ResumeState.__qualname__, {})
+    state = state if isinstance(state, dict) else {}
+    runs = {}
+    if isinstance(state.get("wandb_id"), str):
+        runs["wandb"] = {"id": state["wandb_id"], "resume": "allow"}
+    if isinstance(state.get("mlflow_run_id"), str):
+        runs["mlflow"] = {"run_id": state["mlflow_run_id"]}
+    return runs

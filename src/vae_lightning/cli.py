@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import sys
 import warnings
@@ -36,6 +35,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 import vae_lightning.resolvers  # noqa: F401  (registers the configs' resolvers; imports no torch)
 from vae_lightning.errors import ConfigError, Interrupted, UserError
+from vae_lightning.hydra_errors import hydra_message, study_error, user_error, value_error
+from vae_lightning.signals import Signal, catch, stopped
 
 CONFIG_PATH = "pkg://vae_lightning.conf"
 T = TypeVar("T")
@@ -112,44 +113,6 @@ def _one_log_line_per_record() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
-class _Signal(BaseException):
-    """A signal outside training, raised in the main thread as Python raises KeyboardInterrupt
-    for Ctrl-C: not an ``Exception``, so that no ``except Exception`` on its way (in a library,
-    in Hydra's job runner) takes it for an error of its own and goes on."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    """SIGTERM outside training ends the command (``_Signal``). During training Lightning's
-    handler runs this one after its own, which stops the run at the epoch's end (``train.py``):
-    then nothing is done here."""
-    if signal.getsignal(signum) is not _on_signal:
-        return
-    raise _Signal(signum)
-
-
-def _stopped(signum: int, run_dir: str | None) -> Interrupted:
-    """A signal outside training as the error to report, with what to do: resume from the run's
-    last checkpoint, or run the command again."""
-    from vae_lightning import rundir, sweeps
-
-    again = " ".join(["vae-train", *(o for o in sweeps.overrides()
-                                     if not o.startswith("ckpt_path="))])
-    last = rundir.last_checkpoint(run_dir) if run_dir else None
-    if last is not None and last.is_file():
-        what = (f" outside training; the state after the latest epoch is in {last}. Resume "
-                f"with: {again} ckpt_path={last}")
-    elif run_dir:
-        what = f" before the run trained; nothing was trained. Run it again: {again}"
-    else:
-        what = "; nothing more was written. Run the command again"
-    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
-    return Interrupted(f"Stopped by {name}{what}.", signum)
-
-
 def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> T | None:
     """Run ``task``; a ``UserError`` ends the command with its one-line message and exit code
     (``_fail``).
@@ -165,10 +128,10 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
         _one_log_line_per_record()
         _quiet(cfg)
         return task()
-    except (_Signal, KeyboardInterrupt) as stop:  # outside training (train.py handles those in it)
-        raise SystemExit(_stopped(getattr(stop, "signum", signal.SIGINT), run_dir)) from None
+    except (Signal, KeyboardInterrupt) as stop:  # outside training (train.py handles those in it)
+        raise SystemExit(stopped(getattr(stop, "signum", signal.SIGINT), run_dir)) from None
     except Exception as err:
-        failure = _user_error(err)
+        failure = user_error(err)
         if failure is None and not sweep:
             raise
         if sweep and not isinstance(failure, Interrupted):
@@ -184,17 +147,6 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
             print(f"{failure.prefix if failure else 'error'}: {message}", file=sys.stderr)
             return None
         raise SystemExit(failure) from None
-
-
-def _user_error(err: Exception) -> UserError | None:
-    """``err`` as the ``UserError`` it is or stands for (a failed write), else None: a bug."""
-    if isinstance(err, UserError):
-        return err
-    if isinstance(err, OSError | RuntimeError):
-        from vae_lightning.checkpoints import unwritable
-
-        return unwritable(getattr(err, "filename", None) or "the run's files", err)
-    return None
 
 
 def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:
@@ -233,7 +185,7 @@ def _entry(app: Callable[[], object]) -> Callable[[], None]:
         from vae_lightning import rundir
 
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; the report is made here
-        previous = _catch(signal.SIGTERM)
+        previous = catch(signal.SIGTERM)
         rundir.forget()
         try:
             app()
@@ -242,19 +194,19 @@ def _entry(app: Callable[[], object]) -> Callable[[], None]:
             if isinstance(exit_.code, UserError):
                 _fail(exit_.code)
             raise
-        except (_Signal, KeyboardInterrupt) as stop:  # outside a job, e.g. between two of a sweep
-            _fail(_stopped(getattr(stop, "signum", signal.SIGINT), None))
+        except (Signal, KeyboardInterrupt) as stop:  # outside a job, e.g. between two of a sweep
+            _fail(stopped(getattr(stop, "signum", signal.SIGINT), None))
         except BrokenPipeError:  # the reader of the output went away (vae-train --help | head)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(0) from None
         except (HydraException, OmegaConfBaseException) as err:
-            _fail(ConfigError(_hydra_message(err)))
+            _fail(ConfigError(hydra_message(err)))
         except UserError as err:  # outside a job
             _fail(err)
         except ValueError as err:
-            _fail(_value_error(err))
+            _fail(value_error(err))
         except Exception as err:
-            study = _study_error(err)
+            study = study_error(err)
             if study is None:
                 raise
             _fail(study)
@@ -266,106 +218,11 @@ def _entry(app: Callable[[], object]) -> Callable[[], None]:
     return command
 
 
-def _catch(signum: int) -> Any:
-    """Install ``_on_signal`` for ``signum``; the handler it replaces (None: not the main
-    thread, where signals cannot be handled)."""
-    try:
-        return signal.signal(signum, _on_signal)
-    except ValueError:
-        return None
-
-
-def _value_error(err: ValueError) -> UserError:
-    """The ``UserError`` a ``ValueError`` out of Hydra or a sweeper stands for; else re-raise."""
-    if str(err) == "Record does not exist.":  # Optuna's sweeper asks for the best trial of a
-        from vae_lightning.sweeps import SWEEP_FAILED  # study in which no trial completed
-
-        failure = UserError("no trial of the search completed (each failed: see its "
-                            "results.json and log above), so the study has no best trial.")
-        failure.exit_code = SWEEP_FAILED
-        return failure
-    if str(err).startswith("Config group override must be"):
-        return ConfigError(_group_value_message() or str(err))
-    raise err
-
-
-def _group_value_message() -> str | None:
-    """For ``group=<not a name>`` on the command line (``callbacks=3``, ``logger=null``): the
-    override, and the group's options."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from vae_lightning.config import groups
-
-    try:
-        overrides = OverridesParser.create().parse_overrides(
-            [arg for arg in sys.argv[1:] if not arg.startswith("-")])
-    except Exception:
-        return None
-    for override in overrides:
-        group = groups().get(override.key_or_group)
-        if group is not None and not isinstance(override.value(), str | list):
-            none = (f"; {override.key_or_group}=none for none" if "none" in group.options
-                    else "")
-            return (f"{override.input_line} is not allowed: {override.key_or_group} is a config "
-                    f"group; choose one of its options: {', '.join(group.options)}{none}.")
-    return None
-
-
-def _study_error(err: Exception) -> ConfigError | None:
-    """An Optuna study's storage that cannot be read (SQLAlchemy's ``DatabaseError``), named."""
-    if type(err).__module__.split(".")[0] != "sqlalchemy" or "DatabaseError" not in {
-            c.__name__ for c in type(err).__mro__}:
-        return None
-    storage = OmegaConf.select(HydraConfig.get(), "sweeper.storage", default=None) \
-        if HydraConfig.initialized() else None
-    return ConfigError(f"The Optuna study storage {storage or '(hydra.sweeper.storage)'} cannot "
-                       f"be read ({str(err.args[0] if err.args else err).splitlines()[0]}); "
-                       "move the file away to start a new study, or choose another "
-                       "hydra.sweep.dir.")
-
-
-def _hydra_message(err: Exception) -> str:
-    """Hydra's and OmegaConf's multi-line messages as one paragraph; for a group named without
-    its parent (``prior=vamp``) or a plugin's option whose extra is not installed, what to do."""
-    from vae_lightning.config import group_hint, plugin_extra
-
-    text = str(err).split("Config search path:")[0]
-    override = re.search(r"Could not override '([^']+)'.*use \+\1=(\S+)", text, re.S)
-    if override and (hint := group_hint(override.group(1), override.group(2))):
-        return hint
-    missing = re.search(r"Could not (?:find|load) '(hydra/[^']+)'", text)
-    if missing and (extra := plugin_extra(missing.group(1))):
-        return _missing_plugin(missing.group(1), extra)
-    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()
-             and not line.strip().startswith(("object_type=", "Set the environment variable"))]
-    message = re.sub(r":;", ":", "; ".join(lines)) + "."
-    cause = err.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in message:
-        message += f" ({str(cause).splitlines()[0]})"
-    return message
-
-
-def _missing_plugin(option: str, extra: str) -> str:
-    """A plugin's config option (``hydra/sweeper/optuna``) that Hydra cannot find: its extra,
-    and the choice on the command line that asked for it (``hparams_search=optuna``)."""
-    from vae_lightning.config import groups, option_text
-
-    group, name = option.rsplit("/", 1)
-    chosen = f"{group}={name}"
-    asked = [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")
-             and arg.split("=")[0].lstrip("+~") in groups()
-             and re.search(rf"{group.removeprefix('hydra/')}: {name}\b",
-                           option_text(arg.split("=")[0].lstrip("+~"), arg.split("=", 1)[1]))]
-    via = f"{asked[0]} chooses {chosen}, which" if asked else chosen
-    return (f"{via} needs a Hydra plugin that is not installed: "
-            f'pip install "vae-lightning[{extra}]".')
-
-
 class Preflight(Callback):
     """Hydra's callback that checks, before Hydra creates or writes anything, the run directory
     (``rundir.prepare``; for vae-train, one that holds a run: ``rundir.refuse_into``); for a
     sweep its directory, the launcher's and the sweeper's plugins
-    (``config.missing_plugins``) and an Optuna study file (``sweeps.check_study``). A refusal
+    (``groups.missing_plugins``) and an Optuna study file (``sweeps.check_study``). A refusal
     ends the command with its error line (``_entry``: a ``SystemExit`` carrying the error, which
     Hydra does not swallow as it does a callback's exceptions)."""
 
@@ -387,7 +244,7 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from vae_lightning import rundir, sweeps
-        from vae_lightning.config import missing_plugins
+        from vae_lightning.groups import missing_plugins
 
         def checks() -> None:
             rundir.prepare(config.hydra.sweep.dir, "hydra.sweep.dir")

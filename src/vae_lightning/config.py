@@ -11,14 +11,12 @@ Importing this module imports no torch (``--help`` and ``--cfg job`` stay fast).
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import types
 import typing
 from collections.abc import Callable
-from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
@@ -31,119 +29,11 @@ from omegaconf.errors import (
 
 import vae_lightning.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from vae_lightning.errors import ConfigError, UserError
+from vae_lightning.groups import EXTRAS, group_hint, group_of, groups, installed
 
 log = logging.getLogger(__name__)
 
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
-
-# Optional integrations: a target that needs a package outside the default install, the modules
-# that provide it (any one will do) and the extra that installs them.
-EXTRAS = {
-    "lightning.pytorch.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
-    "vae_lightning.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
-    "lightning.pytorch.loggers.MLFlowLogger": (("mlflow",), "mlflow"),
-    "vae_lightning.loggers.MLFlowLogger": (("mlflow",), "mlflow"),
-    "lightning.pytorch.callbacks.RichProgressBar": (("rich",), "rich"),
-    "lightning.pytorch.callbacks.RichModelSummary": (("rich",), "rich"),
-    "vae_lightning.callbacks.ConfigTree": (("rich",), "rich"),
-}
-
-
-class Plugin(NamedTuple):
-    """A Hydra plugin that an extra installs: the config options it adds (a group's option, or
-    every option under a group ending in ``/``) and the modules it needs (all of them)."""
-
-    options: tuple[str, ...]
-    modules: tuple[str, ...]
-
-
-PLUGINS = {
-    "sweep": Plugin(("hydra/launcher/joblib",), ("hydra_plugins.hydra_joblib_launcher", "joblib")),
-    "slurm": Plugin(("hydra/launcher/submitit_slurm", "hydra/launcher/submitit_local"),
-                    ("hydra_plugins.hydra_submitit_launcher", "submitit")),
-    "search": Plugin(("hydra/sweeper/optuna", "hydra/sweeper/sampler/"),
-                     ("hydra_plugins.hydra_optuna_sweeper", "optuna", "sqlalchemy")),
-}
-
-
-def plugin_extra(option: str) -> str | None:
-    """The extra that installs the Hydra plugin adding config ``option`` (e.g.
-    ``hydra/launcher/joblib``: ``sweep``), if one does."""
-    return next((extra for extra, plugin in PLUGINS.items() if any(
-        option == known or (known.endswith("/") and option.startswith(known))
-        for known in plugin.options)), None)
-
-
-def missing_plugins(hydra: DictConfig) -> str | None:
-    """What the launcher and sweeper chosen in ``hydra`` (Hydra's config) need and is not
-    installed, as one sentence naming the extra to install; None when nothing is missing."""
-    for key in ("launcher", "sweeper"):
-        target = str(OmegaConf.select(hydra, f"{key}._target_", default="") or "")
-        for extra, plugin in PLUGINS.items():
-            if target.startswith(plugin.modules[0] + "."):
-                missing = [m for m in plugin.modules if not _installed(m)]
-                if missing:
-                    return (f"hydra/{key}={hydra.runtime.choices.get(f'hydra/{key}', key)} needs "
-                            f"the {missing[0]} package, which is not installed: "
-                            f'pip install "vae-lightning[{extra}]".')
-    return None
-
-
-class Group(NamedTuple):
-    """A config group of ``conf/``: where its options go in the config (None: they are global,
-    ``# @package _global_``) and their names."""
-
-    package: str | None
-    options: tuple[str, ...]
-
-
-@functools.cache
-def groups() -> dict[str, Group]:
-    """The config groups of the package's ``conf/`` (Hydra's ``hydra/...`` left out), by path
-    (``model/prior``), each with its package (an option's ``# @package`` line, else the path
-    with dots, as Hydra places it) and its options."""
-    found: dict[str, Group] = {}
-
-    def walk(folder: Any, path: str) -> None:
-        options = sorted(item.name[:-5] for item in folder.iterdir() if item.is_file()
-                         and item.name.endswith(".yaml") and not item.name.startswith("_"))
-        if path and options:
-            first = next(item for item in folder.iterdir() if item.name == options[0] + ".yaml")
-            header = re.match(r"# @package (\S+)", first.read_text())
-            package = header.group(1) if header else path.replace("/", ".")
-            found[path] = Group(None if package == "_global_" else package, tuple(options))
-        for item in folder.iterdir():
-            if item.is_dir() and item.name not in ("hydra", "__pycache__"):
-                walk(item, f"{path}/{item.name}" if path else item.name)
-
-    walk(resources.files("vae_lightning.conf"), "")
-    return found
-
-
-def option_text(group: str, option: str) -> str:
-    """The YAML of option ``option`` of config group ``group`` ("" if there is none)."""
-    path = resources.files("vae_lightning.conf").joinpath(*group.split("/"), f"{option}.yaml")
-    return path.read_text() if path.is_file() else ""
-
-
-def group_hint(key: str, value: Any = None) -> str | None:
-    """For ``key=value`` where ``key`` is not a group but names one further down (``prior``
-    for ``model/prior``): one sentence with the override to use; else None."""
-    nested = [path for path in groups() if path.split("/")[-1] == key and path != key]
-    if not nested:
-        return None
-    path = nested[0]
-    options = groups()[path].options
-    choice = value if value in options else "<option>"
-    return (f"{key}={value}: there is no top-level {key}; {key} is the config group {path}: "
-            f"{path}={choice} (options: {', '.join(options)}).")
-
-
-def group_of(key: str) -> tuple[str, Group] | None:
-    """The config group whose options are placed at ``key`` (``model.prior``: ``model/prior``)."""
-    return next(((path, group) for path, group in groups().items() if group.package == key),
-                None)
-
 
 def target_nodes(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
     """Every config node with a ``_target_``, with its dotted key (the hydra node excluded)."""
@@ -236,7 +126,7 @@ def problems(cfg: DictConfig) -> list[str]:
             if part is not None and (value is not None or not part[1]):
                 found.setdefault(f"{path}.{name}", _not_a_part(f"{path}.{name}", value, part[0]))
         modules, extra = EXTRAS.get(node._target_, ((), None))
-        if modules and not any(map(_installed, modules)):
+        if modules and not any(map(installed, modules)):
             found[path] = (f"{path} ({node._target_}) needs the {modules[0]} package, which is "
                            f'not installed: pip install "vae-lightning[{extra}]".')
     found.update(_stopping_problems(cfg))
@@ -415,15 +305,6 @@ def _show(value: Any) -> str:
     if value is None:
         return "null"
     return repr(value) if not isinstance(value, list | tuple) else str(list(value))
-
-
-def _installed(module: str) -> bool:
-    from importlib.util import find_spec
-
-    try:
-        return find_spec(module) is not None
-    except (ImportError, ValueError):  # a broken or blocked installation
-        return False
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

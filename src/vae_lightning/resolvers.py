@@ -13,7 +13,7 @@
 - ``${sum:${.layers}}``: the sum of a list of numbers (``model=hierarchy``: the latent size is
   the sum of the stochastic layers' sizes).
 - ``${config_groups:}``: the config groups and their options, one line each, for ``--help``
-  (``config.groups``: the bases a group's options start from, named ``_*``, are not options).
+  (``groups.groups``: the bases a group's options start from, named ``_*``, are not options).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def total(values) -> int | float:
 
 
 def config_groups() -> str:
-    from vae_lightning.config import groups  # config imports this module
+    from vae_lightning.groups import groups
 
     return "\n".join(f"{path}: {', '.join(group.options)}"
                      for path, group in sorted(groups().items()))

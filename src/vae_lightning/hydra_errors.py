@@ -1,0 +1,112 @@
+"""What Hydra, OmegaConf, the sweepers and failed writes raise, as the ``UserError`` it stands
+for: one line naming the key, the value and what is accepted, with its exit code
+(``errors.EXIT_CODES``); None where an error is a bug, to be raised as it is.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vae_lightning.errors import ConfigError, UserError
+
+
+def user_error(err: Exception) -> UserError | None:
+    """``err`` as the ``UserError`` it is or stands for (a failed write), else None: a bug."""
+    if isinstance(err, UserError):
+        return err
+    if isinstance(err, OSError | RuntimeError):
+        from vae_lightning.checkpoints import unwritable
+
+        return unwritable(getattr(err, "filename", None) or "the run's files", err)
+    return None
+
+
+def value_error(err: ValueError) -> UserError:
+    """The ``UserError`` a ``ValueError`` out of Hydra or a sweeper stands for; else re-raise."""
+    if str(err) == "Record does not exist.":  # Optuna's sweeper asks for the best trial of a
+        from vae_lightning.sweeps import SWEEP_FAILED  # study in which no trial completed
+
+        failure = UserError("no trial of the search completed (each failed: see its "
+                            "results.json and log above), so the study has no best trial.")
+        failure.exit_code = SWEEP_FAILED
+        return failure
+    if str(err).startswith("Config group override must be"):
+        return ConfigError(_group_value_message() or str(err))
+    raise err
+
+
+def _group_value_message() -> str | None:
+    """For ``group=<not a name>`` on the command line (``callbacks=3``, ``logger=null``): the
+    override, and the group's options."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vae_lightning.groups import groups
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [arg for arg in sys.argv[1:] if not arg.startswith("-")])
+    except Exception:
+        return None
+    for override in overrides:
+        group = groups().get(override.key_or_group)
+        if group is not None and not isinstance(override.value(), str | list):
+            none = (f"; {override.key_or_group}=none for none" if "none" in group.options
+                    else "")
+            return (f"{override.input_line} is not allowed: {override.key_or_group} is a config "
+                    f"group; choose one of its options: {', '.join(group.options)}{none}.")
+    return None
+
+
+def study_error(err: Exception) -> ConfigError | None:
+    """An Optuna study's storage that cannot be read (SQLAlchemy's ``DatabaseError``), named."""
+    if type(err).__module__.split(".")[0] != "sqlalchemy" or "DatabaseError" not in {
+            c.__name__ for c in type(err).__mro__}:
+        return None
+    storage = OmegaConf.select(HydraConfig.get(), "sweeper.storage", default=None) \
+        if HydraConfig.initialized() else None
+    return ConfigError(f"The Optuna study storage {storage or '(hydra.sweeper.storage)'} cannot "
+                       f"be read ({str(err.args[0] if err.args else err).splitlines()[0]}); "
+                       "move the file away to start a new study, or choose another "
+                       "hydra.sweep.dir.")
+
+
+def hydra_message(err: Exception) -> str:
+    """Hydra's and OmegaConf's multi-line messages as one paragraph; for a group named without
+    its parent (``prior=vamp``) or a plugin's option whose extra is not installed, what to do."""
+    from vae_lightning.groups import group_hint, plugin_extra
+
+    text = str(err).split("Config search path:")[0]
+    override = re.search(r"Could not override '([^']+)'.*use \+\1=(\S+)", text, re.S)
+    if override and (hint := group_hint(override.group(1), override.group(2))):
+        return hint
+    missing = re.search(r"Could not (?:find|load) '(hydra/[^']+)'", text)
+    if missing and (extra := plugin_extra(missing.group(1))):
+        return _missing_plugin(missing.group(1), extra)
+    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()
+             and not line.strip().startswith(("object_type=", "Set the environment variable"))]
+    message = re.sub(r":;", ":", "; ".join(lines)) + "."
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in message:
+        message += f" ({str(cause).splitlines()[0]})"
+    return message
+
+
+def _missing_plugin(option: str, extra: str) -> str:
+    """A plugin's config option (``hydra/sweeper/optuna``) that Hydra cannot find: its extra,
+    and the choice on the command line that asked for it (``hparams_search=optuna``)."""
+    from vae_lightning.groups import groups, option_text
+
+    group, name = option.rsplit("/", 1)
+    chosen = f"{group}={name}"
+    asked = [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")
+             and arg.split("=")[0].lstrip("+~") in groups()
+             and re.search(rf"{group.removeprefix('hydra/')}: {name}\b",
+                           option_text(arg.split("=")[0].lstrip("+~"), arg.split("=", 1)[1]))]
+    via = f"{asked[0]} chooses {chosen}, which" if asked else chosen
+    return (f"{via} needs a Hydra plugin that is not installed: "
+            f'pip install "vae-lightning[{extra}]".')

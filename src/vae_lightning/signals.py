@@ -1,0 +1,58 @@
+"""A signal outside training (SIGTERM, or Ctrl-C between the jobs of a sweep) ends the command
+with one line saying what was kept and how to go on; during training Lightning's handler stops
+the run at the epoch's end (``train.py``) and the handler here does nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from vae_lightning.errors import Interrupted
+
+
+class Signal(BaseException):
+    """A signal outside training, raised in the main thread as Python raises KeyboardInterrupt
+    for Ctrl-C: not an ``Exception``, so that no ``except Exception`` on its way (in a library,
+    in Hydra's job runner) takes it for an error of its own and goes on."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM outside training ends the command (``Signal``). During training Lightning's
+    handler runs this one after its own, which stops the run at the epoch's end (``train.py``):
+    then nothing is done here."""
+    if signal.getsignal(signum) is not on_signal:
+        return
+    raise Signal(signum)
+
+
+def stopped(signum: int, run_dir: str | None) -> Interrupted:
+    """A signal outside training as the error to report, with what to do: resume from the run's
+    last checkpoint, or run the command again."""
+    from vae_lightning import rundir, sweeps
+
+    again = " ".join(["vae-train", *(o for o in sweeps.overrides()
+                                     if not o.startswith("ckpt_path="))])
+    last = rundir.last_checkpoint(run_dir) if run_dir else None
+    if last is not None and last.is_file():
+        what = (f" outside training; the state after the latest epoch is in {last}. Resume "
+                f"with: {again} ckpt_path={last}")
+    elif run_dir:
+        what = f" before the run trained; nothing was trained. Run it again: {again}"
+    else:
+        what = "; nothing more was written. Run the command again"
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+    return Interrupted(f"Stopped by {name}{what}.", signum)
+
+
+def catch(signum: int) -> Any:
+    """Install ``on_signal`` for ``signum``; the handler it replaces (None: not the main
+    thread, where signals cannot be handled)."""
+    try:
+        return signal.signal(signum, on_signal)
+    except ValueError:
+        return None

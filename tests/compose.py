@@ -28,12 +28,18 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
     return cfg
 
 
+# Options whose parts depend on a class label (a conditional VAE's, vae_lightning.conditional):
+# they need data with labels (MNIST's, not Frey Face's) and model.classes.
+LABELLED = {"class_normal"}
+
+
 def small_prior(prior: str) -> list[str]:
     """The overrides choosing ``prior`` at a size a test trains in a moment (stochastic layers:
     two, in the tests' 2-d latent space)."""
     small = {"mog": ["model.prior.n_components=4"], "vamp": ["model.prior.n_components=4"],
              "flow": ["model.prior.length=2", "model.prior.hidden=[8]"],
-             "hierarchy": ["model.prior.layers=[1,1]", "model.prior.net.hidden=[4]"]}
+             "hierarchy": ["model.prior.layers=[1,1]", "model.prior.net.hidden=[4]"],
+             "class_normal": ["model.classes=10"]}
     return [f"model/prior={prior}", *small.get(prior, [])]
 
 

@@ -7,7 +7,14 @@ import itertools
 
 import pytest
 import torch
-from compose import CONF, compose_train, posterior_features, small_posterior, small_prior
+from compose import (
+    CONF,
+    LABELLED,
+    compose_train,
+    posterior_features,
+    small_posterior,
+    small_prior,
+)
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.train import build_run
@@ -15,8 +22,9 @@ from vae_lightning.train import build_run
 GROUPS = ("model/prior", "model/likelihood", "model/posterior")
 OPTIONS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in GROUPS}
 COMBINATIONS = [
-    *[(prior, "gaussian", posterior, "frey") for prior, posterior in itertools.product(
-        OPTIONS["model/prior"], OPTIONS["model/posterior"])],
+    *[(prior, "gaussian", posterior, "mnist" if prior in LABELLED else "frey")
+      for prior, posterior in itertools.product(OPTIONS["model/prior"],
+                                                OPTIONS["model/posterior"])],
     *[("normal", likelihood, "gaussian", data) for likelihood, data in itertools.product(
         OPTIONS["model/likelihood"], ("frey", "mnist"))],
 ]
@@ -27,19 +35,21 @@ SMALL = ["model.latent=2", "model.encoder.net.hidden=[8]", "model.decoder.net.hi
 def _model_and_batch(overrides, tmp_path):
     run = build_run(compose_train(overrides, tmp_path))
     run.datamodule.setup("fit")
-    x, _ = run.datamodule.to_inputs(next(iter(run.datamodule.train_dataloader())))
-    return run.model, x[:16]
+    x, y = run.datamodule.to_inputs(next(iter(run.datamodule.train_dataloader())))
+    return run.model, x[:16], y[:16]
 
 
-def _one_step(model, x):
-    """One optimizer step on the objective's loss: (loss before, parameters changed)."""
+def _one_step(model, x, y):
+    """One optimizer step on the objective's loss, the parts given the labels ``y`` (a
+    conditional model's): (loss before, parameters changed)."""
     optimizer = model.configure_optimizers()
     if isinstance(optimizer, list | tuple):  # the model's, then an objective's own (FactorVAE)
         optimizer = optimizer[0]
     if isinstance(optimizer, dict):  # with its learning-rate schedule
         optimizer = optimizer["optimizer"]
     before = [p.detach().clone() for p in model.parameters()]
-    loss, bound = model.objective.loss(model, x)
+    with model.given(y):
+        loss, bound = model.objective.loss(model, x)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -84,27 +94,30 @@ def test_every_combination_trains_a_step_with_finite_loss(prior, likelihood, pos
         with pytest.raises(ConfigError, match="density"):
             build_run(compose_train(overrides, tmp_path))
         return
-    model, x = _model_and_batch(overrides, tmp_path)
-    loss, bound, changed = _one_step(model, x)
+    model, x, y = _model_and_batch(overrides, tmp_path)
+    loss, bound, changed = _one_step(model, x, y)
     assert torch.isfinite(loss) and torch.isfinite(bound.elbo).all() and changed
-    assert torch.isfinite(model.bound(x).elbo).all()
+    assert torch.isfinite(model.bound(x, y).elbo).all()
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("prior", OPTIONS["model/prior"])
-def test_every_objective_trains_with_every_prior_it_accepts(objective, prior, tmp_path):
-    overrides = ["data=frey", f"model/objective={objective}", *small_prior(prior), *SMALL]
+def test_every_objective_trains_with_every_prior_it_accepts(objective, prior, mnist_like,
+                                                            tmp_path):
+    data = (["data=mnist", f"data.root={mnist_like}", "data.val_size=50"] if prior in LABELLED
+            else ["data=frey"])
+    overrides = [*data, f"model/objective={objective}", *small_prior(prior), *SMALL]
     if objective == "wake_sleep" and prior == "vamp":
         with pytest.raises(ConfigError, match="(?s)model.*VampPrior.*wake-sleep"):
             build_run(compose_train(overrides, tmp_path))
         return
     torch.manual_seed(0)
     try:
-        model, x = _model_and_batch(overrides, tmp_path)
+        model, x, y = _model_and_batch(overrides, tmp_path)
     except ConfigError as err:  # a pair the parts' features rule out, named when composed
         assert prior != "normal", f"every objective takes the paper's prior: {err}"
         assert "does not have" in str(err) and "prior" in str(err), err
         return
-    loss, bound, changed = _one_step(model, x)
+    loss, bound, changed = _one_step(model, x, y)
     assert torch.isfinite(loss) and changed
     assert bound.elbo.shape == (len(x),) and torch.isfinite(bound.elbo).all()

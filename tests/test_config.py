@@ -31,6 +31,8 @@ def _option_overrides(group, option):
         overrides.append("data=frey")
     if (group, option) == ("model/posterior", "ladder"):  # with its top-down prior
         overrides.append("model=ladder")
+    if option in ("conditional_mlp", "class_normal"):  # a conditional model's parts
+        overrides.append("model.classes=10")
     return overrides
 
 

@@ -307,8 +307,10 @@ def _evaluate(cfg: DictConfig) -> float:
         for i, layer in enumerate(results.get("layers", []), start=1):  # stochastic layers
             kl = f", KL {layer['kl']:.2f} nats" if layer["kl"] is not None else ""
             print(f"  z_{i}: {layer['active_units']} of {layer['size']} units active{kl}")
+        given = ("; bounds on log p(x|y), each image given its label"
+                 if results["bound_of"] == "log p(x|y)" else "")
         print(f"(k={results['k']}, n={results['n']}; {results['active_units']} of "
-              f"{results['latent']} latent units active) written to {results['path']}")
+              f"{results['latent']} latent units active{given}) written to {results['path']}")
         return results["iw"]["nats"]
 
     return _run(task, cfg)

@@ -132,7 +132,7 @@ class Evaluation:
                         break
                     x, y = x[:left], y[:left]
                     left -= len(x)
-                yield datamodule.to_inputs((x.to(self.device), y))[0]
+                yield datamodule.to_inputs((x.to(self.device), y.to(self.device)))
 
         points = len(loader.sampler.shard()) if self.limit is None else min(
             self.limit, len(loader.sampler.shard()))
@@ -159,6 +159,8 @@ class Evaluation:
             "active_units": estimates["active_units"],
             "latent": estimates["latent"],
             **({"layers": estimates["layers"]} if "layers" in estimates else {}),
+            # A conditional model's bounds are of log p(x|y), each image given its label.
+            "bound_of": "log p(x|y)" if model.classes is not None else "log p(x)",
             "input_dim": math.prod(model.data_shape),
             "data": getattr(datamodule, "name", None),
             "data_source": source,
@@ -264,14 +266,16 @@ class Evaluation:
                 "samples_are": "E[x|z]" if self.sample_mean else "x ~ p(x|z)",
                 "seed": seed, "seconds": round(time.perf_counter() - start, 1)}
 
-    def _refuse_unfinishable(self, model: VAE, x: Tensor, points: int) -> None:
-        """Time one decoder pass on the first batch (in a forked random stream: the estimate's
-        draws stay those of the seed) and refuse an evaluation that would take more than
-        ``max_hours``."""
+    def _refuse_unfinishable(self, model: VAE, batch: tuple[Tensor, Tensor], points: int) -> None:
+        """Time one decoder pass on the first batch ``(x, y)`` (in a forked random stream: the
+        estimate's draws stay those of the seed) and refuse an evaluation that would take more
+        than ``max_hours``."""
         if self.max_hours is None:
             return
+        x, y = batch
         chunk = min(self.k, self.chunk or auto_chunk(x, self.k))
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        with (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []),
+              model.given(y)):
             importance_weighted(model, x, chunk, chunk)  # warm-up
             start = time.perf_counter()
             importance_weighted(model, x, chunk, chunk)

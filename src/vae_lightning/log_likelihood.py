@@ -45,24 +45,27 @@ class Estimate:
         return cls(mean, se, -mean / per_bit, se / per_bit)
 
 
-def evaluate(model: VAE, batches: Iterable[Tensor], k: int,
+def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int,
              chunk: int | None = None) -> dict[str, Any]:
-    """The ELBO and IW estimates over all ``batches`` (model inputs on the model's device):
+    """The ELBO and IW estimates over all ``batches`` (model inputs on the model's device, or
+    ``(x, y)`` pairs: a conditional model's estimates are then of log p(x|y)):
     ``{"elbo": Estimate, "iw": Estimate, "n": number of data points, "active_units": the
     latent dimensions whose posterior mean varies over the data by more than ACTIVE}``; with
     stochastic layers, also ``"layers"``: each layer's size, active units and (where q and p
     are both chains over the layers) KL in nats, from one draw per data point."""
     model.eval()
     elbos, iws, means, kls = [], [], [], []
-    for x in batches:
-        elbo, iw = importance_weighted(model, x, k, chunk)
-        elbos.append(elbo.cpu())
-        iws.append(iw.cpu())
-        with torch.no_grad():
-            q = model.encoder(x)
-            means.append(model.encoder.location(q).cpu().double())
-            if model.encoder.posterior.layers:
-                kls.append(layer_kls(q, model.prior.distribution()))
+    for batch in batches:
+        x, y = batch if isinstance(batch, tuple | list) else (batch, None)
+        with model.given(y):
+            elbo, iw = importance_weighted(model, x, k, chunk)
+            elbos.append(elbo.cpu())
+            iws.append(iw.cpu())
+            with torch.no_grad():
+                q = model.encoder(x)
+                means.append(model.encoder.location(q).cpu().double())
+                if model.encoder.posterior.layers:
+                    kls.append(layer_kls(q, model.prior.distribution()))
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
     activity = torch.cat(means).var(0)

@@ -3,10 +3,11 @@ bound, and is the model users load and use (``encode``, ``decode``, ``sample``, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from vae_lightning.graphs import GraphedStep, graph_problems, runtime_problems
 from vae_lightning.likelihoods import Decoder
 from vae_lightning.metrics import BITS, TERMS, BoundMean, BoundTerm
 from vae_lightning.objectives import Objective, importance_weighted
-from vae_lightning.parts import Bound, unmet
+from vae_lightning.parts import Bound, Conditional, unmet
 from vae_lightning.posteriors import Encoder
 from vae_lightning.priors import Prior
 from vae_lightning.rebuild import load_model
@@ -52,6 +53,8 @@ class VAE(L.LightningModule):
     ``steps_per_batch`` K > 1 takes K optimizer steps per training batch, one per minibatch of
     the list of K minibatches a batch then is (the data module's ``steps_per_batch``), with
     manual optimization: the same steps as K = 1, with Lightning's per-batch cost paid once.
+    ``classes`` K: the model is conditional on a class label y in 0..K-1 served with each image
+    (``conditional``: its parts that depend on y get each batch's labels, ``given``).
 
     Load a trained model with ``VAE.load_from_checkpoint(path)``.
     """
@@ -70,6 +73,7 @@ class VAE(L.LightningModule):
         steps_per_batch: PositiveInt = 1,
         schedule: Callable[[int], float] | None = None,
         cuda_graph: bool = False,
+        classes: PositiveInt | None = None,
     ) -> None:
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
@@ -88,7 +92,18 @@ class VAE(L.LightningModule):
         if problems:
             raise ValueError("; ".join(problems) + ". Choose a posterior, prior and objective "
                              "that fit (docs/configuration.md, the parts' features).")
-        objective.check(self)
+        # The parts that depend on a class label (a conditional VAE), handed each batch's labels.
+        self._conditional = tuple(m for m in self.modules() if isinstance(m, Conditional))
+        self.classes = classes
+        if {part.classes for part in self._conditional} - {classes}:
+            raise ValueError(f"classes={classes}, but parts of the model are conditional on "
+                             f"{sorted({part.classes for part in self._conditional})} classes: "
+                             "set model.classes to the number of classes the labels take")
+        if cuda_graph and self._conditional:
+            raise ValueError("cuda_graph=true cannot be used with a conditional model: the "
+                             "captured graph would keep the labels of its first step")
+        with self.given(torch.zeros(1, dtype=torch.int64)):  # probes of one point, class 0
+            objective.check(self)
         if compile:  # in place: parameter names, and so checkpoints, stay the same
             self.encoder.net.compile()
             self.decoder.net.compile()
@@ -122,47 +137,86 @@ class VAE(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
+    @contextlib.contextmanager
+    def given(self, y: Tensor | None) -> Iterator[None]:
+        """Hand the labels ``y`` ``[batch]`` to the parts that depend on them
+        (``parts.Conditional``) while the block runs; a model without such parts ignores ``y``."""
+        if not self._conditional:
+            yield
+            return
+        for part in self._conditional:
+            part.given(None if y is None else y.to(self.device))
+        try:
+            yield
+        finally:
+            for part in self._conditional:
+                part.given(None)
+
+    def labels(self, y: Tensor | int | None, n: int, what: str = "sample") -> Tensor | None:
+        """``n`` labels on the model's device for ``what`` (a method's name): ``y``, one class
+        for all or one per item; for ``sample`` given none, the classes in turn (0, 1, ...,
+        K-1, 0, ...), so that a grid of K columns shows one class per column; None for an
+        unconditional model."""
+        if not self._conditional:
+            return None
+        if y is None:
+            if what != "sample":
+                raise ValueError(f"{what}: this model is conditional on a class label (0.."
+                                 f"{self.classes - 1}): give the labels, y=...")
+            return torch.arange(n, device=self.device) % self.classes
+        if isinstance(y, int):
+            return torch.full((n,), y, device=self.device)
+        return torch.as_tensor(y, device=self.device).long()
+
     @property
     def method(self) -> str:
         """The training algorithm, as results and Fig. 2 name it (``aevb``, ``wake_sleep``)."""
         return self.objective.method
 
     # ----------------------------------------------------------------------------- training
-    def bound(self, x: Tensor) -> Bound:
-        """The ELBO terms of each data point of ``x``: the objective's evaluation bound."""
-        return self.objective.bound(self, x)
+    def bound(self, x: Tensor, y: Tensor | None = None) -> Bound:
+        """The ELBO terms of each data point of ``x`` (given its labels ``y``, for a conditional
+        model): the objective's evaluation bound."""
+        with self.given(y):
+            return self.objective.bound(self, x)
 
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         """One optimizer step on the ``(x, y)`` batch, taken by Lightning; or, with
         ``steps_per_batch`` K > 1, one step per ``(x, y)`` minibatch of the list ``batch``,
         taken here, so that Lightning's per-batch cost is paid once every K steps."""
         if self.automatic_optimization:
-            loss = self._step_loss(batch[0])
+            with self.given(batch[1]):
+                loss = self._step_loss(batch[0])
             if self._logger_writes_this_step():
                 self._log_loss(loss)
             return loss
         optimizer, *auxiliary = (self.optimizers() if self.auxiliary
                                  else [self.optimizers()])
-        for x, _ in ([batch] if isinstance(batch[0], Tensor) else batch):
-            if self.cuda_graph:
-                loss = self._graphed_loss(x, optimizer)
-            else:
-                loss = self._step_loss(x)
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-            optimizer.step()
-            for update, aux_optimizer in zip(self.auxiliary, auxiliary):
-                aux_optimizer.zero_grad()
-                self.manual_backward(update.loss(self, x))
-                # The torch optimizer itself: Lightning's wrapper would count the update as an
-                # optimizer step, and the model's step count (schedules, max_steps) is the
-                # model's.
-                aux_optimizer.optimizer.step()
+        for x, y in ([batch] if isinstance(batch[0], Tensor) else batch):
+            with self.given(y):
+                loss = self._manual_step(x, optimizer, auxiliary)
             # Stop where Lightning would after a one-step batch: max_steps, trainer.max_samples.
             if self.trainer.should_stop or 0 <= self.trainer.max_steps <= self.global_step:
                 break
         self._log_loss(loss)  # once per batch: Lightning writes it every log_every_n_steps batches
         return None
+
+    def _manual_step(self, x: Tensor, optimizer: Any, auxiliary: Sequence[Any]) -> Tensor:
+        """One step of the model's optimizer on ``x``, then the objective's own updates."""
+        if self.cuda_graph:
+            loss = self._graphed_loss(x, optimizer)
+        else:
+            loss = self._step_loss(x)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+        optimizer.step()
+        for update, aux_optimizer in zip(self.auxiliary, auxiliary):
+            aux_optimizer.zero_grad()
+            self.manual_backward(update.loss(self, x))
+            # The torch optimizer itself: Lightning's wrapper would count the update as an
+            # optimizer step, and the model's step count (schedules, max_steps) is the model's.
+            aux_optimizer.optimizer.step()
+        return loss
 
     def _step_loss(self, x: Tensor) -> Tensor:
         """The loss of one optimizer step on the minibatch ``x``; counts its samples, adds its
@@ -207,17 +261,18 @@ class VAE(L.LightningModule):
         return self.trainer.should_stop or (every > 0 and (self.global_step + 1) % every == 0)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._update("val", self.bound(batch[0]))
+        self._update("val", self.bound(*batch))
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._update("test", self.bound(batch[0]))
+        self._update("test", self.bound(*batch))
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Per data point: the posterior's mean (its location where it has no mean), its
         standard deviation (where the family has one in closed form), and the ELBO (nats)."""
-        x = batch[0]
-        q = self.encoder(x)
-        out = {"z_mean": self.encoder.location(q), "elbo": self.bound(x).elbo}
+        x, y = batch
+        with self.given(y):
+            q = self.encoder(x)
+            out = {"z_mean": self.encoder.location(q), "elbo": self.bound(x).elbo}
         std = self.encoder.posterior.stddev(q)
         return out if std is None else {**out, "z_std": std}
 
@@ -358,47 +413,65 @@ class VAE(L.LightningModule):
     def _inputs(self, x: Tensor) -> Tensor:
         return x.to(self.device, torch.float32)
 
-    def encode(self, x: Tensor) -> Distribution:
-        """q(z|x) for a batch of images ``x`` ``[B, C, H, W]`` in the model's input range."""
-        return self.encoder(self._inputs(x))
+    def encode(self, x: Tensor, y: Tensor | int | None = None) -> Distribution:
+        """q(z|x) for a batch of images ``x`` ``[B, C, H, W]`` in the model's input range (given
+        their labels ``y``, for a conditional model: see ``sample``)."""
+        x = self._inputs(x)
+        with self.given(self.labels(y, len(x), "encode")):
+            return self.encoder(x)
 
-    def decode(self, z: Tensor) -> Distribution:
-        """p(x|z) for latent points ``z`` ``[..., latent]``: a distribution over images."""
-        return self.decoder(z.to(self.device))
+    def decode(self, z: Tensor, y: Tensor | int | None = None) -> Distribution:
+        """p(x|z) for latent points ``z`` ``[..., B, latent]``: a distribution over images (given
+        the labels ``y`` of the B points, for a conditional model: see ``sample``)."""
+        z = z.to(self.device)
+        with self.given(self.labels(y, z.shape[-2] if z.dim() > 1 else 1, "decode")):
+            return self.decoder(z)
 
     @torch.no_grad()
-    def images(self, z: Tensor, mean: bool = True) -> Tensor:
+    def images(self, z: Tensor, mean: bool = True, y: Tensor | int | None = None) -> Tensor:
         """The images of latent points ``z`` ``[..., latent]``: E[x|z], the mean of p(x|z)
-        (``mean``), or a draw x ~ p(x|z)."""
-        likelihood = self.decode(z)
+        (``mean``), or a draw x ~ p(x|z) (given ``y``, for a conditional model)."""
+        likelihood = self.decode(z, y)
         return likelihood.mean if mean else likelihood.sample()
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = True) -> Tensor:
+    def sample(self, n: int, mean: bool = True, y: Tensor | int | None = None) -> Tensor:
         """``n`` images from the model, ``[n, C, H, W]``: z ~ p(z), then E[x|z] (``mean``) or a
-        draw x ~ p(x|z)."""
-        return self.images(self.prior.sample(n), mean)
+        draw x ~ p(x|z). A conditional model draws z ~ p(z|y), x ~ p(x|z, y) for the class
+        ``y`` (one for all, or one per image; default: the classes in turn, 0..K-1, 0, ...)."""
+        y = self.labels(y, n, "sample")
+        with self.given(y):
+            z = self.prior.sample(n)
+        return self.images(z, mean, y)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """E[x | z = E_q[z|x]]: each image decoded from its posterior mean."""
-        return self.images(self.encoder.location(self.encode(x)))
+    def reconstruct(self, x: Tensor, y: Tensor | int | None = None) -> Tensor:
+        """E[x | z = E_q[z|x]]: each image decoded from its posterior mean (given its label
+        ``y``, for a conditional model)."""
+        y = self.labels(y, len(x), "reconstruct")
+        return self.images(self.encoder.location(self.encode(x, y)), y=y)
 
     @torch.no_grad()
-    def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 10) -> Tensor:
+    def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 10,
+                    y: Tensor | int | None = None) -> Tensor:
         """Images along the straight line between the posterior means of ``x1`` and ``x2`` (two
         images ``[C, H, W]``, or two batches ``[B, C, H, W]``): ``[steps, (B,) C, H, W]``,
-        from x1's end to x2's."""
-        z1, z2 = (self.encoder.location(self.encode(x)) for x in (x1, x2))
+        from x1's end to x2's (for a conditional model, all given the labels ``y``)."""
+        y = self.labels(y, len(x1) if x1.dim() == 4 else 1, "interpolate")
+        z1, z2 = (self.encoder.location(self.encode(x, y)) for x in (x1, x2))
         t = torch.linspace(0.0, 1.0, steps, device=self.device).view(-1, *[1] * z1.dim())
-        return self.images((1 - t) * z1 + t * z2)
+        return self.images((1 - t) * z1 + t * z2, y=y)
 
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int | None = None) -> Tensor:
+    def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int | None = None,
+                       y: Tensor | int | None = None) -> Tensor:
         """The importance-weighted estimate of log p(x) per image, in nats, from k samples of
         q(z|x) (Burda et al. 2015), scored ``chunk`` at a time (None: ``auto_chunk``): what
-        ``eval.py`` reports."""
-        return importance_weighted(self, self._inputs(x), k, chunk)[1]
+        ``eval.py`` reports. For a conditional model, of log p(x|y) given the labels ``y``
+        (required: the bound is of x given its own label)."""
+        x = self._inputs(x)
+        with self.given(self.labels(y, len(x), "log_likelihood")):
+            return importance_weighted(self, x, k, chunk)[1]
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = "cpu",

@@ -9,6 +9,8 @@ values they exchange. The bottom layer of the package: it imports only torch.
 - Features: what a posterior family or a prior offers (``FEATURES``), which objectives and priors
   require (``requires``); ``unmet`` names a pair that cannot work, so the model refuses it when it
   is composed, before training, with one line.
+- ``Conditional``: a part that depends on a class label (``conditional``); the model hands it
+  each batch's labels, so objectives never see them.
 - ``scored_sample`` / ``scored_draws``: z ~ q with log q(z) from the same draw, so that a flow
   whose inverse is not computable (a planar flow) scores its samples through its forward pass.
 """
@@ -67,6 +69,17 @@ class Posterior(Protocol):
     def params(self, x: Tensor) -> Tensor: ...
 
     def location(self, q: Distribution) -> Tensor: ...
+
+
+@runtime_checkable
+class Conditional(Protocol):
+    """A part that depends on a class label y (``conditional``: a CVAE's networks, p(z|y)):
+    ``given(y)`` hands it the labels ``[batch]`` of the data it is about to see (None: none any
+    more); ``classes`` is the number of classes K, labels 0..K-1."""
+
+    classes: int
+
+    def given(self, y: Tensor | None) -> None: ...
 
 
 class Family(Protocol):

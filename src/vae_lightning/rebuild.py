@@ -197,8 +197,9 @@ def _check_data_shape(model: torch.nn.Module, path: str | Path) -> None:
         return
     shape = tuple(model.data_shape)
     try:
-        q = model.encoder(torch.zeros(1, *shape))
-        event = tuple(model.decoder(model.encoder.location(q)).event_shape)
+        with model.given(torch.zeros(1, dtype=torch.int64)):  # class 0, if conditional
+            q = model.encoder(torch.zeros(1, *shape))
+            event = tuple(model.decoder(model.encoder.location(q)).event_shape)
     except (RuntimeError, ValueError) as err:
         event = f"an error ({_reason(err)})"
     if event != shape:

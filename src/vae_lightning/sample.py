@@ -57,6 +57,9 @@ class Sampling:
     unless ``allow_other_data``), or loaded from the file beside the checkpoint where it was
     saved by an earlier fit with the same options (``refit``: fit anew all the same).
 
+    A conditional model (``model.classes``) draws z ~ p(z|y) and x ~ p(x|z, y) for the class
+    ``y``; without ``y``, for the classes in turn (0, 1, ..., K-1, 0, ...).
+
     The images are decoded ``CHUNK`` at a time straight into ``samples.npy`` on disk, so memory
     does not grow with n; n is refused before anything is drawn or fitted when the array would
     not fit on the output directory's disk.
@@ -77,7 +80,7 @@ class Sampling:
                  traverse: bool = False, traverse_steps: PositiveInt = 10,
                  traverse_span: PositiveFloat = 2.5, traverse_dims: PositiveInt | None = None,
                  traverse_gif: bool = False, traverse_bases: PositiveInt = 8,
-                 traverse_points: PositiveInt = 1000) -> None:
+                 traverse_points: PositiveInt = 1000, y: NonNegativeInt | None = None) -> None:
         self.ckpt_path, self.n, self.mean, self.seed = ckpt_path, n, mean, seed
         self.output_dir, self.trusted = output_dir, tuple(trusted)
         self.device = device_of("sample", device)
@@ -90,7 +93,7 @@ class Sampling:
         self.allow_other_data, self.batch_size = allow_other_data, batch_size
         self.traverse = dict(steps=traverse_steps, span=traverse_span, dims=traverse_dims,
                              gif=traverse_gif, bases=traverse_bases) if traverse else None
-        self.traverse_points = traverse_points
+        self.traverse_points, self.y = traverse_points, y
 
     def __call__(self) -> Path:
         """Write the array and the grid; return the folder."""
@@ -103,6 +106,7 @@ class Sampling:
         writable_directory(out, "output_dir")
         model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
         self._refuse_too_many(out, model.data_shape)
+        self._check_class(model)
         draw, source = self._z_source(model, config, checkpoint)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)
@@ -110,8 +114,10 @@ class Sampling:
                                           shape=(self.n, *model.data_shape))
         for start in range(0, self.n, CHUNK):
             count = min(CHUNK, self.n - start)
-            with torch.no_grad():
-                array[start:start + count] = model.images(draw(count), self.mean).cpu().numpy()
+            y = self._classes(model, start, count)
+            with torch.no_grad(), model.given(y):
+                array[start:start + count] = model.images(draw(count), self.mean,
+                                                          y).cpu().numpy()
         array.flush()
         del array
         (out / "samples.npy.tmp").replace(out / "samples.npy")
@@ -129,10 +135,12 @@ class Sampling:
         if self.traverse is not None:
             from vae_lightning.callbacks.figures import write_traversals
 
-            x = self._training_images(model, config, checkpoint)[:self.traverse_points]
+            x, y = (part[:self.traverse_points]
+                    for part in self._training_images(model, config, checkpoint))
             torch.manual_seed(self.seed)
             with torch.no_grad():
-                write_traversals(model, out, x.to(self.device), **self.traverse)
+                write_traversals(model, out, x.to(self.device), y=y.to(self.device),
+                                 **self.traverse)
         return out
 
     def _z_source(self, model: VAE, config: dict[str, Any], checkpoint: dict[str, Any]
@@ -140,7 +148,9 @@ class Sampling:
         """What draws n points z, and what they are drawn from, in words: the prior, or the
         fitted sampler (loaded from its file, or fitted and saved)."""
         if self.sampler == "prior":
-            return model.prior.sample, "p(z)"
+            return model.prior.sample, ("p(z)" if model.classes is None else
+                                        f"p(z|y), y = {self.y}" if self.y is not None else
+                                        f"p(z|y), y = 0..{model.classes - 1} in turn")
         sampler = self.samplers[self.sampler]
         path = fitted.fitted_path(self.ckpt_path, self.sampler)
         writable_directory(path.parent, "ckpt_path")  # before the fit: its result goes there
@@ -166,21 +176,40 @@ class Sampling:
                              checkpoint: dict[str, Any]) -> Tensor:
         """The location of q(z|x) (``Encoder.location``) of every training image, ``[N, latent]``
         on the CPU."""
-        x = self._training_images(model, config, checkpoint)
+        x, y = self._training_images(model, config, checkpoint)
         with torch.no_grad():
-            return torch.cat([model.encoder.location(model.encode(batch)).float().cpu()
-                              for batch in x.split(self.batch_size)])
+            return torch.cat([model.encoder.location(model.encode(xs, ys)).float().cpu()
+                              for xs, ys in zip(x.split(self.batch_size),
+                                                y.split(self.batch_size))])
 
     def _training_images(self, model: VAE, config: dict[str, Any],
-                         checkpoint: dict[str, Any]) -> Tensor:
-        """The training images, found and checked as ``vae-eval`` finds and checks its
-        split's (``checkpoint_data``)."""
+                         checkpoint: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """The training images and their labels, found and checked as ``vae-eval`` finds and
+        checks its split's (``checkpoint_data``)."""
         datamodule = checked_data(config, checkpoint, self.ckpt_path, "train", "sample",
                                   trusted=self.trusted, data_root=self.data_root,
                                   data_path=self.data_path,
                                   allow_other_data=self.allow_other_data,
                                   batch_size=self.batch_size)[0]
-        return datamodule.evaluation_data("train")
+        return datamodule.evaluation_data("train"), datamodule.evaluation_labels("train")
+
+    def _check_class(self, model: VAE) -> None:
+        """``y`` names a class of a conditional model, and only of one."""
+        if self.y is not None and model.classes is None:
+            raise ConfigError(f"y={self.y}: the model of {self.ckpt_path} is not conditional on "
+                              "a class label; leave y out (null).")
+        if self.y is not None and self.y >= model.classes:
+            raise ConfigError(f"y={self.y}: the model is conditional on {model.classes} classes; "
+                              f"choose y in 0..{model.classes - 1}, or null for each in turn.")
+
+    def _classes(self, model: VAE, start: int, count: int) -> Tensor | None:
+        """The classes of samples start..start+count of a conditional model: ``y``, or the
+        classes in turn (0, 1, ..., K-1, 0, ...); None for an unconditional model."""
+        if model.classes is None:
+            return None
+        if self.y is not None:
+            return torch.full((count,), self.y, device=self.device)
+        return torch.arange(start, start + count, device=self.device) % model.classes
 
     def _refuse_too_many(self, out: Path, shape: Sequence[int]) -> None:
         """Refuse an n whose float32 array would not fit on the output directory's disk."""

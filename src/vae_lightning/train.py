@@ -98,6 +98,22 @@ def build_run(cfg: DictConfig) -> Run:
     return Run(datamodule, model, resume_from, checkpoint, record)
 
 
+def _check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
+    """A conditional model (``model.classes`` K) takes labels 0..K-1: refuse data whose labels
+    fall outside (or that have none, -1) before the first step."""
+    if model.classes is None:
+        return
+    for split, (_, y) in datamodule.splits.items():
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= model.classes):
+            low, high = int(y.min()), int(y.max())
+            what = ("has no labels" if high < 0 else f"has labels {low}..{high}")
+            raise ConfigError(
+                f"model.classes={model.classes}: the model is conditional on labels "
+                f"0..{model.classes - 1}, and the data's {split} split {what}; set "
+                "model.classes to the number of classes, or train an unconditional model "
+                "(model=vae) on data without labels.")
+
+
 def _check_same_data(checkpoint: dict[str, Any], datamodule: L.LightningDataModule,
                      path: str) -> None:
     """A resumed run must train on the data it started with: refuse other data (another
@@ -204,6 +220,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")  # split too): a bad data file is an error before the first step
     if checkpoint is not None:
         _check_same_data(checkpoint, datamodule, resume_from)
+    _check_labels(model, datamodule)
     if resume_from is not None:
         rundir.record_resume(cfg.output_dir, _task_overrides())
     loggers = _instantiate_all(cfg.get("logger"), "logger",

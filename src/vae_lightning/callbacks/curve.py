@@ -26,6 +26,13 @@ from vae_lightning.args import PositiveInt, Range, checked, fail
 from vae_lightning.checkpoints import RunConfig
 
 
+def split_elbo(model: L.LightningModule, x: torch.Tensor, y: torch.Tensor,
+               batch_size: int) -> torch.Tensor:
+    """The ELBO of each data point of ``x`` (given its label in ``y``, for a conditional
+    model), ``batch_size`` points at a time."""
+    return torch.cat([model.bound(xs, ys).elbo
+                      for xs, ys in zip(x.split(batch_size), y.split(batch_size))])
+
 class BoundCurve(L.Callback):
     """Evaluate the ELBO (nats per data point) on ``splits`` at log-spaced samples seen.
 
@@ -76,9 +83,8 @@ class BoundCurve(L.Callback):
             torch.manual_seed(0)
             point = {"samples_seen": pl_module.samples_seen}
             for split in self.splits:
-                x = self._split(trainer, split, device)
-                chunks = x.split(self.batch_size)
-                elbo = torch.cat([pl_module.bound(chunk).elbo for chunk in chunks])
+                elbo = split_elbo(pl_module, *self._split(trainer, split, device),
+                                  self.batch_size)
                 point[f"{split}/elbo"] = elbo.double().mean().item()
         pl_module.train(training)
         self.points.append(point)
@@ -87,11 +93,13 @@ class BoundCurve(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         self._write(trainer, pl_module)
 
-    def _split(self, trainer: L.Trainer, split: str, device: torch.device) -> torch.Tensor:
+    def _split(self, trainer: L.Trainer, split: str,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self._data:
             dm = trainer.datamodule
             dm.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-            self._data[split] = dm.evaluation_data(split, device)
+            self._data[split] = (dm.evaluation_data(split, device),
+                                 dm.evaluation_labels(split, device))
         return self._data[split]
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -99,7 +107,7 @@ class BoundCurve(L.Callback):
             "data": getattr(trainer.datamodule, "name", None),
             "latent": pl_module.latent,
             "method": pl_module.method,
-            **{f"{split}_size": len(self._data[split]) for split in self.splits},
+            **{f"{split}_size": len(self._data[split][0]) for split in self.splits},
             "config": RunConfig.of(trainer),
             "points": self.points,
         }
@@ -162,8 +170,8 @@ class InitialBound(L.Callback):
         pl_module.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
-            x = dm.evaluation_data(self.split, device)
-            elbo = torch.cat([pl_module.bound(chunk).elbo for chunk in x.split(self.batch_size)])
+            elbo = split_elbo(pl_module, dm.evaluation_data(self.split, device),
+                              dm.evaluation_labels(self.split, device), self.batch_size)
         pl_module.train(training)
         self.value = elbo.double().mean().item()
 

@@ -58,9 +58,10 @@ def manifold_grid(n: int) -> Tensor:
 
 
 @torch.no_grad()
-def decode_mean(model: L.LightningModule, z: Tensor) -> Tensor:
-    """The mean image E[x|z] of the decoder at each z ``[..., latent]``: ``[..., C, H, W]``."""
-    return model.decode(z).mean.cpu()
+def decode_mean(model: L.LightningModule, z: Tensor, y: Tensor | int | None = None) -> Tensor:
+    """The mean image E[x|z] of the decoder at each z ``[..., B, latent]``: ``[..., B, C, H, W]``
+    (given the labels ``y`` of the B points, for a conditional model)."""
+    return model.decode(z, y).mean.cpu()
 
 
 def tile(images: Tensor) -> Tensor:
@@ -104,9 +105,10 @@ def manifold_figure(model: L.LightningModule, n: int = 20):
     axes z1 (growing to the right) and z2 (growing upwards), labelled with the z of the cells
     they pass through, as the AEVB paper's manifolds are read."""
     z = manifold_grid(n)
-    picture = tile(decode_mean(model, z))
+    conditional = model.classes is not None  # a conditional model's: of class 0
+    picture = tile(decode_mean(model, z, 0 if conditional else None))
     fig = image_figure(picture, f"Learned 2-d manifold: E[x|z] at $z = \\Phi^{{-1}}(u)$, u on a "
-                                f"{n}$\\times${n} grid")
+                                f"{n}$\\times${n} grid" + (", class 0" if conditional else ""))
     ax = fig.axes[0]
     ax.axis("on")
     height, width = picture.shape[0] // n, picture.shape[1] // n
@@ -131,13 +133,14 @@ def samples_figure(model: L.LightningModule, n: int = 100):
 
 
 @torch.no_grad()
-def reconstructions_figure(model: L.LightningModule, x: Tensor, per_row: int = 10):
+def reconstructions_figure(model: L.LightningModule, x: Tensor, per_row: int = 10,
+                           y: Tensor | None = None):
     """Inputs ``x`` ``[B, C, H, W]`` (odd rows) above their reconstructions
-    E[x | z = E_q[z|x]]."""
+    E[x | z = E_q[z|x]] (given their labels ``y``, for a conditional model)."""
     per_row = min(per_row, len(x))
     rows = max(1, len(x) // per_row)
     x = x[: rows * per_row]
-    recon = model.reconstruct(x).cpu()
+    recon = model.reconstruct(x, None if y is None else y[: rows * per_row]).cpu()
     pairs = torch.stack([x.cpu().reshape(rows, per_row, *x.shape[1:]),
                          recon.reshape(rows, per_row, *x.shape[1:])], 1)
     picture = tile(pairs.reshape(2 * rows, per_row, *x.shape[1:]))
@@ -196,7 +199,7 @@ def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor,
     ``classes`` (the name of each label) when given; by position in the split when the data
     have no labels (-1)."""
     plt = pyplot()
-    z = model.encoder.location(model.encode(x)).cpu()
+    z = model.encoder.location(model.encode(x, labels)).cpu()
     points, axis = project_2d(z)
     labels = labels.cpu()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -226,18 +229,23 @@ class Ranking(NamedTuple):
 
 
 @torch.no_grad()
-def latent_ranking(model: L.LightningModule, x: Tensor | None) -> Ranking:
+def latent_ranking(model: L.LightningModule, x: Tensor | None,
+                   y: Tensor | None = None) -> Ranking:
     """The latent dimensions ranked by their mean KL(q(z_j|x) || p(z_j)) over ``x``, largest
     first, when q and p are products over the dimensions (analytic where torch.distributions
     has the pair, else Monte Carlo); else by the variance over ``x`` of the posterior's location
-    (the active-units statistic); without ``x``, in index order."""
+    (the active-units statistic); without ``x``, in index order. ``y``: the labels of ``x``, for
+    a conditional model."""
     if x is None:
         return Ranking(list(range(model.latent)), None, "in index order (no data to rank by)")
-    q = model.encode(x)
+    y = model.labels(y, len(x), "latent_ranking")
+    q = model.encode(x, y)
     factorized = ("factorized" in model.encoder.posterior.features
                   and "factorized" in getattr(model.prior, "features", ()))
     if factorized:
-        kl = per_dimension_kl(q, model.prior.distribution(), q.sample((KL_SAMPLES,)), "auto")
+        with model.given(y):
+            p = model.prior.distribution()
+        kl = per_dimension_kl(q, p, q.sample((KL_SAMPLES,)), "auto")
         score, what = kl.mean(0).cpu(), "ranked by mean KL(q(z_j|x) || p(z_j)), nats"
     else:
         score, what = model.encoder.location(q).var(0).cpu(), "ranked by the variance of E_q[z_j]"
@@ -257,22 +265,34 @@ class Traversal(NamedTuple):
 
 @torch.no_grad()
 def traversal(model: L.LightningModule, x: Tensor | None = None, bases: int = 8,
-              steps: int = 10, span: float = 2.5, dims: int | None = None) -> Traversal:
+              steps: int = 10, span: float = 2.5, dims: int | None = None,
+              y: Tensor | None = None) -> Traversal:
     """For each of ``bases`` base points (the posterior locations of the first points of ``x``;
     without ``x``, draws from the prior) and each of the ``dims`` highest-ranked latent
     dimensions (``latent_ranking``; None: all), E[x|z] with that dimension of z set to each of
-    ``steps`` values evenly spaced on [-span, span], the others kept."""
-    ranking = latent_ranking(model, x)
+    ``steps`` values evenly spaced on [-span, span], the others kept. A conditional model's
+    base points keep their labels ``y`` (those of ``x``; for prior draws, the classes in
+    turn)."""
+    ranking = latent_ranking(model, x, y)
     ranking = Ranking(ranking.dims[:dims], ranking.scores and ranking.scores[:dims],
                       ranking.what)
-    base = (model.encoder.location(model.encode(x[:bases])) if x is not None
-            else model.prior.sample(bases))
+    if x is not None:
+        labels = model.labels(None if y is None else y[:bases], len(x[:bases]), "traversal")
+        base = model.encoder.location(model.encode(x[:bases], labels))
+    else:
+        labels = model.labels(None, bases)
+        with model.given(labels):
+            base = model.prior.sample(bases)
     values = torch.linspace(-span, span, steps, device=base.device)
     z = base[:, None, None, :].repeat(1, len(ranking.dims), steps, 1)
     for row, dim in enumerate(ranking.dims):
         z[:, row, :, dim] = values
     what = "a data point's posterior location" if x is not None else "a draw from the prior"
-    return Traversal(decode_mean(model, z), values.cpu(), ranking, what)
+    # One batch of points, each with its base's label.
+    each = None if labels is None else labels.repeat_interleave(z[0].numel() // model.latent)
+    images = decode_mean(model, z.reshape(-1, model.latent), each)
+    return Traversal(images.reshape(*z.shape[:-1], *images.shape[1:]), values.cpu(), ranking,
+                     what)
 
 
 def traversal_figure(found: Traversal):
@@ -317,12 +337,13 @@ def traversal_gif(found: Traversal, path: Path, frame_ms: int = 120) -> Path:
 
 def write_traversals(model: L.LightningModule, out: Path, x: Tensor | None = None,
                      bases: int = 8, steps: int = 10, span: float = 2.5,
-                     dims: int | None = None, gif: bool = True) -> list[Path]:
+                     dims: int | None = None, gif: bool = True,
+                     y: Tensor | None = None) -> list[Path]:
     """``traversals.png`` (and ``traversals.gif`` with ``gif``) in ``out``: see ``traversal``
     for ``x`` (None: base points drawn from the prior, dimensions in index order), ``bases``,
-    ``steps``, ``span`` and ``dims``. Returns the paths written."""
+    ``steps``, ``span``, ``dims`` and ``y``. Returns the paths written."""
     model.eval()
-    found = traversal(model, x, bases, steps, span, dims)
+    found = traversal(model, x, bases, steps, span, dims, y)
     fig = traversal_figure(found)
     paths = [out / "traversals.png"]
     fig.savefig(paths[0], dpi=100)
@@ -463,7 +484,8 @@ class Figures(L.Callback):
         traversed: list[Traversal] = []  # kept for the GIF
         if split is not None and self.n_points > 0:
             x, y = self._validation_points(trainer, pl_module.device, split)
-            figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40])
+            figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40],
+                                                                        y=y[:40])
             classes = getattr(dm, "classes", None)
             figures["latents"] = lambda: latents_figure(pl_module, x, y, classes,
                                                         SPLIT_NAMES[split])
@@ -471,7 +493,7 @@ class Figures(L.Callback):
                 def traversals():
                     traversed.append(traversal(pl_module, x, self.traversal_bases,
                                                self.traversal_steps, self.traversal_span,
-                                               self.traversal_dims))
+                                               self.traversal_dims, y))
                     return traversal_figure(traversed[0])
 
                 figures["traversals"] = traversals

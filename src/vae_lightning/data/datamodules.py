@@ -201,6 +201,13 @@ class VAEDataModule(L.LightningDataModule):
             x = torch.rand(x.shape, generator=gen, device=x.device) < self._probabilities(x)
         return self.to_inputs((x, y))[0]
 
+    def evaluation_labels(self, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The labels of ``evaluation_data(split)``, int64 ``[N]`` (the class of each image;
+        zeros for data without labels): what a conditional model is given."""
+        if split not in self.splits:
+            raise RuntimeError(f"The {split} split is not loaded: call setup() first.")
+        return self.splits[split][1].to(device, torch.int64)
+
     def mean_image(self, split: str = "train") -> torch.Tensor:
         """The mean model input of ``split``, float32 ``[C, H, W]``: the mean of the pixels'
         values in [0, 1] (for dynamic binarization, the probability of a 1)."""

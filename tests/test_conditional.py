@@ -1,0 +1,184 @@
+"""The conditional VAE (vae_lightning.conditional, model=cvae): on a conditional linear-Gaussian
+model whose log p(x|y) and exact posterior are known in closed form, every importance weight is
+log p(x|y) for the right label and the wrong label scores the other class's density; the
+class-conditional prior's KL is analytic and matches Monte Carlo; labels are checked, broadcast
+over sample dimensions, handed to the parts by every step and method; and the preset trains on
+MNIST, is evaluated with its labels and samples each class."""
+
+from __future__ import annotations
+
+import csv
+import math
+from functools import partial
+
+import pytest
+import torch
+from compose import SHARED_DATA, compose_train
+from linear_gaussian import set_affine
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+
+from vae_lightning.conditional import ClassNormal, Conditioned
+from vae_lightning.errors import ConfigError
+from vae_lightning.likelihoods import Decoder, GaussianFixed
+from vae_lightning.module import VAE
+from vae_lightning.nets import MLP
+from vae_lightning.objectives.elbo import ELBO
+from vae_lightning.posteriors import Encoder, Gaussian
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+LINEAR = partial(MLP, hidden=())
+CONDITIONED = partial(Conditioned, net=LINEAR, classes=2)
+SHAPE = (1, 1, 3)
+SIGMA = 0.5
+B = torch.tensor([1.5, -0.7, 2.0])  # p(x|z, y) = N(diag(B) z + C[:, y], sigma^2 I)
+C = torch.tensor([[0.3, -1.0], [0.5, 0.2], [-0.4, 1.1]])
+MU = torch.tensor([[1.0, -0.5, 0.0], [-1.0, 0.5, 2.0]])  # p(z|y) = N(MU[y], I)
+
+
+def _model() -> VAE:
+    """The conditional linear-Gaussian model with q(z|x, y) its exact posterior:
+    precision I + B^2 / sigma^2, mean v (MU[y] + B (x - C[:, y]) / sigma^2)."""
+    torch.manual_seed(0)
+    encoder = Encoder(CONDITIONED, Gaussian(), SHAPE, latent=3)
+    decoder = Decoder(CONDITIONED, GaussianFixed(SIGMA, mean_activation="identity"), SHAPE,
+                      latent=3)
+    prior = ClassNormal(3, classes=2)
+    with torch.no_grad():
+        prior.loc.copy_(MU)
+    set_affine(decoder.net.net, torch.cat([torch.diag(B), C], 1), torch.zeros(3))
+    v = 1 / (1 + B**2 / SIGMA**2)
+    loc_weight = torch.cat([torch.diag(v * B / SIGMA**2), (v[:, None] * (MU.T - B[:, None] * C
+                                                                          / SIGMA**2))], 1)
+    set_affine(encoder.net.net, torch.cat([loc_weight, torch.zeros(3, 5)]),
+               torch.cat([torch.zeros(3), v.log()]))
+    return VAE(encoder, decoder, prior, ELBO(), classes=2, data_shape=SHAPE).eval()
+
+
+def _log_p(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log p(x|y) = log N(x; B MU[y] + C[:, y], diag(B^2) + sigma^2 I)."""
+    mean = B * MU[y] + C.T[y]
+    return MultivariateNormal(mean, torch.diag(B**2 + SIGMA**2)).log_prob(x.flatten(1))
+
+
+def _data(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    y = torch.arange(n) % 2
+    z = MU[y] + torch.randn(n, 3)
+    return (B * z + C.T[y] + SIGMA * torch.randn(n, 3)).reshape(n, *SHAPE), y
+
+
+def test_with_the_exact_posterior_the_estimate_is_log_p_of_x_given_y_for_any_k():
+    model, (x, y) = _model(), _data()
+    for k in (1, 7):
+        torch.testing.assert_close(model.log_likelihood(x, k=k, y=y), _log_p(x, y),
+                                   atol=1e-4, rtol=0)
+    # The other label gives the other class's density (the parts read the labels they get).
+    other = model.log_likelihood(x, k=2000, y=1 - y)
+    assert (other <= _log_p(x, 1 - y) + 0.05).all()  # a bound on log p(x|y') ...
+    assert (other < _log_p(x, y) - 0.5).all()  # ... well below the right label's
+
+
+def test_the_elbo_of_the_exact_posterior_is_log_p_of_x_given_y_in_expectation():
+    model, (x, y) = _model(), _data()
+    torch.manual_seed(3)
+    elbo = torch.stack([model.bound(x, y).elbo for _ in range(4000)]).mean(0)
+    torch.testing.assert_close(elbo, _log_p(x, y), atol=0.08, rtol=0)
+
+
+def test_the_class_prior_kl_is_analytic_and_matches_monte_carlo():
+    prior = ClassNormal(4, classes=3)
+    with torch.no_grad():
+        prior.loc.normal_()
+        prior.log_scale.uniform_(-0.5, 0.5)
+    y = torch.tensor([0, 2, 1, 2])
+    prior.given(y)
+    p = prior.distribution()
+    torch.testing.assert_close(p.mean, prior.loc[y])
+    q = Independent(Normal(torch.randn(4, 4), torch.rand(4, 4) + 0.5), 1)
+    analytic = kl_divergence(q, p)
+    torch.manual_seed(0)
+    z = q.sample((200000,))
+    mc = (q.log_prob(z) - p.log_prob(z)).mean(0)
+    torch.testing.assert_close(mc, analytic, atol=0.03, rtol=0.01)
+
+
+def test_labels_are_checked_and_broadcast_over_sample_dimensions():
+    net = Conditioned((1, 2, 2), (5,), LINEAR, classes=3)
+    net.given(torch.tensor([0, 2]))
+    x = torch.randn(2, 1, 2, 2)
+    out = net(x)
+    assert out.shape == (2, 5)
+    torch.testing.assert_close(net(x.expand(4, 2, 1, 2, 2)), out.expand(4, 2, 5))
+    net.given(torch.tensor([1, 2]))
+    assert not torch.allclose(net(x), out)  # the label changes the output
+    with pytest.raises(ConfigError, match="outside 0..2"):
+        net.given(torch.tensor([0, 3]))
+    with pytest.raises(ConfigError, match="3 labels given for a batch of 2"):
+        net.given(torch.tensor([0, 1, 2]))
+        net(x)
+    net.given(None)
+    with pytest.raises(ConfigError, match="conditional on a class label"):
+        net(x)
+
+
+def test_every_method_hands_the_labels_to_the_parts_and_asks_for_them():
+    model, (x, y) = _model(), _data()
+    q = model.encode(x, y)
+    torch.testing.assert_close(q.mean, model.encode(x, y).mean)
+    assert not torch.allclose(q.mean, model.encode(x, 1 - y).mean)
+    assert model.sample(6).shape == (6, *SHAPE)
+    torch.manual_seed(0)
+    ones = model.sample(500, y=1, mean=True).flatten(1).mean(0)
+    # E[x|y] = B MU[y] + C[:, y]: the decoded means of z ~ p(z|y) average to it.
+    torch.testing.assert_close(ones, B * MU[1] + C[:, 1], atol=0.15, rtol=0)
+    assert model.reconstruct(x, y).shape == x.shape
+    assert model.interpolate(x[:2], x[2:4], steps=3, y=y[:2]).shape == (3, 2, *SHAPE)
+    for call in (lambda: model.encode(x), lambda: model.reconstruct(x),
+                 lambda: model.log_likelihood(x, k=2)):
+        with pytest.raises(ValueError, match="conditional on a class label"):
+            call()
+    # After each method the parts hold no labels: nothing leaks into the next call.
+    assert all(part.labels._y is None for part in model._conditional)
+
+
+def test_model_classes_must_match_the_parts():
+    encoder = Encoder(CONDITIONED, Gaussian(), SHAPE, latent=3)
+    decoder = Decoder(LINEAR, GaussianFixed(SIGMA), SHAPE, latent=3)
+    with pytest.raises(ValueError, match="classes=3, but parts of the model are conditional on"):
+        VAE(encoder, decoder, ClassNormal(3, classes=2), ELBO(), classes=3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(),
+                    reason="needs ../shared/data/mnist (the shared data folder)")
+def test_the_preset_trains_on_mnist_and_each_class_is_sampled(tmp_path, monkeypatch):
+    """model=cvae on MNIST, 300 steps: the loss falls; the test bound is log p(x|y) with the
+    true labels, above the bound with the labels shuffled; samples of class 1 and 0 differ as
+    the digits do (a 1 has far fewer ink pixels than a 0)."""
+    from vae_lightning.train import train
+
+    monkeypatch.setenv("VAE_DATA_DIR", str(SHARED_DATA))
+    cfg = compose_train(["model=cvae", "data=mnist", "trainer.max_epochs=1",
+                         "+trainer.limit_train_batches=300", "+trainer.limit_val_batches=5",
+                         "+trainer.limit_test_batches=5", "trainer.enable_progress_bar=false",
+                         "logger=csv", "model/prior=class_normal"], output_dir=tmp_path)
+    train(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
+    assert losses[-1] < losses[0] - 50
+    assert (tmp_path / "figures" / "samples.png").is_file()
+    model = VAE.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.classes == 10
+    from vae_lightning.config import instantiate_node
+
+    dm = instantiate_node(cfg.data, "data")
+    dm.setup("test")
+    x, y = dm.evaluation_data("test")[:200], dm.evaluation_labels("test")[:200]
+    torch.manual_seed(0)
+    right = model.bound(x, y).elbo.mean()
+    wrong = model.bound(x, (y + 1) % 10).elbo.mean()
+    assert right > wrong + 5  # the labels carry information about the digit
+    ink = [model.sample(100, y=c).mean().item() for c in (0, 1)]
+    assert ink[1] < 0.8 * ink[0]
+    assert math.isfinite(right.item())

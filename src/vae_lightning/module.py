@@ -1,33 +1,32 @@
 """The VAE LightningModule: composes q(z|x), p(x|z), p(z) and an objective, trains and logs the
-bound, and is the model users load and use (``encode``, ``decode``, ``sample``, ...)."""
+bound, and is the model users load and use (``encode``, ``decode``, ``sample``, ...: its
+``inference.Inference`` methods). Its optimizers are set up in ``optimization``; a non-finite
+loss stops the run through ``divergence``."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
 
+from vae_lightning import divergence, optimization
 from vae_lightning.args import PositiveInt, checked
-from vae_lightning.errors import ConfigError, NonFiniteLossError
-from vae_lightning.graphs import GraphedStep, graph_problems, runtime_problems
+from vae_lightning.errors import ConfigError
+from vae_lightning.graphs import GraphedStep, runtime_problems
+from vae_lightning.inference import Inference
 from vae_lightning.likelihoods import Decoder
 from vae_lightning.metrics import BITS, TERMS, BoundMean, BoundTerm
-from vae_lightning.objectives import Objective, importance_weighted
+from vae_lightning.objectives import Objective
 from vae_lightning.parts import Bound, Conditional, unmet
 from vae_lightning.posteriors import Encoder
 from vae_lightning.priors import Prior
 from vae_lightning.rebuild import load_model
-
-log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 ADAM = functools.partial(torch.optim.Adam, lr=1e-3)  # the default optimizer
@@ -36,7 +35,7 @@ ADAM = functools.partial(torch.optim.Adam, lr=1e-3)  # the default optimizer
 _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "samples_seen"})
 
 
-class VAE(L.LightningModule):
+class VAE(Inference, L.LightningModule):
     """Auto-Encoding Variational Bayes (Algorithm 1) with any objective.
 
     ``encoder`` is q(z|x), ``decoder`` p(x|z), ``prior`` p(z); ``objective`` gives the loss of
@@ -137,37 +136,6 @@ class VAE(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
-    @contextlib.contextmanager
-    def given(self, y: Tensor | None) -> Iterator[None]:
-        """Hand the labels ``y`` ``[batch]`` to the parts that depend on them
-        (``parts.Conditional``) while the block runs; a model without such parts ignores ``y``."""
-        if not self._conditional:
-            yield
-            return
-        for part in self._conditional:
-            part.given(None if y is None else y.to(self.device))
-        try:
-            yield
-        finally:
-            for part in self._conditional:
-                part.given(None)
-
-    def labels(self, y: Tensor | int | None, n: int, what: str = "sample") -> Tensor | None:
-        """``n`` labels on the model's device for ``what`` (a method's name): ``y``, one class
-        for all or one per item; for ``sample`` given none, the classes in turn (0, 1, ...,
-        K-1, 0, ...), so that a grid of K columns shows one class per column; None for an
-        unconditional model."""
-        if not self._conditional:
-            return None
-        if y is None:
-            if what != "sample":
-                raise ValueError(f"{what}: this model is conditional on a class label (0.."
-                                 f"{self.classes - 1}): give the labels, y=...")
-            return torch.arange(n, device=self.device) % self.classes
-        if isinstance(y, int):
-            return torch.full((n,), y, device=self.device)
-        return torch.as_tensor(y, device=self.device).long()
-
     @property
     def method(self) -> str:
         """The training algorithm, as results and Fig. 2 name it (``aevb``, ``wake_sleep``)."""
@@ -225,7 +193,7 @@ class VAE(L.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(
             not torch.isfinite(loss).item(), all=False
         ):
-            self._stop_on_non_finite(bound)
+            divergence.stop(self, bound)
         self.samples_seen += x.shape[0] * self.trainer.world_size
         self._update("train", bound)
         return loss
@@ -245,7 +213,7 @@ class VAE(L.LightningModule):
         self._update("train", bound)
         every = max(1, self.trainer.log_every_n_steps)
         if (self.global_step + 1) % every == 0 and self._graph.non_finite():
-            self._stop_on_non_finite(bound, since=self.global_step + 1 - every)
+            divergence.stop(self, bound, since=self.global_step + 1 - every)
         return loss
 
     def _log_loss(self, loss: Tensor) -> None:
@@ -287,7 +255,7 @@ class VAE(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._graph is not None and self._graph.non_finite():
-            self._stop_on_non_finite(self._graph_bound(), since=None)
+            divergence.stop(self, self._graph_bound(), since=None)
         # float64 stays exact beyond 2^24; logged, it also reaches the parent of spawned ranks.
         seen = torch.tensor(self.samples_seen, dtype=torch.float64, device=self.device)
         self.log("train/samples_seen", seen, on_epoch=True, reduce_fx="max")
@@ -313,165 +281,20 @@ class VAE(L.LightningModule):
         outputs = next(iter(self._graph._graphs.values()))[2] if self._graph._graphs else None
         return Bound(outputs[1], outputs[2]) if outputs else Bound(torch.zeros(1), torch.zeros(1))
 
-    def _stop_on_non_finite(self, bound: Bound, since: int | None = -1) -> None:
-        """Save the state before this step (its update is not applied) and stop the run, naming
-        a state to go on from: the best checkpoint by the validation bound, taken while training
-        was sound (the state just before a divergence may already hold huge parameters). With
-        graphed steps (``since`` not -1) the flag is read every few steps: the bad step lies
-        after ``since``, and every update from it on was skipped."""
-        terms = {"reconstruction term E_q[log p(x|z)]": bound.recon, "KL term": bound.kl}
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        where = self.trainer.checkpoint_callback
-        directory = Path(where.dirpath if where else self.trainer.default_root_dir)
-        path = directory / f"nonfinite-step{self.global_step}.ckpt"
-        self.trainer.save_checkpoint(path)
-        largest = max(p.detach().abs().max().item() for p in self.parameters())
-        best = where.best_model_path if where is not None else ""
-        advice = (f"To go on, resume from the best checkpoint, {best}, with a lower "
-                  "model.optimizer.lr (optimizer settings given on resume apply)"
-                  if best else "Start again with a lower model.optimizer.lr")
-        if since == -1:
-            when = f"at step {self.global_step} (epoch {self.current_epoch}) in the " + (
-                " and the ".join(bad) or "loss")
-            what = "The state before this step"
-        else:
-            when = (f"between step {max(since, 0)} and step {self.global_step}" if since is not None
-                    else f"in epoch {self.current_epoch}, by step {self.global_step}")
-            what = ("Every update from the bad step on was skipped on the device, so the state "
-                    "before that step")
-        raise NonFiniteLossError(
-            f"The loss became non-finite {when}. {what} is saved to {path} (its largest "
-            f"parameter is {largest:.3g} in absolute value). {advice}; a Gaussian likelihood's "
-            "larger min_var also steadies training."
-        )
-
     def check_optimizer(self) -> None:
-        """Refuse, before training, optimizer settings that cannot train: the optimizer's own
-        argument checks and the schedule's, on one stand-in parameter (the objective's own
-        optimizers' too); a learning rate of 0; and with ``cuda_graph``, an optimizer the
-        graphed step cannot use."""
-        for update in self.auxiliary:
-            update.optimizer([nn.Parameter(torch.zeros(1))])
-        optimizer = self._stand_in_optimizer()
-        if optimizer.param_groups[0]["lr"] == 0:
-            raise ValueError("its learning rate must be above 0: at lr=0 no parameter moves")
-        if self.schedule is not None:
-            torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
-        if self.cuda_graph and (problems := graph_problems(self, optimizer)):
-            raise ConfigError("model.cuda_graph=true cannot be used: " + "; ".join(problems)
-                              + ".")
-
-    def _stand_in_optimizer(self) -> torch.optim.Optimizer:
-        """The configured optimizer over one stand-in parameter: its settings, for checks."""
-        return self.optimizer([nn.Parameter(torch.zeros(1))])
+        """Refuse, before training, optimizer settings that cannot train
+        (``optimization.check``)."""
+        optimization.check(self)
 
     def configure_optimizers(self) -> Any:
-        """The model's optimizer over its parameters (the objective's own excepted), with the
-        schedule; then one optimizer per auxiliary update of the objective, over its
-        parameters."""
-        own = {id(p) for update in self.auxiliary for p in update.parameters()}
-        optimizer = self.optimizer([p for p in self.parameters() if id(p) not in own])
-        configured: dict[str, Any] = {"optimizer": optimizer}
-        if self.schedule is not None:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
-            configured["lr_scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
-        if not self.auxiliary:
-            return configured if self.schedule is not None else optimizer
-        return [configured, *({"optimizer": update.optimizer(list(update.parameters()))}
-                              for update in self.auxiliary)]
+        return optimization.configure(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["samples_seen"] = self.samples_seen
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
-        self._apply_optimizer_settings(checkpoint)
-
-    def _apply_optimizer_settings(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed run goes on with this run's optimizer hyperparameters (``lr``,
-        ``weight_decay``, ...: e.g. a lower learning rate after a divergence) and the saved
-        optimizer state (moments, step counts); under a schedule, the new lr is its base and the
-        schedule's factor stays. Lightning loads the states after this hook."""
-        states = checkpoint.get("optimizer_states") or []
-        if not states:
-            return
-        current = self._stand_in_optimizer().param_groups[0]
-        for group in states[0]["param_groups"]:
-            for key, value in current.items():
-                if key == "lr" and "initial_lr" in group:  # under a schedule: its base lr
-                    key, value = "initial_lr", value
-                if key != "params" and key in group and group[key] != value:
-                    log.info("Resuming with optimizer %s=%r (the checkpoint's: %r).",
-                             key, value, group[key])
-                    if key == "initial_lr":  # the schedule's factor stays as it was
-                        group["lr"] = value * group["lr"] / group["initial_lr"]
-                        for scheduler in checkpoint.get("lr_schedulers") or []:
-                            scheduler["base_lrs"] = [value] * len(scheduler.get("base_lrs", []))
-                    group[key] = value
-
-    # ---------------------------------------------------------------------------- inference
-    def _inputs(self, x: Tensor) -> Tensor:
-        return x.to(self.device, torch.float32)
-
-    def encode(self, x: Tensor, y: Tensor | int | None = None) -> Distribution:
-        """q(z|x) for a batch of images ``x`` ``[B, C, H, W]`` in the model's input range (given
-        their labels ``y``, for a conditional model: see ``sample``)."""
-        x = self._inputs(x)
-        with self.given(self.labels(y, len(x), "encode")):
-            return self.encoder(x)
-
-    def decode(self, z: Tensor, y: Tensor | int | None = None) -> Distribution:
-        """p(x|z) for latent points ``z`` ``[..., B, latent]``: a distribution over images (given
-        the labels ``y`` of the B points, for a conditional model: see ``sample``)."""
-        z = z.to(self.device)
-        with self.given(self.labels(y, z.shape[-2] if z.dim() > 1 else 1, "decode")):
-            return self.decoder(z)
-
-    @torch.no_grad()
-    def images(self, z: Tensor, mean: bool = True, y: Tensor | int | None = None) -> Tensor:
-        """The images of latent points ``z`` ``[..., latent]``: E[x|z], the mean of p(x|z)
-        (``mean``), or a draw x ~ p(x|z) (given ``y``, for a conditional model)."""
-        likelihood = self.decode(z, y)
-        return likelihood.mean if mean else likelihood.sample()
-
-    @torch.no_grad()
-    def sample(self, n: int, mean: bool = True, y: Tensor | int | None = None) -> Tensor:
-        """``n`` images from the model, ``[n, C, H, W]``: z ~ p(z), then E[x|z] (``mean``) or a
-        draw x ~ p(x|z). A conditional model draws z ~ p(z|y), x ~ p(x|z, y) for the class
-        ``y`` (one for all, or one per image; default: the classes in turn, 0..K-1, 0, ...)."""
-        y = self.labels(y, n, "sample")
-        with self.given(y):
-            z = self.prior.sample(n)
-        return self.images(z, mean, y)
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | int | None = None) -> Tensor:
-        """E[x | z = E_q[z|x]]: each image decoded from its posterior mean (given its label
-        ``y``, for a conditional model)."""
-        y = self.labels(y, len(x), "reconstruct")
-        return self.images(self.encoder.location(self.encode(x, y)), y=y)
-
-    @torch.no_grad()
-    def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 10,
-                    y: Tensor | int | None = None) -> Tensor:
-        """Images along the straight line between the posterior means of ``x1`` and ``x2`` (two
-        images ``[C, H, W]``, or two batches ``[B, C, H, W]``): ``[steps, (B,) C, H, W]``,
-        from x1's end to x2's (for a conditional model, all given the labels ``y``)."""
-        y = self.labels(y, len(x1) if x1.dim() == 4 else 1, "interpolate")
-        z1, z2 = (self.encoder.location(self.encode(x, y)) for x in (x1, x2))
-        t = torch.linspace(0.0, 1.0, steps, device=self.device).view(-1, *[1] * z1.dim())
-        return self.images((1 - t) * z1 + t * z2, y=y)
-
-    @torch.no_grad()
-    def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int | None = None,
-                       y: Tensor | int | None = None) -> Tensor:
-        """The importance-weighted estimate of log p(x) per image, in nats, from k samples of
-        q(z|x) (Burda et al. 2015), scored ``chunk`` at a time (None: ``auto_chunk``): what
-        ``eval.py`` reports. For a conditional model, of log p(x|y) given the labels ``y``
-        (required: the bound is of x given its own label)."""
-        x = self._inputs(x)
-        with self.given(self.labels(y, len(x), "log_likelihood")):
-            return importance_weighted(self, x, k, chunk)[1]
+        optimization.apply_settings(self, checkpoint)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = "cpu",

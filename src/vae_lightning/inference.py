@@ -1,0 +1,115 @@
+"""What a trained VAE offers its user (``module.VAE`` inherits it): q(z|x) and p(x|z) as
+torch.distributions objects, samples, reconstructions, interpolations and the importance-weighted
+log-likelihood; and, for a model conditional on a class label, the labels handed to the parts
+that depend on them (``parts.Conditional``) around every use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from vae_lightning.objectives import importance_weighted
+
+
+class Inference:
+    """The user's methods of a VAE over its ``encoder``, ``decoder`` and ``prior`` on its
+    ``device``; ``_conditional`` are its parts that depend on a label in 0..``classes``-1."""
+
+    @contextlib.contextmanager
+    def given(self, y: Tensor | None) -> Iterator[None]:
+        """Hand the labels ``y`` ``[batch]`` to the parts that depend on them
+        (``parts.Conditional``) while the block runs; a model without such parts ignores ``y``."""
+        if not self._conditional:
+            yield
+            return
+        for part in self._conditional:
+            part.given(None if y is None else y.to(self.device))
+        try:
+            yield
+        finally:
+            for part in self._conditional:
+                part.given(None)
+
+    def labels(self, y: Tensor | int | None, n: int, what: str = "sample") -> Tensor | None:
+        """``n`` labels on the model's device for ``what`` (a method's name): ``y``, one class
+        for all or one per item; for ``sample`` given none, the classes in turn (0, 1, ...,
+        K-1, 0, ...), so that a grid of K columns shows one class per column; None for an
+        unconditional model."""
+        if not self._conditional:
+            return None
+        if y is None:
+            if what != "sample":
+                raise ValueError(f"{what}: this model is conditional on a class label (0.."
+                                 f"{self.classes - 1}): give the labels, y=...")
+            return torch.arange(n, device=self.device) % self.classes
+        if isinstance(y, int):
+            return torch.full((n,), y, device=self.device)
+        return torch.as_tensor(y, device=self.device).long()
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        return x.to(self.device, torch.float32)
+
+    def encode(self, x: Tensor, y: Tensor | int | None = None) -> Distribution:
+        """q(z|x) for a batch of images ``x`` ``[B, C, H, W]`` in the model's input range (given
+        their labels ``y``, for a conditional model: see ``sample``)."""
+        x = self._inputs(x)
+        with self.given(self.labels(y, len(x), "encode")):
+            return self.encoder(x)
+
+    def decode(self, z: Tensor, y: Tensor | int | None = None) -> Distribution:
+        """p(x|z) for latent points ``z`` ``[..., B, latent]``: a distribution over images (given
+        the labels ``y`` of the B points, for a conditional model: see ``sample``)."""
+        z = z.to(self.device)
+        with self.given(self.labels(y, z.shape[-2] if z.dim() > 1 else 1, "decode")):
+            return self.decoder(z)
+
+    @torch.no_grad()
+    def images(self, z: Tensor, mean: bool = True, y: Tensor | int | None = None) -> Tensor:
+        """The images of latent points ``z`` ``[..., latent]``: E[x|z], the mean of p(x|z)
+        (``mean``), or a draw x ~ p(x|z) (given ``y``, for a conditional model)."""
+        likelihood = self.decode(z, y)
+        return likelihood.mean if mean else likelihood.sample()
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True, y: Tensor | int | None = None) -> Tensor:
+        """``n`` images from the model, ``[n, C, H, W]``: z ~ p(z), then E[x|z] (``mean``) or a
+        draw x ~ p(x|z). A conditional model draws z ~ p(z|y), x ~ p(x|z, y) for the class
+        ``y`` (one for all, or one per image; default: the classes in turn, 0..K-1, 0, ...)."""
+        y = self.labels(y, n, "sample")
+        with self.given(y):
+            z = self.prior.sample(n)
+        return self.images(z, mean, y)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, y: Tensor | int | None = None) -> Tensor:
+        """E[x | z = E_q[z|x]]: each image decoded from its posterior mean (given its label
+        ``y``, for a conditional model)."""
+        y = self.labels(y, len(x), "reconstruct")
+        return self.images(self.encoder.location(self.encode(x, y)), y=y)
+
+    @torch.no_grad()
+    def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 10,
+                    y: Tensor | int | None = None) -> Tensor:
+        """Images along the straight line between the posterior means of ``x1`` and ``x2`` (two
+        images ``[C, H, W]``, or two batches ``[B, C, H, W]``): ``[steps, (B,) C, H, W]``,
+        from x1's end to x2's (for a conditional model, all given the labels ``y``)."""
+        y = self.labels(y, len(x1) if x1.dim() == 4 else 1, "interpolate")
+        z1, z2 = (self.encoder.location(self.encode(x, y)) for x in (x1, x2))
+        t = torch.linspace(0.0, 1.0, steps, device=self.device).view(-1, *[1] * z1.dim())
+        return self.images((1 - t) * z1 + t * z2, y=y)
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int | None = None,
+                       y: Tensor | int | None = None) -> Tensor:
+        """The importance-weighted estimate of log p(x) per image, in nats, from k samples of
+        q(z|x) (Burda et al. 2015), scored ``chunk`` at a time (None: ``auto_chunk``): what
+        ``eval.py`` reports. For a conditional model, of log p(x|y) given the labels ``y``
+        (required: the bound is of x given its own label)."""
+        x = self._inputs(x)
+        with self.given(self.labels(y, len(x), "log_likelihood")):
+            return importance_weighted(self, x, k, chunk)[1]

@@ -1,0 +1,76 @@
+"""The model's optimizers: its own over its parameters with the learning-rate schedule, and one
+per update an objective takes on parameters of its own (FactorVAE's discriminator); the
+settings checked before training on a stand-in parameter; a resumed run's optimizer settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from vae_lightning.errors import ConfigError
+from vae_lightning.graphs import graph_problems
+
+log = logging.getLogger(__name__)
+
+
+def check(model: L.LightningModule) -> None:
+    """Refuse, before training, optimizer settings that cannot train: the optimizer's own
+    argument checks and the schedule's, on one stand-in parameter (the objective's own
+    optimizers' too); a learning rate of 0; and with ``cuda_graph``, an optimizer the
+    graphed step cannot use."""
+    for update in model.auxiliary:
+        update.optimizer([nn.Parameter(torch.zeros(1))])
+    optimizer = stand_in(model)
+    if optimizer.param_groups[0]["lr"] == 0:
+        raise ValueError("its learning rate must be above 0: at lr=0 no parameter moves")
+    if model.schedule is not None:
+        torch.optim.lr_scheduler.LambdaLR(optimizer, model.schedule)
+    if model.cuda_graph and (problems := graph_problems(model, optimizer)):
+        raise ConfigError("model.cuda_graph=true cannot be used: " + "; ".join(problems)
+                          + ".")
+
+def stand_in(model: L.LightningModule) -> torch.optim.Optimizer:
+    """The configured optimizer over one stand-in parameter: its settings, for checks."""
+    return model.optimizer([nn.Parameter(torch.zeros(1))])
+
+def configure(model: L.LightningModule) -> Any:
+    """The model's optimizer over its parameters (the objective's own excepted), with the
+    schedule; then one optimizer per auxiliary update of the objective, over its
+    parameters."""
+    own = {id(p) for update in model.auxiliary for p in update.parameters()}
+    optimizer = model.optimizer([p for p in model.parameters() if id(p) not in own])
+    configured: dict[str, Any] = {"optimizer": optimizer}
+    if model.schedule is not None:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, model.schedule)
+        configured["lr_scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
+    if not model.auxiliary:
+        return configured if model.schedule is not None else optimizer
+    return [configured, *({"optimizer": update.optimizer(list(update.parameters()))}
+                          for update in model.auxiliary)]
+
+def apply_settings(model: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    """A resumed run goes on with this run's optimizer hyperparameters (``lr``,
+    ``weight_decay``, ...: e.g. a lower learning rate after a divergence) and the saved
+    optimizer state (moments, step counts); under a schedule, the new lr is its base and the
+    schedule's factor stays. Lightning loads the states after this hook."""
+    states = checkpoint.get("optimizer_states") or []
+    if not states:
+        return
+    current = stand_in(model).param_groups[0]
+    for group in states[0]["param_groups"]:
+        for key, value in current.items():
+            if key == "lr" and "initial_lr" in group:  # under a schedule: its base lr
+                key, value = "initial_lr", value
+            if key != "params" and key in group and group[key] != value:
+                log.info("Resuming with optimizer %s=%r (the checkpoint's: %r).",
+                         key, value, group[key])
+                if key == "initial_lr":  # the schedule's factor stays as it was
+                    group["lr"] = value * group["lr"] / group["initial_lr"]
+                    for scheduler in checkpoint.get("lr_schedulers") or []:
+                        scheduler["base_lrs"] = [value] * len(scheduler.get("base_lrs", []))
+                group[key] = value

@@ -50,7 +50,10 @@ def small_posterior(posterior: str) -> list[str]:
              "hierarchy": ["model.encoder.posterior.layers=[1,1]",
                            "model.encoder.posterior.net.hidden=[4]"],
              # with the prior it infers with (model=ladder), over the same two layers
-             "ladder": ["model=ladder", "model.encoder.posterior.layers=[1,1]"]}
+             "ladder": ["model=ladder", "model.encoder.posterior.layers=[1,1]"],
+             # with its objective and code prior (model=vq_vae), on MLPs: 2 codes of size 1
+             "vq": ["model=vq_vae", "model/encoder=mlp", "model/decoder=mlp",
+                    "model.encoder.posterior.codes=4", "model.encoder.posterior.code_dim=1"]}
     return [f"model/posterior={posterior}", *small.get(posterior, [])]
 
 
@@ -70,6 +73,8 @@ def pair_composes(prior: str, posterior: str) -> bool:
     density anywhere, which some flows lack; the Ladder VAE infers with the prior's top-down
     networks (model/prior=hierarchy)."""
     if prior == "vamp" and "density" not in posterior_features(posterior):
+        return False
+    if (prior == "uniform_codes") != (posterior == "vq"):  # the VQ-VAE's pair, only together
         return False
     return posterior != "ladder" or prior == "hierarchy"
 

@@ -32,13 +32,14 @@ SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[8]",
 # Every prior with every posterior (their KL pairs meet), every likelihood once (it meets
 # neither), every objective once: the sum of the groups' sizes, not their product.
 CASES = [
-    *[(prior, "gaussian", posterior, "elbo") for prior, posterior in itertools.product(
+    *[(prior, "gaussian", posterior, "vq_vae" if posterior == "vq" else "elbo")
+      for prior, posterior in itertools.product(
         OPTIONS["model/prior"], OPTIONS["model/posterior"])
       if pair_composes(prior, posterior) and prior not in LABELLED],  # Frey Face has no labels
     *[("normal", likelihood, "gaussian", "elbo") for likelihood in OPTIONS["model/likelihood"]
       if likelihood != "gaussian"],
     *[("normal", "gaussian", "gaussian", objective) for objective in OPTIONS["model/objective"]
-      if objective != "elbo"],
+      if objective not in ("elbo", "vq_vae")],  # the VQ-VAE's: with its posterior, above
     ("mog", "gaussian", "laplace", "wake_sleep"), ("vamp", "bernoulli", "student_t", "dreg"),
 ]
 

@@ -88,6 +88,11 @@ def test_every_combination_trains_a_step_with_finite_loss(prior, likelihood, pos
         with pytest.raises(ConfigError, match=r"layers.*not an argument.*as model.prior.layers"):
             build_run(compose_train(overrides, tmp_path))
         return
+    if (prior == "uniform_codes") != (posterior == "vq"):
+        # The VQ-VAE's quantizer and its prior over codes work only together (model=vq_vae).
+        with pytest.raises(ConfigError, match="does not have"):
+            build_run(compose_train(overrides, tmp_path))
+        return
     if prior == "vamp" and "density" not in posterior_features(posterior):
         # The VampPrior's components are q itself at the pseudo-inputs, scored at z from
         # elsewhere: a flow without an inverse cannot be one, and is refused when composed.
@@ -107,6 +112,8 @@ def test_every_objective_trains_with_every_prior_it_accepts(objective, prior, mn
     data = (["data=mnist", f"data.root={mnist_like}", "data.val_size=50"] if prior in LABELLED
             else ["data=frey"])
     overrides = [*data, f"model/objective={objective}", *small_prior(prior), *SMALL]
+    if objective == "vq_vae":  # with its quantizer (model=vq_vae), the prior chosen here
+        overrides += small_posterior("vq")
     if objective == "wake_sleep" and prior == "vamp":
         with pytest.raises(ConfigError, match="(?s)model.*VampPrior.*wake-sleep"):
             build_run(compose_train(overrides, tmp_path))
@@ -115,7 +122,8 @@ def test_every_objective_trains_with_every_prior_it_accepts(objective, prior, mn
     try:
         model, x, y = _model_and_batch(overrides, tmp_path)
     except ConfigError as err:  # a pair the parts' features rule out, named when composed
-        assert prior != "normal", f"every objective takes the paper's prior: {err}"
+        assert prior != "normal" or objective == "vq_vae", (
+            f"every objective but the VQ-VAE's takes the paper's prior: {err}")
         assert "does not have" in str(err) and "prior" in str(err), err
         return
     loss, bound, changed = _one_step(model, x, y)

@@ -16,6 +16,9 @@ GROUPS = ["data", "model", "model/encoder", "model/decoder", "model/posterior",
           "model/likelihood", "model/prior", "model/objective", "model/optimizer", "trainer",
           "logger", "callbacks", "experiment"]
 NOT_BUILT_HERE = {"trainer", "experiment", "logger"}
+VQ_VAE_PARTS = {("model", "vq_vae"), ("model/posterior", "vq"), ("model/prior", "uniform_codes"),
+                ("model/objective", "vq_vae"), ("model/encoder", "conv_map"),
+                ("model/decoder", "conv_map")}
 
 
 def _options(group):
@@ -33,6 +36,8 @@ def _option_overrides(group, option):
         overrides.append("model=ladder")
     if option in ("conditional_mlp", "class_normal"):  # a conditional model's parts
         overrides.append("model.classes=10")
+    if (group, option) in VQ_VAE_PARTS:  # with one another, on data whose 7 x 7 map fits latent
+        overrides += ["data=mnist"] if group == "model" else ["model=vq_vae", "data=mnist"]
     return overrides
 
 
@@ -191,7 +196,7 @@ BAD_CONFIGS = [
     (["extras.print_config=maybe"], ["extras.print_config='maybe'", "true or false"]),
     (["+extras.bogus=1"], ["extras.bogus", "ignore_warnings, print_config"]),
     (["+optimized_metric=elbo"], ["optimized_metric='elbo'", "val/elbo"]),
-    (["+prior=vamp"], ["model/prior=vamp", "mog, normal, vamp"]),
+    (["+prior=vamp"], ["model/prior=vamp", "mog, normal, ", ", vamp"]),
     (["model.prior=null"], ["model.prior=null", "model/prior=<option>"]),
     (["model.encoder=3"], ["model.encoder=3", "model/encoder=<option>"]),
     (["model.encoder.posterior=laplace"], ["model.encoder.posterior='laplace'",

@@ -51,7 +51,8 @@ class Sampling:
     ``rebuild.build_trusted``.
 
     z ~ p(z) with ``sampler="prior"``; else z from the fitted sampler ``samplers[sampler]``
-    (``vae_lightning.samplers``), fitted to the posterior locations of the training split (read
+    (``vae_lightning.samplers``: ``gmm``, ``flow``; ``pixelcnn``: a VQ-VAE's prior over code
+    maps, ``vae_lightning.pixelcnn``), fitted to the posterior locations of the training split (read
     ``batch_size`` images at a time from ``data_root`` / ``data_path``, or where the run's
     record says, as ``vae-eval`` reads its data, and checked against the checkpoint's record
     unless ``allow_other_data``), or loaded from the file beside the checkpoint where it was

@@ -1,0 +1,220 @@
+"""A gated PixelCNN (van den Oord et al. 2016, "Conditional image generation with PixelCNN
+decoders", Sec. 2.1-2.2) over maps of discrete codes, and the VQ-VAE's prior fitted after
+training with it (van den Oord et al. 2017, Sec. 3.2): ``vae-sample sampler=pixelcnn``.
+
+p(k) = prod_i p(k_i | k_<i) over the positions of an h x w map in raster order, each factor a
+softmax over the K codes. Causality comes from two stacks, without masked kernels' blind spot:
+the vertical stack's (k//2 + 1) x k convolutions see the rows above and the current row, and
+reach the horizontal stack only shifted down one row (rows above only); the horizontal stack's
+1 x (k//2 + 1) convolutions see the current row up to the current position, the first layer's
+shifted right one column so that position i never sees k_i (the "mask A" layer, which also has
+no residual connection). Each layer's output is the gate tanh(a) * sigmoid(b).
+
+``PixelCNNSampler`` fits it to the code maps of the training images: the posterior locations
+z_q it is given are read as maps of codebook vectors (``posteriors.vq``'s channel-major layout,
+``shape`` = [h, w]), the distinct vectors found are the codebook (codes no image uses get no
+probability), and the fit is by maximum likelihood with Adam. It logs the mean negative
+log-likelihood of the training code maps in nats per map and bits per position: in the
+VQ-VAE's bound, log p(x) >= E_q[log p(x|z_q)] - KL(q || p) = recon + log p(k(x)) (q one-hot), it
+replaces the uniform prior's P log K.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from vae_lightning.args import NonNegativeInt, PositiveFloat, PositiveInt, checked, fail
+from vae_lightning.parts import Bound, Parts
+from vae_lightning.samplers import Sampler, _check_tensors
+
+log = logging.getLogger(__name__)
+
+
+def _down(x: Tensor, rows: int = 1) -> Tensor:
+    """x shifted down ``rows`` rows (zeros enter at the top)."""
+    return F.pad(x, (0, 0, rows, 0))[..., :x.shape[-2], :]
+
+
+def _right(x: Tensor, cols: int = 1) -> Tensor:
+    """x shifted right ``cols`` columns (zeros enter at the left)."""
+    return F.pad(x, (cols, 0))[..., :x.shape[-1]]
+
+
+class GatedLayer(nn.Module):
+    """One layer of both stacks at ``channels`` with ``kernel`` k (odd); ``first``: the mask-A
+    layer (the current position excluded, no residual)."""
+
+    def __init__(self, channels: int, kernel: int, first: bool) -> None:
+        super().__init__()
+        self.first, half = first, kernel // 2
+        # Vertical: rows r - k//2 .. r, columns c - k//2 .. c + k//2 (cropped below).
+        self.vertical = nn.Conv2d(channels, 2 * channels, (half + 1, kernel),
+                                  padding=(half, half))
+        self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
+        # Horizontal: columns c - k//2 .. c of row r (cropped below).
+        self.horizontal = nn.Conv2d(channels, 2 * channels, (1, half + 1), padding=(0, half))
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    @staticmethod
+    def gate(x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def forward(self, v: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        rows, cols = v.shape[-2:]
+        v_pre = self.vertical(v)[..., :rows, :]  # output row r from input rows <= r
+        h_in = _right(h) if self.first else h
+        h_pre = self.horizontal(h_in)[..., :cols]  # output column c from input columns <= c
+        h_pre = h_pre + self.vertical_to_horizontal(_down(v_pre))  # rows < r only
+        h_out = self.out(self.gate(h_pre))
+        return self.gate(v_pre), h_out if self.first else h + h_out
+
+
+class GatedPixelCNN(nn.Module):
+    """Logits [B, K, h, w] of p(k_i | k_<i) from one-hot code maps [B, K, h, w]: a 1 x 1
+    embedding to ``channels``, ``layers`` gated layers of kernel ``kernel``, and a ReLU / 1 x 1
+    convolution head to the K logits."""
+
+    def __init__(self, codes: int, channels: int = 64, layers: int = 8, kernel: int = 3) -> None:
+        super().__init__()
+        self.codes = codes
+        self.embed = nn.Conv2d(codes, channels, 1)
+        self.layers = nn.ModuleList(GatedLayer(channels, kernel, i == 0) for i in range(layers))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
+                                  nn.Conv2d(channels, codes, 1))
+
+    def forward(self, one_hot: Tensor) -> Tensor:
+        v = h = self.embed(one_hot)
+        for layer in self.layers:
+            v, h = layer(v, h)
+        return self.head(h)
+
+    def log_prob(self, codes: Tensor) -> Tensor:
+        """log p(k) of code maps [B, h, w], summed over positions: [B]."""
+        logits = self(F.one_hot(codes, self.codes).permute(0, 3, 1, 2).float())
+        return -F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(-1)
+
+    @torch.no_grad()
+    def sample(self, n: int, shape: Sequence[int]) -> Tensor:
+        """n code maps [n, h, w] drawn position by position in raster order."""
+        rows, cols = shape
+        device = self.embed.weight.device
+        codes = torch.zeros(n, rows, cols, dtype=torch.long, device=device)
+        for r in range(rows):
+            for c in range(cols):
+                logits = self(F.one_hot(codes, self.codes).permute(0, 3, 1, 2).float())
+                codes[:, r, c] = torch.distributions.Categorical(
+                    logits=logits[:, :, r, c]).sample()
+        return codes
+
+
+class PixelCNNSampler(Sampler):
+    """A gated PixelCNN (``channels``, ``layers``, odd ``kernel``) over the ``shape`` = [h, w]
+    code maps of a VQ-VAE's posterior locations, fitted by Adam (learning rate ``lr``) on
+    minibatches of ``batch_size`` for ``epochs`` passes, initialised and shuffled from ``seed``."""
+
+    @checked
+    def __init__(self, shape: Sequence[PositiveInt] = (7, 7), channels: PositiveInt = 64,
+                 layers: PositiveInt = 8, kernel: PositiveInt = 3, epochs: PositiveInt = 10,
+                 batch_size: PositiveInt = 128, lr: PositiveFloat = 1e-3,
+                 seed: NonNegativeInt = 0) -> None:
+        if len(shape) != 2:
+            fail(self, "shape", list(shape), "the code map's [height, width]")
+        if kernel % 2 == 0:
+            fail(self, "kernel", kernel, "an odd size")
+        self.shape, self.channels, self.layers = list(shape), channels, layers
+        self.kernel, self.epochs, self.batch_size = kernel, epochs, batch_size
+        self.lr, self.seed = lr, seed
+        self._net: GatedPixelCNN | None = None
+        self._codebook = torch.zeros(0)
+
+    def describe(self) -> str:
+        rows, cols = self.shape
+        return f"a gated PixelCNN of {self.layers} layers over {rows}x{cols} code maps"
+
+    @property
+    def positions(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def _code_dim(self, latent: int) -> int:
+        if latent % self.positions:
+            fail(self, "shape", self.shape, f"a code map whose {self.positions} positions "
+                 f"divide the model's latent size {latent}")
+        return latent // self.positions
+
+    def _build(self, codes: int) -> GatedPixelCNN:
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            return GatedPixelCNN(codes, self.channels, self.layers, self.kernel)
+
+    def codes(self, z: Tensor) -> Tensor:
+        """The code maps [N, h, w] of points z [N, latent]: each vector's nearest codebook
+        vector (exactly equal for the quantizer's own z_q)."""
+        vectors = z.float().unflatten(-1, (self._codebook.shape[1], -1)).transpose(-1, -2)
+        return torch.cdist(vectors, self._codebook).argmin(-1).reshape(-1, *self.shape)
+
+    def fit(self, z: Tensor) -> None:
+        d = self._code_dim(z.shape[1])
+        vectors = z.float().unflatten(-1, (d, -1)).transpose(-1, -2).reshape(-1, d)
+        self._codebook, inverse = torch.unique(vectors, dim=0, return_inverse=True)
+        codes = inverse.reshape(len(z), *self.shape)
+        net = self._build(len(self._codebook))
+        optimizer = torch.optim.Adam(net.parameters(), lr=self.lr)
+        generator = torch.Generator().manual_seed(self.seed)
+        for epoch in range(self.epochs):
+            total = 0.0
+            for batch in torch.randperm(len(codes), generator=generator).split(self.batch_size):
+                loss = -net.log_prob(codes[batch]).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(batch)
+            if not math.isfinite(total):
+                fail(self, "lr", self.lr, f"fitting diverged at it in epoch {epoch + 1} (a "
+                     "non-finite loss); a lower learning rate")
+            nll = total / len(codes)
+            log.info("PixelCNN prior, epoch %d: -log p(k) = %.3f nats per training code map, "
+                     "%.4f bits per position (uniform over the %d codes used: %.4f); the bound "
+                     "is -log p(x) <= -recon + -log p(k), recon the run's train/recon.",
+                     epoch + 1, nll, nll / (self.positions * math.log(2)), len(self._codebook),
+                     math.log2(len(self._codebook)))
+        self._net = net.eval()
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(k(z)) of points z [N, latent], in nats (the bound's -KL(q || p))."""
+        with torch.no_grad():
+            return self._net.log_prob(self.codes(z))
+
+    def state(self) -> dict[str, Tensor]:
+        return {"codebook": self._codebook,
+                **{f"net.{k}": v for k, v in self._net.state_dict().items()}}
+
+    def load(self, state: Mapping[str, Any], latent: int) -> None:
+        codebook = state.get("codebook")
+        if not isinstance(codebook, Tensor) or codebook.dim() != 2 or not len(codebook):
+            raise ValueError("it holds no codebook [codes, code_dim]")
+        net = self._build(len(codebook))
+        shapes = {"codebook": (len(codebook), self._code_dim(latent)),
+                  **{f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}}
+        _check_tensors(state, shapes)
+        net.load_state_dict({k[4:]: state[k] for k in shapes if k.startswith("net.")})
+        self._net, self._codebook = net.eval(), codebook.float()
+
+    def sample(self, n: int) -> Tensor:
+        codes = self._net.sample(n, self.shape).cpu()
+        return self._codebook[codes].flatten(1, 2).transpose(1, 2).flatten(1)
+
+
+@torch.no_grad()
+def prior_bound(model: Parts, prior: PixelCNNSampler, x: Tensor) -> Bound:
+    """The VQ-VAE's bound on log p(x) per image of ``x`` with the fitted ``prior`` over code maps
+    in place of the uniform one: E_q[log p(x|z_q)] and KL(q || p) = -log p(k(x)) (q one-hot)."""
+    z = model.encoder.location(model.encoder(x))
+    return Bound(model.decoder(z).log_prob(x), -prior.log_prob(z.cpu()).to(z.device))

@@ -1,0 +1,248 @@
+"""The VQ-VAE (posteriors.vq, objectives.vq_vae, priors.codes) and its PixelCNN prior over codes
+(pixelcnn): the straight-through gradient, the moving-average codebook against a hand
+computation, the losses' values and the parameters each trains, the bound's KL = P log K, the
+PixelCNN's causality by autograd, the fitted prior's round trip, and training on MNIST."""
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from compose import compose_train
+from models import binary_images, small_vae
+
+from vae_lightning.errors import ConfigError
+from vae_lightning.objectives.vq_vae import VQVAE, vq_losses
+from vae_lightning.pixelcnn import GatedPixelCNN, PixelCNNSampler, prior_bound
+from vae_lightning.posteriors.vq import VectorQuantizer, as_latent, as_map
+from vae_lightning.priors.codes import UniformCodes
+from vae_lightning.train import build_run
+
+SHAPE = (1, 4, 4)
+
+
+def vq_model(ema=False, codes=4, code_dim=2, latent=6, beta=0.25):
+    torch.manual_seed(0)
+    return small_vae(SHAPE, latent=latent, posterior=VectorQuantizer(codes, code_dim, ema=ema),
+                     prior=UniformCodes, objective=VQVAE(beta))
+
+
+def test_the_layout_is_channel_major_and_as_latent_inverts_as_map():
+    z = torch.arange(6.0)  # D = 2 channels of P = 3 positions: [c0 p0, c0 p1, c0 p2, c1 p0, ...]
+    assert as_map(z, 2).tolist() == [[0, 3], [1, 4], [2, 5]]
+    assert torch.equal(as_latent(as_map(z, 2)), z)
+
+
+def test_codes_are_the_nearest_codebook_vectors_and_the_straight_through_gradient_is_copied():
+    family = VectorQuantizer(codes=5, code_dim=3)
+    z_e = torch.randn(4, 12, requires_grad=True)
+    q = family(z_e)
+    distances = torch.cdist(as_map(z_e.detach(), 3), family.codebook.detach())
+    assert torch.equal(q.codes, distances.argmin(-1))
+    z = q.rsample()
+    assert torch.allclose(z, q.z_q) and torch.allclose(q.mean, family.lookup(q.codes))
+    # f(z) = sum z^3: its gradient at z_q, 3 z_q^2, is the gradient that reaches z_e.
+    z.pow(3).sum().backward()
+    assert torch.allclose(z_e.grad, 3 * q.z_q.detach().pow(2))
+    assert family.codebook.grad is None  # the straight-through path skips the codebook
+
+
+def test_the_moving_average_update_matches_a_hand_computation():
+    family = VectorQuantizer(codes=3, code_dim=2, ema=True, decay=0.5, epsilon=0.1,
+                             init="uniform")
+    e = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    family.codebook.copy_(e)
+    family.cluster_size.fill_(1.0)
+    family.embedding_sum.copy_(e)
+    # Four vectors (0.2, 0), (0.8, 1.2), (1, 1), (-0.2, 0.2), channel-major: codes 0, 1, 1, 0.
+    q = family(torch.tensor([[0.2, 0.8, 1.0, -0.2, 0.0, 1.2, 1.0, 0.2]]))
+    assert q.codes.tolist() == [[0, 1, 1, 0]]
+    assert q.z_q.tolist() == [[0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]]  # the codebook before
+    # N = 0.5 (1, 1, 1) + 0.5 (2, 2, 0) = (1.5, 1.5, 0.5); n = 3.5;
+    # m = 0.5 e + 0.5 (sums (0, 0.2), (1.8, 2.2), (0, 0)) = (0, 0.1), (1.4, 1.6), (2.5, 2.5);
+    # N~ = (N + 0.1) / (3.5 + 3 x 0.1) x 3.5 = (1.6, 1.6, 0.6) x 3.5 / 3.8.
+    assert torch.allclose(family.cluster_size, torch.tensor([1.5, 1.5, 0.5]))
+    smoothed = torch.tensor([1.6, 1.6, 0.6]) * 3.5 / 3.8
+    expected = torch.tensor([[0.0, 0.1], [1.4, 1.6], [2.5, 2.5]]) / smoothed[:, None]
+    assert torch.allclose(family.codebook, expected)
+    assert torch.allclose(family.codebook[1], torch.tensor([0.95, 1.6 * 3.8 / (1.6 * 3.5)]))
+    # No update in evaluation mode, nor without gradients (the probes made when composing).
+    before = family.codebook.clone()
+    with torch.no_grad():
+        family(torch.randn(2, 8))
+    family.eval()
+    family(torch.randn(2, 8))
+    assert torch.equal(family.codebook, before)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_the_codebook_starts_at_vectors_of_the_first_training_minibatch(ema):
+    family = VectorQuantizer(codes=4, code_dim=2, ema=ema)
+    family.eval()
+    family(torch.randn(3, 6))  # evaluation: no start
+    assert not family.initialised
+    family.train()
+    z_e = torch.randn(3, 6)  # 9 vectors for 4 codes: 4 distinct ones of them
+    q = family(z_e)
+    vectors = as_map(z_e, 2).reshape(-1, 2)
+    assert family.initialised
+    if not ema:  # (the moving averages have moved it since)
+        assert torch.cdist(family.codebook.detach(), vectors).min(-1).values.max() == 0
+    assert len(torch.unique(family.codebook.detach(), dim=0)) == 4
+    # The vectors chosen quantize to themselves (z_q is read before the moving averages move).
+    assert (as_map(q.z_q, 2) == as_map(z_e, 2)).all(-1).sum() >= 4
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_the_losses_values_and_the_parameters_each_trains(ema):
+    model = vq_model(ema=ema).eval()  # the moving averages stay put between the calls below
+    x = binary_images(16, SHAPE)
+    q = model.encoder(x)
+    codebook, commitment = vq_losses(q)
+    distance = (q.z_e - q.z_q).detach().pow(2).sum(-1)
+    assert torch.allclose(codebook, distance) and torch.allclose(commitment, distance)
+    encoder = list(model.encoder.net.parameters())
+    decoder = list(model.decoder.parameters())
+
+    def reached(term, params):
+        grads = torch.autograd.grad(term.sum(), params, retain_graph=True, allow_unused=True)
+        return [g is not None and bool(g.abs().sum() > 0) for g in grads]
+
+    recon = model.decoder(q.rsample()).log_prob(x)
+    assert all(reached(recon, encoder)) and all(reached(recon, decoder))  # straight through
+    assert not any(reached(commitment, decoder))
+    assert any(reached(commitment, encoder))
+    if ema:  # the codebook is a buffer: no loss trains it
+        assert not codebook.requires_grad and model.encoder.family.codebook not in set(
+            model.parameters())
+    else:
+        assert reached(codebook, [model.encoder.family.codebook]) == [True]
+        assert not any(reached(codebook, encoder + decoder))
+        assert reached(commitment, [model.encoder.family.codebook]) == [False]
+        assert reached(recon, [model.encoder.family.codebook]) == [False]
+    # The loss: -recon + codebook (without ema) + beta commitment, averaged over the batch.
+    loss, bound = model.objective.loss(model, x)
+    expected = -bound.recon + 0.25 * distance + (0 if ema else distance)
+    assert torch.allclose(loss, expected.mean())
+    logged = model.objective.logged()
+    assert torch.allclose(logged["commitment"], distance.mean())
+    assert 1 <= logged["perplexity"] <= 4
+
+
+def test_the_bound_is_the_reconstruction_minus_p_log_k():
+    model = vq_model(codes=4, code_dim=2, latent=6)  # P = 3 positions, K = 4 codes
+    x = binary_images(8, SHAPE)
+    bound = model.bound(x)
+    assert torch.allclose(bound.kl, torch.full((8,), 3 * math.log(4)))
+    q = model.encoder(x)
+    assert torch.allclose(bound.recon, model.decoder(q.z_q).log_prob(x))
+    # The uniform prior draws code maps: each vector a codebook vector.
+    z = model.prior.sample(5)
+    assert z.shape == (5, 6)
+    vectors = as_map(z, 2)
+    assert torch.cdist(vectors, model.encoder.family.codebook.detach()).min(-1).values.max() == 0
+
+
+def test_parts_that_do_not_fit_the_quantizer_are_refused_when_composed(tmp_path):
+    cases = [
+        (["model/posterior=vq", "model.encoder.posterior.code_dim=4"], "does not have"),
+        (["model=vq_vae", "model/posterior=gaussian"], "does not have"),  # the code prior
+        (["model=vq_vae", "model/prior=normal"], "does not have"),
+        (["model=vq_vae", "model.encoder.posterior.code_dim=3"],
+         r"model.encoder.posterior.code_dim=3 must divide model.latent=3136"),
+    ]
+    for overrides, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            build_run(compose_train(["data=mnist", *overrides], tmp_path))
+
+
+def test_the_pixelcnn_is_causal_in_raster_order():
+    torch.manual_seed(0)
+    net = GatedPixelCNN(codes=3, channels=8, layers=4, kernel=3)
+    rows, cols = 5, 6
+    x = torch.randn(1, 3, rows, cols, requires_grad=True)
+    logits = net(x)
+    for r in range(rows):
+        for c in range(cols):
+            (grad,) = torch.autograd.grad(logits[0, :, r, c].sum(), x, retain_graph=True)
+            seen = grad[0].abs().sum(0).flatten() > 0  # over the input channels
+            i = r * cols + c
+            assert not seen[i:].any(), f"position {(r, c)} sees a position at or after it"
+            if c > 0:
+                assert seen[i - 1]  # its left neighbour
+            if r > 0:
+                assert seen[i - cols]  # the one above
+                # no blind spot: the position up and to the right is seen too
+                assert c == cols - 1 or seen[i - cols + 1]
+
+
+def code_maps(n, k=3, shape=(3, 3), seed=0):
+    """Code maps whose positions all repeat the first one's code: entropy log K per map."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(k, (n, 1, 1), generator=g).expand(n, *shape).clone()
+
+
+def test_the_pixelcnn_prior_fits_code_maps_round_trips_and_samples_codebook_vectors(one_thread):
+    torch.manual_seed(0)
+    codebook = torch.randn(3, 2)
+    maps = code_maps(300)
+    z = codebook[maps].flatten(1, 2).transpose(1, 2).flatten(1)  # [300, 18], channel-major
+    sampler = PixelCNNSampler(shape=[3, 3], channels=16, layers=2, epochs=15, batch_size=50,
+                              lr=3e-3)
+    sampler.fit(z)
+    nll = -sampler.log_prob(z).mean()
+    uniform = 9 * math.log(3)  # the uniform prior's -log p(k): P log K
+    assert nll < 0.2 * uniform and nll > math.log(3) - 0.3  # near the true entropy, log 3
+    loaded = PixelCNNSampler(shape=[3, 3], channels=16, layers=2, epochs=15, batch_size=50,
+                             lr=3e-3)
+    loaded.load(sampler.state(), 18)
+    assert torch.allclose(loaded.log_prob(z), sampler.log_prob(z))
+    drawn = loaded.sample(40)
+    codes = loaded.codes(drawn)
+    assert torch.equal(loaded._codebook[codes].flatten(1, 2).transpose(1, 2).flatten(1), drawn)
+    same = (codes == codes[:, :1, :1]).flatten(1).all(1).float().mean()
+    assert same > 0.8  # the fitted structure: every position repeats the first
+    with pytest.raises(ValueError, match="shape"):
+        loaded.load(sampler.state(), 20)
+
+
+def test_the_bound_with_a_fitted_prior_replaces_p_log_k_by_its_negative_log_likelihood():
+    model = vq_model(codes=4, code_dim=2, latent=8).eval()  # 2 x 2 maps of 4 codes
+    x = binary_images(64, SHAPE)
+    z = model.encoder.location(model.encoder(x)).detach()
+    sampler = PixelCNNSampler(shape=[2, 2], channels=8, layers=2, epochs=1, batch_size=64)
+    sampler.fit(z)
+    bound, uniform = prior_bound(model, sampler, x), model.bound(x)
+    assert torch.allclose(bound.recon, uniform.recon)
+    assert torch.allclose(bound.kl, -sampler.log_prob(z)) and (bound.kl > 0).all()
+
+
+DATA = os.environ.get("VAE_DATA_DIR")
+
+
+@pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").exists(),
+                    reason="needs MNIST under $VAE_DATA_DIR/mnist")
+def test_the_preset_trains_on_mnist_and_the_loss_falls(tmp_path, one_thread):
+    from vae_lightning.data.idx import read_idx
+
+    images = read_idx(Path(DATA) / "mnist" / "train-images-idx3-ubyte.gz")[:2000]
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    torch.manual_seed(0)
+    model = build_run(compose_train(["experiment=vq_vae_mnist", "model.optimizer.lr=1e-3"],
+                                    tmp_path)).model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    held = torch.bernoulli(x[:200])
+    with torch.no_grad():
+        before = model.objective.loss(model, held)[0].item()
+    for _ in range(150):
+        batch = torch.bernoulli(x[torch.randint(len(x), (64,))])
+        loss, _ = model.objective.loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after, bound = model.objective.loss(model, held)
+    assert after.item() < before - 100  # nats per image
+    assert model.objective.logged()["perplexity"] > 2  # more than one or two codes in use
+    assert torch.allclose(bound.kl, torch.full_like(bound.kl, 49 * math.log(64)))

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from vae_lightning.args import NonNegativeInt, PositiveFloat, PositiveInt, checked, fail
 from vae_lightning.parts import Bound, Parts
-from vae_lightning.samplers import Sampler, _check_tensors
+from vae_lightning.samplers import Sampler, _check_tensors, fit_by_likelihood
 
 log = logging.getLogger(__name__)
 
@@ -166,25 +166,14 @@ class PixelCNNSampler(Sampler):
         self._codebook, inverse = torch.unique(vectors, dim=0, return_inverse=True)
         codes = inverse.reshape(len(z), *self.shape)
         net = self._build(len(self._codebook))
-        optimizer = torch.optim.Adam(net.parameters(), lr=self.lr)
-        generator = torch.Generator().manual_seed(self.seed)
-        for epoch in range(self.epochs):
-            total = 0.0
-            for batch in torch.randperm(len(codes), generator=generator).split(self.batch_size):
-                loss = -net.log_prob(codes[batch]).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(batch)
-            if not math.isfinite(total):
-                fail(self, "lr", self.lr, f"fitting diverged at it in epoch {epoch + 1} (a "
-                     "non-finite loss); a lower learning rate")
-            nll = total / len(codes)
+        def report(epoch: int, nll: float) -> None:
             log.info("PixelCNN prior, epoch %d: -log p(k) = %.3f nats per training code map, "
                      "%.4f bits per position (uniform over the %d codes used: %.4f); the bound "
                      "is -log p(x) <= -recon + -log p(k), recon the run's train/recon.",
                      epoch + 1, nll, nll / (self.positions * math.log(2)), len(self._codebook),
                      math.log2(len(self._codebook)))
+
+        fit_by_likelihood(self, net, codes, report)
         self._net = net.eval()
 
     def log_prob(self, z: Tensor) -> Tensor:

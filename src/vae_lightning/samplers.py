@@ -20,12 +20,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import (
     Categorical,
     Distribution,
@@ -133,6 +133,30 @@ class GaussianMixture(Sampler):
         return self.distribution().sample((n,)).float()
 
 
+def fit_by_likelihood(sampler: Sampler, net: nn.Module, points: Tensor,
+                      each_epoch: Callable[[int, float], None] | None = None) -> float:
+    """Fit ``net`` (with ``log_prob``) to ``points`` by maximum likelihood with Adam, in the
+    ``sampler``'s ``epochs`` of shuffled minibatches of ``batch_size`` at learning rate ``lr``,
+    from its ``seed``; ``each_epoch(epoch, mean -log p)`` after each epoch. Returns the last
+    epoch's mean -log p; a non-finite loss is an ``ArgumentError`` naming ``lr``."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=sampler.lr)
+    generator = torch.Generator().manual_seed(sampler.seed)
+    for epoch in range(sampler.epochs):
+        total = 0.0
+        for batch in torch.randperm(len(points), generator=generator).split(sampler.batch_size):
+            loss = -net.log_prob(points[batch]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        if not math.isfinite(total):
+            fail(sampler, "lr", sampler.lr, f"fitting diverged at it in epoch {epoch + 1} (a "
+                 "non-finite loss); a lower learning rate")
+        if each_epoch is not None:
+            each_epoch(epoch, total / len(points))
+    return total / len(points)
+
+
 class FlowSampler(Sampler):
     """A masked autoregressive flow (``priors.flow.FlowPrior``: ``length`` steps of MADEs with
     ``hidden`` layers) on the points standardised per dimension, fitted by Adam (learning rate
@@ -163,21 +187,9 @@ class FlowSampler(Sampler):
         self._loc, self._scale = z.mean(0), z.std(0).clamp_min(1e-6)
         u = (z - self._loc) / self._scale
         flow = self._build(z.shape[1])
-        optimizer = torch.optim.Adam(flow.parameters(), lr=self.lr)
-        generator = torch.Generator().manual_seed(self.seed)
-        for epoch in range(self.epochs):
-            total = 0.0
-            for batch in torch.randperm(len(u), generator=generator).split(self.batch_size):
-                loss = -flow.log_prob(u[batch]).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(batch)
-            if not math.isfinite(total):
-                fail(self, "lr", self.lr, f"fitting diverged at it in epoch {epoch + 1} (a "
-                     "non-finite loss); a lower learning rate")
+        nll = fit_by_likelihood(self, flow, u)
         log.info("Flow sampler fitted: mean -log density %.4f (standardised points) after %d "
-                 "epochs.", total / len(u), self.epochs)
+                 "epochs.", nll, self.epochs)
         self._flow = flow.eval()
 
     def state(self) -> dict[str, Tensor]:

@@ -127,8 +127,12 @@ def samples_figure(model: L.LightningModule, n: int = 100):
     """Fig. 5: mean images of ``n`` draws from the prior, on a square-ish grid."""
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    images = model.sample(rows * cols).cpu()
+    images = model.sample(rows * cols).cpu()  # a conditional model's: the classes in turn
     title = f"Random samples from the prior (Nz = {model.latent})"
+    if model.classes is not None:
+        title = (f"Samples of p(x|y), the classes in turn (columns: y = 0..{model.classes - 1})"
+                 if cols == model.classes else
+                 f"Samples of p(x|y), y = 0..{model.classes - 1} in turn along the rows")
     return image_figure(tile(images.reshape(rows, cols, *images.shape[1:])), title)
 
 

@@ -246,3 +246,56 @@ def test_the_preset_trains_on_mnist_and_the_loss_falls(tmp_path, one_thread):
     assert after.item() < before - 100  # nats per image
     assert model.objective.logged()["perplexity"] > 2  # more than one or two codes in use
     assert torch.allclose(bound.kl, torch.full_like(bound.kl, 49 * math.log(64)))
+
+
+def test_vae_eval_reports_the_bound_with_the_fitted_pixelcnn_prior(tmp_path):
+    """vae-eval eval.fitted_prior=pixelcnn: refused, naming the command that fits it, before
+    vae-sample has fitted one; afterwards eval.json holds the bound with the fitted prior,
+    recon + log p(k(x)) per image, beside the uniform prior's recon - P log K."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    from compose import REPO
+
+    from vae_lightning.data.idx import write_idx
+
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 300), ("t10k", 100)):
+        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28), np.uint8))
+        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz",
+                  rng.integers(0, 10, n).astype(np.uint8))
+    run = tmp_path / "run"
+
+    def command(script, *args):
+        return subprocess.run([sys.executable, *script, *args], cwd=tmp_path, text=True,
+                              capture_output=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    trained = command([str(REPO / "train.py")], "experiment=vq_vae_mnist", f"data.root={root}",
+                      "data.val_size=50", "trainer.max_steps=5", "callbacks.figures=null",
+                      "callbacks.bound_curve=null",
+                      "model.encoder.posterior.codes=8", f"hydra.run.dir={run}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    evaluate = [str(REPO / "eval.py"), f"ckpt_path={ckpt}", "eval.k=1",
+                "eval.fitted_prior=pixelcnn", f"eval.data_root={root}"]
+    refused = command(evaluate)
+    assert refused.returncode == 2 and "sampler=pixelcnn" in refused.stderr, refused.stderr
+    fitted = command(["-m", "vae_lightning.sample"], f"ckpt_path={ckpt}", "sampler=pixelcnn",
+                     "samplers.pixelcnn.epochs=1", "samplers.pixelcnn.layers=2",
+                     "samplers.pixelcnn.channels=8", "n=4", f"data_root={root}")
+    assert fitted.returncode == 0, fitted.stderr[-2000:]
+    done = command(evaluate)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "with the fitted pixelcnn prior" in done.stdout
+    results = json.loads((run / "eval.json").read_text())
+    with_prior = results["fitted_prior"]["elbo"]
+    assert math.isfinite(with_prior["nats"]) and with_prior["bits_per_dim"] > 0
+    # The same reconstruction under both priors (q is one-hot): the uniform bound is
+    # recon - 49 log 8 (a 7 x 7 map of 8 codes), the fitted one recon + log p(k) <= recon.
+    assert with_prior["nats"] <= results["elbo"]["nats"] + 49 * math.log(8) + 1e-6

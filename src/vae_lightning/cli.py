@@ -304,6 +304,12 @@ def _evaluate(cfg: DictConfig) -> float:
                     if est.get("bits_per_dim") is not None else "")  # discrete data only
             print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
                   f"nats{bits}")
+        if "fitted_prior" in results:  # a VQ-VAE's bound with its prior fitted after training
+            est = results["fitted_prior"]["elbo"]
+            bits = (f", {est['bits_per_dim']:.4f} bits/dim" if est["bits_per_dim"] is not None
+                    else "")
+            print(f"{results['split']} elbo with the fitted {results['fitted_prior']['sampler']}"
+                  f" prior: {est['nats']:.3f} +- {est['nats_se']:.3f} nats{bits}")
         for i, layer in enumerate(results.get("layers", []), start=1):  # stochastic layers
             kl = f", KL {layer['kl']:.2f} nats" if layer["kl"] is not None else ""
             print(f"  z_{i}: {layer['active_units']} of {layer['size']} units active{kl}")

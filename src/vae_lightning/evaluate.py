@@ -27,7 +27,7 @@ from vae_lightning.args import ArgumentError, PositiveFloat, PositiveInt, checke
 from vae_lightning.checkpoint_data import STAGES, checked_data, find_data
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
-from vae_lightning.log_likelihood import code_length, evaluate, units
+from vae_lightning.log_likelihood import Estimate, code_length, evaluate, units
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, importance_weighted
 from vae_lightning.rebuild import device_of, load_model
@@ -62,8 +62,10 @@ class Evaluation:
     pixel values in [0, 1], before any binarization), in the ``features`` space: the data set's
     feature classifier (``classifier``, default ``<data root>/feature_classifiers/<data>.pt``)
     or Inception-v3 (``inception_weights``); KID over ``kid_subsets`` subsets of
-    ``kid_subset_size``, precision and recall with ``nearest_k`` neighbours. Everything these
-    need is checked before the bound is estimated."""
+    ``kid_subset_size``, precision and recall with ``nearest_k`` neighbours. ``fitted_prior``
+    (``pixelcnn``): a VQ-VAE's bound also with the prior over code maps fitted after training
+    (``pixelcnn.fitted_prior``) in place of the uniform one. Everything these need is checked
+    before the bound is estimated."""
 
     @checked
     def __init__(self, k: PositiveInt = 5000, chunk: PositiveInt | None = None,
@@ -79,7 +81,8 @@ class Evaluation:
                  features: Literal["classifier", "inception"] = "classifier",
                  classifier: str | None = None, inception_weights: str | None = None,
                  kid_subsets: PositiveInt = 100, kid_subset_size: PositiveInt = 1000,
-                 nearest_k: PositiveInt = 3) -> None:
+                 nearest_k: PositiveInt = 3,
+                 fitted_prior: Literal["pixelcnn"] | None = None) -> None:
         self.k, self.chunk, self.batch_size, self.split = k, chunk, batch_size, split
         self.limit, self.max_hours = limit, max_hours
         self.trusted = tuple(trusted)
@@ -96,7 +99,7 @@ class Evaluation:
         self.samples, self.sample_mean, self.features = samples, sample_mean, features
         self.classifier, self.inception_weights = classifier, inception_weights
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
-        self.nearest_k = nearest_k
+        self.nearest_k, self.fitted_prior = nearest_k, fitted_prior
 
     def __call__(self, ckpt_path: str, seed: int, output_dir: str | None) -> dict[str, Any]:
         """Rebuild the model of ``ckpt_path`` and its data from where the user keeps them,
@@ -120,6 +123,10 @@ class Evaluation:
         truth = self._ground_truth(datamodule) if self.metrics else None
         judge = (self._quality_inputs(model, datamodule, config, ckpt_path)
                  if self.sample_quality else None)
+        if self.fitted_prior is not None:  # a VQ-VAE's prior over codes, fitted after training
+            from vae_lightning.pixelcnn import fitted_prior, prior_bound
+
+            code_prior = fitted_prior(ckpt_path, model.latent)
 
         def batches():
             left = self.limit  # points still to score; None: the whole split
@@ -173,6 +180,15 @@ class Evaluation:
         if not discrete:
             for name in ("elbo", "iw"):
                 results[name]["bits_per_dim"] = results[name]["bits_per_dim_se"] = None
+        if self.fitted_prior is not None:
+            with torch.no_grad():
+                elbo = torch.cat([prior_bound(model, code_prior, x).elbo.cpu()
+                                  for x, _ in batches()])
+            fitted = asdict(Estimate.of(elbo, results["input_dim"]))
+            if not discrete:
+                fitted["bits_per_dim"] = fitted["bits_per_dim_se"] = None
+            # q is one-hot: the ELBO with the fitted prior is log p(x|z_q) + log p(k(x)).
+            results["fitted_prior"] = {"sampler": self.fitted_prior, "elbo": fitted}
         if truth is not None:
             results["disentanglement"] = self._disentanglement(model, truth, seed)
         if judge is not None:

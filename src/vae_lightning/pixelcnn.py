@@ -202,6 +202,29 @@ class PixelCNNSampler(Sampler):
 
 
 @torch.no_grad()
+def fitted_prior(ckpt_path: str, latent: int) -> PixelCNNSampler:
+    """The PixelCNN prior that ``vae-sample sampler=pixelcnn`` fitted for the checkpoint
+    ``ckpt_path`` and saved beside it, with the options it was fitted with (checked as a
+    sampler's options are; the file names no code). Refused (``ConfigError``) when there is none
+    or it was fitted for another checkpoint."""
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.samplers import digest, fitted_path, load, read
+
+    path = fitted_path(ckpt_path, "pixelcnn")
+    fit = f"fit it first: vae-sample ckpt_path={ckpt_path} sampler=pixelcnn"
+    if not path.is_file():
+        raise ConfigError(f"eval.fitted_prior=pixelcnn: no PixelCNN prior is saved for "
+                          f"{ckpt_path} ({path}); {fit}.")
+    options = read(path).get("options")
+    sampler = PixelCNNSampler(**options) if isinstance(options, dict) else None
+    why = "it holds no options" if sampler is None else load(
+        sampler, "pixelcnn", path, digest(ckpt_path), latent)
+    if why is not None:
+        raise ConfigError(f"eval.fitted_prior=pixelcnn: the PixelCNN prior {path} cannot be "
+                          f"used ({why}); {fit} refit=true.")
+    return sampler
+
+
 def prior_bound(model: Parts, prior: PixelCNNSampler, x: Tensor) -> Bound:
     """The VQ-VAE's bound on log p(x) per image of ``x`` with the fitted ``prior`` over code maps
     in place of the uniform one: E_q[log p(x|z_q)] and KL(q || p) = -log p(k(x)) (q one-hot)."""

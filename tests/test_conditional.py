@@ -9,81 +9,38 @@ from __future__ import annotations
 
 import csv
 import math
-from functools import partial
 
+import conditional_gaussian as cg
 import pytest
 import torch
 from compose import SHARED_DATA, compose_train
-from linear_gaussian import set_affine
-from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Independent, Normal, kl_divergence
 
 from vae_lightning.conditional import ClassNormal, Conditioned
 from vae_lightning.errors import ConfigError
 from vae_lightning.likelihoods import Decoder, GaussianFixed
 from vae_lightning.module import VAE
-from vae_lightning.nets import MLP
 from vae_lightning.objectives.elbo import ELBO
 from vae_lightning.posteriors import Encoder, Gaussian
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-LINEAR = partial(MLP, hidden=())
-CONDITIONED = partial(Conditioned, net=LINEAR, classes=2)
-SHAPE = (1, 1, 3)
-SIGMA = 0.5
-B = torch.tensor([1.5, -0.7, 2.0])  # p(x|z, y) = N(diag(B) z + C[:, y], sigma^2 I)
-C = torch.tensor([[0.3, -1.0], [0.5, 0.2], [-0.4, 1.1]])
-MU = torch.tensor([[1.0, -0.5, 0.0], [-1.0, 0.5, 2.0]])  # p(z|y) = N(MU[y], I)
-
-
-def _model() -> VAE:
-    """The conditional linear-Gaussian model with q(z|x, y) its exact posterior:
-    precision I + B^2 / sigma^2, mean v (MU[y] + B (x - C[:, y]) / sigma^2)."""
-    torch.manual_seed(0)
-    encoder = Encoder(CONDITIONED, Gaussian(), SHAPE, latent=3)
-    decoder = Decoder(CONDITIONED, GaussianFixed(SIGMA, mean_activation="identity"), SHAPE,
-                      latent=3)
-    prior = ClassNormal(3, classes=2)
-    with torch.no_grad():
-        prior.loc.copy_(MU)
-    set_affine(decoder.net.net, torch.cat([torch.diag(B), C], 1), torch.zeros(3))
-    v = 1 / (1 + B**2 / SIGMA**2)
-    loc_weight = torch.cat([torch.diag(v * B / SIGMA**2), (v[:, None] * (MU.T - B[:, None] * C
-                                                                          / SIGMA**2))], 1)
-    set_affine(encoder.net.net, torch.cat([loc_weight, torch.zeros(3, 5)]),
-               torch.cat([torch.zeros(3), v.log()]))
-    return VAE(encoder, decoder, prior, ELBO(), classes=2, data_shape=SHAPE).eval()
-
-
-def _log_p(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log p(x|y) = log N(x; B MU[y] + C[:, y], diag(B^2) + sigma^2 I)."""
-    mean = B * MU[y] + C.T[y]
-    return MultivariateNormal(mean, torch.diag(B**2 + SIGMA**2)).log_prob(x.flatten(1))
-
-
-def _data(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    torch.manual_seed(1)
-    y = torch.arange(n) % 2
-    z = MU[y] + torch.randn(n, 3)
-    return (B * z + C.T[y] + SIGMA * torch.randn(n, 3)).reshape(n, *SHAPE), y
-
-
 def test_with_the_exact_posterior_the_estimate_is_log_p_of_x_given_y_for_any_k():
-    model, (x, y) = _model(), _data()
+    model, (x, y) = cg.model(), cg.data()
     for k in (1, 7):
-        torch.testing.assert_close(model.log_likelihood(x, k=k, y=y), _log_p(x, y),
+        torch.testing.assert_close(model.log_likelihood(x, k=k, y=y), cg.log_p(x, y),
                                    atol=1e-4, rtol=0)
     # The other label gives the other class's density (the parts read the labels they get).
     other = model.log_likelihood(x, k=2000, y=1 - y)
-    assert (other <= _log_p(x, 1 - y) + 0.05).all()  # a bound on log p(x|y') ...
-    assert (other < _log_p(x, y) - 0.5).all()  # ... well below the right label's
+    assert (other <= cg.log_p(x, 1 - y) + 0.05).all()  # a bound on log p(x|y') ...
+    assert (other < cg.log_p(x, y) - 0.5).all()  # ... well below the right label's
 
 
 def test_the_elbo_of_the_exact_posterior_is_log_p_of_x_given_y_in_expectation():
-    model, (x, y) = _model(), _data()
+    model, (x, y) = cg.model(), cg.data()
     torch.manual_seed(3)
     elbo = torch.stack([model.bound(x, y).elbo for _ in range(4000)]).mean(0)
-    torch.testing.assert_close(elbo, _log_p(x, y), atol=0.08, rtol=0)
+    torch.testing.assert_close(elbo, cg.log_p(x, y), atol=0.08, rtol=0)
 
 
 def test_the_class_prior_kl_is_analytic_and_matches_monte_carlo():
@@ -104,7 +61,7 @@ def test_the_class_prior_kl_is_analytic_and_matches_monte_carlo():
 
 
 def test_labels_are_checked_and_broadcast_over_sample_dimensions():
-    net = Conditioned((1, 2, 2), (5,), LINEAR, classes=3)
+    net = Conditioned((1, 2, 2), (5,), cg.LINEAR, classes=3)
     net.given(torch.tensor([0, 2]))
     x = torch.randn(2, 1, 2, 2)
     out = net(x)
@@ -123,17 +80,17 @@ def test_labels_are_checked_and_broadcast_over_sample_dimensions():
 
 
 def test_every_method_hands_the_labels_to_the_parts_and_asks_for_them():
-    model, (x, y) = _model(), _data()
+    model, (x, y) = cg.model(), cg.data()
     q = model.encode(x, y)
     torch.testing.assert_close(q.mean, model.encode(x, y).mean)
     assert not torch.allclose(q.mean, model.encode(x, 1 - y).mean)
-    assert model.sample(6).shape == (6, *SHAPE)
+    assert model.sample(6).shape == (6, *cg.SHAPE)
     torch.manual_seed(0)
     ones = model.sample(500, y=1, mean=True).flatten(1).mean(0)
     # E[x|y] = B MU[y] + C[:, y]: the decoded means of z ~ p(z|y) average to it.
-    torch.testing.assert_close(ones, B * MU[1] + C[:, 1], atol=0.15, rtol=0)
+    torch.testing.assert_close(ones, cg.B * cg.MU[1] + cg.C[:, 1], atol=0.15, rtol=0)
     assert model.reconstruct(x, y).shape == x.shape
-    assert model.interpolate(x[:2], x[2:4], steps=3, y=y[:2]).shape == (3, 2, *SHAPE)
+    assert model.interpolate(x[:2], x[2:4], steps=3, y=y[:2]).shape == (3, 2, *cg.SHAPE)
     for call in (lambda: model.encode(x), lambda: model.reconstruct(x),
                  lambda: model.log_likelihood(x, k=2)):
         with pytest.raises(ValueError, match="conditional on a class label"):
@@ -143,8 +100,8 @@ def test_every_method_hands_the_labels_to_the_parts_and_asks_for_them():
 
 
 def test_model_classes_must_match_the_parts():
-    encoder = Encoder(CONDITIONED, Gaussian(), SHAPE, latent=3)
-    decoder = Decoder(LINEAR, GaussianFixed(SIGMA), SHAPE, latent=3)
+    encoder = Encoder(cg.CONDITIONED, Gaussian(), cg.SHAPE, latent=3)
+    decoder = Decoder(cg.LINEAR, GaussianFixed(cg.SIGMA), cg.SHAPE, latent=3)
     with pytest.raises(ValueError, match="classes=3, but parts of the model are conditional on"):
         VAE(encoder, decoder, ClassNormal(3, classes=2), ELBO(), classes=3)
 

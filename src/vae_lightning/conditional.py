@@ -33,7 +33,7 @@ from vae_lightning.priors import Prior
 
 class _Labels:
     """The labels a conditional part (``parts.Conditional``) was last given, checked: integer
-    classes in [0, ``classes``)."""
+    classes in [0, ``classes``), or -1 for a point whose label is hidden."""
 
     def __init__(self, classes: int) -> None:
         self.classes = classes
@@ -44,17 +44,23 @@ class _Labels:
             if y.dtype.is_floating_point or y.dim() != 1:
                 raise ConfigError(f"a conditional model takes integer class labels [batch]; got "
                                   f"{y.dtype} of shape {list(y.shape)}.")
-            if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.classes):
+            if len(y) and (int(y.min()) < -1 or int(y.max()) >= self.classes):
                 raise ConfigError(
-                    f"a label {int(y.min()) if int(y.min()) < 0 else int(y.max())} is outside "
+                    f"a label {int(y.min()) if int(y.min()) < -1 else int(y.max())} is outside "
                     f"0..{self.classes - 1}: the model is conditional on {self.classes} classes "
                     f"(model.classes); the data's labels must be among them.")
         self._y = None if y is None else y.long()
 
     def labels(self) -> Tensor:
+        """The labels given; -1 (a hidden label) is kept until used, then refused: only an
+        objective that sums over the classes (model/objective=m2) trains on such points."""
         if self._y is None:
             raise ConfigError("this model is conditional on a class label: give the labels "
                               "(e.g. model.sample(n, y=...), vae-sample y=3).")
+        if len(self._y) and int(self._y.min()) < 0:
+            raise ConfigError("some points have no label (-1): a conditional model needs each "
+                              "point's label, or an objective that sums over the classes of "
+                              "the unlabelled ones (model/objective=m2).")
         return self._y
 
 

@@ -23,17 +23,22 @@ class Inference:
     @contextlib.contextmanager
     def given(self, y: Tensor | None) -> Iterator[None]:
         """Hand the labels ``y`` ``[batch]`` to the parts that depend on them
-        (``parts.Conditional``) while the block runs; a model without such parts ignores ``y``."""
+        (``parts.Conditional``) while the block runs, then give them back the labels of any
+        block around it (an objective that sums over the classes nests them); a model without
+        such parts ignores ``y``."""
         if not self._conditional:
             yield
             return
+        previous = getattr(self, "_given_labels", None)  # an outer block's, restored after
+        self._given_labels = None if y is None else y.to(self.device)
         for part in self._conditional:
-            part.given(None if y is None else y.to(self.device))
+            part.given(self._given_labels)
         try:
             yield
         finally:
+            self._given_labels = previous
             for part in self._conditional:
-                part.given(None)
+                part.given(previous)
 
     def labels(self, y: Tensor | int | None, n: int, what: str = "sample") -> Tensor | None:
         """``n`` labels on the model's device for ``what`` (a method's name): ``y``, one class

@@ -18,6 +18,7 @@ values they exchange. The bottom layer of the package: it imports only torch.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -122,7 +123,9 @@ class Prior(Protocol):
 
 class Parts(Protocol):
     """The model as objectives see it: its parts, the sizes they were built for, the device and
-    the optimizer step (a schedule's clock, e.g. KL warm-up)."""
+    the optimizer step (a schedule's clock, e.g. KL warm-up); ``given(y)``, a context in which
+    the parts that depend on a class label (``Conditional``) take the labels ``y`` (an objective
+    that sums over the classes, M2's, gives each in turn)."""
 
     encoder: Posterior
     decoder: Decoder
@@ -131,6 +134,8 @@ class Parts(Protocol):
     data_shape: tuple[int, ...]
     device: torch.device
     global_step: int
+
+    def given(self, y: Tensor | None) -> AbstractContextManager[None]: ...
 
 
 # What a posterior (or a prior: "factorized") may offer, and why a part would need it.

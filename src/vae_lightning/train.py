@@ -100,7 +100,12 @@ def build_run(cfg: DictConfig) -> Run:
 
 def _check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
     """A conditional model (``model.classes`` K) takes labels 0..K-1: refuse data whose labels
-    fall outside (or that have none, -1) before the first step."""
+    fall outside (or that have none, -1) before the first step; hidden labels
+    (``data.labelled``) only for an objective that trains without them."""
+    if getattr(datamodule, "labelled", None) and not model.objective.unlabelled:
+        raise ConfigError(f"data.labelled={datamodule.labelled} hides the other training "
+                          f"labels, and the objective {model.objective!r} does not train on "
+                          "points without one; use model=m2, or leave data.labelled out.")
     if model.classes is None:
         return
     for split, (_, y) in datamodule.splits.items():

@@ -14,11 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from vae_lightning.args import NonNegativeInt, PositiveInt, Range, checked, fail
-from vae_lightning.errors import DataError
+from vae_lightning.errors import ConfigError, DataError
 
 from .download import DataNotFoundError, ensure_files
 from .frey import frey_images, load_bundled_frey, read_frey_mat
 from .idx import read_idx
+from .labelled import SemiSupervised, balanced_subset
 from .sampling import OrderedBatchSampler, ShardedBatchSampler, TensorBatchDataset, derive_seed
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class VAEDataModule(L.LightningDataModule):
     float32), or bool images when binarized once in setup (``binarize="static"``, and val/test
     with ``"dynamic"``, so the evaluation bound is comparable across epochs and runs); ``y``
     int64 labels ``[B]`` (-1 when the set has none).
+    ``labelled`` (semi-supervised training, ``data.labelled``): each training minibatch is the
+    ``batch_size`` images with their labels hidden (-1) followed by ``labelled_batch`` of the
+    ``labelled`` images that keep theirs (``labelled.SemiSupervised``).
     ``to_inputs`` turns a batch into model inputs, float32 ``[B, C, H, W]`` in [0, 1]: uint8
     pixels divided by ``scale`` (float pixels are already probabilities: not divided) and, for
     ``binarize="dynamic"``, a fresh Bernoulli draw (u < x) for every training batch from a
@@ -85,6 +89,8 @@ class VAEDataModule(L.LightningDataModule):
         val_size: NonNegativeInt = 10000,
         binarize: Literal["none", "static", "dynamic"] = "none",
         steps_per_batch: PositiveInt = 1,
+        labelled: PositiveInt | None = None,
+        labelled_batch: PositiveInt = 10,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -97,6 +103,7 @@ class VAEDataModule(L.LightningDataModule):
         self.download, self.scale = download, float(scale)
         self.val_size, self.binarize = val_size, binarize
         self.steps_per_batch = steps_per_batch
+        self.labelled, self.labelled_batch = labelled, labelled_batch
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.digests: dict[str, str] = {}  # split -> SHA-256 of its images and labels as read
         self._generators: dict[str, torch.Generator] = {}
@@ -145,6 +152,7 @@ class VAEDataModule(L.LightningDataModule):
             "binarize": self.binarize,
             "splits": {split: {"size": len(self.splits[split][0]), "sha256": self.digests[split]}
                        for split in sorted(self.digests) if split in self.splits},
+            **({"labelled": self.labelled} if self.labelled else {}),
         }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -165,7 +173,7 @@ class VAEDataModule(L.LightningDataModule):
         on_cpu = x.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0
         return DataLoader(
-            TensorBatchDataset(x, y),
+            self._semi_supervised(x, y) if training and self.labelled else TensorBatchDataset(x, y),
             sampler=sampler,
             batch_size=None,
             num_workers=workers,
@@ -175,6 +183,14 @@ class VAEDataModule(L.LightningDataModule):
             # noise eps of a resumed run would be shifted against an uninterrupted one.
             generator=torch.Generator().manual_seed(derive_seed(self.seed, rank)),
         )
+
+    def _semi_supervised(self, x: torch.Tensor, y: torch.Tensor) -> SemiSupervised:
+        """The training split with all but ``labelled`` labels hidden (``data.labelled``)."""
+        try:
+            chosen = balanced_subset(y.cpu(), self.labelled, self.seed)
+        except ValueError as err:
+            raise ConfigError(f"data.labelled={self.labelled}: {err}.") from None
+        return SemiSupervised(x, y, chosen, self.labelled_batch, self.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

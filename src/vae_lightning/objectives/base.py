@@ -108,6 +108,9 @@ class Objective:
     # Whether the loss changes with the optimizer step (a KL schedule, a capacity ramp): a CUDA
     # graph captures one step's loss, so such objectives are not graphed.
     step_dependent = False
+    # Whether it trains on points whose label is hidden (-1), summing over their classes (M2):
+    # a conditional model is otherwise refused data with such points.
+    unlabelled = False
 
     def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         raise NotImplementedError

@@ -19,6 +19,7 @@ from torch.distributions import (
 from torch.distributions.kl import _kl_independent_independent
 
 from vae_lightning.args import PositiveFloat, PositiveInt, checked
+from vae_lightning.parts import Conditional
 
 
 class Prior(nn.Module):
@@ -134,6 +135,11 @@ class VampPrior(Prior):
     requires = frozenset({"density"})
 
     def bind(self, encoder: nn.Module) -> None:
+        if any(isinstance(m, Conditional) for m in encoder.modules()):
+            raise ValueError("the VampPrior's components are q(z|u_k) at its pseudo-inputs u_k, "
+                             "which an encoder given a class label (a conditional model's) "
+                             "cannot score without labels; use model/prior=normal or "
+                             "class_normal")
         self._encoder[:] = [encoder]
 
     def distribution(self) -> Distribution:

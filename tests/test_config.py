@@ -36,6 +36,8 @@ def _option_overrides(group, option):
         overrides.append("model=ladder")
     if option in ("conditional_mlp", "class_normal"):  # a conditional model's parts
         overrides.append("model.classes=10")
+    if (group, option) == ("model/objective", "m2"):  # with the conditional model it trains
+        overrides.append("model=m2")
     if (group, option) in VQ_VAE_PARTS:  # with one another, on data whose 7 x 7 map fits latent
         overrides += ["data=mnist"] if group == "model" else ["model=vq_vae", "data=mnist"]
     return overrides

@@ -304,6 +304,9 @@ def _evaluate(cfg: DictConfig) -> float:
                     if est.get("bits_per_dim") is not None else "")  # discrete data only
             print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
                   f"nats{bits}")
+        if "classification_error" in results:  # a semi-supervised model's classifier (M2)
+            print(f"{results['split']} classification error of q(y|x): "
+                  f"{results['classification_error']:.4f}")
         if "fitted_prior" in results:  # a VQ-VAE's bound with its prior fitted after training
             est = results["fitted_prior"]["elbo"]
             bits = (f", {est['bits_per_dim']:.4f} bits/dim" if est["bits_per_dim"] is not None

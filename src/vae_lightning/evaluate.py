@@ -180,6 +180,13 @@ class Evaluation:
         if not discrete:
             for name in ("elbo", "iw"):
                 results[name]["bits_per_dim"] = results[name]["bits_per_dim_se"] = None
+        if hasattr(model.objective, "classify"):  # a semi-supervised model's q(y|x) (M2)
+            with torch.no_grad():
+                wrong = [(model.objective.classify(x).argmax(-1) != y).cpu()
+                         for x, y in batches()]
+            results["classification_error"] = torch.cat(wrong).double().mean().item()
+            log.info("classification error of q(y|x) on %s: %.4f", self.split,
+                     results["classification_error"])
         if self.fitted_prior is not None:
             with torch.no_grad():
                 elbo = torch.cat([prior_bound(model, code_prior, x).elbo.cpu()

@@ -1,0 +1,154 @@
+"""Semi-supervised M2 (objectives/m2.py, data.labelled, model=m2): the unlabelled bound's sum over
+the classes against brute-force enumeration, and its maximum over q(y|x), log sum_y exp L(x, y),
+reached at q(y|x) proportional to exp L; on a conditional linear-Gaussian model with the exact
+q(z|x, y) and q(y|x) = p(y|x), U(x) = log p(x) exactly; the labelled subset balanced by class and
+fixed by the seed; each minibatch's hidden and shown labels; the objective's loss; and M2 on
+MNIST with 100 labels learning to classify (slow)."""
+
+from __future__ import annotations
+
+import math
+
+import conditional_gaussian as cg
+import pytest
+import torch
+from compose import SHARED_DATA, compose_train
+from linear_gaussian import set_affine
+
+from vae_lightning.data.labelled import UNLABELLED, SemiSupervised, balanced_subset
+from vae_lightning.errors import ConfigError
+from vae_lightning.objectives.m2 import M2
+from vae_lightning.parts import Bound
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _with_table(objective: M2, recon: torch.Tensor, kl: torch.Tensor) -> None:
+    """Make L(x, c) a fixed table: recon[i, c] - kl[i, c] for the i-th point given class c."""
+    def labelled(model, x, y):
+        i = torch.arange(len(y)) % recon.shape[0]
+        return Bound(recon[i, y], kl[i, y] + math.log(objective.classes))
+
+    objective._labelled = labelled
+
+
+def test_the_unlabelled_bound_sums_over_the_classes_as_brute_force_enumeration():
+    torch.manual_seed(0)
+    objective = M2(classes=4, data_shape=(1, 2, 2), hidden=())
+    recon, kl = -torch.rand(5, 4) * 50, torch.rand(5, 4) * 10
+    _with_table(objective, recon, kl)
+    x = torch.randn(5, 1, 2, 2)
+    bound, log_q = objective._unlabelled(None, x)
+    # Enumerate: U(x) = sum_y q(y|x) [L(x, y)] + H(q(y|x)), L = recon - kl + log p(y).
+    labelled = recon - kl - math.log(4)
+    q = log_q.exp()
+    brute = torch.stack([sum(q[i, c] * labelled[i, c] for c in range(4))
+                         - sum(q[i, c] * log_q[i, c] for c in range(4)) for i in range(5)])
+    torch.testing.assert_close(bound.elbo, brute)
+    assert (bound.elbo <= torch.logsumexp(labelled, 1) + 1e-5).all()  # U <= log sum_y exp L
+    # With q(y|x) = softmax(L(x, .)) the bound reaches log sum_y exp L(x, y).
+    set_affine(objective.classifier, torch.zeros(4, 4), torch.zeros(4))
+    objective.classify = lambda x: labelled  # logits
+    bound, _ = objective._unlabelled(None, x)
+    torch.testing.assert_close(bound.elbo, torch.logsumexp(labelled, 1))
+
+
+def _exact_m2():
+    """The conditional linear-Gaussian model with M2's objective, q(z|x, y) exact and the
+    classifier set to p(y|x): log p(y|x) = x^T S^-1 m_y - m_y^T S^-1 m_y / 2 + const, with the
+    classes' means m_y = B MU[y] + C[:, y] and their shared covariance S."""
+    objective = M2(classes=2, data_shape=cg.SHAPE, hidden=(), kl="mc")
+    model = cg.model(objective)
+    means = cg.B * cg.MU + cg.C.T  # [K, 3]
+    precision = 1 / (cg.B**2 + cg.SIGMA**2)
+    set_affine(objective.classifier, means * precision,
+               -0.5 * (means**2 * precision).sum(1))
+    return model, objective
+
+
+def test_with_the_exact_posteriors_the_unlabelled_bound_is_log_p_of_x():
+    model, objective = _exact_m2()
+    x, y = cg.data()
+    # p(x) = sum_y p(y) p(x|y), p(y) = 1/2.
+    exact = torch.logsumexp(torch.stack([cg.log_p(x, torch.full_like(y, c)) for c in (0, 1)]),
+                            0) - math.log(2)
+    torch.testing.assert_close(objective.bound(model, x).elbo, exact, atol=1e-4, rtol=0)
+    # A labelled point's bound is log p(x, y) = log p(x|y) + log p(y), here exactly.
+    with model.given(y):
+        loss, bound = objective.loss(model, x)
+    torch.testing.assert_close(bound.elbo, cg.log_p(x, y) - math.log(2), atol=1e-4, rtol=0)
+    # The loss: -mean bound + alpha * mean -log q(y|x) over the labelled points.
+    log_q = torch.log_softmax(objective.classify(x), -1).gather(1, y[:, None]).squeeze(1)
+    torch.testing.assert_close(loss, -bound.elbo.mean() - 0.1 * log_q.mean(), atol=1e-4, rtol=0)
+    # Points with hidden labels (-1) are scored by U(x), the others by L(x, y).
+    hidden = torch.where(torch.arange(len(y)) % 2 == 0, y, -1)
+    with model.given(hidden):
+        _, mixed = objective.loss(model, x)
+    expected = torch.where(hidden >= 0, cg.log_p(x, y) - math.log(2), exact)
+    torch.testing.assert_close(mixed.elbo, expected, atol=1e-4, rtol=0)
+
+
+def test_the_labelled_subset_is_balanced_by_class_and_fixed_by_the_seed():
+    y = torch.arange(1000) % 10
+    chosen = balanced_subset(y, 100, seed=3)
+    assert torch.equal(torch.bincount(y[chosen], minlength=10), torch.full((10,), 10))
+    assert torch.equal(chosen, balanced_subset(y, 100, seed=3))
+    assert not torch.equal(chosen, balanced_subset(y, 100, seed=4))
+    with pytest.raises(ValueError, match="multiple of 10"):
+        balanced_subset(y, 105, seed=0)
+    with pytest.raises(ValueError, match="fewer than the 200 per class"):
+        balanced_subset(y, 2000, seed=0)
+
+
+def test_each_minibatch_hides_its_labels_and_adds_labelled_points():
+    x, y = torch.arange(50).float()[:, None], torch.arange(50) % 5
+    labelled = balanced_subset(y, 10, seed=0)
+    data = SemiSupervised(x, y, labelled, per_batch=4, seed=0)
+    idx = torch.tensor([3, 17, 8, 40, 22, 9])
+    xb, yb = data[idx]
+    assert torch.equal(xb[:6, 0], idx.float()) and (yb[:6] == UNLABELLED).all()
+    shown = xb[6:, 0].long()
+    assert len(shown) == 4 and set(shown.tolist()) <= set(labelled.tolist())
+    assert torch.equal(yb[6:], y[shown])  # the labelled points keep their labels
+    again = data[idx]
+    assert torch.equal(again[0], xb) and torch.equal(again[1], yb)  # the same on resume
+    batches = data[[idx, idx + 1]]  # steps_per_batch: a list of minibatches
+    assert len(batches) == 2 and torch.equal(batches[0][0], xb)
+
+
+def test_hidden_labels_need_an_objective_that_sums_over_them(tmp_path):
+    from vae_lightning.train import train
+
+    cfg = compose_train(["model=cvae", "model/objective=elbo", "data=frey",
+                         "data.labelled=10"], tmp_path)
+    with pytest.raises(ConfigError, match="data.labelled=10 hides the other training labels"):
+        train(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(),
+                    reason="needs ../shared/data/mnist (the shared data folder)")
+def test_m2_learns_to_classify_mnist_from_100_labels(tmp_path, monkeypatch):
+    """experiment=m2_mnist, 400 steps: the classifier's test error falls far below chance
+    (0.9), and the validation bound is a bound on log p(x) below 0."""
+    import json
+    import subprocess
+    import sys
+
+    from compose import REPO
+
+    run = tmp_path / "run"
+    env = {**__import__("os").environ, "VAE_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "offline"}
+    trained = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "experiment=m2_mnist", "trainer.max_steps=400",
+         "callbacks.figures=null", "callbacks.bound_curve=null", f"hydra.run.dir={run}"],
+        capture_output=True, text=True, env=env, timeout=1800)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    evaluated = subprocess.run(
+        [sys.executable, str(REPO / "eval.py"), f"ckpt_path={run / 'checkpoints/last.ckpt'}",
+         "eval.k=2", "eval.limit=2000"], capture_output=True, text=True, env=env, timeout=1800)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    results = json.loads((run / "eval.json").read_text())
+    assert results["classification_error"] < 0.6
+    assert results["n"] == 2000 and results["elbo"]["nats"] < 0

@@ -12,14 +12,12 @@ from torch.distributions import Normal
 from vae_lightning.callbacks.figures import (
     CURVE_LABELS,
     curves_figure,
-    decode_mean,
-    latents_figure,
     manifold_figure,
     manifold_grid,
     manifold_ticks,
-    project_2d,
-    tile,
 )
+from vae_lightning.callbacks.images import decode_mean, tile
+from vae_lightning.callbacks.latent_scatter import latents_figure, project_2d
 from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from vae_lightning.reports.reproduction import ReproductionError, at_samples, find_runs, main
+from vae_lightning.reports.reproduction import main
+from vae_lightning.reports.reproduction_runs import ReproductionError, at_samples, find_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CONFIG = {"seed": 0,
@@ -168,7 +169,8 @@ def test_the_seed_table_averages_per_seed_differences_at_shared_counts(tmp_path)
     seeds; keys with fewer than two seeds of both methods are left out."""
     import math
 
-    from vae_lightning.reports.reproduction import Run, seeds_table
+    from vae_lightning.reports.reproduction_runs import Run
+    from vae_lightning.reports.reproduction_tables import seeds_table
 
     def run(method, seed, values, latent=5):
         points = [{"samples_seen": n, "test/elbo": v} for n, v in zip((1e4, 2e4, 2e5), values)]

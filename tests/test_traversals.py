@@ -9,7 +9,7 @@ from compose import compose_train
 from PIL import Image
 from torch.distributions import Normal, kl_divergence
 
-from vae_lightning.callbacks.figures import (
+from vae_lightning.callbacks.traversals import (
     latent_ranking,
     traversal,
     traversal_figure,

@@ -4,7 +4,8 @@ A network (``Decoder.net``) emits ``n_params`` parameters per pixel and channel,
 turns them into a distribution over images ``[C, H, W]`` whose ``log_prob`` sums over pixels,
 normalising constants included. The likelihoods are the options of ``model/likelihood``; those
 for 8-bit images (discretized logistic and its mixture) are probabilities of the grid values
-k / (bins - 1), and the mixture's weights are per pixel (``channels(C)`` in general)."""
+k / (bins - 1), and the mixture's weights are per pixel (``channels(C)`` in general). The
+distributions they return, and their numerics, are in ``pixel_distributions``."""
 
 from __future__ import annotations
 
@@ -14,13 +15,20 @@ from typing import Annotated, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli as _Bernoulli
-from torch.distributions import Beta as _Beta
 from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
-from torch.distributions import Distribution, Independent, Normal, constraints
+from torch.distributions import Distribution, Normal, constraints
 from torch.nn import functional as F
 
 from vae_lightning.args import NonNegativeFloat, PositiveFloat, PositiveInt, Range, checked, within
+from vae_lightning.pixel_distributions import (
+    ClampedBeta,
+    Grid,
+    Image,
+    PixelBernoulli,
+    PixelDiscretizedLogistic,
+    PixelDiscretizedLogisticMixture,
+    smooth_floor,
+)
 
 
 class Likelihood(nn.Module):
@@ -63,30 +71,6 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
-class Image(Independent):
-    """The pixels of an image as one event (``Independent`` over ``[C, H, W]``); its
-    ``log_prob`` sums the pixels' log-probabilities with the sum taken before any sign flip when
-    the pixel distribution gives ``summed_log_prob`` (one negation per image, not per pixel: the
-    same numbers, since a sum of negatives is the negative of the sum)."""
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        summed = getattr(self.base_dist, "summed_log_prob", None)
-        if summed is None:
-            return super().log_prob(value)
-        return summed(value, tuple(range(-self.reinterpreted_batch_ndims, 0)))
-
-
-class _PixelBernoulli(_Bernoulli):
-    """torch's Bernoulli on logits, with log p(x) summed over ``dims`` before its sign flips:
-    log p(x) = -sum BCE-with-logits(logits, x)."""
-
-    def summed_log_prob(self, value: Tensor, dims: tuple[int, ...]) -> Tensor:
-        logits = self.logits
-        if value.shape != logits.shape:  # samples of z in front: a view, no copy
-            value = value.expand_as(logits)
-        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(dims)
-
-
 class Bernoulli(Likelihood):
     """Bernoulli MLP decoder (Appendix C.1): log p(x|z) = sum_i x_i log y_i + (1-x_i) log(1-y_i),
     computed from logits. For binary data; on grayscale x it is the unnormalised cross-entropy
@@ -95,7 +79,7 @@ class Bernoulli(Likelihood):
     support = constraints.boolean
 
     def pixel_distribution(self, logits: Tensor) -> Distribution:
-        return _PixelBernoulli(logits=logits, validate_args=False)
+        return PixelBernoulli(logits=logits, validate_args=False)
 
     def mean_bias(self, mean: Tensor) -> Tensor:
         """logit(mean), the mean clipped to [1e-3, 1 - 1e-3] as in Burda et al.'s code (pixels
@@ -179,43 +163,11 @@ class Beta(Likelihood):
         self.eps = eps
 
     def pixel_distribution(self, a: Tensor, b: Tensor) -> Distribution:
-        return _ClampedBeta(F.softplus(a) + 1e-4, F.softplus(b) + 1e-4, self.eps)
+        return ClampedBeta(F.softplus(a) + 1e-4, F.softplus(b) + 1e-4, self.eps)
 
 
-class _ClampedBeta(_Beta):
-    """A Beta whose ``log_prob`` clamps x into [eps, 1 - eps] (see ``Beta``)."""
-
-    def __init__(self, a: Tensor, b: Tensor, eps: float) -> None:
-        super().__init__(a, b, validate_args=False)
-        self.eps = eps
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return super().log_prob(value.clamp(self.eps, 1.0 - self.eps))
-
-
-# ------------------------------------------------------------------------------ 8-bit images
-# The likelihoods below are probabilities of quantized pixels, not densities: an 8-bit value k
-# arrives as x = k / 255 and is scored as the probability of its bin (PixelCNN++, Salimans et al.
-# 2017; the IAF paper, Kingma et al. 2016), so -log p(x) / (D ln 2) is bits per dimension on the
-# 8-bit data with no dequantization noise. Location and scale are on the [0, 1] scale of x.
-
-
-class Grid(constraints.Constraint):
-    """The values k / (bins - 1), k = 0, ..., bins - 1 (8-bit pixels k / 255 for bins = 256)."""
-
-    is_discrete = True
-    event_dim = 0
-
-    def __init__(self, bins: int) -> None:
-        self.bins = bins
-        super().__init__()
-
-    def check(self, value: Tensor) -> Tensor:
-        k = value * (self.bins - 1)
-        return (value >= 0) & (value <= 1) & ((k - k.round()).abs() <= 1e-3)
-
-    def __repr__(self) -> str:
-        return f"Grid(bins={self.bins})"
+# 8-bit images: probabilities of the grid values k / (bins - 1), not densities, so the bound is
+# in bits per dimension on the 8-bit data (see ``pixel_distributions``).
 
 
 class DiscretizedLogistic(Likelihood):
@@ -255,7 +207,8 @@ class DiscretizedLogistic(Likelihood):
         self.support = Grid(bins)
 
     def pixel_distribution(self, loc: Tensor, log_scale: Tensor) -> Distribution:
-        return _DiscretizedLogistic(0.5 + loc, _floored(log_scale, self.log_scale_min), self.bins)
+        return PixelDiscretizedLogistic(0.5 + loc, smooth_floor(log_scale, self.log_scale_min),
+                                        self.bins)
 
 
 class DiscretizedLogisticMixture(Likelihood):
@@ -317,170 +270,10 @@ class DiscretizedLogisticMixture(Likelihood):
         m, c = self.n_components, self.data_channels(params.shape[-3])
         logits = params[..., :m, :, :]
         rows = params[..., m:, :, :].unflatten(-3, (-1, m))  # [..., 2C + P, M, H, W]
-        return _DiscretizedLogisticMixture(
+        return PixelDiscretizedLogisticMixture(
             logits, 0.5 + rows[..., :c, :, :, :],
-            _floored(rows[..., c:2 * c, :, :, :], self.log_scale_min),
+            smooth_floor(rows[..., c:2 * c, :, :, :], self.log_scale_min),
             torch.tanh(rows[..., 2 * c:, :, :, :]), self.bins)
-
-
-def _floored(log_scale: Tensor, log_scale_min: float) -> Tensor:
-    """log(exp(log_scale_min) + exp(log_scale)): a smooth floor, with gradients below it."""
-    return torch.logaddexp(log_scale, log_scale.new_tensor(log_scale_min))
-
-
-def _bin_index(x: Tensor, bins: int) -> Tensor:
-    """k of the grid value nearest x (as a float): x clamped to [0, 1] first."""
-    return torch.round(x.clamp(0.0, 1.0) * (bins - 1))
-
-
-def _log1mexp(log_d: Tensor) -> Tensor:
-    """log(1 - exp(-d)) for d = exp(log_d) > 0, accurate for every d (Maechler 2012), also
-    where d underflows; finite gradients everywhere."""
-    d = log_d.clamp(max=50.0).exp()
-    near = torch.log(-torch.expm1(-d.clamp(min=1e-30, max=_LN2)))
-    far = torch.log1p(-torch.exp(-d.clamp(min=_LN2)))
-    return torch.where(log_d < -60.0, log_d, torch.where(d <= _LN2, near, far))
-
-
-_LN2 = math.log(2.0)
-
-
-def _log_bin_probability(k: Tensor, loc: Tensor, log_scale: Tensor, bins: int) -> Tensor:
-    """log P(K = k) for K the grid bin of a logistic Y (loc, exp(log_scale)); k a float index
-    in 0 ... bins - 1, the edge bins taking the tails (see ``DiscretizedLogistic``)."""
-    n = bins - 1
-    inv_scale = torch.exp(-log_scale)
-    centred = k / n - loc
-    lower = (centred - 0.5 / n) * inv_scale  # a: the bin's lower edge, standardised
-    upper = (centred + 0.5 / n) * inv_scale  # b
-    first, last = k <= 0, k >= n
-    zero = lower.new_zeros(())
-    return (torch.where(first, zero, F.logsigmoid(-lower))  # log(1 - sigma(a))
-            + torch.where(last, zero, F.logsigmoid(upper))  # log sigma(b)
-            + torch.where(first | last, zero, _log1mexp(-math.log(n) - log_scale)))  # b - a
-
-
-def _grid_mean(loc: Tensor, log_scale: Tensor, bins: int, chunk: int = 64) -> Tensor:
-    """E[K] / (bins - 1) = sum_{j=1}^{bins-1} P(K >= j) / (bins - 1), exactly."""
-    n = bins - 1
-    loc, inv_scale = loc.unsqueeze(-1), torch.exp(-log_scale).unsqueeze(-1)
-    total = torch.zeros_like(loc[..., 0] + inv_scale[..., 0])
-    for start in range(0, n, chunk):
-        edges = (torch.arange(start, min(start + chunk, n), device=loc.device,
-                              dtype=loc.dtype) + 0.5) / n  # P(K >= j) = P(Y >= (j - 1/2) / n)
-        total = total + torch.sigmoid((loc - edges) * inv_scale).sum(-1)
-    return total / n
-
-
-def _draw(loc: Tensor, log_scale: Tensor, bins: int) -> Tensor:
-    """Y ~ Logistic(loc, exp(log_scale)), clamped to [0, 1] and rounded to the grid."""
-    u = torch.rand_like(loc)
-    y = loc + torch.exp(log_scale.clamp(max=50.0)) * (torch.log(u) - torch.log1p(-u))
-    return _bin_index(y, bins) / (bins - 1)
-
-
-class _DiscretizedLogistic(Distribution):
-    """Independent discretized logistics, one per element of ``loc`` (see
-    ``DiscretizedLogistic``)."""
-
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(self, loc: Tensor, log_scale: Tensor, bins: int) -> None:
-        self.loc, self.log_scale = torch.broadcast_tensors(loc, log_scale)
-        self.bins = bins
-        super().__init__(self.loc.shape, validate_args=False)
-
-    @property
-    def support(self) -> constraints.Constraint:
-        return Grid(self.bins)
-
-    @property
-    def mean(self) -> Tensor:
-        return _grid_mean(self.loc, self.log_scale, self.bins)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return _log_bin_probability(_bin_index(value, self.bins), self.loc, self.log_scale,
-                                    self.bins)
-
-    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
-        shape = self._extended_shape(torch.Size(sample_shape))
-        with torch.no_grad():
-            return _draw(self.loc.expand(shape), self.log_scale.expand(shape), self.bins)
-
-
-def _conditional_loc(loc: Tensor, coefficients: Tensor, c: int,
-                     previous: Sequence[Tensor]) -> Tensor:
-    """The location of channel ``c`` (``loc`` ``[..., C, M, H, W]``) given the values of the
-    channels before it (each broadcastable to ``[..., M, H, W]``)."""
-    out = loc[..., c, :, :, :]
-    if coefficients.shape[-4]:
-        first = c * (c - 1) // 2  # the row of coefficient (c, 0)
-        for p, value in enumerate(previous):
-            out = out + coefficients[..., first + p, :, :, :] * (value - 0.5)
-    return out
-
-
-class _DiscretizedLogisticMixture(Distribution):
-    """A distribution over images ``[C, H, W]``: per pixel a mixture of products of
-    discretized logistics over channels (see ``DiscretizedLogisticMixture``). ``logits``
-    ``[..., M, H, W]``; ``loc``, ``log_scale`` ``[..., C, M, H, W]`` (final, floored);
-    ``coefficients`` ``[..., P, M, H, W]`` (P = 0 or C (C - 1) / 2, after tanh)."""
-
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(self, logits: Tensor, loc: Tensor, log_scale: Tensor, coefficients: Tensor,
-                 bins: int) -> None:
-        self.log_weights = torch.log_softmax(logits, dim=-3)
-        self.loc, self.log_scale, self.coefficients = loc, log_scale, coefficients
-        self.bins = bins
-        n_channels, _, height, width = loc.shape[-4:]
-        super().__init__(loc.shape[:-4], torch.Size((n_channels, height, width)),
-                         validate_args=False)
-
-    @property
-    def support(self) -> constraints.Constraint:
-        return constraints.independent(Grid(self.bins), 3)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        k = _bin_index(value, self.bins)
-        on_grid = k / (self.bins - 1)
-        total = 0.0
-        for c in range(self.event_shape[0]):
-            previous = [on_grid[..., p, None, :, :] for p in range(c)]
-            loc = _conditional_loc(self.loc, self.coefficients, c, previous)
-            total = total + _log_bin_probability(k[..., c, None, :, :], loc,
-                                                 self.log_scale[..., c, :, :, :], self.bins)
-        return torch.logsumexp(self.log_weights + total, dim=-3).sum((-2, -1))
-
-    @property
-    def mean(self) -> Tensor:
-        means: list[Tensor] = []  # per channel, per component [..., M, H, W]
-        for c in range(self.event_shape[0]):
-            loc = _conditional_loc(self.loc, self.coefficients, c, means)
-            means.append(_grid_mean(loc, self.log_scale[..., c, :, :, :], self.bins))
-        weights = self.log_weights.exp()
-        return torch.stack([(weights * m).sum(-3) for m in means], dim=-3)
-
-    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
-        sample_shape = torch.Size(sample_shape)
-        with torch.no_grad():
-            component = torch.distributions.Categorical(
-                logits=self.log_weights.movedim(-3, -1)).sample(sample_shape)  # [*S, ..., H, W]
-
-            def pick(t: Tensor) -> Tensor:  # [..., R, M, H, W] -> [*S, ..., R, 1, H, W]
-                t = t.expand(*sample_shape, *t.shape)
-                index = component[..., None, None, :, :].expand(*t.shape[:-3], 1, *t.shape[-2:])
-                return t.gather(-3, index)
-
-            loc, log_scale = pick(self.loc), pick(self.log_scale)
-            coefficients = pick(self.coefficients)
-            values: list[Tensor] = []  # per channel [*S, ..., 1, H, W]
-            for c in range(self.event_shape[0]):
-                values.append(_draw(_conditional_loc(loc, coefficients, c, values),
-                                    log_scale[..., c, :, :, :], self.bins))
-            return torch.cat(values, dim=-3)
 
 
 class Decoder(nn.Module):

@@ -69,7 +69,7 @@ class Sampling:
     latent dimension of ``traverse_bases`` posterior locations set to ``traverse_steps`` values
     on [-``traverse_span``, ``traverse_span``], the dimensions ranked by their mean KL over the
     first ``traverse_points`` training images (read as for a fitted sampler), the
-    ``traverse_dims`` largest (null: all); ``callbacks.figures.write_traversals``."""
+    ``traverse_dims`` largest (null: all); ``callbacks.traversals.write_traversals``."""
 
     @checked
     def __init__(self, ckpt_path: str, n: PositiveInt = 64, mean: bool = True,
@@ -98,7 +98,7 @@ class Sampling:
 
     def __call__(self) -> Path:
         """Write the array and the grid; return the folder."""
-        from vae_lightning.callbacks.figures import image_figure, tile
+        from vae_lightning.callbacks.images import image_figure, tile
         from vae_lightning.plotting import pyplot
 
         samples = rundir.path(rundir.of_checkpoint(self.ckpt_path), "samples")
@@ -134,7 +134,7 @@ class Sampling:
         fig.savefig(out / "samples.png", dpi=100)
         pyplot().close(fig)
         if self.traverse is not None:
-            from vae_lightning.callbacks.figures import write_traversals
+            from vae_lightning.callbacks.traversals import write_traversals
 
             x, y = (part[:self.traverse_points]
                     for part in self._training_images(model, config, checkpoint))

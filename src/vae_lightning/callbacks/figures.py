@@ -20,19 +20,19 @@
 
 Without a validation split (``data.val_size=0``) the reconstructions and the scatter use the test
 split, and the curves show the training bound alone. Images are drawn in grayscale or, with three
-channels, in colour.
+channels, in colour. This module holds the callback and Figs. 2, 4 and 5 and the reconstructions;
+the shared image primitives are in ``callbacks.images``, the scatter in
+``callbacks.latent_scatter`` and the traversals in ``callbacks.traversals``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
@@ -40,7 +40,9 @@ from torch.distributions import Normal
 
 from vae_lightning import rundir
 from vae_lightning.args import NonNegativeInt, PositiveFloat, PositiveInt, checked
-from vae_lightning.objectives.free_bits import per_dimension_kl
+from vae_lightning.callbacks.images import decode_mean, image_figure, tick_label, tile
+from vae_lightning.callbacks.latent_scatter import latents_figure
+from vae_lightning.callbacks.traversals import Traversal, traversal, traversal_figure, traversal_gif
 from vae_lightning.plotting import pyplot
 
 log = logging.getLogger(__name__)
@@ -56,39 +58,6 @@ def manifold_grid(n: int) -> Tensor:
     z2 = icdf.flip(0)[:, None].expand(n, n)  # varies along rows, top row largest
     return torch.stack([z1, z2], dim=-1)
 
-
-@torch.no_grad()
-def decode_mean(model: L.LightningModule, z: Tensor, y: Tensor | int | None = None) -> Tensor:
-    """The mean image E[x|z] of the decoder at each z ``[..., B, latent]``: ``[..., B, C, H, W]``
-    (given the labels ``y`` of the B points, for a conditional model)."""
-    return model.decode(z, y).mean.cpu()
-
-
-def tile(images: Tensor) -> Tensor:
-    """Arrange ``[rows, cols, C, H, W]`` images into one ``[rows * H, cols * W, C]`` picture."""
-    rows, cols, c, h, w = images.shape
-    return images.permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
-
-
-def image_figure(picture: Tensor, title: str):
-    plt = pyplot()
-    height, width, channels = picture.shape
-    scale = 8.0 / max(height, width)
-    fig, ax = plt.subplots(figsize=(max(4.5, scale * width), max(3.0, scale * height + 0.5)))
-    image = picture.clamp(0, 1).numpy()
-    if channels == 1:
-        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    else:
-        ax.imshow(image, interpolation="nearest")
-    ax.set_title(title, fontsize=10)
-    ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-def _number(value: float) -> str:
-    """Two decimals, with the typographic minus matplotlib's own tick labels use."""
-    return f"{value:.2f}".replace("-", "\N{MINUS SIGN}")
 
 
 def manifold_ticks(n: int, most: int = 10) -> list[int]:
@@ -114,8 +83,10 @@ def manifold_figure(model: L.LightningModule, n: int = 20):
     height, width = picture.shape[0] // n, picture.shape[1] // n
     cells = manifold_ticks(n)
     # Pixel k of the picture spans [k - 1/2, k + 1/2]: cell m's centre is at (m + 1/2) size - 1/2.
-    ax.set_xticks([(j + 0.5) * width - 0.5 for j in cells], [_number(z[0, j, 0]) for j in cells])
-    ax.set_yticks([(i + 0.5) * height - 0.5 for i in cells], [_number(z[i, 0, 1]) for i in cells])
+    ax.set_xticks([(j + 0.5) * width - 0.5 for j in cells],
+                  [tick_label(z[0, j, 0]) for j in cells])
+    ax.set_yticks([(i + 0.5) * height - 0.5 for i in cells],
+                  [tick_label(z[i, 0, 1]) for i in cells])
     ax.tick_params(labelsize=8)
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
@@ -150,211 +121,6 @@ def reconstructions_figure(model: L.LightningModule, x: Tensor, per_row: int = 1
     picture = tile(pairs.reshape(2 * rows, per_row, *x.shape[1:]))
     return image_figure(picture, "Inputs (odd rows), reconstructions (even rows)")
 
-
-def project_2d(z: Tensor) -> tuple[Tensor, str]:
-    """``z`` itself when it is 2-d, else its projection on the first two principal components."""
-    if z.shape[1] == 2:
-        return z, "z"
-    if z.shape[1] == 1:
-        return torch.cat([z, torch.zeros_like(z)], 1), "z"
-    centred = z - z.mean(0)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ v[:2].T, "PC"
-
-
-def class_colours(n: int) -> np.ndarray:
-    """``n`` distinct RGBA colours, one per class: matplotlib's qualitative tab10 / tab20 palettes
-    up to 20 classes, else evenly spaced along the turbo map."""
-    plt = pyplot()
-    if n <= 20:
-        return np.asarray(plt.get_cmap("tab10" if n <= 10 else "tab20").colors[:n])
-    return plt.get_cmap("turbo")(np.linspace(0, 1, n))
-
-
-def class_names(labels: Tensor, classes: Sequence[str] | None) -> list[str]:
-    """The name of each class 0..K-1: ``classes`` when it names every label, else the numbers."""
-    count = int(labels.max()) + 1
-    if classes and len(classes) >= count:
-        return [str(name) for name in classes]
-    return [str(k) for k in range(count)]
-
-
-def _scatter_classes(fig: Any, ax: Any, points: Tensor, labels: Tensor,
-                     classes: Sequence[str] | None) -> None:
-    """One colour per class, and a colour bar with one block per class, labelled with its name
-    (at most about 30 names, evenly spread, when there are more classes)."""
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-
-    names = class_names(labels, classes)
-    n = len(names)
-    norm = BoundaryNorm(np.arange(n + 1) - 0.5, n)  # class k: the block [k - 1/2, k + 1/2)
-    dots = ax.scatter(points[:, 0], points[:, 1], c=labels.numpy(), s=6, alpha=0.8,
-                      cmap=ListedColormap(class_colours(n)), norm=norm)
-    shown = range(0, n, math.ceil(n / 30))
-    bar = fig.colorbar(dots, ax=ax, ticks=list(shown), label="class")
-    bar.set_ticklabels([names[k] for k in shown])
-    bar.ax.tick_params(length=0, labelsize=8 if n > 10 else 10)
-
-
-@torch.no_grad()
-def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor,
-                   classes: Sequence[str] | None = None, split: str = "validation"):
-    """Posterior means of ``x`` (points of the ``split`` split), one colour per class, named by
-    ``classes`` (the name of each label) when given; by position in the split when the data
-    have no labels (-1)."""
-    plt = pyplot()
-    z = model.encoder.location(model.encode(x, labels)).cpu()
-    points, axis = project_2d(z)
-    labels = labels.cpu()
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    if bool((labels < 0).all()):
-        dots = ax.scatter(points[:, 0], points[:, 1], c=np.arange(len(x)), cmap="viridis", s=6,
-                          alpha=0.8)
-        fig.colorbar(dots, ax=ax, label=f"position in the {split} split (data order)")
-    else:
-        _scatter_classes(fig, ax, points, labels, classes)
-    ax.set_xlabel(f"{axis}1")
-    ax.set_ylabel(f"{axis}2")
-    how = "" if z.shape[1] <= 2 else f" ({z.shape[1]}-d, first two principal components)"
-    ax.set_title(f"Posterior means of {split} data{how}")
-    fig.tight_layout()
-    return fig
-
-
-KL_SAMPLES = 16  # draws of z per point for a per-dimension KL without a closed form
-
-
-class Ranking(NamedTuple):
-    """Latent dimensions in rank order, the score of each (in that order), and what it is."""
-
-    dims: list[int]
-    scores: list[float] | None
-    what: str
-
-
-@torch.no_grad()
-def latent_ranking(model: L.LightningModule, x: Tensor | None,
-                   y: Tensor | None = None) -> Ranking:
-    """The latent dimensions ranked by their mean KL(q(z_j|x) || p(z_j)) over ``x``, largest
-    first, when q and p are products over the dimensions (analytic where torch.distributions
-    has the pair, else Monte Carlo); else by the variance over ``x`` of the posterior's location
-    (the active-units statistic); without ``x``, in index order. ``y``: the labels of ``x``, for
-    a conditional model."""
-    if x is None:
-        return Ranking(list(range(model.latent)), None, "in index order (no data to rank by)")
-    y = model.labels(y, len(x), "latent_ranking")
-    q = model.encode(x, y)
-    factorized = ("factorized" in model.encoder.posterior.features
-                  and "factorized" in getattr(model.prior, "features", ()))
-    if factorized:
-        with model.given(y):
-            p = model.prior.distribution()
-        kl = per_dimension_kl(q, p, q.sample((KL_SAMPLES,)), "auto")
-        score, what = kl.mean(0).cpu(), "ranked by mean KL(q(z_j|x) || p(z_j)), nats"
-    else:
-        score, what = model.encoder.location(q).var(0).cpu(), "ranked by the variance of E_q[z_j]"
-    order = score.argsort(descending=True)
-    return Ranking(order.tolist(), score[order].tolist(), what)
-
-
-class Traversal(NamedTuple):
-    """Decoded traversals: ``images`` ``[bases, dims, steps, C, H, W]``, the value of each
-    step, the ranking of the dimensions (in the images' order), and what the base points are."""
-
-    images: Tensor
-    values: Tensor
-    ranking: Ranking
-    base: str
-
-
-@torch.no_grad()
-def traversal(model: L.LightningModule, x: Tensor | None = None, bases: int = 8,
-              steps: int = 10, span: float = 2.5, dims: int | None = None,
-              y: Tensor | None = None) -> Traversal:
-    """For each of ``bases`` base points (the posterior locations of the first points of ``x``;
-    without ``x``, draws from the prior) and each of the ``dims`` highest-ranked latent
-    dimensions (``latent_ranking``; None: all), E[x|z] with that dimension of z set to each of
-    ``steps`` values evenly spaced on [-span, span], the others kept. A conditional model's
-    base points keep their labels ``y`` (those of ``x``; for prior draws, the classes in
-    turn)."""
-    ranking = latent_ranking(model, x, y)
-    ranking = Ranking(ranking.dims[:dims], ranking.scores and ranking.scores[:dims],
-                      ranking.what)
-    if x is not None:
-        labels = model.labels(None if y is None else y[:bases], len(x[:bases]), "traversal")
-        base = model.encoder.location(model.encode(x[:bases], labels))
-    else:
-        labels = model.labels(None, bases)
-        with model.given(labels):
-            base = model.prior.sample(bases)
-    values = torch.linspace(-span, span, steps, device=base.device)
-    z = base[:, None, None, :].repeat(1, len(ranking.dims), steps, 1)
-    for row, dim in enumerate(ranking.dims):
-        z[:, row, :, dim] = values
-    what = "a data point's posterior location" if x is not None else "a draw from the prior"
-    # One batch of points, each with its base's label.
-    each = None if labels is None else labels.repeat_interleave(z[0].numel() // model.latent)
-    images = decode_mean(model, z.reshape(-1, model.latent), each)
-    return Traversal(images.reshape(*z.shape[:-1], *images.shape[1:]), values.cpu(), ranking,
-                     what)
-
-
-def traversal_figure(found: Traversal):
-    """The traversals of the first base point: a row per latent dimension in rank order,
-    labelled with its index and score, a column per value."""
-    images = found.images[0]
-    rows, steps, _, height, width = images.shape
-    fig = image_figure(tile(images), f"Latent traversals of {found.base}: E[x|z], $z_j$ set to "
-                                     "each value")
-    ax = fig.axes[0]
-    ax.axis("on")
-    scores = found.ranking.scores
-    labels = [f"$z_{{{dim}}}$" + (f" ({scores[row]:.2f})" if scores else "")
-              for row, dim in enumerate(found.ranking.dims)]
-    ax.set_yticks([(row + 0.5) * height - 0.5 for row in range(rows)], labels)
-    ax.set_xticks([(j + 0.5) * width - 0.5 for j in range(steps)],
-                  [_number(v) for v in found.values])
-    ax.tick_params(labelsize=7, length=0)
-    ax.set_xlabel("value of $z_j$")
-    ax.set_ylabel(f"$z_j$, {found.ranking.what}")
-    fig.tight_layout()
-    return fig
-
-
-def traversal_gif(found: Traversal, path: Path, frame_ms: int = 120) -> Path:
-    """The traversals as an animated GIF at ``path``: each frame a grid of a row per base point
-    and a column per dimension (in rank order) at one value, the values going out and back;
-    pixels enlarged to at least 64 per image side."""
-    from PIL import Image
-
-    pictures = [tile(found.images[:, :, step]) for step in range(found.images.shape[2])]
-    pictures += pictures[-2:0:-1]  # and back
-    zoom = max(1, math.ceil(64 / found.images.shape[-2]))
-    frames = []
-    for picture in pictures:
-        array = (picture.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-        frames.append(image.resize((image.width * zoom, image.height * zoom), Image.NEAREST))
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
-    return path
-
-
-def write_traversals(model: L.LightningModule, out: Path, x: Tensor | None = None,
-                     bases: int = 8, steps: int = 10, span: float = 2.5,
-                     dims: int | None = None, gif: bool = True,
-                     y: Tensor | None = None) -> list[Path]:
-    """``traversals.png`` (and ``traversals.gif`` with ``gif``) in ``out``: see ``traversal``
-    for ``x`` (None: base points drawn from the prior, dimensions in index order), ``bases``,
-    ``steps``, ``span``, ``dims`` and ``y``. Returns the paths written."""
-    model.eval()
-    found = traversal(model, x, bases, steps, span, dims, y)
-    fig = traversal_figure(found)
-    paths = [out / "traversals.png"]
-    fig.savefig(paths[0], dpi=100)
-    pyplot().close(fig)
-    if gif:
-        paths.append(traversal_gif(found, out / "traversals.gif"))
-    return paths
 
 
 # The legend of each curve of ``Figures.curves``.

@@ -5,13 +5,10 @@ from vae_lightning.errors import DataError
 
 from .array import ArrayDataModule
 from .cifar import CIFAR10DataModule
-from .datamodules import (
-    FashionMNISTDataModule,
-    FreyFaceDataModule,
-    MNISTDataModule,
-    VAEDataModule,
-)
+from .datamodules import VAEDataModule
 from .folder import FolderDataModule
+from .frey import FreyFaceDataModule
+from .mnist import FashionMNISTDataModule, MNISTDataModule
 
 __all__ = [
     "ArrayDataModule",

@@ -23,8 +23,9 @@ import numpy as np
 from vae_lightning.args import checked
 from vae_lightning.errors import DataError
 
-from .datamodules import SplitSize, VAEDataModule, ValSize, held_out
+from .datamodules import VAEDataModule
 from .download import check_memory, describe, nameable, names, open_data
+from .splits import SplitSize, ValSize, held_out
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"  # a zip: a member, or the end of an empty one

@@ -23,8 +23,9 @@ from vae_lightning import files
 from vae_lightning.args import NonNegativeInt, checked
 from vae_lightning.errors import DataError
 
-from .datamodules import VAEDataModule, _carve
+from .datamodules import VAEDataModule
 from .download import check_memory, describe, ensure_files, find, not_regular, open_data
+from .splits import carve
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class CIFAR10DataModule(VAEDataModule):
         out = {}
         if names & {"train", "val"}:
             images, labels = self._read(TRAIN)
-            train, val = _carve(len(images), self.val_size, self.name)
+            train, val = carve(len(images), self.val_size, self.name)
             out.update(train=(images[train], labels[train]), val=(images[val], labels[val]))
         if "test" in names:
             out["test"] = self._read(TEST)

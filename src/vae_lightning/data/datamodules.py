@@ -1,9 +1,10 @@
-"""Lightning data modules: the base class, MNIST, Fashion-MNIST and Frey Face."""
+"""The base of every data module (``VAEDataModule``): splits read once and kept as tensors,
+batches drawn by index (optionally on the GPU), binarization, the scale of pixels, and each
+split's identity recorded in checkpoints. The data sets are subclasses in modules of their own
+(``mnist``, ``frey``, ``cifar``, ...); how held-out splits are carved is in ``splits``."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,19 +15,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from vae_lightning.args import NonNegativeInt, PositiveInt, Range, checked, fail
-from vae_lightning.errors import ConfigError, DataError
+from vae_lightning.errors import ConfigError
 
-from .download import DataNotFoundError, ensure_files
-from .frey import frey_images, load_bundled_frey, read_frey_mat
-from .idx import read_idx
 from .labelled import SemiSupervised, balanced_subset
 from .sampling import OrderedBatchSampler, ShardedBatchSampler, TensorBatchDataset, derive_seed
+from .splits import SPLIT_SEED, digest
 
-log = logging.getLogger(__name__)
-
-# Seed of the permutation that carves val (and Frey's test) split: fixed, so every run,
-# whatever its ``seed``, sees the same validation and test examples.
-SPLIT_SEED = 0
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _STAGE_SPLITS = {
     # Fitting reads the test split too: a corrupt test file is found before the first step, not
@@ -292,197 +286,3 @@ def _below(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(u < x) as float32 1s and 0s, written straight into the float tensor (no bool tensor
     converted afterwards)."""
     return torch.lt(u, x, out=torch.empty(x.shape, dtype=torch.float32, device=x.device))
-
-
-def digest(images: np.ndarray, labels: np.ndarray) -> str:
-    """SHA-256 of a split's images and labels: their dtypes, shapes and bytes."""
-    sha = hashlib.sha256()
-    for array in (images, labels):
-        array = np.ascontiguousarray(array)
-        sha.update(f"{array.dtype.str}{array.shape}".encode())
-        sha.update(array)
-    return sha.hexdigest()
-
-
-def _carve(n: int, size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``range(n)`` into (rest, held-out ``size``) by the fixed SPLIT_SEED permutation."""
-    if size >= n:
-        raise DataError(f"val_size={size} is invalid for {name}: expected fewer than {n}.")
-    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
-    return np.sort(perm[size:]), np.sort(perm[:size])
-
-
-# The size of a held-out split: a number of examples, or a fraction (below 1) of them; the
-# validation split may be empty (0: train on everything that is not test data).
-SplitSize = PositiveInt | Annotated[float, Range(gt=0, lt=1)]
-ValSize = NonNegativeInt | Annotated[float, Range(gt=0, lt=1)]
-
-
-def held_out(n: int, val_size: int | float, test_size: int | float,
-             what: str) -> dict[str, np.ndarray]:
-    """Indices of the train, val and test splits of ``n`` examples, Frey Face's convention: test
-    is carved from all ``n``, then val from the rest, each by the fixed SPLIT_SEED permutation, so
-    every run, whatever its seed, sees the same splits; each split in the data's order.
-
-    A fraction is rounded to a number of examples (at least one); at least one example must be
-    left to train on, else a ``DataError`` naming ``what`` and the sizes."""
-    val, test = (size if isinstance(size, int) else max(1, round(size * n))
-                 for size in (val_size, test_size))
-    if val + test >= n:
-        raise DataError(
-            f"{what} holds {n} examples: too few for val_size={val_size!r} ({val}) and "
-            f"test_size={test_size!r} ({test}); expected val + test below {n}, so that some are "
-            "left to train on: add data, or lower val_size and test_size.")
-    rest, test_idx = _carve(n, test, what)
-    train_of_rest, val_of_rest = _carve(len(rest), val, what)
-    return {"train": rest[train_of_rest], "val": rest[val_of_rest], "test": test_idx}
-
-
-class IDXDataModule(VAEDataModule):
-    """MNIST-format data: four IDX files found on disk or downloaded. A new data set of this
-    format is a subclass naming its ``name``, ``files`` (name -> md5 of the canonical .gz),
-    ``mirrors`` and optional ``system_dirs``, in a module of its own, with its YAML
-    (``conf/data/<name>.yaml``, from ``_idx``)."""
-
-    shape = (1, 28, 28)
-    mirrors: tuple[str, ...]
-    files: dict[str, str]  # name -> md5 of the canonical .gz
-    system_dirs: tuple[str, ...] = ()
-
-    def __init__(self, *args,
-                 binarize: Literal["none", "static", "dynamic"] = "dynamic", **kwargs) -> None:
-        """Default ``binarize="dynamic"``: binary pixels, as the Bernoulli likelihood needs."""
-        super().__init__(*args, binarize=binarize, **kwargs)
-
-    def _dirs(self) -> list[Path]:
-        return [self.root / self.name, *map(Path, self.system_dirs)]
-
-    def prepare_data(self) -> None:
-        ensure_files(self.files, self._dirs(), self.mirrors, self.download)
-
-    def _read(self, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-        wanted = {k: v for k, v in self.files.items() if k.startswith(prefix)}
-        paths = ensure_files(wanted, self._dirs(), self.mirrors, self.download)
-        images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
-        labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
-        if images.dtype != np.uint8 or images.shape[1:] != self.shape[1:]:
-            raise DataError(
-                f"{self.name} {prefix} images are {images.dtype} "
-                f"{images.shape}, expected uint8 [N, 28, 28]."
-            )
-        if labels.shape != images.shape[:1]:
-            raise DataError(
-                f"{self.name} {prefix} has {len(images)} images but {len(labels)} labels."
-            )
-        return images, labels.astype(np.int64)
-
-    def _load(self, names):
-        out = {}
-        if names & {"train", "val"}:
-            images, labels = self._read("train")
-            train, val = _carve(len(images), self.val_size, self.name)
-            out.update(train=(images[train], labels[train]), val=(images[val], labels[val]))
-        if "test" in names:
-            out["test"] = self._read("t10k")
-        return out
-
-
-class MNISTDataModule(IDXDataModule):
-    """MNIST: 50000/10000/10000 train/val/test (val carved from the official training set).
-
-    Files are read from ``root/mnist`` (gzipped or not) and downloaded there when missing.
-    """
-
-    name = "mnist"
-    mirrors = (
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        "http://yann.lecun.com/exdb/mnist/",
-    )
-    files = {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    }
-
-
-class FashionMNISTDataModule(IDXDataModule):
-    """Fashion-MNIST: 50000/10000/10000 train/val/test, like MNIST.
-
-    Files are read from ``root/fashion_mnist``, then ``/usr/share/datasets/fashion-mnist``
-    (Debian's ``dataset-fashion-mnist``), and downloaded into ``root/fashion_mnist`` otherwise.
-    Default ``binarize="dynamic"``, so that the Bernoulli likelihood is a proper one; for the
-    grayscale images use ``binarize="none"`` with a likelihood for [0, 1] data (e.g. the
-    continuous Bernoulli).
-    """
-
-    name = "fashion_mnist"
-    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-               "Bag", "Ankle boot")
-    mirrors = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
-    files = {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    }
-    system_dirs = ("/usr/share/datasets/fashion-mnist",)
-
-
-class FreyFaceDataModule(VAEDataModule):
-    """Frey Face: 1965 grayscale 28x20 faces, continuous (no binarization: ``binarize`` accepts
-    only "none"), no labels (y = -1).
-
-    Split 1565/200/200 train/val/test by default (``val_size``, ``test_size``), drawn from a
-    fixed permutation (SPLIT_SEED), each split kept in video order. Data source, first found:
-    ``path`` (a ``frey_rawface.mat``), ``root/frey/frey_rawface.mat``, else the copy bundled
-    with the package (checked against its sha256). Nothing is downloaded.
-    """
-
-    name = "frey"
-    shape = (1, 28, 20)
-    n_faces = 1965
-
-    @checked
-    def __init__(
-        self,
-        *args,
-        val_size: NonNegativeInt = 200,
-        test_size: PositiveInt = 200,
-        path: str | os.PathLike | None = None,
-        binarize: Literal["none"] = "none",
-        **kwargs,
-    ) -> None:
-        super().__init__(*args, val_size=val_size, binarize=binarize, **kwargs)
-        if val_size + test_size >= self.n_faces:
-            fail(self, "test_size", test_size, f"val_size + test_size must be below the "
-                 f"{self.n_faces} faces (val_size={val_size})")
-        self.test_size = test_size
-        self.path = None if path is None else Path(path)
-
-    def _source(self) -> Path | None:
-        """The .mat file to read (None: the bundled copy); says which one is used."""
-        if self.path is not None:
-            if self.path.is_dir():
-                raise DataError(f"data.path={str(self.path)!r} is a directory; expected a "
-                                "frey_rawface.mat file (or data.path=null for the bundled copy).")
-            if not self.path.is_file():
-                raise DataNotFoundError(f"data.path={str(self.path)!r} does not exist; expected "
-                                        "a frey_rawface.mat file (or data.path=null for the "
-                                        "bundled copy).")
-            log.info("Frey Face: reading %s (data.path).", self.path)
-            return self.path
-        own = self.root / "frey" / "frey_rawface.mat"
-        if own.is_file():
-            log.info("Frey Face: reading %s.", own)
-            return own
-        log.info("Frey Face: the copy bundled with the package (checked against its sha256); no "
-                 "%s (data.root=%s).", own, self.root)
-        return None
-
-    def _load(self, names):
-        source = self._source()
-        images = frey_images(load_bundled_frey() if source is None else read_frey_mat(source))
-        idx = held_out(self.n_faces, self.val_size, self.test_size, self.name)
-        return {s: (images[idx[s]], np.full(len(idx[s]), -1, np.int64)) for s in names}

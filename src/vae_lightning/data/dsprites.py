@@ -43,7 +43,8 @@ from vae_lightning.args import checked
 from vae_lightning.errors import DataError, UnwritableError
 from vae_lightning.files import kind
 
-from .datamodules import SplitSize, VAEDataModule, ValSize, held_out
+from .datamodules import VAEDataModule
+from .splits import SplitSize, ValSize, held_out
 
 log = logging.getLogger(__name__)
 

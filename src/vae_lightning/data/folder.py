@@ -37,7 +37,7 @@ from vae_lightning.errors import DataError
 from vae_lightning.files import kind
 
 from .array import check_holds, map_npy, read_header
-from .datamodules import SplitSize, VAEDataModule, ValSize, held_out
+from .datamodules import VAEDataModule
 from .download import (
     DataNotFoundError,
     check_memory,
@@ -45,6 +45,7 @@ from .download import (
     not_regular,
     open_data,
 )
+from .splits import SplitSize, ValSize, held_out
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

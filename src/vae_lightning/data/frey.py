@@ -1,22 +1,31 @@
-"""Frey Face: read ``frey_rawface.mat`` and the copy bundled with the package."""
+"""Frey Face: read ``frey_rawface.mat`` and the copy bundled with the package, and its data
+module (``FreyFaceDataModule``)."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from importlib import resources
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from vae_lightning.args import NonNegativeInt, PositiveInt, checked, fail
 from vae_lightning.errors import DataError
 
-from .download import describe, names, open_data
+from .datamodules import VAEDataModule
+from .download import DataNotFoundError, describe, names, open_data
+from .splits import held_out
 
 FREY_SHAPE = (560, 1965)  # pixels x faces, as stored in the .mat file (variable ``ff``)
 FREY_IMAGE_SHAPE = (28, 20)
 # sha256 of ff.tobytes() with ff uint8, shape FREY_SHAPE, C order (shared/data/README.md).
 FREY_SHA256 = "fbd70c2c992104024a20f4d253da1a1132eb6bf8ed142dccbe7d2b1743b705c4"
 ASSET = "frey_rawface.npz"
+
+log = logging.getLogger(__name__)
 
 
 def frey_sha256(ff: np.ndarray) -> str:
@@ -75,3 +84,61 @@ def load_bundled_frey() -> np.ndarray:
 def frey_images(ff: np.ndarray) -> np.ndarray:
     """Turn ``ff`` columns into an array of faces, shape (1965, 28, 20)."""
     return np.ascontiguousarray(ff.T).reshape(-1, *FREY_IMAGE_SHAPE)
+
+
+class FreyFaceDataModule(VAEDataModule):
+    """Frey Face: 1965 grayscale 28x20 faces, continuous (no binarization: ``binarize`` accepts
+    only "none"), no labels (y = -1).
+
+    Split 1565/200/200 train/val/test by default (``val_size``, ``test_size``), drawn from a
+    fixed permutation (SPLIT_SEED), each split kept in video order. Data source, first found:
+    ``path`` (a ``frey_rawface.mat``), ``root/frey/frey_rawface.mat``, else the copy bundled
+    with the package (checked against its sha256). Nothing is downloaded.
+    """
+
+    name = "frey"
+    shape = (1, 28, 20)
+    n_faces = 1965
+
+    @checked
+    def __init__(
+        self,
+        *args,
+        val_size: NonNegativeInt = 200,
+        test_size: PositiveInt = 200,
+        path: str | os.PathLike | None = None,
+        binarize: Literal["none"] = "none",
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, val_size=val_size, binarize=binarize, **kwargs)
+        if val_size + test_size >= self.n_faces:
+            fail(self, "test_size", test_size, f"val_size + test_size must be below the "
+                 f"{self.n_faces} faces (val_size={val_size})")
+        self.test_size = test_size
+        self.path = None if path is None else Path(path)
+
+    def _source(self) -> Path | None:
+        """The .mat file to read (None: the bundled copy); says which one is used."""
+        if self.path is not None:
+            if self.path.is_dir():
+                raise DataError(f"data.path={str(self.path)!r} is a directory; expected a "
+                                "frey_rawface.mat file (or data.path=null for the bundled copy).")
+            if not self.path.is_file():
+                raise DataNotFoundError(f"data.path={str(self.path)!r} does not exist; expected "
+                                        "a frey_rawface.mat file (or data.path=null for the "
+                                        "bundled copy).")
+            log.info("Frey Face: reading %s (data.path).", self.path)
+            return self.path
+        own = self.root / "frey" / "frey_rawface.mat"
+        if own.is_file():
+            log.info("Frey Face: reading %s.", own)
+            return own
+        log.info("Frey Face: the copy bundled with the package (checked against its sha256); no "
+                 "%s (data.root=%s).", own, self.root)
+        return None
+
+    def _load(self, names):
+        source = self._source()
+        images = frey_images(load_bundled_frey() if source is None else read_frey_mat(source))
+        idx = held_out(self.n_faces, self.val_size, self.test_size, self.name)
+        return {s: (images[idx[s]], np.full(len(idx[s]), -1, np.int64)) for s in names}

@@ -17,23 +17,20 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
-from torch.distributions import constraints
 
-from vae_lightning import rundir
-from vae_lightning.args import choices, prechecked
+from vae_lightning import run_checks, rundir
+from vae_lightning.args import prechecked
 from vae_lightning.callbacks.curve import InitialBound
-from vae_lightning.checkpoints import RunConfig, data_differences, read_checkpoint
+from vae_lightning.checkpoints import RunConfig, read_checkpoint
 from vae_lightning.config import check, instantiate_node, plain
 from vae_lightning.errors import (
-    CheckpointError,
     ConfigError,
     Diverged,
     Interrupted,
     NonFiniteLossError,
-    NothingToDo,
 )
 from vae_lightning.module import VAE
-from vae_lightning.rebuild import PARTS, check_parts
+from vae_lightning.rebuild import check_parts
 from vae_lightning.resume import ResumeState, check_resumable, logger_runs
 from vae_lightning.sweeps import overrides as _task_overrides
 from vae_lightning.sweeps import record_failure, threads_per_job
@@ -78,8 +75,8 @@ def build_run(cfg: DictConfig) -> Run:
         if checkpoint is not None:
             check_resumable(record, checkpoint, resume_from,
                             _overrides(rundir.of_checkpoint(resume_from)))
-            _refuse_if_complete(cfg, checkpoint, resume_from)
-        parts = _check_memory(cfg, shape)
+            run_checks.refuse_if_complete(cfg, checkpoint, resume_from)
+        parts = run_checks.check_memory(cfg, shape)
         if checkpoint is not None:
             check_parts(parts, checkpoint["state_dict"], resume_from)
         L.seed_everything(cfg.seed, workers=True)
@@ -94,119 +91,8 @@ def build_run(cfg: DictConfig) -> Run:
             given = ", ".join(f"{key}={node[key]!r}" for key in node if not key.startswith("_"))
             raise ConfigError(f"Invalid configuration: model.optimizer ({node._target_} with "
                               f"{given}) refuses its arguments: {err}.") from None
-    _warn_about_the_likelihood(datamodule, model)
+    run_checks.warn_about_the_likelihood(datamodule, model)
     return Run(datamodule, model, resume_from, checkpoint, record)
-
-
-def _check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
-    """A conditional model (``model.classes`` K) takes labels 0..K-1: refuse data whose labels
-    fall outside (or that have none, -1) before the first step; hidden labels
-    (``data.labelled``) only for an objective that trains without them."""
-    if getattr(datamodule, "labelled", None) and not model.objective.unlabelled:
-        raise ConfigError(f"data.labelled={datamodule.labelled} hides the other training "
-                          f"labels, and the objective {model.objective!r} does not train on "
-                          "points without one; use model=m2, or leave data.labelled out.")
-    if model.classes is None:
-        return
-    for split, (_, y) in datamodule.splits.items():
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= model.classes):
-            low, high = int(y.min()), int(y.max())
-            what = ("has no labels" if high < 0 else f"has labels {low}..{high}")
-            raise ConfigError(
-                f"model.classes={model.classes}: the model is conditional on labels "
-                f"0..{model.classes - 1}, and the data's {split} split {what}; set "
-                "model.classes to the number of classes, or train an unconditional model "
-                "(model=vae) on data without labels.")
-
-
-def _check_same_data(checkpoint: dict[str, Any], datamodule: L.LightningDataModule,
-                     path: str) -> None:
-    """A resumed run must train on the data it started with: refuse other data (another
-    folder, other files, another split) before the first step."""
-    differences = data_differences(checkpoint, datamodule.identity())
-    if differences:
-        raise CheckpointError(
-            f"Checkpoint {path} was trained on other data than this run reads: "
-            f"{'; '.join(differences)}. Resume with the data the run was started with "
-            "(data.root, data.path and the data options of its first command).")
-
-
-def _refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -> None:
-    """Resuming a run that already reached this config's length trains nothing: say so, and
-    leave the run (its results, checkpoints and record) as it is."""
-    seen = checkpoint.get("samples_seen", 0)
-    steps = checkpoint.get("global_step", 0)
-    epochs = (checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-              .get("current", {}).get("processed", 0))
-    trainer = cfg.trainer
-    if trainer.get("max_samples") is not None:
-        done, length = seen >= trainer.max_samples, f"trainer.max_samples={trainer.max_samples:g}"
-    elif (trainer.get("max_steps") or -1) >= 0 and steps >= trainer.max_steps:
-        done, length = True, f"trainer.max_steps={trainer.max_steps}"
-    else:
-        max_epochs = trainer.get("max_epochs")
-        done = max_epochs not in (None, -1) and epochs >= max_epochs
-        length = f"trainer.max_epochs={max_epochs}"
-    if done:
-        raise NothingToDo(
-            f"The run of {path} is complete ({epochs} epochs, {steps} steps, {seen:,} samples "
-            f"seen: {length} reached); nothing was trained or written. To train it further, "
-            "resume with a larger trainer.max_epochs or trainer.max_samples.")
-
-
-def _check_memory(cfg: DictConfig, shape: list[int]) -> dict[str, torch.nn.Module]:
-    """Refuse a model whose parameters alone (with their gradients and two optimizer moments)
-    would not fit in the memory available: counted on PyTorch's meta device, which allocates
-    nothing, so an impossible size is an error line, not an allocation failure or a kill.
-    Returns the parts built on the meta device (a resumed checkpoint's weights are checked
-    against them before anything else is built)."""
-    with torch.device("meta"):
-        parts = {key: instantiate_node(cfg.model[key], f"model.{key}", **(
-                     {"data_shape": shape} if "data_shape" in cfg.model[key] else {}))
-                 for key in PARTS}
-    available = _available_memory()
-    if available is None:
-        return parts
-    count = sum(p.numel() for part in parts.values() for p in part.parameters())
-    needed = 4 * count * 4  # float32 weights, gradients, two optimizer moments
-    if needed > available:
-        sizes = ", ".join(f"model.{key} {sum(p.numel() for p in part.parameters()):,}"
-                          for key, part in parts.items())
-        raise ConfigError(
-            f"Invalid configuration: the model has {count:,} parameters ({sizes}), about "
-            f"{needed / 2**30:.1f} GiB with their gradients and optimizer state, and "
-            f"{available / 2**30:.1f} GiB of memory are available; reduce model.latent or the "
-            "networks' sizes.")
-    return parts
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux: MemAvailable), if known."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> None:
-    """A likelihood for binary pixels on grayscale ones works, but its bound is not a log
-    probability: say so, and what fits."""
-    likelihood = model.decoder.likelihood
-    if likelihood.support is not constraints.boolean or getattr(datamodule, "binarize",
-                                                                "none") != "none":
-        return
-    fix = ("data.binarize=dynamic (binary pixels), or a likelihood for [0, 1] data such as "
-           "model/likelihood=continuous_bernoulli"
-           if "dynamic" in (choices(type(datamodule), "binarize") or ()) else
-           "a likelihood for continuous pixels: model/likelihood=gaussian, "
-           "continuous_bernoulli or beta")
-    log.warning(
-        "model/likelihood=%s on grayscale pixels (data.binarize=none): its log-likelihood of "
-        "non-binary data is not normalised, so the bound is not a log probability in nats. "
-        "Use %s.", type(likelihood).__name__.lower(), fix)
 
 
 def _instantiate_all(group: DictConfig | None, key: str,
@@ -224,8 +110,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()  # find or download the files, then read every split (the test
     datamodule.setup("fit")  # split too): a bad data file is an error before the first step
     if checkpoint is not None:
-        _check_same_data(checkpoint, datamodule, resume_from)
-    _check_labels(model, datamodule)
+        run_checks.check_same_data(checkpoint, datamodule, resume_from)
+    run_checks.check_labels(model, datamodule)
     if resume_from is not None:
         rundir.record_resume(cfg.output_dir, _task_overrides())
     loggers = _instantiate_all(cfg.get("logger"), "logger",

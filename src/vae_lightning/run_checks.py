@@ -1,0 +1,135 @@
+"""What a run is checked for before its first step, each a refusal in one line (or, for a
+likelihood that does not fit the data, a warning): the labels a conditional model takes, the
+data a resumed run started with, a run already complete, and parameters that cannot fit in
+memory (counted on PyTorch's meta device, which allocates nothing)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch.distributions import constraints
+
+from vae_lightning.args import choices
+from vae_lightning.checkpoints import data_differences
+from vae_lightning.config import instantiate_node
+from vae_lightning.errors import CheckpointError, ConfigError, NothingToDo
+from vae_lightning.module import VAE
+from vae_lightning.rebuild import PARTS
+
+log = logging.getLogger(__name__)
+
+
+def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
+    """A conditional model (``model.classes`` K) takes labels 0..K-1: refuse data whose labels
+    fall outside (or that have none, -1) before the first step; hidden labels
+    (``data.labelled``) only for an objective that trains without them."""
+    if getattr(datamodule, "labelled", None) and not model.objective.unlabelled:
+        raise ConfigError(f"data.labelled={datamodule.labelled} hides the other training "
+                          f"labels, and the objective {model.objective!r} does not train on "
+                          "points without one; use model=m2, or leave data.labelled out.")
+    if model.classes is None:
+        return
+    for split, (_, y) in datamodule.splits.items():
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= model.classes):
+            low, high = int(y.min()), int(y.max())
+            what = ("has no labels" if high < 0 else f"has labels {low}..{high}")
+            raise ConfigError(
+                f"model.classes={model.classes}: the model is conditional on labels "
+                f"0..{model.classes - 1}, and the data's {split} split {what}; set "
+                "model.classes to the number of classes, or train an unconditional model "
+                "(model=vae) on data without labels.")
+
+
+def check_same_data(checkpoint: dict[str, Any], datamodule: L.LightningDataModule,
+                     path: str) -> None:
+    """A resumed run must train on the data it started with: refuse other data (another
+    folder, other files, another split) before the first step."""
+    differences = data_differences(checkpoint, datamodule.identity())
+    if differences:
+        raise CheckpointError(
+            f"Checkpoint {path} was trained on other data than this run reads: "
+            f"{'; '.join(differences)}. Resume with the data the run was started with "
+            "(data.root, data.path and the data options of its first command).")
+
+
+def refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -> None:
+    """Resuming a run that already reached this config's length trains nothing: say so, and
+    leave the run (its results, checkpoints and record) as it is."""
+    seen = checkpoint.get("samples_seen", 0)
+    steps = checkpoint.get("global_step", 0)
+    epochs = (checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+              .get("current", {}).get("processed", 0))
+    trainer = cfg.trainer
+    if trainer.get("max_samples") is not None:
+        done, length = seen >= trainer.max_samples, f"trainer.max_samples={trainer.max_samples:g}"
+    elif (trainer.get("max_steps") or -1) >= 0 and steps >= trainer.max_steps:
+        done, length = True, f"trainer.max_steps={trainer.max_steps}"
+    else:
+        max_epochs = trainer.get("max_epochs")
+        done = max_epochs not in (None, -1) and epochs >= max_epochs
+        length = f"trainer.max_epochs={max_epochs}"
+    if done:
+        raise NothingToDo(
+            f"The run of {path} is complete ({epochs} epochs, {steps} steps, {seen:,} samples "
+            f"seen: {length} reached); nothing was trained or written. To train it further, "
+            "resume with a larger trainer.max_epochs or trainer.max_samples.")
+
+
+def check_memory(cfg: DictConfig, shape: list[int]) -> dict[str, torch.nn.Module]:
+    """Refuse a model whose parameters alone (with their gradients and two optimizer moments)
+    would not fit in the memory available: counted on PyTorch's meta device, which allocates
+    nothing, so an impossible size is an error line, not an allocation failure or a kill.
+    Returns the parts built on the meta device (a resumed checkpoint's weights are checked
+    against them before anything else is built)."""
+    with torch.device("meta"):
+        parts = {key: instantiate_node(cfg.model[key], f"model.{key}", **(
+                     {"data_shape": shape} if "data_shape" in cfg.model[key] else {}))
+                 for key in PARTS}
+    available = available_memory()
+    if available is None:
+        return parts
+    count = sum(p.numel() for part in parts.values() for p in part.parameters())
+    needed = 4 * count * 4  # float32 weights, gradients, two optimizer moments
+    if needed > available:
+        sizes = ", ".join(f"model.{key} {sum(p.numel() for p in part.parameters()):,}"
+                          for key, part in parts.items())
+        raise ConfigError(
+            f"Invalid configuration: the model has {count:,} parameters ({sizes}), about "
+            f"{needed / 2**30:.1f} GiB with their gradients and optimizer state, and "
+            f"{available / 2**30:.1f} GiB of memory are available; reduce model.latent or the "
+            "networks' sizes.")
+    return parts
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), if known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> None:
+    """A likelihood for binary pixels on grayscale ones works, but its bound is not a log
+    probability: say so, and what fits."""
+    likelihood = model.decoder.likelihood
+    if likelihood.support is not constraints.boolean or getattr(datamodule, "binarize",
+                                                                "none") != "none":
+        return
+    fix = ("data.binarize=dynamic (binary pixels), or a likelihood for [0, 1] data such as "
+           "model/likelihood=continuous_bernoulli"
+           if "dynamic" in (choices(type(datamodule), "binarize") or ()) else
+           "a likelihood for continuous pixels: model/likelihood=gaussian, "
+           "continuous_bernoulli or beta")
+    log.warning(
+        "model/likelihood=%s on grayscale pixels (data.binarize=none): its log-likelihood of "
+        "non-binary data is not normalised, so the bound is not a log probability in nats. "
+        "Use %s.", type(likelihood).__name__.lower(), fix)

@@ -53,7 +53,9 @@ def small_posterior(posterior: str) -> list[str]:
              "ladder": ["model=ladder", "model.encoder.posterior.layers=[1,1]"],
              # with its objective and code prior (model=vq_vae), on MLPs: 2 codes of size 1
              "vq": ["model=vq_vae", "model/encoder=mlp", "model/decoder=mlp",
-                    "model.encoder.posterior.codes=4", "model.encoder.posterior.code_dim=1"]}
+                    "model.encoder.posterior.codes=4", "model.encoder.posterior.code_dim=1"],
+             # with its prior (model=gumbel): one block of 2 categories
+             "relaxed_categorical": ["model=gumbel", "model.encoder.posterior.categories=2"]}
     return [f"model/posterior={posterior}", *small.get(posterior, [])]
 
 
@@ -67,6 +69,17 @@ def posterior_features(posterior: str) -> frozenset[str]:
     return get_class(node._target_).features
 
 
+# Priors and posteriors that work only with each other: the VQ-VAE's codebook and its prior over
+# codes; relaxed categorical latents and their uniform categorical prior.
+ONLY_TOGETHER = {"uniform_codes": "vq", "uniform_categorical": "relaxed_categorical"}
+
+
+def only_apart(prior: str, posterior: str) -> bool:
+    """Whether one of an only-together pair (``ONLY_TOGETHER``) is chosen without the other."""
+    return any((prior == p) != (posterior == q) for p, q in ONLY_TOGETHER.items()
+               if p == prior or q == posterior)
+
+
 def pair_composes(prior: str, posterior: str) -> bool:
     """Whether the model composes with these ``model/prior`` and ``model/posterior`` options
     (the others are refused when composed, tests/test_combinations.py): the VampPrior needs q's
@@ -74,7 +87,7 @@ def pair_composes(prior: str, posterior: str) -> bool:
     networks (model/prior=hierarchy)."""
     if prior == "vamp" and "density" not in posterior_features(posterior):
         return False
-    if (prior == "uniform_codes") != (posterior == "vq"):  # the VQ-VAE's pair, only together
+    if only_apart(prior, posterior):
         return False
     return posterior != "ladder" or prior == "hierarchy"
 

@@ -11,6 +11,7 @@ from compose import (
     CONF,
     LABELLED,
     compose_train,
+    only_apart,
     posterior_features,
     small_posterior,
     small_prior,
@@ -88,8 +89,9 @@ def test_every_combination_trains_a_step_with_finite_loss(prior, likelihood, pos
         with pytest.raises(ConfigError, match=r"layers.*not an argument.*as model.prior.layers"):
             build_run(compose_train(overrides, tmp_path))
         return
-    if (prior == "uniform_codes") != (posterior == "vq"):
-        # The VQ-VAE's quantizer and its prior over codes work only together (model=vq_vae).
+    if only_apart(prior, posterior):
+        # The VQ-VAE's quantizer and its prior over codes work only together (model=vq_vae),
+        # as do relaxed categorical latents and their prior (model=gumbel).
         with pytest.raises(ConfigError, match="does not have"):
             build_run(compose_train(overrides, tmp_path))
         return

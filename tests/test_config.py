@@ -34,6 +34,8 @@ def _option_overrides(group, option):
         overrides.append("data=frey")
     if (group, option) == ("model/posterior", "ladder"):  # with its top-down prior
         overrides.append("model=ladder")
+    if option in ("relaxed_categorical", "uniform_categorical"):  # only with each other
+        overrides.append("model=gumbel")
     if option in ("conditional_mlp", "class_normal"):  # a conditional model's parts
         overrides.append("model.classes=10")
     if (group, option) == ("model/objective", "m2"):  # with the conditional model it trains

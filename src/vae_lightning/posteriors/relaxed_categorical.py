@@ -1,0 +1,159 @@
+"""Relaxed categorical latents: the Gumbel-softmax / Concrete distribution (Jang et al. 2017,
+"Categorical reparameterization with Gumbel-softmax"; Maddison et al. 2017, "The Concrete
+distribution"), alone or joint with Gaussian latents (Dupont 2018, "Learning disentangled joint
+continuous and discrete representations", JointVAE).
+
+Layout of z [..., latent]: ``continuous`` Gaussian dimensions first, then (latent - continuous)
+/ K one-hot blocks of ``categories`` K. The network emits 2 x continuous Gaussian parameters
+(the ``Gaussian`` family's) and K logits per block.
+
+- Training (``self.training``): each block is Concrete(pi, tau), z = softmax((log pi + g) / tau)
+  with g ~ Gumbel(0, 1), differentiable in pi (``rsample``); density (Maddison et al. eq. 1 /
+  Jang et al. eq. 3): p(z) = (K-1)! tau^(K-1) prod_k (pi_k z_k^(-tau-1)) / (sum_i pi_i z_i^-tau)^K.
+- Evaluation (``module.eval()``): each block is the discrete OneHotCategorical(pi), so log q and
+  log p are exact probabilities of one-hot codes and the importance-weighted estimate is a valid
+  bound on log p(x) of the model whose decoder reads one-hot codes (the relaxation is a training
+  device only).
+
+Temperature annealing (Jang et al. Sec. 3.1): tau = max(tau_min, tau0 exp(-r t)). The family
+sees no optimizer step (a ``Family`` is not handed ``Parts``), so t counts its own forward passes
+in training mode with gradients enabled (one per optimizer step for the objectives that encode
+each batch once), kept in a buffer so that a resumed run continues the schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import torch
+from torch import Tensor, nn
+from torch import distributions as D
+from torch.distributions import Distribution
+
+from vae_lightning.args import NonNegativeInt, PositiveFloat, Range, checked
+from vae_lightning.posteriors import Family, Gaussian
+
+
+class JointLatent(Distribution):
+    """Independent parts over consecutive slices of z: ``parts`` a list of distributions, each
+    with event shape [width]; ``logits`` [..., blocks, K] of the categorical parts (for the
+    analytic KL, ``priors.categorical``)."""
+
+    arg_constraints: dict = {}
+    has_rsample = True
+
+    def __init__(self, parts: list[Distribution], logits: Tensor | None) -> None:
+        self.parts, self.logits = parts, logits
+        self.widths = [p.event_shape[-1] for p in parts]
+        super().__init__(parts[0].batch_shape, torch.Size([sum(self.widths)]),
+                         validate_args=False)
+
+    def _draw(self, shape: torch.Size | tuple[int, ...], grad: bool) -> Tensor:
+        return torch.cat([p.rsample(shape) if grad and p.has_rsample else p.sample(shape)
+                          for p in self.parts], -1)
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        """Reparameterized where the parts are (training); exact discrete draws in evaluation."""
+        return self._draw(sample_shape, grad=True)
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        with torch.no_grad():
+            return self._draw(sample_shape, grad=False)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return sum(p.log_prob(s) for p, s in zip(self.parts, z.split(self.widths, -1)))
+
+    @property
+    def mean(self) -> Tensor:
+        """The Gaussian means and the categorical probabilities (a relaxed block's mean has no
+        closed form; its probabilities are its location as tau -> 0)."""
+        out = [p.base_dist.mean if isinstance(p, D.Independent) and isinstance(
+            p.base_dist, D.Normal) else p.base_dist.probs.flatten(-2) for p in self.parts]
+        return torch.cat(out, -1)
+
+
+def categorical_blocks(logits: Tensor, temperature: float | None) -> Distribution:
+    """Blocks [..., B, K] of logits as one distribution over z [..., B * K]: Concrete at
+    ``temperature``, or the discrete one-hot categorical where it is None."""
+    if temperature is None:
+        block = D.OneHotCategorical(logits=logits, validate_args=False)
+    else:
+        block = D.RelaxedOneHotCategorical(torch.tensor(temperature, device=logits.device),
+                                           logits=logits, validate_args=False)
+    return Flat(block)
+
+
+class Flat(D.Independent):
+    """Independent(block, 1) with the blocks' one-hot vectors read as one flat vector."""
+
+    def __init__(self, block: Distribution) -> None:
+        super().__init__(block, 1, validate_args=False)
+        self.width = block.batch_shape[-1] * block.event_shape[-1]
+        self._event_shape = torch.Size([self.width])
+
+    def rsample(self, sample_shape=()) -> Tensor:
+        return self.base_dist.rsample(sample_shape).flatten(-2)
+
+    def sample(self, sample_shape=()) -> Tensor:
+        return self.base_dist.sample(sample_shape).flatten(-2)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        blocks = z.unflatten(-1, self.base_dist.batch_shape[-1:] + self.base_dist.event_shape)
+        return self.base_dist.log_prob(blocks).sum(-1)
+
+
+class RelaxedCategorical(Family, nn.Module):
+    """q(z|x): ``continuous`` Gaussian dimensions (the ``Gaussian`` family) and one-hot blocks of
+    ``categories`` K, relaxed at temperature tau in training (see the module's docstring)."""
+
+    features = frozenset({"rsample", "density", "finite_variance"})
+
+    @checked
+    def __init__(self, categories: Annotated[int, Range(ge=2)] = 10, continuous: NonNegativeInt = 0,
+                 temperature: PositiveFloat = 1.0, temperature_min: PositiveFloat = 0.5,
+                 anneal_rate: float = 3e-5) -> None:
+        nn.Module.__init__(self)
+        self.categories, self.continuous = categories, continuous
+        self.temperature, self.temperature_min = temperature, temperature_min
+        self.anneal_rate = anneal_rate
+        self.gaussian = Gaussian()
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def tau(self) -> float:
+        """tau = max(tau_min, tau0 exp(-r t)) (Jang et al. Sec. 3.1)."""
+        return max(self.temperature_min,
+                   self.temperature * math.exp(-self.anneal_rate * int(self.step)))
+
+    def blocks(self, latent: int) -> int:
+        discrete = latent - self.continuous
+        if discrete <= 0 or discrete % self.categories:
+            raise ValueError(f"model.latent={latent} minus model.encoder.posterior.continuous="
+                             f"{self.continuous} must be a positive multiple of categories="
+                             f"{self.categories} (the one-hot blocks)")
+        return discrete // self.categories
+
+    def n_params(self, latent: int) -> int:
+        self.blocks(latent)
+        return 2 * self.continuous + latent - self.continuous
+
+    def __call__(self, params: Tensor) -> Distribution:
+        if self.training and torch.is_grad_enabled():
+            self.step += 1
+        gaussian, logits = params.split([2 * self.continuous,
+                                         params.shape[-1] - 2 * self.continuous], -1)
+        logits = logits.unflatten(-1, (-1, self.categories))
+        parts = [self.gaussian(gaussian)] if self.continuous else []
+        parts.append(categorical_blocks(logits, self.tau() if self.training else None))
+        return JointLatent(parts, logits)
+
+    def bind(self, prior: nn.Module) -> None:
+        from vae_lightning.priors.categorical import UniformCategorical
+
+        if not isinstance(prior, UniformCategorical):
+            raise ValueError(f"the posterior RelaxedCategorical needs the prior to have one-hot "
+                             f"blocks (model/prior=uniform_categorical), which the prior "
+                             f"{type(prior).__name__} does not have; use model=gumbel")
+
+    def stddev(self, q: Distribution) -> Tensor | None:
+        return None

@@ -121,3 +121,34 @@ def copy_run(run_dir: Path, target: Path) -> Path:
 
     shutil.copytree(run_dir, target)
     return target
+
+
+def mnist_like(root: Path, train: int = 200, test: int = 50) -> Path:
+    """Small MNIST-format files (random pixels and labels 0..9) under ``root/mnist``, so that
+    data=mnist with ``data.root=<root>`` builds without the real files; returns ``root``."""
+    import numpy as np
+
+    from vae_lightning.data.idx import write_idx
+
+    (root / "mnist").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28), np.uint8))
+        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz",
+                  rng.integers(0, 10, n).astype(np.uint8))
+    return root
+
+
+def short_mnist_run(overrides: list[str], directory: Path) -> list[dict[str, str]]:
+    """``overrides`` trained in-process on the real MNIST (../shared/data) for 300 steps with 5
+    validation and test batches, logged to csv in ``directory``: the rows of its metrics.csv."""
+    import csv
+
+    from vae_lightning.train import train
+
+    train(compose_train([*overrides, f"data.root={SHARED_DATA}", "trainer.max_epochs=1",
+                         "+trainer.limit_train_batches=300", "+trainer.limit_val_batches=5",
+                         "+trainer.limit_test_batches=5", "trainer.enable_progress_bar=false",
+                         "logger=csv"], directory))
+    return list(csv.DictReader(open(directory / "csv" / "metrics.csv")))

@@ -5,6 +5,7 @@ step with a finite loss, and every objective trains with every prior it accepts
 
 import itertools
 
+import compose
 import pytest
 import torch
 from compose import (
@@ -61,19 +62,7 @@ def _one_step(model, x, y):
 @pytest.fixture(scope="module")
 def mnist_like(tmp_path_factory):
     """A root with small MNIST-format files, so data=mnist builds without a download."""
-    import numpy as np
-
-    from vae_lightning.data.idx import write_idx
-
-    root = tmp_path_factory.mktemp("data")
-    (root / "mnist").mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 200), ("t10k", 50)):
-        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz",
-                  rng.integers(0, 256, (n, 28, 28), np.uint8))
-        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz",
-                  rng.integers(0, 10, n).astype(np.uint8))
-    return root
+    return compose.mnist_like(tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.parametrize("prior, likelihood, posterior, data", COMBINATIONS, ids=str)

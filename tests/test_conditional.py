@@ -7,13 +7,12 @@ MNIST, is evaluated with its labels and samples each class."""
 
 from __future__ import annotations
 
-import csv
 import math
 
 import conditional_gaussian as cg
 import pytest
 import torch
-from compose import SHARED_DATA, compose_train
+from compose import SHARED_DATA, compose_train, short_mnist_run
 from torch.distributions import Independent, Normal, kl_divergence
 
 from vae_lightning.conditional import ClassNormal, Conditioned
@@ -109,19 +108,11 @@ def test_model_classes_must_match_the_parts():
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(),
                     reason="needs ../shared/data/mnist (the shared data folder)")
-def test_the_preset_trains_on_mnist_and_each_class_is_sampled(tmp_path, monkeypatch):
+def test_the_preset_trains_on_mnist_and_each_class_is_sampled(tmp_path):
     """model=cvae on MNIST, 300 steps: the loss falls; the test bound is log p(x|y) with the
     true labels, above the bound with the labels shuffled; samples of class 1 and 0 differ as
     the digits do (a 1 has far fewer ink pixels than a 0)."""
-    from vae_lightning.train import train
-
-    monkeypatch.setenv("VAE_DATA_DIR", str(SHARED_DATA))
-    cfg = compose_train(["model=cvae", "data=mnist", "trainer.max_epochs=1",
-                         "+trainer.limit_train_batches=300", "+trainer.limit_val_batches=5",
-                         "+trainer.limit_test_batches=5", "trainer.enable_progress_bar=false",
-                         "logger=csv", "model/prior=class_normal"], output_dir=tmp_path)
-    train(cfg)
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    rows = short_mnist_run(["model=cvae", "data=mnist", "model/prior=class_normal"], tmp_path)
     losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
     assert losses[-1] < losses[0] - 50
     assert (tmp_path / "figures" / "samples.png").is_file()
@@ -129,7 +120,7 @@ def test_the_preset_trains_on_mnist_and_each_class_is_sampled(tmp_path, monkeypa
     assert model.classes == 10
     from vae_lightning.config import instantiate_node
 
-    dm = instantiate_node(cfg.data, "data")
+    dm = instantiate_node(compose_train(["data=mnist", f"data.root={SHARED_DATA}"]).data, "data")
     dm.setup("test")
     x, y = dm.evaluation_data("test")[:200], dm.evaluation_labels("test")[:200]
     torch.manual_seed(0)

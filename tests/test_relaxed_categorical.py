@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from compose import SHARED_DATA, compose_train
+from compose import SHARED_DATA, short_mnist_run
 from torch.distributions import Bernoulli, Independent, RelaxedOneHotCategorical, kl_divergence
 
 from vae_lightning.args import ArgumentError
@@ -127,20 +127,11 @@ def test_a_latent_that_is_not_whole_blocks_is_refused_with_the_keys():
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(),
                     reason="needs ../shared/data/mnist (the shared data folder)")
-def test_the_gumbel_preset_trains_on_mnist(tmp_path, monkeypatch):
+def test_the_gumbel_preset_trains_on_mnist(tmp_path):
     """Jang et al.'s 30 x 10 categorical VAE, 300 steps on MNIST: the loss falls and the
     evaluation bound over discrete codes is finite."""
-    import csv
 
-    from vae_lightning.train import train
-
-    monkeypatch.setenv("VAE_DATA_DIR", str(SHARED_DATA))
-    cfg = compose_train(["experiment=gumbel_mnist", "trainer.max_epochs=1",
-                         "+trainer.limit_train_batches=300", "+trainer.limit_val_batches=5",
-                         "+trainer.limit_test_batches=5", "trainer.enable_progress_bar=false",
-                         "callbacks.figures=null", "logger=csv"], output_dir=tmp_path)
-    train(cfg)
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    rows = short_mnist_run(["experiment=gumbel_mnist", "callbacks.figures=null"], tmp_path)
     losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
     assert losses[-1] < losses[0] - 50
     test = [r for r in rows if r.get("test/elbo")][-1]

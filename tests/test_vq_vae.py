@@ -256,19 +256,9 @@ def test_vae_eval_reports_the_bound_with_the_fitted_pixelcnn_prior(tmp_path):
     import subprocess
     import sys
 
-    import numpy as np
-    from compose import REPO
+    from compose import REPO, mnist_like
 
-    from vae_lightning.data.idx import write_idx
-
-    root = tmp_path / "data"
-    (root / "mnist").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 300), ("t10k", 100)):
-        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz",
-                  rng.integers(0, 256, (n, 28, 28), np.uint8))
-        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz",
-                  rng.integers(0, 10, n).astype(np.uint8))
+    root = mnist_like(tmp_path / "data", train=300, test=100)
     run = tmp_path / "run"
 
     def command(script, *args):

@@ -14,12 +14,12 @@ import torch
 from compose import compose_train
 
 from vae_lightning.config import instantiate_node
-from vae_lightning.data import dsprites
-from vae_lightning.data.dsprites import (
+from vae_lightning.data import sprite_rendering
+from vae_lightning.data.dsprites import DSpritesDataModule
+from vae_lightning.data.sprite_rendering import (
     FACTOR_VALUES,
     FACTORS,
     SHA256,
-    DSpritesDataModule,
     cache_path,
     grid_indices,
     read_cache,
@@ -114,16 +114,16 @@ def test_the_full_product_renders_fast_to_the_reference_and_holds_the_small_grid
     seconds = time.perf_counter() - start
     assert full.shape == (737280, 512) and sha256(full) == SHA256["full"]
     assert seconds < 60, seconds
-    steps = dsprites.VARIANTS["small"]
+    steps = sprite_rendering.VARIANTS["small"]
     grid = np.ix_(*(np.arange(0, size, step) for size, step in zip(sizes("full"), steps)))
     index = np.ravel_multi_index(grid, sizes("full")).ravel()
     np.testing.assert_array_equal(full[index], small)
 
 
 def test_a_rendering_other_than_the_reference_is_refused(monkeypatch):
-    monkeypatch.setattr(dsprites, "HALF_SIDE", 9.8)  # another drawing of the square
+    monkeypatch.setattr(sprite_rendering, "HALF_SIDE", 9.8)  # another drawing of the square
     with pytest.raises(DataError, match="differ from the reference rendering"):
-        dsprites.rendered("small")
+        sprite_rendering.rendered("small")
 
 
 def test_the_module_caches_under_the_root_and_reads_the_cache_back(tmp_path):

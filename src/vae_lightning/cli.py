@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import sys
-import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -30,10 +29,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import vae_lightning.resolvers  # noqa: F401  (registers the configs' resolvers; imports no torch)
+from vae_lightning import console
 from vae_lightning.errors import ConfigError, Interrupted, UserError
 from vae_lightning.hydra_errors import hydra_message, study_error, user_error, value_error
 from vae_lightning.signals import Signal, catch, stopped
@@ -41,77 +41,6 @@ from vae_lightning.signals import Signal, catch, stopped
 CONFIG_PATH = "pkg://vae_lightning.conf"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-# Known third-party output that needs no action (extras.ignore_warnings): warnings by the start
-# of their message, and Lightning's adverts among its log lines.
-NOISE = (
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # torch's pytree, inside Lightning
-    # A run without a validation split (data.val_size=0) has an empty validation loader, and
-    # its checkpoint callback no val/elbo to monitor (the last checkpoint is the run's then).
-    r"Total length of `\w+` across ranks is zero",
-    r"`ModelCheckpoint\(monitor='val/",
-    # The data modules hold the data in memory: worker processes would not be faster.
-    r"The '\w+' does not have many workers",
-)
-ADVERTS = ("💡 Tip:",)
-
-
-class _NoAdverts(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(ADVERTS)
-
-
-def _quiet(cfg: DictConfig) -> None:
-    """Hide ``NOISE`` and ``ADVERTS`` (``extras.ignore_warnings``, on for the commands that have
-    no ``extras``)."""
-    if not OmegaConf.select(cfg, "extras.ignore_warnings", default=True):
-        return
-    for message in NOISE:
-        warnings.filterwarnings("ignore", message=message)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoAdverts) for f in logger.filters):
-            logger.addFilter(_NoAdverts())
-
-
-def _print_config(cfg: DictConfig) -> None:
-    """``extras.print_config``: the resolved config as YAML on the console, and in the run
-    directory's ``config_tree.log`` when the directory is this run's own (not a resumed run's)."""
-    from vae_lightning import rundir
-
-    if not OmegaConf.select(cfg, "extras.print_config", default=False):
-        return
-    text = OmegaConf.to_yaml(_resolved(cfg))
-    print(text, end="", flush=True)
-    if rundir.record_dir(cfg.output_dir) is not None:
-        rundir.path(cfg.output_dir, "config_tree").write_text(text)
-
-
-def _resolved(node: Any) -> Any:
-    """``node`` as plain values, each resolved where it can be; ``???`` where it cannot yet
-    (``model.data_shape`` and what refers to it: the run fills them in)."""
-    if isinstance(node, DictConfig):
-        resolved = {}
-        for key in node:
-            try:
-                resolved[key] = _resolved(node[key])
-            except OmegaConfBaseException:
-                resolved[key] = "???"
-        return resolved
-    if isinstance(node, ListConfig):
-        return [_resolved(item) for item in node]
-    return node
-
-
-def _one_log_line_per_record() -> None:
-    """``import lightning`` gives the ``lightning`` logger a console handler of its own, which
-    doubles every record that also reaches Hydra's handlers on the root logger; under Hydra the
-    root handlers (console and the job's log file) are the only ones."""
-    import lightning  # noqa: F401  (its import adds the handler)
-
-    if logging.getLogger().handlers:
-        logging.getLogger("lightning").handlers.clear()
-
 
 def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> T | None:
     """Run ``task``; a ``UserError`` ends the command with its one-line message and exit code
@@ -125,8 +54,8 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
 
     sweep = sweeps.in_sweep() and run_dir is not None
     try:
-        _one_log_line_per_record()
-        _quiet(cfg)
+        console.one_log_line_per_record()
+        console.quiet(cfg)
         return task()
     except (Signal, KeyboardInterrupt) as stop:  # outside training (train.py handles those in it)
         raise SystemExit(stopped(getattr(stop, "signum", signal.SIGINT), run_dir)) from None
@@ -283,7 +212,7 @@ def _train(cfg: DictConfig) -> float | None:
     def task() -> float | None:
         from vae_lightning.train import train as run_training
 
-        _print_config(cfg)
+        console.print_config(cfg)
         return _optimized(run_training(cfg), cfg.get("optimized_metric"))
 
     return _run(task, cfg, run_dir=cfg.get("output_dir"))

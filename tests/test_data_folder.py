@@ -13,7 +13,7 @@ from compose import compose_train
 from PIL import Image
 
 from vae_lightning.args import ArgumentError
-from vae_lightning.data import DataError, FolderDataModule
+from vae_lightning.data import DataError, FolderDataModule, images
 from vae_lightning.data import folder as folder_module
 from vae_lightning.data.download import DataNotFoundError
 from vae_lightning.train import build_run, train
@@ -120,10 +120,10 @@ def test_colour_file_read_as_grayscale_and_grayscale_as_colour(tmp_path):
     rgb = smooth_image(3)
     write(tmp_path / "c" / "rgb.png", rgb)
     write(tmp_path / "g" / "gray.png", rgb[..., 0])
-    gray = folder_module.decode(tmp_path / "c" / "rgb.png", (8, 8), 1)
+    gray = images.decode(tmp_path / "c" / "rgb.png", (8, 8), 1)
     assert gray.shape == (1, 8, 8)
     assert np.array_equal(gray[0], np.asarray(Image.fromarray(rgb).convert("L")))
-    colour = folder_module.decode(tmp_path / "g" / "gray.png", (8, 8), 3)
+    colour = images.decode(tmp_path / "g" / "gray.png", (8, 8), 3)
     assert colour.shape == (3, 8, 8) and all(np.array_equal(c, rgb[..., 0]) for c in colour)
 
 
@@ -133,19 +133,19 @@ def test_resize_shorter_side_then_centre_crop(tmp_path):
     write(tmp_path / "wide.png", wide)
     write(tmp_path / "tall.png", tall)
     # Already the right height (width): the centre columns (rows), pixel for pixel.
-    got = folder_module.decode(tmp_path / "wide.png", (8, 8), 3)
+    got = images.decode(tmp_path / "wide.png", (8, 8), 3)
     assert np.abs(got.astype(int) - wide[:, 4:12].transpose(2, 0, 1)).max() <= 1
-    got = folder_module.decode(tmp_path / "tall.png", (8, 8), 1)[0]
+    got = images.decode(tmp_path / "tall.png", (8, 8), 1)[0]
     assert np.abs(got.astype(int) - tall[4:12]).max() <= 1
     # Scaled down by 2 (16x32 to 8x16), then cropped to 8x8: blocks of 2x2 become pixels.
     blocks = rng.integers(0, 256, (8, 16), np.uint8)
     write(tmp_path / "big.png", np.kron(blocks, np.ones((2, 2), np.uint8)))
-    got = folder_module.decode(tmp_path / "big.png", (8, 8), 1)[0]
+    got = images.decode(tmp_path / "big.png", (8, 8), 1)[0]
     error = {left: np.abs(got.astype(int) - blocks[:, left:left + 8]).mean() for left in range(9)}
     assert error[4] < 20 and error[4] < min(e for left, e in error.items() if left != 4) / 2
     # [H, W] sizes: a uniform image stays uniform whatever the aspect.
     write(tmp_path / "flat.png", np.full((30, 50, 3), 77, np.uint8))
-    got = folder_module.decode(tmp_path / "flat.png", (4, 6), 3)
+    got = images.decode(tmp_path / "flat.png", (4, 6), 3)
     assert got.shape == (3, 4, 6) and (got == 77).all()
     dm = FolderDataModule(path=str(tmp_path), size=[4, 6], channels=3, val_size=1, test_size=1)
     assert dm.shape == (3, 4, 6)
@@ -157,14 +157,14 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # shown rotated 90 degrees clockwise: 8 rows x 4 columns, top half white
     Image.fromarray(image).save(tmp_path / "turned.png", exif=exif)
-    got = folder_module.decode(tmp_path / "turned.png", (8, 4), 1)[0]
+    got = images.decode(tmp_path / "turned.png", (8, 4), 1)[0]
     assert got.shape == (8, 4) and (got[:4] == 255).all() and (got[4:] == 0).all()
 
 
 def test_sixteen_bit_png_keeps_the_high_byte(tmp_path):
     wide = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
     Image.fromarray(wide).save(tmp_path / "deep.png")
-    got = folder_module.decode(tmp_path / "deep.png", (8, 8), 1)[0]
+    got = images.decode(tmp_path / "deep.png", (8, 8), 1)[0]
     assert np.array_equal(got, (wide >> 8).astype(np.uint8))
 
 

@@ -5,18 +5,18 @@ header giving the array's dtype and shape: reading only that header tells the im
 model is built for, before any data is loaded. An array of Python objects is refused: loading it
 would unpickle it, and unpickling runs whatever code the file names. The header is untrusted too:
 the bytes it declares (its shape times its dtype's size) are checked against what the file (or
-the zip member) can hold and against the memory available before anything is allocated.
+the zip member) can hold and against the memory available before anything is allocated
+(``npy.py`` reads and checks headers; this module holds the data module and the image checks).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tokenize
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Literal, NamedTuple
+from typing import IO, Literal
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from vae_lightning.args import checked
 from vae_lightning.errors import DataError
 
 from .datamodules import VAEDataModule
-from .download import check_memory, describe, nameable, names, open_data
+from .download import describe, nameable, names, open_data
+from .npy import Header, check_holds, dtype_name, map_npy, member_capacity, read_header
 from .splits import SplitSize, ValSize, held_out
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -33,90 +34,8 @@ _ZIP_MAGIC = b"PK"  # a zip: a member, or the end of an empty one
 # undecodable member name, an unsupported compression method, encrypted).
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error,
                ValueError, NotImplementedError, RuntimeError)
-# Deflate's largest expansion: one match codes at most 258 bytes in at least 2 bits, so a
-# deflated member of c bytes holds at most 1032 c (what a header may claim beyond is a lie).
-_DEFLATE_RATIO = 1032
 # Channel counts that mark an axis as the channels in ``layout="auto"``.
 _CHANNELS = (1, 3)
-
-
-class Header(NamedTuple):
-    """What an array's header says: its shape and dtype, its memory order, and the offset of
-    its data in the file (or member)."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    fortran_order: bool = False
-    offset: int = 0
-
-    @property
-    def nbytes(self) -> int:
-        """The bytes of data the header declares."""
-        return math.prod(self.shape) * self.dtype.itemsize
-
-    def describe(self) -> str:
-        """``uint8 [N, H, W]``, the header's claim in words (a structured dtype's field names,
-        bytes of the file, are not quoted)."""
-        return f"{dtype_name(self.dtype)} {list(self.shape)}"
-
-
-def dtype_name(dtype: np.dtype) -> str:
-    return "a structured dtype" if dtype.names else str(dtype)
-
-
-def read_header(fh: IO[bytes], where: str) -> Header:
-    """The header of the ``.npy`` data in ``fh``, read without loading (or unpickling) the
-    array; a ``DataError`` naming ``where`` when it is not a ``.npy`` header."""
-    read = None
-    try:
-        version = np.lib.format.read_magic(fh)
-        read = {(1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read is not None:
-            shape, fortran_order, dtype = read(fh)
-    except (ValueError, SyntaxError, EOFError, tokenize.TokenError, RecursionError) as err:
-        raise DataError(f"{where} is not a readable .npy array ({describe(err)} in its header): "
-                        "save it with numpy.save or numpy.savez.") from None
-    if read is None:
-        raise DataError(f"{where} is a .npy array of a format version other than 1.0 and 2.0: "
-                        "save it with numpy.save or numpy.savez.")
-    header = Header(tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran_order),
-                    fh.tell())
-    if any(d < 0 for d in header.shape):
-        raise DataError(f"{where} declares the shape {list(header.shape)}, with a negative "
-                        "dimension: the file is corrupt; save it again with numpy.save or "
-                        "numpy.savez.")
-    return header
-
-
-def check_holds(header: Header, capacity: int, where: str) -> None:
-    """Refuse a header that declares more bytes than its file (or member) can hold,
-    ``capacity`` bytes after the header, or than the memory available: the array is checked
-    before anything is allocated for it."""
-    if header.nbytes > capacity:
-        raise DataError(f"{where} declares {header.describe()} ({header.nbytes:,} bytes of data), "
-                        f"but holds at most {max(0, capacity):,}: the file is truncated or "
-                        "corrupt; save it again with numpy.save or numpy.savez.")
-    check_memory(header.nbytes, f"{where} declares {header.describe()}",
-                 "use fewer or smaller images (or a machine with more memory)")
-
-
-def member_capacity(info: zipfile.ZipInfo, offset: int) -> int:
-    """The most data bytes a zip member can hold after its ``offset`` bytes of header: its
-    uncompressed size, and no more than its compressed size can expand to."""
-    size = info.file_size
-    if info.compress_type == zipfile.ZIP_STORED:
-        size = min(size, info.compress_size)
-    elif info.compress_type == zipfile.ZIP_DEFLATED:
-        size = min(size, info.compress_size * _DEFLATE_RATIO)
-    return size - offset
-
-
-def map_npy(fh: IO[bytes], header: Header) -> np.ndarray:
-    """The data of the open ``.npy`` file ``fh`` (its ``header`` checked: ``check_holds``)
-    memory-mapped read-only: only what is indexed is read."""
-    return np.memmap(fh, header.dtype, mode="r", offset=header.offset, shape=header.shape,
-                     order="F" if header.fortran_order else "C")
 
 
 def resolve_layout(shape: tuple[int, ...], layout: str, where: str) -> str:

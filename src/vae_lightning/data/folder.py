@@ -20,23 +20,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import struct
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from vae_lightning.args import PositiveInt, checked, fail
 from vae_lightning.errors import DataError
 from vae_lightning.files import kind
 
-from .array import check_holds, map_npy, read_header
 from .datamodules import VAEDataModule
 from .download import (
     DataNotFoundError,
@@ -45,23 +41,15 @@ from .download import (
     not_regular,
     open_data,
 )
+from .images import DECODER_VERSION, EXTENSIONS, WHAT, decode, image_size, readable
+from .npy import check_holds, map_npy, read_header
 from .splits import SplitSize, ValSize, held_out
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Image files read, by extension (any case).
-EXTENSIONS = (".png", ".jpg", ".jpeg")
-_WHAT = "a PNG or JPEG image"
 # The caches' folder under ``root`` (unless ``cache`` names another).
 CACHE_DIR = "folder_cache"
-# Part of every cache key: a change in how images are decoded invalidates old caches.
-_DECODER_VERSION = 1
-# What Pillow raises for a file it cannot decode (a corrupt, truncated or non-image file).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
-                  Image.DecompressionBombError)
-# EXIF orientations that swap width and height.
-_TRANSPOSED = {5, 6, 7, 8}
 
 
 def scan(directory: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
@@ -96,63 +84,6 @@ def _unlistable(err: OSError) -> None:
     raise DataError(f"{err.filename} cannot be listed ({describe(err)}): fix its permissions, "
                     "or move it out of data.path.")
 
-
-def _turned(image: Image.Image) -> bool:
-    """Whether ``image``'s EXIF orientation swaps its width and height."""
-    return image.getexif().get(0x0112) in _TRANSPOSED
-
-
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """``(H, W)`` of ``image`` as shown: with its EXIF orientation applied."""
-    w, h = image.size
-    return (w, h) if _turned(image) else (h, w)
-
-
-def decode(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
-    """One image file as uint8 ``[channels, H, W]`` for ``size = (H, W)``: upright (its EXIF
-    orientation applied), in grayscale ("L") or RGB (an alpha channel is dropped; 16-bit
-    grayscale keeps its high byte), scaled so that it covers ``size`` (the shorter side fits),
-    then centre-cropped to it. An image already of ``size`` keeps its pixels exactly."""
-    height, width = size
-    with open_data(path, _WHAT) as fh, Image.open(fh) as image:
-        h, w = upright_size(image)
-        turned = _turned(image)
-        # A JPEG can decode at 1/2, 1/4 or 1/8 scale, much faster: ask for the smallest scale
-        # still at least as large as the resize needs.
-        cover = max(width / w, height / h)
-        need = (int(np.ceil(w * cover)), int(np.ceil(h * cover)))
-        image.draft("L" if channels == 1 else "RGB", need[::-1] if turned else need)
-        image = ImageOps.exif_transpose(image)
-        if image.mode.startswith("I"):  # 16-bit grayscale (PNG): keep the high byte
-            wide = np.asarray(image).astype(np.int64) >> 8
-            image = Image.fromarray(wide.clip(0, 255).astype(np.uint8))
-        image = image.convert("L" if channels == 1 else "RGB")
-        if image.size != (width, height):
-            image = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
-        pixels = np.asarray(image, np.uint8)
-    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """``(H, W)`` of the image file ``path`` as shown, from its header alone (nothing is
-    decoded)."""
-    with open_data(path, _WHAT) as fh, Image.open(fh) as image:
-        return upright_size(image)
-
-
-def _readable(read: Callable[..., T], path: Path, *args) -> T:
-    """``read(path, *args)``, a file that Pillow cannot read being a one-line ``DataError``
-    naming it (Pillow's own message is not quoted: it may hold bytes of the file)."""
-    try:
-        return read(path, *args)
-    except DataError:
-        raise
-    except _DECODE_ERRORS as err:
-        why = (f"more than Pillow's {2 * Image.MAX_IMAGE_PIXELS:,} pixels, its limit against "
-               "decompression bombs" if isinstance(err, Image.DecompressionBombError)
-               else describe(err))
-        raise DataError(f"{path} cannot be read as an image ({why}): replace or remove "
-                        "it.") from None
 
 
 class FolderDataModule(VAEDataModule):
@@ -257,7 +188,7 @@ class FolderDataModule(VAEDataModule):
         cached = _read_cache(self._cache_file(key), (len(files), self.channels, None, None))
         if cached is not None:
             return cached.shape[2], cached.shape[3]
-        sizes = self._map(lambda rel: _readable(image_size, self.path / rel), files)
+        sizes = self._map(lambda rel: readable(image_size, self.path / rel), files)
         for rel, size in zip(files, sizes, strict=True):
             if size != sizes[0]:
                 raise DataError(
@@ -281,7 +212,7 @@ class FolderDataModule(VAEDataModule):
         """The hash of what the cache is decoded from; each file checked to be a regular one
         (a FIFO would block the decoding forever)."""
         spec = "native" if self.size is None else self.size
-        digest = hashlib.sha256(f"v{_DECODER_VERSION} {spec} c{self.channels}\n".encode())
+        digest = hashlib.sha256(f"v{DECODER_VERSION} {spec} c{self.channels}\n".encode())
         for rel in files:
             path = self.path / rel
             try:
@@ -291,7 +222,7 @@ class FolderDataModule(VAEDataModule):
                 raise DataError(f"{path} cannot be read ({describe(err)}): fix its permissions, "
                                 "or remove it.") from None
             if stat is None:
-                raise not_regular(str(path), found, _WHAT)
+                raise not_regular(str(path), found, WHAT)
             digest.update(f"{rel.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()[:24]
 
@@ -314,7 +245,7 @@ class FolderDataModule(VAEDataModule):
         log.info("Decoding %d images from %s to %s (once: they are cached)", len(files),
                  self.path, "x".join(map(str, self.shape)))
         images = np.empty((len(files), *self.shape), np.uint8)
-        decoded = self._map(lambda rel: _readable(decode, self.path / rel, self.shape[1:],
+        decoded = self._map(lambda rel: readable(decode, self.path / rel, self.shape[1:],
                                                   self.channels), files)
         for i, pixels in enumerate(decoded):
             images[i] = pixels

@@ -102,19 +102,41 @@ def test_the_iw_estimate_with_discrete_latents_tends_to_the_enumerated_log_p_of_
     assert estimates[0] <= log_p_x.item() + 1e-6
 
 
-def test_the_temperature_anneals_with_training_steps_to_its_floor():
+def test_the_temperature_anneals_with_the_step_to_its_floor():
     family, _ = model(3)
-    params = torch.randn(2, 3)
     assert family.tau() == 1.0
-    family(params)
+    family.at_step(1)
     assert family.tau() == pytest.approx(math.exp(-0.1))
-    with torch.no_grad():
-        family(params)  # a probe, not a training step
-    family.eval()
-    family(params)
-    assert int(family.step) == 1
-    family.step.fill_(100)
+    family.at_step(100)
     assert family.tau() == 0.5
+
+
+def test_the_temperature_follows_the_model_s_optimizer_step_not_its_forward_passes():
+    """tau_t at the loss of step t = 0, 1, ... (the KL schedules' clock), with extra encoder
+    passes in training mode between the steps (a callback's probe) counting for nothing."""
+    import lightning as L
+    from models import binary_images, small_vae
+    from torch.utils.data import DataLoader, TensorDataset
+
+    family, prior = model(6)
+    vae = small_vae(latent=6, posterior=family, prior=prior)
+    seen, loss = [], vae.objective.loss
+
+    def recorded(parts, x):
+        seen.append(family.tau())
+        return loss(parts, x)
+
+    vae.objective.loss = recorded
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            module.encoder(batch[0])  # in training mode, with gradients
+
+    x = binary_images(48)
+    L.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[Probe()]).fit(
+        vae, DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=8))
+    assert seen == pytest.approx([max(0.5, math.exp(-0.1 * t)) for t in range(5)])
 
 
 def test_a_latent_that_is_not_whole_blocks_is_refused_with_the_keys():
@@ -136,3 +158,11 @@ def test_the_gumbel_preset_trains_on_mnist(tmp_path):
     assert losses[-1] < losses[0] - 50
     test = [r for r in rows if r.get("test/elbo")][-1]
     assert math.isfinite(float(test["test/elbo"]))
+
+
+def test_a_captured_cuda_graph_is_refused_with_an_annealed_temperature():
+    from models import small_vae
+
+    family, prior = model(6)
+    with pytest.raises(ValueError, match="cuda_graph=true.*follows the optimizer step"):
+        small_vae(latent=6, posterior=family, prior=prior, cuda_graph=True)

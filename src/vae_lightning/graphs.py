@@ -126,6 +126,13 @@ class GraphedStep:
             outputs = self._gradient(static_x)
         return graph, static_x, outputs
 
+    def last_bound(self) -> Bound:
+        """The bound of the last captured step (its static outputs; zeros before any)."""
+        if not self._graphs:
+            return Bound(torch.zeros(1), torch.zeros(1))
+        _, _, (_, recon, kl) = next(iter(self._graphs.values()))
+        return Bound(recon, kl)
+
     def non_finite(self) -> bool:
         """Whether a loss was non-finite since the start (one read from the device)."""
         return bool(self.bad.item())

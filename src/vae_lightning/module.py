@@ -23,7 +23,7 @@ from vae_lightning.inference import Inference
 from vae_lightning.likelihoods import Decoder
 from vae_lightning.metrics import BITS, TERMS, BoundMean, BoundTerm
 from vae_lightning.objectives import Objective
-from vae_lightning.parts import Bound, Conditional, unmet
+from vae_lightning.parts import Bound, Conditional, Stepped, refuse_unfit
 from vae_lightning.posteriors import Encoder
 from vae_lightning.priors import Prior
 from vae_lightning.rebuild import load_model
@@ -81,26 +81,19 @@ class VAE(Inference, L.LightningModule):
         self.data_shape = tuple(data_shape) if data_shape is not None else None
         prior.bind(encoder)  # a prior built from q (the VampPrior)
         encoder.posterior.bind(prior)  # a q built with p's networks (the Ladder VAE)
-        problems = unmet(encoder.posterior.features,
-                         {f"the objective {objective!r}": objective.requires,
-                          f"the prior {type(prior).__name__}": prior.requires},
-                         f"the posterior {encoder.posterior!r}")
-        problems += unmet(prior.features, {f"the objective {objective!r}":
-                                           objective.requires_prior},
-                          f"the prior {type(prior).__name__}")
-        if problems:
-            raise ValueError("; ".join(problems) + ". Choose a posterior, prior and objective "
-                             "that fit (docs/configuration.md, the parts' features).")
-        # The parts that depend on a class label (a conditional VAE), handed each batch's labels.
+        refuse_unfit(encoder.posterior, prior, objective)
+        # The parts handed each batch's labels (a conditional VAE) and the optimizer step.
         self._conditional = tuple(m for m in self.modules() if isinstance(m, Conditional))
+        self._stepped = tuple(m for m in self.modules() if isinstance(m, Stepped))
         self.classes = classes
         if {part.classes for part in self._conditional} - {classes}:
             raise ValueError(f"classes={classes}, but parts of the model are conditional on "
                              f"{sorted({part.classes for part in self._conditional})} classes: "
                              "set model.classes to the number of classes the labels take")
-        if cuda_graph and self._conditional:
-            raise ValueError("cuda_graph=true cannot be used with a conditional model: the "
-                             "captured graph would keep the labels of its first step")
+        if cuda_graph and (self._conditional or self._stepped):
+            raise ValueError("cuda_graph=true cannot be used with a conditional model or a part "
+                             "that follows the optimizer step (an annealed temperature): the "
+                             "captured graph would keep the labels or the step of its first step")
         with self.given(torch.zeros(1, dtype=torch.int64)):  # probes of one point, class 0
             objective.check(self)
         if compile:  # in place: parameter names, and so checkpoints, stay the same
@@ -189,6 +182,8 @@ class VAE(Inference, L.LightningModule):
     def _step_loss(self, x: Tensor) -> Tensor:
         """The loss of one optimizer step on the minibatch ``x``; counts its samples, adds its
         bound to the training averages, and stops the run if the loss is not finite."""
+        for part in self._stepped:
+            part.at_step(self.global_step)
         loss, bound = self.objective.loss(self, x)
         if self.trainer.strategy.reduce_boolean_decision(
             not torch.isfinite(loss).item(), all=False
@@ -255,7 +250,7 @@ class VAE(Inference, L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._graph is not None and self._graph.non_finite():
-            divergence.stop(self, self._graph_bound(), since=None)
+            divergence.stop(self, self._graph.last_bound(), since=None)
         # float64 stays exact beyond 2^24; logged, it also reaches the parent of spawned ranks.
         seen = torch.tensor(self.samples_seen, dtype=torch.float64, device=self.device)
         self.log("train/samples_seen", seen, on_epoch=True, reduce_fx="max")
@@ -275,11 +270,6 @@ class VAE(Inference, L.LightningModule):
                     on_epoch=True,
                     prog_bar=term == "elbo",
                 )
-
-    def _graph_bound(self) -> Bound:
-        """The bound of the graph's last step (its static outputs)."""
-        outputs = next(iter(self._graph._graphs.values()))[2] if self._graph._graphs else None
-        return Bound(outputs[1], outputs[2]) if outputs else Bound(torch.zeros(1), torch.zeros(1))
 
     def check_optimizer(self) -> None:
         """Refuse, before training, optimizer settings that cannot train

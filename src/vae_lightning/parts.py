@@ -83,6 +83,16 @@ class Conditional(Protocol):
     def given(self, y: Tensor | None) -> None: ...
 
 
+@runtime_checkable
+class Stepped(Protocol):
+    """A part whose behaviour follows the model's optimizer step t (a relaxed posterior's
+    annealed temperature): the model hands it t (from 0, restored on resume) by ``at_step(t)``
+    before each training step's loss, the clock the objectives' schedules read
+    (``Parts.global_step``)."""
+
+    def at_step(self, step: int) -> None: ...
+
+
 class Family(Protocol):
     """A posterior family: ``n_params(latent)`` network outputs per data point, mapped by
     ``__call__(params)`` to q(z|x) over ``latent`` dimensions; ``features`` (``FEATURES``) says
@@ -161,6 +171,20 @@ def unmet(offered: frozenset[str], needs: Mapping[str, frozenset[str]], what: st
                          + " and ".join(FEATURES[name] for name in missing)
                          + f", which {what} does not have ({', '.join(missing)})")
     return found
+
+
+def refuse_unfit(posterior: Family, prior: Prior, objective: object) -> None:
+    """Refuse, with one line naming each unmet need, a posterior, prior and objective that cannot
+    work together (``requires`` / ``requires_prior`` against ``features``), when the model is
+    composed: before training, never at its first step."""
+    problems = unmet(posterior.features, {f"the objective {objective!r}": objective.requires,
+                                          f"the prior {type(prior).__name__}": prior.requires},
+                     f"the posterior {posterior!r}")
+    problems += unmet(prior.features, {f"the objective {objective!r}": objective.requires_prior},
+                      f"the prior {type(prior).__name__}")
+    if problems:
+        raise ValueError("; ".join(problems) + ". Choose a posterior, prior and objective "
+                         "that fit (docs/configuration.md, the parts' features).")
 
 
 def scored_sample(q: Distribution, shape: torch.Size | tuple[int, ...] = ()

@@ -15,10 +15,10 @@ Layout of z [..., latent]: ``continuous`` Gaussian dimensions first, then (laten
   bound on log p(x) of the model whose decoder reads one-hot codes (the relaxation is a training
   device only).
 
-Temperature annealing (Jang et al. Sec. 3.1): tau = max(tau_min, tau0 exp(-r t)). The family
-sees no optimizer step (a ``Family`` is not handed ``Parts``), so t counts its own forward passes
-in training mode with gradients enabled (one per optimizer step for the objectives that encode
-each batch once), kept in a buffer so that a resumed run continues the schedule.
+Temperature annealing (Jang et al. Sec. 3.1): tau = max(tau_min, tau0 exp(-r t)), t the model's
+optimizer step (from 0), which the model hands the family before each training step
+(``parts.Stepped``): the same clock as the KL schedules, however many times an objective encodes
+a batch; kept in a buffer too, so that the temperature is the schedule's outside training.
 """
 
 from __future__ import annotations
@@ -120,6 +120,10 @@ class RelaxedCategorical(Family, nn.Module):
         self.gaussian = Gaussian()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
+    def at_step(self, step: int) -> None:
+        """The model's optimizer step t, before each training step (``parts.Stepped``)."""
+        self.step.fill_(step)
+
     def tau(self) -> float:
         """tau = max(tau_min, tau0 exp(-r t)) (Jang et al. Sec. 3.1)."""
         return max(self.temperature_min,
@@ -138,8 +142,6 @@ class RelaxedCategorical(Family, nn.Module):
         return 2 * self.continuous + latent - self.continuous
 
     def __call__(self, params: Tensor) -> Distribution:
-        if self.training and torch.is_grad_enabled():
-            self.step += 1
         gaussian, logits = params.split([2 * self.continuous,
                                          params.shape[-1] - 2 * self.continuous], -1)
         logits = logits.unflatten(-1, (-1, self.categories))

@@ -88,6 +88,41 @@ def test_with_the_exact_posteriors_the_unlabelled_bound_is_log_p_of_x():
     torch.testing.assert_close(mixed.elbo, expected, atol=1e-4, rtol=0)
 
 
+def test_evaluation_bounds_log_p_of_x_with_the_classes_enumerated():
+    """vae-eval's estimates of an M2 model: log sum_y p(y) p^(x|y) and U(x); with the exact
+    posteriors both are log p(x) for any k (every weight is p(x, z|y) / p(z|x, y) = p(x|y))."""
+    from vae_lightning.log_likelihood import evaluate
+
+    model, objective = _exact_m2()
+    x, y = cg.data()
+    exact = torch.logsumexp(torch.stack([cg.log_p(x, torch.full_like(y, c)) for c in (0, 1)]),
+                            0) - math.log(2)
+    with torch.no_grad():
+        results = evaluate(model, [(x, y)], k=3)
+        per_point = model.log_likelihood(x, k=3)  # the Python API, no labels: the same bound
+    assert results["bound_of"].startswith("log p(x), the classes enumerated")
+    assert results["iw"].nats == pytest.approx(exact.mean().item(), abs=1e-4)
+    assert results["elbo"].nats == pytest.approx(exact.mean().item(), abs=1e-4)
+    torch.testing.assert_close(per_point, exact, atol=1e-4, rtol=0)
+
+
+def test_with_an_inexact_posterior_the_enumerated_estimate_tightens_to_log_p_of_x():
+    from vae_lightning.log_likelihood import evaluate
+
+    model, objective = _exact_m2()
+    with torch.no_grad():  # q(z|x, y) off: its mean and log-scale shifted
+        [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1].bias += 0.3
+    x, y = cg.data()
+    exact = torch.logsumexp(torch.stack([cg.log_p(x, torch.full_like(y, c)) for c in (0, 1)]),
+                            0) - math.log(2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        gaps = [(exact - model.log_likelihood(x, k=k)).mean().item() for k in (1, 100, 20000)]
+        results = evaluate(model, [(x, y)], k=2000)
+    assert gaps[0] > 1 > gaps[1] > 0.02 > abs(gaps[2])  # a bound, tightening with k to log p(x)
+    assert results["elbo"].nats < results["iw"].nats - 0.1  # U(x) below the IW estimate
+
+
 def test_the_labelled_subset_is_balanced_by_class_and_fixed_by_the_seed():
     y = torch.arange(1000) % 10
     chosen = balanced_subset(y, 100, seed=3)

@@ -245,8 +245,7 @@ def _evaluate(cfg: DictConfig) -> float:
         for i, layer in enumerate(results.get("layers", []), start=1):  # stochastic layers
             kl = f", KL {layer['kl']:.2f} nats" if layer["kl"] is not None else ""
             print(f"  z_{i}: {layer['active_units']} of {layer['size']} units active{kl}")
-        given = ("; bounds on log p(x|y), each image given its label"
-                 if results["bound_of"] == "log p(x|y)" else "")
+        given = f"; bounds on {results['bound_of']}" if results["bound_of"] != "log p(x)" else ""
         print(f"(k={results['k']}, n={results['n']}; {results['active_units']} of "
               f"{results['latent']} latent units active{given}) written to {results['path']}")
         return results["iw"]["nats"]

@@ -166,8 +166,7 @@ class Evaluation:
             "active_units": estimates["active_units"],
             "latent": estimates["latent"],
             **({"layers": estimates["layers"]} if "layers" in estimates else {}),
-            # A conditional model's bounds are of log p(x|y), each image given its label.
-            "bound_of": "log p(x|y)" if model.classes is not None else "log p(x)",
+            "bound_of": estimates["bound_of"],
             "input_dim": math.prod(model.data_shape),
             "data": getattr(datamodule, "name", None),
             "data_source": source,

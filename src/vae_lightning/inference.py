@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from vae_lightning.objectives import importance_weighted
+from vae_lightning.objectives.base import over_labels
 
 
 class Inference:
@@ -114,7 +115,11 @@ class Inference:
         """The importance-weighted estimate of log p(x) per image, in nats, from k samples of
         q(z|x) (Burda et al. 2015), scored ``chunk`` at a time (None: ``auto_chunk``): what
         ``eval.py`` reports. For a conditional model, of log p(x|y) given the labels ``y``
-        (required: the bound is of x given its own label)."""
+        (required: the bound is of x given its own label); for a model of the labels (M2)
+        without ``y``, of log p(x) with the classes enumerated (``over_labels``)."""
         x = self._inputs(x)
+        labels = self.objective.latent_labels(x) if y is None else None
+        if labels is not None:
+            return over_labels(self, x, k, chunk, *labels)[1]
         with self.given(self.labels(y, len(x), "log_likelihood")):
             return importance_weighted(self, x, k, chunk)[1]

@@ -21,6 +21,7 @@ from torch.distributions import constraints
 
 from vae_lightning.module import VAE
 from vae_lightning.objectives import importance_weighted
+from vae_lightning.objectives.base import over_labels
 from vae_lightning.posteriors.hierarchy import layer_kls
 
 ACTIVE = 1e-2  # a latent dimension is active when Cov_x(E_q[z_j]) exceeds this (Burda et al.)
@@ -48,7 +49,8 @@ class Estimate:
 def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int,
              chunk: int | None = None) -> dict[str, Any]:
     """The ELBO and IW estimates over all ``batches`` (model inputs on the model's device, or
-    ``(x, y)`` pairs: a conditional model's estimates are then of log p(x|y)):
+    ``(x, y)`` pairs: a conditional model's estimates are then of log p(x|y), a model of the
+    labels' (M2) of log p(x) with the classes enumerated, ``over_labels``; ``bound_of`` says):
     ``{"elbo": Estimate, "iw": Estimate, "n": number of data points, "active_units": the
     latent dimensions whose posterior mean varies over the data by more than ACTIVE}``; with
     stochastic layers, also ``"layers"``: each layer's size, active units and (where q and p
@@ -58,7 +60,9 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     for batch in batches:
         x, y = batch if isinstance(batch, tuple | list) else (batch, None)
         with model.given(y):
-            elbo, iw = importance_weighted(model, x, k, chunk)
+            labels = model.objective.latent_labels(x)
+            elbo, iw = (importance_weighted(model, x, k, chunk) if labels is None
+                        else over_labels(model, x, k, chunk, *labels))
             elbos.append(elbo.cpu())
             iws.append(iw.cpu())
             with torch.no_grad():
@@ -70,7 +74,8 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     dims = math.prod(model.data_shape)
     activity = torch.cat(means).var(0)
     results = {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
-               "active_units": int((activity > ACTIVE).sum()), "latent": len(activity)}
+               "active_units": int((activity > ACTIVE).sum()), "latent": len(activity),
+               "bound_of": bound_of(model)}
     sizes = model.encoder.posterior.layers
     if sizes:
         kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
@@ -79,6 +84,17 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
              "kl": kl[i] if kl is not None else None}
             for i, (size, part) in enumerate(zip(sizes, activity.split(sizes)))]
     return results
+
+
+def bound_of(model: VAE) -> str:
+    """What ``evaluate``'s estimates bound, in words: log p(x), or log p(x|y) for a model given
+    the labels (a conditional VAE)."""
+    probe = torch.zeros(1, *model.data_shape, device=model.device)
+    if model.classes is None:
+        return "log p(x)"
+    if model.objective.latent_labels(probe) is not None:
+        return "log p(x), the classes enumerated: log sum_y p(y) p^(x|y); the ELBO is U(x)"
+    return "log p(x|y), each image given its label"
 
 
 def code_length(likelihood: Any, datamodule: Any) -> bool:

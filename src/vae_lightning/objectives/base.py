@@ -118,6 +118,13 @@ class Objective:
     def bound(self, model: Parts, x: Tensor) -> Bound:
         return elbo_estimate(model, x)
 
+    def latent_labels(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """For a model of the labels (M2): log p(y) ``[K]`` and log q(y|x) ``[batch, K]``, so
+        that evaluation bounds log p(x) by summing over the classes
+        (``over_labels``); None: the labels are given, and a conditional model's
+        bounds are of log p(x|y)."""
+        return None
+
     def check(self, model: Parts) -> None:
         """Raise ``ValueError`` if the model's parts do not suit this objective in a way its
         ``requires`` cannot say."""
@@ -183,3 +190,21 @@ def importance_weighted(model: Parts, x: Tensor, k: int,
         running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=0))
         running_sum += log_w.sum(0)
     return running_sum / k, running_lse - math.log(k)
+
+
+def over_labels(model: Parts, x: Tensor, k: int, chunk: int | None, log_py: Tensor,
+                log_qy: Tensor) -> tuple[Tensor, Tensor]:
+    """For a model of the labels (M2), per data point: the IW estimate of log p(x) with the
+    classes enumerated, log sum_y p(y) p^(x|y), p^(x|y) = (1/k) sum_i w_i(y) from k samples
+    z ~ q(z|x, y) per class (unbiased for p(x|y), so the sum is unbiased for p(x) and its log a
+    lower bound, tightening with k); and the ELBO U(x) = sum_y q(y|x) [ELBO(x|y) + log p(y)] +
+    H(q(y|x)), each class's ELBO the mean log-weight of the same samples."""
+    elbos, iws = [], []
+    for c in range(len(log_py)):
+        with model.given(torch.full((len(x),), c, dtype=torch.long, device=x.device)):
+            elbo, iw = importance_weighted(model, x, k, chunk)
+        elbos.append(elbo)
+        iws.append(iw)
+    elbo, iw = torch.stack(elbos, -1), torch.stack(iws, -1)  # [batch, K]
+    return ((log_qy.exp() * (elbo + log_py - log_qy)).sum(-1),
+            torch.logsumexp(iw + log_py, -1))

@@ -15,7 +15,8 @@ alpha = 0.1 N for a bound summed over the N training points is 0.1 here, per poi
 The bound logged and validated is U(x) for every point (a bound on log p(x), comparable with
 any model's): recon = sum_y q(y|x) E_q[log p(x|y, z)] and KL = sum_y q(y|x) KL(q(z|x, y) ||
 p(z)) + KL(q(y|x) || p(y)). ``classify(x)`` gives the classifier's logits (``vae-eval`` reports
-its error on the labelled split).
+its error on the labelled split). ``vae-eval`` bounds log p(x) with the classes enumerated:
+log sum_y p(y) p^(x|y), p^ each class's importance-weighted estimate (``latent_labels``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ class M2(Objective, nn.Module):
     def classify(self, x: Tensor) -> Tensor:
         """The classifier's logits of q(y|x), ``[batch, K]``."""
         return self.classifier(x)
+
+    def latent_labels(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """log p(y) (uniform) and log q(y|x): ``vae-eval`` bounds log p(x) = log sum_y p(y)
+        p(x|y) with the classes enumerated (``Objective.latent_labels``)."""
+        log_py = torch.full((self.classes,), -math.log(self.classes), device=x.device)
+        return log_py, F.log_softmax(self.classify(x).float(), -1)
 
     def _labelled(self, model: Parts, x: Tensor, y: Tensor) -> Bound:
         """L(x, y) of points with their labels: the conditional ELBO and log p(y)."""

@@ -61,6 +61,37 @@ def test_log_q_is_the_base_density_less_the_log_jacobian_of_the_maps():
         torch.testing.assert_close(log_q[i], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_the_log_determinant_stays_finite_where_a_map_nears_its_limit():
+    """A map with w . u = -80 (softplus -> 0: w . u_hat = -1 to float32) at a point where
+    w . z + b = 0: 1 + u_hat . psi = h^2 + (1 - h^2) softplus(w . u) = softplus(-80), log -80;
+    Pyro's own form cancels to log 0 = -inf there, and agrees with ours elsewhere."""
+    from pyro.distributions.transforms.planar import ConditionedPlanar
+
+    from vae_lightning.posteriors.planar import _planar_map
+
+    w = torch.tensor([[1.0, 0.0, 0.0]])
+    u = torch.tensor([[-80.0, 0.0, 0.0]])
+    z = torch.tensor([[0.0, 0.3, -0.2], [0.7, 0.3, -0.2]])  # h = 0, then h = tanh(0.7)
+    ours, pyro = _planar_map()((torch.zeros(2, 1), u, w)), ConditionedPlanar((torch.zeros(2, 1),
+                                                                             u, w))
+    y, log_det = ours(z), ours.log_abs_det_jacobian(z, None)
+    torch.testing.assert_close(y, pyro(z))  # the same map
+    assert log_det[0].item() == pytest.approx(-80.0, abs=1e-3)
+    assert pyro.log_abs_det_jacobian(z, None)[0].item() == -math.inf
+    h = math.tanh(0.7)
+    assert log_det[1].item() == pytest.approx(math.log(h * h), rel=1e-5)
+    params = _params()
+    for q in (_flow(params),):
+        for transform in q.transforms:
+            x = torch.randn(len(params), LATENT)
+            bias, u, w = transform._params
+            reference = ConditionedPlanar((bias, u, w))
+            reference(x)
+            transform(x)
+            torch.testing.assert_close(transform._cached_logDetJ, reference._cached_logDetJ,
+                                       rtol=1e-5, atol=1e-6)
+
+
 def test_its_density_is_normalised():
     """E_q[p(z) / q(z)] = integral of p = 1 for any normalised p when log q is q's exact
     log-density: the Monte-Carlo average of the ratio to N(0, I) over 400,000 draws of a flow

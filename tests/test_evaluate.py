@@ -235,12 +235,12 @@ def test_eval_limit_scores_the_first_points_of_the_split(checkpoint, tmp_path):
 def test_eval_out_of_memory_names_the_chunk_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
     """An evaluation that runs out of memory (on a GPU, a chunk too large for the decoder) ends
     with one error naming the chunk it used and what to lower, and writes no eval.json."""
-    from vae_lightning import evaluate as evaluation
+    from vae_lightning import log_likelihood
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(evaluation, "importance_weighted", out_of_memory)
+    monkeypatch.setattr(log_likelihood, "importance_weighted", out_of_memory)
     out = tmp_path / "oom"
     cfg = _eval_cfg([f"ckpt_path={checkpoint}", "eval.device=cpu", "eval.batch_size=50",
                      f"output_dir={out}"])

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from vae_lightning import disentanglement, rundir
+from vae_lightning import disentanglement, log_likelihood, rundir
 from vae_lightning import sample_quality as quality
 from vae_lightning.args import ArgumentError, PositiveFloat, PositiveInt, checked
 from vae_lightning.checkpoint_data import STAGES, checked_data, find_data
@@ -29,7 +29,7 @@ from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
 from vae_lightning.log_likelihood import Estimate, code_length, evaluate, units
 from vae_lightning.module import VAE
-from vae_lightning.objectives import auto_chunk, importance_weighted
+from vae_lightning.objectives import auto_chunk
 from vae_lightning.rebuild import device_of, load_model
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ class Evaluation:
         points = len(loader.sampler.shard()) if self.limit is None else min(
             self.limit, len(loader.sampler.shard()))
         try:
-            self._refuse_unfinishable(model, next(batches()), points)
+            log_likelihood.refuse_unfinishable(model, next(batches()), points, self.k,
+                                               self.chunk, self.max_hours)
             torch.manual_seed(seed)
             estimates = evaluate(model, batches(), self.k, self.chunk)
         except torch.OutOfMemoryError:
@@ -287,31 +288,6 @@ class Evaluation:
                 "split": self.split,
                 "samples_are": "E[x|z]" if self.sample_mean else "x ~ p(x|z)",
                 "seed": seed, "seconds": round(time.perf_counter() - start, 1)}
-
-    def _refuse_unfinishable(self, model: VAE, batch: tuple[Tensor, Tensor], points: int) -> None:
-        """Time one decoder pass on the first batch ``(x, y)`` (in a forked random stream: the
-        estimate's draws stay those of the seed) and refuse an evaluation that would take more
-        than ``max_hours``."""
-        if self.max_hours is None:
-            return
-        x, y = batch
-        chunk = min(self.k, self.chunk or auto_chunk(x, self.k))
-        with (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []),
-              model.given(y)):
-            importance_weighted(model, x, chunk, chunk)  # warm-up
-            start = time.perf_counter()
-            importance_weighted(model, x, chunk, chunk)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            seconds = time.perf_counter() - start
-        passes = math.ceil(self.k / chunk) * math.ceil(points / len(x))
-        hours = seconds * passes / 3600
-        if hours > self.max_hours:
-            raise ConfigError(
-                f"eval.k={self.k} on {points} points would take about {hours:.3g} hours on "
-                f"{self.device} (one pass of {chunk} samples x {len(x)} points took "
-                f"{seconds:.3g} s), above eval.max_hours={self.max_hours:g}; nothing was run. "
-                "Lower eval.k or set eval.limit, or raise eval.max_hours (null: no limit).")
 
 
 def _plain(node: Any) -> Any:

@@ -11,6 +11,7 @@ standard test log-likelihood at k = 5000. It is >= the ELBO of the same samples.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,9 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
+from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
-from vae_lightning.objectives import importance_weighted
+from vae_lightning.objectives import auto_chunk, importance_weighted
 from vae_lightning.objectives.base import over_labels
 from vae_lightning.posteriors.hierarchy import layer_kls
 
@@ -84,6 +86,33 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
              "kl": kl[i] if kl is not None else None}
             for i, (size, part) in enumerate(zip(sizes, activity.split(sizes)))]
     return results
+
+
+def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k: int,
+                        chunk: int | None, max_hours: float | None) -> None:
+    """Time one decoder pass on the first batch ``(x, y)`` (in a forked random stream: the
+    estimate's draws stay those of the seed) and refuse an evaluation of ``points`` points with
+    ``k`` samples that would take more than ``max_hours`` (``eval.max_hours``)."""
+    if max_hours is None:
+        return
+    x, y = batch
+    chunk = min(k, chunk or auto_chunk(x, k))
+    with (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []),
+          model.given(y)):
+        importance_weighted(model, x, chunk, chunk)  # warm-up
+        start = time.perf_counter()
+        importance_weighted(model, x, chunk, chunk)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        seconds = time.perf_counter() - start
+    passes = math.ceil(k / chunk) * math.ceil(points / len(x))
+    hours = seconds * passes / 3600
+    if hours > max_hours:
+        raise ConfigError(
+            f"eval.k={k} on {points} points would take about {hours:.3g} hours on "
+            f"{x.device} (one pass of {chunk} samples x {len(x)} points took "
+            f"{seconds:.3g} s), above eval.max_hours={max_hours:g}; nothing was run. "
+            "Lower eval.k or set eval.limit, or raise eval.max_hours (null: no limit).")
 
 
 def bound_of(model: VAE) -> str:

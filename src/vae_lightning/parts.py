@@ -157,6 +157,8 @@ FEATURES: Mapping[str, str] = {
                        "Gaussian tails is infinite: a Student-t needs df > 2, or take "
                        "model/prior=vamp, whose components are q's own family)",
     "factorized": "a product of one distribution per latent dimension",
+    "one_hot_blocks": "a distribution over one-hot blocks of categories (the uniform categorical "
+                      "prior of relaxed categorical latents)",
 }
 
 

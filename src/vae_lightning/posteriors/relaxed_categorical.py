@@ -150,9 +150,7 @@ class RelaxedCategorical(Family, nn.Module):
         return JointLatent(parts, logits)
 
     def bind(self, prior: nn.Module) -> None:
-        from vae_lightning.priors.categorical import UniformCategorical
-
-        if not isinstance(prior, UniformCategorical):
+        if "one_hot_blocks" not in prior.features:  # parts.FEATURES
             raise ValueError(f"the posterior RelaxedCategorical needs the prior to have one-hot "
                              f"blocks (model/prior=uniform_categorical), which the prior "
                              f"{type(prior).__name__} does not have; use model=gumbel")

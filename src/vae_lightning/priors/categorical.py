@@ -36,7 +36,7 @@ class UniformCategorical(Prior):
     """p(z) = N(0, I_continuous) x prod_blocks Uniform(K), over the layout of the model's
     ``RelaxedCategorical`` posterior, which ``bind`` hands it."""
 
-    features: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset({"one_hot_blocks"})
     requires: frozenset[str] = frozenset()
 
     def __init__(self, latent: int) -> None:

@@ -17,6 +17,7 @@ from compose import CONF, REPO, compose_train
 from hydra import compose, initialize_config_dir
 
 from vae_lightning import disentanglement as dl
+from vae_lightning import ground_truth as gt
 from vae_lightning.args import ArgumentError
 from vae_lightning.checkpoints import RunConfig
 from vae_lightning.config import instantiate_node
@@ -242,8 +243,8 @@ def dsprites_checkpoint(tmp_path_factory):
 def test_a_model_s_representation_is_its_posterior_location(dsprites_checkpoint):
     _, model, datamodule = dsprites_checkpoint
     truth = datamodule.ground_truth()
-    factors = dl.sample_factors(truth.sizes, 50, np.random.default_rng(0))
-    codes = dl.model_codes(model, truth, batch_size=16)(factors)
+    factors = gt.sample_factors(truth.sizes, 50, np.random.default_rng(0))
+    codes = gt.model_codes(model, truth, batch_size=16)(factors)
     with torch.no_grad():
         expected = model.encoder.location(model.encoder(truth.images(factors)))
     assert codes.shape == (50, 4) and codes.dtype == np.float64
@@ -417,7 +418,7 @@ def _dl_dci(mus, ys, mus_test, ys_test, seeds):
 
 def test_mig_and_modularity_are_disentanglement_lib_s():
     rng = np.random.default_rng
-    ys = dl.sample_factors(SIZES, 3000, rng(0))  # the draw each metric makes first
+    ys = gt.sample_factors(SIZES, 3000, rng(0))  # the draw each metric makes first
     mig = dl.mig(entangled, SIZES, rng(0), num_train=3000)["mig"]
     modularity = dl.modularity(entangled, SIZES, rng(0), num_train=3000)["modularity"]
     assert mig == pytest.approx(_dl_mig(entangled(ys), ys), abs=1e-12)
@@ -427,14 +428,14 @@ def test_mig_and_modularity_are_disentanglement_lib_s():
 
 def test_sap_and_dci_are_disentanglement_lib_s():
     rng = np.random.default_rng(0)
-    train, test = dl.sample_factors(SIZES, 1000, rng), dl.sample_factors(SIZES, 500, rng)
+    train, test = gt.sample_factors(SIZES, 1000, rng), gt.sample_factors(SIZES, 500, rng)
     z, z_test = entangled(train), entangled(test)
     for continuous in (True, False):
         ours = dl.sap(entangled, SIZES, np.random.default_rng(0), num_train=1000, num_test=500,
                       continuous_factors=continuous)["sap"]
         assert ours == pytest.approx(_dl_sap(z, train, z_test, test, continuous), abs=1e-9)
     rng = np.random.default_rng(0)
-    train, test = dl.sample_factors(DCI_SIZES, 300, rng), dl.sample_factors(DCI_SIZES, 300, rng)
+    train, test = gt.sample_factors(DCI_SIZES, 300, rng), gt.sample_factors(DCI_SIZES, 300, rng)
     seeds = [dl._seed(rng) for _ in DCI_SIZES]
 
     def codes(f):
@@ -486,7 +487,7 @@ def test_the_factor_vae_votes_are_disentanglement_lib_s():
         seen.append(f.copy())
         return entangled(f)
 
-    scale = entangled(dl.sample_factors(SIZES, 2000, np.random.default_rng(1))).var(0, ddof=1)
+    scale = entangled(gt.sample_factors(SIZES, 2000, np.random.default_rng(1))).var(0, ddof=1)
     active = np.flatnonzero(np.sqrt(scale) >= 0.05)
     assert active.tolist() == [1, 2, 3, 4]  # the first dimension is inactive
     votes = dl._factor_vae_votes(codes, SIZES, np.random.default_rng(2), 16, 200, scale, active)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from vae_lightning import disentanglement, log_likelihood, rundir
+from vae_lightning import disentanglement, ground_truth, log_likelihood, rundir
 from vae_lightning import sample_quality as quality
 from vae_lightning.args import ArgumentError, PositiveFloat, PositiveInt, checked
 from vae_lightning.checkpoint_data import STAGES, checked_data, find_data
@@ -206,7 +206,7 @@ class Evaluation:
         results["path"] = str(path)
         return results
 
-    def _ground_truth(self, datamodule: Any) -> disentanglement.GroundTruth:
+    def _ground_truth(self, datamodule: Any) -> ground_truth.GroundTruth:
         """The ground-truth factors of the data, which the metrics need."""
         if not hasattr(datamodule, "ground_truth"):
             raise ConfigError(
@@ -217,12 +217,12 @@ class Evaluation:
                 "these data.")
         return datamodule.ground_truth()
 
-    def _disentanglement(self, model: VAE, truth: disentanglement.GroundTruth,
+    def _disentanglement(self, model: VAE, truth: ground_truth.GroundTruth,
                          seed: int) -> dict[str, Any]:
         """Each of ``metrics`` over the seeds, with the settings it ran with."""
         seeds = [seed + i for i in range(self.metric_seeds)]
         found = disentanglement.evaluate(
-            self.metrics, disentanglement.model_codes(model, truth, self.batch_size),
+            self.metrics, ground_truth.model_codes(model, truth, self.batch_size),
             truth.sizes, seeds, self.metric_options,
             log=lambda what: log.info("Disentanglement: %s", what))
         for score, value in found["scores"].items():

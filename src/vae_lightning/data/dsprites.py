@@ -107,7 +107,7 @@ class DSpritesDataModule(VAEDataModule):
     def ground_truth(self):
         """The whole product as ground-truth data for the disentanglement metrics: the factors'
         names and sizes (of this variant) and the model inputs of any factor indices."""
-        from vae_lightning.disentanglement import GroundTruth
+        from vae_lightning.ground_truth import GroundTruth
 
         packed, factor_sizes = self.packed(), self.factor_sizes
 

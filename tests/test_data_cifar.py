@@ -253,8 +253,8 @@ def test_conv_cifar10_experiment_end_to_end(tmp_path, monkeypatch):
          "model.decoder.net.channels=[8,8,8]", "model.encoder.net.blocks=1",
          "model.decoder.net.blocks=1", "model.decoder.likelihood.n_components=2",
          "trainer.max_epochs=1", "trainer.accelerator=cpu", *QUIET, *SMALL_FIGURES], out)
-    assert cfg.model.encoder.net._target_ == "vae_lightning.nets.ResNetEncoder"
-    assert cfg.model.decoder.net._target_ == "vae_lightning.nets.ResNetDecoder"
+    assert cfg.model.encoder.net._target_ == "vae_lightning.conv_nets.ResNetEncoder"
+    assert cfg.model.decoder.net._target_ == "vae_lightning.conv_nets.ResNetDecoder"
     assert cfg.model.optimizer._target_ == "torch.optim.Adamax"
     assert cfg.model.objective.warmup_steps == 20000
     assert (cfg.model.decoder.likelihood._target_

@@ -15,10 +15,11 @@ from torch import nn
 from torch.testing import assert_close
 
 from vae_lightning.args import ArgumentError
+from vae_lightning.conv_nets import ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder
 from vae_lightning.errors import ConfigError
 from vae_lightning.likelihoods import Bernoulli, Decoder
 from vae_lightning.module import VAE
-from vae_lightning.nets import MLP, ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder
+from vae_lightning.nets import MLP
 from vae_lightning.objectives.elbo import ELBO
 from vae_lightning.posteriors import Encoder, Gaussian
 from vae_lightning.priors import StandardNormal
@@ -190,7 +191,7 @@ def test_yaml_sets_every_argument_to_its_default_with_a_comment(part, net):
     node = yaml.safe_load(path.read_text())["net"]
     cls = {"conv": {"encoder": ConvEncoder, "decoder": ConvDecoder},
            "resnet": {"encoder": ResNetEncoder, "decoder": ResNetDecoder}}[net][part]
-    assert node["_target_"] == f"vae_lightning.nets.{cls.__name__}" and node["_partial_"]
+    assert node["_target_"] == f"vae_lightning.conv_nets.{cls.__name__}" and node["_partial_"]
     defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()
                 if name not in ("in_shape", "out_shape")}
     keys = {k: v for k, v in node.items() if not k.startswith("_")}

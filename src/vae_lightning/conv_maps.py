@@ -1,7 +1,7 @@
 """Convolutional networks whose latent side is a map, as the VQ-VAE's (van den Oord et al. 2017,
 Sec. 4.1: strided convolutions, residual blocks, a D-channel map of code vectors): the encoder
 ends in a 1 x 1 convolution to a D x h x w map and the decoder starts from one, where
-``nets.ConvEncoder`` / ``ConvDecoder`` pass through an affine layer that forgets where things
+``conv_nets.ConvEncoder`` / ``ConvDecoder`` pass through an affine layer that forgets where things
 are. The map is flattened channel-major ([D, h, w] -> D h w), the layout ``posteriors.vq`` reads
 and a prior over code maps (``pixelcnn``) models; h = H / 2^depth and w = W / 2^depth, and the
 latent size must be D h w for a whole number D."""
@@ -13,17 +13,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from vae_lightning.args import NonNegativeInt, PositiveInt, checked, fail
-from vae_lightning.nets import (
-    ACTIVATIONS,
-    Activation,
-    _Batched,
-    _depth,
-    _down,
-    _image,
-    _residual_stage,
-    _size,
-    _up,
-)
+from vae_lightning.conv_nets import _Batched, _depth, _down, _image, _residual_stage, _up
+from vae_lightning.nets import ACTIVATIONS, Activation, _size
 
 
 def _map_channels(owner: object, size: int, h: int, w: int) -> int:
@@ -37,7 +28,7 @@ def _map_channels(owner: object, size: int, h: int, w: int) -> int:
 class ConvMapEncoder(_Batched):
     """An image ``in_shape = (C, H, W)`` to a map: ``len(channels)`` strided convolutions
     (kernel 4, stride 2, padding 1; ``activation`` after each), ``blocks`` residual blocks
-    (``nets.ResidualBlock``) at the last, ``activation`` and a 1 x 1 convolution to the
+    (``conv_nets.ResidualBlock``) at the last, ``activation`` and a 1 x 1 convolution to the
     prod(out_shape) / (h w) channels of the h x w map (linear output)."""
 
     @checked

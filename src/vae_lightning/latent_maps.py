@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vae_lightning.args import PositiveInt, checked, fail
-from vae_lightning.nets import ACTIVATIONS, Activation, _residual_stage, _size
+from vae_lightning.conv_nets import _residual_stage
+from vae_lightning.nets import ACTIVATIONS, Activation, _size
 
 
 class LatentMap(nn.Module):
@@ -24,7 +25,7 @@ class LatentMap(nn.Module):
     parameters of the next layer's family, seen as a map of s·``scale`` x s·``scale`` (the
     channels are what ``out_shape`` leaves: the family's parameters per unit, e.g. a Gaussian's
     mean and log-variance, times that layer's channels): a 3x3 convolution to ``channels``,
-    ``blocks`` pre-activation residual blocks (``nets.ResidualBlock``), the resize (nearest
+    ``blocks`` pre-activation residual blocks (``conv_nets.ResidualBlock``), the resize (nearest
     upsampling for ``scale`` = 2, average pooling for 0.5), ``blocks`` more, ``activation`` and a
     3x3 convolution to the output channels (linear). No normalisation, as ``nets``."""
 

@@ -3,11 +3,12 @@
 A network maps a tensor of shape ``[..., *in_shape]`` to ``[..., *out_shape]``, for any number of
 leading batch dimensions; the encoder and decoder give it the shapes their data and latent space
 fix (``functools.partial`` / Hydra's ``_partial_: true`` hold the rest of its arguments). The
-paper's networks are MLPs (Appendix C); the convolutional and residual networks here are the
-options of ``model/encoder`` and ``model/decoder`` for images, where an MLP ignores that
-neighbouring pixels are related.
+paper's networks are MLPs (Appendix C), here with the activations and initialisations every
+network shares; the convolutional and residual networks (``conv_nets``) are the options of
+``model/encoder`` and ``model/decoder`` for images, where an MLP ignores that neighbouring pixels
+are related.
 
-No network here normalises over the batch (no BatchNorm): a data point's bound must not depend on
+No network normalises over the batch (no BatchNorm): a data point's bound must not depend on
 the other points of its minibatch, and evaluation must compute the same function as training.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from vae_lightning.args import PositiveFloat, PositiveInt, checked, fail
@@ -78,47 +78,6 @@ def _size(shape: Sequence[int]) -> int:
     return n
 
 
-class _Batched(nn.Sequential):
-    """A sequence of layers on one batch dimension, run on inputs with any leading dimensions:
-    ``[..., *in_shape]`` is flattened to ``[N, *layer_input]``, and the layers' ``[N, ...]`` is
-    reshaped to ``[..., *out_shape]``."""
-
-    def _shapes(self, in_shape: Sequence[int], layer_input: Sequence[int],
-                out_shape: Sequence[int]) -> None:
-        self.in_dims, self.layer_input = len(in_shape), tuple(layer_input)
-        self.out_shape = tuple(out_shape)
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch = x.shape[:x.dim() - self.in_dims]
-        y = super().forward(x.reshape(_size(batch), *self.layer_input))
-        return y.reshape(*batch, *self.out_shape)
-
-
-def _image(owner: object, name: str, shape: Sequence[int]) -> tuple[int, int, int]:
-    """``shape`` as ``(C, H, W)``, or the ``ArgumentError`` of a shape that is no image."""
-    if len(shape) != 3:
-        fail(owner, name, tuple(shape), "expected an image shape [C, H, W]")
-    c, h, w = shape
-    return c, h, w
-
-
-def _depth(owner: object, channels: Sequence[int], h: int, w: int) -> int:
-    """The number of halvings, ``len(channels)``, once 2^depth is known to divide H and W."""
-    depth = len(channels)
-    if depth == 0:
-        fail(owner, "channels", list(channels), "expected at least one size")
-    if h % 2**depth or w % 2**depth:
-        fits = min((h & -h).bit_length(), (w & -w).bit_length()) - 1  # halvings H and W allow
-        if fits:
-            hint = f"at most {fits} entr{'y fits' if fits == 1 else 'ies fit'}"
-        else:
-            hint = "H or W is odd, so no strided network fits them: use mlp or resize the data"
-        fail(owner, "channels", list(channels),
-             f"a depth of {depth} needs H and W divisible by {2**depth}, and the data are "
-             f"{h}x{w}: {hint}")
-    return depth
-
-
 def initialise(module: nn.Module, init: Init | None, init_std: float | None) -> None:
     """Set the initial parameters of ``module``'s affine and convolutional layers (see ``MLP``);
     refuse ``init_std`` with an initialisation that has no standard deviation."""
@@ -137,189 +96,3 @@ def initialise(module: nn.Module, init: Init | None, init_std: float | None) -> 
             if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
-
-
-def _down(n_in: int, n_out: int) -> nn.Conv2d:
-    """Kernel 4, stride 2, padding 1: H x W -> H/2 x W/2 for even H and W."""
-    return nn.Conv2d(n_in, n_out, kernel_size=4, stride=2, padding=1)
-
-
-def _up(n_in: int, n_out: int) -> nn.ConvTranspose2d:
-    """Kernel 4, stride 2, padding 1: H x W -> 2H x 2W, the transpose of ``_down``."""
-    return nn.ConvTranspose2d(n_in, n_out, kernel_size=4, stride=2, padding=1)
-
-
-class ConvEncoder(_Batched):
-    """Strided convolutions from an image ``in_shape = (C, H, W)`` to a vector, the DCGAN-style
-    encoder of most convolutional VAEs: ``len(channels)`` convolutions (kernel 4, stride 2,
-    padding 1), the i-th to ``channels[i]`` channels, each halving H and W, with ``activation``
-    after each; then the ``channels[-1] x H/2^depth x W/2^depth`` features are flattened and an
-    affine layer gives ``prod(out_shape)`` outputs (linear, as the encoder reads a location and a
-    log-variance from them).
-
-    Any H and W that 2^depth divides (28x20 Frey Face, 28x28 MNIST, 32x32 CIFAR-10 with the
-    default depth of 2); other shapes are refused when the network is built. The flattened
-    features keep where things are in the image, which a global pooling would lose.
-
-    ``init`` and ``init_std`` as ``MLP``.
-    """
-
-    @checked
-    def __init__(
-        self,
-        in_shape: Sequence[PositiveInt],
-        out_shape: Sequence[PositiveInt],
-        channels: Sequence[PositiveInt] = (32, 64),
-        activation: Activation = "relu",
-        init: Init | None = None,
-        init_std: PositiveFloat | None = None,
-    ) -> None:
-        c, h, w = _image(self, "in_shape", in_shape)
-        channels = list(channels)
-        depth = _depth(self, channels, h, w)
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip([c, *channels[:-1]], channels):
-            layers += [_down(n_in, n_out), ACTIVATIONS[activation]()]
-        features = channels[-1] * (h >> depth) * (w >> depth)
-        super().__init__(*layers, nn.Flatten(), nn.Linear(features, _size(out_shape)))
-        self._shapes(in_shape, (c, h, w), out_shape)
-        initialise(self, init, init_std)
-
-
-class ConvDecoder(_Batched):
-    """Transposed convolutions from a vector to an image ``out_shape = (C', H, W)``, the mirror
-    of ``ConvEncoder`` with the same ``channels`` (listed from the image side, as the
-    encoder's): an affine layer from the flattened input to ``channels[-1] x H/2^depth x
-    W/2^depth`` features, then ``len(channels)`` transposed convolutions (kernel 4, stride 2,
-    padding 1), each doubling H and W, through ``channels[-2], ..., channels[0]`` to the ``C'``
-    output channels the likelihood needs, with ``activation`` before each; the output is linear
-    (the likelihood maps it to its parameters).
-
-    Any H and W that 2^depth divides; other shapes are refused when the network is built.
-    ``init`` and ``init_std`` as ``MLP``.
-    """
-
-    @checked
-    def __init__(
-        self,
-        in_shape: Sequence[PositiveInt],
-        out_shape: Sequence[PositiveInt],
-        channels: Sequence[PositiveInt] = (32, 64),
-        activation: Activation = "relu",
-        init: Init | None = None,
-        init_std: PositiveFloat | None = None,
-    ) -> None:
-        c, h, w = _image(self, "out_shape", out_shape)
-        channels = list(channels)
-        depth = _depth(self, channels, h, w)
-        size = (channels[-1], h >> depth, w >> depth)
-        layers: list[nn.Module] = [nn.Linear(_size(in_shape), _size(size)), nn.Unflatten(1, size)]
-        for n_in, n_out in zip(channels[::-1], [*channels[-2::-1], c]):
-            layers += [ACTIVATIONS[activation](), _up(n_in, n_out)]
-        super().__init__(*layers)
-        self._shapes(in_shape, (_size(in_shape),), out_shape)
-        initialise(self, init, init_std)
-
-
-class ResidualBlock(nn.Module):
-    """A pre-activation residual block (He et al. 2016, "Identity mappings"):
-    ``x + conv(act(conv(act(x))))`` with 3x3 convolutions that keep the channels and the size, so
-    the identity path carries the signal and the gradient through any number of blocks.
-
-    Without normalisation the residual stream's variance grows with every block it adds to; the
-    second convolution's initial weights are therefore scaled by ``residual_scale`` (the network
-    passes 1 / sqrt(number of blocks), as Very Deep VAEs do) so the stream keeps its scale at
-    initialisation whatever the depth.
-    """
-
-    def __init__(self, channels: int, activation: Activation, residual_scale: float = 1.0) -> None:
-        super().__init__()
-        self.residual = nn.Sequential(
-            ACTIVATIONS[activation](), nn.Conv2d(channels, channels, 3, padding=1),
-            ACTIVATIONS[activation](), nn.Conv2d(channels, channels, 3, padding=1))
-        with torch.no_grad():
-            self.residual[-1].weight.mul_(residual_scale)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.residual(x)
-
-
-def _residual_stage(channels: int, blocks: int, depth: int,
-                    activation: Activation) -> list[ResidualBlock]:
-    """The ``blocks`` residual blocks of one resolution of a network with ``depth`` resolutions,
-    their branches scaled by 1 / sqrt(blocks x depth), the number of blocks in the whole stream
-    (``ResidualBlock``)."""
-    scale = (blocks * depth) ** -0.5
-    return [ResidualBlock(channels, activation, scale) for _ in range(blocks)]
-
-
-class ResNetEncoder(_Batched):
-    """A small residual encoder (as the ResNet VAEs of the IAF paper and Lightning-Bolts, without
-    their BatchNorm): ``ConvEncoder`` with ``blocks`` ``ResidualBlock``s at each resolution.
-
-    A strided stem convolution (kernel 4, stride 2, padding 1) from C to ``channels[0]``
-    channels at H/2 x W/2; per level i, ``blocks`` residual blocks at ``channels[i]`` channels,
-    then, between levels, ``activation`` and a strided convolution to ``channels[i + 1]``
-    channels at half the size; after the last level ``activation``, flatten, and an affine layer
-    to ``prod(out_shape)`` (linear). ``len(channels)`` halvings: any H and W that
-    2^len(channels) divides, as ``ConvEncoder``; other shapes are refused when it is built.
-
-    No normalisation layer: BatchNorm makes each point's output depend on the rest of its
-    minibatch (so the bound of one image would change with its batch-mates) and computes a
-    different function in evaluation than in training; the pre-activation design with scaled
-    residual branches (``ResidualBlock``) trains stably without it at these depths.
-    """
-
-    @checked
-    def __init__(
-        self,
-        in_shape: Sequence[PositiveInt],
-        out_shape: Sequence[PositiveInt],
-        channels: Sequence[PositiveInt] = (32, 64),
-        blocks: PositiveInt = 2,
-        activation: Activation = "relu",
-    ) -> None:
-        c, h, w = _image(self, "in_shape", in_shape)
-        channels = list(channels)
-        depth = _depth(self, channels, h, w)
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip([c, *channels[:-1]], channels)):
-            if i > 0:
-                layers.append(ACTIVATIONS[activation]())
-            layers.append(_down(n_in, n_out))
-            layers += _residual_stage(n_out, blocks, depth, activation)
-        features = channels[-1] * (h >> depth) * (w >> depth)
-        super().__init__(*layers, ACTIVATIONS[activation](), nn.Flatten(),
-                         nn.Linear(features, _size(out_shape)))
-        self._shapes(in_shape, (c, h, w), out_shape)
-
-
-class ResNetDecoder(_Batched):
-    """The mirror of ``ResNetEncoder`` with the same ``channels`` (listed from the image side):
-    an affine layer from the flattened input to ``channels[-1] x H/2^depth x W/2^depth``
-    features; per level, from the smallest, ``blocks`` residual blocks at that level's channels,
-    then ``activation`` and a transposed convolution (kernel 4, stride 2, padding 1) doubling H
-    and W, to the next level's channels, the last one to the ``C'`` output channels of
-    ``out_shape = (C', H, W)`` that the likelihood needs (linear output). Any H and W that
-    2^len(channels) divides; no normalisation, for the reasons ``ResNetEncoder`` gives.
-    """
-
-    @checked
-    def __init__(
-        self,
-        in_shape: Sequence[PositiveInt],
-        out_shape: Sequence[PositiveInt],
-        channels: Sequence[PositiveInt] = (32, 64),
-        blocks: PositiveInt = 2,
-        activation: Activation = "relu",
-    ) -> None:
-        c, h, w = _image(self, "out_shape", out_shape)
-        channels = list(channels)
-        depth = _depth(self, channels, h, w)
-        size = (channels[-1], h >> depth, w >> depth)
-        layers: list[nn.Module] = [nn.Linear(_size(in_shape), _size(size)), nn.Unflatten(1, size)]
-        for n_in, n_out in zip(channels[::-1], [*channels[-2::-1], c]):
-            layers += _residual_stage(n_in, blocks, depth, activation)
-            layers += [ACTIVATIONS[activation](), _up(n_in, n_out)]
-        super().__init__(*layers)
-        self._shapes(in_shape, (_size(in_shape),), out_shape)

@@ -95,7 +95,8 @@ def pair_composes(prior: str, posterior: str) -> bool:
 def sample_config(overrides: list[str]):
     """vae-sample's ``Sampling`` for ``overrides``, built in-process from the composed and
     checked config, as the command builds it."""
-    from vae_lightning.config import check, instantiate_node
+    from vae_lightning.config import instantiate_node
+    from vae_lightning.config_checks import check
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("sample", overrides=overrides)

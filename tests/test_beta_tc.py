@@ -13,7 +13,7 @@ from models import binary_images, small_vae
 from torch.distributions import Independent, Normal, kl_divergence
 from torch.testing import assert_close
 
-from vae_lightning.config import check
+from vae_lightning.config_checks import check
 from vae_lightning.errors import ConfigError
 from vae_lightning.objectives.beta_tc import BetaTC, decompose, log_weights
 from vae_lightning.objectives.elbo import ELBO

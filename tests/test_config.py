@@ -8,7 +8,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from vae_lightning.args import ArgumentError, PositiveInt, Range, accepts, checked, problems
-from vae_lightning.config import check
+from vae_lightning.config_checks import check
 from vae_lightning.errors import ConfigError
 from vae_lightning.train import build_run, train
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from compose import REPO, compose_train
 
-from vae_lightning.config import check
+from vae_lightning.config_checks import check
 from vae_lightning.train import train
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",

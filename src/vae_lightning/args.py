@@ -181,7 +181,7 @@ _PRECHECKED = contextvars.ContextVar("prechecked", default=False)
 @contextlib.contextmanager
 def prechecked():
     """Within this block constructors skip their own annotation check (``checked``): the config
-    being built was checked against the same annotations, every node at once (``config.check``),
+    being built was checked against the same annotations, all at once (``config_checks.check``),
     so each argument is validated once. Checks that annotations cannot express (``fail``) run."""
     token = _PRECHECKED.set(True)
     try:

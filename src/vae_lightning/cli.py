@@ -80,7 +80,7 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
 
 def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:
     """Check a config that names a checkpoint to use (``ckpt_path``, required)."""
-    from vae_lightning.config import check
+    from vae_lightning.config_checks import check
 
     if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
         raise ConfigError(f"ckpt_path is required, e.g. {example}")

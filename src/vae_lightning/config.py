@@ -1,10 +1,7 @@
-"""The configuration: checked against the constructors it names, and built by Hydra.
-
-Every config node with a ``_target_`` is checked before anything is built, against the target's
-own signature (``vae_lightning.args``: names, types, ``Literal`` choices and ranges written in the
-annotations), so a run with bad input stops before training with one message listing every
-problem by its config key. Errors raised while building (a constructor's own checks across
-arguments) are reported the same way, with the key of the node that raised them.
+"""The configuration built by Hydra, and stored: a constructor's error while building is
+reported as a ``ConfigError`` naming the key of the node that raised it (each argument of an
+``ArgumentError`` by its own key), as the checks before building (``config_checks``) report theirs;
+``plain`` is the resolved config a checkpoint stores.
 
 Importing this module imports no torch (``--help`` and ``--cfg job`` stay fast).
 """
@@ -13,251 +10,16 @@ from __future__ import annotations
 
 import logging
 import re
-import types
-import typing
-from collections.abc import Callable
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import (
-    InterpolationToMissingValueError,
-    MissingMandatoryValue,
-    OmegaConfBaseException,
-)
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 import vae_lightning.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from vae_lightning.errors import ConfigError, UserError
-from vae_lightning.groups import EXTRAS, group_hint, group_of, groups, installed
 
 log = logging.getLogger(__name__)
-
-HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
-
-def target_nodes(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
-    """Every config node with a ``_target_``, with its dotted key (the hydra node excluded)."""
-    if not isinstance(node, DictConfig):
-        return []
-    found = [(path, node)] if "_target_" in node else []
-    for key in node:
-        if path == "" and key == "hydra":
-            continue
-        found += target_nodes(node._get_node(key), f"{path}.{key}" if path else str(key))
-    return found
-
-
-# Values the configs leave missing (???) because the run fills them in.
-FILLED_IN = {"model.data_shape"}
-
-
-def _missing(cfg: DictConfig) -> list[str]:
-    """The keys whose value is required (``???``) and was not given."""
-    found = []
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, DictConfig):
-            for key in node:
-                if path == "" and key == "hydra":
-                    continue
-                child = f"{path}.{key}" if path else str(key)
-                if OmegaConf.is_missing(node, key):
-                    if child not in FILLED_IN:
-                        found.append(f"{child} is required and has no value: set it, e.g. "
-                                     f"{child}=... on the command line.")
-                else:
-                    walk(node._get_node(key), child)
-
-    walk(cfg, "")
-    return found
-
-
-def _values(node: DictConfig) -> dict[str, tuple[Any, str | None]]:
-    """The arguments a node passes to its target: resolved plain values, each with the key it
-    was interpolated from (None if none); missing values (``???``, filled in later) and nested
-    targets are left out."""
-    values = {}
-    for key in node:
-        child = node._get_node(key)
-        if key in HYDRA_KEYS or OmegaConf.is_missing(node, key) or (
-                isinstance(child, DictConfig) and "_target_" in child):
-            continue
-        try:
-            value = node[key]
-        except (MissingMandatoryValue, InterpolationToMissingValueError):  # filled in later
-            continue
-        if isinstance(value, DictConfig | ListConfig):
-            value = OmegaConf.to_object(value)
-        source = None
-        if child._is_interpolation():
-            resolved = child._maybe_dereference_node()
-            source = resolved._get_full_key(None) if resolved is not None else None
-        values[key] = (value, source)
-    return values
-
-
-def problems(cfg: DictConfig) -> list[str]:
-    """Every key of every ``_target_`` node that its target does not take, or whose value its
-    annotations refuse (once, at the key it was written at when it was interpolated); a part
-    (``model.prior``, a callback) set to a plain value where its config belongs; every optional
-    integration chosen but not installed; and the run's own settings (``SETTINGS``)."""
-    from vae_lightning.args import problems as argument_problems
-
-    found: dict[str, str] = {key: key for key in _missing(cfg)}
-    found.update(_setting_problems(cfg))
-    found.update(_part_problems(cfg))
-    for path, node in target_nodes(cfg):
-        try:
-            target = get_object(node._target_)
-        except Exception:
-            found[f"{path}._target_"] = (f"{path}._target_={node._target_!r} cannot be imported; "
-                                         "check its spelling.")
-            continue
-        values = _values(node)
-        plain_values = {key: value for key, (value, _) in values.items()}
-        for name, value, accepted in argument_problems(target, plain_values):
-            source = values[name][1] if name in values else None
-            key = source or f"{path}.{name}"
-            via = f", as {path}.{name}" if source else ""
-            found.setdefault(key, f"{key}={_show(value)} is not allowed: {accepted} "
-                                  f"({node._target_}{via}).")
-        for name, value in plain_values.items():
-            part = _part(target, name)
-            if part is not None and (value is not None or not part[1]):
-                found.setdefault(f"{path}.{name}", _not_a_part(f"{path}.{name}", value, part[0]))
-        modules, extra = EXTRAS.get(node._target_, ((), None))
-        if modules and not any(map(installed, modules)):
-            found[path] = (f"{path} ({node._target_}) needs the {modules[0]} package, which is "
-                           f'not installed: pip install "vae-lightning[{extra}]".')
-    found.update(_stopping_problems(cfg))
-    return list(found.values())
-
-
-# The run's own settings (train.yaml): the values each accepts, in words.
-SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "tags": (lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
-             "a list of strings, e.g. tags=[baseline,frey]"),
-    "extras.ignore_warnings": (lambda v: isinstance(v, bool), "true or false"),
-    "extras.print_config": (lambda v: isinstance(v, bool), "true or false"),
-    "optimized_metric": (lambda v: isinstance(v, str) and re.fullmatch(r"(train|val|test)/\w+", v)
-                         is not None, "a metric of results.json such as val/elbo or test/elbo"),
-}
-_UNSET = object()
-
-
-def _setting_problems(cfg: DictConfig) -> dict[str, str]:
-    found = {}
-    for key, (accepts, accepted) in SETTINGS.items():
-        value = OmegaConf.select(cfg, key, default=_UNSET)
-        if value is _UNSET:
-            continue
-        if isinstance(value, DictConfig | ListConfig):
-            value = OmegaConf.to_object(value)
-        if not accepts(value):
-            found[key] = f"{key}={_show(value)} is not allowed: expected {accepted}."
-    extras = cfg.get("extras")
-    if extras is not None and not isinstance(extras, DictConfig):
-        found["extras"] = (f"extras={_show(extras)} is not allowed: expected a mapping of "
-                           f"{', '.join(k[7:] for k in SETTINGS if k.startswith('extras.'))}.")
-    for key in extras if isinstance(extras, DictConfig) else ():
-        if f"extras.{key}" not in SETTINGS:
-            found[f"extras.{key}"] = (
-                f"extras.{key} is not a setting; accepted: "
-                f"{', '.join(k[7:] for k in SETTINGS if k.startswith('extras.'))}.")
-    for key in cfg:  # a nested group's name as a top-level key (+prior=vamp)
-        hint = group_hint(str(key), cfg._get_node(key)._value())
-        if hint is not None:
-            found[str(key)] = hint
-    return found
-
-
-def _part(target: Any, name: str) -> tuple[str, bool] | None:
-    """For an argument of ``target`` that is built from a config node of its own (a class of
-    this package, or a callable such as a network or an optimizer): what it builds and whether
-    it may be None; None for a plain argument."""
-    from vae_lightning.args import _signature
-
-    hint = _signature(target)[1].get(name)
-    if typing.get_origin(hint) is typing.Annotated:
-        hint = typing.get_args(hint)[0]
-    arms = (typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType)
-            else (hint,))
-    parts = [arm for arm in arms if arm is not type(None)]
-    if not parts or not all(map(_builds, parts)):
-        return None
-    what = " or ".join(getattr(p, "__name__", None) or "callable" for p in parts)
-    return what, len(parts) < len(arms)
-
-
-def _builds(hint: Any) -> bool:
-    """Whether an argument of type ``hint`` comes from a config node: a class of this package
-    or a callable."""
-    if hint is Callable or typing.get_origin(hint) is Callable:
-        return True
-    return isinstance(hint, type) and hint.__module__.startswith("vae_lightning.")
-
-
-def _not_a_part(key: str, value: Any, what: str) -> str:
-    """The message for a part (``model.prior``) set to a plain value instead of its config."""
-    group = group_of(key)
-    choose = (f"; choose one with {group[0]}=<option> ({', '.join(group[1].options)}), and "
-              f"change one of its settings with {key}.<setting>=<value>" if group else "")
-    return (f"{key}={_show(value)} is not allowed: expected a config with _target_ ({what})"
-            f"{choose}.")
-
-
-def _part_problems(cfg: DictConfig) -> dict[str, str]:
-    """The callbacks and loggers: a mapping of configs with ``_target_``, each or null."""
-    found = {}
-    for key in ("callbacks", "logger"):
-        node = cfg.get(key)
-        if node is None:
-            continue
-        if not isinstance(node, DictConfig):
-            found[key] = (f"{key}={_show(node)} is not allowed: expected a mapping of configs "
-                          f"with _target_ (the {key} group's options: "
-                          f"{', '.join(groups()[key].options)}).")
-            continue
-        for name in node:
-            child = node._get_node(name)
-            if child._is_none():
-                continue
-            if not isinstance(child, DictConfig) or "_target_" not in child:
-                value = (OmegaConf.to_object(child) if isinstance(child, DictConfig | ListConfig)
-                         else child._value())
-                found[f"{key}.{name}"] = (
-                    f"{key}.{name}={_show(value)} is not allowed: expected a config with "
-                    f"_target_ (e.g. conf/{key}/*.yaml), or null to leave it out.")
-    return found
-
-
-def _stopping_problems(cfg: DictConfig) -> dict[str, str]:
-    """A callback that stops training on a validation metric, in a run without validation: it
-    would fail at the first epoch's end, after training it."""
-    data, trainer = cfg.get("data"), cfg.get("trainer")
-    without = ("data.val_size=0" if isinstance(data, DictConfig) and data.get("val_size") == 0
-               else "trainer.limit_val_batches=0"
-               if isinstance(trainer, DictConfig) and trainer.get("limit_val_batches") == 0
-               else None)
-    found = {}
-    for path, node in target_nodes(cfg.get("callbacks")) if without else ():
-        if str(node._target_).endswith("EarlyStopping") and str(
-                node.get("monitor", "")).startswith("val/"):
-            found[f"callbacks.{path}"] = (
-                f"callbacks.{path} stops on {node.monitor}, which a run without validation "
-                f"({without}) never measures: leave it out (callbacks.{path}=null) or keep a "
-                "validation split.")
-    return found
-
-
-def check(cfg: DictConfig) -> None:
-    """Raise one ``ConfigError`` listing every problem of ``cfg`` (see ``problems``)."""
-    try:
-        found = problems(cfg)
-    except OmegaConfBaseException as err:  # an interpolation that cannot be resolved
-        raise ConfigError(f"Invalid configuration: {_omegaconf_message(err)}") from None
-    if found:
-        raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(found))
 
 
 def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -295,10 +57,6 @@ def _cause(err: InstantiationException) -> str:
     if cause is None:
         return str(err).splitlines()[0]
     return str(cause).strip().splitlines()[0] or type(cause).__name__
-
-
-def _omegaconf_message(err: OmegaConfBaseException) -> str:
-    return str(err).strip().splitlines()[0]
 
 
 def _show(value: Any) -> str:

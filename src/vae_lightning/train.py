@@ -22,7 +22,8 @@ from vae_lightning import run_checks, rundir
 from vae_lightning.args import prechecked
 from vae_lightning.callbacks.curve import InitialBound
 from vae_lightning.checkpoints import RunConfig, read_checkpoint
-from vae_lightning.config import check, instantiate_node, plain
+from vae_lightning.config import instantiate_node, plain
+from vae_lightning.config_checks import check
 from vae_lightning.errors import (
     ConfigError,
     Diverged,

@@ -1,9 +1,12 @@
 """Semi-supervised M2 (objectives/m2.py, data.labelled, model=m2): the unlabelled bound's sum over
 the classes against brute-force enumeration, and its maximum over q(y|x), log sum_y exp L(x, y),
 reached at q(y|x) proportional to exp L; on a conditional linear-Gaussian model with the exact
-q(z|x, y) and q(y|x) = p(y|x), U(x) = log p(x) exactly; the labelled subset balanced by class and
-fixed by the seed; each minibatch's hidden and shown labels; the objective's loss; and M2 on
-MNIST with 100 labels learning to classify (slow)."""
+q(z|x, y) and q(y|x) = p(y|x), U(x) = log p(x) exactly; vae-eval's bound on log p(x) with y
+enumerated, on a three-class toy whose log p(x) is known by brute force: below it in expectation,
+converging to it with k, the same in chunks, its ELBO M2's U(x) in closed form, its time check
+counting a pass per class; the labelled subset balanced by class and fixed by the seed; each
+minibatch's hidden and shown labels; the objective's loss; and M2 on MNIST with 100 labels
+learning to classify (slow)."""
 
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ def test_evaluation_bounds_log_p_of_x_with_the_classes_enumerated():
     with torch.no_grad():
         results = evaluate(model, [(x, y)], k=3)
         per_point = model.log_likelihood(x, k=3)  # the Python API, no labels: the same bound
-    assert results["bound_of"].startswith("log p(x), the classes enumerated")
+    assert results["bound_of"].startswith("log p(x), y enumerated over its 2 classes")
     assert results["iw"].nats == pytest.approx(exact.mean().item(), abs=1e-4)
     assert results["elbo"].nats == pytest.approx(exact.mean().item(), abs=1e-4)
     torch.testing.assert_close(per_point, exact, atol=1e-4, rtol=0)
@@ -121,6 +124,143 @@ def test_with_an_inexact_posterior_the_enumerated_estimate_tightens_to_log_p_of_
         results = evaluate(model, [(x, y)], k=2000)
     assert gaps[0] > 1 > gaps[1] > 0.02 > abs(gaps[2])  # a bound, tightening with k to log p(x)
     assert results["elbo"].nats < results["iw"].nats - 0.1  # U(x) below the IW estimate
+
+
+# A toy M2 with K = 3 classes whose log p(x) is known: p(y) = 1/3, p(z) = N(0, I_2),
+# p(x|y, z) = N(W z + c_y, s^2 I_3), so p(x|y) = N(c_y, W W^T + s^2 I) and
+# log p(x) = logsumexp_y [log p(y) + log N(x; c_y, W W^T + s^2 I)].
+TOY_W = torch.tensor([[1.0, 0.8], [0.5, -1.2], [1.5, 0.3]])
+TOY_C = torch.tensor([[0.0, 2.0, -1.5], [1.0, -1.0, 0.5], [-0.5, 0.5, 2.0]])  # c_y: columns
+TOY_S = 0.5
+TOY_SHAPE = (1, 1, 3)
+
+
+def _toy_m2():
+    """The toy with M2's objective; q(z|x, y) a diagonal Gaussian linear in (x, one-hot y), off
+    the exact posterior (whose covariance is full): its mean shifted by 0.6, its variances the
+    inverse of the precision's diagonal times e^0.3; q(y|x) = p(y|x), a linear softmax of x."""
+    from functools import partial
+
+    from vae_lightning.conditional import Conditioned
+    from vae_lightning.likelihoods import Decoder, GaussianFixed
+    from vae_lightning.module import VAE
+    from vae_lightning.posteriors import Encoder, Gaussian
+    from vae_lightning.priors import StandardNormal
+
+    conditioned = partial(Conditioned, net=cg.LINEAR, classes=3)
+    encoder = Encoder(conditioned, Gaussian(), TOY_SHAPE, latent=2)
+    decoder = Decoder(conditioned, GaussianFixed(TOY_S, mean_activation="identity"), TOY_SHAPE,
+                      latent=2)
+    objective = M2(classes=3, data_shape=TOY_SHAPE, hidden=())
+    set_affine(decoder.net.net, torch.cat([TOY_W, TOY_C], 1), torch.zeros(3))
+    precision = torch.eye(2) + TOY_W.T @ TOY_W / TOY_S**2
+    gain = torch.linalg.solve(precision, TOY_W.T) / TOY_S**2  # mean = gain (x - c_y)
+    set_affine(encoder.net.net, torch.cat([torch.cat([gain, -gain @ TOY_C], 1),
+                                           torch.zeros(2, 6)]),
+               torch.cat([torch.full((2,), 0.6), 0.3 - precision.diagonal().log()]))
+    inverse = torch.linalg.inv(TOY_W @ TOY_W.T + TOY_S**2 * torch.eye(3))
+    set_affine(objective.classifier, TOY_C.T @ inverse,
+               -0.5 * ((TOY_C.T @ inverse) * TOY_C.T).sum(1))
+    model = VAE(encoder, decoder, StandardNormal(2), objective, classes=3,
+                data_shape=TOY_SHAPE).eval()
+    return model, objective
+
+
+def _toy_data(n: int = 6) -> torch.Tensor:
+    torch.manual_seed(1)
+    y, z = torch.arange(n) % 3, torch.randn(n, 2)
+    return (z @ TOY_W.T + TOY_C.T[y] + TOY_S * torch.randn(n, 3)).reshape(n, *TOY_SHAPE)
+
+
+def _toy_log_p(x: torch.Tensor) -> torch.Tensor:
+    """log p(x) by brute force over the classes, each p(x|y) Gaussian in closed form."""
+    from torch.distributions import MultivariateNormal
+
+    cov = TOY_W @ TOY_W.T + TOY_S**2 * torch.eye(3)
+    per_class = torch.stack([MultivariateNormal(TOY_C[:, c], cov).log_prob(x.flatten(1))
+                             for c in range(3)], -1)
+    return torch.logsumexp(per_class - math.log(3), -1)
+
+
+def _toy_u(model, objective, x: torch.Tensor) -> torch.Tensor:
+    """M2's U(x) = sum_y q(y|x) [ELBO(x|y) + log p(y) - log q(y|x)] in closed form: for
+    q(z|x, y) = N(m, diag v), E_q ||x - W z - c_y||^2 = ||x - W m - c_y||^2 + sum_j v_j |W_j|^2."""
+    from torch.distributions import kl_divergence
+
+    log_q = torch.log_softmax(objective.classify(x), -1)
+    elbos = []
+    for c in range(3):
+        q = model.encode(x, c)
+        residual = x.flatten(1) - q.mean @ TOY_W.T - TOY_C[:, c]
+        squares = (residual**2).sum(1) + (q.variance * (TOY_W**2).sum(0)).sum(1)
+        recon = -1.5 * math.log(2 * math.pi * TOY_S**2) - squares / (2 * TOY_S**2)
+        elbos.append(recon - kl_divergence(q, model.prior.distribution()))
+    return (log_q.exp() * (torch.stack(elbos, -1) - math.log(3) - log_q)).sum(-1)
+
+
+def test_the_enumerated_estimate_of_a_three_class_toy_bounds_log_p_of_x_and_converges():
+    """Each row of x repeated 200 times draws its own samples: the mean gap to the brute-force
+    log p(x) is >= 0 (a bound in expectation), falls with k, and at k = 5000 is within a few
+    standard errors of 0; the ELBO beside it is M2's U(x) (closed form), as its training bound
+    estimates it."""
+    from vae_lightning.objectives.base import over_labels
+
+    model, objective = _toy_m2()
+    x = _toy_data().repeat(200, 1, 1, 1)
+    truth, exact_u = _toy_log_p(x), _toy_u(model, objective, x)
+    torch.manual_seed(0)
+    gaps, errors = [], []
+    with torch.no_grad():
+        for k in (1, 100, 5000):
+            elbo, iw = over_labels(model, x, k, None, *objective.latent_labels(x))
+            gap = truth - iw
+            gaps.append(gap.mean().item())
+            errors.append(gap.std().item() / math.sqrt(len(gap)))
+        trained = torch.stack([objective.bound(model, x).elbo for _ in range(20)]).mean(0)
+    assert all(gap > -3 * se for gap, se in zip(gaps, errors))  # <= log p(x) in expectation
+    assert gaps[0] - gaps[1] > 3 * errors[0] and gaps[1] - gaps[2] > 3 * errors[1]
+    assert gaps[0] > 1 and abs(gaps[2]) < 3 * errors[2]  # ... converging to it
+    for estimate in (elbo, trained):  # the evaluation's ELBO is U(x), as training estimates it
+        error = (estimate - exact_u).std().item() / math.sqrt(len(x))
+        assert abs((estimate - exact_u).mean().item()) < 3 * error
+    assert (exact_u < truth - 1).all()
+
+
+def test_the_enumerated_evaluation_is_the_same_in_chunks_or_in_one_pass():
+    from vae_lightning.log_likelihood import evaluate
+
+    model, _ = _toy_m2()
+    x = _toy_data()
+    y = torch.arange(len(x)) % 3
+    runs = []
+    for chunk in (7, 50):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            runs.append((evaluate(model, [(x[:4], y[:4]), (x[4:], y[4:])], k=50, chunk=chunk),
+                         model.log_likelihood(x, k=50, chunk=chunk)))
+    (chunked, chunked_api), (whole, whole_api) = runs
+    for name in ("iw", "elbo"):  # the same draws, summed in another order
+        assert chunked[name].nats == pytest.approx(whole[name].nats, rel=1e-6)
+    torch.testing.assert_close(chunked_api, whole_api, rtol=1e-6, atol=1e-5)
+    assert chunked["bound_of"].startswith("log p(x), y enumerated over its 3 classes")
+
+
+def test_the_time_check_counts_a_pass_per_class(monkeypatch):
+    """eval.max_hours: each batch takes K passes, one per class; at 1 s a pass, 6 points in one
+    batch and k = chunk take 3 s, not 1 s."""
+    import itertools
+    import types
+
+    from vae_lightning import log_likelihood
+
+    model, _ = _toy_m2()
+    x, y = _toy_data(), torch.arange(6) % 3
+    clock = itertools.count()  # each reading one second after the last
+    monkeypatch.setattr(log_likelihood, "time", types.SimpleNamespace(
+        perf_counter=lambda: float(next(clock))))
+    log_likelihood.refuse_unfinishable(model, (x, y), 6, 10, 10, max_hours=3.1 / 3600)
+    with pytest.raises(ConfigError, match="about 0.000833 hours .* 3 passes a batch"):
+        log_likelihood.refuse_unfinishable(model, (x, y), 6, 10, 10, max_hours=2.9 / 3600)
 
 
 def test_the_labelled_subset_is_balanced_by_class_and_fixed_by_the_seed():

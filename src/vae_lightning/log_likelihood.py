@@ -59,6 +59,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     are both chains over the layers) KL in nats, from one draw per data point."""
     model.eval()
     elbos, iws, means, kls = [], [], [], []
+    y = None
     for batch in batches:
         x, y = batch if isinstance(batch, tuple | list) else (batch, None)
         with model.given(y):
@@ -77,7 +78,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     activity = torch.cat(means).var(0)
     results = {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
                "active_units": int((activity > ACTIVE).sum()), "latent": len(activity),
-               "bound_of": bound_of(model)}
+               "bound_of": bound_of(model, y)}
     sizes = model.encoder.posterior.layers
     if sizes:
         kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
@@ -99,31 +100,42 @@ def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k
     chunk = min(k, chunk or auto_chunk(x, k))
     with (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []),
           model.given(y)):
+        labels = model.objective.latent_labels(x)  # a model of the labels: K passes, y = each
+        enumerated = 1 if labels is None else len(labels[0])
         importance_weighted(model, x, chunk, chunk)  # warm-up
         start = time.perf_counter()
         importance_weighted(model, x, chunk, chunk)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         seconds = time.perf_counter() - start
-    passes = math.ceil(k / chunk) * math.ceil(points / len(x))
+    passes = math.ceil(k / chunk) * math.ceil(points / len(x)) * enumerated
     hours = seconds * passes / 3600
+    per_class = f", {enumerated} passes a batch: y enumerated" if labels is not None else ""
     if hours > max_hours:
         raise ConfigError(
             f"eval.k={k} on {points} points would take about {hours:.3g} hours on "
             f"{x.device} (one pass of {chunk} samples x {len(x)} points took "
-            f"{seconds:.3g} s), above eval.max_hours={max_hours:g}; nothing was run. "
+            f"{seconds:.3g} s{per_class}), above eval.max_hours={max_hours:g}; nothing was run. "
             "Lower eval.k or set eval.limit, or raise eval.max_hours (null: no limit).")
 
 
-def bound_of(model: VAE) -> str:
-    """What ``evaluate``'s estimates bound, in words: log p(x), or log p(x|y) for a model given
-    the labels (a conditional VAE)."""
-    probe = torch.zeros(1, *model.data_shape, device=model.device)
+def bound_of(model: VAE, y: Tensor | None = None) -> str:
+    """What ``evaluate``'s estimates bound, in words: log p(x); for a model of the labels (M2),
+    log p(x) with y enumerated (``Objective.latent_labels``); for a model given its condition
+    (a conditional VAE, which models no p(y)), log p(x|y), given each image's own label, or its
+    condition vector when the data serve floats ``y`` (``data.condition``)."""
     if model.classes is None:
         return "log p(x)"
-    if model.objective.latent_labels(probe) is not None:
-        return "log p(x), the classes enumerated: log sum_y p(y) p^(x|y); the ELBO is U(x)"
-    return "log p(x|y), each image given its label"
+    probe = torch.zeros(1, *model.data_shape, device=model.device)
+    labels = model.objective.latent_labels(probe)
+    if labels is not None:
+        return (f"log p(x), y enumerated over its {len(labels[0])} classes: "
+                "log sum_y p(y) p^(x|y), p^(x|y) from k samples of q(z|x, y) per class; "
+                "the ELBO is M2's U(x)")
+    given = ("its condition vector y" if y is not None and y.is_floating_point()
+             else "its own class label y")
+    return (f"log p(x|y), a conditional likelihood of each image given {given} (no p(y) is "
+            "modelled): not log p(x)")
 
 
 def code_length(likelihood: Any, datamodule: Any) -> bool:

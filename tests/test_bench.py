@@ -25,18 +25,50 @@ def test_every_row_is_a_preset_on_the_protocol_with_its_literature():
     from compose import compose_train
 
     found = bench.rows()
-    assert {"vae", "iwae_k5", "dreg_k5", "vamp", "planar", "free_bits"} <= set(found)
+    assert {"vae", "iwae_k5", "dreg_k5", "vamp", "planar", "free_bits", "beta_tc", "factor_vae",
+            "dip_vae_i", "info_vae", "wae", "capacity", "miwae", "piwae", "ciwae", "wake_sleep",
+            "cyclical", "radial", "sylvester_orthogonal", "laplace", "mog", "ladder",
+            "gumbel"} <= set(found)
     for name, node in found.items():
         assert node["row"] and node["config"] and "paper" in node, name
+        paper, pythae = node["paper"], node.get("pythae") or {}
+        # a paper's number comes with where it is; without one, what the paper reports instead
+        assert "value" in paper and paper["source"], name
+        assert pythae.get("value") is None or pythae["setting"], name
         cfg = compose_train([f"experiment=bench/{name}"])
         # the protocol: the same data, length and networks for every row
-        assert cfg.data.val_size == 0 and cfg.trainer.max_samples == 1e7
-        assert list(cfg.model.encoder.net.hidden) == [200, 200]
+        assert cfg.data.val_size == 0 and cfg.trainer.max_samples == 1e7, name
+        assert cfg.data.batch_size == 100 and cfg.model.optimizer.lr == 1e-3, name
+        assert list(cfg.model.encoder.net.hidden) == [200, 200], name
+        assert list(cfg.model.decoder.net.hidden) == [200, 200], name
         if name.startswith("two_layer"):  # Burda et al.'s two stochastic layers
             assert list(cfg.model.encoder.posterior.layers) == [100, 50], name
             assert cfg.model.latent == 150
+        elif name == "ladder":  # Sønderby et al.'s five, the latent size their sum
+            assert list(cfg.model.encoder.posterior.layers) == [64, 32, 16, 8, 4]
+            assert cfg.model.latent == 124
         else:
-            assert cfg.model.latent == 50
+            assert cfg.model.latent == 50, name
+
+
+def test_the_schedules_of_the_rows_span_the_protocols_training_length():
+    """The cyclical KL schedule's T and the capacity's ramp are in optimizer steps: the protocol's
+    1e7 samples in minibatches of 100 are 1e5 steps, so 4 cycles of 25,000 steps and C reaching
+    C_max at the last step."""
+    from compose import compose_train
+
+    from vae_lightning.objectives.kl_schedule import Cyclical
+
+    cfg = compose_train(["experiment=bench/cyclical"])
+    steps = int(cfg.trainer.max_samples / cfg.data.batch_size)
+    schedule = cfg.model.objective.kl_schedule
+    assert schedule.total_steps == steps
+    weight = Cyclical(schedule.total_steps, schedule.cycles, schedule.ratio)
+    # each cycle: w = 0 at its first step, 1 from half-way (ratio 0.5), 4 cycles in all
+    starts = [t for t in range(steps) if weight(t) == 0.0]
+    assert starts == [0, 25_000, 50_000, 75_000]
+    assert weight(12_500) == 1.0 and weight(6_250) == 0.5 and weight(steps - 1) == 1.0
+    assert compose_train(["experiment=bench/capacity"]).model.objective.capacity_steps == steps
 
 
 def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path):

@@ -2,8 +2,10 @@
 model whose log p(x|y) and exact posterior are known in closed form, every importance weight is
 log p(x|y) for the right label and the wrong label scores the other class's density; the
 class-conditional prior's KL is analytic and matches Monte Carlo; labels are checked, broadcast
-over sample dimensions, handed to the parts by every step and method; and the preset trains on
-MNIST, is evaluated with its labels and samples each class."""
+over sample dimensions, handed to the parts by every step and method; condition vectors are read
+as they are, a label as its one-hot vector (the same numbers), by the networks and the prior
+(linear in the vector); and the preset trains on MNIST, is evaluated with its labels and samples
+each class."""
 
 from __future__ import annotations
 
@@ -76,6 +78,60 @@ def test_labels_are_checked_and_broadcast_over_sample_dimensions():
     net.given(None)
     with pytest.raises(ConfigError, match="conditional on a class label"):
         net(x)
+
+
+def test_a_condition_vector_is_read_as_it_is_and_a_label_as_its_one_hot_vector():
+    """c(y): the wrapped network sees [x, y] for floats y [batch, K], [x, one-hot(y)] for a
+    label, so a label is the condition vector of its unit vector; checked shape and values."""
+    net = Conditioned((1, 2, 2), (5,), cg.LINEAR, classes=3)
+    x, c = torch.randn(2, 1, 2, 2), torch.tensor([[0.5, -1.0, 2.0], [0.0, 3.0, 1.0]])
+    net.given(c)
+    torch.testing.assert_close(net(x), net.net(torch.cat([x.flatten(1), c], 1)))
+    torch.testing.assert_close(net(x.expand(4, 2, 1, 2, 2)), net(x).expand(4, 2, 5))
+    net.given(torch.tensor([2, 0]))
+    labelled = net(x)
+    net.given(torch.eye(3)[[2, 0]])
+    assert torch.equal(net(x), labelled)
+    for bad, words in ((torch.ones(2, 4), r"floats \[batch, 3\].* shape \[2, 4\]"),
+                       (torch.ones(2), r"got torch.float32 of shape \[2\]"),
+                       (torch.tensor([[0.0, math.inf, 1.0]] * 2), "not finite")):
+        with pytest.raises(ConfigError, match=words):
+            net.given(bad)
+
+
+def test_the_class_prior_is_linear_in_a_condition_vector():
+    """p(z|c) = N(c^T M, diag exp(2 c^T S)): at c = one-hot(y), class y's Gaussian exactly."""
+    prior = ClassNormal(4, classes=3)
+    with torch.no_grad():
+        prior.loc.normal_()
+        prior.log_scale.uniform_(-0.5, 0.5)
+    prior.given(torch.tensor([0, 2]))
+    by_label = prior.distribution()
+    prior.given(torch.eye(3)[[0, 2]])
+    by_vector = prior.distribution()
+    assert torch.equal(by_vector.mean, by_label.mean)
+    assert torch.equal(by_vector.stddev, by_label.stddev)
+    c = torch.tensor([[0.5, -1.0, 2.0]])
+    prior.given(c)
+    p = prior.distribution()
+    torch.testing.assert_close(p.mean, c @ prior.loc)
+    torch.testing.assert_close(p.stddev, (c @ prior.log_scale).exp())
+
+
+def test_the_model_takes_condition_vectors_through_every_method():
+    model, (x, y) = cg.model(), cg.data()
+    vectors = torch.eye(2)[y]  # the labels' own unit vectors: the same model, the same numbers
+    torch.manual_seed(0)
+    by_label = model.log_likelihood(x, k=5, y=y)
+    torch.manual_seed(0)
+    torch.testing.assert_close(model.log_likelihood(x, k=5, y=vectors), by_label)
+    torch.testing.assert_close(model.log_likelihood(x, k=5, y=vectors), cg.log_p(x, y),
+                               atol=1e-4, rtol=0)  # the exact posterior: log p(x|y) for any k
+    halfway = torch.tensor([0.5, 0.5])  # one vector for all: decoded between the classes
+    z = torch.zeros(1, 3)
+    between = model.images(z, y=halfway)
+    torch.testing.assert_close(between, (model.images(z, y=0) + model.images(z, y=1)) / 2)
+    assert model.sample(3, y=halfway).shape == (3, *cg.SHAPE)
 
 
 def test_every_method_hands_the_labels_to_the_parts_and_asks_for_them():

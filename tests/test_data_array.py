@@ -1,5 +1,6 @@
-"""data=array: .npy and .npz images in every layout and dtype, labels, the fixed split, nothing
-ever unpickled, one-line errors for bad files, and training end to end."""
+"""data=array: .npy and .npz images in every layout and dtype, labels, condition vectors, the
+fixed split, nothing ever unpickled, one-line errors for bad files, and training end to end
+(also a conditional VAE on condition vectors)."""
 
 import math
 import pathlib
@@ -312,3 +313,124 @@ def test_config_and_training_end_to_end(tmp_path):
          "trainer.max_epochs=1", "trainer.accelerator=cpu", *QUIET], out))
     assert results["data"] == "array" and results["steps"] == 2
     assert math.isfinite(results["test/elbo"]) and (out / "results.json").is_file()
+
+
+def conditioned_images(n: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
+    """8 x 8 images whose left and right halves are sigmoid(2 c_0), sigmoid(2 c_1) (plus a little
+    noise, clipped to [0, 1]) for the condition c ~ N(0, I_2) of each: ``x`` and ``c``."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((n, 2)).astype(np.float32)
+    x = np.empty((n, 8, 8), np.float32)
+    x[:, :, :4] = (1 / (1 + np.exp(-2 * c[:, 0])))[:, None, None]
+    x[:, :, 4:] = (1 / (1 + np.exp(-2 * c[:, 1])))[:, None, None]
+    return {"x": np.clip(x + 0.05 * rng.standard_normal(x.shape), 0, 1).astype(np.float32),
+            "c": c}
+
+
+def test_a_condition_array_is_served_as_float_vectors_beside_its_images(tmp_path):
+    arrays = conditioned_images(20)
+    dm = ArrayDataModule(path=str(save(tmp_path / "xc.npz", **arrays)), condition="c",
+                         val_size=4, test_size=4)
+    assert dm.condition_size == 2
+    dm.setup()
+    index = {bytes(image): i for i, image in enumerate(arrays["x"])}
+    for split in ("train", "val", "test"):
+        x, c = dm.splits[split]
+        assert c.dtype == torch.float32 and c.shape == (len(x), 2)
+        rows = [index[bytes(image)] for image in x.numpy()]
+        assert torch.equal(c, torch.from_numpy(arrays["c"][rows]))  # each image's own
+        assert torch.equal(dm.evaluation_labels(split), c)
+    assert dm.to_inputs(next(iter(dm.test_dataloader())))[1].dtype == torch.float32
+    one = ArrayDataModule(path=str(save(tmp_path / "x1.npz", x=arrays["x"], t=np.arange(20))),
+                          condition="t", val_size=4, test_size=4)  # [N] integers: D = 1
+    one.setup("test")
+    assert one.splits["test"][1].shape == (4, 1) and one.splits["test"][1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("condition, kwargs, words", [
+    (None, {"condition": "pose"}, "condition='pose' is not an array of path=.*: expected one of"),
+    (np.zeros(N, bool), {}, r"\(condition='c'\) has dtype bool: expected numbers"),
+    (np.array(["a"] * N), {}, "has dtype <U1: expected numbers"),
+    (np.zeros((N - 1, 2)), {}, r"\(condition='c'\) has shape \[19, 2\]: expected one "
+                               r"condition vector per image, \[20, D\]"),
+    (np.zeros((N, 2, 2)), {}, r"has shape \[20, 2, 2\]"),
+    (np.zeros((N, 0)), {}, r"has shape \[20, 0\]"),
+    (np.zeros(N, np.int64), {"labels_key": "c"}, "labels_key='c' and condition='c'"),
+])
+def test_a_bad_condition_array_is_refused_in_one_line(tmp_path, condition, kwargs, words):
+    arrays = {"x": np.zeros((N, 2, 2), np.uint8)}
+    if condition is not None:
+        arrays["c"] = condition
+    with pytest.raises(DataError, match=words) as err:
+        ArrayDataModule(path=str(save(tmp_path / "bad.npz", **arrays)),
+                        **{"condition": "c", **kwargs})
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_condition_that_is_not_finite_is_refused_when_read(tmp_path):
+    for value, name in ((np.nan, "float32"), (1e300, "float64")):  # 1e300: inf as float32
+        c = np.zeros((N, 2), name)
+        c[7, 1] = value
+        dm = ArrayDataModule(path=str(save(tmp_path / "c.npz", x=np.zeros((N, 2, 2), np.uint8),
+                                           c=c)), condition="c")
+        with pytest.raises(DataError, match=r"\(condition='c'\): the condition of image 7 "
+                                            r"\(of 1 such\) holds a value that is not finite"):
+            dm.setup()
+    with pytest.raises(DataError, match="condition='c' names an array in a .npz file"):
+        ArrayDataModule(path=str(save(tmp_path / "x.npy", x=np.zeros((N, 2, 2)))), condition="c")
+
+
+def test_a_conditional_vae_learns_from_a_condition_array(tmp_path):
+    """model=cvae on data.condition, 80 steps: the loss falls; the decoder's image follows the
+    condition (each half brighter where its c is larger), the bound with each image's own
+    condition is far above the bound with another's; vae-eval bounds log p(x|y) given the
+    vector and vae-sample draws for a vector given as a list; a mismatched model is refused."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from vae_lightning.config import instantiate_node
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.module import VAE
+
+    arrays = conditioned_images()
+    path = save(tmp_path / "xc.npz", **arrays)
+    common = ["data=array", f"data.path={path}", "data.condition=c", "data.batch_size=20",
+              "model.latent=1", "trainer.accelerator=cpu", "logger=none",
+              "callbacks.bound_curve=null", "callbacks.figures.n_points=0", *QUIET]
+    small = ["model.encoder.net.net.hidden=[32]", "model.decoder.net.net.hidden=[32]"]
+    for overrides, words in ((["model=cvae", "model.classes=3", *small],
+                              "model.classes=3, and data.condition='c' holds vectors of 2"),
+                             (["model=vae"], "the model is not conditional"),
+                             (["model=m2", "model.classes=2", *small],
+                              "sums over class labels")):
+        with pytest.raises(ConfigError, match=words):
+            train(compose_train([*common, *overrides], tmp_path / "refused"))
+    torch.manual_seed(0)
+    results = train(compose_train([*common, "model=cvae", "model.classes=2", *small,
+                                   "model.optimizer.lr=3e-3", "trainer.max_epochs=10"],
+                                  tmp_path / "run"))
+    assert results["steps"] == 80 and results["train/elbo"] > results["initial/val_elbo"] + 10
+    model = VAE.load_from_checkpoint(results["checkpoint"])
+    z = torch.zeros(1, 1)
+    left, right = (model.images(z, y=torch.tensor(c))[0, 0] for c in ([2.0, -2.0], [-2.0, 2.0]))
+    assert left[:, :4].mean() > right[:, :4].mean() + 0.2  # the halves follow c_0 ...
+    assert right[:, 4:].mean() > left[:, 4:].mean() + 0.2  # ... and c_1
+    x, c = torch.from_numpy(arrays["x"]).unsqueeze(1), torch.from_numpy(arrays["c"])
+    with torch.no_grad():
+        assert model.bound(x, c).elbo.mean() > model.bound(x, c.roll(1, 0)).elbo.mean() + 10
+    evaluation = OmegaConf.create({"_target_": "vae_lightning.evaluate.Evaluation", "k": 10,
+                                   "device": "cpu", "max_hours": None, "data_path": str(path)})
+    instantiate_node(evaluation, "eval")(results["checkpoint"], 0, str(tmp_path / "eval"))
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert saved["bound_of"].startswith("log p(x|y), a conditional likelihood of each image "
+                                        "given its condition vector y")
+    from compose import sample_config
+
+    args = [f"ckpt_path={results['checkpoint']}", "n=4", "device=cpu"]
+    out = sample_config([*args, "y=[2.0,-2.0]", f"output_dir={tmp_path / 's'}"])()
+    samples = np.load(out / "samples.npy")
+    assert (samples[:, 0, :, :4].mean() > samples[:, 0, :, 4:].mean() + 0.2)
+    with pytest.raises(ConfigError, match=r"y=\[1.0, 2.0, 3.0\]: a condition vector of this "
+                                          "model is 2 finite numbers"):
+        sample_config([*args, "y=[1,2,3]", f"output_dir={tmp_path / 't'}"])()

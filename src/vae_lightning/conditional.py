@@ -1,26 +1,34 @@
 """Conditional VAEs (Sohn, Lee & Yan 2015): q(z|x, y), p(x|z, y) and, optionally, p(z|y) for a
-class label y in {0, ..., K-1} served beside each image.
+condition y served beside each image: a class label in {0, ..., K-1}, or a vector of K numbers
+(``data.condition``: e.g. attributes, a pose, a measurement per image).
 
 The bound is the ELBO with every term given y,
     log p(x|y) >= E_q(z|x,y)[log p(x|z, y)] - KL(q(z|x, y) || p(z|y)),
 so every objective, the importance-weighted estimate and ``vae-eval`` apply unchanged: they
-score x given the label, and report log p(x|y) (a conditional likelihood, not log p(x)).
+score x given its condition, and report log p(x|y) (a conditional likelihood, not log p(x)).
 
-The parts take y through one mechanism: a part that depends on the label implements
-``parts.Conditional`` (``given(y)``), and the model hands each batch's labels to all of them around
-every use of the parts (``module.VAE.given``), so no objective or metric changes. Here:
+The parts take y through one mechanism: a part that depends on it implements
+``parts.Conditional`` (``given(y)``), and the model hands each batch's conditions to all of them
+around every use of the parts (``module.VAE.given``), so no objective or metric changes. A part
+reads y as a vector c(y) of K numbers: one-hot(y) for a class label (integers ``[batch]``), y
+itself for a vector condition (floats ``[batch, K]``), so that a label is the vector condition
+of its class's unit vector, and K (``model.classes``) is the number of classes or the vector's
+length. Here:
 
-- ``Conditioned``: wraps any network of the ``nets`` group: the one-hot label is concatenated to
-  the network's flattened input (the CVAE's "x concatenated with y", and "z with y" for the
+- ``Conditioned``: wraps any network of the ``nets`` group: c(y) is concatenated to the
+  network's flattened input (the CVAE's "x concatenated with y", and "z with y" for the
   decoder), so the wrapped network sees ``prod(in_shape) + K`` inputs.
-- ``ClassNormal``: p(z|y) = N(mu_y, diag sigma_y^2), a learned Gaussian per class (the CVAE's
-  "conditional prior"); the KL to a diagonal Gaussian q stays analytic.
+- ``ClassNormal``: p(z|y) = N(M c(y), diag exp(2 S c(y))), linear in c(y): a learned Gaussian
+  per class (mu_y, sigma_y the rows of M and S) for a label (the CVAE's "conditional prior");
+  the KL to a diagonal Gaussian q stays analytic.
+- ``check_condition``: the data's condition vectors against the model, before training.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,43 +40,64 @@ from vae_lightning.priors import Prior
 
 
 class _Labels:
-    """The labels a conditional part (``parts.Conditional``) was last given, checked: integer
-    classes in [0, ``classes``), or -1 for a point whose label is hidden."""
+    """The conditions a conditional part (``parts.Conditional``) was last given, checked: integer
+    classes in [0, ``classes``), or -1 for a point whose label is hidden; or finite float
+    vectors of ``classes`` numbers, one row per point."""
 
     def __init__(self, classes: int) -> None:
         self.classes = classes
         self._y: Tensor | None = None
 
     def given(self, y: Tensor | None) -> None:
-        if y is not None:
-            if y.dtype.is_floating_point or y.dim() != 1:
-                raise ConfigError(f"a conditional model takes integer class labels [batch]; got "
+        if y is not None and y.dtype.is_floating_point:
+            if y.dim() != 2 or y.shape[1] != self.classes:
+                raise ConfigError(
+                    f"a condition vector per point, floats [batch, {self.classes}], is expected "
+                    f"(the model is conditional on {self.classes} numbers: model.classes); got "
+                    f"{y.dtype} of shape {list(y.shape)}.")
+            if not bool(torch.isfinite(y).all()):
+                raise ConfigError("a condition vector holds a value that is not finite: give "
+                                  "finite numbers.")
+        elif y is not None:
+            if y.dim() != 1:
+                raise ConfigError(f"a conditional model takes integer class labels [batch] "
+                                  f"or float condition vectors [batch, {self.classes}]; got "
                                   f"{y.dtype} of shape {list(y.shape)}.")
             if len(y) and (int(y.min()) < -1 or int(y.max()) >= self.classes):
                 raise ConfigError(
                     f"a label {int(y.min()) if int(y.min()) < -1 else int(y.max())} is outside "
                     f"0..{self.classes - 1}: the model is conditional on {self.classes} classes "
                     f"(model.classes); the data's labels must be among them.")
-        self._y = None if y is None else y.long()
+            y = y.long()
+        self._y = y
 
     def labels(self) -> Tensor:
-        """The labels given; -1 (a hidden label) is kept until used, then refused: only an
-        objective that sums over the classes (model/objective=m2) trains on such points."""
+        """The labels (or condition vectors) given; -1 (a hidden label) is kept until used, then
+        refused: only an objective that sums over the classes (model/objective=m2) trains on
+        such points."""
         if self._y is None:
-            raise ConfigError("this model is conditional on a class label: give the labels "
-                              "(e.g. model.sample(n, y=...), vae-sample y=3).")
-        if len(self._y) and int(self._y.min()) < 0:
+            raise ConfigError("this model is conditional on a class label (or a condition "
+                              "vector): give it (e.g. model.sample(n, y=...), vae-sample y=3).")
+        if not self._y.dtype.is_floating_point and len(self._y) and int(self._y.min()) < 0:
             raise ConfigError("some points have no label (-1): a conditional model needs each "
                               "point's label, or an objective that sums over the classes of "
                               "the unlabelled ones (model/objective=m2).")
         return self._y
 
+    def vector(self, dtype: torch.dtype) -> Tensor:
+        """c(y) ``[batch, classes]``: one-hot(y) for labels, y itself for condition vectors."""
+        y = self.labels()
+        if y.dtype.is_floating_point:
+            return y.to(dtype)
+        return nn.functional.one_hot(y, self.classes).to(dtype)
+
 
 class Conditioned(nn.Module):
-    """``net`` (a ``nets`` factory called with the input and output shapes) given the one-hot
-    label: input ``[..., *in_shape]`` flattened and concatenated with one-hot(y), ``[...,
-    prod(in_shape) + classes]``, into the network built for that size. The label is broadcast
-    over any sample dimensions in front of the batch (z of shape ``[L, batch, latent]``)."""
+    """``net`` (a ``nets`` factory called with the input and output shapes) given the condition:
+    input ``[..., *in_shape]`` flattened and concatenated with c(y) (one-hot(y) for a label),
+    ``[..., prod(in_shape) + classes]``, into the network built for that size. The condition is
+    broadcast over any sample dimensions in front of the batch (z of shape
+    ``[L, batch, latent]``)."""
 
     @checked
     def __init__(self, in_shape: Sequence[PositiveInt], out_shape: Sequence[PositiveInt],
@@ -83,10 +112,10 @@ class Conditioned(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.flatten(-self.in_dims)
-        y = nn.functional.one_hot(self.labels.labels(), self.classes).to(flat.dtype)
+        y = self.labels.vector(flat.dtype)
         if y.shape[0] != (flat.shape[-2] if flat.dim() > 1 else 1):
             raise ConfigError(f"{len(y)} labels given for a batch of {flat.shape[-2]}: give one "
-                              "label per data point.")
+                              "label (or condition vector) per data point.")
         if flat.dim() == 1:  # one data point without a batch dimension
             y = y[0]
         return self.net(torch.cat([flat, y.expand(*flat.shape[:-1], self.classes)], -1))
@@ -94,7 +123,9 @@ class Conditioned(nn.Module):
 
 class ClassNormal(Prior):
     """p(z|y) = N(z; mu_y, diag sigma_y^2), one learned mean and log-scale per class (zero and
-    one at the start: N(0, I) for every class until training moves them)."""
+    one at the start: N(0, I) for every class until training moves them). Given condition
+    vectors c, p(z|c) = N(c^T M, diag exp(2 c^T S)), M and S the classes' rows of means and
+    log-scales: linear in c, the class's Gaussian at c = one-hot(y)."""
 
     features = frozenset({"factorized"})
 
@@ -111,6 +142,9 @@ class ClassNormal(Prior):
 
     def distribution(self) -> Distribution:
         y = self.labels.labels()
+        if y.dtype.is_floating_point:
+            y = y.to(self.loc.dtype)
+            return Independent(Normal(y @ self.loc, (y @ self.log_scale).exp()), 1)
         return Independent(Normal(self.loc[y], self.log_scale[y].exp()), 1)
 
     def sample(self, n: int) -> Tensor:
@@ -119,3 +153,27 @@ class ClassNormal(Prior):
             raise ConfigError(f"{q.batch_shape[0]} labels given for {n} samples: give one label "
                               "per sample.")
         return q.sample()
+
+
+def check_condition(model: Any, datamodule: Any) -> None:
+    """Refuse, before training, condition vectors served by the data (``data.condition``: float
+    ``y`` ``[N, D]``) to a model that cannot take them: an unconditional model (it would ignore
+    them), a model of the labels that enumerates classes (M2), or a model conditional on
+    another length (``model.classes`` K != D)."""
+    key = f"data.condition={datamodule.condition!r}"
+    width = next(iter(datamodule.splits.values()))[1].shape[1]
+    if model.classes is None:
+        raise ConfigError(f"{key} serves a condition vector of {width} numbers per image, and "
+                          "the model is not conditional: use model=cvae model.classes="
+                          f"{width}, or leave data.condition out (null).")
+    probe = torch.zeros(1, *model.data_shape, device=model.device)
+    with torch.no_grad():
+        enumerated = model.objective.latent_labels(probe) is not None
+    if enumerated or model.objective.unlabelled:
+        raise ConfigError(f"{key} serves condition vectors, and the objective "
+                          f"{model.objective!r} sums over class labels (it models p(y)), "
+                          "which a vector is not: use model=cvae with another objective, or "
+                          "class labels (data.labels_key).")
+    if width != model.classes:
+        raise ConfigError(f"model.classes={model.classes}, and {key} holds vectors of {width} "
+                          f"numbers: set model.classes={width} (the condition's length).")

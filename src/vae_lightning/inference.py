@@ -43,9 +43,9 @@ class Inference:
 
     def labels(self, y: Tensor | int | None, n: int, what: str = "sample") -> Tensor | None:
         """``n`` labels on the model's device for ``what`` (a method's name): ``y``, one class
-        for all or one per item; for ``sample`` given none, the classes in turn (0, 1, ...,
-        K-1, 0, ...), so that a grid of K columns shows one class per column; None for an
-        unconditional model."""
+        for all or one per item (or floats: one condition vector for all, or one per item); for
+        ``sample`` given none, the classes in turn (0, 1, ..., K-1, 0, ...), so that a grid of
+        K columns shows one class per column; None for an unconditional model."""
         if not self._conditional:
             return None
         if y is None:
@@ -55,7 +55,10 @@ class Inference:
             return torch.arange(n, device=self.device) % self.classes
         if isinstance(y, int):
             return torch.full((n,), y, device=self.device)
-        return torch.as_tensor(y, device=self.device).long()
+        y = torch.as_tensor(y, device=self.device)
+        if y.is_floating_point():  # condition vectors: one [K] for all, or one per item [n, K]
+            return y.expand(n, -1) if y.dim() == 1 else y
+        return y.long()
 
     def _inputs(self, x: Tensor) -> Tensor:
         return x.to(self.device, torch.float32)

@@ -16,6 +16,7 @@ from torch.distributions import constraints
 
 from vae_lightning.args import choices
 from vae_lightning.checkpoints import data_differences
+from vae_lightning.conditional import check_condition
 from vae_lightning.config import instantiate_node
 from vae_lightning.errors import CheckpointError, ConfigError, NothingToDo
 from vae_lightning.module import VAE
@@ -32,6 +33,8 @@ def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
         raise ConfigError(f"data.labelled={datamodule.labelled} hides the other training "
                           f"labels, and the objective {model.objective!r} does not train on "
                           "points without one; use model=m2, or leave data.labelled out.")
+    if getattr(datamodule, "condition", None) is not None:  # condition vectors, not labels
+        return check_condition(model, datamodule)
     if model.classes is None:
         return
     for split, (_, y) in datamodule.splits.items():

@@ -59,7 +59,9 @@ class Sampling:
     saved by an earlier fit with the same options (``refit``: fit anew all the same).
 
     A conditional model (``model.classes``) draws z ~ p(z|y) and x ~ p(x|z, y) for the class
-    ``y``; without ``y``, for the classes in turn (0, 1, ..., K-1, 0, ...).
+    ``y``, or for the condition vector ``y`` (a list of ``model.classes`` numbers, for a model
+    trained on ``data.condition``); without ``y``, for the classes in turn (0, 1, ..., K-1,
+    0, ...: a vector model's unit vectors in turn).
 
     The images are decoded ``CHUNK`` at a time straight into ``samples.npy`` on disk, so memory
     does not grow with n; n is refused before anything is drawn or fitted when the array would
@@ -81,7 +83,8 @@ class Sampling:
                  traverse: bool = False, traverse_steps: PositiveInt = 10,
                  traverse_span: PositiveFloat = 2.5, traverse_dims: PositiveInt | None = None,
                  traverse_gif: bool = False, traverse_bases: PositiveInt = 8,
-                 traverse_points: PositiveInt = 1000, y: NonNegativeInt | None = None) -> None:
+                 traverse_points: PositiveInt = 1000,
+                 y: NonNegativeInt | Sequence[float] | None = None) -> None:
         self.ckpt_path, self.n, self.mean, self.seed = ckpt_path, n, mean, seed
         self.output_dir, self.trusted = output_dir, tuple(trusted)
         self.device = device_of("sample", device)
@@ -94,7 +97,8 @@ class Sampling:
         self.allow_other_data, self.batch_size = allow_other_data, batch_size
         self.traverse = dict(steps=traverse_steps, span=traverse_span, dims=traverse_dims,
                              gif=traverse_gif, bases=traverse_bases) if traverse else None
-        self.traverse_points, self.y = traverse_points, y
+        self.traverse_points = traverse_points
+        self.y = y if y is None or isinstance(y, int) else [float(v) for v in y]
 
     def __call__(self) -> Path:
         """Write the array and the grid; return the folder."""
@@ -195,19 +199,28 @@ class Sampling:
         return datamodule.evaluation_data("train"), datamodule.evaluation_labels("train")
 
     def _check_class(self, model: VAE) -> None:
-        """``y`` names a class of a conditional model, and only of one."""
+        """``y`` names a class of a conditional model, or is a condition vector of its length
+        (finite numbers), and only for such a model."""
         if self.y is not None and model.classes is None:
             raise ConfigError(f"y={self.y}: the model of {self.ckpt_path} is not conditional on "
                               "a class label; leave y out (null).")
-        if self.y is not None and self.y >= model.classes:
+        if isinstance(self.y, list) and (len(self.y) != model.classes
+                                         or not all(map(math.isfinite, self.y))):
+            raise ConfigError(f"y={self.y}: a condition vector of this model is "
+                              f"{model.classes} finite numbers (model.classes); give as many, "
+                              f"or a class in 0..{model.classes - 1}, or null.")
+        if isinstance(self.y, int) and self.y >= model.classes:
             raise ConfigError(f"y={self.y}: the model is conditional on {model.classes} classes; "
                               f"choose y in 0..{model.classes - 1}, or null for each in turn.")
 
     def _classes(self, model: VAE, start: int, count: int) -> Tensor | None:
-        """The classes of samples start..start+count of a conditional model: ``y``, or the
-        classes in turn (0, 1, ..., K-1, 0, ...); None for an unconditional model."""
+        """The classes (or condition vectors) of samples start..start+count of a conditional
+        model: ``y``, or the classes in turn (0, 1, ..., K-1, 0, ...); None for an
+        unconditional model."""
         if model.classes is None:
             return None
+        if isinstance(self.y, list):
+            return torch.tensor(self.y, device=self.device).expand(count, -1)
         if self.y is not None:
             return torch.full((count,), self.y, device=self.device)
         return torch.arange(start, start + count, device=self.device) % model.classes

@@ -67,13 +67,13 @@ def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor,
                    classes: Sequence[str] | None = None, split: str = "validation"):
     """Posterior means of ``x`` (points of the ``split`` split), one colour per class, named by
     ``classes`` (the name of each label) when given; by position in the split when the data
-    have no labels (-1)."""
+    have no labels (-1) or serve condition vectors instead."""
     plt = pyplot()
     z = model.encoder.location(model.encode(x, labels)).cpu()
     points, axis = project_2d(z)
     labels = labels.cpu()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    if bool((labels < 0).all()):
+    if labels.is_floating_point() or bool((labels < 0).all()):  # condition vectors, or none
         dots = ax.scatter(points[:, 0], points[:, 1], c=np.arange(len(x)), cmap="viridis", s=6,
                           alpha=0.8)
         fig.colorbar(dots, ax=ax, label=f"position in the {split} split (data order)")

@@ -6,7 +6,8 @@ model is built for, before any data is loaded. An array of Python objects is ref
 would unpickle it, and unpickling runs whatever code the file names. The header is untrusted too:
 the bytes it declares (its shape times its dtype's size) are checked against what the file (or
 the zip member) can hold and against the memory available before anything is allocated
-(``npy.py`` reads and checks headers; this module holds the data module and the image checks).
+(``npy.py`` reads and checks headers, ``array_members.py`` each array of the file for what it
+holds: images, labels or conditions; this module holds the data module and the image layouts).
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ import numpy as np
 from vae_lightning.args import checked
 from vae_lightning.errors import DataError
 
+from .array_members import (
+    check_dtype,
+    check_pixels,
+    finite_conditions,
+    member_header,
+    read_member,
+)
 from .datamodules import VAEDataModule
 from .download import describe, nameable, names, open_data
-from .npy import Header, check_holds, dtype_name, map_npy, member_capacity, read_header
+from .npy import Header, check_holds, map_npy, read_header
 from .splits import SplitSize, ValSize, held_out
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -66,7 +74,9 @@ def image_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
 class ArrayDataModule(VAEDataModule):
     """Images from one array file ``path``: a ``.npy``, or a ``.npz`` holding the images under
     ``key`` (default: ``x`` if it has one, else its only array) and, optionally, int labels
-    ``[N]`` under ``labels_key`` (else every label is -1).
+    ``[N]`` under ``labels_key`` (else every label is -1), or instead a condition vector per
+    image under ``condition``: numbers ``[N, D]`` (or ``[N]``: D = 1), finite, served as
+    float32 ``y`` ``[B, D]`` for a conditional model (``model=cvae model.classes=D``).
 
     The images: ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (``layout``: "auto",
     "nchw" or "nhwc"; ``image_shape`` states the "auto" rule), either uint8 (0..255, divided by
@@ -91,6 +101,7 @@ class ArrayDataModule(VAEDataModule):
         path: str | os.PathLike,
         key: str | None = None,
         labels_key: str | None = None,
+        condition: str | None = None,
         layout: Literal["auto", "nchw", "nhwc"] = "auto",
         val_size: ValSize = 0.1,
         test_size: SplitSize = 0.1,
@@ -100,8 +111,12 @@ class ArrayDataModule(VAEDataModule):
         super().__init__(*args, binarize=binarize, **kwargs)
         self.path, self.layout = Path(path), layout
         self.val_size, self.test_size = val_size, test_size
-        self.key, self.labels_key = key, labels_key
-        self._given = {k for k in (key, labels_key) if k is not None}  # the user's: quotable
+        self.key, self.labels_key, self.condition = key, labels_key, condition
+        self._given = {k for k in (key, labels_key, condition) if k is not None}  # quotable
+        if labels_key is not None and condition is not None:
+            raise DataError(f"labels_key={labels_key!r} and condition={condition!r}: the model "
+                            "is given one y beside each image, labels or a condition vector; "
+                            "expected one of them, the other null.")
         header = self._header()
         self.resolved_layout = resolve_layout(header.shape, layout, self._where(self.key))
         self.shape = image_shape(header.shape, self.resolved_layout)
@@ -110,14 +125,15 @@ class ArrayDataModule(VAEDataModule):
             raise DataError(f"{self._where(self.key)} holds no images (shape "
                             f"{list(header.shape)}).")
 
-    def _where(self, key: str | None) -> str:
-        """``path='...' (key='...')`` for messages; an array name taken from the file (the only
-        one, ``key=null``) is quoted only when it is ``nameable``."""
+    def _where(self, key: str | None, name: str = "key") -> str:
+        """``path='...' (key='...')`` for messages (``name``: the option that names the array);
+        an array name taken from the file (the only one, ``key=null``) is quoted only when it is
+        ``nameable``."""
         where = f"path={str(self.path)!r}"
         if key is None:
             return where
         if key in self._given or nameable(key):
-            return f"{where} (key={key!r})"
+            return f"{where} ({name}={key!r})"
         return f"{where} (its only array, whose name is not shown: not an identifier)"
 
     def _open(self) -> IO[bytes]:
@@ -149,13 +165,14 @@ class ArrayDataModule(VAEDataModule):
         return header
 
     def _npy_header(self, fh: IO[bytes]) -> Header:
-        for name, value in (("key", self.key), ("labels_key", self.labels_key)):
+        for name, value in (("key", self.key), ("labels_key", self.labels_key),
+                            ("condition", self.condition)):
             if value is not None:
                 raise DataError(f"{name}={value!r} names an array in a .npz file, but "
                                 f"path={str(self.path)!r} is a .npy holding one array: "
-                                f"expected {name}=null (labels need a .npz).")
+                                f"expected {name}=null (labels and conditions need a .npz).")
         header = read_header(fh, self._where(None))
-        _check_dtype(header, self._where(None), labels=False)
+        check_dtype(header, self._where(None), "images")
         check_holds(header, os.fstat(fh.fileno()).st_size - header.offset, self._where(None))
         return header
 
@@ -164,42 +181,57 @@ class ArrayDataModule(VAEDataModule):
             arrays = [n.removesuffix(".npy") for n in archive.namelist()
                       if n.endswith(".npy")]
             self.key = self._choose_key(arrays)
-            header = _member_header(archive, self.key, self._where(self.key), labels=False)
+            header = member_header(archive, self.key, self._where(self.key), "images")
             if self.labels_key is not None:
                 where = self._where(self.labels_key)
-                labels = _member_header(archive, self.labels_key, where, labels=True)
+                labels = member_header(archive, self.labels_key, where, "labels")
                 if labels.shape != header.shape[:1]:
                     raise DataError(f"{where} has shape {list(labels.shape)}: expected one "
                                     f"label per image, {list(header.shape[:1])}.")
+            if self.condition is not None:
+                where = self._where(self.condition, "condition")
+                found = member_header(archive, self.condition, where, "condition").shape
+                if not (found[:1] == header.shape[:1] and len(found) in (1, 2) and all(found)):
+                    raise DataError(f"{where} has shape {list(found)}: expected one condition "
+                                    f"vector per image, [{header.shape[0]}, D] (or "
+                                    f"[{header.shape[0]}]: one number each).")
+                self.condition_size = found[1] if len(found) == 2 else 1
         return header
 
     def _choose_key(self, arrays: list[str]) -> str:
-        """The images' array: ``key``, else ``x``, else the only array besides the labels."""
-        for name, value in (("key", self.key), ("labels_key", self.labels_key)):
+        """The images' array: ``key``, else ``x``, else the only array besides the labels (or the
+        condition)."""
+        for name, value in (("key", self.key), ("labels_key", self.labels_key),
+                            ("condition", self.condition)):
             if value is not None and value not in arrays:
                 raise DataError(f"{name}={value!r} is not an array of path={str(self.path)!r}: "
                                 "expected one of "
                                 f"{names(arrays) if arrays else '(none: it is empty)'}.")
-        others = [a for a in arrays if a != self.labels_key]
+        beside = self.labels_key if self.labels_key is not None else self.condition
+        name = "labels_key" if self.labels_key is not None else "condition"
+        others = [a for a in arrays if a != beside]
         if self.key is not None:
             chosen = self.key
         elif "x" in others or len(others) == 1:
             chosen = "x" if "x" in others else others[0]
         elif arrays and not others:
-            raise DataError(f"labels_key={self.labels_key!r} is the only array of "
+            raise DataError(f"{name}={beside!r} is the only array of "
                             f"path={str(self.path)!r}: expected the images in another array.")
         else:
             raise DataError(f"key=null, but path={str(self.path)!r} holds "
                             f"{len(others) or 'no'} arrays ({names(others)}) and "
                             "none named x: expected key=<the name of the images' array>.")
-        if chosen == self.labels_key:
-            raise DataError(f"labels_key={self.labels_key!r} is also the images' key: expected "
-                            "the name of another array of the file (integer labels [N]).")
+        if beside is not None and chosen == beside:
+            raise DataError(f"{name}={beside!r} is also the images' key: expected the name of "
+                            "another array of the file ("
+                            + ("integer labels [N])." if name == "labels_key" else
+                               "numbers [N, D], a condition vector per image)."))
         return chosen
 
     def _read(self) -> tuple[np.ndarray, np.ndarray]:
-        """The images (a memory map for a ``.npy``) and the int64 labels, their headers checked
-        again (the file may have changed since ``__init__``)."""
+        """The images (a memory map for a ``.npy``) and the int64 labels (or the float32
+        conditions ``[N, D]``), their headers checked again (the file may have changed since
+        ``__init__``)."""
         where = self._where(self.key)
         with self._open() as fh:
             try:
@@ -208,11 +240,14 @@ class ArrayDataModule(VAEDataModule):
                     self._check_unchanged(header)
                     return map_npy(fh, header), np.full(self.n, -1, np.int64)
                 with zipfile.ZipFile(fh) as archive:
-                    images = _read_member(archive, self.key, where, False,
-                                          self._check_unchanged)
+                    images = read_member(archive, self.key, where, "images",
+                                         self._check_unchanged)
                     labels = (np.full(self.n, -1, np.int64) if self.labels_key is None else
-                              _read_member(archive, self.labels_key,
-                                           self._where(self.labels_key), True).astype(np.int64))
+                              read_member(archive, self.labels_key,
+                                          self._where(self.labels_key), "labels"
+                                          ).astype(np.int64))
+                    if self.condition is not None:
+                        labels = self._conditions(archive)
             except DataError:
                 raise
             except _ZIP_ERRORS as err:
@@ -223,6 +258,19 @@ class ArrayDataModule(VAEDataModule):
                             f"it holds {len(labels)} labels for {self.n} images.")
         return images, labels
 
+    def _conditions(self, archive: zipfile.ZipFile) -> np.ndarray:
+        """The condition vectors, float32 ``[N, D]``, checked: the header as in ``__init__``,
+        every value finite (as float32)."""
+        where = self._where(self.condition, "condition")
+
+        def unchanged(header: Header) -> None:
+            if header.shape[:1] != (self.n,) or math.prod(header.shape[1:]) != self.condition_size:
+                raise DataError(f"{where} changed since this run started: it holds "
+                                f"{header.describe()} for {self.n} images.")
+
+        return finite_conditions(read_member(archive, self.condition, where, "condition",
+                                             unchanged), where)
+
     def _check_unchanged(self, header: Header) -> None:
         if header.shape[0] != self.n or header.dtype != self.dtype:
             raise DataError(f"{self._where(self.key)} changed since this run started: it "
@@ -232,7 +280,7 @@ class ArrayDataModule(VAEDataModule):
         images, labels = self._read()
         idx = held_out(self.n, self.val_size, self.test_size, self._where(self.key))
         if images.dtype.kind == "f":
-            _check_values(images, self._where(self.key))
+            check_pixels(images, self._where(self.key))
         out = {}
         for split in names:
             x = np.asarray(images[idx[split]])
@@ -242,68 +290,3 @@ class ArrayDataModule(VAEDataModule):
                 x = x.astype(np.float32, copy=False)
             out[split] = (np.ascontiguousarray(x), labels[idx[split]])
         return out
-
-
-def _member_header(archive: zipfile.ZipFile, name: str, where: str, labels: bool,
-                   member: IO[bytes] | None = None) -> Header:
-    """The header of the array ``name`` of a ``.npz`` (read from ``member``, its open member,
-    if given), its dtype checked (``labels``: integer labels, else images), then its size
-    against what the member can hold (``check_holds``)."""
-    if member is None:
-        with archive.open(name + ".npy") as member:
-            return _member_header(archive, name, where, labels, member)
-    header = read_header(member, where)
-    _check_dtype(header, where, labels)
-    check_holds(header, member_capacity(archive.getinfo(name + ".npy"), header.offset), where)
-    return header
-
-
-def _read_member(archive: zipfile.ZipFile, name: str, where: str, labels: bool,
-                 check=lambda header: None) -> np.ndarray:
-    """The array ``name`` of a ``.npz``, its header checked (``_member_header``, then
-    ``check``) before its data is read."""
-    with archive.open(name + ".npy") as member:
-        header = _member_header(archive, name, where, labels, member)
-        check(header)
-        data = member.read(header.nbytes)
-    if len(data) != header.nbytes:
-        raise DataError(f"{where} holds {len(data):,} bytes of data where its header declares "
-                        f"{header.describe()} ({header.nbytes:,} bytes): the file is truncated "
-                        "or corrupt.")
-    return np.frombuffer(data, header.dtype).reshape(
-        header.shape, order="F" if header.fortran_order else "C")
-
-
-def _check_dtype(header: Header, where: str, labels: bool) -> None:
-    if header.dtype.hasobject:
-        raise DataError(f"{where} is an array of Python objects, which is never loaded "
-                        "(unpickling runs code from the file): expected a numeric array saved "
-                        "with numpy.save or numpy.savez.")
-    if labels and header.dtype.kind not in "iu":
-        raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected integer "
-                        "labels.")
-    if not labels and header.dtype != np.uint8 and header.dtype.kind != "f":
-        raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected uint8 "
-                        "(0..255) or float (in [0, 1]) images; convert it, e.g. "
-                        "x.astype(numpy.float32) / 255.")
-
-
-def _check_values(x: np.ndarray, where: str, chunk: int = 1024) -> None:
-    """Float images must lie in [0, 1]: a ``DataError`` naming the first image that does not,
-    and how (checked ``chunk`` images at a time, so a large memory-mapped file is not copied
-    whole; no value of the file is quoted)."""
-    first, count = None, 0
-    for start in range(0, len(x), chunk):
-        part = np.asarray(x[start:start + chunk])
-        ok = (np.isfinite(part) & (part >= 0) & (part <= 1)).reshape(len(part), -1)
-        bad = np.flatnonzero(~ok.all(axis=1))
-        if len(bad) and first is None:
-            first = start + int(bad[0])
-            value = float(part[bad[0]].reshape(-1)[~ok[bad[0]]][0])
-        count += len(bad)
-    if first is not None:
-        how = ("a value that is not finite" if not math.isfinite(value) else
-               "a value below 0" if value < 0 else "a value above 1")
-        raise DataError(f"{where}: image {first} (of {count} such) holds {how}: expected "
-                        "float pixels in [0, 1] (and finite); rescale the images, or save them "
-                        "as uint8.")

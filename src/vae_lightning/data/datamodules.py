@@ -45,7 +45,8 @@ class VAEDataModule(L.LightningDataModule):
     ``[B, C, H, W]``, float images in [0, 1] (an array file given as floats: kept as they are, as
     float32), or bool images when binarized once in setup (``binarize="static"``, and val/test
     with ``"dynamic"``, so the evaluation bound is comparable across epochs and runs); ``y``
-    int64 labels ``[B]`` (-1 when the set has none).
+    int64 labels ``[B]`` (-1 when the set has none), or float32 condition vectors ``[B, D]``
+    where ``_load`` gives them (``data.condition``).
     ``labelled`` (semi-supervised training, ``data.labelled``): each training minibatch is the
     ``batch_size`` images with their labels hidden (-1) followed by ``labelled_batch`` of the
     ``labelled`` images that keep theirs (``labelled.SemiSupervised``).
@@ -104,7 +105,8 @@ class VAEDataModule(L.LightningDataModule):
 
     def _load(self, names: set[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Return ``{split: (images, int64 labels [N])}`` for ``names``: images uint8
-        ``[N, H, W]`` or ``[N, C, H, W]``, or float32 ``[N, C, H, W]`` in [0, 1]."""
+        ``[N, H, W]`` or ``[N, C, H, W]``, or float32 ``[N, C, H, W]`` in [0, 1] (the labels may
+        be float32 condition vectors ``[N, D]`` instead)."""
         raise NotImplementedError
 
     def _rank_world(self) -> tuple[int, int]:
@@ -119,7 +121,8 @@ class VAEDataModule(L.LightningDataModule):
         names = {s for s in _STAGE_SPLITS[stage] if s not in self.splits}
         for split, (images, labels) in (self._load(names) if names else {}).items():
             self.digests[split] = digest(images, labels)
-            x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
+            x, y = torch.from_numpy(images), torch.from_numpy(labels)
+            y = y if y.is_floating_point() else y.long()  # float: condition vectors [N, D]
             if self.binarize == "static" or (self.binarize == "dynamic" and split != "train"):
                 # One fixed draw, stored as bool: static everywhere; with dynamic, val and test
                 # keep one fixed draw so their bound is comparable across epochs and runs.
@@ -213,10 +216,12 @@ class VAEDataModule(L.LightningDataModule):
 
     def evaluation_labels(self, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """The labels of ``evaluation_data(split)``, int64 ``[N]`` (the class of each image;
-        zeros for data without labels): what a conditional model is given."""
+        zeros for data without labels), or its condition vectors, float32 ``[N, D]``
+        (``data.condition``): what a conditional model is given."""
         if split not in self.splits:
             raise RuntimeError(f"The {split} split is not loaded: call setup() first.")
-        return self.splits[split][1].to(device, torch.int64)
+        y = self.splits[split][1]
+        return y.to(device) if y.is_floating_point() else y.to(device, torch.int64)
 
     def mean_image(self, split: str = "train") -> torch.Tensor:
         """The mean model input of ``split``, float32 ``[C, H, W]``: the mean of the pixels'

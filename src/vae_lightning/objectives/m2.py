@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vae_lightning.args import PositiveFloat, PositiveInt, checked
+from vae_lightning.errors import ConfigError
 from vae_lightning.nets import MLP, Activation
 from vae_lightning.objectives.base import KL, Objective, elbo_estimate
 from vae_lightning.parts import Bound, Parts
@@ -56,7 +57,12 @@ class M2(Objective, nn.Module):
         return f"M2(classes={self.classes}, alpha={self.alpha})"
 
     def given(self, y: Tensor | None) -> None:
-        """The minibatch's labels, -1 where hidden (``parts.Conditional``)."""
+        """The minibatch's labels, -1 where hidden (``parts.Conditional``); condition vectors
+        (floats) are refused: M2 models p(y) over the K classes, and sums over them."""
+        if y is not None and y.dtype.is_floating_point:
+            raise ConfigError(f"M2 models class labels 0..{self.classes - 1} and sums over them; "
+                              f"got condition vectors ({y.dtype} {list(y.shape)}): give "
+                              "integer labels.")
         self._y = y
 
     def classify(self, x: Tensor) -> Tensor:

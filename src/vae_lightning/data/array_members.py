@@ -1,0 +1,101 @@
+"""The arrays of an array file (``data=array``), each of one kind: the images, their integer
+labels, or a condition vector per image. A ``.npz`` member's header is read from the zip and
+checked for its kind (its dtype, then its size against what the member can hold) before any of
+its data is read; the values a header cannot tell are checked once read (float pixels in
+[0, 1], finite conditions). ``array.py`` holds the data module that reads them.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from typing import IO, Literal
+
+import numpy as np
+
+from vae_lightning.errors import DataError
+
+from .npy import Header, check_holds, dtype_name, member_capacity, read_header
+
+Kind = Literal["images", "labels", "condition"]  # what an array of the file holds
+
+
+def member_header(archive: zipfile.ZipFile, name: str, where: str, kind: Kind,
+                   member: IO[bytes] | None = None) -> Header:
+    """The header of the array ``name`` of a ``.npz`` (read from ``member``, its open member,
+    if given), its dtype checked (``kind``: images, integer labels or a numeric condition),
+    then its size against what the member can hold (``check_holds``)."""
+    if member is None:
+        with archive.open(name + ".npy") as member:
+            return member_header(archive, name, where, kind, member)
+    header = read_header(member, where)
+    check_dtype(header, where, kind)
+    check_holds(header, member_capacity(archive.getinfo(name + ".npy"), header.offset), where)
+    return header
+
+
+def read_member(archive: zipfile.ZipFile, name: str, where: str, kind: Kind,
+                 check=lambda header: None) -> np.ndarray:
+    """The array ``name`` of a ``.npz``, its header checked (``_member_header``, then
+    ``check``) before its data is read."""
+    with archive.open(name + ".npy") as member:
+        header = member_header(archive, name, where, kind, member)
+        check(header)
+        data = member.read(header.nbytes)
+    if len(data) != header.nbytes:
+        raise DataError(f"{where} holds {len(data):,} bytes of data where its header declares "
+                        f"{header.describe()} ({header.nbytes:,} bytes): the file is truncated "
+                        "or corrupt.")
+    return np.frombuffer(data, header.dtype).reshape(
+        header.shape, order="F" if header.fortran_order else "C")
+
+
+def check_dtype(header: Header, where: str, kind: Kind) -> None:
+    if header.dtype.hasobject:
+        raise DataError(f"{where} is an array of Python objects, which is never loaded "
+                        "(unpickling runs code from the file): expected a numeric array saved "
+                        "with numpy.save or numpy.savez.")
+    if kind == "labels" and header.dtype.kind not in "iu":
+        raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected integer "
+                        "labels.")
+    if kind == "condition" and header.dtype.kind not in "iuf":
+        raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected numbers "
+                        "(integers or floats), a condition vector per image.")
+    if kind == "images" and header.dtype != np.uint8 and header.dtype.kind != "f":
+        raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected uint8 "
+                        "(0..255) or float (in [0, 1]) images; convert it, e.g. "
+                        "x.astype(numpy.float32) / 255.")
+
+
+def check_pixels(x: np.ndarray, where: str, chunk: int = 1024) -> None:
+    """Float images must lie in [0, 1]: a ``DataError`` naming the first image that does not,
+    and how (checked ``chunk`` images at a time, so a large memory-mapped file is not copied
+    whole; no value of the file is quoted)."""
+    first, count = None, 0
+    for start in range(0, len(x), chunk):
+        part = np.asarray(x[start:start + chunk])
+        ok = (np.isfinite(part) & (part >= 0) & (part <= 1)).reshape(len(part), -1)
+        bad = np.flatnonzero(~ok.all(axis=1))
+        if len(bad) and first is None:
+            first = start + int(bad[0])
+            value = float(part[bad[0]].reshape(-1)[~ok[bad[0]]][0])
+        count += len(bad)
+    if first is not None:
+        how = ("a value that is not finite" if not math.isfinite(value) else
+               "a value below 0" if value < 0 else "a value above 1")
+        raise DataError(f"{where}: image {first} (of {count} such) holds {how}: expected "
+                        "float pixels in [0, 1] (and finite); rescale the images, or save them "
+                        "as uint8.")
+
+
+def finite_conditions(found: np.ndarray, where: str) -> np.ndarray:
+    """The condition vectors ``found`` ``[N]`` or ``[N, D]`` as float32 ``[N, D]``; a
+    ``DataError`` naming the first image whose condition is not finite as float32."""
+    with np.errstate(over="ignore"):  # a value beyond float32's range: refused below
+        conditions = found.reshape(len(found), -1).astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(conditions).all(axis=1))
+    if len(bad):
+        raise DataError(f"{where}: the condition of image {bad[0]} (of {len(bad)} such) holds "
+                        "a value that is not finite (or beyond float32's range): expected "
+                        "finite numbers.")
+    return conditions

@@ -1,6 +1,7 @@
 """The benchmark table: every row a preset on one protocol; `vae-bench run` trains, evaluates and
 records a row, resuming an unfinished run; `vae-bench page` tabulates the records."""
 
+import functools
 import json
 
 import numpy as np
@@ -21,34 +22,93 @@ def mnist_root(tmp_path):
     return tmp_path / "data"
 
 
-def test_every_row_is_a_preset_on_the_protocol_with_its_literature():
+# Where the override a row's `config` names acts: a config group's node, or the whole model
+# (model=...); a dotted key, itself.
+NODE = {"model/objective": "model.objective", "model/objective/kl_schedule": "model.objective",
+        "model/posterior": "model.encoder.posterior", "model/prior": "model.prior",
+        "model": "model"}
+# What no row changes, whatever its override: the protocol's networks, likelihood and optimizer.
+PROTOCOL = ("model.encoder.net", "model.decoder.net", "model.decoder.likelihood",
+            "model.optimizer")
+SHAPE = "model.data_shape=[1,28,28]"  # the data's, so that the model's sizes resolve
+
+
+def _settings(cfg) -> dict:
+    """Every leaf of the composed config by its dotted key: the model's values resolved, the rest
+    as written (their interpolations need a run directory); the benchmark node left out."""
+    from omegaconf import OmegaConf
+
+    def leaves(node, path):
+        if isinstance(node, dict) and node:
+            return {k: v for key, child in node.items()
+                    for k, v in leaves(child, f"{path}.{key}" if path else str(key)).items()}
+        return {path: node}
+
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain["model"] = OmegaConf.to_container(cfg.model, resolve=True)
+    plain.pop("benchmark", None)
+    return leaves(plain, "")
+
+
+def test_the_rows_are_every_family_whose_estimate_bounds_log_px():
+    assert {"vae", "iwae_k5", "dreg_k5", "vamp", "planar", "free_bits", "beta_tc", "factor_vae",
+            "dip_vae_i", "dip_vae_ii", "info_vae", "wae", "capacity", "miwae", "piwae", "ciwae",
+            "wake_sleep", "cyclical", "warmup", "radial", "sylvester_orthogonal",
+            "sylvester_householder", "sylvester_triangular", "laplace", "student_t", "mog",
+            "ladder", "gumbel", "flow_prior", "iaf", "two_layer_vae", "two_layer_iwae_k5"
+            } <= set(bench.rows())
+
+
+@functools.cache
+def _protocol() -> dict:
     from compose import compose_train
 
-    found = bench.rows()
-    assert {"vae", "iwae_k5", "dreg_k5", "vamp", "planar", "free_bits", "beta_tc", "factor_vae",
-            "dip_vae_i", "info_vae", "wae", "capacity", "miwae", "piwae", "ciwae", "wake_sleep",
-            "cyclical", "radial", "sylvester_orthogonal", "laplace", "mog", "ladder",
-            "gumbel"} <= set(found)
-    for name, node in found.items():
-        assert node["row"] and node["config"] and "paper" in node, name
-        paper, pythae = node["paper"], node.get("pythae") or {}
-        # a paper's number comes with where it is; without one, what the paper reports instead
-        assert "value" in paper and paper["source"], name
-        assert pythae.get("value") is None or pythae["setting"], name
-        cfg = compose_train([f"experiment=bench/{name}"])
-        # the protocol: the same data, length and networks for every row
-        assert cfg.data.val_size == 0 and cfg.trainer.max_samples == 1e7, name
-        assert cfg.data.batch_size == 100 and cfg.model.optimizer.lr == 1e-3, name
-        assert list(cfg.model.encoder.net.hidden) == [200, 200], name
-        assert list(cfg.model.decoder.net.hidden) == [200, 200], name
-        if name.startswith("two_layer"):  # Burda et al.'s two stochastic layers
-            assert list(cfg.model.encoder.posterior.layers) == [100, 50], name
-            assert cfg.model.latent == 150
-        elif name == "ladder":  # Sønderby et al.'s five, the latent size their sum
-            assert list(cfg.model.encoder.posterior.layers) == [64, 32, 16, 8, 4]
-            assert cfg.model.latent == 124
-        else:
-            assert cfg.model.latent == 50, name
+    return _settings(compose_train(["experiment=bench/_protocol", SHAPE]))
+
+
+@pytest.mark.parametrize("name", sorted(bench.rows()))
+def test_every_row_is_a_preset_on_the_protocol_with_its_literature(name, tmp_path):
+    """The row composes, passes the checks vae-train makes before building anything, keeps the
+    protocol (1e7 samples, its data, networks and optimizer) and differs from it only under the
+    node its `config` override names, which (for a config group) composes the row's model value
+    for value; its benchmark node names the row and the literature."""
+    from compose import compose_train
+
+    from vae_lightning.config_checks import check
+
+    node = bench.rows()[name]
+    assert node["row"] and node["config"] and "paper" in node
+    paper, pythae = node["paper"], node.get("pythae") or {}
+    # a paper's number comes with where it is; without one, what the paper reports instead
+    assert "value" in paper and paper["source"]
+    assert pythae.get("value") is None or pythae["setting"]
+    cfg = compose_train([f"experiment=bench/{name}", SHAPE], tmp_path)
+    check(cfg)
+    # the protocol: the same data, length and networks for every row
+    assert cfg.data.val_size == 0 and cfg.trainer.max_samples == 1e7
+    assert cfg.data.batch_size == 100 and cfg.model.optimizer.lr == 1e-3
+    assert list(cfg.model.encoder.net.hidden) == [200, 200]
+    assert list(cfg.model.decoder.net.hidden) == [200, 200]
+    settings, protocol = _settings(cfg), _protocol()
+    changed = {key for key in protocol.keys() | settings.keys()
+               if protocol.get(key, "absent") != settings.get(key, "absent")}
+    overrides = [item.split("=", 1)[0] for item in node["config"].split()]
+    where = tuple(NODE.get(key, key) for key in overrides)
+    stray = {key for key in changed if not key.startswith(where) or key.startswith(PROTOCOL)}
+    assert not stray, sorted(stray)
+    if name.startswith("two_layer"):  # Burda et al.'s two stochastic layers
+        assert list(cfg.model.encoder.posterior.layers) == [100, 50]
+        assert cfg.model.latent == 150
+    elif name == "ladder":  # Sønderby et al.'s five, the latent size their sum
+        assert list(cfg.model.encoder.posterior.layers) == [64, 32, 16, 8, 4]
+        assert cfg.model.latent == 124
+    else:
+        assert cfg.model.latent == 50
+    if "model" not in overrides:  # model=... rows size their layers in their own preset
+        made = _settings(compose_train(["experiment=bench/_protocol", *node["config"].split(),
+                                        SHAPE]))
+        model = {key: value for key, value in settings.items() if key.startswith("model.")}
+        assert model == {key: value for key, value in made.items() if key.startswith("model.")}
 
 
 def test_the_schedules_of_the_rows_span_the_protocols_training_length():

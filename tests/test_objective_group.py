@@ -58,7 +58,7 @@ PRESETS = {
     "wae_mnist": ("wae", {"lam": 10.0, "kernel": "imq", "deterministic": True}),
     "miwae_mnist": ("miwae", {"m": 8, "k": 8}),
     "piwae_mnist": ("piwae", {"m": 8, "k": 8}),
-    "ciwae_mnist": ("ciwae", {"k": 64, "beta": 0.5}),
+    "ciwae_mnist": ("ciwae", {"k": 64, "beta": 0.05}),
 }
 
 

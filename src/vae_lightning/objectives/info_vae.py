@@ -35,7 +35,7 @@ class InfoVAE(Regularized, Objective):
     checkpoint = "last"  # the InfoVAE objective, not the ELBO, is trained
 
     @checked
-    def __init__(self, alpha: Annotated[float, Range(le=1)] = 1.0, lam: PositiveFloat = 1000.0,
+    def __init__(self, alpha: Annotated[float, Range(le=1)] = 0.0, lam: PositiveFloat = 1000.0,
                  kernel: Kernel = "rbf", bandwidth: PositiveFloat | None = None,
                  kl_schedule: KLSchedule | None = None) -> None:
         if alpha + lam < 1:

@@ -137,9 +137,9 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG) -> Path:
     lines += ["", "**How ours differs.** The papers train their own networks for their own length "
               "(Burda et al.: 3,280 epochs, about 2e8 samples; these rows: 1e7), mostly on "
               "dynamically binarized MNIST as here; pythae's table uses statically binarized MNIST "
-              "(one fixed draw), which is easier to overfit and not comparable to the dynamic "
-              "numbers to within a nat or two. Its values are negated here (pythae reports "
-              "-log p(x))."]
+              "(one fixed draw, easier to overfit, not comparable to the dynamic numbers to "
+              "within a nat or two) except where a row's setting says dynamic (its MIWAE, "
+              "PIWAE and CIWAE). Its values are negated here (pythae reports -log p(x))."]
     if missing:
         lines += ["", f"Rows not run yet: {', '.join(missing)} (`vae-bench run <row>`)."]
     stretches = sorted(long.glob("*/stretches.json"))

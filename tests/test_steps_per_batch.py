@@ -61,3 +61,31 @@ def test_max_steps_stops_within_a_batch(tmp_path):
                          "data.steps_per_batch=3", "~callbacks.bound_curve"], tmp_path)
     results = train(cfg)
     assert (results["steps"], results["train_samples_seen"]) == (7, 700)
+
+
+HALVING = ["+model.schedule._target_=vae_lightning.schedules.StagedDecay",
+           "+model.schedule.base=1", "+model.schedule.decay=0.5"]  # lr x 0.5 each epoch
+
+
+def _lr_after(tmp_path, name: str, overrides: list[str]) -> tuple[float, dict]:
+    cfg = compose_train([*SMALL, "logger=none", "trainer.max_epochs=3", *HALVING, *overrides],
+                        tmp_path / name)
+    train(cfg)
+    state = read_checkpoint(tmp_path / name / "checkpoints" / "last.ckpt")
+    return state["optimizer_states"][0]["param_groups"][0]["lr"], state
+
+
+def test_a_schedule_is_stepped_by_epoch_under_manual_optimization(tmp_path):
+    """Lightning steps no scheduler under manual optimization: the model steps the epoch
+    schedule itself, at the same point, so K = 3 trains with K = 1's learning rates (three
+    halvings in three epochs) and the same parameters, bit for bit; an objective with updates
+    of its own (FactorVAE, manual at K = 1) follows the schedule as well."""
+    one, one_state = _lr_after(tmp_path, "one", [])
+    three, three_state = _lr_after(tmp_path, "three", ["data.steps_per_batch=3"])
+    assert one == three == pytest.approx(1e-3 * 0.5 ** 3)
+    assert three_state["lr_schedulers"][0]["last_epoch"] == 3
+    for name, value in one_state["state_dict"].items():
+        assert torch.equal(three_state["state_dict"][name], value), name
+    factor, _ = _lr_after(tmp_path, "factor", ["model/objective=factor_vae",
+                                                "model.objective.hidden=[8]"])
+    assert factor == pytest.approx(1e-3 * 0.5 ** 3)

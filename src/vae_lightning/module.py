@@ -160,6 +160,7 @@ class VAE(Inference, L.LightningModule):
             if self.trainer.should_stop or 0 <= self.trainer.max_steps <= self.global_step:
                 break
         self._log_loss(loss)  # once per batch: Lightning writes it every log_every_n_steps batches
+        optimization.step_schedules_at_epoch_end(self, batch_idx)
         return None
 
     def _manual_step(self, x: Tensor, optimizer: Any, auxiliary: Sequence[Any]) -> Tensor:

@@ -74,3 +74,17 @@ def apply_settings(model: L.LightningModule, checkpoint: dict[str, Any]) -> None
                     for scheduler in checkpoint.get("lr_schedulers") or []:
                         scheduler["base_lrs"] = [value] * len(scheduler.get("base_lrs", []))
                 group[key] = value
+
+def step_schedules_at_epoch_end(model: L.LightningModule, batch_idx: int) -> None:
+    """Under manual optimization (``steps_per_batch`` > 1, a CUDA graph, an objective's own
+    updates) Lightning steps no learning-rate scheduler: step the epoch-interval ones here, on
+    the epoch's last batch, where Lightning steps them under automatic optimization (after the
+    batch's training step, before its batch-end hooks and the epoch's validation and
+    checkpoints), so that both train with the same learning rates and save the same state."""
+    trainer = model.trainer
+    loop = trainer.fit_loop.epoch_loop
+    if not (loop.batch_progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches):
+        return
+    for config in trainer.lr_scheduler_configs:
+        if config.interval == "epoch" and (trainer.current_epoch + 1) % config.frequency == 0:
+            model.lr_scheduler_step(config.scheduler, None)

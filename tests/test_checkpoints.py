@@ -145,3 +145,26 @@ def test_your_own_classes_load_when_you_trust_them(tmp_path):
         load_model(tmp_path / "mine.ckpt", VAE)
     loaded = VAE.load_from_checkpoint(tmp_path / "mine.ckpt", trusted=["models.NamedPrior"])
     assert type(loaded.prior).__name__ == "NamedPrior"
+
+
+def test_a_checkpoint_naming_a_class_where_it_was_before_a_move_loads(tmp_path):
+    """ConvEncoder/ConvDecoder moved from nets to conv_nets (the same class and parameters): a
+    checkpoint written before names the old path and still loads, the same model; the old
+    module's other names stay refused."""
+    path = tmp_path / "m.ckpt"
+    model, x = _saved(["data=frey", "model.latent=2", "model/encoder=conv", "model/decoder=conv",
+                       "model.encoder.net.channels=[4]", "model.decoder.net.channels=[4]"], path)
+    checkpoint = read_checkpoint(path)
+    for part in ("encoder", "decoder"):
+        net = checkpoint[CONFIG_KEY]["model"][part]["net"]
+        assert net["_target_"].startswith("vae_lightning.conv_nets.")
+        net["_target_"] = net["_target_"].replace("conv_nets", "nets")
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    loaded = load_model(tmp_path / "old.ckpt", VAE)[0]
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x).mean, model.encode(x).mean)
+    checkpoint[CONFIG_KEY]["model"]["encoder"]["net"]["_target_"] = "vae_lightning.nets.Other"
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="vae_lightning.nets.Other"):
+        load_model(tmp_path / "other.ckpt", VAE)

@@ -143,8 +143,26 @@ def _flat_run_config(checkpoint: dict[str, Any]) -> bool:
     return isinstance(target, str) and target.startswith("vae_lightning.")
 
 
+# Classes that moved to another module, the same class with the same parameters: a checkpoint
+# written before the move names the old path, read as the new one (only these exact names).
+# (nets.py split into conv_nets.py, e4c8586.)
+MOVED = {f"vae_lightning.nets.{name}": f"vae_lightning.conv_nets.{name}"
+         for name in ("ConvEncoder", "ConvDecoder", "ResNetEncoder", "ResNetDecoder")}
+
+
+def _moved(node: Any) -> Any:
+    """``node`` with every ``_target_`` that names a moved class renamed (``MOVED``)."""
+    if isinstance(node, dict):
+        return {key: MOVED.get(value, value) if key == "_target_" and isinstance(value, str)
+                else _moved(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_moved(value) for value in node]
+    return node
+
+
 def run_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """The run config a checkpoint of ``vae-train`` carries."""
+    """The run config a checkpoint of ``vae-train`` carries (classes that moved since it was
+    written named where they are now)."""
     config = checkpoint.get(CONFIG_KEY)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         if _flat_run_config(checkpoint):
@@ -158,7 +176,7 @@ def run_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"Checkpoint {path} holds no vae-lightning run configuration: it "
                               "was not written by vae-train (train.py), so the model it holds "
                               "cannot be rebuilt.")
-    return config
+    return _moved(config)
 
 
 def data_differences(checkpoint: dict[str, Any], identity: dict[str, Any]) -> list[str] | None:

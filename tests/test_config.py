@@ -36,7 +36,7 @@ def _option_overrides(group, option):
         overrides.append("model=ladder")
     if option in ("relaxed_categorical", "uniform_categorical"):  # only with each other
         overrides.append("model=gumbel")
-    if option in ("conditional_mlp", "class_normal"):  # a conditional model's parts
+    if option in ("conditional_mlp", "conditional_conv", "class_normal"):  # conditional parts
         overrides.append("model.classes=10")
     if (group, option) == ("model/objective", "m2"):  # with the conditional model it trains
         overrides.append("model=m2")

@@ -17,7 +17,9 @@ length. Here:
 
 - ``Conditioned``: wraps any network of the ``nets`` group: c(y) is concatenated to the
   network's flattened input (the CVAE's "x concatenated with y", and "z with y" for the
-  decoder), so the wrapped network sees ``prod(in_shape) + K`` inputs.
+  decoder), so the wrapped network sees ``prod(in_shape) + K`` inputs; or, for a convolutional
+  encoder (``via: channels``), to the image as K constant channels, so the network sees
+  ``(C + K, H, W)`` images and every filter can read the condition at every position.
 - ``ClassNormal``: p(z|y) = N(M c(y), diag exp(2 S c(y))), linear in c(y): a learned Gaussian
   per class (mu_y, sigma_y the rows of M and S) for a label (the CVAE's "conditional prior");
   the KL to a diagonal Gaussian q stays analytic.
@@ -28,13 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from vae_lightning.args import PositiveInt, checked
+from vae_lightning.args import PositiveInt, checked, fail
 from vae_lightning.errors import ConfigError
 from vae_lightning.priors import Prior
 
@@ -93,32 +95,47 @@ class _Labels:
 
 
 class Conditioned(nn.Module):
-    """``net`` (a ``nets`` factory called with the input and output shapes) given the condition:
-    input ``[..., *in_shape]`` flattened and concatenated with c(y) (one-hot(y) for a label),
-    ``[..., prod(in_shape) + classes]``, into the network built for that size. The condition is
-    broadcast over any sample dimensions in front of the batch (z of shape
-    ``[L, batch, latent]``)."""
+    """``net`` (a ``nets`` factory called with the input and output shapes) given the condition.
+    ``via="flat"``: the input ``[..., *in_shape]`` flattened and concatenated with c(y)
+    (one-hot(y) for a label), ``[..., prod(in_shape) + classes]``, into the network built for
+    that size. ``via="channels"``: an image input ``[..., C, H, W]`` with c(y) appended as
+    ``classes`` constant channels, ``[..., C + classes, H, W]``, into the network built for that
+    image (a convolutional encoder). The condition is broadcast over any sample dimensions in
+    front of the batch (z of shape ``[L, batch, latent]``)."""
 
     @checked
     def __init__(self, in_shape: Sequence[PositiveInt], out_shape: Sequence[PositiveInt],
-                 net: Callable[..., nn.Module], classes: PositiveInt) -> None:
+                 net: Callable[..., nn.Module], classes: PositiveInt,
+                 via: Literal["flat", "channels"] = "flat") -> None:
         super().__init__()
         self.labels, self.classes = _Labels(classes), classes
-        self.in_dims = len(in_shape)
-        self.net = net((math.prod(in_shape) + classes,), tuple(out_shape))
+        self.in_dims, self.as_channels = len(in_shape), via == "channels"
+        if self.as_channels:
+            if len(in_shape) != 3:
+                fail(self, "via", via, f"the condition as channels needs an image input "
+                     f"[C, H, W], and this network reads {list(in_shape)}: use via: flat")
+            self.net = net((in_shape[0] + classes, *in_shape[1:]), tuple(out_shape))
+        else:
+            self.net = net((math.prod(in_shape) + classes,), tuple(out_shape))
 
     def given(self, y: Tensor | None) -> None:
         self.labels.given(y)
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.flatten(-self.in_dims)
-        y = self.labels.vector(flat.dtype)
-        if y.shape[0] != (flat.shape[-2] if flat.dim() > 1 else 1):
-            raise ConfigError(f"{len(y)} labels given for a batch of {flat.shape[-2]}: give one "
+        data = x.flatten(-self.in_dims) if not self.as_channels else x
+        # The data point's dimensions (1 after flattening), then the batch's, if any.
+        point = 3 if self.as_channels else 1
+        batch = data.shape[-point - 1] if data.dim() > point else 1
+        y = self.labels.vector(data.dtype)
+        if y.shape[0] != batch:
+            raise ConfigError(f"{len(y)} labels given for a batch of {batch}: give one "
                               "label (or condition vector) per data point.")
-        if flat.dim() == 1:  # one data point without a batch dimension
+        if data.dim() == point:  # one data point without a batch dimension
             y = y[0]
-        return self.net(torch.cat([flat, y.expand(*flat.shape[:-1], self.classes)], -1))
+        if self.as_channels:
+            y = y[..., None, None].expand(*data.shape[:-3], self.classes, *data.shape[-2:])
+            return self.net(torch.cat([data, y], -3))
+        return self.net(torch.cat([data, y.expand(*data.shape[:-1], self.classes)], -1))
 
 
 class ClassNormal(Prior):

@@ -250,3 +250,18 @@ def test_early_stopping_stops_a_tiny_run(tmp_path, monkeypatch):
     cli.train()
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed" and results["epochs"] == 2  # then it stopped
+
+
+def test_early_stopping_lets_a_run_that_stops_within_an_epoch_finish(tmp_path, monkeypatch):
+    """trainer.max_steps ends the run inside its first epoch, before any validation: early
+    stopping, checked after validations only, has nothing to check, and the run completes
+    with its results (a check at the epoch's end found no val/elbo and failed the run)."""
+    run = tmp_path / "run"
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setattr(sys, "argv", [
+        "vae-train", *TINY, "trainer.max_steps=3", "callbacks=[default,early_stopping]",
+        f"hydra.run.dir={run}"])
+    monkeypatch.chdir(tmp_path)
+    cli.train()
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "completed" and results["steps"] == 3

@@ -401,6 +401,7 @@ def test_a_planar_flow_of_length_32_fits_the_energy_targets_better_than_a_gaussi
     ("sylvester_mnist", OrthogonalSylvester, "StandardNormal", 64),
     ("bench/iaf", IAF, "StandardNormal", 50),
     ("bench/flow_prior", Gaussian, "FlowPrior", 50),
+    ("vamp_mnist", Gaussian, "VampPrior", 40),
 ])
 def test_the_presets_compose_and_build_their_models(preset, posterior, prior, latent, tmp_path):
     cfg = compose_train([f"experiment={preset}", f"data.root={tmp_path}", "logger=none"],
@@ -410,6 +411,9 @@ def test_the_presets_compose_and_build_their_models(preset, posterior, prior, la
     assert type(model.prior).__name__ == prior
     if preset == "sylvester_mnist":
         assert cfg.callbacks.early_stopping.patience == 100
+    if preset == "vamp_mnist":  # the authors' code: 500 pseudo-inputs, 100 epochs of warm-up
+        assert len(model.prior.pseudo_inputs) == 500 and cfg.model.objective.warmup_steps == 50000
+        assert cfg.callbacks.early_stopping.patience == 50 and cfg.data.val_size == 10000
 
 
 def test_the_iaf_and_the_flow_prior_keep_their_densities_exact_under_mixed_precision():

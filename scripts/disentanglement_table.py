@@ -1,7 +1,8 @@
 """The results table of docs/disentanglement.md, from the eval.json files of vae-eval runs with
 eval.metrics (one per model), beside the values the papers published.
 
-Usage: python scripts/disentanglement_table.py RUN/eval.json ... [--write docs/disentanglement.md]
+Usage: python scripts/disentanglement_table.py RUN/eval/eval.json ... [--write docs/disentanglement.md]
+(the records: docs/disentanglement/records/*/eval/eval.json)
 
 Each model is named from its run's record (<run>/.hydra/config.yaml: the objective and its
 weights); every score is the mean +- the standard deviation over the metric seeds. With --write,
@@ -75,7 +76,12 @@ def row(path: Path) -> list[str]:
     results = json.loads(path.read_text())
     found = results.get("disentanglement") or {}
     scores = found.get("scores", {})
-    run = rundir.of_checkpoint(results["checkpoint"])
+    # The run whose record names the model: the folder above <run>/eval/eval.json (a run of
+    # benchmarks/disentanglement/run.sh, or its copy in docs/disentanglement/records), else the
+    # checkpoint's run.
+    run = path.parent.parent
+    if not (run / rundir.HYDRA / "config.yaml").is_file():
+        run = rundir.of_checkpoint(results["checkpoint"])
     seen = results.get("train_samples_seen")
     iw = results.get("iw", {})
     bound = f"{iw['nats']:.1f} (k = {results['k']}, n = {results['n']})" if iw else "–"

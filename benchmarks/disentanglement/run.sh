@@ -3,8 +3,10 @@
 # trained for STEPS steps of 64 images on one CPU thread (or until MAX_TIME, on a busy machine),
 # then evaluated by vae-eval (the bound on 1000 test images, and every disentanglement metric
 # with the sample sizes below, over SEEDS seeds). The runs go to $OUT/<name>/ (checkpoints stay
-# there, out of the repository); then the page's table:
-#   python scripts/disentanglement_table.py $OUT/*/eval.json --write docs/disentanglement.md
+# there, out of the repository); each run's record, its eval.json and run config, is copied to
+# docs/disentanglement/records/<name>/ (committed), from which the page's table is built:
+#   python scripts/disentanglement_table.py docs/disentanglement/records/*/eval/eval.json \
+#     --write docs/disentanglement.md
 # Usage: benchmarks/disentanglement/run.sh [name ...]   (default: vae beta_vae; also
 # beta_tc_vae factor_vae dip_vae_i dip_vae_ii, with their objectives' default weights)
 set -euo pipefail
@@ -37,5 +39,9 @@ for name in "${@:-vae beta_vae}"; do
     fi
     nice -n 19 python eval.py ckpt_path="$run/checkpoints/last.ckpt" eval.k=100 eval.limit=1000 \
       eval.device=cpu "${METRICS[@]}" hydra.run.dir="$run/eval"
+    record=docs/disentanglement/records/$one
+    mkdir -p "$record/eval" "$record/.hydra"
+    cp "$run/eval/eval.json" "$record/eval/eval.json"
+    cp "$run/.hydra/config.yaml" "$record/.hydra/config.yaml"
   done
 done

@@ -1,8 +1,8 @@
 """The results table of docs/disentanglement.md, from the eval.json files of vae-eval runs with
 eval.metrics (one per model), beside the values the papers published.
 
-Usage: python scripts/disentanglement_table.py RUN/eval/eval.json ... [--write docs/disentanglement.md]
-(the records: docs/disentanglement/records/*/eval/eval.json)
+Usage: python scripts/disentanglement_table.py RUN/eval/eval.json ... [--write PAGE]
+(the records: docs/disentanglement/records/*/eval/eval.json; PAGE: docs/disentanglement.md)
 
 Each model is named from its run's record (<run>/.hydra/config.yaml: the objective and its
 weights); every score is the mean +- the standard deviation over the metric seeds. With --write,

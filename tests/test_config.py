@@ -179,8 +179,6 @@ BAD_CONFIGS = [
     (["+model.optimizer.momentum=0.9"], ["model.optimizer.momentum", "Adam"]),
     (["model.optimizer.fused=maybe"], ["model.optimizer.fused", "maybe", "true or false"]),
     (["data.steps_per_batch=0"], ["data.steps_per_batch=0", "integer >= 1"]),
-    (["data.steps_per_batch=4", "trainer.gradient_clip_val=1.0"],
-     ["gradient_clip_val", "manual optimization"]),
     (["data.steps_per_batch=2", "trainer.accumulate_grad_batches=4"],
      ["accumulate_grad_batches", "manual optimization"]),
     (["+model.latnt=2"], ["latnt"]),

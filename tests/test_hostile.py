@@ -108,7 +108,6 @@ BAD_CONFIGS = [
     (["data.scale=10"], ["data.scale=10", ">= 255"]),
     (["data.num_workers=-1"], ["data.num_workers=-1"]),
     (["data.steps_per_batch=0"], ["data.steps_per_batch=0"]),
-    (["data.steps_per_batch=2", "trainer.gradient_clip_val=1.0"], ["gradient_clip_val"]),
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0"]),
     (["trainer.max_samples=0"], ["trainer.max_samples=0"]),
     (["trainer.max_samples=abc"], ["trainer.max_samples='abc'"]),

@@ -88,3 +88,32 @@ def step_schedules_at_epoch_end(model: L.LightningModule, batch_idx: int) -> Non
     for config in trainer.lr_scheduler_configs:
         if config.interval == "epoch" and (trainer.current_epoch + 1) % config.frequency == 0:
             model.lr_scheduler_step(config.scheduler, None)
+
+
+class ManualClipping(L.Callback):
+    """``trainer.gradient_clip_val`` (and ``gradient_clip_algorithm``) for a model that
+    optimizes by hand, where Lightning refuses to clip: the model's gradients are clipped
+    before each of its optimizer's steps, through the module's ``configure_gradient_clipping``
+    as Lightning does under automatic optimization, so a run clips the same way, bit for bit,
+    with one step per batch or ``data.steps_per_batch`` > 1. An objective's own updates (a
+    discriminator's) are not clipped: Lightning's automatic clipping would not see them either.
+    ``train.py`` takes the setting from the Trainer's arguments for it."""
+
+    def __init__(self, value: float, algorithm: str | None) -> None:
+        self.value, self.algorithm = value, algorithm
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        pl_module.configure_gradient_clipping(optimizer, self.value, self.algorithm)
+
+
+def manual_clipping(model: L.LightningModule, trainer: Any) -> tuple[dict[str, Any], list[Any]]:
+    """The Trainer arguments and extra callbacks that give ``model`` the configured gradient
+    clipping (``trainer`` the Trainer's config): unchanged under automatic optimization, where
+    Lightning clips; else the clipping moves to ``ManualClipping``."""
+    value = trainer.get("gradient_clip_val")
+    if model.automatic_optimization or value is None:
+        return {}, []
+    algorithm = trainer.get("gradient_clip_algorithm")
+    return ({"gradient_clip_val": None, "gradient_clip_algorithm": None},
+            [ManualClipping(value, algorithm)])

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lightning import run_checks, rundir
+from vae_lightning import optimization, run_checks, rundir
 from vae_lightning.args import prechecked
 from vae_lightning.callbacks.curve import InitialBound
 from vae_lightning.checkpoints import RunConfig, read_checkpoint
@@ -118,9 +118,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"), "logger",
                                **(logger_runs(checkpoint) if checkpoint else {}))
     initial = InitialBound()
+    clipping, clippers = optimization.manual_clipping(model, cfg.trainer)
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
-                 RunConfig(record), initial]
-    trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
+                 RunConfig(record), initial, *clippers]
+    trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False,
+                               callbacks=callbacks, **clipping)
     if (threads := threads_per_job()) is not None:
         torch.set_num_threads(threads)
     try:

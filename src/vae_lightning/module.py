@@ -105,6 +105,9 @@ class VAE(Inference, L.LightningModule):
         self.auxiliary = tuple(objective.auxiliary())
         if steps_per_batch > 1 or cuda_graph or self.auxiliary:
             self.automatic_optimization = False
+        # Manual steps: K minibatches a batch, the gradient accumulated over `accumulate` of
+        # them (train.py sets it from trainer.accumulate_grad_batches).
+        self.steps_per_batch, self.accumulate = steps_per_batch, 1
         # Per stage, one BoundMean updated once per batch and the terms logged from it (and the
         # ELBO in bits per dimension, when the data's shape is known).
         # Bits per dimension only where the likelihood is a probability of discrete pixel
@@ -153,9 +156,13 @@ class VAE(Inference, L.LightningModule):
             return loss
         optimizer, *auxiliary = (self.optimizers() if self.auxiliary
                                  else [self.optimizers()])
-        for x, y in ([batch] if isinstance(batch[0], Tensor) else batch):
+        minibatches = [batch] if isinstance(batch[0], Tensor) else batch
+        last = optimization.is_last_batch(self, batch_idx)
+        for j, (x, y) in enumerate(minibatches):
+            window = optimization.accumulation(self, batch_idx * self.steps_per_batch + j,
+                                               last and j == len(minibatches) - 1)
             with self.given(y):
-                loss = self._manual_step(x, optimizer, auxiliary)
+                loss = self._manual_step(x, optimizer, auxiliary, *window)
             # Stop where Lightning would after a one-step batch: max_steps, trainer.max_samples.
             if self.trainer.should_stop or 0 <= self.trainer.max_steps <= self.global_step:
                 break
@@ -163,14 +170,19 @@ class VAE(Inference, L.LightningModule):
         optimization.step_schedules_at_epoch_end(self, batch_idx)
         return None
 
-    def _manual_step(self, x: Tensor, optimizer: Any, auxiliary: Sequence[Any]) -> Tensor:
-        """One step of the model's optimizer on ``x``, then the objective's own updates."""
+    def _manual_step(self, x: Tensor, optimizer: Any, auxiliary: Sequence[Any],
+                     first: bool = True, step: bool = True) -> Tensor:
+        """One step of the model's optimizer on ``x``, then the objective's own updates; or x's
+        share (loss / ``accumulate``) of a window's gradient, zeroed ``first``, then ``step``."""
         if self.cuda_graph:
             loss = self._graphed_loss(x, optimizer)
         else:
             loss = self._step_loss(x)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
+            if first:
+                optimizer.zero_grad()
+            self.manual_backward(loss / self.accumulate if self.accumulate > 1 else loss)
+        if not step:
+            return loss
         optimizer.step()
         for update, aux_optimizer in zip(self.auxiliary, auxiliary):
             aux_optimizer.zero_grad()
@@ -264,18 +276,8 @@ class VAE(Inference, L.LightningModule):
         if stage in self._unlogged:
             self._unlogged.discard(stage)
             for term in self.terms:
-                self.log(
-                    f"{stage}/{term}",
-                    self.metrics[f"{stage}_{term}"],
-                    on_step=False,
-                    on_epoch=True,
-                    prog_bar=term == "elbo",
-                )
-
-    def check_optimizer(self) -> None:
-        """Refuse, before training, optimizer settings that cannot train
-        (``optimization.check``)."""
-        optimization.check(self)
+                self.log(f"{stage}/{term}", self.metrics[f"{stage}_{term}"], on_step=False,
+                         on_epoch=True, prog_bar=term == "elbo")
 
     def configure_optimizers(self) -> Any:
         return optimization.configure(self)

@@ -75,6 +75,23 @@ def apply_settings(model: L.LightningModule, checkpoint: dict[str, Any]) -> None
                         scheduler["base_lrs"] = [value] * len(scheduler.get("base_lrs", []))
                 group[key] = value
 
+def is_last_batch(model: L.LightningModule, batch_idx: int) -> bool:
+    """Whether training batch ``batch_idx`` is its epoch's last, as Lightning decides it."""
+    trainer = model.trainer
+    return (trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            or batch_idx + 1 >= trainer.num_training_batches)
+
+
+def accumulation(model: L.LightningModule, index: int, last: bool) -> tuple[bool, bool]:
+    """For the epoch's minibatch ``index`` (from 0; ``last``: the epoch's last) under manual
+    optimization: whether its gradient starts a window of ``model.accumulate`` minibatches
+    (zeroed first) and whether the model's optimizer steps after it (the window's end, or the
+    epoch's end), Lightning's rule for automatic accumulation (windows counted within the
+    epoch)."""
+    every = model.accumulate
+    return index % every == 0, (index + 1) % every == 0 or last
+
+
 def step_schedules_at_epoch_end(model: L.LightningModule, batch_idx: int) -> None:
     """Under manual optimization (``steps_per_batch`` > 1, a CUDA graph, an objective's own
     updates) Lightning steps no learning-rate scheduler: step the epoch-interval ones here, on
@@ -82,8 +99,7 @@ def step_schedules_at_epoch_end(model: L.LightningModule, batch_idx: int) -> Non
     batch's training step, before its batch-end hooks and the epoch's validation and
     checkpoints), so that both train with the same learning rates and save the same state."""
     trainer = model.trainer
-    loop = trainer.fit_loop.epoch_loop
-    if not (loop.batch_progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches):
+    if not is_last_batch(model, batch_idx):
         return
     for config in trainer.lr_scheduler_configs:
         if config.interval == "epoch" and (trainer.current_epoch + 1) % config.frequency == 0:
@@ -107,13 +123,31 @@ class ManualClipping(L.Callback):
         pl_module.configure_gradient_clipping(optimizer, self.value, self.algorithm)
 
 
-def manual_clipping(model: L.LightningModule, trainer: Any) -> tuple[dict[str, Any], list[Any]]:
+def check_manual(model: L.LightningModule, trainer: Any) -> None:
+    """Refuse, before training, gradient accumulation (``trainer.accumulate_grad_batches``)
+    where manual steps cannot accumulate: a captured CUDA-graph step writes each minibatch's
+    gradient over the last, and an objective's own update after each minibatch would see a
+    half-accumulated model."""
+    every = trainer.get("accumulate_grad_batches") or 1
+    if every > 1 and (model.cuda_graph or model.auxiliary):
+        why = ("model.cuda_graph=true (a captured step overwrites the gradient)"
+               if model.cuda_graph else "an objective with updates of its own (FactorVAE)")
+        raise ConfigError(f"trainer.accumulate_grad_batches={every} cannot be used with {why}: "
+                          "set it to 1, or raise data.batch_size instead.")
+
+
+def manual_settings(model: L.LightningModule, trainer: Any) -> tuple[dict[str, Any], list[Any]]:
     """The Trainer arguments and extra callbacks that give ``model`` the configured gradient
-    clipping (``trainer`` the Trainer's config): unchanged under automatic optimization, where
-    Lightning clips; else the clipping moves to ``ManualClipping``."""
-    value = trainer.get("gradient_clip_val")
-    if model.automatic_optimization or value is None:
+    clipping and accumulation (``trainer`` the Trainer's config): unchanged under automatic
+    optimization, where Lightning applies them; else they move to the model's own steps
+    (``ManualClipping``, ``model.accumulate``), Lightning refusing them there."""
+    if model.automatic_optimization:
         return {}, []
-    algorithm = trainer.get("gradient_clip_algorithm")
-    return ({"gradient_clip_val": None, "gradient_clip_algorithm": None},
-            [ManualClipping(value, algorithm)])
+    overrides: dict[str, Any] = {}
+    callbacks: list[Any] = []
+    if (every := trainer.get("accumulate_grad_batches") or 1) > 1:
+        model.accumulate, overrides["accumulate_grad_batches"] = every, 1
+    if (value := trainer.get("gradient_clip_val")) is not None:
+        callbacks.append(ManualClipping(value, trainer.get("gradient_clip_algorithm")))
+        overrides.update(gradient_clip_val=None, gradient_clip_algorithm=None)
+    return overrides, callbacks

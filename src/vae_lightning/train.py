@@ -83,8 +83,9 @@ def build_run(cfg: DictConfig) -> Run:
         L.seed_everything(cfg.seed, workers=True)
         model = instantiate_node(cfg.model, "model", data_shape=shape,
                            steps_per_batch=datamodule.steps_per_batch)
+        optimization.check_manual(model, cfg.trainer)
         try:  # the optimizer is built at fit; its own argument checks run now
-            model.check_optimizer()
+            optimization.check(model)
         except ConfigError:
             raise
         except (ValueError, TypeError) as err:
@@ -118,11 +119,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"), "logger",
                                **(logger_runs(checkpoint) if checkpoint else {}))
     initial = InitialBound()
-    clipping, clippers = optimization.manual_clipping(model, cfg.trainer)
+    manual, manual_callbacks = optimization.manual_settings(model, cfg.trainer)
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
-                 RunConfig(record), initial, *clippers]
+                 RunConfig(record), initial, *manual_callbacks]
     trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False,
-                               callbacks=callbacks, **clipping)
+                               callbacks=callbacks, **manual)
     if (threads := threads_per_job()) is not None:
         torch.set_num_threads(threads)
     try:

@@ -469,3 +469,23 @@ def test_the_radial_log_determinant_holds_for_a_strong_contraction_near_its_cent
     assert (ours.log_abs_det_jacobian(x, ours(x)).double() - exact).abs().max() < 1e-4
     pyro_error = (pyros.log_abs_det_jacobian(x, pyros(x)).double() - exact).abs()
     assert not (pyro_error < 0.1).any()  # NaN or far off
+
+
+def test_the_sylvester_log_determinant_holds_when_the_diagonals_saturate():
+    """R_ii = tanh(12), R~_ii = tanh(-12) (both 1 to float32: R_ii R~_ii rounds to -1) at
+    u = R~ Q^T z + b = 0: 1 + h'(u) R_ii R~_ii = cosh(0) / cosh(12)^2 ~ 1.5e-10, which log1p of
+    the rounded product gives as log 0 = -inf. Ours is the float64 closed form, to 1e-4 nats,
+    and elsewhere log1p of the product to float rounding (the Jacobian tests above)."""
+    from vae_lightning.posteriors.sylvester import SylvesterMap
+
+    d1, d2 = torch.full((1, 2), 12.0), torch.full((1, 2), -12.0)
+    r = torch.diag_embed(torch.tanh(d1))
+    r_tilde = torch.diag_embed(torch.tanh(d2))
+    z, b = torch.zeros(1, 2), torch.zeros(1, 2)
+    f = SylvesterMap(None, r, r_tilde, b, d1, d2)
+    ours = f.log_abs_det_jacobian(z, f(z))
+    exact = 2 * (0 - 2 * math.log(math.cosh(12.0)))  # two factors cosh(0) / cosh(12)^2
+    assert abs(ours.item() - exact) < 1e-4
+    product = r.diagonal(dim1=-2, dim2=-1) * r_tilde.diagonal(dim1=-2, dim2=-1)
+    naive = torch.log1p(product).sum(-1)  # h'(0) = 1
+    assert not torch.isfinite(naive).all()

@@ -30,7 +30,10 @@ wake-sleep and the VampPrior are refused when the model is composed.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Distribution, Transform, constraints
 
@@ -42,16 +45,22 @@ from .flow import Flow
 class SylvesterMap(Transform):
     """z -> z + Q R tanh(R~ Q^T z + b) for a batch of parameters: ``q`` ``[..., D, M]`` (None:
     the identity, or the reversal permutation with ``flip``), ``r``, ``r_tilde`` ``[..., M, M]``
-    upper-triangular, ``b`` ``[..., M]``; ``log_abs_det_jacobian`` by Sylvester's identity."""
+    upper-triangular with diagonals tanh(``d1``) and tanh(``d2``), ``b`` ``[..., M]``;
+    ``log_abs_det_jacobian`` by Sylvester's identity, each factor
+        1 + h'(u) R_ii R~_ii = tanh(u)^2 + sech(u)^2 cosh(d1 + d2) / (cosh d1 cosh d2)
+    (1 + tanh a tanh b = cosh(a + b) / (cosh a cosh b)): a sum of non-negative terms, taken in
+    logs, where 1 + h' R_ii R~_ii subtracts nearly equal numbers as the diagonals saturate
+    (R_ii R~_ii -> -1) near u = 0 and can give a log of 0."""
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
 
     def __init__(self, q: Tensor | None, r: Tensor, r_tilde: Tensor, b: Tensor,
-                 flip: bool = False) -> None:
+                 d1: Tensor, d2: Tensor, flip: bool = False) -> None:
         super().__init__(cache_size=1)
         self.q, self.r, self.r_tilde, self.b, self.flip = q, r, r_tilde, b, flip
+        self.d1, self.d2 = d1, d2
 
     def _to_m(self, z: Tensor) -> Tensor:
         """Q^T z, ``[..., M]``."""
@@ -74,9 +83,15 @@ class SylvesterMap(Transform):
         return z + self._to_d((h.unsqueeze(-2) @ self.r.transpose(-1, -2)).squeeze(-2))
 
     def log_abs_det_jacobian(self, z: Tensor, y: Tensor) -> Tensor:
-        slope = 1 - torch.tanh(self._preactivation(z)).pow(2)
-        diagonal = self.r.diagonal(dim1=-2, dim2=-1) * self.r_tilde.diagonal(dim1=-2, dim2=-1)
-        return torch.log1p(slope * diagonal).sum(-1)
+        u = self._preactivation(z)
+        log_sech2_ratio = (_log_cosh(self.d1 + self.d2) - _log_cosh(self.d1)
+                           - _log_cosh(self.d2) - 2 * _log_cosh(u))
+        return torch.log(torch.tanh(u).pow(2) + log_sech2_ratio.exp()).sum(-1)
+
+
+def _log_cosh(x: Tensor) -> Tensor:
+    """log cosh x = |x| + log(1 + e^(-2|x|)) - log 2, without overflow."""
+    return x.abs() + F.softplus(-2 * x.abs()) - math.log(2.0)
 
 
 class Sylvester(Flow):
@@ -119,7 +134,7 @@ class Sylvester(Flow):
             r = full * upper + torch.diag_embed(torch.tanh(d1))
             r_tilde = full.transpose(-1, -2) * upper + torch.diag_embed(torch.tanh(d2))
             transforms.append(SylvesterMap(self.orthogonal(raw, latent, k), r, r_tilde, b,
-                                           flip=k % 2 == 1))
+                                           d1, d2, flip=k % 2 == 1))
         return self.flow(params, latent, transforms)
 
 

@@ -8,8 +8,9 @@
 #   bash benchmarks/long/run.sh              # every run below
 #   bash benchmarks/long/run.sh iwae_k1      # one
 #   bash benchmarks/long/run.sh --status     # where each stands
-#   bash benchmarks/long/run.sh --record     # evaluate each run's last.ckpt (k = 5000, all test
-#                                            # images) and append the point to its stretches.json
+#   bash benchmarks/long/run.sh --record [name ...]  # evaluate each (or the named) run's
+#                                            # last.ckpt (k = 5000, all test images) and append
+#                                            # the point to its stretches.json
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -40,7 +41,8 @@ PY
 fi
 
 if [ "${1:-}" = "--record" ]; then
-  for name in "${!RUNS[@]}"; do
+  shift
+  for name in "${@:-${!RUNS[@]}}"; do
     dir="benchmarks/long/$name"
     [ -f "$dir/checkpoints/last.ckpt" ] || continue
     out=$(mktemp -d)

@@ -30,8 +30,10 @@ if [ "${1:-}" = "--status" ]; then
       python - "$ckpt" <<'PY'
 import sys, torch
 c = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+# The learning rate the next step takes: the schedule's stage shows (a stale one did, 8c3d29d).
+lr = c["optimizer_states"][0]["param_groups"][0]["lr"]
 print(f"{sys.argv[1]}: epoch {c['epoch'] + 1}, step {c['global_step']}, "
-      f"{c.get('samples_seen', 0):,} samples seen")
+      f"{c.get('samples_seen', 0):,} samples seen, lr {lr:.3g}")
 PY
     else
       echo "$ckpt: not started"

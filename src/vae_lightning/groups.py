@@ -22,6 +22,7 @@ EXTRAS = {
     "vae_lightning.loggers.MLFlowLogger": (("mlflow",), "mlflow"),
     "lightning.pytorch.callbacks.RichProgressBar": (("rich",), "rich"),
     "lightning.pytorch.callbacks.RichModelSummary": (("rich",), "rich"),
+    "vae_lightning.callbacks.summary.RichModelSummary": (("rich",), "rich"),
     "vae_lightning.callbacks.ConfigTree": (("rich",), "rich"),
 }
 

@@ -10,10 +10,12 @@ from typing import Annotated, Any, Literal
 
 import lightning as L
 from lightning.pytorch.accelerators import AcceleratorRegistry
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from vae_lightning.args import Range, checked, fail
+from vae_lightning.callbacks import summary
 from vae_lightning.callbacks.curve import SampleBudget
 from vae_lightning.checkpoints import AtomicCheckpointIO
 
@@ -29,6 +31,10 @@ class Trainer(L.Trainer):
     brings another CheckpointIO. Lightning's progress bar redraws on every batch, a cost that shows
     with small models; left to its default, the bar here redraws every ``log_every_n_steps``
     batches.
+
+    The model summary (``callbacks.summary``) counts the FLOPs of the model's bound, which
+    Lightning's leaves at 0; ``enable_model_summary=False`` leaves out every summary, one among
+    ``callbacks`` too.
 
     Training steps are logged every ``log_every_n_steps`` steps, but at most every epoch's number
     of training batches (once fitting has counted them): with less data than the interval, every
@@ -98,5 +104,13 @@ class Trainer(L.Trainer):
                 isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, kwargs.get("log_every_n_steps")
                                                                or 1)))
+        # Lightning's choice of summary, with the bound's FLOPs counted (its own prints 0);
+        # enable_model_summary=false leaves out every summary, one from callbacks=rich too.
+        summaries = [c for c in callbacks if isinstance(c, ModelSummary)]
+        if kwargs.pop("enable_model_summary", True) is False:
+            callbacks = [c for c in callbacks if c not in summaries]
+        elif not summaries:
+            callbacks.append(summary.RichModelSummary() if _RICH_AVAILABLE
+                             else summary.ModelSummary())
         super().__init__(max_epochs=max_epochs, max_time=max_time, callbacks=callbacks,
-                         plugins=plugins, **kwargs)
+                         plugins=plugins, enable_model_summary=False, **kwargs)

@@ -1,6 +1,7 @@
 """Lightning callbacks: the paper's figures (``Figures``), Fig. 2's curve during training
 (``BoundCurve``), the bound before training (``InitialBound``), a training length in samples
-seen (``SampleBudget``) and the decoder's output bias from the data (``OutputBias``)."""
+seen (``SampleBudget``), the decoder's output bias from the data (``OutputBias``) and the model
+summary with the bound's FLOPs (``summary``)."""
 
 from vae_lightning.callbacks.curve import BoundCurve, InitialBound, SampleBudget
 from vae_lightning.callbacks.figures import Figures

@@ -4,7 +4,9 @@ so an installed package and a checkout read the same configs:
 
 - ``vae-train`` (= ``python train.py``): train a VAE;
 - ``vae-eval`` (= ``python eval.py``): the ELBO and IW log-likelihood of a checkpoint;
-- ``vae-sample`` (= ``python -m vae_lightning.sample``): images drawn from a checkpoint.
+- ``vae-sample`` (= ``python -m vae_lightning.sample``): images drawn from a checkpoint;
+- ``vae-encode`` (= ``python -m vae_lightning.encode``): a checkpoint's posterior locations of
+  data splits, with their labels, in one ``.npz``.
 
 Every error a user can act on ends the command with one ``error:`` line and the exit code of
 ``errors.EXIT_CODES``: a config Hydra cannot compose, a run directory that cannot be written
@@ -267,6 +269,23 @@ def _sample(cfg: DictConfig) -> None:
     _run(task, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="encode")
+def _encode(cfg: DictConfig) -> None:
+    """``vae-encode``: the locations of q(z|x) of a trained model's data splits, with their
+    labels, in one .npz file (and a .json describing it)."""
+
+    def task() -> None:
+        from vae_lightning.config import instantiate_node
+
+        _check_with_checkpoint(cfg, "vae-encode ckpt_path=<run>/checkpoints/last.ckpt")
+        record = instantiate_node(cfg, "encode")()
+        shapes = ", ".join(f"{name} {shape}" for name, shape in record["arrays"].items())
+        print(f"written: {record['locations']} ({shapes}), {record['record']}")
+
+    _run(task, cfg)
+
+
 train = _entry(_train)
 evaluate = _entry(_evaluate)
 sample = _entry(_sample)
+encode = _entry(_encode)

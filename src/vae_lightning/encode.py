@@ -1,0 +1,161 @@
+"""Export a trained model's posterior locations: ``vae-encode
+ckpt_path=<run>/checkpoints/last.ckpt`` (or ``python -m vae_lightning.encode ...``) writes
+``locations.npz`` into the checkpoint's run directory (or ``out``), and ``locations.json``
+beside it.
+
+For each split s of ``splits``: ``x_<s>``, float32 ``[N, latent]``, the location of q(z|x) of
+each data point (``Encoder.location``: a Gaussian posterior's mean), computed as vae-sample's
+fitted samplers compute theirs (``Sampling._posterior_locations``), and ``y_<s>``, the split's
+labels as the data module gives them (``evaluation_labels``: int64 ``[N]``, or float32
+``[N, D]`` condition vectors). These are the features of Kingma et al. (2014)'s M1+M2: a VAE
+(M1) trained on the images, then the semi-supervised M2 trained on M1's posterior means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from vae_lightning import rundir
+from vae_lightning import samplers as fitted
+from vae_lightning.args import PositiveInt, checked, fail
+from vae_lightning.checkpoint_data import STAGES, checked_data
+from vae_lightning.checkpoints import unwritable
+from vae_lightning.errors import ConfigError
+from vae_lightning.files import kind, writable_directory
+from vae_lightning.module import VAE
+from vae_lightning.rebuild import device_of, load_model
+from vae_lightning.sample import Sampling
+
+LOCATIONS = "locations.npz"  # in the checkpoint's run directory, unless ``out``
+WHAT = {"x": "location of q(z|x) (Encoder.location: a Gaussian posterior's mean), float32 "
+             "[N, latent], one row per data point of the split",
+        "y": "the split's labels (int64 [N]), or its condition vectors (float32 [N, D])"}
+
+
+class Encoding:
+    """The locations of q(z|x) of the data of ``splits`` (any of ``train``, ``val``, ``test``,
+    each once) under the checkpoint ``ckpt_path``'s model, with their labels, written to the
+    ``.npz`` file ``out`` (null: ``<run dir>/locations.npz``) and described in the ``.json``
+    beside it (the checkpoint and its SHA-256, the splits' sizes, the latent size).
+
+    The data are read ``batch_size`` points at a time from ``data_root`` / ``data_path``, or
+    where the run's record says, as ``vae-eval`` reads its split, and checked against the
+    checkpoint's record of them unless ``allow_other_data`` (``checkpoint_data``), every split
+    before any is encoded. ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...;
+    ``trusted``: see ``rebuild.build_trusted``."""
+
+    @checked
+    def __init__(self, ckpt_path: str, splits: Sequence[str] = tuple(STAGES),
+                 out: str | None = None, batch_size: PositiveInt = 500, device: str = "auto",
+                 trusted: Sequence[str] = (), data_root: str | None = None,
+                 data_path: str | None = None, allow_other_data: bool = False) -> None:
+        if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(STAGES):
+            fail(self, "splits", list(splits), "a list of distinct splits, each one of "
+                 + ", ".join(STAGES))
+        if out is not None and Path(out).suffix != ".npz":
+            fail(self, "out", out, f"a file name ending in .npz, or null (<run dir>/{LOCATIONS})")
+        self.ckpt_path, self.splits = ckpt_path, list(splits)
+        self.out = Path(out) if out is not None else rundir.of_checkpoint(ckpt_path) / LOCATIONS
+        self.out_given, self.batch_size = out is not None, batch_size
+        self.device = device_of("encode", device)
+        self.trusted, self.data_root, self.data_path = tuple(trusted), data_root, data_path
+        self.allow_other_data = allow_other_data
+
+    @property
+    def record_path(self) -> Path:
+        """The JSON describing the arrays: ``out`` with the suffix ``.json``."""
+        return self.out.with_suffix(".json")
+
+    def __call__(self) -> dict[str, Any]:
+        """Encode the splits and write the ``.npz`` and its ``.json``; return the ``.json``'s
+        content, with its path (``record``) and the arrays' shapes (``arrays``)."""
+        self._check_out()
+        model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
+        read = {split: checked_data(config, checkpoint, self.ckpt_path, split, "encode",
+                                    trusted=self.trusted, data_root=self.data_root,
+                                    data_path=self.data_path,
+                                    allow_other_data=self.allow_other_data,
+                                    batch_size=self.batch_size)
+                for split in self.splits}
+        arrays: dict[str, np.ndarray] = {}
+        for split, (datamodule, _, _) in read.items():
+            x, y = datamodule.evaluation_data(split), datamodule.evaluation_labels(split)
+            arrays[f"x_{split}"] = _SplitLocations(x, y, self.batch_size)._posterior_locations(
+                model, config, checkpoint).numpy()
+            arrays[f"y_{split}"] = y.numpy()
+        _save_npz(self.out, arrays)
+        source = next(iter(read.values()))[1]
+        record = {
+            "checkpoint": str(Path(self.ckpt_path).resolve()),
+            "checkpoint_sha256": fitted.digest(self.ckpt_path),
+            "locations": str(self.out.resolve()),
+            "x": WHAT["x"], "y": WHAT["y"],
+            "latent": model.latent,
+            "splits": {split: {"size": len(arrays[f"x_{split}"]),
+                               "data_matches_checkpoint": matches}
+                       for split, (_, _, matches) in read.items()},
+            "data": {key: value for key, value in source.items() if key.startswith("data.")},
+        }
+        rundir.write_json(self.record_path, record)
+        return {**record, "record": str(self.record_path.resolve()),
+                "arrays": {name: list(array.shape) for name, array in arrays.items()}}
+
+    def _check_out(self) -> None:
+        """Refuse, before the model is loaded, an ``out`` that cannot be written: in a folder
+        that is missing, read-only or a file, or that names a directory."""
+        writable_directory(self.out.parent, "out")
+        if self.out_given and not self.out.parent.is_dir():
+            raise ConfigError(f"out={self.out}: the folder {self.out.parent} does not exist; "
+                              f"create it, or choose out in an existing folder (null: "
+                              f"<run dir>/{LOCATIONS}).")
+        for path in (self.out, self.record_path):
+            if kind(path) not in (None, "missing"):
+                raise ConfigError(f"out={self.out}: {path} is {kind(path)}, not a file; choose "
+                                  "another out.")
+
+
+class _SplitLocations(Sampling):
+    """vae-sample's own computation of the posterior locations (``_posterior_locations``, which
+    reads its points through ``_training_images``), given one split's points and labels, read
+    and checked here: the exported locations are the ones its fitted samplers see."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
+        self.x, self.labels, self.batch_size = x, y, batch_size
+
+    def _training_images(self, *_: Any) -> tuple[Tensor, Tensor]:
+        return self.x, self.labels
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``arrays`` as an uncompressed ``.npz`` at ``path``, atomically: written to a temporary
+    file in the same folder (created with the umask's permissions, as the file itself would be),
+    flushed to disk, then renamed over ``path`` (``os.replace``), so a reader sees the old file
+    or the whole new one; a failed write (a full disk) leaves nothing under the name and is an
+    ``UnwritableError``."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        failure = unwritable(path, err)
+        if failure is not None:
+            raise failure from None
+        raise
+
+
+if __name__ == "__main__":
+    from vae_lightning.cli import encode
+
+    encode()

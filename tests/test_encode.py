@@ -1,0 +1,154 @@
+"""vae-encode: the location of q(z|x) of each data point of the chosen splits, as vae-sample's
+fitted samplers compute it, with the split's labels, written to one .npz (plain arrays) and
+described in a .json; bad options are refused by key before anything is loaded."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from compose import CONF, compose_train, mnist_like
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from vae_lightning import samplers
+from vae_lightning.errors import ConfigError
+from vae_lightning.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def encode_config(overrides: list[str]):
+    """vae-encode's ``Encoding`` for ``overrides``, built from the composed and checked config,
+    as the command builds it."""
+    from vae_lightning.config import instantiate_node
+    from vae_lightning.config_checks import check
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("encode", overrides=overrides)
+    check(cfg)
+    return instantiate_node(cfg, "encode")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A conditional VAE (its q(z|x, y) reads the label) trained for an epoch on small
+    MNIST-format files (150 train, 50 val, 50 test images): its checkpoint, and its training
+    config (the data module to read the splits with directly)."""
+    root = mnist_like(tmp_path_factory.mktemp("data"), train=200, test=50)
+    cfg = compose_train(["data=mnist", f"data.root={root}", "data.val_size=50", "model=cvae",
+                         "model.latent=3", "model.encoder.net.net.hidden=[16]",
+                         "model.decoder.net.net.hidden=[16]", "trainer.max_epochs=1", "logger=none",
+                         "callbacks.figures.n_points=0", "trainer.enable_progress_bar=false"],
+                        tmp_path_factory.mktemp("run"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        checkpoint = Path(train(cfg)["checkpoint"])
+    finally:
+        torch.set_num_threads(threads)
+    return checkpoint, cfg, root
+
+
+def test_the_locations_are_q_of_each_point_given_its_label(trained, tmp_path):
+    """x_<split> is Encoder.location(q(z|x, y)) of the split's points, bit for bit in one batch
+    and to rounding in batches of 7; y_<split> the split's labels; the sizes the data module's."""
+    checkpoint, cfg, root = trained
+    args = [f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu"]
+    record = encode_config([*args, f"out={tmp_path / 'one.npz'}"])()
+    batched = encode_config([*args, f"out={tmp_path / 'seven.npz'}", "batch_size=7"])()
+    one, seven = np.load(record["locations"]), np.load(batched["locations"])
+
+    from vae_lightning.module import VAE
+
+    model = VAE.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    for split in ("train", "val", "test"):
+        x, y = datamodule.evaluation_data(split), datamodule.evaluation_labels(split)
+        with torch.no_grad():
+            z = model.encoder.location(model.encode(x, y)).numpy()
+            other = model.encoder.location(model.encode(x, (y + 1) % 10)).numpy()
+        assert one[f"x_{split}"].dtype == np.float32 and one[f"x_{split}"].shape == (len(x), 3)
+        np.testing.assert_array_equal(one[f"x_{split}"], z)
+        np.testing.assert_allclose(seven[f"x_{split}"], z, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(other, z)  # the label matters: each point was given its own
+        assert one[f"y_{split}"].dtype == np.int64
+        np.testing.assert_array_equal(one[f"y_{split}"], y.numpy())
+        assert record["splits"][split]["size"] == len(x)
+    assert [len(one[f"x_{s}"]) for s in ("train", "val", "test")] == [150, 50, 50]
+    assert record["arrays"]["x_train"] == [150, 3] and record["arrays"]["y_test"] == [50]
+
+
+def test_the_file_holds_plain_arrays_and_the_json_says_what_they_are(trained, tmp_path):
+    checkpoint, _, root = trained
+    out = tmp_path / "features.npz"
+    encode_config([f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu",
+                   "splits=[test,train]", f"out={out}"])()
+    with np.load(out, allow_pickle=False) as saved:
+        assert sorted(saved.files) == ["x_test", "x_train", "y_test", "y_train"]
+        sizes = {name: saved[name].shape for name in saved.files}
+    described = json.loads((tmp_path / "features.json").read_text())
+    assert list(described["splits"]) == ["test", "train"]
+    assert {s: v["size"] for s, v in described["splits"].items()} == {"test": 50, "train": 150}
+    assert all(v["data_matches_checkpoint"] for v in described["splits"].values())
+    assert sizes["x_train"] == (150, described["latent"]) == (150, 3)
+    assert described["checkpoint_sha256"] == samplers.digest(checkpoint)
+    assert described["checkpoint"] == str(checkpoint.resolve())
+    assert "location of q(z|x)" in described["x"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic
+
+
+def test_the_default_file_is_in_the_run_directory(trained):
+    checkpoint, _, root = trained
+    record = encode_config([f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu",
+                            "splits=[val]"])()
+    run = checkpoint.parent.parent
+    assert record["locations"] == str(run / "locations.npz")
+    assert record["record"] == str(run / "locations.json")
+    assert np.load(run / "locations.npz").files == ["x_val", "y_val"]
+
+
+@pytest.mark.parametrize("splits, bad", [("[train,nope]", "['train', 'nope']"), ("[]", "[]"),
+                                         ("[test,test]", "['test', 'test']")])
+def test_splits_other_than_distinct_train_val_test_are_refused_by_key(splits, bad, trained):
+    checkpoint, _, _ = trained
+    words = rf"splits={re.escape(bad)} is not allowed: .*distinct .* train, val, test"
+    with pytest.raises(ConfigError, match=words):
+        encode_config([f"ckpt_path={checkpoint}", f"splits={splits}"])
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_model_is_loaded(trained,
+                                                                           tmp_path):
+    checkpoint, _, _ = trained
+    with pytest.raises(ConfigError, match=r"out=.*\.txt' is not allowed: .*ending in \.npz"):
+        encode_config([f"ckpt_path={checkpoint}", f"out={tmp_path / 'x.txt'}"])
+    missing = tmp_path / "missing" / "x.npz"
+    with pytest.raises(ConfigError, match=rf"out={missing}: the folder .*missing does not exist"):
+        encode_config(["ckpt_path=/no/such.ckpt", f"out={missing}"])()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        encode_config([f"ckpt_path={checkpoint}", f"out={tmp_path / 'file' / 'x.npz'}"])()
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_failed_write_leaves_no_file_and_is_an_unwritable_error(trained, tmp_path,
+                                                                 monkeypatch):
+    """A full disk while the .npz is written: exit code 74's error, nothing under either name."""
+    import errno
+
+    from vae_lightning.errors import UnwritableError
+
+    checkpoint, _, root = trained
+
+    def full(*_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    encoding = encode_config([f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu",
+                              "splits=[test]", f"out={tmp_path / 'x.npz'}"])
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(UnwritableError, match="No space left on device"):
+        encoding()
+    assert list(tmp_path.iterdir()) == []

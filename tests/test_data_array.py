@@ -187,7 +187,9 @@ def test_float_values_outside_unit_interval(tmp_path, x, words):
     (np.zeros((N, 4, 4), np.int16), "has dtype int16: expected uint8 .* or float"),
     (np.zeros((N, 4, 4), bool), "has dtype bool: expected uint8"),
     (np.zeros((N, 4, 4), np.complex64), "has dtype complex64"),
-    (np.zeros((N, 16), np.uint8), r"has shape \[20, 16\]: expected images \[N, H, W\]"),
+    (np.zeros(N, np.uint8), r"has shape \[20\]: expected images \[N, H, W\].* or feature "
+                            r"vectors \[N, D\]"),
+    (np.zeros((N, 0), np.float32), r"has shape \[20, 0\]"),
     (np.zeros((N, 2, 2, 2, 2), np.uint8), r"has shape \[20, 2, 2, 2, 2\]"),
     (np.zeros((N, 0, 4), np.uint8), r"has shape \[20, 0, 4\]"),
     (np.zeros((0, 4, 4), np.uint8), r"holds no images \(shape \[0, 4, 4\]\)"),

@@ -5,7 +5,7 @@ beside it.
 
 For each split s of ``splits``: ``x_<s>``, float32 ``[N, latent]``, the location of q(z|x) of
 each data point (``Encoder.location``: a Gaussian posterior's mean), computed as vae-sample's
-fitted samplers compute theirs (``Sampling._posterior_locations``), and ``y_<s>``, the split's
+fitted samplers compute theirs (``sample.posterior_locations``), and ``y_<s>``, the split's
 labels as the data module gives them (``evaluation_labels``: int64 ``[N]``, or float32
 ``[N, D]`` condition vectors). These are the features of Kingma et al. (2014)'s M1+M2: a VAE
 (M1) trained on the images, then the semi-supervised M2 trained on M1's posterior means.
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
 from vae_lightning import rundir
 from vae_lightning import samplers as fitted
@@ -31,7 +30,7 @@ from vae_lightning.errors import ConfigError
 from vae_lightning.files import kind, writable_directory
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import device_of, load_model
-from vae_lightning.sample import Sampling
+from vae_lightning.sample import posterior_locations
 
 LOCATIONS = "locations.npz"  # in the checkpoint's run directory, unless ``out``
 WHAT = {"x": "location of q(z|x) (Encoder.location: a Gaussian posterior's mean), float32 "
@@ -87,8 +86,7 @@ class Encoding:
         arrays: dict[str, np.ndarray] = {}
         for split, (datamodule, _, _) in read.items():
             x, y = datamodule.evaluation_data(split), datamodule.evaluation_labels(split)
-            arrays[f"x_{split}"] = _SplitLocations(x, y, self.batch_size)._posterior_locations(
-                model, config, checkpoint).numpy()
+            arrays[f"x_{split}"] = posterior_locations(model, x, y, self.batch_size).numpy()
             arrays[f"y_{split}"] = y.numpy()
         _save_npz(self.out, arrays)
         source = next(iter(read.values()))[1]
@@ -119,18 +117,6 @@ class Encoding:
             if kind(path) not in (None, "missing"):
                 raise ConfigError(f"out={self.out}: {path} is {kind(path)}, not a file; choose "
                                   "another out.")
-
-
-class _SplitLocations(Sampling):
-    """vae-sample's own computation of the posterior locations (``_posterior_locations``, which
-    reads its points through ``_training_images``), given one split's points and labels, read
-    and checked here: the exported locations are the ones its fitted samplers see."""
-
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
-        self.x, self.labels, self.batch_size = x, y, batch_size
-
-    def _training_images(self, *_: Any) -> tuple[Tensor, Tensor]:
-        return self.x, self.labels
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -122,8 +122,21 @@ def available_memory() -> int | None:
 
 def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> None:
     """A likelihood for binary pixels on grayscale ones works, but its bound is not a log
-    probability: say so, and what fits."""
+    probability: say so, and what fits. One for values in [0, 1] (or binary, or a grid) on real
+    numbers (``data=array``'s float feature vectors) has no density there: refuse it."""
     likelihood = model.decoder.likelihood
+    if getattr(datamodule, "real_values", False) and likelihood.support is not constraints.real:
+        raise ConfigError(
+            f"model/likelihood={type(likelihood).__name__.lower()} is a distribution of pixel "
+            f"values ({likelihood.support}), but data.path={str(datamodule.path)!r} holds float "
+            "feature vectors, real numbers: expected a likelihood for real numbers, "
+            "model/likelihood=gaussian.")
+    if getattr(datamodule, "real_values", False) and getattr(
+            likelihood, "mean_activation", None) == "sigmoid":
+        raise ConfigError(
+            "model.decoder.likelihood.mean_activation=sigmoid keeps the decoder's mean in (0, 1), "
+            f"but data.path={str(datamodule.path)!r} holds float feature vectors, real numbers: "
+            "expected model.decoder.likelihood.mean_activation=identity.")
     if likelihood.support is not constraints.boolean or getattr(datamodule, "binarize",
                                                                 "none") != "none":
         return

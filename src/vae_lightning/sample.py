@@ -45,6 +45,15 @@ GRID_MAX = 400  # images drawn in samples.png; samples.npy holds all n
 CHUNK = 1024  # images decoded per pass: memory stays bounded whatever n
 
 
+def posterior_locations(model: VAE, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """The location of q(z|x) (``Encoder.location``: a Gaussian posterior's mean) of each point
+    of ``x`` given its label ``y``, ``[N, latent]`` float32 on the CPU, encoded ``batch_size``
+    points at a time: what the fitted samplers are fitted to and ``vae-encode`` exports."""
+    with torch.no_grad():
+        return torch.cat([model.encoder.location(model.encode(xs, ys)).float().cpu()
+                          for xs, ys in zip(x.split(batch_size), y.split(batch_size))])
+
+
 class Sampling:
     """``n`` draws of z decoded to E[x|z] (``mean``) or to x ~ p(x|z), from the random state
     ``seed``, on ``device`` (``auto``: CUDA when available). ``trusted``: see
@@ -179,13 +188,9 @@ class Sampling:
 
     def _posterior_locations(self, model: VAE, config: dict[str, Any],
                              checkpoint: dict[str, Any]) -> Tensor:
-        """The location of q(z|x) (``Encoder.location``) of every training image, ``[N, latent]``
-        on the CPU."""
-        x, y = self._training_images(model, config, checkpoint)
-        with torch.no_grad():
-            return torch.cat([model.encoder.location(model.encode(xs, ys)).float().cpu()
-                              for xs, ys in zip(x.split(self.batch_size),
-                                                y.split(self.batch_size))])
+        """The location of q(z|x) of every training image (``posterior_locations``)."""
+        return posterior_locations(model, *self._training_images(model, config, checkpoint),
+                                   self.batch_size)
 
     def _training_images(self, model: VAE, config: dict[str, Any],
                          checkpoint: dict[str, Any]) -> tuple[Tensor, Tensor]:

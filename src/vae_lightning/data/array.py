@@ -34,7 +34,7 @@ from .array_members import (
 from .datamodules import VAEDataModule
 from .download import describe, nameable, names, open_data
 from .npy import Header, check_holds, map_npy, read_header
-from .splits import SplitSize, ValSize, held_out
+from .splits import SplitSize, ValSize, carve, held_out, split_count
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"  # a zip: a member, or the end of an empty one
@@ -52,19 +52,26 @@ def resolve_layout(shape: tuple[int, ...], layout: str, where: str) -> str:
     takes a 4-d array as channels-last when its last axis is 1 or 3 and its second is not, else
     as channels-first: ``[N, 28, 28, 1]`` and ``[N, 32, 32, 3]`` are channels-last,
     ``[N, 3, 32, 32]`` and ``[N, 1, 28, 28]`` channels-first, and so is the ambiguous
-    ``[N, 3, 32, 3]`` (say ``layout=nhwc`` if it is not)."""
+    ``[N, 3, 32, 3]`` (say ``layout=nhwc`` if it is not). A 2-d array ``[N, D]`` holds feature
+    vectors (``"vectors"``)."""
+    if len(shape) == 2 and shape[1]:
+        return "vectors"
     if len(shape) == 3 and 0 not in shape[1:]:
         return "nhw"
     if len(shape) != 4 or 0 in shape[1:]:
         raise DataError(f"{where} has shape {list(shape)}: expected images [N, H, W], "
-                        "[N, C, H, W] or [N, H, W, C].")
+                        "[N, C, H, W] or [N, H, W, C], or feature vectors [N, D].")
     if layout == "auto":
         return "nhwc" if shape[3] in _CHANNELS and shape[1] not in _CHANNELS else "nchw"
     return layout
 
 
 def image_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the images of an array of ``shape`` in the resolved ``layout``."""
+    """``(C, H, W)`` of the images of an array of ``shape`` in the resolved ``layout``; feature
+    vectors ``[N, D]`` are one-row, one-channel images ``(1, 1, D)``, which every network and
+    likelihood takes as they are."""
+    if layout == "vectors":
+        return (1, 1, shape[1])
     if layout == "nhw":
         return (1, shape[1], shape[2])
     _, a, b, c = shape
@@ -81,14 +88,21 @@ class ArrayDataModule(VAEDataModule):
     The images: ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (``layout``: "auto",
     "nchw" or "nhwc"; ``image_shape`` states the "auto" rule), either uint8 (0..255, divided by
     ``scale``) or float in [0, 1] (served as they are, as float32; any value outside [0, 1] or
-    not finite is refused). Nothing is ever unpickled (``allow_pickle=False``): an array of
-    Python objects is refused, and so is any other dtype. The header is read in ``__init__``
-    (``shape``), the data in ``setup``; a ``.npy`` is memory-mapped, so only the requested
-    splits are copied into memory.
+    not finite is refused). Or feature vectors ``[N, D]`` (e.g. another model's posterior
+    means, ``vae-encode``), served as ``[B, 1, 1, D]``: float vectors may hold any finite real
+    values (``real_values``: a likelihood for real numbers, ``model/likelihood=gaussian``, and
+    no binarization), uint8 ones are read as pixels. Nothing is ever unpickled
+    (``allow_pickle=False``): an array of Python objects is refused, and so is any other dtype.
+    The header is read in ``__init__`` (``shape``), the data in ``setup``; a ``.npy`` is
+    memory-mapped, so only the requested splits are copied into memory.
 
     Splits: ``test_size`` images, then ``val_size`` of the rest, held out by the fixed
     permutation of the built-in sets (the same for every ``seed``), each a number of images or
-    a fraction of them (default 10% each), each in file order. ``binarize``: "none" (default),
+    a fraction of them (default 10% each), each in file order. A test split given apart, as
+    data sets publish theirs: ``test_key`` names its array in the ``.npz`` (the same shape per
+    image and dtype as the images), ``test_labels_key`` its labels (with ``labels_key``); the
+    whole test array is the test split (``test_size`` must then be null) and ``val_size`` is
+    held out of the images. ``binarize``: "none" (default),
     "static" or "dynamic" (a Bernoulli draw of each pixel's value in [0, 1]).
     """
 
@@ -104,19 +118,24 @@ class ArrayDataModule(VAEDataModule):
         condition: str | None = None,
         layout: Literal["auto", "nchw", "nhwc"] = "auto",
         val_size: ValSize = 0.1,
-        test_size: SplitSize = 0.1,
+        test_size: SplitSize | None = None,
+        test_key: str | None = None,
+        test_labels_key: str | None = None,
         binarize: Literal["none", "static", "dynamic"] = "none",
         **kwargs,
     ) -> None:
         super().__init__(*args, binarize=binarize, **kwargs)
         self.path, self.layout = Path(path), layout
-        self.val_size, self.test_size = val_size, test_size
+        self.val_size, self.test_key, self.test_labels_key = val_size, test_key, test_labels_key
+        self.test_size = 0.1 if test_size is None and test_key is None else test_size
         self.key, self.labels_key, self.condition = key, labels_key, condition
-        self._given = {k for k in (key, labels_key, condition) if k is not None}  # quotable
+        self._given = {k for k in (key, labels_key, condition, test_key, test_labels_key)
+                       if k is not None}  # quotable
         if labels_key is not None and condition is not None:
             raise DataError(f"labels_key={labels_key!r} and condition={condition!r}: the model "
                             "is given one y beside each image, labels or a condition vector; "
                             "expected one of them, the other null.")
+        self._check_test_keys()
         header = self._header()
         self.resolved_layout = resolve_layout(header.shape, layout, self._where(self.key))
         self.shape = image_shape(header.shape, self.resolved_layout)
@@ -124,6 +143,38 @@ class ArrayDataModule(VAEDataModule):
         if self.n == 0:
             raise DataError(f"{self._where(self.key)} holds no images (shape "
                             f"{list(header.shape)}).")
+        if self.real_values and binarize != "none":
+            raise DataError(f"binarize={binarize!r}, but {self._where(self.key)} holds float "
+                            "feature vectors, real numbers, not pixel values in [0, 1]: "
+                            "expected binarize=none (and a likelihood for real numbers, "
+                            "model/likelihood=gaussian).")
+
+    @property
+    def real_values(self) -> bool:
+        """Whether the data are real numbers (float feature vectors), not values in [0, 1]."""
+        return self.resolved_layout == "vectors" and self.dtype.kind == "f"
+
+    def _check_test_keys(self) -> None:
+        """A test split given apart (``test_key``) replaces the held-out one, and carries the
+        same kind of ``y`` as the images."""
+        if self.test_key is None:
+            if self.test_labels_key is not None:
+                raise DataError(f"test_labels_key={self.test_labels_key!r} without test_key: "
+                                "expected test_key=<the test images' array> with it, or "
+                                "test_labels_key=null.")
+            return
+        if self.test_size is not None:
+            raise DataError(f"test_size={self.test_size!r} and test_key={self.test_key!r}: the "
+                            "test split is test_key's whole array; expected test_size=null.")
+        if self.condition is not None:
+            raise DataError(f"test_key={self.test_key!r} with condition={self.condition!r}: a "
+                            "test split given apart takes labels (test_labels_key), not "
+                            "condition vectors; expected test_key=null (the test split held "
+                            "out by test_size) or labels.")
+        if (self.labels_key is None) != (self.test_labels_key is None):
+            raise DataError(f"labels_key={self.labels_key!r} and test_labels_key="
+                            f"{self.test_labels_key!r}: the test images need labels exactly "
+                            "when the images have them; expected both set or both null.")
 
     def _where(self, key: str | None, name: str = "key") -> str:
         """``path='...' (key='...')`` for messages (``name``: the option that names the array);
@@ -166,7 +217,7 @@ class ArrayDataModule(VAEDataModule):
 
     def _npy_header(self, fh: IO[bytes]) -> Header:
         for name, value in (("key", self.key), ("labels_key", self.labels_key),
-                            ("condition", self.condition)):
+                            ("condition", self.condition), ("test_key", self.test_key)):
             if value is not None:
                 raise DataError(f"{name}={value!r} names an array in a .npz file, but "
                                 f"path={str(self.path)!r} is a .npy holding one array: "
@@ -196,20 +247,39 @@ class ArrayDataModule(VAEDataModule):
                                     f"vector per image, [{header.shape[0]}, D] (or "
                                     f"[{header.shape[0]}]: one number each).")
                 self.condition_size = found[1] if len(found) == 2 else 1
+            if self.test_key is not None:
+                self._test_header(archive, header)
         return header
+
+    def _test_header(self, archive: zipfile.ZipFile, images: Header) -> None:
+        """The test array's header (and its labels'): images like the training ones."""
+        where = self._where(self.test_key, "test_key")
+        test = member_header(archive, self.test_key, where, "images")
+        if test.shape[1:] != images.shape[1:] or test.dtype != images.dtype or not test.shape[0]:
+            raise DataError(f"{where} holds {test.describe()}: expected test images like the "
+                            f"images, {images.dtype} [N, {', '.join(map(str, images.shape[1:]))}]"
+                            " with N > 0.")
+        self.n_test = test.shape[0]
+        if self.test_labels_key is not None:
+            where = self._where(self.test_labels_key, "test_labels_key")
+            labels = member_header(archive, self.test_labels_key, where, "labels")
+            if labels.shape != test.shape[:1]:
+                raise DataError(f"{where} has shape {list(labels.shape)}: expected one label "
+                                f"per test image, {list(test.shape[:1])}.")
 
     def _choose_key(self, arrays: list[str]) -> str:
         """The images' array: ``key``, else ``x``, else the only array besides the labels (or the
         condition)."""
         for name, value in (("key", self.key), ("labels_key", self.labels_key),
-                            ("condition", self.condition)):
+                            ("condition", self.condition), ("test_key", self.test_key),
+                            ("test_labels_key", self.test_labels_key)):
             if value is not None and value not in arrays:
                 raise DataError(f"{name}={value!r} is not an array of path={str(self.path)!r}: "
                                 "expected one of "
                                 f"{names(arrays) if arrays else '(none: it is empty)'}.")
         beside = self.labels_key if self.labels_key is not None else self.condition
         name = "labels_key" if self.labels_key is not None else "condition"
-        others = [a for a in arrays if a != beside]
+        others = [a for a in arrays if a not in (beside, self.test_key, self.test_labels_key)]
         if self.key is not None:
             chosen = self.key
         elif "x" in others or len(others) == 1:
@@ -228,17 +298,17 @@ class ArrayDataModule(VAEDataModule):
                                "numbers [N, D], a condition vector per image)."))
         return chosen
 
-    def _read(self) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """The images (a memory map for a ``.npy``) and the int64 labels (or the float32
-        conditions ``[N, D]``), their headers checked again (the file may have changed since
-        ``__init__``)."""
+        conditions ``[N, D]``), and the test split given apart (``test_key``) or None, their
+        headers checked again (the file may have changed since ``__init__``)."""
         where = self._where(self.key)
         with self._open() as fh:
             try:
                 if self.format == "npy":
                     header = self._npy_header(fh)
                     self._check_unchanged(header)
-                    return map_npy(fh, header), np.full(self.n, -1, np.int64)
+                    return map_npy(fh, header), np.full(self.n, -1, np.int64), None
                 with zipfile.ZipFile(fh) as archive:
                     images = read_member(archive, self.key, where, "images",
                                          self._check_unchanged)
@@ -248,6 +318,7 @@ class ArrayDataModule(VAEDataModule):
                                           ).astype(np.int64))
                     if self.condition is not None:
                         labels = self._conditions(archive)
+                    test = self._read_test(archive) if self.test_key is not None else None
             except DataError:
                 raise
             except _ZIP_ERRORS as err:
@@ -256,7 +327,27 @@ class ArrayDataModule(VAEDataModule):
         if len(labels) != self.n:
             raise DataError(f"{self._where(self.labels_key)} changed since this run started: "
                             f"it holds {len(labels)} labels for {self.n} images.")
-        return images, labels
+        return images, labels, test
+
+    def _read_test(self, archive: zipfile.ZipFile) -> tuple[np.ndarray, np.ndarray]:
+        """The test split given apart: its images and int64 labels (-1 without labels)."""
+        where = self._where(self.test_key, "test_key")
+
+        def unchanged(header: Header) -> None:
+            if header.shape[0] != self.n_test or header.dtype != self.dtype:
+                raise DataError(f"{where} changed since this run started: it holds "
+                                f"{header.describe()}.")
+
+        images = read_member(archive, self.test_key, where, "images", unchanged)
+        if self.test_labels_key is None:
+            return images, np.full(self.n_test, -1, np.int64)
+        labels = read_member(archive, self.test_labels_key,
+                             self._where(self.test_labels_key, "test_labels_key"), "labels")
+        if len(labels) != self.n_test:
+            raise DataError(f"{self._where(self.test_labels_key, 'test_labels_key')} changed "
+                            f"since this run started: it holds {len(labels)} labels for "
+                            f"{self.n_test} test images.")
+        return images, labels.astype(np.int64)
 
     def _conditions(self, archive: zipfile.ZipFile) -> np.ndarray:
         """The condition vectors, float32 ``[N, D]``, checked: the header as in ``__init__``,
@@ -277,16 +368,26 @@ class ArrayDataModule(VAEDataModule):
                             f"holds {header.describe()}.")
 
     def _load(self, names):
-        images, labels = self._read()
-        idx = held_out(self.n, self.val_size, self.test_size, self._where(self.key))
+        images, labels, test = self._read()
+        where = self._where(self.key)
+        if test is None:
+            idx = held_out(self.n, self.val_size, self.test_size, where)
+            source = dict.fromkeys(idx, (images, labels))
+        else:  # the test split given apart: val held out of the images
+            train, val = carve(self.n, split_count(self.val_size, self.n), where)
+            idx = {"train": train, "val": val, "test": np.arange(self.n_test)}
+            source = {"train": (images, labels), "val": (images, labels), "test": test}
         if images.dtype.kind == "f":
-            check_pixels(images, self._where(self.key))
+            check_pixels(images, where, unit_interval=not self.real_values)
+            if test is not None:
+                check_pixels(test[0], self._where(self.test_key, "test_key"),
+                             unit_interval=not self.real_values)
         out = {}
         for split in names:
-            x = np.asarray(images[idx[split]])
+            x = np.asarray(source[split][0][idx[split]])
             if self.resolved_layout == "nhwc":
                 x = x.transpose(0, 3, 1, 2)
             if x.dtype.kind == "f":
                 x = x.astype(np.float32, copy=False)
-            out[split] = (np.ascontiguousarray(x), labels[idx[split]])
+            out[split] = (np.ascontiguousarray(x), source[split][1][idx[split]])
         return out

@@ -67,14 +67,19 @@ def check_dtype(header: Header, where: str, kind: Kind) -> None:
                         "x.astype(numpy.float32) / 255.")
 
 
-def check_pixels(x: np.ndarray, where: str, chunk: int = 1024) -> None:
-    """Float images must lie in [0, 1]: a ``DataError`` naming the first image that does not,
-    and how (checked ``chunk`` images at a time, so a large memory-mapped file is not copied
-    whole; no value of the file is quoted)."""
+def check_pixels(x: np.ndarray, where: str, chunk: int = 1024,
+                 unit_interval: bool = True) -> None:
+    """Float images must lie in [0, 1] (float feature vectors, ``unit_interval=False``: be
+    finite): a ``DataError`` naming the first image that does not, and how (checked ``chunk``
+    images at a time, so a large memory-mapped file is not copied whole; no value of the file
+    is quoted)."""
     first, count = None, 0
     for start in range(0, len(x), chunk):
         part = np.asarray(x[start:start + chunk])
-        ok = (np.isfinite(part) & (part >= 0) & (part <= 1)).reshape(len(part), -1)
+        ok = np.isfinite(part)
+        if unit_interval:
+            ok &= (part >= 0) & (part <= 1)
+        ok = ok.reshape(len(part), -1)
         bad = np.flatnonzero(~ok.all(axis=1))
         if len(bad) and first is None:
             first = start + int(bad[0])
@@ -83,6 +88,9 @@ def check_pixels(x: np.ndarray, where: str, chunk: int = 1024) -> None:
     if first is not None:
         how = ("a value that is not finite" if not math.isfinite(value) else
                "a value below 0" if value < 0 else "a value above 1")
+        if not unit_interval:
+            raise DataError(f"{where}: vector {first} (of {count} such) holds {how}: expected "
+                            "finite feature vectors.")
         raise DataError(f"{where}: image {first} (of {count} such) holds {how}: expected "
                         "float pixels in [0, 1] (and finite); rescale the images, or save them "
                         "as uint8.")

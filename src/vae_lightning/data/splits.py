@@ -43,6 +43,12 @@ SplitSize = PositiveInt | Annotated[float, Range(gt=0, lt=1)]
 ValSize = NonNegativeInt | Annotated[float, Range(gt=0, lt=1)]
 
 
+def split_count(size: int | float, n: int) -> int:
+    """The examples a split of ``size`` (a count, or a fraction of ``n`` rounded, at least one)
+    holds."""
+    return size if isinstance(size, int) else max(1, round(size * n))
+
+
 def held_out(n: int, val_size: int | float, test_size: int | float,
              what: str) -> dict[str, np.ndarray]:
     """Indices of the train, val and test splits of ``n`` examples, Frey Face's convention: test
@@ -51,8 +57,7 @@ def held_out(n: int, val_size: int | float, test_size: int | float,
 
     A fraction is rounded to a number of examples (at least one); at least one example must be
     left to train on, else a ``DataError`` naming ``what`` and the sizes."""
-    val, test = (size if isinstance(size, int) else max(1, round(size * n))
-                 for size in (val_size, test_size))
+    val, test = (split_count(size, n) for size in (val_size, test_size))
     if val + test >= n:
         raise DataError(
             f"{what} holds {n} examples: too few for val_size={val_size!r} ({val}) and "

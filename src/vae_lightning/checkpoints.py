@@ -9,10 +9,7 @@ name); a run goes on from it by ``resume``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vae_lightning import rundir
 from vae_lightning.errors import CheckpointError, UnwritableError
-from vae_lightning.files import kind, open_regular
+from vae_lightning.files import atomic_write, kind, open_regular
 
 CONFIG_KEY = "run_config"  # the run's resolved config, in every checkpoint train.py writes
 DATA_KEY = "data_identity"  # what the data were (VAEDataModule.identity), likewise
@@ -229,31 +226,20 @@ def unwritable(path: str | Path, err: BaseException) -> UnwritableError | None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoint writes that are atomic on every filesystem: the file is written to a temporary
-    file in the checkpoint's own directory, flushed to disk (fsync), then renamed over its final
-    name (``os.replace``, atomic within one filesystem) and the directory synced. A reader sees
-    the old checkpoint or the new one, never a torn file; a failed write (a full disk, a kill)
-    leaves no partial file under a final name."""
+    """Checkpoint writes that are atomic on every filesystem: written through a temporary file in
+    the checkpoint's own directory, flushed to disk, renamed over its final name and the
+    directory synced (``files.atomic_write``, owner-only permissions). A reader sees the old
+    checkpoint or the new one, never a torn file; a failed write (a full disk, a kill) leaves no
+    partial file under a final name."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as file:
+            with atomic_write(path, private=True, sync_directory=True) as file:
                 torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-            directory = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
         except BaseException as err:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
             failure = unwritable(path, err)
             if failure is not None:
                 raise failure from None

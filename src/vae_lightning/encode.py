@@ -13,8 +13,6 @@ labels as the data module gives them (``evaluation_labels``: int64 ``[N]``, or f
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from vae_lightning.args import PositiveInt, checked, fail
 from vae_lightning.checkpoint_data import STAGES, checked_data
 from vae_lightning.checkpoints import unwritable
 from vae_lightning.errors import ConfigError
-from vae_lightning.files import kind, writable_directory
+from vae_lightning.files import atomic_write, kind, writable_directory
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import device_of, load_model
 from vae_lightning.sample import posterior_locations
@@ -120,21 +118,14 @@ class Encoding:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``arrays`` as an uncompressed ``.npz`` at ``path``, atomically: written to a temporary
-    file in the same folder (created with the umask's permissions, as the file itself would be),
-    flushed to disk, then renamed over ``path`` (``os.replace``), so a reader sees the old file
+    """``arrays`` as an uncompressed ``.npz`` at ``path``, atomically (``files.atomic_write``,
+    with the umask's permissions, as the file itself would have), so a reader sees the old file
     or the whole new one; a failed write (a full disk) leaves nothing under the name and is an
     ``UnwritableError``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as file:
+        with atomic_write(path) as file:
             np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
     except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
         failure = unwritable(path, err)
         if failure is not None:
             raise failure from None

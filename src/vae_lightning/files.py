@@ -1,13 +1,16 @@
 """Opening the files a user names (data files, checkpoints) as untrusted input: only regular files
 are opened, so that a FIFO, a device or a socket under a file's name cannot block a run forever or
-feed it endless bytes. Imports no torch."""
+feed it endless bytes; and writing files atomically (``atomic_write``). Imports no torch."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from vae_lightning.errors import ConfigError, UnwritableError, UserError
 
@@ -57,3 +60,37 @@ def writable_directory(directory: Path, key: str) -> None:
                 raise UnwritableError(f"Cannot write into {directory}: {parent} is not "
                                       f"writable. Choose another {key} or fix its permissions.")
             return
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, newline: str | None = None,
+                 private: bool = False, sync_directory: bool = False) -> Iterator[IO]:
+    """Write ``path`` atomically: yields a new temporary file ``.<name>.<random>.tmp`` in the
+    same folder (``mode`` "wb" or "w"; ``newline`` as ``open``'s), which on normal exit is
+    flushed to disk (fsync) and renamed over ``path`` (``os.replace``, atomic within one
+    filesystem), so a reader sees the old file or the whole new one, never a torn one. On any
+    exception (a full disk, Ctrl-C) the temporary file is removed and the exception re-raised:
+    ``path`` is untouched. The file gets the umask's permissions, as ``open`` would give it, or
+    owner-only ones (0600, as ``tempfile.mkstemp``'s) when ``private``; ``sync_directory``
+    also syncs the folder, so that the rename itself survives a power cut."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    permissions = 0o600 if private else 0o666
+    file = open(temporary, mode, newline=newline,  # O_EXCL: never another writer's file
+                opener=lambda name, flags: os.open(name, flags | os.O_EXCL, permissions))
+    try:
+        with file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    if sync_directory:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from vae_lightning.args import checked
-from vae_lightning.files import writable_directory
+from vae_lightning.files import atomic_write, writable_directory
 
 # The environment variable that names MLflow's tracking server (MLflow's name).
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
@@ -46,12 +46,10 @@ class _AppendingWriter(ExperimentWriter):
             rows = list(csv.DictReader(file))
         kept = [row for row in rows if not row.get("step") or int(row["step"]) <= step]
         if len(kept) < len(rows):
-            temporary = f"{self.metrics_file_path}.tmp"
-            with self._fs.open(temporary, "w", newline="") as file:
+            with atomic_write(self.metrics_file_path, "w", newline="") as file:
                 writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
                 writer.writeheader()
                 writer.writerows(kept)
-            os.replace(temporary, self.metrics_file_path)
 
 
 class CSVLogger(_CSVLogger):

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vae_lightning.errors import CheckpointError, ConfigError, UnwritableError
+from vae_lightning.files import atomic_write
 
 RESULTS = "results.json"
 CURVE = "curve.json"
@@ -131,13 +132,8 @@ def is_run(directory: str | Path) -> bool:
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a reader sees the old file or the new one."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as file:
+    with atomic_write(path, "w") as file:
         file.write(json.dumps(payload, indent=2) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 class Claim(NamedTuple):

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from vae_lightning.errors import ConfigError, DataError
-from vae_lightning.files import kind, open_regular
+from vae_lightning.files import atomic_write, kind, open_regular
 
 CLASSIFIERS = "feature_classifiers"  # the folder of the classifiers' weights under the data root
 FORMAT = "vae-lightning feature classifier"
@@ -110,10 +110,9 @@ def save_classifier(path: str | os.PathLike, net: FeatureNet, **record: Any) -> 
     atomically to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": FORMAT, **net.settings(), "state_dict": net.state_dict(), **record},
-               temporary)
-    os.replace(temporary, path)
+    with atomic_write(path) as file:
+        torch.save({"format": FORMAT, **net.settings(), "state_dict": net.state_dict(), **record},
+                   file)
 
 
 def load_classifier(path: str | os.PathLike, shape: Sequence[int],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -24,6 +23,7 @@ import torch
 from vae_lightning import rundir
 from vae_lightning.args import PositiveInt, Range, checked, fail
 from vae_lightning.checkpoints import RunConfig
+from vae_lightning.files import atomic_write
 
 
 def split_elbo(model: L.LightningModule, x: torch.Tensor, y: torch.Tensor,
@@ -113,9 +113,8 @@ class BoundCurve(L.Callback):
         }
         path = rundir.path(self.dirpath or trainer.default_root_dir, "curve")
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(payload, indent=1) + "\n")
-        os.replace(temporary, path)  # atomic: a kill mid-write leaves the previous curve
+        with atomic_write(path, "w") as file:  # a kill mid-write leaves the previous curve
+            file.write(json.dumps(payload, indent=1) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
         return {"points": self.points, "next_samples": self.threshold(self._next)}

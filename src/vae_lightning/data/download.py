@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-import tempfile
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -153,8 +152,9 @@ def fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
 def download(name: str, md5: str, directory: Path, mirrors: Sequence[str]) -> Path:
     """Download ``name`` from the first mirror that serves it with the right md5.
 
-    Each try writes to a temporary file in ``directory`` and moves it into place with
-    ``os.replace`` only after the md5 matches, so no partial file is ever left behind.
+    Each try writes to a temporary file in ``directory`` (``files.atomic_write``, owner-only
+    permissions) that is renamed into place only when the md5 matches (a mismatch raises inside
+    the write, which removes it), so no partial file is ever left behind.
     Returns the final path; raises ``DataNotFoundError`` listing every failure.
     """
     try:
@@ -166,20 +166,15 @@ def download(name: str, md5: str, directory: Path, mirrors: Sequence[str]) -> Pa
     errors = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
-        os.close(fd)
         try:
-            fetch(url, Path(tmp))
-            got = md5sum(tmp)
-            if got != md5:
-                raise OSError(f"md5 {got} does not match the expected {md5}")
-            os.replace(tmp, directory / name)
+            with files.atomic_write(directory / name, private=True) as out:
+                fetch(url, Path(out.name))  # fetch writes the file by its name
+                got = md5sum(out.name)
+                if got != md5:
+                    raise OSError(f"md5 {got} does not match the expected {md5}")
             return directory / name
         except Exception as err:  # any failure: try the next mirror
             errors.append(f"{url}: {err}")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     raise DataNotFoundError(f"Could not download {name}: " + "; ".join(errors))
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ import numpy as np
 
 from vae_lightning.args import PositiveInt, checked, fail
 from vae_lightning.errors import DataError
-from vae_lightning.files import kind
+from vae_lightning.files import atomic_write, kind
 
 from .datamodules import VAEDataModule
 from .download import (
@@ -288,20 +287,13 @@ def _read_cache(path: Path, shape: tuple[int | None, ...]) -> np.ndarray | None:
 
 
 def _write_atomically(path: Path, array: np.ndarray) -> None:
-    """Save ``array`` as a ``.npy`` to ``path`` through a temporary file in the same folder and
-    ``os.replace``: readers see the old file or the whole new one, never a partial one. numpy
+    """Save ``array`` as a ``.npy`` to ``path`` atomically (``files.atomic_write``, owner-only
+    permissions): readers see the old file or the whole new one, never a partial one. numpy
     writes the header; the data goes through the file's own ``write``, which reports a full
     disk or a file-size limit with its errno (numpy's ``tofile`` says only how many bytes it
     wrote)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            data = np.ascontiguousarray(array)
-            np.lib.format.write_array_header_1_0(
-                fh, np.lib.format.header_data_from_array_1_0(data))
-            fh.write(memoryview(data).cast("B"))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, private=True) as fh:
+        data = np.ascontiguousarray(array)
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(data))
+        fh.write(memoryview(data).cast("B"))

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from vae_lightning.errors import DataError, UnwritableError
-from vae_lightning.files import kind
+from vae_lightning.files import atomic_write, kind
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +208,12 @@ def rendered(variant: str) -> np.ndarray:
 
 
 def write_cache(path: Path, packed: np.ndarray) -> None:
-    """Write ``packed`` to ``path`` atomically (a temporary file renamed over the name)."""
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    """Write ``packed`` to ``path`` atomically (``files.atomic_write``)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as file:
+        with atomic_write(path) as file:
             np.save(file, packed, allow_pickle=False)
-        os.replace(temporary, path)
     except OSError as err:
-        temporary.unlink(missing_ok=True)
         raise UnwritableError(
             f"Cannot write the rendered dSprites images to {path} ({err.strerror}): free space or "
             "fix the permissions of the data root (data.root, or VAE_DATA_DIR), or render them "

@@ -22,6 +22,7 @@ from typing import Any
 from vae_lightning import rundir
 from vae_lightning.args import locations
 from vae_lightning.checkpoints import data_differences
+from vae_lightning.config import dotted
 from vae_lightning.errors import CheckpointError, ConfigError, DataError
 from vae_lightning.files import kind, open_regular
 from vae_lightning.rebuild import build_trusted, trusted_class
@@ -40,8 +41,8 @@ def checked_data(config: dict[str, Any], checkpoint: dict[str, Any], ckpt_path: 
     (``train``, ``val``, ``test``) from where the user keeps the data (``find_data``); where that
     is; and whether the split read is the one the checkpoint was trained with (None: the
     checkpoint records no identity). Other data are refused unless ``allow_other_data``.
-    ``key``: the config node these options belong to (``eval``, ``sample``), which the messages
-    name."""
+    ``key``: the config node these options belong to (``eval``; "" for vae-sample's and
+    vae-encode's, top-level), which the messages name."""
     datamodule, source = find_data(config, ckpt_path, key, trusted=trusted, data_root=data_root,
                                    data_path=data_path, batch_size=batch_size)
     datamodule.setup(STAGES[split])
@@ -85,7 +86,8 @@ def find_data(config: dict[str, Any], ckpt_path: str, key: str, *, trusted: Sequ
         if "path" in str(err) and data_path is None:
             raise ConfigError(
                 f"{err} The model was trained on data={node.get('_target_')} read from a "
-                f"path the run's record does not give: name it with {key}.data_path=...") \
+                "path the run's record does not give: name it with "
+                f"{dotted(key, 'data_path')}=...") \
                 from None
         raise
 
@@ -107,11 +109,11 @@ def _check_data(checkpoint: dict[str, Any], datamodule: Any, ckpt_path: str,
         raise DataError(
             f"The {split} data read from {_where(source)} are not the data checkpoint "
             f"{ckpt_path} was trained with: {'; '.join(differences)}. Name the right data "
-            f"with {key}.data_root=... (or {key}.data_path=...), or use these data anyway with "
-            f"{key}.allow_other_data=true.")
+            f"with {dotted(key, 'data_root')}=... (or {dotted(key, 'data_path')}=...), or use "
+            f"these data anyway with {dotted(key, 'allow_other_data')}=true.")
     if differences:
-        log.warning("Using other data than the checkpoint's (%s.allow_other_data): %s.", key,
-                    "; ".join(differences))
+        log.warning("Using other data than the checkpoint's (%s): %s.",
+                    dotted(key, "allow_other_data"), "; ".join(differences))
     return not differences
 
 

@@ -263,7 +263,7 @@ def _sample(cfg: DictConfig) -> None:
         from vae_lightning.config import instantiate_node
 
         _check_with_checkpoint(cfg, "vae-sample ckpt_path=<run>/checkpoints/last.ckpt n=64")
-        out = instantiate_node(cfg, "sample")()
+        out = instantiate_node(cfg, "")()
         print(f"written: {out / 'samples.png'}, {out / 'samples.npy'}")
 
     _run(task, cfg)
@@ -278,7 +278,7 @@ def _encode(cfg: DictConfig) -> None:
         from vae_lightning.config import instantiate_node
 
         _check_with_checkpoint(cfg, "vae-encode ckpt_path=<run>/checkpoints/last.ckpt")
-        record = instantiate_node(cfg, "encode")()
+        record = instantiate_node(cfg, "")()
         shapes = ", ".join(f"{name} {shape}" for name, shape in record["arrays"].items())
         print(f"written: {record['locations']} ({shapes}), {record['record']}")
 

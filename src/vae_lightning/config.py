@@ -22,9 +22,16 @@ from vae_lightning.errors import ConfigError, UserError
 log = logging.getLogger(__name__)
 
 
+def dotted(path: str, name: str) -> str:
+    """The config key of ``name`` under the node at ``path`` ("" for the config's root: the
+    top-level keys of vae-sample's and vae-encode's configs are named as typed, ``n=0``)."""
+    return f"{path}.{name}" if path else str(name)
+
+
 def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(node, **kwargs)``, with an error raised by a constructor
-    reported as a ``ConfigError`` naming the key of the node that raised it."""
+    reported as a ``ConfigError`` naming the key of the node that raised it (``key``: its
+    path, "" for the config's root)."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -33,13 +40,13 @@ def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
             raise cause from None  # e.g. a DataError: its own message, its own exit code
         where = re.search(r"full_key: (\S+)", str(err))
         full_key = where.group(1) if where else key
-        if full_key != key and not full_key.startswith(key + "."):
-            full_key = f"{key}.{full_key}"
+        if key and full_key != key and not full_key.startswith(key + "."):
+            full_key = dotted(key, full_key)
         raise ConfigError(f"Invalid configuration: {_described(full_key, cause, err)}") from None
     except (ValueError, TypeError) as err:
         if isinstance(err, UserError) and not isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"Invalid configuration: {key}: {err}") from None
+        raise ConfigError(f"Invalid configuration: {f'{key}: {err}' if key else err}") from None
 
 
 def _described(key: str, cause: BaseException | None, err: InstantiationException) -> str:
@@ -47,9 +54,9 @@ def _described(key: str, cause: BaseException | None, err: InstantiationExceptio
     from vae_lightning.args import ArgumentError
 
     if isinstance(cause, ArgumentError):
-        return "; ".join(f"{key}.{name}={_show(value)} is not allowed: {accepted}"
+        return "; ".join(f"{dotted(key, name)}={_show(value)} is not allowed: {accepted}"
                          for name, value, accepted in cause.problems) + f" ({cause.owner})."
-    return f"{key}: {_cause(err)}"
+    return f"{key}: {_cause(err)}" if key else _cause(err)
 
 
 def _cause(err: InstantiationException) -> str:

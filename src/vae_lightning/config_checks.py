@@ -22,7 +22,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from vae_lightning.config import _show
+from vae_lightning.config import _show, dotted
 from vae_lightning.errors import ConfigError
 from vae_lightning.groups import EXTRAS, group_hint, group_of, groups, installed
 
@@ -36,7 +36,7 @@ def target_nodes(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
     for key in node:
         if path == "" and key == "hydra":
             continue
-        found += target_nodes(node._get_node(key), f"{path}.{key}" if path else str(key))
+        found += target_nodes(node._get_node(key), dotted(path, key))
     return found
 
 
@@ -53,7 +53,7 @@ def _missing(cfg: DictConfig) -> list[str]:
             for key in node:
                 if path == "" and key == "hydra":
                     continue
-                child = f"{path}.{key}" if path else str(key)
+                child = dotted(path, key)
                 if OmegaConf.is_missing(node, key):
                     if child not in FILLED_IN:
                         found.append(f"{child} is required and has no value: set it, e.g. "
@@ -103,21 +103,22 @@ def problems(cfg: DictConfig) -> list[str]:
         try:
             target = get_object(node._target_)
         except Exception:
-            found[f"{path}._target_"] = (f"{path}._target_={node._target_!r} cannot be imported; "
-                                         "check its spelling.")
+            key = dotted(path, "_target_")
+            found[key] = f"{key}={node._target_!r} cannot be imported; check its spelling."
             continue
         values = _values(node)
         plain_values = {key: value for key, (value, _) in values.items()}
         for name, value, accepted in argument_problems(target, plain_values):
             source = values[name][1] if name in values else None
-            key = source or f"{path}.{name}"
-            via = f", as {path}.{name}" if source else ""
+            key = source or dotted(path, name)
+            via = f", as {dotted(path, name)}" if source else ""
             found.setdefault(key, f"{key}={_show(value)} is not allowed: {accepted} "
                                   f"({node._target_}{via}).")
         for name, value in plain_values.items():
             part = _part(target, name)
             if part is not None and (value is not None or not part[1]):
-                found.setdefault(f"{path}.{name}", _not_a_part(f"{path}.{name}", value, part[0]))
+                found.setdefault(dotted(path, name), _not_a_part(dotted(path, name), value,
+                                                                 part[0]))
         modules, extra = EXTRAS.get(node._target_, ((), None))
         if modules and not any(map(installed, modules)):
             found[path] = (f"{path} ({node._target_}) needs the {modules[0]} package, which is "

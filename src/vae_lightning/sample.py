@@ -196,7 +196,7 @@ class Sampling:
                          checkpoint: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """The training images and their labels, found and checked as ``vae-eval`` finds and
         checks its split's (``checkpoint_data``)."""
-        datamodule = checked_data(config, checkpoint, self.ckpt_path, "train", "sample",
+        datamodule = checked_data(config, checkpoint, self.ckpt_path, "train", "",
                                   trusted=self.trusted, data_root=self.data_root,
                                   data_path=self.data_path,
                                   allow_other_data=self.allow_other_data,

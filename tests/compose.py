@@ -92,16 +92,23 @@ def pair_composes(prior: str, posterior: str) -> bool:
     return posterior != "ladder" or prior == "hierarchy"
 
 
-def sample_config(overrides: list[str]):
-    """vae-sample's ``Sampling`` for ``overrides``, built in-process from the composed and
-    checked config, as the command builds it."""
+def command_config(name: str, overrides: list[str]):
+    """The object a command whose config is ``conf/<name>.yaml`` (``sample``: vae-sample's
+    ``Sampling``, ``encode``: vae-encode's ``Encoding``) builds for ``overrides``, built
+    in-process from the composed and checked config, as the command builds it (its options are
+    top-level keys)."""
     from vae_lightning.config import instantiate_node
     from vae_lightning.config_checks import check
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("sample", overrides=overrides)
+        cfg = compose(name, overrides=overrides)
     check(cfg)
-    return instantiate_node(cfg, "sample")
+    return instantiate_node(cfg, "")
+
+
+def sample_config(overrides: list[str]):
+    """vae-sample's ``Sampling`` for ``overrides`` (``command_config``)."""
+    return command_config("sample", overrides)
 
 
 def finished_run(directory: Path, overrides: list[str]) -> Path:

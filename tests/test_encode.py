@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from compose import CONF, compose_train, mnist_like
-from hydra import compose, initialize_config_dir
+from compose import command_config, compose_train, mnist_like
 from hydra.utils import instantiate
 
 from vae_lightning import samplers
@@ -21,15 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def encode_config(overrides: list[str]):
-    """vae-encode's ``Encoding`` for ``overrides``, built from the composed and checked config,
-    as the command builds it."""
-    from vae_lightning.config import instantiate_node
-    from vae_lightning.config_checks import check
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("encode", overrides=overrides)
-    check(cfg)
-    return instantiate_node(cfg, "encode")
+    """vae-encode's ``Encoding`` for ``overrides``, as the command builds it."""
+    return command_config("encode", overrides)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ its options stay, fitted anew otherwise; a file that is not one, or does not fit
 one line; the training data are found and checked as vae-eval finds and checks its split."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -165,6 +166,18 @@ def test_vae_sample_writes_a_fitted_samplers_images_into_their_own_folder(checkp
 def test_an_unknown_sampler_is_one_config_error(checkpoint):
     with pytest.raises(ConfigError, match="sampler='nope' is not allowed: prior .* gmm, flow"):
         sample_config([f"ckpt_path={checkpoint}", "sampler=nope"])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("n=0", "n=0 is not allowed"), ("sampler=nope", "sampler='nope' is not allowed"),
+    ("device=tpu", "device='tpu' is not allowed")])
+def test_errors_name_the_top_level_keys_as_typed(checkpoint, override, words):
+    """vae-sample's options are top-level keys: a message names ``n=0``, never ``sample.n``
+    or ``.n``, which the command line would not take."""
+    with pytest.raises(ConfigError) as refused:
+        sample_config([f"ckpt_path={checkpoint}", override])
+    message = str(refused.value)
+    assert words in message and not re.search(r"(^|\s)(sample)?\.\w+=", message), message
 
 
 def test_other_training_data_are_refused_unless_allowed(checkpoint, tmp_path):

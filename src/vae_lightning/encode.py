@@ -75,7 +75,7 @@ class Encoding:
         content, with its path (``record``) and the arrays' shapes (``arrays``)."""
         self._check_out()
         model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
-        read = {split: checked_data(config, checkpoint, self.ckpt_path, split, "encode",
+        read = {split: checked_data(config, checkpoint, self.ckpt_path, split, "",
                                     trusted=self.trusted, data_root=self.data_root,
                                     data_path=self.data_path,
                                     allow_other_data=self.allow_other_data,

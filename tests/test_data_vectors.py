@@ -99,7 +99,8 @@ def test_test_key_needs_a_npz(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    ([], "model/likelihood=continuousbernoulli is a distribution of pixel values"),
+    ([], r"model/likelihood \(ContinuousBernoulli\) is a distribution of values in \[0, 1\]"),
+    (["model/likelihood=bernoulli"], r"\(Bernoulli\) is a distribution of binary values"),
     (["model/likelihood=gaussian"], "mean_activation=sigmoid keeps the decoder's mean in"),
 ])
 def test_a_likelihood_without_a_density_on_real_numbers_is_refused(tmp_path, overrides, words):

@@ -126,11 +126,13 @@ def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> 
     numbers (``data=array``'s float feature vectors) has no density there: refuse it."""
     likelihood = model.decoder.likelihood
     if getattr(datamodule, "real_values", False) and likelihood.support is not constraints.real:
+        values = ("binary values" if likelihood.support is constraints.boolean else
+                  "values in [0, 1]" if likelihood.support is constraints.unit_interval else
+                  "a grid of pixel values")
         raise ConfigError(
-            f"model/likelihood={type(likelihood).__name__.lower()} is a distribution of pixel "
-            f"values ({likelihood.support}), but data.path={str(datamodule.path)!r} holds float "
-            "feature vectors, real numbers: expected a likelihood for real numbers, "
-            "model/likelihood=gaussian.")
+            f"model/likelihood ({type(likelihood).__name__}) is a distribution of {values}, "
+            f"but data.path={str(datamodule.path)!r} holds float feature vectors, real numbers: "
+            "expected a likelihood for real numbers, model/likelihood=gaussian.")
     if getattr(datamodule, "real_values", False) and getattr(
             likelihood, "mean_activation", None) == "sigmoid":
         raise ConfigError(

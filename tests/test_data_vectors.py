@@ -159,3 +159,16 @@ def test_the_m1_m2_presets_chain_through_vae_encode(tmp_path, one_thread):
                                                                      str(tmp_path))
     assert results["n"] == 50 and 0 <= results["classification_error"] <= 1
     assert results["latent"] == 50
+
+
+def test_feature_vectors_get_no_pictures(tmp_path):
+    """The figures of a run on feature vectors: the curves and the latent scatter, no samples,
+    reconstructions or manifold drawn as if the vectors were images."""
+    np.save(tmp_path / "v.npy", clusters(120, d=4)[0])
+    train(compose_train(["data=array", f"data.path={tmp_path / 'v.npy'}",
+                         "model/likelihood=gaussian",
+                         "model.decoder.likelihood.mean_activation=identity", "model.latent=2",
+                         "trainer.max_steps=3", "logger=none", "trainer.enable_progress_bar=false",
+                         "trainer.enable_model_summary=false"], tmp_path / "run"))
+    drawn = sorted(p.stem for p in (tmp_path / "run" / "figures").glob("*.png"))
+    assert drawn == ["curves", "latents"]

@@ -19,7 +19,8 @@
   and a row per base point.
 
 Without a validation split (``data.val_size=0``) the reconstructions and the scatter use the test
-split, and the curves show the training bound alone. Images are drawn in grayscale or, with three
+split, and the curves show the training bound alone. Data that are not images (feature vectors)
+get the curves and the scatter only. Images are drawn in grayscale or, with three
 channels, in colour. This module holds the callback and Figs. 2, 4 and 5 and the reconstructions;
 the shared image primitives are in ``callbacks.images``, the scatter in
 ``callbacks.latent_scatter`` and the traversals in ``callbacks.traversals``.
@@ -244,9 +245,13 @@ class Figures(L.Callback):
         dm = trainer.datamodule
         training = pl_module.training
         pl_module.eval()
-        figures = {"samples": lambda: samples_figure(pl_module, self.n_samples),
-                   "curves": lambda: curves_figure(self.curves)}
-        if pl_module.latent == 2:
+        # Data that are not images (feature vectors, data=array [N, D]) have no pictures of
+        # their points: their samples, manifold, reconstructions and traversals are left out.
+        images = getattr(dm, "images", True)  # a data module of the user's own: images
+        figures = {"curves": lambda: curves_figure(self.curves)}
+        if images:
+            figures["samples"] = lambda: samples_figure(pl_module, self.n_samples)
+        if pl_module.latent == 2 and images:
             figures["manifold"] = lambda: manifold_figure(pl_module, self.grid)
         splits = getattr(dm, "splits", {})
         # The validation points; the test points when there is no validation split (val_size=0).
@@ -254,12 +259,13 @@ class Figures(L.Callback):
         traversed: list[Traversal] = []  # kept for the GIF
         if split is not None and self.n_points > 0:
             x, y = self._validation_points(trainer, pl_module.device, split)
-            figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40],
-                                                                        y=y[:40])
+            if images:
+                figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40],
+                                                                            y=y[:40])
             classes = getattr(dm, "classes", None)
             figures["latents"] = lambda: latents_figure(pl_module, x, y, classes,
                                                         SPLIT_NAMES[split])
-            if self.traversals:
+            if self.traversals and images:
                 def traversals():
                     traversed.append(traversal(pl_module, x, self.traversal_bases,
                                                self.traversal_steps, self.traversal_span,

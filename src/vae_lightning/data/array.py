@@ -150,6 +150,11 @@ class ArrayDataModule(VAEDataModule):
                             "model/likelihood=gaussian).")
 
     @property
+    def images(self) -> bool:
+        """Whether the points are images (feature vectors are not: no pictures of them)."""
+        return self.resolved_layout != "vectors"
+
+    @property
     def real_values(self) -> bool:
         """Whether the data are real numbers (float feature vectors), not values in [0, 1]."""
         return self.resolved_layout == "vectors" and self.dtype.kind == "f"

@@ -69,6 +69,7 @@ class VAEDataModule(L.LightningDataModule):
 
     name: str
     shape: tuple[int, int, int]
+    images = True  # the points are images (pictures of them: samples, reconstructions)
 
     @checked
     def __init__(

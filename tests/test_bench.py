@@ -133,13 +133,15 @@ def test_the_schedules_of_the_rows_span_the_protocols_training_length():
 
 def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path):
     tiny = [f"data.root={mnist_root}", "trainer.max_samples=600", "logger=none",
-            "callbacks.figures.n_points=0", "trainer.enable_progress_bar=false",
-            "model.encoder.net.hidden=[16]", "model.decoder.net.hidden=[16]", "model.latent=2"]
+            "callbacks.figures.n_points=0", "model.encoder.net.hidden=[16]",
+            "model.decoder.net.hidden=[16]", "model.latent=2"]
     runs, records = tmp_path / "runs", tmp_path / "records"
     path = bench.run("vae", runs, records, k=3, overrides=tiny)
     record = json.loads(path.read_text())
     assert record["status"] == "completed" and record["k"] == 3 and record["n"] == 30
     assert record["train_samples_seen"] >= 600
+    assert "\r" not in (runs / "vae.log").read_text()  # no progress bar in the log file
+    assert "trainer.enable_progress_bar=false" not in record["overrides"]  # not the row's
     assert record["iw"]["nats"] >= record["elbo"]["nats"] - 1e-3
     assert record["bench"]["paper"]["value"] == -86.76
     # Run again: the finished run is not trained again, only evaluated.

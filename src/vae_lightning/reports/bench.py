@@ -73,7 +73,8 @@ def run(row: str, runs: Path = RUNS, records: Path = RECORDS, k: int = 5000,
     if not results_file.is_file() or json.loads(results_file.read_text()).get(
             "status") == "interrupted":
         resume = [f"ckpt_path={last}"] if last.is_file() else [f"hydra.run.dir={directory}"]
-        code = _run("train", [*args, *resume], log)
+        # The log is a file: Lightning's progress bar would fill it with carriage returns.
+        code = _run("train", [*args, *resume, "trainer.enable_progress_bar=false"], log)
         if code not in (0, 4):  # 4: diverged, a result too
             raise SystemExit(f"error: training row {row} ended with exit code {code}; see {log}")
     results = json.loads(results_file.read_text())

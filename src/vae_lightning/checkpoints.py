@@ -9,8 +9,10 @@ name); a run goes on from it by ``resume``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +227,19 @@ def unwritable(path: str | Path, err: BaseException) -> UnwritableError | None:
         "ckpt_path=<run>/checkpoints/last.ckpt).")
 
 
+@contextlib.contextmanager
+def refused_if_unwritable(path: str | Path) -> Iterator[None]:
+    """A failed write of ``path`` inside the block raised as its ``UnwritableError``
+    (``unwritable``: exit 74); any other exception as it is."""
+    try:
+        yield
+    except BaseException as err:
+        failure = unwritable(path, err)
+        if failure is not None:
+            raise failure from None
+        raise
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint writes that are atomic on every filesystem: written through a temporary file in
     the checkpoint's own directory, flushed to disk, renamed over its final name and the
@@ -236,14 +251,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with atomic_write(path, private=True, sync_directory=True) as file:
-                torch.save(checkpoint, file)
-        except BaseException as err:
-            failure = unwritable(path, err)
-            if failure is not None:
-                raise failure from None
-            raise
+        with refused_if_unwritable(path), atomic_write(path, private=True,
+                                                       sync_directory=True) as file:
+            torch.save(checkpoint, file)
 
 
 class RunConfig(L.Callback):

@@ -23,7 +23,7 @@ from vae_lightning import rundir
 from vae_lightning import samplers as fitted
 from vae_lightning.args import PositiveInt, checked, fail
 from vae_lightning.checkpoint_data import STAGES, checked_data
-from vae_lightning.checkpoints import unwritable
+from vae_lightning.checkpoints import refused_if_unwritable
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import atomic_write, kind, writable_directory
 from vae_lightning.module import VAE
@@ -122,14 +122,8 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with the umask's permissions, as the file itself would have), so a reader sees the old file
     or the whole new one; a failed write (a full disk) leaves nothing under the name and is an
     ``UnwritableError``."""
-    try:
-        with atomic_write(path) as file:
-            np.savez(file, **arrays)
-    except BaseException as err:
-        failure = unwritable(path, err)
-        if failure is not None:
-            raise failure from None
-        raise
+    with refused_if_unwritable(path), atomic_write(path) as file:
+        np.savez(file, **arrays)
 
 
 if __name__ == "__main__":

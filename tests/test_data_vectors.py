@@ -172,3 +172,8 @@ def test_feature_vectors_get_no_pictures(tmp_path):
                          "trainer.enable_model_summary=false"], tmp_path / "run"))
     drawn = sorted(p.stem for p in (tmp_path / "run" / "figures").glob("*.png"))
     assert drawn == ["curves", "latents"]
+    # vae-sample: the array of samples, no grid of 1 x D strips
+    out = compose.sample_config([f"ckpt_path={tmp_path / 'run/checkpoints/last.ckpt'}", "n=5",
+                                 "device=cpu"])()
+    assert np.load(out / "samples.npy").shape == (5, 1, 1, 4)
+    assert not (out / "samples.png").exists()

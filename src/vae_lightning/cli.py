@@ -264,7 +264,9 @@ def _sample(cfg: DictConfig) -> None:
 
         _check_with_checkpoint(cfg, "vae-sample ckpt_path=<run>/checkpoints/last.ckpt n=64")
         out = instantiate_node(cfg, "")()
-        print(f"written: {out / 'samples.png'}, {out / 'samples.npy'}")
+        written = [out / name for name in ("samples.png", "samples.npy")
+                   if (out / name).is_file()]
+        print(f"written: {', '.join(map(str, written))}")
 
     _run(task, cfg)
 

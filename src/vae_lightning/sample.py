@@ -1,7 +1,8 @@
 """Draw images from a trained model: ``vae-sample ckpt_path=<run>/checkpoints/last.ckpt n=64``
 (or ``python -m vae_lightning.sample ...``) writes ``samples.png`` (a grid of the first
 ``GRID_MAX``) and ``samples.npy`` (float32 ``[n, C, H, W]``) into ``<run dir>/samples/``, or
-``output_dir``.
+``output_dir``; for a model of feature vectors (data that are not images, as the checkpoint
+records them) the array only.
 
 z comes from the model's prior (``sampler=prior``), or from a density fitted after training to
 the posterior locations of the training images (``sampler=gmm``, ``sampler=flow``: the options
@@ -33,6 +34,7 @@ from vae_lightning.args import (
     within,
 )
 from vae_lightning.checkpoint_data import checked_data
+from vae_lightning.checkpoints import DATA_KEY
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
 from vae_lightning.module import VAE
@@ -135,6 +137,8 @@ class Sampling:
         array.flush()
         del array
         (out / "samples.npy.tmp").replace(out / "samples.npy")
+        if not checkpoint.get(DATA_KEY, {}).get("images", True):
+            return out  # feature vectors, not images: the array only, no picture of them
         shown = min(self.n, GRID_MAX)
         images = torch.from_numpy(np.load(out / "samples.npy", mmap_mode="r")[:shown].copy())
         cols = math.ceil(math.sqrt(shown))

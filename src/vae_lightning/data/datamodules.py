@@ -146,6 +146,7 @@ class VAEDataModule(L.LightningDataModule):
             "data": self.name,
             "module": f"{type(self).__module__}.{type(self).__qualname__}",
             "shape": list(self.shape),
+            "images": self.images,
             "scale": self.scale,
             "binarize": self.binarize,
             "splits": {split: {"size": len(self.splits[split][0]), "sha256": self.digests[split]}

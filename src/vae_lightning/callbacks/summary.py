@@ -32,7 +32,7 @@ def count_flops(summary: Summary, trainer: pl.Trainer, module: pl.LightningModul
     if "train" not in splits or counter is None or not hasattr(module, "bound"):
         return
     x = torch.zeros(1, *trainer.datamodule.shape, device=module.device)
-    y = trainer.datamodule.evaluation_labels("train", module.device)[:1]
+    y = trainer.datamodule.evaluation_labels("train")[:1].to(module.device)  # one label moved
     modes = {m: m.training for m in module.modules()}
     cuda = [module.device] if module.device.type == "cuda" else []
     try:

@@ -1,12 +1,14 @@
-"""files.atomic_write: a reader sees the old file or the whole new one; a failed or interrupted
+"""files.atomic_write (and npy.atomic_npy on it): a reader sees the old file or the whole new one; a failed or interrupted
 write leaves the old file and no temporary file."""
 
 import os
 import stat
 
+import numpy as np
 import pytest
 
 from vae_lightning import files
+from vae_lightning.data.npy import atomic_npy
 from vae_lightning.files import atomic_write
 
 
@@ -65,12 +67,10 @@ def test_text_mode_and_newline_are_open_s(tmp_path):
     assert (tmp_path / "b.txt").read_text() == "line\n"
 
 
-def test_permissions_are_the_umask_s_or_owner_only(tmp_path):
+def test_permissions_are_the_umask_s_as_open_gives(tmp_path):
     old = os.umask(0o027)
     try:
         with atomic_write(tmp_path / "shared.bin") as file:
-            file.write(b"x")
-        with atomic_write(tmp_path / "private.bin", private=True) as file:
             file.write(b"x")
         with open(tmp_path / "plain.bin", "wb") as file:  # what open gives under this umask
             file.write(b"x")
@@ -78,7 +78,20 @@ def test_permissions_are_the_umask_s_or_owner_only(tmp_path):
         os.umask(old)
     mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert mode["shared.bin"] == mode["plain.bin"] == 0o640
-    assert mode["private.bin"] == 0o600
+
+
+def test_atomic_npy_streams_blocks_into_one_array_and_refuses_a_wrong_total(tmp_path):
+    rows = np.arange(24, dtype=np.float64).reshape(6, 2, 2)
+    with atomic_npy(tmp_path / "a.npy", rows.shape) as append:
+        append(rows[:4])
+        append(rows[4:])
+    read = np.load(tmp_path / "a.npy")
+    assert read.dtype == np.float32 and np.array_equal(read, rows.astype(np.float32))
+    with pytest.raises(ValueError, match="shape"), atomic_npy(tmp_path / "a.npy",
+                                                             (7, 2, 2)) as append:
+        append(rows)
+    assert np.array_equal(np.load(tmp_path / "a.npy"), read)  # the old file untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]  # no temporary left
 
 
 def test_the_temporary_file_is_hidden_beside_the_target_and_never_another_s(tmp_path,

@@ -487,6 +487,21 @@ def test_checkpoints_are_renamed_into_place_from_their_own_directory(tmp_path, m
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
 
 
+def test_a_checkpoint_gets_the_umask_s_permissions_not_owner_only(tmp_path):
+    """Lightning's own checkpoint IO gives what ``open`` gives; so does ours, so that a run on a
+    shared machine stays readable to the group where the umask lets it."""
+    import stat
+
+    from vae_lightning.checkpoints import AtomicCheckpointIO
+
+    old = os.umask(0o022)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"x": torch.ones(1)}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "last.ckpt").stat().st_mode) == 0o644
+
+
 def test_an_unwritable_run_directory_is_exit_code_74(tmp_path, monkeypatch, capsys):
     from vae_lightning.checkpoints import AtomicCheckpointIO
 

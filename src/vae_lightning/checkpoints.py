@@ -251,8 +251,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with refused_if_unwritable(path), atomic_write(path, private=True,
-                                                       sync_directory=True) as file:
+        with refused_if_unwritable(path), atomic_write(path, sync_directory=True) as file:
             torch.save(checkpoint, file)
 
 

@@ -64,20 +64,20 @@ def writable_directory(directory: Path, key: str) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", *, newline: str | None = None,
-                 private: bool = False, sync_directory: bool = False) -> Iterator[IO]:
+                 sync_directory: bool = False) -> Iterator[IO]:
     """Write ``path`` atomically: yields a new temporary file ``.<name>.<random>.tmp`` in the
     same folder (``mode`` "wb" or "w"; ``newline`` as ``open``'s), which on normal exit is
     flushed to disk (fsync) and renamed over ``path`` (``os.replace``, atomic within one
     filesystem), so a reader sees the old file or the whole new one, never a torn one. On any
     exception (a full disk, Ctrl-C) the temporary file is removed and the exception re-raised:
-    ``path`` is untouched. The file gets the umask's permissions, as ``open`` would give it, or
-    owner-only ones (0600, as ``tempfile.mkstemp``'s) when ``private``; ``sync_directory``
-    also syncs the folder, so that the rename itself survives a power cut."""
+    ``path`` is untouched. The file gets the umask's permissions, as ``open`` would give it (not
+    ``tempfile.mkstemp``'s owner-only 0600: a checkpoint or a data file under a shared data root
+    must stay readable to whom the umask allows); ``sync_directory`` also syncs the folder, so
+    that the rename itself survives a power cut."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    permissions = 0o600 if private else 0o666
     file = open(temporary, mode, newline=newline,  # O_EXCL: never another writer's file
-                opener=lambda name, flags: os.open(name, flags | os.O_EXCL, permissions))
+                opener=lambda name, flags: os.open(name, flags | os.O_EXCL, 0o666))
     try:
         with file:
             yield file
@@ -94,3 +94,4 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, newline: str | No
             os.fsync(directory)
         finally:
             os.close(directory)
+

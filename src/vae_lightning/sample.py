@@ -35,6 +35,7 @@ from vae_lightning.args import (
 )
 from vae_lightning.checkpoint_data import checked_data
 from vae_lightning.checkpoints import DATA_KEY
+from vae_lightning.data.npy import atomic_npy
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
 from vae_lightning.module import VAE
@@ -126,17 +127,12 @@ class Sampling:
         draw, source = self._z_source(model, config, checkpoint)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)
-        array = np.lib.format.open_memmap(out / "samples.npy.tmp", mode="w+", dtype=np.float32,
-                                          shape=(self.n, *model.data_shape))
-        for start in range(0, self.n, CHUNK):
-            count = min(CHUNK, self.n - start)
-            y = self._classes(model, start, count)
-            with torch.no_grad(), model.given(y):
-                array[start:start + count] = model.images(draw(count), self.mean,
-                                                          y).cpu().numpy()
-        array.flush()
-        del array
-        (out / "samples.npy.tmp").replace(out / "samples.npy")
+        with atomic_npy(out / "samples.npy", (self.n, *model.data_shape)) as append:
+            for start in range(0, self.n, CHUNK):
+                count = min(CHUNK, self.n - start)
+                y = self._classes(model, start, count)
+                with torch.no_grad(), model.given(y):
+                    append(model.images(draw(count), self.mean, y).cpu().numpy())
         if not checkpoint.get(DATA_KEY, {}).get("images", True):
             return out  # feature vectors, not images: the array only, no picture of them
         shown = min(self.n, GRID_MAX)

@@ -167,7 +167,7 @@ def download(name: str, md5: str, directory: Path, mirrors: Sequence[str]) -> Pa
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + name
         try:
-            with files.atomic_write(directory / name, private=True) as out:
+            with files.atomic_write(directory / name) as out:
                 fetch(url, Path(out.name))  # fetch writes the file by its name
                 got = md5sum(out.name)
                 if got != md5:

@@ -30,7 +30,7 @@ import numpy as np
 
 from vae_lightning.args import PositiveInt, checked, fail
 from vae_lightning.errors import DataError
-from vae_lightning.files import atomic_write, kind
+from vae_lightning.files import kind
 
 from .datamodules import VAEDataModule
 from .download import (
@@ -41,7 +41,7 @@ from .download import (
     open_data,
 )
 from .images import DECODER_VERSION, EXTENSIONS, WHAT, decode, image_size, readable
-from .npy import check_holds, map_npy, read_header
+from .npy import atomic_npy, check_holds, map_npy, read_header
 from .splits import SplitSize, ValSize, held_out
 
 log = logging.getLogger(__name__)
@@ -287,13 +287,8 @@ def _read_cache(path: Path, shape: tuple[int | None, ...]) -> np.ndarray | None:
 
 
 def _write_atomically(path: Path, array: np.ndarray) -> None:
-    """Save ``array`` as a ``.npy`` to ``path`` atomically (``files.atomic_write``, owner-only
-    permissions): readers see the old file or the whole new one, never a partial one. numpy
-    writes the header; the data goes through the file's own ``write``, which reports a full
-    disk or a file-size limit with its errno (numpy's ``tofile`` says only how many bytes it
-    wrote)."""
+    """Save ``array`` as a ``.npy`` to ``path`` atomically (``npy.atomic_npy``): readers see the
+    old file or the whole new one, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, private=True) as fh:
-        data = np.ascontiguousarray(array)
-        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(data))
-        fh.write(memoryview(data).cast("B"))
+    with atomic_npy(path, array.shape, array.dtype) as append:
+        append(array)

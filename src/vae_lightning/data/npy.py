@@ -1,22 +1,28 @@
-"""The ``.npy`` header, read without unpickling: what an array file declares, checked.
+"""The ``.npy`` header, read without unpickling: what an array file declares, checked; and
+``.npy`` files written atomically, streamed by blocks (``atomic_npy``).
 
 A ``.npy`` file (and each member of a ``.npz``) starts with a short header giving the array's
 dtype, shape and memory order. Reading only the header tells what the array is before any data
 is loaded; the header is untrusted, so the bytes it declares (shape times itemsize) are checked
 against what the file (or zip member) can hold and against the memory available before anything
-is allocated. Shared by ``data=array`` (``array.py``) and the folder cache (``folder.py``).
+is allocated. Shared by ``data=array`` (``array.py``), the folder cache (``folder.py``) and
+``vae-sample``'s array of samples.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import tokenize
 import zipfile
-from typing import IO, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
 from vae_lightning.errors import DataError
+from vae_lightning.files import atomic_write
 
 from .download import check_memory, describe
 
@@ -102,3 +108,32 @@ def map_npy(fh: IO[bytes], header: Header) -> np.ndarray:
     memory-mapped read-only: only what is indexed is read."""
     return np.memmap(fh, header.dtype, mode="r", offset=header.offset, shape=header.shape,
                      order="F" if header.fortran_order else "C")
+
+
+@contextlib.contextmanager
+def atomic_npy(path: str | os.PathLike, shape: tuple[int, ...],
+               dtype: Any = np.float32) -> Iterator[Callable[[Any], None]]:
+    """Write a ``.npy`` array of ``shape`` to ``path`` atomically (``atomic_write``), its rows
+    streamed: yields ``append(block)``, called with consecutive C-ordered blocks whose rows add
+    up to ``shape[0]``, so an array larger than memory is never held whole. numpy writes the
+    header; the data goes through the file's own ``write``, which reports a full disk or a
+    file-size limit with its errno (numpy's ``tofile`` says only how many bytes it wrote). A
+    short or long total is an error, and the target is then left untouched."""
+    dtype = np.dtype(dtype)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    written = 0
+    with atomic_write(path) as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                 "shape": tuple(shape)})
+
+        def append(block: Any) -> None:
+            nonlocal written
+            data = np.ascontiguousarray(block, dtype=dtype)
+            fh.write(memoryview(data).cast("B"))
+            written += data.nbytes
+
+        yield append
+        if written != expected:
+            raise ValueError(f"{path}: {written} bytes of data written for an array of shape "
+                             f"{tuple(shape)} ({expected} bytes)")

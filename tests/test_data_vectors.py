@@ -66,6 +66,21 @@ def test_the_given_test_split_is_the_test_array_in_order(tmp_path):
     assert len(dm.splits["val"][0]) == 5 and len(dm.splits["test"][0]) == 12
 
 
+def test_the_given_test_split_is_read_only_by_a_stage_that_uses_it(tmp_path, monkeypatch):
+    x, y = clusters(50)
+    np.savez_compressed(tmp_path / "f.npz", x=x, y=y, x_test=x[:12], y_test=y[:12])
+    dm = ArrayDataModule(path=str(tmp_path / "f.npz"), labels_key="y", test_key="x_test",
+                         test_labels_key="y_test", val_size=10)
+    reads = []
+    real = ArrayDataModule._read_test
+    monkeypatch.setattr(ArrayDataModule, "_read_test",
+                        lambda self, archive: reads.append(1) or real(self, archive))
+    dm.setup("validate")  # vae-eval on the validation split: the test array stays unread
+    assert reads == [] and set(dm.splits) == {"val"} and len(dm.splits["val"][0]) == 10
+    dm.setup("fit")  # fitting checks the test split before the first step
+    assert reads == [1] and len(dm.splits["test"][0]) == 12
+
+
 @pytest.mark.parametrize("arrays, kwargs, words", [
     ({}, {"test_key": "x_test", "test_size": 5}, "test_size=5 and test_key='x_test'"),
     ({}, {"test_labels_key": "y_test"}, "test_labels_key='y_test' without test_key"),

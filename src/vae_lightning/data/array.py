@@ -303,10 +303,12 @@ class ArrayDataModule(VAEDataModule):
                                "numbers [N, D], a condition vector per image)."))
         return chosen
 
-    def _read(self) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    def _read(self, with_test: bool
+              ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """The images (a memory map for a ``.npy``) and the int64 labels (or the float32
-        conditions ``[N, D]``), and the test split given apart (``test_key``) or None, their
-        headers checked again (the file may have changed since ``__init__``)."""
+        conditions ``[N, D]``), and the test split given apart (``test_key``) when ``with_test``
+        (else None: fitting never decompresses it), their headers checked again (the file may
+        have changed since ``__init__``)."""
         where = self._where(self.key)
         with self._open() as fh:
             try:
@@ -323,7 +325,8 @@ class ArrayDataModule(VAEDataModule):
                                           ).astype(np.int64))
                     if self.condition is not None:
                         labels = self._conditions(archive)
-                    test = self._read_test(archive) if self.test_key is not None else None
+                    test = (self._read_test(archive)
+                            if with_test and self.test_key is not None else None)
             except DataError:
                 raise
             except _ZIP_ERRORS as err:
@@ -373,15 +376,17 @@ class ArrayDataModule(VAEDataModule):
                             f"holds {header.describe()}.")
 
     def _load(self, names):
-        images, labels, test = self._read()
+        images, labels, test = self._read(with_test="test" in names)
         where = self._where(self.key)
-        if test is None:
+        if self.test_key is None:
             idx = held_out(self.n, self.val_size, self.test_size, where)
             source = dict.fromkeys(idx, (images, labels))
         else:  # the test split given apart: val held out of the images
             train, val = carve(self.n, split_count(self.val_size, self.n), where)
             idx = {"train": train, "val": val, "test": np.arange(self.n_test)}
-            source = {"train": (images, labels), "val": (images, labels), "test": test}
+            source = {"train": (images, labels), "val": (images, labels)}
+            if test is not None:
+                source["test"] = test
         if images.dtype.kind == "f":
             check_pixels(images, where, unit_interval=not self.real_values)
             if test is not None:

@@ -1,5 +1,5 @@
-"""files.atomic_write (and npy.atomic_npy on it): a reader sees the old file or the whole new one; a failed or interrupted
-write leaves the old file and no temporary file."""
+"""files.atomic_write (and npy.atomic_npy on it): a reader sees the old file or the whole new
+one; a failed or interrupted write leaves the old file and no temporary file."""
 
 import os
 import stat

@@ -3,8 +3,9 @@
 # trained for STEPS steps of 64 images on one CPU thread (or until MAX_TIME, on a busy machine),
 # then evaluated by vae-eval (the bound on 1000 test images, and every disentanglement metric
 # with the sample sizes below, over SEEDS seeds). The runs go to $OUT/<name>/ (checkpoints stay
-# there, out of the repository); each run's record, its eval.json and run config, is copied to
-# docs/disentanglement/records/<name>/ (committed), from which the page's table is built:
+# there, out of the repository; a run trained, or evaluated, already is not run again); each
+# run's record, its eval.json and run config, is copied to docs/disentanglement/records/<name>/
+# (committed), from which the page's table is built:
 #   python scripts/disentanglement_table.py docs/disentanglement/records/*/eval/eval.json \
 #     --write docs/disentanglement.md
 # Usage: benchmarks/disentanglement/run.sh [name ...]   (default: vae beta_vae; also
@@ -37,8 +38,10 @@ for name in "${@:-vae beta_vae}"; do
     if [ ! -f "$run/checkpoints/last.ckpt" ]; then
       nice -n 19 python train.py "${COMMON[@]}" ${MODEL[$one]} hydra.run.dir="$run"
     fi
-    nice -n 19 python eval.py ckpt_path="$run/checkpoints/last.ckpt" eval.k=100 eval.limit=1000 \
-      eval.device=cpu "${METRICS[@]}" hydra.run.dir="$run/eval"
+    if [ ! -f "$run/eval/eval.json" ]; then
+      nice -n 19 python eval.py ckpt_path="$run/checkpoints/last.ckpt" eval.k=100 eval.limit=1000 \
+        eval.device=cpu "${METRICS[@]}" output_dir="$run/eval" hydra.run.dir="$run/eval"
+    fi
     record=docs/disentanglement/records/$one
     mkdir -p "$record/eval" "$record/.hydra"
     cp "$run/eval/eval.json" "$record/eval/eval.json"

@@ -94,4 +94,3 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, newline: str | No
             os.fsync(directory)
         finally:
             os.close(directory)
-

@@ -306,9 +306,9 @@ class ArrayDataModule(VAEDataModule):
     def _read(self, with_test: bool
               ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """The images (a memory map for a ``.npy``) and the int64 labels (or the float32
-        conditions ``[N, D]``), and the test split given apart (``test_key``) when ``with_test``
-        (else None: fitting never decompresses it), their headers checked again (the file may
-        have changed since ``__init__``)."""
+        conditions ``[N, D]``), and the test split given apart (``test_key``) when
+        ``with_test`` (else None: validation alone never decompresses it), their headers
+        checked again (the file may have changed since ``__init__``)."""
         where = self._where(self.key)
         with self._open() as fh:
             try:

@@ -72,6 +72,8 @@ def posterior_features(posterior: str) -> frozenset[str]:
 # Priors and posteriors that work only with each other: the VQ-VAE's codebook and its prior over
 # codes; relaxed categorical latents and their uniform categorical prior.
 ONLY_TOGETHER = {"uniform_codes": "vq", "uniform_categorical": "relaxed_categorical"}
+# The model config that chooses such a pair (the VQ-VAE's also sets its objective and data).
+PAIR_MODEL = {"uniform_categorical": "gumbel", "relaxed_categorical": "gumbel"}
 
 
 def only_apart(prior: str, posterior: str) -> bool:

@@ -3,7 +3,7 @@ configs before training with a message naming the key, the value and what is acc
 
 import pytest
 import torch
-from compose import CONF, compose_train
+from compose import CONF, PAIR_MODEL, compose_train
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
@@ -34,8 +34,8 @@ def _option_overrides(group, option):
         overrides.append("data=frey")
     if (group, option) == ("model/posterior", "ladder"):  # with its top-down prior
         overrides.append("model=ladder")
-    if option in ("relaxed_categorical", "uniform_categorical"):  # only with each other
-        overrides.append("model=gumbel")
+    if option in PAIR_MODEL:  # a posterior and a prior that work only with each other
+        overrides.append(f"model={PAIR_MODEL[option]}")
     if option in ("conditional_mlp", "conditional_conv", "class_normal"):  # conditional parts
         overrides.append("model.classes=10")
     if (group, option) == ("model/objective", "m2"):  # with the conditional model it trains

@@ -55,7 +55,9 @@ def small_posterior(posterior: str) -> list[str]:
              "vq": ["model=vq_vae", "model/encoder=mlp", "model/decoder=mlp",
                     "model.encoder.posterior.codes=4", "model.encoder.posterior.code_dim=1"],
              # with its prior (model=gumbel): one block of 2 categories
-             "relaxed_categorical": ["model=gumbel", "model.encoder.posterior.categories=2"]}
+             "relaxed_categorical": ["model=gumbel", "model.encoder.posterior.categories=2"],
+             # with its prior (model=svae): the circle S^1 of the 2-d latent space
+             "von_mises_fisher": ["model=svae"]}
     return [f"model/posterior={posterior}", *small.get(posterior, [])]
 
 
@@ -70,10 +72,13 @@ def posterior_features(posterior: str) -> frozenset[str]:
 
 
 # Priors and posteriors that work only with each other: the VQ-VAE's codebook and its prior over
-# codes; relaxed categorical latents and their uniform categorical prior.
-ONLY_TOGETHER = {"uniform_codes": "vq", "uniform_categorical": "relaxed_categorical"}
+# codes; relaxed categorical latents and their uniform categorical prior; the von Mises-Fisher
+# posterior and the uniform prior on the sphere.
+ONLY_TOGETHER = {"uniform_codes": "vq", "uniform_categorical": "relaxed_categorical",
+                 "hyperspherical_uniform": "von_mises_fisher"}
 # The model config that chooses such a pair (the VQ-VAE's also sets its objective and data).
-PAIR_MODEL = {"uniform_categorical": "gumbel", "relaxed_categorical": "gumbel"}
+PAIR_MODEL = {"uniform_categorical": "gumbel", "relaxed_categorical": "gumbel",
+              "hyperspherical_uniform": "svae", "von_mises_fisher": "svae"}
 
 
 def only_apart(prior: str, posterior: str) -> bool:

@@ -9,8 +9,10 @@ import torch
 from compose import compose_train
 from torch.distributions import Normal
 
+from vae_lightning.callbacks import figures as figures_module
 from vae_lightning.callbacks.figures import (
     CURVE_LABELS,
+    circle_figure,
     curves_figure,
     manifold_figure,
     manifold_grid,
@@ -54,6 +56,26 @@ def test_manifold_picture_cell_ij_is_the_decoded_mean_at_z_ij(tmp_path):
         assert expected.shape == shape
         torch.testing.assert_close(picture[i * 28:(i + 1) * 28, j * 20:(j + 1) * 20],
                                    expected.permute(1, 2, 0))
+
+
+def test_a_latent_space_on_the_circle_decodes_the_circle_in_reading_order(tmp_path, monkeypatch):
+    """model=svae with 2 latent dimensions: the manifold is the circle S^1, decoded at n^2 evenly
+    spaced angles, row by row, not the Gaussian grid (whose points are off the circle)."""
+    model = build_run(compose_train(["data=frey", "model=svae", "model.latent=2"],
+                                    tmp_path)).model.eval()
+    seen = []
+    decode = figures_module.decode_mean
+    monkeypatch.setattr(figures_module, "decode_mean", lambda m, z, y: seen.append(z) or
+                        decode(m, z, y))
+    circle_figure(model, 4)
+    (z,) = seen
+    assert z.shape == (4, 4, 2)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(4, 4))
+    angles = torch.atan2(z[..., 1], z[..., 0]).reshape(-1) % (2 * torch.pi)
+    torch.testing.assert_close(angles, 2 * torch.pi * torch.arange(16) / 16, atol=1e-5, rtol=0)
+    picture = tmp_path / "figures" / "manifold.png"
+    train(compose_train([*FAST, "model=svae", "model.latent=2"], tmp_path))
+    assert picture.exists() and len(seen) == 2  # the callback drew the circle
 
 
 def test_tile_puts_channels_last_and_image_rc_at_block_rc():

@@ -159,6 +159,9 @@ FEATURES: Mapping[str, str] = {
     "factorized": "a product of one distribution per latent dimension",
     "one_hot_blocks": "a distribution over one-hot blocks of categories (the uniform categorical "
                       "prior of relaxed categorical latents)",
+    "sphere": "a distribution on the unit sphere of the latent space, with a density with respect "
+              "to the sphere's surface measure (the von Mises-Fisher posterior and the "
+              "hyperspherical uniform prior: model=svae)",
 }
 
 

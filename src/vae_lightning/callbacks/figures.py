@@ -2,7 +2,9 @@
 
 - ``manifold.png`` (Fig. 4, only when the latent space is 2-d): a grid of unit-square points mapped
   through the inverse Gaussian CDF to z, each decoded to its mean image; z1 grows to the right and
-  z2 upwards, and the axes are labelled with the z of the cells they pass through;
+  z2 upwards, and the axes are labelled with the z of the cells they pass through. A latent space
+  on the circle (a prior on the unit sphere, ``model=svae``) has no such grid: its manifold is
+  the circle, decoded at evenly spaced angles;
 - ``samples.png`` (Fig. 5): mean images of random draws from the prior;
 - ``reconstructions.png``: validation inputs (odd rows) above their reconstructions (even rows),
   decoded from the posterior mean;
@@ -93,6 +95,18 @@ def manifold_figure(model: L.LightningModule, n: int = 20):
     ax.set_ylabel("$z_2$")
     fig.tight_layout()
     return fig
+
+
+def circle_figure(model: L.LightningModule, n: int = 20):
+    """Fig. 4 for a latent space on the unit circle S^1: E[x|z] at z = (cos t, sin t) for n^2
+    evenly spaced angles t = 2 pi i / n^2, in reading order (row by row) from t = 0."""
+    t = 2 * math.pi * torch.arange(n * n, dtype=torch.float32) / (n * n)
+    z = torch.stack([t.cos(), t.sin()], -1).reshape(n, n, 2)
+    conditional = model.classes is not None  # a conditional model's: of class 0
+    picture = tile(decode_mean(model, z, 0 if conditional else None))
+    title = "Learned manifold on the circle" + (", class 0" if conditional else "")
+    return image_figure(picture, f"{title}\nE[x|z] at z = (cos t, sin t), t = 2$\\pi$i/{n * n}, "
+                                 "i in reading order")
 
 
 def samples_figure(model: L.LightningModule, n: int = 100):
@@ -252,7 +266,9 @@ class Figures(L.Callback):
         if images:
             figures["samples"] = lambda: samples_figure(pl_module, self.n_samples)
         if pl_module.latent == 2 and images:
-            figures["manifold"] = lambda: manifold_figure(pl_module, self.grid)
+            on_circle = "sphere" in getattr(pl_module.prior, "features", ())  # parts.FEATURES
+            figures["manifold"] = lambda: (circle_figure if on_circle
+                                           else manifold_figure)(pl_module, self.grid)
         splits = getattr(dm, "splits", {})
         # The validation points; the test points when there is no validation split (val_size=0).
         split = next((s for s in ("val", "test") if s in splits and len(splits[s][0])), None)

@@ -256,3 +256,28 @@ def test_annotations_are_the_schema():
                                             r"\(_Typed\)"):
         _Typed(n=0)
     assert _Typed(n=2).n == 2
+
+
+@pytest.mark.parametrize("override, says, not_said", [
+    ("model.latnt=3", ["model.latnt=3: model has no key latnt. Did you mean model.latent?",
+                       "model has encoder, decoder"], ["_target_"]),
+    ("trainer.max_epoch=3", ["Did you mean trainer.max_epochs"], []),
+    ("lattent=3", ["there is no top-level key lattent.", "The top level has", "model, data"], []),
+    ("data=mnsit", ["Available options in 'data'", "Did you mean data=mnist?"],
+     ["_common", "_idx"]),
+    ("model/objective=iwea", ["Did you mean model/objective=iwae"], []),
+    ("experiment=svae", ["Did you mean experiment=svae_mnist?"], ["_two_layer"]),
+])
+def test_a_mistyped_key_or_option_is_named_with_the_closest_ones(override, says, not_said):
+    """One line: the key the config lacks and its parent's keys, or the group's options without
+    the bases they include (``_common``), with the closest named first."""
+    from vae_lightning.hydra_errors import hydra_message
+
+    with pytest.raises((HydraException, OmegaConfBaseException)) as caught:
+        compose_train([override])
+    message = hydra_message(caught.value)
+    assert "\n" not in message
+    for words in says:
+        assert words in message, message
+    for words in not_said:
+        assert words not in message, message

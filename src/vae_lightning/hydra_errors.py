@@ -5,6 +5,7 @@ for: one line naming the key, the value and what is accepted, with its exit code
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 
@@ -84,16 +85,46 @@ def hydra_message(err: Exception) -> str:
     override = re.search(r"Could not override '([^']+)'.*use \+\1=(\S+)", text, re.S)
     if override and (hint := group_hint(override.group(1), override.group(2))):
         return hint
+    if override and (hint := _unknown_key(err.__cause__, *override.groups())):
+        return hint
     missing = re.search(r"Could not (?:find|load) '(hydra/[^']+)'", text)
     if missing and (extra := plugin_extra(missing.group(1))):
         return _missing_plugin(missing.group(1), extra)
     lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()
              and not line.strip().startswith(("object_type=", "Set the environment variable"))]
-    message = re.sub(r":;", ":", "; ".join(lines)) + "."
+    guess = ""
+    if any(line.startswith("Available options in") for line in lines):
+        # Hydra lists a group's options one a line; its bases (data/_common.yaml) are not options.
+        lines = [line for line in lines if not line.startswith("_")]
+        wrong = re.search(r"Could not find '(.+)/([^'/]+)'", text)
+        options = lines[[i for i, line in enumerate(lines)
+                         if line.startswith("Available options in")][-1] + 1:]
+        if wrong and (close := [o for o in options if o.startswith(wrong.group(2))][:2]
+                      or difflib.get_close_matches(wrong.group(2), options, n=2)):
+            guess = f" Did you mean {' or '.join(f'{wrong.group(1)}={o}' for o in close)}?"
+    message = re.sub(r":;", ":", "; ".join(lines)) + "." + guess
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in message:
         message += f" ({str(cause).splitlines()[0]})"
     return message
+
+
+def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | None:
+    """For ``key=value`` where the config has no ``key`` (a typo: ``model.latnt=3``): the keys
+    its parent node has, the closest first, and how to add a key of one's own; None where
+    OmegaConf's error does not name the node."""
+    parent = getattr(cause, "parent_node", None)
+    if not OmegaConf.is_dict(parent):
+        return None
+    *path, name = key.split(".")
+    keys = [k for k in parent if not str(k).startswith("_")]
+    close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+    node = ".".join(path)
+    where = f"{node} has no key {name}" if path else f"there is no top-level key {name}"
+    prefix = f"{node}." if path else ""
+    guess = f" Did you mean {' or '.join(prefix + k for k in close)}?" if close else ""
+    return (f"{key}={value}: {where}.{guess} {f'{node} has' if path else 'The top level has'} "
+            f"{', '.join(map(str, keys))} (+{key}=... would add a new key).")
 
 
 def _missing_plugin(option: str, extra: str) -> str:

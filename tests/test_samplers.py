@@ -227,3 +227,27 @@ def test_the_prior_sampler_draws_what_the_model_draws(checkpoint, tmp_path):
     torch.manual_seed(0)
     np.testing.assert_allclose(np.load(out / "samples.npy"), model.sample(5).numpy(), rtol=1e-6)
     assert math.isfinite(float(np.load(out / "samples.npy").sum()))
+
+
+@pytest.mark.parametrize("model, words", [
+    (["model=svae", "model.latent=3"], "the unit sphere"),
+    (["model=gumbel", "model.latent=4", "model.encoder.posterior.categories=2"],
+     "one-hot blocks")])
+def test_a_fitted_sampler_is_refused_for_a_latent_space_that_is_not_all_of_r_n(model, words,
+                                                                              tmp_path):
+    """A GMM or flow draws z anywhere in R^latent; the S-VAE's codes lie on the sphere and
+    relaxed categorical codes on one-hot blocks, so the decoder never saw such draws: refused
+    in one line, before any fit; the prior's own draws still work."""
+    cfg = compose_train(["data=frey", *model, "model.encoder.net.hidden=[8]",
+                         "model.decoder.net.hidden=[8]", "trainer.max_epochs=1", "logger=none",
+                         "callbacks.figures.n_points=0", "trainer.enable_progress_bar=false"],
+                        tmp_path / "run")
+    checkpoint = train(cfg)["checkpoint"]
+    for name in ("gmm", "flow"):
+        with pytest.raises(ConfigError, match=f"sampler={name}: .*{words}.*use sampler=prior"):
+            sample_config([f"ckpt_path={checkpoint}", f"sampler={name}", "n=4",
+                           "device=cpu"])()
+        assert not samplers.fitted_path(checkpoint, name).exists()
+    out = sample_config([f"ckpt_path={checkpoint}", "n=4", "device=cpu",
+                         f"output_dir={tmp_path / 'prior'}"])()
+    assert np.isfinite(np.load(out / "samples.npy")).all()

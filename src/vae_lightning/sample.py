@@ -165,6 +165,11 @@ class Sampling:
             return model.prior.sample, ("p(z)" if model.classes is None else
                                         f"p(z|y), y = {self.y}" if self.y is not None else
                                         f"p(z|y), y = 0..{model.classes - 1} in turn")
+        if confined := fitted.confined_space(model.prior):
+            raise ConfigError(f"sampler={self.sampler}: a fitted sampler is a density on all of "
+                              f"R^{model.latent}, but the latent space of the model of "
+                              f"{self.ckpt_path} is {confined}: its draws would fall where the "
+                              "decoder was never trained; use sampler=prior.")
         sampler = self.samplers[self.sampler]
         path = fitted.fitted_path(self.ckpt_path, self.sampler)
         writable_directory(path.parent, "ckpt_path")  # before the fit: its result goes there

@@ -137,3 +137,25 @@ def test_vae_sample_traverse_writes_the_traversals_beside_the_samples(tmp_path):
                          "traverse_points=50", f"output_dir={tmp_path / 'out'}"])()
     assert (out / "samples.npy").is_file() and (out / "traversals.png").is_file()
     assert (out / "traversals.gif").read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+
+
+def test_traversals_of_a_latent_space_on_the_sphere_are_refused_before_training(tmp_path):
+    """A coordinate swept along a line leaves the S-VAE's unit sphere: the callback option
+    refuses before any training step (no checkpoint), vae-sample's traverse=true before any
+    drawing (no samples written)."""
+    from compose import sample_config
+
+    from vae_lightning.errors import ConfigError
+
+    svae = ["model=svae", "model.latent=3", "model.encoder.net.hidden=[8]",
+            "model.decoder.net.hidden=[8]"]
+    with pytest.raises(ConfigError, match="traversals=true: .*the unit sphere.*leave traversals"):
+        train(compose_train([*FAST, *svae, "callbacks.figures.traversals=true"],
+                            tmp_path / "refused"))
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+    checkpoint = train(compose_train([*FAST, *svae, "logger=none"], tmp_path / "run"))[
+        "checkpoint"]
+    with pytest.raises(ConfigError, match="traverse=true: .*the unit sphere"):
+        sample_config([f"ckpt_path={checkpoint}", "n=4", "device=cpu", "traverse=true",
+                       f"output_dir={tmp_path / 'out'}"])()
+    assert not (tmp_path / "out" / "samples.npy").exists()

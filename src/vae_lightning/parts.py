@@ -165,6 +165,19 @@ FEATURES: Mapping[str, str] = {
 }
 
 
+# Prior features whose latent space is not all of R^latent: a density fitted on R^latent, or a
+# coordinate swept along a line (traversals), gives z where the decoder was never trained.
+CONFINED = {"sphere": "the unit sphere (model=svae)",
+            "one_hot_blocks": "one-hot blocks of categories (model=gumbel)"}
+
+
+def confined_space(prior: object) -> str | None:
+    """What the latent space of a model with this prior is confined to, in words (``CONFINED``);
+    None where it is all of R^latent."""
+    features = getattr(prior, "features", frozenset())
+    return next((CONFINED[name] for name in CONFINED if name in features), None)
+
+
 def unmet(offered: frozenset[str], needs: Mapping[str, frozenset[str]], what: str) -> list[str]:
     """One sentence per part of ``needs`` (its name -> the features it requires) that ``what``
     (offering ``offered``) does not satisfy."""

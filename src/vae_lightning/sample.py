@@ -39,6 +39,7 @@ from vae_lightning.data.npy import atomic_npy
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
 from vae_lightning.module import VAE
+from vae_lightning.parts import confined_space
 from vae_lightning.rebuild import device_of, load_model
 from vae_lightning.samplers import Sampler
 
@@ -124,6 +125,10 @@ class Sampling:
         model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
         self._refuse_too_many(out, model.data_shape)
         self._check_class(model)
+        if self.traverse is not None and (confined := confined_space(model.prior)):
+            from vae_lightning.callbacks.traversals import refusal
+
+            raise ConfigError(refusal("traverse=true", confined))
         draw, source = self._z_source(model, config, checkpoint)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)
@@ -165,7 +170,7 @@ class Sampling:
             return model.prior.sample, ("p(z)" if model.classes is None else
                                         f"p(z|y), y = {self.y}" if self.y is not None else
                                         f"p(z|y), y = 0..{model.classes - 1} in turn")
-        if confined := fitted.confined_space(model.prior):
+        if confined := confined_space(model.prior):
             raise ConfigError(f"sampler={self.sampler}: a fitted sampler is a density on all of "
                               f"R^{model.latent}, but the latent space of the model of "
                               f"{self.ckpt_path} is {confined}: its draws would fall where the "

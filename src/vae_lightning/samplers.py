@@ -45,19 +45,6 @@ FORMAT = "vae-lightning fitted sampler"
 VERSION = 1
 
 
-# Priors whose latent space is not all of R^latent (``parts.FEATURES``), where a fitted density
-# on R^latent would draw z the decoder never saw: the unit sphere, one-hot blocks of categories.
-CONFINED = {"sphere": "the unit sphere (model=svae)",
-            "one_hot_blocks": "one-hot blocks of categories (model=gumbel)"}
-
-
-def confined_space(prior: object) -> str | None:
-    """What the latent space of a model with this prior is confined to, in words, where a fitted
-    sampler (a density on all of R^latent) cannot stand for it; None where it can."""
-    features = getattr(prior, "features", frozenset())
-    return next((CONFINED[name] for name in CONFINED if name in features), None)
-
-
 class Sampler:
     """A density over z fitted to points ``z`` ``[N, latent]`` (``fit``; an option that cannot
     fit them is an ``ArgumentError`` naming it), sampled by ``sample(n)``; ``state()`` its fitted

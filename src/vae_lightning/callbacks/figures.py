@@ -45,7 +45,15 @@ from vae_lightning import rundir
 from vae_lightning.args import NonNegativeInt, PositiveFloat, PositiveInt, checked
 from vae_lightning.callbacks.images import decode_mean, image_figure, tick_label, tile
 from vae_lightning.callbacks.latent_scatter import latents_figure
-from vae_lightning.callbacks.traversals import Traversal, traversal, traversal_figure, traversal_gif
+from vae_lightning.callbacks.traversals import (
+    Traversal,
+    refusal,
+    traversal,
+    traversal_figure,
+    traversal_gif,
+)
+from vae_lightning.errors import ConfigError
+from vae_lightning.parts import confined_space
 from vae_lightning.plotting import pyplot
 
 log = logging.getLogger(__name__)
@@ -216,6 +224,11 @@ class Figures(L.Callback):
         self.traversal_span, self.traversal_dims = traversal_span, traversal_dims
         self.traversal_gif, self.traversal_bases = traversal_gif, traversal_bases
         self.curves: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Refuse traversals of a latent space confined to a part of R^latent, before training."""
+        if self.traversals and (confined := confined_space(pl_module.prior)):
+            raise ConfigError(refusal("callbacks.figures.traversals=true", confined))
 
     def _record(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         value = trainer.callback_metrics.get(f"{stage}/elbo")

@@ -55,6 +55,14 @@ def latent_ranking(model: L.LightningModule, x: Tensor | None,
     return Ranking(order.tolist(), score[order].tolist(), what)
 
 
+def refusal(option: str, confined: str) -> str:
+    """Why ``option`` (traversals asked for) cannot be drawn in a latent space ``confined`` to a
+    part of R^latent (``parts.confined_space``): a coordinate swept along a line leaves it."""
+    return (f"{option}: a traversal sets one latent coordinate to values along a line, but the "
+            f"model's latent space is {confined}, which the line leaves: its images would be "
+            "decoded from z the decoder was never trained on; leave traversals off.")
+
+
 class Traversal(NamedTuple):
     """Decoded traversals: ``images`` ``[bases, dims, steps, C, H, W]``, the value of each
     step, the ranking of the dimensions (in the images' order), and what the base points are."""

@@ -58,6 +58,7 @@ def test_a_non_finite_loss_is_found_later_with_the_last_good_state_kept(tmp_path
 @pytest.mark.parametrize("overrides, words", [
     (["model.optimizer.fused=false"], ["cuda_graph", "fused"]),
     (["model.objective.warmup_steps=100"], ["cuda_graph", "warm-up"]),
+    (["model=svae"], ["cuda_graph", "rejection sampler"]),
 ])
 def test_what_a_graphed_step_cannot_do_is_refused_before_training(overrides, words, tmp_path):
     with pytest.raises(ConfigError) as err:

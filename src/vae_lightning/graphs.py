@@ -46,6 +46,8 @@ def graph_problems(model: Trained, optimizer: torch.optim.Optimizer) -> list[str
         found.append("the objective's loss changes with the step (a KL schedule or warm-up, a "
                      "capacity ramp), and a captured step is the same every time "
                      "(model.objective.kl_schedule=null, warmup_steps=0)")
+    if reason := getattr(model.encoder.posterior, "uncapturable", None):
+        found.append(reason)
     if getattr(model, "auxiliary", ()):
         found.append("the objective updates parameters of its own after each step (e.g. a "
                      "discriminator), outside the captured step")

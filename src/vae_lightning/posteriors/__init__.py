@@ -33,6 +33,8 @@ class Family:
     features: frozenset[str] = frozenset()
     # The sizes of its stochastic layers, z_1 first (posteriors.hierarchy); None: one layer.
     layers: list[int] | None = None
+    # Why its draws cannot be captured in a CUDA graph (``model.cuda_graph``), or None.
+    uncapturable: str | None = None
 
     def n_params(self, latent: int) -> int:
         raise NotImplementedError

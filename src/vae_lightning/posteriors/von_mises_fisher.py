@@ -187,6 +187,8 @@ class VonMisesFisher(Family):
     docstring), with the hyperspherical uniform prior (``model=svae``)."""
 
     features = frozenset({"rsample", "density", "finite_variance", "sphere"})
+    uncapturable = ("the von Mises-Fisher posterior's rejection sampler loops until every draw "
+                    "is accepted, and its Bessel functions run on the host")
 
     def n_params(self, latent: int) -> int:
         if latent < 2:

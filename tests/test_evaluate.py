@@ -251,3 +251,49 @@ def test_eval_out_of_memory_names_the_chunk_and_writes_nothing(checkpoint, tmp_p
     assert f"eval.chunk={chunk} " in message and "eval.batch_size=50" in message
     assert "smaller eval.chunk" in message
     assert not (out / "eval.json").exists()
+
+
+def test_the_mutual_information_of_a_linear_gaussian_encoder_is_its_closed_form():
+    """q(z|x) = N(W x, s^2 I) over x ~ N(0, I_D): the aggregate posterior is N(0, W W^T + s^2 I),
+    so I(x; z) = 1/2 log det(W W^T + s^2 I) - d log s; the estimate over N points is within
+    its Monte-Carlo error (and the O(1/N) bias of the aggregate's own-point term)."""
+    from vae_lightning.log_likelihood import mutual_information
+    from vae_lightning.posteriors import Gaussian
+
+    g = torch.Generator().manual_seed(0)
+    n, s = 4000, 0.5
+    w = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, -1.0]])
+    x = torch.randn(n, 3, generator=g)
+    params = torch.cat([x @ w.T, torch.full((n, 2), 2 * math.log(s))], 1)
+    closed = 0.5 * torch.logdet(w @ w.T + s**2 * torch.eye(2)).item() - 2 * math.log(s)
+    torch.manual_seed(1)
+    assert mutual_information(Gaussian(), params) == pytest.approx(closed, abs=0.05)
+    # A posterior that does not depend on x (posterior collapse): no information, exactly.
+    same = torch.cat([torch.zeros(n, 2), torch.zeros(n, 2)], 1)
+    assert mutual_information(Gaussian(), same) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("prior", ["normal", "mog"])
+def test_the_kl_and_mi_diagnostics_leave_the_estimates_as_they_were(prior, tmp_path):
+    """evaluate() reports E_x KL(q(z|x) || p(z)) (analytic for N(0, I), Monte Carlo for the
+    mixture, in a forked random stream) and I(x; z) <= that KL and <= log N, while its ELBO and
+    IW estimates are the draws of importance_weighted alone, from the same seed."""
+    from vae_lightning.log_likelihood import evaluate
+
+    datamodule, model = _build(["data=frey", "model.latent=2", f"model/prior={prior}"],
+                               tmp_path)
+    datamodule.setup("fit")
+    x, _ = datamodule.to_inputs(next(iter(datamodule.val_dataloader())))
+    model.eval()
+    batches = [x[:30], x[30:60]]
+    torch.manual_seed(0)
+    results = evaluate(model, batches, k=4, chunk=4)
+    torch.manual_seed(0)
+    alone = [importance_weighted(model, b, 4, 4)[1] for b in batches]
+    assert results["iw"].nats == pytest.approx(torch.cat(alone).double().mean().item(), rel=1e-12)
+    assert -0.05 < results["mi"] <= results["kl"] + 0.05 and results["mi"] <= math.log(60)
+    if prior == "normal":
+        with torch.no_grad():
+            kl = torch.distributions.kl_divergence(model.encoder(x[:60]),
+                                                   model.prior.distribution())
+        assert results["kl"] == pytest.approx(kl.double().mean().item(), rel=1e-6)

@@ -166,6 +166,7 @@ class Evaluation:
             "n": estimates["n"],
             "active_units": estimates["active_units"],
             "latent": estimates["latent"],
+            **{key: estimates[key] for key in ("kl", "mi") if key in estimates},
             **({"layers": estimates["layers"]} if "layers" in estimates else {}),
             "bound_of": estimates["bound_of"],
             "input_dim": math.prod(model.data_shape),

@@ -18,15 +18,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import constraints
+from torch.distributions import Distribution, constraints
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, importance_weighted
-from vae_lightning.objectives.base import over_labels
+from vae_lightning.objectives.base import closed_form_kl, over_labels
+from vae_lightning.parts import scored_draws
 from vae_lightning.posteriors.hierarchy import layer_kls
 
 ACTIVE = 1e-2  # a latent dimension is active when Cov_x(E_q[z_j]) exceeds this (Burda et al.)
+KL_DRAWS = 16  # draws of z per point for a Monte-Carlo KL(q(z|x) || p(z)) without a closed form
 
 
 @dataclass
@@ -58,7 +60,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     stochastic layers, also ``"layers"``: each layer's size, active units and (where q and p
     are both chains over the layers) KL in nats, from one draw per data point."""
     model.eval()
-    elbos, iws, means, kls = [], [], [], []
+    elbos, iws, means, kls, params, divergences = [], [], [], [], [], []
     y = None
     for batch in batches:
         x, y = batch if isinstance(batch, tuple | list) else (batch, None)
@@ -69,16 +71,25 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
             elbos.append(elbo.cpu())
             iws.append(iw.cpu())
             with torch.no_grad():
-                q = model.encoder(x)
+                params.append(model.encoder.params(x))
+                q = model.encoder.posterior(params[-1])
                 means.append(model.encoder.location(q).cpu().double())
                 if model.encoder.posterior.layers:
                     kls.append(layer_kls(q, model.prior.distribution()))
+                if labels is None:
+                    divergences.append(posterior_kl(q, model.prior.distribution(), x.device).cpu())
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
     activity = torch.cat(means).var(0)
     results = {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
                "active_units": int((activity > ACTIVE).sum()), "latent": len(activity),
                "bound_of": bound_of(model, y)}
+    if divergences:  # not for a model of the labels (M2), whose q(z|x, y) has y enumerated
+        kl = torch.cat(divergences).double()
+        results["kl"] = kl.mean().item()
+        results["mi"] = (mutual_information(model.encoder.posterior, torch.cat(params))
+                         if "factorized" in model.encoder.posterior.features
+                         and model.classes is None else None)
     sizes = model.encoder.posterior.layers
     if sizes:
         kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
@@ -87,6 +98,41 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
              "kl": kl[i] if kl is not None else None}
             for i, (size, part) in enumerate(zip(sizes, activity.split(sizes)))]
     return results
+
+
+def posterior_kl(q: Distribution, p: Distribution, device: torch.device) -> Tensor:
+    """KL(q(z|x) || p(z)) per data point: analytic where torch.distributions' registry has the
+    pair, else the mean of log q(z) - log p(z) over KL_DRAWS draws z ~ q (in a forked random
+    stream, so that the evaluation's other draws are those of its seed)."""
+    kl = closed_form_kl(q, p)
+    if kl is not None:
+        return kl
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        z, log_q = scored_draws(q, KL_DRAWS)
+        return (log_q - p.log_prob(z)).mean(0)
+
+
+def mutual_information(family: Any, params: Tensor, batch: int = 500) -> float:
+    """I_q(x; z), the mutual information between the data points and their codes under the
+    aggregate posterior q(z) = (1/N) sum_n q(z|x_n) of the N points whose posterior parameters
+    are ``params`` (Hoffman & Johnson 2016; He et al. 2019 report it beside the KL and active
+    units as the measure of posterior collapse): E_i[log q(z_i|x_i) - log q(z_i)], z_i ~
+    q(z|x_i) one draw each, log q(z_i) = logsumexp_n log q(z_i|x_n) - log N over all N points.
+    It is E_x KL(q(z|x) || p(z)) - KL(q(z) || p(z)): at most the mean KL, and at most log N.
+    Needs q(z|x_n)'s density at every z_i, batch by batch (a family that factorizes over the
+    dimensions); draws in a forked random stream."""
+    n = len(params)
+    with torch.random.fork_rng(devices=[params.device] if params.device.type == "cuda" else []):
+        total = 0.0
+        for start in range(0, n, batch):
+            z, log_own = scored_draws(family(params[start:start + batch]), 1)
+            z, log_own = z[0], log_own[0]
+            log_aggregate = torch.full_like(log_own, -math.inf)
+            for other in range(0, n, batch):
+                log_q = family(params[other:other + batch]).log_prob(z[:, None, :])
+                log_aggregate = torch.logaddexp(log_aggregate, torch.logsumexp(log_q, dim=1))
+            total += (log_own - (log_aggregate - math.log(n))).double().sum().item()
+    return total / n
 
 
 def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k: int,

@@ -235,3 +235,17 @@ def test_the_svae_preset_trains_on_mnist(tmp_path):
     assert losses[-1] < losses[0] - 50
     test = [r for r in rows if r.get("test/elbo")][-1]
     assert math.isfinite(float(test["test/elbo"]))
+
+
+def test_gradients_stay_finite_where_a_draw_rounds_to_the_pole(monkeypatch):
+    """On the circle eps ~ Beta(1/2, 1/2) falls within float32 rounding of 1 about once in 6,000
+    draws: w = -1 and sqrt(1 - w^2) = 0 there, and its gradient must not be 0 / 0."""
+    kappa = torch.tensor([3.0, 3.0, 3.0, 3.0], requires_grad=True)
+    loc = torch.tensor([[0.6, 0.8]] * 4, requires_grad=True)
+    q = VMF(loc, kappa)
+    extreme = torch.tensor([1.0 - 1e-9, 1e-300, 0.5, 1.0], dtype=F64)
+    monkeypatch.setattr(VMF, "_accepted_eps", lambda self, k, b: extreme)
+    z = q.rsample()
+    assert torch.allclose(z.norm(dim=-1), torch.ones(4), atol=1e-6)
+    (z @ torch.tensor([1.0, -2.0])).sum().backward()
+    assert torch.isfinite(kappa.grad).all() and torch.isfinite(loc.grad).all()

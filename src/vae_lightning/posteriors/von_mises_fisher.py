@@ -139,10 +139,15 @@ class VMF(Distribution):
         1 - w^2 = 4 b eps (1 - eps) / (1 - (1 - b) eps)^2, free of cancellation near w = 1."""
         m1 = self.m - 1
         b = m1 / (2 * kappa + torch.sqrt(4 * kappa**2 + m1**2))
-        eps = self._accepted_eps(kappa.detach().double(), b.detach().double()).to(b.dtype)
+        eps = self._accepted_eps(kappa.detach().double(), b.detach().double())
+        # sqrt(eps (1 - eps)) in double precision, apart from b: an eps that rounds to 1 in
+        # float32 (Beta(1/2, 1/2) on the circle puts mass there) would make sqrt(b eps (1 - eps))
+        # 0 and its gradient 0 / 0; b > 0 always.
+        spread = torch.sqrt(eps * (1 - eps)).to(b.dtype)
+        eps = eps.to(b.dtype)
         denominator = 1 - (1 - b) * eps
         w = (1 - (1 + b) * eps) / denominator
-        root = 2 * torch.sqrt(b * eps * (1 - eps)) / denominator
+        root = 2 * torch.sqrt(b) * spread / denominator
         return w, root
 
     def _accepted_eps(self, kappa: Tensor, b: Tensor) -> Tensor:

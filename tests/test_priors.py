@@ -131,3 +131,30 @@ def test_auto_kl_to_a_mixture_prior_is_estimator_a(prior):
     z = q.rsample((3,))
     assert_close(bound.kl, (q.log_prob(z) - p.log_prob(z)).mean(0))
     assert_close(bound.recon, vae.decoder(z).log_prob(x).mean(0))
+
+
+def test_a_mixture_of_diagonal_gaussians_scores_by_matrix_products_as_torch_does():
+    """priors.DiagonalGaussianMixture (the mixture and VampPrior priors with Gaussian
+    components) gives torch's MixtureSameFamily density and gradients, from its [N, d] x [d, K]
+    expansion in double precision; other component families keep torch's mixture."""
+    from torch.distributions import Categorical, Independent, Laplace, MixtureSameFamily, Normal
+
+    from vae_lightning.priors import DiagonalGaussianMixture, mixture
+
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    scale = (0.05 + torch.rand(9, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    logits = torch.randn(9, generator=g, dtype=torch.float64, requires_grad=True)
+    weights = Categorical(logits=logits)
+    fast = mixture(weights, Independent(Normal(loc, scale), 1))
+    slow = MixtureSameFamily(weights, Independent(Normal(loc, scale), 1))
+    assert isinstance(fast, DiagonalGaussianMixture)
+    z = 3 * torch.randn(6, 5, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(fast.log_prob(z), slow.log_prob(z), rtol=1e-10, atol=1e-10)
+    def gradients(kind):
+        built = kind(Categorical(logits=logits), Independent(Normal(loc, scale), 1))
+        return torch.autograd.grad(built.log_prob(z).sum(), (loc, scale, logits))
+
+    for ours, theirs in zip(gradients(mixture), gradients(MixtureSameFamily)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-8)
+    assert type(mixture(weights, Independent(Laplace(loc, scale), 1))) is MixtureSameFamily

@@ -35,13 +35,16 @@ def test_the_layout_is_channel_major_and_as_latent_inverts_as_map():
 
 
 def test_codes_are_the_nearest_codebook_vectors_and_the_straight_through_gradient_is_copied():
+    torch.manual_seed(0)
     family = VectorQuantizer(codes=5, code_dim=3)
     z_e = torch.randn(4, 12, requires_grad=True)
     q = family(z_e)
     distances = torch.cdist(as_map(z_e.detach(), 3), family.codebook.detach())
     assert torch.equal(q.codes, distances.argmin(-1))
     z = q.rsample()
-    assert torch.allclose(z, q.z_q) and torch.allclose(q.mean, family.lookup(q.codes))
+    # z = z_e + (z_q - z_e).detach(): z_q to the float32 rounding of that sum, absolute where
+    # z_q is near 0 (an unseeded run once found 1e-7 off at a code of 0.0057).
+    assert torch.allclose(z, q.z_q, atol=1e-6) and torch.allclose(q.mean, family.lookup(q.codes))
     # f(z) = sum z^3: its gradient at z_q, 3 z_q^2, is the gradient that reaches z_e.
     z.pow(3).sum().backward()
     assert torch.allclose(z_e.grad, 3 * q.z_q.detach().pow(2))

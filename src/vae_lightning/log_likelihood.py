@@ -122,14 +122,15 @@ def mutual_information(family: Any, params: Tensor, batch: int = 500) -> float:
     Needs q(z|x_n)'s density at every z_i, batch by batch (a family that factorizes over the
     dimensions); draws in a forked random stream."""
     n = len(params)
+    posteriors = [family(params[start:start + batch]) for start in range(0, n, batch)]
     with torch.random.fork_rng(devices=[params.device] if params.device.type == "cuda" else []):
         total = 0.0
-        for start in range(0, n, batch):
-            z, log_own = scored_draws(family(params[start:start + batch]), 1)
+        for own in posteriors:
+            z, log_own = scored_draws(own, 1)
             z, log_own = z[0], log_own[0]
             log_aggregate = torch.full_like(log_own, -math.inf)
-            for other in range(0, n, batch):
-                log_q = family(params[other:other + batch]).log_prob(z[:, None, :])
+            for other in posteriors:
+                log_q = other.log_prob(z[:, None, :])
                 log_aggregate = torch.logaddexp(log_aggregate, torch.logsumexp(log_q, dim=1))
             total += (log_own - (log_aggregate - math.log(n))).double().sum().item()
     return total / n

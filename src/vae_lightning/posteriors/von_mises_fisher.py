@@ -122,6 +122,20 @@ def dw_dkappa(w: Tensor, one_minus_w: Tensor, kappa: Tensor, a: Tensor, m: int) 
     return torch.where(inside, -(integrand * du).sum(-1), 0.0)
 
 
+def wood(b: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Wood's map from eps in (0, 1) to w = mu^T z, with 1 - w and sqrt(1 - w^2), at b (the
+    result in b's dtype): w = (1 - (1 + b) eps) / (1 - (1 - b) eps), 1 - w = 2 b eps / (1 -
+    (1 - b) eps), sqrt(1 - w^2) = 2 sqrt(b) sqrt(eps (1 - eps)) / (1 - (1 - b) eps), free of
+    cancellation near w = 1. sqrt(eps (1 - eps)) is taken in eps's (double) precision, apart
+    from b: an eps that rounds to 1 in float32 (Beta(1/2, 1/2) on the circle puts mass there)
+    would make sqrt(b eps (1 - eps)) 0 and its gradient 0 / 0; b > 0 always."""
+    spread = torch.sqrt(eps * (1 - eps)).to(b.dtype)
+    eps = eps.to(b.dtype)
+    denominator = 1 - (1 - b) * eps
+    return ((1 - (1 + b) * eps) / denominator, 2 * b * eps / denominator,
+            2 * torch.sqrt(b) * spread / denominator)
+
+
 def sphere_log_area(m: int) -> float:
     """log of the surface area of S^(m-1) in R^m: log(2 pi^(m/2) / Gamma(m/2))."""
     return math.log(2) + m / 2 * math.log(math.pi) - math.lgamma(m / 2)
@@ -178,37 +192,21 @@ class VMF(Distribution):
 
     def _sample_w(self, kappa: Tensor) -> tuple[Tensor, Tensor]:
         """w = mu^T z by Wood's sampler, and sqrt(1 - w^2), both differentiable in kappa (by
-        ``gradient``). With b = (m - 1) / (2 kappa + sqrt(4 kappa^2 + (m - 1)^2)) (Wood's b,
-        written without its cancellation), w = (1 - (1 + b) eps) / (1 - (1 - b) eps),
-        1 - w = 2 b eps / (1 - (1 - b) eps) and 1 - w^2 = 4 b eps (1 - eps) / (1 - (1 - b)
-        eps)^2, free of cancellation near w = 1."""
+        ``gradient``), b = (m - 1) / (2 kappa + sqrt(4 kappa^2 + (m - 1)^2)) (Wood's b, written
+        without its cancellation)."""
         m1 = self.m - 1
         b = m1 / (2 * kappa + torch.sqrt(4 * kappa**2 + m1**2))
         eps = self._accepted_eps(kappa.detach().double(), b.detach().double())
-        if self.gradient == "implicit":
-            return self._implicit_w(kappa, b.detach().double(), eps)
-        # sqrt(eps (1 - eps)) in double precision, apart from b: an eps that rounds to 1 in
-        # float32 (Beta(1/2, 1/2) on the circle puts mass there) would make sqrt(b eps (1 - eps))
-        # 0 and its gradient 0 / 0; b > 0 always.
-        spread = torch.sqrt(eps * (1 - eps)).to(b.dtype)
-        eps = eps.to(b.dtype)
-        denominator = 1 - (1 - b) * eps
-        w = (1 - (1 + b) * eps) / denominator
-        root = 2 * torch.sqrt(b) * spread / denominator
-        return w, root
-
-    def _implicit_w(self, kappa: Tensor, b: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """w and sqrt(1 - w^2) at the accepted ``eps`` (double precision), with the implicit
-        gradient dw/dkappa (``dw_dkappa``) and d sqrt(1 - w^2)/dkappa = -w / sqrt(1 - w^2)
-        dw/dkappa attached: value + (kappa - kappa) x derivative."""
-        denominator = 1 - (1 - b) * eps
-        w = (1 - (1 + b) * eps) / denominator
-        root = 2 * torch.sqrt(b * eps * (1 - eps)) / denominator
+        if self.gradient == "g_rep":  # through b at the accepted eps
+            w, _, root = wood(b, eps)
+            return w, root
+        w, one_minus_w, root = wood(b.detach().double(), eps)
         if not (torch.is_grad_enabled() and kappa.requires_grad):  # sample(), evaluation
             return w.to(kappa.dtype), root.to(kappa.dtype)
+        # The implicit gradients dw/dkappa (dw_dkappa) and d sqrt(1 - w^2)/dkappa = -w /
+        # sqrt(1 - w^2) dw/dkappa, attached as value + (kappa - kappa) x derivative.
         kappa64 = kappa.detach().double()
-        slope = dw_dkappa(w, 2 * b * eps / denominator, kappa64,
-                          bessel_ratio(kappa64, self.m / 2 - 1), self.m)
+        slope = dw_dkappa(w, one_minus_w, kappa64, bessel_ratio(kappa64, self.m / 2 - 1), self.m)
         root_slope = torch.where(root > 0, -w * slope / root.clamp_min(1e-300), 0.0)
         step = kappa - kappa.detach()  # 0, with kappa's gradient
         return (w.to(kappa.dtype) + step * slope.to(kappa.dtype),
@@ -216,7 +214,7 @@ class VMF(Distribution):
 
     def _accepted_eps(self, kappa: Tensor, b: Tensor) -> Tensor:
         """Wood's (1994) rejection step, in double precision, per element of ``kappa``: eps ~
-        Beta((m-1)/2, (m-1)/2), w(eps) as above, accepted when kappa w + (m - 1) log(1 - x0 w)
+        Beta((m-1)/2, (m-1)/2), w(eps) by ``wood``, accepted when kappa w + (m - 1) log(1 - x0 w)
         - c >= log u, u ~ U(0, 1), x0 = (1 - b) / (1 + b), c = kappa x0 + (m - 1) log(1 - x0^2).
         The acceptance rate is above 1/2 for every m and kappa."""
         m1 = self.m - 1
@@ -230,7 +228,7 @@ class VMF(Distribution):
             n = int(pending.sum())
             e = beta.sample((n,))
             k, bb, xx, cc = kappa[pending], b[pending], x0[pending], c[pending]
-            w = (1 - (1 + bb) * e) / (1 - (1 - bb) * e)
+            w = wood(bb, e)[0]
             log_u = torch.rand(n, dtype=torch.float64, device=kappa.device).log()
             accept = k * w + m1 * torch.log1p(-xx * w) - cc >= log_u
             where = pending.nonzero(as_tuple=True)

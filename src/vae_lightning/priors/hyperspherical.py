@@ -11,7 +11,7 @@ codes towards any point, unlike N(0, I)."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution, constraints, register_kl
 
 from vae_lightning.posteriors.von_mises_fisher import VMF, sphere_log_area
@@ -55,12 +55,6 @@ class HypersphericalUniform(Prior):
     def __init__(self, latent: int) -> None:
         super().__init__(latent)
         self.register_buffer("anchor", torch.zeros(()), persistent=False)  # the device
-
-    def bind(self, encoder: nn.Module) -> None:
-        if self.latent < 2:
-            raise ValueError(f"model.latent={self.latent}: the hyperspherical uniform prior lives "
-                             "on the unit sphere of the latent space, which needs model.latent "
-                             ">= 2")
 
     def distribution(self) -> Distribution:
         return UniformSphere(self.latent, self.anchor)

@@ -37,11 +37,21 @@ def test_graphed_steps_give_the_run_of_the_standard_step(objective, steps_per_ba
         assert torch.equal(graphed_state["state_dict"][name], value), name
 
 
-def test_a_non_finite_loss_is_found_later_with_the_last_good_state_kept(tmp_path):
+UNFUSED_ADAGRAD = ["model/optimizer=adagrad", "model.optimizer.fused=false"]
+
+
+@pytest.mark.parametrize("optimizer, atol", [
+    ([], 0), (UNFUSED_ADAGRAD, 0), ([*UNFUSED_ADAGRAD, "model.optimizer.weight_decay=0.01"], 1e-7),
+], ids=["fused_adam", "adagrad", "adagrad_decay"])
+def test_a_non_finite_loss_is_found_later_with_the_last_good_state_kept(optimizer, atol,
+                                                                        tmp_path):
     """The NaN at step 5 is read back at step 9 (log_every_n_steps = 10); the updates of steps 5 to
-    9 were skipped on the device, so the saved state is the state before step 5."""
+    9 were skipped on the device, so the saved state is the state before step 5: by the fused
+    optimizer's found_inf, or, for an unfused Adagrad (torch has no fused Adagrad on CUDA), by
+    gradients zeroed on the device (minus the weight decay term: exact to its rounding), which
+    leave Adagrad's parameters where they are."""
     nan = ["+callbacks.nan._target_=fault_injection.NaNInputAtStep", "+callbacks.nan.step=5",
-           "trainer.max_epochs=2", "trainer.log_every_n_steps=10"]
+           "trainer.max_epochs=2", "trainer.log_every_n_steps=10", *optimizer]
     cfg = compose_train([*SMALL, *nan], tmp_path / "plain")
     with pytest.raises(NonFiniteLossError, match="at step 5"):
         train(cfg)
@@ -52,11 +62,13 @@ def test_a_non_finite_loss_is_found_later_with_the_last_good_state_kept(tmp_path
     before = read_checkpoint(tmp_path / "plain" / "checkpoints" / "nonfinite-step5.ckpt")
     after = read_checkpoint(tmp_path / "graphed" / "checkpoints" / "nonfinite-step9.ckpt")
     for name, value in before["state_dict"].items():
-        assert torch.equal(after["state_dict"][name], value), name
+        torch.testing.assert_close(after["state_dict"][name], value, rtol=0, atol=atol,
+                                   msg=name)
 
 
 @pytest.mark.parametrize("overrides, words", [
     (["model.optimizer.fused=false"], ["cuda_graph", "fused"]),
+    (["model/optimizer=adamax"], ["cuda_graph", "fused"]),
     (["model.objective.warmup_steps=100"], ["cuda_graph", "warm-up"]),
     (["model=svae"], ["cuda_graph", "rejection sampler"]),
 ])
@@ -65,3 +77,86 @@ def test_what_a_graphed_step_cannot_do_is_refused_before_training(overrides, wor
         build_run(compose_train([*SMALL, "model.cuda_graph=true", *overrides], tmp_path))
     for word in words:
         assert word in str(err.value)
+
+
+def test_an_unfused_adagrad_takes_graphed_steps_as_its_standard_steps(tmp_path):
+    """Adagrad where torch has no fused kernel (CUDA): the graphed run is the standard run."""
+    states = []
+    for graphed in ("false", "true"):
+        cfg = compose_train([*SMALL, *UNFUSED_ADAGRAD, "trainer.max_epochs=1",
+                             f"model.cuda_graph={graphed}"], tmp_path / graphed)
+        train(cfg)
+        states.append(read_checkpoint(tmp_path / graphed / "checkpoints" / "last.ckpt"))
+    for name, value in states[0]["state_dict"].items():
+        assert torch.equal(states[1]["state_dict"][name], value), name
+
+
+def test_a_fused_update_torch_lacks_on_the_device_becomes_the_default_one(monkeypatch, caplog,
+                                                                         tmp_path):
+    """Fused Adagrad exists on the CPU only: where ``fusable`` says no (as on CUDA), the
+    optimizer is built unfused, and a resumed run's saved groups follow."""
+    from functools import partial
+
+    from vae_lightning import optimization
+
+    factory = partial(torch.optim.Adagrad, lr=0.02, fused=True)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert optimization.fusable(factory, "cpu")
+    assert optimization.on_device(factory, params).defaults["fused"] is True
+    monkeypatch.setitem(optimization._FUSABLE, (torch.optim.Adagrad, "cpu"), False)
+    with caplog.at_level("INFO", logger="vae_lightning.optimization"):
+        optimizer = optimization.on_device(factory, params)
+    assert not optimizer.defaults["fused"] and "no fused Adagrad" in caplog.text
+    optimizer.zero_grad()
+    params[0].sum().backward()
+    optimizer.step()  # the default update runs
+    assert torch.allclose(params[0].detach(), torch.full((3,), -0.02))
+    # A run saved with the fused update, resumed where there is none: its groups follow.
+    model = build_run(compose_train([*SMALL, "model/optimizer=adagrad"], tmp_path)).model
+    saved = {"optimizer_states": [{"param_groups": [{**optimizer.defaults, "fused": True}]}]}
+    optimization.apply_settings(model, saved)
+    assert saved["optimizer_states"][0]["param_groups"][0]["fused"] is False
+
+
+
+class _ReplayedGraph:
+    """A stand-in for a CUDA graph on the CPU with its semantics: each replay writes the step's
+    gradients into the tensors its capture allocated, whatever the parameters' .grad points at
+    by then, and its loss into its static output."""
+
+    def __init__(self, step, static_x):
+        self.step, self.static_x = step, static_x
+        self.loss = torch.zeros(())
+        self.grads = [torch.zeros_like(p) for p in step._params]
+
+    def replay(self):
+        loss = self.step.model.objective.loss(self.step.model, self.static_x)[0]
+        for buffer, g in zip(self.grads, torch.autograd.grad(loss, self.step._params)):
+            buffer.copy_(g)
+        self.loss.copy_(loss.detach())
+
+
+def test_each_minibatch_shape_steps_with_its_own_graphs_gradients(tmp_path):
+    """Two graphs (full minibatches and an epoch's smaller last one) each write the gradients
+    into tensors of their own: after a replay the optimizer must see that graph's gradient, not
+    the other graph's stale one (found on an H200, where the graphed Frey run trained on the
+    first epoch's last gradient from then on)."""
+    from vae_lightning.graphs import GraphedStep
+
+    class Replayed(GraphedStep):
+        def _record(self, x):
+            graph = _ReplayedGraph(self, x.detach().clone())
+            for p, g in zip(self._params, graph.grads):
+                p.grad = g  # a capture leaves .grad at the tensors it allocated
+            return graph, graph.static_x, (graph.loss, graph.loss, graph.loss), graph.grads
+
+    model = build_run(compose_train([*SMALL, "trainer.max_epochs=1"], tmp_path)).model
+    optimizer = model.optimizer(list(model.parameters()))
+    step = Replayed(model, optimizer, capture=True)
+    for n in (100, 65, 100, 100, 65, 100):
+        x = torch.rand(n, 1, 28, 20)
+        step(x)
+        written = step._graphs[tuple(x.shape)][3]
+        assert all(p.grad is g for p, g in zip(step._params, written)), n
+        assert any(g.abs().sum() > 0 for g in written)
+        optimizer.step()

@@ -7,11 +7,13 @@ the backward pass) as a fixed sequence of operations on static tensors: the mini
 into a static input, and the loss, the bound's terms, the gradients and a non-finite flag land in
 static outputs. On CUDA the sequence is captured once per minibatch shape as a CUDA graph and
 each step replays it (one launch); elsewhere it runs eagerly, which is how the CPU tests check it
-against the standard step. The update is the fused optimizer's, one kernel, taken through
-Lightning (``optimizer.step()``), so its hooks and step counts stay as they are.
+against the standard step. The update is the optimizer's, taken through Lightning
+(``optimizer.step()``), so its hooks and step counts stay as they are.
 
 Nothing in it reads a value back to the host. A non-finite loss sets a flag on the device, and
-the flag is the fused optimizer's ``found_inf``, which skips the update: from the first bad step
+the flag is the fused optimizer's ``found_inf``, which skips the update (where torch has no fused
+kernel, as for Adagrad on CUDA, an optimizer that a zero gradient leaves unchanged has its
+gradients zeroed on the device instead): from the first bad step
 on, the parameters stay as they were before it, and the model reads the flag back only every
 ``log_every_n_steps`` steps and at the end of an epoch (``VAE``), then stops as it would have.
 """
@@ -38,10 +40,11 @@ class Trained(Parts, Protocol):
 def graph_problems(model: Trained, optimizer: torch.optim.Optimizer) -> list[str]:
     """Why ``model`` cannot take its steps this way, if it cannot."""
     found = []
-    if not optimizer.defaults.get("fused"):
+    if not optimizer.defaults.get("fused") and not zero_gradient_stays(optimizer):
         found.append(f"{type(optimizer).__name__} is not fused (model.optimizer.fused=true): "
-                     "the step needs the fused update, which skips a non-finite step on the "
-                     "device")
+                     "the step needs an update that skips a non-finite step on the device: the "
+                     "fused one, or Adagrad or SGD without momentum, which a gradient that "
+                     "cancels their weight decay leaves where they are")
     if model.objective.step_dependent:
         found.append("the objective's loss changes with the step (a KL schedule or warm-up, a "
                      "capacity ramp), and a captured step is the same every time "
@@ -52,6 +55,22 @@ def graph_problems(model: Trained, optimizer: torch.optim.Optimizer) -> list[str
         found.append("the objective updates parameters of its own after each step (e.g. a "
                      "discriminator), outside the captured step")
     return found
+
+
+def zero_gradient_stays(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a gradient of -weight_decay * theta (0 without weight decay) leaves every
+    parameter theta where it is: it cancels the decay term, so the update sees a zero
+    gradient. So for Adagrad (its sum of squares gains 0, its step is 0 / (sqrt(sum) + eps)) and
+    SGD without momentum, neither maximizing. The graphed step skips a non-finite step of such an
+    optimizer, where torch has no fused kernel for it (Adagrad on CUDA), by writing that
+    gradient on the device (exact without weight decay; with it, to the rounding of
+    g + wd * theta)."""
+    groups = optimizer.param_groups
+    if type(optimizer) is torch.optim.Adagrad:
+        return not any(group["maximize"] for group in groups)
+    if type(optimizer) is torch.optim.SGD:
+        return all(group["momentum"] == 0 and not group["maximize"] for group in groups)
+    return False
 
 
 def runtime_problems(trainer) -> list[str]:
@@ -80,8 +99,15 @@ class GraphedStep:
         device = next(model.parameters()).device
         self.capture = device.type == "cuda" if capture is None else capture
         self.bad = torch.zeros((), device=device)  # 1 from the first non-finite loss on
-        self.optimizer.found_inf = self.bad  # the fused update skips while it is set
-        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, tuple]] = {}
+        self.zeroed = []
+        if optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = self.bad  # the fused update skips while it is set
+        else:  # the unfused one (zero_gradient_stays) takes a zero step
+            self.zeroed = [(p, -group["weight_decay"]) for group in optimizer.param_groups
+                           for p in group["params"]]
+        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, tuple, list]] = {}
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._current: tuple[int, ...] | None = None  # the shape whose graph .grad points at
 
     def _gradient(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The operations: the loss, its gradients (written, not accumulated: the gradients are
@@ -89,6 +115,15 @@ class GraphedStep:
         loss, bound = self.model.objective.loss(self.model, x)
         loss.backward()
         self.bad.logical_or_(~torch.isfinite(loss))  # in place: the optimizer reads it
+        if self.zeroed:
+            bad = self.bad.bool()
+            for p, minus_decay in self.zeroed:
+                if p.grad is None:
+                    continue
+                if minus_decay:
+                    p.grad.copy_(torch.where(bad, p.detach() * minus_decay, p.grad))
+                else:
+                    p.grad.masked_fill_(bad, 0.0)
         return loss.detach(), bound.recon.detach(), bound.kl.detach()
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Bound]:
@@ -102,9 +137,18 @@ class GraphedStep:
         key = tuple(x.shape)
         if key not in self._graphs:
             self._graphs[key] = self._record(x)
-        graph, static_x, (loss, recon, kl) = self._graphs[key]
+            self._current = key
+        graph, static_x, (loss, recon, kl), grads = self._graphs[key]
         static_x.copy_(x)
         graph.replay()
+        if key != self._current:
+            # Each graph writes the gradients into tensors of its own (its capture allocated
+            # them): after another shape's graph (an epoch's last, smaller minibatch), point the
+            # parameters' .grad back at this graph's, or the optimizer would take the other
+            # graph's stale gradient.
+            for p, g in zip(self._params, grads):
+                p.grad = g
+            self._current = key
         return loss, Bound(recon, kl)
 
     def _record(self, x: Tensor):
@@ -126,13 +170,13 @@ class GraphedStep:
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them
         with torch.cuda.graph(graph):
             outputs = self._gradient(static_x)
-        return graph, static_x, outputs
+        return graph, static_x, outputs, [p.grad for p in self._params]
 
     def last_bound(self) -> Bound:
         """The bound of the last captured step (its static outputs; zeros before any)."""
         if not self._graphs:
             return Bound(torch.zeros(1), torch.zeros(1))
-        _, _, (_, recon, kl) = next(iter(self._graphs.values()))
+        _, _, (_, recon, kl), _ = self._graphs[self._current]
         return Bound(recon, kl)
 
     def non_finite(self) -> bool:

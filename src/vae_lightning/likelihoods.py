@@ -108,7 +108,7 @@ class Gaussian(Likelihood):
     def pixel_distribution(self, mean: Tensor, log_var: Tensor) -> Distribution:
         if self.mean_activation == "sigmoid":
             mean = torch.sigmoid(mean)
-        log_var = torch.logaddexp(log_var, log_var.new_tensor(self.log_min_var))
+        log_var = smooth_floor(log_var, self.log_min_var)
         return Normal(mean, torch.exp(0.5 * log_var), validate_args=False)
 
 

@@ -38,19 +38,51 @@ def stand_in(model: L.LightningModule) -> torch.optim.Optimizer:
     """The configured optimizer over one stand-in parameter: its settings, for checks."""
     return model.optimizer([nn.Parameter(torch.zeros(1))])
 
+_FUSABLE: dict[tuple[type, str], bool] = {}
+
+def fusable(factory: Any, device: torch.device | str) -> bool:
+    """Whether the optimizer ``factory`` builds, asked for torch's fused update
+    (``fused=True``), can take it on ``device``: torch has fused Adam(W) and SGD on the CPU and
+    CUDA, but fused Adagrad on the CPU only. Tried once per optimizer type and device type, with
+    one step of a one-element parameter."""
+    device = torch.device(device)
+    probe = nn.Parameter(torch.zeros(1, device=device))
+    optimizer = factory([probe])
+    key = (type(optimizer), device.type)
+    if key not in _FUSABLE:
+        probe.grad = torch.zeros_like(probe)
+        try:
+            optimizer.step()
+            _FUSABLE[key] = True
+        except RuntimeError:
+            _FUSABLE[key] = False
+    return _FUSABLE[key]
+
+def on_device(factory: Any, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """``factory(params)``; where it asks for the fused update and torch has none for it on the
+    parameters' device (Adagrad on CUDA), the same optimizer with ``fused=False``: torch's
+    default kernels, the same update to float rounding (said once in the log)."""
+    optimizer = factory(params)
+    device = params[0].device if params else torch.device("cpu")
+    if optimizer.defaults.get("fused") and not fusable(factory, device):
+        log.info("torch has no fused %s update on %s: taking its default (foreach) update.",
+                 type(optimizer).__name__, device.type)
+        optimizer = factory(params, fused=False)
+    return optimizer
+
 def configure(model: L.LightningModule) -> Any:
     """The model's optimizer over its parameters (the objective's own excepted), with the
     schedule; then one optimizer per auxiliary update of the objective, over its
-    parameters."""
+    parameters. Each takes the fused update where torch has it on the device (``on_device``)."""
     own = {id(p) for update in model.auxiliary for p in update.parameters()}
-    optimizer = model.optimizer([p for p in model.parameters() if id(p) not in own])
+    optimizer = on_device(model.optimizer, [p for p in model.parameters() if id(p) not in own])
     configured: dict[str, Any] = {"optimizer": optimizer}
     if model.schedule is not None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, model.schedule)
         configured["lr_scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
     if not model.auxiliary:
         return configured if model.schedule is not None else optimizer
-    return [configured, *({"optimizer": update.optimizer(list(update.parameters()))}
+    return [configured, *({"optimizer": on_device(update.optimizer, list(update.parameters()))}
                           for update in model.auxiliary)]
 
 def apply_settings(model: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -62,6 +94,10 @@ def apply_settings(model: L.LightningModule, checkpoint: dict[str, Any]) -> None
     if not states:
         return
     current = stand_in(model).param_groups[0]
+    trainer = model._trainer
+    device = trainer.strategy.root_device if trainer is not None else model.device
+    if current.get("fused") and not fusable(model.optimizer, device):
+        current = {**current, "fused": False}  # a CPU run resumed on CUDA (see on_device)
     for group in states[0]["param_groups"]:
         for key, value in current.items():
             if key == "lr" and "initial_lr" in group:  # under a schedule: its base lr

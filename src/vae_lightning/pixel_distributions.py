@@ -77,8 +77,10 @@ class Grid(constraints.Constraint):
 
 
 def smooth_floor(log_scale: Tensor, log_scale_min: float) -> Tensor:
-    """log(exp(log_scale_min) + exp(log_scale)): a smooth floor, with gradients below it."""
-    return torch.logaddexp(log_scale, log_scale.new_tensor(log_scale_min))
+    """log(exp(log_scale_min) + exp(log_scale)): a smooth floor, with gradients below it. The
+    floor is filled on the tensor's device (``new_full``), not copied from the host, so that a
+    CUDA graph can capture it."""
+    return torch.logaddexp(log_scale, log_scale.new_full((), log_scale_min))
 
 
 def _bin_index(x: Tensor, bins: int) -> Tensor:

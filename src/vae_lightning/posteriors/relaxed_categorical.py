@@ -79,7 +79,7 @@ def categorical_blocks(logits: Tensor, temperature: float | None) -> Distributio
     if temperature is None:
         block = D.OneHotCategorical(logits=logits, validate_args=False)
     else:
-        block = D.RelaxedOneHotCategorical(torch.tensor(temperature, device=logits.device),
+        block = D.RelaxedOneHotCategorical(logits.new_full((), temperature),
                                            logits=logits, validate_args=False)
     return Flat(block)
 

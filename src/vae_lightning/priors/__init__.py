@@ -107,6 +107,14 @@ class UnitNormal(Independent):
     """N(0, I) over the latent vector: ``Independent(Normal(0, 1), 1)``, a type of its own so that
     torch.distributions' KL registry dispatches KL(q || N(0, I)) to ``_kl_to_unit_normal``."""
 
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        """``rsample`` (0 + eps * 1) without gradients: on the CPU the same numbers as
+        ``Normal.sample`` (normal_(0, 1), then * scale + loc), without its check that the scale
+        is >= 0, which reads a value back from the device: a CUDA graph cannot capture that
+        (the wake-sleep objective's sleep phase draws from the prior inside the step)."""
+        with torch.no_grad():
+            return self.rsample(torch.Size(sample_shape))
+
 
 @register_kl(Independent, UnitNormal)
 def _kl_to_unit_normal(q: Independent, p: UnitNormal) -> Tensor:

@@ -133,6 +133,15 @@ class Objective:
         """The updates of the objective's own parameters after each model step (none)."""
         return ()
 
+    def log_weights(self, model: Parts, x: Tensor, q: Distribution, p: Distribution,
+                    n: int) -> Tensor:
+        """Log-weights ``[n, batch]`` of n draws for the importance-weighted estimate of
+        log p(x) (``importance_weighted``), each the log of an unbiased estimate of p(x):
+        log p(x, z_i) - log q(z_i|x) with z_i ~ q(z|x), the model's posterior as the proposal
+        (``proposal_log_weights``). An objective that trains a proposal of its own (the HVAE's
+        leapfrog steps from z ~ q) gives that proposal's weights instead."""
+        return proposal_log_weights(model, x, q, p, n)
+
     def logged(self) -> Mapping[str, Tensor]:
         """The named terms of the last ``loss`` besides the bound (e.g. beta-TC's ``mi``,
         ``tc``, ``dwkl``), as detached minibatch means: the model logs each as
@@ -141,6 +150,14 @@ class Objective:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+def proposal_log_weights(model: Parts, x: Tensor, q: Distribution, p: Distribution,
+                         n: int) -> Tensor:
+    """log p(x, z_i) - log q(z_i|x) for n draws z_i ~ ``q`` (each by its own draw, in order:
+    ``parts.scored_draws``), under the prior ``p``: ``[n, batch]``."""
+    z, log_qz = scored_draws(q, n)
+    return model.decoder(z).log_prob(x) + p.log_prob(z) - log_qz
 
 
 @torch.no_grad()
@@ -182,11 +199,13 @@ def importance_weighted(model: Parts, x: Tensor, k: int,
         raise ValueError(f"k={k} and chunk={chunk} must both be at least 1.")
     q = model.encoder(x)
     p = model.prior.distribution()  # once: a VampPrior encodes its pseudo-inputs
+    # The objective's proposal (Objective.log_weights); q(z|x) for parts without an objective.
+    objective = getattr(model, "objective", None)
+    weigh = proposal_log_weights if objective is None else objective.log_weights
     running_lse = torch.full((x.shape[0],), -math.inf, device=x.device)
     running_sum = torch.zeros(x.shape[0], device=x.device)
     for start in range(0, k, chunk):
-        z, log_qz = scored_draws(q, min(chunk, k - start))
-        log_w = model.decoder(z).log_prob(x) + p.log_prob(z) - log_qz
+        log_w = weigh(model, x, q, p, min(chunk, k - start))
         running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=0))
         running_sum += log_w.sum(0)
     return running_sum / k, running_lse - math.log(k)

@@ -1,0 +1,135 @@
+"""The Hamiltonian VAE (Caterini, Doucet & Sejdinovic 2018): z_0 ~ q(z|x) is moved by K leapfrog
+steps of Hamiltonian dynamics under the potential U(z) = -log p(x, z), the momentum tempered
+between steps, and the bound is that of the resulting proposal over (z_K, rho_K).
+
+With gamma ~ N(0, I) and rho_0 = gamma / sqrt(beta_0), each step k = 1..K is
+
+    rho' = rho - (eps/2) grad U(z),   z <- z + eps rho',   rho'' = rho' - (eps/2) grad U(z),
+    rho <- sqrt(beta_(k-1) / beta_k) rho'',
+
+with the quadratic schedule 1/sqrt(beta_k) = (1 - 1/sqrt(beta_0)) (k/K)^2 + 1/sqrt(beta_0), so
+that beta_K = 1. The leapfrog steps preserve volume and the tempering scales rho by sqrt(beta_0)
+in all, which cancels the 1/sqrt(beta_0) of rho_0: the map (z_0, gamma) -> (z_K, rho_K) has unit
+Jacobian, and with the target p(x, z) N(rho; 0, I), whose integral over (z, rho) is p(x),
+
+    log p(x) >= E[log p(x, z_K) + log N(rho_K; 0, I) - log q(z_0|x) - log N(gamma; 0, I)]
+
+(the paper's bound with its Jacobian written out; normalising constants included). Each term
+is the log of an unbiased estimate of p(x), so the same log-weights give the importance-weighted
+estimate of log p(x) (``log_weights``: what ``vae-eval`` uses with this objective).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from vae_lightning.args import PositiveFloat, PositiveInt, Range, checked
+from vae_lightning.parts import Parts, confined_space, scored_draws, scored_sample
+
+from .base import Bound, Objective
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _log_standard_normal(v: Tensor) -> Tensor:
+    """log N(v; 0, I) over the last dimension."""
+    return -0.5 * v.pow(2).sum(-1) - v.shape[-1] * _HALF_LOG_2PI
+
+
+class HVAE(Objective, nn.Module):
+    """K leapfrog steps of size ``step_size`` with tempering from ``beta0`` (in (0, 1]; 1: no
+    tempering); ``learn``: the step size and beta_0 trained with the model (by its optimizer),
+    as the paper's learned variant. The training bound logged is the HVAE bound: ``recon`` is
+    log p(x|z_K) and ``kl`` the rest, log q(z_0|x) + log N(gamma) - log p(z_K) - log N(rho_K);
+    the evaluation bound (validation, Fig. 2) is the ELBO of q(z|x) alone."""
+
+    checkpoint = "last"  # the final model: the HVAE bound, not q's ELBO, is trained
+
+    @checked
+    def __init__(self, steps: PositiveInt = 3, step_size: PositiveFloat = 1e-3,
+                 beta0: Annotated[float, Range(gt=0, le=1)] = 0.3, learn: bool = False) -> None:
+        nn.Module.__init__(self)
+        self.steps = steps
+        self.log_step = nn.Parameter(torch.tensor(math.log(step_size)), requires_grad=learn)
+        # beta_0 = sigmoid(logit) in (0, 1); beta0 = 1 (no tempering) is kept exactly.
+        self.untempered = beta0 == 1
+        logit = 0.0 if self.untempered else math.log(beta0 / (1 - beta0))
+        self.beta0_logit = nn.Parameter(torch.tensor(logit),
+                                        requires_grad=learn and not self.untempered)
+
+    def extra_repr(self) -> str:
+        return (f"steps={self.steps}, step_size={self.log_step.exp().item():.4g}, "
+                f"beta0={self.beta0().item():.4g}, learn={self.log_step.requires_grad}")
+
+    __repr__ = nn.Module.__repr__
+
+    def check(self, model: Parts) -> None:
+        if reason := confined_space(model.prior):
+            raise ValueError(f"the HVAE moves z through all of R^latent by leapfrog steps, and "
+                             f"the prior lives on {reason}: choose a prior with a density on "
+                             "R^latent (model/prior=standard_normal, mog, vamp, flow)")
+
+    def beta0(self) -> Tensor:
+        return torch.ones(()) if self.untempered else torch.sigmoid(self.beta0_logit)
+
+    def _inverse_sqrt_betas(self) -> list[Tensor]:
+        """1/sqrt(beta_k) for k = 0..K, the quadratic schedule (1/sqrt(beta_K) = 1)."""
+        start = self.beta0().to(self.log_step.device).rsqrt()
+        return [(1 - start) * (k / self.steps) ** 2 + start for k in range(self.steps + 1)]
+
+    def flow(self, model: Parts, x: Tensor, z: Tensor, gamma: Tensor,
+             create_graph: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The K tempered leapfrog steps from (z_0, rho_0 = gamma sqrt(1/beta_0)): z_K, rho_K,
+        log p(x|z_K) and log p(z_K). ``create_graph``: the result differentiable in z_0, gamma
+        and the parameters (training); otherwise each step's z is a new leaf (evaluation)."""
+        eps = self.log_step.exp()
+        inv_sqrt = self._inverse_sqrt_betas()
+        rho = gamma * inv_sqrt[0]
+        log_px_z, log_pz, grad_u = self._potential(model, x, z, create_graph)
+        for k in range(1, self.steps + 1):
+            rho = rho - 0.5 * eps * grad_u
+            z = z + eps * rho
+            log_px_z, log_pz, grad_u = self._potential(model, x, z, create_graph)
+            rho = (rho - 0.5 * eps * grad_u) * (inv_sqrt[k] / inv_sqrt[k - 1])
+        return z, rho, log_px_z, log_pz
+
+    @staticmethod
+    def _potential(model: Parts, x: Tensor, z: Tensor,
+                   create_graph: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """log p(x|z), log p(z) and grad_z U = -grad_z log p(x, z), one decoder pass."""
+        with torch.enable_grad():
+            if not create_graph:
+                z = z.detach().requires_grad_(True)
+            log_px_z, log_pz = model.decoder(z).log_prob(x), model.prior.log_prob(z)
+            (grad_log_p,) = torch.autograd.grad((log_px_z + log_pz).sum(), z,
+                                                create_graph=create_graph)
+        if not create_graph:
+            log_px_z, log_pz = log_px_z.detach(), log_pz.detach()
+        return log_px_z, log_pz, -grad_log_p
+
+    def _terms(self, model: Parts, x: Tensor, z0: Tensor, log_qz0: Tensor,
+               create_graph: bool) -> tuple[Tensor, Tensor]:
+        """log p(x|z_K) and the HVAE log-weight of the draws z_0 (any leading sample shape)."""
+        gamma = torch.randn_like(z0)
+        _, rho, log_px_z, log_pz = self.flow(model, x, z0, gamma, create_graph)
+        log_w = (log_px_z + log_pz + _log_standard_normal(rho)
+                 - log_qz0 - _log_standard_normal(gamma))
+        return log_px_z, log_w
+
+    def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
+        q = model.encoder(x)
+        z0, log_qz0 = scored_sample(q)
+        log_px_z, log_w = self._terms(model, x, z0, log_qz0, torch.is_grad_enabled())
+        return -log_w.mean(), Bound(log_px_z, log_px_z - log_w)
+
+    def log_weights(self, model: Parts, x: Tensor, q: Distribution, p: Distribution,
+                    n: int) -> Tensor:
+        """The HVAE log-weights of n draws z_0 ~ q(z|x) ``[n, batch]``, the proposal of the
+        trained model (``Objective.log_weights``)."""
+        z0, log_qz0 = scored_draws(q, n)
+        return self._terms(model, x, z0.detach(), log_qz0, create_graph=False)[1]

@@ -1,0 +1,132 @@
+"""The Hamiltonian VAE (objectives/hvae.py): the map (z_0, gamma) -> (z_K, rho_K) has unit
+Jacobian, so its log-weights are unbiased for p(x) (the IW estimate reaches a closed-form log p(x));
+vanishing steps give the ELBO's weights; it trains; the learned variant moves eps and beta_0; a
+prior confined to a sphere or one-hot blocks is refused."""
+
+import math
+
+import pytest
+import torch
+from compose import compose_train
+from models import binary_images, fit, small_vae
+from torch.distributions import Independent, MultivariateNormal, Normal
+
+from vae_lightning.objectives import importance_weighted
+from vae_lightning.objectives.base import proposal_log_weights
+from vae_lightning.objectives.hvae import HVAE
+from vae_lightning.priors import StandardNormal
+from vae_lightning.train import build_run
+
+LATENT = 2
+
+
+class _LinearGaussian:
+    """p(z) = N(0, I), p(x|z) = N(W z + b, s^2 I): log p(x) = log N(x; b, W W^T + s^2 I); q a
+    diagonal Gaussian off the exact posterior (wider, shifted), the HVAE's to improve on."""
+
+    def __init__(self, objective, x_dim=3, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(x_dim, LATENT, generator=g)
+        self.b, self.s = torch.randn(x_dim, generator=g), 0.8
+        self.prior, self.objective = StandardNormal(LATENT), objective
+        self.x = self.b + torch.randn(4, x_dim, generator=g) * 2
+        cov = torch.linalg.inv(torch.eye(LATENT) + self.w.T @ self.w / self.s**2)
+        self.loc = (self.x - self.b) @ self.w @ cov / self.s**2 + 0.3
+        self.scale = (1.6 * cov.diagonal()).sqrt().expand_as(self.loc)
+        self.log_px = MultivariateNormal(self.b, self.w @ self.w.T + self.s**2 * torch.eye(
+            x_dim)).log_prob(self.x)
+
+    def encoder(self, x):
+        return Independent(Normal(self.loc, self.scale), 1)
+
+    def decoder(self, z):
+        return Independent(Normal(z @ self.w.T + self.b, self.s), 1)
+
+
+def test_the_tempered_leapfrog_map_has_unit_jacobian():
+    """Leapfrog steps preserve volume and the tempering's sqrt(beta_0) cancels rho_0's
+    1/sqrt(beta_0): det d(z_K, rho_K)/d(z_0, gamma) = 1, whatever eps, K and beta_0."""
+    for steps, eps, beta0 in ((1, 0.3, 0.3), (3, 0.2, 0.1), (5, 0.05, 0.9)):
+        hvae = HVAE(steps=steps, step_size=eps, beta0=beta0)
+        model = _LinearGaussian(hvae)
+        x = model.x[:1]
+
+        def step(v, model=model, hvae=hvae, x=x):
+            z, rho, _, _ = hvae.flow(model, x, v[None, :LATENT], v[None, LATENT:], True)
+            return torch.cat([z[0], rho[0]])
+
+        v = torch.randn(2 * LATENT, dtype=torch.float64).float()
+        jacobian = torch.autograd.functional.jacobian(step, v, create_graph=False)
+        assert torch.linalg.det(jacobian.double()).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_iw_estimate_with_the_hvae_weights_reaches_log_p_x():
+    """The weights are unbiased for p(x): at large k the IW estimate reaches the closed form,
+    from below, tightening with k; the mean log-weight (the HVAE bound) stays below log p(x)."""
+    model = _LinearGaussian(HVAE(steps=4, step_size=0.15, beta0=0.5))
+    gaps = []
+    for k in (50, 4000):
+        torch.manual_seed(0)
+        elbo, iw = importance_weighted(model, model.x, k, chunk=500)
+        gaps.append((model.log_px - iw).mean().item())
+    assert (elbo < model.log_px).all()  # the mean of 4000 log-weights: the HVAE bound
+    gaps.insert(0, (model.log_px - elbo).mean().item())  # the bound's gap, k = 1's expectation
+    assert gaps[0] > gaps[1] > gaps[2] >= -0.02, gaps
+    assert gaps[2] < 0.02, gaps
+    torch.manual_seed(1)
+    log_w = HVAE(steps=4, step_size=0.15, beta0=0.5).log_weights(
+        model, model.x, model.encoder(model.x), model.prior.distribution(), 20000)
+    ratio = torch.exp(log_w - model.log_px).mean(0)  # E[w] / p(x) = 1
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=0.03), ratio
+
+
+def test_vanishing_steps_give_the_elbo_weights():
+    """eps -> 0: z_K = z_0 and rho_K = gamma, so the weight is p(x, z_0) / q(z_0|x)."""
+    model = _LinearGaussian(HVAE(steps=3, step_size=1e-7, beta0=0.3))
+    q, p = model.encoder(model.x), model.prior.distribution()
+    torch.manual_seed(0)
+    hvae = model.objective.log_weights(model, model.x, q, p, 5)
+    torch.manual_seed(0)
+    plain = proposal_log_weights(model, model.x, q, p, 5)
+    torch.testing.assert_close(hvae, plain, rtol=0, atol=1e-4)
+
+
+def test_it_trains_and_the_learned_variant_moves_its_step_and_temperature():
+    torch.manual_seed(0)
+    objective = HVAE(steps=2, step_size=0.05, beta0=0.5, learn=True)
+    model = small_vae(latent=2, hidden=(16,), objective=objective)
+    start = (objective.log_step.item(), objective.beta0().item())
+    x = binary_images(256)
+    losses = fit(model, x)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
+    assert (objective.log_step.item(), objective.beta0().item()) != start
+    assert all(math.isfinite(v) for v in (objective.log_step.item(), objective.beta0().item()))
+    fixed = HVAE()
+    assert not fixed.log_step.requires_grad and not fixed.beta0_logit.requires_grad
+    assert HVAE(beta0=1.0).beta0().item() == 1.0
+
+
+def test_the_training_bound_is_the_hvae_bound_and_evaluation_uses_its_weights():
+    """train/elbo is recon - kl = the HVAE log-weight's mean; vae-eval's estimate (the same
+    importance_weighted a VAE's checkpoint goes through) weighs by the HVAE's proposal."""
+    torch.manual_seed(0)
+    model = small_vae(latent=2, hidden=(16,), objective=HVAE(steps=2, step_size=0.05))
+    x = binary_images(32)
+    torch.manual_seed(3)
+    loss, bound = model.objective.loss(model, x)
+    assert loss.item() == pytest.approx(-bound.elbo.mean().item(), rel=1e-6)
+    torch.manual_seed(4)
+    _, iw = importance_weighted(model, x, 7)
+    torch.manual_seed(4)
+    q, p = model.encoder(x), model.prior.distribution()
+    log_w = model.objective.log_weights(model, x, q, p, 7)
+    expected = torch.logsumexp(log_w, 0) - math.log(7)
+    torch.testing.assert_close(iw, expected)
+
+
+def test_a_prior_off_r_latent_is_refused(tmp_path):
+    from vae_lightning.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError)) as err:
+        build_run(compose_train(["data=frey", "model=svae", "model/objective=hvae"], tmp_path))
+    assert "R^latent" in str(err.value) and "sphere" in str(err.value)

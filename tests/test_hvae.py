@@ -11,6 +11,7 @@ from compose import compose_train
 from models import binary_images, fit, small_vae
 from torch.distributions import Independent, MultivariateNormal, Normal
 
+from vae_lightning.errors import ConfigError
 from vae_lightning.objectives import importance_weighted
 from vae_lightning.objectives.base import proposal_log_weights
 from vae_lightning.objectives.hvae import HVAE
@@ -125,8 +126,14 @@ def test_the_training_bound_is_the_hvae_bound_and_evaluation_uses_its_weights():
 
 
 def test_a_prior_off_r_latent_is_refused(tmp_path):
-    from vae_lightning.errors import ConfigError
-
     with pytest.raises((ConfigError, ValueError)) as err:
         build_run(compose_train(["data=frey", "model=svae", "model/objective=hvae"], tmp_path))
     assert "R^latent" in str(err.value) and "sphere" in str(err.value)
+
+
+def test_compiled_networks_are_refused_before_training(tmp_path):
+    """torch.compile'd networks cannot take the double backward the leapfrog steps need."""
+    with pytest.raises((ConfigError, ValueError)) as err:
+        build_run(compose_train(["data=frey", "model/objective=hvae", "model.compile=true"],
+                                tmp_path))
+    assert "model.compile=false" in str(err.value)

@@ -96,6 +96,10 @@ class VAE(Inference, L.LightningModule):
                              "captured graph would keep the labels or the step of its first step")
         with self.given(torch.zeros(1, dtype=torch.int64)):  # probes of one point, class 0
             objective.check(self)
+        if compile and objective.double_backward:
+            raise ValueError(f"compile=true cannot be used with the objective {objective!r}: its "
+                             "loss differentiates through a gradient, which torch.compile'd "
+                             "networks cannot (set model.compile=false)")
         if compile:  # in place: parameter names, and so checkpoints, stay the same
             self.encoder.net.compile()
             self.decoder.net.compile()

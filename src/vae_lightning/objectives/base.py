@@ -108,6 +108,10 @@ class Objective:
     # Whether the loss changes with the optimizer step (a KL schedule, a capacity ramp): a CUDA
     # graph captures one step's loss, so such objectives are not graphed.
     step_dependent = False
+    # Whether the loss differentiates through a gradient (create_graph: the HVAE's leapfrog
+    # steps follow grad log p(x, z)): torch.compile'd networks cannot take that double backward,
+    # so model.compile is refused with it.
+    double_backward = False
     # Whether it trains on points whose label is hidden (-1), summing over their classes (M2):
     # a conditional model is otherwise refused data with such points.
     unlabelled = False

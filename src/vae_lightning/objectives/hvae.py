@@ -49,6 +49,7 @@ class HVAE(Objective, nn.Module):
     the evaluation bound (validation, Fig. 2) is the ELBO of q(z|x) alone."""
 
     checkpoint = "last"  # the final model: the HVAE bound, not q's ELBO, is trained
+    double_backward = True  # the leapfrog steps follow grad_z log p(x, z) (create_graph)
 
     @checked
     def __init__(self, steps: PositiveInt = 3, step_size: PositiveFloat = 1e-3,

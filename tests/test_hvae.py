@@ -96,14 +96,14 @@ def test_it_trains_and_the_learned_variant_moves_its_step_and_temperature():
     torch.manual_seed(0)
     objective = HVAE(steps=2, step_size=0.05, beta0=0.5, learn=True)
     model = small_vae(latent=2, hidden=(16,), objective=objective)
-    start = (objective.log_step.item(), objective.beta0().item())
+    start = (objective.step_size().item(), objective.beta0().item())
     x = binary_images(256)
     losses = fit(model, x)
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
-    assert (objective.log_step.item(), objective.beta0().item()) != start
-    assert all(math.isfinite(v) for v in (objective.log_step.item(), objective.beta0().item()))
+    assert (objective.step_size().item(), objective.beta0().item()) != start
+    assert all(math.isfinite(v) for v in (objective.step_size().item(), objective.beta0().item()))
     fixed = HVAE()
-    assert not fixed.log_step.requires_grad and not fixed.beta0_logit.requires_grad
+    assert not fixed.step_param.requires_grad and not fixed.beta0_logit.requires_grad
     assert HVAE(beta0=1.0).beta0().item() == 1.0
 
 
@@ -137,3 +137,39 @@ def test_compiled_networks_are_refused_before_training(tmp_path):
         build_run(compose_train(["data=frey", "model/objective=hvae", "model.compile=true"],
                                 tmp_path))
     assert "model.compile=false" in str(err.value)
+
+
+def test_per_dimension_bounded_step_sizes_learn_within_their_bound():
+    """The paper's eps in R^d, kept in (0, max_step) as the authors' code: one size per latent
+    dimension, each learned, all within the bound; the map keeps its unit Jacobian."""
+    torch.manual_seed(0)
+    objective = HVAE(steps=2, step_size=0.2, beta0=0.6, learn=True, per_dimension=True,
+                     latent=2, max_step=0.5)
+    assert torch.allclose(objective.step_size(), torch.full((2,), 0.2))
+    model = small_vae(latent=2, hidden=(16,), objective=objective)
+    fit(model, binary_images(256), steps=60)
+    eps = objective.step_size().detach()
+    assert eps.shape == (2,) and (eps > 0).all() and (eps < 0.5).all()
+    assert not torch.allclose(eps, torch.full((2,), 0.2))
+    toy = _LinearGaussian(HVAE(steps=3, step_size=0.2, beta0=0.4, per_dimension=True, latent=2,
+                               max_step=0.5))
+    with torch.no_grad():
+        toy.objective.step_param.copy_(torch.tensor([-1.0, 0.7]))
+
+    def step(v):
+        z, rho, _, _ = toy.objective.flow(toy, toy.x[:1], v[None, :2], v[None, 2:], True)
+        return torch.cat([z[0], rho[0]])
+
+    jacobian = torch.autograd.functional.jacobian(step, torch.randn(4))
+    assert torch.linalg.det(jacobian.double()).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_settings_that_cannot_work_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="max_step"):
+        HVAE(step_size=0.6, max_step=0.5)
+    with pytest.raises(ValueError, match="latent"):
+        HVAE(per_dimension=True)
+    with pytest.raises((ConfigError, ValueError), match="latent"):
+        build_run(compose_train(["data=frey", "model/objective=hvae",
+                                 "model.objective.per_dimension=true",
+                                 "model.objective.latent=3", "model.latent=2"], tmp_path))

@@ -44,19 +44,32 @@ def _log_standard_normal(v: Tensor) -> Tensor:
 class HVAE(Objective, nn.Module):
     """K leapfrog steps of size ``step_size`` with tempering from ``beta0`` (in (0, 1]; 1: no
     tempering); ``learn``: the step size and beta_0 trained with the model (by its optimizer),
-    as the paper's learned variant. The training bound logged is the HVAE bound: ``recon`` is
-    log p(x|z_K) and ``kl`` the rest, log q(z_0|x) + log N(gamma) - log p(z_K) - log N(rho_K);
-    the evaluation bound (validation, Fig. 2) is the ELBO of q(z|x) alone."""
+    as the paper's learned variant; ``per_dimension``: one step size per latent dimension (of
+    ``latent``), the paper's eps in R^d (false: one for all, as pythae); ``max_step``: the step
+    sizes kept in (0, max_step) by a sigmoid, as the authors' code (None: exp of a parameter).
+
+    The training bound logged is the HVAE bound: ``recon`` is log p(x|z_K) and ``kl`` the rest,
+    log q(z_0|x) + log N(gamma) - log p(z_K) - log N(rho_K); the evaluation bound (validation,
+    Fig. 2) is the ELBO of q(z|x) alone."""
 
     checkpoint = "last"  # the final model: the HVAE bound, not q's ELBO, is trained
     double_backward = True  # the leapfrog steps follow grad_z log p(x, z) (create_graph)
 
     @checked
     def __init__(self, steps: PositiveInt = 3, step_size: PositiveFloat = 1e-3,
-                 beta0: Annotated[float, Range(gt=0, le=1)] = 0.3, learn: bool = False) -> None:
+                 beta0: Annotated[float, Range(gt=0, le=1)] = 0.3, learn: bool = False,
+                 per_dimension: bool = False, latent: PositiveInt | None = None,
+                 max_step: PositiveFloat | None = None) -> None:
         nn.Module.__init__(self)
-        self.steps = steps
-        self.log_step = nn.Parameter(torch.tensor(math.log(step_size)), requires_grad=learn)
+        if max_step is not None and step_size >= max_step:
+            raise ValueError(f"step_size={step_size} must be below max_step={max_step}")
+        if per_dimension and latent is None:
+            raise ValueError("per_dimension=true needs latent (the model's: ${..latent})")
+        self.steps, self.max_step = steps, max_step
+        raw = (math.log(step_size) if max_step is None
+               else math.log(step_size / (max_step - step_size)))
+        shape = (latent,) if per_dimension else ()
+        self.step_param = nn.Parameter(torch.full(shape, raw), requires_grad=learn)
         # beta_0 = sigmoid(logit) in (0, 1); beta0 = 1 (no tempering) is kept exactly.
         self.untempered = beta0 == 1
         logit = 0.0 if self.untempered else math.log(beta0 / (1 - beta0))
@@ -64,8 +77,10 @@ class HVAE(Objective, nn.Module):
                                         requires_grad=learn and not self.untempered)
 
     def extra_repr(self) -> str:
-        return (f"steps={self.steps}, step_size={self.log_step.exp().item():.4g}, "
-                f"beta0={self.beta0().item():.4g}, learn={self.log_step.requires_grad}")
+        step = self.step_size().detach()
+        shown = f"{step.item():.4g}" if step.dim() == 0 else f"[{step.numel()} sizes]"
+        return (f"steps={self.steps}, step_size={shown}, beta0={self.beta0().item():.4g}, "
+                f"learn={self.step_param.requires_grad}")
 
     __repr__ = nn.Module.__repr__
 
@@ -73,14 +88,23 @@ class HVAE(Objective, nn.Module):
         if reason := confined_space(model.prior):
             raise ValueError(f"the HVAE moves z through all of R^latent by leapfrog steps, and "
                              f"the prior lives on {reason}: choose a prior with a density on "
-                             "R^latent (model/prior=standard_normal, mog, vamp, flow)")
+                             "R^latent (model/prior=normal, mog, vamp, flow)")
+        if self.step_param.dim() and len(self.step_param) != model.latent:
+            raise ValueError(f"latent={len(self.step_param)} step sizes for a model of "
+                             f"latent={model.latent} (model.objective.latent: ${{..latent}})")
+
+    def step_size(self) -> Tensor:
+        """eps: exp of the parameter, or max_step * sigmoid of it."""
+        if self.max_step is None:
+            return self.step_param.exp()
+        return self.max_step * torch.sigmoid(self.step_param)
 
     def beta0(self) -> Tensor:
         return torch.ones(()) if self.untempered else torch.sigmoid(self.beta0_logit)
 
     def _inverse_sqrt_betas(self) -> list[Tensor]:
         """1/sqrt(beta_k) for k = 0..K, the quadratic schedule (1/sqrt(beta_K) = 1)."""
-        start = self.beta0().to(self.log_step.device).rsqrt()
+        start = self.beta0().to(self.step_param.device).rsqrt()
         return [(1 - start) * (k / self.steps) ** 2 + start for k in range(self.steps + 1)]
 
     def flow(self, model: Parts, x: Tensor, z: Tensor, gamma: Tensor,
@@ -88,7 +112,7 @@ class HVAE(Objective, nn.Module):
         """The K tempered leapfrog steps from (z_0, rho_0 = gamma sqrt(1/beta_0)): z_K, rho_K,
         log p(x|z_K) and log p(z_K). ``create_graph``: the result differentiable in z_0, gamma
         and the parameters (training); otherwise each step's z is a new leaf (evaluation)."""
-        eps = self.log_step.exp()
+        eps = self.step_size()
         inv_sqrt = self._inverse_sqrt_betas()
         rho = gamma * inv_sqrt[0]
         log_px_z, log_pz, grad_u = self._potential(model, x, z, create_graph)

@@ -107,30 +107,33 @@ class HVAE(Objective, nn.Module):
         start = self.beta0().to(self.step_param.device).rsqrt()
         return [(1 - start) * (k / self.steps) ** 2 + start for k in range(self.steps + 1)]
 
-    def flow(self, model: Parts, x: Tensor, z: Tensor, gamma: Tensor,
-             create_graph: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The K tempered leapfrog steps from (z_0, rho_0 = gamma sqrt(1/beta_0)): z_K, rho_K,
-        log p(x|z_K) and log p(z_K). ``create_graph``: the result differentiable in z_0, gamma
-        and the parameters (training); otherwise each step's z is a new leaf (evaluation)."""
+    def flow(self, model: Parts, x: Tensor, z: Tensor, gamma: Tensor, create_graph: bool,
+             p: Distribution | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The K tempered leapfrog steps from (z_0, rho_0 = gamma sqrt(1/beta_0)) under the
+        prior ``p`` (default: the model's, built once: a VampPrior encodes its pseudo-inputs):
+        z_K, rho_K, log p(x|z_K) and log p(z_K). ``create_graph``: the result differentiable in
+        z_0, gamma and the parameters (training); otherwise each step's z is a new leaf
+        (evaluation)."""
+        p = model.prior.distribution() if p is None else p
         eps = self.step_size()
         inv_sqrt = self._inverse_sqrt_betas()
         rho = gamma * inv_sqrt[0]
-        log_px_z, log_pz, grad_u = self._potential(model, x, z, create_graph)
+        log_px_z, log_pz, grad_u = self._potential(model, p, x, z, create_graph)
         for k in range(1, self.steps + 1):
             rho = rho - 0.5 * eps * grad_u
             z = z + eps * rho
-            log_px_z, log_pz, grad_u = self._potential(model, x, z, create_graph)
+            log_px_z, log_pz, grad_u = self._potential(model, p, x, z, create_graph)
             rho = (rho - 0.5 * eps * grad_u) * (inv_sqrt[k] / inv_sqrt[k - 1])
         return z, rho, log_px_z, log_pz
 
     @staticmethod
-    def _potential(model: Parts, x: Tensor, z: Tensor,
+    def _potential(model: Parts, p: Distribution, x: Tensor, z: Tensor,
                    create_graph: bool) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x|z), log p(z) and grad_z U = -grad_z log p(x, z), one decoder pass."""
         with torch.enable_grad():
-            if not create_graph:
+            if not (create_graph and z.requires_grad):
                 z = z.detach().requires_grad_(True)
-            log_px_z, log_pz = model.decoder(z).log_prob(x), model.prior.log_prob(z)
+            log_px_z, log_pz = model.decoder(z).log_prob(x), p.log_prob(z)
             (grad_log_p,) = torch.autograd.grad((log_px_z + log_pz).sum(), z,
                                                 create_graph=create_graph)
         if not create_graph:
@@ -138,10 +141,10 @@ class HVAE(Objective, nn.Module):
         return log_px_z, log_pz, -grad_log_p
 
     def _terms(self, model: Parts, x: Tensor, z0: Tensor, log_qz0: Tensor,
-               create_graph: bool) -> tuple[Tensor, Tensor]:
+               create_graph: bool, p: Distribution | None = None) -> tuple[Tensor, Tensor]:
         """log p(x|z_K) and the HVAE log-weight of the draws z_0 (any leading sample shape)."""
         gamma = torch.randn_like(z0)
-        _, rho, log_px_z, log_pz = self.flow(model, x, z0, gamma, create_graph)
+        _, rho, log_px_z, log_pz = self.flow(model, x, z0, gamma, create_graph, p)
         log_w = (log_px_z + log_pz + _log_standard_normal(rho)
                  - log_qz0 - _log_standard_normal(gamma))
         return log_px_z, log_w
@@ -157,4 +160,4 @@ class HVAE(Objective, nn.Module):
         """The HVAE log-weights of n draws z_0 ~ q(z|x) ``[n, batch]``, the proposal of the
         trained model (``Objective.log_weights``)."""
         z0, log_qz0 = scored_draws(q, n)
-        return self._terms(model, x, z0.detach(), log_qz0, create_graph=False)[1]
+        return self._terms(model, x, z0.detach(), log_qz0, create_graph=False, p=p)[1]

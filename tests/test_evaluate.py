@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -297,3 +298,31 @@ def test_the_kl_and_mi_diagnostics_leave_the_estimates_as_they_were(prior, tmp_p
             kl = torch.distributions.kl_divergence(model.encoder(x[:60]),
                                                    model.prior.distribution())
         assert results["kl"] == pytest.approx(kl.double().mean().item(), rel=1e-6)
+
+
+def test_the_mutual_information_covers_every_posterior_with_a_pointwise_density():
+    """vMF posteriors (and any family whose density is closed form per point) get I(x; z):
+    0 for a collapsed posterior, log N for N concentrated posteriors at distinct directions
+    (each draw names its point); flows and chains of layers, whose density at another point's
+    draw costs an inverse pass per pair, do not."""
+    from vae_lightning.log_likelihood import mutual_information, pairwise_density
+    from vae_lightning.nets import MLP
+    from vae_lightning.posteriors import Gaussian
+    from vae_lightning.posteriors.hierarchy import BottomUp
+    from vae_lightning.posteriors.planar import Planar
+    from vae_lightning.posteriors.von_mises_fisher import VonMisesFisher
+
+    family, n = VonMisesFisher(), 40
+    g = torch.Generator().manual_seed(0)
+    directions = torch.randn(n, 3, generator=g)
+    sharp = torch.cat([directions, torch.full((n, 1), 2000.0)], 1)  # kappa ~ 2000
+    collapsed = torch.cat([directions[:1].expand(n, 3), torch.zeros(n, 1)], 1)
+    assert pairwise_density(family, sharp)
+    torch.manual_seed(0)
+    assert mutual_information(family, sharp) == pytest.approx(math.log(n), abs=0.02)
+    assert mutual_information(family, collapsed) == pytest.approx(0.0, abs=1e-5)
+    assert pairwise_density(Gaussian(), torch.zeros(2, 4))
+    planar = Planar(length=2)
+    assert not pairwise_density(planar, torch.zeros(2, planar.n_params(2)))
+    chain = BottomUp(layers=[2, 2], net=partial(MLP, hidden=[4]))
+    assert not pairwise_density(chain, torch.zeros(2, chain.n_params(4)))

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, TransformedDistribution, constraints
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
@@ -88,7 +88,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
         kl = torch.cat(divergences).double()
         results["kl"] = kl.mean().item()
         results["mi"] = (mutual_information(model.encoder.posterior, torch.cat(params))
-                         if "factorized" in model.encoder.posterior.features
+                         if pairwise_density(model.encoder.posterior, params[0])
                          and model.classes is None else None)
     sizes = model.encoder.posterior.layers
     if sizes:
@@ -112,6 +112,18 @@ def posterior_kl(q: Distribution, p: Distribution, device: torch.device) -> Tens
         return (log_q - p.log_prob(z)).mean(0)
 
 
+def pairwise_density(family: Any, params: Tensor) -> bool:
+    """Whether ``mutual_information`` can score every point's draw under every point's q(z|x) at
+    once: q has a density at any z (``density``), in closed form per point, broadcast over a
+    batch of posteriors (a diagonal Gaussian, Laplace or Student-t, the vMF, relaxed categorical
+    blocks); not a flow (an inverse pass per pair of points) nor a chain of stochastic layers."""
+    if "density" not in family.features:
+        return False
+    with torch.no_grad():
+        q = family(params[:1])
+    return not isinstance(q, TransformedDistribution) and not hasattr(q, "rsample_and_log_prob")
+
+
 def mutual_information(family: Any, params: Tensor, batch: int = 500) -> float:
     """I_q(x; z), the mutual information between the data points and their codes under the
     aggregate posterior q(z) = (1/N) sum_n q(z|x_n) of the N points whose posterior parameters
@@ -119,8 +131,8 @@ def mutual_information(family: Any, params: Tensor, batch: int = 500) -> float:
     units as the measure of posterior collapse): E_i[log q(z_i|x_i) - log q(z_i)], z_i ~
     q(z|x_i) one draw each, log q(z_i) = logsumexp_n log q(z_i|x_n) - log N over all N points.
     It is E_x KL(q(z|x) || p(z)) - KL(q(z) || p(z)): at most the mean KL, and at most log N.
-    Needs q(z|x_n)'s density at every z_i, batch by batch (a family that factorizes over the
-    dimensions); draws in a forked random stream."""
+    Needs q(z|x_n)'s density at every z_i, batch by batch (``pairwise_density``); draws in a
+    forked random stream."""
     n = len(params)
     posteriors = [family(params[start:start + batch]) for start in range(0, n, batch)]
     with torch.random.fork_rng(devices=[params.device] if params.device.type == "cuda" else []):

@@ -12,9 +12,9 @@ against the standard step. The update is the optimizer's, taken through Lightnin
 
 Nothing in it reads a value back to the host. A non-finite loss sets a flag on the device, and
 the flag is the fused optimizer's ``found_inf``, which skips the update (where torch has no fused
-kernel, as for Adagrad on CUDA, an optimizer that a zero gradient leaves unchanged has its
-gradients zeroed on the device instead): from the first bad step
-on, the parameters stay as they were before it, and the model reads the flag back only every
+kernel, as for Adagrad on CUDA, the gradients are overwritten on the device by the gradient that
+cancels the weight decay: ``zero_gradient_stays``): from the first bad step on, the parameters
+stay as they were before it, and the model reads the flag back only every
 ``log_every_n_steps`` steps and at the end of an epoch (``VAE``), then stops as it would have.
 """
 

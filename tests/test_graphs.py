@@ -160,3 +160,24 @@ def test_each_minibatch_shape_steps_with_its_own_graphs_gradients(tmp_path):
         assert all(p.grad is g for p, g in zip(step._params, written)), n
         assert any(g.abs().sum() > 0 for g in written)
         optimizer.step()
+
+
+def test_the_sleep_phase_draws_as_before_with_draws_a_graph_can_capture():
+    """The wake-sleep fantasies x ~ p(x|z), z ~ p(z) come from rsample without gradients where
+    the distribution has it (torch's Normal.sample reads its scale back to the host, which a
+    CUDA graph forbids): on the CPU the very numbers Normal.sample draws, for the prior and a
+    Gaussian decoder; sample() where there is no rsample (Bernoulli)."""
+    from torch.distributions import Bernoulli, Independent, Normal
+
+    from vae_lightning.parts import capturable_sample
+    from vae_lightning.priors import StandardNormal
+
+    gaussian = Independent(Normal(torch.randn(50, 30), torch.rand(50, 30) + 0.1), 1)
+    for d in (gaussian, StandardNormal(4).distribution()):
+        torch.manual_seed(0)
+        before = d.sample((3,)) if d is not gaussian else d.sample()
+        torch.manual_seed(0)
+        now = capturable_sample(d, (3,)) if d is not gaussian else capturable_sample(d)
+        assert torch.equal(before, now) and not now.requires_grad
+    coin = Bernoulli(logits=torch.zeros(5, requires_grad=True))
+    assert set(capturable_sample(coin).tolist()) <= {0.0, 1.0}

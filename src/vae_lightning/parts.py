@@ -205,6 +205,15 @@ def refuse_unfit(posterior: Family, prior: Prior, objective: object) -> None:
                          "that fit (docs/configuration.md, the parts' features).")
 
 
+def capturable_sample(d: Distribution, shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+    """A draw of ``d`` without gradients that a CUDA graph can capture: by ``rsample`` where d
+    has it (torch's ``Normal.sample`` checks that the scale is >= 0 by reading a value back to
+    the host, which a capture forbids; on the CPU ``rsample`` draws the same numbers: normal_,
+    then * scale + loc), else by ``sample``."""
+    with torch.no_grad():
+        return d.rsample(shape) if d.has_rsample else d.sample(shape)
+
+
 def scored_sample(q: Distribution, shape: torch.Size | tuple[int, ...] = ()
                   ) -> tuple[Tensor, Tensor]:
     """A reparameterized draw z ~ q of ``shape`` (before q's own shape) and log q(z), computed

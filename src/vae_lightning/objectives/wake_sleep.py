@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from vae_lightning.args import PositiveInt, checked
-from vae_lightning.parts import Parts
+from vae_lightning.parts import Parts, capturable_sample
 
 from .base import KL, Bound, Objective, elbo_estimate
 
@@ -52,7 +52,7 @@ class WakeSleep(Objective):
         """-log q(z|x) for n fantasies z ~ p(z), x ~ p(x|z) (gradients reach the encoder only)."""
         with torch.no_grad():
             z = model.prior.sample(n)
-            x = model.decoder(z).sample()
+            x = capturable_sample(model.decoder(z))  # a CUDA graph captures it (Normal's too)
         return -model.encoder(x).log_prob(z).mean()
 
     def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:

@@ -20,7 +20,7 @@ from torch.distributions import (
 from torch.distributions.kl import _kl_independent_independent
 
 from vae_lightning.args import PositiveFloat, PositiveInt, checked
-from vae_lightning.parts import Conditional
+from vae_lightning.parts import Conditional, capturable_sample
 
 
 class Prior(nn.Module):
@@ -108,12 +108,10 @@ class UnitNormal(Independent):
     torch.distributions' KL registry dispatches KL(q || N(0, I)) to ``_kl_to_unit_normal``."""
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
-        """``rsample`` (0 + eps * 1) without gradients: on the CPU the same numbers as
-        ``Normal.sample`` (normal_(0, 1), then * scale + loc), without its check that the scale
-        is >= 0, which reads a value back from the device: a CUDA graph cannot capture that
-        (the wake-sleep objective's sleep phase draws from the prior inside the step)."""
-        with torch.no_grad():
-            return self.rsample(torch.Size(sample_shape))
+        """``parts.capturable_sample``: the same numbers as ``Normal.sample`` on the CPU, and a
+        draw a CUDA graph can capture (the wake-sleep sleep phase draws from the prior inside
+        the step)."""
+        return capturable_sample(self, torch.Size(sample_shape))
 
 
 @register_kl(Independent, UnitNormal)

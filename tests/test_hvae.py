@@ -173,3 +173,72 @@ def test_settings_that_cannot_work_are_refused(tmp_path):
         build_run(compose_train(["data=frey", "model/objective=hvae",
                                  "model.objective.per_dimension=true",
                                  "model.objective.latent=3", "model.latent=2"], tmp_path))
+
+
+def _jacobian_det(toy):
+    """det d(z_K, rho_K) / d(z_0, gamma) of ``toy``'s HVAE at one random point."""
+    def step(v):
+        z, rho, _, _ = toy.objective.flow(toy, toy.x[:1], v[None, :LATENT], v[None, LATENT:],
+                                          True)
+        return torch.cat([z[0], rho[0]])
+
+    jacobian = torch.autograd.functional.jacobian(step, torch.randn(2 * LATENT))
+    return torch.linalg.det(jacobian.double()).item()
+
+
+def test_free_tempering_and_per_step_sizes_keep_unit_jacobian_and_unbiased_weights():
+    """The paper's free tempering (a factor alpha_k per step, rho_0 scaled by 1 / prod alpha_k)
+    and the authors' vary_eps (a step size per leapfrog step and dimension): the map keeps unit
+    Jacobian at any parameter values, and the weights stay unbiased for p(x)."""
+    torch.manual_seed(0)
+    hvae = HVAE(steps=3, step_size=0.15, beta0=0.4, tempering="free", vary_step=True,
+                per_dimension=True, latent=LATENT, max_step=0.5)
+    assert hvae.step_param.shape == (3, LATENT) and hvae.beta0_logit.shape == (3,)
+    assert hvae.beta0().item() == pytest.approx(0.4, rel=1e-5)  # prod alpha_k^2 starts at beta0
+    with torch.no_grad():  # unequal factors and sizes: no symmetry to hide an error behind
+        hvae.beta0_logit.copy_(torch.tensor([1.5, 2.5, 2.0]))
+        hvae.step_param.copy_(torch.tensor([[-1.0, -0.5], [-0.8, -1.2], [-1.5, -0.7]]))
+    toy = _LinearGaussian(hvae)
+    assert _jacobian_det(toy) == pytest.approx(1.0, abs=1e-4)
+    torch.manual_seed(1)
+    log_w = hvae.log_weights(toy, toy.x, toy.encoder(toy.x), toy.prior.distribution(), 20000)
+    ratio = torch.exp(log_w - toy.log_px).mean(0)  # E[w] / p(x) = 1
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=0.03), ratio
+
+
+def test_the_free_and_per_step_forms_contain_the_fixed_ones():
+    """Free factors set to the quadratic schedule's, and per-step sizes all equal to one size,
+    give the quadratic, one-size flow: the same z_K and rho_K."""
+    fixed = HVAE(steps=4, step_size=0.1, beta0=0.3)
+    free = HVAE(steps=4, step_size=0.1, beta0=0.3, tempering="free", vary_step=True)
+    start, alphas = fixed._tempering()
+    with torch.no_grad():
+        free.beta0_logit.copy_(torch.logit(torch.stack(alphas)))
+    free_start, _ = free._tempering()
+    assert free_start.item() == pytest.approx(start.item(), rel=1e-5)
+    toy = _LinearGaussian(fixed)
+    z0, gamma = torch.randn(4, LATENT), torch.randn(4, LATENT)
+    expected = fixed.flow(toy, toy.x, z0, gamma, False)
+    toy.objective = free
+    got = free.flow(toy, toy.x, z0, gamma, False)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_learned_free_factors_and_per_step_sizes_move_apart():
+    torch.manual_seed(0)
+    objective = HVAE(steps=3, step_size=0.1, beta0=0.5, tempering="free", vary_step=True,
+                     learn=True, max_step=0.5)
+    model = small_vae(latent=2, hidden=(16,), objective=objective)
+    fit(model, binary_images(256), steps=60)
+    eps, alpha = objective.step_size().detach(), torch.sigmoid(objective.beta0_logit.detach())
+    assert eps.shape == (3,) and ((eps > 0) & (eps < 0.5)).all()
+    assert eps.unique().numel() == 3 and alpha.unique().numel() == 3  # each its own gradient
+    assert 0 < objective.beta0().item() < 1
+
+
+def test_an_unknown_tempering_is_refused(tmp_path):
+    with pytest.raises((ConfigError, ValueError)) as err:
+        build_run(compose_train(["data=frey", "model/objective=hvae",
+                                 "model.objective.tempering=cosine"], tmp_path))
+    assert "tempering" in str(err.value) and "free" in str(err.value)

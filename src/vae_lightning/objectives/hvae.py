@@ -8,9 +8,12 @@ With gamma ~ N(0, I) and rho_0 = gamma / sqrt(beta_0), each step k = 1..K is
     rho <- sqrt(beta_(k-1) / beta_k) rho'',
 
 with the quadratic schedule 1/sqrt(beta_k) = (1 - 1/sqrt(beta_0)) (k/K)^2 + 1/sqrt(beta_0), so
-that beta_K = 1. The leapfrog steps preserve volume and the tempering scales rho by sqrt(beta_0)
-in all, which cancels the 1/sqrt(beta_0) of rho_0: the map (z_0, gamma) -> (z_K, rho_K) has unit
-Jacobian, and with the target p(x, z) N(rho; 0, I), whose integral over (z, rho) is p(x),
+that beta_K = 1 (``tempering: quadratic``, the paper's "fixed" tempering); or, ``tempering:
+free``, each step's factor alpha_k = sqrt(beta_(k-1) / beta_k) in (0, 1) a parameter of its own
+and sqrt(beta_0) = alpha_1 ... alpha_K (the paper's "free" tempering). The leapfrog steps
+preserve volume and the tempering scales rho by sqrt(beta_0) in all, which cancels the
+1/sqrt(beta_0) of rho_0: the map (z_0, gamma) -> (z_K, rho_K) has unit Jacobian, and with the
+target p(x, z) N(rho; 0, I), whose integral over (z, rho) is p(x),
 
     log p(x) >= E[log p(x, z_K) + log N(rho_K; 0, I) - log q(z_0|x) - log N(gamma; 0, I)]
 
@@ -22,11 +25,12 @@ estimate of log p(x) (``log_weights``: what ``vae-eval`` uses with this objectiv
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from torch.nn import functional as F
 
 from vae_lightning.args import PositiveFloat, PositiveInt, Range, checked
 from vae_lightning.parts import Parts, confined_space, scored_draws, scored_sample
@@ -43,10 +47,14 @@ def _log_standard_normal(v: Tensor) -> Tensor:
 
 class HVAE(Objective, nn.Module):
     """K leapfrog steps of size ``step_size`` with tempering from ``beta0`` (in (0, 1]; 1: no
-    tempering); ``learn``: the step size and beta_0 trained with the model (by its optimizer),
-    as the paper's learned variant; ``per_dimension``: one step size per latent dimension (of
-    ``latent``), the paper's eps in R^d (false: one for all, as pythae); ``max_step``: the step
-    sizes kept in (0, max_step) by a sigmoid, as the authors' code (None: exp of a parameter).
+    tempering); ``tempering``: ``quadratic`` (beta_k on the paper's schedule from beta_0) or
+    ``free`` (one factor alpha_k per step, each starting at beta0^(1/(2K)), so that their product
+    starts at sqrt(beta_0)); ``learn``: the step sizes and the tempering (beta_0, or the
+    alpha_k) trained with the model (by its optimizer), as the paper's learned variants;
+    ``per_dimension``: one step size per latent dimension (of ``latent``), the paper's eps in
+    R^d (false: one for all, as pythae); ``vary_step``: step sizes of their own for each of the
+    K steps (the authors' ``vary_eps``); ``max_step``: the step sizes kept in (0, max_step) by a
+    sigmoid, as the authors' code (None: exp of a parameter).
 
     The training bound logged is the HVAE bound: ``recon`` is log p(x|z_K) and ``kl`` the rest,
     log q(z_0|x) + log N(gamma) - log p(z_K) - log N(rho_K); the evaluation bound (validation,
@@ -57,30 +65,36 @@ class HVAE(Objective, nn.Module):
 
     @checked
     def __init__(self, steps: PositiveInt = 3, step_size: PositiveFloat = 1e-3,
-                 beta0: Annotated[float, Range(gt=0, le=1)] = 0.3, learn: bool = False,
-                 per_dimension: bool = False, latent: PositiveInt | None = None,
+                 beta0: Annotated[float, Range(gt=0, le=1)] = 0.3,
+                 tempering: Literal["quadratic", "free"] = "quadratic", learn: bool = False,
+                 per_dimension: bool = False, vary_step: bool = False,
+                 latent: PositiveInt | None = None,
                  max_step: PositiveFloat | None = None) -> None:
         nn.Module.__init__(self)
         if max_step is not None and step_size >= max_step:
             raise ValueError(f"step_size={step_size} must be below max_step={max_step}")
         if per_dimension and latent is None:
             raise ValueError("per_dimension=true needs latent (the model's: ${..latent})")
-        self.steps, self.max_step = steps, max_step
+        self.steps, self.max_step, self.tempering = steps, max_step, tempering
+        self.per_dimension, self.vary_step = per_dimension, vary_step
         raw = (math.log(step_size) if max_step is None
                else math.log(step_size / (max_step - step_size)))
-        shape = (latent,) if per_dimension else ()
+        shape = (steps,) * vary_step + (latent,) * per_dimension
         self.step_param = nn.Parameter(torch.full(shape, raw), requires_grad=learn)
-        # beta_0 = sigmoid(logit) in (0, 1); beta0 = 1 (no tempering) is kept exactly.
+        # beta_0, or each alpha_k, = sigmoid(logit) in (0, 1); beta0 = 1 (no tempering) is kept
+        # exactly, its parameter unused.
         self.untempered = beta0 == 1
-        logit = 0.0 if self.untempered else math.log(beta0 / (1 - beta0))
-        self.beta0_logit = nn.Parameter(torch.tensor(logit),
-                                        requires_grad=learn and not self.untempered)
+        factor = beta0 ** (0.5 / steps) if tempering == "free" else beta0
+        logit = 0.0 if self.untempered else math.log(factor / (1 - factor))
+        self.beta0_logit = nn.Parameter(
+            torch.full((steps,) if tempering == "free" else (), logit),
+            requires_grad=learn and not self.untempered)
 
     def extra_repr(self) -> str:
         step = self.step_size().detach()
         shown = f"{step.item():.4g}" if step.dim() == 0 else f"[{step.numel()} sizes]"
         return (f"steps={self.steps}, step_size={shown}, beta0={self.beta0().item():.4g}, "
-                f"learn={self.step_param.requires_grad}")
+                f"tempering={self.tempering}, learn={self.step_param.requires_grad}")
 
     __repr__ = nn.Module.__repr__
 
@@ -89,8 +103,8 @@ class HVAE(Objective, nn.Module):
             raise ValueError(f"the HVAE moves z through all of R^latent by leapfrog steps, and "
                              f"the prior lives on {reason}: choose a prior with a density on "
                              "R^latent (model/prior=normal, mog, vamp, flow)")
-        if self.step_param.dim() and len(self.step_param) != model.latent:
-            raise ValueError(f"latent={len(self.step_param)} step sizes for a model of "
+        if self.per_dimension and self.step_param.shape[-1] != model.latent:
+            raise ValueError(f"latent={self.step_param.shape[-1]} step sizes for a model of "
                              f"latent={model.latent} (model.objective.latent: ${{..latent}})")
 
     def step_size(self) -> Tensor:
@@ -100,12 +114,26 @@ class HVAE(Objective, nn.Module):
         return self.max_step * torch.sigmoid(self.step_param)
 
     def beta0(self) -> Tensor:
-        return torch.ones(()) if self.untempered else torch.sigmoid(self.beta0_logit)
+        """beta_0: the quadratic schedule's start, or (free) the product of the alpha_k^2."""
+        if self.untempered:
+            return torch.ones(())
+        if self.tempering == "free":
+            return torch.sigmoid(self.beta0_logit).prod().square()
+        return torch.sigmoid(self.beta0_logit)
 
-    def _inverse_sqrt_betas(self) -> list[Tensor]:
-        """1/sqrt(beta_k) for k = 0..K, the quadratic schedule (1/sqrt(beta_K) = 1)."""
-        start = self.beta0().to(self.step_param.device).rsqrt()
-        return [(1 - start) * (k / self.steps) ** 2 + start for k in range(self.steps + 1)]
+    def _tempering(self) -> tuple[Tensor, list[Tensor]]:
+        """1/sqrt(beta_0), rho_0's scale, and the factors alpha_k = sqrt(beta_(k-1) / beta_k)
+        of the K steps, whose product is sqrt(beta_0) (so that beta_K = 1)."""
+        if self.untempered:
+            one = torch.ones((), device=self.step_param.device)
+            return one, [one] * self.steps
+        if self.tempering == "free":
+            log_alpha = F.logsigmoid(self.beta0_logit)
+            return (-log_alpha.sum()).exp(), list(log_alpha.exp())
+        # The quadratic schedule of 1/sqrt(beta_k), k = 0..K (1/sqrt(beta_K) = 1).
+        start = torch.sigmoid(self.beta0_logit).rsqrt()
+        inv_sqrt = [(1 - start) * (k / self.steps) ** 2 + start for k in range(self.steps + 1)]
+        return start, [inv_sqrt[k] / inv_sqrt[k - 1] for k in range(1, self.steps + 1)]
 
     def flow(self, model: Parts, x: Tensor, z: Tensor, gamma: Tensor, create_graph: bool,
              p: Distribution | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -116,14 +144,15 @@ class HVAE(Objective, nn.Module):
         (evaluation)."""
         p = model.prior.distribution() if p is None else p
         eps = self.step_size()
-        inv_sqrt = self._inverse_sqrt_betas()
-        rho = gamma * inv_sqrt[0]
+        steps = list(eps) if self.vary_step else [eps] * self.steps
+        start, alphas = self._tempering()
+        rho = gamma * start
         log_px_z, log_pz, grad_u = self._potential(model, p, x, z, create_graph)
-        for k in range(1, self.steps + 1):
-            rho = rho - 0.5 * eps * grad_u
-            z = z + eps * rho
+        for eps_k, alpha_k in zip(steps, alphas):
+            rho = rho - 0.5 * eps_k * grad_u
+            z = z + eps_k * rho
             log_px_z, log_pz, grad_u = self._potential(model, p, x, z, create_graph)
-            rho = (rho - 0.5 * eps * grad_u) * (inv_sqrt[k] / inv_sqrt[k - 1])
+            rho = (rho - 0.5 * eps_k * grad_u) * alpha_k
         return z, rho, log_px_z, log_pz
 
     @staticmethod

@@ -71,6 +71,8 @@ def test_a_shape_the_depth_does_not_divide_is_refused(make, channels, data_shape
     assert message.startswith(f"channels={list(channels)} is not allowed: {needs}, "
                               f"and the data are {h}x{w}: {fits}")
     assert message.endswith(f"({make.func.__name__}).")
+    # The strided convolutions also take an odd kernel, which fits any shape; the ResNets not.
+    assert ("use an odd kernel (kernel=5" in message) == (make.func in (ConvEncoder, ConvDecoder))
 
 
 @pytest.mark.parametrize("cls", [ConvEncoder, ResNetEncoder, ConvDecoder, ResNetDecoder])
@@ -254,3 +256,150 @@ def test_init_normal_and_its_refusals():
         MLP((1, 3, 4), (4,), init="normal")
     with pytest.raises(ValueError, match="init_std=0.01.*init=glorot_uniform takes no"):
         MLP((1, 3, 4), (4,), init="glorot_uniform", init_std=0.01)
+
+
+# The HVAE authors' network (Caterini et al. 2018, after Salimans et al. 2015) on MNIST: 5x5
+# stride-2 convolutions 28 -> 14 -> 7 -> 4, a 450-unit layer, softplus.
+AUTHORS = {"kernel": 5, "channels": (16, 32, 32), "hidden": (450,), "activation": "softplus"}
+
+
+def _layer_sizes(net, x, kind):
+    """The ``(H, W)`` each layer of type ``kind`` of ``net`` outputs on ``x``, in order, and the
+    shape of what the first ``nn.Flatten`` receives (``None`` if it has none)."""
+    sizes, flattened = [], []
+    hooks = [layer.register_forward_hook(lambda _, __, y: sizes.append(tuple(y.shape[-2:])))
+             for layer in net if isinstance(layer, kind)]
+    hooks += [layer.register_forward_hook(lambda _, args, __: flattened.append(args[0].shape))
+              for layer in net if isinstance(layer, nn.Flatten)]
+    y = net(x)
+    for hook in hooks:
+        hook.remove()
+    return y, sizes, flattened[0] if flattened else None
+
+
+@pytest.mark.parametrize("leading", LEADING, ids=str)
+def test_authors_network_shapes(leading):
+    """Encoder: 28 -> 14 -> 7 -> 4, a 32 x 4 x 4 map (512 features) before the flatten, then
+    450 hidden units; the decoder's transposed convolutions 4 -> 7 -> 14 -> 28 to (C', 28, 28)."""
+    torch.manual_seed(0)
+    encoder = ConvEncoder((1, 28, 28), (2 * LATENT,), **AUTHORS)
+    y, sizes, flattened = _layer_sizes(encoder, torch.rand(*leading, 1, 28, 28), nn.Conv2d)
+    assert sizes == [(14, 14), (7, 7), (4, 4)]
+    assert flattened[1:] == (32, 4, 4)
+    assert [layer.out_features for layer in encoder if isinstance(layer, nn.Linear)] == [450, 6]
+    assert y.shape == (*leading, 2 * LATENT) and torch.isfinite(y).all()
+    decoder = ConvDecoder((LATENT,), (2, 28, 28), **AUTHORS)
+    x, sizes, _ = _layer_sizes(decoder, torch.randn(*leading, LATENT), nn.ConvTranspose2d)
+    assert sizes == [(7, 7), (14, 14), (28, 28)]
+    assert [layer.out_features for layer in decoder if isinstance(layer, nn.Linear)] == [450, 512]
+    assert x.shape == (*leading, 2, 28, 28) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("data_shape, channels", [
+    ((1, 28, 20), (2, 4, 8)),  # 28x20 -> 14x10 -> 7x5 -> 4x3, which kernel 4 refuses at depth 3
+    ((3, 30, 30), (2, 4)),  # 30 -> 15 -> 8
+    ((1, 27, 5), (2, 4, 4, 4)),  # odd sizes and a level of 1 x 1
+], ids=str)
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_an_odd_kernel_fits_any_shape_and_the_decoder_retraces_the_encoders_sizes(
+        data_shape, channels, kernel):
+    c, h, w = data_shape
+    torch.manual_seed(0)
+    options = {"kernel": kernel, "channels": channels, "hidden": (8, 6)}
+    encoder = ConvEncoder(data_shape, (2 * LATENT,), **options)
+    y, down, flattened = _layer_sizes(encoder, torch.rand(5, *data_shape), nn.Conv2d)
+    expected, size = [], (h, w)
+    for _ in channels:  # ceil(H / 2) per level
+        size = (-(-size[0] // 2), -(-size[1] // 2))
+        expected.append(size)
+    assert down == expected and flattened[1:] == (channels[-1], *expected[-1])
+    assert y.shape == (5, 2 * LATENT)
+    assert [layer.out_features for layer in encoder if isinstance(layer, nn.Linear)] == [8, 6, 6]
+    decoder = ConvDecoder((LATENT,), (2 * c, h, w), **options)
+    x, up, _ = _layer_sizes(decoder, torch.randn(3, 5, LATENT), nn.ConvTranspose2d)
+    assert up == [*expected[-2::-1], (h, w)]  # the encoder's sizes, back to the image's
+    features = channels[-1] * expected[-1][0] * expected[-1][1]
+    assert [(layer.in_features, layer.out_features) for layer in decoder
+            if isinstance(layer, nn.Linear)] == [(LATENT, 6), (6, 8), (8, features)]
+    assert x.shape == (3, 5, 2 * c, h, w)
+
+
+@pytest.mark.parametrize("cls", [ConvEncoder, ConvDecoder])
+@pytest.mark.parametrize("kernel", [1, 2, 6])
+def test_a_kernel_other_than_4_or_odd_is_refused(cls, kernel):
+    with pytest.raises(ArgumentError) as refused:
+        cls(in_shape=(1, 28, 28) if cls is ConvEncoder else (LATENT,),
+            out_shape=(2,) if cls is ConvEncoder else (1, 28, 28), kernel=kernel)
+    message = str(refused.value)
+    assert message.startswith(f"kernel={kernel} is not allowed: expected 4 ")
+    assert "or an odd size >= 3" in message and message.endswith(f"({cls.__name__}).")
+
+
+def test_config_refuses_an_even_kernel_other_than_4(tmp_path):
+    overrides = ["model/encoder=conv", "model/decoder=conv", "model.decoder.net.kernel=6"]
+    with pytest.raises(ConfigError, match=r"model\.decoder\.net\.kernel=6 is not allowed: "
+                                          r"expected 4 .* or an odd size >= 3"):
+        build_run(compose_train(overrides, tmp_path))
+
+
+def test_authors_network_has_the_hand_counted_parameters():
+    """Encoder to 2 x 64 outputs, decoder from 64 latents to 1 channel: the parameters of each
+    layer counted from its sizes (weights and a bias per output)."""
+    latent, k, (c1, c2, c3), (hidden,) = 64, 5, AUTHORS["channels"], AUTHORS["hidden"]
+    features = c3 * 4 * 4  # 28 -> 14 -> 7 -> 4
+    assert features == 512
+
+    def conv(n_in, n_out):  # the same count for a convolution and its transpose
+        return n_in * n_out * k * k + n_out
+
+    def affine(n_in, n_out):
+        return n_in * n_out + n_out
+
+    encoder = conv(1, c1) + conv(c1, c2) + conv(c2, c3) + affine(features, hidden) + affine(
+        hidden, 2 * latent)
+    decoder = affine(latent, hidden) + affine(hidden, features) + conv(c3, c2) + conv(
+        c2, c1) + conv(c1, 1)
+    assert (encoder, decoder) == (416 + 12_832 + 25_632 + 230_850 + 57_728,
+                                  29_250 + 230_912 + 25_632 + 12_816 + 401)
+
+    def count(net):
+        return sum(p.numel() for p in net.parameters())
+
+    assert count(ConvEncoder((1, 28, 28), (2 * latent,), **AUTHORS)) == encoder
+    assert count(ConvDecoder((latent,), (1, 28, 28), **AUTHORS)) == decoder
+
+
+@pytest.mark.parametrize("init", [None, "glorot_uniform"])
+def test_conv_defaults_are_unchanged(init):
+    """kernel=4 and hidden=() build today's layers: the same parameter names, initial numbers and
+    outputs as without the options, and as the layers written out by hand."""
+    shape, c = (1, 28, 20), 2  # Frey Face, depth 2: 7 x 5 at the smallest
+
+    def build(cls, *shapes, **options):
+        torch.manual_seed(0)
+        return cls(*shapes, channels=(8, 16), init=init, **options)
+
+    def same(a, b):
+        assert list(a.state_dict()) == list(b.state_dict())
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(p, q), name
+
+    torch.manual_seed(0)
+    today = nn.Sequential(nn.Conv2d(1, 8, 4, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 4, 2, 1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(16 * 7 * 5, 2 * LATENT))
+    encoder = build(ConvEncoder, shape, (2 * LATENT,))
+    same(encoder, build(ConvEncoder, shape, (2 * LATENT,), kernel=4, hidden=()))
+    x = torch.rand(4, *shape)
+    if init is None:
+        same(encoder, today)
+        assert torch.equal(encoder(x), today(x))
+    torch.manual_seed(0)
+    today = nn.Sequential(nn.Linear(LATENT, 16 * 7 * 5), nn.Unflatten(1, (16, 7, 5)), nn.ReLU(),
+                          nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.ReLU(),
+                          nn.ConvTranspose2d(8, c, 4, 2, 1))
+    decoder = build(ConvDecoder, (LATENT,), (c, 28, 20))
+    same(decoder, build(ConvDecoder, (LATENT,), (c, 28, 20), kernel=4, hidden=[]))
+    z = torch.randn(4, LATENT)
+    if init is None:
+        same(decoder, today)
+        assert torch.equal(decoder(z), today(z))

@@ -242,3 +242,30 @@ def test_an_unknown_tempering_is_refused(tmp_path):
         build_run(compose_train(["data=frey", "model/objective=hvae",
                                  "model.objective.tempering=cosine"], tmp_path))
     assert "tempering" in str(err.value) and "free" in str(err.value)
+
+
+def test_the_authors_mnist_preset_builds_their_networks_and_hvae(tmp_path):
+    """experiment=hvae_mnist: the authors' convolutional networks (28 -> 14 -> 7 -> 4 by 5x5
+    stride-2 convolutions, 450 softplus units), 64 latents, K = 10 leapfrog steps with
+    per-dimension sizes at 0.2 in (0, 0.5), T_0 = 1.5 learned, Adamax at 5e-4 (eps 1e-7)."""
+    cfg = compose_train(["experiment=hvae_mnist", f"data.root={tmp_path}", "logger=none"],
+                        tmp_path / "run")
+    model = build_run(cfg).model
+    x = torch.rand(3, 1, 28, 28)
+    encoder, decoder = model.encoder.net, model.decoder.net
+    h = x
+    for layer in encoder:
+        if isinstance(layer, torch.nn.Flatten):
+            break
+        h = layer(h)
+    assert h.shape == (3, 32, 4, 4)  # the feature maps the 450 units read
+    assert [m.out_features for m in encoder if isinstance(m, torch.nn.Linear)] == [450, 128]
+    assert [m.out_features for m in decoder if isinstance(m, torch.nn.Linear)] == [450, 512]
+    assert model.decoder(torch.randn(3, 64)).mean.shape == (3, 1, 28, 28)
+    hvae = model.objective
+    assert isinstance(hvae, HVAE) and hvae.steps == 10 and hvae.step_param.requires_grad
+    assert torch.allclose(hvae.step_size(), torch.full((64,), 0.2))
+    assert 1 / hvae.beta0().item() == pytest.approx(1.5, rel=1e-5)
+    assert cfg.model.optimizer._target_ == "torch.optim.Adamax"
+    assert (cfg.model.optimizer.lr, cfg.model.optimizer.eps) == (5e-4, 1e-7)
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs, model.latent) == (100, 2000, 64)

@@ -62,14 +62,39 @@ def test_the_preset_s_decoder_starts_at_the_mean_training_image(mnist_root, tmp_
     assert torch.allclose(p, mean.clamp(1e-3, 1 - 1e-3).expand(3, 1, 28, 28), atol=1e-6)
 
 
-def test_output_bias_refuses_a_decoder_without_a_bias_per_pixel(mnist_root, tmp_path):
+def test_a_convolutional_decoder_starts_at_each_channel_s_mean_pixel(mnist_root, tmp_path):
+    """A transposed convolution has one bias per channel: the logit of the channel's mean
+    pixel, so that with zero last weights p(x|z) is that mean at every pixel."""
+    cfg = compose_train(["data=mnist", f"data.root={mnist_root}", "model/decoder=conv",
+                         "data.val_size=20", *QUIET], tmp_path / "run")
+    run = build_run(cfg)
+    dm, model = run.datamodule, run.model
+    dm.prepare_data()
+    dm.setup("fit")
+    OutputBias().setup(type("T", (), {"datamodule": dm})(), model, "fit")
+    last = model.decoder.net[-1]
+    assert isinstance(last, torch.nn.ConvTranspose2d)
+    pixel = dm.splits["train"][0].double().mean() / 255  # of the 180 training images
+    assert torch.allclose(last.bias, torch.logit(pixel.float()).reshape(1))
+    with torch.no_grad():
+        last.weight.zero_()
+        p = model.decoder(torch.randn(3, model.latent)).mean
+    assert torch.allclose(p, pixel.float().expand(3, 1, 28, 28), atol=1e-6)
+
+
+def test_output_bias_refuses_a_decoder_without_an_output_bias(mnist_root, tmp_path):
     cfg = compose_train(["data=mnist", f"data.root={mnist_root}", "model/decoder=conv",
                          "data.val_size=20",
                          "+callbacks.output_bias._target_=vae_lightning.callbacks.OutputBias",
                          *QUIET], tmp_path / "run")
-    with pytest.raises(ConfigError, match="callbacks.output_bias.*model/decoder=mlp"):
-        train(cfg)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    run = build_run(cfg)
+    run.model.decoder.net[-1].register_parameter("bias", None)
+    run.datamodule.prepare_data()
+    run.datamodule.setup("fit")
+    trainer = type("T", (), {"datamodule": run.datamodule})()
+    with pytest.raises(ConfigError, match="callbacks.output_bias.*one per channel.*ends in "
+                                          "neither"):
+        OutputBias().setup(trainer, run.model, "fit")
 
 
 @pytest.mark.parametrize("val_size", [0, 40])

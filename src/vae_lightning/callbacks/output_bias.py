@@ -13,14 +13,17 @@ from vae_lightning.errors import ConfigError
 
 
 class OutputBias(L.Callback):
-    """Set the bias of the decoder network's last affine layer so that p(x|z) has the training
-    split's mean image as its mean when that layer's weights are zero: for the Bernoulli
-    likelihood, the logit of each pixel's mean (``Likelihood.mean_bias``). It starts the decoder
-    at the data's marginal pixel statistics, so the first steps are not spent learning them.
+    """Set the bias of the decoder network's last layer so that p(x|z) has the training split's
+    mean image as its mean when that layer's weights are zero: for the Bernoulli likelihood, the
+    logit of each pixel's mean (``Likelihood.mean_bias``), when the last layer is affine with a
+    bias per output (an MLP); when it is a convolution, with one bias per output channel (conv,
+    resnet), the bias of each channel's mean pixel, the one value a channel's bias can take (the
+    HVAE authors' code sets one such value for all pixels). It starts the decoder at the data's
+    marginal pixel statistics, so the first steps are not spent learning them.
 
     Done in ``setup``, before Lightning restores a checkpoint: a resumed run keeps its saved
-    weights. A decoder whose network does not end in one affine layer with a bias per output
-    (an MLP) is refused with one error before training."""
+    weights. A decoder whose network ends in neither is refused with one error before
+    training."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -37,11 +40,13 @@ class OutputBias(L.Callback):
                 f"callbacks.output_bias: the likelihood {type(decoder.likelihood).__name__} has "
                 "no output bias for a mean image; it works with model/likelihood=bernoulli. "
                 "Remove the callback (~callbacks.output_bias).") from None
-        if (not isinstance(last, nn.Linear) or last.bias is None
-                or last.out_features != math.prod(bias.shape)):
+        if isinstance(last, nn.Conv2d | nn.ConvTranspose2d):
+            bias = decoder.likelihood.mean_bias(mean.mean((-2, -1), keepdim=True))
+        if last is None or last.bias is None or last.bias.numel() != math.prod(bias.shape):
             raise ConfigError(
-                "callbacks.output_bias sets one bias per pixel of the decoder's last affine "
-                "layer, and this decoder network does not end in one (it needs "
-                "model/decoder=mlp). Remove the callback (~callbacks.output_bias).")
+                "callbacks.output_bias sets the bias of the decoder's last layer, one per pixel "
+                "(an affine layer: model/decoder=mlp) or one per channel (a convolution: "
+                "model/decoder=conv or resnet), and this decoder network ends in neither. "
+                "Remove the callback (~callbacks.output_bias).")
         with torch.no_grad():
             last.bias.copy_(bias.flatten())

@@ -5,7 +5,7 @@
 # machine needs to resume (last.ckpt, curve.json, the Hydra record, stretches.json) is committed,
 # the rest is ignored (benchmarks/long/.gitignore).
 #
-#   bash benchmarks/long/run.sh              # every run below
+#   bash benchmarks/long/run.sh              # every run below (a finished one is skipped)
 #   bash benchmarks/long/run.sh iwae_k1      # one
 #   bash benchmarks/long/run.sh --status     # where each stands
 #   bash benchmarks/long/run.sh --record [name ...]  # evaluate each (or the named) run's
@@ -79,6 +79,11 @@ fi
 for name in "${@:-${!RUNS[@]}}"; do
   [ -n "${RUNS[$name]:-}" ] || { echo "no long run named $name (known: ${!RUNS[*]})" >&2; exit 2; }
   dir="benchmarks/long/$name"
+  if python -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["status"] != "completed")' \
+      "$dir/results.json" 2>/dev/null; then
+    echo "$name: finished (its results.json says completed); --record $name evaluates it"
+    continue
+  fi
   resume=""
   [ -f "$dir/checkpoints/last.ckpt" ] && resume="ckpt_path=$dir/checkpoints/last.ckpt"
   mkdir -p "$dir"

@@ -10,7 +10,8 @@
 #   bash benchmarks/long/run.sh --status     # where each stands
 #   bash benchmarks/long/run.sh --record [name ...]  # evaluate each (or the named) run's
 #                                            # last.ckpt (k = 5000, all test images) and append
-#                                            # the point to its stretches.json
+#                                            # the point to its stretches.json (one thread;
+#                                            # EVAL_THREADS=2 for two)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -49,7 +50,7 @@ if [ "${1:-}" = "--record" ]; then
     [ -f "$dir/checkpoints/last.ckpt" ] || continue
     out=$(mktemp -d)
     cp "$dir/checkpoints/last.ckpt" "$out/last.ckpt"  # the point, while training goes on
-    OMP_NUM_THREADS=1 nice -n 5 python eval.py ckpt_path="$out/last.ckpt" eval.k=5000 \
+    OMP_NUM_THREADS=${EVAL_THREADS:-1} nice -n 5 python eval.py ckpt_path="$out/last.ckpt" eval.k=5000 \
       output_dir="$out" eval.data_root="$VAE_DATA_DIR" hydra.run.dir="$out/log" > "$out/eval.out" 2>&1 \
       || { echo "$name: evaluation failed, see $out/eval.out" >&2; continue; }
     python - "$out" "$dir" <<'PY'

@@ -326,3 +326,70 @@ def test_the_mutual_information_covers_every_posterior_with_a_pointwise_density(
     assert not pairwise_density(planar, torch.zeros(2, planar.n_params(2)))
     chain = BottomUp(layers=[2, 2], net=partial(MLP, hidden=[4]))
     assert not pairwise_density(chain, torch.zeros(2, chain.n_params(4)))
+
+
+class _Killed(BaseException):
+    """Stands for the process being killed (not an error the evaluation could catch)."""
+
+
+def _killed_after(monkeypatch, batches):
+    """Make the evaluation stop, as a killed process would, once ``batches`` are saved."""
+    from vae_lightning import log_likelihood
+
+    save = log_likelihood.Progress.save
+
+    def save_then_stop(self, done, parts, device):
+        save(self, done, parts, device)
+        if done == batches:
+            raise _Killed
+
+    monkeypatch.setattr(log_likelihood.Progress, "save", save_then_stop)
+
+
+def _same_estimates(a, b):
+    keys = ("elbo", "iw", "n", "active_units", "kl", "mi")
+    assert {key: a[key] for key in keys} == {key: b[key] for key in keys}
+
+
+def test_a_stopped_evaluation_goes_on_where_it_stopped_to_the_same_numbers(
+        checkpoint, tmp_path, monkeypatch, caplog):
+    """Killed after 2 of its 4 batches, vae-eval run again with the same checkpoint and
+    settings scores only the last 2 (the random state after batch 2 restored) and gives the
+    numbers of an uninterrupted run; the progress file is gone once eval.json is written."""
+    base = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.chunk=8", "eval.device=cpu",
+            "eval.batch_size=50"]
+    whole = run_eval(_eval_cfg([*base, f"output_dir={tmp_path / 'whole'}"]))
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patched:
+        _killed_after(patched, 2)
+        with pytest.raises(_Killed):
+            run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+    assert (out / "eval.progress.pt").is_file() and not (out / "eval.json").exists()
+    with caplog.at_level("INFO"):
+        resumed = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+    assert "after its first 2 batches" in caplog.text
+    _same_estimates(resumed, whole)
+    assert not (out / "eval.progress.pt").exists() and (out / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("other", ["k", "garbage"])
+def test_progress_of_another_evaluation_is_set_aside(checkpoint, tmp_path, monkeypatch, caplog,
+                                                     other):
+    """A progress file from other settings (here k), or one that does not parse, is not
+    continued: a warning says so and the evaluation starts over, to a fresh run's numbers."""
+    base = [f"ckpt_path={checkpoint}", "eval.chunk=8", "eval.device=cpu", "eval.batch_size=50"]
+    out = tmp_path / "out"
+    if other == "k":
+        with monkeypatch.context() as patched:
+            _killed_after(patched, 2)
+            with pytest.raises(_Killed):
+                run_eval(_eval_cfg([*base, "eval.k=10", f"output_dir={out}"]))
+    else:
+        out.mkdir()
+        (out / "eval.progress.pt").write_bytes(b"not a torch file")
+    with caplog.at_level("INFO"):
+        got = run_eval(_eval_cfg([*base, "eval.k=20", f"output_dir={out}"]))
+    assert "holds no part of this evaluation" in caplog.text
+    assert "Going on with" not in caplog.text
+    _same_estimates(got, run_eval(_eval_cfg([*base, "eval.k=20",
+                                             f"output_dir={tmp_path / 'fresh'}"])))

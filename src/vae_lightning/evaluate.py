@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from vae_lightning import disentanglement, ground_truth, log_likelihood, rundir
+from vae_lightning import disentanglement, ground_truth, log_likelihood, rundir, samplers
 from vae_lightning import sample_quality as quality
 from vae_lightning.args import ArgumentError, PositiveFloat, PositiveInt, checked
 from vae_lightning.checkpoint_data import STAGES, checked_data, find_data
@@ -143,11 +143,16 @@ class Evaluation:
 
         points = len(loader.sampler.shard()) if self.limit is None else min(
             self.limit, len(loader.sampler.shard()))
+        # A stopped evaluation of this checkpoint with these settings goes on where it stopped.
+        progress = log_likelihood.Progress(rundir.path(out, "eval_progress"), {
+            "checkpoint_sha256": samplers.digest(ckpt_path), "k": self.k, "seed": seed,
+            "split": self.split, "limit": self.limit, "batch_size": self.batch_size,
+            "data_source": source})
         try:
             log_likelihood.refuse_unfinishable(model, next(batches()), points, self.k,
                                                self.chunk, self.max_hours)
             torch.manual_seed(seed)
-            estimates = evaluate(model, batches(), self.k, self.chunk)
+            estimates = evaluate(model, batches(), self.k, self.chunk, progress)
         except torch.OutOfMemoryError:
             batch = torch.empty(1, device=self.device).expand(self.batch_size, *model.data_shape)
             chunk = self.chunk or auto_chunk(batch, self.k)  # a view: allocates nothing
@@ -204,6 +209,7 @@ class Evaluation:
         out.mkdir(parents=True, exist_ok=True)
         path = rundir.path(out, "eval")
         rundir.write_json(path, results)
+        progress.remove()
         results["path"] = str(path)
         return results
 

@@ -10,10 +10,12 @@ standard test log-likelihood at k = 5000. It is >= the ELBO of the same samples.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,11 +23,14 @@ from torch import Tensor
 from torch.distributions import Distribution, TransformedDistribution, constraints
 
 from vae_lightning.errors import ConfigError
+from vae_lightning.files import atomic_write
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk, importance_weighted
 from vae_lightning.objectives.base import closed_form_kl, over_labels
 from vae_lightning.parts import scored_draws
 from vae_lightning.posteriors.hierarchy import layer_kls
+
+log = logging.getLogger(__name__)
 
 ACTIVE = 1e-2  # a latent dimension is active when Cov_x(E_q[z_j]) exceeds this (Burda et al.)
 KL_DRAWS = 16  # draws of z per point for a Monte-Carlo KL(q(z|x) || p(z)) without a closed form
@@ -50,20 +55,84 @@ class Estimate:
         return cls(mean, se, -mean / per_bit, se / per_bit)
 
 
+# What each batch adds: per point, on the CPU but for the two kept on the model's device.
+_PARTS = ("elbos", "iws", "means", "kls", "params", "divergences")
+_ON_DEVICE = ("kls", "params")
+
+
+class Progress:
+    """Where a long evaluation stands, saved to ``path`` after each batch, so that a ``vae-eval``
+    stopped part-way (killed, a machine's time spent) goes on from there when run again with
+    the same checkpoint and settings (``key``), to the same numbers: what the finished batches
+    gave and the random state after the last of them. The file is read as plain tensors
+    (``weights_only``) and trusted for nothing more: one that does not parse, belongs to another
+    evaluation or does not add up is set aside with a warning and the evaluation starts over."""
+
+    def __init__(self, path: str | Path, key: dict[str, Any]) -> None:
+        self.path, self.key = Path(path), key
+
+    def load(self, device: torch.device) -> tuple[int, dict[str, list]] | None:
+        """The number of batches done and their results (on ``device``), with the random state
+        restored; None when there is nothing to go on from."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            done, parts, rng = state["done"], state["parts"], state["rng"]
+            fits = (state["key"] == self.key and isinstance(done, int) and done > 0
+                    and set(parts) == set(_PARTS)
+                    and all(isinstance(parts[name], list) for name in _PARTS)
+                    and len(parts["iws"]) == len(parts["elbos"]) == len(parts["means"]) == done
+                    and isinstance(rng["cpu"], Tensor))
+        except Exception:  # noqa: BLE001 - any unreadable file: start over, say so
+            fits = False
+        if not fits:
+            log.warning("%s holds no part of this evaluation (another checkpoint or settings, "
+                        "or unreadable): starting over, and replacing it.", self.path)
+            return None
+        torch.set_rng_state(rng["cpu"])
+        if device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        log.info("Going on with the evaluation after its first %d batches (%s).", done,
+                 self.path)
+        for name in _ON_DEVICE:
+            parts[name] = [t.to(device) if isinstance(t, Tensor) else t for t in parts[name]]
+        return done, parts
+
+    def save(self, done: int, parts: dict[str, list], device: torch.device) -> None:
+        rng = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.path) as file:
+            torch.save({"key": self.key, "done": done, "parts": parts, "rng": rng}, file)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int,
-             chunk: int | None = None) -> dict[str, Any]:
+             chunk: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """The ELBO and IW estimates over all ``batches`` (model inputs on the model's device, or
     ``(x, y)`` pairs: a conditional model's estimates are then of log p(x|y), a model of the
     labels' (M2) of log p(x) with the classes enumerated, ``over_labels``; ``bound_of`` says):
     ``{"elbo": Estimate, "iw": Estimate, "n": number of data points, "active_units": the
     latent dimensions whose posterior mean varies over the data by more than ACTIVE}``; with
     stochastic layers, also ``"layers"``: each layer's size, active units and (where q and p
-    are both chains over the layers) KL in nats, from one draw per data point."""
+    are both chains over the layers) KL in nats, from one draw per data point. ``progress``:
+    where the batches done are kept, and taken up from (``Progress``); the batches are still
+    all drawn from ``batches``, so that data drawn afresh (dynamic binarization) stay in step."""
     model.eval()
-    elbos, iws, means, kls, params, divergences = [], [], [], [], [], []
+    device = next(model.parameters()).device
+    parts: dict[str, list] = {name: [] for name in _PARTS}
+    done = 0
+    if progress is not None and (restored := progress.load(device)) is not None:
+        done, parts = restored
+    elbos, iws, means, kls, params, divergences = (parts[name] for name in _PARTS)
     y = None
-    for batch in batches:
+    for i, batch in enumerate(batches):
         x, y = batch if isinstance(batch, tuple | list) else (batch, None)
+        if i < done:
+            continue
         with model.given(y):
             labels = model.objective.latent_labels(x)
             elbo, iw = (importance_weighted(model, x, k, chunk) if labels is None
@@ -78,6 +147,8 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
                     kls.append(layer_kls(q, model.prior.distribution()))
                 if labels is None:
                     divergences.append(posterior_kl(q, model.prior.distribution(), x.device).cpu())
+        if progress is not None:
+            progress.save(i + 1, parts, device)
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
     activity = torch.cat(means).var(0)

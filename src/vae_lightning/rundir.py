@@ -43,6 +43,7 @@ from vae_lightning.files import atomic_write
 RESULTS = "results.json"
 CURVE = "curve.json"
 EVAL = "eval.json"
+EVAL_PROGRESS = "eval.progress.pt"  # a vae-eval's batches done so far (log_likelihood.Progress)
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 FIGURES = "figures"
@@ -50,8 +51,9 @@ SAMPLES = "samples"
 HYDRA = ".hydra"
 CONFIG_TREE = "config_tree.log"  # the resolved config, with extras.print_config
 LAST_KEYWORD = "last"  # ckpt_path=last
-LAYOUT = {"results": RESULTS, "curve": CURVE, "eval": EVAL, "checkpoints": CHECKPOINTS,
-          "figures": FIGURES, "samples": SAMPLES, "config_tree": CONFIG_TREE}
+LAYOUT = {"results": RESULTS, "curve": CURVE, "eval": EVAL, "eval_progress": EVAL_PROGRESS,
+          "checkpoints": CHECKPOINTS, "figures": FIGURES, "samples": SAMPLES,
+          "config_tree": CONFIG_TREE}
 
 
 def _absolute(directory: str | Path) -> Path:

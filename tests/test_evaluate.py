@@ -326,6 +326,38 @@ def test_the_mutual_information_covers_every_posterior_with_a_pointwise_density(
     assert not pairwise_density(planar, torch.zeros(2, planar.n_params(2)))
     chain = BottomUp(layers=[2, 2], net=partial(MLP, hidden=[4]))
     assert not pairwise_density(chain, torch.zeros(2, chain.n_params(4)))
+    assert chain.informative() is chain.family and planar.informative() is planar
+
+
+def test_a_bottom_up_chain_s_information_is_its_first_layer_s():
+    """q(z|x) = q(z_1|x) q(z_2|z_1): given z_1, z_2 does not depend on x, so I(x; z) =
+    I(x; z_1). Scored with the whole chain's density at every point's draw of z = [z_1, z_2],
+    the estimator's terms log q(z_2|z_1) cancel between a point's own density and the
+    aggregate's, leaving the first layer's estimate from the same z_1 draws."""
+    from vae_lightning.log_likelihood import mutual_information
+    from vae_lightning.nets import MLP
+    from vae_lightning.posteriors.hierarchy import BottomUp
+
+    torch.manual_seed(0)
+    chain, n = BottomUp(layers=[2, 3], net=partial(MLP, hidden=[8])), 60
+    params = torch.randn(n, chain.n_params(5)) * 1.5
+    q = chain(params)
+    z = q.sample()  # one draw of [z_1, z_2] per point
+    log_q = chain(params[None].expand(n, n, -1).reshape(n * n, -1)).log_prob(
+        z.repeat_interleave(n, 0)).reshape(n, n)  # [i, m]: log q(z_i | x_m), whole chain
+    whole = (log_q.diagonal() - (torch.logsumexp(log_q, 1) - math.log(n))).double().mean()
+    first = chain.informative()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        own = first(params)
+    log_q1 = own.log_prob(z[:, None, :2].expand(n, n, 2))  # z_1 under every point's q(z_1|x)
+    layer = (log_q1.diagonal() - (torch.logsumexp(log_q1, 1) - math.log(n))).double().mean()
+    assert whole.item() == pytest.approx(layer.item(), abs=1e-4)
+    assert 0.5 < layer.item() <= math.log(n)  # informative, below the estimator's ceiling
+    # And the estimator vae-eval runs on the first layer draws its own z_1 the same way.
+    torch.manual_seed(2)
+    estimate = mutual_information(first, params)
+    assert abs(estimate - layer.item()) < 1.0  # another draw of z_1: the same quantity
 
 
 class _Killed(BaseException):

@@ -158,9 +158,10 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     if divergences:  # not for a model of the labels (M2), whose q(z|x, y) has y enumerated
         kl = torch.cat(divergences).double()
         results["kl"] = kl.mean().item()
-        results["mi"] = (mutual_information(model.encoder.posterior, torch.cat(params))
-                         if pairwise_density(model.encoder.posterior, params[0])
-                         and model.classes is None else None)
+        family = model.encoder.posterior.informative()
+        results["mi"] = (mutual_information(family, torch.cat(params))
+                         if pairwise_density(family, params[0]) and model.classes is None
+                         else None)
     sizes = model.encoder.posterior.layers
     if sizes:
         kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
@@ -187,7 +188,8 @@ def pairwise_density(family: Any, params: Tensor) -> bool:
     """Whether ``mutual_information`` can score every point's draw under every point's q(z|x) at
     once: q has a density at any z (``density``), in closed form per point, broadcast over a
     batch of posteriors (a diagonal Gaussian, Laplace or Student-t, the vMF, relaxed categorical
-    blocks); not a flow (an inverse pass per pair of points) nor a chain of stochastic layers."""
+    blocks); not a flow (an inverse pass per pair of points) nor a chain of stochastic layers
+    (but for its informative first layer, ``Family.informative``)."""
     if "density" not in family.features:
         return False
     with torch.no_grad():

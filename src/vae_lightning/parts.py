@@ -97,7 +97,8 @@ class Family(Protocol):
     """A posterior family: ``n_params(latent)`` network outputs per data point, mapped by
     ``__call__(params)`` to q(z|x) over ``latent`` dimensions; ``features`` (``FEATURES``) says
     what it offers; ``bind(prior)``, called once when the model is composed, hands it the prior
-    (a q built with p's networks keeps it)."""
+    (a q built with p's networks keeps it); ``informative()``, the family of the part of z that
+    carries all of I_q(x; z), from the same parameters (itself but for a bottom-up chain)."""
 
     features: frozenset[str]
 
@@ -108,6 +109,8 @@ class Family(Protocol):
     def location(self, q: Distribution) -> Tensor: ...
 
     def bind(self, prior: Prior) -> None: ...
+
+    def informative(self) -> Family: ...
 
 
 class Decoder(Protocol):

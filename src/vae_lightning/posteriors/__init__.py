@@ -54,6 +54,12 @@ class Family:
         """q's standard deviation per dimension, or None where it has no closed form."""
         return q.stddev
 
+    def informative(self) -> Family:
+        """The family of the part of z through which z depends on x, from the same parameters:
+        I_q(x; z) is that part's (``log_likelihood.mutual_information``). All of z, but for a
+        chain whose upper layers depend on x only through its first (``hierarchy.BottomUp``)."""
+        return self
+
     def __repr__(self) -> str:
         shown = {k: v for k, v in vars(self).items() if not k.startswith("_")
                  and k not in ("features", "scale_factor")}

@@ -163,5 +163,10 @@ class BottomUp(Family, nn.Module):
     def stddev(self, q: Distribution) -> Tensor | None:
         return None if isinstance(q, Chain) else self.family.stddev(q)
 
+    def informative(self) -> Family:
+        """q(z_1|x)'s family: given z_1 the upper layers do not depend on x, so I_q(x; z) =
+        I_q(x; z_1) + I_q(x; z_2..L | z_1) = I_q(x; z_1), and the params are z_1's."""
+        return self.family
+
     def __repr__(self) -> str:
         return f"BottomUp(layers={self.layers}, family={self.family!r})"

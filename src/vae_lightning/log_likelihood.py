@@ -10,6 +10,7 @@ standard test log-likelihood at k = 5000. It is >= the ELBO of the same samples.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -69,7 +70,8 @@ class Progress:
     evaluation or does not add up is set aside with a warning and the evaluation starts over."""
 
     def __init__(self, path: str | Path, key: dict[str, Any]) -> None:
-        self.path, self.key = Path(path), key
+        # As plain values (strings for the rest), which a weights_only load reads back.
+        self.path, self.key = Path(path), json.loads(json.dumps(key, default=str))
 
     def load(self, device: torch.device) -> tuple[int, dict[str, list]] | None:
         """The number of batches done and their results (on ``device``), with the random state

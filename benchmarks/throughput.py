@@ -441,15 +441,17 @@ def main() -> None:
     flops = training_flops_per_sample()
     median_peak = statistics.median(peak)
     of_peak = {side: rate * flops / median_peak for side, rate in median.items()}
-    to_first = statistics.median(s["seconds_to_first_step"] for s in startup)
-    peak_rss = max(s["peak_rss_mib"] for s in startup)
-    print(
-        "median samples/s: " + ", ".join(f"{k} {v:.0f}" for k, v in median.items()) + "; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in median_ratios.items()) + "\n"
-        f"train.py: {to_first:.2f} s to the first step (median of {len(startup)}), "
-        f"peak RSS {peak_rss:.0f} MiB, imported by the first step: "
-        f"{', '.join(startup[0]['imported_at_first_step']) or 'neither wandb nor matplotlib'}"
-    )
+    # --startup-runs 0 leaves the start-up figures out (None in the file).
+    to_first = (statistics.median(s["seconds_to_first_step"] for s in startup) if startup
+                else None)
+    peak_rss = max(s["peak_rss_mib"] for s in startup) if startup else None
+    print("median samples/s: " + ", ".join(f"{k} {v:.0f}" for k, v in median.items()) + "; "
+          + ", ".join(f"{k} {v:.3f}" for k, v in median_ratios.items()))
+    if startup:
+        print(f"train.py: {to_first:.2f} s to the first step (median of {len(startup)}), "
+              f"peak RSS {peak_rss:.0f} MiB, imported by the first step: "
+              + (", ".join(startup[0]["imported_at_first_step"])
+                 or "neither wandb nor matplotlib"))
     print(f"{flops / 1e6:.2f} MFLOP per training sample; 2048^3 product "
           f"{median_peak / 1e9:.1f} GFLOP/s; fraction of it: "
           + ", ".join(f"{k} {v:.3f}" for k, v in of_peak.items()))

@@ -91,3 +91,20 @@ def test_per_step_attributes_are_plain_and_parts_still_register():
     assert "samples_seen" not in model.state_dict()
     model.extra = nn.Linear(1, 1)  # any other attribute: nn.Module's rules
     assert "extra.weight" in model.state_dict()
+
+
+def test_no_profiler_by_default_and_a_chosen_one_is_kept():
+    """Without a profiler the trainer runs none, through one shared empty context per hook call;
+    a profiler the config names (debug=profiler: simple) is Lightning's own."""
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from vae_lightning.trainer import NoProfiler, Trainer
+
+    quiet = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    assert isinstance(quiet.profiler, NoProfiler)
+    with quiet.profiler.profile("a") as first, quiet.profiler.profile("b") as second:
+        assert first is None and second is None
+    assert quiet.profiler.profile("a") is quiet.profiler.profile("b")
+    chosen = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                     profiler="simple")
+    assert isinstance(chosen.profiler, SimpleProfiler)

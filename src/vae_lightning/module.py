@@ -155,7 +155,7 @@ class VAE(Inference, L.LightningModule):
         if self.automatic_optimization:
             with self.given(batch[1]):
                 loss = self._step_loss(batch[0])
-            if self._logger_writes_this_step():
+            if self._logger_writes_this_batch():
                 self._log_loss(loss)
             return loss
         optimizer, *auxiliary = (self.optimizers() if self.auxiliary
@@ -170,7 +170,8 @@ class VAE(Inference, L.LightningModule):
             # Stop where Lightning would after a one-step batch: max_steps, trainer.max_samples.
             if self.trainer.should_stop or 0 <= self.trainer.max_steps <= self.global_step:
                 break
-        self._log_loss(loss)  # once per batch: Lightning writes it every log_every_n_steps batches
+        if self._logger_writes_this_batch():
+            self._log_loss(loss)  # the batch's last step's loss
         optimization.step_schedules_at_epoch_end(self, batch_idx)
         return None
 
@@ -233,12 +234,12 @@ class VAE(Inference, L.LightningModule):
         for name, value in self.objective.logged().items():  # e.g. beta-TC's mi, tc, dwkl
             self.log(f"train/{name}", value, on_step=True, on_epoch=False)
 
-    def _logger_writes_this_step(self) -> bool:
-        """Whether Lightning hands this step's metrics to the loggers (every
-        ``log_every_n_steps``, and when stopping): ``train/loss`` is logged on those steps only,
-        so the other steps skip the cost of ``self.log`` and the progress bar's device read."""
-        every = self.trainer.log_every_n_steps
-        return self.trainer.should_stop or (every > 0 and (self.global_step + 1) % every == 0)
+    def _logger_writes_this_batch(self) -> bool:
+        """Whether Lightning hands this batch's metrics to the loggers (every
+        ``log_every_n_steps`` batches, and when stopping; Lightning's own rule): ``train/loss``
+        is logged on those batches only, so the other batches skip the cost of ``self.log`` and
+        the progress bar's device read."""
+        return self.trainer._logger_connector.should_update_logs
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._update("val", self.bound(*batch))

@@ -153,6 +153,12 @@ def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path)
     assert f"**{record['iw']['nats']:.2f} ± {record['iw']['nats_se']:.2f}**" in text
     assert "-86.76 (Burda et al. 2015" in text and "iwae_k5" in text.split("Rows not run yet")[1]
     assert "every row: dynamically binarized MNIST, 60,000 training images" in text  # the protocol
+    # The wall time is train + eval; a record whose eval time is its last run's only says so.
+    hours = (record["train_seconds"] + record["eval_seconds"]) / 3600
+    assert f"| {hours:.2f} h |" in text
+    path.write_text(json.dumps({**record, "eval_seconds_last_run_only": True}))
+    text = bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong").read_text()
+    assert f"| ≥ {hours:.2f} h |" in text
 
 
 def test_an_unknown_row_is_one_error_line():

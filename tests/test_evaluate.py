@@ -370,8 +370,8 @@ def _killed_after(monkeypatch, batches):
 
     save = log_likelihood.Progress.save
 
-    def save_then_stop(self, done, parts, device):
-        save(self, done, parts, device)
+    def save_then_stop(self, done, parts, device, seconds=0.0):
+        save(self, done, parts, device, seconds)
         if done == batches:
             raise _Killed
 
@@ -397,11 +397,34 @@ def test_a_stopped_evaluation_goes_on_where_it_stopped_to_the_same_numbers(
         with pytest.raises(_Killed):
             run_eval(_eval_cfg([*base, f"output_dir={out}"]))
     assert (out / "eval.progress.pt").is_file() and not (out / "eval.json").exists()
+    saved = torch.load(out / "eval.progress.pt", weights_only=True)["seconds"]
+    assert saved > 0
     with caplog.at_level("INFO"):
         resumed = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
     assert "after its first 2 batches" in caplog.text
     _same_estimates(resumed, whole)
     assert not (out / "eval.progress.pt").exists() and (out / "eval.json").is_file()
+    # The time is reported whole: the stopped run's seconds and this run's.
+    assert whole["seconds_of_earlier_runs"] == 0 and whole["seconds"] > 0
+    assert resumed["seconds_of_earlier_runs"] == round(saved, 1)
+    assert resumed["seconds"] >= resumed["seconds_of_earlier_runs"]
+
+
+def test_a_progress_file_without_seconds_is_still_taken_up(checkpoint, tmp_path, monkeypatch):
+    """A progress file written before the seconds were kept goes on as well, counting its
+    batches' time as 0."""
+    base = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.chunk=8", "eval.device=cpu",
+            "eval.batch_size=50", f"output_dir={tmp_path}"]
+    with monkeypatch.context() as patched:
+        _killed_after(patched, 2)
+        with pytest.raises(_Killed):
+            run_eval(_eval_cfg(base))
+    path = tmp_path / "eval.progress.pt"
+    state = torch.load(path, weights_only=True)
+    del state["seconds"]
+    torch.save(state, path)
+    resumed = run_eval(_eval_cfg(base))
+    assert resumed["seconds_of_earlier_runs"] == 0 and resumed["n"] == 200
 
 
 @pytest.mark.parametrize("other", ["k", "garbage"])

@@ -182,6 +182,8 @@ class Evaluation:
             "checkpoint": str(Path(ckpt_path).resolve()),
             "train_samples_seen": checkpoint.get("samples_seen"),
             "seed": seed,
+            # The estimates' time, over every run of a stopped and resumed evaluation.
+            **{key: estimates[key] for key in ("seconds", "seconds_of_earlier_runs")},
         }
         if not discrete:
             for name in ("elbo", "iw"):

@@ -65,7 +65,8 @@ class Progress:
     """Where a long evaluation stands, saved to ``path`` after each batch, so that a ``vae-eval``
     stopped part-way (killed, a machine's time spent) goes on from there when run again with
     the same checkpoint and settings (``key``), to the same numbers: what the finished batches
-    gave and the random state after the last of them. The file is read as plain tensors
+    gave, the random state after the last of them and the seconds spent on them (so that the
+    evaluation's time is reported whole). The file is read as plain tensors
     (``weights_only``) and trusted for nothing more: one that does not parse, belongs to another
     evaluation or does not add up is set aside with a warning and the evaluation starts over."""
 
@@ -73,15 +74,18 @@ class Progress:
         # As plain values (strings for the rest), which a weights_only load reads back.
         self.path, self.key = Path(path), json.loads(json.dumps(key, default=str))
 
-    def load(self, device: torch.device) -> tuple[int, dict[str, list]] | None:
-        """The number of batches done and their results (on ``device``), with the random state
-        restored; None when there is nothing to go on from."""
+    def load(self, device: torch.device) -> tuple[int, dict[str, list], float] | None:
+        """The number of batches done, their results (on ``device``) and the seconds they took
+        (0 when a file of an earlier version does not say), with the random state restored;
+        None when there is nothing to go on from."""
         if not self.path.is_file():
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             done, parts, rng = state["done"], state["parts"], state["rng"]
+            seconds = state.get("seconds", 0.0)
             fits = (state["key"] == self.key and isinstance(done, int) and done > 0
+                    and isinstance(seconds, float) and seconds >= 0
                     and set(parts) == set(_PARTS)
                     and all(isinstance(parts[name], list) for name in _PARTS)
                     and len(parts["iws"]) == len(parts["elbos"]) == len(parts["means"]) == done
@@ -99,14 +103,16 @@ class Progress:
                  self.path)
         for name in _ON_DEVICE:
             parts[name] = [t.to(device) if isinstance(t, Tensor) else t for t in parts[name]]
-        return done, parts
+        return done, parts, seconds
 
-    def save(self, done: int, parts: dict[str, list], device: torch.device) -> None:
+    def save(self, done: int, parts: dict[str, list], device: torch.device,
+             seconds: float = 0.0) -> None:
         rng = {"cpu": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.path) as file:
-            torch.save({"key": self.key, "done": done, "parts": parts, "rng": rng}, file)
+            torch.save({"key": self.key, "done": done, "parts": parts, "rng": rng,
+                        "seconds": float(seconds)}, file)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -122,13 +128,16 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     stochastic layers, also ``"layers"``: each layer's size, active units and (where q and p
     are both chains over the layers) KL in nats, from one draw per data point. ``progress``:
     where the batches done are kept, and taken up from (``Progress``); the batches are still
-    all drawn from ``batches``, so that data drawn afresh (dynamic binarization) stay in step."""
+    all drawn from ``batches``, so that data drawn afresh (dynamic binarization) stay in step.
+    ``"seconds"``: the evaluation's time, over all the runs that took part in it
+    (``"seconds_of_earlier_runs"`` of it before this one)."""
     model.eval()
     device = next(model.parameters()).device
     parts: dict[str, list] = {name: [] for name in _PARTS}
-    done = 0
+    done, seconds = 0, 0.0
     if progress is not None and (restored := progress.load(device)) is not None:
-        done, parts = restored
+        done, parts, seconds = restored
+    start = time.perf_counter()
     elbos, iws, means, kls, params, divergences = (parts[name] for name in _PARTS)
     y = None
     for i, batch in enumerate(batches):
@@ -150,7 +159,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
                 if labels is None:
                     divergences.append(posterior_kl(q, model.prior.distribution(), x.device).cpu())
         if progress is not None:
-            progress.save(i + 1, parts, device)
+            progress.save(i + 1, parts, device, seconds + time.perf_counter() - start)
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
     activity = torch.cat(means).var(0)
@@ -171,6 +180,8 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
             {"size": size, "active_units": int((part > ACTIVE).sum()),
              "kl": kl[i] if kl is not None else None}
             for i, (size, part) in enumerate(zip(sizes, activity.split(sizes)))]
+    results["seconds"] = round(seconds + time.perf_counter() - start, 1)
+    results["seconds_of_earlier_runs"] = round(seconds, 1)
     return results
 
 

@@ -99,14 +99,17 @@ class GraphedStep:
         device = next(model.parameters()).device
         self.capture = device.type == "cuda" if capture is None else capture
         self.bad = torch.zeros((), device=device)  # 1 from the first non-finite loss on
-        self.zeroed = []
-        if optimizer.defaults.get("fused"):
-            self.optimizer.found_inf = self.bad  # the fused update skips while it is set
-        else:  # the unfused one (zero_gradient_stays) takes a zero step
-            self.zeroed = [(p, -group["weight_decay"]) for group in optimizer.param_groups
-                           for p in group["params"]]
-        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, tuple, list]] = {}
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        # Under the unfused optimizer (zero_gradient_stays) a non-finite step takes a zero step:
+        # each parameter's -weight_decay, so that the decayed update is zero; the fused one skips
+        # the update itself while found_inf is set.
+        self.decays: list[float] | None = None
+        if optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = self.bad
+        else:
+            self.decays = [-group["weight_decay"] for group in optimizer.param_groups
+                           for _ in group["params"]]
+        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, tuple, list]] = {}
         self._current: tuple[int, ...] | None = None  # the shape whose graph .grad points at
 
     def _gradient(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -115,9 +118,9 @@ class GraphedStep:
         loss, bound = self.model.objective.loss(self.model, x)
         loss.backward()
         self.bad.logical_or_(~torch.isfinite(loss))  # in place: the optimizer reads it
-        if self.zeroed:
+        if self.decays is not None:
             bad = self.bad.bool()
-            for p, minus_decay in self.zeroed:
+            for p, minus_decay in zip(self._params, self.decays):
                 if p.grad is None:
                     continue
                 if minus_decay:

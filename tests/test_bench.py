@@ -164,3 +164,32 @@ def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path)
 def test_an_unknown_row_is_one_error_line():
     with pytest.raises(SystemExit, match="no benchmark row 'nope'"):
         bench.run("nope")
+
+
+def test_missing_runs_the_rows_without_a_record_and_goes_on_past_a_failure(
+        tmp_path, monkeypatch, capsys):
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "vae.json").write_text("{}")
+    called = []
+
+    def fake_run(row, runs, records_dir, *rest):
+        called.append(row)
+        if row == "iwae_k5":
+            raise SystemExit(f"error: training row {row} ended with exit code 1")
+        return records_dir / f"{row}.json"
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    code = bench.main(["run", "--missing", "vae", "iwae_k5", "dreg_k5", "--records", str(records)])
+    assert called == ["iwae_k5", "dreg_k5"] and code == 1  # vae has its record; on past iwae_k5
+    err = capsys.readouterr().err
+    assert "training row iwae_k5 ended" in err and "without a record after this run: iwae_k5" in err
+    called.clear()
+    assert bench.main(["run", "--missing", "--records", str(records)]) == 1
+    assert called == [row for row in bench.rows() if row != "vae"]  # every row, in list order
+    with pytest.raises(SystemExit) as stop:  # neither rows nor --missing: a usage error
+        bench.main(["run"])
+    assert stop.value.code == 2
+    # Without --missing a failing row stops the run, as before.
+    with pytest.raises(SystemExit, match="iwae_k5"):
+        bench.main(["run", "iwae_k5", "dreg_k5", "--records", str(records)])

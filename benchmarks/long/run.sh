@@ -12,6 +12,9 @@
 #                                            # last.ckpt (k = 5000, all test images) and append
 #                                            # the point to its stretches.json (one thread;
 #                                            # EVAL_THREADS=2 for two)
+#
+# The benchmark table's rows are the other long job: `OMP_NUM_THREADS=1 nice vae-bench run
+# --missing` trains, evaluates and records every row without a record (run it again to go on).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -10,6 +10,7 @@ images) and writes the row's record; ``vae-bench page`` builds the page from the
 ``vae-bench list`` names the rows.
 
     vae-bench run vae iwae_k5        # runs in benchmarks/bench/<row>, records in docs/benchmark/
+    vae-bench run --missing          # every row without a record yet (resumable: run it again)
     vae-bench page                   # docs/benchmark.md
 """
 
@@ -171,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         "one protocol (docs/benchmark.md).")
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="train (or resume), evaluate and record rows")
-    run_parser.add_argument("rows", nargs="+", help="row names (vae-bench list)")
+    run_parser.add_argument("rows", nargs="*", help="row names (vae-bench list)")
+    run_parser.add_argument("--missing", action="store_true",
+                            help="only the rows without a record (the named ones, in their "
+                            "order, or else every row), going on past a row that fails")
     run_parser.add_argument("--runs", type=Path, default=RUNS, help="where the runs go")
     run_parser.add_argument("--records", type=Path, default=RECORDS, help="where records go")
     run_parser.add_argument("-k", type=int, default=5000, help="importance samples")
@@ -189,8 +193,25 @@ def main(argv: list[str] | None = None) -> int:
         for name, bench in rows().items():
             print(f"{name}: {bench.get('row', '')} ({bench.get('config', '')})")
     elif args.command == "run":
-        for row in args.rows:
-            print(run(row, args.runs, args.records, args.k, args.override, args.eval_override))
+        if not args.rows and not args.missing:
+            parser.error("run: name the rows, or give --missing for every row without a record")
+        todo = args.rows or list(rows())
+        if args.missing:
+            todo = [row for row in todo if not (args.records / f"{row}.json").is_file()]
+        failed = []
+        for row in todo:
+            try:
+                print(run(row, args.runs, args.records, args.k, args.override,
+                          args.eval_override), flush=True)
+            except SystemExit as error:
+                if not args.missing:
+                    raise
+                print(error, file=sys.stderr, flush=True)
+                failed.append(row)
+        if failed:
+            print(f"error: rows without a record after this run: {', '.join(failed)}",
+                  file=sys.stderr)
+            return 1
     else:
         print(page(args.records, args.out, args.long))
     return 0

@@ -190,6 +190,10 @@ def test_missing_runs_the_rows_without_a_record_and_goes_on_past_a_failure(
     with pytest.raises(SystemExit) as stop:  # neither rows nor --missing: a usage error
         bench.main(["run"])
     assert stop.value.code == 2
+    called.clear()  # a misspelt row is refused before any row runs
+    with pytest.raises(SystemExit, match="no benchmark row 'nope'"):
+        bench.main(["run", "--missing", "dreg_k5", "nope", "--records", str(records)])
+    assert called == []
     # Without --missing a failing row stops the run, as before.
     with pytest.raises(SystemExit, match="iwae_k5"):
         bench.main(["run", "iwae_k5", "dreg_k5", "--records", str(records)])

@@ -195,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "run":
         if not args.rows and not args.missing:
             parser.error("run: name the rows, or give --missing for every row without a record")
-        todo = args.rows or list(rows())
+        known = rows()
+        unknown = [row for row in args.rows if row not in known]
+        if unknown:  # before any row trains: a typo at the end of a list is found at once
+            raise SystemExit(f"error: no benchmark row {', '.join(map(repr, unknown))}; the rows: "
+                             f"{', '.join(known)}.")
+        todo = args.rows or list(known)
         if args.missing:
             todo = [row for row in todo if not (args.records / f"{row}.json").is_file()]
         failed = []

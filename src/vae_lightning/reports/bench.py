@@ -52,6 +52,13 @@ def _protocol() -> str:
     return str(OmegaConf.create(entry.read_text()).benchmark.protocol)
 
 
+def _refuse_unknown(names: list[str], known: dict[str, Any]) -> None:
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"error: no benchmark row {', '.join(map(repr, unknown))}; the rows: "
+                         f"{', '.join(known)}.")
+
+
 def _run(command: str, args: list[str], log: Path) -> int:
     with open(log, "a") as out:
         return subprocess.call([sys.executable, "-c", COMMAND.format(command), *args],
@@ -63,8 +70,7 @@ def run(row: str, runs: Path = RUNS, records: Path = RECORDS, k: int = 5000,
     """Train the row (or go on with its unfinished run), evaluate its final model and write its
     record; return the record's path."""
     known = rows()
-    if row not in known:
-        raise SystemExit(f"error: no benchmark row {row!r}; the rows: {', '.join(known)}.")
+    _refuse_unknown([row], known)
     directory = runs / row
     last = rundir.last_checkpoint(directory)
     results_file = rundir.path(directory, "results")
@@ -196,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.rows and not args.missing:
             parser.error("run: name the rows, or give --missing for every row without a record")
         known = rows()
-        unknown = [row for row in args.rows if row not in known]
-        if unknown:  # before any row trains: a typo at the end of a list is found at once
-            raise SystemExit(f"error: no benchmark row {', '.join(map(repr, unknown))}; the rows: "
-                             f"{', '.join(known)}.")
+        _refuse_unknown(args.rows, known)  # before any row trains: a typo at a list's end too
         todo = args.rows or list(known)
         if args.missing:
             todo = [row for row in todo if not (args.records / f"{row}.json").is_file()]

@@ -148,6 +148,7 @@ def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path)
     mtime = (runs / "vae" / "checkpoints" / "last.ckpt").stat().st_mtime
     bench.run("vae", runs, records, k=3, overrides=tiny)
     assert (runs / "vae" / "checkpoints" / "last.ckpt").stat().st_mtime == mtime
+    record = json.loads(path.read_text())  # evaluated again: this run's eval time
     out = bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong")
     text = out.read_text()
     assert f"**{record['iw']['nats']:.2f} ± {record['iw']['nats_se']:.2f}**" in text
@@ -197,3 +198,36 @@ def test_missing_runs_the_rows_without_a_record_and_goes_on_past_a_failure(
     # Without --missing a failing row stops the run, as before.
     with pytest.raises(SystemExit, match="iwae_k5"):
         bench.main(["run", "iwae_k5", "dreg_k5", "--records", str(records)])
+
+
+def test_page_writes_the_readme_table_between_its_markers_only(tmp_path, capsys):
+    records = tmp_path / "records"
+    records.mkdir()
+    record = {"bench": {"row": "VAE", "config": "model/objective=elbo",
+                        "paper": {"value": -86.76}, "pythae": {"value": -89.78}},
+              "iw": {"nats": -89.284, "nats_se": 0.231}, "elbo": {"nats": -95.47},
+              "active_units": 22, "latent": 50, "train_samples_seen": 1e7, "status": "completed"}
+    (records / "vae.json").write_text(json.dumps(record))
+    better = {**record, "bench": {"row": "VampPrior", "config": "model/prior=vamp"},
+              "iw": {"nats": -86.89, "nats_se": 0.24}}
+    (records / "vamp.json").write_text(json.dumps(better))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n\n{bench.BEGIN}\nstale\n{bench.END}\n\nafter\n")
+    bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong", readme)
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n\n") and text.endswith(f"{bench.END}\n\nafter\n")
+    assert "stale" not in text
+    table = text.split(bench.BEGIN)[1].split(bench.END)[0]
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    # Header, then the best log p(x) first, each with its config, the paper's and pythae's.
+    assert lines[2].startswith("| VampPrior (`model/prior=vamp`) | -86.89 ± 0.24 |")
+    assert lines[3] == ("| VAE (`model/objective=elbo`) | -89.28 ± 0.23 | -95.47 | 22 of 50 | "
+                        "-86.76 | -89.78 |")
+    # Run again: the same README (the markers stay, nothing is appended).
+    bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong", readme)
+    assert readme.read_text() == text
+    # A README without the markers is left as it is, and the page says so.
+    readme.write_text("# Mine\n")
+    bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong", readme)
+    assert readme.read_text() == "# Mine\n"
+    assert "has no lines" in capsys.readouterr().err

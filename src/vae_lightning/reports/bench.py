@@ -11,7 +11,7 @@ images) and writes the row's record; ``vae-bench page`` builds the page from the
 
     vae-bench run vae iwae_k5        # runs in benchmarks/bench/<row>, records in docs/benchmark/
     vae-bench run --missing          # every row without a record yet (resumable: run it again)
-    vae-bench page                   # docs/benchmark.md
+    vae-bench page                   # docs/benchmark.md, and the table in README.md
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ from vae_lightning import rundir
 RUNS, RECORDS, PAGE = Path("benchmarks/bench"), Path("docs/benchmark/records"), Path(
     "docs/benchmark.md")
 LONG = Path("benchmarks/long")  # the full-length runs (benchmarks/long/run.sh)
+# The README's summary of the records, rewritten by `vae-bench page` between these two lines.
+README = Path("README.md")
+BEGIN, END = "<!-- bench table: vae-bench page writes it from docs/benchmark/records -->", \
+    "<!-- end of bench table -->"
 COMMAND = "import sys; from vae_lightning.cli import {0}; sys.argv[0] = 'vae-{0}'; {0}()"
 
 
@@ -113,9 +117,41 @@ def _nats(value: Any) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG) -> Path:
-    """Write the page from the records (and the full-length runs' stretches)."""
+def _summary(found: dict[str, dict[str, Any]]) -> list[str]:
+    """The README's table: one line a row, the best log p(x) first."""
+    lines = ["| row | log p(x), k = 5000 | ELBO | active units | paper (its own length) | "
+             "pythae (static MNIST) |", "| --- | --- | --- | --- | --- | --- |"]
+    for row, record in sorted(found.items(), key=lambda item: -item[1]["iw"]["nats"]):
+        bench = record["bench"]
+        paper, pythae = bench.get("paper") or {}, bench.get("pythae") or {}
+        lines.append(f"| {bench.get('row', row)} (`{bench.get('config', '')}`) | "
+                     f"{record['iw']['nats']:.2f} ± {record['iw']['nats_se']:.2f} | "
+                     f"{_nats(record['elbo']['nats'])} | "
+                     f"{record['active_units']} of {record['latent']} | "
+                     f"{_nats(paper.get('value'))} | {_nats(pythae.get('value'))} |")
+    return lines
+
+
+def _rewrite_readme(readme: Path, table: list[str]) -> None:
+    """Put ``table`` between the README's two marker lines; a README without them is left as
+    it is, and said so."""
+    text = readme.read_text()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        print(f"vae-bench page: {readme} has no lines {BEGIN!r} ... {END!r}: its table was not "
+              "written (add the two lines where the table goes, or give --readme '')",
+              file=sys.stderr)
+        return
+    readme.write_text(text[:start] + "\n".join([BEGIN, *table, ""]) + text[end:])
+
+
+def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
+         readme: Path | None = None) -> Path:
+    """Write the page from the records (and the full-length runs' stretches), and its summary
+    into ``readme`` where that file is (``_rewrite_readme``; the command's default README.md)."""
     found = {p.stem: json.loads(p.read_text()) for p in sorted(records.glob("*.json"))}
+    if readme is not None and readme.is_file():
+        _rewrite_readme(readme, _summary(found))
     protocol = " ".join(_protocol().split())
     lines = [
         "# The benchmark table",
@@ -193,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     page_parser.add_argument("--records", type=Path, default=RECORDS)
     page_parser.add_argument("--out", type=Path, default=PAGE)
     page_parser.add_argument("--long", type=Path, default=LONG)
+    page_parser.add_argument("--readme", default=str(README),
+                             help="the README whose table to rewrite between its marker lines "
+                             "('' for none; skipped where the file is not)")
     sub.add_parser("list", help="the rows")
     args = parser.parse_args(argv)
     if args.command == "list":
@@ -221,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
     else:
-        print(page(args.records, args.out, args.long))
+        print(page(args.records, args.out, args.long, Path(args.readme) if args.readme else None))
     return 0
 
 

@@ -231,3 +231,46 @@ def test_page_writes_the_readme_table_between_its_markers_only(tmp_path, capsys)
     bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong", readme)
     assert readme.read_text() == "# Mine\n"
     assert "has no lines" in capsys.readouterr().err
+
+
+def test_a_row_another_process_runs_is_skipped_by_missing_and_refused_by_name(
+        tmp_path, monkeypatch, capsys):
+    import fcntl
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    runs.mkdir()
+    trained = []
+    monkeypatch.setattr(bench, "_run", lambda command, args, log: trained.append(args) or 1)
+    with open(runs / "vae.log", "a") as held:  # another vae-bench holds the row
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(bench.Busy, match="row vae is being run by another vae-bench"):
+            bench.run("vae", runs, records)
+        assert trained == []  # refused before anything ran
+        # --missing goes on to the next row (which fails here: _run exits 1), the busy one not
+        # counted as a failure.
+        assert bench.main(["run", "--missing", "vae", "iwae_k5", "--runs", str(runs),
+                           "--records", str(records)]) == 1
+        out, err = capsys.readouterr()
+        assert "row vae is being run by another vae-bench process" in out and "skipped" in out
+        assert "without a record after this run: iwae_k5" in err and "vae," not in err
+        assert [args[0] for args in trained] == ["experiment=bench/iwae_k5"]
+        with pytest.raises(SystemExit, match="error: row vae is being run"):
+            bench.main(["run", "vae", "--runs", str(runs), "--records", str(records)])
+    # The lock ends with its holder: the row runs (and fails here at training, as _run says).
+    with pytest.raises(SystemExit, match="training row vae ended with exit code 1"):
+        bench.run("vae", runs, records)
+
+
+def test_missing_skips_a_row_recorded_meanwhile_by_another_process(tmp_path, monkeypatch):
+    records = tmp_path / "records"
+    called = []
+
+    def fake_run(row, runs, records_dir, *rest):
+        called.append(row)
+        records_dir.mkdir(exist_ok=True)
+        (records_dir / "dreg_k5.json").write_text("{}")  # another process records dreg_k5
+        return records_dir / f"{row}.json"
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    assert bench.main(["run", "--missing", "vae", "dreg_k5", "iwae_k5",
+                       "--records", str(records)]) == 0
+    assert called == ["vae", "iwae_k5"]

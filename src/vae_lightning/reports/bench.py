@@ -10,17 +10,20 @@ images) and writes the row's record; ``vae-bench page`` builds the page from the
 ``vae-bench list`` names the rows.
 
     vae-bench run vae iwae_k5        # runs in benchmarks/bench/<row>, records in docs/benchmark/
-    vae-bench run --missing          # every row without a record yet (resumable: run it again)
+    vae-bench run --missing          # the rows without a record (resumable; one process a core)
     vae-bench page                   # docs/benchmark.md, and the table in README.md
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,24 @@ def _refuse_unknown(names: list[str], known: dict[str, Any]) -> None:
                          f"{', '.join(known)}.")
 
 
+class Busy(SystemExit):
+    """Another vae-bench process is running the row."""
+
+
+@contextlib.contextmanager
+def _row_lock(log: Path, row: str) -> Iterator[None]:
+    """Hold the row for this process while it trains and evaluates it: an exclusive lock on the
+    row's log, which the system releases when the process ends however it ends, so that several
+    ``vae-bench run --missing`` processes (one a core) share the rows without a stale lock."""
+    with open(log, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"row {row} is being run by another vae-bench process (it holds the lock "
+                       f"on {log})") from None
+        yield
+
+
 def _run(command: str, args: list[str], log: Path) -> int:
     with open(log, "a") as out:
         return subprocess.call([sys.executable, "-c", COMMAND.format(command), *args],
@@ -76,11 +97,19 @@ def run(row: str, runs: Path = RUNS, records: Path = RECORDS, k: int = 5000,
     known = rows()
     _refuse_unknown([row], known)
     directory = runs / row
-    last = rundir.last_checkpoint(directory)
-    results_file = rundir.path(directory, "results")
     args = [f"experiment=bench/{row}", *(overrides or [])]
     log = runs / f"{row}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    with _row_lock(log, row):
+        return _train_evaluate_record(row, known[row], directory, args, log, records, k,
+                                      eval_overrides)
+
+
+def _train_evaluate_record(row: str, bench: dict[str, Any], directory: Path, args: list[str],
+                           log: Path, records: Path, k: int,
+                           eval_overrides: list[str] | None) -> Path:
+    last = rundir.last_checkpoint(directory)
+    results_file = rundir.path(directory, "results")
     if not results_file.is_file() or json.loads(results_file.read_text()).get(
             "status") == "interrupted":
         resume = [f"ckpt_path={last}"] if last.is_file() else [f"hydra.run.dir={directory}"]
@@ -97,7 +126,7 @@ def run(row: str, runs: Path = RUNS, records: Path = RECORDS, k: int = 5000,
         raise SystemExit(f"error: evaluating row {row} ended with exit code {code}; see {log}")
     evaluation = json.loads(rundir.path(directory, "eval").read_text())
     record = {
-        "row": row, "bench": known[row], "status": results.get("status"),
+        "row": row, "bench": bench, "status": results.get("status"),
         "train_samples_seen": results.get("train_samples_seen"),
         # This vae-eval's wall time and the time of the earlier runs of a resumed evaluation.
         "train_seconds": results.get("seconds"), "eval_seconds": round(
@@ -247,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
             todo = [row for row in todo if not (args.records / f"{row}.json").is_file()]
         failed = []
         for row in todo:
+            if args.missing and (args.records / f"{row}.json").is_file():
+                continue  # recorded meanwhile, by another process
             try:
                 print(run(row, args.runs, args.records, args.k, args.override,
                           args.eval_override), flush=True)
+            except Busy as busy:
+                if not args.missing:
+                    raise SystemExit(f"error: {busy}") from None
+                print(f"{busy}: skipped", flush=True)
             except SystemExit as error:
                 if not args.missing:
                     raise

@@ -274,3 +274,19 @@ def test_missing_skips_a_row_recorded_meanwhile_by_another_process(tmp_path, mon
     assert bench.main(["run", "--missing", "vae", "dreg_k5", "iwae_k5",
                        "--records", str(records)]) == 0
     assert called == ["vae", "iwae_k5"]
+
+
+def test_a_row_s_note_from_its_preset_follows_the_table(tmp_path):
+    """A row whose number needs a word (WAE's untrained proposal) carries `benchmark.note`; the
+    page prints the preset's note under the table, for recorded rows only."""
+    assert "proposal" in bench.rows()["wae"]["note"]
+    records = tmp_path / "records"
+    records.mkdir()
+    record = {"bench": {"row": "WAE-MMD", "config": "model/objective=wae", "paper": {}},
+              "iw": {"nats": -163.57, "nats_se": 0.43}, "elbo": {"nats": -377.9},
+              "active_units": 50, "latent": 50, "train_samples_seen": 1e7, "status": "completed"}
+    (records / "wae.json").write_text(json.dumps(record))
+    (records / "vae.json").write_text(json.dumps({**record, "bench": {"row": "VAE"}}))
+    text = bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong").read_text()
+    notes = text.split("**Notes on rows.**")[1].split("\n\n")[1].splitlines()
+    assert notes == ["- WAE-MMD: " + " ".join(bench.rows()["wae"]["note"].split())]

@@ -210,13 +210,21 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
             f"{_nats(paper.get('value'))} ({paper.get('source', '')}) | "
             f"{_nats(pythae.get('value'))}" + (f" ({pythae['setting']})"
                                                if pythae.get("setting") else "") + " |")
-    missing = sorted(set(rows()) - set(found))
+    known = rows()
+    missing = sorted(set(known) - set(found))
     lines += ["", "**How ours differs.** The papers train their own networks for their own length "
               "(Burda et al.: 3,280 epochs, about 2e8 samples; these rows: 1e7), mostly on "
               "dynamically binarized MNIST as here; pythae's table uses statically binarized MNIST "
               "(one fixed draw, easier to overfit, not comparable to the dynamic numbers to "
               "within a nat or two) except where a row's setting says dynamic (its MIWAE, "
               "PIWAE and CIWAE). Its values are negated here (pythae reports -log p(x))."]
+    # What a row's number means where it is not what it seems (its preset's `benchmark.note`,
+    # read now: an explanation may be written after the row was recorded).
+    notes = [(record["bench"].get("row", row), (known.get(row) or record["bench"]).get("note"))
+             for row, record in found.items()]
+    if any(note for _, note in notes):
+        lines += ["", "**Notes on rows.**", ""]
+        lines += [f"- {name}: {' '.join(note.split())}" for name, note in notes if note]
     if missing:
         lines += ["", f"Rows not run yet: {', '.join(missing)} (`vae-bench run <row>`)."]
     stretches = sorted(long.glob("*/stretches.json"))

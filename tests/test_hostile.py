@@ -442,6 +442,7 @@ def test_a_signal_stops_after_a_step_saves_and_says_how_to_resume(signum, code, 
     results = json.loads((run_dir / "results.json").read_text())
     assert (results["status"], results["exit_code"]) == ("interrupted", code)
     assert "test/elbo" not in results
+    assert "results.json records the status 'interrupted'" in err  # what the line says is so
     resumed = subprocess.run([*args[:-2], "trainer.max_epochs=5", args[-1], "ckpt_path=last"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -237,7 +237,8 @@ def _signals_end_the_run(cfg: DictConfig, trainer: L.Trainer):
     """Lightning stops on SIGTERM at the end of the epoch, after ``last.ckpt`` is written (so
     the run resumes exactly), and on Ctrl-C at once (``last.ckpt`` then holds the last epoch's
     end); both leave the Trainer with a ``SystemExit``, of exit code 0 for SIGTERM. Here either
-    ends the run with exit code 128 + the signal, no results.json, and the command to resume."""
+    ends the run with exit code 128 + the signal and the command to resume; its results.json
+    records the status ``interrupted`` and the curve so far, no test results."""
     try:
         yield
     except SystemExit:
@@ -260,5 +261,6 @@ def _interrupted(cfg: DictConfig, trainer: L.Trainer, signum: int) -> Interrupte
     overrides = [item for item in _task_overrides() if not item.startswith("ckpt_path=")]
     again = " ".join(["vae-train", *overrides, f"ckpt_path={last}"])
     return Interrupted(
-        f"Stopped by {signal.Signals(signum).name}; {where}; no results.json was written. "
+        f"Stopped by {signal.Signals(signum).name}; {where}; results.json records the status "
+        "'interrupted' (no test results). "
         f"Resume with: {again}", signum)

@@ -178,11 +178,11 @@ def test_bad_classifier_files_are_refused_naming_the_file(classifier, tmp_path):
         sq.load_classifier(path, (1, 28, 28), "eval.classifier")
 
 
-def test_inception_without_torch_fidelity_is_refused_naming_what_to_download(tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("torch_fidelity") is not None:
-        pytest.skip("torch-fidelity is installed here")
+def test_inception_without_torch_fidelity_is_refused_naming_what_to_download(tmp_path,
+                                                                            monkeypatch):
+    # As if it were not installed, whether or not it is (the dev extras install it): a None in
+    # sys.modules makes find_spec answer None and an import fail.
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
     with pytest.raises(ConfigError) as err:
         sq.inception_features(str(tmp_path / "w.pth"), "eval.inception_weights")
     message = str(err.value)

@@ -5,11 +5,10 @@ PixelCNN's causality by autograd, the fitted prior's round trip, and training on
 
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
-from compose import compose_train
+from compose import SHARED_DATA, compose_train
 from models import binary_images, small_vae
 
 from vae_lightning.errors import ConfigError
@@ -221,15 +220,12 @@ def test_the_bound_with_a_fitted_prior_replaces_p_log_k_by_its_negative_log_like
     assert torch.allclose(bound.kl, -sampler.log_prob(z)) and (bound.kl > 0).all()
 
 
-DATA = os.environ.get("VAE_DATA_DIR")
-
-
-@pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").exists(),
-                    reason="needs MNIST under $VAE_DATA_DIR/mnist")
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(),
+                    reason=f"needs MNIST under {SHARED_DATA}/mnist (../shared/data)")
 def test_the_preset_trains_on_mnist_and_the_loss_falls(tmp_path, one_thread):
     from vae_lightning.data.idx import read_idx
 
-    images = read_idx(Path(DATA) / "mnist" / "train-images-idx3-ubyte.gz")[:2000]
+    images = read_idx(SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz")[:2000]
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     torch.manual_seed(0)
     model = build_run(compose_train(["experiment=vq_vae_mnist", "model.optimizer.lr=1e-3"],

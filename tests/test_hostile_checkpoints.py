@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import struct
 import subprocess
@@ -24,8 +23,9 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from compose import REPO, copy_run, finished_run
-from test_hostile import TINY, no_traceback, run, snapshot
+from compose import REPO, copy_run
+from test_hostile import FINISHED, TINY, finished_here, no_traceback, run, snapshot
+from test_hostile_data import fifo
 
 from vae_lightning import cli
 from vae_lightning.checkpoints import CONFIG_KEY, DATA_KEY, read_checkpoint
@@ -34,9 +34,9 @@ from vae_lightning.data.frey import load_bundled_frey
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """A finished 2-epoch Frey Face run (bundled data), written by this version."""
-    return finished_run(tmp_path_factory.mktemp("finished") / "run",
-                        [*TINY, "trainer.max_epochs=2"])
+    """A finished 2-epoch Frey Face run (bundled data), written by this version (trained once
+    per process for the test_hostile*.py modules: ``test_hostile.finished_here``)."""
+    return finished_here(tmp_path_factory, FINISHED)
 
 
 def _eval(args, tmp_path, monkeypatch, capsys):
@@ -209,16 +209,17 @@ def test_weights_of_another_shape_name_the_keys_and_shapes(finished, tmp_path, m
 
 
 # ------------------------------------------------------- what the path names (items 10, 20)
-def test_a_fifo_as_checkpoint_is_refused_not_waited_on(finished, tmp_path):
-    fifo = tmp_path / "pipe.ckpt"
-    os.mkfifo(fifo)
-    for script, args in (("eval.py", [f"ckpt_path={fifo}", "eval.k=2"]),
-                         ("train.py", [*TINY, f"ckpt_path={fifo}"])):
-        proc = subprocess.run([sys.executable, str(REPO / script), *args,
-                               f"hydra.run.dir={tmp_path / script}"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert "FIFO" in proc.stderr and "Traceback" not in proc.stderr
+def test_a_fifo_as_checkpoint_is_refused_not_waited_on(tmp_path, monkeypatch, capsys):
+    """vae-eval and vae-train in this process; a command that blocks opening the FIFO is released
+    by ``fifo``'s watchdog and the test fails (rather than hangs)."""
+    with fifo(tmp_path / "pipe.ckpt", timeout=120) as pipe:
+        for app, name, args in ((cli.evaluate, "eval", [f"ckpt_path={pipe}", "eval.k=2"]),
+                                 (cli.train, "train", [*TINY, f"ckpt_path={pipe}"])):
+            result = run(app, [*args, f"hydra.run.dir={tmp_path / name}"], monkeypatch, capsys,
+                         tmp_path)
+            assert result.code == 2, result.err[-2000:]
+            assert "FIFO" in result.err, result.err[-2000:]
+            no_traceback(result)
 
 
 @pytest.mark.parametrize("path, words", [
@@ -390,21 +391,22 @@ def _mount_tmpfs(directory: Path, size: str, read_only: bool = False) -> None:
 
 
 def _unmount(directory: Path) -> None:
-    subprocess.run(["umount", str(directory)], capture_output=True)
+    # Lazily: a run refused in this process keeps its run directory's lock (an open descriptor)
+    # as the command, which ends there, would (vae_lightning.rundir.release: when a job ends).
+    subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
-def test_a_full_disk_is_exit_code_74_in_one_line(tmp_path):
+def test_a_full_disk_is_exit_code_74_in_one_line(tmp_path, monkeypatch, capsys):
     """A real 160 KiB filesystem as the run directory: the record fits, the first checkpoint
     does not; torch's writer fails inside its zip container."""
     run_dir = tmp_path / "small"
     _mount_tmpfs(run_dir, "160k")
     try:
-        proc = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY,
-                               "model.encoder.net.hidden=[64]", "trainer.max_epochs=1",
-                               f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 74, proc.stderr[-3000:]
-        assert "Traceback" not in proc.stderr and "error: Cannot write" in proc.stderr
+        result = run(cli.train, [*TINY, "model.encoder.net.hidden=[64]", "trainer.max_epochs=1",
+                                 f"hydra.run.dir={run_dir}"], monkeypatch, capsys, tmp_path)
+        assert result.code == 74, result.err[-3000:]
+        no_traceback(result)
+        assert "error: Cannot write" in result.err, result.err[-3000:]
         assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.rglob(".*.tmp"))
     finally:
         _unmount(run_dir)

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 from compose import REPO, compose_train
+from test_hostile import run
 
+from vae_lightning import cli
 from vae_lightning.reports.summarize import summarize
 from vae_lightning.train import train
 
@@ -25,51 +27,80 @@ def _sweep(args, sweep_dir, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _sweep_here(args, sweep_dir, monkeypatch, capsys):
+    """The sweep ``vae-train <args>`` in this process (test_hostile.run): Hydra's basic launcher
+    and the Optuna sweeper run their jobs in the process that launches them."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the command sets it: restored after the test
+    return run(cli.train, [*args, f"hydra.sweep.dir={sweep_dir}"], monkeypatch, capsys,
+               sweep_dir.parent)
+
+
 def _results(sweep_dir):
     return {path.parent.name: json.loads(path.read_text())
             for path in sorted(sweep_dir.glob("*/results.json"))}
 
 
-def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
+def test_a_diverging_job_does_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "sweep"
-    proc = _sweep(["-m", *TINY, "trainer.max_epochs=2",
-                   "model.optimizer.lr=0.001,1e6,0.001"], sweep)
-    assert proc.returncode == 5, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    proc = _sweep_here(["-m", *TINY, "trainer.max_epochs=2",
+                        "model.optimizer.lr=0.001,1e6,0.001"], sweep, monkeypatch, capsys)
+    assert proc.code == 5, proc.err[-3000:]
+    assert "Traceback" not in proc.err
     results = _results(sweep)
     assert sorted(results) == ["0", "1", "2"]
     assert results["0"]["status"] == results["2"]["status"] == "completed"
     assert results["1"]["status"] in ("diverged", "nonfinite")
     assert results["1"]["val/elbo" if results["1"]["status"] == "diverged" else "message"]
-    last = proc.stdout.strip().splitlines()[-1]
+    last = proc.out.strip().splitlines()[-1]
     assert "3 jobs: 2 completed, 1 " in last and "job 1 (" in last
     table = summarize(sweep)
     assert "| completed |" in table and "Failed jobs:" in table and "- job 1:" in table
 
 
-def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "sweep"
-    proc = _sweep(["-m", *TINY, "model.latent=0,2"], sweep)
-    assert proc.returncode == 5, proc.stderr[-3000:]
+    proc = _sweep_here(["-m", *TINY, "model.latent=0,2"], sweep, monkeypatch, capsys)
+    assert proc.code == 5, proc.err[-3000:]
     results = _results(sweep)
     assert results["0"]["status"] == "error" and results["0"]["exit_code"] == 2
     assert "model.latent=0" in results["0"]["message"]
     assert "model.latent=0" in results["0"]["overrides"]
     assert results["1"]["status"] == "completed" and results["1"]["latent"] == 2
-    assert "2 jobs: 1 completed, 1 error" in proc.stdout
-    assert proc.stdout.count("2 jobs:") == 1 and "2 jobs:" not in proc.stderr  # once
+    assert "2 jobs: 1 completed, 1 error" in proc.out
+    assert proc.out.count("2 jobs:") == 1 and "2 jobs:" not in proc.err  # once
+    # Each job's directory lock ends with the job: a process that runs a thousand jobs (Optuna's
+    # trials) does not hold a thousand descriptors.
+    assert not [fd for fd in _open_paths() if fd.startswith(str(sweep))]
 
 
-def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path):
+def _open_paths() -> list[str]:
+    """What this process's open file descriptors point to."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            pass
+    return paths
+
+
+def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path, monkeypatch, capsys):
+    """The sweep is launched from this process; joblib's (loky) workers that run its jobs are
+    processes of their own, shut down at the end."""
+    from joblib.externals.loky import get_reusable_executor
+
     sweep = tmp_path / "sweep"
-    proc = _sweep(["-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                   "model.latent=2,3"], sweep)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        proc = _sweep_here(["-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                            "model.latent=2,3"], sweep, monkeypatch, capsys)
+    finally:
+        get_reusable_executor().shutdown(wait=True)
+    assert proc.code == 0, proc.err[-3000:]
     results = _results(sweep)
     assert sorted(r["latent"] for r in results.values()) == [2, 3]
     cores = len(os.sched_getaffinity(0))
     assert all(r["threads"] == max(1, cores // 2) for r in results.values())
-    assert "2 jobs: 2 completed" in proc.stdout
+    assert "2 jobs: 2 completed" in proc.out
 
 
 @pytest.mark.slow  # a long sweep: `pytest -m slow`
@@ -147,20 +178,21 @@ def test_optuna_optimises_the_optimized_metric(tmp_path):
     assert values != pytest.approx(sorted(r["val/elbo"] for r in results))
 
 
-def test_optuna_records_a_diverged_trial_as_failed(tmp_path):
+def test_optuna_records_a_diverged_trial_as_failed(tmp_path, monkeypatch, capsys):
     optuna = pytest.importorskip("optuna")
     sweep = tmp_path / "search"
-    proc = _sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY,
-                   "trainer.max_epochs=2",
-                   "model.optimizer.lr=choice(0.001,0.002,1000000.0)"], sweep)
-    assert (sweep / "optuna.db").is_file(), proc.stderr[-3000:]
+    proc = _sweep_here(["hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY,
+                        "trainer.max_epochs=2",
+                        "model.optimizer.lr=choice(0.001,0.002,1000000.0)"], sweep,
+                       monkeypatch, capsys)
+    assert (sweep / "optuna.db").is_file(), proc.err[-3000:]
     study = optuna.load_study(study_name="vae", storage=f"sqlite:///{sweep / 'optuna.db'}")
     states = {t.params["model.optimizer.lr"]: t.state.name for t in study.trials}
     values = [t.value for t in study.trials if t.state.name == "COMPLETE"]
     assert all(v == v for v in values)  # no NaN reached the study
     assert states.get(1e6, "FAIL") == "FAIL"
-    assert proc.returncode == (5 if 1e6 in states else 0), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    assert proc.code == (5 if 1e6 in states else 0), proc.err[-3000:]
+    assert "Traceback" not in proc.err
 
 
 @pytest.mark.parametrize("preset", ["fast_dev_run", "overfit", "limit", "profiler"])
@@ -208,11 +240,11 @@ def test_overfit_serves_the_same_batches_every_epoch(tmp_path):
     assert len(by_epoch[0]) == 2 and by_epoch[0] == by_epoch[1] == by_epoch[2]
 
 
-def test_rich_callbacks_print_the_config_tree(tmp_path):
+def test_rich_callbacks_print_the_config_tree(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "callbacks=rich", *TINY[:4],
-                           "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "config" in proc.stdout and "encoder" in proc.stdout and "latent: 2" in proc.stdout
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the command sets it: restored after the test
+    proc = run(cli.train, ["callbacks=rich", *TINY[:4], "logger=none",
+                           f"hydra.run.dir={run_dir}"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 0, proc.err[-3000:]
+    assert "config" in proc.out and "encoder" in proc.out and "latent: 2" in proc.out
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"

@@ -58,7 +58,9 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
     try:
         console.one_log_line_per_record()
         console.quiet(cfg)
-        return task()
+        result = task()
+        rundir.release(run_dir)  # the job has ended: its directory's lock is no longer needed
+        return result
     except (Signal, KeyboardInterrupt) as stop:  # outside training (train.py handles those in it)
         raise SystemExit(stopped(getattr(stop, "signum", signal.SIGINT), run_dir)) from None
     except Exception as err:
@@ -76,6 +78,7 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
             log.error("The job failed (%s, exit code %d); the sweep goes on: %s",
                       getattr(failure, "status", "error"), code, message)
             print(f"{failure.prefix if failure else 'error'}: {message}", file=sys.stderr)
+            rundir.release(run_dir)
             return None
         raise SystemExit(failure) from None
 

@@ -146,7 +146,7 @@ class Claim(NamedTuple):
 
 
 _claims: dict[str, Claim] = {}
-_locks: list[int] = []  # the locked directories' descriptors, open for the life of the process
+_locks: dict[str, int] = {}  # the locked directories' descriptors, open until ``release``
 
 
 def claim(directory: str | Path) -> Claim:
@@ -162,13 +162,27 @@ def claim(directory: str | Path) -> Claim:
         fd = os.open(key, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _locks.append(fd)
+            _locks[key] = fd
             held = False
         except BlockingIOError:
             os.close(fd)
             held = True
         _claims[key] = Claim(held, had_run)
     return _claims[key]
+
+
+def release(directory: str | Path | None) -> None:
+    """End this process's claim on ``directory`` (its job has ended): unlock and close it, and
+    forget the claim, so that a process that runs many jobs (a sweep's jobs in one process,
+    Optuna's trials) holds one descriptor at a time, not one per job it ran, and a later claim of
+    the directory sees the run this job left there."""
+    if directory is None:
+        return
+    key = str(Path(directory).resolve())
+    _claims.pop(key, None)
+    fd = _locks.pop(key, None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops its flock
 
 
 def record_dir(directory: str | Path) -> str | None:

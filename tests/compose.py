@@ -118,18 +118,6 @@ def sample_config(overrides: list[str]):
     return command_config("sample", overrides)
 
 
-def finished_run(directory: Path, overrides: list[str]) -> Path:
-    """``python train.py <overrides>`` run to its end in ``directory``, as a user runs it."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *overrides,
-                           f"hydra.run.dir={directory}"], cwd=directory.parent,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return directory
-
-
 def copy_run(run_dir: Path, target: Path) -> Path:
     """A copy of the run directory ``run_dir`` at ``target``."""
     import shutil

@@ -55,7 +55,8 @@ def _train(tmp_path, monkeypatch, *overrides):
     objective = WithCritic()
     monkeypatch.setattr("vae_lightning.objectives.elbo.ELBO", lambda **kw: objective)
     cfg = compose_train(["model.latent=2", "logger=none", "callbacks.figures.n_points=0",
-                         "trainer.enable_progress_bar=false", *overrides], tmp_path)
+                         "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+                         "trainer.limit_test_batches=1", *overrides], tmp_path)
     return train(cfg), objective
 
 
@@ -76,11 +77,13 @@ def test_the_critic_learns_and_the_step_count_is_the_model_s(steps_per_batch, tm
 
 def test_a_resume_restores_the_objective_s_parameters_and_optimizer(tmp_path, monkeypatch):
     """Two epochs then two more from last.ckpt give the critic and the model of four epochs in
-    one run, to the bit."""
-    whole, _ = _train(tmp_path / "whole", monkeypatch, "trainer.max_epochs=4")
-    _train(tmp_path / "split", monkeypatch, "trainer.max_epochs=2")
-    _train(tmp_path / "split", monkeypatch, "trainer.max_epochs=4",
+    one run, to the bit (epochs of 5 minibatches: the check needs no more)."""
+    short = ["trainer.limit_train_batches=5"]
+    whole, _ = _train(tmp_path / "whole", monkeypatch, "trainer.max_epochs=4", *short)
+    _train(tmp_path / "split", monkeypatch, "trainer.max_epochs=2", *short)
+    _train(tmp_path / "split", monkeypatch, "trainer.max_epochs=4", *short,
            f"ckpt_path={tmp_path / 'split' / 'checkpoints' / 'last.ckpt'}")
+    assert whole["steps"] == 20
     a, b = (torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)
             for run in ("whole", "split"))
     for key, value in a["state_dict"].items():

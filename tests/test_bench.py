@@ -131,7 +131,31 @@ def test_the_schedules_of_the_rows_span_the_protocols_training_length():
     assert compose_train(["experiment=bench/capacity"]).model.objective.capacity_steps == steps
 
 
-def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path):
+def _run_in_this_process(command, args, log):
+    """``bench._run`` in this process: its command line (``bench.COMMAND``) executed here with
+    ``sys.argv`` as ``python -c`` sets it, stdout and stderr written to the row's log; the exit
+    code as the subprocess's."""
+    import contextlib
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["-c", *args]
+    try:
+        with open(log, "a") as out, contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(out):
+            exec(bench.COMMAND.format(command), {})
+        return 0
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+
+
+def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path, monkeypatch):
+    """vae-bench run's training and evaluations run in this process (``_run_in_this_process``:
+    the same command lines, the output to the row's log)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "_run", _run_in_this_process)
     tiny = [f"data.root={mnist_root}", "trainer.max_samples=600", "logger=none",
             "callbacks.figures.n_points=0", "model.encoder.net.hidden=[16]",
             "model.decoder.net.hidden=[16]", "model.latent=2"]

@@ -3,8 +3,6 @@ likelihood x prior and every objective from the run config the checkpoint carrie
 checkpoint chooses what code runs."""
 
 import itertools
-import subprocess
-import sys
 
 import lightning as L
 import pytest
@@ -12,14 +10,14 @@ import torch
 from compose import (
     CONF,
     LABELLED,
-    REPO,
     compose_train,
     pair_composes,
     small_posterior,
     small_prior,
 )
+from test_hostile import no_traceback, run
 
-from vae_lightning import VAE
+from vae_lightning import VAE, cli
 from vae_lightning.checkpoints import CONFIG_KEY, RunConfig, read_checkpoint
 from vae_lightning.errors import CheckpointError
 from vae_lightning.rebuild import load_model
@@ -82,14 +80,24 @@ def test_load_from_checkpoint_gives_the_trained_model(prior, likelihood, posteri
     torch.testing.assert_close(*bounds)
 
 
-def test_eval_loads_through_the_same_path(tmp_path):
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    """A checkpoint of SMALL trained for two steps, which the tests below only read (each writes
+    its altered copy to its own directory)."""
+    path = tmp_path_factory.mktemp("small") / "m.ckpt"
+    _saved(SMALL, path)
+    return path
+
+
+def test_eval_loads_through_the_same_path(tmp_path, monkeypatch, capsys):
+    """vae-eval (eval.py calls cli.evaluate), run in this process: the command's path, not the
+    process boundary, is what is checked here."""
     _saved([*SMALL, "model/prior=mog", "model.prior.n_components=3"], tmp_path / "m.ckpt")
-    proc = subprocess.run([sys.executable, str(REPO / "eval.py"),
-                           f"ckpt_path={tmp_path / 'm.ckpt'}", "eval.k=5",
-                           f"hydra.run.dir={tmp_path / 'eval'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "test   iw:" in proc.stdout
+    result = run(cli.evaluate, [f"ckpt_path={tmp_path / 'm.ckpt'}", "eval.k=5",
+                                f"hydra.run.dir={tmp_path / 'eval'}"], monkeypatch, capsys,
+                 tmp_path)
+    assert result.code == 0, result.err[-2000:]
+    assert "test   iw:" in result.out
 
 
 SIDE_EFFECTS = {
@@ -101,10 +109,10 @@ SIDE_EFFECTS = {
 
 @pytest.mark.parametrize("target", sorted(SIDE_EFFECTS))
 @pytest.mark.parametrize("where", ["model", "model.encoder.net", "model.prior", "data"])
-def test_a_checkpoint_naming_other_code_is_refused_and_nothing_runs(target, where, tmp_path):
-    path = tmp_path / "m.ckpt"
-    _saved(SMALL, path)
-    checkpoint = read_checkpoint(path)
+def test_a_checkpoint_naming_other_code_is_refused_and_nothing_runs(target, where, tmp_path,
+                                                                   small_checkpoint,
+                                                                   monkeypatch, capsys):
+    checkpoint = read_checkpoint(small_checkpoint)
     marker = tmp_path / "made-by-the-checkpoint"
     node = checkpoint[CONFIG_KEY]
     for part in where.split("."):
@@ -113,32 +121,28 @@ def test_a_checkpoint_naming_other_code_is_refused_and_nothing_runs(target, wher
     node.update({k: v.format(marker=marker) for k, v in SIDE_EFFECTS[target].items()})
     torch.save(checkpoint, tmp_path / "evil.ckpt")
     with pytest.raises(CheckpointError, match=f"{target}.*untrusted input") as err:
-        if where == "data":
-            proc = subprocess.run(
-                [sys.executable, str(REPO / "eval.py"), f"ckpt_path={tmp_path / 'evil.ckpt'}",
-                 "eval.k=2", f"hydra.run.dir={tmp_path / 'eval'}"],
-                cwd=tmp_path, capture_output=True, text=True, timeout=300)
-            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-            raise CheckpointError(proc.stderr)
+        if where == "data":  # vae-eval (eval.py's cli.evaluate), in this process
+            result = run(cli.evaluate, [f"ckpt_path={tmp_path / 'evil.ckpt'}", "eval.k=2",
+                                        f"hydra.run.dir={tmp_path / 'eval'}"], monkeypatch,
+                         capsys, tmp_path)
+            assert result.code == 2, result.err
+            no_traceback(result)
+            raise CheckpointError(result.err)
         load_model(tmp_path / "evil.ckpt", VAE)
     assert "weights_only=False" not in str(err.value)
     assert not marker.exists()
 
 
-def test_interpolations_in_a_checkpoint_are_refused(tmp_path):
-    path = tmp_path / "m.ckpt"
-    _saved(SMALL, path)
-    checkpoint = read_checkpoint(path)
+def test_interpolations_in_a_checkpoint_are_refused(tmp_path, small_checkpoint):
+    checkpoint = read_checkpoint(small_checkpoint)
     checkpoint[CONFIG_KEY]["model"]["latent"] = "${oc.env:HOME}"
     torch.save(checkpoint, tmp_path / "odd.ckpt")
     with pytest.raises(CheckpointError, match="interpolation"):
         load_model(tmp_path / "odd.ckpt", VAE)
 
 
-def test_your_own_classes_load_when_you_trust_them(tmp_path):
-    path = tmp_path / "m.ckpt"
-    _saved(SMALL, path)
-    checkpoint = read_checkpoint(path)
+def test_your_own_classes_load_when_you_trust_them(tmp_path, small_checkpoint):
+    checkpoint = read_checkpoint(small_checkpoint)
     checkpoint[CONFIG_KEY]["model"]["prior"]["_target_"] = "models.NamedPrior"
     torch.save(checkpoint, tmp_path / "mine.ckpt")
     with pytest.raises(CheckpointError, match="models.NamedPrior"):

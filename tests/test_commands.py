@@ -12,11 +12,13 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import warnings
 from pathlib import Path
 
 import pytest
 from compose import REPO
 from hydra import compose, initialize_config_dir
+from test_hostile import Result, run
 
 from vae_lightning import cli, rundir
 from vae_lightning.errors import CheckpointError
@@ -28,10 +30,18 @@ TINY = ["model.latent=2", "model.encoder.net.hidden=[16]", "model.decoder.net.hi
         "trainer.max_epochs=1", "logger=none", *QUIET]
 
 
-def _train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python train.py <args>`` from ``cwd``, as a user types it."""
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+def _train(args: list[str], monkeypatch, capsys, cwd: Path) -> Result:
+    """``vae-train <args>`` from ``cwd``, as a user types it, in this process (the process
+    boundary is not what these tests check; tests/test_install.py runs the console scripts)."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the command sets it: restored after the test
+    return run(cli.train, args, monkeypatch, capsys, cwd)
+
+
+def _popen_train(args: list[str], cwd: Path) -> subprocess.Popen:
+    """``python train.py <args>`` from ``cwd`` in a process of its own, started (``.communicate``
+    waits for it)."""
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _script(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -39,10 +49,10 @@ def _script(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProces
                           timeout=120)
 
 
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+def _one_error_line(result: Result) -> str:
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert "Traceback" not in result.err + result.out, result.err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err[-3000:]
     return lines[0]
 
 
@@ -57,19 +67,20 @@ def _files(directory: Path) -> dict[str, bytes]:
     ("likelihood=gaussian", "model/likelihood=gaussian"),
     ("posterior=nosuch", "model/posterior=<option>"),
 ])
-def test_a_group_named_without_its_parent_names_the_override(override, use, tmp_path):
-    proc = _train([override], tmp_path)
-    assert proc.returncode == 2
+def test_a_group_named_without_its_parent_names_the_override(override, use, tmp_path,
+                                                           monkeypatch, capsys):
+    proc = _train([override], monkeypatch, capsys, tmp_path)
+    assert proc.code == 2
     line = _one_error_line(proc)
     assert use in line and override in line, line
     assert "+" + override not in line  # not Hydra's advice, which adds a key nothing reads
     assert not (tmp_path / "outputs").exists()
 
 
-def test_the_appended_key_hydra_suggests_is_refused_too(tmp_path):
-    proc = _train(["+prior=vamp", *TINY], tmp_path)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "model/prior=vamp" in proc.stderr and "Traceback" not in proc.stderr
+def test_the_appended_key_hydra_suggests_is_refused_too(tmp_path, monkeypatch, capsys):
+    proc = _train(["+prior=vamp", *TINY], monkeypatch, capsys, tmp_path)
+    assert proc.code == 2, proc.err[-3000:]
+    assert "model/prior=vamp" in proc.err and "Traceback" not in proc.err + proc.out
     assert not (tmp_path / "outputs").exists()
 
 
@@ -79,26 +90,30 @@ def _composed(name: str) -> dict:
         return compose(name)
 
 
+# The commands' --help in this process: tests/test_install.py runs each installed console
+# script's --help.
 @pytest.mark.parametrize("script, config, node", [("vae-eval", "eval", "eval"),
                                                   ("vae-sample", "sample", None)])
-def test_eval_and_sample_help_show_their_own_keys(script, config, node, tmp_path):
-    proc = _script(script, ["--help", f"hydra/help={config}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_eval_and_sample_help_show_their_own_keys(script, config, node, tmp_path, monkeypatch,
+                                                  capsys):
+    app = {"vae-eval": cli.evaluate, "vae-sample": cli.sample}[script]
+    proc = run(app, ["--help", f"hydra/help={config}"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 0, proc.err[-2000:]
     keys = _composed(config)
     for key in (keys[node] if node else keys):  # every key of the composed config, whatever
-        assert re.search(rf"^\s*'?{key}'?:", proc.stdout, re.M), (key, proc.stdout)
+        assert re.search(rf"^\s*'?{key}'?:", proc.out, re.M), (key, proc.out)
     for group in ("model/prior", "data", "trainer", "logger", "callbacks"):  # no group listed
-        assert not re.search(rf"^{group}:", proc.stdout, re.M), group
-    assert f"{script} ckpt_path=" in proc.stdout  # an example of the command
+        assert not re.search(rf"^{group}:", proc.out, re.M), group
+    assert f"{script} ckpt_path=" in proc.out  # an example of the command
 
 
-def test_train_help_lists_the_groups_and_the_run_settings(tmp_path):
-    proc = _script("vae-train", ["--help"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert re.search(r"^model/prior: .*\bmog, normal\b.*\bvamp\b", proc.stdout, re.M)
-    assert re.search(r"^trainer: .*\bmps\b", proc.stdout, re.M)
-    assert re.search(r"^callbacks: .*\bearly_stopping\b", proc.stdout, re.M)
-    assert "tags: []" in proc.stdout and "print_config: false" in proc.stdout
+def test_train_help_lists_the_groups_and_the_run_settings(tmp_path, monkeypatch, capsys):
+    proc = _train(["--help"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 0, proc.err[-2000:]
+    assert re.search(r"^model/prior: .*\bmog, normal\b.*\bvamp\b", proc.out, re.M)
+    assert re.search(r"^trainer: .*\bmps\b", proc.out, re.M)
+    assert re.search(r"^callbacks: .*\bearly_stopping\b", proc.out, re.M)
+    assert "tags: []" in proc.out and "print_config: false" in proc.out
 
 
 def test_summarize_help_says_what_it_does_in_whole_sentences(tmp_path):
@@ -112,21 +127,27 @@ def test_summarize_help_says_what_it_does_in_whole_sentences(tmp_path):
 # ------------------------------------------------------------------------- ckpt_path=last
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """A finished one-epoch run's directory."""
+    """A finished one-epoch run's directory (vae-train, in this process)."""
     directory = tmp_path_factory.mktemp("finished") / "run"
-    proc = _train([*TINY, f"hydra.run.dir={directory}"], directory.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HYDRA_FULL_ERROR", "1")
+        patch.chdir(directory.parent)
+        patch.setattr(sys, "argv", ["vae-train", *TINY, f"hydra.run.dir={directory}"])
+        cli.train()
+    assert json.loads((directory / "results.json").read_text())["status"] == "completed"
     return directory
 
 
-def test_ckpt_path_last_resumes_the_newest_run_and_says_which(finished, tmp_path):
+def test_ckpt_path_last_resumes_the_newest_run_and_says_which(finished, tmp_path, monkeypatch,
+                                                              capsys):
     older = shutil.copytree(finished, tmp_path / "outputs" / "2026-01-02" / "10-00-00")
     newer = shutil.copytree(finished, tmp_path / "outputs" / "2026-01-01" / "10-00-00")
     os.utime(older / "checkpoints" / "last.ckpt", (1e9, 1e9))  # written long ago
     before = _files(older)
-    proc = _train([*TINY, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    said = [line for line in proc.stdout.splitlines()
+    proc = _train([*TINY, "trainer.max_epochs=2", "ckpt_path=last"], monkeypatch, capsys,
+                  tmp_path)
+    assert proc.code == 0, proc.err[-3000:]
+    said = [line for line in proc.out.splitlines()
             if "ckpt_path=last: resuming the run in" in line]
     assert len(said) == 1 and "the newest run under" in said[0]
     assert str(newer.relative_to(tmp_path)) in said[0]
@@ -134,9 +155,9 @@ def test_ckpt_path_last_resumes_the_newest_run_and_says_which(finished, tmp_path
     assert _files(older) == before
 
 
-def test_ckpt_path_last_without_a_run_leaves_nothing(tmp_path):
-    proc = _train([*TINY, "ckpt_path=last"], tmp_path)
-    assert proc.returncode == 2
+def test_ckpt_path_last_without_a_run_leaves_nothing(tmp_path, monkeypatch, capsys):
+    proc = _train([*TINY, "ckpt_path=last"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 2
     assert "ckpt_path=last" in _one_error_line(proc)
     assert not (tmp_path / "outputs").exists()
 
@@ -164,30 +185,31 @@ def test_the_meaning_of_ckpt_path_last(tmp_path):
 
 
 # --------------------------------------------------------------------------- a refused run
-def test_a_refused_run_leaves_no_directory_it_created(tmp_path):
-    proc = _train(["model.latent=0"], tmp_path)
-    assert proc.returncode == 2 and "model.latent=0" in proc.stderr
+def test_a_refused_run_leaves_no_directory_it_created(tmp_path, monkeypatch, capsys):
+    proc = _train(["model.latent=0"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 2 and "model.latent=0" in proc.err
     assert not (tmp_path / "outputs").exists()
     (tmp_path / "outputs" / "2020-01-01" / "run").mkdir(parents=True)  # folders that existed
-    proc = _train(["model.latent=0"], tmp_path)
-    assert proc.returncode == 2
+    proc = _train(["model.latent=0"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 2
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["2020-01-01"]
     assert (tmp_path / "outputs" / "2020-01-01" / "run").is_dir()
 
 
-def test_a_refused_run_keeps_a_directory_that_existed(tmp_path):
+def test_a_refused_run_keeps_a_directory_that_existed(tmp_path, monkeypatch, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    proc = _train(["model.latent=0", f"hydra.run.dir={mine}"], tmp_path)
-    assert proc.returncode == 2
+    proc = _train(["model.latent=0", f"hydra.run.dir={mine}"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 2
     assert (mine / "notes.txt").read_text() == "mine"
 
 
 # ----------------------------------------------------------------------------------- debug
-def test_fast_dev_run_keeps_nothing_among_the_real_runs(tmp_path):
-    proc = _train(["debug=fast_dev_run", *TINY[:-1]], tmp_path)  # it draws no figures
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_fast_dev_run_keeps_nothing_among_the_real_runs(tmp_path, monkeypatch, capsys):
+    proc = _train(["debug=fast_dev_run", *TINY[:-1]], monkeypatch, capsys,
+                  tmp_path)  # it draws no figures
+    assert proc.code == 0, proc.err[-3000:]
     outputs = tmp_path / "outputs"
     assert [p.name for p in outputs.iterdir()] == ["debug"]
     kept = [p.relative_to(outputs) for p in outputs.rglob("*") if p.is_file()]
@@ -202,24 +224,37 @@ NOISE_WORDS = ("LeafSpec", "Tip:", "across ranks is zero", "could not find the m
 
 def test_a_first_run_shows_our_lines_not_third_party_noise(tmp_path):
     """With an empty validation split (data.val_size=0) Lightning warns about the empty loader
-    and the checkpoint's missing metric, and advertises; extras.ignore_warnings hides that."""
+    and the checkpoint's missing metric, and advertises; extras.ignore_warnings hides that.
+    Real processes (a first run's terminal: warnings not yet shown once, no pytest capture),
+    the two side by side."""
     args = [*TINY, "data.val_size=0"]
-    noisy = _train([*args, "extras.ignore_warnings=false", f"hydra.run.dir={tmp_path / 'a'}"],
-                   tmp_path)
-    quiet = _train([*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
-    assert noisy.returncode == quiet.returncode == 0, quiet.stderr[-3000:]
-    shown = [word for word in NOISE_WORDS if word in noisy.stdout + noisy.stderr]
-    assert len(shown) >= 2, noisy.stderr[-3000:]  # Lightning's own warnings, version-independent
-    assert not [word for word in NOISE_WORDS if word in quiet.stdout + quiet.stderr]
-    assert "results written to" in quiet.stdout + quiet.stderr
+    started = [_popen_train([*args, "extras.ignore_warnings=false",
+                             f"hydra.run.dir={tmp_path / 'a'}"], tmp_path),
+               _popen_train([*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)]
+    try:
+        (noisy_out, noisy_err), (quiet_out, quiet_err) = (
+            proc.communicate(timeout=300) for proc in started)
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [proc.returncode for proc in started] == [0, 0], (noisy_err + quiet_err)[-3000:]
+    shown = [word for word in NOISE_WORDS if word in noisy_out + noisy_err]
+    assert len(shown) >= 2, noisy_err[-3000:]  # Lightning's own warnings, version-independent
+    assert not [word for word in NOISE_WORDS if word in quiet_out + quiet_err]
+    assert "results written to" in quiet_out + quiet_err
 
 
-def test_small_data_logs_a_training_step_every_epoch(tmp_path):
+def test_small_data_logs_a_training_step_every_epoch(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    proc = _train([*TINY, "logger=csv", "data.batch_size=800", f"hydra.run.dir={run}"],
-                  tmp_path)  # 1565 Frey Face training images: 2 batches, fewer than 10
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "logging interval" not in proc.stderr
+    with warnings.catch_warnings(record=True) as warned:  # what a terminal would show
+        warnings.simplefilter("always")
+        proc = _train([*TINY, "logger=csv", "data.batch_size=800", f"hydra.run.dir={run}"],
+                      monkeypatch, capsys, tmp_path)  # 1565 Frey Face images: 2 batches, < 10
+    assert proc.code == 0, proc.err[-3000:]
+    assert "logging interval" not in proc.err
+    assert not [w for w in warned if "logging interval" in str(w.message)]
     rows = (run / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     logged = [r.split(",")[header.index("train/loss")] for r in rows[1:]]
@@ -227,14 +262,14 @@ def test_small_data_logs_a_training_step_every_epoch(tmp_path):
 
 
 # ---------------------------------------------------------------------- tags and extras
-def test_print_config_prints_and_saves_the_resolved_config(tmp_path):
+def test_print_config_prints_and_saves_the_resolved_config(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     proc = _train([*TINY, "extras.print_config=true", "tags=[first,frey]",
-                   f"hydra.run.dir={run}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+                   f"hydra.run.dir={run}"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 0, proc.err[-3000:]
     saved = (run / "config_tree.log").read_text()
     assert "tags:\n- first\n- frey\n" in saved and f"output_dir: {run}" in saved
-    assert saved in proc.stdout
+    assert saved in proc.out
 
 
 # ------------------------------------------------------------------------------ callbacks

@@ -26,13 +26,18 @@ def _frey(tmp_path, *overrides):
                           "model.decoder.net.hidden=[32]", *QUIET, *overrides], tmp_path)
 
 
-@pytest.mark.parametrize("max_samples, steps, seen", [
-    (1000, 10, 1000),  # 10 full batches
-    (1600, 17, 1665),  # the epoch's last batch holds 65 faces: the step that passes 1600 ends it
-    (5e3, 52, 5095),  # a float, as `trainer.max_samples=5e3` gives; max_epochs=1 is overridden
+# With 4 steps per batch the run stops within a batch: at the same step. The case
+# (5e3, 52, 5095) with one step per batch is the run of
+# test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training.
+@pytest.mark.parametrize("max_samples, steps, seen, steps_per_batch", [
+    (max_samples, steps, seen, steps_per_batch)
+    for max_samples, steps, seen in [
+        (1000, 10, 1000),  # 10 full batches
+        (1600, 17, 1665),  # the epoch's last batch holds 65 faces: the step passing 1600 ends it
+        (5e3, 52, 5095),  # a float, as `trainer.max_samples=5e3` gives; max_epochs=1 is overridden
+    ]
+    for steps_per_batch in (1, 4) if (max_samples, steps_per_batch) != (5e3, 1)
 ])
-# With 4 steps per batch the run stops within a batch: at the same step.
-@pytest.mark.parametrize("steps_per_batch", [1, 4])
 def test_max_samples_stops_at_the_step_that_reaches_it(tmp_path, max_samples, steps, seen,
                                                        steps_per_batch):
     cfg = _frey(tmp_path, f"trainer.max_samples={max_samples}", "trainer.max_epochs=1",
@@ -51,9 +56,12 @@ def test_last_checkpoint_is_the_final_state_whatever_the_validation_interval(tmp
 
 
 def test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training(tmp_path):
-    cfg = _frey(tmp_path, "trainer.max_samples=5000", "callbacks.bound_curve.points_per_decade=2",
-                "callbacks.bound_curve.start=1000")
-    train(cfg)
+    # trainer.max_samples=5e3 (a float) with max_epochs=1, which it overrides: the last case of
+    # test_max_samples_stops_at_the_step_that_reaches_it with one step per batch.
+    cfg = _frey(tmp_path, "trainer.max_samples=5e3", "trainer.max_epochs=1",
+                "callbacks.bound_curve.points_per_decade=2", "callbacks.bound_curve.start=1000")
+    results = train(cfg)
+    assert (results["steps"], results["train_samples_seen"]) == (52, 5095)
     curve = json.loads((tmp_path / "curve.json").read_text())
     # 1000 and 10^3.5 = 3162 are reached at steps 10 and 33 (3230 samples), then training ends.
     assert [p["samples_seen"] for p in curve["points"]] == [1000, 3230, 5095]

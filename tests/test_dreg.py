@@ -12,6 +12,9 @@ from vae_lightning.objectives.iwae import IWAE
 from vae_lightning.train import build_run, train
 
 K = 10
+# Draws of each gradient: the variance ratio found is ~0.03 (100 or 300 draws, any seeds), far
+# below the 0.5 asserted.
+DRAWS = 100
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def trained():
     model = small_vae(latent=2, hidden=(16,), objective=IWAE(K))
     x = binary_images(256)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
+    for _ in range(150):  # (the variance ratio is ~0.03 after 150 steps as after 300)
         loss, _ = model.objective.loss(model, x[torch.randint(len(x), (64,))])
         optimizer.zero_grad()
         loss.backward()
@@ -56,20 +59,22 @@ def test_the_loss_and_the_decoder_gradients_are_iwae_s(trained):
 def test_encoder_gradient_variance_is_well_below_iwae_s_with_the_same_mean(trained):
     model, x = trained
     draws = {name: torch.stack([_flat(_gradients(model, objective, x, seed)[2], "encoder")
-                                for seed in range(300)])
+                                for seed in range(DRAWS)])
              for name, objective in (("iwae", IWAE(K)), ("dreg", DReG(K)))}
     variance = {name: g.var(0).sum().item() for name, g in draws.items()}
     # Tucker et al.: the IWAE encoder gradient's score-function part is noise that DReG drops.
     assert variance["dreg"] < 0.5 * variance["iwae"], variance
     # Both estimate the same gradient: their means agree within their standard errors.
     difference = draws["dreg"].mean(0) - draws["iwae"].mean(0)
-    standard_error = ((draws["dreg"].var(0) + draws["iwae"].var(0)) / 300).sqrt()
+    standard_error = ((draws["dreg"].var(0) + draws["iwae"].var(0)) / DRAWS).sqrt()
     assert (difference.abs() < 5 * standard_error + 1e-6).float().mean() > 0.99
 
 
 def test_dreg_trains_from_the_config_group(tmp_path):
     cfg = compose_train(["model/objective=dreg", "model.objective.k=3", "model.latent=2",
-                         "trainer.max_epochs=2", "logger=none", "callbacks.figures.n_points=0",
+                         "trainer.max_epochs=2", "trainer.limit_train_batches=5",
+                         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+                         "logger=none", "callbacks.figures.n_points=0",
                          "trainer.enable_progress_bar=false"], tmp_path)
     assert isinstance(build_run(cfg).model.objective, DReG)
     results = train(cfg)

@@ -4,8 +4,6 @@ estimate is >= the ELBO and rises with k, and eval.py writes eval.json from a re
 import copy
 import json
 import math
-import subprocess
-import sys
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -13,10 +11,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from compose import CONF, REPO, compose_train
+from compose import CONF, compose_train
 from hydra import compose, initialize_config_dir
+from test_hostile import no_traceback, run
 
-from vae_lightning import rundir
+from vae_lightning import cli, rundir
 from vae_lightning.checkpoints import CONFIG_KEY, RunConfig
 from vae_lightning.config import instantiate_node
 from vae_lightning.errors import CheckpointError, ConfigError
@@ -190,15 +189,15 @@ def test_bad_checkpoints_raise_one_clear_error(tmp_path):
         load_model(tmp_path / "odd.ckpt", VAE)
 
 
-def test_eval_cli_reports_a_corrupt_checkpoint_without_traceback(tmp_path):
+def test_eval_cli_reports_a_corrupt_checkpoint_without_traceback(tmp_path, monkeypatch, capsys):
+    """vae-eval (= python eval.py) in this process."""
     (tmp_path / "bad.ckpt").write_bytes(b"\x00" * 100)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "eval.py"), f"ckpt_path={tmp_path / 'bad.ckpt'}",
-         f"hydra.run.dir={tmp_path / 'eval'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "corrupt" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the command sets it: restored after the test
+    proc = run(cli.evaluate, [f"ckpt_path={tmp_path / 'bad.ckpt'}",
+                              f"hydra.run.dir={tmp_path / 'eval'}"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 2
+    assert "corrupt" in proc.err, proc.err
+    no_traceback(proc)
 
 
 def test_active_units_count_the_latent_dimensions_whose_posterior_mean_varies(trained):

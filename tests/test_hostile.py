@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from compose import REPO, copy_run, finished_run
+from compose import REPO, copy_run
 
 from vae_lightning import cli
 from vae_lightning.checkpoints import CONFIG_KEY, read_checkpoint
@@ -245,11 +245,42 @@ def test_the_frey_source_used_is_said(tmp_path, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------- checkpoints
+_FINISHED: dict[tuple[str, ...], Path] = {}
+
+
+def finished_here(tmp_path_factory, overrides: list[str]) -> Path:
+    """A copy of the directory of ``vae-train <overrides>`` run to its end, as a user runs it
+    (``cli.train``: Hydra's records, the log, the checkpoints), in this process; trained once per
+    process for each ``overrides`` and copied for each caller, so that the modules that read a
+    finished run (test_hostile*.py) share one training and still cannot see each other's
+    changes."""
+    key = tuple(overrides)
+    if key not in _FINISHED:
+        directory = tmp_path_factory.mktemp("finished-once") / "run"
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a tiny network: faster on one thread on a busy machine
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(directory.parent)
+            patch.setattr(sys, "argv", ["vae-train", *overrides, f"hydra.run.dir={directory}"])
+            patch.setenv("HYDRA_FULL_ERROR", "1")  # the command sets it: restored afterwards
+            try:
+                cli.train()
+            except SystemExit as exit_:
+                assert exit_.code in (0, None), exit_
+            finally:
+                torch.set_num_threads(threads)
+        assert (directory / "results.json").is_file() and (directory / "train.log").is_file()
+        _FINISHED[key] = directory
+    return copy_run(_FINISHED[key], tmp_path_factory.mktemp("finished") / "run")
+
+
+FINISHED = [*TINY, "trainer.max_epochs=2"]  # the finished run the hostile tests read
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished 2-epoch run's directory."""
-    return finished_run(tmp_path_factory.mktemp("finished") / "run",
-                        [*TINY, "trainer.max_epochs=2"])
+    return finished_here(tmp_path_factory, FINISHED)
 
 
 
@@ -399,7 +430,9 @@ def test_a_new_learning_rate_applies_on_resume_and_metrics_append(finished, tmp_
     assert len(list((run_dir / ".hydra" / "resumes").glob("*.yaml"))) == 1
 
 
-def test_two_runs_in_one_directory_do_not_mix(tmp_path):
+def test_two_runs_in_one_directory_do_not_mix(tmp_path, monkeypatch, capsys):
+    """The first run is another process (it holds the directory's lock from before Hydra writes
+    .hydra/config.yaml); the second is started in this process while it trains."""
     run_dir = tmp_path / "run"
     args = [sys.executable, str(REPO / "train.py"), *TINY, "trainer.max_epochs=3",
             f"hydra.run.dir={run_dir}"]
@@ -408,13 +441,13 @@ def test_two_runs_in_one_directory_do_not_mix(tmp_path):
     deadline = time.time() + 120
     while not (run_dir / ".hydra" / "config.yaml").exists() and time.time() < deadline:
         time.sleep(0.2)
-    second = subprocess.run([*args[:-2], "trainer.max_epochs=1", args[-1]], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    second = run(cli.train, [*TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"],
+                 monkeypatch, capsys, tmp_path)
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
-    assert second.returncode == 2 and "error: " in second.stderr
-    assert "in use by another run" in second.stderr or "already holds a run" in second.stderr
-    assert "Traceback" not in second.stderr
+    assert second.code == 2 and "error: " in second.err, second
+    assert "in use by another run" in second.err or "already holds a run" in second.err
+    no_traceback(second)
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3
     assert "trainer.max_epochs=3" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
@@ -424,7 +457,9 @@ def test_two_runs_in_one_directory_do_not_mix(tmp_path):
     (signal.SIGTERM, 143),
     pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),  # the same path, another signal
 ])
-def test_a_signal_stops_after_a_step_saves_and_says_how_to_resume(signum, code, tmp_path):
+def test_a_signal_stops_after_a_step_saves_and_says_how_to_resume(signum, code, tmp_path,
+                                                                  monkeypatch, capsys):
+    """The signalled run is another process; the resume runs in this process."""
     run_dir = tmp_path / "run"
     args = [sys.executable, str(REPO / "train.py"), *TINY, "trainer.max_epochs=200",
             f"hydra.run.dir={run_dir}"]
@@ -443,9 +478,9 @@ def test_a_signal_stops_after_a_step_saves_and_says_how_to_resume(signum, code, 
     assert (results["status"], results["exit_code"]) == ("interrupted", code)
     assert "test/elbo" not in results
     assert "results.json records the status 'interrupted'" in err  # what the line says is so
-    resumed = subprocess.run([*args[:-2], "trainer.max_epochs=5", args[-1], "ckpt_path=last"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run(cli.train, [*TINY, "trainer.max_epochs=5", f"hydra.run.dir={run_dir}",
+                              "ckpt_path=last"], monkeypatch, capsys, tmp_path)
+    assert resumed.code == 0, resumed.err[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["status"] in ("completed",)
 
 

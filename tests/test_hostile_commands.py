@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from compose import REPO, copy_run, finished_run
+from compose import REPO, copy_run
+from test_hostile import FINISHED, finished_here
 
 from vae_lightning import cli, rundir
 from vae_lightning.errors import ConfigError
@@ -117,8 +118,9 @@ def test_a_run_directory_that_is_a_file_or_under_one_is_exit_code_2(where, tmp_p
 # ----------------------------------------------------------------- a resume into another run
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """A finished one-epoch run's directory."""
-    return finished_run(tmp_path_factory.mktemp("finished") / "run", list(TINY))
+    """A finished run's directory (test_hostile's 2-epoch run, trained once per process for the
+    test_hostile*.py modules: ``test_hostile.finished_here``)."""
+    return finished_here(tmp_path_factory, FINISHED)
 
 
 

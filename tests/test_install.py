@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 from compose import REPO
+from test_hostile import run
+
+from vae_lightning import cli
 
 BIN = Path(sysconfig.get_path("scripts"))
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -143,15 +146,17 @@ def test_a_missing_sweep_integration_is_one_line_naming_the_extra(args, plugin, 
     assert not sweep.exists()
 
 
-def test_common_trainer_arguments_need_no_plus(tmp_path):
-    run = tmp_path / "run"
-    proc = _run([sys.executable, str(REPO / "train.py"), "trainer.gradient_clip_val=1.0",
-                 "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=4",
-                 "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
-                 "trainer.max_epochs=1", "trainer.deterministic=true", "logger=none",
-                 f"hydra.run.dir={run}", *QUIET], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((run / "results.json").read_text())
+def test_common_trainer_arguments_need_no_plus(tmp_path, monkeypatch, capsys):
+    """vae-train in this process (the installed script: the tests above)."""
+    directory = tmp_path / "run"
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the command sets it: restored after the test
+    proc = run(cli.train, ["trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=2",
+                           "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+                           "trainer.num_sanity_val_steps=0", "trainer.max_epochs=1",
+                           "trainer.deterministic=true", "logger=none",
+                           f"hydra.run.dir={directory}", *QUIET], monkeypatch, capsys, tmp_path)
+    assert proc.code == 0, proc.err[-3000:]
+    results = json.loads((directory / "results.json").read_text())
     assert results["steps"] == 2  # 4 batches, 2 accumulated per step
 
 

@@ -1,13 +1,10 @@
 """The objectives of issue 26 as options of ``model/objective``: each runs a fast_dev_run from its
-YAML (one through ``python train.py`` as a user types it), each paper preset under
+YAML (one through vae-train's entry point as a user types it), each paper preset under
 ``experiment/`` composes and passes the config check, and (slow) each trains on Frey Face so
 that the true ELBO rises."""
 
-import subprocess
-import sys
-
 import pytest
-from compose import REPO, compose_train
+from compose import compose_train
 
 from vae_lightning.config_checks import check
 from vae_lightning.train import train
@@ -41,13 +38,17 @@ def test_a_fast_dev_run_with_a_cyclical_kl_schedule(tmp_path):
     assert train(cfg)["steps"] == 1
 
 
-def test_factor_vae_runs_from_the_command_line(tmp_path):
-    """The first objective with its own parameters and optimizer, as a user starts it."""
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "model/objective=factor_vae",
-                           "trainer.fast_dev_run=true", *TINY, *QUIET], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "debug run (trainer.fast_dev_run)" in proc.stdout and "error" not in proc.stderr
+def test_factor_vae_runs_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """The first objective with its own parameters and optimizer, as a user starts it (vae-train's
+    entry point, in this process)."""
+    from test_hostile import run
+
+    from vae_lightning import cli
+
+    result = run(cli.train, ["model/objective=factor_vae", "trainer.fast_dev_run=true", *TINY,
+                             *QUIET], monkeypatch, capsys, tmp_path)
+    assert result.code == 0, result.err[-2000:]
+    assert "debug run (trainer.fast_dev_run)" in result.out and "error" not in result.err
 
 
 PRESETS = {

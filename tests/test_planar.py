@@ -116,7 +116,8 @@ def test_it_trains_with_the_elbo_and_iwae(objective):
     x = binary_images(256)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
-    for _ in range(150):
+    # 100 steps: over seeds 0-3 the drop is 1.3-2.8 for each objective, as after 150 steps.
+    for _ in range(100):
         loss, bound = model.objective.loss(model, x[torch.randint(len(x), (64,))])
         optimizer.zero_grad()
         loss.backward()
@@ -168,8 +169,9 @@ def test_trained_from_the_config_group_and_evaluated_by_vae_eval(tmp_path):
     cfg = compose_train(["data=frey", "model/posterior=planar",
                          "model.encoder.posterior.length=2", "model.latent=2",
                          "model.encoder.net.hidden=[32]", "model.decoder.net.hidden=[32]",
-                         "trainer.max_epochs=2", "logger=none",
-                         "trainer.enable_progress_bar=false"], tmp_path / "run")
+                         "trainer.max_epochs=2", "trainer.limit_train_batches=5",
+                         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+                         "logger=none", "trainer.enable_progress_bar=false"], tmp_path / "run")
     results = train(cfg)
     assert results["posterior"] == "planar" and results["status"] == "completed"
     assert math.isfinite(results["test/elbo"])

@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 from compose import REPO, compose_train
+from test_hostile import run
 
+from vae_lightning import cli
 from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.errors import CheckpointError, NonFiniteLossError
 from vae_lightning.train import build_run, train
@@ -20,12 +22,25 @@ METRICS = ("val/elbo", "val/recon", "val/kl", "test/elbo", "test/recon", "test/k
 
 
 def _train_cli(args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    # The threads this process trains on: the killed run's first steps are compared with a run
+    # trained here (test_killed_run_resumes_from_last_and_matches_an_uninterrupted_run).
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def test_killed_run_resumes_from_last_and_matches_an_uninterrupted_run(tmp_path):
+def _train_here(args, cwd, monkeypatch, capsys):
+    """``vae-train <args>`` in this process (from ``cwd``), as ``_train_cli`` runs it."""
+    result = run(cli.train, args, monkeypatch, capsys, cwd)
+    assert result.code == 0, result.err[-2000:]
+    return result
+
+
+def test_killed_run_resumes_from_last_and_matches_an_uninterrupted_run(tmp_path, monkeypatch,
+                                                                       capsys, one_thread):
+    """The killed run is another process (SIGKILL); the resume and the uninterrupted run are
+    made in this process, through the same command, on as many threads as the killed run."""
     # 16 steps per epoch: step 40 is mid-way through the third epoch, after last.ckpt at step 32.
     kill = ["+callbacks.kill._target_=fault_injection.KillAtStep", "+callbacks.kill.step=40"]
     killed = _train_cli([*SMALL, "trainer.max_epochs=4", *kill], tmp_path)
@@ -34,14 +49,13 @@ def test_killed_run_resumes_from_last_and_matches_an_uninterrupted_run(tmp_path)
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 32
     assert not (run_dir / "results.json").exists()
 
-    resumed = _train_cli([*SMALL, "trainer.max_epochs=4", "ckpt_path=last"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _train_here([*SMALL, "trainer.max_epochs=4", "ckpt_path=last"], tmp_path, monkeypatch,
+                capsys)
     assert list(tmp_path.glob("outputs/*/*")) == [run_dir]  # continued in its own directory
     after_resume = json.loads((run_dir / "results.json").read_text())
 
-    straight = _train_cli([*SMALL, "trainer.max_epochs=4", f"hydra.run.dir={tmp_path / 'ref'}"],
-                          tmp_path)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    _train_here([*SMALL, "trainer.max_epochs=4", f"hydra.run.dir={tmp_path / 'ref'}"],
+                tmp_path, monkeypatch, capsys)
     reference = json.loads((tmp_path / "ref" / "results.json").read_text())
     assert after_resume["train_samples_seen"] == reference["train_samples_seen"] == 4 * 1565
     for key in METRICS:
@@ -53,8 +67,11 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
         build_run(compose_train([*SMALL, "ckpt_path=last"], tmp_path))
 
 
-def test_resuming_with_another_model_names_the_difference_and_the_original_overrides(tmp_path):
-    train(compose_train([*SMALL, "trainer.max_epochs=1"], tmp_path))
+def test_resuming_with_another_model_names_the_difference_and_the_original_overrides(
+        tmp_path, one_thread):
+    # A last.ckpt is all it needs: two steps.
+    train(compose_train([*SMALL, "trainer.max_epochs=1", "+trainer.limit_train_batches=2"],
+                        tmp_path))
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- model.latent=2\n- data=frey\n")
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -111,9 +128,10 @@ def test_nan_loss_stops_the_run_and_saves_a_loadable_last_good_state(tmp_path, s
     assert "test/elbo" not in results and str(saved) in results["message"]
 
 
-def test_same_seed_gives_identical_results(tmp_path):
-    def run(name):
-        return train(compose_train([*SMALL, "trainer.max_epochs=1", "seed=3"], tmp_path / name))
+def test_same_seed_gives_identical_results(tmp_path, one_thread):
+    def train_one(name):  # a few steps: equal results need no more
+        return train(compose_train([*SMALL, "trainer.max_epochs=1", "seed=3",
+                                    "+trainer.limit_train_batches=4"], tmp_path / name))
 
-    first, second = run("a"), run("b")
+    first, second = train_one("a"), train_one("b")
     assert [first[k] for k in METRICS] == [second[k] for k in METRICS]

@@ -15,6 +15,12 @@ SMALL = ["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
          "model.decoder.net.hidden=[32]",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
          "callbacks.figures.n_points=0"]
+# Frey cut to 465 training faces (10 minibatches of 50, the last of 15; the rest held out for
+# test, scored once) with no figures or bound curve (neither is compared): few steps, with the
+# groups, accumulation windows and short last minibatch of a full epoch.
+SHORT = ["data.batch_size=50", "data.val_size=100", "data.test_size=1400",
+         "data.eval_batch_size=500", "~callbacks.figures", "~callbacks.bound_curve"]
+TRAIN = 465
 
 
 @pytest.mark.parametrize("n, batch_size, group", [(1565, 100, 3), (100, 7, 4), (10, 5, 8)])
@@ -34,10 +40,10 @@ def test_grouped_sampler_serves_the_same_minibatches_in_lists(n, batch_size, gro
 @pytest.mark.parametrize("objective", ["elbo", "wake_sleep"])
 def test_k_steps_per_batch_give_the_run_of_one_step_per_batch(tmp_path, objective):
     """Same data, order, binarization and noise: the same parameters, metrics and step count,
-    bit for bit on CPU (Frey: 16 minibatches per epoch, so groups of 3 end with one of 1)."""
+    bit for bit on CPU (SHORT: 10 minibatches per epoch, so groups of 3 end with one of 1)."""
     runs = {}
     for k in (1, 3):
-        cfg = compose_train([*SMALL, f"model/objective={objective}", "trainer.max_epochs=2",
+        cfg = compose_train([*SMALL, *SHORT, f"model/objective={objective}", "trainer.max_epochs=2",
                              "logger=csv", "trainer.log_every_n_steps=2",
                              f"data.steps_per_batch={k}"],
                             tmp_path / str(k))
@@ -47,14 +53,14 @@ def test_k_steps_per_batch_give_the_run_of_one_step_per_batch(tmp_path, objectiv
             losses = [row["train/loss"] for row in csv.DictReader(f) if row.get("train/loss")]
         runs[k] = results, state, losses
     (one, one_state, one_losses), (three, three_state, three_losses) = runs[1], runs[3]
-    assert one["steps"] == three["steps"] == 32 == three_state["global_step"]
-    assert three["train_samples_seen"] == one["train_samples_seen"] == 2 * 1565
+    assert one["steps"] == three["steps"] == 20 == three_state["global_step"]
+    assert three["train_samples_seen"] == one["train_samples_seen"] == 2 * TRAIN
     for key in ("train/elbo", "val/elbo", "val/kl", "test/elbo", "test/recon", "test/kl"):
         assert three[key] == one[key], key
     for name, value in one_state["state_dict"].items():
         assert torch.equal(three_state["state_dict"][name], value), name
     # train/loss reaches the logger: every 2 steps with K = 1, every 2 batches (6 steps) with 3.
-    assert len(one_losses) == 16 and len(three_losses) == 6
+    assert len(one_losses) == 10 and len(three_losses) == 4
 
 
 def test_max_steps_stops_within_a_batch(tmp_path):
@@ -69,7 +75,8 @@ HALVING = ["+model.schedule._target_=vae_lightning.schedules.StagedDecay",
 
 
 def _lr_after(tmp_path, name: str, overrides: list[str]) -> tuple[float, dict]:
-    cfg = compose_train([*SMALL, "logger=none", "trainer.max_epochs=3", *HALVING, *overrides],
+    cfg = compose_train([*SMALL, *SHORT, "logger=none", "trainer.max_epochs=3", *HALVING,
+                         *overrides],
                         tmp_path / name)
     train(cfg)
     state = read_checkpoint(tmp_path / name / "checkpoints" / "last.ckpt")
@@ -101,7 +108,7 @@ def test_gradient_clipping_works_under_manual_optimization(tmp_path, algorithm):
     states = {}
     for name, extra in (("one", clip), ("three", [*clip, "data.steps_per_batch=3"]),
                         ("free", ["data.steps_per_batch=3"])):
-        cfg = compose_train([*SMALL, "logger=none", "trainer.max_epochs=1", *extra],
+        cfg = compose_train([*SMALL, *SHORT, "logger=none", "trainer.max_epochs=1", *extra],
                             tmp_path / name)
         train(cfg)
         states[name] = read_checkpoint(tmp_path / name / "checkpoints" / "last.ckpt")["state_dict"]
@@ -110,7 +117,7 @@ def test_gradient_clipping_works_under_manual_optimization(tmp_path, algorithm):
         assert torch.equal(states["three"][name], value), name
     factor = {}
     for name, extra in (("clipped", clip), ("free", [])):
-        cfg = compose_train([*SMALL, "logger=none", "trainer.max_steps=5",
+        cfg = compose_train([*SMALL, *SHORT, "logger=none", "trainer.max_steps=5",
                              "model/objective=factor_vae", "model.objective.hidden=[8]", *extra],
                             tmp_path / f"factor_{name}")
         train(cfg)
@@ -123,18 +130,19 @@ def test_gradient_clipping_works_under_manual_optimization(tmp_path, algorithm):
 def test_gradient_accumulation_works_under_manual_optimization(tmp_path):
     """trainer.accumulate_grad_batches=3, which Lightning refuses for manual steps: K = 3 and
     K = 5 accumulate as Lightning does for K = 1 (loss / 3 per minibatch, a step every 3
-    minibatches and at the epoch's end: Frey's 16 minibatches give 6 steps an epoch), bit for
-    bit; it is refused, before training, with an objective's own updates."""
+    minibatches and at the epoch's end: SHORT's 10 minibatches give 4 steps an epoch, K = 5's
+    windows crossing its groups), bit for bit; it is refused, before training, with an
+    objective's own updates."""
     states = {}
     for k in (1, 3, 5):
-        cfg = compose_train([*SMALL, "logger=none", "trainer.max_epochs=2",
+        cfg = compose_train([*SMALL, *SHORT, "logger=none", "trainer.max_epochs=2",
                              "trainer.accumulate_grad_batches=3", f"data.steps_per_batch={k}"],
                             tmp_path / str(k))
         results = train(cfg)
-        assert results["steps"] == 12 and results["train_samples_seen"] == 2 * 1565
+        assert results["steps"] == 8 and results["train_samples_seen"] == 2 * TRAIN
         states[k] = read_checkpoint(tmp_path / str(k) / "checkpoints" / "last.ckpt")
     for k in (3, 5):
-        assert states[k]["global_step"] == 12
+        assert states[k]["global_step"] == 8
         for name, value in states[1]["state_dict"].items():
             assert torch.equal(states[k]["state_dict"][name], value), (k, name)
     cfg = compose_train([*SMALL, "model/objective=factor_vae", "model.objective.hidden=[8]",

@@ -4,7 +4,6 @@ computation, the losses' values and the parameters each trains, the bound's KL =
 PixelCNN's causality by autograd, the fitted prior's round trip, and training on MNIST."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -247,41 +246,42 @@ def test_the_preset_trains_on_mnist_and_the_loss_falls(tmp_path, one_thread):
     assert torch.allclose(bound.kl, torch.full_like(bound.kl, 49 * math.log(64)))
 
 
-def test_vae_eval_reports_the_bound_with_the_fitted_pixelcnn_prior(tmp_path):
+def test_vae_eval_reports_the_bound_with_the_fitted_pixelcnn_prior(tmp_path, monkeypatch, capsys,
+                                                                   one_thread):
     """vae-eval eval.fitted_prior=pixelcnn: refused, naming the command that fits it, before
     vae-sample has fitted one; afterwards eval.json holds the bound with the fitted prior,
-    recon + log p(k(x)) per image, beside the uniform prior's recon - P log K."""
+    recon + log p(k(x)) per image, beside the uniform prior's recon - P log K. (vae-train,
+    vae-eval and vae-sample run in this process, through their entry points.)"""
     import json
-    import subprocess
-    import sys
 
-    from compose import REPO, mnist_like
+    from compose import mnist_like
+    from test_hostile import run as run_command
+
+    from vae_lightning import cli
 
     root = mnist_like(tmp_path / "data", train=300, test=100)
     run = tmp_path / "run"
 
-    def command(script, *args):
-        return subprocess.run([sys.executable, *script, *args], cwd=tmp_path, text=True,
-                              capture_output=True, timeout=600,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    def command(app, *args):
+        return run_command(app, list(args), monkeypatch, capsys, tmp_path)
 
-    trained = command([str(REPO / "train.py")], "experiment=vq_vae_mnist", f"data.root={root}",
+    trained = command(cli.train, "experiment=vq_vae_mnist", f"data.root={root}",
                       "data.val_size=50", "trainer.max_steps=5", "callbacks.figures=null",
                       "callbacks.bound_curve=null",
                       "model.encoder.posterior.codes=8", f"hydra.run.dir={run}")
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert trained.code == 0, trained.err[-2000:]
     ckpt = run / "checkpoints" / "last.ckpt"
-    evaluate = [str(REPO / "eval.py"), f"ckpt_path={ckpt}", "eval.k=1",
-                "eval.fitted_prior=pixelcnn", f"eval.data_root={root}"]
-    refused = command(evaluate)
-    assert refused.returncode == 2 and "sampler=pixelcnn" in refused.stderr, refused.stderr
-    fitted = command(["-m", "vae_lightning.sample"], f"ckpt_path={ckpt}", "sampler=pixelcnn",
+    evaluate = [f"ckpt_path={ckpt}", "eval.k=1", "eval.fitted_prior=pixelcnn",
+                f"eval.data_root={root}"]
+    refused = command(cli.evaluate, *evaluate)
+    assert refused.code == 2 and "sampler=pixelcnn" in refused.err, refused.err
+    fitted = command(cli.sample, f"ckpt_path={ckpt}", "sampler=pixelcnn",
                      "samplers.pixelcnn.epochs=1", "samplers.pixelcnn.layers=2",
                      "samplers.pixelcnn.channels=8", "n=4", f"data_root={root}")
-    assert fitted.returncode == 0, fitted.stderr[-2000:]
-    done = command(evaluate)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "with the fitted pixelcnn prior" in done.stdout
+    assert fitted.code == 0, fitted.err[-2000:]
+    done = command(cli.evaluate, *evaluate)
+    assert done.code == 0, done.err[-2000:]
+    assert "with the fitted pixelcnn prior" in done.out
     results = json.loads((run / "eval.json").read_text())
     with_prior = results["fitted_prior"]["elbo"]
     assert math.isfinite(with_prior["nats"]) and with_prior["bits_per_dim"] > 0

@@ -113,7 +113,7 @@ def test_settings_wake_sleep_cannot_honour_are_config_errors(override, key, tmp_
 
 def test_wake_sleep_frey_preset_trains_and_improves_the_bound(tmp_path):
     cfg = compose_train(["experiment=wake_sleep_frey", "model.latent=2",
-                         "trainer.max_samples=2e4", "logger=none", *QUIET], tmp_path)
+                         "trainer.max_samples=1e4", "logger=none", *QUIET], tmp_path)
     assert cfg.model.objective._target_.endswith("WakeSleep")
     assert (cfg.model.optimizer.lr, cfg.data.scale, cfg.model.encoder.net.hidden) == (
         0.01, 256, [200])
@@ -124,7 +124,8 @@ def test_wake_sleep_frey_preset_trains_and_improves_the_bound(tmp_path):
     with torch.no_grad():  # the bound of the untrained model
         untrained = model.bound(datamodule.evaluation_data("test")).elbo.mean().item()
     results = train(cfg)
-    assert results["method"] == "wake_sleep" and 20000 <= results["train_samples_seen"] < 20100
+    assert results["method"] == "wake_sleep" and 10000 <= results["train_samples_seen"] < 10100
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert curve["method"] == "wake_sleep"
-    assert curve["points"][-1]["test/elbo"] > untrained + 500  # nats: about -530 to above 500
+    # nats: about -530 to above 500 (1e4 samples: about +550, a margin of ~575 nats over the 500)
+    assert curve["points"][-1]["test/elbo"] > untrained + 500

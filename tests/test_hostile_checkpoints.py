@@ -132,11 +132,21 @@ def test_a_data_shape_that_is_not_the_networks_is_refused(finished, tmp_path, mo
         return checkpoint
 
     run_dir = _tampered(finished, tmp_path, change)
+    zeros, allocated = torch.zeros, []
+
+    def spy(*size, **kwargs):  # the sizes of the real (not meta) tensors of zeros made
+        tensor = zeros(*size, **kwargs)
+        if not tensor.is_meta:
+            allocated.append(tensor.numel())
+        return tensor
+
+    monkeypatch.setattr(torch, "zeros", spy)
     result = _eval([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], tmp_path, monkeypatch,
                    capsys)
     no_traceback(result)
     assert result.code == 2 and "data_shape=[1000, 1000, 1000]" in result.err
     assert not (run_dir / "eval.json").exists()
+    assert max(allocated, default=0) < 1000**3  # refused without making the 4 GB image
 
 
 def test_networks_larger_than_their_weights_are_refused_before_allocation(

@@ -7,7 +7,9 @@ onto the device a command names (``device_of``).
 
 from __future__ import annotations
 
+import copy
 import functools
+import math
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -189,24 +191,47 @@ def check_fit(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                               f"builds ({'; '.join(problems[:8])}). {USE_ANOTHER}")
 
 
+CHECKED_IMAGE_SIZE = 2**24  # values in one image the data-shape check may allocate (64 MiB)
+
+
 @torch.no_grad()
 def _check_data_shape(model: torch.nn.Module, path: str | Path) -> None:
     """The model's ``data_shape`` (what bits/dim and evaluation read) must be what its encoder
-    takes and its decoder gives: one image of that shape through both."""
+    takes and its decoder gives: one image of that shape through both. The shape is the file's,
+    and one image of a shape such as [1000, 1000, 1000] would take 4 GB before the check could
+    refuse it, so the image goes first through a copy of the model on PyTorch's meta device
+    (shapes only, nothing allocated); where a part cannot run there (some distributions' code
+    reads values), through the model itself, only for an image of at most
+    ``CHECKED_IMAGE_SIZE`` values (the largest data sets served have 3 * 64 * 64)."""
     if model.data_shape is None:
         return
     shape = tuple(model.data_shape)
-    try:
-        with model.given(torch.zeros(1, dtype=torch.int64)):  # class 0, if conditional
-            q = model.encoder(torch.zeros(1, *shape))
-            event = tuple(model.decoder(model.encoder.location(q)).event_shape)
-    except (RuntimeError, ValueError) as err:
-        event = f"an error ({_reason(err)})"
+    event = _event_shape(copy.deepcopy(model).to("meta"), shape, "meta")
+    if isinstance(event, str):  # the meta device could not run it
+        if math.prod(shape) > CHECKED_IMAGE_SIZE:
+            raise CheckpointError(
+                f"Checkpoint {path}: its model.data_shape={list(shape)} does not pass through "
+                f"its networks on PyTorch's meta device ({event}), and an image of "
+                f"{math.prod(shape)} values is more than the check tries in memory "
+                f"({CHECKED_IMAGE_SIZE}); the file is inconsistent, so nothing is computed from "
+                f"it. {USE_ANOTHER}")
+        event = _event_shape(model, shape, "cpu")
     if event != shape:
         raise CheckpointError(
             f"Checkpoint {path}: its model.data_shape={list(shape)} is not the shape of the "
             f"images its networks were built for (the decoder gives {event}); the file is "
             f"inconsistent, so nothing is computed from it. {USE_ANOTHER}")
+
+
+def _event_shape(model: torch.nn.Module, shape: tuple[int, ...], device: str) -> tuple | str:
+    """The event shape of the decoder's distribution at the encoder's location for one image of
+    ``shape`` (zeros, class 0 for a conditional model), or the error it raised, in words."""
+    try:
+        with model.given(torch.zeros(1, dtype=torch.int64, device=device)):
+            q = model.encoder(torch.zeros(1, *shape, device=device))
+            return tuple(model.decoder(model.encoder.location(q)).event_shape)
+    except (RuntimeError, ValueError, NotImplementedError) as err:
+        return f"an error ({_reason(err)})"
 
 
 def device_of(key: str, device: str) -> torch.device:

@@ -186,6 +186,20 @@ def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path,
     assert f"| ≥ {hours:.2f} h |" in text
 
 
+def test_run_starts_the_command_in_a_new_python_with_its_output_in_the_log(tmp_path, monkeypatch):
+    """``bench._run`` itself (the test above runs the command in this process instead): a new
+    Python given ``COMMAND`` for the command and the arguments as its ``sys.argv``, its stdout
+    and stderr appended to the row's log, its exit code returned. The command here is a stand-in
+    that prints what it got (the real one, ``COMMAND``, is executed by the test above)."""
+    stand_in = ("import sys; print('{0}', sys.argv[1:]); print('to stderr', file=sys.stderr); "
+                "sys.exit(len(sys.argv) - 1)")
+    monkeypatch.setattr(bench, "COMMAND", stand_in)
+    log = tmp_path / "row.log"
+    log.write_text("earlier\n")
+    assert bench._run("train", ["experiment=bench/vae", "seed=3"], log) == 2
+    assert log.read_text() == "earlier\ntrain ['experiment=bench/vae', 'seed=3']\nto stderr\n"
+
+
 def test_an_unknown_row_is_one_error_line():
     with pytest.raises(SystemExit, match="no benchmark row 'nope'"):
         bench.run("nope")

@@ -202,7 +202,8 @@ def _check_data_shape(model: torch.nn.Module, path: str | Path) -> None:
     refuse it, so the image goes first through a copy of the model on PyTorch's meta device
     (shapes only, nothing allocated); where a part cannot run there (some distributions' code
     reads values), through the model itself, only for an image of at most
-    ``CHECKED_IMAGE_SIZE`` values (the largest data sets served have 3 * 64 * 64)."""
+    ``CHECKED_IMAGE_SIZE`` values (2^24, a 3 x 2048 x 2048 image: more than any built-in data set's,
+    and a ``data=folder`` model of larger images is refused only if the meta device fails it)."""
     if model.data_shape is None:
         return
     shape = tuple(model.data_shape)

@@ -149,10 +149,16 @@ _claims: dict[str, Claim] = {}
 _locks: dict[str, int] = {}  # the locked directories' descriptors, open until ``release``
 
 
+def _key(directory: str | Path) -> str:
+    """A directory's key in ``_claims`` and ``_locks``: its resolved path, so that two spellings
+    of one directory share one claim."""
+    return str(Path(directory).resolve())
+
+
 def claim(directory: str | Path) -> Claim:
     """Lock ``directory`` (created if needed) for this process, once; later calls return the
     first call's answer. A DDP rank started by Lightning (LOCAL_RANK > 0) shares rank 0's."""
-    key = str(Path(directory).resolve())
+    key = _key(directory)
     if key not in _claims:
         if int(os.environ.get("LOCAL_RANK", "0")) > 0:
             _claims[key] = Claim(False, False)
@@ -178,7 +184,7 @@ def release(directory: str | Path | None) -> None:
     the directory sees the run this job left there."""
     if directory is None:
         return
-    key = str(Path(directory).resolve())
+    key = _key(directory)
     _claims.pop(key, None)
     fd = _locks.pop(key, None)
     if fd is not None:

@@ -1,7 +1,23 @@
 """Fixtures shared by the test modules."""
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker takes its share of the cores for torch's threads (the
+    rule ``sweeps.threads_per_job`` applies to a sweep's jobs), and so do the commands a test
+    starts in a new process (``OMP_NUM_THREADS``, unless the caller set it): with torch's
+    default, every worker ran as many threads as there are cores, and the workers' threads
+    contended for them."""
+    from vae_lightning.sweeps import share_of_cores
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = os.environ.setdefault("OMP_NUM_THREADS", str(share_of_cores(workers)))
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture

@@ -84,10 +84,16 @@ def threads_per_job() -> int | None:
     launcher = HydraConfig.get().launcher
     if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     jobs = launcher.get("n_jobs") or -1
-    jobs = cores if jobs < 0 else jobs
-    return max(1, (cores or 1) // max(1, jobs))
+    return share_of_cores(jobs)
+
+
+def share_of_cores(jobs: int) -> int:
+    """One of ``jobs`` processes' share of the cores this process may run on (all of them for
+    ``jobs`` < 1), at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    return max(1, cores // (cores if jobs < 1 else jobs))
 
 
 class _Sweep(NamedTuple):

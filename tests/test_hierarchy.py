@@ -172,6 +172,8 @@ def test_the_two_layer_preset_trains_on_mnist_and_is_evaluated(tmp_path, monkeyp
                          "trainer.max_epochs=1", "+trainer.limit_train_batches=300",
                          "+trainer.limit_val_batches=5", "+trainer.limit_test_batches=5",
                          "trainer.enable_progress_bar=false", "callbacks.figures=null",
+                         "callbacks.bound_curve=null",  # Fig. 2's whole-split bounds: not read
+                         "data.val_size=1000",  # the initial bound's split (all of it): smaller
                          "logger=csv"], output_dir=tmp_path)
     train(cfg)
     import csv

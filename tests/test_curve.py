@@ -18,7 +18,7 @@ from vae_lightning.rebuild import load_model
 from vae_lightning.train import build_run, train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-         "logger=none", "callbacks.figures.n_points=0"]
+         "logger=none", "callbacks.figures=null"]
 
 
 def _frey(tmp_path, *overrides):

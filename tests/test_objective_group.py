@@ -10,7 +10,7 @@ from vae_lightning.config_checks import check
 from vae_lightning.train import train
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-         "callbacks.figures.n_points=0"]
+         "callbacks.figures=null"]
 TINY = ["model.latent=2", "model.encoder.net.hidden=[16]", "model.decoder.net.hidden=[16]"]
 # Each new option, with what keeps its check small (the YAML's other settings stand).
 OPTIONS = {

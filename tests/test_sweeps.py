@@ -16,7 +16,7 @@ from vae_lightning.reports.summarize import summarize
 from vae_lightning.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-         "callbacks.figures.n_points=0", "logger=none"]
+         "callbacks.figures=null", "logger=none"]
 TINY = ["model.latent=2", "model.encoder.net.hidden=[16]", "model.decoder.net.hidden=[16]",
         "trainer.max_epochs=1", *QUIET]
 

@@ -54,7 +54,7 @@ def _train(tmp_path, monkeypatch, *overrides):
     torch.manual_seed(0)  # the critic's initial weights (a config-built one is built seeded)
     objective = WithCritic()
     monkeypatch.setattr("vae_lightning.objectives.elbo.ELBO", lambda **kw: objective)
-    cfg = compose_train(["model.latent=2", "logger=none", "callbacks.figures.n_points=0",
+    cfg = compose_train(["model.latent=2", "logger=none", "callbacks.figures=null",
                          "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
                          "trainer.limit_test_batches=1", *overrides], tmp_path)
     return train(cfg), objective

@@ -89,8 +89,8 @@ def threads_per_job() -> int | None:
 
 
 def share_of_cores(jobs: int) -> int:
-    """One of ``jobs`` processes' share of the cores this process may run on (all of them for
-    ``jobs`` < 1), at least one."""
+    """The threads for each of ``jobs`` processes sharing the cores this process may run on, at
+    least one; ``jobs`` < 1 means one process per core (joblib's ``n_jobs=-1``)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
     return max(1, cores // (cores if jobs < 1 else jobs))

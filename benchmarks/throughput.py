@@ -15,6 +15,10 @@ binarization of every training batch on all sides, and the optimizer of the comp
   (c_K) ours_kK = (c) with data.steps_per_batch=K (--steps-per-batch, default 8): each
       Lightning batch is K minibatches of 128 and takes K optimizer steps in one training_step,
       so that Lightning's per-batch cost is paid once every K steps;
+  (d) lightning = hand_elbo's model and maths in the plain LightningModule a Lightning user
+      writes (training_step returns the loss; batches as (a) slices them, binarized in the step;
+      the Trainer with no logger, checkpoint, progress bar or model summary), paired like (c):
+      Lightning's own per-step cost, the floor of any framework built on its automatic loop;
   hand_elbo = loop (a) with the ELBO written by hand as in the PyTorch VAE example (plain
       nn.Sequential, BCE-with-logits summed, closed-form Gaussian KL, over the batch size):
       what the torch.distributions maths of VAE.bound costs;
@@ -235,8 +239,10 @@ class StepTimer(L.Callback):
     (manual optimization) the backward hooks fire K times a batch and no hook follows an update,
     so the rest is one phase: steps = to ``on_train_batch_end`` (the K steps and the hooks)."""
 
-    def __init__(self, path: str, start: int = 0, stop: int = 0) -> None:
+    def __init__(self, path: str, start: int = 0, stop: int = 0,
+                 x: torch.Tensor | None = None) -> None:
         self.path, self.start, self.stop = Path(path), start, stop
+        self.x = x  # the hand loops' [N, 784] training data (default: the data module's split)
         self.record: dict[str, Any] = {}
         self.hands: dict[str, HandLoop] = {}  # "hand" (a) and "hand_elbo", stepped in turn
         self.seconds: dict[str, float] = {}  # the timed batches' phases
@@ -260,7 +266,8 @@ class StepTimer(L.Callback):
             self.path.write_text(json.dumps(self.record))
             if self.start < self.stop:
                 dm, device = trainer.datamodule, pl_module.device
-                x = dm.splits["train"][0].flatten(1).to(device).float() / dm.scale
+                x = (self.x if self.x is not None else
+                     dm.splits["train"][0].flatten(1).to(device).float() / dm.scale)
                 self.hands = {name: HandLoop(hand_batches(x), device, pl_module.optimizer,
                                              hand_elbo=name == "hand_elbo")
                               for name in HAND_SIDES}
@@ -319,6 +326,34 @@ def ours(common: list[str], output_dir: Path, warmup: int, steps: int,
                  f"++trainer.max_steps={warmup + steps + 1}", *timer(record),
                  f"+callbacks.timer.start={warmup}", f"+callbacks.timer.stop={warmup + steps}"]
     train(compose_train(overrides, output_dir))
+    return json.loads(record.read_text())
+
+
+class BareLightning(L.LightningModule):
+    """(d): hand_elbo's model and loss in a plain LightningModule, with the same optimizer."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        super().__init__()
+        self.model, self.optimizer = HandVAE(), optimizer
+
+    def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.model.loss((torch.rand_like(x) < x).float())  # dynamic binarization
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer(self.parameters())
+
+
+def bare_lightning(x: torch.Tensor, optimizer: Optimizer, output_dir: Path, warmup: int,
+                   steps: int) -> dict[str, Any]:
+    """Samples/s of (d) and of the hand loops paired with it step by step (see StepTimer)."""
+    output_dir.mkdir(parents=True)
+    record = output_dir / "timer.json"
+    trainer = L.Trainer(
+        accelerator="gpu" if x.is_cuda else "cpu", devices=1, max_steps=warmup + steps + 1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=output_dir,
+        callbacks=[StepTimer(str(record), warmup, warmup + steps, x=x)])
+    trainer.fit(BareLightning(optimizer), train_dataloaders=hand_batches(x))
     return json.loads(record.read_text())
 
 
@@ -412,7 +447,9 @@ def main() -> None:
             measured = round_robin(loops, args.warmup, args.steps)
             for name in ("loader", "hand_elbo", "hand_unfused"):
                 ratios.setdefault(f"{name}/hand", []).append(measured[name] / measured["hand"])
-            runs = {"ours": ours(common, tmp / f"run{r}", args.warmup, args.steps)}
+            runs = {"ours": ours(common, tmp / f"run{r}", args.warmup, args.steps),
+                    "lightning": bare_lightning(x_device, optimizer, tmp / f"bare{r}",
+                                                args.warmup, args.steps)}
             if k > 1:
                 runs[side_k] = ours(common, tmp / f"run{r}_k{k}", *window_k, k)
             for side, run in runs.items():
@@ -462,9 +499,9 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "what": "training samples/s, 784-400-20 MLP VAE, batch 128, Bernoulli, Adam, MNIST-sized; "
-                "sides stepped in turn, (c) and (c_K) (data.steps_per_batch=K) each paired "
-                "with its own copies of (a) and hand_elbo; (c_K)'s phases: data and steps (the K "
-                "steps) only",
+                "sides stepped in turn, (c), (c_K) (data.steps_per_batch=K) and (d) (a bare "
+                "LightningModule with hand_elbo's maths) each paired with its own copies of (a) "
+                "and hand_elbo; (c_K)'s phases: data and steps (the K steps) only",
         "device": torch.cuda.get_device_name() if gpu else platform.processor()
         or platform.machine(),
         "cpu_count": os.cpu_count(),

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 from compose import REPO, compose_train
 from test_hostile import run
 
-from vae_lightning import cli
+from vae_lightning import cli, rundir
 from vae_lightning.checkpoints import read_checkpoint
+from vae_lightning.errors import ConfigError
 from vae_lightning.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -54,6 +56,28 @@ def test_training_on_frey_face_raises_the_validation_bound(tmp_path):
     assert saved["checkpoint"].endswith(".ckpt")
     # last.ckpt is the final epoch's state, whether or not that epoch was the best.
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 3
+
+
+def test_train_from_python_ends_its_claim_so_a_second_fresh_run_is_refused(tmp_path):
+    """``train(cfg)`` called from Python (not through the command) twice into one directory in
+    one process: the first call's claim on the directory ends with it, so a second fresh run is
+    refused as it would be from a new process (it used to find the first claim's stale answer,
+    "no run here", and train over the first run); a resume of it goes on; no lock is left."""
+    overrides = ["data=frey", "model.latent=2", "logger=none", "callbacks.figures=null",
+                 "callbacks.bound_curve=null", *QUIET]
+    train(compose_train([*overrides, "trainer.max_epochs=1"], tmp_path))
+    assert not rundir.claimed(tmp_path)
+    first = (tmp_path / "results.json").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(compose_train([*overrides, "trainer.max_epochs=1"], tmp_path))
+    assert (tmp_path / "results.json").read_text() == first  # nothing rewritten
+    resumed = train(compose_train([*overrides, "trainer.max_epochs=2", "ckpt_path=last"],
+                                  tmp_path))
+    assert resumed["epochs"] == 2
+    assert not rundir.claimed(tmp_path)
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.islink(f"/proc/self/fd/{fd}")]
+    assert str(tmp_path.resolve()) not in held
 
 
 def test_training_without_validation_or_test_batches_still_writes_results(tmp_path):

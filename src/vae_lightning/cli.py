@@ -55,7 +55,13 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
     from vae_lightning import rundir, sweeps
 
     sweep = sweeps.in_sweep() and run_dir is not None
+    # The job's claim on its directory, taken before it runs (Hydra's record resolver has
+    # usually taken it already): whether the directory held a run before this job, which decides
+    # where a failed job's status goes, and the claim ``task`` finds held (train.train then
+    # leaves ending it to this function).
+    found = None
     try:
+        found = rundir.claim(run_dir) if run_dir is not None else None
         console.one_log_line_per_record()
         console.quiet(cfg)
         result = task()
@@ -72,7 +78,7 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
                 log.exception("The job failed with an unexpected error (a bug):")
             message = str(failure or f"{type(err).__name__}: {err}")
             code = failure.exit_code if failure is not None else 1
-            if not rundir.claim(run_dir).had_run:
+            if found is not None and not found.had_run:
                 sweeps.record_failure(run_dir, getattr(failure, "status", "error"), message, code,
                                       overrides=sweeps.overrides())
             log.error("The job failed (%s, exit code %d); the sweep goes on: %s",

@@ -177,6 +177,11 @@ def claim(directory: str | Path) -> Claim:
     return _claims[key]
 
 
+def claimed(directory: str | Path) -> bool:
+    """Whether this process holds a claim on ``directory`` (``claim``, not yet ``release``d)."""
+    return _key(directory) in _claims
+
+
 def release(directory: str | Path | None) -> None:
     """End this process's claim on ``directory`` (its job has ended): unlock and close it, and
     forget the claim, so that a process that runs many jobs (a sweep's jobs in one process,

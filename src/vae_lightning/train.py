@@ -106,7 +106,20 @@ def _instantiate_all(group: DictConfig | None, key: str,
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build the run, train (or resume), evaluate the best checkpoint on val and test; return
-    the results. Nothing is written into the run directory before every check has passed."""
+    the results. Nothing is written into the run directory before every check has passed.
+
+    Called from Python (not through the command, which claims the run directory before and
+    ends its claim after the job), the claim this call takes on the directory ends with it, so
+    that a later call into the same directory finds the run this one left there."""
+    own_claim = not rundir.claimed(cfg.output_dir)
+    try:
+        return _train(cfg)
+    finally:
+        if own_claim:
+            rundir.release(cfg.output_dir)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     rundir.guard(cfg.output_dir, resuming=cfg.get("ckpt_path"))
     datamodule, model, resume_from, checkpoint, record = build_run(cfg)
     datamodule.prepare_data()  # find or download the files, then read every split (the test

@@ -1,12 +1,15 @@
 """Config composition for every group option, the signature-driven check, and rejection of bad
 configs before training with a message naming the key, the value and what is accepted."""
 
+import os
+
 import pytest
 import torch
 from compose import CONF, PAIR_MODEL, compose_train
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from vae_lightning import run_checks
 from vae_lightning.args import ArgumentError, PositiveInt, Range, accepts, checked, problems
 from vae_lightning.config_checks import check
 from vae_lightning.errors import ConfigError
@@ -95,6 +98,27 @@ def test_bernoulli_on_grayscale_pixels_is_warned_about(overrides, warned, tmp_pa
         assert "data.binarize=dynamic" not in caplog.text and "gaussian" in caplog.text
     if warned and "data=mnist" in overrides:
         assert "data.binarize=dynamic" in caplog.text
+
+
+@pytest.mark.parametrize("threads,load,wait_policy,warned", [
+    (2, 5.3, None, True),  # two threads on 2 cores that other processes keep busy
+    (2, 0.4, None, False),  # idle cores
+    (2, 5.3, "PASSIVE", False),  # the threads sleep instead of spinning
+    (1, 5.3, None, False),  # one thread: nothing waits for another
+])
+def test_several_threads_on_busy_cores_are_warned_about(threads, load, wait_policy, warned,
+                                                        monkeypatch, caplog):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(run_checks, "available_cores", lambda: 2)
+    if wait_policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", wait_policy)
+    run_checks.warn_about_busy_cores()
+    assert ("OMP_WAIT_POLICY=PASSIVE" in caplog.text) == warned
+    if warned:
+        assert "load average 5.3 on 2 cores" in caplog.text and "2 threads" in caplog.text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")

@@ -1,11 +1,13 @@
 """What a run is checked for before its first step, each a refusal in one line (or, for a
-likelihood that does not fit the data, a warning): the labels a conditional model takes, the
-data a resumed run started with, a run already complete, and parameters that cannot fit in
-memory (counted on PyTorch's meta device, which allocates nothing)."""
+likelihood that does not fit the data and for threads on busy cores, a warning): the labels a
+conditional model takes, the data a resumed run started with, a run already complete, and
+parameters that cannot fit in memory (counted on PyTorch's meta device, which allocates
+nothing)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from vae_lightning.config import instantiate_node
 from vae_lightning.errors import CheckpointError, ConfigError, NothingToDo
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import PARTS
+from vae_lightning.sweeps import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +154,22 @@ def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> 
         "model/likelihood=%s on grayscale pixels (data.binarize=none): its log-likelihood of "
         "non-binary data is not normalised, so the bound is not a log probability in nats. "
         "Use %s.", type(likelihood).__name__.lower(), fix)
+
+
+def warn_about_busy_cores() -> None:
+    """Warn, in one line, when torch will run several threads on cores that other processes
+    keep busy: the OpenMP threads of each operation spin while they wait for the slowest of
+    them, so a thread that the system has paused for another process stalls the others, and
+    training can run an order of magnitude slower (docs/benchmarks.md, "Busy cores"). Nothing is
+    changed: on idle cores the spinning is what makes several threads fast."""
+    threads = torch.get_num_threads()
+    if threads < 2 or "OMP_WAIT_POLICY" in os.environ or not hasattr(os, "getloadavg"):
+        return
+    cores, load = available_cores(), os.getloadavg()[0]
+    if load < cores - threads + 1:  # less than one core's worth of other work
+        return
+    log.warning(
+        "The cores are busy (load average %.1f on %d cores) and torch runs %d threads, whose "
+        "OpenMP workers spin while waiting for each other: training may run many times slower "
+        "than on idle cores. Run with OMP_WAIT_POLICY=PASSIVE (or fewer threads, "
+        "OMP_NUM_THREADS=1) in the environment, or free the cores.", load, cores, threads)

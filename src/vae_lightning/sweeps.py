@@ -88,11 +88,16 @@ def threads_per_job() -> int | None:
     return share_of_cores(jobs)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def share_of_cores(jobs: int) -> int:
     """The threads for each of ``jobs`` processes sharing the cores this process may run on, at
     least one; ``jobs`` < 1 means one process per core (joblib's ``n_jobs=-1``)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = available_cores()
     return max(1, cores // (cores if jobs < 1 else jobs))
 
 

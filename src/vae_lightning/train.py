@@ -139,6 +139,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                                callbacks=callbacks, **manual)
     if (threads := threads_per_job()) is not None:
         torch.set_num_threads(threads)
+    run_checks.warn_about_busy_cores()
     try:
         results = _fit_and_test(cfg, trainer, datamodule, model, resume_from)
     except (NonFiniteLossError, Interrupted) as err:  # the run's status, and its curve so far

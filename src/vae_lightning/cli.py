@@ -235,8 +235,10 @@ def _evaluate(cfg: DictConfig) -> float:
 
     def task() -> float:
         from vae_lightning.config import instantiate_node
+        from vae_lightning.run_checks import warn_about_busy_cores
 
         _check_with_checkpoint(cfg, "vae-eval ckpt_path=<run>/checkpoints/last.ckpt")
+        warn_about_busy_cores()  # as training: an evaluation with k = 5000 runs long
         results = instantiate_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.get("output_dir"))
         for name in ("elbo", "iw"):
             est = results[name]

@@ -160,8 +160,8 @@ def warn_about_busy_cores() -> None:
     """Warn, in one line, when torch will run several threads on cores that other processes
     keep busy: the OpenMP threads of each operation spin while they wait for the slowest of
     them, so a thread that the system has paused for another process stalls the others, and
-    training can run an order of magnitude slower (docs/benchmarks.md, "Busy cores"). Nothing is
-    changed: on idle cores the spinning is what makes several threads fast."""
+    training or an evaluation can run an order of magnitude slower (docs/benchmarks.md, "Busy
+    cores"). Nothing is changed: on idle cores the spinning is what makes several threads fast."""
     threads = torch.get_num_threads()
     if threads < 2 or "OMP_WAIT_POLICY" in os.environ or not hasattr(os, "getloadavg"):
         return
@@ -170,6 +170,6 @@ def warn_about_busy_cores() -> None:
         return
     log.warning(
         "The cores are busy (load average %.1f on %d cores) and torch runs %d threads, whose "
-        "OpenMP workers spin while waiting for each other: training may run many times slower "
+        "OpenMP workers spin while waiting for each other: this run may take many times longer "
         "than on idle cores. Run with OMP_WAIT_POLICY=PASSIVE (or fewer threads, "
         "OMP_NUM_THREADS=1) in the environment, or free the cores.", load, cores, threads)

@@ -4,6 +4,7 @@ estimate is >= the ELBO and rises with k, and eval.py writes eval.json from a re
 import copy
 import json
 import math
+import os
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -198,6 +199,22 @@ def test_eval_cli_reports_a_corrupt_checkpoint_without_traceback(tmp_path, monke
     assert proc.code == 2
     assert "corrupt" in proc.err, proc.err
     no_traceback(proc)
+
+
+def test_the_eval_command_warns_about_threads_on_busy_cores(checkpoint, tmp_path, monkeypatch,
+                                                             capsys):
+    """vae-eval, like vae-train, says in one line before it starts that torch's threads will
+    spin on busy cores (run_checks.warn_about_busy_cores), and evaluates as usual."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 6.0, 6.0))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    proc = run(cli.evaluate, [f"ckpt_path={checkpoint}", "eval.k=2", "eval.limit=20",
+                              "eval.device=cpu", f"output_dir={tmp_path}",
+                              f"hydra.run.dir={tmp_path / 'log'}"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 0, proc.err[-2000:]
+    shown = proc.out + proc.err
+    assert shown.count("The cores are busy (load average 6.0") == 1
+    assert "OMP_WAIT_POLICY=PASSIVE" in shown and "test   iw:" in shown
 
 
 def test_active_units_count_the_latent_dimensions_whose_posterior_mean_varies(trained):

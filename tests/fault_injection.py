@@ -29,3 +29,26 @@ class NaNInputAtStep(L.Callback):
         minibatches = [batch] if isinstance(batch[0], torch.Tensor) else batch
         if 0 <= self.step - trainer.global_step < len(minibatches):
             minibatches[self.step - trainer.global_step][0][0, 0] = float("nan")
+
+
+class SigtermAt(L.Callback):
+    """Send this process SIGTERM once from ``hook`` of the Trainer call ``fn`` (fit, validate,
+    test): where Lightning's loops no longer look for the signal (after the last epoch's check,
+    at the end of an evaluation), so that only the command's own check sees it."""
+
+    def __init__(self, fn: str, hook: str) -> None:
+        self.fn, self.hook, self.sent = fn, hook, False
+
+    def _maybe(self, trainer, hook: str) -> None:
+        if not self.sent and trainer.state.fn == self.fn and hook == self.hook:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._maybe(trainer, "on_train_end")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._maybe(trainer, "on_validation_end")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._maybe(trainer, "on_test_end")

@@ -212,6 +212,27 @@ def test_sigterm_while_a_sweep_s_job_starts_ends_with_its_status_and_the_count(t
     assert not (sweep / "1").exists()
 
 
+@pytest.mark.parametrize("fn, hook", [("fit", "on_train_end"),
+                                      ("validate", "on_validation_end"),
+                                      ("test", "on_test_end")])
+def test_sigterm_where_lightning_no_longer_looks_still_ends_the_sweep(fn, hook, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Lightning's loops look for SIGTERM between steps and epochs and forget it when their
+    Trainer call ends: one that arrives after the last epoch's check, or in an evaluation's last
+    batch, must still end the job (exit code 143, status interrupted) and the sweep."""
+    sweep = tmp_path / "sweep"
+    result = run(cli.train, ["-m", *TINY, "model.latent=2,3", f"hydra.sweep.dir={sweep}",
+                             "+callbacks.term._target_=fault_injection.SigtermAt",
+                             f"+callbacks.term.fn={fn}", f"+callbacks.term.hook={hook}"],
+                 monkeypatch, capsys, tmp_path)
+    assert result.code == 143, result
+    assert "Stopped by SIGTERM" in one_error_line(result)
+    results = json.loads((sweep / "0" / "results.json").read_text())
+    assert (results["status"], results["exit_code"]) == ("interrupted", 143)
+    assert "test/elbo" not in results
+    assert not (sweep / "1").exists()
+
+
 def test_sigterm_before_a_run_trains_ends_with_the_line_and_leaves_nothing(tmp_path):
     run_dir = tmp_path / "outputs" / "run"
     proc = _start([*TINY, f"hydra.run.dir={run_dir}"], tmp_path)

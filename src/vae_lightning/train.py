@@ -216,9 +216,10 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
     evaluate = {"datamodule": datamodule, "ckpt_path": best or None, "verbose": False}
     with _signals_end_the_run(cfg, trainer):  # none of a split with limit_*_batches=0
         val = next(iter(trainer.validate(model, weights_only=True, **evaluate)), {})
-        # validate loaded the chosen weights into the model (even with no validation data to
-        # score): test them without loading again
-        evaluate["ckpt_path"] = None
+    # validate loaded the chosen weights into the model (even with no validation data to
+    # score): test them without loading again
+    evaluate["ckpt_path"] = None
+    with _signals_end_the_run(cfg, trainer):
         test = next(iter(trainer.test(model, weights_only=True, **evaluate)), {})
 
     choices_ = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
@@ -252,7 +253,13 @@ def _signals_end_the_run(cfg: DictConfig, trainer: L.Trainer):
     the run resumes exactly), and on Ctrl-C at once (``last.ckpt`` then holds the last epoch's
     end); both leave the Trainer with a ``SystemExit``, of exit code 0 for SIGTERM. Here either
     ends the run with exit code 128 + the signal and the command to resume; its results.json
-    records the status ``interrupted`` and the curve so far, no test results."""
+    records the status ``interrupted`` and the curve so far, no test results.
+
+    Lightning looks for SIGTERM only between steps, epochs and evaluation batches, and forgets
+    it at its next Trainer call: one that arrives after the last epoch's check (in
+    ``on_train_end``, while the loop tears down) or in an evaluation's last batch lets the call
+    return as if nothing happened. So each Trainer call is wrapped on its own, and one that
+    returns having received SIGTERM ends the run the same way."""
     try:
         yield
     except SystemExit:
@@ -261,6 +268,8 @@ def _signals_end_the_run(cfg: DictConfig, trainer: L.Trainer):
         if signum is None:
             raise
         raise _interrupted(cfg, trainer, signum) from None
+    if trainer.received_sigterm:
+        raise _interrupted(cfg, trainer, signal.SIGTERM)
 
 
 def _interrupted(cfg: DictConfig, trainer: L.Trainer, signum: int) -> Interrupted:

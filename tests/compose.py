@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -155,3 +156,14 @@ def short_mnist_run(overrides: list[str], directory: Path) -> list[dict[str, str
                          "+trainer.limit_test_batches=5", "trainer.enable_progress_bar=false",
                          "logger=csv"], directory))
     return list(csv.DictReader(open(directory / "csv" / "metrics.csv")))
+
+
+def open_paths() -> list[str]:
+    """What this process's open file descriptors point to (a claim or lock left open shows)."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            pass
+    return paths

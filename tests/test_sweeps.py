@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from compose import REPO, compose_train
+from compose import REPO, compose_train, open_paths
 from test_hostile import run
 
 from vae_lightning import cli
@@ -70,18 +70,7 @@ def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path, monkey
     assert proc.out.count("2 jobs:") == 1 and "2 jobs:" not in proc.err  # once
     # Each job's directory lock ends with the job: a process that runs a thousand jobs (Optuna's
     # trials) does not hold a thousand descriptors.
-    assert not [fd for fd in _open_paths() if fd.startswith(str(sweep))]
-
-
-def _open_paths() -> list[str]:
-    """What this process's open file descriptors point to."""
-    paths = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # closed meanwhile (the listing's own descriptor)
-            pass
-    return paths
+    assert not [fd for fd in open_paths() if fd.startswith(str(sweep))]
 
 
 def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path, monkeypatch, capsys):

@@ -3,13 +3,12 @@
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from compose import REPO, compose_train
+from compose import REPO, compose_train, open_paths
 from test_hostile import run
 
 from vae_lightning import cli, rundir
@@ -75,9 +74,7 @@ def test_train_from_python_ends_its_claim_so_a_second_fresh_run_is_refused(tmp_p
                                   tmp_path))
     assert resumed["epochs"] == 2
     assert not rundir.claimed(tmp_path)
-    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-            if os.path.islink(f"/proc/self/fd/{fd}")]
-    assert str(tmp_path.resolve()) not in held
+    assert str(tmp_path.resolve()) not in open_paths()
 
 
 def test_training_without_validation_or_test_batches_still_writes_results(tmp_path):

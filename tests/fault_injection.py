@@ -33,8 +33,9 @@ class NaNInputAtStep(L.Callback):
 
 class SigtermAt(L.Callback):
     """Send this process SIGTERM once from ``hook`` of the Trainer call ``fn`` (fit, validate,
-    test): where Lightning's loops no longer look for the signal (after the last epoch's check,
-    at the end of an evaluation), so that only the command's own check sees it."""
+    test), at a moment a test chooses instead of one a race picks: ``setup``, before Lightning
+    installs its handler (the job has started, nothing has trained); ``on_train_end``,
+    ``on_validation_end`` and ``on_test_end``, where Lightning's loops no longer look for it."""
 
     def __init__(self, fn: str, hook: str) -> None:
         self.fn, self.hook, self.sent = fn, hook, False
@@ -43,6 +44,9 @@ class SigtermAt(L.Callback):
         if not self.sent and trainer.state.fn == self.fn and hook == self.hook:
             self.sent = True
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def setup(self, trainer, pl_module, stage) -> None:  # before Lightning takes the signal
+        self._maybe(trainer, "setup")
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._maybe(trainer, "on_train_end")

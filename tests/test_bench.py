@@ -3,6 +3,8 @@ records a row, resuming an unfinished run; `vae-bench page` tabulates the record
 
 import functools
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -198,6 +200,41 @@ def test_run_starts_the_command_in_a_new_python_with_its_output_in_the_log(tmp_p
     log.write_text("earlier\n")
     assert bench._run("train", ["experiment=bench/vae", "seed=3"], log) == 2
     assert log.read_text() == "earlier\ntrain ['experiment=bench/vae', 'seed=3']\nto stderr\n"
+
+
+# A stand-in for a row's command that signals vae-bench (its parent) as a scheduler or Ctrl-C
+# would, then ends as ours do when the signal reaches it: exit code 128 + the signal.
+# SIGTERM goes to vae-bench alone (`kill`); Ctrl-C to the terminal's process group, both.
+SIGNALLING = """import os, signal, sys, time
+signal.signal(signal.{0}, lambda *_: sys.exit(128 + signal.{0}))
+if signal.{0} == signal.SIGTERM:
+    os.kill(os.getppid(), signal.SIGTERM)
+else:
+    os.killpg(os.getpgrp(), signal.SIGINT)
+time.sleep(60)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_to_vae_bench_reaches_the_row_s_command_and_ends_the_queue(name, code,
+                                                                            tmp_path):
+    """vae-bench passes SIGTERM on to the command it runs, leaves a terminal's Ctrl-C to it, and
+    waits for it (the old vae-bench died of SIGTERM and left the command training, and killed it
+    on Ctrl-C), then ends with the command's exit code and one line, not going on to the next
+    row."""
+    script = (f"import sys; from vae_lightning.reports import bench; "
+              f"bench.COMMAND = {SIGNALLING.format(name)!r}; "
+              f"sys.exit(bench.main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, "run", "--missing", "vae", "iwae_k5",
+                           "--runs", str(tmp_path / "runs"), "--records", str(tmp_path / "rec")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          start_new_session=True)  # a process group of its own, as a terminal's
+    assert done.returncode == code, done.stderr[-3000:]
+    assert done.stderr.strip() == (f"error: Stopped by {bench.SIGNALLED[code]} while training row "
+                                   f"vae; its state is saved (see {tmp_path / 'runs' / 'vae.log'})"
+                                   ". Run the same vae-bench command again to go on.")
+    assert not (tmp_path / "runs" / "iwae_k5.log").exists()  # the queue ended
 
 
 def test_an_unknown_row_is_one_error_line():

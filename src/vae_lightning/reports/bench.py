@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -84,10 +85,48 @@ def _row_lock(log: Path, row: str) -> Iterator[None]:
         yield
 
 
+class Stopped(SystemExit):
+    """A signal stopped a row's command, which saved its state: ``vae-bench`` ends (with
+    ``--missing`` too, instead of going on to the next row) with the command's exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(code)
+        self.message = message
+
+
+SIGNALLED = {130: "SIGINT (Ctrl-C)", 143: "SIGTERM"}  # the commands' exit codes for a signal
+
+
 def _run(command: str, args: list[str], log: Path) -> int:
+    """Run ``vae-<command> <args>`` in a new Python, its output appended to ``log``; its exit
+    code. While it runs, SIGTERM sent here (a scheduler's, ``kill``) is passed on to it, and a
+    terminal's Ctrl-C, which reaches it too (the same process group), is left to it: it saves
+    its state and ends, and this process waits for it, rather than dying of SIGTERM and leaving
+    it to train on, or killing it mid-write on Ctrl-C as ``subprocess.call`` does."""
     with open(log, "a") as out:
-        return subprocess.call([sys.executable, "-c", COMMAND.format(command), *args],
-                               stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen([sys.executable, "-c", COMMAND.format(command), *args],
+                                 stdout=out, stderr=subprocess.STDOUT)
+
+    def forward(signum: int, frame: Any) -> None:
+        child.send_signal(signum)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _check(code: int, what: str, row: str, log: Path, ok: tuple[int, ...] = (0,)) -> None:
+    """End the row unless the command's exit code is one of ``ok``: a signal ends vae-bench
+    (``Stopped``), any other code the row."""
+    if code in SIGNALLED:
+        raise Stopped(f"error: Stopped by {SIGNALLED[code]} while {what} row {row}; its state is "
+                      f"saved (see {log}). Run the same vae-bench command again to go on.", code)
+    if code not in ok:
+        raise SystemExit(f"error: {what} row {row} ended with exit code {code}; see {log}")
 
 
 def run(row: str, runs: Path = RUNS, records: Path = RECORDS, k: int = 5000,
@@ -115,15 +154,13 @@ def _train_evaluate_record(row: str, bench: dict[str, Any], directory: Path, arg
         resume = [f"ckpt_path={last}"] if last.is_file() else [f"hydra.run.dir={directory}"]
         # The log is a file: Lightning's progress bar would fill it with carriage returns.
         code = _run("train", [*args, *resume, "trainer.enable_progress_bar=false"], log)
-        if code not in (0, 4):  # 4: diverged, a result too
-            raise SystemExit(f"error: training row {row} ended with exit code {code}; see {log}")
+        _check(code, "training", row, log, ok=(0, 4))  # 4: diverged, a result too
     results = json.loads(results_file.read_text())
     start = time.perf_counter()
     code = _run("evaluate", [f"ckpt_path={last}", f"eval.k={k}", f"output_dir={directory}",
                              f"hydra.run.dir={directory / 'eval-log'}", *(eval_overrides or [])],
                 log)
-    if code != 0:
-        raise SystemExit(f"error: evaluating row {row} ended with exit code {code}; see {log}")
+    _check(code, "evaluating", row, log)
     evaluation = json.loads(rundir.path(directory, "eval").read_text())
     record = {
         "row": row, "bench": bench, "status": results.get("status"),
@@ -289,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print(run(row, args.runs, args.records, args.k, args.override,
                           args.eval_override), flush=True)
+            except Stopped as stop:  # a signal: the queue ends here
+                print(stop.message, file=sys.stderr, flush=True)
+                return int(stop.code)
             except Busy as busy:
                 if not args.missing:
                     raise SystemExit(f"error: {busy}") from None

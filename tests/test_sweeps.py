@@ -4,14 +4,17 @@ SQLite, and the debug and rich presets."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from compose import REPO, compose_train, open_paths
 from test_hostile import run
 
 from vae_lightning import cli
+from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.reports.summarize import summarize
 from vae_lightning.train import train
 
@@ -90,6 +93,47 @@ def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path, monkeypatch, c
     cores = len(os.sched_getaffinity(0))
     assert all(r["threads"] == max(1, cores // 2) for r in results.values())
     assert "2 jobs: 2 completed" in proc.out
+
+
+def test_sigterm_to_a_joblib_sweep_says_how_to_resume_each_job_that_trained(tmp_path,
+                                                                           monkeypatch, capsys):
+    """joblib's workers run the jobs; SIGTERM to the sweep's process stops them (joblib ends its
+    workers). Each job that trained keeps its last checkpoint, and its results.json gives the
+    command that resumes it (before: "nothing more was written. Run the command again", for
+    the sweep and every job)."""
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, str(REPO / "train.py"), "-m", *TINY, "trainer.max_epochs=1000",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.latent=2,3",
+            f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lasts = [sweep / job / "checkpoints" / "last.ckpt" for job in ("0", "1")]
+    deadline = time.time() + 300
+    while not all(last.exists() for last in lasts) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip() == ("error: Stopped by SIGTERM; 2 of the sweep's jobs had trained and keep "
+                           "their last checkpoint: each one's results.json says how to resume it.")
+    assert out.strip().splitlines()[-1].startswith(f"sweep {sweep}: 2 jobs: 2 interrupted")
+    results = _results(sweep)
+    for job, last in zip(("0", "1"), lasts):
+        assert (results[job]["status"], results[job]["exit_code"]) == ("interrupted", 143)
+        message = results[job]["message"]
+        assert message.startswith("Stopped by SIGTERM; the state after the latest epoch is in "
+                                  f"{last}. Resume with: vae-train "), message
+        assert message.endswith(f" ckpt_path={last}.")
+        assert f"model.latent={2 + int(job)}" in message.split()
+    # The command resumes the job in its directory (here for two more epochs).
+    command = results["0"]["message"].split("Resume with: vae-train ")[1].rstrip(".").split()
+    epoch = read_checkpoint(lasts[0])["epoch"]
+    command = [a for a in command if not a.startswith("trainer.max_epochs=")]
+    resumed = run(cli.train, [*command, f"trainer.max_epochs={epoch + 2}"], monkeypatch, capsys,
+                  tmp_path)
+    assert resumed.code == 0, resumed.err[-3000:]
+    assert (_results(sweep)["0"]["status"], _results(sweep)["0"]["epochs"]) == ("completed",
+                                                                                 epoch + 2)
 
 
 @pytest.mark.slow  # a long sweep: `pytest -m slow`

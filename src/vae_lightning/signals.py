@@ -30,19 +30,28 @@ def on_signal(signum: int, frame: Any) -> None:
     raise Signal(signum)
 
 
-def stopped(signum: int, run_dir: str | None) -> Interrupted:
+def stopped(signum: int, run_dir: str | None, overrides: list[str] | None = None) -> Interrupted:
     """A signal outside training as the error to report, with what to do: resume from the run's
-    last checkpoint, or run the command again."""
+    last checkpoint, or run the command again. ``overrides``: the run's, where it is another
+    process's (a job of a sweep this process launched), not this one's; without ``run_dir``, in
+    a sweep, the jobs that keep a checkpoint are counted (each one's results.json says how to
+    resume it: ``sweeps.interrupted``)."""
     from vae_lightning import rundir, sweeps
 
-    again = " ".join(["vae-train", *(o for o in sweeps.overrides()
+    again = " ".join(["vae-train", *(o for o in (sweeps.overrides() if overrides is None
+                                                  else overrides)
                                      if not o.startswith("ckpt_path="))])
     last = rundir.last_checkpoint(run_dir) if run_dir else None
+    resumable = sweeps.resumable_jobs() if run_dir is None else []
     if last is not None and last.is_file():
-        what = (f" outside training; the state after the latest epoch is in {last}. Resume "
+        where = " outside training" if overrides is None else ""
+        what = (f"{where}; the state after the latest epoch is in {last}. Resume "
                 f"with: {again} ckpt_path={last}")
     elif run_dir:
         what = f" before the run trained; nothing was trained. Run it again: {again}"
+    elif resumable:
+        what = (f"; {len(resumable)} of the sweep's jobs had trained and keep their last "
+                "checkpoint: each one's results.json says how to resume it")
     else:
         what = "; nothing more was written. Run the command again"
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name

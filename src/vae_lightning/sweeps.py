@@ -134,17 +134,32 @@ def summary(sweep: _Sweep) -> tuple[str, bool]:
     return line, bool(failed)
 
 
+def _job_overrides(job: Path) -> list[str]:
+    record = job / rundir.HYDRA / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(record)] if record.is_file() else []
+
+
+def resumable_jobs() -> list[Path]:
+    """The jobs of the sweep this process runs that have no results yet but a last checkpoint:
+    those another process ran (Hydra's joblib launcher), stopped with this one."""
+    return [job for job in (_jobs(_sweep[-1]) if _sweep else [])
+            if not rundir.path(job, "results").exists() and rundir.last_checkpoint(job).is_file()]
+
+
 def interrupted(message: str, exit_code: int) -> None:
     """A signal ended the sweep this process runs, if any: each of its jobs that started and
     has no results yet gets the status ``interrupted`` (its directory exists: Hydra's record
-    is in it), and the sweep's line is printed as at its end."""
+    is in it), with the command that resumes it where it has a last checkpoint, and the sweep's
+    line is printed as at its end."""
+    from vae_lightning.signals import stopped
+
     if not _sweep:
         return
+    resumable = resumable_jobs()
     for job in _jobs(_sweep[-1]):
-        record = job / rundir.HYDRA / "overrides.yaml"
-        record_failure(job, "interrupted", message, exit_code,
-                       overrides=[str(o) for o in OmegaConf.load(record)] if record.is_file()
-                       else [])
+        overrides = _job_overrides(job)
+        record_failure(job, "interrupted", str(stopped(exit_code - 128, str(job), overrides))
+                       if job in resumable else message, exit_code, overrides=overrides)
     print(summary(_sweep[-1])[0], flush=True)
 
 

@@ -114,8 +114,8 @@ def test_sigterm_to_a_joblib_sweep_says_how_to_resume_each_job_that_trained(tmp_
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
-    assert err.strip() == ("error: Stopped by SIGTERM; 2 of the sweep's jobs had trained and keep "
-                           "their last checkpoint: each one's results.json says how to resume it.")
+    assert err.strip() == ("error: Stopped by SIGTERM; each job of the sweep that had trained "
+                           "keeps its last checkpoint, and its results.json says how to resume it.")
     assert out.strip().splitlines()[-1].startswith(f"sweep {sweep}: 2 jobs: 2 interrupted")
     results = _results(sweep)
     for job, last in zip(("0", "1"), lasts):

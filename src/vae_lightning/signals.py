@@ -34,8 +34,8 @@ def stopped(signum: int, run_dir: str | None, overrides: list[str] | None = None
     """A signal outside training as the error to report, with what to do: resume from the run's
     last checkpoint, or run the command again. ``overrides``: the run's, where it is another
     process's (a job of a sweep this process launched), not this one's; without ``run_dir``, in
-    a sweep, the jobs that keep a checkpoint are counted (each one's results.json says how to
-    resume it: ``sweeps.interrupted``)."""
+    a sweep with jobs that keep a checkpoint, the line points to their results.json, which says
+    how to resume each (``sweeps.interrupted``)."""
     from vae_lightning import rundir, sweeps
 
     again = " ".join(["vae-train", *(o for o in (sweeps.overrides() if overrides is None
@@ -50,8 +50,8 @@ def stopped(signum: int, run_dir: str | None, overrides: list[str] | None = None
     elif run_dir:
         what = f" before the run trained; nothing was trained. Run it again: {again}"
     elif resumable:
-        what = (f"; {len(resumable)} of the sweep's jobs had trained and keep their last "
-                "checkpoint: each one's results.json says how to resume it")
+        what = ("; each job of the sweep that had trained keeps its last checkpoint, and its "
+                "results.json says how to resume it")
     else:
         what = "; nothing more was written. Run the command again"
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name

@@ -34,7 +34,8 @@ class NaNInputAtStep(L.Callback):
 class SigtermAt(L.Callback):
     """Send this process SIGTERM once from ``hook`` of the Trainer call ``fn`` (fit, validate,
     test), at a moment a test chooses instead of one a race picks: ``setup``, before Lightning
-    installs its handler (the job has started, nothing has trained); ``on_train_end``,
+    installs its handler (the job has started, nothing has trained); ``on_train_batch_start``,
+    in the first step, before any checkpoint; ``on_train_end``,
     ``on_validation_end`` and ``on_test_end``, where Lightning's loops no longer look for it."""
 
     def __init__(self, fn: str, hook: str) -> None:
@@ -47,6 +48,9 @@ class SigtermAt(L.Callback):
 
     def setup(self, trainer, pl_module, stage) -> None:  # before Lightning takes the signal
         self._maybe(trainer, "setup")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._maybe(trainer, "on_train_batch_start")  # the first: before any checkpoint
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._maybe(trainer, "on_train_end")

@@ -188,6 +188,29 @@ def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path,
     assert f"| ≥ {hours:.2f} h |" in text
 
 
+def test_a_row_stopped_before_its_first_checkpoint_trains_again(mnist_root, tmp_path,
+                                                                monkeypatch):
+    """A row's training stopped by SIGTERM in its first step leaves results.json (status
+    interrupted) and no checkpoint: the next vae-bench run trains the row afresh in its
+    directory (it was refused as a fresh run into a directory that holds a run, for good)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "_run", _run_in_this_process)
+    tiny = [f"data.root={mnist_root}", "trainer.max_samples=600", "logger=none",
+            "callbacks.figures.n_points=0", "model.encoder.net.hidden=[16]",
+            "model.decoder.net.hidden=[16]", "model.latent=2",
+            "data.steps_per_batch=1"]  # an epoch of two batches: the stop comes before its end
+    term = ["+callbacks.term._target_=fault_injection.SigtermAt", "+callbacks.term.fn=fit",
+            "+callbacks.term.hook=on_train_batch_start"]
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    with pytest.raises(bench.Stopped) as stop:
+        bench.run("vae", runs, records, k=3, overrides=[*tiny, *term])
+    assert stop.value.code == 143 and "while training row vae" in stop.value.message
+    assert json.loads((runs / "vae" / "results.json").read_text())["status"] == "interrupted"
+    assert not (runs / "vae" / "checkpoints").exists()
+    record = json.loads(bench.run("vae", runs, records, k=3, overrides=tiny).read_text())
+    assert record["status"] == "completed" and record["train_samples_seen"] >= 600
+
+
 def test_run_starts_the_command_in_a_new_python_with_its_output_in_the_log(tmp_path, monkeypatch):
     """``bench._run`` itself (the test above runs the command in this process instead): a new
     Python given ``COMMAND`` for the command and the arguments as its ``sys.argv``, its stdout

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from compose import REPO, copy_run
+from compose import REPO, copy_run, open_paths
 
 from vae_lightning import cli
 from vae_lightning.checkpoints import CONFIG_KEY, read_checkpoint
@@ -482,6 +482,50 @@ def test_a_signal_stops_after_a_step_saves_and_says_how_to_resume(signum, code, 
                               "ckpt_path=last"], monkeypatch, capsys, tmp_path)
     assert resumed.code == 0, resumed.err[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["status"] in ("completed",)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_runs_again_in_its_directory(
+        tmp_path, monkeypatch, capsys):
+    """Nothing to resume: the line says to run the command again (it named a ckpt_path that was
+    never written), and the same command again is not refused as a fresh run into a directory
+    that holds a run (it was, for good: vae-bench's rows too)."""
+    run_dir = tmp_path / "run"
+    command = [*TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"]
+    term = ["+callbacks.term._target_=fault_injection.SigtermAt", "+callbacks.term.fn=fit",
+            "+callbacks.term.hook=on_train_batch_start"]
+    stopped = run(cli.train, [*command, *term], monkeypatch, capsys, tmp_path)
+    assert stopped.code == 143, stopped
+    lines = [line for line in stopped.err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: Stopped by SIGTERM before the first checkpoint, so there is nothing to resume; "
+        "results.json records the status 'interrupted' (no test results). Run it again: "
+        "vae-train "), stopped.err
+    assert "ckpt_path" not in lines[0] and f"hydra.run.dir={run_dir}" in lines[0]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["status"], results["exit_code"]) == ("interrupted", 143)
+    assert not (run_dir / "checkpoints").exists()
+    again = run(cli.train, command, monkeypatch, capsys, tmp_path)
+    assert again.code == 0, again.err[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["status"], results["epochs"]) == ("completed", 2)
+
+
+def test_after_a_failed_command_a_fresh_run_in_this_process_is_still_refused(
+        tmp_path, monkeypatch, capsys):
+    """A command run from Python that fails (here: stopped after its checkpoints were written)
+    ends its claim on the run directory as one that succeeds does: before, its lock stayed
+    open, so that until this Python process ended, a resume from another process (a terminal
+    beside the notebook) was refused as "in use by another run"."""
+    run_dir = tmp_path / "run"
+    command = [*TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"]
+    term = ["+callbacks.term._target_=fault_injection.SigtermAt", "+callbacks.term.fn=fit",
+            "+callbacks.term.hook=on_train_end"]
+    assert run(cli.train, [*command, *term], monkeypatch, capsys, tmp_path).code == 143
+    before = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    again = run(cli.train, command, monkeypatch, capsys, tmp_path)
+    assert again.code == 2 and "already holds a run" in again.err, again
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
+    assert str(run_dir.resolve()) not in open_paths()
 
 
 # ------------------------------------------------------------------------------------- files

@@ -64,9 +64,7 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
         found = rundir.claim(run_dir) if run_dir is not None else None
         console.one_log_line_per_record()
         console.quiet(cfg)
-        result = task()
-        rundir.release(run_dir)  # the job has ended: its directory's lock is no longer needed
-        return result
+        return task()
     except (Signal, KeyboardInterrupt) as stop:  # outside training (train.py handles those in it)
         raise SystemExit(stopped(getattr(stop, "signum", signal.SIGINT), run_dir)) from None
     except Exception as err:
@@ -84,9 +82,10 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
             log.error("The job failed (%s, exit code %d); the sweep goes on: %s",
                       getattr(failure, "status", "error"), code, message)
             print(f"{failure.prefix if failure else 'error'}: {message}", file=sys.stderr)
-            rundir.release(run_dir)
             return None
         raise SystemExit(failure) from None
+    finally:  # the job has ended, however: its directory's lock is no longer needed, and a
+        rundir.release(run_dir)  # later command in this process claims the directory anew
 
 
 def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:

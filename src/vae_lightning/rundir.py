@@ -126,10 +126,21 @@ def resumed_run(directory: str | Path) -> str:
 
 
 def is_run(directory: str | Path) -> bool:
-    """Whether ``directory`` already holds a run that trained: its checkpoints or results (a
-    record alone, of a run refused before training, does not count)."""
+    """Whether ``directory`` already holds a run that trained: its checkpoints or results. A
+    record alone, of a run refused before training, does not count, nor the results of a run
+    a signal stopped before its first checkpoint: there is nothing to resume, and the command
+    that started it, run again, starts afresh there."""
     directory = Path(directory)
-    return any((directory / name).exists() for name in (CHECKPOINTS, RESULTS))
+    if (directory / CHECKPOINTS).exists():
+        return True
+    results = directory / RESULTS
+    if not results.exists():
+        return False
+    try:
+        status = json.loads(results.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):  # unreadable: taken as a run, never overwritten
+        return True
+    return status != "interrupted"
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:

@@ -275,15 +275,16 @@ def _signals_end_the_run(cfg: DictConfig, trainer: L.Trainer):
 def _interrupted(cfg: DictConfig, trainer: L.Trainer, signum: int) -> Interrupted:
     """What to tell after a signal stopped the run, and how to resume."""
     last = rundir.last_checkpoint(cfg.output_dir)
-    if last.is_file():
-        saved = read_checkpoint(last)
-        where = (f"the state after step {saved['global_step']} (epoch {saved['epoch']}) is "
-                 f"saved in {last}")
-    else:
-        where = "no checkpoint was written yet"
     overrides = [item for item in _task_overrides() if not item.startswith("ckpt_path=")]
-    again = " ".join(["vae-train", *overrides, f"ckpt_path={last}"])
+    recorded = "results.json records the status 'interrupted' (no test results)"
+    if not last.is_file():  # nothing to resume: the run starts afresh there (rundir.is_run)
+        again = [item for item in overrides if not item.startswith("hydra.run.dir=")]
+        return Interrupted(
+            f"Stopped by {signal.Signals(signum).name} before the first checkpoint, so there is "
+            f"nothing to resume; {recorded}. Run it again: "
+            f"{' '.join(['vae-train', *again, f'hydra.run.dir={cfg.output_dir}'])}", signum)
+    saved = read_checkpoint(last)
     return Interrupted(
-        f"Stopped by {signal.Signals(signum).name}; {where}; results.json records the status "
-        "'interrupted' (no test results). "
-        f"Resume with: {again}", signum)
+        f"Stopped by {signal.Signals(signum).name}; the state after step {saved['global_step']} "
+        f"(epoch {saved['epoch']}) is saved in {last}; {recorded}. "
+        f"Resume with: {' '.join(['vae-train', *overrides, f'ckpt_path={last}'])}", signum)

@@ -260,6 +260,41 @@ def test_a_signal_to_vae_bench_reaches_the_row_s_command_and_ends_the_queue(name
     assert not (tmp_path / "runs" / "iwae_k5.log").exists()  # the queue ended
 
 
+@pytest.mark.parametrize("argv, code, words", [
+    (["run", "vae", "-k", "0"], 2, ["argument -k", "at least 1, not 0"]),
+    (["run", "vae", "-k", "2.5"], 2, ["argument -k", "not 2.5"]),
+    (["run", "vae", "--runs", "{file}/runs"], 2, ["--runs", "is a file, not a directory"]),
+    (["run", "vae", "--records", "{file}"], 2, ["--records", "is a file, not a directory"]),
+    (["run", "vae", "--runs", "/proc/vae-bench/runs"], 74, ["--runs /proc/vae-bench/runs"]),
+    (["page", "--records", "{tmp}/none"], 2, ["--records", "no such directory"]),
+    (["page", "--records", "{file}"], 2, ["--records", "not a directory"]),
+    (["page", "--records", "{tmp}", "--out", "{tmp}"], 2, ["--out", "is a directory"]),
+    (["page", "--records", "{tmp}", "--out", "/proc/page.md", "--readme", ""], 74,
+     ["/proc/page.md", "choose another --out"]),
+])
+def test_bad_options_are_one_line_before_any_row_runs_or_page_is_written(
+        argv, code, words, tmp_path, monkeypatch, capsys):
+    """-k, the output folders and the page's paths are checked first (a -k of 0 was found only
+    by the evaluation, after the row's hours of training; a missing --records folder gave an
+    empty page; an unwritable one, a traceback)."""
+    file = tmp_path / "a-file"
+    file.write_text("")
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: pytest.fail("a row ran"))
+    monkeypatch.chdir(tmp_path)
+    argv = [arg.format(file=file, tmp=tmp_path) for arg in argv]
+    try:
+        found = bench.main(argv)
+    except SystemExit as exit_:  # argparse's own refusals
+        found = exit_.code
+    err = capsys.readouterr().err
+    assert found == code, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].split(": ")[0] in (
+        "error", "vae-bench run", "vae-bench page"), err
+    for word in words:
+        assert word in err, (word, err)
+    assert not (tmp_path / "docs").exists() and not (tmp_path / "benchmarks").exists()
+
+
 def test_an_unknown_row_is_one_error_line():
     with pytest.raises(SystemExit, match="no benchmark row 'nope'"):
         bench.run("nope")

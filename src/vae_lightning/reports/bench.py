@@ -32,6 +32,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vae_lightning import rundir
+from vae_lightning.errors import ConfigError, UnwritableError, UserError
+from vae_lightning.files import writable_directory
 
 RUNS, RECORDS, PAGE = Path("benchmarks/bench"), Path("docs/benchmark/records"), Path(
     "docs/benchmark.md")
@@ -294,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                             "order, or else every row), going on past a row that fails")
     run_parser.add_argument("--runs", type=Path, default=RUNS, help="where the runs go")
     run_parser.add_argument("--records", type=Path, default=RECORDS, help="where records go")
-    run_parser.add_argument("-k", type=int, default=5000, help="importance samples")
+    run_parser.add_argument("-k", type=_at_least_one, default=5000,
+                            help="importance samples (at least 1)")
     run_parser.add_argument("--override", action="append", default=[],
                             help="a vae-train override for every row (repeatable)")
     run_parser.add_argument("--eval-override", action="append", default=[],
@@ -308,6 +311,35 @@ def main(argv: list[str] | None = None) -> int:
                              "('' for none; skipped where the file is not)")
     sub.add_parser("list", help="the rows")
     args = parser.parse_args(argv)
+    try:
+        return _command(args, parser)
+    except UserError as err:  # bad input, before any row trains or any file is written
+        print(f"{err.prefix}: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the importance samples are a whole number, at least "
+                                         f"1, not {text} (the protocol's is 5000)")
+    return value
+
+
+def _writable(**directories: Path) -> None:
+    """Refuse output directories (by option: ``runs=...``) that cannot be made or written,
+    before any row trains: each is checked before any is made."""
+    for key, directory in directories.items():
+        writable_directory(directory, f"--{key}")
+    for key, directory in directories.items():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UnwritableError(f"--{key} {directory}: cannot be created ({err.strerror}); "
+                                  f"choose another --{key}.") from None
+
+
+def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "list":
         for name, bench in rows().items():
             print(f"{name}: {bench.get('row', '')} ({bench.get('config', '')})")
@@ -316,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("run: name the rows, or give --missing for every row without a record")
         known = rows()
         _refuse_unknown(args.rows, known)  # before any row trains: a typo at a list's end too
+        _writable(runs=args.runs, records=args.records)
         todo = args.rows or list(known)
         if args.missing:
             todo = [row for row in todo if not (args.records / f"{row}.json").is_file()]
@@ -343,7 +376,21 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
     else:
-        print(page(args.records, args.out, args.long, Path(args.readme) if args.readme else None))
+        if not args.records.is_dir():
+            found = "not a directory" if args.records.exists() else "no such directory"
+            raise ConfigError(f"--records {args.records}: {found}; it is the folder of the rows' "
+                              f"records (vae-bench run writes them; the default is {RECORDS}).")
+        if args.out.is_dir():
+            raise ConfigError(f"--out {args.out} is a directory; the page is a file (the "
+                              f"default is {PAGE}).")
+        _writable(out=args.out.parent)
+        try:
+            written = page(args.records, args.out, args.long,
+                           Path(args.readme) if args.readme else None)
+        except OSError as err:  # a directory that takes no new file (/proc), a full disk
+            raise UnwritableError(f"Cannot write {err.filename or args.out}: {err.strerror}; "
+                                  "choose another --out (or --readme).") from None
+        print(written)
     return 0
 
 

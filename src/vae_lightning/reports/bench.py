@@ -339,6 +339,34 @@ def _writable(**directories: Path) -> None:
                                   f"choose another --{key}.") from None
 
 
+def _check_overrides(todo: list[str], overrides: list[str], eval_overrides: list[str],
+                     k: int) -> None:
+    """Compose the rows' training configs with ``--override`` (a misspelt key or option is
+    refused as vae-train would refuse it) and the evaluation's with ``--eval-override``, through
+    vae-eval's checks: a bad value is one line before any row trains, not after its training."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vae_lightning.config_checks import check
+    from vae_lightning.hydra_errors import hydra_message
+
+    option = "--override"
+    try:
+        with initialize_config_module("vae_lightning.conf", version_base="1.3"):
+            for row in todo if overrides else []:
+                compose("train", overrides=[f"experiment=bench/{row}", *overrides])
+            option = "--eval-override"
+            cfg = compose("eval", overrides=["ckpt_path=checkpoints/last.ckpt",  # not read
+                                             f"eval.k={k}", *eval_overrides])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"{option}: {hydra_message(err)}") from None
+    try:
+        check(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"--eval-override: {err}") from None
+
+
 def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "list":
         for name, bench in rows().items():
@@ -348,10 +376,11 @@ def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error("run: name the rows, or give --missing for every row without a record")
         known = rows()
         _refuse_unknown(args.rows, known)  # before any row trains: a typo at a list's end too
-        _writable(runs=args.runs, records=args.records)
         todo = args.rows or list(known)
         if args.missing:
             todo = [row for row in todo if not (args.records / f"{row}.json").is_file()]
+        _check_overrides(todo, args.override, args.eval_override, args.k)
+        _writable(runs=args.runs, records=args.records)
         failed = []
         for row in todo:
             if args.missing and (args.records / f"{row}.json").is_file():

@@ -8,6 +8,7 @@ file named, and nothing lost or rewritten.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -490,10 +491,13 @@ def test_a_run_stopped_before_its_first_checkpoint_runs_again_in_its_directory(
     never written), and the same command again is not refused as a fresh run into a directory
     that holds a run (it was, for good: vae-bench's rows too)."""
     run_dir = tmp_path / "run"
-    command = [*TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"]
+    command = [*(o for o in TINY if o != "logger=none"), "logger=csv", "trainer.max_epochs=2",
+               "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}"]
     term = ["+callbacks.term._target_=fault_injection.SigtermAt", "+callbacks.term.fn=fit",
             "+callbacks.term.hook=on_train_batch_start"]
     stopped = run(cli.train, [*command, *term], monkeypatch, capsys, tmp_path)
+    metrics = run_dir / "csv" / "metrics.csv"
+    assert metrics.is_file()  # the stopped run's first step
     assert stopped.code == 143, stopped
     lines = [line for line in stopped.err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and lines[0].startswith(
@@ -508,6 +512,8 @@ def test_a_run_stopped_before_its_first_checkpoint_runs_again_in_its_directory(
     assert again.code == 0, again.err[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert (results["status"], results["epochs"]) == ("completed", 2)
+    steps = [row["step"] for row in csv.DictReader(metrics.open()) if row.get("train/loss")]
+    assert steps == sorted(set(steps), key=int)  # this run's rows alone, each step once
 
 
 def test_after_a_failed_command_a_fresh_run_in_this_process_is_still_refused(

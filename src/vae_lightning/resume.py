@@ -53,7 +53,10 @@ class ResumeState(L.Callback):
         self.trainer = trainer
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.restored is None:
+        if self.restored is None:  # a fresh run: rows a run stopped here before its first
+            for logger in trainer.loggers:  # checkpoint left (rundir.is_run) are not its own
+                if hasattr(logger, "resume_at"):
+                    logger.resume_at(-1)
             return
         for logger in trainer.loggers:  # a logger that keeps a resumed run's history
             if hasattr(logger, "resume_at"):

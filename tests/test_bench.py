@@ -113,6 +113,31 @@ def test_every_row_is_a_preset_on_the_protocol_with_its_literature(name, tmp_pat
         assert model == {key: value for key, value in made.items() if key.startswith("model.")}
 
 
+# The config groups whose every option is a family of the framework the table must cover.
+FAMILY_GROUPS = ("model", "model/objective", "model/objective/kl_schedule", "model/posterior",
+                 "model/prior")
+
+
+def test_every_option_of_the_model_groups_has_a_row_or_a_reason():
+    """Each option of the model's family groups is chosen by some row, or named with the
+    reason it has none in the protocol's ``not_rows`` (printed on the page): a family added
+    without either fails here. A reason names options that exist and that no row uses."""
+    from compose import CONF, compose_train
+    from hydra.core.hydra_config import HydraConfig
+
+    used = set()
+    for name in bench.rows():
+        compose_train([f"experiment=bench/{name}", SHAPE])
+        used |= {f"{group}={option}" for group, option in HydraConfig.get().runtime.choices.items()
+                 if group in FAMILY_GROUPS and option is not None}
+    options = {f"{group}={path.stem}" for group in FAMILY_GROUPS
+               for path in (CONF / group).glob("*.yaml")}
+    explained = [option for item in bench.not_rows() for option in item["options"]]
+    assert all(item["why"].strip() for item in bench.not_rows())
+    assert len(explained) == len(set(explained)) and set(explained) <= options - used
+    assert options - used - set(explained) == set(), "options with neither a row nor a reason"
+
+
 def test_the_schedules_of_the_rows_span_the_protocols_training_length():
     """The cyclical KL schedule's T and the capacity's ramp are in optimizer steps: the protocol's
     1e7 samples in minibatches of 100 are 1e5 steps, so 4 cycles of 25,000 steps and C reaching
@@ -180,6 +205,7 @@ def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path,
     assert f"**{record['iw']['nats']:.2f} ± {record['iw']['nats_se']:.2f}**" in text
     assert "-86.76 (Burda et al. 2015" in text and "iwae_k5" in text.split("Rows not run yet")[1]
     assert "every row: dynamically binarized MNIST, 60,000 training images" in text  # the protocol
+    assert "- `model=cvae`, `model/prior=class_normal`: the conditional VAE models x given" in text
     # The wall time is train + eval; a record whose eval time is its last run's only says so.
     hours = (record["train_seconds"] + record["eval_seconds"]) / 3600
     assert f"| {hours:.2f} h |" in text

@@ -56,10 +56,20 @@ def rows() -> dict[str, dict[str, Any]]:
     return found
 
 
-def _protocol() -> str:
-    """The protocol every row shares, as ``bench/_protocol.yaml`` states it."""
+def _protocol_node() -> Any:
+    """The ``benchmark`` node of ``bench/_protocol.yaml``: the protocol every row shares, and
+    the options that have no row, with why (``not_rows``)."""
     entry = resources.files("vae_lightning.conf").joinpath("experiment", "bench", "_protocol.yaml")
-    return str(OmegaConf.create(entry.read_text()).benchmark.protocol)
+    return OmegaConf.create(entry.read_text()).benchmark
+
+
+def _protocol() -> str:
+    return str(_protocol_node().protocol)
+
+
+def not_rows() -> list[dict[str, Any]]:
+    """The options (``group=option``) that have no row, each group of them with the reason."""
+    return OmegaConf.to_container(_protocol_node().get("not_rows") or [])
 
 
 def _refuse_unknown(names: list[str], known: dict[str, Any]) -> None:
@@ -266,6 +276,10 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
         lines += [f"- {name}: {' '.join(note.split())}" for name, note in notes if note]
     if missing:
         lines += ["", f"Rows not run yet: {', '.join(missing)} (`vae-bench run <row>`)."]
+    if absent := not_rows():
+        lines += ["", "**Options without a row** (`bench/_protocol.yaml`, `not_rows`):", ""]
+        lines += [f"- {', '.join(f'`{option}`' for option in item['options'])}: "
+                  f"{' '.join(item['why'].split())}." for item in absent]
     stretches = sorted(long.glob("*/stretches.json"))
     if stretches:
         lines += ["", "## Full length: the IWAE paper's model to 3,280 epochs", "",

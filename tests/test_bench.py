@@ -237,6 +237,21 @@ def test_a_row_stopped_before_its_first_checkpoint_trains_again(mnist_root, tmp_
     assert record["status"] == "completed" and record["train_samples_seen"] >= 600
 
 
+def test_a_row_whose_training_failed_is_not_evaluated_but_named(tmp_path, monkeypatch):
+    """A row whose run ended non-finite (exit code 3) or in error keeps that results.json: the
+    next vae-bench run says so and how to start the row afresh, instead of evaluating a
+    checkpoint of a failed run (or none) every time."""
+    directory = tmp_path / "runs" / "vae"
+    directory.mkdir(parents=True)
+    (directory / "results.json").write_text(json.dumps(
+        {"status": "nonfinite", "message": "The loss is NaN at step 7.", "exit_code": 3}))
+    monkeypatch.setattr(bench, "_run", lambda *args: pytest.fail("a command ran"))
+    with pytest.raises(SystemExit, match=r"row vae's training ended with the status 'nonfinite'"
+                                         r": The loss is NaN at step 7\. .*Move .* away"):
+        bench.run("vae", tmp_path / "runs", tmp_path / "records")
+    assert not (tmp_path / "records").exists()
+
+
 def test_run_starts_the_command_in_a_new_python_with_its_output_in_the_log(tmp_path, monkeypatch):
     """``bench._run`` itself (the test above runs the command in this process instead): a new
     Python given ``COMMAND`` for the command and the arguments as its ``sys.argv``, its stdout

@@ -168,6 +168,10 @@ def _train_evaluate_record(row: str, bench: dict[str, Any], directory: Path, arg
         code = _run("train", [*args, *resume, "trainer.enable_progress_bar=false"], log)
         _check(code, "training", row, log, ok=(0, 4))  # 4: diverged, a result too
     results = json.loads(results_file.read_text())
+    if results.get("status") not in ("completed", "diverged"):  # nothing trained to evaluate
+        raise SystemExit(f"error: row {row}'s training ended with the status "
+                         f"{results.get('status')!r}: {results.get('message', '')} (see "
+                         f"{results_file}). Move {directory} away to train the row afresh.")
     start = time.perf_counter()
     code = _run("evaluate", [f"ckpt_path={last}", f"eval.k={k}", f"output_dir={directory}",
                              f"hydra.run.dir={directory / 'eval-log'}", *(eval_overrides or [])],

@@ -136,6 +136,31 @@ def test_sigterm_to_a_joblib_sweep_says_how_to_resume_each_job_that_trained(tmp_
                                                                                  epoch + 2)
 
 
+def test_joblib_n_jobs_zero_is_one_line_before_the_sweep(tmp_path, monkeypatch, capsys):
+    """joblib rejects n_jobs = 0 only when the jobs are dispatched, with a traceback; the sweep
+    refuses it first, naming the key and what it accepts, and creates nothing."""
+    sweep = tmp_path / "sweep"
+    proc = _sweep_here(["-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=0",
+                        "model.latent=2,3"], sweep, monkeypatch, capsys)
+    assert proc.code == 2 and "Traceback" not in proc.err
+    assert proc.err.strip().startswith("error: hydra.launcher.n_jobs=0 is not allowed: ")
+    assert "(-1: one job per core" in proc.err and not sweep.exists()
+
+
+@pytest.mark.parametrize("n_jobs, expected", [(3, lambda cores: 3), (-1, lambda cores: cores),
+                                              (-2, lambda cores: max(1, cores - 1)),
+                                              (-1000, lambda cores: 1)])
+def test_the_jobs_at_once_follow_joblib_s_rule_for_n_jobs(n_jobs, expected):
+    """Negative n_jobs count back from the cores (joblib: cores + 1 + n_jobs): the threads each
+    job takes are the cores over that many jobs (before, any n_jobs < 1 counted as one job per
+    core: -3 on four cores ran two jobs of one thread each, and two cores stayed idle)."""
+    from vae_lightning.sweeps import available_cores, parallel_jobs, share_of_cores
+
+    cores = available_cores()
+    assert parallel_jobs(n_jobs) == expected(cores)
+    assert share_of_cores(parallel_jobs(n_jobs)) == max(1, cores // expected(cores))
+
+
 @pytest.mark.slow  # a long sweep: `pytest -m slow`
 def test_joblib_jobs_sharing_the_machine_give_the_numbers_of_the_same_runs_alone(tmp_path):
     """Jobs that share the cores (or a GPU) concurrently must not change each other's numbers:

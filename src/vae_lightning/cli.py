@@ -191,6 +191,7 @@ class Preflight(Callback):
             if missing:
                 raise ConfigError(missing)
             sweeps.check_study(OmegaConf.select(config, "hydra.sweeper.storage", default=None))
+            sweeps.check_launcher(config.hydra.launcher)
 
         self._check(checks)
 

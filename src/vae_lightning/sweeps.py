@@ -84,8 +84,26 @@ def threads_per_job() -> int | None:
     launcher = HydraConfig.get().launcher
     if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
         return None
-    jobs = launcher.get("n_jobs") or -1
-    return share_of_cores(jobs)
+    return share_of_cores(parallel_jobs(launcher.get("n_jobs", -1)))
+
+
+def parallel_jobs(n_jobs: int) -> int:
+    """The jobs joblib runs at once for its ``n_jobs``: that many, or for a negative one
+    ``cores + 1 + n_jobs`` (-1: one per core, -2: all cores but one), at least one."""
+    return n_jobs if n_jobs > 0 else max(1, available_cores() + 1 + n_jobs)
+
+
+def check_launcher(launcher: Any) -> None:
+    """Refuse, before the sweep starts, a joblib launcher's ``n_jobs`` that joblib rejects only
+    once the jobs are dispatched (0, or not a whole number), with what it accepts."""
+    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return
+    n_jobs = launcher.get("n_jobs", -1)
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
+        raise ConfigError(
+            f"hydra.launcher.n_jobs={n_jobs!r} is not allowed: give the jobs to run at once (a "
+            "whole number >= 1), or -m for all cores but m - 1 (-1: one job per core, the "
+            "default; -2: all cores but one).")
 
 
 def available_cores() -> int:
@@ -96,7 +114,7 @@ def available_cores() -> int:
 
 def share_of_cores(jobs: int) -> int:
     """The threads for each of ``jobs`` processes sharing the cores this process may run on, at
-    least one; ``jobs`` < 1 means one process per core (joblib's ``n_jobs=-1``)."""
+    least one; ``jobs`` < 1 means one process per core."""
     cores = available_cores()
     return max(1, cores // (cores if jobs < 1 else jobs))
 

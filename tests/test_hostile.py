@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import pickle
 import signal
@@ -532,6 +533,29 @@ def test_after_a_failed_command_a_fresh_run_in_this_process_is_still_refused(
     assert again.code == 2 and "already holds a run" in again.err, again
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before
     assert str(run_dir.resolve()) not in open_paths()
+
+
+def test_a_run_stopped_in_its_final_evaluation_is_evaluated_by_its_resume(
+        tmp_path, monkeypatch, capsys):
+    """Trained to its length, stopped in the test after it: results.json says interrupted, and
+    the resume the line gives trains nothing and evaluates the run (before: "the run is
+    complete; nothing was trained or written", so its results could never be had). A resume
+    after that one leaves the run as it is."""
+    run_dir = tmp_path / "run"
+    command = [*TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"]
+    term = ["+callbacks.term._target_=fault_injection.SigtermAt", "+callbacks.term.fn=test",
+            "+callbacks.term.hook=on_test_end"]
+    assert run(cli.train, [*command, *term], monkeypatch, capsys, tmp_path).code == 143
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+    trained = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]
+    resumed = run(cli.train, [*command, "ckpt_path=last"], monkeypatch, capsys, tmp_path)
+    assert resumed.code == 0, resumed.err[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and math.isfinite(results["test/elbo"])
+    assert (results["epochs"], results["steps"]) == (1, trained)  # nothing more was trained
+    again = run(cli.train, [*command, "ckpt_path=last"], monkeypatch, capsys, tmp_path)
+    assert again.code == 0 and "is complete" in again.err
+    assert json.loads((run_dir / "results.json").read_text()) == results
 
 
 # ------------------------------------------------------------------------------------- files

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch.distributions import constraints
 
+from vae_lightning import rundir
 from vae_lightning.args import choices
 from vae_lightning.checkpoints import data_differences
 from vae_lightning.conditional import check_condition
@@ -65,7 +66,9 @@ def check_same_data(checkpoint: dict[str, Any], datamodule: L.LightningDataModul
 
 def refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -> None:
     """Resuming a run that already reached this config's length trains nothing: say so, and
-    leave the run (its results, checkpoints and record) as it is."""
+    leave the run (its results, checkpoints and record) as it is. Unless its results were not
+    recorded (a signal in its final evaluation: results.json says ``interrupted``, or a kill
+    left none): then the resume trains nothing and evaluates it."""
     seen = checkpoint.get("samples_seen", 0)
     steps = checkpoint.get("global_step", 0)
     epochs = (checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
@@ -79,7 +82,11 @@ def refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -
         max_epochs = trainer.get("max_epochs")
         done = max_epochs not in (None, -1) and epochs >= max_epochs
         length = f"trainer.max_epochs={max_epochs}"
-    if done:
+    recorded = rundir.status(rundir.of_checkpoint(path))
+    if done and recorded in (None, "interrupted"):
+        log.info("The run of %s trained to its length, and its results were not recorded "
+                 "(results.json: %s): evaluating it.", path, recorded or "none")
+    elif done:
         raise NothingToDo(
             f"The run of {path} is complete ({epochs} epochs, {steps} steps, {seen:,} samples "
             f"seen: {length} reached); nothing was trained or written. To train it further, "

@@ -133,14 +133,20 @@ def is_run(directory: str | Path) -> bool:
     directory = Path(directory)
     if (directory / CHECKPOINTS).exists():
         return True
-    results = directory / RESULTS
+    return (directory / RESULTS).exists() and status(directory) != "interrupted"
+
+
+def status(directory: str | Path) -> str | None:
+    """The status its ``results.json`` records for the run in ``directory`` (``sweeps``:
+    completed, interrupted, ...); None without one, "unreadable" for one that does not parse
+    (taken as a run's, never overwritten)."""
+    results = Path(directory) / RESULTS
     if not results.exists():
-        return False
+        return None
     try:
-        status = json.loads(results.read_text()).get("status")
-    except (OSError, ValueError, AttributeError):  # unreadable: taken as a run, never overwritten
-        return True
-    return status != "interrupted"
+        return str(json.loads(results.read_text()).get("status"))
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:

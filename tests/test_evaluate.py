@@ -426,6 +426,39 @@ def test_a_stopped_evaluation_goes_on_where_it_stopped_to_the_same_numbers(
     assert resumed["seconds"] >= resumed["seconds_of_earlier_runs"]
 
 
+def test_a_signal_during_vae_eval_says_its_progress_is_kept_and_running_again_goes_on(
+        checkpoint, tmp_path, monkeypatch, capsys):
+    """SIGTERM after the first batch: one line naming the progress file (before: "nothing more
+    was written", though the batches done were kept), exit code 143; the same command then
+    goes on from it and writes eval.json."""
+    import signal
+
+    from vae_lightning import log_likelihood
+
+    save = log_likelihood.Progress.save
+
+    def save_then_signal(self, done, *args, **kwargs):
+        save(self, done, *args, **kwargs)
+        if done == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "out"
+    command = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.device=cpu", "eval.batch_size=50",
+               f"output_dir={out}", f"hydra.run.dir={tmp_path / 'log'}"]
+    with monkeypatch.context() as patched:
+        patched.setattr(log_likelihood.Progress, "save", save_then_signal)
+        stopped = run(cli.evaluate, command, monkeypatch, capsys, tmp_path)
+    assert stopped.code == 143, stopped
+    no_traceback(stopped)
+    progress = out / "eval.progress.pt"
+    assert progress.is_file() and not (out / "eval.json").exists()
+    assert (f"error: Stopped by SIGTERM; the batches evaluated so far are kept in {progress}: "
+            "the same command goes on from them.") in stopped.err
+    again = run(cli.evaluate, command, monkeypatch, capsys, tmp_path)
+    assert again.code == 0, again.err[-3000:]
+    assert (out / "eval.json").is_file() and not progress.exists()
+
+
 def test_a_progress_file_without_seconds_is_still_taken_up(checkpoint, tmp_path, monkeypatch):
     """A progress file written before the seconds were kept goes on as well, counting its
     batches' time as 0."""

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import hydra
@@ -44,14 +45,16 @@ CONFIG_PATH = "pkg://vae_lightning.conf"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> T | None:
+def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None,
+         progress: Callable[[], Path | None] | None = None) -> T | None:
     """Run ``task``; a ``UserError`` ends the command with its one-line message and exit code
     (``_fail``).
 
     In a sweep (``-m``) a job that fails (bad input, a bug, a diverged or non-finite run) does
     not end the sweep: its status and message go into its ``results.json`` (``run_dir``, when
     this job claimed it fresh), its log, and the job returns None, which Hydra's sweepers (and
-    Optuna's) count as a failed trial; a signal still ends the sweep."""
+    Optuna's) count as a failed trial; a signal still ends the sweep. ``progress``: where the
+    task keeps its progress (vae-eval's batches done), which a signal's line then names."""
     from vae_lightning import rundir, sweeps
 
     sweep = sweeps.in_sweep() and run_dir is not None
@@ -66,7 +69,8 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None) -> 
         console.quiet(cfg)
         return task()
     except (Signal, KeyboardInterrupt) as stop:  # outside training (train.py handles those in it)
-        raise SystemExit(stopped(getattr(stop, "signum", signal.SIGINT), run_dir)) from None
+        raise SystemExit(stopped(getattr(stop, "signum", signal.SIGINT), run_dir,
+                                 progress=progress() if progress else None)) from None
     except Exception as err:
         failure = user_error(err)
         if failure is None and not sweep:
@@ -266,7 +270,15 @@ def _evaluate(cfg: DictConfig) -> float:
               f"{results['latent']} latent units active{given}) written to {results['path']}")
         return results["iw"]["nats"]
 
-    return _run(task, cfg)
+    def progress() -> Path | None:  # where the evaluation keeps the batches it has done
+        from vae_lightning import rundir
+
+        if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+            return None
+        return rundir.path(cfg.get("output_dir") or rundir.of_checkpoint(cfg.ckpt_path),
+                           "eval_progress")
+
+    return _run(task, cfg, progress=progress)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")

@@ -6,6 +6,7 @@ the run at the epoch's end (``train.py``) and the handler here does nothing.
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Any
 
 from vae_lightning.errors import Interrupted
@@ -30,12 +31,14 @@ def on_signal(signum: int, frame: Any) -> None:
     raise Signal(signum)
 
 
-def stopped(signum: int, run_dir: str | None, overrides: list[str] | None = None) -> Interrupted:
+def stopped(signum: int, run_dir: str | None, overrides: list[str] | None = None,
+            progress: Path | None = None) -> Interrupted:
     """A signal outside training as the error to report, with what to do: resume from the run's
     last checkpoint, or run the command again. ``overrides``: the run's, where it is another
     process's (a job of a sweep this process launched), not this one's; without ``run_dir``, in
     a sweep with jobs that keep a checkpoint, the line points to their results.json, which says
-    how to resume each (``sweeps.interrupted``)."""
+    how to resume each (``sweeps.interrupted``); ``progress``, a file that keeps the command's
+    work so far (vae-eval's batches), named where it exists."""
     from vae_lightning import rundir, sweeps
 
     again = " ".join(["vae-train", *(o for o in (sweeps.overrides() if overrides is None
@@ -49,6 +52,9 @@ def stopped(signum: int, run_dir: str | None, overrides: list[str] | None = None
                 f"with: {again} ckpt_path={last}")
     elif run_dir:
         what = f" before the run trained; nothing was trained. Run it again: {again}"
+    elif progress is not None and progress.is_file():
+        what = (f"; the batches evaluated so far are kept in {progress}: the same command goes "
+                "on from them")
     elif resumable:
         what = ("; each job of the sweep that had trained keeps its last checkpoint, and its "
                 "results.json says how to resume it")

@@ -70,6 +70,25 @@ def _mlflow_run(store: Path):
     return client, runs[0]
 
 
+def test_tensorboard_shows_a_run_started_again_where_one_stopped_without_the_stopped_steps(
+        tmp_path, monkeypatch, capsys):
+    """A run stopped in its first epoch leaves its event file; the run started again in its
+    directory (rundir.is_run) writes beside it. Its writer marks the restart (purge_step), so
+    TensorBoard shows each step once (before: step 0 twice, the stopped run's and the new)."""
+    from test_hostile import run
+
+    from vae_lightning import cli
+
+    command = [*TINY, "trainer.max_epochs=2", "logger=tensorboard", "trainer.log_every_n_steps=1",
+               "callbacks.figures=null", f"hydra.run.dir={tmp_path / 'run'}"]
+    term = ["+callbacks.term._target_=fault_injection.SigtermAt", "+callbacks.term.fn=fit",
+            "+callbacks.term.hook=on_train_batch_start"]
+    assert run(cli.train, [*command, *term], monkeypatch, capsys, tmp_path).code == 143
+    assert run(cli.train, command, monkeypatch, capsys, tmp_path).code == 0
+    steps = [event.step for event in _events(tmp_path / "run").Scalars("train/loss")]
+    assert steps and len(steps) == len(set(steps)) and steps[0] == 0
+
+
 def test_tensorboard_hp_metric_is_the_best_val_elbo(tmp_path):
     results = train(compose_train(["data=frey", "model.latent=2", "trainer.max_epochs=3",
                                    "trainer.limit_train_batches=2", "logger=tensorboard", *QUIET],

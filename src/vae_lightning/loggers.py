@@ -89,6 +89,17 @@ class TensorBoardLogger(_TensorBoardLogger):
         self._step = step
         super().log_metrics(metrics, step)
 
+    @rank_zero_only
+    def resume_at(self, step: int) -> None:
+        """Training goes on after ``step`` (-1: a fresh run): the events this directory holds
+        from later steps (a killed run's steps past the checkpoint resumed from, or all of a
+        run stopped here before its first checkpoint) are hidden from TensorBoard, as the
+        writer's ``purge_step`` does: the new writer marks the restart at ``step + 1``."""
+        self._kwargs["purge_step"] = step + 1
+        if self._experiment is not None:  # opened without it: the next write opens it anew
+            self._experiment.close()
+            self._experiment = None
+
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
         super().after_save_checkpoint(checkpoint_callback)
         score = checkpoint_callback.best_model_score

@@ -53,14 +53,14 @@ class ResumeState(L.Callback):
         self.trainer = trainer
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.restored is None:  # a fresh run: rows a run stopped here before its first
-            for logger in trainer.loggers:  # checkpoint left (rundir.is_run) are not its own
-                if hasattr(logger, "resume_at"):
-                    logger.resume_at(-1)
-            return
-        for logger in trainer.loggers:  # a logger that keeps a resumed run's history
+        # A logger that keeps a run's history drops what lies past where this run starts: a
+        # killed run's steps after the checkpoint, or (a fresh run, -1) all that a run stopped
+        # here before its first checkpoint left (rundir.is_run).
+        for logger in trainer.loggers:
             if hasattr(logger, "resume_at"):
-                logger.resume_at(trainer.global_step)
+                logger.resume_at(-1 if self.restored is None else trainer.global_step)
+        if self.restored is None:
+            return
         state, self.restored = self.restored, None
         random.setstate(state["python"])
         kind, keys, pos, has_gauss, gauss = state["numpy"]

@@ -390,6 +390,26 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(command, finish
     assert file.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command", ["eval", "sample", "train"])
+def test_an_output_dir_where_nothing_can_be_created_is_exit_code_74_before_any_work(
+        command, finished, tmp_path, monkeypatch, capsys):
+    """/proc, where even root (to whom os.access says yes) creates nothing: refused by trying,
+    with the one line and exit code 74, not a traceback at the first write after the work."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc pseudo-filesystem here")
+    target = Path("/proc/vae-lightning-test/out")
+    ckpt = f"ckpt_path={finished / 'checkpoints' / 'last.ckpt'}"
+    if command == "train":
+        result = run(cli.train, [*TINY, f"hydra.run.dir={target}"], monkeypatch, capsys,
+                     tmp_path)
+    else:
+        call = _eval if command == "eval" else _sample
+        result = call([ckpt, f"output_dir={target}"], tmp_path, monkeypatch, capsys)
+    no_traceback(result)
+    assert result.code == 74 and "/proc is not writable" in result.err, result.err[-2000:]
+    assert "eval k=" not in result.err
+
+
 # ---------------------------------------------------------------- a full disk (item 13)
 def _mount_tmpfs(directory: Path, size: str, read_only: bool = False) -> None:
     directory.mkdir(parents=True, exist_ok=True)

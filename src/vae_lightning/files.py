@@ -8,6 +8,7 @@ import contextlib
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -48,17 +49,35 @@ def open_regular(path: str | os.PathLike, error: type[UserError], what: str) -> 
     raise error(f"{Path(path)} is {found}; expected {what} (a regular file).")
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why nothing can be created in the existing directory ``folder`` ("not writable (a
+    read-only filesystem)", ...), or None. Tried by creating and removing an empty folder in it
+    rather than asked of ``os.access``, which answers yes to root everywhere: on a
+    pseudo-filesystem such as /proc, where even root creates nothing, the run would fail at its
+    first write."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=folder))
+    except OSError as err:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "not writable (a read-only filesystem)"
+        if isinstance(err, PermissionError):
+            return "not writable (permissions)"
+        return f"not writable (creating a folder in it failed: {err.strerror})"
+    return None
+
+
 def writable_directory(directory: Path, key: str) -> None:
     """Refuse, before any work, an output directory that is a file, lies under a file, or
-    cannot be written."""
+    cannot be written (``unwritable``)."""
     for parent in [directory, *directory.parents]:
         if parent.exists():
             if not parent.is_dir():
                 raise ConfigError(f"{key}={directory}: {parent} is a file, not a directory; "
                                   f"choose a directory for {key}.")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UnwritableError(f"Cannot write into {directory}: {parent} is not "
-                                      f"writable. Choose another {key} or fix its permissions.")
+            reason = unwritable(parent)
+            if reason:
+                raise UnwritableError(f"Cannot write into {directory}: {parent} is {reason}. "
+                                      f"Choose another {key} or fix its permissions.")
             return
 
 

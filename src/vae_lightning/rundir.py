@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vae_lightning.errors import CheckpointError, ConfigError, UnwritableError
-from vae_lightning.files import atomic_write
+from vae_lightning.files import atomic_write, unwritable
 
 RESULTS = "results.json"
 CURVE = "curve.json"
@@ -271,9 +271,8 @@ def prepare(directory: str | Path, key: str = "hydra.run.dir") -> None:
             what = f"{'is' if existing == target else 'is under'} a broken symbolic link"
         raise ConfigError(f"{key}={directory} {what}, not a directory; nothing was written. "
                           f"Choose another {key}.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        reason = ("on a read-only filesystem" if os.statvfs(existing).f_flag & os.ST_RDONLY
-                  else "not writable (permissions)")
+    reason = unwritable(existing)
+    if reason:
         raise UnwritableError(f"{key}={directory} cannot be written: {existing} is {reason}; "
                               f"nothing was written. Choose another {key}.")
     if existing != target:

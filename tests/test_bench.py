@@ -306,7 +306,8 @@ def test_a_signal_to_vae_bench_reaches_the_row_s_command_and_ends_the_queue(name
     (["run", "vae", "-k", "2.5"], 2, ["argument -k", "not 2.5"]),
     (["run", "vae", "--runs", "{file}/runs"], 2, ["--runs", "is a file, not a directory"]),
     (["run", "vae", "--records", "{file}"], 2, ["--records", "is a file, not a directory"]),
-    (["run", "vae", "--runs", "/proc/vae-bench/runs"], 74, ["--runs /proc/vae-bench/runs"]),
+    (["run", "vae", "--runs", "/proc/vae-bench/runs"], 74,
+     ["/proc/vae-bench/runs", "another --runs", "not writable"]),
     (["run", "vae", "--override", "trainer.max_samplez=3"], 2,
      ["--override", "Did you mean trainer.max_samples"]),
     (["run", "vae", "--eval-override", "eval.kk=1"], 2, ["--eval-override", "eval has no key kk"]),
@@ -315,7 +316,7 @@ def test_a_signal_to_vae_bench_reaches_the_row_s_command_and_ends_the_queue(name
     (["page", "--records", "{file}"], 2, ["--records", "not a directory"]),
     (["page", "--records", "{tmp}", "--out", "{tmp}"], 2, ["--out", "is a directory"]),
     (["page", "--records", "{tmp}", "--out", "/proc/page.md", "--readme", ""], 74,
-     ["/proc/page.md", "choose another --out"]),
+     ["/proc", "another --out", "not writable"]),
 ])
 def test_bad_options_are_one_line_before_any_row_runs_or_page_is_written(
         argv, code, words, tmp_path, monkeypatch, capsys):

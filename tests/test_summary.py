@@ -4,8 +4,9 @@ total, without changing the random numbers training draws or the modules' modes;
 ``trainer.enable_model_summary=false`` leaves out every summary."""
 
 import compose
+import pytest
 import torch
-from compose import compose_train
+from compose import CONF, PAIR_MODEL, compose_train, small_posterior, small_prior
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -28,8 +29,8 @@ def _affine_flops(module: torch.nn.Module) -> int:
                if isinstance(m, torch.nn.Linear))
 
 
-def _counted(overrides, tmp_path):
-    run = build_run(compose_train(["data=frey", "model.latent=3", *overrides], tmp_path))
+def _counted(overrides, tmp_path, latent=3):
+    run = build_run(compose_train(["data=frey", f"model.latent={latent}", *overrides], tmp_path))
     run.datamodule.setup("fit")
     model = run.model
     model.decoder.eval()  # a mode the count must restore as it found it
@@ -61,6 +62,33 @@ def test_conditional_model_is_given_a_label(tmp_path):
     model, table = _counted([f"data.root={mnist}", "data=mnist", "data.val_size=50",
                              "model=cvae"], tmp_path)
     assert table.total_flops >= _affine_flops(model) > 0
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / "model" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", [f"prior={o}" for o in _options("prior")]
+                         + [f"posterior={o}" for o in _options("posterior")])
+def test_every_prior_and_posterior_is_counted_with_its_gradients_kept(option, tmp_path):
+    """Each option's bound runs under the counter (the VampPrior's pseudo-inputs, a parameter
+    fed to the encoder, once made torch's module tracker fail: every run of model/prior=vamp
+    ended in a traceback before its first step), and every parameter trains afterwards."""
+    group, name = option.split("=")
+    overrides = (small_prior(name) if group == "prior" else small_posterior(name))
+    if name in PAIR_MODEL and f"model={PAIR_MODEL[name]}" not in overrides:
+        overrides = [f"model={PAIR_MODEL[name]}", *overrides]
+    if name in ("uniform_codes", "uniform_categorical"):  # with their only posteriors
+        overrides = small_posterior({"uniform_codes": "vq"}.get(name, "relaxed_categorical"))
+    if name == "ladder":
+        overrides = [*overrides, "model.prior.net.hidden=[4]"]
+    if name == "class_normal":
+        mnist = compose.mnist_like(tmp_path / "data")
+        overrides = [f"data.root={mnist}", "data=mnist", "data.val_size=50", "model=cvae",
+                     *overrides]
+    model, table = _counted(overrides, tmp_path, latent=2)  # the small options' latent space
+    assert table.total_flops > 0
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_enable_model_summary_false_leaves_out_every_summary():

@@ -34,9 +34,15 @@ def count_flops(summary: Summary, trainer: pl.Trainer, module: pl.LightningModul
     x = torch.zeros(1, *trainer.datamodule.shape, device=module.device)
     y = trainer.datamodule.evaluation_labels("train")[:1].to(module.device)  # one label moved
     modes = {m: m.training for m in module.modules()}
+    # The count needs no gradients, and torch's module tracker asserts that a layer's output has
+    # a gradient function whenever its input requires a gradient: a parameter fed as a layer's
+    # input (the VampPrior's pseudo-inputs, through the encoder) does, even under no_grad.
+    trained = [p for p in module.parameters() if p.requires_grad]
     cuda = [module.device] if module.device.type == "cuda" else []
     try:
         module.eval()
+        for p in trained:
+            p.requires_grad_(False)
         # Name the layers from the model down (VAE.encoder...), as Lightning's table looks
         # them up; torch would name them from the first one called (a private method: without
         # it only the per-layer column stays empty).
@@ -49,6 +55,8 @@ def count_flops(summary: Summary, trainer: pl.Trainer, module: pl.LightningModul
     finally:
         for m, training in modes.items():
             m.training = training
+        for p in trained:
+            p.requires_grad_(True)
 
 
 class _Counted:

@@ -12,6 +12,8 @@ from vae_lightning.callbacks import BoundCurve, SampleBudget
 from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.data import FreyFaceDataModule, MNISTDataModule
 from vae_lightning.data.idx import write_idx
+from vae_lightning.data.sampling import derive_seed
+from vae_lightning.data.splits import SPLIT_SEED
 from vae_lightning.errors import ConfigError
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import load_model
@@ -147,6 +149,43 @@ def test_evaluation_data_is_one_fixed_binarization_of_the_split(tmp_path):
     grey = MNISTDataModule(root=tmp_path, val_size=50, download=False, binarize="none")
     grey.setup()
     torch.testing.assert_close(grey.evaluation_data("train"), pixels)
+    # Drawn batch by batch, the same pixels as one draw over the whole split (the fixed draw
+    # of earlier versions, from the split's seed), whatever the batch size and limit.
+    gen = torch.Generator().manual_seed(derive_seed(SPLIT_SEED, 0))
+    whole = (torch.rand((250, 28, 28), generator=gen) < dm.splits["train"][0] / 255).float()
+    assert torch.equal(train_x, whole[:, None])
+    labels = dm.evaluation_labels("train")
+    for batch_size, limit in [(1, 7), (64, None), (1000, 100)]:
+        batches = list(dm.evaluation_batches("train", batch_size, limit=limit))
+        assert all(len(x) <= batch_size for x, _ in batches)
+        assert torch.equal(torch.cat([x for x, _ in batches]), train_x[:limit])
+        assert torch.equal(torch.cat([y for _, y in batches]), labels[:limit])
+    assert torch.equal(dm.evaluation_data("train", limit=100), train_x[:100])
+
+
+def test_curve_and_first_bound_evaluate_a_split_batch_by_batch(tmp_path, monkeypatch):
+    """The curve's and the first bound's evaluations never hold a float copy of a whole split
+    (dSprites' 737,280 images are 12 GB as floats: its presets were killed for memory after
+    their first step): they read ``evaluation_batches``, never ``evaluation_data``."""
+    from vae_lightning.data.datamodules import VAEDataModule
+
+    def whole(*args, **kwargs):
+        raise AssertionError("a whole split was made into one float tensor")
+
+    monkeypatch.setattr(VAEDataModule, "evaluation_data", whole)
+    train(_frey(tmp_path, "trainer.max_samples=300", "data.val_size=0",
+                "callbacks.bound_curve.start=100"))
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert curve["train_size"] == 1765 and len(curve["points"]) >= 2
+
+
+def test_the_mean_image_of_a_large_split_is_summed_in_chunks():
+    dm = FreyFaceDataModule(scale=255.0)
+    dm.setup()
+    x = dm.splits["train"][0]
+    dm.splits["train"] = (x.repeat(6, 1, 1), dm.splits["train"][1].repeat(6))  # > 4096 rows
+    expected = (x.double().sum(0) / len(x) / 255).float().reshape(dm.shape)
+    torch.testing.assert_close(dm.mean_image(), expected, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("value", ["'00:00:00:01'", "{seconds: 1}"])

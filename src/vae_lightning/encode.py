@@ -83,9 +83,9 @@ class Encoding:
                 for split in self.splits}
         arrays: dict[str, np.ndarray] = {}
         for split, (datamodule, _, _) in read.items():
-            x, y = datamodule.evaluation_data(split), datamodule.evaluation_labels(split)
-            arrays[f"x_{split}"] = posterior_locations(model, x, y, self.batch_size).numpy()
-            arrays[f"y_{split}"] = y.numpy()
+            arrays[f"x_{split}"] = posterior_locations(
+                model, datamodule.evaluation_batches(split, self.batch_size)).numpy()
+            arrays[f"y_{split}"] = datamodule.evaluation_labels(split).numpy()
         _save_npz(self.out, arrays)
         source = next(iter(read.values()))[1]
         record = {

@@ -270,7 +270,7 @@ class Evaluation:
                                ckpt_path, "eval", trusted=self.trusted, data_root=self.data_root,
                                data_path=self.data_path, batch_size=self.batch_size)[0]
             source.setup(STAGES[self.split])
-        real = source.evaluation_data(self.split)[:self.samples]
+        real = source.evaluation_data(self.split, limit=self.samples)
         if "precision_recall" in self.sample_quality:
             quality.check_neighbours(len(real), self.samples, self.nearest_k)
         return net, about, real

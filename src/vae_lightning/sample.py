@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,14 @@ GRID_MAX = 400  # images drawn in samples.png; samples.npy holds all n
 CHUNK = 1024  # images decoded per pass: memory stays bounded whatever n
 
 
-def posterior_locations(model: VAE, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+def posterior_locations(model: VAE, batches: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
     """The location of q(z|x) (``Encoder.location``: a Gaussian posterior's mean) of each point
-    of ``x`` given its label ``y``, ``[N, latent]`` float32 on the CPU, encoded ``batch_size``
-    points at a time: what the fitted samplers are fitted to and ``vae-encode`` exports."""
+    ``x`` of ``batches`` given its label ``y`` (a data module's ``evaluation_batches``),
+    ``[N, latent]`` float32 on the CPU: what the fitted samplers are fitted to and
+    ``vae-encode`` exports."""
     with torch.no_grad():
         return torch.cat([model.encoder.location(model.encode(xs, ys)).float().cpu()
-                          for xs, ys in zip(x.split(batch_size), y.split(batch_size))])
+                          for xs, ys in batches])
 
 
 class Sampling:
@@ -199,19 +200,18 @@ class Sampling:
     def _posterior_locations(self, model: VAE, config: dict[str, Any],
                              checkpoint: dict[str, Any]) -> Tensor:
         """The location of q(z|x) of every training image (``posterior_locations``)."""
-        return posterior_locations(model, *self._training_images(model, config, checkpoint),
-                                   self.batch_size)
+        return posterior_locations(model, self._training_images(model, config, checkpoint))
 
     def _training_images(self, model: VAE, config: dict[str, Any],
-                         checkpoint: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """The training images and their labels, found and checked as ``vae-eval`` finds and
-        checks its split's (``checkpoint_data``)."""
+                         checkpoint: dict[str, Any]) -> Iterator[tuple[Tensor, Tensor]]:
+        """The training images and their labels, ``batch_size`` at a time, found and checked
+        as ``vae-eval`` finds and checks its split's (``checkpoint_data``)."""
         datamodule = checked_data(config, checkpoint, self.ckpt_path, "train", "",
                                   trusted=self.trusted, data_root=self.data_root,
                                   data_path=self.data_path,
                                   allow_other_data=self.allow_other_data,
                                   batch_size=self.batch_size)[0]
-        return datamodule.evaluation_data("train"), datamodule.evaluation_labels("train")
+        return datamodule.evaluation_batches("train", self.batch_size)
 
     def _check_class(self, model: VAE) -> None:
         """``y`` names a class of a conditional model, or is a condition vector of its length

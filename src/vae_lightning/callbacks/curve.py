@@ -26,12 +26,12 @@ from vae_lightning.checkpoints import RunConfig
 from vae_lightning.files import atomic_write
 
 
-def split_elbo(model: L.LightningModule, x: torch.Tensor, y: torch.Tensor,
+def split_elbo(model: L.LightningModule, datamodule: L.LightningDataModule, split: str,
                batch_size: int) -> torch.Tensor:
-    """The ELBO of each data point of ``x`` (given its label in ``y``, for a conditional
-    model), ``batch_size`` points at a time."""
-    return torch.cat([model.bound(xs, ys).elbo
-                      for xs, ys in zip(x.split(batch_size), y.split(batch_size))])
+    """The ELBO of each data point of ``split`` (given its label, for a conditional model),
+    ``batch_size`` points at a time (``evaluation_batches``) on the model's device."""
+    return torch.cat([model.bound(xs, ys).elbo for xs, ys in
+                      datamodule.evaluation_batches(split, batch_size, model.device)])
 
 class BoundCurve(L.Callback):
     """Evaluate the ELBO (nats per data point) on ``splits`` at log-spaced samples seen.
@@ -54,7 +54,7 @@ class BoundCurve(L.Callback):
         self.splits, self.batch_size = tuple(splits), batch_size
         self.points: list[dict[str, float]] = []
         self._next = math.ceil(points_per_decade * math.log10(start))
-        self._data: dict[str, torch.Tensor] = {}
+        self._sizes: dict[str, int] = {}  # the points of each split evaluated
 
     def threshold(self, j: int) -> float:
         return 10 ** (j / self.points_per_decade)
@@ -83,8 +83,9 @@ class BoundCurve(L.Callback):
             torch.manual_seed(0)
             point = {"samples_seen": pl_module.samples_seen}
             for split in self.splits:
-                elbo = split_elbo(pl_module, *self._split(trainer, split, device),
+                elbo = split_elbo(pl_module, self._split(trainer, split), split,
                                   self.batch_size)
+                self._sizes[split] = len(elbo)
                 point[f"{split}/elbo"] = elbo.double().mean().item()
         pl_module.train(training)
         self.points.append(point)
@@ -93,21 +94,19 @@ class BoundCurve(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         self._write(trainer, pl_module)
 
-    def _split(self, trainer: L.Trainer, split: str,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in self._data:
-            dm = trainer.datamodule
+    def _split(self, trainer: L.Trainer, split: str) -> L.LightningDataModule:
+        """The data module, with ``split`` loaded."""
+        dm = trainer.datamodule
+        if split not in self._sizes:
             dm.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-            self._data[split] = (dm.evaluation_data(split, device),
-                                 dm.evaluation_labels(split, device))
-        return self._data[split]
+        return dm
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         payload = {
             "data": getattr(trainer.datamodule, "name", None),
             "latent": pl_module.latent,
             "method": pl_module.method,
-            **{f"{split}_size": len(self._data[split][0]) for split in self.splits},
+            **{f"{split}_size": self._sizes[split] for split in self.splits},
             "config": RunConfig.of(trainer),
             "points": self.points,
         }
@@ -169,8 +168,7 @@ class InitialBound(L.Callback):
         pl_module.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
-            elbo = split_elbo(pl_module, dm.evaluation_data(self.split, device),
-                              dm.evaluation_labels(self.split, device), self.batch_size)
+            elbo = split_elbo(pl_module, dm, self.split, self.batch_size)
         pl_module.train(training)
         self.value = elbo.double().mean().item()
 

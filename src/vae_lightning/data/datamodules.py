@@ -6,6 +6,7 @@ split's identity recorded in checkpoints. The data sets are subclasses in module
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -203,18 +204,38 @@ class VAEDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def evaluation_data(self, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The whole ``split`` as model inputs, float32 ``[N, C, H, W]`` on ``device``: what the
-        bound is evaluated on. With ``binarize="dynamic"`` the training split is binarized by
-        one fixed draw (seeded like val/test), so its bound is comparable across evaluations."""
+    def evaluation_batches(self, split: str, batch_size: int, device: torch.device | str = "cpu",
+                           limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``split`` (its first ``limit`` points) as model inputs and labels, ``batch_size``
+        points at a time on ``device``: float32 ``[B, C, H, W]`` and ``evaluation_labels``'
+        ``[B]`` (or ``[B, D]``). What the bound is evaluated on, batch by batch, so that no
+        float copy of a large split (dSprites' 737,280 images: 12 GB) is ever made. With
+        ``binarize="dynamic"`` the training split is binarized by one fixed draw (seeded like
+        val/test) from a CPU generator, drawn batch after batch: the same pixels whatever the
+        batch size or device, so its bound is comparable across evaluations."""
         if split not in self.splits:
             raise RuntimeError(f"The {split} split is not loaded: call setup() first.")
         x, y = self.splits[split]
-        x = x.to(device)
-        if self.binarize == "dynamic" and x.dtype != torch.bool:
-            gen = torch.Generator(x.device).manual_seed(derive_seed(SPLIT_SEED, _SPLIT_IDS[split]))
-            x = torch.rand(x.shape, generator=gen, device=x.device) < self._probabilities(x)
-        return self.to_inputs((x, y))[0]
+        labels = self.evaluation_labels(split)
+        n = len(x) if limit is None else min(limit, len(x))
+        dynamic = self.binarize == "dynamic" and x.dtype != torch.bool
+        if dynamic:
+            gen = torch.Generator().manual_seed(derive_seed(SPLIT_SEED, _SPLIT_IDS[split]))
+        for start in range(0, n, batch_size):
+            xs = x[start:min(start + batch_size, n)].cpu()
+            if dynamic:
+                xs = torch.rand(xs.shape, generator=gen) < self._probabilities(xs)
+            inputs = self.to_inputs((xs.to(device), None))[0]
+            yield inputs, labels[start:start + len(inputs)].to(device)
+
+    def evaluation_data(self, split: str, device: torch.device | str = "cpu",
+                        limit: int | None = None) -> torch.Tensor:
+        """The ``split`` (its first ``limit`` points) as model inputs, float32 ``[N, C, H, W]``
+        on ``device``, in one tensor (``evaluation_batches``' batches: a sample of a split, or a
+        small one; iterate those batches for a whole large split)."""
+        n = len(self.splits[split][0]) if split in self.splits else 0
+        return torch.cat([xs for xs, _ in self.evaluation_batches(
+            split, 4096, device, limit)]) if n and limit != 0 else torch.empty(0, *self.shape)
 
     def evaluation_labels(self, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """The labels of ``evaluation_data(split)``, int64 ``[N]`` (the class of each image;
@@ -231,7 +252,8 @@ class VAEDataModule(L.LightningDataModule):
         if split not in self.splits:
             raise RuntimeError(f"The {split} split is not loaded: call setup() first.")
         x = self.splits[split][0]
-        mean = x.sum(0, dtype=torch.float64) / len(x)
+        # Summed in chunks: sum(dtype=float64) makes a float64 copy of its input, 8 bytes a pixel.
+        mean = sum(chunk.sum(0, dtype=torch.float64) for chunk in x.split(4096)) / len(x)
         if not (x.is_floating_point() or x.dtype == torch.bool):
             mean = mean / self.scale
         return mean.float().reshape(self.shape)

@@ -206,3 +206,19 @@ def test_max_time_ends_training_early_and_the_run_ends_as_usual(tmp_path, value)
 def test_bad_max_time_is_an_error_naming_the_key(tmp_path, value):
     with pytest.raises((ConfigError, ValueError), match="max_time"):
         train(_frey(tmp_path, f"trainer.max_time={value}"))
+
+
+@pytest.mark.parametrize("override, words", [
+    ("trainer.accumulate_grad_batches=-1", "accumulate_grad_batches=-1"),  # climbed the loss
+    ("trainer.accumulate_grad_batches=0", "accumulate_grad_batches=0"),  # ZeroDivisionError
+    ("trainer.gradient_clip_val=-1", "gradient_clip_val=-1"),  # ignored by Lightning
+    ("trainer.gradient_clip_val=0", "gradient_clip_val=0"),
+    ("trainer.precision=64", "float32, not float64"),  # a dtype error after the first step
+    ("trainer.precision=64-true", "float32, not float64"),
+])
+def test_trainer_values_lightning_accepts_but_cannot_train_are_refused(tmp_path, override, words):
+    """Each was accepted and then trained in the wrong direction, silently did nothing, or
+    ended in a traceback; now a ConfigError naming the key before anything is built."""
+    with pytest.raises(ConfigError, match=words):
+        train(_frey(tmp_path, override))
+    assert not (tmp_path / "checkpoints").exists()

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 
-from vae_lightning.args import Range, checked, fail
+from vae_lightning.args import PositiveFloat, PositiveInt, Range, checked, fail
 from vae_lightning.callbacks import summary
 from vae_lightning.callbacks.curve import SampleBudget
 from vae_lightning.checkpoints import AtomicCheckpointIO
@@ -105,8 +105,19 @@ class Trainer(L.Trainer):
         max_time: Any = None,
         callbacks: list[Any] | None = None,
         plugins: Any = None,
+        accumulate_grad_batches: PositiveInt = 1,
+        gradient_clip_val: PositiveFloat | None = None,
+        precision: Any = "32-true",
         **kwargs: Any,
     ) -> None:
+        # Lightning accepts a negative accumulation (it divides the loss by it: every step
+        # climbs the loss) and a clip value <= 0 (ignored without a word); float64 it accepts,
+        # but the model's densities are computed in float32 (``posteriors.Encoder``).
+        if str(precision) in ("64", "64-true", "double"):
+            fail(self, "precision", precision, "32-true (the default), bf16-mixed or 16-mixed "
+                 "(GPU), 16-true or bf16-true: the model's densities are float32, not float64")
+        kwargs.update(accumulate_grad_batches=accumulate_grad_batches,
+                      gradient_clip_val=gradient_clip_val, precision=precision)
         self._check_accelerator(kwargs.get("accelerator", "auto"))
         max_time = self._duration(max_time)
         callbacks = list(callbacks or [])

@@ -99,6 +99,16 @@ def test_project_2d_keeps_2d_and_finds_the_principal_plane():
     assert points[:, 1].var().item() == pytest.approx(z[:, 3].var().item(), rel=0.05)
 
 
+def test_a_one_point_validation_split_draws_its_figures_and_the_run_ends(tmp_path):
+    """data.val_size=1 (a folder of 14 images by default): the principal plane of one point
+    has one component; the scatter gets a zero second axis, not an IndexError after training
+    (which lost the run's test evaluation, and its resume again)."""
+    assert project_2d(torch.randn(1, 5))[0].shape == (1, 2)
+    assert project_2d(torch.randn(2, 5))[0].shape == (2, 2)
+    results = train(compose_train([*FAST, "model.latent=3", "data.val_size=1"], tmp_path))
+    assert results["status"] == "completed" and (tmp_path / "figures" / "latents.png").is_file()
+
+
 @pytest.mark.parametrize(
     "latent,manifold", [(2, True), (3, False)]
 )

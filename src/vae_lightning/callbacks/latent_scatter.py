@@ -18,14 +18,16 @@ from vae_lightning.plotting import pyplot
 
 
 def project_2d(z: Tensor) -> tuple[Tensor, str]:
-    """``z`` itself when it is 2-d, else its projection on the first two principal components."""
+    """``z`` itself when it is 2-d, else its projection on the first two principal components
+    (a second axis of zeros where there is one dimension, or one point: its single component)."""
     if z.shape[1] == 2:
         return z, "z"
     if z.shape[1] == 1:
         return torch.cat([z, torch.zeros_like(z)], 1), "z"
     centred = z - z.mean(0)
     _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ v[:2].T, "PC"
+    points = centred @ v[:2].T
+    return torch.cat([points, points.new_zeros(len(z), 2 - points.shape[1])], 1), "PC"
 
 
 def class_colours(n: int) -> np.ndarray:

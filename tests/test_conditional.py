@@ -155,6 +155,21 @@ def test_every_method_hands_the_labels_to_the_parts_and_asks_for_them():
     assert all(part.labels._y is None for part in model._conditional)
 
 
+def test_a_refused_label_leaves_the_model_as_it_was():
+    """A class outside the model's is refused, and the next call with good labels works (the
+    refused labels were kept and refused again at every later call)."""
+    model, (x, y) = cg.model(), cg.data()
+    torch.manual_seed(0)
+    before = model.sample(2, y=1)
+    for bad in (lambda: model.sample(2, y=99), lambda: model.encode(x, y + 5)):
+        with pytest.raises(ValueError, match="outside"):
+            bad()
+    torch.manual_seed(0)
+    torch.testing.assert_close(model.sample(2, y=1), before)
+    torch.testing.assert_close(model.encode(x, y).mean, model.encode(x, y).mean)
+    assert all(part.labels._y is None for part in model._conditional)
+
+
 def test_model_classes_must_match_the_parts():
     encoder = Encoder(cg.CONDITIONED, Gaussian(), cg.SHAPE, latent=3)
     decoder = Decoder(cg.LINEAR, GaussianFixed(cg.SIGMA), cg.SHAPE, latent=3)

@@ -31,10 +31,11 @@ class Inference:
             yield
             return
         previous = getattr(self, "_given_labels", None)  # an outer block's, restored after
-        self._given_labels = None if y is None else y.to(self.device)
-        for part in self._conditional:
-            part.given(self._given_labels)
-        try:
+        try:  # labels a part refuses (a class out of range) are not kept: the finally restores
+            y = None if y is None else y.to(self.device)
+            for part in self._conditional:
+                part.given(y)
+            self._given_labels = y
             yield
         finally:
             self._given_labels = previous

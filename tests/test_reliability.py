@@ -90,6 +90,11 @@ def test_resuming_with_another_model_names_the_difference_and_the_original_overr
     with pytest.raises(CheckpointError, match="model.optimizer._target_"):
         build_run(compose_train([*SMALL, "model/optimizer=adagrad", f"ckpt_path={last}"],
                             tmp_path))
+    # Another number of steps per batch too: automatic and manual optimization count their
+    # steps apart (a switch ran 15 steps and reported 10, its KL schedule restarted).
+    with pytest.raises(CheckpointError, match=r"data.steps_per_batch=1 \(this run: 2\)"):
+        build_run(compose_train([*SMALL, "data.steps_per_batch=2", f"ckpt_path={last}"],
+                                tmp_path))
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

@@ -81,11 +81,16 @@ def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: st
     """Raise ``CheckpointError`` if ``config`` (resolved) differs from the run that wrote
     ``checkpoint`` in its model or data set, naming the keys and the run's ``overrides``."""
     saved = run_config(checkpoint, path)
-    keys = sorted(set(_leaves(saved, "model")) | set(_leaves(config, "model")) | {"data._target_"},
+    # data.steps_per_batch too: automatic (K = 1) and manual (K > 1) optimization count their
+    # optimizer steps apart, so a switch lost count of the steps (and of the KL schedule's).
+    keys = sorted(set(_leaves(saved, "model")) | set(_leaves(config, "model"))
+                  | {"data._target_", "data.steps_per_batch"},
                   key=lambda key: (key.count("."), key))
     differences, shown = [], set()
     for key in keys:
         pair = (_at(saved, key), _at(config, key))
+        if key == "data.steps_per_batch":  # 1 where a config (an older run's) has none
+            pair = tuple(1 if value is None else value for value in pair)
         if pair[0] == pair[1] or (key.startswith(MAY_CHANGE)
                                   and key != "model.optimizer._target_"):
             continue

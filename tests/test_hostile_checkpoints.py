@@ -203,6 +203,32 @@ def test_malformed_checkpoints_are_one_line(kind, words, finished, tmp_path, mon
     assert result.code == 2 and str(ckpt) in result.err
 
 
+@pytest.mark.parametrize("target", ["vae_lightning.data.FolderDataModule",
+                                    "vae_lightning.data.ArrayDataModule",
+                                    "lightning.pytorch.loggers.CSVLogger"])
+def test_a_class_of_another_config_group_in_the_model_is_refused_unread(
+        target, finished, tmp_path, monkeypatch, capsys):
+    """A data module (or a logger) named where a model part goes: each is one of this package's
+    classes, but building it there reads (or writes) the path the file names; the model node
+    builds only the model group's classes. Nothing under that path is opened."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "a.png").write_bytes(b"not an image")  # a read would say so in its message
+
+    def change(checkpoint):
+        checkpoint[CONFIG_KEY]["model"]["encoder"] = {
+            "_target_": target, "path": str(secret), "root": str(tmp_path),
+            "save_dir": str(secret / "written")}
+        return checkpoint
+
+    run_dir = _tampered(finished, tmp_path, change)
+    result = _eval([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], tmp_path,
+                   monkeypatch, capsys)
+    no_traceback(result)
+    assert result.code == 2 and f"model.encoder._target_='{target}'" in result.err
+    assert "a.png" not in result.err and sorted(p.name for p in secret.iterdir()) == ["a.png"]
+
+
 def test_weights_of_another_shape_name_the_keys_and_shapes(finished, tmp_path, monkeypatch,
                                                            capsys):
     def change(checkpoint):

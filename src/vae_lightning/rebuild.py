@@ -25,8 +25,12 @@ from vae_lightning.errors import CheckpointError, UserError
 
 
 @functools.cache
-def shipped_targets() -> frozenset[str]:
-    """Every ``_target_`` named by this package's config groups: what a checkpoint may build."""
+def shipped_targets(root: str) -> frozenset[str]:
+    """Every ``_target_`` this package's configs name under ``root`` (``model`` or ``data``):
+    in the files of that config group, and under the ``root`` key of the others (presets):
+    what a checkpoint's ``root`` node may build. Per node, so that a checkpoint cannot put a
+    class of another group where a model part goes (a data module there reads the files its
+    path names)."""
     found: set[str] = set()
 
     def walk(node: Any) -> None:
@@ -46,8 +50,12 @@ def shipped_targets() -> frozenset[str]:
             elif entry.name.endswith(".yaml"):
                 yield entry
 
-    for file in files(resources.files("vae_lightning.conf")):
-        walk(OmegaConf.to_container(OmegaConf.create(file.read_text())))
+    conf = resources.files("vae_lightning.conf")
+    group = conf.joinpath(root)
+    for file in files(conf):
+        node = OmegaConf.to_container(OmegaConf.create(file.read_text()))
+        inside = str(file).startswith(str(group) + "/")
+        walk(node if inside else node.get(root) if isinstance(node, dict) else None)
     return frozenset(found)
 
 
@@ -97,7 +105,7 @@ def build_trusted(node: dict[str, Any], key: str, path: str | Path,
 
 
 def _refuse_untrusted(node: Any, key: str, path: str | Path, trusted: Sequence[str]) -> None:
-    refused = _untrusted(node, key, shipped_targets() | frozenset(trusted))
+    refused = _untrusted(node, key, shipped_targets(key.split(".")[0]) | frozenset(trusted))
     if not isinstance(node, dict) or "_target_" not in node:
         refused.insert(0, f"{key} without a _target_")
     if refused:

@@ -497,3 +497,20 @@ def test_progress_of_another_evaluation_is_set_aside(checkpoint, tmp_path, monke
     assert "Going on with" not in caplog.text
     _same_estimates(got, run_eval(_eval_cfg([*base, "eval.k=20",
                                              f"output_dir={tmp_path / 'fresh'}"])))
+
+
+@pytest.mark.parametrize("data, bits", [(["data=frey"], False),
+                                        (["data=mnist", "data.val_size=50"], True)])
+def test_training_logs_bits_per_dim_only_where_they_are_a_code_length(data, bits, tmp_path):
+    """A Bernoulli likelihood on Frey Face's grey levels (not binarized) bounds no probability:
+    its run logged bits/dim all the same, which vae-eval on the same checkpoint leaves out
+    (likelihoods.code_length, one rule for both); on binarized MNIST they are logged."""
+    from compose import mnist_like
+
+    from vae_lightning.train import train
+
+    root = mnist_like(tmp_path / "data")
+    results = train(compose_train([*data, f"data.root={root}", "model/likelihood=bernoulli",
+                                   "model.latent=2", "trainer.max_steps=2", *QUIET],
+                                  tmp_path / "run"))
+    assert ("test/bits_per_dim" in results) == bits and "test/elbo" in results

@@ -27,7 +27,8 @@ from vae_lightning.args import ArgumentError, PositiveFloat, PositiveInt, checke
 from vae_lightning.checkpoint_data import STAGES, checked_data, find_data
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
-from vae_lightning.log_likelihood import Estimate, code_length, evaluate, units
+from vae_lightning.likelihoods import code_length
+from vae_lightning.log_likelihood import Estimate, evaluate, units
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk
 from vae_lightning.rebuild import device_of, load_model

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,15 @@ from vae_lightning.pixel_distributions import (
     PixelDiscretizedLogisticMixture,
     smooth_floor,
 )
+
+
+def code_length(likelihood: Any, datamodule: Any) -> bool:
+    """Whether -log2 p(x) / D is a code length in bits per dimension: the likelihood is a
+    probability of discrete pixel values, and the data are those values (binary pixels for a
+    Bernoulli likelihood: binarized data)."""
+    if likelihood.support is constraints.boolean:
+        return getattr(datamodule, "binarize", "none") != "none"
+    return likelihood.discrete
 
 
 class Likelihood(nn.Module):

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, TransformedDistribution, constraints
+from torch.distributions import Distribution, TransformedDistribution
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import atomic_write
@@ -281,15 +281,6 @@ def bound_of(model: VAE, y: Tensor | None = None) -> str:
              else "its own class label y")
     return (f"log p(x|y), a conditional likelihood of each image given {given} (no p(y) is "
             "modelled): not log p(x)")
-
-
-def code_length(likelihood: Any, datamodule: Any) -> bool:
-    """Whether -log2 p(x) / D is a code length in bits per dimension: the likelihood is a
-    probability of discrete pixel values, and the data are those values (binary pixels for a
-    Bernoulli likelihood: binarized data)."""
-    if likelihood.support is constraints.boolean:
-        return getattr(datamodule, "binarize", "none") != "none"
-    return likelihood.discrete
 
 
 def units(discrete: bool) -> str:

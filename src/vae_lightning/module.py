@@ -20,7 +20,7 @@ from vae_lightning.args import PositiveInt, checked
 from vae_lightning.errors import ConfigError
 from vae_lightning.graphs import GraphedStep, runtime_problems
 from vae_lightning.inference import Inference
-from vae_lightning.likelihoods import Decoder
+from vae_lightning.likelihoods import Decoder, code_length
 from vae_lightning.metrics import BITS, TERMS, BoundMean, BoundTerm
 from vae_lightning.objectives import Objective
 from vae_lightning.parts import Bound, Conditional, Stepped, refuse_unfit
@@ -283,6 +283,16 @@ class VAE(Inference, L.LightningModule):
             for term in self.terms:
                 self.log(f"{stage}/{term}", self.metrics[f"{stage}_{term}"], on_step=False,
                          on_epoch=True, prog_bar=term == "elbo")
+
+    def setup(self, stage: str) -> None:
+        """Bits per dimension are logged only where they are a code length
+        (``likelihoods.code_length``): not for a Bernoulli likelihood on data that are not
+        binarized (Frey Face's grey levels: a warning says its bound is no log probability)."""
+        super().setup(stage)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if BITS in self.terms and datamodule is not None \
+                and not code_length(self.decoder.likelihood, datamodule):
+            self.terms = TERMS
 
     def configure_optimizers(self) -> Any:
         return optimization.configure(self)

@@ -330,6 +330,27 @@ def test_other_data_are_refused_unless_allowed(finished, tmp_path, monkeypatch, 
     assert saved["data_source"]["path"] == "command line"
 
 
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_data_of_another_shape_are_refused_even_when_other_data_are_allowed(
+        command, finished, tmp_path, monkeypatch, capsys):
+    """allow_other_data lets a model read other images of its shape; images of another shape
+    its networks cannot take: one line (exit 2), not a matrix-shape traceback."""
+    def change(checkpoint):
+        checkpoint[DATA_KEY]["shape"] = [3, 8, 8]  # the model's record of its images
+        return checkpoint
+
+    ckpt = _tampered(finished, tmp_path, change) / "checkpoints" / "last.ckpt"
+    if command == "eval":
+        result = _eval([f"ckpt_path={ckpt}", "eval.allow_other_data=true", "eval.k=2"],
+                       tmp_path, monkeypatch, capsys)
+    else:
+        result = _sample([f"ckpt_path={ckpt}", "allow_other_data=true", "sampler=gmm",
+                          f"output_dir={tmp_path / 'out'}"], tmp_path, monkeypatch, capsys)
+    no_traceback(result)
+    assert result.code == 2 and "images of shape [1, 28, 20]" in result.err, result.err[-2000:]
+    assert "[3, 8, 8]" in result.err
+
+
 def test_a_resume_on_other_data_is_refused(finished, tmp_path, monkeypatch, capsys):
     faces = load_bundled_frey()
     other = tmp_path / "frey_shuffled.mat"

@@ -21,7 +21,7 @@ from typing import Any
 
 from vae_lightning import rundir
 from vae_lightning.args import locations
-from vae_lightning.checkpoints import data_differences
+from vae_lightning.checkpoints import DATA_KEY, data_differences
 from vae_lightning.config import dotted
 from vae_lightning.errors import CheckpointError, ConfigError, DataError
 from vae_lightning.files import kind, open_regular
@@ -105,6 +105,14 @@ def _check_data(checkpoint: dict[str, Any], datamodule: Any, ckpt_path: str,
                     "version): the %s data read from %s are not checked.", ckpt_path,
                     split, _where(source))
         return None
+    saved_shape = (checkpoint.get(DATA_KEY) or {}).get("shape")
+    if saved_shape is not None and identity.get("shape") != saved_shape:
+        raise DataError(  # no allow_other_data: the model's networks take images of its shape
+            f"The {split} data read from {_where(source)} are images of shape "
+            f"{identity.get('shape')}, and the model of checkpoint {ckpt_path} takes images of "
+            f"shape {saved_shape}: it cannot read them, even with "
+            f"{dotted(key, 'allow_other_data')}=true. Name data of that shape with "
+            f"{dotted(key, 'data_root')}=... (or {dotted(key, 'data_path')}=...).")
     if differences and not allow_other_data:
         raise DataError(
             f"The {split} data read from {_where(source)} are not the data checkpoint "

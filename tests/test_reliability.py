@@ -110,6 +110,7 @@ def test_corrupt_checkpoint_is_a_clear_error_before_training(tmp_path, damage):
     with pytest.raises(CheckpointError) as err:
         build_run(compose_train([*SMALL, f"ckpt_path={path}"], tmp_path))
     assert str(path) in str(err.value) and "corrupt" in str(err.value)
+    assert str(err.value).count("Use another file") == 1  # one message, not one inside another
 
 
 @pytest.mark.parametrize("steps_per_batch", [1, 3])  # with 3, step 5 is mid-batch

@@ -80,12 +80,12 @@ def _check_archive(file: Any, path: Path) -> None:
     """Refuse a file that is not a zip archive (torch.save's format) or whose members do not
     match their CRC-32: the checkpoint changed after it was written (a disk or copy error, or
     tampering)."""
+    if not zipfile.is_zipfile(file):  # outside the try: its error is not wrapped again
+        raise CheckpointError(
+            f"Checkpoint {path} cannot be read: it is not a zip archive, the format "
+            "torch.save writes (the file is corrupt or truncated, or not a checkpoint). "
+            f"{USE_ANOTHER}")
     try:
-        if not zipfile.is_zipfile(file):
-            raise CheckpointError(
-                f"Checkpoint {path} cannot be read: it is not a zip archive, the format "
-                "torch.save writes (the file is corrupt or truncated, or not a checkpoint). "
-                f"{USE_ANOTHER}")
         file.seek(0)
         with zipfile.ZipFile(file) as archive:
             bad = archive.testzip()

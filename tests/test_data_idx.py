@@ -1,6 +1,7 @@
 """IDX reader/writer, the real MNIST test set and the bundled Frey Face."""
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,27 @@ def test_bundled_frey_equals_mat_file():
     np.testing.assert_array_equal(
         load_bundled_frey(), read_frey_mat(SHARED / "frey" / "frey_rawface.mat")
     )
+
+
+@pytest.mark.parametrize("labels, words", [
+    (np.full(20, 1.5, np.float32), "float32 [20], expected integers"),  # was read as 1
+    (np.ones((20, 1), np.uint8), "uint8 [20, 1], expected integers [N]"),
+    (np.ones(19, np.uint8), "20 images but 19 labels"),
+])
+def test_mnist_labels_that_are_not_one_integer_per_image_are_refused_naming_the_file(
+        tmp_path, labels, words):
+    from vae_lightning.data import MNISTDataModule
+    from vae_lightning.errors import DataError
+
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28), np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz",
+                  labels if prefix == "train" else np.zeros(n, np.uint8))
+    dm = MNISTDataModule(root=tmp_path, val_size=2, download=False)
+    with pytest.raises(DataError, match=re.escape(words)) as err:
+        dm.setup()
+    assert "train-labels-idx1-ubyte.gz" in str(err.value)

@@ -42,17 +42,22 @@ class IDXDataModule(VAEDataModule):
     def _read(self, prefix: str) -> tuple[np.ndarray, np.ndarray]:
         wanted = {k: v for k, v in self.files.items() if k.startswith(prefix)}
         paths = ensure_files(wanted, self._dirs(), self.mirrors, self.download)
-        images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
-        labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
+        image_file = paths[f"{prefix}-images-idx3-ubyte.gz"]
+        label_file = paths[f"{prefix}-labels-idx1-ubyte.gz"]
+        images, labels = read_idx(image_file), read_idx(label_file)
         if images.dtype != np.uint8 or images.shape[1:] != self.shape[1:]:
             raise DataError(
-                f"{self.name} {prefix} images are {images.dtype} "
-                f"{images.shape}, expected uint8 [N, 28, 28]."
+                f"{image_file}: {self.name} {prefix} images are {images.dtype} "
+                f"{list(images.shape)}, expected uint8 [N, 28, 28]."
             )
-        if labels.shape != images.shape[:1]:
+        if labels.dtype.kind not in "iu" or labels.ndim != 1:  # not truncated to integers
             raise DataError(
-                f"{self.name} {prefix} has {len(images)} images but {len(labels)} labels."
-            )
+                f"{label_file}: {self.name} {prefix} labels are {labels.dtype} "
+                f"{list(labels.shape)}, expected integers [N] (uint8 in the published files).")
+        if len(labels) != len(images):
+            raise DataError(
+                f"{label_file}: {self.name} {prefix} has {len(images)} images but "
+                f"{len(labels)} labels.")
         return images, labels.astype(np.int64)
 
     def _load(self, names):

@@ -275,6 +275,25 @@ def test_the_labelled_subset_is_balanced_by_class_and_fixed_by_the_seed():
         balanced_subset(y, 2000, seed=0)
 
 
+@pytest.mark.parametrize("labelled", [7, 1000])
+def test_a_labelled_count_that_cannot_be_balanced_is_refused_before_anything_is_written(
+        labelled, tmp_path, monkeypatch, capsys):
+    """Refused when the training split is read (before the model summary and the sanity
+    check, where it was refused before), so the run directory is discarded."""
+    from compose import mnist_like
+    from test_hostile import run
+
+    from vae_lightning import cli
+
+    root = mnist_like(tmp_path / "data")
+    result = run(cli.train, ["data=mnist", f"data.root={root}", "data.download=false",
+                             "data.val_size=20", "model=m2", f"data.labelled={labelled}",
+                             "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}"],
+                 monkeypatch, capsys, tmp_path)
+    assert result.code == 2 and f"data.labelled={labelled}" in result.err
+    assert "Sanity" not in result.err and not (tmp_path / "run").exists()
+
+
 def test_each_minibatch_hides_its_labels_and_adds_labelled_points():
     x, y = torch.arange(50).float()[:, None], torch.arange(50) % 5
     labelled = balanced_subset(y, 10, seed=0)

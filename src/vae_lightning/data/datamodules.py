@@ -133,6 +133,8 @@ class VAEDataModule(L.LightningDataModule):
                 gen = torch.Generator().manual_seed(derive_seed(seed, _SPLIT_IDS[split]))
                 x = torch.bernoulli(self._probabilities(x), generator=gen).bool()
             self.splits[split] = (x, y)
+            if split == "train" and self.labelled:  # refused when read, not after the sanity check
+                self._semi_supervised(x, y)
         device = self._device()
         if self.on_device and device.type != "cpu":  # also splits loaded before a trainer was
             self.splits = {split: (x.to(device), y.to(device))  # attached (train.py checks them)

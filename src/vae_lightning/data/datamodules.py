@@ -133,8 +133,9 @@ class VAEDataModule(L.LightningDataModule):
                 gen = torch.Generator().manual_seed(derive_seed(seed, _SPLIT_IDS[split]))
                 x = torch.bernoulli(self._probabilities(x), generator=gen).bool()
             self.splits[split] = (x, y)
-            if split == "train" and self.labelled:  # refused when read, not after the sanity check
-                self._semi_supervised(x, y)
+            if split == "train" and self.labelled and not y.is_floating_point() \
+                    and bool((y >= 0).any()):  # refused when read, not after the sanity check
+                self._semi_supervised(x, y)  # (no labels at all: the objective's check says so)
         device = self._device()
         if self.on_device and device.type != "cpu":  # also splits loaded before a trainer was
             self.splits = {split: (x.to(device), y.to(device))  # attached (train.py checks them)

@@ -20,8 +20,10 @@ UNLABELLED = -1  # the label of an image whose label is hidden
 def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """Indices of ``n`` points of labels ``y``, n / K of each of the K classes present, chosen
     uniformly within each class by ``seed``; sorted. ``ValueError`` when K does not divide n or
-    a class has fewer points."""
+    a class has fewer points, or there are no labels."""
     classes = torch.unique(y[y >= 0])
+    if not len(classes):
+        raise ValueError("the training images have no labels to keep")
     if n % len(classes):
         raise ValueError(f"{n} labelled images cannot be balanced over {len(classes)} classes: "
                          f"choose a multiple of {len(classes)}")

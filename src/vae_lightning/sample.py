@@ -155,8 +155,8 @@ class Sampling:
         if self.traverse is not None:
             from vae_lightning.callbacks.traversals import write_traversals
 
-            x, y = (part[:self.traverse_points]
-                    for part in self._training_images(model, config, checkpoint))
+            x, y = (torch.cat(parts) for parts in zip(*self._training_images(
+                model, config, checkpoint, limit=self.traverse_points)))
             torch.manual_seed(self.seed)
             with torch.no_grad():
                 write_traversals(model, out, x.to(self.device), y=y.to(self.device),
@@ -202,16 +202,17 @@ class Sampling:
         """The location of q(z|x) of every training image (``posterior_locations``)."""
         return posterior_locations(model, self._training_images(model, config, checkpoint))
 
-    def _training_images(self, model: VAE, config: dict[str, Any],
-                         checkpoint: dict[str, Any]) -> Iterator[tuple[Tensor, Tensor]]:
-        """The training images and their labels, ``batch_size`` at a time, found and checked
-        as ``vae-eval`` finds and checks its split's (``checkpoint_data``)."""
+    def _training_images(self, model: VAE, config: dict[str, Any], checkpoint: dict[str, Any],
+                         limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """The training images (the first ``limit``) and their labels, ``batch_size`` at a
+        time, found and checked as ``vae-eval`` finds and checks its split's
+        (``checkpoint_data``)."""
         datamodule = checked_data(config, checkpoint, self.ckpt_path, "train", "",
                                   trusted=self.trusted, data_root=self.data_root,
                                   data_path=self.data_path,
                                   allow_other_data=self.allow_other_data,
                                   batch_size=self.batch_size)[0]
-        return datamodule.evaluation_batches("train", self.batch_size)
+        return datamodule.evaluation_batches("train", self.batch_size, limit=limit)
 
     def _check_class(self, model: VAE) -> None:
         """``y`` names a class of a conditional model, or is a condition vector of its length

@@ -107,9 +107,9 @@ class Trainer(L.Trainer):
         plugins: Any = None,
         accumulate_grad_batches: PositiveInt = 1,
         gradient_clip_val: PositiveFloat | None = None,
-        precision: Any = "32-true",
         **kwargs: Any,
     ) -> None:
+        precision = kwargs.get("precision")  # Lightning's to check, but for float64
         # Lightning accepts a negative accumulation (it divides the loss by it: every step
         # climbs the loss) and a clip value <= 0 (ignored without a word); float64 it accepts,
         # but the model's densities are computed in float32 (``posteriors.Encoder``).
@@ -117,7 +117,7 @@ class Trainer(L.Trainer):
             fail(self, "precision", precision, "32-true (the default), bf16-mixed or 16-mixed "
                  "(GPU), 16-true or bf16-true: the model's densities are float32, not float64")
         kwargs.update(accumulate_grad_batches=accumulate_grad_batches,
-                      gradient_clip_val=gradient_clip_val, precision=precision)
+                      gradient_clip_val=gradient_clip_val)
         self._check_accelerator(kwargs.get("accelerator", "auto"))
         max_time = self._duration(max_time)
         callbacks = list(callbacks or [])

@@ -222,3 +222,31 @@ def test_trainer_values_lightning_accepts_but_cannot_train_are_refused(tmp_path,
     with pytest.raises(ConfigError, match=words):
         train(_frey(tmp_path, override))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_max_points_evaluates_a_fixed_subset_of_a_large_split(tmp_path):
+    """callbacks.bound_curve.max_points: each point of the curve on the same 500 of Frey
+    Face's 1,565 training faces (its 200 test faces in full); their ELBO, z from seed 0."""
+    train(_frey(tmp_path, "trainer.max_samples=300", "callbacks.bound_curve.start=100",
+                "callbacks.bound_curve.max_points=500"))
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert (curve["train_size"], curve["test_size"]) == (500, 200)
+    model, _, _ = load_model(tmp_path / "checkpoints" / "last.ckpt", VAE)
+    dm = FreyFaceDataModule(scale=255.0)
+    dm.setup()
+    points = BoundCurve(max_points=500)._points(len(dm.splits["train"][0]))
+    assert len(points) == len(set(points.tolist())) == 500 and bool((points.diff() > 0).all())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = torch.cat([model.bound(x).elbo for x, _ in
+                              dm.evaluation_batches("train", 1000, points=points)])
+    assert curve["points"][-1]["train/elbo"] == pytest.approx(expected.double().mean().item(),
+                                                              rel=1e-6)
+
+
+def test_the_dsprites_presets_evaluate_their_curve_on_a_subset():
+    from compose import compose_train as compose
+
+    for name in ("beta_tc", "capacity", "dip_vae", "factor_vae"):
+        cfg = compose([f"experiment={name}_dsprites", "model.data_shape=[1,64,64]"])
+        assert cfg.callbacks.bound_curve.max_points == 10000

@@ -27,14 +27,17 @@ from vae_lightning.files import atomic_write
 
 
 def split_elbo(model: L.LightningModule, datamodule: L.LightningDataModule, split: str,
-               batch_size: int) -> torch.Tensor:
-    """The ELBO of each data point of ``split`` (given its label, for a conditional model),
-    ``batch_size`` points at a time (``evaluation_batches``) on the model's device."""
-    return torch.cat([model.bound(xs, ys).elbo for xs, ys in
-                      datamodule.evaluation_batches(split, batch_size, model.device)])
+               batch_size: int, points: torch.Tensor | None = None) -> torch.Tensor:
+    """The ELBO of each data point of ``split`` (of the points of index ``points``; given its
+    label, for a conditional model), ``batch_size`` points at a time (``evaluation_batches``)
+    on the model's device."""
+    return torch.cat([model.bound(xs, ys).elbo for xs, ys in datamodule.evaluation_batches(
+        split, batch_size, model.device, points=points)])
 
 class BoundCurve(L.Callback):
-    """Evaluate the ELBO (nats per data point) on ``splits`` at log-spaced samples seen.
+    """Evaluate the ELBO (nats per data point) on ``splits`` at log-spaced samples seen: on
+    each whole split, or on ``max_points`` of its points for a large one (drawn once from a
+    fixed seed; ``curve.json``'s ``<split>_size`` says how many).
 
     ``curve.json`` holds the data set's name, the latent size, the training method
     (``aevb`` or ``wake_sleep``), the number of points of each split, the run's config and
@@ -47,11 +50,12 @@ class BoundCurve(L.Callback):
     def __init__(self, dirpath: str | None = None, points_per_decade: PositiveInt = 5,
                  start: Annotated[float, Range(ge=1)] = 1e4,
                  splits: Sequence[Literal["train", "val", "test"]] = ("train", "test"),
-                 batch_size: PositiveInt = 1000) -> None:
+                 batch_size: PositiveInt = 1000, max_points: PositiveInt | None = None) -> None:
         if not splits:
             fail(self, "splits", list(splits), "expected at least one of train, val, test")
         self.dirpath, self.points_per_decade = dirpath, points_per_decade
         self.splits, self.batch_size = tuple(splits), batch_size
+        self.max_points = max_points
         self.points: list[dict[str, float]] = []
         self._next = math.ceil(points_per_decade * math.log10(start))
         self._sizes: dict[str, int] = {}  # the points of each split evaluated
@@ -83,8 +87,9 @@ class BoundCurve(L.Callback):
             torch.manual_seed(0)
             point = {"samples_seen": pl_module.samples_seen}
             for split in self.splits:
-                elbo = split_elbo(pl_module, self._split(trainer, split), split,
-                                  self.batch_size)
+                dm = self._split(trainer, split)
+                elbo = split_elbo(pl_module, dm, split, self.batch_size,
+                                  self._points(len(dm.splits[split][0])))
                 self._sizes[split] = len(elbo)
                 point[f"{split}/elbo"] = elbo.double().mean().item()
         pl_module.train(training)
@@ -93,6 +98,15 @@ class BoundCurve(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         self._write(trainer, pl_module)
+
+    def _points(self, size: int) -> torch.Tensor | None:
+        """Which points of a split of ``size`` are evaluated: all, or ``max_points`` of them
+        drawn once without replacement (the same at every point of the curve and in every run,
+        drawn from a fixed seed apart from training's stream), in the split's order."""
+        if self.max_points is None or size <= self.max_points:
+            return None
+        generator = torch.Generator().manual_seed(0)
+        return torch.randperm(size, generator=generator)[:self.max_points].sort().values
 
     def _split(self, trainer: L.Trainer, split: str) -> L.LightningDataModule:
         """The data module, with ``split`` loaded."""

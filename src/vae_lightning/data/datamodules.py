@@ -208,18 +208,22 @@ class VAEDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def evaluation_batches(self, split: str, batch_size: int, device: torch.device | str = "cpu",
-                           limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The ``split`` (its first ``limit`` points) as model inputs and labels, ``batch_size``
-        points at a time on ``device``: float32 ``[B, C, H, W]`` and ``evaluation_labels``'
-        ``[B]`` (or ``[B, D]``). What the bound is evaluated on, batch by batch, so that no
-        float copy of a large split (dSprites' 737,280 images: 12 GB) is ever made. With
-        ``binarize="dynamic"`` the training split is binarized by one fixed draw (seeded like
-        val/test) from a CPU generator, drawn batch after batch: the same pixels whatever the
-        batch size or device, so its bound is comparable across evaluations."""
+                           limit: int | None = None, points: torch.Tensor | None = None
+                           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``split`` (its first ``limit`` points, or the points of index ``points``) as
+        model inputs and labels, ``batch_size`` points at a time on ``device``: float32
+        ``[B, C, H, W]`` and ``evaluation_labels``' ``[B]`` (or ``[B, D]``). What the bound is
+        evaluated on, batch by batch, so that no float copy of a large split (dSprites' 737,280
+        images: 12 GB) is ever made. With ``binarize="dynamic"`` the training split is
+        binarized by one fixed draw (seeded like val/test) from a CPU generator, drawn batch
+        after batch: the same pixels whatever the batch size or device, so its bound is
+        comparable across evaluations."""
         if split not in self.splits:
             raise RuntimeError(f"The {split} split is not loaded: call setup() first.")
         x, y = self.splits[split]
         labels = self.evaluation_labels(split)
+        if points is not None:
+            x, labels = x[points.to(x.device)], labels[points]
         n = len(x) if limit is None else min(limit, len(x))
         dynamic = self.binarize == "dynamic" and x.dtype != torch.bool
         if dynamic:

@@ -161,6 +161,10 @@ def test_evaluation_data_is_one_fixed_binarization_of_the_split(tmp_path):
         assert torch.equal(torch.cat([x for x, _ in batches]), train_x[:limit])
         assert torch.equal(torch.cat([y for _, y in batches]), labels[:limit])
     assert torch.equal(dm.evaluation_data("train", limit=100), train_x[:100])
+    assert dm.evaluation_data("train", limit=0).shape == (0, 1, 28, 28)
+    unloaded = MNISTDataModule(root=tmp_path, val_size=50, download=False)
+    with pytest.raises(RuntimeError, match="not loaded"):  # not an empty tensor
+        unloaded.evaluation_data("test")
 
 
 def test_curve_and_first_bound_evaluate_a_split_batch_by_batch(tmp_path, monkeypatch):

@@ -240,9 +240,8 @@ class VAEDataModule(L.LightningDataModule):
         """The ``split`` (its first ``limit`` points) as model inputs, float32 ``[N, C, H, W]``
         on ``device``, in one tensor (``evaluation_batches``' batches: a sample of a split, or a
         small one; iterate those batches for a whole large split)."""
-        n = len(self.splits[split][0]) if split in self.splits else 0
-        return torch.cat([xs for xs, _ in self.evaluation_batches(
-            split, 4096, device, limit)]) if n and limit != 0 else torch.empty(0, *self.shape)
+        batches = [xs for xs, _ in self.evaluation_batches(split, 4096, device, limit)]
+        return torch.cat(batches) if batches else torch.empty(0, *self.shape, device=device)
 
     def evaluation_labels(self, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """The labels of ``evaluation_data(split)``, int64 ``[N]`` (the class of each image;

@@ -587,3 +587,33 @@ def test_the_divergence_floor_scales_with_the_data_dimension(tmp_path):
         _judge({"val/elbo": -1400.0}, -544.0, cfg, write=False, dims=784)
     assert _judge({"val/elbo": -1200.0}, -544.0, cfg, write=False, dims=784)["status"] == \
         "completed"
+
+
+# ------------------------------------------------------- weights that overflow (fourth round)
+@pytest.mark.parametrize("command, part", [("eval", "decoder"), ("sample", "decoder"),
+                                           ("encode", "encoder")])
+def test_finite_weights_that_overflow_are_exit_code_3_with_nothing_written(
+        command, part, finished, tmp_path, monkeypatch, capsys):
+    """Weights that are finite but huge (a run that blew up without a NaN loss, or a tampered
+    file) make the model's outputs NaN or infinite: each command says so in one line with exit
+    code 3 and writes no eval.json, samples or locations holding NaN."""
+    def change(checkpoint):
+        state = checkpoint["state_dict"]
+        name = next(k for k in state if k.startswith(f"{part}.") and k.endswith("weight"))
+        state[name] = torch.full_like(state[name], 3e38)
+        return checkpoint
+
+    run_dir = _tampered(finished, tmp_path, change)
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    before = snapshot(run_dir)
+    if command == "eval":
+        result = _eval([ckpt], tmp_path, monkeypatch, capsys)
+    elif command == "sample":
+        result = _sample([ckpt, "n=4"], tmp_path, monkeypatch, capsys)
+    else:
+        result = run(cli.encode, [ckpt, f"hydra.run.dir={tmp_path / 'encode-log'}"],
+                     monkeypatch, capsys, tmp_path)
+    no_traceback(result)
+    assert result.code == 3, result
+    assert "not finite" in result.err and "largest parameter" in result.err, result.err
+    assert snapshot(run_dir) == before

@@ -11,6 +11,27 @@ from vae_lightning.errors import NonFiniteLossError
 from vae_lightning.parts import Bound
 
 
+def largest_parameter(model: torch.nn.Module) -> float:
+    """The largest parameter of ``model`` in absolute value (0 for a model without any)."""
+    return max((p.detach().abs().max().item() for p in model.parameters() if p.numel()),
+               default=0.0)
+
+
+def refuse_nonfinite(values: torch.Tensor | float, what: str, model: torch.nn.Module) -> None:
+    """Refuse ``values`` (a command's output: an estimate, samples, posterior locations) that
+    hold NaN or infinite values, before they are written: finite weights can still overflow
+    (a run that blew up between checks, a tampered file), and a file of NaN read as a result
+    is worse than none. Exit code 3, as a non-finite loss in training."""
+    values = torch.as_tensor(values)
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise NonFiniteLossError(
+            f"{bad} of the {values.numel()} values of {what} are not finite (NaN or infinite): "
+            f"the model's weights overflow (its largest parameter is "
+            f"{largest_parameter(model):.3g} in absolute value); nothing was written. Use a "
+            "checkpoint taken while training was sound (a best-*.ckpt).")
+
+
 def stop(model: L.LightningModule, bound: Bound, since: int | None = -1) -> None:
     """Save the state before this step (its update is not applied) and stop the run, naming
     a state to go on from: the best checkpoint by the validation bound, taken while training
@@ -23,7 +44,7 @@ def stop(model: L.LightningModule, bound: Bound, since: int | None = -1) -> None
     directory = Path(where.dirpath if where else model.trainer.default_root_dir)
     path = directory / f"nonfinite-step{model.global_step}.ckpt"
     model.trainer.save_checkpoint(path)
-    largest = max(p.detach().abs().max().item() for p in model.parameters())
+    largest = largest_parameter(model)
     best = where.best_model_path if where is not None else ""
     advice = (f"To go on, resume from the best checkpoint, {best}, with a lower "
               "model.optimizer.lr (optimizer settings given on resume apply)"

@@ -28,7 +28,8 @@ class CheckpointError(ConfigError):
 
 
 class NonFiniteLossError(UserError, RuntimeError):
-    """Training produced a NaN or infinite loss (exit code 3)."""
+    """Training produced a NaN or infinite loss, or a command's output (an estimate, samples,
+    posterior locations) would hold NaN or infinite values (exit code 3)."""
 
     exit_code = 3
     status = "nonfinite"
@@ -51,7 +52,8 @@ EXIT_CODES = {
     0: "done (also: a resumed run that was already complete, left as it was)",
     1: "an unexpected error: a bug (the traceback is printed; please report it)",
     2: "bad input: configuration, data, checkpoint or run directory; nothing was trained",
-    3: "the loss became non-finite; the last good state is saved",
+    3: ("the loss became non-finite (the last good state is saved), or vae-eval's, vae-sample's "
+        "or vae-encode's output would (nothing is written)"),
     4: "the bound diverged: it ended below the untrained model's (results.json has the numbers)",
     5: "a sweep (-m) finished with failed jobs; its last line counts them by status",
     74: "the run's files cannot be written (disk full, read-only, permissions)",

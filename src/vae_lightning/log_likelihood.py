@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, TransformedDistribution
 
+from vae_lightning.divergence import refuse_nonfinite
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import atomic_write
 from vae_lightning.module import VAE
@@ -148,6 +149,9 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
             labels = model.objective.latent_labels(x)
             elbo, iw = (importance_weighted(model, x, k, chunk) if labels is None
                         else over_labels(model, x, k, chunk, *labels))
+            # Before the batch is kept: a resumed evaluation would only repeat it.
+            refuse_nonfinite(torch.stack([elbo, iw]), f"the bounds (ELBO, IW k={k}) on "
+                             f"batch {i} ({len(x)} points)", model)
             elbos.append(elbo.cpu())
             iws.append(iw.cpu())
             with torch.no_grad():

@@ -36,6 +36,7 @@ from vae_lightning.args import (
 from vae_lightning.checkpoint_data import checked_data
 from vae_lightning.checkpoints import DATA_KEY
 from vae_lightning.data.npy import atomic_npy
+from vae_lightning.divergence import refuse_nonfinite
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
 from vae_lightning.module import VAE
@@ -55,8 +56,10 @@ def posterior_locations(model: VAE, batches: Iterable[tuple[Tensor, Tensor]]) ->
     ``[N, latent]`` float32 on the CPU: what the fitted samplers are fitted to and
     ``vae-encode`` exports."""
     with torch.no_grad():
-        return torch.cat([model.encoder.location(model.encode(xs, ys)).float().cpu()
-                          for xs, ys in batches])
+        locations = torch.cat([model.encoder.location(model.encode(xs, ys)).float().cpu()
+                               for xs, ys in batches])
+    refuse_nonfinite(locations, "the posterior locations", model)
+    return locations
 
 
 class Sampling:
@@ -138,7 +141,9 @@ class Sampling:
                 count = min(CHUNK, self.n - start)
                 y = self._classes(model, start, count)
                 with torch.no_grad(), model.given(y):
-                    append(model.images(draw(count), self.mean, y).cpu().numpy())
+                    images = model.images(draw(count), self.mean, y).cpu()
+                refuse_nonfinite(images, f"samples {start}..{start + count - 1}", model)
+                append(images.numpy())
         if not checkpoint.get(DATA_KEY, {}).get("images", True):
             return out  # feature vectors, not images: the array only, no picture of them
         shown = min(self.n, GRID_MAX)

@@ -249,6 +249,22 @@ def test_eval_limit_scores_the_first_points_of_the_split(checkpoint, tmp_path):
         run_eval(_eval_cfg([*base, "eval.limit=0"]))
 
 
+def test_eval_json_is_strict_json_with_null_for_the_standard_error_of_one_point(checkpoint,
+                                                                               tmp_path):
+    """One point has no standard error: eval.json says null, not NaN, which JSON does not
+    have (jq and JavaScript refuse the file)."""
+    out = tmp_path / "one"
+    run_eval(_eval_cfg([f"ckpt_path={checkpoint}", "eval.k=2", "eval.device=cpu",
+                        "eval.limit=1", f"output_dir={out}"]))
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in eval.json")
+
+    written = json.loads((out / "eval.json").read_text(), parse_constant=refuse)
+    assert written["n"] == 1 and written["iw"]["nats_se"] is None
+    assert math.isfinite(written["iw"]["nats"])
+
+
 def test_eval_out_of_memory_names_the_chunk_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
     """An evaluation that runs out of memory (on a GPU, a chunk too large for the decoder) ends
     with one error naming the chunk it used and what to lower, and writes no eval.json."""

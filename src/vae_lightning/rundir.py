@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import time
@@ -149,10 +150,24 @@ def status(directory: str | Path) -> str | None:
         return "unreadable"
 
 
+def _strict(value: Any) -> Any:
+    """``value`` with every NaN or infinite float made None: JSON has no NaN, and a reader
+    other than Python's (jq, JavaScript, a spreadsheet) refuses the file that holds one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(item) for item in value]
+    return value
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a reader sees the old file or the new one."""
+    """Write ``payload`` to ``path`` atomically, as strict JSON (a value that is not finite, such
+    as a diverged run's bound or the standard error of one point, is null): a reader sees the
+    old file or the new one."""
     with atomic_write(path, "w") as file:
-        file.write(json.dumps(payload, indent=2) + "\n")
+        file.write(json.dumps(_strict(payload), indent=2, allow_nan=False) + "\n")
 
 
 class Claim(NamedTuple):

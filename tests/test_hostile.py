@@ -215,6 +215,13 @@ def _data_case(name: str, tmp_path: Path) -> tuple[list[str], list[str]]:
         folder = _mnist_files(tmp_path)
         write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(7, np.uint8))
         return [*MNIST, f"data.root={tmp_path}"], ["t10k", "100 images", "7 labels"]
+    if name == "frey k/256 under a likelihood of k/255":
+        return ["model/likelihood=discretized_logistic", "data.scale=256"], [
+            "data.scale=256", "model.decoder.likelihood.bins=257"]
+    if name == "float pixels off the likelihood's grid":
+        np.save(tmp_path / "x.npy", np.random.default_rng(0).random((40, 6, 6), np.float32))
+        return ["data=array", f"data.path={tmp_path / 'x.npy'}",
+                "model/likelihood=discretized_logistic"], ["bins=256", "off that grid"]
     raise AssertionError(name)
 
 
@@ -222,7 +229,8 @@ DATA_CASES = ["frey path is a directory", "frey mat of random bytes", "frey mat 
               "frey mat of another shape", "data root is a file",
               "mnist directory instead of a file", "mnist missing offline",
               "mnist truncated test images", "mnist garbage labels",
-              "mnist labels of another length"]
+              "mnist labels of another length", "frey k/256 under a likelihood of k/255",
+              "float pixels off the likelihood's grid"]
 
 
 @pytest.mark.parametrize("name", DATA_CASES)

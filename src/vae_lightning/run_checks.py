@@ -23,10 +23,13 @@ from vae_lightning.conditional import check_condition
 from vae_lightning.config import instantiate_node
 from vae_lightning.errors import CheckpointError, ConfigError, NothingToDo
 from vae_lightning.module import VAE
+from vae_lightning.pixel_distributions import Grid
 from vae_lightning.rebuild import PARTS
 from vae_lightning.sweeps import available_cores
 
 log = logging.getLogger(__name__)
+
+GRID_CHECKED = 1024  # training images whose float pixels check_grid reads
 
 
 def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
@@ -50,6 +53,39 @@ def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
                 f"0..{model.classes - 1}, and the data's {split} split {what}; set "
                 "model.classes to the number of classes, or train an unconditional model "
                 "(model=vae) on data without labels.")
+
+
+def check_grid(model: VAE, datamodule: L.LightningDataModule) -> None:
+    """A likelihood of 8-bit levels (``pixel_distributions.Grid``: the values k / (bins - 1))
+    scores a pixel off its grid as the nearest level: on data of another grid (Frey Face's
+    k / 256 under bins = 256, or float pixels of any other quantisation) two levels of the data
+    share one bin, and the bound is no log-probability of the data. Refuse such data before the
+    first step: integer pixels are divided by ``data.scale``, which must be bins - 1; float
+    pixels are checked on the training split's first GRID_CHECKED images."""
+    support = model.decoder.likelihood.support
+    if not isinstance(support, Grid) or "train" not in getattr(datamodule, "splits", {}):
+        return
+    x = datamodule.splits["train"][0]
+    name = f"model/likelihood ({type(model.decoder.likelihood).__name__})"
+    if not x.is_floating_point():
+        if datamodule.scale == support.bins - 1:
+            return
+        raise ConfigError(
+            f"{name} with model.decoder.likelihood.bins={support.bins} scores the levels "
+            f"k / {support.bins - 1}, but data.scale={datamodule.scale:g} makes the pixels "
+            f"k / {datamodule.scale:g}: set model.decoder.likelihood.bins="
+            f"{int(datamodule.scale) + 1} (or data.scale={support.bins - 1}), so that every "
+            "pixel value is one level of the likelihood.")
+    first = x[:GRID_CHECKED].float()
+    off = ~support.check(first)
+    if off.any():
+        value = first[off][0].item()
+        raise ConfigError(
+            f"{name} with model.decoder.likelihood.bins={support.bins} scores the levels "
+            f"k / {support.bins - 1}, but the training images hold pixel values off that grid "
+            f"(e.g. {value:.6g}, in {int(off.sum())} of the first {first.numel()} values): give "
+            "the data's number of levels as model.decoder.likelihood.bins, or a likelihood for "
+            "continuous pixels (model/likelihood=gaussian, beta or continuous_bernoulli).")
 
 
 def check_same_data(checkpoint: dict[str, Any], datamodule: L.LightningDataModule,

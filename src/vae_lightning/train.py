@@ -127,6 +127,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     if checkpoint is not None:
         run_checks.check_same_data(checkpoint, datamodule, resume_from)
     run_checks.check_labels(model, datamodule)
+    run_checks.check_grid(model, datamodule)
     if resume_from is not None:
         rundir.record_resume(cfg.output_dir, _task_overrides())
     loggers = _instantiate_all(cfg.get("logger"), "logger",

@@ -101,6 +101,28 @@ def test_predict_step_gives_posterior_moments_and_the_elbo(run, faces):
     assert (torch.cat([p["z_std"] for p in predictions]) > 0).all()
 
 
+def test_inputs_the_model_would_misread_are_refused_naming_what_fits(run, faces):
+    """A label for a model without any, integer pixels (read as values up to 255) and tensors of
+    another shape are one clear ValueError each, not a silent wrong answer or a matmul error;
+    one image, boolean pixels and the right shapes still work."""
+    _, model = run
+    _, x = faces
+    for call in (lambda: model.sample(4, y=3), lambda: model.encode(x, y=1),
+                 lambda: model.log_likelihood(x, k=2, y=torch.zeros(6, dtype=torch.long))):
+        with pytest.raises(ValueError, match="not conditional on a label"):
+            call()
+    with pytest.raises(ValueError, match=r"torch.uint8.*x.float\(\) / 255"):
+        model.encode((x * 255).to(torch.uint8))
+    for bad in (x.flatten(1), x[:, :, :20], x[None]):
+        with pytest.raises(ValueError, match=r"shape .*\[1, 28, 20\]"):
+            model.reconstruct(bad)
+    with pytest.raises(ValueError, match=r"z has shape \[6, 3\].* 2 numbers"):
+        model.decode(torch.zeros(6, 3))
+    assert model.encode(x[0]).event_shape == (2,)  # one image
+    assert model.encode(x > 0.5).batch_shape == (6,)  # binary pixels as booleans
+    assert model.decode(torch.zeros(3, 6, 2)).batch_shape == (3, 6)
+
+
 def test_vae_sample_writes_a_grid_and_the_array(run, tmp_path, monkeypatch, capsys):
     """vae-sample (= python -m vae_lightning.sample) in this process; tests/test_install.py runs
     the installed script."""

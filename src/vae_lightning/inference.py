@@ -42,12 +42,22 @@ class Inference:
             for part in self._conditional:
                 part.given(previous)
 
+    def labels_of_data(self, y: Tensor | None) -> Tensor | None:
+        """A data batch's labels ``y`` as this model takes them: ``y`` for a model that depends
+        on a label or condition vector, None for one that does not (the data modules serve
+        labels, or -1, to every model; a user's ``y`` for such a model is refused instead)."""
+        return y if self._conditional else None
+
     def labels(self, y: Tensor | int | None, n: int, what: str = "sample") -> Tensor | None:
         """``n`` labels on the model's device for ``what`` (a method's name): ``y``, one class
         for all or one per item (or floats: one condition vector for all, or one per item); for
         ``sample`` given none, the classes in turn (0, 1, ..., K-1, 0, ...), so that a grid of
-        K columns shows one class per column; None for an unconditional model."""
+        K columns shows one class per column; None for an unconditional model, which refuses
+        a ``y`` (it would be ignored: pass a data batch's labels through ``labels_of_data``)."""
         if not self._conditional:
+            if y is not None:
+                raise ValueError(f"{what}: this model is not conditional on a label "
+                                 "(model.classes is null), so y would be ignored; leave y out.")
             return None
         if y is None:
             if what != "sample":
@@ -62,6 +72,21 @@ class Inference:
         return y.long()
 
     def _inputs(self, x: Tensor) -> Tensor:
+        """``x`` as float32 on the model's device: one image of ``data_shape`` or a batch of
+        them. Integer pixels (0..255) are refused rather than read as values up to 255 (the
+        model was trained on pixels divided by ``data.scale``); booleans are binary pixels."""
+        x = torch.as_tensor(x)
+        if not (x.is_floating_point() or x.dtype == torch.bool):
+            raise ValueError(
+                f"x is {x.dtype}: the model takes float pixels in the range it was trained on "
+                "([0, 1]: integer pixels divided by data.scale, 255 unless the run set it); "
+                "give e.g. x.float() / 255.")
+        shape = tuple(self.data_shape or ())
+        if shape and (x.dim() not in (len(shape), len(shape) + 1)
+                      or tuple(x.shape[-len(shape):]) != shape):
+            raise ValueError(
+                f"x has shape {list(x.shape)}: this model takes images of shape {list(shape)}, "
+                f"one or a batch [B, {', '.join(map(str, shape))}].")
         return x.to(self.device, torch.float32)
 
     def encode(self, x: Tensor, y: Tensor | int | None = None) -> Distribution:
@@ -74,7 +99,10 @@ class Inference:
     def decode(self, z: Tensor, y: Tensor | int | None = None) -> Distribution:
         """p(x|z) for latent points ``z`` ``[..., B, latent]``: a distribution over images (given
         the labels ``y`` of the B points, for a conditional model: see ``sample``)."""
-        z = z.to(self.device)
+        z = torch.as_tensor(z).to(self.device)
+        if z.dim() == 0 or z.shape[-1] != self.latent:
+            raise ValueError(f"z has shape {list(z.shape)}: this model's latent points are "
+                             f"{self.latent} numbers, [..., {self.latent}].")
         with self.given(self.labels(y, z.shape[-2] if z.dim() > 1 else 1, "decode")):
             return self.decoder(z)
 

@@ -56,8 +56,9 @@ def posterior_locations(model: VAE, batches: Iterable[tuple[Tensor, Tensor]]) ->
     ``[N, latent]`` float32 on the CPU: what the fitted samplers are fitted to and
     ``vae-encode`` exports."""
     with torch.no_grad():
-        locations = torch.cat([model.encoder.location(model.encode(xs, ys)).float().cpu()
-                               for xs, ys in batches])
+        locations = torch.cat([
+            model.encoder.location(model.encode(xs, model.labels_of_data(ys))).float().cpu()
+            for xs, ys in batches])
     refuse_nonfinite(locations, "the posterior locations", model)
     return locations
 

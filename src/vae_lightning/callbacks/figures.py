@@ -138,7 +138,8 @@ def reconstructions_figure(model: L.LightningModule, x: Tensor, per_row: int = 1
     per_row = min(per_row, len(x))
     rows = max(1, len(x) // per_row)
     x = x[: rows * per_row]
-    recon = model.reconstruct(x, None if y is None else y[: rows * per_row]).cpu()
+    recon = model.reconstruct(x, None if y is None else model.labels_of_data(y[: rows * per_row])
+                              ).cpu()
     pairs = torch.stack([x.cpu().reshape(rows, per_row, *x.shape[1:]),
                          recon.reshape(rows, per_row, *x.shape[1:])], 1)
     picture = tile(pairs.reshape(2 * rows, per_row, *x.shape[1:]))

@@ -71,7 +71,7 @@ def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor,
     ``classes`` (the name of each label) when given; by position in the split when the data
     have no labels (-1) or serve condition vectors instead."""
     plt = pyplot()
-    z = model.encoder.location(model.encode(x, labels)).cpu()
+    z = model.encoder.location(model.encode(x, model.labels_of_data(labels))).cpu()
     points, axis = project_2d(z)
     labels = labels.cpu()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))

@@ -83,6 +83,7 @@ def traversal(model: L.LightningModule, x: Tensor | None = None, bases: int = 8,
     ``steps`` values evenly spaced on [-span, span], the others kept. A conditional model's
     base points keep their labels ``y`` (those of ``x``; for prior draws, the classes in
     turn)."""
+    y = None if y is None else model.labels_of_data(y)
     ranking = latent_ranking(model, x, y)
     ranking = Ranking(ranking.dims[:dims], ranking.scores and ranking.scores[:dims],
                       ranking.what)

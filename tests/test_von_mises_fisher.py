@@ -283,3 +283,38 @@ def test_gradients_stay_finite_where_a_draw_rounds_to_the_pole(monkeypatch):
     assert torch.allclose(z.norm(dim=-1), torch.ones(4), atol=1e-6)
     (z @ torch.tensor([1.0, -2.0])).sum().backward()
     assert torch.isfinite(kappa.grad).all() and torch.isfinite(loc.grad).all()
+
+
+def test_active_units_count_the_mean_a_m_kappa_mu_not_the_direction():
+    """Burda's statistic is Cov_x(E_q[z_j]): for a vMF E_q[z] = A_m(kappa) mu. A posterior of
+    concentration ~1 (near-uniform on the sphere, A_m ~ 0.1 in 10 dimensions) whose direction
+    follows x carries almost nothing, and is counted as 0 active units, not 10; the same
+    directions at a high concentration are all active."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from models import binary_images, small_vae
+
+    from vae_lightning.log_likelihood import evaluate
+
+    m, counts = 10, {}
+    for raw in (-20.0, 50.0):  # kappa = 1 + softplus(raw): ~1, ~51
+        torch.manual_seed(0)
+        model = small_vae(latent=m, hidden=(16,), posterior=VonMisesFisher(),
+                          prior=HypersphericalUniform(m))
+        with torch.no_grad():
+            last = [mod for mod in model.encoder.net.modules()
+                    if isinstance(mod, torch.nn.Linear)][-1]
+            last.weight[-1].zero_()
+            last.bias[-1] = raw
+            last.weight[:-1] *= 5  # directions that vary with x
+        x = binary_images(400)
+        model.eval()
+        torch.manual_seed(1)
+        counts[raw] = evaluate(model, [x[i:i + 100] for i in range(0, 400, 100)], k=5)
+        with torch.no_grad():
+            q = model.encoder(x)
+            burda = int((q.mean.double().var(0) > 0.01).sum())
+        assert counts[raw]["active_units"] == burda
+    assert counts[-20.0]["active_units"] == 0 and counts[50.0]["active_units"] == m

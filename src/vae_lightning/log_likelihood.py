@@ -157,7 +157,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
             with torch.no_grad():
                 params.append(model.encoder.params(x))
                 q = model.encoder.posterior(params[-1])
-                means.append(model.encoder.location(q).cpu().double())
+                means.append(posterior_mean(model.encoder, q).cpu().double())
                 if model.encoder.posterior.layers:
                     kls.append(layer_kls(q, model.prior.distribution()))
                 if labels is None:
@@ -187,6 +187,18 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     results["seconds"] = round(seconds + time.perf_counter() - start, 1)
     results["seconds_of_earlier_runs"] = round(seconds, 1)
     return results
+
+
+def posterior_mean(encoder: Any, q: Distribution) -> Tensor:
+    """E_q[z], the statistic of Burda et al.'s active units, where q has it in closed form;
+    else the encoder's location (a flow's, a chain of layers', a Cauchy's, whose mean is
+    intractable or does not exist). A von Mises-Fisher's mean A_m(kappa) mu, not its direction
+    mu: a near-uniform q on the sphere carries no information, whatever its direction."""
+    try:
+        mean = q.mean
+    except NotImplementedError:
+        return encoder.location(q)
+    return mean if bool(torch.isfinite(mean).all()) else encoder.location(q)
 
 
 def posterior_kl(q: Distribution, p: Distribution, device: torch.device) -> Tensor:

@@ -13,7 +13,6 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.objectives import importance_weighted
-from vae_lightning.objectives.base import proposal_log_weights
 from vae_lightning.objectives.hvae import HVAE
 from vae_lightning.priors import StandardNormal
 from vae_lightning.train import build_run
@@ -88,7 +87,12 @@ def test_vanishing_steps_give_the_elbo_weights():
     torch.manual_seed(0)
     hvae = model.objective.log_weights(model, model.x, q, p, 5)
     torch.manual_seed(0)
-    plain = proposal_log_weights(model, model.x, q, p, 5)
+    z0 = []
+    for _ in range(5):  # each sample's z_0, then its momentum (unused here)
+        z0.append(q.rsample())
+        torch.randn_like(z0[-1])
+    z0 = torch.stack(z0)
+    plain = model.decoder(z0).log_prob(model.x) + p.log_prob(z0) - q.log_prob(z0)
     torch.testing.assert_close(hvae, plain, rtol=0, atol=1e-4)
 
 
@@ -269,3 +273,17 @@ def test_the_authors_mnist_preset_builds_their_networks_and_hvae(tmp_path):
     assert cfg.model.optimizer._target_ == "torch.optim.Adamax"
     assert (cfg.model.optimizer.lr, cfg.model.optimizer.eps) == (5e-4, 1e-7)
     assert (cfg.data.batch_size, cfg.trainer.max_epochs, model.latent) == (100, 2000, 64)
+
+
+def test_the_iw_estimate_is_the_same_for_every_chunk():
+    """Each sample's z_0 and momentum are drawn in turn, so that the k samples of an evaluation
+    are the same whatever the chunks they are scored in (as for the other objectives): the
+    chunk is a memory setting, not a change of the estimate."""
+    model = _LinearGaussian(HVAE(steps=2, step_size=0.1, beta0=0.5))
+    estimates = []
+    for chunk in (64, 16, 1):
+        torch.manual_seed(0)
+        estimates.append(importance_weighted(model, model.x, 64, chunk))
+    for elbo, iw in estimates[1:]:
+        torch.testing.assert_close(elbo, estimates[0][0], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(iw, estimates[0][1], rtol=1e-5, atol=1e-4)

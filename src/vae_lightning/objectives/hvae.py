@@ -170,9 +170,11 @@ class HVAE(Objective, nn.Module):
         return log_px_z, log_pz, -grad_log_p
 
     def _terms(self, model: Parts, x: Tensor, z0: Tensor, log_qz0: Tensor,
-               create_graph: bool, p: Distribution | None = None) -> tuple[Tensor, Tensor]:
-        """log p(x|z_K) and the HVAE log-weight of the draws z_0 (any leading sample shape)."""
-        gamma = torch.randn_like(z0)
+               create_graph: bool, p: Distribution | None = None,
+               gamma: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """log p(x|z_K) and the HVAE log-weight of the draws z_0 (any leading sample shape)
+        with the momenta ``gamma`` (None: drawn now, one per z_0)."""
+        gamma = torch.randn_like(z0) if gamma is None else gamma
         _, rho, log_px_z, log_pz = self.flow(model, x, z0, gamma, create_graph, p)
         log_w = (log_px_z + log_pz + _log_standard_normal(rho)
                  - log_qz0 - _log_standard_normal(gamma))
@@ -188,5 +190,12 @@ class HVAE(Objective, nn.Module):
                     n: int) -> Tensor:
         """The HVAE log-weights of n draws z_0 ~ q(z|x) ``[n, batch]``, the proposal of the
         trained model (``Objective.log_weights``)."""
-        z0, log_qz0 = scored_draws(q, n)
-        return self._terms(model, x, z0.detach(), log_qz0, create_graph=False, p=p)[1]
+        # Each sample's z_0 and then its momentum, in turn: the n draws are the same whatever
+        # the chunks the k of an evaluation are scored in (``importance_weighted``).
+        draws = []
+        for _ in range(n):
+            z, log_q = scored_draws(q, 1)
+            draws.append((z, log_q, torch.randn_like(z)))
+        z0, log_qz0, gamma = (torch.cat(parts) for parts in zip(*draws))
+        return self._terms(model, x, z0.detach(), log_qz0, create_graph=False, p=p,
+                           gamma=gamma)[1]

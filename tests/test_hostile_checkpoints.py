@@ -617,3 +617,24 @@ def test_finite_weights_that_overflow_are_exit_code_3_with_nothing_written(
     assert result.code == 3, result
     assert "not finite" in result.err and "largest parameter" in result.err, result.err
     assert snapshot(run_dir) == before
+
+
+def test_vae_eval_refuses_other_data_off_the_likelihood_s_grid(tmp_path, monkeypatch, capsys):
+    """A discretized likelihood trained on 8-bit pixels, evaluated on other float pixels of its
+    shape (eval.allow_other_data): pixels off the grid k / 255 would share bins and the bound
+    would be no log-probability, so vae-eval refuses them as training does (exit 2)."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "bytes.npy", rng.integers(0, 256, (60, 6, 6), dtype=np.uint8))
+    np.save(tmp_path / "floats.npy", rng.random((60, 6, 6), dtype=np.float32))
+    run_dir = tmp_path / "run"
+    result = run(cli.train, [*TINY, "data=array", f"data.path={tmp_path / 'bytes.npy'}",
+                             "model/likelihood=discretized_logistic", "trainer.max_epochs=1",
+                             f"hydra.run.dir={run_dir}"], monkeypatch, capsys, tmp_path)
+    assert result.code == 0, result.err[-2000:]
+    result = _eval([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                    f"eval.data_path={tmp_path / 'floats.npy'}", "eval.allow_other_data=true",
+                    f"output_dir={tmp_path / 'out'}"], tmp_path, monkeypatch, capsys)
+    no_traceback(result)
+    assert result.code == 2 and "test images hold pixel values off that grid" in result.err, (
+        result.err[-2000:])
+    assert not (tmp_path / "out" / "eval.json").exists()

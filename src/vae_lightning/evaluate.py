@@ -21,7 +21,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from vae_lightning import disentanglement, ground_truth, log_likelihood, rundir, samplers
+from vae_lightning import (
+    disentanglement,
+    ground_truth,
+    log_likelihood,
+    run_checks,
+    rundir,
+    samplers,
+)
 from vae_lightning import sample_quality as quality
 from vae_lightning.args import ArgumentError, PositiveFloat, PositiveInt, checked
 from vae_lightning.checkpoint_data import STAGES, checked_data, find_data
@@ -115,6 +122,7 @@ class Evaluation:
             config, checkpoint, ckpt_path, self.split, "eval", trusted=self.trusted,
             data_root=self.data_root, data_path=self.data_path,
             allow_other_data=self.allow_other_data, batch_size=self.batch_size)
+        run_checks.check_grid(model, datamodule, self.split)  # other data may be off its grid
         loader = (datamodule.test_dataloader() if self.split == "test"
                   else datamodule.val_dataloader())
         if len(loader) == 0:

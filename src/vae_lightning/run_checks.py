@@ -55,17 +55,18 @@ def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
                 "(model=vae) on data without labels.")
 
 
-def check_grid(model: VAE, datamodule: L.LightningDataModule) -> None:
+def check_grid(model: VAE, datamodule: L.LightningDataModule, split: str = "train") -> None:
     """A likelihood of 8-bit levels (``pixel_distributions.Grid``: the values k / (bins - 1))
     scores a pixel off its grid as the nearest level: on data of another grid (Frey Face's
     k / 256 under bins = 256, or float pixels of any other quantisation) two levels of the data
     share one bin, and the bound is no log-probability of the data. Refuse such data before the
     first step: integer pixels are divided by ``data.scale``, which must be bins - 1; float
-    pixels are checked on the training split's first GRID_CHECKED images."""
+    pixels are checked on the first GRID_CHECKED images of ``split`` (the one trained on, or
+    evaluated)."""
     support = model.decoder.likelihood.support
-    if not isinstance(support, Grid) or "train" not in getattr(datamodule, "splits", {}):
+    if not isinstance(support, Grid) or split not in getattr(datamodule, "splits", {}):
         return
-    x = datamodule.splits["train"][0]
+    x = datamodule.splits[split][0]
     name = f"model/likelihood ({type(model.decoder.likelihood).__name__})"
     if not x.is_floating_point():
         if datamodule.scale == support.bins - 1:
@@ -82,7 +83,7 @@ def check_grid(model: VAE, datamodule: L.LightningDataModule) -> None:
         value = first[off][0].item()
         raise ConfigError(
             f"{name} with model.decoder.likelihood.bins={support.bins} scores the levels "
-            f"k / {support.bins - 1}, but the training images hold pixel values off that grid "
+            f"k / {support.bins - 1}, but the {split} images hold pixel values off that grid "
             f"(e.g. {value:.6g}, in {int(off.sum())} of the first {first.numel()} values): give "
             "the data's number of levels as model.decoder.likelihood.bins, or a likelihood for "
             "continuous pixels (model/likelihood=gaussian, beta or continuous_bernoulli).")

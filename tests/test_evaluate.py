@@ -166,6 +166,7 @@ def test_eval_writes_eval_json_from_a_checkpoint(checkpoint):
     assert "log densities" in saved["units"] and saved["data_matches_checkpoint"] is True
     assert saved["iw"]["nats"] >= saved["elbo"]["nats"] - 1e-3
     assert results["iw"] == saved["iw"]
+    assert saved["proposal"] == "q(z|x): elbo is q's ELBO"
 
 
 def test_bad_checkpoints_raise_one_clear_error(tmp_path):

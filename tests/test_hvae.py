@@ -113,7 +113,9 @@ def test_it_trains_and_the_learned_variant_moves_its_step_and_temperature():
 
 def test_the_training_bound_is_the_hvae_bound_and_evaluation_uses_its_weights():
     """train/elbo is recon - kl = the HVAE log-weight's mean; vae-eval's estimate (the same
-    importance_weighted a VAE's checkpoint goes through) weighs by the HVAE's proposal."""
+    importance_weighted a VAE's checkpoint goes through) weighs by the HVAE's proposal, which
+    eval.json names (its elbo is the HVAE bound, not q's)."""
+    assert "the HVAE bound, not q's ELBO" in HVAE.proposal
     torch.manual_seed(0)
     model = small_vae(latent=2, hidden=(16,), objective=HVAE(steps=2, step_size=0.05))
     x = binary_images(32)

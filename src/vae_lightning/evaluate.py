@@ -183,6 +183,7 @@ class Evaluation:
             **{key: estimates[key] for key in ("kl", "mi") if key in estimates},
             **({"layers": estimates["layers"]} if "layers" in estimates else {}),
             "bound_of": estimates["bound_of"],
+            "proposal": model.objective.proposal,
             "input_dim": math.prod(model.data_shape),
             "data": getattr(datamodule, "name", None),
             "data_source": source,

@@ -115,6 +115,9 @@ class Objective:
     # Whether it trains on points whose label is hidden (-1), summing over their classes (M2):
     # a conditional model is otherwise refused data with such points.
     unlabelled = False
+    # The proposal of ``log_weights``, in words: vae-eval's k samples, whose mean log-weight is
+    # its "elbo" (eval.json's ``proposal``); q's own ELBO unless the objective trains another.
+    proposal = "q(z|x): elbo is q's ELBO"
 
     def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         raise NotImplementedError

@@ -62,6 +62,8 @@ class HVAE(Objective, nn.Module):
 
     checkpoint = "last"  # the final model: the HVAE bound, not q's ELBO, is trained
     double_backward = True  # the leapfrog steps follow grad_z log p(x, z) (create_graph)
+    proposal = ("z_0 ~ q(z|x) moved by the K leapfrog steps: elbo is the HVAE bound, not q's "
+                "ELBO (results.json's test/elbo)")
 
     @checked
     def __init__(self, steps: PositiveInt = 3, step_size: PositiveFloat = 1e-3,

@@ -127,6 +127,10 @@ BAD_CONFIGS = [
 ]
 if not torch.cuda.is_available():
     BAD_CONFIGS.append((["trainer=gpu"], ["trainer", "gpu"]))
+    BAD_CONFIGS.append((["trainer.precision=16-mixed"], ["trainer.precision", "16-mixed",
+                                                          "GPU only", "bf16-mixed"]))
+BAD_CONFIGS.append((["trainer.accelerator=cpu", "trainer.precision=16-mixed"],
+                    ["trainer.precision", "16-mixed", "bf16-mixed"]))
 
 
 @pytest.mark.parametrize("overrides, words", BAD_CONFIGS, ids=lambda v: " ".join(v))

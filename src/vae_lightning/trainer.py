@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
@@ -96,6 +97,17 @@ class Trainer(L.Trainer):
              f"this machine has no {accelerator} device; it has: {', '.join(have)} (trainer=cpu, "
              "or trainer.accelerator=auto)")
 
+    def _check_half_precision(self, precision: Any, accelerator: Any) -> None:
+        """float16 autocast (16-mixed) runs only on a GPU: on the CPU Lightning trains in
+        bf16-mixed instead, with a warning among its others. Refuse it there, naming both."""
+        if str(precision) not in ("16", "16-mixed"):
+            return
+        if accelerator == "cpu" or (accelerator == "auto" and not (
+                torch.cuda.is_available() or torch.backends.mps.is_available())):
+            fail(self, "precision", precision, "16-mixed is float16 autocast, which runs on a "
+                 "GPU only (on the CPU Lightning would train in bf16-mixed instead); on the CPU "
+                 "choose bf16-mixed or 32-true, or train on a GPU (trainer=gpu)")
+
     @checked
     def __init__(
         self,
@@ -119,6 +131,7 @@ class Trainer(L.Trainer):
         kwargs.update(accumulate_grad_batches=accumulate_grad_batches,
                       gradient_clip_val=gradient_clip_val)
         self._check_accelerator(kwargs.get("accelerator", "auto"))
+        self._check_half_precision(precision, kwargs.get("accelerator", "auto"))
         max_time = self._duration(max_time)
         callbacks = list(callbacks or [])
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins] * bool(plugins)

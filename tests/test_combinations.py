@@ -135,8 +135,8 @@ def test_every_objective_trains_with_every_prior_it_accepts(objective, prior, mn
     overrides = [*data, f"model/objective={objective}", *small_prior(prior), *SMALL]
     if objective == "m2":  # semi-supervised: a conditional model (model=m2) on labelled data
         overrides = ["data=mnist", f"data.root={mnist_like}", "data.val_size=50", "model=m2",
-                     *small_prior(prior), "model.latent=2", "model.encoder.net.net.hidden=[8]",
-                     "model.decoder.net.net.hidden=[8]", "model.objective.hidden=[8]"]
+                     *small_prior(prior), "model.latent=2", "model.encoder.net.hidden=[8]",
+                     "model.decoder.net.hidden=[8]", "model.objective.hidden=[8]"]
     if objective == "vq_vae":  # with its quantizer (model=vq_vae), the prior chosen here
         overrides += small_posterior("vq")
     if objective == "m2" and prior == "vamp":

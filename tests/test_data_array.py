@@ -400,7 +400,7 @@ def test_a_conditional_vae_learns_from_a_condition_array(tmp_path):
     common = ["data=array", f"data.path={path}", "data.condition=c", "data.batch_size=20",
               "model.latent=1", "trainer.accelerator=cpu", "logger=none",
               "callbacks.bound_curve=null", "callbacks.figures.n_points=0", *QUIET]
-    small = ["model.encoder.net.net.hidden=[32]", "model.decoder.net.net.hidden=[32]"]
+    small = ["model.encoder.net.hidden=[32]", "model.decoder.net.hidden=[32]"]
     for overrides, words in ((["model=cvae", "model.classes=3", *small],
                               "model.classes=3, and data.condition='c' holds vectors of 2"),
                              (["model=vae"], "the model is not conditional"),

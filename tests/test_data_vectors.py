@@ -138,8 +138,8 @@ def test_m2_on_vectors_learns_to_classify_from_few_labels(tmp_path, one_thread):
         "data.labels_key=y_train", "data.test_key=x_test", "data.test_labels_key=y_test",
         "data.labelled=12", "data.labelled_batch=6", "data.batch_size=50", "data.val_size=60",
         "model/likelihood=gaussian", "model.decoder.likelihood.mean_activation=identity",
-        "model.classes=3", "model.latent=2", "model.encoder.net.net.hidden=[32]",
-        "model.decoder.net.net.hidden=[32]", "model.objective.hidden=[32]",
+        "model.classes=3", "model.latent=2", "model.encoder.net.hidden=[32]",
+        "model.decoder.net.hidden=[32]", "model.objective.hidden=[32]",
         "trainer.max_steps=400", "logger=none",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "callbacks.figures=null", "callbacks.bound_curve=null"], tmp_path / "run"))

@@ -31,8 +31,8 @@ def trained(tmp_path_factory):
     config (the data module to read the splits with directly)."""
     root = mnist_like(tmp_path_factory.mktemp("data"), train=200, test=50)
     cfg = compose_train(["data=mnist", f"data.root={root}", "data.val_size=50", "model=cvae",
-                         "model.latent=3", "model.encoder.net.net.hidden=[16]",
-                         "model.decoder.net.net.hidden=[16]", "trainer.max_epochs=1", "logger=none",
+                         "model.latent=3", "model.encoder.net.hidden=[16]",
+                         "model.decoder.net.hidden=[16]", "trainer.max_epochs=1", "logger=none",
                          "callbacks.figures.n_points=0", "trainer.enable_progress_bar=false"],
                         tmp_path_factory.mktemp("run"))
     threads = torch.get_num_threads()

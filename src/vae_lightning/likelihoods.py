@@ -9,6 +9,7 @@ distributions they return, and their numerics, are in ``pixel_distributions``.""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
@@ -288,7 +289,9 @@ class DiscretizedLogisticMixture(Likelihood):
 class Decoder(nn.Module):
     """p_theta(x|z): a network from z (``latent``) to the likelihood's parameters for every pixel
     of an image of ``data_shape`` ``[C, H, W]``. With stochastic layers (``posteriors.hierarchy``)
-    the decoder reads the bottom layer only, the first ``latent`` units of z."""
+    the decoder reads the bottom layer only, the first ``latent`` units of z. ``condition``:
+    p(x|z, y), the network given a condition y as well (``conditional.Conditioned``, called
+    with ``net``)."""
 
     @checked
     def __init__(
@@ -297,11 +300,13 @@ class Decoder(nn.Module):
         likelihood: Likelihood,
         data_shape: Sequence[PositiveInt],
         latent: PositiveInt,
+        condition: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.likelihood, self.latent = likelihood, latent
         channels, *size = data_shape
-        self.net = within("net", lambda: net((latent,), (likelihood.channels(channels), *size)))
+        build = net if condition is None else functools.partial(condition, net=net)
+        self.net = within("net", lambda: build((latent,), (likelihood.channels(channels), *size)))
 
     def forward(self, z: Tensor) -> Distribution:
         if z.shape[-1] != self.latent:  # z = [z_1, ..., z_L]: p(x|z) = p(x|z_1)

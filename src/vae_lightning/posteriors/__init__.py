@@ -13,6 +13,7 @@ when the model is composed.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -134,7 +135,9 @@ class Encoder(nn.Module):
     """q_phi(z|x): ``net`` (called with the data shape and the family's number of outputs) emits
     the parameters of ``posterior``'s distribution over ``latent`` dimensions: with the default
     Gaussian family, the paper's Gaussian MLP encoder (Appendix C.2). Its outputs are cast to
-    float32, so densities and KLs stay exact under mixed precision."""
+    float32, so densities and KLs stay exact under mixed precision. ``condition``: q(z|x, y),
+    the network given a condition y as well (``conditional.Conditioned``, called with ``net``),
+    so that ``net`` keeps its keys whether or not the model is conditional."""
 
     @checked
     def __init__(
@@ -143,10 +146,12 @@ class Encoder(nn.Module):
         posterior: Family,
         data_shape: Sequence[PositiveInt],
         latent: PositiveInt,
+        condition: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.posterior, self.latent = posterior, latent
-        self.net = within("net", lambda: net(tuple(data_shape), (posterior.n_params(latent),)))
+        build = net if condition is None else functools.partial(condition, net=net)
+        self.net = within("net", lambda: build(tuple(data_shape), (posterior.n_params(latent),)))
         if isinstance(posterior, nn.Module):  # a family with parameters of its own
             self.add_module("family", posterior)
 

@@ -187,6 +187,8 @@ def _train_evaluate_record(row: str, bench: dict[str, Any], directory: Path, arg
         "test/elbo": results.get("test/elbo"), "iw": evaluation["iw"],
         "elbo": evaluation["elbo"], "k": evaluation["k"], "n": evaluation["n"],
         "active_units": evaluation["active_units"], "latent": evaluation["latent"],
+        # A model of the labels' (M2) classifier q(y|x): its test error, beside the bound.
+        **{key: evaluation[key] for key in ("classification_error",) if key in evaluation},
         "overrides": args,
     }
     records.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,28 @@ def test_killed_run_resumes_from_last_and_matches_an_uninterrupted_run(tmp_path,
         assert after_resume[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-4), key
 
 
+@pytest.mark.parametrize("steps_per_batch", [1, 2])
+def test_a_run_ended_mid_epoch_by_its_length_continues_exactly(tmp_path, monkeypatch, capsys,
+                                                               one_thread, steps_per_batch):
+    """trainer.max_steps=40 ends mid-way through the third epoch (16 steps each); continued to
+    three whole epochs from that mid-epoch last.ckpt, the run takes the rest of the epoch's
+    data order (not the epoch again from its start) and ends as an uninterrupted run does, its
+    train/elbo (over the whole epoch, both parts) included."""
+    common = [*SMALL, "trainer.max_epochs=3", f"data.steps_per_batch={steps_per_batch}"]
+    run_dir = tmp_path / "run"
+    _train_here([*common, "trainer.max_steps=40", f"hydra.run.dir={run_dir}"], tmp_path,
+                monkeypatch, capsys)
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 40
+    _train_here([*common, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], tmp_path,
+                monkeypatch, capsys)
+    continued = json.loads((run_dir / "results.json").read_text())
+    _train_here([*common, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path, monkeypatch, capsys)
+    reference = json.loads((tmp_path / "ref" / "results.json").read_text())
+    assert continued["train_samples_seen"] == reference["train_samples_seen"] == 3 * 1565
+    for key in (*METRICS, "train/elbo"):
+        assert continued.get(key) == pytest.approx(reference[key], rel=1e-6, abs=1e-4), key
+
+
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="ckpt_path=last: there is no .*last.ckpt"):
         build_run(compose_train([*SMALL, "ckpt_path=last"], tmp_path))

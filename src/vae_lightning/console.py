@@ -21,6 +21,9 @@ NOISE = (
     r"`ModelCheckpoint\(monitor='val/",
     # The data modules hold the data in memory: worker processes would not be faster.
     r"The '\w+' does not have many workers",
+    # The training sampler skips the batches a mid-epoch checkpoint already trained
+    # (data.sampling.ShardedBatchSampler's done): the resume is exact.
+    r"You're resuming from a checkpoint that ended before the epoch ended",
 )
 ADVERTS = ("💡 Tip:",)
 

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from vae_lightning import divergence, optimization
+from vae_lightning import divergence, optimization, resume
 from vae_lightning.args import PositiveInt, checked
 from vae_lightning.errors import ConfigError
 from vae_lightning.graphs import GraphedStep, runtime_problems
@@ -33,6 +33,9 @@ ADAM = functools.partial(torch.optim.Adam, lr=1e-3)  # the default optimizer
 # Attributes set at every training step that are never a parameter, submodule or buffer: set
 # directly (``VAE.__setattr__``).
 _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "samples_seen"})
+
+
+TRAIN_SUMS = "train_bound_sums"  # the checkpoint's key of the epoch's training-bound sums
 
 
 class VAE(Inference, L.LightningModule):
@@ -299,10 +302,25 @@ class VAE(Inference, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["samples_seen"] = self.samples_seen
+        # This rank's sums of the epoch's training bound so far: a run continued from a
+        # checkpoint taken part-way through an epoch averages train/elbo over the whole epoch.
+        train = self.metrics["train_bound"]
+        checkpoint[TRAIN_SUMS] = torch.cat([train.total, train.count[None]]).detach().cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
         optimization.apply_settings(self, checkpoint)
+        if resume.reopen_stopped_epoch(checkpoint):  # no on_train_epoch_start for its rest
+            self._unlogged.add("train")
+            sums = checkpoint.get(TRAIN_SUMS)
+            # Rank 0's sums (the one a checkpoint keeps) restore one process's epoch exactly;
+            # under DDP train/elbo then averages the rest of the epoch only.
+            single = self._trainer is None or self.trainer.world_size == 1
+            if single and isinstance(sums, torch.Tensor) and sums.shape == (3,) \
+                    and bool(torch.isfinite(sums).all()):
+                train = self.metrics["train_bound"]
+                train.total.copy_(sums[:2])
+                train.count.copy_(sums[2])
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = "cpu",

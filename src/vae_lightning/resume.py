@@ -76,6 +76,31 @@ class ResumeState(L.Callback):
 MAY_CHANGE = ("model.compile", "model.optimizer.")
 
 
+def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> bool:
+    """Mark the epoch of a checkpoint taken when training stopped part-way through it (by
+    ``trainer.max_steps``, ``max_samples`` or ``max_time``) as not yet processed, so that a run
+    continued from it with a longer length finishes that epoch: Lightning counts the cut epoch
+    as processed (and would go on with the next epoch, or stop at once at the same
+    ``max_epochs``), which the loop state of a checkpoint taken mid-epoch in training does not.
+    The training sampler then skips the epoch's batches already trained
+    (``data.sampling.ShardedBatchSampler``'s ``done``). Lightning reads these counters after
+    the model's ``on_load_checkpoint``; an end-of-epoch checkpoint (its last batch trained) is
+    left as it is. Returns whether the epoch was reopened."""
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+    if not isinstance(epochs, dict) or not isinstance(batches, dict):
+        return False
+    try:
+        cut = (not batches["is_last_batch"] and batches["current"]["completed"] > 0
+               and epochs["current"]["processed"] == epochs["current"]["completed"] + 1)
+    except (KeyError, TypeError):
+        return False
+    if cut:
+        for scope in ("current", "total"):
+            epochs[scope]["processed"] -= 1
+    return cut
+
+
 def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path,
                     overrides: Sequence[str] = ()) -> None:
     """Raise ``CheckpointError`` if ``config`` (resolved) differs from the run that wrote

@@ -108,8 +108,11 @@ def refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -
     left none): then the resume trains nothing and evaluates it."""
     seen = checkpoint.get("samples_seen", 0)
     steps = checkpoint.get("global_step", 0)
-    epochs = (checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-              .get("current", {}).get("processed", 0))
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    # Whole epochs trained: those completed, and the last one if its last batch was trained
+    # (an end-of-epoch checkpoint), not one that a max_steps stop left part-way.
+    epochs = (fit.get("epoch_progress", {}).get("current", {}).get("completed", 0)
+              + bool(fit.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)))
     trainer = cfg.trainer
     if trainer.get("max_samples") is not None:
         done, length = seen >= trainer.max_samples, f"trainer.max_samples={trainer.max_samples:g}"
@@ -127,7 +130,7 @@ def refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -
         raise NothingToDo(
             f"The run of {path} is complete ({epochs} epochs, {steps} steps, {seen:,} samples "
             f"seen: {length} reached); nothing was trained or written. To train it further, "
-            "resume with a larger trainer.max_epochs or trainer.max_samples.")
+            "resume with a larger trainer.max_epochs, trainer.max_steps or trainer.max_samples.")
 
 
 def check_memory(cfg: DictConfig, shape: list[int]) -> dict[str, torch.nn.Module]:

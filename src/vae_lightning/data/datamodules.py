@@ -172,6 +172,8 @@ class VAEDataModule(L.LightningDataModule):
             len(x), batch_size, shuffle, self.seed, rank, world,
             current_epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
             group=self.steps_per_batch if training else 1, device=x.device,
+            done=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+            if trainer is not None and shuffle else None,
         )
         on_cpu = x.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0

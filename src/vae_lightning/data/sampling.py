@@ -49,6 +49,10 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
     Lightning calls ``set_epoch`` at the start of each epoch; given ``current_epoch`` (e.g. the
     trainer's), the epoch is read from it when iteration starts instead, which stays right when
     a run resumes from an end-of-epoch checkpoint (Lightning's ``set_epoch`` then lags by one).
+    ``done`` (e.g. the trainer's count of this epoch's batches already trained, read when
+    iteration starts) skips those batches of the epoch's order: a run continued from a
+    checkpoint taken mid-epoch (one that ended by its ``max_steps``) takes the rest of the
+    epoch, as an uninterrupted run does, not the epoch again from its start.
     """
 
     def __init__(
@@ -62,13 +66,14 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         current_epoch: Callable[[], int] | None = None,
         group: int = 1,
         device: torch.device | str = "cpu",
+        done: Callable[[], int] | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is invalid: expected 0 <= rank < {world_size}.")
         self.n, self.batch_size, self.shuffle, self.group = n, batch_size, shuffle, group
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
-        self.current_epoch = current_epoch
+        self.current_epoch, self.done = current_epoch, done
         self.device = torch.device(device)
 
     def set_epoch(self, epoch: int) -> None:
@@ -88,12 +93,14 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         # iterator is created (on resume, Lightning creates it before advancing the epoch).
         if self.current_epoch is not None:
             self.epoch = self.current_epoch()
+        skip = self.done() if self.done is not None else 0
+        skip = skip if 0 < skip < len(self) else 0  # none, or a whole epoch: from its start
         # Moved to the data's device once per epoch: no host-to-device copy per batch.
         batches = self.shard().to(self.device).split(self.batch_size)
         if self.group == 1:
-            yield from batches
+            yield from batches[skip:]
         else:
-            for start in range(0, len(batches), self.group):
+            for start in range(skip * self.group, len(batches), self.group):
                 yield list(batches[start : start + self.group])
 
     def __len__(self) -> int:

@@ -117,17 +117,17 @@ def test_npz_keys_and_labels(tmp_path):
 
 @pytest.mark.parametrize("arrays, kwargs, words", [
     ({"a": np.zeros((4, 2, 2), np.uint8), "b": np.zeros((4, 2, 2), np.uint8)}, {},
-     "key=null, but path=.* holds 2 arrays \\(a, b\\) and none named x"),
+     "key=null, but data.path=.* holds 2 arrays \\(a, b\\) and none named x"),
     ({"x": np.zeros((4, 2, 2), np.uint8)}, {"key": "images"},
-     "key='images' is not an array of path=.*: expected one of x"),
+     "key='images' is not an array of data.path=.*: expected one of x"),
     ({"x": np.zeros((4, 2, 2), np.uint8)}, {"labels_key": "y"},
-     "labels_key='y' is not an array of path"),
+     "labels_key='y' is not an array of data.path"),
     ({"x": np.zeros((4, 2, 2), np.uint8), "y": np.zeros(3, np.int64)}, {"labels_key": "y"},
-     r"\(key='y'\) has shape \[3\]: expected one label per image, \[4\]"),
+     r"\(data.key='y'\) has shape \[3\]: expected one label per image, \[4\]"),
     ({"x": np.zeros((4, 2, 2), np.uint8), "y": np.zeros(4, np.float32)}, {"labels_key": "y"},
      "has dtype float32: expected integer labels"),
     ({"x": np.zeros((4, 2, 2), np.uint8)}, {"labels_key": "x"},
-     "labels_key='x' is the only array of path=.*: expected the images in another array"),
+     "labels_key='x' is the only array of data.path=.*: expected the images in another array"),
     ({"x": np.zeros((4, 2, 2), np.uint8), "y": np.zeros(4, np.int64)},
      {"key": "y", "labels_key": "y"}, "labels_key='y' is also the images' key"),
 ])
@@ -350,14 +350,15 @@ def test_a_condition_array_is_served_as_float_vectors_beside_its_images(tmp_path
 
 
 @pytest.mark.parametrize("condition, kwargs, words", [
-    (None, {"condition": "pose"}, "condition='pose' is not an array of path=.*: expected one of"),
-    (np.zeros(N, bool), {}, r"\(condition='c'\) has dtype bool: expected numbers"),
+    (None, {"condition": "pose"},
+     "condition='pose' is not an array of data.path=.*: expected one of"),
+    (np.zeros(N, bool), {}, r"\(data.condition='c'\) has dtype bool: expected numbers"),
     (np.array(["a"] * N), {}, "has dtype <U1: expected numbers"),
-    (np.zeros((N - 1, 2)), {}, r"\(condition='c'\) has shape \[19, 2\]: expected one "
+    (np.zeros((N - 1, 2)), {}, r"\(data.condition='c'\) has shape \[19, 2\]: expected one "
                                r"condition vector per image, \[20, D\]"),
     (np.zeros((N, 2, 2)), {}, r"has shape \[20, 2, 2\]"),
     (np.zeros((N, 0)), {}, r"has shape \[20, 0\]"),
-    (np.zeros(N, np.int64), {"labels_key": "c"}, "labels_key='c' and condition='c'"),
+    (np.zeros(N, np.int64), {"labels_key": "c"}, "labels_key='c' and data.condition='c'"),
 ])
 def test_a_bad_condition_array_is_refused_in_one_line(tmp_path, condition, kwargs, words):
     arrays = {"x": np.zeros((N, 2, 2), np.uint8)}
@@ -375,7 +376,7 @@ def test_a_condition_that_is_not_finite_is_refused_when_read(tmp_path):
         c[7, 1] = value
         dm = ArrayDataModule(path=str(save(tmp_path / "c.npz", x=np.zeros((N, 2, 2), np.uint8),
                                            c=c)), condition="c")
-        with pytest.raises(DataError, match=r"\(condition='c'\): the condition of image 7 "
+        with pytest.raises(DataError, match=r"\(data.condition='c'\): the condition of image 7 "
                                             r"\(of 1 such\) holds a value that is not finite"):
             dm.setup()
     with pytest.raises(DataError, match="condition='c' names an array in a .npz file"):

@@ -38,13 +38,17 @@ def mnist_root(tmp_path) -> Path:
     return tmp_path
 
 
-def fake_trainer(rank=0, world_size=1, epoch=0):
+def fake_trainer(rank=0, world_size=1, epoch=0, done=0):
+    """What the data modules read of a trainer; ``done``: the batches of the epoch already
+    trained (a run continued mid-epoch)."""
+    progress = SimpleNamespace(current=SimpleNamespace(completed=done))
     return SimpleNamespace(
         global_rank=rank,
         world_size=world_size,
         current_epoch=epoch,
         overfit_batches=0,
         strategy=SimpleNamespace(root_device=torch.device("cpu")),
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
     )
 
 
@@ -143,6 +147,8 @@ def test_train_order_per_epoch(mnist_root):
     torch.testing.assert_close(epoch_labels(0), first)  # reproducible: resumable from (seed, epoch)
     dm.trainer = fake_trainer(epoch=1)
     torch.testing.assert_close(torch.cat([y for _, y in dm.train_dataloader()]), second)
+    dm.trainer = fake_trainer(epoch=1, done=3)  # continued after 3 of the epoch's batches
+    torch.testing.assert_close(torch.cat([y for _, y in dm.train_dataloader()]), second[150:])
 
 
 @pytest.mark.parametrize("mode", ["none", "static", "dynamic"])

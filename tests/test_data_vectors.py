@@ -82,11 +82,11 @@ def test_the_given_test_split_is_read_only_by_a_stage_that_uses_it(tmp_path, mon
 
 
 @pytest.mark.parametrize("arrays, kwargs, words", [
-    ({}, {"test_key": "x_test", "test_size": 5}, "test_size=5 and test_key='x_test'"),
+    ({}, {"test_key": "x_test", "test_size": 5}, "test_size=5 and data.test_key='x_test'"),
     ({}, {"test_labels_key": "y_test"}, "test_labels_key='y_test' without test_key"),
-    ({}, {"test_key": "x_test", "labels_key": "y"}, "labels_key='y' and test_labels_key=None"),
+    ({}, {"test_key": "x_test", "labels_key": "y"}, "labels_key='y' and data.test_labels_key=None"),
     ({}, {"test_key": "x_test", "test_labels_key": "y_test"},
-     "labels_key=None and test_labels_key='y_test'"),
+     "labels_key=None and data.test_labels_key='y_test'"),
     ({}, {"test_key": "nope"}, "test_key='nope' is not an array of"),
     ({"x_test": np.zeros((4, 5), np.float32)}, {"test_key": "x_test"},
      r"holds float32 \[4, 5\]: expected test images like the images, float32 \[N, 6\]"),

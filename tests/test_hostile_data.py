@@ -355,7 +355,7 @@ def test_npz_member_claiming_1e12_images_is_refused_before_reading(tmp_path):
         archive.writestr("x.npy", npy_header("|u1", (10**12, 28, 28)) + b"\0" * 1000)
     with pytest.raises(DataError) as err:
         ArrayDataModule(path=str(path))
-    one_line(err, path, "(key='x')", "declares uint8 [1000000000000, 28, 28]",
+    one_line(err, path, "(data.key='x')", "declares uint8 [1000000000000, 28, 28]",
              "but holds at most 1,000")
 
 

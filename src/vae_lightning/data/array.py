@@ -132,9 +132,9 @@ class ArrayDataModule(VAEDataModule):
         self._given = {k for k in (key, labels_key, condition, test_key, test_labels_key)
                        if k is not None}  # quotable
         if labels_key is not None and condition is not None:
-            raise DataError(f"labels_key={labels_key!r} and condition={condition!r}: the model "
-                            "is given one y beside each image, labels or a condition vector; "
-                            "expected one of them, the other null.")
+            raise DataError(f"data.labels_key={labels_key!r} and data.condition={condition!r}: "
+                            "the model is given one y beside each image, labels or a condition "
+                            "vector; expected one of them, the other null.")
         self._check_test_keys()
         header = self._header()
         self.resolved_layout = resolve_layout(header.shape, layout, self._where(self.key))
@@ -164,20 +164,22 @@ class ArrayDataModule(VAEDataModule):
         same kind of ``y`` as the images."""
         if self.test_key is None:
             if self.test_labels_key is not None:
-                raise DataError(f"test_labels_key={self.test_labels_key!r} without test_key: "
-                                "expected test_key=<the test images' array> with it, or "
-                                "test_labels_key=null.")
+                raise DataError(f"data.test_labels_key={self.test_labels_key!r} without test_key: "
+                                "expected data.test_key=<the test images' array> with it, or "
+                                "data.test_labels_key=null.")
             return
         if self.test_size is not None:
-            raise DataError(f"test_size={self.test_size!r} and test_key={self.test_key!r}: the "
-                            "test split is test_key's whole array; expected test_size=null.")
+            raise DataError(f"data.test_size={self.test_size!r} and data.test_key="
+                            f"{self.test_key!r}: the test split is test_key's whole array; "
+                            "expected data.test_size=null.")
         if self.condition is not None:
-            raise DataError(f"test_key={self.test_key!r} with condition={self.condition!r}: a "
-                            "test split given apart takes labels (test_labels_key), not "
-                            "condition vectors; expected test_key=null (the test split held "
-                            "out by test_size) or labels.")
+            raise DataError(f"data.test_key={self.test_key!r} with data.condition="
+                            f"{self.condition!r}: a test split given apart takes labels "
+                            "(data.test_labels_key), not condition vectors; expected "
+                            "data.test_key=null (the test split held out by data.test_size) or "
+                            "labels.")
         if (self.labels_key is None) != (self.test_labels_key is None):
-            raise DataError(f"labels_key={self.labels_key!r} and test_labels_key="
+            raise DataError(f"data.labels_key={self.labels_key!r} and data.test_labels_key="
                             f"{self.test_labels_key!r}: the test images need labels exactly "
                             "when the images have them; expected both set or both null.")
 
@@ -185,11 +187,11 @@ class ArrayDataModule(VAEDataModule):
         """``path='...' (key='...')`` for messages (``name``: the option that names the array);
         an array name taken from the file (the only one, ``key=null``) is quoted only when it is
         ``nameable``."""
-        where = f"path={str(self.path)!r}"
+        where = f"data.path={str(self.path)!r}"
         if key is None:
             return where
         if key in self._given or nameable(key):
-            return f"{where} ({name}={key!r})"
+            return f"{where} (data.{name}={key!r})"
         return f"{where} (its only array, whose name is not shown: not an identifier)"
 
     def _open(self) -> IO[bytes]:
@@ -211,21 +213,21 @@ class ArrayDataModule(VAEDataModule):
                 except DataError:
                     raise
                 except _ZIP_ERRORS as err:
-                    raise DataError(f"path={str(self.path)!r} is not a readable .npz file "
+                    raise DataError(f"data.path={str(self.path)!r} is not a readable .npz file "
                                     f"({describe(err)}): save the images again with "
                                     "numpy.savez.") from None
             else:
-                raise DataError(f"path={str(self.path)!r} is neither a .npy nor a .npz file (it "
-                                "starts with neither numpy's .npy signature nor a zip header): "
-                                "save the images with numpy.save or numpy.savez.")
+                raise DataError(f"data.path={str(self.path)!r} is neither a .npy nor a .npz "
+                                "file (it starts with neither numpy's .npy signature nor a zip "
+                                "header): save the images with numpy.save or numpy.savez.")
         return header
 
     def _npy_header(self, fh: IO[bytes]) -> Header:
         for name, value in (("key", self.key), ("labels_key", self.labels_key),
                             ("condition", self.condition), ("test_key", self.test_key)):
             if value is not None:
-                raise DataError(f"{name}={value!r} names an array in a .npz file, but "
-                                f"path={str(self.path)!r} is a .npy holding one array: "
+                raise DataError(f"data.{name}={value!r} names an array in a .npz file, but "
+                                f"data.path={str(self.path)!r} is a .npy holding one array: "
                                 f"expected {name}=null (labels and conditions need a .npz).")
         header = read_header(fh, self._where(None))
         check_dtype(header, self._where(None), "images")
@@ -279,8 +281,8 @@ class ArrayDataModule(VAEDataModule):
                             ("condition", self.condition), ("test_key", self.test_key),
                             ("test_labels_key", self.test_labels_key)):
             if value is not None and value not in arrays:
-                raise DataError(f"{name}={value!r} is not an array of path={str(self.path)!r}: "
-                                "expected one of "
+                raise DataError(f"data.{name}={value!r} is not an array of data.path="
+                                f"{str(self.path)!r}: expected one of "
                                 f"{names(arrays) if arrays else '(none: it is empty)'}.")
         beside = self.labels_key if self.labels_key is not None else self.condition
         name = "labels_key" if self.labels_key is not None else "condition"
@@ -290,14 +292,14 @@ class ArrayDataModule(VAEDataModule):
         elif "x" in others or len(others) == 1:
             chosen = "x" if "x" in others else others[0]
         elif arrays and not others:
-            raise DataError(f"{name}={beside!r} is the only array of "
-                            f"path={str(self.path)!r}: expected the images in another array.")
+            raise DataError(f"data.{name}={beside!r} is the only array of "
+                            f"data.path={str(self.path)!r}: expected the images in another array.")
         else:
-            raise DataError(f"key=null, but path={str(self.path)!r} holds "
+            raise DataError(f"data.key=null, but data.path={str(self.path)!r} holds "
                             f"{len(others) or 'no'} arrays ({names(others)}) and "
-                            "none named x: expected key=<the name of the images' array>.")
+                            "none named x: expected data.key=<the name of the images' array>.")
         if beside is not None and chosen == beside:
-            raise DataError(f"{name}={beside!r} is also the images' key: expected the name of "
+            raise DataError(f"data.{name}={beside!r} is also the images' key: expected the name of "
                             "another array of the file ("
                             + ("integer labels [N])." if name == "labels_key" else
                                "numbers [N, D], a condition vector per image)."))

@@ -139,8 +139,8 @@ class FolderDataModule(VAEDataModule):
         self.val_size, self.test_size = val_size, test_size
         self.path = Path(path)
         if not self.path.is_dir():
-            raise DataNotFoundError(f"path={str(self.path)!r} is not a folder: expected a folder "
-                                    "of PNG or JPEG images (in class subfolders or not).")
+            raise DataNotFoundError(f"data.path={str(self.path)!r} is not a folder: expected a "
+                                    "folder of PNG or JPEG images (in class subfolders or not).")
         folder = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
         self.cache_dir = (self.root / CACHE_DIR if cache is None else Path(cache)) / folder
         self.classes: tuple[str, ...] = ()
@@ -157,7 +157,7 @@ class FolderDataModule(VAEDataModule):
 
     def _load(self, names):
         images, labels = self._images()
-        idx = held_out(len(images), self.val_size, self.test_size, f"path={str(self.path)!r}")
+        idx = held_out(len(images), self.val_size, self.test_size, f"data.path={str(self.path)!r}")
         return {s: (np.ascontiguousarray(images[idx[s]]), labels[idx[s]]) for s in names}
 
     def _images(self) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +173,7 @@ class FolderDataModule(VAEDataModule):
         if self._listing is None:
             files, labels, self.classes = scan(self.path)
             if not files:
-                raise DataError(f"path={str(self.path)!r} holds no images: expected files "
+                raise DataError(f"data.path={str(self.path)!r} holds no images: expected files "
                                 f"ending in {', '.join(EXTENSIONS)} (any case), in it or in its "
                                 "subfolders.")
             self._listing = files, labels, self._key(files)
@@ -191,7 +191,7 @@ class FolderDataModule(VAEDataModule):
         for rel, size in zip(files, sizes, strict=True):
             if size != sizes[0]:
                 raise DataError(
-                    f"path={str(self.path)!r} holds images of different sizes, e.g. "
+                    f"data.path={str(self.path)!r} holds images of different sizes, e.g. "
                     f"{self.path / files[0]} ({sizes[0][0]}x{sizes[0][1]}) and "
                     f"{self.path / rel} ({size[0]}x{size[1]}), height x width, and data.size is "
                     "null (the images' own size): set data.size to an integer (a square) or "
@@ -238,7 +238,7 @@ class FolderDataModule(VAEDataModule):
     def _decode(self, files: list[Path]) -> np.ndarray:
         start = time.perf_counter()
         check_memory(len(files) * int(np.prod(self.shape)),
-                     f"path={str(self.path)!r} holds {len(files):,} images of "
+                     f"data.path={str(self.path)!r} holds {len(files):,} images of "
                      f"{'x'.join(map(str, self.shape))} (channels x height x width)",
                      "set data.size to a smaller size, or data.channels=1 for colour images")
         log.info("Decoding %d images from %s to %s (once: they are cached)", len(files),

@@ -638,3 +638,17 @@ def test_vae_eval_refuses_other_data_off_the_likelihood_s_grid(tmp_path, monkeyp
     assert result.code == 2 and "test images hold pixel values off that grid" in result.err, (
         result.err[-2000:])
     assert not (tmp_path / "out" / "eval.json").exists()
+
+
+def test_a_data_location_the_data_set_does_not_read_is_refused_not_ignored(tmp_path):
+    """eval.data_path for a model trained on MNIST (read from its folder under data.root, not
+    from a file) was ignored: the MNIST test split was scored, and the user thought their own
+    file was. Refused, naming the key and the one MNIST reads."""
+    from vae_lightning.checkpoint_data import find_data
+    from vae_lightning.errors import ConfigError
+
+    config = {"data": {"_target_": "vae_lightning.data.MNISTDataModule", "root": "data"}}
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"eval.data_path='mine.npy': the model was trained on "
+                                          r"MNISTDataModule.* eval.data_root"):
+        find_data(config, str(ckpt), "eval", data_path="mine.npy")

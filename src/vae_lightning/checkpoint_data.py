@@ -66,6 +66,14 @@ def find_data(config: dict[str, Any], ckpt_path: str, key: str, *, trusted: Sequ
     given = {"root": data_root, "path": data_path}
     source: dict[str, Any] = {}
     values = dict(node)
+    ignored = [name for name, value in given.items()
+               if value is not None and name not in locations(module)]
+    if ignored:  # e.g. a file for MNIST, which is read from its folder under data_root
+        accepted = " or ".join(f"{dotted(key, f'data_{name}')}" for name in locations(module))
+        raise ConfigError(
+            f"{dotted(key, f'data_{ignored[0]}')}={given[ignored[0]]!r}: the model was trained "
+            f"on {module.__name__}, which does not read its data from a {ignored[0]}; "
+            f"{'name where they are with ' + accepted if accepted else 'it takes neither'}.")
     for name in locations(module):
         if given.get(name) is not None:
             values[name], source[name] = given[name], "command line"

@@ -115,6 +115,7 @@ BAD_CONFIGS = [
     (["trainer.max_samples=abc"], ["trainer.max_samples='abc'"]),
     (["+trainer.max_epoch=3"], ["trainer.max_epoch", "max_epochs"]),
     (["trainer.precision=17"], ["trainer.precision", "17"]),
+    (["model.optimizer.lr=fast"], ["model.optimizer.lr='fast' is not a number", "0.001"]),
     (["trainer.devices=0"], ["trainer", "devices"]),
     (["logger=nosuch"], ["logger/nosuch", "csv", "wandb"]),
     (["callbacks.bound_curve.points_per_decade=0"],

@@ -4,6 +4,7 @@ validation and test data, and write results.json."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import signal
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -90,11 +92,29 @@ def build_run(cfg: DictConfig) -> Run:
             raise
         except (ValueError, TypeError) as err:
             node = cfg.model.optimizer
+            if words := _not_numbers(node):
+                raise ConfigError(f"Invalid configuration: {words}.") from None
             given = ", ".join(f"{key}={node[key]!r}" for key in node if not key.startswith("_"))
             raise ConfigError(f"Invalid configuration: model.optimizer ({node._target_} with "
                               f"{given}) refuses its arguments: {err}.") from None
     run_checks.warn_about_the_likelihood(datamodule, model)
     return Run(datamodule, model, resume_from, checkpoint, record)
+
+
+def _not_numbers(node: DictConfig) -> str:
+    """The optimizer's settings given as words where its class takes a number (its default is
+    one), each with what it expects: torch's own message compares a float with a str."""
+    target = node.get("_target_")
+    try:
+        parameters = inspect.signature(hydra.utils.get_class(target)).parameters
+    except (ValueError, TypeError, ImportError, hydra.errors.HydraException):
+        return ""
+    wrong = [f"model.optimizer.{key}={node[key]!r} is not a number ({target}'s {key} is a "
+             f"number, default {parameters[key].default!r})"
+             for key in node if key in parameters and isinstance(node[key], str)
+             and isinstance(parameters[key].default, int | float)
+             and not isinstance(parameters[key].default, bool)]
+    return "; ".join(wrong)
 
 
 def _instantiate_all(group: DictConfig | None, key: str,

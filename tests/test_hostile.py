@@ -116,6 +116,11 @@ BAD_CONFIGS = [
     (["+trainer.max_epoch=3"], ["trainer.max_epoch", "max_epochs"]),
     (["trainer.precision=17"], ["trainer.precision", "17"]),
     (["model.optimizer.lr=fast"], ["model.optimizer.lr='fast' is not a number", "0.001"]),
+    # a key of another option of the group: the options that have it, chosen first
+    (["model.objective.k=5"], ["k is a key of model/objective=", "iwae", "choose one first"]),
+    (["model.objective.K=5"], ["k is a key of model/objective=", "model.objective.k=5"]),
+    # no "+" where the node's class would refuse the added key
+    (["model.encoder.net.dropout=0.1"], ["no key dropout", "MLP takes no other"]),
     (["trainer.devices=0"], ["trainer", "devices"]),
     (["logger=nosuch"], ["logger/nosuch", "csv", "wandb"]),
     (["callbacks.bound_curve.points_per_decade=0"],

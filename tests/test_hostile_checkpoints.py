@@ -652,3 +652,13 @@ def test_a_data_location_the_data_set_does_not_read_is_refused_not_ignored(tmp_p
     with pytest.raises(ConfigError, match=r"eval.data_path='mine.npy': the model was trained on "
                                           r"MNISTDataModule.* eval.data_root"):
         find_data(config, str(ckpt), "eval", data_path="mine.npy")
+
+
+def test_a_key_of_vae_eval_s_eval_node_given_at_the_top_is_named(finished, tmp_path,
+                                                                  monkeypatch, capsys):
+    """vae-eval k=10 (eval.k meant): the message suggests eval.k, the node below that has it."""
+    result = run(cli.evaluate, [f"ckpt_path={finished / 'checkpoints' / 'last.ckpt'}", "k=10",
+                                f"hydra.run.dir={tmp_path / 'log'}"], monkeypatch, capsys,
+                 tmp_path)
+    no_traceback(result)
+    assert result.code == 2 and "Did you mean eval.k?" in result.err, result.err

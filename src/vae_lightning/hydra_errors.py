@@ -6,8 +6,10 @@ for: one line naming the key, the value and what is accepted, with its exit code
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 import sys
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
@@ -111,20 +113,67 @@ def hydra_message(err: Exception) -> str:
 
 def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | None:
     """For ``key=value`` where the config has no ``key`` (a typo: ``model.latnt=3``): the keys
-    its parent node has, the closest first, and how to add a key of one's own; None where
-    OmegaConf's error does not name the node."""
+    its parent node has, the closest first (another case first: ``K`` for ``k``), a node below
+    that has it (``eval.k`` for vae-eval's ``k``), the options of the node's config group that
+    have it (``model.objective.k``: ``model/objective=iwae``, ...), and how to add a key of
+    one's own where the node's class takes one; None where OmegaConf's error does not name the
+    node."""
     parent = getattr(cause, "parent_node", None)
     if not OmegaConf.is_dict(parent):
         return None
     *path, name = key.split(".")
-    keys = [k for k in parent if not str(k).startswith("_")]
-    close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+    keys = [str(k) for k in parent if not str(k).startswith("_")]
+    close = ([k for k in keys if k.lower() == name.lower()]
+             or difflib.get_close_matches(name, keys, n=3, cutoff=0.6))
     node = ".".join(path)
     where = f"{node} has no key {name}" if path else f"there is no top-level key {name}"
     prefix = f"{node}." if path else ""
-    guess = f" Did you mean {' or '.join(prefix + k for k in close)}?" if close else ""
+    below = [f"{prefix}{k}.{name}" for k in keys
+             if OmegaConf.is_dict(parent.get(k)) and name in parent[k]]
+    owners = None
+    for spelled in dict.fromkeys((name, name.lower())):  # as given, then in lower case
+        if path and not below and spelled not in keys \
+                and (owners := _options_with(node, spelled)):
+            break
+    if owners:
+        group, options = owners
+        guess = (f" {spelled} is a key of {group}={', '.join(options)}: choose one first "
+                 f"({group}={options[0]} {prefix}{spelled}={value}).")
+    else:
+        guess = f" Did you mean {' or '.join(below or [prefix + k for k in close])}?" \
+            if below or close else ""
+    extra = (f" (+{key}=... would add a new key)" if _takes_more(parent)
+             else f" ({parent.get('_target_')} takes no other)")
     return (f"{key}={value}: {where}.{guess} {f'{node} has' if path else 'The top level has'} "
-            f"{', '.join(map(str, keys))} (+{key}=... would add a new key).")
+            f"{', '.join(keys)}{extra}.")
+
+
+def _options_with(node: str, name: str) -> tuple[str, list[str]] | None:
+    """The config group placed at ``node`` and those of its options that set a key ``name``."""
+    from vae_lightning.groups import group_of, option_text
+
+    found = group_of(node)
+    if found is None:
+        return None
+    group, options = found[0], found[1].options
+    having = [option for option in options
+              if re.search(rf"^{re.escape(name)}:", option_text(group, option), re.M)]
+    return (group, having) if having else None
+
+
+def _takes_more(parent: Any) -> bool:
+    """Whether a key added to ``parent`` can be used: a node without a class (any key), or one
+    whose class takes keyword arguments beyond its named ones."""
+    target = parent.get("_target_") if OmegaConf.is_dict(parent) else None
+    if not isinstance(target, str):
+        return True
+    try:
+        import hydra
+
+        parameters = inspect.signature(hydra.utils.get_object(target)).parameters.values()
+    except Exception:  # a target that cannot be resolved: Hydra will say so itself
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _missing_plugin(option: str, extra: str) -> str:

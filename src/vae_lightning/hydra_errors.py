@@ -84,6 +84,10 @@ def hydra_message(err: Exception) -> str:
     from vae_lightning.groups import group_hint, plugin_extra
 
     text = str(err).split("Config search path:")[0]
+    nested = re.search(r"Could not override '([^']+)/([^'/]+)'\. No match in the defaults list",
+                       text)
+    if nested and (hint := _nested_group_hint(*nested.groups())):
+        return hint
     override = re.search(r"Could not override '([^']+)'.*use \+\1=(\S+)", text, re.S)
     if override and (hint := group_hint(override.group(1), override.group(2))):
         return hint
@@ -109,6 +113,23 @@ def hydra_message(err: Exception) -> str:
     if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in message:
         message += f" ({str(cause).splitlines()[0]})"
     return message
+
+
+def _nested_group_hint(parent: str, name: str) -> str | None:
+    """For ``parent/name=...`` where the option chosen of ``parent`` has no ``name`` group in its
+    defaults (``model/objective/kl_schedule=linear`` with ``model/objective=iwae``): the options
+    of ``parent`` that have one. Hydra's own advice (+...) would add a key the class refuses."""
+    from vae_lightning.groups import groups, option_text
+
+    if parent not in groups():
+        return None
+    having = [option for option in groups()[parent].options
+              if re.search(rf"^\s*- {re.escape(name)}:", option_text(parent, option), re.M)]
+    if not having:
+        return None
+    return (f"{parent}/{name}=...: the {parent} chosen has no {name}; the options of {parent} "
+            f"that take one: {', '.join(having)} (e.g. {parent}={having[0]} "
+            f"{parent}/{name}=...).")
 
 
 def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | None:

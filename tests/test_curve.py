@@ -36,13 +36,13 @@ def _frey(tmp_path, *overrides):
     for max_samples, steps, seen in [
         (1000, 10, 1000),  # 10 full batches
         (1600, 17, 1665),  # the epoch's last batch holds 65 faces: the step passing 1600 ends it
-        (5e3, 52, 5095),  # a float, as `trainer.max_samples=5e3` gives; max_epochs=1 is overridden
+        (5e3, 52, 5095),  # a float, as `trainer.max_samples=5e3` gives; over 3 epochs
     ]
     for steps_per_batch in (1, 4) if (max_samples, steps_per_batch) != (5e3, 1)
 ])
 def test_max_samples_stops_at_the_step_that_reaches_it(tmp_path, max_samples, steps, seen,
                                                        steps_per_batch):
-    cfg = _frey(tmp_path, f"trainer.max_samples={max_samples}", "trainer.max_epochs=1",
+    cfg = _frey(tmp_path, f"trainer.max_samples={max_samples}",
                 f"data.steps_per_batch={steps_per_batch}", "~callbacks.bound_curve")
     results = train(cfg)
     assert (results["steps"], results["train_samples_seen"]) == (steps, seen)
@@ -58,9 +58,9 @@ def test_last_checkpoint_is_the_final_state_whatever_the_validation_interval(tmp
 
 
 def test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training(tmp_path):
-    # trainer.max_samples=5e3 (a float) with max_epochs=1, which it overrides: the last case of
+    # trainer.max_samples=5e3 (a float): the last case of
     # test_max_samples_stops_at_the_step_that_reaches_it with one step per batch.
-    cfg = _frey(tmp_path, "trainer.max_samples=5e3", "trainer.max_epochs=1",
+    cfg = _frey(tmp_path, "trainer.max_samples=5e3",
                 "callbacks.bound_curve.points_per_decade=2", "callbacks.bound_curve.start=1000")
     results = train(cfg)
     assert (results["steps"], results["train_samples_seen"]) == (52, 5095)

@@ -118,6 +118,8 @@ BAD_CONFIGS = [
     (["model.optimizer.lr=fast"], ["model.optimizer.lr='fast' is not a number", "0.001"]),
     # a key of another option of the group: the options that have it, chosen first
     (["model.objective.k=5"], ["k is a key of model/objective=", "iwae", "choose one first"]),
+    (["trainer.max_samples=1e4", "trainer.max_epochs=1"],
+     ["trainer.max_epochs=1 would be ignored", "trainer.max_samples=null"]),
     (["model/objective=iwae", "model/objective/kl_schedule=linear"],
      ["the model/objective chosen has no kl_schedule", "elbo", "beta_tc"]),
     (["model.objective.K=5"], ["k is a key of model/objective=", "model.objective.k=5"]),

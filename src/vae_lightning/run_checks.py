@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.distributions import constraints
 
 from vae_lightning import rundir
@@ -30,6 +30,21 @@ from vae_lightning.sweeps import available_cores
 log = logging.getLogger(__name__)
 
 GRID_CHECKED = 1024  # training images whose float pixels check_grid reads
+
+
+def check_length(cfg: DictConfig, overrides: list[str]) -> None:
+    """A training length in samples (``trainer.max_samples``, often an experiment's) replaces
+    ``trainer.max_epochs``: refuse a ``max_epochs`` given on the command line beside it, which
+    would be ignored, naming what to give instead."""
+    samples = OmegaConf.select(cfg, "trainer.max_samples")
+    given = [item for item in overrides
+             if item.lstrip("+").split("=", 1)[0] == "trainer.max_epochs"
+             and item.split("=", 1)[1] not in ("-1", "null")]
+    if samples is not None and given:
+        raise ConfigError(
+            f"{given[0].lstrip('+')} would be ignored: trainer.max_samples={samples:g} sets the "
+            "training length in samples (the experiment's, or given). Give the length as "
+            "trainer.max_samples=..., or trainer.max_samples=null to train by epochs.")
 
 
 def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:

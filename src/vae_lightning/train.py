@@ -69,6 +69,7 @@ def build_run(cfg: DictConfig) -> Run:
     shape, and read the checkpoint to resume from. Every configuration error surfaces here, as a
     ``ConfigError`` naming its key, before any training."""
     check(cfg)
+    run_checks.check_length(cfg, _task_overrides())
     with prechecked():  # every node was checked above: constructors need not again
         datamodule = instantiate_node(cfg.data, "data")
         shape = list(datamodule.shape)  # handed to the model's builder; the config keeps ???

@@ -662,3 +662,14 @@ def test_a_key_of_vae_eval_s_eval_node_given_at_the_top_is_named(finished, tmp_p
                  tmp_path)
     no_traceback(result)
     assert result.code == 2 and "Did you mean eval.k?" in result.err, result.err
+
+
+def test_a_pixelcnn_sampler_for_a_model_without_a_codebook_is_refused_before_any_fit(
+        finished, tmp_path, monkeypatch, capsys):
+    """sampler=pixelcnn is a prior over a VQ-VAE's code maps: for a Gaussian VAE it is refused
+    in one line, naming the samplers that fit, before the training images are read."""
+    result = _sample([f"ckpt_path={finished / 'checkpoints' / 'last.ckpt'}", "sampler=pixelcnn",
+                      f"output_dir={tmp_path / 'out'}"], tmp_path, monkeypatch, capsys)
+    no_traceback(result)
+    assert result.code == 2 and "model=vq_vae" in result.err and "sampler=gmm" in result.err
+    assert "Fitting" not in result.out + result.err

@@ -143,6 +143,16 @@ class PixelCNNSampler(Sampler):
     def positions(self) -> int:
         return self.shape[0] * self.shape[1]
 
+    def check(self, model: Any) -> str | None:
+        from vae_lightning.posteriors.vq import VectorQuantizer
+
+        if not isinstance(model.encoder.posterior, VectorQuantizer):
+            return ("the PixelCNN is a prior over a VQ-VAE's code maps (model=vq_vae), and "
+                    f"this model's posterior is {type(model.encoder.posterior).__name__}, not "
+                    "a codebook: use sampler=gmm, flow or prior")
+        self._code_dim(model.latent)
+        return None
+
     def _code_dim(self, latent: int) -> int:
         if latent % self.positions:
             fail(self, "shape", self.shape, f"a code map whose {self.positions} positions "

@@ -183,6 +183,12 @@ class Sampling:
                               f"{self.ckpt_path} is {confined}: its draws would fall where the "
                               "decoder was never trained; use sampler=prior.")
         sampler = self.samplers[self.sampler]
+        try:
+            why_not = within(f"samplers.{self.sampler}", lambda: sampler.check(model))
+        except ArgumentError as err:
+            raise ConfigError(str(err)) from None
+        if why_not:
+            raise ConfigError(f"sampler={self.sampler}: {why_not}.")
         path = fitted.fitted_path(self.ckpt_path, self.sampler)
         writable_directory(path.parent, "ckpt_path")  # before the fit: its result goes there
         sha256 = fitted.digest(self.ckpt_path)

@@ -59,6 +59,11 @@ class Sampler:
         return {key: list(value) if isinstance(value, tuple) else value
                 for key, value in vars(self).items() if not key.startswith("_")}
 
+    def check(self, model: Any) -> str | None:
+        """Why this sampler cannot serve ``model`` (None: it can), said before any data are
+        read to fit it."""
+        return None
+
     def fit(self, z: Tensor) -> None:
         raise NotImplementedError
 

@@ -157,6 +157,7 @@ def download(name: str, md5: str, directory: Path, mirrors: Sequence[str]) -> Pa
     the write, which removes it), so no partial file is ever left behind.
     Returns the final path; raises ``DataNotFoundError`` listing every failure.
     """
+    created = not directory.exists()  # removed again if nothing comes of it
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -175,6 +176,8 @@ def download(name: str, md5: str, directory: Path, mirrors: Sequence[str]) -> Pa
             return directory / name
         except Exception as err:  # any failure: try the next mirror
             errors.append(f"{url}: {err}")
+    if created and not any(directory.iterdir()):
+        directory.rmdir()  # no empty folder left where the user looks for the data
     raise DataNotFoundError(f"Could not download {name}: " + "; ".join(errors))
 
 
@@ -217,10 +220,13 @@ def ensure_files(
         else:
             found[name] = path
     if missing:
-        why = "downloading failed (" + " | ".join(errors) + ")" if errors else "download=False"
+        # One failure is shown: offline, every file from every mirror fails the same way.
+        why = (f"downloading failed ({len(errors)} of {len(errors)} tries; the first: "
+               f"{errors[0]})" if len(errors) > 1 else f"downloading failed ({errors[0]})"
+               if errors else "not downloaded: data.download=false")
+        searched = (f" (also searched: {', '.join(map(str, dirs[1:]))})" if dirs[1:] else "")
         raise DataNotFoundError(
-            f"Missing {', '.join(missing)} in {dirs[0]} (also searched: "
-            f"{', '.join(map(str, dirs[1:])) or 'nothing else'}); {why}. Place the files there "
+            f"Missing {', '.join(missing)} in {dirs[0]}{searched}; {why}. Place the files there "
             f"by hand (gzipped or not), e.g. from {mirrors[0]}, with these md5 sums: "
             + ", ".join(f"{n} {files[n]}" for n in missing)
             + "."

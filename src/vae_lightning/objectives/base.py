@@ -65,8 +65,8 @@ def no_closed_form(q: Distribution, p: Distribution) -> str:
         return type(getattr(d, "base_dist", d)).__name__
 
     return (f"kl='analytic' needs KL(q || p) in closed form, and torch.distributions has none "
-            f"for q = {name(q)}, p = {name(p)}; use kl=auto (analytic where it exists, "
-            "Monte Carlo otherwise) or kl=mc.")
+            f"for q = {name(q)}, p = {name(p)}; use model.objective.kl=auto (analytic where it "
+            "exists, Monte Carlo otherwise) or model.objective.kl=mc.")
 
 
 def iw_bound(log_w: Tensor) -> Tensor:

@@ -290,8 +290,9 @@ def _sample(cfg: DictConfig) -> None:
 
         _check_with_checkpoint(cfg, "vae-sample ckpt_path=<run>/checkpoints/last.ckpt n=64")
         out = instantiate_node(cfg, "")()
-        written = [out / name for name in ("samples.png", "samples.npy")
-                   if (out / name).is_file()]
+        names = ("samples.png", "samples.npy",
+                 *(("traversals.png", "traversals.gif") if cfg.get("traverse") else ()))
+        written = [out / name for name in names if (out / name).is_file()]
         print(f"written: {', '.join(map(str, written))}")
 
     _run(task, cfg)

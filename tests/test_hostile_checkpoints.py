@@ -271,6 +271,16 @@ def test_devices_and_urls_are_named_as_such(path, words, tmp_path, monkeypatch, 
     assert "weights_only" not in result.err
 
 
+def test_a_run_s_results_json_as_checkpoint_names_the_run_s_checkpoint(finished, tmp_path,
+                                                                        monkeypatch, capsys):
+    """vae-eval ckpt_path=<run>/results.json: not 'corrupt or truncated', but the run's
+    last.ckpt to use instead."""
+    result = _eval([f"ckpt_path={finished / 'results.json'}"], tmp_path, monkeypatch, capsys)
+    no_traceback(result)
+    assert result.code == 2 and "is not a checkpoint but another file" in result.err
+    assert str(finished / "checkpoints" / "last.ckpt") in result.err, result.err
+
+
 def test_a_run_directory_as_checkpoint_suggests_its_last_checkpoint(finished, tmp_path,
                                                                     monkeypatch, capsys):
     result = _eval([f"ckpt_path={finished}"], tmp_path, monkeypatch, capsys)

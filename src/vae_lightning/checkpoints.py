@@ -81,6 +81,9 @@ def _check_archive(file: Any, path: Path) -> None:
     match their CRC-32: the checkpoint changed after it was written (a disk or copy error, or
     tampering)."""
     if not zipfile.is_zipfile(file):  # outside the try: its error is not wrapped again
+        if path.suffix != ".ckpt":  # another file of the run (results.json, a figure)
+            raise CheckpointError(f"ckpt_path={str(path)!r} is not a checkpoint but another "
+                                  f"file; name a .ckpt file{_checkpoints_in(path.parent)}.")
         raise CheckpointError(
             f"Checkpoint {path} cannot be read: it is not a zip archive, the format "
             "torch.save writes (the file is corrupt or truncated, or not a checkpoint). "

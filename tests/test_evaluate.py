@@ -266,6 +266,18 @@ def test_eval_json_is_strict_json_with_null_for_the_standard_error_of_one_point(
     assert math.isfinite(written["iw"]["nats"])
 
 
+def test_replacing_an_evaluation_of_another_split_is_said(checkpoint, tmp_path, caplog):
+    out = tmp_path / "both"
+    base = [f"ckpt_path={checkpoint}", "eval.k=2", "eval.device=cpu", f"output_dir={out}"]
+    run_eval(_eval_cfg([*base, "eval.limit=10"]))
+    with caplog.at_level("WARNING"):
+        run_eval(_eval_cfg([*base, "eval.limit=10"]))  # the same again: nothing to say
+        assert "now holds this one" not in caplog.text
+        run_eval(_eval_cfg([*base, "eval.limit=10", "eval.split=val"]))
+    assert "split=test, k=2 (10 points); it now holds this one (split=val" in caplog.text
+    assert json.loads((out / "eval.json").read_text())["split"] == "val"
+
+
 def test_eval_out_of_memory_names_the_chunk_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
     """An evaluation that runs out of memory (on a GPU, a chunk too large for the decoder) ends
     with one error naming the chunk it used and what to lower, and writes no eval.json."""

@@ -10,6 +10,7 @@ precision and recall in a feature space: ``sample_quality``), into the same eval
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -43,6 +44,21 @@ from vae_lightning.rebuild import device_of, load_model
 log = logging.getLogger(__name__)
 Metric = Literal["beta_vae", "factor_vae", "mig", "sap", "dci", "modularity"]
 Quality = Literal["fid", "kid", "precision_recall"]
+
+
+def _say_what_is_replaced(path: Path, results: dict[str, Any]) -> None:
+    """Warn when ``path`` holds an evaluation of another split or k, which this one replaces
+    (output_dir keeps both)."""
+    try:
+        earlier = json.loads(path.read_text())
+        before = (earlier.get("split"), earlier.get("k"), earlier.get("n"))
+    except (OSError, ValueError, AttributeError):
+        return
+    now = (results["split"], results["k"], results["n"])
+    if before != now:
+        log.warning("%s held the evaluation of split=%s, k=%s (%s points); it now holds this one "
+                    "(split=%s, k=%s, %s points). Give output_dir=... to keep both.", path,
+                    *before, *now)
 
 
 class Evaluation:
@@ -220,6 +236,7 @@ class Evaluation:
             results["sample_quality"] = self._judge_samples(model, *judge, seed)
         out.mkdir(parents=True, exist_ok=True)
         path = rundir.path(out, "eval")
+        _say_what_is_replaced(path, results)
         rundir.write_json(path, results)
         progress.remove()
         results["path"] = str(path)

@@ -75,12 +75,15 @@ def test_a_run_ended_mid_epoch_by_its_length_continues_exactly(tmp_path, monkeyp
     _train_here([*common, "trainer.max_steps=40", f"hydra.run.dir={run_dir}"], tmp_path,
                 monkeypatch, capsys)
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 40
+    cut = json.loads((run_dir / "results.json").read_text())
+    assert (cut["epochs"], cut["steps"]) == (2, 40)  # whole epochs: the third was cut short
     _train_here([*common, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], tmp_path,
                 monkeypatch, capsys)
     continued = json.loads((run_dir / "results.json").read_text())
     _train_here([*common, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path, monkeypatch, capsys)
     reference = json.loads((tmp_path / "ref" / "results.json").read_text())
     assert continued["train_samples_seen"] == reference["train_samples_seen"] == 3 * 1565
+    assert continued["epochs"] == reference["epochs"] == 3
     for key in (*METRICS, "train/elbo"):
         assert continued.get(key) == pytest.approx(reference[key], rel=1e-6, abs=1e-4), key
 

@@ -225,6 +225,11 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         except MisconfigurationException as err:  # Lightning's own checks, before a step
             raise ConfigError(f"Invalid trainer configuration: {err}") from None
     seconds = time.perf_counter() - start
+    # Whole epochs trained: Lightning counts an epoch that a max_steps, max_samples or max_time
+    # stop cut short as one more.
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    epochs = trainer.current_epoch - (0 < batches.current.completed
+                                      and not batches.is_last_batch)
     fitted = {key: float(trainer.callback_metrics[key])
               for key in ("train/elbo", "train/samples_seen") if key in trainer.callback_metrics}
 
@@ -259,7 +264,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         "objective": choices_.get("model/objective", model_cfg.objective._target_),
         "seed": cfg.seed,
         "tags": list(cfg.get("tags") or []),
-        "epochs": trainer.current_epoch,
+        "epochs": epochs,
         "steps": trainer.global_step,
         "train_samples_seen": int(fitted.get("train/samples_seen", model.samples_seen)),
         "seconds": round(seconds, 3),

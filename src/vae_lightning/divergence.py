@@ -17,12 +17,11 @@ def largest_parameter(model: torch.nn.Module) -> float:
                default=0.0)
 
 
-def refuse_nonfinite(values: torch.Tensor | float, what: str, model: torch.nn.Module) -> None:
+def refuse_nonfinite(values: torch.Tensor, what: str, model: torch.nn.Module) -> None:
     """Refuse ``values`` (a command's output: an estimate, samples, posterior locations) that
     hold NaN or infinite values, before they are written: finite weights can still overflow
     (a run that blew up between checks, a tampered file), and a file of NaN read as a result
     is worse than none. Exit code 3, as a non-finite loss in training."""
-    values = torch.as_tensor(values)
     bad = int((~torch.isfinite(values)).sum())
     if bad:
         raise NonFiniteLossError(

@@ -76,6 +76,18 @@ class ResumeState(L.Callback):
 MAY_CHANGE = ("model.compile", "model.optimizer.")
 
 
+def cut_short(batches_done: int, last_batch: bool) -> bool:
+    """Whether the epoch that training was in when it stopped (``batches_done`` of its batches
+    trained, ``last_batch``: the last of them) was cut short by a max_steps, max_samples or
+    max_time stop. Lightning counts such an epoch as processed all the same."""
+    return batches_done > 0 and not last_batch
+
+
+def whole_epochs(processed: int, batches_done: int, last_batch: bool) -> int:
+    """The whole epochs trained, of Lightning's ``processed`` count (``cut_short``)."""
+    return processed - cut_short(batches_done, last_batch)
+
+
 def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> bool:
     """Mark the epoch of a checkpoint taken when training stopped part-way through it (by
     ``trainer.max_steps``, ``max_samples`` or ``max_time``) as not yet processed, so that a run
@@ -91,7 +103,7 @@ def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> bool:
     if not isinstance(epochs, dict) or not isinstance(batches, dict):
         return False
     try:
-        cut = (not batches["is_last_batch"] and batches["current"]["completed"] > 0
+        cut = (cut_short(batches["current"]["completed"], batches["is_last_batch"])
                and epochs["current"]["processed"] == epochs["current"]["completed"] + 1)
     except (KeyError, TypeError):
         return False

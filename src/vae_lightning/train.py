@@ -34,7 +34,7 @@ from vae_lightning.errors import (
 )
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import check_parts
-from vae_lightning.resume import ResumeState, check_resumable, logger_runs
+from vae_lightning.resume import ResumeState, check_resumable, logger_runs, whole_epochs
 from vae_lightning.sweeps import overrides as _task_overrides
 from vae_lightning.sweeps import record_failure, threads_per_job
 
@@ -225,11 +225,9 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         except MisconfigurationException as err:  # Lightning's own checks, before a step
             raise ConfigError(f"Invalid trainer configuration: {err}") from None
     seconds = time.perf_counter() - start
-    # Whole epochs trained: Lightning counts an epoch that a max_steps, max_samples or max_time
-    # stop cut short as one more.
     batches = trainer.fit_loop.epoch_loop.batch_progress
-    epochs = trainer.current_epoch - (0 < batches.current.completed
-                                      and not batches.is_last_batch)
+    epochs = whole_epochs(trainer.fit_loop.epoch_progress.current.processed,
+                          batches.current.completed, batches.is_last_batch)
     fitted = {key: float(trainer.callback_metrics[key])
               for key in ("train/elbo", "train/samples_seen") if key in trainer.callback_metrics}
 

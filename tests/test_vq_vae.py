@@ -219,6 +219,41 @@ def test_the_bound_with_a_fitted_prior_replaces_p_log_k_by_its_negative_log_like
     assert torch.allclose(bound.kl, -sampler.log_prob(z)) and (bound.kl > 0).all()
 
 
+def test_the_pixelcnn_prior_scores_codes_no_training_image_used(one_thread):
+    """p(k) is a distribution over every code map the decoder can read: fitted for a model, over
+    all K of its codes, so a map holding a code that no training map held gets a finite
+    log p(k) of its own (not that of the nearest code used); fitted without a model, over the
+    codes it saw, such a map gets log p(k) = -inf, and the bound stays a bound."""
+    model = vq_model(codes=4, code_dim=2, latent=8).eval()  # 2 x 2 maps of 4 codes
+    codebook = model.encoder.posterior.codebook.detach()
+    torch.manual_seed(1)
+    train = torch.randint(0, 2, (200, 2, 2))  # codes 0 and 1 only
+    as_z = lambda maps: codebook[maps].flatten(1, 2).transpose(1, 2).flatten(1)  # noqa: E731
+    unseen = torch.tensor([[[3, 0], [1, 0]], [[0, 1], [1, 0]]])  # the first holds code 3
+    options = dict(shape=[2, 2], channels=8, layers=2, epochs=2, batch_size=50)
+    for_model = PixelCNNSampler(**options)
+    assert for_model.check(model) is None
+    for_model.fit(as_z(train))
+    assert torch.equal(for_model._codebook, codebook)
+    assert torch.equal(for_model.codes(as_z(unseen)), unseen)
+    log_p = for_model.log_prob(as_z(unseen))
+    assert torch.isfinite(log_p).all()
+    # Code 3's own probability: the map with code 0 in its place scores otherwise.
+    swapped = unseen.clone()
+    swapped[0, 0, 0] = 0
+    assert log_p[0] != for_model.log_prob(as_z(swapped))[0]
+    alone = PixelCNNSampler(**options)
+    alone.fit(as_z(train))
+    assert len(alone._codebook) == 2
+    log_p = alone.log_prob(as_z(unseen))
+    assert log_p[0] == -math.inf and torch.isfinite(log_p[1])
+    # A prior fitted over the codes used is not the model's: refused on load, to be refitted.
+    for_model_again = PixelCNNSampler(**options)
+    for_model_again.check(model)
+    with pytest.raises(ValueError, match="not the model's codebook of 4"):
+        for_model_again.load(alone.state(), 8)
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(),
                     reason=f"needs MNIST under {SHARED_DATA}/mnist (../shared/data)")
 def test_the_preset_trains_on_mnist_and_the_loss_falls(tmp_path, one_thread):

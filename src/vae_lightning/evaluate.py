@@ -151,7 +151,7 @@ class Evaluation:
         if self.fitted_prior is not None:  # a VQ-VAE's prior over codes, fitted after training
             from vae_lightning.pixelcnn import fitted_prior, prior_bound
 
-            code_prior = fitted_prior(ckpt_path, model.latent)
+            code_prior = fitted_prior(ckpt_path, model)
 
         def batches():
             left = self.limit  # points still to score; None: the whole split

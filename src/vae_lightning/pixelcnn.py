@@ -118,7 +118,10 @@ class GatedPixelCNN(nn.Module):
 class PixelCNNSampler(Sampler):
     """A gated PixelCNN (``channels``, ``layers``, odd ``kernel``) over the ``shape`` = [h, w]
     code maps of a VQ-VAE's posterior locations, fitted by Adam (learning rate ``lr``) on
-    minibatches of ``batch_size`` for ``epochs`` passes, initialised and shuffled from ``seed``."""
+    minibatches of ``batch_size`` for ``epochs`` passes, initialised and shuffled from ``seed``.
+    Its codes are the K vectors of the model's codebook (taken by ``check``), the ones no
+    training image uses included, so that p(k) is a distribution over every code map the
+    decoder can read; fitted without a model, the distinct vectors of the points fitted."""
 
     @checked
     def __init__(self, shape: Sequence[PositiveInt] = (7, 7), channels: PositiveInt = 64,
@@ -134,6 +137,7 @@ class PixelCNNSampler(Sampler):
         self.lr, self.seed = lr, seed
         self._net: GatedPixelCNN | None = None
         self._codebook = torch.zeros(0)
+        self._model_codebook: Tensor | None = None  # the codebook of the model checked
 
     def describe(self) -> str:
         rows, cols = self.shape
@@ -151,6 +155,7 @@ class PixelCNNSampler(Sampler):
                     f"this model's posterior is {type(model.encoder.posterior).__name__}, not "
                     "a codebook: use sampler=gmm, flow or prior")
         self._code_dim(model.latent)
+        self._model_codebook = model.encoder.posterior.codebook.detach().float().cpu()
         return None
 
     def _code_dim(self, latent: int) -> int:
@@ -164,21 +169,25 @@ class PixelCNNSampler(Sampler):
             torch.manual_seed(self.seed)
             return GatedPixelCNN(codes, self.channels, self.layers, self.kernel)
 
+    def _vectors(self, z: Tensor) -> Tensor:
+        """The code vectors [N, h * w, D] of points z [N, latent] (channel-major)."""
+        return z.float().unflatten(-1, (self._code_dim(z.shape[1]), -1)).transpose(-1, -2)
+
     def codes(self, z: Tensor) -> Tensor:
         """The code maps [N, h, w] of points z [N, latent]: each vector's nearest codebook
         vector (exactly equal for the quantizer's own z_q)."""
-        vectors = z.float().unflatten(-1, (self._codebook.shape[1], -1)).transpose(-1, -2)
+        vectors = self._vectors(z)
         return torch.cdist(vectors, self._codebook).argmin(-1).reshape(-1, *self.shape)
 
     def fit(self, z: Tensor) -> None:
-        d = self._code_dim(z.shape[1])
-        vectors = z.float().unflatten(-1, (d, -1)).transpose(-1, -2).reshape(-1, d)
-        self._codebook, inverse = torch.unique(vectors, dim=0, return_inverse=True)
-        codes = inverse.reshape(len(z), *self.shape)
+        vectors = self._vectors(z)
+        self._codebook = (self._model_codebook if self._model_codebook is not None
+                          else torch.unique(vectors.flatten(0, 1), dim=0))
+        codes = self.codes(z)
         net = self._build(len(self._codebook))
         def report(epoch: int, nll: float) -> None:
             log.info("PixelCNN prior, epoch %d: -log p(k) = %.3f nats per training code map, "
-                     "%.4f bits per position (uniform over the %d codes used: %.4f); the bound "
+                     "%.4f bits per position (uniform over the %d codes: %.4f); the bound "
                      "is -log p(x) <= -recon + -log p(k), recon the run's train/recon.",
                      epoch + 1, nll, nll / (self.positions * math.log(2)), len(self._codebook),
                      math.log2(len(self._codebook)))
@@ -187,9 +196,13 @@ class PixelCNNSampler(Sampler):
         self._net = net.eval()
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """log p(k(z)) of points z [N, latent], in nats (the bound's -KL(q || p))."""
+        """log p(k(z)) of points z [N, latent], in nats (the bound's -KL(q || p)); -inf for a
+        point with a vector that is none of the codes: p gives its code map no probability."""
         with torch.no_grad():
-            return self._net.log_prob(self.codes(z))
+            codes = self.codes(z)
+            on = torch.isclose(self._codebook[codes].flatten(1, 2), self._vectors(z),
+                               rtol=1e-5, atol=1e-6).all(-1).all(-1)
+            return self._net.log_prob(codes).masked_fill(~on, -math.inf)
 
     def state(self) -> dict[str, Tensor]:
         return {"codebook": self._codebook,
@@ -203,6 +216,11 @@ class PixelCNNSampler(Sampler):
         shapes = {"codebook": (len(codebook), self._code_dim(latent)),
                   **{f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}}
         _check_tensors(state, shapes)
+        if self._model_codebook is not None and not torch.equal(codebook.float(),
+                                                                self._model_codebook):
+            raise ValueError(f"it is a prior over {len(codebook)} codes that are not the "
+                             f"model's codebook of {len(self._model_codebook)} (an earlier "
+                             "version kept only the codes its training images used)")
         net.load_state_dict({k[4:]: state[k] for k in shapes if k.startswith("net.")})
         self._net, self._codebook = net.eval(), codebook.float()
 
@@ -212,7 +230,7 @@ class PixelCNNSampler(Sampler):
 
 
 @torch.no_grad()
-def fitted_prior(ckpt_path: str, latent: int) -> PixelCNNSampler:
+def fitted_prior(ckpt_path: str, model: Any) -> PixelCNNSampler:
     """The PixelCNN prior that ``vae-sample sampler=pixelcnn`` fitted for the checkpoint
     ``ckpt_path`` and saved beside it, with the options it was fitted with (checked as a
     sampler's options are; the file names no code). Refused (``ConfigError``) when there is none
@@ -227,8 +245,8 @@ def fitted_prior(ckpt_path: str, latent: int) -> PixelCNNSampler:
                           f"{ckpt_path} ({path}); {fit}.")
     options = read(path).get("options")
     sampler = PixelCNNSampler(**options) if isinstance(options, dict) else None
-    why = "it holds no options" if sampler is None else load(
-        sampler, "pixelcnn", path, digest(ckpt_path), latent)
+    why = "it holds no options" if sampler is None else (
+        sampler.check(model) or load(sampler, "pixelcnn", path, digest(ckpt_path), model.latent))
     if why is not None:
         raise ConfigError(f"eval.fitted_prior=pixelcnn: the PixelCNN prior {path} cannot be "
                           f"used ({why}); {fit} refit=true.")

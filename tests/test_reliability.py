@@ -63,24 +63,35 @@ def test_killed_run_resumes_from_last_and_matches_an_uninterrupted_run(tmp_path,
         assert after_resume[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-4), key
 
 
+# Frey Face: 1565 training images, 16 steps of 100 an epoch; step 40 is 8 steps into the third.
+LENGTHS = {"max_steps": ("trainer.max_steps=40", "trainer.max_epochs=3"),
+           "max_samples": (f"trainer.max_samples={2 * 1565 + 800}",
+                           f"trainer.max_samples={3 * 1565}")}
+
+
+@pytest.mark.parametrize("stop", LENGTHS)
 @pytest.mark.parametrize("steps_per_batch", [1, 2])
 def test_a_run_ended_mid_epoch_by_its_length_continues_exactly(tmp_path, monkeypatch, capsys,
-                                                               one_thread, steps_per_batch):
-    """trainer.max_steps=40 ends mid-way through the third epoch (16 steps each); continued to
-    three whole epochs from that mid-epoch last.ckpt, the run takes the rest of the epoch's
+                                                               one_thread, steps_per_batch, stop):
+    """A length of 40 steps (or their samples) ends mid-way through the third epoch; continued
+    to three whole epochs from that mid-epoch last.ckpt, the run takes the rest of the epoch's
     data order (not the epoch again from its start) and ends as an uninterrupted run does, its
-    train/elbo (over the whole epoch, both parts) included."""
-    common = [*SMALL, "trainer.max_epochs=3", f"data.steps_per_batch={steps_per_batch}"]
+    train/elbo (over the whole epoch, both parts) included. A max_samples stop validates where
+    the uninterrupted run does not (Lightning validates when a run stops mid-epoch): validation
+    draws in its own random stream, so that training's draws stay the same."""
+    cut_length, full_length = LENGTHS[stop]
+    common = [*SMALL, f"data.steps_per_batch={steps_per_batch}"]
     run_dir = tmp_path / "run"
-    _train_here([*common, "trainer.max_steps=40", f"hydra.run.dir={run_dir}"], tmp_path,
-                monkeypatch, capsys)
+    _train_here([*common, cut_length, f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch,
+                capsys)
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 40
     cut = json.loads((run_dir / "results.json").read_text())
     assert (cut["epochs"], cut["steps"]) == (2, 40)  # whole epochs: the third was cut short
-    _train_here([*common, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], tmp_path,
-                monkeypatch, capsys)
+    _train_here([*common, full_length, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"],
+                tmp_path, monkeypatch, capsys)
     continued = json.loads((run_dir / "results.json").read_text())
-    _train_here([*common, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path, monkeypatch, capsys)
+    _train_here([*common, full_length, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path,
+                monkeypatch, capsys)
     reference = json.loads((tmp_path / "ref" / "results.json").read_text())
     assert continued["train_samples_seen"] == reference["train_samples_seen"] == 3 * 1565
     assert continued["epochs"] == reference["epochs"] == 3

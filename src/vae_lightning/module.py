@@ -5,6 +5,7 @@ loss stops the run through ``divergence``."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +37,7 @@ _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "samples_seen"})
 
 
 TRAIN_SUMS = "train_bound_sums"  # the checkpoint's key of the epoch's training-bound sums
+VALIDATION_SEED = 0  # of validation's own random stream (``VAE.on_validation_start``)
 
 
 class VAE(Inference, L.LightningModule):
@@ -129,6 +131,7 @@ class VAE(Inference, L.LightningModule):
                 self.metrics[f"{stage}_{term}"] = BoundTerm(mean, term)
         self.samples_seen = 0
         self._unlogged: set[str] = set()  # stages whose metrics this epoch has not logged yet
+        self._validation_stream = contextlib.ExitStack()
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning names the running hook in ``_current_fx_name`` around each hook it calls,
@@ -263,8 +266,22 @@ class VAE(Inference, L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._unlogged.add("train")
 
+    def on_validation_start(self) -> None:
+        # Validation draws its z in a forked random stream seeded afresh, as the curve does: the
+        # same draws at every validation (two epochs' val/elbo differ by the model, not by the
+        # noise: the best checkpoint is picked on common random numbers), and training's stream
+        # left as it was, so that a run that validates where an uninterrupted one does not (a
+        # stop mid-epoch, then a continuation) trains on the same draws. Closed at the
+        # validation epoch's end, before the checkpoint callbacks save that stream.
+        cuda = [self.device] if self.device.type == "cuda" else []
+        self._validation_stream.enter_context(torch.random.fork_rng(devices=cuda))
+        torch.manual_seed(VALIDATION_SEED)
+
     def on_validation_epoch_start(self) -> None:
         self._unlogged.add("val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._validation_stream.close()
 
     def on_test_epoch_start(self) -> None:
         self._unlogged.add("test")

@@ -437,3 +437,115 @@ def test_a_conditional_vae_learns_from_a_condition_array(tmp_path):
     with pytest.raises(ConfigError, match=r"y=\[1.0, 2.0, 3.0\]: a condition vector of this "
                                           "model is 2 finite numbers"):
         sample_config([*args, "y=[1,2,3]", f"output_dir={tmp_path / 't'}"])()
+
+
+def _features(path, n=400, d=3, seed=0, **extra):
+    """Feature vectors x [n, d] and standard deviations s [n, d] (the last point's all 0)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32) * 5
+    s = rng.uniform(0.5, 2.0, (n, d)).astype(np.float32)
+    s[-1] = 0.0
+    return save(path, x=x, s=s, **extra), x, s
+
+
+def test_std_key_draws_each_training_minibatch_afresh_from_the_gaussian(tmp_path):
+    """std_key: the training batches are x + s * eps with eps ~ N(0, 1), drawn again at every
+    minibatch (another epoch: other draws), the same for the same seed (a resumed run draws the
+    same) and without moving the global random state; a point with s = 0 is its mean; the
+    validation and test splits are the means."""
+    path, x, s = _features(tmp_path / "f.npz")
+    dm = ArrayDataModule(path=str(path), std_key="s", val_size=0.1, test_size=0.1,
+                         batch_size=32)
+    dm.setup("fit")
+    dm.setup("test")
+    mean, std = dm.splits["train"][0], dm.train_std
+    assert std.shape == mean.shape and torch.equal(dm.splits["val"][0], dm.splits["val"][0])
+    assert {tuple(r) for r in dm.splits["val"][0].tolist()} <= {tuple(r) for r in x.tolist()}
+    state = torch.get_rng_state()
+    points = dm.training_points(mean)
+    idx = torch.randperm(len(mean), generator=torch.Generator().manual_seed(1))
+    residuals, scales = [], []
+    for epoch in range(20):  # a permutation per epoch, as the sampler draws them
+        order = torch.randperm(len(mean), generator=torch.Generator().manual_seed(epoch))
+        for part in order.split(32):
+            residuals.append(points.index_select(0, part) - mean[part])
+            scales.append(std[part])
+    assert torch.equal(torch.get_rng_state(), state)
+    first, again = points.index_select(0, idx[:32]), points.index_select(0, idx[:32])
+    assert torch.equal(first, again)  # the same minibatch: the same draw
+    other = ArrayDataModule(path=str(path), std_key="s", val_size=0.1, test_size=0.1, seed=1)
+    other.setup("fit")
+    assert not torch.equal(other.training_points(mean).index_select(0, idx[:32]), first)
+    residual, scale = torch.cat(residuals), torch.cat(scales)
+    assert (residual[scale == 0] == 0).all()
+    eps = residual[scale > 0] / scale[scale > 0]  # 20 epochs of 320 points x 3: 19,200 draws
+    assert abs(eps.mean().item()) < 0.03 and abs(eps.std().item() - 1) < 0.03
+    zero = (std == 0).all(1).nonzero().flatten()
+    if len(zero):  # the point with s = 0, when it is in the training split
+        assert torch.equal(points.index_select(0, zero), mean[zero])
+    batch, _ = next(iter(dm.train_dataloader()))
+    assert not any(torch.equal(row, m) for row in batch for m in mean)  # drawn, not the means
+    val, _ = next(iter(dm.val_dataloader()))
+    assert torch.equal(val, dm.splits["val"][0][:len(val)])
+
+
+def test_std_key_draws_the_labelled_points_of_a_semi_supervised_minibatch_too(tmp_path):
+    path, x, s = _features(tmp_path / "f.npz", labels=np.arange(400) % 2)
+    dm = ArrayDataModule(path=str(path), std_key="s", labels_key="labels", labelled=4,
+                         labelled_batch=6, batch_size=10, val_size=0.1, test_size=0.1)
+    dm.setup("fit")
+    batch, y = next(iter(dm.train_dataloader()))
+    assert len(batch) == 16 and (y[10:] >= 0).all()
+    means = {tuple(row) for row in dm.splits["train"][0].tolist()}
+    assert not {tuple(row) for row in batch[10:].tolist()} & means
+
+
+@pytest.mark.parametrize("arrays, kwargs, words", [
+    ({"x": np.zeros((N, 3), np.float32), "s": np.ones((N, 2), np.float32)}, {},
+     r"\(data.std_key='s'\) has shape \[20, 2\]: expected a standard deviation per value of "
+     r"the feature vectors, \[20, 3\]"),
+    ({"x": np.zeros((N, 3), np.float32), "s": np.ones((N, 3), np.int64)}, {},
+     r"\(data.std_key='s'\) has dtype int64: expected float standard deviations"),
+    ({"x": np.zeros((N, 3), np.float32)}, {},
+     r"data.std_key='s' is not an array of data.path=.*: expected one of x"),
+    ({"x": np.zeros((N, 4, 4), np.uint8), "s": np.ones((N, 4, 4), np.float32)}, {},
+     r"data.std_key='s': standard deviations draw float feature vectors afresh, and .* holds "
+     r"uint8 \[20, 4, 4\]: expected float feature vectors"),
+])
+def test_a_bad_std_key_is_refused_in_one_line(tmp_path, arrays, kwargs, words):
+    with pytest.raises(DataError, match=words) as err:
+        ArrayDataModule(path=str(save(tmp_path / "bad.npz", **arrays)), std_key="s", **kwargs)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_standard_deviations_that_are_negative_or_not_finite_are_refused_when_read(tmp_path):
+    for value in (-1.0, np.nan, np.inf):
+        s = np.ones((N, 3), np.float32)
+        s[7, 1] = value
+        dm = ArrayDataModule(path=str(save(tmp_path / "s.npz", x=np.zeros((N, 3), np.float32),
+                                           s=s)), std_key="s", test_size=0.1)
+        with pytest.raises(DataError, match=r"\(data.std_key='s'\): the standard deviations of "
+                                            r"vector 7 \(of 1 such\) hold a value that is "
+                                            "negative or not finite"):
+            dm.setup("fit")
+    with pytest.raises(DataError, match="std_key='s' names an array in a .npz file"):
+        ArrayDataModule(path=str(save(tmp_path / "x.npy", x=np.zeros((N, 3), np.float32))),
+                        std_key="s")
+
+
+def test_a_resume_with_other_standard_deviations_is_refused(tmp_path, one_thread):
+    """The training split's standard deviations are part of the data's identity: a run
+    continued on the same features with other s is refused, naming them."""
+    from vae_lightning.errors import CheckpointError
+
+    path, x, s = _features(tmp_path / "f.npz", n=200)
+    common = [f"data.path={path}", "data=array", "data.key=x", "data.std_key=s",
+              "model/likelihood=gaussian", "model.latent=2", "model.encoder.net.hidden=[8]",
+              "model.decoder.net.hidden=[8]", "logger=none", "callbacks.figures=null",
+              "callbacks.bound_curve=null", *QUIET]
+    train(compose_train([*common, "trainer.max_epochs=1"], tmp_path / "run"))
+    save(path, x=x, s=s * 2)
+    with pytest.raises(CheckpointError, match=r"standard deviations \(data.std_key\)"):
+        build_run(compose_train([*common, "trainer.max_epochs=2",
+                                 f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"],
+                                tmp_path / "run"))

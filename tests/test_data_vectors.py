@@ -151,9 +151,10 @@ def test_m2_on_vectors_learns_to_classify_from_few_labels(tmp_path, one_thread):
 
 def test_the_m1_m2_presets_chain_through_vae_encode(tmp_path, one_thread):
     """experiment=m1_mnist, then vae-encode's locations of its train and test splits, then
-    experiment=m1_m2_mnist on them (shortened): M2 reads M1's 50-d means as real feature vectors
-    with a Gaussian likelihood, validates on a share of M1's training split and is tested on
-    M1's test images, whose classification error vae-eval reports."""
+    experiment=m1_m2_mnist on them (shortened): M2 reads M1's latent variables, drawn afresh
+    from its posterior (data.std_key), as real feature vectors with a Gaussian likelihood,
+    validates on a share of M1's training split and is tested on M1's test images, whose
+    classification error vae-eval reports."""
     from vae_lightning.encode import Encoding
 
     root = compose.mnist_like(tmp_path / "data", train=200, test=50)
@@ -163,10 +164,12 @@ def test_the_m1_m2_presets_chain_through_vae_encode(tmp_path, one_thread):
     m1 = train(compose_train(["experiment=m1_mnist", f"data.root={root}", "data.val_size=50",
                               *short], tmp_path / "m1"))
     features = tmp_path / "m1" / "locations.npz"
+    # units=all: after 20 steps no unit is active yet (units=active: test_encode.py)
     Encoding(m1["checkpoint"], splits=["train", "test"], out=str(features),
              data_root=str(root), device="cpu")()
     with np.load(features, allow_pickle=False) as saved:
-        assert saved["x_train"].shape == (150, 50) and saved["x_test"].shape == (50, 50)
+        assert saved["x_train"].shape == saved["s_train"].shape == (150, 50)
+        assert saved["x_test"].shape == (50, 50)
     m2 = train(compose_train(["experiment=m1_m2_mnist", f"data.path={features}",
                               "data.labelled=10", "data.labelled_batch=5", "data.batch_size=25",
                               *short], tmp_path / "m2"))

@@ -61,10 +61,12 @@ def test_the_locations_are_q_of_each_point_given_its_label(trained, tmp_path):
     for split in ("train", "val", "test"):
         x, y = datamodule.evaluation_data(split), datamodule.evaluation_labels(split)
         with torch.no_grad():
-            z = model.encoder.location(model.encode(x, y)).numpy()
+            q = model.encode(x, y)
+            z, std = model.encoder.location(q).numpy(), q.stddev.numpy()
             other = model.encoder.location(model.encode(x, (y + 1) % 10)).numpy()
         assert one[f"x_{split}"].dtype == np.float32 and one[f"x_{split}"].shape == (len(x), 3)
         np.testing.assert_array_equal(one[f"x_{split}"], z)
+        np.testing.assert_array_equal(one[f"s_{split}"], std)  # q's standard deviation
         np.testing.assert_allclose(seven[f"x_{split}"], z, rtol=1e-5, atol=1e-6)
         assert not np.allclose(other, z)  # the label matters: each point was given its own
         assert one[f"y_{split}"].dtype == np.int64
@@ -80,7 +82,8 @@ def test_the_file_holds_plain_arrays_and_the_json_says_what_they_are(trained, tm
     encode_config([f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu",
                    "splits=[test,train]", f"out={out}"])()
     with np.load(out, allow_pickle=False) as saved:
-        assert sorted(saved.files) == ["x_test", "x_train", "y_test", "y_train"]
+        assert sorted(saved.files) == ["s_test", "s_train", "x_test", "x_train", "y_test",
+                                       "y_train"]
         sizes = {name: saved[name].shape for name in saved.files}
     described = json.loads((tmp_path / "features.json").read_text())
     assert list(described["splits"]) == ["test", "train"]
@@ -89,7 +92,7 @@ def test_the_file_holds_plain_arrays_and_the_json_says_what_they_are(trained, tm
     assert sizes["x_train"] == (150, described["latent"]) == (150, 3)
     assert described["checkpoint_sha256"] == samplers.digest(checkpoint)
     assert described["checkpoint"] == str(checkpoint.resolve())
-    assert "location of q(z|x)" in described["x"]
+    assert "location of q(z|x)" in described["x"] and "standard deviation" in described["s"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic
 
 
@@ -100,7 +103,7 @@ def test_the_default_file_is_in_the_run_directory(trained):
     run = checkpoint.parent.parent
     assert record["locations"] == str(run / "locations.npz")
     assert record["record"] == str(run / "locations.json")
-    assert np.load(run / "locations.npz").files == ["x_val", "y_val"]
+    assert np.load(run / "locations.npz").files == ["x_val", "y_val", "s_val"]
 
 
 @pytest.mark.parametrize("splits, bad", [("[train,nope]", "['train', 'nope']"), ("[]", "[]"),
@@ -144,3 +147,32 @@ def test_a_failed_write_leaves_no_file_and_is_an_unwritable_error(trained, tmp_p
     with pytest.raises(UnwritableError, match="No space left on device"):
         encoding()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_units_active_keeps_the_units_whose_location_varies_over_the_training_points(
+        trained, tmp_path):
+    """units=active: the columns of x_ and s_ of every split are those of the units whose
+    location's variance over the training points exceeds 0.01 (Burda et al.'s criterion, as
+    Kingma et al.'s M1+M2 code keeps M1's units); the .json lists them. Refused by key without
+    the train split, and where no unit is active."""
+    checkpoint, _, root = trained
+    common = [f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu"]
+    encode_config([*common, f"out={tmp_path / 'all.npz'}"])()
+    record = encode_config([*common, "units=active", f"out={tmp_path / 'active.npz'}"])()
+    every, active = np.load(tmp_path / "all.npz"), np.load(tmp_path / "active.npz")
+    variance = np.var(every["x_train"].astype(np.float64), axis=0)
+    kept = np.flatnonzero(variance > 0.01)
+    assert record["units"] == kept.tolist() and 0 < len(kept)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(active[f"x_{split}"], every[f"x_{split}"][:, kept])
+        np.testing.assert_array_equal(active[f"s_{split}"], every[f"s_{split}"][:, kept])
+        np.testing.assert_array_equal(active[f"y_{split}"], every[f"y_{split}"])
+    with pytest.raises(ConfigError, match=r"units='active' is not allowed: all, or active with "
+                                          "the train split among splits"):
+        encode_config([*common, "units=active", "splits=[test]"])
+    import vae_lightning.encode as encode_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(encode_module, "ACTIVE", 1e9)
+        with pytest.raises(ConfigError, match="units=active: no latent unit .* is active"):
+            encode_config([*common, "units=active", f"out={tmp_path / 'none.npz'}"])()

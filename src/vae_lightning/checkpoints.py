@@ -191,6 +191,9 @@ def data_differences(checkpoint: dict[str, Any], identity: dict[str, Any]) -> li
     found = [f"{key} {identity.get(key)!r} (the checkpoint's: {saved.get(key)!r})"
              for key in ("data", "shape", "scale", "binarize")
              if saved.get(key) != identity.get(key)]
+    if "train_std" in identity and saved.get("train_std") != identity["train_std"]:
+        found.append(f"the training points' standard deviations (data.std_key) "
+                     f"{identity['train_std']!r} (the checkpoint's: {saved.get('train_std')!r})")
     saved_splits = saved.get("splits") if isinstance(saved.get("splits"), dict) else {}
     for split, now in identity["splits"].items():
         then = saved_splits.get(split)

@@ -7,15 +7,19 @@ For each split s of ``splits``: ``x_<s>``, float32 ``[N, latent]``, the location
 each data point (``Encoder.location``: a Gaussian posterior's mean), computed as vae-sample's
 fitted samplers compute theirs (``sample.posterior_locations``), and ``y_<s>``, the split's
 labels as the data module gives them (``evaluation_labels``: int64 ``[N]``, or float32
-``[N, D]`` condition vectors). These are the features of Kingma et al. (2014)'s M1+M2: a VAE
-(M1) trained on the images, then the semi-supervised M2 trained on M1's posterior means.
+``[N, D]`` condition vectors), and ``s_<s>``, float32 ``[N, latent]``, q(z|x)'s standard
+deviation per dimension, where the posterior family has one in closed form (``Family.stddev``).
+These are the features of Kingma et al. (2014)'s M1+M2: a VAE (M1) trained on the images, then
+the semi-supervised M2 trained on M1's posterior, its training points drawn afresh from
+N(x, s^2) at every minibatch (``data=array data.std_key=s_train``) as the authors' code draws
+them; ``units=active`` keeps only M1's active units, as their code does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,14 +30,17 @@ from vae_lightning.checkpoint_data import STAGES, checked_data
 from vae_lightning.checkpoints import refused_if_unwritable
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import atomic_write, kind, writable_directory
+from vae_lightning.log_likelihood import ACTIVE
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import device_of, load_model
-from vae_lightning.sample import posterior_locations
+from vae_lightning.sample import posterior_statistics
 
 LOCATIONS = "locations.npz"  # in the checkpoint's run directory, unless ``out``
 WHAT = {"x": "location of q(z|x) (Encoder.location: a Gaussian posterior's mean), float32 "
              "[N, latent], one row per data point of the split",
-        "y": "the split's labels (int64 [N]), or its condition vectors (float32 [N, D])"}
+        "y": "the split's labels (int64 [N]), or its condition vectors (float32 [N, D])",
+        "s": "standard deviation of q(z|x) per dimension, float32 [N, latent] (absent where "
+             "the posterior family has none in closed form)"}
 
 
 class Encoding:
@@ -46,13 +53,20 @@ class Encoding:
     where the run's record says, as ``vae-eval`` reads its split, and checked against the
     checkpoint's record of them unless ``allow_other_data`` (``checkpoint_data``), every split
     before any is encoded. ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...;
-    ``trusted``: see ``rebuild.build_trusted``."""
+    ``trusted``: see ``rebuild.build_trusted``. ``units``: ``all`` the latent units, or
+    ``active`` only those active on the training split (the variance over its points of their
+    location above ``log_likelihood.ACTIVE``, Burda et al.'s criterion, which vae-eval's
+    active units use; Kingma et al.'s M1+M2 code keeps M1's units by it), in every split."""
 
     @checked
     def __init__(self, ckpt_path: str, splits: Sequence[str] = tuple(STAGES),
                  out: str | None = None, batch_size: PositiveInt = 500, device: str = "auto",
                  trusted: Sequence[str] = (), data_root: str | None = None,
-                 data_path: str | None = None, allow_other_data: bool = False) -> None:
+                 data_path: str | None = None, allow_other_data: bool = False,
+                 units: Literal["all", "active"] = "all") -> None:
+        if units == "active" and "train" not in splits:
+            fail(self, "units", units, "all, or active with the train split among splits (the "
+                 "active units are those of the training points)")
         if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(STAGES):
             fail(self, "splits", list(splits), "a list of distinct splits, each one of "
                  + ", ".join(STAGES))
@@ -63,7 +77,7 @@ class Encoding:
         self.out_given, self.batch_size = out is not None, batch_size
         self.device = device_of("encode", device)
         self.trusted, self.data_root, self.data_path = tuple(trusted), data_root, data_path
-        self.allow_other_data = allow_other_data
+        self.allow_other_data, self.units = allow_other_data, units
 
     @property
     def record_path(self) -> Path:
@@ -83,17 +97,31 @@ class Encoding:
                 for split in self.splits}
         arrays: dict[str, np.ndarray] = {}
         for split, (datamodule, _, _) in read.items():
-            arrays[f"x_{split}"] = posterior_locations(
-                model, datamodule.evaluation_batches(split, self.batch_size)).numpy()
+            locations, stddevs = posterior_statistics(
+                model, datamodule.evaluation_batches(split, self.batch_size))
+            arrays[f"x_{split}"] = locations.numpy()
             arrays[f"y_{split}"] = datamodule.evaluation_labels(split).numpy()
+            if stddevs is not None:
+                arrays[f"s_{split}"] = stddevs.numpy()
+        kept = list(range(model.latent))
+        if self.units == "active":
+            active = np.var(arrays["x_train"].astype(np.float64), axis=0) > ACTIVE
+            if not active.any():
+                raise ConfigError(f"units=active: no latent unit of {self.ckpt_path} is active "
+                                  "on the training split (every location's variance over the "
+                                  f"points is at most {ACTIVE}); use units=all.")
+            kept = np.flatnonzero(active).tolist()
+            arrays = {name: array[:, active] if name[0] in "xs" else array
+                      for name, array in arrays.items()}
         _save_npz(self.out, arrays)
         source = next(iter(read.values()))[1]
         record = {
             "checkpoint": str(Path(self.ckpt_path).resolve()),
             "checkpoint_sha256": fitted.digest(self.ckpt_path),
             "locations": str(self.out.resolve()),
-            "x": WHAT["x"], "y": WHAT["y"],
+            "x": WHAT["x"], "y": WHAT["y"], "s": WHAT["s"],
             "latent": model.latent,
+            "units": kept,
             "splits": {split: {"size": len(arrays[f"x_{split}"]),
                                "data_matches_checkpoint": matches}
                        for split, (_, _, matches) in read.items()},

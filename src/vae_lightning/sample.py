@@ -55,12 +55,27 @@ def posterior_locations(model: VAE, batches: Iterable[tuple[Tensor, Tensor]]) ->
     ``x`` of ``batches`` given its label ``y`` (a data module's ``evaluation_batches``),
     ``[N, latent]`` float32 on the CPU: what the fitted samplers are fitted to and
     ``vae-encode`` exports."""
+    return posterior_statistics(model, batches)[0]
+
+
+def posterior_statistics(model: VAE, batches: Iterable[tuple[Tensor, Tensor]]
+                         ) -> tuple[Tensor, Tensor | None]:
+    """``posterior_locations`` and q(z|x)'s standard deviations ``[N, latent]`` float32 (None
+    where the posterior family has none in closed form: ``Family.stddev``), in one pass."""
+    locations, stddevs = [], []
     with torch.no_grad():
-        locations = torch.cat([
-            model.encoder.location(model.encode(xs, model.labels_of_data(ys))).float().cpu()
-            for xs, ys in batches])
+        for xs, ys in batches:
+            q = model.encode(xs, model.labels_of_data(ys))
+            locations.append(model.encoder.location(q).float().cpu())
+            std = model.encoder.posterior.stddev(q)
+            stddevs.append(None if std is None else std.float().cpu())
+    locations = torch.cat(locations)
     refuse_nonfinite(locations, "the posterior locations", model)
-    return locations
+    if not stddevs or any(std is None for std in stddevs):
+        return locations, None
+    stddevs = torch.cat(stddevs)
+    refuse_nonfinite(stddevs, "the posterior standard deviations", model)
+    return locations, stddevs
 
 
 class Sampling:

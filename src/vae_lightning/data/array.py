@@ -17,9 +17,10 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
+import torch
 
 from vae_lightning.args import checked
 from vae_lightning.errors import DataError
@@ -27,6 +28,7 @@ from vae_lightning.errors import DataError
 from .array_members import (
     check_dtype,
     check_pixels,
+    check_stddevs,
     finite_conditions,
     member_header,
     read_member,
@@ -34,7 +36,8 @@ from .array_members import (
 from .datamodules import VAEDataModule
 from .download import describe, nameable, names, open_data
 from .npy import Header, check_holds, map_npy, read_header
-from .splits import SplitSize, ValSize, carve, held_out, split_count
+from .sampling import GaussianDraws
+from .splits import SplitSize, ValSize, carve, digest, held_out, split_count
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"  # a zip: a member, or the end of an empty one
@@ -104,6 +107,12 @@ class ArrayDataModule(VAEDataModule):
     whole test array is the test split (``test_size`` must then be null) and ``val_size`` is
     held out of the images. ``binarize``: "none" (default),
     "static" or "dynamic" (a Bernoulli draw of each pixel's value in [0, 1]).
+
+    ``std_key``: for float feature vectors, the array (same shape) of a standard deviation per
+    value, s: each training minibatch then draws its points afresh, x ~ N(x, s^2)
+    (``sampling.GaussianDraws``), the Gaussian analogue of dynamic binarization. With
+    ``vae-encode``'s ``x_train`` and ``s_train`` this is M1's posterior q(z|x) = N(x, s^2), which
+    Kingma et al.'s M1+M2 code draws from at every minibatch; validation and test read the means.
     """
 
     name = "array"
@@ -122,6 +131,7 @@ class ArrayDataModule(VAEDataModule):
         test_key: str | None = None,
         test_labels_key: str | None = None,
         binarize: Literal["none", "static", "dynamic"] = "none",
+        std_key: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, binarize=binarize, **kwargs)
@@ -129,8 +139,11 @@ class ArrayDataModule(VAEDataModule):
         self.val_size, self.test_key, self.test_labels_key = val_size, test_key, test_labels_key
         self.test_size = 0.1 if test_size is None and test_key is None else test_size
         self.key, self.labels_key, self.condition = key, labels_key, condition
-        self._given = {k for k in (key, labels_key, condition, test_key, test_labels_key)
-                       if k is not None}  # quotable
+        self.std_key = std_key
+        self.train_std: torch.Tensor | None = None  # the training split's s (std_key)
+        self._std_sha256: str | None = None
+        self._given = {k for k in (key, labels_key, condition, test_key, test_labels_key,
+                                   std_key) if k is not None}  # quotable
         if labels_key is not None and condition is not None:
             raise DataError(f"data.labels_key={labels_key!r} and data.condition={condition!r}: "
                             "the model is given one y beside each image, labels or a condition "
@@ -148,6 +161,11 @@ class ArrayDataModule(VAEDataModule):
                             "feature vectors, real numbers, not pixel values in [0, 1]: "
                             "expected binarize=none (and a likelihood for real numbers, "
                             "model/likelihood=gaussian).")
+        if std_key is not None and not self.real_values:
+            raise DataError(f"data.std_key={std_key!r}: standard deviations draw float feature "
+                            f"vectors afresh, and {self._where(self.key)} holds "
+                            f"{header.describe()}: expected float feature vectors [N, D] (e.g. "
+                            "vae-encode's x_train), or std_key=null.")
 
     @property
     def images(self) -> bool:
@@ -224,7 +242,8 @@ class ArrayDataModule(VAEDataModule):
 
     def _npy_header(self, fh: IO[bytes]) -> Header:
         for name, value in (("key", self.key), ("labels_key", self.labels_key),
-                            ("condition", self.condition), ("test_key", self.test_key)):
+                            ("condition", self.condition), ("test_key", self.test_key),
+                            ("std_key", self.std_key)):
             if value is not None:
                 raise DataError(f"data.{name}={value!r} names an array in a .npz file, but "
                                 f"data.path={str(self.path)!r} is a .npy holding one array: "
@@ -256,6 +275,13 @@ class ArrayDataModule(VAEDataModule):
                 self.condition_size = found[1] if len(found) == 2 else 1
             if self.test_key is not None:
                 self._test_header(archive, header)
+            if self.std_key is not None:
+                where = self._where(self.std_key, "std_key")
+                std = member_header(archive, self.std_key, where, "stddev")
+                if std.shape != header.shape:
+                    raise DataError(f"{where} has shape {list(std.shape)}: expected a standard "
+                                    f"deviation per value of the feature vectors, "
+                                    f"{list(header.shape)}.")
         return header
 
     def _test_header(self, archive: zipfile.ZipFile, images: Header) -> None:
@@ -279,14 +305,16 @@ class ArrayDataModule(VAEDataModule):
         condition)."""
         for name, value in (("key", self.key), ("labels_key", self.labels_key),
                             ("condition", self.condition), ("test_key", self.test_key),
-                            ("test_labels_key", self.test_labels_key)):
+                            ("test_labels_key", self.test_labels_key),
+                            ("std_key", self.std_key)):
             if value is not None and value not in arrays:
                 raise DataError(f"data.{name}={value!r} is not an array of data.path="
                                 f"{str(self.path)!r}: expected one of "
                                 f"{names(arrays) if arrays else '(none: it is empty)'}.")
         beside = self.labels_key if self.labels_key is not None else self.condition
         name = "labels_key" if self.labels_key is not None else "condition"
-        others = [a for a in arrays if a not in (beside, self.test_key, self.test_labels_key)]
+        others = [a for a in arrays
+                  if a not in (beside, self.test_key, self.test_labels_key, self.std_key)]
         if self.key is not None:
             chosen = self.key
         elif "x" in others or len(others) == 1:
@@ -305,19 +333,21 @@ class ArrayDataModule(VAEDataModule):
                                "numbers [N, D], a condition vector per image)."))
         return chosen
 
-    def _read(self, with_test: bool
-              ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    def _read(self, with_test: bool, with_std: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None,
+                         np.ndarray | None]:
         """The images (a memory map for a ``.npy``) and the int64 labels (or the float32
-        conditions ``[N, D]``), and the test split given apart (``test_key``) when
-        ``with_test`` (else None: validation alone never decompresses it), their headers
-        checked again (the file may have changed since ``__init__``)."""
+        conditions ``[N, D]``), the test split given apart (``test_key``) when ``with_test``
+        (else None: validation alone never decompresses it), and the float32 standard
+        deviations (``std_key``) when ``with_std`` (else None), their headers checked again
+        (the file may have changed since ``__init__``)."""
         where = self._where(self.key)
         with self._open() as fh:
             try:
                 if self.format == "npy":
                     header = self._npy_header(fh)
                     self._check_unchanged(header)
-                    return map_npy(fh, header), np.full(self.n, -1, np.int64), None
+                    return map_npy(fh, header), np.full(self.n, -1, np.int64), None, None
                 with zipfile.ZipFile(fh) as archive:
                     images = read_member(archive, self.key, where, "images",
                                          self._check_unchanged)
@@ -329,6 +359,8 @@ class ArrayDataModule(VAEDataModule):
                         labels = self._conditions(archive)
                     test = (self._read_test(archive)
                             if with_test and self.test_key is not None else None)
+                    std = (self._read_std(archive)
+                           if with_std and self.std_key is not None else None)
             except DataError:
                 raise
             except _ZIP_ERRORS as err:
@@ -337,7 +369,13 @@ class ArrayDataModule(VAEDataModule):
         if len(labels) != self.n:
             raise DataError(f"{self._where(self.labels_key)} changed since this run started: "
                             f"it holds {len(labels)} labels for {self.n} images.")
-        return images, labels, test
+        return images, labels, test, std
+
+    def _read_std(self, archive: zipfile.ZipFile) -> np.ndarray:
+        """The standard deviations of ``std_key``, float32, checked (finite, >= 0)."""
+        where = self._where(self.std_key, "std_key")
+        return check_stddevs(read_member(archive, self.std_key, where, "stddev",
+                                         self._check_unchanged), where)
 
     def _read_test(self, archive: zipfile.ZipFile) -> tuple[np.ndarray, np.ndarray]:
         """The test split given apart: its images and int64 labels (-1 without labels)."""
@@ -378,7 +416,8 @@ class ArrayDataModule(VAEDataModule):
                             f"holds {header.describe()}.")
 
     def _load(self, names):
-        images, labels, test = self._read(with_test="test" in names)
+        images, labels, test, std = self._read(with_test="test" in names,
+                                               with_std="train" in names)
         where = self._where(self.key)
         if self.test_key is None:
             idx = held_out(self.n, self.val_size, self.test_size, where)
@@ -402,4 +441,22 @@ class ArrayDataModule(VAEDataModule):
             if x.dtype.kind == "f":
                 x = x.astype(np.float32, copy=False)
             out[split] = (np.ascontiguousarray(x), source[split][1][idx[split]])
+        if std is not None:
+            train_std = np.ascontiguousarray(std[idx["train"]])
+            self.train_std = torch.from_numpy(train_std)
+            self._std_sha256 = digest(train_std, np.zeros(0, np.int64))
         return out
+
+    def identity(self) -> dict[str, Any]:
+        """``VAEDataModule.identity``, and with ``std_key`` the SHA-256 of the training split's
+        standard deviations (compared on resume, where the training split is read)."""
+        identity = super().identity()
+        if self._std_sha256 is not None:
+            identity["train_std"] = {"key": self.std_key, "sha256": self._std_sha256}
+        return identity
+
+    def training_points(self, x: torch.Tensor) -> Any:
+        """The training split drawn afresh at every minibatch from N(x, s^2) (``std_key``)."""
+        if self.train_std is None:
+            return x
+        return GaussianDraws(x, self.train_std.to(x.device), self.seed)

@@ -17,7 +17,7 @@ from vae_lightning.errors import DataError
 
 from .npy import Header, check_holds, dtype_name, member_capacity, read_header
 
-Kind = Literal["images", "labels", "condition"]  # what an array of the file holds
+Kind = Literal["images", "labels", "condition", "stddev"]  # what an array of the file holds
 
 
 def member_header(archive: zipfile.ZipFile, name: str, where: str, kind: Kind,
@@ -61,6 +61,9 @@ def check_dtype(header: Header, where: str, kind: Kind) -> None:
     if kind == "condition" and header.dtype.kind not in "iuf":
         raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected numbers "
                         "(integers or floats), a condition vector per image.")
+    if kind == "stddev" and header.dtype.kind != "f":
+        raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected float "
+                        "standard deviations, one per value of the feature vectors.")
     if kind == "images" and header.dtype != np.uint8 and header.dtype.kind != "f":
         raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected uint8 "
                         "(0..255) or float (in [0, 1]) images; convert it, e.g. "
@@ -94,6 +97,20 @@ def check_pixels(x: np.ndarray, where: str, chunk: int = 1024,
         raise DataError(f"{where}: image {first} (of {count} such) holds {how}: expected "
                         "float pixels in [0, 1] (and finite); rescale the images, or save them "
                         "as uint8.")
+
+
+def check_stddevs(found: np.ndarray, where: str) -> np.ndarray:
+    """The standard deviations ``found`` as float32; a ``DataError`` naming the first vector
+    whose standard deviations are not all finite and non-negative (as float32)."""
+    with np.errstate(over="ignore"):  # a value beyond float32's range: refused below
+        stddevs = found.astype(np.float32)
+    rows = stddevs.reshape(len(stddevs), -1)
+    bad = np.flatnonzero(~(np.isfinite(rows) & (rows >= 0)).all(axis=1))
+    if len(bad):
+        raise DataError(f"{where}: the standard deviations of vector {bad[0]} (of {len(bad)} "
+                        "such) hold a value that is negative or not finite: expected finite "
+                        "numbers >= 0.")
+    return stddevs
 
 
 def finite_conditions(found: np.ndarray, where: str) -> np.ndarray:

@@ -177,8 +177,10 @@ class VAEDataModule(L.LightningDataModule):
         )
         on_cpu = x.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0
+        points = self.training_points(x) if training else x
         return DataLoader(
-            self._semi_supervised(x, y) if training and self.labelled else TensorBatchDataset(x, y),
+            self._semi_supervised(points, y) if training and self.labelled
+            else TensorBatchDataset(points, y),
             sampler=sampler,
             batch_size=None,
             num_workers=workers,
@@ -188,6 +190,12 @@ class VAEDataModule(L.LightningDataModule):
             # noise eps of a resumed run would be shifted against an uninterrupted one.
             generator=torch.Generator().manual_seed(derive_seed(self.seed, rank)),
         )
+
+    def training_points(self, x: torch.Tensor) -> Any:
+        """The training split's points ``x`` as the training minibatches take them (by
+        ``index_select`` and ``len``): ``x`` itself; a data module may draw them afresh
+        (``ArrayDataModule.std_key``)."""
+        return x
 
     def _semi_supervised(self, x: torch.Tensor, y: torch.Tensor) -> SemiSupervised:
         """The training split with all but ``labelled`` labels hidden (``data.labelled``)."""

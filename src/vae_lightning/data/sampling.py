@@ -33,6 +33,30 @@ class TensorBatchDataset(Dataset):
         return tuple(t.index_select(0, idx) for t in self.tensors)
 
 
+class GaussianDraws:
+    """A split's points drawn afresh each time they are taken: ``index_select(0, idx)`` gives
+    ``mean[idx] + std[idx] * eps``, eps ~ N(0, I) from a generator seeded by (``seed``, the
+    indices in their order), so that a resumed run draws what an uninterrupted one does, and
+    no draw moves the global random state. Stands in for the split's tensor where the training
+    datasets take their rows (``TensorBatchDataset``, ``SemiSupervised``)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, seed: int) -> None:
+        self.mean, self.std, self.seed = mean, std, seed
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def index_select(self, dim: int, idx: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, *idx.tolist()))
+        eps = torch.randn(len(idx), *self.mean.shape[1:], generator=generator)
+        return torch.addcmul(self.mean.index_select(dim, idx), self.std.index_select(dim, idx),
+                             eps.to(self.mean.device))
+
+
 class ShardedBatchSampler(Sampler[torch.Tensor]):
     """Yield one index tensor per batch of this rank's shard of ``n`` examples.
 

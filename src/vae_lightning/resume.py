@@ -70,6 +70,92 @@ class ResumeState(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.LightningModule) -> None:
+    """Refuse, before training, the training state of a checkpoint (untrusted) that a resume
+    would act on but that is not what vae-train writes (``CheckpointError``):
+    - the checkpoint callbacks' records of their files: Lightning deletes the worse of the best
+      files and tests the best one by the paths recorded, so each must name a file in the
+      folder the record is of (``dirpath``; a run moved elsewhere records its old folder, whose
+      records Lightning does not reload, and ``train.py`` tests a best file only in the run's
+      own folder);
+    - the random states (``ResumeState``): each must be one its generator takes;
+    - the optimizers' states: the parameter groups of the model's optimizers, and per
+      parameter, moments of its shape (fused Adam reads them without checking, out of bounds).
+    """
+    callbacks = checkpoint.get("callbacks", {})
+    if not isinstance(callbacks, dict):
+        _refuse(path, "its callbacks' states are not a mapping")
+    for key, state in callbacks.items():
+        if isinstance(key, str) and key.startswith("ModelCheckpoint"):
+            _check_files(state, path)
+        elif key == "ResumeState":
+            _check_random_states(state, path)
+    _check_optimizers(checkpoint.get("optimizer_states", []), path, model)
+
+
+def _refuse(path: str | Path, why: str) -> None:
+    raise CheckpointError(f"Checkpoint {path} cannot be resumed: {why}, which vae-train does not "
+                          "write (the file was altered). Resume from another checkpoint.")
+
+
+def _check_files(state: Any, path: str | Path) -> None:
+    if not isinstance(state, dict) or not isinstance(state.get("dirpath"), str):
+        _refuse(path, "a checkpoint callback's state has no folder (dirpath)")
+    folder = Path(state["dirpath"]).resolve()
+    best_k = state.get("best_k_models", {})
+    if not isinstance(best_k, dict):
+        _refuse(path, "a checkpoint callback's best_k_models is not a mapping")
+    for name in [*(state.get(k) for k in ("best_model_path", "kth_best_model_path",
+                                          "last_model_path")), *best_k]:
+        if name in (None, ""):
+            continue
+        if not isinstance(name, str) or Path(name).resolve().parent != folder:
+            _refuse(path, f"a checkpoint callback's record names the file {name!r}, outside "
+                    f"its folder {str(folder)!r}")
+
+
+def _check_random_states(state: Any, path: str | Path) -> None:
+    try:
+        random.Random().setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.RandomState().set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+        torch.Generator().set_state(state["torch"])
+        cuda = state["cuda"]
+        if not isinstance(cuda, list) or not all(
+                isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
+                for t in cuda):
+            raise TypeError("cuda")
+    except Exception:  # noqa: BLE001 - whatever the generators refuse: one refusal
+        _refuse(path, "its random states (ResumeState) are not states the random generators "
+                "take")
+
+
+def _check_optimizers(states: Any, path: str | Path, model: L.LightningModule) -> None:
+    from vae_lightning import optimization
+
+    configured = optimization.configure(model)
+    entries = configured if isinstance(configured, list) else [configured]
+    optimizers = [entry["optimizer"] if isinstance(entry, dict) else entry for entry in entries]
+    if not isinstance(states, list) or len(states) != len(optimizers):
+        _refuse(path, f"it holds {len(states) if isinstance(states, list) else 'no list of'} "
+                f"optimizer states for the model's {len(optimizers)} optimizer(s)")
+    for optimizer, saved in zip(optimizers, states):
+        try:
+            optimizer.load_state_dict(saved)
+        except Exception:  # noqa: BLE001 - torch's own checks (group sizes, keys)
+            _refuse(path, "its optimizer state does not fit the model's parameters")
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                for name, value in optimizer.state.get(param, {}).items():
+                    if not isinstance(value, torch.Tensor):
+                        continue
+                    if value.dim() > 0 and value.shape != param.shape or (
+                            value.is_floating_point() and not torch.isfinite(value).all()):
+                        _refuse(path, f"its optimizer state {name!r} of a parameter of shape "
+                                f"{list(param.shape)} is {value.dtype} {list(value.shape)}, or "
+                                "not finite")
+
+
 # What a resumed run may change: the training settings, not what the parameters are or mean. The
 # optimizer's hyperparameters (optimizer.lr, ...) may change and apply from the resumed step on;
 # its class may not (the saved state is of that class).

@@ -34,7 +34,13 @@ from vae_lightning.errors import (
 )
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import check_parts
-from vae_lightning.resume import ResumeState, check_resumable, logger_runs, whole_epochs
+from vae_lightning.resume import (
+    ResumeState,
+    check_resumable,
+    check_states,
+    logger_runs,
+    whole_epochs,
+)
 from vae_lightning.sweeps import overrides as _task_overrides
 from vae_lightning.sweeps import record_failure, threads_per_job
 
@@ -87,6 +93,8 @@ def build_run(cfg: DictConfig) -> Run:
         model = instantiate_node(cfg.model, "model", data_shape=shape,
                            steps_per_batch=datamodule.steps_per_batch)
         optimization.check_manual(model, cfg.trainer)
+        if checkpoint is not None:
+            check_states(checkpoint, resume_from, model)
         try:  # the optimizer is built at fit; its own argument checks run now
             optimization.check(model)
         except ConfigError:
@@ -238,6 +246,12 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
     if model.objective.checkpoint == "last":
         last = rundir.last_checkpoint(cfg.output_dir)
         best = str(last) if last.is_file() else ""
+    ours = rundir.last_checkpoint(cfg.output_dir).parent.resolve()
+    if best and Path(best).resolve().parent != ours:
+        # Recorded by a resumed checkpoint in the folder the run had before it was moved: the
+        # file of that name here, if the move took it along; else the weights as trained.
+        moved = ours / Path(best).name
+        best = str(moved) if moved.is_file() else ""
     evaluate = {"datamodule": datamodule, "ckpt_path": best or None, "verbose": False}
     with _signals_end_the_run(cfg, trainer):  # none of a split with limit_*_batches=0
         val = next(iter(trainer.validate(model, weights_only=True, **evaluate)), {})

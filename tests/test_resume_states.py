@@ -1,0 +1,119 @@
+"""A resumed checkpoint's training state is untrusted input: the checkpoint callbacks' records
+of their files (Lightning deletes and tests by them), the random states and the optimizer's
+moments are checked before training; a tampered one is one error line, exit code 2, and nothing
+outside the run is read or deleted."""
+
+import json
+
+import pytest
+import torch
+from test_hostile import run
+from test_reliability import SMALL
+
+from vae_lightning import cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _train(args, tmp_path, monkeypatch, capsys):
+    return run(cli.train, args, monkeypatch, capsys, tmp_path)
+
+
+@pytest.fixture
+def stopped(tmp_path, monkeypatch, capsys):
+    """A Frey run stopped after 16 steps (one epoch): its directory and last.ckpt."""
+    run_dir = tmp_path / "run"
+    done = _train([*SMALL, "trainer.max_steps=16", f"hydra.run.dir={run_dir}"], tmp_path,
+                  monkeypatch, capsys)
+    assert done.code == 0, done.err[-2000:]
+    return run_dir, run_dir / "checkpoints" / "last.ckpt"
+
+
+def _tamper(path, change):
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, path)
+
+
+def _best_state(checkpoint):
+    return next(state for key, state in checkpoint["callbacks"].items()
+                if key.startswith("ModelCheckpoint") and "val/elbo" in key)
+
+
+def _resume(run_dir, last, tmp_path, monkeypatch, capsys):
+    return _train([*SMALL, "trainer.max_steps=32", f"ckpt_path={last}",
+                   f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("field", ["best_k_models", "best_model_path"])
+def test_a_record_naming_a_file_outside_its_folder_is_refused_and_deletes_nothing(
+        stopped, tmp_path, monkeypatch, capsys, field):
+    """Lightning would delete the worst of best_k_models (here a file outside the run) when a
+    better checkpoint comes, and test best_model_path (here another file) for results.json."""
+    run_dir, last = stopped
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+
+    def point_at_the_victim(checkpoint):
+        state = _best_state(checkpoint)
+        outside = f"{state['dirpath']}/../../victim.txt"
+        if field == "best_k_models":
+            state["best_k_models"] = {outside: torch.tensor(-1e30)}
+            state["kth_best_model_path"] = outside
+        else:
+            state["best_model_path"] = outside
+            state["best_model_score"] = torch.tensor(1e30)
+
+    _tamper(last, point_at_the_victim)
+    refused = _resume(run_dir, last, tmp_path, monkeypatch, capsys)
+    assert refused.code == 2 and "names the file" in refused.err and "outside its folder" \
+        in refused.err, refused.err[-2000:]
+    assert victim.read_text() == "keep me"
+
+
+def test_a_best_file_recorded_elsewhere_is_never_the_model_tested(stopped, tmp_path,
+                                                                  monkeypatch, capsys):
+    """A record consistent with another folder (as a moved run's is) passes the check, and
+    Lightning reloads its best_model_path: results.json tests a best file of the run's own
+    folder only (else the weights as trained), never the other one."""
+    run_dir, last = stopped
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "best-epoch000.ckpt").write_bytes((run_dir / "checkpoints" / "last.ckpt")
+                                               .read_bytes())
+
+    def elsewhere(checkpoint):
+        state = _best_state(checkpoint)
+        state["dirpath"] = str(other)
+        state["best_model_path"] = state["kth_best_model_path"] = str(
+            other / "best-epoch000.ckpt")
+        state["last_model_path"] = ""
+        state["best_k_models"] = {str(other / "best-epoch000.ckpt"): torch.tensor(1e30)}
+        state["best_model_score"] = torch.tensor(1e30)
+
+    _tamper(last, elsewhere)
+    resumed = _resume(run_dir, last, tmp_path, monkeypatch, capsys)
+    assert resumed.code == 0, resumed.err[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert str(other) not in str(results["checkpoint"])
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c["optimizer_states"][0]["state"][0].update(exp_avg=torch.zeros(7)),
+     "its optimizer state 'exp_avg' of a parameter of shape"),
+    (lambda c: c["optimizer_states"][0]["state"][0]["exp_avg_sq"].fill_(float("nan")),
+     "or not finite"),
+    (lambda c: c["optimizer_states"].append(c["optimizer_states"][0]),
+     "2 optimizer states for the model's 1 optimizer"),
+    (lambda c: c["callbacks"]["ResumeState"].update(torch=torch.zeros(3, dtype=torch.uint8)),
+     "its random states"),
+    (lambda c: c["callbacks"]["ResumeState"].update(python=(3, (1, 2), None)),
+     "its random states"),
+])
+def test_tampered_training_states_are_refused_before_training(stopped, tmp_path, monkeypatch,
+                                                              capsys, change, words):
+    run_dir, last = stopped
+    _tamper(last, change)
+    refused = _resume(run_dir, last, tmp_path, monkeypatch, capsys)
+    assert refused.code == 2 and words in refused.err, refused.err[-2000:]
+    assert "Traceback" not in refused.err

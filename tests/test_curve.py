@@ -219,6 +219,8 @@ def test_bad_max_time_is_an_error_naming_the_key(tmp_path, value):
     ("trainer.gradient_clip_val=0", "gradient_clip_val=0"),
     ("trainer.precision=64", "float32, not float64"),  # a dtype error after the first step
     ("trainer.precision=64-true", "float32, not float64"),
+    ("trainer.precision=bf16-true", "computes its densities in float32"),  # a dtype error
+    ("trainer.precision=16-true", "computes its densities in float32"),
 ])
 def test_trainer_values_lightning_accepts_but_cannot_train_are_refused(tmp_path, override, words):
     """Each was accepted and then trained in the wrong direction, silently did nothing, or

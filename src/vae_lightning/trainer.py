@@ -127,7 +127,12 @@ class Trainer(L.Trainer):
         # but the model's densities are computed in float32 (``posteriors.Encoder``).
         if str(precision) in ("64", "64-true", "double"):
             fail(self, "precision", precision, "32-true (the default), bf16-mixed or 16-mixed "
-                 "(GPU), 16-true or bf16-true: the model's densities are float32, not float64")
+                 "(GPU): the model's densities are float32, not float64")
+        # Half-precision weights: the densities' float32 inputs would meet half weights.
+        if str(precision) in ("16-true", "bf16-true"):
+            fail(self, "precision", precision, "32-true (the default), bf16-mixed or 16-mixed "
+                 "(GPU): the model keeps float32 weights and computes its densities in "
+                 "float32, with half-precision products under autocast (the -mixed settings)")
         kwargs.update(accumulate_grad_batches=accumulate_grad_batches,
                       gradient_clip_val=gradient_clip_val)
         self._check_accelerator(kwargs.get("accelerator", "auto"))

@@ -117,3 +117,23 @@ def test_tampered_training_states_are_refused_before_training(stopped, tmp_path,
     refused = _resume(run_dir, last, tmp_path, monkeypatch, capsys)
     assert refused.code == 2 and words in refused.err, refused.err[-2000:]
     assert "Traceback" not in refused.err
+
+
+def test_an_objective_s_networks_are_sized_on_the_meta_device_before_they_are_built(tmp_path):
+    """The objective owns networks (FactorVAE's discriminator): a checkpoint whose config asks
+    for larger ones than its weights is refused by check_sizes, which builds on the meta device
+    (before, only the encoder, decoder and prior were: the objective was built at full size)."""
+    import copy
+
+    from compose import compose_train
+
+    from vae_lightning.errors import CheckpointError
+    from vae_lightning.rebuild import check_sizes
+    from vae_lightning.train import build_run
+
+    run = build_run(compose_train([*SMALL, "model/objective=factor_vae"], tmp_path))
+    check_sizes(run.record, run.model.state_dict(), "as.ckpt")  # its own config fits
+    config = copy.deepcopy(run.record)
+    config["model"]["objective"]["hidden"] = [12000, 12000]
+    with pytest.raises(CheckpointError, match=r"objective\..* has shape"):
+        check_sizes(config, run.model.state_dict(), "tampered.ckpt")

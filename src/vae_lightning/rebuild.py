@@ -150,7 +150,9 @@ def load_model(path: str | Path, model_class: type, map_location: Any = "cpu",
     return model.to(map_location).eval(), config, checkpoint
 
 
-PARTS = ("encoder", "decoder", "prior")  # the model's parts that hold its sizes
+# The model's parts that hold its sizes (an objective may own networks: FactorVAE's
+# discriminator, M2's classifier).
+PARTS = ("encoder", "decoder", "prior", "objective")
 
 
 def check_sizes(config: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path,
@@ -171,7 +173,7 @@ def check_parts(parts: dict[str, torch.nn.Module], state: dict[str, torch.Tensor
                 path: str | Path) -> None:
     """``check_fit`` of the weights of the model's parts (``PARTS``, built on any device)."""
     own = {f"{key}.{name}": tensor for key, part in parts.items()
-           for name, tensor in part.state_dict().items()}
+           if isinstance(part, torch.nn.Module) for name, tensor in part.state_dict().items()}
     check_fit(own, {k: v for k, v in state.items() if k.split(".")[0] in parts}, path)
 
 

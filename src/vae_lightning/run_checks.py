@@ -162,11 +162,12 @@ def check_memory(cfg: DictConfig, shape: list[int]) -> dict[str, torch.nn.Module
     available = available_memory()
     if available is None:
         return parts
-    count = sum(p.numel() for part in parts.values() for p in part.parameters())
+    modules = {key: part for key, part in parts.items() if isinstance(part, torch.nn.Module)}
+    count = sum(p.numel() for part in modules.values() for p in part.parameters())
     needed = 4 * count * 4  # float32 weights, gradients, two optimizer moments
     if needed > available:
         sizes = ", ".join(f"model.{key} {sum(p.numel() for p in part.parameters()):,}"
-                          for key, part in parts.items())
+                          for key, part in modules.items())
         raise ConfigError(
             f"Invalid configuration: the model has {count:,} parameters ({sizes}), about "
             f"{needed / 2**30:.1f} GiB with their gradients and optimizer state, and "

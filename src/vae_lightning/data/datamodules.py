@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vae_lightning.args import NonNegativeInt, PositiveInt, Range, checked, fail
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import CheckpointError, ConfigError
 
 from .labelled import SemiSupervised, balanced_subset
 from .sampling import OrderedBatchSampler, ShardedBatchSampler, TensorBatchDataset, derive_seed
@@ -104,6 +104,8 @@ class VAEDataModule(L.LightningDataModule):
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.digests: dict[str, str] = {}  # split -> SHA-256 of its images and labels as read
         self._generators: dict[str, torch.Generator] = {}
+        # Restored states of generators for devices this machine has not (kept to be saved again)
+        self._elsewhere: dict[str, torch.Tensor] = {}
 
     def _load(self, names: set[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Return ``{split: (images, int64 labels [N])}`` for ``names``: images uint8
@@ -284,6 +286,66 @@ class VAEDataModule(L.LightningDataModule):
             seed = derive_seed(self.seed, self._rank_world()[0])
             self._generators[str(device)] = torch.Generator(device).manual_seed(seed)
         return self._generators[str(device)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The binarization generators' states, which Lightning saves in each checkpoint (under
+        the class's name) and gives back to ``load_state_dict`` on resume: without them a resumed
+        run would draw its binarization noise again from the seed, unlike an uninterrupted one."""
+        states = {**self._elsewhere,
+                  **{device: gen.get_state() for device, gen in self._generators.items()}}
+        return {"rank": self._rank_world()[0], "binarization": states} if states else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the binarization generators from a checkpoint's states (``state_dict``).
+        A checkpoint written before these were saved has none: the generators start from the
+        seed, as they did. The checkpoint is untrusted: a state no generator takes is refused
+        (``CheckpointError``)."""
+        state = state_dict
+        if isinstance(state, dict) and not state:  # Lightning never saves it: nothing to restore
+            return
+        if not isinstance(state, dict) or set(state) != {"rank", "binarization"} \
+                or not isinstance(state["rank"], int) or isinstance(state["rank"], bool) \
+                or not isinstance(state["binarization"], dict):
+            self._refuse("is not a mapping of the rank and its generators' states")
+        generators, elsewhere = {}, {}
+        for device, saved in state["binarization"].items():
+            if not isinstance(saved, torch.Tensor) or saved.dtype != torch.uint8 \
+                    or saved.dim() != 1:
+                self._refuse(f"for {device!r} is not a generator's state (a 1-D uint8 tensor)")
+            try:
+                where = torch.device(device) if isinstance(device, str) else None
+            except RuntimeError:
+                where = None
+            if where is None:
+                self._refuse(f"names {device!r}, which is not a device")
+            try:
+                fresh = torch.Generator(where)
+            except RuntimeError:
+                # No such device here (a GPU run resumed without it): no batch is drawn on it in
+                # this process, so its state is never used; it is kept, to be saved again.
+                elsewhere[device] = saved.clone()
+                continue
+            if saved.numel() != fresh.get_state().numel():
+                self._refuse(f"for {device} holds {saved.numel()} bytes, not the "
+                             f"{fresh.get_state().numel()} of a {where.type} generator's state")
+            try:
+                fresh.set_state(saved.clone())
+            except RuntimeError:  # e.g. an mt19937 state its generator finds invalid
+                self._refuse(f"for {device} is not a state its generator takes")
+            generators[device] = fresh
+        # Only rank 0 writes the checkpoint, so the states are rank 0's: any other rank of a DDP
+        # run keeps its own stream (from its seed), not a copy of rank 0's; its noise after a
+        # resume is not an uninterrupted run's (that would need every rank's states saved).
+        if state["rank"] == self._rank_world()[0]:
+            self._generators, self._elsewhere = generators, elsewhere
+
+    def _refuse(self, why: str) -> None:
+        from vae_lightning.checkpoints import USE_ANOTHER
+
+        path = getattr(self.trainer, "ckpt_path", None) if self.trainer is not None else None
+        raise CheckpointError(
+            f"Checkpoint {path or '(the one loaded)'}: its data module's binarization state "
+            f"{why}, which vae-train does not write (the file was altered). {USE_ANOTHER}")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device,
                                  dataloader_idx: int) -> Any:

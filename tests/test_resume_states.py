@@ -137,3 +137,22 @@ def test_an_objective_s_networks_are_sized_on_the_meta_device_before_they_are_bu
     config["model"]["objective"]["hidden"] = [12000, 12000]
     with pytest.raises(CheckpointError, match=r"objective\..* has shape"):
         check_sizes(config, run.model.state_dict(), "tampered.ckpt")
+
+
+def test_a_run_stopped_at_an_epoch_s_last_batch_counts_its_epochs_once(stopped, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Stopped by max_steps at the last batch of its first epoch (16 of Frey's), then continued
+    to 20 steps: results.json's epochs is 1, as an uninterrupted 20-step run's (Lightning's
+    processed count takes the finished epoch twice: it said 2)."""
+    run_dir, last = stopped
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 1
+    resumed = _train([*SMALL, "trainer.max_steps=20", f"ckpt_path={last}",
+                      f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch, capsys)
+    assert resumed.code == 0, resumed.err[-2000:]
+    reference = _train([*SMALL, "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'ref'}"],
+                       tmp_path, monkeypatch, capsys)
+    assert reference.code == 0
+    continued = json.loads((run_dir / "results.json").read_text())
+    uninterrupted = json.loads((tmp_path / "ref" / "results.json").read_text())
+    assert continued["epochs"] == uninterrupted["epochs"] == 1
+    assert continued["train/elbo"] == pytest.approx(uninterrupted["train/elbo"], rel=1e-6)

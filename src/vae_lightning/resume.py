@@ -169,9 +169,23 @@ def cut_short(batches_done: int, last_batch: bool) -> bool:
     return batches_done > 0 and not last_batch
 
 
-def whole_epochs(processed: int, batches_done: int, last_batch: bool) -> int:
-    """The whole epochs trained, of Lightning's ``processed`` count (``cut_short``)."""
-    return processed - cut_short(batches_done, last_batch)
+def whole_epochs(completed: int, batches_done: int, last_batch: bool) -> int:
+    """After ``trainer.fit``: the whole epochs trained, of Lightning's ``completed`` count, which
+    by then counts the epoch training stopped in, cut short (``cut_short``) or not. (Not its
+    ``processed`` count: a run resumed from a checkpoint taken at an epoch's last batch counts
+    that epoch as processed twice.)"""
+    return completed - cut_short(batches_done, last_batch)
+
+
+def saved_whole_epochs(checkpoint: dict[str, Any]) -> int:
+    """The whole epochs trained when ``checkpoint`` was taken: during the fit, before Lightning
+    completes the epoch it is taken in, so the epochs ``completed`` and that epoch if its last
+    batch was trained."""
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    current = fit.get("epoch_progress", {}).get("current", {})
+    processed, completed = current.get("processed", 0), current.get("completed", 0)
+    last_batch = fit.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
+    return completed + (processed > completed and bool(last_batch))
 
 
 def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from vae_lightning.errors import CheckpointError, ConfigError, NothingToDo
 from vae_lightning.module import VAE
 from vae_lightning.pixel_distributions import Grid
 from vae_lightning.rebuild import PARTS
-from vae_lightning.resume import whole_epochs
+from vae_lightning.resume import saved_whole_epochs
 from vae_lightning.sweeps import available_cores
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,7 @@ def refuse_if_complete(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -
     left none): then the resume trains nothing and evaluates it."""
     seen = checkpoint.get("samples_seen", 0)
     steps = checkpoint.get("global_step", 0)
-    fit = checkpoint.get("loops", {}).get("fit_loop", {})
-    batches = fit.get("epoch_loop.batch_progress", {})
-    epochs = whole_epochs(fit.get("epoch_progress", {}).get("current", {}).get("processed", 0),
-                          batches.get("current", {}).get("completed", 0),
-                          batches.get("is_last_batch", False))
+    epochs = saved_whole_epochs(checkpoint)
     trainer = cfg.trainer
     if trainer.get("max_samples") is not None:
         done, length = seen >= trainer.max_samples, f"trainer.max_samples={trainer.max_samples:g}"

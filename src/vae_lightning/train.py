@@ -234,7 +234,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
             raise ConfigError(f"Invalid trainer configuration: {err}") from None
     seconds = time.perf_counter() - start
     batches = trainer.fit_loop.epoch_loop.batch_progress
-    epochs = whole_epochs(trainer.fit_loop.epoch_progress.current.processed,
+    epochs = whole_epochs(trainer.fit_loop.epoch_progress.current.completed,
                           batches.current.completed, batches.is_last_batch)
     fitted = {key: float(trainer.callback_metrics[key])
               for key in ("train/elbo", "train/samples_seen") if key in trainer.callback_metrics}

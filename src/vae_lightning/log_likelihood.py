@@ -10,6 +10,7 @@ standard test log-likelihood at k = 5000. It is >= the ELBO of the same samples.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -60,6 +61,9 @@ class Estimate:
 # What each batch adds: per point, on the CPU but for the two kept on the model's device.
 _PARTS = ("elbos", "iws", "means", "kls", "params", "divergences")
 _ON_DEVICE = ("kls", "params")
+# How far below the ELBO an IW estimate of the same draws may lie, relative to 1 + |ELBO|: only
+# float32 rounding (of the running sum and logsumexp) puts it there.
+ROUNDING = 1e-4
 
 
 class Progress:
@@ -78,9 +82,12 @@ class Progress:
     def load(self, device: torch.device) -> tuple[int, dict[str, list], float] | None:
         """The number of batches done, their results (on ``device``) and the seconds they took
         (0 when a file of an earlier version does not say), with the random state restored;
-        None when there is nothing to go on from."""
+        None when there is nothing to go on from. What the file holds is checked as far as it
+        can be without the batches (``_inconsistency``); ``evaluate`` checks the rest against
+        the batches as it replays them."""
         if not self.path.is_file():
             return None
+        why = "another checkpoint or settings, or unreadable"
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             done, parts, rng = state["done"], state["parts"], state["rng"]
@@ -91,20 +98,25 @@ class Progress:
                     and all(isinstance(parts[name], list) for name in _PARTS)
                     and len(parts["iws"]) == len(parts["elbos"]) == len(parts["means"]) == done
                     and isinstance(rng["cpu"], Tensor))
+            if fits and (wrong := _inconsistency(done, parts)):
+                fits, why = False, wrong
         except Exception:  # noqa: BLE001 - any unreadable file: start over, say so
             fits = False
         if not fits:
-            log.warning("%s holds no part of this evaluation (another checkpoint or settings, "
-                        "or unreadable): starting over, and replacing it.", self.path)
+            self.set_aside(why)
             return None
         torch.set_rng_state(rng["cpu"])
         if device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], device)
-        log.info("Going on with the evaluation after its first %d batches (%s).", done,
-                 self.path)
         for name in _ON_DEVICE:
             parts[name] = [t.to(device) if isinstance(t, Tensor) else t for t in parts[name]]
         return done, parts, seconds
+
+    def set_aside(self, why: str) -> None:
+        """Say that the file is not gone on from, and why: the evaluation starts over and its
+        first batch replaces the file."""
+        log.warning("%s holds no part of this evaluation (%s): starting over, and replacing it.",
+                    self.path, why)
 
     def save(self, done: int, parts: dict[str, list], device: torch.device,
              seconds: float = 0.0) -> None:
@@ -117,6 +129,74 @@ class Progress:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _inconsistency(done: int, parts: dict[str, list]) -> str | None:
+    """What does not add up in the ``done`` batches' ``parts`` of a progress file, in words
+    (None: nothing found), before it is trusted: per batch, the ELBO and the IW estimate one
+    finite number per point, the IW estimate at least the ELBO (both are of the same k
+    log-weights: log mean exp >= mean, Jensen; a little float32 rounding allowed), and the
+    posterior means and parameters one row per point, the same width in every batch."""
+    if (len(parts["params"]) != done or len(parts["divergences"]) not in (0, done)
+            or len(parts["kls"]) not in (0, done)):
+        return "its lists of results do not hold one entry per batch done"
+    width = {}
+    for i in range(done):
+        elbo, iw, means, params = (parts[name][i] for name in ("elbos", "iws", "means", "params"))
+        if not all(isinstance(t, Tensor) and t.is_floating_point()
+                   for t in (elbo, iw, means, params)):
+            return f"batch {i}'s results are not all tensors of real numbers"
+        n = len(elbo) if elbo.dim() == 1 else -1
+        if n < 1 or iw.shape != (n,) or means.dim() != 2 or len(means) != n \
+                or params.dim() < 2 or len(params) != n:
+            return (f"batch {i}'s results are not one per point (ELBO {list(elbo.shape)}, IW "
+                    f"{list(iw.shape)}, means {list(means.shape)}, parameters "
+                    f"{list(params.shape)})")
+        shapes = (means.shape[1:], params.shape[1:])
+        if width.setdefault("rows", shapes) != shapes:
+            return f"batch {i}'s posterior means or parameters are not the width of batch 0's"
+        if parts["divergences"] and not (isinstance(parts["divergences"][i], Tensor)
+                                         and parts["divergences"][i].shape == (n,)):
+            return f"batch {i}'s KL divergences are not one per point"
+        kls = parts["kls"][i] if parts["kls"] else None
+        if kls is not None and not (isinstance(kls, Tensor) and kls.dim() == 2
+                                    and kls.shape[1] == n):
+            return f"batch {i}'s layer KLs are not one column per point"
+        if parts["kls"] and (kls is None) != (parts["kls"][0] is None):
+            return f"batch {i}'s layer KLs are not of the kind of batch 0's"
+        if not all(bool(torch.isfinite(t).all()) for t in (elbo, iw, means)):
+            return f"batch {i}'s ELBO, IW estimate or posterior means are not all finite"
+        if bool((iw < elbo - ROUNDING * (1 + elbo.abs())).any()):
+            return f"batch {i}'s IW estimate is below its ELBO, which it never is"
+    return None
+
+
+def _misfit(model: VAE, parts: dict[str, list], i: int, x: Tensor, y: Tensor | None
+            ) -> str | None:
+    """How batch ``i`` of a progress file's ``parts`` does not fit the batch ``x`` (labels
+    ``y``) that the evaluation draws in its place, in words; None when it fits: as many points,
+    and (checked on the first) posterior means and parameters of the model's widths."""
+    if len(parts["elbos"][i]) != len(x):
+        return f"its batch {i} holds {len(parts['elbos'][i])} points, and the data's {len(x)}"
+    if i > 0:
+        return None
+    with torch.no_grad(), model.given(y):
+        own = model.encoder.params(x[:1])
+        mean = posterior_mean(model.encoder, model.encoder.posterior(own))
+        enumerated = model.objective.latent_labels(x[:1]) is not None
+    if (parts["params"][0].shape[1:] != own.shape[1:]
+            or parts["means"][0].shape[1:] != mean.shape[1:]):
+        return (f"its posterior parameters {list(parts['params'][0].shape[1:])} and means "
+                f"{list(parts['means'][0].shape[1:])} per point are not the model's "
+                f"{list(own.shape[1:])} and {list(mean.shape[1:])}")
+    layers = model.encoder.posterior.layers
+    kls = parts["kls"][0] if parts["kls"] else None
+    # What evaluate keeps of each batch: layer KLs for stochastic layers, KL(q || p) unless the
+    # labels are enumerated (M2); a file without them would fail only at the end.
+    if bool(parts["kls"]) != bool(layers) or (kls is not None and len(kls) != len(layers)) \
+            or bool(parts["divergences"]) == enumerated:
+        return "its KL divergences are not those of this model's evaluation"
+    return None
 
 
 def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int,
@@ -136,15 +216,44 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     device = next(model.parameters()).device
     parts: dict[str, list] = {name: [] for name in _PARTS}
     done, seconds = 0, 0.0
+    fresh = _rng_state(device)  # a fresh evaluation's, should the replay below disagree
     if progress is not None and (restored := progress.load(device)) is not None:
         done, parts, seconds = restored
+    batches = iter(batches)
+    y = None
+    if done:
+        # The batches done are drawn again (data drawn afresh stay in step), each checked
+        # against what the file keeps of it. The first (batch size, widths) is held until it is
+        # checked: a file that disagrees there is set aside and the evaluation starts over with
+        # it. One that disagrees later (fewer or other batches) is refused: its batches are not
+        # held, which would take the memory of the split.
+        first = next(batches, None)
+        x, y = (first if isinstance(first, tuple | list) else (first, None))
+        why = "the data give no batch" if first is None else _misfit(model, parts, 0, x, y)
+        if why is not None:
+            progress.set_aside(why)
+            _set_rng_state(fresh, device)
+            parts = {name: [] for name in _PARTS}
+            done, seconds = 0, 0.0
+            batches = itertools.chain([first] if first is not None else [], batches)
+        else:
+            count = 1
+            for batch in itertools.islice(batches, done - 1):
+                x, y = batch if isinstance(batch, tuple | list) else (batch, None)
+                if why := _misfit(model, parts, count, x, y):
+                    break
+                count += 1
+            if why is None and count < done:
+                why = f"it keeps {done} batches, and the data give {count}"
+            if why is not None:
+                raise ConfigError(f"{progress.path} does not fit this evaluation ({why}): "
+                                  "delete it to evaluate from the start.")
+            log.info("Going on with the evaluation after its first %d batches (%s).", done,
+                     progress.path)
     start = time.perf_counter()
     elbos, iws, means, kls, params, divergences = (parts[name] for name in _PARTS)
-    y = None
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(batches, start=done):
         x, y = batch if isinstance(batch, tuple | list) else (batch, None)
-        if i < done:
-            continue
         with model.given(y):
             labels = model.objective.latent_labels(x)
             elbo, iw = (importance_weighted(model, x, k, chunk) if labels is None
@@ -187,6 +296,17 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     results["seconds"] = round(seconds + time.perf_counter() - start, 1)
     results["seconds_of_earlier_runs"] = round(seconds, 1)
     return results
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    return (torch.get_rng_state(),
+            torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def posterior_mean(encoder: Any, q: Distribution) -> Tensor:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 
 from vae_lightning.objectives import importance_weighted
 from vae_lightning.objectives.base import over_labels
@@ -87,7 +87,28 @@ class Inference:
             raise ValueError(
                 f"x has shape {list(x.shape)}: this model takes images of shape {list(shape)}, "
                 f"one or a batch [B, {', '.join(map(str, shape))}].")
-        return x.to(self.device, torch.float32)
+        x = x.to(self.device, torch.float32)
+        # A value the model never saw scores as a number, not an error: -x or x * 255 gave
+        # bounds better than the real images', NaN a NaN.
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"x holds {int((~torch.isfinite(x)).sum())} values that are not "
+                             "finite (NaN or inf): the model takes finite numbers.")
+        if self._pixel_values() and x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                f"x holds values in [{x.min().item():.6g}, {x.max().item():.6g}]: the model "
+                f"takes pixels in [0, 1] (its likelihood, {type(self.decoder.likelihood).__name__}"
+                ", is of pixel values); divide integer pixels by 255 (data.scale).")
+        return x
+
+    def _pixel_values(self) -> bool:
+        """Whether the model's data are pixel values in [0, 1]: any likelihood but one of real
+        numbers with an unbounded mean (a Gaussian with mean_activation=identity), the only kind
+        that float feature vectors (data=array's ``real_values``) are trained with
+        (``run_checks.warn_about_the_likelihood`` refuses the others); the model keeps no record
+        of its data, so such a model takes any finite values, as its data may be."""
+        likelihood = self.decoder.likelihood
+        return (likelihood.support is not constraints.real
+                or getattr(likelihood, "mean_activation", "identity") != "identity")
 
     def encode(self, x: Tensor, y: Tensor | int | None = None) -> Distribution:
         """q(z|x) for a batch of images ``x`` ``[B, C, H, W]`` in the model's input range (given

@@ -92,9 +92,10 @@ class Sampling:
     saved by an earlier fit with the same options (``refit``: fit anew all the same).
 
     A conditional model (``model.classes``) draws z ~ p(z|y) and x ~ p(x|z, y) for the class
-    ``y``, or for the condition vector ``y`` (a list of ``model.classes`` numbers, for a model
-    trained on ``data.condition``); without ``y``, for the classes in turn (0, 1, ..., K-1,
-    0, ...: a vector model's unit vectors in turn).
+    ``y`` (a model trained on labels), or for the condition vector ``y`` (a list of
+    ``model.classes`` numbers, required for a model trained on ``data.condition``); without
+    ``y``, a model of labels draws for the classes in turn (0, 1, ..., K-1, 0, ...). The
+    kind of y is the one the run config records (``trained_on_vectors``).
 
     The images are decoded ``CHUNK`` at a time straight into ``samples.npy`` on disk, so memory
     does not grow with n; n is refused before anything is drawn or fitted when the array would
@@ -144,7 +145,7 @@ class Sampling:
         writable_directory(out, "output_dir")
         model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
         self._refuse_too_many(out, model.data_shape)
-        self._check_class(model)
+        self._check_class(model, config)
         if self.traverse is not None and (confined := confined_space(model.prior)):
             from vae_lightning.callbacks.traversals import refusal
 
@@ -241,20 +242,38 @@ class Sampling:
                                   batch_size=self.batch_size)[0]
         return datamodule.evaluation_batches("train", self.batch_size, limit=limit)
 
-    def _check_class(self, model: VAE) -> None:
+    def _check_class(self, model: VAE, config: dict[str, Any]) -> None:
         """``y`` names a class of a conditional model, or is a condition vector of its length
-        (finite numbers), and only for such a model."""
+        (finite numbers), and only for such a model; and of the kind the model was trained on,
+        as its run config records it (``data.condition``: condition vectors; else labels)."""
         if self.y is not None and model.classes is None:
             raise ConfigError(f"y={self.y}: the model of {self.ckpt_path} is not conditional on "
                               "a class label; leave y out (null).")
-        if isinstance(self.y, list) and (len(self.y) != model.classes
+        if model.classes is None:
+            return
+        vectors = trained_on_vectors(config)
+        k = model.classes
+        if vectors and not isinstance(self.y, list):
+            # A label would be read as its unit vector, which need be no condition the model
+            # saw (a pose, a measurement), as would the unit vectors in turn without y.
+            given = f"y={self.y}" if self.y is not None else "y=null"
+            raise ConfigError(
+                f"{given}: the model of {self.ckpt_path} was trained on condition vectors "
+                f"(data.condition={config['data']['condition']!r}), not class labels; give "
+                f"the condition to draw for, y=[...] of {k} finite numbers.")
+        if vectors is False and isinstance(self.y, list):
+            # one-hot(y) is all it ever saw: other vectors are outside its training.
+            raise ConfigError(
+                f"y={self.y}: the model of {self.ckpt_path} was trained on class labels, not "
+                f"condition vectors; give a class in 0..{k - 1}, or null for each in turn.")
+        if isinstance(self.y, list) and (len(self.y) != k
                                          or not all(map(math.isfinite, self.y))):
             raise ConfigError(f"y={self.y}: a condition vector of this model is "
-                              f"{model.classes} finite numbers (model.classes); give as many, "
-                              f"or a class in 0..{model.classes - 1}, or null.")
-        if isinstance(self.y, int) and self.y >= model.classes:
-            raise ConfigError(f"y={self.y}: the model is conditional on {model.classes} classes; "
-                              f"choose y in 0..{model.classes - 1}, or null for each in turn.")
+                              f"{k} finite numbers (model.classes); give as many, "
+                              f"or a class in 0..{k - 1}, or null.")
+        if isinstance(self.y, int) and self.y >= k:
+            raise ConfigError(f"y={self.y}: the model is conditional on {k} classes; "
+                              f"choose y in 0..{k - 1}, or null for each in turn.")
 
     def _classes(self, model: VAE, start: int, count: int) -> Tensor | None:
         """The classes (or condition vectors) of samples start..start+count of a conditional
@@ -278,6 +297,16 @@ class Sampling:
                 f"n={self.n} samples of shape {list(shape)} make a {needed / 2**30:.3g} GiB "
                 f"samples.npy, and {existing} has {free / 2**30:.3g} GiB free; nothing was "
                 "drawn. Lower n, or choose an output_dir on a larger disk.")
+
+
+def trained_on_vectors(config: dict[str, Any]) -> bool | None:
+    """Whether a conditional model was trained on condition vectors (its run's
+    ``data.condition``), or on class labels (False: the data served labels); None where the
+    run config does not say (no data section: either kind is taken)."""
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return None
+    return data.get("condition") is not None
 
 
 if __name__ == "__main__":

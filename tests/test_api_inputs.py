@@ -1,0 +1,92 @@
+"""The Python API's inputs (``inference.Inference``): float pixels outside [0, 1] or values that
+are not finite are refused in one ValueError naming them, for a model of pixel values; a model
+of real feature vectors (a Gaussian likelihood with an identity mean, data=array's float
+vectors) takes any finite values."""
+
+import math
+
+import pytest
+import torch
+from models import binary_images, small_vae
+
+from vae_lightning.likelihoods import Beta, Gaussian
+
+
+@pytest.mark.parametrize("likelihood", [None, Gaussian(), Beta()],
+                         ids=["bernoulli", "gaussian_sigmoid", "beta"])
+def test_pixels_outside_the_unit_interval_are_refused(likelihood):
+    """Before: -x scored better than the images themselves, x * 255 about -2e8, NaN a NaN."""
+    torch.manual_seed(0)
+    model = small_vae(likelihood=likelihood).eval()
+    x = binary_images(4).clamp(0.01, 0.99)
+    for bad, words in ((-x, r"values in \[-0.99, -0.01\]"), (x * 255, r"values in \[2.55, "),
+                       (x + 0.02, r"values in \[0.03, 1.01\]")):
+        for call in (lambda v: model.log_likelihood(v, k=2), model.encode, model.reconstruct):
+            with pytest.raises(ValueError, match=words + r".*pixels in \[0, 1\]"):
+                call(bad)
+    nan = x.clone()
+    nan[0, 0, 0, 0] = math.nan
+    for bad in (nan, x.masked_fill(x > 0.5, math.inf)):
+        with pytest.raises(ValueError, match="not finite"):
+            model.log_likelihood(bad, k=2)
+    assert model.log_likelihood(x, k=2).shape == (4,)  # in [0, 1]: as before
+    assert model.encode(torch.zeros(1, 1, 3, 4)).batch_shape == (1,)
+    assert model.encode(torch.ones(1, 1, 3, 4)).batch_shape == (1,)
+
+
+def test_a_model_of_real_feature_vectors_takes_any_finite_values():
+    """data=array's float vectors [N, D] are served as [B, 1, 1, D] of any real values, to a
+    Gaussian likelihood with an identity mean (experiment=m1_m2_mnist's M2)."""
+    torch.manual_seed(0)
+    model = small_vae(data_shape=(1, 1, 6), likelihood=Gaussian("identity")).eval()
+    x = 5 * torch.randn(4, 1, 1, 6)
+    assert torch.isfinite(model.log_likelihood(x, k=2)).all()
+    assert model.encode(-x).batch_shape == (4,)
+    with pytest.raises(ValueError, match="not finite"):
+        model.log_likelihood(x.masked_fill(x > 0, math.nan), k=2)
+
+
+@pytest.fixture(scope="module")
+def conditional_runs(tmp_path_factory):
+    """Two model=cvae checkpoints of 2 steps on the same 8 x 8 images: one trained on class
+    labels 0..1 (data.labels_key), one on condition vectors of 2 numbers (data.condition)."""
+    import numpy as np
+    from compose import compose_train
+
+    from vae_lightning.train import train
+
+    root = tmp_path_factory.mktemp("cvae")
+    rng = np.random.default_rng(0)
+    path = root / "xc.npz"
+    np.savez(path, x=rng.random((40, 8, 8), dtype=np.float32),
+             c=rng.standard_normal((40, 2)).astype(np.float32), t=np.arange(40) % 2)
+    common = ["data=array", f"data.path={path}", "data.batch_size=10", "model=cvae",
+              "model.classes=2", "model.latent=1", "model.encoder.net.hidden=[4]",
+              "model.decoder.net.hidden=[4]", "trainer.max_steps=2", "trainer.accelerator=cpu",
+              "logger=none", "callbacks.bound_curve=null", "callbacks.figures.n_points=0",
+              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    return {kind: train(compose_train([*common, f"data.{key}={member}"], root / kind))["checkpoint"]
+            for kind, key, member in (("labels", "labels_key", "t"),
+                                      ("vectors", "condition", "c"))}
+
+
+def test_vae_sample_takes_the_kind_of_y_the_model_was_trained_on(conditional_runs, tmp_path):
+    """Before: a label model took any vector (y=[0, 50]: far off one-hot), and a vector model
+    took a label (read as its unit vector) or no y (unit vectors in turn)."""
+    from compose import sample_config
+
+    from vae_lightning.errors import ConfigError
+
+    def sample(kind, *y):
+        return sample_config([f"ckpt_path={conditional_runs[kind]}", "n=2", "device=cpu",
+                              f"output_dir={tmp_path / kind}", *y])()
+
+    with pytest.raises(ConfigError, match=r"y=\[0.0, 50.0\]: the model of .* was trained on "
+                                          r"class labels, not condition vectors; give a class"):
+        sample("labels", "y=[0,50]")
+    for y, words in ((["y=1"], "y=1"), ([], "y=null")):
+        with pytest.raises(ConfigError, match=words + r": the model of .* was trained on "
+                                                      r"condition vectors \(data.condition='c'\)"):
+            sample("vectors", *y)
+    assert sample("labels", "y=1").is_dir() and sample("labels").is_dir()
+    assert sample("vectors", "y=[0.5,-1.5]").is_dir()

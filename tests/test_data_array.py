@@ -540,12 +540,13 @@ def test_a_resume_with_other_standard_deviations_is_refused(tmp_path, one_thread
 
     path, x, s = _features(tmp_path / "f.npz", n=200)
     common = [f"data.path={path}", "data=array", "data.key=x", "data.std_key=s",
-              "model/likelihood=gaussian", "model.latent=2", "model.encoder.net.hidden=[8]",
+              "model/likelihood=gaussian", "model.decoder.likelihood.mean_activation=identity",
+              "model.latent=2", "model.encoder.net.hidden=[8]",
               "model.decoder.net.hidden=[8]", "logger=none", "callbacks.figures=null",
               "callbacks.bound_curve=null", *QUIET]
     train(compose_train([*common, "trainer.max_epochs=1"], tmp_path / "run"))
     save(path, x=x, s=s * 2)
     with pytest.raises(CheckpointError, match=r"standard deviations \(data.std_key\)"):
-        build_run(compose_train([*common, "trainer.max_epochs=2",
-                                 f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"],
-                                tmp_path / "run"))
+        train(compose_train([*common, "trainer.max_epochs=2",
+                             f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"],
+                            tmp_path / "run"))

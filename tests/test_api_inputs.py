@@ -90,3 +90,16 @@ def test_vae_sample_takes_the_kind_of_y_the_model_was_trained_on(conditional_run
             sample("vectors", *y)
     assert sample("labels", "y=1").is_dir() and sample("labels").is_dir()
     assert sample("vectors", "y=[0.5,-1.5]").is_dir()
+
+
+def test_a_count_that_is_not_a_positive_integer_and_a_truth_value_for_y_are_refused():
+    """model.sample(-1) was a RuntimeError from deep inside; y=True was taken as class 1."""
+    import conditional_gaussian as cg
+
+    model = cg.model()
+    for n in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match=r"sample: n=.*an integer >= 1"):
+            model.sample(n)
+    with pytest.raises(ValueError, match="y=True is a truth value"):
+        model.sample(2, y=True)
+    assert model.sample(3, y=1).shape == (3, *cg.SHAPE)

@@ -104,6 +104,7 @@ def test_a_flipped_bit_in_a_weight_is_refused_everywhere(finished, tmp_path, mon
 # ----------------------------------------------------------------- impossible weights (item 5)
 @pytest.mark.parametrize("kind, words", [
     ("nan", ["NaN or infinite"]), ("inf", ["NaN or infinite"]),
+    ("huge64", ["NaN or infinite"]),  # a float64 1e300: finite in the file, inf as float32
     ("int", ["torch.int64", "float32"]), ("complex", ["complex", "not a real number type"]),
 ])
 def test_non_finite_or_non_real_weights_are_refused_everywhere(kind, words, finished, tmp_path,
@@ -115,6 +116,9 @@ def test_non_finite_or_non_real_weights_are_refused_everywhere(kind, words, fini
             weight[0, 0] = math.nan
         elif kind == "inf":
             weight[0, 0] = math.inf
+        elif kind == "huge64":
+            weight = weight.double()
+            weight[0, 0] = 1e300
         else:
             weight = weight.long() if kind == "int" else weight.to(torch.complex64)
         checkpoint["state_dict"][name] = weight

@@ -125,8 +125,10 @@ def check_structure(checkpoint: Any, path: str | Path) -> None:
                 torch.int64, torch.int32, torch.bool)):
             raise CheckpointError(f"Checkpoint {path}: weight {name} is {tensor.dtype}, not a "
                                   f"real number type. {USE_ANOTHER}")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            bad = int((~torch.isfinite(tensor)).sum())
+        # As the model holds them: float32, where a float64 1e300 is infinite.
+        as_held = tensor.float() if tensor.dtype == torch.float64 else tensor
+        if tensor.is_floating_point() and not torch.isfinite(as_held).all():
+            bad = int((~torch.isfinite(as_held)).sum())
             raise CheckpointError(
                 f"Checkpoint {path}: weight {name} holds {bad} NaN or infinite value(s), so the "
                 f"model it holds computes nothing meaningful. {USE_ANOTHER} (training keeps the "

@@ -64,6 +64,9 @@ class Inference:
                 raise ValueError(f"{what}: this model is conditional on a class label (0.."
                                  f"{self.classes - 1}): give the labels, y=...")
             return torch.arange(n, device=self.device) % self.classes
+        if isinstance(y, bool) or (isinstance(y, Tensor) and y.dtype == torch.bool):
+            raise ValueError(f"{what}: y={y!r} is a truth value; give a class (0.."
+                             f"{self.classes - 1}) as an integer, or condition vectors.")
         if isinstance(y, int):
             return torch.full((n,), y, device=self.device)
         y = torch.as_tensor(y, device=self.device)
@@ -139,6 +142,8 @@ class Inference:
         """``n`` images from the model, ``[n, C, H, W]``: z ~ p(z), then E[x|z] (``mean``) or a
         draw x ~ p(x|z). A conditional model draws z ~ p(z|y), x ~ p(x|z, y) for the class
         ``y`` (one for all, or one per image; default: the classes in turn, 0..K-1, 0, ...)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"sample: n={n!r}; give the number of images, an integer >= 1.")
         y = self.labels(y, n, "sample")
         with self.given(y):
             z = self.prior.sample(n)

@@ -260,7 +260,7 @@ class ArrayDataModule(VAEDataModule):
             self.key = self._choose_key(arrays)
             header = member_header(archive, self.key, self._where(self.key), "images")
             if self.labels_key is not None:
-                where = self._where(self.labels_key)
+                where = self._where(self.labels_key, "labels_key")
                 labels = member_header(archive, self.labels_key, where, "labels")
                 if labels.shape != header.shape[:1]:
                     raise DataError(f"{where} has shape {list(labels.shape)}: expected one "
@@ -353,7 +353,7 @@ class ArrayDataModule(VAEDataModule):
                                          self._check_unchanged)
                     labels = (np.full(self.n, -1, np.int64) if self.labels_key is None else
                               read_member(archive, self.labels_key,
-                                          self._where(self.labels_key), "labels"
+                                          self._where(self.labels_key, "labels_key"), "labels"
                                           ).astype(np.int64))
                     if self.condition is not None:
                         labels = self._conditions(archive)
@@ -367,7 +367,8 @@ class ArrayDataModule(VAEDataModule):
                 raise DataError(f"{where} cannot be read ({describe(err)}): the file is "
                                 "truncated or corrupt.") from None
         if len(labels) != self.n:
-            raise DataError(f"{self._where(self.labels_key)} changed since this run started: "
+            raise DataError(f"{self._where(self.labels_key, 'labels_key')} changed since this run "
+                            "started: "
                             f"it holds {len(labels)} labels for {self.n} images.")
         return images, labels, test, std
 

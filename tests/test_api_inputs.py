@@ -103,3 +103,28 @@ def test_a_count_that_is_not_a_positive_integer_and_a_truth_value_for_y_are_refu
     with pytest.raises(ValueError, match="y=True is a truth value"):
         model.sample(2, y=True)
     assert model.sample(3, y=1).shape == (3, *cg.SHAPE)
+
+
+def test_a_loaded_model_takes_the_kind_of_y_it_was_trained_on():
+    """A loaded conditional model knows whether its run gave it class labels or condition
+    vectors (rebuild.trained_on, from the run config's data.condition): the other kind is
+    refused (a label model took any vector; a vector model took a label as its unit vector,
+    and without y drew the unit vectors in turn); a model built in Python takes either."""
+    import conditional_gaussian as cg
+
+    from vae_lightning.rebuild import trained_on
+
+    assert trained_on({"data": {"condition": "c"}}) == "vectors"
+    assert trained_on({"data": {"condition": None}}) == "labels"
+    assert trained_on({}) is None
+    model = cg.model()
+    assert model.sample(2, y=torch.tensor([0.5, 0.5])).shape == model.sample(2, y=1).shape
+    model.trained_on = "labels"
+    with pytest.raises(ValueError, match="trained on class labels, not condition vectors"):
+        model.sample(2, y=torch.tensor([0.0, 1e6]))
+    model.sample(2, y=1)
+    model.trained_on = "vectors"
+    for y in (1, None, torch.tensor([0, 1])):
+        with pytest.raises(ValueError, match="trained on condition vectors"):
+            model.sample(2, y=y)
+    assert model.sample(2, y=torch.tensor([0.5, 0.5])).shape[0] == 2

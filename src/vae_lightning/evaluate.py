@@ -277,6 +277,10 @@ class Evaluation:
                         ckpt_path: str) -> tuple[Any, dict[str, Any], Tensor]:
         """The feature network, what it is, and the real images of the split (their pixel
         values in [0, 1], before any binarization) that the samples are compared with."""
+        if model.trained_on == "vectors":  # samples are drawn for the classes in turn
+            raise ConfigError("eval.sample_quality: the model was trained on condition vectors "
+                              "(data.condition), and its samples are drawn for classes, not for "
+                              "the data's conditions; leave eval.sample_quality empty ([]).")
         if self.features == "inception":
             net = quality.inception_features(self.inception_weights, "eval.inception_weights")
             about: dict[str, Any] = {"features": "inception",

@@ -19,7 +19,12 @@ from vae_lightning.objectives.base import over_labels
 
 class Inference:
     """The user's methods of a VAE over its ``encoder``, ``decoder`` and ``prior`` on its
-    ``device``; ``_conditional`` are its parts that depend on a label in 0..``classes``-1."""
+    ``device``; ``_conditional`` are its parts that depend on a label in 0..``classes``-1.
+    ``trained_on``: the kind of y a conditional model was trained on, ``"labels"`` or
+    ``"vectors"`` (condition vectors), as a loaded model's run records it
+    (``rebuild.trained_on``); None (a model built in Python): either is taken."""
+
+    trained_on: str | None = None
 
     @contextlib.contextmanager
     def given(self, y: Tensor | None) -> Iterator[None]:
@@ -59,6 +64,17 @@ class Inference:
                 raise ValueError(f"{what}: this model is not conditional on a label "
                                  "(model.classes is null), so y would be ignored; leave y out.")
             return None
+        vectors = isinstance(y, Tensor | list | tuple) and torch.as_tensor(y).is_floating_point()
+        if self.trained_on == "vectors" and not vectors:
+            # A label would be read as its unit vector, which need be no condition the model
+            # saw (a pose, a measurement); so would the unit vectors in turn without y.
+            raise ValueError(f"{what}: y={y!r}: this model was trained on condition vectors "
+                             f"(data.condition), not class labels; give y, {self.classes} "
+                             "numbers (one vector for all, or one per item).")
+        if self.trained_on == "labels" and vectors:
+            raise ValueError(f"{what}: this model was trained on class labels, not condition "
+                             f"vectors (one-hot labels are all it saw); give classes in 0.."
+                             f"{self.classes - 1}.")
         if y is None:
             if what != "sample":
                 raise ValueError(f"{what}: this model is conditional on a class label (0.."

@@ -147,7 +147,19 @@ def load_model(path: str | Path, model_class: type, map_location: Any = "cpu",
     model.load_state_dict(checkpoint["state_dict"])
     _check_data_shape(model, path)
     model.samples_seen = checkpoint.get("samples_seen", 0)
+    if getattr(model, "classes", None) is not None:
+        model.trained_on = trained_on(config)
     return model.to(map_location).eval(), config, checkpoint
+
+
+def trained_on(config: dict[str, Any]) -> str | None:
+    """The kind of y a conditional model was trained on, as its run config records it:
+    ``"vectors"`` (``data.condition`` named an array of condition vectors), else ``"labels"``;
+    None where the config has no data section (either kind is then taken)."""
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return None
+    return "vectors" if data.get("condition") is not None else "labels"
 
 
 # The model's parts that hold its sizes (an objective may own networks: FactorVAE's

@@ -95,7 +95,7 @@ class Sampling:
     ``y`` (a model trained on labels), or for the condition vector ``y`` (a list of
     ``model.classes`` numbers, required for a model trained on ``data.condition``); without
     ``y``, a model of labels draws for the classes in turn (0, 1, ..., K-1, 0, ...). The
-    kind of y is the one the run config records (``trained_on_vectors``).
+    kind of y is the one the run config records (``Inference.trained_on``).
 
     The images are decoded ``CHUNK`` at a time straight into ``samples.npy`` on disk, so memory
     does not grow with n; n is refused before anything is drawn or fitted when the array would
@@ -251,7 +251,7 @@ class Sampling:
                               "a class label; leave y out (null).")
         if model.classes is None:
             return
-        vectors = trained_on_vectors(config)
+        vectors = {"vectors": True, "labels": False}.get(model.trained_on)
         k = model.classes
         if vectors and not isinstance(self.y, list):
             # A label would be read as its unit vector, which need be no condition the model
@@ -297,16 +297,6 @@ class Sampling:
                 f"n={self.n} samples of shape {list(shape)} make a {needed / 2**30:.3g} GiB "
                 f"samples.npy, and {existing} has {free / 2**30:.3g} GiB free; nothing was "
                 "drawn. Lower n, or choose an output_dir on a larger disk.")
-
-
-def trained_on_vectors(config: dict[str, Any]) -> bool | None:
-    """Whether a conditional model was trained on condition vectors (its run's
-    ``data.condition``), or on class labels (False: the data served labels); None where the
-    run config does not say (no data section: either kind is taken)."""
-    data = config.get("data")
-    if not isinstance(data, dict):
-        return None
-    return data.get("condition") is not None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ each class."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import conditional_gaussian as cg
@@ -217,6 +218,9 @@ def test_the_preset_trains_on_mnist_and_each_class_is_sampled(tmp_path, networks
     losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
     assert losses[-1] < losses[0] - 50
     assert (tmp_path / "figures" / "samples.png").is_file()
+    saved = json.loads((tmp_path / "results.json").read_text())  # its bounds are of log p(x|y)
+    assert saved["bound_of"].startswith("log p(x|y), a conditional likelihood of each image "
+                                        "given its own class label y")
     model = VAE.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert model.classes == 10
     from vae_lightning.config import instantiate_node

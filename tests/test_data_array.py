@@ -414,6 +414,8 @@ def test_a_conditional_vae_learns_from_a_condition_array(tmp_path):
                                    "model.optimizer.lr=3e-3", "trainer.max_epochs=10"],
                                   tmp_path / "run"))
     assert results["steps"] == 80 and results["train/elbo"] > results["initial/val_elbo"] + 10
+    assert results["bound_of"].startswith("log p(x|y), a conditional likelihood of each image "
+                                          "given its condition vector y")  # as eval.json's
     model = VAE.load_from_checkpoint(results["checkpoint"])
     z = torch.zeros(1, 1)
     left, right = (model.images(z, y=torch.tensor(c))[0, 0] for c in ([2.0, -2.0], [-2.0, 2.0]))

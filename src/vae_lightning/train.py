@@ -32,8 +32,9 @@ from vae_lightning.errors import (
     Interrupted,
     NonFiniteLossError,
 )
+from vae_lightning.log_likelihood import bound_of
 from vae_lightning.module import VAE
-from vae_lightning.rebuild import check_parts
+from vae_lightning.rebuild import check_parts, trained_on
 from vae_lightning.resume import (
     ResumeState,
     check_resumable,
@@ -283,6 +284,9 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         "threads": torch.get_num_threads(),
         "checkpoint": best or None,
     }
+    if model.classes is not None:  # a conditional model's bounds need not be of log p(x)
+        vectors = trained_on({"data": OmegaConf.to_container(cfg.data)}) == "vectors"
+        results["bound_of"] = bound_of(model, torch.zeros(1, model.classes) if vectors else None)
     return results
 
 

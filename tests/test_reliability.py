@@ -171,6 +171,18 @@ def test_nan_loss_stops_the_run_and_saves_a_loadable_last_good_state(tmp_path, s
     assert "test/elbo" not in results and str(saved) in results["message"]
 
 
+def test_a_loss_non_finite_before_any_update_blames_the_data_not_the_step_size(tmp_path):
+    """At step 0 no update has been made: "lower model.optimizer.lr" would be wrong advice
+    (a condition vector of 1e30 gave it); the message points at the data's values."""
+    cfg = compose_train([*SMALL, "+callbacks.nan._target_=fault_injection.NaNInputAtStep",
+                         "+callbacks.nan.step=0"], tmp_path)
+    with pytest.raises(NonFiniteLossError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert "step 0" in message and "the step size is not the cause" in message
+    assert "lower model.optimizer.lr" not in message
+
+
 def test_same_seed_gives_identical_results(tmp_path, one_thread):
     def train_one(name):  # a few steps: equal results need no more
         return train(compose_train([*SMALL, "trainer.max_epochs=1", "seed=3",

@@ -48,6 +48,12 @@ def stop(model: L.LightningModule, bound: Bound, since: int | None = -1) -> None
     advice = (f"To go on, resume from the best checkpoint, {best}, with a lower "
               "model.optimizer.lr (optimizer settings given on resume apply)"
               if best else "Start again with a lower model.optimizer.lr")
+    if model.global_step == 0 and since == -1:
+        # No update has been made: the step size cannot be the cause, the data or the
+        # model's initial state are (a value out of float32's range once squared, 1e30 say).
+        advice = ("No update had been made, so the step size is not the cause: look at the "
+                  "data's values (the images, data.condition's vectors) for values far out of "
+                  "scale, and at the model's settings")
     if since == -1:
         when = f"at step {model.global_step} (epoch {model.current_epoch}) in the " + (
             " and the ".join(bad) or "loss")

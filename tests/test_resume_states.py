@@ -156,3 +156,27 @@ def test_a_run_stopped_at_an_epoch_s_last_batch_counts_its_epochs_once(stopped, 
     uninterrupted = json.loads((tmp_path / "ref" / "results.json").read_text())
     assert continued["epochs"] == uninterrupted["epochs"] == 1
     assert continued["train/elbo"] == pytest.approx(uninterrupted["train/elbo"], rel=1e-6)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda state: state.update(exp_avg=torch.tensor(0.0)), "'exp_avg' of a parameter of shape"),
+    (lambda state: state.update(step=torch.zeros(3)), "'step' of a parameter of shape"),
+    (lambda state: state.update(step=torch.tensor(-1.0)),
+     "where it is a step count, one number >= 0"),
+])
+def test_an_optimizer_state_of_one_number_for_a_moment_is_refused(stopped, change, words):
+    """Checked on the state itself (a resume of it crashed the process): a 0-d exp_avg passed
+    the shape check, which skipped every 0-d value, and fused Adam then read past it (the
+    resumed run's parameters reached 1e29, then a segmentation fault); a step count below 0
+    (Adam divides by 1 - beta^step) passed too. A step count of three numbers stays refused."""
+    from vae_lightning.errors import CheckpointError
+    from vae_lightning.module import VAE
+    from vae_lightning.rebuild import load_model
+    from vae_lightning.resume import check_states
+
+    _, last = stopped
+    model, _, checkpoint = load_model(last, VAE)
+    check_states(checkpoint, last, model)  # as written: resumable
+    change(checkpoint["optimizer_states"][0]["state"][0])
+    with pytest.raises(CheckpointError, match=words):
+        check_states(checkpoint, last, model)

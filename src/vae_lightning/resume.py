@@ -80,7 +80,8 @@ def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.Lightnin
       own folder);
     - the random states (``ResumeState``): each must be one its generator takes;
     - the optimizers' states: the parameter groups of the model's optimizers, and per
-      parameter, moments of its shape (fused Adam reads them without checking, out of bounds).
+      parameter, moments of its shape (fused Adam reads them without checking, out of bounds)
+      and a step count, one number >= 0 (Adam's bias correction divides by 1 - beta^step).
     """
     callbacks = checkpoint.get("callbacks", {})
     if not isinstance(callbacks, dict):
@@ -149,11 +150,17 @@ def _check_optimizers(states: Any, path: str | Path, model: L.LightningModule) -
                 for name, value in optimizer.state.get(param, {}).items():
                     if not isinstance(value, torch.Tensor):
                         continue
-                    if value.dim() > 0 and value.shape != param.shape or (
-                            value.is_floating_point() and not torch.isfinite(value).all()):
+                    # Only the step count is one number; every moment is the parameter's shape
+                    # (a 0-d exp_avg passed the check, and fused Adam read past it: parameters
+                    # of 1e29, then a segmentation fault).
+                    if (value.shape != param.shape if name != "step" else value.dim() != 0) or (
+                            value.is_floating_point() and not torch.isfinite(value).all()) or (
+                            name == "step" and bool(value < 0)):
+                        expected = ("a step count, one number >= 0" if name == "step" else
+                                    "finite numbers of the parameter's shape")
                         _refuse(path, f"its optimizer state {name!r} of a parameter of shape "
                                 f"{list(param.shape)} is {value.dtype} {list(value.shape)}, or "
-                                "not finite")
+                                f"not finite, where it is {expected}")
 
 
 # What a resumed run may change: the training settings, not what the parameters are or mean. The

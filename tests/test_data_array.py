@@ -513,6 +513,12 @@ def test_std_key_draws_the_labelled_points_of_a_semi_supervised_minibatch_too(tm
     ({"x": np.zeros((N, 4, 4), np.uint8), "s": np.ones((N, 4, 4), np.float32)}, {},
      r"data.std_key='s': standard deviations draw float feature vectors afresh, and .* holds "
      r"uint8 \[20, 4, 4\]: expected float feature vectors"),
+    # The means (or the test split) as their own standard deviations: taken silently before,
+    # where every value was >= 0.
+    ({"x": np.ones((N, 3), np.float32), "s": np.ones((N, 3), np.float32)}, {"key": "s"},
+     r"data.std_key='s' is also the images' key: expected the array of the standard deviations"),
+    ({"x": np.ones((N, 3), np.float32), "s": np.ones((N, 3), np.float32)}, {"test_key": "s"},
+     r"data.std_key='s' is also the test images' key"),
 ])
 def test_a_bad_std_key_is_refused_in_one_line(tmp_path, arrays, kwargs, words):
     with pytest.raises(DataError, match=words) as err:
@@ -552,3 +558,68 @@ def test_a_resume_with_other_standard_deviations_is_refused(tmp_path, one_thread
         train(compose_train([*common, "trainer.max_epochs=2",
                              f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"],
                             tmp_path / "run"))
+
+
+def test_a_resume_without_the_standard_deviations_is_refused(tmp_path, one_thread):
+    """A run trained on draws from N(x, s^2) and continued with data.std_key=null would train on
+    the means alone: refused, naming them (before, only other or added s were found)."""
+    from vae_lightning.errors import CheckpointError
+
+    path, _, _ = _features(tmp_path / "f.npz", n=200)
+    common = [f"data.path={path}", "data=array", "data.key=x", "model/likelihood=gaussian",
+              "model.decoder.likelihood.mean_activation=identity", "model.latent=2",
+              "model.encoder.net.hidden=[8]", "model.decoder.net.hidden=[8]", "logger=none",
+              "callbacks.figures=null", "callbacks.bound_curve=null", *QUIET]
+    train(compose_train([*common, "data.std_key=s", "trainer.max_epochs=1"], tmp_path / "run"))
+    with pytest.raises(CheckpointError, match=r"standard deviations \(data.std_key\) None \(the "
+                                              r"checkpoint's: \{'key': 's'"):
+        train(compose_train([*common, "data.std_key=null", "trainer.max_epochs=2",
+                             f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"],
+                            tmp_path / "run"))
+
+
+@pytest.mark.parametrize("key, then, now", [
+    ("labelled", 20, 40), ("labelled", 20, None), ("labelled", None, 20),
+    ("train_std", {"key": "s", "sha256": "ab"}, None),
+])
+def test_how_the_training_split_is_drawn_is_compared_both_ways_where_it_is_read(key, then, now):
+    """data.labelled (which labels a semi-supervised run sees) and data.std_key are part of the
+    data's identity: a resume that changes or drops either is told (before, a resume with
+    data.labelled=40 after 20, or without std_key, went on silently); an evaluation that reads
+    another split only is not."""
+    from vae_lightning.checkpoints import DATA_KEY, data_differences
+
+    base = {"data": "array", "shape": [1, 1, 2], "scale": 255.0, "binarize": "none",
+            "splits": {"train": {"size": 10, "sha256": "x"}, "test": {"size": 5, "sha256": "y"}}}
+    saved = {**base, **({key: then} if then is not None else {})}
+    identity = {**base, **({key: now} if now is not None else {})}
+    found = data_differences({DATA_KEY: saved}, identity)
+    assert len(found) == 1 and f"(the checkpoint's: {then!r})" in found[0]
+    assert f"(data.{'std_key' if key == 'train_std' else key})" in found[0]
+    test_only = {**identity, "splits": {"test": base["splits"]["test"]}}
+    test_only.pop("train_std", None)
+    assert data_differences({DATA_KEY: saved}, {**test_only, key: then} if key == "labelled"
+                            else test_only) == []
+
+
+def test_a_resume_whose_seed_chooses_other_labelled_points_is_told(tmp_path):
+    """data.labelled keeps the labels of points chosen by the seed: a resume with another seed
+    showed the run other labels (20 more labelled points, silently); the chosen points are
+    part of the data's identity. The same seed's identity is the checkpoint's, and a
+    checkpoint written before the points were recorded is not refused for lacking them."""
+    from vae_lightning.checkpoints import DATA_KEY, data_differences
+
+    path, _, _ = _features(tmp_path / "f.npz", labels=np.arange(400) % 2)
+
+    def identity(seed):
+        dm = ArrayDataModule(path=str(path), labels_key="labels", labelled=4, seed=seed,
+                             val_size=0.1, test_size=0.1)
+        dm.setup("fit")
+        return dm.identity()
+
+    saved = identity(0)
+    assert data_differences({DATA_KEY: saved}, identity(0)) == []
+    found = data_differences({DATA_KEY: saved}, identity(1))
+    assert len(found) == 1 and "the labelled training images are other points" in found[0]
+    older = {key: value for key, value in saved.items() if key != "labelled_points"}
+    assert data_differences({DATA_KEY: older}, identity(1)) == []

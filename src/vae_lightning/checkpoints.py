@@ -193,9 +193,22 @@ def data_differences(checkpoint: dict[str, Any], identity: dict[str, Any]) -> li
     found = [f"{key} {identity.get(key)!r} (the checkpoint's: {saved.get(key)!r})"
              for key in ("data", "shape", "scale", "binarize")
              if saved.get(key) != identity.get(key)]
-    if "train_std" in identity and saved.get("train_std") != identity["train_std"]:
-        found.append(f"the training points' standard deviations (data.std_key) "
-                     f"{identity['train_std']!r} (the checkpoint's: {saved.get('train_std')!r})")
+    # What the training split is drawn with: compared where it is read (a resume), both ways, so
+    # that dropping data.std_key (the means trained on instead of draws) or changing
+    # data.labelled or the seed (which labels the run sees) is found, not only adding them.
+    if "train" in identity["splits"] or "train_std" in identity:
+        for key, what in (("train_std", "the training points' standard deviations "
+                                        "(data.std_key)"),
+                          ("labelled", "the labelled training images (data.labelled)")):
+            if saved.get(key) != identity.get(key):
+                found.append(f"{what} {identity.get(key)!r} (the checkpoint's: "
+                             f"{saved.get(key)!r})")
+        points = saved.get("labelled_points")  # absent from checkpoints written before it
+        if points is not None and identity.get("labelled") == saved.get("labelled") \
+                and identity.get("labelled_points") != points:
+            found.append("the labelled training images are other points (chosen by data.seed: "
+                         f"SHA-256 {str(identity.get('labelled_points'))[:12]}..., the "
+                         f"checkpoint's {str(points)[:12]}...)")
     saved_splits = saved.get("splits") if isinstance(saved.get("splits"), dict) else {}
     for split, now in identity["splits"].items():
         then = saved_splits.get(split)

@@ -326,6 +326,13 @@ class ArrayDataModule(VAEDataModule):
             raise DataError(f"data.key=null, but data.path={str(self.path)!r} holds "
                             f"{len(others) or 'no'} arrays ({names(others)}) and "
                             "none named x: expected data.key=<the name of the images' array>.")
+        if self.std_key is not None and self.std_key in (chosen, self.test_key):
+            # The means as their own standard deviations: N(x, x^2), refused only where some
+            # value happens to be negative.
+            raise DataError(f"data.std_key={self.std_key!r} is also the "
+                            f"{'images' if self.std_key == chosen else 'test images'}' key: "
+                            "expected the array of the standard deviations of the feature "
+                            "vectors (vae-encode's s_train beside x_train).")
         if beside is not None and chosen == beside:
             raise DataError(f"data.{name}={beside!r} is also the images' key: expected the name of "
                             "another array of the file ("

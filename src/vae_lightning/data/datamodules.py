@@ -103,6 +103,7 @@ class VAEDataModule(L.LightningDataModule):
         self.labelled, self.labelled_batch = labelled, labelled_batch
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.digests: dict[str, str] = {}  # split -> SHA-256 of its images and labels as read
+        self._labelled_points: str | None = None  # SHA-256 of the labelled training points
         self._generators: dict[str, torch.Generator] = {}
         # Restored states of generators for devices this machine has not (kept to be saved again)
         self._elsewhere: dict[str, torch.Tensor] = {}
@@ -147,7 +148,8 @@ class VAEDataModule(L.LightningDataModule):
         """What the data are, as checkpoints record it and evaluation and resume check it: the
         data set, the image shape, the pixels' scale and binarization, and per loaded split its
         size and the SHA-256 of its images and labels as read (before binarization), the same
-        wherever the files lie."""
+        wherever the files lie; with ``labelled``, their number and (once the training split is
+        read) the SHA-256 of the points chosen to keep their labels."""
         return {
             "data": self.name,
             "module": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -158,6 +160,9 @@ class VAEDataModule(L.LightningDataModule):
             "splits": {split: {"size": len(self.splits[split][0]), "sha256": self.digests[split]}
                        for split in sorted(self.digests) if split in self.splits},
             **({"labelled": self.labelled} if self.labelled else {}),
+            # Which points keep their labels (chosen by the seed): another seed on resume would
+            # show the run other labels.
+            **({"labelled_points": self._labelled_points} if self._labelled_points else {}),
         }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -205,6 +210,7 @@ class VAEDataModule(L.LightningDataModule):
             chosen = balanced_subset(y.cpu(), self.labelled, self.seed)
         except ValueError as err:
             raise ConfigError(f"data.labelled={self.labelled}: {err}.") from None
+        self._labelled_points = digest(chosen.numpy(), np.zeros(0, np.int64))
         return SemiSupervised(x, y, chosen, self.labelled_batch, self.seed)
 
     def train_dataloader(self) -> DataLoader:

@@ -93,6 +93,18 @@ def _no_divergences(state):
     state["parts"]["divergences"] = []
 
 
+def _nan_divergence(state):
+    state["parts"]["divergences"][1][0] = math.nan  # eval.json's kl: null
+
+
+def _infinite_params(state):
+    state["parts"]["params"][0][0, 0] = math.inf  # eval.json's mi: null
+
+
+def _integer_divergences(state):
+    state["parts"]["divergences"][0] = state["parts"]["divergences"][0].long()
+
+
 @pytest.mark.parametrize("tamper, why", [
     (_nan_iws, "not all finite"),
     (_long_elbos, "not one per point"),
@@ -100,11 +112,15 @@ def _no_divergences(state):
     (_short_means, "not one per point"),
     (_wide_params, "are not the model's"),
     (_no_divergences, "KL divergences are not those"),
+    (_nan_divergence, "not all finite"),
+    (_infinite_params, "not all finite"),
+    (_integer_divergences, "KL divergences are not real numbers"),
 ])
 def test_a_progress_file_that_does_not_add_up_is_set_aside(model, tmp_path, monkeypatch,
                                                            caplog, tamper, why):
     """Before: NaN IW estimates, an entry of 500 values or an ELBO of 5000 were taken as the
-    finished batches' results (eval.json's elbo 909053, or 490.667 for data near -363)."""
+    finished batches' results (eval.json's elbo 909053, or 490.667 for data near -363); and, after
+    that, a NaN KL divergence or an infinite posterior parameter (eval.json's kl or mi: null)."""
     path = tmp_path / "eval.progress.pt"
     state = _stopped(model, path, monkeypatch)
     tamper(state)

@@ -136,7 +136,8 @@ def _inconsistency(done: int, parts: dict[str, list]) -> str | None:
     (None: nothing found), before it is trusted: per batch, the ELBO and the IW estimate one
     finite number per point, the IW estimate at least the ELBO (both are of the same k
     log-weights: log mean exp >= mean, Jensen; a little float32 rounding allowed), and the
-    posterior means and parameters one row per point, the same width in every batch."""
+    posterior means and parameters one row per point, the same width in every batch; all of
+    them, and the KL divergences, finite."""
     if (len(parts["params"]) != done or len(parts["divergences"]) not in (0, done)
             or len(parts["kls"]) not in (0, done)):
         return "its lists of results do not hold one entry per batch done"
@@ -164,8 +165,14 @@ def _inconsistency(done: int, parts: dict[str, list]) -> str | None:
             return f"batch {i}'s layer KLs are not one column per point"
         if parts["kls"] and (kls is None) != (parts["kls"][0] is None):
             return f"batch {i}'s layer KLs are not of the kind of batch 0's"
-        if not all(bool(torch.isfinite(t).all()) for t in (elbo, iw, means)):
-            return f"batch {i}'s ELBO, IW estimate or posterior means are not all finite"
+        # The KLs and parameters too: eval.json's kl and mi are their means (NaN: null).
+        kept = [t for t in (parts["divergences"][i] if parts["divergences"] else None, kls)
+                if t is not None]
+        if not all(t.is_floating_point() for t in kept):
+            return f"batch {i}'s KL divergences are not real numbers"
+        if not all(bool(torch.isfinite(t).all()) for t in (elbo, iw, means, params, *kept)):
+            return (f"batch {i}'s ELBO, IW estimate, posterior means or parameters, or KL "
+                    "divergences are not all finite")
         if bool((iw < elbo - ROUNDING * (1 + elbo.abs())).any()):
             return f"batch {i}'s IW estimate is below its ELBO, which it never is"
     return None

@@ -323,3 +323,42 @@ def test_vae_eval_reports_the_bound_with_the_fitted_pixelcnn_prior(tmp_path, mon
     # The same reconstruction under both priors (q is one-hot): the uniform bound is
     # recon - 49 log 8 (a 7 x 7 map of 8 codes), the fitted one recon + log p(k) <= recon.
     assert with_prior["nats"] <= results["elbo"]["nats"] + 49 * math.log(8) + 1e-6
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"bogus": 1}, r"its options are not a PixelCNN's: got an unexpected keyword argument"),
+    ({"shape": [4]}, r"its options are not a PixelCNN's: shape=\[4\] is not allowed"),
+    ({"layers": 0}, r"its options are not a PixelCNN's: layers=0 is not allowed"),
+    ({"channels": 10**6}, r"not one of 2 layers of 1000000 channels, as its options say"),
+    ({"layers": 10**8}, r"not one of 100000000 layers of 8 channels, as its options say"),
+])
+def test_a_fitted_prior_s_options_are_the_file_s_and_refused_in_one_line(tmp_path, monkeypatch,
+                                                                        change, words):
+    """eval.fitted_prior reads the PixelCNN's options from its file, which is untrusted: an
+    option the sampler does not take was a TypeError's traceback, one out of range an
+    ArgumentError's; channels or layers far beyond the saved weights sized the network built
+    before the weights were compared with it (a 10^6-channel net asked for terabytes). Now
+    one ConfigError line each, and nothing is built at the file's word."""
+    from vae_lightning.pixelcnn import fitted_prior
+    from vae_lightning.samplers import digest, fitted_path, save
+
+    model = vq_model(codes=4, code_dim=2, latent=8).eval()  # 2 x 2 maps of 4 codes
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"the checkpoint's bytes")
+    z = model.encoder.location(model.encoder(binary_images(32, SHAPE))).detach()
+    sampler = PixelCNNSampler(shape=[2, 2], channels=8, layers=2, epochs=1, batch_size=32)
+    assert sampler.check(model) is None
+    sampler.fit(z)
+    path = fitted_path(ckpt, "pixelcnn")
+    save(sampler, "pixelcnn", path, digest(ckpt), 8, 32)
+    assert torch.equal(fitted_prior(str(ckpt), model).log_prob(z), sampler.log_prob(z))
+    saved = torch.load(path, weights_only=True)
+    saved["options"].update(change)
+    torch.save(saved, path)
+
+    def never(self, codes):
+        raise AssertionError(f"a network of {self.channels} channels, {self.layers} layers built")
+
+    monkeypatch.setattr(PixelCNNSampler, "_build", never)
+    with pytest.raises(ConfigError, match=words):
+        fitted_prior(str(ckpt), model)

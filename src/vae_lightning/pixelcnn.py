@@ -209,13 +209,25 @@ class PixelCNNSampler(Sampler):
                 **{f"net.{k}": v for k, v in self._net.state_dict().items()}}
 
     def load(self, state: Mapping[str, Any], latent: int) -> None:
+        """The fitted state, its shapes checked against a network built on PyTorch's meta
+        device first (nothing allocated): the options of a file eval.fitted_prior reads (its
+        channels, layers) are the file's, and must not size what is allocated."""
         codebook = state.get("codebook")
         if not isinstance(codebook, Tensor) or codebook.dim() != 2 or not len(codebook):
             raise ValueError("it holds no codebook [codes, code_dim]")
-        net = self._build(len(codebook))
+        embed = state.get("net.embed.weight")
+        layers = {key.split(".")[2] for key in state
+                  if isinstance(key, str) and key.startswith("net.layers.")}
+        if not isinstance(embed, Tensor) or embed.dim() != 4 or len(embed) != self.channels \
+                or len(layers) != self.layers:  # before even a meta network of their size
+            raise ValueError(f"its network is not one of {self.layers} layers of "
+                             f"{self.channels} channels, as its options say")
+        with torch.device("meta"):
+            sized = GatedPixelCNN(len(codebook), self.channels, self.layers, self.kernel)
         shapes = {"codebook": (len(codebook), self._code_dim(latent)),
-                  **{f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}}
+                  **{f"net.{k}": tuple(v.shape) for k, v in sized.state_dict().items()}}
         _check_tensors(state, shapes)
+        net = self._build(len(codebook))
         if self._model_codebook is not None and not torch.equal(codebook.float(),
                                                                 self._model_codebook):
             raise ValueError(f"it is a prior over {len(codebook)} codes that are not the "
@@ -244,9 +256,14 @@ def fitted_prior(ckpt_path: str, model: Any) -> PixelCNNSampler:
         raise ConfigError(f"eval.fitted_prior=pixelcnn: no PixelCNN prior is saved for "
                           f"{ckpt_path} ({path}); {fit}.")
     options = read(path).get("options")
-    sampler = PixelCNNSampler(**options) if isinstance(options, dict) else None
-    why = "it holds no options" if sampler is None else (
-        sampler.check(model) or load(sampler, "pixelcnn", path, digest(ckpt_path), model.latent))
+    try:  # the file's options, untrusted: any a PixelCNNSampler refuses is the file's fault
+        sampler = PixelCNNSampler(**options) if isinstance(options, dict) else None
+        why = "it holds no options" if sampler is None else None
+    except (TypeError, ValueError) as err:  # an unknown option, or one out of range
+        sampler, why = None, f"its options are not a PixelCNN's: {str(err).rstrip('.')}"
+    if sampler is not None:
+        why = sampler.check(model) or load(sampler, "pixelcnn", path, digest(ckpt_path),
+                                           model.latent)
     if why is not None:
         raise ConfigError(f"eval.fitted_prior=pixelcnn: the PixelCNN prior {path} cannot be "
                           f"used ({why}); {fit} refit=true.")

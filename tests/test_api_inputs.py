@@ -128,3 +128,29 @@ def test_a_loaded_model_takes_the_kind_of_y_it_was_trained_on():
         with pytest.raises(ValueError, match="trained on condition vectors"):
             model.sample(2, y=y)
     assert model.sample(2, y=torch.tensor([0.5, 0.5])).shape[0] == 2
+
+
+def test_the_kind_of_y_is_read_from_its_numbers_whatever_holds_them():
+    """A NumPy array of floats is condition vectors and a float is not a class, as a tensor of
+    them is: a vector model refused a NumPy float vector as a class label, and a label model
+    took y=3.0 for a condition vector (an error about vector shapes); a NumPy or 0-d tensor
+    integer is one class for all, as an int is (it was refused as labels of shape [])."""
+    import conditional_gaussian as cg
+    import numpy as np
+
+    model = cg.model()
+    model.trained_on = "vectors"
+    vector = np.array([0.5, 0.5])
+    assert model.sample(2, y=vector).shape == model.sample(2, y=torch.tensor(vector)).shape
+    model.trained_on = "labels"
+    for y in (3.0, np.float64(1.0), np.array([0.0, 1.0])):
+        with pytest.raises(ValueError, match="trained on class labels, not condition vectors"):
+            model.sample(2, y=y)
+    torch.manual_seed(0)
+    expected = model.sample(3, y=1)
+    for y in (np.int64(1), torch.tensor(1)):
+        torch.manual_seed(0)
+        assert torch.equal(model.sample(3, y=y), expected)
+    for y in (np.bool_(True), np.array([True, False])):
+        with pytest.raises(ValueError, match="is a truth value"):
+            model.sample(2, y=y)

@@ -64,7 +64,14 @@ class Inference:
                 raise ValueError(f"{what}: this model is not conditional on a label "
                                  "(model.classes is null), so y would be ignored; leave y out.")
             return None
-        vectors = isinstance(y, Tensor | list | tuple) and torch.as_tensor(y).is_floating_point()
+        # The kind of y by its numbers, whatever holds them (a tensor, a list, a NumPy array or
+        # scalar, a float): a NumPy float vector was taken for a label, a float for a vector.
+        try:
+            value = None if y is None or isinstance(y, bool) else torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{what}: y={y!r} is neither a class label (an integer, or one per "
+                             "item) nor condition vectors (numbers).") from None
+        vectors = value is not None and value.is_floating_point()
         if self.trained_on == "vectors" and not vectors:
             # A label would be read as its unit vector, which need be no condition the model
             # saw (a pose, a measurement); so would the unit vectors in turn without y.
@@ -72,20 +79,20 @@ class Inference:
                              f"(data.condition), not class labels; give y, {self.classes} "
                              "numbers (one vector for all, or one per item).")
         if self.trained_on == "labels" and vectors:
-            raise ValueError(f"{what}: this model was trained on class labels, not condition "
-                             f"vectors (one-hot labels are all it saw); give classes in 0.."
-                             f"{self.classes - 1}.")
+            raise ValueError(f"{what}: y={y!r}: this model was trained on class labels, not "
+                             "condition vectors (one-hot labels are all it saw); give classes "
+                             f"in 0..{self.classes - 1}.")
         if y is None:
             if what != "sample":
                 raise ValueError(f"{what}: this model is conditional on a class label (0.."
                                  f"{self.classes - 1}): give the labels, y=...")
             return torch.arange(n, device=self.device) % self.classes
-        if isinstance(y, bool) or (isinstance(y, Tensor) and y.dtype == torch.bool):
+        if value is None or value.dtype == torch.bool:  # True, NumPy's or a tensor of them
             raise ValueError(f"{what}: y={y!r} is a truth value; give a class (0.."
                              f"{self.classes - 1}) as an integer, or condition vectors.")
-        if isinstance(y, int):
-            return torch.full((n,), y, device=self.device)
-        y = torch.as_tensor(y, device=self.device)
+        if value.dim() == 0 and not vectors:  # one class for all: an int, NumPy's or a tensor's
+            return torch.full((n,), int(value), device=self.device)
+        y = value.to(self.device)
         if y.is_floating_point():  # condition vectors: one [K] for all, or one per item [n, K]
             return y.expand(n, -1) if y.dim() == 1 else y
         return y.long()

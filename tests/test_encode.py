@@ -160,7 +160,7 @@ def test_units_active_keeps_the_units_whose_location_varies_over_the_training_po
     encode_config([*common, f"out={tmp_path / 'all.npz'}"])()
     record = encode_config([*common, "units=active", f"out={tmp_path / 'active.npz'}"])()
     every, active = np.load(tmp_path / "all.npz"), np.load(tmp_path / "active.npz")
-    variance = np.var(every["x_train"].astype(np.float64), axis=0)
+    variance = np.var(every["x_train"].astype(np.float64), axis=0, ddof=1)
     kept = np.flatnonzero(variance > 0.01)
     assert record["units"] == kept.tolist() and 0 < len(kept)
     for split in ("train", "val", "test"):
@@ -176,3 +176,26 @@ def test_units_active_keeps_the_units_whose_location_varies_over_the_training_po
         patch.setattr(encode_module, "ACTIVE", 1e9)
         with pytest.raises(ConfigError, match="units=active: no latent unit .* is active"):
             encode_config([*common, "units=active", f"out={tmp_path / 'none.npz'}"])()
+
+
+def test_the_active_units_are_those_vae_eval_counts(trained, tmp_path, monkeypatch):
+    """units=active takes vae-eval's variance over the points, the unbiased one (torch's var,
+    log_likelihood.evaluate), not NumPy's default (1/N): a unit whose variance lies between
+    0.01 (N - 1) / N and 0.01 was active for vae-eval and dropped by vae-encode."""
+    import math
+
+    import vae_lightning.encode as encode_module
+    from vae_lightning.log_likelihood import ACTIVE
+
+    checkpoint, _, root = trained
+
+    def statistics(model, batches):  # +-1, +-sqrt(0.00995) (mean 0 over 150 points), 0
+        n = sum(len(x) for x, _ in batches)
+        sign = torch.tensor([1.0, -1.0]).repeat(n // 2 + 1)[:n]
+        return torch.stack([sign, sign * math.sqrt(0.00995), torch.zeros(n)], 1), torch.ones(n, 3)
+
+    monkeypatch.setattr(encode_module, "posterior_statistics", statistics)
+    record = encode_config([f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu",
+                            "units=active", "splits=[train]", f"out={tmp_path / 'a.npz'}"])()
+    x = statistics(None, [(torch.zeros(150), None)])[0].double()
+    assert record["units"] == torch.nonzero(x.var(0) > ACTIVE).flatten().tolist() == [0, 1]

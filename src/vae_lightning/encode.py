@@ -105,7 +105,8 @@ class Encoding:
                 arrays[f"s_{split}"] = stddevs.numpy()
         kept = list(range(model.latent))
         if self.units == "active":
-            active = np.var(arrays["x_train"].astype(np.float64), axis=0) > ACTIVE
+            # The unbiased variance (ddof=1), as vae-eval's active units take it (torch's var).
+            active = np.var(arrays["x_train"].astype(np.float64), axis=0, ddof=1) > ACTIVE
             if not active.any():
                 raise ConfigError(f"units=active: no latent unit of {self.ckpt_path} is active "
                                   "on the training split (every location's variance over the "

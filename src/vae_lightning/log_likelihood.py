@@ -138,12 +138,14 @@ def _inconsistency(done: int, parts: dict[str, list]) -> str | None:
     log-weights: log mean exp >= mean, Jensen; a little float32 rounding allowed), and the
     posterior means and parameters one row per point, the same width in every batch; all of
     them, and the KL divergences, finite."""
-    if (len(parts["params"]) != done or len(parts["divergences"]) not in (0, done)
+    if (len(parts["params"]) not in (0, done) or len(parts["divergences"]) not in (0, done)
             or len(parts["kls"]) not in (0, done)):
         return "its lists of results do not hold one entry per batch done"
     width = {}
     for i in range(done):
-        elbo, iw, means, params = (parts[name][i] for name in ("elbos", "iws", "means", "params"))
+        elbo, iw, means = (parts[name][i] for name in ("elbos", "iws", "means"))
+        # Kept only where eval.json's mi needs them (_keeps_params): else as the means, unused.
+        params = parts["params"][i] if parts["params"] else means
         if not all(isinstance(t, Tensor) and t.is_floating_point()
                    for t in (elbo, iw, means, params)):
             return f"batch {i}'s results are not all tensors of real numbers"
@@ -191,11 +193,14 @@ def _misfit(model: VAE, parts: dict[str, list], i: int, x: Tensor, y: Tensor | N
         own = model.encoder.params(x[:1])
         mean = posterior_mean(model.encoder, model.encoder.posterior(own))
         enumerated = model.objective.latent_labels(x[:1]) is not None
-    if (parts["params"][0].shape[1:] != own.shape[1:]
-            or parts["means"][0].shape[1:] != mean.shape[1:]):
-        return (f"its posterior parameters {list(parts['params'][0].shape[1:])} and means "
+    if parts["means"][0].shape[1:] != mean.shape[1:] or (
+            parts["params"] and parts["params"][0].shape[1:] != own.shape[1:]):
+        kept = list(parts["params"][0].shape[1:]) if parts["params"] else "not kept"
+        return (f"its posterior parameters ({kept}) and means "
                 f"{list(parts['means'][0].shape[1:])} per point are not the model's "
                 f"{list(own.shape[1:])} and {list(mean.shape[1:])}")
+    if _keeps_params(model, own) and not parts["params"]:
+        return "it keeps no posterior parameters, which this model's evaluation needs"
     layers = model.encoder.posterior.layers
     kls = parts["kls"][0] if parts["kls"] else None
     # What evaluate keeps of each batch: layer KLs for stochastic layers, KL(q || p) unless the
@@ -259,6 +264,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
                      progress.path)
     start = time.perf_counter()
     elbos, iws, means, kls, params, divergences = (parts[name] for name in _PARTS)
+    keep: bool | None = None  # whether each batch's posterior parameters are kept
     for i, batch in enumerate(batches, start=done):
         x, y = batch if isinstance(batch, tuple | list) else (batch, None)
         with model.given(y):
@@ -271,8 +277,14 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
             elbos.append(elbo.cpu())
             iws.append(iw.cpu())
             with torch.no_grad():
-                params.append(model.encoder.params(x))
-                q = model.encoder.posterior(params[-1])
+                own = model.encoder.params(x)
+                if keep is None:
+                    keep = _keeps_params(model, own)
+                    if not keep:
+                        params.clear()  # kept by an earlier version's file: not needed
+                if keep:
+                    params.append(own)
+                q = model.encoder.posterior(own)
                 means.append(posterior_mean(model.encoder, q).cpu().double())
                 if model.encoder.posterior.layers:
                     kls.append(layer_kls(q, model.prior.distribution()))
@@ -291,8 +303,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
         results["kl"] = kl.mean().item()
         family = model.encoder.posterior.informative()
         results["mi"] = (mutual_information(family, torch.cat(params))
-                         if pairwise_density(family, params[0]) and model.classes is None
-                         else None)
+                         if params and _keeps_params(model, params[0]) else None)
     sizes = model.encoder.posterior.layers
     if sizes:
         kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
@@ -338,6 +349,15 @@ def posterior_kl(q: Distribution, p: Distribution, device: torch.device) -> Tens
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         z, log_q = scored_draws(q, KL_DRAWS)
         return (log_q - p.log_prob(z)).mean(0)
+
+
+def _keeps_params(model: VAE, params: Tensor) -> bool:
+    """Whether the evaluation keeps each point's posterior parameters ``params``: only for
+    eval.json's ``mi`` (``mutual_information``), which needs every q(z|x) in closed form, for a
+    model without labels. A flow's amortised parameters (thousands a point) would fill the
+    split's memory and the progress file for nothing."""
+    return model.classes is None and pairwise_density(model.encoder.posterior.informative(),
+                                                      params)
 
 
 def pairwise_density(family: Any, params: Tensor) -> bool:

@@ -256,3 +256,33 @@ def test_the_dsprites_presets_evaluate_their_curve_on_a_subset():
     for name in ("beta_tc", "capacity", "dip_vae", "factor_vae"):
         cfg = compose([f"experiment={name}_dsprites", "model.data_shape=[1,64,64]"])
         assert cfg.callbacks.bound_curve.max_points == 10000
+
+
+def test_training_time_is_summed_over_the_runs_a_resume_continues(tmp_path):
+    """results.json's seconds is this run's training, seconds_total that of every run resumed
+    (a benchmark row resumed across sessions reported its last session's time as its own); a
+    checkpoint from before the total was recorded gives null (unknown), a tampered one is
+    refused."""
+    from vae_lightning.errors import CheckpointError
+
+    first = train(_frey(tmp_path, "trainer.max_samples=1000", "~callbacks.bound_curve"))
+    assert first["seconds_total"] == first["seconds"] > 0
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    saved = read_checkpoint(last)["train_seconds"]
+    assert 0 < saved <= first["seconds"]
+    second = train(_frey(tmp_path, "trainer.max_samples=2000", "~callbacks.bound_curve",
+                         f"ckpt_path={last}"))
+    assert second["seconds_total"] == pytest.approx(saved + second["seconds"], abs=1e-3)
+    for value, total, length in ((None, None, 3000), (-1.0, "refused", 4000)):
+        checkpoint = torch.load(last, weights_only=True)
+        checkpoint.pop("train_seconds", None)
+        if value is not None:
+            checkpoint["train_seconds"] = value
+        torch.save(checkpoint, last)
+        overrides = [f"trainer.max_samples={length}", "~callbacks.bound_curve",
+                     f"ckpt_path={last}"]
+        if total == "refused":
+            with pytest.raises(CheckpointError, match="train_seconds is -1.0"):
+                train(_frey(tmp_path, *overrides))
+        else:
+            assert train(_frey(tmp_path, *overrides))["seconds_total"] is None

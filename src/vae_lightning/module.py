@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from vae_lightning import divergence, optimization, resume
 from vae_lightning.args import PositiveInt, checked
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import CheckpointError, ConfigError
 from vae_lightning.graphs import GraphedStep, runtime_problems
 from vae_lightning.inference import Inference
 from vae_lightning.likelihoods import Decoder, code_length
@@ -130,6 +131,10 @@ class VAE(Inference, L.LightningModule):
             for term in self.terms:
                 self.metrics[f"{stage}_{term}"] = BoundTerm(mean, term)
         self.samples_seen = 0
+        # Training's wall time in the runs before this one (resumed from a checkpoint); None
+        # where the checkpoint did not record it (written before this was kept).
+        self.seconds_before: float | None = 0.0
+        self._fit_start = time.perf_counter()
         self._unlogged: set[str] = set()  # stages whose metrics this epoch has not logged yet
         self._validation_stream = contextlib.ExitStack()
 
@@ -317,8 +322,21 @@ class VAE(Inference, L.LightningModule):
     def configure_optimizers(self) -> Any:
         return optimization.configure(self)
 
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def train_seconds(self) -> float | None:
+        """Training's wall time up to now over this run and those it resumes: what a run
+        resumed across machines took in all (results.json's ``seconds_total``); None where a
+        checkpoint it resumed from did not record it."""
+        if self.seconds_before is None:
+            return None
+        return self.seconds_before + time.perf_counter() - self._fit_start
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["samples_seen"] = self.samples_seen
+        if (seconds := self.train_seconds()) is not None:
+            checkpoint["train_seconds"] = seconds
         # This rank's sums of the epoch's training bound so far: a run continued from a
         # checkpoint taken part-way through an epoch averages train/elbo over the whole epoch.
         train = self.metrics["train_bound"]
@@ -326,6 +344,15 @@ class VAE(Inference, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
+        saved = checkpoint.get("train_seconds")
+        if saved is None:  # unrecorded, or a checkpoint taken before any step
+            self.seconds_before = 0.0 if not checkpoint.get("global_step") else None
+        elif isinstance(saved, float) and math.isfinite(saved) and saved >= 0:
+            self.seconds_before = saved
+        else:
+            raise CheckpointError(f"The checkpoint's train_seconds is {saved!r}, not a number of "
+                                  "seconds >= 0, which vae-train does not write (the file was "
+                                  "altered). Resume from another checkpoint.")
         optimization.apply_settings(self, checkpoint)
         if resume.reopen_stopped_epoch(checkpoint):  # no on_train_epoch_start for its rest
             self._unlogged.add("train")

@@ -234,6 +234,8 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         except MisconfigurationException as err:  # Lightning's own checks, before a step
             raise ConfigError(f"Invalid trainer configuration: {err}") from None
     seconds = time.perf_counter() - start
+    # Over the runs resumed too; read now: testing the best checkpoint loads its record.
+    total = model.seconds_before + seconds if model.seconds_before is not None else None
     batches = trainer.fit_loop.epoch_loop.batch_progress
     epochs = whole_epochs(trainer.fit_loop.epoch_progress.current.completed,
                           batches.current.completed, batches.is_last_batch)
@@ -281,6 +283,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         "steps": trainer.global_step,
         "train_samples_seen": int(fitted.get("train/samples_seen", model.samples_seen)),
         "seconds": round(seconds, 3),
+        "seconds_total": round(total, 3) if total is not None else None,
         "threads": torch.get_num_threads(),
         "checkpoint": best or None,
     }

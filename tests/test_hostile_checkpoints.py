@@ -153,6 +153,20 @@ def test_a_data_shape_that_is_not_the_networks_is_refused(finished, tmp_path, mo
     assert max(allocated, default=0) < 1000**3  # refused without making the 4 GB image
 
 
+def test_a_model_latent_that_is_not_the_parts_is_refused_everywhere(finished, tmp_path,
+                                                                     monkeypatch, capsys):
+    """model.latent altered alone (the parts keep their resolved size): the model was built
+    with z of one size for its checks and another for its parts (vae-sample: a shape error
+    from inside)."""
+    def change(checkpoint):
+        checkpoint[CONFIG_KEY]["model"]["latent"] = 7
+        return checkpoint
+
+    run_dir = _tampered(finished, tmp_path, change)
+    _refused_everywhere(run_dir, ["latent=7"], tmp_path, monkeypatch,
+                        capsys)
+
+
 def test_networks_larger_than_their_weights_are_refused_before_allocation(
         finished, tmp_path, monkeypatch, capsys):
     """A config asking for a 10^11-parameter network is compared with the weights on the meta

@@ -84,6 +84,14 @@ class VAE(Inference, L.LightningModule):
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
         self.objective, self.optimizer, self.schedule = objective, optimizer, schedule
         self.latent = latent if latent is not None else prior.latent
+        # z's size, as q draws it and p scores it (the decoder of a hierarchy reads z_1 alone).
+        sizes = {name: getattr(part, "latent", None) for name, part in (("model.encoder",
+                 encoder), ("model.prior", prior))}
+        if wrong := {name: size for name, size in sizes.items()
+                     if size is not None and size != self.latent}:
+            parts = ", ".join(f"{name}.latent={size}" for name, size in wrong.items())
+            raise ValueError(f"latent={self.latent}, but {parts}: z is one size for q(z|x) "
+                             "and p(z); set model.latent (the parts take it, ${model.latent}).")
         self.data_shape = tuple(data_shape) if data_shape is not None else None
         prior.bind(encoder)  # a prior built from q (the VampPrior)
         encoder.posterior.bind(prior)  # a q built with p's networks (the Ladder VAE)

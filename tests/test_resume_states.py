@@ -180,3 +180,96 @@ def test_an_optimizer_state_of_one_number_for_a_moment_is_refused(stopped, chang
     change(checkpoint["optimizer_states"][0]["state"][0])
     with pytest.raises(CheckpointError, match=words):
         check_states(checkpoint, last, model)
+
+
+@pytest.fixture
+def mid_epoch(tmp_path, monkeypatch, capsys):
+    """A Frey run stopped by max_steps after 40 steps, 8 batches into its third epoch of 16: its
+    directory and last.ckpt."""
+    run_dir = tmp_path / "run"
+    done = _train([*SMALL, "trainer.max_steps=40", f"hydra.run.dir={run_dir}"], tmp_path,
+                  monkeypatch, capsys)
+    assert done.code == 0, done.err[-2000:]
+    return run_dir, run_dir / "checkpoints" / "last.ckpt"
+
+
+def _set_batches(**counts):
+    """A change setting the epoch's batch counters (all four, or those named) and more."""
+    def change(checkpoint):
+        batches = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        for name, value in counts.items():
+            if name == "is_last_batch":
+                batches[name] = value
+            elif name == "epoch_batches":
+                del checkpoint["callbacks"]["ResumeState"][name]
+            else:
+                for key in ((name,) if name != "all" else
+                            ("ready", "started", "processed", "completed")):
+                    batches["current"][key] = value
+    return change
+
+
+def _set_epochs(checkpoint):
+    checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] = 10**6
+
+
+@pytest.mark.parametrize("change, words", [
+    # Lightning took the epoch for done: its last 8 batches were skipped, silently.
+    (_set_batches(all=10**6), "current <= total"),
+    (_set_batches(all=16), "say 16 batches of its epoch trained, its last batch not yet, "
+     "where the epoch it records has 16"),
+    (_set_batches(is_last_batch=True), "its last batch among them, where the epoch it records "
+     "has 16"),
+    # A checkpoint from before the epoch's length was recorded: checked by this run's epoch.
+    (_set_batches(all=16, epoch_batches=None), "where this run's epoch has 16"),
+    (_set_batches(completed=-1, processed=-1, started=-1, ready=-1), "whole numbers >= 0"),
+    (_set_batches(ready=8.5), "whole numbers >= 0"),
+    (_set_batches(completed=9), "ready >= started >= processed >= completed"),
+    (_set_batches(is_last_batch="yes"), "is_last_batch is 'yes', not true or false"),
+    (_set_epochs, "loops.fit_loop['epoch_progress']"),
+])
+def test_tampered_loop_counters_are_refused_before_a_step(mid_epoch, tmp_path, monkeypatch,
+                                                          capsys, change, words):
+    """The loop counters say how much of the epoch was trained: ones that put training at the
+    epoch's end (or past it) made a resume skip the rest of the epoch without a word, others
+    (negative, fractions, out of Lightning's order) resumed as well. Refused in one line before
+    a step: the checkpoint is not rewritten."""
+    run_dir, last = mid_epoch
+    _tamper(last, change)
+    tampered = last.read_bytes()
+    refused = _train([*SMALL, "trainer.max_steps=48", f"ckpt_path={last}",
+                      f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch, capsys)
+    assert refused.code == 2 and words in refused.err, refused.err[-2000:]
+    assert "Traceback" not in refused.err and refused.err.count("error:") == 1
+    assert last.read_bytes() == tampered
+
+
+def test_a_mid_epoch_resume_with_shorter_epochs_is_not_refused(mid_epoch, tmp_path,
+                                                               monkeypatch, capsys):
+    """8 batches of an epoch of 16 trained, resumed with trainer.limit_train_batches=4: the
+    counters lie past this run's epoch, which the checkpoint's own epoch length (16) allows."""
+    run_dir, last = mid_epoch
+    resumed = _train([*SMALL, "trainer.max_steps=48", "trainer.limit_train_batches=4",
+                      f"ckpt_path={last}", f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch,
+                     capsys)
+    assert resumed.code == 0, resumed.err[-2000:]
+
+
+@pytest.mark.parametrize("size, resumable", [(16, True), (8, False), (17, False), (0, False)])
+def test_a_cuda_random_state_must_have_the_size_of_one(stopped, size, resumable):
+    """A CUDA generator's state is its Philox seed and offset, 16 bytes (torch's
+    CUDAGeneratorImpl): another size passed the check on a machine without a GPU, and was set
+    only when a GPU's run resumed from it."""
+    from vae_lightning.errors import CheckpointError
+    from vae_lightning.module import VAE
+    from vae_lightning.rebuild import load_model
+    from vae_lightning.resume import check_states
+
+    _, last = stopped
+    model, _, checkpoint = load_model(last, VAE)
+    checkpoint["callbacks"]["ResumeState"]["cuda"] = [torch.zeros(size, dtype=torch.uint8)]
+    if resumable:
+        check_states(checkpoint, last, model)
+    else:
+        with pytest.raises(CheckpointError, match="its random states"):
+            check_states(checkpoint, last, model)

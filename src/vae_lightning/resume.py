@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,12 @@ from vae_lightning.errors import CheckpointError
 
 
 class ResumeState(L.Callback):
-    """Stores the RNG states (Python, NumPy, torch CPU and CUDA) and the W&B run id in each
-    checkpoint, and restores the RNG states when training resumes, after the sanity check, so a
-    resumed run draws the same noise eps as an uninterrupted one; tells the loggers that keep a
-    history (``loggers.CSVLogger``) the step training resumes from."""
+    """Stores the RNG states (Python, NumPy, torch CPU and CUDA), the W&B run id and the length
+    of the epoch (``epoch_batches``) in each checkpoint, and restores the RNG states when
+    training resumes, after the sanity check, so a resumed run draws the same noise eps as an
+    uninterrupted one; tells the loggers that keep a history (``loggers.CSVLogger``) the step
+    training resumes from. Refuses, before the first step, a checkpoint whose loop counters put
+    training where its epoch would end at once (``check_epoch_position``)."""
 
     def __init__(self) -> None:
         self.restored: dict[str, Any] | None = None
@@ -38,6 +41,7 @@ class ResumeState(L.Callback):
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "wandb_id": None,
             "mlflow_run_id": None,
+            "epoch_batches": self._epoch_batches(),
         }
         for logger in self.trainer.loggers if self.trainer is not None else ():
             if isinstance(logger, WandbLogger):
@@ -46,6 +50,19 @@ class ResumeState(L.Callback):
                 state["mlflow_run_id"] = logger.run_id
         return state
 
+    def _epoch_batches(self) -> int | None:
+        """The batches of the epoch this checkpoint is taken in, as Lightning runs it: the
+        trainer's count, or where a resume with shorter epochs (trainer.limit_train_batches,
+        data.batch_size) starts past it, the batches trained and the one more that ends it."""
+        trainer = self.trainer
+        if trainer is None or not math.isfinite(trainer.num_training_batches):
+            return None
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        ready = progress.current.ready
+        if progress.is_last_batch:
+            return ready
+        return max(int(trainer.num_training_batches), ready + 1)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored = state_dict
 
@@ -53,6 +70,12 @@ class ResumeState(L.Callback):
         self.trainer = trainer
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is not None:  # before the history past it is dropped
+            recorded = (self.restored or {}).get("epoch_batches")
+            check_epoch_position(trainer.fit_loop.epoch_loop.batch_progress.state_dict(),
+                                 recorded if recorded is not None
+                                 else trainer.num_training_batches, trainer.ckpt_path,
+                                 recorded is None)
         # A logger that keeps a run's history drops what lies past where this run starts: a
         # killed run's steps after the checkpoint, or (a fresh run, -1) all that a run stopped
         # here before its first checkpoint left (rundir.is_run).
@@ -79,6 +102,11 @@ def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.Lightnin
       records Lightning does not reload, and ``train.py`` tests a best file only in the run's
       own folder);
     - the random states (``ResumeState``): each must be one its generator takes;
+    - the fit loop's counters of epochs and of the epoch's batches: whole numbers >= 0, those of
+      this epoch (``current``) at most those of the run (``total``), each ready >= started >=
+      processed >= completed (Lightning's order), and where the checkpoint records its epoch's
+      length, a position in it Lightning goes on from (``check_epoch_position``): an epoch whose
+      counters a file claims done is skipped (the rest of it, silently);
     - the optimizers' states: the parameter groups of the model's optimizers, and per
       parameter, moments of its shape (fused Adam reads them without checking, out of bounds)
       and a step count, one number >= 0 (Adam's bias correction divides by 1 - beta^step).
@@ -91,6 +119,7 @@ def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.Lightnin
             _check_files(state, path)
         elif key == "ResumeState":
             _check_random_states(state, path)
+    _check_loops(checkpoint, path)
     _check_optimizers(checkpoint.get("optimizer_states", []), path, model)
 
 
@@ -123,12 +152,81 @@ def _check_random_states(state: Any, path: str | Path) -> None:
         torch.Generator().set_state(state["torch"])
         cuda = state["cuda"]
         if not isinstance(cuda, list) or not all(
-                isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
-                for t in cuda):
+                isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+                and t.shape == (CUDA_STATE_BYTES,) for t in cuda):
             raise TypeError("cuda")
     except Exception:  # noqa: BLE001 - whatever the generators refuse: one refusal
         _refuse(path, "its random states (ResumeState) are not states the random generators "
                 "take")
+
+
+# A CUDA generator's state as torch.cuda.get_rng_state gives it: the Philox seed (uint64) and
+# offset (int64), 16 bytes (at::CUDAGeneratorImpl::get_state). Checked here: it is set only when
+# training starts, and on a machine without a GPU never (a wrong one would pass to a GPU's run).
+CUDA_STATE_BYTES = 16
+
+COUNTERS = ("ready", "started", "processed", "completed")
+
+
+def _check_loops(checkpoint: dict[str, Any], path: str | Path) -> None:
+    loops = checkpoint.get("loops")
+    if loops is None:  # Lightning starts the loops afresh (a warning): nothing is skipped
+        return
+    fit = loops.get("fit_loop") if isinstance(loops, dict) else None
+    if not isinstance(fit, dict):
+        _refuse(path, "its loops' state has no fit loop (loops.fit_loop)")
+    for key in ("epoch_progress", "epoch_loop.batch_progress"):
+        progress = fit.get(key)
+        scopes = [progress.get(scope) if isinstance(progress, dict) else None
+                  for scope in ("current", "total")]
+        if not all(isinstance(counts, dict) and all(
+                type(counts.get(name)) is int and counts[name] >= 0 for name in COUNTERS)
+                and [counts[name] for name in COUNTERS]
+                == sorted((counts[name] for name in COUNTERS), reverse=True)
+                for counts in scopes) or any(
+                    scopes[0][name] > scopes[1][name] for name in COUNTERS):
+            _refuse(path, f"its loop counters loops.fit_loop[{key!r}] are {progress!r}, not "
+                    "whole numbers >= 0 with ready >= started >= processed >= completed and "
+                    "current <= total")
+    batches = fit["epoch_loop.batch_progress"]
+    if not isinstance(batches.get("is_last_batch"), bool):
+        _refuse(path, f"its loop state is_last_batch is {batches.get('is_last_batch')!r}, not "
+                "true or false")
+    state = checkpoint.get("callbacks", {}).get(ResumeState.__qualname__)
+    recorded = state.get("epoch_batches") if isinstance(state, dict) else None
+    if recorded is not None:
+        if type(recorded) is not int or recorded < 0:
+            _refuse(path, f"its epoch length (ResumeState epoch_batches) is {recorded!r}, not a "
+                    "whole number >= 0")
+        check_epoch_position(batches, recorded, path)
+
+
+def check_epoch_position(batches: dict[str, Any], epoch_batches: float, path: str | Path,
+                         this_run: bool = False) -> None:
+    """Refuse (``CheckpointError``) counters of the epoch's batches (``batches``, Lightning's
+    ``epoch_loop.batch_progress`` state) that Lightning would take for an epoch at its end when
+    it is not, or not at its end when it is: the epoch's ``epoch_batches`` (the length the
+    checkpoint records, else ``this_run``'s) are all trained exactly where its last batch was
+    (``is_last_batch``), and the counters lie below them otherwise (a run stopped part-way by
+    max_steps or max_samples; with data.steps_per_batch > 1 a batch is one of its groups).
+    Lightning ends an epoch at ready == the epoch's batches, or at once after a last batch."""
+    if not math.isfinite(epoch_batches):
+        return
+    ready, last = batches["current"]["ready"], batches["is_last_batch"]
+    if (ready == epoch_batches) if last else (ready < epoch_batches or ready == 0):
+        return
+    where = (f"{ready} batches of its epoch trained, its last batch among them" if last
+             else f"{ready} batches of its epoch trained, its last batch not yet")
+    if this_run:  # a checkpoint from before epoch_batches was recorded
+        why = (f"where this run's epoch has {int(epoch_batches)}: the file was altered, or the "
+               "run that wrote it had other trainer.limit_train_batches or data.batch_size. "
+               "Resume with those, or from another checkpoint.")
+    else:
+        why = (f"where the epoch it records has {int(epoch_batches)}, which vae-train does not "
+               "write (the file was altered). Resume from another checkpoint.")
+    raise CheckpointError(
+        f"Checkpoint {path} cannot be resumed: its loop counters (loops.fit_loop["
+        f"'epoch_loop.batch_progress'].current) say {where}, {why}")
 
 
 def _check_optimizers(states: Any, path: str | Path, model: L.LightningModule) -> None:

@@ -170,10 +170,10 @@ def test_units_active_keeps_the_units_whose_location_varies_over_the_training_po
     with pytest.raises(ConfigError, match=r"units='active' is not allowed: all, or active with "
                                           "the train split among splits"):
         encode_config([*common, "units=active", "splits=[test]"])
-    import vae_lightning.encode as encode_module
+    import vae_lightning.log_likelihood as log_likelihood_module
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(encode_module, "ACTIVE", 1e9)
+        patch.setattr(log_likelihood_module, "ACTIVE", 1e9)
         with pytest.raises(ConfigError, match="units=active: no latent unit .* is active"):
             encode_config([*common, "units=active", f"out={tmp_path / 'none.npz'}"])()
 
@@ -189,13 +189,78 @@ def test_the_active_units_are_those_vae_eval_counts(trained, tmp_path, monkeypat
 
     checkpoint, _, root = trained
 
-    def statistics(model, batches):  # +-1, +-sqrt(0.00995) (mean 0 over 150 points), 0
+    def statistics(model, batches, means=False):  # +-1, +-sqrt(0.00995) (mean 0 over 150), 0
         n = sum(len(x) for x, _ in batches)
         sign = torch.tensor([1.0, -1.0]).repeat(n // 2 + 1)[:n]
-        return torch.stack([sign, sign * math.sqrt(0.00995), torch.zeros(n)], 1), torch.ones(n, 3)
+        locations = torch.stack([sign, sign * math.sqrt(0.00995), torch.zeros(n)], 1)
+        return locations, torch.ones(n, 3), locations.double() if means else None
 
     monkeypatch.setattr(encode_module, "posterior_statistics", statistics)
     record = encode_config([f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu",
                             "units=active", "splits=[train]", f"out={tmp_path / 'a.npz'}"])()
     x = statistics(None, [(torch.zeros(150), None)])[0].double()
     assert record["units"] == torch.nonzero(x.var(0) > ACTIVE).flatten().tolist() == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def trained_svae(tmp_path_factory):
+    """A hyperspherical VAE (a von Mises-Fisher q on S^9) trained for an epoch on small
+    MNIST-format files: its checkpoint and training config."""
+    root = mnist_like(tmp_path_factory.mktemp("data"), train=200, test=50)
+    cfg = compose_train(["data=mnist", f"data.root={root}", "data.val_size=50", "model=svae",
+                         "model.latent=10", "model.encoder.net.hidden=[16]",
+                         "model.decoder.net.hidden=[16]", "trainer.max_epochs=1", "logger=none",
+                         "callbacks.figures.n_points=0", "trainer.enable_progress_bar=false"],
+                        tmp_path_factory.mktemp("run"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        checkpoint = Path(train(cfg)["checkpoint"])
+    finally:
+        torch.set_num_threads(threads)
+    return checkpoint, cfg, root
+
+
+@pytest.mark.parametrize("kappa", ["near_uniform", "concentrated"])
+def test_the_active_units_of_a_von_mises_fisher_are_those_of_its_mean(trained_svae, tmp_path,
+                                                                      kappa):
+    """units=active counts by E_q[z] (a vMF's A_m(kappa) mu), as vae-eval does, not by the
+    location mu: the directions of a near-uniform q (kappa = 1 on S^9, A_m about 0.1) vary over
+    the points while q carries no information. vae-eval counts none active there, and
+    vae-encode kept the units whose direction varied; a concentrated q (kappa = 1e4) keeps the
+    units of both. The encoder's last layer is set so (directions spread, kappa fixed)."""
+    from vae_lightning.log_likelihood import evaluate, posterior_mean
+    from vae_lightning.module import VAE
+
+    checkpoint, cfg, root = trained_svae
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    weight, bias = state["state_dict"]["encoder.net.2.weight"], \
+        state["state_dict"]["encoder.net.2.bias"]
+    weight[:10] *= 10
+    weight[10] = 0.0
+    bias[10] = -50.0 if kappa == "near_uniform" else 1e4  # kappa = 1 + softplus(bias)
+    edited = tmp_path / "run" / "checkpoints" / "edited.ckpt"
+    edited.parent.mkdir(parents=True)
+    torch.save(state, edited)
+
+    model = VAE.load_from_checkpoint(edited, map_location="cpu").eval()
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    batches = list(datamodule.evaluation_batches("train", 500))
+    with torch.no_grad():
+        qs = [model.encode(x) for x, _ in batches]
+        means = torch.cat([posterior_mean(model.encoder, q) for q in qs]).double()
+        locations = torch.cat([model.encoder.location(q) for q in qs]).double()
+        counted = evaluate(model, batches, k=1)["active_units"]  # vae-eval's count
+    by_mean = torch.nonzero(means.var(0) > 0.01).flatten().tolist()
+    by_location = torch.nonzero(locations.var(0) > 0.01).flatten().tolist()
+    assert len(by_mean) == counted
+    args = [f"ckpt_path={edited}", f"data_root={root}", "device=cpu", "units=active",
+            "splits=[train]", f"out={tmp_path / 'a.npz'}"]
+    if kappa == "near_uniform":
+        assert counted == 0 and len(by_location) > 0
+        with pytest.raises(ConfigError, match="units=active: no latent unit .* is active"):
+            encode_config(args)()
+    else:
+        assert counted > 0 and by_mean == by_location
+        assert encode_config(args)()["units"] == by_mean

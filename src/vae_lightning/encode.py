@@ -30,7 +30,7 @@ from vae_lightning.checkpoint_data import STAGES, checked_data
 from vae_lightning.checkpoints import refused_if_unwritable
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import atomic_write, kind, writable_directory
-from vae_lightning.log_likelihood import ACTIVE
+from vae_lightning.log_likelihood import ACTIVE, active_units
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import device_of, load_model
 from vae_lightning.sample import posterior_statistics
@@ -54,9 +54,10 @@ class Encoding:
     checkpoint's record of them unless ``allow_other_data`` (``checkpoint_data``), every split
     before any is encoded. ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...;
     ``trusted``: see ``rebuild.build_trusted``. ``units``: ``all`` the latent units, or
-    ``active`` only those active on the training split (the variance over its points of their
-    location above ``log_likelihood.ACTIVE``, Burda et al.'s criterion, which vae-eval's
-    active units use; Kingma et al.'s M1+M2 code keeps M1's units by it), in every split."""
+    ``active`` only those active on the training split (the variance over its points of E_q[z]
+    above ``log_likelihood.ACTIVE``, Burda et al.'s criterion, as vae-eval counts its active
+    units: ``log_likelihood.active_units``; Kingma et al.'s M1+M2 code keeps M1's units by it), in
+    every split."""
 
     @checked
     def __init__(self, ckpt_path: str, splits: Sequence[str] = tuple(STAGES),
@@ -96,21 +97,24 @@ class Encoding:
                                     batch_size=self.batch_size)
                 for split in self.splits}
         arrays: dict[str, np.ndarray] = {}
+        means = None
         for split, (datamodule, _, _) in read.items():
-            locations, stddevs = posterior_statistics(
-                model, datamodule.evaluation_batches(split, self.batch_size))
+            locations, stddevs, expected = posterior_statistics(
+                model, datamodule.evaluation_batches(split, self.batch_size),
+                means=split == "train" and self.units == "active")
+            means = expected if expected is not None else means
             arrays[f"x_{split}"] = locations.numpy()
             arrays[f"y_{split}"] = datamodule.evaluation_labels(split).numpy()
             if stddevs is not None:
                 arrays[f"s_{split}"] = stddevs.numpy()
         kept = list(range(model.latent))
         if self.units == "active":
-            # The unbiased variance (ddof=1), as vae-eval's active units take it (torch's var).
-            active = np.var(arrays["x_train"].astype(np.float64), axis=0, ddof=1) > ACTIVE
+            # vae-eval's rule (of E_q[z], not of the locations exported: a vMF's direction).
+            active = active_units(means).numpy()
             if not active.any():
                 raise ConfigError(f"units=active: no latent unit of {self.ckpt_path} is active "
-                                  "on the training split (every location's variance over the "
-                                  f"points is at most {ACTIVE}); use units=all.")
+                                  "on the training split (every unit's variance of E_q[z] over "
+                                  f"the points is at most {ACTIVE}); use units=all.")
             kept = np.flatnonzero(active).tolist()
             arrays = {name: array[:, active] if name[0] in "xs" else array
                       for name, array in arrays.items()}

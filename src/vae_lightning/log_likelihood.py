@@ -294,9 +294,9 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
             progress.save(i + 1, parts, device, seconds + time.perf_counter() - start)
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
-    activity = torch.cat(means).var(0)
+    active = active_units(torch.cat(means))
     results = {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
-               "active_units": int((activity > ACTIVE).sum()), "latent": len(activity),
+               "active_units": int(active.sum()), "latent": len(active),
                "bound_of": bound_of(model, y)}
     if divergences:  # not for a model of the labels (M2), whose q(z|x, y) has y enumerated
         kl = torch.cat(divergences).double()
@@ -308,9 +308,9 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     if sizes:
         kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
         results["layers"] = [
-            {"size": size, "active_units": int((part > ACTIVE).sum()),
+            {"size": size, "active_units": int(part.sum()),
              "kl": kl[i] if kl is not None else None}
-            for i, (size, part) in enumerate(zip(sizes, activity.split(sizes)))]
+            for i, (size, part) in enumerate(zip(sizes, active.split(sizes)))]
     results["seconds"] = round(seconds + time.perf_counter() - start, 1)
     results["seconds_of_earlier_runs"] = round(seconds, 1)
     return results
@@ -325,6 +325,15 @@ def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) ->
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)
+
+
+def active_units(means: Tensor) -> Tensor:
+    """Which latent units are active over the points whose E_q[z] are ``means`` ``[N, latent]``
+    (``posterior_mean``): Burda et al.'s criterion, the unbiased variance over the points above
+    ``ACTIVE``, as vae-eval (``evaluate``) and vae-encode count them. Of E_q[z], not of the
+    location: a von Mises-Fisher's mean A_m(kappa) mu, whose direction mu
+    varies whatever q's spread, a near-uniform q carrying no information."""
+    return means.double().var(0) > ACTIVE
 
 
 def posterior_mean(encoder: Any, q: Distribution) -> Tensor:

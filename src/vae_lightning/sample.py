@@ -39,6 +39,7 @@ from vae_lightning.data.npy import atomic_npy
 from vae_lightning.divergence import refuse_nonfinite
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
+from vae_lightning.log_likelihood import posterior_mean
 from vae_lightning.module import VAE
 from vae_lightning.parts import confined_space
 from vae_lightning.rebuild import device_of, load_model
@@ -58,24 +59,30 @@ def posterior_locations(model: VAE, batches: Iterable[tuple[Tensor, Tensor]]) ->
     return posterior_statistics(model, batches)[0]
 
 
-def posterior_statistics(model: VAE, batches: Iterable[tuple[Tensor, Tensor]]
-                         ) -> tuple[Tensor, Tensor | None]:
-    """``posterior_locations`` and q(z|x)'s standard deviations ``[N, latent]`` float32 (None
-    where the posterior family has none in closed form: ``Family.stddev``), in one pass."""
-    locations, stddevs = [], []
+def posterior_statistics(model: VAE, batches: Iterable[tuple[Tensor, Tensor]],
+                         means: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``posterior_locations``, q(z|x)'s standard deviations ``[N, latent]`` float32 (None
+    where the posterior family has none in closed form: ``Family.stddev``) and, with
+    ``means``, E_q[z] ``[N, latent]`` float64 (``log_likelihood.posterior_mean``: the statistic
+    of the active units, ``log_likelihood.active_units``; else None), in one pass."""
+    locations, stddevs, expected = [], [], []
     with torch.no_grad():
         for xs, ys in batches:
             q = model.encode(xs, model.labels_of_data(ys))
             locations.append(model.encoder.location(q).float().cpu())
             std = model.encoder.posterior.stddev(q)
             stddevs.append(None if std is None else std.float().cpu())
+            if means:
+                expected.append(posterior_mean(model.encoder, q).cpu().double())
     locations = torch.cat(locations)
     refuse_nonfinite(locations, "the posterior locations", model)
+    expected = torch.cat(expected) if means else None
     if not stddevs or any(std is None for std in stddevs):
-        return locations, None
+        return locations, None, expected
     stddevs = torch.cat(stddevs)
     refuse_nonfinite(stddevs, "the posterior standard deviations", model)
-    return locations, stddevs
+    return locations, stddevs, expected
+
 
 
 class Sampling:

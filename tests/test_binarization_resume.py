@@ -103,14 +103,19 @@ def test_a_tampered_state_is_a_checkpoint_error(state):
     assert datamodule.state_dict() == {}  # nothing half-restored
 
 
-def test_resuming_from_a_tampered_checkpoint_is_one_line(tmp_path, monkeypatch, capsys,
-                                                         one_thread, data):
-    common = [*TINY, f"data.root={data}"]
+def _two_steps(common, tmp_path, monkeypatch, capsys):
+    """A run of two steps: its last.ckpt, and what it holds."""
     run_dir = tmp_path / "run"
     _train([*common, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch,
            capsys)
     last = run_dir / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(last, weights_only=True)
+    return last, torch.load(last, weights_only=True)
+
+
+def test_resuming_from_a_tampered_checkpoint_is_one_line(tmp_path, monkeypatch, capsys,
+                                                         one_thread, data):
+    common = [*TINY, f"data.root={data}"]
+    last, checkpoint = _two_steps(common, tmp_path, monkeypatch, capsys)
     checkpoint["MNISTDataModule"]["binarization"]["cpu"] = CPU[:-1]
     torch.save(checkpoint, last)
     result = run(cli.train, [*common, "trainer.max_steps=4", f"ckpt_path={last}"], monkeypatch,
@@ -126,12 +131,8 @@ def test_a_checkpoint_without_the_state_still_resumes(tmp_path, monkeypatch, cap
                                                       data):
     """As written before the state was saved: the generators start from the seed."""
     common = [*TINY, f"data.root={data}"]
-    run_dir = tmp_path / "run"
-    _train([*common, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch,
-           capsys)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(last, weights_only=True)
+    last, checkpoint = _two_steps(common, tmp_path, monkeypatch, capsys)
     del checkpoint["MNISTDataModule"]
     torch.save(checkpoint, last)
     _train([*common, "trainer.max_steps=4", f"ckpt_path={last}"], tmp_path, monkeypatch, capsys)
-    assert _results(run_dir)["steps"] == 4
+    assert _results(last.parents[1])["steps"] == 4

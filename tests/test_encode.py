@@ -24,17 +24,15 @@ def encode_config(overrides: list[str]):
     return command_config("encode", overrides)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A conditional VAE (its q(z|x, y) reads the label) trained for an epoch on small
-    MNIST-format files (150 train, 50 val, 50 test images): its checkpoint, and its training
-    config (the data module to read the splits with directly)."""
+def _trained(tmp_path_factory, *model):
+    """A model (``model``'s overrides) trained for an epoch on small MNIST-format files (150
+    train, 50 val, 50 test images), on one thread: its checkpoint, its training config (the
+    data module to read the splits with directly) and the data's folder."""
     root = mnist_like(tmp_path_factory.mktemp("data"), train=200, test=50)
-    cfg = compose_train(["data=mnist", f"data.root={root}", "data.val_size=50", "model=cvae",
-                         "model.latent=3", "model.encoder.net.hidden=[16]",
-                         "model.decoder.net.hidden=[16]", "trainer.max_epochs=1", "logger=none",
-                         "callbacks.figures.n_points=0", "trainer.enable_progress_bar=false"],
-                        tmp_path_factory.mktemp("run"))
+    cfg = compose_train(["data=mnist", f"data.root={root}", "data.val_size=50", *model,
+                         "model.encoder.net.hidden=[16]", "model.decoder.net.hidden=[16]",
+                         "trainer.max_epochs=1", "logger=none", "callbacks.figures.n_points=0",
+                         "trainer.enable_progress_bar=false"], tmp_path_factory.mktemp("run"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -42,6 +40,12 @@ def trained(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return checkpoint, cfg, root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A conditional VAE (its q(z|x, y) reads the label): ``_trained``."""
+    return _trained(tmp_path_factory, "model=cvae", "model.latent=3")
 
 
 def test_the_locations_are_q_of_each_point_given_its_label(trained, tmp_path):
@@ -204,21 +208,8 @@ def test_the_active_units_are_those_vae_eval_counts(trained, tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def trained_svae(tmp_path_factory):
-    """A hyperspherical VAE (a von Mises-Fisher q on S^9) trained for an epoch on small
-    MNIST-format files: its checkpoint and training config."""
-    root = mnist_like(tmp_path_factory.mktemp("data"), train=200, test=50)
-    cfg = compose_train(["data=mnist", f"data.root={root}", "data.val_size=50", "model=svae",
-                         "model.latent=10", "model.encoder.net.hidden=[16]",
-                         "model.decoder.net.hidden=[16]", "trainer.max_epochs=1", "logger=none",
-                         "callbacks.figures.n_points=0", "trainer.enable_progress_bar=false"],
-                        tmp_path_factory.mktemp("run"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        checkpoint = Path(train(cfg)["checkpoint"])
-    finally:
-        torch.set_num_threads(threads)
-    return checkpoint, cfg, root
+    """A hyperspherical VAE (a von Mises-Fisher q on S^9): ``_trained``."""
+    return _trained(tmp_path_factory, "model=svae", "model.latent=10")
 
 
 @pytest.mark.parametrize("kappa", ["near_uniform", "concentrated"])

@@ -273,3 +273,28 @@ def test_a_cuda_random_state_must_have_the_size_of_one(stopped, size, resumable)
     else:
         with pytest.raises(CheckpointError, match="its random states"):
             check_states(checkpoint, last, model)
+
+
+def test_the_cuda_states_of_gpus_this_machine_lacks_are_not_restored(monkeypatch):
+    """A checkpoint saved on a machine with two GPUs, resumed on one with one GPU: the first
+    state is restored to it, the second is not asked for (torch.cuda.set_rng_state_all set each
+    saved state on the GPU of its index: one this machine lacks)."""
+    from types import SimpleNamespace
+
+    from vae_lightning.resume import ResumeState
+
+    callback = ResumeState()
+    saved = callback.state_dict()  # this process's states (before CUDA is faked below)
+    saved["cuda"] = [torch.full((16,), 7, dtype=torch.uint8),
+                     torch.full((16,), 9, dtype=torch.uint8)]
+    set_states = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: set_states.append((state[0].item(), device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: set_states.extend(
+        (s[0].item(), i) for i, s in enumerate(states)))
+    callback.load_state_dict(saved)
+    trainer = SimpleNamespace(ckpt_path=None, loggers=[])
+    callback.on_train_start(trainer, None)
+    assert set_states == [(7, 0)]

@@ -90,7 +90,10 @@ class ResumeState(L.Callback):
         np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            # One state per GPU of the machine that saved it: as many as this one has are
+            # restored (set_rng_state_all would index GPUs this machine lacks).
+            for device, cuda in enumerate(state["cuda"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda, device)
 
 
 def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.LightningModule) -> None:

@@ -142,7 +142,7 @@ class VAE(Inference, L.LightningModule):
         # Training's wall time in the runs before this one (resumed from a checkpoint); None
         # where the checkpoint did not record it (written before this was kept).
         self.seconds_before: float | None = 0.0
-        self._fit_start = time.perf_counter()
+        self._fit_start, self._fit_end = time.perf_counter(), None
         self._unlogged: set[str] = set()  # stages whose metrics this epoch has not logged yet
         self._validation_stream = contextlib.ExitStack()
 
@@ -331,15 +331,25 @@ class VAE(Inference, L.LightningModule):
         return optimization.configure(self)
 
     def on_fit_start(self) -> None:
-        self._fit_start = time.perf_counter()
+        self._fit_start, self._fit_end = time.perf_counter(), None
+
+    def on_fit_end(self) -> None:
+        self._fit_end = time.perf_counter()
+
+    def fit_seconds(self) -> float:
+        """This run's training wall time, from the start of fitting to its end (or now):
+        results.json's ``seconds``. The one clock that ``train_seconds`` and the checkpoints'
+        records also read."""
+        end = self._fit_end if self._fit_end is not None else time.perf_counter()
+        return end - self._fit_start
 
     def train_seconds(self) -> float | None:
-        """Training's wall time up to now over this run and those it resumes: what a run
-        resumed across machines took in all (results.json's ``seconds_total``); None where a
-        checkpoint it resumed from did not record it."""
+        """Training's wall time over this run and those it resumes: what a run resumed across
+        machines took in all (results.json's ``seconds_total``); None where a checkpoint it
+        resumed from did not record it."""
         if self.seconds_before is None:
             return None
-        return self.seconds_before + time.perf_counter() - self._fit_start
+        return self.seconds_before + self.fit_seconds()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["samples_seen"] = self.samples_seen

@@ -8,7 +8,6 @@ import inspect
 import logging
 import math
 import signal
-import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -227,15 +226,14 @@ def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
                   model: VAE, resume_from: str | None) -> dict[str, Any]:
-    start = time.perf_counter()
     with _signals_end_the_run(cfg, trainer):
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         except MisconfigurationException as err:  # Lightning's own checks, before a step
             raise ConfigError(f"Invalid trainer configuration: {err}") from None
-    seconds = time.perf_counter() - start
-    # Over the runs resumed too; read now: testing the best checkpoint loads its record.
-    total = model.seconds_before + seconds if model.seconds_before is not None else None
+    # The clock the checkpoints record; the total is over the runs resumed too, read now:
+    # testing the best checkpoint loads its record.
+    seconds, total = model.fit_seconds(), model.train_seconds()
     batches = trainer.fit_loop.epoch_loop.batch_progress
     epochs = whole_epochs(trainer.fit_loop.epoch_progress.current.completed,
                           batches.current.completed, batches.is_last_batch)

@@ -469,3 +469,63 @@ def test_a_row_s_note_from_its_preset_follows_the_table(tmp_path):
     text = bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong").read_text()
     notes = text.split("**Notes on rows.**")[1].split("\n\n")[1].splitlines()
     assert notes == ["- WAE-MMD: " + " ".join(bench.rows()["wae"]["note"].split())]
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{trunc", ["bad.json", "is not JSON"]),
+    ("[1, 2]", ["bad.json", "a JSON list, not an object"]),
+    ('{"row": "x"}', ["bad.json", "has no bench", "a mapping"]),
+    ("REPLACE iw.nats NaN", ["bad.json", "iw.nats=nan", "a finite number"]),
+    ('REPLACE latent "50"', ["bad.json", "latent='50'", "an integer >= 0"]),
+    ('REPLACE bench.paper.value "x"', ["bad.json", "bench.paper.value='x'", "finite number"]),
+    ("STRETCH", ["stretches.json", "point 0's iw_se='x'", "a finite number or null"]),
+])
+def test_page_refuses_a_record_it_cannot_show_in_one_line(content, words, tmp_path, capsys):
+    """A record or full-length point the page cannot show (not JSON, a key missing, a value of
+    another kind) is one error naming the file, the key, its value and what is accepted, exit
+    code 2, and nothing is written: it was a traceback (KeyError, TypeError) after the README's
+    table had been rewritten."""
+    records, long = tmp_path / "records", tmp_path / "long"
+    records.mkdir()
+    good = {"bench": {"row": "VAE", "config": "model/objective=elbo", "paper": {"value": -86.76}},
+            "iw": {"nats": -89.28, "nats_se": 0.23}, "elbo": {"nats": -95.47},
+            "active_units": 22, "latent": 50, "train_samples_seen": 1e7, "status": "completed"}
+    (records / "vae.json").write_text(json.dumps(good))
+    if content.startswith("REPLACE"):
+        _, key, value = content.split(" ", 2)
+        bad = json.loads(json.dumps(good))
+        *parents, last = key.split(".")
+        node = bad
+        for part in parents:
+            node = node[part]
+        node[last] = json.loads(value)
+        content = json.dumps(bad)
+    if content == "STRETCH":
+        (long / "iwae_k1").mkdir(parents=True)
+        (long / "iwae_k1" / "stretches.json").write_text(json.dumps(
+            [{"epoch": 3, "samples_seen": 1e5, "iw": -90.0, "iw_se": "x"}]))
+    else:
+        (records / "bad.json").write_text(content)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{bench.BEGIN}\nold\n{bench.END}\n")
+    code = bench.main(["page", "--records", str(records), "--out", str(tmp_path / "page.md"),
+                       "--long", str(long), "--readme", str(readme)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, (word, err)
+    assert not (tmp_path / "page.md").exists() and "old" in readme.read_text()
+
+
+def test_page_shows_a_record_without_a_standard_error_or_samples_count(tmp_path):
+    """A record of one test point has no standard error (null in strict JSON), one whose
+    training recorded no count of samples none: the page shows them as "—"."""
+    records = tmp_path / "records"
+    records.mkdir()
+    record = {"bench": {"row": "VAE"}, "iw": {"nats": -89.28, "nats_se": None},
+              "elbo": {"nats": None}, "active_units": 2, "latent": 2,
+              "train_samples_seen": None, "status": "completed"}
+    (records / "vae.json").write_text(json.dumps(record))
+    text = bench.page(records, tmp_path / "page.md", tmp_path / "nolong").read_text()
+    assert "| **-89.28 ± —** | — | 2 of 2 | — |" in text

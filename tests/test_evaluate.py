@@ -234,6 +234,25 @@ def test_active_units_count_the_latent_dimensions_whose_posterior_mean_varies(tr
     assert evaluate(model, [x], k=2, chunk=2)["active_units"] == 0
 
 
+def test_one_point_leaves_the_active_units_undefined_not_zero(trained):
+    """A unit's variance over one point is not defined: eval.json's active_units is null (it
+    was 0, every unit read as collapsed, from a NaN variance), and vae-eval prints so; the
+    latent size is still given. Two points count them."""
+    import warnings
+
+    from vae_lightning.log_likelihood import active_units, evaluate
+
+    model, x = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "degrees of freedom <= 0" of var() was one
+        one = evaluate(model, [x[:1]], k=2, chunk=2)
+    assert one["active_units"] is None and one["latent"] == 2 and one["n"] == 1
+    assert evaluate(model, [x[:2]], k=2, chunk=2)["active_units"] in (0, 1, 2)
+    assert active_units(torch.zeros(1, 3)) is None  # vae-encode units=active refuses it
+    assert cli._active(None, 2) == "? (one point: undefined) of 2"  # what vae-eval prints
+    assert cli._active(0, 2) == "0 of 2"
+
+
 def test_eval_limit_scores_the_first_points_of_the_split(checkpoint, tmp_path):
     """eval.limit=n estimates on the split's first n points; 30 is not a multiple of the batch
     size (16), so the last batch is cut. A limit above the split's size scores all of it; the
@@ -263,6 +282,7 @@ def test_eval_json_is_strict_json_with_null_for_the_standard_error_of_one_point(
 
     written = json.loads((out / "eval.json").read_text(), parse_constant=refuse)
     assert written["n"] == 1 and written["iw"]["nats_se"] is None
+    assert written["active_units"] is None and written["latent"] == 2  # not 0: undefined
     assert math.isfinite(written["iw"]["nats"])
 
 

@@ -128,6 +128,29 @@ def test_no_runs_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):
     assert not (tmp_path / "page.md").exists()
 
 
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c.update(points=[1, 2]), "its points are not all objects"),
+    (lambda c: c.update(latent="x"), "has latent 'x': a curve.json's latent is the latent size"),
+    (lambda c: c.update(latent=True), "has latent True"),
+    (lambda c: c["points"][1].update({"test/elbo": "x"}), "point 1 has test/elbo 'x': a bound is"),
+])
+def test_a_malformed_curve_json_is_one_error_naming_the_file(change, words, runs, tmp_path,
+                                                            capsys):
+    """A curve.json whose points are not objects, whose latent is not a size or whose bounds are
+    not numbers is one error naming the file and the key, exit code 2, nothing written (each
+    was a traceback: AttributeError, ValueError)."""
+    path = runs / "aevb" / "curve.json"
+    curve = json.loads(path.read_text())
+    change(curve)
+    path.write_text(json.dumps(curve))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(runs), "--out", str(tmp_path / "page.md")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and words in err, err
+    assert not (tmp_path / "page.md").exists()
+
+
 def test_at_samples_is_linear_in_log_samples_and_does_not_extrapolate():
     points = [{"samples_seen": 10, "test/elbo": 0.0}, {"samples_seen": 1000, "test/elbo": 2.0},
               {"samples_seen": 10_000, "test/elbo": 4.0}]

@@ -64,3 +64,26 @@ def test_tags_are_a_column(sweep):
     assert "| 0 | baseline, frey | frey | 5 |" in table and "| 1 |  | frey | 2 |" in table
     with open(sweep / "summary.csv") as f:
         assert [row["tags"] for row in csv.DictReader(f)] == ["", "baseline, frey"]
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"latent": 2, "test/el', ["is not JSON"]),
+    ("[1, 2]", ["holds a JSON list, not an object"]),
+    ('{"latent": "2", "test/elbo": 1.0}', ["latent='2' is not allowed", "an integer >= 1"]),
+    ('{"latent": 3, "test/elbo": "x"}', ["test/elbo='x' is not allowed", "a finite number"]),
+    ('{"latent": 3, "status": "failed", "overrides": "seed=1"}',
+     ["overrides='seed=1' is not allowed", "a list of strings"]),
+])
+def test_a_results_json_the_summary_cannot_show_is_one_error(content, words, sweep, capsys):
+    """A job's results.json that does not parse or holds a value of another kind where the
+    table, the sort or the plot reads it is one error naming the file, the key and what is
+    accepted, exit code 2 (it was a traceback: JSONDecodeError, TypeError), nothing written."""
+    (sweep / "2").mkdir()
+    (sweep / "2" / "results.json").write_text(content)
+    assert main([str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {sweep / '2' / 'results.json'}") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, (word, err)
+    assert not (sweep / "summary.md").exists()

@@ -233,6 +233,11 @@ def _train(cfg: DictConfig) -> float | None:
     return _run(task, cfg, run_dir=cfg.get("output_dir"))
 
 
+def _active(count: int | None, of: int) -> str:
+    """"c of n", or, where one point leaves the active units undefined (null), "? of n"."""
+    return f"{count} of {of}" if count is not None else f"? (one point: undefined) of {of}"
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def _evaluate(cfg: DictConfig) -> float:
     """``vae-eval``: the ELBO and the importance-weighted log-likelihood of a checkpoint."""
@@ -264,10 +269,12 @@ def _evaluate(cfg: DictConfig) -> float:
             print(f"{results['split']} KL(q(z|x) || p(z)) {results['kl']:.3f}{mi} nats")
         for i, layer in enumerate(results.get("layers", []), start=1):  # stochastic layers
             kl = f", KL {layer['kl']:.2f} nats" if layer["kl"] is not None else ""
-            print(f"  z_{i}: {layer['active_units']} of {layer['size']} units active{kl}")
+            print(f"  z_{i}: {_active(layer['active_units'], layer['size'])} units "
+                  f"active{kl}")
         given = f"; bounds on {results['bound_of']}" if results["bound_of"] != "log p(x)" else ""
-        print(f"(k={results['k']}, n={results['n']}; {results['active_units']} of "
-              f"{results['latent']} latent units active{given}) written to {results['path']}")
+        print(f"(k={results['k']}, n={results['n']}; "
+              f"{_active(results['active_units'], results['latent'])} latent units "
+              f"active{given}) written to {results['path']}")
         return results["iw"]["nats"]
 
     def progress() -> Path | None:  # where the evaluation keeps the batches it has done

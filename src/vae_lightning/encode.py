@@ -110,7 +110,12 @@ class Encoding:
         kept = list(range(model.latent))
         if self.units == "active":
             # vae-eval's rule (of E_q[z], not of the locations exported: a vMF's direction).
-            active = active_units(means).numpy()
+            active = active_units(means)
+            if active is None:
+                raise ConfigError(f"units=active: the training split has {len(means)} point: a "
+                                  "unit's variance over the points, which says whether it is "
+                                  "active, needs at least two; use units=all.")
+            active = active.numpy()
             if not active.any():
                 raise ConfigError(f"units=active: no latent unit of {self.ckpt_path} is active "
                                   "on the training split (every unit's variance of E_q[z] over "

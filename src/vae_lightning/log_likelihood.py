@@ -294,10 +294,11 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
             progress.save(i + 1, parts, device, seconds + time.perf_counter() - start)
     elbo, iw = torch.cat(elbos), torch.cat(iws)
     dims = math.prod(model.data_shape)
-    active = active_units(torch.cat(means))
+    means = torch.cat(means)
+    active = active_units(means)  # None for one point: eval.json's null
     results = {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
-               "active_units": int(active.sum()), "latent": len(active),
-               "bound_of": bound_of(model, y)}
+               "active_units": None if active is None else int(active.sum()),
+               "latent": means.shape[1], "bound_of": bound_of(model, y)}
     if divergences:  # not for a model of the labels (M2), whose q(z|x, y) has y enumerated
         kl = torch.cat(divergences).double()
         results["kl"] = kl.mean().item()
@@ -307,10 +308,11 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     sizes = model.encoder.posterior.layers
     if sizes:
         kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
+        parts = active.split(sizes) if active is not None else [None] * len(sizes)
         results["layers"] = [
-            {"size": size, "active_units": int(part.sum()),
+            {"size": size, "active_units": None if part is None else int(part.sum()),
              "kl": kl[i] if kl is not None else None}
-            for i, (size, part) in enumerate(zip(sizes, active.split(sizes)))]
+            for i, (size, part) in enumerate(zip(sizes, parts))]
     results["seconds"] = round(seconds + time.perf_counter() - start, 1)
     results["seconds_of_earlier_runs"] = round(seconds, 1)
     return results
@@ -327,12 +329,15 @@ def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) ->
         torch.cuda.set_rng_state(state[1], device)
 
 
-def active_units(means: Tensor) -> Tensor:
+def active_units(means: Tensor) -> Tensor | None:
     """Which latent units are active over the points whose E_q[z] are ``means`` ``[N, latent]``
     (``posterior_mean``): Burda et al.'s criterion, the unbiased variance over the points above
     ``ACTIVE``, as vae-eval (``evaluate``) and vae-encode count them. Of E_q[z], not of the
     location: a von Mises-Fisher's mean A_m(kappa) mu, whose direction mu
-    varies whatever q's spread, a near-uniform q carrying no information."""
+    varies whatever q's spread, a near-uniform q carrying no information. None for fewer than
+    two points: a variance over one point is not defined (NaN, which read as no unit active)."""
+    if len(means) < 2:
+        return None
     return means.double().var(0) > ACTIVE
 
 

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vae_lightning import rundir
-from vae_lightning.errors import ConfigError, UnwritableError, UserError
+from vae_lightning.errors import ConfigError, DataError, UnwritableError, UserError
 from vae_lightning.files import writable_directory
 
 RUNS, RECORDS, PAGE = Path("benchmarks/bench"), Path("docs/benchmark/records"), Path(
@@ -203,8 +204,126 @@ def _train_evaluate_record(row: str, bench: dict[str, Any], directory: Path, arg
     return path
 
 
-def _nats(value: Any) -> str:
-    return "—" if value is None else f"{value:.2f}"
+def _nats(value: Any, spec: str = ".2f") -> str:
+    return "—" if value is None else f"{value:{spec}}"
+
+
+def _samples(value: Any) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _number(value: Any) -> bool:  # finite: Python's json reads NaN and Infinity too
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _node(value: Any) -> bool:  # paper, pythae: a mapping, or nothing
+    return value is None or isinstance(value, dict)
+
+
+def _optional(check: Any) -> Any:
+    return lambda value: value is None or check(value)
+
+
+# What the page reads of a record (``run`` writes them; strict JSON, a non-finite number null)
+# and of a full-length run's point, each key with its test and, in words, what it accepts.
+RECORD = {
+    "bench": (lambda v: isinstance(v, dict), "a mapping (the row's benchmark node)"),
+    "bench.row": (_optional(_text), "a string or null"),
+    "bench.config": (_optional(_text), "a string or null"),
+    "bench.note": (_optional(_text), "a string or null"),
+    "bench.paper": (_node, "a mapping or null"),
+    "bench.pythae": (_node, "a mapping or null"),
+    "bench.paper.value": (_optional(_number), "a finite number or null"),
+    "bench.paper.source": (_optional(_text), "a string or null"),
+    "bench.pythae.value": (_optional(_number), "a finite number or null"),
+    "bench.pythae.setting": (_optional(_text), "a string or null"),
+    "iw": (lambda v: isinstance(v, dict), "a mapping of nats and nats_se"),
+    "iw.nats": (_number, "a finite number (nats per test image)"),
+    "iw.nats_se": (_optional(_number), "a finite number or null (one test point)"),
+    "elbo": (lambda v: isinstance(v, dict), "a mapping of nats"),
+    "elbo.nats": (_optional(_number), "a finite number or null"),
+    "active_units": (_optional(_whole), "an integer >= 0 or null (one test point)"),
+    "latent": (_whole, "an integer >= 0"),
+    "train_samples_seen": (_optional(_number), "a finite number or null"),
+    "status": (_text, "a string (completed, diverged)"),
+    "train_seconds": (_optional(_number), "a finite number or null"),
+    "eval_seconds": (_optional(_number), "a finite number or null"),
+}
+STRETCH = {
+    "epoch": (_whole, "an integer >= 0"),
+    "samples_seen": (_number, "a finite number"),
+    "test_elbo": (_optional(_number), "a finite number or null"),
+    "iw": (_number, "a finite number"),
+    "iw_se": (_optional(_number), "a finite number or null"),
+    "active_units": (_optional(_whole), "an integer >= 0 or null"),
+}
+REQUIRED = {"bench", "iw", "iw.nats", "elbo", "latent", "status",  # a record's
+            "epoch", "samples_seen"}  # and a point's; "iw" is both: a point's is its number
+
+
+def _checked(path: Path, value: dict[str, Any], schema: dict[str, Any], what: str) -> Any:
+    """``value`` (parsed from ``path``) if each key of ``schema`` it holds (dotted: a key of a
+    mapping it holds) passes its test, and it holds those the page needs (``REQUIRED``). Else a
+    ``DataError`` naming the file, the key, its value and what is accepted."""
+    fix = "Write it again with vae-bench run (or mend it), or move it away."
+    for key, (test, accepted) in schema.items():
+        *parents, last = key.split(".")
+        node = value
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue  # its parent is absent or null, and was checked itself
+        if last not in node:
+            if key in REQUIRED:
+                raise DataError(f"{path}: {what} has no {key}, which the page shows "
+                                f"(expected {accepted}). {fix}")
+            continue
+        if not test(node[last]):
+            raise DataError(f"{path}: {what}'s {key}={node[last]!r} is not allowed: expected "
+                            f"{accepted}. {fix}")
+    return value
+
+
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as err:
+        raise DataError(f"{path}: {what} cannot be read ({err.strerror}); {fix}.") from None
+    except ValueError as err:  # not JSON, not UTF-8
+        raise DataError(f"{path}: {what} is not JSON ({err}); {fix}.") from None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A row's record, as the page reads it: refused (``DataError``, one message naming the
+    file, the key, its value and what is accepted) when it is not what ``run`` writes."""
+    fix = "write it again with vae-bench run, or move it away"
+    record = _read_json(path, "the row's record", fix)
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: the row's record is a JSON {type(record).__name__}, not an "
+                        f"object of the row's numbers; {fix}.")
+    return _checked(path, record, RECORD, "the row's record")
+
+
+def read_stretches(path: Path) -> list[dict[str, Any]]:
+    """A full-length run's points (``benchmarks/long/<run>/stretches.json``), checked as
+    ``read_record`` checks a record."""
+    fix = "mend it (benchmarks/long/run.sh appends its points), or move it away"
+    points = _read_json(path, "the full-length run's points", fix)
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise DataError(f"{path}: the full-length run's points are not a JSON list of objects "
+                        f"(epoch, samples_seen, iw, ...); {fix}.")
+    for index, point in enumerate(points):
+        _checked(path, point, STRETCH, f"point {index}")
+    return points
 
 
 def _summary(found: dict[str, dict[str, Any]]) -> list[str]:
@@ -215,9 +334,9 @@ def _summary(found: dict[str, dict[str, Any]]) -> list[str]:
         bench = record["bench"]
         paper, pythae = bench.get("paper") or {}, bench.get("pythae") or {}
         lines.append(f"| {bench.get('row', row)} (`{bench.get('config', '')}`) | "
-                     f"{record['iw']['nats']:.2f} ± {record['iw']['nats_se']:.2f} | "
-                     f"{_nats(record['elbo']['nats'])} | "
-                     f"{record['active_units']} of {record['latent']} | "
+                     f"{record['iw']['nats']:.2f} ± {_nats(record['iw'].get('nats_se'))} | "
+                     f"{_nats(record['elbo'].get('nats'))} | "
+                     f"{_nats(record.get('active_units'), 'd')} of {record['latent']} | "
                      f"{_nats(paper.get('value'))} | {_nats(pythae.get('value'))} |")
     return lines
 
@@ -239,7 +358,8 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
          readme: Path | None = None) -> Path:
     """Write the page from the records (and the full-length runs' stretches), and its summary
     into ``readme`` where that file is (``_rewrite_readme``; the command's default README.md)."""
-    found = {p.stem: json.loads(p.read_text()) for p in sorted(records.glob("*.json"))}
+    found = {p.stem: read_record(p) for p in sorted(records.glob("*.json"))}
+    stretches = {path: read_stretches(path) for path in sorted(long.glob("*/stretches.json"))}
     if readme is not None and readme.is_file():
         _rewrite_readme(readme, _summary(found))
     protocol = " ".join(_protocol().split())
@@ -267,9 +387,10 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
                             or record.get("train_seconds_last_run_only")) else ""
         lines.append(
             f"| {bench.get('row', row)} | `{bench.get('config', '')}` | "
-            f"**{record['iw']['nats']:.2f} ± {record['iw']['nats_se']:.2f}** | "
-            f"{_nats(record['elbo']['nats'])} | {record['active_units']} of {record['latent']} | "
-            f"{record['train_samples_seen']:.3g} | {at_least}{seconds / 3600:.2f} h | "
+            f"**{record['iw']['nats']:.2f} ± {_nats(record['iw'].get('nats_se'))}** | "
+            f"{_nats(record['elbo'].get('nats'))} | "
+            f"{_nats(record.get('active_units'), 'd')} of {record['latent']} | "
+            f"{_samples(record.get('train_samples_seen'))} | {at_least}{seconds / 3600:.2f} h | "
             f"{record['status']} | "
             f"{_nats(paper.get('value'))} ({paper.get('source', '')}) | "
             f"{_nats(pythae.get('value'))}" + (f" ({pythae['setting']})"
@@ -295,19 +416,18 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
         lines += ["", "**Options without a row** (`bench/_protocol.yaml`, `not_rows`):", ""]
         lines += [f"- {', '.join(f'`{option}`' for option in item['options'])}: "
                   f"{' '.join(item['why'].split())}." for item in absent]
-    stretches = sorted(long.glob("*/stretches.json"))
     if stretches:
         lines += ["", "## Full length: the IWAE paper's model to 3,280 epochs", "",
                   "`experiment=iwae_mnist` (`benchmarks/long/run.sh`), resumed across sessions; "
                   "each stretch's end evaluated as above:", "",
                   "| run | epoch | samples seen | test ELBO | log p(x), k = 5000 | active units |",
                   "| --- | --- | --- | --- | --- | --- |"]
-        for path in stretches:
-            for point in json.loads(path.read_text()):
+        for path, points in stretches.items():
+            for point in points:
                 lines.append(f"| {path.parent.name} | {point['epoch']} | "
                              f"{point['samples_seen']:.3g} | {_nats(point.get('test_elbo'))} | "
-                             f"{point['iw']:.2f} ± {point['iw_se']:.2f} | "
-                             f"{point.get('active_units', '—')} |")
+                             f"{point['iw']:.2f} ± {_nats(point.get('iw_se'))} | "
+                             f"{_nats(point.get('active_units'), 'd')} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -67,7 +67,21 @@ def load_run(path: Path) -> Run:
     if curve["method"] not in METHODS:
         raise ReproductionError(f"{str(path)!r} has method {curve['method']!r}; this page "
                                 f"compares {' and '.join(map(repr, METHODS))} only.")
+    if not isinstance(curve["latent"], int) or isinstance(curve["latent"], bool) \
+            or curve["latent"] < 1:
+        raise ReproductionError(f"{str(path)!r} has latent {curve['latent']!r}: a curve.json's "
+                                "latent is the latent size Nz, an integer >= 1.")
     points = curve["points"]
+    if isinstance(points, list) and not all(isinstance(p, dict) for p in points):
+        raise ReproductionError(f"{str(path)!r}: its points are not all objects; each point of "
+                                "a curve.json is one, with samples_seen and the bounds.")
+    for index, point in enumerate(points if isinstance(points, list) else []):
+        for key in (TRAIN, TEST):  # read as numbers by the figures and tables (null: none)
+            value = point.get(key)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int | float)):
+                raise ReproductionError(f"{str(path)!r}: point {index} has {key} {value!r}: a "
+                                        "bound is a number, or null where it was not measured.")
     seen = [p.get("samples_seen") for p in points] if isinstance(points, list) else [None]
     if not points or not all(isinstance(s, int | float) and s > 0 for s in seen):
         raise ReproductionError(f"{str(path)!r} has no points, or a point without a positive "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 from statistics import mean
@@ -28,7 +29,7 @@ METRICS = ("train/elbo", "val/elbo", "test/elbo", "test/recon", "test/kl")
 
 
 class SummaryError(ValueError):
-    """Nothing to summarize."""
+    """Nothing to summarize, or a results.json the summary cannot show (exit code 2)."""
 
 
 def _job_key(path: Path, root: Path) -> tuple:
@@ -42,9 +43,50 @@ def load_results(root: Path) -> list[dict[str, Any]]:
     if not paths:
         raise SummaryError(f"no results.json under {str(root)!r}: point at a sweep directory "
                            "such as multirun/<date>/<time>.")
-    rows = [{"job": path.parent.relative_to(root).as_posix(), **json.loads(path.read_text())}
+    rows = [{"job": path.parent.relative_to(root).as_posix(), **read_results(path)}
             for path in paths]
     return sorted(rows, key=lambda r: (r.get("latent") is None, r.get("latent") or 0))
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
+                             and math.isfinite(value))
+
+
+def _strings(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+# What the summary reads of a results.json, beyond printing it: each key's test and, in words,
+# what it accepts (train.py writes them; strict JSON, a non-finite bound null).
+READ = {
+    "latent": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
+                                       and v >= 1), "an integer >= 1 or null"),
+    "status": (lambda v: v is None or isinstance(v, str), "a string (completed, ...) or null"),
+    "tags": (_strings, "a list of strings or null"),
+    "overrides": (_strings, "a list of strings or null"),
+    **{key: (_number, "a finite number or null") for key in METRICS},
+}
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A job's ``results.json``, refused (``SummaryError``: one message naming the file, the
+    key, its value and what is accepted) where the summary could not show it."""
+    fix = "mend it or move the job away, and summarize again"
+    try:
+        results = json.loads(path.read_text())
+    except OSError as err:
+        raise SummaryError(f"{path} cannot be read ({err.strerror}); {fix}.") from None
+    except ValueError as err:  # not JSON, not UTF-8
+        raise SummaryError(f"{path} is not JSON ({err}); {fix}.") from None
+    if not isinstance(results, dict):
+        raise SummaryError(f"{path} holds a JSON {type(results).__name__}, not an object of the "
+                           f"run's results; {fix}.")
+    for key, (test, accepted) in READ.items():
+        if key in results and not test(results[key]):
+            raise SummaryError(f"{path}: {key}={results[key]!r} is not allowed: expected "
+                               f"{accepted}; {fix}.")
+    return results
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -195,6 +195,12 @@ BAD_CONFIGS = [
     (["data.batch_size=0"], ["data.batch_size=0"]),
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0", "integer >= 1", "-1"]),
     (["trainer.max_samples=0"], ["trainer.max_samples=0", ">= 1"]),
+    # Lightning divided by these at the first step (ZeroDivisionError, exit 1): refused first.
+    (["trainer.val_check_interval=0"], ["trainer.val_check_interval=0", "integer >= 1",
+                                        "a number > 0 and <= 1"]),
+    (["trainer.val_check_interval=0.0"], ["trainer.val_check_interval=0.0", "> 0 and <= 1"]),
+    (["trainer.check_val_every_n_epoch=0"], ["trainer.check_val_every_n_epoch=0",
+                                             "integer >= 1 or null"]),
     (["seed=1.5"], ["seed", "1.5"]),
     (["seed=-1"], ["seed=-1", "as data.seed", ">= 0"]),
     (["ckpt_path=/no/such/file.ckpt"], ["/no/such/file.ckpt", "does not exist"]),

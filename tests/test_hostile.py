@@ -125,6 +125,12 @@ BAD_CONFIGS = [
     (["model.objective.K=5"], ["k is a key of model/objective=", "model.objective.k=5"]),
     # no "+" where the node's class would refuse the added key
     (["model.encoder.net.dropout=0.1"], ["no key dropout", "MLP takes no other"]),
+    # an argument the class takes that its config leaves out: "+" adds it (it was "Adam takes
+    # no other"); one the code gives (MLP's in_shape) is not offered
+    (["model.optimizer.betas=[0.9,0.99]"],
+     ["model.optimizer has no key betas, but torch.optim.Adam takes betas: add it with "
+      "+model.optimizer.betas=[0.9,0.99]"]),
+    (["model.encoder.net.in_shape=[3]"], ["no key in_shape", "MLP takes no other"]),
     (["trainer.devices=0"], ["trainer", "devices"]),
     (["logger=nosuch"], ["logger/nosuch", "csv", "wandb"]),
     (["callbacks.bound_curve.points_per_decade=0"],

@@ -149,8 +149,12 @@ def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | Non
     node = ".".join(path)
     where = f"{node} has no key {name}" if path else f"there is no top-level key {name}"
     prefix = f"{node}." if path else ""
+    # Unresolved: a sibling may interpolate what only a running Hydra app resolves
+    # (trainer.default_root_dir: ${output_dir}: ${hydra:runtime.output_dir}), and vae-bench
+    # composes its --override outside one.
+    plain = OmegaConf.to_container(parent, resolve=False)
     below = [f"{prefix}{k}.{name}" for k in keys
-             if OmegaConf.is_dict(parent.get(k)) and name in parent[k]]
+             if isinstance(plain.get(k), dict) and name in plain[k]]
     owners = None
     for spelled in dict.fromkeys((name, name.lower())):  # as given, then in lower case
         if path and not below and spelled not in keys \
@@ -163,7 +167,11 @@ def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | Non
     else:
         guess = f" Did you mean {' or '.join(below or [prefix + k for k in close])}?" \
             if below or close else ""
-    extra = (f" (+{key}=... would add a new key)" if _takes_more(parent)
+    named = _named_arguments(parent)
+    if named is not None and name in named:  # an argument the config leaves at its default
+        return (f"{key}={value}: {where}, but {parent.get('_target_')} takes {name}: add it "
+                f"with +{key}={value} (the config leaves it at the class's default).")
+    extra = (f" (+{key}=... would add a new key)" if named is None
              else f" ({parent.get('_target_')} takes no other)")
     return (f"{key}={value}: {where}.{guess} {f'{node} has' if path else 'The top level has'} "
             f"{', '.join(keys)}{extra}.")
@@ -182,19 +190,26 @@ def _options_with(node: str, name: str) -> tuple[str, list[str]] | None:
     return (group, having) if having else None
 
 
-def _takes_more(parent: Any) -> bool:
-    """Whether a key added to ``parent`` can be used: a node without a class (any key), or one
-    whose class takes keyword arguments beyond its named ones."""
+def _named_arguments(parent: Any) -> set[str] | None:
+    """The named arguments of ``parent``'s class (Adam's betas and eps, which its config leaves
+    out: a key added with ``+`` sets them); None where any key added can be used: a node
+    without a class, or one whose class takes keyword arguments beyond its named ones."""
     target = parent.get("_target_") if OmegaConf.is_dict(parent) else None
     if not isinstance(target, str):
-        return True
+        return None
     try:
         import hydra
 
         parameters = inspect.signature(hydra.utils.get_object(target)).parameters.values()
     except Exception:  # a target that cannot be resolved: Hydra will say so itself
-        return True
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    # Those with a default only: one without (MLP's in_shape, an optimizer's params) is the
+    # code's to give, and a config's value for it is refused (multiple values).
+    return {p.name for p in parameters if p.default is not inspect.Parameter.empty
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                           inspect.Parameter.KEYWORD_ONLY)}
 
 
 def _missing_plugin(option: str, extra: str) -> str:

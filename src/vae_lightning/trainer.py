@@ -119,6 +119,8 @@ class Trainer(L.Trainer):
         plugins: Any = None,
         accumulate_grad_batches: PositiveInt = 1,
         gradient_clip_val: PositiveFloat | None = None,
+        val_check_interval: PositiveInt | Annotated[float, Range(gt=0, le=1)] | None = None,
+        check_val_every_n_epoch: PositiveInt | None = 1,
         **kwargs: Any,
     ) -> None:
         precision = kwargs.get("precision")  # Lightning's to check, but for float64
@@ -133,8 +135,11 @@ class Trainer(L.Trainer):
             fail(self, "precision", precision, "32-true (the default), bf16-mixed or 16-mixed "
                  "(GPU): the model keeps float32 weights and computes its densities in "
                  "float32, with half-precision products under autocast (the -mixed settings)")
+        # Lightning takes a validation interval of 0 (batches, or a fraction 0.0) and validation
+        # every 0 epochs, and divides by them at the first step: a ZeroDivisionError traceback.
         kwargs.update(accumulate_grad_batches=accumulate_grad_batches,
-                      gradient_clip_val=gradient_clip_val)
+                      gradient_clip_val=gradient_clip_val, val_check_interval=val_check_interval,
+                      check_val_every_n_epoch=check_val_every_n_epoch)
         self._check_accelerator(kwargs.get("accelerator", "auto"))
         self._check_half_precision(precision, kwargs.get("accelerator", "auto"))
         max_time = self._duration(max_time)

@@ -107,6 +107,22 @@ def test_inconsistent_options_are_refused_with_the_key_named(tmp_path, arrays, k
         ArrayDataModule(path=str(path), **kwargs).setup()
 
 
+@pytest.mark.parametrize("key", ["x", "x_test"])
+def test_a_float64_vector_beyond_float32_is_refused_naming_the_vector(tmp_path, key):
+    """Feature vectors are served as float32: a float64 value finite in the file (1e300) but
+    infinite as float32 is refused where the file is read, naming the vector; it passed the
+    check, became inf, and training ended in a traceback from the first callback that met it."""
+    x, y = clusters(50)
+    x_test, _ = clusters(12, seed=1)
+    arrays = {"x": x.astype(np.float64), "x_test": x_test.astype(np.float64)}
+    arrays[key][7, 2] = 1e300
+    path = tmp_path / "f.npz"
+    np.savez(path, y=y, **arrays)
+    with pytest.raises(DataError, match=rf"'{key}'.*: vector 7 \(of 1 such\) holds a value "
+                       r"beyond float32's range .* expected finite feature vectors"):
+        ArrayDataModule(path=str(path), test_key="x_test").setup()
+
+
 def test_test_key_needs_a_npz(tmp_path):
     np.save(tmp_path / "v.npy", clusters(20)[0])
     with pytest.raises(DataError, match="test_key='x_test' names an array in a .npz file"):

@@ -73,13 +73,14 @@ def check_dtype(header: Header, where: str, kind: Kind) -> None:
 def check_pixels(x: np.ndarray, where: str, chunk: int = 1024,
                  unit_interval: bool = True) -> None:
     """Float images must lie in [0, 1] (float feature vectors, ``unit_interval=False``: be
-    finite): a ``DataError`` naming the first image that does not, and how (checked ``chunk``
-    images at a time, so a large memory-mapped file is not copied whole; no value of the file
-    is quoted)."""
+    finite as the float32 they are served as: float64's 1e300 is inf there): a ``DataError``
+    naming the first image that does not, and how (checked ``chunk`` images at a time, so a
+    large memory-mapped file is not copied whole; no value of the file is quoted)."""
     first, count = None, 0
     for start in range(0, len(x), chunk):
         part = np.asarray(x[start:start + chunk])
-        ok = np.isfinite(part)
+        with np.errstate(over="ignore"):  # a value beyond float32's range: refused below
+            ok = np.isfinite(part.astype(np.float32, copy=False))
         if unit_interval:
             ok &= (part >= 0) & (part <= 1)
         ok = ok.reshape(len(part), -1)
@@ -90,6 +91,8 @@ def check_pixels(x: np.ndarray, where: str, chunk: int = 1024,
         count += len(bad)
     if first is not None:
         how = ("a value that is not finite" if not math.isfinite(value) else
+               "a value beyond float32's range (|x| > 3.4e38), infinite as the float32 it is "
+               "served as" if abs(value) > float(np.finfo(np.float32).max) else
                "a value below 0" if value < 0 else "a value above 1")
         if not unit_interval:
             raise DataError(f"{where}: vector {first} (of {count} such) holds {how}: expected "

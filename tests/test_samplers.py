@@ -13,7 +13,7 @@ import torch
 from compose import compose_train, sample_config
 from scipy.io import savemat
 
-from vae_lightning import samplers
+from vae_lightning import errors, samplers
 from vae_lightning.errors import CheckpointError, ConfigError, DataError, UnwritableError
 from vae_lightning.samplers import FlowSampler, GaussianMixture
 from vae_lightning.train import train
@@ -157,6 +157,44 @@ def test_vae_sample_fits_saves_and_reuses_the_sampler(name, checkpoint, tmp_path
     assert torch.load(saved, weights_only=True)["options"] != content["options"]
 
 
+@pytest.mark.parametrize("mean, error, words", [
+    (1e300, CheckpointError, ["drew z with 8 values that are not finite", "refit=true"]),
+    (3e38, errors.NonFiniteLossError, ["are not finite", "Their z came from the fitted sampler",
+                                      "|z| up to 3e+38", "refit=true"]),
+])
+def test_a_fitted_sampler_s_non_finite_draws_are_blamed_on_its_file(mean, error, words,
+                                                                      checkpoint, tmp_path,
+                                                                      monkeypatch):
+    """A fitted file whose means are finite as float64 but not as the float32 z it draws
+    (1e300), or so large that the decoder overflows (3e38: here a decoder whose output
+    overflows beyond |z| = 1e30), is named with refit=true, and nothing is written: both were
+    blamed on the model's weights alone ("its largest parameter is 0.7"), with exit code 3, as
+    a model that diverged."""
+    from vae_lightning.module import VAE
+
+    args = [f"ckpt_path={checkpoint}", "sampler=gmm", "n=4", "device=cpu",
+            "samplers.gmm.n_components=3", f"output_dir={tmp_path}"]
+    saved = samplers.fitted_path(checkpoint, "gmm")
+    images = VAE.images
+    monkeypatch.setattr(VAE, "images", lambda self, z, *rest: images(self, z, *rest).masked_fill(
+        (z.abs() > 1e30).any(-1)[:, None, None, None], float("nan")))
+    try:
+        sample_config(args)()
+        content = torch.load(saved, weights_only=True)
+        content["state"]["means"].fill_(mean)
+        torch.save(content, saved)
+        (tmp_path / "samples.npy").unlink()
+        with pytest.raises(error) as refused:
+            sample_config(args)()
+    finally:
+        saved.unlink(missing_ok=True)
+    message = str(refused.value)
+    assert str(saved) in message, message
+    for word in words:
+        assert word in message, (word, message)
+    assert not (tmp_path / "samples.npy").exists()
+
+
 def test_vae_sample_writes_a_fitted_samplers_images_into_their_own_folder(checkpoint):
     out = sample_config([f"ckpt_path={checkpoint}", "sampler=gmm", "n=4", "device=cpu"])()
     assert out.name == "gmm" and out.parent.name == "samples"
@@ -250,4 +288,34 @@ def test_a_fitted_sampler_is_refused_for_a_latent_space_that_is_not_all_of_r_n(m
         assert not samplers.fitted_path(checkpoint, name).exists()
     out = sample_config([f"ckpt_path={checkpoint}", "n=4", "device=cpu",
                          f"output_dir={tmp_path / 'prior'}"])()
+    assert np.isfinite(np.load(out / "samples.npy")).all()
+
+
+def test_a_vq_vae_s_code_maps_take_the_pixelcnn_not_a_density_on_r_n(tmp_path):
+    """A VQ-VAE's decoder reads only code maps of its codebook: a GMM or flow fitted to them
+    draws z between the codes, and a traversal sweeps a coordinate off them, where the decoder
+    never read anything; refused in one line as for the S-VAE's sphere (vae-sample wrote their
+    images with exit code 0), before any fit; the prior's draws still work (and the PixelCNN,
+    whose draws are code maps, stays allowed: tests/test_vq_vae.py)."""
+    from compose import mnist_like
+
+    root = mnist_like(tmp_path / "data", train=120, test=30)
+    vq = ["experiment=vq_vae_mnist", f"data.root={root}", "data.val_size=30",
+          "trainer.max_steps=2", "callbacks.bound_curve=null", "callbacks.figures.n_points=0",
+          "model.encoder.posterior.codes=8", "logger=none", "trainer.enable_progress_bar=false"]
+    with pytest.raises(ConfigError, match="traversals=true: .*the code maps of its codebook"):
+        train(compose_train([*vq, "callbacks.figures.traversals=true"], tmp_path / "refused"))
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+    checkpoint = train(compose_train(vq, tmp_path / "run"))["checkpoint"]
+    base = [f"ckpt_path={checkpoint}", "n=4", "device=cpu", f"data_root={root}"]
+    for name in ("gmm", "flow"):
+        with pytest.raises(ConfigError, match=f"sampler={name}: .*R\\^784.*the code maps of its "
+                           "codebook.*sampler=pixelcnn.*use sampler=prior"):
+            sample_config([*base, f"sampler={name}", f"output_dir={tmp_path / name}"])()
+        assert not samplers.fitted_path(checkpoint, name).exists()
+        assert not (tmp_path / name / "samples.npy").exists()
+    with pytest.raises(ConfigError, match="traverse=true: .*the code maps of its codebook"):
+        sample_config([*base, "traverse=true", f"output_dir={tmp_path / 'traverse'}"])()
+    assert not (tmp_path / "traverse" / "samples.npy").exists()
+    out = sample_config([*base, f"output_dir={tmp_path / 'prior'}"])()
     assert np.isfinite(np.load(out / "samples.npy")).all()

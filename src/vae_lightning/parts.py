@@ -162,6 +162,8 @@ FEATURES: Mapping[str, str] = {
     "factorized": "a product of one distribution per latent dimension",
     "one_hot_blocks": "a distribution over one-hot blocks of categories (the uniform categorical "
                       "prior of relaxed categorical latents)",
+    "codebook": "a distribution over the code maps of a vector quantizer's codebook (the VQ-VAE's "
+                "uniform prior)",
     "sphere": "a distribution on the unit sphere of the latent space, with a density with respect "
               "to the sphere's surface measure (the von Mises-Fisher posterior and the "
               "hyperspherical uniform prior: model=svae)",
@@ -171,14 +173,18 @@ FEATURES: Mapping[str, str] = {
 # Prior features whose latent space is not all of R^latent: a density fitted on R^latent, or a
 # coordinate swept along a line (traversals), gives z where the decoder was never trained.
 CONFINED = {"sphere": "the unit sphere (model=svae)",
-            "one_hot_blocks": "one-hot blocks of categories (model=gumbel)"}
+            "one_hot_blocks": "one-hot blocks of categories (model=gumbel)",
+            "codebook": ("the code maps of its codebook (model=vq_vae: the decoder reads only "
+                         "codebook vectors; sampler=pixelcnn fits a prior over the code maps)")}
 
 
-def confined_space(prior: object) -> str | None:
+def confined_space(prior: object, kept: frozenset[str] = frozenset()) -> str | None:
     """What the latent space of a model with this prior is confined to, in words (``CONFINED``);
-    None where it is all of R^latent."""
+    None where it is all of R^latent, or one of the spaces ``kept`` (those a fitted sampler's
+    draws stay in: ``samplers.Sampler.stays_in``)."""
     features = getattr(prior, "features", frozenset())
-    return next((CONFINED[name] for name in CONFINED if name in features), None)
+    return next((CONFINED[name] for name in CONFINED if name in features and name not in kept),
+                None)
 
 
 def unmet(offered: frozenset[str], needs: Mapping[str, frozenset[str]], what: str) -> list[str]:

@@ -123,6 +123,8 @@ class PixelCNNSampler(Sampler):
     training image uses included, so that p(k) is a distribution over every code map the
     decoder can read; fitted without a model, the distinct vectors of the points fitted."""
 
+    stays_in = frozenset({"codebook"})  # it draws code maps of the codebook: parts.CONFINED
+
     @checked
     def __init__(self, shape: Sequence[PositiveInt] = (7, 7), channels: PositiveInt = 64,
                  layers: PositiveInt = 8, kernel: PositiveInt = 3, epochs: PositiveInt = 10,

@@ -37,7 +37,7 @@ from vae_lightning.checkpoint_data import checked_data
 from vae_lightning.checkpoints import DATA_KEY
 from vae_lightning.data.npy import atomic_npy
 from vae_lightning.divergence import refuse_nonfinite
-from vae_lightning.errors import ConfigError
+from vae_lightning.errors import CheckpointError, ConfigError, NonFiniteLossError
 from vae_lightning.files import writable_directory
 from vae_lightning.log_likelihood import posterior_mean
 from vae_lightning.module import VAE
@@ -165,8 +165,19 @@ class Sampling:
                 count = min(CHUNK, self.n - start)
                 y = self._classes(model, start, count)
                 with torch.no_grad(), model.given(y):
-                    images = model.images(draw(count), self.mean, y).cpu()
-                refuse_nonfinite(images, f"samples {start}..{start + count - 1}", model)
+                    z = draw(count)
+                    self._refuse_fitted_draws(z, start)
+                    images = model.images(z, self.mean, y).cpu()
+                try:
+                    refuse_nonfinite(images, f"samples {start}..{start + count - 1}", model)
+                except NonFiniteLossError as err:
+                    if self.sampler == "prior":
+                        raise
+                    raise NonFiniteLossError(
+                        f"{err} Their z came from the fitted sampler "
+                        f"{fitted.fitted_path(self.ckpt_path, self.sampler)} (|z| up to "
+                        f"{z.abs().max().item():.3g}): if sampler=prior's samples are finite, "
+                        "the fitted sampler is at fault: fit it anew with refit=true.") from None
                 append(images.numpy())
         if not checkpoint.get(DATA_KEY, {}).get("images", True):
             return out  # feature vectors, not images: the array only, no picture of them
@@ -200,12 +211,12 @@ class Sampling:
             return model.prior.sample, ("p(z)" if model.classes is None else
                                         f"p(z|y), y = {self.y}" if self.y is not None else
                                         f"p(z|y), y = 0..{model.classes - 1} in turn")
-        if confined := confined_space(model.prior):
+        sampler = self.samplers[self.sampler]
+        if confined := confined_space(model.prior, sampler.stays_in):
             raise ConfigError(f"sampler={self.sampler}: a fitted sampler is a density on all of "
                               f"R^{model.latent}, but the latent space of the model of "
                               f"{self.ckpt_path} is {confined}: its draws would fall where the "
                               "decoder was never trained; use sampler=prior.")
-        sampler = self.samplers[self.sampler]
         try:
             why_not = within(f"samplers.{self.sampler}", lambda: sampler.check(model))
         except ArgumentError as err:
@@ -231,6 +242,19 @@ class Sampling:
             fitted.save(sampler, self.sampler, path, sha256, model.latent, len(z))
             log.info("Fitted sampler saved to %s.", path)
         return sampler.sample, f"{sampler.describe()} fitted to q(z|x) of the training images"
+
+    def _refuse_fitted_draws(self, z: Tensor, start: int) -> None:
+        """Refuse draws z of a fitted sampler that are not finite (a tampered or corrupt file:
+        finite float64 means beyond float32's range), naming its file, before they are decoded:
+        the non-finite images they make would be blamed on the model's weights."""
+        if self.sampler == "prior" or bool(torch.isfinite(z).all()):
+            return
+        bad = int((~torch.isfinite(z)).sum())
+        raise CheckpointError(
+            f"The fitted sampler {fitted.fitted_path(self.ckpt_path, self.sampler)} drew z "
+            f"with {bad} values that are not finite (NaN or infinite) among samples "
+            f"{start}..{start + len(z) - 1}: its fitted state is corrupt or was altered; "
+            "nothing was written. Delete it, or fit the sampler anew with refit=true.")
 
     def _posterior_locations(self, model: VAE, config: dict[str, Any],
                              checkpoint: dict[str, Any]) -> Tensor:

@@ -49,7 +49,11 @@ class Sampler:
     """A density over z fitted to points ``z`` ``[N, latent]`` (``fit``; an option that cannot
     fit them is an ``ArgumentError`` naming it), sampled by ``sample(n)``; ``state()`` its fitted
     tensors and ``load(state, latent)`` their reverse (``ValueError`` naming what does not
-    fit); ``options()`` its constructor's arguments."""
+    fit); ``options()`` its constructor's arguments. ``stays_in``: the latent spaces confined
+    to part of R^latent (``parts.CONFINED``) that its draws stay in (a density on R^latent:
+    none)."""
+
+    stays_in: frozenset[str] = frozenset()
 
     def describe(self) -> str:
         """What the density is, in words."""

@@ -44,7 +44,7 @@ class UniformCodes(Prior):
     """p(z) uniform over the code maps of the model's quantizer, which ``bind`` hands it (a q of
     another family is refused: this prior has no density over a continuum)."""
 
-    features: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset({"codebook"})  # parts.CONFINED
     requires: frozenset[str] = frozenset()
 
     def __init__(self, latent: int) -> None:

@@ -178,6 +178,34 @@ def test_bad_classifier_files_are_refused_naming_the_file(classifier, tmp_path):
         sq.load_classifier(path, (1, 28, 28), "eval.classifier")
 
 
+@pytest.mark.parametrize("change, words", [
+    # its settings' network: 3.5 GB, allocated before this was said
+    (lambda r: r.update(width=4096, num_features=4096, classes=4096),
+     r"body.0.weight has shape \[8, 1, 3, 3\], not \[4096, 1, 3, 3\]"),
+    (lambda r: r["state_dict"]["head.weight"].view(-1)[0].fill_(float("nan")),
+     "head.weight holds NaN or infinite values"),
+])
+def test_a_classifier_file_is_checked_before_its_network_is_allocated(change, words, classifier,
+                                                                      tmp_path):
+    """A file's settings size the network it is loaded into: its tensors are checked against a
+    network of those settings on the meta device first (a file of a few bytes asking for width
+    4096 took 3.5 GB and 14 s to refuse), and must be finite (NaN weights loaded, and gave NaN
+    features to the FID)."""
+    import resource
+
+    path = tmp_path / "c.pt"
+    sq.save_classifier(path, classifier, data="mnist")
+    record = torch.load(path, weights_only=True)
+    change(record)
+    torch.save(record, path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match=f"{path}: its weights do not fit the network its "
+                       f"settings describe \\({words}"):
+        sq.load_classifier(path, (1, 28, 28), "eval.classifier")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 500, grown_mb
+
+
 def test_inception_without_torch_fidelity_is_refused_naming_what_to_download(tmp_path,
                                                                             monkeypatch):
     # As if it were not installed, whether or not it is (the dev extras install it): a None in

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from vae_lightning.errors import ConfigError, DataError
 from vae_lightning.files import atomic_write, kind, open_regular
+from vae_lightning.samplers import _check_tensors
 
 CLASSIFIERS = "feature_classifiers"  # the folder of the classifiers' weights under the data root
 FORMAT = "vae-lightning feature classifier"
@@ -138,12 +139,17 @@ def load_classifier(path: str | os.PathLike, shape: Sequence[int],
     if saved.get("shape") != list(shape):
         raise DataError(f"{path} is a feature classifier for images {saved.get('shape')}, not "
                         f"the model's {list(shape)}: {how}.")
-    net = FeatureNet(shape, saved["classes"], saved["width"], saved["num_features"])
+    sizes = (shape, saved["classes"], saved["width"], saved["num_features"])
+    with torch.device("meta"):  # the shapes its settings give, nothing allocated: a file of a
+        sized = FeatureNet(*sizes)  # few bytes asking for width 4096 allocated 3.5 GB first
     try:
-        net.load_state_dict(saved["state_dict"])
-    except (RuntimeError, TypeError):
+        _check_tensors(saved["state_dict"],
+                       {name: tuple(t.shape) for name, t in sized.state_dict().items()})
+    except ValueError as err:
         raise DataError(f"{path}: its weights do not fit the network its settings describe "
-                        f"(corrupt): {how}.") from None
+                        f"({err}; corrupt): {how}.") from None
+    net = FeatureNet(*sizes)
+    net.load_state_dict(saved["state_dict"])
     record = {k: v for k, v in saved.items() if k not in ("state_dict", "format")}
     return net.eval(), record
 

@@ -113,3 +113,23 @@ def test_jobs_in_one_process_get_their_own_runs(offline, tmp_path):
     assert runs[0].name != runs[1].name
     for run in runs:
         assert b"test/elbo" in _transaction_log(run)
+
+
+def test_no_api_key_is_one_paragraph_before_any_step(monkeypatch, tmp_path):
+    """Online W&B without an API key, outside a terminal that could ask for one: W&B's
+    UsageError (a 40-line traceback) becomes one ConfigError (exit code 2) that says what to do,
+    raised when Lightning first logs, before the first training step."""
+    from vae_lightning.errors import ConfigError
+
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_ANONYMOUS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"HOME": tmp_path, "NETRC": tmp_path / "netrc", "WANDB_SILENT": "true",
+                       "WANDB_DIR": tmp_path, "WANDB_CONFIG_DIR": tmp_path / "config",
+                       "WANDB_CACHE_DIR": tmp_path / "cache"}.items():
+        monkeypatch.setenv(key, str(value))
+    cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=1",
+                         *QUIET], tmp_path)
+    with pytest.raises(ConfigError, match="(?s)wandb login.*WANDB_MODE=offline.*logger=csv"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()  # no step was taken
+    assert wandb.run is None

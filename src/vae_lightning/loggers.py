@@ -20,6 +20,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from vae_lightning.args import checked
+from vae_lightning.errors import ConfigError
 from vae_lightning.files import atomic_write, writable_directory
 
 # The environment variable that names MLflow's tracking server (MLflow's name).
@@ -165,3 +166,25 @@ class WandbLogger(_WandbLogger):
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+
+    @property
+    def started(self) -> bool:
+        """Whether the W&B run has been started (``experiment`` read once, successfully)."""
+        return self._experiment is not None
+
+    @property
+    def experiment(self) -> Any:
+        """The W&B run, started when Lightning first logs (before the first training step). W&B's
+        refusal to start one (no API key, outside a terminal that could ask for one) is one
+        paragraph saying what to do, not a traceback."""
+        import wandb
+
+        try:
+            return super().experiment
+        except wandb.errors.UsageError as err:
+            raise ConfigError(
+                f"logger=wandb: W&B did not start a run: {err} Log in with `wandb login` (or "
+                "set WANDB_API_KEY), or log offline with WANDB_MODE=offline (the run's files "
+                "under <run dir>/wandb; `wandb sync <run dir>/wandb/offline-run-*` uploads them "
+                "later), or choose another logger (logger=csv, the default). Nothing was "
+                "trained.") from None

@@ -180,7 +180,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         for logger in trainer.loggers:  # so that the next job of a sweep starts its own run
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, WandbLogger) and logger.started:
                 logger.experiment.finish()
     if trainer.fast_dev_run:  # a check of the code path: nothing is kept as a run's results
         log.info("debug run (trainer.fast_dev_run): no results.json written.")

@@ -3,6 +3,7 @@ multiquadratic kernels), and the two objectives built on it: InfoVAE / MMD-VAE (
 2017) and WAE-MMD (Tolstikhin et al. 2018)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -134,3 +135,46 @@ def test_it_trains(objective):
     assert result.loss_after < result.loss_before - 0.1, result
     if not getattr(objective, "deterministic", False):
         assert result.elbo_after > result.elbo_before + 0.1, result
+
+
+@pytest.mark.parametrize("objective", [InfoVAE(), InfoVAE(alpha=0.0, lam=1.0), WAE()])
+def test_a_minibatch_of_one_point_is_refused_naming_the_batch_size(objective):
+    """One point has no pairs: the U-statistic divided 0 by 0, and training stopped with a
+    NaN loss and the advice to lower the learning rate (Frey Face's 1565 training points in
+    minibatches of 782 leave one at each epoch's end), even where the MMD's weight is 0
+    (alpha = 0, lambda = 1: 0 x NaN). The refusal names the minibatch and what to choose
+    (a last resort: the settings that make one are refused before training, below)."""
+    from vae_lightning.errors import ConfigError
+
+    torch.manual_seed(0)
+    model, x = small_vae(latent=3), binary_images(8)
+    with pytest.raises(ConfigError, match=r"this training minibatch holds 1: choose a "
+                       r"data.batch_size of at least 2"):
+        objective.loss(model, x[:1])
+    loss, _ = objective.loss(model, x[:2])  # two points: one pair, a finite estimate
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("objective, batch_size, why, fits", [
+    ("info_vae", 782, "the training split's 1565 points leave 1 after the last full minibatch "
+     "of data.batch_size=782", 783),
+    ("wae", 1, "data.batch_size=1 holds fewer", 3),
+])
+def test_a_batch_size_that_makes_a_one_point_minibatch_is_refused_before_training(
+        tmp_path, objective, batch_size, why, fits):
+    """Objective.min_batch (2 for the MMD's pairs) is checked against the batch size and the
+    training split's size before the first step (run_checks.check_minibatches): the refusal
+    names both and a batch size that fits; nothing is trained or written."""
+    from compose import compose_train
+
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.train import train
+
+    cfg = compose_train(["data=frey", "model.latent=2", f"model/objective={objective}",
+                         f"data.batch_size={batch_size}", "logger=none",
+                         "trainer.enable_progress_bar=false"], tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(why) + r".* e\.g\. data\.batch_size="
+                       + str(fits) + r"\.$"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+    assert 1565 % fits == 0 or 1565 % fits >= 2

@@ -71,6 +71,29 @@ def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
                 "(model=vae) on data without labels.")
 
 
+def check_minibatches(model: VAE, datamodule: L.LightningDataModule) -> None:
+    """An objective whose loss needs ``min_batch`` points in each training minibatch (the MMD's
+    pairs) refuses a ``data.batch_size`` below that, or a training split whose size leaves
+    fewer after an epoch's last full minibatch, before the first step (the loss of such a
+    minibatch has no value: a NaN at the epoch's end). One process's split; under DDP each
+    rank's share is checked by the loss itself."""
+    need, size = model.objective.min_batch, getattr(datamodule, "batch_size", None)
+    if need <= 1 or size is None or "train" not in getattr(datamodule, "splits", {}):
+        return
+    n = len(datamodule.splits["train"][0])
+    if size >= need and n % size in (0, *range(need, size)):
+        return
+    fits = next((b for b in range(max(size, need), n + 1) if n % b == 0 or n % b >= need), n)
+    why = (f"data.batch_size={size} holds fewer" if size < need else
+           f"the training split's {n} points leave {n % size} after the last full minibatch "
+           f"of data.batch_size={size}")
+    raise ConfigError(
+        f"{type(model.objective).__name__} (model/objective) needs at least {need} points in "
+        f"each training minibatch (its estimate takes pairs of them), but {why}: choose a "
+        f"data.batch_size of at least {need} that leaves none or at least {need} over, e.g. "
+        f"data.batch_size={fits}.")
+
+
 def check_grid(model: VAE, datamodule: L.LightningDataModule, split: str = "train") -> None:
     """A likelihood of 8-bit levels (``pixel_distributions.Grid``: the values k / (bins - 1))
     scores a pixel off its grid as the nearest level: on data of another grid (Frey Face's

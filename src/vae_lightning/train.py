@@ -157,6 +157,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         run_checks.check_same_data(checkpoint, datamodule, resume_from)
     run_checks.check_labels(model, datamodule)
     run_checks.check_grid(model, datamodule)
+    run_checks.check_minibatches(model, datamodule)
     if resume_from is not None:
         rundir.record_resume(cfg.output_dir, _task_overrides())
     loggers = _instantiate_all(cfg.get("logger"), "logger",

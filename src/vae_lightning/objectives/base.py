@@ -115,6 +115,10 @@ class Objective:
     # Whether it trains on points whose label is hidden (-1), summing over their classes (M2):
     # a conditional model is otherwise refused data with such points.
     unlabelled = False
+    # The fewest points a training minibatch may hold (the MMD's estimate takes pairs: 2):
+    # run_checks.check_minibatches refuses, before the first step, a batch size or a training
+    # split that makes a smaller one.
+    min_batch = 1
     # The proposal of ``log_weights``, in words: vae-eval's k samples, whose mean log-weight is
     # its "elbo" (eval.json's ``proposal``); q's own ELBO unless the objective trains another.
     proposal = "q(z|x): elbo is q's ELBO"

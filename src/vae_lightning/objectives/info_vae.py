@@ -32,6 +32,7 @@ class InfoVAE(Regularized, Objective):
     ``kernel`` (``rbf`` or ``imq``) and its ``bandwidth`` C (null: 2 x latent). Logs
     ``train/mmd``, the MMD^2 estimate."""
 
+    min_batch = 2  # the MMD^2 estimate's pairs of points (mmd.mmd2)
     checkpoint = "last"  # the InfoVAE objective, not the ELBO, is trained
 
     @checked

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from vae_lightning.errors import ConfigError
+
 Kernel = Literal["rbf", "imq"]
 
 
@@ -39,8 +41,13 @@ def kernel_matrix(x: Tensor, y: Tensor, kernel: Kernel, bandwidth: float) -> Ten
 
 def mmd2(x: Tensor, y: Tensor, kernel: Kernel, bandwidth: float) -> Tensor:
     """The unbiased estimate of MMD^2 between the distributions of the rows of ``x`` and of
-    ``y`` (each at least two rows)."""
+    ``y`` (each at least two rows: one row has no pairs, and the estimate no value)."""
     n, m = len(x), len(y)
+    if min(n, m) < 2:  # refused before training (Objective.min_batch); a last resort here
+        raise ConfigError(
+            f"The MMD of InfoVAE and WAE is estimated from pairs of a minibatch's points, and "
+            f"this training minibatch holds {min(n, m)}: choose a data.batch_size of at least "
+            "2 that leaves no point or at least two over after an epoch's last full minibatch.")
     k_xx, k_yy = kernel_matrix(x, x, kernel, bandwidth), kernel_matrix(y, y, kernel, bandwidth)
     within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (n * (n - 1))
     within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))

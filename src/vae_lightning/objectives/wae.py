@@ -32,6 +32,7 @@ class WAE(Regularized, Objective):
     its ``bandwidth`` C (null: 2 x latent), and a ``deterministic`` encoder. Logs
     ``train/mmd``, the MMD^2 estimate, and ``train/cost``, the reconstruction cost."""
 
+    min_batch = 2  # the MMD^2 estimate's pairs of points (mmd.mmd2)
     checkpoint = "last"  # the WAE objective, not the ELBO, is trained
 
     @checked

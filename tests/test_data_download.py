@@ -79,3 +79,18 @@ def test_find_searches_dirs_in_order(tmp_path):
     (tmp_path / "one" / "f").write_bytes(b"")
     assert find("f.gz", [tmp_path / "one", tmp_path / "two"]) == tmp_path / "one" / "f"
     assert find("g.gz", [tmp_path / "one"]) is None
+
+
+def test_the_missing_files_error_gives_the_absolute_folder_and_how_to_point_elsewhere(
+        tmp_path, monkeypatch):
+    """The default root is ./data, relative to where the command runs: the error names the
+    folder searched as an absolute path, and how to point the run at files kept elsewhere
+    (a newcomer read 'Missing ... in data/mnist' and did not know of data.root)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFoundError) as err:
+        ensure_files({"b.gz": MD5}, [Path("data") / "mnist"], ["https://a.example/"],
+                     download_missing=False)
+    msg = str(err.value)
+    assert f"Missing b.gz in {tmp_path / 'data' / 'mnist'};" in msg
+    assert msg.endswith("point data.root (or the environment variable VAE_DATA_DIR) at the "
+                        "folder that holds mnist/ with them.")

@@ -226,9 +226,10 @@ def ensure_files(
                if errors else "not downloaded: data.download=false")
         searched = (f" (also searched: {', '.join(map(str, dirs[1:]))})" if dirs[1:] else "")
         raise DataNotFoundError(
-            f"Missing {', '.join(missing)} in {dirs[0]}{searched}; {why}. Place the files there "
-            f"by hand (gzipped or not), e.g. from {mirrors[0]}, with these md5 sums: "
-            + ", ".join(f"{n} {files[n]}" for n in missing)
-            + "."
+            f"Missing {', '.join(missing)} in {Path(dirs[0]).absolute()}{searched}; {why}. "
+            f"Place the files there by hand (gzipped or not), e.g. from {mirrors[0]}, with "
+            "these md5 sums: " + ", ".join(f"{n} {files[n]}" for n in missing) + "; or, where "
+            "they are elsewhere, point data.root (or the environment variable VAE_DATA_DIR) at "
+            f"the folder that holds {Path(dirs[0]).name}/ with them."
         )
     return found

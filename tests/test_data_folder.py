@@ -127,6 +127,22 @@ def test_colour_file_read_as_grayscale_and_grayscale_as_colour(tmp_path):
     assert colour.shape == (3, 8, 8) and all(np.array_equal(c, rgb[..., 0]) for c in colour)
 
 
+def test_grey_images_decoded_to_three_channels_are_warned_about(tmp_path, caplog):
+    """data.channels=3 is the default: a folder of grey images (MNIST digits as PNGs) would
+    train on three copies of each pixel without a word; a warning names data.channels=1, once,
+    when the images are decoded (not for colour images)."""
+    for kind, image in (("grey", smooth_image(0, channels=1)), ("colour", smooth_image(0))):
+        for i in range(6):
+            write(tmp_path / kind / f"{i}.png", image)
+        with caplog.at_level("WARNING", logger=folder_module.__name__):
+            caplog.clear()
+            module(tmp_path / kind, tmp_path, channels=3).setup()
+        grey = [r.getMessage() for r in caplog.records if "all grey" in r.getMessage()]
+        assert len(grey) == (kind == "grey"), (kind, grey)
+        if grey:
+            assert "data.channels=1 models one" in grey[0]
+
+
 def test_resize_shorter_side_then_centre_crop(tmp_path):
     rng = np.random.default_rng(0)
     wide, tall = rng.integers(0, 256, (8, 16, 3), np.uint8), rng.integers(0, 256, (16, 8), np.uint8)

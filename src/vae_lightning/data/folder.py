@@ -249,6 +249,12 @@ class FolderDataModule(VAEDataModule):
         for i, pixels in enumerate(decoded):
             images[i] = pixels
         log.info("Decoded %d images in %.1f s", len(files), time.perf_counter() - start)
+        if self.channels == 3 and (images[:, 1:] == images[:, :1]).all():
+            log.warning("The %d images in %s are all grey (their three channels equal), and "
+                        "data.channels=3 (the default) models three copies of each pixel: "
+                        "data.channels=1 models one (a third of the input, and a bound in nats "
+                        "per image that compares with other grey data's).", len(files),
+                        self.path)
         return images
 
     def _write_cache(self, cache: Path, images: np.ndarray) -> None:

@@ -1,12 +1,16 @@
 """W&B: offline runs (no API key) write the metrics, the figures and the run's tags into their run
 files, and the jobs of one multirun sweep share a group."""
 
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import wandb
-from compose import compose_train
+from compose import REPO, compose_train
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, read_write
 from wandb.proto.wandb_internal_pb2 import RunRecord
@@ -115,21 +119,23 @@ def test_jobs_in_one_process_get_their_own_runs(offline, tmp_path):
         assert b"test/elbo" in _transaction_log(run)
 
 
-def test_no_api_key_is_one_paragraph_before_any_step(monkeypatch, tmp_path):
+def test_no_api_key_is_one_paragraph_before_any_step(tmp_path):
     """Online W&B without an API key, outside a terminal that could ask for one: W&B's
-    UsageError (a 40-line traceback) becomes one ConfigError (exit code 2) that says what to do,
-    raised when Lightning first logs, before the first training step."""
-    from vae_lightning.errors import ConfigError
-
-    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_ANONYMOUS"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in {"HOME": tmp_path, "NETRC": tmp_path / "netrc", "WANDB_SILENT": "true",
-                       "WANDB_DIR": tmp_path, "WANDB_CONFIG_DIR": tmp_path / "config",
-                       "WANDB_CACHE_DIR": tmp_path / "cache"}.items():
-        monkeypatch.setenv(key, str(value))
-    cfg = compose_train(["data=frey", "model.latent=2", "logger=wandb", "trainer.max_epochs=1",
-                         *QUIET], tmp_path)
-    with pytest.raises(ConfigError, match="(?s)wandb login.*WANDB_MODE=offline.*logger=csv"):
-        train(cfg)
-    assert not (tmp_path / "checkpoints").exists()  # no step was taken
-    assert wandb.run is None
+    UsageError (a 40-line traceback, exit code 1) becomes one error paragraph that says what to
+    do, exit code 2, raised when Lightning first logs, before the first training step. In a
+    process of its own: W&B keeps the settings of an earlier (offline) run of this process."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_ANONYMOUS")}
+    env.update({"HOME": str(tmp_path), "NETRC": str(tmp_path / "netrc"), "WANDB_SILENT": "true",
+                "WANDB_DIR": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "config"),
+                "WANDB_CACHE_DIR": str(tmp_path / "cache")})
+    run = subprocess.run([sys.executable, str(REPO / "train.py"), "data=frey", "model.latent=2",
+                          "logger=wandb", "trainer.max_epochs=1", *QUIET,
+                          f"hydra.run.dir={tmp_path / 'run'}"], env=env, cwd=tmp_path,
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.search("wandb login.*WANDB_MODE=offline.*logger=csv",
+                                          errors[0]), run.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no step was taken

@@ -202,6 +202,10 @@ BAD_CONFIGS = [
     (["trainer.check_val_every_n_epoch=0"], ["trainer.check_val_every_n_epoch=0",
                                              "integer >= 1 or null"]),
     (["seed=1.5"], ["seed", "1.5"]),
+    # Indexing an empty list was OmegaConf's "Interpolation key ... layers.0 not found".
+    (["model=hierarchy", "model.encoder.posterior.layers=[]"],
+     ["model.encoder.posterior.layers=[] is empty, and model.decoder.latent is its first item",
+      "e.g. [100, 50]"]),
     (["seed=-1"], ["seed=-1", "as data.seed", ">= 0"]),
     (["ckpt_path=/no/such/file.ckpt"], ["/no/such/file.ckpt", "does not exist"]),
     (["+trainer.max_epoch=3"], ["trainer.max_epoch", "accepted", "max_epochs"]),

@@ -255,4 +255,7 @@ def check(cfg: DictConfig) -> None:
 
 
 def _omegaconf_message(err: OmegaConfBaseException) -> str:
-    return str(err).strip().splitlines()[0]
+    """The first line of OmegaConf's message, without the prefix it puts before a resolver's
+    own message (``resolvers``: those say what is wrong in words)."""
+    line = str(err).strip().splitlines()[0]
+    return re.sub(r"^\w+ raised while resolving interpolation: ", "", line)

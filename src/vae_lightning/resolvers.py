@@ -11,7 +11,8 @@
   fresh run directory, null for one that holds a run already (``rundir.record_dir``).
 - ``${sqlite:<path>}``: the SQLAlchemy URL of a SQLite file, its folder created (Optuna's study).
 - ``${sum:${.layers}}``: the sum of a list of numbers (``model=hierarchy``: the latent size is
-  the sum of the stochastic layers' sizes).
+  the sum of the stochastic layers' sizes); ``${first:${.layers}}`` its first item (the size of
+  z_1, which the decoder reads).
 - ``${config_groups:}``: the config groups and their options, one line each, for ``--help``
   (``groups.groups``: the bases a group's options start from, named ``_*``, are not options).
 """
@@ -57,6 +58,20 @@ def total(values) -> int | float:
     return sum(values)
 
 
+def first(values, _node_):
+    """The first item of a list (indexing an empty one raised OmegaConf's 'key not found',
+    naming neither the list nor what it must hold)."""
+    if not len(values):
+        key = _node_._get_full_key(None)
+        relative = str(_node_._value()).removeprefix("${first:${").removesuffix("}}")
+        up = len(relative) - len(relative.lstrip("."))  # .x: a sibling; ..x: the parent's
+        source = ".".join([*key.split(".")[:-up], relative[up:]]) if up else relative
+        raise ValueError(f"{source}=[] is empty, and {key} is its first "
+                         "item: give one or more sizes, the first the size of z_1 (read by the "
+                         "decoder), e.g. [100, 50].")
+    return values[0]
+
+
 def config_groups() -> str:
     from vae_lightning.groups import groups
 
@@ -67,5 +82,5 @@ def config_groups() -> str:
 for name, resolver in (("sweep_group", sweep_group), ("run_dir_of", run_dir_of),
                        ("run_path", run_path), ("run_record", rundir.record_dir),
                        ("sqlite", sqlite), ("config_groups", config_groups),
-                       ("sum", total)):
+                       ("sum", total), ("first", first)):
     OmegaConf.register_new_resolver(name, resolver, replace=True)

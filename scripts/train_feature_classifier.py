@@ -23,13 +23,14 @@ import torch
 from vae_lightning.data import FashionMNISTDataModule, MNISTDataModule
 from vae_lightning.errors import UserError
 from vae_lightning.sample_quality import (
+    SCRIPT_DATA,
     accuracy,
     classifier_path,
     save_classifier,
     train_classifier,
 )
 
-DATA = {"mnist": MNISTDataModule, "fashion_mnist": FashionMNISTDataModule}
+DATA = dict(zip(SCRIPT_DATA, (MNISTDataModule, FashionMNISTDataModule), strict=True))
 
 
 def main() -> None:

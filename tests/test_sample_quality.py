@@ -152,6 +152,23 @@ def test_the_classifier_is_saved_and_read_back(classifier, tmp_path):
     assert torch.equal(sq.features(net, x), sq.features(classifier, x))
 
 
+def test_a_missing_classifier_says_how_to_make_one_for_the_run_s_data(tmp_path):
+    """The refusal fills in the script's command for a data set it trains on (the run's data
+    and data root, not placeholders), and for another (dSprites, which the script refuses)
+    says to name a classifier of one's own or leave sample quality out."""
+    missing = tmp_path / "feature_classifiers" / "mnist.pt"
+    with pytest.raises(ConfigError) as err:
+        sq.load_classifier(missing, (1, 28, 28), "eval.classifier", "mnist", tmp_path)
+    assert (f"python scripts/train_feature_classifier.py --data mnist --root {tmp_path} "
+            f"(in a checkout of the repository; it writes {missing})") in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        sq.load_classifier(tmp_path / "dsprites.pt", (1, 64, 64), "eval.classifier", "dsprites",
+                           tmp_path)
+    assert ("trains one for mnist, fashion_mnist only: for data=dsprites name a classifier of "
+            "your own with eval.classifier=<file>") in str(err.value)
+    assert "--data" not in str(err.value)
+
+
 def test_bad_classifier_files_are_refused_naming_the_file(classifier, tmp_path):
     with pytest.raises(ConfigError, match=r"eval.classifier: no feature classifier at .*missing"):
         sq.load_classifier(tmp_path / "none.pt", (1, 28, 28), "eval.classifier")

@@ -287,7 +287,8 @@ class Evaluation:
                                      "inception_weights": str(self.inception_weights)}
         else:
             path = self.classifier or quality.classifier_path(datamodule.root, datamodule.name)
-            net, record = quality.load_classifier(path, model.data_shape, "eval.classifier")
+            net, record = quality.load_classifier(path, model.data_shape, "eval.classifier",
+                                                  datamodule.name, datamodule.root)
             if record.get("data") != datamodule.name:
                 log.warning("The feature classifier %s was trained on data=%s, not on the "
                             "model's data=%s: its features may not describe these images.",

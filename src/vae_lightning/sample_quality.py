@@ -116,13 +116,33 @@ def save_classifier(path: str | os.PathLike, net: FeatureNet, **record: Any) -> 
                    file)
 
 
-def load_classifier(path: str | os.PathLike, shape: Sequence[int],
-                    key: str) -> tuple[FeatureNet, dict[str, Any]]:
+# The data sets scripts/train_feature_classifier.py trains a classifier for (its --data).
+SCRIPT_DATA = ("mnist", "fashion_mnist")
+
+
+def how_to_make(key: str, data: str | None = None, root: str | os.PathLike | None = None) -> str:
+    """How to make the classifier of data set ``data`` (root: its data root), in words: the
+    script's command for the data sets it trains on, else a classifier of one's own."""
+    if data is None or root is None:
+        return (f"train one with: python scripts/train_feature_classifier.py --data <data> (it "
+                f"writes <data root>/{CLASSIFIERS}/<data>.pt), or name one with {key}=<file>")
+    if data in SCRIPT_DATA:
+        return (f"train one with: python scripts/train_feature_classifier.py --data {data} "
+                f"--root {root} (in a checkout of the repository; it writes "
+                f"{classifier_path(root, data)}), or name one with {key}=<file>")
+    return (f"scripts/train_feature_classifier.py trains one for {', '.join(SCRIPT_DATA)} "
+            f"only: for data={data} name a classifier of your own with {key}=<file> (written by "
+            "sample_quality.save_classifier), or leave eval.sample_quality out")
+
+
+def load_classifier(path: str | os.PathLike, shape: Sequence[int], key: str,
+                    data: str | None = None,
+                    root: str | os.PathLike | None = None) -> tuple[FeatureNet, dict[str, Any]]:
     """The classifier of ``path`` (read with ``weights_only``) and its record, checked: made
     by ``save_classifier``, for images of ``shape``; else a ``DataError`` naming the file (the
-    config ``key`` that names it, and how to make one)."""
-    how = (f"train one with: python scripts/train_feature_classifier.py --data <data> (it writes "
-           f"<data root>/{CLASSIFIERS}/<data>.pt), or name one with {key}=<file>")
+    config ``key`` that names it, and how to make one for the data set ``data`` of the data
+    root ``root``: ``how_to_make``)."""
+    how = how_to_make(key, data, root)
     if kind(path) in ("missing", "a dangling symbolic link"):
         raise ConfigError(f"{key}: no feature classifier at {path} ({kind(path)}): {how}.")
     with open_regular(path, DataError, "a feature classifier (.pt) file") as file:

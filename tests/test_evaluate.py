@@ -286,16 +286,29 @@ def test_eval_json_is_strict_json_with_null_for_the_standard_error_of_one_point(
     assert math.isfinite(written["iw"]["nats"])
 
 
-def test_replacing_an_evaluation_of_another_split_is_said(checkpoint, tmp_path, caplog):
+def test_an_evaluation_of_another_split_or_k_is_kept_beside_the_new_one(checkpoint, tmp_path,
+                                                                         caplog):
+    """eval.json is the newest evaluation; one of another split, k or size it replaces is kept
+    as eval-<split>-k<k>-n<n>.json (a quick check cost a k = 5000 estimate before), and said;
+    an earlier file whose values are not vae-eval's names nothing: eval-earlier.json."""
     out = tmp_path / "both"
     base = [f"ckpt_path={checkpoint}", "eval.k=2", "eval.device=cpu", f"output_dir={out}"]
     run_eval(_eval_cfg([*base, "eval.limit=10"]))
+    first = (out / "eval.json").read_text()
     with caplog.at_level("WARNING"):
-        run_eval(_eval_cfg([*base, "eval.limit=10"]))  # the same again: nothing to say
-        assert "now holds this one" not in caplog.text
+        run_eval(_eval_cfg([*base, "eval.limit=10"]))  # the same again: replaced, nothing kept
+        assert "kept as" not in caplog.text and sorted(os.listdir(out)) == ["eval.json"]
         run_eval(_eval_cfg([*base, "eval.limit=10", "eval.split=val"]))
-    assert "split=test, k=2 (10 points); it now holds this one (split=val" in caplog.text
+    assert ("split=test, k=2 (10 points): kept as eval-test-k2-n10.json; eval.json now holds "
+            "this one (split=val") in caplog.text
     assert json.loads((out / "eval.json").read_text())["split"] == "val"
+    assert json.loads((out / "eval-test-k2-n10.json").read_text())["split"] == "test"
+    kept = json.loads((out / "eval-test-k2-n10.json").read_text())
+    assert kept["iw"] == json.loads(first)["iw"]  # kept as it was (the same seed's estimate)
+    (out / "eval.json").write_text(json.dumps({"split": "../../escape", "k": 2, "n": 10}))
+    run_eval(_eval_cfg([*base, "eval.limit=10"]))
+    assert json.loads((out / "eval-earlier.json").read_text())["split"] == "../../escape"
+    assert sorted(os.listdir(out)) == ["eval-earlier.json", "eval-test-k2-n10.json", "eval.json"]
 
 
 def test_eval_out_of_memory_names_the_chunk_and_writes_nothing(checkpoint, tmp_path, monkeypatch):

@@ -46,19 +46,27 @@ Metric = Literal["beta_vae", "factor_vae", "mig", "sap", "dci", "modularity"]
 Quality = Literal["fid", "kid", "precision_recall"]
 
 
-def _say_what_is_replaced(path: Path, results: dict[str, Any]) -> None:
-    """Warn when ``path`` holds an evaluation of another split or k, which this one replaces
-    (output_dir keeps both)."""
+def _keep_what_is_replaced(path: Path, results: dict[str, Any]) -> None:
+    """An eval.json of another split, k or number of points is kept beside the new one
+    (``rundir.kept_evaluation``): a quick check (eval.k=100) does not cost an hours-long
+    k = 5000 estimate. ``eval.json`` is the newest evaluation. The earlier file's values name
+    the kept file only where they are what vae-eval writes (a split, whole numbers): nothing
+    read from the file chooses another path."""
     try:
         earlier = json.loads(path.read_text())
         before = (earlier.get("split"), earlier.get("k"), earlier.get("n"))
     except (OSError, ValueError, AttributeError):
         return
     now = (results["split"], results["k"], results["n"])
-    if before != now:
-        log.warning("%s held the evaluation of split=%s, k=%s (%s points); it now holds this one "
-                    "(split=%s, k=%s, %s points). Give output_dir=... to keep both.", path,
-                    *before, *now)
+    if before == now:
+        return
+    split, k, n = before
+    named = isinstance(split, str) and split in STAGES and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (k, n))
+    kept = rundir.kept_evaluation(path, *(before if named else ()))
+    path.replace(kept)
+    log.warning("%s held the evaluation of split=%s, k=%s (%s points): kept as %s; eval.json now "
+                "holds this one (split=%s, k=%s, %s points).", path, *before, kept.name, *now)
 
 
 class Evaluation:
@@ -236,7 +244,7 @@ class Evaluation:
             results["sample_quality"] = self._judge_samples(model, *judge, seed)
         out.mkdir(parents=True, exist_ok=True)
         path = rundir.path(out, "eval")
-        _say_what_is_replaced(path, results)
+        _keep_what_is_replaced(path, results)
         rundir.write_json(path, results)
         progress.remove()
         results["path"] = str(path)

@@ -2,7 +2,8 @@
 
     <run>/results.json            the run's results (train.py)
     <run>/curve.json              Fig. 2's curve (callbacks.BoundCurve)
-    <run>/eval.json               eval.py's estimates
+    <run>/eval.json               eval.py's estimates (the newest; an earlier one of other
+                                  settings kept as eval-<split>-k<k>-n<n>.json: kept_evaluation)
     <run>/checkpoints/last.ckpt   the state after the latest epoch (what a resume continues)
     <run>/checkpoints/best-epochNNN.ckpt, nonfinite-stepN.ckpt
     <run>/figures/                the paper's figures (callbacks.Figures)
@@ -55,6 +56,15 @@ LAST_KEYWORD = "last"  # ckpt_path=last
 LAYOUT = {"results": RESULTS, "curve": CURVE, "eval": EVAL, "eval_progress": EVAL_PROGRESS,
           "checkpoints": CHECKPOINTS, "figures": FIGURES, "samples": SAMPLES,
           "config_tree": CONFIG_TREE}
+
+
+def kept_evaluation(eval_json: Path, split: str | None = None, k: int | None = None,
+                    n: int | None = None) -> Path:
+    """Where an ``eval.json`` of ``split``, ``k`` and ``n`` points that a new evaluation replaces
+    is kept: ``eval-<split>-k<k>-n<n>.json`` beside it; ``eval-earlier.json`` when they are not
+    given."""
+    named = None not in (split, k, n)
+    return eval_json.with_name(f"eval-{split}-k{k}-n{n}.json" if named else "eval-earlier.json")
 
 
 def _absolute(directory: str | Path) -> Path:

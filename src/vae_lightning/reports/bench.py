@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import fcntl
 import json
-import math
 import signal
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from omegaconf import OmegaConf
 from vae_lightning import rundir
 from vae_lightning.errors import ConfigError, DataError, UnwritableError, UserError
 from vae_lightning.files import writable_directory
+from vae_lightning.reports import json_files
+from vae_lightning.reports.json_files import finite, optional, text, whole
 
 RUNS, RECORDS, PAGE = Path("benchmarks/bench"), Path("docs/benchmark/records"), Path(
     "docs/benchmark.md")
@@ -212,117 +213,69 @@ def _samples(value: Any) -> str:
     return "—" if value is None else f"{value:.3g}"
 
 
-def _number(value: Any) -> bool:  # finite: Python's json reads NaN and Infinity too
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
-        value)
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _text(value: Any) -> bool:
-    return isinstance(value, str)
-
-
 def _node(value: Any) -> bool:  # paper, pythae: a mapping, or nothing
     return value is None or isinstance(value, dict)
 
 
-def _optional(check: Any) -> Any:
-    return lambda value: value is None or check(value)
+def _mapping(value: Any) -> bool:
+    return isinstance(value, dict)
 
 
 # What the page reads of a record (``run`` writes them; strict JSON, a non-finite number null)
 # and of a full-length run's point, each key with its test and, in words, what it accepts.
 RECORD = {
-    "bench": (lambda v: isinstance(v, dict), "a mapping (the row's benchmark node)"),
-    "bench.row": (_optional(_text), "a string or null"),
-    "bench.config": (_optional(_text), "a string or null"),
-    "bench.note": (_optional(_text), "a string or null"),
+    "bench": (_mapping, "a mapping (the row's benchmark node)"),
+    "bench.row": (optional(text), "a string or null"),
+    "bench.config": (optional(text), "a string or null"),
+    "bench.note": (optional(text), "a string or null"),
     "bench.paper": (_node, "a mapping or null"),
     "bench.pythae": (_node, "a mapping or null"),
-    "bench.paper.value": (_optional(_number), "a finite number or null"),
-    "bench.paper.source": (_optional(_text), "a string or null"),
-    "bench.pythae.value": (_optional(_number), "a finite number or null"),
-    "bench.pythae.setting": (_optional(_text), "a string or null"),
-    "iw": (lambda v: isinstance(v, dict), "a mapping of nats and nats_se"),
-    "iw.nats": (_number, "a finite number (nats per test image)"),
-    "iw.nats_se": (_optional(_number), "a finite number or null (one test point)"),
-    "elbo": (lambda v: isinstance(v, dict), "a mapping of nats"),
-    "elbo.nats": (_optional(_number), "a finite number or null"),
-    "active_units": (_optional(_whole), "an integer >= 0 or null (one test point)"),
-    "latent": (_whole, "an integer >= 0"),
-    "train_samples_seen": (_optional(_number), "a finite number or null"),
-    "status": (_text, "a string (completed, diverged)"),
-    "train_seconds": (_optional(_number), "a finite number or null"),
-    "eval_seconds": (_optional(_number), "a finite number or null"),
+    "bench.paper.value": (optional(finite), "a finite number or null"),
+    "bench.paper.source": (optional(text), "a string or null"),
+    "bench.pythae.value": (optional(finite), "a finite number or null"),
+    "bench.pythae.setting": (optional(text), "a string or null"),
+    "iw": (_mapping, "a mapping of nats and nats_se"),
+    "iw.nats": (finite, "a finite number (nats per test image)"),
+    "iw.nats_se": (optional(finite), "a finite number or null (one test point)"),
+    "elbo": (_mapping, "a mapping of nats"),
+    "elbo.nats": (optional(finite), "a finite number or null"),
+    "active_units": (optional(whole), "an integer >= 0 or null (one test point)"),
+    "latent": (whole, "an integer >= 0"),
+    "train_samples_seen": (optional(finite), "a finite number or null"),
+    "status": (text, "a string (completed, diverged)"),
+    "train_seconds": (optional(finite), "a finite number or null"),
+    "eval_seconds": (optional(finite), "a finite number or null"),
 }
 STRETCH = {
-    "epoch": (_whole, "an integer >= 0"),
-    "samples_seen": (_number, "a finite number"),
-    "test_elbo": (_optional(_number), "a finite number or null"),
-    "iw": (_number, "a finite number"),
-    "iw_se": (_optional(_number), "a finite number or null"),
-    "active_units": (_optional(_whole), "an integer >= 0 or null"),
+    "epoch": (whole, "an integer >= 0"),
+    "samples_seen": (finite, "a finite number"),
+    "test_elbo": (optional(finite), "a finite number or null"),
+    "iw": (finite, "a finite number"),
+    "iw_se": (optional(finite), "a finite number or null"),
+    "active_units": (optional(whole), "an integer >= 0 or null"),
 }
 REQUIRED = {"bench", "iw", "iw.nats", "elbo", "latent", "status",  # a record's
             "epoch", "samples_seen"}  # and a point's; "iw" is both: a point's is its number
 
 
-def _checked(path: Path, value: dict[str, Any], schema: dict[str, Any], what: str) -> Any:
-    """``value`` (parsed from ``path``) if each key of ``schema`` it holds (dotted: a key of a
-    mapping it holds) passes its test, and it holds those the page needs (``REQUIRED``). Else a
-    ``DataError`` naming the file, the key, its value and what is accepted."""
-    fix = "Write it again with vae-bench run (or mend it), or move it away."
-    for key, (test, accepted) in schema.items():
-        *parents, last = key.split(".")
-        node = value
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
-            continue  # its parent is absent or null, and was checked itself
-        if last not in node:
-            if key in REQUIRED:
-                raise DataError(f"{path}: {what} has no {key}, which the page shows "
-                                f"(expected {accepted}). {fix}")
-            continue
-        if not test(node[last]):
-            raise DataError(f"{path}: {what}'s {key}={node[last]!r} is not allowed: expected "
-                            f"{accepted}. {fix}")
-    return value
-
-
-def _read_json(path: Path, what: str, fix: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as err:
-        raise DataError(f"{path}: {what} cannot be read ({err.strerror}); {fix}.") from None
-    except ValueError as err:  # not JSON, not UTF-8
-        raise DataError(f"{path}: {what} is not JSON ({err}); {fix}.") from None
-
-
 def read_record(path: Path) -> dict[str, Any]:
     """A row's record, as the page reads it: refused (``DataError``, one message naming the
     file, the key, its value and what is accepted) when it is not what ``run`` writes."""
-    fix = "write it again with vae-bench run, or move it away"
-    record = _read_json(path, "the row's record", fix)
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: the row's record is a JSON {type(record).__name__}, not an "
-                        f"object of the row's numbers; {fix}.")
-    return _checked(path, record, RECORD, "the row's record")
+    return json_files.read_object(path, "the row's record",
+                                  "write it again with vae-bench run, or move it away",
+                                  DataError, RECORD, REQUIRED)
 
 
 def read_stretches(path: Path) -> list[dict[str, Any]]:
     """A full-length run's points (``benchmarks/long/<run>/stretches.json``), checked as
     ``read_record`` checks a record."""
     fix = "mend it (benchmarks/long/run.sh appends its points), or move it away"
-    points = _read_json(path, "the full-length run's points", fix)
+    points = json_files.read(path, "the full-length run's points", fix, DataError)
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise DataError(f"{path}: the full-length run's points are not a JSON list of objects "
                         f"(epoch, samples_seen, iw, ...); {fix}.")
     for index, point in enumerate(points):
-        _checked(path, point, STRETCH, f"point {index}")
+        json_files.checked(path, point, STRETCH, f"point {index}", fix, DataError, REQUIRED)
     return points
 
 

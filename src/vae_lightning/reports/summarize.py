@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import math
 import sys
+from functools import partial
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from vae_lightning import rundir
 from vae_lightning.plotting import pyplot
+from vae_lightning.reports import json_files
+from vae_lightning.reports.json_files import finite, optional, strings, text, whole
 
 CONDITIONS = ("status", "tags", "data", "latent", "likelihood", "prior", "posterior", "objective",
               "seed", "epochs", "train_samples_seen")
@@ -48,45 +49,23 @@ def load_results(root: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r.get("latent") is None, r.get("latent") or 0))
 
 
-def _number(value: Any) -> bool:
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
-                             and math.isfinite(value))
-
-
-def _strings(value: Any) -> bool:
-    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-
-
 # What the summary reads of a results.json, beyond printing it: each key's test and, in words,
 # what it accepts (train.py writes them; strict JSON, a non-finite bound null).
 READ = {
-    "latent": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
-                                       and v >= 1), "an integer >= 1 or null"),
-    "status": (lambda v: v is None or isinstance(v, str), "a string (completed, ...) or null"),
-    "tags": (_strings, "a list of strings or null"),
-    "overrides": (_strings, "a list of strings or null"),
-    **{key: (_number, "a finite number or null") for key in METRICS},
+    "latent": (optional(partial(whole, least=1)), "an integer >= 1 or null"),
+    "status": (optional(text), "a string (completed, ...) or null"),
+    "tags": (optional(strings), "a list of strings or null"),
+    "overrides": (optional(strings), "a list of strings or null"),
+    **{key: (optional(finite), "a finite number or null") for key in METRICS},
 }
 
 
 def read_results(path: Path) -> dict[str, Any]:
     """A job's ``results.json``, refused (``SummaryError``: one message naming the file, the
     key, its value and what is accepted) where the summary could not show it."""
-    fix = "mend it or move the job away, and summarize again"
-    try:
-        results = json.loads(path.read_text())
-    except OSError as err:
-        raise SummaryError(f"{path} cannot be read ({err.strerror}); {fix}.") from None
-    except ValueError as err:  # not JSON, not UTF-8
-        raise SummaryError(f"{path} is not JSON ({err}); {fix}.") from None
-    if not isinstance(results, dict):
-        raise SummaryError(f"{path} holds a JSON {type(results).__name__}, not an object of the "
-                           f"run's results; {fix}.")
-    for key, (test, accepted) in READ.items():
-        if key in results and not test(results[key]):
-            raise SummaryError(f"{path}: {key}={results[key]!r} is not allowed: expected "
-                               f"{accepted}; {fix}.")
-    return results
+    return json_files.read_object(path, "the job's results.json",
+                                  "mend it or move the job away, and summarize again",
+                                  SummaryError, READ)
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:

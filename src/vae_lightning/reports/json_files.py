@@ -1,0 +1,78 @@
+"""The JSON files the report tools read (a row's record, a stretch's points, a job's
+results.json), checked before anything is written: one error naming the file, the key, its
+value and what is accepted, never a traceback halfway through a page. Each tool gives a schema,
+``{key: (test, accepted in words)}`` (a dotted key is a key of a mapping the file holds), and
+its own error class (its exit code)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+Schema = Mapping[str, tuple[Callable[[Any], bool], str]]
+
+
+def finite(value: Any) -> bool:
+    """A finite number (Python's json reads NaN and Infinity too; a bool is no number)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def whole(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """``test``, or null."""
+    return lambda value: value is None or test(value)
+
+
+def read(path: Path, what: str, fix: str, error: type[Exception]) -> Any:
+    """The JSON value of ``path``; ``error`` where it cannot be read or is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as err:
+        raise error(f"{path}: {what} cannot be read ({err.strerror}); {fix}.") from None
+    except ValueError as err:  # not JSON, not UTF-8
+        raise error(f"{path}: {what} is not JSON ({err}); {fix}.") from None
+
+
+def checked(path: Path, value: dict[str, Any], schema: Schema, what: str, fix: str,
+            error: type[Exception], required: Collection[str] = ()) -> dict[str, Any]:
+    """``value`` (parsed from ``path``) if each key of ``schema`` it holds passes its test, and
+    it holds the ``required`` ones; else ``error`` naming the file, the key, its value and what
+    is accepted."""
+    for key, (test, accepted) in schema.items():
+        *parents, last = key.split(".")
+        node: Any = value
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue  # its parent is absent or null, and was checked itself
+        if last not in node:
+            if key in required:
+                raise error(f"{path}: {what} has no {key} (expected {accepted}); {fix}.")
+            continue
+        if not test(node[last]):
+            raise error(f"{path}: {what}'s {key}={node[last]!r} is not allowed: expected "
+                        f"{accepted}; {fix}.")
+    return value
+
+
+def read_object(path: Path, what: str, fix: str, error: type[Exception], schema: Schema,
+                required: Collection[str] = ()) -> dict[str, Any]:
+    """``read`` a JSON object and check it (``checked``)."""
+    value = read(path, what, fix, error)
+    if not isinstance(value, dict):
+        raise error(f"{path}: {what} holds a JSON {type(value).__name__}, not an object; {fix}.")
+    return checked(path, value, schema, what, fix, error, required)

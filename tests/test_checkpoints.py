@@ -145,8 +145,12 @@ def test_your_own_classes_load_when_you_trust_them(tmp_path, small_checkpoint):
     checkpoint = read_checkpoint(small_checkpoint)
     checkpoint[CONFIG_KEY]["model"]["prior"]["_target_"] = "models.NamedPrior"
     torch.save(checkpoint, tmp_path / "mine.ckpt")
-    with pytest.raises(CheckpointError, match="models.NamedPrior"):
+    with pytest.raises(CheckpointError, match="models.NamedPrior") as err:
         load_model(tmp_path / "mine.ckpt", VAE)
+    # Each entry point's own key (vae-sample's and vae-encode's is top-level, not eval.*).
+    for way in ("VAE.load_from_checkpoint(path, trusted=[...])", "eval.trusted=[...] with vae-eval",
+                "trusted=[...] with vae-sample and vae-encode"):
+        assert way in str(err.value)
     loaded = VAE.load_from_checkpoint(tmp_path / "mine.ckpt", trusted=["models.NamedPrior"])
     assert type(loaded.prior).__name__ == "NamedPrior"
 

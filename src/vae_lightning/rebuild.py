@@ -113,7 +113,8 @@ def _refuse_untrusted(node: Any, key: str, path: str | Path, trusted: Sequence[s
             f"Checkpoint {path} asks to build {', '.join(refused)}, which vae-lightning does not "
             "build: a checkpoint is untrusted input, so nothing in it chooses what code runs. If "
             "the checkpoint is yours and names your own classes, pass their dotted names as "
-            "trusted (VAE.load_from_checkpoint(path, trusted=[...]), eval.trusted=[...]).")
+            "trusted: VAE.load_from_checkpoint(path, trusted=[...]) in Python, "
+            "eval.trusted=[...] with vae-eval, trusted=[...] with vae-sample and vae-encode.")
 
 
 def _reason(err: BaseException) -> str:

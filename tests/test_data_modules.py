@@ -400,3 +400,17 @@ def test_fashion_mnist_from_debian_package(tmp_path):
         "test": (10000, 28, 28),
     }
     assert not any(tmp_path.iterdir())
+
+
+def test_a_data_module_made_in_python_reads_vae_data_dir_as_the_config_does(tmp_path,
+                                                                           monkeypatch):
+    """``MNISTDataModule()`` in Python looks where ``python train.py data=mnist`` looks:
+    ``$VAE_DATA_DIR`` when set (the error of a missing file names that variable), else
+    ``./data``; an explicit root wins. Checkpoints' data are found the same way (vae-eval)."""
+    from vae_lightning.data.datamodules import default_root
+
+    monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path))
+    assert MNISTDataModule().root == tmp_path and default_root() == str(tmp_path)
+    assert MNISTDataModule(root=tmp_path / "x").root == tmp_path / "x"
+    monkeypatch.delenv("VAE_DATA_DIR")
+    assert MNISTDataModule().root == Path("data")

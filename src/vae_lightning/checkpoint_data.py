@@ -23,6 +23,7 @@ from vae_lightning import rundir
 from vae_lightning.args import locations
 from vae_lightning.checkpoints import DATA_KEY, data_differences
 from vae_lightning.config import dotted
+from vae_lightning.data.datamodules import default_root
 from vae_lightning.errors import CheckpointError, ConfigError, DataError
 from vae_lightning.files import kind, open_regular
 from vae_lightning.rebuild import build_trusted, trusted_class
@@ -80,7 +81,7 @@ def find_data(config: dict[str, Any], ckpt_path: str, key: str, *, trusted: Sequ
         elif record.get(name) is not None:
             values[name], source[name] = record[name], "run record"
         elif name == "root":
-            values[name], source[name] = os.environ.get("VAE_DATA_DIR", "data"), "default"
+            values[name], source[name] = default_root(), "default"
         else:
             values.pop(name, None)
             source[name] = "default"

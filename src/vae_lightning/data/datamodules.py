@@ -34,6 +34,13 @@ _STAGE_SPLITS = {
 }
 
 
+def default_root() -> str:
+    """Where the data files are when no root is given: ``$VAE_DATA_DIR``, else ``./data`` (the
+    config's ``data.root`` reads the same, ``${oc.env:VAE_DATA_DIR,data}``), so a data module
+    made in Python finds what ``train.py`` finds."""
+    return os.environ.get("VAE_DATA_DIR", "data")
+
+
 class VAEDataModule(L.LightningDataModule):
     """Base class: in-memory splits, one tensor per split, served by index slicing, sharded per
     rank.
@@ -75,7 +82,7 @@ class VAEDataModule(L.LightningDataModule):
     @checked
     def __init__(
         self,
-        root: str | os.PathLike = "data",
+        root: str | os.PathLike | None = None,
         batch_size: PositiveInt = 100,
         eval_batch_size: PositiveInt | None = None,
         seed: NonNegativeInt = 0,
@@ -90,7 +97,7 @@ class VAEDataModule(L.LightningDataModule):
         labelled_batch: PositiveInt = 10,
     ) -> None:
         super().__init__()
-        self.root = Path(root)
+        self.root = Path(default_root() if root is None else root)
         if self.root.exists() and not self.root.is_dir():
             fail(self, "root", str(root), "expected a directory (it holds the data files), and "
                  "this path is a file: set data.root or VAE_DATA_DIR to a directory")

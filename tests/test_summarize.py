@@ -87,3 +87,47 @@ def test_a_results_json_the_summary_cannot_show_is_one_error(content, words, swe
     for word in words:
         assert word in err, (word, err)
     assert not (sweep / "summary.md").exists()
+
+
+def test_the_swept_keys_are_columns(sweep):
+    """A sweep of a key the conditions do not show (``-m model.latent=2,5
+    model.objective.beta=1,4``) gets a column; a key that is the same in every job, or already a
+    column (``model.latent`` is ``latent``; ``tags``), does not."""
+    for num, (latent, beta) in enumerate([(2, 1), (2, 4), (5, 1), (5, 4)]):
+        (sweep / str(num)).mkdir(exist_ok=True)
+        (sweep / str(num) / "results.json").write_text(json.dumps(
+            {**JOBS[0], "latent": latent, "test/elbo": 100.0 * beta + latent,
+             "overrides": [f"model.latent={latent}", f"model.objective.beta={beta}",
+                           "trainer.max_samples=2000", f"+tags=[b{beta}]"]}))
+    table = summarize(sweep).splitlines()
+    assert table[0] == ("| job | data | latent | prior | epochs | train_samples_seen | "
+                        "model.objective.beta | val/elbo | test/elbo | test/recon | test/kl |")
+    assert [line.split(" | ")[6] for line in table[2:]] == ["1", "4", "1", "4"]
+    with open(sweep / "summary.csv") as f:
+        assert [row["model.objective.beta"] for row in csv.DictReader(f)] == ["1", "4", "1", "4"]
+
+
+def test_the_plot_draws_a_line_per_setting_of_the_swept_keys(sweep, monkeypatch):
+    """The bounds of beta = 1 and beta = 4 are not averaged at each latent size: a line each."""
+    from vae_lightning.reports import summarize as module
+
+    for num, (latent, beta) in enumerate([(2, 1), (2, 4), (5, 1), (5, 4)]):
+        (sweep / str(num)).mkdir(exist_ok=True)
+        (sweep / str(num) / "results.json").write_text(json.dumps(
+            {"latent": latent, "test/elbo": 100.0 * beta + latent,
+             "overrides": [f"model.latent={latent}", f"model.objective.beta={beta}"]}))
+    drawn = []
+    plt = module.pyplot()
+    real_subplots = plt.subplots
+
+    def subplots(*args, **kwargs):
+        fig, ax = real_subplots(*args, **kwargs)
+        real_plot = ax.plot
+        ax.plot = lambda x, y, **kw: drawn.append((list(x), list(y), kw["label"])) or real_plot(
+            x, y, **kw)
+        return fig, ax
+
+    monkeypatch.setattr(plt, "subplots", subplots)
+    summarize(sweep)
+    assert sorted(drawn) == [([2, 5], [102.0, 105.0], "test, model.objective.beta=1"),
+                             ([2, 5], [402.0, 405.0], "test, model.objective.beta=4")]

@@ -68,10 +68,36 @@ def read_results(path: Path) -> dict[str, Any]:
                                   SummaryError, READ)
 
 
+def _settings(row: dict[str, Any]) -> dict[str, str]:
+    """A job's command-line overrides as ``{key: value}`` (``+``/``++`` dropped)."""
+    pairs = (item.split("=", 1) for item in row.get("overrides") or [] if "=" in item)
+    return {key.lstrip("+"): value for key, value in pairs}
+
+
+def swept(rows: list[dict[str, Any]]) -> list[str]:
+    """The override keys whose values differ between the jobs (a sweep's axes: ``-m
+    model.objective.beta=1,4``, an Optuna search's parameters), in first-seen order, less those
+    a condition column already shows value for value (``model.latent`` is ``latent``)."""
+    settings = [_settings(row) for row in rows]
+    keys = dict.fromkeys(key for setting in settings for key in setting)
+    differ = [key for key in keys if len({setting.get(key) for setting in settings}) > 1]
+    shown = [[_cell(row.get(c)) for row in rows] for c in CONDITIONS]
+    return [key for key in differ if key not in ("job", *CONDITIONS, *METRICS)
+            and [setting.get(key, "") for setting in settings] not in shown]
+
+
 def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The job, the conditions and the metrics that any row has, in a fixed order."""
+    """The job, the conditions, the swept keys and the metrics that any row has, in a fixed
+    order."""
     present = {key for row in rows for key in row}
-    return ["job"] + [key for key in CONDITIONS + METRICS if key in present]
+    return (["job"] + [key for key in CONDITIONS if key in present] + swept(rows)
+            + [key for key in METRICS if key in present])
+
+
+def _with_settings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with its swept keys' values as cells (where it has no key of its own so named)."""
+    keys = swept(rows)
+    return [{**{key: _settings(row).get(key) for key in keys}, **row} for row in rows]
 
 
 def _cell(value: Any) -> str:
@@ -99,25 +125,36 @@ def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """The bound (train and test, where present) against the latent size, one point per
-    completed job and a line through the mean at each latent size."""
+    completed job and a line through the mean at each latent size, one line per setting of the
+    other swept keys (jobs of different settings are not averaged together)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.set_xscale("log")
     ax.minorticks_off()
+    keys = [key for key in swept(rows) if key != "model.latent"]
+    groups = dict.fromkeys(tuple(_settings(r).get(key) for key in keys) for r in rows)
+    ticks = set()
     for key, label in (("train/elbo", "train"), ("test/elbo", "test")):
-        points = [(r["latent"], r[key]) for r in rows if r.get(key) is not None and "latent" in r
-                  and r.get("status", "completed") == "completed"]
-        if not points:
-            continue
-        latents = sorted({latent for latent, _ in points})
-        means = [mean(v for n, v in points if n == latent) for latent in latents]
-        (line,) = ax.plot(latents, means, marker="o", label=label)
-        ax.scatter(*zip(*points), color=line.get_color(), s=12, alpha=0.5)
-        ax.set_xticks(latents, [str(n) for n in latents])
+        for group in groups:
+            points = [(r["latent"], r[key]) for r in rows
+                      if r.get(key) is not None and "latent" in r
+                      and r.get("status", "completed") == "completed"
+                      and tuple(_settings(r).get(k) for k in keys) == group]
+            if not points:
+                continue
+            latents = sorted({latent for latent, _ in points})
+            means = [mean(v for n, v in points if n == latent) for latent in latents]
+            name = ", ".join([label] + [f"{k}={v}" for k, v in zip(keys, group)])
+            (line,) = ax.plot(latents, means, marker="o", label=name)
+            ax.scatter(*zip(*points), color=line.get_color(), s=12, alpha=0.5)
+            ticks |= set(latents)
+    if ticks:
+        ax.set_xticks(sorted(ticks), [str(n) for n in sorted(ticks)])
     ax.set_xlabel("latent size Nz")
     ax.set_ylabel("ELBO (nats per data point)")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if 0 < len(ax.get_lines()) <= 12:  # beyond, a search of many settings: the points speak
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -126,7 +163,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def summarize(root: str | Path) -> str:
     """Write summary.md, summary.csv and summary.png into ``root``; return the markdown table."""
     root = Path(root)
-    rows = load_results(root)
+    rows = _with_settings(load_results(root))
     cols = columns(rows)
     table = markdown(rows, cols) + failures(rows)
     (root / "summary.md").write_text(f"# Sweep {root}\n\n" + table)

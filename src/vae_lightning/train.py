@@ -278,6 +278,9 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDa
         "objective": choices_.get("model/objective", model_cfg.objective._target_),
         "seed": cfg.seed,
         "tags": list(cfg.get("tags") or []),
+        # The command line that made the run (a sweep's job: its own values, e.g. an Optuna
+        # trial's), as the summary of a sweep reads it.
+        "overrides": [item for item in _task_overrides() if not item.startswith("ckpt_path=")],
         "epochs": epochs,
         "steps": trainer.global_step,
         "train_samples_seen": int(fitted.get("train/samples_seen", model.samples_seen)),

@@ -105,6 +105,11 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, list):  # tags
         return ", ".join(map(str, value))
+    if isinstance(value, str) and any(c in value for c in ".eE"):  # a swept value: 4 digits
+        try:
+            return f"{float(value):.4g}"
+        except ValueError:
+            return value
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 

@@ -158,3 +158,42 @@ def test_a_mixture_of_diagonal_gaussians_scores_by_matrix_products_as_torch_does
     for ours, theirs in zip(gradients(mixture), gradients(MixtureSameFamily)):
         torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-8)
     assert type(mixture(weights, Independent(Laplace(loc, scale), 1))) is MixtureSameFamily
+
+
+def test_parts_of_one_s_own_that_lack_what_the_model_calls_are_refused_when_composed():
+    """A prior without distribution() (it gave a bare NotImplementedError at the first
+    validation) and a posterior family that is not a Family (AttributeError 'bind'): one line
+    each when the model is built, naming the key and what to define."""
+    import functools
+
+    from torch import nn
+
+    from vae_lightning.likelihoods import Bernoulli, Decoder
+    from vae_lightning.module import VAE
+    from vae_lightning.nets import MLP
+    from vae_lightning.objectives.elbo import ELBO
+    from vae_lightning.posteriors import Encoder, Gaussian
+    from vae_lightning.priors import Prior, StandardNormal
+
+    class OnlyLogProb(Prior):
+        def log_prob(self, z):
+            return -0.5 * (z ** 2).sum(-1)
+
+    class NotAFamily(nn.Module):
+        def n_params(self, latent):
+            return 2 * latent
+
+        def __call__(self, params):
+            return None
+
+    net = functools.partial(MLP, hidden=[8])
+    decoder = Decoder(likelihood=Bernoulli(), latent=2, data_shape=[1, 4, 4], net=net)
+    encoder = Encoder(posterior=Gaussian(), latent=2, data_shape=[1, 4, 4], net=net)
+    with pytest.raises(ValueError, match=r"model.prior: .*OnlyLogProb does not define "
+                                         r"distribution\(\)"):
+        VAE(encoder, decoder, OnlyLogProb(2), ELBO())
+    VAE(encoder, decoder, StandardNormal(2), ELBO())  # the shipped parts pass
+    with pytest.raises(ValueError, match=r"model.encoder.posterior: .*NotAFamily does not define "
+                                         r"location, bind, informative, features: .* subclasses "
+                                         r"vae_lightning.posteriors.Family"):
+        Encoder(posterior=NotAFamily(), latent=2, data_shape=[1, 4, 4], net=net)

@@ -93,6 +93,11 @@ class VAE(Inference, L.LightningModule):
             raise ValueError(f"latent={self.latent}, but {parts}: z is one size for q(z|x) "
                              "and p(z); set model.latent (the parts take it, ${model.latent}).")
         self.data_shape = tuple(data_shape) if data_shape is not None else None
+        if type(prior).distribution is Prior.distribution:  # a prior of one's own
+            raise ValueError(
+                f"model.prior: {type(prior).__qualname__} does not define distribution(), the "
+                "torch Distribution over z (event shape [latent]) that the objectives score and "
+                "sample (log_prob and sample default to it)")
         prior.bind(encoder)  # a prior built from q (the VampPrior)
         encoder.posterior.bind(prior)  # a q built with p's networks (the Ladder VAE)
         refuse_unfit(encoder.posterior, prior, objective)

@@ -131,6 +131,21 @@ class StudentT(LocationScale):
         return q.mean if self.df > 1 else q.base_dist.loc
 
 
+def refuse_incomplete(family: object) -> None:
+    """A family of one's own that lacks what the model calls (``parts.Family``), refused when
+    the encoder is built, in one line (it surfaced as a bare error where it was first called)."""
+    missing = [name for name in ("n_params", "__call__", "location", "bind", "informative",
+                                 "features") if not hasattr(family, name)]
+    missing += [name for name in ("n_params", "__call__")
+                if getattr(type(family), name, None) is getattr(Family, name)]
+    if missing:
+        raise ValueError(
+            f"model.encoder.posterior: {type(family).__qualname__} does not define "
+            f"{', '.join(dict.fromkeys(missing))}: a posterior family subclasses "
+            "vae_lightning.posteriors.Family (which gives bind, informative, location and "
+            "features) and defines n_params(latent) and __call__(params), q(z|x) over z")
+
+
 class Encoder(nn.Module):
     """q_phi(z|x): ``net`` (called with the data shape and the family's number of outputs) emits
     the parameters of ``posterior``'s distribution over ``latent`` dimensions: with the default
@@ -150,6 +165,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.posterior, self.latent = posterior, latent
+        refuse_incomplete(posterior)
         build = net if condition is None else functools.partial(condition, net=net)
         self.net = within("net", lambda: build(tuple(data_shape), (posterior.n_params(latent),)))
         if isinstance(posterior, nn.Module):  # a family with parameters of its own

@@ -176,3 +176,33 @@ def test_a_checkpoint_naming_a_class_where_it_was_before_a_move_loads(tmp_path):
     torch.save(checkpoint, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="vae_lightning.nets.Other"):
         load_model(tmp_path / "other.ckpt", VAE)
+
+
+def test_a_plain_trainer_checkpoint_is_refused_with_the_way_to_load_its_weights(tmp_path):
+    """A model composed in Python and saved by a plain Lightning Trainer carries no run
+    configuration: VAE.load_from_checkpoint cannot rebuild it, and its refusal gives the way
+    that works (the same model composed again, load_state_dict), which this test follows."""
+    import functools
+
+    from vae_lightning.likelihoods import Bernoulli, Decoder
+    from vae_lightning.nets import MLP
+    from vae_lightning.objectives.elbo import ELBO
+    from vae_lightning.posteriors import Encoder, Gaussian
+    from vae_lightning.priors import StandardNormal
+
+    def compose(seed):
+        torch.manual_seed(seed)
+        net = functools.partial(MLP, hidden=[8])
+        return VAE(Encoder(posterior=Gaussian(), latent=2, data_shape=[1, 4, 4], net=net),
+                   Decoder(likelihood=Bernoulli(), latent=2, data_shape=[1, 4, 4], net=net),
+                   StandardNormal(2), ELBO())
+
+    trained = compose(0)
+    torch.save({"state_dict": trained.state_dict(), "epoch": 3}, tmp_path / "plain.ckpt")
+    with pytest.raises(CheckpointError, match="no vae-lightning run configuration") as err:
+        VAE.load_from_checkpoint(tmp_path / "plain.ckpt")
+    assert "compose the same model again and load the weights" in str(err.value)
+    again = compose(1)
+    again.load_state_dict(torch.load(tmp_path / "plain.ckpt", weights_only=True)["state_dict"])
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(),
+                                                  again.state_dict().values()))

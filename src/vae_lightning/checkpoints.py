@@ -179,7 +179,10 @@ def run_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
                 "the model again.")
         raise CheckpointError(f"Checkpoint {path} holds no vae-lightning run configuration: it "
                               "was not written by vae-train (train.py), so the model it holds "
-                              "cannot be rebuilt.")
+                              "cannot be rebuilt from it. If you trained a model composed in "
+                              "Python (a plain Lightning Trainer), compose the same model again "
+                              "and load the weights: model.load_state_dict(torch.load(path, "
+                              "weights_only=True)['state_dict']).")
     return _moved(config)
 
 

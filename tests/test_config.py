@@ -224,6 +224,14 @@ BAD_CONFIGS = [
     (["model=hierarchy", "model.encoder.posterior.layers=[]"],
      ["model.encoder.posterior.layers=[] is empty, and model.decoder.latent is its first item",
       "e.g. [100, 50]"]),
+    # ${sum:...} and ${first:...} of a list that is none ("'int' object is not iterable",
+    # "unsupported operand type(s) for +: 'int' and 'str'"): the layers' own check names them.
+    (["model=hierarchy", "model.encoder.posterior.layers=5"],
+     ["model.encoder.posterior.layers=5 is not allowed", "a list of integers >= 1"]),
+    (["model=hierarchy", "model.encoder.posterior.layers=null"],
+     ["model.encoder.posterior.layers=null is not allowed", "a list of integers >= 1"]),
+    (["model=hierarchy", "model.encoder.posterior.layers=[a,b]"],
+     ["model.encoder.posterior.layers=['a', 'b'] is not allowed", "a list of integers >= 1"]),
     (["seed=-1"], ["seed=-1", "as data.seed", ">= 0"]),
     (["ckpt_path=/no/such/file.ckpt"], ["/no/such/file.ckpt", "does not exist"]),
     (["+trainer.max_epoch=3"], ["trainer.max_epoch", "accepted", "max_epochs"]),
@@ -333,3 +341,22 @@ def test_a_mistyped_key_or_option_is_named_with_the_closest_ones(override, says,
         assert words in message, message
     for words in not_said:
         assert words not in message, message
+
+
+def test_a_network_swapped_by_its_target_alone_gets_the_way_to_swap_the_node(tmp_path):
+    """``model.encoder.net._target_=<another network>`` keeps the old network's keys (Hydra
+    merges; a null key cannot be deleted): besides naming each key the new network does not
+    take, the error says to replace the whole node, and that way composes and checks."""
+    resnet = "vae_lightning.conv_nets.ResNetEncoder"
+    cfg = compose_train(["data=frey", f"model.encoder.net._target_={resnet}"], tmp_path)
+    with pytest.raises(ConfigError) as err:
+        check(cfg)
+    assert ("model.encoder.net._target_ was changed on the command line, so model.encoder.net "
+            "keeps the keys of the target it replaced: replace the whole node instead, "
+            f"model.encoder.net=null 'model.encoder.net={{_target_: {resnet}, _partial_: true"
+            ) in str(err.value)
+    check(compose_train(["data=frey", "model.encoder.net=null",
+                         f"model.encoder.net={{_target_: {resnet}, _partial_: true}}"], tmp_path))
+    with pytest.raises(ConfigError) as err:  # a misspelt key alone: no such hint
+        check(compose_train(["data=frey", "+model.encoder.net.hiden=[3]"], tmp_path))
+    assert "was changed on the command line" not in str(err.value)

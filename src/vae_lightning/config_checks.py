@@ -99,6 +99,7 @@ def problems(cfg: DictConfig) -> list[str]:
     found: dict[str, str] = {key: key for key in _missing(cfg)}
     found.update(_setting_problems(cfg))
     found.update(_part_problems(cfg))
+    swapped = _swapped_targets()
     for path, node in target_nodes(cfg):
         try:
             target = get_object(node._target_)
@@ -114,6 +115,8 @@ def problems(cfg: DictConfig) -> list[str]:
             via = f", as {dotted(path, name)}" if source else ""
             found.setdefault(key, f"{key}={_show(value)} is not allowed: {accepted} "
                                   f"({node._target_}{via}).")
+            if accepted.startswith("not an argument") and path in swapped:
+                found.setdefault(dotted(path, "_target_"), _swap_hint(path, node))
         for name, value in plain_values.items():
             part = _part(target, name)
             if part is not None and (value is not None or not part[1]):
@@ -125,6 +128,25 @@ def problems(cfg: DictConfig) -> list[str]:
                            f'not installed: pip install "vae-lightning[{extra}]".')
     found.update(_stopping_problems(cfg))
     return list(found.values())
+
+
+def _swapped_targets() -> set[str]:
+    """The nodes whose ``_target_`` the command line changed (``<node>._target_=...``)."""
+    from vae_lightning.sweeps import overrides
+
+    return {item.split("=", 1)[0].lstrip("+~")[:-len("._target_")] for item in overrides()
+            if item.split("=", 1)[0].endswith("._target_")}
+
+
+def _swap_hint(path: str, node: DictConfig) -> str:
+    """Why a node whose target was swapped on the command line has keys its new target does not
+    take, and how to swap it (Hydra merges a node given on the command line into the old one,
+    and cannot delete a key whose value is null)."""
+    partial = ", _partial_: true" if node.get("_partial_") else ""
+    return (f"{path}._target_ was changed on the command line, so {path} keeps the keys of the "
+            f"target it replaced: replace the whole node instead, {path}=null "
+            f"'{path}={{_target_: {node._target_}{partial}, <its arguments>}}', or choose a "
+            "config option of its group.")
 
 
 # The run's own settings (train.yaml): the values each accepts, in words.

@@ -327,6 +327,11 @@ def test_annotations_are_the_schema():
      ["_common", "_idx"]),
     ("model/objective=iwea", ["Did you mean model/objective=iwae"], []),
     ("experiment=svae", ["Did you mean experiment=svae_mnist?"], ["_two_layer"]),
+    # A mapping merged into a node, with a key the node lacks: the whole value, and that key.
+    ("model.optimizer={lr: 0.1, momentm: 3}",
+     ["model.optimizer={lr: 0.1, momentm: 3}: model.optimizer has no key momentm (a mapping "
+      "given on the command line is merged into the node", "model.optimizer.<key>=..."],
+     ["has no key optimizer"]),
 ])
 def test_a_mistyped_key_or_option_is_named_with_the_closest_ones(override, says, not_said):
     """One line: the key the config lacks and its parent's keys, or the group's options without
@@ -341,6 +346,22 @@ def test_a_mistyped_key_or_option_is_named_with_the_closest_ones(override, says,
         assert words in message, message
     for words in not_said:
         assert words not in message, message
+
+
+def test_sweeper_params_given_as_a_mapping_get_the_sweeper_s_syntax():
+    """``hydra.sweeper.params={...}`` with a key the search lacks: the override whole (it was
+    cut at its first space) and how to add a parameter (it said hydra.sweeper has no params)."""
+    from vae_lightning.hydra_errors import hydra_message
+
+    value = ('{model.optimizer.lr: "tag(log, interval(1e-4, 1e-2))", '
+             'model.objective.k: "choice(1, 5)"}')
+    with pytest.raises((HydraException, OmegaConfBaseException)) as caught:
+        compose_train(["hparams_search=optuna", f"hydra.sweeper.params={value}"])
+    assert hydra_message(caught.value) == (
+        f"hydra.sweeper.params={value}: hydra.sweeper.params has no key model.objective.k (a "
+        "mapping given on the command line is merged into the node, which takes only its own "
+        "keys: model.optimizer.lr, model.latent); each search parameter is its own override in "
+        "the sweeper's syntax, e.g. 'model.objective.k=choice(1,5)'.")
 
 
 def test_a_network_swapped_by_its_target_alone_gets_the_way_to_swap_the_node(tmp_path):

@@ -88,7 +88,8 @@ def hydra_message(err: Exception) -> str:
                        text)
     if nested and (hint := _nested_group_hint(*nested.groups())):
         return hint
-    override = re.search(r"Could not override '([^']+)'.*use \+\1=(\S+)", text, re.S)
+    # The value is the rest of Hydra's line: a mapping or a quoted string may hold spaces.
+    override = re.search(r"Could not override '([^']+)'.*use \+\1=(.+)", text.strip(), re.S)
     if override and (hint := group_hint(override.group(1), override.group(2))):
         return hint
     if override and (hint := _unknown_key(err.__cause__, *override.groups())):
@@ -143,6 +144,15 @@ def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | Non
     if not OmegaConf.is_dict(parent):
         return None
     *path, name = key.split(".")
+    inner = re.match(r"Key '(.+)' is not in struct", str(cause))
+    if inner and inner.group(1) != name:  # a mapping merged into the node `key`: a key it lacks
+        keys = ", ".join(str(k) for k in parent if not str(k).startswith("_"))
+        how = ("each search parameter is its own override in the sweeper's syntax, e.g. "
+               "'model.objective.k=choice(1,5)'" if key == "hydra.sweeper.params"
+               else f"set its keys one by one ({key}.<key>=...)")
+        return (f"{key}={value}: {key} has no key {inner.group(1)} (a mapping given on the "
+                f"command line is merged into the node, which takes only its own keys: {keys}); "
+                f"{how}.")
     keys = [str(k) for k in parent if not str(k).startswith("_")]
     close = ([k for k in keys if k.lower() == name.lower()]
              or difflib.get_close_matches(name, keys, n=3, cutoff=0.6))

@@ -133,6 +133,28 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_model_is_loaded(tra
     assert not (tmp_path / "missing").exists()
 
 
+def test_only_an_earlier_vae_encode_s_output_is_replaced(trained, tmp_path):
+    """out=<run>/results.npz replaced the run's results.json by the locations' record, and
+    out=<the data's .npz> the data themselves: a file that is not an earlier vae-encode's
+    output (its .json record beside it) is refused before the model is loaded; an earlier
+    output is replaced."""
+    checkpoint, _, root = trained
+    results = checkpoint.parent.parent / "results.json"
+    before = results.read_text()
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.zeros((3, 2, 2), np.uint8))
+    for out, found in ((results.with_suffix(".npz"), results), (data, data)):
+        with pytest.raises(ConfigError, match=rf"out={out}: {found} exists and is not the "
+                                              r"output of an earlier vae-encode"):
+            encode_config([f"ckpt_path={checkpoint}", f"out={out}"])()
+    assert results.read_text() == before and np.load(data).files == ["x"]
+    out = tmp_path / "again.npz"
+    for _ in range(2):
+        encode_config([f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu",
+                       "splits=[test]", f"out={out}"])()
+    assert np.load(out).files == ["x_test", "y_test", "s_test"]
+
+
 def test_a_failed_write_leaves_no_file_and_is_an_unwritable_error(trained, tmp_path,
                                                                  monkeypatch):
     """A full disk while the .npz is written: exit code 74's error, nothing under either name."""

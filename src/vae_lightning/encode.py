@@ -17,6 +17,7 @@ them; ``units=active`` keeps only M1's active units, as their code does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ from vae_lightning.rebuild import device_of, load_model
 from vae_lightning.sample import posterior_statistics
 
 LOCATIONS = "locations.npz"  # in the checkpoint's run directory, unless ``out``
+RECORD = ("checkpoint_sha256", "locations", "splits")  # keys of the .json that say it is ours
 WHAT = {"x": "location of q(z|x) (Encoder.location: a Gaussian posterior's mean), float32 "
              "[N, latent], one row per data point of the split",
         "y": "the split's labels (int64 [N]), or its condition vectors (float32 [N, D])",
@@ -153,6 +155,23 @@ class Encoding:
             if kind(path) not in (None, "missing"):
                 raise ConfigError(f"out={self.out}: {path} is {kind(path)}, not a file; choose "
                                   "another out.")
+        # Only an earlier vae-encode's output is replaced: out=<run>/results.npz replaced the
+        # run's results.json by the record, and out=<the data's .npz> the data themselves.
+        found = [path for path in (self.out, self.record_path) if kind(path) is None]
+        if found and not self._earlier_output():
+            raise ConfigError(f"out={self.out}: {found[0]} exists and is not the output of an "
+                              f"earlier vae-encode (no record of one, {self.record_path.name}, "
+                              "beside it): it would be replaced. Choose another out (null: "
+                              f"<run dir>/{LOCATIONS}), or move the file away.")
+
+    def _earlier_output(self) -> bool:
+        """Whether ``record_path`` is the record a vae-encode wrote (a JSON object with the
+        keys of ``RECORD``)."""
+        try:
+            record = json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and set(RECORD) <= set(record)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -311,6 +311,29 @@ def test_an_evaluation_of_another_split_or_k_is_kept_beside_the_new_one(checkpoi
     assert sorted(os.listdir(out)) == ["eval-earlier.json", "eval-test-k2-n10.json", "eval.json"]
 
 
+def test_an_evaluation_of_another_checkpoint_is_kept_and_no_kept_file_is_replaced(
+        checkpoint, tmp_path, caplog):
+    """vae-eval of best-epochN.ckpt replaced eval.json of last.ckpt (the same run directory,
+    split, k and points): an hours-long k = 5000 estimate lost. Now another checkpoint's
+    evaluation is kept, and a kept file of another evaluation is never replaced (a number is
+    added); one of the same evaluation is."""
+    import shutil
+
+    other = tmp_path / "other.ckpt"
+    shutil.copyfile(checkpoint, other)
+    out = tmp_path / "two"
+    base = ["eval.k=2", "eval.device=cpu", "eval.limit=10", f"output_dir={out}"]
+    with caplog.at_level("WARNING"):
+        for ckpt in (checkpoint, other, checkpoint, other):
+            run_eval(_eval_cfg([f"ckpt_path={ckpt}", *base]))
+    assert f"held the evaluation of {other}, split=test, k=2 (10 points): kept as " \
+           "eval-test-k2-n10-2.json" in caplog.text
+    held = {name: json.loads((out / name).read_text())["checkpoint"]
+            for name in os.listdir(out)}
+    assert held == {"eval.json": str(other), "eval-test-k2-n10.json": str(checkpoint),
+                    "eval-test-k2-n10-2.json": str(other)}
+
+
 def test_eval_out_of_memory_names_the_chunk_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
     """An evaluation that runs out of memory (on a GPU, a chunk too large for the decoder) ends
     with one error naming the chunk it used and what to lower, and writes no eval.json."""

@@ -46,27 +46,50 @@ Metric = Literal["beta_vae", "factor_vae", "mig", "sap", "dci", "modularity"]
 Quality = Literal["fid", "kid", "precision_recall"]
 
 
+# What makes two eval.json files the same evaluation (one replaces the other): the settings
+# and the model evaluated (another checkpoint, or the same file after more training, is not).
+SAME = ("split", "k", "n", "checkpoint", "train_samples_seen", "data_source")
+
+
+def _same(one: Any, other: dict[str, Any]) -> bool:
+    return isinstance(one, dict) and all(one.get(key) == other.get(key) for key in SAME)
+
+
 def _keep_what_is_replaced(path: Path, results: dict[str, Any]) -> None:
-    """An eval.json of another split, k or number of points is kept beside the new one
-    (``rundir.kept_evaluation``): a quick check (eval.k=100) does not cost an hours-long
-    k = 5000 estimate. ``eval.json`` is the newest evaluation. The earlier file's values name
-    the kept file only where they are what vae-eval writes (a split, whole numbers): nothing
-    read from the file chooses another path."""
+    """An eval.json of another split, k or number of points, or of another checkpoint (or of
+    the same one at another number of samples seen, or on other data), is kept beside the new
+    one (``rundir.kept_evaluation``): a quick check (eval.k=100) does not cost an hours-long
+    k = 5000 estimate, nor an evaluation of best-epochN.ckpt that of last.ckpt. ``eval.json`` is
+    the newest evaluation. The earlier file's values name the kept file only where they are
+    what vae-eval writes (a split, whole numbers): nothing read from the file chooses another
+    path. A kept file of the same evaluation is replaced; another one is not (a number is added
+    to the name)."""
     try:
         earlier = json.loads(path.read_text())
         before = (earlier.get("split"), earlier.get("k"), earlier.get("n"))
     except (OSError, ValueError, AttributeError):
         return
     now = (results["split"], results["k"], results["n"])
-    if before == now:
+    if _same(earlier, results):
         return
     split, k, n = before
     named = isinstance(split, str) and split in STAGES and all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (k, n))
-    kept = rundir.kept_evaluation(path, *(before if named else ()))
+    number = 1
+    while True:
+        kept = rundir.kept_evaluation(path, *(before if named else ()), number=number)
+        try:
+            if not kept.exists() or _same(json.loads(kept.read_text()), earlier):
+                break
+        except (OSError, ValueError):
+            pass
+        number += 1
     path.replace(kept)
-    log.warning("%s held the evaluation of split=%s, k=%s (%s points): kept as %s; eval.json now "
-                "holds this one (split=%s, k=%s, %s points).", path, *before, kept.name, *now)
+    other = ("" if earlier.get("checkpoint") == results["checkpoint"]
+             else f" {earlier.get('checkpoint')},")
+    log.warning("%s held the evaluation of%s split=%s, k=%s (%s points): kept as %s; eval.json "
+                "now holds this one (split=%s, k=%s, %s points).", path, other, *before,
+                kept.name, *now)
 
 
 class Evaluation:

@@ -59,12 +59,14 @@ LAYOUT = {"results": RESULTS, "curve": CURVE, "eval": EVAL, "eval_progress": EVA
 
 
 def kept_evaluation(eval_json: Path, split: str | None = None, k: int | None = None,
-                    n: int | None = None) -> Path:
+                    n: int | None = None, number: int = 1) -> Path:
     """Where an ``eval.json`` of ``split``, ``k`` and ``n`` points that a new evaluation replaces
     is kept: ``eval-<split>-k<k>-n<n>.json`` beside it; ``eval-earlier.json`` when they are not
-    given."""
+    given; ``-<number>`` before ``.json`` for the number-th file of that name (another
+    checkpoint's evaluation of the same settings)."""
     named = None not in (split, k, n)
-    return eval_json.with_name(f"eval-{split}-k{k}-n{n}.json" if named else "eval-earlier.json")
+    stem = f"eval-{split}-k{k}-n{n}" if named else "eval-earlier"
+    return eval_json.with_name(f"{stem}-{number}.json" if number > 1 else f"{stem}.json")
 
 
 def _absolute(directory: str | Path) -> Path:

@@ -150,3 +150,20 @@ def test_gradient_accumulation_works_under_manual_optimization(tmp_path):
     with pytest.raises(ConfigError, match="accumulate_grad_batches=2 cannot be used with an "
                                           "objective with updates of its own"):
         train(cfg)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_gradient_clipping_in_mixed_precision_trains_with_the_fused_optimizer_asked_for(tmp_path,
+                                                                                        k):
+    """trainer.precision=bf16-mixed with trainer.gradient_clip_val (model.optimizer.fused=true,
+    the default) was a RuntimeError from Lightning at the first step ("Adam does not allow for
+    gradient clipping because it performs unscaling of gradients internally"), the run
+    directory made; with data.steps_per_batch > 1 (ManualClipping) too. The optimizer now takes
+    its default (foreach) update there, as where torch has no fused one (optimization.on_device)."""
+    cfg = compose_train([*SMALL, *SHORT, "trainer.max_steps=2", "logger=none",
+                         "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5",
+                         f"data.steps_per_batch={k}"], tmp_path)
+    results = train(cfg)
+    assert results["steps"] == 2
+    state = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert state["optimizer_states"][0]["param_groups"][0]["fused"] is False

@@ -58,13 +58,34 @@ def fusable(factory: Any, device: torch.device | str) -> bool:
             _FUSABLE[key] = False
     return _FUSABLE[key]
 
-def on_device(factory: Any, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def clipped_in_mixed_precision(model: L.LightningModule) -> bool:
+    """Whether Lightning clips the model's gradients (``trainer.gradient_clip_val``, or
+    ``ManualClipping`` under manual optimization) under mixed precision (``trainer.precision``
+    bf16-mixed or 16-mixed): it then refuses, at the first step, an optimizer that unscales the
+    gradients inside its step, as a fused one does ("does not allow for gradient clipping")."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    trainer = model._trainer
+    if trainer is None or not isinstance(trainer.precision_plugin, MixedPrecision):
+        return False
+    return bool(trainer.gradient_clip_val) or any(
+        isinstance(callback, ManualClipping) for callback in trainer.callbacks)
+
+
+def on_device(factory: Any, params: list[nn.Parameter],
+              clipped: bool = False) -> torch.optim.Optimizer:
     """``factory(params)``; where it asks for the fused update and torch has none for it on the
-    parameters' device (Adagrad on CUDA), the same optimizer with ``fused=False``: torch's
-    default kernels, the same update to float rounding (said once in the log)."""
+    parameters' device (Adagrad on CUDA), or Lightning clips its gradients in mixed precision
+    (``clipped``: ``clipped_in_mixed_precision``), the same optimizer with ``fused=False``:
+    torch's default kernels, the same update to float rounding (said once in the log)."""
     optimizer = factory(params)
     device = params[0].device if params else torch.device("cpu")
-    if optimizer.defaults.get("fused") and not fusable(factory, device):
+    if optimizer.defaults.get("fused") and clipped:
+        log.info("trainer.gradient_clip_val in mixed precision: Lightning clips the gradients "
+                 "of an optimizer without the fused update only; taking %s's default (foreach) "
+                 "update.", type(optimizer).__name__)
+        optimizer = factory(params, fused=False)
+    elif optimizer.defaults.get("fused") and not fusable(factory, device):
         log.info("torch has no fused %s update on %s: taking its default (foreach) update.",
                  type(optimizer).__name__, device.type)
         optimizer = factory(params, fused=False)
@@ -75,7 +96,8 @@ def configure(model: L.LightningModule) -> Any:
     schedule; then one optimizer per auxiliary update of the objective, over its
     parameters. Each takes the fused update where torch has it on the device (``on_device``)."""
     own = {id(p) for update in model.auxiliary for p in update.parameters()}
-    optimizer = on_device(model.optimizer, [p for p in model.parameters() if id(p) not in own])
+    optimizer = on_device(model.optimizer, [p for p in model.parameters() if id(p) not in own],
+                          clipped_in_mixed_precision(model))
     configured: dict[str, Any] = {"optimizer": optimizer}
     if model.schedule is not None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, model.schedule)
@@ -96,7 +118,8 @@ def apply_settings(model: L.LightningModule, checkpoint: dict[str, Any]) -> None
     current = stand_in(model).param_groups[0]
     trainer = model._trainer
     device = trainer.strategy.root_device if trainer is not None else model.device
-    if current.get("fused") and not fusable(model.optimizer, device):
+    if current.get("fused") and (not fusable(model.optimizer, device)
+                                 or clipped_in_mixed_precision(model)):
         current = {**current, "fused": False}  # a CPU run resumed on CUDA (see on_device)
     for group in states[0]["param_groups"]:
         for key, value in current.items():

@@ -76,6 +76,23 @@ def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path, monkey
     assert not [fd for fd in open_paths() if fd.startswith(str(sweep))]
 
 
+def test_a_sweep_whose_jobs_are_refused_in_an_earlier_sweep_s_directories_fails(
+        tmp_path, monkeypatch, capsys):
+    """The same sweep again into its hydra.sweep.dir: each job is refused (its directory holds
+    the earlier run, left as it was), and the sweep said "0 jobs: none" with exit code 0."""
+    sweep = tmp_path / "sweep"
+    first = _sweep_here(["-m", *TINY, "model.latent=0"], sweep, monkeypatch, capsys)
+    assert first.code == 5 and "1 jobs: 1 error" in first.out
+    before = (sweep / "0" / "results.json").read_text()
+    os.utime(sweep / "0", (time.time() - 3600,) * 2)  # an earlier sweep's (an hour ago)
+    again = _sweep_here(["-m", *TINY, "model.latent=0"], sweep, monkeypatch, capsys)
+    assert again.code == 5, again.out[-2000:]
+    assert again.out.strip().splitlines()[-1] == (f"sweep {sweep}: 1 jobs: 1 error; failed: "
+                                                  "job 0 (error)")
+    assert "already holds a run" in again.err
+    assert (sweep / "0" / "results.json").read_text() == before
+
+
 def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path, monkeypatch, capsys):
     """The sweep is launched from this process; joblib's (loky) workers that run its jobs are
     processes of their own, shut down at the end."""

@@ -83,6 +83,8 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None,
             if found is not None and not found.had_run:
                 sweeps.record_failure(run_dir, getattr(failure, "status", "error"), message, code,
                                       overrides=sweeps.overrides())
+            else:  # the directory's files are another run's: counted, not written
+                sweeps.note_unrecorded(run_dir, getattr(failure, "status", "error"))
             log.error("The job failed (%s, exit code %d); the sweep goes on: %s",
                       getattr(failure, "status", "error"), code, message)
             print(f"{failure.prefix if failure else 'error'}: {message}", file=sys.stderr)

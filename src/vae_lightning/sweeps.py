@@ -125,6 +125,15 @@ class _Sweep(NamedTuple):
 
 
 _sweep: list[_Sweep] = []  # the sweep this process runs, once it started
+# Jobs of that sweep that failed with no results.json of their own to say so: a fresh run
+# refused in a directory that holds an earlier run (whose files it leaves as they were), or one
+# another process holds. {job directory: status}; ``summary`` counts them.
+_unrecorded: dict[Path, str] = {}
+
+
+def note_unrecorded(directory: str | Path, status: str) -> None:
+    """A job of this process's sweep failed (``status``) without writing its results.json."""
+    _unrecorded[Path(directory).absolute()] = status
 
 
 def _jobs(sweep: _Sweep) -> list[Path]:
@@ -136,16 +145,20 @@ def _jobs(sweep: _Sweep) -> list[Path]:
 
 def summary(sweep: _Sweep) -> tuple[str, bool]:
     """One line counting ``sweep``'s jobs by status (a job without ``results.json`` counts as an
-    ``error``), and whether any failed."""
+    ``error``; a job that failed without writing one, ``note_unrecorded``, as its status), and
+    whether any failed."""
     jobs = _jobs(sweep)
     statuses: dict[str, str] = {}
     for job in jobs:
         results = rundir.path(job, "results")
         statuses[job.name] = (json.loads(results.read_text()).get("status", COMPLETED)
                               if results.is_file() else "error")
+    root = sweep.directory.absolute()
+    for job, status in _unrecorded.items():  # a refused job left its directory as it was
+        statuses[str(job.relative_to(root)) if job.is_relative_to(root) else str(job)] = status
     counts = Counter(statuses.values())
     failed = {job: status for job, status in statuses.items() if status != COMPLETED}
-    line = (f"sweep {sweep.directory}: {len(jobs)} jobs: "
+    line = (f"sweep {sweep.directory}: {len(statuses)} jobs: "
             + (", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) or "none")
             + (f"; failed: {', '.join(f'job {j} ({s})' for j, s in failed.items())}"
                if failed else ""))
@@ -210,6 +223,7 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _sweep[:] = [_Sweep(Path(config.hydra.sweep.dir), time.time() - 1.0)]
+        _unrecorded.clear()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not _sweep:

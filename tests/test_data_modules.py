@@ -88,7 +88,7 @@ def test_interface_without_setup():
         (MNISTDataModule, {"scale": 1.0}, "scale=1.0"),
         (MNISTDataModule, {"val_size": -1}, "val_size=-1"),
         (MNISTDataModule, {"binarize": "otsu"}, "binarize='otsu'"),
-        (MNISTDataModule, {"root": None}, "root=None"),
+        (MNISTDataModule, {"root": 3}, "root=3"),
         (FreyFaceDataModule, {"binarize": "dynamic"}, "binarize='dynamic'"),
         (FreyFaceDataModule, {"val_size": 1000, "test_size": 1000},
          "test_size=1000 is not allowed: val_size + test_size must be below the 1965"),

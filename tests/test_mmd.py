@@ -178,3 +178,24 @@ def test_a_batch_size_that_makes_a_one_point_minibatch_is_refused_before_trainin
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
     assert 1565 % fits == 0 or 1565 % fits >= 2
+
+
+def test_a_training_split_of_one_point_is_refused_without_a_batch_size_that_cannot_fit(
+        tmp_path):
+    """A training split of one point (data=array, 3 images, one held out for val and test
+    each) was refused with "choose a data.batch_size of at least 2 ... e.g.
+    data.batch_size=1": no batch size fits; the data do not."""
+    import numpy as np
+    from compose import compose_train
+
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.train import train
+
+    np.save(tmp_path / "three.npy", np.zeros((3, 4, 4), np.uint8))
+    cfg = compose_train(["data=array", f"data.path={tmp_path / 'three.npy'}", "model.latent=2",
+                         "model/objective=wae", "logger=none",
+                         "trainer.enable_progress_bar=false"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"WAE .* needs at least 2 points in each training "
+                       r"minibatch .* but the training split holds 1: add data, or hold fewer "
+                       r"out \(data.val_size, data.test_size\)\.$"):
+        train(cfg)

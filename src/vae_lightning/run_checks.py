@@ -83,6 +83,11 @@ def check_minibatches(model: VAE, datamodule: L.LightningDataModule) -> None:
     n = len(datamodule.splits["train"][0])
     if size >= need and n % size in (0, *range(need, size)):
         return
+    if n < need:  # no batch size helps ("e.g. data.batch_size=1" was offered)
+        raise ConfigError(
+            f"{type(model.objective).__name__} (model/objective) needs at least {need} points in "
+            f"each training minibatch (its estimate takes pairs of them), but the training split "
+            f"holds {n}: add data, or hold fewer out (data.val_size, data.test_size).")
     fits = next((b for b in range(max(size, need), n + 1) if n % b == 0 or n % b >= need), n)
     why = (f"data.batch_size={size} holds fewer" if size < need else
            f"the training split's {n} points leave {n % size} after the last full minibatch "

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -54,13 +55,25 @@ def sqlite(path: str) -> str:
     return f"sqlite:///{file}"
 
 
-def total(values) -> int | float:
+def _listed(values) -> bool:
+    """Whether ``values`` is a list (not a number, a string, a mapping or null): what ``sum``
+    and ``first`` read; anything else resolves to null, which the key's own class refuses,
+    naming the list's key and value (a bare "'int' object is not iterable" named neither)."""
+    return isinstance(values, Sequence) and not isinstance(values, str)
+
+
+def total(values) -> int | float | None:
+    if not _listed(values) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None  # e.g. layers=[a, b]: "unsupported operand type(s) for +" before
     return sum(values)
 
 
 def first(values, _node_):
     """The first item of a list (indexing an empty one raised OmegaConf's 'key not found',
     naming neither the list nor what it must hold)."""
+    if not _listed(values):
+        return None
     if not len(values):
         key = _node_._get_full_key(None)
         relative = str(_node_._value()).removeprefix("${first:${").removesuffix("}}")

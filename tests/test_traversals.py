@@ -79,6 +79,24 @@ def test_each_cell_decodes_the_base_point_with_one_dimension_set(model, x):
     assert prior.images.shape == (2, 4, 3, 1, 28, 20) and "prior" in prior.base
 
 
+def test_a_model_of_condition_vectors_traverses_each_base_with_its_own_vector():
+    """Condition vectors [bases, K] were repeated number by number (repeat_interleave without a
+    dim): "a condition vector per point, floats [batch, K], is expected ... got shape [160,
+    480]", from vae-sample traverse=true and the figures' traversals=true (after training)."""
+    import conditional_gaussian as cg
+
+    model = cg.model()
+    x, _ = cg.data(6)
+    vectors = torch.randn(6, 2, generator=torch.Generator().manual_seed(2))
+    found = traversal(model, x, bases=2, steps=3, span=1.0, y=vectors)
+    assert found.images.shape == (2, 3, 3, *cg.SHAPE)
+    with torch.no_grad():
+        base = model.encoder.location(model.encode(x[1], vectors[1:2]))
+        z = base.clone()
+        z[found.ranking.dims[0]] = found.values[2]
+        torch.testing.assert_close(found.images[1, 0, 2], model.decode(z, vectors[1:2]).mean)
+
+
 def test_the_figure_names_each_row_s_dimension_and_score(model, x):
     found = traversal(model, x, bases=1, steps=4)
     ax = traversal_figure(found).axes[0]

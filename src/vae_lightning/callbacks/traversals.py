@@ -100,7 +100,9 @@ def traversal(model: L.LightningModule, x: Tensor | None = None, bases: int = 8,
         z[:, row, :, dim] = values
     what = "a data point's posterior location" if x is not None else "a draw from the prior"
     # One batch of points, each with its base's label.
-    each = None if labels is None else labels.repeat_interleave(z[0].numel() // model.latent)
+    # (dim 0: a condition vector [bases, K] per row, not its numbers one by one)
+    each = None if labels is None else labels.repeat_interleave(z[0].numel() // model.latent,
+                                                                dim=0)
     images = decode_mean(model, z.reshape(-1, model.latent), each)
     return Traversal(images.reshape(*z.shape[:-1], *images.shape[1:]), values.cpu(), ranking,
                      what)

@@ -154,3 +154,90 @@ def test_the_kind_of_y_is_read_from_its_numbers_whatever_holds_them():
     for y in (np.bool_(True), np.array([True, False])):
         with pytest.raises(ValueError, match="is a truth value"):
             model.sample(2, y=y)
+
+
+def _conditional_colour_model():
+    """A conditional VAE (CVAE parts) of 3-channel 2 x 2 images, 2 classes."""
+    from functools import partial
+
+    from vae_lightning.conditional import ClassNormal, Conditioned
+    from vae_lightning.likelihoods import Bernoulli, Decoder
+    from vae_lightning.module import VAE
+    from vae_lightning.nets import MLP
+    from vae_lightning.objectives.elbo import ELBO
+    from vae_lightning.posteriors import Encoder, Gaussian
+
+    torch.manual_seed(0)
+    net = partial(Conditioned, net=partial(MLP, hidden=(4,)), classes=2)
+    shape = (3, 2, 2)
+    return VAE(Encoder(net, Gaussian(), shape, 2), Decoder(net, Bernoulli(), shape, 2),
+               ClassNormal(2, classes=2), ELBO(), classes=2, data_shape=shape).eval()
+
+
+def test_one_image_of_several_channels_is_one_image_not_a_batch_of_its_channels():
+    """One image [C, H, W] was counted by len(x), its channels: log_likelihood of one RGB image
+    gave 3 copies of its estimate, a conditional model refused y=1 for one RGB image ('3 labels
+    given for a batch of 1') and for one image's estimate ('1 labels given for a batch of k'),
+    and interpolate between two images of a conditional model refused its labels."""
+    model = small_vae(data_shape=(3, 2, 2)).eval()
+    x = torch.rand(4, 3, 2, 2)
+    torch.manual_seed(0)
+    one = model.log_likelihood(x[0], k=5)
+    torch.manual_seed(0)
+    assert one.shape == () and torch.equal(one, model.log_likelihood(x[:1], k=5)[0])
+    conditional = _conditional_colour_model()
+    assert conditional.encode(x[0], y=1).batch_shape == ()
+    assert conditional.reconstruct(x[0], y=1).shape == (3, 2, 2)
+    assert conditional.log_likelihood(x[0], k=5, y=1).shape == ()
+    path = conditional.interpolate(x[0], x[1], steps=4, y=1)
+    assert path.shape == (4, 3, 2, 2)
+    torch.testing.assert_close(path[0], conditional.reconstruct(x[0], y=1))
+    assert conditional.interpolate(x[:2], x[2:], steps=3, y=1).shape == (3, 2, 3, 2, 2)
+
+
+def test_latent_points_of_another_dtype_are_decoded_as_float32():
+    """A NumPy array of z (float64, as np.load gives vae-encode's locations) or integer z was a
+    'mat1 and mat2 must have the same dtype' RuntimeError."""
+    import numpy as np
+
+    model = small_vae().eval()
+    z = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    expected = model.images(z)
+    for other in (z.numpy().astype(np.float64), z.double(), z.long()):
+        torch.testing.assert_close(model.images(other), expected)
+
+
+def test_counts_and_shapes_the_methods_cannot_use_are_one_value_error():
+    """interpolate's steps (-1: a RuntimeError; 2.5: a TypeError from linspace; 0 or 1: no path),
+    log_likelihood's k=1.5 (a TypeError), x1 and x2 of different batch sizes (broadcast
+    silently, or a RuntimeError) and NumPy images for interpolate (an AttributeError) were not
+    the methods' ValueErrors; an empty batch's estimates are an empty tensor (was a reshape
+    RuntimeError), and a NumPy integer is a count."""
+    import numpy as np
+
+    model = small_vae().eval()
+    x = binary_images(4)
+    for steps in (-1, 0, 1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"interpolate: steps={steps!r}; .*integer >= 2"):
+            model.interpolate(x[0], x[1], steps=steps)
+    for k, chunk in ((1.5, None), (0, None), (2, 0), (2, 1.0)):
+        with pytest.raises(ValueError, match=r"log_likelihood: (k|chunk)=.*an integer >= 1"):
+            model.log_likelihood(x, k=k, chunk=chunk)
+    with pytest.raises(ValueError, match=r"x1 has shape \[2, 1, 3, 4\] and x2 \[1, 1, 3, 4\]"):
+        model.interpolate(x[:2], x[2:3])
+    assert model.interpolate(x[0].numpy(), x[1].numpy(), steps=3).shape == (3, 1, 3, 4)
+    assert model.log_likelihood(x[:0], k=3).shape == (0,)
+    assert model.sample(np.int64(2)).shape == (2, 1, 3, 4)
+
+
+def test_a_condition_vector_beyond_float32_is_refused_naming_y(conditional_runs, tmp_path):
+    """y=[1e39, 0] is finite as Python reads it and inf as the model does: it was refused
+    later as "a condition vector holds a value that is not finite", naming no y."""
+    from compose import sample_config
+
+    from vae_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"y=\[1e\+39, 0.0\]: a condition vector of this "
+                                          r"model is 2 finite numbers .*float32"):
+        sample_config([f"ckpt_path={conditional_runs['vectors']}", "n=2", "device=cpu",
+                       f"output_dir={tmp_path}", "y=[1e39,0]"])()

@@ -623,3 +623,33 @@ def test_a_resume_whose_seed_chooses_other_labelled_points_is_told(tmp_path):
     assert len(found) == 1 and "the labelled training images are other points" in found[0]
     older = {key: value for key, value in saved.items() if key != "labelled_points"}
     assert data_differences({DATA_KEY: older}, identity(1)) == []
+
+
+def test_images_of_channels_no_picture_shows_train_and_get_no_pictures(tmp_path):
+    """data=array images [N, 2, H, W] trained, then the figures' samples (matplotlib: 'Invalid
+    shape (80, 80, 2) for image data') ended the run with a traceback after training, before
+    the test; vae-sample's grid likewise. Now they are drawn as feature vectors are: the array
+    only, and traverse=true is refused naming the channels."""
+    import numpy as np
+    from compose import compose_train, sample_config
+
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.train import train
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 2, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "two.npy", x)
+    run = tmp_path / "run"
+    results = train(compose_train(["data=array", f"data.path={tmp_path / 'two.npy'}",
+                                   "model.latent=2", "model.encoder.net.hidden=[8]",
+                                   "model.decoder.net.hidden=[8]", "trainer.max_steps=2",
+                                   "logger=none", "trainer.enable_progress_bar=false",
+                                   "trainer.enable_model_summary=false"], run))
+    assert results["status"] == "completed"
+    assert sorted(p.stem for p in (run / "figures").glob("*.png")) == ["curves", "latents"]
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    out = sample_config([f"ckpt_path={checkpoint}", "n=3", "device=cpu"])()
+    assert np.load(out / "samples.npy").shape == (3, 2, 8, 8)
+    assert not (out / "samples.png").exists()
+    with pytest.raises(ConfigError, match=r"traverse=true: the images have 2 channels"):
+        sample_config([f"ckpt_path={checkpoint}", "n=3", "device=cpu", "traverse=true",
+                       f"output_dir={tmp_path / 't'}"])()

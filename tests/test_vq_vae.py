@@ -362,3 +362,15 @@ def test_a_fitted_prior_s_options_are_the_file_s_and_refused_in_one_line(tmp_pat
     monkeypatch.setattr(PixelCNNSampler, "_build", never)
     with pytest.raises(ConfigError, match=words):
         fitted_prior(str(ckpt), model)
+
+
+def test_a_fitted_prior_for_a_model_without_code_maps_is_refused_without_a_command_that_fails(
+        tmp_path):
+    """eval.fitted_prior=pixelcnn on a model that is no VQ-VAE (a hierarchy) said "fit it
+    first: vae-sample ... sampler=pixelcnn", a command that refuses such a model."""
+    from vae_lightning.pixelcnn import fitted_prior
+
+    with pytest.raises(ConfigError, match=r"eval.fitted_prior=pixelcnn: the PixelCNN is a prior "
+                       r"over a VQ-VAE's code maps .* posterior is Gaussian, not a codebook; "
+                       r"leave eval.fitted_prior out \(null\)\.$"):
+        fitted_prior(str(tmp_path / "last.ckpt"), small_vae())

@@ -7,6 +7,7 @@ that depend on them (``parts.Conditional``) around every use.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator
 
 import torch
@@ -126,6 +127,12 @@ class Inference:
                 ", is of pixel values); divide integer pixels by 255 (data.scale).")
         return x
 
+    def _one(self, x: Tensor) -> bool:
+        """Whether ``x`` (as ``_inputs`` gives it) is one image of ``data_shape``, without a
+        batch dimension: ``len(x)`` is then its first axis (its channels), not the number of
+        images, which a conditional model's labels and the estimate are counted by."""
+        return x.dim() == len(tuple(self.data_shape or ()))
+
     def _pixel_values(self) -> bool:
         """Whether the model's data are pixel values in [0, 1]: any likelihood but one of real
         numbers with an unbounded mean (a Gaussian with mean_activation=identity), the only kind
@@ -140,13 +147,14 @@ class Inference:
         """q(z|x) for a batch of images ``x`` ``[B, C, H, W]`` in the model's input range (given
         their labels ``y``, for a conditional model: see ``sample``)."""
         x = self._inputs(x)
-        with self.given(self.labels(y, len(x), "encode")):
+        with self.given(self.labels(y, 1 if self._one(x) else len(x), "encode")):
             return self.encoder(x)
 
     def decode(self, z: Tensor, y: Tensor | int | None = None) -> Distribution:
         """p(x|z) for latent points ``z`` ``[..., B, latent]``: a distribution over images (given
         the labels ``y`` of the B points, for a conditional model: see ``sample``)."""
-        z = torch.as_tensor(z).to(self.device)
+        # float32, as _inputs gives x: a NumPy array (float64) or integers failed in a matmul.
+        z = torch.as_tensor(z).to(self.device, torch.float32)
         if z.dim() == 0 or z.shape[-1] != self.latent:
             raise ValueError(f"z has shape {list(z.shape)}: this model's latent points are "
                              f"{self.latent} numbers, [..., {self.latent}].")
@@ -165,8 +173,7 @@ class Inference:
         """``n`` images from the model, ``[n, C, H, W]``: z ~ p(z), then E[x|z] (``mean``) or a
         draw x ~ p(x|z). A conditional model draws z ~ p(z|y), x ~ p(x|z, y) for the class
         ``y`` (one for all, or one per image; default: the classes in turn, 0..K-1, 0, ...)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"sample: n={n!r}; give the number of images, an integer >= 1.")
+        n = _count(n, "sample", "n", "the number of images")
         y = self.labels(y, n, "sample")
         with self.given(y):
             z = self.prior.sample(n)
@@ -176,7 +183,8 @@ class Inference:
     def reconstruct(self, x: Tensor, y: Tensor | int | None = None) -> Tensor:
         """E[x | z = E_q[z|x]]: each image decoded from its posterior mean (given its label
         ``y``, for a conditional model)."""
-        y = self.labels(y, len(x), "reconstruct")
+        x = self._inputs(x)
+        y = self.labels(y, 1 if self._one(x) else len(x), "reconstruct")
         return self.images(self.encoder.location(self.encode(x, y)), y=y)
 
     @torch.no_grad()
@@ -185,10 +193,19 @@ class Inference:
         """Images along the straight line between the posterior means of ``x1`` and ``x2`` (two
         images ``[C, H, W]``, or two batches ``[B, C, H, W]``): ``[steps, (B,) C, H, W]``,
         from x1's end to x2's (for a conditional model, all given the labels ``y``)."""
-        y = self.labels(y, len(x1) if x1.dim() == 4 else 1, "interpolate")
+        steps = _count(steps, "interpolate", "steps", "the number of images along the path, "
+                       "its two ends included", least=2)
+        x1, x2 = self._inputs(x1), self._inputs(x2)
+        if x1.shape != x2.shape:
+            raise ValueError(f"interpolate: x1 has shape {list(x1.shape)} and x2 "
+                             f"{list(x2.shape)}: give two images, or two batches of as many.")
+        one = self._one(x1)  # one image: a batch of one, the batch dimension dropped at the end
+        x1, x2 = (x[None] if one else x for x in (x1, x2))
+        y = self.labels(y, len(x1), "interpolate")
         z1, z2 = (self.encoder.location(self.encode(x, y)) for x in (x1, x2))
         t = torch.linspace(0.0, 1.0, steps, device=self.device).view(-1, *[1] * z1.dim())
-        return self.images((1 - t) * z1 + t * z2, y=y)
+        path = self.images((1 - t) * z1 + t * z2, y=y)
+        return path[:, 0] if one else path
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int | None = None,
@@ -198,9 +215,31 @@ class Inference:
         ``eval.py`` reports. For a conditional model, of log p(x|y) given the labels ``y``
         (required: the bound is of x given its own label); for a model of the labels (M2)
         without ``y``, of log p(x) with the classes enumerated (``over_labels``)."""
+        k = _count(k, "log_likelihood", "k", "the number of samples of q(z|x) per image")
+        if chunk is not None:
+            chunk = _count(chunk, "log_likelihood", "chunk", "samples per decoder pass (or None)")
         x = self._inputs(x)
+        one = self._one(x)  # one image: its estimate, a 0-d tensor (not one per channel)
+        x = x[None] if one else x
+        if not len(x):  # no images: no estimates (the estimators cannot shape an empty batch)
+            return x.new_zeros(0)
         labels = self.objective.latent_labels(x) if y is None else None
         if labels is not None:
-            return over_labels(self, x, k, chunk, *labels)[1]
-        with self.given(self.labels(y, len(x), "log_likelihood")):
-            return importance_weighted(self, x, k, chunk)[1]
+            estimate = over_labels(self, x, k, chunk, *labels)[1]
+        else:
+            with self.given(self.labels(y, len(x), "log_likelihood")):
+                estimate = importance_weighted(self, x, k, chunk)[1]
+        return estimate[0] if one else estimate
+
+
+def _count(value: object, method: str, name: str, what: str, least: int = 1) -> int:
+    """``value`` of a method's argument ``name`` as an int: an integer (a Python, NumPy or 0-d
+    tensor one) of at least ``least``; anything else (a float, a truth value) a ValueError."""
+    try:
+        truth = isinstance(value, bool) or getattr(value, "dtype", None) == torch.bool
+        count = None if truth else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < least:
+        raise ValueError(f"{method}: {name}={value!r}; give {what}, an integer >= {least}.")
+    return count

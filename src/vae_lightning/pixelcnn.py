@@ -150,12 +150,8 @@ class PixelCNNSampler(Sampler):
         return self.shape[0] * self.shape[1]
 
     def check(self, model: Any) -> str | None:
-        from vae_lightning.posteriors.vq import VectorQuantizer
-
-        if not isinstance(model.encoder.posterior, VectorQuantizer):
-            return ("the PixelCNN is a prior over a VQ-VAE's code maps (model=vq_vae), and "
-                    f"this model's posterior is {type(model.encoder.posterior).__name__}, not "
-                    "a codebook: use sampler=gmm, flow or prior")
+        if (why := not_code_maps(model)) is not None:
+            return f"{why}: use sampler=gmm, flow or prior"
         self._code_dim(model.latent)
         self._model_codebook = model.encoder.posterior.codebook.detach().float().cpu()
         return None
@@ -244,6 +240,16 @@ class PixelCNNSampler(Sampler):
 
 
 @torch.no_grad()
+def not_code_maps(model: Any) -> str | None:
+    """Why ``model`` has no code maps for a PixelCNN to model (it is no VQ-VAE), or None."""
+    from vae_lightning.posteriors.vq import VectorQuantizer
+
+    if isinstance(model.encoder.posterior, VectorQuantizer):
+        return None
+    return ("the PixelCNN is a prior over a VQ-VAE's code maps (model=vq_vae), and this "
+            f"model's posterior is {type(model.encoder.posterior).__name__}, not a codebook")
+
+
 def fitted_prior(ckpt_path: str, model: Any) -> PixelCNNSampler:
     """The PixelCNN prior that ``vae-sample sampler=pixelcnn`` fitted for the checkpoint
     ``ckpt_path`` and saved beside it, with the options it was fitted with (checked as a
@@ -252,6 +258,9 @@ def fitted_prior(ckpt_path: str, model: Any) -> PixelCNNSampler:
     from vae_lightning.errors import ConfigError
     from vae_lightning.samplers import digest, fitted_path, load, read
 
+    if (why := not_code_maps(model)) is not None:  # "fit it first" would be refused
+        raise ConfigError(f"eval.fitted_prior=pixelcnn: {why}; leave eval.fitted_prior out "
+                          "(null).")
     path = fitted_path(ckpt_path, "pixelcnn")
     fit = f"fit it first: vae-sample ckpt_path={ckpt_path} sampler=pixelcnn"
     if not path.is_file():

@@ -143,7 +143,7 @@ class Sampling:
 
     def __call__(self) -> Path:
         """Write the array and the grid; return the folder."""
-        from vae_lightning.callbacks.images import image_figure, tile
+        from vae_lightning.callbacks.images import drawable, image_figure, not_drawn, tile
         from vae_lightning.plotting import pyplot
 
         samples = rundir.path(rundir.of_checkpoint(self.ckpt_path), "samples")
@@ -157,6 +157,13 @@ class Sampling:
             from vae_lightning.callbacks.traversals import refusal
 
             raise ConfigError(refusal("traverse=true", confined))
+        # Feature vectors, or images of channels no picture shows: samples.npy alone.
+        of_images = checkpoint.get(DATA_KEY, {}).get("images", True)
+        pictures = of_images and drawable(model.data_shape)
+        if self.traverse is not None and not pictures:
+            why = (not_drawn(model.data_shape) if of_images else "the model's data are feature "
+                   "vectors, not images: no picture of them is drawn")
+            raise ConfigError(f"traverse=true: {why}; leave traverse out (false).")
         draw, source = self._z_source(model, config, checkpoint)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)
@@ -179,8 +186,8 @@ class Sampling:
                         f"{z.abs().max().item():.3g}): if sampler=prior's samples are finite, "
                         "the fitted sampler is at fault: fit it anew with refit=true.") from None
                 append(images.numpy())
-        if not checkpoint.get(DATA_KEY, {}).get("images", True):
-            return out  # feature vectors, not images: the array only, no picture of them
+        if not pictures:
+            return out  # the array only, no picture of them
         shown = min(self.n, GRID_MAX)
         images = torch.from_numpy(np.load(out / "samples.npy", mmap_mode="r")[:shown].copy())
         cols = math.ceil(math.sqrt(shown))
@@ -297,11 +304,13 @@ class Sampling:
             raise ConfigError(
                 f"y={self.y}: the model of {self.ckpt_path} was trained on class labels, not "
                 f"condition vectors; give a class in 0..{k - 1}, or null for each in turn.")
-        if isinstance(self.y, list) and (len(self.y) != k
-                                         or not all(map(math.isfinite, self.y))):
+        # Finite as the model reads them (float32: 1e39 is inf there, and was refused later,
+        # "a condition vector holds a value that is not finite", naming no y).
+        if isinstance(self.y, list) and (len(self.y) != k or not bool(
+                torch.isfinite(torch.tensor(self.y, dtype=torch.float32)).all())):
             raise ConfigError(f"y={self.y}: a condition vector of this model is "
-                              f"{k} finite numbers (model.classes); give as many, "
-                              f"or a class in 0..{k - 1}, or null.")
+                              f"{k} finite numbers (model.classes; within float32's range); "
+                              f"give as many, or a class in 0..{k - 1}, or null.")
         if isinstance(self.y, int) and self.y >= k:
             raise ConfigError(f"y={self.y}: the model is conditional on {k} classes; "
                               f"choose y in 0..{k - 1}, or null for each in turn.")

@@ -43,7 +43,14 @@ from torch.distributions import Normal
 
 from vae_lightning import rundir
 from vae_lightning.args import NonNegativeInt, PositiveFloat, PositiveInt, checked
-from vae_lightning.callbacks.images import decode_mean, image_figure, tick_label, tile
+from vae_lightning.callbacks.images import (
+    decode_mean,
+    drawable,
+    image_figure,
+    not_drawn,
+    tick_label,
+    tile,
+)
 from vae_lightning.callbacks.latent_scatter import latents_figure
 from vae_lightning.callbacks.traversals import (
     Traversal,
@@ -227,9 +234,15 @@ class Figures(L.Callback):
         self.curves: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Refuse traversals of a latent space confined to a part of R^latent, before training."""
+        """Refuse traversals of a latent space confined to a part of R^latent, before training;
+        say that images of channels no picture shows will have none."""
         if self.traversals and (confined := confined_space(pl_module.prior)):
             raise ConfigError(refusal("callbacks.figures.traversals=true", confined))
+        shape = pl_module.data_shape
+        if (stage == "fit" and getattr(trainer.datamodule, "images", True)
+                and not drawable(shape)):
+            log.warning("Figures: %s (samples, manifold, reconstructions, traversals); the "
+                        "curves and the latent scatter are.", not_drawn(shape))
 
     def _record(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         value = trainer.callback_metrics.get(f"{stage}/elbo")
@@ -276,6 +289,7 @@ class Figures(L.Callback):
         # Data that are not images (feature vectors, data=array [N, D]) have no pictures of
         # their points: their samples, manifold, reconstructions and traversals are left out.
         images = getattr(dm, "images", True)  # a data module of the user's own: images
+        images = images and drawable(pl_module.data_shape)  # 2 channels: no pictures
         figures = {"curves": lambda: curves_figure(self.curves)}
         if images:
             figures["samples"] = lambda: samples_figure(pl_module, self.n_samples)

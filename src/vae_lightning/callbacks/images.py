@@ -6,11 +6,29 @@ callback's figures, the traversals and ``vae-sample`` draw images one way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightning as L
 import torch
 from torch import Tensor
 
 from vae_lightning.plotting import pyplot
+
+# The channels a picture of images shows: grey (1) or colour (3). Images of other channel counts
+# (data=array [N, 2, H, W], say) are trained on, but not drawn.
+PICTURE_CHANNELS = (1, 3)
+
+
+def drawable(shape: Sequence[int] | None) -> bool:
+    """Whether images of ``shape`` ``[C, H, W]`` can be drawn (``PICTURE_CHANNELS``); a model
+    that does not know its data's shape (built in Python without it) is drawn as before."""
+    return not shape or len(shape) != 3 or shape[0] in PICTURE_CHANNELS
+
+
+def not_drawn(shape: Sequence[int]) -> str:
+    """Why images of ``shape`` have no pictures, in words."""
+    return (f"the images have {shape[0]} channels, and a picture shows 1 (grey) or 3 (colour): "
+            "none is drawn")
 
 
 @torch.no_grad()

@@ -116,6 +116,21 @@ def test_train_help_lists_the_groups_and_the_run_settings(tmp_path, monkeypatch,
     assert "tags: []" in proc.out and "print_config: false" in proc.out
 
 
+def test_train_help_lists_the_options_of_a_searchpath_s_folders(tmp_path, monkeypatch, capsys):
+    """Options of one's own, in a folder given by hydra.searchpath, are listed with the
+    package's (they were left out: the list read the package's conf/ only)."""
+    mine = tmp_path / "my_conf"
+    (mine / "model" / "objective").mkdir(parents=True)
+    (mine / "model" / "objective" / "half_kl.yaml").write_text(
+        "_target_: vae_lightning.objectives.elbo.ELBO\n")
+    (mine / "mygroup").mkdir()
+    (mine / "mygroup" / "a.yaml").write_text("x: 1\n")
+    proc = _train(["--help", f"hydra.searchpath=[file://{mine}]"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 0, proc.err[-2000:]
+    assert re.search(r"^model/objective: .*\belbo\b.*\bhalf_kl\b.*\biwae\b", proc.out, re.M)
+    assert re.search(r"^mygroup: a$", proc.out, re.M)
+
+
 def test_summarize_help_says_what_it_does_in_whole_sentences(tmp_path):
     proc = _script("vae-summarize", ["--help"], tmp_path)
     assert proc.returncode == 0

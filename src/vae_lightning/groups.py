@@ -80,6 +80,12 @@ def groups() -> dict[str, Group]:
     """The config groups of the package's ``conf/`` (Hydra's ``hydra/...`` left out), by path
     (``model/prior``), each with its package (an option's ``# @package`` line, else the path
     with dots, as Hydra places it) and its options."""
+    return groups_in(resources.files("vae_lightning.conf"))
+
+
+def groups_in(root: Any) -> dict[str, Group]:
+    """The config groups of the config folder ``root`` (a path or a package resource), as
+    ``groups`` reads the package's."""
     found: dict[str, Group] = {}
 
     def walk(folder: Any, path: str) -> None:
@@ -94,7 +100,7 @@ def groups() -> dict[str, Group]:
             if item.is_dir() and item.name not in ("hydra", "__pycache__"):
                 walk(item, f"{path}/{item.name}" if path else item.name)
 
-    walk(resources.files("vae_lightning.conf"), "")
+    walk(root, "")
     return found
 
 

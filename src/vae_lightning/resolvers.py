@@ -85,11 +85,18 @@ def first(values, _node_):
     return values[0]
 
 
-def config_groups() -> str:
-    from vae_lightning.groups import groups
+def config_groups(searchpath=()) -> str:
+    """The config groups and their options, one line each: the package's, with those of the
+    folders of ``hydra.searchpath`` (``file://...``) added, as Hydra composes them."""
+    from vae_lightning.groups import groups, groups_in
 
-    return "\n".join(f"{path}: {', '.join(group.options)}"
-                     for path, group in sorted(groups().items()))
+    options = {path: list(group.options) for path, group in groups().items()}
+    for entry in searchpath or ():
+        folder = Path(str(entry).removeprefix("file://"))
+        if str(entry).startswith("file://") and folder.is_dir():
+            for path, group in groups_in(folder).items():
+                options[path] = sorted({*options.get(path, ()), *group.options})
+    return "\n".join(f"{path}: {', '.join(found)}" for path, found in sorted(options.items()))
 
 
 for name, resolver in (("sweep_group", sweep_group), ("run_dir_of", run_dir_of),

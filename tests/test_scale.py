@@ -174,3 +174,21 @@ def test_compiled_model_trains(tmp_path):
     except Exception as err:  # no C++ toolchain for inductor, or an unsupported platform
         pytest.skip(f"torch.compile is not supported here: {type(err).__name__}: {err}")
     assert math.isfinite(results["test/elbo"])
+
+
+def test_the_reported_bounds_are_float32_under_mixed_precision(tmp_path):
+    """bf16-mixed trains under autocast, but the validation and test bounds (results.json,
+    the best checkpoint's choice) are computed in float32: the same numbers as a float32
+    Trainer's for the same weights (they differed in the fourth digit)."""
+    import lightning as L
+
+    from vae_lightning.train import build_run
+
+    run = build_run(compose_train([*SMALL, "data.batch_size=200"], tmp_path))
+    results = {}
+    for precision in ("32-true", "bf16-mixed"):
+        trainer = L.Trainer(precision=precision, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_test_batches=2)
+        torch.manual_seed(0)  # the same draws of z
+        results[precision] = trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
+    assert results["bf16-mixed"]["test/elbo"] == results["32-true"]["test/elbo"]

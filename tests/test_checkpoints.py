@@ -3,6 +3,7 @@ likelihood x prior and every objective from the run config the checkpoint carrie
 checkpoint chooses what code runs."""
 
 import itertools
+import re
 
 import lightning as L
 import pytest
@@ -206,3 +207,24 @@ def test_a_plain_trainer_checkpoint_is_refused_with_the_way_to_load_its_weights(
     again.load_state_dict(torch.load(tmp_path / "plain.ckpt", weights_only=True)["state_dict"])
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(),
                                                   again.state_dict().values()))
+
+
+@pytest.mark.parametrize("where, words", [
+    ("cuda:7", "map_location='cuda:7' is not allowed: "),
+    ("meta", "map_location='meta' is not allowed: expected auto, cpu, cuda, cuda:<index> or mps"),
+    ("tpu", "map_location='tpu' is not allowed: expected auto"),
+])
+def test_load_from_checkpoint_refuses_a_device_this_machine_lacks_in_one_line(
+        where, words, small_checkpoint):
+    """map_location names where the model goes: one this machine lacks (CUDA here, or a GPU
+    index beyond its count) or torch's meta device (a model that fails at first use) is one
+    ArgumentError naming the argument, before the checkpoint is read (it was torch's
+    "Torch not compiled with CUDA enabled"); cpu and auto load."""
+    from vae_lightning.args import ArgumentError
+
+    with pytest.raises(ArgumentError, match=re.escape(words)):
+        VAE.load_from_checkpoint(small_checkpoint, map_location=where)
+    assert VAE.load_from_checkpoint(small_checkpoint, map_location="auto").device.type in (
+        "cpu", "cuda")
+    assert VAE.load_from_checkpoint(small_checkpoint, map_location=torch.device("cpu")).device \
+        == torch.device("cpu")

@@ -28,7 +28,7 @@ from vae_lightning.objectives import Objective
 from vae_lightning.parts import Bound, Conditional, Stepped, refuse_unfit
 from vae_lightning.posteriors import Encoder
 from vae_lightning.priors import Prior
-from vae_lightning.rebuild import load_model
+from vae_lightning.rebuild import device_of, load_model
 
 STAGES = ("train", "val", "test")
 ADAM = functools.partial(torch.optim.Adam, lr=1e-3)  # the default optimizer
@@ -406,4 +406,6 @@ class VAE(Inference, L.LightningModule):
         The model is rebuilt from the run config saved in the checkpoint (read with
         ``weights_only=True``); a checkpoint is untrusted, so only the classes this package's
         config groups name (and ``trusted``, the dotted names of your own parts) are built."""
-        return load_model(checkpoint_path, cls, map_location, trusted)[0]
+        # Where the model goes, checked first: a device this machine lacks was torch's error.
+        device = device_of("VAE.load_from_checkpoint", str(map_location), "map_location")
+        return load_model(checkpoint_path, cls, device, trusted)[0]

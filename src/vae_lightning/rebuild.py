@@ -258,25 +258,26 @@ def _event_shape(model: torch.nn.Module, shape: tuple[int, ...], device: str) ->
         return f"an error ({_reason(err)})"
 
 
-def device_of(key: str, device: str) -> torch.device:
-    """The device a command's ``device`` option names, where ``load_model`` puts the model:
-    ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``; refused,
-    naming ``key``, when torch does not know it or this machine lacks it."""
+def device_of(key: str, device: str, name: str = "device") -> torch.device:
+    """The device a command's ``device`` option (or another argument, ``name``) names, where
+    ``load_model`` puts the model: ``auto`` (CUDA when available), ``cpu``, ``cuda``,
+    ``cuda:<index>``, ``mps``; refused, naming ``key``, when torch does not know it or this
+    machine lacks it."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         found = torch.device(device)
     except (RuntimeError, ValueError):
-        fail(key, "device", device, "expected auto, cpu, cuda, cuda:<index> or mps")
+        fail(key, name, device, "expected auto, cpu, cuda, cuda:<index> or mps")
     if found.type == "cuda" and not torch.cuda.is_available():
-        fail(key, "device", device, "CUDA is not available on this machine (or this torch is a "
+        fail(key, name, device, "CUDA is not available on this machine (or this torch is a "
              "CPU build); use auto or cpu")
     count = torch.cuda.device_count()
     if found.type == "cuda" and found.index is not None and found.index >= count:
-        fail(key, "device", device, f"this machine has {torch.cuda.device_count()} CUDA "
+        fail(key, name, device, f"this machine has {torch.cuda.device_count()} CUDA "
              "device(s)")
     if found.type == "mps" and not torch.backends.mps.is_available():
-        fail(key, "device", device, "MPS is not available on this machine; use auto or cpu")
+        fail(key, name, device, "MPS is not available on this machine; use auto or cpu")
     if found.type not in ("cpu", "cuda", "mps"):
-        fail(key, "device", device, "expected auto, cpu, cuda, cuda:<index> or mps")
+        fail(key, name, device, "expected auto, cpu, cuda, cuda:<index> or mps")
     return found

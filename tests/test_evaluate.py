@@ -370,6 +370,17 @@ def test_the_mutual_information_of_a_linear_gaussian_encoder_is_its_closed_form(
     closed = 0.5 * torch.logdet(w @ w.T + s**2 * torch.eye(2)).item() - 2 * math.log(s)
     torch.manual_seed(1)
     assert mutual_information(Gaussian(), params) == pytest.approx(closed, abs=0.05)
+    # Its terms, one a point: their mean is the estimate (the same draws), their spread its
+    # standard error (eval.json's mi_se), within which the closed form lies.
+    from vae_lightning.log_likelihood import mutual_information_terms
+
+    torch.manual_seed(1)
+    terms = mutual_information_terms(Gaussian(), params)
+    assert terms.shape == (n,) and terms.dtype == torch.float64
+    torch.manual_seed(1)
+    assert terms.mean().item() == mutual_information(Gaussian(), params)
+    se = (terms.std() / math.sqrt(n)).item()
+    assert 0 < se < 0.05 and abs(terms.mean().item() - closed) < 4 * se + 0.01
     # A posterior that does not depend on x (posterior collapse): no information, exactly.
     same = torch.cat([torch.zeros(n, 2), torch.zeros(n, 2)], 1)
     assert mutual_information(Gaussian(), same) == pytest.approx(0.0, abs=1e-6)
@@ -394,6 +405,7 @@ def test_the_kl_and_mi_diagnostics_leave_the_estimates_as_they_were(prior, tmp_p
     alone = [importance_weighted(model, b, 4, 4)[1] for b in batches]
     assert results["iw"].nats == pytest.approx(torch.cat(alone).double().mean().item(), rel=1e-12)
     assert -0.05 < results["mi"] <= results["kl"] + 0.05 and results["mi"] <= math.log(60)
+    assert 0 < results["mi_se"] < 1  # its standard error over the 60 points
     if prior == "normal":
         with torch.no_grad():
             kl = torch.distributions.kl_divergence(model.encoder(x[:60]),

@@ -267,7 +267,8 @@ def _evaluate(cfg: DictConfig) -> float:
             print(f"{results['split']} elbo with the fitted {results['fitted_prior']['sampler']}"
                   f" prior: {est['nats']:.3f} +- {est['nats_se']:.3f} nats{bits}")
         if "kl" in results:  # posterior collapse: the mean KL and I_q(x; z) (null: not defined)
-            mi = f", I(x; z) {results['mi']:.3f}" if results["mi"] is not None else ""
+            se = (f" +- {results['mi_se']:.3f}" if results.get("mi_se") is not None else "")
+            mi = f", I(x; z) {results['mi']:.3f}{se}" if results["mi"] is not None else ""
             print(f"{results['split']} KL(q(z|x) || p(z)) {results['kl']:.3f}{mi} nats")
         for i, layer in enumerate(results.get("layers", []), start=1):  # stochastic layers
             kl = f", KL {layer['kl']:.2f} nats" if layer["kl"] is not None else ""

@@ -227,7 +227,7 @@ class Evaluation:
             "n": estimates["n"],
             "active_units": estimates["active_units"],
             "latent": estimates["latent"],
-            **{key: estimates[key] for key in ("kl", "mi") if key in estimates},
+            **{key: estimates[key] for key in ("kl", "mi", "mi_se") if key in estimates},
             **({"layers": estimates["layers"]} if "layers" in estimates else {}),
             "bound_of": estimates["bound_of"],
             "proposal": model.objective.proposal,

@@ -303,8 +303,12 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
         kl = torch.cat(divergences).double()
         results["kl"] = kl.mean().item()
         family = model.encoder.posterior.informative()
-        results["mi"] = (mutual_information(family, torch.cat(params))
-                         if params and _keeps_params(model, params[0]) else None)
+        terms = (mutual_information_terms(family, torch.cat(params))
+                 if params and _keeps_params(model, params[0]) else None)
+        results["mi"] = None if terms is None else terms.mean().item()
+        # Its standard error over the points (null for one point), as the bounds'.
+        results["mi_se"] = (None if terms is None or len(terms) < 2
+                            else (terms.std() / math.sqrt(len(terms))).item())
     sizes = model.encoder.posterior.layers
     if sizes:
         kl = torch.cat(kls, dim=1).double().mean(1).tolist() if kls[0] is not None else None
@@ -388,6 +392,11 @@ def pairwise_density(family: Any, params: Tensor) -> bool:
 
 
 def mutual_information(family: Any, params: Tensor, batch: int = 500) -> float:
+    """I_q(x; z), the mean of ``mutual_information_terms``."""
+    return mutual_information_terms(family, params, batch).mean().item()
+
+
+def mutual_information_terms(family: Any, params: Tensor, batch: int = 500) -> Tensor:
     """I_q(x; z), the mutual information between the data points and their codes under the
     aggregate posterior q(z) = (1/N) sum_n q(z|x_n) of the N points whose posterior parameters
     are ``params`` (Hoffman & Johnson 2016; He et al. 2019 report it beside the KL and active
@@ -395,11 +404,12 @@ def mutual_information(family: Any, params: Tensor, batch: int = 500) -> float:
     q(z|x_i) one draw each, log q(z_i) = logsumexp_n log q(z_i|x_n) - log N over all N points.
     It is E_x KL(q(z|x) || p(z)) - KL(q(z) || p(z)): at most the mean KL, and at most log N.
     Needs q(z|x_n)'s density at every z_i, batch by batch (``pairwise_density``); draws in a
-    forked random stream."""
+    forked random stream. The terms, one a point (float64; their mean is the estimate, their
+    spread its standard error, eval.json's ``mi_se``)."""
     n = len(params)
     posteriors = [family(params[start:start + batch]) for start in range(0, n, batch)]
+    terms = []
     with torch.random.fork_rng(devices=[params.device] if params.device.type == "cuda" else []):
-        total = 0.0
         for own in posteriors:
             z, log_own = scored_draws(own, 1)
             z, log_own = z[0], log_own[0]
@@ -407,8 +417,8 @@ def mutual_information(family: Any, params: Tensor, batch: int = 500) -> float:
             for other in posteriors:
                 log_q = other.log_prob(z[:, None, :])
                 log_aggregate = torch.logaddexp(log_aggregate, torch.logsumexp(log_q, dim=1))
-            total += (log_own - (log_aggregate - math.log(n))).double().sum().item()
-    return total / n
+            terms.append((log_own - (log_aggregate - math.log(n))).double())
+    return torch.cat(terms)
 
 
 def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k: int,

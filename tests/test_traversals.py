@@ -177,3 +177,14 @@ def test_traversals_of_a_latent_space_on_the_sphere_are_refused_before_training(
         sample_config([f"ckpt_path={checkpoint}", "n=4", "device=cpu", "traverse=true",
                        f"output_dir={tmp_path / 'out'}"])()
     assert not (tmp_path / "out" / "samples.npy").exists()
+
+
+def test_a_traversal_of_one_step_is_refused_before_anything_is_read(tmp_path):
+    """traverse_steps=1 drew one column at -span, not a traversal: the option takes at least
+    2 values, refused with the config's other errors, before the checkpoint is read."""
+    from vae_lightning.args import problems
+    from vae_lightning.sample import Sampling
+
+    assert problems(Sampling, {"traverse_steps": 1}) == [
+        ("traverse_steps", 1, "expected an integer >= 2")]
+    assert problems(Sampling, {"traverse_steps": 2}) == []

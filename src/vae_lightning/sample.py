@@ -16,7 +16,7 @@ import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from vae_lightning.args import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Range,
     checked,
     fail,
     within,
@@ -121,7 +122,7 @@ class Sampling:
                  samplers: Mapping[str, Sampler] | None = None, refit: bool = False,
                  data_root: str | None = None, data_path: str | None = None,
                  allow_other_data: bool = False, batch_size: PositiveInt = 500,
-                 traverse: bool = False, traverse_steps: PositiveInt = 10,
+                 traverse: bool = False, traverse_steps: Annotated[int, Range(ge=2)] = 10,
                  traverse_span: PositiveFloat = 2.5, traverse_dims: PositiveInt | None = None,
                  traverse_gif: bool = False, traverse_bases: PositiveInt = 8,
                  traverse_points: PositiveInt = 1000,

@@ -240,3 +240,36 @@ def test_figures_without_a_validation_split(tmp_path):
     curves = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"][
         "Figures"]["curves"]
     assert [seen for seen, _ in curves["train"]] == [200, 400] and curves["val"] == []
+
+
+def test_a_model_on_condition_vectors_draws_its_samples_and_manifold_given_data_vectors(
+        tmp_path, monkeypatch):
+    """A CVAE trained on condition vectors (data.condition): the samples and the manifold are
+    drawn given condition vectors of the data's points, not the unit vectors of labels 0..D-1
+    (which need be no condition the model saw: a pose, a measurement)."""
+    rng = np.random.default_rng(0)
+    n = 60
+    condition = rng.normal(3.0, 0.5, (n, 3)).astype(np.float32)  # far from any unit vector
+    np.savez(tmp_path / "v.npz", x=rng.random((n, 1, 4, 4)).astype(np.float32), c=condition)
+    given: list[torch.Tensor] = []
+    from vae_lightning.module import VAE
+    decode = VAE.decode
+
+    def spy(self, z, y=None):
+        given.append(torch.as_tensor(y))
+        return decode(self, z, y)
+
+    monkeypatch.setattr(VAE, "decode", spy)
+    cfg = compose_train([*FAST, "data=array", f"data.path={tmp_path / 'v.npz'}",
+                         "data.condition=c", "model=cvae", "model.classes=3", "model.latent=2",
+                         "data.batch_size=20", "callbacks.figures.n_points=10"],
+                        tmp_path / "run")
+    train(cfg)
+    drawn = {p.name for p in (tmp_path / "run" / "figures").glob("*.png")}
+    assert {"samples.png", "manifold.png"} <= drawn
+    assert given and all(y.is_floating_point() for y in given), given  # not labels 0, 1, 2
+    vectors = torch.cat([y.reshape(-1, 3) for y in given])
+    # Every vector the figures decoded with is one of the data's, none a unit vector.
+    data = torch.from_numpy(condition)
+    distance = (vectors.float()[:, None] - data[None]).abs().amax(-1).min(1).values
+    assert distance.max() < 1e-5, vectors[distance.argmax()]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,33 @@ def manifold_grid(n: int) -> Tensor:
 
 
 
+@dataclass(frozen=True)
+class Conditions:
+    """The condition vectors (floats ``[m, D]``) of the first points of a data split, and the
+    split's name, for the figures of a model trained on condition vectors (``data.condition``)."""
+
+    vectors: Tensor
+    split: str
+
+
+def data_conditions(datamodule: Any, model: L.LightningModule,
+                    most: int = 100) -> Conditions | None:
+    """The condition vectors of the first ``most`` points of the first split that has points
+    (validation, test, training), where a conditional model's data serve vectors; None where
+    they serve labels, or the model is not conditional."""
+    if model.classes is None:
+        return None
+    splits = getattr(datamodule, "splits", {})
+    for split in ("val", "test", "train"):
+        if split in splits and len(splits[split][1]):
+            y = splits[split][1]
+            if not torch.is_floating_point(y):
+                return None
+            return Conditions(y[:most].float().reshape(min(most, len(y)), -1),
+                              SPLIT_NAMES.get(split, "training"))
+    return None
+
+
 def manifold_ticks(n: int, most: int = 10) -> list[int]:
     """The cells of an n-cell manifold axis whose z the axis names: every k-th from each end, k
     the smallest that names at most about ``most``, so the labels stay apart and are symmetric
@@ -87,15 +115,28 @@ def manifold_ticks(n: int, most: int = 10) -> list[int]:
     return sorted({*half, *(n - 1 - m for m in half)})
 
 
-def manifold_figure(model: L.LightningModule, n: int = 20):
+def given(model: L.LightningModule, conditions: Conditions | None) -> tuple[Any, str]:
+    """The one condition a conditional model's manifold is decoded with, and the title's words
+    for it: the first data point's condition vector (``conditions``), else class 0; (None, "")
+    for a model that is not conditional."""
+    if model.classes is None:
+        return None, ""
+    if conditions is None:
+        return 0, ", class 0"
+    return conditions.vectors[0], f"\ngiven the condition vector of {conditions.split} point 1"
+
+
+def manifold_figure(model: L.LightningModule, n: int = 20,
+                    conditions: Conditions | None = None):
     """Fig. 4: the decoded n x n inverse-CDF grid (see ``manifold_grid`` for the order), its
     axes z1 (growing to the right) and z2 (growing upwards), labelled with the z of the cells
-    they pass through, as the AEVB paper's manifolds are read."""
+    they pass through, as the AEVB paper's manifolds are read. A conditional model's: given
+    class 0, or a data point's condition vector (``given``)."""
     z = manifold_grid(n)
-    conditional = model.classes is not None  # a conditional model's: of class 0
-    picture = tile(decode_mean(model, z, 0 if conditional else None))
+    y, words = given(model, conditions)
+    picture = tile(decode_mean(model, z, y))
     fig = image_figure(picture, f"Learned 2-d manifold: E[x|z] at $z = \\Phi^{{-1}}(u)$, u on a "
-                                f"{n}$\\times${n} grid" + (", class 0" if conditional else ""))
+                                f"{n}$\\times${n} grid" + words)
     ax = fig.axes[0]
     ax.axis("on")
     height, width = picture.shape[0] // n, picture.shape[1] // n
@@ -112,22 +153,37 @@ def manifold_figure(model: L.LightningModule, n: int = 20):
     return fig
 
 
-def circle_figure(model: L.LightningModule, n: int = 20):
+def circle_figure(model: L.LightningModule, n: int = 20,
+                  conditions: Conditions | None = None):
     """Fig. 4 for a latent space on the unit circle S^1: E[x|z] at z = (cos t, sin t) for n^2
-    evenly spaced angles t = 2 pi i / n^2, in reading order (row by row) from t = 0."""
+    evenly spaced angles t = 2 pi i / n^2, in reading order (row by row) from t = 0 (a
+    conditional model's given one condition, ``given``)."""
     t = 2 * math.pi * torch.arange(n * n, dtype=torch.float32) / (n * n)
     z = torch.stack([t.cos(), t.sin()], -1).reshape(n, n, 2)
-    conditional = model.classes is not None  # a conditional model's: of class 0
-    picture = tile(decode_mean(model, z, 0 if conditional else None))
-    title = "Learned manifold on the circle" + (", class 0" if conditional else "")
+    y, words = given(model, conditions)
+    picture = tile(decode_mean(model, z, y))
+    title = "Learned manifold on the circle" + words
     return image_figure(picture, f"{title}\nE[x|z] at z = (cos t, sin t), t = 2$\\pi$i/{n * n}, "
                                  "i in reading order")
 
 
-def samples_figure(model: L.LightningModule, n: int = 100):
-    """Fig. 5: mean images of ``n`` draws from the prior, on a square-ish grid."""
+def samples_figure(model: L.LightningModule, n: int = 100,
+                   conditions: Conditions | None = None):
+    """Fig. 5: mean images of ``n`` draws from the prior, on a square-ish grid. A conditional
+    model's: the classes in turn, or, for a model on condition vectors, column j given the
+    condition vector of the data's point j (the first points' vectors in turn along the rows:
+    a label's unit vector need be no condition the model saw)."""
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
+    if conditions is not None and model.classes is not None:
+        vectors = conditions.vectors[:cols]
+        y = vectors[torch.arange(rows * cols) % len(vectors)]
+        images = model.sample(rows * cols, y=y.to(model.device)).cpu()
+        title = (f"Samples of p(x|y), column j given the condition vector of "
+                 f"{conditions.split} point j (1..{len(vectors)})" if len(vectors) == cols else
+                 f"Samples of p(x|y), given the condition vectors of {conditions.split} points "
+                 f"1..{len(vectors)} in turn along the rows")
+        return image_figure(tile(images.reshape(rows, cols, *images.shape[1:])), title)
     images = model.sample(rows * cols).cpu()  # a conditional model's: the classes in turn
     title = f"Random samples from the prior (Nz = {model.latent})"
     if model.classes is not None:
@@ -291,12 +347,14 @@ class Figures(L.Callback):
         images = getattr(dm, "images", True)  # a data module of the user's own: images
         images = images and drawable(pl_module.data_shape)  # 2 channels: no pictures
         figures = {"curves": lambda: curves_figure(self.curves)}
+        conditions = data_conditions(dm, pl_module)
         if images:
-            figures["samples"] = lambda: samples_figure(pl_module, self.n_samples)
+            figures["samples"] = lambda: samples_figure(pl_module, self.n_samples, conditions)
         if pl_module.latent == 2 and images:
             on_circle = "sphere" in getattr(pl_module.prior, "features", ())  # parts.FEATURES
             figures["manifold"] = lambda: (circle_figure if on_circle
-                                           else manifold_figure)(pl_module, self.grid)
+                                           else manifold_figure)(pl_module, self.grid,
+                                                                 conditions)
         splits = getattr(dm, "splits", {})
         # The validation points; the test points when there is no validation split (val_size=0).
         split = next((s for s in ("val", "test") if s in splits and len(splits[s][0])), None)

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
 from torch.distributions import Distribution, Normal, constraints
 from torch.nn import functional as F
 
@@ -26,6 +25,7 @@ from vae_lightning.pixel_distributions import (
     Grid,
     Image,
     PixelBernoulli,
+    PixelContinuousBernoulli,
     PixelDiscretizedLogistic,
     PixelDiscretizedLogisticMixture,
     smooth_floor,
@@ -145,13 +145,15 @@ class GaussianFixed(Gaussian):
 class ContinuousBernoulli(Likelihood):
     """Continuous Bernoulli on logits (Loaiza-Ganem & Cunningham 2019), the proper density for
     x in [0, 1]: p(x|lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x) with
-    C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda), C(1/2) = 2. torch evaluates log C by a
-    Taylor expansion near lambda = 1/2, where the closed form is 0/0. Its mean is not lambda."""
+    C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda) = L / tanh(L / 2) for logits L, C(1/2) = 2,
+    log C computed from L (``pixel_distributions.PixelContinuousBernoulli``: torch's, from
+    lambda clamped to [eps, 1 - eps], is too small for |L| > ~16 in float32). Its mean is not
+    lambda."""
 
     support = constraints.unit_interval
 
     def pixel_distribution(self, logits: Tensor) -> Distribution:
-        return _ContinuousBernoulli(logits=logits, validate_args=False)
+        return PixelContinuousBernoulli(logits=logits, validate_args=False)
 
 
 class Beta(Likelihood):

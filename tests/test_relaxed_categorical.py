@@ -166,3 +166,15 @@ def test_a_captured_cuda_graph_is_refused_with_an_annealed_temperature():
     family, prior = model(6)
     with pytest.raises(ValueError, match="cuda_graph=true.*follows the optimizer step"):
         small_vae(latent=6, posterior=family, prior=prior, cuda_graph=True)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_an_empty_batch_is_an_empty_distribution(training):
+    """encode / reconstruct of no images (the Python API) give an empty q, as a Gaussian's: torch
+    cannot build its categoricals on zero logits."""
+    family = RelaxedCategorical(categories=3, continuous=2).train(training)
+    q = family(torch.zeros(0, family.n_params(8)))
+    assert q.batch_shape == (0,) and q.rsample().shape == (0, 8)
+    assert q.sample().shape == (0, 8) and family.location(q).shape == (0, 8)
+    one = family(torch.zeros(1, family.n_params(8)))  # one point's is unchanged
+    assert one.batch_shape == (1,) and family.location(one).shape == (1, 8)

@@ -75,13 +75,18 @@ class JointLatent(Distribution):
 
 def categorical_blocks(logits: Tensor, temperature: float | None) -> Distribution:
     """Blocks [..., B, K] of logits as one distribution over z [..., B * K]: Concrete at
-    ``temperature``, or the discrete one-hot categorical where it is None."""
+    ``temperature``, or the discrete one-hot categorical where it is None. An empty batch (no
+    logits) gets one point's blocks expanded to it: torch cannot normalise zero logits (its
+    reshape to -1 is ambiguous)."""
+    batch = logits.shape[:-1]
+    if logits.numel() == 0:
+        logits = logits.new_zeros((1,) * (logits.dim() - 2) + logits.shape[-2:])
     if temperature is None:
         block = D.OneHotCategorical(logits=logits, validate_args=False)
     else:
         block = D.RelaxedOneHotCategorical(logits.new_full((), temperature),
                                            logits=logits, validate_args=False)
-    return Flat(block)
+    return Flat(block.expand(batch) if block.batch_shape != batch else block)
 
 
 class Flat(D.Independent):

@@ -117,3 +117,17 @@ def test_monte_carlo_kl_matches_analytic_kl_within_four_standard_errors(family):
     terms = q.log_prob(z) - p.log_prob(z)  # [n, batch]
     err = (terms.mean(0) - kl_divergence(q, p)).abs()
     assert (err < 4 * terms.std(0) / math.sqrt(n)).all(), err
+
+
+def test_a_q_without_a_closed_form_mean_says_what_stands_for_it():
+    """q.mean of a flow or of stochastic layers: an error naming model.encoder.location(q), not
+    torch's bare NotImplementedError; the location itself is defined."""
+    from vae_lightning.posteriors.hierarchy import BottomUp
+    from vae_lightning.posteriors.planar import Planar
+
+    for family in (Planar(length=2), BottomUp(layers=[3, 2], net=partial(MLP, hidden=(4,)))):
+        latent = 4 if isinstance(family, Planar) else 5
+        q = family(torch.randn(6, family.n_params(latent)))
+        with pytest.raises(NotImplementedError, match=r"model\.encoder\.location\(q\)"):
+            q.mean
+        assert family.location(q).shape == (6, latent)

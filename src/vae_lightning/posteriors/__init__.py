@@ -26,6 +26,12 @@ from torch.nn import functional as F
 from vae_lightning.args import PositiveFloat, PositiveInt, checked, within
 
 
+# What q.mean says where q has no mean in closed form (flows, stochastic layers): torch's bare
+# NotImplementedError said nothing of what to use.
+NO_MEAN = ("this q(z|x) has no mean in closed form; model.encoder.location(q) gives the point "
+           "that stands for it (what reconstruct decodes)")
+
+
 class Family:
     """A posterior family (``parts.Family``): ``n_params(latent)`` network outputs per data point
     parameterize ``__call__(params)``, q(z|x) over the ``latent`` dimensions (event shape

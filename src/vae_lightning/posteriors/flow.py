@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.distributions import Distribution, Transform, TransformedDistribution
 
-from . import Family, Gaussian
+from . import NO_MEAN, Family, Gaussian
 
 
 class Flow(Family):
@@ -49,5 +49,13 @@ class Flow(Family):
 
     def flow(self, params: Tensor, latent: int, maps: list[Transform]) -> Distribution:
         """The base N(mu, diag sigma^2) of ``params[..., :2 latent]`` pushed through ``maps``."""
-        return TransformedDistribution(self._base(params[..., :2 * latent]), maps,
-                                       validate_args=False)
+        return FlowDistribution(self._base(params[..., :2 * latent]), maps, validate_args=False)
+
+
+class FlowDistribution(TransformedDistribution):
+    """torch's TransformedDistribution, whose ``mean`` says what to use instead: a flow's mean
+    has no closed form (torch's raised a bare NotImplementedError)."""
+
+    @property
+    def mean(self) -> Tensor:
+        raise NotImplementedError(NO_MEAN)

@@ -23,7 +23,7 @@ from torch.distributions import Distribution, constraints
 
 from vae_lightning.args import PositiveInt, checked, fail
 
-from . import Family, Gaussian
+from . import NO_MEAN, Family, Gaussian
 
 
 class Chain(Distribution):
@@ -41,6 +41,10 @@ class Chain(Distribution):
         self.first, self.links, self.sizes = first, list(links), list(sizes)
         self.top_down = top_down
         super().__init__(first.batch_shape, torch.Size([sum(sizes)]), validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        raise NotImplementedError(NO_MEAN)
 
     def _sampling_order(self, blocks: list[Tensor]) -> list[Tensor]:
         """Blocks in the vector's order -> in sampling order (and back: the map is its inverse)."""

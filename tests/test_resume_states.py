@@ -298,3 +298,28 @@ def test_the_cuda_states_of_gpus_this_machine_lacks_are_not_restored(monkeypatch
     trainer = SimpleNamespace(ckpt_path=None, loggers=[])
     callback.on_train_start(trainer, None)
     assert set_states == [(7, 0)]
+
+
+def test_a_moved_run_resumes_with_its_record_of_the_best_checkpoint(stopped, tmp_path,
+                                                                     monkeypatch, capsys):
+    """A run directory moved (or copied) before its resume: the checkpoint callbacks' record was
+    written for the old folder, which Lightning would not reload, so its best score was forgotten
+    (the next epoch's file became the best whatever its val/elbo, and the old best file stayed
+    beside it). The record's files are now found by name in the new folder."""
+    import shutil
+
+    run_dir, _ = stopped
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    shutil.rmtree(run_dir)  # the old folder is gone
+    before = _best_state(torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True))
+    done = _resume(moved, moved / "checkpoints" / "last.ckpt", tmp_path, monkeypatch, capsys)
+    assert done.code == 0, done.err[-2000:]
+    best_files = sorted((moved / "checkpoints").glob("best-*.ckpt"))
+    assert len(best_files) == 1, best_files  # save_top_k: 1, the worse one deleted
+    after = _best_state(torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True))
+    assert after["dirpath"] == str(moved / "checkpoints")
+    assert after["best_model_path"] == str(best_files[0])
+    assert after["best_model_score"] >= before["best_model_score"]  # never a worse best
+    assert set(after["best_k_models"]) == {str(best_files[0])}
+    assert not run_dir.exists()  # nothing written where the run was

@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vae_lightning import rundir
@@ -277,6 +278,57 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         with refused_if_unwritable(path), atomic_write(path, sync_directory=True) as file:
             torch.save(checkpoint, file)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` (every argument of it works) that keeps its record of the
+    run's files when the run directory was moved or copied before a resume. Lightning reloads
+    the record (the best score, the best k files, the last file) only where the folder it was
+    written in is this callback's ``dirpath``; otherwise it forgets the best score, so the next
+    epoch's checkpoint became the best whatever its val/elbo (the one the run then tests), and
+    the old best file stayed beside it. Here the record's files are looked for by name in this
+    folder: those found are taken over (their paths in it), the others dropped. The record is
+    untrusted (``resume.check_states`` confines its files to its own folder), so nothing
+    outside this folder is ever named, read or deleted by it.
+
+    Its ``state_key`` (the key of its state in a checkpoint) is ``ModelCheckpoint``'s, so that
+    checkpoints written with Lightning's class resume with this one, and it is computed once
+    (Lightning reads it at every hook of every step)."""
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"ModelCheckpoint{kwargs!r}"
+
+    @property
+    def state_key(self) -> str:
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self.__dict__["_state_key"] = super().state_key
+        return key
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        recorded = state_dict.get("dirpath")
+        if self.dirpath and isinstance(recorded, str) and recorded != self.dirpath:
+            state_dict = relocated(state_dict, Path(self.dirpath))
+        super().load_state_dict(state_dict)
+
+
+def relocated(state: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A checkpoint callback's record (``state``, written in another folder) with its files
+    named in ``folder`` where a file of that name is there, and left out where not."""
+    def moved(name: Any) -> str:
+        if not isinstance(name, str) or not name:
+            return ""
+        here = folder / Path(name).name
+        return str(here) if here.is_file() else ""
+
+    best_k = {moved(name): score for name, score in (state.get("best_k_models") or {}).items()}
+    best_k.pop("", None)
+    out = {**state, "dirpath": str(folder), "best_k_models": best_k,
+           **{key: moved(state.get(key)) for key in ("best_model_path", "kth_best_model_path",
+                                                   "last_model_path")}}
+    if not out["best_model_path"]:
+        out["best_model_score"] = None  # its file is not here: no best to beat
+    return out
 
 
 class RunConfig(L.Callback):

@@ -1,0 +1,328 @@
+"""Annealed importance sampling (AIS; Neal 2001) of log p(x) for a trained model, as Wu et al.
+(2017, "On the quantitative analysis of decoder-based generative models") evaluate VAEs, and
+bidirectional Monte Carlo (BDMC; Grosse et al. 2015), which brackets log p(x) on data simulated
+from the model.
+
+AIS anneals from a normalised distribution p_0(z) that can be sampled (the prior p(z), or the
+encoder's q(z|x)) to the posterior p(z|x) through
+
+    f_t(z) = p_0(z)^(1 - beta_t) p(x, z)^beta_t,   0 = beta_0 < beta_1 < ... < beta_T = 1,
+
+with z_0 ~ p_0 and, for t = 1..T, the weight multiplied by f_t(z_{t-1}) / f_{t-1}(z_{t-1}) =
+[p(x, z_{t-1}) / p_0(z_{t-1})]^(beta_t - beta_{t-1}), then z_{t-1} moved by a Hamiltonian Monte
+Carlo transition that leaves f_t invariant (``leapfrog`` steps, a Metropolis correction). The
+weight w is an unbiased estimate of Z_T / Z_0 = p(x), so log of the mean of ``chains``
+independent weights is a stochastic lower bound on log p(x) (Jensen), which tightens as T grows.
+Unlike the IW estimate, its gap does not depend on how good q is once T is large.
+
+Run backwards from an exact posterior sample (which only simulated data give: z ~ p(z),
+x ~ p(x|z)), the same chain estimates 1 / p(x) without bias, so minus its log is a stochastic
+upper bound on log p(x): the two together (``bdmc``) bracket the true value, and the width of the
+bracket measures how far the forward estimate on such data may be from it.
+
+The Hamiltonian moves are in R^latent: a latent space confined to a sphere, one-hot blocks or a
+codebook is refused, as is a start at q(z|x) for a family without a density at any z (planar,
+radial and Sylvester flows: start from the prior). The moves' step sizes, one per data point
+and annealing step, are tuned by a pilot run of a few chains towards an acceptance rate of 0.65
+(multiplied by 1.02 or 0.98 after each move, within [1e-4, 0.5], as Wu et al.'s code adapts
+them), then held fixed for the chains that give the estimate, so that every move leaves its
+f_t invariant and the estimate of p(x) stays unbiased; each move draws its step uniformly in
+[0.5, 1.5] times that size. A model of the labels (M2) is annealed for each class in turn and
+the classes summed, log sum_y p(y) p^(x|y), as ``vae-eval`` does for the IW estimate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from vae_lightning.parts import Parts, confined_space
+
+Start = Literal["prior", "posterior"]
+Schedule = Literal["sigmoid", "linear"]
+TARGET_ACCEPTANCE = 0.65
+PILOT_CHAINS = 4  # chains a point of the run that tunes the step sizes
+STEP_RANGE = (1e-4, 0.5)
+
+
+@dataclass
+class AIS:
+    """Per data point: the AIS estimate ``log_px`` (``[batch]``, nats) and the log-weights of
+    its chains (``[chains, batch]``); ``acceptance``, the mean acceptance rate of the
+    Hamiltonian moves; ``ess``, each point's effective sample size over its chains,
+    (sum w)^2 / sum w^2 (1 to ``chains``: a small one says the chains disagree and the
+    estimate rests on few of them)."""
+
+    log_px: Tensor
+    log_w: Tensor
+    acceptance: float
+
+    @property
+    def ess(self) -> Tensor:
+        return torch.exp(2 * torch.logsumexp(self.log_w, 0) - torch.logsumexp(2 * self.log_w, 0))
+
+
+def schedule(steps: int, kind: Schedule = "sigmoid", sharpness: float = 4.0) -> Tensor:
+    """beta_0 = 0 < ... < beta_T = 1 (float64, ``steps`` + 1 values): ``linear``, or the
+    ``sigmoid`` schedule of Grosse et al. (2015), sigma(delta (2t/T - 1)) rescaled to [0, 1],
+    denser at both ends where the annealed distributions change fastest."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"AIS steps={steps!r}: a whole number of at least 1 is expected.")
+    t = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if kind == "linear":
+        return t
+    if kind != "sigmoid":
+        raise ValueError(f"AIS schedule={kind!r}: expected 'sigmoid' or 'linear'.")
+    s = torch.sigmoid(sharpness * (2 * t - 1))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+def refusal(model: Parts, start: Start) -> str | None:
+    """Why AIS cannot run on this model from ``start``, in one sentence; None where it can."""
+    confined = confined_space(model.prior)
+    if confined is not None:
+        return (f"AIS moves z by Hamiltonian dynamics in R^{model.latent}, and this model's "
+                f"latent space is confined to {confined}; estimate its log p(x) with the IW "
+                "estimate (vae-eval eval.k)")
+    if start not in ("prior", "posterior"):
+        return f"AIS start={start!r}: expected 'prior' or 'posterior'"
+    if start == "posterior" and "density" not in getattr(model.encoder.posterior, "features", ()):
+        return (f"AIS start='posterior' anneals from q(z|x), which needs its density at any z, "
+                f"and the posterior {model.encoder.posterior!r} has none (a flow whose inverse "
+                "is not computed); use start='prior'")
+    return None
+
+
+def ais(model: Parts, x: Tensor, steps: int = 500, chains: int = 16, leapfrog: int = 10,
+        start: Start = "prior", kind: Schedule = "sigmoid", step_size: float = 0.01,
+        y: Tensor | None = None) -> AIS:
+    """The AIS estimate of log p(x) for each row of ``x`` (see the module's docstring): ``steps``
+    annealing distributions, ``chains`` independent chains a point, ``leapfrog`` steps a
+    Hamiltonian move, from the prior or from q(z|x) (``start``). A conditional model's: of
+    log p(x|y) given ``y``; a model of the labels (M2) without ``y``: of log p(x), the classes
+    enumerated."""
+    _check(model, start, chains, leapfrog, step_size)
+    betas = schedule(steps, kind)
+    with _evaluating(model):
+        labels = None
+        if y is None and getattr(model, "classes", None) is not None:
+            objective = getattr(model, "objective", None)
+            with torch.no_grad():
+                labels = objective.latent_labels(x) if objective is not None else None
+            if labels is None:
+                raise ValueError("AIS of a conditional model bounds log p(x|y): give the labels "
+                                 "y (or condition vectors) of the points.")
+        if labels is None:
+            return _anneal(model, x, y, betas, chains, leapfrog, start, step_size)
+        # log p(x) = log sum_y p(y) p(x|y), each p(x|y) estimated without bias by its chains.
+        log_py = labels[0]
+        runs = [_anneal(model, x, torch.full((len(x),), c, dtype=torch.long, device=x.device),
+                        betas, chains, leapfrog, start, step_size) for c in range(len(log_py))]
+    log_w = torch.logsumexp(torch.stack([r.log_w + p for r, p in zip(runs, log_py.tolist())]),
+                            0)
+    return AIS(_log_mean_exp(log_w), log_w, sum(r.acceptance for r in runs) / len(runs))
+
+
+def bdmc(model: Parts, n: int, steps: int = 500, chains: int = 16, leapfrog: int = 10,
+         start: Start = "prior", kind: Schedule = "sigmoid",
+         step_size: float = 0.01) -> tuple[Tensor, AIS, AIS]:
+    """Bidirectional Monte Carlo on ``n`` points simulated from the model, z ~ p(z), x ~ p(x|z):
+    ``(x, forward, reverse)``, forward AIS (a stochastic lower bound on each log p(x)) and the
+    reverse chain from the simulated z (``reverse.log_px``, a stochastic upper bound). The true
+    log p(x) lies between the two up to their Monte-Carlo error; their gap bounds the forward
+    estimate's error on data like the model's own."""
+    _check(model, start, chains, leapfrog, step_size)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"BDMC n={n!r}: a whole number of points, at least 1, is expected.")
+    if getattr(model, "classes", None) is not None:
+        raise ValueError("BDMC simulates (z, x) from p(z) p(x|z): a conditional model has no "
+                         "p(x) to simulate from without a label distribution.")
+    betas = schedule(steps, kind)
+    with _evaluating(model):
+        with torch.no_grad():
+            z = model.prior.distribution().sample((n,))
+            x = model.decoder(z).sample()
+        forward = _anneal(model, x, None, betas, chains, leapfrog, start, step_size)
+        reverse = _anneal(model, x, None, betas, chains, leapfrog, start, step_size, exact=z)
+    return x, forward, reverse
+
+
+def _check(model: Parts, start: Start, chains: int, leapfrog: int, step_size: float) -> None:
+    """One ValueError naming the argument where AIS cannot run as asked."""
+    problem = refusal(model, start)
+    if problem is not None:
+        raise ValueError(problem + ".")
+    for name, value in (("chains", chains), ("leapfrog", leapfrog)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"AIS {name}={value!r}: a whole number of at least 1 is expected.")
+    if not (isinstance(step_size, int | float) and not isinstance(step_size, bool)
+            and STEP_RANGE[0] <= step_size <= STEP_RANGE[1]):
+        raise ValueError(f"AIS step_size={step_size!r}: a number in [{STEP_RANGE[0]}, "
+                         f"{STEP_RANGE[1]}] is expected.")
+
+
+@contextlib.contextmanager
+def _evaluating(model: Parts) -> Iterator[None]:
+    """The model in evaluation mode (dropout off, normalisation layers on their running
+    statistics) for the run, then as it was."""
+    training = bool(getattr(model, "training", False))
+    if training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if training:
+            model.train()
+
+
+def _log_mean_exp(log_w: Tensor) -> Tensor:
+    return torch.logsumexp(log_w, 0) - math.log(len(log_w))
+
+
+def _anneal(model: Parts, x: Tensor, y: Tensor | None, betas: Tensor, chains: int,
+            leapfrog: int, start: Start, step_size: float, exact: Tensor | None = None) -> AIS:
+    """One AIS estimate for each row of ``x`` (with ``exact``, posterior samples of x, one per
+    point: the reverse run, whose ``log_px`` is minus the log of its estimate of 1 / p(x)).
+
+    The Hamiltonian moves' step sizes are tuned first, by a pilot run of ``PILOT_CHAINS`` chains
+    a point that adapts each point's step size after every move towards an acceptance rate of
+    ``TARGET_ACCEPTANCE``; the estimate then comes from ``chains`` fresh chains a point moved
+    with the pilot's step sizes. Adapting within the estimating chains would make each move
+    depend on those chains' own past, so that the moves would no longer leave each f_t
+    invariant, and the estimate of p(x) would no longer be unbiased."""
+    pilot = _run(model, x, y, betas, min(chains, PILOT_CHAINS), leapfrog, start,
+                 _Steps(step_size, len(betas) - 2, len(x), x.device), exact)
+    return _run(model, x, y, betas, chains, leapfrog, start, pilot.steps, exact).result
+
+
+@dataclass
+class _Run:
+    result: AIS
+    steps: _Steps
+
+
+def _run(model: Parts, x: Tensor, y: Tensor | None, betas: Tensor, chains: int, leapfrog: int,
+         start: Start, steps: _Steps, exact: Tensor | None) -> _Run:
+    """AIS over all of ``x``'s chains at once (``chains`` x batch rows, chain-major), its moves'
+    step sizes from ``steps`` (adapted as it goes where ``steps.adapting``)."""
+    batch = len(x)
+    xs = x.repeat(chains, *[1] * (x.dim() - 1))
+    ys = None if y is None else y.repeat(chains, *[1] * (y.dim() - 1))
+    with model.given(ys), torch.no_grad():
+        q = model.encoder(xs) if start == "posterior" else None
+        prior = model.prior.distribution()
+        log_p0: Callable[[Tensor], Tensor] = q.log_prob if q is not None else prior.log_prob
+        if exact is not None:
+            z = exact.repeat(chains, *[1] * (exact.dim() - 1))
+        else:
+            start_at = q if q is not None else prior
+            # A conditional prior has a distribution per point (batch shape [n]), N(0, I) one.
+            z = start_at.sample(() if start_at.batch_shape else (len(xs),))
+
+        def gap(z: Tensor) -> Tensor:
+            """log p(x, z) - log p_0(z), per chain: the log of f_1 / f_0."""
+            if q is None:  # p_0 = p(z): the likelihood alone
+                return model.decoder(z).log_prob(xs)
+            return model.decoder(z).log_prob(xs) + prior.log_prob(z) - log_p0(z)
+
+        def target(z: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+            """log f_beta(z) = log p_0(z) + beta gap(z), and gap(z), per chain."""
+            g = gap(z)
+            return log_p0(z) + beta * g, g
+
+        hmc = _Hamiltonian(target, leapfrog, chains, z)
+        log_w = torch.zeros(len(xs), dtype=torch.float64, device=x.device)
+        current = gap(z)
+        order = betas if exact is None else betas.flip(0)
+        for i in range(1, len(order)):
+            log_w += (order[i] - order[i - 1]).item() * current.double()
+            if i < len(order) - 1:  # the last move would not change the estimate
+                z, current = hmc.move(z, order[i].item(), steps, i - 1)
+    log_w = log_w.view(chains, batch)
+    estimate = _log_mean_exp(log_w)
+    result = AIS(estimate if exact is None else -estimate, log_w if exact is None else -log_w,
+                 hmc.acceptance())
+    return _Run(result, steps)
+
+
+class _Steps:
+    """The step size of each Hamiltonian move for each data point, ``[moves, batch]``: while
+    ``adapting``, move t's sizes are set from move t-1's and its acceptances (multiplied by 1.02
+    where the point's running acceptance rate is above ``TARGET_ACCEPTANCE``, else by 0.98,
+    within ``STEP_RANGE``, as Wu et al.'s code adapts them); once adapted, fixed."""
+
+    def __init__(self, initial: float, moves: int, batch: int, device: torch.device) -> None:
+        self.sizes = torch.full((max(moves, 0), batch), float(initial), device=device)
+        self.rate = torch.full((batch,), TARGET_ACCEPTANCE, device=device)
+        self.adapting = True
+
+    def at(self, move: int) -> Tensor:
+        """The step sizes of move ``move``, per data point ``[batch]``."""
+        return self.sizes[move]
+
+    def update(self, move: int, accept: Tensor) -> None:
+        """After move ``move``: its acceptances ``[chains, batch]`` set the next move's sizes."""
+        if not self.adapting:
+            return
+        self.rate = 0.9 * self.rate + 0.1 * accept.float().mean(0)
+        if move + 1 < len(self.sizes):
+            factor = torch.where(self.rate > TARGET_ACCEPTANCE, 1.02, 0.98)
+            self.sizes[move + 1] = (self.sizes[move] * factor).clamp(*STEP_RANGE)
+        else:
+            self.adapting = False
+
+
+class _Hamiltonian:
+    """Hamiltonian Monte Carlo moves for ``chains`` chains of each data point at once
+    (``like``: their current z, chain-major), with step sizes per data point (``_Steps``)."""
+
+    def __init__(self, target: Callable[[Tensor, float], tuple[Tensor, Tensor]],
+                 leapfrog: int, chains: int, like: Tensor) -> None:
+        self.target, self.leapfrog, self.chains = target, leapfrog, chains
+        self.shape = (len(like),) + (1,) * (like.dim() - 1)  # one value per chain
+        self.accepted, self.moves = 0.0, 0
+
+    def _grad(self, z: Tensor, beta: float) -> tuple[Tensor, Tensor, Tensor]:
+        """log f_beta(z), gap(z) and the gradient of log f_beta at z."""
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            log_f, g = self.target(z, beta)
+            (grad,) = torch.autograd.grad(log_f.sum(), z)
+        return log_f.detach(), g.detach(), grad
+
+    def move(self, z: Tensor, beta: float, steps: _Steps | Tensor, index: int = 0
+             ) -> tuple[Tensor, Tensor]:
+        """One HMC transition leaving f_beta invariant: the new z and gap(z). ``steps``: the
+        step sizes (``_Steps``, move ``index``; or a tensor, one size per chain)."""
+        sizes = steps.at(index).repeat(self.chains) if isinstance(steps, _Steps) else steps
+        log_f, g, grad = self._grad(z, beta)
+        momentum = torch.randn_like(z)
+        kinetic = 0.5 * momentum.flatten(1).pow(2).sum(-1)
+        # Each move's step a uniform draw in [0.5, 1.5] x the point's: a fixed trajectory length
+        # can be close to a multiple of a Gaussian direction's half period, where every move
+        # nearly reverses the last and z^2 (the log-likelihood) barely mixes (Neal 2011).
+        step = (sizes * torch.empty_like(sizes).uniform_(0.5, 1.5)).view(self.shape).to(z.dtype)
+        new, p = z, momentum + 0.5 * step * grad
+        for i in range(self.leapfrog):
+            new = new + step * p
+            new_log_f, new_g, new_grad = self._grad(new, beta)
+            if i < self.leapfrog - 1:
+                p = p + step * new_grad
+        p = p + 0.5 * step * new_grad
+        new_kinetic = 0.5 * p.flatten(1).pow(2).sum(-1)
+        log_ratio = (new_log_f - new_kinetic) - (log_f - kinetic)
+        accept = torch.rand_like(log_ratio).log() < log_ratio  # NaN: rejected
+        if isinstance(steps, _Steps):
+            steps.update(index, accept.view(self.chains, -1))
+        self.accepted += accept.float().mean().item()
+        self.moves += 1
+        return torch.where(accept.view(self.shape), new, z), torch.where(accept, new_g, g)
+
+    def acceptance(self) -> float:
+        return self.accepted / self.moves if self.moves else math.nan

@@ -221,3 +221,34 @@ def test_bdmc_refuses_what_ais_refuses_and_a_bad_count():
         bdmc(small_vae(), 2, steps=2, step_size=2)
     with pytest.raises(ValueError, match="conditional model"):
         bdmc(cg.model(), 2, steps=2)
+
+
+def test_over_batches_scores_every_point_and_the_time_scales_with_the_steps(monkeypatch):
+    import itertools
+
+    from vae_lightning import ais as ais_module
+    from vae_lightning.ais import hours, over_batches, resolve_start
+
+    model, x = linear_model(), data()
+    torch.manual_seed(0)
+    found = over_batches(model, [(x[:5], None), (x[5:], None)], steps=20, chains=4,
+                         leapfrog=3, start="prior")
+    assert found["log_px"].shape == (8,) and 0 < found["acceptance"] <= 1
+    assert 1 <= found["ess_min"] <= 4 and found["seconds"] > 0
+    clock = itertools.count(step=1.0)  # each timed run of 3 steps (2 moves): one second
+    monkeypatch.setattr(ais_module.time, "perf_counter", lambda: next(clock))
+    # 1,000 moves of half a second, on one batch of 8 points, then on ten.
+    assert hours(model, (x, None), points=8, steps=1001, chains=4) == pytest.approx(500 / 3600)
+    assert hours(model, (x, None), points=80, steps=1001, chains=4) == pytest.approx(5000 / 3600)
+    assert resolve_start(model, "auto") == "posterior"
+    assert resolve_start(small_vae(posterior=Planar(length=2)), "auto") == "prior"
+
+
+def test_a_model_of_the_labels_enumerates_them_and_a_conditional_vae_takes_the_data_s():
+    from vae_lightning.ais import _labels_for
+
+    x, y = cg.data()
+    m2 = cg.model(M2(classes=2, data_shape=cg.SHAPE, hidden=(), kl="mc"))
+    assert _labels_for(m2, x, y) is None
+    assert _labels_for(cg.model(), x, y) is y
+    assert _labels_for(linear_model(), data(), torch.zeros(8)) is None

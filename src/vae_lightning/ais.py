@@ -55,10 +55,10 @@ STEP_RANGE = (1e-4, 0.5)
 @dataclass
 class AIS:
     """Per data point: the AIS estimate ``log_px`` (``[batch]``, nats) and the log-weights of
-    its chains (``[chains, batch]``); ``acceptance``, the mean acceptance rate of the
-    Hamiltonian moves; ``ess``, each point's effective sample size over its chains,
-    (sum w)^2 / sum w^2 (1 to ``chains``: a small one says the chains disagree and the
-    estimate rests on few of them)."""
+    its chains (``[chains, batch]``; a reverse run's, of its estimates of 1 / p(x));
+    ``acceptance``, the mean acceptance rate of the Hamiltonian moves; ``ess``, each point's
+    effective sample size over its chains, (sum w)^2 / sum w^2 (1 to ``chains``: a small one
+    says the chains disagree and the estimate rests on few of them)."""
 
     log_px: Tensor
     log_w: Tensor
@@ -247,8 +247,8 @@ def _run(model: Parts, x: Tensor, y: Tensor | None, betas: Tensor, chains: int, 
                 z, current = hmc.move(z, order[i].item(), steps, i - 1)
     log_w = log_w.view(chains, batch)
     estimate = _log_mean_exp(log_w)
-    result = AIS(estimate if exact is None else -estimate, log_w if exact is None else -log_w,
-                 hmc.acceptance())
+    # A reverse run's log_w are those of its estimates of 1 / p(x) (its ESS is theirs).
+    result = AIS(estimate if exact is None else -estimate, log_w, hmc.acceptance())
     return _Run(result, steps)
 
 

@@ -25,7 +25,6 @@ from torch.nn import functional as F
 
 from vae_lightning.args import PositiveFloat, PositiveInt, checked, within
 
-
 # What q.mean says where q has no mean in closed form (flows, stochastic layers): torch's bare
 # NotImplementedError said nothing of what to use.
 NO_MEAN = ("this q(z|x) has no mean in closed form; model.encoder.location(q) gives the point "

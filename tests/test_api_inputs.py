@@ -207,6 +207,29 @@ def test_latent_points_of_another_dtype_are_decoded_as_float32():
         torch.testing.assert_close(model.images(other), expected)
 
 
+def test_latent_points_that_are_not_finite_are_refused_as_images_are():
+    """decode / images of a NaN or infinite z gave NaN images without a word (x is refused so):
+    the docs' model.decode(q.mean) of a Cauchy posterior (q.mean is NaN) among them. One
+    ValueError naming the count and the location to use; finite z as before."""
+    from vae_lightning.posteriors import StudentT
+    from vae_lightning.priors import VampPrior
+
+    torch.manual_seed(0)
+    model = small_vae(posterior=StudentT(df=1.0), prior=VampPrior).eval()
+    q = model.encode(binary_images(3))
+    assert torch.isnan(q.mean).all()
+    for bad in (q.mean, torch.tensor([[0.0, math.inf]]), torch.tensor([[-math.inf, math.nan]])):
+        count = int((~torch.isfinite(bad)).sum())
+        for call in (model.decode, model.images):
+            with pytest.raises(ValueError, match=rf"z holds {count} values that are not finite"
+                                                 r".*model\.encoder\.location\(q\)"):
+                call(bad)
+    z = model.encoder.location(q)
+    images = model.images(z)
+    assert images.shape == (3, *model.data_shape) and torch.isfinite(images).all()
+    torch.testing.assert_close(images, model.reconstruct(binary_images(3)))
+
+
 def test_counts_and_shapes_the_methods_cannot_use_are_one_value_error():
     """interpolate's steps (-1: a RuntimeError; 2.5: a TypeError from linspace; 0 or 1: no path),
     log_likelihood's k=1.5 (a TypeError), x1 and x2 of different batch sizes (broadcast

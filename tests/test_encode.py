@@ -277,3 +277,48 @@ def test_the_active_units_of_a_von_mises_fisher_are_those_of_its_mean(trained_sv
     else:
         assert counted > 0 and by_mean == by_location
         assert encode_config(args)()["units"] == by_mean
+
+
+def test_a_split_without_points_is_encoded_as_no_rows(tmp_path):
+    """A run trained with data.val_size=0 has no validation points: vae-encode with its
+    default splits (all three) ended in torch.cat's "expected a non-empty list of Tensors"
+    (a traceback, exit code 1). Its x_val, s_val (beside the others' s_) and y_val now have no
+    rows, and the record says size 0; the other splits are as ever."""
+    root = mnist_like(tmp_path / "data", train=100, test=20)
+    cfg = compose_train(["data=mnist", f"data.root={root}", "data.val_size=0", "model.latent=2",
+                         "model.encoder.net.hidden=[8]", "model.decoder.net.hidden=[8]",
+                         "trainer.max_epochs=1", "logger=none", "callbacks.figures.n_points=0",
+                         "trainer.enable_progress_bar=false"], tmp_path / "run")
+    checkpoint = Path(train(cfg)["checkpoint"])
+    record = encode_config([f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu",
+                            f"out={tmp_path / 'z.npz'}"])()
+    arrays = np.load(record["locations"])
+    assert arrays["x_val"].shape == (0, 2) and arrays["x_val"].dtype == np.float32
+    assert arrays["s_val"].shape == (0, 2) and arrays["y_val"].shape == (0,)
+    assert arrays["x_train"].shape == (100, 2) and arrays["s_test"].shape == (20, 2)
+    assert {split: v["size"] for split, v in record["splits"].items()} == {
+        "train": 100, "val": 0, "test": 20}
+
+
+def test_replacing_the_locations_of_another_checkpoint_is_said(trained, tmp_path, caplog):
+    """vae-encode of best-epochN.ckpt into the out that held last.ckpt's locations (the
+    default out of both: <run>/locations.npz; or one out for every job of a sweep) replaced
+    them without a word. Now a warning names the checkpoint whose locations were replaced; the
+    same checkpoint encoded again replaces its own silently, as before."""
+    checkpoint, _, root = trained
+    out = tmp_path / "z.npz"
+    out.write_bytes(b"an earlier vae-encode's arrays")
+    out.with_suffix(".json").write_text(json.dumps({
+        "checkpoint": "/elsewhere/best-epoch003.ckpt", "checkpoint_sha256": "ab" * 32,
+        "locations": str(out), "splits": {}}))
+    args = [f"ckpt_path={checkpoint}", f"data_root={root}", "device=cpu", f"out={out}",
+            "splits=[test]"]
+    with caplog.at_level("WARNING", logger="vae_lightning.encode"):
+        encode_config(args)()
+    assert (f"{out} held the locations of another checkpoint (/elsewhere/best-epoch003.ckpt, "
+            "SHA-256 abababababab...): replaced by those of") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vae_lightning.encode"):
+        encode_config(args)()
+    assert "held the locations" not in caplog.text
+    assert np.load(out)["x_test"].shape == (50, 3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from compose import CONF, compose_train
+from compose import CONF, compose_train, open_paths
 from hydra import compose, initialize_config_dir
 from test_hostile import no_traceback, run
 
@@ -523,6 +523,35 @@ def test_a_stopped_evaluation_goes_on_where_it_stopped_to_the_same_numbers(
     assert resumed["seconds"] >= resumed["seconds_of_earlier_runs"]
 
 
+def test_a_quick_evaluation_between_two_runs_of_a_stopped_one_keeps_its_progress(
+        checkpoint, tmp_path, monkeypatch, caplog):
+    """A k = 20 evaluation killed after 2 of its 4 batches, then a quick k = 10 check into the
+    same output directory (the run's, by default): the check's first batch replaced the k = 20
+    progress file ("starting over, and replacing it"), and the k = 20 evaluation run again
+    started over: hours of a k = 5000 estimate lost to a quick look. The file is now kept
+    aside (eval.progress-2.pt), the check completes, and the k = 20 run goes on from the kept
+    batches to the numbers of an uninterrupted run."""
+    base = [f"ckpt_path={checkpoint}", "eval.chunk=8", "eval.device=cpu", "eval.batch_size=50"]
+    whole = run_eval(_eval_cfg([*base, "eval.k=20", f"output_dir={tmp_path / 'whole'}"]))
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        _killed_after(patched, 2)
+        with pytest.raises(_Killed):
+            run_eval(_eval_cfg([*base, "eval.k=20", f"output_dir={out}"]))
+    stopped = (out / "eval.progress.pt").read_bytes()
+    with caplog.at_level("INFO"):
+        run_eval(_eval_cfg([*base, "eval.k=10", "eval.limit=50", f"output_dir={out}"]))
+    assert "kept as eval.progress-2.pt" in caplog.text
+    assert (out / "eval.progress-2.pt").read_bytes() == stopped
+    assert not (out / "eval.progress.pt").exists()  # the check's own, removed at its end
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        resumed = run_eval(_eval_cfg([*base, "eval.k=20", f"output_dir={out}"]))
+    assert "set aside in" in caplog.text and "after its first 2 batches" in caplog.text
+    _same_estimates(resumed, whole)
+    assert sorted(p.name for p in out.glob("eval*")) == ["eval-test-k10-n50.json", "eval.json"]
+
+
 def test_a_signal_during_vae_eval_says_its_progress_is_kept_and_running_again_goes_on(
         checkpoint, tmp_path, monkeypatch, capsys):
     """SIGTERM after the first batch: one line naming the progress file (before: "nothing more
@@ -611,3 +640,55 @@ def test_training_logs_bits_per_dim_only_where_they_are_a_code_length(data, bits
                                    "model.latent=2", "trainer.max_steps=2", *QUIET],
                                   tmp_path / "run"))
     assert ("test/bits_per_dim" in results) == bits and "test/elbo" in results
+
+
+def test_a_failing_job_of_a_vae_eval_sweep_does_not_end_it(checkpoint, tmp_path, monkeypatch,
+                                                           capsys):
+    """`vae-eval -m eval.k=2,0,3`: the job with k = 0 is refused, and the sweep went no further
+    (exit code 2, k = 3 never evaluated, no count), where a sweep of vae-train goes on. Now the
+    sweep goes on, its last line counts the jobs by status, and it exits with code 5."""
+    sweep = tmp_path / "sweep"
+    out = tmp_path / "out"
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    proc = run(cli.evaluate, ["-m", f"ckpt_path={checkpoint}", "eval.k=2,0,3", "eval.limit=10",
+                              "eval.device=cpu", f"output_dir={out}",
+                              f"hydra.sweep.dir={sweep}"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 5, proc.err[-2000:]
+    assert "eval.k=0 is not allowed" in proc.err
+    no_traceback(proc)
+    assert json.loads((out / "eval.json").read_text())["k"] == 3  # the job after the bad one ran
+    assert json.loads((out / "eval-test-k2-n10.json").read_text())["k"] == 2
+    assert proc.out.strip().splitlines()[-1] == (
+        f"sweep {sweep}: 3 jobs: 2 completed, 1 error; failed: job 1 (error)")
+    assert not (sweep / ".job-status").exists()  # the sweep's notes of its jobs are gone
+    # Each job's directory lock (Hydra's record claims it) ends with the job, as vae-train's:
+    # a sweep of a thousand evaluations does not hold a thousand descriptors.
+    assert not [fd for fd in open_paths() if fd.startswith(str(sweep))]
+    again = run(cli.evaluate, ["-m", f"ckpt_path={checkpoint}", "eval.k=2", "eval.limit=10",
+                               "eval.device=cpu", f"output_dir={out}",
+                               f"hydra.sweep.dir={tmp_path / 'sweep2'}"], monkeypatch, capsys,
+                tmp_path)
+    assert again.code == 0 and again.out.strip().splitlines()[-1] == (
+        f"sweep {tmp_path / 'sweep2'}: 1 jobs: 1 completed")
+
+
+@pytest.mark.parametrize("content", [b'{"split": "test", "k": 5000, "iw": {"nats": -8',
+                                     b"[1, 2]", b"\xff\xfe not text"])
+def test_an_eval_json_that_does_not_parse_is_kept_not_replaced(content, checkpoint, tmp_path,
+                                                               caplog):
+    """An eval.json that is not a JSON object (cut short by a full disk, edited by hand) was
+    replaced by the next evaluation without a copy: the only record of its numbers lost. Now it
+    is kept as eval-earlier.json (a number added where that name is taken, never replaced)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "eval.json").write_bytes(content)
+    (out / "eval-earlier.json").write_bytes(b"an earlier kept file")
+    base = [f"ckpt_path={checkpoint}", "eval.k=2", "eval.device=cpu", "eval.limit=10",
+            f"output_dir={out}"]
+    with caplog.at_level("WARNING"):
+        run_eval(_eval_cfg(base))
+    assert (out / "eval-earlier-2.json").read_bytes() == content
+    assert (out / "eval-earlier.json").read_bytes() == b"an earlier kept file"
+    assert json.loads((out / "eval.json").read_text())["k"] == 2
+    assert "could not be read as an evaluation (it is not a JSON object): kept as " \
+           "eval-earlier-2.json" in caplog.text

@@ -401,6 +401,26 @@ def test_eval_without_a_checkpoint_names_the_key(tmp_path, monkeypatch, capsys):
     assert result.code == 2 and "ckpt_path is required" in result.err
 
 
+@pytest.mark.parametrize("command", ["evaluate", "sample", "encode"])
+def test_ckpt_path_last_outside_training_says_to_name_the_file(command, tmp_path, monkeypatch,
+                                                              capsys):
+    """vae-train's ckpt_path=last given to vae-eval / -sample / -encode was "Checkpoint last
+    does not exist.": now the line says that the word is training's and gives the command's
+    example; a file named last in the directory run from is still read as the checkpoint."""
+    result = run(getattr(cli, command), ["ckpt_path=last", f"hydra.run.dir={tmp_path / 'out'}"],
+                 monkeypatch, capsys, tmp_path)
+    no_traceback(result)
+    name = {"evaluate": "eval"}.get(command, command)
+    assert result.code == 2 and result.err.startswith(
+        "error: ckpt_path=last is vae-train's word for resuming a run; this command reads the "
+        f"checkpoint file you name, e.g. vae-{name} ckpt_path=<run>/checkpoints/last.ckpt"), \
+        result.err
+    (tmp_path / "last").write_bytes(b"not a checkpoint")
+    result = run(getattr(cli, command), ["ckpt_path=last", f"hydra.run.dir={tmp_path / 'out'}"],
+                 monkeypatch, capsys, tmp_path)
+    assert result.code == 2 and "is not a checkpoint but another file" in result.err, result.err
+
+
 # ---------------------------------------------------------------------------- run directory
 def test_a_refused_resume_leaves_the_run_as_it_was(finished, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(finished, tmp_path / "run")
@@ -413,6 +433,44 @@ def test_a_refused_resume_leaves_the_run_as_it_was(finished, tmp_path, monkeypat
     assert "model.latent=2" in result.err.split("started with:")[1]  # the original overrides
     after = snapshot(run_dir)
     assert after == before, set(after) ^ set(before)
+
+
+def test_a_resume_with_another_seed_is_refused(finished, tmp_path, monkeypatch, capsys):
+    """A run started with seed=3 and resumed without it (seed 0) trained on to other numbers
+    than the uninterrupted run (validation's stream is seeded afresh from seed: train/elbo
+    -547.67 against -547.44 nats on a tiny run), and its results.json said seed 0, with no
+    word. The seed is now checked with the model and data: one line naming it."""
+    run_dir = copy_run(finished, tmp_path / "run")
+    before = snapshot(run_dir)
+    result = run(cli.train, [*TINY, "seed=1", "trainer.max_epochs=3", f"hydra.run.dir={run_dir}",
+                             "ckpt_path=last"], monkeypatch, capsys, tmp_path)
+    no_traceback(result)
+    assert result.code == 2, result.err[-2000:]
+    assert "different model, data or seed: seed=0 (this run: 1)" in result.err
+    assert snapshot(run_dir) == before
+
+
+def test_a_resume_from_the_best_checkpoint_keeps_the_last_one(finished, tmp_path,
+                                                               monkeypatch, capsys):
+    """A resume from best-epochN.ckpt (as a non-finite stop advises) goes on in the run's
+    directory and wrote last.ckpt anew: the state the run had reached was replaced without a
+    word. It is now kept, byte for byte, as last-step<N>.ckpt (N: its step), and said; a resume
+    from last.ckpt itself keeps nothing."""
+    run_dir = copy_run(finished, tmp_path / "run")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before, step = last.read_bytes(), read_checkpoint(last)["global_step"]
+    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))[0]
+    result = run(cli.train, [*TINY, "trainer.max_epochs=3", f"ckpt_path={best}"],
+                 monkeypatch, capsys, tmp_path)
+    assert result.code == 0, result.err[-3000:]
+    kept = run_dir / "checkpoints" / f"last-step{step}.ckpt"
+    assert kept.read_bytes() == before and last.read_bytes() != before
+    assert f"is kept as last-step{step}.ckpt" in result.out + result.err
+    result = run(cli.train, [*TINY, "trainer.max_epochs=4", f"hydra.run.dir={run_dir}",
+                             "ckpt_path=last"], monkeypatch, capsys, tmp_path)
+    assert result.code == 0, result.err[-3000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("last*.ckpt")) == [
+        f"last-step{step}.ckpt", "last.ckpt"]
 
 
 def test_resuming_a_complete_run_changes_nothing(finished, tmp_path, monkeypatch, capsys):

@@ -231,3 +231,40 @@ def test_many_writes_every_logger(offline, tmp_path):
     assert {"val/elbo", "test/elbo"} <= set(run.data.metrics)
     assert not [tag for tag in run.data.tags if not tag.startswith("mlflow.")]  # none given
     assert len(client.list_artifacts(run.info.run_id, "figures")) == len(FIGURES)
+
+
+def test_a_resume_from_an_earlier_checkpoint_keeps_the_later_rows_of_metrics_csv(tmp_path):
+    """A resume drops metrics.csv's rows after the checkpoint's step (a killed run's steps,
+    logged again). Resumed from an earlier checkpoint than last.ckpt (train.py keeps that
+    last.ckpt), those rows were another branch's history and were deleted: they are now first
+    written to metrics-after-step<N>.csv (-2 where taken); a plain resume keeps no file."""
+    from vae_lightning.loggers import CSVLogger
+
+    def logged(steps):
+        logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+        for step in steps:
+            logger.log_metrics({"train/elbo": -float(step)}, step=step)
+        logger.save()
+        return logger
+
+    def rows(path):
+        with open(path, newline="") as file:
+            return [int(row["step"]) for row in csv.DictReader(file)]
+
+    folder = tmp_path / "csv"
+    logged(range(10))
+    branch = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    branch.keep_dropped = True
+    branch.resume_at(4)
+    assert rows(folder / "metrics.csv") == [0, 1, 2, 3, 4]
+    assert rows(folder / "metrics-after-step4.csv") == [5, 6, 7, 8, 9]
+    logged(range(5, 8))  # the branch logs its own steps 5..7
+    again = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    again.keep_dropped = True
+    again.resume_at(4)
+    assert rows(folder / "metrics-after-step4-2.csv") == [5, 6, 7]
+    plain = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    plain.resume_at(2)  # a killed run's resume: its rows are logged again, none kept
+    assert rows(folder / "metrics.csv") == [0, 1, 2]
+    assert sorted(p.name for p in folder.glob("metrics*.csv")) == [
+        "metrics-after-step4-2.csv", "metrics-after-step4.csv", "metrics.csv"]

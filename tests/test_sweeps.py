@@ -93,6 +93,47 @@ def test_a_sweep_whose_jobs_are_refused_in_an_earlier_sweep_s_directories_fails(
     assert (sweep / "0" / "results.json").read_text() == before
 
 
+def test_jobs_refused_under_joblib_are_counted_as_the_sweep_s_failures(tmp_path, monkeypatch,
+                                                                      capsys):
+    """As above, with the jobs in joblib's worker processes: the note of each refused job was
+    kept in the worker's memory, so the sweep (in this process) said "0 jobs: none" and exited
+    with 0. Now the note is a file in the sweep directory, and the count names the job."""
+    from joblib.externals.loky import get_reusable_executor
+
+    sweep = tmp_path / "sweep"
+    first = _sweep_here(["-m", *TINY, "model.latent=0"], sweep, monkeypatch, capsys)
+    assert first.code == 5 and "1 jobs: 1 error" in first.out
+    before = (sweep / "0" / "results.json").read_text()
+    os.utime(sweep / "0", (time.time() - 3600,) * 2)  # an earlier sweep's (an hour ago)
+    try:
+        again = _sweep_here(["-m", *TINY, "model.latent=0,0", "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=2"], sweep, monkeypatch, capsys)
+    finally:
+        get_reusable_executor().shutdown(wait=True)
+    assert again.code == 5, again.out[-2000:]
+    assert again.out.strip().splitlines()[-1] == (
+        f"sweep {sweep}: 2 jobs: 2 error; failed: job 0 (error), job 1 (error)")
+    assert (sweep / "0" / "results.json").read_text() == before
+    assert json.loads((sweep / "1" / "results.json").read_text())["status"] == "error"
+    assert not (sweep / ".job-status").exists()
+
+
+def test_a_sweep_resumed_where_its_jobs_are_complete_succeeds(tmp_path, monkeypatch, capsys):
+    """The sweep run again with ckpt_path=last after its jobs completed: each job is left as it
+    was with a note (as a single run's resume, exit code 0), and the sweep said "The job failed
+    (error, exit code 0)", counted "1 error" and exited with code 5."""
+    sweep = tmp_path / "sweep"
+    first = _sweep_here(["-m", *TINY], sweep, monkeypatch, capsys)
+    assert first.code == 0, first.err[-2000:]
+    before = (sweep / "0" / "results.json").read_text()
+    again = _sweep_here(["-m", *TINY, "ckpt_path=last"], sweep, monkeypatch, capsys)
+    assert again.code == 0, again.out[-2000:] + again.err[-2000:]
+    assert "note: The run of" in again.err and "is complete" in again.err
+    assert "failed" not in again.err
+    assert again.out.strip().splitlines()[-1] == f"sweep {sweep}: 1 jobs: 1 completed"
+    assert (sweep / "0" / "results.json").read_text() == before
+
+
 def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path, monkeypatch, capsys):
     """The sweep is launched from this process; joblib's (loky) workers that run its jobs are
     processes of their own, shut down at the end."""
@@ -323,3 +364,27 @@ def test_rich_callbacks_print_the_config_tree(tmp_path, monkeypatch, capsys):
     assert proc.code == 0, proc.err[-3000:]
     assert "config" in proc.out and "encoder" in proc.out and "latent: 2" in proc.out
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+
+
+def test_a_results_json_or_curve_that_does_not_parse_leaves_the_failure_reported(tmp_path):
+    """record_failure (a resumed run stopped by a signal or a NaN, a failed job) and the sweep's
+    count read the earlier results.json and curve.json with json.loads: one that did not parse
+    (cut short by a full disk) was a JSONDecodeError traceback in place of the failure's own
+    line and exit code. Now an unreadable results.json is kept as it is (and counted as
+    "unreadable"), and an unreadable curve gives no points."""
+    from vae_lightning import sweeps
+
+    job = tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "results.json").write_text('{"status": "interr')
+    (job / "curve.json").write_text("[not json")
+    assert sweeps.record_failure(job, "interrupted", "stopped", 143,
+                                 replace_failures=True) is None
+    assert (job / "results.json").read_text() == '{"status": "interr'
+    line, failed = sweeps.summary(sweeps._Sweep(tmp_path / "sweep", 0.0))
+    assert failed and line == (f"sweep {tmp_path / 'sweep'}: 1 jobs: 1 unreadable; failed: "
+                               "job 0 (unreadable)")
+    (job / "results.json").write_text(json.dumps({"status": "interrupted", "message": "x"}))
+    written = sweeps.record_failure(job, "nonfinite", "NaN at step 3", 3, replace_failures=True)
+    assert json.loads(written.read_text()) == {"status": "nonfinite", "message": "NaN at step 3",
+                                               "exit_code": 3, "curve": []}

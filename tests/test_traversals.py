@@ -188,3 +188,22 @@ def test_a_traversal_of_one_step_is_refused_before_anything_is_read(tmp_path):
     assert problems(Sampling, {"traverse_steps": 1}) == [
         ("traverse_steps", 1, "expected an integer >= 2")]
     assert problems(Sampling, {"traverse_steps": 2}) == []
+
+
+def test_a_gif_of_traversals_without_traversals_is_refused_before_anything_is_read(tmp_path):
+    """traverse_gif=true without traverse=true wrote samples.png and samples.npy and no GIF,
+    without a word. Now one error naming the key and what to add, before the checkpoint is read
+    (a checkpoint that does not exist is not reached)."""
+    from compose import sample_config
+
+    from vae_lightning.errors import ConfigError
+
+    missing = tmp_path / "no.ckpt"
+    with pytest.raises(ConfigError, match=r"traverse_gif=True is not allowed: false without "
+                                            r"traverse=true .*add traverse=true"):
+        sample_config([f"ckpt_path={missing}", "traverse_gif=true",
+                       f"output_dir={tmp_path / 'out'}"])
+    assert not (tmp_path / "out").exists()
+    sampling = sample_config([f"ckpt_path={missing}", "traverse=true", "traverse_gif=true",
+                              f"output_dir={tmp_path / 'out'}"])
+    assert sampling.traverse["gif"] is True

@@ -374,3 +374,20 @@ def test_a_fitted_prior_for_a_model_without_code_maps_is_refused_without_a_comma
                        r"over a VQ-VAE's code maps .* posterior is Gaussian, not a codebook; "
                        r"leave eval.fitted_prior out \(null\)\.$"):
         fitted_prior(str(tmp_path / "last.ckpt"), small_vae())
+
+
+def test_a_pixelcnn_map_of_other_positions_than_the_model_s_is_refused_before_the_fit():
+    """vae-sample sampler=pixelcnn samplers.pixelcnn.shape=[7,8] on a VQ-VAE of 49 positions of
+    16-d codes (latent 784): 7 x 8 = 56 divides 784, so it passed the check, read 14-d
+    vectors, and the fit ended in torch.cdist's "X1 and X2 must have the same number of
+    columns" (a traceback, exit code 1). The positions are now checked against the model's
+    (latent / code_dim), naming a shape that fits."""
+    model = vq_model(codes=4, code_dim=2, latent=8).eval()  # 2 x 2 maps of 4 codes
+    for bad in ([1, 2], [2, 4], [1, 1]):  # 2, 8 and 1 divide 8: 4-, 1- and 8-d "codes"
+        with pytest.raises(ValueError, match=rf"shape=\[{bad[0]}, {bad[1]}\] is "
+                                             r"not allowed: the model's code map: 4 positions "
+                                             r"\(model.latent 8 / model.encoder.posterior."
+                                             r"code_dim 2\), e.g. \[2, 2\]"):
+            PixelCNNSampler(shape=bad, channels=8, layers=2, epochs=1).check(model)
+    for good in ([2, 2], [1, 4], [4, 1]):
+        assert PixelCNNSampler(shape=good, channels=8, layers=2, epochs=1).check(model) is None

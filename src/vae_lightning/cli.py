@@ -37,7 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import vae_lightning.resolvers  # noqa: F401  (registers the configs' resolvers; imports no torch)
 from vae_lightning import console
-from vae_lightning.errors import ConfigError, Interrupted, UserError
+from vae_lightning.errors import ConfigError, Interrupted, NothingToDo, UserError
 from vae_lightning.hydra_errors import hydra_message, study_error, user_error, value_error
 from vae_lightning.signals import Signal, catch, stopped
 
@@ -52,12 +52,15 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None,
 
     In a sweep (``-m``) a job that fails (bad input, a bug, a diverged or non-finite run) does
     not end the sweep: its status and message go into its ``results.json`` (``run_dir``, when
-    this job claimed it fresh), its log, and the job returns None, which Hydra's sweepers (and
-    Optuna's) count as a failed trial; a signal still ends the sweep. ``progress``: where the
-    task keeps its progress (vae-eval's batches done), which a signal's line then names."""
+    this job claimed it fresh; vae-train), else into the sweep's note of the job
+    (``sweeps.note_job``: a job refused in a directory that holds a run, and every job of
+    vae-eval, vae-sample and vae-encode, whose completed jobs are noted too), its log, and the
+    job returns None, which Hydra's sweepers (and Optuna's) count as a failed trial; a signal
+    still ends the sweep. ``progress``: where the task keeps its progress (vae-eval's batches
+    done), which a signal's line then names."""
     from vae_lightning import rundir, sweeps
 
-    sweep = sweeps.in_sweep() and run_dir is not None
+    sweep = sweeps.in_sweep()
     # The job's claim on its directory, taken before it runs (Hydra's record resolver has
     # usually taken it already): whether the directory held a run before this job, which decides
     # where a failed job's status goes, and the claim ``task`` finds held (train.train then
@@ -67,7 +70,10 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None,
         found = rundir.claim(run_dir) if run_dir is not None else None
         console.one_log_line_per_record()
         console.quiet(cfg)
-        return task()
+        done = task()
+        if sweep and run_dir is None:  # no results.json says that this job completed
+            sweeps.note_job(sweeps.job_directory(), sweeps.COMPLETED)
+        return done
     except (Signal, KeyboardInterrupt) as stop:  # outside training (train.py handles those in it)
         raise SystemExit(stopped(getattr(stop, "signum", signal.SIGINT), run_dir,
                                  progress=progress() if progress else None)) from None
@@ -75,23 +81,33 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None,
         failure = user_error(err)
         if failure is None and not sweep:
             raise
+        if sweep and isinstance(failure, NothingToDo):  # a complete run, resumed: not a failure
+            sweeps.note_job(run_dir if run_dir is not None else sweeps.job_directory(),
+                            (sweeps.job_status(run_dir) if run_dir is not None else None)
+                            or sweeps.COMPLETED)
+            print(f"{failure.prefix}: {failure}", file=sys.stderr)
+            return None
         if sweep and not isinstance(failure, Interrupted):
             if failure is None:
                 log.exception("The job failed with an unexpected error (a bug):")
             message = str(failure or f"{type(err).__name__}: {err}")
             code = failure.exit_code if failure is not None else 1
+            status = getattr(failure, "status", "error")
             if found is not None and not found.had_run:
-                sweeps.record_failure(run_dir, getattr(failure, "status", "error"), message, code,
+                sweeps.record_failure(run_dir, status, message, code,
                                       overrides=sweeps.overrides())
-            else:  # the directory's files are another run's: counted, not written
-                sweeps.note_unrecorded(run_dir, getattr(failure, "status", "error"))
+            else:  # the directory's files are another run's, or no results.json is written
+                sweeps.note_job(run_dir if run_dir is not None else sweeps.job_directory(),
+                                status, message, code)
             log.error("The job failed (%s, exit code %d); the sweep goes on: %s",
-                      getattr(failure, "status", "error"), code, message)
+                      status, code, message)
             print(f"{failure.prefix if failure else 'error'}: {message}", file=sys.stderr)
             return None
         raise SystemExit(failure) from None
     finally:  # the job has ended, however: its directory's lock is no longer needed, and a
         rundir.release(run_dir)  # later command in this process claims the directory anew
+        if sweep and run_dir is None:  # vae-eval's, -sample's, -encode's job: the directory
+            rundir.release(sweeps.job_directory())  # Hydra's record claimed (record_dir)
 
 
 def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:
@@ -100,6 +116,12 @@ def _check_with_checkpoint(cfg: DictConfig, example: str) -> None:
 
     if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
         raise ConfigError(f"ckpt_path is required, e.g. {example}")
+    from vae_lightning import rundir
+
+    if cfg.ckpt_path == rundir.LAST_KEYWORD and not Path(cfg.ckpt_path).exists():
+        raise ConfigError(  # was "Checkpoint last does not exist."
+            f"ckpt_path={rundir.LAST_KEYWORD} is vae-train's word for resuming a run; this "
+            f"command reads the checkpoint file you name, e.g. {example}")
     check(cfg)
 
 

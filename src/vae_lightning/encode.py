@@ -18,6 +18,7 @@ them; ``units=active`` keeps only M1's active units, as their code does.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,8 @@ from vae_lightning.log_likelihood import ACTIVE, active_units
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import device_of, load_model
 from vae_lightning.sample import posterior_statistics
+
+log = logging.getLogger(__name__)
 
 LOCATIONS = "locations.npz"  # in the checkpoint's run directory, unless ``out``
 RECORD = ("checkpoint_sha256", "locations", "splits")  # keys of the .json that say it is ours
@@ -109,6 +112,10 @@ class Encoding:
             arrays[f"y_{split}"] = datamodule.evaluation_labels(split).numpy()
             if stddevs is not None:
                 arrays[f"s_{split}"] = stddevs.numpy()
+        if any(name.startswith("s_") for name in arrays):  # an empty split's too: [0, latent]
+            for split in self.splits:
+                if not len(arrays[f"x_{split}"]):
+                    arrays[f"s_{split}"] = np.zeros((0, model.latent), np.float32)
         kept = list(range(model.latent))
         if self.units == "active":
             # vae-eval's rule (of E_q[z], not of the locations exported: a vMF's direction).
@@ -139,6 +146,12 @@ class Encoding:
                        for split, (_, _, matches) in read.items()},
             "data": {key: value for key, value in source.items() if key.startswith("data.")},
         }
+        earlier = self._earlier_output()
+        if earlier and earlier.get("checkpoint_sha256") != record["checkpoint_sha256"]:
+            log.warning("%s held the locations of another checkpoint (%s, SHA-256 %.12s...): "
+                        "replaced by those of %s. Give each checkpoint its own out to keep both.",
+                        self.out, earlier.get("checkpoint"), earlier.get("checkpoint_sha256"),
+                        record["checkpoint"])
         rundir.write_json(self.record_path, record)
         return {**record, "record": str(self.record_path.resolve()),
                 "arrays": {name: list(array.shape) for name, array in arrays.items()}}
@@ -164,14 +177,14 @@ class Encoding:
                               "beside it): it would be replaced. Choose another out (null: "
                               f"<run dir>/{LOCATIONS}), or move the file away.")
 
-    def _earlier_output(self) -> bool:
-        """Whether ``record_path`` is the record a vae-encode wrote (a JSON object with the
-        keys of ``RECORD``)."""
+    def _earlier_output(self) -> dict[str, Any] | None:
+        """The record a vae-encode wrote at ``record_path`` (a JSON object with the keys of
+        ``RECORD``), else None."""
         try:
             record = json.loads(self.record_path.read_text())
         except (OSError, ValueError):
-            return False
-        return isinstance(record, dict) and set(RECORD) <= set(record)
+            return None
+        return record if isinstance(record, dict) and set(RECORD) <= set(record) else None
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

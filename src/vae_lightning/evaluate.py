@@ -63,14 +63,21 @@ def _keep_what_is_replaced(path: Path, results: dict[str, Any]) -> None:
     the newest evaluation. The earlier file's values name the kept file only where they are
     what vae-eval writes (a split, whole numbers): nothing read from the file chooses another
     path. A kept file of the same evaluation is replaced; another one is not (a number is added
-    to the name)."""
+    to the name). An eval.json that cannot be read as an evaluation (not JSON, not an object:
+    a file truncated by a full disk, edited by hand) is kept too, as ``eval-earlier.json``: it
+    may be the only copy of an hours-long estimate's numbers."""
+    if not path.is_file():
+        return
     try:
         earlier = json.loads(path.read_text())
-        before = (earlier.get("split"), earlier.get("k"), earlier.get("n"))
-    except (OSError, ValueError, AttributeError):
-        return
+    except (OSError, ValueError):  # not JSON (or not UTF-8): kept, not replaced
+        earlier = None
+    readable = isinstance(earlier, dict)
+    if not readable:
+        earlier = {}
+    before = (earlier.get("split"), earlier.get("k"), earlier.get("n"))
     now = (results["split"], results["k"], results["n"])
-    if _same(earlier, results):
+    if earlier and _same(earlier, results):
         return
     split, k, n = before
     named = isinstance(split, str) and split in STAGES and all(
@@ -79,12 +86,17 @@ def _keep_what_is_replaced(path: Path, results: dict[str, Any]) -> None:
     while True:
         kept = rundir.kept_evaluation(path, *(before if named else ()), number=number)
         try:
-            if not kept.exists() or _same(json.loads(kept.read_text()), earlier):
+            if not kept.exists() or (earlier and _same(json.loads(kept.read_text()), earlier)):
                 break
         except (OSError, ValueError):
             pass
         number += 1
     path.replace(kept)
+    if not readable:
+        log.warning("%s could not be read as an evaluation (it is not a JSON object): kept as "
+                    "%s; eval.json now holds this one (split=%s, k=%s, %s points).", path,
+                    kept.name, *now)
+        return
     other = ("" if earlier.get("checkpoint") == results["checkpoint"]
              else f" {earlier.get('checkpoint')},")
     log.warning("%s held the evaluation of%s split=%s, k=%s (%s points): kept as %s; eval.json "

@@ -158,6 +158,14 @@ class Inference:
         if z.dim() == 0 or z.shape[-1] != self.latent:
             raise ValueError(f"z has shape {list(z.shape)}: this model's latent points are "
                              f"{self.latent} numbers, [..., {self.latent}].")
+        # As _inputs refuses x: a NaN or infinite z decoded to NaN images, silently (the
+        # docs' decode(q.mean) of a posterior whose mean is not finite: the Cauchy's).
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(
+                f"z holds {int((~torch.isfinite(z)).sum())} values that are not finite (NaN or "
+                "inf): the model's latent points are finite numbers. A posterior without a "
+                "finite mean (a Cauchy's q.mean is NaN) has a location: "
+                "model.encoder.location(q).")
         with self.given(self.labels(y, z.shape[-2] if z.dim() > 1 else 1, "decode")):
             return self.decoder(z)
 

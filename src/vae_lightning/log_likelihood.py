@@ -84,12 +84,31 @@ class Progress:
         (0 when a file of an earlier version does not say), with the random state restored;
         None when there is nothing to go on from. What the file holds is checked as far as it
         can be without the batches (``_inconsistency``); ``evaluate`` checks the rest against
-        the batches as it replays them."""
-        if not self.path.is_file():
-            return None
+        the batches as it replays them. A file of another evaluation is set aside (kept beside,
+        ``set_aside``), and one set aside earlier that is of this evaluation is gone on from:
+        a quick eval.k=100 check between two runs of a stopped k = 5000 evaluation replaced
+        the hours of batches it kept."""
+        if self.path.is_file():
+            state, why = self._read(self.path)
+            if state is not None:
+                return self._restore(state, device)
+            self.set_aside(why)
+        for kept in self._kept():
+            state, _ = self._read(kept)
+            if state is not None:
+                try:
+                    kept.replace(self.path)
+                except OSError:
+                    continue
+                log.info("Going on with the batches of this evaluation set aside in %s.", kept)
+                return self._restore(state, device)
+        return None
+
+    def _read(self, path: Path) -> tuple[dict[str, Any] | None, str]:
+        """The state in ``path`` if it is this evaluation's and adds up, else None and why."""
         why = "another checkpoint or settings, or unreadable"
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
             done, parts, rng = state["done"], state["parts"], state["rng"]
             seconds = state.get("seconds", 0.0)
             fits = (state["key"] == self.key and isinstance(done, int) and done > 0
@@ -102,21 +121,42 @@ class Progress:
                 fits, why = False, wrong
         except Exception:  # noqa: BLE001 - any unreadable file: start over, say so
             fits = False
-        if not fits:
-            self.set_aside(why)
-            return None
+        return (state if fits else None), why
+
+    @staticmethod
+    def _restore(state: dict[str, Any], device: torch.device
+                 ) -> tuple[int, dict[str, list], float]:
+        done, parts, rng = state["done"], state["parts"], state["rng"]
         torch.set_rng_state(rng["cpu"])
         if device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], device)
         for name in _ON_DEVICE:
             parts[name] = [t.to(device) if isinstance(t, Tensor) else t for t in parts[name]]
-        return done, parts, seconds
+        return done, parts, state.get("seconds", 0.0)
+
+    def _kept(self) -> list[Path]:
+        """The files set aside beside ``path``: ``<name>-<n>.pt``, in their numbers' order."""
+        stem, suffix = self.path.name.removesuffix(self.path.suffix), self.path.suffix
+        found = self.path.parent.glob(f"{stem}-*{suffix}") if self.path.parent.is_dir() else []
+        numbered = [(p.name[len(stem) + 1:-len(suffix)], p) for p in found]
+        return [p for n, p in sorted((int(n), p) for n, p in numbered if n.isdigit())]
 
     def set_aside(self, why: str) -> None:
-        """Say that the file is not gone on from, and why: the evaluation starts over and its
-        first batch replaces the file."""
-        log.warning("%s holds no part of this evaluation (%s): starting over, and replacing it.",
-                    self.path, why)
+        """Say that the file is not gone on from, and why, and keep it beside under the first
+        free ``<name>-<n>.pt`` (n = 2, 3, ...): it may be another evaluation's hours of batches,
+        which that evaluation, run again, goes on from (``load``). The evaluation starts over."""
+        stem, suffix = self.path.name.removesuffix(self.path.suffix), self.path.suffix
+        number = 2
+        while (kept := self.path.with_name(f"{stem}-{number}{suffix}")).exists():
+            number += 1
+        try:
+            self.path.replace(kept)
+        except OSError as err:
+            log.warning("%s holds no part of this evaluation (%s) and could not be kept aside "
+                        "(%s): starting over, and replacing it.", self.path, why, err)
+            return
+        log.warning("%s holds no part of this evaluation (%s): kept as %s (run that evaluation "
+                    "again to go on from it); starting over.", self.path, why, kept.name)
 
     def save(self, done: int, parts: dict[str, list], device: torch.device,
              seconds: float = 0.0) -> None:

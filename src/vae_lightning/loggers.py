@@ -5,6 +5,7 @@ TensorBoard and MLflow are imported only when their logger is used."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from vae_lightning.args import checked
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import atomic_write, writable_directory
 
+log = logging.getLogger(__name__)
+
 # The environment variable that names MLflow's tracking server (MLflow's name).
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 # The metric TensorBoard's HPARAMS tab sets against each run's hyperparameters (Lightning's name).
@@ -38,19 +41,36 @@ class _AppendingWriter(ExperimentWriter):
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
                 self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
 
-    def drop_after(self, step: int) -> None:
+    def drop_after(self, step: int, keep: bool = False) -> Path | None:
         """Forget the rows logged after ``step``: those of a killed run's steps past the
-        checkpoint it resumes from, which the resumed run logs again."""
+        checkpoint it resumes from, which the resumed run logs again. ``keep``: the run resumes
+        from an earlier checkpoint than its last (train.py kept that last.ckpt), so the rows
+        after ``step`` are another branch's history, not logged again: they are first written
+        to ``metrics-after-step<step>.csv`` beside (``-2``, ... where taken), which is
+        returned."""
         if not self._fs.isfile(self.metrics_file_path):
-            return
+            return None
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
             rows = list(csv.DictReader(file))
         kept = [row for row in rows if not row.get("step") or int(row["step"]) <= step]
+        saved = None
+        if keep and len(kept) < len(rows):
+            folder, number = Path(self.metrics_file_path).parent, 1
+            saved = folder / f"metrics-after-step{step}.csv"
+            while saved.exists():
+                number += 1
+                saved = folder / f"metrics-after-step{step}-{number}.csv"
+            with atomic_write(saved, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(row for row in rows
+                                 if row.get("step") and int(row["step"]) > step)
         if len(kept) < len(rows):
             with atomic_write(self.metrics_file_path, "w", newline="") as file:
                 writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
                 writer.writeheader()
                 writer.writerows(kept)
+        return saved
 
 
 class CSVLogger(_CSVLogger):
@@ -66,8 +86,15 @@ class CSVLogger(_CSVLogger):
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
 
+    # Set by train.py where the run resumes from an earlier checkpoint than its last.ckpt (which
+    # it kept): the rows this resume drops are another branch's, kept in a file of their own.
+    keep_dropped = False
+
     def resume_at(self, step: int) -> None:
-        self.experiment.drop_after(step)
+        saved = self.experiment.drop_after(step, keep=self.keep_dropped)
+        if saved is not None:
+            log.info("The metrics logged after step %d (the branch that last.ckpt reached) are "
+                     "kept in %s.", step, saved)
 
 
 class TensorBoardLogger(_TensorBoardLogger):

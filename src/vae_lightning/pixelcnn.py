@@ -152,8 +152,19 @@ class PixelCNNSampler(Sampler):
     def check(self, model: Any) -> str | None:
         if (why := not_code_maps(model)) is not None:
             return f"{why}: use sampler=gmm, flow or prior"
-        self._code_dim(model.latent)
-        self._model_codebook = model.encoder.posterior.codebook.detach().float().cpu()
+        codebook = model.encoder.posterior.codebook.detach().float().cpu()
+        # The positions must be the model's: latent / its code_dim. Any divisor of the latent
+        # size passed (7 x 8 for 49 positions of 16-d codes: 56 positions of 14 numbers), and
+        # the fit failed in torch.cdist, a traceback ("X1 and X2 must have the same number of
+        # columns").
+        dim = codebook.shape[-1]
+        if self.positions * dim != model.latent:
+            positions = model.latent // dim
+            rows = max(r for r in range(1, math.isqrt(positions) + 1) if positions % r == 0)
+            fail(self, "shape", self.shape, f"the model's code map: {positions} positions "
+                 f"(model.latent {model.latent} / model.encoder.posterior.code_dim {dim}), "
+                 f"e.g. [{rows}, {positions // rows}]")
+        self._model_codebook = codebook
         return None
 
     def _code_dim(self, latent: int) -> int:

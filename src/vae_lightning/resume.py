@@ -324,18 +324,24 @@ def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> bool:
 def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path,
                     overrides: Sequence[str] = ()) -> None:
     """Raise ``CheckpointError`` if ``config`` (resolved) differs from the run that wrote
-    ``checkpoint`` in its model or data set, naming the keys and the run's ``overrides``."""
+    ``checkpoint`` in its model, data set or ``seed``, naming the keys and the run's
+    ``overrides``."""
     saved = run_config(checkpoint, path)
     # data.steps_per_batch too: automatic (K = 1) and manual (K > 1) optimization count their
     # optimizer steps apart, so a switch lost count of the steps (and of the KL schedule's).
+    # seed too: a resume restores the random states, but training after it draws from streams
+    # seeded afresh from ``seed`` (validation's), so a resume that left out the run's seed=3
+    # trained on to other numbers than the uninterrupted run, and results.json said seed 0.
     keys = sorted(set(_leaves(saved, "model")) | set(_leaves(config, "model"))
-                  | {"data._target_", "data.steps_per_batch"},
+                  | {"data._target_", "data.steps_per_batch", "seed"},
                   key=lambda key: (key.count("."), key))
     differences, shown = [], set()
     for key in keys:
         pair = (_at(saved, key), _at(config, key))
         if key == "data.steps_per_batch":  # 1 where a config (an older run's) has none
             pair = tuple(1 if value is None else value for value in pair)
+        if key == "seed" and pair[0] is None:  # a run config without one: nothing to compare
+            continue
         if pair[0] == pair[1] or (key.startswith(MAY_CHANGE)
                                   and key != "model.optimizer._target_"):
             continue
@@ -348,7 +354,7 @@ def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: st
         hint = (f" It was started with: {' '.join(overrides) or '(no overrides)'}."
                 if overrides is not None else "")
         raise CheckpointError(
-            f"Checkpoint {path} was trained with a different model or data: "
+            f"Checkpoint {path} was trained with a different model, data or seed: "
             f"{'; '.join(differences)}. Resume with the settings the run was started with.{hint}")
 
 

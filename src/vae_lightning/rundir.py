@@ -5,7 +5,8 @@
     <run>/eval.json               eval.py's estimates (the newest; an earlier one of other
                                   settings kept as eval-<split>-k<k>-n<n>.json: kept_evaluation)
     <run>/checkpoints/last.ckpt   the state after the latest epoch (what a resume continues)
-    <run>/checkpoints/best-epochNNN.ckpt, nonfinite-stepN.ckpt
+    <run>/checkpoints/best-epochNNN.ckpt, nonfinite-stepN.ckpt, last-stepN.ckpt (a last.ckpt
+                                  kept by a resume from another checkpoint: train.py)
     <run>/figures/                the paper's figures (callbacks.Figures)
     <run>/samples/                vae-sample's samples.png and samples.npy
     <run>/.hydra/                 the run's config and command-line overrides (Hydra)

@@ -65,7 +65,8 @@ def posterior_statistics(model: VAE, batches: Iterable[tuple[Tensor, Tensor]],
     """``posterior_locations``, q(z|x)'s standard deviations ``[N, latent]`` float32 (None
     where the posterior family has none in closed form: ``Family.stddev``) and, with
     ``means``, E_q[z] ``[N, latent]`` float64 (``log_likelihood.posterior_mean``: the statistic
-    of the active units, ``log_likelihood.active_units``; else None), in one pass."""
+    of the active units, ``log_likelihood.active_units``; else None), in one pass. No batches
+    (an empty split) give no rows: ``[0, latent]``, and no standard deviations (None)."""
     locations, stddevs, expected = [], [], []
     with torch.no_grad():
         for xs, ys in batches:
@@ -75,6 +76,9 @@ def posterior_statistics(model: VAE, batches: Iterable[tuple[Tensor, Tensor]],
             stddevs.append(None if std is None else std.float().cpu())
             if means:
                 expected.append(posterior_mean(model.encoder, q).cpu().double())
+    if not locations:  # a split without points (data.val_size=0): no rows, not torch.cat's error
+        empty = torch.zeros(0, model.latent)
+        return empty, None, empty.double() if means else None
     locations = torch.cat(locations)
     refuse_nonfinite(locations, "the posterior locations", model)
     expected = torch.cat(expected) if means else None
@@ -137,6 +141,9 @@ class Sampling:
         self.sampler, self.refit = sampler, refit
         self.data_root, self.data_path = data_root, data_path
         self.allow_other_data, self.batch_size = allow_other_data, batch_size
+        if traverse_gif and not traverse:  # was ignored: no GIF, and no word
+            fail(self, "traverse_gif", traverse_gif, "false without traverse=true (the GIF "
+                 "animates the traversals: add traverse=true)")
         self.traverse = dict(steps=traverse_steps, span=traverse_span, dims=traverse_dims,
                              gif=traverse_gif, bases=traverse_bases) if traverse else None
         self.traverse_points = traverse_points

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections import Counter
@@ -65,15 +66,26 @@ def record_failure(directory: str | Path, status: str, message: str, exit_code: 
     path = rundir.path(directory, "results")
     if not Path(directory).is_dir():
         return None
-    if path.exists():
-        earlier = json.loads(path.read_text()).get("status", COMPLETED)
-        if not replace_failures or earlier == COMPLETED:
+    if path.exists():  # one that does not parse ("unreadable") is kept as it is, never replaced
+        earlier = job_status(directory)
+        if not replace_failures or earlier in (COMPLETED, "unreadable"):
             return None
     curve = rundir.path(directory, "curve")
-    points = json.loads(curve.read_text()).get("points", []) if curve.is_file() else []
+    try:  # the curve reached, where its file can be read (a failure is reported all the same)
+        points = json.loads(curve.read_text()).get("points", []) if curve.is_file() else []
+        points = points if isinstance(points, list) else []
+    except (OSError, ValueError, AttributeError):
+        points = []
     rundir.write_json(path, {"status": status, "message": message, "exit_code": exit_code,
                              **extra, "curve": points})
     return path
+
+
+def job_status(directory: str | Path) -> str | None:
+    """The status the results.json in ``directory`` records (one without a status: completed,
+    as the first versions wrote it), "unreadable" where it does not parse, None without one."""
+    found = rundir.status(directory)
+    return COMPLETED if found == "None" else found
 
 
 def threads_per_job() -> int | None:
@@ -125,15 +137,61 @@ class _Sweep(NamedTuple):
 
 
 _sweep: list[_Sweep] = []  # the sweep this process runs, once it started
-# Jobs of that sweep that failed with no results.json of their own to say so: a fresh run
-# refused in a directory that holds an earlier run (whose files it leaves as they were), or one
-# another process holds. {job directory: status}; ``summary`` counts them.
-_unrecorded: dict[Path, str] = {}
+
+# Jobs of a sweep whose status no results.json of their own says: a fresh run refused in a
+# directory that holds an earlier run (whose files it leaves as they were), or one another
+# process holds; and every job of vae-eval, vae-sample and vae-encode, which write no
+# results.json. Each such job writes ``<sweep dir>/.job-status/job-<num>.json`` (its directory,
+# status, message, exit code): a file, not this process's memory, so that the jobs Hydra's
+# joblib launcher (or submitit) runs in other processes are counted too. ``summary`` reads
+# them; the sweep's start and end remove the folder.
+JOB_NOTES = ".job-status"
+
+
+def note_job(directory: str | Path, status: str, message: str | None = None,
+             exit_code: int | None = None) -> None:
+    """This job of the sweep (its directory ``directory``) ended with ``status`` without a
+    results.json of its own to say so (see ``JOB_NOTES``)."""
+    if not in_sweep():
+        return
+    hydra = HydraConfig.get()
+    folder = Path(hydra.sweep.dir) / JOB_NOTES
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(folder / f"job-{hydra.job.num}.json",
+                          {"job": str(Path(directory).absolute()), "status": status,
+                           "message": message, "exit_code": exit_code})
+    except OSError as err:  # counted as an error (no status) at the end: say why here
+        log.warning("This job's status (%s) could not be noted in %s: %s", status, folder, err)
 
 
 def note_unrecorded(directory: str | Path, status: str) -> None:
-    """A job of this process's sweep failed (``status``) without writing its results.json."""
-    _unrecorded[Path(directory).absolute()] = status
+    """A job of the sweep failed (``status``) without writing its results.json."""
+    note_job(directory, status)
+
+
+def job_directory() -> Path | None:
+    """The directory Hydra made for this job (``hydra.runtime.output_dir``), if under Hydra."""
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def _notes(sweep: _Sweep) -> dict[Path, str]:
+    """The noted jobs of ``sweep`` (``note_job``): {job directory: status}."""
+    found: dict[Path, str] = {}
+    folder = sweep.directory / JOB_NOTES
+    for note in sorted(folder.glob("job-*.json")) if folder.is_dir() else []:
+        try:
+            if note.stat().st_mtime < sweep.started:  # an earlier sweep's, left by a kill
+                continue
+            record = json.loads(note.read_text())
+            found[Path(record["job"])] = str(record["status"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def _forget_notes(directory: Path) -> None:
+    shutil.rmtree(directory / JOB_NOTES, ignore_errors=True)
 
 
 def _jobs(sweep: _Sweep) -> list[Path]:
@@ -145,24 +203,30 @@ def _jobs(sweep: _Sweep) -> list[Path]:
 
 def summary(sweep: _Sweep) -> tuple[str, bool]:
     """One line counting ``sweep``'s jobs by status (a job without ``results.json`` counts as an
-    ``error``; a job that failed without writing one, ``note_unrecorded``, as its status), and
-    whether any failed."""
+    ``error``; a job that noted its status, ``note_job``, as that status), and whether any
+    failed."""
     jobs = _jobs(sweep)
     statuses: dict[str, str] = {}
     for job in jobs:
-        results = rundir.path(job, "results")
-        statuses[job.name] = (json.loads(results.read_text()).get("status", COMPLETED)
-                              if results.is_file() else "error")
+        statuses[job.name] = job_status(job) or "error"
     root = sweep.directory.absolute()
-    for job, status in _unrecorded.items():  # a refused job left its directory as it was
+    for job, status in _notes(sweep).items():  # e.g. a refused job left its directory as it was
         statuses[str(job.relative_to(root)) if job.is_relative_to(root) else str(job)] = status
     counts = Counter(statuses.values())
-    failed = {job: status for job, status in statuses.items() if status != COMPLETED}
+    failed = {job: statuses[job] for job in sorted(statuses, key=_job_order)
+              if statuses[job] != COMPLETED}
     line = (f"sweep {sweep.directory}: {len(statuses)} jobs: "
-            + (", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) or "none")
+            + (", ".join(f"{counts[s]} {s}" for s in (*STATUSES, *sorted(set(counts)
+                                                                  - set(STATUSES))) if counts[s])
+               or "none")
             + (f"; failed: {', '.join(f'job {j} ({s})' for j, s in failed.items())}"
                if failed else ""))
     return line, bool(failed)
+
+
+def _job_order(name: str) -> tuple[int, str]:
+    """Jobs 0, 1, ..., 10 in their numbers' order (Hydra's sweep.subdir), other names after."""
+    return (int(name), "") if name.isdigit() else (1 << 62, name)
 
 
 def _job_overrides(job: Path) -> list[str]:
@@ -187,11 +251,15 @@ def interrupted(message: str, exit_code: int) -> None:
     if not _sweep:
         return
     resumable = resumable_jobs()
+    noted = _notes(_sweep[-1])  # ended before the signal (a vae-eval job), or refused
     for job in _jobs(_sweep[-1]):
+        if job.absolute() in noted:
+            continue
         overrides = _job_overrides(job)
         record_failure(job, "interrupted", str(stopped(exit_code - 128, str(job), overrides))
                        if job in resumable else message, exit_code, overrides=overrides)
     print(summary(_sweep[-1])[0], flush=True)
+    _forget_notes(_sweep[-1].directory)
 
 
 def check_study(storage: Any) -> None:
@@ -217,21 +285,20 @@ def check_study(storage: Any) -> None:
 
 
 class SweepReport(Callback):
-    """At the end of a ``vae-train -m`` sweep: one line counting this sweep's jobs by status
-    (``summary``), and exit code 5 if any failed. It also notes the sweep when it starts, for
-    the line a signal ends it with (``interrupted``)."""
+    """At the end of a sweep (``-m``) of any command: one line counting this sweep's jobs by
+    status (``summary``), and exit code 5 if any failed. It also notes the sweep when it
+    starts, for the line a signal ends it with (``interrupted``)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _sweep[:] = [_Sweep(Path(config.hydra.sweep.dir), time.time() - 1.0)]
-        _unrecorded.clear()
+        _forget_notes(_sweep[-1].directory)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not _sweep:
             return
         sweep = _sweep.pop()
-        if "trainer" not in config:  # a sweep of vae-eval or vae-sample: nothing to count
-            return
         line, failed = summary(sweep)
+        _forget_notes(sweep.directory)
         print(line, flush=True)
         if failed:
             raise SystemExit(SWEEP_FAILED)

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import math
+import shutil
 import signal
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -148,6 +149,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             rundir.release(cfg.output_dir)
 
 
+def _keep_the_last_checkpoint(directory: str | Path, resume_from: str) -> Path | None:
+    """A resume from another checkpoint of the run than its ``last.ckpt`` (its best, as a
+    non-finite stop advises) goes on in the run's directory, where it writes ``last.ckpt`` and
+    results.json anew: the state the run had reached was replaced without a word. That
+    ``last.ckpt`` is first copied to ``checkpoints/last-step<N>.ckpt`` (N: its step; ``-2``,
+    ``-3``, ... where the name is taken), and a warning says so. Returns the copy."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from vae_lightning.errors import UnwritableError
+    from vae_lightning.files import atomic_write
+
+    last = rundir.last_checkpoint(directory)
+    if (rank_zero_only.rank != 0 or not last.is_file()
+            or last.resolve() == Path(resume_from).resolve()):
+        return None
+    try:  # the step only (mmap: the tensors are not read); the file is checked where resumed
+        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        stem = f"last-step{int(step)}"
+    except Exception:  # noqa: BLE001 (not a checkpoint we can read: kept all the same)
+        stem = "last-earlier"
+    number, kept = 1, last.with_name(f"{stem}.ckpt")
+    while kept.exists():
+        number += 1
+        kept = last.with_name(f"{stem}-{number}.ckpt")
+    try:
+        with open(last, "rb") as source, atomic_write(kept) as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+    except OSError as err:
+        raise UnwritableError(f"Resuming from {resume_from} replaces {last} (a later state of "
+                              f"the run), which could not be kept as {kept.name}: {err}; "
+                              "nothing was trained. Free space there, or resume into a new "
+                              "directory (hydra.run.dir=<a new directory>).") from None
+    log.warning("Resuming from %s, not from the run's %s: that last.ckpt (the state the run "
+                "reached) is kept as %s; this run writes last.ckpt and results.json anew.",
+                Path(resume_from).name, last, kept.name)
+    return kept
+
+
 def _train(cfg: DictConfig) -> dict[str, Any]:
     rundir.guard(cfg.output_dir, resuming=cfg.get("ckpt_path"))
     datamodule, model, resume_from, checkpoint, record = build_run(cfg)
@@ -158,10 +197,15 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     run_checks.check_labels(model, datamodule)
     run_checks.check_grid(model, datamodule)
     run_checks.check_minibatches(model, datamodule)
+    branch = None
     if resume_from is not None:
+        branch = _keep_the_last_checkpoint(cfg.output_dir, resume_from)
         rundir.record_resume(cfg.output_dir, _task_overrides())
     loggers = _instantiate_all(cfg.get("logger"), "logger",
                                **(logger_runs(checkpoint) if checkpoint else {}))
+    for logger in loggers if branch is not None else ():  # the rows after the checkpoint are
+        if hasattr(logger, "keep_dropped"):  # the kept last.ckpt's branch: kept, not dropped
+            logger.keep_dropped = True
     initial = InitialBound()
     manual, manual_callbacks = optimization.manual_settings(model, cfg.trainer)
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),

@@ -692,3 +692,34 @@ def test_an_eval_json_that_does_not_parse_is_kept_not_replaced(content, checkpoi
     assert json.loads((out / "eval.json").read_text())["k"] == 2
     assert "could not be read as an evaluation (it is not a JSON object): kept as " \
            "eval-earlier-2.json" in caplog.text
+
+
+def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path, monkeypatch):
+    """eval.ais_steps > 0: eval.json's ``ais`` (the estimate over the points, its standard error
+    and its settings), the same for the same seed; off by default; an estimate over
+    eval.max_hours is refused before anything runs; an evaluation without AIS does not replace
+    one with it (the earlier is kept beside it)."""
+    from vae_lightning import ais as ais_module
+
+    base = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.device=cpu", "eval.limit=12",
+            "eval.batch_size=6"]
+    annealed = [*base, "eval.ais_steps=20", "eval.ais_chains=2", "eval.ais_leapfrog=3"]
+    out = tmp_path / "a"
+    first = run_eval(_eval_cfg([*annealed, f"output_dir={out}"]))
+    saved = json.loads((out / "eval.json").read_text())["ais"]
+    assert saved == first["ais"]
+    assert (saved["n"], saved["steps"], saved["chains"], saved["leapfrog"]) == (12, 20, 2, 3)
+    assert saved["start"] == "posterior"  # auto: a Gaussian q has a density
+    assert math.isfinite(saved["nats"]) and math.isfinite(saved["nats_se"])
+    assert saved["bits_per_dim"] is None  # Frey Face: a density, no code length
+    assert 1 <= saved["ess_min"] <= 2 and 0 < saved["acceptance"] <= 1
+    again = run_eval(_eval_cfg([*annealed, f"output_dir={tmp_path / 'b'}"]))
+    assert again["ais"]["nats"] == saved["nats"]
+    plain = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+    assert "ais" not in plain
+    kept = [json.loads(p.read_text()) for p in out.glob("eval-*.json")]
+    assert [k["ais"]["nats"] for k in kept] == [saved["nats"]]
+    monkeypatch.setattr(ais_module, "hours", lambda *args, **kwargs: 100.0)
+    with pytest.raises(ConfigError, match=r"eval.ais_steps=20 .* 100 hours"):
+        run_eval(_eval_cfg([*annealed, f"output_dir={tmp_path / 'c'}"]))
+    assert not (tmp_path / "c" / "eval.json").exists()

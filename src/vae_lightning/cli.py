@@ -273,12 +273,17 @@ def _evaluate(cfg: DictConfig) -> float:
         _check_with_checkpoint(cfg, "vae-eval ckpt_path=<run>/checkpoints/last.ckpt")
         warn_about_busy_cores()  # as training: an evaluation with k = 5000 runs long
         results = instantiate_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.get("output_dir"))
-        for name in ("elbo", "iw"):
-            est = results[name]
+        for name in ("elbo", "iw", "ais"):
+            est = results.get(name)
+            if est is None:  # AIS only on request (eval.ais_steps)
+                continue
             bits = (f", {est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim"
                     if est.get("bits_per_dim") is not None else "")  # discrete data only
+            how = (f" ({est['steps']} steps, {est['chains']} chains from the {est['start']}; "
+                   f"fewest effective chains of a point {est['ess_min']:.2f})"
+                   if name == "ais" else "")
             print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
-                  f"nats{bits}")
+                  f"nats{bits}{how}")
         if "classification_error" in results:  # a semi-supervised model's classifier (M2)
             print(f"{results['split']} classification error of q(y|x): "
                   f"{results['classification_error']:.4f}")

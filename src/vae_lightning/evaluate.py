@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from vae_lightning import (
+    ais,
     disentanglement,
     ground_truth,
     log_likelihood,
@@ -31,7 +32,13 @@ from vae_lightning import (
     samplers,
 )
 from vae_lightning import sample_quality as quality
-from vae_lightning.args import ArgumentError, PositiveFloat, PositiveInt, checked
+from vae_lightning.args import (
+    ArgumentError,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    checked,
+)
 from vae_lightning.checkpoint_data import STAGES, checked_data, find_data
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
@@ -51,8 +58,18 @@ Quality = Literal["fid", "kid", "precision_recall"]
 SAME = ("split", "k", "n", "checkpoint", "train_samples_seen", "data_source")
 
 
+# And the settings of its AIS estimate, where it has one (none: None).
+AIS_SETTINGS = ("steps", "chains", "leapfrog", "start")
+
+
 def _same(one: Any, other: dict[str, Any]) -> bool:
-    return isinstance(one, dict) and all(one.get(key) == other.get(key) for key in SAME)
+    return (isinstance(one, dict) and all(one.get(key) == other.get(key) for key in SAME)
+            and _ais_settings(one) == _ais_settings(other))
+
+
+def _ais_settings(results: dict[str, Any]) -> tuple | None:
+    found = results.get("ais")
+    return tuple(found.get(key) for key in AIS_SETTINGS) if isinstance(found, dict) else None
 
 
 def _keep_what_is_replaced(path: Path, results: dict[str, Any]) -> None:
@@ -131,8 +148,12 @@ class Evaluation:
     or Inception-v3 (``inception_weights``); KID over ``kid_subsets`` subsets of
     ``kid_subset_size``, precision and recall with ``nearest_k`` neighbours. ``fitted_prior``
     (``pixelcnn``): a VQ-VAE's bound also with the prior over code maps fitted after training
-    (``pixelcnn.fitted_prior``) in place of the uniform one. Everything these need is checked
-    before the bound is estimated."""
+    (``pixelcnn.fitted_prior``) in place of the uniform one. ``ais_steps`` > 0: also the
+    annealed-importance-sampling estimate of log p(x) (``ais``) on the same points, with that
+    many annealing steps, ``ais_chains`` chains a point, ``ais_leapfrog`` leapfrog steps a move,
+    from ``ais_start`` (``auto``: q(z|x) where it has a density at any z, else the prior).
+    Everything these need is checked before the bound is estimated, and the time of the IW
+    estimate and of AIS together against ``max_hours``."""
 
     @checked
     def __init__(self, k: PositiveInt = 5000, chunk: PositiveInt | None = None,
@@ -149,7 +170,10 @@ class Evaluation:
                  classifier: str | None = None, inception_weights: str | None = None,
                  kid_subsets: PositiveInt = 100, kid_subset_size: PositiveInt = 1000,
                  nearest_k: PositiveInt = 3,
-                 fitted_prior: Literal["pixelcnn"] | None = None) -> None:
+                 fitted_prior: Literal["pixelcnn"] | None = None,
+                 ais_steps: NonNegativeInt = 0, ais_chains: PositiveInt = 8,
+                 ais_leapfrog: PositiveInt = 10,
+                 ais_start: Literal["auto", "prior", "posterior"] = "auto") -> None:
         self.k, self.chunk, self.batch_size, self.split = k, chunk, batch_size, split
         self.limit, self.max_hours = limit, max_hours
         self.trusted = tuple(trusted)
@@ -167,6 +191,8 @@ class Evaluation:
         self.classifier, self.inception_weights = classifier, inception_weights
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.nearest_k, self.fitted_prior = nearest_k, fitted_prior
+        self.ais_steps, self.ais_chains, self.ais_leapfrog = ais_steps, ais_chains, ais_leapfrog
+        self.ais_start = ais_start
 
     def __call__(self, ckpt_path: str, seed: int, output_dir: str | None) -> dict[str, Any]:
         """Rebuild the model of ``ckpt_path`` and its data from where the user keeps them,
@@ -219,6 +245,8 @@ class Evaluation:
         try:
             log_likelihood.refuse_unfinishable(model, next(batches()), points, self.k,
                                                self.chunk, self.max_hours)
+            annealed_from = (self._refuse_ais(model, next(batches()), points) if self.ais_steps
+                             else None)
             torch.manual_seed(seed)
             estimates = evaluate(model, batches(), self.k, self.chunk, progress)
         except torch.OutOfMemoryError:
@@ -257,6 +285,8 @@ class Evaluation:
         if not discrete:
             for name in ("elbo", "iw"):
                 results[name]["bits_per_dim"] = results[name]["bits_per_dim_se"] = None
+        if annealed_from is not None:
+            results["ais"] = self._ais(model, batches(), annealed_from, seed, discrete)
         if hasattr(model.objective, "classify"):  # a semi-supervised model's q(y|x) (M2)
             with torch.no_grad():
                 wrong = [(model.objective.classify(x).argmax(-1) != y).cpu()
@@ -284,6 +314,44 @@ class Evaluation:
         progress.remove()
         results["path"] = str(path)
         return results
+
+    def _refuse_ais(self, model: VAE, batch: tuple[Tensor, Tensor], points: int) -> str:
+        """Where AIS starts (``ais_start``, ``auto`` resolved), after refusing what it cannot
+        run on this model and an estimate over ``max_hours`` (the IW estimate's time is
+        checked on its own first)."""
+        start = ais.resolve_start(model, self.ais_start)
+        problem = ais.refusal(model, start)
+        if problem is not None:
+            raise ConfigError(f"eval.ais_steps={self.ais_steps} (eval.ais_start="
+                              f"{self.ais_start}): {problem}; or leave eval.ais_steps=0.")
+        if self.max_hours is not None:
+            hours = ais.hours(model, batch, points, self.ais_steps, self.ais_chains,
+                              self.ais_leapfrog, start)
+            if hours > self.max_hours:
+                raise ConfigError(
+                    f"eval.ais_steps={self.ais_steps} with eval.ais_chains={self.ais_chains} on "
+                    f"{points} points would take about {hours:.3g} hours on {batch[0].device}, "
+                    f"above eval.max_hours={self.max_hours:g}; nothing was run. Set eval.limit "
+                    "(AIS on a few hundred points is its use on a CPU), fewer steps or chains, or "
+                    "raise eval.max_hours (null: no limit).")
+        return start
+
+    def _ais(self, model: VAE, batches: Any, start: str, seed: int,
+             discrete: bool) -> dict[str, Any]:
+        """eval.json's ``ais``: the AIS estimate of log p(x) over the points, with its standard
+        error (over the points) and what it was run with."""
+        torch.manual_seed(seed)
+        found = ais.over_batches(model, batches, self.ais_steps, self.ais_chains,
+                                 self.ais_leapfrog, start)
+        estimate = asdict(Estimate.of(found["log_px"], math.prod(model.data_shape)))
+        if not discrete:
+            estimate["bits_per_dim"] = estimate["bits_per_dim_se"] = None
+        log.info("AIS (%d steps, %d chains, from the %s): log p(x) %.4f +- %.4f nats",
+                 self.ais_steps, self.ais_chains, start, estimate["nats"], estimate["nats_se"])
+        return {**estimate, "steps": self.ais_steps, "chains": self.ais_chains,
+                "leapfrog": self.ais_leapfrog, "start": start, "n": len(found["log_px"]),
+                "acceptance": found["acceptance"], "ess_min": found["ess_min"],
+                "seconds": round(found["seconds"], 3)}
 
     def _ground_truth(self, datamodule: Any) -> ground_truth.GroundTruth:
         """The ground-truth factors of the data, which the metrics need."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vae_lightning.data.idx import write_idx
+from vae_lightning.errors import ConfigError
 from vae_lightning.reports import bench
 
 
@@ -350,9 +351,12 @@ def test_bad_options_are_one_line_before_any_row_runs_or_page_is_written(
     assert not (tmp_path / "docs").exists() and not (tmp_path / "benchmarks").exists()
 
 
-def test_an_unknown_row_is_one_error_line():
-    with pytest.raises(SystemExit, match="no benchmark row 'nope'"):
+def test_an_unknown_row_is_one_error_line_and_exit_code_2(capsys):
+    """Bad input's code (docs: 2), not a failed row's 1."""
+    with pytest.raises(ConfigError, match="no benchmark row 'nope'"):
         bench.run("nope")
+    assert bench.main(["run", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: no benchmark row 'nope'")
 
 
 def test_missing_runs_the_rows_without_a_record_and_goes_on_past_a_failure(
@@ -380,8 +384,8 @@ def test_missing_runs_the_rows_without_a_record_and_goes_on_past_a_failure(
         bench.main(["run"])
     assert stop.value.code == 2
     called.clear()  # a misspelt row is refused before any row runs
-    with pytest.raises(SystemExit, match="no benchmark row 'nope'"):
-        bench.main(["run", "--missing", "dreg_k5", "nope", "--records", str(records)])
+    assert bench.main(["run", "--missing", "dreg_k5", "nope", "--records", str(records)]) == 2
+    assert "no benchmark row 'nope'" in capsys.readouterr().err
     assert called == []
     # Without --missing a failing row stops the run, as before.
     with pytest.raises(SystemExit, match="iwae_k5"):

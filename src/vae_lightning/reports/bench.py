@@ -103,10 +103,11 @@ def not_rows() -> list[dict[str, Any]]:
 
 
 def _refuse_unknown(names: list[str], known: dict[str, Any]) -> None:
+    """Bad input (exit code 2, before any row trains), not the code 1 of a failed row."""
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise SystemExit(f"error: no benchmark row {', '.join(map(repr, unknown))}; the rows: "
-                         f"{', '.join(known)}.")
+        raise ConfigError(f"no benchmark row {', '.join(map(repr, unknown))}; the rows: "
+                          f"{', '.join(known)}.")
 
 
 class Busy(SystemExit):

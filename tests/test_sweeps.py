@@ -388,3 +388,29 @@ def test_a_results_json_or_curve_that_does_not_parse_leaves_the_failure_reported
     written = sweeps.record_failure(job, "nonfinite", "NaN at step 3", 3, replace_failures=True)
     assert json.loads(written.read_text()) == {"status": "nonfinite", "message": "NaN at step 3",
                                                "exit_code": 3, "curve": []}
+
+
+def test_an_optuna_trial_of_a_complete_run_gets_the_run_s_value(tmp_path, monkeypatch):
+    """A sweep's job whose run is already complete (resumed with ckpt_path=last) returns the
+    optimized metric its results.json records, not None, which Optuna counts as a failed
+    trial; None where the file has no such number."""
+    from omegaconf import OmegaConf
+
+    from vae_lightning import cli
+    from vae_lightning import sweeps as sweeps_module
+    from vae_lightning.errors import NothingToDo
+
+    monkeypatch.setattr(sweeps_module, "in_sweep", lambda: True)
+    monkeypatch.setattr(sweeps_module, "note_job", lambda *args, **kwargs: None)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps({"status": "completed",
+                                                      "val/elbo": -101.25}))
+
+    def complete():
+        raise NothingToDo("The run is complete.")
+
+    cfg = OmegaConf.create({"optimized_metric": "val/elbo"})
+    assert cli._run(complete, cfg, run_dir=str(run_dir)) == -101.25
+    cfg = OmegaConf.create({"optimized_metric": "test/elbo"})  # not recorded
+    assert cli._run(complete, cfg, run_dir=str(run_dir)) is None

@@ -20,6 +20,7 @@ them (about 3 s less).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -86,7 +87,8 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None,
                             (sweeps.job_status(run_dir) if run_dir is not None else None)
                             or sweeps.COMPLETED)
             print(f"{failure.prefix}: {failure}", file=sys.stderr)
-            return None
+            # An Optuna trial of a complete run gets the run's value, not a failed trial's None.
+            return _recorded(run_dir, cfg.get("optimized_metric"))
         if sweep and not isinstance(failure, Interrupted):
             if failure is None:
                 log.exception("The job failed with an unexpected error (a bug):")
@@ -231,6 +233,19 @@ class Preflight(Callback):
             raise SystemExit(err) from None
         except OmegaConfBaseException:  # a key that cannot be resolved: Hydra reports it next
             return
+
+
+def _recorded(run_dir: str | None, metric: str | None) -> float | None:
+    """``metric`` as the run's results.json in ``run_dir`` records it (a number), else None."""
+    if run_dir is None or metric is None:
+        return None
+    from vae_lightning import rundir
+
+    try:
+        value = json.loads(rundir.path(run_dir, "results").read_text()).get(metric)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _optimized(results: dict[str, Any], metric: str | None) -> float | None:

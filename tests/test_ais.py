@@ -252,3 +252,41 @@ def test_a_model_of_the_labels_enumerates_them_and_a_conditional_vae_takes_the_d
     assert _labels_for(m2, x, y) is None
     assert _labels_for(cg.model(), x, y) is y
     assert _labels_for(linear_model(), data(), torch.zeros(8)) is None
+
+
+def test_vae_eval_names_its_own_key_where_ais_cannot_start_at_q():
+    """vae-eval eval.ais_start=posterior of a model whose q has no density: the one error names
+    the key to set (eval.ais_start=prior), not the Python API's argument (start='prior')."""
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.evaluate import Evaluation
+
+    planar = small_vae(posterior=Planar(length=2))
+    evaluation = Evaluation(ais_steps=2, ais_start="posterior", max_hours=None)
+    with pytest.raises(ConfigError, match=r"eval.ais_start=posterior\): .* has none .*; use "
+                                          r"eval.ais_start=prior \(or auto\); or leave "
+                                          r"eval.ais_steps=0\.") as refused:
+        evaluation._refuse_ais(planar, (torch.zeros(2, 1, 3, 4), None), 2)
+    assert "start='prior'" not in str(refused.value)
+    assert Evaluation(ais_steps=2, max_hours=None)._refuse_ais(
+        planar, (torch.zeros(2, 1, 3, 4), None), 2) == "prior"  # auto
+
+
+def test_ais_on_stochastic_layers_reaches_their_closed_form_log_likelihood():
+    """The two-layer linear-Gaussian model of tests/test_hierarchy.py (a bottom-up chain q, the
+    top-down prior, the decoder reading z_1), its q perturbed: AIS from the prior or from q
+    reaches log p(x) within its Monte-Carlo error."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from linear_gaussian import data as layered_data
+    from linear_gaussian import log_px as layered_log_px
+    from test_hierarchy import _model
+
+    model = SimpleNamespace(**vars(_model(exact=False)), latent=5,
+                            given=lambda y: contextlib.nullcontext())
+    x = layered_data()
+    for start in ("prior", "posterior"):
+        torch.manual_seed(0)
+        result = ais(model, x, steps=500, chains=16, leapfrog=5, start=start, step_size=0.05)
+        gap, error = (layered_log_px(x) - result.log_px).mean().item(), monte_carlo_error(result)
+        assert error < 0.1 and abs(gap) < 4 * error + 0.01, (start, gap, error)

@@ -16,7 +16,7 @@ from compose import CONF, compose_train, open_paths
 from hydra import compose, initialize_config_dir
 from test_hostile import no_traceback, run
 
-from vae_lightning import cli, rundir
+from vae_lightning import cli, log_likelihood, rundir
 from vae_lightning.checkpoints import CONFIG_KEY, RunConfig
 from vae_lightning.config import instantiate_node
 from vae_lightning.errors import CheckpointError, ConfigError
@@ -723,3 +723,44 @@ def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path,
     with pytest.raises(ConfigError, match=r"eval.ais_steps=20 .* 100 hours"):
         run_eval(_eval_cfg([*annealed, f"output_dir={tmp_path / 'c'}"]))
     assert not (tmp_path / "c" / "eval.json").exists()
+
+
+def test_the_ais_time_is_counted_with_the_iw_estimates_against_max_hours(checkpoint, tmp_path,
+                                                                         monkeypatch):
+    """eval.max_hours bounds the evaluation: an IW estimate of 15 hours and AIS of 15 hours
+    are 30, refused under eval.max_hours=24 before anything runs, though each alone is under
+    it; with eval.max_hours=40 both run."""
+    from vae_lightning import ais as ais_module
+
+    monkeypatch.setattr(log_likelihood, "refuse_unfinishable", lambda *args, **kwargs: 15.0)
+    monkeypatch.setattr(ais_module, "hours", lambda *args, **kwargs: 15.0)
+    args = [f"ckpt_path={checkpoint}", "eval.k=5", "eval.device=cpu", "eval.limit=4",
+            "eval.ais_steps=2", "eval.ais_chains=1", "eval.ais_leapfrog=1"]
+    with pytest.raises(ConfigError, match=r"eval.ais_steps=2 .* 15 hours on cpu \(with the "
+                                          r"IW estimate's 15: 30\), above eval.max_hours=24"):
+        run_eval(_eval_cfg([*args, "eval.max_hours=24", f"output_dir={tmp_path / 'a'}"]))
+    assert not (tmp_path / "a" / "eval.json").exists()
+    done = run_eval(_eval_cfg([*args, "eval.max_hours=40", f"output_dir={tmp_path / 'b'}"]))
+    assert done["ais"]["n"] == 4
+
+
+def test_ais_out_of_memory_is_one_error_naming_its_settings(checkpoint, tmp_path, monkeypatch):
+    """AIS that runs out of memory (its chains x points at once, on a GPU): one ConfigError
+    naming eval.ais_chains and eval.batch_size, not torch's traceback, nor the IW estimate's
+    advice about eval.chunk; no eval.json."""
+    from vae_lightning import ais as ais_module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    args = [f"ckpt_path={checkpoint}", "eval.k=5", "eval.device=cpu", "eval.limit=4",
+            "eval.ais_steps=2", "eval.ais_chains=3"]
+    monkeypatch.setattr(ais_module, "over_batches", out_of_memory)
+    with pytest.raises(ConfigError, match=r"AIS \(eval.ais_steps=2\) ran out of memory .* "
+                                          r"eval.ais_chains=3 .* eval.batch_size"):
+        run_eval(_eval_cfg([*args, f"output_dir={tmp_path / 'a'}"]))
+    assert not (tmp_path / "a" / "eval.json").exists()
+    monkeypatch.setattr(ais_module, "hours", out_of_memory)  # its timed run
+    with pytest.raises(ConfigError, match=r"AIS .* ran out of memory") as refused:
+        run_eval(_eval_cfg([*args, f"output_dir={tmp_path / 'b'}"]))
+    assert "eval.chunk" not in str(refused.value)

@@ -323,3 +323,30 @@ def test_a_moved_run_resumes_with_its_record_of_the_best_checkpoint(stopped, tmp
     assert after["best_model_score"] >= before["best_model_score"]  # never a worse best
     assert set(after["best_k_models"]) == {str(best_files[0])}
     assert not run_dir.exists()  # nothing written where the run was
+
+
+@pytest.mark.parametrize("field", ["best_model_score", "kth_value", "best_k_models"])
+def test_a_record_whose_scores_are_not_numbers_is_refused(stopped, field):
+    """Lightning compares each new checkpoint's score with the record's (best_model_score,
+    kth_value, best_k_models' values): a tampered score that is not one number resumed, then
+    ended the run after its first validation with a TypeError traceback (exit 1). Refused
+    before training; the scores Lightning writes (a tensor, inf, None) stay resumable."""
+    from vae_lightning.errors import CheckpointError
+    from vae_lightning.module import VAE
+    from vae_lightning.rebuild import load_model
+    from vae_lightning.resume import check_states
+
+    _, last = stopped
+    model, _, checkpoint = load_model(last, VAE)
+    check_states(checkpoint, last, model)  # as written: resumable
+    state = _best_state(checkpoint)
+    if field == "best_k_models":
+        state[field] = {name: "x" for name in state[field]}
+        assert state[field]
+    else:
+        state[field] = "x"
+    with pytest.raises(CheckpointError, match=rf"{field}.* is 'x', not one number"):
+        check_states(checkpoint, last, model)
+    state["best_k_models"] = {name: torch.tensor(-1.5) for name in state["best_k_models"]}
+    state["best_model_score"], state["kth_value"] = None, torch.tensor(float("inf"))
+    check_states(checkpoint, last, model)

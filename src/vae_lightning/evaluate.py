@@ -242,14 +242,19 @@ class Evaluation:
             "checkpoint_sha256": samplers.digest(ckpt_path), "k": self.k, "seed": seed,
             "split": self.split, "limit": self.limit, "batch_size": self.batch_size,
             "data_source": source})
+        annealing = False  # AIS's timed run, whose memory is not the IW estimate's
         try:
-            log_likelihood.refuse_unfinishable(model, next(batches()), points, self.k,
-                                               self.chunk, self.max_hours)
-            annealed_from = (self._refuse_ais(model, next(batches()), points) if self.ais_steps
-                             else None)
+            iw_hours = log_likelihood.refuse_unfinishable(model, next(batches()), points,
+                                                          self.k, self.chunk, self.max_hours)
+            annealing = bool(self.ais_steps)
+            annealed_from = (self._refuse_ais(model, next(batches()), points, iw_hours)
+                             if self.ais_steps else None)
+            annealing = False
             torch.manual_seed(seed)
             estimates = evaluate(model, batches(), self.k, self.chunk, progress)
         except torch.OutOfMemoryError:
+            if annealing:
+                raise ConfigError(self._ais_out_of_memory()) from None
             batch = torch.empty(1, device=self.device).expand(self.batch_size, *model.data_shape)
             chunk = self.chunk or auto_chunk(batch, self.k)  # a view: allocates nothing
             raise ConfigError(
@@ -286,7 +291,10 @@ class Evaluation:
             for name in ("elbo", "iw"):
                 results[name]["bits_per_dim"] = results[name]["bits_per_dim_se"] = None
         if annealed_from is not None:
-            results["ais"] = self._ais(model, batches(), annealed_from, seed, discrete)
+            try:
+                results["ais"] = self._ais(model, batches(), annealed_from, seed, discrete)
+            except torch.OutOfMemoryError:
+                raise ConfigError(self._ais_out_of_memory()) from None
         if hasattr(model.objective, "classify"):  # a semi-supervised model's q(y|x) (M2)
             with torch.no_grad():
                 wrong = [(model.objective.classify(x).argmax(-1) != y).cpu()
@@ -315,25 +323,38 @@ class Evaluation:
         results["path"] = str(path)
         return results
 
-    def _refuse_ais(self, model: VAE, batch: tuple[Tensor, Tensor], points: int) -> str:
+    def _ais_out_of_memory(self) -> str:
+        return (f"AIS (eval.ais_steps={self.ais_steps}) ran out of memory on {self.device}, "
+                f"moving eval.ais_chains={self.ais_chains} chains of eval.batch_size="
+                f"{self.batch_size} points at once (memory ~ chains x batch_size x pixels, "
+                "times the decoder's widest layer, and its gradient); eval.json was not written. "
+                "Give fewer eval.ais_chains (the IW estimate's finished batches are kept and "
+                "gone on from), a smaller eval.batch_size, or eval.device=cpu.")
+
+    def _refuse_ais(self, model: VAE, batch: tuple[Tensor, Tensor], points: int,
+                    iw_hours: float = 0.0) -> str:
         """Where AIS starts (``ais_start``, ``auto`` resolved), after refusing what it cannot
-        run on this model and an estimate over ``max_hours`` (the IW estimate's time is
-        checked on its own first)."""
+        run on this model and an estimate whose time, with the IW estimate's ``iw_hours``
+        (checked on its own first), is over ``max_hours``."""
         start = ais.resolve_start(model, self.ais_start)
         problem = ais.refusal(model, start)
         if problem is not None:
+            # The Python API's words for the start, in vae-eval's key.
+            problem = problem.replace("use start='prior'", "use eval.ais_start=prior (or auto)")
             raise ConfigError(f"eval.ais_steps={self.ais_steps} (eval.ais_start="
                               f"{self.ais_start}): {problem}; or leave eval.ais_steps=0.")
         if self.max_hours is not None:
             hours = ais.hours(model, batch, points, self.ais_steps, self.ais_chains,
                               self.ais_leapfrog, start)
-            if hours > self.max_hours:
+            if hours + iw_hours > self.max_hours:
+                with_iw = (f" (with the IW estimate's {iw_hours:.3g}: {hours + iw_hours:.3g})"
+                           if iw_hours else "")
                 raise ConfigError(
                     f"eval.ais_steps={self.ais_steps} with eval.ais_chains={self.ais_chains} on "
-                    f"{points} points would take about {hours:.3g} hours on {batch[0].device}, "
-                    f"above eval.max_hours={self.max_hours:g}; nothing was run. Set eval.limit "
-                    "(AIS on a few hundred points is its use on a CPU), fewer steps or chains, or "
-                    "raise eval.max_hours (null: no limit).")
+                    f"{points} points would take about {hours:.3g} hours on {batch[0].device}"
+                    f"{with_iw}, above eval.max_hours={self.max_hours:g}; nothing was run. Set "
+                    "eval.limit (AIS on a few hundred points is its use on a CPU), fewer steps or "
+                    "chains, or raise eval.max_hours (null: no limit).")
         return start
 
     def _ais(self, model: VAE, batches: Any, start: str, seed: int,

@@ -462,12 +462,13 @@ def mutual_information_terms(family: Any, params: Tensor, batch: int = 500) -> T
 
 
 def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k: int,
-                        chunk: int | None, max_hours: float | None) -> None:
+                        chunk: int | None, max_hours: float | None) -> float:
     """Time one decoder pass on the first batch ``(x, y)`` (in a forked random stream: the
     estimate's draws stay those of the seed) and refuse an evaluation of ``points`` points with
-    ``k`` samples that would take more than ``max_hours`` (``eval.max_hours``)."""
+    ``k`` samples that would take more than ``max_hours`` (``eval.max_hours``); the hours it
+    would take (0 where ``max_hours`` is None: nothing is timed)."""
     if max_hours is None:
-        return
+        return 0.0
     x, y = batch
     chunk = min(k, chunk or auto_chunk(x, k))
     with (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []),
@@ -489,6 +490,7 @@ def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k
             f"{x.device} (one pass of {chunk} samples x {len(x)} points took "
             f"{seconds:.3g} s{per_class}), above eval.max_hours={max_hours:g}; nothing was run. "
             "Lower eval.k or set eval.limit, or raise eval.max_hours (null: no limit).")
+    return hours
 
 
 def bound_of(model: VAE, y: Tensor | None = None) -> str:

@@ -145,6 +145,22 @@ def _check_files(state: Any, path: str | Path) -> None:
         if not isinstance(name, str) or Path(name).resolve().parent != folder:
             _refuse(path, f"a checkpoint callback's record names the file {name!r}, outside "
                     f"its folder {str(folder)!r}")
+    # The scores Lightning compares each new checkpoint's with (a string or a list raised
+    # a TypeError traceback after the resumed run's first validation, exit 1).
+    for what, score in [*((k, state.get(k)) for k in ("best_model_score", "kth_value")),
+                        *((f"best_k_models[{name!r}]", v) for name, v in best_k.items())]:
+        if not _a_score(score):
+            _refuse(path, f"a checkpoint callback's {what} is {score!r}, not one number (a "
+                    "tensor of one element)")
+
+
+def _a_score(value: Any) -> bool:
+    """Whether ``value`` is what ModelCheckpoint records as a score: None (none yet), a real
+    number, or a tensor of one real number."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return True
+    return (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()
+            and (value.is_floating_point() or value.dtype in (torch.int64, torch.int32)))
 
 
 def _check_random_states(state: Any, path: str | Path) -> None:

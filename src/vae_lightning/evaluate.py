@@ -222,11 +222,11 @@ class Evaluation:
 
             code_prior = fitted_prior(ckpt_path, model)
 
-        def batches():
+        def batches(what: str = f"eval k={self.k}"):
             left = self.limit  # points still to score; None: the whole split
             total = len(loader) if left is None else min(len(loader),
                                                           math.ceil(left / self.batch_size))
-            for x, y in tqdm(loader, desc=f"eval k={self.k} on {self.split}", unit="batch",
+            for x, y in tqdm(loader, desc=f"{what} on {self.split}", unit="batch",
                              total=total):
                 if left is not None:
                     if left <= 0:
@@ -292,7 +292,8 @@ class Evaluation:
                 results[name]["bits_per_dim"] = results[name]["bits_per_dim_se"] = None
         if annealed_from is not None:
             try:
-                results["ais"] = self._ais(model, batches(), annealed_from, seed, discrete)
+                results["ais"] = self._ais(model, batches(f"AIS, {self.ais_steps} steps"),
+                                           annealed_from, seed, discrete)
             except torch.OutOfMemoryError:
                 raise ConfigError(self._ais_out_of_memory()) from None
         if hasattr(model.objective, "classify"):  # a semi-supervised model's q(y|x) (M2)

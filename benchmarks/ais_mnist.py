@@ -1,5 +1,6 @@
-"""AIS against the k = 5000 IW estimate on a trained MNIST model, and BDMC on data simulated from
-it (vae_lightning.ais; docs/evaluation.md, "Annealed importance sampling").
+"""AIS against the k = 5000 IW estimate on a trained MNIST model, and BDMC on simulated data.
+
+vae_lightning.ais; docs/evaluation.md, "Annealed importance sampling".
 
 On the first ``--points`` test images (dynamically binarized by the data module's seeded stream):
 the ELBO and the IW estimate with k = 5000, and AIS with 100 and ``--steps`` annealing steps from
@@ -37,11 +38,15 @@ def summary(result: AIS, iw: torch.Tensor, seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("--points", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("checkpoint", help="a trained MNIST model's .ckpt, e.g. "
+                        "benchmarks/long/iwae_k1/checkpoints/last.ckpt")
+    parser.add_argument("--points", type=int, default=20,
+                        help="test images, and images simulated for BDMC (default 20)")
+    parser.add_argument("--steps", type=int, default=1000,
+                        help="annealing steps of the long AIS run and of BDMC (default 1000)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results"
-                        / "ais-mnist.json")
+                        / "ais-mnist.json", help="the figures' JSON file (default: the "
+                        "committed benchmarks/results/ais-mnist.json, which a run replaces)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = VAE.load_from_checkpoint(args.checkpoint)

@@ -713,6 +713,11 @@ def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path,
     assert math.isfinite(saved["nats"]) and math.isfinite(saved["nats_se"])
     assert saved["bits_per_dim"] is None  # Frey Face: a density, no code length
     assert 1 <= saved["ess_min"] <= 2 and 0 < saved["acceptance"] <= 1
+    # AIS minus IW point by point: its mean is the estimates' difference, its standard error
+    # that of the differences (not the points' spread, the estimates' own).
+    assert saved["minus_iw"]["nats"] == pytest.approx(saved["nats"] - first["iw"]["nats"],
+                                                      abs=1e-6)
+    assert 0 < saved["minus_iw"]["nats_se"]
     again = run_eval(_eval_cfg([*annealed, f"output_dir={tmp_path / 'b'}"]))
     assert again["ais"]["nats"] == saved["nats"]
     plain = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
@@ -764,3 +769,25 @@ def test_ais_out_of_memory_is_one_error_naming_its_settings(checkpoint, tmp_path
     with pytest.raises(ConfigError, match=r"AIS .* ran out of memory") as refused:
         run_eval(_eval_cfg([*args, f"output_dir={tmp_path / 'b'}"]))
     assert "eval.chunk" not in str(refused.value)
+
+
+def test_ais_below_the_iw_estimate_is_said_with_what_to_do(checkpoint, tmp_path, monkeypatch,
+                                                          caplog):
+    """Too few annealing steps leave AIS below the IW estimate (both lower bounds): a warning
+    says so and what to raise, instead of a reader taking the AIS row for the better number."""
+    import logging
+
+    from vae_lightning import ais as ais_module
+
+    def below(model, batches, *args, **kwargs):
+        points = sum(len(x) for x, _ in batches)
+        return {"log_px": torch.full((points,), -1e4), "ess_min": 1.0, "acceptance": 0.5,
+                "seconds": 0.0}
+
+    monkeypatch.setattr(ais_module, "over_batches", below)
+    with caplog.at_level(logging.WARNING, logger="vae_lightning.evaluate"):
+        results = run_eval(_eval_cfg([f"ckpt_path={checkpoint}", "eval.k=5", "eval.device=cpu",
+                                      "eval.limit=6", "eval.ais_steps=3",
+                                      f"output_dir={tmp_path}"]))
+    assert results["ais"]["minus_iw"]["nats"] < -1000
+    assert "below the IW estimate" in caplog.text and "eval.ais_steps=3: raise it" in caplog.text

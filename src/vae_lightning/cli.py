@@ -235,6 +235,11 @@ class Preflight(Callback):
             return
 
 
+def _se(value: float | None) -> str:
+    """A standard error as printed: null (one point) as -."""
+    return "-" if value is None or value != value else f"{value:.3f}"
+
+
 def _recorded(run_dir: str | None, metric: str | None) -> float | None:
     """``metric`` as the run's results.json in ``run_dir`` records it (a number), else None."""
     if run_dir is None or metric is None:
@@ -295,8 +300,9 @@ def _evaluate(cfg: DictConfig) -> float:
             bits = (f", {est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim"
                     if est.get("bits_per_dim") is not None else "")  # discrete data only
             how = (f" ({est['steps']} steps, {est['chains']} chains from the {est['start']}; "
-                   f"fewest effective chains of a point {est['ess_min']:.2f})"
-                   if name == "ais" else "")
+                   f"{est['minus_iw']['nats']:+.3f} +- {_se(est['minus_iw']['nats_se'])} nats "
+                   f"against iw, point by point; fewest effective chains of a point "
+                   f"{est['ess_min']:.2f})" if name == "ais" else "")
             print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
                   f"nats{bits}{how}")
         if "classification_error" in results:  # a semi-supervised model's classifier (M2)

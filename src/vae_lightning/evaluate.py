@@ -293,7 +293,8 @@ class Evaluation:
         if annealed_from is not None:
             try:
                 results["ais"] = self._ais(model, batches(f"AIS, {self.ais_steps} steps"),
-                                           annealed_from, seed, discrete)
+                                           annealed_from, seed, discrete,
+                                           estimates["iw_per_point"])
             except torch.OutOfMemoryError:
                 raise ConfigError(self._ais_out_of_memory()) from None
         if hasattr(model.objective, "classify"):  # a semi-supervised model's q(y|x) (M2)
@@ -358,22 +359,37 @@ class Evaluation:
                     "chains, or raise eval.max_hours (null: no limit).")
         return start
 
-    def _ais(self, model: VAE, batches: Any, start: str, seed: int,
-             discrete: bool) -> dict[str, Any]:
+    def _ais(self, model: VAE, batches: Any, start: str, seed: int, discrete: bool,
+             iw: Tensor) -> dict[str, Any]:
         """eval.json's ``ais``: the AIS estimate of log p(x) over the points, with its standard
-        error (over the points) and what it was run with."""
+        error (over the points), what it was run with, and ``minus_iw``: the mean over the points
+        of AIS minus the IW estimate ``iw`` (per point, the same points in the same order) with
+        its standard error. The two estimates' own errors are mostly the points' spread, which
+        a paired difference removes: it says whether AIS is the tighter bound."""
         torch.manual_seed(seed)
         found = ais.over_batches(model, batches, self.ais_steps, self.ais_chains,
                                  self.ais_leapfrog, start)
-        estimate = asdict(Estimate.of(found["log_px"], math.prod(model.data_shape)))
+        dims = math.prod(model.data_shape)
+        estimate = asdict(Estimate.of(found["log_px"], dims))
+        paired = asdict(Estimate.of(found["log_px"].double() - iw.double(), dims))
         if not discrete:
             estimate["bits_per_dim"] = estimate["bits_per_dim_se"] = None
-        log.info("AIS (%d steps, %d chains, from the %s): log p(x) %.4f +- %.4f nats",
-                 self.ais_steps, self.ais_chains, start, estimate["nats"], estimate["nats_se"])
-        return {**estimate, "steps": self.ais_steps, "chains": self.ais_chains,
-                "leapfrog": self.ais_leapfrog, "start": start, "n": len(found["log_px"]),
-                "acceptance": found["acceptance"], "ess_min": found["ess_min"],
-                "seconds": round(found["seconds"], 3)}
+        minus_iw = {"nats": paired["nats"], "nats_se": paired["nats_se"]}
+        log.info("AIS (%d steps, %d chains, from the %s): log p(x) %.4f +- %.4f nats, %.4f +- "
+                 "%.4f above the IW estimate", self.ais_steps, self.ais_chains, start,
+                 estimate["nats"], estimate["nats_se"], minus_iw["nats"], minus_iw["nats_se"])
+        se = minus_iw["nats_se"] if minus_iw["nats_se"] == minus_iw["nats_se"] else 0.0
+        if minus_iw["nats"] + 2 * se < 0:  # below the IW estimate beyond its noise
+            other = (" or start from q, eval.ais_start=posterior" if start == "prior"
+                     and ais.refusal(model, "posterior") is None else "")
+            log.warning("AIS is %.3f nats below the IW estimate (k=%d) on these points: too few "
+                        "annealing steps for this model (eval.ais_steps=%d: raise it%s). Both "
+                        "are lower bounds on log p(x): the larger is the tighter.",
+                        -minus_iw["nats"], self.k, self.ais_steps, other)
+        return {**estimate, "minus_iw": minus_iw, "steps": self.ais_steps,
+                "chains": self.ais_chains, "leapfrog": self.ais_leapfrog, "start": start,
+                "n": len(found["log_px"]), "acceptance": found["acceptance"],
+                "ess_min": found["ess_min"], "seconds": round(found["seconds"], 3)}
 
     def _ground_truth(self, datamodule: Any) -> ground_truth.GroundTruth:
         """The ground-truth factors of the data, which the metrics need."""

@@ -235,6 +235,10 @@ class Preflight(Callback):
             return
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _se(value: float | None) -> str:
     """A standard error as printed: null (one point) as -."""
     return "-" if value is None or value != value else f"{value:.3f}"
@@ -299,7 +303,8 @@ def _evaluate(cfg: DictConfig) -> float:
                 continue
             bits = (f", {est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim"
                     if est.get("bits_per_dim") is not None else "")  # discrete data only
-            how = (f" ({est['steps']} steps, {est['chains']} chains from the {est['start']}; "
+            how = (f" ({_count(est['steps'], 'step')}, {_count(est['chains'], 'chain')} from the "
+                   f"{est['start']}; "
                    f"{est['minus_iw']['nats']:+.3f} +- {_se(est['minus_iw']['nats_se'])} nats "
                    f"against iw, point by point; fewest effective chains of a point "
                    f"{est['ess_min']:.2f})" if name == "ais" else "")

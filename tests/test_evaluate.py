@@ -694,11 +694,14 @@ def test_an_eval_json_that_does_not_parse_is_kept_not_replaced(content, checkpoi
            "eval-earlier-2.json" in caplog.text
 
 
-def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path, monkeypatch):
+def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path, monkeypatch,
+                                                          caplog):
     """eval.ais_steps > 0: eval.json's ``ais`` (the estimate over the points, its standard error
     and its settings), the same for the same seed; off by default; an estimate over
     eval.max_hours is refused before anything runs; an evaluation without AIS does not replace
     one with it (the earlier is kept beside it)."""
+    import logging
+
     from vae_lightning import ais as ais_module
 
     base = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.device=cpu", "eval.limit=12",
@@ -720,8 +723,12 @@ def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path,
     assert 0 < saved["minus_iw"]["nats_se"]
     again = run_eval(_eval_cfg([*annealed, f"output_dir={tmp_path / 'b'}"]))
     assert again["ais"]["nats"] == saved["nats"]
-    plain = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+    with caplog.at_level(logging.WARNING, logger="vae_lightning.evaluate"):
+        plain = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
     assert "ais" not in plain
+    # The kept file's line says what each ran (they differ only in it).
+    assert ("points, AIS 20 steps x 2 chains from the posterior): kept as" in caplog.text
+            and "12 points, no AIS)." in caplog.text), caplog.text
     kept = [json.loads(p.read_text()) for p in out.glob("eval-*.json")]
     assert [k["ais"]["nats"] for k in kept] == [saved["nats"]]
     monkeypatch.setattr(ais_module, "hours", lambda *args, **kwargs: 100.0)

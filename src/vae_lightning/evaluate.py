@@ -116,9 +116,21 @@ def _keep_what_is_replaced(path: Path, results: dict[str, Any]) -> None:
         return
     other = ("" if earlier.get("checkpoint") == results["checkpoint"]
              else f" {earlier.get('checkpoint')},")
-    log.warning("%s held the evaluation of%s split=%s, k=%s (%s points): kept as %s; eval.json "
-                "now holds this one (split=%s, k=%s, %s points).", path, other, *before,
-                kept.name, *now)
+    # Where either holds an AIS estimate, what each ran (two evaluations may differ in it only).
+    annealed = _ais_settings(earlier) is not None or _ais_settings(results) is not None
+    then, later = (_ais_words(earlier), _ais_words(results)) if annealed else ("", "")
+    log.warning("%s held the evaluation of%s split=%s, k=%s (%s points%s): kept as %s; eval.json "
+                "now holds this one (split=%s, k=%s, %s points%s).", path, other, *before, then,
+                kept.name, *now, later)
+
+
+def _ais_words(results: dict[str, Any]) -> str:
+    """An evaluation's AIS settings in words, for the log line of a kept eval.json."""
+    settings = _ais_settings(results)
+    if settings is None:
+        return ", no AIS"
+    steps, chains, _, start = settings
+    return f", AIS {steps} steps x {chains} chains from the {start}"
 
 
 class Evaluation:

@@ -38,6 +38,18 @@ def _sweep_here(args, sweep_dir, monkeypatch, capsys):
                sweep_dir.parent)
 
 
+def _joblib_sweep_here(args, sweep_dir, monkeypatch, capsys):
+    """``_sweep_here`` with ``hydra/launcher=joblib`` and two jobs at once; joblib's (loky)
+    worker processes, which run the jobs, are shut down afterwards."""
+    from joblib.externals.loky import get_reusable_executor
+
+    try:
+        return _sweep_here([*args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                           sweep_dir, monkeypatch, capsys)
+    finally:
+        get_reusable_executor().shutdown(wait=True)
+
+
 def _results(sweep_dir):
     return {path.parent.name: json.loads(path.read_text())
             for path in sorted(sweep_dir.glob("*/results.json"))}
@@ -76,15 +88,22 @@ def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path, monkey
     assert not [fd for fd in open_paths() if fd.startswith(str(sweep))]
 
 
-def test_a_sweep_whose_jobs_are_refused_in_an_earlier_sweep_s_directories_fails(
-        tmp_path, monkeypatch, capsys):
-    """The same sweep again into its hydra.sweep.dir: each job is refused (its directory holds
-    the earlier run, left as it was), and the sweep said "0 jobs: none" with exit code 0."""
+def _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys):
+    """A sweep of one job that failed (model.latent=0), its directory dated an hour ago: the
+    sweep directory and the job's results.json."""
     sweep = tmp_path / "sweep"
     first = _sweep_here(["-m", *TINY, "model.latent=0"], sweep, monkeypatch, capsys)
     assert first.code == 5 and "1 jobs: 1 error" in first.out
     before = (sweep / "0" / "results.json").read_text()
     os.utime(sweep / "0", (time.time() - 3600,) * 2)  # an earlier sweep's (an hour ago)
+    return sweep, before
+
+
+def test_a_sweep_whose_jobs_are_refused_in_an_earlier_sweep_s_directories_fails(
+        tmp_path, monkeypatch, capsys):
+    """The same sweep again into its hydra.sweep.dir: each job is refused (its directory holds
+    the earlier run, left as it was), and the sweep said "0 jobs: none" with exit code 0."""
+    sweep, before = _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys)
     again = _sweep_here(["-m", *TINY, "model.latent=0"], sweep, monkeypatch, capsys)
     assert again.code == 5, again.out[-2000:]
     assert again.out.strip().splitlines()[-1] == (f"sweep {sweep}: 1 jobs: 1 error; failed: "
@@ -98,18 +117,8 @@ def test_jobs_refused_under_joblib_are_counted_as_the_sweep_s_failures(tmp_path,
     """As above, with the jobs in joblib's worker processes: the note of each refused job was
     kept in the worker's memory, so the sweep (in this process) said "0 jobs: none" and exited
     with 0. Now the note is a file in the sweep directory, and the count names the job."""
-    from joblib.externals.loky import get_reusable_executor
-
-    sweep = tmp_path / "sweep"
-    first = _sweep_here(["-m", *TINY, "model.latent=0"], sweep, monkeypatch, capsys)
-    assert first.code == 5 and "1 jobs: 1 error" in first.out
-    before = (sweep / "0" / "results.json").read_text()
-    os.utime(sweep / "0", (time.time() - 3600,) * 2)  # an earlier sweep's (an hour ago)
-    try:
-        again = _sweep_here(["-m", *TINY, "model.latent=0,0", "hydra/launcher=joblib",
-                             "hydra.launcher.n_jobs=2"], sweep, monkeypatch, capsys)
-    finally:
-        get_reusable_executor().shutdown(wait=True)
+    sweep, before = _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys)
+    again = _joblib_sweep_here(["-m", *TINY, "model.latent=0,0"], sweep, monkeypatch, capsys)
     assert again.code == 5, again.out[-2000:]
     assert again.out.strip().splitlines()[-1] == (
         f"sweep {sweep}: 2 jobs: 2 error; failed: job 0 (error), job 1 (error)")
@@ -137,14 +146,8 @@ def test_a_sweep_resumed_where_its_jobs_are_complete_succeeds(tmp_path, monkeypa
 def test_joblib_runs_two_jobs_at_once_sharing_the_cores(tmp_path, monkeypatch, capsys):
     """The sweep is launched from this process; joblib's (loky) workers that run its jobs are
     processes of their own, shut down at the end."""
-    from joblib.externals.loky import get_reusable_executor
-
     sweep = tmp_path / "sweep"
-    try:
-        proc = _sweep_here(["-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                            "model.latent=2,3"], sweep, monkeypatch, capsys)
-    finally:
-        get_reusable_executor().shutdown(wait=True)
+    proc = _joblib_sweep_here(["-m", *TINY, "model.latent=2,3"], sweep, monkeypatch, capsys)
     assert proc.code == 0, proc.err[-3000:]
     results = _results(sweep)
     assert sorted(r["latent"] for r in results.values()) == [2, 3]

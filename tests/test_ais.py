@@ -116,13 +116,15 @@ def test_the_hamiltonian_moves_leave_the_posterior_invariant():
     torch.manual_seed(0)
     z = exact.sample((n,)).squeeze(1)
 
-    def target(z, beta):
+    def target(z):  # f_beta = p_0 = p(z|x): log p_0 and a gap of zero
         log_f = exact.log_prob(z)
-        return log_f, log_f
+        return log_f, 0.0 * log_f
 
     hmc = _Hamiltonian(target, 5, 1, z)
+    point = hmc.point(z)
     for _ in range(20):
-        z, _ = hmc.move(z, 1.0, torch.full((n,), 0.3))
+        point = hmc.move(point, 1.0, torch.full((n,), 0.3))
+    z = point.z
     mean, cov = exact.mean[0], exact.covariance_matrix[0]
     se = (cov.diagonal() / n).sqrt()
     assert ((z.mean(0) - mean).abs() < 4 * se).all(), (z.mean(0), mean)

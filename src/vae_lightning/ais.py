@@ -226,25 +226,22 @@ def _run(model: Parts, x: Tensor, y: Tensor | None, betas: Tensor, chains: int, 
             # A conditional prior has a distribution per point (batch shape [n]), N(0, I) one.
             z = start_at.sample(() if start_at.batch_shape else (len(xs),))
 
-        def gap(z: Tensor) -> Tensor:
-            """log p(x, z) - log p_0(z), per chain: the log of f_1 / f_0."""
+        def target(z: Tensor) -> tuple[Tensor, Tensor]:
+            """log p_0(z) and gap(z) = log p(x, z) - log p_0(z), the log of f_1 / f_0, per
+            chain: log f_beta(z) = log p_0(z) + beta gap(z)."""
+            log_q = log_p0(z)
             if q is None:  # p_0 = p(z): the likelihood alone
-                return model.decoder(z).log_prob(xs)
-            return model.decoder(z).log_prob(xs) + prior.log_prob(z) - log_p0(z)
-
-        def target(z: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-            """log f_beta(z) = log p_0(z) + beta gap(z), and gap(z), per chain."""
-            g = gap(z)
-            return log_p0(z) + beta * g, g
+                return log_q, model.decoder(z).log_prob(xs)
+            return log_q, model.decoder(z).log_prob(xs) + prior.log_prob(z) - log_q
 
         hmc = _Hamiltonian(target, leapfrog, chains, z)
         log_w = torch.zeros(len(xs), dtype=torch.float64, device=x.device)
-        current = gap(z)
+        point = hmc.point(z)
         order = betas if exact is None else betas.flip(0)
         for i in range(1, len(order)):
-            log_w += (order[i] - order[i - 1]).item() * current.double()
+            log_w += (order[i] - order[i - 1]).item() * point.gap.double()
             if i < len(order) - 1:  # the last move would not change the estimate
-                z, current = hmc.move(z, order[i].item(), steps, i - 1)
+                point = hmc.move(point, order[i].item(), steps, i - 1)
     log_w = log_w.view(chains, batch)
     estimate = _log_mean_exp(log_w)
     # A reverse run's log_w are those of its estimates of 1 / p(x) (its ESS is theirs).
@@ -279,51 +276,79 @@ class _Steps:
             self.adapting = False
 
 
+@dataclass
+class _Point:
+    """The chains' current z with log p_0(z), gap(z) and the gradients of both, from which
+    log f_beta = log p_0 + beta gap and its gradient follow for any beta: a move starts from
+    where the last one ended, under the next f_t, without recomputing them."""
+
+    z: Tensor
+    log_p0: Tensor
+    gap: Tensor
+    grad_p0: Tensor
+    grad_gap: Tensor
+
+    def log_f(self, beta: float) -> Tensor:
+        return self.log_p0 + beta * self.gap
+
+    def grad(self, beta: float) -> Tensor:
+        return self.grad_p0 + beta * self.grad_gap
+
+    def where(self, keep: Tensor, other: _Point) -> _Point:
+        """This point for the chains where ``keep`` (``[chains]``), ``other`` elsewhere."""
+        def pick(a: Tensor, b: Tensor) -> Tensor:
+            return torch.where(keep.view((-1,) + (1,) * (a.dim() - 1)), a, b)
+        return _Point(*(pick(getattr(self, f), getattr(other, f)) for f in
+                        ("z", "log_p0", "gap", "grad_p0", "grad_gap")))
+
+
 class _Hamiltonian:
     """Hamiltonian Monte Carlo moves for ``chains`` chains of each data point at once
-    (``like``: their current z, chain-major), with step sizes per data point (``_Steps``)."""
+    (``like``: their current z, chain-major), with step sizes per data point (``_Steps``);
+    ``target(z)`` gives log p_0(z) and gap(z) per chain."""
 
-    def __init__(self, target: Callable[[Tensor, float], tuple[Tensor, Tensor]],
+    def __init__(self, target: Callable[[Tensor], tuple[Tensor, Tensor]],
                  leapfrog: int, chains: int, like: Tensor) -> None:
         self.target, self.leapfrog, self.chains = target, leapfrog, chains
         self.shape = (len(like),) + (1,) * (like.dim() - 1)  # one value per chain
         self.accepted, self.moves = 0.0, 0
 
-    def _grad(self, z: Tensor, beta: float) -> tuple[Tensor, Tensor, Tensor]:
-        """log f_beta(z), gap(z) and the gradient of log f_beta at z."""
+    def point(self, z: Tensor) -> _Point:
+        """``z`` with log p_0, gap and their gradients (the second backward pass is the
+        decoder's; the first, through log p_0 alone, is cheap)."""
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            log_f, g = self.target(z, beta)
-            (grad,) = torch.autograd.grad(log_f.sum(), z)
-        return log_f.detach(), g.detach(), grad
+            log_p0, gap = self.target(z)
+            (grad_p0,) = torch.autograd.grad(log_p0.sum(), z, retain_graph=True)
+            (grad_gap,) = torch.autograd.grad(gap.sum(), z)
+        return _Point(z.detach(), log_p0.detach(), gap.detach(), grad_p0, grad_gap)
 
-    def move(self, z: Tensor, beta: float, steps: _Steps | Tensor, index: int = 0
-             ) -> tuple[Tensor, Tensor]:
-        """One HMC transition leaving f_beta invariant: the new z and gap(z). ``steps``: the
-        step sizes (``_Steps``, move ``index``; or a tensor, one size per chain)."""
+    def move(self, start: _Point, beta: float, steps: _Steps | Tensor, index: int = 0
+             ) -> _Point:
+        """One HMC transition from ``start`` leaving f_beta invariant: the new point. ``steps``:
+        the step sizes (``_Steps``, move ``index``; or a tensor, one size per chain)."""
         sizes = steps.at(index).repeat(self.chains) if isinstance(steps, _Steps) else steps
-        log_f, g, grad = self._grad(z, beta)
+        z = start.z
         momentum = torch.randn_like(z)
         kinetic = 0.5 * momentum.flatten(1).pow(2).sum(-1)
         # Each move's step a uniform draw in [0.5, 1.5] x the point's: a fixed trajectory length
         # can be close to a multiple of a Gaussian direction's half period, where every move
         # nearly reverses the last and z^2 (the log-likelihood) barely mixes (Neal 2011).
         step = (sizes * torch.empty_like(sizes).uniform_(0.5, 1.5)).view(self.shape).to(z.dtype)
-        new, p = z, momentum + 0.5 * step * grad
+        new, p = start, momentum + 0.5 * step * start.grad(beta)
         for i in range(self.leapfrog):
-            new = new + step * p
-            new_log_f, new_g, new_grad = self._grad(new, beta)
+            new = self.point(new.z + step * p)
             if i < self.leapfrog - 1:
-                p = p + step * new_grad
-        p = p + 0.5 * step * new_grad
+                p = p + step * new.grad(beta)
+        p = p + 0.5 * step * new.grad(beta)
         new_kinetic = 0.5 * p.flatten(1).pow(2).sum(-1)
-        log_ratio = (new_log_f - new_kinetic) - (log_f - kinetic)
+        log_ratio = (new.log_f(beta) - new_kinetic) - (start.log_f(beta) - kinetic)
         accept = torch.rand_like(log_ratio).log() < log_ratio  # NaN: rejected
         if isinstance(steps, _Steps):
             steps.update(index, accept.view(self.chains, -1))
         self.accepted += accept.float().mean().item()
         self.moves += 1
-        return torch.where(accept.view(self.shape), new, z), torch.where(accept, new_g, g)
+        return new.where(accept, start)
 
     def acceptance(self) -> float:
         return self.accepted / self.moves if self.moves else math.nan

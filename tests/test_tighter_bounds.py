@@ -16,6 +16,9 @@ from vae_lightning.objectives.ciwae import CIWAE
 from vae_lightning.objectives.iwae import IWAE
 from vae_lightning.objectives.miwae import MIWAE, miwae_bound
 from vae_lightning.objectives.piwae import PIWAE
+from vae_lightning.parts import scored_sample
+from vae_lightning.posteriors.planar import Planar
+from vae_lightning.priors import VampPrior
 
 M, K = 3, 4
 
@@ -108,6 +111,37 @@ def test_piwae_trains_the_decoder_on_iwae_and_the_encoder_on_miwae(setup):
     differs = [n for n in piwae if n.startswith("encoder.")
                and not torch.allclose(iwae[n], miwae[n], atol=1e-4)]
     assert differs  # the two encoder gradients do differ: the split is seen
+
+
+def _piwae_two_passes(model, x, m, k):
+    """PIWAE's loss as the paper states it, by a second decoder pass at the detached samples:
+    -(IWAE(a_theta) + MIWAE(a) - MIWAE(a_theta)), a_theta reaching theta alone."""
+    q, p = model.encoder(x), model.prior.distribution()
+    z, log_qz = scored_sample(q, (m * k,))
+    log_w = model.decoder(z).log_prob(x) + p.log_prob(z) - log_qz
+    fixed = z.detach()
+    log_w_theta = model.decoder(fixed).log_prob(x) + p.log_prob(fixed) - log_qz.detach()
+    bound = iw_bound(log_w_theta) + miwae_bound(log_w, m) - miwae_bound(log_w_theta, m)
+    return -bound.mean()
+
+
+@pytest.mark.parametrize("parts", ["vamp", "planar"])
+def test_piwae_s_one_pass_gradients_are_those_of_the_two_pass_loss(parts):
+    """The rescaled gradients of PIWAE's one forward pass equal those of the loss with a second
+    decoder pass, also where the encoder reaches theta's side (the VampPrior's pseudo-inputs)
+    and where log q(z|x) comes with the draw (a flow)."""
+    torch.manual_seed(0)
+    model = (small_vae(latent=3, prior=VampPrior) if parts == "vamp"
+             else small_vae(latent=3, posterior=Planar(length=2)))
+    x = binary_images(16)
+    torch.manual_seed(5)
+    loss, _ = PIWAE(m=M, k=K).loss(model, x)
+    ours = _gradients(model, loss)
+    torch.manual_seed(5)
+    reference = _gradients(model, _piwae_two_passes(model, x, M, K))
+    assert ours.keys() == reference.keys()
+    for name, grad in ours.items():
+        assert_close(grad, reference[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("objective", [MIWAE(m=2, k=4), PIWAE(m=2, k=4), CIWAE(k=8)], ids=repr)

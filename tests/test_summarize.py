@@ -131,3 +131,49 @@ def test_the_plot_draws_a_line_per_setting_of_the_swept_keys(sweep, monkeypatch)
     summarize(sweep)
     assert sorted(drawn) == [([2, 5], [102.0, 105.0], "test, model.objective.beta=1"),
                              ([2, 5], [402.0, 405.0], "test, model.objective.beta=4")]
+
+
+EVAL = {"checkpoint": "/runs/sweep/0/checkpoints/last.ckpt", "split": "test", "k": 5000,
+        "n": 10000, "elbo": {"nats": 695.0, "nats_se": 1.0},
+        "iw": {"nats": 701.375, "nats_se": 1.25, "bits_per_dim": None, "bits_per_dim_se": None},
+        "ais": {"nats": 702.5, "nats_se": 1.5, "minus_iw": {"nats": 1.125, "nats_se": 0.25}}}
+
+
+def test_a_job_s_vae_eval_estimate_is_a_column_beside_its_bounds(sweep):
+    """Families compared one run each are compared by log p(x): each job's eval.json (vae-eval's
+    newest evaluation) gives the IW estimate with its standard error, the checkpoint, split, k
+    and points it was computed on, and AIS where it ran; a job not evaluated has empty cells."""
+    (sweep / "0" / "eval.json").write_text(json.dumps(EVAL))
+    table = summarize(sweep).splitlines()
+    assert table[0].endswith("| test/kl | eval/checkpoint | eval/split | eval/k | eval/n | "
+                             "eval/iw | eval/iw_se | eval/ais | eval/ais_se |")
+    assert table[3].endswith("| 29.75 | last.ckpt | test | 5000 | 10000 | 701.38 | 1.25 | "
+                             "702.50 | 1.50 |")  # job 0 (latent 5)
+    assert table[2].endswith("| 14.88 |  |  |  |  |  |  |  |  |")  # job 1: no eval.json
+    with open(sweep / "summary.csv") as f:
+        rows = {row["job"]: row for row in csv.DictReader(f)}
+    assert float(rows["0"]["eval/iw"]) == 701.375 and rows["1"]["eval/iw"] == ""
+    # Without AIS, no AIS columns; nor a standard error where the one evaluation has none.
+    (sweep / "0" / "eval.json").write_text(json.dumps(
+        {**EVAL, "n": 1, "ais": None, "iw": {"nats": 701.375, "nats_se": None}}))
+    table = summarize(sweep).splitlines()
+    assert "eval/ais" not in table[0] and "eval/iw_se" not in table[0]
+    assert table[3].endswith("| 1 | 701.38 |")
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"split": "test", "k": 5', ["is not JSON"]),
+    (json.dumps({**EVAL, "iw": {"nats": "high"}}), ["iw.nats='high' is not allowed",
+                                                    "a finite number"]),
+    (json.dumps({**EVAL, "k": 0}), ["k=0 is not allowed", "an integer >= 1"]),
+    (json.dumps({key: v for key, v in EVAL.items() if key != "iw"}), ["has no iw"]),
+])
+def test_an_eval_json_the_summary_cannot_show_is_one_error(content, words, sweep, capsys):
+    (sweep / "1" / "eval.json").write_text(content)
+    assert main([str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {sweep / '1' / 'eval.json'}") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, (word, err)
+    assert not (sweep / "summary.md").exists()

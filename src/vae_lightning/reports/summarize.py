@@ -6,7 +6,11 @@ with its status, tags and conditions (a job that did not complete is listed unde
 its message and left out of the plot), writes summary.md (a markdown table), summary.csv and
 summary.png (the bound on the training and test data against the latent size) into the
 directory, and prints the table. The training-set bound is shown when the results carry one
-(train/elbo).
+(train/elbo). Where a job has been evaluated by vae-eval (an eval.json beside its results.json,
+the newest evaluation), its importance-weighted log p(x) is shown too: eval/iw and its standard
+error, with the checkpoint, split, k and number of points it was computed on, and eval/ais where the
+evaluation ran AIS; so that families compared one run each are compared by log p(x), not only
+by their ELBO.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from vae_lightning.reports.json_files import finite, optional, strings, text, wh
 CONDITIONS = ("status", "tags", "data", "latent", "likelihood", "prior", "posterior", "objective",
               "seed", "epochs", "train_samples_seen")
 METRICS = ("train/elbo", "val/elbo", "test/elbo", "test/recon", "test/kl")
+# vae-eval's estimates, from a job's eval.json: column -> (the eval.json key, dotted)
+EVALUATION = {"eval/checkpoint": "checkpoint", "eval/split": "split", "eval/k": "k",
+              "eval/n": "n", "eval/iw": "iw.nats", "eval/iw_se": "iw.nats_se",
+              "eval/ais": "ais.nats", "eval/ais_se": "ais.nats_se"}
 
 
 class SummaryError(ValueError):
@@ -44,8 +52,8 @@ def load_results(root: Path) -> list[dict[str, Any]]:
     if not paths:
         raise SummaryError(f"no results.json under {str(root)!r}: point at a sweep directory "
                            "such as multirun/<date>/<time>.")
-    rows = [{"job": path.parent.relative_to(root).as_posix(), **read_results(path)}
-            for path in paths]
+    rows = [{"job": path.parent.relative_to(root).as_posix(), **read_results(path),
+             **read_evaluation(path.parent / rundir.EVAL)} for path in paths]
     return sorted(rows, key=lambda r: (r.get("latent") is None, r.get("latent") or 0))
 
 
@@ -68,6 +76,44 @@ def read_results(path: Path) -> dict[str, Any]:
                                   SummaryError, READ)
 
 
+def _mapping(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+# What the summary reads of an eval.json (vae-eval writes it; the estimates may be null where
+# there was a single point, or no discrete data for bits/dim, which is not read).
+READ_EVAL = {
+    "checkpoint": (optional(text), "the evaluated checkpoint's path, a string, or null"),
+    "split": (text, "a string (test, val, ...)"),
+    "k": (partial(whole, least=1), "an integer >= 1"),
+    "n": (partial(whole, least=0), "an integer >= 0"),
+    "iw": (_mapping, "an object with the estimate (nats, nats_se)"),
+    "iw.nats": (optional(finite), "a finite number or null"),
+    "iw.nats_se": (optional(finite), "a finite number or null"),
+    "ais": (optional(_mapping), "an object with the AIS estimate (nats, nats_se) or null"),
+    "ais.nats": (optional(finite), "a finite number or null"),
+    "ais.nats_se": (optional(finite), "a finite number or null"),
+}
+
+
+def read_evaluation(path: Path) -> dict[str, Any]:
+    """The ``EVALUATION`` columns of a job's ``eval.json`` (none where there is none), refused
+    (``SummaryError``) where the summary could not show it."""
+    if not path.exists():
+        return {}
+    found = json_files.read_object(path, "the job's eval.json (vae-eval's)",
+                                   "mend it or move it away, and summarize again", SummaryError,
+                                   READ_EVAL, required=("split", "k", "n", "iw"))
+    columns = {}
+    for column, key in EVALUATION.items():
+        node: Any = found
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            columns[column] = Path(node).name if column == "eval/checkpoint" else node
+    return columns
+
+
 def _settings(row: dict[str, Any]) -> dict[str, str]:
     """A job's command-line overrides as ``{key: value}`` (``+``/``++`` dropped)."""
     pairs = (item.split("=", 1) for item in row.get("overrides") or [] if "=" in item)
@@ -82,16 +128,16 @@ def swept(rows: list[dict[str, Any]]) -> list[str]:
     keys = dict.fromkeys(key for setting in settings for key in setting)
     differ = [key for key in keys if len({setting.get(key) for setting in settings}) > 1]
     shown = [[_cell(row.get(c)) for row in rows] for c in CONDITIONS]
-    return [key for key in differ if key not in ("job", *CONDITIONS, *METRICS)
+    return [key for key in differ if key not in ("job", *CONDITIONS, *METRICS, *EVALUATION)
             and [setting.get(key, "") for setting in settings] not in shown]
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The job, the conditions, the swept keys and the metrics that any row has, in a fixed
-    order."""
+    """The job, the conditions, the swept keys, the metrics and vae-eval's estimates that any
+    row has, in a fixed order."""
     present = {key for row in rows for key in row}
     return (["job"] + [key for key in CONDITIONS if key in present] + swept(rows)
-            + [key for key in METRICS if key in present])
+            + [key for key in (*METRICS, *EVALUATION) if key in present])
 
 
 def _with_settings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

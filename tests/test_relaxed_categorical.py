@@ -178,3 +178,73 @@ def test_an_empty_batch_is_an_empty_distribution(training):
     assert q.sample().shape == (0, 8) and family.location(q).shape == (0, 8)
     one = family(torch.zeros(1, family.n_params(8)))  # one point's is unchanged
     assert one.batch_shape == (1,) and family.location(one).shape == (1, 8)
+
+
+def _exp_concrete_log_density(y, logits, tau):
+    """log p(z) of z = exp(y) in float64 from y itself (Maddison et al. 2017, eq. 1 with
+    log z = y): log (K-1)! + (K-1) log tau + sum_k (log pi_k - (tau + 1) y_k)
+    - K logsumexp_i (log pi_i - tau y_i)."""
+    y, log_pi = y.double(), torch.log_softmax(logits.double(), -1)
+    k = y.shape[-1]
+    return (math.lgamma(k) + (k - 1) * math.log(tau) + (log_pi - (tau + 1) * y).sum(-1)
+            - k * torch.logsumexp(log_pi - tau * y, -1))
+
+
+def test_a_relaxed_draw_below_float32_s_range_is_scored_from_its_log_values():
+    """A confident block at tau = 0.5: its draws' smaller z_k are exactly 0 in float32, where
+    log z_k = -inf made log q(z) and log p(z) NaN. Drawn and scored in log space (the
+    ExpConcrete) both are finite and equal Maddison et al.'s density at z = exp(y), in float64;
+    draws as before (the same random numbers give the same z)."""
+    family, prior = model(7, continuous=1)  # one Gaussian dimension, two blocks of 3
+    family.at_step(100)  # tau at its floor, 0.5
+    params = torch.tensor([[0.3, -0.2, 0.0, -150.0, -300.0, 0.0, 80.0, -80.0]] * 4,
+                          requires_grad=True)
+    q, p = family(params), prior.distribution()
+    torch.manual_seed(0)
+    z = q.rsample((5,))
+    assert (z[..., 1:] == 0).any()  # underflowed
+    log_q, log_p = q.log_prob(z), p.log_prob(z)
+    assert torch.isfinite(log_q).all() and torch.isfinite(log_p).all()
+    torch.manual_seed(0)
+    q.parts[0].rsample((5,))  # the Gaussian part's draw comes first
+    y = q.parts[1].rsample_log((5,))  # the same draw, in log space
+    blocks = params[:, 2:].detach().unflatten(-1, (2, 3))
+    gaussian = q.parts[0].log_prob(z[..., :1]).double()
+    expected_q = gaussian + _exp_concrete_log_density(y, blocks, 0.5).sum(-1)
+    expected_p = (p.parts[0].log_prob(z[..., :1]).double()
+                  + _exp_concrete_log_density(y, torch.zeros(2, 3), 0.5).sum(-1))
+    torch.testing.assert_close(log_q.double(), expected_q, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(log_p.double(), expected_p, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(z[..., 1:], y.exp().flatten(-2))
+    (log_q - log_p).sum().backward()
+    assert torch.isfinite(params.grad).all()
+    # Any other z (a copy) is scored from itself, as torch does: here -inf - (-inf).
+    assert not torch.isfinite(q.log_prob(z.clone())).all()
+
+
+def test_where_nothing_underflows_the_log_space_scores_are_torch_s():
+    family, prior = model(6)
+    params = torch.randn(8, family.n_params(6))
+    q, p = family(params), prior.distribution()
+    z = q.rsample((3,))
+    for d in (q, p):
+        torch.testing.assert_close(d.log_prob(z), d.log_prob(z.clone()), rtol=1e-4, atol=1e-4)
+
+
+def test_an_iwae_step_on_confident_blocks_is_finite():
+    """model=gumbel trained on the IW bound (which scores relaxed draws under q and p) with an
+    encoder whose logits are 300 apart: the loss and its gradients are finite (were NaN)."""
+    from models import binary_images, small_vae
+
+    from vae_lightning.objectives.iwae import IWAE
+
+    family, prior = model(6)
+    family.at_step(100)
+    vae = small_vae(latent=6, posterior=family, prior=prior, objective=IWAE(k=5))
+    with torch.no_grad():
+        vae.encoder.net[-1].bias.copy_(torch.tensor([0.0, -150.0, -300.0] * 2))
+        vae.encoder.net[-1].weight.mul_(0.0)
+    loss, bound = vae.objective.loss(vae, binary_images(8))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(bound.elbo).all()
+    assert all(torch.isfinite(t.grad).all() for t in vae.parameters() if t.grad is not None)

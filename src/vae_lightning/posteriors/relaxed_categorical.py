@@ -10,6 +10,12 @@ Layout of z [..., latent]: ``continuous`` Gaussian dimensions first, then (laten
 - Training (``self.training``): each block is Concrete(pi, tau), z = softmax((log pi + g) / tau)
   with g ~ Gumbel(0, 1), differentiable in pi (``rsample``); density (Maddison et al. eq. 1 /
   Jang et al. eq. 3): p(z) = (K-1)! tau^(K-1) prod_k (pi_k z_k^(-tau-1)) / (sum_i pi_i z_i^-tau)^K.
+  Drawn in log space, y = log z = log_softmax((log pi + g) / tau) (the ExpConcrete), and scored
+  there, log p(z) = log p_ExpConcrete(y) - sum_k y_k, as Maddison et al. (Sec. 3.3 and C)
+  advise: a z_k below float32's range (a confident block at a low temperature, y_k < -103) is
+  exactly 0, where log z_k is -inf and both log q(z) and log p(z) would be NaN. The log values
+  of a family's last draw are kept (``Draws``) for the z it returned, so that q and the prior,
+  both built by the family, score that z from them; any other z is scored from itself.
 - Evaluation (``module.eval()``): each block is the discrete OneHotCategorical(pi), so log q and
   log p are exact probabilities of one-hot codes and the importance-weighted estimate is a valid
   bound on log p(x) of the model whose decoder reads one-hot codes (the relaxation is a training
@@ -24,6 +30,7 @@ a batch; kept in a buffer too, so that the temperature is the schedule's outside
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Annotated
 
 import torch
@@ -35,23 +42,59 @@ from vae_lightning.args import NonNegativeInt, PositiveFloat, Range, checked
 from vae_lightning.posteriors import Family, Gaussian
 
 
+class Draws:
+    """The log values y = log z of the relaxed blocks of a family's last draw, kept for the z
+    that draw returned (that very tensor: a copy, a view or another z is not it), so that
+    log q(z) and log p(z) are computed from y, finite where z_k underflowed to 0."""
+
+    def __init__(self) -> None:
+        self._z: weakref.ref | None = None
+        self._logs: list[Tensor | None] = []
+
+    def keep(self, z: Tensor, logs: list[Tensor | None]) -> None:
+        self._z, self._logs = weakref.ref(z), logs
+
+    def __getstate__(self) -> dict:  # a pickled model (DDP's spawn) keeps no draw
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def logs(self, z: Tensor) -> list[Tensor | None] | None:
+        """The parts' log values (None for a part not relaxed) if ``z`` is the last draw."""
+        return self._logs if self._z is not None and self._z() is z else None
+
+
 class JointLatent(Distribution):
     """Independent parts over consecutive slices of z: ``parts`` a list of distributions, each
     with event shape [width]; ``logits`` [..., blocks, K] of the categorical parts (for the
-    analytic KL, ``priors.categorical``)."""
+    analytic KL, ``priors.categorical``); ``draws``, the family's ``Draws`` (shared by its
+    posterior and its prior)."""
 
     arg_constraints: dict = {}
     has_rsample = True
 
-    def __init__(self, parts: list[Distribution], logits: Tensor | None) -> None:
-        self.parts, self.logits = parts, logits
+    def __init__(self, parts: list[Distribution], logits: Tensor | None,
+                 draws: Draws | None = None) -> None:
+        self.parts, self.logits, self.draws = parts, logits, draws
         self.widths = [p.event_shape[-1] for p in parts]
         super().__init__(parts[0].batch_shape, torch.Size([sum(self.widths)]),
                          validate_args=False)
 
     def _draw(self, shape: torch.Size | tuple[int, ...], grad: bool) -> Tensor:
-        return torch.cat([p.rsample(shape) if grad and p.has_rsample else p.sample(shape)
-                          for p in self.parts], -1)
+        values, logs = [], []
+        for p in self.parts:
+            if isinstance(p, Flat) and p.relaxed:
+                y = p.rsample_log(shape)
+                values.append(y.exp().flatten(-2))  # as torch's draw: exp of the ExpConcrete
+                logs.append(y)
+            else:
+                values.append(p.rsample(shape) if grad and p.has_rsample else p.sample(shape))
+                logs.append(None)
+        z = torch.cat(values, -1)
+        if self.draws is not None and any(y is not None for y in logs):
+            self.draws.keep(z, logs)
+        return z
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Reparameterized where the parts are (training); exact discrete draws in evaluation."""
@@ -62,7 +105,11 @@ class JointLatent(Distribution):
             return self._draw(sample_shape, grad=False)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        return sum(p.log_prob(s) for p, s in zip(self.parts, z.split(self.widths, -1)))
+        logs = self.draws.logs(z) if self.draws is not None else None
+        if logs is None:
+            return sum(p.log_prob(s) for p, s in zip(self.parts, z.split(self.widths, -1)))
+        return sum(p.log_prob(s) if y is None else p.log_prob_log(y)
+                   for p, s, y in zip(self.parts, z.split(self.widths, -1), logs))
 
     @property
     def mean(self) -> Tensor:
@@ -96,6 +143,17 @@ class Flat(D.Independent):
         super().__init__(block, 1, validate_args=False)
         self.width = block.batch_shape[-1] * block.event_shape[-1]
         self._event_shape = torch.Size([self.width])
+        self.relaxed = isinstance(block, D.RelaxedOneHotCategorical)
+
+    def rsample_log(self, sample_shape=()) -> Tensor:
+        """A relaxed draw in log space, y = log z ``[..., blocks, K]`` (the ExpConcrete under
+        torch's Concrete: its z is exp(y), drawn from the same random numbers)."""
+        return self.base_dist.base_dist.rsample(sample_shape)
+
+    def log_prob_log(self, y: Tensor) -> Tensor:
+        """log p(z) of the relaxed z = exp(y) from y: the ExpConcrete's log-density minus the
+        log-Jacobian of exp, sum_k y_k (finite where z_k is 0 in float32), summed over blocks."""
+        return (self.base_dist.base_dist.log_prob(y) - y.sum(-1)).sum(-1)
 
     def rsample(self, sample_shape=()) -> Tensor:
         return self.base_dist.rsample(sample_shape).flatten(-2)
@@ -123,6 +181,7 @@ class RelaxedCategorical(Family, nn.Module):
         self.temperature, self.temperature_min = temperature, temperature_min
         self.anneal_rate = anneal_rate
         self.gaussian = Gaussian()
+        self.draws = Draws()  # the last relaxed draw's log values (the module's docstring)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def at_step(self, step: int) -> None:
@@ -152,7 +211,7 @@ class RelaxedCategorical(Family, nn.Module):
         logits = logits.unflatten(-1, (-1, self.categories))
         parts = [self.gaussian(gaussian)] if self.continuous else []
         parts.append(categorical_blocks(logits, self.tau() if self.training else None))
-        return JointLatent(parts, logits)
+        return JointLatent(parts, logits, self.draws)
 
     def bind(self, prior: nn.Module) -> None:
         if "one_hot_blocks" not in prior.features:  # parts.FEATURES

@@ -62,7 +62,7 @@ class UniformCategorical(Prior):
         logits = self.anchor.new_zeros(blocks, family.categories)
         parts = [self.normal()] if family.continuous else []
         parts.append(categorical_blocks(logits, family.tau() if family.training else None))
-        return JointLatent(parts, logits)
+        return JointLatent(parts, logits, family.draws)  # scores q's last draw from its logs
 
 
     def normal(self) -> Distribution:

@@ -737,6 +737,60 @@ def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path,
     assert not (tmp_path / "c" / "eval.json").exists()
 
 
+def test_a_stopped_ais_goes_on_where_it_stopped_to_the_same_numbers(checkpoint, tmp_path,
+                                                                   monkeypatch, caplog):
+    """vae-eval with AIS killed after 1 of its 2 AIS batches (the IW estimate done): run again,
+    it takes up the IW estimate's batches and AIS's first, runs AIS on the second only and gives
+    the numbers of an uninterrupted run, its time whole; both progress files are gone once
+    eval.json is written. A tampered AIS progress file is set aside and AIS starts over."""
+    from vae_lightning import ais as ais_module
+
+    base = [f"ckpt_path={checkpoint}", "eval.k=10", "eval.device=cpu", "eval.limit=12",
+            "eval.batch_size=6", "eval.ais_steps=10", "eval.ais_chains=2",
+            "eval.ais_leapfrog=2"]
+    whole = run_eval(_eval_cfg([*base, f"output_dir={tmp_path / 'whole'}"]))
+    out = tmp_path / "stopped"
+    save = ais_module.Progress.save
+
+    def save_then_stop(self, done, parts, device, seconds=0.0):
+        save(self, done, parts, device, seconds)
+        raise _Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ais_module.Progress, "save", save_then_stop)
+        with pytest.raises(_Killed):
+            run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+    progress = out / "eval.ais-progress.pt"
+    assert progress.is_file() and (out / "eval.progress.pt").is_file()
+    saved = torch.load(progress, weights_only=True)
+    assert saved["done"] == 1 and saved["seconds"] > 0
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for name in ("eval.progress.pt", "eval.ais-progress.pt"):
+        (tampered / name).write_bytes((out / name).read_bytes())
+    calls, anneal = [], ais_module.ais
+    with monkeypatch.context() as patched:
+        patched.setattr(ais_module, "ais",  # the batches annealed (not the 3-step timing)
+                        lambda *a, **k: calls.append(k["steps"]) or anneal(*a, **k))
+        with caplog.at_level("INFO"):
+            resumed = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+    assert calls.count(10) == 1 and "Going on with AIS after its first 1 batches" in caplog.text
+    assert resumed["ais"]["nats"] == whole["ais"]["nats"]
+    assert resumed["ais"]["minus_iw"] == whole["ais"]["minus_iw"]
+    assert (resumed["ais"]["ess_min"], resumed["ais"]["acceptance"]) == (
+        whole["ais"]["ess_min"], whole["ais"]["acceptance"])
+    assert resumed["ais"]["seconds"] >= saved["seconds"]
+    assert not progress.exists() and not (out / "eval.progress.pt").exists()
+    # One whose acceptance rate is not a rate: kept aside, AIS from the start, the same numbers.
+    saved["parts"]["acceptance"][0] = 2.0
+    torch.save(saved, tampered / "eval.ais-progress.pt")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = run_eval(_eval_cfg([*base, f"output_dir={tampered}"]))
+    assert "acceptance rate" in caplog.text and (tampered / "eval.ais-progress-2.pt").is_file()
+    assert again["ais"]["nats"] == whole["ais"]["nats"]
+
+
 def test_the_ais_time_is_counted_with_the_iw_estimates_against_max_hours(checkpoint, tmp_path,
                                                                          monkeypatch):
     """eval.max_hours bounds the evaluation: an IW estimate of 15 hours and AIS of 15 hours

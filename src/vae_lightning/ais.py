@@ -34,6 +34,8 @@ the classes summed, log sum_y p(y) p^(x|y), as ``vae-eval`` does for the IW esti
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -43,7 +45,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from vae_lightning import log_likelihood
+from vae_lightning.errors import ConfigError
 from vae_lightning.parts import Parts, confined_space
+
+log = logging.getLogger(__name__)
 
 Start = Literal["prior", "posterior"]
 Schedule = Literal["sigmoid", "linear"]
@@ -375,23 +381,65 @@ def _labels_for(model: Parts, x: Tensor, y: Tensor | None) -> Tensor | None:
     return y
 
 
+class Progress(log_likelihood.Progress):
+    """Where an AIS over many batches stands (``over_batches``), saved after each batch, so that
+    a stopped ``vae-eval eval.ais_steps=...`` goes on from there, to the same numbers: per
+    batch, the points' estimates, the fewest effective chains of a point and the mean
+    acceptance rate (as ``log_likelihood.Progress`` keeps the IW estimate's batches, checked
+    the same way before it is trusted)."""
+
+    PARTS = ("log_px", "ess_min", "acceptance")
+    ON_DEVICE = ()
+
+    @staticmethod
+    def inconsistency(done: int, parts: dict[str, list]) -> str | None:
+        if not all(len(parts[name]) == done for name in Progress.PARTS):
+            return "its lists of results do not hold one entry per batch done"
+        for i in range(done):
+            log_px, ess, acceptance = (parts[name][i] for name in Progress.PARTS)
+            if not (isinstance(log_px, Tensor) and log_px.is_floating_point()
+                    and log_px.dim() == 1 and len(log_px) > 0
+                    and not bool(torch.isnan(log_px).any()) and bool((log_px < math.inf).all())):
+                return f"batch {i}'s estimates are not one number (not NaN or +inf) per point"
+            if not (isinstance(ess, float) and ess >= 1 - 1e-6 and isinstance(acceptance, float)
+                    and (math.isnan(acceptance) or 0 <= acceptance <= 1)):  # NaN: no move
+                return (f"batch {i}'s fewest effective chains (at least 1) or acceptance rate "
+                        "(between 0 and 1) is not a number in its range")
+        return None
+
+
 def over_batches(model: Parts, batches: Iterable[tuple[Tensor, Tensor | None]], steps: int,
-                 chains: int = 8, leapfrog: int = 10, start: Start = "posterior"
-                 ) -> dict[str, Any]:
+                 chains: int = 8, leapfrog: int = 10, start: Start = "posterior",
+                 progress: Progress | None = None) -> dict[str, Any]:
     """AIS of every point of ``batches`` (``(x, y)`` as the data modules serve them): the
     per-point estimates ``log_px`` (``[n]``, on the CPU), the smallest effective number of
-    chains of any point (``ess_min``), the mean acceptance rate and the seconds taken."""
+    chains of any point (``ess_min``), the mean acceptance rate and the seconds taken (over
+    every run that took part). ``progress``: where the batches done are kept and gone on from
+    (``Progress``; the batches done are still drawn, so that data drawn afresh stay in step,
+    and each must hold as many points as the file keeps of it)."""
+    parts: dict[str, list] = {name: [] for name in Progress.PARTS}
+    done, earlier = 0, 0.0
+    batches = iter(batches)
+    if progress is not None and (restored := progress.load(torch.device("cpu"))) is not None:
+        done, parts, earlier = restored
+        for i, (x, _) in enumerate(itertools.islice(batches, done)):
+            if len(x) != len(parts["log_px"][i]):
+                raise ConfigError(f"{progress.path} does not fit this evaluation (its batch {i} "
+                                 f"holds {len(parts['log_px'][i])} points, and the data's "
+                                 f"{len(x)}): delete it to run AIS from the start.")
+        log.info("Going on with AIS after its first %d batches (%s).", done, progress.path)
     began = time.perf_counter()
-    estimates, ess, acceptance = [], [], []
-    for x, y in batches:
+    for i, (x, y) in enumerate(batches, start=done):
         result = ais(model, x, steps=steps, chains=chains, leapfrog=leapfrog, start=start,
                      y=_labels_for(model, x, y))
-        estimates.append(result.log_px.cpu())
-        ess.append(result.ess.min().item())
-        acceptance.append(result.acceptance)
-    return {"log_px": torch.cat(estimates), "ess_min": min(ess),
-            "acceptance": sum(acceptance) / len(acceptance),
-            "seconds": time.perf_counter() - began}
+        parts["log_px"].append(result.log_px.cpu())
+        parts["ess_min"].append(result.ess.min().item())
+        parts["acceptance"].append(float(result.acceptance))
+        if progress is not None:
+            progress.save(i + 1, parts, x.device, earlier + time.perf_counter() - began)
+    return {"log_px": torch.cat(parts["log_px"]), "ess_min": min(parts["ess_min"]),
+            "acceptance": sum(parts["acceptance"]) / len(parts["acceptance"]),
+            "seconds": earlier + time.perf_counter() - began}
 
 
 def hours(model: Parts, batch: tuple[Tensor, Tensor | None], points: int, steps: int,

@@ -250,10 +250,11 @@ class Evaluation:
         points = len(loader.sampler.shard()) if self.limit is None else min(
             self.limit, len(loader.sampler.shard()))
         # A stopped evaluation of this checkpoint with these settings goes on where it stopped.
-        progress = log_likelihood.Progress(rundir.path(out, "eval_progress"), {
-            "checkpoint_sha256": samplers.digest(ckpt_path), "k": self.k, "seed": seed,
-            "split": self.split, "limit": self.limit, "batch_size": self.batch_size,
-            "data_source": source})
+        identity = {"checkpoint_sha256": samplers.digest(ckpt_path), "seed": seed,
+                    "split": self.split, "limit": self.limit, "batch_size": self.batch_size,
+                    "data_source": source}
+        progress = log_likelihood.Progress(rundir.path(out, "eval_progress"),
+                                           {**identity, "k": self.k})
         annealing = False  # AIS's timed run, whose memory is not the IW estimate's
         try:
             iw_hours = log_likelihood.refuse_unfinishable(model, next(batches()), points,
@@ -304,9 +305,12 @@ class Evaluation:
                 results[name]["bits_per_dim"] = results[name]["bits_per_dim_se"] = None
         if annealed_from is not None:
             try:
+                ais_progress = ais.Progress(rundir.path(out, "ais_progress"), {
+                    **identity, "steps": self.ais_steps, "chains": self.ais_chains,
+                    "leapfrog": self.ais_leapfrog, "start": annealed_from})
                 results["ais"] = self._ais(model, batches(f"AIS, {self.ais_steps} steps"),
                                            annealed_from, seed, discrete,
-                                           estimates["iw_per_point"])
+                                           estimates["iw_per_point"], ais_progress)
             except torch.OutOfMemoryError:
                 raise ConfigError(self._ais_out_of_memory()) from None
         if hasattr(model.objective, "classify"):  # a semi-supervised model's q(y|x) (M2)
@@ -334,6 +338,8 @@ class Evaluation:
         _keep_what_is_replaced(path, results)
         rundir.write_json(path, results)
         progress.remove()
+        if annealed_from is not None:
+            ais_progress.remove()
         results["path"] = str(path)
         return results
 
@@ -372,7 +378,7 @@ class Evaluation:
         return start
 
     def _ais(self, model: VAE, batches: Any, start: str, seed: int, discrete: bool,
-             iw: Tensor) -> dict[str, Any]:
+             iw: Tensor, progress: ais.Progress | None = None) -> dict[str, Any]:
         """eval.json's ``ais``: the AIS estimate of log p(x) over the points, with its standard
         error (over the points), what it was run with, and ``minus_iw``: the mean over the points
         of AIS minus the IW estimate ``iw`` (per point, the same points in the same order) with
@@ -380,7 +386,7 @@ class Evaluation:
         a paired difference removes: it says whether AIS is the tighter bound."""
         torch.manual_seed(seed)
         found = ais.over_batches(model, batches, self.ais_steps, self.ais_chains,
-                                 self.ais_leapfrog, start)
+                                 self.ais_leapfrog, start, progress)
         dims = math.prod(model.data_shape)
         estimate = asdict(Estimate.of(found["log_px"], dims))
         paired = asdict(Estimate.of(found["log_px"].double() - iw.double(), dims))

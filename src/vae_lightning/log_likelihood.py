@@ -73,7 +73,12 @@ class Progress:
     gave, the random state after the last of them and the seconds spent on them (so that the
     evaluation's time is reported whole). The file is read as plain tensors
     (``weights_only``) and trusted for nothing more: one that does not parse, belongs to another
-    evaluation or does not add up is set aside with a warning and the evaluation starts over."""
+    evaluation or does not add up is set aside with a warning and the evaluation starts over.
+    ``PARTS``: the lists of per-batch results it keeps (``ON_DEVICE``: those kept on the
+    model's device); ``inconsistency``: what does not add up in them."""
+
+    PARTS: tuple[str, ...] = _PARTS
+    ON_DEVICE: tuple[str, ...] = _ON_DEVICE
 
     def __init__(self, path: str | Path, key: dict[str, Any]) -> None:
         # As plain values (strings for the rest), which a weights_only load reads back.
@@ -83,7 +88,7 @@ class Progress:
         """The number of batches done, their results (on ``device``) and the seconds they took
         (0 when a file of an earlier version does not say), with the random state restored;
         None when there is nothing to go on from. What the file holds is checked as far as it
-        can be without the batches (``_inconsistency``); ``evaluate`` checks the rest against
+        can be without the batches (``inconsistency``); ``evaluate`` checks the rest against
         the batches as it replays them. A file of another evaluation is set aside (kept beside,
         ``set_aside``), and one set aside earlier that is of this evaluation is gone on from:
         a quick eval.k=100 check between two runs of a stopped k = 5000 evaluation replaced
@@ -113,24 +118,28 @@ class Progress:
             seconds = state.get("seconds", 0.0)
             fits = (state["key"] == self.key and isinstance(done, int) and done > 0
                     and isinstance(seconds, float) and seconds >= 0
-                    and set(parts) == set(_PARTS)
-                    and all(isinstance(parts[name], list) for name in _PARTS)
-                    and len(parts["iws"]) == len(parts["elbos"]) == len(parts["means"]) == done
+                    and set(parts) == set(self.PARTS)
+                    and all(isinstance(parts[name], list) for name in self.PARTS)
                     and isinstance(rng["cpu"], Tensor))
-            if fits and (wrong := _inconsistency(done, parts)):
+            if fits and (wrong := self.inconsistency(done, parts)):
                 fits, why = False, wrong
         except Exception:  # noqa: BLE001 - any unreadable file: start over, say so
             fits = False
         return (state if fits else None), why
 
     @staticmethod
-    def _restore(state: dict[str, Any], device: torch.device
+    def inconsistency(done: int, parts: dict[str, list]) -> str | None:
+        """What does not add up in the ``done`` batches' ``parts``, in words (None: nothing
+        found)."""
+        return _inconsistency(done, parts)
+
+    def _restore(self, state: dict[str, Any], device: torch.device
                  ) -> tuple[int, dict[str, list], float]:
         done, parts, rng = state["done"], state["parts"], state["rng"]
         torch.set_rng_state(rng["cpu"])
         if device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], device)
-        for name in _ON_DEVICE:
+        for name in self.ON_DEVICE:
             parts[name] = [t.to(device) if isinstance(t, Tensor) else t for t in parts[name]]
         return done, parts, state.get("seconds", 0.0)
 
@@ -178,6 +187,8 @@ def _inconsistency(done: int, parts: dict[str, list]) -> str | None:
     log-weights: log mean exp >= mean, Jensen; a little float32 rounding allowed), and the
     posterior means and parameters one row per point, the same width in every batch; all of
     them, and the KL divergences, finite."""
+    if not len(parts["iws"]) == len(parts["elbos"]) == len(parts["means"]) == done:
+        return "its lists of results do not hold one entry per batch done"
     if (len(parts["params"]) not in (0, done) or len(parts["divergences"]) not in (0, done)
             or len(parts["kls"]) not in (0, done)):
         return "its lists of results do not hold one entry per batch done"

@@ -47,6 +47,7 @@ RESULTS = "results.json"
 CURVE = "curve.json"
 EVAL = "eval.json"
 EVAL_PROGRESS = "eval.progress.pt"  # a vae-eval's batches done so far (log_likelihood.Progress)
+AIS_PROGRESS = "eval.ais-progress.pt"  # its AIS's batches done so far (ais.Progress)
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 FIGURES = "figures"
@@ -55,8 +56,8 @@ HYDRA = ".hydra"
 CONFIG_TREE = "config_tree.log"  # the resolved config, with extras.print_config
 LAST_KEYWORD = "last"  # ckpt_path=last
 LAYOUT = {"results": RESULTS, "curve": CURVE, "eval": EVAL, "eval_progress": EVAL_PROGRESS,
-          "checkpoints": CHECKPOINTS, "figures": FIGURES, "samples": SAMPLES,
-          "config_tree": CONFIG_TREE}
+          "ais_progress": AIS_PROGRESS, "checkpoints": CHECKPOINTS, "figures": FIGURES,
+          "samples": SAMPLES, "config_tree": CONFIG_TREE}
 
 
 def kept_evaluation(eval_json: Path, split: str | None = None, k: int | None = None,

@@ -159,6 +159,13 @@ def test_a_job_s_vae_eval_estimate_is_a_column_beside_its_bounds(sweep):
     table = summarize(sweep).splitlines()
     assert "eval/ais" not in table[0] and "eval/iw_se" not in table[0]
     assert table[3].endswith("| 1 | 701.38 |")
+    # What the estimates bound, where it is not log p(x): a conditional model's log p(x|y).
+    (sweep / "1" / "eval.json").write_text(json.dumps({**EVAL, "bound_of": "log p(x)"}))
+    assert "eval/bound_of" not in summarize(sweep).splitlines()[0]
+    (sweep / "1" / "eval.json").write_text(json.dumps({**EVAL, "bound_of": "log p(x|y), ..."}))
+    table = summarize(sweep).splitlines()
+    assert table[0].endswith("| eval/bound_of |") and table[2].endswith("| log p(x|y), ... |")
+    assert table[3].endswith("|  |")
 
 
 @pytest.mark.parametrize("content, words", [
@@ -177,3 +184,35 @@ def test_an_eval_json_the_summary_cannot_show_is_one_error(content, words, sweep
     for word in words:
         assert word in err, (word, err)
     assert not (sweep / "summary.md").exists()
+
+
+def test_the_plot_does_not_average_different_model_families(sweep, monkeypatch):
+    """A sweep over objectives and priors (columns of their own, so no swept-key column): one
+    line per family, not the mean of four models at each latent size; seeds are averaged."""
+    from vae_lightning.reports import summarize as module
+
+    jobs = [(objective, prior, seed) for objective in ("elbo", "iwae") for prior in
+            ("normal", "mog") for seed in (0, 1)]
+    for num, (objective, prior, seed) in enumerate(jobs):
+        (sweep / str(num)).mkdir(exist_ok=True)
+        value = {"elbo": 100.0, "iwae": 200.0}[objective] + {"normal": 0, "mog": 10}[prior]
+        (sweep / str(num) / "results.json").write_text(json.dumps(
+            {"latent": 20, "objective": objective, "prior": prior, "seed": seed,
+             "test/elbo": value + seed, "overrides": [f"model/objective={objective}",
+                                                      f"model/prior={prior}", f"seed={seed}"]}))
+    drawn = []
+    plt = module.pyplot()
+    real_subplots = plt.subplots
+
+    def subplots(*args, **kwargs):
+        fig, ax = real_subplots(*args, **kwargs)
+        real_plot = ax.plot
+        ax.plot = lambda x, y, **kw: drawn.append((list(y), kw["label"])) or real_plot(x, y, **kw)
+        return fig, ax
+
+    monkeypatch.setattr(plt, "subplots", subplots)
+    summarize(sweep)
+    assert sorted(drawn) == [([100.5], "test, prior=normal, objective=elbo"),
+                             ([110.5], "test, prior=mog, objective=elbo"),
+                             ([200.5], "test, prior=normal, objective=iwae"),
+                             ([210.5], "test, prior=mog, objective=iwae")]

@@ -31,10 +31,11 @@ from vae_lightning.reports.json_files import finite, optional, strings, text, wh
 CONDITIONS = ("status", "tags", "data", "latent", "likelihood", "prior", "posterior", "objective",
               "seed", "epochs", "train_samples_seen")
 METRICS = ("train/elbo", "val/elbo", "test/elbo", "test/recon", "test/kl")
+MODEL = ("data", "likelihood", "prior", "posterior", "objective")  # a line each in the plot
 # vae-eval's estimates, from a job's eval.json: column -> (the eval.json key, dotted)
 EVALUATION = {"eval/checkpoint": "checkpoint", "eval/split": "split", "eval/k": "k",
               "eval/n": "n", "eval/iw": "iw.nats", "eval/iw_se": "iw.nats_se",
-              "eval/ais": "ais.nats", "eval/ais_se": "ais.nats_se"}
+              "eval/ais": "ais.nats", "eval/ais_se": "ais.nats_se", "eval/bound_of": "bound_of"}
 
 
 class SummaryError(ValueError):
@@ -84,6 +85,7 @@ def _mapping(value: Any) -> bool:
 # there was a single point, or no discrete data for bits/dim, which is not read).
 READ_EVAL = {
     "checkpoint": (optional(text), "the evaluated checkpoint's path, a string, or null"),
+    "bound_of": (optional(text), "what the estimates bound, a string, or null"),
     "split": (text, "a string (test, val, ...)"),
     "k": (partial(whole, least=1), "an integer >= 1"),
     "n": (partial(whole, least=0), "an integer >= 0"),
@@ -109,6 +111,8 @@ def read_evaluation(path: Path) -> dict[str, Any]:
         node: Any = found
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
+        if column == "eval/bound_of" and node == "log p(x)":
+            continue  # said only where it is not (a conditional model's log p(x|y))
         if node is not None:
             columns[column] = Path(node).name if column == "eval/checkpoint" else node
     return columns
@@ -177,25 +181,31 @@ def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """The bound (train and test, where present) against the latent size, one point per
     completed job and a line through the mean at each latent size, one line per setting of the
-    other swept keys (jobs of different settings are not averaged together)."""
+    other swept keys and of the model's parts that differ between the jobs (``MODEL``): jobs of
+    different models or settings are not averaged together; jobs that differ only in their
+    seed are."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.set_xscale("log")
     ax.minorticks_off()
+    parts = [key for key in MODEL if len({_cell(r.get(key)) for r in rows}) > 1]
     keys = [key for key in swept(rows) if key != "model.latent"]
-    groups = dict.fromkeys(tuple(_settings(r).get(key) for key in keys) for r in rows)
+
+    def setting(row: dict[str, Any]) -> tuple:
+        return (*(_cell(row.get(k)) for k in parts), *(_settings(row).get(k) for k in keys))
+
+    groups = dict.fromkeys(setting(r) for r in rows)
     ticks = set()
     for key, label in (("train/elbo", "train"), ("test/elbo", "test")):
         for group in groups:
             points = [(r["latent"], r[key]) for r in rows
                       if r.get(key) is not None and "latent" in r
-                      and r.get("status", "completed") == "completed"
-                      and tuple(_settings(r).get(k) for k in keys) == group]
+                      and r.get("status", "completed") == "completed" and setting(r) == group]
             if not points:
                 continue
             latents = sorted({latent for latent, _ in points})
             means = [mean(v for n, v in points if n == latent) for latent in latents]
-            name = ", ".join([label] + [f"{k}={v}" for k, v in zip(keys, group)])
+            name = ", ".join([label] + [f"{k}={v}" for k, v in zip([*parts, *keys], group)])
             (line,) = ax.plot(latents, means, marker="o", label=name)
             ax.scatter(*zip(*points), color=line.get_color(), s=12, alpha=0.5)
             ticks |= set(latents)

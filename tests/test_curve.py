@@ -293,3 +293,40 @@ def test_training_time_is_summed_over_the_runs_a_resume_continues(tmp_path, monk
                 train(_frey(tmp_path, *overrides))
         else:
             assert train(_frey(tmp_path, *overrides))["seconds_total"] is None
+
+
+def test_a_sigterm_ends_the_run_without_the_curve_s_passes_over_whole_splits(tmp_path,
+                                                                             monkeypatch):
+    """A run resumed for a second epoch gets SIGTERM in its first step: Lightning ends it
+    there, and the curve's points due after it (its final pass over whole splits included,
+    which outlasted a scheduler's grace period on large data) are left out, so that it ends at
+    once; resumed again, it ends as usual."""
+    from vae_lightning.data.datamodules import VAEDataModule
+    from vae_lightning.errors import Interrupted
+
+    curve = ["callbacks.bound_curve.start=200", "callbacks.bound_curve.points_per_decade=20",
+             "data.val_size=0"]
+    first = train(_frey(tmp_path, *curve, "trainer.max_epochs=1"))
+    kept = json.loads((tmp_path / "curve.json").read_text())["points"]
+    assert kept[-1]["samples_seen"] == first["train_samples_seen"] == 1765
+    passes = []
+    batches = VAEDataModule.evaluation_batches
+
+    def counted(self, split, *args, **kwargs):
+        passes.append(split)
+        return batches(self, split, *args, **kwargs)
+
+    monkeypatch.setattr(VAEDataModule, "evaluation_batches", counted)
+    resume = [*curve, "trainer.max_epochs=2", f"ckpt_path={tmp_path}/checkpoints/last.ckpt"]
+    term = ["+callbacks.term._target_=fault_injection.SigtermAt", "+callbacks.term.fn=fit",
+            "+callbacks.term.hook=on_train_batch_start"]
+    with pytest.raises(Interrupted):
+        train(_frey(tmp_path, *resume, *term))
+    # A point was due at 10^(65/20) = 1778 samples, reached by that step (1865): left out, as
+    # the final one.
+    assert passes == []
+    assert json.loads((tmp_path / "curve.json").read_text())["points"] == kept
+    results = train(_frey(tmp_path, *resume))
+    points = json.loads((tmp_path / "curve.json").read_text())["points"]
+    assert points[-1]["samples_seen"] == results["train_samples_seen"] == 2 * 1765
+    assert len(passes) > 0

@@ -13,8 +13,9 @@ of training samples seen, and the training length in samples seen.
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 import lightning as L
@@ -25,14 +26,21 @@ from vae_lightning.args import PositiveInt, Range, checked, fail
 from vae_lightning.checkpoints import RunConfig
 from vae_lightning.files import atomic_write
 
+log = logging.getLogger(__name__)
+
 
 def split_elbo(model: L.LightningModule, datamodule: L.LightningDataModule, split: str,
-               batch_size: int, points: torch.Tensor | None = None) -> torch.Tensor:
+               batch_size: int, points: torch.Tensor | None = None,
+               stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
     """The ELBO of each data point of ``split`` (of the points of index ``points``; given its
     label, for a conditional model), ``batch_size`` points at a time (``evaluation_batches``)
-    on the model's device."""
-    return torch.cat([model.bound(xs, ys).elbo for xs, ys in datamodule.evaluation_batches(
-        split, batch_size, model.device, points=points)])
+    on the model's device; None where ``stop()`` turns true before a batch."""
+    elbos = []
+    for xs, ys in datamodule.evaluation_batches(split, batch_size, model.device, points=points):
+        if stop is not None and stop():
+            return None
+        elbos.append(model.bound(xs, ys).elbo)
+    return torch.cat(elbos)
 
 class BoundCurve(L.Callback):
     """Evaluate the ELBO (nats per data point) on ``splits`` at log-spaced samples seen: on
@@ -67,19 +75,29 @@ class BoundCurve(L.Callback):
         seen = pl_module.samples_seen
         if seen < self.threshold(self._next):
             return
+        due = self._next
         while self.threshold(self._next) <= seen:
             self._next += 1
-        self.evaluate(trainer, pl_module)
+        if not self.evaluate(trainer, pl_module):
+            self._next = due  # left out: a resumed run makes it at its first batch
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.points or self.points[-1]["samples_seen"] != pl_module.samples_seen:
             self.evaluate(trainer, pl_module)
 
     @torch.no_grad()
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Append the bound of each split at the current samples seen; log it; write the file."""
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Append the bound of each split at the current samples seen; log it; write the file.
+        Not after a SIGTERM (nor past one received during the pass, between two batches): the
+        run is to end, and a pass over whole splits can outlast a scheduler's grace period; the
+        point is left out (False)."""
         if not trainer.is_global_zero:
-            return
+            return True
+        stop = lambda: trainer.received_sigterm  # noqa: E731
+        if stop():
+            log.info("SIGTERM received: the curve point at %d samples seen is left out.",
+                     pl_module.samples_seen)
+            return False
         training = pl_module.training
         pl_module.eval()
         device = pl_module.device
@@ -89,15 +107,22 @@ class BoundCurve(L.Callback):
             for split in self.splits:
                 dm = self._split(trainer, split)
                 elbo = split_elbo(pl_module, dm, split, self.batch_size,
-                                  self._points(len(dm.splits[split][0])))
+                                  self._points(len(dm.splits[split][0])), stop)
+                if elbo is None:
+                    break
                 self._sizes[split] = len(elbo)
                 point[f"{split}/elbo"] = elbo.double().mean().item()
         pl_module.train(training)
+        if stop():
+            log.info("SIGTERM received during the curve's pass: the point at %d samples seen "
+                     "is left out.", pl_module.samples_seen)
+            return False
         self.points.append(point)
         metrics = {f"curve/{key.replace('/', '_')}": value for key, value in point.items()}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         self._write(trainer, pl_module)
+        return True
 
     def _points(self, size: int) -> torch.Tensor | None:
         """Which points of a split of ``size`` are evaluated: all, or ``max_points`` of them

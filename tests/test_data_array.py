@@ -653,3 +653,31 @@ def test_images_of_channels_no_picture_shows_train_and_get_no_pictures(tmp_path)
     with pytest.raises(ConfigError, match=r"traverse=true: the images have 2 channels"):
         sample_config([f"ckpt_path={checkpoint}", "n=3", "device=cpu", "traverse=true",
                        f"output_dir={tmp_path / 't'}"])()
+
+
+def test_vae_eval_of_a_conditional_vae_names_the_conditional_kl(tmp_path, monkeypatch, capsys):
+    """A conditional VAE's vae-eval line of the mean KL is of q(z|x,y) to p(z|y), as its bounds
+    are of log p(x|y): it said KL(q(z|x) || p(z)) beside "bounds on log p(x|y)"."""
+    from test_hostile import no_traceback, run
+
+    from vae_lightning import cli
+    from vae_lightning.objectives.m2 import M2
+
+    path = save(tmp_path / "xc.npz", **conditioned_images(60))
+    run_dir = tmp_path / "run"
+    trained = run(cli.train, ["data=array", f"data.path={path}", "data.condition=c",
+                              "data.batch_size=20", "model=cvae", "model.classes=2",
+                              "model.latent=1", "model.encoder.net.hidden=[8]",
+                              "model.decoder.net.hidden=[8]", "trainer.max_steps=2",
+                              "logger=none", "callbacks.bound_curve=null",
+                              "callbacks.figures=null", f"hydra.run.dir={run_dir}", *QUIET],
+                  monkeypatch, capsys, tmp_path)
+    assert trained.code == 0, trained.err[-3000:]
+    evaluated = run(cli.evaluate, [f"ckpt_path={run_dir}/checkpoints/last.ckpt", "eval.k=2",
+                                   "eval.device=cpu", f"eval.data_path={path}"],
+                    monkeypatch, capsys, tmp_path)
+    no_traceback(evaluated)
+    assert evaluated.code == 0, evaluated.err[-3000:]
+    assert "test KL(q(z|x,y) || p(z|y)) " in evaluated.out, evaluated.out
+    assert "bounds on log p(x|y)" in evaluated.out
+    assert "U(x)" in M2.proposal  # M2's eval.json: its elbo is U(x), q(z|x, y) per class

@@ -322,7 +322,10 @@ def _evaluate(cfg: DictConfig) -> float:
         if "kl" in results:  # posterior collapse: the mean KL and I_q(x; z) (null: not defined)
             se = (f" +- {results['mi_se']:.3f}" if results.get("mi_se") is not None else "")
             mi = f", I(x; z) {results['mi']:.3f}{se}" if results["mi"] is not None else ""
-            print(f"{results['split']} KL(q(z|x) || p(z)) {results['kl']:.3f}{mi} nats")
+            # A conditional VAE's q and p are given y (p(z|y) is p(z) where the prior is not).
+            kl = ("KL(q(z|x,y) || p(z|y))" if results["bound_of"].startswith("log p(x|y)")
+                  else "KL(q(z|x) || p(z))")
+            print(f"{results['split']} {kl} {results['kl']:.3f}{mi} nats")
         for i, layer in enumerate(results.get("layers", []), start=1):  # stochastic layers
             kl = f", KL {layer['kl']:.2f} nats" if layer["kl"] is not None else ""
             print(f"  z_{i}: {_active(layer['active_units'], layer['size'])} units "

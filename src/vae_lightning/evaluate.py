@@ -393,8 +393,10 @@ class Evaluation:
         if not discrete:
             estimate["bits_per_dim"] = estimate["bits_per_dim_se"] = None
         minus_iw = {"nats": paired["nats"], "nats_se": paired["nats_se"]}
-        log.info("AIS (%d steps, %d chains, from the %s): log p(x) %.4f +- %.4f nats, %.4f +- "
-                 "%.4f above the IW estimate", self.ais_steps, self.ais_chains, start,
+        # A conditional VAE's estimates are of log p(x|y) (bound_of), M2's and the rest's log p(x).
+        of = "log p(x|y)" if log_likelihood.bound_of(model).startswith("log p(x|y)") else "log p(x)"
+        log.info("AIS (%d steps, %d chains, from the %s): %s %.4f +- %.4f nats, %.4f +- "
+                 "%.4f above the IW estimate", self.ais_steps, self.ais_chains, start, of,
                  estimate["nats"], estimate["nats_se"], minus_iw["nats"], minus_iw["nats_se"])
         se = minus_iw["nats_se"] if minus_iw["nats_se"] == minus_iw["nats_se"] else 0.0
         if minus_iw["nats"] + 2 * se < 0:  # below the IW estimate beyond its noise
@@ -402,8 +404,8 @@ class Evaluation:
                      and ais.refusal(model, "posterior") is None else "")
             log.warning("AIS is %.3f nats below the IW estimate (k=%d) on these points: too few "
                         "annealing steps for this model (eval.ais_steps=%d: raise it%s). Both "
-                        "are lower bounds on log p(x): the larger is the tighter.",
-                        -minus_iw["nats"], self.k, self.ais_steps, other)
+                        "are lower bounds on %s: the larger is the tighter.",
+                        -minus_iw["nats"], self.k, self.ais_steps, other, of)
         return {**estimate, "minus_iw": minus_iw, "steps": self.ais_steps,
                 "chains": self.ais_chains, "leapfrog": self.ais_leapfrog, "start": start,
                 "n": len(found["log_px"]), "acceptance": found["acceptance"],

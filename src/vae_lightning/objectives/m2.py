@@ -41,6 +41,8 @@ class M2(Objective, nn.Module):
     log-likelihood of the labels; ``n_samples`` and ``kl`` as the ELBO's."""
 
     unlabelled = True  # trains on points whose label is hidden (-1)
+    proposal = ("q(z|x, y) for each class y (the classes enumerated): elbo is M2's U(x), "
+                "q(y|x)-weighted")
 
     @checked
     def __init__(self, classes: PositiveInt, data_shape: Sequence[PositiveInt],

@@ -585,6 +585,38 @@ def test_a_signal_during_vae_eval_says_its_progress_is_kept_and_running_again_go
     assert (out / "eval.json").is_file() and not progress.exists()
 
 
+def test_a_signal_during_vae_eval_s_ais_names_both_progress_files(checkpoint, tmp_path,
+                                                                  monkeypatch, capsys):
+    """SIGTERM after AIS's first batch: the line names the IW estimate's batches and AIS's,
+    both kept; the same command goes on from them."""
+    import signal
+
+    from vae_lightning import ais as ais_module
+
+    save = ais_module.Progress.save
+
+    def save_then_signal(self, done, *args, **kwargs):
+        save(self, done, *args, **kwargs)
+        if done == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "out"
+    command = [f"ckpt_path={checkpoint}", "eval.k=5", "eval.device=cpu", "eval.batch_size=6",
+               "eval.limit=12", "eval.ais_steps=3", "eval.ais_chains=2", "eval.ais_leapfrog=1",
+               f"output_dir={out}", f"hydra.run.dir={tmp_path / 'log'}"]
+    with monkeypatch.context() as patched:
+        patched.setattr(ais_module.Progress, "save", save_then_signal)
+        stopped = run(cli.evaluate, command, monkeypatch, capsys, tmp_path)
+    assert stopped.code == 143, stopped
+    no_traceback(stopped)
+    progress, annealed = out / "eval.progress.pt", out / "eval.ais-progress.pt"
+    assert (f"error: Stopped by SIGTERM; the batches evaluated so far are kept in {progress} "
+            f"(and AIS's in {annealed}): the same command goes on from them.") in stopped.err
+    again = run(cli.evaluate, command, monkeypatch, capsys, tmp_path)
+    assert again.code == 0, again.err[-3000:]
+    assert not progress.exists() and not annealed.exists()
+
+
 def test_a_progress_file_without_seconds_is_still_taken_up(checkpoint, tmp_path, monkeypatch):
     """A progress file written before the seconds were kept goes on as well, counting its
     batches' time as 0."""

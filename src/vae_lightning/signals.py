@@ -53,8 +53,10 @@ def stopped(signum: int, run_dir: str | None, overrides: list[str] | None = None
     elif run_dir:
         what = f" before the run trained; nothing was trained. Run it again: {again}"
     elif progress is not None and progress.is_file():
-        what = (f"; the batches evaluated so far are kept in {progress}: the same command goes "
-                "on from them")
+        annealed = progress.with_name(rundir.AIS_PROGRESS)  # vae-eval's AIS, after the IW batches
+        also = f" (and AIS's in {annealed})" if annealed.is_file() else ""
+        what = (f"; the batches evaluated so far are kept in {progress}{also}: the same command "
+                "goes on from them")
     elif resumable:
         what = ("; each job of the sweep that had trained keeps its last checkpoint, and its "
                 "results.json says how to resume it")

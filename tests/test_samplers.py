@@ -319,3 +319,13 @@ def test_a_vq_vae_s_code_maps_take_the_pixelcnn_not_a_density_on_r_n(tmp_path):
     assert not (tmp_path / "traverse" / "samples.npy").exists()
     out = sample_config([*base, f"output_dir={tmp_path / 'prior'}"])()
     assert np.isfinite(np.load(out / "samples.npy")).all()
+
+
+def test_a_fit_shows_its_progress_minibatch_by_minibatch(capsys):
+    """Fitting by likelihood (the flow, the PixelCNN) shows a bar over every minibatch of every
+    epoch: a PixelCNN's epoch on 50,000 code maps takes minutes on a CPU, and only an epoch's
+    end was said."""
+    torch.manual_seed(0)
+    FlowSampler(length=1, hidden=[8], epochs=2, batch_size=32).fit(torch.randn(100, 2))
+    err = capsys.readouterr().err
+    assert "fitting FlowSampler (2 epochs)" in err and "8/8" in err, err

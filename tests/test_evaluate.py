@@ -552,69 +552,48 @@ def test_a_quick_evaluation_between_two_runs_of_a_stopped_one_keeps_its_progress
     assert sorted(p.name for p in out.glob("eval*")) == ["eval-test-k10-n50.json", "eval.json"]
 
 
-def test_a_signal_during_vae_eval_says_its_progress_is_kept_and_running_again_goes_on(
-        checkpoint, tmp_path, monkeypatch, capsys):
-    """SIGTERM after the first batch: one line naming the progress file (before: "nothing more
-    was written", though the batches done were kept), exit code 143; the same command then
-    goes on from it and writes eval.json."""
+def _sigterm_after_first_batch(monkeypatch, progress):
+    """SIGTERM to this process once ``progress`` (a ``Progress`` class) has saved a batch."""
     import signal
 
-    from vae_lightning import log_likelihood
-
-    save = log_likelihood.Progress.save
+    save = progress.save
 
     def save_then_signal(self, done, *args, **kwargs):
         save(self, done, *args, **kwargs)
         if done == 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    out = tmp_path / "out"
-    command = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.device=cpu", "eval.batch_size=50",
-               f"output_dir={out}", f"hydra.run.dir={tmp_path / 'log'}"]
-    with monkeypatch.context() as patched:
-        patched.setattr(log_likelihood.Progress, "save", save_then_signal)
-        stopped = run(cli.evaluate, command, monkeypatch, capsys, tmp_path)
-    assert stopped.code == 143, stopped
-    no_traceback(stopped)
-    progress = out / "eval.progress.pt"
-    assert progress.is_file() and not (out / "eval.json").exists()
-    assert (f"error: Stopped by SIGTERM; the batches evaluated so far are kept in {progress}: "
-            "the same command goes on from them.") in stopped.err
-    again = run(cli.evaluate, command, monkeypatch, capsys, tmp_path)
-    assert again.code == 0, again.err[-3000:]
-    assert (out / "eval.json").is_file() and not progress.exists()
+    monkeypatch.setattr(progress, "save", save_then_signal)
 
 
-def test_a_signal_during_vae_eval_s_ais_names_both_progress_files(checkpoint, tmp_path,
-                                                                  monkeypatch, capsys):
-    """SIGTERM after AIS's first batch: the line names the IW estimate's batches and AIS's,
-    both kept; the same command goes on from them."""
-    import signal
-
+@pytest.mark.parametrize("during", ["iw", "ais"])
+def test_a_signal_during_vae_eval_says_its_progress_is_kept_and_running_again_goes_on(
+        during, checkpoint, tmp_path, monkeypatch, capsys):
+    """SIGTERM after the first batch of the IW estimate, or of AIS: one line naming the progress
+    file (before: "nothing more was written", though the batches done were kept), and AIS's
+    beside it, exit code 143; the same command then goes on from them and writes eval.json."""
     from vae_lightning import ais as ais_module
 
-    save = ais_module.Progress.save
-
-    def save_then_signal(self, done, *args, **kwargs):
-        save(self, done, *args, **kwargs)
-        if done == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     out = tmp_path / "out"
-    command = [f"ckpt_path={checkpoint}", "eval.k=5", "eval.device=cpu", "eval.batch_size=6",
-               "eval.limit=12", "eval.ais_steps=3", "eval.ais_chains=2", "eval.ais_leapfrog=1",
-               f"output_dir={out}", f"hydra.run.dir={tmp_path / 'log'}"]
+    command = [f"ckpt_path={checkpoint}", "eval.device=cpu", f"output_dir={out}",
+               f"hydra.run.dir={tmp_path / 'log'}",
+               *(["eval.k=20", "eval.batch_size=50"] if during == "iw" else
+                 ["eval.k=5", "eval.batch_size=6", "eval.limit=12", "eval.ais_steps=3",
+                  "eval.ais_chains=2", "eval.ais_leapfrog=1"])]
     with monkeypatch.context() as patched:
-        patched.setattr(ais_module.Progress, "save", save_then_signal)
+        _sigterm_after_first_batch(patched, {"iw": log_likelihood.Progress,
+                                             "ais": ais_module.Progress}[during])
         stopped = run(cli.evaluate, command, monkeypatch, capsys, tmp_path)
     assert stopped.code == 143, stopped
     no_traceback(stopped)
     progress, annealed = out / "eval.progress.pt", out / "eval.ais-progress.pt"
-    assert (f"error: Stopped by SIGTERM; the batches evaluated so far are kept in {progress} "
-            f"(and AIS's in {annealed}): the same command goes on from them.") in stopped.err
+    assert progress.is_file() and not (out / "eval.json").exists()
+    also = f" (and AIS's in {annealed})" if during == "ais" else ""
+    assert (f"error: Stopped by SIGTERM; the batches evaluated so far are kept in {progress}"
+            f"{also}: the same command goes on from them.") in stopped.err
     again = run(cli.evaluate, command, monkeypatch, capsys, tmp_path)
     assert again.code == 0, again.err[-3000:]
-    assert not progress.exists() and not annealed.exists()
+    assert (out / "eval.json").is_file() and not progress.exists() and not annealed.exists()
 
 
 def test_a_progress_file_without_seconds_is_still_taken_up(checkpoint, tmp_path, monkeypatch):

@@ -80,9 +80,15 @@ def test_a_results_json_the_summary_cannot_show_is_one_error(content, words, swe
     accepted, exit code 2 (it was a traceback: JSONDecodeError, TypeError), nothing written."""
     (sweep / "2").mkdir()
     (sweep / "2" / "results.json").write_text(content)
+    _one_error(sweep, sweep / "2" / "results.json", words, capsys)
+
+
+def _one_error(sweep, path, words, capsys):
+    """vae-summarize of ``sweep`` ends with one error line naming ``path`` and ``words``, exit
+    code 2, nothing written."""
     assert main([str(sweep)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {sweep / '2' / 'results.json'}") and "Traceback" not in err
+    assert err.startswith(f"error: {path}") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     for word in words:
         assert word in err, (word, err)
@@ -107,15 +113,10 @@ def test_the_swept_keys_are_columns(sweep):
         assert [row["model.objective.beta"] for row in csv.DictReader(f)] == ["1", "4", "1", "4"]
 
 
-def test_the_plot_draws_a_line_per_setting_of_the_swept_keys(sweep, monkeypatch):
-    """The bounds of beta = 1 and beta = 4 are not averaged at each latent size: a line each."""
+def _lines_drawn(monkeypatch):
+    """The lines summary.png will draw, as (x, y, label), recorded as they are drawn."""
     from vae_lightning.reports import summarize as module
 
-    for num, (latent, beta) in enumerate([(2, 1), (2, 4), (5, 1), (5, 4)]):
-        (sweep / str(num)).mkdir(exist_ok=True)
-        (sweep / str(num) / "results.json").write_text(json.dumps(
-            {"latent": latent, "test/elbo": 100.0 * beta + latent,
-             "overrides": [f"model.latent={latent}", f"model.objective.beta={beta}"]}))
     drawn = []
     plt = module.pyplot()
     real_subplots = plt.subplots
@@ -128,6 +129,17 @@ def test_the_plot_draws_a_line_per_setting_of_the_swept_keys(sweep, monkeypatch)
         return fig, ax
 
     monkeypatch.setattr(plt, "subplots", subplots)
+    return drawn
+
+
+def test_the_plot_draws_a_line_per_setting_of_the_swept_keys(sweep, monkeypatch):
+    """The bounds of beta = 1 and beta = 4 are not averaged at each latent size: a line each."""
+    for num, (latent, beta) in enumerate([(2, 1), (2, 4), (5, 1), (5, 4)]):
+        (sweep / str(num)).mkdir(exist_ok=True)
+        (sweep / str(num) / "results.json").write_text(json.dumps(
+            {"latent": latent, "test/elbo": 100.0 * beta + latent,
+             "overrides": [f"model.latent={latent}", f"model.objective.beta={beta}"]}))
+    drawn = _lines_drawn(monkeypatch)
     summarize(sweep)
     assert sorted(drawn) == [([2, 5], [102.0, 105.0], "test, model.objective.beta=1"),
                              ([2, 5], [402.0, 405.0], "test, model.objective.beta=4")]
@@ -177,20 +189,12 @@ def test_a_job_s_vae_eval_estimate_is_a_column_beside_its_bounds(sweep):
 ])
 def test_an_eval_json_the_summary_cannot_show_is_one_error(content, words, sweep, capsys):
     (sweep / "1" / "eval.json").write_text(content)
-    assert main([str(sweep)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {sweep / '1' / 'eval.json'}") and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    for word in words:
-        assert word in err, (word, err)
-    assert not (sweep / "summary.md").exists()
+    _one_error(sweep, sweep / "1" / "eval.json", words, capsys)
 
 
 def test_the_plot_does_not_average_different_model_families(sweep, monkeypatch):
     """A sweep over objectives and priors (columns of their own, so no swept-key column): one
     line per family, not the mean of four models at each latent size; seeds are averaged."""
-    from vae_lightning.reports import summarize as module
-
     jobs = [(objective, prior, seed) for objective in ("elbo", "iwae") for prior in
             ("normal", "mog") for seed in (0, 1)]
     for num, (objective, prior, seed) in enumerate(jobs):
@@ -200,19 +204,9 @@ def test_the_plot_does_not_average_different_model_families(sweep, monkeypatch):
             {"latent": 20, "objective": objective, "prior": prior, "seed": seed,
              "test/elbo": value + seed, "overrides": [f"model/objective={objective}",
                                                       f"model/prior={prior}", f"seed={seed}"]}))
-    drawn = []
-    plt = module.pyplot()
-    real_subplots = plt.subplots
-
-    def subplots(*args, **kwargs):
-        fig, ax = real_subplots(*args, **kwargs)
-        real_plot = ax.plot
-        ax.plot = lambda x, y, **kw: drawn.append((list(y), kw["label"])) or real_plot(x, y, **kw)
-        return fig, ax
-
-    monkeypatch.setattr(plt, "subplots", subplots)
+    drawn = _lines_drawn(monkeypatch)
     summarize(sweep)
-    assert sorted(drawn) == [([100.5], "test, prior=normal, objective=elbo"),
-                             ([110.5], "test, prior=mog, objective=elbo"),
-                             ([200.5], "test, prior=normal, objective=iwae"),
-                             ([210.5], "test, prior=mog, objective=iwae")]
+    assert sorted(drawn) == [([20], [100.5], "test, prior=normal, objective=elbo"),
+                             ([20], [110.5], "test, prior=mog, objective=elbo"),
+                             ([20], [200.5], "test, prior=normal, objective=iwae"),
+                             ([20], [210.5], "test, prior=mog, objective=iwae")]

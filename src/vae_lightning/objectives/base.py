@@ -179,6 +179,24 @@ def probe(model: Parts) -> tuple[Distribution, Distribution]:
     return model.encoder(x), model.prior.distribution()
 
 
+def q_reads_generative(model: Parts) -> bool:
+    """Whether q(z|x)'s samples or density depend on the generative model's parameters (the
+    decoder's or the prior's: the Ladder VAE infers with the prior's top-down networks), probed
+    with one draw at one all-zero input (in a forked random stream: the run's draws stay its
+    seed's): an objective that trains the two apart cannot keep them apart then."""
+    generative = [p for p in (*model.decoder.parameters(), *model.prior.parameters())
+                  if p.requires_grad]
+    if model.data_shape is None or not generative:
+        return False
+    x = torch.zeros(1, *model.data_shape, device=model.device)
+    cuda = [model.device] if model.device.type == "cuda" else []
+    with torch.enable_grad(), torch.random.fork_rng(devices=cuda):
+        z, log_q = scored_sample(model.encoder(x))
+        reached = z.sum() + log_q.sum()
+        return reached.requires_grad and any(
+            g is not None for g in torch.autograd.grad(reached, generative, allow_unused=True))
+
+
 # Input values (batch x pixels) scored per decoder pass when no chunk is given. On a CPU, 2^21
 # float32 values (8 MiB) keep a pass's activations and its elementwise log-likelihood within the
 # last-level cache, so the evaluation runs at the rate of the decoder's matrix products instead

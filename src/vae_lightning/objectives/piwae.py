@@ -5,29 +5,26 @@ them and the encoder (phi) the MIWAE bound,
 
     Delta theta = grad_theta IWAE_{MK}(x),   Delta phi = grad_phi MIWAE_{M,K}(x),
 
-since a tighter bound helps theta but starves phi's gradient of signal. One forward pass and one
-backward pass give both. With a_mk = log w at the samples, the loss is -IWAE_{MK}(a), whose
-gradient reaches a_mk with IWAE's weight w_mk / sum_all w, where MIWAE's is
-(1/M) w_mk / sum_{k'} w_mk'; their ratio is the same for every sample of group m,
+since a tighter bound helps theta but starves phi's gradient of signal. One loss gives both: with
+a = log w at the samples and a_theta the same log-weights with z and log q(z|x) held fixed
+(a second decoder pass at the detached samples, which reaches theta only),
 
-    r_m = (1/M) sum_all w / sum_{k'} w_mk' = exp(logsumexp_all a - logsumexp_k' a_mk') / M,
+    loss = -(IWAE(a_theta) + MIWAE(a) - MIWAE(a_theta)),
 
-so phi's gradient is MIWAE's when the gradient that reaches phi from each sample is multiplied
-by its group's r_m: at z where the decoder and the prior read it, and at log q(z|x) (hooks on
-both, identities in the forward pass), the only ways from a to phi. Theta (decoder and prior)
-is reached from a directly, with IWAE's weights. A prior that encodes pseudo-inputs with the
-encoder (the VampPrior) counts as part of theta: those weights get IWAE's gradient through p(z).
-"""
+whose value is IWAE_{MK}: theta's gradient of MIWAE(a) - MIWAE(a_theta) is zero (a and a_theta
+depend on theta alike at the same z), and a_theta does not depend on phi, so theta follows
+IWAE_{MK} and phi follows MIWAE_{M,K}. A prior that encodes pseudo-inputs with the encoder (the
+VampPrior) counts as part of theta: those weights get IWAE's gradient through p(z)."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from vae_lightning.args import PositiveInt, checked
 from vae_lightning.parts import Bound, Parts, Samples, scored_sample
 
-from .base import Objective, iw_bound
+from .base import Objective, iw_bound, q_reads_generative
+from .miwae import miwae_bound
 
 
 class PIWAE(Objective):
@@ -43,15 +40,22 @@ class PIWAE(Objective):
     def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         q, p = model.encoder(x), model.prior.distribution()
         z, log_qz = scored_sample(q, (self.m * self.k,))
-        read, log_q = z.view_as(z), log_qz.view_as(log_qz)  # where phi's gradient is rescaled
-        samples = Samples(model.decoder(read).log_prob(x), p.log_prob(read), log_q)
+        samples = Samples(model.decoder(z).log_prob(x), p.log_prob(z), log_qz)
+        fixed = z.detach()
+        log_w_theta = model.decoder(fixed).log_prob(x) + p.log_prob(fixed) - log_qz.detach()
         log_w = samples.log_w
-        with torch.no_grad():
-            groups = log_w.unflatten(0, (self.m, self.k))  # consecutive groups of K, as MIWAE's
-            r = (torch.logsumexp(log_w, 0) - torch.logsumexp(groups, 1)).exp() / self.m
-            r = r.repeat_interleave(self.k, 0)  # [M K, batch]
-        if read.requires_grad:  # (not where nothing upstream is trained)
-            read.register_hook(lambda grad: grad * r.view(r.shape + (1,) * (grad.dim() - 2)))
-        if log_q.requires_grad:
-            log_q.register_hook(lambda grad: grad * r)
-        return -iw_bound(log_w).mean(), samples.bound()
+        bound = (iw_bound(log_w_theta) + miwae_bound(log_w, self.m)
+                 - miwae_bound(log_w_theta, self.m))
+        return -bound.mean(), samples.bound()
+
+    def check(self, model: Parts) -> None:
+        """The second pass at the detached samples reaches theta through the decoder and the
+        prior only: a q built with the generative model's networks (the Ladder VAE's top-down
+        ones) would give those theta MIWAE's gradient through q, not IWAE's."""
+        if q_reads_generative(model):
+            raise ValueError(
+                f"posterior {model.encoder.posterior!r} cannot be trained by PIWAE: its density "
+                "depends on the generative model (the Ladder VAE infers with the prior's "
+                "networks), so the prior's networks would get MIWAE's gradient through q where "
+                "PIWAE gives them IWAE's. Use model=hierarchy (bottom-up inference), or "
+                "model/objective=miwae or iwae.")

@@ -21,7 +21,7 @@ from torch import Tensor
 from vae_lightning.args import PositiveInt, checked
 from vae_lightning.parts import Parts, capturable_sample
 
-from .base import KL, Bound, Objective, elbo_estimate
+from .base import KL, Bound, Objective, elbo_estimate, q_reads_generative
 
 
 class WakeSleep(Objective):
@@ -75,16 +75,7 @@ class WakeSleep(Objective):
                 "the encoder too. Use model/prior=normal or model/prior=mog.")
         # The sleep phase trains the recognition model alone: a q built with the generative
         # model's networks (the Ladder VAE's) would let it update them too.
-        if model.data_shape is None:
-            return
-        x = torch.zeros(1, *model.data_shape, device=model.device)
-        with torch.enable_grad():
-            log_q = model.encoder(x).log_prob(z).sum()
-            generative = [p for p in (*model.decoder.parameters(), *model.prior.parameters())
-                          if p.requires_grad]
-            reached = log_q.requires_grad and any(
-                g is not None for g in torch.autograd.grad(log_q, generative, allow_unused=True))
-        if reached:
+        if q_reads_generative(model):
             raise ValueError(
                 f"posterior {model.encoder.posterior!r} cannot be trained by wake-sleep: its "
                 "density depends on the generative model (the Ladder VAE infers with the prior's "

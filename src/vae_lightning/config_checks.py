@@ -155,8 +155,13 @@ SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
              "a list of strings, e.g. tags=[baseline,frey]"),
     "extras.ignore_warnings": (lambda v: isinstance(v, bool), "true or false"),
     "extras.print_config": (lambda v: isinstance(v, bool), "true or false"),
-    "optimized_metric": (lambda v: isinstance(v, str) and re.fullmatch(r"(train|val|test)/\w+", v)
-                         is not None, "a metric of results.json such as val/elbo or test/elbo"),
+    # results.json's metrics (train.py): the training bound, and each term of the validation
+    # and test bounds (metrics.TERMS, BITS); a step's train/loss or train/kl never reaches it,
+    # and a sweep's every trial would train in full before failing on it.
+    "optimized_metric": (lambda v: isinstance(v, str) and re.fullmatch(
+                             r"train/elbo|(val|test)/(elbo|recon|kl|bits_per_dim)", v)
+                         is not None, "a metric of results.json: train/elbo, or val/ or test/ "
+                                      "with elbo, recon, kl or bits_per_dim, e.g. val/elbo"),
 }
 _UNSET = object()
 
@@ -247,15 +252,29 @@ def _part_problems(cfg: DictConfig) -> dict[str, str]:
     return found
 
 
+def _without(cfg: DictConfig, split: str) -> str | None:
+    """The setting that leaves a run without ``split`` (val or test) data, or None."""
+    data, trainer = cfg.get("data"), cfg.get("trainer")
+    return (f"data.{split}_size=0" if isinstance(data, DictConfig)
+            and data.get(f"{split}_size") == 0
+            else f"trainer.limit_{split}_batches=0"
+            if isinstance(trainer, DictConfig) and trainer.get(f"limit_{split}_batches") == 0
+            else None)
+
+
 def _stopping_problems(cfg: DictConfig) -> dict[str, str]:
     """A callback that stops training on a validation metric, in a run without validation: it
-    would fail at the first epoch's end, after training it."""
-    data, trainer = cfg.get("data"), cfg.get("trainer")
-    without = ("data.val_size=0" if isinstance(data, DictConfig) and data.get("val_size") == 0
-               else "trainer.limit_val_batches=0"
-               if isinstance(trainer, DictConfig) and trainer.get("limit_val_batches") == 0
-               else None)
+    would fail at the first epoch's end, after training it. And an ``optimized_metric`` of a
+    split the run does not score: the run would train in full, then fail (every trial of a
+    sweep)."""
+    without = _without(cfg, "val")
     found = {}
+    metric = cfg.get("optimized_metric")
+    split = metric.split("/")[0] if isinstance(metric, str) else None
+    if split in ("val", "test") and (no_split := _without(cfg, split)) is not None:
+        found["optimized_metric"] = (
+            f"optimized_metric={metric} is a metric of the {split} split, which this run "
+            f"does not score ({no_split}): choose train/elbo, or keep a {split} split.")
     for path, node in target_nodes(cfg.get("callbacks")) if without else ():
         if str(node._target_).endswith("EarlyStopping") and str(
                 node.get("monitor", "")).startswith("val/"):

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # The environment variable that names MLflow's tracking server (MLflow's name).
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+# MLflow's error code for a run id its store does not hold (MlflowException.error_code).
+NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 # The metric TensorBoard's HPARAMS tab sets against each run's hyperparameters (Lightning's name).
 HP_METRIC = "hp_metric"
 
@@ -177,6 +179,18 @@ class MLFlowLogger(_MLFlowLogger):
         sweep's next job) reads its own configuration."""
         before = os.environ.get(TRACKING_URI_VARIABLE)
         try:
+            try:
+                return super().experiment
+            except Exception as err:  # mlflow is imported only with this logger
+                if self._run_id is None or getattr(err, "error_code", None) != NOT_FOUND:
+                    raise
+            # A resumed run's MLflow run (its id kept in the checkpoint) that this store does not
+            # hold: the run moved to another machine, or another save_dir / tracking URI. A new
+            # MLflow run, as W&B's resume="allow" starts one, rather than a traceback.
+            log.warning("The MLflow run %s that this run logged to is not in the tracking store "
+                        "%s (another machine, save_dir or MLFLOW_TRACKING_URI): logging to a new "
+                        "MLflow run.", self._run_id, self._tracking_uri)
+            self._run_id = None
             return super().experiment
         finally:
             if before is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.Lightnin
       folder the record is of (``dirpath``; a run moved elsewhere records its old folder, whose
       records Lightning does not reload, and ``train.py`` tests a best file only in the run's
       own folder);
-    - the random states (``ResumeState``): each must be one its generator takes;
+    - the random states (``ResumeState``): each must be one its generator takes; its MLflow run
+      id, one as MLflow takes them;
     - the fit loop's counters of epochs and of the epoch's batches: whole numbers >= 0, those of
       this epoch (``current``) at most those of the run (``total``), each ready >= started >=
       processed >= completed (Lightning's order), and where the checkpoint records its epoch's
@@ -122,6 +124,7 @@ def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.Lightnin
             _check_files(state, path)
         elif key == "ResumeState":
             _check_random_states(state, path)
+            _check_run_ids(state, path)
     _check_loops(checkpoint, path)
     _check_optimizers(checkpoint.get("optimizer_states", []), path, model)
 
@@ -129,6 +132,19 @@ def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.Lightnin
 def _refuse(path: str | Path, why: str) -> None:
     raise CheckpointError(f"Checkpoint {path} cannot be resumed: {why}, which vae-train does not "
                           "write (the file was altered). Resume from another checkpoint.")
+
+
+def _check_run_ids(state: Any, path: str | Path) -> None:
+    """The MLflow run id a resume's logger goes on with (``logger_runs``): one as MLflow takes
+    them (its own rule), or none. A tampered one was MLflow's invalid-id traceback once the run
+    had been set up. (W&B's refusal of an id is already one line: ``loggers.WandbLogger``.)"""
+    value = state.get("mlflow_run_id") if isinstance(state, dict) else None
+    if value is not None and not (isinstance(value, str) and MLFLOW_RUN_ID.fullmatch(value)):
+        _refuse(path, f"its mlflow_run_id is {str(value)[:80]!r}, not an MLflow run id (a "
+                      "letter or digit, then up to 255 letters, digits, _ and -)")
+
+
+MLFLOW_RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}", re.ASCII)  # MLflow's _validate_run_id
 
 
 def _check_files(state: Any, path: str | Path) -> None:

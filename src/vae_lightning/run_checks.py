@@ -56,6 +56,15 @@ def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
         raise ConfigError(f"data.labelled={datamodule.labelled} hides the other training "
                           f"labels, and the objective {model.objective!r} does not train on "
                           "points without one; use model=m2, or leave data.labelled out.")
+    if model.classes is not None and not model._conditional:
+        # Nothing reads y: an unconditional model whose bounds results.json and eval.json
+        # would call log p(x|y) (log_likelihood.bound_of), and whose y vae-sample would ignore.
+        raise ConfigError(
+            f"model.classes={model.classes}, but no part of the model reads a class label "
+            "(its encoder, decoder and prior are unconditional): use model=cvae (or "
+            "model/encoder=conditional_mlp and model/decoder=conditional_mlp, or "
+            "model/prior=class_normal), or leave model.classes null for an unconditional "
+            "model.")
     if getattr(datamodule, "condition", None) is not None:  # condition vectors, not labels
         return check_condition(model, datamodule)
     if model.classes is None:
@@ -97,6 +106,24 @@ def check_minibatches(model: VAE, datamodule: L.LightningDataModule) -> None:
         f"each training minibatch (its estimate takes pairs of them), but {why}: choose a "
         f"data.batch_size of at least {need} that leaves none or at least {need} over, e.g. "
         f"data.batch_size={fits}.")
+
+
+def check_dataset_size(model: VAE, datamodule: L.LightningDataModule) -> None:
+    """beta-TC's minibatch-stratified sampling (``estimator=mss``) weights each minibatch by N,
+    the number of training points (``model.objective.dataset_size``): refuse, before the first
+    step, an N that is not the training split's (an experiment's number kept when data.val_size,
+    data.test_size or the data change), which biases every estimate of q(z) without a word."""
+    objective = model.objective
+    size = getattr(objective, "dataset_size", None)
+    if (getattr(objective, "estimator", None) != "mss" or size is None
+            or "train" not in getattr(datamodule, "splits", {})):
+        return
+    n = len(datamodule.splits["train"][0])
+    if size != n:
+        raise ConfigError(
+            f"model.objective.dataset_size={size}, but the training split holds {n} points: "
+            "estimator=mss weights each minibatch by N, the number of training points; set "
+            f"model.objective.dataset_size={n}.")
 
 
 def check_grid(model: VAE, datamodule: L.LightningDataModule, split: str = "train") -> None:

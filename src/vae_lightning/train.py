@@ -197,6 +197,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     run_checks.check_labels(model, datamodule)
     run_checks.check_grid(model, datamodule)
     run_checks.check_minibatches(model, datamodule)
+    run_checks.check_dataset_size(model, datamodule)
     branch = None
     if resume_from is not None:
         branch = _keep_the_last_checkpoint(cfg.output_dir, resume_from)

@@ -350,7 +350,9 @@ class Figures(L.Callback):
         conditions = data_conditions(dm, pl_module)
         if images:
             figures["samples"] = lambda: samples_figure(pl_module, self.n_samples, conditions)
-        if pl_module.latent == 2 and images:
+        # A 2-d latent space the decoder reads whole: stochastic layers of 1 + 1 units have one
+        # (the decoder reads z_1 alone), and a grid over z_2 would decode the same images.
+        if pl_module.latent == 2 == getattr(pl_module.decoder, "latent", 2) and images:
             on_circle = "sphere" in getattr(pl_module.prior, "features", ())  # parts.FEATURES
             figures["manifold"] = lambda: (circle_figure if on_circle
                                            else manifold_figure)(pl_module, self.grid,

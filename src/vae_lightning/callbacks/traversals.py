@@ -79,14 +79,21 @@ def traversal(model: L.LightningModule, x: Tensor | None = None, bases: int = 8,
               y: Tensor | None = None) -> Traversal:
     """For each of ``bases`` base points (the posterior locations of the first points of ``x``;
     without ``x``, draws from the prior) and each of the ``dims`` highest-ranked latent
-    dimensions (``latent_ranking``; None: all), E[x|z] with that dimension of z set to each of
-    ``steps`` values evenly spaced on [-span, span], the others kept. A conditional model's
+    dimensions (``latent_ranking``; None: all) that the decoder reads (a hierarchy's: z_1's),
+    E[x|z] with that dimension of z set to each of ``steps`` values evenly spaced on
+    [-span, span], the others kept. A conditional model's
     base points keep their labels ``y`` (those of ``x``; for prior draws, the classes in
     turn)."""
     y = None if y is None else model.labels_of_data(y)
     ranking = latent_ranking(model, x, y)
-    ranking = Ranking(ranking.dims[:dims], ranking.scores and ranking.scores[:dims],
-                      ranking.what)
+    # Stochastic layers: the decoder reads z_1 alone, its first units; a unit of a higher layer
+    # set with z_1 kept decodes to the same image at every value (a row that shows nothing).
+    read = getattr(model.decoder, "latent", model.latent)
+    kept = [row for row, dim in enumerate(ranking.dims) if dim < read][:dims]
+    what = ranking.what + (f" (z_1's {read} units, which the decoder reads)"
+                           if read < model.latent else "")
+    ranking = Ranking([ranking.dims[row] for row in kept],
+                      ranking.scores and [ranking.scores[row] for row in kept], what)
     if x is not None:
         labels = model.labels(None if y is None else y[:bases], len(x[:bases]), "traversal")
         base = model.encoder.location(model.encode(x[:bases], labels))

@@ -215,6 +215,7 @@ def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path,
             "30 test images, ") in text
     assert "-86.76 (Burda et al. 2015" in text and "iwae_k5" in text.split("Rows not run yet")[1]
     assert "every row: dynamically binarized MNIST, 60,000 training images" in text  # the protocol
+    assert f"from the records in `{records.as_posix()}/`" in text  # those read, not the default
     assert "- `model=cvae`, `model/prior=class_normal`: the conditional VAE models x given" in text
     # The wall time is train + eval; a record whose eval time is its last run's only says so.
     hours = (record["train_seconds"] + record["eval_seconds"]) / 3600

@@ -615,6 +615,11 @@ def test_the_divergence_floor_scales_with_the_data_dimension(tmp_path):
         _judge({"val/elbo": -1400.0}, -544.0, cfg, write=False, dims=784)
     assert _judge({"val/elbo": -1200.0}, -544.0, cfg, write=False, dims=784)["status"] == \
         "completed"
+    # A bound that is not finite is said so, not "nan nats, below -1089".
+    with pytest.raises(Diverged, match=r"val/elbo is not finite \(nan\); the floor is -1328"):
+        _judge({"val/elbo": math.nan}, -544.0, cfg, write=False, dims=784)
+    with pytest.raises(Diverged, match=r"val/elbo = -1400 nats, below -1328; the floor"):
+        _judge({"val/elbo": -1400.0}, -544.0, cfg, write=False, dims=784)
 
 
 # ------------------------------------------------------- weights that overflow (fourth round)

@@ -432,7 +432,8 @@ class Evaluation:
             log=lambda what: log.info("Disentanglement: %s", what))
         for score, value in found["scores"].items():
             spread = f" +- {value['std']:.3f}" if value["std"] is not None else ""
-            log.info("%s = %.3f%s (%d seeds)", score, value["mean"], spread, len(seeds))
+            log.info("%s = %.3f%s (%d seed%s)", score, value["mean"], spread, len(seeds),
+                     "" if len(seeds) == 1 else "s")
         options = {name: {**disentanglement.metric_options(name),
                           **self.metric_options.get(name, {})} for name in self.metrics}
         return {"scores": found["scores"], "seeds": seeds, "options": options,

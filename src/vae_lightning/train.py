@@ -251,10 +251,11 @@ def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
     val, train = results.get("val/elbo"), results.get("train/elbo")
     judged = {"val/elbo": val} if val is not None else {"train/elbo": train}
     floor = initial - max(abs(initial), dims) if initial is not None else -math.inf
-    worse = [f"{key} = {value:.4g}" for key, value in judged.items()
+    worse = [f"{key} = {value:.4g} nats, below {floor:.4g}" if math.isfinite(value)
+             else f"{key} is not finite ({value})" for key, value in judged.items()
              if value is not None and (not math.isfinite(value) or value < floor)]
     if val is not None and train is not None and not math.isfinite(train):
-        worse.append(f"train/elbo = {train:.4g}")
+        worse.append(f"train/elbo is not finite ({train})")
     results["status"] = "diverged" if worse else "completed"
     results[f"initial/{split}_elbo"] = initial
     path = rundir.path(cfg.output_dir, "results")
@@ -264,9 +265,10 @@ def _judge(results: dict[str, Any], initial: float | None, cfg: DictConfig,
                  results["status"], path)
     if worse:
         raise Diverged(
-            f"The bound diverged: {' and '.join(worse)} nats, below {floor:.4g} = b0 - max(|b0|, "
-            f"D), where b0 = {initial:.4g} is the untrained model's bound ({split} data, before "
-            f"the first step) and D = {dims} the values per data point. The results are in "
+            f"The bound diverged: {' and '.join(worse)}; the floor is {floor:.4g} = b0 - "
+            f"max(|b0|, D), where b0 = {initial:.4g} is the untrained model's bound ({split} "
+            f"data, before the first step) and D = {dims} the values per data point. The "
+            f"results are in "
             f"{path} (status diverged). Lower model.optimizer.lr.")
     return results
 

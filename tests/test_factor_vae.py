@@ -143,3 +143,19 @@ def test_the_graphed_step_is_refused_with_one_config_error(tmp_path):
                         tmp_path)
     with pytest.raises(ConfigError, match="cuda_graph=true cannot be used: .*of its own"):
         build_run(cfg)
+
+
+def test_float16_mixed_precision_is_refused_with_its_own_updates():
+    """The discriminator's optimizer steps outside Lightning's precision plugin: under 16-mixed
+    its gradients carry the loss scale (2^16, doubled and halved by the scaler) and an overflow
+    would be applied. Refused before training, naming the setting that works (bf16-mixed);
+    float16 without an objective of its own, and bf16-mixed with one, are not refused here."""
+    from vae_lightning.optimization import check_manual
+
+    factor = SimpleNamespace(cuda_graph=False, auxiliary=[object()])
+    for precision in ("16-mixed", "16", 16):
+        with pytest.raises(ConfigError, match=f"trainer.precision={precision} cannot be used "
+                           "with an objective with updates of its own.*bf16-mixed"):
+            check_manual(factor, {"precision": precision})
+    check_manual(factor, {"precision": "bf16-mixed"})
+    check_manual(SimpleNamespace(cuda_graph=False, auxiliary=[]), {"precision": "16-mixed"})

@@ -186,13 +186,21 @@ def check_manual(model: L.LightningModule, trainer: Any) -> None:
     """Refuse, before training, gradient accumulation (``trainer.accumulate_grad_batches``)
     where manual steps cannot accumulate: a captured CUDA-graph step writes each minibatch's
     gradient over the last, and an objective's own update after each minibatch would see a
-    half-accumulated model."""
+    half-accumulated model; and float16 mixed precision with an objective's own updates."""
     every = trainer.get("accumulate_grad_batches") or 1
     if every > 1 and (model.cuda_graph or model.auxiliary):
         why = ("model.cuda_graph=true (a captured step overwrites the gradient)"
                if model.cuda_graph else "an objective with updates of its own (FactorVAE)")
         raise ConfigError(f"trainer.accumulate_grad_batches={every} cannot be used with {why}: "
                           "set it to 1, or raise data.batch_size instead.")
+    precision = str(trainer.get("precision"))
+    if model.auxiliary and precision in ("16", "16-mixed"):
+        # Its optimizer steps outside Lightning's precision plugin, on gradients multiplied by
+        # the loss scale (which the scaler doubles and halves) with no overflow check.
+        raise ConfigError(f"trainer.precision={precision} cannot be used with an objective with "
+                          "updates of its own (FactorVAE): its optimizer would step on gradients "
+                          "scaled by the mixed-precision loss scale, unscaled and unchecked for "
+                          "overflow. Use trainer.precision=bf16-mixed, or 32.")
 
 
 def manual_settings(model: L.LightningModule, trainer: Any) -> tuple[dict[str, Any], list[Any]]:

@@ -235,3 +235,13 @@ def test_the_preset_trains_on_mnist_and_each_class_is_sampled(tmp_path, networks
     ink = [model.sample(100, y=c).mean().item() for c in (0, 1)]
     assert ink[1] < 0.8 * ink[0]
     assert math.isfinite(right.item())
+
+
+def test_a_model_with_classes_but_no_conditional_part_bounds_log_p_of_x():
+    """Such a model (trainable before hostile round eleven refused it) is unconditional: its
+    evaluation says log p(x), not log p(x|y) as model.classes alone suggested."""
+    from models import small_vae
+
+    from vae_lightning.log_likelihood import bound_of
+
+    assert bound_of(small_vae(classes=3)) == "log p(x)"

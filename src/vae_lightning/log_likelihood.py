@@ -509,8 +509,10 @@ def bound_of(model: VAE, y: Tensor | None = None) -> str:
     """What ``evaluate``'s estimates bound, in words: log p(x); for a model of the labels (M2),
     log p(x) with y enumerated (``Objective.latent_labels``); for a model given its condition
     (a conditional VAE, which models no p(y)), log p(x|y), given each image's own label, or its
-    condition vector when the data serve floats ``y`` (``data.condition``)."""
-    if model.classes is None:
+    condition vector when the data serve floats ``y`` (``data.condition``). A model with
+    ``classes`` set but no part that reads y (a checkpoint from before that was refused) is
+    unconditional: log p(x)."""
+    if model.classes is None or not getattr(model, "_conditional", ()):
         return "log p(x)"
     probe = torch.zeros(1, *model.data_shape, device=model.device)
     labels = model.objective.latent_labels(probe)

@@ -567,3 +567,23 @@ def test_a_record_off_the_protocol_is_shown_plain_with_what_it_lacks(tmp_path):
     assert f"| {quick} |" in text and "**-140.50" not in text
     assert "| **-89.28 ± 0.20** |" in text
     assert f"| {quick} |" in readme.read_text() and "| -89.28 ± 0.20 |" in readme.read_text()
+
+
+def test_a_record_s_words_stay_in_their_table_cell(tmp_path):
+    """A paper with no source shows no "(None)"; a pipe or a line break in a record's words
+    (its status, the paper's source) does not split the Markdown table's row."""
+    from pathlib import Path
+
+    records = tmp_path / "records"
+    records.mkdir()
+    committed = Path(__file__).resolve().parents[1] / "docs" / "benchmark" / "records"
+    record = json.loads((committed / "vae.json").read_text())
+    record["status"] = "completed | checked\nby hand"
+    record["bench"]["paper"] = {"value": -86.76, "source": None}
+    (records / "vae.json").write_text(json.dumps(record))
+    text = bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong").read_text()
+    name = record["bench"]["row"]
+    row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+    assert "(None)" not in row and "| -86.76 |" in row
+    assert "completed \\| checked by hand" in row
+    assert row.count(" | ") == 9  # ten cells (the escaped pipe is not a separator)

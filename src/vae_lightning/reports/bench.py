@@ -381,6 +381,11 @@ def _rewrite_readme(readme: Path, table: list[str]) -> None:
     readme.write_text(text[:start] + "\n".join([BEGIN, *table, ""]) + text[end:])
 
 
+def _table_cell(text: str) -> str:
+    """A record's words as one Markdown table cell: on one line, its pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
          readme: Path | None = None) -> Path:
     """Write the page from the records (and the full-length runs' stretches), and its summary
@@ -412,16 +417,16 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
         # A record from before resumed evaluations counted every run's time: its last run's only.
         at_least = "≥ " if (record.get("eval_seconds_last_run_only")
                             or record.get("train_seconds_last_run_only")) else ""
-        lines.append(
-            f"| {bench.get('row', row)} | `{bench.get('config', '')}` | "
-            f"{_iw(record)} | "
-            f"{_nats(record['elbo'].get('nats'))} | "
-            f"{_nats(record.get('active_units'), 'd')} of {record['latent']} | "
-            f"{_samples(record.get('train_samples_seen'))} | {at_least}{seconds / 3600:.2f} h | "
-            f"{record['status']} | "
-            f"{_nats(paper.get('value'))} ({paper.get('source', '')}) | "
-            f"{_nats(pythae.get('value'))}" + (f" ({pythae['setting']})"
-                                               if pythae.get("setting") else "") + " |")
+        source = f" ({paper['source']})" if paper.get("source") else ""
+        cells = [bench.get("row", row), f"`{bench.get('config', '')}`", _iw(record),
+                 _nats(record["elbo"].get("nats")),
+                 f"{_nats(record.get('active_units'), 'd')} of {record['latent']}",
+                 _samples(record.get("train_samples_seen")),
+                 f"{at_least}{seconds / 3600:.2f} h", record["status"],
+                 f"{_nats(paper.get('value'))}{source}",
+                 _nats(pythae.get("value")) + (f" ({pythae['setting']})"
+                                               if pythae.get("setting") else "")]
+        lines.append("| " + " | ".join(_table_cell(str(c)) for c in cells) + " |")
     known = rows()
     missing = sorted(set(known) - set(found))
     lines += ["", "**How ours differs.** The papers train their own networks for their own length "

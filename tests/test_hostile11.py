@@ -270,3 +270,21 @@ def test_no_manifold_is_drawn_for_two_stochastic_layers_of_one_unit(tmp_path):
                                                                 "callbacks.figures"))]], run))
     drawn = {path.stem for path in (run / "figures").glob("*.png")}
     assert "samples" in drawn and "manifold" not in drawn
+
+
+def test_a_bits_per_dim_metric_of_a_run_that_logs_none_is_refused_before_training(tmp_path):
+    """optimized_metric or an early-stopping monitor of */bits_per_dim on Frey Face's Gaussian
+    (a density: no code length, none logged) trained in full, then failed on the metric; now
+    refused before training, naming the key and the split's elbo. Binarized MNIST logs them."""
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.train import build_run
+
+    frey = ["data=frey", "model.latent=2", "logger=none"]
+    with pytest.raises(ConfigError, match=r"optimized_metric=val/bits_per_dim: this run logs no "
+                       r"bits per dimension.*val/elbo"):
+        build_run(compose_train([*frey, "+optimized_metric=val/bits_per_dim"], tmp_path / "a"))
+    with pytest.raises(ConfigError, match=r"callbacks.early_stopping.monitor=val/bits_per_dim"):
+        build_run(compose_train([*frey, "callbacks=[default,early_stopping]",
+                                 "callbacks.early_stopping.monitor=val/bits_per_dim"],
+                                tmp_path / "b"))
+    build_run(compose_train([*frey, "+optimized_metric=val/elbo"], tmp_path / "c"))

@@ -21,7 +21,10 @@ from vae_lightning.args import choices
 from vae_lightning.checkpoints import data_differences
 from vae_lightning.conditional import check_condition
 from vae_lightning.config import instantiate_node
+from vae_lightning.config_checks import target_nodes
 from vae_lightning.errors import CheckpointError, ConfigError, NothingToDo
+from vae_lightning.likelihoods import code_length
+from vae_lightning.metrics import BITS
 from vae_lightning.module import VAE
 from vae_lightning.pixel_distributions import Grid
 from vae_lightning.rebuild import PARTS
@@ -236,6 +239,27 @@ def available_memory() -> int | None:
     except OSError:
         pass
     return None
+
+
+def check_bits_metric(cfg: Any, model: VAE, datamodule: L.LightningDataModule) -> None:
+    """A run optimized (``optimized_metric``) or stopped (an early-stopping callback) on bits per
+    dimension, which it logs only where they are a code length (``likelihoods.code_length``):
+    refused before training where they are not (a density of continuous pixels, Frey Face's
+    Gaussian), which would train in full and then fail on the metric."""
+    likelihood = model.decoder.likelihood
+    if likelihood.discrete and code_length(likelihood, datamodule):
+        return
+    named = {"optimized_metric": cfg.get("optimized_metric")}
+    for path, node in target_nodes(cfg.get("callbacks")):
+        if str(node._target_).endswith("EarlyStopping"):
+            named[f"callbacks.{path}.monitor"] = node.get("monitor")
+    for key, metric in named.items():
+        if isinstance(metric, str) and metric.endswith(f"/{BITS}"):
+            raise ConfigError(
+                f"{key}={metric}: this run logs no bits per dimension, which are a code length "
+                f"only for a probability of discrete pixel values (the likelihood "
+                f"{type(likelihood).__name__} on these data is not one): choose the same "
+                f"split's elbo, e.g. {metric.split('/')[0]}/elbo.")
 
 
 def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> None:

@@ -108,6 +108,7 @@ def build_run(cfg: DictConfig) -> Run:
             raise ConfigError(f"Invalid configuration: model.optimizer ({node._target_} with "
                               f"{given}) refuses its arguments: {err}.") from None
     run_checks.warn_about_the_likelihood(datamodule, model)
+    run_checks.check_bits_metric(cfg, model, datamodule)
     return Run(datamodule, model, resume_from, checkpoint, record)
 
 

@@ -273,3 +273,22 @@ def test_a_model_on_condition_vectors_draws_its_samples_and_manifold_given_data_
     data = torch.from_numpy(condition)
     distance = (vectors.float()[:, None] - data[None]).abs().amax(-1).min(1).values
     assert distance.max() < 1e-5, vectors[distance.argmax()]
+
+
+def test_no_figure_is_drawn_from_weights_that_are_not_finite(caplog):
+    """A run whose update made its weights NaN while the loss was still finite (found with
+    PIWAE's withdrawn one-pass variant): the figures at the end of fit raised a traceback from
+    decode (exit 1) before the run could end as diverged (exit 4); now they are left out with
+    a warning."""
+    from types import SimpleNamespace
+
+    from models import small_vae
+
+    from vae_lightning.callbacks.figures import Figures
+
+    model = small_vae()
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with caplog.at_level("WARNING"):
+        Figures().draw(SimpleNamespace(is_global_zero=True, datamodule=None), model)
+    assert "Figures not drawn: the model's weights are not all finite" in caplog.text

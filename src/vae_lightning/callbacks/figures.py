@@ -336,8 +336,13 @@ class Figures(L.Callback):
         return torch.cat(xs)[: self.n_points], torch.cat(ys)[: self.n_points]
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str = "") -> None:
-        """Draw every figure that applies, save it and log it (global rank 0 only)."""
+        """Draw every figure that applies, save it and log it (global rank 0 only); none from
+        weights that are not all finite (a run whose update diverged while its loss was still
+        finite: its decoder's images are NaN, and the run ends as diverged, exit code 4)."""
         if not trainer.is_global_zero:
+            return
+        if not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
+            log.warning("Figures%s not drawn: the model's weights are not all finite.", suffix)
             return
         dm = trainer.datamodule
         training = pl_module.training

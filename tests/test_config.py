@@ -381,3 +381,20 @@ def test_a_network_swapped_by_its_target_alone_gets_the_way_to_swap_the_node(tmp
     with pytest.raises(ConfigError) as err:  # a misspelt key alone: no such hint
         check(compose_train(["data=frey", "+model.encoder.net.hiden=[3]"], tmp_path))
     assert "was changed on the command line" not in str(err.value)
+
+
+def test_a_key_an_experiment_set_for_a_replaced_part_says_how_to_drop_it(tmp_path):
+    """experiment=conv_ladder_mnist model/objective=iwae: the preset's warm-up steps stay in the
+    node, which IWAE does not take; the error names where the key came from and how to drop
+    it, and that way composes and checks. A key the command itself gave gets no such hint."""
+    base = ["experiment=conv_ladder_mnist", "model/objective=iwae"]
+    with pytest.raises(ConfigError) as err:
+        check(compose_train(base, tmp_path))
+    assert ("model.objective.warmup_steps=10000 is not allowed: not an argument" in str(err.value)
+            and "It comes from experiment=conv_ladder_mnist, which set it for the part this "
+            "command replaced: drop it with ~model.objective.warmup_steps." in str(err.value))
+    check(compose_train([*base, "~model.objective.warmup_steps"], tmp_path))
+    with pytest.raises(ConfigError) as err:
+        check(compose_train([*base, "~model.objective.warmup_steps",
+                             "+model.objective.warmup=3"], tmp_path))
+    assert "It comes from experiment" not in str(err.value)

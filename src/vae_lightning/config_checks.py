@@ -117,6 +117,8 @@ def problems(cfg: DictConfig) -> list[str]:
                                   f"({node._target_}{via}).")
             if accepted.startswith("not an argument") and path in swapped:
                 found.setdefault(dotted(path, "_target_"), _swap_hint(path, node))
+            elif accepted.startswith("not an argument") and (hint := _experiment_hint(key)):
+                found[key] += hint
         for name, value in plain_values.items():
             part = _part(target, name)
             if part is not None and (value is not None or not part[1]):
@@ -136,6 +138,20 @@ def _swapped_targets() -> set[str]:
 
     return {item.split("=", 1)[0].lstrip("+~")[:-len("._target_")] for item in overrides()
             if item.split("=", 1)[0].endswith("._target_")}
+
+
+def _experiment_hint(key: str) -> str:
+    """Where a key no argument takes came from when the command did not give it but chose an
+    experiment: the preset set it for the part it chose, which the command replaced (e.g.
+    ``experiment=conv_ladder_mnist model/objective=iwae`` keeps the preset's warm-up steps)."""
+    from vae_lightning.sweeps import overrides
+
+    given = {item.split("=", 1)[0].lstrip("+~") for item in overrides()}
+    chosen = [item.split("=", 1)[1] for item in overrides() if item.startswith("experiment=")]
+    if key in given or not chosen:
+        return ""
+    return (f" It comes from experiment={chosen[0]}, which set it for the part this command "
+            f"replaced: drop it with ~{key}.")
 
 
 def _swap_hint(path: str, node: DictConfig) -> str:

@@ -248,3 +248,24 @@ def test_an_iwae_step_on_confident_blocks_is_finite():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(bound.elbo).all()
     assert all(torch.isfinite(t.grad).all() for t in vae.parameters() if t.grad is not None)
+
+
+def test_a_draw_s_log_values_are_freed_with_it_and_serve_every_draw_still_held():
+    """The log values (and the encoder's graph behind them) live as long as the z they belong
+    to, not until the family's next draw; an earlier draw still held is scored from its own."""
+    import gc
+    import weakref
+
+    family, prior = model(6)
+    params = torch.randn(4, family.n_params(6), requires_grad=True)
+    q = family(params)
+    first, second = q.rsample(), q.rsample()
+    assert q.draws.logs(first) is not None and q.draws.logs(second) is not None
+    assert q.draws.logs(first)[0] is not q.draws.logs(second)[0]
+    held = weakref.ref(q.draws.logs(first)[0])
+    del first
+    gc.collect()
+    assert held() is None
+    # Another family's draws are not read as this one's.
+    other, _ = model(6)
+    assert other(params).draws.logs(second) is None

@@ -393,8 +393,8 @@ class Progress(log_likelihood.Progress):
 
     @staticmethod
     def inconsistency(done: int, parts: dict[str, list]) -> str | None:
-        if not all(len(parts[name]) == done for name in Progress.PARTS):
-            return "its lists of results do not hold one entry per batch done"
+        if wrong := log_likelihood.entries_wrong(done, parts, Progress.PARTS):
+            return wrong
         for i in range(done):
             log_px, ess, acceptance = (parts[name][i] for name in Progress.PARTS)
             if not (isinstance(log_px, Tensor) and log_px.is_floating_point()

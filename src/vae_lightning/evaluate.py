@@ -310,7 +310,8 @@ class Evaluation:
                     "leapfrog": self.ais_leapfrog, "start": annealed_from})
                 results["ais"] = self._ais(model, batches(f"AIS, {self.ais_steps} steps"),
                                            annealed_from, seed, discrete,
-                                           estimates["iw_per_point"], ais_progress)
+                                           estimates["iw_per_point"], estimates["bound_of"],
+                                           ais_progress)
             except torch.OutOfMemoryError:
                 raise ConfigError(self._ais_out_of_memory()) from None
         if hasattr(model.objective, "classify"):  # a semi-supervised model's q(y|x) (M2)
@@ -378,12 +379,14 @@ class Evaluation:
         return start
 
     def _ais(self, model: VAE, batches: Any, start: str, seed: int, discrete: bool,
-             iw: Tensor, progress: ais.Progress | None = None) -> dict[str, Any]:
+             iw: Tensor, bound_of: str,
+             progress: ais.Progress | None = None) -> dict[str, Any]:
         """eval.json's ``ais``: the AIS estimate of log p(x) over the points, with its standard
         error (over the points), what it was run with, and ``minus_iw``: the mean over the points
         of AIS minus the IW estimate ``iw`` (per point, the same points in the same order) with
         its standard error. The two estimates' own errors are mostly the points' spread, which
-        a paired difference removes: it says whether AIS is the tighter bound."""
+        a paired difference removes: it says whether AIS is the tighter bound. ``bound_of``: the
+        IW estimate's words (``log_likelihood.bound_of``), which AIS's estimate shares."""
         torch.manual_seed(seed)
         found = ais.over_batches(model, batches, self.ais_steps, self.ais_chains,
                                  self.ais_leapfrog, start, progress)
@@ -394,7 +397,7 @@ class Evaluation:
             estimate["bits_per_dim"] = estimate["bits_per_dim_se"] = None
         minus_iw = {"nats": paired["nats"], "nats_se": paired["nats_se"]}
         # A conditional VAE's estimates are of log p(x|y) (bound_of), M2's and the rest's log p(x).
-        of = "log p(x|y)" if log_likelihood.bound_of(model).startswith("log p(x|y)") else "log p(x)"
+        of = "log p(x|y)" if bound_of.startswith("log p(x|y)") else "log p(x)"
         log.info("AIS (%d steps, %d chains, from the %s): %s %.4f +- %.4f nats, %.4f +- "
                  "%.4f above the IW estimate", self.ais_steps, self.ais_chains, start, of,
                  estimate["nats"], estimate["nats_se"], minus_iw["nats"], minus_iw["nats_se"])

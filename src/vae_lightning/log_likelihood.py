@@ -180,6 +180,16 @@ class Progress:
         self.path.unlink(missing_ok=True)
 
 
+def entries_wrong(done: int, parts: dict[str, list], every: tuple[str, ...],
+                  optional: tuple[str, ...] = ()) -> str | None:
+    """Unless each of a progress file's lists ``every`` holds one entry per batch ``done``, and
+    each of ``optional`` one or none at all, what is wrong, in words (None: nothing)."""
+    if (any(len(parts[name]) != done for name in every)
+            or any(len(parts[name]) not in (0, done) for name in optional)):
+        return "its lists of results do not hold one entry per batch done"
+    return None
+
+
 def _inconsistency(done: int, parts: dict[str, list]) -> str | None:
     """What does not add up in the ``done`` batches' ``parts`` of a progress file, in words
     (None: nothing found), before it is trusted: per batch, the ELBO and the IW estimate one
@@ -187,11 +197,9 @@ def _inconsistency(done: int, parts: dict[str, list]) -> str | None:
     log-weights: log mean exp >= mean, Jensen; a little float32 rounding allowed), and the
     posterior means and parameters one row per point, the same width in every batch; all of
     them, and the KL divergences, finite."""
-    if not len(parts["iws"]) == len(parts["elbos"]) == len(parts["means"]) == done:
-        return "its lists of results do not hold one entry per batch done"
-    if (len(parts["params"]) not in (0, done) or len(parts["divergences"]) not in (0, done)
-            or len(parts["kls"]) not in (0, done)):
-        return "its lists of results do not hold one entry per batch done"
+    if wrong := entries_wrong(done, parts, ("iws", "elbos", "means"),
+                              optional=("params", "divergences", "kls")):
+        return wrong
     width = {}
     for i in range(done):
         elbo, iw, means = (parts[name][i] for name in ("elbos", "iws", "means"))

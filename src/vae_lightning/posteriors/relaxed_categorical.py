@@ -14,7 +14,7 @@ Layout of z [..., latent]: ``continuous`` Gaussian dimensions first, then (laten
   there, log p(z) = log p_ExpConcrete(y) - sum_k y_k, as Maddison et al. (Sec. 3.3 and C)
   advise: a z_k below float32's range (a confident block at a low temperature, y_k < -103) is
   exactly 0, where log z_k is -inf and both log q(z) and log p(z) would be NaN. The log values
-  of a family's last draw are kept (``Draws``) for the z it returned, so that q and the prior,
+  of a family's draws are kept (``Draws``) with the z each returned, so that q and the prior,
   both built by the family, score that z from them; any other z is scored from itself.
 - Evaluation (``module.eval()``): each block is the discrete OneHotCategorical(pi), so log q and
   log p are exact probabilities of one-hot codes and the importance-weighted estimate is a valid
@@ -30,7 +30,6 @@ a batch; kept in a buffer too, so that the temperature is the schedule's outside
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Annotated
 
 import torch
@@ -43,26 +42,22 @@ from vae_lightning.posteriors import Family, Gaussian
 
 
 class Draws:
-    """The log values y = log z of the relaxed blocks of a family's last draw, kept for the z
-    that draw returned (that very tensor: a copy, a view or another z is not it), so that
-    log q(z) and log p(z) are computed from y, finite where z_k underflowed to 0."""
-
-    def __init__(self) -> None:
-        self._z: weakref.ref | None = None
-        self._logs: list[Tensor | None] = []
+    """The log values y = log z of the relaxed blocks of a family's draws, kept with the z each
+    draw returned (that very tensor: a copy, a view or another z is not it), so that log q(z) and
+    log p(z) are computed from y, finite where z_k underflowed to 0. They are held by z itself,
+    so they, and the encoder's graph behind them, are freed with z (not kept until the next
+    draw); ``keep`` marks them with this object, so another family's z is scored from itself."""
 
     def keep(self, z: Tensor, logs: list[Tensor | None]) -> None:
-        self._z, self._logs = weakref.ref(z), logs
-
-    def __getstate__(self) -> dict:  # a pickled model (DDP's spawn) keeps no draw
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
+        z.__dict__[_LOGS] = (self, logs)
 
     def logs(self, z: Tensor) -> list[Tensor | None] | None:
-        """The parts' log values (None for a part not relaxed) if ``z`` is the last draw."""
-        return self._logs if self._z is not None and self._z() is z else None
+        """The parts' log values (None for a part not relaxed) if ``z`` is one of its draws."""
+        owner, logs = z.__dict__.get(_LOGS, (None, None))
+        return logs if owner is self else None
+
+
+_LOGS = "_relaxed_categorical_logs"  # the attribute of a drawn z that holds its log values
 
 
 class JointLatent(Distribution):

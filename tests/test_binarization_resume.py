@@ -79,6 +79,30 @@ def test_the_generator_continues_from_the_saved_state():
     assert other.state_dict() == {}
 
 
+def test_each_ddp_rank_goes_on_with_its_own_saved_stream(monkeypatch):
+    """A checkpoint of a 2-rank run holds every rank's states (``ranks``); on resume each rank
+    takes its own; from a checkpoint of another number of ranks, rank 0 those it wrote and the
+    others their seeds' streams."""
+    def drawn(seed):
+        generator = torch.Generator().manual_seed(seed)
+        torch.rand(7, generator=generator)
+        return generator.get_state()
+
+    saved = {"rank": 0, "binarization": {"cpu": drawn(1)},
+             "ranks": [{"cpu": drawn(1)}, {"cpu": drawn(2)}]}
+    for rank, seed in ((0, 1), (1, 2)):
+        module = MNISTDataModule(binarize="dynamic")
+        monkeypatch.setattr(module, "_rank_world", lambda rank=rank: (rank, 2))
+        module.load_state_dict(saved)
+        assert torch.equal(module.state_dict()["binarization"]["cpu"], drawn(seed))
+    three = MNISTDataModule(binarize="dynamic")  # rank 2 of 3: its own stream from the seed
+    monkeypatch.setattr(three, "_rank_world", lambda: (2, 3))
+    three.load_state_dict(saved)
+    assert three.state_dict() == {}
+    with pytest.raises(CheckpointError, match="binarization state .* was altered"):
+        MNISTDataModule(binarize="dynamic").load_state_dict({**saved, "ranks": [{"cpu": 5}]})
+
+
 CPU = torch.Generator().get_state()
 TAMPERED = {
     "not a mapping": torch.zeros(3),
@@ -92,6 +116,10 @@ TAMPERED = {
     "invalid state": {"rank": 0, "binarization": {"cpu": torch.zeros_like(CPU)}},
     "no device": {"rank": 0, "binarization": {"gpu7": CPU}},
     "key not a name": {"rank": 0, "binarization": {0: CPU}},
+    "ranks not a list": {"rank": 0, "binarization": {"cpu": CPU}, "ranks": {"cpu": CPU}},
+    "a rank's states not a mapping": {"rank": 0, "binarization": {"cpu": CPU}, "ranks": [CPU]},
+    "a rank's state invalid": {"rank": 0, "binarization": {"cpu": CPU},
+                               "ranks": [{"cpu": torch.zeros_like(CPU)}]},
 }
 
 

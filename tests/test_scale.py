@@ -61,6 +61,38 @@ def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path):
     assert abs(results["test/elbo"] - elbo.mean().item()) < tolerance
 
 
+@pytest.mark.slow  # three 2-rank DDP runs
+def test_a_ddp_run_with_dynamic_binarization_resumes_exactly(tmp_path):
+    """Both ranks go on with their own binarization streams after a resume (every rank's
+    generator states are in the checkpoint): the resumed run ends with the weights of an
+    uninterrupted one. (Rank 1 restarted its stream from the seed before.)"""
+    from compose import mnist_like
+
+    data = mnist_like(tmp_path / "data", train=300, test=50)
+    common = ["data=mnist", f"data.root={data}", "data.val_size=50", "data.batch_size=25",
+              "data.binarize=dynamic", "model.latent=2", "model.encoder.net.hidden=[16]",
+              "model.decoder.net.hidden=[16]", *QUIET, "logger=none", "callbacks.figures=null",
+              "callbacks.bound_curve=null", "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.devices=2", "trainer.max_epochs=-1"]
+
+    def run(run_dir, *overrides):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, str(REPO / "train.py"), *common,
+                               f"hydra.run.dir={run_dir}", *overrides], cwd=run_dir,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+    cut = run(tmp_path / "cut", "trainer.max_steps=3")
+    assert len(cut["MNISTDataModule"]["ranks"]) == 2
+    resumed = run(tmp_path / "cut", "trainer.max_steps=8",
+                  f"ckpt_path={tmp_path / 'cut' / 'checkpoints' / 'last.ckpt'}")
+    reference = run(tmp_path / "ref", "trainer.max_steps=8")
+    assert resumed["global_step"] == reference["global_step"] == 8
+    for name, tensor in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], tensor), name
+
+
 @pytest.mark.slow  # two 2-rank DDP runs; steps_per_batch itself is tested on one process
 def test_ddp_with_several_steps_per_batch_trains_as_with_one(tmp_path):
     """Manual optimization under DDP: every inner step's gradients are all-reduced, so the

@@ -303,25 +303,55 @@ class VAEDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """The binarization generators' states, which Lightning saves in each checkpoint (under
         the class's name) and gives back to ``load_state_dict`` on resume: without them a resumed
-        run would draw its binarization noise again from the seed, unlike an uninterrupted one."""
+        run would draw its binarization noise again from the seed, unlike an uninterrupted one.
+        Under DDP, every rank's states (``ranks``, gathered from all of them: Lightning builds
+        the checkpoint on every rank, and rank 0 writes it), so that each rank goes on with its
+        own stream."""
         states = {**self._elsewhere,
                   **{device: gen.get_state() for device, gen in self._generators.items()}}
-        return {"rank": self._rank_world()[0], "binarization": states} if states else {}
+        rank, world = self._rank_world()
+        ranks = None
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * world
+            torch.distributed.all_gather_object(ranks, {device: state.cpu() for device, state
+                                                        in states.items()})
+        if not states and not any(ranks or ()):
+            return {}
+        return {"rank": rank, "binarization": states, **({"ranks": ranks} if ranks else {})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue the binarization generators from a checkpoint's states (``state_dict``).
-        A checkpoint written before these were saved has none: the generators start from the
-        seed, as they did. The checkpoint is untrusted: a state no generator takes is refused
-        (``CheckpointError``)."""
+        """Continue the binarization generators from a checkpoint's states (``state_dict``):
+        each DDP rank its own (``ranks``); from a checkpoint of another number of ranks, or
+        written before every rank's were saved, rank 0 those it wrote and any other rank its
+        own stream from the seed. A checkpoint written before these were saved has none: the
+        generators start from the seed, as they did. The checkpoint is untrusted: a state no
+        generator takes is refused (``CheckpointError``)."""
         state = state_dict
         if isinstance(state, dict) and not state:  # Lightning never saves it: nothing to restore
             return
-        if not isinstance(state, dict) or set(state) != {"rank", "binarization"} \
+        if not isinstance(state, dict) or set(state) - {"ranks"} != {"rank", "binarization"} \
                 or not isinstance(state["rank"], int) or isinstance(state["rank"], bool) \
-                or not isinstance(state["binarization"], dict):
+                or not isinstance(state["binarization"], dict) \
+                or not isinstance(state.get("ranks", []), list) \
+                or not all(isinstance(states, dict) for states in state.get("ranks", [])):
             self._refuse("is not a mapping of the rank and its generators' states")
+        ranks = [self._generators_from(states) for states in state.get("ranks", [])]
+        written = self._generators_from(state["binarization"])
+        rank, world = self._rank_world()
+        if len(ranks) == world:
+            self._generators, self._elsewhere = ranks[rank]
+        elif state["rank"] == rank:
+            # Only rank 0 writes the checkpoint, so these are rank 0's: any other rank keeps its
+            # own stream (from its seed), not a copy of rank 0's.
+            self._generators, self._elsewhere = written
+
+    def _generators_from(self, states: dict[Any, Any]
+                         ) -> tuple[dict[str, torch.Generator], dict[str, torch.Tensor]]:
+        """Generators continued from one rank's saved ``states`` (device name to state), and the
+        states of devices this process has not (kept, to be saved again); refused unless each
+        is a state its device's generator takes."""
         generators, elsewhere = {}, {}
-        for device, saved in state["binarization"].items():
+        for device, saved in states.items():
             if not isinstance(saved, torch.Tensor) or saved.dtype != torch.uint8 \
                     or saved.dim() != 1:
                 self._refuse(f"for {device!r} is not a generator's state (a 1-D uint8 tensor)")
@@ -346,11 +376,7 @@ class VAEDataModule(L.LightningDataModule):
             except RuntimeError:  # e.g. an mt19937 state its generator finds invalid
                 self._refuse(f"for {device} is not a state its generator takes")
             generators[device] = fresh
-        # Only rank 0 writes the checkpoint, so the states are rank 0's: any other rank of a DDP
-        # run keeps its own stream (from its seed), not a copy of rank 0's; its noise after a
-        # resume is not an uninterrupted run's (that would need every rank's states saved).
-        if state["rank"] == self._rank_world()[0]:
-            self._generators, self._elsewhere = generators, elsewhere
+        return generators, elsewhere
 
     def _refuse(self, why: str) -> None:
         from vae_lightning.checkpoints import USE_ANOTHER

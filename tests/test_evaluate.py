@@ -523,6 +523,29 @@ def test_a_stopped_evaluation_goes_on_where_it_stopped_to_the_same_numbers(
     assert resumed["seconds"] >= resumed["seconds_of_earlier_runs"]
 
 
+def test_the_time_check_of_a_stopped_evaluation_counts_only_what_is_left(
+        checkpoint, tmp_path, monkeypatch):
+    """eval.max_hours is checked against the points still to score: a stopped evaluation whose
+    batches were all saved goes on under any limit (nothing is left to time), one with half of
+    them saved is refused naming the half that is left (it counted every point)."""
+    base = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.chunk=8", "eval.device=cpu",
+            "eval.batch_size=50"]
+    whole = run_eval(_eval_cfg([*base, f"output_dir={tmp_path / 'whole'}"]))
+    for done in (4, 2):
+        out = tmp_path / f"stopped{done}"
+        with monkeypatch.context() as patched:
+            _killed_after(patched, done)
+            with pytest.raises(_Killed):
+                run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+        again = [*base, f"output_dir={out}", "eval.max_hours=1e-12"]
+        if done == 4:
+            _same_estimates(run_eval(_eval_cfg(again)), whole)
+        else:
+            with pytest.raises(ConfigError, match=r"eval.k=20 on 100 points \(the other 100 "
+                               r"scored by a stopped run\) would take about"):
+                run_eval(_eval_cfg(again))
+
+
 def test_a_quick_evaluation_between_two_runs_of_a_stopped_one_keeps_its_progress(
         checkpoint, tmp_path, monkeypatch, caplog):
     """A k = 20 evaluation killed after 2 of its 4 batches, then a quick k = 10 check into the
@@ -775,6 +798,10 @@ def test_a_stopped_ais_goes_on_where_it_stopped_to_the_same_numbers(checkpoint, 
     assert progress.is_file() and (out / "eval.progress.pt").is_file()
     saved = torch.load(progress, weights_only=True)
     assert saved["done"] == 1 and saved["seconds"] > 0
+    # The time check counts only what is left: AIS on the second batch (the IW estimate done).
+    with pytest.raises(ConfigError, match=r"on 6 points \(the other 6 scored by a stopped run\)"
+                       r" would take about [0-9.e-]+ hours on cpu, above"):
+        run_eval(_eval_cfg([*base, f"output_dir={out}", "eval.max_hours=1e-12"]))
     tampered = tmp_path / "tampered"
     tampered.mkdir()
     for name in ("eval.progress.pt", "eval.ais-progress.pt"):

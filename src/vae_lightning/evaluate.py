@@ -14,8 +14,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -257,11 +258,13 @@ class Evaluation:
                                            {**identity, "k": self.k})
         annealing = False  # AIS's timed run, whose memory is not the IW estimate's
         try:
-            iw_hours = log_likelihood.refuse_unfinishable(model, next(batches()), points,
-                                                          self.k, self.chunk, self.max_hours)
+            iw_hours = log_likelihood.refuse_unfinishable(
+                model, next(batches()), points, self.k, self.chunk, self.max_hours,
+                done=progress.batches_done() * self.batch_size)
             annealing = bool(self.ais_steps)
-            annealed_from = (self._refuse_ais(model, next(batches()), points, iw_hours)
-                             if self.ais_steps else None)
+            ais_progress = partial(self._ais_progress, out, identity)  # of the start
+            annealed_from = (self._refuse_ais(model, next(batches()), points, iw_hours,
+                                              ais_progress) if self.ais_steps else None)
             annealing = False
             torch.manual_seed(seed)
             estimates = evaluate(model, batches(), self.k, self.chunk, progress)
@@ -305,13 +308,10 @@ class Evaluation:
                 results[name]["bits_per_dim"] = results[name]["bits_per_dim_se"] = None
         if annealed_from is not None:
             try:
-                ais_progress = ais.Progress(rundir.path(out, "ais_progress"), {
-                    **identity, "steps": self.ais_steps, "chains": self.ais_chains,
-                    "leapfrog": self.ais_leapfrog, "start": annealed_from})
                 results["ais"] = self._ais(model, batches(f"AIS, {self.ais_steps} steps"),
                                            annealed_from, seed, discrete,
                                            estimates["iw_per_point"], estimates["bound_of"],
-                                           ais_progress)
+                                           ais_progress(annealed_from))
             except torch.OutOfMemoryError:
                 raise ConfigError(self._ais_out_of_memory()) from None
         if hasattr(model.objective, "classify"):  # a semi-supervised model's q(y|x) (M2)
@@ -340,7 +340,7 @@ class Evaluation:
         rundir.write_json(path, results)
         progress.remove()
         if annealed_from is not None:
-            ais_progress.remove()
+            ais_progress(annealed_from).remove()
         results["path"] = str(path)
         return results
 
@@ -352,11 +352,21 @@ class Evaluation:
                 "Give fewer eval.ais_chains (the IW estimate's finished batches are kept and "
                 "gone on from), a smaller eval.batch_size, or eval.device=cpu.")
 
+    def _ais_progress(self, out: Path, identity: dict[str, Any], start: str) -> ais.Progress:
+        """Where this evaluation's AIS from ``start`` stands (``identity``: the evaluation's
+        settings; ``out``: its run directory)."""
+        return ais.Progress(rundir.path(out, "ais_progress"), {
+            **identity, "steps": self.ais_steps, "chains": self.ais_chains,
+            "leapfrog": self.ais_leapfrog, "start": start})
+
     def _refuse_ais(self, model: VAE, batch: tuple[Tensor, Tensor], points: int,
-                    iw_hours: float = 0.0) -> str:
+                    iw_hours: float = 0.0,
+                    progress: Callable[[str], ais.Progress] | None = None) -> str:
         """Where AIS starts (``ais_start``, ``auto`` resolved), after refusing what it cannot
         run on this model and an estimate whose time, with the IW estimate's ``iw_hours``
-        (checked on its own first), is over ``max_hours``."""
+        (checked on its own first), is over ``max_hours``; the points a stopped run of this
+        AIS (``progress``: its ``ais.Progress``, given the start) scored already are not
+        counted."""
         start = ais.resolve_start(model, self.ais_start)
         problem = ais.refusal(model, start)
         if problem is not None:
@@ -365,14 +375,19 @@ class Evaluation:
             raise ConfigError(f"eval.ais_steps={self.ais_steps} (eval.ais_start="
                               f"{self.ais_start}): {problem}; or leave eval.ais_steps=0.")
         if self.max_hours is not None:
-            hours = ais.hours(model, batch, points, self.ais_steps, self.ais_chains,
+            done = 0 if progress is None else progress(start).batches_done() * self.batch_size
+            left = points - min(done, points)
+            hours = ais.hours(model, batch, left, self.ais_steps, self.ais_chains,
                               self.ais_leapfrog, start)
             if hours + iw_hours > self.max_hours:
                 with_iw = (f" (with the IW estimate's {iw_hours:.3g}: {hours + iw_hours:.3g})"
                            if iw_hours else "")
+                scored = (f" (the other {points - left} scored by a stopped run)"
+                          if left < points else "")
                 raise ConfigError(
                     f"eval.ais_steps={self.ais_steps} with eval.ais_chains={self.ais_chains} on "
-                    f"{points} points would take about {hours:.3g} hours on {batch[0].device}"
+                    f"{left} points{scored} would take about {hours:.3g} hours on "
+                    f"{batch[0].device}"
                     f"{with_iw}, above eval.max_hours={self.max_hours:g}; nothing was run. Set "
                     "eval.limit (AIS on a few hundred points is its use on a CPU), fewer steps or "
                     "chains, or raise eval.max_hours (null: no limit).")

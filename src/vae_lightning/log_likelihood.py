@@ -109,6 +109,16 @@ class Progress:
                 return self._restore(state, device)
         return None
 
+    def batches_done(self) -> int:
+        """How many batches ``load`` would go on from (0: none), with nothing restored, moved
+        or set aside: what is left to run is what a time check counts."""
+        for path in (self.path, *self._kept()):
+            if path.is_file():
+                state, _ = self._read(path)
+                if state is not None:
+                    return state["done"]
+        return 0
+
     def _read(self, path: Path) -> tuple[dict[str, Any] | None, str]:
         """The state in ``path`` if it is this evaluation's and adds up, else None and why."""
         why = "another checkpoint or settings, or unreadable"
@@ -482,11 +492,12 @@ def mutual_information_terms(family: Any, params: Tensor, batch: int = 500) -> T
 
 
 def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k: int,
-                        chunk: int | None, max_hours: float | None) -> float:
+                        chunk: int | None, max_hours: float | None, done: int = 0) -> float:
     """Time one decoder pass on the first batch ``(x, y)`` (in a forked random stream: the
     estimate's draws stay those of the seed) and refuse an evaluation of ``points`` points with
     ``k`` samples that would take more than ``max_hours`` (``eval.max_hours``); the hours it
-    would take (0 where ``max_hours`` is None: nothing is timed)."""
+    would take (0 where ``max_hours`` is None: nothing is timed). ``done``: how many of the
+    points a stopped run of this evaluation scored already (``Progress``): not counted."""
     if max_hours is None:
         return 0.0
     x, y = batch
@@ -501,12 +512,14 @@ def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         seconds = time.perf_counter() - start
-    passes = math.ceil(k / chunk) * math.ceil(points / len(x)) * enumerated
+    left = points - min(done, points)
+    passes = math.ceil(k / chunk) * math.ceil(left / len(x)) * enumerated
     hours = seconds * passes / 3600
     per_class = f", {enumerated} passes a batch: y enumerated" if labels is not None else ""
+    scored = f" (the other {points - left} scored by a stopped run)" if left < points else ""
     if hours > max_hours:
         raise ConfigError(
-            f"eval.k={k} on {points} points would take about {hours:.3g} hours on "
+            f"eval.k={k} on {left} points{scored} would take about {hours:.3g} hours on "
             f"{x.device} (one pass of {chunk} samples x {len(x)} points took "
             f"{seconds:.3g} s{per_class}), above eval.max_hours={max_hours:g}; nothing was run. "
             "Lower eval.k or set eval.limit, or raise eval.max_hours (null: no limit).")

@@ -130,7 +130,8 @@ def test_test_key_needs_a_npz(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    ([], r"model/likelihood \(ContinuousBernoulli\) is a distribution of values in \[0, 1\]"),
+    ([], r"model/likelihood \(ContinuousBernoulli\) is a distribution of values in \[0, 1\]"
+         r".*: model/likelihood=gaussian model.decoder.likelihood.mean_activation=identity\.$"),
     (["model/likelihood=bernoulli"], r"\(Bernoulli\) is a distribution of binary values"),
     (["model/likelihood=gaussian"], "mean_activation=sigmoid keeps the decoder's mean in"),
 ])

@@ -274,7 +274,8 @@ def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> 
         raise ConfigError(
             f"model/likelihood ({type(likelihood).__name__}) is a distribution of {values}, "
             f"but data.path={str(datamodule.path)!r} holds float feature vectors, real numbers: "
-            "expected a likelihood for real numbers, model/likelihood=gaussian.")
+            "expected a likelihood for real numbers with a mean that is not squashed into "
+            "(0, 1): model/likelihood=gaussian model.decoder.likelihood.mean_activation=identity.")
     if getattr(datamodule, "real_values", False) and getattr(
             likelihood, "mean_activation", None) == "sigmoid":
         raise ConfigError(

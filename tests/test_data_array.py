@@ -681,3 +681,36 @@ def test_vae_eval_of_a_conditional_vae_names_the_conditional_kl(tmp_path, monkey
     assert "test KL(q(z|x,y) || p(z|y)) " in evaluated.out, evaluated.out
     assert "bounds on log p(x|y)" in evaluated.out
     assert "U(x)" in M2.proposal  # M2's eval.json: its elbo is U(x), q(z|x, y) per class
+
+
+def test_a_relative_recorded_data_path_missing_from_elsewhere_says_how_to_name_it(
+        tmp_path, monkeypatch, capsys):
+    """A run trained with a relative data.path, evaluated from another directory: the refusal
+    (exit 2, one line) says the path came from the run's record, relative to where the command
+    runs, and how to name the file (it said only that the path does not exist)."""
+    from test_hostile import no_traceback, run
+
+    from vae_lightning import cli
+
+    save(tmp_path / "xc.npz", **conditioned_images(40))
+    run_dir = tmp_path / "run"
+    trained = run(cli.train, ["data=array", "data.path=xc.npz", "data.batch_size=20",
+                              "model/likelihood=gaussian", "model.latent=1",
+                              "model.encoder.net.hidden=[8]", "model.decoder.net.hidden=[8]",
+                              "trainer.max_steps=1", "logger=none", "callbacks.bound_curve=null",
+                              "callbacks.figures=null", f"hydra.run.dir={run_dir}", *QUIET],
+                  monkeypatch, capsys, tmp_path)
+    assert trained.code == 0, trained.err[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    evaluated = run(cli.evaluate, [f"ckpt_path={run_dir}/checkpoints/last.ckpt", "eval.k=1",
+                                   "eval.device=cpu"], monkeypatch, capsys, elsewhere)
+    no_traceback(evaluated)
+    assert evaluated.code == 2
+    lines = [line for line in evaluated.err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "The run's record gives data.path='xc.npz', a relative path" \
+        in lines[0] and f"({elsewhere})" in lines[0] and "eval.data_path=..." in lines[0], lines
+    again = run(cli.evaluate, [f"ckpt_path={run_dir}/checkpoints/last.ckpt", "eval.k=1",
+                               "eval.device=cpu", f"eval.data_path={tmp_path / 'xc.npz'}"],
+                monkeypatch, capsys, elsewhere)
+    assert again.code == 0, again.err[-3000:]

@@ -24,6 +24,7 @@ from vae_lightning.args import locations
 from vae_lightning.checkpoints import DATA_KEY, data_differences
 from vae_lightning.config import dotted
 from vae_lightning.data.datamodules import default_root
+from vae_lightning.data.download import DataNotFoundError
 from vae_lightning.errors import CheckpointError, ConfigError, DataError
 from vae_lightning.files import kind, open_regular
 from vae_lightning.rebuild import build_trusted, trusted_class
@@ -91,6 +92,17 @@ def find_data(config: dict[str, Any], ckpt_path: str, key: str, *, trusted: Sequ
                   eval_batch_size=batch_size)
     try:
         return build_trusted(values, "data", ckpt_path, trusted), source
+    except DataNotFoundError as err:
+        relative = [name for name in locations(module) if source.get(name) == "run record"
+                    and not Path(str(values[name])).expanduser().is_absolute()]
+        if not relative:
+            raise
+        name = relative[0]
+        raise DataNotFoundError(
+            f"{err} The run's record gives data.{name}={values[name]!r}, a relative path, read "
+            f"from the directory this command runs in ({Path.cwd()}): run it from the "
+            f"directory the run was started in, or name the data with "
+            f"{dotted(key, f'data_{name}')}=...") from None
     except CheckpointError as err:
         if "path" in str(err) and data_path is None:
             raise ConfigError(

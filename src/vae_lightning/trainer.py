@@ -77,8 +77,10 @@ class Trainer(L.Trainer):
                 days, hours, minutes, seconds = (int(part) for part in value.split(":"))
                 return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
             if isinstance(value, Mapping):
-                return timedelta(**{str(k): float(v) for k, v in value.items()})
-        except (TypeError, ValueError):
+                parts = {str(k): float(v) for k, v in value.items()}
+                if all(math.isfinite(number) for number in parts.values()):  # inf: no duration
+                    return timedelta(**parts)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: {days: 1e12}
             pass
         fail(self, "max_time", value, "expected a duration 'DD:HH:MM:SS' or a mapping of days, "
              "hours, minutes, seconds to numbers, e.g. {hours: 4}")

@@ -139,3 +139,28 @@ def test_no_api_key_is_one_paragraph_before_any_step(tmp_path):
     assert len(errors) == 1 and re.search("wandb login.*WANDB_MODE=offline.*logger=csv",
                                           errors[0]), run.stderr[-3000:]
     assert not (tmp_path / "run" / "checkpoints").exists()  # no step was taken
+
+
+@pytest.mark.parametrize("tampered", ["../x", " abc", "a:b"])
+def test_a_tampered_wandb_id_in_a_checkpoint_is_refused_before_the_resume(offline, tmp_path,
+                                                                         tampered):
+    """ResumeState's wandb_id is handed to W&B's logger on resume: an id W&B does not take was
+    refused by W&B with advice to log in (wrong: the file was altered); now one CheckpointError
+    naming the id, before the resume, as a tampered MLflow id."""
+    import torch
+
+    from vae_lightning.errors import CheckpointError
+
+    run = tmp_path / "run"
+    tiny = ["data=frey", "model.latent=2", *QUIET]
+    train(compose_train([*tiny, "trainer.max_steps=2", "logger=wandb"], run))
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert isinstance(checkpoint["callbacks"]["ResumeState"]["wandb_id"], str)
+    checkpoint["callbacks"]["ResumeState"]["wandb_id"] = tampered
+    torch.save(checkpoint, last)
+    with pytest.raises(CheckpointError) as refused:
+        train(compose_train([*tiny, "trainer.max_steps=4", "logger=wandb", f"ckpt_path={last}"],
+                            run))
+    assert f"wandb_id is {tampered!r}, not a W&B run id" in str(refused.value)
+    assert "login" not in str(refused.value)

@@ -135,16 +135,26 @@ def _refuse(path: str | Path, why: str) -> None:
 
 
 def _check_run_ids(state: Any, path: str | Path) -> None:
-    """The MLflow run id a resume's logger goes on with (``logger_runs``): one as MLflow takes
-    them (its own rule), or none. A tampered one was MLflow's invalid-id traceback once the run
-    had been set up. (W&B's refusal of an id is already one line: ``loggers.WandbLogger``.)"""
-    value = state.get("mlflow_run_id") if isinstance(state, dict) else None
-    if value is not None and not (isinstance(value, str) and MLFLOW_RUN_ID.fullmatch(value)):
-        _refuse(path, f"its mlflow_run_id is {str(value)[:80]!r}, not an MLflow run id (a "
-                      "letter or digit, then up to 255 letters, digits, _ and -)")
+    """The MLflow and W&B run ids a resume's loggers go on with (``logger_runs``): ones as each
+    service takes them (its own rule), or none. A tampered MLflow id was MLflow's invalid-id
+    traceback once the run had been set up; a tampered W&B id, W&B's refusal with advice to
+    log in."""
+    if not isinstance(state, dict):
+        return
+    for key, rule, words in (
+            ("mlflow_run_id", MLFLOW_RUN_ID, "an MLflow run id (a letter or digit, then up to "
+             "255 letters, digits, _ and -)"),
+            ("wandb_id", WANDB_RUN_ID, "a W&B run id (up to 256 characters, not beginning or "
+             "ending with a space, none of :;,#?/'\\ and no control characters)")):
+        value = state.get(key)
+        if value is not None and not (isinstance(value, str) and rule.fullmatch(value)):
+            _refuse(path, f"its {key} is {str(value)[:80]!r}, not {words}")
 
 
 MLFLOW_RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}", re.ASCII)  # MLflow's _validate_run_id
+# W&B's Settings.validate_run_id (no reserved character, no whitespace at either end), and no
+# backslash or control character: the id names a folder under <run dir>/wandb.
+WANDB_RUN_ID = re.compile(r"(?=[^\x00-\x1f:;,#?/'\\]{1,256}$)\S(?:.*\S)?", re.DOTALL)
 
 
 def _check_files(state: Any, path: str | Path) -> None:

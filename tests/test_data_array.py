@@ -2,6 +2,7 @@
 fixed split, nothing ever unpickled, one-line errors for bad files, and training end to end
 (also a conditional VAE on condition vectors)."""
 
+import json
 import math
 import pathlib
 import zipfile
@@ -655,19 +656,16 @@ def test_images_of_channels_no_picture_shows_train_and_get_no_pictures(tmp_path)
                        f"output_dir={tmp_path / 't'}"])()
 
 
-def test_vae_eval_of_a_conditional_vae_names_the_conditional_kl(tmp_path, monkeypatch, capsys):
-    """A conditional VAE's vae-eval line of the mean KL is of q(z|x,y) to p(z|y), as its bounds
-    are of log p(x|y): it said KL(q(z|x) || p(z)) beside "bounds on log p(x|y)"."""
+def _trained_and_evaluated(path, train_args, tmp_path, monkeypatch, capsys):
+    """vae-train for 2 steps on the array file ``path`` with ``train_args`` (small networks),
+    then vae-eval (k = 2) of its last.ckpt: vae-eval's output and the run's directory."""
     from test_hostile import no_traceback, run
 
     from vae_lightning import cli
-    from vae_lightning.objectives.m2 import M2
 
-    path = save(tmp_path / "xc.npz", **conditioned_images(60))
     run_dir = tmp_path / "run"
-    trained = run(cli.train, ["data=array", f"data.path={path}", "data.condition=c",
-                              "data.batch_size=20", "model=cvae", "model.classes=2",
-                              "model.latent=1", "model.encoder.net.hidden=[8]",
+    trained = run(cli.train, ["data=array", f"data.path={path}", "data.batch_size=20",
+                              *train_args, "model.latent=1", "model.encoder.net.hidden=[8]",
                               "model.decoder.net.hidden=[8]", "trainer.max_steps=2",
                               "logger=none", "callbacks.bound_curve=null",
                               "callbacks.figures=null", f"hydra.run.dir={run_dir}", *QUIET],
@@ -678,9 +676,36 @@ def test_vae_eval_of_a_conditional_vae_names_the_conditional_kl(tmp_path, monkey
                     monkeypatch, capsys, tmp_path)
     no_traceback(evaluated)
     assert evaluated.code == 0, evaluated.err[-3000:]
+    return evaluated, run_dir
+
+
+def test_vae_eval_of_a_conditional_vae_names_the_conditional_kl(tmp_path, monkeypatch, capsys):
+    """A conditional VAE's vae-eval line of the mean KL is of q(z|x,y) to p(z|y), as its bounds
+    are of log p(x|y): it said KL(q(z|x) || p(z)) beside "bounds on log p(x|y)"."""
+    path = save(tmp_path / "xc.npz", **conditioned_images(60))
+    evaluated, _ = _trained_and_evaluated(
+        path, ["data.condition=c", "model=cvae", "model.classes=2"], tmp_path, monkeypatch,
+        capsys)
     assert "test KL(q(z|x,y) || p(z|y)) " in evaluated.out, evaluated.out
     assert "bounds on log p(x|y)" in evaluated.out
-    assert "U(x)" in M2.proposal  # M2's eval.json: its elbo is U(x), q(z|x, y) per class
+
+
+def test_vae_eval_of_m2_writes_its_bound_and_proposal_to_eval_json(tmp_path, monkeypatch, capsys):
+    """End to end, M2 trained on a labelled array file: vae-eval's eval.json says its bounds are
+    of log p(x) with y enumerated, its ELBO U(x), and its proposal q(z|x, y) per class, and the
+    classification error of q(y|x) is written beside them."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    x = np.clip(y[:, None, None] * 0.8 + 0.1 + 0.05 * rng.standard_normal((60, 8, 8)), 0, 1)
+    path = save(tmp_path / "xy.npz", x=x.astype(np.float32), y=y)
+    _, run_dir = _trained_and_evaluated(
+        path, ["data.labels_key=y", "data.labelled=20", "data.labelled_batch=4", "model=m2",
+               "model.classes=2"], tmp_path, monkeypatch, capsys)
+    results = json.loads((run_dir / "eval.json").read_text())
+    assert results["bound_of"].startswith("log p(x), y enumerated over its 2 classes")
+    assert "U(x)" in results["bound_of"] and "U(x)" in results["proposal"]
+    assert results["proposal"].startswith("q(z|x, y) for each class y")
+    assert 0 <= results["classification_error"] <= 1
 
 
 def test_a_relative_recorded_data_path_missing_from_elsewhere_says_how_to_name_it(

@@ -320,44 +320,6 @@ def test_hidden_labels_need_an_objective_that_sums_over_them(tmp_path):
 
 
 
-def test_vae_eval_of_m2_writes_its_bound_and_proposal_to_eval_json(tmp_path, monkeypatch, capsys):
-    """End to end, M2 trained on a labelled array file: vae-eval's eval.json says its bounds are
-    of log p(x) with y enumerated, its ELBO U(x), and its proposal q(z|x, y) per class, and the
-    classification error of q(y|x) is written beside them."""
-    import json
-
-    import numpy as np
-    from test_hostile import no_traceback, run
-
-    from vae_lightning import cli
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 60)
-    x = np.clip(y[:, None, None] * 0.8 + 0.1 + 0.05 * rng.standard_normal((60, 8, 8)), 0, 1)
-    path = tmp_path / "xy.npz"
-    np.savez(path, x=x.astype(np.float32), y=y)
-    run_dir = tmp_path / "run"
-    quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-    trained = run(cli.train, ["data=array", f"data.path={path}", "data.labels_key=y",
-                              "data.labelled=20", "data.labelled_batch=4", "data.batch_size=20",
-                              "model=m2", "model.classes=2", "model.latent=1",
-                              "model.encoder.net.hidden=[8]", "model.decoder.net.hidden=[8]",
-                              "trainer.max_steps=2", "logger=none", "callbacks.bound_curve=null",
-                              "callbacks.figures=null", f"hydra.run.dir={run_dir}", *quiet],
-                  monkeypatch, capsys, tmp_path)
-    assert trained.code == 0, trained.err[-3000:]
-    evaluated = run(cli.evaluate, [f"ckpt_path={run_dir}/checkpoints/last.ckpt", "eval.k=2",
-                                   "eval.device=cpu", f"eval.data_path={path}"],
-                    monkeypatch, capsys, tmp_path)
-    no_traceback(evaluated)
-    assert evaluated.code == 0, evaluated.err[-3000:]
-    results = json.loads((run_dir / "eval.json").read_text())
-    assert results["bound_of"].startswith("log p(x), y enumerated over its 2 classes")
-    assert "U(x)" in results["bound_of"] and "U(x)" in results["proposal"]
-    assert results["proposal"].startswith("q(z|x, y) for each class y")
-    assert 0 <= results["classification_error"] <= 1
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(),
                     reason="needs ../shared/data/mnist (the shared data folder)")

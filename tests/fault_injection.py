@@ -31,6 +31,19 @@ class NaNInputAtStep(L.Callback):
             minibatches[self.step - trainer.global_step][0][0, 0] = float("nan")
 
 
+class NaNGradientAtStep(L.Callback):
+    """Make one gradient element NaN after the backward pass of optimizer step ``step`` (its loss
+    finite), as an objective's 0 x inf would: the update that follows breaks a parameter."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = \
+                float("nan")
+
+
 class SigtermAt(L.Callback):
     """Send this process SIGTERM once from ``hook`` of the Trainer call ``fn`` (fit, validate,
     test), at a moment a test chooses instead of one a race picks: ``setup``, before Lightning

@@ -183,6 +183,23 @@ def test_a_loss_non_finite_before_any_update_blames_the_data_not_the_step_size(t
     assert "lower model.optimizer.lr" not in message
 
 
+def test_parameters_broken_by_non_finite_gradients_of_a_finite_loss_are_named(tmp_path):
+    """An update from NaN gradients while the loss was finite (step 3) breaks a parameter; the
+    next step's loss is NaN. The message says the saved state already holds non-finite
+    parameters and points to the best checkpoint, instead of offering that state, with "its
+    largest parameter is nan", as the one to go on from."""
+    cfg = compose_train([*SMALL, "trainer.max_epochs=2",
+                         "+callbacks.nan._target_=fault_injection.NaNGradientAtStep",
+                         "+callbacks.nan.step=3"], tmp_path)
+    with pytest.raises(NonFiniteLossError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert "at step 4" in message and "already were not finite" in message, message
+    assert "for inspection only" in message and "largest parameter is nan" not in message
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (results["status"], results["exit_code"]) == ("nonfinite", 3)
+
+
 def test_same_seed_gives_identical_results(tmp_path, one_thread):
     def train_one(name):  # a few steps: equal results need no more
         return train(compose_train([*SMALL, "trainer.max_epochs=1", "seed=3",

@@ -63,6 +63,18 @@ def stop(model: L.LightningModule, bound: Bound, since: int | None = -1) -> None
                 else f"in epoch {model.current_epoch}, by step {model.global_step}")
         what = ("Every update from the bad step on was skipped on the device, so the state "
                 "before that step")
+    broken = sum(int((~torch.isfinite(p.detach())).sum()) for p in model.parameters())
+    if broken and since == -1:
+        # The loss is checked every step, the gradients are not (that would cost a pass over
+        # them a step): an update from non-finite gradients of a finite loss (an objective's
+        # 0 x inf) shows as this step's non-finite loss, from parameters already broken.
+        raise NonFiniteLossError(
+            f"The loss became non-finite {when}: {broken} of the model's parameters already "
+            "were not finite, so an earlier update was made from gradients that were not "
+            f"finite while its loss was. That state is saved to {path} for inspection only; "
+            + (f"to go on, resume from the best checkpoint, {best}" if best else
+               "start again") + ", and look for a term of the objective whose gradient can be "
+            "infinite (e.g. a log or a square root at 0), or lower model.optimizer.lr.")
     raise NonFiniteLossError(
         f"The loss became non-finite {when}. {what} is saved to {path} (its largest "
         f"parameter is {largest:.3g} in absolute value). {advice}; a Gaussian likelihood's "

@@ -199,3 +199,24 @@ def test_a_training_split_of_one_point_is_refused_without_a_batch_size_that_cann
                        r"minibatch .* but the training split holds 1: add data, or hold fewer "
                        r"out \(data.val_size, data.test_size\)\.$"):
         train(cfg)
+
+
+def test_under_ddp_each_rank_s_share_is_checked_for_a_one_point_minibatch(tmp_path):
+    """Two DDP ranks share Frey Face's 1565 training faces, 782 each: data.batch_size=781
+    leaves 3 after one process's last full minibatch (accepted) but 1 on each rank (the MMD
+    of one point has no value: a NaN at each epoch's end); refused naming the ranks' shares."""
+    from compose import compose_train
+
+    from vae_lightning.errors import ConfigError
+    from vae_lightning.run_checks import check_minibatches
+    from vae_lightning.train import build_run
+
+    datamodule, model, *_ = build_run(compose_train(
+        ["data=frey", "model.latent=2", "model/objective=info_vae", "data.batch_size=781"],
+        tmp_path))
+    datamodule.setup("fit")
+    check_minibatches(model, datamodule)  # one process: 1565 % 781 = 3
+    with pytest.raises(ConfigError, match=r"each of the 2 ranks' shares of the training split's "
+                       r"782 points leave 1 after the last full minibatch of data.batch_size=781"
+                       r": .* e\.g\. data\.batch_size=782\.$"):
+        check_minibatches(model, datamodule, world=2)

@@ -83,26 +83,29 @@ def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
                 "(model=vae) on data without labels.")
 
 
-def check_minibatches(model: VAE, datamodule: L.LightningDataModule) -> None:
+def check_minibatches(model: VAE, datamodule: L.LightningDataModule, world: int = 1) -> None:
     """An objective whose loss needs ``min_batch`` points in each training minibatch (the MMD's
     pairs) refuses a ``data.batch_size`` below that, or a training split whose size leaves
     fewer after an epoch's last full minibatch, before the first step (the loss of such a
-    minibatch has no value: a NaN at the epoch's end). One process's split; under DDP each
-    rank's share is checked by the loss itself."""
+    minibatch has no value: a NaN at the epoch's end). Under DDP (``world`` processes) each
+    rank's share of the split, n // world (``data.sampling.ShardedBatchSampler``), is what
+    its minibatches divide."""
     need, size = model.objective.min_batch, getattr(datamodule, "batch_size", None)
     if need <= 1 or size is None or "train" not in getattr(datamodule, "splits", {}):
         return
-    n = len(datamodule.splits["train"][0])
+    n = len(datamodule.splits["train"][0]) // world
     if size >= need and n % size in (0, *range(need, size)):
         return
+    share = f"each of the {world} ranks' shares of the training split" if world > 1 else \
+        "the training split"
     if n < need:  # no batch size helps ("e.g. data.batch_size=1" was offered)
         raise ConfigError(
             f"{type(model.objective).__name__} (model/objective) needs at least {need} points in "
-            f"each training minibatch (its estimate takes pairs of them), but the training split "
+            f"each training minibatch (its estimate takes pairs of them), but {share} "
             f"holds {n}: add data, or hold fewer out (data.val_size, data.test_size).")
     fits = next((b for b in range(max(size, need), n + 1) if n % b == 0 or n % b >= need), n)
     why = (f"data.batch_size={size} holds fewer" if size < need else
-           f"the training split's {n} points leave {n % size} after the last full minibatch "
+           f"{share}'s {n} points leave {n % size} after the last full minibatch "
            f"of data.batch_size={size}")
     raise ConfigError(
         f"{type(model.objective).__name__} (model/objective) needs at least {need} points in "

@@ -197,23 +197,22 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         run_checks.check_same_data(checkpoint, datamodule, resume_from)
     run_checks.check_labels(model, datamodule)
     run_checks.check_grid(model, datamodule)
-    run_checks.check_minibatches(model, datamodule)
     run_checks.check_dataset_size(model, datamodule)
-    branch = None
-    if resume_from is not None:
-        branch = _keep_the_last_checkpoint(cfg.output_dir, resume_from)
-        rundir.record_resume(cfg.output_dir, _task_overrides())
     loggers = _instantiate_all(cfg.get("logger"), "logger",
                                **(logger_runs(checkpoint) if checkpoint else {}))
-    for logger in loggers if branch is not None else ():  # the rows after the checkpoint are
-        if hasattr(logger, "keep_dropped"):  # the kept last.ckpt's branch: kept, not dropped
-            logger.keep_dropped = True
     initial = InitialBound()
     manual, manual_callbacks = optimization.manual_settings(model, cfg.trainer)
     callbacks = [*_instantiate_all(cfg.get("callbacks"), "callbacks"), ResumeState(),
                  RunConfig(record), initial, *manual_callbacks]
     trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False,
                                callbacks=callbacks, **manual)
+    run_checks.check_minibatches(model, datamodule, trainer.world_size)  # each rank's share
+    if resume_from is not None:  # nothing is moved or recorded before the checks above
+        branch = _keep_the_last_checkpoint(cfg.output_dir, resume_from)
+        rundir.record_resume(cfg.output_dir, _task_overrides())
+        for logger in loggers if branch is not None else ():  # the rows after the checkpoint
+            if hasattr(logger, "keep_dropped"):  # are the kept last.ckpt's branch: kept
+                logger.keep_dropped = True
     if (threads := threads_per_job()) is not None:
         torch.set_num_threads(threads)
     run_checks.warn_about_busy_cores()

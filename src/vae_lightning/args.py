@@ -59,7 +59,7 @@ NonNegativeFloat = Annotated[float, Range(ge=0)]
 
 
 def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else repr(float(x))
 
 
 def _describe(hint: Any) -> str:
@@ -121,9 +121,9 @@ def accepts(hint: Any, value: Any) -> bool:
         return isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
+    if hint is float:  # a finite number: inf passed "> 0" and ran until the loss was inf
         return (isinstance(value, int | float) and not isinstance(value, bool)
-                and not math.isnan(value))
+                and math.isfinite(value))
     if hint is str:
         return isinstance(value, str)
     if hint is type(None):

@@ -278,7 +278,7 @@ def _train(cfg: DictConfig) -> float | None:
         console.print_config(cfg)
         return _optimized(run_training(cfg), cfg.get("optimized_metric"))
 
-    return _run(task, cfg, run_dir=cfg.get("output_dir"))
+    return _run(task, cfg, run_dir=cfg.get("output_dir") or None)  # "": refused by the task
 
 
 def _active(count: int | None, of: int) -> str:

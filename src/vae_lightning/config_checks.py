@@ -169,6 +169,10 @@ def _swap_hint(path: str, node: DictConfig) -> str:
 SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tags": (lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
              "a list of strings, e.g. tags=[baseline,frey]"),
+    # "" was a ValueError traceback from Lightning's fit (vae-train), "Checkpoint . is a
+    # directory" elsewhere; null is a fresh run (vae-train), refused where one is required.
+    "ckpt_path": (lambda v: v is None or isinstance(v, str) and v.strip() != "",
+                  "a checkpoint file's path (vae-train: also last, or null for a fresh run)"),
     "extras.ignore_warnings": (lambda v: isinstance(v, bool), "true or false"),
     "extras.print_config": (lambda v: isinstance(v, bool), "true or false"),
     # results.json's metrics (train.py): the training bound, and each term of the validation

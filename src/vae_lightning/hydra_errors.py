@@ -145,7 +145,12 @@ def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | Non
         return None
     *path, name = key.split(".")
     inner = re.match(r"Key '(.+)' is not in struct", str(cause))
-    if inner and inner.group(1) != name:  # a mapping merged into the node `key`: a key it lacks
+    if inner and inner.group(1) in path and inner.group(1) not in parent:
+        # A key on the way that the node has not (model.encoder.nett.hidden): that key is the
+        # unknown one, not a mapping merged into `key` (its advice, key.<key>=..., was wrong).
+        path = path[:path.index(inner.group(1))]
+        name = inner.group(1)
+    elif inner and inner.group(1) != name:  # a mapping merged into the node `key`: a key it lacks
         keys = ", ".join(str(k) for k in parent if not str(k).startswith("_"))
         how = ("each search parameter is its own override in the sweeper's syntax, e.g. "
                "'model.objective.k=choice(1,5)'" if key == "hydra.sweeper.params"

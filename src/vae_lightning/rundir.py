@@ -201,6 +201,17 @@ def _key(directory: str | Path) -> str:
     return str(Path(directory).resolve())
 
 
+def run_directory(directory: Any) -> str:
+    """``output_dir`` of a training run, which must name its directory: null was a TypeError
+    traceback, and an empty string wrote the run's files into the current directory."""
+    if not isinstance(directory, str) or not directory.strip():
+        shown = "null" if directory is None else repr(directory)
+        raise ConfigError(f"output_dir={shown} is not allowed: expected the run's directory, a "
+                          "path (its default: Hydra's run directory; set it with "
+                          "hydra.run.dir=<dir>).")
+    return directory
+
+
 def claim(directory: str | Path) -> Claim:
     """Lock ``directory`` (created if needed) for this process, once; later calls return the
     first call's answer. A DDP rank started by Lightning (LOCAL_RANK > 0) shares rank 0's."""

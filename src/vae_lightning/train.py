@@ -142,6 +142,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Called from Python (not through the command, which claims the run directory before and
     ends its claim after the job), the claim this call takes on the directory ends with it, so
     that a later call into the same directory finds the run this one left there."""
+    rundir.run_directory(cfg.get("output_dir"))
     own_claim = not rundir.claimed(cfg.output_dir)
     try:
         return _train(cfg)

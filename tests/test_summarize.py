@@ -210,3 +210,19 @@ def test_the_plot_does_not_average_different_model_families(sweep, monkeypatch):
                              ([20], [110.5], "test, prior=mog, objective=elbo"),
                              ([20], [200.5], "test, prior=normal, objective=iwae"),
                              ([20], [210.5], "test, prior=mog, objective=iwae")]
+
+
+def test_single_runs_started_with_and_without_an_override_show_it_once(sweep):
+    """Single runs compared (vae-summarize runs): one set model.latent=5 and
+    model/likelihood=gaussian, the other ran the defaults; the latent and likelihood columns
+    show both, and no model.latent or model/likelihood column repeats them (they did: a job
+    without the override counted as another value)."""
+    for num, (overrides, latent, likelihood) in enumerate(
+            [(["model.latent=5", "model/likelihood=gaussian"], 5, "gaussian"),
+             ([], 2, "bernoulli")]):
+        (sweep / str(num)).mkdir(exist_ok=True)
+        (sweep / str(num) / "results.json").write_text(json.dumps(
+            {**JOBS[0], "latent": latent, "likelihood": likelihood, "overrides": overrides}))
+    header = summarize(sweep).splitlines()[0]
+    assert "| latent |" in header and "| likelihood |" in header
+    assert "model.latent" not in header and "model/likelihood" not in header, header

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from functools import partial
 from pathlib import Path
@@ -132,8 +133,17 @@ def swept(rows: list[dict[str, Any]]) -> list[str]:
     keys = dict.fromkeys(key for setting in settings for key in setting)
     differ = [key for key in keys if len({setting.get(key) for setting in settings}) > 1]
     shown = [[_cell(row.get(c)) for row in rows] for c in CONDITIONS]
+
+    def named(key: str) -> bool:
+        """Whether the condition column of the key's name (``model.latent``: latent,
+        ``model/likelihood``: likelihood) shows its value in every job that sets it (the
+        others ran the default, which that column shows too: single runs compared)."""
+        name = re.split(r"[./]", key)[-1]
+        return name in CONDITIONS and all(setting[key] == _cell(row.get(name))
+                                          for setting, row in zip(settings, rows) if key in setting)
+
     return [key for key in differ if key not in ("job", *CONDITIONS, *METRICS, *EVALUATION)
-            and [setting.get(key, "") for setting in settings] not in shown]
+            and [setting.get(key, "") for setting in settings] not in shown and not named(key)]
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -49,6 +49,12 @@ def test_an_infinite_or_overflowing_traversal_span_is_refused_before_any_work(
 
     with pytest.raises(ArgumentError, match="traverse_span"):
         Sampling("none.ckpt", traverse=True, traverse_span=float("inf"))
+    # The figures callback's traversals take the same range (1e300 reached torch.linspace at
+    # the end of training).
+    from vae_lightning.callbacks.figures import Figures
+
+    with pytest.raises(ArgumentError, match=r"traversal_span=1e\+300 .*<= 1e\+38"):
+        Figures(traversals=True, traversal_span=1e300)
 
 
 @pytest.mark.parametrize("override, says", [

@@ -33,6 +33,7 @@ from vae_lightning.args import (
     fail,
     within,
 )
+from vae_lightning.callbacks.traversals import Span
 from vae_lightning.checkpoint_data import checked_data
 from vae_lightning.checkpoints import DATA_KEY
 from vae_lightning.data.npy import atomic_npy
@@ -46,10 +47,6 @@ from vae_lightning.rebuild import device_of, load_model
 from vae_lightning.samplers import Sampler
 
 log = logging.getLogger(__name__)
-
-# A traversal's values are float32 latent points on [-span, span]: a span beyond float32's range
-# (1e300) was a RuntimeError traceback from torch.linspace.
-TraverseSpan = Annotated[float, Range(gt=0, le=1e38)]
 
 GRID_MAX = 400  # images drawn in samples.png; samples.npy holds all n
 CHUNK = 1024  # images decoded per pass: memory stays bounded whatever n
@@ -130,7 +127,7 @@ class Sampling:
                  data_root: str | None = None, data_path: str | None = None,
                  allow_other_data: bool = False, batch_size: PositiveInt = 500,
                  traverse: bool = False, traverse_steps: Annotated[int, Range(ge=2)] = 10,
-                 traverse_span: TraverseSpan = 2.5, traverse_dims: PositiveInt | None = None,
+                 traverse_span: Span = 2.5, traverse_dims: PositiveInt | None = None,
                  traverse_gif: bool = False, traverse_bases: PositiveInt = 8,
                  traverse_points: PositiveInt = 1000,
                  y: NonNegativeInt | Sequence[float] | None = None) -> None:

@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from vae_lightning import rundir
-from vae_lightning.args import NonNegativeInt, PositiveFloat, PositiveInt, checked
+from vae_lightning.args import NonNegativeInt, PositiveInt, checked
 from vae_lightning.callbacks.images import (
     decode_mean,
     drawable,
@@ -54,6 +54,7 @@ from vae_lightning.callbacks.images import (
 )
 from vae_lightning.callbacks.latent_scatter import latents_figure
 from vae_lightning.callbacks.traversals import (
+    Span,
     Traversal,
     refusal,
     traversal,
@@ -278,7 +279,7 @@ class Figures(L.Callback):
     def __init__(self, dirpath: str | None = None, every_n_epochs: NonNegativeInt = 0,
                  grid: PositiveInt = 20, n_samples: PositiveInt = 100,
                  n_points: NonNegativeInt = 1000, traversals: bool = False,
-                 traversal_steps: PositiveInt = 10, traversal_span: PositiveFloat = 2.5,
+                 traversal_steps: PositiveInt = 10, traversal_span: Span = 2.5,
                  traversal_dims: PositiveInt | None = None, traversal_gif: bool = False,
                  traversal_bases: PositiveInt = 8) -> None:
         self.dirpath = dirpath

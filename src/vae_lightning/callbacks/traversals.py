@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from vae_lightning.args import Range
 from vae_lightning.callbacks.images import decode_mean, image_figure, tick_label, tile
 from vae_lightning.objectives.free_bits import per_dimension_kl
 from vae_lightning.plotting import pyplot
 
 KL_SAMPLES = 16  # draws of z per point for a per-dimension KL without a closed form
+# A traversal's values are float32 latent points on [-span, span]: a span beyond float32's range
+# (1e300) was a RuntimeError traceback from torch.linspace (vae-sample's traverse_span, the
+# figures callback's traversal_span).
+Span = Annotated[float, Range(gt=0, le=1e38)]
 
 
 class Ranking(NamedTuple):

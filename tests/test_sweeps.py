@@ -417,3 +417,25 @@ def test_an_optuna_trial_of_a_complete_run_gets_the_run_s_value(tmp_path, monkey
     assert cli._run(complete, cfg, run_dir=str(run_dir)) == -101.25
     cfg = OmegaConf.create({"optimized_metric": "test/elbo"})  # not recorded
     assert cli._run(complete, cfg, run_dir=str(run_dir)) is None
+
+
+def test_a_search_file_of_ones_own_without_the_global_package_line_is_refused(tmp_path):
+    """hparams_search=mine from the user's folder (hydra.searchpath), written without
+    `# @package _global_`: Hydra placed its hydra.sweeper.params under hparams_search and the
+    search ran without them, silently (newcomer walkthrough four); refused naming the line. With
+    the line, the same file composes and passes the checks."""
+    from vae_lightning.config_checks import check
+    from vae_lightning.errors import ConfigError
+
+    folder = tmp_path / "my_conf" / "hparams_search"
+    folder.mkdir(parents=True)
+    body = ("defaults:\n  - optuna\nhydra:\n  sweeper:\n    params:\n"
+            "      model.objective.beta: interval(0.5, 1.0)\n")
+    (folder / "mine.yaml").write_text(body)
+    overrides = [f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "hparams_search=mine"]
+    with pytest.raises(ConfigError, match=r"hparams_search=mine: its file's keys \(hydra\) were "
+                       r"placed under hparams_search, where nothing reads them: .* "
+                       r"`# @package _global_`"):
+        check(compose_train(overrides, tmp_path / "a"))
+    (folder / "mine.yaml").write_text("# @package _global_\n" + body)
+    check(compose_train(overrides, tmp_path / "b"))

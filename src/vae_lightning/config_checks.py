@@ -209,7 +209,29 @@ def _setting_problems(cfg: DictConfig) -> dict[str, str]:
         hint = group_hint(str(key), cfg._get_node(key)._value())
         if hint is not None:
             found[str(key)] = hint
+        elif (unread := _unpackaged(str(key), cfg._get_node(key))) is not None:
+            found[str(key)] = unread
     return found
+
+
+def _unpackaged(key: str, node: Any) -> str | None:
+    """For a global group's option of the user's own (``hydra.searchpath``) that lacks the line
+    ``# @package _global_``: Hydra places its keys under the group's name (``hparams_search:
+    {hydra: ...}``), where nothing reads them, and the run went on without them (a search file's
+    parameters silently not searched). None where ``key`` is no such placement (``data``'s own
+    node, with its ``_target_``)."""
+    group = groups().get(key)
+    if group is None or group.package is not None or not isinstance(node, DictConfig) \
+            or "_target_" in node:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = (HydraConfig.get().runtime.choices.get(key) if HydraConfig.initialized()
+              else None) or "<option>"
+    keys = ", ".join(str(k) for k in node)
+    return (f"{key}={choice}: its file's keys ({keys}) were placed under {key}, where nothing "
+            f"reads them: a {key} option is global, so begin its file with the line "
+            f"`# @package _global_`, as the shipped {key} options do.")
 
 
 def _part(target: Any, name: str) -> tuple[str, bool] | None:

@@ -108,3 +108,19 @@ def test_vae_eval_names_an_empty_checkpoint_path(tmp_path, monkeypatch, capsys):
     no_traceback(result)
     assert result.code == 2, result
     assert "ckpt_path='' is not allowed" in result.err, result.err
+
+
+@pytest.mark.parametrize("override", ["trainer.limit_train_batches=1.5",
+                                      "trainer.limit_val_batches=-1",
+                                      "+trainer.overfit_batches=2.5"])
+def test_a_batch_limit_out_of_range_is_named_as_a_key(override, tmp_path, monkeypatch, capsys):
+    """Lightning's own refusal began 'trainer: You have passed invalid value 1.5 for
+    limit_train_batches': now the key, the value and what is accepted, before anything is
+    written."""
+    result = run(cli.train, [*TINY, "data=frey", override, f"hydra.run.dir={tmp_path / 'run'}"],
+                 monkeypatch, capsys, tmp_path)
+    no_traceback(result)
+    assert result.code == 2, result
+    assert f"{override.lstrip('+')} is not allowed: expected an integer >= 0 or a number >= 0 " \
+        "and <= 1" in result.err, result.err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -17,12 +17,14 @@ from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 
-from vae_lightning.args import PositiveFloat, PositiveInt, Range, checked, fail
+from vae_lightning.args import NonNegativeInt, PositiveFloat, PositiveInt, Range, checked, fail
 from vae_lightning.callbacks import summary
 from vae_lightning.callbacks.curve import SampleBudget
 from vae_lightning.checkpoints import AtomicCheckpointIO
 
 _NO_SCOPE = contextlib.nullcontext()
+# Lightning's limit_*_batches and overfit_batches: a number of batches, or a fraction of them.
+BatchLimit = NonNegativeInt | Annotated[float, Range(ge=0, le=1)]
 
 
 class NoProfiler(PassThroughProfiler):
@@ -123,6 +125,11 @@ class Trainer(L.Trainer):
         gradient_clip_val: PositiveFloat | None = None,
         val_check_interval: PositiveInt | Annotated[float, Range(gt=0, le=1)] | None = None,
         check_val_every_n_epoch: PositiveInt | None = 1,
+        limit_train_batches: BatchLimit | None = None,
+        limit_val_batches: BatchLimit | None = None,
+        limit_test_batches: BatchLimit | None = None,
+        limit_predict_batches: BatchLimit | None = None,
+        overfit_batches: BatchLimit | None = None,
         **kwargs: Any,
     ) -> None:
         precision = kwargs.get("precision")  # Lightning's to check, but for float64
@@ -142,6 +149,13 @@ class Trainer(L.Trainer):
         kwargs.update(accumulate_grad_batches=accumulate_grad_batches,
                       gradient_clip_val=gradient_clip_val, val_check_interval=val_check_interval,
                       check_val_every_n_epoch=check_val_every_n_epoch)
+        # Checked here, so that a wrong one is named as a key (Lightning's words began
+        # "trainer: You have passed invalid value 1.5"); None: Lightning's default.
+        limits = {"limit_train_batches": limit_train_batches,
+                  "limit_val_batches": limit_val_batches, "limit_test_batches": limit_test_batches,
+                  "limit_predict_batches": limit_predict_batches,
+                  "overfit_batches": overfit_batches}
+        kwargs.update({name: value for name, value in limits.items() if value is not None})
         self._check_accelerator(kwargs.get("accelerator", "auto"))
         self._check_half_precision(precision, kwargs.get("accelerator", "auto"))
         max_time = self._duration(max_time)

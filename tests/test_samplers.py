@@ -35,10 +35,14 @@ def _banana(n, seed):
     return torch.stack([a, 0.5 * a**2 + 0.3 * torch.randn(n, generator=g)], 1)
 
 
-def test_the_gaussian_mixture_fits_the_clusters_and_samples_their_weights():
+def test_the_gaussian_mixture_fits_the_clusters_and_samples_their_weights(caplog):
     z, _ = _clusters()
     gmm = GaussianMixture(n_components=3)
-    gmm.fit(z)
+    with caplog.at_level("INFO"):
+        gmm.fit(z)
+    # Said before and after: scikit-learn's EM is silent while it runs (minutes, it looked hung).
+    assert f"Fitting a 3-component Gaussian mixture (full covariances) by EM to {len(z)} points" \
+        in caplog.text and "Gaussian mixture fitted in" in caplog.text
     torch.manual_seed(0)
     drawn = gmm.sample(20000)
     centres = torch.tensor([[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -106,8 +107,15 @@ class GaussianMixture(Sampler):
         if self.n_components > len(z):
             fail(self, "n_components", self.n_components,
                  f"at most the {len(z)} points it is fitted to")
+        # No bar: scikit-learn's EM reports nothing while it runs, which can be minutes.
+        log.info("Fitting %s by EM to %d points of %d dimensions (at most max_iter=%d "
+                 "iterations; minutes for many points on a CPU).", self.describe(), len(z),
+                 z.shape[-1], self.max_iter)
+        began = time.perf_counter()
         em = EM(self.n_components, covariance_type=self.covariance, max_iter=self.max_iter,
                 random_state=self.seed).fit(z.double().numpy())
+        log.info("Gaussian mixture fitted in %d EM iterations, %.0f s.", em.n_iter_,
+                 time.perf_counter() - began)
         if not em.converged_:
             log.warning("The Gaussian mixture did not converge in max_iter=%d EM iterations; "
                         "raise samplers.gmm.max_iter for a closer fit.", self.max_iter)

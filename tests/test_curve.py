@@ -333,3 +333,24 @@ def test_a_sigterm_ends_the_run_without_the_curve_s_passes_over_whole_splits(tmp
     points = json.loads((tmp_path / "curve.json").read_text())["points"]
     assert points[-1]["samples_seen"] == results["train_samples_seen"] == 2 * 1765
     assert len(passes) > 0
+
+
+def test_the_progress_bar_counts_to_where_max_samples_stops_the_epoch(tmp_path):
+    """trainer.max_samples=300 with batches of 100: the bar counts to 3 batches, not to the
+    epoch's 16 (a short try showed the whole epoch and an ETA several times too long)."""
+    from vae_lightning.trainer import Bar
+
+    cfg = _frey(tmp_path, "trainer.max_samples=300", "trainer.enable_progress_bar=true")
+    totals = []
+    real = Bar.on_train_epoch_start
+
+    def record(self, trainer, *args):
+        real(self, trainer, *args)
+        totals.append(self.train_progress_bar.total)
+
+    Bar.on_train_epoch_start = record
+    try:
+        results = train(cfg)
+    finally:
+        Bar.on_train_epoch_start = real
+    assert results["train_samples_seen"] == 300 and totals == [3], totals

@@ -27,6 +27,26 @@ _NO_SCOPE = contextlib.nullcontext()
 BatchLimit = NonNegativeInt | Annotated[float, Range(ge=0, le=1)]
 
 
+class Bar(TQDMProgressBar):
+    """Lightning's bar, whose count for an epoch also ends where ``trainer.max_samples`` stops
+    the run (``SampleBudget``), as Lightning's own ends at ``max_steps``: a short try stopped
+    within its first epoch showed the whole epoch and an ETA several times too long."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        total = super().total_train_batches
+        trainer = self.trainer
+        budget = next((c for c in trainer.callbacks if isinstance(c, SampleBudget)), None)
+        data = trainer.datamodule
+        size = getattr(data, "batch_size", None)
+        seen = getattr(trainer.lightning_module, "samples_seen", None)
+        if budget is None or not isinstance(size, int) or size < 1 or seen is None:
+            return total
+        per_batch = size * trainer.world_size * max(1, getattr(data, "steps_per_batch", 1))
+        left = budget.max_samples - seen
+        return min(total, max(1, math.ceil(left / per_batch)))
+
+
 class NoProfiler(PassThroughProfiler):
     """Lightning's default profiler (none), with ``profile`` one shared empty context: Lightning
     wraps every hook call in ``profiler.profile(...)``, dozens a training step, and the
@@ -168,8 +188,7 @@ class Trainer(L.Trainer):
             callbacks.append(SampleBudget(max_samples))
         if kwargs.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(TQDMProgressBar(refresh_rate=max(1, kwargs.get("log_every_n_steps")
-                                                               or 1)))
+            callbacks.append(Bar(refresh_rate=max(1, kwargs.get("log_every_n_steps") or 1)))
         # Lightning's choice of summary, with the bound's FLOPs counted (its own prints 0);
         # enable_model_summary=false leaves out every summary, one from callbacks=rich too.
         summaries = [c for c in callbacks if isinstance(c, ModelSummary)]

@@ -124,3 +124,25 @@ def test_a_batch_limit_out_of_range_is_named_as_a_key(override, tmp_path, monkey
     assert f"{override.lstrip('+')} is not allowed: expected an integer >= 0 or a number >= 0 " \
         "and <= 1" in result.err, result.err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_several_nodes_without_a_cluster_are_refused_before_waiting_forever(
+        tmp_path, monkeypatch, capsys):
+    """+trainer.num_nodes=2 on one machine (no SLURM, no torchrun, NODE_RANK and MASTER_ADDR
+    unset): rank 0 waited for the second node's processes until killed; now one line naming the
+    key and what to set. With NODE_RANK and MASTER_ADDR set (Lightning's general cluster) the
+    setting is Lightning's, as before."""
+    from vae_lightning.trainer import Trainer
+
+    for name in ("NODE_RANK", "MASTER_ADDR", "SLURM_NTASKS", "SLURM_JOB_NAME",
+                 "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    result = run(cli.train, [*TINY, "data=frey", "+trainer.num_nodes=2",
+                             f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys, tmp_path)
+    no_traceback(result)
+    assert result.code == 2, result
+    assert "trainer.num_nodes=2 is not allowed: expected 1 here: no cluster environment" \
+        in result.err and "NODE_RANK and MASTER_ADDR are not set" in result.err, result.err
+    monkeypatch.setenv("NODE_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert Trainer(num_nodes=2, accelerator="cpu", devices=1, logger=False).num_nodes == 2

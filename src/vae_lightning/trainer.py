@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -14,6 +15,7 @@ import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+from lightning.pytorch.plugins.environments import LightningEnvironment
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 
@@ -201,3 +203,21 @@ class Trainer(L.Trainer):
             kwargs["profiler"] = NoProfiler()
         super().__init__(max_epochs=max_epochs, max_time=max_time, callbacks=callbacks,
                          plugins=plugins, enable_model_summary=False, **kwargs)
+        self._check_nodes()
+
+    def _check_nodes(self) -> None:
+        """Several nodes need a cluster that starts a process on each (SLURM, torchrun) or, with
+        Lightning's own environment, NODE_RANK and MASTER_ADDR set on every node: without them
+        rank 0 waited for the other nodes' processes forever (a run that never started)."""
+        environment = getattr(self.strategy, "cluster_environment", None)
+        if self.num_nodes <= 1 or not isinstance(environment, LightningEnvironment):
+            return
+        unset = [name for name in ("NODE_RANK", "MASTER_ADDR") if name not in os.environ]
+        if unset:
+            fail(self, "num_nodes", self.num_nodes,
+                 f"expected 1 here: no cluster environment was found (not SLURM, not "
+                 f"torchrun) and {' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not "
+                 "set, so the run would wait for the other nodes forever. Start one process per "
+                 "node with "
+                 "NODE_RANK=<node> MASTER_ADDR=<node 0's address> MASTER_PORT=<port> set "
+                 "(Lightning's general cluster), or srun under SLURM")

@@ -333,3 +333,34 @@ def test_a_fit_shows_its_progress_minibatch_by_minibatch(capsys):
     FlowSampler(length=1, hidden=[8], epochs=2, batch_size=32).fit(torch.randn(100, 2))
     err = capsys.readouterr().err
     assert "fitting FlowSampler (2 epochs)" in err and "8/8" in err, err
+
+
+def test_a_folder_of_ones_own_is_not_overwritten_and_an_earlier_draw_is(checkpoint, tmp_path):
+    """output_dir holding a samples.npy vae-sample did not write (no samples.json beside it) is
+    refused before the model is loaded, the file untouched; a folder of an earlier draw is
+    replaced, and the record names what drew the files."""
+    import json
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "samples.npy").write_bytes(b"my own array")
+    args = [f"ckpt_path={checkpoint}", "n=3", "device=cpu"]
+    with pytest.raises(ConfigError, match=re.escape(
+            f"output_dir={mine}: {mine / 'samples.npy'} exists and is not the output of an "
+            "earlier vae-sample (no record of one, samples.json, beside it)")):
+        sample_config([*args, f"output_dir={mine}"])()
+    assert (mine / "samples.npy").read_bytes() == b"my own array"
+    assert sorted(p.name for p in mine.iterdir()) == ["samples.npy"]
+    (mine / "samples.json").mkdir()  # a name it writes that is not a file
+    with pytest.raises(ConfigError, match="samples.json is a directory, not a file"):
+        sample_config([*args, f"output_dir={mine}"])()
+
+    out = tmp_path / "out"
+    sample_config([*args, f"output_dir={out}"])()
+    record = json.loads((out / "samples.json").read_text())
+    assert record["n"] == 3 and record["seed"] == 0 and record["sampler"] == "prior"
+    assert record["files"] == ["samples.npy", "samples.png"]
+    assert record["checkpoint_sha256"] == samplers.digest(checkpoint)
+    sample_config([*args, "n=5", "seed=1", f"output_dir={out}"])()  # its own: replaced
+    assert np.load(out / "samples.npy").shape[0] == 5
+    assert json.loads((out / "samples.json").read_text())["seed"] == 1

@@ -11,6 +11,7 @@ of ``samplers``; ``vae_lightning.samplers``), then into ``<run dir>/samples/<sam
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -39,7 +40,7 @@ from vae_lightning.checkpoints import DATA_KEY
 from vae_lightning.data.npy import atomic_npy
 from vae_lightning.divergence import refuse_nonfinite
 from vae_lightning.errors import CheckpointError, ConfigError, NonFiniteLossError
-from vae_lightning.files import writable_directory
+from vae_lightning.files import kind, writable_directory
 from vae_lightning.log_likelihood import posterior_mean
 from vae_lightning.module import VAE
 from vae_lightning.parts import confined_space
@@ -49,6 +50,9 @@ from vae_lightning.samplers import Sampler
 log = logging.getLogger(__name__)
 
 GRID_MAX = 400  # images drawn in samples.png; samples.npy holds all n
+OUTPUTS = ("samples.npy", "samples.png", "traversals.png", "traversals.gif")  # what it may write
+RECORD_NAME = "samples.json"  # beside them: what drew them; its keys RECORD say it is ours
+RECORD = ("checkpoint_sha256", "n", "seed", "sampler", "files")
 CHUNK = 1024  # images decoded per pass: memory stays bounded whatever n
 
 
@@ -111,7 +115,9 @@ class Sampling:
 
     The images are decoded ``CHUNK`` at a time straight into ``samples.npy`` on disk, so memory
     does not grow with n; n is refused before anything is drawn or fitted when the array would
-    not fit on the output directory's disk.
+    not fit on the output directory's disk. ``samples.json`` beside them records what drew
+    them (checkpoint and its SHA-256, n, seed, sampler, y, the files written); a folder whose
+    ``samples.npy`` (or picture) has no such record is refused, not overwritten.
 
     ``traverse``: also ``traversals.png`` (and ``traversals.gif`` with ``traverse_gif``), each
     latent dimension of ``traverse_bases`` posterior locations set to ``traverse_steps`` values
@@ -158,6 +164,7 @@ class Sampling:
         out = (Path(self.output_dir) if self.output_dir
                else samples if self.sampler == "prior" else samples / self.sampler)
         writable_directory(out, "output_dir")
+        _check_out(out)
         model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
         self._refuse_too_many(out, model.data_shape)
         self._check_class(model, config)
@@ -195,7 +202,7 @@ class Sampling:
                         "the fitted sampler is at fault: fit it anew with refit=true.") from None
                 append(images.numpy())
         if not pictures:
-            return out  # the array only, no picture of them
+            return self._record(out, source, ["samples.npy"])  # the array only, no picture
         shown = min(self.n, GRID_MAX)
         images = torch.from_numpy(np.load(out / "samples.npy", mmap_mode="r")[:shown].copy())
         cols = math.ceil(math.sqrt(shown))
@@ -214,8 +221,20 @@ class Sampling:
                 model, config, checkpoint, limit=self.traverse_points)))
             torch.manual_seed(self.seed)
             with torch.no_grad():
-                write_traversals(model, out, x.to(self.device), y=y.to(self.device),
-                                 **self.traverse)
+                written = write_traversals(model, out, x.to(self.device), y=y.to(self.device),
+                                           **self.traverse)
+            return self._record(out, source, ["samples.npy", "samples.png",
+                                              *(path.name for path in written)])
+        return self._record(out, source, ["samples.npy", "samples.png"])
+
+    def _record(self, out: Path, source: str, files: list[str]) -> Path:
+        """Write ``samples.json`` (what drew the files of this call, which it names) into
+        ``out``, and return ``out``: the record that lets a later call replace them."""
+        rundir.write_json(out / RECORD_NAME, {
+            "checkpoint": str(Path(self.ckpt_path).resolve()),
+            "checkpoint_sha256": fitted.digest(self.ckpt_path),
+            "n": self.n, "seed": self.seed, "mean": self.mean, "sampler": self.sampler,
+            "z": source, "y": self.y, "files": files})
         return out
 
     def _z_source(self, model: VAE, config: dict[str, Any], checkpoint: dict[str, Any]
@@ -345,6 +364,32 @@ class Sampling:
                 f"n={self.n} samples of shape {list(shape)} make a {needed / 2**30:.3g} GiB "
                 f"samples.npy, and {existing} has {free / 2**30:.3g} GiB free; nothing was "
                 "drawn. Lower n, or choose an output_dir on a larger disk.")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before the model is loaded, an output folder where a file of ``OUTPUTS`` would
+    replace one that no earlier vae-sample wrote (no record of one, ``samples.json``, beside
+    it: output_dir=<a folder of one's own> replaced its samples.npy), or where one of their
+    names is not a file."""
+    for path in (out / name for name in (*OUTPUTS, RECORD_NAME)):
+        if kind(path) not in (None, "missing"):
+            raise ConfigError(f"output_dir={out}: {path} is {kind(path)}, not a file; choose "
+                              "another output_dir.")
+    found = [out / name for name in OUTPUTS if kind(out / name) is None]
+    if found and not _earlier_output(out):
+        raise ConfigError(f"output_dir={out}: {found[0]} exists and is not the output of an "
+                          f"earlier vae-sample (no record of one, {RECORD_NAME}, beside it): it "
+                          "would be replaced. Choose another output_dir, or move the file away.")
+
+
+def _earlier_output(out: Path) -> bool:
+    """Whether ``out`` holds the record an earlier vae-sample wrote (a JSON object with the
+    keys of ``RECORD``)."""
+    try:
+        record = json.loads((out / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and set(RECORD) <= set(record)
 
 
 if __name__ == "__main__":

@@ -143,17 +143,33 @@ def test_interpolations_in_a_checkpoint_are_refused(tmp_path, small_checkpoint):
 
 
 def test_your_own_classes_load_when_you_trust_them(tmp_path, small_checkpoint):
+    """Every own class of the model is named in the one refusal, in the list to pass (they
+    were refused part by part: two classes took two refused runs to learn)."""
     checkpoint = read_checkpoint(small_checkpoint)
     checkpoint[CONFIG_KEY]["model"]["prior"]["_target_"] = "models.NamedPrior"
+    checkpoint[CONFIG_KEY]["model"]["encoder"]["net"]["_target_"] = "models.NamedNet"
     torch.save(checkpoint, tmp_path / "mine.ckpt")
     with pytest.raises(CheckpointError, match="models.NamedPrior") as err:
         load_model(tmp_path / "mine.ckpt", VAE)
+    listed = "[models.NamedNet,models.NamedPrior]"
     # Each entry point's own key (vae-sample's and vae-encode's is top-level, not eval.*).
-    for way in ("VAE.load_from_checkpoint(path, trusted=[...])", "eval.trusted=[...] with vae-eval",
-                "trusted=[...] with vae-sample and vae-encode"):
+    for way in (f"VAE.load_from_checkpoint(path, trusted={listed})",
+                f"eval.trusted={listed} with vae-eval",
+                f"trusted={listed} with vae-sample and vae-encode",
+                "model.encoder.net._target_='models.NamedNet'",
+                "model.prior._target_='models.NamedPrior'"):
         assert way in str(err.value)
+    checkpoint[CONFIG_KEY]["model"]["encoder"]["net"]["_target_"] = "vae_lightning.nets.MLP"
+    torch.save(checkpoint, tmp_path / "mine.ckpt")
     loaded = VAE.load_from_checkpoint(tmp_path / "mine.ckpt", trusted=["models.NamedPrior"])
     assert type(loaded.prior).__name__ == "NamedPrior"
+    # Trusted, but its module is not importable here (PYTHONPATH not set as when it trained).
+    checkpoint[CONFIG_KEY]["model"]["prior"]["_target_"] = "elsewhere_parts.NamedPrior"
+    torch.save(checkpoint, tmp_path / "mine.ckpt")
+    with pytest.raises(CheckpointError, match="No module named 'elsewhere_parts' \\(a module of "
+                       "your own must be importable here: run from the folder that holds it or "
+                       "put that folder on PYTHONPATH\\)"):
+        load_model(tmp_path / "mine.ckpt", VAE, trusted=["elsewhere_parts.NamedPrior"])
 
 
 def test_a_checkpoint_naming_a_class_where_it_was_before_a_move_loads(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -100,21 +100,42 @@ def build_trusted(node: dict[str, Any], key: str, path: str | Path,
             cause = cause.__cause__
         if isinstance(cause, UserError):  # e.g. a DataError: its own message and exit code
             raise cause from None
+        hint = (" (a module of your own must be importable here: run from the folder that "
+                "holds it or put that folder on PYTHONPATH)"
+                if isinstance(cause, ModuleNotFoundError) else "")
         raise CheckpointError(f"Checkpoint {path}: its {key} config cannot be built: "
-                              f"{_reason(err)}.") from None
+                              f"{_reason(err)}{hint}.") from None
 
 
 def _refuse_untrusted(node: Any, key: str, path: str | Path, trusted: Sequence[str]) -> None:
-    refused = _untrusted(node, key, shipped_targets(key.split(".")[0]) | frozenset(trusted))
+    known = shipped_targets(key.split(".")[0]) | frozenset(trusted)
+    refused = _untrusted(node, key, known)
     if not isinstance(node, dict) or "_target_" not in node:
         refused.insert(0, f"{key} without a _target_")
     if refused:
+        names = sorted(set(_class_names(node)) - known)
+        listed = f"[{','.join(names)}]" if names else "[...]"
         raise CheckpointError(
             f"Checkpoint {path} asks to build {', '.join(refused)}, which vae-lightning does not "
             "build: a checkpoint is untrusted input, so nothing in it chooses what code runs. If "
             "the checkpoint is yours and names your own classes, pass their dotted names as "
-            "trusted: VAE.load_from_checkpoint(path, trusted=[...]) in Python, "
-            "eval.trusted=[...] with vae-eval, trusted=[...] with vae-sample and vae-encode.")
+            f"trusted: VAE.load_from_checkpoint(path, trusted={listed}) in Python, "
+            f"eval.trusted={listed} with vae-eval, trusted={listed} with vae-sample and "
+            "vae-encode (their modules importable: on PYTHONPATH, as when it was trained).")
+
+
+def _class_names(node: Any) -> Iterator[str]:
+    """The ``_target_`` values under ``node`` that are dotted Python names (others are refused
+    without being repeated)."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if isinstance(target, str) and all(part.isidentifier() for part in target.split(".")):
+            yield target
+        for value in node.values():
+            yield from _class_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _class_names(value)
 
 
 def _reason(err: BaseException) -> str:
@@ -176,6 +197,9 @@ def check_sizes(config: dict[str, Any], state: dict[str, torch.Tensor], path: st
     model = config.get("model")
     if not isinstance(model, dict):
         return
+    # Every part's classes at once: refused part by part, a checkpoint of two classes of one's
+    # own took two refused runs to learn the list to trust.
+    _refuse_untrusted(model, "model", path, trusted)
     with torch.device("meta"):
         parts = {key: build_trusted(model[key], f"model.{key}", path, trusted)
                  for key in PARTS if isinstance(model.get(key), dict)}

@@ -327,6 +327,12 @@ def test_annotations_are_the_schema():
      ["_common", "_idx"]),
     ("model/objective=iwea", ["Did you mean model/objective=iwae"], []),
     ("experiment=svae", ["Did you mean experiment=svae_mnist?"], ["_two_layer"]),
+    # A group's path mistyped: the closest group (it was "no top-level key", "+... would add").
+    ("model/objectiv=iwae", ["model/objectiv=iwae: there is no config group model/objectiv. "
+                             "Did you mean model/objective=iwae?"], ["top-level", "+model"]),
+    ("model/encoder/net=conv", ["Did you mean model/encoder=conv?"], ["has conv"]),
+    ("modl/prior=flw", ["Did you mean model/prior=flw? (model/prior has", "vamp"], []),
+    ("foo/bar=1", ["there is no config group foo/bar. The config groups are", "model/prior"], []),
     # A mapping merged into a node, with a key the node lacks: the whole value, and that key.
     ("model.optimizer={lr: 0.1, momentm: 3}",
      ["model.optimizer={lr: 0.1, momentm: 3}: model.optimizer has no key momentm (a mapping "
@@ -398,3 +404,30 @@ def test_a_key_an_experiment_set_for_a_replaced_part_says_how_to_drop_it(tmp_pat
         check(compose_train([*base, "~model.objective.warmup_steps",
                              "+model.objective.warmup=3"], tmp_path))
     assert "It comes from experiment" not in str(err.value)
+
+
+@pytest.mark.parametrize("target, words", [
+    # A module of one's own not on the path (PYTHONPATH forgotten): said so, not "spelling".
+    ("my_parts.objective.Mine", "there is no module my_parts: check its spelling, or, for a "
+     "module of your own, run from the folder that holds it or put that folder on PYTHONPATH"),
+    ("vae_lightning.nets.MLPP", "vae_lightning.nets has no MLPP; check its spelling"),
+    ("vae_lightning.netz.MLP", "vae_lightning has no netz; check its spelling"),
+])
+def test_a_target_that_cannot_be_imported_is_refused_with_its_cause(tmp_path, target, words,
+                                                                    caplog):
+    cfg = compose_train([f"model.encoder.net._target_={target}"], tmp_path)
+    with caplog.at_level("ERROR"), pytest.raises(ConfigError) as err:
+        check(cfg)
+    assert f"model.encoder.net._target_='{target}' cannot be imported: {words}." in str(err.value)
+    assert "Error getting object" not in caplog.text  # Hydra's own log line, before ours
+
+
+def test_a_module_of_ones_own_that_fails_to_import_is_refused_with_its_error(tmp_path,
+                                                                           monkeypatch):
+    (tmp_path / "broken_parts.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_train(["model.encoder.net._target_=broken_parts.Net"], tmp_path)
+    with pytest.raises(ConfigError, match="broken_parts.Net' cannot be imported: importing "
+                       "broken_parts raised ModuleNotFoundError: No module named "
+                       "'no_such_dependency_xyz'"):
+        check(cfg)

@@ -8,13 +8,14 @@ Importing this module imports no torch (``--help`` and ``--cfg job`` stay fast).
 
 from __future__ import annotations
 
+import importlib
 import re
 import types
 import typing
 from collections.abc import Callable
 from typing import Any
 
-from hydra.utils import get_object
+from hydra._internal.utils import _locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     InterpolationToMissingValueError,
@@ -89,6 +90,33 @@ def _values(node: DictConfig) -> dict[str, tuple[Any, str | None]]:
     return values
 
 
+def why_not_importable(name: str) -> str:
+    """Why the dotted ``name`` cannot be imported, in words: no module of its first part (one
+    of one's own not on the path), a module without that attribute (a misspelling), or the
+    error a module raised while it was imported."""
+    parts = name.split(".")
+    obj, i = None, 0
+    while i < len(parts):  # the longest prefix that is a module, imported shortest first
+        module_name = ".".join(parts[:i + 1])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                return f"importing {module_name} raised {type(err).__name__}: {err}"
+            break
+        except Exception as err:
+            return f"importing {module_name} raised {type(err).__name__}: {err}"
+        i += 1
+    if obj is None:
+        return (f"there is no module {parts[0]}: check its spelling, or, for a module of your "
+                "own, run from the folder that holds it or put that folder on PYTHONPATH")
+    for j in range(i, len(parts)):
+        if not hasattr(obj, parts[j]):
+            return f"{'.'.join(parts[:j])} has no {parts[j]}; check its spelling"
+        obj = getattr(obj, parts[j])
+    return "it is importable now"  # imported on a second try
+
+
 def problems(cfg: DictConfig) -> list[str]:
     """Every key of every ``_target_`` node that its target does not take, or whose value its
     annotations refuse (once, at the key it was written at when it was interpolated); a part
@@ -102,10 +130,11 @@ def problems(cfg: DictConfig) -> list[str]:
     swapped = _swapped_targets()
     for path, node in target_nodes(cfg):
         try:
-            target = get_object(node._target_)
+            target = _locate(node._target_)
         except Exception:
             key = dotted(path, "_target_")
-            found[key] = f"{key}={node._target_!r} cannot be imported; check its spelling."
+            found[key] = (f"{key}={node._target_!r} cannot be imported: "
+                          f"{why_not_importable(node._target_)}.")
             continue
         values = _values(node)
         plain_values = {key: value for key, (value, _) in values.items()}

@@ -140,6 +140,8 @@ def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | Non
     have it (``model.objective.k``: ``model/objective=iwae``, ...), and how to add a key of
     one's own where the node's class takes one; None where OmegaConf's error does not name the
     node."""
+    if "/" in key and "." not in key:  # a config group's path mistyped: model/objectiv=iwae
+        return _unknown_group(key, value)
     parent = getattr(cause, "parent_node", None)
     if not OmegaConf.is_dict(parent):
         return None
@@ -190,6 +192,22 @@ def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | Non
              else f" ({parent.get('_target_')} takes no other)")
     return (f"{key}={value}: {where}.{guess} {f'{node} has' if path else 'The top level has'} "
             f"{', '.join(keys)}{extra}.")
+
+
+def _unknown_group(key: str, value: str) -> str:
+    """For ``group=value`` where no config group ``group`` exists (Hydra reads it as a key of
+    that name, and the advice for a key, ``+key=...``, does not apply): the closest groups."""
+    from vae_lightning.groups import groups
+
+    known = groups()
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    if not close:
+        return (f"{key}={value}: there is no config group {key}. The config groups are "
+                f"{', '.join(known)}.")
+    options = known[close[0]].options
+    which = "" if value in options else f" ({close[0]} has {', '.join(options)})"
+    return (f"{key}={value}: there is no config group {key}. Did you mean "
+            f"{close[0]}={value}?{which}")
 
 
 def _options_with(node: str, name: str) -> tuple[str, list[str]] | None:

@@ -273,6 +273,27 @@ def test_frey_reads_user_mat(tmp_path):
     assert all(bytes(f) in faces for f in dm.splits["test"][0].flatten(1).numpy())
 
 
+@pytest.mark.parametrize("name", ["imgs", "digits.npy", "faces.png", "missing.mat"])
+def test_data_of_ones_own_given_to_the_default_frey_names_the_data_sets_that_read_it(
+        tmp_path, name):
+    """data.path without data= (data=frey, the default): a folder, an array file or an image
+    is refused naming data=folder and data=array (it said only "expected frey_rawface.mat")."""
+    from vae_lightning.errors import DataError
+
+    path = tmp_path / name
+    if name == "imgs":
+        path.mkdir()
+    elif name != "missing.mat":
+        path.write_bytes(b"\x93NUMPY" if name.endswith(".npy") else b"\x89PNG")
+    dm = FreyFaceDataModule(path=str(path))
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    assert f"data.path={str(path)!r}" in str(err.value)
+    assert ("data=frey (the default data set) reads Frey Face's .mat file; for data of your own: "
+            "data=folder data.path=<a folder of images>, or data=array data.path=<a .npy or .npz "
+            "file>.") in str(err.value)
+
+
 def test_workers_and_lightning_hook(mnist_root):
     seen = []
 

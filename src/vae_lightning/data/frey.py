@@ -17,6 +17,7 @@ from vae_lightning.errors import DataError
 
 from .datamodules import VAEDataModule
 from .download import DataNotFoundError, describe, names, open_data
+from .images import EXTENSIONS
 from .splits import held_out
 
 FREY_SHAPE = (560, 1965)  # pixels x faces, as stored in the .mat file (variable ``ff``)
@@ -26,6 +27,12 @@ FREY_SHA256 = "fbd70c2c992104024a20f4d253da1a1132eb6bf8ed142dccbe7d2b1743b705c4"
 ASSET = "frey_rawface.npz"
 
 log = logging.getLogger(__name__)
+
+# data.path without data=: the default data set reads it, and a newcomer's own data were refused
+# as "not a .mat file" with no word of the data sets that read them.
+OWN_DATA = (" data=frey (the default data set) reads Frey Face's .mat file; for data of your "
+            "own: data=folder data.path=<a folder of images>, or data=array "
+            "data.path=<a .npy or .npz file>.")
 
 
 def frey_sha256(ff: np.ndarray) -> str:
@@ -122,11 +129,16 @@ class FreyFaceDataModule(VAEDataModule):
         if self.path is not None:
             if self.path.is_dir():
                 raise DataError(f"data.path={str(self.path)!r} is a directory; expected a "
-                                "frey_rawface.mat file (or data.path=null for the bundled copy).")
+                                "frey_rawface.mat file (or data.path=null for the bundled "
+                                f"copy).{OWN_DATA}")
             if not self.path.is_file():
                 raise DataNotFoundError(f"data.path={str(self.path)!r} does not exist; expected "
                                         "a frey_rawface.mat file (or data.path=null for the "
-                                        "bundled copy).")
+                                        f"bundled copy).{OWN_DATA}")
+            if self.path.suffix.lower() in (*EXTENSIONS, ".npy", ".npz"):  # data of one's own
+                raise DataError(f"data.path={str(self.path)!r} is not a .mat file; expected a "
+                                "frey_rawface.mat file (or data.path=null for the bundled "
+                                f"copy).{OWN_DATA}")
             log.info("Frey Face: reading %s (data.path).", self.path)
             return self.path
         own = self.root / "frey" / "frey_rawface.mat"

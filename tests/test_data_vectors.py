@@ -212,3 +212,11 @@ def test_feature_vectors_get_no_pictures(tmp_path):
                                  "device=cpu"])()
     assert np.load(out / "samples.npy").shape == (5, 1, 1, 4)
     assert not (out / "samples.png").exists()
+    # A picture of one's own in a given output_dir is not in the way: none is drawn.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "samples.png").write_bytes(b"my picture")
+    compose.sample_config([f"ckpt_path={tmp_path / 'run/checkpoints/last.ckpt'}", "n=5",
+                           "device=cpu", f"output_dir={mine}"])()
+    assert (mine / "samples.png").read_bytes() == b"my picture"
+    assert np.load(mine / "samples.npy").shape == (5, 1, 1, 4)

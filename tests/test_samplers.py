@@ -6,6 +6,7 @@ one line; the training data are found and checked as vae-eval finds and checks i
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -347,7 +348,8 @@ def test_a_folder_of_ones_own_is_not_overwritten_and_an_earlier_draw_is(checkpoi
     args = [f"ckpt_path={checkpoint}", "n=3", "device=cpu"]
     with pytest.raises(ConfigError, match=re.escape(
             f"output_dir={mine}: {mine / 'samples.npy'} exists and is not the output of an "
-            "earlier vae-sample (no record of one, samples.json, beside it)")):
+            "earlier vae-sample (no record of one, samples.json, beside it: written by another "
+            "program, or by a vae-sample older than the record)")):
         sample_config([*args, f"output_dir={mine}"])()
     assert (mine / "samples.npy").read_bytes() == b"my own array"
     assert sorted(p.name for p in mine.iterdir()) == ["samples.npy"]
@@ -364,3 +366,10 @@ def test_a_folder_of_ones_own_is_not_overwritten_and_an_earlier_draw_is(checkpoi
     sample_config([*args, "n=5", "seed=1", f"output_dir={out}"])()  # its own: replaced
     assert np.load(out / "samples.npy").shape[0] == 5
     assert json.loads((out / "samples.json").read_text())["seed"] == 1
+    # The run's own samples/ folder is vae-sample's, whether or not a record is there (those
+    # written before the record was kept have none).
+    sample_config(args)()
+    default = Path(checkpoint).parents[1] / "samples"
+    (default / "samples.json").unlink()
+    sample_config([*args, "n=4"])()
+    assert np.load(default / "samples.npy").shape[0] == 4

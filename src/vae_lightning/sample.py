@@ -50,7 +50,6 @@ from vae_lightning.samplers import Sampler
 log = logging.getLogger(__name__)
 
 GRID_MAX = 400  # images drawn in samples.png; samples.npy holds all n
-OUTPUTS = ("samples.npy", "samples.png", "traversals.png", "traversals.gif")  # what it may write
 RECORD_NAME = "samples.json"  # beside them: what drew them; its keys RECORD say it is ours
 RECORD = ("checkpoint_sha256", "n", "seed", "sampler", "files")
 CHUNK = 1024  # images decoded per pass: memory stays bounded whatever n
@@ -116,8 +115,9 @@ class Sampling:
     The images are decoded ``CHUNK`` at a time straight into ``samples.npy`` on disk, so memory
     does not grow with n; n is refused before anything is drawn or fitted when the array would
     not fit on the output directory's disk. ``samples.json`` beside them records what drew
-    them (checkpoint and its SHA-256, n, seed, sampler, y, the files written); a folder whose
-    ``samples.npy`` (or picture) has no such record is refused, not overwritten.
+    them (checkpoint and its SHA-256, n, seed, sampler, y, the files written); an
+    ``output_dir`` one gives, where a file this call writes is there without such a record, is
+    refused, not overwritten.
 
     ``traverse``: also ``traversals.png`` (and ``traversals.gif`` with ``traverse_gif``), each
     latent dimension of ``traverse_bases`` posterior locations set to ``traverse_steps`` values
@@ -164,7 +164,6 @@ class Sampling:
         out = (Path(self.output_dir) if self.output_dir
                else samples if self.sampler == "prior" else samples / self.sampler)
         writable_directory(out, "output_dir")
-        _check_out(out)
         model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
         self._refuse_too_many(out, model.data_shape)
         self._check_class(model, config)
@@ -179,6 +178,10 @@ class Sampling:
             why = (not_drawn(model.data_shape) if of_images else "the model's data are feature "
                    "vectors, not images: no picture of them is drawn")
             raise ConfigError(f"traverse=true: {why}; leave traverse out (false).")
+        _check_out(out, ["samples.npy", *(["samples.png"] if pictures else []),
+                         *(["traversals.png"] if self.traverse is not None else []),
+                         *(["traversals.gif"] if self.traverse and self.traverse["gif"] else [])],
+                   given=bool(self.output_dir))
         draw, source = self._z_source(model, config, checkpoint)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)
@@ -366,20 +369,23 @@ class Sampling:
                 "drawn. Lower n, or choose an output_dir on a larger disk.")
 
 
-def _check_out(out: Path) -> None:
-    """Refuse, before the model is loaded, an output folder where a file of ``OUTPUTS`` would
-    replace one that no earlier vae-sample wrote (no record of one, ``samples.json``, beside
-    it: output_dir=<a folder of one's own> replaced its samples.npy), or where one of their
-    names is not a file."""
-    for path in (out / name for name in (*OUTPUTS, RECORD_NAME)):
+def _check_out(out: Path, names: Sequence[str], given: bool) -> None:
+    """Refuse, before any draw or fit, an output folder where one of ``names`` (the files this
+    call writes) or the record is not a file; and an ``output_dir`` one gave where one of them
+    would replace a file that no earlier vae-sample wrote (no record of one, ``samples.json``,
+    beside it): output_dir=<a folder of one's own> replaced its samples.npy. The run's own
+    ``samples/`` folders are vae-sample's (those written before the record was kept included)."""
+    for path in (out / name for name in (*names, RECORD_NAME)):
         if kind(path) not in (None, "missing"):
             raise ConfigError(f"output_dir={out}: {path} is {kind(path)}, not a file; choose "
                               "another output_dir.")
-    found = [out / name for name in OUTPUTS if kind(out / name) is None]
-    if found and not _earlier_output(out):
+    found = [out / name for name in names if kind(out / name) is None]
+    if given and found and not _earlier_output(out):
         raise ConfigError(f"output_dir={out}: {found[0]} exists and is not the output of an "
-                          f"earlier vae-sample (no record of one, {RECORD_NAME}, beside it): it "
-                          "would be replaced. Choose another output_dir, or move the file away.")
+                          f"earlier vae-sample (no record of one, {RECORD_NAME}, beside it: "
+                          "written by another program, or by a vae-sample older than the "
+                          "record): it would be replaced. Choose another output_dir, or move "
+                          "the file away.")
 
 
 def _earlier_output(out: Path) -> bool:

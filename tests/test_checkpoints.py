@@ -167,8 +167,8 @@ def test_your_own_classes_load_when_you_trust_them(tmp_path, small_checkpoint):
     checkpoint[CONFIG_KEY]["model"]["prior"]["_target_"] = "elsewhere_parts.NamedPrior"
     torch.save(checkpoint, tmp_path / "mine.ckpt")
     with pytest.raises(CheckpointError, match="No module named 'elsewhere_parts' \\(a module of "
-                       "your own must be importable here: run from the folder that holds it or "
-                       "put that folder on PYTHONPATH\\)"):
+                       "your own must be importable here: put the folder that holds it on "
+                       "PYTHONPATH\\)"):
         load_model(tmp_path / "mine.ckpt", VAE, trusted=["elsewhere_parts.NamedPrior"])
 
 

@@ -409,7 +409,8 @@ def test_a_key_an_experiment_set_for_a_replaced_part_says_how_to_drop_it(tmp_pat
 @pytest.mark.parametrize("target, words", [
     # A module of one's own not on the path (PYTHONPATH forgotten): said so, not "spelling".
     ("my_parts.objective.Mine", "there is no module my_parts: check its spelling, or, for a "
-     "module of your own, run from the folder that holds it or put that folder on PYTHONPATH"),
+     "module of your own, put the folder that holds it on PYTHONPATH (PYTHONPATH=<folder> "
+     "vae-train ...)"),
     ("vae_lightning.nets.MLPP", "vae_lightning.nets has no MLPP; check its spelling"),
     ("vae_lightning.netz.MLP", "vae_lightning has no netz; check its spelling"),
 ])

@@ -108,8 +108,11 @@ def why_not_importable(name: str) -> str:
             return f"importing {module_name} raised {type(err).__name__}: {err}"
         i += 1
     if obj is None:
+        # The commands put their script's folder on sys.path, not the current one: a
+        # module of one's own is found through PYTHONPATH, even from its own folder.
         return (f"there is no module {parts[0]}: check its spelling, or, for a module of your "
-                "own, run from the folder that holds it or put that folder on PYTHONPATH")
+                "own, put the folder that holds it on PYTHONPATH (PYTHONPATH=<folder> vae-train "
+                "...)")
     for j in range(i, len(parts)):
         if not hasattr(obj, parts[j]):
             return f"{'.'.join(parts[:j])} has no {parts[j]}; check its spelling"

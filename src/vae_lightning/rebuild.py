@@ -100,8 +100,8 @@ def build_trusted(node: dict[str, Any], key: str, path: str | Path,
             cause = cause.__cause__
         if isinstance(cause, UserError):  # e.g. a DataError: its own message and exit code
             raise cause from None
-        hint = (" (a module of your own must be importable here: run from the folder that "
-                "holds it or put that folder on PYTHONPATH)"
+        hint = (" (a module of your own must be importable here: put the folder that holds "
+                "it on PYTHONPATH)"
                 if isinstance(cause, ModuleNotFoundError) else "")
         raise CheckpointError(f"Checkpoint {path}: its {key} config cannot be built: "
                               f"{_reason(err)}{hint}.") from None

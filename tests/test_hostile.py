@@ -80,6 +80,9 @@ BAD_CONFIGS = [
     (["model.encoder.net.activation=swish"], ["model.encoder.net.activation='swish'", "tanh"]),
     (["model.decoder.net.init_std=-1"], ["model.decoder.net.init_std=-1"]),
     (["seed=-1"], ["seed=-1", ">= 0"]),
+    # The job would run inside its run directory, where its relative paths name other files.
+    (["hydra.job.chdir=true"], ["hydra.job.chdir=true is not supported", "data.path",
+                                "Leave hydra.job.chdir false"]),
     (["seed=1.5"], ["seed=1.5"]),
     (["seed=abc"], ["seed='abc'"]),
     (["model/prior=mog", "model.prior.n_components=0"], ["model.prior.n_components=0"]),

@@ -200,6 +200,7 @@ class Preflight(Callback):
 
         def checks() -> None:
             HydraConfig.instance().set_config(config)  # for ${hydra:...} in hydra.run.dir
+            _refuse_chdir(config)
             directory = OmegaConf.select(config, "hydra.run.dir")
             rundir.prepare(directory)
             if "trainer" not in config:  # vae-eval, vae-sample
@@ -216,6 +217,7 @@ class Preflight(Callback):
         from vae_lightning.groups import missing_plugins
 
         def checks() -> None:
+            _refuse_chdir(config)
             rundir.prepare(config.hydra.sweep.dir, "hydra.sweep.dir")
             missing = missing_plugins(config.hydra)
             if missing:
@@ -233,6 +235,19 @@ class Preflight(Callback):
             raise SystemExit(err) from None
         except OmegaConfBaseException:  # a key that cannot be resolved: Hydra reports it next
             return
+
+
+def _refuse_chdir(config: DictConfig) -> None:
+    """Refuse ``hydra.job.chdir=true`` (the lightning-hydra-template's old default): the job
+    would run inside its run directory, where a relative data.path, the default data.root and
+    ``ckpt_path=last``'s outputs/ are not (a relative data.path was "does not exist" while it
+    was there, and the data were downloaded into each run)."""
+    if OmegaConf.select(config, "hydra.job.chdir", default=False) is True:
+        raise ConfigError(
+            "hydra.job.chdir=true is not supported: every command reads its relative paths "
+            "(data.path, data.root, ckpt_path, output_dir) from the directory it is started in "
+            "and writes into the run directory itself; inside the run directory those paths "
+            "would name other files. Leave hydra.job.chdir false (the default).")
 
 
 def _count(n: int, noun: str) -> str:

@@ -256,6 +256,9 @@ def test_split_is_fixed_across_seeds_and_too_few_images(tmp_path):
     few = save(tmp_path / "few.npy", x=images((2, 4, 4), np.uint8))
     with pytest.raises(DataError, match="holds 2 examples: too few"):
         ArrayDataModule(path=str(few)).setup()
+    one = save(tmp_path / "one.npy", x=images((1, 4, 4), np.uint8))
+    with pytest.raises(DataError, match="holds 1 example: too few"):
+        ArrayDataModule(path=str(one)).setup()
 
 
 def test_float_binarization_draws_bernoulli_of_the_value(tmp_path):

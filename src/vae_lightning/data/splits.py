@@ -60,7 +60,8 @@ def held_out(n: int, val_size: int | float, test_size: int | float,
     val, test = (split_count(size, n) for size in (val_size, test_size))
     if val + test >= n:
         raise DataError(
-            f"{what} holds {n} examples: too few for val_size={val_size!r} ({val}) and "
+            f"{what} holds {n} example{'' if n == 1 else 's'}: too few for "
+            f"val_size={val_size!r} ({val}) and "
             f"test_size={test_size!r} ({test}); expected val + test below {n}, so that some are "
             "left to train on: add data, or lower val_size and test_size.")
     rest, test_idx = carve(n, test, what)

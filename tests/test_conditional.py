@@ -245,3 +245,42 @@ def test_a_model_with_classes_but_no_conditional_part_bounds_log_p_of_x():
     from vae_lightning.log_likelihood import bound_of
 
     assert bound_of(small_vae(classes=3)) == "log p(x)"
+
+
+def test_the_labels_a_conditional_model_is_given_are_checked_with_advice_that_helps(caplog):
+    """Data without labels: the refusal names where labels come from (data.labels_key, class
+    subfolders), not "set model.classes" (which cannot help); labels out of range: the range;
+    fewer classes than model.classes: a warning naming the number to set."""
+    from types import SimpleNamespace
+
+    from models import small_vae
+
+    from vae_lightning.run_checks import check_labels
+
+    model = small_vae(classes=3, prior=ClassNormal(2, classes=3))
+    x = torch.zeros(4, 1, 3, 4)
+
+    def data(*labels):
+        return SimpleNamespace(splits={"train": (x, torch.tensor(labels[0])),
+                                       "val": (x, torch.tensor(labels[1]))})
+
+    with pytest.raises(ConfigError) as err:
+        check_labels(model, data([-1] * 4, [-1] * 4))
+    assert "the data's train split has no labels: data=array reads them only with " \
+           "data.labels_key=<its array of labels>" in str(err.value)
+    assert "data=folder from class subfolders" in str(err.value)
+    assert "set model.classes" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"val split has labels 0..3; set model.classes to the "
+                                          "number of classes"):
+        check_labels(model, data([0, 1, 2, 0], [0, 1, 3, 0]))
+    with caplog.at_level("WARNING"):
+        check_labels(model, data([0, 1, 2, 0], [0, 1, 2, 2]))
+    assert "never occur" not in caplog.text
+    with caplog.at_level("WARNING"):
+        check_labels(model, data([0, 1, 1, 0], [0, 1, 0, 0]))
+    assert "model.classes=3, but the data's labels are 0..1: label 2 never occurs" \
+        in caplog.text and "set model.classes=2." in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_labels(model, data([0, 0, 0, 0], [0, 0, 0, 0]))
+    assert "labels 1..2 never occur" in caplog.text

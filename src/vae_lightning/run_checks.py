@@ -73,14 +73,29 @@ def check_labels(model: VAE, datamodule: L.LightningDataModule) -> None:
     if model.classes is None:
         return
     for split, (_, y) in datamodule.splits.items():
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= model.classes):
-            low, high = int(y.min()), int(y.max())
-            what = ("has no labels" if high < 0 else f"has labels {low}..{high}")
+        if len(y) and int(y.max()) < 0:  # "set model.classes" cannot help data without labels
             raise ConfigError(
                 f"model.classes={model.classes}: the model is conditional on labels "
-                f"0..{model.classes - 1}, and the data's {split} split {what}; set "
-                "model.classes to the number of classes, or train an unconditional model "
+                f"0..{model.classes - 1}, and the data's {split} split has no labels: "
+                "data=array reads them only with data.labels_key=<its array of labels> (and "
+                "data.test_labels_key for a test array), data=folder from class subfolders; or "
+                "train an unconditional model (model=vae).")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= model.classes):
+            low, high = int(y.min()), int(y.max())
+            raise ConfigError(
+                f"model.classes={model.classes}: the model is conditional on labels "
+                f"0..{model.classes - 1}, and the data's {split} split has labels {low}..{high}; "
+                "set model.classes to the number of classes, or train an unconditional model "
                 "(model=vae) on data without labels.")
+    highest = max((int(y.max()) for _, y in datamodule.splits.values() if len(y)), default=None)
+    if highest is not None and highest < model.classes - 1:
+        # Two class subfolders under the default model.classes=10: eight classes never seen,
+        # drawn all the same by the figures and vae-sample's classes in turn.
+        unseen = (f"label {highest + 1} never occurs" if highest + 2 == model.classes
+                  else f"labels {highest + 1}..{model.classes - 1} never occur")
+        log.warning("model.classes=%d, but the data's labels are 0..%d: %s, and samples of "
+                    "them are drawn from what the model never saw; set model.classes=%d.",
+                    model.classes, highest, unseen, highest + 1)
 
 
 def check_minibatches(model: VAE, datamodule: L.LightningDataModule, world: int = 1) -> None:

@@ -76,13 +76,18 @@ def match(loaded: np.ndarray, written: dict[str, tuple[np.ndarray, int]]) -> lis
     return found
 
 
-def test_class_subfolders_png_and_jpeg(classes_dir, tmp_path):
+def test_class_subfolders_png_and_jpeg(classes_dir, tmp_path, caplog):
     path, written = classes_dir
     dm = module(path, tmp_path)
     assert dm.shape == (3, 8, 8) and dm.name == "folder"  # known before any image is read
-    dm.setup()
+    with caplog.at_level("INFO"):
+        dm.setup()
     assert {k: len(v[0]) for k, v in dm.splits.items()} == {"train": 8, "val": 2, "test": 2}
     assert dm.classes == ("cats", "dogs")
+    # Which subfolder is which label, said once.
+    assert f"data.path={str(path)!r}: 2 class subfolders, labelled in sorted order: 0 'cats', " \
+        "1 'dogs'." in caplog.text
+    assert caplog.text.count("class subfolders") == 1
     x, y = all_splits(dm)
     assert x.dtype == np.uint8 and x.shape == (12, 3, 8, 8)
     for image, label, name in zip(x, y, match(x, written), strict=True):

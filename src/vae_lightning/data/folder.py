@@ -172,6 +172,11 @@ class FolderDataModule(VAEDataModule):
         """The image files, their labels and the cache key, listed once."""
         if self._listing is None:
             files, labels, self.classes = scan(self.path)
+            if self.classes:  # which subfolder is which label was said nowhere
+                shown = ", ".join(f"{i} {name!r}" for i, name in enumerate(self.classes[:20]))
+                log.info("data.path=%r: %d class subfolders, labelled in sorted order: %s%s.",
+                         str(self.path), len(self.classes), shown,
+                         ", ..." if len(self.classes) > 20 else "")
             if not files:
                 raise DataError(f"data.path={str(self.path)!r} holds no images: expected files "
                                 f"ending in {', '.join(EXTENSIONS)} (any case), in it or in its "

@@ -230,6 +230,21 @@ def test_latents_title_names_the_split_and_unlabelled_data_are_coloured_by_posit
     assert bar.get_ylabel() == "position in the test split (data order)"
 
 
+def test_latents_title_of_a_projection_fits_in_the_figure(tmp_path):
+    """The title of a 20-d model's scatter (with "first two principal components") is drawn
+    whole: on one line beside the colour bar it was cut at the figure's left edge."""
+    torch.manual_seed(0)
+    model = build_run(compose_train(["data=frey", "model.latent=20"], tmp_path)).model.eval()
+    fig = latents_figure(model, torch.rand(30, 1, 28, 20), torch.arange(30) % 3,
+                         split="validation")
+    fig.canvas.draw()
+    title = fig.axes[0].title
+    assert title.get_text() == ("Posterior means of validation data\n(20-d, first two principal "
+                                "components)")
+    box = title.get_window_extent(fig.canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+
+
 def test_figures_without_a_validation_split(tmp_path):
     """data.val_size=0: the scatter and the reconstructions use the test split; the curves the
     training bound alone."""

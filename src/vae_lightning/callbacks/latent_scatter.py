@@ -83,7 +83,8 @@ def latents_figure(model: L.LightningModule, x: Tensor, labels: Tensor,
         _scatter_classes(fig, ax, points, labels, classes)
     ax.set_xlabel(f"{axis}1")
     ax.set_ylabel(f"{axis}2")
-    how = "" if z.shape[1] <= 2 else f" ({z.shape[1]}-d, first two principal components)"
+    # On a line of its own: beside the colour bar one line was cut at the figure's left edge.
+    how = "" if z.shape[1] <= 2 else f"\n({z.shape[1]}-d, first two principal components)"
     ax.set_title(f"Posterior means of {split} data{how}")
     fig.tight_layout()
     return fig

@@ -275,3 +275,17 @@ def test_trainer_mps_without_mps_is_one_line(tmp_path, monkeypatch, capsys):
     line = one_error_line(result)
     assert "trainer.accelerator='mps'" in line and "no mps device" in line and "cpu" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_hydra_run_dir_given_to_a_sweep_is_said_to_be_unused(tmp_path, monkeypatch, capsys):
+    """A sweep's jobs go to hydra.sweep.dir; hydra.run.dir given with -m went unused without a
+    word, the jobs' outputs named only by the sweep's last line."""
+    sweep = tmp_path / "sweep"
+    result = run(cli.train, ["-m", *TINY, "model.latent=0", f"hydra.sweep.dir={sweep}",
+                             f"hydra.run.dir={tmp_path / 'mine'}"], monkeypatch, capsys,
+                 tmp_path)
+    said = result.out + result.err
+    assert (f"hydra.run.dir={tmp_path / 'mine'} is not used by a sweep (-m): its jobs go to "
+            f"hydra.sweep.dir={sweep} (one folder each); give hydra.sweep.dir=... to choose "
+            "where.") in said, said[-2000:]
+    assert not (tmp_path / "mine").exists()

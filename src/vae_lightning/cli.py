@@ -219,6 +219,12 @@ class Preflight(Callback):
         def checks() -> None:
             _refuse_chdir(config)
             rundir.prepare(config.hydra.sweep.dir, "hydra.sweep.dir")
+            given = [o for o in OmegaConf.select(config, "hydra.overrides.hydra", default=[])
+                     if str(o).startswith("hydra.run.dir=")]
+            if given:  # a sweep's jobs went elsewhere, named only in its last line
+                log.warning("%s is not used by a sweep (-m): its jobs go to hydra.sweep.dir=%s "
+                            "(one folder each); give hydra.sweep.dir=... to choose where.",
+                            given[0], config.hydra.sweep.dir)
             missing = missing_plugins(config.hydra)
             if missing:
                 raise ConfigError(missing)

@@ -432,3 +432,30 @@ def test_a_module_of_ones_own_that_fails_to_import_is_refused_with_its_error(tmp
                        "broken_parts raised ModuleNotFoundError: No module named "
                        "'no_such_dependency_xyz'"):
         check(cfg)
+
+
+def test_images_binary_already_take_the_bernoulli_likelihood_as_a_probability(tmp_path, caplog):
+    """A uint8 array of 0 and 255 with data.binarize=none: no "not normalised" warning, and bits
+    per dimension logged (they are a code length), as with data.binarize=static, which gives the
+    same numbers; grey levels in the array are still warned about."""
+    import numpy as np
+
+    from vae_lightning.likelihoods import code_length
+
+    rng = np.random.default_rng(0)
+    binary = (rng.random((60, 8, 8)) < 0.3).astype(np.uint8) * 255
+    np.save(tmp_path / "binary.npy", binary)
+    grey = binary.copy()
+    grey[-1, 0, 0] = 128  # one grey pixel, in the last image
+    np.save(tmp_path / "grey.npy", grey)
+    common = ["data=array", "model/likelihood=bernoulli", "model.latent=2"]
+    run = build_run(compose_train([*common, f"data.path={tmp_path / 'binary.npy'}"],
+                                  tmp_path / "a"))
+    assert "not normalised" not in caplog.text
+    assert run.datamodule.binary_pixels()
+    assert code_length(run.model.decoder.likelihood, run.datamodule)
+    caplog.clear()
+    run = build_run(compose_train([*common, f"data.path={tmp_path / 'grey.npy'}"],
+                                  tmp_path / "b"))
+    assert "not normalised" in caplog.text
+    assert not code_length(run.model.decoder.likelihood, run.datamodule)

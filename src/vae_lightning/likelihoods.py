@@ -35,10 +35,17 @@ from vae_lightning.pixel_distributions import (
 def code_length(likelihood: Any, datamodule: Any) -> bool:
     """Whether -log2 p(x) / D is a code length in bits per dimension: the likelihood is a
     probability of discrete pixel values, and the data are those values (binary pixels for a
-    Bernoulli likelihood: binarized data)."""
+    Bernoulli likelihood: binarized data, or images that are binary already)."""
     if likelihood.support is constraints.boolean:
-        return getattr(datamodule, "binarize", "none") != "none"
+        return getattr(datamodule, "binarize", "none") != "none" or binary_pixels(datamodule)
     return likelihood.discrete
+
+
+def binary_pixels(datamodule: Any) -> bool:
+    """Whether ``datamodule`` serves images whose pixels are all 0 or 1 as they are
+    (``VAEDataModule.binary_pixels``; False for a data module without that check)."""
+    check = getattr(datamodule, "binary_pixels", None)
+    return bool(check()) if callable(check) else False
 
 
 class Likelihood(nn.Module):

@@ -23,7 +23,7 @@ from vae_lightning.conditional import check_condition
 from vae_lightning.config import instantiate_node
 from vae_lightning.config_checks import target_nodes
 from vae_lightning.errors import CheckpointError, ConfigError, NothingToDo
-from vae_lightning.likelihoods import code_length
+from vae_lightning.likelihoods import binary_pixels, code_length
 from vae_lightning.metrics import BITS
 from vae_lightning.module import VAE
 from vae_lightning.pixel_distributions import Grid
@@ -282,7 +282,8 @@ def check_bits_metric(cfg: Any, model: VAE, datamodule: L.LightningDataModule) -
 
 def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> None:
     """A likelihood for binary pixels on grayscale ones works, but its bound is not a log
-    probability: say so, and what fits. One for values in [0, 1] (or binary, or a grid) on real
+    probability: say so, and what fits (not for images whose pixels are binary already, which
+    are read to tell). One for values in [0, 1] (or binary, or a grid) on real
     numbers (``data=array``'s float feature vectors) has no density there: refuse it."""
     likelihood = model.decoder.likelihood
     if getattr(datamodule, "real_values", False) and likelihood.support is not constraints.real:
@@ -302,6 +303,11 @@ def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> 
             "expected model.decoder.likelihood.mean_activation=identity.")
     if likelihood.support is not constraints.boolean or getattr(datamodule, "binarize",
                                                                 "none") != "none":
+        return
+    if callable(getattr(datamodule, "binary_pixels", None)) and not datamodule.splits:
+        datamodule.prepare_data()  # the pixels decide: read now rather than at the first step
+        datamodule.setup("fit")
+    if binary_pixels(datamodule):  # images binary already: a log probability as they are
         return
     fix = ("data.binarize=dynamic (binary pixels), or a likelihood for [0, 1] data such as "
            "model/likelihood=continuous_bernoulli"

@@ -23,6 +23,7 @@ from .sampling import OrderedBatchSampler, ShardedBatchSampler, TensorBatchDatas
 from .splits import SPLIT_SEED, digest
 
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+CHUNK = 4096  # rows of a split scanned at a time by binary_pixels
 _STAGE_SPLITS = {
     # Fitting reads the test split too: a corrupt test file is found before the first step, not
     # after training (the test split is small, and Fig. 2's curve evaluates it during training).
@@ -109,6 +110,7 @@ class VAEDataModule(L.LightningDataModule):
         self.steps_per_batch = steps_per_batch
         self.labelled, self.labelled_batch = labelled, labelled_batch
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._binary: tuple[tuple, bool] | None = None  # binary_pixels' answer, for its splits
         self.digests: dict[str, str] = {}  # split -> SHA-256 of its images and labels as read
         self._labelled_points: str | None = None  # SHA-256 of the labelled training points
         self._generators: dict[str, torch.Generator] = {}
@@ -288,6 +290,21 @@ class VAEDataModule(L.LightningDataModule):
         if not (x.is_floating_point() or x.dtype == torch.bool):
             mean = mean / self.scale
         return mean.float().reshape(self.shape)
+
+    def binary_pixels(self) -> bool:
+        """Whether every pixel the loaded splits hold is 0 or 1 once scaled (``_probabilities``):
+        images that are binary already (a uint8 array of 0 and 255 with ``binarize="none"``), on
+        which a Bernoulli likelihood is a probability and its bits per dimension a code length,
+        as on binarized data. False before any split is loaded; computed once per set of splits,
+        ``CHUNK`` rows at a time, stopping at the first pixel of another value."""
+        key = tuple((name, len(x)) for name, (x, _) in self.splits.items())
+        if not key:
+            return False
+        if self._binary is None or self._binary[0] != key:
+            binary = all(bool(((p == 0) | (p == 1)).all()) for x, _ in self.splits.values()
+                         for p in map(self._probabilities, x.flatten(1).split(CHUNK)))
+            self._binary = (key, binary)
+        return self._binary[1]
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels as float32 in [0, 1]: integer pixels divided by ``scale``; float pixels (an

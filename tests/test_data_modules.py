@@ -99,11 +99,16 @@ def test_bad_arguments(cls, kwargs, word):
         cls(**kwargs)
 
 
-def test_mnist_end_to_end(mnist_root):
+def test_mnist_end_to_end(mnist_root, caplog):
     dm = MNISTDataModule(root=str(mnist_root), batch_size=32, eval_batch_size=40, val_size=50)
     dm.prepare_data()
-    dm.setup("fit")
-    dm.setup("test")
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+        dm.setup("test")
+    # Which copy of the files was read (one data set may come from several folders).
+    for prefix in ("train", "t10k"):
+        image_file = next((mnist_root / "mnist").glob(f"{prefix}-images-idx3-ubyte*"))
+        assert f"mnist: reading {image_file} and {prefix}-labels-idx1-ubyte" in caplog.text
     assert {k: len(v[0]) for k, v in dm.splits.items()} == {"train": 250, "val": 50, "test": 100}
     raw = next(iter(dm.train_dataloader()))
     assert raw[0].dtype == torch.uint8 and raw[0].shape == (32, 28, 28)

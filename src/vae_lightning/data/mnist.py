@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,8 @@ from .datamodules import VAEDataModule
 from .download import ensure_files
 from .idx import read_idx
 from .splits import carve
+
+log = logging.getLogger(__name__)
 
 
 class IDXDataModule(VAEDataModule):
@@ -44,6 +47,8 @@ class IDXDataModule(VAEDataModule):
         paths = ensure_files(wanted, self._dirs(), self.mirrors, self.download)
         image_file = paths[f"{prefix}-images-idx3-ubyte.gz"]
         label_file = paths[f"{prefix}-labels-idx1-ubyte.gz"]
+        # Which copy was read (root, a system folder, a download), as Frey Face says its file.
+        log.info("%s: reading %s and %s.", self.name, image_file, label_file.name)
         images, labels = read_idx(image_file), read_idx(label_file)
         if images.dtype != np.uint8 or images.shape[1:] != self.shape[1:]:
             raise DataError(

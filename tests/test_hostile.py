@@ -80,6 +80,11 @@ BAD_CONFIGS = [
     (["model.encoder.net.activation=swish"], ["model.encoder.net.activation='swish'", "tanh"]),
     (["model.decoder.net.init_std=-1"], ["model.decoder.net.init_std=-1"]),
     (["seed=-1"], ["seed=-1", ">= 0"]),
+    # Checkpoints and results apart from the run's record (.hydra/), where vae-eval found no
+    # record of the data's path.
+    (["output_dir=/nonexistent-vae-test/elsewhere"],
+     ["output_dir=/nonexistent-vae-test/elsewhere is not the run directory", "hydra.run.dir="
+      "/nonexistent-vae-test/elsewhere instead"]),
     # The job would run inside its run directory, where its relative paths name other files.
     (["hydra.job.chdir=true"], ["hydra.job.chdir=true is not supported", "data.path",
                                 "Leave hydra.job.chdir false"]),

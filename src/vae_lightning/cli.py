@@ -205,6 +205,7 @@ class Preflight(Callback):
             rundir.prepare(directory)
             if "trainer" not in config:  # vae-eval, vae-sample
                 return
+            _refuse_output_dir(config, directory)
             if rundir.is_run(directory):
                 rundir.refuse_into(directory, config.get("ckpt_path"))
             if config.get("ckpt_path") == rundir.LAST_KEYWORD and rundir.is_run(directory):
@@ -218,6 +219,8 @@ class Preflight(Callback):
 
         def checks() -> None:
             _refuse_chdir(config)
+            if "trainer" in config:
+                _refuse_output_dir(config, None)
             rundir.prepare(config.hydra.sweep.dir, "hydra.sweep.dir")
             given = [o for o in OmegaConf.select(config, "hydra.overrides.hydra", default=[])
                      if str(o).startswith("hydra.run.dir=")]
@@ -254,6 +257,25 @@ def _refuse_chdir(config: DictConfig) -> None:
             "(data.path, data.root, ckpt_path, output_dir) from the directory it is started in "
             "and writes into the run directory itself; inside the run directory those paths "
             "would name other files. Leave hydra.job.chdir false (the default).")
+
+
+def _refuse_output_dir(config: DictConfig, run_dir: str | None) -> None:
+    """Refuse a training run's ``output_dir`` set apart from Hydra's run directory ``run_dir``
+    (any, under a sweep: None): the run's record (``.hydra/``) and ``train.log`` go to the run
+    directory, so its checkpoints and results were kept apart from them, and vae-eval found no
+    record of the data's path beside the checkpoints. An empty or null one is refused, naming
+    the key, by ``rundir.run_directory``."""
+    value = config._get_node("output_dir")._value() if "output_dir" in config else None
+    if not isinstance(value, str) or not value.strip() or "${" in value:
+        return
+    if run_dir is not None and Path(value).resolve() == Path(run_dir).resolve():
+        return
+    where = "hydra.sweep.dir=<dir> (each job in a folder of its own)" if run_dir is None \
+        else f"hydra.run.dir={value}"
+    raise ConfigError(
+        f"output_dir={value} is not the run directory: a run's checkpoints and results go to "
+        "Hydra's run directory with its record (.hydra/) and train.log, where vae-eval, a "
+        f"resume and vae-summarize read them together. Give {where} instead.")
 
 
 def _count(n: int, noun: str) -> str:

@@ -4,6 +4,7 @@ SQLite, and the debug and rich presets."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -187,7 +188,9 @@ def test_sigterm_to_a_joblib_sweep_says_how_to_resume_each_job_that_trained(tmp_
         assert message.endswith(f" ckpt_path={last}.")
         assert f"model.latent={2 + int(job)}" in message.split()
     # The command resumes the job in its directory (here for two more epochs).
-    command = results["0"]["message"].split("Resume with: vae-train ")[1].rstrip(".").split()
+    # As a shell reads it (an override of brackets is quoted: the shell would glob it).
+    command = shlex.split(results["0"]["message"].split("Resume with: vae-train ")[1]
+                          .rstrip("."))
     epoch = read_checkpoint(lasts[0])["epoch"]
     command = [a for a in command if not a.startswith("trainer.max_epochs=")]
     resumed = run(cli.train, [*command, f"trainer.max_epochs={epoch + 2}"], monkeypatch, capsys,

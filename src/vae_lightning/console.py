@@ -5,6 +5,7 @@ config (``extras.print_config``)."""
 from __future__ import annotations
 
 import logging
+import shlex
 import warnings
 from typing import Any
 
@@ -83,3 +84,29 @@ def one_log_line_per_record() -> None:
 
     if logging.getLogger().handlers:
         logging.getLogger("lightning").handlers.clear()
+
+
+def override(key: str, value: object) -> str:
+    """``key=value`` as Hydra reads it back as the string ``value``: plain where Hydra's
+    grammar takes it so (a path of letters, digits, ``/``, ``.``, ``-``, spaces), else in Hydra's
+    quotes (a path with a comma would be a sweep, with a parenthesis or a letter beyond ASCII
+    a parse error)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    text = str(value)
+    parser = OverridesParser.create()
+    for quoted in (text, '"' + text.replace('"', '\\"') + '"',
+                   "'" + text.replace("'", "\\'") + "'"):
+        try:
+            if parser.parse_override(f"{key}={quoted}").value() == text:
+                return f"{key}={quoted}"
+        except Exception:  # noqa: BLE001 - Hydra's grammar errors: try the next form
+            continue
+    return f"{key}={text}"
+
+
+def command(*words: str) -> str:
+    """A command line to paste into a POSIX shell: each word as one argument (``shlex.quote``:
+    a path with a space split in two, and the command failed)."""
+    return " ".join(shlex.quote(word) for word in words)
+

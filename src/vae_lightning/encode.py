@@ -94,7 +94,8 @@ class Encoding:
         """Encode the splits and write the ``.npz`` and its ``.json``; return the ``.json``'s
         content, with its path (``record``) and the arrays' shapes (``arrays``)."""
         self._check_out()
-        model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
+        (model, config, checkpoint), sha256 = fitted.digested(  # of the file loaded
+            self.ckpt_path, lambda: load_model(self.ckpt_path, VAE, self.device, self.trusted))
         read = {split: checked_data(config, checkpoint, self.ckpt_path, split, "",
                                     trusted=self.trusted, data_root=self.data_root,
                                     data_path=self.data_path,
@@ -136,7 +137,7 @@ class Encoding:
         source = next(iter(read.values()))[1]
         record = {
             "checkpoint": str(Path(self.ckpt_path).resolve()),
-            "checkpoint_sha256": fitted.digest(self.ckpt_path),
+            "checkpoint_sha256": sha256,
             "locations": str(self.out.resolve()),
             "x": WHAT["x"], "y": WHAT["y"], "s": WHAT["s"],
             "latent": model.latent,

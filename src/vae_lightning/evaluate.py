@@ -63,9 +63,32 @@ SAME = ("split", "k", "n", "checkpoint", "train_samples_seen", "data_source")
 AIS_SETTINGS = ("steps", "chains", "leapfrog", "start")
 
 
+# And what else it holds besides the bounds (each an hour's work or more): the
+# disentanglement metrics, the sample-quality scores and the fitted prior's bound, by what
+# they ran (an evaluation without them does not replace one with them).
+EXTRAS = {"disentanglement": ("seeds", "options"),
+          "sample_quality": ("features", "classifier", "inception_weights", "generated",
+                             "real", "samples_are", "seed", "fid", "kid", "precision",
+                             "recall"),
+          "fitted_prior": ("sampler",)}
+
+
 def _same(one: Any, other: dict[str, Any]) -> bool:
     return (isinstance(one, dict) and all(one.get(key) == other.get(key) for key in SAME)
-            and _ais_settings(one) == _ais_settings(other))
+            and _ais_settings(one) == _ais_settings(other)
+            and _extras(one) == _extras(other))
+
+
+def _extras(results: dict[str, Any]) -> dict[str, Any]:
+    """What ran of ``EXTRAS`` in an evaluation: each one's settings (for the sample-quality
+    scores, which of them it has), None for one it does not hold."""
+    found: dict[str, Any] = {}
+    for name, keys in EXTRAS.items():
+        node = results.get(name)
+        found[name] = ({key: (node.get(key) if key not in ("fid", "kid", "precision", "recall")
+                              else key in node) for key in keys}
+                       if isinstance(node, dict) else None)
+    return found
 
 
 def _ais_settings(results: dict[str, Any]) -> tuple | None:
@@ -215,7 +238,11 @@ class Evaluation:
 
         out = Path(output_dir) if output_dir else rundir.of_checkpoint(ckpt_path)
         writable_directory(out, "output_dir")
-        model, config, checkpoint = load_model(ckpt_path, VAE, self.device, self.trusted)
+        # The file's SHA-256 names the model a stopped evaluation's batches are of: the file
+        # loaded (a last.ckpt written again in between gave the old model's batches the new
+        # file's name, and a run of the evaluation again went on from them with the new model).
+        (model, config, checkpoint), sha256 = samplers.digested(
+            ckpt_path, lambda: load_model(ckpt_path, VAE, self.device, self.trusted))
         datamodule, source, matches = checked_data(
             config, checkpoint, ckpt_path, self.split, "eval", trusted=self.trusted,
             data_root=self.data_root, data_path=self.data_path,
@@ -251,7 +278,7 @@ class Evaluation:
         points = len(loader.sampler.shard()) if self.limit is None else min(
             self.limit, len(loader.sampler.shard()))
         # A stopped evaluation of this checkpoint with these settings goes on where it stopped.
-        identity = {"checkpoint_sha256": samplers.digest(ckpt_path), "seed": seed,
+        identity = {"checkpoint_sha256": sha256, "seed": seed,
                     "split": self.split, "limit": self.limit, "batch_size": self.batch_size,
                     "data_source": source}
         progress = log_likelihood.Progress(rundir.path(out, "eval_progress"),

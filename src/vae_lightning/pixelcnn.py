@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vae_lightning.args import NonNegativeInt, PositiveFloat, PositiveInt, checked, fail
+from vae_lightning.console import command, override
 from vae_lightning.parts import Bound, Parts
 from vae_lightning.samplers import Sampler, _check_tensors, fit_by_likelihood
 
@@ -273,7 +274,8 @@ def fitted_prior(ckpt_path: str, model: Any) -> PixelCNNSampler:
         raise ConfigError(f"eval.fitted_prior=pixelcnn: {why}; leave eval.fitted_prior out "
                           "(null).")
     path = fitted_path(ckpt_path, "pixelcnn")
-    fit = f"fit it first: vae-sample ckpt_path={ckpt_path} sampler=pixelcnn"
+    fit = ("fit it first: "
+           + command("vae-sample", override("ckpt_path", ckpt_path), "sampler=pixelcnn"))
     if not path.is_file():
         raise ConfigError(f"eval.fitted_prior=pixelcnn: no PixelCNN prior is saved for "
                           f"{ckpt_path} ({path}); {fit}.")

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
 from vae_lightning.checkpoints import run_config
+from vae_lightning.console import command
 from vae_lightning.errors import CheckpointError
 
 
@@ -393,11 +394,43 @@ def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: st
         shown.add(leaf)
         differences.append(f"{key}={pair[0]!r} (this run: {pair[1]!r})")
     if differences:
-        hint = (f" It was started with: {' '.join(overrides) or '(no overrides)'}."
+        hint = (f" It was started with: {command(*overrides) or '(no overrides)'}."
                 if overrides is not None else "")
         raise CheckpointError(
             f"Checkpoint {path} was trained with a different model, data or seed: "
             f"{'; '.join(differences)}. Resume with the settings the run was started with.{hint}")
+
+
+def check_epoch_continues(config: dict[str, Any], checkpoint: dict[str, Any],
+                          path: str | Path) -> None:
+    """Raise ``CheckpointError`` if ``checkpoint`` was taken part-way through its epoch (a run
+    stopped by max_steps, max_samples or max_time) and ``config`` (resolved) goes on with another
+    ``data.batch_size``: the training sampler skips the epoch's batches already trained
+    (``ShardedBatchSampler``'s ``done``), counted in batches, so batches of another size
+    skipped other points: a smaller size trained part of the epoch twice, a larger one left
+    part of it out (or, past the new epoch's length, trained the whole epoch again), silently.
+    A checkpoint taken at an epoch's end goes on with any batch size."""
+    saved = run_config(checkpoint, path)
+    before, now = _at(saved, "data.batch_size"), _at(config, "data.batch_size")
+    if before is None or before == now:
+        return
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    batches = fit.get("epoch_loop.batch_progress") if isinstance(fit, dict) else None
+    try:
+        done, last = batches["current"]["completed"], batches["is_last_batch"]
+    except (KeyError, TypeError):
+        return  # no loop state to go on from mid-epoch (check_states judges the file)
+    if type(done) is not int or not cut_short(done, bool(last)):
+        return
+    epoch = checkpoint.get("epoch")
+    stop = (f" and trainer.max_epochs={epoch + 1} to stop at its end"
+            if type(epoch) is int and epoch >= 0 else "")
+    raise CheckpointError(
+        f"Checkpoint {path} was taken part-way through an epoch ({done} batches of "
+        f"data.batch_size={before!r} trained), and this run goes on with data.batch_size="
+        f"{now!r}: the rest of the epoch is found by counting batches, so batches of another "
+        "size would train some of its points twice or leave some out. Finish the epoch with "
+        f"data.batch_size={before!r}{stop}, then resume from its end with the new size.")
 
 
 def _leaves(config: dict[str, Any], root: str) -> list[str]:

@@ -164,7 +164,10 @@ class Sampling:
         out = (Path(self.output_dir) if self.output_dir
                else samples if self.sampler == "prior" else samples / self.sampler)
         writable_directory(out, "output_dir")
-        model, config, checkpoint = load_model(self.ckpt_path, VAE, self.device, self.trusted)
+        # The digest of the file loaded (samplers.digested), which its fitted sampler and
+        # samples.json are recorded under.
+        (model, config, checkpoint), self._sha256 = fitted.digested(
+            self.ckpt_path, lambda: load_model(self.ckpt_path, VAE, self.device, self.trusted))
         self._refuse_too_many(out, model.data_shape)
         self._check_class(model, config)
         if self.traverse is not None and (confined := confined_space(model.prior)):
@@ -235,7 +238,7 @@ class Sampling:
         ``out``, and return ``out``: the record that lets a later call replace them."""
         rundir.write_json(out / RECORD_NAME, {
             "checkpoint": str(Path(self.ckpt_path).resolve()),
-            "checkpoint_sha256": fitted.digest(self.ckpt_path),
+            "checkpoint_sha256": self._sha256,
             "n": self.n, "seed": self.seed, "mean": self.mean, "sampler": self.sampler,
             "z": source, "y": self.y, "files": files})
         return out
@@ -262,7 +265,7 @@ class Sampling:
             raise ConfigError(f"sampler={self.sampler}: {why_not}.")
         path = fitted.fitted_path(self.ckpt_path, self.sampler)
         writable_directory(path.parent, "ckpt_path")  # before the fit: its result goes there
-        sha256 = fitted.digest(self.ckpt_path)
+        sha256 = self._sha256
         why = "refit=true" if self.refit else (
             "none was saved" if not path.exists()
             else fitted.load(sampler, self.sampler, path, sha256, model.latent))

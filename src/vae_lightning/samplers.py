@@ -268,6 +268,26 @@ def digest(path: str | Path) -> str:
     return sha.hexdigest()
 
 
+def digested(path: str | Path, load: Callable[[], Any]) -> tuple[Any, str]:
+    """``load()`` (what is read from the checkpoint ``path``: its model) and the SHA-256 of the
+    file it was read from: the digest is taken before and checked after, so that a last.ckpt
+    that a run still training writes again in between is refused (``CheckpointError``) rather
+    than the new file's digest naming the old file's model (a stopped evaluation's batches, a
+    fitted sampler, vae-encode's record then belonged to another model than they said)."""
+    try:
+        before = digest(path)
+    except CheckpointError:  # not a readable file: the load's own words (a URL, a directory)
+        load()
+        raise
+    found = load()
+    if digest(path) != before:
+        raise CheckpointError(
+            f"Checkpoint {path} changed while it was read (written again by a run still "
+            "training?): nothing was done with it. Use a copy of it, or run the command again "
+            "once the run has written it.")
+    return found, before
+
+
 def save(sampler: Sampler, name: str, path: Path, checkpoint_sha256: str, latent: int,
          points: int) -> None:
     """Write the fitted ``sampler`` to ``path`` atomically (``UnwritableError`` if it cannot)."""

@@ -40,16 +40,17 @@ def stopped(signum: int, run_dir: str | None, overrides: list[str] | None = None
     how to resume each (``sweeps.interrupted``); ``progress``, a file that keeps the command's
     work so far (vae-eval's batches), named where it exists."""
     from vae_lightning import rundir, sweeps
+    from vae_lightning.console import command, override
 
-    again = " ".join(["vae-train", *(o for o in (sweeps.overrides() if overrides is None
-                                                  else overrides)
-                                     if not o.startswith("ckpt_path="))])
+    words = ["vae-train", *(o for o in (sweeps.overrides() if overrides is None else overrides)
+                            if not o.startswith("ckpt_path="))]
+    again = command(*words)
     last = rundir.last_checkpoint(run_dir) if run_dir else None
     resumable = sweeps.resumable_jobs() if run_dir is None else []
     if last is not None and last.is_file():
         where = " outside training" if overrides is None else ""
         what = (f"{where}; the state after the latest epoch is in {last}. Resume "
-                f"with: {again} ckpt_path={last}")
+                f"with: {command(*words, override('ckpt_path', last))}")
     elif run_dir:
         what = f" before the run trained; nothing was trained. Run it again: {again}"
     elif progress is not None and progress.is_file():

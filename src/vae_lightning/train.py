@@ -26,6 +26,7 @@ from vae_lightning.callbacks.curve import InitialBound
 from vae_lightning.checkpoints import RunConfig, read_checkpoint
 from vae_lightning.config import instantiate_node, plain
 from vae_lightning.config_checks import check
+from vae_lightning.console import command, override
 from vae_lightning.errors import (
     ConfigError,
     Diverged,
@@ -37,6 +38,7 @@ from vae_lightning.module import VAE
 from vae_lightning.rebuild import check_parts, trained_on
 from vae_lightning.resume import (
     ResumeState,
+    check_epoch_continues,
     check_resumable,
     check_states,
     logger_runs,
@@ -87,6 +89,7 @@ def build_run(cfg: DictConfig) -> Run:
             check_resumable(record, checkpoint, resume_from,
                             _overrides(rundir.of_checkpoint(resume_from)))
             run_checks.refuse_if_complete(cfg, checkpoint, resume_from)
+            check_epoch_continues(record, checkpoint, resume_from)
         parts = run_checks.check_memory(cfg, shape)
         if checkpoint is not None:
             check_parts(parts, checkpoint["state_dict"], resume_from)
@@ -378,9 +381,11 @@ def _interrupted(cfg: DictConfig, trainer: L.Trainer, signum: int) -> Interrupte
         return Interrupted(
             f"Stopped by {signal.Signals(signum).name} before the first checkpoint, so there is "
             f"nothing to resume; {recorded}. Run it again: "
-            f"{' '.join(['vae-train', *again, f'hydra.run.dir={cfg.output_dir}'])}", signum)
+            f"{command('vae-train', *again, override('hydra.run.dir', cfg.output_dir))}",
+            signum)
     saved = read_checkpoint(last)
     return Interrupted(
         f"Stopped by {signal.Signals(signum).name}; the state after step {saved['global_step']} "
         f"(epoch {saved['epoch']}) is saved in {last}; {recorded}. "
-        f"Resume with: {' '.join(['vae-train', *overrides, f'ckpt_path={last}'])}", signum)
+        f"Resume with: {command('vae-train', *overrides, override('ckpt_path', last))}",
+        signum)

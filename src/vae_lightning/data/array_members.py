@@ -46,8 +46,14 @@ def read_member(archive: zipfile.ZipFile, name: str, where: str, kind: Kind,
         raise DataError(f"{where} holds {len(data):,} bytes of data where its header declares "
                         f"{header.describe()} ({header.nbytes:,} bytes): the file is truncated "
                         "or corrupt.")
-    return np.frombuffer(data, header.dtype).reshape(
+    array = np.frombuffer(data, header.dtype).reshape(
         header.shape, order="F" if header.fortran_order else "C")
+    if kind == "labels" and array.dtype.kind == "u" and array.size \
+            and int(array.max()) > np.iinfo(np.int64).max:
+        # Labels are int64: 2**64 - 1 became -1 (no label), others large negative classes.
+        raise DataError(f"{where} holds the label {int(array.max())}, beyond the int64 range "
+                        "labels are read in: expected class labels 0..K-1 (or -1: none).")
+    return array
 
 
 def check_dtype(header: Header, where: str, kind: Kind) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from vae_lightning.files import open_regular
+
 Schema = Mapping[str, tuple[Callable[[Any], bool], str]]
 
 
@@ -38,9 +40,18 @@ def optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 def read(path: Path, what: str, fix: str, error: type[Exception]) -> Any:
-    """The JSON value of ``path``; ``error`` where it cannot be read or is not JSON."""
+    """The JSON value of ``path``; ``error`` where it cannot be read or is not JSON. Only a
+    regular file is opened (``files.open_regular``): a FIFO named results.json blocked
+    vae-summarize forever."""
     try:
-        return json.loads(path.read_text())
+        file = open_regular(path, error, what)
+    except error as err:  # a folder, a FIFO, a device, a dangling link: never opened
+        raise error(f"{str(err).rstrip('.')}; {fix}.") from None
+    except OSError as err:
+        raise error(f"{path}: {what} cannot be read ({err.strerror}); {fix}.") from None
+    try:
+        with file:
+            return json.loads(file.read())
     except OSError as err:
         raise error(f"{path}: {what} cannot be read ({err.strerror}); {fix}.") from None
     except ValueError as err:  # not JSON, not UTF-8

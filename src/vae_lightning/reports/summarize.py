@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import sys
 from functools import partial
@@ -48,9 +49,26 @@ def _job_key(path: Path, root: Path) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
+def _results_files(root: Path) -> list[Path]:
+    """Every ``results.json`` under ``root``, through symbolic links to folders too (a folder
+    of links to runs kept elsewhere: ``Path.glob('**')`` follows none, and such a folder was
+    'no results.json', a sweep with a linked job a table without it), each real folder read
+    once (a link back up the tree is not followed round)."""
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        if rundir.RESULTS in names:
+            found.append(Path(folder) / rundir.RESULTS)
+    return found
+
+
 def load_results(root: Path) -> list[dict[str, Any]]:
     """One row per ``results.json`` under ``root``, with its job (path relative to ``root``)."""
-    paths = sorted(root.glob(f"**/{rundir.RESULTS}"), key=lambda p: _job_key(p, root))
+    paths = sorted(_results_files(root), key=lambda p: _job_key(p, root))
     if not paths:
         raise SummaryError(f"no results.json under {str(root)!r}: point at a sweep directory "
                            "such as multirun/<date>/<time>.")

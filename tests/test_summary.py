@@ -99,3 +99,16 @@ def test_enable_model_summary_false_leaves_out_every_summary():
     default = Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
     assert [type(c).__module__ for c in default.callbacks if isinstance(c, ModelSummary)] == [
         summary.__name__]
+
+
+def test_enable_progress_bar_false_leaves_out_a_progress_bar_among_the_callbacks():
+    """callbacks=rich with the bar off (debug=fast_dev_run sets it off) was refused with
+    Lightning's "Trainer was configured with enable_progress_bar=False but found
+    RichProgressBar"; the bar's setting now leaves it out, as the summary's does."""
+    from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+    quiet = Trainer(callbacks=[RichProgressBar()], logger=False, enable_progress_bar=False,
+                    enable_checkpointing=False)
+    assert not any(isinstance(c, ProgressBar) for c in quiet.callbacks)
+    shown = Trainer(callbacks=[RichProgressBar()], logger=False, enable_checkpointing=False)
+    assert [type(c) for c in shown.callbacks if isinstance(c, ProgressBar)] == [RichProgressBar]

@@ -188,8 +188,11 @@ class Trainer(L.Trainer):
         if max_samples is not None:
             max_epochs = -1
             callbacks.append(SampleBudget(max_samples))
-        if kwargs.get("enable_progress_bar", True) is not False and not any(
-                isinstance(c, ProgressBar) for c in callbacks):
+        if kwargs.get("enable_progress_bar", True) is False:
+            # As with the summaries below: the bar off leaves out one from callbacks=rich too
+            # (debug=fast_dev_run with callbacks=rich was refused with Lightning's words).
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        elif not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(Bar(refresh_rate=max(1, kwargs.get("log_every_n_steps") or 1)))
         # Lightning's choice of summary, with the bound's FLOPs counted (its own prints 0);
         # enable_model_summary=false leaves out every summary, one from callbacks=rich too.

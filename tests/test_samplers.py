@@ -373,3 +373,15 @@ def test_a_folder_of_ones_own_is_not_overwritten_and_an_earlier_draw_is(checkpoi
     (default / "samples.json").unlink()
     sample_config([*args, "n=4"])()
     assert np.load(default / "samples.npy").shape[0] == 4
+
+
+def test_a_mixture_with_a_component_on_points_that_do_not_vary_names_n_components():
+    """Locations that repeat (ten distinct points, each 50 times) leave a component with a
+    singular covariance: scikit-learn's ValueError was a traceback; now the option to lower."""
+    from vae_lightning.args import ArgumentError, within
+
+    z = (torch.randn(10, 3, generator=torch.Generator().manual_seed(0)) * 1e5).repeat(50, 1)
+    with pytest.raises(ArgumentError, match=r"samplers.gmm.n_components=10 is not allowed: EM "
+                       r"left a component on points of the 500 that do not vary .* diag "
+                       r"covariance is singular; expected fewer components"):
+        within("samplers.gmm", lambda: GaussianMixture(n_components=10, covariance="diag").fit(z))

@@ -112,8 +112,16 @@ class GaussianMixture(Sampler):
                  "iterations; minutes for many points on a CPU).", self.describe(), len(z),
                  z.shape[-1], self.max_iter)
         began = time.perf_counter()
-        em = EM(self.n_components, covariance_type=self.covariance, max_iter=self.max_iter,
-                random_state=self.seed).fit(z.double().numpy())
+        try:
+            em = EM(self.n_components, covariance_type=self.covariance, max_iter=self.max_iter,
+                    random_state=self.seed).fit(z.double().numpy())
+        except ValueError as err:  # scikit-learn's words, as a traceback, were all one got
+            if "ill-defined empirical covariance" not in str(err):
+                raise
+            fail(self, "n_components", self.n_components,
+                 f"EM left a component on points of the {len(z)} that do not vary (repeated "
+                 "locations, or a unit constant among them), whose "
+                 f"{self.covariance} covariance is singular; expected fewer components")
         log.info("Gaussian mixture fitted in %d EM iterations, %.0f s.", em.n_iter_,
                  time.perf_counter() - began)
         if not em.converged_:

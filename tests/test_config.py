@@ -459,3 +459,22 @@ def test_images_binary_already_take_the_bernoulli_likelihood_as_a_probability(tm
                                   tmp_path / "b"))
     assert "not normalised" in caplog.text
     assert not code_length(run.model.decoder.likelihood, run.datamodule)
+
+
+@pytest.mark.parametrize("override, says", [
+    ("model.latent=${oc.env:UNSET_VAR_FOR_A_TEST}",
+     "model.latent=${oc.env:UNSET_VAR_FOR_A_TEST} cannot be resolved: \"Environment variable "
+     "'UNSET_VAR_FOR_A_TEST' not found\""),
+    ("~model.latent", "model.encoder.latent=${..latent} cannot be resolved: Interpolation key "
+                      "'latent' not found"),
+    ("data.batch_size=${nothere}", "data.batch_size=${nothere} cannot be resolved: "
+                                   "Interpolation key 'nothere' not found"),
+])
+def test_an_interpolation_that_cannot_be_resolved_is_named_with_its_key(override, says,
+                                                                      tmp_path, monkeypatch):
+    """OmegaConf's error named no key for a resolver's failure and named the interpolating key
+    only in a later line, which the one-line error dropped."""
+    monkeypatch.delenv("UNSET_VAR_FOR_A_TEST", raising=False)
+    with pytest.raises(ConfigError) as err:
+        check(compose_train([override], tmp_path))
+    assert str(err.value) == f"Invalid configuration: {says}"

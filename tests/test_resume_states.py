@@ -350,3 +350,25 @@ def test_a_record_whose_scores_are_not_numbers_is_refused(stopped, field):
     state["best_k_models"] = {name: torch.tensor(-1.5) for name in state["best_k_models"]}
     state["best_model_score"], state["kth_value"] = None, torch.tensor(float("inf"))
     check_states(checkpoint, last, model)
+
+
+def test_a_resume_mid_epoch_with_another_number_of_processes_is_refused(tmp_path, monkeypatch,
+                                                                       capsys):
+    """Each DDP rank's share of the epoch (n // world) and its batches done are counted per
+    rank: a checkpoint taken mid-epoch by 2 processes, resumed by 1, would train some points
+    twice and leave others out. The checkpoint records its number of processes (1 here),
+    and a mid-epoch resume with another is refused before the first step."""
+    run_dir = tmp_path / "run"
+    done = _train([*SMALL, "trainer.max_steps=5", f"hydra.run.dir={run_dir}"], tmp_path,
+                  monkeypatch, capsys)
+    assert done.code == 0, done.err[-2000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["callbacks"]["ResumeState"]["world_size"] == 1
+    _tamper(last, lambda c: c["callbacks"]["ResumeState"].update(world_size=2))
+    result = _resume(run_dir, last, tmp_path, monkeypatch, capsys)
+    assert result.code == 2, result.err[-2000:]
+    assert (f"Checkpoint {last} was taken part-way through an epoch (5 batches trained on each "
+            "of 2 processes), and this run has 1") in result.err
+    assert json.loads((run_dir / "results.json").read_text())["train_samples_seen"] == \
+        checkpoint["samples_seen"]  # nothing trained

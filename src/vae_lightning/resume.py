@@ -44,6 +44,8 @@ class ResumeState(L.Callback):
             "wandb_id": None,
             "mlflow_run_id": None,
             "epoch_batches": self._epoch_batches(),
+            # The processes that shared the epoch: a resume mid-epoch must have as many.
+            "world_size": self.trainer.world_size if self.trainer is not None else None,
         }
         for logger in self.trainer.loggers if self.trainer is not None else ():
             if isinstance(logger, WandbLogger):
@@ -74,10 +76,14 @@ class ResumeState(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.ckpt_path is not None:  # before the history past it is dropped
             recorded = (self.restored or {}).get("epoch_batches")
-            check_epoch_position(trainer.fit_loop.epoch_loop.batch_progress.state_dict(),
+            progress = trainer.fit_loop.epoch_loop.batch_progress
+            check_epoch_position(progress.state_dict(),
                                  recorded if recorded is not None
                                  else trainer.num_training_batches, trainer.ckpt_path,
                                  recorded is None)
+            check_world_continues((self.restored or {}).get("world_size"), trainer.world_size,
+                                  progress.current.completed, progress.is_last_batch,
+                                  trainer.ckpt_path)
         # A logger that keeps a run's history drops what lies past where this run starts: a
         # killed run's steps after the checkpoint, or (a fresh run, -1) all that a run stopped
         # here before its first checkpoint left (rundir.is_run).
@@ -431,6 +437,26 @@ def check_epoch_continues(config: dict[str, Any], checkpoint: dict[str, Any],
         f"{now!r}: the rest of the epoch is found by counting batches, so batches of another "
         "size would train some of its points twice or leave some out. Finish the epoch with "
         f"data.batch_size={before!r}{stop}, then resume from its end with the new size.")
+
+
+def check_world_continues(recorded: Any, world: int, batches_done: int, last_batch: bool,
+                          path: str | Path) -> None:
+    """Raise ``CheckpointError`` if the checkpoint was taken part-way through its epoch by
+    ``recorded`` processes (DDP ranks) and this run has another number (``world``): each rank's
+    share of the epoch (n // world points, ``ShardedBatchSampler``) and the batches of it
+    already trained are counted per rank, so other shares would train some points twice and
+    leave others out, as another ``data.batch_size`` would (``check_epoch_continues``). A
+    checkpoint that records no number (older ones) is not judged."""
+    if type(recorded) is not int or recorded == world or not cut_short(batches_done,
+                                                                       last_batch):
+        return
+    raise CheckpointError(
+        f"Checkpoint {path} was taken part-way through an epoch ({batches_done} batches trained "
+        f"on each of {recorded} processes), and this run has {world}: each process's share of "
+        "the epoch is counted in batches of its own share, so another number would train some "
+        "points twice and leave others out. Finish the epoch with as many processes "
+        f"(trainer.devices x trainer.num_nodes = {recorded}) and trainer.max_epochs set to stop "
+        "at its end, then resume from its end with the new number.")
 
 
 def _leaves(config: dict[str, Any], root: str) -> list[str]:

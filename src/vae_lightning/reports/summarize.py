@@ -143,10 +143,24 @@ def _settings(row: dict[str, Any]) -> dict[str, str]:
     return {key.lstrip("+"): value for key, value in pairs}
 
 
+# Overrides that change no number the table shows (how a run is watched or logged, where its
+# figures go): no column of their own, even where the jobs differ in them (a newcomer's single
+# runs compared gave 44 columns, the numbers from the 34th on).
+INERT = ("logger", "hydra.", "extras.", "callbacks.figures", "callbacks.bound_curve",
+         "callbacks.config_tree", "callbacks.rich", "trainer.enable_progress_bar",
+         "trainer.enable_model_summary", "trainer.log_every_n_steps", "data.num_workers")
+
+
+def _inert(key: str) -> bool:
+    return any(key == prefix or key.startswith((f"{prefix}.", f"{prefix}/"))
+               or (prefix.endswith(".") and key.startswith(prefix)) for prefix in INERT)
+
+
 def swept(rows: list[dict[str, Any]]) -> list[str]:
     """The override keys whose values differ between the jobs (a sweep's axes: ``-m
     model.objective.beta=1,4``, an Optuna search's parameters), in first-seen order, less those
-    a condition column already shows value for value (``model.latent`` is ``latent``)."""
+    a condition column already shows value for value (``model.latent`` is ``latent``) and those
+    that change no number shown (``INERT``)."""
     settings = [_settings(row) for row in rows]
     keys = dict.fromkeys(key for setting in settings for key in setting)
     differ = [key for key in keys if len({setting.get(key) for setting in settings}) > 1]
@@ -161,6 +175,7 @@ def swept(rows: list[dict[str, Any]]) -> list[str]:
                                           for setting, row in zip(settings, rows) if key in setting)
 
     return [key for key in differ if key not in ("job", *CONDITIONS, *METRICS, *EVALUATION)
+            and not _inert(key)
             and [setting.get(key, "") for setting in settings] not in shown and not named(key)]
 
 

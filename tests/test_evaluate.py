@@ -890,3 +890,23 @@ def test_ais_below_the_iw_estimate_is_said_with_what_to_do(checkpoint, tmp_path,
                                       f"output_dir={tmp_path}"]))
     assert results["ais"]["minus_iw"]["nats"] < -1000
     assert "below the IW estimate" in caplog.text and "eval.ais_steps=3: raise it" in caplog.text
+
+
+def test_a_second_evaluation_into_a_directory_being_evaluated_into_is_refused(checkpoint,
+                                                                            tmp_path):
+    """Two vae-eval runs into one directory at once saved to one eval.progress.pt in turn, and
+    the first to end removed it (a stopped long evaluation lost its batches): the second is
+    refused while the first holds the directory; the lock is gone once an evaluation ends."""
+    out = tmp_path / "out"
+    args = [f"ckpt_path={checkpoint}", "eval.k=5", "eval.device=cpu", "eval.limit=20",
+            f"output_dir={out}"]
+    with rundir.evaluating(out):  # another vae-eval, running
+        with pytest.raises(ConfigError, match=f"output_dir={out}: another vae-eval is "
+                           "evaluating into it now"):
+            run_eval(_eval_cfg(args))
+    assert not (out / "eval.json").exists() and not (out / "eval.progress.pt").exists()
+    assert not (out / "eval.lock").exists()
+    run_eval(_eval_cfg(args))
+    assert (out / "eval.json").is_file() and not (out / "eval.lock").exists()
+    with rundir.evaluating(out):  # released: it can be held again
+        pass

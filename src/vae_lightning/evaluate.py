@@ -10,6 +10,7 @@ precision and recall in a feature space: ``sample_quality``), into the same eval
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -233,7 +234,13 @@ class Evaluation:
     def __call__(self, ckpt_path: str, seed: int, output_dir: str | None) -> dict[str, Any]:
         """Rebuild the model of ``ckpt_path`` and its data from where the user keeps them,
         estimate, write ``eval.json`` into ``output_dir`` (default: the checkpoint's run
-        directory) and return its content."""
+        directory) and return its content. From its first progress file on, the directory's
+        evaluation lock is held (``rundir.evaluating``): one vae-eval at a time writes there."""
+        with contextlib.ExitStack() as held:
+            return self._evaluate(ckpt_path, seed, output_dir, held)
+
+    def _evaluate(self, ckpt_path: str, seed: int, output_dir: str | None,
+                  held: contextlib.ExitStack) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         out = Path(output_dir) if output_dir else rundir.of_checkpoint(ckpt_path)
@@ -281,6 +288,7 @@ class Evaluation:
         identity = {"checkpoint_sha256": sha256, "seed": seed,
                     "split": self.split, "limit": self.limit, "batch_size": self.batch_size,
                     "data_source": source}
+        held.enter_context(rundir.evaluating(out))  # checks passed: writing begins here
         progress = log_likelihood.Progress(rundir.path(out, "eval_progress"),
                                            {**identity, "k": self.k})
         annealing = False  # AIS's timed run, whose memory is not the IW estimate's

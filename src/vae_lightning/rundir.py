@@ -31,12 +31,14 @@ whose ``last.ckpt`` was written last, ``newest_run``): ``resume_checkpoint`` is 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,6 +50,7 @@ CURVE = "curve.json"
 EVAL = "eval.json"
 EVAL_PROGRESS = "eval.progress.pt"  # a vae-eval's batches done so far (log_likelihood.Progress)
 AIS_PROGRESS = "eval.ais-progress.pt"  # its AIS's batches done so far (ais.Progress)
+EVAL_LOCK = "eval.lock"  # held (flock) by the vae-eval writing the directory's progress files
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 FIGURES = "figures"
@@ -210,6 +213,32 @@ def run_directory(directory: Any) -> str:
                           "path (its default: Hydra's run directory; set it with "
                           "hydra.run.dir=<dir>).")
     return directory
+
+
+@contextlib.contextmanager
+def evaluating(directory: str | Path) -> Iterator[None]:
+    """Hold ``directory``'s evaluation lock (``EVAL_LOCK``, a file locked with flock and
+    removed when released) while a vae-eval writes its progress files and eval.json there; a
+    second vae-eval into it meanwhile is refused (``ConfigError``): both saved to one
+    eval.progress.pt in turn, and the one that ended first removed it, losing the batches of a
+    stopped long evaluation."""
+    lock = Path(directory) / EVAL_LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"output_dir={directory}: another vae-eval is evaluating into it now "
+                          f"({lock} is held): its progress files and eval.json would be "
+                          "overwritten by this one's. Wait for it to end, or give this one "
+                          "another output_dir.") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
 
 
 def claim(directory: str | Path) -> Claim:

@@ -1,11 +1,12 @@
 """Config composition for every group option, the signature-driven check, and rejection of bad
 configs before training with a message naming the key, the value and what is accepted."""
 
+import json
 import os
 
 import pytest
 import torch
-from compose import CONF, PAIR_MODEL, compose_train
+from compose import CONF, PAIR_MODEL, SHARED_DATA, compose_train
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -93,7 +94,13 @@ def test_a_prior_without_a_closed_form_kl_needs_no_other_setting(prior, tmp_path
     (["data=mnist", "data.binarize=none", "model/likelihood=continuous_bernoulli"], False),
 ])
 def test_bernoulli_on_grayscale_pixels_is_warned_about(overrides, warned, tmp_path, caplog):
-    build_run(compose_train(overrides, tmp_path))
+    if "data=mnist" in overrides and not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"MNIST's files are not in {SHARED_DATA / 'mnist'}")
+    root = [f"data.root={SHARED_DATA}"] if "data=mnist" in overrides else []
+    run = build_run(compose_train([*overrides, *root], tmp_path))
+    run.datamodule.prepare_data()
+    run.datamodule.setup("fit")  # the pixels decide (binary already: no warning)
+    run_checks.warn_about_grey_pixels(run.datamodule, run.model)
     assert ("not normalised" in caplog.text) == warned
     if warned and "data=frey" in overrides:  # Frey Face cannot be binarized: not suggested
         assert "data.binarize=dynamic" not in caplog.text and "gaussian" in caplog.text
@@ -449,16 +456,28 @@ def test_images_binary_already_take_the_bernoulli_likelihood_as_a_probability(tm
     grey[-1, 0, 0] = 128  # one grey pixel, in the last image
     np.save(tmp_path / "grey.npy", grey)
     common = ["data=array", "model/likelihood=bernoulli", "model.latent=2"]
-    run = build_run(compose_train([*common, f"data.path={tmp_path / 'binary.npy'}"],
-                                  tmp_path / "a"))
+
+    def checked(name, folder):
+        run = build_run(compose_train([*common, f"data.path={tmp_path / name}"], folder))
+        run.datamodule.setup("fit")
+        run_checks.warn_about_grey_pixels(run.datamodule, run.model)
+        return run
+
+    run = checked("binary.npy", tmp_path / "a")
     assert "not normalised" not in caplog.text
     assert run.datamodule.binary_pixels()
     assert code_length(run.model.decoder.likelihood, run.datamodule)
     caplog.clear()
-    run = build_run(compose_train([*common, f"data.path={tmp_path / 'grey.npy'}"],
-                                  tmp_path / "b"))
+    run = checked("grey.npy", tmp_path / "b")
     assert "not normalised" in caplog.text
     assert not code_length(run.model.decoder.likelihood, run.datamodule)
+    # Through the command's path (train): the binary images trained with no such warning.
+    caplog.clear()
+    train(compose_train([*common, f"data.path={tmp_path / 'binary.npy'}", "trainer.max_steps=2",
+                         "logger=none", "trainer.enable_progress_bar=false"], tmp_path / "c"))
+    assert "not normalised" not in caplog.text
+    results = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert "test/bits_per_dim" in results
 
 
 @pytest.mark.parametrize("override, says", [

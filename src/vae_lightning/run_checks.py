@@ -281,10 +281,9 @@ def check_bits_metric(cfg: Any, model: VAE, datamodule: L.LightningDataModule) -
 
 
 def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> None:
-    """A likelihood for binary pixels on grayscale ones works, but its bound is not a log
-    probability: say so, and what fits (not for images whose pixels are binary already, which
-    are read to tell). One for values in [0, 1] (or binary, or a grid) on real
-    numbers (``data=array``'s float feature vectors) has no density there: refuse it."""
+    """A likelihood for values in [0, 1] (or binary, or a grid) on real numbers
+    (``data=array``'s float feature vectors) has no density there: refuse it, before the data
+    are read (grey pixels under a likelihood for binary ones: ``warn_about_grey_pixels``)."""
     likelihood = model.decoder.likelihood
     if getattr(datamodule, "real_values", False) and likelihood.support is not constraints.real:
         values = ("binary values" if likelihood.support is constraints.boolean else
@@ -301,12 +300,16 @@ def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> 
             "model.decoder.likelihood.mean_activation=sigmoid keeps the decoder's mean in (0, 1), "
             f"but data.path={str(datamodule.path)!r} holds float feature vectors, real numbers: "
             "expected model.decoder.likelihood.mean_activation=identity.")
+
+
+def warn_about_grey_pixels(datamodule: L.LightningDataModule, model: VAE) -> None:
+    """A likelihood for binary pixels on grayscale ones works, but its bound is not a log
+    probability: say so, and what fits; not for images whose pixels are binary already (read
+    to tell: called once the data are read, before the first step)."""
+    likelihood = model.decoder.likelihood
     if likelihood.support is not constraints.boolean or getattr(datamodule, "binarize",
                                                                 "none") != "none":
         return
-    if callable(getattr(datamodule, "binary_pixels", None)) and not datamodule.splits:
-        datamodule.prepare_data()  # the pixels decide: read now rather than at the first step
-        datamodule.setup("fit")
     if binary_pixels(datamodule):  # images binary already: a log probability as they are
         return
     fix = ("data.binarize=dynamic (binary pixels), or a likelihood for [0, 1] data such as "

@@ -201,6 +201,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         run_checks.check_same_data(checkpoint, datamodule, resume_from)
     run_checks.check_labels(model, datamodule)
     run_checks.check_grid(model, datamodule)
+    run_checks.warn_about_grey_pixels(datamodule, model)  # the pixels read, before any step
     run_checks.check_dataset_size(model, datamodule)
     loggers = _instantiate_all(cfg.get("logger"), "logger",
                                **(logger_runs(checkpoint) if checkpoint else {}))

@@ -478,6 +478,18 @@ def test_images_binary_already_take_the_bernoulli_likelihood_as_a_probability(tm
     assert "not normalised" not in caplog.text
     results = json.loads((tmp_path / "c" / "results.json").read_text())
     assert "test/bits_per_dim" in results
+    # A bits-per-dimension metric is judged once the pixels are read: taken for the binary
+    # images (they log it), refused before training for the grey ones (none is logged).
+    metric = ["+optimized_metric=val/bits_per_dim", "trainer.max_steps=2", "logger=none",
+              "trainer.enable_progress_bar=false"]
+    train(compose_train([*common, f"data.path={tmp_path / 'binary.npy'}", *metric],
+                        tmp_path / "d"))
+    assert "val/bits_per_dim" in json.loads((tmp_path / "d" / "results.json").read_text())
+    with pytest.raises(ConfigError, match="optimized_metric=val/bits_per_dim: this run logs no "
+                                          "bits per dimension"):
+        train(compose_train([*common, f"data.path={tmp_path / 'grey.npy'}", *metric],
+                            tmp_path / "e"))
+    assert not (tmp_path / "e" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("override, says", [

@@ -267,6 +267,9 @@ def check_bits_metric(cfg: Any, model: VAE, datamodule: L.LightningDataModule) -
     likelihood = model.decoder.likelihood
     if likelihood.discrete and code_length(likelihood, datamodule):
         return
+    if likelihood.support is constraints.boolean and callable(
+            getattr(datamodule, "binary_pixels", None)) and not datamodule.splits:
+        return  # binary already or not: the pixels decide, once read (train checks again then)
     named = {"optimized_metric": cfg.get("optimized_metric")}
     for path, node in target_nodes(cfg.get("callbacks")):
         if str(node._target_).endswith("EarlyStopping"):

@@ -202,6 +202,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     run_checks.check_labels(model, datamodule)
     run_checks.check_grid(model, datamodule)
     run_checks.warn_about_grey_pixels(datamodule, model)  # the pixels read, before any step
+    run_checks.check_bits_metric(cfg, model, datamodule)  # again: binary pixels now known
     run_checks.check_dataset_size(model, datamodule)
     loggers = _instantiate_all(cfg.get("logger"), "logger",
                                **(logger_runs(checkpoint) if checkpoint else {}))

@@ -56,6 +56,22 @@ def test_the_unlabelled_bound_sums_over_the_classes_as_brute_force_enumeration()
     torch.testing.assert_close(bound.elbo, torch.logsumexp(labelled, 1))
 
 
+def test_a_class_of_q_zero_adds_nothing_to_the_unlabelled_bound_or_its_gradient():
+    """Classifier logits ~1e38 apart: log q(y|x) of the other classes underflows to -inf, and
+    q log q was 0 x -inf, a NaN in U(x) and its gradient; 0 log 0 = 0 as it should be."""
+    objective = M2(classes=3, data_shape=(1, 2, 2), hidden=())
+    recon, kl = -torch.rand(2, 3) * 50, torch.rand(2, 3) * 10
+    _with_table(objective, recon, kl)
+    logits = torch.tensor([[3e38, -3e38, 0.0], [0.0, 1.0, 2.0]], requires_grad=True)
+    objective.classify = lambda x: logits
+    bound, log_q = objective._unlabelled(None, torch.randn(2, 1, 2, 2))
+    assert torch.isinf(log_q[0, 1]) and torch.isfinite(bound.elbo).all()
+    # The first point's q is one-hot on class 0: U(x) = L(x, 0) = recon - kl - log 3.
+    torch.testing.assert_close(bound.elbo[0], recon[0, 0] - kl[0, 0] - math.log(3))
+    bound.elbo.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 def _exact_m2():
     """The conditional linear-Gaussian model with M2's objective, q(z|x, y) exact and the
     classifier set to p(y|x): log p(y|x) = x^T S^-1 m_y - m_y^T S^-1 m_y / 2 + const, with the

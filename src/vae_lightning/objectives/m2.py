@@ -92,7 +92,10 @@ class M2(Objective, nn.Module):
         log_q = F.log_softmax(self.classify(x).float(), -1)
         q = log_q.exp()
         # KL(q(y|x) || p(y)) with kl's -log p(y) already in each class's KL term: - H(q(y|x)).
-        return Bound((q * recon).sum(-1), (q * (kl + log_q)).sum(-1)), log_q
+        # A class of q = 0 adds nothing (0 log 0 = 0): where log q underflows to -inf (logits
+        # ~1e38 apart) q log q was 0 x -inf, a NaN, in the bound and in its gradient.
+        log_q_or_0 = torch.where(q > 0, log_q, torch.zeros_like(log_q))
+        return Bound((q * recon).sum(-1), (q * (kl + log_q_or_0)).sum(-1)), log_q
 
     def loss(self, model: Parts, x: Tensor) -> tuple[Tensor, Bound]:
         y = self._y if self._y is not None else torch.full((len(x),), -1, device=x.device)

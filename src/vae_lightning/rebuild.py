@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,9 +59,11 @@ def shipped_targets(root: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def _untrusted(node: Any, key: str, trusted: frozenset[str]) -> list[str]:
+def _untrusted(node: Any, key: str, trusted: frozenset[str],
+               names: set[str]) -> list[str]:
     """Why ``node`` (plain config from a checkpoint) must not be built: unknown targets and
-    interpolations, each with its key."""
+    interpolations, each with its key; the unknown targets that are dotted Python names (those
+    a user may pass as ``trusted``) are added to ``names``."""
     found = []
     if isinstance(node, dict):
         target = node.get("_target_")
@@ -69,11 +71,13 @@ def _untrusted(node: Any, key: str, trusted: frozenset[str]) -> list[str]:
             found.append(f"{key}._target_ (a {type(target).__name__}, not a class name)")
         elif target is not None and target not in trusted:
             found.append(f"{key}._target_={target!r}")
+            if all(part.isidentifier() for part in target.split(".")):
+                names.add(target)
         for name, value in node.items():
-            found += _untrusted(value, f"{key}.{name}", trusted)
+            found += _untrusted(value, f"{key}.{name}", trusted, names)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            found += _untrusted(value, f"{key}[{i}]", trusted)
+            found += _untrusted(value, f"{key}[{i}]", trusted, names)
     elif isinstance(node, str) and "${" in node:
         found.append(f"{key}={node!r} (an interpolation)")
     return found
@@ -109,12 +113,12 @@ def build_trusted(node: dict[str, Any], key: str, path: str | Path,
 
 def _refuse_untrusted(node: Any, key: str, path: str | Path, trusted: Sequence[str]) -> None:
     known = shipped_targets(key.split(".")[0]) | frozenset(trusted)
-    refused = _untrusted(node, key, known)
+    names: set[str] = set()
+    refused = _untrusted(node, key, known, names)
     if not isinstance(node, dict) or "_target_" not in node:
         refused.insert(0, f"{key} without a _target_")
     if refused:
-        names = sorted(set(_class_names(node)) - known)
-        listed = f"[{','.join(names)}]" if names else "[...]"
+        listed = f"[{','.join(sorted(names))}]" if names else "[...]"
         raise CheckpointError(
             f"Checkpoint {path} asks to build {', '.join(refused)}, which vae-lightning does not "
             "build: a checkpoint is untrusted input, so nothing in it chooses what code runs. If "
@@ -122,20 +126,6 @@ def _refuse_untrusted(node: Any, key: str, path: str | Path, trusted: Sequence[s
             f"trusted: VAE.load_from_checkpoint(path, trusted={listed}) in Python, "
             f"eval.trusted={listed} with vae-eval, trusted={listed} with vae-sample and "
             "vae-encode (their modules importable: on PYTHONPATH, as when it was trained).")
-
-
-def _class_names(node: Any) -> Iterator[str]:
-    """The ``_target_`` values under ``node`` that are dotted Python names (others are refused
-    without being repeated)."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if isinstance(target, str) and all(part.isidentifier() for part in target.split(".")):
-            yield target
-        for value in node.values():
-            yield from _class_names(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _class_names(value)
 
 
 def _reason(err: BaseException) -> str:

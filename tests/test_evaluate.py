@@ -910,3 +910,27 @@ def test_a_second_evaluation_into_a_directory_being_evaluated_into_is_refused(ch
     assert (out / "eval.json").is_file() and not (out / "eval.lock").exists()
     with rundir.evaluating(out):  # released: it can be held again
         pass
+
+
+def test_an_evaluation_lock_removed_while_it_was_taken_is_taken_again(tmp_path, monkeypatch):
+    """A vae-eval that opened eval.lock just before its holder ended (and removed it) locked a
+    file no longer in the directory, and a third vae-eval then created and locked a new one:
+    two evaluations held "the" lock at once. The lock is taken again on the file at its path."""
+    import fcntl
+
+    out = tmp_path / "out"
+    real_flock = fcntl.flock
+    removed = []
+
+    def holder_ends_between_open_and_lock(fd, operation):
+        if not removed:  # the holder releases: removes the file this process has just opened
+            (out / "eval.lock").unlink()
+            removed.append(True)
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", holder_ends_between_open_and_lock)
+    with rundir.evaluating(out):
+        assert removed and (out / "eval.lock").exists()
+        with pytest.raises(ConfigError, match="another vae-eval is evaluating into it now"):
+            with rundir.evaluating(out):  # the third: must find the lock held
+                pass

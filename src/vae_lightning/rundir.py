@@ -215,6 +215,27 @@ def run_directory(directory: Any) -> str:
     return directory
 
 
+def locked(path: str | Path, flags: int) -> int | None:
+    """A descriptor of ``path`` (opened with ``flags``) holding its exclusive flock, or None
+    where another process holds that lock. The lock ends when the descriptor is closed, or its
+    process ends, however it ends: no stale lock file decides anything. A lock file its holder
+    removed on release (``evaluating``) while this process waited to open it is opened again:
+    the lock of a file no longer at ``path`` would let two processes hold "the" lock at once."""
+    while True:
+        fd = os.open(path, flags, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def evaluating(directory: str | Path) -> Iterator[None]:
     """Hold ``directory``'s evaluation lock (``EVAL_LOCK``, a file locked with flock and
@@ -224,15 +245,12 @@ def evaluating(directory: str | Path) -> Iterator[None]:
     stopped long evaluation."""
     lock = Path(directory) / EVAL_LOCK
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = locked(lock, os.O_RDWR | os.O_CREAT)
+    if fd is None:
         raise ConfigError(f"output_dir={directory}: another vae-eval is evaluating into it now "
                           f"({lock} is held): its progress files and eval.json would be "
                           "overwritten by this one's. Wait for it to end, or give this one "
-                          "another output_dir.") from None
+                          "another output_dir.")
     try:
         yield
     finally:
@@ -251,15 +269,10 @@ def claim(directory: str | Path) -> Claim:
             return _claims[key]
         had_run = is_run(key)
         Path(key).mkdir(parents=True, exist_ok=True)
-        fd = os.open(key, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = locked(key, os.O_RDONLY)
+        if fd is not None:
             _locks[key] = fd
-            held = False
-        except BlockingIOError:
-            os.close(fd)
-            held = True
-        _claims[key] = Claim(held, had_run)
+        _claims[key] = Claim(fd is None, had_run)
     return _claims[key]
 
 

@@ -205,11 +205,15 @@ def test_the_plot_does_not_average_different_model_families(sweep, monkeypatch):
              "test/elbo": value + seed, "overrides": [f"model/objective={objective}",
                                                       f"model/prior={prior}", f"seed={seed}"]}))
     drawn = _lines_drawn(monkeypatch)
-    summarize(sweep)
-    assert sorted(drawn) == [([20], [100.5], "test, prior=normal, objective=elbo"),
-                             ([20], [110.5], "test, prior=mog, objective=elbo"),
-                             ([20], [200.5], "test, prior=normal, objective=iwae"),
-                             ([20], [210.5], "test, prior=mog, objective=iwae")]
+    table = summarize(sweep)
+    # At one latent size, a row per family (not four points stacked at x = 20 under a legend
+    # that hid them): the seeds' mean of each, at its row.
+    assert drawn == [([100.5, 110.5, 200.5, 210.5], [0, 1, 2, 3], "test ELBO")]
+    # and the table by setting: each family's mean, standard deviation and seeds.
+    by_setting = table.split("By setting, over the seeds")[1].splitlines()
+    assert by_setting[2] == "| prior | objective | test/elbo |"
+    assert by_setting[4] == "| normal | elbo | 100.50 ± 0.71 (n=2) |"
+    assert by_setting[7] == "| mog | iwae | 210.50 ± 0.71 (n=2) |"
 
 
 def test_single_runs_started_with_and_without_an_override_show_it_once(sweep):
@@ -244,3 +248,54 @@ def test_overrides_that_change_no_number_shown_get_no_column(sweep):
     assert "model.objective.beta" in header
     for inert in ("logger", "enable_progress_bar", "max_points", "hydra"):
         assert inert not in header, header
+
+
+def test_a_fitted_prior_s_bound_and_the_sample_quality_are_columns(sweep):
+    """A VQ-VAE is compared by its bound under the prior fitted after training (its eval/iw is
+    under the uniform code prior), a family's samples by FID, KID, precision and recall: the
+    eval.json holds them and the table shows them (it left them out)."""
+    (sweep / "0" / "eval.json").write_text(json.dumps(
+        {**EVAL, "fitted_prior": {"sampler": "pixelcnn", "elbo": {"nats": -160.0,
+                                                                  "nats_se": 1.25}},
+         "sample_quality": {"fid": 256.9, "kid": {"mean": 0.125, "std": 0.01},
+                            "precision": 0.634, "recall": 0.033, "features": "classifier"}}))
+    table = summarize(sweep).splitlines()
+    assert table[0].endswith("| eval/fitted_prior | eval/fitted_elbo | eval/fitted_elbo_se | "
+                             "eval/fid | eval/kid | eval/precision | eval/recall |")
+    assert table[3].endswith("| pixelcnn | -160.00 | 1.25 | 256.90 | 0.12 | 0.63 | 0.03 |")
+    (sweep / "0" / "eval.json").write_text(json.dumps(
+        {**EVAL, "sample_quality": {"fid": "low"}}))
+    with pytest.raises(SummaryError, match="sample_quality.fid='low' is not allowed"):
+        summarize(sweep)
+
+
+def test_jobs_evaluated_at_another_k_or_on_other_points_are_named(sweep):
+    """A later vae-eval of some jobs (FID at a cheap k) replaced their eval.json: the table mixed
+    k = 10 on 500 points with k = 100 on 1000, seen only in two columns. A note names them."""
+    (sweep / "0" / "eval.json").write_text(json.dumps({**EVAL, "k": 100, "n": 1000}))
+    (sweep / "1" / "eval.json").write_text(json.dumps({**EVAL, "k": 10, "n": 500}))
+    table = summarize(sweep)
+    assert ("Note: the jobs' eval/iw were computed alike only within each group (k=10, n=500, "
+            "test: jobs 1; k=100, n=1000, test: jobs 0)") in table
+    (sweep / "1" / "eval.json").write_text(json.dumps({**EVAL, "k": 100, "n": 1000}))
+    assert "Note:" not in summarize(sweep)
+
+
+def test_the_rows_sort_best_first_by_a_column(sweep, capsys):
+    """--sort eval/iw: the highest log p(x) first, the jobs without one last; --sort eval/fid:
+    the lowest first; a column the table lacks is one error naming its columns, exit code 2."""
+    for num, (iw, fid) in enumerate([(-90.0, 30.0), (-85.0, 50.0), (None, 10.0)]):
+        (sweep / str(num)).mkdir(exist_ok=True)
+        (sweep / str(num) / "results.json").write_text(json.dumps(JOBS[0]))
+        (sweep / str(num) / "eval.json").write_text(json.dumps(
+            {**EVAL, "iw": {"nats": iw, "nats_se": 1.0}, "sample_quality": {"fid": fid}}))
+    jobs = [line.split(" | ")[0] for line in summarize(sweep, "eval/iw").splitlines()[2:5]]
+    assert jobs == ["| 1", "| 0", "| 2"]
+    jobs = [line.split(" | ")[0] for line in summarize(sweep, "eval/fid").splitlines()[2:5]]
+    assert jobs == ["| 2", "| 0", "| 1"]
+    assert main([str(sweep), "--sort", "eval/fid"]) == 0
+    capsys.readouterr()
+    assert main([str(sweep), "--sort", "eval/nll"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --sort eval/nll: the table has no such column; its columns: "
+                          "job, data, latent") and "eval/iw" in err

@@ -9,8 +9,15 @@ directory, and prints the table. The training-set bound is shown when the result
 (train/elbo). Where a job has been evaluated by vae-eval (an eval.json beside its results.json,
 the newest evaluation), its importance-weighted log p(x) is shown too: eval/iw and its standard
 error, with the checkpoint, split, k and number of points it was computed on, and eval/ais where the
-evaluation ran AIS; so that families compared one run each are compared by log p(x), not only
-by their ELBO.
+evaluation ran AIS, the bound under a prior fitted after training (eval.fitted_prior: a
+VQ-VAE's PixelCNN) and the sample-quality scores (FID, KID, precision, recall); so that families
+compared one run each are compared by log p(x), not only by their ELBO. Rows whose estimates
+were computed at another k, n or split than the others' are named under the table.
+
+Jobs that differ only in their seed are also summarized by setting (mean, standard deviation
+and number of seeds of each bound) in a second table, when any setting ran more than one seed.
+``--sort <column>`` orders the rows best first by a bound or a score (lowest first for FID and
+KID).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import re
 import sys
 from functools import partial
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any
 
 from vae_lightning import rundir
@@ -37,7 +44,17 @@ MODEL = ("data", "likelihood", "prior", "posterior", "objective")  # a line each
 # vae-eval's estimates, from a job's eval.json: column -> (the eval.json key, dotted)
 EVALUATION = {"eval/checkpoint": "checkpoint", "eval/split": "split", "eval/k": "k",
               "eval/n": "n", "eval/iw": "iw.nats", "eval/iw_se": "iw.nats_se",
-              "eval/ais": "ais.nats", "eval/ais_se": "ais.nats_se", "eval/bound_of": "bound_of"}
+              "eval/ais": "ais.nats", "eval/ais_se": "ais.nats_se", "eval/bound_of": "bound_of",
+              "eval/fitted_prior": "fitted_prior.sampler",
+              "eval/fitted_elbo": "fitted_prior.elbo.nats",
+              "eval/fitted_elbo_se": "fitted_prior.elbo.nats_se",
+              "eval/fid": "sample_quality.fid", "eval/kid": "sample_quality.kid.mean",
+              "eval/precision": "sample_quality.precision",
+              "eval/recall": "sample_quality.recall"}
+# The columns --sort orders best first: the highest first, but for these (distances).
+LOWER_IS_BETTER = ("eval/fid", "eval/kid")
+# The bounds the table by setting averages over seeds.
+AVERAGED = ("test/elbo", "eval/iw", "eval/ais", "eval/fitted_elbo")
 
 
 class SummaryError(ValueError):
@@ -114,6 +131,18 @@ READ_EVAL = {
     "ais": (optional(_mapping), "an object with the AIS estimate (nats, nats_se) or null"),
     "ais.nats": (optional(finite), "a finite number or null"),
     "ais.nats_se": (optional(finite), "a finite number or null"),
+    "fitted_prior": (optional(_mapping), "an object with the sampler and its bound (elbo), or "
+                     "null"),
+    "fitted_prior.sampler": (optional(text), "the fitted prior's name, a string, or null"),
+    "fitted_prior.elbo": (optional(_mapping), "an object with the bound (nats, nats_se) or null"),
+    "fitted_prior.elbo.nats": (optional(finite), "a finite number or null"),
+    "fitted_prior.elbo.nats_se": (optional(finite), "a finite number or null"),
+    "sample_quality": (optional(_mapping), "an object with the scores or null"),
+    "sample_quality.fid": (optional(finite), "a finite number or null"),
+    "sample_quality.kid": (optional(_mapping), "an object with the score (mean, std) or null"),
+    "sample_quality.kid.mean": (optional(finite), "a finite number or null"),
+    "sample_quality.precision": (optional(finite), "a finite number or null"),
+    "sample_quality.recall": (optional(finite), "a finite number or null"),
 }
 
 
@@ -221,35 +250,65 @@ def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _completed(row: dict[str, Any]) -> bool:
+    return row.get("status", "completed") == "completed"
+
+
+def _grouping(rows: list[dict[str, Any]], latent: bool = False) -> tuple[list[str], Any]:
+    """The keys that tell the jobs' settings apart (the model's parts that differ, ``MODEL``,
+    the latent size where ``latent`` and it differs, and the swept keys but the latent size and
+    the seed) and a function giving a job's setting: jobs of one setting differ only in their
+    seed (and, without ``latent``, in their latent size: the plot's axis)."""
+    parts = [key for key in (*MODEL, *(["latent"] if latent else []))
+             if len({_cell(r.get(key)) for r in rows}) > 1]
+    keys = [key for key in swept(rows) if key not in ("model.latent", "seed")]
+
+    def setting(row: dict[str, Any]) -> tuple:
+        return (*(_cell(row.get(k)) for k in parts), *(_settings(row).get(k) for k in keys))
+
+    return [*parts, *keys], setting
+
+
+def _named(names: list[str], group: tuple, first: str = "") -> str:
+    """A setting in words: its keys' values, those it does not set (None) left out."""
+    return ", ".join(([first] if first else [])
+                     + [f"{k}={_cell(v)}" for k, v in zip(names, group) if v is not None])
+
+
+SERIES = (("train/elbo", "train ELBO"), ("test/elbo", "test ELBO"),
+          ("eval/iw", "test log p(x), IW estimate"),
+          ("eval/fitted_elbo", "test ELBO, prior fitted after training"))
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """The bound (train and test, where present) against the latent size, one point per
     completed job and a line through the mean at each latent size, one line per setting of the
     other swept keys and of the model's parts that differ between the jobs (``MODEL``): jobs of
     different models or settings are not averaged together; jobs that differ only in their
-    seed are."""
+    seed are. Jobs of several settings none of which ran several latent sizes (families
+    compared, each at its own size) are drawn a row per setting instead: the bounds and
+    vae-eval's log p(x) of each, its seeds' mean marked."""
     plt = pyplot()
+    names, setting = _grouping(rows)
+    done = [r for r in rows if _completed(r)]
+    groups = list(dict.fromkeys(setting(r) for r in done))
+    curves = any(len({r.get("latent") for r in done if setting(r) == g}) > 1 for g in groups)
+    if not curves and len(groups) > 1:  # no setting ran several latent sizes: no curve to draw
+        _plot_settings(plt, done, names, setting, groups, path)
+        return
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.set_xscale("log")
     ax.minorticks_off()
-    parts = [key for key in MODEL if len({_cell(r.get(key)) for r in rows}) > 1]
-    keys = [key for key in swept(rows) if key != "model.latent"]
-
-    def setting(row: dict[str, Any]) -> tuple:
-        return (*(_cell(row.get(k)) for k in parts), *(_settings(row).get(k) for k in keys))
-
-    groups = dict.fromkeys(setting(r) for r in rows)
     ticks = set()
     for key, label in (("train/elbo", "train"), ("test/elbo", "test")):
         for group in groups:
-            points = [(r["latent"], r[key]) for r in rows
-                      if r.get(key) is not None and "latent" in r
-                      and r.get("status", "completed") == "completed" and setting(r) == group]
+            points = [(r["latent"], r[key]) for r in done
+                      if r.get(key) is not None and "latent" in r and setting(r) == group]
             if not points:
                 continue
             latents = sorted({latent for latent, _ in points})
             means = [mean(v for n, v in points if n == latent) for latent in latents]
-            name = ", ".join([label] + [f"{k}={v}" for k, v in zip([*parts, *keys], group)])
-            (line,) = ax.plot(latents, means, marker="o", label=name)
+            (line,) = ax.plot(latents, means, marker="o", label=_named(names, group, label))
             ax.scatter(*zip(*points), color=line.get_color(), s=12, alpha=0.5)
             ticks |= set(latents)
     if ticks:
@@ -264,12 +323,108 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def summarize(root: str | Path) -> str:
-    """Write summary.md, summary.csv and summary.png into ``root``; return the markdown table."""
+def _plot_settings(plt: Any, rows: list[dict[str, Any]], names: list[str], setting: Any,
+                   groups: list[tuple], path: Path) -> None:
+    """A row per setting (labelled by the keys that tell them apart), its bounds along x: a
+    point per job and the seeds' mean, a marker per bound (``SERIES``), the legend below."""
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.45 * len(groups)))
+    rows_at = {group: i for i, group in enumerate(groups)}
+    for key, label in SERIES:
+        points = [(r[key], rows_at[setting(r)]) for r in rows if r.get(key) is not None]
+        if not points:
+            continue
+        means = [mean(v for v, y in points if y == i) for i in range(len(groups))
+                 if any(y == i for _, y in points)]
+        ys = [i for i in range(len(groups)) if any(y == i for _, y in points)]
+        (line,) = ax.plot(means, ys, marker="o", linestyle="none", label=label)
+        ax.scatter(*zip(*points), color=line.get_color(), s=12, alpha=0.5)
+    jobs = {group: [r["job"] for r in rows if setting(r) == group] for group in groups}
+    # A setting of one job whose folder has a name of its own (runs compared): that name.
+    labels = [jobs[g][0] if len(jobs[g]) == 1 and not jobs[g][0].isdigit()
+              else _named(names, g) or "(all)" for g in groups]
+    ax.set_yticks(range(len(groups)), labels, fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xlabel("nats per data point (higher is better)")
+    ax.grid(True, axis="x", alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(
+            groups) < 4 else -0.12), ncol=len(ax.get_lines()), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def by_setting(rows: list[dict[str, Any]]) -> str:
+    """The jobs of each setting (``_grouping``) summarized over their seeds: the mean, standard
+    deviation and number of completed jobs of each bound (``AVERAGED``); empty where no
+    setting ran more than one job (the table above says it all)."""
+    names, setting = _grouping(rows, latent=True)
+    done = [r for r in rows if _completed(r)]
+    groups = list(dict.fromkeys(setting(r) for r in done))
+    if all(sum(setting(r) == g for r in done) < 2 for g in groups):
+        return ""
+    present = [key for key in AVERAGED if any(r.get(key) is not None for r in done)]
+    lines = ["| " + " | ".join([*(names or ["setting"]), *present]) + " |",
+             "|" + " --- |" * (max(len(names), 1) + len(present))]
+    for group in groups:
+        cells = list(group) if names else ["all jobs"]
+        for key in present:
+            values = [r[key] for r in done if setting(r) == group and r.get(key) is not None]
+            spread = f" ± {stdev(values):.2f}" if len(values) > 1 else ""
+            cells.append(f"{mean(values):.2f}{spread} (n={len(values)})" if values else "")
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return ("\nBy setting, over the seeds (mean ± standard deviation, n jobs):\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def unlike_evaluations(rows: list[dict[str, Any]]) -> str:
+    """A note naming the jobs whose vae-eval estimates were computed at another k, number of
+    points or split than the others' (a newer vae-eval of some jobs, e.g. with FID at a small
+    k, replaces their eval.json): their eval/iw are not alike; empty where all are."""
+    found: dict[tuple, list[str]] = {}
+    for row in rows:
+        if row.get("eval/iw") is not None:
+            found.setdefault((row.get("eval/k"), row.get("eval/n"), row.get("eval/split")),
+                             []).append(row["job"])
+    if len(found) < 2:
+        return ""
+    kinds = "; ".join(f"k={k}, n={n}, {split}: jobs {', '.join(jobs)}"
+                      for (k, n, split), jobs in found.items())
+    return (f"\nNote: the jobs' eval/iw were computed alike only within each group ({kinds}); "
+            "estimates at another k or on other points are not comparable: evaluate them alike "
+            "(vae-eval with the same eval.k, eval.limit and eval.split).\n")
+
+
+def sort_rows(rows: list[dict[str, Any]], column: str, cols: list[str]) -> list[dict[str, Any]]:
+    """``rows`` ordered by ``column`` best first (the highest bound or score; the lowest FID or
+    KID, ``LOWER_IS_BETTER``), the rows without a value last; ``SummaryError`` for a column the
+    table does not have."""
+    if column not in cols:
+        raise SummaryError(f"--sort {column}: the table has no such column; its columns: "
+                           f"{', '.join(cols)}.")
+    sign = 1 if column in LOWER_IS_BETTER else -1
+
+    def key(row: dict[str, Any]) -> tuple:
+        value = row.get(column)
+        if value is None or value == "":
+            return (2, 0, "")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (0, sign * value, "")
+        return (1, 0, _cell(value))  # a text column (a swept key's values): in text order
+
+    return sorted(rows, key=key)
+
+
+def summarize(root: str | Path, sort: str | None = None) -> str:
+    """Write summary.md, summary.csv and summary.png into ``root``; return the markdown table
+    (with the table by setting and the notes under it). ``sort``: a column to order the rows by,
+    best first (``sort_rows``)."""
     root = Path(root)
     rows = _with_settings(load_results(root))
     cols = columns(rows)
-    table = markdown(rows, cols) + failures(rows)
+    if sort:
+        rows = sort_rows(rows, sort, cols)
+    table = markdown(rows, cols) + failures(rows) + unlike_evaluations(rows) + by_setting(rows)
     (root / "summary.md").write_text(f"# Sweep {root}\n\n" + table)
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -284,9 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vae-summarize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", help="a multirun directory, e.g. multirun/<date>/<time>")
+    parser.add_argument("--sort", metavar="COLUMN",
+                        help="order the rows by this column, best first (e.g. eval/iw, "
+                             "test/elbo; the lowest first for eval/fid and eval/kid)")
     args = parser.parse_args(argv)
     try:
-        print(summarize(args.sweep_dir), end="")
+        print(summarize(args.sweep_dir, args.sort), end="")
     except SummaryError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

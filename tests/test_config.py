@@ -332,7 +332,11 @@ def test_annotations_are_the_schema():
     ("lattent=3", ["there is no top-level key lattent.", "The top level has", "model, data"], []),
     ("data=mnsit", ["Available options in 'data'", "Did you mean data=mnist?"],
      ["_common", "_idx"]),
-    ("model/objective=iwea", ["Did you mean model/objective=iwae"], []),
+    ("model/objective=iwea", ["Did you mean model/objective=iwae"], ["of your own"]),
+    # No near option: an option of one's own whose folder is not on Hydra's search path.
+    ("model/objective=sigmoid_beta", ["An option of your own: put its file at <folder>/model/"
+                                      "objective/sigmoid_beta.yaml and add the folder with "
+                                      "hydra.searchpath=[file://<folder>]"], ["Did you mean"]),
     ("experiment=svae", ["Did you mean experiment=svae_mnist?"], ["_two_layer"]),
     # A group's path mistyped: the closest group (it was "no top-level key", "+... would add").
     ("model/objectiv=iwae", ["model/objectiv=iwae: there is no config group model/objectiv. "

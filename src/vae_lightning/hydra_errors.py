@@ -109,6 +109,10 @@ def hydra_message(err: Exception) -> str:
         if wrong and (close := [o for o in options if o.startswith(wrong.group(2))][:2]
                       or difflib.get_close_matches(wrong.group(2), options, n=2)):
             guess = f" Did you mean {' or '.join(f'{wrong.group(1)}={o}' for o in close)}?"
+        elif wrong:  # no near option: most likely an option of one's own, not on the path
+            guess = (f" An option of your own: put its file at <folder>/{wrong.group(1)}/"
+                     f"{wrong.group(2)}.yaml and add the folder with "
+                     "hydra.searchpath=[file://<folder>] (docs/configuration.md#adding-a-part).")
     message = re.sub(r":;", ":", "; ".join(lines)) + "." + guess
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in message:

@@ -143,6 +143,12 @@ def test_the_bound_is_the_reconstruction_minus_p_log_k():
     assert z.shape == (5, 6)
     vectors = as_map(z, 2)
     assert torch.cdist(vectors, model.encoder.family.codebook.detach()).min(-1).values.max() == 0
+    # What vae-eval says its estimates bound: log p(x) under this prior, which every use of
+    # the codes pays for alike; not the number to compare with other families.
+    from vae_lightning.log_likelihood import bound_of
+
+    assert bound_of(model).startswith("log p(x) under the uniform training prior over code maps")
+    assert "eval.fitted_prior=pixelcnn" in bound_of(model)
 
 
 def test_parts_that_do_not_fit_the_quantizer_are_refused_when_composed(tmp_path):
@@ -317,7 +323,9 @@ def test_vae_eval_reports_the_bound_with_the_fitted_pixelcnn_prior(tmp_path, mon
     done = command(cli.evaluate, *evaluate)
     assert done.code == 0, done.err[-2000:]
     assert "with the fitted pixelcnn prior" in done.out
+    assert "bounds on log p(x) under the uniform training prior" in done.out
     results = json.loads((run / "eval.json").read_text())
+    assert results["bound_of"].startswith("log p(x) under the uniform training prior")
     with_prior = results["fitted_prior"]["elbo"]
     assert math.isfinite(with_prior["nats"]) and with_prior["bits_per_dim"] > 0
     # The same reconstruction under both priors (q is one-hot): the uniform bound is

@@ -532,9 +532,11 @@ def bound_of(model: VAE, y: Tensor | None = None) -> str:
     (a conditional VAE, which models no p(y)), log p(x|y), given each image's own label, or its
     condition vector when the data serve floats ``y`` (``data.condition``). A model with
     ``classes`` set but no part that reads y (a checkpoint from before that was refused) is
-    unconditional: log p(x)."""
+    unconditional: log p(x). A prior's ``bound_note`` is added (the VQ-VAE's uniform code
+    prior: what its bound is and is not)."""
     if model.classes is None or not getattr(model, "_conditional", ()):
-        return "log p(x)"
+        note = getattr(model.prior, "bound_note", "")
+        return f"log p(x) {note}" if note else "log p(x)"
     probe = torch.zeros(1, *model.data_shape, device=model.device)
     labels = model.objective.latent_labels(probe)
     if labels is not None:

@@ -31,6 +31,9 @@ class Prior(nn.Module):
 
     features: frozenset[str] = frozenset()
     requires: frozenset[str] = frozenset({"finite_variance"})
+    # What the bound on log p(x) is under this prior, where a reader comparing it with other
+    # models' must be told (vae-eval's and vae-summarize's bound_of; log_likelihood.bound_of).
+    bound_note: str = ""
 
     @checked
     def __init__(self, latent: PositiveInt) -> None:

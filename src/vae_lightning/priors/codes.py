@@ -46,6 +46,9 @@ class UniformCodes(Prior):
 
     features: frozenset[str] = frozenset({"codebook"})  # parts.CONFINED
     requires: frozenset[str] = frozenset()
+    bound_note = ("under the uniform training prior over code maps (P log K nats for the codes, "
+                  "however well the codes are used): eval.fitted_prior=pixelcnn gives the bound "
+                  "under a prior fitted to them, the one to compare with other models")
 
     def __init__(self, latent: int) -> None:
         super().__init__(latent)

@@ -264,3 +264,19 @@ def test_a_condition_vector_beyond_float32_is_refused_naming_y(conditional_runs,
                                           r"model is 2 finite numbers .*float32"):
         sample_config([f"ckpt_path={conditional_runs['vectors']}", "n=2", "device=cpu",
                        f"output_dir={tmp_path}", "y=[1e39,0]"])()
+
+
+def test_log_likelihood_of_grey_pixels_under_a_binary_likelihood_warns():
+    """README's stand-in images (torch.rand) scored by a Bernoulli model gave numbers without a
+    word; they are not log-probabilities (grey pixels have no mass under p(x|z)). A warning
+    says so, as training does; binary pixels, and a model of grey ones, are scored quietly."""
+    import warnings
+
+    model = small_vae((1, 4, 4))  # Bernoulli
+    with pytest.warns(UserWarning, match="not a log probability in nats. Binarize them"):
+        grey = model.log_likelihood(torch.full((3, 1, 4, 4), 0.5), k=2)
+    assert torch.isfinite(grey).all()  # still the number asked for
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.log_likelihood(binary_images(3, (1, 4, 4)), k=2)
+        small_vae((1, 4, 4), likelihood=Beta()).log_likelihood(torch.full((3, 1, 4, 4), 0.5), k=2)

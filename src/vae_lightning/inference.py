@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -231,6 +232,16 @@ class Inference:
         x = x[None] if one else x
         if not len(x):  # no images: no estimates (the estimators cannot shape an empty batch)
             return x.new_zeros(0)
+        if (self.decoder.likelihood.support is constraints.boolean
+                and not bool(((x == 0) | (x == 1)).all())):
+            # As training warns (run_checks.warn_about_grey_pixels): a number, not log p(x).
+            warnings.warn(
+                f"log_likelihood: x holds pixels other than 0 and 1, and the model's likelihood "
+                f"({type(self.decoder.likelihood).__name__}) is of binary pixels: its "
+                "log-likelihood of grey pixels is not normalised, so the estimate is not a log "
+                "probability in nats. Binarize them as the model's data were (x.bernoulli(), "
+                "dynamic binarization; or (x > 0.5).float()).", UserWarning,
+                stacklevel=3)  # the caller's line: past torch.no_grad's wrapper
         labels = self.objective.latent_labels(x) if y is None else None
         if labels is not None:
             estimate = over_labels(self, x, k, chunk, *labels)[1]

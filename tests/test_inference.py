@@ -147,3 +147,33 @@ def test_vae_sample_without_a_checkpoint_is_one_error_line(tmp_path, monkeypatch
     assert proc.code == 2 and proc.err.startswith("error: ckpt_path is required")
     no_traceback(proc)
     assert str(REPO) not in proc.err
+
+
+def test_load_datamodule_gives_the_run_s_own_data_options(tmp_path):
+    """Real images for a loaded model, without repeating the run's data options by hand: the
+    data module of the checkpoint's data set with its binarization and split, set up for the
+    split asked; data that are not the checkpoint's are refused, as vae-eval refuses them."""
+    from compose import mnist_like
+
+    from vae_lightning import load_datamodule
+    from vae_lightning.errors import UserError
+
+    root = mnist_like(tmp_path / "data", train=120, test=30)
+    results = train(compose_train([f"data.root={root}", "data=mnist", "data.binarize=static",
+                                   "data.val_size=20", "trainer.max_steps=2", *QUIET],
+                                  tmp_path / "run"))
+    ckpt = results["checkpoint"]
+    data = load_datamodule(ckpt, data_root=str(root))
+    assert type(data).__name__ == "MNISTDataModule"
+    assert (data.binarize, data.val_size) == ("static", 20)
+    x, y = data.to_inputs(next(iter(data.test_dataloader())))
+    assert x.shape == (30, 1, 28, 28) and set(x.unique().tolist()) <= {0.0, 1.0}
+    model = VAE.load_from_checkpoint(ckpt)
+    assert torch.isfinite(model.log_likelihood(x, k=2)).all()
+    assert len(load_datamodule(ckpt, "val", data_root=str(root)).val_dataloader().dataset) == 20
+    other = mnist_like(tmp_path / "other", train=120, test=31)
+    with pytest.raises(UserError, match="allow_other_data"):
+        load_datamodule(ckpt, data_root=str(other))
+    with pytest.raises(UserError, match="split='tests' is not allowed: expected one of train, "
+                                        "val, test"):
+        load_datamodule(ckpt, "tests")

@@ -53,6 +53,28 @@ def checked_data(config: dict[str, Any], checkpoint: dict[str, Any], ckpt_path: 
     return datamodule, source, matches
 
 
+def load_datamodule(ckpt_path: str | Path, split: str = "test", *, data_root: str | None = None,
+                    data_path: str | None = None, trusted: Sequence[str] = (),
+                    allow_other_data: bool = False, batch_size: int = 100) -> Any:
+    """The data module a checkpoint's model was trained on, built with the run's own data
+    options (binarization, scale, validation split, labels) and set up to read ``split``: real
+    images as the model takes them, in Python, without repeating those options by hand
+    (``data.to_inputs(batch)`` gives ``[B, C, H, W]`` in [0, 1]). Found and checked as vae-eval
+    finds and checks them (``checked_data``): ``data_root`` / ``data_path`` where the files are
+    (default: the run's record, else ``$VAE_DATA_DIR`` or ``./data``); other data than the
+    checkpoint records are refused unless ``allow_other_data``; ``trusted`` as for
+    ``VAE.load_from_checkpoint``. Errors are ``UserError``s, one paragraph each."""
+    from vae_lightning.checkpoints import read_checkpoint, run_config
+
+    if split not in STAGES:
+        raise ConfigError(f"split={split!r} is not allowed: expected one of {', '.join(STAGES)}.")
+    checkpoint = read_checkpoint(ckpt_path)
+    config = run_config(checkpoint, ckpt_path)
+    return checked_data(config, checkpoint, str(ckpt_path), split, "", trusted=trusted,
+                        data_root=data_root, data_path=data_path,
+                        allow_other_data=allow_other_data, batch_size=batch_size)[0]
+
+
 def find_data(config: dict[str, Any], ckpt_path: str, key: str, *, trusted: Sequence[str] = (),
               data_root: str | None = None, data_path: str | None = None,
               batch_size: int = 100) -> tuple[Any, dict[str, Any]]:

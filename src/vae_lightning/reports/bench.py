@@ -114,18 +114,31 @@ class Busy(SystemExit):
     """Another vae-bench process is running the row."""
 
 
+# The locks this process holds (``_row_lock``), passed on to the row's commands (``_run``): a
+# lock lasts while any process holds its open file, so a vae-bench killed outright (SIGKILL,
+# the OOM killer) leaves the row held by its training or evaluation, which goes on, rather than
+# free for another ``vae-bench run`` to train into the same folder at the same time.
+_HELD: list[int] = []
+
+
 @contextlib.contextmanager
 def _row_lock(log: Path, row: str) -> Iterator[None]:
     """Hold the row for this process while it trains and evaluates it: an exclusive lock on the
-    row's log, which the system releases when the process ends however it ends, so that several
-    ``vae-bench run --missing`` processes (one a core) share the rows without a stale lock."""
+    row's log, which the system releases when the process and the row's command (which holds it
+    too: ``_HELD``) have ended, however they end, so that several ``vae-bench run --missing``
+    processes (one a core) share the rows without a stale lock."""
     with open(log, "a") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Busy(f"row {row} is being run by another vae-bench process (it holds the lock "
-                       f"on {log})") from None
-        yield
+            raise Busy(f"row {row} is being run by another vae-bench process, or by the "
+                       f"training or evaluation of one that was killed (it holds the lock on "
+                       f"{log})") from None
+        _HELD.append(handle.fileno())
+        try:
+            yield
+        finally:
+            _HELD.remove(handle.fileno())
 
 
 class Stopped(SystemExit):
@@ -148,7 +161,7 @@ def _run(command: str, args: list[str], log: Path) -> int:
     it to train on, or killing it mid-write on Ctrl-C as ``subprocess.call`` does."""
     with open(log, "a") as out:
         child = subprocess.Popen([sys.executable, "-c", COMMAND.format(command), *args],
-                                 stdout=out, stderr=subprocess.STDOUT)
+                                 stdout=out, stderr=subprocess.STDOUT, pass_fds=tuple(_HELD))
 
     def forward(signum: int, frame: Any) -> None:
         child.send_signal(signum)
@@ -360,7 +373,7 @@ def _summary(found: dict[str, dict[str, Any]]) -> list[str]:
     for row, record in sorted(found.items(), key=lambda item: -item[1]["iw"]["nats"]):
         bench = record["bench"]
         paper, pythae = bench.get("paper") or {}, bench.get("pythae") or {}
-        lines.append(f"| {bench.get('row', row)} (`{bench.get('config', '')}`) | "
+        lines.append(f"| {bench.get('row') or row} (`{bench.get('config') or ''}`) | "
                      f"{_iw(record).strip('*')} | "
                      f"{_nats(record['elbo'].get('nats'))} | "
                      f"{_nats(record.get('active_units'), 'd')} of {record['latent']} | "
@@ -418,7 +431,9 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
         at_least = "≥ " if (record.get("eval_seconds_last_run_only")
                             or record.get("train_seconds_last_run_only")) else ""
         source = f" ({paper['source']})" if paper.get("source") else ""
-        cells = [bench.get("row", row), f"`{bench.get('config', '')}`", _iw(record),
+        # A null row or config (the record's schema allows it) is the file's name, or nothing:
+        # not the word None.
+        cells = [bench.get("row") or row, f"`{bench.get('config') or ''}`", _iw(record),
                  _nats(record["elbo"].get("nats")),
                  f"{_nats(record.get('active_units'), 'd')} of {record['latent']}",
                  _samples(record.get("train_samples_seen")),
@@ -437,7 +452,7 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
               "PIWAE and CIWAE). Its values are negated here (pythae reports -log p(x))."]
     # What a row's number means where it is not what it seems (its preset's `benchmark.note`,
     # read now: an explanation may be written after the row was recorded).
-    notes = [(record["bench"].get("row", row), (known.get(row) or record["bench"]).get("note"))
+    notes = [(record["bench"].get("row") or row, (known.get(row) or record["bench"]).get("note"))
              for row, record in found.items()]
     if any(note for _, note in notes):
         lines += ["", "**Notes on rows.**", ""]
@@ -540,6 +555,14 @@ def _check_overrides(todo: list[str], overrides: list[str], eval_overrides: list
     from vae_lightning.config_checks import check
     from vae_lightning.hydra_errors import hydra_message
 
+    for item in eval_overrides:
+        # The evaluation's folder and checkpoint are the row's: given again, vae-eval evaluated
+        # or wrote elsewhere, and the record was made from the row's eval.json all the same (an
+        # earlier evaluation's, or none: a traceback).
+        if (key := item.split("=", 1)[0].lstrip("+~")) in ("output_dir", "ckpt_path"):
+            raise ConfigError(f"--eval-override {item}: vae-bench sets {key} itself (the row's "
+                              "last checkpoint, evaluated into the row's folder, where its record "
+                              f"is read from); leave {key} out.")
     option = "--override"
     try:
         with initialize_config_module("vae_lightning.conf", version_base="1.3"):

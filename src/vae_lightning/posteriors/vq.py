@@ -19,8 +19,10 @@ n_k the minibatch's count of code k and N~ the Laplace-smoothed counts (no code 
 The averages move at each forward pass made in training mode with gradients enabled (a training
 step; not validation, nor the no-grad probes made when the model is composed). They start as if
 each code had been assigned its own vector once (N = 1, m = e), so a code no vector picks decays
-towards the origin over ~1/(1 - gamma) steps instead of jumping away. Under DDP each rank
-averages its own minibatch (no all-reduce of n_k): the ranks' codebooks may drift apart.
+towards the origin over ~1/(1 - gamma) steps instead of jumping away. Under DDP n_k and the
+sums are those of every rank's minibatch (all-reduced), as one process would count the global
+batch, and ``init="data"``'s start is rank 0's draw (broadcast): the ranks keep one codebook
+(each rank's own start and averages had drifted apart, silently, the checkpoint rank 0's).
 
 Initialisation: the paper's code draws the codebook from U(-1/K, 1/K) (``init="uniform"``);
 encoder outputs of order 1 then all pick the few codes nearest the origin, and the others are
@@ -95,6 +97,12 @@ class Quantized(Distribution):
         return self.z_q.new_zeros(self.batch_shape)
 
 
+def _distributed() -> bool:
+    """Whether this process is one of several DDP ranks (a process group of more than one)."""
+    return (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1)
+
+
 class VectorQuantizer(Family, nn.Module):
     """The VQ-VAE's quantizer as a posterior family: K = ``codes`` codebook vectors of
     ``code_dim`` D; the encoder's ``latent`` outputs are z_e, P = latent / D vectors. With
@@ -162,6 +170,8 @@ class VectorQuantizer(Family, nn.Module):
         chosen = vectors[torch.randint(len(vectors), (self.codes,), device=vectors.device)
                          if len(vectors) < self.codes
                          else torch.randperm(len(vectors), device=vectors.device)[:self.codes]]
+        if _distributed():  # every rank drew from its own minibatch: rank 0's for all
+            torch.distributed.broadcast(chosen, 0)
         self.codebook.copy_(chosen)
         if self.ema:
             self.embedding_sum.copy_(chosen)
@@ -173,8 +183,12 @@ class VectorQuantizer(Family, nn.Module):
         """One step of the moving averages (module docstring) from ``vectors`` [N, D] and their
         ``codes`` [N]."""
         one_hot = F.one_hot(codes, self.codes).to(vectors.dtype)
-        self.cluster_size.mul_(self.decay).add_(one_hot.sum(0), alpha=1 - self.decay)
-        self.embedding_sum.mul_(self.decay).add_(one_hot.T @ vectors, alpha=1 - self.decay)
+        counts, sums = one_hot.sum(0), one_hot.T @ vectors
+        if _distributed():  # the global batch's, on every rank
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embedding_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.epsilon) / (n + self.codes * self.epsilon) * n
         self.codebook.copy_(self.embedding_sum / smoothed.unsqueeze(-1))

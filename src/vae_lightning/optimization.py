@@ -203,6 +203,19 @@ def check_manual(model: L.LightningModule, trainer: Any) -> None:
                           "overflow. Use trainer.precision=bf16-mixed, or 32.")
 
 
+def check_world(model: L.LightningModule, world: int) -> None:
+    """Refuse, before training, an objective with updates of its own (FactorVAE's
+    discriminator) on more than one process: DDP reduces the gradients of one backward pass per
+    step, and Lightning's DDP stopped each rank's first step with a traceback ("parameters that
+    were not used in producing the loss") after the ranks had started."""
+    if model.auxiliary and world > 1:
+        name = type(model.objective).__name__
+        raise ConfigError(f"The objective {name} (model/objective) has updates of its own (its "
+                          f"discriminator's optimizer), which cannot run under DDP, and this "
+                          f"trainer runs {world} processes (trainer.devices, trainer.num_nodes): "
+                          "train it on one device (trainer.devices=1).")
+
+
 def manual_settings(model: L.LightningModule, trainer: Any) -> tuple[dict[str, Any], list[Any]]:
     """The Trainer arguments and extra callbacks that give ``model`` the configured gradient
     clipping and accumulation (``trainer`` the Trainer's config): unchanged under automatic

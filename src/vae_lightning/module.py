@@ -34,10 +34,13 @@ STAGES = ("train", "val", "test")
 ADAM = functools.partial(torch.optim.Adam, lr=1e-3)  # the default optimizer
 # Attributes set at every training step that are never a parameter, submodule or buffer: set
 # directly (``VAE.__setattr__``).
-_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "samples_seen"})
+_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "samples_seen", "group_left"})
 
 
 TRAIN_SUMS = "train_bound_sums"  # the checkpoint's key of the epoch's training-bound sums
+# The checkpoint's key of the minibatches of its last training batch left untrained
+# (``VAE.group_left``).
+GROUP_LEFT = "steps_per_batch_left"
 VALIDATION_SEED = 0  # of validation's own random stream (``VAE.on_validation_start``)
 
 
@@ -144,6 +147,10 @@ class VAE(Inference, L.LightningModule):
             for term in self.terms:
                 self.metrics[f"{stage}_{term}"] = BoundTerm(mean, term)
         self.samples_seen = 0
+        # The minibatches of the last training batch (data.steps_per_batch K > 1) left
+        # untrained where max_steps or max_samples stopped the run part-way through it: a run
+        # resumed from its checkpoint trains them first (``ShardedBatchSampler``'s ``left``).
+        self.group_left = 0
         # Training's wall time in the runs before this one (resumed from a checkpoint); None
         # where the checkpoint did not record it (written before this was kept).
         self.seconds_before: float | None = 0.0
@@ -186,6 +193,7 @@ class VAE(Inference, L.LightningModule):
                                  else [self.optimizers()])
         minibatches = [batch] if isinstance(batch[0], Tensor) else batch
         last = optimization.is_last_batch(self, batch_idx)
+        self.group_left = 0
         for j, (x, y) in enumerate(minibatches):
             window = optimization.accumulation(self, batch_idx * self.steps_per_batch + j,
                                                last and j == len(minibatches) - 1)
@@ -193,6 +201,7 @@ class VAE(Inference, L.LightningModule):
                 loss = self._manual_step(x, optimizer, auxiliary, *window)
             # Stop where Lightning would after a one-step batch: max_steps, trainer.max_samples.
             if self.trainer.should_stop or 0 <= self.trainer.max_steps <= self.global_step:
+                self.group_left = len(minibatches) - j - 1  # saved: a resume trains them first
                 break
         if self._logger_writes_this_batch():
             self._log_loss(loss)  # the batch's last step's loss
@@ -367,6 +376,8 @@ class VAE(Inference, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["samples_seen"] = self.samples_seen
+        if self.group_left:
+            checkpoint[GROUP_LEFT] = self.group_left
         if (seconds := self.train_seconds()) is not None:
             checkpoint["train_seconds"] = seconds
         # This rank's sums of the epoch's training bound so far: a run continued from a
@@ -376,6 +387,14 @@ class VAE(Inference, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
+        left = checkpoint.get(GROUP_LEFT, 0)
+        # (A model rebuilt for evaluation takes one step per batch: the count is not read.)
+        if type(left) is not int or left < 0 or 1 < self.steps_per_batch <= left:
+            raise CheckpointError(f"The checkpoint's {GROUP_LEFT} is {left!r}, not a whole number "
+                                  f"of minibatches below data.steps_per_batch="
+                                  f"{self.steps_per_batch}: the file was altered; resume from "
+                                  "another checkpoint.")
+        self.group_left = left
         saved = checkpoint.get("train_seconds")
         if saved is None:  # unrecorded, or a checkpoint taken before any step
             self.seconds_before = 0.0 if not checkpoint.get("global_step") else None

@@ -116,6 +116,10 @@ class VAEDataModule(L.LightningDataModule):
         self._generators: dict[str, torch.Generator] = {}
         # Restored states of generators for devices this machine has not (kept to be saved again)
         self._elsewhere: dict[str, torch.Tensor] = {}
+        # The binarization generator's state before each minibatch of the last training batch
+        # of steps_per_batch K > 1: where the run stopped part-way through it (the model's
+        # ``group_left``), the checkpoint saves the state before its first untrained minibatch.
+        self._group_states: list[tuple[str, torch.Tensor]] = []
 
     def _load(self, names: set[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Return ``{split: (images, int64 labels [N])}`` for ``names``: images uint8
@@ -190,6 +194,8 @@ class VAEDataModule(L.LightningDataModule):
             group=self.steps_per_batch if training else 1, device=x.device,
             done=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed)
             if trainer is not None and shuffle else None,
+            left=(lambda: getattr(getattr(trainer, "lightning_module", None), "group_left", 0))
+            if trainer is not None and shuffle and training else None,
         )
         on_cpu = x.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0
@@ -326,6 +332,10 @@ class VAEDataModule(L.LightningDataModule):
         own stream."""
         states = {**self._elsewhere,
                   **{device: gen.get_state() for device, gen in self._generators.items()}}
+        model = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        if (left := getattr(model, "group_left", 0)) and len(self._group_states) >= left:
+            device, state = self._group_states[-left]  # the untrained minibatches drawn anew
+            states[device] = state
         rank, world = self._rank_world()
         ranks = None
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -419,7 +429,14 @@ class VAEDataModule(L.LightningDataModule):
         """A batch ``(x, y)`` as model inputs: ``x`` float32 ``[B, C, H, W]`` in [0, 1] (see the
         class docstring); a list of minibatches (``steps_per_batch``) minibatch by minibatch."""
         if not isinstance(batch[0], torch.Tensor):  # the minibatches of one batch (steps_per_batch)
-            return [self.to_inputs(minibatch) for minibatch in batch]
+            if self.binarize != "dynamic" or batch[0][0].dtype == torch.bool:
+                return [self.to_inputs(minibatch) for minibatch in batch]
+            inputs, self._group_states = [], []
+            for minibatch in batch:
+                device = minibatch[0].device
+                self._group_states.append((str(device), self._generator(device).get_state()))
+                inputs.append(self.to_inputs(minibatch))
+            return inputs
         x, y = batch
         x = x.reshape(len(x), *self.shape)
         if x.dtype == torch.bool:  # binarized once in setup

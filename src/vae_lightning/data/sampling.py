@@ -76,7 +76,11 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
     ``done`` (e.g. the trainer's count of this epoch's batches already trained, read when
     iteration starts) skips those batches of the epoch's order: a run continued from a
     checkpoint taken mid-epoch (one that ended by its ``max_steps``) takes the rest of the
-    epoch, as an uninterrupted run does, not the epoch again from its start.
+    epoch, as an uninterrupted run does, not the epoch again from its start. ``left`` (the
+    model's count of the last batch's minibatches that a stop part-way through a batch of
+    ``group`` left untrained, read with ``done``) puts those minibatches before the next batch's,
+    in the first batch served: the run goes on with the minibatches an uninterrupted run takes,
+    in its order (Lightning had counted the cut batch as trained, and they were skipped).
     """
 
     def __init__(
@@ -91,13 +95,14 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
         group: int = 1,
         device: torch.device | str = "cpu",
         done: Callable[[], int] | None = None,
+        left: Callable[[], int] | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is invalid: expected 0 <= rank < {world_size}.")
         self.n, self.batch_size, self.shuffle, self.group = n, batch_size, shuffle, group
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
-        self.current_epoch, self.done = current_epoch, done
+        self.current_epoch, self.done, self.left = current_epoch, done, left
         self.device = torch.device(device)
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,13 +124,16 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
             self.epoch = self.current_epoch()
         skip = self.done() if self.done is not None else 0
         skip = skip if 0 < skip < len(self) else 0  # none, or a whole epoch: from its start
+        left = self.left() if self.left is not None and skip else 0
         # Moved to the data's device once per epoch: no host-to-device copy per batch.
         batches = self.shard().to(self.device).split(self.batch_size)
         if self.group == 1:
             yield from batches[skip:]
         else:
-            for start in range(skip * self.group, len(batches), self.group):
-                yield list(batches[start : start + self.group])
+            first = skip * self.group
+            for start in range(first, len(batches), self.group):
+                yield list(batches[start - left if start == first else start:
+                                   start + self.group])
 
     def __len__(self) -> int:
         if self.shuffle:

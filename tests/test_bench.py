@@ -306,9 +306,11 @@ def test_a_signal_to_vae_bench_reaches_the_row_s_command_and_ends_the_queue(name
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           start_new_session=True)  # a process group of its own, as a terminal's
     assert done.returncode == code, done.stderr[-3000:]
-    assert done.stderr.strip() == (f"error: Stopped by {bench.SIGNALLED[code]} while training row "
-                                   f"vae; its state is saved (see {tmp_path / 'runs' / 'vae.log'})"
-                                   ". Run the same vae-bench command again to go on.")
+    # What it did (the command is silent for hours otherwise), then the one error line.
+    assert done.stderr.strip().splitlines() == [
+        f"vae-bench: row vae: starting its training (log: {tmp_path / 'runs' / 'vae.log'})",
+        f"error: Stopped by {bench.SIGNALLED[code]} while training row vae; its state is saved "
+        f"(see {tmp_path / 'runs' / 'vae.log'}). Run the same vae-bench command again to go on."]
     assert not (tmp_path / "runs" / "iwae_k5.log").exists()  # the queue ended
 
 
@@ -416,6 +418,14 @@ def test_page_writes_the_readme_table_between_its_markers_only(tmp_path, capsys)
     assert lines[2].startswith("| VampPrior (`model/prior=vamp`) | -86.89 ± 0.24 |")
     assert lines[3] == ("| VAE (`model/objective=elbo`) | -89.28 ± 0.23 | -95.47 | 22 of 50 | "
                         "-86.76 | -89.78 |")
+    # What the ± is, under the table: one training run a row.
+    assert "One training run (one seed) a row: the ± is the standard error over" in table
+    # The page too: the best first (vamp.json's row before vae.json's), and what ± and the
+    # ELBO column are.
+    page = (tmp_path / "benchmark.md").read_text()
+    assert page.index("| VampPrior |") < page.index("| VAE |")
+    assert "Each row is one training run (one seed)" in page
+    assert "The ELBO column is the mean log-weight of the same 5,000 draws" in page
     # Run again: the same README (the markers stay, nothing is appended).
     bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong", readme)
     assert readme.read_text() == text

@@ -208,6 +208,9 @@ def _train_evaluate_record(row: str, bench: dict[str, Any], directory: Path, arg
     if not results_file.is_file() or _results(results_file, row, directory).get(
             "status") == "interrupted":
         resume = [f"ckpt_path={last}"] if last.is_file() else [f"hydra.run.dir={directory}"]
+        # Hours of training write to the log only: say where, and what goes on.
+        print(f"vae-bench: row {row}: {'going on with' if last.is_file() else 'starting'} its "
+              f"training (log: {log})", file=sys.stderr, flush=True)
         # The log is a file: Lightning's progress bar would fill it with carriage returns.
         code = _run("train", [*args, *resume, "trainer.enable_progress_bar=false"], log)
         _check(code, "training", row, log, ok=(0, 4))  # 4: diverged, a result too
@@ -217,6 +220,8 @@ def _train_evaluate_record(row: str, bench: dict[str, Any], directory: Path, arg
                          f"{results.get('status')!r}: {results.get('message', '')} (see "
                          f"{results_file}). Move {directory} away to train the row afresh.")
     start = time.perf_counter()
+    print(f"vae-bench: row {row}: evaluating its final model, k = {k} (log: "
+          f"{directory / 'eval-log'})", file=sys.stderr, flush=True)
     code = _run("evaluate", [f"ckpt_path={last}", f"eval.k={k}", f"output_dir={directory}",
                              f"hydra.run.dir={directory / 'eval-log'}", *(eval_overrides or [])],
                 log)
@@ -366,11 +371,16 @@ def read_stretches(path: Path) -> list[dict[str, Any]]:
     return points
 
 
+def _best_first(found: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The rows by their log p(x) (a record's required, finite iw.nats), the highest first."""
+    return sorted(found.items(), key=lambda item: -item[1]["iw"]["nats"])
+
+
 def _summary(found: dict[str, dict[str, Any]]) -> list[str]:
     """The README's table: one line a row, the best log p(x) first."""
     lines = ["| row | log p(x), k = 5000 | ELBO | active units | paper (its own length) | "
              "pythae (static MNIST) |", "| --- | --- | --- | --- | --- | --- |"]
-    for row, record in sorted(found.items(), key=lambda item: -item[1]["iw"]["nats"]):
+    for row, record in _best_first(found):
         bench = record["bench"]
         paper, pythae = bench.get("paper") or {}, bench.get("pythae") or {}
         lines.append(f"| {bench.get('row') or row} (`{bench.get('config') or ''}`) | "
@@ -378,7 +388,8 @@ def _summary(found: dict[str, dict[str, Any]]) -> list[str]:
                      f"{_nats(record['elbo'].get('nats'))} | "
                      f"{_nats(record.get('active_units'), 'd')} of {record['latent']} | "
                      f"{_nats(paper.get('value'))} | {_nats(pythae.get('value'))} |")
-    return lines
+    return lines + ["", "One training run (one seed) a row: the ± is the standard error over the "
+                    "10,000 test images, not the spread between training runs."]
 
 
 def _rewrite_readme(readme: Path, table: list[str]) -> None:
@@ -415,7 +426,11 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
         "(`vae-bench run <row>` trains, evaluates and records a row). Every number is the "
         "importance-weighted estimate of log p(x) with k = 5000 samples, in nats per test image "
         "(higher is better), ± its standard error over the test images; the same protocol for "
-        f"every row: {protocol}. Wall time: one CPU core's, training and the k = 5000 "
+        f"every row: {protocol}. Each row is one training run (one seed): the ± does not hold "
+        "the spread between training runs, so rows less than about a nat apart are not shown "
+        "to differ. The ELBO column is the mean log-weight of the same 5,000 draws per image "
+        "(the run's results.json has a one-draw test/elbo beside it). Rows: the best log p(x) "
+        "first. Wall time: one CPU core's, training and the k = 5000 "
         "evaluation, over every session a row was resumed in; \"≥\" where a part was recorded "
         "for its last session only (records from before the total was kept).",
         "",
@@ -423,7 +438,7 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
         "(train + eval) | status | paper | pythae |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row, record in found.items():
+    for row, record in _best_first(found):
         bench = record["bench"]
         paper, pythae = bench.get("paper") or {}, bench.get("pythae") or {}
         seconds = (record.get("train_seconds") or 0) + (record.get("eval_seconds") or 0)

@@ -385,3 +385,23 @@ def test_a_mixture_with_a_component_on_points_that_do_not_vary_names_n_component
                        r"left a component on points of the 500 that do not vary .* diag "
                        r"covariance is singular; expected fewer components"):
         within("samplers.gmm", lambda: GaussianMixture(n_components=10, covariance="diag").fit(z))
+
+
+def test_the_points_a_sampler_is_fitted_to_are_the_locations_alone(monkeypatch):
+    """The fitted samplers read q(z|x)'s locations only: its standard deviations are not
+    computed beside them (half the memory of a VQ-VAE's 50,000 MNIST code maps); vae-encode's
+    statistics still hold both."""
+    from models import binary_images, small_vae
+
+    from vae_lightning.sample import posterior_locations, posterior_statistics
+
+    model = small_vae().eval()
+    batches = [(binary_images(4), torch.zeros(4, dtype=torch.long))] * 2
+    both = posterior_statistics(model, batches)
+    assert both[1] is not None and both[1].shape == (8, model.latent)
+
+    def no_scales(q):
+        raise AssertionError("the standard deviations were computed")
+
+    monkeypatch.setattr(model.encoder.posterior, "stddev", no_scales)
+    assert torch.equal(posterior_locations(model, batches), both[0])

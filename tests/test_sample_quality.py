@@ -274,6 +274,28 @@ def test_vae_eval_writes_the_sample_quality_into_eval_json(mnist_run, classifier
     assert saved["samples_are"] == "E[x|z]"
 
 
+def test_vae_eval_prints_the_sample_quality_with_its_bounds(mnist_run, classifier, tmp_path,
+                                                             monkeypatch, capsys):
+    """The summary vae-eval prints at its end names the sample-quality scores beside the bounds
+    (they were only in earlier log lines and eval.json)."""
+    from test_hostile import run as command
+
+    from vae_lightning import cli
+
+    root, path = mnist_run
+    sq.save_classifier(sq.classifier_path(root, "mnist"), classifier, data="mnist",
+                       test_accuracy=0.99)
+    done = command(cli.evaluate, [f"ckpt_path={path}", f"eval.data_root={root}", *QUALITY,
+                                  "eval.sample_quality=[fid,kid,precision_recall]",
+                                  f"output_dir={tmp_path}"], monkeypatch, capsys, tmp_path)
+    assert done.code == 0, done.err[-2000:]
+    saved = json.loads((tmp_path / "eval.json").read_text())["sample_quality"]
+    line = next(line for line in done.out.splitlines() if "sample quality" in line)
+    assert line.startswith("test sample quality (200 samples against 200 images, classifier "
+                           f"features): fid {saved['fid']:.4g}, precision "), line
+    assert f"kid {saved['kid']['mean']:.4g} +- " in line
+
+
 def test_vae_eval_without_a_classifier_says_how_to_train_one(mnist_run, tmp_path):
     root, path = mnist_run
     missing = tmp_path / "none.pt"

@@ -353,6 +353,15 @@ def _evaluate(cfg: DictConfig) -> float:
                    f"{est['ess_min']:.2f})" if name == "ais" else "")
             print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
                   f"nats{bits}{how}")
+        if quality := results.get("sample_quality"):  # eval.sample_quality: the scores again
+            kid = quality.get("kid") or {}
+            scores = [f"{name} {quality[name]:.4g}" for name in ("fid", "precision", "recall")
+                      if quality.get(name) is not None]
+            scores += ([f"kid {kid['mean']:.4g} +- {kid['std']:.2g}"]
+                       if kid.get("mean") is not None else [])
+            print(f"{results['split']} sample quality ({quality['generated']} samples against "
+                  f"{quality['real']} images, {quality['features']} features): "
+                  f"{', '.join(scores) or 'none finite'}")
         if "classification_error" in results:  # a semi-supervised model's classifier (M2)
             print(f"{results['split']} classification error of q(y|x): "
                   f"{results['classification_error']:.4f}")

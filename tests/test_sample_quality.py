@@ -296,6 +296,33 @@ def test_vae_eval_prints_the_sample_quality_with_its_bounds(mnist_run, classifie
     assert f"kid {saved['kid']['mean']:.4g} +- " in line
 
 
+def test_sample_quality_is_added_to_an_evaluation_without_estimating_its_bounds_again(
+        mnist_run, classifier, tmp_path):
+    """eval.bounds=false: FID after an hours-long k = 5000 evaluation took that evaluation again
+    (or a cheap k replaced its eval.json). The bounds are now the eval.json's, unchanged, and the
+    scores are added to it; an eval.json of another checkpoint or split is refused, as is
+    nothing asked besides the bounds, or AIS (paired with its own IW estimate)."""
+    root, path = mnist_run
+    sq.save_classifier(sq.classifier_path(root, "mnist"), classifier, data="mnist",
+                       test_accuracy=0.99)
+    base = [f"ckpt_path={path}", f"eval.data_root={root}", *QUALITY, f"output_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match="eval.bounds=false: there is no evaluation with "
+                                          "bounds in"):
+        run_eval([*base, "eval.bounds=false", "eval.sample_quality=[fid]"])
+    first = run_eval([*base, "eval.k=3"])  # the "long" evaluation: bounds only
+    added = run_eval([*base, "eval.k=50", "eval.bounds=false", "eval.sample_quality=[fid]"])
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["iw"] == first["iw"] and saved["elbo"] == first["elbo"] and saved["k"] == 3
+    assert saved["sample_quality"]["fid"] == added["sample_quality"]["fid"] > 0
+    with pytest.raises(ConfigError, match="nothing else is asked"):
+        run_eval([*base, "eval.bounds=false"])
+    with pytest.raises(ConfigError, match="eval.bounds=false with eval.ais_steps=5"):
+        run_eval([*base, "eval.bounds=false", "eval.ais_steps=5", "eval.sample_quality=[fid]"])
+    with pytest.raises(ConfigError, match="is of another split 'test' \\(this one: 'val'\\)"):
+        run_eval([*base, "eval.bounds=false", "eval.split=val", "eval.sample_quality=[fid]"])
+    assert json.loads((tmp_path / "eval.json").read_text()) == saved  # nothing written
+
+
 def test_vae_eval_without_a_classifier_says_how_to_train_one(mnist_run, tmp_path):
     root, path = mnist_run
     missing = tmp_path / "none.pt"

@@ -190,7 +190,11 @@ class Evaluation:
     many annealing steps, ``ais_chains`` chains a point, ``ais_leapfrog`` leapfrog steps a move,
     from ``ais_start`` (``auto``: q(z|x) where it has a density at any z, else the prior).
     Everything these need is checked before the bound is estimated, and the time of the IW
-    estimate and of AIS together against ``max_hours``."""
+    estimate and of AIS together against ``max_hours``. ``bounds=False``: no bound is
+    estimated; they are those of the eval.json already in the output directory, which must be
+    of this checkpoint (its path and samples seen), split and data, and the evaluations asked
+    besides (``metrics``, ``sample_quality``, ``fitted_prior``; AIS is paired with its own IW
+    estimate and refused) are added to it (``_earlier``)."""
 
     @checked
     def __init__(self, k: PositiveInt = 5000, chunk: PositiveInt | None = None,
@@ -210,8 +214,10 @@ class Evaluation:
                  fitted_prior: Literal["pixelcnn"] | None = None,
                  ais_steps: NonNegativeInt = 0, ais_chains: PositiveInt = 8,
                  ais_leapfrog: PositiveInt = 10,
-                 ais_start: Literal["auto", "prior", "posterior"] = "auto") -> None:
+                 ais_start: Literal["auto", "prior", "posterior"] = "auto",
+                 bounds: bool = True) -> None:
         self.k, self.chunk, self.batch_size, self.split = k, chunk, batch_size, split
+        self.bounds = bounds
         self.limit, self.max_hours = limit, max_hours
         self.trusted = tuple(trusted)
         self.data_root, self.data_path = data_root, data_path
@@ -245,6 +251,7 @@ class Evaluation:
 
         out = Path(output_dir) if output_dir else rundir.of_checkpoint(ckpt_path)
         writable_directory(out, "output_dir")
+        self._check_without_bounds()
         # The file's SHA-256 names the model a stopped evaluation's batches are of: the file
         # loaded (a last.ckpt written again in between gave the old model's batches the new
         # file's name, and a run of the evaluation again went on from them with the new model).
@@ -264,8 +271,9 @@ class Evaluation:
         truth = self._ground_truth(datamodule) if self.metrics else None
         judge = (self._quality_inputs(model, datamodule, config, ckpt_path)
                  if self.sample_quality else None)
+        code_prior = None
         if self.fitted_prior is not None:  # a VQ-VAE's prior over codes, fitted after training
-            from vae_lightning.pixelcnn import fitted_prior, prior_bound
+            from vae_lightning.pixelcnn import fitted_prior
 
             code_prior = fitted_prior(ckpt_path, model)
 
@@ -288,6 +296,12 @@ class Evaluation:
         identity = {"checkpoint_sha256": sha256, "seed": seed,
                     "split": self.split, "limit": self.limit, "batch_size": self.batch_size,
                     "data_source": source}
+        discrete = code_length(model.decoder.likelihood, datamodule)
+        if not self.bounds:  # the bounds of the evaluation already there, and what is asked
+            earlier = self._earlier(out, ckpt_path, checkpoint, source)
+            held.enter_context(rundir.evaluating(out))
+            return self._finish(out, earlier, model, batches, discrete, truth, judge,
+                                code_prior, seed)
         held.enter_context(rundir.evaluating(out))  # checks passed: writing begins here
         progress = log_likelihood.Progress(rundir.path(out, "eval_progress"),
                                            {**identity, "k": self.k})
@@ -314,7 +328,6 @@ class Evaluation:
                 "~ chunk x batch_size x pixels, times the decoder's widest layer); nothing was "
                 "written. Give a smaller eval.chunk or eval.batch_size (the estimate does not "
                 "depend on either), or eval.device=cpu.") from None
-        discrete = code_length(model.decoder.likelihood, datamodule)
         results = {
             "elbo": asdict(estimates["elbo"]),
             "iw": asdict(estimates["iw"]),
@@ -356,7 +369,21 @@ class Evaluation:
             results["classification_error"] = torch.cat(wrong).double().mean().item()
             log.info("classification error of q(y|x) on %s: %.4f", self.split,
                      results["classification_error"])
-        if self.fitted_prior is not None:
+        results = self._finish(out, results, model, batches, discrete, truth, judge,
+                               code_prior, seed)
+        progress.remove()
+        if annealed_from is not None:
+            ais_progress(annealed_from).remove()
+        return results
+
+    def _finish(self, out: Path, results: dict[str, Any], model: VAE, batches: Any,
+                discrete: bool, truth: Any, judge: Any, code_prior: Any,
+                seed: int) -> dict[str, Any]:
+        """``results`` (the bounds) with the evaluations asked besides them, written to
+        eval.json (an earlier one of other settings kept beside it); returned with its path."""
+        if code_prior is not None:
+            from vae_lightning.pixelcnn import prior_bound
+
             with torch.no_grad():
                 elbo = torch.cat([prior_bound(model, code_prior, x).elbo.cpu()
                                   for x, _ in batches()])
@@ -373,11 +400,48 @@ class Evaluation:
         path = rundir.path(out, "eval")
         _keep_what_is_replaced(path, results)
         rundir.write_json(path, results)
-        progress.remove()
-        if annealed_from is not None:
-            ais_progress(annealed_from).remove()
         results["path"] = str(path)
         return results
+
+    def _check_without_bounds(self) -> None:
+        """``bounds=False`` with nothing else asked, or with AIS (paired with its own run's IW
+        estimate, point by point), is refused before the model is read."""
+        if self.bounds:
+            return
+        if self.ais_steps:
+            raise ConfigError(f"eval.bounds=false with eval.ais_steps={self.ais_steps}: AIS is "
+                              "compared with the IW estimate of its own run, point by point; "
+                              "leave eval.bounds true to run both.")
+        if not (self.metrics or self.sample_quality or self.fitted_prior):
+            raise ConfigError("eval.bounds=false: nothing else is asked (eval.sample_quality, "
+                              "eval.metrics or eval.fitted_prior), so there is nothing to "
+                              "evaluate; give one of them, or leave eval.bounds true.")
+
+    def _earlier(self, out: Path, ckpt_path: str, checkpoint: dict[str, Any],
+                 source: dict[str, Any]) -> dict[str, Any]:
+        """The bounds ``bounds=False`` takes: the eval.json in ``out``, if it is of this
+        checkpoint (its path and samples seen), this split and these data; else ``ConfigError``
+        saying what differs."""
+        path = rundir.path(out, "eval")
+        fix = "leave eval.bounds true to estimate them, or give the output_dir that holds them"
+        try:
+            earlier = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            earlier = None
+        if not isinstance(earlier, dict) or not all(
+                isinstance(earlier.get(key), dict) for key in ("iw", "elbo")):
+            raise ConfigError(f"eval.bounds=false: there is no evaluation with bounds in {path} "
+                              f"to add to; {fix}.")
+        now = {"checkpoint": str(Path(ckpt_path).resolve()),
+               "train_samples_seen": checkpoint.get("samples_seen"), "split": self.split,
+               "data_source": source}
+        differ = [f"{key} {earlier.get(key)!r} (this one: {value!r})"
+                  for key, value in now.items() if earlier.get(key) != value]
+        if differ:
+            raise ConfigError(f"eval.bounds=false: the evaluation in {path} is of another "
+                              f"{', '.join(differ)}; {fix}.")
+        earlier.pop("path", None)
+        return earlier
 
     def _ais_out_of_memory(self) -> str:
         return (f"AIS (eval.ais_steps={self.ais_steps}) ran out of memory on {self.device}, "

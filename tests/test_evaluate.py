@@ -934,3 +934,13 @@ def test_an_evaluation_lock_removed_while_it_was_taken_is_taken_again(tmp_path, 
         with pytest.raises(ConfigError, match="another vae-eval is evaluating into it now"):
             with rundir.evaluating(out):  # the third: must find the lock held
                 pass
+
+
+def test_the_evaluation_shows_one_progress_bar_not_the_timing_pass_s_too(checkpoint, tmp_path,
+                                                                        capsys):
+    """The timed pass over the first batch (max_hours) opened a bar of its own, left at 0 %: a
+    log showed the bar's first line two or three times before it moved."""
+    run_eval(_eval_cfg([f"ckpt_path={checkpoint}", "eval.k=3", "eval.device=cpu",
+                        "eval.limit=20", f"output_dir={tmp_path}"]))
+    err = capsys.readouterr().err
+    assert err.count("eval k=3 on test:   0%") == 1, err

@@ -277,12 +277,14 @@ class Evaluation:
 
             code_prior = fitted_prior(ckpt_path, model)
 
-        def batches(what: str = f"eval k={self.k}"):
+        def batches(what: str | None = f"eval k={self.k}"):
+            """The split's batches as inputs, under a progress bar named ``what`` (None: no bar,
+            for the first batch a timing pass takes: its bar was left at 0 % in a log)."""
             left = self.limit  # points still to score; None: the whole split
             total = len(loader) if left is None else min(len(loader),
                                                           math.ceil(left / self.batch_size))
             for x, y in tqdm(loader, desc=f"{what} on {self.split}", unit="batch",
-                             total=total):
+                             total=total, disable=what is None):
                 if left is not None:
                     if left <= 0:
                         break
@@ -308,11 +310,11 @@ class Evaluation:
         annealing = False  # AIS's timed run, whose memory is not the IW estimate's
         try:
             iw_hours = log_likelihood.refuse_unfinishable(
-                model, next(batches()), points, self.k, self.chunk, self.max_hours,
+                model, next(batches(None)), points, self.k, self.chunk, self.max_hours,
                 done=progress.batches_done() * self.batch_size)
             annealing = bool(self.ais_steps)
             ais_progress = partial(self._ais_progress, out, identity)  # of the start
-            annealed_from = (self._refuse_ais(model, next(batches()), points, iw_hours,
+            annealed_from = (self._refuse_ais(model, next(batches(None)), points, iw_hours,
                                               ais_progress) if self.ais_steps else None)
             annealing = False
             torch.manual_seed(seed)

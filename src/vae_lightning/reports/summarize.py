@@ -240,7 +240,7 @@ def failures(rows: list[dict[str, Any]]) -> str:
     lines = [f"- job {row['job']}: {row.get('status')}"
              + (f" ({' '.join(row['overrides'])})" if row.get("overrides") else "")
              + f": {row.get('message', '')}"
-             for row in rows if row.get("status", "completed") != "completed"]
+             for row in rows if not _completed(row)]
     return ("\nFailed jobs:\n" + "\n".join(lines) + "\n") if lines else ""
 
 

@@ -38,9 +38,6 @@ _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "samples_seen", "group_left"}
 
 
 TRAIN_SUMS = "train_bound_sums"  # the checkpoint's key of the epoch's training-bound sums
-# The checkpoint's key of the minibatches of its last training batch left untrained
-# (``VAE.group_left``).
-GROUP_LEFT = "steps_per_batch_left"
 VALIDATION_SEED = 0  # of validation's own random stream (``VAE.on_validation_start``)
 
 
@@ -193,19 +190,29 @@ class VAE(Inference, L.LightningModule):
                                  else [self.optimizers()])
         minibatches = [batch] if isinstance(batch[0], Tensor) else batch
         last = optimization.is_last_batch(self, batch_idx)
-        self.group_left = 0
+        # A run resumed after a stop part-way through a batch gets that batch's untrained
+        # minibatches first (the sampler's ``left``); the first ``spill`` of them end the
+        # previous epoch, where the stop fell in its last batch.
+        carried, self.group_left = self.group_left, 0
+        spill = max(carried - batch_idx * self.steps_per_batch, 0)
         for j, (x, y) in enumerate(minibatches):
-            window = optimization.accumulation(self, batch_idx * self.steps_per_batch + j,
-                                               last and j == len(minibatches) - 1)
+            # A stop falls right after an optimizer step, so the carried minibatches begin an
+            # accumulation window; the others are counted from their epoch's start.
+            index = j if j < carried else batch_idx * self.steps_per_batch + j - carried
+            ends = j == spill - 1 or (last and j == len(minibatches) - 1)  # its epoch
+            window = optimization.accumulation(self, index, ends)
             with self.given(y):
                 loss = self._manual_step(x, optimizer, auxiliary, *window)
+            if j == spill - 1:
+                optimization.step_epoch_schedules(self, self.current_epoch - 1)
             # Stop where Lightning would after a one-step batch: max_steps, trainer.max_samples.
             if self.trainer.should_stop or 0 <= self.trainer.max_steps <= self.global_step:
                 self.group_left = len(minibatches) - j - 1  # saved: a resume trains them first
                 break
         if self._logger_writes_this_batch():
             self._log_loss(loss)  # the batch's last step's loss
-        optimization.step_schedules_at_epoch_end(self, batch_idx)
+        if last and not self.group_left:  # else after the rest, in the run resumed
+            optimization.step_epoch_schedules(self, self.current_epoch)
         return None
 
     def _manual_step(self, x: Tensor, optimizer: Any, auxiliary: Sequence[Any],
@@ -377,7 +384,7 @@ class VAE(Inference, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["samples_seen"] = self.samples_seen
         if self.group_left:
-            checkpoint[GROUP_LEFT] = self.group_left
+            checkpoint[resume.GROUP_LEFT] = self.group_left
         if (seconds := self.train_seconds()) is not None:
             checkpoint["train_seconds"] = seconds
         # This rank's sums of the epoch's training bound so far: a run continued from a
@@ -387,13 +394,13 @@ class VAE(Inference, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
-        left = checkpoint.get(GROUP_LEFT, 0)
-        # (A model rebuilt for evaluation takes one step per batch: the count is not read.)
-        if type(left) is not int or left < 0 or 1 < self.steps_per_batch <= left:
-            raise CheckpointError(f"The checkpoint's {GROUP_LEFT} is {left!r}, not a whole number "
-                                  f"of minibatches below data.steps_per_batch="
-                                  f"{self.steps_per_batch}: the file was altered; resume from "
-                                  "another checkpoint.")
+        left = checkpoint.get(resume.GROUP_LEFT, 0)
+        # (A model rebuilt for evaluation does not read the count; whether the epoch's order
+        # has that many before the resumed point, the training sampler checks.)
+        if type(left) is not int or left < 0:
+            raise CheckpointError(f"The checkpoint's {resume.GROUP_LEFT} is {left!r}, not a "
+                                  "whole number of minibatches >= 0: the file was altered; "
+                                  "resume from another checkpoint.")
         self.group_left = left
         saved = checkpoint.get("train_seconds")
         if saved is None:  # unrecorded, or a checkpoint taken before any step
@@ -405,6 +412,7 @@ class VAE(Inference, L.LightningModule):
                                   "seconds >= 0, which vae-train does not write (the file was "
                                   "altered). Resume from another checkpoint.")
         optimization.apply_settings(self, checkpoint)
+        resume.close_finished_epoch(checkpoint)
         if resume.reopen_stopped_epoch(checkpoint):  # no on_train_epoch_start for its rest
             self._unlogged.add("train")
             sums = checkpoint.get(TRAIN_SUMS)

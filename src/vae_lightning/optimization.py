@@ -151,17 +151,14 @@ def accumulation(model: L.LightningModule, index: int, last: bool) -> tuple[bool
     return index % every == 0, (index + 1) % every == 0 or last
 
 
-def step_schedules_at_epoch_end(model: L.LightningModule, batch_idx: int) -> None:
+def step_epoch_schedules(model: L.LightningModule, epoch: int) -> None:
     """Under manual optimization (``steps_per_batch`` > 1, a CUDA graph, an objective's own
-    updates) Lightning steps no learning-rate scheduler: step the epoch-interval ones here, on
-    the epoch's last batch, where Lightning steps them under automatic optimization (after the
-    batch's training step, before its batch-end hooks and the epoch's validation and
+    updates) Lightning steps no learning-rate scheduler: step the epoch-interval ones here at
+    the end of ``epoch``'s last batch, where Lightning steps them under automatic optimization
+    (after the batch's training step, before its batch-end hooks and the epoch's validation and
     checkpoints), so that both train with the same learning rates and save the same state."""
-    trainer = model.trainer
-    if not is_last_batch(model, batch_idx):
-        return
-    for config in trainer.lr_scheduler_configs:
-        if config.interval == "epoch" and (trainer.current_epoch + 1) % config.frequency == 0:
+    for config in model.trainer.lr_scheduler_configs:
+        if config.interval == "epoch" and (epoch + 1) % config.frequency == 0:
             model.lr_scheduler_step(config.scheduler, None)
 
 

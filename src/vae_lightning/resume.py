@@ -218,6 +218,9 @@ def _check_random_states(state: Any, path: str | Path) -> None:
 CUDA_STATE_BYTES = 16
 
 COUNTERS = ("ready", "started", "processed", "completed")
+# The checkpoint's key of the minibatches of its last training batch left untrained
+# (``VAE.group_left``).
+GROUP_LEFT = "steps_per_batch_left"
 
 
 def _check_loops(checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -328,9 +331,7 @@ def cut_short(batches_done: int, last_batch: bool) -> bool:
 
 def whole_epochs(completed: int, batches_done: int, last_batch: bool) -> int:
     """After ``trainer.fit``: the whole epochs trained, of Lightning's ``completed`` count, which
-    by then counts the epoch training stopped in, cut short (``cut_short``) or not. (Not its
-    ``processed`` count: a run resumed from a checkpoint taken at an epoch's last batch counts
-    that epoch as processed twice.)"""
+    by then counts the epoch training stopped in, cut short (``cut_short``) or not."""
     return completed - cut_short(batches_done, last_batch)
 
 
@@ -368,6 +369,31 @@ def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> bool:
         for scope in ("current", "total"):
             epochs[scope]["processed"] -= 1
     return cut
+
+
+def close_finished_epoch(checkpoint: dict[str, Any]) -> None:
+    """Mark the epoch of a checkpoint taken at its end (its last batch trained, processed but
+    not yet completed) as completed, and the next epoch's batches as not begun. Lightning
+    takes that state, where the run is iteration-based (``trainer.max_steps``), for an epoch
+    to restart at its end: it then trains the next epoch without counting it as begun (no
+    ``on_train_epoch_start``; the epoch counted processed twice), so the checkpoints written
+    after it hold counters no run writes, and the run resumed from one of them was refused."""
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+    if not isinstance(epochs, dict) or not isinstance(batches, dict):
+        return
+    try:
+        current = epochs["current"]
+        ended = (batches["is_last_batch"] is True and batches["current"]["completed"] > 0
+                 and current["ready"] == current["started"] == current["processed"]
+                 == current["completed"] + 1)
+    except (KeyError, TypeError):
+        return
+    if ended:
+        for scope in ("current", "total"):
+            epochs[scope]["completed"] += 1
+        batches["current"] = dict.fromkeys(batches["current"], 0)
+        batches["is_last_batch"] = False
 
 
 def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path,
@@ -426,14 +452,22 @@ def check_epoch_continues(config: dict[str, Any], checkpoint: dict[str, Any],
         done, last = batches["current"]["completed"], batches["is_last_batch"]
     except (KeyError, TypeError):
         return  # no loop state to go on from mid-epoch (check_states judges the file)
-    if type(done) is not int or not cut_short(done, bool(last)):
+    if type(done) is not int:
         return
     epoch = checkpoint.get("epoch")
-    stop = (f" and trainer.max_epochs={epoch + 1} to stop at its end"
-            if type(epoch) is int and epoch >= 0 else "")
+    if cut_short(done, bool(last)):
+        where = f"part-way through an epoch ({done} batches of data.batch_size={before!r} trained)"
+        stop = (f" and trainer.max_epochs={epoch + 1} to stop at its end"
+                if type(epoch) is int and epoch >= 0 else "")
+    elif type(left := checkpoint.get(GROUP_LEFT)) is int and left > 0:
+        # A stop inside the epoch's last batch of minibatches (data.steps_per_batch).
+        where = (f"part-way through its epoch's last batch of minibatches of data.batch_size="
+                 f"{before!r} ({left} left untrained)")
+        stop = " and a trainer.max_steps that trains them"
+    else:
+        return
     raise CheckpointError(
-        f"Checkpoint {path} was taken part-way through an epoch ({done} batches of "
-        f"data.batch_size={before!r} trained), and this run goes on with data.batch_size="
+        f"Checkpoint {path} was taken {where}, and this run goes on with data.batch_size="
         f"{now!r}: the rest of the epoch is found by counting batches, so batches of another "
         "size would train some of its points twice or leave some out. Finish the epoch with "
         f"data.batch_size={before!r}{stop}, then resume from its end with the new size.")

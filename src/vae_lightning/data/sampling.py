@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, SequentialSampler
 
+from vae_lightning.errors import CheckpointError
+
 
 def derive_seed(*keys: int) -> int:
     """Mix non-negative integers (e.g. seed, epoch) into one 63-bit seed for torch generators."""
@@ -80,7 +82,9 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
     model's count of the last batch's minibatches that a stop part-way through a batch of
     ``group`` left untrained, read with ``done``) puts those minibatches before the next batch's,
     in the first batch served: the run goes on with the minibatches an uninterrupted run takes,
-    in its order (Lightning had counted the cut batch as trained, and they were skipped).
+    in its order (Lightning had counted the cut batch as trained, and they were skipped). Those
+    past the epoch's batches already trained are the previous epoch's last ones: a stop inside
+    an epoch's last batch, where Lightning went on with the next epoch.
     """
 
     def __init__(
@@ -108,10 +112,11 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def shard(self) -> torch.Tensor:
-        """Return this rank's indices for the current epoch, in serving order."""
+    def shard(self, epoch: int | None = None) -> torch.Tensor:
+        """Return this rank's indices for the current epoch (or ``epoch``), in serving order."""
         if self.shuffle:
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+            epoch = self.epoch if epoch is None else epoch
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
             perm = torch.randperm(self.n, generator=gen)
             stop = (self.n // self.world_size) * self.world_size
             return perm[self.rank : stop : self.world_size]
@@ -124,16 +129,34 @@ class ShardedBatchSampler(Sampler[torch.Tensor]):
             self.epoch = self.current_epoch()
         skip = self.done() if self.done is not None else 0
         skip = skip if 0 < skip < len(self) else 0  # none, or a whole epoch: from its start
-        left = self.left() if self.left is not None and skip else 0
         # Moved to the data's device once per epoch: no host-to-device copy per batch.
         batches = self.shard().to(self.device).split(self.batch_size)
         if self.group == 1:
             yield from batches[skip:]
-        else:
-            first = skip * self.group
-            for start in range(first, len(batches), self.group):
-                yield list(batches[start - left if start == first else start:
-                                   start + self.group])
+            return
+        first = skip * self.group
+        carried = self._carried(batches, first)
+        for start in range(first, len(batches), self.group):
+            yield [*(carried if start == first else ()), *batches[start:start + self.group]]
+
+    def _carried(self, batches: tuple[torch.Tensor, ...], first: int) -> list[torch.Tensor]:
+        """The minibatches a stop left untrained (``left``), served before minibatch ``first``
+        of this epoch's ``batches``: this epoch's last ones before it, and where they are more,
+        the previous epoch's last ones before those."""
+        left = self.left() if self.left is not None else 0
+        if not left:
+            return []
+        spill = left - first
+        earlier = (self.shard(self.epoch - 1).to(self.device).split(self.batch_size)
+                   if spill > 0 and self.epoch > 0 else ())
+        carried = [*earlier[max(len(earlier) - spill, 0):], *batches[max(first - left, 0):first]]
+        if len(carried) != left:
+            raise CheckpointError(
+                f"The checkpoint says {left} minibatches of the batch its run stopped in were "
+                f"left untrained (steps_per_batch_left), more than the {len(carried)} before "
+                "this point of the epoch's order and the previous epoch's: the file was "
+                "altered; resume from another checkpoint.")
+        return carried
 
     def __len__(self) -> int:
         if self.shuffle:

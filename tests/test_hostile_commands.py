@@ -239,6 +239,7 @@ def test_sigterm_before_a_run_trains_ends_with_the_line_and_leaves_nothing(tmp_p
     line = one_error_line(subprocess.CompletedProcess([], 143, out, err))
     assert line.startswith("error: Stopped by SIGTERM before the run trained; nothing was "
                            "trained. Run it again: vae-train "), line
+    assert f"hydra.run.dir={run_dir}" in line  # in its own directory, as reliability.md says
     assert not (tmp_path / "outputs").exists()
 
 

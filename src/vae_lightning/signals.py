@@ -42,9 +42,11 @@ def stopped(signum: int, run_dir: str | None, overrides: list[str] | None = None
     from vae_lightning import rundir, sweeps
     from vae_lightning.console import command, override
 
-    words = ["vae-train", *(o for o in (sweeps.overrides() if overrides is None else overrides)
-                            if not o.startswith("ckpt_path="))]
-    again = command(*words)
+    words = ["vae-train", *(o for o in (sweeps.command_overrides() if overrides is None
+                                        else overrides)
+                            if not o.startswith(("ckpt_path=", "hydra.run.dir=")))]
+    # Again in the run's own directory, which it claimed (a new one otherwise).
+    again = command(*words, *([override("hydra.run.dir", run_dir)] if run_dir else []))
     last = rundir.last_checkpoint(run_dir) if run_dir else None
     resumable = sweeps.resumable_jobs() if run_dir is None else []
     if last is not None and last.is_file():

@@ -58,6 +58,21 @@ def overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def _composing(hydra_overrides: Any) -> list[str]:
+    """Of Hydra's own overrides, those a command needs to compose the same config again: the
+    config search path (``hydra.searchpath``, groups of one's own)."""
+    return [str(item) for item in hydra_overrides
+            if str(item).lstrip("+~").startswith("hydra.searchpath=")]
+
+
+def command_overrides() -> list[str]:
+    """This job's overrides as a command that composes its config again (to resume it, or run
+    it again): ``overrides()`` and the search path given, which Hydra records apart."""
+    if not HydraConfig.initialized():
+        return []
+    return [*_composing(HydraConfig.get().overrides.hydra), *overrides()]
+
+
 def record_failure(directory: str | Path, status: str, message: str, exit_code: int,
                    replace_failures: bool = False, **extra: Any) -> Path | None:
     """Write a failed run's ``results.json``: its status, message, exit code and the curve it
@@ -256,7 +271,12 @@ def interrupted(message: str, exit_code: int) -> None:
         if job.absolute() in noted:
             continue
         overrides = _job_overrides(job)
-        record_failure(job, "interrupted", str(stopped(exit_code - 128, str(job), overrides))
+        record = job / rundir.HYDRA / "hydra.yaml"
+        searchpath = (_composing(OmegaConf.select(OmegaConf.load(record), "hydra.overrides.hydra",
+                                                  default=[]))
+                      if record.is_file() else [])
+        record_failure(job, "interrupted",
+                       str(stopped(exit_code - 128, str(job), [*searchpath, *overrides]))
                        if job in resumable else message, exit_code, overrides=overrides)
     print(summary(_sweep[-1])[0], flush=True)
     _forget_notes(_sweep[-1].directory)

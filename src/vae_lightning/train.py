@@ -44,8 +44,8 @@ from vae_lightning.resume import (
     logger_runs,
     whole_epochs,
 )
+from vae_lightning.sweeps import command_overrides, record_failure, threads_per_job
 from vae_lightning.sweeps import overrides as _task_overrides
-from vae_lightning.sweeps import record_failure, threads_per_job
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def _signals_end_the_run(cfg: DictConfig, trainer: L.Trainer):
 def _interrupted(cfg: DictConfig, trainer: L.Trainer, signum: int) -> Interrupted:
     """What to tell after a signal stopped the run, and how to resume."""
     last = rundir.last_checkpoint(cfg.output_dir)
-    overrides = [item for item in _task_overrides() if not item.startswith("ckpt_path=")]
+    overrides = [item for item in command_overrides() if not item.startswith("ckpt_path=")]
     recorded = "results.json records the status 'interrupted' (no test results)"
     if not last.is_file():  # nothing to resume: the run starts afresh there (rundir.is_run)
         again = [item for item in overrides if not item.startswith("hydra.run.dir=")]

@@ -197,3 +197,40 @@ def test_parts_of_one_s_own_that_lack_what_the_model_calls_are_refused_when_comp
                                          r"location, bind, informative, features: .* subclasses "
                                          r"vae_lightning.posteriors.Family"):
         Encoder(posterior=NotAFamily(), latent=2, data_shape=[1, 4, 4], net=net)
+
+
+def test_a_flow_family_of_one_s_own_without_a_location_is_refused_when_composed():
+    """A posterior family whose q is a TransformedDistribution (no mean in closed form) and
+    that keeps Family.location (q's mean) trained to its end, then failed with a traceback
+    drawing latents.png (no results.json); one that defines location(q) only ended vae-encode in
+    a traceback (Family.stddev asked q.stddev). Refused when composed; stddev is None."""
+    import functools
+
+    from torch.distributions import AffineTransform, Independent, Normal, TransformedDistribution
+
+    from vae_lightning.nets import MLP
+    from vae_lightning.posteriors import Encoder, Family
+
+    class Shifted(Family):
+        features = frozenset({"rsample", "density", "factorized", "finite_variance"})
+
+        def n_params(self, latent):
+            return latent
+
+        def __call__(self, params):
+            base = Independent(Normal(torch.zeros_like(params), torch.ones_like(params)), 1)
+            return TransformedDistribution(base, [AffineTransform(params, 2.0, event_dim=1)])
+
+    class Located(Shifted):
+        def location(self, q):
+            return q.transforms[0](q.base_dist.mean)
+
+    net = functools.partial(MLP, hidden=[8])
+    with pytest.raises(ValueError, match=r"model.encoder.posterior: .*Shifted's q\(z\|x\) "
+                                         r"\(TransformedDistribution\) has no mean .* define "
+                                         r"location\(q\)"):
+        Encoder(posterior=Shifted(), latent=2, data_shape=[1, 4, 4], net=net)
+    encoder = Encoder(posterior=Located(), latent=2, data_shape=[1, 4, 4], net=net)
+    q = encoder(torch.rand(3, 1, 4, 4))
+    assert encoder.posterior.stddev(q) is None
+    torch.testing.assert_close(encoder.location(q), q.transforms[0].loc)  # the base's mean, 0

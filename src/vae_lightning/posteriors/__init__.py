@@ -58,7 +58,10 @@ class Family:
 
     def stddev(self, q: Distribution) -> Tensor | None:
         """q's standard deviation per dimension, or None where it has no closed form."""
-        return q.stddev
+        try:
+            return q.stddev
+        except NotImplementedError:  # torch's answer for a flow (TransformedDistribution)
+            return None
 
     def informative(self) -> Family:
         """The family of the part of z through which z depends on x, from the same parameters:
@@ -149,6 +152,22 @@ def refuse_incomplete(family: object) -> None:
             f"{', '.join(dict.fromkeys(missing))}: a posterior family subclasses "
             "vae_lightning.posteriors.Family (which gives bind, informative, location and "
             "features) and defines n_params(latent) and __call__(params), q(z|x) over z")
+    if getattr(type(family), "location", None) is not Family.location:
+        return
+    # Its location is q's mean: where q has none in closed form (a flow's TransformedDistribution)
+    # the first to ask (the figures, vae-encode) failed after training, with a traceback.
+    try:
+        q = family(torch.zeros(1, family.n_params(1)))
+    except Exception:  # noqa: BLE001 - a q it cannot build alone (bound to a prior): untested
+        return
+    try:
+        _ = q.mean
+    except NotImplementedError:
+        raise ValueError(
+            f"model.encoder.posterior: {type(family).__qualname__}'s q(z|x) "
+            f"({type(q).__name__}) has no mean in closed form, which Family.location returns: "
+            "define location(q), the point that stands for q (e.g. its flow applied to the base "
+            "distribution's mean)") from None
 
 
 class Encoder(nn.Module):

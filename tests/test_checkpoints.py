@@ -153,7 +153,9 @@ def test_your_own_classes_load_when_you_trust_them(tmp_path, small_checkpoint):
         load_model(tmp_path / "mine.ckpt", VAE)
     listed = "[models.NamedNet,models.NamedPrior]"
     # Each entry point's own key (vae-sample's and vae-encode's is top-level, not eval.*).
-    for way in (f"VAE.load_from_checkpoint(path, trusted={listed})",
+    # Python's list quotes the names (a copy of it ran into a NameError; newcomer seven).
+    for way in ("VAE.load_from_checkpoint(path, trusted=['models.NamedNet', "
+                "'models.NamedPrior'])",
                 f"eval.trusted={listed} with vae-eval",
                 f"trusted={listed} with vae-sample and vae-encode",
                 "model.encoder.net._target_='models.NamedNet'",

@@ -119,11 +119,12 @@ def _refuse_untrusted(node: Any, key: str, path: str | Path, trusted: Sequence[s
         refused.insert(0, f"{key} without a _target_")
     if refused:
         listed = f"[{','.join(sorted(names))}]" if names else "[...]"
+        strings = f"{sorted(names)}" if names else "[...]"  # Python's: the names quoted
         raise CheckpointError(
             f"Checkpoint {path} asks to build {', '.join(refused)}, which vae-lightning does not "
             "build: a checkpoint is untrusted input, so nothing in it chooses what code runs. If "
             "the checkpoint is yours and names your own classes, pass their dotted names as "
-            f"trusted: VAE.load_from_checkpoint(path, trusted={listed}) in Python, "
+            f"trusted: VAE.load_from_checkpoint(path, trusted={strings}) in Python, "
             f"eval.trusted={listed} with vae-eval, trusted={listed} with vae-sample and "
             "vae-encode (their modules importable: on PYTHONPATH, as when it was trained).")
 

@@ -71,6 +71,12 @@ def check_dtype(header: Header, where: str, kind: Kind) -> None:
         raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected float "
                         "standard deviations, one per value of the feature vectors.")
     if kind == "images" and header.dtype != np.uint8 and header.dtype.kind != "f":
+        if len(header.shape) == 2:  # [N, D]: feature vectors (counts, say), not pixels
+            raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected float "
+                            "feature vectors [N, D] (any finite values, for "
+                            "model/likelihood=gaussian) or uint8 values 0..255; there is no "
+                            "likelihood for counts: transform them first, e.g. "
+                            "numpy.log1p(x).astype(numpy.float32).")
         raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected uint8 "
                         "(0..255) or float (in [0, 1]) images; convert it, e.g. "
                         "x.astype(numpy.float32) / 255.")

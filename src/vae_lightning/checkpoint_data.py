@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vae_lightning import rundir
-from vae_lightning.args import locations
+from vae_lightning.args import ArgumentError, PositiveInt, locations, problems
 from vae_lightning.checkpoints import DATA_KEY, data_differences
 from vae_lightning.config import dotted
 from vae_lightning.data.datamodules import default_root
@@ -53,9 +53,10 @@ def checked_data(config: dict[str, Any], checkpoint: dict[str, Any], ckpt_path: 
     return datamodule, source, matches
 
 
-def load_datamodule(ckpt_path: str | Path, split: str = "test", *, data_root: str | None = None,
-                    data_path: str | None = None, trusted: Sequence[str] = (),
-                    allow_other_data: bool = False, batch_size: int = 100) -> Any:
+def load_datamodule(ckpt_path: str | Path, split: str = "test", *,
+                    data_root: str | os.PathLike | None = None,
+                    data_path: str | os.PathLike | None = None, trusted: Sequence[str] = (),
+                    allow_other_data: bool = False, batch_size: PositiveInt = 100) -> Any:
     """The data module a checkpoint's model was trained on, built with the run's own data
     options (binarization, scale, validation split, labels) and set up to read ``split``: real
     images as the model takes them, in Python, without repeating those options by hand
@@ -68,11 +69,30 @@ def load_datamodule(ckpt_path: str | Path, split: str = "test", *, data_root: st
 
     if split not in STAGES:
         raise ConfigError(f"split={split!r} is not allowed: expected one of {', '.join(STAGES)}.")
+    # This call's own arguments, named as given (a batch_size of 0 was the checkpoint's fault:
+    # "its data config cannot be built: eval_batch_size=0").
+    found = problems(load_datamodule, {"data_root": data_root, "data_path": data_path,
+                                       "allow_other_data": allow_other_data,
+                                       "batch_size": batch_size})
+    if found:
+        raise ConfigError(str(ArgumentError("vae_lightning.load_datamodule", found)))
     checkpoint = read_checkpoint(ckpt_path)
     config = run_config(checkpoint, ckpt_path)
     return checked_data(config, checkpoint, str(ckpt_path), split, "", trusted=trusted,
                         data_root=data_root, data_path=data_path,
                         allow_other_data=allow_other_data, batch_size=batch_size)[0]
+
+
+def read_from(source: Any) -> Any:
+    """Where the data of a ``find_data`` source were read from (its ``data.root`` /
+    ``data.path``, normalised), without how that place was found (command line, run record,
+    default): the same folder named with eval.data_root, or found through the run's record, is
+    the same data (a stopped evaluation run again with eval.data_root started over, its batches
+    set aside; eval.bounds=false refused the eval.json of the same data)."""
+    if not isinstance(source, dict):
+        return source
+    return {key: None if value is None else os.path.normpath(str(value))
+            for key, value in source.items() if key.startswith("data.")}
 
 
 def find_data(config: dict[str, Any], ckpt_path: str, key: str, *, trusted: Sequence[str] = (),

@@ -282,9 +282,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _se(value: float | None) -> str:
-    """A standard error as printed: null (one point) as -."""
-    return "-" if value is None or value != value else f"{value:.3f}"
+def _figure(value: float | None, spec: str = ".3f") -> str:
+    """A number of eval.json as printed: null (NaN, which eval.json writes as null: one point's
+    standard error, a bound that is not finite) as -."""
+    return "-" if value is None or value != value else format(value, spec)
 
 
 def _recorded(run_dir: str | None, metric: str | None) -> float | None:
@@ -344,20 +345,20 @@ def _evaluate(cfg: DictConfig) -> float:
             est = results.get(name)
             if est is None:  # AIS only on request (eval.ais_steps)
                 continue
-            bits = (f", {est['bits_per_dim']:.4f} +- {est['bits_per_dim_se']:.4f} bits/dim"
-                    if est.get("bits_per_dim") is not None else "")  # discrete data only
+            bits = (f", {est['bits_per_dim']:.4f} +- {_figure(est['bits_per_dim_se'], '.4f')} "
+                    "bits/dim" if est.get("bits_per_dim") is not None else "")  # discrete data
             how = (f" ({_count(est['steps'], 'step')}, {_count(est['chains'], 'chain')} from the "
                    f"{est['start']}; "
-                   f"{est['minus_iw']['nats']:+.3f} +- {_se(est['minus_iw']['nats_se'])} nats "
-                   f"against iw, point by point; fewest effective chains of a point "
+                   f"{est['minus_iw']['nats']:+.3f} +- {_figure(est['minus_iw']['nats_se'])} "
+                   "nats against iw, point by point; fewest effective chains of a point "
                    f"{est['ess_min']:.2f})" if name == "ais" else "")
-            print(f"{results['split']} {name:>4}: {est['nats']:.3f} +- {est['nats_se']:.3f} "
-                  f"nats{bits}{how}")
+            print(f"{results['split']} {name:>4}: {_figure(est['nats'])} +- "
+                  f"{_figure(est['nats_se'])} nats{bits}{how}")
         if quality := results.get("sample_quality"):  # eval.sample_quality: the scores again
             kid = quality.get("kid") or {}
             scores = [f"{name} {quality[name]:.4g}" for name in ("fid", "precision", "recall")
                       if quality.get(name) is not None]
-            scores += ([f"kid {kid['mean']:.4g} +- {kid['std']:.2g}"]
+            scores += ([f"kid {kid['mean']:.4g} +- {_figure(kid['std'], '.2g')}"]
                        if kid.get("mean") is not None else [])
             print(f"{results['split']} sample quality ({quality['generated']} samples against "
                   f"{quality['real']} images, {quality['features']} features): "
@@ -370,14 +371,14 @@ def _evaluate(cfg: DictConfig) -> float:
             bits = (f", {est['bits_per_dim']:.4f} bits/dim" if est["bits_per_dim"] is not None
                     else "")
             print(f"{results['split']} elbo with the fitted {results['fitted_prior']['sampler']}"
-                  f" prior: {est['nats']:.3f} +- {est['nats_se']:.3f} nats{bits}")
+                  f" prior: {_figure(est['nats'])} +- {_figure(est['nats_se'])} nats{bits}")
         if "kl" in results:  # posterior collapse: the mean KL and I_q(x; z) (null: not defined)
             se = (f" +- {results['mi_se']:.3f}" if results.get("mi_se") is not None else "")
-            mi = f", I(x; z) {results['mi']:.3f}{se}" if results["mi"] is not None else ""
+            mi = f", I(x; z) {results['mi']:.3f}{se}" if results.get("mi") is not None else ""
             # A conditional VAE's q and p are given y (p(z|y) is p(z) where the prior is not).
             kl = ("KL(q(z|x,y) || p(z|y))" if results["bound_of"].startswith("log p(x|y)")
                   else "KL(q(z|x) || p(z))")
-            print(f"{results['split']} {kl} {results['kl']:.3f}{mi} nats")
+            print(f"{results['split']} {kl} {_figure(results['kl'])}{mi} nats")
         for i, layer in enumerate(results.get("layers", []), start=1):  # stochastic layers
             kl = f", KL {layer['kl']:.2f} nats" if layer["kl"] is not None else ""
             print(f"  z_{i}: {_active(layer['active_units'], layer['size'])} units "

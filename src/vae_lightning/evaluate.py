@@ -41,7 +41,7 @@ from vae_lightning.args import (
     PositiveInt,
     checked,
 )
-from vae_lightning.checkpoint_data import STAGES, checked_data, find_data
+from vae_lightning.checkpoint_data import STAGES, checked_data, find_data, read_from
 from vae_lightning.errors import ConfigError
 from vae_lightning.files import writable_directory
 from vae_lightning.likelihoods import code_length
@@ -49,6 +49,9 @@ from vae_lightning.log_likelihood import Estimate, evaluate, units
 from vae_lightning.module import VAE
 from vae_lightning.objectives import auto_chunk
 from vae_lightning.rebuild import device_of, load_model
+from vae_lightning.reports import json_files
+from vae_lightning.reports.json_files import finite, optional, text, whole
+from vae_lightning.reports.summarize import READ_EVAL
 
 log = logging.getLogger(__name__)
 Metric = Literal["beta_vae", "factor_vae", "mig", "sap", "dci", "modularity"]
@@ -74,10 +77,74 @@ EXTRAS = {"disentanglement": ("seeds", "options"),
           "fitted_prior": ("sampler",)}
 
 
+def _layers(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(layer, dict) and whole(layer.get("size"), 1)
+        and optional(whole)(layer.get("active_units")) and optional(finite)(layer.get("kl"))
+        for layer in value)
+
+
+# What ``eval.bounds=false`` reads of the evaluation it adds to (its bounds, and what else it
+# holds, printed again in the closing summary), beyond what vae-summarize reads (READ_EVAL):
+# an eval.json is a file anyone may have edited, or an earlier vae-eval written without a key
+# (bound_of): refused in one line before the scores are computed, not a traceback after.
+_ESTIMATE = {"nats": (optional(finite), "a finite number or null"),
+             "nats_se": (optional(finite), "a finite number or null"),
+             "bits_per_dim": (optional(finite), "a finite number or null"),
+             "bits_per_dim_se": (optional(finite), "a finite number or null")}
+EARLIER = {
+    **READ_EVAL,
+    "bound_of": (text, "what the estimates bound, a string (log p(x), ...)"),
+    "n": (partial(whole, least=1), "an integer >= 1"),
+    "latent": (partial(whole, least=1), "an integer >= 1"),
+    "active_units": (optional(whole), "an integer >= 0 or null"),
+    "elbo": (lambda value: isinstance(value, dict), "an object with the estimate"),
+    **{f"{bound}.{key}": check for bound in ("iw", "elbo") for key, check in _ESTIMATE.items()},
+    "fitted_prior": (lambda value: isinstance(value, dict), "an object (sampler, elbo)"),
+    "fitted_prior.sampler": (text, "the fitted prior's name, a string"),
+    "fitted_prior.elbo": (lambda value: isinstance(value, dict), "an object with the bound"),
+    **{f"fitted_prior.elbo.{key}": check for key, check in _ESTIMATE.items()},
+    "kl": (optional(finite), "a finite number or null"),
+    "mi": (optional(finite), "a finite number or null"),
+    "mi_se": (optional(finite), "a finite number or null"),
+    "layers": (_layers, "a list of objects with size, active_units and kl"),
+    "classification_error": (finite, "a finite number (M2's q(y|x))"),
+    **{f"ais.{key}": check for key, check in _ESTIMATE.items()},
+    "ais.steps": (partial(whole, least=1), "an integer >= 1"),
+    "ais.chains": (partial(whole, least=1), "an integer >= 1"),
+    "ais.start": (text, "a string (prior, posterior)"),
+    "ais.ess_min": (finite, "a finite number"),
+    "ais.minus_iw": (lambda value: isinstance(value, dict), "an object (nats, nats_se)"),
+    "ais.minus_iw.nats": (finite, "a finite number"),
+    "ais.minus_iw.nats_se": (optional(finite), "a finite number or null"),
+    "sample_quality.generated": (whole, "an integer >= 0"),
+    "sample_quality.real": (whole, "an integer >= 0"),
+    "sample_quality.features": (text, "a string (classifier, inception)"),
+    "sample_quality.kid.std": (optional(finite), "a finite number or null"),
+}
+# Those it needs, where their parent is there (the bounds always; AIS's, the sample quality's
+# and the fitted prior's where the evaluation has them).
+EARLIER_REQUIRED = (
+    "split", "k", "n", "latent", "active_units", "bound_of", "iw", "elbo",
+    *(f"{bound}.{key}" for bound in ("iw", "elbo", "ais", "fitted_prior.elbo")
+      for key in _ESTIMATE),
+    "fitted_prior.sampler", "fitted_prior.elbo",
+    *(f"ais.{key}" for key in ("steps", "chains", "start", "ess_min", "minus_iw")),
+    "ais.minus_iw.nats", "ais.minus_iw.nats_se",
+    *(f"sample_quality.{key}" for key in ("generated", "real", "features")),
+    "sample_quality.kid.mean", "sample_quality.kid.std")
+
+
 def _same(one: Any, other: dict[str, Any]) -> bool:
-    return (isinstance(one, dict) and all(one.get(key) == other.get(key) for key in SAME)
+    return (isinstance(one, dict) and all(_read(one, key) == _read(other, key) for key in SAME)
             and _ais_settings(one) == _ais_settings(other)
             and _extras(one) == _extras(other))
+
+
+def _read(results: dict[str, Any], key: str) -> Any:
+    """An eval.json's ``key`` as evaluations are compared: its data by where they were read
+    from, not by how that place was named (``checkpoint_data.read_from``)."""
+    return read_from(results.get(key)) if key == "data_source" else results.get(key)
 
 
 def _extras(results: dict[str, Any]) -> dict[str, Any]:
@@ -300,8 +367,10 @@ class Evaluation:
                     "data_source": source}
         discrete = code_length(model.decoder.likelihood, datamodule)
         if not self.bounds:  # the bounds of the evaluation already there, and what is asked
-            earlier = self._earlier(out, ckpt_path, checkpoint, source)
+            # Read under the lock: a vae-eval writing there now replaces that eval.json when it
+            # ends (read before, its bounds were those of the evaluation it replaced).
             held.enter_context(rundir.evaluating(out))
+            earlier = self._earlier(out, ckpt_path, checkpoint, source, points)
             return self._finish(out, earlier, model, batches, discrete, truth, judge,
                                 code_prior, seed)
         held.enter_context(rundir.evaluating(out))  # checks passed: writing begins here
@@ -389,7 +458,7 @@ class Evaluation:
             with torch.no_grad():
                 elbo = torch.cat([prior_bound(model, code_prior, x).elbo.cpu()
                                   for x, _ in batches()])
-            fitted = asdict(Estimate.of(elbo, results["input_dim"]))
+            fitted = asdict(Estimate.of(elbo, math.prod(model.data_shape)))
             if not discrete:
                 fitted["bits_per_dim"] = fitted["bits_per_dim_se"] = None
             # q is one-hot: the ELBO with the fitted prior is log p(x|z_q) + log p(k(x)).
@@ -420,28 +489,31 @@ class Evaluation:
                               "evaluate; give one of them, or leave eval.bounds true.")
 
     def _earlier(self, out: Path, ckpt_path: str, checkpoint: dict[str, Any],
-                 source: dict[str, Any]) -> dict[str, Any]:
+                 source: dict[str, Any], points: int) -> dict[str, Any]:
         """The bounds ``bounds=False`` takes: the eval.json in ``out``, if it is of this
-        checkpoint (its path and samples seen), this split and these data; else ``ConfigError``
-        saying what differs."""
+        checkpoint (its path and samples seen), this split and these data, and, for the fitted
+        prior's bound (scored on this command's ``points``, beside the bounds), of as many
+        points; else ``ConfigError`` saying what differs. Its keys are checked (``EARLIER``)."""
         path = rundir.path(out, "eval")
         fix = "leave eval.bounds true to estimate them, or give the output_dir that holds them"
-        try:
-            earlier = json.loads(path.read_text()) if path.is_file() else None
-        except (OSError, ValueError):
-            earlier = None
-        if not isinstance(earlier, dict) or not all(
-                isinstance(earlier.get(key), dict) for key in ("iw", "elbo")):
+        if not path.is_file():
             raise ConfigError(f"eval.bounds=false: there is no evaluation with bounds in {path} "
                               f"to add to; {fix}.")
+        earlier = json_files.read_object(path, "the evaluation eval.bounds=false adds to", fix,
+                                         ConfigError, EARLIER, required=EARLIER_REQUIRED)
         now = {"checkpoint": str(Path(ckpt_path).resolve()),
                "train_samples_seen": checkpoint.get("samples_seen"), "split": self.split,
                "data_source": source}
+        if self.fitted_prior is not None:  # its bound is of this command's points
+            now["n"] = points
         differ = [f"{key} {earlier.get(key)!r} (this one: {value!r})"
-                  for key, value in now.items() if earlier.get(key) != value]
+                  for key, value in now.items() if _read(earlier, key) != _read(now, key)]
         if differ:
+            points_fix = (f" (eval.fitted_prior's bound is scored on the points of eval.limit="
+                          f"{self.limit}: give eval.limit={earlier['n']})"
+                          if "n" in now and earlier["n"] != points else "")
             raise ConfigError(f"eval.bounds=false: the evaluation in {path} is of another "
-                              f"{', '.join(differ)}; {fix}.")
+                              f"{', '.join(differ)}{points_fix}; {fix}.")
         earlier.pop("path", None)
         return earlier
 

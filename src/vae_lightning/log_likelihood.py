@@ -126,7 +126,7 @@ class Progress:
             state = torch.load(path, map_location="cpu", weights_only=True)
             done, parts, rng = state["done"], state["parts"], state["rng"]
             seconds = state.get("seconds", 0.0)
-            fits = (state["key"] == self.key and isinstance(done, int) and done > 0
+            fits = (_same_key(state["key"], self.key) and isinstance(done, int) and done > 0
                     and isinstance(seconds, float) and seconds >= 0
                     and set(parts) == set(self.PARTS)
                     and all(isinstance(parts[name], list) for name in self.PARTS)
@@ -188,6 +188,16 @@ class Progress:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _same_key(saved: Any, key: dict[str, Any]) -> bool:
+    """Whether a progress file's key is this evaluation's: the same settings, and data read from
+    the same place however that place was named (``checkpoint_data.read_from``)."""
+    from vae_lightning.checkpoint_data import read_from
+
+    return isinstance(saved, dict) and (
+        {**saved, "data_source": read_from(saved.get("data_source"))}
+        == {**key, "data_source": read_from(key.get("data_source"))})
 
 
 def entries_wrong(done: int, parts: dict[str, list], every: tuple[str, ...],

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vae_lightning.errors import CheckpointError, ConfigError, UnwritableError
-from vae_lightning.files import atomic_write, unwritable
+from vae_lightning.files import atomic_write, kind, unwritable
 
 RESULTS = "results.json"
 CURVE = "curve.json"
@@ -245,7 +245,16 @@ def evaluating(directory: str | Path) -> Iterator[None]:
     stopped long evaluation."""
     lock = Path(directory) / EVAL_LOCK
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = locked(lock, os.O_RDWR | os.O_CREAT)
+    try:  # O_NOFOLLOW: a link named eval.lock chooses no file to create, lock or remove
+        fd = locked(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW)
+    except OSError as err:  # a folder, a link or a device there: not a lock vae-eval made
+        found = "a symbolic link" if lock.is_symlink() else kind(lock)
+        if found is None:  # a regular file that cannot be opened for writing
+            raise UnwritableError(f"output_dir={directory}: its {EVAL_LOCK} cannot be opened "
+                                  f"({err.strerror}); give another output_dir.") from None
+        raise ConfigError(f"output_dir={directory}: its {EVAL_LOCK} (the lock file a vae-eval "
+                          f"holds while it writes there) is {found}, not a lock file; move it "
+                          "away, or give another output_dir.") from None
     if fd is None:
         raise ConfigError(f"output_dir={directory}: another vae-eval is evaluating into it now "
                           f"({lock} is held): its progress files and eval.json would be "

@@ -383,11 +383,12 @@ def _summary(found: dict[str, dict[str, Any]]) -> list[str]:
     for row, record in _best_first(found):
         bench = record["bench"]
         paper, pythae = bench.get("paper") or {}, bench.get("pythae") or {}
-        lines.append(f"| {bench.get('row') or row} (`{bench.get('config') or ''}`) | "
-                     f"{_iw(record).strip('*')} | "
-                     f"{_nats(record['elbo'].get('nats'))} | "
-                     f"{_nats(record.get('active_units'), 'd')} of {record['latent']} | "
-                     f"{_nats(paper.get('value'))} | {_nats(pythae.get('value'))} |")
+        cells = [f"{bench.get('row') or row} (`{bench.get('config') or ''}`)",
+                 _iw(record).strip("*"), _nats(record["elbo"].get("nats")),
+                 f"{_nats(record.get('active_units'), 'd')} of {record['latent']}",
+                 _nats(paper.get("value")), _nats(pythae.get("value"))]
+        # A record's words as cells, as on the page (a pipe in a row's name split the row).
+        lines.append("| " + " | ".join(map(_table_cell, cells)) + " |")
     return lines + ["", "One training run (one seed) a row: the ± is the standard error over the "
                     "10,000 test images, not the spread between training runs."]
 
@@ -558,6 +559,15 @@ def _writable(**directories: Path) -> None:
                                   f"choose another --{key}.") from None
 
 
+# What vae-bench's evaluation of a row sets itself, and why (refused in --eval-override).
+OWN_EVAL_KEYS = {
+    "output_dir": "the row's folder, where its record is read from",
+    "ckpt_path": "the row's last checkpoint",
+    "eval.bounds": "true: a record is of the bounds its row's evaluation estimates, not of an "
+                   "earlier eval.json's",
+}
+
+
 def _check_overrides(todo: list[str], overrides: list[str], eval_overrides: list[str],
                      k: int) -> None:
     """Compose the rows' training configs with ``--override`` (a misspelt key or option is
@@ -573,11 +583,12 @@ def _check_overrides(todo: list[str], overrides: list[str], eval_overrides: list
     for item in eval_overrides:
         # The evaluation's folder and checkpoint are the row's: given again, vae-eval evaluated
         # or wrote elsewhere, and the record was made from the row's eval.json all the same (an
-        # earlier evaluation's, or none: a traceback).
-        if (key := item.split("=", 1)[0].lstrip("+~")) in ("output_dir", "ckpt_path"):
-            raise ConfigError(f"--eval-override {item}: vae-bench sets {key} itself (the row's "
-                              "last checkpoint, evaluated into the row's folder, where its record "
-                              f"is read from); leave {key} out.")
+        # earlier evaluation's, or none: a traceback). Its bounds are estimated by the row's
+        # own evaluation: with eval.bounds=false, vae-eval took them from an earlier eval.json
+        # in the row's folder (or refused, after the row's hours of training).
+        if (key := item.split("=", 1)[0].lstrip("+~")) in OWN_EVAL_KEYS:
+            raise ConfigError(f"--eval-override {item}: vae-bench sets {key} itself "
+                              f"({OWN_EVAL_KEYS[key]}); leave {key} out.")
     option = "--override"
     try:
         with initialize_config_module("vae_lightning.conf", version_base="1.3"):

@@ -41,6 +41,7 @@ CONDITIONS = ("status", "tags", "data", "latent", "likelihood", "prior", "poster
               "seed", "epochs", "train_samples_seen")
 METRICS = ("train/elbo", "val/elbo", "test/elbo", "test/recon", "test/kl")
 MODEL = ("data", "likelihood", "prior", "posterior", "objective")  # a line each in the plot
+TRAIN_LOG = "train.log"  # a training job's log (conf/train.yaml's hydra.job.name: train)
 # vae-eval's estimates, from a job's eval.json: column -> (the eval.json key, dotted)
 EVALUATION = {"eval/checkpoint": "checkpoint", "eval/split": "split", "eval/k": "k",
               "eval/n": "n", "eval/iw": "iw.nats", "eval/iw_se": "iw.nats_se",
@@ -51,6 +52,14 @@ EVALUATION = {"eval/checkpoint": "checkpoint", "eval/split": "split", "eval/k": 
               "eval/fid": "sample_quality.fid", "eval/kid": "sample_quality.kid.mean",
               "eval/precision": "sample_quality.precision",
               "eval/recall": "sample_quality.recall"}
+# What the sample-quality scores were computed with (no column: a note names the jobs of each
+# where they differ, ``unlike_evaluations``): scores in another feature space (another
+# classifier, or Inception) or from other numbers of images are not comparable (FID's bias
+# falls as the number of samples grows).
+QUALITY_SETTINGS = {"features": "sample_quality.features",
+                    "network": ("sample_quality.classifier", "sample_quality.inception_weights"),
+                    "generated": "sample_quality.generated", "real": "sample_quality.real"}
+SCORES = ("eval/fid", "eval/kid", "eval/precision", "eval/recall")
 # The columns --sort orders best first: the highest first, but for these (distances).
 LOWER_IS_BETTER = ("eval/fid", "eval/kid")
 # The bounds the table by setting averages over seeds.
@@ -66,12 +75,14 @@ def _job_key(path: Path, root: Path) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
-def _results_files(root: Path) -> list[Path]:
+def _results_files(root: Path) -> tuple[list[Path], list[Path]]:
     """Every ``results.json`` under ``root``, through symbolic links to folders too (a folder
     of links to runs kept elsewhere: ``Path.glob('**')`` follows none, and such a folder was
     'no results.json', a sweep with a linked job a table without it), each real folder read
-    once (a link back up the tree is not followed round)."""
-    found, seen = [], set()
+    once (a link back up the tree is not followed round); and the training jobs' folders that
+    hold none (their log, ``TRAIN_LOG``, or checkpoints, but no results.json: a job still
+    running, or killed outright, by SIGKILL or the OOM killer, before writing it)."""
+    found, unrecorded, seen = [], [], set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
@@ -80,12 +91,14 @@ def _results_files(root: Path) -> list[Path]:
         seen.add(real)
         if rundir.RESULTS in names:
             found.append(Path(folder) / rundir.RESULTS)
-    return found
+        elif TRAIN_LOG in names or rundir.CHECKPOINTS in subfolders:
+            unrecorded.append(Path(folder))
+    return found, unrecorded
 
 
 def load_results(root: Path) -> list[dict[str, Any]]:
     """One row per ``results.json`` under ``root``, with its job (path relative to ``root``)."""
-    paths = sorted(_results_files(root), key=lambda p: _job_key(p, root))
+    paths = sorted(_results_files(root)[0], key=lambda p: _job_key(p, root))
     if not paths:
         raise SummaryError(f"no results.json under {str(root)!r}: point at a sweep directory "
                            "such as multirun/<date>/<time>.")
@@ -143,6 +156,11 @@ READ_EVAL = {
     "sample_quality.kid.mean": (optional(finite), "a finite number or null"),
     "sample_quality.precision": (optional(finite), "a finite number or null"),
     "sample_quality.recall": (optional(finite), "a finite number or null"),
+    "sample_quality.features": (optional(text), "a string (classifier, inception) or null"),
+    "sample_quality.classifier": (optional(text), "the classifier's path, a string, or null"),
+    "sample_quality.inception_weights": (optional(text), "a path, a string, or null"),
+    "sample_quality.generated": (optional(whole), "an integer >= 0 or null"),
+    "sample_quality.real": (optional(whole), "an integer >= 0 or null"),
 }
 
 
@@ -156,14 +174,25 @@ def read_evaluation(path: Path) -> dict[str, Any]:
                                    READ_EVAL, required=("split", "k", "n", "iw"))
     columns = {}
     for column, key in EVALUATION.items():
-        node: Any = found
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
+        node = _dotted(found, key)
         if column == "eval/bound_of" and node == "log p(x)":
             continue  # said only where it is not (a conditional model's log p(x|y))
         if node is not None:
             columns[column] = Path(node).name if column == "eval/checkpoint" else node
+    if isinstance(found.get("sample_quality"), dict):  # for the note on unlike scores
+        columns["quality_settings"] = tuple(
+            next((_dotted(found, k) for k in key if _dotted(found, k) is not None), None)
+            if isinstance(key, tuple) else _dotted(found, key)
+            for key in QUALITY_SETTINGS.values())
     return columns
+
+
+def _dotted(found: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a JSON object, None where it has none."""
+    node: Any = found
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _settings(row: dict[str, Any]) -> dict[str, str]:
@@ -242,6 +271,18 @@ def failures(rows: list[dict[str, Any]]) -> str:
              + f": {row.get('message', '')}"
              for row in rows if not _completed(row)]
     return ("\nFailed jobs:\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def unrecorded(root: Path) -> str:
+    """A note naming the training jobs under ``root`` without a results.json (``_results_files``),
+    which the table cannot show: a job killed outright was left out without a word."""
+    jobs = sorted(_results_files(root)[1], key=lambda p: _job_key(p / rundir.RESULTS, root))
+    if not jobs:
+        return ""
+    names = ", ".join(job.relative_to(root).as_posix() for job in jobs)
+    return (f"\nJobs without a results.json (still running, or killed before they wrote one: "
+            f"SIGKILL, the OOM killer, a machine's end; see each one's {TRAIN_LOG}), not in the "
+            f"table: {names}.\n")
 
 
 def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
@@ -367,7 +408,7 @@ def by_setting(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join([*(names or ["setting"]), *present]) + " |",
              "|" + " --- |" * (max(len(names), 1) + len(present))]
     for group in groups:
-        cells = list(group) if names else ["all jobs"]
+        cells = [_cell(value) for value in group] if names else ["all jobs"]
         for key in present:
             values = [r[key] for r in done if setting(r) == group and r.get(key) is not None]
             spread = f" ± {stdev(values):.2f}" if len(values) > 1 else ""
@@ -380,19 +421,39 @@ def by_setting(rows: list[dict[str, Any]]) -> str:
 def unlike_evaluations(rows: list[dict[str, Any]]) -> str:
     """A note naming the jobs whose vae-eval estimates were computed at another k, number of
     points or split than the others' (a newer vae-eval of some jobs, e.g. with FID at a small
-    k, replaces their eval.json): their eval/iw are not alike; empty where all are."""
+    k, replaces their eval.json): their eval/iw are not alike; and one naming the jobs whose
+    sample-quality scores were computed in another feature space or from other numbers of
+    images (``QUALITY_SETTINGS``); empty where all are alike."""
     found: dict[tuple, list[str]] = {}
     for row in rows:
         if row.get("eval/iw") is not None:
             found.setdefault((row.get("eval/k"), row.get("eval/n"), row.get("eval/split")),
                              []).append(row["job"])
-    if len(found) < 2:
-        return ""
-    kinds = "; ".join(f"k={k}, n={n}, {split}: jobs {', '.join(jobs)}"
-                      for (k, n, split), jobs in found.items())
-    return (f"\nNote: the jobs' eval/iw were computed alike only within each group ({kinds}); "
-            "estimates at another k or on other points are not comparable: evaluate them alike "
-            "(vae-eval with the same eval.k, eval.limit and eval.split).\n")
+    note = ""
+    if len(found) > 1:
+        kinds = "; ".join(f"k={k}, n={n}, {split}: jobs {', '.join(jobs)}"
+                          for (k, n, split), jobs in found.items())
+        note += (f"\nNote: the jobs' eval/iw were computed alike only within each group "
+                 f"({kinds}); estimates at another k or on other points are not comparable: "
+                 "evaluate them alike (vae-eval with the same eval.k, eval.limit and "
+                 "eval.split).\n")
+    scored: dict[tuple, list[str]] = {}
+    for row in rows:
+        if any(row.get(score) is not None for score in SCORES):
+            # A score is read from eval.json's sample_quality: its settings are read too.
+            scored.setdefault(row["quality_settings"], []).append(row["job"])
+    if len(scored) > 1:
+        kinds = "; ".join(
+            f"{features} features{f' ({Path(network).name})' if network else ''}, "
+            f"{generated} samples against {real} images: jobs {', '.join(jobs)}"
+            for (features, network, generated, real), jobs in scored.items())
+        note += (f"\nNote: the jobs' sample-quality scores ({', '.join(SCORES)}) were computed "
+                 f"alike only within each group ({kinds}); scores in another feature space or "
+                 "from other numbers of images are not comparable (FID's bias falls as the "
+                 "number of samples grows): evaluate them alike (vae-eval with the same "
+                 "eval.features, eval.classifier or eval.inception_weights, and eval.samples)."
+                 "\n")
+    return note
 
 
 def sort_rows(rows: list[dict[str, Any]], column: str, cols: list[str]) -> list[dict[str, Any]]:
@@ -424,7 +485,8 @@ def summarize(root: str | Path, sort: str | None = None) -> str:
     cols = columns(rows)
     if sort:
         rows = sort_rows(rows, sort, cols)
-    table = markdown(rows, cols) + failures(rows) + unlike_evaluations(rows) + by_setting(rows)
+    table = (markdown(rows, cols) + failures(rows) + unrecorded(root) + unlike_evaluations(rows)
+             + by_setting(rows))
     (root / "summary.md").write_text(f"# Sweep {root}\n\n" + table)
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")

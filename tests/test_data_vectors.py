@@ -207,6 +207,12 @@ def test_feature_vectors_get_no_pictures(tmp_path):
                          "trainer.enable_model_summary=false"], tmp_path / "run"))
     drawn = sorted(p.stem for p in (tmp_path / "run" / "figures").glob("*.png"))
     assert drawn == ["curves", "latents"]
+    # eval.json says what its numbers are for vectors: not "a density of pixel values in
+    # [0, 1]" (newcomer walkthrough seven).
+    results = Evaluation(k=2, device="cpu", data_path=str(tmp_path / "v.npy"))(
+        str(tmp_path / "run/checkpoints/last.ckpt"), 0, str(tmp_path / "eval"))
+    assert "density of the real-valued feature vectors" in results["units"]
+    assert "pixel" not in results["units"]
     # vae-sample: the array of samples, no grid of 1 x D strips
     out = compose.sample_config([f"ckpt_path={tmp_path / 'run/checkpoints/last.ckpt'}", "n=5",
                                  "device=cpu"])()

@@ -415,7 +415,7 @@ class Evaluation:
             "data": getattr(datamodule, "name", None),
             "data_source": source,
             "data_matches_checkpoint": matches,
-            "units": units(discrete),
+            "units": units(discrete, model.pixel_values()),
             "checkpoint": str(Path(ckpt_path).resolve()),
             "train_samples_seen": checkpoint.get("samples_seen"),
             "seed": seed,

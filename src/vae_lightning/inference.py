@@ -121,7 +121,7 @@ class Inference:
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"x holds {int((~torch.isfinite(x)).sum())} values that are not "
                              "finite (NaN or inf): the model takes finite numbers.")
-        if self._pixel_values() and x.numel() and (x.min() < 0 or x.max() > 1):
+        if self.pixel_values() and x.numel() and (x.min() < 0 or x.max() > 1):
             raise ValueError(
                 f"x holds values in [{x.min().item():.6g}, {x.max().item():.6g}]: the model "
                 f"takes pixels in [0, 1] (its likelihood, {type(self.decoder.likelihood).__name__}"
@@ -134,7 +134,7 @@ class Inference:
         images, which a conditional model's labels and the estimate are counted by."""
         return x.dim() == len(tuple(self.data_shape or ()))
 
-    def _pixel_values(self) -> bool:
+    def pixel_values(self) -> bool:
         """Whether the model's data are pixel values in [0, 1]: any likelihood but one of real
         numbers with an unbounded mean (a Gaussian with mean_activation=identity), the only kind
         that float feature vectors (data=array's ``real_values``) are trained with

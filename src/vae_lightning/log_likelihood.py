@@ -559,13 +559,16 @@ def bound_of(model: VAE, y: Tensor | None = None) -> str:
             "modelled): not log p(x)")
 
 
-def units(discrete: bool) -> str:
-    """What eval.json's numbers are, in words."""
+def units(discrete: bool, pixels: bool = True) -> str:
+    """What eval.json's numbers are, in words (``pixels``: the data are pixel values in [0, 1],
+    else real-valued feature vectors)."""
     if discrete:
         return ("nats per data point; bits/dim = -nats / (input_dim ln 2): the likelihood is a "
                 "probability of the discrete (binary or 8-bit) pixel values, so -log2 p(x) / "
                 "input_dim is a code length.")
-    return ("nats per data point: the likelihood is a density of pixel values in [0, 1], so "
-            "these are log densities (they can be positive); they shift by input_dim x log of "
-            "the pixel scale when the data are rescaled, so no bits/dim is given (it is not a "
+    data, scale = (("pixel values in [0, 1]", "the pixel scale") if pixels
+                   else ("the real-valued feature vectors", "their scale"))
+    return (f"nats per data point: the likelihood is a density of {data}, so these are log "
+            "densities (they can be positive); they shift by input_dim x log of "
+            f"{scale} when the data are rescaled, so no bits/dim is given (it is not a "
             "code length without a dequantization).")

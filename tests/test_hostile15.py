@@ -338,3 +338,24 @@ def test_vae_bench_refuses_an_eval_override_that_skips_the_row_s_bounds(extra, t
                           "itself (true: a record is of the bounds its row's evaluation "
                           "estimates"), err
     assert not (tmp_path / "runs").exists()
+
+
+def test_scores_added_one_kind_after_another_are_kept_together(
+        mnist_run, classifier, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """Left by round fifteen: eval.bounds=false with KID after FID replaced the sample-quality
+    scores, so eval.json lost the FID (kept aside only in the replaced file) and vae-summarize's
+    FID column emptied. Scores of the same samples and features are added together; other
+    settings (another number of samples) replace them."""
+    base = [*_with_classifier(mnist_run, classifier), f"output_dir={tmp_path}"]
+    assert run(cli.evaluate, base, monkeypatch, capsys, tmp_path).code == 0
+    for kind in ("fid", "kid"):
+        added = run(cli.evaluate, [*base, "eval.bounds=false", f"eval.sample_quality=[{kind}]"],
+                    monkeypatch, capsys, tmp_path)
+        assert added.code == 0, added.err[-2000:]
+    quality = json.loads((tmp_path / "eval.json").read_text())["sample_quality"]
+    assert quality["fid"] > 0 and quality["kid"]["mean"] is not None
+    other = run(cli.evaluate, [*base, "eval.bounds=false", "eval.sample_quality=[kid]",
+                               "eval.samples=100"], monkeypatch, capsys, tmp_path)
+    assert other.code == 0, other.err[-2000:]
+    quality = json.loads((tmp_path / "eval.json").read_text())["sample_quality"]
+    assert "fid" not in quality and quality["generated"] == 100

@@ -153,8 +153,8 @@ def _extras(results: dict[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for name, keys in EXTRAS.items():
         node = results.get(name)
-        found[name] = ({key: (node.get(key) if key not in ("fid", "kid", "precision", "recall")
-                              else key in node) for key in keys}
+        found[name] = ({key: (node.get(key) if key not in quality.SCORES else key in node)
+                        for key in keys}
                        if isinstance(node, dict) else None)
     return found
 
@@ -463,10 +463,16 @@ class Evaluation:
                 fitted["bits_per_dim"] = fitted["bits_per_dim_se"] = None
             # q is one-hot: the ELBO with the fitted prior is log p(x|z_q) + log p(k(x)).
             results["fitted_prior"] = {"sampler": self.fitted_prior, "elbo": fitted}
+        # Added to scores of the same kind already there (eval.bounds=false: KID after FID
+        # keeps FID), where they were computed the same way; else they replace them.
         if truth is not None:
-            results["disentanglement"] = self._disentanglement(model, truth, seed)
+            results["disentanglement"] = _added(
+                results.get("disentanglement"), self._disentanglement(model, truth, seed),
+                scores=("scores", "options"))
         if judge is not None:
-            results["sample_quality"] = self._judge_samples(model, *judge, seed)
+            results["sample_quality"] = _added(
+                results.get("sample_quality"), self._judge_samples(model, *judge, seed),
+                scores=(*quality.SCORES, "nearest_k"))
         out.mkdir(parents=True, exist_ok=True)
         path = rundir.path(out, "eval")
         _keep_what_is_replaced(path, results)
@@ -690,6 +696,21 @@ class Evaluation:
                 "split": self.split,
                 "samples_are": "E[x|z]" if self.sample_mean else "x ~ p(x|z)",
                 "seed": seed, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _added(earlier: Any, new: dict[str, Any], scores: Sequence[str]) -> dict[str, Any]:
+    """``new`` scores with those of ``earlier`` that it does not hold, where ``earlier`` was
+    computed with the same settings (every key but ``scores`` and the seconds taken); mappings
+    among ``scores`` (the metrics' scores and options) are merged a level down."""
+    if not isinstance(earlier, dict) or any(
+            earlier.get(key) != value for key, value in new.items()
+            if key not in scores and key != "seconds"):
+        return new
+    merged = {**earlier, **new}
+    for key in scores:
+        if isinstance(earlier.get(key), dict) and isinstance(new.get(key), dict):
+            merged[key] = {**earlier[key], **new[key]}
+    return merged
 
 
 def _plain(node: Any) -> Any:

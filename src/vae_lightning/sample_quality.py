@@ -291,6 +291,9 @@ def generate(model: Any, n: int, mean: bool, chunk: int = 1000) -> Tensor:
                       for i in range(0, n, chunk)])
 
 
+SCORES = ("fid", "kid", "precision", "recall")  # the scores an evaluation may hold
+
+
 def scores(kinds: Sequence[str], real: Tensor, fake: Tensor, kid_subsets: int = 100,
            kid_subset_size: int = 1000, nearest_k: int = 3, seed: int = 0) -> dict[str, Any]:
     """The sample-quality scores of ``kinds`` (fid, kid, precision_recall) from real and

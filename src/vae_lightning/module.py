@@ -412,7 +412,8 @@ class VAE(Inference, L.LightningModule):
                                   "seconds >= 0, which vae-train does not write (the file was "
                                   "altered). Resume from another checkpoint.")
         optimization.apply_settings(self, checkpoint)
-        resume.close_finished_epoch(checkpoint)
+        resume.close_finished_epoch(checkpoint, self._trainer is not None
+                                    and self.trainer.max_steps != -1)
         if resume.reopen_stopped_epoch(checkpoint):  # no on_train_epoch_start for its rest
             self._unlogged.add("train")
             sums = checkpoint.get(TRAIN_SUMS)

@@ -371,13 +371,17 @@ def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> bool:
     return cut
 
 
-def close_finished_epoch(checkpoint: dict[str, Any]) -> None:
+def close_finished_epoch(checkpoint: dict[str, Any], iteration_based: bool) -> None:
     """Mark the epoch of a checkpoint taken at its end (its last batch trained, processed but
     not yet completed) as completed, and the next epoch's batches as not begun. Lightning
     takes that state, where the run is iteration-based (``trainer.max_steps``), for an epoch
     to restart at its end: it then trains the next epoch without counting it as begun (no
     ``on_train_epoch_start``; the epoch counted processed twice), so the checkpoints written
-    after it hold counters no run writes, and the run resumed from one of them was refused."""
+    after it hold counters no run writes, and the run resumed from one of them was refused.
+    Lightning's epoch loop still restarts there (``iteration_based``) and counts one batch
+    more for the loggers, as for a checkpoint taken before a batch's count (``on_train_batch_
+    end``): that one is taken after it, so the count is lowered by one (the loggers' steps
+    then are those of an uninterrupted run)."""
     fit = checkpoint.get("loops", {}).get("fit_loop", {})
     epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
     if not isinstance(epochs, dict) or not isinstance(batches, dict):
@@ -389,11 +393,17 @@ def close_finished_epoch(checkpoint: dict[str, Any]) -> None:
                  == current["completed"] + 1)
     except (KeyError, TypeError):
         return
-    if ended:
-        for scope in ("current", "total"):
-            epochs[scope]["completed"] += 1
-        batches["current"] = dict.fromkeys(batches["current"], 0)
-        batches["is_last_batch"] = False
+    if not ended:
+        return
+    for scope in ("current", "total"):
+        epochs[scope]["completed"] += 1
+    batches["current"] = dict.fromkeys(batches["current"], 0)
+    batches["is_last_batch"] = False
+    state = fit.get("epoch_loop.state_dict")
+    if iteration_based and isinstance(state, dict) \
+            and type(state.get("_batches_that_stepped")) is int \
+            and state["_batches_that_stepped"] > 0:
+        state["_batches_that_stepped"] -= 1
 
 
 def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path,

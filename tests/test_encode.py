@@ -322,3 +322,39 @@ def test_replacing_the_locations_of_another_checkpoint_is_said(trained, tmp_path
         encode_config(args)()
     assert "held the locations" not in caplog.text
     assert np.load(out)["x_test"].shape == (50, 3)
+
+
+def test_the_rows_of_one_s_own_data_come_with_their_locations(tmp_path):
+    """data=array: which row of one's own file each encoded point is (a cell's barcode, say)
+    was said nowhere; i_<split> gives it, and the split's points are the file's rows there
+    (their labels, and their locations as of those rows encoded directly). A published data
+    set (the first test above) has none."""
+    from vae_lightning.data.splits import held_out
+    from vae_lightning.module import VAE
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((60, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, 60)
+    np.savez(tmp_path / "cells.npz", x=values, y=labels)
+    cfg = compose_train(["data=array", f"data.path={tmp_path / 'cells.npz'}",
+                         "data.labels_key=y", "model/likelihood=gaussian",
+                         "model.decoder.likelihood.mean_activation=identity", "model.latent=2",
+                         "model.encoder.net.hidden=[8]", "model.decoder.net.hidden=[8]",
+                         "trainer.max_steps=2", "logger=none", "callbacks.figures=null",
+                         "trainer.enable_progress_bar=false"], tmp_path / "run")
+    checkpoint = Path(train(cfg)["checkpoint"])
+    record = encode_config([f"ckpt_path={checkpoint}", "device=cpu",
+                            f"data_path={tmp_path / 'cells.npz'}", f"out={tmp_path / 'z.npz'}"])()
+    data = instantiate(cfg.data)  # its sizes as resolved (test_size null: 0.1)
+    expected = held_out(60, data.val_size, data.test_size, "")
+    model = VAE.load_from_checkpoint(checkpoint)
+    with np.load(record["locations"]) as arrays:
+        for split in ("train", "val", "test"):
+            rows = arrays[f"i_{split}"]
+            assert rows.dtype == np.int64 and rows.tolist() == expected[split].tolist()
+            assert arrays[f"y_{split}"].tolist() == labels[rows].tolist()
+            with torch.no_grad():
+                direct = model.encoder.location(model.encode(
+                    torch.from_numpy(values[rows]).reshape(-1, 1, 1, 5)))
+            torch.testing.assert_close(torch.from_numpy(arrays[f"x_{split}"]), direct)
+    assert "rows in the data it was read from" in record["i"]

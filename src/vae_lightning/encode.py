@@ -8,7 +8,9 @@ each data point (``Encoder.location``: a Gaussian posterior's mean), computed as
 fitted samplers compute theirs (``sample.posterior_locations``), and ``y_<s>``, the split's
 labels as the data module gives them (``evaluation_labels``: int64 ``[N]``, or float32
 ``[N, D]`` condition vectors), and ``s_<s>``, float32 ``[N, latent]``, q(z|x)'s standard
-deviation per dimension, where the posterior family has one in closed form (``Family.stddev``).
+deviation per dimension, where the posterior family has one in closed form (``Family.stddev``),
+and for data of one's own ``i_<s>``, int64 ``[N]``, each point's row in what the split was read
+from (``evaluation_rows``: the file's array, the image files as sorted).
 These are the features of Kingma et al. (2014)'s M1+M2: a VAE (M1) trained on the images, then
 the semi-supervised M2 trained on M1's posterior, its training points drawn afresh from
 N(x, s^2) at every minibatch (``data=array data.std_key=s_train``) as the authors' code draws
@@ -45,7 +47,10 @@ WHAT = {"x": "location of q(z|x) (Encoder.location: a Gaussian posterior's mean)
              "[N, latent], one row per data point of the split",
         "y": "the split's labels (int64 [N]), or its condition vectors (float32 [N, D])",
         "s": "standard deviation of q(z|x) per dimension, float32 [N, latent] (absent where "
-             "the posterior family has none in closed form)"}
+             "the posterior family has none in closed form)",
+        "i": "the split's rows in the data it was read from (data=array: the file's array, or "
+             "the test array of data.test_key; data=folder: the image files as sorted), int64 "
+             "[N] (absent for a published data set)"}
 
 
 class Encoding:
@@ -113,6 +118,8 @@ class Encoding:
             arrays[f"y_{split}"] = datamodule.evaluation_labels(split).numpy()
             if stddevs is not None:
                 arrays[f"s_{split}"] = stddevs.numpy()
+            if (rows := datamodule.evaluation_rows(split)) is not None:
+                arrays[f"i_{split}"] = np.asarray(rows, np.int64)
         if any(name.startswith("s_") for name in arrays):  # an empty split's too: [0, latent]
             for split in self.splits:
                 if not len(arrays[f"x_{split}"]):
@@ -139,7 +146,8 @@ class Encoding:
             "checkpoint": str(Path(self.ckpt_path).resolve()),
             "checkpoint_sha256": sha256,
             "locations": str(self.out.resolve()),
-            "x": WHAT["x"], "y": WHAT["y"], "s": WHAT["s"],
+            **{key: WHAT[key] for key in ("x", "y", "s")},
+            **({"i": WHAT["i"]} if any(name.startswith("i_") for name in arrays) else {}),
             "latent": model.latent,
             "units": kept,
             "splits": {split: {"size": len(arrays[f"x_{split}"]),

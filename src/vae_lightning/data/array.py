@@ -442,6 +442,7 @@ class ArrayDataModule(VAEDataModule):
                 check_pixels(test[0], self._where(self.test_key, "test_key"),
                              unit_interval=not self.real_values)
         out = {}
+        self.rows.update({split: idx[split] for split in names})
         for split in names:
             x = np.asarray(source[split][0][idx[split]])
             if self.resolved_layout == "nhwc":

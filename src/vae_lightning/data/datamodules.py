@@ -110,6 +110,9 @@ class VAEDataModule(L.LightningDataModule):
         self.steps_per_batch = steps_per_batch
         self.labelled, self.labelled_batch = labelled, labelled_batch
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Each split's rows in what it was read from, in its order, where ``_load`` says
+        # (data of one's own: ``evaluation_rows``).
+        self.rows: dict[str, np.ndarray] = {}
         self._binary: tuple[tuple, bool] | None = None  # binary_pixels' answer, for its splits
         self.digests: dict[str, str] = {}  # split -> SHA-256 of its images and labels as read
         self._labelled_points: str | None = None  # SHA-256 of the labelled training points
@@ -275,6 +278,13 @@ class VAEDataModule(L.LightningDataModule):
         small one; iterate those batches for a whole large split)."""
         batches = [xs for xs, _ in self.evaluation_batches(split, 4096, device, limit)]
         return torch.cat(batches) if batches else torch.empty(0, *self.shape, device=device)
+
+    def evaluation_rows(self, split: str) -> np.ndarray | None:
+        """The rows of ``evaluation_data(split)``, in order, in what the split was read from
+        (``data=array``: the file's array, or the test array of ``data.test_key``;
+        ``data=folder``: the image files, sorted as ``folder.scan`` lists them); None where the
+        data module does not say (a published data set's own order)."""
+        return self.rows.get(split)
 
     def evaluation_labels(self, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """The labels of ``evaluation_data(split)``, int64 ``[N]`` (the class of each image;

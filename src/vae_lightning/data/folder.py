@@ -158,6 +158,7 @@ class FolderDataModule(VAEDataModule):
     def _load(self, names):
         images, labels = self._images()
         idx = held_out(len(images), self.val_size, self.test_size, f"data.path={str(self.path)!r}")
+        self.rows.update({split: idx[split] for split in names})
         return {s: (np.ascontiguousarray(images[idx[s]]), labels[idx[s]]) for s in names}
 
     def _images(self) -> tuple[np.ndarray, np.ndarray]:

@@ -307,3 +307,24 @@ def test_no_figure_is_drawn_from_weights_that_are_not_finite(caplog):
     with caplog.at_level("WARNING"):
         Figures().draw(SimpleNamespace(is_global_zero=True, datamodule=None), model)
     assert "Figures not drawn: the model's weights are not all finite" in caplog.text
+
+
+def test_the_scatter_and_reconstructions_are_spread_over_the_split(tmp_path):
+    """Data of one's own held out in the file's order, sorted by class (a folder of class
+    subfolders is): the scatter's and reconstructions' points were the split's first ones,
+    all of the first class. They are spread evenly over it, every class among them."""
+    from types import SimpleNamespace
+
+    from vae_lightning.callbacks.figures import Figures, spread
+    from vae_lightning.data import ArrayDataModule
+
+    assert spread(10, 4).tolist() == [0, 3, 6, 9] and spread(3, 40).tolist() == [0, 1, 2]
+    labels = np.repeat(np.arange(4), 100)  # sorted by class, as a folder's files are
+    np.savez(tmp_path / "sorted.npz", x=np.random.default_rng(0).integers(
+        0, 256, (400, 4, 4), np.uint8), y=labels)
+    dm = ArrayDataModule(path=str(tmp_path / "sorted.npz"), labels_key="y", val_size=200,
+                         test_size=10)
+    dm.setup("fit")
+    x, y = Figures(n_points=20)._validation_points(SimpleNamespace(datamodule=dm), "cpu", "val")
+    assert len(x) == len(y) == 20 and set(y.tolist()) == {0, 1, 2, 3}
+    assert set(y[spread(20, 4)].tolist()) == {0, 1, 2, 3}

@@ -194,6 +194,11 @@ def samples_figure(model: L.LightningModule, n: int = 100,
     return image_figure(tile(images.reshape(rows, cols, *images.shape[1:])), title)
 
 
+def spread(n: int, k: int) -> Tensor:
+    """``min(k, n)`` indices of ``0..n-1`` spread evenly over them, first and last included."""
+    return torch.linspace(0, n - 1, min(k, n)).round().long()
+
+
 @torch.no_grad()
 def reconstructions_figure(model: L.LightningModule, x: Tensor, per_row: int = 10,
                            y: Tensor | None = None):
@@ -264,10 +269,11 @@ class Figures(L.Callback):
     PNGs go to ``dirpath`` (default ``<trainer.default_root_dir>/figures``): ``<name>.png`` at the
     end of fit, ``<name>-epoch<NNN>.png`` in between. Each is also logged to W&B
     (``log_image``), TensorBoard (``add_figure``) and MLflow (an artifact under ``figures/``) when
-    those loggers are active; other loggers get the files only. The latent scatter shows the first
+    those loggers are active; other loggers get the files only. The latent scatter shows
     ``n_points`` validation points (test points without a validation split), the reconstructions
-    the first 40 (``n_points=0``: neither is drawn); its classes are named by the data module's
-    ``classes`` (the name of each label) when it has them.
+    40 of them, each spread evenly over what it draws from (``n_points=0``: neither is drawn);
+    its classes are named by the data module's ``classes`` (the name of each label) when it has
+    them.
 
     With ``traversals``, ``traversals.png``: the ``traversal_dims`` latent dimensions ranked
     highest by KL over those points (None: all), each set to ``traversal_steps`` values on
@@ -325,16 +331,13 @@ class Figures(L.Callback):
         self.curves = state_dict["curves"]
 
     def _validation_points(self, trainer: L.Trainer, device: torch.device, split: str):
+        """``n_points`` points of ``split`` spread evenly over it, as the model takes them: not
+        its first ones, which for data of one's own held out in the file's order (a folder's
+        images sorted by class) were of the first classes only."""
         dm = trainer.datamodule
-        xs, ys, n = [], [], 0
-        for x, y in (dm.val_dataloader() if split == "val" else dm.test_dataloader()):
-            x, y = dm.to_inputs((x.to(device), y))
-            xs.append(x)
-            ys.append(y)
-            n += len(x)
-            if n >= self.n_points:
-                break
-        return torch.cat(xs)[: self.n_points], torch.cat(ys)[: self.n_points]
+        x, y = dm.splits[split]
+        pick = spread(len(x), self.n_points).to(x.device)
+        return dm.to_inputs((x[pick].to(device), y[pick].to(device)))
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str = "") -> None:
         """Draw every figure that applies, save it and log it (global rank 0 only); none from
@@ -370,8 +373,9 @@ class Figures(L.Callback):
         if split is not None and self.n_points > 0:
             x, y = self._validation_points(trainer, pl_module.device, split)
             if images:
-                figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[:40],
-                                                                            y=y[:40])
+                some = spread(len(x), 40).to(x.device)
+                figures["reconstructions"] = lambda: reconstructions_figure(pl_module, x[some],
+                                                                            y=y[some])
             classes = getattr(dm, "classes", None)
             figures["latents"] = lambda: latents_figure(pl_module, x, y, classes,
                                                         SPLIT_NAMES[split])

@@ -29,6 +29,31 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
     return cfg
 
 
+def counts_likelihood(option: str) -> bool:
+    """Whether ``model/likelihood=<option>`` is a distribution of counts, whose only data are
+    data=array's integer feature vectors (``counts_data``)."""
+    import yaml
+    from hydra.utils import get_class
+
+    node = yaml.safe_load((CONF / "model/likelihood" / f"{option}.yaml").read_text())
+    return get_class(node["_target_"])().counts
+
+
+def counts_data(directory: Path, n: int = 60, d: int = 12, seed: int = 0) -> list[str]:
+    """The overrides for data=array on ``n`` vectors of ``d`` overdispersed counts (negative
+    binomial, inverse dispersion 2, around one of three means), written into ``directory``
+    with their classes under ``y``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    mean = rng.gamma(1.0, 3.0, (3, d))[y]
+    x = rng.poisson(rng.gamma(2.0, mean / 2.0)).astype(np.int64)
+    path = Path(directory) / "counts.npz"
+    np.savez(path, x=x, y=y)
+    return ["data=array", f"data.path={path}", "data.labels_key=y"]
+
+
 # Options whose parts depend on a class label (a conditional VAE's, vae_lightning.conditional):
 # they need data with labels (MNIST's, not Frey Face's) and model.classes.
 LABELLED = {"class_normal"}

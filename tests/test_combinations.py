@@ -121,6 +121,11 @@ def test_every_combination_trains_a_step_with_finite_loss(prior, likelihood, pos
         with pytest.raises(ConfigError, match="density"):
             build_run(compose_train(overrides, tmp_path))
         return
+    if compose.counts_likelihood(likelihood):
+        # A likelihood of counts scores data=array's integer vectors only (tests/test_counts.py).
+        with pytest.raises(ConfigError, match="is a distribution of counts, non-negative"):
+            build_run(compose_train(overrides, tmp_path))
+        return
     model, x, y = _model_and_batch(overrides, tmp_path)
     loss, bound, changed = _one_step(model, x, y)
     assert torch.isfinite(loss) and torch.isfinite(bound.elbo).all() and changed

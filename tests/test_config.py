@@ -4,6 +4,7 @@ configs before training with a message naming the key, the value and what is acc
 import json
 import os
 
+import compose
 import pytest
 import torch
 from compose import CONF, PAIR_MODEL, SHARED_DATA, compose_train
@@ -54,7 +55,10 @@ def _option_overrides(group, option):
     "group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda v: str(v)
 )
 def test_every_group_option_composes_checks_and_builds(group, option, tmp_path):
-    cfg = compose_train(_option_overrides(group, option), tmp_path)
+    overrides = _option_overrides(group, option)
+    if group == "model/likelihood" and compose.counts_likelihood(option):  # integer vectors
+        overrides += compose.counts_data(tmp_path)
+    cfg = compose_train(overrides, tmp_path)
     if (group, option) in {("data", "folder"), ("data", "array"),  # your files: data.path=...
                            ("experiment", "m1_m2_mnist")}:  # M1's features (vae-encode)
         with pytest.raises(ConfigError, match="data.path is required"):
@@ -185,7 +189,10 @@ def test_the_search_preset_searches_keys_every_objective_has(option, tmp_path):
 def test_paper_presets(tmp_path):
     frey = compose_train(["experiment=aevb_frey", "model.latent=2"], tmp_path)
     assert frey.model.encoder.net.hidden == [200] and frey.model.encoder.net.activation == "tanh"
-    assert frey.model.decoder.net == frey.model.encoder.net
+    # the same network both ways (the encoder's reads its input as it is: log_input=false)
+    assert frey.model.decoder.net == {k: v for k, v in frey.model.encoder.net.items()
+                                      if k != "log_input"}
+    assert frey.model.encoder.net.log_input is False
     assert frey.model.optimizer._target_ == "torch.optim.Adagrad" and frey.data.batch_size == 100
     assert frey.model.decoder.likelihood._target_.endswith("Gaussian") and frey.model.latent == 2
     assert frey.model.objective.kl == "analytic" and frey.model.objective.n_samples == 1

@@ -186,9 +186,10 @@ def test_float_values_outside_unit_interval(tmp_path, x, words):
 
 @pytest.mark.parametrize("x, words", [
     (np.zeros((N, 4, 4), np.int16), "has dtype int16: expected uint8 .* or float"),
-    # Counts of feature vectors: not spoken of as images to divide by 255 (newcomer seven).
-    (np.zeros((N, 200), np.int64), r"has dtype int64: expected float feature vectors \[N, D\] "
-                                   r".* no likelihood for counts: .*numpy.log1p"),
+    # Feature vectors of another dtype: not spoken of as images to divide by 255 (newcomer
+    # seven); integer ones are counts (tests/test_counts.py).
+    (np.zeros((N, 200), bool), r"has dtype bool: expected float feature vectors \[N, D\] "
+                               r".*, integer ones \(counts, .*poisson or negative_binomial\)"),
     (np.zeros((N, 4, 4), bool), "has dtype bool: expected uint8"),
     (np.zeros((N, 4, 4), np.complex64), "has dtype complex64"),
     (np.zeros(N, np.uint8), r"has shape \[20\]: expected images \[N, H, W\].* or feature "

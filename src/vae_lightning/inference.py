@@ -102,9 +102,11 @@ class Inference:
     def _inputs(self, x: Tensor) -> Tensor:
         """``x`` as float32 on the model's device: one image of ``data_shape`` or a batch of
         them. Integer pixels (0..255) are refused rather than read as values up to 255 (the
-        model was trained on pixels divided by ``data.scale``); booleans are binary pixels."""
+        model was trained on pixels divided by ``data.scale``); booleans are binary pixels.
+        A model of counts (a likelihood of counts) takes integer or float counts."""
         x = torch.as_tensor(x)
-        if not (x.is_floating_point() or x.dtype == torch.bool):
+        counts = self.decoder.likelihood.counts
+        if not (x.is_floating_point() or x.dtype == torch.bool or counts):
             raise ValueError(
                 f"x is {x.dtype}: the model takes float pixels in the range it was trained on "
                 "([0, 1]: integer pixels divided by data.scale, 255 unless the run set it); "
@@ -121,6 +123,11 @@ class Inference:
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"x holds {int((~torch.isfinite(x)).sum())} values that are not "
                              "finite (NaN or inf): the model takes finite numbers.")
+        if counts and x.numel() and (x.min() < 0 or bool((x != x.round()).any())):
+            raise ValueError(
+                f"x holds values that are not counts (the smallest {x.min().item():.6g}): the "
+                f"model's likelihood, {type(self.decoder.likelihood).__name__}, is a "
+                "distribution of counts, non-negative integers.")
         if self.pixel_values() and x.numel() and (x.min() < 0 or x.max() > 1):
             raise ValueError(
                 f"x holds values in [{x.min().item():.6g}, {x.max().item():.6g}]: the model "
@@ -135,14 +142,16 @@ class Inference:
         return x.dim() == len(tuple(self.data_shape or ()))
 
     def pixel_values(self) -> bool:
-        """Whether the model's data are pixel values in [0, 1]: any likelihood but one of real
-        numbers with an unbounded mean (a Gaussian with mean_activation=identity), the only kind
-        that float feature vectors (data=array's ``real_values``) are trained with
+        """Whether the model's data are pixel values in [0, 1]: any likelihood but one of counts
+        or one of real numbers with an unbounded mean (a Gaussian with
+        mean_activation=identity), the only kinds that integer and float feature vectors
+        (data=array's ``counts`` and ``real_values``) are trained with
         (``run_checks.warn_about_the_likelihood`` refuses the others); the model keeps no record
-        of its data, so such a model takes any finite values, as its data may be."""
+        of its data, so a model of real numbers takes any finite values, as its data may be."""
         likelihood = self.decoder.likelihood
-        return (likelihood.support is not constraints.real
-                or getattr(likelihood, "mean_activation", "identity") != "identity")
+        return not likelihood.counts and (
+            likelihood.support is not constraints.real
+            or getattr(likelihood, "mean_activation", "identity") != "identity")
 
     def encode(self, x: Tensor, y: Tensor | int | None = None) -> Distribution:
         """q(z|x) for a batch of images ``x`` ``[B, C, H, W]`` in the model's input range (given

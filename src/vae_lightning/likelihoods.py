@@ -4,8 +4,10 @@ A network (``Decoder.net``) emits ``n_params`` parameters per pixel and channel,
 turns them into a distribution over images ``[C, H, W]`` whose ``log_prob`` sums over pixels,
 normalising constants included. The likelihoods are the options of ``model/likelihood``; those
 for 8-bit images (discretized logistic and its mixture) are probabilities of the grid values
-k / (bins - 1), and the mixture's weights are per pixel (``channels(C)`` in general). The
-distributions they return, and their numerics, are in ``pixel_distributions``."""
+k / (bins - 1), and the mixture's weights are per pixel (``channels(C)`` in general); those for
+counts (Poisson, negative binomial) are probabilities of non-negative integers, for feature
+vectors of counts (``data=array``'s integer vectors). The distributions they return, and their
+numerics, are in ``pixel_distributions``."""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from torch.nn import functional as F
 from vae_lightning.args import NonNegativeFloat, PositiveFloat, PositiveInt, Range, checked, within
 from vae_lightning.pixel_distributions import (
     ClampedBeta,
+    CountNegativeBinomial,
     Grid,
     Image,
+    LogRatePoisson,
     PixelBernoulli,
     PixelContinuousBernoulli,
     PixelDiscretizedLogistic,
@@ -60,10 +64,16 @@ class Likelihood(nn.Module):
 
     @property
     def discrete(self) -> bool:
-        """Whether the likelihood is a probability of discrete pixel values (binary, or a grid
-        of 8-bit levels) rather than a density: only then is -log2 p(x) / D a code length, the
-        bits per dimension that results report."""
-        return self.support is constraints.boolean or isinstance(self.support, Grid)
+        """Whether the likelihood is a probability of discrete values (binary pixels, a grid of
+        8-bit levels, counts) rather than a density: only then is -log2 p(x) / D a code length,
+        the bits per dimension that results report."""
+        return self.support.is_discrete
+
+    @property
+    def counts(self) -> bool:
+        """Whether the likelihood is a distribution of counts, non-negative integers (the data:
+        integer feature vectors), not of pixel values or real numbers."""
+        return self.support is constraints.nonnegative_integer
 
     def channels(self, data_channels: int) -> int:
         """How many output channels the decoder network needs for ``data_channels``."""
@@ -183,6 +193,63 @@ class Beta(Likelihood):
 
     def pixel_distribution(self, a: Tensor, b: Tensor) -> Distribution:
         return ClampedBeta(F.softplus(a) + 1e-4, F.softplus(b) + 1e-4, self.eps)
+
+
+# Counts: probabilities of non-negative integers, for feature vectors of counts (data=array's
+# integer vectors [N, D], such as a cells x genes table of read counts).
+
+
+class Poisson(Likelihood):
+    """Poisson decoder for counts: per value a rate lambda = exp(eta), eta the network's output
+    (the log link), log p(k) = k eta - lambda - log k!, summed over the vector: a probability,
+    so -log2 p(x) / D is a code length in bits per value. Its variance equals its mean; counts
+    that vary more (sequencing reads, say) want the negative binomial."""
+
+    support = constraints.nonnegative_integer
+
+    def pixel_distribution(self, log_rate: Tensor) -> Distribution:
+        return LogRatePoisson(log_rate, validate_args=False)
+
+    def mean_bias(self, mean: Tensor) -> Tensor:
+        """log(mean), the mean floored at 1e-3 (a value that is always 0 would otherwise get an
+        infinite bias)."""
+        return torch.log(mean.clamp_min(1e-3))
+
+
+class NegativeBinomial(Likelihood):
+    """Negative binomial (gamma-Poisson) decoder for overdispersed counts, in the mean and
+    inverse-dispersion parametrisation of scVI (Lopez et al. 2018): per value a mean
+    mu = exp(eta_1) and an inverse dispersion theta = exp(eta_2), both from the network (scVI's
+    "gene-cell" dispersion), so
+
+        p(k) = Gamma(k + theta) / (Gamma(theta) k!) (theta / (theta + mu))^theta
+               (mu / (theta + mu))^k,
+
+    with mean mu and variance mu + mu^2 / theta (theta -> infinity: the Poisson). It is
+    torch's NegativeBinomial with total_count = theta and logits = eta_1 - eta_2 (formed from
+    the outputs, not from exp and log), its log-probability in closed form through lgamma, in
+    float64 (``pixel_distributions.CountNegativeBinomial``). eta_2
+    is clamped at ``max_log_theta`` so that theta stays finite (beyond it the distribution is
+    the Poisson to float32's precision)."""
+
+    n_params = 2
+    support = constraints.nonnegative_integer
+
+    @checked
+    def __init__(self, max_log_theta: Annotated[float, Range(gt=0, le=80)] = 20.0) -> None:
+        super().__init__()
+        self.max_log_theta = max_log_theta
+
+    def pixel_distribution(self, log_mean: Tensor, log_theta: Tensor) -> Distribution:
+        log_theta = log_theta.clamp(max=self.max_log_theta)
+        return CountNegativeBinomial(log_theta.exp(), logits=log_mean - log_theta,
+                                 validate_args=False)
+
+    def mean_bias(self, mean: Tensor) -> Tensor:
+        """log(mean) (floored at 1e-3, as the Poisson's) for eta_1, and 0 for eta_2: theta = 1
+        to start, a variance of mu + mu^2."""
+        log_mean = torch.log(mean.clamp_min(1e-3))
+        return torch.cat([log_mean, torch.zeros_like(log_mean)], dim=-3)
 
 
 # 8-bit images: probabilities of the grid values k / (bins - 1), not densities, so the bound is

@@ -561,11 +561,12 @@ def bound_of(model: VAE, y: Tensor | None = None) -> str:
 
 def units(discrete: bool, pixels: bool = True) -> str:
     """What eval.json's numbers are, in words (``pixels``: the data are pixel values in [0, 1],
-    else real-valued feature vectors)."""
+    else feature vectors: counts where ``discrete``, else real-valued)."""
     if discrete:
+        values = ("discrete (binary or 8-bit) pixel values" if pixels else
+                  "counts (non-negative integers)")
         return ("nats per data point; bits/dim = -nats / (input_dim ln 2): the likelihood is a "
-                "probability of the discrete (binary or 8-bit) pixel values, so -log2 p(x) / "
-                "input_dim is a code length.")
+                f"probability of the {values}, so -log2 p(x) / input_dim is a code length.")
     data, scale = (("pixel values in [0, 1]", "the pixel scale") if pixels
                    else ("the real-valued feature vectors", "their scale"))
     return (f"nats per data point: the likelihood is a density of {data}, so these are log "

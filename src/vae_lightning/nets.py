@@ -44,6 +44,10 @@ class MLP(nn.Sequential):
     draws weights from Glorot & Bengio's U(-a, a), a = sqrt(6 / (fan_in + fan_out)), with zero
     biases, as the IWAE paper's code; ``"pytorch"`` keeps PyTorch's default; ``None`` means
     ``"normal"`` when ``init_std`` is given, else ``"pytorch"``.
+
+    ``log_input``: the network reads log(1 + x), for an encoder of counts (scVI's
+    ``log_variational``): counts spread over orders of magnitude, and the first layer would
+    otherwise be dominated by the largest ones. The likelihood still scores the counts.
     """
 
     @checked
@@ -55,6 +59,7 @@ class MLP(nn.Sequential):
         activation: Activation = "relu",
         init: Init | None = None,
         init_std: PositiveFloat | None = None,
+        log_input: bool = False,
     ) -> None:
         in_features, out_features = _size(in_shape), _size(out_shape)
         sizes = [in_features, *hidden, out_features]
@@ -65,10 +70,12 @@ class MLP(nn.Sequential):
                 layers.append(ACTIVATIONS[activation]())
         super().__init__(*layers)
         self.in_dims, self.out_shape = len(in_shape), tuple(out_shape)
+        self.log_input = log_input
         initialise(self, init, init_std)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.flatten(-self.in_dims)).unflatten(-1, self.out_shape)
+        x = x.flatten(-self.in_dims)
+        return super().forward(x.log1p() if self.log_input else x).unflatten(-1, self.out_shape)
 
 
 def _size(shape: Sequence[int]) -> int:

@@ -1,6 +1,7 @@
 """The torch distributions over pixel values that the likelihoods (``likelihoods``) return:
-an image as one event (``Image``), torch's Bernoulli and Beta adapted to pixels, and the
-discretized logistic and its mixture (PixelCNN++) on the grid of 8-bit values.
+an image as one event (``Image``), torch's Bernoulli and Beta adapted to pixels, the
+discretized logistic and its mixture (PixelCNN++) on the grid of 8-bit values, and the Poisson
+and negative binomial for counts, their log-probabilities formed in float64.
 
 The discretized ones are probabilities of quantized pixels, not densities: an 8-bit value k
 arrives as x = k / 255 and is scored as the probability of its bin (PixelCNN++, Salimans et al.
@@ -18,7 +19,15 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Beta, Distribution, Independent, constraints
+from torch.distributions import (
+    Bernoulli,
+    Beta,
+    Distribution,
+    Independent,
+    NegativeBinomial,
+    Poisson,
+    constraints,
+)
 from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
 from torch.nn import functional as F
 
@@ -103,6 +112,44 @@ class PixelContinuousBernoulli(_ContinuousBernoulli):
     def entropy(self) -> Tensor:
         """-E[log p(x)] = softplus(L) - L E[x] - log C, from L (the mean and log C above)."""
         return F.softplus(self.logits) - self.logits * self.mean - self._cont_bern_log_norm()
+
+
+class LogRatePoisson(Poisson):
+    """torch's Poisson given its log rate eta (a decoder's output): log p(k) = k eta - e^eta -
+    log k!, computed from eta, so no log of a rate that underflowed to 0 (torch's, from
+    ``rate``, gives k log 0 = -inf there, or 0 x -inf = NaN at k = 0). Its terms grow with k
+    and cancel (k = 10^4 at its mean: three terms near 10^5 for a log-probability near -5,
+    where float32's spacing is 0.008), so they are formed in float64 and the result returned
+    in eta's dtype."""
+
+    def __init__(self, log_rate: Tensor, validate_args: bool | None = None) -> None:
+        self.log_rate = log_rate
+        super().__init__(log_rate.exp(), validate_args=validate_args)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        k, eta = value.double(), self.log_rate.double()
+        return (k * eta - eta.exp() - torch.lgamma(k + 1)).to(self.log_rate.dtype)
+
+    def expand(self, batch_shape, _instance=None) -> LogRatePoisson:
+        return LogRatePoisson(self.log_rate.expand(batch_shape), validate_args=False)
+
+
+class CountNegativeBinomial(NegativeBinomial):
+    """torch's negative binomial (``total_count`` theta, ``logits`` l = log(mu / theta)), its
+    log-probability log Gamma(k + theta) - log Gamma(theta) - log k! - theta softplus(l)
+    + k log sigma(l) formed in float64 and returned in the logits' dtype: the log-gamma terms
+    reach 10^9 for theta near the Poisson limit (e^20) and cancel to a few nats, which float32
+    (a spacing of 10^2 there) cannot hold."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        k, theta, logits = value.double(), self.total_count.double(), self.logits.double()
+        out = (torch.lgamma(k + theta) - torch.lgamma(theta) - torch.lgamma(k + 1)
+               - theta * F.softplus(logits) + k * F.logsigmoid(logits))
+        return out.to(self.logits.dtype)
 
 
 def continuous_bernoulli_log_normaliser(logits: Tensor) -> Tensor:

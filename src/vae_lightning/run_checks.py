@@ -284,25 +284,50 @@ def check_bits_metric(cfg: Any, model: VAE, datamodule: L.LightningDataModule) -
 
 
 def warn_about_the_likelihood(datamodule: L.LightningDataModule, model: VAE) -> None:
-    """A likelihood for values in [0, 1] (or binary, or a grid) on real numbers
-    (``data=array``'s float feature vectors) has no density there: refuse it, before the data
-    are read (grey pixels under a likelihood for binary ones: ``warn_about_grey_pixels``)."""
+    """The likelihood must be a distribution of the kind of values the data hold, before the
+    data are read: a likelihood for values in [0, 1] (or binary, or a grid) has no density on
+    real numbers (``data=array``'s float feature vectors), only a likelihood of counts scores
+    counts (its integer feature vectors), and one of counts scores nothing else (grey pixels
+    under a likelihood for binary ones: ``warn_about_grey_pixels``)."""
     likelihood = model.decoder.likelihood
-    if getattr(datamodule, "real_values", False) and likelihood.support is not constraints.real:
-        values = ("binary values" if likelihood.support is constraints.boolean else
-                  "values in [0, 1]" if likelihood.support is constraints.unit_interval else
-                  "a grid of pixel values")
+    name = type(likelihood).__name__
+    real = getattr(datamodule, "real_values", False)
+    counts = getattr(datamodule, "counts", False)
+    where = f"data.path={str(getattr(datamodule, 'path', ''))!r}"
+    if real and likelihood.support is not constraints.real:
         raise ConfigError(
-            f"model/likelihood ({type(likelihood).__name__}) is a distribution of {values}, "
-            f"but data.path={str(datamodule.path)!r} holds float feature vectors, real numbers: "
-            "expected a likelihood for real numbers with a mean that is not squashed into "
-            "(0, 1): model/likelihood=gaussian model.decoder.likelihood.mean_activation=identity.")
-    if getattr(datamodule, "real_values", False) and getattr(
-            likelihood, "mean_activation", None) == "sigmoid":
+            f"model/likelihood ({name}) is a distribution of {_values(likelihood)}, but {where} "
+            "holds float feature vectors, real numbers: expected a likelihood for real numbers "
+            "with a mean that is not squashed into (0, 1): model/likelihood=gaussian "
+            "model.decoder.likelihood.mean_activation=identity.")
+    if real and getattr(likelihood, "mean_activation", None) == "sigmoid":
         raise ConfigError(
             "model.decoder.likelihood.mean_activation=sigmoid keeps the decoder's mean in (0, 1), "
-            f"but data.path={str(datamodule.path)!r} holds float feature vectors, real numbers: "
-            "expected model.decoder.likelihood.mean_activation=identity.")
+            f"but {where} holds float feature vectors, real numbers: expected "
+            "model.decoder.likelihood.mean_activation=identity.")
+    if counts and not likelihood.counts:
+        raise ConfigError(
+            f"model/likelihood ({name}) is a distribution of {_values(likelihood)}, but {where} "
+            "holds integer feature vectors, counts: expected a likelihood for counts, "
+            "model/likelihood=poisson or negative_binomial (or float feature vectors, e.g. "
+            "numpy.log1p(x).astype(numpy.float32), with model/likelihood=gaussian "
+            "model.decoder.likelihood.mean_activation=identity).")
+    if likelihood.counts and not counts:
+        data = ("float feature vectors, real numbers" if real else
+                f"{type(datamodule).__name__}'s pixel values in [0, 1]")
+        raise ConfigError(
+            f"model/likelihood ({name}) is a distribution of counts, non-negative integers, but "
+            f"the data are {data}: expected counts as integer feature vectors [N, D] (int32 or "
+            "int64) in data=array, or a likelihood for these data.")
+
+
+def _values(likelihood: Any) -> str:
+    """What ``likelihood`` is a distribution of, in words."""
+    support = likelihood.support
+    return ("binary values" if support is constraints.boolean else
+            "values in [0, 1]" if support is constraints.unit_interval else
+            "counts" if likelihood.counts else
+            "real numbers" if support is constraints.real else "a grid of pixel values")
 
 
 def warn_about_grey_pixels(datamodule: L.LightningDataModule, model: VAE) -> None:

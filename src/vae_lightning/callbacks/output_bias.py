@@ -38,7 +38,8 @@ class OutputBias(L.Callback):
         except NotImplementedError:
             raise ConfigError(
                 f"callbacks.output_bias: the likelihood {type(decoder.likelihood).__name__} has "
-                "no output bias for a mean image; it works with model/likelihood=bernoulli. "
+                "no output bias for a mean image; it works with model/likelihood=bernoulli, "
+                "poisson and negative_binomial. "
                 "Remove the callback (~callbacks.output_bias).") from None
         if isinstance(last, nn.Conv2d | nn.ConvTranspose2d):
             bias = decoder.likelihood.mean_bias(mean.mean((-2, -1), keepdim=True))

@@ -26,6 +26,7 @@ from vae_lightning.args import checked
 from vae_lightning.errors import DataError
 
 from .array_members import (
+    check_counts,
     check_dtype,
     check_pixels,
     check_stddevs,
@@ -94,7 +95,9 @@ class ArrayDataModule(VAEDataModule):
     not finite is refused). Or feature vectors ``[N, D]`` (e.g. another model's posterior
     means, ``vae-encode``), served as ``[B, 1, 1, D]``: float vectors may hold any finite real
     values (``real_values``: a likelihood for real numbers, ``model/likelihood=gaussian``, and
-    no binarization), uint8 ones are read as pixels. Nothing is ever unpickled
+    no binarization), other integer ones are counts (``counts``: 0..2^24, served as float32
+    numbers of counts, for ``model/likelihood=poisson`` or ``negative_binomial``), and uint8
+    ones are read as pixels. Nothing is ever unpickled
     (``allow_pickle=False``): an array of Python objects is refused, and so is any other dtype.
     The header is read in ``__init__`` (``shape``), the data in ``setup``; a ``.npy`` is
     memory-mapped, so only the requested splits are copied into memory.
@@ -156,11 +159,14 @@ class ArrayDataModule(VAEDataModule):
         if self.n == 0:
             raise DataError(f"{self._where(self.key)} holds no images (shape "
                             f"{list(header.shape)}).")
-        if self.real_values and binarize != "none":
-            raise DataError(f"binarize={binarize!r}, but {self._where(self.key)} holds float "
-                            "feature vectors, real numbers, not pixel values in [0, 1]: "
-                            "expected binarize=none (and a likelihood for real numbers, "
-                            "model/likelihood=gaussian).")
+        if (self.real_values or self.counts) and binarize != "none":
+            held, fits = (("float feature vectors, real numbers", "real numbers, "
+                           "model/likelihood=gaussian") if self.real_values else
+                          ("integer feature vectors, counts", "counts, "
+                           "model/likelihood=poisson or negative_binomial"))
+            raise DataError(f"binarize={binarize!r}, but {self._where(self.key)} holds {held}, "
+                            "not pixel values in [0, 1]: expected binarize=none (and a "
+                            f"likelihood for {fits}).")
         if std_key is not None and not self.real_values:
             raise DataError(f"data.std_key={std_key!r}: standard deviations draw float feature "
                             f"vectors afresh, and {self._where(self.key)} holds "
@@ -176,6 +182,13 @@ class ArrayDataModule(VAEDataModule):
     def real_values(self) -> bool:
         """Whether the data are real numbers (float feature vectors), not values in [0, 1]."""
         return self.resolved_layout == "vectors" and self.dtype.kind == "f"
+
+    @property
+    def counts(self) -> bool:
+        """Whether the data are counts (integer feature vectors other than uint8, which are
+        pixels), served as float32 numbers of counts."""
+        return (self.resolved_layout == "vectors" and self.dtype.kind in "iu"
+                and self.dtype != np.uint8)
 
     def _check_test_keys(self) -> None:
         """A test split given apart (``test_key``) replaces the held-out one, and carries the
@@ -441,13 +454,17 @@ class ArrayDataModule(VAEDataModule):
             if test is not None:
                 check_pixels(test[0], self._where(self.test_key, "test_key"),
                              unit_interval=not self.real_values)
+        if self.counts:
+            check_counts(images, where)
+            if test is not None:
+                check_counts(test[0], self._where(self.test_key, "test_key"))
         out = {}
         self.rows.update({split: idx[split] for split in names})
         for split in names:
             x = np.asarray(source[split][0][idx[split]])
             if self.resolved_layout == "nhwc":
                 x = x.transpose(0, 3, 1, 2)
-            if x.dtype.kind == "f":
+            if x.dtype.kind == "f" or self.counts:
                 x = x.astype(np.float32, copy=False)
             out[split] = (np.ascontiguousarray(x), source[split][1][idx[split]])
         if std is not None:

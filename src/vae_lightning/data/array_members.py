@@ -2,7 +2,8 @@
 labels, or a condition vector per image. A ``.npz`` member's header is read from the zip and
 checked for its kind (its dtype, then its size against what the member can hold) before any of
 its data is read; the values a header cannot tell are checked once read (float pixels in
-[0, 1], finite conditions). ``array.py`` holds the data module that reads them.
+[0, 1], counts in float32's exact range, finite conditions). ``array.py`` holds the data
+module that reads them.
 """
 
 from __future__ import annotations
@@ -71,12 +72,14 @@ def check_dtype(header: Header, where: str, kind: Kind) -> None:
         raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected float "
                         "standard deviations, one per value of the feature vectors.")
     if kind == "images" and header.dtype != np.uint8 and header.dtype.kind != "f":
-        if len(header.shape) == 2:  # [N, D]: feature vectors (counts, say), not pixels
+        if len(header.shape) == 2 and header.dtype.kind in "iu":  # counts [N, D]
+            return
+        if len(header.shape) == 2:
             raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected float "
                             "feature vectors [N, D] (any finite values, for "
-                            "model/likelihood=gaussian) or uint8 values 0..255; there is no "
-                            "likelihood for counts: transform them first, e.g. "
-                            "numpy.log1p(x).astype(numpy.float32).")
+                            "model/likelihood=gaussian), integer ones (counts, for "
+                            "model/likelihood=poisson or negative_binomial) or uint8 values "
+                            "0..255 (pixels).")
         raise DataError(f"{where} has dtype {dtype_name(header.dtype)}: expected uint8 "
                         "(0..255) or float (in [0, 1]) images; convert it, e.g. "
                         "x.astype(numpy.float32) / 255.")
@@ -112,6 +115,28 @@ def check_pixels(x: np.ndarray, where: str, chunk: int = 1024,
         raise DataError(f"{where}: image {first} (of {count} such) holds {how}: expected "
                         "float pixels in [0, 1] (and finite); rescale the images, or save them "
                         "as uint8.")
+
+
+# Counts are served as float32, which holds every integer up to 2^24 exactly.
+MAX_COUNT = 2 ** 24
+
+
+def check_counts(x: np.ndarray, where: str, chunk: int = 1024) -> None:
+    """Integer feature vectors are counts: a ``DataError`` naming the first vector holding a
+    negative value or one beyond ``MAX_COUNT`` (checked ``chunk`` vectors at a time, so a large
+    memory-mapped file is not copied whole)."""
+    first, count, low = None, 0, False
+    for start in range(0, len(x), chunk):
+        part = np.asarray(x[start:start + chunk])
+        bad = np.flatnonzero(((part < 0) | (part > MAX_COUNT)).any(axis=1))
+        if len(bad) and first is None:
+            first, low = start + int(bad[0]), bool((part[bad[0]] < 0).any())
+        count += len(bad)
+    if first is not None:
+        how = "a negative value" if low else f"a value above 2^24 = {MAX_COUNT:,}"
+        raise DataError(f"{where}: vector {first} (of {count} such) holds {how}: integer "
+                        "feature vectors are counts, served as float32, which is exact for "
+                        f"0..{MAX_COUNT:,}; expected counts in that range.")
 
 
 def check_stddevs(found: np.ndarray, where: str) -> np.ndarray:

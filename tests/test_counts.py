@@ -83,8 +83,10 @@ def test_negative_binomial_draws_have_its_moments_and_tend_to_the_poisson():
     torch.testing.assert_close(nb.log_prob(ks), poisson.log_prob(ks), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("likelihood", [Poisson(), NegativeBinomial()])
-def test_a_likelihood_of_counts_is_discrete_and_its_output_bias_is_the_log_mean(likelihood):
+@pytest.mark.parametrize("likelihood", [Poisson(), NegativeBinomial(),
+                                        Poisson(zero_inflated=True),
+                                        NegativeBinomial(zero_inflated=True)], ids=str)
+def test_a_likelihood_of_counts_is_discrete_and_its_output_bias_is_the_mean(likelihood):
     """Counts are a probability's values, so -log2 p(x) / D is a code length; the output bias
     puts the mean of p(x|z) at the data's mean where the last layer's weights are zero."""
     assert likelihood.discrete and likelihood.counts
@@ -93,6 +95,39 @@ def test_a_likelihood_of_counts_is_discrete_and_its_output_bias_is_the_log_mean(
     assert bias.shape == (likelihood.n_params, 1, 3)
     torch.testing.assert_close(likelihood(bias[None]).mean[0],
                                mean.clamp_min(1e-3), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("base, eta", [("poisson", [math.log(4.0)]),
+                                       ("negative_binomial", [math.log(30.0), math.log(0.8)])])
+@pytest.mark.parametrize("gate", [-4.0, 0.0, 1.5])
+def test_zero_inflation_adds_zeros_at_its_gate_and_sums_to_one(base, eta, gate):
+    """p(0) = pi + (1 - pi) q(0), p(k) = (1 - pi) q(k) for k > 0 with pi = sigmoid(gate): the
+    log-probabilities are the mixture's, sum to one, with mean (1 - pi) E_q[k] and variance
+    (1 - pi) (Var_q[k] + pi E_q[k]^2); draws are zero at p(0)'s rate (Monte-Carlo)."""
+    cls = {"poisson": Poisson, "negative_binomial": NegativeBinomial}[base]
+    plain, inflated = cls(), cls(zero_inflated=True)
+    assert (plain.n_params + 1, plain.channels(3) + 3) == (inflated.n_params, inflated.channels(3))
+    q = plain(_value(torch.tensor(eta)))
+    p = inflated(_value(torch.tensor([*eta, gate])))
+    pi = torch.sigmoid(torch.tensor(gate)).item()
+    ks = torch.arange(0.0, 1200.0)[:, None, None, None]
+    log_p, log_q = p.log_prob(ks).double(), q.log_prob(ks).double()
+    assert log_p[0].exp().item() == pytest.approx(pi + (1 - pi) * log_q[0].exp().item(),
+                                                  rel=1e-5)
+    torch.testing.assert_close(log_p[1:], log_q[1:] + math.log(1 - pi), rtol=1e-6, atol=1e-4)
+    prob, k = log_p.exp(), ks.flatten().double()
+    assert prob.sum().item() == pytest.approx(1.0, abs=1e-5)
+    mean_q = (k * log_q.exp()).sum().item()
+    var_q = ((k - mean_q) ** 2 * log_q.exp()).sum().item()
+    assert p.mean.item() == pytest.approx((k * prob).sum().item(), rel=1e-4)
+    assert p.mean.item() == pytest.approx((1 - pi) * mean_q, rel=1e-4)
+    assert p.base_dist.variance.item() == pytest.approx((1 - pi) * (var_q + pi * mean_q ** 2),
+                                                        rel=1e-3)
+    torch.manual_seed(0)
+    n = 100_000
+    zeros = (p.sample((n,)) == 0).double().mean().item()
+    p0 = log_p[0].exp().item()
+    assert zeros == pytest.approx(p0, abs=5 * math.sqrt(p0 * (1 - p0) / n) + 1e-4)
 
 
 def test_integer_vectors_are_served_as_counts(tmp_path):

@@ -32,6 +32,7 @@ from vae_lightning.pixel_distributions import (
     PixelContinuousBernoulli,
     PixelDiscretizedLogistic,
     PixelDiscretizedLogisticMixture,
+    ZeroInflated,
     smooth_floor,
 )
 
@@ -199,24 +200,61 @@ class Beta(Likelihood):
 # integer vectors [N, D], such as a cells x genes table of read counts).
 
 
-class Poisson(Likelihood):
+class Counts(Likelihood):
+    """A likelihood of counts, optionally zero-inflated (``zero_inflated``: one more output per
+    value, the logit g of a gate pi = sigmoid(g) that emits an extra zero, as scVI's ZINB for
+    the dropouts of single-cell data: p(0) = pi + (1 - pi) q(0), p(k) = (1 - pi) q(k) for
+    k > 0, with q the count distribution; ``pixel_distributions.ZeroInflated``)."""
+
+    support = constraints.nonnegative_integer
+    n_count_params = 1  # the count distribution's outputs per value, before the gate's
+
+    def __init__(self, zero_inflated: bool = False) -> None:
+        super().__init__()
+        self.zero_inflated = zero_inflated
+        self.n_params = self.n_count_params + int(zero_inflated)
+
+    def pixel_distribution(self, *params: Tensor) -> Distribution:
+        if not self.zero_inflated:
+            return self.count_distribution(*params)
+        return ZeroInflated(self.count_distribution(*params[:-1]), params[-1])
+
+    def count_distribution(self, *params: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def mean_bias(self, mean: Tensor) -> Tensor:
+        """The outputs whose distribution has the mean ``mean`` (floored at 1e-3: a value that
+        is always 0 would otherwise get an infinite bias): with the gate, g = 0 (pi = 1/2) and
+        the count distribution's mean twice ``mean``, so that (1 - pi) x its mean is ``mean``."""
+        mean = mean.clamp_min(1e-3)
+        if not self.zero_inflated:
+            return self.count_bias(mean)
+        return torch.cat([self.count_bias(2 * mean), torch.zeros_like(mean)], dim=-3)
+
+    def count_bias(self, mean: Tensor) -> Tensor:
+        """The count distribution's outputs at the mean ``mean`` > 0."""
+        raise NotImplementedError
+
+
+class Poisson(Counts):
     """Poisson decoder for counts: per value a rate lambda = exp(eta), eta the network's output
     (the log link), log p(k) = k eta - lambda - log k!, summed over the vector: a probability,
     so -log2 p(x) / D is a code length in bits per value. Its variance equals its mean; counts
-    that vary more (sequencing reads, say) want the negative binomial."""
+    that vary more (sequencing reads, say) want the negative binomial. ``zero_inflated``: the
+    ZIP (``Counts``)."""
 
-    support = constraints.nonnegative_integer
+    @checked
+    def __init__(self, zero_inflated: bool = False) -> None:
+        super().__init__(zero_inflated)
 
-    def pixel_distribution(self, log_rate: Tensor) -> Distribution:
+    def count_distribution(self, log_rate: Tensor) -> Distribution:
         return LogRatePoisson(log_rate, validate_args=False)
 
-    def mean_bias(self, mean: Tensor) -> Tensor:
-        """log(mean), the mean floored at 1e-3 (a value that is always 0 would otherwise get an
-        infinite bias)."""
-        return torch.log(mean.clamp_min(1e-3))
+    def count_bias(self, mean: Tensor) -> Tensor:
+        return torch.log(mean)
 
 
-class NegativeBinomial(Likelihood):
+class NegativeBinomial(Counts):
     """Negative binomial (gamma-Poisson) decoder for overdispersed counts, in the mean and
     inverse-dispersion parametrisation of scVI (Lopez et al. 2018): per value a mean
     mu = exp(eta_1) and an inverse dispersion theta = exp(eta_2), both from the network (scVI's
@@ -228,28 +266,27 @@ class NegativeBinomial(Likelihood):
     with mean mu and variance mu + mu^2 / theta (theta -> infinity: the Poisson). It is
     torch's NegativeBinomial with total_count = theta and logits = eta_1 - eta_2 (formed from
     the outputs, not from exp and log), its log-probability in closed form through lgamma, in
-    float64 (``pixel_distributions.CountNegativeBinomial``). eta_2
-    is clamped at ``max_log_theta`` so that theta stays finite (beyond it the distribution is
-    the Poisson to float32's precision)."""
+    float64 (``pixel_distributions.CountNegativeBinomial``). eta_2 is clamped at
+    ``max_log_theta`` so that theta stays finite (beyond it the distribution is the Poisson to
+    float32's precision). ``zero_inflated``: scVI's ZINB (``Counts``)."""
 
-    n_params = 2
-    support = constraints.nonnegative_integer
+    n_count_params = 2
 
     @checked
-    def __init__(self, max_log_theta: Annotated[float, Range(gt=0, le=80)] = 20.0) -> None:
-        super().__init__()
+    def __init__(self, max_log_theta: Annotated[float, Range(gt=0, le=80)] = 20.0,
+                 zero_inflated: bool = False) -> None:
+        super().__init__(zero_inflated)
         self.max_log_theta = max_log_theta
 
-    def pixel_distribution(self, log_mean: Tensor, log_theta: Tensor) -> Distribution:
+    def count_distribution(self, log_mean: Tensor, log_theta: Tensor) -> Distribution:
         log_theta = log_theta.clamp(max=self.max_log_theta)
         return CountNegativeBinomial(log_theta.exp(), logits=log_mean - log_theta,
-                                 validate_args=False)
+                                     validate_args=False)
 
-    def mean_bias(self, mean: Tensor) -> Tensor:
-        """log(mean) (floored at 1e-3, as the Poisson's) for eta_1, and 0 for eta_2: theta = 1
-        to start, a variance of mu + mu^2."""
-        log_mean = torch.log(mean.clamp_min(1e-3))
-        return torch.cat([log_mean, torch.zeros_like(log_mean)], dim=-3)
+    def count_bias(self, mean: Tensor) -> Tensor:
+        """log(mean) for eta_1, and 0 for eta_2: theta = 1 to start, a variance of
+        mu + mu^2."""
+        return torch.cat([torch.log(mean), torch.zeros_like(mean)], dim=-3)
 
 
 # 8-bit images: probabilities of the grid values k / (bins - 1), not densities, so the bound is

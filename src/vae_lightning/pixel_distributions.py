@@ -152,6 +152,40 @@ class CountNegativeBinomial(NegativeBinomial):
         return out.to(self.logits.dtype)
 
 
+class ZeroInflated(Distribution):
+    """A count distribution q with an extra zero drawn at rate pi = sigmoid(g) (``gate_logits``
+    g): p(0) = pi + (1 - pi) q(0) and p(k) = (1 - pi) q(k) for k > 0, so
+    log p(0) = logaddexp(log sigma(g), log sigma(-g) + log q(0)); its mean is (1 - pi) E_q[k]
+    and its variance (1 - pi) (Var_q[k] + pi E_q[k]^2)."""
+
+    arg_constraints: dict = {}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, base: Distribution, gate_logits: Tensor) -> None:
+        self.base, self.gate_logits = base, gate_logits
+        super().__init__(base.batch_shape, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        kept = F.logsigmoid(-self.gate_logits) + self.base.log_prob(value)
+        return torch.where(value == 0, torch.logaddexp(F.logsigmoid(self.gate_logits), kept),
+                           kept)
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.sigmoid(-self.gate_logits) * self.base.mean
+
+    @property
+    def variance(self) -> Tensor:
+        pi = torch.sigmoid(self.gate_logits)
+        return (1 - pi) * (self.base.variance + pi * self.base.mean ** 2)
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        with torch.no_grad():
+            k = self.base.sample(torch.Size(sample_shape))
+            zero = torch.rand_like(k) < torch.sigmoid(self.gate_logits)
+            return k.masked_fill(zero, 0.0)
+
+
 def continuous_bernoulli_log_normaliser(logits: Tensor) -> Tensor:
     """log C = log(L / tanh(L / 2)) of the continuous Bernoulli with logits L
     (``PixelContinuousBernoulli``), accurate for every L."""

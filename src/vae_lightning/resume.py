@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import re
@@ -15,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from hydra.utils import get_class
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
 from vae_lightning.checkpoints import run_config
@@ -427,6 +429,8 @@ def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: st
             pair = tuple(1 if value is None else value for value in pair)
         if key == "seed" and pair[0] is None:  # a run config without one: nothing to compare
             continue
+        if not _holds(saved, key) and pair[1] == _default(config, key):
+            continue  # an argument added since the run started, at the default it was built with
         if pair[0] == pair[1] or (key.startswith(MAY_CHANGE)
                                   and key != "model.optimizer._target_"):
             continue
@@ -509,6 +513,32 @@ def _leaves(config: dict[str, Any], root: str) -> list[str]:
     if not isinstance(node, dict):
         return [root]
     return [leaf for key in node for leaf in _leaves(config, f"{root}.{key}")]
+
+
+def _holds(config: dict[str, Any], dotted: str) -> bool:
+    """Whether ``config`` has the key ``dotted`` (at any value, null included)."""
+    parent, _, last = dotted.rpartition(".")
+    node = _at(config, parent) if parent else config
+    return isinstance(node, dict) and last in node
+
+
+def _default(config: dict[str, Any], dotted: str) -> Any:
+    """The default of the constructor argument ``dotted`` names, read from the class the
+    current (trusted) ``config`` builds there (its ``_target_``); a marker equal to nothing
+    where there is none. A run started before the argument existed was built with it."""
+    parent, _, name = dotted.rpartition(".")
+    target = _at(config, f"{parent}._target_") if parent else None
+    try:
+        parameter = inspect.signature(get_class(target)).parameters[name]
+    except (ImportError, ValueError, TypeError, KeyError, AttributeError):
+        return _NO_DEFAULT  # no class there, or no such argument: nothing to compare with
+    default = parameter.default
+    if default is inspect.Parameter.empty:
+        return _NO_DEFAULT
+    return list(default) if isinstance(default, tuple) else default  # as a config holds it
+
+
+_NO_DEFAULT = object()
 
 
 def _at(config: dict[str, Any], dotted: str) -> Any:

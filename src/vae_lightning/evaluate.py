@@ -63,6 +63,11 @@ Quality = Literal["fid", "kid", "precision_recall"]
 SAME = ("split", "k", "n", "checkpoint", "train_samples_seen", "data_source")
 
 
+# eval.json's per-point estimates are rounded to this many decimals of a nat: far below any
+# standard error, and half the size of the file that full floats would make.
+PER_POINT_DECIMALS = 4
+
+
 # And the settings of its AIS estimate, where it has one (none: None).
 AIS_SETTINGS = ("steps", "chains", "leapfrog", "start")
 
@@ -410,6 +415,14 @@ class Evaluation:
             **{key: estimates[key] for key in ("kl", "mi", "mi_se") if key in estimates},
             **({"layers": estimates["layers"]} if "layers" in estimates else {}),
             "bound_of": estimates["bound_of"],
+            # Each point's estimates, in the split's order, and which points they are (the
+            # split's SHA-256 as read, its first n; binarized how): vae-compare pairs two
+            # evaluations' points, a standard error of the difference far below either's.
+            "per_point": {name: [round(v, PER_POINT_DECIMALS) for v in
+                                 estimates[f"{name}_per_point"].tolist()]
+                          for name in ("iw", "elbo")},
+            "points": {"split_sha256": datamodule.digests.get(self.split),
+                       "binarize": getattr(datamodule, "binarize", "none")},
             "proposal": model.objective.proposal,
             "input_dim": math.prod(model.data_shape),
             "data": getattr(datamodule, "name", None),

@@ -376,7 +376,8 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     means = torch.cat(means)
     active = active_units(means)  # None for one point: eval.json's null
     results = {"elbo": Estimate.of(elbo, dims), "iw": Estimate.of(iw, dims), "n": len(iw),
-               "iw_per_point": iw,  # for a paired comparison (vae-eval's AIS), not eval.json
+               # for a paired comparison (vae-eval's AIS; eval.json's per_point: vae-compare)
+               "iw_per_point": iw, "elbo_per_point": elbo,
                "active_units": None if active is None else int(active.sum()),
                "latent": means.shape[1], "bound_of": bound_of(model, y)}
     if divergences:  # not for a model of the labels (M2), whose q(z|x, y) has y enumerated

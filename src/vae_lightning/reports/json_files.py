@@ -39,6 +39,14 @@ def optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or test(value)
 
 
+def dotted(found: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a JSON object, None where it has none."""
+    node: Any = found
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def read(path: Path, what: str, fix: str, error: type[Exception]) -> Any:
     """The JSON value of ``path``; ``error`` where it cannot be read or is not JSON. Only a
     regular file is opened (``files.open_regular``): a FIFO named results.json blocked

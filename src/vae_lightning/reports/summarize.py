@@ -35,7 +35,7 @@ from typing import Any
 from vae_lightning import rundir
 from vae_lightning.plotting import pyplot
 from vae_lightning.reports import json_files
-from vae_lightning.reports.json_files import finite, optional, strings, text, whole
+from vae_lightning.reports.json_files import dotted, finite, optional, strings, text, whole
 
 CONDITIONS = ("status", "tags", "data", "latent", "likelihood", "prior", "posterior", "objective",
               "seed", "epochs", "train_samples_seen")
@@ -174,25 +174,17 @@ def read_evaluation(path: Path) -> dict[str, Any]:
                                    READ_EVAL, required=("split", "k", "n", "iw"))
     columns = {}
     for column, key in EVALUATION.items():
-        node = _dotted(found, key)
+        node = dotted(found, key)
         if column == "eval/bound_of" and node == "log p(x)":
             continue  # said only where it is not (a conditional model's log p(x|y))
         if node is not None:
             columns[column] = Path(node).name if column == "eval/checkpoint" else node
     if isinstance(found.get("sample_quality"), dict):  # for the note on unlike scores
         columns["quality_settings"] = tuple(
-            next((_dotted(found, k) for k in key if _dotted(found, k) is not None), None)
-            if isinstance(key, tuple) else _dotted(found, key)
+            next((dotted(found, k) for k in key if dotted(found, k) is not None), None)
+            if isinstance(key, tuple) else dotted(found, key)
             for key in QUALITY_SETTINGS.values())
     return columns
-
-
-def _dotted(found: dict[str, Any], key: str) -> Any:
-    """The value at a dotted key of a JSON object, None where it has none."""
-    node: Any = found
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _settings(row: dict[str, Any]) -> dict[str, str]:

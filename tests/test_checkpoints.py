@@ -163,7 +163,11 @@ def test_your_own_classes_load_when_you_trust_them(tmp_path, small_checkpoint):
                 f"eval.trusted={listed} with vae-eval",
                 f"trusted={listed} with vae-sample and vae-encode",
                 "model.encoder.net._target_='models.NamedNet'",
-                "model.prior._target_='models.NamedPrior'"):
+                "model.prior._target_='models.NamedPrior'",
+                # and what trusting a name does, before the names to pass (newcomer eight: a
+                # student pasted the line to make a stranger's checkpoint load)
+                "Trusting a name runs that code when the file is loaded: a checkpoint you did "
+                "not train that asks for code outside vae-lightning may be hostile"):
         assert way in str(err.value)
     checkpoint[CONFIG_KEY]["model"]["encoder"]["net"]["_target_"] = "vae_lightning.nets.MLP"
     torch.save(checkpoint, tmp_path / "mine.ckpt")

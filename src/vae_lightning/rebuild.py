@@ -122,9 +122,11 @@ def _refuse_untrusted(node: Any, key: str, path: str | Path, trusted: Sequence[s
         strings = f"{sorted(names)}" if names else "[...]"  # Python's: the names quoted
         raise CheckpointError(
             f"Checkpoint {path} asks to build {', '.join(refused)}, which vae-lightning does not "
-            "build: a checkpoint is untrusted input, so nothing in it chooses what code runs. If "
-            "the checkpoint is yours and names your own classes, pass their dotted names as "
-            f"trusted: VAE.load_from_checkpoint(path, trusted={strings}) in Python, "
+            "build: a checkpoint is untrusted input, so nothing in it chooses what code runs. "
+            "Trusting a name runs that code when the file is loaded: a checkpoint you did not "
+            "train that asks for code outside vae-lightning may be hostile, so do not trust it. "
+            "Only if the checkpoint is yours and these are classes you wrote, pass their dotted "
+            f"names as trusted: VAE.load_from_checkpoint(path, trusted={strings}) in Python, "
             f"eval.trusted={listed} with vae-eval, trusted={listed} with vae-sample and "
             "vae-encode (their modules importable: on PYTHONPATH, as when it was trained).")
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from compose import REPO, compose_train, open_paths
 from test_hostile import run
@@ -90,14 +91,40 @@ def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path, monkey
 
 
 def _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys):
-    """A sweep of one job that failed (model.latent=0), its directory dated an hour ago: the
-    sweep directory and the job's results.json."""
+    """A sweep of one job that failed (model.latent=0) after its first checkpoint (a
+    checkpoints/ folder: a run there to resume), its directory dated an hour ago: the sweep
+    directory and the job's results.json."""
     sweep = tmp_path / "sweep"
     first = _sweep_here(["-m", *TINY, "model.latent=0"], sweep, monkeypatch, capsys)
     assert first.code == 5 and "1 jobs: 1 error" in first.out
+    (sweep / "0" / "checkpoints").mkdir()
     before = (sweep / "0" / "results.json").read_text()
     os.utime(sweep / "0", (time.time() - 3600,) * 2)  # an earlier sweep's (an hour ago)
     return sweep, before
+
+
+def test_a_job_that_failed_before_its_first_checkpoint_runs_again_with_its_sweep(
+        tmp_path, monkeypatch, capsys):
+    """Jobs that failed on missing data left their results.json and nothing to resume: once the
+    data are there, the same sweep command runs them in their directories. They were refused
+    as holding a run, and ckpt_path=last then found nothing to resume: each message sent the
+    user to the other (newcomer walkthrough eight). A job that completed is still refused when
+    the sweep runs again, and left as it was."""
+    sweep, data = tmp_path / "sweep", tmp_path / "images.npy"
+    command = ["-m", *TINY, "data=array", f"data.path={data}", "model.latent=2,3"]
+    first = _sweep_here(command, sweep, monkeypatch, capsys)
+    assert first.code == 5 and "2 jobs: 2 error" in first.out, first.out[-2000:]
+    assert not (sweep / "0" / "checkpoints").exists()
+    np.save(data, np.random.default_rng(0).random((60, 4, 4), dtype=np.float32))
+    again = _sweep_here(command, sweep, monkeypatch, capsys)
+    assert again.code == 0, again.err[-2000:]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "results.json").read_text())["status"] == "completed"
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+    kept = (sweep / "0" / "results.json").read_text()
+    third = _sweep_here(command, sweep, monkeypatch, capsys)
+    assert third.code == 5 and "already holds a run" in third.err
+    assert (sweep / "0" / "results.json").read_text() == kept
 
 
 def test_a_sweep_whose_jobs_are_refused_in_an_earlier_sweep_s_directories_fails(

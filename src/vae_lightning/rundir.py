@@ -143,15 +143,23 @@ def resumed_run(directory: str | Path) -> str:
     return f"ckpt_path=last: resuming the run in {directory}{why} from its {CHECKPOINTS}/{LAST}"
 
 
+# The statuses of a job's results.json (``sweeps.record_failure``) that, without checkpoints,
+# leave nothing to resume: a job stopped by a signal, or failed (bad input, missing data, a bug)
+# before its first checkpoint.
+NOTHING_TO_RESUME = ("interrupted", "error")
+
+
 def is_run(directory: str | Path) -> bool:
     """Whether ``directory`` already holds a run that trained: its checkpoints or results. A
-    record alone, of a run refused before training, does not count, nor the results of a run
-    a signal stopped before its first checkpoint: there is nothing to resume, and the command
-    that started it, run again, starts afresh there."""
+    record alone, of a run refused before training, does not count, nor the results of a job
+    stopped or failed before its first checkpoint (``NOTHING_TO_RESUME``): there is nothing to
+    resume, and the command that started it, run again, starts afresh there (a sweep's job that
+    failed on bad input or missing data runs again when the sweep does, once the cause is
+    fixed; it was refused as holding a run, and ``ckpt_path=last`` found nothing to resume)."""
     directory = Path(directory)
     if (directory / CHECKPOINTS).exists():
         return True
-    return (directory / RESULTS).exists() and status(directory) != "interrupted"
+    return (directory / RESULTS).exists() and status(directory) not in NOTHING_TO_RESUME
 
 
 def status(directory: str | Path) -> str | None:

@@ -49,6 +49,39 @@ def test_train_bound_is_a_column_when_the_results_have_it(sweep):
     assert "| train/elbo | val/elbo |" in table and "| 651.00 | 600.00 |" in table
 
 
+def test_the_training_bound_at_the_end_is_read_from_the_curve(sweep, monkeypatch):
+    """train/elbo, the mean over the last epoch's minibatches as trained, lies far below the
+    test bound in a short run; the curve's last point (at the end of training) is the bound of
+    the model the test bound is of: a column train/end, and the line the plot draws as train
+    (newcomer walkthrough eight). A curve that stops before the end gives none."""
+    for num, end in ((0, 4695), (1, 4000)):
+        job = sweep / str(num)
+        results = json.loads((job / "results.json").read_text())
+        (job / "results.json").write_text(json.dumps({**results, "train/elbo": 500.0}))
+        (job / "curve.json").write_text(json.dumps({"points": [
+            {"samples_seen": 1000, "train/elbo": 100.0, "test/elbo": 90.0},
+            {"samples_seen": end, "train/elbo": 700.0 + num, "test/elbo": 690.0}]}))
+    table = summarize(sweep)
+    assert "| train/elbo | train/end | val/elbo |" in table
+    assert "| 0 | frey | 5 | normal | 3 | 4695 | 500.00 | 700.00 | 700.50 |" in table
+    assert "| 1 | frey | 2 | normal | 3 | 4695 | 500.00 |  | 600.00 |" in table
+    drawn = []
+    from vae_lightning.reports import summarize as module
+
+    real = module.plot
+    monkeypatch.setattr(module, "plot", lambda rows, path: drawn.append(
+        module._train_series([r for r in rows if module._completed(r)])) or real(rows, path))
+    summarize(sweep)
+    assert drawn == [("train/elbo", " (mean while training)")]  # job 1 has no end point
+    (sweep / "1" / "curve.json").unlink()
+    (sweep / "1" / "results.json").write_text(json.dumps(JOBS[1]))  # no training bound
+    summarize(sweep)
+    assert drawn[-1] == ("train/end", "")
+    (sweep / "0" / "curve.json").write_text("{not json")
+    with pytest.raises(SummaryError, match="curve.json .* is not JSON"):
+        summarize(sweep)
+
+
 def test_no_results_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SummaryError, match="no results.json"):
         summarize(tmp_path)

@@ -82,6 +82,21 @@ def test_the_training_bound_at_the_end_is_read_from_the_curve(sweep, monkeypatch
         summarize(sweep)
 
 
+def test_a_conditional_model_s_bound_is_marked(sweep):
+    """A conditional VAE's test/elbo bounds log p(x|y), given the label: not comparable with
+    the others' log p(x). results.json says so (bound_of), and so does the table, whether or
+    not the job was evaluated by vae-eval (newcomer walkthrough eight)."""
+    for num, bound in ((0, "log p(x|y), a conditional likelihood of each image given its own "
+                           "class label y (no p(y) is modelled): not log p(x)"),
+                       (1, "log p(x)")):
+        path = sweep / str(num) / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "bound_of": bound}))
+    table = summarize(sweep)
+    assert "| objective |" not in table and "| prior | bound_of | epochs |" in table
+    assert "| 0 | frey | 5 | normal | log p(x\\|y) | 3 |" in table  # its pipe escaped
+    assert "| 1 | frey | 2 | normal |  | 3 |" in table
+
+
 def test_no_results_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SummaryError, match="no results.json"):
         summarize(tmp_path)
@@ -209,7 +224,7 @@ def test_a_job_s_vae_eval_estimate_is_a_column_beside_its_bounds(sweep):
     assert "eval/bound_of" not in summarize(sweep).splitlines()[0]
     (sweep / "1" / "eval.json").write_text(json.dumps({**EVAL, "bound_of": "log p(x|y), ..."}))
     table = summarize(sweep).splitlines()
-    assert table[0].endswith("| eval/bound_of |") and table[2].endswith("| log p(x|y), ... |")
+    assert table[0].endswith("| eval/bound_of |") and table[2].endswith("| log p(x\\|y), ... |")
     assert table[3].endswith("|  |")
 
 

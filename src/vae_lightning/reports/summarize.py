@@ -38,7 +38,7 @@ from vae_lightning.reports import json_files
 from vae_lightning.reports.json_files import dotted, finite, optional, strings, text, whole
 
 CONDITIONS = ("status", "tags", "data", "latent", "likelihood", "prior", "posterior", "objective",
-              "seed", "epochs", "train_samples_seen")
+              "bound_of", "seed", "epochs", "train_samples_seen")
 METRICS = ("train/elbo", "val/elbo", "test/elbo", "test/recon", "test/kl")
 # The bound on training points at the end of training (curve.json's last point, the model
 # test/elbo is of): train/elbo is the mean over the last epoch's minibatches as they were
@@ -122,6 +122,7 @@ READ = {
     "status": (optional(text), "a string (completed, ...) or null"),
     "tags": (optional(strings), "a list of strings or null"),
     "overrides": (optional(strings), "a list of strings or null"),
+    "bound_of": (optional(text), "what the bounds bound, a string, or null"),
     **{key: (optional(finite), "a finite number or null") for key in METRICS},
 }
 
@@ -129,9 +130,15 @@ READ = {
 def read_results(path: Path) -> dict[str, Any]:
     """A job's ``results.json``, refused (``SummaryError``: one message naming the file, the
     key, its value and what is accepted) where the summary could not show it."""
-    return json_files.read_object(path, "the job's results.json",
-                                  "mend it or move the job away, and summarize again",
-                                  SummaryError, READ)
+    results = json_files.read_object(path, "the job's results.json",
+                                     "mend it or move the job away, and summarize again",
+                                     SummaryError, READ)
+    # A column only where a bound is not of log p(x) (a conditional model's log p(x|y), given
+    # the label, is no rival to the others'), in its first words.
+    bound = results.pop("bound_of", None)
+    if bound is not None and bound != "log p(x)":
+        results["bound_of"] = bound.split(",")[0]
+    return results
 
 
 def read_curve_end(path: Path, results: dict[str, Any]) -> dict[str, Any]:
@@ -306,8 +313,13 @@ def unrecorded(root: Path) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in cols) + " |" for row in rows]
+    """The table in markdown, a pipe in a cell escaped (log p(x|y), a tag, a job's folder): it
+    would end the cell and shift the row's columns."""
+    def row_of(cells: Any) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    lines = [row_of(cols), "|" + " --- |" * len(cols)]
+    lines += [row_of(_cell(row.get(c)) for c in cols) for row in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ from torch.distributions import Distribution, constraints
 
 from vae_lightning.objectives import importance_weighted
 from vae_lightning.objectives.base import over_labels
+from vae_lightning.parts import latent_path
 
 
 class Inference:
@@ -208,9 +209,12 @@ class Inference:
     @torch.no_grad()
     def interpolate(self, x1: Tensor, x2: Tensor, steps: int = 10,
                     y: Tensor | int | None = None) -> Tensor:
-        """Images along the straight line between the posterior means of ``x1`` and ``x2`` (two
+        """Images along the path between the posterior locations of ``x1`` and ``x2`` (two
         images ``[C, H, W]``, or two batches ``[B, C, H, W]``): ``[steps, (B,) C, H, W]``,
-        from x1's end to x2's (for a conditional model, all given the labels ``y``)."""
+        from x1's end to x2's (for a conditional model, all given the labels ``y``). The path
+        is the straight line, or the great circle on a sphere (``model=svae``); a latent space
+        of one-hot codes or a codebook, which a line leaves, is refused
+        (``parts.latent_path``)."""
         steps = _count(steps, "interpolate", "steps", "the number of images along the path, "
                        "its two ends included", least=2)
         x1, x2 = self._inputs(x1), self._inputs(x2)
@@ -222,7 +226,7 @@ class Inference:
         y = self.labels(y, len(x1), "interpolate")
         z1, z2 = (self.encoder.location(self.encode(x, y)) for x in (x1, x2))
         t = torch.linspace(0.0, 1.0, steps, device=self.device).view(-1, *[1] * z1.dim())
-        path = self.images((1 - t) * z1 + t * z2, y=y)
+        path = self.images(latent_path(self.prior, z1, z2, t), y=y)
         return path[:, 0] if one else path
 
     @torch.no_grad()

@@ -187,6 +187,24 @@ def confined_space(prior: object, kept: frozenset[str] = frozenset()) -> str | N
                 None)
 
 
+def latent_path(prior: object, z1: Tensor, z2: Tensor, t: Tensor) -> Tensor:
+    """Latent points along the path from ``z1`` to ``z2`` ``[..., latent]`` at the fractions
+    ``t`` (broadcast against them): the prior's own ``path`` where it has one (the sphere's
+    great circle: ``priors.hyperspherical``), else the straight line (1 - t) z1 + t z2, the
+    shortest in R^latent; a ``ValueError`` in a space a line leaves (``confined_space``: one-hot
+    blocks, a codebook), whose points between would be z the decoder was never trained on."""
+    own = getattr(prior, "path", None)
+    if callable(own):
+        return own(z1, z2, t)
+    confined = confined_space(prior)
+    if confined is not None:
+        raise ValueError(f"interpolate: the points between two latent points are on the line "
+                         f"between them, but the model's latent space is {confined}, which the "
+                         "line leaves: its images would be decoded from z the decoder was never "
+                         "trained on.")
+    return (1 - t) * z1 + t * z2
+
+
 def unmet(offered: frozenset[str], needs: Mapping[str, frozenset[str]], what: str) -> list[str]:
     """One sentence per part of ``needs`` (its name -> the features it requires) that ``what``
     (offering ``offered``) does not satisfy."""

@@ -10,6 +10,8 @@ codes towards any point, unlike N(0, I)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints, register_kl
@@ -58,3 +60,21 @@ class HypersphericalUniform(Prior):
 
     def distribution(self) -> Distribution:
         return UniformSphere(self.latent, self.anchor)
+
+    def path(self, z1: Tensor, z2: Tensor, t: Tensor) -> Tensor:
+        """The great circle from ``z1`` to ``z2`` (unit vectors ``[..., latent]``) at the
+        fractions ``t``: sin((1 - t) W) / sin W z1 + sin(t W) / sin W z2, W the angle between
+        them (slerp), every point on the sphere, where the decoder is trained (the straight line
+        passes inside the ball: |z| = 0.04 midway between nearly opposite points). Two points
+        (nearly) opposite have no one great circle between them: a ``ValueError``."""
+        cos = (z1 * z2).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+        angle = torch.acos(cos)
+        if bool((angle > math.pi - 1e-3).any()):
+            raise ValueError("interpolate: the two points' locations are opposite on the "
+                             "sphere (model=svae), and no one great circle joins them: give "
+                             "two other images.")
+        small = angle < 1e-4  # the same point, or nearly: sin W / W = 1, the line is the arc
+        sin = torch.where(small, torch.ones_like(angle), torch.sin(angle))
+        a = torch.where(small, 1 - t, torch.sin((1 - t) * angle) / sin)
+        b = torch.where(small, t * torch.ones_like(angle), torch.sin(t * angle) / sin)
+        return a * z1 + b * z2

@@ -211,5 +211,7 @@ def test_vae_eval_reports_each_layer_s_active_units_and_kl():
     torch.manual_seed(1)
     total = elbo_estimate(model, x, n_samples=200).kl.mean().item()
     assert abs(kl - total) < 0.1 * total + 0.05
-    # I(x; z) = I(x; z_1), the first layer's (test_evaluate): at most the KL and log N.
-    assert results["mi"] is not None and 0 < results["mi"] <= min(results["kl"], math.log(64))
+    # I(x; z) = I(x; z_1), the first layer's (test_evaluate): at most the KL and log N (the KL
+    # to its Monte-Carlo error: both are estimates from draws, here of a few hundredths).
+    assert results["mi"] is not None and 0 < results["mi"] <= min(
+        results["kl"] + 3 * results["mi_se"], math.log(64))

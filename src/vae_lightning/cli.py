@@ -191,7 +191,8 @@ class Preflight(Callback):
     """Hydra's callback that checks, before Hydra creates or writes anything, the run directory
     (``rundir.prepare``; for vae-train, one that holds a run: ``rundir.refuse_into``); for a
     sweep its directory, the launcher's and the sweeper's plugins
-    (``groups.missing_plugins``) and an Optuna study file (``sweeps.check_study``). A refusal
+    (``groups.missing_plugins``), an Optuna study file (``sweeps.check_study``) and the
+    sweeper's and launcher's settings (``check_sweeper``, ``check_launcher``). A refusal
     ends the command with its error line (``_entry``: a ``SystemExit`` carrying the error, which
     Hydra does not swallow as it does a callback's exceptions)."""
 
@@ -233,6 +234,7 @@ class Preflight(Callback):
                 raise ConfigError(missing)
             sweeps.check_study(OmegaConf.select(config, "hydra.sweeper.storage", default=None))
             sweeps.check_launcher(config.hydra.launcher)
+            sweeps.check_sweeper(config.hydra.sweeper, config.get("optimized_metric"))
 
         self._check(checks)
 

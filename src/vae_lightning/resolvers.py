@@ -10,6 +10,8 @@
 - ``${run_record:${hydra.runtime.output_dir}}``: Hydra's ``output_subdir``: ``.hydra`` for a
   fresh run directory, null for one that holds a run already (``rundir.record_dir``).
 - ``${sqlite:<path>}``: the SQLAlchemy URL of a SQLite file, its folder created (Optuna's study).
+- ``${study_seed:${seed},${hydra.sweeper.storage},${hydra.sweeper.study_name}}``: the seed of an
+  Optuna study's sampler: ``seed`` plus the trials the study's SQLite file already holds.
 - ``${sum:${.layers}}``: the sum of a list of numbers (``model=hierarchy``: the latent size is
   the sum of the stochastic layers' sizes); ``${first:${.layers}}`` its first item (the size of
   z_1, which the decoder reads).
@@ -19,6 +21,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +57,30 @@ def sqlite(path: str) -> str:
     file = Path(path).resolve()
     file.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{file}"
+
+
+def study_seed(seed, storage, study_name):
+    """``seed`` plus the number of trials the Optuna study ``study_name`` already holds in its
+    SQLite ``storage`` (modulo 2^32, NumPy's seed range): a resumed study's sampler, seeded as
+    at its start, drew the parameters of the study's first trials again, trial for trial
+    (its random start repeats), so the trials "added" by running the command again were
+    repeats. ``seed`` itself for a new study, another storage, or a file without a study yet
+    (one that is no database is refused before: ``sweeps.check_study``)."""
+    url = str(storage or "")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not url.startswith("sqlite:///"):
+        return seed
+    path = Path(url[len("sqlite:///"):])
+    if not path.is_file():
+        return seed
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+                                                uri=True)) as db:
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM trials JOIN studies ON trials.study_id = studies.study_id "
+                "WHERE studies.study_name = ?", (str(study_name),)).fetchone()
+    except sqlite3.Error:  # no tables yet (Optuna creates them), or not Optuna's
+        return seed
+    return (seed + count) % 2**32
 
 
 def _listed(values) -> bool:
@@ -101,6 +129,7 @@ def config_groups(searchpath=()) -> str:
 
 for name, resolver in (("sweep_group", sweep_group), ("run_dir_of", run_dir_of),
                        ("run_path", run_path), ("run_record", rundir.record_dir),
-                       ("sqlite", sqlite), ("config_groups", config_groups),
+                       ("sqlite", sqlite), ("study_seed", study_seed),
+                       ("config_groups", config_groups),
                        ("sum", total), ("first", first)):
     OmegaConf.register_new_resolver(name, resolver, replace=True)

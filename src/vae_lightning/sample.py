@@ -43,7 +43,7 @@ from vae_lightning.errors import CheckpointError, ConfigError, NonFiniteLossErro
 from vae_lightning.files import kind, writable_directory
 from vae_lightning.log_likelihood import posterior_mean
 from vae_lightning.module import VAE
-from vae_lightning.parts import confined_space
+from vae_lightning.parts import Conditional, confined_space
 from vae_lightning.rebuild import device_of, load_model
 from vae_lightning.samplers import Sampler
 
@@ -260,6 +260,15 @@ class Sampling:
                               f"R^{model.latent}, but the latent space of the model of "
                               f"{self.ckpt_path} is {confined}: its draws would fall where the "
                               "decoder was never trained; use sampler=prior.")
+        if isinstance(model.prior, Conditional):
+            # Fitted to the locations of every class's images, pooled, its draws decoded given
+            # the classes in turn: each class's images were drawn from the other classes' z.
+            raise ConfigError(
+                f"sampler={self.sampler}: the prior of the model of {self.ckpt_path} is p(z|y), "
+                f"one distribution per class ({type(model.prior).__name__}: "
+                "model/prior=class_normal), and a sampler is fitted to the posterior locations "
+                "of the training images of all classes pooled: a sample of class y would be "
+                "decoded from z of the other classes. Use sampler=prior (z ~ p(z|y)).")
         try:
             why_not = within(f"samplers.{self.sampler}", lambda: sampler.check(model))
         except ArgumentError as err:

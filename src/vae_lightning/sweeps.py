@@ -31,13 +31,14 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae_lightning import rundir
 from vae_lightning.errors import ConfigError
@@ -131,6 +132,60 @@ def check_launcher(launcher: Any) -> None:
             f"hydra.launcher.n_jobs={n_jobs!r} is not allowed: give the jobs to run at once (a "
             "whole number >= 1), or -m for all cores but m - 1 (-1: one job per core, the "
             "default; -2: all cores but one).")
+
+
+OPTUNA_DIRECTIONS = ("minimize", "maximize")
+
+
+# The direction in which each of results.json's metrics is better, where it has one (a KL may
+# be searched either way): a search the other way returns the worst model as the best.
+BETTER = {"elbo": "maximize", "recon": "maximize", "bits_per_dim": "minimize"}
+
+
+def check_sweeper(sweeper: Any, metric: Any = None) -> None:
+    """Refuse, before the study starts, Optuna sweeper settings that its plugin takes and then
+    fails on: a direction other than minimize / maximize (a traceback), or several (a
+    multi-objective study: each trial, which returns one number, failed, and the command still
+    exited 0 with no best trial), n_jobs < 1 (a ZeroDivisionError), n_trials < 1 (no trial,
+    then "each failed"), a max_failure_rate outside [0, 1] (a bare AssertionError); and a
+    direction against the ``metric`` it optimises (``optimized_metric=val/bits_per_dim`` with
+    the default maximize: the search's best was its worst model, silently)."""
+    if not str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+        return
+    found = []
+    direction = sweeper.get("direction")
+    one = direction[0] if isinstance(direction, Sequence) and not isinstance(
+        direction, str) and len(direction) == 1 else direction
+    one = getattr(one, "name", one)  # the plugin's own default is its enum, Direction.minimize
+    if not isinstance(one, str) or one not in OPTUNA_DIRECTIONS:
+        found.append(f"hydra.sweeper.direction={_plain(direction)!r} is not allowed: "
+                     f"{' or '.join(OPTUNA_DIRECTIONS)} (each trial returns one number, its "
+                     "optimized_metric; several directions would make a multi-objective study, "
+                     "in which every trial fails)")
+    elif isinstance(metric, str) and BETTER.get(metric.split("/")[-1], one) != one:
+        better = BETTER[metric.split("/")[-1]]
+        found.append(f"hydra.sweeper.direction={one} is not allowed with optimized_metric="
+                     f"{metric}, which is better {'higher' if better == 'maximize' else 'lower'}"
+                     f": the search would return its worst trial as the best; give "
+                     f"hydra.sweeper.direction={better}")
+    for key, what in (("n_trials", "the trials to run"),
+                      ("n_jobs", "the trials asked of the sampler at once")):
+        value = sweeper.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            found.append(f"hydra.sweeper.{key}={value!r} is not allowed: a whole number >= 1 "
+                         f"({what})")
+    rate = sweeper.get("max_failure_rate")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        found.append(f"hydra.sweeper.max_failure_rate={rate!r} is not allowed: a number from 0 "
+                     "to 1 (the share of a batch's trials that may fail before the search "
+                     "stops)")
+    if found:
+        raise ConfigError("; ".join(found) + ". Nothing was run.")
+
+
+def _plain(value: Any) -> Any:
+    """An OmegaConf list as a Python list, for the message."""
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
 
 
 def available_cores() -> int:

@@ -360,8 +360,12 @@ class Figures(L.Callback):
         if images:
             figures["samples"] = lambda: samples_figure(pl_module, self.n_samples, conditions)
         # A 2-d latent space the decoder reads whole: stochastic layers of 1 + 1 units have one
-        # (the decoder reads z_1 alone), and a grid over z_2 would decode the same images.
-        if pl_module.latent == 2 == getattr(pl_module.decoder, "latent", 2) and images:
+        # (the decoder reads z_1 alone), and a grid over z_2 would decode the same images. And
+        # all of R^2, or the circle: a grid over the plane of a space confined to one-hot codes
+        # or a codebook (model=gumbel with one block of 2, a VQ-VAE) drew the decoder at points
+        # it never reads, titled as the model's learned manifold.
+        if pl_module.latent == 2 == getattr(pl_module.decoder, "latent", 2) and images \
+                and confined_space(pl_module.prior, kept=frozenset({"sphere"})) is None:
             on_circle = "sphere" in getattr(pl_module.prior, "features", ())  # parts.FEATURES
             figures["manifold"] = lambda: (circle_figure if on_circle
                                            else manifold_figure)(pl_module, self.grid,

@@ -37,8 +37,12 @@ from torch import Tensor, nn
 from torch import distributions as D
 from torch.distributions import Distribution
 
-from vae_lightning.args import NonNegativeInt, PositiveFloat, Range, checked
+from vae_lightning.args import NonNegativeFloat, NonNegativeInt, Range, checked
 from vae_lightning.posteriors import Family, Gaussian
+
+# tau becomes a float32 tensor (``categorical_blocks``): beyond float32's range it overflowed to a
+# RuntimeError traceback at the first step, or underflowed to 0 (a Concrete of 0/0).
+Temperature = Annotated[float, Range(ge=1e-30, le=1e30)]
 
 
 class Draws:
@@ -169,8 +173,10 @@ class RelaxedCategorical(Family, nn.Module):
 
     @checked
     def __init__(self, categories: Annotated[int, Range(ge=2)] = 10, continuous: NonNegativeInt = 0,
-                 temperature: PositiveFloat = 1.0, temperature_min: PositiveFloat = 0.5,
-                 anneal_rate: float = 3e-5) -> None:
+                 temperature: Temperature = 1.0, temperature_min: Temperature = 0.5,
+                 # >= 0: tau is annealed down; a negative rate raised tau without bound, until
+                 # exp(-r t) overflowed (an OverflowError traceback at step 710 with r = -1).
+                 anneal_rate: NonNegativeFloat = 3e-5) -> None:
         nn.Module.__init__(self)
         self.categories, self.continuous = categories, continuous
         self.temperature, self.temperature_min = temperature, temperature_min

@@ -153,15 +153,22 @@ class VectorQuantizer(Family, nn.Module):
         return as_latent(F.embedding(codes, self.codebook))
 
     def __call__(self, params: Tensor) -> Quantized:
-        vectors = as_map(params, self.code_dim)
+        # The codes and the moving averages in float32, outside autocast: under mixed precision
+        # (trainer.precision=bf16-mixed) autocast ran the distances' matmul v @ e.T in bfloat16,
+        # whose 8-bit term cancelled against the others: a quarter of the vectors of a 2-d
+        # codebook of 512 went to another code than their nearest (84 % with code_dim=1).
+        vectors = as_map(params.detach().float(), self.code_dim)
+        exact = torch.autocast(params.device.type, enabled=False)
         training = self.training and torch.is_grad_enabled()
         if training and not self.initialised:
-            self.start(vectors.detach().reshape(-1, self.code_dim))
-        with torch.no_grad():
+            with exact:
+                self.start(vectors.reshape(-1, self.code_dim))
+        with torch.no_grad(), exact:
             codes = self.nearest(vectors)
         z_q = self.lookup(codes)  # with the codebook as it was before this step's update
         if self.ema and training:
-            self.update(vectors.detach().reshape(-1, self.code_dim), codes.reshape(-1))
+            with exact:
+                self.update(vectors.reshape(-1, self.code_dim), codes.reshape(-1))
         return Quantized(params, z_q, codes)
 
     @torch.no_grad()

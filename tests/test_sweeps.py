@@ -469,3 +469,19 @@ def test_a_search_file_of_ones_own_without_the_global_package_line_is_refused(tm
         check(compose_train(overrides, tmp_path / "a"))
     (folder / "mine.yaml").write_text("# @package _global_\n" + body)
     check(compose_train(overrides, tmp_path / "b"))
+
+
+@pytest.mark.parametrize("model", ["hierarchy", "ladder"])
+def test_a_search_of_a_key_the_model_composes_is_refused_before_the_study(
+        tmp_path, monkeypatch, capsys, model):
+    """model=hierarchy and ladder compose model.latent from their layers: the default search's
+    choice of it was refused trial by trial, the study ending with none completed (hostile
+    round sixteen). Refused before any trial, naming the key and what composes it."""
+    pytest.importorskip("optuna")
+    sweep = tmp_path / "search"
+    proc = _sweep_here(["hparams_search=optuna", f"model={model}", "hydra.sweeper.n_trials=2"],
+                       sweep, monkeypatch, capsys)
+    assert proc.code == 2, proc.err[-3000:]
+    assert ("hydra.sweeper.params searches model.latent (here ${sum:${.encoder.posterior.layers}})"
+            ", which this model composes from other keys") in proc.err
+    assert not (sweep / "optuna.db").exists() and not list(sweep.glob("*/results.json"))

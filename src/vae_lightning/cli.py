@@ -235,6 +235,7 @@ class Preflight(Callback):
             sweeps.check_study(OmegaConf.select(config, "hydra.sweeper.storage", default=None))
             sweeps.check_launcher(config.hydra.launcher)
             sweeps.check_sweeper(config.hydra.sweeper, config.get("optimized_metric"))
+            sweeps.check_search_space(config)
 
         self._check(checks)
 

@@ -183,6 +183,30 @@ def check_sweeper(sweeper: Any, metric: Any = None) -> None:
         raise ConfigError("; ".join(found) + ". Nothing was run.")
 
 
+def check_search_space(config: DictConfig) -> None:
+    """Refuse, before the study, a searched key (``hydra.sweeper.params``) that this model
+    composes from other keys (an interpolation: ``model=hierarchy`` and ``ladder`` sum their
+    layers' sizes into ``model.latent``): each trial's value replaced the composed one and was
+    refused against the layers, so every trial failed and the study ended with none
+    completed."""
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    if not isinstance(params, DictConfig):
+        return
+    found = []
+    for key in params:
+        parent, _, last = str(key).rpartition(".")
+        node = OmegaConf.select(config, parent, default=None) if parent else config
+        if isinstance(node, DictConfig) and last in node and OmegaConf.is_interpolation(node,
+                                                                                        last):
+            found.append(f"{key} (here {node._get_node(last)._value()})")
+    if found:
+        raise ConfigError(
+            f"hydra.sweeper.params searches {', '.join(found)}, which this model composes from "
+            "other keys: every trial's value would be refused against them. Search the keys it "
+            "is composed from instead, with a search file of your own without it "
+            "(docs/commands.md, hparams_search).")
+
+
 def _plain(value: Any) -> Any:
     """An OmegaConf list as a Python list, for the message."""
     return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value

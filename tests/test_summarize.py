@@ -262,6 +262,13 @@ def test_the_plot_does_not_average_different_model_families(sweep, monkeypatch):
     assert by_setting[2] == "| prior | objective | test/elbo |"
     assert by_setting[4] == "| normal | elbo | 100.50 ± 0.71 (n=2) |"
     assert by_setting[7] == "| mog | iwae | 210.50 ± 0.71 (n=2) |"
+    # A run made twice with one seed is a repeat, not a second seed: said so (newcomer eight).
+    path = sweep / "1" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seed": 0}))
+    table = summarize(sweep)
+    assert "By setting, over the seeds" not in table
+    assert ("By setting, over the jobs; some of one setting share a seed, so their spread is "
+            "not only the seeds' (mean ± standard deviation, n jobs):") in table
 
 
 def test_single_runs_started_with_and_without_an_override_show_it_once(sweep):

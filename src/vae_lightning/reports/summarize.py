@@ -312,14 +312,15 @@ def unrecorded(root: Path) -> str:
             f"table: {names}.\n")
 
 
-def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    """The table in markdown, a pipe in a cell escaped (log p(x|y), a tag, a job's folder): it
+def _row(cells: Any) -> str:
+    """A markdown table's row, a pipe in a cell escaped (log p(x|y), a tag, a job's folder): it
     would end the cell and shift the row's columns."""
-    def row_of(cells: Any) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
-    lines = [row_of(cols), "|" + " --- |" * len(cols)]
-    lines += [row_of(_cell(row.get(c)) for c in cols) for row in rows]
+
+def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    lines = [_row(cols), "|" + " --- |" * len(cols)]
+    lines += [_row(_cell(row.get(c)) for c in cols) for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -449,7 +450,7 @@ def by_setting(rows: list[dict[str, Any]]) -> str:
     if all(sum(setting(r) == g for r in done) < 2 for g in groups):
         return ""
     present = [key for key in AVERAGED if any(r.get(key) is not None for r in done)]
-    lines = ["| " + " | ".join([*(names or ["setting"]), *present]) + " |",
+    lines = [_row([*(names or ["setting"]), *present]),
              "|" + " --- |" * (max(len(names), 1) + len(present))]
     for group in groups:
         cells = [_cell(value) for value in group] if names else ["all jobs"]
@@ -457,8 +458,13 @@ def by_setting(rows: list[dict[str, Any]]) -> str:
             values = [r[key] for r in done if setting(r) == group and r.get(key) is not None]
             spread = f" ± {stdev(values):.2f}" if len(values) > 1 else ""
             cells.append(f"{mean(values):.2f}{spread} (n={len(values)})" if values else "")
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return ("\nBy setting, over the seeds (mean ± standard deviation, n jobs):\n\n"
+        lines.append(_row(cells))
+    # Jobs of one setting and one seed are repeats: their spread is not the seeds' (newcomer
+    # walkthrough eight: a run made twice stood as "over the seeds").
+    seeds = [[r.get("seed") for r in done if setting(r) == g] for g in groups]
+    over = ("the seeds" if all(len(set(s)) == len(s) for s in seeds) else
+            "the jobs; some of one setting share a seed, so their spread is not only the seeds'")
+    return (f"\nBy setting, over {over} (mean ± standard deviation, n jobs):\n\n"
             + "\n".join(lines) + "\n")
 
 

@@ -210,3 +210,22 @@ def test_the_seed_table_averages_per_seed_differences_at_shared_counts(tmp_path)
     mean, se = sum(diffs) / 2, math.sqrt(sum((d - 2) ** 2 for d in diffs)) / math.sqrt(2)
     assert rows[0] == f"| MNIST | 5 | 10,000 | 2 | +{mean:.2f} ± {se:.2f} | 2 of 2 |"
     assert rows[1].endswith("| 1 of 2 |")  # at 2e4: -1 and +3
+
+
+def test_jobs_that_ended_without_a_curve_are_named_not_dropped(runs, tmp_path, capsys):
+    """A sweep job refused before training (bad input, missing data) has a results.json and no
+    curve.json: it is not on the page, and the page and the command's line say so (a sweep of
+    four whose three failed made a page of one without a word; newcomer walkthrough eight)."""
+    failed = runs / "failed"
+    failed.mkdir()
+    (failed / "results.json").write_text(json.dumps({"status": "error", "message": "no data"}))
+    out = tmp_path / "page.md"
+    assert main([str(runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(2 runs)" in printed and f"not on it, ended without a curve: {failed}" in printed
+    assert (f"Not on this page: `{failed}` (error), jobs that ended without a curve"
+            in out.read_text())
+    # none missing: no such line
+    failed.joinpath("results.json").unlink()
+    assert main([str(runs), "--out", str(out)]) == 0
+    assert "Not on this page" not in out.read_text()

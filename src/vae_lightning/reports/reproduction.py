@@ -38,6 +38,7 @@ from vae_lightning.reports.reproduction_runs import (
     check_unique,
     curve_points,
     find_runs,
+    left_out,
     load_run,
     page_order,
 )
@@ -119,12 +120,14 @@ def _images(runs: list[Run], images: Path, kind: str) -> list[str]:
 
 
 def build_page(runs: list[Run], out: str | Path, command: str | None = None,
-               notes: str | None = None, seeds: list[Run] | None = None) -> str:
+               notes: str | None = None, seeds: list[Run] | None = None,
+               missing: list[tuple[Path, str]] = ()) -> str:
     """Write the page ``out`` and its images in ``<out's dir>/reproduction/``; return the page.
     ``command`` is the command line shown as the way to rebuild it; ``notes`` (markdown, e.g. a
     discussion of the numbers written by hand) goes under "Discussion", after the figures;
     ``seeds`` (runs of further seeds) make the table of AEVB against wake-sleep at early counts
-    over seeds (``seeds_table``), with the page's runs of the same seed-less key."""
+    over seeds (``seeds_table``), with the page's runs of the same seed-less key. ``missing``:
+    the jobs found without a curve (``left_out``), named after the intro."""
     if not runs:
         raise ReproductionError("no runs to show: pass at least one run.")
     check_unique(runs)
@@ -144,6 +147,10 @@ def build_page(runs: list[Run], out: str | Path, command: str | None = None,
         "Figure 2, good to a few nats; where our run stopped at another count of training "
         "samples than the paper's, the paper column says at which count its number is.", "",
     ]
+    if missing:
+        lines += ["Not on this page: " + ", ".join(f"`{d}` ({status})" for d, status in missing)
+                  + ", jobs that ended without a curve (before their first evaluation: see "
+                  "each one's results.json).", ""]
     for data in dict.fromkeys(r.data for r in runs):
         group = [r for r in runs if r.data == data]
         name = DATA_NAMES.get(data, data)
@@ -213,11 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         runs = find_runs(args.runs)
         notes = _read_notes(args.notes) if args.notes else None
         seeds = [load_run(f) for d in args.seeds for f in sorted(Path(d).rglob(rundir.CURVE))]
-        build_page(runs, args.out, command, notes, seeds)
+        missing = left_out(args.runs)
+        build_page(runs, args.out, command, notes, seeds, missing)
     except ReproductionError as err:
         parser.exit(2, f"error: {err}\n")
     print(f"written: {args.out} ({len(runs)} runs), images in "
-          f"{Path(args.out).parent / 'reproduction'}")
+          f"{Path(args.out).parent / 'reproduction'}"
+          + (f"; not on it, ended without a curve: {', '.join(str(d) for d, _ in missing)}"
+             if missing else ""))
     return 0
 
 

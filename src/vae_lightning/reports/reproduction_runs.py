@@ -139,6 +139,21 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
     return runs
 
 
+def left_out(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """The jobs under ``paths`` that ended without a ``curve.json`` (a results.json but no
+    curve: refused before training, bad input or missing data), each with its status: not on
+    the page, and said so (a sweep of four whose three failed made a page of one, without a
+    word; newcomer walkthrough eight)."""
+    found = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            for results in sorted(path.rglob(rundir.RESULTS)):
+                if not (results.parent / rundir.CURVE).exists():
+                    found.setdefault(results.parent.resolve(),
+                                     (results.parent, _status(results.parent)))
+    return list(found.values())
+
+
 def page_order(run: Run) -> tuple:
     """The page's order of runs: by data set (the paper's first), latent size, method."""
     data = list(DATA_NAMES).index(run.data) if run.data in DATA_NAMES else len(DATA_NAMES)

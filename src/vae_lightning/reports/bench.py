@@ -376,12 +376,28 @@ def _best_first(found: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, A
     return sorted(found.items(), key=lambda item: -item[1]["iw"]["nats"])
 
 
-def _summary(found: dict[str, dict[str, Any]]) -> list[str]:
+# What a row's preset says of others' numbers (the papers', pythae's, and a note on the row):
+# read from the shipped preset when the page is written, so that a value or setting corrected
+# after the row was recorded is the page's; the record's copy where the preset is gone.
+LITERATURE = ("paper", "pythae", "note")
+
+
+def _described(row: str, record: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
+    """``record``'s ``bench`` node with ``LITERATURE`` taken from the row's preset (``known``:
+    ``rows()``) where the preset is shipped."""
+    preset = known.get(row)
+    if preset is None:
+        return record["bench"]
+    return {**record["bench"], **{key: preset.get(key) for key in LITERATURE}}
+
+
+def _summary(found: dict[str, dict[str, Any]], known: dict[str, Any]) -> list[str]:
     """The README's table: one line a row, the best log p(x) first."""
     lines = ["| row | log p(x), k = 5000 | ELBO | active units | paper (its own length) | "
-             "pythae (static MNIST) |", "| --- | --- | --- | --- | --- | --- |"]
+             "pythae (its own setting: docs/benchmark.md) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for row, record in _best_first(found):
-        bench = record["bench"]
+        bench = _described(row, record, known)
         paper, pythae = bench.get("paper") or {}, bench.get("pythae") or {}
         cells = [f"{bench.get('row') or row} (`{bench.get('config') or ''}`)",
                  _iw(record).strip("*"), _nats(record["elbo"].get("nats")),
@@ -390,7 +406,12 @@ def _summary(found: dict[str, dict[str, Any]]) -> list[str]:
         # A record's words as cells, as on the page (a pipe in a row's name split the row).
         lines.append("| " + " | ".join(map(_table_cell, cells)) + " |")
     return lines + ["", "One training run (one seed) a row: the ± is the standard error over the "
-                    "10,000 test images, not the spread between training runs."]
+                    "10,000 test images, not the spread between training runs. pythae's values "
+                    "are each in its own setting (binarization, networks, number of importance "
+                    "samples), which docs/benchmark.md gives beside each: quote it with the "
+                    "number. A number of your own from `experiment=bench/<row>` at another "
+                    "length, k or number of test points is not on this protocol: quote its "
+                    "samples seen, k and points beside it."]
 
 
 def _rewrite_readme(readme: Path, table: list[str]) -> None:
@@ -417,8 +438,9 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
     into ``readme`` where that file is (``_rewrite_readme``; the command's default README.md)."""
     found = {p.stem: read_record(p) for p in sorted(records.glob("*.json"))}
     stretches = {path: read_stretches(path) for path in sorted(long.glob("*/stretches.json"))}
+    known = rows()
     if readme is not None and readme.is_file():
-        _rewrite_readme(readme, _summary(found))
+        _rewrite_readme(readme, _summary(found, known))
     protocol = " ".join(_protocol().split())
     lines = [
         "# The benchmark table",
@@ -440,7 +462,7 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, record in _best_first(found):
-        bench = record["bench"]
+        bench = _described(row, record, known)
         paper, pythae = bench.get("paper") or {}, bench.get("pythae") or {}
         seconds = (record.get("train_seconds") or 0) + (record.get("eval_seconds") or 0)
         # A record from before resumed evaluations counted every run's time: its last run's only.
@@ -458,17 +480,20 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
                  _nats(pythae.get("value")) + (f" ({pythae['setting']})"
                                                if pythae.get("setting") else "")]
         lines.append("| " + " | ".join(_table_cell(str(c)) for c in cells) + " |")
-    known = rows()
     missing = sorted(set(known) - set(found))
     lines += ["", "**How ours differs.** The papers train their own networks for their own length "
               "(Burda et al.: 3,280 epochs, about 2e8 samples; these rows: 1e7), mostly on "
-              "dynamically binarized MNIST as here; pythae's table uses statically binarized MNIST "
-              "(one fixed draw, easier to overfit, not comparable to the dynamic numbers to "
+              "dynamically binarized MNIST as here (a paper's value on static MNIST says so "
+              "in its source); pythae's table uses statically binarized MNIST (Larochelle & "
+              "Murray's fixed draw, easier to overfit, not comparable to the dynamic numbers to "
               "within a nat or two) except where a row's setting says dynamic (its MIWAE, "
-              "PIWAE and CIWAE). Its values are negated here (pythae reports -log p(x))."]
-    # What a row's number means where it is not what it seems (its preset's `benchmark.note`,
-    # read now: an explanation may be written after the row was recorded).
-    notes = [(record["bench"].get("row") or row, (known.get(row) or record["bench"]).get("note"))
+              "PIWAE, CIWAE and S-VAE), with its own networks and latent sizes, and estimates "
+              "log p(x) with 200 to 5000 importance samples: each value's setting is beside it. "
+              "Its values are negated here (pythae reports -log p(x)). The papers' and "
+              "pythae's values, and the notes below, are read from the rows' presets "
+              "(`conf/experiment/bench/<row>.yaml`) when this page is written."]
+    # What a row's number means where it is not what it seems (its preset's `benchmark.note`).
+    notes = [(record["bench"].get("row") or row, _described(row, record, known).get("note"))
              for row, record in found.items()]
     if any(note for _, note in notes):
         lines += ["", "**Notes on rows.**", ""]

@@ -73,6 +73,28 @@ def test_the_paired_standard_error_is_that_of_the_differences(evaluations, capsy
     assert "150 test points, the same in each" in table
 
 
+def test_the_table_says_each_model_s_length_and_what_the_paired_error_leaves_out(
+        evaluations, capsys):
+    """Each run's training length (eval.json's train_samples_seen) and the evaluation's k are
+    columns of their own; models trained for different lengths are said to be, and the paired
+    ± is said to be over the points of one trained model each (not over seeds)."""
+    short, long = (json.loads((evaluations[n] / "eval.json").read_text())
+                   for n in ("short", "long"))
+    assert short["train_samples_seen"] < long["train_samples_seen"]
+    assert compare.main([str(evaluations["short"]), str(evaluations["long"])]) == 0
+    table = capsys.readouterr().out
+    head = next(line for line in table.splitlines() if line.startswith("run"))
+    assert head.split()[1:4] == ["trained", "on", "eval"]
+    for name, found in (("short", short), ("long", long)):
+        line = next(line for line in table.splitlines()
+                    if line.startswith(str(evaluations[name])))
+        assert line.split()[1:3] == [f"{found['train_samples_seen']:.3g}", str(found["k"])]
+    assert "trained for different lengths" in table
+    assert "leaves out the spread between training runs" in table
+    assert compare.main([str(evaluations["long"]), str(evaluations["long"])]) == 0
+    assert "different lengths" not in capsys.readouterr().out
+
+
 def test_paired_is_the_closed_form():
     a = [1.0, 2.0, 4.0, 8.0]
     b = [1.5, 2.0, 5.0, 8.5]

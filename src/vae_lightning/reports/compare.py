@@ -56,6 +56,7 @@ READ = {
     "points": (_mapping, "an object saying which points (split_sha256, binarize)"),
     "points.split_sha256": (optional(text), "the split's SHA-256, a string, or null"),
     "points.binarize": (text, "a string (none, static, dynamic)"),
+    "train_samples_seen": (optional(whole), "an integer >= 0 or null"),
 }
 ESTIMATES = ("iw", "elbo")
 FIX = "run vae-eval again to write it"
@@ -126,11 +127,16 @@ def compare(paths: list[str]) -> str:
     lines = [f"{n:,} {first['split']} points, the same in each; nats per data point "
              f"(± one standard error); differences with the first, paired over the points:",
              ""]
-    head = f"{'run':<{width}}  {'k':>5}  {'log p(x) (IW)':>16}  {'difference':>16}  " \
-           f"{'ELBO':>16}  {'difference':>16}"
+    # eval k: the evaluation's importance samples (an IWAE's training k is another number);
+    # trained on: the model's training length, which a comparison at 2e5 samples does not share
+    # with one at convergence.
+    head = f"{'run':<{width}}  {'trained on':>12}  {'eval k':>6}  {'log p(x) (IW)':>16}  " \
+           f"{'difference':>16}  {'ELBO':>16}  {'difference':>16}"
     lines += [head, "-" * len(head)]
     for i, e in enumerate(evaluations):
-        cells = [f"{names[i]:<{width}}", f"{e['k']:>5}"]
+        seen = e.get("train_samples_seen")
+        cells = [f"{names[i]:<{width}}", f"{'—' if seen is None else f'{seen:.3g}':>12}",
+                 f"{e['k']:>6}"]
         for name in ESTIMATES:
             cells.append(f"{_estimate(e[name]['nats'], e[name]['nats_se']):>16}")
             if i == 0:
@@ -139,10 +145,17 @@ def compare(paths: list[str]) -> str:
                 mean, se = paired(first["per_point"][name], e["per_point"][name])
                 cells.append(f"{('+' if mean >= 0 else '') + _estimate(mean, se):>16}")
         lines.append("  ".join(cells))
+    lines += ["", "trained on: training samples seen; eval k: vae-eval's importance samples. "
+                  "The paired ± is over these points, for one trained model each: it leaves out "
+                  "the spread between training runs (another seed), which a claim about methods "
+                  "needs (several seeds each: vae-summarize's table by setting)."]
     ks = {e["k"] for e in evaluations}
     if len(ks) > 1:
         lines += ["", "The IW estimates are of different k: each is a lower bound that rises "
                       "with k, so part of an IW difference is k's."]
+    if len({e.get("train_samples_seen") for e in evaluations}) > 1:
+        lines += ["", "The models were trained for different lengths (trained on): part of "
+                      "each difference is the length's."]
     return "\n".join(lines) + "\n"
 
 

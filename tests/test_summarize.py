@@ -228,6 +228,22 @@ def test_a_job_s_vae_eval_estimate_is_a_column_beside_its_bounds(sweep):
     assert table[3].endswith("|  |")
 
 
+def test_the_plot_labels_the_iw_estimate_with_its_k_and_points(sweep, monkeypatch):
+    """summary.png's log p(x) line says which estimate it draws (k and points) where every job
+    shares them, and sends the reader to the table where they differ."""
+    for job in ("0", "1"):
+        (sweep / job / "eval.json").write_text(json.dumps(EVAL))
+    drawn = _lines_drawn(monkeypatch)
+    summarize(sweep)
+    assert [label for *_, label in drawn if "log p(x)" in label] == [
+        "test log p(x), IW (k = 5000, 10,000 points)"]
+    (sweep / "1" / "eval.json").write_text(json.dumps({**EVAL, "k": 100}))
+    drawn.clear()
+    summarize(sweep)
+    assert [label for *_, label in drawn if "log p(x)" in label] == [
+        "test log p(x), IW (k and points differ: the table)"]
+
+
 @pytest.mark.parametrize("content, words", [
     ('{"split": "test", "k": 5', ["is not JSON"]),
     (json.dumps({**EVAL, "iw": {"nats": "high"}}), ["iw.nats='high' is not allowed",

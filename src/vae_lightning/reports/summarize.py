@@ -353,6 +353,18 @@ SERIES = (("test/elbo", "test ELBO"), ("eval/iw", "test log p(x), IW estimate"),
           ("eval/fitted_elbo", "test ELBO, prior fitted after training"))
 
 
+def _iw_label(rows: list[dict[str, Any]], label: str) -> str:
+    """``label`` of vae-eval's IW estimate with its k (``eval/k``) and points (``eval/n``)
+    where every job evaluated has the same, else a pointer to the table: a figure lifted into a
+    paper says which bound it draws."""
+    evaluated = [r for r in rows if r.get("eval/iw") is not None]
+    ks = {r.get("eval/k") for r in evaluated}
+    ns = {r.get("eval/n") for r in evaluated}
+    if len(ks) == 1 and len(ns) == 1 and None not in ks | ns:
+        return f"{label} (k = {ks.pop()}, {ns.pop():,} points)"
+    return f"{label} (k and points differ: the table)" if evaluated else label
+
+
 def _train_series(rows: list[dict[str, Any]]) -> tuple[str, str]:
     """The training bound a plot draws, and what its label adds: at the end of training
     (``TRAIN_END``) where every job that has a training bound has it, else the running mean as
@@ -385,7 +397,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ticks = set()
     train, how = _train_series(done)
     for key, label in ((train, f"train{how}"), ("test/elbo", "test"),
-                       ("eval/iw", "test log p(x), IW")):
+                       ("eval/iw", _iw_label(done, "test log p(x), IW"))):
         for group in groups:
             points = [(r["latent"], r[key]) for r in done
                       if r.get(key) is not None and "latent" in r and setting(r) == group]
@@ -415,7 +427,9 @@ def _plot_settings(plt: Any, rows: list[dict[str, Any]], names: list[str], setti
     fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.45 * len(groups)))
     rows_at = {group: i for i, group in enumerate(groups)}
     train, how = _train_series(rows)
-    for key, label in ((train, f"train ELBO{how}"), *SERIES):
+    series = [(key, _iw_label(rows, label) if key == "eval/iw" else label)
+              for key, label in SERIES]
+    for key, label in ((train, f"train ELBO{how}"), *series):
         points = [(r[key], rows_at[setting(r)]) for r in rows if r.get(key) is not None]
         if not points:
             continue

@@ -386,6 +386,42 @@ def test_the_mutual_information_of_a_linear_gaussian_encoder_is_its_closed_form(
     assert mutual_information(Gaussian(), same) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_the_pairwise_density_of_gaussian_posteriors_is_the_broadcast_one_in_closed_form():
+    """mutual_information_terms scores every draw under every point's q(z|x): for diagonal
+    Gaussians by three matrix products in float64 (a 10,000-point evaluation spent minutes
+    broadcasting [500, 500, d] blocks), equal to the float64 broadcast log_prob to 1e-8 nats
+    over scales from 1e-3 to 20; other families keep their own log_prob, as before. The
+    estimate from the closed form equals the broadcast one's to float32 rounding."""
+    from torch.distributions import Independent, Laplace, Normal
+
+    from vae_lightning.log_likelihood import mutual_information_terms, pairwise_log_prob
+    from vae_lightning.posteriors import Gaussian
+
+    g = torch.Generator().manual_seed(0)
+    loc = 3 * torch.randn(300, 7, generator=g)
+    scale = torch.exp(torch.empty(300, 7).uniform_(math.log(1e-3), math.log(20), generator=g))
+    z = 3 * torch.randn(50, 7, generator=g)
+    fast = pairwise_log_prob(Independent(Normal(loc, scale), 1), z)
+    exact = Independent(Normal(loc.double(), scale.double()), 1).log_prob(z.double()[:, None])
+    assert fast.shape == (50, 300) and fast.dtype == torch.float64
+    assert (fast - exact).abs().max().item() < 1e-8 * max(1.0, exact.abs().max().item())
+    laplace = Independent(Laplace(loc, scale), 1)
+    assert torch.equal(pairwise_log_prob(laplace, z), laplace.log_prob(z[:, None]))
+    params = torch.cat([loc, 2 * scale.clamp(min=0.05).log()], 1)
+    torch.manual_seed(3)
+    terms = mutual_information_terms(Gaussian(), params, batch=128)
+    torch.manual_seed(3)  # the same draws, scored by broadcasting
+    family, n = Gaussian(), len(params)
+    reference = []
+    for start in range(0, n, 128):
+        own = family(params[start:start + 128])
+        draws = own.rsample()
+        log_q = family(params).log_prob(draws[:, None, :]).double()
+        reference.append(own.log_prob(draws).double()
+                         - (torch.logsumexp(log_q, 1) - math.log(n)))
+    assert torch.allclose(terms, torch.cat(reference), atol=1e-4)
+
+
 @pytest.mark.parametrize("prior", ["normal", "mog"])
 def test_the_kl_and_mi_diagnostics_leave_the_estimates_as_they_were(prior, tmp_path):
     """evaluate() reports E_x KL(q(z|x) || p(z)) (analytic for N(0, I), Monte Carlo for the

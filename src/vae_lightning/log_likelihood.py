@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, TransformedDistribution
+from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 
 from vae_lightning.divergence import refuse_nonfinite
 from vae_lightning.errors import ConfigError
@@ -496,10 +496,29 @@ def mutual_information_terms(family: Any, params: Tensor, batch: int = 500) -> T
             z, log_own = z[0], log_own[0]
             log_aggregate = torch.full_like(log_own, -math.inf)
             for other in posteriors:
-                log_q = other.log_prob(z[:, None, :])
+                log_q = pairwise_log_prob(other, z)
                 log_aggregate = torch.logaddexp(log_aggregate, torch.logsumexp(log_q, dim=1))
             terms.append((log_own - (log_aggregate - math.log(n))).double())
     return torch.cat(terms)
+
+
+def pairwise_log_prob(q: Distribution, z: Tensor) -> Tensor:
+    """log q_n(z_i) ``[I, N]`` for each draw z_i of ``z`` ``[I, d]`` under each posterior q_n of
+    the batch ``q`` ``[N]`` (``mutual_information_terms``' N x N pairs). A diagonal Gaussian's
+    (the default posterior's) in closed form by three products, in float64:
+    -1/2 [sum_d z_id^2 / s_nd^2 - 2 z_id m_nd / s_nd^2 + m_nd^2 / s_nd^2 + 2 log s_nd + log 2 pi],
+    which a pass over every pair of 10,000 points took minutes to broadcast (an [I, N, d] tensor
+    a block); any other family broadcast through its own log_prob."""
+    base = q.base_dist if isinstance(q, Independent) else None
+    if (type(base) is Normal and q.reinterpreted_batch_ndims == 1 and z.dim() == 2
+            and base.loc.dim() == 2):
+        loc, scale, z = base.loc.double(), base.scale.double(), z.double()
+        precision = scale.pow(-2)
+        shift = loc * precision
+        constant = ((loc * shift).sum(-1) + 2 * scale.log().sum(-1)
+                    + loc.shape[-1] * math.log(2 * math.pi))
+        return -0.5 * (z.pow(2) @ precision.T - 2 * z @ shift.T + constant)
+    return q.log_prob(z[:, None, :])
 
 
 def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k: int,

@@ -117,12 +117,19 @@ class Conditioned(nn.Module):
             self.net = net((in_shape[0] + classes, *in_shape[1:]), tuple(out_shape))
         else:
             self.net = net((math.prod(in_shape) + classes,), tuple(out_shape))
+        # A network that reads log(1 + x) (``nets.MLP``'s log_input, for counts) reads it of
+        # the data point only: c(y) is given as it is (a condition vector below -1 was NaN).
+        self.log_input = bool(getattr(self.net, "log_input", False))
+        if self.log_input:
+            self.net.log_input = False
 
     def given(self, y: Tensor | None) -> None:
         self.labels.given(y)
 
     def forward(self, x: Tensor) -> Tensor:
         data = x.flatten(-self.in_dims) if not self.as_channels else x
+        if self.log_input:
+            data = data.log1p()
         # The data point's dimensions (1 after flattening), then the batch's, if any.
         point = 3 if self.as_channels else 1
         batch = data.shape[-point - 1] if data.dim() > point else 1

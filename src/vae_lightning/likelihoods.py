@@ -254,6 +254,11 @@ class Poisson(Counts):
         return torch.log(mean)
 
 
+# The largest max_log_theta: theta = e^25 = 7.2e10, where float64's rounding of the log-gamma
+# terms (about 1e12) is below 1e-3 nats (NegativeBinomial).
+MAX_LOG_THETA = 25.0
+
+
 class NegativeBinomial(Counts):
     """Negative binomial (gamma-Poisson) decoder for overdispersed counts, in the mean and
     inverse-dispersion parametrisation of scVI (Lopez et al. 2018): per value a mean
@@ -268,12 +273,16 @@ class NegativeBinomial(Counts):
     the outputs, not from exp and log), its log-probability in closed form through lgamma, in
     float64 (``pixel_distributions.CountNegativeBinomial``). eta_2 is clamped at
     ``max_log_theta`` so that theta stays finite (beyond it the distribution is the Poisson to
-    float32's precision). ``zero_inflated``: scVI's ZINB (``Counts``)."""
+    float32's precision). Its largest value is ``MAX_LOG_THETA``: log Gamma(k + theta) and
+    log Gamma(theta) grow as theta log theta, and their difference, a few nats, is lost in
+    float64's rounding of them beyond it (log p off by 2 nats per value at e^34, by hundreds
+    at e^40, positive log-probabilities among them). ``zero_inflated``: scVI's ZINB
+    (``Counts``)."""
 
     n_count_params = 2
 
     @checked
-    def __init__(self, max_log_theta: Annotated[float, Range(gt=0, le=80)] = 20.0,
+    def __init__(self, max_log_theta: Annotated[float, Range(gt=0, le=MAX_LOG_THETA)] = 20.0,
                  zero_inflated: bool = False) -> None:
         super().__init__(zero_inflated)
         self.max_log_theta = max_log_theta

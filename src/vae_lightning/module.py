@@ -92,6 +92,17 @@ class VAE(Inference, L.LightningModule):
             parts = ", ".join(f"{name}.latent={size}" for name, size in wrong.items())
             raise ValueError(f"latent={self.latent}, but {parts}: z is one size for q(z|x) "
                              "and p(z); set model.latent (the parts take it, ${model.latent}).")
+        # The decoder reads the first decoder.latent units of z: all of z, or with stochastic
+        # layers z_1 (or more of the layers): more units than z has was a shape traceback at the
+        # first step; fewer without layers, a decoder that ignored the last units of z, silently.
+        layers = getattr(encoder.posterior, "layers", None) or getattr(prior, "layers", None)
+        reads = getattr(decoder, "latent", self.latent)
+        if reads > self.latent or (not layers and reads != self.latent):
+            raise ValueError(
+                f"latent={self.latent}, but model.decoder.latent={reads}: the decoder reads z, "
+                f"of {self.latent} units" + (f" (or its first layers, z_1 of {layers[0]})"
+                                             if layers else "") + "; leave "
+                "model.decoder.latent to the model (${model.latent}, or the first layer's size).")
         self.data_shape = tuple(data_shape) if data_shape is not None else None
         if type(prior).distribution is Prior.distribution:  # a prior of one's own
             raise ValueError(

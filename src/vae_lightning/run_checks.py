@@ -351,6 +351,22 @@ def warn_about_grey_pixels(datamodule: L.LightningDataModule, model: VAE) -> Non
         "Use %s.", type(likelihood).__name__.lower(), fix)
 
 
+def check_log_input(model: VAE, datamodule: L.LightningDataModule) -> None:
+    """An encoder that reads log(1 + x) (``model.encoder.net.log_input``, for counts) has no
+    input where a value is -1 or below (real-valued feature vectors): every such point's bound
+    was NaN, a run refused at its first step with a word about the data's scale only. Refused
+    before the first step, naming the key, the split and the smallest value."""
+    if not any(getattr(part, "log_input", False) for part in model.encoder.modules()):
+        return
+    for split, (x, _) in getattr(datamodule, "splits", {}).items():
+        if len(x) and x.is_floating_point() and float(x.min()) <= -1:
+            raise ConfigError(
+                "model.encoder.net.log_input=true has the encoder read log(1 + x), which is "
+                f"not defined where x <= -1, and the data's {split} split holds "
+                f"{float(x.min()):.6g}: expected it with counts or other values > -1, or "
+                "model.encoder.net.log_input=false.")
+
+
 def warn_about_busy_cores() -> None:
     """Warn, in one line, when torch will run several threads on cores that other processes
     keep busy: the OpenMP threads of each operation spin while they wait for the slowest of

@@ -159,7 +159,28 @@ def is_run(directory: str | Path) -> bool:
     directory = Path(directory)
     if (directory / CHECKPOINTS).exists():
         return True
-    return (directory / RESULTS).exists() and status(directory) not in NOTHING_TO_RESUME
+    if not (directory / RESULTS).exists():
+        return False
+    # Checkpoints elsewhere in it are a run's all the same: with callbacks=none Lightning's own
+    # checkpointing writes <logger dir>/checkpoints/epoch=...ckpt, and a run stopped there was
+    # said to have nothing to resume, and run again over its metrics.csv.
+    return status(directory) not in NOTHING_TO_RESUME or bool(checkpoint_files(directory))
+
+
+def checkpoint_files(directory: str | Path) -> list[Path]:
+    """The checkpoint files (``*.ckpt``) anywhere under ``directory``, links not followed,
+    oldest first."""
+    found = []
+    for root, _, files in os.walk(directory):
+        found += [Path(root) / name for name in files if name.endswith(".ckpt")]
+    return sorted(found, key=_mtime)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat(follow_symlinks=False).st_mtime
+    except OSError:  # removed meanwhile (a checkpoint callback replacing its best)
+        return 0.0
 
 
 def status(directory: str | Path) -> str | None:
@@ -343,7 +364,9 @@ def refuse_into(directory: str | Path, resuming: str | bool | None) -> None:
             "nothing was written. Resume it with ckpt_path=last and the overrides it was started "
             "with, or choose another hydra.run.dir.")
     if isinstance(resuming, str) and resuming != LAST_KEYWORD and (
-            of_checkpoint(resuming) != Path(directory).resolve()):
+            of_checkpoint(resuming) != Path(directory).resolve()) and not (
+            Path(resuming).resolve().is_relative_to(Path(directory).resolve())):
+        # (one inside it is its run's: Lightning's own, <logger dir>/checkpoints, callbacks=none)
         raise ConfigError(
             f"hydra.run.dir={directory} holds another run than ckpt_path={resuming} (whose run "
             f"directory is {of_checkpoint(resuming)}); nothing was written. A resume goes on in "

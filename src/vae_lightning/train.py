@@ -202,6 +202,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     run_checks.check_labels(model, datamodule)
     run_checks.check_grid(model, datamodule)
     run_checks.warn_about_grey_pixels(datamodule, model)  # the pixels read, before any step
+    run_checks.check_log_input(model, datamodule)
     run_checks.check_bits_metric(cfg, model, datamodule)  # again: binary pixels now known
     run_checks.check_dataset_size(model, datamodule)
     loggers = _instantiate_all(cfg.get("logger"), "logger",
@@ -379,8 +380,15 @@ def _interrupted(cfg: DictConfig, trainer: L.Trainer, signum: int) -> Interrupte
     last = rundir.last_checkpoint(cfg.output_dir)
     overrides = [item for item in command_overrides() if not item.startswith("ckpt_path=")]
     recorded = "results.json records the status 'interrupted' (no test results)"
+    others = rundir.checkpoint_files(cfg.output_dir) if not last.is_file() else []
+    again = [item for item in overrides if not item.startswith("hydra.run.dir=")]
+    if others:  # no last.ckpt, but checkpoints (Lightning's own, with callbacks=none)
+        resume = command("vae-train", *again, override("hydra.run.dir", cfg.output_dir),
+                         override("ckpt_path", others[-1]))
+        return Interrupted(
+            f"Stopped by {signal.Signals(signum).name}; the run keeps no {last}, but its "
+            f"newest checkpoint is {others[-1]}; {recorded}. Resume with: {resume}", signum)
     if not last.is_file():  # nothing to resume: the run starts afresh there (rundir.is_run)
-        again = [item for item in overrides if not item.startswith("hydra.run.dir=")]
         return Interrupted(
             f"Stopped by {signal.Signals(signum).name} before the first checkpoint, so there is "
             f"nothing to resume; {recorded}. Run it again: "

@@ -24,6 +24,7 @@ import torch
 from vae_lightning import rundir
 from vae_lightning.args import PositiveInt, Range, checked, fail
 from vae_lightning.checkpoints import RunConfig
+from vae_lightning.errors import DataError
 from vae_lightning.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,27 @@ class InitialBound(L.Callback):
             elbo = split_elbo(pl_module, dm, self.split, self.batch_size)
         pl_module.train(training)
         self.value = elbo.double().mean().item()
+        if not math.isfinite(self.value):
+            raise DataError(unscorable(elbo, self.split, dm))
+
+
+def unscorable(elbo: torch.Tensor, split: str, datamodule: Any) -> str:
+    """The paragraph refusing a run whose untrained model's bound ``elbo`` (per point of
+    ``split``) is not finite: no step can mend a point the model cannot score as it starts (a
+    validation point with a count of 2^24 read by an MLP encoder, a float feature of 1e20), and
+    the run trained its whole length to end 'diverged', with 'lower model.optimizer.lr'."""
+    bad = torch.nonzero(~torch.isfinite(elbo)).flatten().tolist()
+    rows = datamodule.evaluation_rows(split) if hasattr(datamodule, "evaluation_rows") else None
+    where = (f" (row {int(rows[bad[0]])} of what the split was read from)"
+             if rows is not None and len(rows) > bad[0] else "")
+    return (f"The untrained model's bound on the {split} split is not finite "
+            f"({elbo[bad[0]].item()} nats at its point {bad[0]}{where}; {len(bad)} of its "
+            f"{len(elbo)} points are such), before any step: the model cannot score these data "
+            "as it starts, and no update was made, so the step size is not the cause (training "
+            "would end with the run diverged). Look at the data's values for values far out of "
+            "scale (counts read by an MLP encoder: model.encoder.net.log_input=true reads "
+            "log(1 + x); real-valued feature vectors: standardise them) and at the model's "
+            "settings. Nothing was trained.")
 
     def state_dict(self) -> dict[str, Any]:
         return {"value": self.value, "split": self.split}

@@ -27,6 +27,9 @@ from vae_lightning.files import atomic_write, kind, open_regular
 
 CONFIG_KEY = "run_config"  # the run's resolved config, in every checkpoint train.py writes
 DATA_KEY = "data_identity"  # what the data were (VAEDataModule.identity), likewise
+# In a file vae-export wrote (the model without its training state): the source's SHA-256 and
+# counters (``export.export``); such a file is not resumed (``resume.check_resumable``).
+EXPORT_KEY = "exported_from"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

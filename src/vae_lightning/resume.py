@@ -19,7 +19,7 @@ import torch
 from hydra.utils import get_class
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
-from vae_lightning.checkpoints import run_config
+from vae_lightning.checkpoints import EXPORT_KEY, run_config
 from vae_lightning.console import command
 from vae_lightning.errors import CheckpointError
 
@@ -412,7 +412,17 @@ def check_resumable(config: dict[str, Any], checkpoint: dict[str, Any], path: st
                     overrides: Sequence[str] = ()) -> None:
     """Raise ``CheckpointError`` if ``config`` (resolved) differs from the run that wrote
     ``checkpoint`` in its model, data set or ``seed``, naming the keys and the run's
-    ``overrides``."""
+    ``overrides``; or if ``checkpoint`` is a file vae-export wrote (``EXPORT_KEY``), which holds
+    no training state to go on from."""
+    exported = checkpoint.get(EXPORT_KEY)
+    if exported is not None:
+        source = (f" (the model of a checkpoint with SHA-256 {exported.get('sha256')}, epoch "
+                  f"{exported.get('epoch')})" if isinstance(exported, dict) else "")
+        raise CheckpointError(
+            f"Checkpoint {path} was written by vae-export{source}: it holds the model without "
+            "its training state (optimizer moments, loops, random states), so a run cannot go "
+            "on from it. Resume from the run's own checkpoints/last.ckpt, or start a fresh run "
+            "without ckpt_path.")
     saved = run_config(checkpoint, path)
     # data.steps_per_batch too: automatic (K = 1) and manual (K > 1) optimization count their
     # optimizer steps apart, so a switch lost count of the steps (and of the KL schedule's).

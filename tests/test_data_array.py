@@ -697,6 +697,20 @@ def test_vae_eval_of_a_conditional_vae_names_the_conditional_kl(tmp_path, monkey
     assert "bounds on log p(x|y)" in evaluated.out
 
 
+def test_vae_eval_s_summary_names_the_model_s_training_length_and_its_error(
+        tmp_path, monkeypatch, capsys):
+    """The line a reader copies says which model (its samples seen: a short run's number is
+    not a converged one's) and what its +- is (newcomer walkthrough nine)."""
+    path = save(tmp_path / "xc.npz", **conditioned_images(60))
+    evaluated, run_dir = _trained_and_evaluated(
+        path, ["data.condition=c", "model=cvae", "model.classes=2"], tmp_path, monkeypatch,
+        capsys)
+    seen = json.loads((run_dir / "eval.json").read_text())["train_samples_seen"]
+    assert seen > 0
+    assert (f"+- the standard error over the points; the model after {seen:,} training "
+            "samples;") in evaluated.out, evaluated.out
+
+
 def test_vae_eval_of_m2_writes_its_bound_and_proposal_to_eval_json(tmp_path, monkeypatch, capsys):
     """End to end, M2 trained on a labelled array file: vae-eval's eval.json says its bounds are
     of log p(x) with y enumerated, its ELBO U(x), and its proposal q(z|x, y) per class, and the

@@ -387,8 +387,12 @@ def _evaluate(cfg: DictConfig) -> float:
             print(f"  z_{i}: {_active(layer['active_units'], layer['size'])} units "
                   f"active{kl}")
         given = f"; bounds on {results['bound_of']}" if results["bound_of"] != "log p(x)" else ""
-        print(f"(k={results['k']}, n={results['n']}; "
-              f"{_active(results['active_units'], results['latent'])} latent units "
+        # Which model (its training length: a short run's number is not a converged one's) and
+        # what the +- is, on the line a reader copies.
+        seen = results.get("train_samples_seen")
+        trained = f"; the model after {seen:,} training samples" if seen is not None else ""
+        print(f"(k={results['k']}, n={results['n']}, +- the standard error over the points"
+              f"{trained}; {_active(results['active_units'], results['latent'])} latent units "
               f"active{given}) written to {results['path']}")
         return results["iw"]["nats"]
 

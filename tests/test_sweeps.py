@@ -482,6 +482,23 @@ def test_a_search_of_a_key_the_model_composes_is_refused_before_the_study(
     proc = _sweep_here(["hparams_search=optuna", f"model={model}", "hydra.sweeper.n_trials=2"],
                        sweep, monkeypatch, capsys)
     assert proc.code == 2, proc.err[-3000:]
-    assert ("hydra.sweeper.params searches model.latent (here ${sum:${.encoder.posterior.layers}})"
+    assert ("The sweep varies model.latent (here ${sum:${.encoder.posterior.layers}})"
             ", which this model composes from other keys") in proc.err
     assert not (sweep / "optuna.db").exists() and not list(sweep.glob("*/results.json"))
+
+
+@pytest.mark.parametrize("swept", ["model.latent=5,10", "model.decoder.latent=3,4"])
+def test_a_command_line_sweep_of_a_key_the_model_composes_is_refused_before_any_job(
+        tmp_path, monkeypatch, capsys, swept):
+    """The same for a key swept on the command line (the basic sweeper, or a sweep override
+    the Optuna sweeper adds to its search): every job was refused against the layers (or the
+    decoder against z's size), the sweep ending with none completed (hostile round
+    seventeen). Refused before any job; a key of the model's own is swept as before."""
+    sweep = tmp_path / "sweep"
+    model = "hierarchy" if swept.startswith("model.latent") else "vae"
+    proc = _sweep_here(["-m", f"model={model}", swept, "trainer.max_steps=1"], sweep, monkeypatch,
+                       capsys)
+    assert proc.code == 2, proc.err[-3000:]
+    key = swept.split("=")[0]
+    assert f"The sweep varies {key} (here ${{" in proc.err, proc.err[-2000:]
+    assert not list(sweep.glob("*/results.json"))

@@ -183,28 +183,42 @@ def check_sweeper(sweeper: Any, metric: Any = None) -> None:
         raise ConfigError("; ".join(found) + ". Nothing was run.")
 
 
+def _swept_on_the_command_line(config: DictConfig) -> list[str]:
+    """The keys the command line sweeps (``model.latent=2,5``, ``'x=choice(3,4)'``: Hydra's
+    sweep overrides among the task's), which every sweeper, the Optuna one too, adds to its
+    search."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = [str(item) for item in OmegaConf.select(config, "hydra.overrides.task", default=[])]
+    try:
+        parsed = OverridesParser.create().parse_overrides(task)
+    except Exception:  # noqa: BLE001 - Hydra reports a malformed override itself
+        return []
+    return [item.key_or_group for item in parsed if item.is_sweep_override()]
+
+
 def check_search_space(config: DictConfig) -> None:
-    """Refuse, before the study, a searched key (``hydra.sweeper.params``) that this model
-    composes from other keys (an interpolation: ``model=hierarchy`` and ``ladder`` sum their
-    layers' sizes into ``model.latent``): each trial's value replaced the composed one and was
-    refused against the layers, so every trial failed and the study ended with none
-    completed."""
+    """Refuse, before the sweep, a swept or searched key (``hydra.sweeper.params``, or a sweep
+    override on the command line) that this model composes from other keys (an
+    interpolation: ``model=hierarchy`` and ``ladder`` sum their layers' sizes into
+    ``model.latent``; ``model.decoder.latent`` is ``${model.latent}``): each job's value replaced
+    the composed one and was refused against the rest, so every job failed and the study or
+    sweep ended with none completed."""
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-    if not isinstance(params, DictConfig):
-        return
+    searched = [str(key) for key in params] if isinstance(params, DictConfig) else []
     found = []
-    for key in params:
-        parent, _, last = str(key).rpartition(".")
+    for key in dict.fromkeys([*searched, *_swept_on_the_command_line(config)]):
+        parent, _, last = key.rpartition(".")
         node = OmegaConf.select(config, parent, default=None) if parent else config
         if isinstance(node, DictConfig) and last in node and OmegaConf.is_interpolation(node,
                                                                                         last):
             found.append(f"{key} (here {node._get_node(last)._value()})")
     if found:
         raise ConfigError(
-            f"hydra.sweeper.params searches {', '.join(found)}, which this model composes from "
-            "other keys: every trial's value would be refused against them. Search the keys it "
-            "is composed from instead, with a search file of your own without it "
-            "(docs/commands.md, hparams_search).")
+            f"The sweep varies {', '.join(found)}, which this model composes from other keys: "
+            "every job's value would be refused against them. Sweep or search the keys it is "
+            "composed from instead (for hydra.sweeper.params, with a search file of your own "
+            "without it: docs/commands.md, hparams_search).")
 
 
 def _plain(value: Any) -> Any:

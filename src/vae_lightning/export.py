@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,22 @@ def export(source: str | Path, destination: str | Path, *, force: bool = False) 
     if destination.exists() and destination.resolve() == source.resolve():
         raise CheckpointError(f"OUT={str(destination)!r} is the checkpoint being exported: write "
                               "the export to another file, the run keeps its own.")
+    if destination.is_dir():  # --force renamed over it: an IsADirectoryError traceback
+        raise CheckpointError(f"OUT={str(destination)!r} is a directory: name a file to write "
+                              "(e.g. OUT/model.ckpt); a directory is never replaced.")
+    if destination.is_file() and _holds_training_state(destination):
+        # --force wrote an export over the run's last.ckpt (or a best-*.ckpt, or a hard link to
+        # one): the optimizer's moments and loops a resume reads were gone.
+        raise CheckpointError(f"OUT={str(destination)!r} is a training checkpoint (it holds "
+                              "optimizer states, what a resume reads): vae-export never "
+                              "replaces one, --force or not. Write the export to another file.")
     if destination.exists() and not force:
         raise CheckpointError(f"OUT={str(destination)!r} exists; it is not overwritten (pass "
                               "--force to replace it).")
     if not destination.parent.is_dir():
-        raise CheckpointError(f"OUT={str(destination)!r}: its folder {destination.parent} does "
-                              "not exist.")
+        what = "is not a folder" if destination.parent.exists() else "does not exist"
+        raise CheckpointError(f"OUT={str(destination)!r}: its folder {destination.parent} "
+                              f"{what}.")
     # Read as untrusted input and rebuilt with this package's classes only: a file that would
     # not load (others' classes, sizes, shapes, non-finite weights) is not exported; its
     # digest taken before and after (a last.ckpt a running training writes again is refused).
@@ -96,6 +107,17 @@ def export(source: str | Path, destination: str | Path, *, force: bool = False) 
     return {"source": str(source), "destination": str(destination),
             "source_bytes": source.stat().st_size, "bytes": destination.stat().st_size,
             EXPORT_KEY: record}
+
+
+def _holds_training_state(path: Path) -> bool:
+    """Whether the file ``path`` is a checkpoint that holds a training state (its pickle names
+    ``optimizer_states``), read without unpickling anything; False for any other file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            return any(b"optimizer_states" in archive.read(name) for name in pickles)
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError, EOFError):
+        return False
 
 
 def _check_written(destination: Path, weights: dict[str, torch.Tensor]) -> None:

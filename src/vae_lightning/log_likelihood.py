@@ -513,6 +513,10 @@ def pairwise_log_prob(q: Distribution, z: Tensor) -> Tensor:
     if (type(base) is Normal and q.reinterpreted_batch_ndims == 1 and z.dim() == 2
             and base.loc.dim() == 2):
         loc, scale, z = base.loc.double(), base.scale.double(), z.double()
+        # Centred on the posteriors' mean first ((z - m)^2 is the same): the expansion's terms
+        # grow as (m / s)^2 and cancelled to nats of error (m = 30, s = 1e-6: 2.2 nats).
+        centre = loc.mean(0)
+        loc, z = loc - centre, z - centre
         precision = scale.pow(-2)
         shift = loc * precision
         constant = ((loc * shift).sum(-1) + 2 * scale.log().sum(-1)

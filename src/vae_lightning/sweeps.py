@@ -208,6 +208,11 @@ def check_search_space(config: DictConfig) -> None:
     searched = [str(key) for key in params] if isinstance(params, DictConfig) else []
     found = []
     for key in dict.fromkeys([*searched, *_swept_on_the_command_line(config)]):
+        if not key.startswith("model."):
+            # Only the model's sizes are composed and checked against each other; elsewhere an
+            # interpolation is a default (data.root=${oc.env:VAE_DATA_DIR,data}, data.seed=
+            # ${seed}) that a sweep replaces as any value: -m data.seed=1,2 was refused.
+            continue
         parent, _, last = key.rpartition(".")
         node = OmegaConf.select(config, parent, default=None) if parent else config
         if isinstance(node, DictConfig) and last in node and OmegaConf.is_interpolation(node,

@@ -56,7 +56,9 @@ READ = {
     "points": (_mapping, "an object saying which points (split_sha256, binarize)"),
     "points.split_sha256": (optional(text), "the split's SHA-256, a string, or null"),
     "points.binarize": (text, "a string (none, static, dynamic)"),
-    "train_samples_seen": (optional(whole), "an integer >= 0 or null"),
+    # Below 2**63 (a counter of int64): a 10**400 was an OverflowError traceback in the table.
+    "train_samples_seen": (optional(lambda value: whole(value) and value < 2**63),
+                           "an integer from 0 to 2**63 - 1, or null"),
 }
 ESTIMATES = ("iw", "elbo")
 FIX = "run vae-eval again to write it"

@@ -108,3 +108,23 @@ def test_a_source_that_names_code_outside_the_package_is_not_exported(run, tmp_p
     assert export.main([str(crafted), str(tmp_path / "out.ckpt")]) == 2
     assert "os.system" in capsys.readouterr().err
     assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_a_model_of_your_own_classes_is_exported_when_you_trust_them(run, tmp_path, capsys):
+    """A run whose prior is a class of one's own (tests/models.py) is refused as any checkpoint
+    naming code outside the package is, the refusal naming vae-export's --trusted; exported
+    with it, the file loads (trusting the same name) to the same weights."""
+    directory, _ = run
+    checkpoint = read_checkpoint(directory / "checkpoints" / "last.ckpt")
+    checkpoint["run_config"]["model"]["prior"]["_target_"] = "models.NamedPrior"
+    mine = tmp_path / "mine.ckpt"
+    torch.save(checkpoint, mine)
+    out = tmp_path / "out.ckpt"
+    assert export.main([str(mine), str(out)]) == 2
+    assert "--trusted models.NamedPrior with vae-export" in capsys.readouterr().err
+    assert not out.exists()
+    assert export.main([str(mine), str(out), "--trusted", "models.NamedPrior"]) == 0
+    loaded = VAE.load_from_checkpoint(str(out), trusted=["models.NamedPrior"])
+    assert type(loaded.prior).__name__ == "NamedPrior"
+    for name, tensor in checkpoint["state_dict"].items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,12 @@ def source_of(path: str | Path) -> Path:
     return path
 
 
-def export(source: str | Path, destination: str | Path, *, force: bool = False) -> dict[str, Any]:
+def export(source: str | Path, destination: str | Path, *, force: bool = False,
+           trusted: Sequence[str] = ()) -> dict[str, Any]:
     """Write the model of ``source`` (a checkpoint, or a run directory's last one) to
     ``destination`` without the training state (module docstring); return what was written:
-    the paths, the sizes in bytes, and the record ``EXPORT_KEY``."""
+    the paths, the sizes in bytes, and the record ``EXPORT_KEY``. ``trusted``: dotted names of
+    one's own classes the model may build (``rebuild.build_trusted``), as vae-eval's."""
     from vae_lightning.module import VAE
     from vae_lightning.rebuild import load_model
 
@@ -95,7 +98,8 @@ def export(source: str | Path, destination: str | Path, *, force: bool = False) 
     # Read as untrusted input and rebuilt with this package's classes only: a file that would
     # not load (others' classes, sizes, shapes, non-finite weights) is not exported; its
     # digest taken before and after (a last.ckpt a running training writes again is refused).
-    (_, _, checkpoint), sha256 = digested(source, lambda: load_model(source, VAE))
+    (_, _, checkpoint), sha256 = digested(source, lambda: load_model(source, VAE,
+                                                                  trusted=tuple(trusted)))
     record = {"sha256": sha256, "epoch": checkpoint.get("epoch"),
               "global_step": checkpoint.get("global_step"),
               "samples_seen": checkpoint.get("samples_seen")}
@@ -139,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="a checkpoint, or a run directory (its checkpoints/last.ckpt)")
     parser.add_argument("destination", metavar="OUT.ckpt", help="the file to write")
     parser.add_argument("--force", action="store_true", help="replace OUT.ckpt if it exists")
+    parser.add_argument("--trusted", action="append", default=[], metavar="NAME",
+                        help="the dotted name of a class of your own the model builds (once "
+                             "per class; only for a checkpoint you trained)")
     args = parser.parse_args(argv)
     try:
-        done = export(args.source, args.destination, force=args.force)
+        done = export(args.source, args.destination, force=args.force, trusted=args.trusted)
     except UserError as err:
         print(f"{err.prefix}: {err}", file=sys.stderr)
         return err.exit_code

@@ -128,7 +128,9 @@ def _refuse_untrusted(node: Any, key: str, path: str | Path, trusted: Sequence[s
             "Only if the checkpoint is yours and these are classes you wrote, pass their dotted "
             f"names as trusted: VAE.load_from_checkpoint(path, trusted={strings}) in Python, "
             f"eval.trusted={listed} with vae-eval, trusted={listed} with vae-sample and "
-            "vae-encode (their modules importable: on PYTHONPATH, as when it was trained).")
+            f"vae-encode, {' '.join(f'--trusted {n}' for n in sorted(names)) or '--trusted ...'}"
+            " with vae-export (their modules importable: on PYTHONPATH, as when it was "
+            "trained).")
 
 
 def _reason(err: BaseException) -> str:

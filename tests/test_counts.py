@@ -208,6 +208,25 @@ def test_log_input_reads_log_one_plus_x():
     torch.testing.assert_close(logged(x), plain(torch.log1p(x)))
 
 
+@pytest.mark.parametrize("log_input", [True, False])
+def test_m2_s_classifier_reads_what_its_encoder_reads(tmp_path, log_input):
+    """M2 on counts: q(y|x) is the encoder's other half, and read raw counts where q(z|x, y) read
+    log(1 + x) (hostile round seventeen's idea): its classifier follows
+    model.encoder.net.log_input; a model whose encoder net has no such key builds as before."""
+    run = build_run(compose_train([*compose.counts_data(tmp_path), "model=m2", "model.classes=3",
+                                   "model/likelihood=poisson", "data.labelled=30",
+                                   f"model.encoder.net.log_input={str(log_input).lower()}"],
+                                  tmp_path / "run"))
+    classifier = run.model.objective.classifier
+    assert classifier.log_input is log_input
+    shape = tuple(run.datamodule.shape)
+    x = torch.tensor([0.0, 3.0, 250.0] * 4).reshape(1, *shape)
+    plain = MLP(shape, (3,), hidden=(500,), activation="softplus")
+    plain.load_state_dict(classifier.state_dict())
+    torch.testing.assert_close(run.model.objective.classify(x),
+                               plain(torch.log1p(x) if log_input else x))
+
+
 SHORT = ["model.latent=2", "model.encoder.net.hidden=[32]", "model.decoder.net.hidden=[32]",
          "model.encoder.net.log_input=true", "data.batch_size=50", "logger=none",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]

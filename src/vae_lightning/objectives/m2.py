@@ -38,7 +38,9 @@ from vae_lightning.parts import Bound, Parts
 class M2(Objective, nn.Module):
     """Kingma et al.'s M2 objective over ``classes`` K, the classifier an MLP from images of
     ``data_shape`` through ``hidden`` layers of ``activation`` units; ``alpha`` weighs its
-    log-likelihood of the labels; ``n_samples`` and ``kl`` as the ELBO's."""
+    log-likelihood of the labels; ``n_samples`` and ``kl`` as the ELBO's. ``log_input``: the
+    classifier reads log(1 + x), as the encoder does with ``model.encoder.net.log_input`` (counts):
+    q(y|x) is the encoder's other half, and read raw counts where q(z|x, y) read their log."""
 
     unlabelled = True  # trains on points whose label is hidden (-1)
     proposal = ("q(z|x, y) for each class y (the classes enumerated): elbo is M2's U(x), "
@@ -48,10 +50,11 @@ class M2(Objective, nn.Module):
     def __init__(self, classes: PositiveInt, data_shape: Sequence[PositiveInt],
                  alpha: PositiveFloat = 0.1, hidden: Sequence[PositiveInt] = (500,),
                  activation: Activation = "softplus", n_samples: PositiveInt = 1,
-                 kl: KL = "auto") -> None:
+                 kl: KL = "auto", log_input: bool = False) -> None:
         nn.Module.__init__(self)
         self.classes, self.alpha, self.n_samples, self.kl = classes, alpha, n_samples, kl
-        self.classifier = MLP(tuple(data_shape), (classes,), hidden, activation)
+        self.classifier = MLP(tuple(data_shape), (classes,), hidden, activation,
+                              log_input=log_input)
         self._y: Tensor | None = None
         self._logged: dict[str, Tensor] = {}
 

@@ -3,6 +3,7 @@ the paper's values, the two methods compared at equal samples seen, and the copi
 
 import json
 import math
+import os
 
 import pytest
 
@@ -129,16 +130,29 @@ def test_no_runs_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda c: c.update(points=[1, 2]), "its points are not all objects"),
-    (lambda c: c.update(latent="x"), "has latent 'x': a curve.json's latent is the latent size"),
-    (lambda c: c.update(latent=True), "has latent True"),
-    (lambda c: c["points"][1].update({"test/elbo": "x"}), "point 1 has test/elbo 'x': a bound is"),
+    (lambda c: c.update(points=[1, 2]), "point 0 is 1, not an object"),
+    (lambda c: c.update(points=[]), "points=[] is not allowed: expected a non-empty list"),
+    (lambda c: c.update(latent="x"), "latent='x' is not allowed: expected the latent size Nz"),
+    (lambda c: c.update(latent=True), "latent=True is not allowed"),
+    (lambda c: c.update(method="ais"), "method='ais' is not allowed: expected one of 'aevb'"),
+    (lambda c: c.pop("data"), "has no data"),
+    (lambda c: c["points"][1].update({"test/elbo": "x"}), "point 1's test/elbo='x' is not"),
+    # json reads NaN and 1e308 as numbers: the first drew nothing, the second overflowed the
+    # figure's axis (a matplotlib warning, then a page with an empty plot).
+    (lambda c: c["points"][1].update({"test/elbo": float("nan")}), "point 1's test/elbo=nan"),
+    (lambda c: c["points"][0].update({"train/elbo": 1e308}), "point 0's train/elbo=1e+308"),
+    (lambda c: c["points"][0].update({"samples_seen": 0}), "point 0's samples_seen=0 is not"),
+    (lambda c: c["points"][0].pop("samples_seen"), "point 0 has no samples_seen"),
+    (lambda c: c["points"].reverse(), "samples_seen decreases"),
+    # The table wrote f"{n:,}" of it: a ValueError traceback.
+    (lambda c: c.update(train_size="many"), "train_size='many' is not allowed"),
+    (lambda c: c.update(config=[1]), "config=[1] is not allowed"),
 ])
 def test_a_malformed_curve_json_is_one_error_naming_the_file(change, words, runs, tmp_path,
                                                             capsys):
     """A curve.json whose points are not objects, whose latent is not a size or whose bounds are
-    not numbers is one error naming the file and the key, exit code 2, nothing written (each
-    was a traceback: AttributeError, ValueError)."""
+    not finite numbers is one error naming the file, the key and its value, exit code 2,
+    nothing written (each was a traceback, AttributeError or ValueError, or a broken figure)."""
     path = runs / "aevb" / "curve.json"
     curve = json.loads(path.read_text())
     change(curve)
@@ -229,3 +243,31 @@ def test_jobs_that_ended_without_a_curve_are_named_not_dropped(runs, tmp_path, c
     failed.joinpath("results.json").unlink()
     assert main([str(runs), "--out", str(out)]) == 0
     assert "Not on this page" not in out.read_text()
+
+
+@pytest.mark.parametrize("results", ["[1, 2]", '{"status": 3}', "fifo"])
+def test_a_run_whose_results_json_is_not_an_object_is_marked_unreadable(results, runs, tmp_path):
+    """The status column reads each run's results.json: a list there was an AttributeError
+    traceback, and a FIFO named results.json was taken for a run still running; either is the
+    status 'unreadable results.json' (only a regular file is opened), the page written."""
+    path = runs / "aevb" / "results.json"
+    path.unlink(missing_ok=True)
+    if results == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text(results)
+    out = tmp_path / "page.md"
+    assert main([str(runs), "--out", str(out)]) == 0
+    assert "unreadable results.json" in out.read_text()
+
+
+def test_a_curve_json_that_is_a_fifo_is_one_error_not_a_wait(runs, tmp_path, capsys):
+    """curve.json was read with read_text: a FIFO by that name blocked the page forever."""
+    path = runs / "aevb" / "curve.json"
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(runs), "--out", str(tmp_path / "page.md")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err, err

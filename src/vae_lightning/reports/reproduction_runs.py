@@ -8,14 +8,16 @@ any count of samples seen, so the page's figures and tables share one reading of
 from __future__ import annotations
 
 import bisect
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vae_lightning import rundir
+from vae_lightning.reports import json_files
+from vae_lightning.reports.json_files import finite, optional, text, whole
 
 METHODS = {"aevb": "AEVB", "wake_sleep": "wake-sleep"}  # page order: AEVB first
 DATA_NAMES = {"frey": "Frey Face", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -54,42 +56,59 @@ class Run:
         return int(self.last["samples_seen"])
 
 
+WHAT = "the run's curve.json (the bound along training)"
+FIX = "mend it, or move its run out of the folders given, and make the page again"
+
+
+# Bounds beyond this many nats per point are no model's (an overflow written as a number);
+# they are refused with the file's name rather than drawn (1e308 overflowed matplotlib's axis).
+MAX_BOUND = 1e12
+
+
+def _bound(value: Any) -> bool:
+    """A bound of a point: a finite number of nats under ``MAX_BOUND`` in size (json reads
+    NaN and Infinity too), or null where it was not measured."""
+    return value is None or (finite(value) and abs(value) < MAX_BOUND)
+
+
+# What the page reads of a curve.json (callbacks.BoundCurve writes it), and of each point.
+READ_CURVE = {
+    "data": (text, "the data set's name, a string"),
+    "latent": (partial(whole, least=1), "the latent size Nz, an integer >= 1"),
+    "method": (lambda value: value in METHODS, f"one of {', '.join(map(repr, METHODS))} (this "
+               "page compares these methods only)"),
+    "points": (lambda value: isinstance(value, list) and len(value) > 0,
+               "a non-empty list of points"),
+    "config": (optional(lambda value: isinstance(value, dict)), "the run's config, an object"),
+    "train_size": (optional(whole), "the number of training points, an integer >= 0, or null"),
+    "test_size": (optional(whole), "the number of test points, an integer >= 0, or null"),
+}
+READ_POINT = {
+    "samples_seen": (lambda value: finite(value) and value > 0,
+                     "a positive number (the x-axis is logarithmic)"),
+    TRAIN: (_bound, f"a finite number of nats under {MAX_BOUND:g} in size, or null"),
+    TEST: (_bound, f"a finite number of nats under {MAX_BOUND:g} in size, or null"),
+}
+
+
 def load_run(path: Path) -> Run:
-    """The run whose ``curve.json`` is ``path``."""
-    try:
-        curve = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ReproductionError(f"cannot read {str(path)!r}: {err}.") from None
-    missing = [k for k in ("data", "latent", "method", "points") if k not in curve]
-    if missing:
-        raise ReproductionError(f"{str(path)!r} lacks {', '.join(missing)}: a curve.json names "
-                                "its data, latent, method and points.")
-    if curve["method"] not in METHODS:
-        raise ReproductionError(f"{str(path)!r} has method {curve['method']!r}; this page "
-                                f"compares {' and '.join(map(repr, METHODS))} only.")
-    if not isinstance(curve["latent"], int) or isinstance(curve["latent"], bool) \
-            or curve["latent"] < 1:
-        raise ReproductionError(f"{str(path)!r} has latent {curve['latent']!r}: a curve.json's "
-                                "latent is the latent size Nz, an integer >= 1.")
+    """The run whose ``curve.json`` is ``path``, checked as every report reads its JSON files
+    (``json_files``: a regular file only; one error naming the file, the key, its value and
+    what is accepted)."""
+    curve = json_files.read_object(path, WHAT, FIX, ReproductionError, READ_CURVE,
+                                   required=("data", "latent", "method", "points"))
     points = curve["points"]
-    if isinstance(points, list) and not all(isinstance(p, dict) for p in points):
-        raise ReproductionError(f"{str(path)!r}: its points are not all objects; each point of "
-                                "a curve.json is one, with samples_seen and the bounds.")
-    for index, point in enumerate(points if isinstance(points, list) else []):
-        for key in (TRAIN, TEST):  # read as numbers by the figures and tables (null: none)
-            value = point.get(key)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int | float)):
-                raise ReproductionError(f"{str(path)!r}: point {index} has {key} {value!r}: a "
-                                        "bound is a number, or null where it was not measured.")
-    seen = [p.get("samples_seen") for p in points] if isinstance(points, list) else [None]
-    if not points or not all(isinstance(s, int | float) and s > 0 for s in seen):
-        raise ReproductionError(f"{str(path)!r} has no points, or a point without a positive "
-                                "samples_seen; each point needs one (the x-axis is logarithmic).")
+    for index, point in enumerate(points):
+        if not isinstance(point, dict):
+            raise ReproductionError(f"{path}: {WHAT}'s point {index} is {point!r}, not an "
+                                    f"object with samples_seen and the bounds; {FIX}.")
+        json_files.checked(path, point, READ_POINT, f"{WHAT}'s point {index}", FIX,
+                           ReproductionError, required=("samples_seen",))
+    seen = [p["samples_seen"] for p in points]
     if any(b < a for a, b in zip(seen, seen[1:])):
-        raise ReproductionError(f"{str(path)!r}: samples_seen decreases ({seen}); points must be "
-                                "in increasing samples_seen.")
-    return Run(dir=path.parent, data=str(curve["data"]), latent=int(curve["latent"]),
+        raise ReproductionError(f"{path}: {WHAT}'s samples_seen decreases ({seen}): its points "
+                                f"must be in increasing samples_seen; {FIX}.")
+    return Run(dir=path.parent, data=curve["data"], latent=curve["latent"],
                method=curve["method"], config=curve.get("config") or {}, points=points,
                train_size=curve.get("train_size"), test_size=curve.get("test_size"),
                status=_status(path.parent))
@@ -98,12 +117,14 @@ def load_run(path: Path) -> Run:
 def _status(run_dir: Path) -> str:
     """The run's status from its results.json (written when it ended), else "running"."""
     results = rundir.path(run_dir, "results")
-    if not results.is_file():
+    if not results.exists():
         return "running"
     try:
-        return str(json.loads(results.read_text()).get("status", "completed"))
-    except (OSError, json.JSONDecodeError):
+        found = json_files.read(results, "results.json", "", ReproductionError)
+    except ReproductionError:  # a FIFO, a folder, not JSON: said in the status column
         return "unreadable results.json"
+    status = found.get("status", "completed") if isinstance(found, dict) else None
+    return status if isinstance(status, str) else "unreadable results.json"
 
 
 def check_unique(runs: Iterable[Run]) -> None:

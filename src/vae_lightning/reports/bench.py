@@ -307,14 +307,10 @@ def _node(value: Any) -> bool:  # paper, pythae: a mapping, or nothing
     return value is None or isinstance(value, dict)
 
 
-def _mapping(value: Any) -> bool:
-    return isinstance(value, dict)
-
-
 # What the page reads of a record (``run`` writes them; strict JSON, a non-finite number null)
 # and of a full-length run's point, each key with its test and, in words, what it accepts.
 RECORD = {
-    "bench": (_mapping, "a mapping (the row's benchmark node)"),
+    "bench": (json_files.mapping, "a mapping (the row's benchmark node)"),
     "bench.row": (optional(text), "a string or null"),
     "bench.config": (optional(text), "a string or null"),
     "bench.note": (optional(text), "a string or null"),
@@ -324,10 +320,10 @@ RECORD = {
     "bench.paper.source": (optional(text), "a string or null"),
     "bench.pythae.value": (optional(finite), "a finite number or null"),
     "bench.pythae.setting": (optional(text), "a string or null"),
-    "iw": (_mapping, "a mapping of nats and nats_se"),
+    "iw": (json_files.mapping, "a mapping of nats and nats_se"),
     "iw.nats": (finite, "a finite number (nats per test image)"),
     "iw.nats_se": (optional(finite), "a finite number or null (one test point)"),
-    "elbo": (_mapping, "a mapping of nats"),
+    "elbo": (json_files.mapping, "a mapping of nats"),
     "elbo.nats": (optional(finite), "a finite number or null"),
     "active_units": (optional(whole), "an integer >= 0 or null (one test point)"),
     "latent": (whole, "an integer >= 0"),

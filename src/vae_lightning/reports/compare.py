@@ -36,9 +36,6 @@ class CompareError(ValueError):
     """An evaluation that cannot be compared: exit code 2."""
 
 
-def _mapping(value: Any) -> bool:
-    return isinstance(value, dict)
-
 
 READ = {
     "split": (text, "a string (test, val)"),
@@ -46,14 +43,10 @@ READ = {
     # >= 1: the paired mean of no points was a ZeroDivisionError traceback (an edited file).
     "n": (partial(whole, least=1), "an integer >= 1 (the points evaluated)"),
     "bound_of": (optional(text), "what the estimates bound, a string, or null"),
-    "iw": (_mapping, "an object with the estimate (nats, nats_se)"),
-    "iw.nats": (optional(finite), "a finite number or null"),
-    "iw.nats_se": (optional(finite), "a finite number or null"),
-    "elbo": (_mapping, "an object with the estimate (nats, nats_se)"),
-    "elbo.nats": (optional(finite), "a finite number or null"),
-    "elbo.nats_se": (optional(finite), "a finite number or null"),
-    "per_point": (_mapping, "an object with each point's estimates (iw, elbo)"),
-    "points": (_mapping, "an object saying which points (split_sha256, binarize)"),
+    **json_files.estimate("iw"),
+    **json_files.estimate("elbo"),
+    "per_point": (json_files.mapping, "an object with each point's estimates (iw, elbo)"),
+    "points": (json_files.mapping, "an object saying which points (split_sha256, binarize)"),
     "points.split_sha256": (optional(text), "the split's SHA-256, a string, or null"),
     "points.binarize": (text, "a string (none, static, dynamic)"),
     # Below 2**63 (a counter of int64): a 10**400 was an OverflowError traceback in the table.

@@ -39,6 +39,21 @@ def optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or test(value)
 
 
+def mapping(value: Any) -> bool:
+    """A JSON object."""
+    return isinstance(value, dict)
+
+
+def estimate(name: str, what: str = "the estimate (nats, nats_se)", nullable: bool = False,
+             keys: Collection[str] = ("nats", "nats_se")) -> dict[str, tuple[Callable, str]]:
+    """The schema of an estimate at ``name`` (vae-eval's ``{"nats": ..., "nats_se": ...}``):
+    an object (or null where ``nullable``), each of ``keys`` a finite number or null."""
+    node = (optional(mapping), f"an object with {what}, or null") if nullable else \
+        (mapping, f"an object with {what}")
+    return {name: node, **{f"{name}.{key}": (optional(finite), "a finite number or null")
+                           for key in keys}}
+
+
 def dotted(found: dict[str, Any], key: str) -> Any:
     """The value at a dotted key of a JSON object, None where it has none."""
     node: Any = found

@@ -161,9 +161,6 @@ def read_curve_end(path: Path, results: dict[str, Any]) -> dict[str, Any]:
 READ_CURVE = {"points": (optional(lambda value: isinstance(value, list)), "a list of points")}
 
 
-def _mapping(value: Any) -> bool:
-    return isinstance(value, dict)
-
 
 # What the summary reads of an eval.json (vae-eval writes it; the estimates may be null where
 # there was a single point, or no discrete data for bits/dim, which is not read).
@@ -173,21 +170,16 @@ READ_EVAL = {
     "split": (text, "a string (test, val, ...)"),
     "k": (partial(whole, least=1), "an integer >= 1"),
     "n": (partial(whole, least=0), "an integer >= 0"),
-    "iw": (_mapping, "an object with the estimate (nats, nats_se)"),
-    "iw.nats": (optional(finite), "a finite number or null"),
-    "iw.nats_se": (optional(finite), "a finite number or null"),
-    "ais": (optional(_mapping), "an object with the AIS estimate (nats, nats_se) or null"),
-    "ais.nats": (optional(finite), "a finite number or null"),
-    "ais.nats_se": (optional(finite), "a finite number or null"),
-    "fitted_prior": (optional(_mapping), "an object with the sampler and its bound (elbo), or "
-                     "null"),
+    **json_files.estimate("iw"),
+    **json_files.estimate("ais", "the AIS estimate (nats, nats_se)", nullable=True),
+    "fitted_prior": (optional(json_files.mapping),
+                     "an object with the sampler and its bound (elbo), or null"),
     "fitted_prior.sampler": (optional(text), "the fitted prior's name, a string, or null"),
-    "fitted_prior.elbo": (optional(_mapping), "an object with the bound (nats, nats_se) or null"),
-    "fitted_prior.elbo.nats": (optional(finite), "a finite number or null"),
-    "fitted_prior.elbo.nats_se": (optional(finite), "a finite number or null"),
-    "sample_quality": (optional(_mapping), "an object with the scores or null"),
+    **json_files.estimate("fitted_prior.elbo", "the bound (nats, nats_se)", nullable=True),
+    "sample_quality": (optional(json_files.mapping), "an object with the scores or null"),
     "sample_quality.fid": (optional(finite), "a finite number or null"),
-    "sample_quality.kid": (optional(_mapping), "an object with the score (mean, std) or null"),
+    "sample_quality.kid": (optional(json_files.mapping),
+                           "an object with the score (mean, std) or null"),
     "sample_quality.kid.mean": (optional(finite), "a finite number or null"),
     "sample_quality.precision": (optional(finite), "a finite number or null"),
     "sample_quality.recall": (optional(finite), "a finite number or null"),

@@ -6,6 +6,7 @@ the model."""
 import functools
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from compose import compose_train
@@ -159,3 +160,38 @@ def test_float16_mixed_precision_is_refused_with_its_own_updates():
             check_manual(factor, {"precision": precision})
     check_manual(factor, {"precision": "bf16-mixed"})
     check_manual(SimpleNamespace(cuda_graph=False, auxiliary=[]), {"precision": "16-mixed"})
+
+
+class _SaveEachRank(L.Callback):
+    """Each rank's weights at the end of training, to ``<out>.<rank>``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer, module) -> None:
+        torch.save({k: v.detach().clone() for k, v in module.state_dict().items()},
+                   f"{self.out}.{trainer.global_rank}")
+
+
+def test_it_trains_under_ddp_with_one_discriminator_on_every_rank(tmp_path):
+    """Two CPU ranks (gloo): the discriminator's gradients are averaged over the ranks as the
+    VAE's are, so every rank ends with the same weights, the discriminator's trained. Its
+    update stopped each rank's second step with DDP's "parameters that were not used in
+    producing the loss" (Lightning's manual_backward re-armed the reducer for the whole model),
+    and was refused under DDP before; without the all-reduce the ranks' discriminators part."""
+    run = build_run(compose_train(
+        ["data=frey", "model.latent=2", "model.encoder.net.hidden=[16]",
+         "model.decoder.net.hidden=[16]", "model/objective=factor_vae",
+         "model.objective.hidden=[32]", "logger=none"], tmp_path))
+    start = {k: v.clone() for k, v in run.model.objective.state_dict().items()}
+    out = str(tmp_path / "weights")
+    trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=5,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[_SaveEachRank(out)])
+    trainer.fit(run.model, run.datamodule)
+    first, second = (torch.load(f"{out}.{rank}") for rank in (0, 1))
+    assert [key for key in first if not torch.equal(first[key], second[key])] == []
+    trained = [key for key, value in start.items()
+               if not torch.equal(first[f"objective.{key}"], value)]
+    assert trained == list(start), "every discriminator weight moves"

@@ -242,7 +242,7 @@ class VAE(Inference, L.LightningModule):
         optimizer.step()
         for update, aux_optimizer in zip(self.auxiliary, auxiliary):
             aux_optimizer.zero_grad()
-            self.manual_backward(update.loss(self, x))
+            optimization.auxiliary_backward(self, update.loss(self, x), update.parameters())
             # The torch optimizer itself: Lightning's wrapper would count the update as an
             # optimizer step, and the model's step count (schedules, max_steps) is the model's.
             aux_optimizer.optimizer.step()

@@ -6,11 +6,13 @@ settings checked before training on a stand-in parameter; a resumed run's optimi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.graphs import graph_problems
@@ -200,17 +202,27 @@ def check_manual(model: L.LightningModule, trainer: Any) -> None:
                           "overflow. Use trainer.precision=bf16-mixed, or 32.")
 
 
-def check_world(model: L.LightningModule, world: int) -> None:
-    """Refuse, before training, an objective with updates of its own (FactorVAE's
-    discriminator) on more than one process: DDP reduces the gradients of one backward pass per
-    step, and Lightning's DDP stopped each rank's first step with a traceback ("parameters that
-    were not used in producing the loss") after the ranks had started."""
-    if model.auxiliary and world > 1:
-        name = type(model.objective).__name__
-        raise ConfigError(f"The objective {name} (model/objective) has updates of its own (its "
-                          f"discriminator's optimizer), which cannot run under DDP, and this "
-                          f"trainer runs {world} processes (trainer.devices, trainer.num_nodes): "
-                          "train it on one device (trainer.devices=1).")
+def auxiliary_backward(model: L.LightningModule, loss: Tensor,
+                       parameters: Iterable[nn.Parameter]) -> None:
+    """The gradients of an objective's own update (``Auxiliary``: FactorVAE's discriminator) on
+    its ``parameters``, averaged over the ranks under DDP as the model's are. Lightning's
+    ``manual_backward`` re-arms DDP's reducer for every parameter of the model, of which this
+    loss reaches the objective's own only: the reduction never finished and the next step
+    stopped with "parameters that were not used in producing the loss". So under DDP the loss
+    is differentiated by autograd alone and the gradients are averaged here, in one all-reduce
+    (mean over ranks, as DDP's own); on one process ``manual_backward`` as before."""
+    if model.trainer.world_size == 1:
+        model.manual_backward(loss)
+        return
+    loss.backward()
+    parameters = list(parameters)
+    for p in parameters:  # every rank reduces the same tensors, in the same order
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in parameters]
+    flat = model.trainer.strategy.reduce(_flatten_dense_tensors(grads), reduce_op="mean")
+    for grad, mean in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        grad.copy_(mean)
 
 
 def manual_settings(model: L.LightningModule, trainer: Any) -> tuple[dict[str, Any], list[Any]]:

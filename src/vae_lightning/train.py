@@ -214,7 +214,6 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False,
                                callbacks=callbacks, **manual)
     run_checks.check_minibatches(model, datamodule, trainer.world_size)  # each rank's share
-    optimization.check_world(model, trainer.world_size)
     if resume_from is not None:  # nothing is moved or recorded before the checks above
         branch = _keep_the_last_checkpoint(cfg.output_dir, resume_from)
         rundir.record_resume(cfg.output_dir, _task_overrides())

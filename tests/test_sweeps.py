@@ -502,3 +502,19 @@ def test_a_command_line_sweep_of_a_key_the_model_composes_is_refused_before_any_
     key = swept.split("=")[0]
     assert f"The sweep varies {key} (here ${{" in proc.err, proc.err[-2000:]
     assert not list(sweep.glob("*/results.json"))
+
+
+def test_the_grid_sampler_with_the_optuna_search_is_one_line_naming_the_way(tmp_path,
+                                                                            monkeypatch, capsys):
+    """hparams_search=optuna hydra/sweeper/sampler=grid stopped with Hydra's "Key 'seed' not in
+    'SamplerConfig'" (the search seeds its sampler; Optuna's grid sampler takes no seed, nor
+    the search's intervals): one line now says so and what to run for a grid, exit 2."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = run(cli.train, [*TINY, "hparams_search=optuna", "hydra/sweeper/sampler=grid",
+                             f"hydra.sweep.dir={tmp_path / 'search'}"], monkeypatch, capsys,
+                 tmp_path)
+    assert result.code == 2, result.err[-2000:]
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "hydra/sweeper/sampler=grid cannot be used" in lines[0], lines
+    assert "vae-train -m model.latent=2,5,10" in lines[0] and "Traceback" not in result.err
+    assert not (tmp_path / "search").exists()

@@ -78,12 +78,27 @@ def study_error(err: Exception) -> ConfigError | None:
                        "hydra.sweep.dir.")
 
 
+# Optuna's grid sampler (hydra/sweeper/sampler=grid) takes no seed, which hparams_search=optuna
+# sets, nor intervals, which it searches: Hydra reported the first as a missing key of
+# 'SamplerConfig'.
+GRID_SAMPLER = (
+    "hydra/sweeper/sampler=grid cannot be used with hparams_search=optuna (or a search built on "
+    "it): the search seeds its sampler (hydra.sweeper.sampler.seed), which Optuna's grid "
+    "sampler does not take, and it searches intervals (model.optimizer.lr), which a grid "
+    "cannot list. For every combination of listed values use Hydra's own sweep, without "
+    "hparams_search: vae-train -m model.latent=2,5,10 model.optimizer.lr=1e-3,3e-4 "
+    "(vae-summarize compares the jobs); or keep hparams_search=optuna with "
+    "hydra/sweeper/sampler=tpe (its default), random or cmaes.")
+
+
 def hydra_message(err: Exception) -> str:
     """Hydra's and OmegaConf's multi-line messages as one paragraph; for a group named without
     its parent (``prior=vamp``) or a plugin's option whose extra is not installed, what to do."""
     from vae_lightning.groups import group_hint, plugin_extra
 
     text = str(err).split("Config search path:")[0]
+    if "Key 'seed' not in 'SamplerConfig'" in text:  # the one sampler config without a seed
+        return GRID_SAMPLER
     nested = re.search(r"Could not override '([^']+)/([^'/]+)'\. No match in the defaults list",
                        text)
     if nested and (hint := _nested_group_hint(*nested.groups())):

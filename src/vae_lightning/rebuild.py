@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,22 @@ def trained_on(config: dict[str, Any]) -> str | None:
 PARTS = ("encoder", "decoder", "prior", "objective")
 
 
+def build_on_meta(build: Callable[[], Any]) -> Any:
+    """``build()`` on PyTorch's meta device, where nothing is allocated and tensors hold no
+    values (a model's sizes are checked there before its memory is taken). A part whose
+    constructor reads a tensor's value (``float(t)``, ``t.item()``, ``if t > 0:``, as a part of
+    one's own may) cannot be built there; it stopped the run with "Invalid configuration: ...
+    Tensor.item() cannot be called on meta tensors", a valid part refused. It is built on the CPU
+    instead, as training builds it next: a build that fails there too raises its own error."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except UserError as err:
+        if "meta" not in str(err):
+            raise
+    return build()
+
+
 def check_sizes(config: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path,
                 trusted: Sequence[str] = ()) -> None:
     """Build the model's parts from the checkpoint's config on PyTorch's meta device (nothing
@@ -195,9 +211,9 @@ def check_sizes(config: dict[str, Any], state: dict[str, torch.Tensor], path: st
     # Every part's classes at once: refused part by part, a checkpoint of two classes of one's
     # own took two refused runs to learn the list to trust.
     _refuse_untrusted(model, "model", path, trusted)
-    with torch.device("meta"):
-        parts = {key: build_trusted(model[key], f"model.{key}", path, trusted)
-                 for key in PARTS if isinstance(model.get(key), dict)}
+    parts = {key: build_on_meta(lambda key=key: build_trusted(model[key], f"model.{key}", path,
+                                                              trusted))
+             for key in PARTS if isinstance(model.get(key), dict)}
     check_parts(parts, state, path)
 
 

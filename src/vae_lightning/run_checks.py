@@ -27,7 +27,7 @@ from vae_lightning.likelihoods import binary_pixels, code_length
 from vae_lightning.metrics import BITS
 from vae_lightning.module import VAE
 from vae_lightning.pixel_distributions import Grid
-from vae_lightning.rebuild import PARTS
+from vae_lightning.rebuild import PARTS, build_on_meta
 from vae_lightning.resume import saved_whole_epochs
 from vae_lightning.sweeps import available_cores
 
@@ -226,11 +226,11 @@ def check_memory(cfg: DictConfig, shape: list[int]) -> dict[str, torch.nn.Module
     would not fit in the memory available: counted on PyTorch's meta device, which allocates
     nothing, so an impossible size is an error line, not an allocation failure or a kill.
     Returns the parts built on the meta device (a resumed checkpoint's weights are checked
-    against them before anything else is built)."""
-    with torch.device("meta"):
-        parts = {key: instantiate_node(cfg.model[key], f"model.{key}", **(
-                     {"data_shape": shape} if "data_shape" in cfg.model[key] else {}))
-                 for key in PARTS}
+    against them before anything else is built; a part that cannot be built there, on the CPU:
+    ``rebuild.build_on_meta``)."""
+    parts = {key: build_on_meta(lambda key=key: instantiate_node(cfg.model[key], f"model.{key}", **(
+                 {"data_shape": shape} if "data_shape" in cfg.model[key] else {})))
+             for key in PARTS}
     available = available_memory()
     if available is None:
         return parts

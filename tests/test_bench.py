@@ -34,6 +34,9 @@ NODE = {"model/objective": "model.objective", "model/objective/kl_schedule": "mo
 PROTOCOL = ("model.encoder.net", "model.decoder.net", "model.decoder.likelihood",
             "model.optimizer")
 SHAPE = "model.data_shape=[1,28,28]"  # the data's, so that the model's sizes resolve
+# The rows with networks of their own, on what every row shares but the networks
+# (bench/_common.yaml): the convolutional hierarchy's.
+OWN_NETWORKS = {"conv_ladder": 256 + 64 + 16}
 
 
 def _settings(cfg) -> dict:
@@ -63,10 +66,10 @@ def test_the_rows_are_every_family_whose_estimate_bounds_log_px():
 
 
 @functools.cache
-def _protocol() -> dict:
+def _protocol(preset: str = "_protocol") -> dict:
     from compose import compose_train
 
-    return _settings(compose_train(["experiment=bench/_protocol", SHAPE]))
+    return _settings(compose_train([f"experiment=bench/{preset}", SHAPE]))
 
 
 @pytest.mark.parametrize("name", sorted(bench.rows()))
@@ -93,16 +96,23 @@ def test_every_row_is_a_preset_on_the_protocol_with_its_literature(name, tmp_pat
     # the protocol: the same data, length and networks for every row
     assert cfg.data.val_size == 0 and cfg.trainer.max_samples == 1e7
     assert cfg.data.batch_size == 100 and cfg.model.optimizer.lr == 1e-3
-    assert list(cfg.model.encoder.net.hidden) == [200, 200]
-    assert list(cfg.model.decoder.net.hidden) == [200, 200]
-    settings, protocol = _settings(cfg), _protocol()
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam"
+    own = name in OWN_NETWORKS
+    if not own:
+        assert list(cfg.model.encoder.net.hidden) == [200, 200]
+        assert list(cfg.model.decoder.net.hidden) == [200, 200]
+    settings, protocol = _settings(cfg), _protocol("_common" if own else "_protocol")
     changed = {key for key in protocol.keys() | settings.keys()
                if protocol.get(key, "absent") != settings.get(key, "absent")}
     overrides = [item.split("=", 1)[0] for item in node["config"].split()]
     where = tuple(NODE.get(key, key) for key in overrides)
-    stray = {key for key in changed if not key.startswith(where) or key.startswith(PROTOCOL)}
+    kept = PROTOCOL if not own else ("model.decoder.likelihood", "model.optimizer")
+    stray = {key for key in changed if not key.startswith(where) or key.startswith(kept)}
     assert not stray, sorted(stray)
-    if name.startswith("two_layer"):  # Burda et al.'s two stochastic layers
+    if own:  # its networks are its own; the rest of the protocol is every row's
+        assert cfg.model.latent == OWN_NETWORKS[name]
+        assert "own networks" in node["note"]
+    elif name.startswith("two_layer"):  # Burda et al.'s two stochastic layers
         assert list(cfg.model.encoder.posterior.layers) == [100, 50]
         assert cfg.model.latent == 150
     elif name.startswith("ladder"):  # Sønderby et al.'s five, the latent size their sum
@@ -145,7 +155,7 @@ def test_every_option_of_the_model_groups_has_a_row_or_a_reason():
         "table, its own preset conf/experiment/bench/<row>.yaml on the protocol (copy a row such "
         "as bench/planar.yaml: the defaults choosing the option, and the benchmark node with the "
         "paper's value), or, if its number would not be a bound on log p(x) under the protocol, "
-        "a reason in bench/_protocol.yaml's not_rows. Parts kept in one's own project "
+        "a reason in bench/_common.yaml's not_rows. Parts kept in one's own project "
         "(hydra.searchpath) are not checked.")
 
 

@@ -2,8 +2,9 @@
 numbers (``docs/benchmark.md``).
 
 A row is a preset ``conf/experiment/bench/<row>.yaml`` on the shared protocol
-(``bench/_protocol.yaml``: dynamically binarized MNIST, one network, one optimizer, 1e7 training
-samples) that changes only what the row is about, with a ``benchmark`` node naming the row, its
+(``bench/_common.yaml``: dynamically binarized MNIST, one optimizer, 1e7 training samples;
+``bench/_protocol.yaml`` adds the one network every row but the convolutional hierarchy's takes)
+that changes only what the row is about, with a ``benchmark`` node naming the row, its
 config and the values the literature reports. ``vae-bench run <row>`` trains it (resuming a run
 it finds unfinished), evaluates the final model with ``vae-eval`` (k = 5000 on all 10,000 test
 images) and writes the row's record; ``vae-bench page`` builds the page from the records;
@@ -61,13 +62,13 @@ def rows() -> dict[str, dict[str, Any]]:
 
 
 def _protocol_file() -> Any:
-    """``bench/_protocol.yaml``, the settings every row shares, as written (not composed)."""
-    entry = resources.files("vae_lightning.conf").joinpath("experiment", "bench", "_protocol.yaml")
+    """``bench/_common.yaml``, the settings every row shares, as written (not composed)."""
+    entry = resources.files("vae_lightning.conf").joinpath("experiment", "bench", "_common.yaml")
     return OmegaConf.create(entry.read_text())
 
 
 def _protocol_node() -> Any:
-    """The ``benchmark`` node of ``bench/_protocol.yaml``: the protocol in words, and the
+    """The ``benchmark`` node of ``bench/_common.yaml``: the protocol in words, and the
     options that have no row, with why (``not_rows``)."""
     return _protocol_file().benchmark
 
@@ -497,7 +498,7 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
     if missing:
         lines += ["", f"Rows not run yet: {', '.join(missing)} (`vae-bench run <row>`)."]
     if absent := not_rows():
-        lines += ["", "**Options without a row** (`bench/_protocol.yaml`, `not_rows`):", ""]
+        lines += ["", "**Options without a row** (`bench/_common.yaml`, `not_rows`):", ""]
         lines += [f"- {', '.join(f'`{option}`' for option in item['options'])}: "
                   f"{' '.join(item['why'].split())}." for item in absent]
     if stretches:

@@ -160,12 +160,19 @@ class PixelCNNSampler(Sampler):
         # the fit failed in torch.cdist, a traceback ("X1 and X2 must have the same number of
         # columns").
         dim = codebook.shape[-1]
-        if self.positions * dim != model.latent:
+        # And where the decoder reads a map (ConvMapDecoder: its input [D, h, w]), they must be
+        # its rows and columns: any h' x w' of as many positions passed (Frey Face's 7 x 5 map
+        # as [5, 7], the shape this refusal advised, or [35, 1]), and the PixelCNN was fitted,
+        # silently, to the codes laid out anew, each position's neighbours not the map's.
+        layout = code_map(model)
+        if self.positions * dim != model.latent or layout not in (None, tuple(self.shape)):
             positions = model.latent // dim
             rows = max(r for r in range(1, math.isqrt(positions) + 1) if positions % r == 0)
+            rows, cols = layout or (rows, positions // rows)
             fail(self, "shape", self.shape, f"the model's code map: {positions} positions "
                  f"(model.latent {model.latent} / model.encoder.posterior.code_dim {dim}), "
-                 f"e.g. [{rows}, {positions // rows}]")
+                 + (f"[{rows}, {cols}], the decoder's map" if layout else
+                    f"e.g. [{rows}, {cols}]"))
         self._model_codebook = codebook
         return None
 
@@ -258,6 +265,16 @@ class PixelCNNSampler(Sampler):
         return self._codebook[codes].flatten(1, 2).transpose(1, 2).flatten(1)
 
 
+def code_map(model: Any) -> tuple[int, int] | None:
+    """The [h, w] of the map of code vectors the model's decoder reads (``ConvMapDecoder``'s
+    input, [D, h, w]: h = H / 2^depth, w = W / 2^depth), or None for a network that reads the
+    latent as a flat vector, whose positions have no rows and columns."""
+    from vae_lightning.conv_maps import ConvMapDecoder
+
+    net = getattr(model.decoder, "net", None)
+    return tuple(net.layer_input[1:]) if isinstance(net, ConvMapDecoder) else None
+
+
 @torch.no_grad()
 def not_code_maps(model: Any) -> str | None:
     """Why ``model`` has no code maps for a PixelCNN to model (it is no VQ-VAE), or None."""
@@ -293,8 +310,11 @@ def fitted_prior(ckpt_path: str, model: Any) -> PixelCNNSampler:
     except (TypeError, ValueError) as err:  # an unknown option, or one out of range
         sampler, why = None, f"its options are not a PixelCNN's: {str(err).rstrip('.')}"
     if sampler is not None:
-        why = sampler.check(model) or load(sampler, "pixelcnn", path, digest(ckpt_path),
-                                           model.latent)
+        try:  # a map not the model's (a file fitted as [5, 7] before check required [7, 5])
+            why = sampler.check(model)
+        except ValueError as err:
+            why = f"its options are not the model's: {str(err).rstrip('.')}"
+        why = why or load(sampler, "pixelcnn", path, digest(ckpt_path), model.latent)
     if why is not None:
         raise ConfigError(f"eval.fitted_prior=pixelcnn: the PixelCNN prior {path} cannot be "
                           f"used ({why}); {fit} refit=true.")

@@ -134,6 +134,8 @@ def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.Lightnin
         elif key == "ResumeState":
             _check_random_states(state, path)
             _check_run_ids(state, path)
+        elif key == "InitialBound":
+            _check_initial_bound(state, path)
     _check_loops(checkpoint, path)
     _check_optimizers(checkpoint.get("optimizer_states", []), path, model)
 
@@ -141,6 +143,28 @@ def check_states(checkpoint: dict[str, Any], path: str | Path, model: L.Lightnin
 def _refuse(path: str | Path, why: str) -> None:
     raise CheckpointError(f"Checkpoint {path} cannot be resumed: {why}, which vae-train does not "
                           "write (the file was altered). Resume from another checkpoint.")
+
+
+def _check_initial_bound(state: Any, path: str | Path) -> None:
+    """The untrained model's bound b0 a resume keeps (``InitialBound``): the diverged line
+    b0 - max(|b0|, D) and results.json's initial/<split>_elbo are computed from it, so it is
+    one finite number (or none: a run stopped before its first step) of the val or train
+    split."""
+    if not isinstance(state, dict):
+        _refuse(path, "the untrained model's bound (InitialBound) is not a mapping")
+    value, split = state.get("value"), state.get("split", "val")
+    try:  # an integer beyond float's range (10**400) has no float: not one finite number
+        finite = (isinstance(value, int | float) and not isinstance(value, bool)
+                  and math.isfinite(float(value)))
+    except OverflowError:
+        finite = False
+    if value is not None and not finite:
+        shown = (f"an integer of {value.bit_length()} bits" if isinstance(value, int)
+                 else repr(str(value)[:80]))  # str() of an int beyond 4300 digits raises
+        _refuse(path, f"the untrained model's bound is {shown}, not one finite number")
+    if split not in ("val", "train"):
+        _refuse(path, f"the untrained model's bound is of the split {str(split)[:80]!r}, not "
+                "val or train")
 
 
 def _check_run_ids(state: Any, path: str | Path) -> None:

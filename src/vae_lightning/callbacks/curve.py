@@ -214,6 +214,15 @@ class InitialBound(L.Callback):
         if not math.isfinite(self.value):
             raise DataError(unscorable(elbo, self.split, dm))
 
+    # Methods of the class, not of unscorable below (where they were: no state was saved, and a
+    # resumed run had no b0, initial/<split>_elbo null and no divergence check).
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "split": self.split}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.value = state_dict.get("value")
+        self.split = state_dict.get("split", "val")
+
 
 def unscorable(elbo: torch.Tensor, split: str, datamodule: Any) -> str:
     """The paragraph refusing a run whose untrained model's bound ``elbo`` (per point of
@@ -232,10 +241,3 @@ def unscorable(elbo: torch.Tensor, split: str, datamodule: Any) -> str:
             "scale (counts read by an MLP encoder: model.encoder.net.log_input=true reads "
             "log(1 + x); real-valued feature vectors: standardise them) and at the model's "
             "settings. Nothing was trained.")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "split": self.split}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.value = state_dict.get("value")
-        self.split = state_dict.get("split", "val")

@@ -399,3 +399,39 @@ def test_a_pixelcnn_map_of_other_positions_than_the_model_s_is_refused_before_th
             PixelCNNSampler(shape=bad, channels=8, layers=2, epochs=1).check(model)
     for good in ([2, 2], [1, 4], [4, 1]):
         assert PixelCNNSampler(shape=good, channels=8, layers=2, epochs=1).check(model) is None
+
+
+def test_the_pixelcnn_map_is_the_decoder_s_by_default():
+    """samplers.pixelcnn.shape defaulted to [7, 7] (MNIST's map): a Frey Face VQ-VAE (a 7 x 5
+    map) was refused until the shape was given, and the "fit it first" command vae-eval prints
+    (eval.fitted_prior=pixelcnn) left it out, so it was refused again. The default (null) is
+    now the decoder's map; a flat latent's, its squarest layout."""
+    from functools import partial
+
+    from vae_lightning.conv_maps import ConvMapDecoder, ConvMapEncoder
+    from vae_lightning.likelihoods import Bernoulli, Decoder
+    from vae_lightning.module import VAE
+    from vae_lightning.objectives.vq_vae import VQVAE
+    from vae_lightning.posteriors import Encoder
+    from vae_lightning.posteriors.vq import VectorQuantizer
+    from vae_lightning.priors.codes import UniformCodes
+
+    shape, latent = (1, 28, 20), 2 * 7 * 5
+    frey = VAE(Encoder(partial(ConvMapEncoder, channels=[4, 4], blocks=0),
+                       VectorQuantizer(4, 2), shape, latent),
+               Decoder(partial(ConvMapDecoder, channels=[4, 4], blocks=0), Bernoulli(), shape,
+                       latent),
+               UniformCodes(latent), VQVAE(), latent=latent, data_shape=shape).eval()
+    sampler = PixelCNNSampler(channels=8, layers=2, epochs=1, batch_size=16)
+    assert "the model's code maps" in sampler.describe()
+    assert sampler.check(frey) is None and sampler.shape == [7, 5]
+    with torch.no_grad():
+        z = frey.encoder.location(frey.encoder(torch.rand(16, *shape).bernoulli()))
+    sampler.fit(z)
+    assert sampler.sample(3).shape == (3, latent)
+    flat = PixelCNNSampler(channels=8, layers=2, epochs=1)
+    assert flat.check(vq_model(codes=4, code_dim=2, latent=8).eval()) is None
+    assert flat.shape == [2, 2]
+    with pytest.raises(ValueError, match=r"shape=None is not allowed: the code map's \[height, "
+                                         r"width\] where no model gives it"):
+        PixelCNNSampler(channels=8, layers=2, epochs=1).positions

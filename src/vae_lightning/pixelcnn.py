@@ -128,15 +128,17 @@ class PixelCNNSampler(Sampler):
     stays_in = frozenset({"codebook"})  # it draws code maps of the codebook: parts.CONFINED
 
     @checked
-    def __init__(self, shape: Sequence[PositiveInt] = (7, 7), channels: PositiveInt = 64,
+    def __init__(self, shape: Sequence[PositiveInt] | None = None, channels: PositiveInt = 64,
                  layers: PositiveInt = 8, kernel: PositiveInt = 3, epochs: PositiveInt = 10,
                  batch_size: PositiveInt = 128, lr: PositiveFloat = 1e-3,
                  seed: NonNegativeInt = 0) -> None:
-        if len(shape) != 2:
-            fail(self, "shape", list(shape), "the code map's [height, width]")
+        if shape is not None and len(shape) != 2:
+            fail(self, "shape", list(shape), "the code map's [height, width], or null")
         if kernel % 2 == 0:
             fail(self, "kernel", kernel, "an odd size")
-        self.shape, self.channels, self.layers = list(shape), channels, layers
+        # null: the model's map, set by ``check`` (the decoder's [h, w] where it reads one).
+        self.shape = None if shape is None else list(shape)
+        self.channels, self.layers = channels, layers
         self.kernel, self.epochs, self.batch_size = kernel, epochs, batch_size
         self.lr, self.seed = lr, seed
         self._net: GatedPixelCNN | None = None
@@ -144,11 +146,15 @@ class PixelCNNSampler(Sampler):
         self._model_codebook: Tensor | None = None  # the codebook of the model checked
 
     def describe(self) -> str:
+        if self.shape is None:
+            return f"a gated PixelCNN of {self.layers} layers over the model's code maps"
         rows, cols = self.shape
         return f"a gated PixelCNN of {self.layers} layers over {rows}x{cols} code maps"
 
     @property
     def positions(self) -> int:
+        if self.shape is None:  # fitted without a model: nothing says its map
+            fail(self, "shape", None, "the code map's [height, width] where no model gives it")
         return self.shape[0] * self.shape[1]
 
     def check(self, model: Any) -> str | None:
@@ -165,10 +171,12 @@ class PixelCNNSampler(Sampler):
         # as [5, 7], the shape this refusal advised, or [35, 1]), and the PixelCNN was fitted,
         # silently, to the codes laid out anew, each position's neighbours not the map's.
         layout = code_map(model)
+        positions = model.latent // dim
+        rows = max(r for r in range(1, math.isqrt(positions) + 1) if positions % r == 0)
+        rows, cols = layout or (rows, positions // rows)
+        if self.shape is None:  # the decoder's map; for a flat latent, its squarest layout
+            self.shape = [rows, cols]
         if self.positions * dim != model.latent or layout not in (None, tuple(self.shape)):
-            positions = model.latent // dim
-            rows = max(r for r in range(1, math.isqrt(positions) + 1) if positions % r == 0)
-            rows, cols = layout or (rows, positions // rows)
             fail(self, "shape", self.shape, f"the model's code map: {positions} positions "
                  f"(model.latent {model.latent} / model.encoder.posterior.code_dim {dim}), "
                  + (f"[{rows}, {cols}], the decoder's map" if layout else

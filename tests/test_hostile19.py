@@ -3,7 +3,6 @@ families with training state of their own, mixed precision across them, and the 
 and commands on their checkpoints. Each test fails on the code before its fix."""
 
 import json
-from functools import partial
 
 import pytest
 import torch
@@ -58,21 +57,11 @@ def test_a_pixelcnn_map_must_be_the_decoder_s_rows_and_columns(tmp_path):
     """A VQ-VAE of Frey Face's 28 x 20 faces reads a 7 x 5 map; samplers.pixelcnn.shape=[7,7]
     was refused advising [5, 7] (the positions' divisors), and [5, 7] or [35, 1] then fitted
     the PixelCNN to the codes laid out anew, silently. The decoder's map is required."""
-    from vae_lightning.conv_maps import ConvMapDecoder, ConvMapEncoder
-    from vae_lightning.likelihoods import Bernoulli, Decoder
-    from vae_lightning.module import VAE
-    from vae_lightning.objectives.vq_vae import VQVAE
-    from vae_lightning.pixelcnn import PixelCNNSampler
-    from vae_lightning.posteriors import Encoder
-    from vae_lightning.posteriors.vq import VectorQuantizer
-    from vae_lightning.priors.codes import UniformCodes
+    from test_vq_vae import frey_map_vq
 
-    shape, latent = (1, 28, 20), 2 * 7 * 5
-    model = VAE(Encoder(partial(ConvMapEncoder, channels=[4, 4], blocks=0),
-                        VectorQuantizer(4, 2), shape, latent),
-                Decoder(partial(ConvMapDecoder, channels=[4, 4], blocks=0), Bernoulli(), shape,
-                        latent),
-                UniformCodes(latent), VQVAE(), latent=latent, data_shape=shape).eval()
+    from vae_lightning.pixelcnn import PixelCNNSampler
+
+    model, shape, latent = frey_map_vq()
     for bad in ([7, 7], [5, 7], [35, 1]):
         with pytest.raises(ValueError, match=r"code_dim 2\), \[7, 5\], the decoder's map"):
             PixelCNNSampler(shape=bad, channels=8, layers=2, epochs=1).check(model)

@@ -406,22 +406,7 @@ def test_the_pixelcnn_map_is_the_decoder_s_by_default():
     map) was refused until the shape was given, and the "fit it first" command vae-eval prints
     (eval.fitted_prior=pixelcnn) left it out, so it was refused again. The default (null) is
     now the decoder's map; a flat latent's, its squarest layout."""
-    from functools import partial
-
-    from vae_lightning.conv_maps import ConvMapDecoder, ConvMapEncoder
-    from vae_lightning.likelihoods import Bernoulli, Decoder
-    from vae_lightning.module import VAE
-    from vae_lightning.objectives.vq_vae import VQVAE
-    from vae_lightning.posteriors import Encoder
-    from vae_lightning.posteriors.vq import VectorQuantizer
-    from vae_lightning.priors.codes import UniformCodes
-
-    shape, latent = (1, 28, 20), 2 * 7 * 5
-    frey = VAE(Encoder(partial(ConvMapEncoder, channels=[4, 4], blocks=0),
-                       VectorQuantizer(4, 2), shape, latent),
-               Decoder(partial(ConvMapDecoder, channels=[4, 4], blocks=0), Bernoulli(), shape,
-                       latent),
-               UniformCodes(latent), VQVAE(), latent=latent, data_shape=shape).eval()
+    frey, shape, latent = frey_map_vq()
     sampler = PixelCNNSampler(channels=8, layers=2, epochs=1, batch_size=16)
     assert "the model's code maps" in sampler.describe()
     assert sampler.check(frey) is None and sampler.shape == [7, 5]
@@ -434,4 +419,23 @@ def test_the_pixelcnn_map_is_the_decoder_s_by_default():
     assert flat.shape == [2, 2]
     with pytest.raises(ValueError, match=r"shape=None is not allowed: the code map's \[height, "
                                          r"width\] where no model gives it"):
-        PixelCNNSampler(channels=8, layers=2, epochs=1).positions
+        assert PixelCNNSampler(channels=8, layers=2, epochs=1).positions is None
+
+
+def frey_map_vq():
+    """A small VQ-VAE of Frey Face's 28 x 20 faces, whose decoder reads a 7 x 5 map of 2-d
+    codes (two halvings), with its data shape and latent size."""
+    from functools import partial
+
+    from vae_lightning.conv_maps import ConvMapDecoder, ConvMapEncoder
+    from vae_lightning.likelihoods import Bernoulli, Decoder
+    from vae_lightning.module import VAE
+    from vae_lightning.posteriors import Encoder
+
+    shape, latent = (1, 28, 20), 2 * 7 * 5
+    model = VAE(Encoder(partial(ConvMapEncoder, channels=[4, 4], blocks=0),
+                        VectorQuantizer(4, 2), shape, latent),
+                Decoder(partial(ConvMapDecoder, channels=[4, 4], blocks=0), Bernoulli(), shape,
+                        latent),
+                UniformCodes(latent), VQVAE(), latent=latent, data_shape=shape)
+    return model.eval(), shape, latent

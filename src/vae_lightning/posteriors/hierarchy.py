@@ -25,6 +25,9 @@ from vae_lightning.args import PositiveInt, checked, fail
 
 from . import NO_MEAN, Family, Gaussian
 
+NO_MOMENT = ("this q(z|x), a chain of stochastic layers each given its parent's draw, has no {} "
+             "in closed form: estimate it from draws, q.sample((n,))")
+
 
 class Chain(Distribution):
     """z = [z_1, ..., z_L] with density first(z_(1)) prod_i links[i](z_(i))(z_(i+1)), where
@@ -45,6 +48,16 @@ class Chain(Distribution):
     @property
     def mean(self) -> Tensor:
         raise NotImplementedError(NO_MEAN)
+
+    # A layer's spread and the chain's entropy are integrals over its parents' draws, with no
+    # closed form beyond the first layer: torch's NotImplementedError said nothing at all.
+    @property
+    def variance(self) -> Tensor:  # stddev is its square root
+        raise NotImplementedError(NO_MOMENT.format("variance or standard deviation"))
+
+    def entropy(self) -> Tensor:
+        raise NotImplementedError(NO_MOMENT.format("entropy") + " (-q.log_prob of them, "
+                                  "averaged)")
 
     def _sampling_order(self, blocks: list[Tensor]) -> list[Tensor]:
         """Blocks in the vector's order -> in sampling order (and back: the map is its inverse)."""

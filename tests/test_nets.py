@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 import yaml
-from compose import CONF, compose_train, counts_likelihood, small_posterior
+from compose import CONF, compose_train, counts_likelihood, mnist_like, small_posterior
 from models import binary_images
 from torch import nn
 from torch.testing import assert_close
@@ -427,7 +427,10 @@ def test_every_network_option_trains_and_scores_importance_samples(part, option,
     from test_config import _option_overrides
 
     torch.manual_seed(0)
-    cfg = compose_train(_option_overrides(f"model/{part}", option), tmp_path)
+    overrides = _option_overrides(f"model/{part}", option)
+    if "data=mnist" in overrides:  # the VQ-VAE's map networks: MNIST-format files of our own
+        overrides += [f"data.root={mnist_like(tmp_path / 'data')}", "data.val_size=50"]
+    cfg = compose_train(overrides, tmp_path)
     run = build_run(cfg)
     model, datamodule = run.model, run.datamodule
     datamodule.setup("fit")

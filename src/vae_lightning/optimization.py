@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.nn.parallel import DistributedDataParallel
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.graphs import graph_problems
@@ -210,8 +211,10 @@ def auxiliary_backward(model: L.LightningModule, loss: Tensor,
     loss reaches the objective's own only: the reduction never finished and the next step
     stopped with "parameters that were not used in producing the loss". So under DDP the loss
     is differentiated by autograd alone and the gradients are averaged here, in one all-reduce
-    (mean over ranks, as DDP's own); on one process ``manual_backward`` as before."""
-    if model.trainer.world_size == 1:
+    (mean over ranks, as DDP's own); without DDP ``manual_backward`` as before. Whether the model
+    is wrapped in DDP decides, as it decides Lightning's re-arming, not the number of ranks:
+    ``trainer=ddp trainer.devices=1`` wraps it too, one rank, and stopped the same way."""
+    if not isinstance(model.trainer.strategy.model, DistributedDataParallel):
         model.manual_backward(loss)
         return
     loss.backward()

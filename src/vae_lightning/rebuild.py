@@ -190,12 +190,15 @@ def build_on_meta(build: Callable[[], Any]) -> Any:
     constructor reads a tensor's value (``float(t)``, ``t.item()``, ``if t > 0:``, as a part of
     one's own may) cannot be built there; it stopped the run with "Invalid configuration: ...
     Tensor.item() cannot be called on meta tensors", a valid part refused. It is built on the CPU
-    instead, as training builds it next: a build that fails there too raises its own error."""
+    instead, as training builds it next: a build that fails there too raises its own error.
+    PyTorch names the device "meta" or "Meta" (an operator with no meta kernel, such as
+    ``torch.unique``: "attempted to run this operator with Meta tensors"): either is looked
+    for."""
     try:
         with torch.device("meta"):
             return build()
     except UserError as err:
-        if "meta" not in str(err):
+        if "meta" not in str(err).lower():
             raise
     return build()
 

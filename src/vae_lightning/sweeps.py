@@ -149,7 +149,8 @@ def check_sweeper(sweeper: Any, metric: Any = None) -> None:
     exited 0 with no best trial), n_jobs < 1 (a ZeroDivisionError), n_trials < 1 (no trial,
     then "each failed"), a max_failure_rate outside [0, 1] (a bare AssertionError); and a
     direction against the ``metric`` it optimises (``optimized_metric=val/bits_per_dim`` with
-    the default maximize: the search's best was its worst model, silently)."""
+    the default maximize: the search's best was its worst model, silently), or no ``metric``
+    at all (hydra/sweeper=optuna without hparams_search: each trial returned None)."""
     if not str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
         return
     found = []
@@ -179,6 +180,14 @@ def check_sweeper(sweeper: Any, metric: Any = None) -> None:
         found.append(f"hydra.sweeper.max_failure_rate={rate!r} is not allowed: a number from 0 "
                      "to 1 (the share of a batch's trials that may fail before the search "
                      "stops)")
+    if metric is None:
+        # Each trial returns its results.json's optimized_metric to the study: without one it
+        # returned None, and the first trial ended, after its training, in "Return value must
+        # be float-castable. Got 'None'" and a RuntimeError traceback (exit 1).
+        found.append("the Optuna sweeper (hydra/sweeper=optuna) optimises each trial's "
+                     "optimized_metric, and none is given: use hparams_search=optuna (which "
+                     "sets it, val/elbo, and the search space), or give optimized_metric=val/elbo "
+                     "(a key of results.json) and hydra.sweeper.direction")
     if found:
         raise ConfigError("; ".join(found) + ". Nothing was run.")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,10 @@ def read(path: Path, what: str, fix: str, error: type[Exception]) -> Any:
         raise error(f"{path}: {what} cannot be read ({err.strerror}); {fix}.") from None
     except ValueError as err:  # not JSON, not UTF-8
         raise error(f"{path}: {what} is not JSON ({err}); {fix}.") from None
+    except RecursionError:  # json's decoder recurses once per level: [[[...]]] 10^5 deep
+        raise error(f"{path}: {what} is not JSON this tool reads (arrays or objects nested "
+                    f"deeper than Python's recursion limit, {sys.getrecursionlimit()}); "
+                    f"{fix}.") from None
 
 
 def checked(path: Path, value: dict[str, Any], schema: Schema, what: str, fix: str,

@@ -80,12 +80,18 @@ READ_CURVE = {
     "points": (lambda value: isinstance(value, list) and len(value) > 0,
                "a non-empty list of points"),
     "config": (optional(lambda value: isinstance(value, dict)), "the run's config, an object"),
+    # The seeds table pairs each seed's AEVB run with its wake-sleep run by this value (a dict
+    # key): a list there was a TypeError traceback (unhashable), a bool the seed 1.
+    "config.seed": (optional(lambda value: whole(value, least=-2**63)),
+                    "the run's seed, an integer, or null"),
     "train_size": (optional(whole), "the number of training points, an integer >= 0, or null"),
     "test_size": (optional(whole), "the number of test points, an integer >= 0, or null"),
 }
 READ_POINT = {
-    "samples_seen": (lambda value: finite(value) and value > 0,
-                     "a positive number (the x-axis is logarithmic)"),
+    # Below 2**63 (the run's int64 counter): a count of 1e308 overflowed the logarithmic axis's
+    # margin (a matplotlib warning, "overflow encountered in exp"), as a bound of 1e308 did.
+    "samples_seen": (lambda value: finite(value) and 0 < value < 2**63,
+                     "a positive number below 2**63 (the x-axis is logarithmic)"),
     TRAIN: (_bound, f"a finite number of nats under {MAX_BOUND:g} in size, or null"),
     TEST: (_bound, f"a finite number of nats under {MAX_BOUND:g} in size, or null"),
 }

@@ -123,6 +123,9 @@ READ = {
     "tags": (optional(strings), "a list of strings or null"),
     "overrides": (optional(strings), "a list of strings or null"),
     "bound_of": (optional(text), "what the bounds bound, a string, or null"),
+    # The table by setting counts each setting's distinct seeds (a set): a list was a TypeError
+    # traceback (unhashable), and true the seed 1.
+    "seed": (optional(partial(whole, least=-2**63)), "an integer or null"),
     **{key: (optional(finite), "a finite number or null") for key in METRICS},
 }
 

@@ -104,7 +104,15 @@ def test_every_row_is_a_preset_on_the_protocol_with_its_literature(name, tmp_pat
     settings, protocol = _settings(cfg), _protocol("_common" if own else "_protocol")
     changed = {key for key in protocol.keys() | settings.keys()
                if protocol.get(key, "absent") != settings.get(key, "absent")}
-    overrides = [item.split("=", 1)[0] for item in node["config"].split()]
+    if own:  # its `config` names the file that gives its model on _common.yaml: what it sets
+        import yaml
+        from compose import CONF
+
+        given = yaml.safe_load((CONF / node["config"].split()[0]).read_text())
+        overrides = ["model", *(f"{key}.{leaf}" for key, value in given.items()
+                                if key not in ("model", "defaults") for leaf in value)]
+    else:
+        overrides = [item.split("=", 1)[0] for item in node["config"].split()]
     where = tuple(NODE.get(key, key) for key in overrides)
     kept = PROTOCOL if not own else ("model.decoder.likelihood", "model.optimizer")
     stray = {key for key in changed if not key.startswith(where) or key.startswith(kept)}

@@ -261,6 +261,49 @@ def test_the_enumerated_evaluation_is_the_same_in_chunks_or_in_one_pass():
     assert chunked["bound_of"].startswith("log p(x), y enumerated over its 3 classes")
 
 
+def test_a_stopped_enumerated_evaluation_goes_on_from_its_progress_file(tmp_path, monkeypatch,
+                                                                        caplog):
+    """vae-eval killed after a batch of an M2 model, then run again: the progress file's first
+    batch is checked against the model with its first point's label (it was checked with the
+    batch's labels for one point, refused as 'labels given for a batch of 1', and the benchmark
+    row's k = 5000 evaluation could not go on), and the resumed estimates are a fresh run's."""
+    from vae_lightning.log_likelihood import Progress, evaluate
+
+    model, _ = _toy_m2()
+    x = _toy_data(12)
+    y = torch.arange(len(x)) % 3
+    batches = [(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:], y[8:])]
+    path = tmp_path / "eval.progress.pt"
+
+    def run(progress=None):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return evaluate(model, batches, k=20, progress=progress)
+
+    class Killed(BaseException):
+        pass
+
+    save = Progress.save
+
+    def save_then_stop(self, done, *args, **kwargs):
+        save(self, done, *args, **kwargs)
+        if done == 2:
+            raise Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Progress, "save", save_then_stop)
+        with pytest.raises(Killed):
+            run(Progress(path, {"k": 20}))
+    assert not any(part.requires_grad for part in torch.load(path)["parts"]["elbos"])
+    with caplog.at_level("INFO"):
+        resumed = run(Progress(path, {"k": 20}))
+    assert "after its first 2 batches" in caplog.text
+    fresh = run()
+    for name in ("iw", "elbo"):
+        assert resumed[name].nats == fresh[name].nats
+    assert resumed["n"] == fresh["n"] == len(x)
+
+
 def test_the_time_check_counts_a_pass_per_class(monkeypatch):
     """eval.max_hours: each batch takes K passes, one per class; at 1 s a pass, 6 points in one
     batch and k = chunk take 3 s, not 1 s."""

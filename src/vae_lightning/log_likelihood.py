@@ -268,7 +268,9 @@ def _misfit(model: VAE, parts: dict[str, list], i: int, x: Tensor, y: Tensor | N
         return f"its batch {i} holds {len(parts['elbos'][i])} points, and the data's {len(x)}"
     if i > 0:
         return None
-    with torch.no_grad(), model.given(y):
+    # The first point, with its own label: a conditional model (or M2) refuses a batch of one
+    # given the batch's labels.
+    with torch.no_grad(), model.given(None if y is None else y[:1]):
         own = model.encoder.params(x[:1])
         mean = posterior_mean(model.encoder, model.encoder.posterior(own))
         enumerated = model.objective.latent_labels(x[:1]) is not None
@@ -347,7 +349,8 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     for i, batch in enumerate(batches, start=done):
         x, y = batch if isinstance(batch, tuple | list) else (batch, None)
         with model.given(y):
-            labels = model.objective.latent_labels(x)
+            with torch.no_grad():  # q(y|x) is only scored: no graph kept with the batch
+                labels = model.objective.latent_labels(x)
             elbo, iw = (importance_weighted(model, x, k, chunk) if labels is None
                         else over_labels(model, x, k, chunk, *labels))
             # Before the batch is kept: a resumed evaluation would only repeat it.

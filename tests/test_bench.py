@@ -234,6 +234,8 @@ def test_a_row_is_trained_evaluated_recorded_and_tabulated(mnist_root, tmp_path,
     # A tiny record: not bold as a protocol number, and says why.
     assert (f"| {record['iw']['nats']:.2f} ± {record['iw']['nats_se']:.2f} (off protocol: k = 3, "
             "30 test images, ") in text
+    assert "--override model.latent=2" in text and record["eval_overrides"] == []
+    assert "--override logger=none" not in text  # what it logs changes no number
     assert "-86.76 (Burda et al. 2015" in text and "iwae_k5" in text.split("Rows not run yet")[1]
     assert "every row: dynamically binarized MNIST, 60,000 training images" in text  # the protocol
     assert f"from the records in `{records.as_posix()}/`" in text  # those read, not the default
@@ -551,7 +553,13 @@ def test_the_literature_beside_a_row_is_its_preset_s_as_the_page_is_written(tmp_
     ("REPLACE iw.nats NaN", ["bad.json", "iw.nats=nan", "a finite number"]),
     ('REPLACE latent "50"', ["bad.json", "latent='50'", "an integer >= 0"]),
     ('REPLACE bench.paper.value "x"', ["bad.json", "bench.paper.value='x'", "finite number"]),
-    ("STRETCH", ["stretches.json", "point 0's iw_se='x'", "a finite number or null"]),
+    ("STRETCH", ["stretches.json", "point 0's iw_se='x'", "a finite number of nats"]),
+    # An overflow written as a number: it printed as 309 digits in the table.
+    ("REPLACE iw.nats -1e308", ["bad.json", "iw.nats=-1e+308", "under 1e+12 in size"]),
+    # A record copied to another row's file showed its numbers as that row's.
+    ('REPLACE row "iwae_k5"', ["bad.json", "of row 'iwae_k5'", "names row 'bad'"]),
+    ('REPLACE overrides "model.latent=2"', ["bad.json", "overrides='model.latent=2'",
+                                           "a list of strings"]),
 ])
 def test_page_refuses_a_record_it_cannot_show_in_one_line(content, words, tmp_path, capsys):
     """A record or full-length point the page cannot show (not JSON, a key missing, a value of
@@ -628,6 +636,30 @@ def test_a_record_off_the_protocol_is_shown_plain_with_what_it_lacks(tmp_path):
     assert f"| {quick} |" in readme.read_text() and "| -89.28 ± 0.20 |" in readme.read_text()
 
 
+def test_a_record_trained_or_evaluated_with_overrides_that_change_the_row_is_off_protocol(
+        tmp_path):
+    """``vae-bench run --override model.latent=2`` trains another model than the row names: its
+    record was bold, a protocol number. Overrides that change no number (where it runs, what it
+    logs, how the evaluation is split into passes) keep it on the protocol."""
+    records = tmp_path / "records"
+    records.mkdir()
+    base = {"row": "vae", "bench": {"row": "VAE"}, "elbo": {"nats": -95.0}, "active_units": 2,
+            "latent": 2, "status": "completed", "iw": {"nats": -89.28, "nats_se": 0.2},
+            "k": 5000, "n": 10000, "train_samples_seen": 10_000_000}
+    neutral = {"overrides": ["experiment=bench/vae", "trainer.accelerator=gpu", "logger=wandb",
+                             "trainer.max_samples=2e7"],
+               "eval_overrides": ["eval.chunk=100", "eval.device=cuda", "+eval.metrics=[]"]}
+    (records / "vae.json").write_text(json.dumps({**base, **neutral}))
+    (records / "iaf.json").write_text(json.dumps(
+        {**base, "row": "iaf", "bench": {"row": "IAF"}, "iw": {"nats": -88.0, "nats_se": 0.2},
+         "overrides": ["experiment=bench/iaf", "model.latent=2"],
+         "eval_overrides": ["eval.split=val"]}))
+    text = bench.page(records, tmp_path / "page.md", tmp_path / "nolong").read_text()
+    assert "| **-89.28 ± 0.20** |" in text
+    assert ("| -88.00 ± 0.20 (off protocol: --override model.latent=2, --eval-override "
+            "eval.split=val) |") in text
+
+
 def test_a_record_s_words_stay_in_their_table_cell(tmp_path):
     """A paper with no source shows no "(None)"; a pipe or a line break in a record's words
     (its status, the paper's source) does not split the Markdown table's row."""
@@ -639,6 +671,7 @@ def test_a_record_s_words_stay_in_their_table_cell(tmp_path):
     record = json.loads((committed / "vae.json").read_text())
     record["status"] = "completed | checked\nby hand"
     record["bench"]["paper"] = {"value": -86.76, "source": None}
+    record["row"] = "own_row"
     # A row no preset describes (a shipped row's literature is its preset's).
     (records / "own_row.json").write_text(json.dumps(record))
     text = bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong").read_text()

@@ -36,7 +36,7 @@ from vae_lightning import rundir
 from vae_lightning.errors import ConfigError, DataError, UnwritableError, UserError
 from vae_lightning.files import writable_directory
 from vae_lightning.reports import json_files
-from vae_lightning.reports.json_files import finite, optional, text, whole
+from vae_lightning.reports.json_files import NATS, finite, nats, optional, text, whole
 
 RUNS, RECORDS, PAGE = Path("benchmarks/bench"), Path("docs/benchmark/records"), Path(
     "docs/benchmark.md")
@@ -82,13 +82,36 @@ def _off_protocol(record: dict[str, Any]) -> str:
     training samples, e.g. a quick ``vae-bench run -k 10``), in words; "" when nothing does (or
     the record does not say). The page shows such a number unbolded, with these words."""
     samples = float(_protocol_file().trainer.max_samples)
+    changed = [f"{option} {item}" for option, key in (("--override", "overrides"),
+                                                       ("--eval-override", "eval_overrides"))
+               for item in record.get(key) or [] if _changes_protocol(item, record.get("row"))]
     short = [f"k = {record['k']}" if whole(record.get("k")) and record["k"] < K else "",
              f"{record['n']:,} test images" if whole(record.get("n")) and record["n"] < TEST_IMAGES
              else "",
              f"{_samples(record['train_samples_seen'])} training samples"
              if finite(record.get("train_samples_seen")) and record["train_samples_seen"] < samples
-             else ""]
+             else "", *changed]
     return ", ".join(word for word in short if word)
+
+
+# Overrides that leave a row's numbers those of the protocol: where it runs and what it logs,
+# how the evaluation is split into passes, where its data are read from (checked against the
+# checkpoint's), what it adds beside the bounds; and the lengths whose effect the record states
+# itself (its samples seen, its test images: shorter is off protocol, longer is allowed).
+NEUTRAL = ("hydra", "logger", "trainer.accelerator", "trainer.max_samples", "eval.chunk",
+           "eval.device", "eval.max_hours", "eval.data_root", "eval.data_path", "eval.trusted",
+           "eval.limit", "eval.sample_quality", "eval.metrics", "eval.metric_seeds")
+
+
+def _changes_protocol(item: str, row: str) -> bool:
+    """Whether an override of a record's run (``key=value``) changes the protocol: any but the
+    row's own ``experiment=bench/<row>`` and the ``NEUTRAL`` keys does (a model, an optimizer, a
+    batch size: the row is then not the one the page names)."""
+    if item == f"experiment=bench/{row}":
+        return False
+    key = item.split("=", 1)[0].lstrip("+~")
+    return not any(key == name or key.startswith(name + ".") or key.startswith(name + "/")
+                   for name in NEUTRAL)
 
 
 def _iw(record: dict[str, Any]) -> str:
@@ -245,7 +268,7 @@ def _train_evaluate_record(row: str, bench: dict[str, Any], directory: Path, arg
         "active_units": evaluation["active_units"], "latent": evaluation["latent"],
         # A model of the labels' (M2) classifier q(y|x): its test error, beside the bound.
         **{key: evaluation[key] for key in ("classification_error",) if key in evaluation},
-        "overrides": args,
+        "overrides": args, "eval_overrides": list(eval_overrides or []),
     }
     path = records / f"{row}.json"
     off = _off_protocol(record)
@@ -289,7 +312,7 @@ def _results(path: Path, row: str, directory: Path) -> dict[str, Any]:
 RESULTS = {
     "status": (optional(text), "a string (completed, diverged, interrupted, ...)"),
     "message": (optional(text), "a string"),
-    "test/elbo": (optional(finite), "a finite number or null"),
+    "test/elbo": (optional(nats), f"{NATS}, or null"),
     "train_samples_seen": (optional(finite), "a finite number or null"),
     "seconds": (optional(finite), "a finite number or null"),
     "seconds_total": (optional(finite), "a finite number or null"),
@@ -308,24 +331,31 @@ def _node(value: Any) -> bool:  # paper, pythae: a mapping, or nothing
     return value is None or isinstance(value, dict)
 
 
+def _texts(value: Any) -> bool:  # a record's overrides
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 # What the page reads of a record (``run`` writes them; strict JSON, a non-finite number null)
 # and of a full-length run's point, each key with its test and, in words, what it accepts.
 RECORD = {
+    "row": (optional(text), "a string (the row's name, that of its file) or null"),
+    "overrides": (optional(_texts), "a list of strings (key=value) or null"),
+    "eval_overrides": (optional(_texts), "a list of strings (key=value) or null"),
     "bench": (json_files.mapping, "a mapping (the row's benchmark node)"),
     "bench.row": (optional(text), "a string or null"),
     "bench.config": (optional(text), "a string or null"),
     "bench.note": (optional(text), "a string or null"),
     "bench.paper": (_node, "a mapping or null"),
     "bench.pythae": (_node, "a mapping or null"),
-    "bench.paper.value": (optional(finite), "a finite number or null"),
+    "bench.paper.value": (optional(nats), f"{NATS}, or null"),
     "bench.paper.source": (optional(text), "a string or null"),
-    "bench.pythae.value": (optional(finite), "a finite number or null"),
+    "bench.pythae.value": (optional(nats), f"{NATS}, or null"),
     "bench.pythae.setting": (optional(text), "a string or null"),
     "iw": (json_files.mapping, "a mapping of nats and nats_se"),
-    "iw.nats": (finite, "a finite number (nats per test image)"),
-    "iw.nats_se": (optional(finite), "a finite number or null (one test point)"),
+    "iw.nats": (nats, f"{NATS} (per test image)"),
+    "iw.nats_se": (optional(nats), f"{NATS}, or null (one test point)"),
     "elbo": (json_files.mapping, "a mapping of nats"),
-    "elbo.nats": (optional(finite), "a finite number or null"),
+    "elbo.nats": (optional(nats), f"{NATS}, or null"),
     "active_units": (optional(whole), "an integer >= 0 or null (one test point)"),
     "latent": (whole, "an integer >= 0"),
     "train_samples_seen": (optional(finite), "a finite number or null"),
@@ -338,9 +368,9 @@ RECORD = {
 STRETCH = {
     "epoch": (whole, "an integer >= 0"),
     "samples_seen": (finite, "a finite number"),
-    "test_elbo": (optional(finite), "a finite number or null"),
-    "iw": (finite, "a finite number"),
-    "iw_se": (optional(finite), "a finite number or null"),
+    "test_elbo": (optional(nats), f"{NATS}, or null"),
+    "iw": (nats, NATS),
+    "iw_se": (optional(nats), f"{NATS}, or null"),
     "active_units": (optional(whole), "an integer >= 0 or null"),
 }
 REQUIRED = {"bench", "iw", "iw.nats", "elbo", "latent", "status",  # a record's
@@ -350,9 +380,12 @@ REQUIRED = {"bench", "iw", "iw.nats", "elbo", "latent", "status",  # a record's
 def read_record(path: Path) -> dict[str, Any]:
     """A row's record, as the page reads it: refused (``DataError``, one message naming the
     file, the key, its value and what is accepted) when it is not what ``run`` writes."""
-    return json_files.read_object(path, "the row's record",
-                                  "write it again with vae-bench run, or move it away",
-                                  DataError, RECORD, REQUIRED)
+    fix = "write it again with vae-bench run, or move it away"
+    found = json_files.read_object(path, "the row's record", fix, DataError, RECORD, REQUIRED)
+    if found.get("row") not in (None, path.stem):  # a copy under another row's name: refused
+        raise DataError(f"{path}: the record is of row {found['row']!r}, and its file names "
+                        f"row {path.stem!r} (a record is <records>/<row>.json); {fix}.")
+    return found
 
 
 def read_stretches(path: Path) -> list[dict[str, Any]]:

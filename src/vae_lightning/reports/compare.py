@@ -29,7 +29,7 @@ from typing import Any
 
 from vae_lightning import rundir
 from vae_lightning.reports import json_files
-from vae_lightning.reports.json_files import dotted, finite, optional, text, whole
+from vae_lightning.reports.json_files import MAX_NATS, dotted, nats, optional, text, whole
 
 
 class CompareError(ValueError):
@@ -55,10 +55,6 @@ READ = {
 }
 ESTIMATES = ("iw", "elbo")
 FIX = "run vae-eval again to write it"
-# Nats of one point beyond this are no model's (an overflow written as a number): the paired
-# differences of two files' points and their squares overflowed math.fsum (an OverflowError or
-# "-inf + inf in fsum" traceback from finite values such as 1e308), so they are refused.
-MAX_POINT = 1e12
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -72,9 +68,9 @@ def read(path: Path) -> dict[str, Any]:
     for name in ESTIMATES:
         values = found["per_point"].get(name)
         if not (isinstance(values, list) and len(values) == found["n"]
-                and all(finite(v) and abs(v) < MAX_POINT for v in values)):
+                and all(nats(v) for v in values)):  # 1e308: the paired sums overflowed
             raise CompareError(f"{file}: the evaluation's per_point.{name} is not "
-                               f"{found['n']} finite numbers under {MAX_POINT:g} in size (one "
+                               f"{found['n']} finite numbers under {MAX_NATS:g} in size (one "
                                f"per point: n); {FIX}.")
     found["file"] = file
     return found

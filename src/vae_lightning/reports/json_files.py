@@ -23,6 +23,20 @@ def finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Nats per point beyond this are no model's (an overflow written as a number): 1e308 overflowed
+# the paired differences of vae-compare and matplotlib's axis, and printed as 309 digits.
+MAX_NATS = 1e12
+
+
+def nats(value: Any) -> bool:
+    """A number of nats (a bound, an estimate or its standard error): finite and under
+    ``MAX_NATS`` in size."""
+    return finite(value) and abs(value) < MAX_NATS
+
+
+NATS = f"a finite number of nats under {MAX_NATS:g} in size"
+
+
 def whole(value: Any, least: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
@@ -51,7 +65,7 @@ def estimate(name: str, what: str = "the estimate (nats, nats_se)", nullable: bo
     an object (or null where ``nullable``), each of ``keys`` a finite number or null."""
     node = (optional(mapping), f"an object with {what}, or null") if nullable else \
         (mapping, f"an object with {what}")
-    return {name: node, **{f"{name}.{key}": (optional(finite), "a finite number or null")
+    return {name: node, **{f"{name}.{key}": (optional(nats), f"{NATS}, or null")
                            for key in keys}}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from vae_lightning import rundir
 from vae_lightning.reports import json_files
-from vae_lightning.reports.json_files import finite, optional, text, whole
+from vae_lightning.reports.json_files import NATS, finite, nats, optional, text, whole
 
 METHODS = {"aevb": "AEVB", "wake_sleep": "wake-sleep"}  # page order: AEVB first
 DATA_NAMES = {"frey": "Frey Face", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -60,15 +60,6 @@ WHAT = "the run's curve.json (the bound along training)"
 FIX = "mend it, or move its run out of the folders given, and make the page again"
 
 
-# Bounds beyond this many nats per point are no model's (an overflow written as a number);
-# they are refused with the file's name rather than drawn (1e308 overflowed matplotlib's axis).
-MAX_BOUND = 1e12
-
-
-def _bound(value: Any) -> bool:
-    """A bound of a point: a finite number of nats under ``MAX_BOUND`` in size (json reads
-    NaN and Infinity too), or null where it was not measured."""
-    return value is None or (finite(value) and abs(value) < MAX_BOUND)
 
 
 # What the page reads of a curve.json (callbacks.BoundCurve writes it), and of each point.
@@ -92,8 +83,8 @@ READ_POINT = {
     # margin (a matplotlib warning, "overflow encountered in exp"), as a bound of 1e308 did.
     "samples_seen": (lambda value: finite(value) and 0 < value < 2**63,
                      "a positive number below 2**63 (the x-axis is logarithmic)"),
-    TRAIN: (_bound, f"a finite number of nats under {MAX_BOUND:g} in size, or null"),
-    TEST: (_bound, f"a finite number of nats under {MAX_BOUND:g} in size, or null"),
+    TRAIN: (optional(nats), f"{NATS}, or null (not measured)"),
+    TEST: (optional(nats), f"{NATS}, or null (not measured)"),
 }
 
 

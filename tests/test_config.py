@@ -7,7 +7,7 @@ import os
 import compose
 import pytest
 import torch
-from compose import CONF, PAIR_MODEL, SHARED_DATA, compose_train
+from compose import CONF, SHARED_DATA, compose_train
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -16,15 +16,13 @@ from vae_lightning import run_checks
 from vae_lightning.args import ArgumentError, PositiveInt, Range, accepts, checked, problems
 from vae_lightning.config_checks import check
 from vae_lightning.errors import ConfigError
+from vae_lightning.groups import bundled
 from vae_lightning.train import build_run, train
 
 GROUPS = ["data", "model", "model/encoder", "model/decoder", "model/posterior",
           "model/likelihood", "model/prior", "model/objective", "model/optimizer", "trainer",
           "logger", "callbacks", "experiment"]
 NOT_BUILT_HERE = {"trainer", "experiment", "logger"}
-VQ_VAE_PARTS = {("model", "vq_vae"), ("model/posterior", "vq"), ("model/prior", "uniform_codes"),
-                ("model/objective", "vq_vae"), ("model/encoder", "conv_map"),
-                ("model/decoder", "conv_map")}
 
 
 def _options(group):
@@ -38,17 +36,38 @@ def _option_overrides(group, option):
         overrides.append("model.prior.n_components=5")
     if (group, option) == ("model/objective", "wake_sleep"):
         overrides.append("data=frey")
-    if (group, option) == ("model/posterior", "ladder"):  # with its top-down prior
-        overrides.append("model=ladder")
-    if option in PAIR_MODEL:  # a posterior and a prior that work only with each other
-        overrides.append(f"model={PAIR_MODEL[option]}")
-    if option in ("conditional_mlp", "conditional_conv", "class_normal"):  # conditional parts
+    models = bundled(group, option)
+    if models:  # a part chosen with the parts it works with by a model option (groups.bundled)
+        overrides.append(f"model={models[0]}")
+    if option in ("conditional_conv", "class_normal"):  # conditional parts of no model option
         overrides.append("model.classes=10")
-    if (group, option) == ("model/objective", "m2"):  # with the conditional model it trains
-        overrides.append("model=m2")
-    if (group, option) in VQ_VAE_PARTS:  # with one another, on data whose 7 x 7 map fits latent
-        overrides += ["data=mnist"] if group == "model" else ["model=vq_vae", "data=mnist"]
+    if "vq_vae" in (option if group == "model" else models[:1]):  # a 7 x 7 map that fits latent
+        overrides.append("data=mnist")
     return overrides
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g.startswith("model/")
+                                          for o in _options(g) if bundled(g, o)], ids=str)
+def test_a_part_chosen_without_its_model_option_is_refused_naming_it(group, option, tmp_path):
+    """A part that a model option chooses with its companions (model/objective=m2 by model=m2),
+    chosen under model=vae, either builds (the hierarchy's prior and posterior work with the
+    default parts) or is refused (by a companion's check: model.classes=null) with a line
+    naming the model option to use, which the companion's error alone did not. An error that is
+    not of the model's keys gets no such line."""
+    cfg = compose_train([f"{group}={option}", "data=mnist"], tmp_path)
+    named = " or ".join(f"model={model}" for model in bundled(group, option))
+    hint = f"(this run has model=vae): use {named} instead of {group}={option}."
+    try:
+        build_run(cfg)
+    except ConfigError as refused:
+        assert str(refused).endswith(hint), str(refused)
+        assert len(str(refused).splitlines()) <= 4
+    else:  # it builds: an error of another key is not the model option's to mend
+        cfg = compose_train([f"{group}={option}", "data=mnist", "trainer.max_samples=-1"],
+                            tmp_path)
+        with pytest.raises(ConfigError, match="trainer.max_samples") as refused:
+            build_run(cfg)
+        assert "instead of" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -129,6 +129,51 @@ def group_of(key: str) -> tuple[str, Group] | None:
                 None)
 
 
+def _model_choices(option: str, seen: tuple[str, ...] = ()) -> dict[str, str]:
+    """The part options that model option ``option`` (``conf/model/<option>.yaml``) chooses by
+    its defaults list's ``override <group>: <choice>`` lines, through the model options it builds
+    on (``m2`` on ``cvae``), by group (``model/objective``): the later choice wins, as in Hydra."""
+    text = option_text("model", option)
+    if not text or option in seen:
+        return {}
+    chosen: dict[str, str] = {}
+    defaults = OmegaConf.create(text).get("defaults") or []
+    for entry in defaults:
+        if isinstance(entry, str) and entry != "_self_":  # a model option it builds on
+            chosen.update(_model_choices(entry, (*seen, option)))
+        elif isinstance(entry, DictConfig):
+            for key, choice in entry.items():
+                if str(key).startswith("override ") and isinstance(choice, str):
+                    chosen[f"model/{str(key)[len('override '):].strip()}"] = choice
+    return chosen
+
+
+@functools.cache
+def bundled(group: str, option: str) -> tuple[str, ...]:
+    """The model options (``model=m2``) that choose part ``option`` of ``group``
+    (``model/objective``, ``m2``), with the parts it works with: the parts that work only with
+    one another are chosen together by a model option, so that the knowledge of what goes with
+    what is written once, in its defaults list."""
+    return tuple(model for model in groups().get("model", Group(None, ())).options
+                 if _model_choices(model).get(group) == option)
+
+
+def bundle_hint(choices: Any) -> str | None:
+    """For Hydra's choices of a run (``hydra.runtime.choices``): one sentence naming the model
+    option that chooses a part the run chose under another model option (``model/objective=m2``
+    under ``model=vae``); None where there is none. Said beside the errors of such a run: the
+    part's own error (``model.classes=null``) does not say which companions it lacks."""
+    model = choices.get("model")
+    for group, option in choices.items():
+        models = bundled(str(group), str(option)) if str(group).startswith("model/") else ()
+        if models and model not in models:
+            named = " or ".join(f"model={name}" for name in models)
+            return (f"{group}={option} is chosen, with the parts it works with, by {named} "
+                    f"(this run has model={model}): use {named}"
+                    f" instead of {group}={option}.")
+    return None
+
+
 def installed(module: str) -> bool:
     from importlib.util import find_spec
 

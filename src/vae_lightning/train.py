@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import math
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -33,6 +34,7 @@ from vae_lightning.errors import (
     Interrupted,
     NonFiniteLossError,
 )
+from vae_lightning.groups import bundle_hint
 from vae_lightning.log_likelihood import bound_of
 from vae_lightning.module import VAE
 from vae_lightning.rebuild import check_parts, trained_on
@@ -76,7 +78,25 @@ def _overrides(run_dir: Path) -> list[str] | None:
 def build_run(cfg: DictConfig) -> Run:
     """Check ``cfg``, build the data module (no data is read yet) and the model for the data's
     shape, and read the checkpoint to resume from. Every configuration error surfaces here, as a
-    ``ConfigError`` naming its key, before any training."""
+    ``ConfigError`` naming its key, before any training; where the run chose a part under another
+    model option than the one that chooses it with its companions (``model/objective=m2`` under
+    ``model=vae``: the error is of a companion, ``model.classes=null``), it also names that
+    option (``groups.bundle_hint``)."""
+    try:
+        return _build_run(cfg)
+    except ConfigError as err:
+        choices = (HydraConfig.get().runtime.choices if HydraConfig.initialized()
+                   else OmegaConf.select(cfg, "hydra.runtime.choices", default=None))
+        hint = bundle_hint(choices) if choices is not None else None
+        # Of the model's keys only (model.classes=null, "model.encoder: ..."): a trainer's or a
+        # checkpoint's error (CheckpointError) is not the model option's to mend.
+        if type(err) is not ConfigError or hint is None \
+                or not re.search(r"(^|\s)model[.:=\s]", str(err)):
+            raise
+        raise ConfigError(f"{err}\n{hint}") from None
+
+
+def _build_run(cfg: DictConfig) -> Run:
     check(cfg)
     run_checks.check_length(cfg, _task_overrides())
     with prechecked():  # every node was checked above: constructors need not again

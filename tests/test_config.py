@@ -371,6 +371,18 @@ def test_annotations_are_the_schema():
     ("modl/prior=flw", ["Did you mean model/prior=flw? (model/prior has", "vamp"], []),
     ("foo/bar=1", ["there is no config group foo/bar. The config groups are", "model/prior"], []),
     # A mapping merged into a node, with a key the node lacks: the whole value, and that key.
+    # A key deeper down (it was "Did you mean extras?"), an option in another case (no guess).
+    ("beta=4", ["beta=4: there is no top-level key beta. Did you mean model.objective.beta?"],
+     ["extras?"]),
+    ("data=MNIST", ["Did you mean data=mnist?"], ["of your own"]),
+    # Not an override at all: Hydra's grammar error named neither the word nor what to write
+    # (newcomer walkthrough eleven).
+    ("data", ["'data' is not an override: each override is key=value in one word, with no "
+              "spaces around '=' (data=mnist) (Hydra: missing EQUAL"], ["See https"]),
+    ("model.objective.beta=0.5,", ["'model.objective.beta=0.5,' is not an override: a sweep's "
+                                   "values are one word, with no space after a comma"], []),
+    ("runs/a/checkpoints/last.ckpt", ["a checkpoint is named with "
+                                      "ckpt_path=runs/a/checkpoints/last.ckpt"], []),
     ("model.optimizer={lr: 0.1, momentm: 3}",
      ["model.optimizer={lr: 0.1, momentm: 3}: model.optimizer has no key momentm (a mapping "
       "given on the command line is merged into the node", "model.optimizer.<key>=..."],

@@ -137,6 +137,10 @@ def test_a_sweep_whose_jobs_are_refused_in_an_earlier_sweep_s_directories_fails(
     assert again.out.strip().splitlines()[-1] == (f"sweep {sweep}: 1 jobs: 1 error; failed: "
                                                   "job 0 (error)")
     assert "already holds a run" in again.err
+    # The sweep's directory is named, and hydra.sweep.dir to change: hydra.run.dir plays no
+    # part in a sweep (newcomer walkthrough eleven).
+    assert f"hydra.sweep.dir={sweep})" in again.err and "choose another hydra.sweep.dir" \
+        in again.err and "hydra.run.dir" not in again.err
     assert (sweep / "0" / "results.json").read_text() == before
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -97,6 +98,8 @@ def hydra_message(err: Exception) -> str:
     from vae_lightning.groups import group_hint, plugin_extra
 
     text = str(err).split("Config search path:")[0]
+    if isinstance(err, OverrideParseException) and isinstance(err.override, str):
+        return _unparsed(err.override, err.message)
     if "Key 'seed' not in 'SamplerConfig'" in text:  # the one sampler config without a seed
         return GRID_SAMPLER
     nested = re.search(r"Could not override '([^']+)/([^'/]+)'\. No match in the defaults list",
@@ -121,7 +124,8 @@ def hydra_message(err: Exception) -> str:
         wrong = re.search(r"Could not find '(.+)/([^'/]+)'", text)
         options = lines[[i for i, line in enumerate(lines)
                          if line.startswith("Available options in")][-1] + 1:]
-        if wrong and (close := [o for o in options if o.startswith(wrong.group(2))][:2]
+        if wrong and (close := [o for o in options if o.lower() == wrong.group(2).lower()]
+                      or [o for o in options if o.startswith(wrong.group(2))][:2]
                       or difflib.get_close_matches(wrong.group(2), options, n=2)):
             guess = f" Did you mean {' or '.join(f'{wrong.group(1)}={o}' for o in close)}?"
         elif wrong:  # no near option: most likely an option of one's own, not on the path
@@ -133,6 +137,27 @@ def hydra_message(err: Exception) -> str:
     if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in message:
         message += f" ({str(cause).splitlines()[0]})"
     return message
+
+
+def _unparsed(override: str, why: str) -> str:
+    """For a command-line word that is not an override (Hydra's grammar error, which named
+    neither what was meant nor, for a sweep split by a space, the word): what to write."""
+    reason = next((line.strip() for line in str(why).splitlines()
+                   if line.strip() and not line.startswith(("See ", "Error parsing"))), "")
+    if "=" not in override and override.endswith(".ckpt"):
+        advice = f"a checkpoint is named with ckpt_path={override}"
+    elif "=" not in override:
+        advice = ("each override is key=value in one word, with no spaces around '=' "
+                  "(data=mnist)")
+    elif override.rstrip().endswith(","):
+        advice = ("a sweep's values are one word, with no space after a comma "
+                  "(model.objective.beta=0.5,1); quote a value that holds spaces "
+                  "('model.encoder.net.hidden=[400, 400]')")
+    else:
+        advice = ("each override is key=value in one word; quote one whose value holds spaces "
+                  "or brackets ('model.encoder.net.hidden=[400, 400]')")
+    return (f"{override!r} is not an override: {advice}"
+            f"{f' (Hydra: {reason})' if reason else ''}.")
 
 
 def _nested_group_hint(parent: str, name: str) -> str | None:
@@ -189,8 +214,7 @@ def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | Non
     # (trainer.default_root_dir: ${output_dir}: ${hydra:runtime.output_dir}), and vae-bench
     # composes its --override outside one.
     plain = OmegaConf.to_container(parent, resolve=False)
-    below = [f"{prefix}{k}.{name}" for k in keys
-             if isinstance(plain.get(k), dict) and name in plain[k]]
+    below = _paths_to(name, {k: plain.get(k) for k in keys if k != "hydra"}, prefix)[:3]
     owners = None
     for spelled in dict.fromkeys((name, name.lower())):  # as given, then in lower case
         if path and not below and spelled not in keys \
@@ -211,6 +235,17 @@ def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | Non
              else f" ({parent.get('_target_')} takes no other)")
     return (f"{key}={value}: {where}.{guess} {f'{node} has' if path else 'The top level has'} "
             f"{', '.join(keys)}{extra}.")
+
+
+def _paths_to(name: str, node: Any, prefix: str = "", depth: int = 3) -> list[str]:
+    """The dotted keys named ``name`` in the mapping ``node``, up to ``depth`` levels below it,
+    the shallowest first (``beta=4`` at the top level: ``model.objective.beta``)."""
+    if not isinstance(node, dict) or depth < 1:
+        return []
+    here = [f"{prefix}{k}.{name}" for k, v in node.items() if isinstance(v, dict) and name in v]
+    deeper = [path for k, v in node.items() if isinstance(v, dict)
+              for path in _paths_to(name, v, f"{prefix}{k}.", depth - 1)]
+    return [*here, *(path for path in deeper if path not in here)]
 
 
 def _unknown_group(key: str, value: str) -> str:

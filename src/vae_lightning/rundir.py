@@ -340,6 +340,20 @@ def record_dir(directory: str | Path) -> str | None:
     return None if found.held_elsewhere or found.had_run else HYDRA
 
 
+def _named(directory: str | Path) -> tuple[str, str]:
+    """How a refusal names the run's directory and the setting that chooses another: a sweep's
+    job is in hydra.sweep.dir/<job>, where hydra.run.dir plays no part (told to choose another
+    hydra.run.dir, the user of a sweep changed nothing)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep = HydraConfig.get().sweep.dir
+        return f"the sweep's job directory {directory} (hydra.sweep.dir={sweep})", \
+            "hydra.sweep.dir"
+    return f"hydra.run.dir={directory}", "hydra.run.dir"
+
+
 def guard(directory: str | Path, resuming: str | bool | None) -> None:
     """Refuse, before anything is written, a run into ``directory`` while another process writes
     there, a fresh run into a directory that holds a run, and a resume into a directory that holds
@@ -348,9 +362,10 @@ def guard(directory: str | Path, resuming: str | bool | None) -> None:
     (True: a resume from a checkpoint not named here)."""
     found = claim(directory)
     if found.held_elsewhere:
+        where, key = _named(directory)
         raise ConfigError(
-            f"hydra.run.dir={directory} is in use by another run (its process holds the "
-            "directory's lock): wait for it to end, or choose another hydra.run.dir.")
+            f"{where} is in use by another run (its process holds the directory's lock): wait "
+            f"for it to end, or choose another {key}.")
     if found.had_run:
         refuse_into(directory, resuming)
 
@@ -359,10 +374,11 @@ def refuse_into(directory: str | Path, resuming: str | bool | None) -> None:
     """Refuse a run into ``directory``, which holds a run: a fresh one (``resuming`` None or
     False), or a resume from a checkpoint of another run (``guard``)."""
     if not resuming:
+        where, key = _named(directory)
         raise ConfigError(
-            f"hydra.run.dir={directory} already holds a run (its checkpoints or results.json); "
-            "nothing was written. Resume it with ckpt_path=last and the overrides it was started "
-            "with, or choose another hydra.run.dir.")
+            f"{where} already holds a run (its checkpoints or results.json); nothing was "
+            "written. Resume it with ckpt_path=last and the overrides it was started with, or "
+            f"choose another {key}.")
     if isinstance(resuming, str) and resuming != LAST_KEYWORD and (
             of_checkpoint(resuming) != Path(directory).resolve()) and not (
             Path(resuming).resolve().is_relative_to(Path(directory).resolve())):

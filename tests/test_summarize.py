@@ -104,6 +104,22 @@ def test_no_results_is_one_clear_error(tmp_path, capsys):
     assert "error: no results.json under" in capsys.readouterr().err
 
 
+def test_a_results_file_given_for_its_folder_is_named_so(sweep, capsys):
+    """vae-summarize <run>/results.json said "no results.json under .../results.json"."""
+    assert main([str(sweep / "0" / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file: give the folder that holds the runs" in err and str(sweep / "0") in err
+
+
+def test_a_results_file_s_own_job_key_does_not_rename_its_job(sweep):
+    """The job column is the job's folder: a results.json's own "job" key took its place."""
+    path = sweep / "0" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "job": "1"}))
+    summarize(sweep)
+    with open(sweep / "summary.csv") as f:
+        assert sorted(row["job"] for row in csv.DictReader(f)) == ["0", "1"]
+
+
 def test_tags_are_a_column(sweep):
     path = sweep / "0" / "results.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "tags": ["baseline", "frey"]}))

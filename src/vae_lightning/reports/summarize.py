@@ -104,13 +104,17 @@ def _results_files(root: Path) -> tuple[list[Path], list[Path]]:
 
 def load_results(root: Path) -> list[dict[str, Any]]:
     """One row per ``results.json`` under ``root``, with its job (path relative to ``root``)."""
+    if root.is_file():  # "no results.json under .../results.json" said the opposite of the case
+        raise SummaryError(f"{str(root)!r} is a file: give the folder that holds the runs (a "
+                           f"sweep directory, or one run's: {str(root.parent)!r}).")
     paths = sorted(_results_files(root)[0], key=lambda p: _job_key(p, root))
     if not paths:
         raise SummaryError(f"no results.json under {str(root)!r}: point at a sweep directory "
                            "such as multirun/<date>/<time>.")
-    rows = [{"job": path.parent.relative_to(root).as_posix(), **results,
-             **read_curve_end(path.parent / rundir.CURVE, results),
-             **read_evaluation(path.parent / rundir.EVAL)}
+    # The job last: a results.json's own "job" key took the column's place (another job's name).
+    rows = [{**results, **read_curve_end(path.parent / rundir.CURVE, results),
+             **read_evaluation(path.parent / rundir.EVAL),
+             "job": path.parent.relative_to(root).as_posix()}
             for path in paths for results in [read_results(path)]]
     return sorted(rows, key=lambda r: (r.get("latent") is None, r.get("latent") or 0))
 

@@ -57,11 +57,20 @@ def test_last_checkpoint_is_the_final_state_whatever_the_validation_interval(tmp
     assert last["global_step"] == results["steps"] == 36
 
 
-def test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training(tmp_path):
+def test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training(tmp_path,
+                                                                          monkeypatch):
     # trainer.max_samples=5e3 (a float): the last case of
     # test_max_samples_stops_at_the_step_that_reaches_it with one step per batch.
-    cfg = _frey(tmp_path, "trainer.max_samples=5e3",
-                "callbacks.bound_curve.points_per_decade=2", "callbacks.bound_curve.start=1000")
+    from vae_lightning.callbacks import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "curves_figure", lambda *args: drawn.append(args)
+                        or figures.pyplot().figure())
+    cfg = compose_train(["data=frey", "model.latent=2", "model.encoder.net.hidden=[32]",
+                         "model.decoder.net.hidden=[32]", *QUIET[:3], "trainer.max_samples=5e3",
+                         "callbacks.bound_curve.points_per_decade=2",
+                         "callbacks.bound_curve.start=1000", "callbacks.figures.n_points=0"],
+                        tmp_path)  # with the figures callback
     results = train(cfg)
     assert (results["steps"], results["train_samples_seen"]) == (52, 5095)
     curve = json.loads((tmp_path / "curve.json").read_text())
@@ -82,6 +91,12 @@ def test_curve_points_are_log_spaced_in_samples_seen_and_end_with_training(tmp_p
                     for split in ("train", "test")}
     for split, value in expected.items():
         assert curve["points"][-1][f"{split}/elbo"] == pytest.approx(value.item(), rel=1e-6)
+    # curves.png draws these points beside the epochs' (a run of under 4 epochs had 4 dots).
+    (epochs, spaced), = drawn
+    assert spaced == {
+        f"{name} data, {size:,} points, at log-spaced counts (curve.json)":
+            [(p["samples_seen"], p[f"{split}/elbo"]) for p in curve["points"]]
+        for split, name, size in [("train", "training", 1565), ("test", "test", 200)]}
 
 
 def test_curve_leaves_the_training_random_stream_alone(tmp_path):

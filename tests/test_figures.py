@@ -201,6 +201,16 @@ def test_curves_without_validation_show_the_training_bound_alone():
     assert not empty.get_lines() and empty.get_legend() is None
 
 
+def test_curves_draw_the_log_spaced_bound_dashed_beside_the_epochs():
+    spaced = {"test data, 200 points, at log-spaced counts (curve.json)":
+              [(1000, -400.0), (3162, -300.0), (5095, -250.0)], "empty": []}
+    ax = curves_figure({"train": [(5095, -260.0)], "val": []}, spaced).axes[0]
+    assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--"]
+    assert list(ax.get_lines()[1].get_xdata()) == [1000, 3162, 5095]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [CURVE_LABELS["train"],
+                                                                   *list(spaced)[:1]]
+
+
 def _class_bar(fig):
     """The scatter's distinct colours (as drawn) and the colour bar's tick labels and title."""
     fig.canvas.draw()

@@ -69,6 +69,11 @@ class BoundCurve(L.Callback):
         self._next = math.ceil(points_per_decade * math.log10(start))
         self._sizes: dict[str, int] = {}  # the points of each split evaluated
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The points of each split evaluated (curve.json's ``<split>_size``)."""
+        return dict(self._sizes)
+
     def threshold(self, j: int) -> float:
         return 10 ** (j / self.points_per_decade)
 

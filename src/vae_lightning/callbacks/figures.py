@@ -13,7 +13,8 @@
   on their first two principal components); data without labels are coloured by position in the
   split (Frey Face: frame order);
 - ``curves.png`` (Fig. 2's axes): the bound on the training and validation data against the
-  number of training samples seen, log x-axis;
+  number of training samples seen, log x-axis, one point per epoch, and (dashed) the run's
+  ``BoundCurve`` points, at log-spaced counts within the run;
 - ``traversals.png`` (option ``traversals``): one row per latent dimension, ranked by its mean
   KL(q(z_j|x) || p(z_j)) over the validation points (largest first), each decoding the first
   point's posterior location with that dimension set to evenly spaced values; and
@@ -216,9 +217,28 @@ def reconstructions_figure(model: L.LightningModule, x: Tensor, per_row: int = 1
 
 
 
-# The legend of each curve of ``Figures.curves``.
+# The legend of each curve of ``Figures.curves``, and of ``callbacks.curve.BoundCurve``'s.
 CURVE_LABELS = {"train": "training data (mean over the epoch's minibatches)",
                 "val": "validation data (end of epoch)"}
+LOG_SPACED_LABEL = "{split} data, {size} points, at log-spaced counts (curve.json)"
+
+
+def log_spaced(trainer: L.Trainer) -> dict[str, list[tuple[int, float]]]:
+    """The bound at log-spaced samples seen that the run's ``BoundCurve`` measured, by its legend
+    label: drawn beside the epochs' curves, which of a run shorter than an epoch were one point
+    each (the Figure 2 curve of a short run was two dots)."""
+    from vae_lightning.callbacks.curve import BoundCurve
+
+    curve = next((c for c in trainer.callbacks if isinstance(c, BoundCurve)), None)
+    if curve is None:
+        return {}
+    found = {}
+    for split in curve.splits:
+        points = [(int(p["samples_seen"]), float(p[f"{split}/elbo"])) for p in curve.points
+                  if p.get(f"{split}/elbo") is not None]
+        found[LOG_SPACED_LABEL.format(split=SPLIT_NAMES.get(split, "training"),
+                                      size=f"{curve.sizes.get(split, 0):,}")] = points
+    return found
 
 
 def log_ticks(ax: Any) -> None:
@@ -236,15 +256,19 @@ def log_ticks(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def curves_figure(curves: dict[str, list[tuple[int, float]]]):
-    """Fig. 2's axes: the bound (nats per data point) against training samples seen, log x. A
+def curves_figure(curves: dict[str, list[tuple[int, float]]],
+                  spaced: dict[str, list[tuple[int, float]]] | None = None):
+    """Fig. 2's axes: the bound (nats per data point) against training samples seen, log x: the
+    epochs' ``curves`` and, dashed, the log-spaced ones (``log_spaced``), each by its label. A
     curve with no points (no validation split) is left out."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    drawn = {name: points for name, points in curves.items() if points}
-    for name, points in drawn.items():
+    drawn = {CURVE_LABELS.get(name, name): points for name, points in curves.items() if points}
+    dashed = {name: points for name, points in (spaced or {}).items() if points}
+    for name, points in [*drawn.items(), *dashed.items()]:
         seen, bound = zip(*points)
-        ax.plot(seen, bound, marker=".", label=CURVE_LABELS.get(name, name))
+        ax.plot(seen, bound, marker=".", linestyle="--" if name in dashed else "-", label=name)
+    drawn = {**drawn, **dashed}
     ax.set_xscale("log")
     if drawn:
         log_ticks(ax)
@@ -355,7 +379,7 @@ class Figures(L.Callback):
         # their points: their samples, manifold, reconstructions and traversals are left out.
         images = getattr(dm, "images", True)  # a data module of the user's own: images
         images = images and drawable(pl_module.data_shape)  # 2 channels: no pictures
-        figures = {"curves": lambda: curves_figure(self.curves)}
+        figures = {"curves": lambda: curves_figure(self.curves, log_spaced(trainer))}
         conditions = data_conditions(dm, pl_module)
         if images:
             figures["samples"] = lambda: samples_figure(pl_module, self.n_samples, conditions)

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from vae_lightning import log_likelihood
 from vae_lightning.errors import ConfigError
+from vae_lightning.inference import Inference
 from vae_lightning.parts import Parts, confined_space
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,10 @@ def ais(model: Parts, x: Tensor, steps: int = 500, chains: int = 16, leapfrog: i
     annealing distributions, ``chains`` independent chains a point, ``leapfrog`` steps a
     Hamiltonian move, from the prior or from q(z|x) (``start``). A conditional model's: of
     log p(x|y) given ``y``; a model of the labels (M2) without ``y``: of log p(x), the classes
-    enumerated."""
+    enumerated. ``x``: a batch of inputs, or one (a batch of one); ``y``: a label (or condition
+    vector) per point, or one class for all, as the model's methods take them."""
     _check(model, start, chains, leapfrog, step_size)
+    x, y = _points(model, x, y)
     betas = schedule(steps, kind)
     with _evaluating(model):
         labels = None
@@ -172,6 +175,26 @@ def _check(model: Parts, start: Start, chains: int, leapfrog: int, step_size: fl
             and STEP_RANGE[0] <= step_size <= STEP_RANGE[1]):
         raise ValueError(f"AIS step_size={step_size!r}: a number in [{STEP_RANGE[0]}, "
                          f"{STEP_RANGE[1]}] is expected.")
+
+
+def _points(model: Parts, x: Tensor, y: Tensor | int | None
+            ) -> tuple[Tensor, Tensor | None]:
+    """``x`` and ``y`` as a VAE's own methods take them (``inference.Inference``): its inputs
+    checked, one input as a batch of one; ``y`` one label (or condition vector) a point, or one
+    class for all, and refused for a model without labels (it was ignored). An int ``y`` failed
+    in the chains' copies, a label short of the points was counted in chains x points, and one
+    input without its batch dimension stopped in a broadcast: tracebacks. A model without those
+    methods (``Parts``) is taken as given."""
+    if not isinstance(model, Inference):
+        return x, y
+    x = model._inputs(x)
+    x = x[None] if model._one(x) else x
+    if y is not None:
+        y = model.labels(y, len(x), "ais")
+        if len(y) != len(x):
+            raise ValueError(f"ais: {len(y)} labels (or condition vectors) given for {len(x)} "
+                             "points: give one a point, or one class for all.")
+    return x, y
 
 
 @contextlib.contextmanager

@@ -340,7 +340,7 @@ class Evaluation:
             raise ConfigError(f"eval.split={self.split}: the data hold no {self.split} images "
                               "(e.g. data.val_size=0); evaluate another split.")
         # What the metrics and the sample quality need, found before the (long) bound.
-        truth = self._ground_truth(datamodule) if self.metrics else None
+        truth = self._ground_truth(datamodule, model) if self.metrics else None
         judge = (self._quality_inputs(model, datamodule, config, ckpt_path)
                  if self.sample_quality else None)
         code_prior = None
@@ -448,11 +448,20 @@ class Evaluation:
                 raise ConfigError(self._ais_out_of_memory()) from None
         if hasattr(model.objective, "classify"):  # a semi-supervised model's q(y|x) (M2)
             with torch.no_grad():
-                wrong = [(model.objective.classify(x).argmax(-1) != y).cpu()
+                found = [(model.objective.classify(x).argmax(-1).cpu(), y.cpu())
                          for x, y in batches()]
-            results["classification_error"] = torch.cat(wrong).double().mean().item()
-            log.info("classification error of q(y|x) on %s: %.4f", self.split,
-                     results["classification_error"])
+            guess, truth_y = (torch.cat(part) for part in zip(*found))
+            # Of the points with a label: a hidden one (-1, data=array's) was counted wrong.
+            known = truth_y >= 0
+            if known.any():
+                results["classification_error"] = (
+                    (guess[known] != truth_y[known]).double().mean().item())
+                log.info("classification error of q(y|x) on %s: %.4f (%d labelled points of "
+                         "%d)", self.split, results["classification_error"],
+                         int(known.sum()), len(known))
+            else:
+                log.info("No classification error of q(y|x): the %s points have no labels.",
+                         self.split)
         results = self._finish(out, results, model, batches, discrete, truth, judge,
                                code_prior, seed)
         progress.remove()
@@ -621,8 +630,17 @@ class Evaluation:
                 "n": len(found["log_px"]), "acceptance": found["acceptance"],
                 "ess_min": found["ess_min"], "seconds": round(found["seconds"], 3)}
 
-    def _ground_truth(self, datamodule: Any) -> ground_truth.GroundTruth:
-        """The ground-truth factors of the data, which the metrics need."""
+    def _ground_truth(self, datamodule: Any, model: VAE) -> ground_truth.GroundTruth:
+        """The ground-truth factors of the data, which the metrics need; a model conditional on
+        a label (``model=cvae``, ``m2``: q(z|x, y)) is refused before the bounds, not after:
+        the metrics encode images of the factors, which come without the label it needs."""
+        if model._conditional:
+            raise ConfigError(
+                f"eval.metrics={list(self.metrics)}: this model is conditional on a class label "
+                f"(model.classes={model.classes}: q(z|x, y) needs each image's y), and the "
+                "disentanglement metrics encode images drawn from the ground-truth factors, "
+                "which come without one; they score a model whose q(z|x) takes x alone. Leave "
+                "eval.metrics empty for this model.")
         if not hasattr(datamodule, "ground_truth"):
             raise ConfigError(
                 f"eval.metrics={list(self.metrics)}: the model was trained on data="

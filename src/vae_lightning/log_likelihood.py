@@ -270,10 +270,13 @@ def _misfit(model: VAE, parts: dict[str, list], i: int, x: Tensor, y: Tensor | N
         return None
     # The first point, with its own label: a conditional model (or M2) refuses a batch of one
     # given the batch's labels.
-    with torch.no_grad(), model.given(None if y is None else y[:1]):
-        own = model.encoder.params(x[:1])
-        mean = posterior_mean(model.encoder, model.encoder.posterior(own))
-        enumerated = model.objective.latent_labels(x[:1]) is not None
+    with torch.no_grad():
+        with model.given(None if y is None else y[:1]):
+            labels = model.objective.latent_labels(x[:1])
+        with model.given(_posterior_labels(None if y is None else y[:1], labels)):
+            own = model.encoder.params(x[:1])
+            mean = posterior_mean(model.encoder, model.encoder.posterior(own))
+        enumerated = labels is not None
     if parts["means"][0].shape[1:] != mean.shape[1:] or (
             parts["params"] and parts["params"][0].shape[1:] != own.shape[1:]):
         kept = list(parts["params"][0].shape[1:]) if parts["params"] else "not kept"
@@ -290,6 +293,19 @@ def _misfit(model: VAE, parts: dict[str, list], i: int, x: Tensor, y: Tensor | N
             or bool(parts["divergences"]) == enumerated:
         return "its KL divergences are not those of this model's evaluation"
     return None
+
+
+def _posterior_labels(y: Tensor | None, labels: tuple[Tensor, Tensor] | None
+                      ) -> Tensor | None:
+    """The labels a batch's q(z|x, y) is given for its posterior means (the active units): the
+    data's ``y``; for a model of the labels (M2: ``labels``, its log p(y) and log q(y|x)), whose
+    bounds enumerate y, q(y|x)'s most probable class where a label is hidden (-1, as data=array
+    serves an unlabelled point) or none is given (batches of inputs alone): q(z|x, y) refused
+    them, and the evaluation with it."""
+    if labels is None or (y is not None and y.is_floating_point()):
+        return y
+    guess = labels[1].argmax(-1)
+    return guess if y is None else torch.where(y >= 0, y, guess.to(y.dtype))
 
 
 def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: int,
@@ -348,9 +364,9 @@ def evaluate(model: VAE, batches: Iterable[Tensor | tuple[Tensor, Tensor]], k: i
     keep: bool | None = None  # whether each batch's posterior parameters are kept
     for i, batch in enumerate(batches, start=done):
         x, y = batch if isinstance(batch, tuple | list) else (batch, None)
-        with model.given(y):
-            with torch.no_grad():  # q(y|x) is only scored: no graph kept with the batch
-                labels = model.objective.latent_labels(x)
+        with torch.no_grad(), model.given(y):  # q(y|x) only scored: no graph kept with it
+            labels = model.objective.latent_labels(x)
+        with model.given(_posterior_labels(y, labels)):
             elbo, iw = (importance_weighted(model, x, k, chunk) if labels is None
                         else over_labels(model, x, k, chunk, *labels))
             # Before the batch is kept: a resumed evaluation would only repeat it.
@@ -539,16 +555,20 @@ def refuse_unfinishable(model: VAE, batch: tuple[Tensor, Tensor], points: int, k
         return 0.0
     x, y = batch
     chunk = min(k, chunk or auto_chunk(x, k))
-    with (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []),
-          model.given(y)):
-        labels = model.objective.latent_labels(x)  # a model of the labels: K passes, y = each
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        with model.given(y), torch.no_grad():
+            labels = model.objective.latent_labels(x)  # a model of the labels: K passes, y = each
         enumerated = 1 if labels is None else len(labels[0])
-        importance_weighted(model, x, chunk, chunk)  # warm-up
-        start = time.perf_counter()
-        importance_weighted(model, x, chunk, chunk)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        seconds = time.perf_counter() - start
+        # Each of M2's passes is given one class for every point (``over_labels``), not the
+        # data's labels, which may be hidden (-1: the pass was refused for them).
+        timed = y if labels is None else torch.zeros(len(x), dtype=torch.long, device=x.device)
+        with model.given(timed):
+            importance_weighted(model, x, chunk, chunk)  # warm-up
+            start = time.perf_counter()
+            importance_weighted(model, x, chunk, chunk)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            seconds = time.perf_counter() - start
     left = points - min(done, points)
     passes = math.ceil(k / chunk) * math.ceil(left / len(x)) * enumerated
     hours = seconds * passes / 3600

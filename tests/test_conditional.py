@@ -80,6 +80,12 @@ def test_labels_are_checked_and_broadcast_over_sample_dimensions():
     net.given(None)
     with pytest.raises(ConfigError, match="conditional on a class label"):
         net(x)
+    # A hidden label: it sent an M2 model's user to model/objective=m2, its own objective.
+    net.given(torch.tensor([0, -1]))
+    with pytest.raises(ConfigError, match=r"no label \(-1\).*Only model=m2 sums over the "
+                                          r"classes.*M2's log_likelihood without y") as refused:
+        net(x)
+    assert "model/objective=m2" not in str(refused.value)
 
 
 def test_a_condition_vector_is_read_as_it_is_and_a_label_as_its_one_hot_vector():

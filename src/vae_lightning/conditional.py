@@ -81,9 +81,11 @@ class _Labels:
             raise ConfigError("this model is conditional on a class label (or a condition "
                               "vector): give it (e.g. model.sample(n, y=...), vae-sample y=3).")
         if not self._y.dtype.is_floating_point and len(self._y) and int(self._y.min()) < 0:
-            raise ConfigError("some points have no label (-1): a conditional model needs each "
-                              "point's label, or an objective that sums over the classes of "
-                              "the unlabelled ones (model/objective=m2).")
+            raise ConfigError("some points have no label (-1): q(z|x, y) and p(x|z, y) need "
+                              "each point's label here. Only model=m2 sums over the classes of "
+                              "such points, in training and in vae-eval's bounds; elsewhere "
+                              "give each point its label (M2's log_likelihood without y sums "
+                              "over the classes).")
         return self._y
 
     def vector(self, dtype: torch.dtype) -> Tensor:

@@ -164,6 +164,8 @@ def bundle_hint(choices: Any) -> str | None:
     under ``model=vae``); None where there is none. Said beside the errors of such a run: the
     part's own error (``model.classes=null``) does not say which companions it lacks."""
     model = choices.get("model")
+    if model not in groups().get("model", Group(None, ())).options:
+        return None  # a model option of one's own (hydra.searchpath): what it chooses is unread
     for group, option in choices.items():
         models = bundled(str(group), str(option)) if str(group).startswith("model/") else ()
         if models and model not in models:

@@ -146,7 +146,7 @@ def _unparsed(override: str, why: str) -> str:
                    if line.strip() and not line.startswith(("See ", "Error parsing"))), "")
     if "=" not in override and override.endswith(".ckpt"):
         advice = f"a checkpoint is named with ckpt_path={override}"
-    elif "=" not in override:
+    elif "=" not in override or (key := override.split("=", 1)[0]) != "".join(key.split()):
         advice = ("each override is key=value in one word, with no spaces around '=' "
                   "(data=mnist)")
     elif override.rstrip().endswith(","):
@@ -214,7 +214,10 @@ def _unknown_key(cause: BaseException | None, key: str, value: str) -> str | Non
     # (trainer.default_root_dir: ${output_dir}: ${hydra:runtime.output_dir}), and vae-bench
     # composes its --override outside one.
     plain = OmegaConf.to_container(parent, resolve=False)
-    below = _paths_to(name, {k: plain.get(k) for k in keys if k != "hydra"}, prefix)[:3]
+    nodes = {k: plain.get(k) for k in keys if k != "hydra"}
+    below = _paths_to(name, nodes, prefix)[:3] or (  # BETA=4 too, where no key here is beta
+        [] if close and close[0].lower() == name.lower() else
+        _paths_to(name.lower(), nodes, prefix)[:3])
     owners = None
     for spelled in dict.fromkeys((name, name.lower())):  # as given, then in lower case
         if path and not below and spelled not in keys \

@@ -68,11 +68,13 @@ class BoundCurve(L.Callback):
         self.points: list[dict[str, float]] = []
         self._next = math.ceil(points_per_decade * math.log10(start))
         self._sizes: dict[str, int] = {}  # the points of each split evaluated
+        self._resumed_sizes: dict[str, int] = {}  # those of the run resumed (its checkpoint's)
 
     @property
     def sizes(self) -> dict[str, int]:
-        """The points of each split evaluated (curve.json's ``<split>_size``)."""
-        return dict(self._sizes)
+        """The points of each split evaluated (curve.json's ``<split>_size``), by this run or,
+        before its first point, by the run it resumes."""
+        return {**self._resumed_sizes, **self._sizes}
 
     def threshold(self, j: int) -> float:
         return 10 ** (j / self.points_per_decade)
@@ -161,12 +163,14 @@ class BoundCurve(L.Callback):
             file.write(json.dumps(payload, indent=1) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"points": self.points, "next_samples": self.threshold(self._next)}
+        return {"points": self.points, "next_samples": self.threshold(self._next),
+                "sizes": self.sizes}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the curve: the next point is the first of this schedule at or after the saved
         one (the same point unless ``points_per_decade`` changed)."""
         self.points = state_dict["points"]
+        self._resumed_sizes = dict(state_dict.get("sizes") or {})  # none in an older checkpoint
         self._next = math.ceil(self.points_per_decade * math.log10(state_dict["next_samples"])
                                - 1e-9)
 

@@ -236,8 +236,10 @@ def log_spaced(trainer: L.Trainer) -> dict[str, list[tuple[int, float]]]:
     for split in curve.splits:
         points = [(int(p["samples_seen"]), float(p[f"{split}/elbo"])) for p in curve.points
                   if p.get(f"{split}/elbo") is not None]
-        found[LOG_SPACED_LABEL.format(split=SPLIT_NAMES.get(split, "training"),
-                                      size=f"{curve.sizes.get(split, 0):,}")] = points
+        name, size = SPLIT_NAMES.get(split, "training"), curve.sizes.get(split)
+        # A resumed run's curve before its first point, of an older checkpoint: no size known.
+        found[LOG_SPACED_LABEL.format(split=name, size=f"{size:,}") if size is not None
+              else LOG_SPACED_LABEL.replace(", {size} points", "").format(split=name)] = points
     return found
 
 

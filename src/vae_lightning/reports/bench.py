@@ -100,18 +100,25 @@ def _off_protocol(record: dict[str, Any]) -> str:
 # itself (its samples seen, its test images: shorter is off protocol, longer is allowed).
 NEUTRAL = ("hydra", "logger", "trainer.accelerator", "trainer.max_samples", "eval.chunk",
            "eval.device", "eval.max_hours", "eval.data_root", "eval.data_path", "eval.trusted",
-           "eval.limit", "eval.sample_quality", "eval.metrics", "eval.metric_seeds")
+           "eval.limit", "eval.sample_quality", "eval.metrics", "eval.metric_seeds",
+           # the options of what it adds beside the bounds (the sample quality, the metrics)
+           "eval.samples", "eval.sample_mean", "eval.features", "eval.classifier",
+           "eval.inception_weights", "eval.kid_subsets", "eval.kid_subset_size",
+           "eval.nearest_k", "eval.metric_options",
+           # the trainer options that set its accelerator alone (conf/trainer/<option>.yaml)
+           "trainer=cpu", "trainer=gpu", "trainer=mps")
 
 
 def _changes_protocol(item: str, row: str) -> bool:
     """Whether an override of a record's run (``key=value``) changes the protocol: any but the
-    row's own ``experiment=bench/<row>`` and the ``NEUTRAL`` keys does (a model, an optimizer, a
-    batch size: the row is then not the one the page names)."""
+    row's own ``experiment=bench/<row>`` and the ``NEUTRAL`` keys (and whole overrides,
+    ``trainer=gpu``) does (a model, an optimizer, a batch size: the row is then not the one the
+    page names)."""
     if item == f"experiment=bench/{row}":
         return False
     key = item.split("=", 1)[0].lstrip("+~")
     return not any(key == name or key.startswith(name + ".") or key.startswith(name + "/")
-                   for name in NEUTRAL)
+                   or item.lstrip("+~") == name for name in NEUTRAL)
 
 
 def _iw(record: dict[str, Any]) -> str:
@@ -385,7 +392,7 @@ def read_record(path: Path) -> dict[str, Any]:
     if found.get("row") not in (None, path.stem):  # a copy under another row's name: refused
         raise DataError(f"{path}: the record is of row {found['row']!r}, and its file names "
                         f"row {path.stem!r} (a record is <records>/<row>.json); {fix}.")
-    return found
+    return {**found, "row": path.stem}  # a null row is its file's (experiment=bench/<row>)
 
 
 def read_stretches(path: Path) -> list[dict[str, Any]]:

@@ -105,8 +105,9 @@ def _results_files(root: Path) -> tuple[list[Path], list[Path]]:
 def load_results(root: Path) -> list[dict[str, Any]]:
     """One row per ``results.json`` under ``root``, with its job (path relative to ``root``)."""
     if root.is_file():  # "no results.json under .../results.json" said the opposite of the case
+        run = root.resolve().parent if root.is_symlink() else root.parent  # a link's target's
         raise SummaryError(f"{str(root)!r} is a file: give the folder that holds the runs (a "
-                           f"sweep directory, or one run's: {str(root.parent)!r}).")
+                           f"sweep directory, or one run's: {str(run)!r}).")
     paths = sorted(_results_files(root)[0], key=lambda p: _job_key(p, root))
     if not paths:
         raise SummaryError(f"no results.json under {str(root)!r}: point at a sweep directory "

@@ -192,3 +192,41 @@ def open_paths() -> list[str]:
         except OSError:  # closed meanwhile (the listing's own descriptor)
             pass
     return paths
+
+
+def train_briefly(overrides: list[str], run: Path, steps: int):
+    """A checkpoint of vae-train's ``overrides`` trained ``steps`` steps in ``run`` (no
+    callbacks, logger or validation: what a test of a trained model's evaluation needs), and
+    the ``build_run`` result whose model was trained: ``(run/checkpoints/last.ckpt, built)``."""
+    import lightning as L
+    import torch
+
+    from vae_lightning.checkpoints import RunConfig
+    from vae_lightning.train import build_run
+
+    cfg = compose_train([*overrides, "callbacks=none", "logger=none"], run)
+    torch.manual_seed(0)
+    built = build_run(cfg)
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        use_distributed_sampler=False, limit_val_batches=0,
+                        callbacks=[RunConfig(built.record)])
+    trainer.fit(built.model, datamodule=built.datamodule)
+    path = run / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path, built
+
+
+def eval_config(overrides: list[str]) -> DictConfig:
+    """vae-eval's composed config for ``overrides``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("eval", overrides=overrides)
+
+
+def run_eval(cfg: DictConfig | list[str]):
+    """What vae-eval runs for the composed config ``cfg`` (or for its overrides): its results."""
+    from vae_lightning.config import instantiate_node
+
+    if isinstance(cfg, list):
+        cfg = eval_config(cfg)
+    return instantiate_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.output_dir)

@@ -9,21 +9,16 @@ import os
 import subprocess
 import sys
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from compose import CONF, REPO, compose_train
-from hydra import compose, initialize_config_dir
+from compose import REPO, run_eval, train_briefly
 
 from vae_lightning import disentanglement as dl
 from vae_lightning import ground_truth as gt
 from vae_lightning.args import ArgumentError
-from vae_lightning.checkpoints import RunConfig
-from vae_lightning.config import instantiate_node
 from vae_lightning.errors import ConfigError
 from vae_lightning.evaluate import Evaluation
-from vae_lightning.train import build_run
 
 SIZES = (2, 3, 4, 5)
 K = len(SIZES)
@@ -213,23 +208,8 @@ def test_bad_metric_options_are_named():
 def trained(overrides, run, steps):
     """A checkpoint of vae-train's config ``overrides`` trained for ``steps`` steps in ``run``,
     the model and its data module."""
-    cfg = compose_train([*overrides, "callbacks=none", "logger=none"], run)
-    torch.manual_seed(0)
-    built = build_run(cfg)
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        use_distributed_sampler=False, limit_val_batches=0,
-                        callbacks=[RunConfig(built.record)])
-    trainer.fit(built.model, datamodule=built.datamodule)
-    path = run / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(path)
+    path, built = train_briefly(overrides, run, steps)
     return path, built.model.eval(), built.datamodule
-
-
-def run_eval(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("eval", overrides=overrides)
-    return instantiate_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.output_dir)
 
 
 @pytest.fixture(scope="module")

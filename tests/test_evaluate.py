@@ -9,16 +9,13 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from compose import CONF, compose_train, open_paths
-from hydra import compose, initialize_config_dir
+from compose import compose_train, eval_config, open_paths, run_eval, train_briefly
 from test_hostile import no_traceback, run
 
 from vae_lightning import cli, log_likelihood, rundir
-from vae_lightning.checkpoints import CONFIG_KEY, RunConfig
-from vae_lightning.config import instantiate_node
+from vae_lightning.checkpoints import CONFIG_KEY
 from vae_lightning.errors import CheckpointError, ConfigError
 from vae_lightning.log_likelihood import Estimate
 from vae_lightning.module import VAE
@@ -126,35 +123,15 @@ def test_estimate_reports_nats_bits_per_dim_and_standard_error():
 def checkpoint(tmp_path_factory):
     """A real Lightning checkpoint of a Frey Face VAE trained for a few steps."""
     run = tmp_path_factory.mktemp("run")
-    cfg = compose_train(["data=frey", "model.latent=2", "callbacks=none", "logger=none"], run)
-    torch.manual_seed(0)
-    built = build_run(cfg)
-    datamodule, model = built.datamodule, built.model
-    trainer = L.Trainer(max_steps=5, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        use_distributed_sampler=False, limit_val_batches=0,
-                        callbacks=[RunConfig(built.record)])
-    trainer.fit(model, datamodule=datamodule)
-    path = run / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
-def _eval_cfg(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("eval", overrides=overrides)
-
-
-def run_eval(cfg):
-    return instantiate_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.output_dir)
+    return train_briefly(["data=frey", "model.latent=2"], run, 5)[0]
 
 
 def test_eval_writes_eval_json_from_a_checkpoint(checkpoint):
     model, config, raw = load_model(checkpoint, VAE)
     assert config["model"]["latent"] == 2 and raw["samples_seen"] == 5 * 100
     assert model.latent == 2 and not model.training
-    results = run_eval(_eval_cfg([f"ckpt_path={checkpoint}", "eval.k=50", "eval.chunk=16",
-                                  "eval.device=cpu"]))
+    results = run_eval([f"ckpt_path={checkpoint}", "eval.k=50", "eval.chunk=16",
+                        "eval.device=cpu"])
     saved = json.loads((rundir.of_checkpoint(checkpoint) / "eval.json").read_text())
     assert rundir.of_checkpoint(checkpoint) == checkpoint.parent.parent
     assert saved["k"] == 50 and saved["split"] == "test" and saved["n"] == 200
@@ -259,14 +236,14 @@ def test_eval_limit_scores_the_first_points_of_the_split(checkpoint, tmp_path):
     same limit and seed give the same numbers; 0 is refused naming the key."""
     base = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.chunk=8", "eval.device=cpu",
             "eval.batch_size=16"]
-    part = run_eval(_eval_cfg([*base, "eval.limit=30", f"output_dir={tmp_path / 'part'}"]))
+    part = run_eval([*base, "eval.limit=30", f"output_dir={tmp_path / 'part'}"])
     assert part["n"] == 30
-    again = run_eval(_eval_cfg([*base, "eval.limit=30", f"output_dir={tmp_path / 'again'}"]))
+    again = run_eval([*base, "eval.limit=30", f"output_dir={tmp_path / 'again'}"])
     assert again["iw"] == part["iw"] and again["elbo"] == part["elbo"]
-    full = run_eval(_eval_cfg([*base, "eval.limit=1000", f"output_dir={tmp_path / 'all'}"]))
+    full = run_eval([*base, "eval.limit=1000", f"output_dir={tmp_path / 'all'}"])
     assert full["n"] == 200 and full["iw"] != part["iw"]
     with pytest.raises(Exception, match="eval.limit"):
-        run_eval(_eval_cfg([*base, "eval.limit=0"]))
+        run_eval([*base, "eval.limit=0"])
 
 
 def test_eval_json_is_strict_json_with_null_for_the_standard_error_of_one_point(checkpoint,
@@ -274,8 +251,8 @@ def test_eval_json_is_strict_json_with_null_for_the_standard_error_of_one_point(
     """One point has no standard error: eval.json says null, not NaN, which JSON does not
     have (jq and JavaScript refuse the file)."""
     out = tmp_path / "one"
-    run_eval(_eval_cfg([f"ckpt_path={checkpoint}", "eval.k=2", "eval.device=cpu",
-                        "eval.limit=1", f"output_dir={out}"]))
+    run_eval([f"ckpt_path={checkpoint}", "eval.k=2", "eval.device=cpu",
+              "eval.limit=1", f"output_dir={out}"])
 
     def refuse(constant):
         raise AssertionError(f"{constant} in eval.json")
@@ -293,12 +270,12 @@ def test_an_evaluation_of_another_split_or_k_is_kept_beside_the_new_one(checkpoi
     an earlier file whose values are not vae-eval's names nothing: eval-earlier.json."""
     out = tmp_path / "both"
     base = [f"ckpt_path={checkpoint}", "eval.k=2", "eval.device=cpu", f"output_dir={out}"]
-    run_eval(_eval_cfg([*base, "eval.limit=10"]))
+    run_eval([*base, "eval.limit=10"])
     first = (out / "eval.json").read_text()
     with caplog.at_level("WARNING"):
-        run_eval(_eval_cfg([*base, "eval.limit=10"]))  # the same again: replaced, nothing kept
+        run_eval([*base, "eval.limit=10"])  # the same again: replaced, nothing kept
         assert "kept as" not in caplog.text and sorted(os.listdir(out)) == ["eval.json"]
-        run_eval(_eval_cfg([*base, "eval.limit=10", "eval.split=val"]))
+        run_eval([*base, "eval.limit=10", "eval.split=val"])
     assert ("split=test, k=2 (10 points): kept as eval-test-k2-n10.json; eval.json now holds "
             "this one (split=val") in caplog.text
     assert json.loads((out / "eval.json").read_text())["split"] == "val"
@@ -306,7 +283,7 @@ def test_an_evaluation_of_another_split_or_k_is_kept_beside_the_new_one(checkpoi
     kept = json.loads((out / "eval-test-k2-n10.json").read_text())
     assert kept["iw"] == json.loads(first)["iw"]  # kept as it was (the same seed's estimate)
     (out / "eval.json").write_text(json.dumps({"split": "../../escape", "k": 2, "n": 10}))
-    run_eval(_eval_cfg([*base, "eval.limit=10"]))
+    run_eval([*base, "eval.limit=10"])
     assert json.loads((out / "eval-earlier.json").read_text())["split"] == "../../escape"
     assert sorted(os.listdir(out)) == ["eval-earlier.json", "eval-test-k2-n10.json", "eval.json"]
 
@@ -325,7 +302,7 @@ def test_an_evaluation_of_another_checkpoint_is_kept_and_no_kept_file_is_replace
     base = ["eval.k=2", "eval.device=cpu", "eval.limit=10", f"output_dir={out}"]
     with caplog.at_level("WARNING"):
         for ckpt in (checkpoint, other, checkpoint, other):
-            run_eval(_eval_cfg([f"ckpt_path={ckpt}", *base]))
+            run_eval([f"ckpt_path={ckpt}", *base])
     assert f"held the evaluation of {other}, split=test, k=2 (10 points): kept as " \
            "eval-test-k2-n10-2.json" in caplog.text
     held = {name: json.loads((out / name).read_text())["checkpoint"]
@@ -344,8 +321,8 @@ def test_eval_out_of_memory_names_the_chunk_and_writes_nothing(checkpoint, tmp_p
 
     monkeypatch.setattr(log_likelihood, "importance_weighted", out_of_memory)
     out = tmp_path / "oom"
-    cfg = _eval_cfg([f"ckpt_path={checkpoint}", "eval.device=cpu", "eval.batch_size=50",
-                     f"output_dir={out}"])
+    cfg = eval_config([f"ckpt_path={checkpoint}", "eval.device=cpu", "eval.batch_size=50",
+                       f"output_dir={out}"])
     with pytest.raises(ConfigError) as err:
         run_eval(cfg)
     message = str(err.value)
@@ -539,17 +516,17 @@ def test_a_stopped_evaluation_goes_on_where_it_stopped_to_the_same_numbers(
     numbers of an uninterrupted run; the progress file is gone once eval.json is written."""
     base = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.chunk=8", "eval.device=cpu",
             "eval.batch_size=50"]
-    whole = run_eval(_eval_cfg([*base, f"output_dir={tmp_path / 'whole'}"]))
+    whole = run_eval([*base, f"output_dir={tmp_path / 'whole'}"])
     out = tmp_path / "stopped"
     with monkeypatch.context() as patched:
         _killed_after(patched, 2)
         with pytest.raises(_Killed):
-            run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+            run_eval([*base, f"output_dir={out}"])
     assert (out / "eval.progress.pt").is_file() and not (out / "eval.json").exists()
     saved = torch.load(out / "eval.progress.pt", weights_only=True)["seconds"]
     assert saved > 0
     with caplog.at_level("INFO"):
-        resumed = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+        resumed = run_eval([*base, f"output_dir={out}"])
     assert "after its first 2 batches" in caplog.text
     _same_estimates(resumed, whole)
     assert not (out / "eval.progress.pt").exists() and (out / "eval.json").is_file()
@@ -566,20 +543,20 @@ def test_the_time_check_of_a_stopped_evaluation_counts_only_what_is_left(
     them saved is refused naming the half that is left (it counted every point)."""
     base = [f"ckpt_path={checkpoint}", "eval.k=20", "eval.chunk=8", "eval.device=cpu",
             "eval.batch_size=50"]
-    whole = run_eval(_eval_cfg([*base, f"output_dir={tmp_path / 'whole'}"]))
+    whole = run_eval([*base, f"output_dir={tmp_path / 'whole'}"])
     for done in (4, 2):
         out = tmp_path / f"stopped{done}"
         with monkeypatch.context() as patched:
             _killed_after(patched, done)
             with pytest.raises(_Killed):
-                run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+                run_eval([*base, f"output_dir={out}"])
         again = [*base, f"output_dir={out}", "eval.max_hours=1e-12"]
         if done == 4:
-            _same_estimates(run_eval(_eval_cfg(again)), whole)
+            _same_estimates(run_eval(again), whole)
         else:
             with pytest.raises(ConfigError, match=r"eval.k=20 on 100 points \(the other 100 "
                                r"scored by a stopped run\) would take about"):
-                run_eval(_eval_cfg(again))
+                run_eval(again)
 
 
 def test_a_quick_evaluation_between_two_runs_of_a_stopped_one_keeps_its_progress(
@@ -591,21 +568,21 @@ def test_a_quick_evaluation_between_two_runs_of_a_stopped_one_keeps_its_progress
     aside (eval.progress-2.pt), the check completes, and the k = 20 run goes on from the kept
     batches to the numbers of an uninterrupted run."""
     base = [f"ckpt_path={checkpoint}", "eval.chunk=8", "eval.device=cpu", "eval.batch_size=50"]
-    whole = run_eval(_eval_cfg([*base, "eval.k=20", f"output_dir={tmp_path / 'whole'}"]))
+    whole = run_eval([*base, "eval.k=20", f"output_dir={tmp_path / 'whole'}"])
     out = tmp_path / "out"
     with monkeypatch.context() as patched:
         _killed_after(patched, 2)
         with pytest.raises(_Killed):
-            run_eval(_eval_cfg([*base, "eval.k=20", f"output_dir={out}"]))
+            run_eval([*base, "eval.k=20", f"output_dir={out}"])
     stopped = (out / "eval.progress.pt").read_bytes()
     with caplog.at_level("INFO"):
-        run_eval(_eval_cfg([*base, "eval.k=10", "eval.limit=50", f"output_dir={out}"]))
+        run_eval([*base, "eval.k=10", "eval.limit=50", f"output_dir={out}"])
     assert "kept as eval.progress-2.pt" in caplog.text
     assert (out / "eval.progress-2.pt").read_bytes() == stopped
     assert not (out / "eval.progress.pt").exists()  # the check's own, removed at its end
     caplog.clear()
     with caplog.at_level("INFO"):
-        resumed = run_eval(_eval_cfg([*base, "eval.k=20", f"output_dir={out}"]))
+        resumed = run_eval([*base, "eval.k=20", f"output_dir={out}"])
     assert "set aside in" in caplog.text and "after its first 2 batches" in caplog.text
     _same_estimates(resumed, whole)
     assert sorted(p.name for p in out.glob("eval*")) == ["eval-test-k10-n50.json", "eval.json"]
@@ -663,12 +640,12 @@ def test_a_progress_file_without_seconds_is_still_taken_up(checkpoint, tmp_path,
     with monkeypatch.context() as patched:
         _killed_after(patched, 2)
         with pytest.raises(_Killed):
-            run_eval(_eval_cfg(base))
+            run_eval(base)
     path = tmp_path / "eval.progress.pt"
     state = torch.load(path, weights_only=True)
     del state["seconds"]
     torch.save(state, path)
-    resumed = run_eval(_eval_cfg(base))
+    resumed = run_eval(base)
     assert resumed["seconds_of_earlier_runs"] == 0 and resumed["n"] == 200
 
 
@@ -683,16 +660,16 @@ def test_progress_of_another_evaluation_is_set_aside(checkpoint, tmp_path, monke
         with monkeypatch.context() as patched:
             _killed_after(patched, 2)
             with pytest.raises(_Killed):
-                run_eval(_eval_cfg([*base, "eval.k=10", f"output_dir={out}"]))
+                run_eval([*base, "eval.k=10", f"output_dir={out}"])
     else:
         out.mkdir()
         (out / "eval.progress.pt").write_bytes(b"not a torch file")
     with caplog.at_level("INFO"):
-        got = run_eval(_eval_cfg([*base, "eval.k=20", f"output_dir={out}"]))
+        got = run_eval([*base, "eval.k=20", f"output_dir={out}"])
     assert "holds no part of this evaluation" in caplog.text
     assert "Going on with" not in caplog.text
-    _same_estimates(got, run_eval(_eval_cfg([*base, "eval.k=20",
-                                             f"output_dir={tmp_path / 'fresh'}"])))
+    _same_estimates(got, run_eval([*base, "eval.k=20",
+                                   f"output_dir={tmp_path / 'fresh'}"]))
 
 
 @pytest.mark.parametrize("data, bits", [(["data=frey"], False),
@@ -756,7 +733,7 @@ def test_an_eval_json_that_does_not_parse_is_kept_not_replaced(content, checkpoi
     base = [f"ckpt_path={checkpoint}", "eval.k=2", "eval.device=cpu", "eval.limit=10",
             f"output_dir={out}"]
     with caplog.at_level("WARNING"):
-        run_eval(_eval_cfg(base))
+        run_eval(base)
     assert (out / "eval-earlier-2.json").read_bytes() == content
     assert (out / "eval-earlier.json").read_bytes() == b"an earlier kept file"
     assert json.loads((out / "eval.json").read_text())["k"] == 2
@@ -778,7 +755,7 @@ def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path,
             "eval.batch_size=6"]
     annealed = [*base, "eval.ais_steps=20", "eval.ais_chains=2", "eval.ais_leapfrog=3"]
     out = tmp_path / "a"
-    first = run_eval(_eval_cfg([*annealed, f"output_dir={out}"]))
+    first = run_eval([*annealed, f"output_dir={out}"])
     saved = json.loads((out / "eval.json").read_text())["ais"]
     assert saved == first["ais"]
     assert (saved["n"], saved["steps"], saved["chains"], saved["leapfrog"]) == (12, 20, 2, 3)
@@ -791,10 +768,10 @@ def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path,
     assert saved["minus_iw"]["nats"] == pytest.approx(saved["nats"] - first["iw"]["nats"],
                                                       abs=1e-6)
     assert 0 < saved["minus_iw"]["nats_se"]
-    again = run_eval(_eval_cfg([*annealed, f"output_dir={tmp_path / 'b'}"]))
+    again = run_eval([*annealed, f"output_dir={tmp_path / 'b'}"])
     assert again["ais"]["nats"] == saved["nats"]
     with caplog.at_level(logging.WARNING, logger="vae_lightning.evaluate"):
-        plain = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+        plain = run_eval([*base, f"output_dir={out}"])
     assert "ais" not in plain
     # The kept file's line says what each ran (they differ only in it).
     assert ("points, AIS 20 steps x 2 chains from the posterior): kept as" in caplog.text
@@ -803,7 +780,7 @@ def test_vae_eval_adds_the_ais_estimate_on_the_same_points(checkpoint, tmp_path,
     assert [k["ais"]["nats"] for k in kept] == [saved["nats"]]
     monkeypatch.setattr(ais_module, "hours", lambda *args, **kwargs: 100.0)
     with pytest.raises(ConfigError, match=r"eval.ais_steps=20 .* 100 hours"):
-        run_eval(_eval_cfg([*annealed, f"output_dir={tmp_path / 'c'}"]))
+        run_eval([*annealed, f"output_dir={tmp_path / 'c'}"])
     assert not (tmp_path / "c" / "eval.json").exists()
 
 
@@ -818,7 +795,7 @@ def test_a_stopped_ais_goes_on_where_it_stopped_to_the_same_numbers(checkpoint, 
     base = [f"ckpt_path={checkpoint}", "eval.k=10", "eval.device=cpu", "eval.limit=12",
             "eval.batch_size=6", "eval.ais_steps=10", "eval.ais_chains=2",
             "eval.ais_leapfrog=2"]
-    whole = run_eval(_eval_cfg([*base, f"output_dir={tmp_path / 'whole'}"]))
+    whole = run_eval([*base, f"output_dir={tmp_path / 'whole'}"])
     out = tmp_path / "stopped"
     save = ais_module.Progress.save
 
@@ -829,7 +806,7 @@ def test_a_stopped_ais_goes_on_where_it_stopped_to_the_same_numbers(checkpoint, 
     with monkeypatch.context() as patched:
         patched.setattr(ais_module.Progress, "save", save_then_stop)
         with pytest.raises(_Killed):
-            run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+            run_eval([*base, f"output_dir={out}"])
     progress = out / "eval.ais-progress.pt"
     assert progress.is_file() and (out / "eval.progress.pt").is_file()
     saved = torch.load(progress, weights_only=True)
@@ -837,7 +814,7 @@ def test_a_stopped_ais_goes_on_where_it_stopped_to_the_same_numbers(checkpoint, 
     # The time check counts only what is left: AIS on the second batch (the IW estimate done).
     with pytest.raises(ConfigError, match=r"on 6 points \(the other 6 scored by a stopped run\)"
                        r" would take about [0-9.e-]+ hours on cpu, above"):
-        run_eval(_eval_cfg([*base, f"output_dir={out}", "eval.max_hours=1e-12"]))
+        run_eval([*base, f"output_dir={out}", "eval.max_hours=1e-12"])
     tampered = tmp_path / "tampered"
     tampered.mkdir()
     for name in ("eval.progress.pt", "eval.ais-progress.pt"):
@@ -847,7 +824,7 @@ def test_a_stopped_ais_goes_on_where_it_stopped_to_the_same_numbers(checkpoint, 
         patched.setattr(ais_module, "ais",  # the batches annealed (not the 3-step timing)
                         lambda *a, **k: calls.append(k["steps"]) or anneal(*a, **k))
         with caplog.at_level("INFO"):
-            resumed = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+            resumed = run_eval([*base, f"output_dir={out}"])
     assert calls.count(10) == 1 and "Going on with AIS after its first 1 batches" in caplog.text
     assert resumed["ais"]["nats"] == whole["ais"]["nats"]
     assert resumed["ais"]["minus_iw"] == whole["ais"]["minus_iw"]
@@ -860,7 +837,7 @@ def test_a_stopped_ais_goes_on_where_it_stopped_to_the_same_numbers(checkpoint, 
     torch.save(saved, tampered / "eval.ais-progress.pt")
     caplog.clear()
     with caplog.at_level("WARNING"):
-        again = run_eval(_eval_cfg([*base, f"output_dir={tampered}"]))
+        again = run_eval([*base, f"output_dir={tampered}"])
     assert "acceptance rate" in caplog.text and (tampered / "eval.ais-progress-2.pt").is_file()
     assert again["ais"]["nats"] == whole["ais"]["nats"]
 
@@ -878,9 +855,9 @@ def test_the_ais_time_is_counted_with_the_iw_estimates_against_max_hours(checkpo
             "eval.ais_steps=2", "eval.ais_chains=1", "eval.ais_leapfrog=1"]
     with pytest.raises(ConfigError, match=r"eval.ais_steps=2 .* 15 hours on cpu \(with the "
                                           r"IW estimate's 15: 30\), above eval.max_hours=24"):
-        run_eval(_eval_cfg([*args, "eval.max_hours=24", f"output_dir={tmp_path / 'a'}"]))
+        run_eval([*args, "eval.max_hours=24", f"output_dir={tmp_path / 'a'}"])
     assert not (tmp_path / "a" / "eval.json").exists()
-    done = run_eval(_eval_cfg([*args, "eval.max_hours=40", f"output_dir={tmp_path / 'b'}"]))
+    done = run_eval([*args, "eval.max_hours=40", f"output_dir={tmp_path / 'b'}"])
     assert done["ais"]["n"] == 4
 
 
@@ -898,11 +875,11 @@ def test_ais_out_of_memory_is_one_error_naming_its_settings(checkpoint, tmp_path
     monkeypatch.setattr(ais_module, "over_batches", out_of_memory)
     with pytest.raises(ConfigError, match=r"AIS \(eval.ais_steps=2\) ran out of memory .* "
                                           r"eval.ais_chains=3 .* eval.batch_size"):
-        run_eval(_eval_cfg([*args, f"output_dir={tmp_path / 'a'}"]))
+        run_eval([*args, f"output_dir={tmp_path / 'a'}"])
     assert not (tmp_path / "a" / "eval.json").exists()
     monkeypatch.setattr(ais_module, "hours", out_of_memory)  # its timed run
     with pytest.raises(ConfigError, match=r"AIS .* ran out of memory") as refused:
-        run_eval(_eval_cfg([*args, f"output_dir={tmp_path / 'b'}"]))
+        run_eval([*args, f"output_dir={tmp_path / 'b'}"])
     assert "eval.chunk" not in str(refused.value)
 
 
@@ -921,9 +898,9 @@ def test_ais_below_the_iw_estimate_is_said_with_what_to_do(checkpoint, tmp_path,
 
     monkeypatch.setattr(ais_module, "over_batches", below)
     with caplog.at_level(logging.WARNING, logger="vae_lightning.evaluate"):
-        results = run_eval(_eval_cfg([f"ckpt_path={checkpoint}", "eval.k=5", "eval.device=cpu",
-                                      "eval.limit=6", "eval.ais_steps=3",
-                                      f"output_dir={tmp_path}"]))
+        results = run_eval([f"ckpt_path={checkpoint}", "eval.k=5", "eval.device=cpu",
+                            "eval.limit=6", "eval.ais_steps=3",
+                            f"output_dir={tmp_path}"])
     assert results["ais"]["minus_iw"]["nats"] < -1000
     assert "below the IW estimate" in caplog.text and "eval.ais_steps=3: raise it" in caplog.text
 
@@ -939,10 +916,10 @@ def test_a_second_evaluation_into_a_directory_being_evaluated_into_is_refused(ch
     with rundir.evaluating(out):  # another vae-eval, running
         with pytest.raises(ConfigError, match=f"output_dir={out}: another vae-eval is "
                            "evaluating into it now"):
-            run_eval(_eval_cfg(args))
+            run_eval(args)
     assert not (out / "eval.json").exists() and not (out / "eval.progress.pt").exists()
     assert not (out / "eval.lock").exists()
-    run_eval(_eval_cfg(args))
+    run_eval(args)
     assert (out / "eval.json").is_file() and not (out / "eval.lock").exists()
     with rundir.evaluating(out):  # released: it can be held again
         pass
@@ -976,7 +953,7 @@ def test_the_evaluation_shows_one_progress_bar_not_the_timing_pass_s_too(checkpo
                                                                         capsys):
     """The timed pass over the first batch (max_hours) opened a bar of its own, left at 0 %: a
     log showed the bar's first line two or three times before it moved."""
-    run_eval(_eval_cfg([f"ckpt_path={checkpoint}", "eval.k=3", "eval.device=cpu",
-                        "eval.limit=20", f"output_dir={tmp_path}"]))
+    run_eval([f"ckpt_path={checkpoint}", "eval.k=3", "eval.device=cpu",
+              "eval.limit=20", f"output_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert err.count("eval k=3 on test:   0%") == 1, err

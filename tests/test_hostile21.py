@@ -3,42 +3,21 @@ across the model families, the paths a single-Gaussian VAE never takes (conditio
 semi-supervised models, codebooks, stochastic layers). Each test fails on the code before its
 fix."""
 
-import lightning as L
 import pytest
 import torch
-from compose import CONF, compose_train
-from hydra import compose, initialize_config_dir
+from compose import compose_train, run_eval, train_briefly
 
-from vae_lightning.checkpoints import RunConfig
-from vae_lightning.config import instantiate_node
 from vae_lightning.errors import ConfigError
 from vae_lightning.train import build_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SMALL = ["model.latent=2", "model.encoder.net.hidden=[8]", "model.decoder.net.hidden=[8]",
-         "callbacks=none", "logger=none"]
+SMALL = ["model.latent=2", "model.encoder.net.hidden=[8]", "model.decoder.net.hidden=[8]"]
 
 
 def _trained(overrides, run, steps=2):
-    """A checkpoint of vae-train's ``overrides`` trained ``steps`` steps in ``run``."""
-    cfg = compose_train([*SMALL, *overrides], run)
-    torch.manual_seed(0)
-    built = build_run(cfg)
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        use_distributed_sampler=False, limit_val_batches=0,
-                        callbacks=[RunConfig(built.record)])
-    trainer.fit(built.model, datamodule=built.datamodule)
-    path = run / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
-def _eval(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("eval", overrides=overrides)
-    return instantiate_node(cfg.eval, "eval")(cfg.ckpt_path, cfg.seed, cfg.output_dir)
+    """A checkpoint of vae-train's ``overrides`` at ``SMALL`` trained ``steps`` steps in ``run``."""
+    return train_briefly([*SMALL, *overrides], run, steps)[0]
 
 
 @pytest.mark.parametrize("model", ["cvae", "m2"])
@@ -61,8 +40,8 @@ def test_the_metrics_of_a_conditional_model_are_refused_before_its_bounds(model,
     monkeypatch.setattr(evaluate, "evaluate", no_bounds)
     with pytest.raises(ConfigError, match=r"eval.metrics=\['mig'\]: this model is conditional "
                        r"on a class label \(model.classes=3"):
-        _eval([f"ckpt_path={path}", "eval.k=2", "eval.limit=4", "eval.device=cpu",
-               f"eval.data_root={root}", "eval.metrics=[mig]", f"output_dir={tmp_path / 'out'}"])
+        run_eval([f"ckpt_path={path}", "eval.k=2", "eval.limit=4", "eval.device=cpu",
+                  f"eval.data_root={root}", "eval.metrics=[mig]", f"output_dir={tmp_path / 'out'}"])
 
 
 def _partly_labelled(directory, n=60, d=12, seed=0):
@@ -98,7 +77,7 @@ def test_an_m2_evaluation_of_points_without_labels_bounds_them(tmp_path):
     path = _trained(data, tmp_path / "run")
     base = [f"ckpt_path={path}", "eval.k=3", "eval.batch_size=8", "eval.device=cpu",
             f"eval.data_path={tmp_path / 'partly.npz'}"]
-    results = _eval([*base, f"output_dir={tmp_path / 'out'}"])
+    results = run_eval([*base, f"output_dir={tmp_path / 'out'}"])
     assert results["n"] == 20 and results["active_units"] is not None
     assert results["bound_of"].startswith("log p(x), y enumerated over its 3 classes")
     model = load_model(path, VAE, torch.device("cpu"))[0]
@@ -116,7 +95,7 @@ def test_an_m2_evaluation_of_points_without_labels_bounds_them(tmp_path):
     assert results["classification_error"] == pytest.approx(
         (guess[known] != y[known]).double().mean().item())
     # without the time check, the batches' posterior means were refused the same way
-    unchecked = _eval([*base, "eval.max_hours=null", f"output_dir={tmp_path / 'unchecked'}"])
+    unchecked = run_eval([*base, "eval.max_hours=null", f"output_dir={tmp_path / 'unchecked'}"])
     assert unchecked["iw"] == results["iw"]
 
 

@@ -518,6 +518,25 @@ def test_a_row_s_note_from_its_preset_follows_the_table(tmp_path):
     assert notes == ["- WAE-MMD: " + " ".join(bench.rows()["wae"]["note"].split())]
 
 
+def test_a_semi_supervised_row_s_classifier_error_is_under_the_table(tmp_path):
+    """M2's record holds its classifier's test error (the paper's measure, Table 1) beside its
+    bounds; the page gave only the bounds, so the one number the paper reports for the row was
+    in no table."""
+    records = tmp_path / "records"
+    records.mkdir()
+    record = {"bench": {"row": "M2 (100 labels), U(x)", "config": "model=m2", "paper": {}},
+              "iw": {"nats": -88.40, "nats_se": 0.24}, "elbo": {"nats": -94.57},
+              "active_units": 20, "latent": 50, "train_samples_seen": 1e7, "status": "completed",
+              "classification_error": 0.1199}
+    (records / "m2.json").write_text(json.dumps(record))
+    text = bench.page(records, tmp_path / "benchmark.md", tmp_path / "nolong").read_text()
+    note = next(line for line in text.splitlines() if line.startswith("- M2 (100 labels)"))
+    preset = " ".join(bench.rows()["m2"]["note"].split())
+    assert note.startswith(f"- M2 (100 labels), U(x): {preset}")
+    assert note.endswith(" Its classifier q(y|x) misclassifies 11.99 % of the test images.")
+    assert "11.97 %" in bench.rows()["m2"]["paper"]["source"]  # the paper's, beside it
+
+
 def test_the_literature_beside_a_row_is_its_preset_s_as_the_page_is_written(tmp_path):
     """A paper's or pythae's value corrected in a row's preset after the row was recorded is
     the page's and the README's (the record's copy is the older one); a record whose preset is
@@ -560,6 +579,8 @@ def test_the_literature_beside_a_row_is_its_preset_s_as_the_page_is_written(tmp_
     ('REPLACE row "iwae_k5"', ["bad.json", "of row 'iwae_k5'", "names row 'bad'"]),
     ('REPLACE overrides "model.latent=2"', ["bad.json", "overrides='model.latent=2'",
                                            "a list of strings"]),
+    ("REPLACE classification_error 11.99", ["bad.json", "classification_error=11.99",
+                                            "a number in [0, 1]"]),
 ])
 def test_page_refuses_a_record_it_cannot_show_in_one_line(content, words, tmp_path, capsys):
     """A record or full-length point the page cannot show (not JSON, a key missing, a value of

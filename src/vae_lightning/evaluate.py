@@ -113,7 +113,7 @@ EARLIER = {
     "mi": (optional(finite), "a finite number or null"),
     "mi_se": (optional(finite), "a finite number or null"),
     "layers": (_layers, "a list of objects with size, active_units and kl"),
-    "classification_error": (finite, "a finite number (M2's q(y|x))"),
+    "classification_error": (json_files.fraction, "a number in [0, 1] (M2's q(y|x))"),
     **{f"ais.{key}": check for key, check in _ESTIMATE.items()},
     "ais.steps": (partial(whole, least=1), "an integer >= 1"),
     "ais.chains": (partial(whole, least=1), "an integer >= 1"),

@@ -369,6 +369,8 @@ RECORD = {
     "status": (text, "a string (completed, diverged)"),
     "k": (optional(lambda value: whole(value, 1)), "an integer >= 1 or null"),
     "n": (optional(lambda value: whole(value, 1)), "an integer >= 1 or null"),
+    "classification_error": (optional(json_files.fraction),
+                             "a number in [0, 1] (a classifier's test error) or null"),
     "train_seconds": (optional(finite), "a finite number or null"),
     "eval_seconds": (optional(finite), "a finite number or null"),
 }
@@ -464,6 +466,13 @@ def _rewrite_readme(readme: Path, table: list[str]) -> None:
     readme.write_text(text[:start] + "\n".join([BEGIN, *table, ""]) + text[end:])
 
 
+def _classifier(record: dict[str, Any]) -> str:
+    """What a semi-supervised row measured beside its bounds: its classifier's test error."""
+    error = record.get("classification_error")
+    return "" if error is None else (f"Its classifier q(y|x) misclassifies {100 * error:.2f} % "
+                                     "of the test images.")
+
+
 def _table_cell(text: str) -> str:
     """A record's words as one Markdown table cell: on one line, its pipes escaped."""
     return " ".join(text.split()).replace("|", "\\|")
@@ -530,7 +539,9 @@ def page(records: Path = RECORDS, out: Path = PAGE, long: Path = LONG,
               "pythae's values, and the notes below, are read from the rows' presets "
               "(`conf/experiment/bench/<row>.yaml`) when this page is written."]
     # What a row's number means where it is not what it seems (its preset's `benchmark.note`).
-    notes = [(record["bench"].get("row") or row, _described(row, record, known).get("note"))
+    notes = [(record["bench"].get("row") or row,
+              " ".join(filter(None, [_described(row, record, known).get("note"),
+                                     _classifier(record)])))
              for row, record in found.items()]
     if any(note for _, note in notes):
         lines += ["", "**Notes on rows.**", ""]

@@ -41,6 +41,11 @@ def whole(value: Any, least: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
+def fraction(value: Any) -> bool:
+    """A proportion (an error rate): a finite number in [0, 1]."""
+    return finite(value) and 0 <= value <= 1
+
+
 def text(value: Any) -> bool:
     return isinstance(value, str)
 

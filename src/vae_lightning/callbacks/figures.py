@@ -220,7 +220,13 @@ def reconstructions_figure(model: L.LightningModule, x: Tensor, per_row: int = 1
 # The legend of each curve of ``Figures.curves``, and of ``callbacks.curve.BoundCurve``'s.
 CURVE_LABELS = {"train": "training data (mean over the epoch's minibatches)",
                 "val": "validation data (end of epoch)"}
-LOG_SPACED_LABEL = "{split} data, {size} points, at log-spaced counts (curve.json)"
+
+
+def log_spaced_label(split: str, size: int | None) -> str:
+    """The legend of the bound measured at log-spaced counts on ``split``'s ``size`` points (a
+    resumed run's curve before its first point, of an older checkpoint, has no size)."""
+    points = "" if size is None else f", {size:,} points"
+    return f"{split} data{points}, at log-spaced counts (curve.json)"
 
 
 def log_spaced(trainer: L.Trainer) -> dict[str, list[tuple[int, float]]]:
@@ -236,10 +242,7 @@ def log_spaced(trainer: L.Trainer) -> dict[str, list[tuple[int, float]]]:
     for split in curve.splits:
         points = [(int(p["samples_seen"]), float(p[f"{split}/elbo"])) for p in curve.points
                   if p.get(f"{split}/elbo") is not None]
-        name, size = SPLIT_NAMES.get(split, "training"), curve.sizes.get(split)
-        # A resumed run's curve before its first point, of an older checkpoint: no size known.
-        found[LOG_SPACED_LABEL.format(split=name, size=f"{size:,}") if size is not None
-              else LOG_SPACED_LABEL.replace(", {size} points", "").format(split=name)] = points
+        found[log_spaced_label(SPLIT_NAMES.get(split, "training"), curve.sizes.get(split))] = points
     return found
 
 

@@ -74,14 +74,24 @@ def test_a_diverging_job_does_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
     assert "| completed |" in table and "Failed jobs:" in table and "- job 1:" in table
 
 
+def _vectors(tmp_path):
+    """A data=array file of 60 4 x 4 images in [0, 1], and a path beside it with no file:
+    data.path's values for a job that trains and one that fails on its missing data (an error
+    found as the job builds its data, which no check of the sweep's configs finds first)."""
+    data = tmp_path / "images.npy"
+    np.save(data, np.random.default_rng(0).random((60, 4, 4), dtype=np.float32))
+    return data, tmp_path / "missing.npy"
+
+
 def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
-    sweep = tmp_path / "sweep"
-    proc = _sweep_here(["-m", *TINY, "model.latent=0,2"], sweep, monkeypatch, capsys)
+    sweep, (data, missing) = tmp_path / "sweep", _vectors(tmp_path)
+    proc = _sweep_here(["-m", *TINY, "data=array", f"data.path={missing},{data}"], sweep,
+                       monkeypatch, capsys)
     assert proc.code == 5, proc.err[-3000:]
     results = _results(sweep)
     assert results["0"]["status"] == "error" and results["0"]["exit_code"] == 2
-    assert "model.latent=0" in results["0"]["message"]
-    assert "model.latent=0" in results["0"]["overrides"]
+    assert str(missing) in results["0"]["message"]
+    assert f"data.path={missing}" in results["0"]["overrides"]
     assert results["1"]["status"] == "completed" and results["1"]["latent"] == 2
     assert "2 jobs: 1 completed, 1 error" in proc.out
     assert proc.out.count("2 jobs:") == 1 and "2 jobs:" not in proc.err  # once
@@ -90,17 +100,53 @@ def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path, monkey
     assert not [fd for fd in open_paths() if fd.startswith(str(sweep))]
 
 
+@pytest.mark.parametrize("swept", [
+    ["model.latent=2,-1", "model.encoder.net.hidden=[16],[0]"],
+    # the basic sweeper's own search space, from a file of one's own (hydra.sweeper.params)
+    ["hparams_search=grid"],
+])
+def test_a_sweep_with_a_job_its_checks_refuse_is_refused_before_any_job_trains(
+        swept, tmp_path, monkeypatch, capsys):
+    """``-m model.latent=2,-1``: the first job trained for its whole length before the second
+    was refused for its value (a sweep of hours, a typo found at its end). Now every job's
+    config is checked before the first starts, and every refused job is named with its values
+    and its problems, in one error (exit code 2), nothing run."""
+    sweep, folder = tmp_path / "sweep", tmp_path / "my_conf" / "hparams_search"
+    folder.mkdir(parents=True)
+    (folder / "grid.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      model.latent: 2,-1\n"
+        "      model.encoder.net.hidden: '[16],[0]'\n")
+    # the command line's values of a key replace the file's search: TINY's fixed ones left out
+    tiny = [item for item in TINY if not item.startswith(("model.latent=", "model.encoder."))]
+    proc = _sweep_here(["-m", *tiny, *swept, f"hydra.searchpath=[file://{folder.parent}]"],
+                       sweep, monkeypatch, capsys)
+    assert proc.code == 2, proc.err[-3000:]
+    error = proc.err[proc.err.index("error: "):]
+    assert error.startswith("error: 3 of the sweep's 4 jobs would be refused before training; "
+                            "nothing was run.") and "Traceback" not in proc.err
+    lines = error.splitlines()
+    assert lines[1] == ("  - job 1 (model.latent=2 model.encoder.net.hidden=[0]): "
+                        "model.encoder.net.hidden=[0] is not allowed: expected a list of "
+                        "integers >= 1 (vae_lightning.nets.MLP).")
+    assert lines[2].startswith("  - job 2 (model.latent=-1 model.encoder.net.hidden=[16]): "
+                               "model.latent=-1 is not allowed")
+    assert lines[3].startswith("  - job 3 (model.latent=-1 model.encoder.net.hidden=[0]): "
+                               "model.latent=-1") and "hidden=[0] is not allowed" in lines[4]
+    assert not list(sweep.glob("*/results.json")) and not (sweep / "0").exists()
+
+
 def _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys):
-    """A sweep of one job that failed (model.latent=0) after its first checkpoint (a
+    """A sweep of one job that failed (its data missing) after its first checkpoint (a
     checkpoints/ folder: a run there to resume), its directory dated an hour ago: the sweep
-    directory and the job's results.json."""
-    sweep = tmp_path / "sweep"
-    first = _sweep_here(["-m", *TINY, "model.latent=0"], sweep, monkeypatch, capsys)
+    directory and the job's results.json, and the job's overrides."""
+    sweep, (_, missing) = tmp_path / "sweep", _vectors(tmp_path)
+    job = ["data=array", f"data.path={missing}"]
+    first = _sweep_here(["-m", *TINY, *job], sweep, monkeypatch, capsys)
     assert first.code == 5 and "1 jobs: 1 error" in first.out
     (sweep / "0" / "checkpoints").mkdir()
     before = (sweep / "0" / "results.json").read_text()
     os.utime(sweep / "0", (time.time() - 3600,) * 2)  # an earlier sweep's (an hour ago)
-    return sweep, before
+    return sweep, before, job
 
 
 def test_a_job_that_failed_before_its_first_checkpoint_runs_again_with_its_sweep(
@@ -131,8 +177,8 @@ def test_a_sweep_whose_jobs_are_refused_in_an_earlier_sweep_s_directories_fails(
         tmp_path, monkeypatch, capsys):
     """The same sweep again into its hydra.sweep.dir: each job is refused (its directory holds
     the earlier run, left as it was), and the sweep said "0 jobs: none" with exit code 0."""
-    sweep, before = _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys)
-    again = _sweep_here(["-m", *TINY, "model.latent=0"], sweep, monkeypatch, capsys)
+    sweep, before, job = _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys)
+    again = _sweep_here(["-m", *TINY, *job], sweep, monkeypatch, capsys)
     assert again.code == 5, again.out[-2000:]
     assert again.out.strip().splitlines()[-1] == (f"sweep {sweep}: 1 jobs: 1 error; failed: "
                                                   "job 0 (error)")
@@ -149,8 +195,9 @@ def test_jobs_refused_under_joblib_are_counted_as_the_sweep_s_failures(tmp_path,
     """As above, with the jobs in joblib's worker processes: the note of each refused job was
     kept in the worker's memory, so the sweep (in this process) said "0 jobs: none" and exited
     with 0. Now the note is a file in the sweep directory, and the count names the job."""
-    sweep, before = _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys)
-    again = _joblib_sweep_here(["-m", *TINY, "model.latent=0,0"], sweep, monkeypatch, capsys)
+    sweep, before, (data, path) = _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys)
+    again = _joblib_sweep_here(["-m", *TINY, data, f"{path},{path.split('=', 1)[1]}"], sweep,
+                               monkeypatch, capsys)
     assert again.code == 5, again.out[-2000:]
     assert again.out.strip().splitlines()[-1] == (
         f"sweep {sweep}: 2 jobs: 2 error; failed: job 0 (error), job 1 (error)")

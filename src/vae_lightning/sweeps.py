@@ -235,6 +235,59 @@ def check_search_space(config: DictConfig) -> None:
             "without it: docs/commands.md, hparams_search).")
 
 
+def check_jobs(config: DictConfig) -> None:
+    """Refuse, before the first job of a grid sweep (Hydra's basic sweeper) trains, a sweep in
+    which any job's config would be refused (``config_checks.check``, which each job runs before
+    it trains): ``-m model.latent=8,-1`` trained the first job for its whole length, then
+    refused the second. Each job is composed as Hydra's launcher composes it (its number, its
+    directory), and every refused job is named with its overrides and its problems. Optuna's
+    trials draw their values as the study goes: each is checked as it starts."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict, read_write
+
+    from vae_lightning.config_checks import check
+
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}" \
+            or not GlobalHydra.instance().is_initialized():
+        return
+    loader = GlobalHydra.instance().config_loader()
+    given = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    task = [*given, *map(str, config.hydra.overrides.task)]
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(task)
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    swept = {item.get_key_element() for item in parsed if item.is_sweep_override()}
+    master = HydraConfig.instance().cfg
+    refused = []
+    try:
+        for number, job in enumerate(jobs):
+            job_config = loader.load_sweep_config(master_config=config, sweep_overrides=job)
+            with read_write(job_config.hydra), open_dict(job_config.hydra):
+                job_config.hydra.job.num = number
+                job_config.hydra.job.id = str(number)
+                job_config.hydra.runtime.output_dir = os.path.abspath(os.path.join(
+                    str(job_config.hydra.sweep.dir), str(job_config.hydra.sweep.subdir)))
+            HydraConfig.instance().set_config(job_config)
+            with read_write(job_config), open_dict(job_config):
+                del job_config["hydra"]
+            try:
+                check(job_config)
+            except ConfigError as err:
+                problems = [line.strip().removeprefix("- ") for line in str(err).removeprefix(
+                    "Invalid configuration:").strip().splitlines()]
+                values = " ".join(item for item in job if item.split("=")[0] in swept)
+                refused.append(f"job {number} ({values}): " + "\n    ".join(problems))
+    finally:
+        HydraConfig.instance().cfg = master
+    if refused:
+        raise ConfigError(
+            f"{len(refused)} of the sweep's {len(jobs)} jobs would be refused before "
+            "training; nothing was run. Remove or correct their values:\n  - "
+            + "\n  - ".join(refused))
+
+
 def _plain(value: Any) -> Any:
     """An OmegaConf list as a Python list, for the message."""
     return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value

@@ -90,9 +90,14 @@ def test_a_job_with_bad_input_is_recorded_and_the_sweep_goes_on(tmp_path, monkey
     assert proc.code == 5, proc.err[-3000:]
     results = _results(sweep)
     assert results["0"]["status"] == "error" and results["0"]["exit_code"] == 2
-    assert str(missing) in results["0"]["message"]
+    # the key, as everywhere: it said path='...'
+    assert f"data.path={str(missing)!r} does not exist" in results["0"]["message"]
     assert f"data.path={missing}" in results["0"]["overrides"]
     assert results["1"]["status"] == "completed" and results["1"]["latent"] == 2
+    # the job's message once on the console (its error line; the log's copy was printed too),
+    # and in the job's log file
+    assert (proc.out + proc.err).count(results["0"]["message"]) == 1
+    assert results["0"]["message"] in (sweep / "0" / "train.log").read_text()
     assert "2 jobs: 1 completed, 1 error" in proc.out
     assert proc.out.count("2 jobs:") == 1 and "2 jobs:" not in proc.err  # once
     # Each job's directory lock ends with the job: a process that runs a thousand jobs (Optuna's

@@ -101,8 +101,9 @@ def _run(task: Callable[[], T], cfg: DictConfig, run_dir: str | None = None,
             else:  # the directory's files are another run's, or no results.json is written
                 sweeps.note_job(run_dir if run_dir is not None else sweeps.job_directory(),
                                 status, message, code)
+            # In the job's log; on the console the error line below says it once.
             log.error("The job failed (%s, exit code %d); the sweep goes on: %s",
-                      status, code, message)
+                      status, code, message, extra=console.FILE_ONLY)
             print(f"{failure.prefix if failure else 'error'}: {message}", file=sys.stderr)
             return None
         raise SystemExit(failure) from None

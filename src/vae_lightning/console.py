@@ -76,14 +76,29 @@ def plain_values(node: Any) -> Any:
     return node
 
 
+# A log record's ``extra`` that keeps it in the job's log file and off the console, where the
+# command prints the same words itself (a sweep's failed job: its ``error:`` line).
+FILE_ONLY = {"file_only": True}
+
+
+class _NotOnConsole(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
 def one_log_line_per_record() -> None:
     """``import lightning`` gives the ``lightning`` logger a console handler of its own, which
     doubles every record that also reaches Hydra's handlers on the root logger; under Hydra the
-    root handlers (console and the job's log file) are the only ones."""
+    root handlers (console and the job's log file) are the only ones. The console's leaves out
+    the records logged with ``FILE_ONLY``."""
     import lightning  # noqa: F401  (its import adds the handler)
 
     if logging.getLogger().handlers:
         logging.getLogger("lightning").handlers.clear()
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and not any(
+                isinstance(f, _NotOnConsole) for f in handler.filters):
+            handler.addFilter(_NotOnConsole())
 
 
 def override(key: str, value: object) -> str:

@@ -226,7 +226,7 @@ class ArrayDataModule(VAEDataModule):
         return f"{where} (its only array, whose name is not shown: not an identifier)"
 
     def _open(self) -> IO[bytes]:
-        return open_data(self.path, "a .npy or .npz file of images", "path")
+        return open_data(self.path, "a .npy or .npz file of images", "data.path")
 
     def _header(self) -> Header:
         """Check the file and the keys against its headers (no data is read); return the

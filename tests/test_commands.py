@@ -211,6 +211,28 @@ def test_a_refused_run_leaves_no_directory_it_created(tmp_path, monkeypatch, cap
     assert (tmp_path / "outputs" / "2020-01-01" / "run").is_dir()
 
 
+@pytest.mark.parametrize("args, said", [
+    (["model.latent=3", "model.latent=0"],
+     "model.latent is given 2 times on the command line (3, then 0): the last, model.latent=0, "
+     "is used."),
+    (["-m", "data=frey", "trainer.max_steps=1", "data=mnist,frey", "model.latent=0"],
+     "data is given 2 times on the command line (frey, then mnist,frey): the last, "
+     "data=mnist,frey, is used."),
+])
+def test_a_key_given_twice_on_the_command_line_is_warned_of(args, said, tmp_path, monkeypatch,
+                                                            capsys):
+    """``data=frey ... data=mnist`` (a script's base command and its own value) trained on
+    MNIST without a word: Hydra takes the last. Now a warning names the key, its values and
+    the one used; the run goes on with it (here refused for it, model.latent=0). The same value
+    twice is no warning."""
+    proc = _train([*args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], monkeypatch, capsys,
+                  tmp_path)
+    assert proc.code == 2 and "model.latent=0 is not allowed" in proc.err
+    assert (proc.out + proc.err).count(said) == 1, (proc.out + proc.err)[-2000:]
+    proc = _train(["model.latent=0", "model.latent=0"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 2 and "given 2 times" not in proc.out + proc.err
+
+
 def test_a_refused_run_keeps_a_directory_that_existed(tmp_path, monkeypatch, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()

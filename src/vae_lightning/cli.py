@@ -203,6 +203,7 @@ class Preflight(Callback):
         def checks() -> None:
             HydraConfig.instance().set_config(config)  # for ${hydra:...} in hydra.run.dir
             _refuse_chdir(config)
+            _warn_of_repeats(config)
             directory = OmegaConf.select(config, "hydra.run.dir")
             rundir.prepare(directory)
             if "trainer" not in config:  # vae-eval, vae-sample
@@ -221,6 +222,7 @@ class Preflight(Callback):
 
         def checks() -> None:
             _refuse_chdir(config)
+            _warn_of_repeats(config)
             if "trainer" in config:
                 _refuse_output_dir(config, None)
             rundir.prepare(config.hydra.sweep.dir, "hydra.sweep.dir")
@@ -250,6 +252,26 @@ class Preflight(Callback):
             raise SystemExit(err) from None
         except OmegaConfBaseException:  # a key that cannot be resolved: Hydra reports it next
             return
+
+
+def _warn_of_repeats(config: DictConfig) -> None:
+    """Warn of a key given twice on the command line with different values (``data=frey ...
+    data=mnist``, a script's base command and its own value): Hydra takes the last, silently,
+    and the run trained on what the first did not say."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = [str(item) for item in OmegaConf.select(config, "hydra.overrides.task", default=[])]
+    try:
+        parsed = OverridesParser.create().parse_overrides(task)
+    except Exception:  # noqa: BLE001 - Hydra reports a malformed override itself
+        return
+    values: dict[str, list[str]] = {}
+    for item, text in zip(parsed, task, strict=True):  # a sweep's value as written: 2,5
+        values.setdefault(item.get_key_element(), []).append(text.split("=", 1)[-1])
+    for key, given in values.items():
+        if len(set(given)) > 1:
+            log.warning("%s is given %d times on the command line (%s): the last, %s=%s, is "
+                        "used.", key, len(given), ", then ".join(given), key, given[-1])
 
 
 def _refuse_chdir(config: DictConfig) -> None:

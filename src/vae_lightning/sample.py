@@ -353,9 +353,11 @@ class Sampling:
         # "a condition vector holds a value that is not finite", naming no y).
         if isinstance(self.y, list) and (len(self.y) != k or not bool(
                 torch.isfinite(torch.tensor(self.y, dtype=torch.float32)).all())):
+            # A class or null only where the model may have been trained on labels.
+            other = "" if vectors else f", or a class in 0..{k - 1}, or null"
             raise ConfigError(f"y={self.y}: a condition vector of this model is "
                               f"{k} finite numbers (model.classes; within float32's range); "
-                              f"give as many, or a class in 0..{k - 1}, or null.")
+                              f"give as many{other}.")
         if isinstance(self.y, int) and self.y >= k:
             raise ConfigError(f"y={self.y}: the model is conditional on {k} classes; "
                               f"choose y in 0..{k - 1}, or null for each in turn.")

@@ -140,6 +140,19 @@ def test_a_sweep_with_a_job_its_checks_refuse_is_refused_before_any_job_trains(
     assert not list(sweep.glob("*/results.json")) and not (sweep / "0").exists()
 
 
+def test_a_sweep_with_a_job_that_does_not_compose_is_one_error_line(tmp_path, monkeypatch,
+                                                                   capsys, recwarn):
+    """``-m data=frey,nosuch``: the check of the jobs' configs leaves a job that does not
+    compose to Hydra's sweeper, which reports it in one line (the check's own composition
+    failed first, in a warning of Hydra's callbacks with the whole search path)."""
+    sweep = tmp_path / "sweep"
+    proc = _sweep_here(["-m", *TINY, "data=frey,nosuch"], sweep, monkeypatch, capsys)
+    assert proc.code == 2 and proc.err.startswith("error: In 'train': Could not find "
+                                                  "'data/nosuch'"), proc.err[-2000:]
+    assert len(proc.err.strip().splitlines()) == 1 and not (sweep / "0").exists()
+    assert not [w for w in recwarn if "Preflight" in str(w.message)]
+
+
 def _an_earlier_failed_sweep(tmp_path, monkeypatch, capsys):
     """A sweep of one job that failed (its data missing) after its first checkpoint (a
     checkpoints/ folder: a run there to resume), its directory dated an hour ago: the sweep

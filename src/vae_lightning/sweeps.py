@@ -263,7 +263,10 @@ def check_jobs(config: DictConfig) -> None:
     refused = []
     try:
         for number, job in enumerate(jobs):
-            job_config = loader.load_sweep_config(master_config=config, sweep_overrides=job)
+            try:
+                job_config = loader.load_sweep_config(master_config=config, sweep_overrides=job)
+            except Exception:  # noqa: BLE001 - a job that does not compose (data=nosuch):
+                return  # Hydra's sweeper composes each job next and reports it in one line
             with read_write(job_config.hydra), open_dict(job_config.hydra):
                 job_config.hydra.job.num = number
                 job_config.hydra.job.id = str(number)

@@ -691,22 +691,24 @@ def test_training_logs_bits_per_dim_only_where_they_are_a_code_length(data, bits
 
 def test_a_failing_job_of_a_vae_eval_sweep_does_not_end_it(checkpoint, tmp_path, monkeypatch,
                                                            capsys):
-    """`vae-eval -m eval.k=2,0,3`: the job with k = 0 is refused, and the sweep went no further
-    (exit code 2, k = 3 never evaluated, no count), where a sweep of vae-train goes on. Now the
-    sweep goes on, its last line counts the jobs by status, and it exits with code 5."""
+    """`vae-eval -m eval.k=2,3 ckpt_path=<it>,<a missing file>`: the job whose checkpoint is
+    missing is refused (an error only the job finds: a value its config checks refuse stops
+    the sweep before any job, test_sweeps), and the sweep went no further (exit code 2, k = 3
+    never evaluated, no count), where a sweep of vae-train goes on. Now the sweep goes on, its
+    last line counts the jobs by status, and it exits with code 5."""
     sweep = tmp_path / "sweep"
     out = tmp_path / "out"
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    proc = run(cli.evaluate, ["-m", f"ckpt_path={checkpoint}", "eval.k=2,0,3", "eval.limit=10",
-                              "eval.device=cpu", f"output_dir={out}",
+    proc = run(cli.evaluate, ["-m", "eval.k=2,3", f"ckpt_path={checkpoint},{tmp_path / 'no.ckpt'}",
+                              "eval.limit=10", "eval.device=cpu", f"output_dir={out}",
                               f"hydra.sweep.dir={sweep}"], monkeypatch, capsys, tmp_path)
     assert proc.code == 5, proc.err[-2000:]
-    assert "eval.k=0 is not allowed" in proc.err
+    assert f"{tmp_path / 'no.ckpt'} does not exist" in proc.err, proc.err[-2000:]
     no_traceback(proc)
     assert json.loads((out / "eval.json").read_text())["k"] == 3  # the job after the bad one ran
     assert json.loads((out / "eval-test-k2-n10.json").read_text())["k"] == 2
     assert proc.out.strip().splitlines()[-1] == (
-        f"sweep {sweep}: 3 jobs: 2 completed, 1 error; failed: job 1 (error)")
+        f"sweep {sweep}: 4 jobs: 2 completed, 2 error; failed: job 1 (error), job 3 (error)")
     assert not (sweep / ".job-status").exists()  # the sweep's notes of its jobs are gone
     # Each job's directory lock (Hydra's record claims it) ends with the job, as vae-train's:
     # a sweep of a thousand evaluations does not hold a thousand descriptors.

@@ -127,7 +127,7 @@ def test_a_sweep_with_a_job_its_checks_refuse_is_refused_before_any_job_trains(
                        sweep, monkeypatch, capsys)
     assert proc.code == 2, proc.err[-3000:]
     error = proc.err[proc.err.index("error: "):]
-    assert error.startswith("error: 3 of the sweep's 4 jobs would be refused before training; "
+    assert error.startswith("error: 3 of the sweep's 4 jobs would be refused as they start; "
                             "nothing was run.") and "Traceback" not in proc.err
     lines = error.splitlines()
     assert lines[1] == ("  - job 1 (model.latent=2 model.encoder.net.hidden=[0]): "
@@ -138,6 +138,25 @@ def test_a_sweep_with_a_job_its_checks_refuse_is_refused_before_any_job_trains(
     assert lines[3].startswith("  - job 3 (model.latent=-1 model.encoder.net.hidden=[0]): "
                                "model.latent=-1") and "hidden=[0] is not allowed" in lines[4]
     assert not list(sweep.glob("*/results.json")) and not (sweep / "0").exists()
+
+
+def test_a_vae_eval_sweep_with_a_job_its_checks_refuse_is_refused_before_any_job_runs(
+        tmp_path, monkeypatch, capsys):
+    """The same for vae-eval: ``-m eval.k=3,-5`` estimated the first job's bounds, then refused
+    the second."""
+    from compose import train_briefly
+
+    path = train_briefly(["data=frey", *TINY[:3]], tmp_path / "run", 1)[0]
+    sweep = tmp_path / "sweep"
+    proc = run(cli.evaluate, ["-m", f"ckpt_path={path}", "eval.k=3,-5", "eval.device=cpu",
+                              f"hydra.sweep.dir={sweep}"], monkeypatch, capsys, tmp_path)
+    assert proc.code == 2, proc.err[-2000:]
+    assert proc.err[proc.err.index("error: "):].splitlines() == [
+        "error: 1 of the sweep's 2 jobs would be refused as they start; nothing was run. "
+        "Remove or correct their values:",
+        "  - job 1 (eval.k=-5): eval.k=-5 is not allowed: expected an integer >= 1 "
+        "(vae_lightning.evaluate.Evaluation)."]
+    assert not sweep.exists()
 
 
 def test_a_sweep_with_a_job_that_does_not_compose_is_one_error_line(tmp_path, monkeypatch,

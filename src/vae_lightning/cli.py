@@ -239,8 +239,7 @@ class Preflight(Callback):
             sweeps.check_launcher(config.hydra.launcher)
             sweeps.check_sweeper(config.hydra.sweeper, config.get("optimized_metric"))
             sweeps.check_search_space(config)
-            if "trainer" in config:  # vae-train's; vae-eval's jobs check their checkpoints
-                sweeps.check_jobs(config)
+            sweeps.check_jobs(config)
 
         self._check(checks)
 

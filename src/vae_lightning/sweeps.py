@@ -236,12 +236,13 @@ def check_search_space(config: DictConfig) -> None:
 
 
 def check_jobs(config: DictConfig) -> None:
-    """Refuse, before the first job of a grid sweep (Hydra's basic sweeper) trains, a sweep in
-    which any job's config would be refused (``config_checks.check``, which each job runs before
-    it trains): ``-m model.latent=8,-1`` trained the first job for its whole length, then
-    refused the second. Each job is composed as Hydra's launcher composes it (its number, its
-    directory), and every refused job is named with its overrides and its problems. Optuna's
-    trials draw their values as the study goes: each is checked as it starts."""
+    """Refuse, before the first job of a grid sweep (Hydra's basic sweeper) runs, a sweep in
+    which any job's config would be refused (``config_checks.check``, which each job of every
+    command runs as it starts): ``-m model.latent=8,-1`` trained the first job for its whole
+    length, then refused the second; ``vae-eval -m eval.k=5000,-5`` the same. Each job is
+    composed as Hydra's launcher composes it (its number, its directory), and every refused
+    job is named with its swept values and its problems. Optuna's trials draw their values as
+    the study goes: each is checked as it starts."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -286,8 +287,8 @@ def check_jobs(config: DictConfig) -> None:
         HydraConfig.instance().cfg = master
     if refused:
         raise ConfigError(
-            f"{len(refused)} of the sweep's {len(jobs)} jobs would be refused before "
-            "training; nothing was run. Remove or correct their values:\n  - "
+            f"{len(refused)} of the sweep's {len(jobs)} jobs would be refused as they "
+            "start; nothing was run. Remove or correct their values:\n  - "
             + "\n  - ".join(refused))
 
 

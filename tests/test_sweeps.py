@@ -129,14 +129,12 @@ def test_a_sweep_with_a_job_its_checks_refuse_is_refused_before_any_job_trains(
     error = proc.err[proc.err.index("error: "):]
     assert error.startswith("error: 3 of the sweep's 4 jobs would be refused as they start; "
                             "nothing was run.") and "Traceback" not in proc.err
-    lines = error.splitlines()
-    assert lines[1] == ("  - job 1 (model.latent=2 model.encoder.net.hidden=[0]): "
-                        "model.encoder.net.hidden=[0] is not allowed: expected a list of "
-                        "integers >= 1 (vae_lightning.nets.MLP).")
-    assert lines[2].startswith("  - job 2 (model.latent=-1 model.encoder.net.hidden=[16]): "
-                               "model.latent=-1 is not allowed")
-    assert lines[3].startswith("  - job 3 (model.latent=-1 model.encoder.net.hidden=[0]): "
-                               "model.latent=-1") and "hidden=[0] is not allowed" in lines[4]
+    # each problem once, with the jobs it is found in
+    assert error.splitlines()[1:] == [
+        "  - model.encoder.net.hidden=[0] is not allowed: expected a list of integers >= 1 "
+        "(vae_lightning.nets.MLP). (jobs 1, 3)",
+        "  - model.latent=-1 is not allowed: expected an integer >= 1 or null "
+        "(vae_lightning.module.VAE). (jobs 2, 3)"]
     assert not list(sweep.glob("*/results.json")) and not (sweep / "0").exists()
 
 
@@ -154,8 +152,8 @@ def test_a_vae_eval_sweep_with_a_job_its_checks_refuse_is_refused_before_any_job
     assert proc.err[proc.err.index("error: "):].splitlines() == [
         "error: 1 of the sweep's 2 jobs would be refused as they start; nothing was run. "
         "Remove or correct their values:",
-        "  - job 1 (eval.k=-5): eval.k=-5 is not allowed: expected an integer >= 1 "
-        "(vae_lightning.evaluate.Evaluation)."]
+        "  - eval.k=-5 is not allowed: expected an integer >= 1 "
+        "(vae_lightning.evaluate.Evaluation). (job 1: eval.k=-5)"]
     assert not sweep.exists()
 
 
@@ -606,3 +604,11 @@ def test_the_grid_sampler_with_the_optuna_search_is_one_line_naming_the_way(tmp_
     assert len(lines) == 1 and "hydra/sweeper/sampler=grid cannot be used" in lines[0], lines
     assert "vae-train -m model.latent=2,5,10" in lines[0] and "Traceback" not in result.err
     assert not (tmp_path / "search").exists()
+
+
+def test_the_jobs_a_sweep_s_problem_is_found_in_are_named_one_a_few_or_counted():
+    from vae_lightning.sweeps import _jobs_named
+
+    assert _jobs_named([1], {1: "model.latent=-1"}) == "job 1: model.latent=-1"
+    assert _jobs_named([2, 5], {}) == "jobs 2, 5"
+    assert _jobs_named(list(range(2, 60, 3)), {}) == "20 jobs: 2, 5, 8, 11, 14, 17, ..."

@@ -261,7 +261,8 @@ def check_jobs(config: DictConfig) -> None:
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     swept = {item.get_key_element() for item in parsed if item.is_sweep_override()}
     master = HydraConfig.instance().cfg
-    refused = []
+    refused: dict[str, list[int]] = {}  # each problem, and the jobs it is found in
+    values = {}
     try:
         for number, job in enumerate(jobs):
             try:
@@ -279,17 +280,25 @@ def check_jobs(config: DictConfig) -> None:
             try:
                 check(job_config)
             except ConfigError as err:
-                problems = [line.strip().removeprefix("- ") for line in str(err).removeprefix(
-                    "Invalid configuration:").strip().splitlines()]
-                values = " ".join(item for item in job if item.split("=")[0] in swept)
-                refused.append(f"job {number} ({values}): " + "\n    ".join(problems))
+                values[number] = " ".join(item for item in job if item.split("=")[0] in swept)
+                for line in str(err).removeprefix("Invalid configuration:").strip().splitlines():
+                    refused.setdefault(line.strip().removeprefix("- "), []).append(number)
     finally:
         HydraConfig.instance().cfg = master
     if refused:
         raise ConfigError(
-            f"{len(refused)} of the sweep's {len(jobs)} jobs would be refused as they "
-            "start; nothing was run. Remove or correct their values:\n  - "
-            + "\n  - ".join(refused))
+            f"{len(values)} of the sweep's {len(jobs)} jobs would be refused as they start; "
+            "nothing was run. Remove or correct their values:\n  - " + "\n  - ".join(
+                f"{problem} ({_jobs_named(numbers, values)})"
+                for problem, numbers in refused.items()))
+
+
+def _jobs_named(numbers: list[int], values: dict[int, str]) -> str:
+    """Jobs by number: one with its swept values, a few by number, many counted."""
+    if len(numbers) == 1:
+        return f"job {numbers[0]}: {values[numbers[0]]}"
+    named = ", ".join(map(str, numbers[:6])) + (", ..." if len(numbers) > 6 else "")
+    return f"jobs {named}" if len(numbers) <= 6 else f"{len(numbers)} jobs: {named}"
 
 
 def _plain(value: Any) -> Any:

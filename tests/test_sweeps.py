@@ -397,6 +397,11 @@ def test_optuna_search_resumes_its_study_from_sqlite(tmp_path):
     results = _results(sweep)
     assert sorted(r["val/elbo"] for r in results.values()) == pytest.approx(sorted(values))
     assert len(results) == 5  # the resumed trials ran in directories of their own
+    # The best trial's directory is named (Optuna's lines give its settings only), where it
+    # ran: in this run of the study or an earlier one (newcomer walkthrough twelve).
+    best = next(job for job, r in results.items() if r["val/elbo"] == study.best_value)
+    assert (f"The study's best trial (val/elbo={study.best_value:g}) ran in {sweep / best}: "
+            f"vae-export {sweep / best} model.ckpt") in proc.stdout, proc.stdout[-2000:]
 
 
 @pytest.mark.slow  # a long sweep: `pytest -m slow`
@@ -428,6 +433,9 @@ def test_optuna_records_a_diverged_trial_as_failed(tmp_path, monkeypatch, capsys
     assert states.get(1e6, "FAIL") == "FAIL"
     assert proc.code == (5 if 1e6 in states else 0), proc.err[-3000:]
     assert "Traceback" not in proc.err
+    best = next(job for job, r in _results(sweep).items() if r["val/elbo"] == study.best_value)
+    assert f"The study's best trial (val/elbo={study.best_value:g}) ran in {sweep / best}" \
+        in proc.out, proc.out[-2000:]  # where it ran, beside Optuna's settings
 
 
 @pytest.mark.parametrize("preset", ["fast_dev_run", "overfit", "limit", "profiler"])

@@ -492,6 +492,36 @@ class SweepReport(Callback):
         sweep = _sweep.pop()
         line, failed = summary(sweep)
         _forget_notes(sweep.directory)
+        metric = config.get("optimized_metric")
+        if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper") \
+                and isinstance(metric, str) and (best := best_trial(sweep.directory, metric)):
+            print(best, flush=True)
         print(line, flush=True)
         if failed:
             raise SystemExit(SWEEP_FAILED)
+
+
+def best_trial(directory: Path, metric: str) -> str | None:
+    """The line naming the run directory of an Optuna study's best trial: the job under the
+    study's ``directory`` whose results.json holds the best value the sweeper wrote
+    (``optimization_results.yaml``), of this or an earlier run of the study. Optuna's own lines
+    give the best trial's settings, not where it ran, which vae-export and vae-eval need."""
+    import yaml
+
+    try:
+        with open(directory / "optimization_results.yaml") as file:
+            best = (yaml.safe_load(file) or {}).get("best_value")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not isinstance(best, int | float) or isinstance(best, bool):
+        return None
+    for results in sorted(directory.glob(f"*/{rundir.RESULTS}")):
+        try:
+            value = json.loads(results.read_text()).get(metric)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, int | float) and value == best:
+            return (f"The study's best trial ({metric}={best:g}) ran in {results.parent}: "
+                    f"vae-export {results.parent} model.ckpt, vae-eval ckpt_path="
+                    f"{results.parent / rundir.CHECKPOINTS / rundir.LAST}")
+    return None

@@ -177,3 +177,33 @@ def test_load_datamodule_gives_the_run_s_own_data_options(tmp_path):
     with pytest.raises(UserError, match="split='tests' is not allowed: expected one of train, "
                                         "val, test"):
         load_datamodule(ckpt, "tests")
+
+
+def test_a_model_moved_out_of_its_run_names_the_data_path_it_needs(tmp_path, monkeypatch):
+    """``load_datamodule`` of an exported model (no run record beside it) of data=array said
+    "a path the run's record does not give": there was no record, and the export's config held
+    the path (newcomer walkthrough twelve). The message says so and shows the run's path,
+    without reading it (a checkpoint does not choose what is read)."""
+    import shutil
+
+    from compose import train_briefly
+
+    from vae_lightning import load_datamodule
+    from vae_lightning.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    np.save("rows.npy", np.random.default_rng(0).normal(size=(60, 6)).astype(np.float32))
+    path = train_briefly(["data=array", "data.path=rows.npy", "model/likelihood=gaussian",
+                          "model.decoder.likelihood.mean_activation=identity", "model.latent=2",
+                          "model.encoder.net.hidden=[8]", "model.decoder.net.hidden=[8]"],
+                         tmp_path / "run", 1)[0]
+    moved = tmp_path / "shared" / "model.ckpt"
+    moved.parent.mkdir()
+    shutil.copy(path, moved)
+    with pytest.raises(ConfigError, match=r"read from a path that no run record beside it gives "
+                       r"\(no .*/shared/\.hydra/config\.yaml: an exported model, or one moved out "
+                       r"of its run\): name it with data_path=\.\.\. \(its run read "
+                       r"data\.path='rows\.npy'; the checkpoint's own word for it is not "
+                       r"followed\)"):
+        load_datamodule(moved, split="val")
+    assert len(load_datamodule(moved, split="val", data_path="rows.npy").val_dataloader())

@@ -147,11 +147,18 @@ def find_data(config: dict[str, Any], ckpt_path: str, key: str, *, trusted: Sequ
             f"{dotted(key, f'data_{name}')}=...") from None
     except CheckpointError as err:
         if "path" in str(err) and data_path is None:
+            record = _record_file(rundir.of_checkpoint(ckpt_path))
+            where = ("the run's record does not give" if record.exists() else
+                     f"that no run record beside it gives (no {record}: an exported model, or "
+                     "one moved out of its run)")
+            # The checkpoint's own path is shown, never read: a file does not choose what is
+            # read (an exported model's data.path pointed the newcomer to nothing else).
+            written = node.get("path")
+            said = (f" (its run read data.path={written!r}; the checkpoint's own word for it "
+                    "is not followed)" if isinstance(written, str) else "")
             raise ConfigError(
                 f"{err} The model was trained on data={node.get('_target_')} read from a "
-                "path the run's record does not give: name it with "
-                f"{dotted(key, 'data_path')}=...") \
-                from None
+                f"path {where}: name it with {dotted(key, 'data_path')}=...{said}") from None
         raise
 
 
@@ -193,13 +200,18 @@ def _where(source: dict[str, Any]) -> str:
                      if key.startswith("data.")) or "the data module's defaults"
 
 
+def _record_file(run: Path) -> Path:
+    """The run's own record of its config, written by Hydra when it started."""
+    return run / rundir.HYDRA / "config.yaml"
+
+
 def _run_record_data(run: Path) -> dict[str, str]:
     """The data locations (root, path, ...) of the run's own record, ``.hydra/config.yaml``
     written when it started, read as plain YAML: plain strings, and ``${oc.env:NAME,default}``
     looked up in the environment; any other interpolation is not resolved (left out)."""
     import yaml
 
-    record = run / rundir.HYDRA / "config.yaml"
+    record = _record_file(run)
     if kind(record) is not None:
         return {}
     try:

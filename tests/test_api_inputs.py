@@ -280,3 +280,37 @@ def test_log_likelihood_of_grey_pixels_under_a_binary_likelihood_warns():
         warnings.simplefilter("error")
         model.log_likelihood(binary_images(3, (1, 4, 4)), k=2)
         small_vae((1, 4, 4), likelihood=Beta()).log_likelihood(torch.full((3, 1, 4, 4), 0.5), k=2)
+
+
+def test_bound_checks_its_input_as_the_other_methods_do():
+    """``model.bound(x)`` (the per-point ELBO, an anomaly score) took any input: a batch of
+    vectors [N, D] was an IndexError from deep inside, and a point holding a NaN scored NaN,
+    silently (newcomer walkthrough twelve). It refuses both as ``log_likelihood`` does, names
+    the points that are not finite, and scores one point as a batch of one."""
+    from vae_lightning.likelihoods import Gaussian
+
+    torch.manual_seed(0)
+    model = small_vae(data_shape=(1, 1, 6), likelihood=Gaussian(mean_activation="identity"))
+    model.eval()
+    x = torch.randn(5, 1, 1, 6)
+    with pytest.raises(ValueError, match=r"x has shape \[5, 6\]: this model takes vectors of 6 "
+                                         r"values, served as \[1, 1, 6\] \(a batch \[N, 6\] is "
+                                         r"x.reshape\(-1, 1, 1, 6\)\)"):
+        model.bound(x.reshape(5, 6))
+    nan = x.clone()
+    nan[1, 0, 0, 3] = math.nan
+    nan[4] = math.inf
+    for call in (model.bound, lambda v: model.log_likelihood(v, k=2)):
+        with pytest.raises(ValueError, match=r"x holds 7 values that are not finite \(NaN or "
+                                             r"inf\), in 2 of the batch's 5 points \(index 1, 4"):
+            call(nan)
+    torch.manual_seed(1)
+    whole = model.bound(x)
+    torch.manual_seed(1)
+    assert torch.equal(whole.elbo, model.batch_bound(x).elbo)  # the same draws, checked or not
+    torch.manual_seed(1)
+    one = model.bound(x[0])
+    torch.manual_seed(1)
+    assert one.elbo.dim() == 0 and one.elbo == model.batch_bound(x[:1]).elbo[0]
+    with pytest.raises(ValueError, match="not conditional on a label"):
+        model.bound(x, torch.zeros(5, dtype=torch.long))

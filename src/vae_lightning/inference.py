@@ -115,15 +115,24 @@ class Inference:
         shape = tuple(self.data_shape or ())
         if shape and (x.dim() not in (len(shape), len(shape) + 1)
                       or tuple(x.shape[-len(shape):]) != shape):
-            raise ValueError(
-                f"x has shape {list(x.shape)}: this model takes images of shape {list(shape)}, "
-                f"one or a batch [B, {', '.join(map(str, shape))}].")
+            # Feature vectors [N, D] are served as [N, 1, 1, D] (data=array): said so.
+            what = (f"vectors of {shape[-1]} values, served as {list(shape)} (a batch [N, "
+                    f"{shape[-1]}] is x.reshape(-1, {', '.join(map(str, shape))})), "
+                    if shape[:-1] == (1, 1) else f"images of shape {list(shape)}, ")
+            raise ValueError(f"x has shape {list(x.shape)}: this model takes {what}one or a "
+                             f"batch [B, {', '.join(map(str, shape))}].")
         x = x.to(self.device, torch.float32)
         # A value the model never saw scores as a number, not an error: -x or x * 255 gave
         # bounds better than the real images', NaN a NaN.
         if not bool(torch.isfinite(x).all()):
+            where = ""
+            if x.dim() > len(shape):  # a batch: which of its points (a row of missing readings)
+                bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+                where = (f", in {len(bad)} of the batch's {len(x)} points (index "
+                         f"{', '.join(map(str, bad[:10]))}{', ...' if len(bad) > 10 else ''}: "
+                         "drop or fill them)")
             raise ValueError(f"x holds {int((~torch.isfinite(x)).sum())} values that are not "
-                             "finite (NaN or inf): the model takes finite numbers.")
+                             f"finite (NaN or inf){where}: the model takes finite numbers.")
         if counts and x.numel() and (x.min() < 0 or bool((x != x.round()).any())):
             raise ValueError(
                 f"x holds values that are not counts (the smallest {x.min().item():.6g}): the "

@@ -181,9 +181,21 @@ class VAE(Inference, L.LightningModule):
         return self.objective.method
 
     # ----------------------------------------------------------------------------- training
-    def bound(self, x: Tensor, y: Tensor | None = None) -> Bound:
-        """The ELBO terms of each data point of ``x`` (given its labels ``y``, for a conditional
-        model): the objective's evaluation bound."""
+    def bound(self, x: Tensor, y: Tensor | int | None = None) -> Bound:
+        """The ELBO terms of each data point of ``x`` (a batch ``[B, ...]`` or one point; given
+        its labels ``y``, for a conditional model): the objective's evaluation bound, from its
+        draws of z. ``x`` is checked as the other methods check theirs (``_inputs``: its shape,
+        finite values in the model's range): a batch of another shape was an IndexError, and a
+        point holding a NaN scored NaN, silently."""
+        x = self._inputs(x)
+        one = self._one(x)
+        x = x[None] if one else x
+        bound = self.batch_bound(x, None if y is None else self.labels(y, len(x), "bound"))
+        return Bound(*(term[0] for term in bound)) if one else bound
+
+    def batch_bound(self, x: Tensor, y: Tensor | None = None) -> Bound:
+        """``bound`` of a batch as the data module serves it (``to_inputs``), unchecked: the
+        training loop's validation and test steps and the callbacks' evaluations."""
         with self.given(y):
             return self.objective.bound(self, x)
 
@@ -294,11 +306,11 @@ class VAE(Inference, L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         with self._float32():
-            self._update("val", self.bound(*batch))
+            self._update("val", self.batch_bound(*batch))
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         with self._float32():
-            self._update("test", self.bound(*batch))
+            self._update("test", self.batch_bound(*batch))
 
     def _float32(self) -> contextlib.AbstractContextManager:
         """The reported bounds in float32 under mixed precision (``trainer.precision``
@@ -316,7 +328,7 @@ class VAE(Inference, L.LightningModule):
         # (Frey Face's Gaussian) and a VQ-VAE's codes, against float32 with the same draws.
         with self._float32(), self.given(y):
             q = self.encoder(x)
-            out = {"z_mean": self.encoder.location(q), "elbo": self.bound(x).elbo}
+            out = {"z_mean": self.encoder.location(q), "elbo": self.batch_bound(x).elbo}
             std = self.encoder.posterior.stddev(q)
         return out if std is None else {**out, "z_std": std}
 

@@ -40,7 +40,7 @@ def split_elbo(model: L.LightningModule, datamodule: L.LightningDataModule, spli
     for xs, ys in datamodule.evaluation_batches(split, batch_size, model.device, points=points):
         if stop is not None and stop():
             return None
-        elbos.append(model.bound(xs, ys).elbo)
+        elbos.append(model.batch_bound(xs, ys).elbo)
     return torch.cat(elbos)
 
 class BoundCurve(L.Callback):

@@ -51,7 +51,7 @@ def count_flops(summary: Summary, trainer: pl.Trainer, module: pl.LightningModul
             tracker._get_mod_name(module)
         with torch.random.fork_rng(devices=cuda), torch.no_grad(), \
                 trainer.precision_plugin.forward_context(), counter:
-            module.bound(x, y)
+            module.batch_bound(x, y)
     finally:
         for m, training in modes.items():
             m.training = training

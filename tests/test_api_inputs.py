@@ -314,3 +314,23 @@ def test_bound_checks_its_input_as_the_other_methods_do():
     assert one.elbo.dim() == 0 and one.elbo == model.batch_bound(x[:1]).elbo[0]
     with pytest.raises(ValueError, match="not conditional on a label"):
         model.bound(x, torch.zeros(5, dtype=torch.long))
+
+
+def test_a_seed_makes_the_scores_the_same_on_every_call_and_leaves_the_global_stream():
+    """Scores for a threshold moved by a nat between runs of the same script (the estimates
+    draw z at random; newcomer walkthrough twelve): ``seed=`` draws them from its own stream,
+    the same on every call, and leaves the global one as it was."""
+    torch.manual_seed(0)
+    model = small_vae().eval()
+    x = binary_images(6)
+    state = torch.get_rng_state()
+    first, again = (model.log_likelihood(x, k=4, seed=3) for _ in range(2))
+    bounds = [model.bound(x, seed=3).elbo for _ in range(2)]
+    assert torch.equal(first, again) and torch.equal(*bounds)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(model.log_likelihood(x, k=4, seed=4), first)
+    torch.manual_seed(3)
+    assert torch.equal(model.log_likelihood(x, k=4), first)  # as the global stream seeded so
+    for seed in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="seed"):
+            model.log_likelihood(x, k=4, seed=seed)

@@ -238,17 +238,35 @@ class Inference:
         path = self.images(latent_path(self.prior, z1, z2, t), y=y)
         return path[:, 0] if one else path
 
+    def seeded(self, seed: int | None, method: str) -> contextlib.AbstractContextManager:
+        """A context whose random draws come from ``seed`` (an integer >= 0), the global stream
+        left as it was; no change for None: a method's ``seed``, for scores that are the same
+        on every call (a threshold on them moved by a nat between runs without one)."""
+        if seed is None:
+            return contextlib.nullcontext()
+        seed = _count(seed, method, "seed", "the seed of its draws (or None)", least=0)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.random.fork_rng())
+        torch.manual_seed(seed)
+        return stack
+
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, k: int = 5000, chunk: int | None = None,
-                       y: Tensor | int | None = None) -> Tensor:
+                       y: Tensor | int | None = None, seed: int | None = None) -> Tensor:
         """The importance-weighted estimate of log p(x) per image, in nats, from k samples of
         q(z|x) (Burda et al. 2015), scored ``chunk`` at a time (None: ``auto_chunk``): what
         ``eval.py`` reports. For a conditional model, of log p(x|y) given the labels ``y``
         (required: the bound is of x given its own label); for a model of the labels (M2)
-        without ``y``, of log p(x) with the classes enumerated (``over_labels``)."""
+        without ``y``, of log p(x) with the classes enumerated (``over_labels``). ``seed``:
+        the draws' (``seeded``), else the global stream's."""
         k = _count(k, "log_likelihood", "k", "the number of samples of q(z|x) per image")
         if chunk is not None:
             chunk = _count(chunk, "log_likelihood", "chunk", "samples per decoder pass (or None)")
+        with self.seeded(seed, "log_likelihood"):
+            return self._log_likelihood(x, k, chunk, y)
+
+    def _log_likelihood(self, x: Tensor, k: int, chunk: int | None,
+                        y: Tensor | int | None) -> Tensor:
         x = self._inputs(x)
         one = self._one(x)  # one image: its estimate, a 0-d tensor (not one per channel)
         x = x[None] if one else x

@@ -181,16 +181,18 @@ class VAE(Inference, L.LightningModule):
         return self.objective.method
 
     # ----------------------------------------------------------------------------- training
-    def bound(self, x: Tensor, y: Tensor | int | None = None) -> Bound:
+    def bound(self, x: Tensor, y: Tensor | int | None = None, seed: int | None = None) -> Bound:
         """The ELBO terms of each data point of ``x`` (a batch ``[B, ...]`` or one point; given
         its labels ``y``, for a conditional model): the objective's evaluation bound, from its
-        draws of z. ``x`` is checked as the other methods check theirs (``_inputs``: its shape,
-        finite values in the model's range): a batch of another shape was an IndexError, and a
-        point holding a NaN scored NaN, silently."""
+        draws of z (from ``seed``, else the global stream: ``seeded``). ``x`` is checked as the
+        other methods check theirs (``_inputs``: its shape, finite values in the model's
+        range): a batch of another shape was an IndexError, and a point holding a NaN scored
+        NaN, silently."""
         x = self._inputs(x)
         one = self._one(x)
         x = x[None] if one else x
-        bound = self.batch_bound(x, None if y is None else self.labels(y, len(x), "bound"))
+        with self.seeded(seed, "bound"):
+            bound = self.batch_bound(x, None if y is None else self.labels(y, len(x), "bound"))
         return Bound(*(term[0] for term in bound)) if one else bound
 
     def batch_bound(self, x: Tensor, y: Tensor | None = None) -> Bound:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_evaluate import _eval_cfg, _Killed, _killed_after, _same_estimates, run_eval
+from compose import run_eval
+from test_evaluate import _Killed, _killed_after, _same_estimates
 from test_evaluate import checkpoint as frey_checkpoint  # noqa: F401 (a fixture)
 from test_hostile import no_traceback, run
 from test_sample_quality import QUALITY, classifier, mnist_run  # noqa: F401 (fixtures)
@@ -301,14 +302,14 @@ def test_a_stopped_evaluation_goes_on_when_its_data_folder_is_named_another_way(
 
     base = [f"ckpt_path={frey_checkpoint}", "eval.k=20", "eval.chunk=8", "eval.device=cpu",
             "eval.batch_size=50"]
-    whole = run_eval(_eval_cfg([*base, f"output_dir={tmp_path / 'whole'}"]))
+    whole = run_eval([*base, f"output_dir={tmp_path / 'whole'}"])
     out = tmp_path / "stopped"
     with monkeypatch.context() as patched:
         _killed_after(patched, 2)
         with pytest.raises(_Killed):
-            run_eval(_eval_cfg([*base, f"output_dir={out}", f"eval.data_root={default_root()}/"]))
+            run_eval([*base, f"output_dir={out}", f"eval.data_root={default_root()}/"])
     with caplog.at_level("INFO"):
-        resumed = run_eval(_eval_cfg([*base, f"output_dir={out}"]))
+        resumed = run_eval([*base, f"output_dir={out}"])
     assert "holds no part of this evaluation" not in caplog.text, caplog.text
     assert "after its first 2 batches" in caplog.text
     _same_estimates(resumed, whole)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from compose import REPO
-from test_disentanglement import run_eval, trained
+from compose import REPO, run_eval
+from test_disentanglement import trained
 
 from vae_lightning import sample_quality as sq
 from vae_lightning.data.idx import write_idx
